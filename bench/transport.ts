@@ -1,0 +1,151 @@
+/**
+ * Transport benchmark (not a test): what the wire codecs and the connection state machine cost on
+ * one core, with no link in the way. Target (issue 2): ≥ 1 M frames/s of 1500 bytes, so that the
+ * transport is never the bottleneck of a link the packet layer moves at 0.5–0.7 M frames/s.
+ *
+ *   npm run bench -- transport            (or: node --expose-gc dist/bench/transport.js)
+ */
+import { Delivery } from '../src/transport/config.ts'
+import { Endpoint } from '../src/transport/endpoint.ts'
+import { decodeTcpFrame, encodeTcpFrame, newTcpFrame, tcpFrameHeaderLength } from '../src/wire/frame.ts'
+import { TCP_ACK } from '../src/wire/tcp.ts'
+
+const gc = (globalThis as { gc?: () => void }).gc
+
+interface Row {
+  case: string
+  frames: number
+  seconds: number
+  cpuSeconds: number
+  framesPerSecond: number
+  megabytesPerSecond: number
+  nsPerFrame: number
+  bytesAllocatedPerFrame: number
+  /** For transfers: the share of the time spent receiving (B: decode, reassemble, deliver, ACK). */
+  receiverNsPerFrame?: number
+  senderNsPerFrame?: number
+}
+
+function measure(name: string, work: () => { frames: number; bytes: number; receiverMs?: number }): Row {
+  gc?.()
+  const m0 = process.memoryUsage()
+  const c0 = process.cpuUsage()
+  const t0 = performance.now()
+  const { frames, bytes, receiverMs } = work()
+  const seconds = (performance.now() - t0) / 1000
+  const cpu = process.cpuUsage(c0)
+  const m1 = process.memoryUsage()
+  const allocated = m1.heapUsed - m0.heapUsed + (m1.arrayBuffers - m0.arrayBuffers)
+  return {
+    case: name,
+    frames,
+    seconds: round(seconds, 3),
+    cpuSeconds: round((cpu.user + cpu.system) / 1e6, 3),
+    framesPerSecond: Math.round(frames / seconds),
+    megabytesPerSecond: round(bytes / seconds / 1e6, 1),
+    nsPerFrame: Math.round((seconds * 1e9) / frames),
+    bytesAllocatedPerFrame: Math.max(0, Math.round(allocated / frames)),
+    ...(receiverMs === undefined
+      ? {}
+      : {
+          receiverNsPerFrame: Math.round((receiverMs * 1e6) / frames),
+          senderNsPerFrame: Math.round(((seconds * 1000 - receiverMs) * 1e6) / frames),
+        }),
+  }
+}
+
+function round(v: number, digits: number): number {
+  const f = 10 ** digits
+  return Math.round(v * f) / f
+}
+
+function codec(partial: boolean, n: number): { frames: number; bytes: number } {
+  const tx = newTcpFrame()
+  tx.ip.source = 0x0a00_0001
+  tx.ip.destination = 0x0a00_0002
+  tx.tcp.flags = TCP_ACK
+  const o = tx.tcp.options
+  Object.assign(o.vrio, { present: true, flags: 1, messageStart: 1, messageLength: 1_000_000 })
+  o.hasTimestamp = true
+  const header = tcpFrameHeaderLength(o)
+  const payload = 1500 - 20 - (header - 14 - 20)
+  const frame = Buffer.alloc(header + payload, 0xa5)
+  const rx = newTcpFrame()
+  let ok = 0
+  for (let i = 0; i < n; i++) {
+    tx.tcp.seq = i
+    encodeTcpFrame(frame, tx, payload, partial)
+    if (decodeTcpFrame(frame, rx, !partial) === undefined) ok++
+  }
+  if (ok !== n) throw new Error('decode failed')
+  return { frames: n, bytes: n * frame.length }
+}
+
+/** A → B over a direct in-process hand-off: every frame is built, checksummed, parsed and reassembled. */
+function transfer(messageSize: number, totalBytes: number, delivery: Delivery, offload: boolean) {
+  const ab: Uint8Array[] = []
+  const ba: Uint8Array[] = []
+  const options = { checksumOffload: offload, maxBurst: 256, receiveBuffer: 16 * 1024 * 1024, sendBuffer: 32 * 1024 * 1024 }
+  const a = new Endpoint({ mac: 0xa, ip: 0x0a00_0001, sink: (f) => ab.push(f), options })
+  let received = 0
+  const b = new Endpoint({
+    mac: 0xb,
+    ip: 0x0a00_0002,
+    sink: (f) => ba.push(f),
+    options,
+    listenPort: 7860,
+    accept: () => ({ message: (m) => (received += m.length) }),
+  })
+  const c = a.connect({ mac: 0xb, ip: 0x0a00_0002, port: 7860 }, { message() {} })
+  const message = new Uint8Array(messageSize).fill(7)
+  let queued = 0
+  let frames = 0
+  let receiverMs = 0
+  const exchange = () => {
+    const t = performance.now()
+    for (const f of ab) b.receive(f, offload)
+    frames += ab.length
+    ab.length = 0
+    b.flush()
+    receiverMs += performance.now() - t
+    for (const f of ba) a.receive(f, offload)
+    ba.length = 0
+    a.flush()
+  }
+  exchange()
+  exchange()
+  return () => {
+    while (received < totalBytes) {
+      while (queued < totalBytes && c.send(message, delivery)) queued += messageSize
+      exchange()
+    }
+    return { frames, bytes: received, receiverMs }
+  }
+}
+
+const rows: Row[] = []
+const n = 300_000
+rows.push(measure('codec: encode+decode 1500 B, full checksums', () => codec(false, n)))
+rows.push(measure('codec: encode+decode 1500 B, checksum offload', () => codec(true, n)))
+const total = 512 * 1024 * 1024
+for (const offload of [false, true]) {
+  const mode = offload ? 'offload' : 'full csum'
+  rows.push(measure(`transfer: 1 MiB reliable messages, ${mode}`, transfer(1 << 20, total, Delivery.Reliable, offload)))
+  rows.push(measure(`transfer: 64 KiB reliable messages, ${mode}`, transfer(1 << 16, total, Delivery.Reliable, offload)))
+  rows.push(measure(`transfer: 1400 B best-effort messages, ${mode}`, transfer(1400, total / 2, Delivery.BestEffort, offload)))
+}
+
+const header = ['case', 'frames/s', 'MB/s', 'ns/frame', 'send ns/fr', 'recv ns/fr', 'B alloc/frame']
+console.log(`${header[0].padEnd(52)}${header.slice(1).map((h) => h.padStart(14)).join('')}`)
+for (const r of rows) {
+  const cells = [
+    r.framesPerSecond,
+    r.megabytesPerSecond,
+    r.nsPerFrame,
+    r.senderNsPerFrame ?? '',
+    r.receiverNsPerFrame ?? '',
+    r.bytesAllocatedPerFrame,
+  ]
+  console.log(`${r.case.padEnd(52)}${cells.map((v) => String(v).padStart(14)).join('')}`)
+}
+console.log(JSON.stringify({ bench: 'transport', node: process.version, rows }))

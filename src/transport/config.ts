@@ -1,0 +1,139 @@
+import { VrioError } from '../errors.ts'
+
+/** How a message is delivered. Carried in the low bits of the segment option's flags. */
+export const Delivery = {
+  /** Retransmitted until acknowledged; delivered exactly once, in the order sent (control). */
+  Ordered: 0,
+  /** Retransmitted until acknowledged; delivered exactly once, as soon as complete (block I/O). */
+  Reliable: 1,
+  /** Never retransmitted; delivered whole or not at all (network frames). */
+  BestEffort: 2,
+} as const
+export type Delivery = (typeof Delivery)[keyof typeof Delivery]
+
+/** Flag bits of the vrio segment option. */
+export const SEGMENT_DELIVERY_MASK = 0x03
+/** The sender gives up on the rest of a best-effort message: see docs/protocol.md, "Skip". */
+export const SEGMENT_SKIP = 0x80
+
+export interface ConnectionOptions {
+  /** Link MTU in bytes (IP packet size); sets the MSS we announce. Jumbo frames allowed. */
+  mtu: number
+  /** Largest single message, in bytes. */
+  maxMessageSize: number
+  /** Receive buffer: the window we advertise. Must hold at least one maximum message. */
+  receiveBuffer: number
+  /** Bytes of messages queued for sending, including unacknowledged ones. */
+  sendBuffer: number
+  /**
+   * Largest GSO super-frame payload to emit (0: off). When on, one frame carries up to this many
+   * payload bytes of one message, and the link splits it into MSS-sized segments (kernel GSO).
+   */
+  gsoMaxSize: number
+  /** Write only the pseudo-header sum into TCP checksums, for links that finish them (offload). */
+  checksumOffload: boolean
+  /** Retransmission timeout bounds and start value (RFC 6298), milliseconds. */
+  rtoMin: number
+  rtoMax: number
+  rtoInitial: number
+  /** Give up connecting after this long without an answer, milliseconds. */
+  connectTimeout: number
+  /** Abort when sent data stays unacknowledged this long (RFC 5482's user timeout), milliseconds. */
+  userTimeout: number
+  /** Idle time before the first keepalive probe, the interval between probes, and how many may go unanswered. */
+  keepaliveIdle: number
+  keepaliveInterval: number
+  keepaliveProbes: number
+  /** Time spent in TIME-WAIT after an active close, milliseconds. */
+  timeWait: number
+  /** A best-effort message not complete after this long is dropped and its memory freed, milliseconds. */
+  reassemblyTimeout: number
+  /**
+   * When false (default) delivered bytes are returned to the window as soon as the message handler
+   * returns; when true the application calls `release(bytes)` when it has consumed them, which is
+   * how back-pressure from a slow consumer reaches the sender.
+   */
+  manualRelease: boolean
+  /** Most segments (re)transmitted in response to one event, to keep bursts short. */
+  maxBurst: number
+}
+
+export const DEFAULT_CONNECTION_OPTIONS: Readonly<ConnectionOptions> = Object.freeze({
+  mtu: 1500,
+  maxMessageSize: 4 * 1024 * 1024,
+  receiveBuffer: 8 * 1024 * 1024,
+  sendBuffer: 16 * 1024 * 1024,
+  gsoMaxSize: 0,
+  checksumOffload: false,
+  rtoMin: 20,
+  rtoMax: 2000,
+  rtoInitial: 250,
+  connectTimeout: 5000,
+  userTimeout: 15_000,
+  keepaliveIdle: 1000,
+  keepaliveInterval: 500,
+  keepaliveProbes: 6,
+  timeWait: 4000,
+  reassemblyTimeout: 5000,
+  manualRelease: false,
+  maxBurst: 64,
+})
+
+/** Minimum IPv4 MTU a link must offer for our headers plus a useful payload. */
+export const MIN_MTU = 576
+export const MAX_MTU = 65_535
+/** Largest window TCP can express: 65535 << 14. */
+export const MAX_WINDOW = 65_535 * 2 ** 14
+
+/** Fills in defaults and checks every field; a bad one is a `VrioError('invalid-config')` naming it. */
+export function resolveConnectionOptions(partial: Partial<ConnectionOptions> = {}): ConnectionOptions {
+  const o: ConnectionOptions = { ...DEFAULT_CONNECTION_OPTIONS, ...partial }
+  const integer = (field: keyof ConnectionOptions, min: number, max: number): void => {
+    const v = o[field]
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+      throw new VrioError(
+        'invalid-config',
+        `transport option ${field} must be an integer in [${min}, ${max}], got ${String(v)}`,
+        {
+          field,
+        },
+      )
+    }
+  }
+  integer('mtu', MIN_MTU, MAX_MTU)
+  integer('maxMessageSize', 1, 1024 * 1024 * 1024)
+  integer('receiveBuffer', 65_536, MAX_WINDOW)
+  integer('sendBuffer', 65_536, 4 * 1024 * 1024 * 1024)
+  integer('gsoMaxSize', 0, 65_000)
+  integer('rtoMin', 1, 60_000)
+  integer('rtoMax', o.rtoMin, 600_000)
+  integer('rtoInitial', o.rtoMin, o.rtoMax)
+  integer('connectTimeout', 1, 3_600_000)
+  integer('userTimeout', 1, 3_600_000)
+  integer('keepaliveIdle', 1, 3_600_000)
+  integer('keepaliveInterval', 1, 3_600_000)
+  integer('keepaliveProbes', 1, 1000)
+  integer('timeWait', 0, 600_000)
+  integer('reassemblyTimeout', 1, 3_600_000)
+  integer('maxBurst', 1, 100_000)
+  if (o.receiveBuffer < o.maxMessageSize) {
+    throw new VrioError('invalid-config', 'transport option receiveBuffer must be at least maxMessageSize', {
+      field: 'receiveBuffer',
+    })
+  }
+  if (o.sendBuffer < o.maxMessageSize) {
+    throw new VrioError('invalid-config', 'transport option sendBuffer must be at least maxMessageSize', {
+      field: 'sendBuffer',
+    })
+  }
+  if (typeof o.checksumOffload !== 'boolean' || typeof o.manualRelease !== 'boolean') {
+    throw new VrioError(
+      'invalid-config',
+      'transport options checksumOffload and manualRelease are booleans',
+      {
+        field: typeof o.checksumOffload !== 'boolean' ? 'checksumOffload' : 'manualRelease',
+      },
+    )
+  }
+  return o
+}

@@ -1,0 +1,1223 @@
+import { VrioError } from '../errors.ts'
+import { encodeTcpFrame, newTcpFrame, type TcpFrame, tcpFrameHeaderLength } from '../wire/frame.ts'
+import {
+  MAX_SACK_BLOCKS,
+  TCP_ACK,
+  TCP_FIN,
+  TCP_PSH,
+  TCP_RST,
+  TCP_SYN,
+  type TcpOptions,
+  VRIO_SEGMENT_OPTION_LENGTH,
+} from '../wire/tcp.ts'
+import { type ConnectionOptions, Delivery, SEGMENT_DELIVERY_MASK, SEGMENT_SKIP } from './config.ts'
+import { IntervalSet } from './interval-set.ts'
+import { positionOf, seqOf } from './seq.ts'
+
+/** vrio protocol version announced in the SYN's hello option. */
+export const VRIO_PROTOCOL_VERSION = 1
+
+export type ConnectionState =
+  | 'syn-sent'
+  | 'syn-received'
+  | 'established'
+  | 'fin-wait-1'
+  | 'fin-wait-2'
+  | 'closing'
+  | 'time-wait'
+  | 'close-wait'
+  | 'last-ack'
+  | 'closed'
+
+/** Why a connection ended. 'normal' is the only clean one: both sides closed and everything was delivered. */
+export type CloseReason =
+  | 'normal'
+  | 'reset'
+  | 'refused'
+  | 'aborted'
+  | 'connect-timeout'
+  | 'user-timeout'
+  | 'dead-peer'
+  | 'protocol-error'
+
+export interface Address {
+  mac: number
+  ip: number
+  port: number
+}
+
+export interface ConnectionHandlers {
+  /**
+   * A whole message. `data` is a view that is valid only until this call returns (it may point into
+   * a received frame): copy what you keep.
+   */
+  message(data: Uint8Array, delivery: Delivery): void
+  established?(): void
+  /** The peer closed its side (FIN): every message it sent has been delivered. */
+  peerClosed?(): void
+  closed?(reason: CloseReason): void
+  /** Send-buffer space is available again after `send` returned false. */
+  writable?(): void
+}
+
+/** Where a connection puts frames: `gsoSize` is the segment payload size when the frame is a GSO super-frame, else 0. */
+export type FrameSink = (frame: Uint8Array, gsoSize: number) => void
+
+/** Why a received segment was ignored: counters, never exceptions. */
+export type SegmentDropReason =
+  | 'unacceptable-ack'
+  | 'out-of-window'
+  | 'missing-segment-option'
+  | 'bad-segment-option'
+  | 'segment-mismatch'
+  | 'bad-skip'
+  | 'receive-memory'
+  | 'not-vrio'
+  | 'no-ack-flag'
+
+export interface ConnectionStats {
+  framesSent: number
+  framesReceived: number
+  bytesSent: number
+  bytesReceived: number
+  messagesSent: number
+  messagesDelivered: number
+  retransmits: number
+  skipsSent: number
+  rtoFirings: number
+  fastRecoveries: number
+  duplicatesDropped: number
+  bestEffortDropped: number
+  reassemblyTimeouts: number
+  drops: Partial<Record<SegmentDropReason, number>>
+}
+
+interface OutMessage {
+  start: number
+  end: number
+  flags: number
+  chunks: readonly Uint8Array[]
+}
+
+interface InMessage {
+  start: number
+  end: number
+  flags: number
+  buffer: Uint8Array
+  firstAt: number
+}
+
+export interface ConnectionInit {
+  options: ConnectionOptions
+  local: Address
+  remote: Address
+  handlers: ConnectionHandlers
+  sink: FrameSink
+  clock: () => number
+  random: () => number
+  /** Called once when the connection reaches 'closed', so its owner can forget it. */
+  onFinished?: (connection: Connection) => void
+}
+
+const TIMESTAMP_OPTION_SPACE = 10
+const SYN_RETRIES_BACKOFF = 2
+
+/**
+ * One vrio connection: a TCP connection on the wire carrying whole messages. Sans-I/O: frames come
+ * in through `receive`, time passes through `tick`, frames go out through the sink, and `flush`
+ * ends a batch (it sends the ACK owed for everything received since the last one).
+ *
+ * Inside, bytes are addressed by stream position (see seq.ts): sender positions count from our
+ * initial sequence number, receiver positions from the peer's; position 0 is the SYN.
+ */
+export class Connection {
+  readonly local: Address
+  readonly remote: Address
+  readonly stats: ConnectionStats
+  state: ConnectionState
+  closeReason: CloseReason | undefined
+  /** Smoothed round-trip time in ms, or -1 before the first sample. */
+  srtt = -1
+
+  private readonly o: ConnectionOptions
+  private handlers: ConnectionHandlers
+  private readonly sink: FrameSink
+  private readonly clock: () => number
+  private readonly onFinished: ((c: Connection) => void) | undefined
+  private readonly tx: TcpFrame = newTcpFrame()
+  private readonly startedAt: number
+
+  // Negotiated at the handshake.
+  private peerMss = 536
+  private sendScale = 0 // applied to the peer's window field
+  private receiveScale = 0 // applied to ours
+  private timestamps = false
+  private sack = false
+  private tsRecent = 0
+  private mssPayload = 536
+
+  // Sender.
+  private readonly iss: number
+  private sndUna = 0
+  private sndNxt = 0
+  /** End of all queued message bytes (FIN, when sent, sits at this position). */
+  private sndMax = 1
+  private sndWnd = 0
+  private sndWl1 = 0
+  private sndWl2 = 0
+  private cwnd = 0
+  private ssthresh = Number.POSITIVE_INFINITY
+  private queuedBytes = 0
+  private readonly out: (OutMessage | undefined)[] = []
+  private outHead = 0
+  private sendCursor = 0
+  private readonly sacked = new IntervalSet()
+  private dupAcks = 0
+  private inRecovery = false
+  private rtoRecovery = false
+  private recoveryPoint = 0
+  private highRxt = 0
+  private rttvar = 0
+  private rto: number
+  private timingPos = -1
+  private timingAt = 0
+  private rtoDeadline = Number.POSITIVE_INFINITY
+  private lastProgressAt: number
+  private closeRequested = false
+  private finSent = false
+  private writableWanted = false
+  private ipId: number
+
+  // Receiver.
+  private irs = 0
+  private rcvNxt = 0
+  private rcvAdvEdge = 0
+  private readonly received = new IntervalSet()
+  private readonly reassembly = new Map<number, InMessage>()
+  private reassemblyBytes = 0
+  private readonly orderedPending: InMessage[] = []
+  private readonly abandoned = new Map<number, number>()
+  private unreleased = 0
+  private peerFinPos = -1
+  private ackPending = false
+  private lastReceiveAt: number
+  private probesSent = 0
+  private housekeepingAt = Number.POSITIVE_INFINITY
+  private timeWaitDeadline = Number.POSITIVE_INFINITY
+
+  constructor(init: ConnectionInit, syn?: TcpFrame) {
+    this.o = init.options
+    this.local = init.local
+    this.remote = init.remote
+    this.handlers = init.handlers
+    this.sink = init.sink
+    this.clock = init.clock
+    this.onFinished = init.onFinished
+    const now = this.clock()
+    this.startedAt = now
+    this.lastProgressAt = now
+    this.lastReceiveAt = now
+    this.iss = Math.floor(init.random() * 0x1_0000_0000) >>> 0
+    this.ipId = Math.floor(init.random() * 0x1_0000) & 0xffff
+    this.rto = this.o.rtoInitial
+    this.stats = {
+      framesSent: 0,
+      framesReceived: 0,
+      bytesSent: 0,
+      bytesReceived: 0,
+      messagesSent: 0,
+      messagesDelivered: 0,
+      retransmits: 0,
+      skipsSent: 0,
+      rtoFirings: 0,
+      fastRecoveries: 0,
+      duplicatesDropped: 0,
+      bestEffortDropped: 0,
+      reassemblyTimeouts: 0,
+      drops: {},
+    }
+    let scale = 0
+    while (scale < 14 && this.o.receiveBuffer / 2 ** scale > 65_535) scale++
+    this.receiveScale = scale
+    const t = this.tx
+    t.ethernet.source = this.local.mac
+    t.ethernet.destination = this.remote.mac
+    t.ip.source = this.local.ip
+    t.ip.destination = this.remote.ip
+    t.tcp.sourcePort = this.local.port
+    t.tcp.destinationPort = this.remote.port
+
+    this.state = syn ? 'syn-received' : 'syn-sent'
+    if (syn) this.acceptSyn(syn)
+  }
+
+  /** Sends the SYN (active open) or SYN-ACK (passive open). Separate from construction so a refused peer gets only an RST. */
+  start(): void {
+    this.sndUna = 0
+    this.sndNxt = 1
+    this.sendSyn(this.state === 'syn-received')
+    this.rtoDeadline = this.clock() + this.rto
+  }
+
+  /** Replaces the event handlers (an accepting owner installs its own after the SYN arrived). */
+  setHandlers(handlers: ConnectionHandlers): void {
+    this.handlers = handlers
+  }
+
+  get closed(): boolean {
+    return this.state === 'closed'
+  }
+
+  get isOpen(): boolean {
+    return !this.closed && !this.closeRequested
+  }
+
+  /** Bytes that may still be queued by `send` before it refuses. */
+  get sendSpace(): number {
+    return this.o.sendBuffer - this.queuedBytes
+  }
+
+  /** The window we would advertise now, in bytes. */
+  get receiveWindow(): number {
+    return Math.max(0, this.o.receiveBuffer - this.unreleased)
+  }
+
+  /** Bytes held for reassembly (bounded by receiveBuffer + maxMessageSize). */
+  get reassemblyMemory(): number {
+    return this.reassemblyBytes
+  }
+
+  /** Bytes queued and not yet acknowledged. */
+  get unacknowledged(): number {
+    return this.queuedBytes
+  }
+
+  // ---------------------------------------------------------------- application side
+
+  /**
+   * Queues one message. Returns false, queuing nothing, when the send buffer cannot take it (wait
+   * for the `writable` handler; a best-effort message is simply counted as dropped) or when the
+   * connection is closing or closed. The chunks are referenced, not copied, until acknowledged: do
+   * not change them.
+   */
+  send(data: Uint8Array | readonly Uint8Array[], delivery: Delivery): boolean {
+    const chunks = data instanceof Uint8Array ? [data] : data
+    let length = 0
+    for (const c of chunks) length += c.length
+    if (length === 0 || length > this.o.maxMessageSize) {
+      throw new VrioError(
+        'message-size',
+        `message of ${length} bytes is outside 1..${this.o.maxMessageSize}`,
+        {
+          length,
+          maxMessageSize: this.o.maxMessageSize,
+        },
+      )
+    }
+    if (
+      this.closeRequested ||
+      !(this.state === 'established' || this.state === 'close-wait' || this.isHandshaking())
+    ) {
+      return false
+    }
+    if (this.queuedBytes + length > this.o.sendBuffer) {
+      if (delivery === Delivery.BestEffort) this.stats.bestEffortDropped++
+      else this.writableWanted = true
+      return false
+    }
+    const start = this.sndMax
+    this.out.push({ start, end: start + length, flags: delivery, chunks })
+    this.sndMax += length
+    this.queuedBytes += length
+    this.stats.messagesSent++
+    if (!this.isHandshaking()) this.pump()
+    return true
+  }
+
+  /** Gives delivered bytes back to the receive window (only with the manualRelease option). */
+  release(bytes: number): void {
+    if (!this.o.manualRelease || bytes <= 0) return
+    const before = this.receiveWindow
+    this.unreleased = Math.max(0, this.unreleased - bytes)
+    // Tell the peer when the window reopens from (nearly) closed, as a window update.
+    if (before < this.mssPayload && this.receiveWindow >= this.mssPayload) this.ackPending = true
+  }
+
+  /** Graceful close: queued messages are still delivered, then FIN. */
+  close(): void {
+    if (this.closeRequested || this.closed) return
+    this.closeRequested = true
+    if (this.state === 'syn-sent') {
+      this.finish('aborted')
+      return
+    }
+    if (this.state === 'established' || this.state === 'close-wait' || this.state === 'syn-received')
+      this.pump()
+  }
+
+  /** Abortive close: RST now, everything queued is dropped. */
+  abort(reason: CloseReason = 'aborted'): void {
+    if (this.closed) return
+    if (this.state !== 'syn-sent' && this.state !== 'time-wait')
+      this.sendControl(TCP_RST | TCP_ACK, this.sndNxt)
+    this.finish(reason)
+  }
+
+  // ---------------------------------------------------------------- link side
+
+  /** Handles one decoded segment addressed to this connection. `buf` is the whole frame. */
+  receive(buf: Uint8Array, f: TcpFrame): void {
+    if (this.closed) return
+    const now = this.clock()
+    this.stats.framesReceived++
+    this.stats.bytesReceived += buf.length
+    this.lastReceiveAt = now
+    this.probesSent = 0
+    const tcp = f.tcp
+    const flags = tcp.flags
+
+    if (this.state === 'syn-sent') {
+      this.receiveInSynSent(f)
+      return
+    }
+    // A retransmitted SYN: our SYN-ACK was lost.
+    if (flags & TCP_SYN && !(flags & TCP_ACK) && this.state === 'syn-received' && tcp.seq === this.irs) {
+      this.sendSyn(true)
+      return
+    }
+
+    const payloadLength = f.payloadLength
+    const segStart = positionOf(this.irs, tcp.seq, this.rcvNxt)
+    const isSkip = tcp.options.vrio.present && (tcp.options.vrio.flags & SEGMENT_SKIP) !== 0
+    if (!this.acceptable(segStart, payloadLength + (flags & TCP_FIN ? 1 : 0), isSkip, tcp.options)) {
+      if (!(flags & TCP_RST)) {
+        this.stats.duplicatesDropped++
+        this.ackPending = true
+      }
+      return
+    }
+    if (flags & TCP_RST) {
+      // RFC 5961: only an exact match resets; anything else in the window gets a challenge ACK.
+      // In TIME-WAIT, or in LAST-ACK with every byte acknowledged, the exchange was complete: the
+      // peer already forgot the connection and answers a late segment with an RST.
+      if (segStart === this.rcvNxt)
+        this.finish(this.state === 'syn-received' ? 'refused' : this.resetReason())
+      else this.ackPending = true
+      return
+    }
+    if (flags & TCP_SYN) {
+      this.ackPending = true // challenge ACK (RFC 5961 §4)
+      return
+    }
+    if (!(flags & TCP_ACK)) {
+      this.drop('no-ack-flag')
+      return
+    }
+    if (this.state === 'syn-received') {
+      if (positionOf(this.iss, tcp.ack, this.sndUna) !== 1) {
+        this.sendReset(tcp.ack)
+        return
+      }
+      this.sndUna = 1
+      this.state = 'established'
+      this.rtoDeadline = Number.POSITIVE_INFINITY
+      this.rto = this.o.rtoInitial
+      this.updateWindow(f, true)
+      this.handlers.established?.()
+      if (this.state !== 'established') return
+    }
+    if (!this.processAck(f, now)) return
+
+    if (payloadLength > 0 || isSkip) {
+      if (this.state === 'established' || this.state === 'fin-wait-1' || this.state === 'fin-wait-2') {
+        this.processPayload(buf, f, segStart, now)
+        if (this.closed) return
+      }
+    }
+    if (flags & TCP_FIN) {
+      const finPos = segStart + payloadLength
+      if (this.peerFinPos < 0) this.peerFinPos = finPos
+      this.ackPending = true
+      this.maybeConsumeFin()
+    } else if (this.state === 'time-wait') {
+      this.ackPending = true
+    }
+    if (!this.closed) this.pump()
+  }
+
+  /** Sends what a batch of input owes: the pending ACK. Call after each batch of `receive` calls. */
+  flush(): void {
+    if (this.ackPending && !this.closed && this.state !== 'syn-sent') {
+      this.sendControl(TCP_ACK, this.sndNxt)
+    }
+  }
+
+  /** The next time `tick` has work, in clock milliseconds (Infinity: none). */
+  nextDeadline(): number {
+    if (this.closed) return Number.POSITIVE_INFINITY
+    let d = Math.min(this.rtoDeadline, this.housekeepingAt, this.timeWaitDeadline)
+    if (this.state === 'established' || this.state === 'close-wait' || this.state.startsWith('fin')) {
+      d = Math.min(d, this.keepaliveDeadline())
+    }
+    return d
+  }
+
+  /** Runs the timers that are due. */
+  tick(): void {
+    if (this.closed) return
+    const now = this.clock()
+    if (now >= this.timeWaitDeadline) {
+      this.finish('normal')
+      return
+    }
+    if (now >= this.rtoDeadline) this.onRetransmitTimeout(now)
+    if (this.closed) return
+    if (now >= this.housekeepingAt) this.expireReassembly(now)
+    if (
+      (this.state === 'established' || this.state === 'close-wait' || this.state.startsWith('fin')) &&
+      now >= this.keepaliveDeadline()
+    ) {
+      if (this.probesSent >= this.o.keepaliveProbes) {
+        this.abort('dead-peer')
+        return
+      }
+      this.probesSent++
+      this.sendProbe()
+    }
+    if (this.sndUna < this.sndNxt && now - this.lastProgressAt > this.o.userTimeout)
+      this.abort('user-timeout')
+  }
+
+  // ---------------------------------------------------------------- handshake
+
+  private isHandshaking(): boolean {
+    return this.state === 'syn-sent' || this.state === 'syn-received'
+  }
+
+  private acceptSyn(syn: TcpFrame): void {
+    const opt = syn.tcp.options
+    this.irs = syn.tcp.seq
+    this.rcvNxt = 1
+    this.peerMss = opt.mss > 0 ? opt.mss : 536
+    this.sack = opt.sackPermitted
+    this.timestamps = opt.hasTimestamp
+    if (opt.hasTimestamp) this.tsRecent = opt.tsValue
+    if (opt.windowScale >= 0) this.sendScale = opt.windowScale
+    else this.receiveScale = 0 // scaling needs both sides (RFC 7323)
+    this.sndWnd = syn.tcp.window // unscaled in SYN segments
+    this.sndWl1 = 0
+    this.computeMss()
+  }
+
+  private computeMss(): void {
+    const ownMss = this.o.mtu - 40
+    const optionSpace = VRIO_SEGMENT_OPTION_LENGTH + (this.timestamps ? TIMESTAMP_OPTION_SPACE : 0)
+    this.mssPayload = Math.min(this.peerMss, ownMss) - ((optionSpace + 3) & ~3)
+    this.cwnd = 10 * this.mssPayload
+  }
+
+  private receiveInSynSent(f: TcpFrame): void {
+    const tcp = f.tcp
+    const flags = tcp.flags
+    if (flags & TCP_ACK && tcp.ack !== seqOf(this.iss, 1)) {
+      if (!(flags & TCP_RST)) this.sendReset(tcp.ack)
+      this.drop('unacceptable-ack')
+      return
+    }
+    if (flags & TCP_RST) {
+      if (flags & TCP_ACK) this.finish('refused')
+      return
+    }
+    if (!(flags & TCP_SYN) || !(flags & TCP_ACK)) return // simultaneous open is not part of vrio
+    if (tcp.options.vrioVersion !== VRIO_PROTOCOL_VERSION) {
+      this.drop('not-vrio')
+      this.sendReset(tcp.ack)
+      this.finish('protocol-error')
+      return
+    }
+    this.acceptSyn(f)
+    this.sndUna = 1
+    this.sndWl1 = 0
+    this.sndWl2 = 1
+    this.state = 'established'
+    this.rtoDeadline = Number.POSITIVE_INFINITY
+    this.rto = this.o.rtoInitial
+    this.sendControl(TCP_ACK, this.sndNxt)
+    this.handlers.established?.()
+    if (this.state === 'established') this.pump()
+  }
+
+  private sendSyn(ack: boolean): void {
+    const opts = this.tx.tcp.options
+    this.resetOptions(opts)
+    opts.mss = this.o.mtu - 40
+    opts.sackPermitted = true
+    opts.hasTimestamp = true
+    opts.tsValue = this.tsNow()
+    opts.tsEcho = ack ? this.tsRecent : 0
+    opts.windowScale = this.receiveScale
+    opts.vrioVersion = VRIO_PROTOCOL_VERSION
+    if (ack) {
+      // Echo only what the peer offered (RFC 7323, RFC 2018).
+      if (!this.sack) opts.sackPermitted = false
+      if (!this.timestamps) opts.hasTimestamp = false
+      if (this.sendScale === 0 && this.receiveScale === 0) opts.windowScale = -1
+    }
+    const window = Math.min(this.receiveWindow, 65_535)
+    this.emit(TCP_SYN | (ack ? TCP_ACK : 0), 0, window, undefined, 0, 0)
+  }
+
+  // ---------------------------------------------------------------- receiving
+
+  private acceptable(segStart: number, segLength: number, isSkip: boolean, opts: TcpOptions): boolean {
+    const right = Math.max(this.rcvAdvEdge, this.rcvNxt + this.receiveWindow)
+    if (isSkip) {
+      const msgStart = positionOf(this.irs, opts.vrio.messageStart, this.rcvNxt)
+      const end = msgStart + opts.vrio.messageLength
+      return end > this.rcvNxt && segStart < right
+    }
+    if (segLength === 0) return segStart >= this.rcvNxt && segStart <= right
+    return segStart + segLength > this.rcvNxt && segStart < right
+  }
+
+  private processPayload(buf: Uint8Array, f: TcpFrame, segStart: number, now: number): void {
+    const opt = f.tcp.options.vrio
+    if (!opt.present) {
+      this.drop('missing-segment-option')
+      return
+    }
+    const msgStart = positionOf(this.irs, opt.messageStart, this.rcvNxt)
+    const msgEnd = msgStart + opt.messageLength
+    const delivery = opt.flags & SEGMENT_DELIVERY_MASK
+    if (opt.flags & SEGMENT_SKIP) {
+      this.processSkip(segStart, msgStart, msgEnd, delivery)
+      return
+    }
+    const length = f.payloadLength
+    if (
+      opt.messageLength === 0 ||
+      opt.messageLength > this.o.maxMessageSize ||
+      delivery > Delivery.BestEffort ||
+      segStart < msgStart ||
+      segStart + length > msgEnd
+    ) {
+      this.drop('bad-segment-option')
+      return
+    }
+    const right = Math.max(this.rcvAdvEdge, this.rcvNxt + this.receiveWindow)
+    if (segStart + length > right) {
+      this.drop('out-of-window')
+      this.ackPending = true
+      return
+    }
+    const start = Math.max(segStart, this.rcvNxt)
+    const end = segStart + length
+    this.ackPending = true
+    if (start >= end || this.received.covers(start, end)) {
+      this.stats.duplicatesDropped++
+      return
+    }
+    if (this.abandoned.has(msgStart)) {
+      this.received.add(start, end)
+      this.advance()
+      return
+    }
+    const payload = f.payloadOffset
+
+    // Fast path: the whole message in this frame, deliverable now: hand out a view, copy nothing.
+    if (
+      segStart === msgStart &&
+      length === opt.messageLength &&
+      (delivery !== Delivery.Ordered || segStart === this.rcvNxt)
+    ) {
+      if (this.reassembly.has(msgStart)) this.freeReassembly(this.reassembly.get(msgStart)!)
+      this.received.add(start, end)
+      this.deliver(buf.subarray(payload, payload + length), delivery as Delivery)
+      this.advance()
+      return
+    }
+
+    let m = this.reassembly.get(msgStart)
+    if (!m) {
+      if (this.reassemblyBytes + opt.messageLength > this.o.receiveBuffer + this.o.maxMessageSize) {
+        this.drop('receive-memory')
+        return
+      }
+      m = {
+        start: msgStart,
+        end: msgEnd,
+        flags: delivery,
+        buffer: new Uint8Array(opt.messageLength),
+        firstAt: now,
+      }
+      this.reassembly.set(msgStart, m)
+      this.reassemblyBytes += opt.messageLength
+      if (delivery === Delivery.Ordered) insertSorted(this.orderedPending, m)
+      if (delivery === Delivery.BestEffort) {
+        this.housekeepingAt = Math.min(this.housekeepingAt, now + this.o.reassemblyTimeout)
+      }
+    } else if (m.end !== msgEnd || m.flags !== delivery) {
+      this.drop('segment-mismatch')
+      return
+    }
+    m.buffer.set(buf.subarray(payload + (start - segStart), payload + length), start - msgStart)
+    this.received.add(start, end)
+    if (delivery !== Delivery.Ordered && this.isResolved(m.start, m.end)) {
+      this.freeReassembly(m)
+      this.deliver(m.buffer, delivery as Delivery)
+    }
+    this.advance()
+  }
+
+  private processSkip(segStart: number, msgStart: number, msgEnd: number, delivery: number): void {
+    const right = Math.max(this.rcvAdvEdge, this.rcvNxt + this.receiveWindow)
+    if (
+      delivery !== Delivery.BestEffort ||
+      segStart < msgStart ||
+      segStart >= msgEnd ||
+      msgEnd - msgStart > this.o.maxMessageSize ||
+      msgEnd > right
+    ) {
+      this.drop('bad-skip')
+      return
+    }
+    const m = this.reassembly.get(msgStart)
+    if (m) {
+      if (m.flags !== Delivery.BestEffort || m.end !== msgEnd) {
+        this.drop('bad-skip')
+        return
+      }
+      this.freeReassembly(m)
+    }
+    if (!this.isResolved(msgStart, msgEnd)) {
+      this.abandoned.set(msgStart, msgEnd)
+      this.stats.bestEffortDropped++
+    }
+    this.received.add(Math.max(segStart, this.rcvNxt), msgEnd)
+    this.ackPending = true
+    this.advance()
+  }
+
+  /** True when every byte of [start, end) was received (or released by a Skip). */
+  private isResolved(start: number, end: number): boolean {
+    return this.rcvNxt >= end || this.received.covers(Math.max(start, this.rcvNxt), end)
+  }
+
+  /** Moves rcvNxt over everything received contiguously and delivers ordered messages it passed. */
+  private advance(): void {
+    const r = this.received
+    while (!r.isEmpty() && r.start(0) <= this.rcvNxt) {
+      if (r.end(0) > this.rcvNxt) this.rcvNxt = r.end(0)
+      r.trimBelow(this.rcvNxt)
+    }
+    if (this.abandoned.size > 0) {
+      for (const [start, end] of this.abandoned) if (end <= this.rcvNxt) this.abandoned.delete(start)
+    }
+    const pending = this.orderedPending
+    while (pending.length > 0 && pending[0].end <= this.rcvNxt && !this.closed) {
+      const m = pending.shift()!
+      this.reassembly.delete(m.start)
+      this.reassemblyBytes -= m.end - m.start
+      this.deliver(m.buffer, Delivery.Ordered)
+    }
+    this.maybeConsumeFin()
+  }
+
+  private maybeConsumeFin(): void {
+    if (this.peerFinPos < 0 || this.rcvNxt !== this.peerFinPos) return
+    this.rcvNxt = this.peerFinPos + 1
+    this.ackPending = true
+    switch (this.state) {
+      case 'established':
+        this.state = 'close-wait'
+        this.handlers.peerClosed?.()
+        break
+      case 'fin-wait-1':
+        // Our FIN is not acknowledged yet: simultaneous close.
+        this.state = 'closing'
+        break
+      case 'fin-wait-2':
+        this.enterTimeWait()
+        break
+    }
+  }
+
+  private deliver(data: Uint8Array, delivery: Delivery): void {
+    if (this.closed) return
+    this.stats.messagesDelivered++
+    if (this.o.manualRelease) this.unreleased += data.length
+    this.handlers.message(data, delivery)
+  }
+
+  private freeReassembly(m: InMessage): void {
+    this.reassembly.delete(m.start)
+    this.reassemblyBytes -= m.end - m.start
+    if (m.flags === Delivery.Ordered) {
+      const i = this.orderedPending.indexOf(m)
+      if (i >= 0) this.orderedPending.splice(i, 1)
+    }
+  }
+
+  private expireReassembly(now: number): void {
+    let next = Number.POSITIVE_INFINITY
+    for (const m of this.reassembly.values()) {
+      if (m.flags !== Delivery.BestEffort) continue
+      if (now - m.firstAt >= this.o.reassemblyTimeout) {
+        this.freeReassembly(m)
+        this.abandoned.set(m.start, m.end)
+        this.stats.reassemblyTimeouts++
+      } else {
+        next = Math.min(next, m.firstAt + this.o.reassemblyTimeout)
+      }
+    }
+    this.housekeepingAt = next
+  }
+
+  // ---------------------------------------------------------------- acknowledgements
+
+  /** Processes the ACK field and SACK blocks; false when the segment must go no further. */
+  private processAck(f: TcpFrame, now: number): boolean {
+    const tcp = f.tcp
+    const ackPos = positionOf(this.iss, tcp.ack, this.sndUna)
+    if (ackPos > this.sndNxt) {
+      // Acknowledges something never sent: answer with an ACK and ignore (RFC 793).
+      this.drop('unacceptable-ack')
+      this.ackPending = true
+      return false
+    }
+    if (tcp.options.hasTimestamp && this.timestamps) this.tsRecent = tcp.options.tsValue
+
+    const windowBefore = this.sndWnd
+    this.updateWindow(f, false)
+    if (ackPos > this.sndUna) {
+      this.onAckAdvance(ackPos, now)
+    } else if (
+      ackPos === this.sndUna &&
+      f.payloadLength === 0 &&
+      !(tcp.flags & TCP_FIN) &&
+      this.sndWnd === windowBefore &&
+      this.sndNxt > this.sndUna
+    ) {
+      this.dupAcks++
+    }
+    if (this.sack && tcp.options.sackCount > 0) this.recordSack(tcp.options)
+    if (this.sndUna < this.sndNxt) {
+      if (!this.inRecovery && (this.dupAcks >= 3 || this.sackedAboveUna() >= 3 * this.mssPayload))
+        this.enterRecovery()
+      if (this.inRecovery) this.retransmitHoles(now)
+    }
+    return !this.closed
+  }
+
+  private updateWindow(f: TcpFrame, fromHandshake: boolean): void {
+    const tcp = f.tcp
+    const seqPos = positionOf(this.irs, tcp.seq, this.rcvNxt)
+    const ackPos = positionOf(this.iss, tcp.ack, this.sndUna)
+    if (fromHandshake || this.sndWl1 < seqPos || (this.sndWl1 === seqPos && this.sndWl2 <= ackPos)) {
+      this.sndWnd = tcp.window * 2 ** this.sendScale
+      this.sndWl1 = seqPos
+      this.sndWl2 = ackPos
+    }
+  }
+
+  private onAckAdvance(ackPos: number, now: number): void {
+    // Karn's algorithm: only a segment sent once gives an RTT sample.
+    if (this.timingPos >= 0 && ackPos >= this.timingPos) {
+      this.sampleRtt(now - this.timingAt)
+      this.timingPos = -1
+    }
+    const acked = Math.min(ackPos, this.sndMax) - Math.min(this.sndUna, this.sndMax)
+    this.sndUna = ackPos
+    this.lastProgressAt = now
+    this.dupAcks = 0
+    this.sacked.trimBelow(ackPos)
+    if (this.highRxt < ackPos) this.highRxt = ackPos
+    this.freeAcked()
+    if (this.inRecovery && ackPos >= this.recoveryPoint) {
+      this.inRecovery = false
+      this.rtoRecovery = false
+      this.cwnd = Math.max(this.ssthresh, 4 * this.mssPayload)
+    } else if (!this.inRecovery && acked > 0) {
+      // Slow start below ssthresh, then about one MSS per round trip.
+      this.cwnd +=
+        this.cwnd < this.ssthresh ? acked : Math.max(1, Math.floor((this.mssPayload * acked) / this.cwnd))
+      this.cwnd = Math.min(this.cwnd, this.o.sendBuffer)
+    }
+    this.rto = this.computedRto()
+    this.rtoDeadline = this.sndUna < this.sndNxt ? now + this.rto : Number.POSITIVE_INFINITY
+
+    if (this.finSent && ackPos === this.sndMax + 1) this.onFinAcked()
+    if (this.writableWanted && this.queuedBytes < this.o.sendBuffer / 2) {
+      this.writableWanted = false
+      this.handlers.writable?.()
+    }
+  }
+
+  private resetReason(): CloseReason {
+    if (this.state === 'time-wait') return 'normal'
+    return this.state === 'last-ack' && this.sndUna >= this.sndMax ? 'normal' : 'reset'
+  }
+
+  private onFinAcked(): void {
+    switch (this.state) {
+      case 'fin-wait-1':
+        this.state = 'fin-wait-2'
+        break
+      case 'closing':
+        this.enterTimeWait()
+        break
+      case 'last-ack':
+        this.finish('normal')
+        break
+    }
+  }
+
+  private enterTimeWait(): void {
+    this.state = 'time-wait'
+    this.rtoDeadline = Number.POSITIVE_INFINITY
+    this.timeWaitDeadline = this.clock() + this.o.timeWait
+  }
+
+  private recordSack(opts: TcpOptions): void {
+    for (let i = 0; i < opts.sackCount; i++) {
+      const left = positionOf(this.iss, opts.sackBlocks[2 * i], this.sndUna)
+      const right = positionOf(this.iss, opts.sackBlocks[2 * i + 1], this.sndUna)
+      // Ignore blocks that are not within what we sent (RFC 2018 gives the receiver no authority beyond it).
+      if (left < right && left >= this.sndUna && right <= this.sndNxt) this.sacked.add(left, right)
+    }
+  }
+
+  private sackedAboveUna(): number {
+    return this.sacked.size()
+  }
+
+  private freeAcked(): void {
+    const out = this.out
+    while (this.outHead < out.length) {
+      const m = out[this.outHead]!
+      if (m.end > this.sndUna) break
+      this.queuedBytes -= m.end - m.start
+      out[this.outHead] = undefined
+      this.outHead++
+    }
+    if (this.outHead > 1024 && this.outHead * 2 > out.length) {
+      out.splice(0, this.outHead)
+      this.sendCursor -= this.outHead
+      this.outHead = 0
+    }
+    if (this.sendCursor < this.outHead) this.sendCursor = this.outHead
+  }
+
+  private sampleRtt(sample: number): void {
+    const r = Math.max(sample, 0)
+    if (this.srtt < 0) {
+      this.srtt = r
+      this.rttvar = r / 2
+    } else {
+      this.rttvar = 0.75 * this.rttvar + 0.25 * Math.abs(this.srtt - r)
+      this.srtt = 0.875 * this.srtt + 0.125 * r
+    }
+  }
+
+  private computedRto(): number {
+    if (this.srtt < 0) return this.o.rtoInitial
+    return Math.min(this.o.rtoMax, Math.max(this.o.rtoMin, this.srtt + Math.max(1, 4 * this.rttvar)))
+  }
+
+  // ---------------------------------------------------------------- sending
+
+  /** Sends new data as far as the peer's window and the congestion window allow, then FIN if asked. */
+  private pump(): void {
+    if (!(this.state === 'established' || this.state === 'close-wait')) return
+    const now = this.clock()
+    let burst = 0
+    while (this.sndNxt < this.sndMax && burst < this.o.maxBurst) {
+      const flight = this.sndNxt - this.sndUna - this.sacked.size()
+      const room = Math.min(this.sndUna + this.sndWnd - this.sndNxt, this.cwnd - flight)
+      if (room <= 0) break
+      while (this.out[this.sendCursor]!.end <= this.sndNxt) this.sendCursor++
+      const m = this.out[this.sendCursor]!
+      const remaining = m.end - this.sndNxt
+      const limit =
+        this.o.gsoMaxSize > this.mssPayload
+          ? this.o.gsoMaxSize - (this.o.gsoMaxSize % this.mssPayload)
+          : this.mssPayload
+      const length = Math.min(limit, remaining, room)
+      // Silly-window avoidance: no runt segments while earlier data is still in flight.
+      if (length < Math.min(this.mssPayload, remaining) && this.sndNxt > this.sndUna) break
+      if (this.sndNxt === this.sndUna) this.lastProgressAt = now
+      this.sendData(this.sndNxt, length, m)
+      this.sndNxt += length
+      burst++
+      if (this.timingPos < 0) {
+        this.timingPos = this.sndNxt
+        this.timingAt = now
+      }
+      if (this.rtoDeadline === Number.POSITIVE_INFINITY) this.rtoDeadline = now + this.rto
+    }
+    if (this.closeRequested && !this.finSent && this.sndNxt === this.sndMax) {
+      if (this.sndNxt === this.sndUna) this.lastProgressAt = now
+      this.finSent = true
+      this.sndNxt = this.sndMax + 1
+      this.state = this.state === 'close-wait' ? 'last-ack' : 'fin-wait-1'
+      this.sendControl(TCP_FIN | TCP_ACK, this.sndMax)
+      if (this.rtoDeadline === Number.POSITIVE_INFINITY) this.rtoDeadline = now + this.rto
+    }
+  }
+
+  private enterRecovery(): void {
+    this.stats.fastRecoveries++
+    this.inRecovery = true
+    this.rtoRecovery = false
+    this.recoveryPoint = this.sndNxt
+    this.highRxt = this.sndUna
+    const flight = this.sndNxt - this.sndUna
+    this.ssthresh = Math.max(Math.floor(flight * 0.7), 4 * this.mssPayload)
+    this.cwnd = this.ssthresh
+    this.timingPos = -1
+  }
+
+  private onRetransmitTimeout(now: number): void {
+    this.stats.rtoFirings++
+    this.rto = Math.min(this.rto * SYN_RETRIES_BACKOFF, this.o.rtoMax)
+    this.rtoDeadline = now + this.rto
+    if (this.isHandshaking()) {
+      if (now - this.startedAt > this.o.connectTimeout) {
+        this.finish('connect-timeout')
+        return
+      }
+      this.sendSyn(this.state === 'syn-received')
+      return
+    }
+    if (this.sndUna >= this.sndNxt) {
+      this.rtoDeadline = Number.POSITIVE_INFINITY
+      return
+    }
+    const flight = this.sndNxt - this.sndUna
+    this.ssthresh = Math.max(Math.floor(flight / 2), 2 * this.mssPayload)
+    this.cwnd = 2 * this.mssPayload
+    this.inRecovery = true
+    this.rtoRecovery = true
+    this.recoveryPoint = this.sndNxt
+    this.highRxt = this.sndUna
+    this.timingPos = -1
+    this.retransmitHoles(now)
+  }
+
+  /**
+   * Retransmits the holes the peer has not acknowledged or SACKed, from highRxt on: up to the
+   * highest SACKed byte in fast recovery, up to sndNxt after a timeout. A hole in a best-effort
+   * message that was sent whole is not resent: a Skip tells the receiver to give up on it.
+   */
+  private retransmitHoles(now: number): void {
+    const limitEnd = this.rtoRecovery ? this.sndNxt : Math.max(this.sacked.max(), this.sndUna + 1)
+    let p = Math.max(this.highRxt, this.sndUna)
+    let n = 0
+    while (n < this.o.maxBurst) {
+      p = this.sacked.nextGap(p)
+      if (p >= limitEnd || p >= this.sndNxt) break
+      n++
+      if (this.finSent && p === this.sndMax) {
+        this.sendControl(TCP_FIN | TCP_ACK, this.sndMax)
+        p++
+        continue
+      }
+      const m = this.findMessage(p)
+      if (m.flags === Delivery.BestEffort && this.sndNxt >= m.end) {
+        this.sendSkip(p, m)
+        p = m.end
+        continue
+      }
+      const end = Math.min(p + this.mssPayload, m.end, this.sacked.nextCovered(p), this.sndNxt)
+      this.sendData(p, end - p, m)
+      this.stats.retransmits++
+      p = end
+    }
+    this.highRxt = p
+    if (n > 0 && this.rtoDeadline === Number.POSITIVE_INFINITY) this.rtoDeadline = now + this.rto
+  }
+
+  private findMessage(position: number): OutMessage {
+    let lo = this.outHead
+    let hi = this.out.length - 1
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (this.out[mid]!.end <= position) lo = mid + 1
+      else hi = mid
+    }
+    return this.out[lo]!
+  }
+
+  private sendData(position: number, length: number, m: OutMessage): void {
+    const opts = this.tx.tcp.options
+    this.resetOptions(opts)
+    this.setSegmentOption(opts, m, m.flags)
+    const last = position + length === m.end
+    this.emit(TCP_ACK | (last ? TCP_PSH : 0), position, this.windowField(), m, position - m.start, length)
+  }
+
+  private sendSkip(position: number, m: OutMessage): void {
+    this.stats.skipsSent++
+    const opts = this.tx.tcp.options
+    this.resetOptions(opts)
+    this.setSegmentOption(opts, m, m.flags | SEGMENT_SKIP)
+    this.emit(TCP_ACK, position, this.windowField(), undefined, 0, 0)
+  }
+
+  private setSegmentOption(opts: TcpOptions, m: OutMessage, flags: number): void {
+    opts.vrio.present = true
+    opts.vrio.flags = flags
+    opts.vrio.messageStart = seqOf(this.iss, m.start)
+    opts.vrio.messageLength = m.end - m.start
+  }
+
+  /** A segment without payload (ACK, FIN, RST) at sender position `position`, with SACK blocks when we have holes. */
+  private sendControl(flags: number, position: number): void {
+    const opts = this.tx.tcp.options
+    this.resetOptions(opts)
+    if (this.sack && !(flags & TCP_RST)) this.fillSackBlocks(opts)
+    this.emit(flags, position, this.windowField(), undefined, 0, 0)
+  }
+
+  /** Keepalive and zero-window probe: an old sequence number the peer must answer with an ACK. */
+  private sendProbe(): void {
+    this.sendControl(TCP_ACK, this.sndUna - 1)
+  }
+
+  private sendReset(ackField: number): void {
+    const opts = this.tx.tcp.options
+    this.resetOptions(opts)
+    opts.hasTimestamp = false
+    const t = this.tx.tcp
+    t.seq = ackField
+    t.ack = 0
+    t.flags = TCP_RST
+    t.window = 0
+    this.emitPrepared(0, undefined, 0, 0)
+  }
+
+  private fillSackBlocks(opts: TcpOptions): void {
+    const r = this.received
+    const space = 40 - (opts.hasTimestamp ? 12 : 0) - 4
+    const count = Math.min(r.count, MAX_SACK_BLOCKS, Math.floor(space / 8))
+    for (let i = 0; i < count; i++) {
+      opts.sackBlocks[2 * i] = seqOf(this.irs, r.start(i))
+      opts.sackBlocks[2 * i + 1] = seqOf(this.irs, r.end(i))
+    }
+    opts.sackCount = count
+  }
+
+  private resetOptions(opts: TcpOptions): void {
+    opts.mss = -1
+    opts.windowScale = -1
+    opts.sackPermitted = false
+    opts.vrioVersion = -1
+    opts.sackCount = 0
+    opts.vrio.present = false
+    opts.hasTimestamp = this.timestamps || this.isHandshaking()
+    opts.tsValue = this.tsNow()
+    opts.tsEcho = this.tsRecent
+  }
+
+  private windowField(): number {
+    const field = Math.min(Math.floor(this.receiveWindow / 2 ** this.receiveScale), 65_535)
+    const edge = this.rcvNxt + field * 2 ** this.receiveScale
+    if (edge > this.rcvAdvEdge) this.rcvAdvEdge = edge
+    return field
+  }
+
+  private emit(
+    flags: number,
+    position: number,
+    window: number,
+    m: OutMessage | undefined,
+    offset: number,
+    length: number,
+  ): void {
+    const t = this.tx.tcp
+    t.seq = seqOf(this.iss, position)
+    t.ack = flags & TCP_ACK ? seqOf(this.irs, this.rcvNxt) : 0
+    t.flags = flags
+    t.window = window
+    if (flags & TCP_ACK) this.ackPending = this.ackPending && !this.received.isEmpty() && length > 0
+    this.emitPrepared(length, m, offset, length)
+  }
+
+  private emitPrepared(
+    payloadLength: number,
+    m: OutMessage | undefined,
+    offset: number,
+    length: number,
+  ): void {
+    const headerLength = tcpFrameHeaderLength(this.tx.tcp.options)
+    const frame = Buffer.allocUnsafe(headerLength + payloadLength)
+    if (m) copyChunks(m.chunks, offset, frame, headerLength, length)
+    this.tx.ip.identification = this.ipId
+    this.ipId = (this.ipId + 1) & 0xffff
+    encodeTcpFrame(frame, this.tx, payloadLength, this.o.checksumOffload)
+    this.stats.framesSent++
+    this.stats.bytesSent += frame.length
+    this.sink(frame, payloadLength > this.mssPayload ? this.mssPayload : 0)
+  }
+
+  private tsNow(): number {
+    return Math.floor(this.clock()) >>> 0
+  }
+
+  private keepaliveDeadline(): number {
+    return this.lastReceiveAt + this.o.keepaliveIdle + this.probesSent * this.o.keepaliveInterval
+  }
+
+  private drop(reason: SegmentDropReason): void {
+    this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + 1
+  }
+
+  private finish(reason: CloseReason): void {
+    if (this.closed) return
+    this.state = 'closed'
+    this.closeReason = reason
+    this.rtoDeadline = Number.POSITIVE_INFINITY
+    this.timeWaitDeadline = Number.POSITIVE_INFINITY
+    this.housekeepingAt = Number.POSITIVE_INFINITY
+    this.out.length = 0
+    this.outHead = 0
+    this.queuedBytes = 0
+    this.reassembly.clear()
+    this.reassemblyBytes = 0
+    this.orderedPending.length = 0
+    this.abandoned.clear()
+    this.received.clear()
+    this.sacked.clear()
+    this.onFinished?.(this)
+    this.handlers.closed?.(reason)
+  }
+}
+
+function insertSorted(list: InMessage[], m: InMessage): void {
+  let i = list.length
+  while (i > 0 && list[i - 1].start > m.start) i--
+  list.splice(i, 0, m)
+}
+
+/** Copies `length` bytes starting `offset` bytes into the concatenation of `chunks` to `dst[at]`. */
+function copyChunks(
+  chunks: readonly Uint8Array[],
+  offset: number,
+  dst: Uint8Array,
+  at: number,
+  length: number,
+): void {
+  let skip = offset
+  let i = 0
+  while (skip >= chunks[i].length) skip -= chunks[i++].length
+  let remaining = length
+  let p = at
+  while (remaining > 0) {
+    const c = chunks[i++]
+    const n = Math.min(c.length - skip, remaining)
+    dst.set(n === c.length ? c : c.subarray(skip, skip + n), p)
+    p += n
+    remaining -= n
+    skip = 0
+  }
+}

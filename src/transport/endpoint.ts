@@ -1,0 +1,275 @@
+import { randomInt } from 'node:crypto'
+import type { DropReason } from '../wire/drop-reason.ts'
+import { decodeTcpFrame, encodeTcpFrame, newTcpFrame, type TcpFrame } from '../wire/frame.ts'
+import { clearTcpOptions, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/tcp.ts'
+import { type ConnectionOptions, resolveConnectionOptions } from './config.ts'
+import {
+  type Address,
+  Connection,
+  type ConnectionHandlers,
+  type FrameSink,
+  VRIO_PROTOCOL_VERSION,
+} from './connection.ts'
+
+/** Why the endpoint ignored a frame before any connection saw it. */
+export type EndpointDropReason =
+  | DropReason
+  | 'not-ours'
+  | 'no-connection'
+  | 'connection-exists'
+  | 'not-vrio'
+  | 'refused'
+  | 'reset-rate-limited'
+
+export interface EndpointInit {
+  /** Our MAC and IPv4 address on the link. */
+  mac: number
+  ip: number
+  sink: FrameSink
+  /** Milliseconds, monotonic. Default: performance.now. Tests pass a virtual clock. */
+  clock?: () => number
+  /** Uniform in [0, 1): initial sequence numbers, IP ids, ports. Default: crypto-strong. Tests pass a seeded one. */
+  random?: () => number
+  options?: Partial<ConnectionOptions>
+  /** Accept connections on this port (passive open). */
+  listenPort?: number
+  /**
+   * Decides on a connection a peer opens: return its handlers to accept, or undefined to refuse
+   * (the peer gets an RST). Called when the SYN arrives.
+   */
+  accept?: (remote: Address, connection: Connection) => ConnectionHandlers | undefined
+}
+
+export interface EndpointStats {
+  framesReceived: number
+  resetsSent: number
+  connectionsAccepted: number
+  connectionsOpened: number
+  drops: Partial<Record<EndpointDropReason, number>>
+}
+
+const EPHEMERAL_LOW = 49_152
+const NO_HANDLERS: ConnectionHandlers = { message() {} }
+const RESETS_PER_SECOND = 200
+
+/**
+ * The vrio side of one link address (MAC + IPv4): demultiplexes frames to connections by their
+ * addresses and ports, opens connections, accepts them on the listen port, and answers segments
+ * for no connection with an RST as a TCP stack would. Sans-I/O like Connection.
+ */
+export class Endpoint {
+  readonly mac: number
+  readonly ip: number
+  readonly options: ConnectionOptions
+  readonly stats: EndpointStats = {
+    framesReceived: 0,
+    resetsSent: 0,
+    connectionsAccepted: 0,
+    connectionsOpened: 0,
+    drops: {},
+  }
+
+  private readonly sink: FrameSink
+  private readonly clock: () => number
+  private readonly random: () => number
+  private readonly listenPort: number
+  private readonly acceptHandler: EndpointInit['accept']
+  private readonly byRemote = new Map<number, Connection>()
+  private readonly touched = new Set<Connection>()
+  private readonly rx: TcpFrame = newTcpFrame()
+  private readonly rstFrame: TcpFrame = newTcpFrame()
+  private resetWindowStart = 0
+  private resetsInWindow = 0
+
+  constructor(init: EndpointInit) {
+    this.mac = init.mac
+    this.ip = init.ip
+    this.sink = init.sink
+    this.clock = init.clock ?? (() => performance.now())
+    this.random = init.random ?? (() => randomInt(0x1_0000_0000) / 0x1_0000_0000)
+    this.options = resolveConnectionOptions(init.options)
+    this.listenPort = init.listenPort ?? -1
+    this.acceptHandler = init.accept
+  }
+
+  /** Open connections (any state but closed). */
+  connections(): IterableIterator<Connection> {
+    return this.byRemote.values()
+  }
+
+  /** Opens a connection to `remote` from a random ephemeral port. */
+  connect(remote: Address, handlers: ConnectionHandlers): Connection {
+    // One connection per remote address and port: a new one replaces (resets) the old.
+    this.byRemote.get(key(remote.ip, remote.port))?.abort('aborted')
+    const port = EPHEMERAL_LOW + Math.floor(this.random() * (65_536 - EPHEMERAL_LOW))
+    const c = this.newConnection({ mac: this.mac, ip: this.ip, port }, remote, handlers)
+    this.byRemote.set(key(remote.ip, remote.port), c)
+    this.stats.connectionsOpened++
+    c.start()
+    return c
+  }
+
+  /**
+   * Handles one received frame. `checksumVerified`: the kernel or NIC already checked the IP and
+   * TCP checksums (virtio_net_hdr DATA_VALID), so they are not recomputed.
+   */
+  receive(frame: Uint8Array, checksumVerified = false): void {
+    this.stats.framesReceived++
+    const f = this.rx
+    const reason = decodeTcpFrame(frame, f, !checksumVerified)
+    if (reason) {
+      this.drop(reason)
+      return
+    }
+    if (f.ethernet.destination !== this.mac || f.ip.destination !== this.ip) {
+      this.drop('not-ours')
+      return
+    }
+    const tcp = f.tcp
+    const c = this.byRemote.get(key(f.ip.source, tcp.sourcePort))
+    if (c && c.local.port === tcp.destinationPort && c.remote.mac === f.ethernet.source) {
+      c.receive(frame, f)
+      this.touched.add(c)
+      return
+    }
+    if (tcp.flags & TCP_RST) {
+      this.drop('no-connection')
+      return
+    }
+    if ((tcp.flags & (TCP_SYN | TCP_ACK)) === TCP_SYN && tcp.destinationPort === this.listenPort) {
+      this.acceptSyn(f)
+      return
+    }
+    this.drop('no-connection')
+    this.sendReset(f)
+  }
+
+  /** Sends the ACKs owed for the frames received since the last flush. */
+  flush(): void {
+    for (const c of this.touched) c.flush()
+    this.touched.clear()
+  }
+
+  nextDeadline(): number {
+    let d = Number.POSITIVE_INFINITY
+    for (const c of this.byRemote.values()) d = Math.min(d, c.nextDeadline())
+    return d
+  }
+
+  /** Runs due timers of every connection. */
+  tick(): void {
+    const now = this.clock()
+    for (const c of [...this.byRemote.values()]) {
+      if (c.nextDeadline() <= now) c.tick()
+      c.flush()
+    }
+  }
+
+  /** Aborts every connection (RST). */
+  close(): void {
+    for (const c of [...this.byRemote.values()]) c.abort('aborted')
+  }
+
+  private acceptSyn(f: TcpFrame): void {
+    if (f.tcp.options.vrioVersion !== VRIO_PROTOCOL_VERSION) {
+      this.drop('not-vrio')
+      this.sendReset(f)
+      return
+    }
+    const remote: Address = { mac: f.ethernet.source, ip: f.ip.source, port: f.tcp.sourcePort }
+    if (this.byRemote.has(key(remote.ip, remote.port))) {
+      // Same address and port as a live connection but another MAC or port of ours: a forgery or
+      // a stale duplicate. A genuine restart from the same port reaches the live connection and
+      // resolves through its challenge ACK (RFC 5961).
+      this.drop('connection-exists')
+      return
+    }
+    const c = this.newConnection(
+      { mac: this.mac, ip: this.ip, port: f.tcp.destinationPort },
+      remote,
+      NO_HANDLERS,
+      f,
+    )
+    const handlers = this.acceptHandler?.(remote, c)
+    if (!handlers) {
+      this.drop('refused')
+      this.sendReset(f)
+      return
+    }
+    c.setHandlers(handlers)
+    this.byRemote.set(key(remote.ip, remote.port), c)
+    this.stats.connectionsAccepted++
+    c.start()
+  }
+
+  private newConnection(
+    local: Address,
+    remote: Address,
+    handlers: ConnectionHandlers,
+    syn?: TcpFrame,
+  ): Connection {
+    return new Connection(
+      {
+        options: this.options,
+        local,
+        remote,
+        handlers,
+        sink: this.sink,
+        clock: this.clock,
+        random: this.random,
+        onFinished: (c) => {
+          const k = key(c.remote.ip, c.remote.port)
+          if (this.byRemote.get(k) === c) this.byRemote.delete(k)
+          this.touched.delete(c)
+        },
+      },
+      syn,
+    )
+  }
+
+  /** RFC 793's reset for a segment that belongs to no connection. */
+  private sendReset(f: TcpFrame): void {
+    const now = this.clock()
+    if (now - this.resetWindowStart >= 1000) {
+      this.resetWindowStart = now
+      this.resetsInWindow = 0
+    }
+    if (++this.resetsInWindow > RESETS_PER_SECOND) {
+      this.drop('reset-rate-limited')
+      return
+    }
+    const r = this.rstFrame
+    r.ethernet.source = this.mac
+    r.ethernet.destination = f.ethernet.source
+    r.ip.source = this.ip
+    r.ip.destination = f.ip.source
+    r.ip.identification = 0
+    r.tcp.sourcePort = f.tcp.destinationPort
+    r.tcp.destinationPort = f.tcp.sourcePort
+    clearTcpOptions(r.tcp.options)
+    r.tcp.window = 0
+    if (f.tcp.flags & TCP_ACK) {
+      r.tcp.seq = f.tcp.ack
+      r.tcp.ack = 0
+      r.tcp.flags = TCP_RST
+    } else {
+      const length = f.payloadLength + (f.tcp.flags & TCP_SYN ? 1 : 0) + (f.tcp.flags & TCP_FIN ? 1 : 0)
+      r.tcp.seq = 0
+      r.tcp.ack = (f.tcp.seq + length) >>> 0
+      r.tcp.flags = TCP_RST | TCP_ACK
+    }
+    const frame = Buffer.allocUnsafe(54)
+    encodeTcpFrame(frame, r, 0, false)
+    this.stats.resetsSent++
+    this.sink(frame, 0)
+  }
+
+  private drop(reason: EndpointDropReason): void {
+    this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + 1
+  }
+}
+
+/** Connection lookup key: remote IPv4 and port in one exact integer (48 bits). */
+function key(ip: number, port: number): number {
+  return ip * 65_536 + port
+}
