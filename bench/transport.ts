@@ -85,7 +85,12 @@ function codec(partial: boolean, n: number): { frames: number; bytes: number } {
 function transfer(messageSize: number, totalBytes: number, delivery: Delivery, offload: boolean) {
   const ab: Uint8Array[] = []
   const ba: Uint8Array[] = []
-  const options = { checksumOffload: offload, maxBurst: 256, receiveBuffer: 16 * 1024 * 1024, sendBuffer: 32 * 1024 * 1024 }
+  const options = {
+    checksumOffload: offload,
+    maxBurst: 256,
+    receiveBuffer: 16 * 1024 * 1024,
+    sendBuffer: 32 * 1024 * 1024,
+  }
   const a = new Endpoint({ mac: 0xa, ip: 0x0a00_0001, sink: (f) => ab.push(f), options })
   let received = 0
   const b = new Endpoint({
@@ -130,13 +135,33 @@ rows.push(measure('codec: encode+decode 1500 B, checksum offload', () => codec(t
 const total = 512 * 1024 * 1024
 for (const offload of [false, true]) {
   const mode = offload ? 'offload' : 'full csum'
-  rows.push(measure(`transfer: 1 MiB reliable messages, ${mode}`, transfer(1 << 20, total, Delivery.Reliable, offload)))
-  rows.push(measure(`transfer: 64 KiB reliable messages, ${mode}`, transfer(1 << 16, total, Delivery.Reliable, offload)))
-  rows.push(measure(`transfer: 1400 B best-effort messages, ${mode}`, transfer(1400, total / 2, Delivery.BestEffort, offload)))
+  rows.push(
+    measure(
+      `transfer: 1 MiB reliable messages, ${mode}`,
+      transfer(1 << 20, total, Delivery.Reliable, offload),
+    ),
+  )
+  rows.push(
+    measure(
+      `transfer: 64 KiB reliable messages, ${mode}`,
+      transfer(1 << 16, total, Delivery.Reliable, offload),
+    ),
+  )
+  rows.push(
+    measure(
+      `transfer: 1400 B best-effort messages, ${mode}`,
+      transfer(1400, total / 2, Delivery.BestEffort, offload),
+    ),
+  )
 }
 
 const header = ['case', 'frames/s', 'MB/s', 'ns/frame', 'send ns/fr', 'recv ns/fr', 'B alloc/frame']
-console.log(`${header[0].padEnd(52)}${header.slice(1).map((h) => h.padStart(14)).join('')}`)
+console.log(
+  `${header[0].padEnd(52)}${header
+    .slice(1)
+    .map((h) => h.padStart(14))
+    .join('')}`,
+)
 for (const r of rows) {
   const cells = [
     r.framesPerSecond,
