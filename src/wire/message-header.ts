@@ -24,9 +24,8 @@ export const MessageType = {
   /** Session set-up and authentication (channel layer). */
   Hello: 0x01,
   Auth: 0x02,
-  /** Control requests and responses between IOhyp and guest (authenticated). */
-  ControlRequest: 0x10,
-  ControlResponse: 0x11,
+  /** Control messages between IOhyp and guest (authenticated JSON; see src/session). */
+  Control: 0x10,
   /** Block device requests and responses (virtio_blk semantics). */
   BlockRequest: 0x20,
   BlockResponse: 0x21,
