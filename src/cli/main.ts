@@ -1,22 +1,35 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs'
 import { Command, CommanderError } from 'commander'
 import { isVrioError, VrioError } from '../errors.ts'
+import { printJson } from './common.ts'
+import { registerDaemonCommands } from './daemons.ts'
+import { registerGuestsCommands } from './guests.ts'
+import { registerKeygenCommand } from './keygen.ts'
+import { registerStatusCommand } from './status.ts'
+import { VERSION } from './version.ts'
 
-const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
-  version: string
+/** What main needs to learn from the command that ran, to report its failure the right way. */
+export interface RunState {
+  json: boolean
 }
 
-export function buildProgram(): Command {
+export function buildProgram(state: RunState = { json: false }): Command {
   const program = new Command()
     .name('vrio')
     .description(
       'Split I/O in user space: an I/O hypervisor serves virtual disks and NICs to guests over a ' +
         'TCP-looking layer-2 channel, and runs block encryption, firewall and DPI once for everyone.',
     )
-    .version(pkg.version, '-V, --version')
-    .showHelpAfterError('(run vrio --help for usage)')
+    .version(VERSION, '-V, --version')
     .exitOverride()
+    // One line on stderr, same shape as every other failure; subcommands inherit this.
+    .configureOutput({
+      outputError: (text, write) =>
+        write(`vrio: ${oneLine(text.replace(/^error: /, ''))} (see vrio --help)\n`),
+    })
+    .hook('preAction', (_program, action) => {
+      state.json = action.opts().json === true
+    })
 
   program
     .command('demo')
@@ -29,21 +42,35 @@ export function buildProgram(): Command {
         'the demo needs the daemons, which do not exist yet; `npm test` exercises the transport today',
       )
     })
+  registerDaemonCommands(program)
+  registerKeygenCommand(program)
+  registerGuestsCommands(program)
+  registerStatusCommand(program)
   return program
 }
 
+function oneLine(text: string): string {
+  return text.trim().replace(/\s*\n\s*/g, ' ')
+}
+
 async function main(argv: string[]): Promise<number> {
+  const state: RunState = { json: false }
   try {
-    await buildProgram().parseAsync(argv)
+    await buildProgram(state).parseAsync(argv)
     return 0
   } catch (error) {
     if (error instanceof CommanderError) return error.exitCode
     if (isVrioError(error)) {
-      process.stderr.write(`vrio: ${error.message}\n`)
+      const hint = error.details.hint
+      process.stderr.write(
+        `vrio: ${oneLine(error.message)}${typeof hint === 'string' ? ` (${oneLine(hint)})` : ''}\n`,
+      )
+      // Scripts get the stable code, not just prose: the same `{ error }` shape the control API uses.
+      if (state.json) printJson({ error: error.toJSON() })
       return 1
     }
     const message = error instanceof Error ? error.message : String(error)
-    process.stderr.write(`vrio: unexpected error: ${message}\n`)
+    process.stderr.write(`vrio: unexpected error: ${oneLine(message)}\n`)
     if (process.env.VRIO_DEBUG) console.error(error)
     return 70 // EX_SOFTWARE
   }

@@ -22,6 +22,17 @@ describe('vrio command line', () => {
     assert.match(r.stdout, /demo/)
   })
 
+  it('names the control commands in its help', () => {
+    const r = vrio('--help')
+    assert.equal(r.status, 0)
+    for (const command of ['keygen', 'guests', 'status'])
+      assert.match(r.stdout, new RegExp(`\\b${command}\\b`))
+    const guests = vrio('guests', '--help')
+    assert.equal(guests.status, 0)
+    for (const command of ['add', 'remove', 'list'])
+      assert.match(guests.stdout, new RegExp(`\\b${command}\\b`))
+  })
+
   it('refuses an unknown command with a one-line reason and a non-zero exit, no stack trace', () => {
     const r = vrio('frobnicate')
     assert.notEqual(r.status, 0)

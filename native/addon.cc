@@ -1,0 +1,20 @@
+// Module entry point of vrio_io.node.
+#include "io.h"
+
+namespace vrio {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  AddonData* data = new AddonData();
+  data->channelCtor = Napi::Persistent(Channel::Define(env));
+  env.SetInstanceData(data);  // freed by the env (per worker thread, no process-wide state)
+  exports.Set("openPacket", Napi::Function::New<OpenPacket>(env, "openPacket"));
+  exports.Set("openTap", Napi::Function::New<OpenTap>(env, "openTap"));
+  exports.Set("interfaceInfo", Napi::Function::New<InterfaceInfo>(env, "interfaceInfo"));
+  return exports;
+}
+
+}  // namespace vrio
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return vrio::Init(env, exports); }
+
+NODE_API_MODULE(vrio_io, InitModule)

@@ -1,0 +1,88 @@
+/** Pieces every CLI command shares: the control socket option, JSON and table output. */
+import type { Command } from 'commander'
+import { ControlClient } from '../control/control-client.ts'
+
+export interface ControlOptions {
+  control?: string
+  json?: boolean
+}
+
+/** `--control PATH`; with `defaultPath` commander fills it in (and shows it in --help). */
+export function addControlOption(command: Command, defaultPath?: string, description?: string): Command {
+  const text = description ?? "unix socket of the daemon's control API"
+  return defaultPath === undefined
+    ? command.option('--control <path>', text)
+    : command.option('--control <path>', text, defaultPath)
+}
+
+export function addJsonOption(command: Command): Command {
+  return command.option('--json', 'print one machine-readable JSON document to stdout')
+}
+
+export function controlClient(path: string): ControlClient {
+  return new ControlClient({ path })
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
+}
+
+export function printLines(lines: readonly string[]): void {
+  if (lines.length > 0) process.stdout.write(`${lines.join('\n')}\n`)
+}
+
+export type Align = 'left' | 'right'
+
+/** Lays rows out in columns two spaces apart; the last column is not padded. */
+export function formatTable(
+  header: readonly string[],
+  rows: readonly string[][],
+  align: readonly Align[],
+): string[] {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
+  const line = (cells: readonly string[]) =>
+    cells
+      .map((cell, i) => {
+        if (i === cells.length - 1 && align[i] !== 'right') return cell
+        return align[i] === 'right' ? cell.padStart(widths[i]) : cell.padEnd(widths[i])
+      })
+      .join('  ')
+  return [line(header), ...rows.map(line)]
+}
+
+/** `key: value` lines with the values aligned. */
+export function formatFields(fields: readonly [string, string][]): string[] {
+  const width = Math.max(0, ...fields.map(([k]) => k.length + 1))
+  return fields.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v}`)
+}
+
+const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
+
+export function formatBytes(n: number): string {
+  let value = n
+  let unit = 0
+  while (value >= 1024 && unit < BYTE_UNITS.length - 1) {
+    value /= 1024
+    unit++
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${BYTE_UNITS[unit]}`
+}
+
+export function formatRtt(rttMs: number | null | undefined): string {
+  if (rttMs === null || rttMs === undefined) return '-'
+  return rttMs < 10 ? `${rttMs.toFixed(2)} ms` : `${Math.round(rttMs)} ms`
+}
+
+export function formatDuration(ms: number): string {
+  let s = Math.floor(ms / 1000)
+  const d = Math.floor(s / 86400)
+  s -= d * 86400
+  const h = Math.floor(s / 3600)
+  s -= h * 3600
+  const m = Math.floor(s / 60)
+  s -= m * 60
+  if (d > 0) return `${d}d ${h}h ${m}m`
+  if (h > 0) return `${h}h ${m}m ${s}s`
+  if (m > 0) return `${m}m ${s}s`
+  return `${s}s`
+}

@@ -1,0 +1,113 @@
+/** `vrio guests add|remove|list`: manage the guests an IOhyp serves, through its control API. */
+import type { Command } from 'commander'
+import { readKeyFile } from '../auth/key-file.ts'
+import {
+  type AddGuestRequest,
+  type AddGuestResponse,
+  DEFAULT_IOHYP_SOCKET,
+  type GuestInfo,
+  type ListGuestsResponse,
+  type RemoveGuestResponse,
+  ROUTES,
+} from '../control/api.ts'
+import { parseGuestAddress, parseGuestMac } from '../control/validate.ts'
+import {
+  addControlOption,
+  addJsonOption,
+  type ControlOptions,
+  controlClient,
+  formatBytes,
+  formatRtt,
+  formatTable,
+  printJson,
+  printLines,
+} from './common.ts'
+
+interface AddOptions extends ControlOptions {
+  mac: string
+  address: string
+  keyFile: string
+}
+
+export function registerGuestsCommands(program: Command): void {
+  const guests = program.command('guests').description('manage the guests an IOhyp serves')
+
+  const add = guests
+    .command('add')
+    .description('let a guest connect: its MAC, its IPv4 address and its channel key')
+    .requiredOption('--mac <mac>', "guest's MAC address, e.g. 52:54:00:12:34:56")
+    .requiredOption('--address <ipv4>', "guest's IPv4 address, e.g. 10.0.0.2")
+    .requiredOption('--key-file <file>', 'file holding the guest key (from vrio keygen; mode 0600)')
+  addControlOption(add, DEFAULT_IOHYP_SOCKET)
+  addJsonOption(add).action(async (options: AddOptions) => {
+    // Everything that can be checked here is, so a typo never reaches the daemon.
+    const request: AddGuestRequest = {
+      mac: parseGuestMac(options.mac),
+      address: parseGuestAddress(options.address),
+      key: readKeyFile(options.keyFile).toString('hex'),
+    }
+    const answer = await controlClient(options.control!).post<AddGuestResponse>(ROUTES.guests, request)
+    if (options.json) printJson(answer)
+    else printLines([`added guest ${answer.guest.mac} (${answer.guest.address}), ${answer.guest.state}`])
+  })
+
+  const remove = guests
+    .command('remove')
+    .description('disconnect a guest and forget it')
+    .argument('<mac>', "guest's MAC address")
+  addControlOption(remove, DEFAULT_IOHYP_SOCKET)
+  addJsonOption(remove).action(async (macText: string, options: ControlOptions) => {
+    const mac = parseGuestMac(macText)
+    const answer = await controlClient(options.control!).delete<RemoveGuestResponse>(guestPath(mac))
+    if (options.json) printJson(answer)
+    else printLines([`removed guest ${answer.guest.mac} (${answer.guest.address})`])
+  })
+
+  const list = guests.command('list').description('show the guests with their state and traffic counters')
+  addControlOption(list, DEFAULT_IOHYP_SOCKET)
+  addJsonOption(list).action(async (options: ControlOptions) => {
+    const answer = await controlClient(options.control!).get<ListGuestsResponse>(ROUTES.guests)
+    if (options.json) printJson(answer)
+    else printLines(answer.guests.length === 0 ? ['no guests'] : guestTable(answer.guests))
+  })
+}
+
+function guestPath(mac: string): string {
+  return ROUTES.guest.replace(':mac', encodeURIComponent(mac))
+}
+
+export function guestTable(guests: readonly GuestInfo[]): string[] {
+  const header = [
+    'MAC',
+    'ADDRESS',
+    'STATE',
+    'RTT',
+    'FRAMES IN',
+    'FRAMES OUT',
+    'BYTES IN',
+    'BYTES OUT',
+    'DROPS',
+  ]
+  const rows = guests.map((g) => [
+    g.mac,
+    g.address,
+    g.state,
+    formatRtt(g.rttMs),
+    String(g.framesIn),
+    String(g.framesOut),
+    formatBytes(g.bytesIn),
+    formatBytes(g.bytesOut),
+    String(Object.values(g.drops ?? {}).reduce((sum, n) => sum + n, 0)),
+  ])
+  return formatTable(header, rows, [
+    'left',
+    'left',
+    'left',
+    'right',
+    'right',
+    'right',
+    'right',
+    'right',
+    'right',
+  ])
+}

@@ -1,0 +1,123 @@
+/**
+ * The control API contract: routes, request and response bodies, shared by the daemons (which
+ * serve them) and the CLI (which calls them). Every body is JSON. Field names are stable: a field
+ * is never renamed or retyped, only added, because scripts read `vrio ... --json` output, which is
+ * these documents verbatim.
+ *
+ * Routes (all served on a unix socket by `ControlServer`):
+ *
+ *   GET    /v1/status          -> 200 StatusInfo                   (IOhyp and guest daemons)
+ *   GET    /v1/guests          -> 200 ListGuestsResponse           (IOhyp)
+ *   POST   /v1/guests          AddGuestRequest -> 200 AddGuestResponse
+ *                               400 invalid-argument, 409 conflict (MAC or address already in use)
+ *   DELETE /v1/guests/:mac     -> 200 RemoveGuestResponse, 404 not-found
+ *
+ * A failure is any status >= 400 with body `{ "error": ErrorBody }`.
+ */
+
+export const DEFAULT_IOHYP_SOCKET = '/run/vrio/iohyp.sock'
+export const DEFAULT_GUEST_SOCKET = '/run/vrio/guest.sock'
+
+export const ROUTES = {
+  status: '/v1/status',
+  guests: '/v1/guests',
+  guest: '/v1/guests/:mac',
+} as const
+
+/** Body of every error answer, under the `error` key. Extra fields belong to the code. */
+export interface ErrorBody {
+  code: string
+  message: string
+  [detail: string]: unknown
+}
+
+export interface ErrorResponse {
+  error: ErrorBody
+}
+
+/**
+ * Where a guest stands, as the IOhyp sees it:
+ * - `waiting`: configured, no connection attempt seen yet
+ * - `connecting`: handshake in progress
+ * - `connected`: channel established, I/O flows
+ * - `closing`: orderly shutdown in progress
+ * - `disconnected`: had a channel, lost or closed it; the IOhyp accepts a new one
+ */
+export type GuestState = 'waiting' | 'connecting' | 'connected' | 'closing' | 'disconnected'
+
+export const GUEST_STATES: readonly GuestState[] = [
+  'waiting',
+  'connecting',
+  'connected',
+  'closing',
+  'disconnected',
+]
+
+export interface GuestInfo {
+  /** Lowercase, colon-separated: `52:54:00:12:34:56`. */
+  mac: string
+  /** Dotted quad. */
+  address: string
+  state: GuestState
+  /** Smoothed round-trip time of the channel; null until the first sample. */
+  rttMs: number | null
+  framesIn: number
+  framesOut: number
+  bytesIn: number
+  bytesOut: number
+  /** Dropped frames by reason (a `DropReason` from wire/, or a transport/daemon reason); only non-zero ones. */
+  drops: Record<string, number>
+  /** Channels that ended because authentication or integrity failed, by reason (e.g. `auth-failed`). */
+  sessionFailures: Record<string, number>
+}
+
+export interface AddGuestRequest {
+  /** Unicast MAC; any case, `:` or `-` separated. The daemon answers with the canonical form. */
+  mac: string
+  /** Unicast IPv4 address of the guest's end of the channel. */
+  address: string
+  /**
+   * The guest's 32-byte channel key as 64 hex characters. It travels only over the control
+   * socket (mode 0600); daemons must never log it or echo it back.
+   */
+  key: string
+}
+
+export interface AddGuestResponse {
+  guest: GuestInfo
+}
+
+export interface RemoveGuestResponse {
+  /** The guest as it was when removed (final counters). */
+  guest: GuestInfo
+}
+
+export interface ListGuestsResponse {
+  /** Sorted by MAC. */
+  guests: GuestInfo[]
+}
+
+export type DaemonRole = 'iohyp' | 'guest'
+
+export interface StatusInfo {
+  role: DaemonRole
+  /** vrio package version of the daemon. */
+  version: string
+  pid: number
+  /** ISO 8601, UTC. */
+  startedAt: string
+  uptimeMs: number
+  /** Network interface the daemon sends and receives on. */
+  interface: string
+  /** MAC and IPv4 address of this end of the channel(s). */
+  mac: string
+  address: string
+  /** IOhyp only: configured guests and how many are connected. */
+  guests?: { total: number; connected: number }
+  /** Frames the daemon's endpoint dropped before any connection saw them, by reason. */
+  drops?: Record<string, number>
+  /** Guest only: connections refused because authentication or integrity failed, by reason. */
+  sessionFailures?: Record<string, number>
+  /** Guest only: the IOhyp this guest talks to. */
+  iohyp?: { mac: string; address: string; state: GuestState; rttMs: number | null }
+}

@@ -1,0 +1,241 @@
+import type { IoError } from './errors.ts'
+import { fromNative } from './errors.ts'
+import type { NativeChannel } from './native.ts'
+
+/**
+ * One batch of received frames: a slab plus a table of where its frames lie. `frame(i)` is a view
+ * (no copy) into the slab.
+ *
+ * Valid only while the batch handler runs. When the handler returns, the slab goes back to the
+ * reader thread, which overwrites it with later frames; copy whatever must outlive the call. The
+ * FrameBatch object itself is reused for the next batch on the same slab.
+ */
+export class FrameBatch {
+  /** The whole slab; frame i is slab[offsets[i], offsets[i] + lengths[i]). */
+  readonly slab: Buffer
+  /** Only the first `count` entries are meaningful. */
+  readonly offsets: Uint32Array
+  readonly lengths: Uint32Array
+  #count = 0
+
+  constructor(slab: Buffer, offsets: Uint32Array, lengths: Uint32Array) {
+    this.slab = slab
+    this.offsets = offsets
+    this.lengths = lengths
+  }
+
+  get count(): number {
+    return this.#count
+  }
+
+  /** @internal set by the channel before each delivery */
+  setCount(count: number): void {
+    this.#count = count
+  }
+
+  frame(i: number): Buffer {
+    const start = this.offsets[i]
+    return this.slab.subarray(start, start + this.lengths[i])
+  }
+}
+
+export type BatchHandler = (batch: FrameBatch) => void
+export type ErrorHandler = (error: IoError) => void
+
+export interface ChannelStats {
+  /** Frames handed to JS (after the outgoing filter) and their bytes. */
+  rxFrames: number
+  rxBytes: number
+  rxBatches: number
+  /** Frames longer than frameSize: delivered cut short (packet socket) or lost (TAP). */
+  rxTruncated: number
+  /** Transient receive errors (interface went down, ...); the reader carried on. */
+  rxErrors: number
+  txFrames: number
+  txBytes: number
+  /** Send calls that stopped early because the kernel pushed back (EAGAIN/ENOBUFS). */
+  txEagain: number
+  /** PACKET_STATISTICS, accumulated: frames the socket saw (including drops) and dropped because
+   * the receive buffer was full. Always 0 for TAP devices. */
+  kernelPackets: number
+  kernelDrops: number
+}
+
+export interface ReceiveConfig {
+  /** Frames per batch at most (1..1024). */
+  rxBatch: number
+  /** Slabs in the pool (2..64): batches that can be in flight to JS at once. */
+  slabs: number
+  /** Bytes reserved per frame in a slab; longer frames are truncated (see ChannelStats). */
+  frameSize: number
+}
+
+interface Where {
+  ifname?: string
+  netns?: string
+}
+
+/**
+ * What packet sockets and TAP devices share: the reader thread feeding `onBatch`, batched send,
+ * stats, ref/unref and close.
+ */
+export class FrameChannel {
+  readonly rx: Readonly<ReceiveConfig>
+  readonly #handle: NativeChannel
+  readonly #where: Where
+  #batches: FrameBatch[] = []
+  #onBatch: BatchHandler | undefined
+  #onError: ErrorHandler | undefined
+  #started = false
+  #closed = false
+
+  protected constructor(handle: NativeChannel, rx: ReceiveConfig, where: Where) {
+    this.#handle = handle
+    this.rx = Object.freeze({ ...rx })
+    this.#where = where
+  }
+
+  get closed(): boolean {
+    return this.#closed
+  }
+
+  /**
+   * Sets the batch handler and starts the reader thread on first use. Until then nothing is read
+   * (a receiving packet socket's frames wait in the kernel's socket buffer, then are dropped and
+   * counted; open send-only sockets with protocol 0) and the channel does not keep the event loop
+   * alive. Once started, it does, until close() or unref().
+   *
+   * With vnetHdr, every frame starts with its 10-byte virtio_net_hdr (see virtio-net-hdr.ts).
+   */
+  onBatch(handler: BatchHandler): this {
+    this.#onBatch = handler
+    if (!this.#started && !this.#closed) this.#start()
+    return this
+  }
+
+  /**
+   * Called if the reader thread stops on an unexpected error (e.g. EBADFD: the TAP device was
+   * deleted). Nothing more will be received; close() the channel. Without a handler the error
+   * is thrown as an uncaught exception.
+   */
+  onError(handler: ErrorHandler): this {
+    this.#onError = handler
+    return this
+  }
+
+  /**
+   * Sends frames in one batch, without blocking. Returns how many the kernel accepted, in order;
+   * fewer than given means it pushed back (counted in `txEagain`): retry the rest later. A hard
+   * error throws an IoError when it hits the first frame; after a partial send it shows up on the
+   * next call.
+   */
+  send(frames: readonly Uint8Array[]): number {
+    try {
+      return this.#handle.send(frames)
+    } catch (e) {
+      throw fromNative(e, this.#where)
+    }
+  }
+
+  /**
+   * Like send(), for frames described by a table, e.g. a received FrameBatch being forwarded:
+   * `sendBatch(b.slab, b.offsets, b.lengths, b.count)`.
+   */
+  sendBatch(
+    slab: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    count = offsets.length,
+    start = 0,
+  ): number {
+    try {
+      return this.#handle.sendSlab(slab, offsets, lengths, start, count)
+    } catch (e) {
+      throw fromNative(e, this.#where)
+    }
+  }
+
+  stats(): ChannelStats {
+    return this.#handle.stats()
+  }
+
+  ref(): this {
+    if (!this.#closed) this.#handle.setRef(true)
+    return this
+  }
+
+  unref(): this {
+    if (!this.#closed) this.#handle.setRef(false)
+    return this
+  }
+
+  /** Stops the reader thread (waits for it) and closes the fd. Batches not yet delivered are
+   * dropped. Safe to call twice, and from inside the batch handler. */
+  close(): void {
+    if (this.#closed) return
+    this.#closed = true
+    this.#handle.close()
+  }
+
+  #start(): void {
+    const { rxBatch, slabs, frameSize } = this.rx
+    let buffers: { data: ArrayBuffer; meta: ArrayBuffer }[]
+    try {
+      buffers = this.#handle.start(this.#dispatch, rxBatch, slabs, frameSize)
+    } catch (e) {
+      throw fromNative(e, this.#where)
+    }
+    this.#batches = buffers.map(
+      ({ data, meta }) =>
+        new FrameBatch(
+          Buffer.from(data),
+          new Uint32Array(meta, 0, rxBatch),
+          new Uint32Array(meta, rxBatch * 4, rxBatch),
+        ),
+    )
+    this.#started = true
+  }
+
+  // Called by the addon on the main thread. Must not throw: the slab is recycled after it returns.
+  #dispatch = (slab: number, count: number, syscall?: string, message?: string): void => {
+    if (slab < 0) {
+      this.#readerFailed(count, syscall ?? 'read', message ?? 'reader stopped')
+      return
+    }
+    const batch = this.#batches[slab]
+    batch.setCount(count)
+    try {
+      this.#onBatch?.(batch)
+    } catch (e) {
+      rethrowLater(e)
+    }
+  }
+
+  #readerFailed(errno: number, syscall: string, message: string): void {
+    const error = fromNative(
+      Object.assign(new Error(message), { errno, syscall, detail: 'reader thread stopped' }),
+      this.#where,
+    ) as IoError
+    if (!this.#onError) {
+      rethrowLater(error)
+      return
+    }
+    try {
+      this.#onError(error)
+    } catch (e) {
+      rethrowLater(e)
+    }
+  }
+}
+
+// Surfaces an exception from a handler as an ordinary uncaught exception, outside the addon's
+// callback (which must return normally so the slab is recycled).
+function rethrowLater(error: unknown): void {
+  process.nextTick(() => {
+    throw error
+  })
+}
+
+export function alignUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to
+}

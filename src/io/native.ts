@@ -1,0 +1,92 @@
+import { existsSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+/** Opaque fd handle owned by the addon (see native/io.h). */
+export interface NativeChannel {
+  /** Starts the reader thread; returns the slabs' backing stores, indexed like the callback's slab. */
+  start(
+    /** (slab index, frame count), or (-1, errno, syscall, strerror) when the reader stopped on an error. */
+    callback: (slab: number, count: number, syscall?: string, message?: string) => void,
+    batch: number,
+    slabs: number,
+    frameSize: number,
+  ): { data: ArrayBuffer; meta: ArrayBuffer }[]
+  send(frames: readonly Uint8Array[]): number
+  sendSlab(slab: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, start: number, count: number): number
+  stats(): NativeStats
+  close(): void
+  setRef(ref: boolean): void
+}
+
+export interface NativeStats {
+  rxFrames: number
+  rxBytes: number
+  rxBatches: number
+  rxTruncated: number
+  rxErrors: number
+  txFrames: number
+  txBytes: number
+  txEagain: number
+  kernelPackets: number
+  kernelDrops: number
+}
+
+export interface NativeIfInfo {
+  ifindex: number
+  mtu: number
+  mac: string
+}
+
+export interface NativeAddon {
+  openPacket(options: {
+    ifname: string
+    netns?: string
+    protocol: number
+    vnetHdr: boolean
+    ignoreOutgoing: boolean
+    qdiscBypass: boolean
+    fanoutGroup: number
+    fanoutMode: number
+    rcvBuf: number
+    sndBuf: number
+  }): NativeIfInfo & { handle: NativeChannel; filterOutgoing: boolean }
+  openTap(options: {
+    name: string
+    netns?: string
+    vnetHdr: boolean
+    offloads: number
+    multiQueue: boolean
+  }): NativeIfInfo & { handle: NativeChannel; name: string; created: boolean; offloads: number }
+  interfaceInfo(name: string, netns?: string): NativeIfInfo
+}
+
+const ADDON = join('build', 'Release', 'vrio_io.node')
+
+// Works from src/io (run as TS) and dist/src/io (compiled) alike: walk up to the package root,
+// the first directory holding package.json, and take the addon node-gyp built there.
+function findAddon(): string {
+  if (process.env.VRIO_IO_ADDON) return process.env.VRIO_IO_ADDON
+  let dir = dirname(fileURLToPath(import.meta.url))
+  for (;;) {
+    if (existsSync(join(dir, 'package.json'))) {
+      const candidate = join(dir, ADDON)
+      if (existsSync(candidate)) return candidate
+    }
+    const parent = dirname(dir)
+    if (parent === dir) break
+    dir = parent
+  }
+  throw new Error(
+    `vrio: native addon ${ADDON} not found above ${fileURLToPath(import.meta.url)}; run npm install`,
+  )
+}
+
+let addon: NativeAddon | undefined
+
+/** The addon, loaded on first use so that importing this layer costs nothing when unused. */
+export function native(): NativeAddon {
+  addon ??= createRequire(import.meta.url)(findAddon()) as NativeAddon
+  return addon
+}

@@ -1,0 +1,296 @@
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
+import { ROUTES } from '../control/api.ts'
+import { ControlServer } from '../control/control-server.ts'
+import { parseAddGuestRequest } from '../control/validate.ts'
+import { writeFileAtomic, openLink, VRIO_PORT } from '../daemon/runtime.ts'
+import type { Logger } from '../daemon/log.ts'
+import { VrioError } from '../errors.ts'
+import { KernelGuard } from '../io/kernel-guard.ts'
+import { LinkDriver } from '../io/link-driver.ts'
+import type { PacketSocket } from '../io/packet-socket.ts'
+import { Session } from '../session/session.ts'
+import type { ConnectionOptions } from '../transport/config.ts'
+import type { Connection } from '../transport/connection.ts'
+import { formatIPv4, formatMac, parseIPv4, parseMac } from '../wire/address.ts'
+
+export interface IohypOptions {
+  interface: string
+  address?: string
+  stateDir: string
+  control: string
+  version: string
+  /** The guests' listen port. */
+  port?: number
+  transport?: Partial<ConnectionOptions>
+}
+
+const REDIAL_MIN_MS = 100
+const REDIAL_MAX_MS = 300
+/** Per attempt: a guest that is not up yet is retried quickly, so it connects soon after it starts. */
+const DIAL_OPTIONS: Partial<ConnectionOptions> = { connectTimeout: 1000 }
+
+interface Totals {
+  framesIn: number
+  framesOut: number
+  bytesIn: number
+  bytesOut: number
+  drops: Record<string, number>
+}
+
+/** One enrolled guest and the channel the IOhyp keeps open to it. */
+class GuestRecord {
+  readonly mac: number
+  readonly ip: number
+  readonly key: Buffer
+  state: GuestState = 'waiting'
+  session: Session | undefined
+  /** Counters of closed connections; the live one is added when reporting. */
+  readonly totals: Totals = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, drops: {} }
+  readonly sessionFailures: Record<string, number> = {}
+  retry: NodeJS.Timeout | undefined
+  backoff = REDIAL_MIN_MS
+  removed = false
+
+  constructor(mac: number, ip: number, key: Buffer) {
+    this.mac = mac
+    this.ip = ip
+    this.key = key
+  }
+
+  info(): GuestInfo {
+    const t = { ...this.totals, drops: { ...this.totals.drops } }
+    const c = this.session?.connection
+    if (c && !c.closed) addStats(t, c)
+    return {
+      mac: formatMac(this.mac),
+      address: formatIPv4(this.ip),
+      state: this.state,
+      rttMs: c && !c.closed && c.srtt >= 0 ? Math.round(c.srtt * 1000) / 1000 : null,
+      ...t,
+      sessionFailures: { ...this.sessionFailures },
+    }
+  }
+}
+
+function addStats(t: Totals, c: Connection): void {
+  t.framesIn += c.stats.framesReceived
+  t.framesOut += c.stats.framesSent
+  t.bytesIn += c.stats.bytesReceived
+  t.bytesOut += c.stats.bytesSent
+  for (const [k, v] of Object.entries(c.stats.drops)) t.drops[k] = (t.drops[k] ?? 0) + (v ?? 0)
+}
+
+/** The I/O hypervisor daemon: keeps an authenticated channel open to every enrolled guest. */
+export class IohypDaemon {
+  private readonly o: IohypOptions
+  private readonly log: Logger
+  private readonly guests = new Map<number, GuestRecord>()
+  private readonly startedAt = new Date()
+  private socket!: PacketSocket
+  private driver!: LinkDriver
+  private guard!: KernelGuard
+  private control!: ControlServer
+  private mac = 0
+  private ip = 0
+
+  private constructor(o: IohypOptions, log: Logger) {
+    this.o = o
+    this.log = log
+  }
+
+  static async start(o: IohypOptions, log: Logger): Promise<IohypDaemon> {
+    const d = new IohypDaemon(o, log)
+    await d.init()
+    return d
+  }
+
+  private get port(): number {
+    return this.o.port ?? VRIO_PORT
+  }
+
+  private async init(): Promise<void> {
+    const link = openLink(this.o.interface, this.o.address)
+    this.socket = link.socket
+    this.mac = link.mac
+    this.ip = link.ip
+    this.guard = new KernelGuard({
+      ifname: this.o.interface,
+      address: this.ip,
+      remotePort: this.port,
+      role: 'iohyp',
+    })
+    try {
+      await this.guard.install()
+      this.driver = new LinkDriver({
+        channel: this.socket,
+        mac: this.mac,
+        ip: this.ip,
+        options: { ...DIAL_OPTIONS, ...this.o.transport },
+      })
+      this.control = new ControlServer({
+        path: this.o.control,
+        onError: (error, req) => this.log.error('control request failed', { error, ...req }),
+      })
+      this.routes()
+      await this.control.listen()
+      await this.restoreState()
+    } catch (error) {
+      await this.guard.remove()
+      this.socket.close()
+      throw error
+    }
+    this.log.info('iohyp started', {
+      interface: this.o.interface,
+      mac: formatMac(this.mac),
+      address: formatIPv4(this.ip),
+      control: this.o.control,
+      guests: this.guests.size,
+    })
+  }
+
+  async stop(): Promise<void> {
+    for (const g of this.guests.values()) {
+      g.removed = true
+      clearTimeout(g.retry)
+    }
+    this.driver.stop()
+    await this.control.close()
+    await this.guard.remove()
+    this.socket.close()
+  }
+
+  private routes(): void {
+    this.control.route('GET', ROUTES.status, () => this.status())
+    this.control.route('GET', ROUTES.guests, () => ({
+      guests: [...this.guests.values()].sort((a, b) => a.mac - b.mac).map((g) => g.info()),
+    }))
+    this.control.route('POST', ROUTES.guests, async (req) => ({
+      guest: (await this.addGuest(req.body)).info(),
+    }))
+    this.control.route('DELETE', ROUTES.guest, async (req) => {
+      const mac = parseMac(req.params.mac ?? '')
+      const g = mac === undefined ? undefined : this.guests.get(mac)
+      if (!g) throw new VrioError('not-found', `no guest with MAC ${req.params.mac}`)
+      const info = g.info()
+      this.removeGuest(g)
+      await this.saveState()
+      return { guest: { ...info, state: 'disconnected' } }
+    })
+  }
+
+  private status(): StatusInfo {
+    const all = [...this.guests.values()]
+    return {
+      role: 'iohyp',
+      version: this.o.version,
+      pid: process.pid,
+      startedAt: this.startedAt.toISOString(),
+      uptimeMs: Date.now() - this.startedAt.getTime(),
+      interface: this.o.interface,
+      mac: formatMac(this.mac),
+      address: formatIPv4(this.ip),
+      guests: { total: all.length, connected: all.filter((g) => g.state === 'connected').length },
+      drops: { ...this.driver.endpoint.stats.drops } as Record<string, number>,
+    }
+  }
+
+  private async addGuest(body: unknown): Promise<GuestRecord> {
+    const request = parseAddGuestRequest(body)
+    const mac = parseMac(request.mac)!
+    const ip = parseIPv4(request.address)!
+    if (this.guests.has(mac))
+      throw new VrioError('conflict', `a guest with MAC ${formatMac(mac)} is already enrolled`)
+    for (const g of this.guests.values()) {
+      if (g.ip === ip)
+        throw new VrioError(
+          'conflict',
+          `address ${formatIPv4(ip)} is already used by guest ${formatMac(g.mac)}`,
+        )
+    }
+    const g = new GuestRecord(mac, ip, Buffer.from(request.key, 'hex'))
+    this.guests.set(mac, g)
+    await this.saveState()
+    this.log.info('guest enrolled', { mac: formatMac(mac), address: formatIPv4(ip) })
+    this.dial(g)
+    return g
+  }
+
+  private removeGuest(g: GuestRecord): void {
+    g.removed = true
+    clearTimeout(g.retry)
+    g.session?.close()
+    this.guests.delete(g.mac)
+    this.log.info('guest removed', { mac: formatMac(g.mac) })
+  }
+
+  private dial(g: GuestRecord): void {
+    if (g.removed) return
+    g.state = 'connecting'
+    const c = this.driver.connect({ mac: g.mac, ip: g.ip, port: this.port }, { message() {} })
+    const session = new Session(c, 'opener', g.key, {
+      authenticated: () => {
+        g.state = 'connected'
+        g.backoff = REDIAL_MIN_MS
+        this.log.info('guest connected', { mac: formatMac(g.mac), address: formatIPv4(g.ip) })
+      },
+      control: (m) => this.log.debug('control from guest', { mac: formatMac(g.mac), message: m }),
+      closed: (reason, failure) => {
+        addStats(g.totals, c)
+        if (failure) g.sessionFailures[failure] = (g.sessionFailures[failure] ?? 0) + 1
+        if (g.session !== session) return
+        const was = g.state
+        g.session = undefined
+        if (g.removed) return
+        g.state = 'disconnected'
+        if (was === 'connected' || failure) {
+          this.log.warn('guest channel closed', { mac: formatMac(g.mac), reason, failure })
+        }
+        g.retry = setTimeout(() => this.dial(g), g.backoff)
+        g.backoff = Math.min(g.backoff * 2, REDIAL_MAX_MS)
+      },
+    })
+    g.session = session
+    this.driver.flush()
+  }
+
+  private statePath(): string {
+    return join(this.o.stateDir, 'iohyp-state.json')
+  }
+
+  private async saveState(): Promise<void> {
+    const guests = [...this.guests.values()].map((g) => ({
+      mac: formatMac(g.mac),
+      address: formatIPv4(g.ip),
+      key: g.key.toString('hex'),
+    }))
+    await writeFileAtomic(this.statePath(), `${JSON.stringify({ version: 1, guests }, null, 2)}\n`)
+  }
+
+  private async restoreState(): Promise<void> {
+    let text: string
+    try {
+      text = await readFile(this.statePath(), 'utf8')
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return
+      throw error
+    }
+    let state: { guests?: { mac: string; address: string; key: string }[] }
+    try {
+      state = JSON.parse(text)
+    } catch {
+      throw new VrioError('invalid-state', `state file ${this.statePath()} is not valid JSON`)
+    }
+    for (const g of state.guests ?? []) {
+      const mac = parseMac(g.mac)
+      const ip = parseIPv4(g.address)
+      if (mac === undefined || ip === undefined || !/^[0-9a-f]{64}$/.test(g.key)) {
+        throw new VrioError('invalid-state', `state file ${this.statePath()} has a malformed guest entry`)
+      }
+      const r = new GuestRecord(mac, ip, Buffer.from(g.key, 'hex'))
+      this.guests.set(mac, r)
+      this.dial(r)
+    }
+  }
+}
