@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url'
 
 const dir = fileURLToPath(new URL('.', import.meta.url))
 const available = readdirSync(dir)
-  .filter((f) => f.endsWith('.js') && f !== 'run.js')
+  .filter((f) => f.endsWith('.js') && f !== 'run.js' && !f.endsWith('-peer.js'))
   .map((f) => f.slice(0, -3))
 const names = process.argv.slice(2)
 if (names.length === 0 || names.some((n) => !available.includes(n))) {

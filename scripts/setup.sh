@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(tshark iproute2 nftables ethtool iputils-ping)
+packages=(tshark iproute2 nftables ethtool iputils-ping iperf3)
 
 missing=()
 for p in "${packages[@]}"; do

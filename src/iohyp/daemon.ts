@@ -80,6 +80,7 @@ function addStats(t: Totals, c: Connection): void {
   t.bytesIn += c.stats.bytesReceived
   t.bytesOut += c.stats.bytesSent
   for (const [k, v] of Object.entries(c.stats.drops)) t.drops[k] = (t.drops[k] ?? 0) + (v ?? 0)
+  if (c.stats.duplicatesDropped > 0) t.drops.duplicate = (t.drops.duplicate ?? 0) + c.stats.duplicatesDropped
 }
 
 /** The I/O hypervisor daemon: keeps an authenticated channel open to every enrolled guest. */

@@ -24,19 +24,35 @@ export const FIREWALL_TABLE = 'vriofw'
 
 /**
  * A and B each joined by a veth to a bridge in a third namespace that acts as a strict stateful
- * firewall: bridged IPv4 goes through the ip-family forward hook (br_netfilter), conntrack checks
- * TCP windows strictly (nf_conntrack_tcp_loose=0), and anything it marks invalid is counted and
- * dropped.
+ * firewall (see firewalledLan).
  */
 export function firewalledLink(): Topology {
-  const nsA = createNetns()
-  const nsB = createNetns()
+  const lan = firewalledLan(2)
+  return { a: lan.ends[0], b: lan.ends[1], firewall: lan.firewall }
+}
+
+export interface Lan {
+  /** One namespace per host, each with a veth to the bridge; vrio address 10.99.0.(i+1). */
+  ends: VethEnd[]
+  firewall: { ns: Netns; bridge: string }
+}
+
+/**
+ * `count` hosts, each in its own namespace, joined by veths to a bridge in a firewall namespace:
+ * bridged IPv4 goes through the ip-family forward hook (br_netfilter), conntrack checks TCP windows
+ * strictly (nf_conntrack_tcp_loose=0), and anything it marks invalid is counted and dropped.
+ */
+export function firewalledLan(count: number): Lan {
   const fw = createNetns()
-  const va = createVethPair(nsA, fw)
-  const vb = createVethPair(nsB, fw)
   const bridge = 'br0'
   ip(fw, ['link', 'add', bridge, 'type', 'bridge'])
-  for (const port of [va.b.ifname, vb.b.ifname]) ip(fw, ['link', 'set', port, 'master', bridge])
+  const ends: VethEnd[] = []
+  for (let i = 0; i < count; i++) {
+    const ns = createNetns()
+    const v = createVethPair(ns, fw)
+    ip(fw, ['link', 'set', v.b.ifname, 'master', bridge])
+    ends.push({ ns, ifname: v.a.ifname, ip: 0x0a63_0001 + i })
+  }
   ip(fw, ['link', 'set', bridge, 'up'])
   exec(fw, 'sysctl', ['-qw', 'net.bridge.bridge-nf-call-iptables=1'])
   const ruleset = [
@@ -52,11 +68,7 @@ export function firewalledLink(): Topology {
   execNft(fw, ruleset)
   // After the table exists, so conntrack is loaded in this namespace.
   exec(fw, 'sysctl', ['-qw', 'net.netfilter.nf_conntrack_tcp_loose=0'])
-  return {
-    a: { ns: nsA, ifname: va.a.ifname, ip: 0x0a63_0001 },
-    b: { ns: nsB, ifname: vb.a.ifname, ip: 0x0a63_0002 },
-    firewall: { ns: fw, bridge },
-  }
+  return { ends, firewall: { ns: fw, bridge } }
 }
 
 function execNft(ns: Netns, ruleset: string): void {

@@ -1,0 +1,39 @@
+/**
+ * The far end of bench/channel.ts, run as its own process (like a real guest): accepts one vrio
+ * connection, counts what arrives, echoes messages flagged for ping-pong, reports its CPU time.
+ *   node dist/bench/channel-peer.js IFNAME NETNS IPV4
+ */
+import { PACKET_SOCKET_BUFFER } from '../src/daemon/runtime.ts'
+import { LinkDriver } from '../src/io/link-driver.ts'
+import { PacketSocket } from '../src/io/packet-socket.ts'
+import { Delivery } from '../src/transport/config.ts'
+import { parseIPv4, parseMac } from '../src/wire/address.ts'
+
+const [ifname, netns, address] = process.argv.slice(2)
+const socket = PacketSocket.open({
+  ifname,
+  netns,
+  ignoreOutgoing: true,
+  rcvBuf: PACKET_SOCKET_BUFFER,
+  sndBuf: PACKET_SOCKET_BUFFER,
+})
+let bytes = 0
+const cpu0 = process.cpuUsage()
+new LinkDriver({
+  channel: socket,
+  mac: parseMac(socket.mac)!,
+  ip: parseIPv4(address)!,
+  listenPort: 7860,
+  accept: (_r, c) => ({
+    message: (m, delivery) => {
+      bytes += m.length
+      if (delivery === Delivery.Ordered) c.send(Uint8Array.from(m), Delivery.Ordered) // ping-pong
+    },
+  }),
+})
+process.stdout.write(`${JSON.stringify({ ready: true, mac: socket.mac })}\n`)
+process.stdin.on('data', () => {
+  const cpu = process.cpuUsage(cpu0)
+  process.stdout.write(`${JSON.stringify({ bytes, cpuSeconds: (cpu.user + cpu.system) / 1e6 })}\n`)
+})
+process.stdin.on('end', () => process.exit(0))

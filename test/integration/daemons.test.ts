@@ -1,0 +1,238 @@
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { GuestInfo, ListGuestsResponse, StatusInfo } from '../../src/control/api.ts'
+import { PacketSocket } from '../../src/io/packet-socket.ts'
+import { formatIPv4 } from '../../src/wire/address.ts'
+import { decodeTcpFrame, encodeTcpFrame, newTcpFrame } from '../../src/wire/frame.ts'
+import { TCP_ACK, TCP_PSH, TCP_RST } from '../../src/wire/tcp.ts'
+import { DaemonProcess, killDaemons, vrio, vrioJson } from '../support/daemons.ts'
+import { cleanupNetns, exec, ip, requireRoot } from '../support/netns.ts'
+import { firewallCounters, firewalledLan, type Lan } from '../support/topology.ts'
+import { waitUntil } from '../support/wait.ts'
+
+after(() => {
+  killDaemons()
+  cleanupNetns()
+})
+
+/** The daemons for real: separate processes in namespaces, talking through a strict conntrack firewall. */
+describe('vrio iohyp and vrio guest daemons', () => {
+  let lan: Lan
+  let dir: string
+  const sock = (name: string) => join(dir, `${name}.sock`)
+  const iohypArgs = () => [
+    'iohyp',
+    '--interface',
+    lan.ends[0].ifname,
+    '--state-dir',
+    join(dir, 'state'),
+    '--control',
+    sock('iohyp'),
+  ]
+  const guestArgs = (i: number, key: string) => [
+    'guest',
+    '--interface',
+    lan.ends[i].ifname,
+    '--key-file',
+    join(dir, key),
+    '--control',
+    sock(`guest${i}`),
+  ]
+  const macOf = (i: number) =>
+    JSON.parse(ip(lan.ends[i].ns, ['-j', 'link', 'show', lan.ends[i].ifname]))[0].address as string
+  const guests = () => vrioJson<ListGuestsResponse>(['guests', 'list', '--control', sock('iohyp')]).guests
+  const guest = (i: number) => guests().find((g) => g.mac === macOf(i)) as GuestInfo
+  let iohyp: DaemonProcess
+  let good: DaemonProcess
+  let bad: DaemonProcess
+
+  before(() => {
+    requireRoot()
+    lan = firewalledLan(3)
+    dir = mkdtempSync(join(tmpdir(), 'vrio-daemons-'))
+    // Addresses configured on the interfaces: the daemons' kernel guards must keep the kernels quiet.
+    for (const end of lan.ends) ip(end.ns, ['addr', 'add', `${formatIPv4(end.ip)}/24`, 'dev', end.ifname])
+    for (const k of ['good.key', 'enrolled-for-bad.key', 'wrong.key']) {
+      assert.equal(vrio(['keygen', '--out', join(dir, k)]).status, 0)
+    }
+  })
+  after(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('connect within a second of both being up; a guest with the wrong key is refused and counted', async () => {
+    iohyp = new DaemonProcess('iohyp', lan.ends[0].ns, iohypArgs())
+    good = new DaemonProcess('good guest', lan.ends[1].ns, guestArgs(1, 'good.key'))
+    bad = new DaemonProcess('bad guest', lan.ends[2].ns, guestArgs(2, 'wrong.key'))
+    await Promise.all([
+      iohyp.waitForLog('iohyp started'),
+      good.waitForLog('guest started'),
+      bad.waitForLog('guest started'),
+    ])
+    const add = (i: number, key: string) =>
+      vrio([
+        'guests',
+        'add',
+        '--mac',
+        macOf(i),
+        '--address',
+        formatIPv4(lan.ends[i].ip),
+        '--key-file',
+        join(dir, key),
+        '--control',
+        sock('iohyp'),
+      ])
+    assert.equal(add(2, 'enrolled-for-bad.key').status, 0)
+    const t0 = Date.now()
+    const r = add(1, 'good.key')
+    assert.equal(r.status, 0, r.stderr)
+    await waitUntil(() => guest(1).state === 'connected', 'the good guest to connect', 1000)
+    const took = Date.now() - t0
+    assert.ok(took < 1000, `connected after ${took} ms`)
+    const status = vrioJson<StatusInfo>(['status', '--control', sock('guest1')])
+    assert.equal(status.iohyp?.state, 'connected')
+    await waitUntil(
+      () => (guest(2).sessionFailures['auth-failed'] ?? 0) >= 2,
+      'the bad guest to be refused twice',
+      5000,
+    )
+    assert.notEqual(guest(2).state, 'connected')
+    assert.equal(guest(1).state, 'connected')
+  })
+
+  it('the firewall in between marked nothing invalid and saw established traffic', () => {
+    const counts = firewallCounters(lan.firewall.ns)
+    assert.equal(counts.invalid, 0)
+    assert.ok(counts.established > 10, JSON.stringify(counts))
+  })
+
+  it('forged and replayed frames are dropped and counted; the good guest stays connected', async () => {
+    // Watch the iohyp's own link from its namespace, keep what the good guest sends it, replay it.
+    const tap = PacketSocket.open({ ifname: lan.ends[0].ifname, netns: lan.ends[0].ns.path })
+    const fromGuest: Buffer[] = []
+    const f = newTcpFrame()
+    tap.onBatch((b) => {
+      for (let i = 0; i < b.count; i++) {
+        const frame = b.frame(i)
+        if (decodeTcpFrame(frame, f, false) === undefined && f.ip.source === lan.ends[1].ip)
+          fromGuest.push(Buffer.from(frame))
+      }
+    })
+    await waitUntil(() => fromGuest.length >= 3, 'keepalive traffic from the good guest', 10_000)
+    tap.close()
+    const before = guest(1)
+    const duplicatesBefore = before.drops.duplicate ?? 0
+    // The attacker sits on the good guest's segment: it sends from the guest's side of the bridge.
+    const attacker = PacketSocket.open({ ifname: lan.ends[1].ifname, netns: lan.ends[1].ns.path })
+    // 1. Replays: old sequence numbers, answered as duplicates, never acted on.
+    for (let round = 0; round < 5; round++) attacker.send(fromGuest)
+    // 2. Forgeries: the guest's addresses and ports, random sequence numbers, RST and data.
+    const forged: Buffer[] = []
+    for (let i = 0; i < 200; i++) {
+      const t = newTcpFrame()
+      decodeTcpFrame(fromGuest[0], t, false)
+      t.tcp.seq = (Math.random() * 2 ** 32) >>> 0
+      t.tcp.flags = i % 2 ? TCP_RST : TCP_ACK | TCP_PSH
+      const payload = i % 2 ? 0 : 100
+      const buf = Buffer.alloc(t.payloadOffset + payload, 0x41)
+      fromGuest[0].copy(buf, 0, 0, t.payloadOffset)
+      encodeTcpFrame(buf, t, payload)
+      forged.push(buf)
+    }
+    attacker.send(forged)
+    attacker.close()
+    await sleep(500)
+    const after = guest(1)
+    assert.equal(after.state, 'connected', 'the good guest is still connected')
+    assert.ok(
+      (after.drops.duplicate ?? 0) >= duplicatesBefore + fromGuest.length,
+      `replays counted: ${JSON.stringify(after.drops)}`,
+    )
+    assert.ok(iohyp.alive && good.alive)
+    // The forgeries crossed the firewall, which is a real judge of TCP: it caught them.
+    assert.ok(firewallCounters(lan.firewall.ns).invalid > 0, 'the firewall marked the forgeries invalid')
+  })
+
+  it('reconnect by themselves after either daemon is killed with SIGKILL and restarted', async () => {
+    await good.stop('SIGKILL')
+    await waitUntil(() => guest(1).state !== 'connected', 'the IOhyp to notice the guest is gone', 10_000)
+    good = new DaemonProcess('good guest', lan.ends[1].ns, guestArgs(1, 'good.key'))
+    await waitUntil(() => guest(1).state === 'connected', 'the restarted guest to reconnect', 5000)
+
+    await iohyp.stop('SIGKILL')
+    iohyp = new DaemonProcess('iohyp', lan.ends[0].ns, iohypArgs())
+    await iohyp.waitForLog('iohyp started')
+    // The enrolment survived in the state directory; nobody adds the guest again.
+    await waitUntil(
+      () => guest(1).state === 'connected',
+      'the guest to reconnect to the restarted IOhyp',
+      5000,
+    )
+    await waitUntil(
+      () => vrioJson<StatusInfo>(['status', '--control', sock('guest1')]).iohyp?.state === 'connected',
+      'the guest to see the new IOhyp',
+      5000,
+    )
+  })
+
+  it('SIGTERM stops both cleanly: exit 0, kernel guard and control socket gone', async () => {
+    for (const d of [iohyp, good, bad]) await d.stop('SIGTERM')
+    for (const d of [iohyp, good, bad])
+      assert.equal(d.exitCode, 0, `${d.name}: ${d.logs.slice(-3).join('\n')}`)
+    for (const end of lan.ends) assert.doesNotMatch(exec(end.ns, 'nft', ['list', 'tables']), /vrio_/)
+    assert.notEqual(vrio(['status', '--control', sock('iohyp')]).status, 0)
+  })
+})
+
+describe('daemon command-line errors', () => {
+  it('an unknown interface, a missing key file, a bad address: one clear line, non-zero exit, no stack trace', () => {
+    requireRoot()
+    const dir = mkdtempSync(join(tmpdir(), 'vrio-cli-'))
+    try {
+      const cases: [string[], RegExp][] = [
+        [
+          ['iohyp', '--interface', 'nosuchif0', '--state-dir', dir, '--control', join(dir, 'i.sock')],
+          /no network interface named 'nosuchif0'/,
+        ],
+        [
+          [
+            'guest',
+            '--interface',
+            'lo',
+            '--key-file',
+            join(dir, 'missing.key'),
+            '--control',
+            join(dir, 'g.sock'),
+          ],
+          /missing\.key/,
+        ],
+        [
+          [
+            'iohyp',
+            '--interface',
+            'lo',
+            '--address',
+            '10.0.0.300',
+            '--state-dir',
+            dir,
+            '--control',
+            join(dir, 'i.sock'),
+          ],
+          /not an IPv4 address/,
+        ],
+        [['iohyp'], /--interface/],
+      ]
+      for (const [args, message] of cases) {
+        const r = vrio(args)
+        assert.notEqual(r.status, 0, args.join(' '))
+        assert.match(r.stderr, message)
+        assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`)
+        assert.doesNotMatch(r.stderr, /\n\s+at /)
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})

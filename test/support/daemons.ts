@@ -1,0 +1,88 @@
+/** Runs the real `vrio` daemons and CLI as child processes, for integration tests. */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import type { Netns } from './netns.ts'
+import { waitUntil } from './wait.ts'
+
+export const VRIO_BIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url))
+
+export interface CliResult {
+  status: number | null
+  stdout: string
+  stderr: string
+}
+
+/** Runs the CLI to completion (in the root namespace unless `ns` is given). */
+export function vrio(args: string[], ns?: Netns): CliResult {
+  const argv = ns
+    ? ['ip', 'netns', 'exec', ns.name, process.execPath, VRIO_BIN, ...args]
+    : [process.execPath, VRIO_BIN, ...args]
+  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', timeout: 30_000 })
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr }
+}
+
+/** Runs the CLI with --json and parses its output; throws with its stderr when it fails. */
+export function vrioJson<T>(args: string[]): T {
+  const r = vrio([...args, '--json'])
+  if (r.status !== 0) throw new Error(`vrio ${args.join(' ')} failed (${r.status}): ${r.stderr.trim()}`)
+  return JSON.parse(r.stdout) as T
+}
+
+const running = new Set<DaemonProcess>()
+
+/** A daemon in a namespace: its JSON log lines are kept for assertions and failure messages. */
+export class DaemonProcess {
+  readonly name: string
+  readonly child: ChildProcess
+  readonly logs: string[] = []
+  exitCode: number | null | undefined
+  signal: NodeJS.Signals | null = null
+
+  constructor(name: string, ns: Netns, args: string[]) {
+    this.name = name
+    this.child = spawn('ip', ['netns', 'exec', ns.name, process.execPath, VRIO_BIN, ...args], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    let partial = ''
+    this.child.stderr?.on('data', (d: Buffer) => {
+      const lines = (partial + d.toString()).split('\n')
+      partial = lines.pop() ?? ''
+      this.logs.push(...lines)
+    })
+    this.child.on('exit', (code, signal) => {
+      this.exitCode = code
+      this.signal = signal
+      running.delete(this)
+    })
+    running.add(this)
+  }
+
+  get alive(): boolean {
+    return this.exitCode === undefined
+  }
+
+  /** Resolves once a log line with this `msg` appears. */
+  async waitForLog(msg: string, timeoutMs = 10_000): Promise<void> {
+    await waitUntil(
+      () => this.logs.some((l) => l.includes(`"msg":"${msg}"`)) || !this.alive,
+      `${this.name} to log '${msg}'`,
+      timeoutMs,
+    )
+    if (!this.logs.some((l) => l.includes(`"msg":"${msg}"`))) {
+      throw new Error(
+        `${this.name} exited (${this.exitCode}) before logging '${msg}':\n${this.logs.join('\n')}`,
+      )
+    }
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<void> {
+    if (!this.alive) return
+    this.child.kill(signal)
+    await waitUntil(() => !this.alive, `${this.name} to exit after ${signal}`, timeoutMs)
+  }
+}
+
+/** Kills every daemon still running (test cleanup). */
+export function killDaemons(): void {
+  for (const d of running) d.child.kill('SIGKILL')
+}
