@@ -1,7 +1,7 @@
 /**
  * The far end of bench/channel.ts, run as its own process (like a real guest): accepts one vrio
  * connection, counts what arrives, echoes messages flagged for ping-pong, reports its CPU time.
- *   node dist/bench/channel-peer.js IFNAME NETNS IPV4
+ *   node dist/bench/channel-peer.js IFNAME NETNS IPV4 [vnet]
  */
 import { PACKET_SOCKET_BUFFER } from '../src/daemon/runtime.ts'
 import { LinkDriver } from '../src/io/link-driver.ts'
@@ -9,10 +9,12 @@ import { PacketSocket } from '../src/io/packet-socket.ts'
 import { Delivery } from '../src/transport/config.ts'
 import { parseIPv4, parseMac } from '../src/wire/address.ts'
 
-const [ifname, netns, address] = process.argv.slice(2)
+const [ifname, netns, address, mode] = process.argv.slice(2)
+const vnetHdr = mode === 'vnet'
 const socket = PacketSocket.open({
   ifname,
   netns,
+  vnetHdr,
   ignoreOutgoing: true,
   rcvBuf: PACKET_SOCKET_BUFFER,
   sndBuf: PACKET_SOCKET_BUFFER,
@@ -24,6 +26,7 @@ new LinkDriver({
   mac: parseMac(socket.mac)!,
   ip: parseIPv4(address)!,
   listenPort: 7860,
+  vnetHdr,
   accept: (_r, c) => ({
     message: (m, delivery) => {
       bytes += m.length

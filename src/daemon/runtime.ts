@@ -38,6 +38,8 @@ export function openLink(ifname: string, address: string | undefined): LinkSetup
   try {
     socket = PacketSocket.open({
       ifname,
+      // virtio-net headers: 64 KB super-frames with kernel GSO and checksum offload (see LinkDriver).
+      vnetHdr: true,
       ignoreOutgoing: true,
       rcvBuf: PACKET_SOCKET_BUFFER,
       sndBuf: PACKET_SOCKET_BUFFER,

@@ -65,6 +65,7 @@ export class GuestDaemon {
       await this.guard.install()
       this.driver = new LinkDriver({
         channel: this.socket,
+        vnetHdr: true,
         mac: this.mac,
         ip: this.ip,
         listenPort: port,

@@ -1,7 +1,18 @@
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
 import { Endpoint } from '../transport/endpoint.ts'
+import { TCP_OFFSET } from '../wire/frame.ts'
 import type { FrameBatch, FrameChannel } from './frame-channel.ts'
+import {
+  VIRTIO_NET_HDR_F_DATA_VALID,
+  VIRTIO_NET_HDR_F_NEEDS_CSUM,
+  VIRTIO_NET_HDR_GSO_NONE,
+  VIRTIO_NET_HDR_GSO_TCPV4,
+  VIRTIO_NET_HDR_LEN,
+} from './virtio-net-hdr.ts'
+
+/** Where the TCP checksum sits inside the TCP header. */
+const TCP_CHECKSUM_OFFSET = 16
 
 export interface LinkDriverOptions {
   channel: FrameChannel
@@ -10,7 +21,17 @@ export interface LinkDriverOptions {
   listenPort?: number
   accept?: (remote: Address, connection: Connection) => ConnectionHandlers | undefined
   options?: Partial<ConnectionOptions>
+  /**
+   * The channel carries a virtio_net_hdr before every frame (opened with vnetHdr): outgoing frames
+   * get one written into their headroom (checksum left to the kernel, GSO super-frames marked for
+   * segmentation), incoming frames whose header says the checksum is fine skip verification.
+   * Implies the transport options checksumOffload, headroom and (unless set) gsoMaxSize.
+   */
+  vnetHdr?: boolean
 }
+
+/** Largest GSO super-frame payload: the IPv4 total length (65535) minus IP and TCP headers. */
+export const GSO_MAX_PAYLOAD = 64_000
 
 /**
  * Runs a sans-I/O Endpoint over a real link: received batches go in (one ACK flush per batch),
@@ -27,16 +48,21 @@ export class LinkDriver {
   private timer: NodeJS.Timeout | undefined
   private timerAt = Number.POSITIVE_INFINITY
   private stopped = false
+  private readonly vnetHdr: boolean
 
   constructor(o: LinkDriverOptions) {
     this.channel = o.channel
+    this.vnetHdr = o.vnetHdr ?? false
+    const options = this.vnetHdr
+      ? { gsoMaxSize: GSO_MAX_PAYLOAD, ...o.options, checksumOffload: true, headroom: VIRTIO_NET_HDR_LEN }
+      : o.options
     this.endpoint = new Endpoint({
       mac: o.mac,
       ip: o.ip,
-      sink: (frame) => this.enqueue(frame),
+      sink: (frame, gsoSize) => this.enqueue(frame, gsoSize),
       listenPort: o.listenPort,
       accept: o.accept,
-      options: o.options,
+      options,
     })
     this.channel.onBatch((batch) => this.onBatch(batch))
   }
@@ -75,13 +101,22 @@ export class LinkDriver {
 
   private onBatch(batch: FrameBatch): void {
     if (this.stopped) return
-    for (let i = 0; i < batch.count; i++) this.endpoint.receive(batch.frame(i))
+    if (this.vnetHdr) {
+      for (let i = 0; i < batch.count; i++) {
+        const f = batch.frame(i)
+        // NEEDS_CSUM (sent by a local stack, never summed) or DATA_VALID (checked by the kernel).
+        const verified = (f[0] & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)) !== 0
+        this.endpoint.receive(f.subarray(VIRTIO_NET_HDR_LEN), verified)
+      }
+    } else {
+      for (let i = 0; i < batch.count; i++) this.endpoint.receive(batch.frame(i))
+    }
     this.endpoint.flush()
     this.flush()
   }
 
-  private enqueue(frame: Uint8Array): void {
-    this.outbox.push(frame)
+  private enqueue(frame: Uint8Array, gsoSize: number): void {
+    this.outbox.push(this.vnetHdr ? withVnetHdr(frame, gsoSize) : frame)
     if (!this.flushQueued) {
       this.flushQueued = true
       queueMicrotask(() => this.flush())
@@ -107,4 +142,29 @@ export class LinkDriver {
     this.endpoint.tick()
     this.flush()
   }
+}
+
+/**
+ * Writes the virtio_net_hdr into the headroom in front of `frame` and returns the view that
+ * includes it: the kernel finishes the TCP checksum and, for a super-frame, cuts it into segments
+ * of `gsoSize` payload bytes (each with the same TCP options, so vrio's segment option survives).
+ */
+function withVnetHdr(frame: Uint8Array, gsoSize: number): Uint8Array {
+  const h = new Uint8Array(
+    frame.buffer,
+    frame.byteOffset - VIRTIO_NET_HDR_LEN,
+    frame.length + VIRTIO_NET_HDR_LEN,
+  )
+  const headerLength = TCP_OFFSET + (frame[TCP_OFFSET + 12] >>> 4) * 4
+  h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM
+  h[1] = gsoSize > 0 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_NONE
+  h[2] = headerLength & 0xff
+  h[3] = headerLength >>> 8
+  h[4] = gsoSize & 0xff
+  h[5] = gsoSize >>> 8
+  h[6] = TCP_OFFSET
+  h[7] = 0
+  h[8] = TCP_CHECKSUM_OFFSET
+  h[9] = 0
+  return h
 }

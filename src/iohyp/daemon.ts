@@ -126,6 +126,7 @@ export class IohypDaemon {
       await this.guard.install()
       this.driver = new LinkDriver({
         channel: this.socket,
+        vnetHdr: true,
         mac: this.mac,
         ip: this.ip,
         options: { ...DIAL_OPTIONS, ...this.o.transport },

@@ -32,6 +32,11 @@ export interface ConnectionOptions {
   gsoMaxSize: number
   /** Write only the pseudo-header sum into TCP checksums, for links that finish them (offload). */
   checksumOffload: boolean
+  /**
+   * Bytes left free in front of every emitted frame (inside the same buffer, before the view the
+   * sink gets), so the link can prepend its own header — a virtio_net_hdr — without a copy.
+   */
+  headroom: number
   /** Retransmission timeout bounds and start value (RFC 6298), milliseconds. */
   rtoMin: number
   rtoMax: number
@@ -65,6 +70,7 @@ export const DEFAULT_CONNECTION_OPTIONS: Readonly<ConnectionOptions> = Object.fr
   sendBuffer: 16 * 1024 * 1024,
   gsoMaxSize: 0,
   checksumOffload: false,
+  headroom: 0,
   rtoMin: 20,
   rtoMax: 2000,
   rtoInitial: 250,
@@ -105,6 +111,7 @@ export function resolveConnectionOptions(partial: Partial<ConnectionOptions> = {
   integer('receiveBuffer', 65_536, MAX_WINDOW)
   integer('sendBuffer', 65_536, 4 * 1024 * 1024 * 1024)
   integer('gsoMaxSize', 0, 65_000)
+  integer('headroom', 0, 64)
   integer('rtoMin', 1, 60_000)
   integer('rtoMax', o.rtoMin, 600_000)
   integer('rtoInitial', o.rtoMin, o.rtoMax)

@@ -60,7 +60,11 @@ export interface ConnectionHandlers {
   writable?(): void
 }
 
-/** Where a connection puts frames: `gsoSize` is the segment payload size when the frame is a GSO super-frame, else 0. */
+/**
+ * Where a connection puts frames: `gsoSize` is the segment payload size when the frame is a GSO
+ * super-frame, else 0. The `headroom` option's bytes precede `frame` in `frame.buffer`, free for
+ * the link to use.
+ */
 export type FrameSink = (frame: Uint8Array, gsoSize: number) => void
 
 /** Why a received segment was ignored: counters, never exceptions. */
@@ -1150,7 +1154,8 @@ export class Connection {
     length: number,
   ): void {
     const headerLength = tcpFrameHeaderLength(this.tx.tcp.options)
-    const frame = Buffer.allocUnsafe(headerLength + payloadLength)
+    const headroom = this.o.headroom
+    const frame = Buffer.allocUnsafe(headroom + headerLength + payloadLength).subarray(headroom)
     if (m) copyChunks(m.chunks, offset, frame, headerLength, length)
     this.tx.ip.identification = this.ipId
     this.ipId = (this.ipId + 1) & 0xffff

@@ -24,6 +24,15 @@ describe('transport conformance: veth between two namespaces', () => {
   for (const c of conformanceCases) it(c.name, () => c.run(vethHarness(t.a, t.b)))
 })
 
+describe('transport conformance: veth with virtio-net headers (GSO super-frames, checksum offload)', () => {
+  let t: Topology
+  before(() => {
+    requireRoot()
+    t = directLink()
+  })
+  for (const c of conformanceCases) it(c.name, () => c.run(vethHarness(t.a, t.b, { vnetHdr: true })))
+})
+
 describe('transport conformance: real link with 5% loss, 1% duplication, reordering, 5 ms delay', () => {
   // tc netem is not in this kernel; test/support/impair.ts applies the same faults in a forwarder.
   let link: ImpairedLink

@@ -62,13 +62,15 @@ export const VRIO_TEST_PORT = 7860
  * inside its namespace. The vrio addresses are not configured on the interfaces, so the kernels
  * ignore the frames and no kernel guard is needed.
  */
-export function vethHarness(a: VethEnd, b: VethEnd): HarnessFactory {
+export function vethHarness(a: VethEnd, b: VethEnd, link: { vnetHdr?: boolean } = {}): HarnessFactory {
+  const vnetHdr = link.vnetHdr ?? false
   return async (options) => {
     const open = (end: VethEnd) =>
       PacketSocket.open({
         ifname: end.ifname,
         netns: end.ns.path,
         ignoreOutgoing: true,
+        vnetHdr,
         rcvBuf: PACKET_SOCKET_BUFFER,
         sndBuf: PACKET_SOCKET_BUFFER,
       })
@@ -77,13 +79,14 @@ export function vethHarness(a: VethEnd, b: VethEnd): HarnessFactory {
     const macA = parseMac(sa.mac)!
     const macB = parseMac(sb.mac)!
     let accept: Accept = () => undefined
-    const driverA = new LinkDriver({ channel: sa, mac: macA, ip: a.ip, options })
+    const driverA = new LinkDriver({ channel: sa, mac: macA, ip: a.ip, options, vnetHdr })
     const newB = () =>
       new LinkDriver({
         channel: sb,
         mac: macB,
         ip: b.ip,
         options,
+        vnetHdr,
         listenPort: VRIO_TEST_PORT,
         accept: (r, c) => accept(r, c),
       })
