@@ -6,6 +6,7 @@ import { openLink, VRIO_PORT } from '../daemon/runtime.ts'
 import { KernelGuard } from '../io/kernel-guard.ts'
 import { LinkDriver } from '../io/link-driver.ts'
 import type { PacketSocket } from '../io/packet-socket.ts'
+import { Rpc } from '../session/rpc.ts'
 import { Session } from '../session/session.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
@@ -36,6 +37,8 @@ export class GuestDaemon {
   private ip = 0
   /** The authenticated session with the IOhyp (the newest one wins). */
   private iohyp: Session | undefined
+  /** Control calls from (and to) the IOhyp over the current session. */
+  private readonly rpc = new Rpc()
   private readonly sessionFailures: Record<string, number> = {}
 
   private constructor(o: GuestOptions, log: Logger) {
@@ -73,7 +76,9 @@ export class GuestDaemon {
         accept: (_remote, c) => {
           const session: Session = new Session(c, 'listener', this.o.key, {
             authenticated: () => this.onAuthenticated(session),
-            control: (m) => this.log.debug('control from iohyp', { message: m }),
+            control: (m) => {
+              if (session === this.iohyp) this.rpc.onControl(m)
+            },
             closed: (reason, failure) => {
               clearTimeout(timer)
               if (failure) {
@@ -82,6 +87,7 @@ export class GuestDaemon {
               }
               if (this.iohyp === session) {
                 this.iohyp = undefined
+                this.rpc.attach(undefined)
                 this.log.warn('iohyp channel closed', { reason })
               }
             },
@@ -116,6 +122,7 @@ export class GuestDaemon {
   private onAuthenticated(session: Session): void {
     const previous = this.iohyp
     this.iohyp = session
+    this.rpc.attach(session)
     const r = session.connection.remote
     this.log.info('iohyp connected', { mac: formatMac(r.mac), address: formatIPv4(r.ip) })
     if (previous && previous !== session) previous.connection.abort('aborted')

@@ -10,6 +10,7 @@ import { VrioError } from '../errors.ts'
 import { KernelGuard } from '../io/kernel-guard.ts'
 import { LinkDriver } from '../io/link-driver.ts'
 import type { PacketSocket } from '../io/packet-socket.ts'
+import { Rpc } from '../session/rpc.ts'
 import { Session } from '../session/session.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Connection } from '../transport/connection.ts'
@@ -46,6 +47,8 @@ class GuestRecord {
   readonly key: Buffer
   state: GuestState = 'waiting'
   session: Session | undefined
+  /** Control calls to this guest over whichever session is current. */
+  readonly rpc = new Rpc()
   /** Counters of closed connections; the live one is added when reporting. */
   readonly totals: Totals = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, drops: {} }
   readonly sessionFailures: Record<string, number> = {}
@@ -233,17 +236,19 @@ export class IohypDaemon {
     const c = this.driver.connect({ mac: g.mac, ip: g.ip, port: this.port }, { message() {} })
     const session = new Session(c, 'opener', g.key, {
       authenticated: () => {
+        g.rpc.attach(session)
         g.state = 'connected'
         g.backoff = REDIAL_MIN_MS
         this.log.info('guest connected', { mac: formatMac(g.mac), address: formatIPv4(g.ip) })
       },
-      control: (m) => this.log.debug('control from guest', { mac: formatMac(g.mac), message: m }),
+      control: (m) => g.rpc.onControl(m),
       closed: (reason, failure) => {
         addStats(g.totals, c)
         if (failure) g.sessionFailures[failure] = (g.sessionFailures[failure] ?? 0) + 1
         if (g.session !== session) return
         const was = g.state
         g.session = undefined
+        g.rpc.attach(undefined)
         if (g.removed) return
         g.state = 'disconnected'
         if (was === 'connected' || failure) {

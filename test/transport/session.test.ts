@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { describe, it } from 'node:test'
+import { VrioError } from '../../src/errors.ts'
+import { Rpc } from '../../src/session/rpc.ts'
 import { Session, type SessionFailure } from '../../src/session/session.ts'
 import { Delivery } from '../../src/transport/config.ts'
 import type { CloseReason } from '../../src/transport/connection.ts'
@@ -136,5 +138,52 @@ describe('authenticated session', () => {
     c.send(rawControl(1, '{}'), Delivery.Ordered)
     assert.ok(sim.run(() => failure !== undefined))
     assert.equal(failure, 'unexpected-message')
+  })
+})
+
+describe('control RPC over a session', () => {
+  it('calls return results and errors from the peer; calls fail cleanly when the channel goes', async () => {
+    const key = randomBytes(32)
+    const { sim, opener, listener } = pair(key, key, 9)
+    const client = new Rpc()
+    const server = new Rpc()
+      .handle('add', (p) => {
+        const { a, b } = p as { a: number; b: number }
+        return a + b
+      })
+      .handle('fail', () => {
+        throw new VrioError('conflict', 'name taken', { name: 'disk0' })
+      })
+    assert.ok(sim.run(() => opener.authenticated && listener.authenticated))
+    client.attach(opener.session)
+    server.attach(listener.session)
+    // Route control messages of the simulated sessions into the RPC objects.
+    const drain = () => {
+      for (const m of listener.control.splice(0)) server.onControl(m)
+      for (const m of opener.control.splice(0)) client.onControl(m)
+    }
+    const settle = async <T>(p: Promise<T>) => {
+      let done = false
+      p.then(
+        () => (done = true),
+        () => (done = true),
+      )
+      for (let i = 0; i < 100 && !done; i++) {
+        sim.run(() => opener.control.length + listener.control.length > 0, sim.clock.now + 1000)
+        drain()
+        await new Promise((r) => setImmediate(r))
+      }
+      return p
+    }
+    assert.equal(await settle(client.call('add', { a: 2, b: 3 })), 5)
+    await assert.rejects(
+      settle(client.call('fail', {})),
+      (e: VrioError) => e.code === 'conflict' && e.details.name === 'disk0',
+    )
+    await assert.rejects(settle(client.call('nope', {})), (e: VrioError) => e.code === 'unknown-method')
+    const pending = client.call('add', { a: 1, b: 1 })
+    client.attach(undefined)
+    await assert.rejects(pending, (e: VrioError) => e.code === 'not-connected')
+    await assert.rejects(client.call('add', {}), (e: VrioError) => e.code === 'not-connected')
   })
 })
