@@ -2,14 +2,12 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
 import { ROUTES } from '../control/api.ts'
-import { ControlServer } from '../control/control-server.ts'
+import type { ControlServer } from '../control/control-server.ts'
 import { parseAddGuestRequest } from '../control/validate.ts'
-import { writeFileAtomic, openLink, VRIO_PORT } from '../daemon/runtime.ts'
+import { DaemonLink } from '../daemon/daemon-link.ts'
+import { VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
 import type { Logger } from '../daemon/log.ts'
 import { VrioError } from '../errors.ts'
-import { KernelGuard } from '../io/kernel-guard.ts'
-import { LinkDriver } from '../io/link-driver.ts'
-import type { PacketSocket } from '../io/packet-socket.ts'
 import { Rpc } from '../session/rpc.ts'
 import { Session } from '../session/session.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
@@ -91,13 +89,7 @@ export class IohypDaemon {
   private readonly o: IohypOptions
   private readonly log: Logger
   private readonly guests = new Map<number, GuestRecord>()
-  private readonly startedAt = new Date()
-  private socket!: PacketSocket
-  private driver!: LinkDriver
-  private guard!: KernelGuard
-  private control!: ControlServer
-  private mac = 0
-  private ip = 0
+  private link!: DaemonLink
 
   private constructor(o: IohypOptions, log: Logger) {
     this.o = o
@@ -115,44 +107,26 @@ export class IohypDaemon {
   }
 
   private async init(): Promise<void> {
-    const link = openLink(this.o.interface, this.o.address)
-    this.socket = link.socket
-    this.mac = link.mac
-    this.ip = link.ip
-    this.guard = new KernelGuard({
-      ifname: this.o.interface,
-      address: this.ip,
-      remotePort: this.port,
-      role: 'iohyp',
-    })
+    this.link = await DaemonLink.open(
+      {
+        role: 'iohyp',
+        interface: this.o.interface,
+        address: this.o.address,
+        control: this.o.control,
+        version: this.o.version,
+        log: this.log,
+        remotePort: this.port,
+        transport: { ...DIAL_OPTIONS, ...this.o.transport },
+      },
+      (control) => this.routes(control),
+    )
     try {
-      await this.guard.install()
-      this.driver = new LinkDriver({
-        channel: this.socket,
-        vnetHdr: true,
-        mac: this.mac,
-        ip: this.ip,
-        options: { ...DIAL_OPTIONS, ...this.o.transport },
-      })
-      this.control = new ControlServer({
-        path: this.o.control,
-        onError: (error, req) => this.log.error('control request failed', { error, ...req }),
-      })
-      this.routes()
-      await this.control.listen()
       await this.restoreState()
     } catch (error) {
-      await this.guard.remove()
-      this.socket.close()
+      await this.link.close()
       throw error
     }
-    this.log.info('iohyp started', {
-      interface: this.o.interface,
-      mac: formatMac(this.mac),
-      address: formatIPv4(this.ip),
-      control: this.o.control,
-      guests: this.guests.size,
-    })
+    this.log.info('iohyp started', { ...this.link.describe(), guests: this.guests.size })
   }
 
   async stop(): Promise<void> {
@@ -160,21 +134,18 @@ export class IohypDaemon {
       g.removed = true
       clearTimeout(g.retry)
     }
-    this.driver.stop()
-    await this.control.close()
-    await this.guard.remove()
-    this.socket.close()
+    await this.link.close()
   }
 
-  private routes(): void {
-    this.control.route('GET', ROUTES.status, () => this.status())
-    this.control.route('GET', ROUTES.guests, () => ({
+  private routes(control: ControlServer): void {
+    control.route('GET', ROUTES.status, () => this.status())
+    control.route('GET', ROUTES.guests, () => ({
       guests: [...this.guests.values()].sort((a, b) => a.mac - b.mac).map((g) => g.info()),
     }))
-    this.control.route('POST', ROUTES.guests, async (req) => ({
+    control.route('POST', ROUTES.guests, async (req) => ({
       guest: (await this.addGuest(req.body)).info(),
     }))
-    this.control.route('DELETE', ROUTES.guest, async (req) => {
+    control.route('DELETE', ROUTES.guest, async (req) => {
       const mac = parseMac(req.params.mac ?? '')
       const g = mac === undefined ? undefined : this.guests.get(mac)
       if (!g) throw new VrioError('not-found', `no guest with MAC ${req.params.mac}`)
@@ -188,16 +159,8 @@ export class IohypDaemon {
   private status(): StatusInfo {
     const all = [...this.guests.values()]
     return {
-      role: 'iohyp',
-      version: this.o.version,
-      pid: process.pid,
-      startedAt: this.startedAt.toISOString(),
-      uptimeMs: Date.now() - this.startedAt.getTime(),
-      interface: this.o.interface,
-      mac: formatMac(this.mac),
-      address: formatIPv4(this.ip),
+      ...this.link.status(),
       guests: { total: all.length, connected: all.filter((g) => g.state === 'connected').length },
-      drops: { ...this.driver.endpoint.stats.drops } as Record<string, number>,
     }
   }
 
@@ -233,7 +196,7 @@ export class IohypDaemon {
   private dial(g: GuestRecord): void {
     if (g.removed) return
     g.state = 'connecting'
-    const c = this.driver.connect({ mac: g.mac, ip: g.ip, port: this.port }, { message() {} })
+    const c = this.link.driver.connect({ mac: g.mac, ip: g.ip, port: this.port }, { message() {} })
     const session = new Session(c, 'opener', g.key, {
       authenticated: () => {
         g.rpc.attach(session)
@@ -259,7 +222,7 @@ export class IohypDaemon {
       },
     })
     g.session = session
-    this.driver.flush()
+    this.link.driver.flush()
   }
 
   private statePath(): string {

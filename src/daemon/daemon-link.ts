@@ -1,0 +1,119 @@
+import type { StatusInfo } from '../control/api.ts'
+import { ControlServer } from '../control/control-server.ts'
+import { KernelGuard } from '../io/kernel-guard.ts'
+import { LinkDriver } from '../io/link-driver.ts'
+import type { PacketSocket } from '../io/packet-socket.ts'
+import type { ConnectionOptions } from '../transport/config.ts'
+import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
+import { formatIPv4, formatMac } from '../wire/address.ts'
+import type { Logger } from './log.ts'
+import { openLink } from './runtime.ts'
+
+export interface DaemonLinkOptions {
+  role: 'iohyp' | 'guest'
+  interface: string
+  address?: string
+  control: string
+  version: string
+  log: Logger
+  /** Kernel guard: our segments are those to `localPort` and those from `remotePort`. */
+  localPort?: number
+  remotePort?: number
+  /** Passive side: accept connections on this port. */
+  listenPort?: number
+  accept?: (remote: Address, connection: Connection) => ConnectionHandlers | undefined
+  transport?: Partial<ConnectionOptions>
+}
+
+/**
+ * What every daemon stands on: the packet socket on its interface, the kernel guard, the link
+ * driver running the transport endpoint, and the control server. `open` sets all of it up, routes
+ * included, or undoes what it did and throws; `close` takes it down in the reverse order.
+ */
+export class DaemonLink {
+  readonly socket: PacketSocket
+  readonly driver: LinkDriver
+  readonly control: ControlServer
+  readonly mac: number
+  readonly ip: number
+  private readonly guard: KernelGuard
+  private readonly o: DaemonLinkOptions
+  private readonly startedAt = new Date()
+
+  private constructor(o: DaemonLinkOptions, socket: PacketSocket, mac: number, ip: number) {
+    this.o = o
+    this.socket = socket
+    this.mac = mac
+    this.ip = ip
+    this.guard = new KernelGuard({
+      ifname: o.interface,
+      address: ip,
+      localPort: o.localPort,
+      remotePort: o.remotePort,
+      role: o.role,
+    })
+    this.driver = new LinkDriver({
+      channel: socket,
+      vnetHdr: true,
+      mac,
+      ip,
+      listenPort: o.listenPort,
+      accept: o.accept,
+      options: o.transport,
+    })
+    this.control = new ControlServer({
+      path: o.control,
+      onError: (error, req) => o.log.error('control request failed', { error, ...req }),
+    })
+  }
+
+  /** Opens everything; `routes` registers the daemon's control routes before the socket listens. */
+  static async open(o: DaemonLinkOptions, routes: (control: ControlServer) => void): Promise<DaemonLink> {
+    const link = openLink(o.interface, o.address)
+    const d = new DaemonLink(o, link.socket, link.mac, link.ip)
+    try {
+      await d.guard.install()
+      routes(d.control)
+      await d.control.listen()
+    } catch (error) {
+      d.driver.stop({ silent: true })
+      await d.guard.remove()
+      d.socket.close()
+      throw error
+    }
+    return d
+  }
+
+  /** Resets every connection (peers learn at once), then removes the socket, guard and control socket. */
+  async close(): Promise<void> {
+    this.driver.stop()
+    await this.control.close()
+    await this.guard.remove()
+    this.socket.close()
+  }
+
+  /** The fields of StatusInfo every daemon reports. */
+  status(): StatusInfo {
+    return {
+      role: this.o.role,
+      version: this.o.version,
+      pid: process.pid,
+      startedAt: this.startedAt.toISOString(),
+      uptimeMs: Date.now() - this.startedAt.getTime(),
+      interface: this.o.interface,
+      mac: formatMac(this.mac),
+      address: formatIPv4(this.ip),
+      drops: { ...this.driver.endpoint.stats.drops } as Record<string, number>,
+    }
+  }
+
+  /** Fields for the "started" log line. */
+  describe(): Record<string, unknown> {
+    return {
+      interface: this.o.interface,
+      mac: formatMac(this.mac),
+      address: formatIPv4(this.ip),
+      control: this.o.control,
+    }
+  }
+}
