@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import { Delivery } from '../../src/transport/config.ts'
 import type { CloseReason, Connection } from '../../src/transport/connection.ts'
-import type { HarnessFactory } from '../support/harness.ts'
+import type { HarnessFactory, LinkHarness } from '../support/harness.ts'
 import { messageId, patternMessage } from '../support/random.ts'
 
 export interface ConformanceCase {
@@ -17,6 +17,32 @@ export interface ConformanceCase {
 
 function intact(m: Uint8Array): boolean {
   return m.length >= 4 && Buffer.from(m).equals(patternMessage(messageId(m), m.length))
+}
+
+/** Accepts connections on `h` and records each intact message by id; `check` asserts exactly once, nothing corrupt. */
+function receiver(h: LinkHarness) {
+  const seen = new Map<number, number>()
+  let corrupt = 0
+  h.setAccept(() => ({
+    message: (m) => {
+      if (!intact(m)) corrupt++
+      else seen.set(messageId(m), (seen.get(messageId(m)) ?? 0) + 1)
+    },
+  }))
+  return {
+    seen,
+    check() {
+      assert.equal(corrupt, 0, 'corrupt messages delivered')
+      for (const [id, n] of seen) assert.equal(n, 1, `message ${id} delivered ${n} times`)
+    },
+  }
+}
+
+async function connected(h: LinkHarness): Promise<Connection> {
+  let up = false
+  const a = h.connect({ message() {}, established: () => (up = true) })
+  await h.until(() => up, 'established')
+  return a
 }
 
 export const conformanceCases: ConformanceCase[] = [
@@ -66,17 +92,8 @@ export const conformanceCases: ConformanceCase[] = [
     async run(factory) {
       const h = await factory({})
       try {
-        const seen = new Map<number, number>()
-        let corrupt = 0
-        h.setAccept(() => ({
-          message: (m) => {
-            if (!intact(m)) corrupt++
-            else seen.set(messageId(m), (seen.get(messageId(m)) ?? 0) + 1)
-          },
-        }))
-        let up = false
-        const a = h.connect({ message() {}, established: () => (up = true) })
-        await h.until(() => up, 'established')
+        const received = receiver(h)
+        const a = await connected(h)
         const sizes = Array.from(
           { length: 60 },
           (_, i) => [17, 1436, 1437, 9000, 65_536, 200_000, 1 << 20][i % 7],
@@ -89,13 +106,12 @@ export const conformanceCases: ConformanceCase[] = [
         await h.until(
           () => {
             pump()
-            return seen.size === sizes.length
+            return received.seen.size === sizes.length
           },
           'all messages',
           60_000,
         )
-        assert.equal(corrupt, 0)
-        for (const [id, n] of seen) assert.equal(n, 1, `message ${id} delivered ${n} times`)
+        received.check()
         await h.until(() => a.unacknowledged === 0, 'everything acknowledged')
       } finally {
         await h.close()
@@ -107,23 +123,13 @@ export const conformanceCases: ConformanceCase[] = [
     async run(factory) {
       const h = await factory({})
       try {
-        const seen = new Map<number, number>()
-        let corrupt = 0
-        h.setAccept(() => ({
-          message: (m) => {
-            if (!intact(m)) corrupt++
-            else seen.set(messageId(m), (seen.get(messageId(m)) ?? 0) + 1)
-          },
-        }))
-        let up = false
-        const a = h.connect({ message() {}, established: () => (up = true) })
-        await h.until(() => up, 'established')
+        const received = receiver(h)
+        const a = await connected(h)
         for (let i = 0; i < 300; i++)
           a.send(patternMessage(i, [60, 1400, 9000, 64_000][i % 4]), Delivery.BestEffort)
         await h.until(() => a.unacknowledged === 0, 'everything acknowledged or skipped')
-        assert.equal(corrupt, 0)
-        for (const [id, n] of seen) assert.equal(n, 1, `message ${id} delivered ${n} times`)
-        assert.ok(seen.size > 0)
+        received.check()
+        assert.ok(received.seen.size > 0)
       } finally {
         await h.close()
       }
