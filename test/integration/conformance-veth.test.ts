@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict'
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { ETH_P_NONE, PacketSocket } from '../../src/io/packet-socket.ts'
 import { vethHarness } from '../support/harness.ts'
 import { type ImpairedLink, impairedLink } from '../support/impair.ts'
 import { cleanupNetns, requireRoot } from '../support/netns.ts'
@@ -76,8 +76,27 @@ describe('transport conformance: through a strict stateful firewall (bridge + co
     let err = ''
     capture.stderr?.on('data', (d) => (err += d))
     await waitUntil(() => err.includes('Capturing on'), 'tshark to start capturing', 15_000)
-    // dumpcap says so a moment before frames really reach the file.
-    await sleep(1000)
+    // dumpcap says so a moment before frames really reach the file: send probe frames (a local
+    // experimental EtherType, not IP) across the bridge until the capture file grows.
+    const probe = PacketSocket.open({ ifname: t.a.ifname, netns: t.a.ns.path, protocol: ETH_P_NONE })
+    const frame = Buffer.alloc(60)
+    frame.fill(0xff, 0, 6)
+    frame.writeUInt16BE(0x88b5, 12)
+    const size = () => (existsSync(file) ? statSync(file).size : 0)
+    await waitUntil(() => size() > 0, 'the capture file', 15_000)
+    const empty = size()
+    try {
+      await waitUntil(
+        () => {
+          probe.send([frame])
+          return size() > empty
+        },
+        'the capture to record a probe frame',
+        15_000,
+      )
+    } finally {
+      probe.close()
+    }
     captureLog = () => err
   })
   after(() => {
