@@ -83,15 +83,15 @@ describe('transport conformance: through a strict stateful firewall (bridge + co
     frame.fill(0xff, 0, 6)
     frame.writeUInt16BE(0x88b5, 12)
     const size = () => (existsSync(file) ? statSync(file).size : 0)
-    await waitUntil(() => size() > 0, 'the capture file', 15_000)
-    const empty = size()
     try {
+      let first = 0
       await waitUntil(
         () => {
           probe.send([frame])
-          return size() > empty
+          if (first === 0) first = size()
+          return first > 0 && size() > first
         },
-        'the capture to record a probe frame',
+        'the capture to record probe frames',
         15_000,
       )
     } finally {
