@@ -1,0 +1,94 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdir, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { promisify } from 'node:util'
+import { VrioError } from '../errors.ts'
+
+const run = promisify(execFile)
+
+export interface AttachOptions {
+  /** The disk's NBD export, e.g. `nbd+unix:///disk0?socket=/run/vrio/disk0.sock`. */
+  uri: string
+  /** A directory of our own for the FUSE mount (created; removed on detach). */
+  dir: string
+  readOnly?: boolean
+  /** How long nbdfuse may take to show the disk file. Default 10 s. */
+  timeoutMs?: number
+}
+
+/**
+ * A real block device for an NBD export where the kernel NBD client is missing (no /dev/nbd*, no
+ * module loading): nbdfuse shows the export as a file on a FUSE mount, and a loop device with
+ * direct I/O turns that file into /dev/loopN (without direct I/O, reads would come from the page
+ * cache and writes arrive as 4 KiB synchronous writes).
+ */
+export class AttachedBlockDevice {
+  readonly device: string
+  readonly file: string
+  private readonly fuse: ChildProcess
+  private readonly dir: string
+  private detached = false
+
+  private constructor(device: string, file: string, fuse: ChildProcess, dir: string) {
+    this.device = device
+    this.file = file
+    this.fuse = fuse
+    this.dir = dir
+  }
+
+  static async attach(o: AttachOptions): Promise<AttachedBlockDevice> {
+    await mkdir(o.dir, { recursive: true, mode: 0o700 })
+    const file = join(o.dir, 'disk')
+    const args = [...(o.readOnly ? ['--readonly'] : []), file, o.uri]
+    const fuse = spawn('nbdfuse', args, { stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    fuse.stderr?.on('data', (d) => (stderr += d))
+    let exited = false
+    fuse.once('exit', () => (exited = true))
+    fuse.once('error', () => (exited = true))
+    const deadline = Date.now() + (o.timeoutMs ?? 10_000)
+    while (!existsSync(file)) {
+      if (exited || Date.now() > deadline) {
+        fuse.kill('SIGKILL')
+        await rm(o.dir, { recursive: true, force: true }).catch(() => {})
+        const why =
+          stderr.trim().split('\n').pop() || (exited ? 'nbdfuse exited' : 'timed out waiting for nbdfuse')
+        throw new VrioError('attach-failed', `could not attach ${o.uri}: ${why}`)
+      }
+      await sleep(20)
+    }
+    try {
+      const { stdout } = await run('losetup', [
+        '--direct-io=on',
+        ...(o.readOnly ? ['--read-only'] : []),
+        '--find',
+        '--show',
+        file,
+      ])
+      return new AttachedBlockDevice(stdout.trim(), file, fuse, o.dir)
+    } catch (error) {
+      fuse.kill('SIGTERM')
+      const e = error as { stderr?: string; message: string }
+      throw new VrioError('attach-failed', `losetup failed: ${(e.stderr ?? e.message).trim()}`)
+    }
+  }
+
+  /** Detaches the loop device, then ends nbdfuse (which flushes and unmounts). Idempotent. */
+  async detach(): Promise<void> {
+    if (this.detached) return
+    this.detached = true
+    await run('losetup', ['-d', this.device]).catch(() => {})
+    if (this.fuse.exitCode === null && this.fuse.signalCode === null) {
+      const exited = new Promise((r) => this.fuse.once('exit', r))
+      this.fuse.kill('SIGTERM')
+      await Promise.race([exited, sleep(5000)])
+      if (this.fuse.exitCode === null && this.fuse.signalCode === null) {
+        this.fuse.kill('SIGKILL')
+        await run('umount', ['-l', this.dir]).catch(() => {})
+      }
+    }
+    await rm(this.dir, { recursive: true, force: true }).catch(() => {})
+  }
+}
