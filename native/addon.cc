@@ -10,6 +10,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("openPacket", Napi::Function::New<OpenPacket>(env, "openPacket"));
   exports.Set("openTap", Napi::Function::New<OpenTap>(env, "openTap"));
   exports.Set("interfaceInfo", Napi::Function::New<InterfaceInfo>(env, "interfaceInfo"));
+  exports.Set("fallocate", Napi::Function::New<Fallocate>(env, "fallocate"));
   return exports;
 }
 

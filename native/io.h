@@ -138,6 +138,8 @@ class Channel : public Napi::ObjectWrap<Channel> {
 Napi::Value OpenPacket(const Napi::CallbackInfo& info);
 Napi::Value OpenTap(const Napi::CallbackInfo& info);
 Napi::Value InterfaceInfo(const Napi::CallbackInfo& info);
+// fallocate.cc: fallocate(2) on the thread pool, for block back-ends (hole punching).
+Napi::Value Fallocate(const Napi::CallbackInfo& info);
 
 // Per-env state: the Channel constructor, needed by the factories.
 struct AddonData {

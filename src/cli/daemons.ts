@@ -7,6 +7,7 @@ import { createLogger } from '../daemon/log.ts'
 import { stopOnSignals } from '../daemon/runtime.ts'
 import { GuestDaemon } from '../guest/daemon.ts'
 import { IohypDaemon } from '../iohyp/daemon.ts'
+import { VrioError } from '../errors.ts'
 import { VERSION } from './version.ts'
 
 export const DEFAULT_STATE_DIR = '/var/lib/vrio'
@@ -25,6 +26,8 @@ interface GuestCliOptions {
   keyFile: string
   runDir: string
   control?: string
+  attach?: boolean
+  ioTimeout: string
 }
 
 export function registerDaemonCommands(program: Command): void {
@@ -60,6 +63,15 @@ export function registerDaemonCommands(program: Command): void {
     .requiredOption('--key-file <file>', "this guest's key, as enrolled on the IOhyp (see vrio keygen)")
     .option('--run-dir <dir>', 'runtime files (sockets of exported disks)', DEFAULT_RUN_DIR)
     .option('--control <path>', `unix socket of the control API (default: ${DEFAULT_GUEST_SOCKET})`)
+    .option(
+      '--attach',
+      'also attach each remote disk as a block device (nbdfuse + loop device with direct I/O)',
+    )
+    .option(
+      '--io-timeout <seconds>',
+      'a disk request the IOhyp has not answered by then fails with an I/O error',
+      '30',
+    )
     .action(async (o: GuestCliOptions) => {
       const key = readKeyFile(o.keyFile)
       const log = createLogger('guest')
@@ -70,10 +82,24 @@ export function registerDaemonCommands(program: Command): void {
           key,
           control:
             o.control ?? (o.runDir === DEFAULT_RUN_DIR ? DEFAULT_GUEST_SOCKET : join(o.runDir, 'guest.sock')),
+          runDir: o.runDir,
+          attach: o.attach === true,
+          ioTimeoutMs: seconds(o.ioTimeout, '--io-timeout'),
           version: VERSION,
         },
         log,
       )
       stopOnSignals(log, () => daemon.stop())
     })
+}
+
+function seconds(text: string, option: string): number {
+  const n = Number(text)
+  if (!Number.isFinite(n) || n <= 0 || n > 86_400) {
+    throw new VrioError(
+      'invalid-argument',
+      `${option} '${text}' must be a number of seconds between 0 and 86400`,
+    )
+  }
+  return Math.round(n * 1000)
 }

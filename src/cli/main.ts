@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander'
 import { isVrioError, VrioError } from '../errors.ts'
 import { printJson } from './common.ts'
+import { registerBlkCommands } from './blk.ts'
 import { registerDaemonCommands } from './daemons.ts'
 import { registerGuestsCommands } from './guests.ts'
 import { registerKeygenCommand } from './keygen.ts'
@@ -46,6 +47,7 @@ export function buildProgram(state: RunState = { json: false }): Command {
   registerKeygenCommand(program)
   registerGuestsCommands(program)
   registerStatusCommand(program)
+  registerBlkCommands(program)
   return program
 }
 

@@ -22,6 +22,8 @@ export const ROUTES = {
   status: '/v1/status',
   guests: '/v1/guests',
   guest: '/v1/guests/:mac',
+  disks: '/v1/blk',
+  disk: '/v1/blk/:name',
 } as const
 
 /** Body of every error answer, under the `error` key. Extra fields belong to the code. */
@@ -120,4 +122,48 @@ export interface StatusInfo {
   sessionFailures?: Record<string, number>
   /** Guest only: the IOhyp this guest talks to. */
   iohyp?: { mac: string; address: string; state: GuestState; rttMs: number | null }
+}
+
+/** `POST /v1/blk` on the IOhyp: give a guest a remote disk. */
+export interface CreateDiskRequest {
+  /** The guest, by MAC or IPv4 address. */
+  guest: string
+  /** Backing file (raw image) or block device on the IOhyp. */
+  backing: string
+  /** Unique on this IOhyp; default `disk<N>`. Letters, digits, `-`, `_`, `.`; at most 64. */
+  name?: string
+  readOnly?: boolean
+}
+
+/** A remote disk as the IOhyp sees it (`GET /v1/blk`, and the answer to create and remove). */
+export interface DiskInfo {
+  name: string
+  /** The guest's MAC. */
+  guest: string
+  backing: string
+  size: number
+  blockSize: number
+  readOnly: boolean
+  /** `attached`: the guest has it; `waiting`: the guest is not connected (it gets it when it is). */
+  state: 'attached' | 'waiting'
+  /** Where the guest serves it (from the guest's last answer), or null. */
+  nbd: string | null
+  device: string | null
+  requests: number
+  errors: number
+}
+
+/** A disk as the guest sees it (`GET /v1/blk` on the guest daemon). */
+export interface GuestDiskInfo {
+  name: string
+  size: number
+  readOnly: boolean
+  /** The NBD export, e.g. `nbd+unix:///disk0?socket=/run/vrio/nbd.sock`. */
+  nbd: string
+  /** The attached block device (`/dev/loopN`), or null. */
+  device: string | null
+}
+
+export interface ListDisksResponse<T = DiskInfo> {
+  disks: T[]
 }

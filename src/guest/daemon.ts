@@ -5,6 +5,7 @@ import type { Logger } from '../daemon/log.ts'
 import { VRIO_PORT } from '../daemon/runtime.ts'
 import { Rpc } from '../session/rpc.ts'
 import { Session } from '../session/session.ts'
+import { GuestDisks } from './disks.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Connection, ConnectionHandlers } from '../transport/connection.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
@@ -14,6 +15,12 @@ export interface GuestOptions {
   address?: string
   key: Buffer
   control: string
+  /** Runtime files: the NBD socket, FUSE mounts of attached disks. */
+  runDir: string
+  /** Attach every remote disk as a block device too. */
+  attach: boolean
+  /** A disk request unanswered this long fails (VrioError 'timeout', EIO to NBD clients). */
+  ioTimeoutMs?: number
   version: string
   port?: number
   transport?: Partial<ConnectionOptions>
@@ -32,6 +39,7 @@ export class GuestDaemon {
   /** Control calls from (and to) the IOhyp over the current session. */
   private readonly rpc = new Rpc()
   private readonly sessionFailures: Record<string, number> = {}
+  private disks!: GuestDisks
 
   private constructor(o: GuestOptions, log: Logger) {
     this.o = o
@@ -59,8 +67,26 @@ export class GuestDaemon {
         transport: this.o.transport,
         accept: (_remote, c) => this.accept(c),
       },
-      (control) => control.route('GET', ROUTES.status, () => this.status()),
+      (control) => {
+        control.route('GET', ROUTES.status, () => this.status())
+        control.route('GET', ROUTES.disks, () => ({ disks: this.disks.list() }))
+      },
     )
+    this.disks = new GuestDisks({
+      runDir: this.o.runDir,
+      attach: this.o.attach,
+      ioTimeoutMs: this.o.ioTimeoutMs,
+      log: this.log,
+    })
+    try {
+      await this.disks.start()
+    } catch (error) {
+      await this.link.close()
+      throw error
+    }
+    this.rpc
+      .handle('blk.attach', (p) => this.disks.attachDisk(p))
+      .handle('blk.detach', (p) => this.disks.detachDisk(p))
     this.log.info('guest started', { ...this.link.describe(), port })
   }
 
@@ -71,6 +97,12 @@ export class GuestDaemon {
       control: (m) => {
         if (session === this.iohyp) this.rpc.onControl(m)
       },
+      data: (h, m) => {
+        if (session === this.iohyp) this.disks.receive(h, m)
+      },
+      writable: () => {
+        if (session === this.iohyp) this.disks.writable()
+      },
       closed: (reason, failure) => {
         clearTimeout(timer)
         if (failure) {
@@ -80,6 +112,7 @@ export class GuestDaemon {
         if (this.iohyp === session) {
           this.iohyp = undefined
           this.rpc.attach(undefined)
+          this.disks.useSession(undefined)
           this.log.warn('iohyp channel closed', { reason })
         }
       },
@@ -95,12 +128,14 @@ export class GuestDaemon {
     const previous = this.iohyp
     this.iohyp = session
     this.rpc.attach(session)
+    this.disks.useSession(session)
     const r = session.connection.remote
     this.log.info('iohyp connected', { mac: formatMac(r.mac), address: formatIPv4(r.ip) })
     if (previous && previous !== session) previous.connection.abort('aborted')
   }
 
   async stop(): Promise<void> {
+    await this.disks.close()
     await this.link.close()
   }
 

@@ -60,6 +60,14 @@ export interface NativeAddon {
     multiQueue: boolean
   }): NativeIfInfo & { handle: NativeChannel; name: string; created: boolean; offloads: number }
   interfaceInfo(name: string, netns?: string): NativeIfInfo
+  /** fallocate(2) on the libuv thread pool; the callback gets null or an Error with errno/syscall. */
+  fallocate(
+    fd: number,
+    mode: number,
+    offset: number,
+    length: number,
+    callback: (error: Error | null) => void,
+  ): void
 }
 
 const ADDON = join('build', 'Release', 'vrio_io.node')

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
+import type { CreateDiskRequest, GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
 import { ROUTES } from '../control/api.ts'
 import type { ControlServer } from '../control/control-server.ts'
 import { parseAddGuestRequest } from '../control/validate.ts'
@@ -9,6 +9,7 @@ import { VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
 import type { Logger } from '../daemon/log.ts'
 import { VrioError } from '../errors.ts'
 import { Rpc } from '../session/rpc.ts'
+import { type DiskState, IohypDisks } from './disks.ts'
 import { Session } from '../session/session.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Connection } from '../transport/connection.ts'
@@ -90,10 +91,12 @@ export class IohypDaemon {
   private readonly log: Logger
   private readonly guests = new Map<number, GuestRecord>()
   private link!: DaemonLink
+  private readonly disks: IohypDisks
 
   private constructor(o: IohypOptions, log: Logger) {
     this.o = o
     this.log = log
+    this.disks = new IohypDisks(log)
   }
 
   static async start(o: IohypOptions, log: Logger): Promise<IohypDaemon> {
@@ -134,6 +137,7 @@ export class IohypDaemon {
       g.removed = true
       clearTimeout(g.retry)
     }
+    await this.disks.close()
     await this.link.close()
   }
 
@@ -145,10 +149,39 @@ export class IohypDaemon {
     control.route('POST', ROUTES.guests, async (req) => ({
       guest: (await this.addGuest(req.body)).info(),
     }))
+    control.route('GET', ROUTES.disks, () => ({ disks: this.disks.list() }))
+    control.route('POST', ROUTES.disks, async (req) => {
+      const body = (req.body ?? {}) as Partial<CreateDiskRequest>
+      if (typeof body.guest !== 'string' || typeof body.backing !== 'string') {
+        throw new VrioError('invalid-argument', 'guest and backing are required')
+      }
+      if (body.name !== undefined && typeof body.name !== 'string')
+        throw new VrioError('invalid-argument', 'name must be a string')
+      const g = this.findGuest(body.guest)
+      const disk = await this.disks.create(
+        { guest: body.guest, backing: body.backing, name: body.name, readOnly: body.readOnly === true },
+        g,
+      )
+      await this.saveState()
+      return disk
+    })
+    control.route('DELETE', ROUTES.disk, async (req) => {
+      const name = req.params.name ?? ''
+      const owner = this.disks.list().find((d) => d.name === name)?.guest
+      const disk = await this.disks.remove(name, owner ? this.guests.get(parseMac(owner)!) : undefined)
+      await this.saveState()
+      return disk
+    })
     control.route('DELETE', ROUTES.guest, async (req) => {
       const mac = parseMac(req.params.mac ?? '')
       const g = mac === undefined ? undefined : this.guests.get(mac)
       if (!g) throw new VrioError('not-found', `no guest with MAC ${req.params.mac}`)
+      const disks = this.disks.forGuest(g.mac)
+      if (disks > 0)
+        throw new VrioError(
+          'conflict',
+          `guest ${formatMac(g.mac)} still has ${disks} disk(s); remove them first`,
+        )
       const info = g.info()
       this.removeGuest(g)
       await this.saveState()
@@ -162,6 +195,13 @@ export class IohypDaemon {
       ...this.link.status(),
       guests: { total: all.length, connected: all.filter((g) => g.state === 'connected').length },
     }
+  }
+
+  private findGuest(text: string): GuestRecord {
+    const mac = parseMac(text)
+    const ip = parseIPv4(text)
+    for (const g of this.guests.values()) if (g.mac === mac || g.ip === ip) return g
+    throw new VrioError('not-found', `no enrolled guest ${text}`, { field: 'guest' })
   }
 
   private async addGuest(body: unknown): Promise<GuestRecord> {
@@ -200,11 +240,14 @@ export class IohypDaemon {
     const session = new Session(c, 'opener', g.key, {
       authenticated: () => {
         g.rpc.attach(session)
+        this.disks.useSession(g)
         g.state = 'connected'
         g.backoff = REDIAL_MIN_MS
         this.log.info('guest connected', { mac: formatMac(g.mac), address: formatIPv4(g.ip) })
       },
       control: (m) => g.rpc.onControl(m),
+      data: (h, m) => this.disks.receive(g, h, m),
+      writable: () => this.disks.writable(g),
       closed: (reason, failure) => {
         addStats(g.totals, c)
         if (failure) g.sessionFailures[failure] = (g.sessionFailures[failure] ?? 0) + 1
@@ -212,6 +255,7 @@ export class IohypDaemon {
         const was = g.state
         g.session = undefined
         g.rpc.attach(undefined)
+        this.disks.useSession(g)
         if (g.removed) return
         g.state = 'disconnected'
         if (was === 'connected' || failure) {
@@ -235,7 +279,8 @@ export class IohypDaemon {
       address: formatIPv4(g.ip),
       key: g.key.toString('hex'),
     }))
-    await writeFileAtomic(this.statePath(), `${JSON.stringify({ version: 1, guests }, null, 2)}\n`)
+    const state = { version: 1, guests, disks: this.disks.state() }
+    await writeFileAtomic(this.statePath(), `${JSON.stringify(state, null, 2)}\n`)
   }
 
   private async restoreState(): Promise<void> {
@@ -246,7 +291,7 @@ export class IohypDaemon {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return
       throw error
     }
-    let state: { guests?: { mac: string; address: string; key: string }[] }
+    let state: { guests?: { mac: string; address: string; key: string }[]; disks?: DiskState[] }
     try {
       state = JSON.parse(text)
     } catch {
@@ -258,9 +303,13 @@ export class IohypDaemon {
       if (mac === undefined || ip === undefined || !/^[0-9a-f]{64}$/.test(g.key)) {
         throw new VrioError('invalid-state', `state file ${this.statePath()} has a malformed guest entry`)
       }
-      const r = new GuestRecord(mac, ip, Buffer.from(g.key, 'hex'))
-      this.guests.set(mac, r)
-      this.dial(r)
+      this.guests.set(mac, new GuestRecord(mac, ip, Buffer.from(g.key, 'hex')))
     }
+    // Disks before dialing: each guest's disks are announced as soon as its session is up.
+    await this.disks.restore(state.disks ?? [], (text) => {
+      const mac = parseMac(text)
+      return mac !== undefined && this.guests.has(mac) ? mac : undefined
+    })
+    for (const g of this.guests.values()) this.dial(g)
   }
 }

@@ -41,6 +41,8 @@ describe('vrio iohyp and vrio guest daemons', () => {
     join(dir, key),
     '--control',
     sock(`guest${i}`),
+    '--run-dir',
+    join(dir, `run${i}`),
   ]
   const macOf = (i: number) =>
     JSON.parse(ip(lan.ends[i].ns, ['-j', 'link', 'show', lan.ends[i].ifname]))[0].address as string

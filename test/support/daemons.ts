@@ -21,6 +21,27 @@ export function vrio(args: string[], ns?: Netns): CliResult {
   return { status: r.status, stdout: r.stdout, stderr: r.stderr }
 }
 
+/**
+ * The CLI without blocking the event loop: needed when this process also moves frames (an
+ * in-process forwarder would starve during a synchronous spawn).
+ */
+export function vrioAsync(args: string[]): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [VRIO_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout?.on('data', (d) => (stdout += d))
+    child.stderr?.on('data', (d) => (stderr += d))
+    child.on('exit', (status) => resolve({ status, stdout, stderr }))
+  })
+}
+
+export async function vrioJsonAsync<T>(args: string[]): Promise<T> {
+  const r = await vrioAsync([...args, '--json'])
+  if (r.status !== 0) throw new Error(`vrio ${args.join(' ')} failed (${r.status}): ${r.stderr.trim()}`)
+  return JSON.parse(r.stdout) as T
+}
+
 /** Runs the CLI with --json and parses its output; throws with its stderr when it fails. */
 export function vrioJson<T>(args: string[]): T {
   const r = vrio([...args, '--json'])

@@ -17,6 +17,11 @@ export interface Impairment {
   reorderDelayMs: number
   delayMs: number
   seed: number
+  /**
+   * Open the forwarder's sockets with virtio-net headers and pass frames on with theirs, so GSO
+   * super-frames from endpoints that use them cross whole (a lost super-frame loses all its segments).
+   */
+  vnetHdr?: boolean
 }
 
 export interface ImpairedLink {
@@ -32,8 +37,16 @@ export function impairedLink(spec: Impairment): ImpairedLink {
   const nsM = createNetns()
   const va = createVethPair(nsA, nsM)
   const vb = createVethPair(nsB, nsM)
-  const toA = PacketSocket.open({ ifname: va.b.ifname, netns: nsM.path, ignoreOutgoing: true })
-  const toB = PacketSocket.open({ ifname: vb.b.ifname, netns: nsM.path, ignoreOutgoing: true })
+  const open = (ifname: string) =>
+    PacketSocket.open({
+      ifname,
+      netns: nsM.path,
+      ignoreOutgoing: true,
+      vnetHdr: spec.vnetHdr ?? false,
+      rcvBuf: 32 << 20,
+    })
+  const toA = open(va.b.ifname)
+  const toB = open(vb.b.ifname)
   const random = seededRandom(spec.seed)
   const stats = { forwarded: 0, lost: 0, duplicated: 0, reordered: 0 }
   const timers = new Set<NodeJS.Timeout>()

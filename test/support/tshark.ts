@@ -41,3 +41,22 @@ export function tsharkProblems(file: string): string[] {
     '_ws.expert.severity >= 0x00600000 || _ws.malformed',
   ).map((r) => `frame ${r[0]}: ${r[1]}`)
 }
+
+/**
+ * Like tsharkProblems, but only for TCP streams whose opening SYN is in the capture: a capture that
+ * starts a moment late sees the middle of a stream and reports segments it "missed".
+ * Returns the problems and how many streams were judged.
+ */
+export function tsharkProblemsOfWholeStreams(file: string): { problems: string[]; streams: number } {
+  const whole = new Set(
+    tsharkFields(file, ['tcp.stream'], 'tcp.flags.syn == 1 && tcp.flags.ack == 0').map((r) => r[0]),
+  )
+  const problems = tsharkFields(
+    file,
+    ['frame.number', 'tcp.stream', '_ws.expert.message'],
+    '_ws.expert.severity >= 0x00600000 || _ws.malformed',
+  )
+    .filter((r) => r[1] === '' || whole.has(r[1]))
+    .map((r) => `frame ${r[0]}: ${r[2]}`)
+  return { problems, streams: whole.size }
+}

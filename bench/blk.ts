@@ -1,0 +1,143 @@
+/**
+ * Remote disk: vrio (guest NBD export → vrio channel → IOhyp → file) next to qemu-nbd serving the
+ * same file over TCP across the same veth, in one run; fio's nbd engine drives both from the guest
+ * side. Backing: one file on tmpfs (/dev/shm), so the disk is not the limit. Cache: both through
+ * the page cache (vrio's FileDevice uses buffered I/O; qemu-nbd --cache=writeback). MTU 1500.
+ *   npm run bench -- blk           (root; fio, qemu-nbd from qemu-utils)
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { cleanupNetns } from '../test/support/netns.ts'
+import { directLink } from '../test/support/topology.ts'
+import { VrioPair } from '../test/support/vrio-pair.ts'
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
+const SIZE = 512 * 1024 * 1024
+
+interface Case {
+  name: string
+  args: string[]
+  kind: 'iops' | 'mbps'
+  rw: 'read' | 'write'
+}
+
+const CASES: Case[] = [
+  { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], kind: 'iops', rw: 'read' },
+  { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], kind: 'iops', rw: 'read' },
+  { name: '1M seq read', args: ['--rw=read', '--bs=1m', '--iodepth=8'], kind: 'mbps', rw: 'read' },
+  { name: '1M seq write', args: ['--rw=write', '--bs=1m', '--iodepth=8'], kind: 'mbps', rw: 'write' },
+]
+
+interface Result {
+  value: number
+  p50us: number
+  p99us: number
+  bytes: number
+  serverCpuSeconds: number
+}
+
+function cpuSeconds(pids: number[]): number {
+  let ticks = 0
+  for (const pid of pids) {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+    ticks += Number(f[11]) + Number(f[12])
+  }
+  return ticks / 100
+}
+
+function fio(uri: string, c: Case, netns?: string): Omit<Result, 'serverCpuSeconds'> {
+  const argv = [
+    'fio',
+    '--name=bench',
+    '--ioengine=nbd',
+    `--uri=${uri}`,
+    `--runtime=${SECONDS}`,
+    '--time_based',
+    `--size=${SIZE}`,
+    '--output-format=json',
+    ...c.args,
+  ]
+  const out = netns
+    ? execFileSync('ip', ['netns', 'exec', netns, ...argv], { encoding: 'utf8' })
+    : execFileSync(argv[0], argv.slice(1), { encoding: 'utf8' })
+  const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0][c.rw]
+  const pct = job.clat_ns.percentile ?? {}
+  return {
+    value: c.kind === 'iops' ? job.iops : job.bw_bytes / 1e6,
+    p50us: (pct['50.000000'] ?? 0) / 1000,
+    p99us: (pct['99.000000'] ?? 0) / 1000,
+    bytes: job.io_bytes,
+  }
+}
+
+function measure(uri: string, c: Case, serverPids: number[], netns?: string): Result {
+  const before = cpuSeconds(serverPids)
+  const r = fio(uri, c, netns)
+  return { ...r, serverCpuSeconds: cpuSeconds(serverPids) - before }
+}
+
+const t = directLink()
+const pair = new VrioPair(t.a, t.b)
+let qemu: ChildProcess | undefined
+const backing = '/dev/shm/vrio-bench-blk.img'
+try {
+  const fd = openSync(backing, 'w')
+  for (let off = 0; off < SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))
+  closeSync(fd)
+  await pair.start()
+  const disk = await pair.createDisk(backing, 'bench')
+  const vrioPids = [pair.iohyp.child.pid!, pair.guest.child.pid!]
+  const vrio = CASES.map((c) => measure(disk.nbd!, c, vrioPids))
+  await pair.removeDisk('bench')
+
+  qemu = spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      t.a.ns.name,
+      'qemu-nbd',
+      '--format=raw',
+      '--cache=writeback',
+      '--persistent',
+      '--shared=8',
+      '--bind=10.99.0.1',
+      '--port=10809',
+      backing,
+    ],
+    { stdio: 'ignore' },
+  )
+  await new Promise((r) => setTimeout(r, 1000))
+  const kernel = CASES.map((c) => measure('nbd://10.99.0.1:10809/', c, [qemu!.pid!], t.b.ns.name))
+
+  const fmt = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2)).padStart(10)
+  console.log(
+    `${'case'.padEnd(20)}${'vrio'.padStart(10)}${'qemu-nbd'.padStart(10)}${'ratio'.padStart(8)}   p50/p99 µs vrio | qemu-nbd      server CPU s/GB vrio | qemu-nbd`,
+  )
+  CASES.forEach((c, i) => {
+    const v = vrio[i]
+    const q = kernel[i]
+    const unit = c.kind === 'iops' ? 'IOPS' : 'MB/s'
+    console.log(
+      `${`${c.name} ${unit}`.padEnd(20)}${fmt(v.value)}${fmt(q.value)}${(v.value / q.value).toFixed(2).padStart(8)}   ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)} | ${q.p50us.toFixed(0)}/${q.p99us.toFixed(0)}        ${(v.serverCpuSeconds / (v.bytes / 1e9)).toFixed(2)} | ${(q.serverCpuSeconds / (q.bytes / 1e9)).toFixed(2)}`,
+    )
+  })
+  console.log(
+    JSON.stringify({
+      bench: 'blk',
+      seconds: SECONDS,
+      cases: CASES.map((c, i) => ({
+        case: c.name,
+        vrio: vrio[i],
+        qemuNbd: kernel[i],
+        ratio: vrio[i].value / kernel[i].value,
+      })),
+    }),
+  )
+} finally {
+  qemu?.kill()
+  await pair.stop()
+  cleanupNetns()
+  rmSync(backing, { force: true })
+}

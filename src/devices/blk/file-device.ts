@@ -1,0 +1,430 @@
+import {
+  type BigIntStats,
+  closeSync,
+  constants,
+  fdatasync,
+  fstat,
+  open,
+  read,
+  readFile,
+  write,
+} from 'node:fs'
+import { stat } from 'node:fs/promises'
+import { VrioError } from '../../errors.ts'
+import {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  fallocate,
+  fallocateAvailable,
+} from '../../io/fallocate.ts'
+import type { BlockDevice } from './device.ts'
+
+export interface FileDeviceOptions {
+  /** Open read-only: writes, trims and write-zeroes fail with 'read-only'. */
+  readOnly?: boolean
+  /** Block size to advertise (512 or 4096); default: the kernel's logical block size for block devices, 512 for files. */
+  blockSize?: number
+  /** Claim a block device exclusively (O_EXCL), so one that is mounted or in use is refused. Default true. */
+  exclusive?: boolean
+  /**
+   * Punch holes and zero ranges with fallocate(2) (the native addon); default: when the addon
+   * loads. Without it, trim is a no-op and write-zeroes writes zeros.
+   */
+  useFallocate?: boolean
+}
+
+export interface FileDeviceStats {
+  reads: number
+  writes: number
+  flushes: number
+  holesPunched: number
+  rangesZeroed: number
+  /** Bytes written as zeros because fallocate could not do it. */
+  zeroBytesWritten: number
+}
+
+const ZERO_CHUNK = 1024 * 1024
+let zeros: Buffer | undefined
+
+/**
+ * A BlockDevice over a regular file (a raw image; sparse files stay sparse: trim punches holes)
+ * or a block device. Many requests may be in flight: each is an fs call on the libuv thread pool,
+ * which has 4 threads unless the process sets UV_THREADPOOL_SIZE before its first fs call — that
+ * bounds how many run in parallel, not how many may be queued.
+ *
+ * Caching: the page cache (no O_DIRECT); flush = fdatasync; FUA writes go through a second
+ * descriptor opened with O_DSYNC, so one FUA write does not wait for every other write's data.
+ */
+export class FileDevice implements BlockDevice {
+  readonly path: string
+  readonly size: number
+  readonly blockSize: number
+  readonly readOnly: boolean
+  readonly canFlush = true
+  readonly canFua = true
+  readonly canTrim: boolean
+  readonly canWriteZeroes: boolean
+  readonly isBlockDevice: boolean
+  readonly stats: FileDeviceStats = {
+    reads: 0,
+    writes: 0,
+    flushes: 0,
+    holesPunched: 0,
+    rangesZeroed: 0,
+    zeroBytesWritten: 0,
+  }
+
+  private fd: number
+  private dsyncFd = -1
+  private dsyncOpening: Promise<number> | undefined
+  private punch: boolean
+  private zeroRange: boolean
+  private closed = false
+  private active = 0
+  private drained: (() => void) | undefined
+
+  private constructor(
+    path: string,
+    fd: number,
+    info: { size: number; blockSize: number; readOnly: boolean; isBlockDevice: boolean; fallocate: boolean },
+  ) {
+    this.path = path
+    this.fd = fd
+    this.size = info.size
+    this.blockSize = info.blockSize
+    this.readOnly = info.readOnly
+    this.isBlockDevice = info.isBlockDevice
+    this.punch = info.fallocate
+    this.zeroRange = info.fallocate
+    // Trim is a hint: offered even where it can only do nothing. Write-zeroes is offered where it
+    // is cheaper than writing zeros, i.e. with fallocate (the method still works without).
+    this.canTrim = !info.readOnly
+    this.canWriteZeroes = !info.readOnly && info.fallocate
+  }
+
+  /**
+   * Opens `path` (which must exist): O_RDWR, or O_RDONLY when read-only; block devices also
+   * O_EXCL unless `exclusive` is false. The size comes from fstat for files and from the size the
+   * kernel reports (sysfs) for block devices. Fails with 'not-found', 'busy', 'read-only',
+   * 'permission-denied', 'invalid-argument' (neither a file nor a block device) or 'io-error'.
+   */
+  static async open(path: string, options: FileDeviceOptions = {}): Promise<FileDevice> {
+    const readOnly = options.readOnly === true
+    const st = await stat(path).catch((e) => Promise.reject(openError(e, path)))
+    const isBlockDevice = st.isBlockDevice()
+    if (!isBlockDevice && !st.isFile()) {
+      throw new VrioError('invalid-argument', `${path} is neither a regular file nor a block device`, {
+        path,
+      })
+    }
+    let flags = readOnly ? constants.O_RDONLY : constants.O_RDWR
+    if (isBlockDevice && options.exclusive !== false) flags |= constants.O_EXCL
+    const fd = await new Promise<number>((resolve, reject) =>
+      open(path, flags, (e, fd) => (e ? reject(openError(e, path)) : resolve(fd))),
+    )
+    try {
+      const fst = await new Promise<BigIntStats>((resolve, reject) =>
+        fstat(fd, { bigint: true }, (e, s) => (e ? reject(fsError(e, 'fstat', path)) : resolve(s))),
+      )
+      let size: number
+      let blockSize = options.blockSize ?? 512
+      if (isBlockDevice) {
+        const sys = await blockDeviceSysfs(fst.rdev)
+        size = sys.size
+        blockSize = options.blockSize ?? (sys.logicalBlockSize <= 512 ? 512 : 4096)
+      } else {
+        size = Number(fst.size)
+      }
+      if (
+        !Number.isInteger(blockSize) ||
+        blockSize < 512 ||
+        blockSize > 65_536 ||
+        blockSize & (blockSize - 1)
+      )
+        throw new VrioError(
+          'invalid-argument',
+          `block size must be a power of two in 512..65536, got ${blockSize}`,
+        )
+      const useFallocate = (options.useFallocate ?? true) && fallocateAvailable()
+      return new FileDevice(path, fd, { size, blockSize, readOnly, isBlockDevice, fallocate: useFallocate })
+    } catch (e) {
+      closeSync(fd)
+      throw e
+    }
+  }
+
+  read(offset: number, length: number): Promise<Uint8Array> {
+    const bad = this.check(offset, length, false)
+    if (bad) return Promise.reject(bad)
+    const buf = Buffer.allocUnsafe(length)
+    if (length === 0) return Promise.resolve(buf)
+    this.stats.reads++
+    return this.track(
+      new Promise<Uint8Array>((resolve, reject) => {
+        const step = (done: number): void => {
+          read(this.fd, buf, done, length - done, offset + done, (e, n) => {
+            if (e) reject(fsError(e, 'read', this.path))
+            else if (n === 0) {
+              // The file shrank under us: what lies past its end reads as zeros, as in a raw image.
+              buf.fill(0, done)
+              resolve(buf)
+            } else if (done + n < length) step(done + n)
+            else resolve(buf)
+          })
+        }
+        step(0)
+      }),
+    )
+  }
+
+  write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+    const bad = this.check(offset, data.length, true)
+    if (bad) return Promise.reject(bad)
+    if (data.length === 0) return fua ? this.flush() : Promise.resolve()
+    this.stats.writes++
+    if (!fua) return this.track(this.writeAll(this.fd, offset, data))
+    return this.track(this.dsync().then((fd) => this.writeAll(fd, offset, data)))
+  }
+
+  flush(): Promise<void> {
+    if (this.closed) return Promise.reject(closedError(this.path))
+    this.stats.flushes++
+    return this.track(
+      new Promise<void>((resolve, reject) =>
+        fdatasync(this.fd, (e) => (e ? reject(fsError(e, 'fdatasync', this.path)) : resolve())),
+      ),
+    )
+  }
+
+  /**
+   * Deallocates the range where the file system or device can (a hole: reads return zeros);
+   * elsewhere it does nothing, which discard's semantics allow (the contents become unspecified).
+   * On block devices only whole logical blocks are trimmed.
+   */
+  trim(offset: number, length: number): Promise<void> {
+    const bad = this.check(offset, length, true)
+    if (bad) return Promise.reject(bad)
+    let start = offset
+    let end = offset + length
+    if (this.isBlockDevice) {
+      start = Math.ceil(start / this.blockSize) * this.blockSize
+      end = Math.floor(end / this.blockSize) * this.blockSize
+    }
+    if (end <= start || !this.punch) return Promise.resolve()
+    return this.track(
+      this.punchHole(start, end - start).then(
+        () => undefined,
+        (e) => {
+          if (isUnsupported(e)) return // nothing we can deallocate: trimming is advisory
+          throw e
+        },
+      ),
+    )
+  }
+
+  /**
+   * Makes the range read as zeros. With `mayTrim`, by punching a hole (files stay sparse);
+   * otherwise with FALLOC_FL_ZERO_RANGE (allocated, no data written); where neither is possible,
+   * by writing zeros. `fua`: durable when resolved.
+   */
+  writeZeroes(offset: number, length: number, mayTrim: boolean, fua: boolean): Promise<void> {
+    const bad = this.check(offset, length, true)
+    if (bad) return Promise.reject(bad)
+    if (length === 0) return fua ? this.flush() : Promise.resolve()
+    return this.track(this.zero(offset, length, mayTrim, fua))
+  }
+
+  /** Waits for requests in flight, then closes the file. Later requests fail with 'not-connected'. */
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.active > 0) await new Promise<void>((resolve) => (this.drained = resolve))
+    if (this.dsyncOpening) await this.dsyncOpening.catch(() => undefined)
+    closeSync(this.fd)
+    if (this.dsyncFd >= 0) closeSync(this.dsyncFd)
+    this.fd = -1
+    this.dsyncFd = -1
+  }
+
+  // ------------------------------------------------------------------------------------------
+
+  private check(offset: number, length: number, mutating: boolean): VrioError | undefined {
+    if (this.closed) return closedError(this.path)
+    if (
+      !Number.isSafeInteger(offset) ||
+      !Number.isSafeInteger(length) ||
+      offset < 0 ||
+      length < 0 ||
+      offset + length > this.size
+    ) {
+      return new VrioError(
+        'out-of-range',
+        `range ${offset}+${length} is outside the device (${this.size} bytes)`,
+        {
+          offset,
+          length,
+          size: this.size,
+        },
+      )
+    }
+    if (mutating && this.readOnly) return new VrioError('read-only', `${this.path} is open read-only`)
+    return undefined
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.active++
+    const done = (): void => {
+      if (--this.active === 0 && this.drained) this.drained()
+    }
+    p.then(done, done)
+    return p
+  }
+
+  private writeAll(fd: number, offset: number, data: Uint8Array): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const step = (done: number): void => {
+        write(fd, data, done, data.length - done, offset + done, (e, n) => {
+          if (e) reject(fsError(e, 'write', this.path))
+          else if (done + n < data.length) step(done + n)
+          else resolve()
+        })
+      }
+      step(0)
+    })
+  }
+
+  private dsync(): Promise<number> {
+    if (this.dsyncFd >= 0) return Promise.resolve(this.dsyncFd)
+    this.dsyncOpening ??= new Promise<number>((resolve, reject) =>
+      // No O_EXCL: the claim on a block device is held by the first descriptor.
+      open(this.path, constants.O_RDWR | constants.O_DSYNC, (e, fd) => {
+        if (e) {
+          this.dsyncOpening = undefined
+          reject(fsError(e, 'open (O_DSYNC)', this.path))
+        } else {
+          this.dsyncFd = fd
+          resolve(fd)
+        }
+      }),
+    )
+    return this.dsyncOpening
+  }
+
+  private async punchHole(offset: number, length: number): Promise<void> {
+    try {
+      await fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+      this.stats.holesPunched++
+    } catch (e) {
+      if (isUnsupported(e)) this.punch = false
+      throw fsError(e, 'fallocate(PUNCH_HOLE)', this.path)
+    }
+  }
+
+  private async zero(offset: number, length: number, mayTrim: boolean, fua: boolean): Promise<void> {
+    let start = offset
+    let end = offset + length
+    if (this.isBlockDevice) {
+      // The kernel zeroes whole logical blocks only; the ragged edges are written.
+      const b = this.blockSize
+      const alignedStart = Math.min(end, Math.ceil(start / b) * b)
+      const alignedEnd = Math.max(alignedStart, Math.floor(end / b) * b)
+      if (alignedStart > start) await this.writeZeroBytes(start, alignedStart - start)
+      if (end > alignedEnd) await this.writeZeroBytes(alignedEnd, end - alignedEnd)
+      start = alignedStart
+      end = alignedEnd
+    }
+    if (end > start) {
+      let done = false
+      if (mayTrim && this.punch) {
+        try {
+          await this.punchHole(start, end - start)
+          done = true
+        } catch (e) {
+          if (!isUnsupported(e)) throw e
+        }
+      }
+      if (!done && this.zeroRange) {
+        try {
+          await fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, start, end - start)
+          this.stats.rangesZeroed++
+          done = true
+        } catch (e) {
+          if (!isUnsupported(e)) throw fsError(e, 'fallocate(ZERO_RANGE)', this.path)
+          this.zeroRange = false
+        }
+      }
+      if (!done) await this.writeZeroBytes(start, end - start)
+    }
+    if (fua) await this.flush()
+  }
+
+  private async writeZeroBytes(offset: number, length: number): Promise<void> {
+    zeros ??= Buffer.alloc(ZERO_CHUNK)
+    for (let done = 0; done < length; ) {
+      const n = Math.min(ZERO_CHUNK, length - done)
+      await this.writeAll(this.fd, offset + done, zeros.subarray(0, n))
+      done += n
+    }
+    this.stats.zeroBytesWritten += length
+  }
+}
+
+/** Size and logical block size of a block device, from /sys/dev/block/MAJOR:MINOR. */
+async function blockDeviceSysfs(rdev: bigint): Promise<{ size: number; logicalBlockSize: number }> {
+  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn))
+  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn))
+  const dir = `/sys/dev/block/${major}:${minor}`
+  const text = (p: string): Promise<string | undefined> =>
+    new Promise((resolve) => readFile(p, 'utf8', (e, s) => resolve(e ? undefined : s.trim())))
+  const sectors = await text(`${dir}/size`)
+  if (sectors === undefined || !/^\d+$/.test(sectors))
+    throw new VrioError('io-error', `cannot read the size of block device ${major}:${minor} from ${dir}/size`)
+  // A partition has no queue/ of its own: its disk's is one level up.
+  const lbs =
+    (await text(`${dir}/queue/logical_block_size`)) ?? (await text(`${dir}/../queue/logical_block_size`))
+  return { size: Number(sectors) * 512, logicalBlockSize: lbs && /^\d+$/.test(lbs) ? Number(lbs) : 512 }
+}
+
+function errnoOf(e: unknown): string | undefined {
+  const code = (e as { code?: unknown } | undefined)?.code
+  return typeof code === 'string' ? code : undefined
+}
+
+function isUnsupported(e: unknown): boolean {
+  const code = errnoOf(e) ?? ''
+  if (e instanceof VrioError && code === 'unsupported') return true
+  return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS' || code === 'ENOTTY'
+}
+
+/** A failed fs call as the BlockDevice contract's codes. */
+function fsError(e: unknown, what: string, path: string): VrioError {
+  if (e instanceof VrioError && !('syscall' in e)) return e
+  const errno = errnoOf(e)
+  let code = 'io-error'
+  if (errno === 'EROFS' || errno === 'EPERM') code = 'read-only'
+  else if (errno === 'ENOSPC' || errno === 'EDQUOT') code = 'no-space'
+  else if (errno === 'EOPNOTSUPP' || errno === 'ENOTSUP') code = 'unsupported'
+  const message = e instanceof Error ? e.message : String(e)
+  return new VrioError(code, `${what} on ${path} failed: ${message}`, { errno, path }, { cause: e })
+}
+
+function openError(e: unknown, path: string): VrioError {
+  const errno = errnoOf(e)
+  const code =
+    errno === 'ENOENT' || errno === 'ENOTDIR'
+      ? 'not-found'
+      : errno === 'EBUSY'
+        ? 'busy'
+        : errno === 'EROFS'
+          ? 'read-only'
+          : errno === 'EACCES' || errno === 'EPERM'
+            ? 'permission-denied'
+            : 'io-error'
+  const message = e instanceof Error ? e.message : String(e)
+  return new VrioError(code, `cannot open ${path}: ${message}`, { errno, path }, { cause: e })
+}
+
+function closedError(path: string): VrioError {
+  return new VrioError('not-connected', `${path} is closed`)
+}

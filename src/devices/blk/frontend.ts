@@ -1,0 +1,632 @@
+import { randomInt } from 'node:crypto'
+import { VrioError } from '../../errors.ts'
+import { Delivery } from '../../transport/config.ts'
+import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
+import type { BlockSender } from './backend.ts'
+import type { BlockDevice, BlockDeviceInfo } from './device.ts'
+import {
+  BLOCK_ID_WINDOW,
+  BLOCK_REQUEST_HEAD_LENGTH,
+  BlockFlag,
+  type BlockHandle,
+  BlockOp,
+  BlockStatus,
+  blockResponseData,
+  blockStatusError,
+  encodeBlockRequestHead,
+  isMutatingOp,
+  MAX_REQUEST_ID,
+} from './protocol.ts'
+
+export interface RemoteBlockDeviceOptions {
+  /** Size and features of the device, as the IOhyp announced them. */
+  info: BlockDeviceInfo
+  /** The IOhyp's handle of the device. */
+  handle: BlockHandle
+  /** Requests in flight at once; callers beyond it wait. Default 64. */
+  queueDepth?: number
+  /**
+   * A call that has not completed this many milliseconds after it was made fails with
+   * VrioError('timeout'). Default 30 000.
+   */
+  deadline?: number
+  /** Largest read or write in one request; larger calls are split. Default 1 MiB. */
+  maxTransfer?: number
+  /** Millisecond clock. Default performance.now. */
+  clock?: () => number
+  /** How often the deadline sweep runs while requests are outstanding, ms; 0: never, the owner calls tick(). Default 250. */
+  sweepInterval?: number
+  /** First request id (tests of the epoch change). Default 1. */
+  firstRequestId?: number
+}
+
+export interface RemoteBlockDeviceStats {
+  /** Requests put on a session (re-sends included). */
+  sent: number
+  /** Requests re-sent on a new session. */
+  resent: number
+  responses: number
+  /** Responses for no outstanding request (late, duplicated or forged): ignored. */
+  unexpectedResponses: number
+  /** Malformed responses (wrong data length): the request fails with io-error. */
+  badResponses: number
+  timeouts: number
+  /** Writes given up by their caller and still unanswered (they hold back overlapping writes). */
+  zombies: number
+  /** Times a new epoch began because request ids ran out. */
+  epochs: number
+}
+
+/** One caller's call: several requests when it was split. */
+interface Call {
+  resolve(value: Uint8Array | undefined): void
+  reject(error: unknown): void
+  remaining: number
+  settled: boolean
+  deadline: number
+  /** Read result, filled by the responses. */
+  result: Uint8Array | undefined
+}
+
+interface Epoch {
+  high: number
+  next: number
+  /** Lowest id still outstanding (or `next` when none). */
+  floor: number
+  /** 1 where an id at or above floor has been answered (or given up). */
+  done: Uint8Array
+  outstanding: number
+}
+
+type RequestState = 'waiting' | 'unsent' | 'sent' | 'zombie' | 'done'
+
+/** One request on the wire. */
+interface Request {
+  call: Call
+  op: number
+  flags: number
+  offset: number
+  length: number
+  /** Write data (a view of the caller's buffer). */
+  data: Uint8Array | undefined
+  /** Where this request's read data goes in call.result. */
+  resultOffset: number
+  state: RequestState
+  epoch: Epoch | undefined
+  id: number
+  slot: Slot | undefined
+  /** Sessions it was put on, counted. */
+  sends: number
+  /** The session it was last put on. */
+  sentOn: BlockSender | undefined
+  answered: boolean
+}
+
+interface Slot {
+  /** Message head (header + descriptor); rewritten only when no transport can still send it. */
+  head: Uint8Array
+  clean: boolean
+  request: Request | undefined
+}
+
+/** A FIFO with O(1) shift, for requests waiting for a slot or for send space. */
+class Fifo<T> {
+  private items: (T | undefined)[] = []
+  private head = 0
+  get length(): number {
+    return this.items.length - this.head
+  }
+  push(v: T): void {
+    this.items.push(v)
+  }
+  peek(): T | undefined {
+    return this.items[this.head]
+  }
+  shift(): T | undefined {
+    if (this.head >= this.items.length) return undefined
+    const v = this.items[this.head]
+    this.items[this.head++] = undefined
+    if (this.head > 1024 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head)
+      this.head = 0
+    }
+    return v
+  }
+  unshift(v: T): void {
+    if (this.head > 0) this.items[--this.head] = v
+    else this.items.unshift(v)
+  }
+  clear(): T[] {
+    const out = this.items.slice(this.head) as T[]
+    this.items = []
+    this.head = 0
+    return out
+  }
+}
+
+/**
+ * The guest's view of a remote disk: a BlockDevice whose calls travel as block requests over the
+ * current session to the IOhyp's BlockBackend.
+ *
+ * Sessions come and go (`attach`/`detach`); requests outlive them: those unanswered when a session
+ * is lost are re-sent, with the same id, on the next one, and the back-end's record makes sure a
+ * write runs once. Every call ends: answered, or failed with VrioError('timeout') `deadline` ms
+ * after it was made (one sweep timer, not one per request).
+ *
+ * A write that timed out after it was sent may still run on the IOhyp. It stays tracked as a
+ * zombie until its answer comes, and later writes that overlap it wait for that answer, so it can
+ * never land on newer data; its request id also holds back the floor.
+ */
+export class RemoteBlockDevice implements BlockDevice {
+  readonly size: number
+  readonly blockSize: number
+  readonly readOnly: boolean
+  readonly canFlush: boolean
+  readonly canFua: boolean
+  readonly canTrim: boolean
+  readonly canWriteZeroes: boolean
+  readonly stats: RemoteBlockDeviceStats = {
+    sent: 0,
+    resent: 0,
+    responses: 0,
+    unexpectedResponses: 0,
+    badResponses: 0,
+    timeouts: 0,
+    zombies: 0,
+    epochs: 1,
+  }
+
+  private handle: BlockHandle
+  private readonly depth: number
+  private readonly deadline: number
+  private readonly maxTransfer: number
+  private readonly clock: () => number
+  private readonly sweepInterval: number
+  private session: BlockSender | undefined
+  private epoch: Epoch
+  private readonly slots: Slot[] = []
+  private readonly freeSlots: Slot[] = []
+  private readonly waiting = new Fifo<Request>()
+  private readonly unsent = new Fifo<Request>()
+  /** Requests holding a slot (sent, unsent or zombie), by id. */
+  private readonly inflight = new Map<number, Request>()
+  private readonly zombies: Request[] = []
+  private timer: ReturnType<typeof setInterval> | undefined
+  private closedWith: VrioError | undefined
+  /** Calls not yet settled: the sweep timer runs while there are any. */
+  private liveCalls = 0
+
+  constructor(options: RemoteBlockDeviceOptions) {
+    const info = options.info
+    this.size = info.size
+    this.blockSize = info.blockSize
+    this.readOnly = info.readOnly
+    this.canFlush = info.canFlush
+    this.canFua = info.canFua
+    this.canTrim = info.canTrim
+    this.canWriteZeroes = info.canWriteZeroes
+    this.handle = { high: options.handle.high >>> 0, low: options.handle.low >>> 0 }
+    this.depth = integer(options.queueDepth ?? 64, 'queueDepth', 1, BLOCK_ID_WINDOW / 2)
+    this.deadline = integer(options.deadline ?? 30_000, 'deadline', 1, 24 * 3600_000)
+    this.maxTransfer = integer(options.maxTransfer ?? 1024 * 1024, 'maxTransfer', 512, 0xffff_ffff)
+    this.clock = options.clock ?? (() => performance.now())
+    this.sweepInterval = integer(options.sweepInterval ?? 250, 'sweepInterval', 0, 3600_000)
+    this.epoch = newEpoch(integer(options.firstRequestId ?? 1, 'firstRequestId', 0, MAX_REQUEST_ID))
+    for (let i = 0; i < this.depth; i++) {
+      const slot: Slot = { head: new Uint8Array(BLOCK_REQUEST_HEAD_LENGTH), clean: true, request: undefined }
+      this.slots.push(slot)
+      this.freeSlots.push(slot)
+    }
+  }
+
+  /** Calls waiting for a slot plus requests outstanding (zombies included). */
+  get outstanding(): number {
+    return this.waiting.length + this.inflight.size
+  }
+
+  /**
+   * Requests go to `session` from now on; the ones not answered on the previous session are
+   * re-sent on it. `handle`: the device's handle if the IOhyp gave it a new one.
+   */
+  attach(session: BlockSender, handle?: BlockHandle): void {
+    if (handle && (handle.high >>> 0 !== this.handle.high || handle.low >>> 0 !== this.handle.low)) {
+      this.handle = { high: handle.high >>> 0, low: handle.low >>> 0 }
+      // Heads already handed to a transport stay as they were: the new handle goes in new ones.
+      for (const r of this.inflight.values()) {
+        const slot = r.slot!
+        slot.head = new Uint8Array(BLOCK_REQUEST_HEAD_LENGTH)
+        this.encodeHead(r)
+      }
+    }
+    this.session = session
+    // Everything sent on an earlier session and not answered goes again, in id order.
+    const resend = [...this.inflight.values()].filter((r) => r.state === 'sent' || r.state === 'zombie')
+    resend.sort((a, b) => (a.epoch === b.epoch ? a.id - b.id : 0))
+    const already = this.unsent.clear()
+    for (const r of resend) this.unsent.push(r)
+    for (const r of already) if (r.state === 'unsent') this.unsent.push(r)
+    this.pump()
+  }
+
+  /** The session is gone: nothing is sent until the next `attach`. Requests stay outstanding. */
+  detach(): void {
+    this.session = undefined
+  }
+
+  /** The session has send space again. */
+  writable(): void {
+    this.pump()
+  }
+
+  /** A block response from the IOhyp (the session's data handler). Never throws on what a peer sends. */
+  receive(h: MessageHeader, message: Uint8Array): void {
+    if (h.type !== MessageType.BlockResponse) return
+    const r = this.inflight.get(h.requestLow)
+    if (
+      !r ||
+      r.epoch?.high !== h.requestHigh ||
+      h.deviceHigh !== this.handle.high ||
+      h.deviceLow !== this.handle.low ||
+      r.sends === 0
+    ) {
+      this.stats.unexpectedResponses++
+      return
+    }
+    this.stats.responses++
+    r.answered = true
+    const data = blockResponseData(h, message, r.op === BlockOp.In ? r.length : 0)
+    const zombie = r.state === 'zombie'
+    this.release(r)
+    if (zombie) {
+      // Its caller was told 'timeout' already; writes that overlap it may go now.
+      this.pump()
+      return
+    }
+    if (data === undefined) {
+      this.stats.badResponses++
+      this.fail(r.call, new VrioError('io-error', 'malformed block response', { status: h.status }))
+    } else if (h.status !== BlockStatus.Ok) {
+      this.fail(r.call, blockStatusError(h.status, { offset: r.offset, length: r.length }))
+    } else {
+      if (r.op === BlockOp.In && r.call.result && data.length > 0) r.call.result.set(data, r.resultOffset)
+      this.partDone(r.call)
+    }
+    this.pump()
+  }
+
+  /** Fails calls whose deadline has passed. Runs on the sweep timer, or call it yourself. */
+  tick(now = this.clock()): void {
+    while (this.waiting.length > 0) {
+      const r = this.waiting.peek()!
+      if (r.state !== 'waiting') {
+        this.waiting.shift()
+        continue
+      }
+      if (r.call.deadline > now) break
+      this.waiting.shift()
+      r.state = 'done'
+      this.expire(r.call)
+    }
+    for (const r of this.inflight.values()) {
+      if (r.state === 'zombie' || r.call.deadline > now) continue
+      this.expire(r.call)
+      if (r.state === 'unsent' || r.sends === 0) {
+        this.release(r)
+      } else if (isMutatingOp(r.op)) {
+        r.state = 'zombie'
+        this.zombies.push(r)
+        this.stats.zombies++
+      } else {
+        this.release(r) // a read or flush: if it still runs, nothing it does can harm
+      }
+    }
+    this.pump()
+    this.updateTimer()
+  }
+
+  /** Fails every outstanding call with `error` (default 'not-connected') and stops. */
+  close(error?: VrioError): void {
+    if (this.closedWith) return
+    this.closedWith = error ?? new VrioError('not-connected', 'the remote block device was closed')
+    const calls = new Set<Call>()
+    for (const r of this.waiting.clear()) calls.add(r.call)
+    for (const r of this.inflight.values()) calls.add(r.call)
+    this.inflight.clear()
+    this.unsent.clear()
+    for (const c of calls) this.fail(c, this.closedWith)
+    this.session = undefined
+    this.updateTimer()
+  }
+
+  // ------------------------------------------------------------------ BlockDevice
+
+  read(offset: number, length: number): Promise<Uint8Array> {
+    const bad = this.check(offset, length, false)
+    if (bad) return Promise.reject(bad)
+    if (length === 0) return Promise.resolve(new Uint8Array(0))
+    return this.call(BlockOp.In, 0, offset, length, undefined, true) as Promise<Uint8Array>
+  }
+
+  write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+    const bad = this.check(offset, data.length, true)
+    if (bad) return Promise.reject(bad)
+    if (data.length === 0) return fua ? this.flush() : Promise.resolve()
+    return this.call(BlockOp.Out, fua ? BlockFlag.Fua : 0, offset, data.length, data, true).then(noValue)
+  }
+
+  flush(): Promise<void> {
+    if (this.closedWith) return Promise.reject(this.closedWith)
+    return this.call(BlockOp.Flush, 0, 0, 0, undefined, false).then(noValue)
+  }
+
+  trim(offset: number, length: number): Promise<void> {
+    const bad = this.check(offset, length, true) ?? (this.canTrim ? undefined : unsupported('trim'))
+    if (bad) return Promise.reject(bad)
+    if (length === 0) return Promise.resolve()
+    return this.call(BlockOp.Discard, 0, offset, length, undefined, false).then(noValue)
+  }
+
+  writeZeroes(offset: number, length: number, mayTrim: boolean, fua: boolean): Promise<void> {
+    const bad =
+      this.check(offset, length, true) ?? (this.canWriteZeroes ? undefined : unsupported('write-zeroes'))
+    if (bad) return Promise.reject(bad)
+    if (length === 0) return fua ? this.flush() : Promise.resolve()
+    const flags = (mayTrim ? BlockFlag.Unmap : 0) | (fua ? BlockFlag.Fua : 0)
+    return this.call(BlockOp.WriteZeroes, flags, offset, length, undefined, false).then(noValue)
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  private check(offset: number, length: number, mutating: boolean): VrioError | undefined {
+    if (this.closedWith) return this.closedWith
+    if (
+      !Number.isSafeInteger(offset) ||
+      !Number.isSafeInteger(length) ||
+      offset < 0 ||
+      length < 0 ||
+      offset + length > this.size
+    ) {
+      return new VrioError(
+        'out-of-range',
+        `range ${offset}+${length} is outside the device (${this.size} bytes)`,
+        {
+          offset,
+          length,
+          size: this.size,
+        },
+      )
+    }
+    if (mutating && this.readOnly) return new VrioError('read-only', 'the remote device is read-only')
+    return undefined
+  }
+
+  /** Splits a call into requests of at most maxTransfer (data ops) or 2^31 bytes (trim, zeroes). */
+  private call(
+    op: number,
+    flags: number,
+    offset: number,
+    length: number,
+    data: Uint8Array | undefined,
+    carriesData: boolean,
+  ): Promise<Uint8Array | undefined> {
+    return new Promise((resolve, reject) => {
+      const piece = carriesData ? this.maxTransfer : 0x8000_0000
+      const parts = Math.max(1, Math.ceil(length / piece))
+      const call: Call = {
+        resolve,
+        reject,
+        remaining: parts,
+        settled: false,
+        deadline: this.clock() + this.deadline,
+        result: op === BlockOp.In ? Buffer.allocUnsafe(length) : undefined,
+      }
+      this.liveCalls++
+      for (let i = 0; i < parts; i++) {
+        const at = i * piece
+        const n = Math.min(piece, length - at)
+        this.waiting.push({
+          call,
+          op,
+          flags,
+          offset: offset + at,
+          length: op === BlockOp.Flush ? 0 : n,
+          data: data?.subarray(at, at + n),
+          resultOffset: at,
+          state: 'waiting',
+          epoch: undefined,
+          id: 0,
+          slot: undefined,
+          sends: 0,
+          sentOn: undefined,
+          answered: false,
+        })
+      }
+      this.pump()
+      this.updateTimer()
+    })
+  }
+
+  /** Gives waiting requests slots and ids, then sends what the session takes. */
+  private pump(): void {
+    while (this.waiting.length > 0 && this.freeSlots.length > 0) {
+      const r = this.waiting.peek()!
+      if (r.state !== 'waiting') {
+        this.waiting.shift()
+        continue
+      }
+      if (r.call.settled) {
+        // Another part of its call failed: no point sending it.
+        this.waiting.shift()
+        r.state = 'done'
+        continue
+      }
+      if (isMutatingOp(r.op) && this.overlapsZombie(r)) break
+      if (!this.assignId(r)) break
+      this.waiting.shift()
+      const slot = this.freeSlots.pop()!
+      if (!slot.clean) slot.head = new Uint8Array(BLOCK_REQUEST_HEAD_LENGTH)
+      slot.clean = false
+      slot.request = r
+      r.slot = slot
+      r.state = 'unsent'
+      this.inflight.set(r.id, r)
+      this.encodeHead(r)
+      this.unsent.push(r)
+    }
+    const s = this.session
+    if (!s) return
+    while (this.unsent.length > 0) {
+      const r = this.unsent.peek()!
+      if (r.state !== 'unsent' && r.state !== 'sent' && r.state !== 'zombie') {
+        this.unsent.shift()
+        continue
+      }
+      if (r.sentOn === s) {
+        // Already on this session (queued twice by attach): nothing to do.
+        this.unsent.shift()
+        continue
+      }
+      if (r.sends === 0 && r.call.settled) {
+        // Another part of its call failed before it left: no point sending it.
+        this.unsent.shift()
+        this.release(r)
+        continue
+      }
+      const head = r.slot!.head
+      const ok = s.sendData(r.data && r.data.length > 0 ? [head, r.data] : head, Delivery.Reliable)
+      if (!ok) break
+      this.unsent.shift()
+      this.stats.sent++
+      if (r.sends > 0) this.stats.resent++
+      r.sends++
+      r.sentOn = s
+      if (r.state === 'unsent') r.state = 'sent'
+    }
+  }
+
+  private encodeHead(r: Request): void {
+    const e = r.epoch!
+    encodeBlockRequestHead(r.slot!.head, 0, this.handle, e.high, r.id, {
+      op: r.op,
+      flags: r.flags,
+      length: r.length,
+      offset: r.offset,
+      floor: e.floor,
+    })
+  }
+
+  private assignId(r: Request): boolean {
+    let e = this.epoch
+    if (e.next > MAX_REQUEST_ID) {
+      // Ids ran out: a new epoch. The old one lives on in its outstanding requests.
+      e = newEpoch(1)
+      this.epoch = e
+      this.stats.epochs++
+    }
+    if (e.next - e.floor >= BLOCK_ID_WINDOW) return false
+    if (this.inflight.has(e.next)) return false // an old epoch's request still holds this number
+    r.epoch = e
+    r.id = e.next++
+    e.outstanding++
+    return true
+  }
+
+  private overlapsZombie(r: Request): boolean {
+    const end = r.offset + r.length
+    for (const z of this.zombies) if (z.offset < end && r.offset < z.offset + z.length) return true
+    return false
+  }
+
+  /** The request is over (answered or given up): its slot and id are free. */
+  private release(r: Request): void {
+    if (r.state === 'zombie') {
+      const i = this.zombies.indexOf(r)
+      if (i >= 0) this.zombies.splice(i, 1)
+    }
+    r.state = 'done'
+    this.inflight.delete(r.id)
+    const slot = r.slot!
+    // The head may be rewritten only if no transport can still (re)send it: never sent, or sent
+    // once and answered (so the back-end received that very copy).
+    slot.clean = r.sends === 0 || (r.sends === 1 && r.answered)
+    slot.request = undefined
+    r.slot = undefined
+    r.data = undefined
+    this.freeSlots.push(slot)
+    const e = r.epoch!
+    e.outstanding--
+    e.done[r.id % BLOCK_ID_WINDOW] = 1
+    while (e.floor < e.next && e.done[e.floor % BLOCK_ID_WINDOW] === 1) {
+      e.done[e.floor % BLOCK_ID_WINDOW] = 0
+      e.floor++
+    }
+  }
+
+  private partDone(call: Call): void {
+    if (call.settled) return
+    if (--call.remaining > 0) return
+    call.settled = true
+    this.liveCalls--
+    call.resolve(call.result ?? undefined)
+    if (this.liveCalls === 0) this.updateTimer()
+  }
+
+  private fail(call: Call, error: unknown): void {
+    if (call.settled) return
+    call.settled = true
+    this.liveCalls--
+    call.result = undefined
+    call.reject(error)
+    if (this.liveCalls === 0) this.updateTimer()
+  }
+
+  private expire(call: Call): void {
+    if (call.settled) return
+    this.stats.timeouts++
+    this.fail(
+      call,
+      new VrioError('timeout', `block request not completed within ${this.deadline} ms`, {
+        deadline: this.deadline,
+      }),
+    )
+  }
+
+  /** One interval timer while anything with a deadline is outstanding; none otherwise. */
+  private updateTimer(): void {
+    if (this.sweepInterval === 0) return
+    if (this.liveCalls > 0 && !this.closedWith) {
+      this.timer ??= setInterval(() => this.tick(), this.sweepInterval)
+    } else if (this.timer) {
+      clearInterval(this.timer)
+      this.timer = undefined
+    }
+  }
+}
+
+function newEpoch(first: number): Epoch {
+  return {
+    high: randomInt(1, 0x1_0000_0000) >>> 0,
+    next: first,
+    floor: first,
+    done: new Uint8Array(BLOCK_ID_WINDOW),
+    outstanding: 0,
+  }
+}
+
+function noValue(): void {}
+
+function unsupported(what: string): VrioError {
+  return new VrioError('unsupported', `the remote device does not support ${what}`)
+}
+
+function integer(v: number, field: string, min: number, max: number): number {
+  if (!Number.isInteger(v) || v < min || v > max)
+    throw new VrioError(
+      'invalid-config',
+      `remote block device option ${field} must be an integer in [${min}, ${max}]`,
+      {
+        field,
+      },
+    )
+  return v
+}

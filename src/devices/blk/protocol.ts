@@ -1,0 +1,338 @@
+import { VrioError } from '../../errors.ts'
+import { readU32, writeU16, writeU32 } from '../../wire/bytes.ts'
+import {
+  encodeMessageHeader,
+  MESSAGE_HEADER_LENGTH,
+  type MessageHeader,
+  MessageType,
+  newMessageHeader,
+} from '../../wire/message-header.ts'
+
+/**
+ * Block messages (docs/protocol.md §8): virtio_blk requests carried in vrio messages. Pure codec,
+ * no I/O. A request is the 32-byte message header, a 24-byte descriptor and, for a write, the data;
+ * a response is the message header (status in its `status` field) and, for a successful read, the
+ * data.
+ *
+ *   request descriptor (after the message header), big-endian:
+ *     0  u8   op         BlockOp (virtio_blk request type numbers)
+ *     1  u8   flags      BlockFlag bits
+ *     2  u16  reserved   0
+ *     4  u32  length     bytes to read / write / discard / zero (0 for flush)
+ *     8  u64  offset     byte offset on the device, < 2^53 (0 for flush)
+ *    16  u32  floor      lowest request id (low half) of this epoch the sender still has outstanding
+ *    20  u32  reserved   0
+ *
+ * Header use: `device` = the IOhyp's handle of the device, `request` = (front-end epoch, request
+ * id), `replyLength` = bytes of read data expected back (reads only), `flags` = 0.
+ */
+
+/** Request types: virtio_blk's VIRTIO_BLK_T_* numbers. */
+export const BlockOp = {
+  /** Read (VIRTIO_BLK_T_IN). */
+  In: 0,
+  /** Write (VIRTIO_BLK_T_OUT). */
+  Out: 1,
+  /** Make every completed write durable (VIRTIO_BLK_T_FLUSH). */
+  Flush: 4,
+  /** Discard / trim: the range's contents become unspecified (VIRTIO_BLK_T_DISCARD). */
+  Discard: 11,
+  /** The range reads as zeros afterwards (VIRTIO_BLK_T_WRITE_ZEROES). */
+  WriteZeroes: 13,
+} as const
+export type BlockOp = (typeof BlockOp)[keyof typeof BlockOp]
+
+/** Descriptor flag bits. */
+export const BlockFlag = {
+  /** Forced unit access: durable when answered (Out, WriteZeroes). */
+  Fua: 0x01,
+  /** WriteZeroes may deallocate the range (virtio_blk's VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP). */
+  Unmap: 0x02,
+} as const
+
+/** Response status (message header `status`): 0–2 are virtio_blk's, 0x10 and up vrio's. */
+export const BlockStatus = {
+  Ok: 0,
+  IoError: 1,
+  Unsupported: 2,
+  OutOfRange: 0x10,
+  ReadOnly: 0x11,
+  NoSpace: 0x12,
+  /** The device handle names no device served to this guest. */
+  NoDevice: 0x13,
+  /** The request is malformed (lengths, flags, reserved bits) or outside the id window. */
+  BadRequest: 0x14,
+  /** The request id lies below the floor already announced: it was answered before; not run. */
+  Stale: 0x15,
+  /** The back-end's queue is full (a front-end exceeded its announced queue depth). */
+  Busy: 0x16,
+} as const
+export type BlockStatus = (typeof BlockStatus)[keyof typeof BlockStatus]
+
+export const BLOCK_DESCRIPTOR_LENGTH = 24
+/** Message header plus descriptor: every request starts with these bytes. */
+export const BLOCK_REQUEST_HEAD_LENGTH = MESSAGE_HEADER_LENGTH + BLOCK_DESCRIPTOR_LENGTH
+export const BLOCK_RESPONSE_HEAD_LENGTH = MESSAGE_HEADER_LENGTH
+/**
+ * Request ids of one epoch that may be outstanding at once lie in [floor, floor + BLOCK_ID_WINDOW):
+ * the front-end never sends an id at or above floor + window, so the back-end's record of
+ * completed requests is one fixed-size ring per epoch.
+ */
+export const BLOCK_ID_WINDOW = 65_536
+/** Largest request id; a front-end moves to a new epoch before passing it. */
+export const MAX_REQUEST_ID = 0xffff_ffff
+/** Offsets must stay exact in a JS number. */
+export const MAX_BLOCK_OFFSET = Number.MAX_SAFE_INTEGER
+
+const KNOWN_FLAGS = BlockFlag.Fua | BlockFlag.Unmap
+
+/** An opaque 64-bit handle as its two halves. */
+export interface BlockHandle {
+  high: number
+  low: number
+}
+
+/** A decoded request descriptor. */
+export interface BlockRequest {
+  op: number
+  flags: number
+  length: number
+  offset: number
+  floor: number
+  /** Where the write data starts in the message (Out only). */
+  dataOffset: number
+}
+
+export function newBlockRequest(): BlockRequest {
+  return { op: 0, flags: 0, length: 0, offset: 0, floor: 0, dataOffset: 0 }
+}
+
+export function isKnownOp(op: number): boolean {
+  return (
+    op === BlockOp.In ||
+    op === BlockOp.Out ||
+    op === BlockOp.Flush ||
+    op === BlockOp.Discard ||
+    op === BlockOp.WriteZeroes
+  )
+}
+
+/** Ops that change the device: answered from the back-end's record when duplicated. */
+export function isMutatingOp(op: number): boolean {
+  return op === BlockOp.Out || op === BlockOp.Discard || op === BlockOp.WriteZeroes
+}
+
+const scratch = newMessageHeader()
+
+/**
+ * Writes the message header and descriptor of a request (BLOCK_REQUEST_HEAD_LENGTH bytes) at
+ * `offset`. For Out, the `length` data bytes follow as a separate chunk; `bodyLength` counts them.
+ */
+export function encodeBlockRequestHead(
+  buf: Uint8Array,
+  offset: number,
+  device: BlockHandle,
+  epoch: number,
+  id: number,
+  r: Readonly<Omit<BlockRequest, 'dataOffset'>>,
+): number {
+  const h = scratch
+  h.type = MessageType.BlockRequest
+  h.flags = 0
+  h.bodyLength = BLOCK_DESCRIPTOR_LENGTH + (r.op === BlockOp.Out ? r.length : 0)
+  h.deviceHigh = device.high
+  h.deviceLow = device.low
+  h.requestHigh = epoch
+  h.requestLow = id
+  h.replyLength = r.op === BlockOp.In ? r.length : 0
+  h.status = 0
+  let o = encodeMessageHeader(buf, offset, h)
+  buf[o] = r.op
+  buf[o + 1] = r.flags
+  writeU16(buf, o + 2, 0)
+  writeU32(buf, o + 4, r.length)
+  writeU32(buf, o + 8, Math.floor(r.offset / 0x1_0000_0000))
+  writeU32(buf, o + 12, r.offset >>> 0)
+  writeU32(buf, o + 16, r.floor)
+  writeU32(buf, o + 20, 0)
+  o += BLOCK_DESCRIPTOR_LENGTH
+  return o
+}
+
+/**
+ * Decodes the request in `message` (whose header is already decoded into `h`) into `out`. Returns
+ * Ok, BadRequest (malformed: lengths that disagree with the header, unknown flag bits, non-zero
+ * reserved bytes, an offset past 2^53) or Unsupported (an op this version does not know).
+ * Never throws.
+ */
+export function decodeBlockRequest(h: MessageHeader, message: Uint8Array, out: BlockRequest): BlockStatus {
+  if (h.type !== MessageType.BlockRequest) return BlockStatus.BadRequest
+  if (message.length < BLOCK_REQUEST_HEAD_LENGTH || h.bodyLength !== message.length - MESSAGE_HEADER_LENGTH)
+    return BlockStatus.BadRequest
+  const o = MESSAGE_HEADER_LENGTH
+  const op = message[o]
+  const flags = message[o + 1]
+  if (message[o + 2] !== 0 || message[o + 3] !== 0 || readU32(message, o + 20) !== 0)
+    return BlockStatus.BadRequest
+  const length = readU32(message, o + 4)
+  const offsetHigh = readU32(message, o + 8)
+  if (offsetHigh > 0x1f_ffff) return BlockStatus.BadRequest
+  out.op = op
+  out.flags = flags
+  out.length = length
+  out.offset = offsetHigh * 0x1_0000_0000 + readU32(message, o + 12)
+  out.floor = readU32(message, o + 16)
+  out.dataOffset = BLOCK_REQUEST_HEAD_LENGTH
+  if (!isKnownOp(op)) return BlockStatus.Unsupported
+  if (flags & ~KNOWN_FLAGS) return BlockStatus.BadRequest
+  const dataBytes = message.length - BLOCK_REQUEST_HEAD_LENGTH
+  switch (op) {
+    case BlockOp.In:
+      if (flags !== 0 || dataBytes !== 0 || h.replyLength !== length) return BlockStatus.BadRequest
+      break
+    case BlockOp.Out:
+      if (flags & BlockFlag.Unmap || dataBytes !== length || h.replyLength !== 0)
+        return BlockStatus.BadRequest
+      break
+    case BlockOp.Flush:
+      if (flags !== 0 || dataBytes !== 0 || length !== 0 || out.offset !== 0 || h.replyLength !== 0)
+        return BlockStatus.BadRequest
+      break
+    case BlockOp.Discard:
+      if (flags !== 0 || dataBytes !== 0 || h.replyLength !== 0) return BlockStatus.BadRequest
+      break
+    case BlockOp.WriteZeroes:
+      if (dataBytes !== 0 || h.replyLength !== 0) return BlockStatus.BadRequest
+      break
+  }
+  return BlockStatus.Ok
+}
+
+/**
+ * Writes the 32-byte header of a response to the request whose header is `request` (its device and
+ * request handles are echoed). `dataLength` is the read data that follows (successful reads only).
+ */
+export function encodeBlockResponseHead(
+  buf: Uint8Array,
+  offset: number,
+  device: BlockHandle,
+  requestHigh: number,
+  requestLow: number,
+  status: number,
+  dataLength: number,
+): number {
+  const h = scratch
+  h.type = MessageType.BlockResponse
+  h.flags = 0
+  h.bodyLength = dataLength
+  h.deviceHigh = device.high
+  h.deviceLow = device.low
+  h.requestHigh = requestHigh
+  h.requestLow = requestLow
+  h.replyLength = 0
+  h.status = status
+  return encodeMessageHeader(buf, offset, h)
+}
+
+/**
+ * Checks a response against what the request expects: a successful read carries exactly
+ * `expectedData` bytes, everything else none. Returns the data (a view into `message`, valid while
+ * the message is), an empty view for data-less success, or undefined when the response is malformed.
+ */
+export function blockResponseData(
+  h: MessageHeader,
+  message: Uint8Array,
+  expectedData: number,
+): Uint8Array | undefined {
+  if (h.type !== MessageType.BlockResponse || h.bodyLength !== message.length - MESSAGE_HEADER_LENGTH)
+    return undefined
+  const data = h.bodyLength
+  if (h.status === BlockStatus.Ok ? data !== expectedData : data !== 0) return undefined
+  return message.subarray(MESSAGE_HEADER_LENGTH)
+}
+
+/** The VrioError code a status maps to (the BlockDevice failure codes). */
+export function blockStatusCode(status: number): string {
+  switch (status) {
+    case BlockStatus.Unsupported:
+      return 'unsupported'
+    case BlockStatus.OutOfRange:
+      return 'out-of-range'
+    case BlockStatus.ReadOnly:
+      return 'read-only'
+    case BlockStatus.NoSpace:
+      return 'no-space'
+    case BlockStatus.NoDevice:
+      return 'not-connected'
+    default:
+      return 'io-error'
+  }
+}
+
+const STATUS_NAMES: Record<number, string> = {
+  [BlockStatus.Ok]: 'ok',
+  [BlockStatus.IoError]: 'I/O error',
+  [BlockStatus.Unsupported]: 'unsupported request',
+  [BlockStatus.OutOfRange]: 'beyond the end of the device',
+  [BlockStatus.ReadOnly]: 'the device is read-only',
+  [BlockStatus.NoSpace]: 'no space left on the backing store',
+  [BlockStatus.NoDevice]: 'the IOhyp serves no such device',
+  [BlockStatus.BadRequest]: 'malformed request',
+  [BlockStatus.Stale]: 'stale request id',
+  [BlockStatus.Busy]: 'the IOhyp queue is full',
+}
+
+export function blockStatusName(status: number): string {
+  return STATUS_NAMES[status] ?? `status ${status}`
+}
+
+/** The error a front-end reports for a non-OK status. */
+export function blockStatusError(status: number, details: Record<string, unknown> = {}): VrioError {
+  return new VrioError(blockStatusCode(status), `block request failed: ${blockStatusName(status)}`, {
+    status,
+    ...details,
+  })
+}
+
+/** The status a back-end answers for a device failure (a VrioError code, or anything else: IoError). */
+export function blockStatusOf(error: unknown): BlockStatus {
+  const code = error instanceof VrioError ? error.code : undefined
+  switch (code) {
+    case 'out-of-range':
+      return BlockStatus.OutOfRange
+    case 'read-only':
+      return BlockStatus.ReadOnly
+    case 'no-space':
+      return BlockStatus.NoSpace
+    case 'unsupported':
+      return BlockStatus.Unsupported
+    default:
+      return BlockStatus.IoError
+  }
+}
+
+/**
+ * Hands out message heads carved from 64 KiB slabs. A head given to the transport is referenced
+ * until acknowledged, so it is never rewritten: a used-up slab is left to the transport and the GC,
+ * and a new one taken — one allocation per 64 KiB of heads instead of one per message.
+ */
+export class HeadArena {
+  private readonly slabSize: number
+  private slab: Buffer
+  private used = 0
+
+  constructor(slabSize = 64 * 1024) {
+    this.slabSize = slabSize
+    this.slab = Buffer.allocUnsafeSlow(slabSize)
+  }
+
+  take(length: number): Uint8Array {
+    if (this.used + length > this.slab.length) {
+      this.slab = Buffer.allocUnsafeSlow(Math.max(this.slabSize, length))
+      this.used = 0
+    }
+    const head = this.slab.subarray(this.used, this.used + length)
+    this.used += length
+    return head
+  }
+}

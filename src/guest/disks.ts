@@ -1,0 +1,158 @@
+import { join } from 'node:path'
+import type { GuestDiskInfo } from '../control/api.ts'
+import type { Logger } from '../daemon/log.ts'
+import type { BlockDeviceInfo } from '../devices/blk/device.ts'
+import { RemoteBlockDevice } from '../devices/blk/frontend.ts'
+import { NbdServer } from '../devices/blk/nbd-server.ts'
+import { VrioError } from '../errors.ts'
+import type { Session } from '../session/session.ts'
+import { type MessageHeader, MessageType } from '../wire/message-header.ts'
+import { AttachedBlockDevice } from './block-attach.ts'
+
+/** What the IOhyp sends in `blk.attach`. */
+export interface AttachDiskParams {
+  name: string
+  handle: { high: number; low: number }
+  info: BlockDeviceInfo
+}
+
+interface Disk {
+  name: string
+  front: RemoteBlockDevice
+  handle: { high: number; low: number }
+  attached: AttachedBlockDevice | undefined
+}
+
+const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
+
+/**
+ * The guest's remote disks: one RemoteBlockDevice per disk (requests go to the IOhyp over the
+ * current session, and are re-sent on the next one if it drops), all served as NBD exports on one
+ * unix socket, and optionally attached as real block devices (nbdfuse + loop).
+ */
+export class GuestDisks {
+  readonly socketPath: string
+  private readonly runDir: string
+  private readonly attach: boolean
+  private readonly ioTimeoutMs: number | undefined
+  private readonly log: Logger
+  private readonly disks = new Map<string, Disk>()
+  /** Front-ends by the low half of their handle (the IOhyp's slot); the high half is checked too. */
+  private readonly byHandle = new Map<number, Disk>()
+  private readonly nbd: NbdServer
+  private session: Session | undefined
+
+  constructor(o: { runDir: string; attach: boolean; ioTimeoutMs?: number; log: Logger }) {
+    this.runDir = o.runDir
+    this.attach = o.attach
+    this.ioTimeoutMs = o.ioTimeoutMs
+    this.log = o.log
+    this.socketPath = join(o.runDir, 'nbd.sock')
+    this.nbd = new NbdServer({
+      path: this.socketPath,
+      lookup: (name) => this.disks.get(name)?.front,
+      list: () => this.disks.keys(),
+    })
+  }
+
+  async start(): Promise<void> {
+    await this.nbd.listen()
+  }
+
+  uri(name: string): string {
+    return `nbd+unix:///${name}?socket=${this.socketPath}`
+  }
+
+  /** The session to the IOhyp changed: requests go (and unanswered ones are re-sent) on the new one. */
+  useSession(session: Session | undefined): void {
+    this.session = session
+    for (const d of this.disks.values()) {
+      if (session) d.front.attach(session)
+      else d.front.detach()
+    }
+  }
+
+  writable(): void {
+    for (const d of this.disks.values()) d.front.writable()
+  }
+
+  /** A block response from the IOhyp. */
+  receive(h: MessageHeader, message: Uint8Array): void {
+    if (h.type !== MessageType.BlockResponse) return
+    const d = this.byHandle.get(h.deviceLow)
+    if (d && d.handle.high === h.deviceHigh) d.front.receive(h, message)
+  }
+
+  /** `blk.attach` from the IOhyp: create (or, after a reconnect, re-bind) a disk. */
+  async attachDisk(params: unknown): Promise<{ nbd: string; device: string | null }> {
+    const p = params as Partial<AttachDiskParams>
+    if (!p || typeof p.name !== 'string' || !NAME_RE.test(p.name) || !p.handle || !p.info) {
+      throw new VrioError('invalid-argument', 'blk.attach needs name, handle and info')
+    }
+    const handle = { high: p.handle.high >>> 0, low: p.handle.low >>> 0 }
+    let d = this.disks.get(p.name)
+    if (d) {
+      this.byHandle.delete(d.handle.low)
+      d.handle = handle
+      if (this.session) d.front.attach(this.session, handle)
+      this.byHandle.set(handle.low, d)
+    } else {
+      const front = new RemoteBlockDevice({ info: p.info, handle, deadline: this.ioTimeoutMs })
+      d = { name: p.name, front, handle, attached: undefined }
+      this.disks.set(p.name, d)
+      this.byHandle.set(handle.low, d)
+      if (this.session) front.attach(this.session)
+      if (this.attach) {
+        try {
+          d.attached = await AttachedBlockDevice.attach({
+            uri: this.uri(p.name),
+            dir: join(this.runDir, 'disks', p.name),
+            readOnly: p.info.readOnly,
+          })
+        } catch (error) {
+          this.forget(d)
+          front.close()
+          throw error
+        }
+      }
+      this.log.info('disk attached', { disk: p.name, size: p.info.size, device: d.attached?.device ?? null })
+    }
+    return { nbd: this.uri(p.name), device: d.attached?.device ?? null }
+  }
+
+  /** `blk.detach` from the IOhyp: the block device goes, NBD clients get errors, the export disappears. */
+  async detachDisk(params: unknown): Promise<null> {
+    const name = (params as { name?: unknown })?.name
+    const d = typeof name === 'string' ? this.disks.get(name) : undefined
+    if (!d) throw new VrioError('not-found', `no disk named ${String(name)}`)
+    await d.attached?.detach()
+    this.forget(d)
+    d.front.close(new VrioError('not-connected', `disk ${d.name} was removed`))
+    this.log.info('disk detached', { disk: d.name })
+    return null
+  }
+
+  list(): GuestDiskInfo[] {
+    return [...this.disks.values()].map((d) => ({
+      name: d.name,
+      size: d.front.size,
+      readOnly: d.front.readOnly,
+      nbd: this.uri(d.name),
+      device: d.attached?.device ?? null,
+    }))
+  }
+
+  async close(): Promise<void> {
+    for (const d of [...this.disks.values()]) {
+      await d.attached?.detach()
+      d.front.close(new VrioError('not-connected', 'the guest agent is stopping'))
+      this.forget(d)
+    }
+    await this.nbd.close()
+  }
+
+  private forget(d: Disk): void {
+    this.disks.delete(d.name)
+    if (this.byHandle.get(d.handle.low) === d) this.byHandle.delete(d.handle.low)
+  }
+}

@@ -1,0 +1,272 @@
+import { randomInt } from 'node:crypto'
+import type { CreateDiskRequest, DiskInfo } from '../control/api.ts'
+import type { Logger } from '../daemon/log.ts'
+import { BlockBackend, replyNoDevice } from '../devices/blk/backend.ts'
+import { FileDevice } from '../devices/blk/file-device.ts'
+import { VrioError } from '../errors.ts'
+import type { Rpc } from '../session/rpc.ts'
+import type { Session } from '../session/session.ts'
+import { formatMac } from '../wire/address.ts'
+import { type MessageHeader, MessageType } from '../wire/message-header.ts'
+
+/** What the disk registry needs of an enrolled guest. */
+export interface DiskGuest {
+  mac: number
+  session: Session | undefined
+  rpc: Rpc
+}
+
+/** A disk as the state file keeps it. */
+export interface DiskState {
+  name: string
+  guest: string
+  backing: string
+  readOnly: boolean
+  handle: { high: number; low: number }
+}
+
+interface Disk {
+  name: string
+  guest: number
+  backing: string
+  readOnly: boolean
+  /** low: a slot number unique on this IOhyp; high: a random tag, so a guessed slot names nothing. */
+  handle: { high: number; low: number }
+  device: FileDevice
+  backend: BlockBackend
+  nbd: string | null
+  attachedAs: string | null
+  announced: boolean
+}
+
+const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
+/** How long a guest may take to set a disk up (NBD export, block device). */
+const ATTACH_TIMEOUT_MS = 30_000
+
+/**
+ * The IOhyp's remote disks: a FileDevice and a BlockBackend per disk, bound to its guest's current
+ * session; block requests are routed by handle, and a request naming no disk of that guest gets a
+ * NoDevice answer. A disk exists for its guest across reconnections (re-announced on each new
+ * session, so a restarted guest agent gets it back).
+ */
+export class IohypDisks {
+  private readonly disks = new Map<string, Disk>()
+  private readonly bySlot = new Map<number, Disk>()
+  private nextSlot = 1
+  private readonly log: Logger
+
+  constructor(log: Logger) {
+    this.log = log
+  }
+
+  list(): DiskInfo[] {
+    return [...this.disks.values()].sort((a, b) => a.name.localeCompare(b.name)).map((d) => this.info(d))
+  }
+
+  state(): DiskState[] {
+    return [...this.disks.values()].map((d) => ({
+      name: d.name,
+      guest: formatMac(d.guest),
+      backing: d.backing,
+      readOnly: d.readOnly,
+      handle: d.handle,
+    }))
+  }
+
+  forGuest(mac: number): number {
+    let n = 0
+    for (const d of this.disks.values()) if (d.guest === mac) n++
+    return n
+  }
+
+  /** Creates a disk and waits until the guest has it ready; fails (undoing everything) otherwise. */
+  async create(req: CreateDiskRequest, guest: DiskGuest): Promise<DiskInfo> {
+    const name = req.name ?? this.freeName()
+    if (!NAME_RE.test(name)) {
+      throw new VrioError(
+        'invalid-argument',
+        `disk name '${name}' must be 1-64 letters, digits, '.', '-' or '_'`,
+        { field: 'name' },
+      )
+    }
+    if (this.disks.has(name)) throw new VrioError('conflict', `a disk named ${name} exists already`)
+    if (!guest.session?.authenticated) {
+      throw new VrioError('not-connected', `guest ${formatMac(guest.mac)} is not connected`)
+    }
+    for (const d of this.disks.values()) {
+      if (d.backing === req.backing && (!d.readOnly || !req.readOnly)) {
+        throw new VrioError('conflict', `${req.backing} already backs disk ${d.name}`)
+      }
+    }
+    const device = await openBacking(req.backing, req.readOnly === true)
+    const handle = { high: randomInt(1, 0x1_0000_0000) >>> 0, low: this.nextSlot++ }
+    const d = this.add(name, guest.mac, req.backing, req.readOnly === true, handle, device)
+    try {
+      d.backend.attach(guest.session)
+      await this.announce(d, guest)
+    } catch (error) {
+      await this.drop(d)
+      throw error
+    }
+    this.log.info('disk created', {
+      disk: name,
+      guest: formatMac(guest.mac),
+      backing: req.backing,
+      size: device.size,
+    })
+    return this.info(d)
+  }
+
+  async remove(name: string, guest: DiskGuest | undefined): Promise<DiskInfo> {
+    const d = this.disks.get(name)
+    if (!d) throw new VrioError('not-found', `no disk named ${name}`)
+    const info = this.info(d)
+    if (guest?.session?.authenticated) {
+      // Best effort: a guest that does not answer still loses the disk (its requests get NoDevice).
+      await guest.rpc.call('blk.detach', { name }, 10_000).catch((error) => {
+        this.log.warn('guest did not confirm disk removal', { disk: name, error })
+      })
+    }
+    await this.drop(d)
+    this.log.info('disk removed', { disk: name })
+    return { ...info, state: 'waiting', device: null }
+  }
+
+  /** Recreates disks from the state file; they are announced when their guests connect. */
+  async restore(entries: readonly DiskState[], macOf: (text: string) => number | undefined): Promise<void> {
+    for (const e of entries) {
+      const mac = macOf(e.guest)
+      if (mac === undefined || !NAME_RE.test(e.name))
+        throw new VrioError('invalid-state', `malformed disk entry ${e.name}`)
+      const device = await openBacking(e.backing, e.readOnly)
+      this.add(e.name, mac, e.backing, e.readOnly, e.handle, device)
+      this.nextSlot = Math.max(this.nextSlot, e.handle.low + 1)
+    }
+  }
+
+  /** A guest's session came (or went): its disks follow it; a new session gets every disk announced. */
+  useSession(guest: DiskGuest): void {
+    for (const d of this.disks.values()) {
+      if (d.guest !== guest.mac) continue
+      d.announced = false
+      if (!guest.session) {
+        d.backend.detach()
+        continue
+      }
+      d.backend.attach(guest.session)
+      this.announce(d, guest).catch((error) =>
+        this.log.warn('could not give a disk to its guest', { disk: d.name, error }),
+      )
+    }
+  }
+
+  receive(guest: DiskGuest, h: MessageHeader, message: Uint8Array): void {
+    if (h.type !== MessageType.BlockRequest || !guest.session) return
+    const d = this.bySlot.get(h.deviceLow)
+    if (d && d.guest === guest.mac && d.handle.high === h.deviceHigh) d.backend.receive(h, message)
+    else replyNoDevice(guest.session, h)
+  }
+
+  writable(guest: DiskGuest): void {
+    for (const d of this.disks.values()) if (d.guest === guest.mac) d.backend.writable()
+  }
+
+  async close(): Promise<void> {
+    for (const d of [...this.disks.values()]) {
+      // Acknowledged writes are on the backing store once the backend is idle and flushed.
+      await d.backend.close()
+      await d.device.flush().catch(() => {})
+      await d.device.close()
+    }
+    this.disks.clear()
+    this.bySlot.clear()
+  }
+
+  private add(
+    name: string,
+    guest: number,
+    backing: string,
+    readOnly: boolean,
+    handle: { high: number; low: number },
+    device: FileDevice,
+  ): Disk {
+    const d: Disk = {
+      name,
+      guest,
+      backing,
+      readOnly,
+      handle,
+      device,
+      backend: new BlockBackend(device, { handle }),
+      nbd: null,
+      attachedAs: null,
+      announced: false,
+    }
+    this.disks.set(name, d)
+    this.bySlot.set(handle.low, d)
+    return d
+  }
+
+  private async announce(d: Disk, guest: DiskGuest): Promise<void> {
+    const info = {
+      size: d.device.size,
+      blockSize: d.device.blockSize,
+      readOnly: d.device.readOnly,
+      canFlush: d.device.canFlush,
+      canFua: d.device.canFua,
+      canTrim: d.device.canTrim,
+      canWriteZeroes: d.device.canWriteZeroes,
+    }
+    const answer = (await guest.rpc.call(
+      'blk.attach',
+      { name: d.name, handle: d.handle, info },
+      ATTACH_TIMEOUT_MS,
+    )) as {
+      nbd?: string
+      device?: string | null
+    }
+    d.nbd = typeof answer?.nbd === 'string' ? answer.nbd : null
+    d.attachedAs = typeof answer?.device === 'string' ? answer.device : null
+    d.announced = true
+  }
+
+  private async drop(d: Disk): Promise<void> {
+    this.disks.delete(d.name)
+    this.bySlot.delete(d.handle.low)
+    await d.backend.close()
+    await d.device.close()
+  }
+
+  private freeName(): string {
+    for (let i = 0; ; i++) if (!this.disks.has(`disk${i}`)) return `disk${i}`
+  }
+
+  private info(d: Disk): DiskInfo {
+    const s = d.backend.stats
+    return {
+      name: d.name,
+      guest: formatMac(d.guest),
+      backing: d.backing,
+      size: d.device.size,
+      blockSize: d.device.blockSize,
+      readOnly: d.readOnly,
+      state: d.announced ? 'attached' : 'waiting',
+      nbd: d.nbd,
+      device: d.attachedAs,
+      requests: s.requests,
+      errors: Object.values(s.errors).reduce((a, b) => a + b, 0),
+    }
+  }
+}
+
+async function openBacking(path: string, readOnly: boolean): Promise<FileDevice> {
+  try {
+    return await FileDevice.open(path, { readOnly })
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === 'ENOENT')
+      throw new VrioError('not-found', `backing ${path} does not exist`, { field: 'backing' })
+    if (code === 'EBUSY') throw new VrioError('conflict', `backing ${path} is in use`, { field: 'backing' })
+    throw error
+  }
+}

@@ -1,0 +1,272 @@
+import assert from 'node:assert/strict'
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import type { DiskInfo } from '../../src/control/api.ts'
+import { killDaemons, vrio, vrioJson } from '../support/daemons.ts'
+import { type ImpairedLink, impairedLink } from '../support/impair.ts'
+import { cleanupNetns, requireRoot } from '../support/netns.ts'
+import { directLink, firewallCounters, firewalledLink, type Topology } from '../support/topology.ts'
+import { VrioPair } from '../support/vrio-pair.ts'
+
+after(() => {
+  killDaemons()
+  cleanupNetns()
+})
+
+const MiB = 1024 * 1024
+const sha256 = (path: string, length?: number) => {
+  const data = readFileSync(path)
+  return createHash('sha256')
+    .update(length === undefined ? data : data.subarray(0, length))
+    .digest('hex')
+}
+
+function sparseFile(path: string, size: number): void {
+  const fd = openSync(path, 'w')
+  writeSync(fd, Buffer.alloc(1), 0, 1, size - 1)
+  closeSync(fd)
+}
+
+function randomImage(path: string, size: number): void {
+  const fd = openSync(path, 'w')
+  for (let off = 0; off < size; off += 4 * MiB) writeSync(fd, randomBytes(Math.min(4 * MiB, size - off)))
+  closeSync(fd)
+}
+
+/** qemu-img convert an image into the disk's NBD export and back out; both must equal the source and the backing file. */
+function roundTrip(pair: VrioPair, disk: DiskInfo, backing: string, size: number): void {
+  const src = join(pair.dir, 'src.img')
+  const out = join(pair.dir, 'out.img')
+  randomImage(src, size)
+  execFileSync('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, disk.nbd!])
+  execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', disk.nbd!, out])
+  const want = sha256(src)
+  assert.equal(sha256(out, size), want, 'read back through vrio')
+  assert.equal(sha256(backing, size), want, "the IOhyp's backing file")
+}
+
+function fio(
+  uri: string,
+  args: string[],
+): ChildProcess & { result: Promise<{ code: number | null; json: unknown; stderr: string }> } {
+  const child = spawn(
+    'fio',
+    ['--name=vrio', '--ioengine=nbd', `--uri=${uri}`, '--output-format=json', ...args],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  ) as ChildProcess & { result: Promise<{ code: number | null; json: unknown; stderr: string }> }
+  let stdout = ''
+  let stderr = ''
+  child.stdout?.on('data', (d) => (stdout += d))
+  child.stderr?.on('data', (d) => (stderr += d))
+  child.result = new Promise((resolve) =>
+    child.on('exit', (code) => {
+      let json: unknown
+      try {
+        json = JSON.parse(stdout.slice(stdout.indexOf('{')))
+      } catch {
+        json = undefined
+      }
+      resolve({ code, json, stderr })
+    }),
+  )
+  return child
+}
+
+const VERIFY_WRITES = [
+  '--rw=randwrite',
+  '--bs=16k',
+  '--iodepth=32',
+  '--verify=crc32c',
+  '--do_verify=1',
+  '--verify_fatal=1',
+  '--verify_state_save=0',
+]
+
+describe('remote disk over a veth', () => {
+  let t: Topology
+  let pair: VrioPair
+  before(async () => {
+    requireRoot()
+    t = directLink()
+    pair = new VrioPair(t.a, t.b)
+    pair.guestOptions = ['--io-timeout', '5']
+    await pair.start()
+  })
+  after(() => pair?.stop())
+
+  it('qemu-img round trip of a 256 MiB random image: sha256 matches, and equals the backing file', async () => {
+    const backing = join(pair.dir, 'rt.img')
+    sparseFile(backing, 256 * MiB)
+    const disk = await pair.createDisk(backing, 'rt')
+    assert.equal(disk.size, 256 * MiB)
+    assert.equal(disk.state, 'attached')
+    assert.match(disk.nbd ?? '', /^nbd\+unix:\/\/\/rt\?socket=/)
+    roundTrip(pair, disk, backing, 256 * MiB)
+    const guestView = vrioJson<{
+      disks: { name: string; size: number; readOnly: boolean; nbd: string; device: string | null }[]
+    }>(['blk', 'list', '--guest', '--control', pair.sock('guest')])
+    const g = guestView.disks.find((d) => d.name === 'rt')
+    assert.ok(g)
+    assert.equal(g.size, 256 * MiB)
+    assert.equal(g.readOnly, false)
+    assert.match(g.device ?? '', /^\/dev\/loop\d+$/)
+    await pair.removeDisk('rt')
+  })
+
+  it('mkfs.ext4 on the attached block device, mount, write, fsck clean; files survive remove and re-create', async () => {
+    const backing = join(pair.dir, 'fs.img')
+    sparseFile(backing, 128 * MiB)
+    let disk = await pair.createDisk(backing, 'fs')
+    const mnt = join(pair.dir, 'mnt')
+    mkdirSync(mnt, { recursive: true })
+    const content = randomBytes(3 * MiB)
+    // Block devices are not per network namespace (and `ip netns exec` mounts would vanish with it).
+    const inGuest = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: 'pipe' })
+    inGuest('mkfs.ext4', ['-q', disk.device!])
+    inGuest('mount', [disk.device!, mnt])
+    writeFileSync(join(mnt, 'data.bin'), content)
+    inGuest('umount', [mnt])
+    inGuest('e2fsck', ['-fn', disk.device!])
+    await pair.removeDisk('fs')
+    disk = await pair.createDisk(backing, 'fs')
+    inGuest('mount', [disk.device!, mnt])
+    try {
+      assert.ok(readFileSync(join(mnt, 'data.bin')).equals(content), 'file identical after re-create')
+    } finally {
+      inGuest('umount', [mnt])
+    }
+    await pair.removeDisk('fs')
+  })
+
+  it('IOhyp killed (SIGKILL) during fio writes and restarted: the job resumes and verifies', async () => {
+    const backing = join(pair.dir, 'kill.img')
+    sparseFile(backing, 64 * MiB)
+    const disk = await pair.createDisk(backing, 'kill')
+    const job = fio(disk.nbd!, [...VERIFY_WRITES, '--size=48m'])
+    await new Promise((r) => setTimeout(r, 700))
+    await pair.iohyp.stop('SIGKILL')
+    await new Promise((r) => setTimeout(r, 1000))
+    pair.startIohyp()
+    const { code, json, stderr } = await job.result
+    assert.equal(code, 0, `fio failed: ${stderr}`)
+    const jobs = (json as { jobs: { error: number; verify_errors?: number }[] }).jobs
+    assert.equal(jobs[0].error, 0)
+    await pair.waitConnected()
+    await pair.removeDisk('kill')
+  })
+
+  it('IOhyp gone for longer than the I/O timeout: fio gets I/O errors, not a hang', async () => {
+    const backing = join(pair.dir, 'gone.img')
+    sparseFile(backing, 64 * MiB)
+    const disk = await pair.createDisk(backing, 'gone')
+    await pair.iohyp.stop('SIGKILL')
+    try {
+      const started = Date.now()
+      const job = fio(disk.nbd!, ['--rw=randwrite', '--bs=4k', '--iodepth=4', '--size=8m'])
+      const { code, stderr } = await job.result
+      assert.notEqual(code, 0, 'fio reported the errors')
+      assert.match(stderr, /error/i)
+      // The guest runs with --io-timeout 5: requests fail then, fio stops at the first error.
+      assert.ok(Date.now() - started < 20_000, `fio gave up after ${Date.now() - started} ms`)
+    } finally {
+      pair.startIohyp()
+      await pair.waitConnected()
+    }
+    await pair.removeDisk('gone')
+  })
+
+  it('bad input: missing backing, unknown guest, name taken, unknown export, read past the end — clear errors, daemons stay up', async () => {
+    const backing = join(pair.dir, 'bad.img')
+    sparseFile(backing, 8 * MiB)
+    const create = (args: string[]) => vrio(['blk', 'create', ...args, '--control', pair.sock('iohyp')])
+    let r = create(['--guest', pair.guestMac, '--backing', join(pair.dir, 'nope.img')])
+    assert.equal(r.status, 1)
+    assert.match(r.stderr, /nope\.img.*(no such file|does not exist)/)
+    r = create(['--guest', '02:00:00:00:00:99', '--backing', backing])
+    assert.match(r.stderr, /no enrolled guest/)
+    assert.equal(create(['--guest', pair.guestMac, '--backing', backing, '--name', 'bad']).status, 0)
+    r = create(['--guest', pair.guestMac, '--backing', backing, '--name', 'bad'])
+    assert.match(r.stderr, /exists already/)
+    const sock = join(pair.runDir, 'nbd.sock')
+    assert.throws(() => execFileSync('nbdinfo', [`nbd+unix:///nosuch?socket=${sock}`], { stdio: 'pipe' }))
+    const past = spawnSyncText('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      `read ${8 * MiB} 4096`,
+      `nbd+unix:///bad?socket=${sock}`,
+    ])
+    assert.match(past, /error|Input\/output|Invalid/i)
+    assert.ok(pair.iohyp.alive && pair.guest.alive)
+    await pair.removeDisk('bad')
+  })
+})
+
+function spawnSyncText(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: 'pipe' })
+  } catch (e) {
+    const err = e as { stdout?: string; stderr?: string }
+    return `${err.stdout ?? ''}${err.stderr ?? ''}`
+  }
+}
+
+describe('remote disk over a link with 5% loss, 2% duplication and reordering', () => {
+  let link: ImpairedLink
+  let pair: VrioPair
+  before(async () => {
+    requireRoot()
+    link = impairedLink({
+      loss: 0.05,
+      duplicate: 0.02,
+      reorder: 0.1,
+      reorderDelayMs: 2,
+      delayMs: 0,
+      seed: 4,
+      vnetHdr: true,
+    })
+    pair = new VrioPair(link.a, link.b)
+    await pair.start()
+  })
+  after(async () => {
+    await pair?.stop()
+    link?.stop()
+  })
+
+  it('fio random writes with crc32c verify at queue depth 32: zero verify errors, the job finishes', async () => {
+    const backing = join(pair.dir, 'lossy.img')
+    sparseFile(backing, 64 * MiB)
+    const disk = await pair.createDisk(backing, 'lossy')
+    const { code, json, stderr } = await fio(disk.nbd!, [...VERIFY_WRITES, '--size=16m']).result
+    assert.equal(code, 0, `fio failed: ${stderr}`)
+    assert.equal((json as { jobs: { error: number }[] }).jobs[0].error, 0)
+    assert.ok(link.stats.lost > 0 && link.stats.duplicated > 0, JSON.stringify(link.stats))
+  })
+})
+
+describe('remote disk through the strict conntrack firewall', () => {
+  let t: Topology
+  let pair: VrioPair
+  before(async () => {
+    requireRoot()
+    t = firewalledLink()
+    pair = new VrioPair(t.a, t.b)
+    await pair.start()
+  })
+  after(() => pair?.stop())
+
+  it('qemu-img round trip: data intact, nothing marked invalid', async () => {
+    const backing = join(pair.dir, 'fw.img')
+    sparseFile(backing, 64 * MiB)
+    const disk = await pair.createDisk(backing, 'fw')
+    roundTrip(pair, disk, backing, 64 * MiB)
+    const counts = firewallCounters(t.firewall!.ns)
+    assert.equal(counts.invalid, 0)
+    assert.ok(counts.established > 100, JSON.stringify(counts))
+  })
+})
