@@ -58,6 +58,7 @@ export class DaemonLink {
       mac,
       ip,
       listenPort: o.listenPort,
+      peerPort: o.remotePort,
       accept: o.accept,
       options: o.transport,
     })

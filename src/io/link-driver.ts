@@ -19,6 +19,8 @@ export interface LinkDriverOptions {
   mac: number
   ip: number
   listenPort?: number
+  /** See EndpointInit.peerPort. */
+  peerPort?: number
   accept?: (remote: Address, connection: Connection) => ConnectionHandlers | undefined
   options?: Partial<ConnectionOptions>
   /**
@@ -61,6 +63,7 @@ export class LinkDriver {
       ip: o.ip,
       sink: (frame, gsoSize) => this.enqueue(frame, gsoSize),
       listenPort: o.listenPort,
+      peerPort: o.peerPort,
       accept: o.accept,
       options,
     })

@@ -34,6 +34,12 @@ export interface EndpointInit {
   /** Accept connections on this port (passive open). */
   listenPort?: number
   /**
+   * The port of the peers we connect to. Segments that belong to no connection are ours to answer
+   * (with an RST) only when they are addressed to our listen port or come from this one; anything
+   * else is the host's own TCP traffic on the same address and is left alone.
+   */
+  peerPort?: number
+  /**
    * Decides on a connection a peer opens: return its handlers to accept, or undefined to refuse
    * (the peer gets an RST). Called when the SYN arrives.
    */
@@ -73,6 +79,7 @@ export class Endpoint {
   private readonly clock: () => number
   private readonly random: () => number
   private readonly listenPort: number
+  private readonly peerPort: number
   private readonly acceptHandler: EndpointInit['accept']
   private readonly byRemote = new Map<number, Connection>()
   private readonly touched = new Set<Connection>()
@@ -89,6 +96,7 @@ export class Endpoint {
     this.random = init.random ?? (() => randomInt(0x1_0000_0000) / 0x1_0000_0000)
     this.options = resolveConnectionOptions(init.options)
     this.listenPort = init.listenPort ?? -1
+    this.peerPort = init.peerPort ?? -1
     this.acceptHandler = init.accept
   }
 
@@ -130,6 +138,10 @@ export class Endpoint {
     if (c && c.local.port === tcp.destinationPort && c.remote.mac === f.ethernet.source) {
       c.receive(frame, f)
       this.touched.add(c)
+      return
+    }
+    if (tcp.destinationPort !== this.listenPort && tcp.sourcePort !== this.peerPort) {
+      this.drop('not-ours') // the host's own TCP traffic on this address
       return
     }
     if (tcp.flags & TCP_RST) {

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -104,6 +105,30 @@ describe('vrio iohyp and vrio guest daemons', () => {
     assert.equal(guest(1).state, 'connected')
   })
 
+  it("the host's own TCP traffic on the same addresses keeps working while the daemons run", () => {
+    // A kernel TCP server on the IOhyp's address, a kernel TCP client on the guest: vrio must neither
+    // answer nor swallow their segments.
+    const server = `import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('${formatIPv4(lan.ends[0].ip)}', 10809)); s.listen(1); s.settimeout(10)
+c, _ = s.accept(); c.sendall(c.recv(100).upper()); c.close()`
+    const child = spawn('ip', ['netns', 'exec', lan.ends[0].ns.name, 'python3', '-c', server], {
+      stdio: 'ignore',
+    })
+    try {
+      const client = `import socket, time
+for i in range(50):
+    try:
+        s = socket.create_connection(('${formatIPv4(lan.ends[0].ip)}', 10809), timeout=5); break
+    except ConnectionRefusedError:
+        time.sleep(0.1)
+s.sendall(b'hello vrio'); print(s.recv(100).decode())`
+      assert.equal(exec(lan.ends[1].ns, 'python3', ['-c', client]).trim(), 'HELLO VRIO')
+    } finally {
+      child.kill()
+    }
+  })
+
   it('the firewall in between marked nothing invalid and saw established traffic', () => {
     const counts = firewallCounters(lan.firewall.ns)
     assert.equal(counts.invalid, 0)
@@ -161,7 +186,7 @@ describe('vrio iohyp and vrio guest daemons', () => {
     await good.stop('SIGKILL')
     await waitUntil(() => guest(1).state !== 'connected', 'the IOhyp to notice the guest is gone', 10_000)
     good = new DaemonProcess('good guest', lan.ends[1].ns, guestArgs(1, 'good.key'))
-    await waitUntil(() => guest(1).state === 'connected', 'the restarted guest to reconnect', 5000)
+    await waitUntil(() => guest(1).state === 'connected', 'the restarted guest to reconnect', 10_000)
 
     await iohyp.stop('SIGKILL')
     iohyp = new DaemonProcess('iohyp', lan.ends[0].ns, iohypArgs())
@@ -170,12 +195,12 @@ describe('vrio iohyp and vrio guest daemons', () => {
     await waitUntil(
       () => guest(1).state === 'connected',
       'the guest to reconnect to the restarted IOhyp',
-      5000,
+      10_000,
     )
     await waitUntil(
       () => vrioJson<StatusInfo>(['status', '--control', sock('guest1')]).iohyp?.state === 'connected',
       'the guest to see the new IOhyp',
-      5000,
+      10_000,
     )
   })
 

@@ -79,7 +79,14 @@ export function vethHarness(a: VethEnd, b: VethEnd, link: { vnetHdr?: boolean } 
     const macA = parseMac(sa.mac)!
     const macB = parseMac(sb.mac)!
     let accept: Accept = () => undefined
-    const driverA = new LinkDriver({ channel: sa, mac: macA, ip: a.ip, options, vnetHdr })
+    const driverA = new LinkDriver({
+      channel: sa,
+      mac: macA,
+      ip: a.ip,
+      options,
+      vnetHdr,
+      peerPort: VRIO_TEST_PORT,
+    })
     const newB = () =>
       new LinkDriver({
         channel: sb,

@@ -34,7 +34,15 @@ export class Simulation {
     const random = seededRandom(seed)
     this.link = new MemoryLink(this.clock, seededRandom(seed ^ 0x5eed), faults, capture)
     const clock = () => this.clock.now
-    this.a = new Endpoint({ mac: MAC_A, ip: IP_A, sink: this.link.sinkFor(0), clock, random, options })
+    this.a = new Endpoint({
+      mac: MAC_A,
+      ip: IP_A,
+      sink: this.link.sinkFor(0),
+      clock,
+      random,
+      options,
+      peerPort: PORT_B,
+    })
     this.b = this.newB(random, options)
   }
 
