@@ -1,3 +1,4 @@
+import { listenUnixSocket } from '../io/unix-socket.ts'
 /**
  * The daemons' control API: HTTP/JSON over a unix socket. The socket file's mode (0600, in a 0700
  * directory when we create it) is the access control: whoever can connect may add guests and hand
@@ -8,10 +9,8 @@
  * `httpStatusForCode`.
  */
 import { channel } from 'node:diagnostics_channel'
-import { chmod, lstat, mkdir, rm } from 'node:fs/promises'
+import { rm } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { connect } from 'node:net'
-import { dirname } from 'node:path'
 import { isVrioError, VrioError } from '../errors.ts'
 
 export interface ControlRequest {
@@ -115,41 +114,14 @@ export class ControlServer {
   async listen(): Promise<void> {
     if (this.server)
       throw new VrioError('invalid-state', `control server on ${this.path} is already listening`)
-    try {
-      await mkdir(dirname(this.path), { recursive: true, mode: 0o700 })
-    } catch (error) {
-      throw fsError(error, `cannot create the directory for control socket ${this.path}`)
-    }
-    await this.removeStaleSocket()
-
     const server = createServer((req, res) => {
       this.handle(req, res).catch((error: unknown) =>
         this.report(error, { method: req.method ?? '', path: req.url ?? '' }),
       )
     })
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (error: NodeJS.ErrnoException) => {
-        if (error.code === 'EADDRINUSE') reject(socketInUse(this.path))
-        else reject(fsError(error, `cannot listen on control socket ${this.path}`))
-      })
-      // The bind happens synchronously inside listen(), so a umask set around the call makes the
-      // socket 0600 from birth instead of leaving a window before the chmod below.
-      const restoreUmask = setUmask(0o177)
-      try {
-        server.listen(this.path, () => resolve())
-      } finally {
-        restoreUmask()
-      }
-    })
-    server.removeAllListeners('error')
+    await listenUnixSocket(server, this.path, 'control', '(is a vrio daemon already running?)')
     server.on('error', (error) => this.report(error))
     this.server = server
-    try {
-      await chmod(this.path, 0o600)
-    } catch (error) {
-      await this.close()
-      throw fsError(error, `cannot set the mode of control socket ${this.path}`)
-    }
   }
 
   /** Stops listening, lets requests in flight finish (within closeGraceMs) and removes the socket. */
@@ -167,28 +139,6 @@ export class ControlServer {
       server.closeIdleConnections()
     })
     await rm(this.path, { force: true })
-  }
-
-  private async removeStaleSocket(): Promise<void> {
-    let isSocket: boolean
-    try {
-      isSocket = (await lstat(this.path)).isSocket()
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return
-      throw fsError(error, `cannot inspect control socket ${this.path}`)
-    }
-    if (!isSocket)
-      throw new VrioError(
-        'control-socket-path-invalid',
-        `${this.path} exists and is not a socket; refusing to replace it`,
-        { path: this.path },
-      )
-    if (await someoneAnswers(this.path)) throw socketInUse(this.path)
-    try {
-      await rm(this.path, { force: true })
-    } catch (error) {
-      throw fsError(error, `cannot remove stale control socket ${this.path}`)
-    }
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -353,52 +303,5 @@ function stringifyOrUndefined(value: unknown): string | undefined {
     return JSON.stringify(value)
   } catch {
     return undefined
-  }
-}
-
-function socketInUse(path: string): VrioError {
-  return new VrioError(
-    'control-socket-in-use',
-    `another process is listening on ${path} (is a vrio daemon already running?)`,
-    { path },
-  )
-}
-
-function fsError(error: unknown, what: string): VrioError {
-  const code = (error as NodeJS.ErrnoException).code
-  if (code === 'EACCES' || code === 'EPERM')
-    return new VrioError('permission-denied', `${what}: permission denied`, {}, { cause: error })
-  return new VrioError('control-socket-error', `${what}: ${(error as Error).message}`, {}, { cause: error })
-}
-
-/** True when a live process accepts connections on the unix socket at `path`. */
-function someoneAnswers(path: string): Promise<boolean> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(path)
-    const done = (answer: boolean | Error) => {
-      clearTimeout(timer)
-      socket.destroy()
-      if (answer instanceof Error) reject(answer)
-      else resolve(answer)
-    }
-    // A listener that neither accepts nor refuses is still alive; treating it as stale would
-    // unlink a running daemon's socket.
-    const timer = setTimeout(() => done(true), 1000)
-    socket.once('connect', () => done(true))
-    socket.once('error', (error: NodeJS.ErrnoException) => {
-      if (error.code === 'ECONNREFUSED' || error.code === 'ENOENT') done(false)
-      else if (error.code === 'EAGAIN') done(true)
-      else done(fsError(error, `cannot probe control socket ${path}`))
-    })
-  })
-}
-
-function setUmask(mask: number): () => void {
-  try {
-    const previous = process.umask(mask)
-    return () => process.umask(previous)
-  } catch {
-    // Worker threads may not change the umask; the chmod after listen still applies.
-    return () => {}
   }
 }

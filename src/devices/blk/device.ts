@@ -1,3 +1,4 @@
+import { VrioError } from '../../errors.ts'
 /**
  * The block device interface every blk front-end serves (the NBD server in the guest) and every
  * back-end or service chain implements (a remote vrio disk, a file, the in-memory device).
@@ -81,4 +82,25 @@ export function blockDeviceInfo(device: BlockDeviceInfo): BlockDeviceInfo {
     canTrim: device.canTrim,
     canWriteZeroes: device.canWriteZeroes,
   }
+}
+
+/**
+ * The error for a request on [offset, offset + length) of a device of `size` bytes, or undefined
+ * when the range lies within it. One wording for every device.
+ */
+export function rangeError(offset: number, length: number, size: number): VrioError | undefined {
+  if (
+    Number.isSafeInteger(offset) &&
+    Number.isSafeInteger(length) &&
+    offset >= 0 &&
+    length >= 0 &&
+    offset + length <= size
+  ) {
+    return undefined
+  }
+  return new VrioError('out-of-range', `range ${offset}+${length} is outside the device (${size} bytes)`, {
+    offset,
+    length,
+    size,
+  })
 }

@@ -18,7 +18,7 @@ import {
   fallocate,
   fallocateAvailable,
 } from '../../io/fallocate.ts'
-import type { BlockDevice } from './device.ts'
+import { type BlockDevice, rangeError } from './device.ts'
 
 export interface FileDeviceOptions {
   /** Open read-only: writes, trims and write-zeroes fail with 'read-only'. */
@@ -251,23 +251,8 @@ export class FileDevice implements BlockDevice {
 
   private check(offset: number, length: number, mutating: boolean): VrioError | undefined {
     if (this.closed) return closedError(this.path)
-    if (
-      !Number.isSafeInteger(offset) ||
-      !Number.isSafeInteger(length) ||
-      offset < 0 ||
-      length < 0 ||
-      offset + length > this.size
-    ) {
-      return new VrioError(
-        'out-of-range',
-        `range ${offset}+${length} is outside the device (${this.size} bytes)`,
-        {
-          offset,
-          length,
-          size: this.size,
-        },
-      )
-    }
+    const outside = rangeError(offset, length, this.size)
+    if (outside) return outside
     if (mutating && this.readOnly) return new VrioError('read-only', `${this.path} is open read-only`)
     return undefined
   }

@@ -3,7 +3,7 @@ import { VrioError } from '../../errors.ts'
 import { Delivery } from '../../transport/config.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
 import type { BlockSender } from './backend.ts'
-import type { BlockDevice, BlockDeviceInfo } from './device.ts'
+import { type BlockDevice, type BlockDeviceInfo, rangeError } from './device.ts'
 import {
   BLOCK_ID_WINDOW,
   BLOCK_REQUEST_HEAD_LENGTH,
@@ -379,23 +379,8 @@ export class RemoteBlockDevice implements BlockDevice {
 
   private check(offset: number, length: number, mutating: boolean): VrioError | undefined {
     if (this.closedWith) return this.closedWith
-    if (
-      !Number.isSafeInteger(offset) ||
-      !Number.isSafeInteger(length) ||
-      offset < 0 ||
-      length < 0 ||
-      offset + length > this.size
-    ) {
-      return new VrioError(
-        'out-of-range',
-        `range ${offset}+${length} is outside the device (${this.size} bytes)`,
-        {
-          offset,
-          length,
-          size: this.size,
-        },
-      )
-    }
+    const outside = rangeError(offset, length, this.size)
+    if (outside) return outside
     if (mutating && this.readOnly) return new VrioError('read-only', 'the remote device is read-only')
     return undefined
   }

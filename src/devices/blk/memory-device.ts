@@ -5,7 +5,7 @@
  * turned off to exercise callers' handling of devices without them.
  */
 import { VrioError } from '../../errors.ts'
-import type { BlockDevice } from './device.ts'
+import { type BlockDevice, rangeError } from './device.ts'
 
 export interface MemoryDeviceOptions {
   /** Size in bytes. */
@@ -156,18 +156,8 @@ export class MemoryDevice implements BlockDevice {
   }
 
   private checkRange(offset: number, length: number): void {
-    if (
-      !Number.isSafeInteger(offset) ||
-      !Number.isSafeInteger(length) ||
-      offset < 0 ||
-      length < 0 ||
-      offset + length > this.size
-    )
-      throw new VrioError(
-        'out-of-range',
-        `request [${offset}, +${length}) is outside the device (size ${this.size})`,
-        { offset, length, size: this.size },
-      )
+    const outside = rangeError(offset, length, this.size)
+    if (outside) throw outside
   }
 
   private checkWritable(): void {

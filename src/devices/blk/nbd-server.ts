@@ -1,3 +1,4 @@
+import { listenUnixSocket } from '../../io/unix-socket.ts'
 /**
  * The guest side of a vrio disk: an NBD server on a unix socket that serves named exports, each
  * backed by a BlockDevice, to the guest's own tools (qemu-img, qemu-io, nbdcopy, nbdinfo, fio's nbd
@@ -28,9 +29,8 @@
  * write payloads, an unknown export with EXPORT_NAME) end that connection — after the replies to
  * requests already in flight — and never the server; bad requests get NBD errors.
  */
-import { chmod, lstat, mkdir, rm } from 'node:fs/promises'
-import { connect, createServer, type Server, type Socket } from 'node:net'
-import { dirname } from 'node:path'
+import { rm } from 'node:fs/promises'
+import { createServer, type Server, type Socket } from 'node:net'
 import type { Logger } from '../../daemon/log.ts'
 import { VrioError } from '../../errors.ts'
 import type { BlockDevice } from './device.ts'
@@ -236,40 +236,16 @@ export class NbdServer {
   async listen(): Promise<void> {
     if (this.server || this.closing)
       throw new VrioError('invalid-state', `NBD server on ${this.path} is already listening or closed`)
-    try {
-      await mkdir(dirname(this.path), { recursive: true, mode: 0o700 })
-    } catch (error) {
-      throw fsError(error, `cannot create the directory for NBD socket ${this.path}`)
-    }
-    await removeStaleSocket(this.path)
     const server = createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) =>
       this.accept(socket),
     )
     server.maxConnections = this.maxConnections
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (error: NodeJS.ErrnoException) => {
-        if (error.code === 'EADDRINUSE') reject(socketInUse(this.path))
-        else reject(fsError(error, `cannot listen on NBD socket ${this.path}`))
-      })
-      const restoreUmask = setUmask(0o177)
-      try {
-        server.listen(this.path, () => resolve())
-      } finally {
-        restoreUmask()
-      }
-    })
-    server.removeAllListeners('error')
+    await listenUnixSocket(server, this.path, 'nbd')
     server.on('error', (error) => this.log?.error('NBD server socket error', { path: this.path, error }))
     server.on('drop', () =>
       this.log?.warn('NBD connection refused: too many connections', { path: this.path }),
     )
     this.server = server
-    try {
-      await chmod(this.path, 0o600)
-    } catch (error) {
-      await this.close()
-      throw fsError(error, `cannot set the mode of NBD socket ${this.path}`)
-    }
     this.log?.info('NBD server listening', { path: this.path })
   }
 
@@ -1184,71 +1160,5 @@ class Connection {
     if (!this.corked) return
     this.corked = false
     this.socket.uncork()
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Socket file handling (the same rules as the control socket)
-
-async function removeStaleSocket(path: string): Promise<void> {
-  let isSocket: boolean
-  try {
-    isSocket = (await lstat(path)).isSocket()
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return
-    throw fsError(error, `cannot inspect NBD socket ${path}`)
-  }
-  if (!isSocket)
-    throw new VrioError(
-      'nbd-socket-path-invalid',
-      `${path} exists and is not a socket; refusing to replace it`,
-      {
-        path,
-      },
-    )
-  if (await someoneAnswers(path)) throw socketInUse(path)
-  try {
-    await rm(path, { force: true })
-  } catch (error) {
-    throw fsError(error, `cannot remove stale NBD socket ${path}`)
-  }
-}
-
-function someoneAnswers(path: string): Promise<boolean> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(path)
-    const done = (answer: boolean | Error) => {
-      clearTimeout(timer)
-      socket.destroy()
-      if (answer instanceof Error) reject(answer)
-      else resolve(answer)
-    }
-    const timer = setTimeout(() => done(true), 1000)
-    socket.once('connect', () => done(true))
-    socket.once('error', (error: NodeJS.ErrnoException) => {
-      if (error.code === 'ECONNREFUSED' || error.code === 'ENOENT') done(false)
-      else if (error.code === 'EAGAIN') done(true)
-      else done(fsError(error, `cannot probe NBD socket ${path}`))
-    })
-  })
-}
-
-function socketInUse(path: string): VrioError {
-  return new VrioError('nbd-socket-in-use', `another process is listening on ${path}`, { path })
-}
-
-function fsError(error: unknown, what: string): VrioError {
-  const code = (error as NodeJS.ErrnoException).code
-  if (code === 'EACCES' || code === 'EPERM')
-    return new VrioError('permission-denied', `${what}: permission denied`, {}, { cause: error })
-  return new VrioError('nbd-socket-error', `${what}: ${(error as Error).message}`, {}, { cause: error })
-}
-
-function setUmask(mask: number): () => void {
-  try {
-    const previous = process.umask(mask)
-    return () => process.umask(previous)
-  } catch {
-    return () => {}
   }
 }

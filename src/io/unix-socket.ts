@@ -1,0 +1,115 @@
+import { chmod, lstat, mkdir, rm } from 'node:fs/promises'
+import { connect, type Server } from 'node:net'
+import { dirname } from 'node:path'
+import { VrioError } from '../errors.ts'
+
+/**
+ * Binds `server` to a unix socket at `path` that only root can use: creates the parent directory
+ * (0700) if missing, replaces a stale socket left by a dead process, refuses when a live process
+ * answers on the path or the path is not a socket, and makes the socket 0600 from birth. `kind`
+ * names the socket in messages and error codes: `<kind>-socket-in-use`,
+ * `<kind>-socket-path-invalid`, `<kind>-socket-error` (and `permission-denied`).
+ */
+export async function listenUnixSocket(
+  server: Server,
+  path: string,
+  kind: string,
+  inUseHint = '',
+): Promise<void> {
+  const fsError = (error: unknown, what: string): VrioError => {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === 'EACCES' || code === 'EPERM') {
+      return new VrioError('permission-denied', `${what}: permission denied`, {}, { cause: error })
+    }
+    return new VrioError(`${kind}-socket-error`, `${what}: ${(error as Error).message}`, {}, { cause: error })
+  }
+  const inUse = () =>
+    new VrioError(
+      `${kind}-socket-in-use`,
+      `another process is listening on ${path}${inUseHint ? ` ${inUseHint}` : ''}`,
+      { path },
+    )
+  try {
+    await mkdir(dirname(path), { recursive: true, mode: 0o700 })
+  } catch (error) {
+    throw fsError(error, `cannot create the directory for ${kind} socket ${path}`)
+  }
+
+  let isSocket: boolean | undefined
+  try {
+    isSocket = (await lstat(path)).isSocket()
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT')
+      throw fsError(error, `cannot inspect ${kind} socket ${path}`)
+  }
+  if (isSocket === false) {
+    throw new VrioError(
+      `${kind}-socket-path-invalid`,
+      `${path} exists and is not a socket; refusing to replace it`,
+      { path },
+    )
+  }
+  if (isSocket) {
+    if (await someoneAnswers(path, (e) => fsError(e, `cannot probe ${kind} socket ${path}`))) throw inUse()
+    try {
+      await rm(path, { force: true })
+    } catch (error) {
+      throw fsError(error, `cannot remove stale ${kind} socket ${path}`)
+    }
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => {
+      if (error.code === 'EADDRINUSE') reject(inUse())
+      else reject(fsError(error, `cannot listen on ${kind} socket ${path}`))
+    })
+    // The bind happens synchronously inside listen(), so a umask set around the call makes the
+    // socket 0600 from birth instead of leaving a window before the chmod below.
+    const restoreUmask = setUmask(0o177)
+    try {
+      server.listen(path, () => resolve())
+    } finally {
+      restoreUmask()
+    }
+  })
+  server.removeAllListeners('error')
+  try {
+    await chmod(path, 0o600)
+  } catch (error) {
+    server.close()
+    await rm(path, { force: true }).catch(() => {})
+    throw fsError(error, `cannot set the mode of ${kind} socket ${path}`)
+  }
+}
+
+/** True when a live process accepts connections on the unix socket at `path`. */
+function someoneAnswers(path: string, wrap: (error: unknown) => VrioError): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(path)
+    const done = (answer: boolean | Error) => {
+      clearTimeout(timer)
+      socket.destroy()
+      if (answer instanceof Error) reject(answer)
+      else resolve(answer)
+    }
+    // A listener that neither accepts nor refuses is still alive; treating it as stale would
+    // unlink a running daemon's socket.
+    const timer = setTimeout(() => done(true), 1000)
+    socket.once('connect', () => done(true))
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      if (error.code === 'ECONNREFUSED' || error.code === 'ENOENT') done(false)
+      else if (error.code === 'EAGAIN') done(true)
+      else done(wrap(error))
+    })
+  })
+}
+
+function setUmask(mask: number): () => void {
+  try {
+    const previous = process.umask(mask)
+    return () => process.umask(previous)
+  } catch {
+    // Worker threads may not change the umask; the chmod after listen still applies.
+    return () => {}
+  }
+}
