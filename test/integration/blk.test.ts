@@ -180,6 +180,30 @@ describe('remote disk over a veth', () => {
     await pair.removeDisk('gone')
   })
 
+  it('removing a disk in use fails its in-flight I/O cleanly and detaches the block device', async () => {
+    const backing = join(pair.dir, 'busy.img')
+    sparseFile(backing, 64 * MiB)
+    const disk = await pair.createDisk(backing, 'busy')
+    assert.match(disk.device ?? '', /^\/dev\/loop\d+$/)
+    const job = fio(disk.nbd!, [
+      '--rw=randwrite',
+      '--bs=64k',
+      '--iodepth=16',
+      '--size=64m',
+      '--time_based',
+      '--runtime=30',
+    ])
+    await new Promise((r) => setTimeout(r, 1000))
+    const started = Date.now()
+    await pair.removeDisk('busy')
+    const { code } = await job.result
+    assert.notEqual(code, 0, 'fio saw its disk go away')
+    assert.ok(Date.now() - started < 15_000, 'and did not hang')
+    const loops = execFileSync('losetup', ['--json', '--list'], { encoding: 'utf8' })
+    assert.doesNotMatch(loops, new RegExp(`"${disk.device}"`), 'the loop device is gone')
+    assert.ok(pair.iohyp.alive && pair.guest.alive)
+  })
+
   it('bad input: missing backing, unknown guest, name taken, unknown export, read past the end — clear errors, daemons stay up', async () => {
     const backing = join(pair.dir, 'bad.img')
     sparseFile(backing, 8 * MiB)
