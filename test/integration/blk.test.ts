@@ -11,8 +11,8 @@ import { cleanupNetns, requireRoot } from '../support/netns.ts'
 import { directLink, firewallCounters, firewalledLink, type Topology } from '../support/topology.ts'
 import { VrioPair } from '../support/vrio-pair.ts'
 
-after(() => {
-  killDaemons()
+after(async () => {
+  await killDaemons()
   cleanupNetns()
 })
 

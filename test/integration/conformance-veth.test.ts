@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { type ChildProcess, spawn } from 'node:child_process'
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -82,8 +82,14 @@ describe('transport conformance: through a strict stateful firewall (bridge + co
     await sleep(1000)
     captureLog = () => err
   })
-  after(() => {
-    capture?.kill('SIGKILL')
+  after(async () => {
+    // SIGINT lets tshark stop its dumpcap child; a SIGKILLed tshark would leave dumpcap running.
+    if (capture && capture.exitCode === null && capture.signalCode === null) {
+      const exited = new Promise((r) => capture.once('exit', r))
+      capture.kill('SIGINT')
+      await Promise.race([exited, sleep(3000)])
+    }
+    spawnSync('pkill', ['-f', file])
     rmSync(dir, { recursive: true, force: true })
   })
 

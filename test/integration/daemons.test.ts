@@ -15,8 +15,8 @@ import { cleanupNetns, exec, ip, requireRoot } from '../support/netns.ts'
 import { firewallCounters, firewalledLan, type Lan } from '../support/topology.ts'
 import { waitUntil } from '../support/wait.ts'
 
-after(() => {
-  killDaemons()
+after(async () => {
+  await killDaemons()
   cleanupNetns()
 })
 

@@ -103,7 +103,14 @@ export class DaemonProcess {
   }
 }
 
-/** Kills every daemon still running (test cleanup). */
-export function killDaemons(): void {
-  for (const d of running) d.child.kill('SIGKILL')
+/**
+ * Stops every daemon still running (test cleanup): SIGTERM first, so a guest detaches its loop
+ * devices and ends its nbdfuse children, then SIGKILL for whatever is left after a few seconds.
+ */
+export async function killDaemons(): Promise<void> {
+  const left = [...running]
+  for (const d of left) d.child.kill('SIGTERM')
+  const deadline = Date.now() + 5000
+  while (left.some((d) => d.alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+  for (const d of left) if (d.alive) d.child.kill('SIGKILL')
 }
