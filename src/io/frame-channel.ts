@@ -1,6 +1,6 @@
 import type { IoError } from './errors.ts'
 import { fromNative } from './errors.ts'
-import type { NativeChannel } from './native.ts'
+import type { NativeChannel, NativeStats } from './native.ts'
 
 /**
  * One batch of received frames: a slab plus a table of where its frames lie. `frame(i)` is a view
@@ -42,24 +42,8 @@ export class FrameBatch {
 export type BatchHandler = (batch: FrameBatch) => void
 export type ErrorHandler = (error: IoError) => void
 
-export interface ChannelStats {
-  /** Frames handed to JS (after the outgoing filter) and their bytes. */
-  rxFrames: number
-  rxBytes: number
-  rxBatches: number
-  /** Frames longer than frameSize: delivered cut short (packet socket) or lost (TAP). */
-  rxTruncated: number
-  /** Transient receive errors (interface went down, ...); the reader carried on. */
-  rxErrors: number
-  txFrames: number
-  txBytes: number
-  /** Send calls that stopped early because the kernel pushed back (EAGAIN/ENOBUFS). */
-  txEagain: number
-  /** PACKET_STATISTICS, accumulated: frames the socket saw (including drops) and dropped because
-   * the receive buffer was full. Always 0 for TAP devices. */
-  kernelPackets: number
-  kernelDrops: number
-}
+/** Counters of a channel (see NativeStats for each field). */
+export type ChannelStats = NativeStats
 
 export interface ReceiveConfig {
   /** Frames per batch at most (1..1024). */

@@ -21,14 +21,20 @@ export interface NativeChannel {
 }
 
 export interface NativeStats {
+  /** Frames handed to JS (after the outgoing filter) and their bytes. */
   rxFrames: number
   rxBytes: number
   rxBatches: number
+  /** Frames longer than frameSize: delivered cut short (packet socket) or lost (TAP). */
   rxTruncated: number
+  /** Transient receive errors (interface went down, ...); the reader carried on. */
   rxErrors: number
   txFrames: number
   txBytes: number
+  /** Send calls that stopped early because the kernel pushed back (EAGAIN/ENOBUFS). */
   txEagain: number
+  /** PACKET_STATISTICS, accumulated: frames the socket saw (including drops) and dropped because
+   * the receive buffer was full. Always 0 for TAP devices. */
   kernelPackets: number
   kernelDrops: number
 }
