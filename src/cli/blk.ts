@@ -3,7 +3,6 @@ import { resolve } from 'node:path'
 import type { Command } from 'commander'
 import {
   type CreateDiskRequest,
-  DEFAULT_GUEST_SOCKET,
   DEFAULT_IOHYP_SOCKET,
   type DiskInfo,
   type GuestDiskInfo,
@@ -14,6 +13,9 @@ import { VrioError } from '../errors.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import {
   addControlOption,
+  addDaemonChoice,
+  chosenDaemonSocket,
+  type DaemonChoiceOptions,
   addJsonOption,
   type ControlOptions,
   controlClient,
@@ -28,10 +30,6 @@ interface CreateOptions extends ControlOptions {
   backing: string
   name?: string
   readOnly?: boolean
-}
-
-interface ListOptions extends ControlOptions {
-  guest?: boolean
 }
 
 export function registerBlkCommands(program: Command): void {
@@ -68,14 +66,8 @@ export function registerBlkCommands(program: Command): void {
   const list = blk
     .command('list')
     .description('list remote disks (on the IOhyp; with --guest, as the guest sees them)')
-    .option('--guest', `ask the guest daemon (${DEFAULT_GUEST_SOCKET}) instead of the IOhyp`)
-  addControlOption(
-    list,
-    undefined,
-    `unix socket of the daemon's control API (default: ${DEFAULT_IOHYP_SOCKET}, or ${DEFAULT_GUEST_SOCKET} with --guest)`,
-  )
-  addJsonOption(list).action(async (o: ListOptions) => {
-    const path = o.control ?? (o.guest ? DEFAULT_GUEST_SOCKET : DEFAULT_IOHYP_SOCKET)
+  addJsonOption(addDaemonChoice(list)).action(async (o: DaemonChoiceOptions) => {
+    const path = chosenDaemonSocket(o)
     const answer = await controlClient(path).get<ListDisksResponse<DiskInfo | GuestDiskInfo>>(ROUTES.disks)
     if (o.json) {
       printJson(answer)

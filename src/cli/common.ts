@@ -1,5 +1,6 @@
 /** Pieces every CLI command shares: the control socket option, JSON and table output. */
 import type { Command } from 'commander'
+import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../control/api.ts'
 import { ControlClient } from '../control/control-client.ts'
 
 export interface ControlOptions {
@@ -13,6 +14,27 @@ export function addControlOption(command: Command, defaultPath?: string, descrip
   return defaultPath === undefined
     ? command.option('--control <path>', text)
     : command.option('--control <path>', text, defaultPath)
+}
+
+export interface DaemonChoiceOptions extends ControlOptions {
+  guest?: boolean
+}
+
+/**
+ * `--guest` and `--control PATH` for commands either daemon answers: `--guest` only changes the
+ * default socket, so `--guest --control PATH` reaches a guest daemon at PATH.
+ */
+export function addDaemonChoice(command: Command): Command {
+  command.option('--guest', `ask the guest daemon (${DEFAULT_GUEST_SOCKET}) instead of the IOhyp`)
+  return addControlOption(
+    command,
+    undefined,
+    `unix socket of the daemon's control API (default: ${DEFAULT_IOHYP_SOCKET}, or ${DEFAULT_GUEST_SOCKET} with --guest)`,
+  )
+}
+
+export function chosenDaemonSocket(o: DaemonChoiceOptions): string {
+  return o.control ?? (o.guest ? DEFAULT_GUEST_SOCKET : DEFAULT_IOHYP_SOCKET)
 }
 
 export function addJsonOption(command: Command): Command {

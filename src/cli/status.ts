@@ -1,10 +1,11 @@
 /** `vrio status`: what a running daemon (IOhyp by default, guest with --guest) reports about itself. */
 import type { Command } from 'commander'
-import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET, ROUTES, type StatusInfo } from '../control/api.ts'
+import { ROUTES, type StatusInfo } from '../control/api.ts'
 import {
-  addControlOption,
+  addDaemonChoice,
+  chosenDaemonSocket,
+  type DaemonChoiceOptions,
   addJsonOption,
-  type ControlOptions,
   controlClient,
   formatDuration,
   formatFields,
@@ -13,23 +14,10 @@ import {
   printLines,
 } from './common.ts'
 
-interface StatusOptions extends ControlOptions {
-  guest?: boolean
-}
-
 export function registerStatusCommand(program: Command): void {
-  const status = program
-    .command('status')
-    .description('show what a running vrio daemon reports about itself')
-    .option('--guest', `ask the guest daemon (${DEFAULT_GUEST_SOCKET}) instead of the IOhyp`)
-  addControlOption(
-    status,
-    undefined,
-    `unix socket of the daemon's control API (default: ${DEFAULT_IOHYP_SOCKET}, or ${DEFAULT_GUEST_SOCKET} with --guest)`,
-  )
-  addJsonOption(status).action(async (options: StatusOptions) => {
-    // --guest only changes the default socket, so `--guest --control PATH` reaches a guest daemon at PATH.
-    const path = options.control ?? (options.guest ? DEFAULT_GUEST_SOCKET : DEFAULT_IOHYP_SOCKET)
+  const status = program.command('status').description('show what a running vrio daemon reports about itself')
+  addJsonOption(addDaemonChoice(status)).action(async (options: DaemonChoiceOptions) => {
+    const path = chosenDaemonSocket(options)
     const info = await controlClient(path).get<StatusInfo>(ROUTES.status)
     if (options.json) printJson(info)
     else printLines(statusLines(info))
