@@ -191,7 +191,10 @@ Napi::Value OpenPacket(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// openTap({name, netns?, vnetHdr, offloads (TUN_F_* bits), multiQueue})
+// openTap({name, netns?, path?, vnetHdr, offloads (TUN_F_* bits), multiQueue, persist})
+//   persist: a device this call creates outlives its fds (delete it with `ip link del`).
+//   path: a macvtap character device (/dev/tapN) to open instead of /dev/net/tun; name is then the
+//   macvtap interface's name (the device exists already and is left as it is).
 //   -> {handle, name, ifindex, mtu, mac, created, offloads}
 Napi::Value OpenTap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -199,8 +202,10 @@ Napi::Value OpenTap(const Napi::CallbackInfo& info) {
   Napi::Object o = info[0].As<Napi::Object>();
   const std::string name = OptString(o, "name");
   const std::string netns = OptString(o, "netns");
+  const std::string path = OptString(o, "path");
   const bool vnetHdr = OptBool(o, "vnetHdr");
   const bool multiQueue = OptBool(o, "multiQueue");
+  const bool persist = OptBool(o, "persist");
   unsigned int offloads = unsigned(OptInt(o, "offloads", 0));
   // Offloads without the header would hand us frames with unfinished checksums and no way to tell.
   if (offloads != 0 && !vnetHdr) return ThrowInvalid(env, "TAP offloads require vnetHdr");
@@ -215,15 +220,18 @@ Napi::Value OpenTap(const Napi::CallbackInfo& info) {
     if (ctl.fd < 0) return Fail("socket", "AF_INET control socket");
     struct ifreq ifr;
     if (!FillIfName(ifr, name)) return SysErr{EINVAL, "ioctl", "TUNSETIFF: name longer than 15 bytes"};
-    bool existed = !name.empty() && name.find('%') == std::string::npos && ioctl(ctl.fd, SIOCGIFINDEX, &ifr) == 0;
+    bool existed = !path.empty() ||
+                   (!name.empty() && name.find('%') == std::string::npos && ioctl(ctl.fd, SIOCGIFINDEX, &ifr) == 0);
 
     // tun binds the device to the opener's netns, so this open must happen in the namespace too.
-    fd.fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    if (fd.fd < 0) return Fail("open", "/dev/net/tun");
-    FillIfName(ifr, name);
+    const std::string dev = path.empty() ? "/dev/net/tun" : path;
+    fd.fd = open(dev.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd.fd < 0) return Fail("open", dev);
+    FillIfName(ifr, path.empty() ? name : "");
     ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnetHdr ? IFF_VNET_HDR : 0) | (multiQueue ? IFF_MULTI_QUEUE : 0);
     if (ioctl(fd.fd, TUNSETIFF, &ifr) < 0) return Fail("ioctl", "TUNSETIFF " + name);
-    actualName.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
+    if (path.empty()) actualName.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
+    else actualName = name;  // macvtap's TUNSETIFF only sets flags
     if (vnetHdr) {
       int sz = 10;  // struct virtio_net_hdr, the layout src/io/virtio-net-hdr.ts speaks
       if (ioctl(fd.fd, TUNSETVNETHDRSZ, &sz) < 0) return Fail("ioctl", "TUNSETVNETHDRSZ");
@@ -239,7 +247,7 @@ Napi::Value OpenTap(const Napi::CallbackInfo& info) {
     if (!existed) {
       // Non-persistent is the default for a device this fd created; say so explicitly so the
       // device disappears with its last fd.
-      if (ioctl(fd.fd, TUNSETPERSIST, 0) < 0) return Fail("ioctl", "TUNSETPERSIST");
+      if (ioctl(fd.fd, TUNSETPERSIST, persist ? 1 : 0) < 0) return Fail("ioctl", "TUNSETPERSIST");
       created = true;
     }
     return QueryInterface(ctl.fd, actualName, ifi);

@@ -6,6 +6,7 @@ import { registerBlkCommands } from './blk.ts'
 import { registerDaemonCommands } from './daemons.ts'
 import { registerGuestsCommands } from './guests.ts'
 import { registerKeygenCommand } from './keygen.ts'
+import { registerNicCommands } from './nic.ts'
 import { registerStatusCommand } from './status.ts'
 import { VERSION } from './version.ts'
 
@@ -48,6 +49,7 @@ export function buildProgram(state: RunState = { json: false }): Command {
   registerGuestsCommands(program)
   registerStatusCommand(program)
   registerBlkCommands(program)
+  registerNicCommands(program)
   return program
 }
 

@@ -11,6 +11,12 @@
  *   POST   /v1/guests          AddGuestRequest -> 200 AddGuestResponse
  *                               400 invalid-argument, 409 conflict (MAC or address already in use)
  *   DELETE /v1/guests/:mac     -> 200 RemoveGuestResponse, 404 not-found
+ *   GET    /v1/blk             -> 200 ListDisksResponse            (IOhyp: DiskInfo; guest: GuestDiskInfo)
+ *   POST   /v1/blk             CreateDiskRequest -> 200 DiskInfo    (IOhyp)
+ *   DELETE /v1/blk/:name       -> 200 DiskInfo                     (IOhyp)
+ *   GET    /v1/nic             -> 200 ListNicsResponse             (IOhyp: NicInfo; guest: GuestNicInfo)
+ *   POST   /v1/nic             CreateNicRequest -> 200 NicInfo      (IOhyp)
+ *   DELETE /v1/nic/:name       -> 200 NicInfo                      (IOhyp)
  *
  * A failure is any status >= 400 with body `{ "error": ErrorBody }`.
  */
@@ -24,6 +30,8 @@ export const ROUTES = {
   guest: '/v1/guests/:mac',
   disks: '/v1/blk',
   disk: '/v1/blk/:name',
+  nics: '/v1/nic',
+  nic: '/v1/nic/:name',
 } as const
 
 /** Body of every error answer, under the `error` key. Extra fields belong to the code. */
@@ -166,4 +174,60 @@ export interface GuestDiskInfo {
 
 export interface ListDisksResponse<T = DiskInfo> {
   disks: T[]
+}
+
+/** `POST /v1/nic` on the IOhyp: give a guest a remote NIC. Exactly one of `tap` and `macvtap`. */
+export interface CreateNicRequest {
+  /** The guest, by MAC or IPv4 address. */
+  guest: string
+  /** The MAC of the guest's interface (unicast). */
+  mac: string
+  /** Back-end: a TAP on the IOhyp, created unless it exists, joined to `bridge` when given. */
+  tap?: string
+  bridge?: string
+  /** Back-end: a macvtap (bridge mode) the IOhyp creates on this uplink, receiving for `mac`. */
+  macvtap?: string
+  /** The guest's interface name, unique on this IOhyp; default `vnic<N>`. At most 15 characters. */
+  name?: string
+  /** Default 1500. */
+  mtu?: number
+}
+
+export interface NetTrafficInfo {
+  frames: number
+  bytes: number
+}
+
+/** A remote NIC as the IOhyp sees it (`GET /v1/nic`, and the answer to create and remove). */
+export interface NicInfo {
+  name: string
+  /** The guest's MAC (the channel's), not the NIC's. */
+  guest: string
+  mac: string
+  mtu: number
+  backend:
+    | { kind: 'tap'; tap: string; bridge: string | null }
+    | { kind: 'macvtap'; uplink: string; device: string }
+  /** `attached`: the guest has the interface; `waiting`: the guest is not connected (it gets it when it is). */
+  state: 'attached' | 'waiting'
+  /** Frames from the guest (sent on to the back-end) and to the guest. */
+  fromGuest: NetTrafficInfo
+  toGuest: NetTrafficInfo
+  /** Dropped frames by reason (a NetDropReason); only non-zero ones. */
+  drops: Record<string, number>
+}
+
+/** A NIC as the guest sees it (`GET /v1/nic` on the guest daemon). */
+export interface GuestNicInfo {
+  /** The interface name in the guest. */
+  name: string
+  mac: string
+  mtu: number
+  fromGuest: NetTrafficInfo
+  toGuest: NetTrafficInfo
+  drops: Record<string, number>
+}
+
+export interface ListNicsResponse<T = NicInfo> {
+  nics: T[]
 }

@@ -6,9 +6,11 @@ import { VRIO_PORT } from '../daemon/runtime.ts'
 import { Rpc } from '../session/rpc.ts'
 import { Session } from '../session/session.ts'
 import { GuestDisks } from './disks.ts'
+import { GuestNics } from './nics.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Connection, ConnectionHandlers } from '../transport/connection.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
+import { MessageType } from '../wire/message-header.ts'
 
 export interface GuestOptions {
   interface: string
@@ -40,6 +42,7 @@ export class GuestDaemon {
   private readonly rpc = new Rpc()
   private readonly sessionFailures: Record<string, number> = {}
   private disks!: GuestDisks
+  private nics!: GuestNics
 
   private constructor(o: GuestOptions, log: Logger) {
     this.o = o
@@ -70,6 +73,7 @@ export class GuestDaemon {
       (control) => {
         control.route('GET', ROUTES.status, () => this.status())
         control.route('GET', ROUTES.disks, () => ({ disks: this.disks.list() }))
+        control.route('GET', ROUTES.nics, () => ({ nics: this.nics.list() }))
       },
     )
     this.disks = new GuestDisks({
@@ -78,6 +82,7 @@ export class GuestDaemon {
       ioTimeoutMs: this.o.ioTimeoutMs,
       log: this.log,
     })
+    this.nics = new GuestNics(this.log)
     try {
       await this.disks.start()
     } catch (error) {
@@ -87,6 +92,8 @@ export class GuestDaemon {
     this.rpc
       .handle('blk.attach', (p) => this.disks.attachDisk(p))
       .handle('blk.detach', (p) => this.disks.detachDisk(p))
+      .handle('net.attach', (p) => this.nics.attachNic(p))
+      .handle('net.detach', (p) => this.nics.detachNic(p))
     this.log.info('guest started', { ...this.link.describe(), port })
   }
 
@@ -98,7 +105,9 @@ export class GuestDaemon {
         if (session === this.iohyp) this.rpc.onControl(m)
       },
       data: (h, m) => {
-        if (session === this.iohyp) this.disks.receive(h, m)
+        if (session !== this.iohyp) return
+        if (h.type === MessageType.NetFrame) this.nics.receive(h, m)
+        else this.disks.receive(h, m)
       },
       writable: () => {
         if (session === this.iohyp) this.disks.writable()
@@ -113,6 +122,7 @@ export class GuestDaemon {
           this.iohyp = undefined
           this.rpc.attach(undefined)
           this.disks.useSession(undefined)
+          this.nics.useSession(undefined)
           this.log.warn('iohyp channel closed', { reason })
         }
       },
@@ -129,6 +139,7 @@ export class GuestDaemon {
     this.iohyp = session
     this.rpc.attach(session)
     this.disks.useSession(session)
+    this.nics.useSession(session)
     const r = session.connection.remote
     this.log.info('iohyp connected', { mac: formatMac(r.mac), address: formatIPv4(r.ip) })
     if (previous && previous !== session) previous.connection.abort('aborted')
@@ -136,6 +147,7 @@ export class GuestDaemon {
 
   async stop(): Promise<void> {
     await this.disks.close()
+    this.nics.close()
     await this.link.close()
   }
 

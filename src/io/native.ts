@@ -61,9 +61,11 @@ export interface NativeAddon {
   openTap(options: {
     name: string
     netns?: string
+    path?: string
     vnetHdr: boolean
     offloads: number
     multiQueue: boolean
+    persist?: boolean
   }): NativeIfInfo & { handle: NativeChannel; name: string; created: boolean; offloads: number }
   interfaceInfo(name: string, netns?: string): NativeIfInfo
   /** fallocate(2) on the libuv thread pool; the callback gets null or an Error with errno/syscall. */

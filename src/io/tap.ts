@@ -26,12 +26,19 @@ export interface TapOptions {
   name?: string
   /** Network namespace to open (and create) the device in, e.g. '/run/netns/NAME'. */
   netns?: string
+  /**
+   * A macvtap's character device (/dev/tapN, N its ifindex) to open instead of creating or
+   * attaching a TAP; `name` is then the macvtap interface's name. See macvtapDevice().
+   */
+  path?: string
   /** IFF_VNET_HDR: a 10-byte virtio_net_hdr precedes every frame read and written. */
   vnetHdr?: boolean
   /** TUNSETOFFLOAD: what the kernel may hand us unfinished. Needs vnetHdr. */
   offloads?: TapOffloads
   /** IFF_MULTI_QUEUE: open the same name several times to get one queue per TapDevice. */
   multiQueue?: boolean
+  /** A device this open creates stays when its last queue closes (TUNSETPERSIST); delete it with `ip link del`. */
+  persist?: boolean
   rxBatch?: number
   slabs?: number
   frameSize?: number
@@ -40,8 +47,8 @@ export interface TapOptions {
 /**
  * A TAP device queue (IFF_TAP | IFF_NO_PI) from /dev/net/tun. The kernel transmits to it by
  * handing us frames (read in batches on a native thread); frames we write enter the kernel as if
- * received on the device. A device this call created is not persistent: it disappears when its
- * last queue closes. One that existed before is left as it was.
+ * received on the device. A device this call created is not persistent (unless `persist`): it
+ * disappears when its last queue closes. One that existed before is left as it was.
  */
 export class TapDevice extends FrameChannel {
   /** Actual device name (resolves a '%d' pattern). */
@@ -82,9 +89,11 @@ export class TapDevice extends FrameChannel {
       opened = native().openTap({
         name,
         netns: options.netns,
+        path: options.path,
         vnetHdr,
         offloads,
         multiQueue: options.multiQueue ?? false,
+        persist: options.persist ?? false,
       })
     } catch (e) {
       throw fromNative(e, { ifname: name, netns: options.netns })

@@ -10,10 +10,12 @@ import type { Logger } from '../daemon/log.ts'
 import { VrioError } from '../errors.ts'
 import { Rpc } from '../session/rpc.ts'
 import { type DiskState, IohypDisks } from './disks.ts'
+import { IohypNics, type NicState } from './nics.ts'
 import { Session } from '../session/session.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Connection } from '../transport/connection.ts'
 import { formatIPv4, formatMac, parseIPv4, parseMac } from '../wire/address.ts'
+import { MessageType } from '../wire/message-header.ts'
 
 export interface IohypOptions {
   interface: string
@@ -92,11 +94,13 @@ export class IohypDaemon {
   private readonly guests = new Map<number, GuestRecord>()
   private link!: DaemonLink
   private readonly disks: IohypDisks
+  private readonly nics: IohypNics
 
   private constructor(o: IohypOptions, log: Logger) {
     this.o = o
     this.log = log
     this.disks = new IohypDisks(log)
+    this.nics = new IohypNics(log)
   }
 
   static async start(o: IohypOptions, log: Logger): Promise<IohypDaemon> {
@@ -138,16 +142,17 @@ export class IohypDaemon {
       clearTimeout(g.retry)
     }
     await this.disks.close()
+    await this.nics.close()
     await this.link.close()
   }
 
   private routes(control: ControlServer): void {
     control.route('GET', ROUTES.status, () => this.status())
     control.route('GET', ROUTES.guests, () => ({
-      guests: [...this.guests.values()].sort((a, b) => a.mac - b.mac).map((g) => g.info()),
+      guests: [...this.guests.values()].sort((a, b) => a.mac - b.mac).map((g) => this.guestInfo(g)),
     }))
     control.route('POST', ROUTES.guests, async (req) => ({
-      guest: (await this.addGuest(req.body)).info(),
+      guest: this.guestInfo(await this.addGuest(req.body)),
     }))
     control.route('GET', ROUTES.disks, () => ({ disks: this.disks.list() }))
     control.route('POST', ROUTES.disks, async (req) => {
@@ -172,17 +177,32 @@ export class IohypDaemon {
       await this.saveState()
       return disk
     })
+    control.route('GET', ROUTES.nics, () => ({ nics: this.nics.list() }))
+    control.route('POST', ROUTES.nics, async (req) => {
+      const guest = (req.body as { guest?: unknown } | undefined)?.guest
+      const nic = await this.nics.create(req.body, this.findGuest(typeof guest === 'string' ? guest : ''))
+      await this.saveState()
+      return nic
+    })
+    control.route('DELETE', ROUTES.nic, async (req) => {
+      const name = req.params.name ?? ''
+      const owner = this.nics.list().find((n) => n.name === name)?.guest
+      const nic = await this.nics.remove(name, owner ? this.guests.get(parseMac(owner)!) : undefined)
+      await this.saveState()
+      return nic
+    })
     control.route('DELETE', ROUTES.guest, async (req) => {
       const mac = parseMac(req.params.mac ?? '')
       const g = mac === undefined ? undefined : this.guests.get(mac)
       if (!g) throw new VrioError('not-found', `no guest with MAC ${req.params.mac}`)
       const disks = this.disks.forGuest(g.mac)
-      if (disks > 0)
+      const nics = this.nics.forGuest(g.mac)
+      if (disks + nics > 0)
         throw new VrioError(
           'conflict',
-          `guest ${formatMac(g.mac)} still has ${disks} disk(s); remove them first`,
+          `guest ${formatMac(g.mac)} still has ${disks} disk(s) and ${nics} NIC(s); remove them first`,
         )
-      const info = g.info()
+      const info = this.guestInfo(g)
       this.removeGuest(g)
       await this.saveState()
       return { guest: { ...info, state: 'disconnected' } }
@@ -195,6 +215,13 @@ export class IohypDaemon {
       ...this.link.status(),
       guests: { total: all.length, connected: all.filter((g) => g.state === 'connected').length },
     }
+  }
+
+  private guestInfo(g: GuestRecord): GuestInfo {
+    const info = g.info()
+    const unknown = this.nics.unknownDeviceDrops(g.mac)
+    if (unknown > 0) info.drops['net-unknown-device'] = unknown
+    return info
   }
 
   private findGuest(text: string): GuestRecord {
@@ -241,12 +268,16 @@ export class IohypDaemon {
       authenticated: () => {
         g.rpc.attach(session)
         this.disks.useSession(g)
+        this.nics.useSession(g)
         g.state = 'connected'
         g.backoff = REDIAL_MIN_MS
         this.log.info('guest connected', { mac: formatMac(g.mac), address: formatIPv4(g.ip) })
       },
       control: (m) => g.rpc.onControl(m),
-      data: (h, m) => this.disks.receive(g, h, m),
+      data: (h, m) => {
+        if (h.type === MessageType.NetFrame) this.nics.receive(g, h, m)
+        else this.disks.receive(g, h, m)
+      },
       writable: () => this.disks.writable(g),
       closed: (reason, failure) => {
         addStats(g.totals, c)
@@ -256,6 +287,7 @@ export class IohypDaemon {
         g.session = undefined
         g.rpc.attach(undefined)
         this.disks.useSession(g)
+        this.nics.useSession(g)
         if (g.removed) return
         g.state = 'disconnected'
         if (was === 'connected' || failure) {
@@ -279,7 +311,7 @@ export class IohypDaemon {
       address: formatIPv4(g.ip),
       key: g.key.toString('hex'),
     }))
-    const state = { version: 1, guests, disks: this.disks.state() }
+    const state = { version: 1, guests, disks: this.disks.state(), nics: this.nics.state() }
     await writeFileAtomic(this.statePath(), `${JSON.stringify(state, null, 2)}\n`)
   }
 
@@ -291,7 +323,11 @@ export class IohypDaemon {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return
       throw error
     }
-    let state: { guests?: { mac: string; address: string; key: string }[]; disks?: DiskState[] }
+    let state: {
+      guests?: { mac: string; address: string; key: string }[]
+      disks?: DiskState[]
+      nics?: NicState[]
+    }
     try {
       state = JSON.parse(text)
     } catch {
@@ -306,10 +342,12 @@ export class IohypDaemon {
       this.guests.set(mac, new GuestRecord(mac, ip, Buffer.from(g.key, 'hex')))
     }
     // Disks before dialing: each guest's disks are announced as soon as its session is up.
-    await this.disks.restore(state.disks ?? [], (text) => {
+    const macOf = (text: string) => {
       const mac = parseMac(text)
       return mac !== undefined && this.guests.has(mac) ? mac : undefined
-    })
+    }
+    await this.disks.restore(state.disks ?? [], macOf)
+    await this.nics.restore(state.nics ?? [], macOf)
     for (const g of this.guests.values()) this.dial(g)
   }
 }

@@ -1,9 +1,9 @@
-import { randomInt } from 'node:crypto'
 import type { CreateDiskRequest, DiskInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
 import { BlockBackend, replyNoDevice } from '../devices/blk/backend.ts'
 import { FileDevice } from '../devices/blk/file-device.ts'
 import { VrioError } from '../errors.ts'
+import { newDeviceHandle } from './handles.ts'
 import type { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
 import { formatMac } from '../wire/address.ts'
@@ -99,7 +99,7 @@ export class IohypDisks {
       }
     }
     const device = await openBacking(req.backing, req.readOnly === true)
-    const handle = { high: randomInt(1, 0x1_0000_0000) >>> 0, low: this.nextSlot++ }
+    const handle = newDeviceHandle(this.nextSlot++)
     const d = this.add(name, guest.mac, req.backing, req.readOnly === true, handle, device)
     try {
       d.backend.attach(guest.session)

@@ -270,7 +270,9 @@ export class Endpoint {
       r.tcp.ack = (f.tcp.seq + length) >>> 0
       r.tcp.flags = TCP_RST | TCP_ACK
     }
-    const frame = Buffer.allocUnsafe(54)
+    // Like every frame the sink gets, with the link's headroom in front (see FrameSink).
+    const headroom = this.options.headroom
+    const frame = Buffer.alloc(headroom + 54).subarray(headroom)
     encodeTcpFrame(frame, r, 0, false)
     this.stats.resetsSent++
     this.sink(frame, 0)

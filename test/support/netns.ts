@@ -7,7 +7,7 @@
  * is the last resort.
  */
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
+import { execFile, execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 
 export interface Netns {
@@ -47,6 +47,32 @@ export function run(cmd: string, args: readonly string[]): string {
     const err = e as { stderr?: string; status?: number }
     throw new Error(`${cmd} ${args.join(' ')} failed (exit ${err.status}): ${err.stderr?.trim() ?? e}`)
   }
+}
+
+/**
+ * Runs a command inside a namespace without blocking the event loop (needed while an in-process
+ * forwarder such as impairedLink must keep running). Rejects with stderr on failure or timeout.
+ */
+export function execAsync(
+  ns: Netns,
+  cmd: string,
+  args: readonly string[],
+  timeoutMs = 120_000,
+): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      'ip',
+      ['netns', 'exec', ns.name, cmd, ...args],
+      { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 },
+      (error, stdout, stderr) => {
+        if (error)
+          reject(
+            new Error(`${cmd} ${args.join(' ')} failed in ${ns.name}: ${stderr.trim() || error.message}`),
+          )
+        else resolve(stdout)
+      },
+    )
+  })
 }
 
 /** Runs a command inside a namespace (`ip netns exec`). */

@@ -9,6 +9,15 @@ import { DaemonProcess, vrioAsync, vrioJsonAsync } from './daemons.ts'
 import type { VethEnd } from './harness.ts'
 import { ip } from './netns.ts'
 
+/** A further guest on the same IOhyp (see VrioPair.addGuest). */
+export interface ExtraGuest {
+  end: VethEnd
+  mac: string
+  daemon: DaemonProcess
+  /** Its control socket. */
+  sock: string
+}
+
 export class VrioPair {
   readonly dir: string
   readonly iohypEnd: VethEnd
@@ -41,20 +50,54 @@ export class VrioPair {
     this.startIohyp()
     this.startGuest()
     await Promise.all([this.iohyp.waitForLog('iohyp started'), this.guest.waitForLog('guest started')])
+    await this.enrol(this.guestMac, this.guestEnd.ip, key)
+    await this.waitConnected()
+  }
+
+  /** Enrols a guest with the IOhyp (`vrio guests add`). */
+  async enrol(mac: string, address: number, key: string): Promise<void> {
     const r = await vrioAsync([
       'guests',
       'add',
       '--mac',
-      this.guestMac,
+      mac,
       '--address',
-      formatIPv4(this.guestEnd.ip),
+      formatIPv4(address),
       '--key-file',
       key,
       '--control',
       this.sock('iohyp'),
     ])
     if (r.status !== 0) throw new Error(`guests add failed: ${r.stderr}`)
+  }
+
+  readonly extraGuests: ExtraGuest[] = []
+
+  /** Starts another guest agent on `end` (an interface on the IOhyp's LAN), enrols it and waits until every guest is connected. */
+  async addGuest(end: VethEnd): Promise<ExtraGuest> {
+    const n = this.extraGuests.length + 2
+    ip(end.ns, ['addr', 'add', `${formatIPv4(end.ip)}/24`, 'dev', end.ifname])
+    const mac = JSON.parse(ip(end.ns, ['-j', 'link', 'show', end.ifname]))[0].address as string
+    const key = join(this.dir, `guest${n}.key`)
+    if ((await vrioAsync(['keygen', '--out', key])).status !== 0) throw new Error('keygen failed')
+    const sock = join(this.dir, `guest${n}.sock`)
+    const daemon = new DaemonProcess(`guest${n}`, end.ns, [
+      'guest',
+      '--interface',
+      end.ifname,
+      '--key-file',
+      key,
+      '--control',
+      sock,
+      '--run-dir',
+      join(this.dir, `run${n}`),
+    ])
+    const g = { end, mac, daemon, sock }
+    this.extraGuests.push(g)
+    await daemon.waitForLog('guest started')
+    await this.enrol(mac, end.ip, key)
     await this.waitConnected()
+    return g
   }
 
   startIohyp(): void {
@@ -88,12 +131,13 @@ export class VrioPair {
     ])
   }
 
+  /** Waits until every enrolled guest is connected. */
   async waitConnected(timeoutMs = 10_000): Promise<void> {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       const r = await vrioAsync(['guests', 'list', '--json', '--control', this.sock('iohyp')])
-      if (r.status === 0 && (JSON.parse(r.stdout) as ListGuestsResponse).guests[0]?.state === 'connected')
-        return
+      const guests = r.status === 0 ? (JSON.parse(r.stdout) as ListGuestsResponse).guests : []
+      if (guests.length > 0 && guests.every((g) => g.state === 'connected')) return
       if (Date.now() > deadline) throw new Error(`the guest did not connect within ${timeoutMs} ms`)
       await sleep(50)
     }
@@ -121,6 +165,7 @@ export class VrioPair {
   }
 
   async stop(): Promise<void> {
+    for (const g of this.extraGuests) await g.daemon.stop('SIGTERM')
     await this.guest?.stop('SIGTERM')
     await this.iohyp?.stop('SIGTERM')
     rmSync(this.dir, { recursive: true, force: true })

@@ -1,0 +1,187 @@
+import type { FrameBatch, FrameChannel } from '../../io/frame-channel.ts'
+import { VIRTIO_NET_HDR_LEN } from '../../io/virtio-net-hdr.ts'
+import { Delivery } from '../../transport/config.ts'
+import type { Session } from '../../session/session.ts'
+import { MESSAGE_HEADER_LENGTH, type MessageHeader } from '../../wire/message-header.ts'
+import type { NetDirection } from '../../services/net/service.ts'
+import { checkNetBody, NetFrameEncoder, type NetDropReason } from './protocol.ts'
+
+/** A policy between the wire and the kernel (the IOhyp's service chain). */
+export interface NetFilter {
+  /**
+   * Inspects one Ethernet frame crossing the NIC; false drops it. `reply` sends a frame back
+   * toward the frame's sender (e.g. a TCP RST for a rejected connection).
+   */
+  inspect(frame: Uint8Array, direction: NetDirection, reply: (frame: Uint8Array) => void): boolean
+}
+
+export interface NetTraffic {
+  frames: number
+  bytes: number
+}
+
+export interface NetCounters {
+  /** Frames the guest sent (into the channel on the guest, out to the world on the IOhyp). */
+  fromGuest: NetTraffic
+  /** Frames for the guest. */
+  toGuest: NetTraffic
+  /** Frames that did not make it, by reason; only non-zero ones. */
+  drops: Partial<Record<NetDropReason, number>>
+}
+
+export interface NetPortOptions {
+  /** The NIC's kernel side: the guest's TAP, or the IOhyp's TAP / macvtap; opened with vnetHdr. */
+  channel: FrameChannel
+  handle: { high: number; low: number }
+  /** Largest frame payload that is not a GSO super-frame. */
+  mtu: number
+  /** Which end this is: decides which way frames read from the channel go. */
+  side: 'guest' | 'iohyp'
+  filter?: NetFilter
+  /** Told once per distinct kernel error (the port keeps counting, never throws). */
+  onKernelError?: (error: unknown) => void
+}
+
+/** A zero virtio_net_hdr: a plain frame with complete checksums. */
+const PLAIN_HDR = new Uint8Array(VIRTIO_NET_HDR_LEN)
+
+/**
+ * One end of a remote NIC: frames the kernel hands to `channel` go to the other end as NetFrame
+ * messages (best-effort), and NetFrame messages from the other end go into the kernel through
+ * `channel`. A frame is dropped and counted, never queued, when the channel to the peer is full
+ * or missing: this is a NIC, and the guest's TCP recovers as it would from a busy wire.
+ */
+export class NetPort {
+  private readonly o: NetPortOptions
+  private readonly encoder: NetFrameEncoder
+  private session: Session | undefined
+  private readonly outward: NetDirection
+  private readonly inward: NetDirection
+  private readonly fromKernel: NetTraffic = { frames: 0, bytes: 0 }
+  private readonly toKernel: NetTraffic = { frames: 0, bytes: 0 }
+  private readonly drops: Partial<Record<NetDropReason, number>> = {}
+  private readonly kernelErrors = new Set<string>()
+  private closed = false
+
+  constructor(o: NetPortOptions) {
+    this.o = o
+    this.encoder = new NetFrameEncoder(o.handle)
+    // On the guest, the kernel's frames leave the guest; on the IOhyp, they come from the world.
+    this.outward = o.side === 'guest' ? 'from-guest' : 'to-guest'
+    this.inward = o.side === 'guest' ? 'to-guest' : 'from-guest'
+    o.channel.onBatch((batch) => this.fromChannel(batch))
+    o.channel.onError((error) => this.kernelError(error))
+  }
+
+  get handle(): { high: number; low: number } {
+    return this.o.handle
+  }
+
+  /** Frames go to (and come from) this session; undefined: frames from the kernel are dropped. */
+  attach(session: Session | undefined, handle?: { high: number; low: number }): void {
+    this.session = session
+    if (handle) {
+      this.o.handle = handle
+      this.encoder.setHandle(handle)
+    }
+  }
+
+  /** A NetFrame message for this NIC arrived from the peer. */
+  receive(_h: MessageHeader, message: Uint8Array): void {
+    if (this.closed) return
+    const body = message.subarray(MESSAGE_HEADER_LENGTH)
+    const bad = checkNetBody(body, this.o.mtu)
+    if (bad) {
+      this.drop(bad)
+      return
+    }
+    const frame = body.subarray(VIRTIO_NET_HDR_LEN)
+    if (this.o.filter && !this.o.filter.inspect(frame, this.inward, (f) => this.replyToPeer(f))) {
+      this.drop('filtered')
+      return
+    }
+    if (this.writeToKernel(body)) {
+      this.toKernel.frames++
+      this.toKernel.bytes += frame.length
+    }
+  }
+
+  counters(): NetCounters {
+    const fromGuest = this.o.side === 'guest' ? this.fromKernel : this.toKernel
+    const toGuest = this.o.side === 'guest' ? this.toKernel : this.fromKernel
+    return { fromGuest: { ...fromGuest }, toGuest: { ...toGuest }, drops: { ...this.drops } }
+  }
+
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    this.session = undefined
+    this.o.channel.close()
+  }
+
+  private fromChannel(batch: FrameBatch): void {
+    for (let i = 0; i < batch.count; i++) {
+      const body = batch.frame(i)
+      if (body.length < VIRTIO_NET_HDR_LEN) continue
+      const frame = body.subarray(VIRTIO_NET_HDR_LEN)
+      if (this.o.filter && !this.o.filter.inspect(frame, this.outward, (f) => this.replyToKernel(f))) {
+        this.drop('filtered')
+        continue
+      }
+      if (this.sendToPeer(body)) {
+        this.fromKernel.frames++
+        this.fromKernel.bytes += frame.length
+      }
+    }
+  }
+
+  private sendToPeer(body: Uint8Array): boolean {
+    const s = this.session
+    if (!s?.authenticated) {
+      this.drop('not-connected')
+      return false
+    }
+    if (!s.sendData(this.encoder.encode(body), Delivery.BestEffort)) {
+      this.drop('channel-full')
+      return false
+    }
+    return true
+  }
+
+  private writeToKernel(body: Uint8Array): boolean {
+    try {
+      if (this.o.channel.send([body]) === 1) return true
+      this.drop('queue-full')
+    } catch (error) {
+      this.drop('kernel-refused')
+      this.kernelError(error)
+    }
+    return false
+  }
+
+  private replyToPeer(frame: Uint8Array): void {
+    this.sendToPeer(withPlainHeader(frame))
+  }
+
+  private replyToKernel(frame: Uint8Array): void {
+    this.writeToKernel(withPlainHeader(frame))
+  }
+
+  private drop(reason: NetDropReason): void {
+    this.drops[reason] = (this.drops[reason] ?? 0) + 1
+  }
+
+  private kernelError(error: unknown): void {
+    const code = (error as { code?: string }).code ?? String(error)
+    if (this.kernelErrors.has(code)) return
+    this.kernelErrors.add(code)
+    this.o.onKernelError?.(error)
+  }
+}
+
+function withPlainHeader(frame: Uint8Array): Uint8Array {
+  const body = new Uint8Array(VIRTIO_NET_HDR_LEN + frame.length)
+  body.set(PLAIN_HDR, 0)
+  body.set(frame, VIRTIO_NET_HDR_LEN)
+  return body
+}

@@ -1,0 +1,340 @@
+import type { CreateNicRequest, NicInfo } from '../control/api.ts'
+import type { Logger } from '../daemon/log.ts'
+import { type NetFilter, NetPort } from '../devices/net/port.ts'
+import { VrioError } from '../errors.ts'
+import { addMacvtap, deleteLink, linkKind, macvtapDevice, setLink } from '../io/ip-link.ts'
+import { TapDevice } from '../io/tap.ts'
+import type { Rpc } from '../session/rpc.ts'
+import type { Session } from '../session/session.ts'
+import { formatMac, isGroupMac, parseMac } from '../wire/address.ts'
+import type { MessageHeader } from '../wire/message-header.ts'
+import { type DeviceHandle, newDeviceHandle } from './handles.ts'
+
+/** What the NIC registry needs of an enrolled guest. */
+export interface NicGuest {
+  mac: number
+  session: Session | undefined
+  rpc: Rpc
+}
+
+/** A NIC as the state file keeps it. */
+export interface NicState {
+  name: string
+  guest: string
+  mac: string
+  mtu: number
+  tap?: string
+  bridge?: string
+  macvtap?: string
+  handle: DeviceHandle
+}
+
+/** How the IOhyp's side of a NIC reaches the world. */
+type Backend =
+  | { kind: 'tap'; tap: string; bridge: string | null }
+  | { kind: 'macvtap'; uplink: string; device: string }
+
+interface Nic {
+  name: string
+  guest: number
+  mac: string
+  mtu: number
+  backend: Backend
+  handle: DeviceHandle
+  port: NetPort
+  announced: boolean
+}
+
+/** Linux interface names: at most 15 bytes, no '/', ':' or whitespace. */
+const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/
+const ATTACH_TIMEOUT_MS = 15_000
+/** TAP offloads: the kernels on both sides hand over 64 KiB super-frames with partial checksums. */
+const OFFLOADS = { csum: true, tso4: true, tso6: true, ecn: true }
+
+/** Reads and checks a NIC request; throws 'invalid-argument' naming the field. */
+export function parseCreateNicRequest(body: unknown): CreateNicRequest & { mtu: number } {
+  const b = (body ?? {}) as Record<string, unknown>
+  const fail = (field: string, message: string): never => {
+    throw new VrioError('invalid-argument', message, { field })
+  }
+  for (const key of Object.keys(b)) {
+    if (!['guest', 'mac', 'tap', 'bridge', 'macvtap', 'name', 'mtu'].includes(key))
+      fail(key, `unknown field '${key}'`)
+  }
+  if (typeof b.guest !== 'string') fail('guest', 'guest is required')
+  if (typeof b.mac !== 'string') fail('mac', 'mac is required')
+  const mac = parseMac(b.mac as string)
+  if (mac === undefined || isGroupMac(mac) || mac === 0)
+    fail('mac', `mac '${b.mac}' is not a unicast MAC address`)
+  for (const f of ['tap', 'bridge', 'macvtap', 'name'] as const) {
+    if (b[f] !== undefined && (typeof b[f] !== 'string' || !IFNAME_RE.test(b[f] as string)))
+      fail(f, `${f} '${String(b[f])}' is not an interface name (1-15 letters, digits, '.', '-', '_')`)
+  }
+  if ((b.tap === undefined) === (b.macvtap === undefined)) fail('tap', 'give exactly one of tap and macvtap')
+  if (b.bridge !== undefined && b.tap === undefined) fail('bridge', 'bridge goes with tap')
+  const mtu = b.mtu ?? 1500
+  if (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 68 || mtu > 65_535)
+    fail('mtu', `mtu '${String(b.mtu)}' must be an integer from 68 to 65535`)
+  return {
+    guest: b.guest as string,
+    mac: formatMac(mac as number),
+    tap: b.tap as string | undefined,
+    bridge: b.bridge as string | undefined,
+    macvtap: b.macvtap as string | undefined,
+    name: b.name as string | undefined,
+    mtu: mtu as number,
+  }
+}
+
+/**
+ * The IOhyp's remote NICs: per NIC, a TAP (on a bridge) or a macvtap (on an uplink) opened with
+ * virtio-net headers and offloads, bound by a NetPort to the guest's current session. A NIC exists
+ * for its guest across reconnections (re-announced on each new session). Services (firewall, DPI)
+ * sit in the port's filter.
+ */
+export class IohypNics {
+  private readonly nics = new Map<string, Nic>()
+  private readonly bySlot = new Map<number, Nic>()
+  /** NetFrames naming no NIC of the sending guest, by guest MAC. */
+  private readonly unknown = new Map<number, number>()
+  private nextSlot = 1
+  private readonly log: Logger
+
+  constructor(log: Logger) {
+    this.log = log
+  }
+
+  list(): NicInfo[] {
+    return [...this.nics.values()].sort((a, b) => a.name.localeCompare(b.name)).map((n) => this.info(n))
+  }
+
+  state(): NicState[] {
+    return [...this.nics.values()].map((n) => ({
+      name: n.name,
+      guest: formatMac(n.guest),
+      mac: n.mac,
+      mtu: n.mtu,
+      ...(n.backend.kind === 'tap'
+        ? { tap: n.backend.tap, ...(n.backend.bridge ? { bridge: n.backend.bridge } : {}) }
+        : { macvtap: n.backend.uplink }),
+      handle: n.handle,
+    }))
+  }
+
+  forGuest(mac: number): number {
+    let n = 0
+    for (const nic of this.nics.values()) if (nic.guest === mac) n++
+    return n
+  }
+
+  /** NetFrames from this guest that named no NIC of its. */
+  unknownDeviceDrops(mac: number): number {
+    return this.unknown.get(mac) ?? 0
+  }
+
+  /** Creates a NIC and waits until the guest's interface exists; fails (undoing everything) otherwise. */
+  async create(body: unknown, guest: NicGuest, filter?: NetFilter): Promise<NicInfo> {
+    const req = parseCreateNicRequest(body)
+    const name = req.name ?? this.freeName()
+    if (this.nics.has(name))
+      throw new VrioError('conflict', `a NIC named ${name} exists already`, { field: 'name' })
+    for (const n of this.nics.values()) {
+      if (n.mac === req.mac)
+        throw new VrioError('conflict', `MAC ${req.mac} is already used by NIC ${n.name}`, { field: 'mac' })
+      if (req.tap && n.backend.kind === 'tap' && n.backend.tap === req.tap)
+        throw new VrioError('conflict', `TAP ${req.tap} already serves NIC ${n.name}`, { field: 'tap' })
+    }
+    if (!guest.session?.authenticated) {
+      throw new VrioError('not-connected', `guest ${formatMac(guest.mac)} is not connected`)
+    }
+    const state: NicState = {
+      name,
+      guest: formatMac(guest.mac),
+      mac: req.mac,
+      mtu: req.mtu,
+      tap: req.tap,
+      bridge: req.bridge,
+      macvtap: req.macvtap,
+      handle: newDeviceHandle(this.nextSlot++),
+    }
+    const nic = await this.open(state, guest.mac, filter)
+    try {
+      nic.port.attach(guest.session)
+      await this.announce(nic, guest)
+    } catch (error) {
+      await this.drop(nic)
+      throw error
+    }
+    this.log.info('nic created', {
+      nic: name,
+      guest: formatMac(guest.mac),
+      mac: req.mac,
+      backend: nic.backend,
+    })
+    return this.info(nic)
+  }
+
+  async remove(name: string, guest: NicGuest | undefined): Promise<NicInfo> {
+    const n = this.nics.get(name)
+    if (!n) throw new VrioError('not-found', `no NIC named ${name}`)
+    if (guest?.session?.authenticated) {
+      await guest.rpc.call('net.detach', { name }, 10_000).catch((error) => {
+        this.log.warn('guest did not confirm NIC removal', { nic: name, error })
+      })
+    }
+    const info = this.info(n)
+    await this.drop(n)
+    this.log.info('nic removed', { nic: name })
+    return { ...info, state: 'waiting' }
+  }
+
+  /** Recreates NICs from the state file; they are announced when their guests connect. */
+  async restore(
+    entries: readonly NicState[],
+    macOf: (text: string) => number | undefined,
+    filterOf?: (name: string) => NetFilter | undefined,
+  ): Promise<void> {
+    for (const e of entries) {
+      const mac = macOf(e.guest)
+      if (mac === undefined || !IFNAME_RE.test(e.name))
+        throw new VrioError('invalid-state', `malformed NIC entry ${e.name}`)
+      parseCreateNicRequest({
+        guest: e.guest,
+        mac: e.mac,
+        tap: e.tap,
+        bridge: e.bridge,
+        macvtap: e.macvtap,
+        mtu: e.mtu,
+      })
+      await this.open(e, mac, filterOf?.(e.name))
+      this.nextSlot = Math.max(this.nextSlot, e.handle.low + 1)
+    }
+  }
+
+  /** A guest's session came (or went): its NICs follow it; a new session gets every NIC announced. */
+  useSession(guest: NicGuest): void {
+    for (const n of this.nics.values()) {
+      if (n.guest !== guest.mac) continue
+      n.announced = false
+      n.port.attach(guest.session)
+      if (!guest.session) continue
+      this.announce(n, guest).catch((error) =>
+        this.log.warn('could not give a NIC to its guest', { nic: n.name, error }),
+      )
+    }
+  }
+
+  receive(guest: NicGuest, h: MessageHeader, message: Uint8Array): void {
+    const n = this.bySlot.get(h.deviceLow)
+    if (n && n.guest === guest.mac && n.handle.high === h.deviceHigh) n.port.receive(h, message)
+    else this.unknown.set(guest.mac, (this.unknown.get(guest.mac) ?? 0) + 1)
+  }
+
+  async close(): Promise<void> {
+    for (const n of [...this.nics.values()]) await this.drop(n)
+  }
+
+  private async open(s: NicState, guest: number, filter: NetFilter | undefined): Promise<Nic> {
+    let backend: Backend
+    let tap: TapDevice
+    if (s.macvtap !== undefined) {
+      const device = `vmvt${s.handle.low}`
+      if ((await linkKind(s.macvtap)) === undefined)
+        throw new VrioError('not-found', `uplink ${s.macvtap} does not exist`, { field: 'macvtap' })
+      // A macvtap outlives a killed daemon; its successor replaces it.
+      if ((await linkKind(device)) === 'macvtap') await deleteLink(device)
+      await addMacvtap(s.macvtap, device, s.mac, s.mtu)
+      try {
+        tap = TapDevice.open({
+          name: device,
+          path: await macvtapDevice(device),
+          vnetHdr: true,
+          offloads: OFFLOADS,
+        })
+      } catch (error) {
+        await deleteLink(device).catch(() => {})
+        throw error
+      }
+      backend = { kind: 'macvtap', uplink: s.macvtap, device }
+    } else {
+      const tapName = s.tap as string
+      if (s.bridge !== undefined && (await linkKind(s.bridge)) !== 'bridge')
+        throw new VrioError('not-found', `bridge ${s.bridge} does not exist`, { field: 'bridge' })
+      const kind = await linkKind(tapName)
+      if (kind !== undefined && kind !== 'tun')
+        throw new VrioError('conflict', `${tapName} exists and is not a TAP device`, { field: 'tap' })
+      tap = TapDevice.open({ name: tapName, vnetHdr: true, offloads: OFFLOADS })
+      try {
+        await setLink(tap.name, { mtu: s.mtu, master: s.bridge, up: true })
+      } catch (error) {
+        tap.close()
+        throw error
+      }
+      backend = { kind: 'tap', tap: tap.name, bridge: s.bridge ?? null }
+    }
+    const port = new NetPort({
+      channel: tap,
+      handle: s.handle,
+      mtu: s.mtu,
+      side: 'iohyp',
+      filter,
+      onKernelError: (error) => this.log.warn('nic back-end refused a frame', { nic: s.name, error }),
+    })
+    const nic: Nic = {
+      name: s.name,
+      guest,
+      mac: s.mac,
+      mtu: s.mtu,
+      backend,
+      handle: s.handle,
+      port,
+      announced: false,
+    }
+    this.nics.set(s.name, nic)
+    this.bySlot.set(s.handle.low, nic)
+    return nic
+  }
+
+  private async announce(n: Nic, guest: NicGuest): Promise<void> {
+    await guest.rpc.call(
+      'net.attach',
+      { name: n.name, mac: n.mac, mtu: n.mtu, handle: n.handle },
+      ATTACH_TIMEOUT_MS,
+    )
+    n.announced = true
+  }
+
+  private async drop(n: Nic): Promise<void> {
+    this.nics.delete(n.name)
+    this.bySlot.delete(n.handle.low)
+    // A TAP this daemon created disappears with its last fd; a macvtap must be deleted.
+    n.port.close()
+    if (n.backend.kind === 'macvtap') {
+      await deleteLink(n.backend.device).catch((error) =>
+        this.log.warn('could not delete a macvtap', {
+          device: (n.backend as { device: string }).device,
+          error,
+        }),
+      )
+    }
+  }
+
+  private freeName(): string {
+    for (let i = 0; ; i++) if (!this.nics.has(`vnic${i}`)) return `vnic${i}`
+  }
+
+  private info(n: Nic): NicInfo {
+    const c = n.port.counters()
+    return {
+      name: n.name,
+      guest: formatMac(n.guest),
+      mac: n.mac,
+      mtu: n.mtu,
+      backend: n.backend,
+      state: n.announced ? 'attached' : 'waiting',
+      fromGuest: c.fromGuest,
+      toGuest: c.toGuest,
+      drops: c.drops as Record<string, number>,
+    }
+  }
+}
