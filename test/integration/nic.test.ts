@@ -23,7 +23,7 @@ import {
   type Netns,
   requireRoot,
 } from '../support/netns.ts'
-import { firewalledLan } from '../support/topology.ts'
+import { directLink, firewalledLan } from '../support/topology.ts'
 import { type ExtraGuest, VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
@@ -402,5 +402,45 @@ describe('remote NIC over a link that loses 2% of frames', () => {
       stopServer(srv)
     }
     assert.ok(link.stats.lost > 10, `the link lost ${link.stats.lost} frames`)
+  })
+})
+
+describe('remote NIC with a macvtap back-end on an uplink', () => {
+  let pair: VrioPair
+
+  before(async () => {
+    requireRoot()
+    const link = directLink()
+    pair = new VrioPair(link.a, link.b)
+    await pair.start()
+  })
+  after(async () => {
+    await pair?.stop()
+  })
+
+  it('reaches the world through a macvtap that receives for the NIC MAC, and removes it', async () => {
+    const iohyp = pair.iohypEnd.ns
+    const world = createNetns({ ipv6: true })
+    const uplink = createVethPair(iohyp, world)
+    ip(world, ['addr', 'add', `${WORLD_V4}/24`, 'dev', uplink.b.ifname])
+    const nic = await createNic(pair.sock('iohyp'), [
+      '--guest',
+      pair.guestMac,
+      '--mac',
+      '02:77:00:00:02:01',
+      '--macvtap',
+      uplink.a.ifname,
+      '--name',
+      'vn1',
+    ])
+    assert.equal(nic.backend.kind, 'macvtap')
+    const device = (nic.backend as { device: string }).device
+    assert.equal(JSON.parse(ip(iohyp, ['-j', 'link', 'show', device]))[0].address, '02:77:00:00:02:01')
+    address(pair.guestEnd.ns, 'vn1', '192.168.77.1', 'fd77::1')
+    await execAsync(pair.guestEnd.ns, 'ping', ['-c', '3', '-i', '0.2', '-W', '3', WORLD_V4])
+    const r = await vrioAsync(['nic', 'remove', 'vn1', '--control', pair.sock('iohyp')])
+    assert.equal(r.status, 0, r.stderr)
+    assert.throws(() => ip(iohyp, ['link', 'show', device]), /does not exist/)
+    assert.throws(() => ip(pair.guestEnd.ns, ['link', 'show', 'vn1']), /does not exist/)
   })
 })
