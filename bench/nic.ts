@@ -1,0 +1,204 @@
+/**
+ * Remote NIC: the guest reaches a "world" namespace on the IOhyp's bridge through vrio (guest TAP →
+ * vrio channel → IOhyp TAP on the bridge), next to the same path through a kernel VXLAN tunnel over
+ * the same veth (a VXLAN device in the guest, its peer on the same bridge), in one run.
+ * Throughput: iperf3 TCP with 1 and 4 streams, guest → world. Latency: ping (ICMP) and a TCP
+ * request/response ping-pong (1-byte messages, python on both ends). CPU: the whole machine's busy
+ * time (/proc/stat: the kernel's softirq work of VXLAN counts as much as vrio's daemons), per Gbit
+ * moved. MTU 1500 on the link (the VXLAN device gets 1450).
+ *   npm run bench -- nic           (root; iperf3)
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { cleanupNetns, createNetns, createVethPair, exec, ip, type Netns } from '../test/support/netns.ts'
+import { directLink } from '../test/support/topology.ts'
+import { VrioPair } from '../test/support/vrio-pair.ts'
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
+const PINGPONGS = Number(process.env.BENCH_PINGPONGS ?? 5000)
+
+const PINGPONG_SERVER = `
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 7000)); s.listen(4)
+while True:
+    c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while True:
+        d = c.recv(1)
+        if not d: break
+        c.sendall(d)
+    c.close()
+`
+const PINGPONG_CLIENT = `
+import socket, sys, time
+n = int(sys.argv[2]); c = socket.create_connection((sys.argv[1], 7000)); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for _ in range(200): c.sendall(b'x'); c.recv(1)
+t = []
+for _ in range(n):
+    a = time.perf_counter_ns(); c.sendall(b'x'); c.recv(1); t.append(time.perf_counter_ns() - a)
+t.sort(); print(t[len(t)//2] / 1000, t[len(t)*99//100] / 1000)
+`
+
+interface PathResult {
+  tcp1Gbps: number
+  tcp4Gbps: number
+  cpuSecondsPerGbit: number
+  pingAvgUs: number
+  pingP50Us: number
+  rrP50Us: number
+  rrP99Us: number
+}
+
+/** Busy jiffies of the whole machine (everything but idle and iowait). */
+function busySeconds(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+  const total = f.reduce((a, b) => a + b, 0)
+  return (total - f[3] - f[4]) / 100
+}
+
+function iperf(ns: Netns, target: string, streams: number): { gbps: number; gbit: number } {
+  const out = JSON.parse(
+    exec(ns, 'iperf3', ['-c', target, '-J', '-t', String(SECONDS), '-P', String(streams), '-O', '1']),
+  )
+  const s = out.end.sum_received
+  return { gbps: s.bits_per_second / 1e9, gbit: (s.bytes * 8) / 1e9 }
+}
+
+function ping(ns: Netns, target: string): { avg: number; p50: number } {
+  const out = exec(ns, 'ping', ['-c', '500', '-i', '0.002', '-q', target])
+  const out2 = exec(ns, 'ping', ['-c', '200', '-i', '0.005', target])
+  const times = [...out2.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]) * 1000).sort((a, b) => a - b)
+  const avg = Number(/= [\d.]+\/([\d.]+)\//.exec(out)![1]) * 1000
+  return { avg, p50: times[times.length >> 1] }
+}
+
+function measure(guest: Netns, target: string): PathResult {
+  const busy0 = busySeconds()
+  const one = iperf(guest, target, 1)
+  const four = iperf(guest, target, 4)
+  const busy = busySeconds() - busy0
+  const p = ping(guest, target)
+  const [rrP50Us, rrP99Us] = exec(guest, 'python3', ['-c', PINGPONG_CLIENT, target, String(PINGPONGS)])
+    .trim()
+    .split(' ')
+    .map(Number)
+  return {
+    tcp1Gbps: one.gbps,
+    tcp4Gbps: four.gbps,
+    cpuSecondsPerGbit: busy / (one.gbit + four.gbit),
+    pingAvgUs: p.avg,
+    pingP50Us: p.p50,
+    rrP50Us,
+    rrP99Us,
+  }
+}
+
+const t = directLink()
+const pair = new VrioPair(t.a, t.b)
+const servers: ChildProcess[] = []
+try {
+  await pair.start()
+  const iohyp = t.a.ns
+  const guest = t.b.ns
+  ip(iohyp, ['link', 'add', 'brw', 'type', 'bridge'])
+  ip(iohyp, ['link', 'set', 'brw', 'up'])
+  const world = createNetns()
+  const v = createVethPair(world, iohyp)
+  ip(iohyp, ['link', 'set', v.b.ifname, 'master', 'brw'])
+  ip(world, ['addr', 'add', '192.168.77.100/24', 'dev', v.a.ifname])
+  ip(world, ['addr', 'add', '192.168.88.100/24', 'dev', v.a.ifname])
+  for (const args of [['-s'], ['-c', PINGPONG_SERVER]]) {
+    const cmd = args[0] === '-s' ? 'iperf3' : 'python3'
+    servers.push(spawn('ip', ['netns', 'exec', world.name, cmd, ...args], { stdio: 'ignore' }))
+  }
+
+  // vrio: a remote NIC whose IOhyp end is a TAP on the bridge.
+  execFileSync(process.execPath, [
+    new URL('../src/cli/main.js', import.meta.url).pathname,
+    'nic',
+    'create',
+    '--guest',
+    pair.guestMac,
+    '--mac',
+    '02:77:00:00:00:01',
+    '--tap',
+    'vt1',
+    '--bridge',
+    'brw',
+    '--name',
+    'vn1',
+    '--control',
+    pair.sock('iohyp'),
+  ])
+  ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
+
+  // VXLAN: the same veth, kernel tunnel endpoints in the guest and on the IOhyp's bridge.
+  ip(guest, [
+    'link',
+    'add',
+    'vx0',
+    'type',
+    'vxlan',
+    'id',
+    '42',
+    'local',
+    '10.99.0.2',
+    'remote',
+    '10.99.0.1',
+    'dstport',
+    '4789',
+  ])
+  ip(iohyp, [
+    'link',
+    'add',
+    'vx0',
+    'type',
+    'vxlan',
+    'id',
+    '42',
+    'local',
+    '10.99.0.1',
+    'remote',
+    '10.99.0.2',
+    'dstport',
+    '4789',
+  ])
+  ip(iohyp, ['link', 'set', 'vx0', 'master', 'brw', 'up'])
+  ip(guest, ['addr', 'add', '192.168.88.1/24', 'dev', 'vx0'])
+  ip(guest, ['link', 'set', 'vx0', 'up'])
+  await sleep(1000)
+
+  const vrio = measure(guest, '192.168.77.100')
+  const vxlan = measure(guest, '192.168.88.100')
+
+  const rows: [string, keyof PathResult, 'higher' | 'lower'][] = [
+    ['TCP 1 stream, Gbit/s', 'tcp1Gbps', 'higher'],
+    ['TCP 4 streams, Gbit/s', 'tcp4Gbps', 'higher'],
+    ['CPU s per Gbit (machine)', 'cpuSecondsPerGbit', 'lower'],
+    ['ping avg, µs', 'pingAvgUs', 'lower'],
+    ['ping p50, µs', 'pingP50Us', 'lower'],
+    ['TCP req/resp p50, µs', 'rrP50Us', 'lower'],
+    ['TCP req/resp p99, µs', 'rrP99Us', 'lower'],
+  ]
+  const fmt = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2)).padStart(10)
+  console.log(`${'case'.padEnd(28)}${'vrio'.padStart(10)}${'VXLAN'.padStart(10)}${'vrio/VXLAN'.padStart(12)}`)
+  for (const [name, key] of rows) {
+    console.log(
+      `${name.padEnd(28)}${fmt(vrio[key])}${fmt(vxlan[key])}${(vrio[key] / vxlan[key]).toFixed(2).padStart(12)}`,
+    )
+  }
+  console.log(
+    JSON.stringify({
+      bench: 'nic',
+      seconds: SECONDS,
+      vrio,
+      vxlan,
+      ratios: Object.fromEntries(rows.map(([, key]) => [key, vrio[key] / vxlan[key]])),
+    }),
+  )
+} finally {
+  for (const s of servers) s.kill('SIGKILL')
+  await pair.stop()
+  cleanupNetns()
+}
