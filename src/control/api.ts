@@ -11,6 +11,8 @@
  *   POST   /v1/guests          AddGuestRequest -> 200 AddGuestResponse
  *                               400 invalid-argument, 409 conflict (MAC or address already in use)
  *   DELETE /v1/guests/:mac     -> 200 RemoveGuestResponse, 404 not-found
+ *   GET    /v1/config          -> 200 ExportableState (src/config/export.ts; IOhyp). It holds the
+ *                               guests' keys: `vrio config export` writes them to key files only.
  *
  * A failure is any status >= 400 with body `{ "error": ErrorBody }`.
  */
@@ -24,6 +26,7 @@ export const ROUTES = {
   guest: '/v1/guests/:mac',
   disks: '/v1/blk',
   disk: '/v1/blk/:name',
+  config: '/v1/config',
 } as const
 
 /** Body of every error answer, under the `error` key. Extra fields belong to the code. */
