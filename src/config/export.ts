@@ -29,7 +29,8 @@ export interface ExportOptions {
   keyDir: string
   /**
    * Where the config will be written: key files are then referred to relative to its directory
-   * (the loader resolves them from there). Without it, they are referred to by absolute path.
+   * (the loader resolves them from there), so the config and its keys move together. Without it,
+   * they are referred to by absolute path.
    */
   configPath?: string
   /** Replace key files holding another key. */
@@ -119,5 +120,5 @@ function sameKey(path: string, key: Buffer): boolean {
 
 function relativeRef(base: string, path: string): string {
   const r = relative(base, path)
-  return r.startsWith('..') ? path : `./${r}`
+  return r.startsWith('..') ? r : `./${r}`
 }

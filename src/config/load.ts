@@ -196,6 +196,7 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
   const guestAt: number[] = []
   /** How a device may name a guest whose own entry is broken: not reported a second time. */
   const brokenRefs = new Set<string>()
+  let unknownGuests = false
   const byMac = new Map<string, number>()
   const byAddress = new Map<string, number>()
   const byName = new Map<string, number>()
@@ -203,6 +204,9 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     const at = `guests[${i}]`
     const g = c.parse(guestEntrySchema, entry, at)
     if (!g) {
+      // An entry with no readable identity: any reference may be to it, so none is reported.
+      if (rawField(entry, 'mac') === undefined && rawField(entry, 'address') === undefined)
+        unknownGuests = true
       for (const k of ['mac', 'address', 'name']) {
         const v = rawString(entry, k)
         if (v !== undefined) brokenRefs.add(refKey(v))
@@ -248,7 +252,7 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
         g.name === ref,
     )
     if (g) return g.mac
-    if (!brokenRefs.has(refKey(ref)))
+    if (!unknownGuests && !brokenRefs.has(refKey(ref)))
       c.issue(at, `no guest ${show(ref)} in guests (a device names its guest by MAC, address or name)`)
     return undefined
   }
@@ -327,17 +331,6 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
       ok = false
     }
     const guest = owner(n.guest, `${at}.guest`)
-    if ((n.tap === undefined) === (n.macvtap === undefined)) {
-      c.issue(
-        at,
-        `exactly one of tap and macvtap is needed (${n.tap === undefined ? 'got neither' : 'got both'})`,
-      )
-      ok = false
-    }
-    if (n.bridge !== undefined && n.tap === undefined) {
-      c.issue(`${at}.bridge`, 'a bridge is only for a tap NIC')
-      ok = false
-    }
     if (n.tap !== undefined) ok = c.unique(taps, n.tap, i, `${at}.tap`, 'nics', `tap '${n.tap}'`) && ok
     const firewall = n.firewall === undefined ? undefined : c.path(n.firewall)
     const dpi = n.dpi === undefined ? undefined : c.path(n.dpi)
@@ -535,11 +528,11 @@ function humanMessage(issue: z.core.$ZodRawIssue): string | undefined {
     case 'invalid_value':
       return `expected ${issue.values.map((v) => show(v)).join(' or ')}, got ${show(issue.input)}`
     case 'invalid_union':
-      if ('options' in issue && Array.isArray(issue.options)) {
+      // A discriminated union: the path ends at the discriminator, the input is the whole object.
+      if ('options' in issue && Array.isArray(issue.options) && typeof issue.discriminator === 'string') {
         const options = issue.options.map((v: unknown) => show(v)).join(' or ')
-        return issue.input === undefined
-          ? `required (${options})`
-          : `expected ${options}, got ${show(issue.input)}`
+        const value = rawField(issue.input, issue.discriminator)
+        return value === undefined ? `required (${options})` : `expected ${options}, got ${show(value)}`
       }
       return undefined
     case 'too_small':
