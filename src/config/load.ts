@@ -193,7 +193,6 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
 
   // Guests first: devices refer to them.
   const guests: GuestEntry[] = []
-  const guestAt: number[] = []
   /** How a device may name a guest whose own entry is broken: not reported a second time. */
   const brokenRefs = new Set<string>()
   let unknownGuests = false
@@ -238,7 +237,6 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
       key,
       ...(g.name !== undefined && { name: g.name }),
     })
-    guestAt.push(i)
   })
 
   /** A device's `guest`: a MAC, an address or a name from `guests`; the owner's MAC, or undefined. */

@@ -165,10 +165,13 @@ describe('vrio iohyp --config and vrio guest --config', () => {
   })
 
   it('on restart the state file is restored, then the config applied over it (config wins)', async () => {
+    writeFileSync(tmp.path('root2.img'), Buffer.alloc(1024 * 1024))
+    const config = iohypConfig('10.99.0.200')
+    config.disks[0].backing = 'root2.img'
     const iohyp = new DaemonProcess('iohyp', link.a.ns, [
       'iohyp',
       '--config',
-      writeYaml('iohyp2.yaml', iohypConfig('10.99.0.200')),
+      writeYaml('iohyp2.yaml', config),
       '--control',
       sock('iohyp'),
     ])
@@ -178,7 +181,26 @@ describe('vrio iohyp --config and vrio guest --config', () => {
       '52:54:00:00:00:42': '10.99.0.42',
       '52:54:00:00:00:77': '10.99.0.77',
     })
+    const disks = vrioJson<ListDisksResponse>(['blk', 'list', '--control', sock('iohyp')]).disks
+    assert.deepEqual(
+      disks.map((d) => [d.name, d.backing]),
+      [['root', tmp.path('root2.img')]],
+    )
     await iohyp.stop()
+
+    // A config guest on the address of another guest of the state file: refused, not guessed.
+    const clash = iohypConfig()
+    clash.guests[1].address = '10.99.0.77'
+    const r = vrio(
+      ['iohyp', '--config', writeYaml('clash.yaml', clash), '--control', sock('iohyp')],
+      link.a.ns,
+    )
+    assert.equal(r.status, 1, r.stderr)
+    assert.match(
+      r.stderr,
+      /^vrio: config guest 52:54:00:00:00:42: address 10\.99\.0\.77 is used by enrolled guest 52:54:00:00:00:77/,
+    )
+    assert.ok(!existsSync(sock('iohyp')))
   })
 
   it('vrio config check: a summary, or every problem with a non-zero exit', () => {
