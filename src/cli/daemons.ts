@@ -3,6 +3,7 @@ import { join } from 'node:path'
 import type { Command } from 'commander'
 import { readKeyFile } from '../auth/key-file.ts'
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../control/api.ts'
+import { loadGuestConfig, loadIohypConfig } from '../config/load.ts'
 import { createLogger } from '../daemon/log.ts'
 import { stopOnSignals } from '../daemon/runtime.ts'
 import { GuestDaemon } from '../guest/daemon.ts'
@@ -13,22 +14,28 @@ import { VERSION } from './version.ts'
 export const DEFAULT_STATE_DIR = '/var/lib/vrio'
 export const DEFAULT_RUN_DIR = '/run/vrio'
 
+// No commander defaults for options a config file may set: an option given on the command line
+// overrides the file, and only what neither gives falls back to the default.
 interface IohypCliOptions {
-  interface: string
+  config?: string
+  interface?: string
   address?: string
-  stateDir: string
-  control: string
+  stateDir?: string
+  control?: string
 }
 
 interface GuestCliOptions {
-  interface: string
+  config?: string
+  interface?: string
   address?: string
-  keyFile: string
-  runDir: string
+  keyFile?: string
+  runDir?: string
   control?: string
   attach?: boolean
-  ioTimeout: string
+  ioTimeout?: string
 }
+
+const CONFIG_HELP = 'config file (.yaml, .yml or .json); options given here override its settings'
 
 export function registerDaemonCommands(program: Command): void {
   program
@@ -36,19 +43,23 @@ export function registerDaemonCommands(program: Command): void {
     .description(
       'run the I/O hypervisor daemon in the foreground (JSON logs on stderr; stops on SIGINT/SIGTERM)',
     )
-    .requiredOption('--interface <if>', 'network interface that reaches the guests')
+    .option('--config <file>', `${CONFIG_HELP}; its guests and disks are applied at start`)
+    .option('--interface <if>', 'network interface that reaches the guests (required, here or in --config)')
     .option('--address <ipv4>', "vrio address on that interface (default: the interface's IPv4 address)")
-    .option('--state-dir <dir>', 'where enrolled guests are kept', DEFAULT_STATE_DIR)
-    .option('--control <path>', 'unix socket of the control API', DEFAULT_IOHYP_SOCKET)
+    .option('--state-dir <dir>', `where enrolled guests are kept (default: ${DEFAULT_STATE_DIR})`)
+    .option('--control <path>', `unix socket of the control API (default: ${DEFAULT_IOHYP_SOCKET})`)
     .action(async (o: IohypCliOptions) => {
+      // The config is checked before anything starts: a bad one leaves nothing behind.
+      const c = o.config === undefined ? undefined : loadIohypConfig(o.config)
       const log = createLogger('iohyp')
       const daemon = await IohypDaemon.start(
         {
-          interface: o.interface,
-          address: o.address,
-          stateDir: o.stateDir,
-          control: o.control,
+          interface: required(o.interface ?? c?.interface, '--interface'),
+          address: o.address ?? c?.address,
+          stateDir: o.stateDir ?? c?.stateDir ?? DEFAULT_STATE_DIR,
+          control: o.control ?? c?.control ?? DEFAULT_IOHYP_SOCKET,
           version: VERSION,
+          ...(c && { guests: c.guests, devices: { disks: c.disks, nics: c.nics } }),
         },
         log,
       )
@@ -58,10 +69,14 @@ export function registerDaemonCommands(program: Command): void {
   program
     .command('guest')
     .description('run the guest agent in the foreground (JSON logs on stderr; stops on SIGINT/SIGTERM)')
-    .requiredOption('--interface <if>', 'network interface that reaches the IOhyp')
+    .option('--config <file>', CONFIG_HELP)
+    .option('--interface <if>', 'network interface that reaches the IOhyp (required, here or in --config)')
     .option('--address <ipv4>', "vrio address on that interface (default: the interface's IPv4 address)")
-    .requiredOption('--key-file <file>', "this guest's key, as enrolled on the IOhyp (see vrio keygen)")
-    .option('--run-dir <dir>', 'runtime files (sockets of exported disks)', DEFAULT_RUN_DIR)
+    .option(
+      '--key-file <file>',
+      "this guest's key, as enrolled on the IOhyp (see vrio keygen; required, here or in --config)",
+    )
+    .option('--run-dir <dir>', `runtime files (sockets of exported disks; default: ${DEFAULT_RUN_DIR})`)
     .option('--control <path>', `unix socket of the control API (default: ${DEFAULT_GUEST_SOCKET})`)
     .option(
       '--attach',
@@ -69,28 +84,44 @@ export function registerDaemonCommands(program: Command): void {
     )
     .option(
       '--io-timeout <seconds>',
-      'a disk request the IOhyp has not answered by then fails with an I/O error',
-      '30',
+      'a disk request the IOhyp has not answered by then fails with an I/O error (default: 30)',
     )
     .action(async (o: GuestCliOptions) => {
-      const key = readKeyFile(o.keyFile)
+      const c = o.config === undefined ? undefined : loadGuestConfig(o.config)
+      const ifname = required(o.interface ?? c?.interface, '--interface')
+      const key = o.keyFile !== undefined ? readKeyFile(o.keyFile) : c?.key
+      const runDir = o.runDir ?? c?.runDir ?? DEFAULT_RUN_DIR
       const log = createLogger('guest')
       const daemon = await GuestDaemon.start(
         {
-          interface: o.interface,
-          address: o.address,
-          key,
+          interface: ifname,
+          address: o.address ?? c?.address,
+          key: required(key, '--key-file'),
           control:
-            o.control ?? (o.runDir === DEFAULT_RUN_DIR ? DEFAULT_GUEST_SOCKET : join(o.runDir, 'guest.sock')),
-          runDir: o.runDir,
-          attach: o.attach === true,
-          ioTimeoutMs: seconds(o.ioTimeout, '--io-timeout'),
+            o.control ??
+            c?.control ??
+            (runDir === DEFAULT_RUN_DIR ? DEFAULT_GUEST_SOCKET : join(runDir, 'guest.sock')),
+          runDir,
+          attach: o.attach === true || c?.attach === true,
+          ioTimeoutMs:
+            o.ioTimeout !== undefined
+              ? seconds(o.ioTimeout, '--io-timeout')
+              : Math.round((c?.ioTimeout ?? 30) * 1000),
           version: VERSION,
         },
         log,
       )
       stopOnSignals(log, () => daemon.stop())
     })
+}
+
+function required<T>(value: T | undefined, option: string): T {
+  if (value === undefined)
+    throw new VrioError(
+      'invalid-argument',
+      `required option '${option}' not specified (give it, or set it in --config)`,
+    )
+  return value
 }
 
 function seconds(text: string, option: string): number {

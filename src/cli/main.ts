@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander'
 import { isVrioError, VrioError } from '../errors.ts'
 import { printJson } from './common.ts'
 import { registerBlkCommands } from './blk.ts'
+import { registerConfigCommands } from './config.ts'
 import { registerDaemonCommands } from './daemons.ts'
 import { registerGuestsCommands } from './guests.ts'
 import { registerKeygenCommand } from './keygen.ts'
@@ -50,6 +51,7 @@ export function buildProgram(state: RunState = { json: false }): Command {
   registerStatusCommand(program)
   registerBlkCommands(program)
   registerNicCommands(program)
+  registerConfigCommands(program)
   return program
 }
 

@@ -17,6 +17,8 @@
  *   GET    /v1/nic             -> 200 ListNicsResponse             (IOhyp: NicInfo; guest: GuestNicInfo)
  *   POST   /v1/nic             CreateNicRequest -> 200 NicInfo      (IOhyp)
  *   DELETE /v1/nic/:name       -> 200 NicInfo                      (IOhyp)
+ *   GET    /v1/config          -> 200 ExportableState (src/config/export.ts; IOhyp). It holds the
+ *                               guests' keys: `vrio config export` writes them to key files only.
  *
  * A failure is any status >= 400 with body `{ "error": ErrorBody }`.
  */
@@ -32,6 +34,7 @@ export const ROUTES = {
   disk: '/v1/blk/:name',
   nics: '/v1/nic',
   nic: '/v1/nic/:name',
+  config: '/v1/config',
 } as const
 
 /** Body of every error answer, under the `error` key. Extra fields belong to the code. */

@@ -1,6 +1,6 @@
-import { mkdir, open, rename } from 'node:fs/promises'
+import { mkdir, open, readdir, rename, rm } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
-import { dirname } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
 import { isVrioError, VrioError } from '../errors.ts'
 import { isIoError } from '../io/errors.ts'
 import { PacketSocket } from '../io/packet-socket.ts'
@@ -69,23 +69,76 @@ export function openLink(ifname: string, address: string | undefined): LinkSetup
   return { socket, mac: parseMac(socket.mac)!, ip }
 }
 
-/** Writes `data` to `path` so that a crash at any point leaves either the old or the new file. */
-export async function writeFileAtomic(path: string, data: string, mode = 0o600): Promise<void> {
-  await mkdir(dirname(path), { recursive: true, mode: 0o700 })
-  const tmp = `${path}.tmp-${process.pid}`
-  const fh = await open(tmp, 'w', mode)
+/** Writes queued per path, so concurrent callers land in call order and never share a temp file. */
+const writeQueues = new Map<string, Promise<void>>()
+/** Paths whose leftover temp files (of processes that died mid-write) were removed by this process. */
+const swept = new Set<string>()
+let tempCounter = 0
+
+/**
+ * Writes `data` to `path` so that a crash at any point leaves either the old or the new file:
+ * a new temp file beside it is written and fsynced, renamed over `path`, and the directory fsynced
+ * (so the rename itself survives a power cut). Concurrent calls for one path are applied one after
+ * the other in call order: the last caller's data wins, never a mix. The first write to a path in a
+ * process removes the temp files that killed processes left beside it, so they never pile up.
+ */
+export function writeFileAtomic(path: string, data: string, mode = 0o600): Promise<void> {
+  const key = resolve(path)
+  const previous = writeQueues.get(key) ?? Promise.resolve()
+  const write = previous.then(() => writeNow(key, data, mode))
+  const tail = write.catch(() => {})
+  writeQueues.set(key, tail)
+  void tail.then(() => {
+    if (writeQueues.get(key) === tail) writeQueues.delete(key)
+  })
+  return write
+}
+
+async function writeNow(path: string, data: string, mode: number): Promise<void> {
+  const dir = dirname(path)
+  const created = await mkdir(dir, { recursive: true, mode: 0o700 })
+  if (created !== undefined) await syncDir(dirname(created))
+  if (!swept.has(path)) {
+    await removeTempFiles(path)
+    swept.add(path)
+  }
+  const tmp = `${path}${TEMP_INFIX}${process.pid}-${++tempCounter}`
   try {
-    await fh.writeFile(data)
+    const fh = await open(tmp, 'wx', mode)
+    try {
+      await fh.writeFile(data)
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    await rename(tmp, path)
+  } catch (error) {
+    await rm(tmp, { force: true })
+    throw error
+  }
+  await syncDir(dir)
+}
+
+const TEMP_INFIX = '.tmp-'
+
+/** Removes `<path>.tmp-*` files: temp files of writes that never reached their rename. */
+export async function removeTempFiles(path: string): Promise<void> {
+  const prefix = `${basename(path)}${TEMP_INFIX}`
+  let names: string[]
+  try {
+    names = await readdir(dirname(path))
+  } catch {
+    return
+  }
+  for (const name of names) if (name.startsWith(prefix)) await rm(join(dirname(path), name), { force: true })
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r')
+  try {
     await fh.sync()
   } finally {
     await fh.close()
-  }
-  await rename(tmp, path)
-  const dir = await open(dirname(path), 'r')
-  try {
-    await dir.sync()
-  } finally {
-    await dir.close()
   }
 }
 

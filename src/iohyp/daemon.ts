@@ -9,6 +9,8 @@ import { VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
 import type { Logger } from '../daemon/log.ts'
 import { VrioError } from '../errors.ts'
 import { Rpc } from '../session/rpc.ts'
+import type { ExportableState } from '../config/export.ts'
+import type { DiskEntry, NicEntry } from '../config/load.ts'
 import { type DiskState, IohypDisks } from './disks.ts'
 import { IohypNics, type NicState } from './nics.ts'
 import { Session } from '../session/session.ts'
@@ -26,6 +28,13 @@ export interface IohypOptions {
   /** The guests' listen port. */
   port?: number
   transport?: Partial<ConnectionOptions>
+  /**
+   * Guests declared in a config file: enrolled at start, after the state file is restored; for a
+   * MAC the state file holds too, the config's key and address win (see applyDeclared).
+   */
+  guests?: readonly { mac: string; address: string; key: Buffer }[]
+  /** Devices declared in a config file, applied at start over the state file's (same name: config wins). */
+  devices?: { disks: readonly DiskEntry[]; nics: readonly NicEntry[] }
 }
 
 const REDIAL_MIN_MS = 100
@@ -155,6 +164,7 @@ export class IohypDaemon {
       guest: this.guestInfo(await this.addGuest(req.body)),
     }))
     control.route('GET', ROUTES.disks, () => ({ disks: this.disks.list() }))
+    control.route('GET', ROUTES.config, () => this.exportable())
     control.route('POST', ROUTES.disks, async (req) => {
       const body = (req.body ?? {}) as Partial<CreateDiskRequest>
       if (typeof body.guest !== 'string' || typeof body.backing !== 'string') {
@@ -316,12 +326,11 @@ export class IohypDaemon {
   }
 
   private async restoreState(): Promise<void> {
-    let text: string
+    let text = '{}'
     try {
       text = await readFile(this.statePath(), 'utf8')
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return
-      throw error
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
     }
     let state: {
       guests?: { mac: string; address: string; key: string }[]
@@ -333,6 +342,8 @@ export class IohypDaemon {
     } catch {
       throw new VrioError('invalid-state', `state file ${this.statePath()} is not valid JSON`)
     }
+    if (typeof state !== 'object' || state === null)
+      throw new VrioError('invalid-state', `state file ${this.statePath()} does not hold an object`)
     for (const g of state.guests ?? []) {
       const mac = parseMac(g.mac)
       const ip = parseIPv4(g.address)
@@ -348,6 +359,52 @@ export class IohypDaemon {
     }
     await this.disks.restore(state.disks ?? [], macOf)
     await this.nics.restore(state.nics ?? [], macOf)
+    await this.applyDeclared()
     for (const g of this.guests.values()) this.dial(g)
+  }
+
+  /** The live state for `vrio config export` (keys included: they go to key files, never printed). */
+  private exportable(): ExportableState {
+    return {
+      interface: this.o.interface,
+      ...(this.o.address !== undefined && { address: this.o.address }),
+      stateDir: this.o.stateDir,
+      guests: [...this.guests.values()]
+        .sort((a, b) => a.mac - b.mac)
+        .map((g) => ({ mac: formatMac(g.mac), address: formatIPv4(g.ip), key: g.key.toString('hex') })),
+      disks: this.disks.state().map(({ handle: _, ...d }) => d),
+      nics: this.nics.state().map(({ handle: _, ...n }) => n),
+    }
+  }
+
+  /**
+   * The config file's guests and disks over the restored state: a config guest replaces a state
+   * guest with its MAC (key and address), a config disk one with its name. Nothing is dialed yet.
+   */
+  private async applyDeclared(): Promise<void> {
+    const declared = this.o.guests ?? []
+    const disks = this.o.devices?.disks ?? []
+    if (declared.length === 0 && disks.length === 0 && (this.o.devices?.nics.length ?? 0) === 0) return
+    for (const d of declared) {
+      const mac = parseMac(d.mac)!
+      const ip = parseIPv4(d.address)!
+      for (const g of this.guests.values()) {
+        if (g.ip === ip && g.mac !== mac && !declared.some((o) => parseMac(o.mac) === g.mac))
+          throw new VrioError(
+            'conflict',
+            `config guest ${d.mac}: address ${d.address} is used by enrolled guest ${formatMac(g.mac)} (state file); remove that guest or change the config`,
+          )
+      }
+      this.guests.set(mac, new GuestRecord(mac, ip, Buffer.from(d.key)))
+    }
+    await this.disks.declare(disks, (text) => {
+      const mac = parseMac(text)
+      return mac !== undefined && this.guests.has(mac) ? mac : undefined
+    })
+    await this.nics.declare(this.o.devices?.nics ?? [], (text) => {
+      const mac = parseMac(text)
+      return mac !== undefined && this.guests.has(mac) ? mac : undefined
+    })
+    await this.saveState()
   }
 }

@@ -144,6 +144,47 @@ export class IohypDisks {
     }
   }
 
+  /**
+   * Disks declared in a config file, applied at start over those restored from the state file: one
+   * with the same name is kept when its guest, backing and read-only flag match, else replaced.
+   * They are announced when their guests connect, like restored ones.
+   */
+  async declare(
+    entries: readonly {
+      name: string
+      guest: string
+      backing: string
+      readOnly: boolean
+      encrypt?: unknown
+    }[],
+    macOf: (text: string) => number | undefined,
+  ): Promise<void> {
+    // TODO: block encryption (encrypt) is another service's; until it exists such a disk is refused,
+    // never served in the clear.
+    const encrypted = entries.find((e) => e.encrypt !== undefined)
+    if (encrypted)
+      throw new VrioError(
+        'not-implemented',
+        `disk ${encrypted.name}: encrypted disks are not implemented yet`,
+      )
+    for (const e of entries) {
+      const mac = macOf(e.guest)
+      if (mac === undefined || !NAME_RE.test(e.name))
+        throw new VrioError('invalid-argument', `disk ${e.name}: no enrolled guest ${e.guest}`)
+      const old = this.disks.get(e.name)
+      if (old && old.guest === mac && old.backing === e.backing && old.readOnly === e.readOnly) continue
+      if (old) await this.drop(old)
+      for (const d of this.disks.values()) {
+        if (d.backing === e.backing && (!d.readOnly || !e.readOnly))
+          throw new VrioError('conflict', `disk ${e.name}: ${e.backing} already backs disk ${d.name}`)
+      }
+      const device = await openBacking(e.backing, e.readOnly)
+      const handle = newDeviceHandle(this.nextSlot++)
+      this.add(e.name, mac, e.backing, e.readOnly, handle, device)
+      this.log.info('disk declared', { disk: e.name, guest: formatMac(mac), backing: e.backing })
+    }
+  }
+
   /** A guest's session came (or went): its disks follow it; a new session gets every disk announced. */
   useSession(guest: DiskGuest): void {
     for (const d of this.disks.values()) {

@@ -211,6 +211,55 @@ export class IohypNics {
     }
   }
 
+  /**
+   * NICs declared in a config file, applied at start over those restored from the state file: one
+   * with the same name is kept when nothing about it changed, else replaced. They are announced
+   * when their guests connect.
+   */
+  async declare(
+    entries: readonly (Omit<NicState, 'handle' | 'mtu'> & { mtu?: number })[],
+    macOf: (text: string) => number | undefined,
+    filterOf?: (name: string) => NetFilter | undefined,
+  ): Promise<void> {
+    for (const e of entries) {
+      const mac = macOf(e.guest)
+      if (mac === undefined)
+        throw new VrioError('invalid-argument', `NIC ${e.name}: no enrolled guest ${e.guest}`)
+      const mtu = e.mtu ?? 1500
+      const old = this.nics.get(e.name)
+      if (old) {
+        const same =
+          JSON.stringify(this.state().find((s) => s.name === e.name)) ===
+          JSON.stringify({
+            name: e.name,
+            guest: formatMac(mac),
+            mac: e.mac,
+            mtu,
+            ...(e.tap !== undefined
+              ? { tap: e.tap, ...(e.bridge ? { bridge: e.bridge } : {}) }
+              : { macvtap: e.macvtap }),
+            handle: old.handle,
+          })
+        if (same) continue
+        await this.drop(old)
+      }
+      parseCreateNicRequest({
+        guest: e.guest,
+        mac: e.mac,
+        tap: e.tap,
+        bridge: e.bridge,
+        macvtap: e.macvtap,
+        mtu,
+      })
+      await this.open(
+        { ...e, mtu, guest: formatMac(mac), handle: newDeviceHandle(this.nextSlot++) },
+        mac,
+        filterOf?.(e.name),
+      )
+      this.log.info('nic declared', { nic: e.name, guest: formatMac(mac), mac: e.mac })
+    }
+  }
+
   /** A guest's session came (or went): its NICs follow it; a new session gets every NIC announced. */
   useSession(guest: NicGuest): void {
     for (const n of this.nics.values()) {
