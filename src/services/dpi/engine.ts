@@ -292,14 +292,14 @@ export class DpiService implements NetService {
     const side = flow.side(fromLow)
     side.packets++
     side.bytes += frame.length
+    const toServer = flow.toServer(fromLow)
+    if (tcp) this.#trackTcp(flow, side, fromLow, toServer, p)
+    else if (!flow.established && flow.side(!fromLow).packets > 0) flow.established = true
     if (flow.dropped) {
       c.drops++
       return false
     }
     if (flow.passed) return true
-    const toServer = flow.toServer(fromLow)
-    if (tcp) this.#trackTcp(flow, side, toServer, p)
-    else if (!flow.established && flow.side(!fromLow).packets > 0) flow.established = true
 
     const rs = this.#rules
     this.#frame = frame
@@ -320,11 +320,6 @@ export class DpiService implements NetService {
       } else {
         this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls)
       }
-    }
-    if ((flags & TCP_FIN) !== 0) {
-      if (fromLow) flow.finLow = true
-      else flow.finHigh = true
-      if (flow.finLow && flow.finHigh) flow.closed = true
     }
     this.#packet = undefined
     this.#flow = undefined
@@ -351,7 +346,7 @@ export class DpiService implements NetService {
     }
   }
 
-  #trackTcp(flow: Flow, side: StreamSide, toServer: boolean, p: Packet): void {
+  #trackTcp(flow: Flow, side: StreamSide, fromLow: boolean, toServer: boolean, p: Packet): void {
     const flags = p.tcpFlags
     if ((flags & TCP_SYN) !== 0) {
       if ((flags & TCP_ACK) === 0) flow.synSeen = true
@@ -365,6 +360,11 @@ export class DpiService implements NetService {
       flow.established = true
     }
     if ((flags & TCP_RST) !== 0) flow.closed = true
+    if ((flags & TCP_FIN) !== 0) {
+      if (fromLow) flow.finLow = true
+      else flow.finHigh = true
+      if (flow.finLow && flow.finHigh) flow.closed = true
+    }
   }
 
   /** After a rule swap: the automaton state for the new rules, from the window's tail. */
