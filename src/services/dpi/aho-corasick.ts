@@ -23,7 +23,12 @@ export class AhoCorasick {
   readonly maxPatternLength: number
   /** Byte → class (folded bytes share a class). */
   readonly #classes: Uint8Array
+  /** Transitions: #delta[state + class], states premultiplied by classCount. */
   readonly #delta: Int32Array
+  /** Scan states at or above this one report hits. */
+  readonly #threshold: number
+  /** Scan state / classCount → the build-time state number (for reporting). */
+  readonly #original: Int32Array
   /** The state itself when it ends a pattern, else the nearest suffix state that does, else -1. */
   readonly #report: Int32Array
   readonly #fail: Int32Array
@@ -103,7 +108,34 @@ export class AhoCorasick {
         }
       }
     }
-    this.#delta = delta
+    // Renumber for the scan loop: states that report come last, so "does this state report?" is
+    // one comparison with a threshold, and transitions hold premultiplied rows (state * classCount)
+    // so the loop does no multiplication. Scan states are these premultiplied numbers.
+    const renumbered = new Int32Array(states)
+    const original = new Int32Array(states)
+    let next = 0
+    for (let pass = 0; pass < 2; pass++) {
+      for (let s = 0; s < states; s++) {
+        if ((report[s] >= 0 ? 1 : 0) !== pass) continue
+        renumbered[s] = next
+        original[next++] = s
+      }
+    }
+    let firstReporting = states
+    for (let n = 0; n < states; n++) {
+      if (report[original[n]] >= 0) {
+        firstReporting = n
+        break
+      }
+    }
+    const table = new Int32Array(states * classCount)
+    for (let n = 0; n < states; n++) {
+      const row = original[n] * classCount
+      for (let c = 0; c < classCount; c++) table[n * classCount + c] = renumbered[delta[row + c]] * classCount
+    }
+    this.#delta = table
+    this.#threshold = firstReporting * classCount
+    this.#original = original
     this.#fail = fail
     this.#report = report
     const outputStart = new Int32Array(states + 1)
@@ -116,30 +148,31 @@ export class AhoCorasick {
 
   /** Bytes used by the tables (for counters). */
   get tableBytes(): number {
-    return this.#delta.byteLength + this.#report.byteLength * 3 + this.#outputs.byteLength
+    return this.#delta.byteLength + this.#report.byteLength * 4 + this.#outputs.byteLength
   }
 
   /**
-   * Runs `data[start, end)` from `state` (0 = the start) and returns the state after it. Each
-   * occurrence of a pattern ending in the range is reported once, in order of its end.
+   * Runs `data[start, end)` from `state` (0 = the start; otherwise a value returned by scan) and
+   * returns the state after it. Each occurrence of a pattern ending in the range is reported
+   * once, in order of its end.
    */
   scan(data: Uint8Array, start: number, end: number, state: number, onHit: HitCallback): number {
     const delta = this.#delta
     const classes = this.#classes
-    const report = this.#report
-    const classCount = this.classCount
+    const threshold = this.#threshold
     let s = state
     for (let i = start; i < end; i++) {
-      s = delta[s * classCount + classes[data[i]]]
-      if (report[s] >= 0) this.#emit(s, i + 1, onHit)
+      s = delta[s + classes[data[i]]]
+      if (s >= threshold) this.#emit(s, i + 1, onHit)
     }
     return s
   }
 
-  #emit(state: number, end: number, onHit: HitCallback): void {
+  #emit(scanState: number, end: number, onHit: HitCallback): void {
     const report = this.#report
     const starts = this.#outputStart
     const outputs = this.#outputs
+    const state = this.#original[scanState / this.classCount]
     for (let t = report[state]; t > 0; t = report[this.#fail[t]]) {
       for (let k = starts[t]; k < starts[t + 1]; k++) onHit(outputs[k], end)
     }

@@ -510,8 +510,10 @@ export class DpiService implements NetService {
       pendingEnds[kept] = pendingEnds[k]
       kept++
     }
-    pendingRules.length = kept
-    pendingEnds.length = kept
+    if (kept !== pendingRules.length) {
+      pendingRules.length = kept
+      pendingEnds.length = kept
+    }
   }
 
   #verify(i: number, buf: InspectBuffer, minEnd: number): boolean {

@@ -54,13 +54,13 @@ export class StreamSide {
     if (keep <= 0) return
     const length = end - start
     if (length >= keep) {
-      this.#ensure(keep)
+      this.#ensure(keep, keep)
       ;(this.window as Uint8Array).set(data.subarray(end - keep, end), 0)
       this.windowLength = keep
       return
     }
     const total = Math.min(keep, this.windowLength + length)
-    this.#ensure(total)
+    this.#ensure(total, keep)
     const window = this.window as Uint8Array
     const kept = total - length
     if (kept < this.windowLength) window.copyWithin(0, this.windowLength - kept, this.windowLength)
@@ -68,10 +68,10 @@ export class StreamSide {
     this.windowLength = total
   }
 
-  #ensure(size: number): void {
+  #ensure(size: number, cap: number): void {
     if (this.window && this.window.length >= size) return
-    // Grow geometrically: short flows never pay for the whole window.
-    const next = new Uint8Array(Math.max(size, Math.min(2 * (this.window?.length ?? 128), size * 2)))
+    // Grow geometrically up to the window size: short flows never pay for the whole window.
+    const next = new Uint8Array(Math.max(size, Math.min(2 * (this.window?.length ?? 128), cap)))
     if (this.window) next.set(this.window.subarray(0, this.windowLength))
     this.window = next
   }
