@@ -1,0 +1,210 @@
+/**
+ * DPI engine throughput: HTTP-like TCP traffic (64 connections, requests and responses) through
+ * dissection + DpiService.inspect, with 0, 1 000 and 10 000 content rules generated from a seed.
+ * Reports MB and Gbit of frame bytes per CPU-second (one core; robust to a shared machine), and the ratio to 0 rules, for MSS-sized
+ * frames (1514 bytes) and for 64 KiB GSO super-frames.
+ *
+ * Run: npm run bench -- dpi   (or node dist/bench/dpi.js [seconds-per-case])
+ */
+import { createDpi } from '../src/services/dpi/index.ts'
+import type { NetContext } from '../src/services/net/service.ts'
+import { dissectPacket, newPacket } from '../src/wire/packet.ts'
+import { TCP_ACK, TCP_PSH } from '../src/wire/tcp.ts'
+import { seededRandom } from '../test/support/random.ts'
+
+const seconds = Number(process.argv[2] ?? 2)
+const random = seededRandom(0x5eed)
+const pick = <T>(a: readonly T[]): T => a[Math.floor(random() * a.length)]
+const ALNUM = 'abcdefghijklmnopqrstuvwxyz0123456789'
+const token = (n: number) => Array.from({ length: n }, () => pick([...ALNUM])).join('')
+
+const WORDS = [
+  'the',
+  'quick',
+  'brown',
+  'fox',
+  'jumps',
+  'over',
+  'lazy',
+  'dog',
+  'content',
+  'server',
+  'client',
+  'request',
+  'response',
+  'session',
+  'cookie',
+  'index',
+  'html',
+  'script',
+  'style',
+  'image',
+  'value',
+  'data',
+  'user',
+  'account',
+  'page',
+  'search',
+  'result',
+  'network',
+  'packet',
+  'stream',
+  'buffer',
+]
+const HEADERS = [
+  'Accept: text/html',
+  'Accept-Language: en-US',
+  'Connection: keep-alive',
+  'Cache-Control: no-cache',
+]
+
+/** Deterministic rules: mostly one rare content; some with a second, common content and nocase. */
+function makeRules(count: number): string {
+  const lines: string[] = []
+  for (let i = 0; i < count; i++) {
+    const sid = 1_000_000 + i
+    const fast = `${pick(['/', '', 'x-', '.'])}${token(6 + Math.floor(random() * 10))}`
+    const kind = i % 10
+    if (kind < 6) {
+      lines.push(`alert tcp any any -> any any (msg:"r${i}"; content:"${fast}"; sid:${sid};)`)
+    } else if (kind < 8) {
+      lines.push(
+        `alert http $HOME_NET any -> any $HTTP_PORTS (msg:"r${i}"; flow:established,to_server; ` +
+          `content:"GET "; depth:4; content:"${fast}"; nocase; distance:0; sid:${sid};)`,
+      )
+    } else if (kind < 9) {
+      lines.push(
+        `alert tcp any any -> any any (msg:"r${i}"; content:"${fast}"; fast_pattern; content:"HTTP/1.1"; ` +
+          `pcre:"/${fast}=\\d+/i"; sid:${sid};)`,
+      )
+    } else {
+      lines.push(`drop tcp any 80 -> any any (msg:"r${i}"; content:"${fast}|0d 0a|"; sid:${sid};)`)
+    }
+  }
+  return lines.join('\n')
+}
+
+function httpText(request: boolean, size: number): Buffer {
+  let s = request
+    ? `GET /${WORDS.slice(0, 3)
+        .map(() => pick(WORDS))
+        .join(
+          '/',
+        )}?id=${Math.floor(random() * 1e6)} HTTP/1.1\r\nHost: www.${pick(WORDS)}.example\r\n${HEADERS.join('\r\n')}\r\n\r\n`
+    : `HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: ${size}\r\n\r\n<html><body>`
+  while (s.length < size) s += `${pick(WORDS)} ${random() < 0.1 ? '<p>' : ''}`
+  return Buffer.from(s.slice(0, size), 'latin1')
+}
+
+interface Segment {
+  frame: Buffer
+  conn: number
+  fromClient: boolean
+  length: number
+}
+
+/** One IPv4/TCP frame with room for `payload` (sequence numbers are rewritten per pass). */
+function frame(conn: number, fromClient: boolean, payload: Buffer): Buffer {
+  const f = Buffer.alloc(54 + payload.length)
+  f.writeUIntBE(0x020000000001, 0, 6)
+  f.writeUIntBE(0x020000000002, 6, 6)
+  f.writeUInt16BE(0x0800, 12)
+  f[14] = 0x45
+  f.writeUInt16BE(40 + payload.length, 16)
+  f[22] = 64
+  f[23] = 6
+  const client = [10, 0, (conn >> 8) & 0xff, conn & 0xff]
+  const server = [93, 184, 216, 34]
+  f.set(fromClient ? client : server, 26)
+  f.set(fromClient ? server : client, 30)
+  f.writeUInt16BE(fromClient ? 40000 + conn : 80, 34)
+  f.writeUInt16BE(fromClient ? 80 : 40000 + conn, 36)
+  f[46] = 5 << 4
+  f[47] = TCP_ACK | TCP_PSH
+  payload.copy(f, 54)
+  return f
+}
+
+function makeTraffic(segmentSize: number, totalBytes: number): Segment[] {
+  const segments: Segment[] = []
+  let bytes = 0
+  for (let round = 0; bytes < totalBytes; round++) {
+    for (let conn = 0; conn < 64 && bytes < totalBytes; conn++) {
+      const request = httpText(true, 400)
+      segments.push({ frame: frame(conn, true, request), conn, fromClient: true, length: request.length })
+      // A response of a few segments.
+      const response = httpText(false, segmentSize * (1 + (round % 4)))
+      for (let at = 0; at < response.length; at += segmentSize) {
+        const part = response.subarray(at, at + segmentSize)
+        segments.push({ frame: frame(conn, false, part), conn, fromClient: false, length: part.length })
+        bytes += part.length + 54
+      }
+      bytes += request.length + 54
+    }
+  }
+  return segments
+}
+
+function run(
+  ruleCount: number,
+  segments: Segment[],
+): { mbps: number; buildMs: number; states: number; alerts: number } {
+  const text = makeRules(ruleCount)
+  const t0 = performance.now()
+  const dpi = createDpi(text, 'bench.rules', { vars: { HOME_NET: '10.0.0.0/8' } })
+  const buildMs = performance.now() - t0
+  const ctx: NetContext = { now: 0, reply: () => {}, event: () => {} }
+  const p = newPacket()
+  const seq = new Uint32Array(64 * 2)
+  let bytes = 0
+  const cpu0 = process.cpuUsage()
+  const start = performance.now()
+  const end = start + seconds * 1000
+  let now = start
+  while (now < end) {
+    for (const s of segments) {
+      const k = s.conn * 2 + (s.fromClient ? 0 : 1)
+      s.frame.writeUInt32BE(seq[k], 38)
+      seq[k] = (seq[k] + s.length) >>> 0
+      dissectPacket(s.frame, p)
+      dpi.inspect(s.frame, p, s.fromClient ? 'from-guest' : 'to-guest', ctx)
+      bytes += s.frame.length
+    }
+    now = performance.now()
+    ctx.now = now - start
+  }
+  const c = dpi.counters()
+  // Per CPU-second of this process (the machine may be shared): what one core sustains.
+  const cpu = process.cpuUsage(cpu0)
+  const cpuSeconds = (cpu.user + cpu.system) / 1e6
+  return { mbps: bytes / 1e6 / cpuSeconds, buildMs, states: c.automatonStates, alerts: c.alerts }
+}
+
+const cases: Array<[string, number]> = [
+  ['MSS frames (1514 B)', 1460],
+  ['GSO super-frames (64 KiB)', 65_000],
+]
+const results: Record<string, unknown>[] = []
+console.log('traffic                      rules  MB/cpu-s Gbit/s   ratio   build ms   AC states   alerts')
+for (const [name, size] of cases) {
+  const segments = makeTraffic(size, 16 * 1024 * 1024)
+  let baseline = 0
+  for (const rules of [0, 1000, 10_000]) {
+    global.gc?.()
+    const r = run(rules, segments)
+    if (rules === 0) baseline = r.mbps
+    const ratio = r.mbps / baseline
+    console.log(
+      `${name.padEnd(28)} ${String(rules).padStart(5)} ${r.mbps.toFixed(0).padStart(7)} ${((r.mbps * 8) / 1000).toFixed(2).padStart(8)}` +
+        ` ${ratio.toFixed(2).padStart(7)} ${r.buildMs.toFixed(0).padStart(10)} ${String(r.states).padStart(11)} ${String(r.alerts).padStart(8)}`,
+    )
+    results.push({
+      traffic: name,
+      rules,
+      mbPerSec: Math.round(r.mbps),
+      ratio: Number(ratio.toFixed(3)),
+      buildMs: Math.round(r.buildMs),
+    })
+  }
+}
+console.log(JSON.stringify({ bench: 'dpi', results }))

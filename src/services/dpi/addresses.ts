@@ -1,0 +1,259 @@
+/**
+ * The address and port fields of a Suricata/Snort rule header: `any`, `$VARIABLE`, negation `!`,
+ * nested lists `[a,b,![c,d]]`, IPv4/IPv6 addresses with CIDR prefixes, ports and port ranges
+ * (`80`, `1024:`, `:1023`, `1000:2000`). Each field compiles to a predicate over the frame's bytes
+ * (addresses) or a number (ports), so matching allocates nothing.
+ *
+ * List semantics are Suricata's: a list matches when one of its positive items matches (or it has
+ * none) and none of its negated items does, so `[10.0.0.0/8,!10.1.2.3]` is "10/8 except 10.1.2.3".
+ */
+
+/** Tests the address of `length` bytes (4 or 16) at `offset` in `frame`. */
+export type AddressPredicate = (frame: Uint8Array, offset: number, length: number) => boolean
+export type PortPredicate = (port: number) => boolean
+
+export interface AddressMatcher {
+  readonly text: string
+  /** True for a field that is (or reduces to) `any`: the engine skips it. */
+  readonly any: boolean
+  readonly match: AddressPredicate
+}
+
+export interface PortMatcher {
+  readonly text: string
+  readonly any: boolean
+  readonly match: PortPredicate
+}
+
+/** Thrown by the field parsers; the rule parser turns it into a located error. */
+export class FieldError extends Error {}
+
+type Node<T> =
+  | { kind: 'any' }
+  | { kind: 'atom'; test: T }
+  | { kind: 'not'; inner: Node<T> }
+  | { kind: 'group'; items: Node<T>[] }
+
+const MAX_VARIABLE_DEPTH = 16
+
+/** Splits a field into tokens: '[', ']', ',', '!', and atoms (whitespace is insignificant). */
+function tokenize(text: string): string[] {
+  const tokens: string[] = []
+  let atom = ''
+  const flush = (): void => {
+    if (atom !== '') tokens.push(atom)
+    atom = ''
+  }
+  for (const c of text) {
+    if (c === '[' || c === ']' || c === ',' || c === '!') {
+      flush()
+      tokens.push(c)
+    } else if (c === ' ' || c === '\t') {
+      flush()
+    } else {
+      atom += c
+    }
+  }
+  flush()
+  return tokens
+}
+
+function parseField<T>(
+  text: string,
+  what: 'address' | 'port',
+  vars: Readonly<Record<string, string>>,
+  atom: (token: string) => T,
+  depth = 0,
+): Node<T> {
+  if (depth > MAX_VARIABLE_DEPTH) throw new FieldError(`${what} variables nest too deep (a cycle?)`)
+  const tokens = tokenize(text)
+  let at = 0
+  const parseItem = (): Node<T> => {
+    const token = tokens[at++]
+    if (token === undefined) throw new FieldError(`unexpected end of ${what} '${text}'`)
+    if (token === '!') {
+      const inner = parseItem()
+      if (inner.kind === 'any') throw new FieldError(`'!any' matches nothing in ${what} '${text}'`)
+      return { kind: 'not', inner }
+    }
+    if (token === '[') {
+      const items: Node<T>[] = []
+      for (;;) {
+        if (tokens[at] === ']') break
+        items.push(parseItem())
+        if (tokens[at] === ',') at++
+        else if (tokens[at] !== ']') throw new FieldError(`expected ',' or ']' in ${what} '${text}'`)
+      }
+      at++
+      if (items.length === 0) throw new FieldError(`empty list in ${what} '${text}'`)
+      return { kind: 'group', items }
+    }
+    if (token === ']' || token === ',') throw new FieldError(`unexpected '${token}' in ${what} '${text}'`)
+    if (token.toLowerCase() === 'any') return { kind: 'any' }
+    if (token.startsWith('$')) {
+      const name = token.slice(1)
+      const value = vars[name]
+      if (value === undefined) throw new FieldError(`undefined variable '$${name}'`)
+      return parseField(value, what, vars, atom, depth + 1)
+    }
+    return { kind: 'atom', test: atom(token) }
+  }
+  const node = parseItem()
+  if (at !== tokens.length) throw new FieldError(`trailing '${tokens[at]}' in ${what} '${text}'`)
+  return node
+}
+
+function isAny<T>(node: Node<T>): boolean {
+  if (node.kind === 'any') return true
+  if (node.kind !== 'group') return false
+  // A group with a positive `any` and no negations is `any`.
+  return node.items.some((i) => i.kind === 'any') && !node.items.some((i) => i.kind === 'not')
+}
+
+function compile<T, F extends (...args: never[]) => boolean>(node: Node<T>, atom: (test: T) => F): F {
+  switch (node.kind) {
+    case 'any':
+      return (() => true) as unknown as F
+    case 'atom':
+      return atom(node.test)
+    case 'not': {
+      const inner = compile(node.inner, atom)
+      return ((...args: Parameters<F>) => !inner(...args)) as unknown as F
+    }
+    case 'group': {
+      const positives = node.items.filter((i) => i.kind !== 'not').map((i) => compile(i, atom))
+      const negatives = node.items
+        .filter((i): i is { kind: 'not'; inner: Node<T> } => i.kind === 'not')
+        .map((i) => compile(i.inner, atom))
+      return ((...args: Parameters<F>) => {
+        if (positives.length > 0 && !positives.some((f) => f(...args))) return false
+        return !negatives.some((f) => f(...args))
+      }) as unknown as F
+    }
+  }
+}
+
+/** A CIDR block: `bytes` is the network (4 or 16 bytes), `prefix` its length in bits. */
+interface Cidr {
+  bytes: Uint8Array
+  prefix: number
+}
+
+const IPV4_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/
+
+/** Dotted-quad IPv4 as 4 bytes, or undefined. */
+export function parseIPv4Bytes(text: string): Uint8Array | undefined {
+  const m = IPV4_RE.exec(text)
+  if (!m) return undefined
+  const out = new Uint8Array(4)
+  for (let i = 0; i < 4; i++) {
+    const v = Number(m[i + 1])
+    if (v > 255) return undefined
+    out[i] = v
+  }
+  return out
+}
+
+/** IPv6 text (RFC 4291 forms: '::' compression, trailing dotted IPv4) as 16 bytes, or undefined. */
+export function parseIPv6Bytes(text: string): Uint8Array | undefined {
+  const halves = text.split('::')
+  if (halves.length > 2) return undefined
+  const groups = (s: string): number[] | undefined => {
+    if (s === '') return []
+    const out: number[] = []
+    const parts = s.split(':')
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i]
+      if (i === parts.length - 1 && part.includes('.')) {
+        const v4 = parseIPv4Bytes(part)
+        if (!v4) return undefined
+        out.push((v4[0] << 8) | v4[1], (v4[2] << 8) | v4[3])
+      } else {
+        if (!/^[0-9a-fA-F]{1,4}$/.test(part)) return undefined
+        out.push(Number.parseInt(part, 16))
+      }
+    }
+    return out
+  }
+  const head = groups(halves[0])
+  const tail = halves.length === 2 ? groups(halves[1]) : []
+  if (!head || !tail) return undefined
+  const missing = 8 - head.length - tail.length
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return undefined
+  const all = [...head, ...new Array<number>(missing).fill(0), ...tail]
+  const out = new Uint8Array(16)
+  for (let i = 0; i < 8; i++) {
+    out[2 * i] = all[i] >> 8
+    out[2 * i + 1] = all[i] & 0xff
+  }
+  return out
+}
+
+function parseCidr(token: string): Cidr {
+  const slash = token.indexOf('/')
+  const addressText = slash < 0 ? token : token.slice(0, slash)
+  const bytes = addressText.includes(':') ? parseIPv6Bytes(addressText) : parseIPv4Bytes(addressText)
+  if (!bytes) throw new FieldError(`invalid address '${token}'`)
+  const bits = bytes.length * 8
+  let prefix = bits
+  if (slash >= 0) {
+    const p = token.slice(slash + 1)
+    if (!/^\d{1,3}$/.test(p) || Number(p) > bits) throw new FieldError(`invalid prefix in '${token}'`)
+    prefix = Number(p)
+  }
+  // Normalise the network (clear host bits) so matching can compare masked bytes.
+  for (let i = 0; i < bytes.length; i++) {
+    const keep = Math.max(0, Math.min(8, prefix - i * 8))
+    bytes[i] &= (0xff << (8 - keep)) & 0xff
+  }
+  return { bytes, prefix }
+}
+
+function cidrPredicate(c: Cidr): AddressPredicate {
+  const { bytes, prefix } = c
+  const length = bytes.length
+  const whole = prefix >> 3
+  const rest = prefix & 7
+  const lastMask = (0xff << (8 - rest)) & 0xff
+  return (frame, offset, addressLength) => {
+    if (addressLength !== length) return false
+    for (let i = 0; i < whole; i++) if (frame[offset + i] !== bytes[i]) return false
+    return rest === 0 || (frame[offset + whole] & lastMask) === bytes[whole]
+  }
+}
+
+/** Parses an address field (with `vars` for `$NAME`). Throws FieldError. */
+export function parseAddressField(text: string, vars: Readonly<Record<string, string>>): AddressMatcher {
+  const node = parseField(text, 'address', vars, parseCidr)
+  if (isAny(node)) return { text, any: true, match: () => true }
+  return { text, any: false, match: compile(node, cidrPredicate) }
+}
+
+interface PortRange {
+  low: number
+  high: number
+}
+
+function parsePortRange(token: string): PortRange {
+  const m = /^(\d{0,5})(:?)(\d{0,5})$/.exec(token)
+  if (!m || (m[1] === '' && m[3] === '') || (m[2] === '' && m[3] !== '')) {
+    throw new FieldError(`invalid port '${token}'`)
+  }
+  const low = m[1] === '' ? 0 : Number(m[1])
+  const high = m[2] === '' ? low : m[3] === '' ? 65535 : Number(m[3])
+  if (low > 65535 || high > 65535 || low > high) throw new FieldError(`invalid port range '${token}'`)
+  return { low, high }
+}
+
+/** Parses a port field (with `vars` for `$NAME`). Throws FieldError. */
+export function parsePortField(text: string, vars: Readonly<Record<string, string>>): PortMatcher {
+  const node = parseField(text, 'port', vars, parsePortRange)
+  if (isAny(node)) return { text, any: true, match: () => true }
+  const match = compile<PortRange, PortPredicate>(
+    node,
+    ({ low, high }) =>
+      (p) =>
+        p >= low && p <= high,
+  )
+  return { text, any: false, match }
+}

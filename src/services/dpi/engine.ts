@@ -1,0 +1,606 @@
+/**
+ * The DPI/IPS service for a remote NIC: Suricata-style rules matched against every frame that
+ * crosses the NIC, TCP matched on the reassembled stream. See docs/services.md, "Deep packet
+ * inspection", for the rule subset and the IPS semantics.
+ *
+ * Per frame: find (or create) the flow; a dropped flow's frames are dropped, a passed flow's let
+ * through; header-only rules are checked; payload bytes go through the Aho–Corasick prefilter
+ * (TCP: in stream order, with the automaton's state carried across segments), the candidate rules
+ * are verified on a window of the stream, and the matches decide: pass (stop inspecting the flow),
+ * drop (EVE alert "blocked", the frame and the rest of the flow dropped) or alert (EVE alert).
+ */
+import type { NetContext, NetDirection, NetService } from '../net/service.ts'
+import { type Packet, packetAddress } from '../../wire/packet.ts'
+import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
+import { AhoCorasick } from './aho-corasick.ts'
+import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
+import { type InspectBuffer, PayloadMatcher } from './match.ts'
+import {
+  invalidRules,
+  type ParsedRules,
+  parseRules,
+  type Rule,
+  type RuleError,
+  type RuleParseOptions,
+} from './rules.ts'
+import { Flow, type FlowKey, FlowTable, flowKey, Reassembler, type StreamSide } from './stream.ts'
+
+export interface DpiOptions extends RuleParseOptions {
+  /** Any rule error fails the load (VrioError 'invalid-rules'); default true. Else bad rules are skipped. */
+  strict?: boolean
+  /** Flows tracked at once; the least recently used is evicted beyond this. Default 16384. */
+  maxFlows?: number
+  /** Stream bytes kept per direction for matches spanning segments. Default 4096. */
+  streamWindow?: number
+  /** Out-of-order bytes queued per direction before a hole is given up. Default 65536. */
+  maxOutOfOrderBytes?: number
+  /** Flows idle this long are forgotten. Default 300 s. */
+  idleTimeoutMs?: number
+  /** Closed flows (RST, FIN both ways) are forgotten this long after their last frame. Default 10 s. */
+  closedTimeoutMs?: number
+  /** A TCP flow picked up mid-stream counts as established (Suricata's stream.midstream). Default true. */
+  midstream?: boolean
+  /** Wall clock in microseconds since the epoch, for EVE timestamps. */
+  wallClock?: () => number
+  /** UTC offset of EVE timestamps in minutes; default the local zone's. */
+  utcOffsetMinutes?: number
+  /** EVE `in_iface` (the NIC's name), omitted when unset. */
+  interfaceName?: string
+}
+
+/** Protocol classes a rule can apply to. */
+const TCP = 0
+const UDP = 1
+const ICMP = 2
+const OTHER = 3
+const CLASSES = 4
+
+function protocolClass(protocol: number): number {
+  if (protocol === 6) return TCP
+  if (protocol === 17) return UDP
+  if (protocol === 1 || protocol === 58) return ICMP
+  return OTHER
+}
+
+function ruleClassMask(rule: Rule): number {
+  switch (rule.protocol) {
+    case 'tcp':
+    case 'http':
+      return 1 << TCP
+    case 'udp':
+      return 1 << UDP
+    case 'icmp':
+      return 1 << ICMP
+    default:
+      return (1 << CLASSES) - 1
+  }
+}
+
+/** Most "fast pattern seen, rest not yet" entries kept per stream direction. */
+const MAX_PENDING = 64
+
+/** A compiled rule set; replaced whole by `replace()`. */
+class RuleSet {
+  readonly generation: number
+  readonly rules: Rule[]
+  readonly matchers: PayloadMatcher[]
+  readonly classMask: Uint8Array
+  readonly automaton: AhoCorasick | undefined
+  /** Pattern id → the rules whose fast pattern it is. */
+  readonly patternRules: number[][]
+  /** Per rule: its fast pattern's length (0: none). */
+  readonly fastLength: Int32Array
+  /** Per rule: it has more than its fast pattern, so a hit may complete later (pending). */
+  readonly needsContext: Uint8Array
+  /** Per class: rules with neither content nor pcre (checked per frame on the header). */
+  readonly headerOnly: number[][]
+  /** Per class: rules with payload matches but no fast pattern (verified on every payload). */
+  readonly always: number[][]
+  /** Stream bytes to keep per direction. */
+  readonly keep: number
+  /** Per-rule scratch: candidate marks (by scan) and match marks (by frame). */
+  readonly candidateStamp: Uint32Array
+  readonly matchedStamp: Uint32Array
+  readonly hitEnd: Float64Array
+
+  constructor(rules: Rule[], generation: number, streamWindow: number) {
+    this.generation = generation
+    this.rules = rules
+    const n = rules.length
+    this.matchers = rules.map((r) => new PayloadMatcher(r.matches))
+    this.classMask = Uint8Array.from(rules, ruleClassMask)
+    this.fastLength = new Int32Array(n)
+    this.needsContext = new Uint8Array(n)
+    this.headerOnly = Array.from({ length: CLASSES }, () => [])
+    this.always = Array.from({ length: CLASSES }, () => [])
+    this.candidateStamp = new Uint32Array(n)
+    this.matchedStamp = new Uint32Array(n)
+    this.hitEnd = new Float64Array(n)
+    const patterns: Uint8Array[] = []
+    const patternIds = new Map<string, number>()
+    this.patternRules = []
+    let maxContent = 0
+    let context = false
+    rules.forEach((rule, i) => {
+      for (const m of rule.matches)
+        if (m.kind === 'content') maxContent = Math.max(maxContent, m.pattern.length)
+      if (rule.matches.length > 1 || rule.matches.some((m) => m.kind === 'pcre')) context = true
+      this.needsContext[i] = rule.matches.length > 1 ? 1 : 0
+      const lists =
+        rule.matches.length === 0 ? this.headerOnly : rule.fastPattern < 0 ? this.always : undefined
+      if (lists) {
+        for (let c = 0; c < CLASSES; c++) if (this.classMask[i] & (1 << c)) lists[c].push(i)
+        return
+      }
+      const fast = rule.matches[rule.fastPattern]
+      if (fast.kind !== 'content') return
+      const key = Buffer.from(fast.folded).toString('latin1')
+      let id = patternIds.get(key)
+      if (id === undefined) {
+        id = patterns.length
+        patternIds.set(key, id)
+        patterns.push(fast.folded)
+        this.patternRules.push([])
+      }
+      this.patternRules[id].push(i)
+      this.fastLength[i] = fast.pattern.length
+    })
+    this.automaton = patterns.length > 0 ? new AhoCorasick(patterns) : undefined
+    this.keep = context ? Math.max(streamWindow, maxContent) : Math.max(0, maxContent - 1)
+  }
+}
+
+export type DpiCounters = {
+  rules: number
+  packets: number
+  bytes: number
+  alerts: number
+  alertsBySid: Record<string, number>
+  /** Frames dropped (by a drop rule, or belonging to a dropped flow). */
+  drops: number
+  droppedFlows: number
+  passedFlows: number
+  flowsActive: number
+  flowsTracked: number
+  flowsEvicted: number
+  flowsExpired: number
+  reassemblyGaps: number
+  outOfOrderSegments: number
+  retransmittedBytes: number
+  /** Frames let through uninspected: not IP, IP fragments after the first, inconsistent lengths. */
+  notInspected: number
+  /** Verifications that gave up after their backtracking budget (counted as no match). */
+  backtrackExhausted: number
+  automatonStates: number
+  automatonBytes: number
+}
+
+/** The DPI/IPS NetService. Create with createDpi() (or loadDpi() from a file). */
+export class DpiService implements NetService {
+  readonly kind = 'dpi'
+  #rules: RuleSet
+  #errors: RuleError[]
+  readonly #options: DpiOptions
+  readonly #table: FlowTable
+  readonly #reassembler: Reassembler
+  readonly #wallClock: () => number
+  readonly #flowIdBase: number
+  #flowCount = 0
+  readonly #key: FlowKey = { key: '', fromLow: true }
+  readonly #alertsBySid = new Map<number, number>()
+  #c = {
+    packets: 0,
+    bytes: 0,
+    alerts: 0,
+    drops: 0,
+    droppedFlows: 0,
+    passedFlows: 0,
+    notInspected: 0,
+    backtrackExhausted: 0,
+  }
+  #scratch = Buffer.allocUnsafe(0)
+  #scanId = 0
+  #frameId = 0
+  /** Rules matched by the frame being inspected. */
+  readonly #matched: number[] = []
+  /** Candidates of the current scan. */
+  readonly #candidates: number[] = []
+  // The frame being inspected, for the chunk sink and the hit callback.
+  #frame: Uint8Array = new Uint8Array(0)
+  #packet: Packet | undefined
+  #flow: Flow | undefined
+  #toServer = true
+  #hitBase = 0
+  readonly #onHit: (pattern: number, end: number) => void
+  readonly #onChunk: (side: StreamSide, data: Uint8Array, start: number, end: number) => void
+
+  /** Use createDpi(); `parsed` is the result of parseRules. */
+  constructor(parsed: ParsedRules, options: DpiOptions = {}) {
+    this.#options = options
+    if ((options.strict ?? true) && parsed.errors.length > 0) throw invalidRules(parsed.errors)
+    this.#errors = parsed.errors
+    this.#rules = new RuleSet(parsed.rules, 1, options.streamWindow ?? 4096)
+    this.#table = new FlowTable({
+      maxFlows: options.maxFlows ?? 16384,
+      idleTimeoutMs: options.idleTimeoutMs ?? 300_000,
+      closedTimeoutMs: options.closedTimeoutMs ?? 10_000,
+    })
+    this.#reassembler = new Reassembler(options.maxOutOfOrderBytes ?? 65536)
+    this.#wallClock =
+      options.wallClock ?? (() => Math.round((performance.timeOrigin + performance.now()) * 1000))
+    this.#flowIdBase = Math.floor(Math.random() * 2 ** 20) * 2 ** 32
+    this.#onHit = (pattern, end) => this.#hit(pattern, end)
+    this.#onChunk = (side, data, start, end) => this.#chunk(side, data, start, end)
+  }
+
+  /** The rules in force. */
+  get rules(): readonly Rule[] {
+    return this.#rules.rules
+  }
+
+  /** The errors of the last (non-strict) load: the rules they concern were skipped. */
+  get errors(): readonly RuleError[] {
+    return this.#errors
+  }
+
+  /**
+   * Swaps the rule set at run time, keeping flow state (reassembly, dropped flows; passed flows
+   * are inspected again under the new rules). Strict loads throw and keep the old rules.
+   */
+  replace(rulesText: string, fileName: string): ParsedRules {
+    const parsed = parseRules(rulesText, fileName, this.#options)
+    if ((this.#options.strict ?? true) && parsed.errors.length > 0) throw invalidRules(parsed.errors)
+    this.#rules = new RuleSet(parsed.rules, this.#rules.generation + 1, this.#options.streamWindow ?? 4096)
+    this.#errors = parsed.errors
+    for (const flow of this.#table.flows()) flow.passed = false
+    return parsed
+  }
+
+  inspect(frame: Uint8Array, p: Packet, _direction: NetDirection, ctx: NetContext): boolean {
+    const c = this.#c
+    c.packets++
+    c.bytes += frame.length
+    if (
+      p.ipVersion === 0 ||
+      p.laterFragment ||
+      p.addressLength === 0 ||
+      p.payloadOffset + p.payloadLength > frame.length ||
+      p.destinationAddressOffset + p.addressLength > frame.length
+    ) {
+      c.notInspected++
+      return true
+    }
+    const now = ctx.now
+    const table = this.#table
+    table.sweep(now)
+    flowKey(frame, p, this.#key)
+    const { key, fromLow } = this.#key
+    const tcp = p.protocol === 6 && p.l4Offset >= 0
+    const flags = tcp ? p.tcpFlags : 0
+    let flow = table.get(key, now)
+    if (flow?.closed && (flags & (TCP_SYN | TCP_ACK)) === TCP_SYN) {
+      table.remove(key) // a new connection reusing the ports
+      flow = undefined
+    }
+    if (!flow) {
+      flow = new Flow(this.#flowIdBase + ++this.#flowCount, key, p.protocol, now, this.#wallClock())
+      // The client is the SYN sender: the receiver of a SYN-ACK, else the sender of the first frame.
+      flow.clientIsLow = (flags & (TCP_SYN | TCP_ACK)) === (TCP_SYN | TCP_ACK) ? !fromLow : fromLow
+      flow.established = tcp && (flags & TCP_SYN) === 0 && (this.#options.midstream ?? true)
+      table.add(flow)
+    }
+    const side = flow.side(fromLow)
+    side.packets++
+    side.bytes += frame.length
+    const toServer = flow.toServer(fromLow)
+    if (tcp) this.#trackTcp(flow, side, fromLow, toServer, p)
+    else if (!flow.established && flow.side(!fromLow).packets > 0) flow.established = true
+    if (flow.dropped) {
+      c.drops++
+      return false
+    }
+    if (flow.passed) return true
+
+    const rs = this.#rules
+    this.#frame = frame
+    this.#packet = p
+    this.#flow = flow
+    this.#toServer = toServer
+    this.#frameId = (this.#frameId + 1) >>> 0 || 1
+    const matched = this.#matched
+    matched.length = 0
+    const cls = protocolClass(p.protocol)
+    for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
+    const payloadEnd = p.payloadOffset + p.payloadLength
+    if (p.payloadLength > 0 && (p.l4Offset >= 0 || cls === OTHER)) {
+      if (tcp) {
+        if (side.generation !== rs.generation) this.#resync(side, rs)
+        const seq = (flags & TCP_SYN) !== 0 ? (p.tcpSeq + 1) >>> 0 : p.tcpSeq
+        this.#reassembler.segment(side, seq, frame, p.payloadOffset, payloadEnd, this.#onChunk, rs.generation)
+      } else {
+        this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls)
+      }
+    }
+    this.#packet = undefined
+    this.#flow = undefined
+    if (matched.length === 0) return true
+    return this.#act(flow, frame, p, toServer, ctx)
+  }
+
+  counters(): DpiCounters {
+    const r = this.#reassembler.counters
+    const t = this.#table
+    return {
+      rules: this.#rules.rules.length,
+      ...this.#c,
+      alertsBySid: Object.fromEntries([...this.#alertsBySid].map(([sid, n]) => [String(sid), n])),
+      flowsActive: t.size,
+      flowsTracked: t.created,
+      flowsEvicted: t.evicted,
+      flowsExpired: t.expired,
+      reassemblyGaps: r.gaps,
+      outOfOrderSegments: r.outOfOrderSegments,
+      retransmittedBytes: r.retransmittedBytes,
+      automatonStates: this.#rules.automaton?.stateCount ?? 0,
+      automatonBytes: this.#rules.automaton?.tableBytes ?? 0,
+    }
+  }
+
+  #trackTcp(flow: Flow, side: StreamSide, fromLow: boolean, toServer: boolean, p: Packet): void {
+    const flags = p.tcpFlags
+    if ((flags & TCP_SYN) !== 0) {
+      if ((flags & TCP_ACK) === 0) flow.synSeen = true
+      else flow.synAckSeen = true
+      if (!side.started) {
+        side.started = true
+        side.nextSeq = (p.tcpSeq + 1) >>> 0
+      }
+    } else if ((flags & TCP_ACK) !== 0 && toServer && flow.synAckSeen) {
+      // The handshake's last ACK (a flow picked up at its SYN-ACK counts too).
+      flow.established = true
+    }
+    if ((flags & TCP_RST) !== 0) flow.closed = true
+    if ((flags & TCP_FIN) !== 0) {
+      if (fromLow) flow.finLow = true
+      else flow.finHigh = true
+      if (flow.finLow && flow.finHigh) flow.closed = true
+    }
+  }
+
+  /** After a rule swap: the automaton state for the new rules, from the window's tail. */
+  #resync(side: StreamSide, rs: RuleSet): void {
+    side.acState = 0
+    side.pendingRules.length = 0
+    side.pendingEnds.length = 0
+    side.generation = rs.generation
+    const ac = rs.automaton
+    if (!ac || !side.window) return
+    const from = Math.max(0, side.windowLength - ac.maxPatternLength + 1)
+    side.acState = ac.scan(side.window, from, side.windowLength, 0, () => {})
+  }
+
+  /** Header, flow and dsize conditions of rule `i` on the current frame. */
+  #header(i: number): boolean {
+    const rs = this.#rules
+    const rule = rs.rules[i]
+    const p = this.#packet as Packet
+    const cls = protocolClass(p.protocol)
+    if ((rs.classMask[i] & (1 << cls)) === 0) return false
+    const flow = this.#flow as Flow
+    const f = rule.flow
+    if (f.established !== undefined && f.established !== flow.established) return false
+    if (f.toServer !== undefined && f.toServer !== this.#toServer) return false
+    if (rule.dsize) {
+      const d = rule.dsize
+      const inside = p.payloadLength >= d.min && p.payloadLength <= d.max
+      if (inside === d.negated) return false
+    }
+    const frame = this.#frame
+    const len = p.addressLength
+    const src = p.sourceAddressOffset
+    const dst = p.destinationAddressOffset
+    if (
+      rule.source.match(frame, src, len) &&
+      rule.destination.match(frame, dst, len) &&
+      rule.sourcePorts.match(p.sourcePort) &&
+      rule.destinationPorts.match(p.destinationPort)
+    ) {
+      return true
+    }
+    return (
+      rule.bidirectional &&
+      rule.source.match(frame, dst, len) &&
+      rule.destination.match(frame, src, len) &&
+      rule.sourcePorts.match(p.destinationPort) &&
+      rule.destinationPorts.match(p.sourcePort)
+    )
+  }
+
+  #addMatch(i: number): void {
+    const rs = this.#rules
+    if (rs.matchedStamp[i] === this.#frameId) return
+    rs.matchedStamp[i] = this.#frameId
+    this.#matched.push(i)
+  }
+
+  #newScan(): void {
+    this.#scanId = (this.#scanId + 1) >>> 0 || 1
+    this.#candidates.length = 0
+  }
+
+  #addCandidate(i: number, hitEnd: number): void {
+    const rs = this.#rules
+    if (rs.candidateStamp[i] !== this.#scanId) {
+      rs.candidateStamp[i] = this.#scanId
+      this.#candidates.push(i)
+      rs.hitEnd[i] = hitEnd
+    } else if (hitEnd > rs.hitEnd[i]) {
+      rs.hitEnd[i] = hitEnd
+    }
+  }
+
+  #hit(pattern: number, end: number): void {
+    const base = this.#hitBase + end
+    for (const i of this.#rules.patternRules[pattern]) this.#addCandidate(i, base)
+  }
+
+  /** One UDP datagram / ICMP message / other IP payload: inspected on its own. */
+  #inspectPayload(frame: Uint8Array, start: number, end: number, cls: number): void {
+    const rs = this.#rules
+    this.#newScan()
+    this.#hitBase = -start
+    rs.automaton?.scan(frame, start, end, 0, this.#onHit)
+    for (const i of rs.always[cls]) this.#addCandidate(i, -1)
+    if (this.#candidates.length === 0) return
+    const data = Buffer.from(frame.buffer, frame.byteOffset + start, end - start)
+    const buf: InspectBuffer = { data, length: end - start, base: 0, text: undefined }
+    for (const i of this.#candidates) this.#verify(i, buf, 0)
+  }
+
+  /** In-order stream bytes data[start, end) of `side`, at stream offset side.offset. */
+  #chunk(side: StreamSide, data: Uint8Array, start: number, end: number): void {
+    const rs = this.#rules
+    const length = end - start
+    const windowLength = side.windowLength
+    const windowBase = side.offset - windowLength
+    this.#newScan()
+    if (rs.automaton) {
+      this.#hitBase = side.offset - start
+      side.acState = rs.automaton.scan(data, start, end, side.acState, this.#onHit)
+    }
+    const pendingRules = side.pendingRules
+    const pendingEnds = side.pendingEnds
+    for (let k = 0; k < pendingRules.length; k++) this.#addCandidate(pendingRules[k], -1)
+    for (const i of rs.always[TCP]) this.#addCandidate(i, -1)
+    if (this.#candidates.length > 0) {
+      const total = windowLength + length
+      if (this.#scratch.length < total)
+        this.#scratch = Buffer.allocUnsafe(Math.max(total, 2 * this.#scratch.length))
+      if (windowLength > 0) this.#scratch.set((side.window as Uint8Array).subarray(0, windowLength), 0)
+      this.#scratch.set(data.subarray(start, end), windowLength)
+      const buf: InspectBuffer = {
+        data: this.#scratch.subarray(0, total),
+        length: total,
+        base: windowBase,
+        text: undefined,
+      }
+      const streamEnd = side.offset + length
+      for (const i of this.#candidates) {
+        if (this.#verify(i, buf, windowLength + 1)) continue
+        // The fast pattern is here but the rest is not (yet): retry while it stays in the window.
+        const hitEnd = rs.hitEnd[i]
+        if (hitEnd >= 0 && rs.needsContext[i] && hitEnd <= streamEnd) {
+          if (pendingRules.length >= MAX_PENDING) {
+            pendingRules.shift()
+            pendingEnds.shift()
+          }
+          pendingRules.push(i)
+          pendingEnds.push(hitEnd)
+        }
+      }
+    }
+    side.retain(data, start, end, rs.keep)
+    // Forget pending hits whose fast pattern left the window.
+    const newBase = side.offset + length - side.windowLength
+    let kept = 0
+    for (let k = 0; k < pendingRules.length; k++) {
+      const i = pendingRules[k]
+      if (pendingEnds[k] - rs.fastLength[i] < newBase) continue
+      pendingRules[kept] = i
+      pendingEnds[kept] = pendingEnds[k]
+      kept++
+    }
+    if (kept !== pendingRules.length) {
+      pendingRules.length = kept
+      pendingEnds.length = kept
+    }
+  }
+
+  #verify(i: number, buf: InspectBuffer, minEnd: number): boolean {
+    if (!this.#header(i)) return false
+    const matcher = this.#rules.matchers[i]
+    if (matcher.verify(buf, minEnd)) {
+      this.#addMatch(i)
+      return true
+    }
+    if (matcher.exhausted) this.#c.backtrackExhausted++
+    return false
+  }
+
+  #act(flow: Flow, frame: Uint8Array, p: Packet, toServer: boolean, ctx: NetContext): boolean {
+    const rs = this.#rules
+    const c = this.#c
+    const matched = this.#matched
+    if (matched.some((i) => rs.rules[i].action === 'pass')) {
+      flow.passed = true
+      c.passedFlows++
+      return true
+    }
+    const drop = matched.some((i) => rs.rules[i].action === 'drop')
+    const timestamp = eveTimestamp(this.#wallClock(), this.#options.utcOffsetMinutes)
+    for (const i of matched) {
+      const rule = rs.rules[i]
+      c.alerts++
+      this.#alertsBySid.set(rule.sid, (this.#alertsBySid.get(rule.sid) ?? 0) + 1)
+      ctx.event(this.#eve(rule, flow, frame, p, toServer, timestamp))
+    }
+    if (!drop) return true
+    flow.dropped = true
+    c.droppedFlows++
+    c.drops++
+    return false
+  }
+
+  #eve(
+    rule: Rule,
+    flow: Flow,
+    frame: Uint8Array,
+    p: Packet,
+    toServer: boolean,
+    timestamp: string,
+  ): EveAlertRecord {
+    const client = flow.clientIsLow ? flow.fromLow : flow.fromHigh
+    const server = flow.clientIsLow ? flow.fromHigh : flow.fromLow
+    const hasPorts = p.protocol === 6 || p.protocol === 17 || p.protocol === 132
+    const icmp = p.protocol === 1 || p.protocol === 58
+    const record: EveAlertRecord = {
+      timestamp,
+      flow_id: flow.id,
+      ...(this.#options.interfaceName !== undefined && { in_iface: this.#options.interfaceName }),
+      event_type: 'alert',
+      ...(p.vlan >= 0 && { vlan: [p.vlan] }),
+      src_ip: packetAddress(frame, p, 'source'),
+      ...(hasPorts && { src_port: p.sourcePort }),
+      dest_ip: packetAddress(frame, p, 'destination'),
+      ...(hasPorts && { dest_port: p.destinationPort }),
+      proto: eveProto(p.protocol),
+      ...(icmp && { icmp_type: p.icmpType, icmp_code: p.icmpCode }),
+      direction: toServer ? 'to_server' : 'to_client',
+      alert: {
+        action: rule.action === 'drop' ? 'blocked' : 'allowed',
+        gid: rule.gid,
+        signature_id: rule.sid,
+        rev: rule.rev,
+        signature: rule.msg,
+        category: rule.category,
+        severity: rule.severity,
+      },
+      flow: {
+        pkts_toserver: client.packets,
+        pkts_toclient: server.packets,
+        bytes_toserver: client.bytes,
+        bytes_toclient: server.bytes,
+        start: eveTimestamp(flow.start, this.#options.utcOffsetMinutes),
+      },
+    }
+    return record
+  }
+}
+
+/**
+ * A DPI service from rule text (`fileName` names it in errors). Strict by default: any rule error
+ * throws VrioError 'invalid-rules' listing every error as FILE:LINE: message.
+ */
+export function createDpi(rulesText: string, fileName: string, options: DpiOptions = {}): DpiService {
+  return new DpiService(parseRules(rulesText, fileName, options), options)
+}

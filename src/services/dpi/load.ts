@@ -1,0 +1,43 @@
+/**
+ * The DPI service's only I/O: reading a rule file and appending EVE records to a log file (one
+ * JSON object per line, as Suricata's eve.json).
+ */
+import { appendFileSync, closeSync, openSync, writeSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import { createDpi, type DpiOptions, type DpiService } from './engine.ts'
+
+/** A DPI service from the rule file at `path` (strict by default: errors name path:line). */
+export async function loadDpi(path: string, options: DpiOptions = {}): Promise<DpiService> {
+  return createDpi(await readFile(path, 'utf8'), path, options)
+}
+
+/** Re-reads a rule file into a running service (see DpiService.replace). */
+export async function reloadDpi(service: DpiService, path: string): Promise<void> {
+  service.replace(await readFile(path, 'utf8'), path)
+}
+
+/**
+ * Appends EVE records to a file, one JSON per line. Writes are synchronous so that an alert is on
+ * disk when inspect() returns; alerts are rare next to frames, so this is not on the hot path.
+ * Pass `sink.write` (bound) as, or from, the NetContext's `event`.
+ */
+export class EveFileSink {
+  readonly path: string
+  #fd: number | undefined
+
+  constructor(path: string) {
+    this.path = path
+    appendFileSync(path, '')
+    this.#fd = openSync(path, 'a')
+  }
+
+  readonly write = (record: Record<string, unknown>): void => {
+    if (this.#fd === undefined) return
+    writeSync(this.#fd, `${JSON.stringify(record)}\n`)
+  }
+
+  close(): void {
+    if (this.#fd !== undefined) closeSync(this.#fd)
+    this.#fd = undefined
+  }
+}

@@ -1,0 +1,156 @@
+/**
+ * Verifies a rule's contents and pcres on an inspection buffer, with Suricata's semantics:
+ *
+ * - `offset`/`depth`: the content must lie in [offset, offset + depth) of the buffer (for a TCP
+ *   stream: of the stream, counted from its first byte).
+ * - `distance`/`within`: the content must start at or after (end of previous match + distance)
+ *   and end at or before (end of previous match + distance + within); without a previous match,
+ *   the previous end is the buffer's start.
+ * - A negated content (`!"..."`) must not occur in its window; it does not move the previous end.
+ * - `pcre` searches the buffer's latin1 text (from the previous end with /R).
+ * - When a later relative item fails, earlier positions are retried (backtracking), bounded.
+ *
+ * `minEnd` makes the matcher report only matches whose last positive item ends at or after it:
+ * the stream inspector sets it to the start of the new data, so one occurrence alerts once.
+ */
+import type { ContentMatch, PayloadMatch, PcreMatch } from './rules.ts'
+
+/** An inspection buffer: `data[0, length)` is the stream from offset `base`. */
+export interface InspectBuffer {
+  data: Buffer
+  length: number
+  base: number
+  /** The latin1 text of data[0, length), built on first use by a pcre. */
+  text: string | undefined
+}
+
+/** Most positions tried per verification, so a crafted payload cannot make matching quadratic. */
+export const BACKTRACK_BUDGET = 2048
+
+export class PayloadMatcher {
+  readonly #items: PayloadMatch[]
+  /** Index of the last non-negated item, or -1. */
+  readonly #lastPositive: number
+  /** Per item: whether a later item's window depends on where this one matched. */
+  readonly #backtrack: boolean[]
+  #budget = 0
+  #exhausted = false
+
+  constructor(items: PayloadMatch[]) {
+    this.#items = items
+    let last = -1
+    items.forEach((m, i) => {
+      if (!m.negated) last = i
+    })
+    this.#lastPositive = last
+    this.#backtrack = items.map((_, i) => {
+      for (let j = i + 1; j < items.length; j++) {
+        if (items[j].relative) return true
+        if (!items[j].negated) return false
+      }
+      return false
+    })
+  }
+
+  get empty(): boolean {
+    return this.#items.length === 0
+  }
+
+  /** True when the last verification gave up after BACKTRACK_BUDGET positions. */
+  get exhausted(): boolean {
+    return this.#exhausted
+  }
+
+  /** Whether all items hold in `buf`, the last positive one ending at or after `minEnd`. */
+  verify(buf: InspectBuffer, minEnd: number): boolean {
+    this.#budget = BACKTRACK_BUDGET
+    this.#exhausted = false
+    return this.#step(buf, 0, 0, minEnd)
+  }
+
+  #step(buf: InspectBuffer, i: number, prevEnd: number, minEnd: number): boolean {
+    const items = this.#items
+    if (i === items.length) return true
+    const item = items[i]
+    if (item.kind === 'pcre') return this.#pcre(buf, item, i, prevEnd, minEnd)
+    const length = item.pattern.length
+    let lo: number
+    let hi: number
+    if (item.relative) {
+      lo = prevEnd + item.distance
+      hi = item.within >= 0 ? lo + item.within : buf.length
+    } else {
+      lo = item.offset - buf.base
+      hi = item.depth >= 0 ? item.offset + item.depth - buf.base : buf.length
+    }
+    if (lo < 0) lo = 0
+    if (hi > buf.length) hi = buf.length
+    if (item.negated) {
+      if (find(buf.data, lo, hi, item) >= 0) return false
+      return this.#step(buf, i + 1, prevEnd, minEnd)
+    }
+    if (i === this.#lastPositive && lo < minEnd - length) lo = minEnd - length
+    const retry = this.#backtrack[i]
+    for (let at = find(buf.data, lo, hi, item); at >= 0; at = find(buf.data, at + 1, hi, item)) {
+      if (this.#step(buf, i + 1, at + length, minEnd)) return true
+      if (!retry) return false
+      if (--this.#budget <= 0) {
+        this.#exhausted = true
+        return false
+      }
+    }
+    return false
+  }
+
+  #pcre(buf: InspectBuffer, item: PcreMatch, i: number, prevEnd: number, minEnd: number): boolean {
+    buf.text ??= buf.data.toString('latin1', 0, buf.length)
+    const text = buf.text
+    const regex = item.regex
+    let start = item.relative ? prevEnd : 0
+    if (item.negated) {
+      regex.lastIndex = start
+      if (regex.exec(text) !== null) return false
+      return this.#step(buf, i + 1, prevEnd, minEnd)
+    }
+    const mustEnd = i === this.#lastPositive ? minEnd : 0
+    for (;;) {
+      regex.lastIndex = start
+      const m = regex.exec(text)
+      if (m === null) return false
+      const end = m.index + m[0].length
+      if (end >= mustEnd && this.#step(buf, i + 1, end, minEnd)) return true
+      // Sticky (anchored) patterns have one candidate position.
+      if (regex.sticky || (!this.#backtrack[i] && end >= mustEnd)) return false
+      if (--this.#budget <= 0) {
+        this.#exhausted = true
+        return false
+      }
+      start = m.index + 1
+    }
+  }
+}
+
+const fold = (b: number): number => (b >= 0x41 && b <= 0x5a ? b + 0x20 : b)
+
+/** The first position p in [lo, hi - length] where `item` occurs in `data`, or -1. */
+function find(data: Buffer, lo: number, hi: number, item: ContentMatch): number {
+  const length = item.pattern.length
+  const last = hi - length
+  if (lo > last) return -1
+  // Native memmem for long case-sensitive searches; a plain loop for short windows and nocase.
+  if (!item.nocase && last - lo > 32) {
+    const at = data.indexOf(item.pattern, lo)
+    return at >= 0 && at <= last ? at : -1
+  }
+  const nocase = item.nocase
+  const pattern = nocase ? item.folded : item.pattern
+  const first = pattern[0]
+  outer: for (let p = lo; p <= last; p++) {
+    if ((nocase ? fold(data[p]) : data[p]) !== first) continue
+    for (let k = 1; k < length; k++) {
+      if ((nocase ? fold(data[p + k]) : data[p + k]) !== pattern[k]) continue outer
+    }
+    return p
+  }
+  return -1
+}

@@ -1,0 +1,613 @@
+/**
+ * A parser for the common subset of Suricata/Snort rules:
+ *
+ *   action proto src_addr src_port direction dst_addr dst_port (option; option:value; ...)
+ *
+ * with line numbers, `\` line continuation and `#` comments. Anything outside the subset is an
+ * error for that rule (named, located), never silently ignored; see docs/services.md.
+ */
+import { VrioError } from '../../errors.ts'
+import {
+  type AddressMatcher,
+  FieldError,
+  type PortMatcher,
+  parseAddressField,
+  parsePortField,
+} from './addresses.ts'
+import {
+  type Classification,
+  DEFAULT_CLASSIFICATIONS,
+  DEFAULT_PRIORITY,
+  resolveVars,
+} from './classification.ts'
+
+export type RuleAction = 'alert' | 'drop' | 'pass'
+/** `http` rules are `tcp` rules matched against the raw reassembled stream (no HTTP parser). */
+export type RuleProtocol = 'tcp' | 'udp' | 'icmp' | 'ip' | 'http'
+
+/** One `content` with its modifiers (Suricata semantics; see match.ts). */
+export interface ContentMatch {
+  kind: 'content'
+  /** The bytes to find; `folded` is their ASCII lower case (what the prefilter sees). */
+  pattern: Uint8Array
+  folded: Uint8Array
+  nocase: boolean
+  negated: boolean
+  /** Absolute window: [offset, offset + depth) from the buffer's start; depth -1 = unbounded. */
+  offset: number
+  depth: number
+  /** Relative window: [prev + distance, prev + distance + within) after the previous match. */
+  relative: boolean
+  distance: number
+  within: number
+  fastPattern: boolean
+}
+
+/** One `pcre`, converted to a JS RegExp over the buffer's latin1 text. */
+export interface PcreMatch {
+  kind: 'pcre'
+  source: string
+  regex: RegExp
+  negated: boolean
+  /** /R: the search starts at the end of the previous match. */
+  relative: boolean
+}
+
+export type PayloadMatch = ContentMatch | PcreMatch
+
+export interface FlowConstraint {
+  /** true: established only; false: not_established only; undefined: either. */
+  established?: boolean
+  /** true: client→server only; false: server→client only; undefined: either. */
+  toServer?: boolean
+}
+
+export interface DsizeConstraint {
+  min: number
+  max: number
+  negated: boolean
+}
+
+export interface Rule {
+  file: string
+  line: number
+  action: RuleAction
+  protocol: RuleProtocol
+  source: AddressMatcher
+  sourcePorts: PortMatcher
+  destination: AddressMatcher
+  destinationPorts: PortMatcher
+  /** `<>`: the header matches either way round. */
+  bidirectional: boolean
+  gid: number
+  sid: number
+  rev: number
+  msg: string
+  classtype?: string
+  /** The EVE `alert.category` (the classtype's description), '' when none. */
+  category: string
+  /** The EVE `alert.severity`: `priority`, else the classtype's, else 3. */
+  severity: number
+  references: string[]
+  metadata: string[]
+  /** content and pcre, in rule order. */
+  matches: PayloadMatch[]
+  /** The index in `matches` of the content the prefilter uses, or -1 (no positive content). */
+  fastPattern: number
+  flow: FlowConstraint
+  dsize?: DsizeConstraint
+}
+
+export interface RuleError {
+  file: string
+  line: number
+  message: string
+}
+
+export interface ParsedRules {
+  rules: Rule[]
+  errors: RuleError[]
+}
+
+export interface RuleParseOptions {
+  /** Rule variables without the `$` (HOME_NET, HTTP_PORTS, ...), over Suricata's defaults. */
+  vars?: Readonly<Record<string, string>>
+  /** Extra or replaced classtypes. */
+  classifications?: Readonly<Record<string, Classification>>
+}
+
+const ACTIONS = new Set(['alert', 'drop', 'pass'])
+const PROTOCOLS = new Set(['tcp', 'udp', 'icmp', 'ip', 'http'])
+
+class RuleSyntaxError extends Error {}
+
+const fail = (message: string): never => {
+  throw new RuleSyntaxError(message)
+}
+
+/**
+ * Parses a rule file. Never throws: each bad rule yields an error with its first line, and the
+ * good rules are returned. A later rule reusing a sid is an error ("duplicate sid").
+ */
+export function parseRules(text: string, file: string, options: RuleParseOptions = {}): ParsedRules {
+  const vars = resolveVars(options.vars)
+  const classes = { ...DEFAULT_CLASSIFICATIONS, ...options.classifications }
+  const rules: Rule[] = []
+  const errors: RuleError[] = []
+  const seen = new Map<string, number>()
+  for (const { line, text: ruleText } of logicalLines(text)) {
+    try {
+      const rule = parseRule(ruleText, file, line, vars, classes)
+      const key = `${rule.gid}:${rule.sid}`
+      const first = seen.get(key)
+      if (first !== undefined) fail(`duplicate sid ${rule.sid} (first at ${file}:${first})`)
+      seen.set(key, line)
+      rules.push(rule)
+    } catch (error) {
+      const message =
+        error instanceof RuleSyntaxError || error instanceof FieldError ? error.message : String(error)
+      errors.push({ file, line, message })
+    }
+  }
+  return { rules, errors }
+}
+
+/** Like parseRules, but any error fails: VrioError 'invalid-rules' listing every error. */
+export function parseRulesStrict(text: string, file: string, options: RuleParseOptions = {}): Rule[] {
+  const { rules, errors } = parseRules(text, file, options)
+  if (errors.length > 0) throw invalidRules(errors)
+  return rules
+}
+
+export function invalidRules(errors: RuleError[]): VrioError {
+  const lines = errors.map((e) => `${e.file}:${e.line}: ${e.message}`)
+  return new VrioError('invalid-rules', `invalid rules:\n${lines.join('\n')}`, { errors })
+}
+
+/** Joins `\`-continued lines and drops comments and blank lines; `line` is each rule's first line. */
+function* logicalLines(text: string): Generator<{ line: number; text: string }> {
+  const lines = text.split(/\r?\n/)
+  for (let i = 0; i < lines.length; i++) {
+    const start = i
+    let joined = lines[i]
+    while (joined.endsWith('\\') && i + 1 < lines.length) {
+      joined = joined.slice(0, -1) + lines[++i]
+    }
+    const trimmed = joined.trim()
+    if (trimmed === '' || trimmed.startsWith('#')) continue
+    yield { line: start + 1, text: trimmed }
+  }
+}
+
+/** Splits the header into its 7 fields; brackets may contain spaces. */
+function splitHeader(header: string): string[] {
+  const fields: string[] = []
+  let current = ''
+  let depth = 0
+  for (const c of header) {
+    if (c === '[') depth++
+    if (c === ']') depth--
+    if ((c === ' ' || c === '\t') && depth === 0) {
+      if (current !== '') fields.push(current)
+      current = ''
+    } else {
+      current += c
+    }
+  }
+  if (current !== '') fields.push(current)
+  return fields
+}
+
+interface RawOption {
+  name: string
+  value: string | undefined
+}
+
+/** Splits `name:value; name; ...`; `;` inside quotes or after `\` does not end an option. */
+function splitOptions(body: string): RawOption[] {
+  const options: RawOption[] = []
+  let i = 0
+  const n = body.length
+  while (i < n) {
+    while (i < n && /\s/.test(body[i])) i++
+    if (i >= n) break
+    let name = ''
+    while (i < n && body[i] !== ':' && body[i] !== ';') name += body[i++]
+    name = name.trim()
+    if (name === '') fail('empty rule option')
+    let value: string | undefined
+    if (body[i] === ':') {
+      i++
+      let v = ''
+      let quoted = false
+      for (; i < n; i++) {
+        const c = body[i]
+        if (c === '\\' && i + 1 < n) {
+          v += c + body[++i]
+          continue
+        }
+        if (c === '"') quoted = !quoted
+        if (c === ';' && !quoted) break
+        v += c
+      }
+      if (quoted) fail(`unterminated quoted string in option '${name}'`)
+      value = v.trim()
+    }
+    i++ // the ';'
+    options.push({ name, value })
+  }
+  return options
+}
+
+function parseRule(
+  text: string,
+  file: string,
+  line: number,
+  vars: Record<string, string>,
+  classes: Record<string, Classification>,
+): Rule {
+  const open = text.indexOf('(')
+  if (open < 0 || !text.endsWith(')')) fail('a rule is `action proto src sport -> dst dport (options;)`')
+  const fields = splitHeader(text.slice(0, open))
+  if (fields.length !== 7) fail(`the rule header has ${fields.length} fields, not 7`)
+  const [action, protoText, src, sport, direction, dst, dport] = fields
+  if (!ACTIONS.has(action)) {
+    fail(
+      action === 'reject' || action.startsWith('reject')
+        ? `unsupported action '${action}' (use drop)`
+        : `unknown action '${action}'`,
+    )
+  }
+  const protocol = protoText.toLowerCase()
+  if (!PROTOCOLS.has(protocol)) fail(`unsupported protocol '${protoText}'`)
+  if (direction !== '->' && direction !== '<>') fail(`invalid direction '${direction}' (-> or <>)`)
+  const sourcePorts = parsePortField(sport, vars)
+  const destinationPorts = parsePortField(dport, vars)
+  if ((protocol === 'icmp' || protocol === 'ip') && !(sourcePorts.any && destinationPorts.any)) {
+    fail(`ports must be 'any' for protocol ${protocol}`)
+  }
+  const rule: Rule = {
+    file,
+    line,
+    action: action as RuleAction,
+    protocol: protocol as RuleProtocol,
+    source: parseAddressField(src, vars),
+    sourcePorts,
+    destination: parseAddressField(dst, vars),
+    destinationPorts,
+    bidirectional: direction === '<>',
+    gid: 1,
+    sid: 0,
+    rev: 0,
+    msg: '',
+    category: '',
+    severity: DEFAULT_PRIORITY,
+    references: [],
+    metadata: [],
+    matches: [],
+    fastPattern: -1,
+    flow: {},
+  }
+  let priority: number | undefined
+  let flowSeen = false
+  for (const { name, value } of splitOptions(text.slice(open + 1, -1))) {
+    const key = name.toLowerCase()
+    const need = (): string => {
+      if (value === undefined || value === '') fail(`option '${name}' needs a value`)
+      return value as string
+    }
+    const last = (): ContentMatch => {
+      const m = rule.matches[rule.matches.length - 1]
+      if (m?.kind !== 'content') fail(`'${name}' needs a preceding content`)
+      return m as ContentMatch
+    }
+    switch (key) {
+      case 'msg':
+        rule.msg = unescapeText(unquote(need(), name))
+        break
+      case 'sid':
+        rule.sid = integer(need(), name, 1, 0xffffffff)
+        break
+      case 'gid':
+        rule.gid = integer(need(), name, 1, 0xffffffff)
+        break
+      case 'rev':
+        rule.rev = integer(need(), name, 0, 0xffffffff)
+        break
+      case 'priority':
+        priority = integer(need(), name, 1, 255)
+        break
+      case 'classtype': {
+        const c = classes[need()]
+        if (!c) fail(`unknown classtype '${value}'`)
+        rule.classtype = value
+        rule.category = c.description
+        break
+      }
+      case 'reference':
+        rule.references.push(need())
+        break
+      case 'metadata':
+        rule.metadata.push(need())
+        break
+      case 'content':
+        rule.matches.push(parseContent(need()))
+        break
+      case 'nocase':
+        noValue(name, value)
+        last().nocase = true
+        break
+      case 'offset':
+      case 'depth': {
+        const c = last()
+        if (c.relative) fail(`'${name}' cannot be mixed with distance/within on one content`)
+        const n = integer(need(), name, key === 'offset' ? 0 : 1, 65535)
+        if (key === 'offset') c.offset = n
+        else if (n < c.pattern.length) fail(`depth ${n} is shorter than the content (${c.pattern.length})`)
+        else c.depth = n
+        break
+      }
+      case 'distance':
+      case 'within': {
+        const c = last()
+        if (c.offset !== 0 || c.depth >= 0) fail(`'${name}' cannot be mixed with offset/depth on one content`)
+        c.relative = true
+        const n = integer(need(), name, key === 'distance' ? -65535 : 1, 65535)
+        if (key === 'distance') c.distance = n
+        else if (n < c.pattern.length) fail(`within ${n} is shorter than the content (${c.pattern.length})`)
+        else c.within = n
+        break
+      }
+      case 'fast_pattern': {
+        const c = last()
+        if (value !== undefined && value !== 'only') fail(`unsupported fast_pattern argument '${value}'`)
+        if (c.negated) fail('fast_pattern on a negated content is not supported')
+        if (rule.matches.some((m) => m.kind === 'content' && m.fastPattern)) fail('fast_pattern used twice')
+        c.fastPattern = true
+        break
+      }
+      case 'pcre':
+        rule.matches.push(parsePcre(need()))
+        break
+      case 'flow':
+        if (flowSeen) fail("'flow' used twice")
+        flowSeen = true
+        rule.flow = parseFlow(need())
+        break
+      case 'dsize':
+        if (rule.dsize) fail("'dsize' used twice")
+        rule.dsize = parseDsize(need())
+        break
+      default:
+        fail(`unsupported rule option '${name}'`)
+    }
+  }
+  if (rule.sid === 0) fail("missing 'sid'")
+  rule.severity = priority ?? (rule.classtype ? classes[rule.classtype].priority : DEFAULT_PRIORITY)
+  rule.fastPattern = chooseFastPattern(rule.matches)
+  return rule
+}
+
+function noValue(name: string, value: string | undefined): void {
+  if (value !== undefined) fail(`option '${name}' takes no value`)
+}
+
+function integer(text: string, name: string, min: number, max: number): number {
+  if (!/^-?\d+$/.test(text)) fail(`invalid ${name} '${text}'`)
+  const n = Number(text)
+  if (n < min || n > max) fail(`${name} ${text} is out of range ${min}..${max}`)
+  return n
+}
+
+function unquote(text: string, name: string): string {
+  if (text.length < 2 || !text.startsWith('"') || !text.endsWith('"'))
+    fail(`option '${name}' needs a quoted string`)
+  return text.slice(1, -1)
+}
+
+/** msg text: `\x` stands for x. */
+function unescapeText(text: string): string {
+  return text.replace(/\\(.)/g, '$1')
+}
+
+const HEX_PAIR = /^[0-9a-fA-F]{2}$/
+
+/** `"text|41 42|\"more"` or `!"..."` → bytes. Escapes: \" \\ \; \: \|; hex between pipes. */
+function parseContent(value: string): ContentMatch {
+  let text = value
+  let negated = false
+  if (text.startsWith('!')) {
+    negated = true
+    text = text.slice(1).trim()
+  }
+  const body = unquote(text, 'content')
+  const bytes: number[] = []
+  let inHex = false
+  let hex = ''
+  for (let i = 0; i < body.length; i++) {
+    const c = body[i]
+    if (inHex) {
+      if (c === '|') {
+        if (hex !== '') fail(`odd number of hex digits in content '${body}'`)
+        inHex = false
+      } else if (c !== ' ') {
+        hex += c
+        if (hex.length === 2) {
+          if (!HEX_PAIR.test(hex)) fail(`invalid hex '${hex}' in content '${body}'`)
+          bytes.push(Number.parseInt(hex, 16))
+          hex = ''
+        }
+      }
+      continue
+    }
+    if (c === '|') {
+      inHex = true
+    } else if (c === '\\') {
+      const next = body[++i]
+      if (next === undefined || !'"\\;:|'.includes(next)) fail(`invalid escape '\\${next ?? ''}' in content`)
+      bytes.push(next.charCodeAt(0))
+    } else if (c === '"' || c === ';') {
+      fail(`unescaped '${c}' in content`)
+    } else {
+      const code = c.charCodeAt(0)
+      if (code > 0xff) fail(`non-latin1 character in content (use |hex|)`)
+      bytes.push(code)
+    }
+  }
+  if (inHex) fail(`unterminated hex in content '${body}'`)
+  if (bytes.length === 0) fail('empty content')
+  const pattern = Uint8Array.from(bytes)
+  return {
+    kind: 'content',
+    pattern,
+    folded: foldBytes(pattern),
+    nocase: false,
+    negated,
+    offset: 0,
+    depth: -1,
+    relative: false,
+    distance: 0,
+    within: -1,
+    fastPattern: false,
+  }
+}
+
+/** ASCII lower case of `bytes` (a copy). */
+export function foldBytes(bytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(bytes.length)
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i]
+    out[i] = b >= 0x41 && b <= 0x5a ? b + 0x20 : b
+  }
+  return out
+}
+
+/** The explicit fast_pattern, else the longest positive content (the first of equals), else -1. */
+function chooseFastPattern(matches: PayloadMatch[]): number {
+  let best = -1
+  for (let i = 0; i < matches.length; i++) {
+    const m = matches[i]
+    if (m.kind !== 'content' || m.negated) continue
+    if (m.fastPattern) return i
+    if (best < 0 || m.pattern.length > (matches[best] as ContentMatch).pattern.length) best = i
+  }
+  return best
+}
+
+const PCRE_FLAGS: Record<string, string> = { i: 'i', s: 's', m: 'm' }
+
+/** `"/re/flags"`: i s m x (extended) R (relative) A (anchored); other flags are errors. */
+function parsePcre(value: string): PcreMatch {
+  let text = value
+  let negated = false
+  if (text.startsWith('!')) {
+    negated = true
+    text = text.slice(1).trim()
+  }
+  const body = unquote(text, 'pcre')
+  const end = body.lastIndexOf('/')
+  if (!body.startsWith('/') || end < 1) fail(`pcre must be "/regex/flags", not '${body}'`)
+  let source = body.slice(1, end)
+  let flags = ''
+  let relative = false
+  let anchored = false
+  let extended = false
+  for (const f of body.slice(end + 1)) {
+    if (PCRE_FLAGS[f]) flags += PCRE_FLAGS[f]
+    else if (f === 'R') relative = true
+    else if (f === 'A') anchored = true
+    else if (f === 'x') extended = true
+    else fail(`unsupported pcre flag '${f}'`)
+  }
+  if (extended) source = stripExtended(source)
+  // PCRE-only anchors: \A start of subject, \z end, \Z end before a final newline.
+  source = source.replace(/(\\\\)|\\A|\\z|\\Z/g, (m, pair: string | undefined) => {
+    if (pair) return m
+    if (m === '\\A') return '(?<![\\s\\S])'
+    if (m === '\\z') return '(?![\\s\\S])'
+    return '(?=\\n?(?![\\s\\S]))'
+  })
+  // A relative `^` means "right at the previous match": a sticky search from there.
+  if (relative && source.startsWith('^') && !flags.includes('m')) {
+    source = source.slice(1)
+    anchored = true
+  }
+  let regex: RegExp
+  try {
+    regex = new RegExp(source, flags + (anchored ? 'y' : 'g'))
+  } catch (error) {
+    return fail(`pcre cannot be converted to a JS RegExp: ${(error as Error).message}`)
+  }
+  return { kind: 'pcre', source: body, regex, negated, relative }
+}
+
+/** PCRE /x: drops unescaped whitespace and `#` comments outside character classes. */
+function stripExtended(source: string): string {
+  let out = ''
+  let inClass = false
+  for (let i = 0; i < source.length; i++) {
+    const c = source[i]
+    if (c === '\\') {
+      out += c + (source[i + 1] ?? '')
+      i++
+    } else if (inClass) {
+      if (c === ']') inClass = false
+      out += c
+    } else if (c === '[') {
+      inClass = true
+      out += c
+    } else if (c === '#') {
+      while (i < source.length && source[i] !== '\n') i++
+    } else if (!/\s/.test(c)) {
+      out += c
+    }
+  }
+  return out
+}
+
+function parseFlow(value: string): FlowConstraint {
+  const flow: FlowConstraint = {}
+  for (const raw of value.split(',')) {
+    const word = raw.trim().toLowerCase()
+    const set = (field: 'established' | 'toServer', v: boolean): void => {
+      if (flow[field] !== undefined && flow[field] !== v) fail(`conflicting flow options in '${value}'`)
+      flow[field] = v
+    }
+    if (word === 'established') set('established', true)
+    else if (word === 'not_established') set('established', false)
+    else if (word === 'to_server' || word === 'from_client') set('toServer', true)
+    else if (word === 'to_client' || word === 'from_server') set('toServer', false)
+    else if (word !== 'stateless') fail(`unsupported flow option '${word}'`)
+  }
+  return flow
+}
+
+/** `n`, `<n`, `>n`, `<=n`, `>=n`, `!n`, `a<>b` (exclusive, as Suricata). */
+function parseDsize(value: string): DsizeConstraint {
+  const v = value.replace(/\s+/g, '')
+  const num = (s: string): number => integer(s, 'dsize', 0, 65535)
+  const range = /^(\d+)<>(\d+)$/.exec(v)
+  if (range) {
+    const [a, b] = [num(range[1]), num(range[2])]
+    if (b - a < 2) fail(`empty dsize range '${value}'`)
+    return { min: a + 1, max: b - 1, negated: false }
+  }
+  const m = /^(<=|>=|<|>|!|=)?(\d+)$/.exec(v)
+  if (!m) return fail(`invalid dsize '${value}'`)
+  const n = num(m[2])
+  switch (m[1]) {
+    case '<':
+      if (n === 0) fail(`dsize '${value}' never matches`)
+      return { min: 0, max: n - 1, negated: false }
+    case '<=':
+      return { min: 0, max: n, negated: false }
+    case '>':
+      return { min: n + 1, max: Number.POSITIVE_INFINITY, negated: false }
+    case '>=':
+      return { min: n, max: Number.POSITIVE_INFINITY, negated: false }
+    case '!':
+      return { min: n, max: n, negated: true }
+    default:
+      return { min: n, max: n, negated: false }
+  }
+}

@@ -1,0 +1,87 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import fc from 'fast-check'
+import { AhoCorasick } from '../../../src/services/dpi/aho-corasick.ts'
+
+const fold = (b: number) => (b >= 0x41 && b <= 0x5a ? b + 0x20 : b)
+
+/** Obviously correct: every (pattern, end) where the folded pattern equals the folded input. */
+function naive(patterns: Uint8Array[], input: Uint8Array): string[] {
+  const hits: string[] = []
+  patterns.forEach((p, id) => {
+    if (p.length === 0) return
+    for (let end = p.length; end <= input.length; end++) {
+      let ok = true
+      for (let k = 0; k < p.length && ok; k++) ok = fold(input[end - p.length + k]) === fold(p[k])
+      if (ok) hits.push(`${id}@${end}`)
+    }
+  })
+  return hits.sort()
+}
+
+function scanAll(ac: AhoCorasick, input: Uint8Array, splits: number[]): string[] {
+  const hits: string[] = []
+  let state = 0
+  let from = 0
+  for (const at of [...splits.filter((s) => s <= input.length).sort((a, b) => a - b), input.length]) {
+    state = ac.scan(input, from, at, state, (id, end) => hits.push(`${id}@${end}`))
+    from = at
+  }
+  return hits.sort()
+}
+
+// A small alphabet (with case variants and a high byte) so that patterns overlap and hit often.
+const byte = fc.constantFrom(0x41, 0x61, 0x42, 0x62, 0x63, 0x00, 0xff, 0x5b)
+
+describe('Aho–Corasick prefilter', () => {
+  it('finds exactly the hits of a naive search, case-insensitively, across buffer splits', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(byte, { minLength: 0, maxLength: 6 }), { minLength: 0, maxLength: 12 }),
+        fc.array(byte, { maxLength: 200 }),
+        fc.array(fc.nat(200), { maxLength: 4 }),
+        (pats, text, splits) => {
+          const patterns = pats.map((p) => Uint8Array.from(p))
+          const input = Uint8Array.from(text)
+          const ac = new AhoCorasick(patterns)
+          assert.deepEqual(scanAll(ac, input, splits), naive(patterns, input))
+        },
+      ),
+      { numRuns: 2000 },
+    )
+  })
+
+  it('agrees with a naive search on arbitrary bytes and many patterns', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.uint8Array({ minLength: 1, maxLength: 4 }), { minLength: 1, maxLength: 300 }),
+        fc.uint8Array({ maxLength: 2000 }),
+        (pats, input) => {
+          const ac = new AhoCorasick(pats)
+          assert.deepEqual(scanAll(ac, input, []), naive(pats, input))
+        },
+      ),
+      { numRuns: 200 },
+    )
+  })
+
+  it('reports nested and duplicate patterns (worked example)', () => {
+    const enc = (s: string) => Buffer.from(s, 'latin1')
+    const ac = new AhoCorasick([enc('he'), enc('she'), enc('his'), enc('hers'), enc('HE')])
+    const hits: Array<[number, number]> = []
+    ac.scan(enc('uSHErs'), 0, 6, 0, (id, end) => hits.push([id, end]))
+    assert.deepEqual(
+      hits.sort((a, b) => a[1] - b[1] || a[0] - b[0]),
+      [
+        [0, 4],
+        [1, 4],
+        [4, 4],
+        [3, 6],
+      ],
+    )
+    assert.equal(ac.maxPatternLength, 4)
+    // States: root + h,he,her,hers,hi,his + s,sh,she = 10; classes: h,e,s,i,r + other = 6.
+    assert.equal(ac.stateCount, 10)
+    assert.equal(ac.classCount, 6)
+  })
+})
