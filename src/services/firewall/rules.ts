@@ -238,9 +238,12 @@ interface Builder {
   rule: Rule
   familyWhy: string
   protocolWhy: string
+  /** A positive `ether type` match on one non-IP type, or -1. */
+  etherType: number
 }
 
 function requireFamily(b: Builder, version: 4 | 6, why: string): void {
+  if (b.etherType !== -1) fail(`conflicting matches: '${why}' and 'ether type ${b.etherType}'`)
   if (b.rule.family !== 0 && b.rule.family !== version)
     fail(`conflicting matches: '${why}' is IPv${version} but '${b.familyWhy}' is IPv${b.rule.family}`)
   if (b.rule.family === 0) {
@@ -282,8 +285,10 @@ function parseMatch(c: Cursor, b: Builder, keyword: string): void {
         const type = single(set)
         if (type === 0x0800) requireFamily(b, 4, 'ether type ip')
         else if (type === 0x86dd) requireFamily(b, 6, 'ether type ip6')
-        else if (type !== undefined && b.rule.family !== 0)
-          fail(`conflicting matches: 'ether type ${type}' and '${b.familyWhy}'`)
+        else if (type !== undefined) {
+          if (b.rule.family !== 0) fail(`conflicting matches: 'ether type ${type}' and '${b.familyWhy}'`)
+          b.etherType = type
+        }
         m.push({ kind: 'ether-type', ...set })
       } else {
         const negate = c.accept('!=')
@@ -416,6 +421,7 @@ function parseRule(c: Cursor, direction: NetDirection, line: number, text: strin
     rule: { direction, line, text, family: 0, protocol: -1, matches: [], verdict: { kind: 'drop' } },
     familyWhy: '',
     protocolWhy: '',
+    etherType: -1,
   }
   for (;;) {
     const t = c.peek()
