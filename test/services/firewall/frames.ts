@@ -42,7 +42,7 @@ export function ipBytes(a: string): Buffer {
   const t = tail ? tail.split(':') : []
   const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t]
   const b = Buffer.alloc(16)
-  groups.forEach((g, i) => b.writeUInt16BE(Number.parseInt(g, 16), i * 2))
+  for (let i = 0; i < 8; i++) b.writeUInt16BE(Number.parseInt(groups[i], 16), i * 2)
   return b
 }
 
