@@ -17,6 +17,19 @@ export interface CompiledRule {
   readonly needsL4: boolean
   readonly matches: readonly MatchFn[]
   readonly verdict: Verdict
+  /**
+   * Prefilters checked inline before any match function is called (most rules fail here): the
+   * envelope of a positive port match, and a positive single IPv4 prefix as mask and network
+   * (mask 0: no condition). The match functions still decide.
+   */
+  readonly sportLo: number
+  readonly sportHi: number
+  readonly dportLo: number
+  readonly dportHi: number
+  readonly srcMask: number
+  readonly srcNet: number
+  readonly dstMask: number
+  readonly dstNet: number
   packets: number
   bytes: number
 }
@@ -122,15 +135,59 @@ function compileMatch(m: Match): MatchFn {
   }
 }
 
+/** The smallest and largest value of a set of ranges. */
+function envelope(ranges: Ranges): [number, number] {
+  let lo = Number.POSITIVE_INFINITY
+  let hi = Number.NEGATIVE_INFINITY
+  for (let i = 0; i < ranges.length; i += 2) {
+    lo = Math.min(lo, ranges[i])
+    hi = Math.max(hi, ranges[i + 1])
+  }
+  return [lo, hi]
+}
+
+/** Cheap matches first: ports and flags, then ct state, then addresses. */
+const COST: Record<Match['kind'], number> = {
+  port: 0,
+  'tcp-flags': 0,
+  'icmp-type': 0,
+  'icmp-code': 0,
+  'ether-type': 1,
+  'vlan-id': 1,
+  l4proto: 1,
+  'ct-state': 1,
+  'ether-addr': 2,
+  address: 3,
+}
+
 export function compileRule(rule: Rule): CompiledRule {
+  const ports = { sport: [0, 0xffff], dport: [0, 0xffff] }
+  const prefix = { saddr: [0, 0], daddr: [0, 0] }
+  for (const m of rule.matches) {
+    if (m.kind === 'port' && !m.negate) ports[m.field] = envelope(m.ranges)
+    if (m.kind === 'address' && !m.negate && m.prefixes.length === 1 && m.prefixes[0].bytes.length === 4) {
+      const { bytes, length } = m.prefixes[0]
+      const mask = length === 0 ? 0 : (0xffffffff << (32 - length)) | 0
+      prefix[m.field] = [mask, ((bytes[0] << 24) | (bytes[1] << 16) | (bytes[2] << 8) | bytes[3]) & mask]
+    }
+  }
+  const ordered = [...rule.matches].sort((a, b) => COST[a.kind] - COST[b.kind])
   return {
+    sportLo: ports.sport[0],
+    sportHi: ports.sport[1],
+    dportLo: ports.dport[0],
+    dportHi: ports.dport[1],
+    srcMask: prefix.saddr[0],
+    srcNet: prefix.saddr[1],
+    dstMask: prefix.daddr[0],
+    dstNet: prefix.daddr[1],
     rule,
     family: rule.family,
     protocol: rule.protocol,
     needsL4: rule.matches.some(
       (m) => m.kind === 'port' || m.kind === 'tcp-flags' || m.kind === 'icmp-type' || m.kind === 'icmp-code',
     ),
-    matches: rule.matches.map(compileMatch),
+    matches: ordered.map(compileMatch),
     verdict: rule.verdict,
     packets: 0,
     bytes: 0,
@@ -150,11 +207,24 @@ export function firstMatch(
   const version = p.ipVersion
   const protocol = p.protocol
   const hasL4 = p.l4Offset >= 0
+  // Port prefilters only apply to rules with a port match, whose protocol check implies ports.
+  const sport = p.sourcePort
+  const dport = p.destinationPort
+  let src = 0
+  let dst = 0
+  if (version === 4) {
+    const s = p.sourceAddressOffset
+    const d = p.destinationAddressOffset
+    src = (frame[s] << 24) | (frame[s + 1] << 16) | (frame[s + 2] << 8) | frame[s + 3]
+    dst = (frame[d] << 24) | (frame[d + 1] << 16) | (frame[d + 2] << 8) | frame[d + 3]
+  }
   next: for (let i = 0; i < rules.length; i++) {
     const r = rules[i]
     if (r.family !== 0 && r.family !== version) continue
     if (r.protocol >= 0 && (version === 0 || r.protocol !== protocol)) continue
     if (r.needsL4 && !hasL4) continue
+    if (dport < r.dportLo || dport > r.dportHi || sport < r.sportLo || sport > r.sportHi) continue
+    if ((src & r.srcMask) !== r.srcNet || (dst & r.dstMask) !== r.dstNet) continue
     const matches = r.matches
     for (let j = 0; j < matches.length; j++) if (!matches[j](frame, p, ct)) continue next
     return r

@@ -14,7 +14,8 @@
  *
  * The table is bounded: when full, the least recently used flow is evicted (counted). Expired
  * flows are dropped when met by a lookup and a few at a time from the cold end of the LRU list.
- * Lookups allocate nothing: a symmetric hash of the two endpoints, chains compared byte by byte.
+ * Lookups allocate nothing: addresses are read as 32-bit words, hashed symmetrically (both ends
+ * find the flow) and compared as numbers.
  */
 import type { Packet } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
@@ -77,8 +78,15 @@ class Flow {
   hash = 0
   version = 4
   protocol = 0
-  /** Originator's address at 0, responder's at 16 (IPv4 uses the first 4 bytes of each). */
-  readonly addresses = new Uint8Array(32)
+  /** Originator's (a) and responder's (b) address as 32-bit words; IPv4 uses word 0 only. */
+  a0 = 0
+  a1 = 0
+  a2 = 0
+  a3 = 0
+  b0 = 0
+  b1 = 0
+  b2 = 0
+  b3 = 0
   portA = 0
   portB = 0
   state = FLOW_NEW
@@ -94,7 +102,14 @@ interface Fragment {
   version: number
   protocol: number
   id: number
-  addresses: Uint8Array
+  s0: number
+  s1: number
+  s2: number
+  s3: number
+  d0: number
+  d1: number
+  d2: number
+  d3: number
   expires: number
   next: Fragment | undefined
 }
@@ -111,29 +126,20 @@ export interface ConntrackCounters {
 
 const u16 = (b: Uint8Array, at: number): number => (b[at] << 8) | b[at + 1]
 
-function endpointHash(frame: Uint8Array, at: number, length: number, port: number): number {
-  let h = 0x811c9dc5
-  for (let i = 0; i < length; i++) h = Math.imul(h ^ frame[at + i], 0x01000193)
-  return Math.imul(h ^ port, 0x01000193)
+const i32 = (b: Uint8Array, at: number): number =>
+  (b[at] << 24) | (b[at + 1] << 16) | (b[at + 2] << 8) | b[at + 3]
+
+/** A 32-bit mix of one endpoint (address words and port). */
+function endpointHash(w0: number, w1: number, w2: number, w3: number, port: number): number {
+  let h = Math.imul(w0 ^ 0x9e3779b9, 0x85ebca6b)
+  h = Math.imul(h ^ (h >>> 15) ^ w1, 0xc2b2ae35)
+  h = Math.imul(h ^ (h >>> 13) ^ w2, 0x85ebca6b)
+  h = Math.imul(h ^ (h >>> 16) ^ w3, 0xc2b2ae35)
+  return Math.imul(h ^ (h >>> 15) ^ port, 0x27d4eb2d)
 }
 
-/** The same for (a, b) and (b, a): both ends of a flow find it. */
-function flowHash(
-  frame: Uint8Array,
-  src: number,
-  dst: number,
-  length: number,
-  protocol: number,
-  sport: number,
-  dport: number,
-): number {
-  let h = (endpointHash(frame, src, length, sport) + endpointHash(frame, dst, length, dport)) | 0
-  h = Math.imul(h ^ (h >>> 16) ^ protocol, 0x45d9f3b)
-  return (h ^ (h >>> 16)) >>> 0
-}
-
-function sameBytes(a: Uint8Array, aAt: number, frame: Uint8Array, at: number, length: number): boolean {
-  for (let i = 0; i < length; i++) if (a[aAt + i] !== frame[at + i]) return false
+function sameBytes(a: Uint8Array, aAt: number, b: Uint8Array, bAt: number, length: number): boolean {
+  for (let i = 0; i < length; i++) if (a[aAt + i] !== b[bAt + i]) return false
   return true
 }
 
@@ -162,7 +168,20 @@ export class Conntrack {
   private action = ACT_NONE
   private flow: Flow | undefined
   private reply = false
-  private echoId = 0
+  // The key of the packet being looked up: version, protocol, address words, ports, hash.
+  private kVersion = 0
+  private kProtocol = 0
+  private s0 = 0
+  private s1 = 0
+  private s2 = 0
+  private s3 = 0
+  private d0 = 0
+  private d1 = 0
+  private d2 = 0
+  private d3 = 0
+  private kSport = 0
+  private kDport = 0
+  private kHash = 0
 
   constructor(options: ConntrackOptions = {}) {
     this.max = Math.max(1, options.maxEntries ?? 65_536)
@@ -185,16 +204,10 @@ export class Conntrack {
     if (p.ipVersion === 0 || p.l4Offset < 0) return CT_UNTRACKED
     const protocol = p.protocol
     if (protocol === 6 || protocol === 17 || protocol === 132) {
-      const flow = this.find(
-        frame,
-        p.sourceAddressOffset,
-        p.destinationAddressOffset,
-        p,
-        p.sourcePort,
-        p.destinationPort,
-        ECHO_NONE,
-        now,
-      )
+      this.loadKey(frame, p.sourceAddressOffset, p.destinationAddressOffset, p.ipVersion, protocol)
+      this.kSport = p.sourcePort
+      this.kDport = p.destinationPort
+      const flow = this.find(ECHO_NONE, now)
       if (protocol === 6) {
         const initialSyn = (p.tcpFlags & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN
         if (flow === undefined) {
@@ -225,11 +238,13 @@ export class Conntrack {
         if (p.end - p.l4Offset < 8) return CT_INVALID
         const id = u16(frame, p.l4Offset + 4)
         const echo = type === request ? ECHO_REQUEST : ECHO_REPLY
-        const flow = this.find(frame, p.sourceAddressOffset, p.destinationAddressOffset, p, id, id, echo, now)
+        this.loadKey(frame, p.sourceAddressOffset, p.destinationAddressOffset, p.ipVersion, protocol)
+        this.kSport = id
+        this.kDport = id
+        const flow = this.find(echo, now)
         if (flow === undefined) {
           if (echo === ECHO_REPLY) return CT_INVALID
           this.action = ACT_CREATE
-          this.echoId = id
           return CT_NEW
         }
         this.action = ACT_UPDATE
@@ -242,7 +257,7 @@ export class Conntrack {
   }
 
   /** Records the packet `classify` saw last as let through: creates or advances its flow. */
-  commit(frame: Uint8Array, p: Packet, now: number): void {
+  commit(p: Packet, now: number): void {
     const action = this.action
     this.action = ACT_NONE
     if (action === ACT_NONE) return
@@ -252,7 +267,7 @@ export class Conntrack {
       flow = undefined
     }
     if (flow === undefined) {
-      flow = this.create(frame, p, now)
+      flow = this.create(now)
       this.reply = false
     }
     const t = this.timeouts
@@ -283,18 +298,21 @@ export class Conntrack {
 
   /** Remembers that the first fragment of this datagram was let through. */
   admitFragments(frame: Uint8Array, p: Packet, now: number): void {
-    if (this.fragmentAllowed(frame, p, now)) return
-    const length = p.addressLength
-    const hash = this.fragmentHash(frame, p)
-    const addresses = new Uint8Array(32)
-    addresses.set(frame.subarray(p.sourceAddressOffset, p.sourceAddressOffset + length), 0)
-    addresses.set(frame.subarray(p.destinationAddressOffset, p.destinationAddressOffset + length), 16)
+    if (this.fragmentAllowed(frame, p, now)) return // also loads the key and its hash
+    const hash = this.kHash
     const entry: Fragment = {
       hash,
       version: p.ipVersion,
       protocol: p.protocol,
       id: p.fragmentId,
-      addresses,
+      s0: this.s0,
+      s1: this.s1,
+      s2: this.s2,
+      s3: this.s3,
+      d0: this.d0,
+      d1: this.d1,
+      d2: this.d2,
+      d3: this.d3,
       expires: now + this.timeouts.fragment,
       next: this.fragments.get(hash),
     }
@@ -314,7 +332,9 @@ export class Conntrack {
 
   /** Whether a later fragment belongs to a datagram whose first fragment was let through. */
   fragmentAllowed(frame: Uint8Array, p: Packet, now: number): boolean {
-    const hash = this.fragmentHash(frame, p)
+    this.loadKey(frame, p.sourceAddressOffset, p.destinationAddressOffset, p.ipVersion, p.protocol)
+    const hash = (this.keyHash(0, 0) ^ Math.imul(p.fragmentId | 0, 0x27d4eb2d)) >>> 0
+    this.kHash = hash
     let previous: Fragment | undefined
     for (let f = this.fragments.get(hash); f !== undefined; previous = f, f = f.next) {
       if (f.expires <= now) {
@@ -328,8 +348,14 @@ export class Conntrack {
         f.id === p.fragmentId &&
         f.version === p.ipVersion &&
         f.protocol === p.protocol &&
-        sameBytes(f.addresses, 0, frame, p.sourceAddressOffset, p.addressLength) &&
-        sameBytes(f.addresses, 16, frame, p.destinationAddressOffset, p.addressLength)
+        f.s0 === this.s0 &&
+        f.s1 === this.s1 &&
+        f.s2 === this.s2 &&
+        f.s3 === this.s3 &&
+        f.d0 === this.d0 &&
+        f.d1 === this.d1 &&
+        f.d2 === this.d2 &&
+        f.d3 === this.d3
       )
         return true
     }
@@ -372,38 +398,48 @@ export class Conntrack {
       }
   }
 
-  private fragmentHash(frame: Uint8Array, p: Packet): number {
-    const h = flowHash(
-      frame,
-      p.sourceAddressOffset,
-      p.destinationAddressOffset,
-      p.addressLength,
-      p.protocol,
-      0,
-      0,
-    )
-    return (Math.imul(h ^ p.fragmentId, 0x01000193) ^ p.ipVersion) >>> 0
+  /** Loads the addresses (and version, protocol) of a lookup key; ports are set by the caller. */
+  private loadKey(frame: Uint8Array, src: number, dst: number, version: number, protocol: number): void {
+    this.kVersion = version
+    this.kProtocol = protocol
+    this.s0 = i32(frame, src)
+    this.d0 = i32(frame, dst)
+    if (version === 6) {
+      this.s1 = i32(frame, src + 4)
+      this.s2 = i32(frame, src + 8)
+      this.s3 = i32(frame, src + 12)
+      this.d1 = i32(frame, dst + 4)
+      this.d2 = i32(frame, dst + 8)
+      this.d3 = i32(frame, dst + 12)
+    } else {
+      this.s1 = this.s2 = this.s3 = 0
+      this.d1 = this.d2 = this.d3 = 0
+    }
+  }
+
+  /** The hash of the loaded key with these ports: the same from either end. */
+  private keyHash(sport: number, dport: number): number {
+    const h =
+      (endpointHash(this.s0, this.s1, this.s2, this.s3, sport) +
+        endpointHash(this.d0, this.d1, this.d2, this.d3, dport)) |
+      0
+    const m = Math.imul(h ^ (h >>> 16) ^ (this.kProtocol << 8) ^ this.kVersion, 0x45d9f3b)
+    return (m ^ (m >>> 16)) >>> 0
   }
 
   /**
-   * The flow of a packet from `src` to `dst` (offsets in `frame`), or undefined; sets `this.reply`
-   * when the packet goes from the responder to the originator. Expired flows met here are removed.
+   * The flow of the loaded key (kSport/kDport included), or undefined; sets `this.reply` when the
+   * packet goes from the responder to the originator. Expired flows met here are removed.
    */
-  private find(
-    frame: Uint8Array,
-    src: number,
-    dst: number,
-    p: { ipVersion: number; protocol: number; addressLength: number },
-    sport: number,
-    dport: number,
-    echo: number,
-    now: number,
-  ): Flow | undefined {
-    const length = p.addressLength
-    const hash = flowHash(frame, src, dst, length, p.protocol, sport, dport)
+  private find(echo: number, now: number): Flow | undefined {
+    const sport = this.kSport
+    const dport = this.kDport
+    const hash = this.keyHash(sport, dport)
+    this.kHash = hash
+    const { s0, s1, s2, s3, d0, d1, d2, d3 } = this
     for (let f = this.buckets[hash & this.mask]; f !== undefined; ) {
       const next = f.bucketNext
-      if (f.hash === hash && f.protocol === p.protocol && f.version === p.ipVersion) {
+      if (f.hash === hash && f.protocol === this.kProtocol && f.version === this.kVersion) {
         if (f.expires <= now) {
           this.remove(f)
           this.expired++
@@ -411,8 +447,14 @@ export class Conntrack {
           echo !== ECHO_REPLY &&
           f.portA === sport &&
           f.portB === dport &&
-          sameBytes(f.addresses, 0, frame, src, length) &&
-          sameBytes(f.addresses, 16, frame, dst, length)
+          f.a0 === s0 &&
+          f.b0 === d0 &&
+          f.a1 === s1 &&
+          f.a2 === s2 &&
+          f.a3 === s3 &&
+          f.b1 === d1 &&
+          f.b2 === d2 &&
+          f.b3 === d3
         ) {
           this.reply = false
           return f
@@ -420,8 +462,14 @@ export class Conntrack {
           echo !== ECHO_REQUEST &&
           f.portA === dport &&
           f.portB === sport &&
-          sameBytes(f.addresses, 0, frame, dst, length) &&
-          sameBytes(f.addresses, 16, frame, src, length)
+          f.a0 === d0 &&
+          f.b0 === s0 &&
+          f.a1 === d1 &&
+          f.a2 === d2 &&
+          f.a3 === d3 &&
+          f.b1 === s1 &&
+          f.b2 === s2 &&
+          f.b3 === s3
         ) {
           this.reply = true
           return f
@@ -464,10 +512,12 @@ export class Conntrack {
     const innerDst = inner + (p.ipVersion === 4 ? 16 : 24)
     // The error goes back to whoever sent the quoted packet.
     if (!sameBytes(frame, innerSrc, frame, p.destinationAddressOffset, length)) return false
-    const key = { ipVersion: p.ipVersion, protocol, addressLength: length }
+    this.loadKey(frame, innerSrc, innerDst, p.ipVersion, protocol)
     let flow: Flow | undefined
     if (protocol === 6 || protocol === 17 || protocol === 132) {
-      flow = this.find(frame, innerSrc, innerDst, key, u16(frame, l4), u16(frame, l4 + 2), ECHO_NONE, now)
+      this.kSport = u16(frame, l4)
+      this.kDport = u16(frame, l4 + 2)
+      flow = this.find(ECHO_NONE, now)
     } else if (protocol === (p.ipVersion === 4 ? 1 : 58)) {
       const type = frame[l4]
       const echo =
@@ -477,13 +527,14 @@ export class Conntrack {
             ? ECHO_REPLY
             : 0
       if (echo === 0) return false
-      const id = u16(frame, l4 + 4)
-      flow = this.find(frame, innerSrc, innerDst, key, id, id, echo, now)
+      this.kSport = this.kDport = u16(frame, l4 + 4)
+      flow = this.find(echo, now)
     }
     return flow !== undefined
   }
 
-  private create(frame: Uint8Array, p: Packet, now: number): Flow {
+  /** A new flow for the key `classify` loaded (and hashed), its sender as the originator. */
+  private create(now: number): Flow {
     if (this.size >= this.max) {
       this.expireSome(now, 8)
       if (this.size >= this.max && this.oldest !== undefined) {
@@ -491,28 +542,20 @@ export class Conntrack {
         this.evicted++
       }
     }
-    const echo = p.protocol === 1 || p.protocol === 58
-    const sport = echo ? this.echoId : p.sourcePort
-    const dport = echo ? this.echoId : p.destinationPort
     const f = new Flow()
-    f.hash = flowHash(
-      frame,
-      p.sourceAddressOffset,
-      p.destinationAddressOffset,
-      p.addressLength,
-      p.protocol,
-      sport,
-      dport,
-    )
-    f.version = p.ipVersion
-    f.protocol = p.protocol
-    f.addresses.set(frame.subarray(p.sourceAddressOffset, p.sourceAddressOffset + p.addressLength), 0)
-    f.addresses.set(
-      frame.subarray(p.destinationAddressOffset, p.destinationAddressOffset + p.addressLength),
-      16,
-    )
-    f.portA = sport
-    f.portB = dport
+    f.hash = this.kHash
+    f.version = this.kVersion
+    f.protocol = this.kProtocol
+    f.a0 = this.s0
+    f.a1 = this.s1
+    f.a2 = this.s2
+    f.a3 = this.s3
+    f.b0 = this.d0
+    f.b1 = this.d1
+    f.b2 = this.d2
+    f.b3 = this.d3
+    f.portA = this.kSport
+    f.portB = this.kDport
     const bucket = f.hash & this.mask
     f.bucketNext = this.buckets[bucket]
     this.buckets[bucket] = f

@@ -149,7 +149,7 @@ export class Firewall implements NetService {
       else d.policyDropped++
     }
     if (verdict.kind === 'accept') {
-      this.ct.commit(frame, p, now)
+      this.ct.commit(p, now)
       if (p.fragment) this.ct.admitFragments(frame, p, now)
       d.accepted++
       return true
