@@ -7,6 +7,7 @@ import { createFirewall } from '../../../src/services/firewall/index.ts'
 import { parseRules } from '../../../src/services/firewall/rules.ts'
 import { dissectPacket, newPacket } from '../../../src/wire/packet.ts'
 import { arpFrame, fakeContext, frame, type Spec } from './frames.ts'
+import { VALID_MATCHES } from './samples.ts'
 
 const WORDS = [
   'from-guest',
@@ -86,28 +87,6 @@ const WORDS = [
   'constructor',
   '__proto__',
   'http',
-]
-
-/** Sensible single-match fragments, to build rules that must parse. */
-const VALID_MATCHES = [
-  'tcp dport 22',
-  'udp sport { 53, 5353 }',
-  'sctp dport 1-1024',
-  'ip saddr 10.0.0.0/8',
-  'ip daddr != 192.0.2.1',
-  'ip6 saddr 2001:db8::/32',
-  'ether type arp',
-  'ether saddr 02:00:00:00:00:01',
-  'vlan id 7',
-  'ct state established,related',
-  'ct state != invalid',
-  'tcp flags syn / syn,ack',
-  'icmp type echo-request',
-  'icmpv6 type nd-neighbor-solicit',
-  'meta l4proto udp',
-  'ip protocol { tcp, udp }',
-  'counter',
-  'tcp dport >= 1024',
 ]
 
 function expectParsesOrInvalid(text: string): void {
