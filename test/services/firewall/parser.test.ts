@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict'
-import { readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { isVrioError } from '../../../src/errors.ts'
+import { loadFirewall, readRules } from '../../../src/services/firewall/index.ts'
 import { type Match, parseRules, type Rule } from '../../../src/services/firewall/rules.ts'
 
 const rule = (body: string, direction = 'from-guest'): Rule => parseRules(`${direction} ${body}`).rules[0]
@@ -331,5 +334,29 @@ describe('firewall rules parser', () => {
     const blocks = [...section.matchAll(/```nft\n([\s\S]*?)```/g)].map((m) => m[1])
     assert.ok(blocks.length >= 2, 'the Firewall section has nft examples')
     for (const block of blocks) parseRules(block, 'docs/services.md')
+  })
+
+  it('loadFirewall and readRules read a file, naming it in errors', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vrio-fw-load-'))
+    try {
+      const good = join(dir, 'nic0.rules')
+      writeFileSync(good, 'policy to-guest drop\nto-guest ct state established accept\n')
+      const fw = loadFirewall(good)
+      assert.equal(fw.kind, 'firewall')
+      assert.equal(fw.rules.file, good)
+      assert.equal(readRules(good).rules.length, 1)
+      const bad = join(dir, 'bad.rules')
+      writeFileSync(bad, 'to-guest ct state maybe accept\n')
+      assert.throws(
+        () => loadFirewall(bad),
+        (e) => isVrioError(e, 'invalid-rules') && e.message.includes(`${bad}:1:`),
+      )
+      assert.throws(
+        () => loadFirewall(join(dir, 'missing.rules')),
+        (e) => isVrioError(e, 'invalid-rules') && /cannot read the rules file/.test(e.message),
+      )
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
