@@ -65,3 +65,45 @@ export function parseIPv4(text: string): number | undefined {
 export function formatIPv4(ip: number): string {
   return `${ip >>> 24}.${(ip >>> 16) & 0xff}.${(ip >>> 8) & 0xff}.${ip & 0xff}`
 }
+
+/**
+ * Parses IPv6 text (RFC 4291 section 2.2: hex groups, one `::`, an optional dotted-quad tail) into
+ * 16 bytes; returns undefined when malformed. No zone ids.
+ */
+export function parseIPv6(text: string): Uint8Array | undefined {
+  const s = text.trim()
+  if (!/^[0-9a-f:.]+$/i.test(s)) return undefined
+  const halves = s.split('::')
+  if (halves.length > 2) return undefined
+  const groups = (part: string): number[] | undefined => {
+    if (part === '') return []
+    const out: number[] = []
+    const pieces = part.split(':')
+    for (let i = 0; i < pieces.length; i++) {
+      const piece = pieces[i]
+      if (i === pieces.length - 1 && piece.includes('.')) {
+        const v4 = parseIPv4(piece)
+        if (v4 === undefined) return undefined
+        out.push(v4 >>> 16, v4 & 0xffff)
+      } else {
+        if (!/^[0-9a-f]{1,4}$/i.test(piece)) return undefined
+        out.push(Number.parseInt(piece, 16))
+      }
+    }
+    return out
+  }
+  const head = groups(halves[0])
+  const tail = halves.length === 2 ? groups(halves[1]) : []
+  if (head === undefined || tail === undefined) return undefined
+  // A dotted quad may only end the address.
+  if (halves.length === 2 && halves[0].includes('.')) return undefined
+  const missing = 8 - head.length - tail.length
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return undefined
+  const all = [...head, ...new Array<number>(missing).fill(0), ...tail]
+  const bytes = new Uint8Array(16)
+  for (let i = 0; i < 8; i++) {
+    bytes[2 * i] = all[i] >>> 8
+    bytes[2 * i + 1] = all[i] & 0xff
+  }
+  return bytes
+}

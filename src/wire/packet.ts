@@ -44,6 +44,8 @@ export interface Packet {
   laterFragment: boolean
   /** This is a fragment (first or later). */
   fragment: boolean
+  /** The fragment's identification (IPv4: 16 bits, IPv6 fragment header: 32 bits); 0 when not a fragment. */
+  fragmentId: number
   /** Offset of the transport header, or -1 (later fragment, or a protocol this does not parse). */
   l4Offset: number
   sourcePort: number
@@ -59,6 +61,8 @@ export interface Packet {
   payloadLength: number
   /** End of the IP packet in the frame (Ethernet padding excluded). */
   end: number
+  /** What dissectPacket returned: undefined for a well-formed frame. */
+  error: PacketError | undefined
 }
 
 export function newPacket(): Packet {
@@ -76,6 +80,7 @@ export function newPacket(): Packet {
     protocol: 0,
     laterFragment: false,
     fragment: false,
+    fragmentId: 0,
     l4Offset: -1,
     sourcePort: 0,
     destinationPort: 0,
@@ -87,6 +92,7 @@ export function newPacket(): Packet {
     payloadOffset: 0,
     payloadLength: 0,
     end: 0,
+    error: undefined,
   }
 }
 
@@ -100,6 +106,7 @@ function reset(p: Packet): void {
   p.protocol = 0
   p.laterFragment = false
   p.fragment = false
+  p.fragmentId = 0
   p.l4Offset = -1
   p.sourcePort = 0
   p.destinationPort = 0
@@ -121,6 +128,12 @@ const u32 = (b: Uint8Array, at: number): number =>
  * frame is well formed as far as it was parsed, else the reason; `out` then holds what was parsed.
  */
 export function dissectPacket(frame: Uint8Array, out: Packet): PacketError | undefined {
+  const error = dissect(frame, out)
+  out.error = error
+  return error
+}
+
+function dissect(frame: Uint8Array, out: Packet): PacketError | undefined {
   reset(out)
   const length = frame.length
   out.end = length
@@ -161,6 +174,7 @@ function dissectIPv4(frame: Uint8Array, at: number, out: Packet): PacketError | 
   const offset = flagsOffset & 0x1fff
   out.fragment = offset !== 0 || (flagsOffset & 0x2000) !== 0
   out.laterFragment = offset !== 0
+  if (out.fragment) out.fragmentId = u16(frame, at + 4)
   if (out.laterFragment) return undefined
   return dissectL4(frame, at + ihl, out)
 }
@@ -187,6 +201,7 @@ function dissectIPv6(frame: Uint8Array, at: number, out: Packet): PacketError | 
         const offsetFlags = u16(frame, p + 2)
         out.fragment = true
         out.laterFragment = offsetFlags >> 3 !== 0
+        out.fragmentId = u32(frame, p + 4)
         p += 8
       } else if (next === 51) {
         p += (frame[p + 1] + 2) * 4

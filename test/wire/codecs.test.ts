@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { formatIPv4, formatMac, isGroupMac, parseIPv4, parseMac } from '../../src/wire/address.ts'
+import fc from 'fast-check'
+import { formatIPv4, formatMac, isGroupMac, parseIPv4, parseIPv6, parseMac } from '../../src/wire/address.ts'
 import { finishChecksum, sumWords } from '../../src/wire/checksum.ts'
 import { decodeEthernet, newEthernetHeader } from '../../src/wire/ethernet.ts'
 import { decodeTcpFrame, encodeTcpFrame, newTcpFrame, tcpFrameHeaderLength } from '../../src/wire/frame.ts'
@@ -14,6 +15,7 @@ import {
   splitHandle,
 } from '../../src/wire/message-header.ts'
 import { TCP_ACK, TCP_PSH, TCP_SYN } from '../../src/wire/tcp.ts'
+import { formatIPv6 } from '../../src/wire/packet.ts'
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex')
 
@@ -44,6 +46,42 @@ describe('addresses', () => {
     assert.equal(formatIPv4(0xc0_a8_00_c7), '192.168.0.199')
     for (const bad of ['10.0.0', '256.0.0.1', '1.2.3.4.5', 'a.b.c.d'])
       assert.equal(parseIPv4(bad), undefined, bad)
+  })
+})
+
+describe('IPv6 addresses', () => {
+  const hexOf = (text: string) => Buffer.from(parseIPv6(text) ?? []).toString('hex')
+  it('parses the RFC 4291 text forms', () => {
+    assert.equal(hexOf('2001:db8::1'), '20010db8000000000000000000000001')
+    assert.equal(hexOf('::'), '00000000000000000000000000000000')
+    assert.equal(hexOf('::1'), '00000000000000000000000000000001')
+    assert.equal(hexOf('fe80::'), 'fe800000000000000000000000000000')
+    assert.equal(hexOf('2001:DB8:0:0:8:800:200C:417A'), '20010db80000000000080800200c417a')
+    assert.equal(hexOf('::ffff:192.0.2.1'), '00000000000000000000ffffc0000201')
+    assert.equal(hexOf('1:2:3:4:5:6:7::'), '00010002000300040005000600070000')
+  })
+  it('refuses malformed text', () => {
+    for (const bad of [
+      '',
+      ':',
+      '1::2::3',
+      '12345::',
+      '1:2:3:4:5:6:7:8:9',
+      '1:2:3:4:5:6:7',
+      'g::',
+      '::1.2.3',
+      '1.2.3.4::',
+      '1:2:3:4:5:6:7:8::',
+      'fe80::1%eth0',
+    ])
+      assert.equal(parseIPv6(bad), undefined, bad)
+  })
+  it('agrees with formatIPv6 on random addresses (round trip through RFC 5952 text)', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 16, maxLength: 16 }), (bytes) => {
+        assert.deepEqual(parseIPv6(formatIPv6(bytes)), bytes)
+      }),
+    )
   })
 })
 

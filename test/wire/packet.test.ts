@@ -48,6 +48,8 @@ describe('packet dissector', () => {
     assert.equal(p.protocol, 17)
     assert.equal(p.fragment, true)
     assert.equal(p.laterFragment, false)
+    assert.equal(p.fragmentId, 1)
+    assert.equal(p.error, undefined)
     assert.equal(p.sourcePort, 8080)
     assert.equal(p.destinationPort, 53)
     assert.equal(packetAddress(frame, p, 'source'), '2001:db8::1')
@@ -59,15 +61,18 @@ describe('packet dissector', () => {
     const p = newPacket()
     assert.equal(dissectPacket(ping, p), undefined)
     assert.equal(p.icmpType, 8)
-    const later = hex(`${ETH('0800')} 45000018 0000 00b9 40 06 0000 0a000001 0a000002 0000000000000000`)
+    assert.equal(p.fragmentId, 0, 'not a fragment')
+    const later = hex(`${ETH('0800')} 45000018 abcd 00b9 40 06 0000 0a000001 0a000002 0000000000000000`)
     assert.equal(dissectPacket(later, p), undefined)
     assert.equal(p.laterFragment, true)
+    assert.equal(p.fragmentId, 0xabcd)
     assert.equal(p.l4Offset, -1)
   })
 
   it('names what is wrong with truncated or malformed frames', () => {
     const p = newPacket()
     assert.equal(dissectPacket(hex('0102'), p), 'truncated-ethernet')
+    assert.equal(p.error, 'truncated-ethernet', 'the result is kept in the packet')
     assert.equal(dissectPacket(hex(`${ETH('0800')} 4500`), p), 'truncated-ip')
     assert.equal(
       dissectPacket(hex(`${ETH('0800')} 43000014 0000 0000 40 06 0000 0a000001 0a000002`), p),
@@ -84,6 +89,7 @@ describe('packet dissector', () => {
     // ARP is not IP but is fine.
     assert.equal(dissectPacket(hex(`${ETH('0806')} ${'00'.repeat(28)}`), p), undefined)
     assert.equal(p.ipVersion, 0)
+    assert.equal(p.error, undefined)
   })
 
   it('never throws and keeps every offset inside the frame', () => {
