@@ -1,4 +1,5 @@
 /** `vrio nic create|list|remove`: remote NICs, through the IOhyp's (or, for list, the guest's) control API. */
+import { resolve } from 'node:path'
 import type { Command } from 'commander'
 import {
   type CreateNicRequest,
@@ -32,6 +33,22 @@ interface CreateOptions extends ControlOptions {
   macvtap?: string
   name?: string
   mtu?: string
+  firewall?: string
+  dpi?: string
+}
+
+interface ServicesOptions extends ControlOptions {
+  firewall?: string | false
+  dpi?: string | false
+  json?: boolean
+}
+
+function describeServices(n: NicInfo): string {
+  const s = n.services.services
+  const parts = [s.firewall ? `firewall ${s.firewall.file}` : '', s.dpi ? `dpi ${s.dpi.file}` : ''].filter(
+    Boolean,
+  )
+  return parts.length > 0 ? parts.join(', ') : 'none'
 }
 
 function describeBackend(n: NicInfo): string {
@@ -54,6 +71,8 @@ export function registerNicCommands(program: Command): void {
     .option('--macvtap <uplink>', 'back-end: a macvtap (bridge mode) on this uplink of the IOhyp')
     .option('--name <ifname>', "the guest's interface name, unique on this IOhyp (default vnic0, vnic1, ...)")
     .option('--mtu <n>', 'MTU of the interface', '1500')
+    .option('--firewall <file>', 'firewall rules for the NIC (docs/services.md)')
+    .option('--dpi <file>', 'DPI rules (Suricata syntax) for the NIC; alerts go to <state-dir>/eve.json')
   addControlOption(create, DEFAULT_IOHYP_SOCKET)
   addJsonOption(create).action(async (o: CreateOptions) => {
     if (parseMac(o.guest) === undefined && parseIPv4(o.guest) === undefined) {
@@ -76,6 +95,8 @@ export function registerNicCommands(program: Command): void {
       macvtap: o.macvtap,
       name: o.name,
       mtu,
+      firewall: o.firewall === undefined ? undefined : resolve(o.firewall),
+      dpi: o.dpi === undefined ? undefined : resolve(o.dpi),
     }
     const n = await controlClient(o.control!).post<NicInfo>(ROUTES.nics, request)
     if (o.json) printJson(n)
@@ -114,6 +135,57 @@ export function registerNicCommands(program: Command): void {
         rows,
         ['left', 'left', 'right', 'left', 'left', 'left', 'right', 'right', 'right'],
       ),
+    )
+  })
+
+  const services = nic
+    .command('services')
+    .description("show, add, replace or remove a NIC's services at runtime (flow state is kept on replace)")
+    .argument('<name>', 'NIC name')
+    .option('--firewall <file>', 'load or replace the firewall rules')
+    .option('--no-firewall', 'remove the firewall')
+    .option('--dpi <file>', 'load or replace the DPI rules')
+    .option('--no-dpi', 'remove the DPI')
+  addControlOption(services, DEFAULT_IOHYP_SOCKET)
+  addJsonOption(services).action(async (name: string, o: ServicesOptions) => {
+    const client = controlClient(o.control!)
+    const body: Record<string, string | null> = {}
+    for (const kind of ['firewall', 'dpi'] as const) {
+      const v = o[kind]
+      if (v === false) body[kind] = null
+      else if (typeof v === 'string') body[kind] = resolve(v)
+    }
+    const n =
+      Object.keys(body).length === 0
+        ? (await client.get<ListNicsResponse>(ROUTES.nics)).nics.find((x) => x.name === name)
+        : await client.post<NicInfo>(ROUTES.nicServices.replace(':name', encodeURIComponent(name)), body)
+    if (!n) throw new VrioError('not-found', `no NIC named ${name}`)
+    if (o.json) printJson({ name: n.name, services: n.services })
+    else printLines([`${n.name}: ${describeServices(n)}`])
+  })
+
+  const alerts = nic
+    .command('alerts')
+    .description("a NIC's latest DPI alerts (EVE records; all of them are in <state-dir>/eve.json)")
+    .argument('<name>', 'NIC name')
+  addControlOption(alerts, DEFAULT_IOHYP_SOCKET)
+  addJsonOption(alerts).action(async (name: string, o: ControlOptions & { json?: boolean }) => {
+    const answer = await controlClient(o.control!).get<{ alerts: Record<string, unknown>[] }>(
+      ROUTES.nicAlerts.replace(':name', encodeURIComponent(name)),
+    )
+    if (o.json) {
+      printJson(answer)
+      return
+    }
+    if (answer.alerts.length === 0) {
+      printLines(['no alerts'])
+      return
+    }
+    printLines(
+      answer.alerts.map((a) => {
+        const al = a.alert as { action: string; signature_id: number; signature: string }
+        return `${a.timestamp} ${al.action} [${al.signature_id}] ${al.signature} ${a.src_ip}:${a.src_port ?? ''} -> ${a.dest_ip}:${a.dest_port ?? ''}`
+      }),
     )
   })
 

@@ -17,6 +17,8 @@
  *   GET    /v1/nic             -> 200 ListNicsResponse             (IOhyp: NicInfo; guest: GuestNicInfo)
  *   POST   /v1/nic             CreateNicRequest -> 200 NicInfo      (IOhyp)
  *   DELETE /v1/nic/:name       -> 200 NicInfo                      (IOhyp)
+ *   POST   /v1/nic/:name/services  {firewall?, dpi?: path | null} -> 200 NicInfo (IOhyp)
+ *   GET    /v1/nic/:name/alerts    -> 200 { alerts: EVE records }  (IOhyp; the latest 1000)
  *   GET    /v1/config          -> 200 ExportableState (src/config/export.ts; IOhyp). It holds the
  *                               guests' keys: `vrio config export` writes them to key files only.
  *
@@ -34,6 +36,8 @@ export const ROUTES = {
   disk: '/v1/blk/:name',
   nics: '/v1/nic',
   nic: '/v1/nic/:name',
+  nicServices: '/v1/nic/:name/services',
+  nicAlerts: '/v1/nic/:name/alerts',
   config: '/v1/config',
 } as const
 
@@ -194,6 +198,9 @@ export interface CreateNicRequest {
   name?: string
   /** Default 1500. */
   mtu?: number
+  /** Absolute paths of rules files: the NIC's firewall and DPI services (docs/services.md). */
+  firewall?: string
+  dpi?: string
 }
 
 export interface NetTrafficInfo {
@@ -218,6 +225,11 @@ export interface NicInfo {
   toGuest: NetTrafficInfo
   /** Dropped frames by reason (a NetDropReason); only non-zero ones. */
   drops: Record<string, number>
+  /** The NIC's services: each one's rules file and counters; `malformed`: frames they could not parse. */
+  services: {
+    malformed: number
+    services: Partial<Record<'firewall' | 'dpi', { file: string; counters: Record<string, unknown> }>>
+  }
 }
 
 /** A NIC as the guest sees it (`GET /v1/nic` on the guest daemon). */

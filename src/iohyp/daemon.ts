@@ -1,3 +1,4 @@
+import { appendFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { CreateDiskRequest, GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
@@ -104,12 +105,15 @@ export class IohypDaemon {
   private link!: DaemonLink
   private readonly disks: IohypDisks
   private readonly nics: IohypNics
+  /** Where DPI alerts go, one EVE JSON record per line (as Suricata's eve.json). */
+  private readonly eve: string
 
   private constructor(o: IohypOptions, log: Logger) {
     this.o = o
     this.log = log
     this.disks = new IohypDisks(log)
-    this.nics = new IohypNics(log)
+    this.eve = join(o.stateDir, 'eve.json')
+    this.nics = new IohypNics(log, (record) => this.alert(record))
   }
 
   static async start(o: IohypOptions, log: Logger): Promise<IohypDaemon> {
@@ -194,6 +198,12 @@ export class IohypDaemon {
       await this.saveState()
       return nic
     })
+    control.route('POST', ROUTES.nicServices, async (req) => {
+      const nic = await this.nics.setServices(req.params.name ?? '', req.body)
+      await this.saveState()
+      return nic
+    })
+    control.route('GET', ROUTES.nicAlerts, (req) => ({ alerts: this.nics.alerts(req.params.name ?? '') }))
     control.route('DELETE', ROUTES.nic, async (req) => {
       const name = req.params.name ?? ''
       const owner = this.nics.list().find((n) => n.name === name)?.guest
@@ -224,6 +234,14 @@ export class IohypDaemon {
     return {
       ...this.link.status(),
       guests: { total: all.length, connected: all.filter((g) => g.state === 'connected').length },
+    }
+  }
+
+  private alert(record: Record<string, unknown>): void {
+    try {
+      appendFileSync(this.eve, `${JSON.stringify(record)}\n`, { mode: 0o600 })
+    } catch (error) {
+      this.log.warn('could not write an alert to the EVE file', { file: this.eve, error })
     }
   }
 

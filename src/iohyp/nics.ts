@@ -1,6 +1,6 @@
 import type { CreateNicRequest, NicInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
-import { type NetFilter, NetPort } from '../devices/net/port.ts'
+import { NetPort } from '../devices/net/port.ts'
 import { VrioError } from '../errors.ts'
 import { addMacvtap, deleteLink, linkKind, macvtapDevice, setLink } from '../io/ip-link.ts'
 import { TapDevice } from '../io/tap.ts'
@@ -8,6 +8,8 @@ import type { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
 import { formatMac, isGroupMac, parseMac } from '../wire/address.ts'
 import type { MessageHeader } from '../wire/message-header.ts'
+import { NET_SERVICE_KINDS, NetServiceChain, type NetServiceKind } from '../services/net/chain.ts'
+import { loadNetService, reloadNetService } from '../services/net/load.ts'
 import { type DeviceHandle, newDeviceHandle } from './handles.ts'
 
 /** What the NIC registry needs of an enrolled guest. */
@@ -26,6 +28,9 @@ export interface NicState {
   tap?: string
   bridge?: string
   macvtap?: string
+  /** Rules files of the NIC's services. */
+  firewall?: string
+  dpi?: string
   handle: DeviceHandle
 }
 
@@ -42,8 +47,14 @@ interface Nic {
   backend: Backend
   handle: DeviceHandle
   port: NetPort
+  chain: NetServiceChain
+  /** The latest alerts (EVE records), oldest first. */
+  alerts: Record<string, unknown>[]
   announced: boolean
 }
+
+/** Alerts kept per NIC for `vrio nic alerts` (all of them also go to the EVE file). */
+const ALERTS_KEPT = 1000
 
 /** Linux interface names: at most 15 bytes, no '/', ':' or whitespace. */
 const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/
@@ -58,7 +69,7 @@ export function parseCreateNicRequest(body: unknown): CreateNicRequest & { mtu: 
     throw new VrioError('invalid-argument', message, { field })
   }
   for (const key of Object.keys(b)) {
-    if (!['guest', 'mac', 'tap', 'bridge', 'macvtap', 'name', 'mtu'].includes(key))
+    if (!['guest', 'mac', 'tap', 'bridge', 'macvtap', 'name', 'mtu', 'firewall', 'dpi'].includes(key))
       fail(key, `unknown field '${key}'`)
   }
   if (typeof b.guest !== 'string') fail('guest', 'guest is required')
@@ -69,6 +80,10 @@ export function parseCreateNicRequest(body: unknown): CreateNicRequest & { mtu: 
   for (const f of ['tap', 'bridge', 'macvtap', 'name'] as const) {
     if (b[f] !== undefined && (typeof b[f] !== 'string' || !IFNAME_RE.test(b[f] as string)))
       fail(f, `${f} '${String(b[f])}' is not an interface name (1-15 letters, digits, '.', '-', '_')`)
+  }
+  for (const f of NET_SERVICE_KINDS) {
+    if (b[f] !== undefined && (typeof b[f] !== 'string' || !(b[f] as string).startsWith('/')))
+      fail(f, `${f} must be the absolute path of a rules file`)
   }
   if ((b.tap === undefined) === (b.macvtap === undefined)) fail('tap', 'give exactly one of tap and macvtap')
   if (b.bridge !== undefined && b.tap === undefined) fail('bridge', 'bridge goes with tap')
@@ -83,6 +98,8 @@ export function parseCreateNicRequest(body: unknown): CreateNicRequest & { mtu: 
     macvtap: b.macvtap as string | undefined,
     name: b.name as string | undefined,
     mtu: mtu as number,
+    firewall: b.firewall as string | undefined,
+    dpi: b.dpi as string | undefined,
   }
 }
 
@@ -99,9 +116,12 @@ export class IohypNics {
   private readonly unknown = new Map<number, number>()
   private nextSlot = 1
   private readonly log: Logger
+  private readonly onAlert: (record: Record<string, unknown>) => void
 
-  constructor(log: Logger) {
+  /** `onAlert` gets every DPI alert of every NIC (the daemon appends them to its EVE file). */
+  constructor(log: Logger, onAlert: (record: Record<string, unknown>) => void = () => {}) {
     this.log = log
+    this.onAlert = onAlert
   }
 
   list(): NicInfo[] {
@@ -117,6 +137,9 @@ export class IohypNics {
       ...(n.backend.kind === 'tap'
         ? { tap: n.backend.tap, ...(n.backend.bridge ? { bridge: n.backend.bridge } : {}) }
         : { macvtap: n.backend.uplink }),
+      ...Object.fromEntries(
+        NET_SERVICE_KINDS.flatMap((k) => (n.chain.get(k) ? [[k, n.chain.get(k)!.file]] : [])),
+      ),
       handle: n.handle,
     }))
   }
@@ -133,7 +156,7 @@ export class IohypNics {
   }
 
   /** Creates a NIC and waits until the guest's interface exists; fails (undoing everything) otherwise. */
-  async create(body: unknown, guest: NicGuest, filter?: NetFilter): Promise<NicInfo> {
+  async create(body: unknown, guest: NicGuest): Promise<NicInfo> {
     const req = parseCreateNicRequest(body)
     const name = req.name ?? this.freeName()
     if (this.nics.has(name))
@@ -155,9 +178,11 @@ export class IohypNics {
       tap: req.tap,
       bridge: req.bridge,
       macvtap: req.macvtap,
+      firewall: req.firewall,
+      dpi: req.dpi,
       handle: newDeviceHandle(this.nextSlot++),
     }
-    const nic = await this.open(state, guest.mac, filter)
+    const nic = await this.open(state, guest.mac)
     try {
       nic.port.attach(guest.session)
       await this.announce(nic, guest)
@@ -189,11 +214,7 @@ export class IohypNics {
   }
 
   /** Recreates NICs from the state file; they are announced when their guests connect. */
-  async restore(
-    entries: readonly NicState[],
-    macOf: (text: string) => number | undefined,
-    filterOf?: (name: string) => NetFilter | undefined,
-  ): Promise<void> {
+  async restore(entries: readonly NicState[], macOf: (text: string) => number | undefined): Promise<void> {
     for (const e of entries) {
       const mac = macOf(e.guest)
       if (mac === undefined || !IFNAME_RE.test(e.name))
@@ -206,7 +227,7 @@ export class IohypNics {
         macvtap: e.macvtap,
         mtu: e.mtu,
       })
-      await this.open(e, mac, filterOf?.(e.name))
+      await this.open(e, mac)
       this.nextSlot = Math.max(this.nextSlot, e.handle.low + 1)
     }
   }
@@ -219,7 +240,6 @@ export class IohypNics {
   async declare(
     entries: readonly (Omit<NicState, 'handle' | 'mtu'> & { mtu?: number })[],
     macOf: (text: string) => number | undefined,
-    filterOf?: (name: string) => NetFilter | undefined,
   ): Promise<void> {
     for (const e of entries) {
       const mac = macOf(e.guest)
@@ -238,6 +258,8 @@ export class IohypNics {
             ...(e.tap !== undefined
               ? { tap: e.tap, ...(e.bridge ? { bridge: e.bridge } : {}) }
               : { macvtap: e.macvtap }),
+            ...(e.firewall ? { firewall: e.firewall } : {}),
+            ...(e.dpi ? { dpi: e.dpi } : {}),
             handle: old.handle,
           })
         if (same) continue
@@ -251,11 +273,7 @@ export class IohypNics {
         macvtap: e.macvtap,
         mtu,
       })
-      await this.open(
-        { ...e, mtu, guest: formatMac(mac), handle: newDeviceHandle(this.nextSlot++) },
-        mac,
-        filterOf?.(e.name),
-      )
+      await this.open({ ...e, mtu, guest: formatMac(mac), handle: newDeviceHandle(this.nextSlot++) }, mac)
       this.log.info('nic declared', { nic: e.name, guest: formatMac(mac), mac: e.mac })
     }
   }
@@ -273,6 +291,46 @@ export class IohypNics {
     }
   }
 
+  /** Adds, replaces (keeping flow state) or removes a NIC's services at runtime. */
+  async setServices(name: string, body: unknown): Promise<NicInfo> {
+    const n = this.nics.get(name)
+    if (!n) throw new VrioError('not-found', `no NIC named ${name}`)
+    const req = (body ?? {}) as Record<string, string | null | undefined>
+    for (const key of Object.keys(req)) {
+      if (!(NET_SERVICE_KINDS as readonly string[]).includes(key))
+        throw new VrioError('invalid-argument', `unknown service '${key}'`, { field: key })
+      const v = req[key]
+      if (v !== null && (typeof v !== 'string' || !v.startsWith('/')))
+        throw new VrioError('invalid-argument', `${key} must be the absolute path of a rules file, or null`, {
+          field: key,
+        })
+    }
+    // Parse everything first: a bad rules file changes nothing.
+    const loaded = new Map<NetServiceKind, Awaited<ReturnType<typeof loadNetService>>>()
+    for (const kind of NET_SERVICE_KINDS) {
+      const path = req[kind]
+      if (typeof path === 'string') loaded.set(kind, await loadNetService(kind, path, n.name))
+    }
+    for (const kind of NET_SERVICE_KINDS) {
+      const path = req[kind]
+      if (path === undefined) continue
+      const current = n.chain.get(kind)
+      if (path === null) n.chain.set(kind, undefined)
+      else if (current) {
+        await reloadNetService(kind, current.service, path)
+        current.file = path
+      } else n.chain.set(kind, { service: loaded.get(kind)!, file: path })
+    }
+    this.log.info('nic services changed', { nic: name, services: this.state().find((s) => s.name === name) })
+    return this.info(n)
+  }
+
+  alerts(name: string): Record<string, unknown>[] {
+    const n = this.nics.get(name)
+    if (!n) throw new VrioError('not-found', `no NIC named ${name}`)
+    return [...n.alerts]
+  }
+
   receive(guest: NicGuest, h: MessageHeader, message: Uint8Array): void {
     const n = this.bySlot.get(h.deviceLow)
     if (n && n.guest === guest.mac && n.handle.high === h.deviceHigh) n.port.receive(h, message)
@@ -283,7 +341,18 @@ export class IohypNics {
     for (const n of [...this.nics.values()]) await this.drop(n)
   }
 
-  private async open(s: NicState, guest: number, filter: NetFilter | undefined): Promise<Nic> {
+  private async open(s: NicState, guest: number): Promise<Nic> {
+    const alerts: Record<string, unknown>[] = []
+    const chain = new NetServiceChain((record) => {
+      alerts.push(record)
+      if (alerts.length > ALERTS_KEPT) alerts.shift()
+      this.onAlert(record)
+    })
+    for (const kind of NET_SERVICE_KINDS) {
+      const path = s[kind]
+      if (path !== undefined)
+        chain.set(kind, { service: await loadNetService(kind, path, s.name), file: path })
+    }
     let backend: Backend
     let tap: TapDevice
     if (s.macvtap !== undefined) {
@@ -326,7 +395,7 @@ export class IohypNics {
       handle: s.handle,
       mtu: s.mtu,
       side: 'iohyp',
-      filter,
+      filter: chain,
       onKernelError: (error) => this.log.warn('nic back-end refused a frame', { nic: s.name, error }),
     })
     const nic: Nic = {
@@ -337,6 +406,8 @@ export class IohypNics {
       backend,
       handle: s.handle,
       port,
+      chain,
+      alerts,
       announced: false,
     }
     this.nics.set(s.name, nic)
@@ -384,6 +455,7 @@ export class IohypNics {
       fromGuest: c.fromGuest,
       toGuest: c.toGuest,
       drops: c.drops as Record<string, number>,
+      services: n.chain.counters(),
     }
   }
 }

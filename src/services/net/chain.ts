@@ -1,0 +1,86 @@
+/**
+ * A remote NIC's service chain: the NetFilter the IOhyp's NetPort calls for every frame. The frame
+ * is dissected once; then the firewall (if any) and the DPI (if any) see it in that order, and the
+ * first that refuses it drops it. With no services the chain passes every frame untouched.
+ * Pure: files, logs and clocks are the caller's.
+ */
+import type { NetFilter } from '../../devices/net/port.ts'
+import { dissectPacket, newPacket } from '../../wire/packet.ts'
+import type { NetContext, NetDirection, NetService } from './service.ts'
+
+/** The kinds of NIC service, in chain order. */
+export const NET_SERVICE_KINDS = ['firewall', 'dpi'] as const
+export type NetServiceKind = (typeof NET_SERVICE_KINDS)[number]
+
+/** A service whose rules can be swapped while it runs, keeping its flow state. */
+export interface ReplaceableNetService extends NetService {
+  replace(text: string, fileName: string): unknown
+}
+
+export interface NetServiceSlot {
+  service: ReplaceableNetService
+  /** The rules file it was loaded from. */
+  file: string
+}
+
+export interface ChainCounters {
+  /** Frames dropped because they could not be dissected (only counted while services run). */
+  malformed: number
+  services: Partial<Record<NetServiceKind, { file: string; counters: Record<string, unknown> }>>
+}
+
+export class NetServiceChain implements NetFilter {
+  private readonly slots = new Map<NetServiceKind, NetServiceSlot>()
+  private order: ReplaceableNetService[] = []
+  private readonly packet = newPacket()
+  private readonly ctx: NetContext
+  private reply: (frame: Uint8Array) => void = () => {}
+  private malformed = 0
+
+  constructor(
+    onEvent: (record: Record<string, unknown>) => void,
+    clock: () => number = () => performance.now(),
+  ) {
+    this.ctx = {
+      get now() {
+        return clock()
+      },
+      reply: (frame) => this.reply(frame),
+      event: onEvent,
+    }
+  }
+
+  get(kind: NetServiceKind): NetServiceSlot | undefined {
+    return this.slots.get(kind)
+  }
+
+  /** Puts a service in its place in the chain (undefined removes it). */
+  set(kind: NetServiceKind, slot: NetServiceSlot | undefined): void {
+    if (slot) this.slots.set(kind, slot)
+    else this.slots.delete(kind)
+    this.order = NET_SERVICE_KINDS.flatMap((k) => {
+      const s = this.slots.get(k)
+      return s ? [s.service] : []
+    })
+  }
+
+  inspect(frame: Uint8Array, direction: NetDirection, reply: (frame: Uint8Array) => void): boolean {
+    const order = this.order
+    if (order.length === 0) return true
+    if (dissectPacket(frame, this.packet) !== undefined) {
+      this.malformed++
+      return false
+    }
+    this.reply = reply
+    for (let i = 0; i < order.length; i++) {
+      if (!order[i].inspect(frame, this.packet, direction, this.ctx)) return false
+    }
+    return true
+  }
+
+  counters(): ChainCounters {
+    const services: ChainCounters['services'] = {}
+    for (const [kind, s] of this.slots) services[kind] = { file: s.file, counters: s.service.counters() }
+    return { malformed: this.malformed, services }
+  }
+}
