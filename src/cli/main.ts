@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander'
-import { isVrioError, VrioError } from '../errors.ts'
+import { isVrioError, type VrioError } from '../errors.ts'
 import { printJson } from './common.ts'
+import { fileURLToPath } from 'node:url'
+import { runDemo } from '../demo/demo.ts'
 import { registerBlkCommands } from './blk.ts'
 import { registerConfigCommands } from './config.ts'
 import { registerDaemonCommands } from './daemons.ts'
@@ -39,11 +41,18 @@ export function buildProgram(state: RunState = { json: false }): Command {
     .description(
       'set up an IOhyp and two guests in network namespaces, show disks and NICs working, tear down',
     )
-    .action(() => {
-      throw new VrioError(
-        'not-implemented',
-        'the demo needs the daemons, which do not exist yet; `npm test` exercises the transport today',
-      )
+    .action(async () => {
+      try {
+        await runDemo({ out: (line) => console.log(line), cli: fileURLToPath(import.meta.url) })
+        console.log('demo passed; everything it created has been removed')
+      } catch (error) {
+        if ((error as VrioError).code === 'interrupted') {
+          console.error(`vrio: ${(error as Error).message}; everything it created has been removed`)
+          process.exitCode = 130
+          return
+        }
+        throw error
+      }
     })
   registerDaemonCommands(program)
   registerKeygenCommand(program)
