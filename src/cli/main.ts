@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander'
 import { isVrioError, VrioError } from '../errors.ts'
 import { printJson } from './common.ts'
 import { registerBlkCommands } from './blk.ts'
+import { registerCryptCommands } from './crypt.ts'
 import { registerDaemonCommands } from './daemons.ts'
 import { registerGuestsCommands } from './guests.ts'
 import { registerKeygenCommand } from './keygen.ts'
@@ -48,6 +49,7 @@ export function buildProgram(state: RunState = { json: false }): Command {
   registerGuestsCommands(program)
   registerStatusCommand(program)
   registerBlkCommands(program)
+  registerCryptCommands(program)
   return program
 }
 
