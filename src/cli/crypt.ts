@@ -82,8 +82,9 @@ export function registerCryptCommands(program: Command): void {
       }
       const device = await FileDevice.open(file)
       try {
-        const { header } = await formatLuks(device, { type, pbkdf, sectorSize, passphrase })
-        const summary = summarizeLuks(header, device.size)
+        await formatLuks(device, { type, pbkdf, sectorSize, passphrase })
+        // What is on disk now, read back: the summary doubles as a check of the new header.
+        const summary = summarizeLuks(await readLuksHeader(device), device.size)
         if (o.json) printJson({ path: file, ...summary })
         else
           printLines([

@@ -164,7 +164,15 @@ describe('LUKS interop', () => {
         img,
       ])
       // cryptsetup 2.6 picks 4096-byte sectors for files by default; tweaks count 512-byte units.
-      const out = pythonDecrypt(img, vk, dev.payloadOffset + 4096, MiB, dev.sectorSize, dev.sectorSize / 512, 8)
+      const out = pythonDecrypt(
+        img,
+        vk,
+        dev.payloadOffset + 4096,
+        MiB,
+        dev.sectorSize,
+        dev.sectorSize / 512,
+        8,
+      )
       assert.ok(out.equals(plain), `python decrypts what vrio wrote (${pbkdf})`)
     }
   })
