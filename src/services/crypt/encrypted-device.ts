@@ -62,6 +62,13 @@ export interface CryptCounters {
   errors: number
 }
 
+interface SpanLock {
+  start: number
+  end: number
+  done: Promise<void> | undefined
+  release: (() => void) | undefined
+}
+
 /** Largest run of encrypted zeroes written at once by writeZeroes. */
 const ZERO_CHUNK = 1024 * 1024
 
@@ -91,8 +98,10 @@ export class EncryptedDevice implements BlockDevice {
     readModifyWrites: 0,
     errors: 0,
   }
-  /** Sector spans of write-like requests in flight, each with the promise that ends it. */
-  readonly #locks = new Set<{ start: number; end: number; done: Promise<void> }>()
+  /** Sector spans of write-like requests in flight; `done` is made only when someone waits. */
+  readonly #locks = new Set<SpanLock>()
+  /** Ciphertext buffers of finished writes, by size, for the next write of that size. */
+  readonly #spare = new Map<number, Buffer[]>()
   #zeroes: Buffer | undefined
 
   constructor(inner: BlockDevice, options: EncryptedDeviceOptions) {
@@ -245,8 +254,11 @@ export class EncryptedDevice implements BlockDevice {
     const s = this.sectorSize
     const start = floorTo(offset, s)
     const end = ceilTo(offset + data.length, s)
-    const out = Buffer.allocUnsafe(end - start)
-    if (start !== offset || end !== offset + data.length) {
+    const out = this.#takeBuffer(end - start)
+    if (start === offset && end === offset + data.length) {
+      // Aligned: encrypt from the caller's buffer straight into ours, no copy first.
+      this.#crypt(true, data, start, out)
+    } else {
       this.#counters.readModifyWrites++
       // Old plaintext of the partial edge sectors (one read when they are the same sector).
       const headPartial = offset !== start
@@ -254,10 +266,12 @@ export class EncryptedDevice implements BlockDevice {
       if (headPartial) out.set(await this.#readPlain(start, s), 0)
       if (tailPartial && !(headPartial && end - start === s))
         out.set(await this.#readPlain(end - s, s), end - s - start)
+      out.set(data, offset - start)
+      this.#crypt(true, out, start)
     }
-    out.set(data, offset - start)
-    this.#crypt(true, out, start)
     await this.#inner.write(this.payloadOffset + start, out, fua)
+    // The inner device is done with it once the write settled (BlockDevice contract).
+    this.#giveBuffer(out)
   }
 
   async #readPlain(offset: number, length: number): Promise<Uint8Array> {
@@ -266,11 +280,12 @@ export class EncryptedDevice implements BlockDevice {
     return data
   }
 
-  #crypt(encrypt: boolean, data: Uint8Array, offset: number): void {
+  /** En- or decrypts `data` (whole sectors at payload `offset`) into `into`, by default in place. */
+  #crypt(encrypt: boolean, data: Uint8Array, offset: number, into: Uint8Array = data): void {
     const cipher = this.#cipher
     if (!cipher) throw new VrioError('io-error', 'the encrypted device is closed', { closed: true })
     const { first, step } = tweakOf(this.#rule, offset)
-    cipher.crypt(encrypt, data, data, first, this.sectorSize, step)
+    cipher.crypt(encrypt, data, into, first, this.sectorSize, step)
     if (encrypt) this.#counters.bytesEncrypted += data.length
     else this.#counters.bytesDecrypted += data.length
   }
@@ -280,24 +295,42 @@ export class EncryptedDevice implements BlockDevice {
     const start = floorTo(offset, this.sectorSize)
     const end = ceilTo(offset + length, this.sectorSize)
     for (;;) {
-      let blocker: Promise<void> | undefined
+      let blocker: SpanLock | undefined
       for (const lock of this.#locks)
         if (lock.start < end && start < lock.end) {
-          blocker = lock.done
+          blocker = lock
           break
         }
       if (!blocker) break
-      await blocker.catch(() => {})
+      blocker.done ??= new Promise<void>((resolve) => {
+        ;(blocker as SpanLock).release = resolve
+      })
+      await blocker.done
     }
-    let release = (): void => {}
-    const lock = { start, end, done: new Promise<void>((resolve) => (release = resolve)) }
+    const lock: SpanLock = { start, end, done: undefined, release: undefined }
     this.#locks.add(lock)
     try {
       await fn()
     } finally {
       this.#locks.delete(lock)
-      release()
+      lock.release?.()
     }
+  }
+
+  #takeBuffer(size: number): Buffer {
+    return this.#spare.get(size)?.pop() ?? Buffer.allocUnsafe(size)
+  }
+
+  /** Keeps a few buffers of the common sizes (they hold ciphertext only). */
+  #giveBuffer(buffer: Buffer): void {
+    if (buffer.length > 4 * 1024 * 1024) return
+    let list = this.#spare.get(buffer.length)
+    if (!list) {
+      if (this.#spare.size >= 8) return
+      list = []
+      this.#spare.set(buffer.length, list)
+    }
+    if (list.length < 4) list.push(buffer)
   }
 
   #check(offset: number, length: number): void {

@@ -169,6 +169,17 @@ class JsXts implements XtsCipher {
     const aes = encrypt ? this.#enc : this.#dec
     if (!aes || !this.#tweak) throw new VrioError('destroyed', 'the XTS cipher was destroyed')
     checkCryptArgs(src, dst, firstTweak, sectorSize, tweakStep)
+    // The XOR loops work on 32-bit words: buffers at odd offsets go through an aligned copy.
+    if (dst.byteOffset % 4 !== 0) {
+      const aligned = new Uint8Array(dst.length)
+      this.crypt(encrypt, src, aligned, firstTweak, sectorSize, tweakStep)
+      dst.set(aligned)
+      return
+    }
+    if (src.byteOffset % 4 !== 0) {
+      if (src !== dst) dst.set(src)
+      src = dst
+    }
     const sectors = src.length / sectorSize
     if (this.#plainTweaks.length < sectors * 4) this.#plainTweaks = new Uint32Array(sectors * 4)
     const plain = this.#plainTweaks
@@ -219,10 +230,9 @@ function checkCryptArgs(
     throw new VrioError('bad-request', 'XTS requests are whole sectors with non-negative tweaks')
 }
 
-/** A Uint32Array over the same bytes (offsets here are always 4-byte aligned: fresh buffers). */
+/** A Uint32Array over the same bytes (callers make sure the offset is 4-byte aligned). */
 function words(bytes: Uint8Array): Uint32Array {
-  if (bytes.byteOffset % 4 === 0) return new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2)
-  throw new VrioError('bad-request', 'the JS XTS path needs 4-byte aligned buffers')
+  return new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2)
 }
 
 /** dst = src ^ T for each sector, T starting at that sector's encrypted tweak, times alpha per block. */
