@@ -37,7 +37,9 @@ export type KdfParams =
 
 /** Limits on header-supplied KDF costs, so a hostile header cannot make vrio spin or swap forever. */
 export const KDF_LIMITS = {
-  pbkdf2MaxIterations: 2 ** 32 - 1,
+  // cryptsetup calibrates to ~2 s: a few million iterations on fast CPUs. A hostile header cannot
+  // ask for hours (it runs on the libuv pool either way, never on the event loop).
+  pbkdf2MaxIterations: 100_000_000,
   argon2MaxMemoryKiB: 4 * 1024 * 1024, // cryptsetup's own maximum
   argon2MaxTime: 2 ** 16,
   argon2MaxParallelism: 16,
