@@ -141,6 +141,24 @@ Napi::Value InterfaceInfo(const Napi::CallbackInfo& info);
 // fallocate.cc: fallocate(2) on the thread pool, for block back-ends (hole punching).
 Napi::Value Fallocate(const Napi::CallbackInfo& info);
 
+// xts.cc: AES-XTS over whole sectors, many per call (the crypt service's data path).
+class XtsCipher : public Napi::ObjectWrap<XtsCipher> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit XtsCipher(const Napi::CallbackInfo& info);
+  ~XtsCipher() override;
+
+ private:
+  Napi::Value Crypt(const Napi::CallbackInfo& info);
+  Napi::Value Destroy(const Napi::CallbackInfo& info);
+  void Free();
+
+  struct evp_cipher_ctx_st* enc_ = nullptr;    // AES-ECB, key 1, encrypt
+  struct evp_cipher_ctx_st* dec_ = nullptr;    // AES-ECB, key 1, decrypt
+  struct evp_cipher_ctx_st* tweak_ = nullptr;  // AES-ECB, key 2, encrypt
+  std::vector<uint8_t> scratch_;               // the request's tweaks
+};
+
 // Per-env state: the Channel constructor, needed by the factories.
 struct AddonData {
   Napi::FunctionReference channelCtor;

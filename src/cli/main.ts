@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { runDemo } from '../demo/demo.ts'
 import { registerBlkCommands } from './blk.ts'
 import { registerConfigCommands } from './config.ts'
+import { registerCryptCommands } from './crypt.ts'
 import { registerDaemonCommands } from './daemons.ts'
 import { registerGuestsCommands } from './guests.ts'
 import { registerKeygenCommand } from './keygen.ts'
@@ -61,6 +62,7 @@ export function buildProgram(state: RunState = { json: false }): Command {
   registerBlkCommands(program)
   registerNicCommands(program)
   registerConfigCommands(program)
+  registerCryptCommands(program)
   return program
 }
 

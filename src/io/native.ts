@@ -76,6 +76,28 @@ export interface NativeAddon {
     length: number,
     callback: (error: Error | null) => void,
   ): void
+  /** AES-XTS over whole sectors, many per call (native/xts.cc). */
+  XtsCipher: new (
+    key: Uint8Array,
+  ) => NativeXtsCipher
+}
+
+/** An AES-XTS key held by OpenSSL; JS never sees the key schedule. */
+export interface NativeXtsCipher {
+  /**
+   * `dst` (same length as `src`, or `src` itself) gets `src` en- or decrypted as whole sectors;
+   * sector k uses the tweak `firstTweak + k * tweakStep` (little-endian 64-bit, zero-padded).
+   */
+  crypt(
+    encrypt: boolean,
+    src: Uint8Array,
+    dst: Uint8Array,
+    firstTweak: number,
+    sectorSize: number,
+    tweakStep: number,
+  ): void
+  /** Frees (and wipes) the key schedule now rather than at garbage collection. */
+  destroy(): void
 }
 
 const ADDON = join('build', 'Release', 'vrio_io.node')
