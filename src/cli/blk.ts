@@ -30,6 +30,43 @@ interface CreateOptions extends ControlOptions {
   backing: string
   name?: string
   readOnly?: boolean
+  encrypt?: string
+  keyFile?: string
+  passphraseFile?: string
+  sectorSize?: string
+}
+
+/** The `encrypt` part of a disk request from the command line (paths made absolute). */
+function encryptionSpec(o: CreateOptions): CreateDiskRequest['encrypt'] {
+  if (o.encrypt === undefined) {
+    if (o.keyFile || o.passphraseFile || o.sectorSize)
+      throw new VrioError(
+        'invalid-argument',
+        '--key-file, --passphrase-file and --sector-size go with --encrypt',
+      )
+    return undefined
+  }
+  if (o.encrypt === 'plain') {
+    if (!o.keyFile || o.passphraseFile)
+      throw new VrioError(
+        'invalid-argument',
+        '--encrypt plain needs --key-file (raw 32 or 64 bytes) and no passphrase',
+      )
+    const sectorSize = o.sectorSize === undefined ? undefined : Number(o.sectorSize)
+    if (sectorSize !== undefined && sectorSize !== 512 && sectorSize !== 4096)
+      throw new VrioError('invalid-argument', `--sector-size '${o.sectorSize}' must be 512 or 4096`)
+    return { kind: 'plain', cipher: 'aes-xts-plain64', keyFile: resolve(o.keyFile), sectorSize }
+  }
+  if (o.encrypt === 'luks') {
+    if (!o.keyFile === !o.passphraseFile)
+      throw new VrioError('invalid-argument', '--encrypt luks needs one of --passphrase-file and --key-file')
+    if (o.sectorSize)
+      throw new VrioError('invalid-argument', 'a LUKS volume has its own sector size; drop --sector-size')
+    return o.keyFile
+      ? { kind: 'luks', keyFile: resolve(o.keyFile) }
+      : { kind: 'luks', passphraseFile: resolve(o.passphraseFile!) }
+  }
+  throw new VrioError('invalid-argument', `--encrypt '${o.encrypt}' must be plain or luks`)
 }
 
 export function registerBlkCommands(program: Command): void {
@@ -44,6 +81,13 @@ export function registerBlkCommands(program: Command): void {
     .requiredOption('--backing <path>', 'raw image file or block device on the IOhyp')
     .option('--name <name>', 'disk name, unique on this IOhyp (default disk0, disk1, ...)')
     .option('--read-only', 'the guest may only read')
+    .option(
+      '--encrypt <plain|luks>',
+      'encrypt on the IOhyp: dm-crypt plain aes-xts-plain64, or a LUKS1/LUKS2 volume (vrio crypt format)',
+    )
+    .option('--key-file <file>', 'with --encrypt: the raw XTS key (plain), or a LUKS key file')
+    .option('--passphrase-file <file>', 'with --encrypt luks: the passphrase')
+    .option('--sector-size <512|4096>', 'with --encrypt plain: encryption sector size (default 512)')
   addControlOption(create, DEFAULT_IOHYP_SOCKET)
   addJsonOption(create).action(async (o: CreateOptions) => {
     if (parseMac(o.guest) === undefined && parseIPv4(o.guest) === undefined) {
@@ -54,6 +98,7 @@ export function registerBlkCommands(program: Command): void {
       backing: resolve(o.backing),
       name: o.name,
       readOnly: o.readOnly === true,
+      encrypt: encryptionSpec(o),
     }
     const disk = await controlClient(o.control!).post<DiskInfo>(ROUTES.disks, request)
     if (o.json) printJson(disk)

@@ -25,6 +25,8 @@
  * A failure is any status >= 400 with body `{ "error": ErrorBody }`.
  */
 
+import type { EncryptionSpec } from '../services/crypt/open.ts'
+
 export const DEFAULT_IOHYP_SOCKET = '/run/vrio/iohyp.sock'
 export const DEFAULT_GUEST_SOCKET = '/run/vrio/guest.sock'
 
@@ -148,6 +150,12 @@ export interface CreateDiskRequest {
   /** Unique on this IOhyp; default `disk<N>`. Letters, digits, `-`, `_`, `.`; at most 64. */
   name?: string
   readOnly?: boolean
+  /**
+   * Encrypt on the IOhyp (the guest sees plaintext, the backing holds ciphertext): dm-crypt plain
+   * aes-xts-plain64 with a key file, or a LUKS1/LUKS2 volume opened with a passphrase or key file.
+   * Paths only: the daemon reads the secrets and never echoes them (docs/services.md).
+   */
+  encrypt?: EncryptionSpec
 }
 
 /** A remote disk as the IOhyp sees it (`GET /v1/blk`, and the answer to create and remove). */
@@ -166,6 +174,8 @@ export interface DiskInfo {
   device: string | null
   requests: number
   errors: number
+  /** The encryption service (format, cipher, sector size, counters; never keys), or null. */
+  encryption: ({ kind: 'plain' | 'luks'; counters: object } & Record<string, unknown>) | null
 }
 
 /** A disk as the guest sees it (`GET /v1/blk` on the guest daemon). */

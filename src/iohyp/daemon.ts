@@ -10,6 +10,7 @@ import { VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
 import type { Logger } from '../daemon/log.ts'
 import { VrioError } from '../errors.ts'
 import { Rpc } from '../session/rpc.ts'
+import type { EncryptionSpec } from '../services/crypt/open.ts'
 import type { ExportableState } from '../config/export.ts'
 import type { DiskEntry, NicEntry } from '../config/load.ts'
 import { type DiskState, IohypDisks } from './disks.ts'
@@ -178,7 +179,13 @@ export class IohypDaemon {
         throw new VrioError('invalid-argument', 'name must be a string')
       const g = this.findGuest(body.guest)
       const disk = await this.disks.create(
-        { guest: body.guest, backing: body.backing, name: body.name, readOnly: body.readOnly === true },
+        {
+          guest: body.guest,
+          backing: body.backing,
+          name: body.name,
+          readOnly: body.readOnly === true,
+          encrypt: parseEncrypt(body.encrypt),
+        },
         g,
       )
       await this.saveState()
@@ -425,4 +432,30 @@ export class IohypDaemon {
     })
     await this.saveState()
   }
+}
+
+/** The `encrypt` field of a disk request: its shape only (openEncryption checks the files). */
+function parseEncrypt(value: unknown): EncryptionSpec | undefined {
+  if (value === undefined || value === null) return undefined
+  const v = value as Record<string, unknown>
+  const paths = (keys: string[]) =>
+    keys.every((k) => v[k] === undefined || (typeof v[k] === 'string' && (v[k] as string).startsWith('/')))
+  if (
+    v.kind === 'plain' &&
+    v.cipher === 'aes-xts-plain64' &&
+    typeof v.keyFile === 'string' &&
+    paths(['keyFile'])
+  )
+    return v as EncryptionSpec
+  if (
+    v.kind === 'luks' &&
+    (v.passphraseFile === undefined) !== (v.keyFile === undefined) &&
+    paths(['passphraseFile', 'keyFile'])
+  )
+    return v as EncryptionSpec
+  throw new VrioError(
+    'invalid-argument',
+    "encrypt must be {kind: 'plain', cipher: 'aes-xts-plain64', keyFile} or {kind: 'luks', passphraseFile | keyFile}, with absolute paths",
+    { field: 'encrypt' },
+  )
 }

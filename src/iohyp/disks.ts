@@ -1,7 +1,10 @@
 import type { CreateDiskRequest, DiskInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
 import { BlockBackend, replyNoDevice } from '../devices/blk/backend.ts'
+import type { BlockDevice } from '../devices/blk/device.ts'
 import { FileDevice } from '../devices/blk/file-device.ts'
+import type { EncryptedDevice } from '../services/crypt/encrypted-device.ts'
+import { type EncryptionSpec, openEncryption } from '../services/crypt/open.ts'
 import { VrioError } from '../errors.ts'
 import { newDeviceHandle } from './handles.ts'
 import type { Rpc } from '../session/rpc.ts'
@@ -22,7 +25,16 @@ export interface DiskState {
   guest: string
   backing: string
   readOnly: boolean
+  /** The encryption service's settings (file paths only; keys stay in their files). */
+  encrypt?: EncryptionSpec
   handle: { high: number; low: number }
+}
+
+/** A disk's store: the backing file, and the encryption service around it when there is one. */
+interface Store {
+  file: FileDevice
+  crypt?: EncryptedDevice
+  encrypt?: EncryptionSpec
 }
 
 interface Disk {
@@ -32,7 +44,9 @@ interface Disk {
   readOnly: boolean
   /** low: a slot number unique on this IOhyp; high: a random tag, so a guessed slot names nothing. */
   handle: { high: number; low: number }
-  device: FileDevice
+  store: Store
+  /** What the back-end serves: the encrypted view of the file, or the file. */
+  device: BlockDevice
   backend: BlockBackend
   nbd: string | null
   attachedAs: string | null
@@ -69,6 +83,7 @@ export class IohypDisks {
       guest: formatMac(d.guest),
       backing: d.backing,
       readOnly: d.readOnly,
+      ...(d.store.encrypt ? { encrypt: d.store.encrypt } : {}),
       handle: d.handle,
     }))
   }
@@ -98,9 +113,9 @@ export class IohypDisks {
         throw new VrioError('conflict', `${req.backing} already backs disk ${d.name}`)
       }
     }
-    const device = await openBacking(req.backing, req.readOnly === true)
+    const store = await openStore(req.backing, req.readOnly === true, req.encrypt)
     const handle = newDeviceHandle(this.nextSlot++)
-    const d = this.add(name, guest.mac, req.backing, req.readOnly === true, handle, device)
+    const d = this.add(name, guest.mac, req.backing, req.readOnly === true, handle, store)
     try {
       d.backend.attach(guest.session)
       await this.announce(d, guest)
@@ -112,7 +127,8 @@ export class IohypDisks {
       disk: name,
       guest: formatMac(guest.mac),
       backing: req.backing,
-      size: device.size,
+      size: d.device.size,
+      encrypted: store.crypt ? store.encrypt?.kind : false,
     })
     return this.info(d)
   }
@@ -138,8 +154,14 @@ export class IohypDisks {
       const mac = macOf(e.guest)
       if (mac === undefined || !NAME_RE.test(e.name))
         throw new VrioError('invalid-state', `malformed disk entry ${e.name}`)
-      const device = await openBacking(e.backing, e.readOnly)
-      this.add(e.name, mac, e.backing, e.readOnly, e.handle, device)
+      this.add(
+        e.name,
+        mac,
+        e.backing,
+        e.readOnly,
+        e.handle,
+        await openStore(e.backing, e.readOnly, e.encrypt),
+      )
       this.nextSlot = Math.max(this.nextSlot, e.handle.low + 1)
     }
   }
@@ -159,28 +181,27 @@ export class IohypDisks {
     }[],
     macOf: (text: string) => number | undefined,
   ): Promise<void> {
-    // TODO: block encryption (encrypt) is another service's; until it exists such a disk is refused,
-    // never served in the clear.
-    const encrypted = entries.find((e) => e.encrypt !== undefined)
-    if (encrypted)
-      throw new VrioError(
-        'not-implemented',
-        `disk ${encrypted.name}: encrypted disks are not implemented yet`,
-      )
     for (const e of entries) {
       const mac = macOf(e.guest)
       if (mac === undefined || !NAME_RE.test(e.name))
         throw new VrioError('invalid-argument', `disk ${e.name}: no enrolled guest ${e.guest}`)
       const old = this.disks.get(e.name)
-      if (old && old.guest === mac && old.backing === e.backing && old.readOnly === e.readOnly) continue
+      if (
+        old &&
+        old.guest === mac &&
+        old.backing === e.backing &&
+        old.readOnly === e.readOnly &&
+        JSON.stringify(old.store.encrypt) === JSON.stringify(e.encrypt)
+      )
+        continue
       if (old) await this.drop(old)
       for (const d of this.disks.values()) {
         if (d.backing === e.backing && (!d.readOnly || !e.readOnly))
           throw new VrioError('conflict', `disk ${e.name}: ${e.backing} already backs disk ${d.name}`)
       }
-      const device = await openBacking(e.backing, e.readOnly)
+      const store = await openStore(e.backing, e.readOnly, e.encrypt as EncryptionSpec | undefined)
       const handle = newDeviceHandle(this.nextSlot++)
-      this.add(e.name, mac, e.backing, e.readOnly, handle, device)
+      this.add(e.name, mac, e.backing, e.readOnly, handle, store)
       this.log.info('disk declared', { disk: e.name, guest: formatMac(mac), backing: e.backing })
     }
   }
@@ -217,7 +238,7 @@ export class IohypDisks {
       // Acknowledged writes are on the backing store once the backend is idle and flushed.
       await d.backend.close()
       await d.device.flush().catch(() => {})
-      await d.device.close()
+      await closeStore(d.store)
     }
     this.disks.clear()
     this.bySlot.clear()
@@ -229,14 +250,16 @@ export class IohypDisks {
     backing: string,
     readOnly: boolean,
     handle: { high: number; low: number },
-    device: FileDevice,
+    store: Store,
   ): Disk {
+    const device = store.crypt ?? store.file
     const d: Disk = {
       name,
       guest,
       backing,
       readOnly,
       handle,
+      store,
       device,
       backend: new BlockBackend(device, { handle }),
       nbd: null,
@@ -275,7 +298,7 @@ export class IohypDisks {
     this.disks.delete(d.name)
     this.bySlot.delete(d.handle.low)
     await d.backend.close()
-    await d.device.close()
+    await closeStore(d.store)
   }
 
   private freeName(): string {
@@ -296,8 +319,32 @@ export class IohypDisks {
       device: d.attachedAs,
       requests: s.requests,
       errors: Object.values(s.errors).reduce((a, b) => a + b, 0),
+      encryption: d.store.crypt
+        ? { kind: d.store.encrypt!.kind, ...d.store.crypt.info(), counters: d.store.crypt.counters() }
+        : null,
     }
   }
+}
+
+/** Opens the backing file and, for an encrypted disk, the encryption service around it. */
+async function openStore(
+  path: string,
+  readOnly: boolean,
+  encrypt: EncryptionSpec | undefined,
+): Promise<Store> {
+  const file = await openBacking(path, readOnly)
+  if (!encrypt) return { file }
+  try {
+    return { file, crypt: await openEncryption(file, encrypt), encrypt }
+  } catch (error) {
+    await file.close()
+    throw error
+  }
+}
+
+async function closeStore(store: Store): Promise<void> {
+  store.crypt?.close()
+  await store.file.close()
 }
 
 async function openBacking(path: string, readOnly: boolean): Promise<FileDevice> {
