@@ -74,7 +74,8 @@ async function main(argv: string[]): Promise<number> {
   const state: RunState = { json: false }
   try {
     await buildProgram(state).parseAsync(argv)
-    return 0
+    // An action may have chosen its own status (the demo: 130 when interrupted).
+    return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (error) {
     if (error instanceof CommanderError) return error.exitCode
     if (isVrioError(error)) {
