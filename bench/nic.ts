@@ -11,8 +11,8 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { cleanupNetns, createNetns, createVethPair, exec, ip, type Netns } from '../test/support/netns.ts'
-import { directLink } from '../test/support/topology.ts'
+import { cleanupNetns, exec, ip, type Netns } from '../test/support/netns.ts'
+import { directLink, worldOnBridge } from '../test/support/topology.ts'
 import { VrioPair } from '../test/support/vrio-pair.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
@@ -101,13 +101,7 @@ try {
   await pair.start()
   const iohyp = t.a.ns
   const guest = t.b.ns
-  ip(iohyp, ['link', 'add', 'brw', 'type', 'bridge'])
-  ip(iohyp, ['link', 'set', 'brw', 'up'])
-  const world = createNetns()
-  const v = createVethPair(world, iohyp)
-  ip(iohyp, ['link', 'set', v.b.ifname, 'master', 'brw'])
-  ip(world, ['addr', 'add', '192.168.77.100/24', 'dev', v.a.ifname])
-  ip(world, ['addr', 'add', '192.168.88.100/24', 'dev', v.a.ifname])
+  const world = worldOnBridge(iohyp, ['192.168.77.100/24', '192.168.88.100/24']).ns
   for (const args of [['-s'], ['-c', PINGPONG_SERVER]]) {
     const cmd = args[0] === '-s' ? 'iperf3' : 'python3'
     servers.push(spawn('ip', ['netns', 'exec', world.name, cmd, ...args], { stdio: 'ignore' }))

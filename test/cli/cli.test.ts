@@ -39,10 +39,4 @@ describe('vrio command line', () => {
     assert.match(r.stderr, /unknown command 'frobnicate'/)
     assert.doesNotMatch(r.stderr, /\n\s+at /)
   })
-
-  it('says plainly that the demo does not exist yet', () => {
-    const r = vrio('demo')
-    assert.equal(r.status, 1)
-    assert.match(r.stderr, /^vrio: the demo needs the daemons/)
-  })
 })

@@ -21,8 +21,8 @@ import { Delivery } from '../../src/transport/config.ts'
 import { formatIPv4, parseMac } from '../../src/wire/address.ts'
 import { encodeMessageHeader, MessageType, newMessageHeader } from '../../src/wire/message-header.ts'
 import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
-import { cleanupNetns, createNetns, createVethPair, ip, requireRoot } from '../support/netns.ts'
-import { directLink } from '../support/topology.ts'
+import { cleanupNetns, ip, requireRoot } from '../support/netns.ts'
+import { directLink, worldOnBridge } from '../support/topology.ts'
 import { waitUntil } from '../support/wait.ts'
 import { VrioPair } from '../support/vrio-pair.ts'
 
@@ -123,12 +123,8 @@ describe('remote NIC under hostile input from an authenticated guest and the lin
     )
 
     // The world: a bridge in the IOhyp's namespace and a namespace on it that watches what arrives.
-    ip(link.a.ns, ['link', 'add', 'brw', 'type', 'bridge'])
-    ip(link.a.ns, ['link', 'set', 'brw', 'up'])
-    const world = createNetns()
-    const v = createVethPair(world, link.a.ns)
-    ip(link.a.ns, ['link', 'set', v.b.ifname, 'master', 'brw'])
-    worldSocket = PacketSocket.open({ ifname: v.a.ifname, netns: world.path })
+    const world = worldOnBridge(link.a.ns)
+    worldSocket = PacketSocket.open({ ifname: world.ifname, netns: world.ns.path })
     worldSocket.onBatch((b) => {
       for (let i = 0; i < b.count; i++) {
         const f = b.frame(i)

@@ -13,17 +13,8 @@ import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { ListNicsResponse, NicInfo } from '../../src/control/api.ts'
 import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
-import {
-  cleanupNetns,
-  createNetns,
-  createVethPair,
-  exec,
-  execAsync,
-  ip,
-  type Netns,
-  requireRoot,
-} from '../support/netns.ts'
-import { directLink } from '../support/topology.ts'
+import { cleanupNetns, exec, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
+import { directLink, worldOnBridge } from '../support/topology.ts'
 import { VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
@@ -92,12 +83,7 @@ describe('NIC services with real traffic', () => {
     pair = new VrioPair(link.a, link.b)
     await pair.start()
     guest = link.b.ns
-    ip(link.a.ns, ['link', 'add', 'brw', 'type', 'bridge'])
-    ip(link.a.ns, ['link', 'set', 'brw', 'up'])
-    world = createNetns()
-    const v = createVethPair(world, link.a.ns)
-    ip(link.a.ns, ['link', 'set', v.b.ifname, 'master', 'brw'])
-    ip(world, ['addr', 'add', `${WORLD}/24`, 'dev', v.a.ifname])
+    world = worldOnBridge(link.a.ns, [`${WORLD}/24`]).ns
     rules = join(pair.dir, 'rules')
     exec(world, 'mkdir', ['-p', rules, join(pair.dir, 'www')])
     writeFileSync(join(pair.dir, 'www', 'index.html'), 'hello from the world\n')

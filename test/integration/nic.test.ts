@@ -23,7 +23,7 @@ import {
   type Netns,
   requireRoot,
 } from '../support/netns.ts'
-import { directLink, firewalledLan } from '../support/topology.ts'
+import { worldOnBridge as bridgeWorld, directLink, firewalledLan } from '../support/topology.ts'
 import { type ExtraGuest, VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
@@ -44,14 +44,7 @@ after(() => {
 
 /** A bridge `brw` in the IOhyp's namespace with a "world" namespace on it (IPv4 and IPv6). */
 function worldOnBridge(iohyp: Netns): Netns {
-  ip(iohyp, ['link', 'add', 'brw', 'type', 'bridge'])
-  ip(iohyp, ['link', 'set', 'brw', 'up'])
-  const world = createNetns({ ipv6: true })
-  const v = createVethPair(world, iohyp)
-  ip(iohyp, ['link', 'set', v.b.ifname, 'master', 'brw'])
-  ip(world, ['addr', 'add', `${WORLD_V4}/24`, 'dev', v.a.ifname])
-  ip(world, ['-6', 'addr', 'add', `${WORLD_V6}/64`, 'dev', v.a.ifname, 'nodad'])
-  return world
+  return bridgeWorld(iohyp, [`${WORLD_V4}/24`, `${WORLD_V6}/64`], { ipv6: true }).ns
 }
 
 function enableIPv6(ns: Netns): void {

@@ -90,3 +90,34 @@ export function firewallCounters(fw: Netns): { invalid: number; established: num
   }
   return counts
 }
+
+/** The "world" a remote NIC reaches: a bridge `brw` in the IOhyp's namespace and a namespace on it. */
+export interface World {
+  ns: Netns
+  /** The world's interface (on the bridge). */
+  ifname: string
+}
+
+/** Creates the world: bridge `brw` in `iohyp`, a new namespace joined to it by a veth, the given addresses on it. */
+export function worldOnBridge(
+  iohyp: Netns,
+  addresses: readonly string[] = [],
+  options: { ipv6?: boolean } = {},
+): World {
+  ip(iohyp, ['link', 'add', 'brw', 'type', 'bridge'])
+  ip(iohyp, ['link', 'set', 'brw', 'up'])
+  const ns = createNetns(options)
+  const v = createVethPair(ns, iohyp)
+  ip(iohyp, ['link', 'set', v.b.ifname, 'master', 'brw'])
+  for (const a of addresses)
+    ip(ns, [
+      ...(a.includes(':') ? ['-6'] : []),
+      'addr',
+      'add',
+      a,
+      'dev',
+      v.a.ifname,
+      ...(a.includes(':') ? ['nodad'] : []),
+    ])
+  return { ns, ifname: v.a.ifname }
+}
