@@ -33,7 +33,6 @@ export interface TapOptions {
   /** IFF_MULTI_QUEUE: open the same name several times to get one queue per TapDevice. */
   multiQueue?: boolean
   rxBatch?: number
-  slabs?: number
   frameSize?: number
 }
 
@@ -91,7 +90,6 @@ export class TapDevice extends FrameChannel {
     }
     const rx: ReceiveConfig = {
       rxBatch: options.rxBatch ?? 64,
-      slabs: options.slabs ?? 4,
       // A TAP read into a too-small buffer loses the frame, so leave room for MTU changes.
       frameSize: options.frameSize ?? defaultFrameSize(Math.max(opened.mtu, 9000), vnetHdr),
     }
