@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("openTap", Napi::Function::New<OpenTap>(env, "openTap"));
   exports.Set("interfaceInfo", Napi::Function::New<InterfaceInfo>(env, "interfaceInfo"));
   exports.Set("fallocate", Napi::Function::New<Fallocate>(env, "fallocate"));
+  exports.Set("ioNowait", Napi::Function::New<IoNowait>(env, "ioNowait"));
   return exports;
 }
 

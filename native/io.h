@@ -119,6 +119,8 @@ Napi::Value OpenTap(const Napi::CallbackInfo& info);
 Napi::Value InterfaceInfo(const Napi::CallbackInfo& info);
 // fallocate.cc: fallocate(2) on the thread pool, for block back-ends (hole punching).
 Napi::Value Fallocate(const Napi::CallbackInfo& info);
+// nowait.cc: preadv2/pwritev2(RWF_NOWAIT) on the calling thread, for block back-ends.
+Napi::Value IoNowait(const Napi::CallbackInfo& info);
 
 // Per-env state: the Channel constructor, needed by the factories.
 struct AddonData {

@@ -76,6 +76,11 @@ export interface NativeAddon {
     length: number,
     callback: (error: Error | null) => void,
   ): void
+  /**
+   * One preadv2/pwritev2 with RWF_NOWAIT on this thread: bytes moved (possibly short), or -errno
+   * (-EAGAIN: it would have to wait; -EOPNOTSUPP: not possible on this file).
+   */
+  ioNowait(write: boolean, fd: number, buf: Uint8Array, offset: number): number
 }
 
 const ADDON = join('build', 'Release', 'vrio_io.node')
