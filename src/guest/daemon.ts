@@ -97,8 +97,8 @@ export class GuestDaemon {
       control: (m) => {
         if (session === this.iohyp) this.rpc.onControl(m)
       },
-      data: (h, m) => {
-        if (session === this.iohyp) this.disks.receive(h, m)
+      data: (h, m, _delivery, owned) => {
+        if (session === this.iohyp) this.disks.receive(h, m, owned)
       },
       writable: () => {
         if (session === this.iohyp) this.disks.writable()

@@ -246,7 +246,7 @@ export class IohypDaemon {
         this.log.info('guest connected', { mac: formatMac(g.mac), address: formatIPv4(g.ip) })
       },
       control: (m) => g.rpc.onControl(m),
-      data: (h, m) => this.disks.receive(g, h, m),
+      data: (h, m, _delivery, owned) => this.disks.receive(g, h, m, owned),
       writable: () => this.disks.writable(g),
       closed: (reason, failure) => {
         addStats(g.totals, c)
