@@ -4,6 +4,8 @@
  * side. Backing: one file on tmpfs (/dev/shm), so the disk is not the limit. Cache: both through
  * the page cache (vrio's FileDevice uses buffered I/O; qemu-nbd --cache=writeback). MTU 1500.
  *   npm run bench -- blk           (root; fio, qemu-nbd from qemu-utils)
+ * BENCH_SECONDS (default 5) sets each run's length, BENCH_CASES a comma-separated list of case
+ * numbers (1-4) to run, BENCH_QEMU=0 skips qemu-nbd (vrio only, for before/after comparisons).
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
@@ -22,12 +24,16 @@ interface Case {
   rw: 'read' | 'write'
 }
 
-const CASES: Case[] = [
+const ALL_CASES: Case[] = [
   { name: '4k randread QD1', args: ['--rw=randread', '--bs=4k', '--iodepth=1'], kind: 'iops', rw: 'read' },
   { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], kind: 'iops', rw: 'read' },
   { name: '1M seq read', args: ['--rw=read', '--bs=1m', '--iodepth=8'], kind: 'mbps', rw: 'read' },
   { name: '1M seq write', args: ['--rw=write', '--bs=1m', '--iodepth=8'], kind: 'mbps', rw: 'write' },
 ]
+const CASES = process.env.BENCH_CASES
+  ? process.env.BENCH_CASES.split(',').map((n) => ALL_CASES[Number(n) - 1])
+  : ALL_CASES
+const WITH_QEMU = process.env.BENCH_QEMU !== '0'
 
 interface Result {
   value: number
@@ -90,51 +96,59 @@ try {
   const vrioPids = [pair.iohyp.child.pid!, pair.guest.child.pid!]
   const vrio = CASES.map((c) => measure(disk.nbd!, c, vrioPids))
   await pair.removeDisk('bench')
-
-  qemu = spawn(
-    'ip',
-    [
-      'netns',
-      'exec',
-      t.a.ns.name,
-      'qemu-nbd',
-      '--format=raw',
-      '--cache=writeback',
-      '--persistent',
-      '--shared=8',
-      '--bind=10.99.0.1',
-      '--port=10809',
-      backing,
-    ],
-    { stdio: 'ignore' },
-  )
-  await new Promise((r) => setTimeout(r, 1000))
-  const kernel = CASES.map((c) => measure('nbd://10.99.0.1:10809/', c, [qemu!.pid!], t.b.ns.name))
-
-  const fmt = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2)).padStart(10)
-  console.log(
-    `${'case'.padEnd(20)}${'vrio'.padStart(10)}${'qemu-nbd'.padStart(10)}${'ratio'.padStart(8)}   p50/p99 µs vrio | qemu-nbd      server CPU s/GB vrio | qemu-nbd`,
-  )
-  CASES.forEach((c, i) => {
-    const v = vrio[i]
-    const q = kernel[i]
-    const unit = c.kind === 'iops' ? 'IOPS' : 'MB/s'
-    console.log(
-      `${`${c.name} ${unit}`.padEnd(20)}${fmt(v.value)}${fmt(q.value)}${(v.value / q.value).toFixed(2).padStart(8)}   ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)} | ${q.p50us.toFixed(0)}/${q.p99us.toFixed(0)}        ${(v.serverCpuSeconds / (v.bytes / 1e9)).toFixed(2)} | ${(q.serverCpuSeconds / (q.bytes / 1e9)).toFixed(2)}`,
+  if (!WITH_QEMU) {
+    for (const [i, c] of CASES.entries()) {
+      const v = vrio[i]
+      console.log(
+        `${c.name.padEnd(20)}${v.value.toFixed(0).padStart(10)}   p50/p99 µs ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)}   server CPU s/GB ${(v.serverCpuSeconds / (v.bytes / 1e9)).toFixed(2)}`,
+      )
+    }
+  } else {
+    qemu = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        t.a.ns.name,
+        'qemu-nbd',
+        '--format=raw',
+        '--cache=writeback',
+        '--persistent',
+        '--shared=8',
+        '--bind=10.99.0.1',
+        '--port=10809',
+        backing,
+      ],
+      { stdio: 'ignore' },
     )
-  })
-  console.log(
-    JSON.stringify({
-      bench: 'blk',
-      seconds: SECONDS,
-      cases: CASES.map((c, i) => ({
-        case: c.name,
-        vrio: vrio[i],
-        qemuNbd: kernel[i],
-        ratio: vrio[i].value / kernel[i].value,
-      })),
-    }),
-  )
+    await new Promise((r) => setTimeout(r, 1000))
+    const kernel = CASES.map((c) => measure('nbd://10.99.0.1:10809/', c, [qemu!.pid!], t.b.ns.name))
+
+    const fmt = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2)).padStart(10)
+    console.log(
+      `${'case'.padEnd(20)}${'vrio'.padStart(10)}${'qemu-nbd'.padStart(10)}${'ratio'.padStart(8)}   p50/p99 µs vrio | qemu-nbd      server CPU s/GB vrio | qemu-nbd`,
+    )
+    CASES.forEach((c, i) => {
+      const v = vrio[i]
+      const q = kernel[i]
+      const unit = c.kind === 'iops' ? 'IOPS' : 'MB/s'
+      console.log(
+        `${`${c.name} ${unit}`.padEnd(20)}${fmt(v.value)}${fmt(q.value)}${(v.value / q.value).toFixed(2).padStart(8)}   ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)} | ${q.p50us.toFixed(0)}/${q.p99us.toFixed(0)}        ${(v.serverCpuSeconds / (v.bytes / 1e9)).toFixed(2)} | ${(q.serverCpuSeconds / (q.bytes / 1e9)).toFixed(2)}`,
+      )
+    })
+    console.log(
+      JSON.stringify({
+        bench: 'blk',
+        seconds: SECONDS,
+        cases: CASES.map((c, i) => ({
+          case: c.name,
+          vrio: vrio[i],
+          qemuNbd: kernel[i],
+          ratio: vrio[i].value / kernel[i].value,
+        })),
+      }),
+    )
+  }
 } finally {
   qemu?.kill()
   await pair.stop()

@@ -4,8 +4,8 @@
  *   send:   this process sends with sendmmsg (64 frames per call) vs one frame per call (the
  *           baseline: the project has no JS raw socket). CPU includes the kernel's veth delivery,
  *           which runs on the sender's CPU.
- *   recv:   a child process floods with sendmmsg; this process receives on the native reader
- *           thread and counts frames in JS. CPU is this process's (reader thread + JS).
+ *   recv:   a child process floods with sendmmsg; this process receives (uv_poll + recvmmsg
+ *           on the event loop) and counts frames in JS. CPU is this process's.
  *
  * Run: npm run build && node dist/bench/packet-io.js [seconds-per-case]
  */
@@ -123,7 +123,7 @@ async function benchRecv(
   const s1 = rx.stats()
   await exited
   return {
-    case: 'recv reader thread',
+    case: 'recv',
     frameBytes: size,
     framesPerSec: got / secs,
     cpuUsPerFrame: cpu / got,

@@ -1,9 +1,7 @@
-// Channel: an fd (AF_PACKET socket or TAP queue), its batched send path, and the reader thread
-// that fills slabs and hands them to JS through a thread-safe function.
+// Channel: an fd (AF_PACKET socket or TAP queue), its batched send path, and the uv_poll watcher
+// that drains it on the event loop thread and hands each batch to JS synchronously.
 #include <errno.h>
 #include <linux/if_packet.h>
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -15,9 +13,13 @@ namespace vrio {
 namespace {
 
 // Results of one receive round (RecvPacket/RecvTap).
-constexpr int kAgain = 0;   // read something (or hit a transient error): try again right away
-constexpr int kEmpty = -1;  // nothing (more) to read: poll() before trying again
-constexpr int kFatal = -2;  // the reader must stop; readerErrno_/readerSyscall_ say why
+constexpr int kAgain = 0;   // read a full batch (or hit a transient error): try again right away
+constexpr int kEmpty = -1;  // nothing (more) to read: wait for the next readable event
+constexpr int kFatal = -2;  // receiving must stop; rxErrno_/rxSyscall_ say why
+
+// Batches delivered per readable event at most, so other handles get their turn under a flood
+// (the watcher is level-triggered: it fires again on the next loop iteration).
+constexpr int kMaxBatchesPerWake = 8;
 
 // sendmmsg() silently caps vlen at UIO_MAXIOV.
 constexpr uint32_t kMaxSendChunk = 1024;
@@ -49,8 +51,8 @@ Napi::Object Channel::Create(Napi::Env env, Kind kind, int fd, bool vnetHdr, boo
   ch->fd_ = fd;
   ch->vnetHdr_ = vnetHdr;
   ch->filterOutgoing_ = filterOutgoing;
-  // Stops the reader before the env frees the slabs it may be writing into (worker exit,
-  // process teardown with an unref'd channel still open).
+  // Stops the watcher and closes the fd at env teardown (worker exit, process teardown with an
+  // unref'd channel still open).
   if (napi_add_env_cleanup_hook(env, EnvCleanup, ch) == napi_ok) ch->cleanupHookAdded_ = true;
   return obj;
 }
@@ -58,183 +60,136 @@ Napi::Object Channel::Create(Napi::Env env, Kind kind, int fd, bool vnetHdr, boo
 Channel::Channel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Channel>(info) {}
 
 Channel::~Channel() {
-  // Reached only when the wrapper is collected. While the reader runs, the wrapper is pinned by
-  // Ref() until the TSFN is finalized, so there is no thread left here; just the fd, if the
-  // owner dropped the object without close().
+  // Reached only when the wrapper is collected. While the watcher runs, the wrapper is pinned by
+  // Ref() until close(), so only the fd may be left, if the owner dropped the object unclosed.
   if (cleanupHookAdded_) napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
-  StopReader();
+  StopPoll();
   CloseFd();
 }
 
 void Channel::EnvCleanup(void* arg) {
   Channel* ch = static_cast<Channel*>(arg);
   ch->cleanupHookAdded_ = false;
-  ch->StopReader();
+  ch->StopPoll();
   ch->CloseFd();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Receive
 
+// start(callback, batch, frameSize): one slab, since batches are delivered synchronously.
 Napi::Value Channel::Start(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_ || fd_ < 0) return ThrowSysErr(env, {EBADF, "start", "channel is closed"});
-  if (started_) return ThrowInvalid(env, "reader already started");
-  if (info.Length() < 4 || !info[0].IsFunction() || !info[1].IsNumber() || !info[2].IsNumber() ||
-      !info[3].IsNumber()) {
-    return ThrowInvalid(env, "start(callback, batch, slabs, frameSize)");
+  if (started_) return ThrowInvalid(env, "receiving already started");
+  if (info.Length() < 3 || !info[0].IsFunction() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    return ThrowInvalid(env, "start(callback, batch, frameSize)");
   }
   uint32_t batch = info[1].As<Napi::Number>().Uint32Value();
-  uint32_t nslabs = info[2].As<Napi::Number>().Uint32Value();
-  uint32_t frameSize = info[3].As<Napi::Number>().Uint32Value();
-  if (batch < 1 || batch > 1024 || nslabs < 2 || nslabs > 64 || frameSize < 64 || frameSize > (1u << 20) ||
+  uint32_t frameSize = info[2].As<Napi::Number>().Uint32Value();
+  if (batch < 1 || batch > 1024 || frameSize < 64 || frameSize > (1u << 20) ||
       uint64_t(batch) * frameSize > (1ull << 31)) {
-    return ThrowInvalid(env, "batch must be 1..1024, slabs 2..64, frameSize 64..1048576");
+    return ThrowInvalid(env, "batch must be 1..1024, frameSize 64..1048576");
   }
-
-  wakeFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (wakeFd_ < 0) return ThrowSysErr(env, {errno, "eventfd", ""});
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) return ThrowInvalid(env, "no event loop");
 
   batch_ = batch;
   frameSize_ = frameSize;
-  slabs_ = std::vector<Slab>(nslabs);  // never resized again: the reader holds Slab pointers
-  Napi::Array out = Napi::Array::New(env, nslabs);
-  for (uint32_t i = 0; i < nslabs; i++) {
-    Slab& s = slabs_[i];
-    Napi::ArrayBuffer data = Napi::ArrayBuffer::New(env, size_t(batch) * frameSize);
-    Napi::ArrayBuffer meta = Napi::ArrayBuffer::New(env, size_t(batch) * 2 * sizeof(uint32_t));
-    s.index = i;
-    s.data = static_cast<uint8_t*>(data.Data());
-    s.offsets = static_cast<uint32_t*>(meta.Data());
-    s.lengths = s.offsets + batch;
-    s.dataRef = Napi::Persistent(data);
-    s.metaRef = Napi::Persistent(meta);
-    Napi::Object pair = Napi::Object::New(env);
-    pair.Set("data", data);
-    pair.Set("meta", meta);
-    out.Set(i, pair);
-    free_.push_back(&s);
-  }
+  Napi::ArrayBuffer data = Napi::ArrayBuffer::New(env, size_t(batch) * frameSize);
+  Napi::ArrayBuffer meta = Napi::ArrayBuffer::New(env, size_t(batch) * 2 * sizeof(uint32_t));
+  slab_.data = static_cast<uint8_t*>(data.Data());
+  slab_.offsets = static_cast<uint32_t*>(meta.Data());
+  slab_.lengths = slab_.offsets + batch;
+  slab_.dataRef = Napi::Persistent(data);
+  slab_.metaRef = Napi::Persistent(meta);
+  rxMsgs_.resize(batch);
+  rxIov_.resize(batch);
+  rxAddr_.resize(batch);
 
-  tsfn_ = Tsfn::New(env, info[0].As<Napi::Function>(), "vrio-io-reader", 0 /* unbounded: the slabs bound it */,
-                    1, this, FinalizeTsfn, static_cast<void*>(nullptr));
-  if (!refed_) tsfn_.Unref(env);
-  // Pin the wrapper (and so this object) until the TSFN has delivered or dropped every queued
-  // batch; FinalizeTsfn undoes it.
-  Ref();
+  poll_ = new uv_poll_t;
+  int r = uv_poll_init(loop, poll_, fd_);
+  if (r != 0) {
+    delete poll_;
+    poll_ = nullptr;
+    return ThrowSysErr(env, {-r, "uv_poll_init", ""});
+  }
+  poll_->data = this;
   started_ = true;
-  reader_ = std::thread(&Channel::ReaderLoop, this);
+  env_ = env;
+  callback_ = Napi::Persistent(info[0].As<Napi::Function>());
+  asyncContext_ = new Napi::AsyncContext(env, "vrio-io-reader");
+  Ref();  // the wrapper stays while the watcher may call into it; StopPoll undoes it
+  r = uv_poll_start(poll_, UV_READABLE, OnReadable);
+  if (r != 0) {
+    StopPoll();
+    return ThrowSysErr(env, {-r, "uv_poll_start", ""});
+  }
+  if (!refed_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+
+  Napi::Array out = Napi::Array::New(env, 1);
+  Napi::Object pair = Napi::Object::New(env);
+  pair.Set("data", data);
+  pair.Set("meta", meta);
+  out.Set(uint32_t(0), pair);
   return out;
 }
 
-Slab* Channel::AcquireSlab() {
-  std::unique_lock<std::mutex> lk(mu_);
-  cv_.wait(lk, [this] { return stopping_ || !free_.empty(); });
-  if (stopping_) return nullptr;
-  Slab* s = free_.back();  // LIFO: the most recently used slab is the warmest in cache
-  free_.pop_back();
-  return s;
-}
-
-void Channel::ReleaseSlab(Slab* s) {
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    free_.push_back(s);
+void Channel::OnReadable(uv_poll_t* handle, int status, int /*events*/) {
+  Channel* ch = static_cast<Channel*>(handle->data);
+  if (status < 0) {
+    // epoll reported an error on the fd; the read below reports the real one (or finds data).
+    ch->rxErrors_++;
   }
-  cv_.notify_one();
+  ch->Drain();
 }
 
-void Channel::ReturnSlab(Slab* s) {
-  ReleaseSlab(s);
-  inFlight_.fetch_sub(1);
-  // The reader may be sitting on a partial batch, waiting for JS to go idle (see ReaderLoop).
-  // seq_cst on both sides: either it sees inFlight_ drop, or we see holding_ and wake it.
-  if (holding_.load() && wakeFd_ >= 0) {
-    uint64_t one = 1;
-    ssize_t w = write(wakeFd_, &one, sizeof(one));
-    (void)w;
+void Channel::Deliver(Napi::Env env, const std::initializer_list<napi_value>& args) {
+  // MakeCallback: the nextTick queue and microtasks run when it returns, as after any I/O event,
+  // so what the handler sends in response leaves before the next event is looked at.
+  delivering_ = true;
+  callback_.MakeCallback(env.Global(), args, *asyncContext_);
+  delivering_ = false;
+  if (env.IsExceptionPending()) {
+    Napi::Error e = env.GetAndClearPendingException();
+    napi_fatal_exception(env, e.Value());
   }
+  if (poll_ == nullptr) ReleaseCallback();  // stopped (closed) by the handler
 }
 
-bool Channel::WaitReadable() {
-  struct pollfd p[2] = {{fd_, POLLIN, 0}, {wakeFd_, POLLIN, 0}};
-  for (;;) {
-    int r = poll(p, 2, -1);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return true;  // let the read report whatever is wrong
-    if (p[1].revents) {
-      // Woken by close() or by JS returning a slab; the eventfd serves both.
-      uint64_t v;
-      ssize_t rd = read(wakeFd_, &v, sizeof(v));
-      (void)rd;
-      std::lock_guard<std::mutex> lk(mu_);
-      return !stopping_;
-    }
-    return true;
-  }
-}
-
-bool Channel::Stopping() {
-  std::lock_guard<std::mutex> lk(mu_);
-  return stopping_;
-}
-
-// Batching policy: a batch goes to JS as soon as JS is idle (no batch in flight), so a lone frame
-// is never delayed. While JS is busy with earlier batches, the reader keeps filling the current
-// slab instead of queueing many small batches: fewer, fuller callbacks exactly when the main
-// thread is the bottleneck.
-void Channel::ReaderLoop() {
-  for (;;) {
-    Slab* s = AcquireSlab();
-    if (s == nullptr) return;
-    uint32_t slots = 0;  // slots consumed (filtered frames use one too)
-    uint32_t n = 0;      // frames kept
-    int st;
-    for (;;) {
-      st = kind_ == Kind::Packet ? RecvPacket(s, slots, n) : RecvTap(s, slots, n);
-      if (st == kFatal || slots == batch_) break;
-      bool wait = st == kEmpty;
-      if (n > 0) {
-        holding_.store(true);
-        if (inFlight_.load() == 0) break;
-      }
-      if (wait ? !WaitReadable() : Stopping()) {
-        holding_.store(false);
-        ReleaseSlab(s);  // a partial batch is dropped on close, like queued ones
-        return;
-      }
-    }
-    holding_.store(false);
+// Reads what is queued, one batch per JS call. The JS dispatcher never throws (it defers handler
+// exceptions), and the handler may close the channel: checked after every call.
+void Channel::Drain() {
+  Napi::Env env(env_);
+  Napi::HandleScope scope(env);
+  for (int round = 0; round < kMaxBatchesPerWake && !closed_; round++) {
+    uint32_t slots = 0, n = 0;
+    int st = kind_ == Kind::Packet ? RecvPacket(slots, n) : RecvTap(slots, n);
     if (n > 0) {
-      s->count = n;
-      rxBatches_.fetch_add(1, std::memory_order_relaxed);
-      inFlight_.fetch_add(1);
-      // From here until CallJs returns it, the slab belongs to the main thread. The queue is
-      // unbounded, so this never blocks; the slab pool is what limits batches in flight.
-      if (tsfn_.BlockingCall(s) != napi_ok) return;  // TSFN closing: env teardown
-    } else {
-      ReleaseSlab(s);
+      rxBatches_++;
+      Deliver(env, {Napi::Number::New(env, 0), Napi::Number::New(env, n)});
+      if (closed_) return;
     }
     if (st == kFatal) {
-      tsfn_.BlockingCall(static_cast<Slab*>(nullptr));  // tells JS the reader stopped, and why
+      Deliver(env, {Napi::Number::New(env, -1), Napi::Number::New(env, rxErrno_), Napi::String::New(env, rxSyscall_),
+                    Napi::String::New(env, std::strerror(rxErrno_))});
+      StopPoll();  // nothing more will be received
       return;
     }
+    if (st == kEmpty) return;
   }
 }
 
-int Channel::RecvPacket(Slab* s, uint32_t& slots, uint32_t& n) {
-  // Reader-thread scratch for up to 1024 (the batch limit) messages.
-  struct mmsghdr msgs[1024];
-  struct iovec iov[1024];
-  struct sockaddr_ll addr[1024];
+int Channel::RecvPacket(uint32_t& slots, uint32_t& n) {
   const uint32_t room = batch_ - slots;
+  struct mmsghdr* msgs = rxMsgs_.data();
   for (uint32_t i = 0; i < room; i++) {
-    iov[i].iov_base = s->data + size_t(slots + i) * frameSize_;
-    iov[i].iov_len = frameSize_;
+    rxIov_[i].iov_base = slab_.data + size_t(slots + i) * frameSize_;
+    rxIov_[i].iov_len = frameSize_;
     std::memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
-    msgs[i].msg_hdr.msg_name = &addr[i];
-    msgs[i].msg_hdr.msg_namelen = sizeof(addr[i]);
-    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_name = &rxAddr_[i];
+    msgs[i].msg_hdr.msg_namelen = sizeof(rxAddr_[i]);
+    msgs[i].msg_hdr.msg_iov = &rxIov_[i];
     msgs[i].msg_hdr.msg_iovlen = 1;
   }
   int r = recvmmsg(fd_, msgs, room, MSG_DONTWAIT, nullptr);
@@ -244,37 +199,37 @@ int Channel::RecvPacket(Slab* s, uint32_t& slots, uint32_t& n) {
     if (e == EINTR) return kAgain;
     // Interface went down or was reconfigured; the socket reports it once and keeps working.
     if (e == ENETDOWN || e == ENXIO || e == ENODEV || e == ENOMEM || e == ENOBUFS) {
-      rxErrors_.fetch_add(1, std::memory_order_relaxed);
+      rxErrors_++;
       return kAgain;
     }
-    readerSyscall_ = "recvmmsg";
-    readerErrno_.store(e);
+    rxSyscall_ = "recvmmsg";
+    rxErrno_ = e;
     return kFatal;
   }
   uint32_t kept = 0;
   uint64_t bytes = 0;
   for (int j = 0; j < r; j++) {
-    if (filterOutgoing_ && addr[j].sll_pkttype == PACKET_OUTGOING) continue;
-    if (msgs[j].msg_hdr.msg_flags & MSG_TRUNC) rxTruncated_.fetch_add(1, std::memory_order_relaxed);
-    s->offsets[n + kept] = (slots + uint32_t(j)) * frameSize_;
-    s->lengths[n + kept] = msgs[j].msg_len;
+    if (filterOutgoing_ && rxAddr_[j].sll_pkttype == PACKET_OUTGOING) continue;
+    if (msgs[j].msg_hdr.msg_flags & MSG_TRUNC) rxTruncated_++;
+    slab_.offsets[n + kept] = (slots + uint32_t(j)) * frameSize_;
+    slab_.lengths[n + kept] = msgs[j].msg_len;
     bytes += msgs[j].msg_len;
     kept++;
   }
   slots += uint32_t(r);
   n += kept;
-  rxFrames_.fetch_add(kept, std::memory_order_relaxed);
-  rxBytes_.fetch_add(bytes, std::memory_order_relaxed);
-  // A short read means the queue is (momentarily) empty: no point asking again before poll().
+  rxFrames_ += kept;
+  rxBytes_ += bytes;
+  // A short read means the queue is (momentarily) empty: wait for the next readable event.
   return uint32_t(r) < room ? kEmpty : kAgain;
 }
 
-int Channel::RecvTap(Slab* s, uint32_t& slots, uint32_t& n) {
+int Channel::RecvTap(uint32_t& slots, uint32_t& n) {
   uint64_t bytes = 0;
   uint32_t got = 0;
   int st = kAgain;
   while (slots < batch_) {
-    ssize_t r = read(fd_, s->data + size_t(slots) * frameSize_, frameSize_);
+    ssize_t r = read(fd_, slab_.data + size_t(slots) * frameSize_, frameSize_);
     if (r < 0) {
       int e = errno;
       if (e == EAGAIN || e == EWOULDBLOCK) {
@@ -284,69 +239,46 @@ int Channel::RecvTap(Slab* s, uint32_t& slots, uint32_t& n) {
       if (e == EINTR) continue;
       // tun drops a frame that does not fit the buffer and fails the read with EFAULT/EINVAL.
       if (e == EFAULT || e == EINVAL || e == EMSGSIZE) {
-        rxTruncated_.fetch_add(1, std::memory_order_relaxed);
+        rxTruncated_++;
         continue;
       }
-      readerSyscall_ = "read";
-      readerErrno_.store(e);
+      rxSyscall_ = "read";
+      rxErrno_ = e;
       st = kFatal;  // frames read so far are still delivered, then the error
       break;
     }
-    s->offsets[n] = slots * frameSize_;
-    s->lengths[n] = uint32_t(r);
+    slab_.offsets[n] = slots * frameSize_;
+    slab_.lengths[n] = uint32_t(r);
     bytes += uint64_t(r);
     slots++;
     n++;
     got++;
   }
-  rxFrames_.fetch_add(got, std::memory_order_relaxed);
-  rxBytes_.fetch_add(bytes, std::memory_order_relaxed);
+  rxFrames_ += got;
+  rxBytes_ += bytes;
   return st;
 }
 
-void CallJs(Napi::Env env, Napi::Function cb, Channel* ch, Slab* s) {
-  if (env == nullptr || ch == nullptr) return;  // env teardown: nobody to deliver to
-  if (ch->closed_) return;                       // batches still queued at close() are dropped
-  if (s == nullptr) {
-    int e = ch->readerErrno_.load();
-    cb.Call({Napi::Number::New(env, -1), Napi::Number::New(env, e), Napi::String::New(env, ch->readerSyscall_),
-             Napi::String::New(env, std::strerror(e))});
-    return;
-  }
-  // The JS dispatcher never throws (it defers handler exceptions), so the slab always returns.
-  cb.Call({Napi::Number::New(env, s->index), Napi::Number::New(env, s->count)});
-  // Views JS kept past this point alias memory the reader is about to overwrite; documented.
-  if (!ch->closed_) ch->ReturnSlab(s);
+// Stops watching the fd (it stays open). Safe to call more than once.
+void Channel::StopPoll() {
+  if (poll_ == nullptr) return;
+  uv_poll_stop(poll_);
+  uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+  poll_ = nullptr;
+  if (!delivering_) ReleaseCallback();  // else Deliver does, once the callback has returned
 }
 
-void FinalizeTsfn(Napi::Env /*env*/, void* /*unused*/, Channel* ch) {
-  // The reader was joined before Release(), and every queued call has run: no thread touches
-  // the slabs any more, so V8 may free them once JS drops its views.
-  for (Slab& s : ch->slabs_) {
-    s.dataRef.Reset();
-    s.metaRef.Reset();
-  }
-  ch->Unref();
-}
-
-void Channel::StopReader() {
-  if (!reader_.joinable()) return;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
-  uint64_t one = 1;
-  ssize_t w = write(wakeFd_, &one, sizeof(one));
-  (void)w;  // an eventfd write only fails when the counter would overflow; it is readable then
-  reader_.join();
+void Channel::ReleaseCallback() {
+  if (asyncContext_ == nullptr) return;
+  callback_.Reset();
+  delete asyncContext_;
+  asyncContext_ = nullptr;
+  Unref();
 }
 
 void Channel::CloseFd() {
   if (fd_ >= 0) close(fd_);
-  if (wakeFd_ >= 0) close(wakeFd_);
   fd_ = -1;
-  wakeFd_ = -1;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -491,11 +423,11 @@ Napi::Value Channel::Stats(const Napi::CallbackInfo& info) {
     }
   }
   Napi::Object o = Napi::Object::New(env);
-  o.Set("rxFrames", double(rxFrames_.load()));
-  o.Set("rxBytes", double(rxBytes_.load()));
-  o.Set("rxBatches", double(rxBatches_.load()));
-  o.Set("rxTruncated", double(rxTruncated_.load()));
-  o.Set("rxErrors", double(rxErrors_.load()));
+  o.Set("rxFrames", double(rxFrames_));
+  o.Set("rxBytes", double(rxBytes_));
+  o.Set("rxBatches", double(rxBatches_));
+  o.Set("rxTruncated", double(rxTruncated_));
+  o.Set("rxErrors", double(rxErrors_));
   o.Set("txFrames", double(txFrames_));
   o.Set("txBytes", double(txBytes_));
   o.Set("txEagain", double(txEagain_));
@@ -507,11 +439,11 @@ Napi::Value Channel::Stats(const Napi::CallbackInfo& info) {
 Napi::Value Channel::SetRef(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   refed_ = info.Length() > 0 && info[0].ToBoolean().Value();
-  if (started_ && !closed_) {
+  if (poll_ != nullptr) {
     if (refed_) {
-      tsfn_.Ref(env);
+      uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
     } else {
-      tsfn_.Unref(env);
+      uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
     }
   }
   return env.Undefined();
@@ -521,10 +453,8 @@ Napi::Value Channel::Close(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_) return env.Undefined();
   closed_ = true;
-  // Order matters: the reader must be gone before the TSFN is released (it may still post) and
-  // before the fd is closed (its number could be reused under a running recvmmsg).
-  StopReader();
-  if (started_) tsfn_.Release();
+  // The watcher goes before the fd: libuv must not poll a closed (or reused) fd number.
+  StopPoll();
   CloseFd();
   if (cleanupHookAdded_) {
     napi_remove_env_cleanup_hook(env, EnvCleanup, this);

@@ -1,18 +1,16 @@
-// Shared declarations of the vrio_io addon: AF_PACKET sockets and TAP devices with a native
-// reader thread that hands batches of frames to JavaScript.
+// Shared declarations of the vrio_io addon: AF_PACKET sockets and TAP devices whose received
+// frames are handed to JavaScript in batches, from the event loop.
 #pragma once
 
 #include <napi.h>
 #include <sys/socket.h>
+#include <linux/if_packet.h>
 #include <sys/uio.h>
+#include <uv.h>
 
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace vrio {
@@ -36,31 +34,21 @@ SysErr RunInNetns(const std::string& nsPath, const std::function<SysErr()>& fn);
 
 enum class Kind { Packet, Tap };
 
-// One receive slab: frameSize-sized slots for up to `batch` frames, plus the offsets/lengths
-// table describing the frames of the current batch. Both live in ArrayBuffers allocated by V8
-// and referenced from here, so JS views into them can never dangle: a stale view only sees
-// recycled bytes.
-//
-// Ownership moves between threads; it is never shared:
-//   free list (reader thread may take it) -> reader thread fills it -> queued on the TSFN ->
-//   main thread, during the JS callback -> back onto the free list when the callback returns.
+// The receive slab: frameSize-sized slots for up to `batch` frames, plus the offsets/lengths table
+// describing the frames of the current batch. Both live in ArrayBuffers allocated by V8 and
+// referenced from here, so JS views into them can never dangle: a stale view only sees recycled
+// bytes. Filled and handed to JS on the main thread, so it is never shared between threads.
 struct Slab {
-  uint32_t index = 0;
   uint8_t* data = nullptr;
   uint32_t* offsets = nullptr;  // meta[0 .. batch)
   uint32_t* lengths = nullptr;  // meta[batch .. 2*batch)
-  uint32_t count = 0;
   Napi::Reference<Napi::ArrayBuffer> dataRef;
   Napi::Reference<Napi::ArrayBuffer> metaRef;
 };
 
-class Channel;
-void CallJs(Napi::Env env, Napi::Function cb, Channel* ch, Slab* slab);
-void FinalizeTsfn(Napi::Env env, void* unused, Channel* ch);
-using Tsfn = Napi::TypedThreadSafeFunction<Channel, Slab, CallJs>;
-
-// An open fd (packet socket or TAP queue) with its optional reader thread. Created only by the
-// openPacket/openTap factories; JS sees it as an opaque handle.
+// An open fd (packet socket or TAP queue). Once started, a uv_poll watcher on the fd drains it on
+// the event loop thread whenever it is readable and calls JS synchronously with each batch. Created
+// only by the openPacket/openTap factories; JS sees it as an opaque handle.
 class Channel : public Napi::ObjectWrap<Channel> {
  public:
   static Napi::Function Define(Napi::Env env);
@@ -71,9 +59,6 @@ class Channel : public Napi::ObjectWrap<Channel> {
   ~Channel() override;
 
  private:
-  friend void CallJs(Napi::Env, Napi::Function, Channel*, Slab*);
-  friend void FinalizeTsfn(Napi::Env, void*, Channel*);
-
   Napi::Value Start(const Napi::CallbackInfo& info);
   Napi::Value Send(const Napi::CallbackInfo& info);
   Napi::Value SendSlab(const Napi::CallbackInfo& info);
@@ -81,19 +66,16 @@ class Channel : public Napi::ObjectWrap<Channel> {
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value SetRef(const Napi::CallbackInfo& info);
 
-  // Reader thread.
-  void ReaderLoop();
-  Slab* AcquireSlab();
-  void ReleaseSlab(Slab* s);  // back to the free list (either thread)
-  void ReturnSlab(Slab* s);   // main thread, after the JS callback: also ends its "in flight"
-  // Append frames to slab s from slot `slots` on, advancing slots and n (frames kept).
-  int RecvPacket(Slab* s, uint32_t& slots, uint32_t& n);
-  int RecvTap(Slab* s, uint32_t& slots, uint32_t& n);
-  bool WaitReadable();  // false when asked to stop
-  bool Stopping();
+  // Receive (event loop thread).
+  static void OnReadable(uv_poll_t* handle, int status, int events);
+  void Drain();
+  void Deliver(Napi::Env env, const std::initializer_list<napi_value>& args);
+  // Append frames to the slab from slot `slots` on, advancing slots and n (frames kept).
+  int RecvPacket(uint32_t& slots, uint32_t& n);
+  int RecvTap(uint32_t& slots, uint32_t& n);
+  void StopPoll();
+  void ReleaseCallback();  // drops the callback and the pin on the wrapper that StopPoll left
 
-  // Main thread.
-  void StopReader();
   void CloseFd();
   // Sends n frames; returns how many the kernel took, or -1 with errno set for a hard error.
   int64_t SendFrames(const struct iovec* frames, uint32_t n);
@@ -101,7 +83,6 @@ class Channel : public Napi::ObjectWrap<Channel> {
 
   Kind kind_ = Kind::Packet;
   int fd_ = -1;
-  int wakeFd_ = -1;  // eventfd that interrupts the reader's poll() on close
   bool vnetHdr_ = false;
   bool filterOutgoing_ = false;  // PACKET_IGNORE_OUTGOING unavailable: drop PACKET_OUTGOING here
   bool closed_ = false;
@@ -111,22 +92,20 @@ class Channel : public Napi::ObjectWrap<Channel> {
 
   uint32_t batch_ = 0;
   uint32_t frameSize_ = 0;
-  std::vector<Slab> slabs_;
-  Tsfn tsfn_;
-  std::thread reader_;
+  Slab slab_;
+  uv_poll_t* poll_ = nullptr;  // while started and open; freed by its close callback
+  napi_env env_ = nullptr;
+  Napi::FunctionReference callback_;
+  Napi::AsyncContext* asyncContext_ = nullptr;
+  bool delivering_ = false;  // inside the JS callback
+  int rxErrno_ = 0;
+  const char* rxSyscall_ = "";
+  // Receive scratch for up to 1024 (the batch limit) messages.
+  std::vector<struct mmsghdr> rxMsgs_;
+  std::vector<struct iovec> rxIov_;
+  std::vector<struct sockaddr_ll> rxAddr_;
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Slab*> free_;  // guarded by mu_
-  bool stopping_ = false;    // guarded by mu_
-  std::atomic<uint32_t> inFlight_{0};  // batches posted to JS and not yet returned
-  std::atomic<bool> holding_{false};   // reader holds a partial batch until JS goes idle
-  std::atomic<int> readerErrno_{0};
-  std::string readerSyscall_;  // written by the reader before it posts its fatal error
-
-  // Written by the reader thread, read by stats().
-  std::atomic<uint64_t> rxFrames_{0}, rxBytes_{0}, rxBatches_{0}, rxTruncated_{0}, rxErrors_{0};
-  // Main thread only.
+  uint64_t rxFrames_ = 0, rxBytes_ = 0, rxBatches_ = 0, rxTruncated_ = 0, rxErrors_ = 0;
   uint64_t txFrames_ = 0, txBytes_ = 0, txEagain_ = 0;
   uint64_t kernelPackets_ = 0, kernelDrops_ = 0;
   std::vector<struct iovec> sendIov_;  // the frames of one send()/sendSlab() call
@@ -140,6 +119,8 @@ Napi::Value OpenTap(const Napi::CallbackInfo& info);
 Napi::Value InterfaceInfo(const Napi::CallbackInfo& info);
 // fallocate.cc: fallocate(2) on the thread pool, for block back-ends (hole punching).
 Napi::Value Fallocate(const Napi::CallbackInfo& info);
+// nowait.cc: preadv2/pwritev2(RWF_NOWAIT) on the calling thread, for block back-ends.
+Napi::Value IoNowait(const Napi::CallbackInfo& info);
 
 // xts.cc: AES-XTS over whole sectors, many per call (the crypt service's data path).
 class XtsCipher : public Napi::ObjectWrap<XtsCipher> {

@@ -12,7 +12,7 @@ export const VRIO_PORT = 7860
 
 /**
  * Kernel buffer of the packet socket. It must absorb a whole advertised window of frames (each
- * costs its skb truesize, about twice its length) arriving between two reads of the reader thread:
+ * costs its skb truesize, about twice its length) arriving while the event loop is busy elsewhere:
  * with the default 208 KiB a 1 MiB burst already loses frames on veth.
  */
 export const PACKET_SOCKET_BUFFER = 32 * 1024 * 1024

@@ -104,10 +104,10 @@ export class GuestDaemon {
       control: (m) => {
         if (session === this.iohyp) this.rpc.onControl(m)
       },
-      data: (h, m) => {
+      data: (h, m, _delivery, owned) => {
         if (session !== this.iohyp) return
         if (h.type === MessageType.NetFrame) this.nics.receive(h, m)
-        else this.disks.receive(h, m)
+        else this.disks.receive(h, m, owned)
       },
       writable: () => {
         if (session === this.iohyp) this.disks.writable()

@@ -76,11 +76,11 @@ export class GuestDisks {
     for (const d of this.disks.values()) d.front.writable()
   }
 
-  /** A block response from the IOhyp. */
-  receive(h: MessageHeader, message: Uint8Array): void {
+  /** A block response from the IOhyp; `owned`: see RemoteBlockDevice.receive. */
+  receive(h: MessageHeader, message: Uint8Array, owned = false): void {
     if (h.type !== MessageType.BlockResponse) return
     const d = this.byHandle.get(h.deviceLow)
-    if (d && d.handle.high === h.deviceHigh) d.front.receive(h, message)
+    if (d && d.handle.high === h.deviceHigh) d.front.receive(h, message, owned)
   }
 
   /** `blk.attach` from the IOhyp: create (or, after a reconnect, re-bind) a disk. */

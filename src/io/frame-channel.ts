@@ -6,9 +6,9 @@ import type { NativeChannel, NativeStats } from './native.ts'
  * One batch of received frames: a slab plus a table of where its frames lie. `frame(i)` is a view
  * (no copy) into the slab.
  *
- * Valid only while the batch handler runs. When the handler returns, the slab goes back to the
- * reader thread, which overwrites it with later frames; copy whatever must outlive the call. The
- * FrameBatch object itself is reused for the next batch on the same slab.
+ * Valid only while the batch handler runs. When the handler returns, the slab is filled with the
+ * next frames; copy whatever must outlive the call. The FrameBatch object itself is reused for the
+ * next batch.
  */
 export class FrameBatch {
   /** The whole slab; frame i is slab[offsets[i], offsets[i] + lengths[i]). */
@@ -46,10 +46,8 @@ export type ErrorHandler = (error: IoError) => void
 export type ChannelStats = NativeStats
 
 export interface ReceiveConfig {
-  /** Frames per batch at most (1..1024). */
+  /** Frames per batch at most (1..1024): read with one recvmmsg, handed to the handler in one call. */
   rxBatch: number
-  /** Slabs in the pool (2..64): batches that can be in flight to JS at once. */
-  slabs: number
   /** Bytes reserved per frame in a slab; longer frames are truncated (see ChannelStats). */
   frameSize: number
 }
@@ -60,8 +58,9 @@ interface Where {
 }
 
 /**
- * What packet sockets and TAP devices share: the reader thread feeding `onBatch`, batched send,
- * stats, ref/unref and close.
+ * What packet sockets and TAP devices share: the receive path feeding `onBatch` (the fd is watched
+ * on the event loop and drained with batched reads when readable, each batch handed to the handler
+ * at once, in the same event), batched send, stats, ref/unref and close.
  */
 export class FrameChannel {
   readonly rx: Readonly<ReceiveConfig>
@@ -84,7 +83,7 @@ export class FrameChannel {
   }
 
   /**
-   * Sets the batch handler and starts the reader thread on first use. Until then nothing is read
+   * Sets the batch handler and starts receiving on first use. Until then nothing is read
    * (a receiving packet socket's frames wait in the kernel's socket buffer, then are dropped and
    * counted; open send-only sockets with protocol 0) and the channel does not keep the event loop
    * alive. Once started, it does, until close() or unref().
@@ -98,7 +97,7 @@ export class FrameChannel {
   }
 
   /**
-   * Called if the reader thread stops on an unexpected error (e.g. EBADFD: the TAP device was
+   * Called if receiving stops on an unexpected error (e.g. EBADFD: the TAP device was
    * deleted). Nothing more will be received; close() the channel. Without a handler the error
    * is thrown as an uncaught exception.
    */
@@ -153,8 +152,8 @@ export class FrameChannel {
     return this
   }
 
-  /** Stops the reader thread (waits for it) and closes the fd. Batches not yet delivered are
-   * dropped. Safe to call twice, and from inside the batch handler. */
+  /** Stops receiving and closes the fd. Frames not yet read are dropped. Safe to call twice, and
+   * from inside the batch handler. */
   close(): void {
     if (this.#closed) return
     this.#closed = true
@@ -162,10 +161,10 @@ export class FrameChannel {
   }
 
   #start(): void {
-    const { rxBatch, slabs, frameSize } = this.rx
+    const { rxBatch, frameSize } = this.rx
     let buffers: { data: ArrayBuffer; meta: ArrayBuffer }[]
     try {
-      buffers = this.#handle.start(this.#dispatch, rxBatch, slabs, frameSize)
+      buffers = this.#handle.start(this.#dispatch, rxBatch, frameSize)
     } catch (e) {
       throw fromNative(e, this.#where)
     }
@@ -197,7 +196,7 @@ export class FrameChannel {
 
   #readerFailed(errno: number, syscall: string, message: string): void {
     const error = fromNative(
-      Object.assign(new Error(message), { errno, syscall, detail: 'reader thread stopped' }),
+      Object.assign(new Error(message), { errno, syscall, detail: 'receiving stopped' }),
       this.#where,
     ) as IoError
     if (!this.#onError) {

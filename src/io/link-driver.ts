@@ -114,6 +114,14 @@ export class LinkDriver {
     } else {
       for (let i = 0; i < batch.count; i++) this.endpoint.receive(batch.frame(i))
     }
+    // The batch's ACKs go out in a microtask, still in this event but after the continuations the
+    // handlers queued meanwhile: an answer that is ready at once (a block read served from the
+    // page cache) then carries the ACK instead of following a pure ACK.
+    queueMicrotask(this.afterBatch)
+  }
+
+  private readonly afterBatch = (): void => {
+    if (this.stopped) return
     this.endpoint.flush()
     this.flush()
   }

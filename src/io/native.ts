@@ -5,12 +5,14 @@ import { fileURLToPath } from 'node:url'
 
 /** Opaque fd handle owned by the addon (see native/io.h). */
 export interface NativeChannel {
-  /** Starts the reader thread; returns the slabs' backing stores, indexed like the callback's slab. */
+  /**
+   * Starts watching the fd on the event loop; returns the slab's backing stores (one slab, index
+   * 0: the callback runs synchronously for each batch read).
+   */
   start(
-    /** (slab index, frame count), or (-1, errno, syscall, strerror) when the reader stopped on an error. */
+    /** (slab index, frame count), or (-1, errno, syscall, strerror) when receiving stopped on an error. */
     callback: (slab: number, count: number, syscall?: string, message?: string) => void,
     batch: number,
-    slabs: number,
     frameSize: number,
   ): { data: ArrayBuffer; meta: ArrayBuffer }[]
   send(frames: readonly Uint8Array[]): number
@@ -27,7 +29,7 @@ export interface NativeStats {
   rxBatches: number
   /** Frames longer than frameSize: delivered cut short (packet socket) or lost (TAP). */
   rxTruncated: number
-  /** Transient receive errors (interface went down, ...); the reader carried on. */
+  /** Transient receive errors (interface went down, ...); receiving carried on. */
   rxErrors: number
   txFrames: number
   txBytes: number
@@ -80,6 +82,11 @@ export interface NativeAddon {
   XtsCipher: new (
     key: Uint8Array,
   ) => NativeXtsCipher
+  /**
+   * One preadv2/pwritev2 with RWF_NOWAIT on this thread: bytes moved (possibly short), or -errno
+   * (-EAGAIN: it would have to wait; -EOPNOTSUPP: not possible on this file).
+   */
+  ioNowait(write: boolean, fd: number, buf: Uint8Array, offset: number): number
 }
 
 /** An AES-XTS key held by OpenSSL; JS never sees the key schedule. */

@@ -33,8 +33,6 @@ export interface PacketSocketOptions {
   sndBuf?: number
   /** Frames per receive batch (1..1024). Default 64. */
   rxBatch?: number
-  /** Slabs in the receive pool (2..64). Default 4. */
-  slabs?: number
   /** Bytes per frame slot. Default: 64 KiB + header room with vnetHdr (GSO frames), else MTU + 18 rounded up. */
   frameSize?: number
 }
@@ -91,7 +89,6 @@ export class PacketSocket extends FrameChannel {
     }
     const rx: ReceiveConfig = {
       rxBatch: options.rxBatch ?? 64,
-      slabs: options.slabs ?? 4,
       frameSize: options.frameSize ?? defaultFrameSize(opened.mtu, vnetHdr),
     }
     return new PacketSocket(opened, options, rx)

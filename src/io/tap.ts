@@ -40,7 +40,6 @@ export interface TapOptions {
   /** A device this open creates stays when its last queue closes (TUNSETPERSIST); delete it with `ip link del`. */
   persist?: boolean
   rxBatch?: number
-  slabs?: number
   frameSize?: number
 }
 
@@ -100,7 +99,6 @@ export class TapDevice extends FrameChannel {
     }
     const rx: ReceiveConfig = {
       rxBatch: options.rxBatch ?? 64,
-      slabs: options.slabs ?? 4,
       // A TAP read into a too-small buffer loses the frame, so leave room for MTU changes.
       frameSize: options.frameSize ?? defaultFrameSize(Math.max(opened.mtu, 9000), vnetHdr),
     }

@@ -222,10 +222,11 @@ export class IohypDisks {
     }
   }
 
-  receive(guest: DiskGuest, h: MessageHeader, message: Uint8Array): void {
+  /** A block request from `guest`; `owned`: the message buffer may be kept (see BlockBackend.receive). */
+  receive(guest: DiskGuest, h: MessageHeader, message: Uint8Array, owned = false): void {
     if (h.type !== MessageType.BlockRequest || !guest.session) return
     const d = this.bySlot.get(h.deviceLow)
-    if (d && d.guest === guest.mac && d.handle.high === h.deviceHigh) d.backend.receive(h, message)
+    if (d && d.guest === guest.mac && d.handle.high === h.deviceHigh) d.backend.receive(h, message, owned)
     else replyNoDevice(guest.session, h)
   }
 

@@ -40,8 +40,11 @@ export interface SessionHandlers {
   authenticated?(): void
   /** A verified control message (decoded JSON). */
   control(message: unknown): void
-  /** A block or network message: its decoded header and the whole message (view, valid during the call). */
-  data?(header: MessageHeader, message: Uint8Array, delivery: Delivery): void
+  /**
+   * A block or network message: its decoded header and the whole message (a view valid during the
+   * call, or, when `owned`, a buffer the handler may keep: see ConnectionHandlers.message).
+   */
+  data?(header: MessageHeader, message: Uint8Array, delivery: Delivery, owned: boolean): void
   /** The session ended: `failure` says why when authentication or integrity failed. */
   closed?(reason: CloseReason, failure?: SessionFailure): void
   writable?(): void
@@ -128,7 +131,7 @@ export class Session {
       established: () => {
         if (this.role === 'opener') this.sendHello()
       },
-      message: (data, delivery) => this.onMessage(data, delivery),
+      message: (data, delivery, owned) => this.onMessage(data, delivery, owned),
       peerClosed: () => this.connection.close(),
       closed: (reason) => {
         this.phase = 'closed'
@@ -138,7 +141,7 @@ export class Session {
     }
   }
 
-  private onMessage(data: Uint8Array, delivery: Delivery): void {
+  private onMessage(data: Uint8Array, delivery: Delivery, owned: boolean): void {
     const h = this.rxHeader
     if (decodeMessageHeader(data, 0, data.length, h)) {
       this.fail('bad-message')
@@ -187,7 +190,7 @@ export class Session {
         if (h.type === MessageType.Control) {
           this.onControl(data, h)
         } else if (h.type >= MessageType.BlockRequest) {
-          this.handlers.data?.(h, data, delivery)
+          this.handlers.data?.(h, data, delivery, owned)
         } else {
           this.fail('unexpected-message')
         }

@@ -49,9 +49,11 @@ export interface Address {
 export interface ConnectionHandlers {
   /**
    * A whole message. `data` is a view that is valid only until this call returns (it may point into
-   * a received frame): copy what you keep.
+   * a received frame): copy what you keep — unless `owned` is true: then `data` is a buffer of its
+   * own (a message reassembled from several frames) that the transport no longer references, and
+   * the handler may keep it without a copy.
    */
-  message(data: Uint8Array, delivery: Delivery): void
+  message(data: Uint8Array, delivery: Delivery, owned: boolean): void
   established?(): void
   /** The peer closed its side (FIN): every message it sent has been delivered. */
   peerClosed?(): void
@@ -636,7 +638,7 @@ export class Connection {
     ) {
       if (this.reassembly.has(msgStart)) this.freeReassembly(this.reassembly.get(msgStart)!)
       this.received.add(start, end)
-      this.deliver(buf.subarray(payload, payload + length), delivery as Delivery)
+      this.deliver(buf.subarray(payload, payload + length), delivery as Delivery, false)
       this.advance()
       return
     }
@@ -651,7 +653,8 @@ export class Connection {
         start: msgStart,
         end: msgEnd,
         flags: delivery,
-        buffer: new Uint8Array(opt.messageLength),
+        // Uninitialised: a message is delivered only once every byte of it has been written.
+        buffer: Buffer.allocUnsafe(opt.messageLength),
         firstAt: now,
       }
       this.reassembly.set(msgStart, m)
@@ -668,7 +671,7 @@ export class Connection {
     this.received.add(start, end)
     if (delivery !== Delivery.Ordered && this.isResolved(m.start, m.end)) {
       this.freeReassembly(m)
-      this.deliver(m.buffer, delivery as Delivery)
+      this.deliver(m.buffer, delivery as Delivery, true)
     }
     this.advance()
   }
@@ -722,7 +725,7 @@ export class Connection {
       const m = pending.shift()!
       this.reassembly.delete(m.start)
       this.reassemblyBytes -= m.end - m.start
-      this.deliver(m.buffer, Delivery.Ordered)
+      this.deliver(m.buffer, Delivery.Ordered, true)
     }
     this.maybeConsumeFin()
   }
@@ -746,11 +749,11 @@ export class Connection {
     }
   }
 
-  private deliver(data: Uint8Array, delivery: Delivery): void {
+  private deliver(data: Uint8Array, delivery: Delivery, owned: boolean): void {
     if (this.closed) return
     this.stats.messagesDelivered++
     if (this.o.manualRelease) this.unreleased += data.length
-    this.handlers.message(data, delivery)
+    this.handlers.message(data, delivery, owned)
   }
 
   private freeReassembly(m: InMessage): void {

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, statfsSync, statSync, truncateSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { FileDevice } from '../../src/devices/blk/file-device.ts'
+import fc from 'fast-check'
+import { FileDevice, INLINE_IO_MAX } from '../../src/devices/blk/file-device.ts'
 import { isVrioError } from '../../src/errors.ts'
 import { fallocateAvailable } from '../../src/io/fallocate.ts'
 import { seededRandom } from '../support/random.ts'
@@ -178,6 +179,60 @@ describe('FileDevice', () => {
       assertBytes(await d.read(MiB - 10, 10), new Uint8Array(10))
     } finally {
       await d.close()
+    }
+  })
+
+  it('small requests served inline (memory fs, RWF_NOWAIT) give the same bytes as the thread pool', async () => {
+    const SIZE = 2 * MiB
+    // /dev/shm is tmpfs ('memory': plain read/write on this thread); the test directory is on a
+    // disk file system ('nowait': preadv2/pwritev2 RWF_NOWAIT where the kernel supports it).
+    assert.equal(statfsSync('/dev/shm').type, 0x01021994, '/dev/shm is tmpfs')
+    const shmDir = mkdtempSync('/dev/shm/vrio-blk-')
+    const shmPath = join(shmDir, 'disk.img')
+    writeFileSync(shmPath, '')
+    truncateSync(shmPath, SIZE)
+    const devices = {
+      memory: await FileDevice.open(shmPath),
+      nowait: await FileDevice.open(image(SIZE)),
+      pool: await FileDevice.open(image(SIZE), { inlineIo: false }),
+    }
+    try {
+      const op = fc.record({
+        write: fc.boolean(),
+        offset: fc.integer({ min: 0, max: SIZE - 1 }),
+        length: fc.oneof(
+          fc.integer({ min: 1, max: 4096 }),
+          fc.integer({ min: INLINE_IO_MAX - 2, max: INLINE_IO_MAX + 2 }),
+          fc.integer({ min: 1, max: 3 * INLINE_IO_MAX }),
+        ),
+        seed: fc.nat(),
+      })
+      const shadow = new Uint8Array(SIZE)
+      await fc.assert(
+        fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 20 }), async (ops) => {
+          for (const o of ops) {
+            const length = Math.min(o.length, SIZE - o.offset)
+            if (o.write) {
+              const data = pattern(o.seed, length)
+              shadow.set(data, o.offset)
+              await Promise.all(Object.values(devices).map((d) => d.write(o.offset, data, false)))
+            } else {
+              const expected = shadow.subarray(o.offset, o.offset + length)
+              for (const [name, d] of Object.entries(devices))
+                assertBytes(await d.read(o.offset, length), expected, name)
+            }
+          }
+        }),
+        { numRuns: 40 },
+      )
+      const s = Object.fromEntries(Object.entries(devices).map(([k, d]) => [k, d.stats]))
+      assert.equal(s.pool.inlineReads + s.pool.inlineWrites, 0, 'inlineIo: false uses the pool only')
+      assert.ok(s.memory.inlineReads > 0 && s.memory.inlineWrites > 0, 'memory fs: both inline')
+      assert.ok(s.memory.inlineReads < s.memory.reads, 'large reads still go to the pool')
+      assert.ok(s.nowait.inlineReads > 0, 'page-cached reads: RWF_NOWAIT')
+    } finally {
+      for (const d of Object.values(devices)) await d.close()
+      rmSync(shmDir, { recursive: true, force: true })
     }
   })
 

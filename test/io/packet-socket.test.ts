@@ -219,7 +219,6 @@ describe('PacketSocket over a veth pair between two namespaces', () => {
       ifname: veth.b.ifname,
       netns: nsB.path,
       rxBatch: 8,
-      slabs: 2,
       rcvBuf: 64 << 10,
     })
     const tx = PacketSocket.open({ ifname: veth.a.ifname, netns: nsA.path, protocol: ETH_P_NONE })

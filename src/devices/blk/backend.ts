@@ -119,7 +119,8 @@ interface Task {
  * status without running again, an id below the floor (answered long ago) gets Stale and does
  * nothing. Reads simply run again. So a late copy of a write can never land on newer data.
  *
- * Memory: write data is copied once, out of the message; at most `depth` requests run and
+ * Memory: write data is copied once, out of the message (kept as is when the transport hands the
+ * message over); at most `depth` requests run and
  * `maxQueued` (`maxQueuedBytes`) wait. A front-end keeps at most its queue depth outstanding,
  * so with the back-end's limits at or above it nothing is ever refused; the transport's window
  * bounds what is in transit on top of that.
@@ -194,9 +195,10 @@ export class BlockBackend {
 
   /**
    * One block message from the guest (the session's data handler). `message` is only read during
-   * the call. Never throws on anything a peer sends.
+   * the call, unless `owned` (the transport gave the buffer away): then write data is kept as a
+   * view of it instead of being copied. Never throws on anything a peer sends.
    */
-  receive(h: MessageHeader, message: Uint8Array): void {
+  receive(h: MessageHeader, message: Uint8Array, owned = false): void {
     if (h.type !== MessageType.BlockRequest) return
     this.stats.requests++
     const epoch = h.requestHigh
@@ -241,8 +243,11 @@ export class BlockBackend {
     }
     let data: Uint8Array | undefined
     if (r.op === BlockOp.Out && r.length > 0) {
-      data = Buffer.allocUnsafe(r.length)
-      data.set(message.subarray(r.dataOffset, r.dataOffset + r.length))
+      if (owned) data = message.subarray(r.dataOffset, r.dataOffset + r.length)
+      else {
+        data = Buffer.allocUnsafe(r.length)
+        data.set(message.subarray(r.dataOffset, r.dataOffset + r.length))
+      }
     }
     const task: Task = {
       op: r.op,

@@ -7,9 +7,11 @@ import {
   open,
   read,
   readFile,
+  readSync,
   write,
+  writeSync,
 } from 'node:fs'
-import { stat } from 'node:fs/promises'
+import { stat, statfs } from 'node:fs/promises'
 import { VrioError } from '../../errors.ts'
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -18,6 +20,7 @@ import {
   fallocate,
   fallocateAvailable,
 } from '../../io/fallocate.ts'
+import { native } from '../../io/native.ts'
 import { type BlockDevice, rangeError } from './device.ts'
 
 export interface FileDeviceOptions {
@@ -32,6 +35,11 @@ export interface FileDeviceOptions {
    * loads. Without it, trim is a no-op and write-zeroes writes zeros.
    */
   useFallocate?: boolean
+  /**
+   * Serve small reads and writes on the calling thread when that cannot wait on storage (see
+   * FileDevice); default true. False: every request goes through the thread pool.
+   */
+  inlineIo?: boolean
 }
 
 export interface FileDeviceStats {
@@ -42,10 +50,27 @@ export interface FileDeviceStats {
   rangesZeroed: number
   /** Bytes written as zeros because fallocate could not do it. */
   zeroBytesWritten: number
+  /** Reads and writes served on the calling thread (see FileDevice), included in reads/writes. */
+  inlineReads: number
+  inlineWrites: number
 }
 
 const ZERO_CHUNK = 1024 * 1024
 let zeros: Buffer | undefined
+
+/** Largest request tried on the event loop thread: a copy this size takes some microseconds. */
+export const INLINE_IO_MAX = 64 * 1024
+/** statfs f_type of the memory file systems (linux/magic.h): their files never wait on a disk. */
+const TMPFS_MAGIC = 0x01021994
+const RAMFS_MAGIC = 0x858458f6
+const EOPNOTSUPP = 95
+
+/**
+ * How small requests may be served without the thread pool: 'memory' — a file on tmpfs/ramfs, a
+ * plain pread/pwrite only copies memory; 'nowait' — preadv2/pwritev2 with RWF_NOWAIT, which copies
+ * what is in the page cache and fails (EAGAIN) where it would wait; 'off' — always the pool.
+ */
+type InlineMode = 'memory' | 'nowait' | 'off'
 
 /**
  * A BlockDevice over a regular file (a raw image; sparse files stay sparse: trim punches holes)
@@ -55,6 +80,12 @@ let zeros: Buffer | undefined
  *
  * Caching: the page cache (no O_DIRECT); flush = fdatasync; FUA writes go through a second
  * descriptor opened with O_DSYNC, so one FUA write does not wait for every other write's data.
+ *
+ * Small requests (up to INLINE_IO_MAX) skip the thread pool's two thread hand-offs when they
+ * cannot block: on a memory file system they are a plain read/write on the calling thread;
+ * elsewhere one preadv2/pwritev2 with RWF_NOWAIT is tried first (served from the page cache, or
+ * it fails at once and the request goes to the pool). Either way the promise is already settled
+ * when returned, so the answer leaves in the same event as the request came.
  */
 export class FileDevice implements BlockDevice {
   readonly path: string
@@ -73,6 +104,8 @@ export class FileDevice implements BlockDevice {
     holesPunched: 0,
     rangesZeroed: 0,
     zeroBytesWritten: 0,
+    inlineReads: 0,
+    inlineWrites: 0,
   }
 
   private fd: number
@@ -80,6 +113,8 @@ export class FileDevice implements BlockDevice {
   private dsyncOpening: Promise<number> | undefined
   private punch: boolean
   private zeroRange: boolean
+  private inlineRead: InlineMode
+  private inlineWrite: InlineMode
   private closed = false
   private active = 0
   private drained: (() => void) | undefined
@@ -87,7 +122,14 @@ export class FileDevice implements BlockDevice {
   private constructor(
     path: string,
     fd: number,
-    info: { size: number; blockSize: number; readOnly: boolean; isBlockDevice: boolean; fallocate: boolean },
+    info: {
+      size: number
+      blockSize: number
+      readOnly: boolean
+      isBlockDevice: boolean
+      fallocate: boolean
+      inline: InlineMode
+    },
   ) {
     this.path = path
     this.fd = fd
@@ -97,6 +139,8 @@ export class FileDevice implements BlockDevice {
     this.isBlockDevice = info.isBlockDevice
     this.punch = info.fallocate
     this.zeroRange = info.fallocate
+    this.inlineRead = info.inline
+    this.inlineWrite = info.inline
     // Trim is a hint: offered even where it can only do nothing. Write-zeroes is offered where it
     // is cheaper than writing zeros, i.e. with fallocate (the method still works without).
     this.canTrim = !info.readOnly
@@ -147,7 +191,15 @@ export class FileDevice implements BlockDevice {
           `block size must be a power of two in 512..65536, got ${blockSize}`,
         )
       const useFallocate = (options.useFallocate ?? true) && fallocateAvailable()
-      return new FileDevice(path, fd, { size, blockSize, readOnly, isBlockDevice, fallocate: useFallocate })
+      const inline = options.inlineIo === false ? 'off' : await inlineMode(path, isBlockDevice)
+      return new FileDevice(path, fd, {
+        size,
+        blockSize,
+        readOnly,
+        isBlockDevice,
+        fallocate: useFallocate,
+        inline,
+      })
     } catch (e) {
       closeSync(fd)
       throw e
@@ -160,6 +212,10 @@ export class FileDevice implements BlockDevice {
     const buf = Buffer.allocUnsafe(length)
     if (length === 0) return Promise.resolve(buf)
     this.stats.reads++
+    if (length <= INLINE_IO_MAX && this.inlineRead !== 'off' && this.readInline(buf, offset)) {
+      this.stats.inlineReads++
+      return Promise.resolve(buf)
+    }
     return this.track(
       new Promise<Uint8Array>((resolve, reject) => {
         const step = (done: number): void => {
@@ -183,6 +239,15 @@ export class FileDevice implements BlockDevice {
     if (bad) return Promise.reject(bad)
     if (data.length === 0) return fua ? this.flush() : Promise.resolve()
     this.stats.writes++
+    if (
+      !fua &&
+      data.length <= INLINE_IO_MAX &&
+      this.inlineWrite !== 'off' &&
+      this.writeInline(data, offset)
+    ) {
+      this.stats.inlineWrites++
+      return Promise.resolve()
+    }
     if (!fua) return this.track(this.writeAll(this.fd, offset, data))
     return this.track(this.dsync().then((fd) => this.writeAll(fd, offset, data)))
   }
@@ -255,6 +320,43 @@ export class FileDevice implements BlockDevice {
     if (outside) return outside
     if (mutating && this.readOnly) return new VrioError('read-only', `${this.path} is open read-only`)
     return undefined
+  }
+
+  /** Fills all of `buf` from `offset` without waiting, or returns false (the pool will). */
+  private readInline(buf: Uint8Array, offset: number): boolean {
+    if (this.inlineRead === 'memory') {
+      try {
+        let done = 0
+        while (done < buf.length) {
+          const n = readSync(this.fd, buf, done, buf.length - done, offset + done)
+          if (n === 0) return false // past the end of a shrunk file: the pool path zero-fills
+          done += n
+        }
+        return true
+      } catch {
+        return false // the pool path repeats it and reports the error
+      }
+    }
+    const n = native().ioNowait(false, this.fd, buf, offset)
+    if (n === -EOPNOTSUPP) this.inlineRead = 'off'
+    return n === buf.length
+  }
+
+  /** Writes all of `data` at `offset` without waiting, or returns false (the pool will: a
+   * partial write done here is simply written again). */
+  private writeInline(data: Uint8Array, offset: number): boolean {
+    if (this.inlineWrite === 'memory') {
+      try {
+        let done = 0
+        while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, offset + done)
+        return true
+      } catch {
+        return false
+      }
+    }
+    const n = native().ioNowait(true, this.fd, data, offset)
+    if (n === -EOPNOTSUPP) this.inlineWrite = 'off'
+    return n === data.length
   }
 
   private track<T>(p: Promise<T>): Promise<T> {
@@ -352,6 +454,22 @@ export class FileDevice implements BlockDevice {
       done += n
     }
     this.stats.zeroBytesWritten += length
+  }
+}
+
+/** How small requests on `path` may skip the thread pool (see InlineMode). */
+async function inlineMode(path: string, isBlockDevice: boolean): Promise<InlineMode> {
+  if (!isBlockDevice) {
+    const type = await statfs(path).then(
+      (s) => s.type,
+      () => 0,
+    )
+    if (type === TMPFS_MAGIC || type === RAMFS_MAGIC) return 'memory'
+  }
+  try {
+    return typeof native().ioNowait === 'function' ? 'nowait' : 'off'
+  } catch {
+    return 'off' // no addon
   }
 }
 

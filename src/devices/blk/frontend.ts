@@ -258,8 +258,12 @@ export class RemoteBlockDevice implements BlockDevice {
     this.pump()
   }
 
-  /** A block response from the IOhyp (the session's data handler). Never throws on what a peer sends. */
-  receive(h: MessageHeader, message: Uint8Array): void {
+  /**
+   * A block response from the IOhyp (the session's data handler). Never throws on what a peer
+   * sends. `owned`: the message buffer may be kept, so a whole read's data is handed to its caller
+   * as a view of it instead of being copied.
+   */
+  receive(h: MessageHeader, message: Uint8Array, owned = false): void {
     if (h.type !== MessageType.BlockResponse) return
     const r = this.inflight.get(h.requestLow)
     if (
@@ -288,7 +292,12 @@ export class RemoteBlockDevice implements BlockDevice {
     } else if (h.status !== BlockStatus.Ok) {
       this.fail(r.call, blockStatusError(h.status, { offset: r.offset, length: r.length }))
     } else {
-      if (r.op === BlockOp.In && r.call.result && data.length > 0) r.call.result.set(data, r.resultOffset)
+      const result = r.call.result
+      if (r.op === BlockOp.In && result && data.length > 0) {
+        if (owned && data.length === result.length)
+          r.call.result = data // the whole call in one response
+        else result.set(data, r.resultOffset)
+      }
       this.partDone(r.call)
     }
     this.pump()
