@@ -43,6 +43,8 @@ export class GuestDaemon {
   private readonly sessionFailures: Record<string, number> = {}
   private disks!: GuestDisks
   private nics!: GuestNics
+  /** Set once the NBD server listens: only then are IOhyp connections accepted. */
+  private ready = false
 
   private constructor(o: GuestOptions, log: Logger) {
     this.o = o
@@ -57,6 +59,20 @@ export class GuestDaemon {
 
   private async init(): Promise<void> {
     const port = this.o.port ?? VRIO_PORT
+    // Devices and RPC handlers exist before the link and control socket open: a control request or
+    // an IOhyp may arrive at once (connections are refused until the NBD server listens; see accept).
+    this.disks = new GuestDisks({
+      runDir: this.o.runDir,
+      attach: this.o.attach,
+      ioTimeoutMs: this.o.ioTimeoutMs,
+      log: this.log,
+    })
+    this.nics = new GuestNics(this.log)
+    this.rpc
+      .handle('blk.attach', (p) => this.disks.attachDisk(p))
+      .handle('blk.detach', (p) => this.disks.detachDisk(p))
+      .handle('net.attach', (p) => this.nics.attachNic(p))
+      .handle('net.detach', (p) => this.nics.detachNic(p))
     this.link = await DaemonLink.open(
       {
         role: 'guest',
@@ -76,29 +92,20 @@ export class GuestDaemon {
         control.route('GET', ROUTES.nics, () => ({ nics: this.nics.list() }))
       },
     )
-    this.disks = new GuestDisks({
-      runDir: this.o.runDir,
-      attach: this.o.attach,
-      ioTimeoutMs: this.o.ioTimeoutMs,
-      log: this.log,
-    })
-    this.nics = new GuestNics(this.log)
     try {
       await this.disks.start()
     } catch (error) {
       await this.link.close()
       throw error
     }
-    this.rpc
-      .handle('blk.attach', (p) => this.disks.attachDisk(p))
-      .handle('blk.detach', (p) => this.disks.detachDisk(p))
-      .handle('net.attach', (p) => this.nics.attachNic(p))
-      .handle('net.detach', (p) => this.nics.detachNic(p))
+    this.ready = true
     this.log.info('guest started', { ...this.link.describe(), port })
   }
 
   /** Any peer may open a connection; only one that proves it holds our key gets further. */
-  private accept(c: Connection): ConnectionHandlers {
+  private accept(c: Connection): ConnectionHandlers | undefined {
+    // Not serving yet (starting up): refused with an RST; the IOhyp redials within 300 ms.
+    if (!this.ready) return undefined
     const session: Session = new Session(c, 'listener', this.o.key, {
       authenticated: () => this.onAuthenticated(session),
       control: (m) => {
