@@ -8,12 +8,12 @@
  * moved. MTU 1500 on the link (the VXLAN device gets 1450).
  *   npm run bench -- nic           (root; iperf3)
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { type ChildProcess, spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { cleanupNetns, exec, ip, type Netns } from '../test/support/netns.ts'
 import { directLink, worldOnBridge } from '../test/support/topology.ts'
-import { VrioPair } from '../test/support/vrio-pair.ts'
+import { onBridge, VrioPair } from '../test/support/vrio-pair.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const PINGPONGS = Number(process.env.BENCH_PINGPONGS ?? 5000)
@@ -108,23 +108,7 @@ try {
   }
 
   // vrio: a remote NIC whose IOhyp end is a TAP on the bridge.
-  execFileSync(process.execPath, [
-    new URL('../src/cli/main.js', import.meta.url).pathname,
-    'nic',
-    'create',
-    '--guest',
-    pair.guestMac,
-    '--mac',
-    '02:77:00:00:00:01',
-    '--tap',
-    'vt1',
-    '--bridge',
-    'brw',
-    '--name',
-    'vn1',
-    '--control',
-    pair.sock('iohyp'),
-  ])
+  await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
   ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
 
   // VXLAN: the same veth, kernel tunnel endpoints in the guest and on the IOhyp's bridge.

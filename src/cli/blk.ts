@@ -13,6 +13,7 @@ import { VrioError } from '../errors.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import {
   addControlOption,
+  addRemoveCommand,
   addDaemonChoice,
   chosenDaemonSocket,
   type DaemonChoiceOptions,
@@ -144,16 +145,5 @@ export function registerBlkCommands(program: Command): void {
     )
   })
 
-  const remove = blk
-    .command('remove')
-    .description('take a disk away from its guest (the backing file stays)')
-    .argument('<name>', 'disk name')
-  addControlOption(remove, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(remove).action(async (name: string, o: ControlOptions) => {
-    const disk = await controlClient(o.control!).delete<DiskInfo>(
-      ROUTES.disk.replace(':name', encodeURIComponent(name)),
-    )
-    if (o.json) printJson(disk)
-    else printLines([`removed ${disk.name}`])
-  })
+  addRemoveCommand(blk, ROUTES.disk, 'take a disk away from its guest (the backing file stays)', 'disk')
 }

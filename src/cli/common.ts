@@ -1,6 +1,6 @@
 /** Pieces every CLI command shares: the control socket option, JSON and table output. */
 import type { Command } from 'commander'
-import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../control/api.ts'
+import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET, routePath } from '../control/api.ts'
 import { ControlClient } from '../control/control-client.ts'
 
 export interface ControlOptions {
@@ -39,6 +39,20 @@ export function chosenDaemonSocket(o: DaemonChoiceOptions): string {
 
 export function addJsonOption(command: Command): Command {
   return command.option('--json', 'print one machine-readable JSON document to stdout')
+}
+
+/**
+ * `<parent> remove NAME` on the IOhyp: DELETE `route` (a `:name` route), then `removed NAME` or,
+ * with --json, the removed device as the daemon answered.
+ */
+export function addRemoveCommand(parent: Command, route: string, description: string, what: string): void {
+  const remove = parent.command('remove').description(description).argument('<name>', `${what} name`)
+  addControlOption(remove, DEFAULT_IOHYP_SOCKET)
+  addJsonOption(remove).action(async (name: string, o: ControlOptions) => {
+    const removed = await controlClient(o.control!).delete<{ name: string }>(routePath(route, { name }))
+    if (o.json) printJson(removed)
+    else printLines([`removed ${removed.name}`])
+  })
 }
 
 export function controlClient(path: string): ControlClient {

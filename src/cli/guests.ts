@@ -9,6 +9,7 @@ import {
   type ListGuestsResponse,
   type RemoveGuestResponse,
   ROUTES,
+  routePath,
 } from '../control/api.ts'
 import { parseGuestAddress, parseGuestMac } from '../control/validate.ts'
 import {
@@ -73,7 +74,7 @@ export function registerGuestsCommands(program: Command): void {
 }
 
 function guestPath(mac: string): string {
-  return ROUTES.guest.replace(':mac', encodeURIComponent(mac))
+  return routePath(ROUTES.guest, { mac })
 }
 
 export function guestTable(guests: readonly GuestInfo[]): string[] {

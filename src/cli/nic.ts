@@ -8,11 +8,13 @@ import {
   type ListNicsResponse,
   type NicInfo,
   ROUTES,
+  routePath,
 } from '../control/api.ts'
 import { VrioError } from '../errors.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import {
   addControlOption,
+  addRemoveCommand,
   addDaemonChoice,
   addJsonOption,
   type ControlOptions,
@@ -158,7 +160,7 @@ export function registerNicCommands(program: Command): void {
     const n =
       Object.keys(body).length === 0
         ? (await client.get<ListNicsResponse>(ROUTES.nics)).nics.find((x) => x.name === name)
-        : await client.post<NicInfo>(ROUTES.nicServices.replace(':name', encodeURIComponent(name)), body)
+        : await client.post<NicInfo>(routePath(ROUTES.nicServices, { name }), body)
     if (!n) throw new VrioError('not-found', `no NIC named ${name}`)
     if (o.json) printJson({ name: n.name, services: n.services })
     else printLines([`${n.name}: ${describeServices(n)}`])
@@ -171,7 +173,7 @@ export function registerNicCommands(program: Command): void {
   addControlOption(alerts, DEFAULT_IOHYP_SOCKET)
   addJsonOption(alerts).action(async (name: string, o: ControlOptions & { json?: boolean }) => {
     const answer = await controlClient(o.control!).get<{ alerts: Record<string, unknown>[] }>(
-      ROUTES.nicAlerts.replace(':name', encodeURIComponent(name)),
+      routePath(ROUTES.nicAlerts, { name }),
     )
     if (o.json) {
       printJson(answer)
@@ -189,16 +191,10 @@ export function registerNicCommands(program: Command): void {
     )
   })
 
-  const remove = nic
-    .command('remove')
-    .description("take a NIC away from its guest (the guest's interface and what the IOhyp created go)")
-    .argument('<name>', 'NIC name')
-  addControlOption(remove, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(remove).action(async (name: string, o: ControlOptions) => {
-    const n = await controlClient(o.control!).delete<NicInfo>(
-      ROUTES.nic.replace(':name', encodeURIComponent(name)),
-    )
-    if (o.json) printJson(n)
-    else printLines([`removed ${n.name}`])
-  })
+  addRemoveCommand(
+    nic,
+    ROUTES.nic,
+    "take a NIC away from its guest (the guest's interface and what the IOhyp created go)",
+    'NIC',
+  )
 }

@@ -26,6 +26,7 @@
  */
 
 import type { EncryptionSpec } from '../services/crypt/open.ts'
+import type { ChainCounters } from '../services/net/chain.ts'
 
 export const DEFAULT_IOHYP_SOCKET = '/run/vrio/iohyp.sock'
 export const DEFAULT_GUEST_SOCKET = '/run/vrio/guest.sock'
@@ -42,6 +43,11 @@ export const ROUTES = {
   nicAlerts: '/v1/nic/:name/alerts',
   config: '/v1/config',
 } as const
+
+/** A route with its `:name`-style segments filled in (percent-encoded): `routePath(ROUTES.disk, { name })`. */
+export function routePath(route: string, params: Readonly<Record<string, string>>): string {
+  return route.replace(/:([A-Za-z]+)/g, (_, key: string) => encodeURIComponent(params[key] ?? ''))
+}
 
 /** Body of every error answer, under the `error` key. Extra fields belong to the code. */
 export interface ErrorBody {
@@ -236,10 +242,7 @@ export interface NicInfo {
   /** Dropped frames by reason (a NetDropReason); only non-zero ones. */
   drops: Record<string, number>
   /** The NIC's services: each one's rules file and counters; `malformed`: frames they could not parse. */
-  services: {
-    malformed: number
-    services: Partial<Record<'firewall' | 'dpi', { file: string; counters: Record<string, unknown> }>>
-  }
+  services: ChainCounters
 }
 
 /** A NIC as the guest sees it (`GET /v1/nic` on the guest daemon). */

@@ -6,11 +6,11 @@
  * everything it created, also on failure and Ctrl-C.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { generateKey, writeKeyFile } from '../auth/key-file.ts'
-import { type DiskInfo, type ListGuestsResponse, type NicInfo, ROUTES } from '../control/api.ts'
+import { type DiskInfo, type ListGuestsResponse, type NicInfo, ROUTES, routePath } from '../control/api.ts'
 import { ControlClient } from '../control/control-client.ts'
 import { VrioError } from '../errors.ts'
 import { Lab } from './lab.ts'
@@ -177,7 +177,6 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
       const iohyp = new ControlClient({ path: iohypSock, timeoutMs: 60_000 })
       for (const g of guests) {
         const backing = join(lab.dir, `guest${g.n}-disk.img`)
-        closeSync(openSync(backing, 'w'))
         await lab.run('truncate', ['-s', '256M', backing])
         g.disk = await iohyp.post<DiskInfo>(ROUTES.disks, { guest: g.mac, backing, name: `disk${g.n}` })
         if (!g.disk.device) throw new Error(`guest${g.n} has no block device for its disk`)
@@ -280,8 +279,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     await stepDo('removing the disks and NICs', async () => {
       const iohyp = new ControlClient({ path: iohypSock, timeoutMs: 30_000 })
       for (const g of guests) {
-        await iohyp.delete(ROUTES.disk.replace(':name', `disk${g.n}`))
-        await iohyp.delete(ROUTES.nic.replace(':name', `vnic${g.n}`))
+        await iohyp.delete(routePath(ROUTES.disk, { name: `disk${g.n}` }))
+        await iohyp.delete(routePath(ROUTES.nic, { name: `vnic${g.n}` }))
       }
     })
 

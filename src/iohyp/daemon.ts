@@ -1,6 +1,5 @@
-import { appendFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { isAbsolute, join } from 'node:path'
 import type { CreateDiskRequest, GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
 import { ROUTES } from '../control/api.ts'
 import type { ControlServer } from '../control/control-server.ts'
@@ -10,6 +9,8 @@ import { VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
 import type { Logger } from '../daemon/log.ts'
 import { VrioError } from '../errors.ts'
 import { Rpc } from '../session/rpc.ts'
+import { EveFileSink } from '../services/dpi/index.ts'
+import { encryptSchema } from '../config/schema.ts'
 import type { EncryptionSpec } from '../services/crypt/open.ts'
 import type { ExportableState } from '../config/export.ts'
 import type { DiskEntry, NicEntry } from '../config/load.ts'
@@ -106,14 +107,13 @@ export class IohypDaemon {
   private link!: DaemonLink
   private readonly disks: IohypDisks
   private readonly nics: IohypNics
-  /** Where DPI alerts go, one EVE JSON record per line (as Suricata's eve.json). */
-  private readonly eve: string
+  /** Where DPI alerts go, one EVE JSON record per line (as Suricata's eve.json); opened at the first alert. */
+  private eve: EveFileSink | undefined
 
   private constructor(o: IohypOptions, log: Logger) {
     this.o = o
     this.log = log
     this.disks = new IohypDisks(log)
-    this.eve = join(o.stateDir, 'eve.json')
     this.nics = new IohypNics(log, (record) => this.alert(record))
   }
 
@@ -157,6 +157,7 @@ export class IohypDaemon {
     }
     await this.disks.close()
     await this.nics.close()
+    this.eve?.close()
     await this.link.close()
   }
 
@@ -245,10 +246,12 @@ export class IohypDaemon {
   }
 
   private alert(record: Record<string, unknown>): void {
+    const file = join(this.o.stateDir, 'eve.json')
     try {
-      appendFileSync(this.eve, `${JSON.stringify(record)}\n`, { mode: 0o600 })
+      this.eve ??= new EveFileSink(file)
+      this.eve.write(record)
     } catch (error) {
-      this.log.warn('could not write an alert to the EVE file', { file: this.eve, error })
+      this.log.warn('could not write an alert to the EVE file', { file, error })
     }
   }
 
@@ -437,25 +440,19 @@ export class IohypDaemon {
 /** The `encrypt` field of a disk request: its shape only (openEncryption checks the files). */
 function parseEncrypt(value: unknown): EncryptionSpec | undefined {
   if (value === undefined || value === null) return undefined
-  const v = value as Record<string, unknown>
-  const paths = (keys: string[]) =>
-    keys.every((k) => v[k] === undefined || (typeof v[k] === 'string' && (v[k] as string).startsWith('/')))
+  // The same shape as a config file's `encrypt` (one schema for both); paths must be absolute here.
+  const parsed = encryptSchema.safeParse(value)
+  const spec = parsed.success ? parsed.data : undefined
+  const files = spec ? [spec.keyFile, spec.kind === 'luks' ? spec.passphraseFile : undefined] : []
   if (
-    v.kind === 'plain' &&
-    v.cipher === 'aes-xts-plain64' &&
-    typeof v.keyFile === 'string' &&
-    paths(['keyFile'])
+    spec &&
+    files.every((f) => f === undefined || isAbsolute(f)) &&
+    (spec.kind === 'plain' || (spec.keyFile === undefined) !== (spec.passphraseFile === undefined))
   )
-    return v as EncryptionSpec
-  if (
-    v.kind === 'luks' &&
-    (v.passphraseFile === undefined) !== (v.keyFile === undefined) &&
-    paths(['passphraseFile', 'keyFile'])
-  )
-    return v as EncryptionSpec
+    return spec
   throw new VrioError(
     'invalid-argument',
-    "encrypt must be {kind: 'plain', cipher: 'aes-xts-plain64', keyFile} or {kind: 'luks', passphraseFile | keyFile}, with absolute paths",
+    "encrypt must be {kind: 'plain', cipher: 'aes-xts-plain64', keyFile, sectorSize?} or {kind: 'luks', passphraseFile | keyFile}, with absolute paths",
     { field: 'encrypt' },
   )
 }

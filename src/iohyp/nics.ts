@@ -8,8 +8,13 @@ import type { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
 import { formatMac, isGroupMac, parseMac } from '../wire/address.ts'
 import type { MessageHeader } from '../wire/message-header.ts'
-import { NET_SERVICE_KINDS, NetServiceChain, type NetServiceKind } from '../services/net/chain.ts'
-import { loadNetService, reloadNetService } from '../services/net/load.ts'
+import {
+  NET_SERVICE_KINDS,
+  NetServiceChain,
+  type NetServiceKind,
+  type ReplaceableNetService,
+} from '../services/net/chain.ts'
+import { createNetService, loadNetService, readRulesFile } from '../services/net/load.ts'
 import { type DeviceHandle, newDeviceHandle } from './handles.ts'
 
 /** What the NIC registry needs of an enrolled guest. */
@@ -69,7 +74,10 @@ export function parseCreateNicRequest(body: unknown): CreateNicRequest & { mtu: 
     throw new VrioError('invalid-argument', message, { field })
   }
   for (const key of Object.keys(b)) {
-    if (!['guest', 'mac', 'tap', 'bridge', 'macvtap', 'name', 'mtu', 'firewall', 'dpi'].includes(key))
+    if (
+      b[key] !== undefined &&
+      !['guest', 'mac', 'tap', 'bridge', 'macvtap', 'name', 'mtu', 'firewall', 'dpi'].includes(key)
+    )
       fail(key, `unknown field '${key}'`)
   }
   if (typeof b.guest !== 'string') fail('guest', 'guest is required')
@@ -129,19 +137,7 @@ export class IohypNics {
   }
 
   state(): NicState[] {
-    return [...this.nics.values()].map((n) => ({
-      name: n.name,
-      guest: formatMac(n.guest),
-      mac: n.mac,
-      mtu: n.mtu,
-      ...(n.backend.kind === 'tap'
-        ? { tap: n.backend.tap, ...(n.backend.bridge ? { bridge: n.backend.bridge } : {}) }
-        : { macvtap: n.backend.uplink }),
-      ...Object.fromEntries(
-        NET_SERVICE_KINDS.flatMap((k) => (n.chain.get(k) ? [[k, n.chain.get(k)!.file]] : [])),
-      ),
-      handle: n.handle,
-    }))
+    return [...this.nics.values()].map(stateOf)
   }
 
   forGuest(mac: number): number {
@@ -219,14 +215,7 @@ export class IohypNics {
       const mac = macOf(e.guest)
       if (mac === undefined || !IFNAME_RE.test(e.name))
         throw new VrioError('invalid-state', `malformed NIC entry ${e.name}`)
-      parseCreateNicRequest({
-        guest: e.guest,
-        mac: e.mac,
-        tap: e.tap,
-        bridge: e.bridge,
-        macvtap: e.macvtap,
-        mtu: e.mtu,
-      })
+      parseCreateNicRequest({ ...e, handle: undefined })
       await this.open(e, mac)
       this.nextSlot = Math.max(this.nextSlot, e.handle.low + 1)
     }
@@ -245,36 +234,25 @@ export class IohypNics {
       const mac = macOf(e.guest)
       if (mac === undefined)
         throw new VrioError('invalid-argument', `NIC ${e.name}: no enrolled guest ${e.guest}`)
-      const mtu = e.mtu ?? 1500
-      const old = this.nics.get(e.name)
-      if (old) {
-        const same =
-          JSON.stringify(this.state().find((s) => s.name === e.name)) ===
-          JSON.stringify({
-            name: e.name,
-            guest: formatMac(mac),
-            mac: e.mac,
-            mtu,
-            ...(e.tap !== undefined
-              ? { tap: e.tap, ...(e.bridge ? { bridge: e.bridge } : {}) }
-              : { macvtap: e.macvtap }),
-            ...(e.firewall ? { firewall: e.firewall } : {}),
-            ...(e.dpi ? { dpi: e.dpi } : {}),
-            handle: old.handle,
-          })
-        if (same) continue
-        await this.drop(old)
+      const req = parseCreateNicRequest(e)
+      const want: NicState = {
+        name: e.name,
+        guest: formatMac(mac),
+        mac: req.mac,
+        mtu: req.mtu,
+        tap: req.tap,
+        bridge: req.bridge,
+        macvtap: req.macvtap,
+        firewall: req.firewall,
+        dpi: req.dpi,
+        handle: newDeviceHandle(this.nextSlot),
       }
-      parseCreateNicRequest({
-        guest: e.guest,
-        mac: e.mac,
-        tap: e.tap,
-        bridge: e.bridge,
-        macvtap: e.macvtap,
-        mtu,
-      })
-      await this.open({ ...e, mtu, guest: formatMac(mac), handle: newDeviceHandle(this.nextSlot++) }, mac)
-      this.log.info('nic declared', { nic: e.name, guest: formatMac(mac), mac: e.mac })
+      const old = this.nics.get(e.name)
+      if (old && sameNic(stateOf(old), want)) continue
+      if (old) await this.drop(old)
+      this.nextSlot++
+      await this.open(want, mac)
+      this.log.info('nic declared', { nic: e.name, guest: want.guest, mac: want.mac })
     }
   }
 
@@ -305,22 +283,26 @@ export class IohypNics {
           field: key,
         })
     }
-    // Parse everything first: a bad rules file changes nothing.
-    const loaded = new Map<NetServiceKind, Awaited<ReturnType<typeof loadNetService>>>()
+    // Read every file first (a missing one changes nothing), then build the new services (a bad
+    // one changes nothing), then swap rules in the running ones: replace() keeps a service's flow
+    // state, and a rules error there leaves that service's old rules in force.
+    const texts = new Map<NetServiceKind, { path: string; text: string }>()
     for (const kind of NET_SERVICE_KINDS) {
       const path = req[kind]
-      if (typeof path === 'string') loaded.set(kind, await loadNetService(kind, path, n.name))
+      if (typeof path === 'string') texts.set(kind, { path, text: await readRulesFile(kind, path) })
     }
-    for (const kind of NET_SERVICE_KINDS) {
-      const path = req[kind]
-      if (path === undefined) continue
+    const created = new Map<NetServiceKind, ReplaceableNetService>()
+    for (const [kind, { path, text }] of texts) {
+      if (!n.chain.get(kind)) created.set(kind, createNetService(kind, text, path, n.name))
+    }
+    for (const [kind, t] of texts) {
       const current = n.chain.get(kind)
-      if (path === null) n.chain.set(kind, undefined)
-      else if (current) {
-        await reloadNetService(kind, current.service, path)
-        current.file = path
-      } else n.chain.set(kind, { service: loaded.get(kind)!, file: path })
+      if (!current) continue
+      current.service.replace(t.text, t.path)
+      current.file = t.path
     }
+    for (const [kind, service] of created) n.chain.set(kind, { service, file: texts.get(kind)!.path })
+    for (const kind of NET_SERVICE_KINDS) if (req[kind] === null) n.chain.set(kind, undefined)
     this.log.info('nic services changed', { nic: name, services: this.state().find((s) => s.name === name) })
     return this.info(n)
   }
@@ -458,4 +440,26 @@ export class IohypNics {
       services: n.chain.counters(),
     }
   }
+}
+
+function stateOf(n: Nic): NicState {
+  return {
+    name: n.name,
+    guest: formatMac(n.guest),
+    mac: n.mac,
+    mtu: n.mtu,
+    ...(n.backend.kind === 'tap'
+      ? { tap: n.backend.tap, ...(n.backend.bridge ? { bridge: n.backend.bridge } : {}) }
+      : { macvtap: n.backend.uplink }),
+    ...(n.chain.get('firewall') ? { firewall: n.chain.get('firewall')!.file } : {}),
+    ...(n.chain.get('dpi') ? { dpi: n.chain.get('dpi')!.file } : {}),
+    handle: n.handle,
+  }
+}
+
+const NIC_FIELDS = ['name', 'guest', 'mac', 'mtu', 'tap', 'bridge', 'macvtap', 'firewall', 'dpi'] as const
+
+/** Same NIC apart from its handle. */
+function sameNic(a: NicState, b: NicState): boolean {
+  return NIC_FIELDS.every((k) => a[k] === b[k])
 }

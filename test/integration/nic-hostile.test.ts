@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { ListGuestsResponse, ListNicsResponse, NicInfo, StatusInfo } from '../../src/control/api.ts'
+import type { ListGuestsResponse, ListNicsResponse, StatusInfo } from '../../src/control/api.ts'
 import { readKeyFile } from '../../src/auth/key-file.ts'
 import { PACKET_SOCKET_BUFFER, VRIO_PORT } from '../../src/daemon/runtime.ts'
 import type { AttachNicParams } from '../../src/guest/nics.ts'
@@ -24,7 +24,7 @@ import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
 import { cleanupNetns, ip, requireRoot } from '../support/netns.ts'
 import { directLink, worldOnBridge } from '../support/topology.ts'
 import { waitUntil } from '../support/wait.ts'
-import { VrioPair } from '../support/vrio-pair.ts'
+import { onBridge, VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
   await killDaemons()
@@ -132,24 +132,7 @@ describe('remote NIC under hostile input from an authenticated guest and the lin
           seenInWorld.push(f[41])
       }
     })
-    const created = vrioJsonAsync<NicInfo>([
-      'nic',
-      'create',
-      '--guest',
-      guestMac,
-      '--mac',
-      NIC_MAC,
-      '--tap',
-      'vt1',
-      '--bridge',
-      'brw',
-      '--name',
-      'vn1',
-      '--json',
-      '--control',
-      pair.sock('iohyp'),
-    ])
-    const nic = await created
+    const nic = await pair.createNic('vn1', NIC_MAC, onBridge('vt1'))
     assert.equal(nic.state, 'attached')
     assert.ok(attached, 'the rogue guest was told about the NIC')
   })

@@ -11,11 +11,11 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { ListNicsResponse, NicInfo } from '../../src/control/api.ts'
+import type { ListNicsResponse } from '../../src/control/api.ts'
 import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
 import { cleanupNetns, exec, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
 import { directLink, worldOnBridge } from '../support/topology.ts'
-import { VrioPair } from '../support/vrio-pair.ts'
+import { onBridge, VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
   await killDaemons()
@@ -111,25 +111,9 @@ describe('NIC services with real traffic', () => {
         '',
       ].join('\n'),
     )
-    const nic = await vrioJsonAsync<NicInfo>([
-      'nic',
-      'create',
-      '--guest',
-      pair.guestMac,
-      '--mac',
-      '02:77:00:00:00:01',
-      '--tap',
-      'vt1',
-      '--bridge',
-      'brw',
-      '--name',
-      'vn1',
-      '--firewall',
-      join(rules, 'web.fw'),
-      '--json',
-      '--control',
-      pair.sock('iohyp'),
-    ])
+    const nic = await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'), {
+      extra: ['--firewall', join(rules, 'web.fw')],
+    })
     assert.equal(nic.services.services.firewall?.file, join(rules, 'web.fw'))
     ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
   })

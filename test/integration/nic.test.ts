@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { GuestNicInfo, ListGuestsResponse, ListNicsResponse, NicInfo } from '../../src/control/api.ts'
+import type { GuestNicInfo, ListGuestsResponse, ListNicsResponse } from '../../src/control/api.ts'
 import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
 import { impairedLink, type ImpairedLink } from '../support/impair.ts'
 import {
@@ -24,7 +24,7 @@ import {
   requireRoot,
 } from '../support/netns.ts'
 import { worldOnBridge as bridgeWorld, directLink, firewalledLan } from '../support/topology.ts'
-import { type ExtraGuest, VrioPair } from '../support/vrio-pair.ts'
+import { type ExtraGuest, onBridge, VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
   await killDaemons()
@@ -58,10 +58,6 @@ function address(ns: Netns, ifname: string, v4: string, v6: string): void {
   ip(ns, ['-6', 'addr', 'add', `${v6}/64`, 'dev', ifname, 'nodad'])
 }
 
-function createNic(sock: string, args: string[]): Promise<NicInfo> {
-  return vrioJsonAsync<NicInfo>(['nic', 'create', ...args, '--control', sock, '--json'])
-}
-
 /** Starts a long-running server in a namespace; resolves once `ready` shows on its output (or after a pause). */
 async function server(ns: Netns, cmd: string, args: string[]): Promise<ChildProcess> {
   const child = spawn('ip', ['netns', 'exec', ns.name, cmd, ...args], { stdio: 'ignore' })
@@ -92,31 +88,8 @@ describe('remote NIC: two guests, an IOhyp bridge and a world namespace', () => 
     g1ns = lan.ends[1].ns
     enableIPv6(g1ns)
     enableIPv6(g2.end.ns)
-    const sock = pair.sock('iohyp')
-    await createNic(sock, [
-      '--guest',
-      pair.guestMac,
-      '--mac',
-      '02:77:00:00:00:01',
-      '--tap',
-      'vt1',
-      '--bridge',
-      'brw',
-      '--name',
-      'vn1',
-    ])
-    await createNic(sock, [
-      '--guest',
-      g2.mac,
-      '--mac',
-      '02:77:00:00:00:02',
-      '--tap',
-      'vt2',
-      '--bridge',
-      'brw',
-      '--name',
-      'vn2',
-    ])
+    await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
+    await pair.createNic('vn2', '02:77:00:00:00:02', onBridge('vt2'), { guest: g2.mac })
     address(g1ns, 'vn1', '192.168.77.1', 'fd77::1')
     address(g2.end.ns, 'vn2', '192.168.77.2', 'fd77::2')
   })
@@ -356,18 +329,7 @@ describe('remote NIC over a link that loses 2% of frames', () => {
 
   it("completes TCP transfers in the guest (the guest's TCP recovers what the link lost)", async () => {
     const world = worldOnBridge(link.a.ns)
-    await createNic(pair.sock('iohyp'), [
-      '--guest',
-      pair.guestMac,
-      '--mac',
-      '02:77:00:00:01:01',
-      '--tap',
-      'vt1',
-      '--bridge',
-      'brw',
-      '--name',
-      'vn1',
-    ])
+    await pair.createNic('vn1', '02:77:00:00:01:01', onBridge('vt1'))
     address(link.b.ns, 'vn1', '192.168.77.1', 'fd77::1')
     const dir = join(pair.dir, 'www')
     exec(world, 'mkdir', ['-p', dir])
@@ -416,16 +378,7 @@ describe('remote NIC with a macvtap back-end on an uplink', () => {
     const world = createNetns({ ipv6: true })
     const uplink = createVethPair(iohyp, world)
     ip(world, ['addr', 'add', `${WORLD_V4}/24`, 'dev', uplink.b.ifname])
-    const nic = await createNic(pair.sock('iohyp'), [
-      '--guest',
-      pair.guestMac,
-      '--mac',
-      '02:77:00:00:02:01',
-      '--macvtap',
-      uplink.a.ifname,
-      '--name',
-      'vn1',
-    ])
+    const nic = await pair.createNic('vn1', '02:77:00:00:02:01', ['--macvtap', uplink.a.ifname])
     assert.equal(nic.backend.kind, 'macvtap')
     const device = (nic.backend as { device: string }).device
     assert.equal(JSON.parse(ip(iohyp, ['-j', 'link', 'show', device]))[0].address, '02:77:00:00:02:01')

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { DiskInfo, ListGuestsResponse } from '../../src/control/api.ts'
+import type { DiskInfo, ListGuestsResponse, NicInfo } from '../../src/control/api.ts'
 import { formatIPv4 } from '../../src/wire/address.ts'
 import { DaemonProcess, vrioAsync, vrioJsonAsync } from './daemons.ts'
 import type { VethEnd } from './harness.ts'
@@ -16,6 +16,11 @@ export interface ExtraGuest {
   daemon: DaemonProcess
   /** Its control socket. */
   sock: string
+}
+
+/** A NIC back-end: TAP `tap` on the IOhyp's bridge `brw` (see topology.ts worldOnBridge). */
+export function onBridge(tap: string): string[] {
+  return ['--tap', tap, '--bridge', 'brw']
 }
 
 export class VrioPair {
@@ -81,17 +86,7 @@ export class VrioPair {
     const key = join(this.dir, `guest${n}.key`)
     if ((await vrioAsync(['keygen', '--out', key])).status !== 0) throw new Error('keygen failed')
     const sock = join(this.dir, `guest${n}.sock`)
-    const daemon = new DaemonProcess(`guest${n}`, end.ns, [
-      'guest',
-      '--interface',
-      end.ifname,
-      '--key-file',
-      key,
-      '--control',
-      sock,
-      '--run-dir',
-      join(this.dir, `run${n}`),
-    ])
+    const daemon = guestDaemon(`guest${n}`, end, key, sock, join(this.dir, `run${n}`))
     const g = { end, mac, daemon, sock }
     this.extraGuests.push(g)
     await daemon.waitForLog('guest started')
@@ -116,19 +111,14 @@ export class VrioPair {
   guestOptions: string[] = []
 
   startGuest(): void {
-    this.guest = new DaemonProcess('guest', this.guestEnd.ns, [
+    this.guest = guestDaemon(
       'guest',
-      '--interface',
-      this.guestEnd.ifname,
-      '--key-file',
+      this.guestEnd,
       join(this.dir, 'guest.key'),
-      '--control',
       this.sock('guest'),
-      '--run-dir',
       this.runDir,
-      '--attach',
-      ...this.guestOptions,
-    ])
+      ['--attach', ...this.guestOptions],
+    )
   }
 
   /** Waits until every enrolled guest is connected. */
@@ -159,6 +149,33 @@ export class VrioPair {
     ])
   }
 
+  /**
+   * Creates a NIC named `name` (also the guest's interface) with MAC `mac` for a guest (default:
+   * the first), its IOhyp end `backend`: e.g. `onBridge('vt1')` or `['--macvtap', uplink]`.
+   */
+  createNic(
+    name: string,
+    mac: string,
+    backend: readonly string[],
+    o: { guest?: string; extra?: readonly string[] } = {},
+  ): Promise<NicInfo> {
+    return vrioJsonAsync<NicInfo>([
+      'nic',
+      'create',
+      '--guest',
+      o.guest ?? this.guestMac,
+      '--mac',
+      mac,
+      ...backend,
+      '--name',
+      name,
+      ...(o.extra ?? []),
+      '--json',
+      '--control',
+      this.sock('iohyp'),
+    ])
+  }
+
   async removeDisk(name: string): Promise<void> {
     const r = await vrioAsync(['blk', 'remove', name, '--control', this.sock('iohyp')])
     if (r.status !== 0) throw new Error(`blk remove ${name} failed: ${r.stderr}`)
@@ -170,4 +187,27 @@ export class VrioPair {
     await this.iohyp?.stop('SIGTERM')
     rmSync(this.dir, { recursive: true, force: true })
   }
+}
+
+/** A `vrio guest` daemon on `end`. */
+function guestDaemon(
+  name: string,
+  end: VethEnd,
+  key: string,
+  sock: string,
+  runDir: string,
+  extra: readonly string[] = [],
+): DaemonProcess {
+  return new DaemonProcess(name, end.ns, [
+    'guest',
+    '--interface',
+    end.ifname,
+    '--key-file',
+    key,
+    '--control',
+    sock,
+    '--run-dir',
+    runDir,
+    ...extra,
+  ])
 }

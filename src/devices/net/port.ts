@@ -4,7 +4,7 @@ import { Delivery } from '../../transport/config.ts'
 import type { Session } from '../../session/session.ts'
 import { MESSAGE_HEADER_LENGTH, type MessageHeader } from '../../wire/message-header.ts'
 import type { NetDirection } from '../../services/net/service.ts'
-import { checkNetBody, NetFrameEncoder, type NetDropReason } from './protocol.ts'
+import { checkNetBody, MIN_FRAME, NetFrameEncoder, type NetDropReason } from './protocol.ts'
 
 /** A policy between the wire and the kernel (the IOhyp's service chain). */
 export interface NetFilter {
@@ -42,6 +42,8 @@ export interface NetPortOptions {
   onKernelError?: (error: unknown) => void
 }
 
+const EMPTY = new Uint8Array(0)
+
 /** A zero virtio_net_hdr: a plain frame with complete checksums. */
 const PLAIN_HDR = new Uint8Array(VIRTIO_NET_HDR_LEN)
 
@@ -62,6 +64,8 @@ export class NetPort {
   private readonly drops: Partial<Record<NetDropReason, number>> = {}
   private readonly kernelErrors = new Set<string>()
   private closed = false
+  /** The one-frame batch handed to the kernel (reused: no array per frame). */
+  private readonly one: Uint8Array[] = [EMPTY]
 
   constructor(o: NetPortOptions) {
     this.o = o
@@ -96,7 +100,7 @@ export class NetPort {
       return
     }
     const frame = body.subarray(VIRTIO_NET_HDR_LEN)
-    if (this.o.filter && !this.o.filter.inspect(frame, this.inward, (f) => this.replyToPeer(f))) {
+    if (this.o.filter && !this.o.filter.inspect(frame, this.inward, this.replyToPeer)) {
       this.drop('filtered')
       return
     }
@@ -122,9 +126,12 @@ export class NetPort {
   private fromChannel(batch: FrameBatch): void {
     for (let i = 0; i < batch.count; i++) {
       const body = batch.frame(i)
-      if (body.length < VIRTIO_NET_HDR_LEN) continue
+      if (body.length < VIRTIO_NET_HDR_LEN + MIN_FRAME) {
+        this.drop('bad-length')
+        continue
+      }
       const frame = body.subarray(VIRTIO_NET_HDR_LEN)
-      if (this.o.filter && !this.o.filter.inspect(frame, this.outward, (f) => this.replyToKernel(f))) {
+      if (this.o.filter && !this.o.filter.inspect(frame, this.outward, this.replyToKernel)) {
         this.drop('filtered')
         continue
       }
@@ -150,7 +157,10 @@ export class NetPort {
 
   private writeToKernel(body: Uint8Array): boolean {
     try {
-      if (this.o.channel.send([body]) === 1) return true
+      this.one[0] = body
+      const sent = this.o.channel.send(this.one)
+      this.one[0] = EMPTY
+      if (sent === 1) return true
       this.drop('queue-full')
     } catch (error) {
       this.drop('kernel-refused')
@@ -159,11 +169,12 @@ export class NetPort {
     return false
   }
 
-  private replyToPeer(frame: Uint8Array): void {
+  // Bound once: the filters get these for every frame.
+  private readonly replyToPeer = (frame: Uint8Array): void => {
     this.sendToPeer(withPlainHeader(frame))
   }
 
-  private replyToKernel(frame: Uint8Array): void {
+  private readonly replyToKernel = (frame: Uint8Array): void => {
     this.writeToKernel(withPlainHeader(frame))
   }
 

@@ -2,7 +2,7 @@
  * The DPI service's only I/O: reading a rule file and appending EVE records to a log file (one
  * JSON object per line, as Suricata's eve.json).
  */
-import { appendFileSync, closeSync, openSync, writeSync } from 'node:fs'
+import { closeSync, openSync, writeSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { createDpi, type DpiOptions, type DpiService } from './engine.ts'
 
@@ -27,8 +27,8 @@ export class EveFileSink {
 
   constructor(path: string) {
     this.path = path
-    appendFileSync(path, '')
-    this.#fd = openSync(path, 'a')
+    // Alerts name hosts and flows: readable by the owner only, like the state file.
+    this.#fd = openSync(path, 'a', 0o600)
   }
 
   readonly write = (record: Record<string, unknown>): void => {

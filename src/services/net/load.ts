@@ -5,7 +5,8 @@ import { createDpi } from '../dpi/index.ts'
 import { createFirewall } from '../firewall/index.ts'
 import type { NetServiceKind, ReplaceableNetService } from './chain.ts'
 
-async function readRulesFile(kind: NetServiceKind, path: string): Promise<string> {
+/** The text of a rules file; a missing or unreadable file is a VrioError naming it. */
+export async function readRulesFile(kind: NetServiceKind, path: string): Promise<string> {
   try {
     return await readFile(path, 'utf8')
   } catch (error) {
@@ -24,16 +25,16 @@ export async function loadNetService(
   path: string,
   nicName: string,
 ): Promise<ReplaceableNetService> {
-  const text = await readRulesFile(kind, path)
-  if (kind === 'firewall') return createFirewall(text, path)
-  return createDpi(text, path, { interfaceName: nicName })
+  return createNetService(kind, await readRulesFile(kind, path), path, nicName)
 }
 
-/** Swaps a running service's rules for those in `path` (its flow state stays). */
-export async function reloadNetService(
+/** A new service from rules text already read from `path`. */
+export function createNetService(
   kind: NetServiceKind,
-  service: ReplaceableNetService,
+  text: string,
   path: string,
-): Promise<void> {
-  service.replace(await readRulesFile(kind, path), path)
+  nicName: string,
+): ReplaceableNetService {
+  if (kind === 'firewall') return createFirewall(text, path)
+  return createDpi(text, path, { interfaceName: nicName })
 }
