@@ -1,6 +1,6 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { mkdir, rm } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
@@ -42,7 +42,11 @@ export class AttachedBlockDevice {
     await mkdir(o.dir, { recursive: true, mode: 0o700 })
     const file = join(o.dir, 'disk')
     const args = [...(o.readOnly ? ['--readonly'] : []), file, o.uri]
-    const fuse = spawn('nbdfuse', args, { stdio: ['ignore', 'ignore', 'pipe'] })
+    // nbdfuse goes with the agent even when the agent is killed (its NBD connection would be dead
+    // anyway); the loop device it leaves is detached by the next agent (see cleanStale).
+    const fuse = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', 'nbdfuse', ...args], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
     let stderr = ''
     fuse.stderr?.on('data', (d) => (stderr += d))
     let exited = false
@@ -67,7 +71,10 @@ export class AttachedBlockDevice {
         '--show',
         file,
       ])
-      return new AttachedBlockDevice(stdout.trim(), file, fuse, o.dir)
+      const device = stdout.trim()
+      const seq = await diskSeq(device)
+      await writeFile(recordPath(o.dir), JSON.stringify({ device, seq, pid: fuse.pid }))
+      return new AttachedBlockDevice(device, file, fuse, o.dir)
     } catch (error) {
       fuse.kill('SIGTERM')
       const e = error as { stderr?: string; message: string }
@@ -90,5 +97,53 @@ export class AttachedBlockDevice {
       }
     }
     await rm(this.dir, { recursive: true, force: true }).catch(() => {})
+    await rm(recordPath(this.dir), { force: true })
   }
+
+  /**
+   * Undoes what a killed agent left in `disksDir` (the `dir`s of its attachments): each loop
+   * device it recorded is detached (deferred by the kernel while something still holds it open, a
+   * mounted filesystem for instance), its nbdfuse ended and its mount point removed. Run at start,
+   * before any attach. Returns the loop devices detached.
+   */
+  static async cleanStale(disksDir: string): Promise<string[]> {
+    const names = await readdir(disksDir).catch(() => [] as string[])
+    const detached: string[] = []
+    for (const name of names.filter((n) => n.endsWith(RECORD))) {
+      const record = join(disksDir, name)
+      const dir = record.slice(0, -RECORD.length)
+      const r = JSON.parse(await readFile(record, 'utf8').catch(() => '{}')) as {
+        device?: string
+        seq?: string
+        pid?: number
+      }
+      // Only the loop device not set up again since (same disk sequence number), and only the
+      // nbdfuse process serving this dir.
+      if (typeof r.device === 'string' && r.seq && (await diskSeq(r.device)) === r.seq) {
+        await run('losetup', ['-d', r.device]).catch(() => {})
+        detached.push(r.device)
+      }
+      const cmdline = r.pid ? await readFile(`/proc/${r.pid}/cmdline`, 'utf8').catch(() => '') : ''
+      if (cmdline.startsWith('nbdfuse\0') && cmdline.includes(`\0${join(dir, 'disk')}\0`)) {
+        process.kill(r.pid!, 'SIGTERM')
+      }
+      await run('umount', ['-l', dir]).catch(() => {})
+      await rm(dir, { recursive: true, force: true }).catch(() => {})
+      await rm(record, { force: true })
+    }
+    return detached
+  }
+}
+
+/** Beside each attachment's dir: its loop device and nbdfuse pid, for the next agent if this one is killed. */
+const RECORD = '.attached.json'
+const recordPath = (dir: string) => `${dir}${RECORD}`
+
+/**
+ * What identifies this attachment of a loop device: its disk sequence number, which the kernel
+ * raises each time a loop device is set up ('' when it is no loop device or has none).
+ */
+async function diskSeq(device: string): Promise<string> {
+  const loop = /^\/dev\/(loop\d+)$/.exec(device)?.[1]
+  return loop ? (await readFile(`/sys/block/${loop}/diskseq`, 'utf8').catch(() => '')).trim() : ''
 }

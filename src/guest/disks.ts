@@ -56,6 +56,8 @@ export class GuestDisks {
   }
 
   async start(): Promise<void> {
+    const stale = await AttachedBlockDevice.cleanStale(join(this.runDir, 'disks'))
+    if (stale.length > 0) this.log.warn('detached block devices a previous agent left', { devices: stale })
     await this.nbd.listen()
   }
 

@@ -66,6 +66,8 @@ const ATTACH_TIMEOUT_MS = 30_000
 export class IohypDisks {
   private readonly disks = new Map<string, Disk>()
   private readonly bySlot = new Map<number, Disk>()
+  /** Set by close(): block requests are no longer answered. */
+  private stopping = false
   private nextSlot = 1
   private readonly log: Logger
 
@@ -224,7 +226,7 @@ export class IohypDisks {
 
   /** A block request from `guest`; `owned`: the message buffer may be kept (see BlockBackend.receive). */
   receive(guest: DiskGuest, h: MessageHeader, message: Uint8Array, owned = false): void {
-    if (h.type !== MessageType.BlockRequest || !guest.session) return
+    if (h.type !== MessageType.BlockRequest || !guest.session || this.stopping) return
     const d = this.bySlot.get(h.deviceLow)
     if (d && d.guest === guest.mac && d.handle.high === h.deviceHigh) d.backend.receive(h, message, owned)
     else replyNoDevice(guest.session, h)
@@ -234,10 +236,16 @@ export class IohypDisks {
     for (const d of this.disks.values()) if (d.guest === guest.mac) d.backend.writable()
   }
 
+  /**
+   * The daemon stops: each disk finishes the requests it is running and flushes its backing
+   * store; requests not yet started, and any arriving from now on, stay unanswered, so guests
+   * re-send them to the restarted IOhyp (an error would reach their NBD clients instead).
+   */
   async close(): Promise<void> {
+    this.stopping = true
     for (const d of [...this.disks.values()]) {
       // Acknowledged writes are on the backing store once the backend is idle and flushed.
-      await d.backend.close()
+      await d.backend.close('handover')
       await d.device.flush().catch(() => {})
       await closeStore(d.store)
     }

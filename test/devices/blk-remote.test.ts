@@ -297,6 +297,36 @@ describe('remote block device over the simulated link', () => {
       assertBytes(await h.settle(h.front.read(i * 65_536 + 512, 20_000)), pattern(1000 + i, 20_000))
   })
 
+  it('IOhyp stopping: running writes are answered, queued ones stay unanswered and complete on the next IOhyp', async () => {
+    const h = new BlkPair(new MemoryDevice({ size: MiB }), { backend: { depth: 1 } })
+    await h.connect()
+    const held = gate()
+    h.device.gate = () => held.opened
+    const writes = Array.from({ length: 6 }, (_, i) =>
+      track(h.front.write(i * 4096, pattern(70 + i, 4096), false)),
+    )
+    assert.ok(await h.run(() => h.device.active === 1 && h.backend.stats.requests === 6))
+    let closed = false
+    h.backend.close('handover').then(() => (closed = true))
+    held.open()
+    assert.ok(await h.run(() => closed))
+    assert.ok(await h.run(() => writes[0].settled))
+    assert.equal(writes[0].error, undefined, 'the running write was answered')
+    await h.advance(2000)
+    assert.ok(
+      writes.slice(1).every((w) => !w.settled),
+      'nothing else was answered, not even with an error',
+    )
+    h.restartBackend()
+    await h.run(() => h.guestSession === undefined && h.iohypSession === undefined)
+    await h.connect()
+    assert.ok(await h.run(() => writes.every((w) => w.settled)))
+    for (const w of writes) assert.equal(w.error, undefined)
+    assert.equal(h.device.log.length, 6, 'each write ran once')
+    for (let i = 0; i < 6; i++)
+      assertBytes(await h.settle(h.front.read(i * 4096, 4096)), pattern(70 + i, 4096))
+  })
+
   it('with the link cut, calls fail with timeout at the deadline, not before, and never hang', async () => {
     const h = new BlkPair(new MemoryDevice({ size: 4 * MiB }), {
       seed: 5,

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict'
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { DiskInfo } from '../../src/control/api.ts'
+import { fio, sparseFile, VERIFY_WRITES } from '../support/block-io.ts'
 import { killDaemons, vrio, vrioJson } from '../support/daemons.ts'
 import { type ImpairedLink, impairedLink } from '../support/impair.ts'
 import { cleanupNetns, requireRoot } from '../support/netns.ts'
@@ -24,12 +25,6 @@ const sha256 = (path: string, length?: number) => {
     .digest('hex')
 }
 
-function sparseFile(path: string, size: number): void {
-  const fd = openSync(path, 'w')
-  writeSync(fd, Buffer.alloc(1), 0, 1, size - 1)
-  closeSync(fd)
-}
-
 function randomImage(path: string, size: number): void {
   const fd = openSync(path, 'w')
   for (let off = 0; off < size; off += 4 * MiB) writeSync(fd, randomBytes(Math.min(4 * MiB, size - off)))
@@ -47,45 +42,6 @@ function roundTrip(pair: VrioPair, disk: DiskInfo, backing: string, size: number
   assert.equal(sha256(out, size), want, 'read back through vrio')
   assert.equal(sha256(backing, size), want, "the IOhyp's backing file")
 }
-
-function fio(
-  uri: string,
-  args: string[],
-): ChildProcess & { result: Promise<{ code: number | null; json: unknown; stderr: string }> } {
-  const child = spawn(
-    'fio',
-    ['--name=vrio', '--ioengine=nbd', `--uri=${uri}`, '--output-format=json', ...args],
-    {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  ) as ChildProcess & { result: Promise<{ code: number | null; json: unknown; stderr: string }> }
-  let stdout = ''
-  let stderr = ''
-  child.stdout?.on('data', (d) => (stdout += d))
-  child.stderr?.on('data', (d) => (stderr += d))
-  child.result = new Promise((resolve) =>
-    child.on('exit', (code) => {
-      let json: unknown
-      try {
-        json = JSON.parse(stdout.slice(stdout.indexOf('{')))
-      } catch {
-        json = undefined
-      }
-      resolve({ code, json, stderr })
-    }),
-  )
-  return child
-}
-
-const VERIFY_WRITES = [
-  '--rw=randwrite',
-  '--bs=16k',
-  '--iodepth=32',
-  '--verify=crc32c',
-  '--do_verify=1',
-  '--verify_fatal=1',
-  '--verify_state_save=0',
-]
 
 describe('remote disk over a veth', () => {
   let t: Topology

@@ -152,6 +152,8 @@ export class BlockBackend {
   private queuedBytes = 0
   private pending: (Uint8Array | readonly Uint8Array[])[] = []
   private closed = false
+  /** Closed for a daemon stop: nothing more is answered (see close). */
+  private handingOver = false
   private idle: (() => void) | undefined
 
   constructor(device: BlockDevice, options: BlockBackendOptions) {
@@ -203,6 +205,7 @@ export class BlockBackend {
     this.stats.requests++
     const epoch = h.requestHigh
     const id = h.requestLow
+    if (this.handingOver) return
     if (this.closed || h.deviceHigh !== this.handle.high || h.deviceLow !== this.handle.low) {
       this.reply(h.deviceHigh, h.deviceLow, epoch, id, BlockStatus.NoDevice, undefined)
       return
@@ -278,13 +281,17 @@ export class BlockBackend {
   }
 
   /**
-   * Stops serving: requests waiting in the queue and any that arrive later are answered NoDevice;
-   * resolves when the running ones have finished (and been answered, if a session is attached).
+   * Stops serving; resolves when the running requests have finished (and been answered, if a
+   * session is attached). `remove` (the device goes away): requests waiting in the queue and any
+   * that arrive later are answered NoDevice. `handover` (the IOhyp stops and will be back): they
+   * are left unanswered, so the front-end re-sends them to the next IOhyp, which runs them then.
    */
-  close(): Promise<void> {
+  close(mode: 'remove' | 'handover' = 'remove'): Promise<void> {
     this.closed = true
+    this.handingOver = mode === 'handover'
     while (this.queueHead < this.queue.length) {
       const t = this.queue[this.queueHead++]
+      if (this.handingOver) continue
       this.finishRecord(t, BlockStatus.NoDevice)
       this.reply(t.deviceHigh, t.deviceLow, t.epoch, t.id, BlockStatus.NoDevice, undefined)
     }
