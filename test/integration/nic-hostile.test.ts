@@ -148,9 +148,7 @@ describe('remote NIC under hostile input from an authenticated guest and the lin
     assert.ok(session?.sendData(msg, Delivery.BestEffort), 'the channel took the frame')
     driver.flush()
   }
-  const nic = async () =>
-    (await vrioJsonAsync<ListNicsResponse>(['nic', 'list', '--json', '--control', pair.sock('iohyp')]))
-      .nics[0]
+  const nic = async () => (await pair.list<ListNicsResponse>('nic')).nics[0]
 
   it('passes a good frame on to the world', async () => {
     send(netFrame(attached!.handle, plain, arpFrame(7)))
@@ -177,13 +175,7 @@ describe('remote NIC under hostile input from an authenticated guest and the lin
       await sleep(50)
     }
     assert.deepEqual(drops, { 'bad-length': 1, oversized: 1, 'bad-vnet-header': 3 })
-    const guests = await vrioJsonAsync<ListGuestsResponse>([
-      'guests',
-      'list',
-      '--json',
-      '--control',
-      pair.sock('iohyp'),
-    ])
+    const guests = await pair.list<ListGuestsResponse>('guests')
     assert.equal(guests.guests[0].drops['net-unknown-device'], 2)
     await sleep(300)
     assert.deepEqual(

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { GuestNicInfo, ListGuestsResponse, ListNicsResponse } from '../../src/control/api.ts'
-import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
+import { killDaemons, vrioAsync } from '../support/daemons.ts'
 import { impairedLink, type ImpairedLink } from '../support/impair.ts'
 import {
   cleanupNetns,
@@ -101,13 +101,7 @@ describe('remote NIC: two guests, an IOhyp bridge and a world namespace', () => 
     const link = JSON.parse(ip(g1ns, ['-j', 'link', 'show', 'vn1']))[0]
     assert.equal(link.address, '02:77:00:00:00:01')
     assert.equal(link.mtu, 1500)
-    const onIohyp = await vrioJsonAsync<ListNicsResponse>([
-      'nic',
-      'list',
-      '--json',
-      '--control',
-      pair.sock('iohyp'),
-    ])
+    const onIohyp = await pair.list<ListNicsResponse>('nic')
     assert.deepEqual(
       onIohyp.nics.map((n) => [n.name, n.mac, n.state, n.backend]),
       [
@@ -115,13 +109,7 @@ describe('remote NIC: two guests, an IOhyp bridge and a world namespace', () => 
         ['vn2', '02:77:00:00:00:02', 'attached', { kind: 'tap', tap: 'vt2', bridge: 'brw' }],
       ],
     )
-    const onGuest = await vrioJsonAsync<ListNicsResponse<GuestNicInfo>>([
-      'nic',
-      'list',
-      '--json',
-      '--control',
-      pair.sock('guest'),
-    ])
+    const onGuest = await pair.list<ListNicsResponse<GuestNicInfo>>('nic', 'guest')
     assert.deepEqual(
       onGuest.nics.map((n) => [n.name, n.mac, n.mtu]),
       [['vn1', '02:77:00:00:00:01', 1500]],
@@ -214,20 +202,10 @@ describe('remote NIC: two guests, an IOhyp bridge and a world namespace', () => 
   })
 
   it('counts the traffic on both sides', async () => {
-    const [vn1] = (
-      await vrioJsonAsync<ListNicsResponse>(['nic', 'list', '--json', '--control', pair.sock('iohyp')])
-    ).nics
+    const [vn1] = (await pair.list<ListNicsResponse>('nic')).nics
     assert.ok(vn1.fromGuest.frames > 100 && vn1.fromGuest.bytes > 32 * MiB, JSON.stringify(vn1))
     assert.ok(vn1.toGuest.frames > 100 && vn1.toGuest.bytes > 32 * MiB, JSON.stringify(vn1))
-    const [g] = (
-      await vrioJsonAsync<ListNicsResponse<GuestNicInfo>>([
-        'nic',
-        'list',
-        '--json',
-        '--control',
-        pair.sock('guest'),
-      ])
-    ).nics
+    const [g] = (await pair.list<ListNicsResponse<GuestNicInfo>>('nic', 'guest')).nics
     assert.ok(g.fromGuest.bytes > 32 * MiB && g.toGuest.bytes > 32 * MiB, JSON.stringify(g))
   })
 
@@ -282,24 +260,12 @@ describe('remote NIC: two guests, an IOhyp bridge and a world namespace', () => 
     assert.equal(r.status, 0, r.stderr)
     assert.throws(() => ip(g2.end.ns, ['link', 'show', 'vn2']), /does not exist/)
     assert.throws(() => ip(pair.iohypEnd.ns, ['link', 'show', 'vt2']), /does not exist/)
-    const left = await vrioJsonAsync<ListNicsResponse>([
-      'nic',
-      'list',
-      '--json',
-      '--control',
-      pair.sock('iohyp'),
-    ])
+    const left = await pair.list<ListNicsResponse>('nic')
     assert.deepEqual(
       left.nics.map((n) => n.name),
       ['vn1'],
     )
-    const guests = await vrioJsonAsync<ListGuestsResponse>([
-      'guests',
-      'list',
-      '--json',
-      '--control',
-      pair.sock('iohyp'),
-    ])
+    const guests = await pair.list<ListGuestsResponse>('guests')
     assert.ok(guests.guests.every((g) => g.state === 'connected'))
   })
 })

@@ -19,7 +19,7 @@ import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { GuestDiskInfo, GuestNicInfo } from '../../src/control/api.ts'
 import { fio, recordedWrites, sparseFile, VERIFY_WRITES, verifyRecordedWrites } from '../support/block-io.ts'
-import { killDaemons, vrioJsonAsync } from '../support/daemons.ts'
+import { killDaemons } from '../support/daemons.ts'
 import { cleanupNetns, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
 import { directLink, worldOnBridge } from '../support/topology.ts'
 import { onBridge, VrioPair } from '../support/vrio-pair.ts'
@@ -96,13 +96,7 @@ describe('restart matrix: IOhyp and guest agent × SIGKILL and SIGTERM × idle a
   async function diskBack(): Promise<GuestDiskInfo> {
     const deadline = Date.now() + 15_000
     for (;;) {
-      const r = await vrioJsonAsync<{ disks: GuestDiskInfo[] }>([
-        'blk',
-        'list',
-        '--json',
-        '--control',
-        pair.sock('guest'),
-      ]).catch(() => ({ disks: [] }))
+      const r = await pair.list<{ disks: GuestDiskInfo[] }>('blk', 'guest').catch(() => ({ disks: [] }))
       const d = r.disks.find((x) => x.name === DISK)
       if (d?.device) return d
       if (Date.now() > deadline) throw new Error(`the guest did not list disk ${DISK} with a device again`)
@@ -185,13 +179,7 @@ describe('restart matrix: IOhyp and guest agent × SIGKILL and SIGTERM × idle a
           const again = await fio(uri, [...VERIFY_WRITES, ...FIO_REGION, '--size=16m']).result
           assert.equal(again.code, 0, `fio after the restart failed: ${again.stderr}`)
           await ping(15_000)
-          const nics = await vrioJsonAsync<{ nics: GuestNicInfo[] }>([
-            'nic',
-            'list',
-            '--json',
-            '--control',
-            pair.sock('guest'),
-          ])
+          const nics = await pair.list<{ nics: GuestNicInfo[] }>('nic', 'guest')
           assert.deepEqual(
             nics.nics.map((n) => n.name),
             ['vr1'],

@@ -176,6 +176,11 @@ export class VrioPair {
     ])
   }
 
+  /** `vrio KIND list --json` on one side's control socket. */
+  list<T>(kind: 'nic' | 'blk' | 'guests', side: 'iohyp' | 'guest' = 'iohyp'): Promise<T> {
+    return vrioJsonAsync<T>([kind, 'list', '--json', '--control', this.sock(side)])
+  }
+
   async removeDisk(name: string): Promise<void> {
     const r = await vrioAsync(['blk', 'remove', name, '--control', this.sock('iohyp')])
     if (r.status !== 0) throw new Error(`blk remove ${name} failed: ${r.stderr}`)
