@@ -1,6 +1,7 @@
 /**
  * DPI engine throughput: HTTP-like TCP traffic (64 connections, requests and responses) through
- * dissection + DpiService.inspect, with 0, 1 000 and 10 000 content rules generated from a seed.
+ * dissection + DpiService.inspect, with 0, 1 000 and 10 000 content rules generated from a seed
+ * (bench/support/dpi-rules.ts, shared with bench/nic-services.ts).
  * Reports MB and Gbit of frame bytes per CPU-second (one core; robust to a shared machine), and the ratio to 0 rules, for MSS-sized
  * frames (1514 bytes) and for 64 KiB GSO super-frames.
  *
@@ -11,12 +12,11 @@ import type { NetContext } from '../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../src/wire/packet.ts'
 import { TCP_ACK, TCP_PSH } from '../src/wire/tcp.ts'
 import { seededRandom } from '../test/support/random.ts'
+import { dpiContentRules } from './support/dpi-rules.ts'
 
 const seconds = Number(process.argv[2] ?? 2)
 const random = seededRandom(0x5eed)
 const pick = <T>(a: readonly T[]): T => a[Math.floor(random() * a.length)]
-const ALNUM = 'abcdefghijklmnopqrstuvwxyz0123456789'
-const token = (n: number) => Array.from({ length: n }, () => pick([...ALNUM])).join('')
 
 const WORDS = [
   'the',
@@ -57,32 +57,6 @@ const HEADERS = [
   'Connection: keep-alive',
   'Cache-Control: no-cache',
 ]
-
-/** Deterministic rules: mostly one rare content; some with a second, common content and nocase. */
-function makeRules(count: number): string {
-  const lines: string[] = []
-  for (let i = 0; i < count; i++) {
-    const sid = 1_000_000 + i
-    const fast = `${pick(['/', '', 'x-', '.'])}${token(6 + Math.floor(random() * 10))}`
-    const kind = i % 10
-    if (kind < 6) {
-      lines.push(`alert tcp any any -> any any (msg:"r${i}"; content:"${fast}"; sid:${sid};)`)
-    } else if (kind < 8) {
-      lines.push(
-        `alert http $HOME_NET any -> any $HTTP_PORTS (msg:"r${i}"; flow:established,to_server; ` +
-          `content:"GET "; depth:4; content:"${fast}"; nocase; distance:0; sid:${sid};)`,
-      )
-    } else if (kind < 9) {
-      lines.push(
-        `alert tcp any any -> any any (msg:"r${i}"; content:"${fast}"; fast_pattern; content:"HTTP/1.1"; ` +
-          `pcre:"/${fast}=\\d+/i"; sid:${sid};)`,
-      )
-    } else {
-      lines.push(`drop tcp any 80 -> any any (msg:"r${i}"; content:"${fast}|0d 0a|"; sid:${sid};)`)
-    }
-  }
-  return lines.join('\n')
-}
 
 function httpText(request: boolean, size: number): Buffer {
   let s = request
@@ -149,7 +123,7 @@ function run(
   ruleCount: number,
   segments: Segment[],
 ): { mbps: number; buildMs: number; states: number; alerts: number } {
-  const text = makeRules(ruleCount)
+  const text = dpiContentRules(ruleCount)
   const t0 = performance.now()
   const dpi = createDpi(text, 'bench.rules', { vars: { HOME_NET: '10.0.0.0/8' } })
   const buildMs = performance.now() - t0
