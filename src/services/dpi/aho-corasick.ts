@@ -208,12 +208,12 @@ export class AhoCorasick {
     let backoff = 0
     for (;;) {
       // A stretch of plain automaton, then up to m more bytes to reach a shallow state.
-      const stop = until < end ? until : end
+      const stop = Math.min(until, end)
       if (i < stop) {
         s = this.#scanBytes(data, i, stop, s, onHit)
         i = stop
       }
-      const deep = i + m < end ? i + m : end
+      const deep = Math.min(i + m, end)
       while (i < deep && s >= shallow) {
         s = delta[s + classes[data[i]]]
         i++
