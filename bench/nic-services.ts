@@ -100,7 +100,7 @@ try {
     { name: 'DPI 1k rules', dpi: files.dpi1k },
     { name: 'DPI 10k rules', dpi: files.dpi10k },
     { name: 'firewall + DPI 1k', firewall: files.fw, dpi: files.dpi1k },
-  ].filter((c, i) => i === 0 || CASES === undefined || CASES.includes(i))
+  ].filter((_, i) => i === 0 || CASES === undefined || CASES.includes(i))
 
   const nicInfo = async (): Promise<NicInfo> =>
     (await vrioJsonAsync<ListNicsResponse>(['nic', 'list', '--json', '--control', sock])).nics[0]
