@@ -1,8 +1,10 @@
 /**
  * DPI engine throughput: HTTP-like TCP traffic (64 connections, requests and responses) through
- * dissection + DpiService.inspect, with 0, 1 000 and 10 000 content rules generated from a seed.
+ * dissection + DpiService.inspect, with 0, 1 000 and 10 000 content rules generated from a seed
+ * (bench/support/dpi-rules.ts, shared with bench/nic-services.ts).
  * Reports MB and Gbit of frame bytes per CPU-second (one core; robust to a shared machine), and the ratio to 0 rules, for MSS-sized
- * frames (1514 bytes) and for 64 KiB GSO super-frames.
+ * frames (1514 bytes) and for 64 KiB GSO super-frames, and for 64 KiB frames of random bytes (what
+ * iperf3 sends: the prefilter's skipping shows there).
  *
  * Run: npm run bench -- dpi   (or node dist/bench/dpi.js [seconds-per-case])
  */
@@ -11,12 +13,11 @@ import type { NetContext } from '../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../src/wire/packet.ts'
 import { TCP_ACK, TCP_PSH } from '../src/wire/tcp.ts'
 import { seededRandom } from '../test/support/random.ts'
+import { dpiContentRules } from './support/dpi-rules.ts'
 
 const seconds = Number(process.argv[2] ?? 2)
 const random = seededRandom(0x5eed)
 const pick = <T>(a: readonly T[]): T => a[Math.floor(random() * a.length)]
-const ALNUM = 'abcdefghijklmnopqrstuvwxyz0123456789'
-const token = (n: number) => Array.from({ length: n }, () => pick([...ALNUM])).join('')
 
 const WORDS = [
   'the',
@@ -57,32 +58,6 @@ const HEADERS = [
   'Connection: keep-alive',
   'Cache-Control: no-cache',
 ]
-
-/** Deterministic rules: mostly one rare content; some with a second, common content and nocase. */
-function makeRules(count: number): string {
-  const lines: string[] = []
-  for (let i = 0; i < count; i++) {
-    const sid = 1_000_000 + i
-    const fast = `${pick(['/', '', 'x-', '.'])}${token(6 + Math.floor(random() * 10))}`
-    const kind = i % 10
-    if (kind < 6) {
-      lines.push(`alert tcp any any -> any any (msg:"r${i}"; content:"${fast}"; sid:${sid};)`)
-    } else if (kind < 8) {
-      lines.push(
-        `alert http $HOME_NET any -> any $HTTP_PORTS (msg:"r${i}"; flow:established,to_server; ` +
-          `content:"GET "; depth:4; content:"${fast}"; nocase; distance:0; sid:${sid};)`,
-      )
-    } else if (kind < 9) {
-      lines.push(
-        `alert tcp any any -> any any (msg:"r${i}"; content:"${fast}"; fast_pattern; content:"HTTP/1.1"; ` +
-          `pcre:"/${fast}=\\d+/i"; sid:${sid};)`,
-      )
-    } else {
-      lines.push(`drop tcp any 80 -> any any (msg:"r${i}"; content:"${fast}|0d 0a|"; sid:${sid};)`)
-    }
-  }
-  return lines.join('\n')
-}
 
 function httpText(request: boolean, size: number): Buffer {
   let s = request
@@ -125,15 +100,27 @@ function frame(conn: number, fromClient: boolean, payload: Buffer): Buffer {
   return f
 }
 
-function makeTraffic(segmentSize: number, totalBytes: number): Segment[] {
+/** Bytes that look like no pattern (compressed or encrypted data, iperf3's payload). */
+function binary(size: number): Buffer {
+  const b = Buffer.alloc(size)
+  for (let i = 0; i < size; i++) b[i] = Math.floor(random() * 256)
+  return b
+}
+
+function makeTraffic(
+  segmentSize: number,
+  totalBytes: number,
+  payload: 'http' | 'binary' = 'http',
+): Segment[] {
   const segments: Segment[] = []
   let bytes = 0
   for (let round = 0; bytes < totalBytes; round++) {
     for (let conn = 0; conn < 64 && bytes < totalBytes; conn++) {
-      const request = httpText(true, 400)
+      const request = payload === 'http' ? httpText(true, 400) : binary(400)
       segments.push({ frame: frame(conn, true, request), conn, fromClient: true, length: request.length })
       // A response of a few segments.
-      const response = httpText(false, segmentSize * (1 + (round % 4)))
+      const size = segmentSize * (1 + (round % 4))
+      const response = payload === 'http' ? httpText(false, size) : binary(size)
       for (let at = 0; at < response.length; at += segmentSize) {
         const part = response.subarray(at, at + segmentSize)
         segments.push({ frame: frame(conn, false, part), conn, fromClient: false, length: part.length })
@@ -149,7 +136,7 @@ function run(
   ruleCount: number,
   segments: Segment[],
 ): { mbps: number; buildMs: number; states: number; alerts: number } {
-  const text = makeRules(ruleCount)
+  const text = dpiContentRules(ruleCount)
   const t0 = performance.now()
   const dpi = createDpi(text, 'bench.rules', { vars: { HOME_NET: '10.0.0.0/8' } })
   const buildMs = performance.now() - t0
@@ -180,14 +167,15 @@ function run(
   return { mbps: bytes / 1e6 / cpuSeconds, buildMs, states: c.automatonStates, alerts: c.alerts }
 }
 
-const cases: Array<[string, number]> = [
-  ['MSS frames (1514 B)', 1460],
-  ['GSO super-frames (64 KiB)', 65_000],
+const cases: Array<[string, number, 'http' | 'binary']> = [
+  ['MSS frames (1514 B)', 1460, 'http'],
+  ['GSO super-frames (64 KiB)', 65_000, 'http'],
+  ['binary, GSO (64 KiB)', 65_000, 'binary'],
 ]
 const results: Record<string, unknown>[] = []
 console.log('traffic                      rules  MB/cpu-s Gbit/s   ratio   build ms   AC states   alerts')
-for (const [name, size] of cases) {
-  const segments = makeTraffic(size, 16 * 1024 * 1024)
+for (const [name, size, payload] of cases) {
+  const segments = makeTraffic(size, 16 * 1024 * 1024, payload)
   let baseline = 0
   for (const rules of [0, 1000, 10_000]) {
     global.gc?.()

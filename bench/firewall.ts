@@ -18,6 +18,7 @@
 import { createFirewall, type Firewall } from '../src/services/firewall/index.ts'
 import type { NetContext } from '../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../src/wire/packet.ts'
+import { hundredFirewallRules } from './support/firewall-rules.ts'
 
 const gc = (globalThis as { gc?: () => void }).gc
 const FLOWS = 1024
@@ -43,17 +44,6 @@ function tcpFrame(flow: number, flags: number, toGuest: boolean): Buffer {
   f[t + 12] = 5 << 4
   f[t + 13] = flags
   return f
-}
-
-function hundredRules(): string {
-  const lines: string[] = []
-  for (let i = 0; i < 50; i++) lines.push(`from-guest ip daddr 10.${i}.0.0/16 tcp dport ${1000 + i} accept`)
-  for (let i = 0; i < 20; i++) lines.push(`from-guest ip saddr 172.16.${i}.0/24 drop`)
-  for (let i = 0; i < 15; i++)
-    lines.push(`from-guest tcp dport { ${2000 + i}, ${3000 + i}, 5000-5100 } ct state new accept`)
-  for (let i = 0; i < 10; i++) lines.push(`from-guest ip6 saddr 2001:db8:${i}::/48 udp dport 53 accept`)
-  for (let i = 0; i < 5; i++) lines.push(`from-guest tcp flags syn / syn,ack tcp dport ${25 + i} reject`)
-  return lines.join('\n')
 }
 
 const ctx: NetContext = { now: 0, reply() {}, event() {} }
@@ -107,10 +97,10 @@ const n = Number(process.argv[2] ?? 3_000_000)
 const rows = [
   measure('dissect only', undefined, n),
   measure('empty chain', createFirewall(''), n),
-  measure('100 rules, miss', createFirewall(hundredRules()), n),
+  measure('100 rules, miss', createFirewall(hundredFirewallRules()), n),
   measure(
     '100 rules, ct',
-    createFirewall(`from-guest ct state established,related accept\n${hundredRules()}`),
+    createFirewall(`from-guest ct state established,related accept\n${hundredFirewallRules()}`),
     n,
   ),
 ]

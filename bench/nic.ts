@@ -8,12 +8,10 @@
  * moved. MTU 1500 on the link (the VXLAN device gets 1450).
  *   npm run bench -- nic           (root; iperf3)
  */
-import { type ChildProcess, spawn } from 'node:child_process'
-import { readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { cleanupNetns, exec, ip, type Netns } from '../test/support/netns.ts'
-import { directLink, worldOnBridge } from '../test/support/topology.ts'
-import { onBridge, VrioPair } from '../test/support/vrio-pair.ts'
+import { exec, ip, type Netns } from '../test/support/netns.ts'
+import { onBridge } from '../test/support/vrio-pair.ts'
+import { busySeconds, iperf as iperfRun, startNicWorld } from './support/nic-world.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const PINGPONGS = Number(process.env.BENCH_PINGPONGS ?? 5000)
@@ -50,19 +48,8 @@ interface PathResult {
   rrP99Us: number
 }
 
-/** Busy jiffies of the whole machine (everything but idle and iowait). */
-function busySeconds(): number {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
-  const total = f.reduce((a, b) => a + b, 0)
-  return (total - f[3] - f[4]) / 100
-}
-
 function iperf(ns: Netns, target: string, streams: number): { gbps: number; gbit: number } {
-  const out = JSON.parse(
-    exec(ns, 'iperf3', ['-c', target, '-J', '-t', String(SECONDS), '-P', String(streams), '-O', '1']),
-  )
-  const s = out.end.sum_received
-  return { gbps: s.bits_per_second / 1e9, gbit: (s.bytes * 8) / 1e9 }
+  return iperfRun(ns, target, streams, SECONDS)
 }
 
 function ping(ns: Netns, target: string): { avg: number; p50: number } {
@@ -94,18 +81,11 @@ function measure(guest: Netns, target: string): PathResult {
   }
 }
 
-const t = directLink()
-const pair = new VrioPair(t.a, t.b)
-const servers: ChildProcess[] = []
+const w = await startNicWorld(['192.168.77.100/24', '192.168.88.100/24'])
 try {
-  await pair.start()
-  const iohyp = t.a.ns
-  const guest = t.b.ns
-  const world = worldOnBridge(iohyp, ['192.168.77.100/24', '192.168.88.100/24']).ns
-  for (const args of [['-s'], ['-c', PINGPONG_SERVER]]) {
-    const cmd = args[0] === '-s' ? 'iperf3' : 'python3'
-    servers.push(spawn('ip', ['netns', 'exec', world.name, cmd, ...args], { stdio: 'ignore' }))
-  }
+  const { pair, iohyp, guest, world } = w
+  w.serve(world, 'iperf3', ['-s'])
+  w.serve(world, 'python3', ['-c', PINGPONG_SERVER])
 
   // vrio: a remote NIC whose IOhyp end is a TAP on the bridge.
   await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
@@ -176,7 +156,5 @@ try {
     }),
   )
 } finally {
-  for (const s of servers) s.kill('SIGKILL')
-  await pair.stop()
-  cleanupNetns()
+  await w.stop()
 }

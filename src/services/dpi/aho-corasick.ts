@@ -8,6 +8,17 @@
  *
  * The automaton is streaming: `scan` takes and returns the state, so a match split across two
  * buffers (two TCP segments) is found when its last byte arrives.
+ *
+ * Skipping (in the manner of Wu–Manber): with every pattern at least `m` bytes long (m ≥ 2, at
+ * most 8 is used), a table marks each byte pair that occurs in the first `m` bytes of a pattern
+ * (all case variants). While the automaton is in a shallow state (the root, or one byte deep), no
+ * match is in progress beyond the last byte, so the scan leaves the automaton and looks only at the
+ * pair ending each window of `m` bytes: a pair in no pattern's first `m` bytes means no pattern
+ * starts anywhere in the window's first m − 1 positions, which are skipped whole. Where a pair is
+ * marked, the automaton runs again from the root at the window's start (the state it would have
+ * been in there, since no match was in progress). Hits and the returned state are exactly those
+ * of the byte-by-byte scan; on traffic that looks like no pattern (compressed or encrypted
+ * payloads, binary data) it reads one pair per m − 1 bytes instead of a table load per byte.
  */
 
 const foldByte = (b: number): number => (b >= 0x41 && b <= 0x5a ? b + 0x20 : b)
@@ -23,6 +34,12 @@ export class AhoCorasick {
   readonly maxPatternLength: number
   /** Byte → class (folded bytes share a class). */
   readonly #classes: Uint8Array
+  /** Skip window (the shortest pattern's length, at most 8); 0: no skipping. */
+  readonly skipWindow: number
+  /** Byte pair (first | second << 8) → 1 if it occurs in the first skipWindow bytes of a pattern. */
+  readonly #pairs: Uint8Array
+  /** Scan states below this one are shallow (the root, or one byte deep, not reporting). */
+  readonly #shallow: number
   /** Transitions: #delta[state + class], states premultiplied by classCount. */
   readonly #delta: Int32Array
   /** Scan states at or above this one report hits. */
@@ -37,8 +54,11 @@ export class AhoCorasick {
   readonly #outputs: Int32Array
   readonly #lengths: Int32Array
 
-  /** Builds the automaton; pattern i's hits report id i. Empty patterns are never reported. */
-  constructor(patterns: readonly Uint8Array[]) {
+  /**
+   * Builds the automaton; pattern i's hits report id i. Empty patterns are never reported.
+   * `skip: false` turns skipping off (the byte-by-byte scan, for comparison).
+   */
+  constructor(patterns: readonly Uint8Array[], options: { skip?: boolean } = {}) {
     this.patternCount = patterns.length
     const classes = new Uint8Array(256)
     const classOfFolded = new Map<number, number>()
@@ -57,6 +77,7 @@ export class AhoCorasick {
     // The trie, as child maps while building.
     const children: Map<number, number>[] = [new Map()]
     const own: number[][] = [[]]
+    const depth: number[] = [0]
     let maxLength = 0
     this.#lengths = new Int32Array(patterns.length)
     patterns.forEach((p, id) => {
@@ -71,6 +92,7 @@ export class AhoCorasick {
           next = children.length
           children.push(new Map())
           own.push([])
+          depth.push(depth[s] + 1)
           children[s].set(c, next)
         }
         s = next
@@ -108,18 +130,22 @@ export class AhoCorasick {
         }
       }
     }
-    // Renumber for the scan loop: states that report come last, so "does this state report?" is
-    // one comparison with a threshold, and transitions hold premultiplied rows (state * classCount)
-    // so the loop does no multiplication. Scan states are these premultiplied numbers.
+    // Renumber for the scan loop: shallow states (depth ≤ 1, not reporting; the root stays 0) come
+    // first and states that report last, so "is this state shallow / does it report?" are single
+    // comparisons with a threshold; transitions hold premultiplied rows (state * classCount) so the
+    // loop does no multiplication. Scan states are these premultiplied numbers.
+    const rank = (s: number) => (report[s] >= 0 ? 2 : depth[s] <= 1 ? 0 : 1)
     const renumbered = new Int32Array(states)
     const original = new Int32Array(states)
     let next = 0
-    for (let pass = 0; pass < 2; pass++) {
+    let shallow = 0
+    for (let pass = 0; pass < 3; pass++) {
       for (let s = 0; s < states; s++) {
-        if ((report[s] >= 0 ? 1 : 0) !== pass) continue
+        if (rank(s) !== pass) continue
         renumbered[s] = next
         original[next++] = s
       }
+      if (pass === 0) shallow = next
     }
     let firstReporting = states
     for (let n = 0; n < states; n++) {
@@ -135,6 +161,13 @@ export class AhoCorasick {
     }
     this.#delta = table
     this.#threshold = firstReporting * classCount
+    this.#shallow = shallow * classCount
+    let minLength = Number.POSITIVE_INFINITY
+    for (const p of patterns) if (p.length > 0) minLength = Math.min(minLength, p.length)
+    const window = options.skip === false || !Number.isFinite(minLength) ? 0 : Math.min(minLength, 8)
+    this.#pairs = new Uint8Array(window >= 2 ? 65536 : 0)
+    this.skipWindow = window >= 2 ? window : 0
+    if (this.skipWindow > 0) this.skipWindow = markPairs(this.#pairs, patterns, window)
     this.#original = original
     this.#fail = fail
     this.#report = report
@@ -157,6 +190,55 @@ export class AhoCorasick {
    * once, in order of its end.
    */
   scan(data: Uint8Array, start: number, end: number, state: number, onHit: HitCallback): number {
+    if (this.skipWindow === 0) return this.#scanBytes(data, start, end, state, onHit)
+    const delta = this.#delta
+    const classes = this.#classes
+    const threshold = this.#threshold
+    const shallow = this.#shallow
+    const pairs = this.#pairs
+    const m = this.skipWindow
+    let s = state
+    let i = start
+    // The automaton runs at least up to here before it may hand over to skipping (a state from an
+    // earlier buffer is one byte deep over a byte that is not in this one).
+    let until = s === 0 ? start : start + 1
+    // Where skipping keeps failing or skips little (text full of the patterns' pairs), the
+    // automaton runs on for longer stretches before it tries again: this many extra bytes,
+    // doubling up to 4 KiB, back to 0 after a skip of at least four windows.
+    let backoff = 0
+    for (;;) {
+      // A stretch of plain automaton, then up to m more bytes to reach a shallow state.
+      const stop = Math.min(until, end)
+      if (i < stop) {
+        s = this.#scanBytes(data, i, stop, s, onHit)
+        i = stop
+      }
+      const deep = Math.min(i + m, end)
+      while (i < deep && s >= shallow) {
+        s = delta[s + classes[data[i]]]
+        i++
+        if (s >= threshold) this.#emit(s, i, onHit)
+      }
+      if (i >= end) return s
+      if (s >= shallow) {
+        backoff = backoff === 0 ? 16 : Math.min(2 * backoff, 4096)
+        until = i + backoff
+        continue
+      }
+      // Shallow: nothing in progress but perhaps the last byte (one deep). Skip from there.
+      const from = s === 0 ? i : i - 1
+      let j = from
+      for (let k = j + m - 2; k + 1 < end && pairs[data[k] | (data[k + 1] << 8)] === 0; k += m - 1) j += m - 1
+      backoff = j - from >= 4 * (m - 1) ? 0 : backoff === 0 ? 16 : Math.min(2 * backoff, 4096)
+      // A pattern may start in [j, j + m - 1): run the automaton from the root past the marked pair.
+      s = 0
+      i = j
+      until = j + m + backoff
+    }
+  }
+
+  /** The byte-by-byte scan (no skipping). */
+  #scanBytes(data: Uint8Array, start: number, end: number, state: number, onHit: HitCallback): number {
     const delta = this.#delta
     const classes = this.#classes
     const threshold = this.#threshold
@@ -182,4 +264,26 @@ export class AhoCorasick {
   patternLength(id: number): number {
     return this.#lengths[id]
   }
+}
+
+/**
+ * Marks in `pairs` every byte pair (all case variants) at offsets 0 .. window − 2 of each
+ * pattern. Returns `window`, or 0 when so many pairs are marked that skipping would not pay.
+ */
+function markPairs(pairs: Uint8Array, patterns: readonly Uint8Array[], window: number): number {
+  const variants: number[][] = Array.from({ length: 256 }, () => [])
+  for (let b = 0; b < 256; b++) variants[foldByte(b)].push(b)
+  let marked = 0
+  for (const p of patterns) {
+    for (let o = 0; o + 1 < window && o + 1 < p.length; o++) {
+      for (const a of variants[foldByte(p[o])]) {
+        for (const b of variants[foldByte(p[o + 1])]) {
+          const at = a | (b << 8)
+          if (pairs[at] === 0) marked++
+          pairs[at] = 1
+        }
+      }
+    }
+  }
+  return marked > 65536 / 4 ? 0 : window
 }

@@ -65,6 +65,63 @@ describe('Aho–Corasick prefilter', () => {
     )
   })
 
+  it('skips without missing a hit or changing the state: same hits and states as the byte-by-byte scan', () => {
+    // Patterns of 2..10 bytes (so the skip window is 2..8) over inputs mixing bytes in and out of
+    // the patterns, split at random places; the state after each buffer must be the same.
+    const inputByte = fc.oneof(byte, fc.integer({ min: 0, max: 255 }))
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(byte, { minLength: 2, maxLength: 10 }), { minLength: 1, maxLength: 12 }),
+        fc.array(inputByte, { maxLength: 400 }),
+        fc.array(fc.nat(400), { maxLength: 6 }),
+        (pats, text, splits) => {
+          const patterns = pats.map((p) => Uint8Array.from(p))
+          const input = Uint8Array.from(text)
+          const skipping = new AhoCorasick(patterns)
+          const plain = new AhoCorasick(patterns, { skip: false })
+          assert.equal(plain.skipWindow, 0)
+          assert.deepEqual(scanAll(skipping, input, splits), naive(patterns, input))
+          let a = 0
+          let b = 0
+          let from = 0
+          for (const at of [...splits.filter((x) => x <= input.length).sort((x, y) => x - y), input.length]) {
+            const hitsA: string[] = []
+            const hitsB: string[] = []
+            a = skipping.scan(input, from, at, a, (id, end) => hitsA.push(`${id}@${end}`))
+            b = plain.scan(input, from, at, b, (id, end) => hitsB.push(`${id}@${end}`))
+            assert.deepEqual(hitsA, hitsB, 'same hits, in the same order')
+            assert.equal(a, b, `same state after [${from}, ${at})`)
+            from = at
+          }
+        },
+      ),
+      { numRuns: 3000 },
+    )
+  })
+
+  it('skips over bytes that start no pattern (long patterns, binary input)', () => {
+    const enc = (s: string) => Buffer.from(s, 'latin1')
+    const ac = new AhoCorasick([enc('needle-one'), enc('Haystack!'), enc('zz-top')])
+    assert.equal(ac.skipWindow, 6)
+    const input = Buffer.alloc(10_000, 0x80)
+    enc('..NEEDLE-ONE..').copy(input, 3000)
+    enc('haystack!').copy(input, 9991)
+    const hits: string[] = []
+    const state = ac.scan(input, 0, input.length, 0, (id, end) => hits.push(`${id}@${end}`))
+    assert.deepEqual(hits, ['0@3012', '1@10000'])
+    assert.equal(new AhoCorasick([enc('a'), enc('needle')]).skipWindow, 0, 'a 1-byte pattern: no skipping')
+    assert.equal(
+      state,
+      new AhoCorasick([enc('needle-one'), enc('Haystack!'), enc('zz-top')], { skip: false }).scan(
+        input,
+        0,
+        input.length,
+        0,
+        () => {},
+      ),
+    )
+  })
+
   it('reports nested and duplicate patterns (worked example)', () => {
     const enc = (s: string) => Buffer.from(s, 'latin1')
     const ac = new AhoCorasick([enc('he'), enc('she'), enc('his'), enc('hers'), enc('HE')])
