@@ -18,18 +18,34 @@
  *   alternating rounds. Read data is copied out once, as the channel copies a reply into its
  *   frames: 1 MiB reads are filled by a thread-pool thread, often on the other core, and the
  *   first pass over them pays for bringing them over — the decryption with encryption on, the
- *   channel's copy with it off; without that copy "off" would skip the cost and "on" carry it; "on/off" is the ratio of MB per CPU second (and of MB per second), "xts
- *   on path" the encryption's own rate there, bytes / (CPU seconds on − CPU seconds off): a
- *   difference of two measurements, so noisier than the rest.
+ *   channel's copy with it off; without that copy "off" would skip the cost and "on" carry it.
+ *   "on/off" is the ratio of MB per CPU second (and of MB per second), "xts on path" the
+ *   encryption's own rate there, bytes / (CPU seconds on − CPU seconds off): a difference of
+ *   two measurements, so noisier than the rest.
  *
  * Earlier versions ran the device cases over a MemoryDevice: its read and write copy the data
- * (as the page cache does for FileDevice), so "EncryptedDevice over MemoryDevice ÷ raw" (0.61–0.64)
- * charged that copy to the encryption. With it out of the way, on the 2-core AMD EPYC VM (Node
- * 20.20, OpenSSL 3.0.19, AVX2), 3 runs on a shared machine:
+ * (as the page cache does for FileDevice, with encryption off too), so "EncryptedDevice over
+ * MemoryDevice ÷ raw" (0.61–0.64) charged that copy (a quarter of the CPU time in a --cpu-prof
+ * profile) to the encryption; the device wrapper itself took ~2%.
  *
- *   before (addon with scalar tweak passes; MemoryDevice cases): core 1 MiB 0.89–0.92× raw,
- *     4 KiB 0.68×; EncryptedDevice over MemoryDevice 1 MiB read/write 0.58–0.64×.
- *   after: see README.md ("I/O services") for the figures of the last runs.
+ * Figures, × raw (raw 1 MiB: 3000–3800 MB/s per core), 3 runs each on the 2-core AMD EPYC VM
+ * (Node 20.20, OpenSSL 3.0.19, AVX2) while other jobs loaded it; "before" is this bench on the
+ * code before the change (scalar tweak passes, writes encrypted into a second buffer):
+ *
+ *   case                                before      after
+ *   XTS core, 1 MiB in place            0.91–0.94   1.11–1.46
+ *   XTS core, 4 KiB in place            0.70–0.72   0.67–0.91
+ *   XTS core, 1 MiB of 4 KiB sectors    0.97–0.99   1.33–1.76
+ *   service on the path, 1M read        0.85–0.90   0.95–1.11
+ *   service on the path, 1M write       0.90–0.97   1.16–1.45
+ *   service on the path, 4k read/write  0.43–0.51   0.47–0.60
+ *   disk 1M read, on/off per core       0.46–0.58   0.47–0.50   (xts on path 0.70–0.94 → 0.75–0.86)
+ *   disk 1M write, on/off per core      0.33–0.53   0.40–0.52   (xts on path 0.69–1.08 → 0.82–1.27)
+ *   disk 4k read / write, on/off        0.58–0.78 / 0.42–0.46 → 0.73–0.74 / 0.45–0.48
+ *
+ * The disk keeps about half its MB per CPU second with encryption on: encrypting costs about as
+ * much CPU as the page-cache copy and the thread-pool round trip, and it runs on the one event
+ * loop thread (wall MB/s fall alike).
  *
  *   npm run bench -- crypt           (BENCH_SECONDS per case, default 2)
  */
