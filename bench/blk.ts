@@ -6,9 +6,11 @@
  *   npm run bench -- blk           (root; fio, qemu-nbd from qemu-utils)
  * BENCH_SECONDS (default 5) sets each run's length, BENCH_CASES a comma-separated list of case
  * numbers (1-4) to run, BENCH_QEMU=0 skips qemu-nbd (vrio only, for before/after comparisons).
+ * BENCH_ENCRYPT=1 also runs the vrio cases on an encrypted disk (`--encrypt plain`, aes-xts-plain64
+ * with a 512-bit key file, the same backing) and prints encryption on vs off.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
-import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { cleanupNetns } from '../test/support/netns.ts'
 import { directLink } from '../test/support/topology.ts'
@@ -34,6 +36,7 @@ const CASES = process.env.BENCH_CASES
   ? process.env.BENCH_CASES.split(',').map((n) => ALL_CASES[Number(n) - 1])
   : ALL_CASES
 const WITH_QEMU = process.env.BENCH_QEMU !== '0'
+const WITH_ENCRYPT = process.env.BENCH_ENCRYPT === '1'
 
 interface Result {
   value: number
@@ -87,6 +90,7 @@ const t = directLink()
 const pair = new VrioPair(t.a, t.b)
 let qemu: ChildProcess | undefined
 const backing = '/dev/shm/vrio-bench-blk.img'
+const keyFile = '/dev/shm/vrio-bench-blk.key'
 try {
   const fd = openSync(backing, 'w')
   for (let off = 0; off < SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))
@@ -96,6 +100,34 @@ try {
   const vrioPids = [pair.iohyp.child.pid!, pair.guest.child.pid!]
   const vrio = CASES.map((c) => measure(disk.nbd!, c, vrioPids))
   await pair.removeDisk('bench')
+  if (WITH_ENCRYPT) {
+    writeFileSync(keyFile, randomBytes(64), { mode: 0o600 })
+    const enc = await pair.createDisk(backing, 'bench-enc', ['--encrypt', 'plain', '--key-file', keyFile])
+    const encrypted = CASES.map((c) => measure(enc.nbd!, c, vrioPids))
+    await pair.removeDisk('bench-enc')
+    console.log(
+      `${'case'.padEnd(20)}${'enc off'.padStart(10)}${'enc on'.padStart(10)}${'on/off'.padStart(8)}   server CPU s/GB off | on`,
+    )
+    for (const [i, c] of CASES.entries()) {
+      const [off, on] = [vrio[i], encrypted[i]]
+      const perGB = (r: Result) => (r.serverCpuSeconds / (r.bytes / 1e9)).toFixed(2)
+      console.log(
+        `${`${c.name} ${c.kind === 'iops' ? 'IOPS' : 'MB/s'}`.padEnd(20)}${off.value.toFixed(0).padStart(10)}${on.value.toFixed(0).padStart(10)}${(on.value / off.value).toFixed(2).padStart(8)}   ${perGB(off)} | ${perGB(on)}`,
+      )
+    }
+    console.log(
+      JSON.stringify({
+        bench: 'blk-encrypt',
+        seconds: SECONDS,
+        cases: CASES.map((c, i) => ({
+          case: c.name,
+          off: vrio[i],
+          on: encrypted[i],
+          ratio: encrypted[i].value / vrio[i].value,
+        })),
+      }),
+    )
+  }
   if (!WITH_QEMU) {
     for (const [i, c] of CASES.entries()) {
       const v = vrio[i]
@@ -154,4 +186,5 @@ try {
   await pair.stop()
   cleanupNetns()
   rmSync(backing, { force: true })
+  rmSync(keyFile, { force: true })
 }

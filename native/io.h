@@ -133,11 +133,17 @@ class XtsCipher : public Napi::ObjectWrap<XtsCipher> {
   Napi::Value Crypt(const Napi::CallbackInfo& info);
   Napi::Value Destroy(const Napi::CallbackInfo& info);
   void Free();
+  bool EcbPath(bool encrypt, const uint8_t* in, uint8_t* out, size_t sectors, int64_t first, size_t sectorSize,
+               int64_t step);
+  bool XtsPath(bool encrypt, const uint8_t* in, uint8_t* out, size_t sectors, int64_t first, size_t sectorSize,
+               int64_t step);
 
-  struct evp_cipher_ctx_st* enc_ = nullptr;    // AES-ECB, key 1, encrypt
-  struct evp_cipher_ctx_st* dec_ = nullptr;    // AES-ECB, key 1, decrypt
-  struct evp_cipher_ctx_st* tweak_ = nullptr;  // AES-ECB, key 2, encrypt
-  std::vector<uint8_t> scratch_;               // the request's tweaks
+  struct evp_cipher_ctx_st* enc_ = nullptr;     // AES-ECB, key 1, encrypt
+  struct evp_cipher_ctx_st* dec_ = nullptr;     // AES-ECB, key 1, decrypt
+  struct evp_cipher_ctx_st* tweak_ = nullptr;   // AES-ECB, key 2, encrypt
+  struct evp_cipher_ctx_st* xtsEnc_ = nullptr;  // AES-XTS, both keys, encrypt
+  struct evp_cipher_ctx_st* xtsDec_ = nullptr;  // AES-XTS, both keys, decrypt
+  std::vector<uint8_t> scratch_;                // the request's tweaks, then one chunk's expanded tweaks
 };
 
 // Per-env state: the Channel constructor, needed by the factories.

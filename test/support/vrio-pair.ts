@@ -133,8 +133,8 @@ export class VrioPair {
     }
   }
 
-  /** Creates a disk for the guest (without blocking the event loop). */
-  createDisk(backing: string, name: string): Promise<DiskInfo> {
+  /** Creates a disk for the guest (without blocking the event loop); `extra`: more `blk create` options. */
+  createDisk(backing: string, name: string, extra: readonly string[] = []): Promise<DiskInfo> {
     return vrioJsonAsync<DiskInfo>([
       'blk',
       'create',
@@ -146,6 +146,7 @@ export class VrioPair {
       name,
       '--control',
       this.sock('iohyp'),
+      ...extra,
     ])
   }
 

@@ -352,9 +352,11 @@ export class BlockBackend {
       case BlockOp.In:
         return d.read(t.offset, t.length)
       case BlockOp.Out: {
+        // The data is this back-end's (a view of a message the transport gave away, or a copy):
+        // handed over, so an encrypting device can encrypt it in place.
         const data = t.data ?? new Uint8Array(0)
-        if (fua && !d.canFua) return d.write(t.offset, data, false).then(() => this.flushIfAble())
-        return d.write(t.offset, data, fua)
+        if (fua && !d.canFua) return d.write(t.offset, data, false, true).then(() => this.flushIfAble())
+        return d.write(t.offset, data, fua, true)
       }
       case BlockOp.Flush:
         return this.flushIfAble()

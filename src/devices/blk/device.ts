@@ -38,9 +38,11 @@ export interface BlockDevice extends BlockDeviceInfo {
   read(offset: number, length: number): Promise<Uint8Array>
   /**
    * Writes `data` at `offset`. The device may keep a reference to `data` until the promise
-   * settles; the caller must not reuse or change it before then.
+   * settles; the caller must not reuse or change it before then. With `transfer`, the caller
+   * gives `data` up: the device may also change its bytes (an encrypting device encrypts in
+   * place) and the caller does not read them again.
    */
-  write(offset: number, data: Uint8Array, fua: boolean): Promise<void>
+  write(offset: number, data: Uint8Array, fua: boolean, transfer?: boolean): Promise<void>
   flush(): Promise<void>
   /** A hint that the range is no longer needed; afterwards its contents are unspecified. */
   trim(offset: number, length: number): Promise<void>

@@ -3,8 +3,10 @@
  * (dm-crypt `aes-xts-plain64`, see xts.ts for the IV rule). The guest sees plaintext.
  *
  * - Offsets are payload offsets: byte 0 of this device is `payloadOffset` on the inner one.
- * - Reads decrypt in place in the buffer the inner device returned; writes encrypt into a new
- *   buffer (the caller's is never touched).
+ * - One XTS call per request, in buffers the path already has: reads decrypt in place in the
+ *   buffer the inner device returned; writes handed over (`transfer`, as the block back-end
+ *   does) encrypt in place, other writes into a reused buffer of this device (the caller's is
+ *   then never touched).
  * - Unaligned requests are served: the partial sectors at the edges are read, decrypted, patched
  *   and re-encrypted (read-modify-write). Every write-like request holds a lock on its sector
  *   span while in flight, so an RMW never interleaves with an overlapping write.
@@ -164,13 +166,13 @@ export class EncryptedDevice implements BlockDevice {
     }
   }
 
-  async write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+  async write(offset: number, data: Uint8Array, fua: boolean, transfer = false): Promise<void> {
     try {
       this.#checkWritable()
       this.#check(offset, data.length)
       this.#counters.writes++
       if (data.length === 0) return
-      await this.#locked(offset, data.length, () => this.#writePlain(offset, data, fua))
+      await this.#locked(offset, data.length, () => this.#writePlain(offset, data, fua, transfer))
     } catch (error) {
       throw this.#failed(error)
     }
@@ -249,11 +251,19 @@ export class EncryptedDevice implements BlockDevice {
     return { ...this.info(), counters: this.counters() }
   }
 
-  /** Encrypts `data` (plaintext at payload `offset`) into a new buffer and writes it, with RMW at unaligned edges. */
-  async #writePlain(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+  /**
+   * Encrypts `data` (plaintext at payload `offset`) and writes it, with RMW at unaligned edges:
+   * in place when aligned and handed over (`transfer`), else into a buffer of this device.
+   */
+  async #writePlain(offset: number, data: Uint8Array, fua: boolean, transfer = false): Promise<void> {
     const s = this.sectorSize
     const start = floorTo(offset, s)
     const end = ceilTo(offset + data.length, s)
+    if (transfer && start === offset && end === offset + data.length) {
+      this.#crypt(true, data, start)
+      await this.#inner.write(this.payloadOffset + start, data, fua, true)
+      return
+    }
     const out = this.#takeBuffer(end - start)
     if (start === offset && end === offset + data.length) {
       // Aligned: encrypt from the caller's buffer straight into ours, no copy first.

@@ -12,10 +12,11 @@
  *   512-byte sectors only.
  * - dm-crypt's iv_offset (LUKS2 `iv_tweak`) is added in 512-byte units before the shift.
  *
- * Two implementations of the same function: the native addon (OpenSSL, all tweaks of a request
- * in one AES-ECB call, one AES-ECB call over the data) and a JS fallback that does the same with
- * node:crypto ECB and JS XOR loops (about a third of the speed). `referenceXtsCrypt` is the
- * obvious per-sector version the tests hold both to.
+ * Two implementations of the same function: the native addon (OpenSSL; sectors under 4 KiB: all
+ * tweaks of a request in one AES-ECB call, AES-ECB over the data 16 KiB at a time with the tweaks
+ * XORed in by SIMD passes; 4 KiB and up: OpenSSL's XTS per sector; see native/xts.cc) and a JS
+ * fallback that does the ECB way with node:crypto and JS XOR loops (about a quarter of the
+ * speed). `referenceXtsCrypt` is the obvious per-sector version the tests hold both to.
  */
 import { type Cipher, createCipheriv, createDecipheriv, type Decipher } from 'node:crypto'
 import { VrioError } from '../../errors.ts'
@@ -60,8 +61,9 @@ export interface XtsCipher {
   /** 'native' or 'js': which implementation runs. */
   readonly implementation: 'native' | 'js'
   /**
-   * Writes into `dst` (same length as `src`, or `src` itself) `src` en- or decrypted as whole
-   * sectors of `sectorSize` bytes; sector k gets the tweak `firstTweak + k * tweakStep`.
+   * Writes into `dst` (same length as `src`; `src` itself or not overlapping it) `src` en- or
+   * decrypted as whole sectors of `sectorSize` bytes; sector k gets the tweak
+   * `firstTweak + k * tweakStep`.
    */
   crypt(
     encrypt: boolean,
@@ -228,6 +230,13 @@ function checkCryptArgs(
     tweakStep < 0
   )
     throw new VrioError('bad-request', 'XTS requests are whole sectors with non-negative tweaks')
+  if (
+    src.buffer === dst.buffer &&
+    src.byteOffset !== dst.byteOffset &&
+    src.byteOffset < dst.byteOffset + dst.length &&
+    dst.byteOffset < src.byteOffset + src.length
+  )
+    throw new VrioError('bad-request', 'XTS: dst must be src itself or not overlap it')
 }
 
 /** A Uint32Array over the same bytes (callers make sure the offset is 4-byte aligned). */

@@ -45,6 +45,25 @@ describe('EncryptedDevice', () => {
     assert.deepEqual(Buffer.from(await dev.read(4096, 8192)), plain)
   })
 
+  it('a handed-over (transfer) aligned write encrypts in place; an unaligned one leaves it alone', async () => {
+    const { k, inner, dev } = setup(512)
+    const plain = randomBytes(8192)
+    const given = Buffer.from(plain)
+    await dev.write(4096, given, false, true)
+    const expected = Buffer.from(referenceXtsCrypt(true, k, plain, 8, 512, 1))
+    assert.deepEqual(given, expected, 'encrypted in the given buffer')
+    assert.deepEqual(Buffer.from(await inner.read(64 * 1024 + 4096, 8192)), expected)
+    assert.deepEqual(Buffer.from(await dev.read(4096, 8192)), plain)
+    // Unaligned (RMW): served from this device's own buffer, the given one is not needed.
+    const part = randomBytes(1000)
+    const partCopy = Buffer.from(part)
+    await dev.write(4096 + 100, part, false, true)
+    assert.deepEqual(part, partCopy)
+    const all = Buffer.from(plain)
+    partCopy.copy(all, 100)
+    assert.deepEqual(Buffer.from(await dev.read(4096, 8192)), all)
+  })
+
   it('random aligned and unaligned writes, zeroes and reads agree with a plain model (fast-check)', async () => {
     for (const sectorSize of [512, 4096]) {
       await fc.assert(
@@ -56,6 +75,7 @@ describe('EncryptedDevice', () => {
               length: fc.integer({ min: 0, max: 20000 }),
               aligned: fc.boolean(),
               concurrent: fc.boolean(),
+              transfer: fc.boolean(),
             }),
             { minLength: 1, maxLength: 25 },
           ),
@@ -84,7 +104,8 @@ describe('EncryptedDevice', () => {
                 const data = randomBytes(length)
                 if (pending.some((p) => p.start < end && start < p.end)) await settle()
                 model.set(data, offset)
-                const done = dev.write(offset, data, false)
+                // Handed over (as the block back-end does) or not: the same stored result.
+                const done = dev.write(offset, data, false, o.transfer)
                 pending.push({ start, end, done })
                 if (!o.concurrent) await settle()
               } else {
