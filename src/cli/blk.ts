@@ -145,5 +145,38 @@ export function registerBlkCommands(program: Command): void {
     )
   })
 
+  const services = blk
+    .command('services')
+    .description(
+      "show a disk's services and their counters (encryption is fixed at create: new keys for existing data mean re-encrypting it offline)",
+    )
+    .argument('<name>', 'disk name')
+  addControlOption(services, DEFAULT_IOHYP_SOCKET)
+  addJsonOption(services).action(async (name: string, o: ControlOptions & { json?: boolean }) => {
+    const answer = await controlClient(o.control!).get<ListDisksResponse<DiskInfo>>(ROUTES.disks)
+    const d = answer.disks.find((x) => x.name === name)
+    if (!d) throw new VrioError('not-found', `no disk named ${name}`)
+    if (o.json) {
+      printJson({ name: d.name, services: { encryption: d.encryption } })
+      return
+    }
+    const e = d.encryption
+    if (!e) {
+      printLines([`${d.name}: none`])
+      return
+    }
+    const { kind, counters, ...rest } = e
+    const details = Object.entries(rest)
+      .map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+      .join(', ')
+    const c = counters as Record<string, number>
+    printLines([
+      `${d.name}: encryption ${kind}${details ? ` (${details})` : ''}`,
+      `  ${Object.entries(c)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}`,
+    ])
+  })
+
   addRemoveCommand(blk, ROUTES.disk, 'take a disk away from its guest (the backing file stays)', 'disk')
 }

@@ -84,6 +84,18 @@ describe('encrypted remote disks', () => {
     const src = randomBytes(8 * MiB)
     writeFileSync(file('src'), src)
     execFileSync('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', file('src'), disk.nbd!])
+    // The service and its counters, as `vrio blk services` shows them: every byte went through it.
+    const shown = await vrioJsonAsync<{
+      services: { encryption: { kind: string; counters: Record<string, number> } }
+    }>(['blk', 'services', 'plain', '--json', '--control', pair.sock('iohyp')])
+    assert.equal(shown.services.encryption.kind, 'plain')
+    assert.ok(shown.services.encryption.counters.bytesEncrypted >= 8 * MiB)
+    const text = await vrioAsync(['blk', 'services', 'plain', '--control', pair.sock('iohyp')])
+    assert.match(text.stdout, /^plain: encryption plain \(.*aes-xts-plain64.*\)\n {2}reads \d+, writes \d+/)
+    assert.match(
+      (await vrioAsync(['blk', 'services', 'nope', '--control', pair.sock('iohyp')])).stderr,
+      /no disk named nope/,
+    )
     await pair.removeDisk('plain')
     const backing = readFileSync(file('plain.img'))
     assert.notEqual(sha(backing), sha(src), 'the backing is not plaintext')
