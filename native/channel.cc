@@ -39,6 +39,7 @@ Napi::Function Channel::Define(Napi::Env env) {
                          InstanceMethod<&Channel::Send>("send"),
                          InstanceMethod<&Channel::SendSlab>("sendSlab"),
                          InstanceMethod<&Channel::Stats>("stats"),
+                         InstanceMethod<&Channel::DrainNow>("drain"),
                          InstanceMethod<&Channel::Close>("close"),
                          InstanceMethod<&Channel::SetRef>("setRef"),
                      });
@@ -410,6 +411,14 @@ Napi::Value Channel::SendSlab(const Napi::CallbackInfo& info) {
 
 // ---------------------------------------------------------------------------------------------
 // Stats, ref, close
+
+// drain(): reads and delivers what is queued now, as if the socket had become readable. For a
+// timer that fires after the event loop was held up: frames that arrived meanwhile (ACKs) are seen
+// before the timer decides anything. Does nothing inside a delivery or before start().
+Napi::Value Channel::DrainNow(const Napi::CallbackInfo& info) {
+  if (!delivering_ && poll_ != nullptr && !closed_) Drain();
+  return info.Env().Undefined();
+}
 
 Napi::Value Channel::Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -63,6 +63,7 @@ class Channel : public Napi::ObjectWrap<Channel> {
   Napi::Value Send(const Napi::CallbackInfo& info);
   Napi::Value SendSlab(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value DrainNow(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value SetRef(const Napi::CallbackInfo& info);
 

@@ -90,6 +90,10 @@ export interface GuestInfo {
   framesOut: number
   bytesIn: number
   bytesOut: number
+  /** Segments sent again, retransmission timeouts that fired, and fast recoveries (loss seen from SACKs). */
+  retransmits: number
+  rtoFirings: number
+  fastRecoveries: number
   /** Dropped frames by reason (a `DropReason` from wire/, or a transport/daemon reason); only non-zero ones. */
   drops: Record<string, number>
   /** Channels that ended because authentication or integrity failed, by reason (e.g. `auth-failed`). */
@@ -141,10 +145,31 @@ export interface StatusInfo {
   guests?: { total: number; connected: number }
   /** Frames the daemon's endpoint dropped before any connection saw them, by reason. */
   drops?: Record<string, number>
+  /**
+   * The packet socket: frames and bytes received and sent, frames the kernel dropped because the
+   * socket's receive buffer was full (the daemon fell behind), and sends the kernel pushed back.
+   */
+  socket?: {
+    rxFrames: number
+    rxBytes: number
+    txFrames: number
+    txBytes: number
+    kernelDrops: number
+    txEagain: number
+  }
   /** Guest only: connections refused because authentication or integrity failed, by reason. */
   sessionFailures?: Record<string, number>
   /** Guest only: the IOhyp this guest talks to. */
-  iohyp?: { mac: string; address: string; state: GuestState; rttMs: number | null }
+  iohyp?: {
+    mac: string
+    address: string
+    state: GuestState
+    rttMs: number | null
+    /** Of the current channel; see GuestInfo. */
+    retransmits: number
+    rtoFirings: number
+    fastRecoveries: number
+  }
 }
 
 /** `POST /v1/blk` on the IOhyp: give a guest a remote disk. */

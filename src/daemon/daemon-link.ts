@@ -105,6 +105,14 @@ export class DaemonLink {
       mac: formatMac(this.mac),
       address: formatIPv4(this.ip),
       drops: { ...this.driver.endpoint.stats.drops } as Record<string, number>,
+      socket: (({ rxFrames, rxBytes, txFrames, txBytes, kernelDrops, txEagain }) => ({
+        rxFrames,
+        rxBytes,
+        txFrames,
+        txBytes,
+        kernelDrops,
+        txEagain,
+      }))(this.socket.stats()),
     }
   }
 

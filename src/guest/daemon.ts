@@ -171,6 +171,9 @@ export class GuestDaemon {
               address: formatIPv4(c.remote.ip),
               state: 'connected' as const,
               rttMs: c.srtt >= 0 ? Math.round(c.srtt * 1000) / 1000 : null,
+              retransmits: c.stats.retransmits,
+              rtoFirings: c.stats.rtoFirings,
+              fastRecoveries: c.stats.fastRecoveries,
             },
           }
         : {}),

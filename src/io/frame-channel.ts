@@ -142,6 +142,15 @@ export class FrameChannel {
     return this.#handle.stats()
   }
 
+  /**
+   * Delivers the frames queued now, synchronously, as the next readable event would. A timer
+   * that fires late (the event loop was busy) calls this first, so that it judges with what has
+   * arrived meanwhile; libuv runs timers before it polls for I/O.
+   */
+  drain(): void {
+    if (!this.#closed) this.#handle.drain()
+  }
+
   ref(): this {
     if (!this.#closed) this.#handle.setRef(true)
     return this

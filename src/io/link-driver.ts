@@ -150,6 +150,10 @@ export class LinkDriver {
     this.timer = undefined
     this.timerAt = Number.POSITIVE_INFINITY
     if (this.stopped) return
+    // Frames that arrived while the loop was busy (a GC pause, a long batch) are read first: an
+    // ACK waiting in the socket must stop a retransmission timeout, not lose the race to it.
+    this.channel.drain()
+    if (this.stopped) return
     this.endpoint.tick()
     this.flush()
   }

@@ -18,6 +18,8 @@ export interface NativeChannel {
   send(frames: readonly Uint8Array[]): number
   sendSlab(slab: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, start: number, count: number): number
   stats(): NativeStats
+  /** Reads and delivers (to the batch callback) what is queued now; a no-op inside a delivery. */
+  drain(): void
   close(): void
   setRef(ref: boolean): void
 }

@@ -50,6 +50,9 @@ interface Totals {
   framesOut: number
   bytesIn: number
   bytesOut: number
+  retransmits: number
+  rtoFirings: number
+  fastRecoveries: number
   drops: Record<string, number>
 }
 
@@ -63,7 +66,16 @@ class GuestRecord {
   /** Control calls to this guest over whichever session is current. */
   readonly rpc = new Rpc()
   /** Counters of closed connections; the live one is added when reporting. */
-  readonly totals: Totals = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, drops: {} }
+  readonly totals: Totals = {
+    framesIn: 0,
+    framesOut: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    retransmits: 0,
+    rtoFirings: 0,
+    fastRecoveries: 0,
+    drops: {},
+  }
   readonly sessionFailures: Record<string, number> = {}
   retry: NodeJS.Timeout | undefined
   backoff = REDIAL_MIN_MS
@@ -95,6 +107,9 @@ function addStats(t: Totals, c: Connection): void {
   t.framesOut += c.stats.framesSent
   t.bytesIn += c.stats.bytesReceived
   t.bytesOut += c.stats.bytesSent
+  t.retransmits += c.stats.retransmits
+  t.rtoFirings += c.stats.rtoFirings
+  t.fastRecoveries += c.stats.fastRecoveries
   for (const [k, v] of Object.entries(c.stats.drops)) t.drops[k] = (t.drops[k] ?? 0) + (v ?? 0)
   if (c.stats.duplicatesDropped > 0) t.drops.duplicate = (t.drops.duplicate ?? 0) + c.stats.duplicatesDropped
 }

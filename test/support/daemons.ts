@@ -52,6 +52,13 @@ export function vrioJson<T>(args: string[]): T {
 const running = new Set<DaemonProcess>()
 
 /** A daemon in a namespace: its JSON log lines are kept for assertions and failure messages. */
+/**
+ * Extra node flags for every daemon the tests and benchmarks start, e.g.
+ * VRIO_DAEMON_NODE_FLAGS='--cpu-prof --cpu-prof-dir=/tmp/prof' to profile them (node refuses
+ * those in NODE_OPTIONS). A profile is written when the daemon exits cleanly.
+ */
+const DAEMON_NODE_FLAGS = (process.env.VRIO_DAEMON_NODE_FLAGS ?? '').split(' ').filter(Boolean)
+
 export class DaemonProcess {
   readonly name: string
   readonly child: ChildProcess
@@ -61,9 +68,13 @@ export class DaemonProcess {
 
   constructor(name: string, ns: Netns, args: string[]) {
     this.name = name
-    this.child = spawn('ip', ['netns', 'exec', ns.name, process.execPath, VRIO_BIN, ...args], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    })
+    this.child = spawn(
+      'ip',
+      ['netns', 'exec', ns.name, process.execPath, ...DAEMON_NODE_FLAGS, VRIO_BIN, ...args],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    )
     let partial = ''
     this.child.stderr?.on('data', (d: Buffer) => {
       const lines = (partial + d.toString()).split('\n')
