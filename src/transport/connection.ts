@@ -69,6 +69,15 @@ export interface ConnectionHandlers {
  */
 export type FrameSink = (frame: Uint8Array, gsoSize: number) => void
 
+/**
+ * Memory for an outgoing frame of exactly `size` bytes (headroom included). The frame is handed
+ * to the sink at once and the connection never looks at it again, so a link that sends frames
+ * before it hands out more memory may reuse it (LinkDriver does: one arena, reset per send).
+ */
+export type FrameAllocator = (size: number) => Uint8Array
+
+const allocateFresh: FrameAllocator = (size) => Buffer.allocUnsafe(size)
+
 /** Why a received segment was ignored: counters, never exceptions. */
 export type SegmentDropReason =
   | 'unacceptable-ack'
@@ -119,6 +128,8 @@ export interface ConnectionInit {
   remote: Address
   handlers: ConnectionHandlers
   sink: FrameSink
+  /** Where frame memory comes from; default: a new Buffer per frame. */
+  allocate?: FrameAllocator
   clock: () => number
   random: () => number
   /** Called once when the connection reaches 'closed', so its owner can forget it. */
@@ -148,6 +159,7 @@ export class Connection {
   private readonly o: ConnectionOptions
   private handlers: ConnectionHandlers
   private readonly sink: FrameSink
+  private readonly allocate: FrameAllocator
   private readonly clock: () => number
   private readonly onFinished: ((c: Connection) => void) | undefined
   private readonly tx: TcpFrame = newTcpFrame()
@@ -217,6 +229,7 @@ export class Connection {
     this.remote = init.remote
     this.handlers = init.handlers
     this.sink = init.sink
+    this.allocate = init.allocate ?? allocateFresh
     this.clock = init.clock
     this.onFinished = init.onFinished
     const now = this.clock()
@@ -1158,7 +1171,7 @@ export class Connection {
   ): void {
     const headerLength = tcpFrameHeaderLength(this.tx.tcp.options)
     const headroom = this.o.headroom
-    const frame = Buffer.allocUnsafe(headroom + headerLength + payloadLength).subarray(headroom)
+    const frame = this.allocate(headroom + headerLength + payloadLength).subarray(headroom)
     if (m) copyChunks(m.chunks, offset, frame, headerLength, length)
     this.tx.ip.identification = this.ipId
     this.ipId = (this.ipId + 1) & 0xffff

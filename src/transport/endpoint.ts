@@ -7,6 +7,7 @@ import {
   type Address,
   Connection,
   type ConnectionHandlers,
+  type FrameAllocator,
   type FrameSink,
   VRIO_PROTOCOL_VERSION,
 } from './connection.ts'
@@ -26,6 +27,8 @@ export interface EndpointInit {
   mac: number
   ip: number
   sink: FrameSink
+  /** Memory for the connections' frames (see FrameAllocator); default: a new Buffer per frame. */
+  allocate?: FrameAllocator
   /** Milliseconds, monotonic. Default: performance.now. Tests pass a virtual clock. */
   clock?: () => number
   /** Uniform in [0, 1): initial sequence numbers, IP ids, ports. Default: crypto-strong. Tests pass a seeded one. */
@@ -76,6 +79,7 @@ export class Endpoint {
   }
 
   private readonly sink: FrameSink
+  private readonly allocate: FrameAllocator | undefined
   private readonly clock: () => number
   private readonly random: () => number
   private readonly listenPort: number
@@ -92,6 +96,7 @@ export class Endpoint {
     this.mac = init.mac
     this.ip = init.ip
     this.sink = init.sink
+    this.allocate = init.allocate
     this.clock = init.clock ?? (() => performance.now())
     this.random = init.random ?? (() => randomInt(0x1_0000_0000) / 0x1_0000_0000)
     this.options = resolveConnectionOptions(init.options)
@@ -227,6 +232,7 @@ export class Endpoint {
         remote,
         handlers,
         sink: this.sink,
+        allocate: this.allocate,
         clock: this.clock,
         random: this.random,
         onFinished: (c) => {
