@@ -1,6 +1,7 @@
 import type { GuestNicInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
 import { NetPort } from '../devices/net/port.ts'
+import { NET_GSO_MAX_SIZE } from '../devices/net/protocol.ts'
 import { VrioError } from '../errors.ts'
 import { deleteLink, linkKind, setLink } from '../io/ip-link.ts'
 import { TapDevice } from '../io/tap.ts'
@@ -87,7 +88,7 @@ export class GuestNics {
       persist: true,
     })
     try {
-      await setLink(tap.name, { address: p.mac, mtu: p.mtu, up: true })
+      await setLink(tap.name, { address: p.mac, mtu: p.mtu, gsoMaxSize: NET_GSO_MAX_SIZE, up: true })
     } catch (error) {
       tap.close()
       if (tap.created) await deleteLink(tap.name).catch(() => {})

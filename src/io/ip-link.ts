@@ -27,6 +27,8 @@ export interface LinkSettings {
   up?: boolean
   /** A bridge to join, or null to leave the current one. */
   master?: string | null
+  /** Largest GSO super-frame the kernel builds for this device (`ip link set ... gso_max_size`). */
+  gsoMaxSize?: number
 }
 
 /** Applies `settings` to interface `name` in one `ip link set`. */
@@ -34,6 +36,7 @@ export async function setLink(name: string, settings: LinkSettings): Promise<voi
   const args = ['link', 'set', 'dev', name]
   if (settings.address !== undefined) args.push('address', settings.address)
   if (settings.mtu !== undefined) args.push('mtu', String(settings.mtu))
+  if (settings.gsoMaxSize !== undefined) args.push('gso_max_size', String(settings.gsoMaxSize))
   if (settings.master === null) args.push('nomaster')
   else if (settings.master !== undefined) args.push('master', settings.master)
   if (settings.up !== undefined) args.push(settings.up ? 'up' : 'down')

@@ -98,9 +98,11 @@ describe('remote NIC: two guests, an IOhyp bridge and a world namespace', () => 
   })
 
   it('creates each guest interface with the given MAC and MTU, and lists it on both sides', async () => {
-    const link = JSON.parse(ip(g1ns, ['-j', 'link', 'show', 'vn1']))[0]
+    const link = JSON.parse(ip(g1ns, ['-d', '-j', 'link', 'show', 'vn1']))[0]
     assert.equal(link.address, '02:77:00:00:00:01')
     assert.equal(link.mtu, 1500)
+    // Super-frames small enough to cross the channel in one segment (NET_GSO_MAX_SIZE).
+    assert.equal(link.gso_max_size, 62_000)
     const onIohyp = await pair.list<ListNicsResponse>('nic')
     assert.deepEqual(
       onIohyp.nics.map((n) => [n.name, n.mac, n.state, n.backend]),

@@ -35,6 +35,13 @@ export const MIN_FRAME = 14
 /** Largest frame: a 64 KiB GSO super-frame with an 802.1Q-tagged Ethernet header. */
 export const MAX_FRAME = 65_535 + 18
 export const MAX_NET_BODY = VIRTIO_NET_HDR_LEN + MAX_FRAME
+/**
+ * The GSO size vrio sets on the guest's interface: the kernel then builds super-frames a NetFrame
+ * message carries in one transport segment (64 000 payload bytes, see GSO_MAX_PAYLOAD), which
+ * the far side takes as a view, without reassembling a second segment into a new buffer. Leaves
+ * room for the message and virtio_net headers and the kernel's own header allowance.
+ */
+export const NET_GSO_MAX_SIZE = 62_000
 
 /** Why a frame did not cross a NIC. Stable strings: they name counters. */
 export type NetDropReason =
