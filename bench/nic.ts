@@ -2,7 +2,7 @@
  * Remote NIC: the guest reaches a "world" namespace on the IOhyp's bridge through vrio (guest TAP →
  * vrio channel → IOhyp TAP on the bridge), next to the same path through a kernel VXLAN tunnel over
  * the same veth (a VXLAN device in the guest, its peer on the same bridge), in one run.
- * Throughput: iperf3 TCP with 1 and 4 streams, guest → world. Latency: ping (ICMP) and a TCP
+ * Throughput: iperf3 TCP with 1 and 4 streams, guest → world, and 1 stream world → guest. Latency: ping (ICMP) and a TCP
  * request/response ping-pong (1-byte messages, python on both ends). CPU: the whole machine's busy
  * time (/proc/stat: the kernel's softirq work of VXLAN counts as much as vrio's daemons), per Gbit
  * moved. MTU 1500 on the link (the VXLAN device gets 1450).
@@ -41,6 +41,8 @@ t.sort(); print(t[len(t)//2] / 1000, t[len(t)*99//100] / 1000)
 interface PathResult {
   tcp1Gbps: number
   tcp4Gbps: number
+  /** 1 stream, world → guest (iperf3 -R). */
+  tcp1ReverseGbps: number
   cpuSecondsPerGbit: number
   pingAvgUs: number
   pingP50Us: number
@@ -48,8 +50,8 @@ interface PathResult {
   rrP99Us: number
 }
 
-function iperf(ns: Netns, target: string, streams: number): { gbps: number; gbit: number } {
-  return iperfRun(ns, target, streams, SECONDS)
+function iperf(ns: Netns, target: string, streams: number, reverse = false): { gbps: number; gbit: number } {
+  return iperfRun(ns, target, streams, SECONDS, reverse ? ['-R'] : [])
 }
 
 function ping(ns: Netns, target: string): { avg: number; p50: number } {
@@ -65,6 +67,7 @@ function measure(guest: Netns, target: string): PathResult {
   const one = iperf(guest, target, 1)
   const four = iperf(guest, target, 4)
   const busy = busySeconds() - busy0
+  const reverse = iperf(guest, target, 1, true)
   const p = ping(guest, target)
   const [rrP50Us, rrP99Us] = exec(guest, 'python3', ['-c', PINGPONG_CLIENT, target, String(PINGPONGS)])
     .trim()
@@ -73,6 +76,7 @@ function measure(guest: Netns, target: string): PathResult {
   return {
     tcp1Gbps: one.gbps,
     tcp4Gbps: four.gbps,
+    tcp1ReverseGbps: reverse.gbps,
     cpuSecondsPerGbit: busy / (one.gbit + four.gbit),
     pingAvgUs: p.avg,
     pingP50Us: p.p50,
@@ -133,6 +137,7 @@ try {
   const rows: [string, keyof PathResult, 'higher' | 'lower'][] = [
     ['TCP 1 stream, Gbit/s', 'tcp1Gbps', 'higher'],
     ['TCP 4 streams, Gbit/s', 'tcp4Gbps', 'higher'],
+    ['TCP 1 stream world→guest', 'tcp1ReverseGbps', 'higher'],
     ['CPU s per Gbit (machine)', 'cpuSecondsPerGbit', 'lower'],
     ['ping avg, µs', 'pingAvgUs', 'lower'],
     ['ping p50, µs', 'pingP50Us', 'lower'],
