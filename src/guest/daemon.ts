@@ -113,7 +113,7 @@ export class GuestDaemon {
       },
       data: (h, m, _delivery, owned) => {
         if (session !== this.iohyp) return
-        if (h.type === MessageType.NetFrame) this.nics.receive(h, m)
+        if (h.type === MessageType.NetFrame) this.nics.receive(h, m, owned)
         else this.disks.receive(h, m, owned)
       },
       writable: () => {

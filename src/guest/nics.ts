@@ -50,9 +50,9 @@ export class GuestNics {
     for (const n of this.nics.values()) n.port.attach(session)
   }
 
-  receive(h: MessageHeader, message: Uint8Array): void {
+  receive(h: MessageHeader, message: Uint8Array, owned = false): void {
     const n = this.byHandle.get(h.deviceLow)
-    if (n && n.port.handle.high === h.deviceHigh) n.port.receive(h, message)
+    if (n && n.port.handle.high === h.deviceHigh) n.port.receive(h, message, owned)
   }
 
   /** `net.attach` from the IOhyp: create the interface (or, after a reconnect, re-bind it). */

@@ -328,7 +328,7 @@ export class IohypDaemon {
       },
       control: (m) => g.rpc.onControl(m),
       data: (h, m, _delivery, owned) => {
-        if (h.type === MessageType.NetFrame) this.nics.receive(g, h, m)
+        if (h.type === MessageType.NetFrame) this.nics.receive(g, h, m, owned)
         else this.disks.receive(g, h, m, owned)
       },
       writable: () => this.disks.writable(g),

@@ -313,9 +313,9 @@ export class IohypNics {
     return [...n.alerts]
   }
 
-  receive(guest: NicGuest, h: MessageHeader, message: Uint8Array): void {
+  receive(guest: NicGuest, h: MessageHeader, message: Uint8Array, owned = false): void {
     const n = this.bySlot.get(h.deviceLow)
-    if (n && n.guest === guest.mac && n.handle.high === h.deviceHigh) n.port.receive(h, message)
+    if (n && n.guest === guest.mac && n.handle.high === h.deviceHigh) n.port.receive(h, message, owned)
     else this.unknown.set(guest.mac, (this.unknown.get(guest.mac) ?? 0) + 1)
   }
 

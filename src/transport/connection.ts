@@ -1,3 +1,4 @@
+import { takeMessageBuffer } from './message-buffers.ts'
 import { VrioError } from '../errors.ts'
 import { encodeTcpFrame, newTcpFrame, type TcpFrame, tcpFrameHeaderLength } from '../wire/frame.ts'
 import {
@@ -51,7 +52,7 @@ export interface ConnectionHandlers {
    * A whole message. `data` is a view that is valid only until this call returns (it may point into
    * a received frame): copy what you keep — unless `owned` is true: then `data` is a buffer of its
    * own (a message reassembled from several frames) that the transport no longer references, and
-   * the handler may keep it without a copy.
+   * the handler may keep it without a copy, or give it back with `recycleMessageBuffer` once done.
    */
   message(data: Uint8Array, delivery: Delivery, owned: boolean): void
   established?(): void
@@ -667,7 +668,7 @@ export class Connection {
         end: msgEnd,
         flags: delivery,
         // Uninitialised: a message is delivered only once every byte of it has been written.
-        buffer: Buffer.allocUnsafe(opt.messageLength),
+        buffer: takeMessageBuffer(opt.messageLength),
         firstAt: now,
       }
       this.reassembly.set(msgStart, m)

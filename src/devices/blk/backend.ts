@@ -1,3 +1,4 @@
+import { recycleMessageBuffer } from '../../transport/message-buffers.ts'
 import { VrioError } from '../../errors.ts'
 import { Delivery } from '../../transport/config.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
@@ -98,6 +99,8 @@ interface Task {
   length: number
   /** Write data: the backend's own copy (the message view dies with the handler call). */
   data: Uint8Array | undefined
+  /** The message `data` is a view of, when the transport gave it away: recycled when the task ends. */
+  message: Uint8Array | undefined
   deviceHigh: number
   deviceLow: number
   epoch: number
@@ -258,6 +261,7 @@ export class BlockBackend {
       offset: r.offset,
       length: r.length,
       data,
+      message: owned && data ? message : undefined,
       deviceHigh: h.deviceHigh,
       deviceLow: h.deviceLow,
       epoch,
@@ -381,6 +385,9 @@ export class BlockBackend {
   private finish(t: Task, status: number, data: Uint8Array | undefined): void {
     this.running--
     t.data = undefined
+    // The device is done with the write data: the message it was a view of can be reused.
+    if (t.message) recycleMessageBuffer(t.message)
+    t.message = undefined
     this.finishRecord(t, status)
     let reply = data
     if (status === BlockStatus.Ok && t.op === BlockOp.In) {

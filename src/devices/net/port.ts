@@ -1,3 +1,4 @@
+import { recycleMessageBuffer } from '../../transport/message-buffers.ts'
 import type { FrameBatch, FrameChannel } from '../../io/frame-channel.ts'
 import { VIRTIO_NET_HDR_LEN } from '../../io/virtio-net-hdr.ts'
 import { Delivery } from '../../transport/config.ts'
@@ -91,7 +92,17 @@ export class NetPort {
   }
 
   /** A NetFrame message for this NIC arrived from the peer. */
-  receive(_h: MessageHeader, message: Uint8Array): void {
+  /**
+   * A NetFrame from the peer. `owned`: the transport gave the buffer away (see
+   * ConnectionHandlers.message); it is given back for reuse once the frame is written (nothing
+   * here keeps a frame: the DPI copies what it reassembles).
+   */
+  receive(_h: MessageHeader, message: Uint8Array, owned = false): void {
+    this.deliver(message)
+    if (owned) recycleMessageBuffer(message)
+  }
+
+  private deliver(message: Uint8Array): void {
     if (this.closed) return
     const body = message.subarray(MESSAGE_HEADER_LENGTH)
     const bad = checkNetBody(body, this.o.mtu)
