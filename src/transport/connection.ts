@@ -317,8 +317,9 @@ export class Connection {
   /**
    * Queues one message. Returns false, queuing nothing, when the send buffer cannot take it (wait
    * for the `writable` handler; a best-effort message is simply counted as dropped) or when the
-   * connection is closing or closed. The chunks are referenced, not copied, until acknowledged: do
-   * not change them.
+   * connection is closing or closed. The chunks of a reliable or ordered message are referenced,
+   * not copied, until acknowledged: do not change them. Those of a best-effort message may be
+   * reused as soon as send returns (it copies what it could not send at once).
    */
   send(data: Uint8Array | readonly Uint8Array[], delivery: Delivery): boolean {
     const chunks = data instanceof Uint8Array ? [data] : data
@@ -346,11 +347,16 @@ export class Connection {
       return false
     }
     const start = this.sndMax
-    this.out.push({ start, end: start + length, flags: delivery, chunks })
+    const m: OutMessage = { start, end: start + length, flags: delivery, chunks }
+    this.out.push(m)
     this.sndMax += length
     this.queuedBytes += length
     this.stats.messagesSent++
     if (!this.isHandshaking()) this.pump()
+    // A best-effort message sent whole is never read again (a loss is skipped, not resent), so
+    // its buffers are the caller's again when send returns; one that could not go out at once
+    // (window, congestion window, handshake) is copied now.
+    if (delivery === Delivery.BestEffort && this.sndNxt < m.end) m.chunks = [concatChunks(chunks, length)]
     return true
   }
 
@@ -1219,6 +1225,13 @@ function insertSorted(list: InMessage[], m: InMessage): void {
   let i = list.length
   while (i > 0 && list[i - 1].start > m.start) i--
   list.splice(i, 0, m)
+}
+
+/** The chunks' bytes in one new buffer. */
+function concatChunks(chunks: readonly Uint8Array[], length: number): Uint8Array {
+  const out = Buffer.allocUnsafe(length)
+  copyChunks(chunks, 0, out, 0, length)
+  return out
 }
 
 /** Copies `length` bytes starting `offset` bytes into the concatenation of `chunks` to `dst[at]`. */

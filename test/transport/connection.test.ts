@@ -6,6 +6,35 @@ import { patternMessage } from '../support/random.ts'
 import { Simulation } from '../support/simulation.ts'
 
 describe('connection over a clean in-memory link', () => {
+  it('best-effort messages: the caller may reuse its buffers once send returns, whether sent at once or queued', () => {
+    const sim = new Simulation(7)
+    const got: Buffer[] = []
+    sim.acceptHandlers = () => ({ message: (m) => got.push(Buffer.from(m)) })
+    const client = sim.connect({ message() {} })
+    // Before the handshake ends: queued, so copied.
+    const early = Buffer.alloc(3000, 0xaa)
+    assert.ok(client.send([early.subarray(0, 1000), early.subarray(1000)], Delivery.BestEffort))
+    early.fill(0xee)
+    assert.ok(sim.run(() => client.state === 'established'))
+    assert.ok(sim.run(() => got.length === 1))
+    // Small enough to go out whole at once; and one far beyond the congestion window.
+    const now = Buffer.alloc(1200, 0xbb)
+    assert.ok(client.send(now, Delivery.BestEffort))
+    now.fill(0xee)
+    const big = Buffer.alloc(300_000, 0xcc)
+    assert.ok(client.send(big, Delivery.BestEffort))
+    big.fill(0xee)
+    assert.ok(sim.run(() => got.length === 3))
+    assert.deepEqual(
+      got.map((m) => [m.length, m.every((b) => b === m[0]) ? m[0] : -1]),
+      [
+        [3000, 0xaa],
+        [1200, 0xbb],
+        [300_000, 0xcc],
+      ],
+    )
+  })
+
   it('opens with a three-way handshake, carries messages both ways and closes cleanly', () => {
     const sim = new Simulation(1)
     const atB: Uint8Array[] = []

@@ -57,6 +57,8 @@ const PLAIN_HDR = new Uint8Array(VIRTIO_NET_HDR_LEN)
 export class NetPort {
   private readonly o: NetPortOptions
   private readonly encoder: NetFrameEncoder
+  /** The message being sent: [header, body], reused for every frame. */
+  private readonly parts: Uint8Array[] = [EMPTY, EMPTY]
   private session: Session | undefined
   private readonly outward: NetDirection
   private readonly inward: NetDirection
@@ -159,7 +161,13 @@ export class NetPort {
       this.drop('not-connected')
       return false
     }
-    if (!s.sendData(this.encoder.encode(body), Delivery.BestEffort)) {
+    // Header and body as they are (the body a view of the TAP's receive slab): the transport
+    // reads a best-effort message only while sendData runs, or copies it.
+    this.parts[0] = this.encoder.headerFor(body.length)
+    this.parts[1] = body
+    const sent = s.sendData(this.parts, Delivery.BestEffort)
+    this.parts[1] = EMPTY
+    if (!sent) {
       this.drop('channel-full')
       return false
     }

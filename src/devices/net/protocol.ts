@@ -109,12 +109,16 @@ export class NetFrameEncoder {
     this.header.deviceLow = handle.low
   }
 
-  /** A new message holding `body` (virtio_net_hdr + frame), copied: the transport keeps it until acknowledged. */
-  encode(body: Uint8Array): Buffer {
-    const msg = Buffer.allocUnsafe(MESSAGE_HEADER_LENGTH + body.length)
-    this.header.bodyLength = body.length
-    encodeMessageHeader(msg, 0, this.header)
-    msg.set(body, MESSAGE_HEADER_LENGTH)
-    return msg
+  private readonly head = Buffer.alloc(MESSAGE_HEADER_LENGTH)
+
+  /**
+   * The message header for a body (virtio_net_hdr + frame) of `bodyLength` bytes, in one buffer
+   * this encoder reuses: send `[header, body]` as a best-effort message at once (the transport
+   * reads neither after send returns; see Connection.send).
+   */
+  headerFor(bodyLength: number): Uint8Array {
+    this.header.bodyLength = bodyLength
+    encodeMessageHeader(this.head, 0, this.header)
+    return this.head
   }
 }
