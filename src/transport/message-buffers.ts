@@ -43,12 +43,13 @@ export function takeMessageBuffer(length: number): Buffer {
 }
 
 /**
- * Gives back a message buffer delivered `owned`, once nothing refers to it any more. Anything
- * else (a view of a frame, a buffer given back already, one from elsewhere) is ignored.
+ * Gives back a message buffer delivered `owned` (or any view into it), once nothing refers to any
+ * part of it any more. Anything else (a view of a frame, a buffer given back already, one from
+ * elsewhere) is ignored.
  */
 export function recycleMessageBuffer(message: Uint8Array): void {
   const ab = message.buffer
-  if (lent.get(ab) !== true || message.byteOffset !== 0) return
+  if (lent.get(ab) !== true) return
   const c = floorClass(ab.byteLength)
   if (c < MIN_CLASS || c > MAX_CLASS || pooledBytes + ab.byteLength > MAX_POOLED_BYTES) {
     lent.delete(ab)

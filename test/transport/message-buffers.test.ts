@@ -13,7 +13,7 @@ it('reuses a given-back buffer for the next message of its size class, and only 
   const pooled = pooledMessageBytes()
   recycleMessageBuffer(a)
   assert.equal(pooledMessageBytes(), pooled + 65_600, 'kept whole')
-  // Given back twice, or a view into it: ignored (a second taker would share memory otherwise).
+  // Given back twice (also through a view into it): ignored (a second taker would share memory otherwise).
   recycleMessageBuffer(a)
   recycleMessageBuffer(a.subarray(10))
   assert.equal(pooledMessageBytes(), pooled + 65_600)

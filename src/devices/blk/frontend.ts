@@ -64,8 +64,13 @@ interface Call {
   remaining: number
   settled: boolean
   deadline: number
-  /** Read result, filled by the responses. */
+  /**
+   * Read result: the response's own buffer when one response carries the whole call (the
+   * transport gave it away), else allocated at the first response and filled by each.
+   */
   result: Uint8Array | undefined
+  /** Bytes the call reads (0 for other ops). */
+  readLength: number
 }
 
 interface Epoch {
@@ -292,11 +297,14 @@ export class RemoteBlockDevice implements BlockDevice {
     } else if (h.status !== BlockStatus.Ok) {
       this.fail(r.call, blockStatusError(h.status, { offset: r.offset, length: r.length }))
     } else {
-      const result = r.call.result
-      if (r.op === BlockOp.In && result && data.length > 0) {
-        if (owned && data.length === result.length)
-          r.call.result = data // the whole call in one response
-        else result.set(data, r.resultOffset)
+      const call = r.call
+      if (r.op === BlockOp.In && data.length > 0) {
+        if (owned && data.length === call.readLength)
+          call.result = data // the whole call in one response
+        else {
+          call.result ??= Buffer.allocUnsafe(call.readLength)
+          call.result.set(data, r.resultOffset)
+        }
       }
       this.partDone(r.call)
     }
@@ -412,7 +420,8 @@ export class RemoteBlockDevice implements BlockDevice {
         remaining: parts,
         settled: false,
         deadline: this.clock() + this.deadline,
-        result: op === BlockOp.In ? Buffer.allocUnsafe(length) : undefined,
+        result: op === BlockOp.In && length === 0 ? new Uint8Array(0) : undefined,
+        readLength: op === BlockOp.In ? length : 0,
       }
       this.liveCalls++
       for (let i = 0; i < parts; i++) {

@@ -29,6 +29,7 @@ import { listenUnixSocket } from '../../io/unix-socket.ts'
  * write payloads, an unknown export with EXPORT_NAME) end that connection — after the replies to
  * requests already in flight — and never the server; bad requests get NBD errors.
  */
+import { recycleMessageBuffer } from '../../transport/message-buffers.ts'
 import { rm } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
 import type { Logger } from '../../daemon/log.ts'
@@ -924,11 +925,11 @@ class Connection {
       if (data.length === 0) this.send(encodeStructuredNone(p.cookieHigh, p.cookieLow))
       else {
         this.send(encodeOffsetDataHeader(p.cookieHigh, p.cookieLow, p.offset, data.length, true))
-        this.send(data)
+        this.send(data, () => recycleMessageBuffer(data))
       }
     } else {
       this.send(encodeSimpleReply(p.cookieHigh, p.cookieLow, 0))
-      if (data.length > 0) this.send(data)
+      if (data.length > 0) this.send(data, () => recycleMessageBuffer(data))
     }
     this.complete(p)
   }
@@ -1146,14 +1147,16 @@ class Connection {
   // -------------------------------------------------------------------------------------------
   // Output
 
-  private send(buf: Uint8Array): void {
+  /** Queues `buf` on the socket; `written` runs once the kernel has it (not if the write fails). */
+  private send(buf: Uint8Array, written?: () => void): void {
     if (this.closed || this.socket.destroyed || this.socket.writableEnded) return
     if (!this.corked) {
       this.corked = true
       this.socket.cork()
       process.nextTick(() => this.uncork())
     }
-    this.socket.write(buf)
+    if (written) this.socket.write(buf, (error) => error || written())
+    else this.socket.write(buf)
   }
 
   private uncork(): void {
