@@ -28,7 +28,7 @@ import { PacketSocket } from '../../src/io/packet-socket.ts'
 import { createDpi } from '../../src/services/dpi/index.ts'
 import { createFirewall } from '../../src/services/firewall/index.ts'
 import { dissectPacket, newPacket } from '../../src/wire/packet.ts'
-import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
+import { killDaemons } from '../support/daemons.ts'
 import { cleanupNetns, exec, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
 import { seededRandom } from '../support/random.ts'
 import { directLink, worldOnBridge } from '../support/topology.ts'
@@ -292,11 +292,8 @@ describe('NIC services under hostile input (live IOhyp)', () => {
   const fwFile = () => join(dir, 'base.fw')
   const dpiFile = () => join(dir, 'base.rules')
 
-  const nic = async (): Promise<NicInfo> =>
-    (await vrioJsonAsync<ListNicsResponse>(['nic', 'list', '--json', '--control', pair.sock('iohyp')]))
-      .nics[0]
-  const services = (args: string[]) =>
-    vrioAsync(['nic', 'services', 'vn1', ...args, '--json', '--control', pair.sock('iohyp')])
+  const nic = async (): Promise<NicInfo> => (await pair.list<ListNicsResponse>('nic')).nics[0]
+  const services = (args: string[]) => pair.nicServices('vn1', args)
 
   before(async () => {
     requireRoot()

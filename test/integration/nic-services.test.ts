@@ -12,7 +12,7 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { ListNicsResponse } from '../../src/control/api.ts'
-import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
+import { killDaemons, vrioJsonAsync } from '../support/daemons.ts'
 import { cleanupNetns, exec, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
 import { directLink, worldOnBridge } from '../support/topology.ts'
 import { onBridge, VrioPair } from '../support/vrio-pair.ts'
@@ -74,8 +74,7 @@ describe('NIC services with real traffic', () => {
         pair.sock('iohyp'),
       ])
     ).alerts
-  const services = (args: string[]) =>
-    vrioAsync(['nic', 'services', 'vn1', ...args, '--json', '--control', pair.sock('iohyp')])
+  const services = (args: string[]) => pair.nicServices('vn1', args)
 
   before(async () => {
     requireRoot()

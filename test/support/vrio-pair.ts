@@ -177,6 +177,11 @@ export class VrioPair {
     ])
   }
 
+  /** `vrio nic services NAME ARGS... --json` on the IOhyp (show, or replace with --firewall/--dpi). */
+  nicServices(name: string, args: readonly string[] = []) {
+    return vrioAsync(['nic', 'services', name, ...args, '--json', '--control', this.sock('iohyp')])
+  }
+
   /** `vrio KIND list --json` on one side's control socket. */
   list<T>(kind: 'nic' | 'blk' | 'guests', side: 'iohyp' | 'guest' = 'iohyp'): Promise<T> {
     return vrioJsonAsync<T>([kind, 'list', '--json', '--control', this.sock(side)])
