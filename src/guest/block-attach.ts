@@ -28,11 +28,14 @@ export class AttachedBlockDevice {
   readonly device: string
   readonly file: string
   private readonly fuse: ChildProcess
+  /** The loop device's disk sequence number when we set it up (see diskSeq). */
+  private readonly seq: string
   private readonly dir: string
   private detached = false
 
-  private constructor(device: string, file: string, fuse: ChildProcess, dir: string) {
+  private constructor(device: string, seq: string, file: string, fuse: ChildProcess, dir: string) {
     this.device = device
+    this.seq = seq
     this.file = file
     this.fuse = fuse
     this.dir = dir
@@ -74,7 +77,7 @@ export class AttachedBlockDevice {
       const device = stdout.trim()
       const seq = await diskSeq(device)
       await writeFile(recordPath(o.dir), JSON.stringify({ device, seq, pid: fuse.pid }))
-      return new AttachedBlockDevice(device, file, fuse, o.dir)
+      return new AttachedBlockDevice(device, seq, file, fuse, o.dir)
     } catch (error) {
       fuse.kill('SIGTERM')
       const e = error as { stderr?: string; message: string }
@@ -86,7 +89,8 @@ export class AttachedBlockDevice {
   async detach(): Promise<void> {
     if (this.detached) return
     this.detached = true
-    await run('losetup', ['-d', this.device]).catch(() => {})
+    // Still ours (not detached and set up again by someone else meanwhile)?
+    if ((await diskSeq(this.device)) === this.seq) await run('losetup', ['-d', this.device]).catch(() => {})
     if (this.fuse.exitCode === null && this.fuse.signalCode === null) {
       const exited = new Promise((r) => this.fuse.once('exit', r))
       this.fuse.kill('SIGTERM')

@@ -56,9 +56,11 @@ export class GuestDisks {
   }
 
   async start(): Promise<void> {
+    // Listening first: it refuses while another live agent serves this run dir, whose block
+    // devices must not be taken for a dead agent's leftovers.
+    await this.nbd.listen()
     const stale = await AttachedBlockDevice.cleanStale(join(this.runDir, 'disks'))
     if (stale.length > 0) this.log.warn('detached block devices a previous agent left', { devices: stale })
-    await this.nbd.listen()
   }
 
   uri(name: string): string {

@@ -120,6 +120,13 @@ interface InMessage {
   end: number
   flags: number
   buffer: Uint8Array
+  /**
+   * Bytes of `buffer` written from this message's own segments. Positions can also become
+   * "received" through another message's segment or a Skip that claims them (only a hostile
+   * peer does that); such a message is never delivered, since part of its buffer was never
+   * written (it would carry a recycled buffer's old bytes).
+   */
+  filled: number
   firstAt: number
 }
 
@@ -675,6 +682,7 @@ export class Connection {
         flags: delivery,
         // Uninitialised: a message is delivered only once every byte of it has been written.
         buffer: takeMessageBuffer(opt.messageLength),
+        filled: 0,
         firstAt: now,
       }
       this.reassembly.set(msgStart, m)
@@ -688,10 +696,11 @@ export class Connection {
       return
     }
     m.buffer.set(buf.subarray(payload + (start - segStart), payload + length), start - msgStart)
-    this.received.add(start, end)
+    m.filled += this.received.add(start, end)
     if (delivery !== Delivery.Ordered && this.isResolved(m.start, m.end)) {
       this.freeReassembly(m)
-      this.deliver(m.buffer, delivery as Delivery, true)
+      if (m.filled === m.end - m.start) this.deliver(m.buffer, delivery as Delivery, true)
+      else this.drop('segment-mismatch')
     }
     this.advance()
   }
@@ -745,7 +754,8 @@ export class Connection {
       const m = pending.shift()!
       this.reassembly.delete(m.start)
       this.reassemblyBytes -= m.end - m.start
-      this.deliver(m.buffer, Delivery.Ordered, true)
+      if (m.filled === m.end - m.start) this.deliver(m.buffer, Delivery.Ordered, true)
+      else this.drop('segment-mismatch')
     }
     this.maybeConsumeFin()
   }
