@@ -6,8 +6,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { cleanupNetns, exec, type Netns } from '../../test/support/netns.ts'
-import { directLink, worldOnBridge } from '../../test/support/topology.ts'
-import { VrioPair } from '../../test/support/vrio-pair.ts'
+import { pairWithWorld, type VrioPair } from '../../test/support/vrio-pair.ts'
 
 export interface NicWorld {
   pair: VrioPair
@@ -22,22 +21,21 @@ export interface NicWorld {
 
 /** Starts the IOhyp and guest daemons (guest enrolled and connected) and the world with `addresses`. */
 export async function startNicWorld(addresses: readonly string[]): Promise<NicWorld> {
-  const t = directLink()
-  const pair = new VrioPair(t.a, t.b)
   const servers: ChildProcess[] = []
+  let pair: VrioPair | undefined
   const stop = async () => {
     for (const s of servers) s.kill('SIGKILL')
-    await pair.stop()
+    await pair?.stop()
     cleanupNetns()
   }
   try {
-    await pair.start()
-    const world = worldOnBridge(t.a.ns, addresses).ns
+    const set = await pairWithWorld(addresses)
+    pair = set.pair
     return {
       pair,
-      iohyp: t.a.ns,
-      guest: t.b.ns,
-      world,
+      iohyp: set.iohyp,
+      guest: set.guest,
+      world: set.world.ns,
       serve(ns, cmd, args) {
         const child = spawn('ip', ['netns', 'exec', ns.name, cmd, ...args], { stdio: 'ignore' })
         servers.push(child)

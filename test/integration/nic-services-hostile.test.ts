@@ -31,8 +31,7 @@ import { dissectPacket, newPacket } from '../../src/wire/packet.ts'
 import { killDaemons } from '../support/daemons.ts'
 import { cleanupNetns, exec, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
 import { seededRandom } from '../support/random.ts'
-import { directLink, worldOnBridge } from '../support/topology.ts'
-import { onBridge, VrioPair } from '../support/vrio-pair.ts'
+import { onBridge, pairWithWorld, type VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
   await killDaemons()
@@ -297,17 +296,16 @@ describe('NIC services under hostile input (live IOhyp)', () => {
 
   before(async () => {
     requireRoot()
-    const link = directLink()
-    pair = new VrioPair(link.a, link.b)
-    await pair.start()
-    guest = link.b.ns
-    const w = worldOnBridge(link.a.ns, [`${WORLD}/24`])
+    const set = await pairWithWorld([`${WORLD}/24`])
+    pair = set.pair
+    guest = set.guest
+    const w = set.world
     world = w.ns
     worldIf = w.ifname
     worldMac = mac(JSON.parse(ip(world, ['-j', 'link', 'show', worldIf]))[0].address)
     // The bridge must hand the IOhyp every frame as sent: no br_netfilter checks on it.
     for (const family of ['iptables', 'ip6tables', 'arptables'])
-      exec(link.a.ns, 'sh', [
+      exec(set.iohyp, 'sh', [
         '-c',
         `[ ! -e /proc/sys/net/bridge ] || sysctl -qw net.bridge.bridge-nf-call-${family}=0`,
       ])

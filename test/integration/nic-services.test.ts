@@ -14,8 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { ListNicsResponse } from '../../src/control/api.ts'
 import { killDaemons, vrioJsonAsync } from '../support/daemons.ts'
 import { cleanupNetns, exec, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
-import { directLink, worldOnBridge } from '../support/topology.ts'
-import { onBridge, VrioPair } from '../support/vrio-pair.ts'
+import { onBridge, pairWithWorld, type VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
   await killDaemons()
@@ -60,9 +59,7 @@ describe('NIC services with real traffic', () => {
   let world: Netns
   let guest: Netns
   let rules: string
-  const nicList = async () =>
-    (await vrioJsonAsync<ListNicsResponse>(['nic', 'list', '--json', '--control', pair.sock('iohyp')]))
-      .nics[0]
+  const nicList = async () => (await pair.list<ListNicsResponse>('nic')).nics[0]
   const alerts = async () =>
     (
       await vrioJsonAsync<{ alerts: { alert: { signature_id: number; action: string } }[] }>([
@@ -78,11 +75,10 @@ describe('NIC services with real traffic', () => {
 
   before(async () => {
     requireRoot()
-    const link = directLink()
-    pair = new VrioPair(link.a, link.b)
-    await pair.start()
-    guest = link.b.ns
-    world = worldOnBridge(link.a.ns, [`${WORLD}/24`]).ns
+    const set = await pairWithWorld([`${WORLD}/24`])
+    pair = set.pair
+    guest = set.guest
+    world = set.world.ns
     rules = join(pair.dir, 'rules')
     exec(world, 'mkdir', ['-p', rules, join(pair.dir, 'www')])
     writeFileSync(join(pair.dir, 'www', 'index.html'), 'hello from the world\n')

@@ -7,7 +7,8 @@ import type { DiskInfo, ListGuestsResponse, NicInfo } from '../../src/control/ap
 import { formatIPv4 } from '../../src/wire/address.ts'
 import { DaemonProcess, vrioAsync, vrioJsonAsync } from './daemons.ts'
 import type { VethEnd } from './harness.ts'
-import { ip } from './netns.ts'
+import { ip, type Netns } from './netns.ts'
+import { directLink, type World, worldOnBridge } from './topology.ts'
 
 /** A further guest on the same IOhyp (see VrioPair.addGuest). */
 export interface ExtraGuest {
@@ -221,4 +222,22 @@ function guestDaemon(
     runDir,
     ...extra,
   ])
+}
+
+/**
+ * An IOhyp and an enrolled, connected guest over a direct veth, and a "world" namespace with
+ * `worldAddresses` on the IOhyp's bridge `brw`: the set-up of the remote-NIC tests and benches.
+ */
+export async function pairWithWorld(
+  worldAddresses: readonly string[],
+): Promise<{ pair: VrioPair; iohyp: Netns; guest: Netns; world: World }> {
+  const link = directLink()
+  const pair = new VrioPair(link.a, link.b)
+  try {
+    await pair.start()
+    return { pair, iohyp: link.a.ns, guest: link.b.ns, world: worldOnBridge(link.a.ns, worldAddresses) }
+  } catch (error) {
+    await pair.stop()
+    throw error
+  }
 }
