@@ -96,36 +96,24 @@ try {
   ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
 
   // VXLAN: the same veth, kernel tunnel endpoints in the guest and on the IOhyp's bridge.
-  ip(guest, [
-    'link',
-    'add',
-    'vx0',
-    'type',
-    'vxlan',
-    'id',
-    '42',
-    'local',
-    '10.99.0.2',
-    'remote',
-    '10.99.0.1',
-    'dstport',
-    '4789',
-  ])
-  ip(iohyp, [
-    'link',
-    'add',
-    'vx0',
-    'type',
-    'vxlan',
-    'id',
-    '42',
-    'local',
-    '10.99.0.1',
-    'remote',
-    '10.99.0.2',
-    'dstport',
-    '4789',
-  ])
+  const addVxlan = (ns: Netns, local: string, remote: string) =>
+    ip(ns, [
+      'link',
+      'add',
+      'vx0',
+      'type',
+      'vxlan',
+      'id',
+      '42',
+      'local',
+      local,
+      'remote',
+      remote,
+      'dstport',
+      '4789',
+    ])
+  addVxlan(guest, '10.99.0.2', '10.99.0.1')
+  addVxlan(iohyp, '10.99.0.1', '10.99.0.2')
   ip(iohyp, ['link', 'set', 'vx0', 'master', 'brw', 'up'])
   ip(guest, ['addr', 'add', '192.168.88.1/24', 'dev', 'vx0'])
   ip(guest, ['link', 'set', 'vx0', 'up'])

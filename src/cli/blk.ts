@@ -13,15 +13,12 @@ import { VrioError } from '../errors.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import {
   addControlOption,
+  addListCommand,
   addRemoveCommand,
-  addDaemonChoice,
-  chosenDaemonSocket,
-  type DaemonChoiceOptions,
   addJsonOption,
   type ControlOptions,
   controlClient,
   formatBytes,
-  formatTable,
   printJson,
   printLines,
 } from './common.ts'
@@ -109,40 +106,20 @@ export function registerBlkCommands(program: Command): void {
       ])
   })
 
-  const list = blk
-    .command('list')
-    .description('list remote disks (on the IOhyp; with --guest, as the guest sees them)')
-  addJsonOption(addDaemonChoice(list)).action(async (o: DaemonChoiceOptions) => {
-    const path = chosenDaemonSocket(o)
-    const answer = await controlClient(path).get<ListDisksResponse<DiskInfo | GuestDiskInfo>>(ROUTES.disks)
-    if (o.json) {
-      printJson(answer)
-      return
-    }
-    if (answer.disks.length === 0) {
-      printLines(['no disks'])
-      return
-    }
-    const rows = answer.disks.map((d) => [
-      d.name,
-      formatBytes(d.size),
-      d.readOnly ? 'ro' : 'rw',
-      'guest' in d ? d.guest : '',
-      'state' in d ? d.state : '',
-      d.nbd ?? '-',
-      d.device ?? '-',
-    ])
-    printLines(
-      formatTable(['NAME', 'SIZE', 'MODE', 'GUEST', 'STATE', 'NBD', 'DEVICE'], rows, [
-        'left',
-        'right',
-        'left',
-        'left',
-        'left',
-        'left',
-        'left',
-      ]),
-    )
+  addListCommand<DiskInfo | GuestDiskInfo>(blk, {
+    description: 'list remote disks (on the IOhyp; with --guest, as the guest sees them)',
+    route: ROUTES.disks,
+    key: 'disks',
+    none: 'no disks',
+    columns: [
+      ['NAME', 'left', (d) => d.name],
+      ['SIZE', 'right', (d) => formatBytes(d.size)],
+      ['MODE', 'left', (d) => (d.readOnly ? 'ro' : 'rw')],
+      ['GUEST', 'left', (d) => ('guest' in d ? d.guest : '')],
+      ['STATE', 'left', (d) => ('state' in d ? d.state : '')],
+      ['NBD', 'left', (d) => d.nbd ?? '-'],
+      ['DEVICE', 'left', (d) => d.device ?? '-'],
+    ],
   })
 
   const services = blk

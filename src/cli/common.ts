@@ -55,6 +55,39 @@ export function addRemoveCommand(parent: Command, route: string, description: st
   })
 }
 
+/** One column of a `list` table: header, alignment, and the cell for an item. */
+export type Column<T> = readonly [header: string, align: Align, cell: (item: T) => string]
+
+/**
+ * `<parent> list [--guest] [--control PATH] [--json]`: GET `route` from either daemon, print the
+ * answer as JSON, or its `key` items as a table (`none` when there are none).
+ */
+export function addListCommand<T>(
+  parent: Command,
+  o: { description: string; route: string; key: string; none: string; columns: readonly Column<T>[] },
+): void {
+  const list = parent.command('list').description(o.description)
+  addJsonOption(addDaemonChoice(list)).action(async (options: DaemonChoiceOptions) => {
+    const answer = await controlClient(chosenDaemonSocket(options)).get<Record<string, T[]>>(o.route)
+    if (options.json) {
+      printJson(answer)
+      return
+    }
+    const items = answer[o.key] ?? []
+    if (items.length === 0) {
+      printLines([o.none])
+      return
+    }
+    printLines(
+      formatTable(
+        o.columns.map(([header]) => header),
+        items.map((item) => o.columns.map(([, , cell]) => cell(item))),
+        o.columns.map(([, align]) => align),
+      ),
+    )
+  })
+}
+
 export function controlClient(path: string): ControlClient {
   return new ControlClient({ path })
 }

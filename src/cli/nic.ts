@@ -14,15 +14,12 @@ import { VrioError } from '../errors.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import {
   addControlOption,
+  addListCommand,
   addRemoveCommand,
-  addDaemonChoice,
   addJsonOption,
   type ControlOptions,
-  chosenDaemonSocket,
   controlClient,
-  type DaemonChoiceOptions,
   formatBytes,
-  formatTable,
   printJson,
   printLines,
 } from './common.ts'
@@ -105,39 +102,22 @@ export function registerNicCommands(program: Command): void {
     else printLines([`created ${n.name} (${n.mac}, mtu ${n.mtu}) for ${n.guest}: ${describeBackend(n)}`])
   })
 
-  const list = nic
-    .command('list')
-    .description('list remote NICs (on the IOhyp; with --guest, as the guest sees them)')
-  addJsonOption(addDaemonChoice(list)).action(async (o: DaemonChoiceOptions) => {
-    const answer = await controlClient(chosenDaemonSocket(o)).get<ListNicsResponse<NicInfo | GuestNicInfo>>(
-      ROUTES.nics,
-    )
-    if (o.json) {
-      printJson(answer)
-      return
-    }
-    if (answer.nics.length === 0) {
-      printLines(['no NICs'])
-      return
-    }
-    const rows = answer.nics.map((n) => [
-      n.name,
-      n.mac,
-      String(n.mtu),
-      'guest' in n ? n.guest : '',
-      'state' in n ? n.state : '',
-      'backend' in n ? describeBackend(n) : '',
-      `${n.fromGuest.frames} / ${formatBytes(n.fromGuest.bytes)}`,
-      `${n.toGuest.frames} / ${formatBytes(n.toGuest.bytes)}`,
-      String(Object.values(n.drops).reduce((a, b) => a + b, 0)),
-    ])
-    printLines(
-      formatTable(
-        ['NAME', 'MAC', 'MTU', 'GUEST', 'STATE', 'BACKEND', 'FROM GUEST', 'TO GUEST', 'DROPS'],
-        rows,
-        ['left', 'left', 'right', 'left', 'left', 'left', 'right', 'right', 'right'],
-      ),
-    )
+  addListCommand<NicInfo | GuestNicInfo>(nic, {
+    description: 'list remote NICs (on the IOhyp; with --guest, as the guest sees them)',
+    route: ROUTES.nics,
+    key: 'nics',
+    none: 'no NICs',
+    columns: [
+      ['NAME', 'left', (n) => n.name],
+      ['MAC', 'left', (n) => n.mac],
+      ['MTU', 'right', (n) => String(n.mtu)],
+      ['GUEST', 'left', (n) => ('guest' in n ? n.guest : '')],
+      ['STATE', 'left', (n) => ('state' in n ? n.state : '')],
+      ['BACKEND', 'left', (n) => ('backend' in n ? describeBackend(n) : '')],
+      ['FROM GUEST', 'right', (n) => `${n.fromGuest.frames} / ${formatBytes(n.fromGuest.bytes)}`],
+      ['TO GUEST', 'right', (n) => `${n.toGuest.frames} / ${formatBytes(n.toGuest.bytes)}`],
+      ['DROPS', 'right', (n) => String(Object.values(n.drops).reduce((x, y) => x + y, 0))],
+    ],
   })
 
   const services = nic

@@ -94,7 +94,7 @@ export interface NativeAddon {
 /** An AES-XTS key held by OpenSSL; JS never sees the key schedule. */
 export interface NativeXtsCipher {
   /**
-   * `dst` (same length as `src`, or `src` itself) gets `src` en- or decrypted as whole sectors;
+   * `dst` (same length as `src`; `src` itself or not overlapping it) gets `src` en- or decrypted as whole sectors;
    * sector k uses the tweak `firstTweak + k * tweakStep` (little-endian 64-bit, zero-padded).
    */
   crypt(

@@ -6,7 +6,14 @@ import assert from 'node:assert/strict'
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { after, before, beforeEach, describe, it } from 'node:test'
 import { fileURLToPath } from 'node:url'
-import type { AddGuestRequest, GuestInfo, ListGuestsResponse, StatusInfo } from '../../src/control/api.ts'
+import type {
+  AddGuestRequest,
+  DiskInfo,
+  GuestInfo,
+  GuestNicInfo,
+  ListGuestsResponse,
+  StatusInfo,
+} from '../../src/control/api.ts'
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../../src/control/api.ts'
 import { ControlServer } from '../../src/control/control-server.ts'
 import { parseAddGuestRequest } from '../../src/control/validate.ts'
@@ -46,6 +53,28 @@ const GUEST_B: GuestInfo = {
   drops: {},
   sessionFailures: {},
 }
+const DISK: DiskInfo = {
+  name: 'root',
+  guest: '52:54:00:00:00:01',
+  backing: '/var/lib/vrio/root.img',
+  size: 256 * 1024 * 1024,
+  blockSize: 512,
+  readOnly: false,
+  state: 'attached',
+  nbd: 'nbd+unix:///root?socket=/run/vrio/nbd.sock',
+  device: null,
+  requests: 7,
+  errors: 0,
+  encryption: null,
+}
+const GUEST_NIC: GuestNicInfo = {
+  name: 'vn1',
+  mac: '02:77:00:00:00:01',
+  mtu: 1500,
+  fromGuest: { frames: 12, bytes: 3072 },
+  toGuest: { frames: 3, bytes: 300 },
+  drops: { 'queue-full': 2, filtered: 1 },
+}
 const STATUS: StatusInfo = {
   role: 'iohyp',
   version: '0.1.0',
@@ -71,6 +100,7 @@ describe('vrio control commands against a fake daemon', () => {
   let daemon: ControlServer
   let socket: string
   let guests: GuestInfo[]
+  let disks: DiskInfo[]
   let received: { method: string; path: string; body: unknown }[]
   let key: string
 
@@ -85,6 +115,8 @@ describe('vrio control commands against a fake daemon', () => {
         record(req)
         return STATUS
       })
+      .route('GET', '/v1/blk', () => ({ disks }))
+      .route('GET', '/v1/nic', () => ({ nics: [GUEST_NIC] }))
       .route('GET', '/v1/guests', (req): ListGuestsResponse => {
         record(req)
         return { guests }
@@ -119,6 +151,7 @@ describe('vrio control commands against a fake daemon', () => {
 
   beforeEach(() => {
     guests = [GUEST_A, GUEST_B]
+    disks = [DISK]
     received = []
   })
 
@@ -329,6 +362,39 @@ describe('vrio control commands against a fake daemon', () => {
       const r = await vrio('guests', 'list', '--control', socket)
       assert.equal(r.status, 0, r.stderr)
       assert.equal(r.stdout, 'no guests\n')
+    })
+  })
+
+  describe('blk list and nic list (one list command for every device kind)', () => {
+    it('--json prints the answer as the API defines it', async () => {
+      const r = await vrio('blk', 'list', '--json', '--control', socket)
+      assert.equal(r.status, 0, r.stderr)
+      assert.deepEqual(JSON.parse(r.stdout), { disks: [DISK] })
+    })
+
+    it('prints a table with the columns of the device kind', async () => {
+      const blk = await vrio('blk', 'list', '--control', socket)
+      assert.equal(blk.status, 0, blk.stderr)
+      const [head, row, ...rest] = blk.stdout.trimEnd().split('\n')
+      assert.match(head, /^NAME\s+SIZE\s+MODE\s+GUEST\s+STATE\s+NBD\s+DEVICE$/)
+      assert.match(
+        row,
+        /^root\s+256\.0 MiB\s+rw\s+52:54:00:00:00:01\s+attached\s+nbd\+unix:\/\/\/root\S+\s+-$/,
+      )
+      assert.deepEqual(rest, [])
+      const nic = await vrio('nic', 'list', '--guest', '--control', socket)
+      assert.equal(nic.status, 0, nic.stderr)
+      const lines = nic.stdout.trimEnd().split('\n')
+      assert.match(lines[0], /^NAME\s+MAC\s+MTU\s+GUEST\s+STATE\s+BACKEND\s+FROM GUEST\s+TO GUEST\s+DROPS$/)
+      // A guest's NIC has no guest, state or back-end: those cells are empty; DROPS sums the reasons.
+      assert.match(lines[1], /^vn1\s+02:77:00:00:00:01\s+1500\s+12 \/ 3\.0 KiB\s+3 \/ 300 B\s+3$/)
+    })
+
+    it('says so when there are none', async () => {
+      disks = []
+      const r = await vrio('blk', 'list', '--control', socket)
+      assert.equal(r.status, 0, r.stderr)
+      assert.equal(r.stdout, 'no disks\n')
     })
   })
 

@@ -8,10 +8,11 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { DiskInfo } from '../../src/control/api.ts'
+import { sparseFile } from '../support/block-io.ts'
 import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
 import { cleanupNetns, requireRoot } from '../support/netns.ts'
 import { directLink } from '../support/topology.ts'
@@ -50,10 +51,6 @@ describe('encrypted remote disks', () => {
       pair.sock('iohyp'),
     ])
   const file = (name: string) => join(pair.dir, name)
-  const sparse = (path: string, size: number) => {
-    closeSync(openSync(path, 'w'))
-    execFileSync('truncate', ['-s', String(size), path])
-  }
 
   before(async () => {
     requireRoot()
@@ -68,7 +65,7 @@ describe('encrypted remote disks', () => {
   it('plain aes-xts-plain64: the backing holds ciphertext that python-cryptography decrypts to what the guest wrote', async () => {
     const key = file('xts.key')
     writeFileSync(key, randomBytes(64), { mode: 0o600 })
-    sparse(file('plain.img'), 8 * MiB)
+    sparseFile(file('plain.img'), 8 * MiB)
     const disk = await create([
       '--backing',
       file('plain.img'),
@@ -169,7 +166,7 @@ describe('encrypted remote disks', () => {
   it('a volume cryptsetup formatted and qemu-io filled opens in vrio and reads back identical', async () => {
     const pass = file('pass2')
     writeFileSync(pass, 'another passphrase', { mode: 0o600 })
-    sparse(file('cs.img'), 12 * MiB)
+    sparseFile(file('cs.img'), 12 * MiB)
     execFileSync('cryptsetup', [
       'luksFormat',
       '--batch-mode',

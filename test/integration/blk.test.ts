@@ -7,10 +7,10 @@ import { after, before, describe, it } from 'node:test'
 import type { DiskInfo } from '../../src/control/api.ts'
 import { fio, sparseFile, VERIFY_WRITES } from '../support/block-io.ts'
 import { killDaemons, vrio, vrioJson } from '../support/daemons.ts'
-import { type ImpairedLink, impairedLink } from '../support/impair.ts'
+import type { ImpairedLink } from '../support/impair.ts'
 import { cleanupNetns, requireRoot } from '../support/netns.ts'
 import { directLink, firewallCounters, firewalledLink, type Topology } from '../support/topology.ts'
-import { VrioPair } from '../support/vrio-pair.ts'
+import { pairOverImpairedLink, VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
   await killDaemons()
@@ -201,17 +201,14 @@ describe('remote disk over a link with 5% loss, 2% duplication and reordering', 
   let pair: VrioPair
   before(async () => {
     requireRoot()
-    link = impairedLink({
+    ;({ pair, link } = await pairOverImpairedLink({
       loss: 0.05,
       duplicate: 0.02,
       reorder: 0.1,
       reorderDelayMs: 2,
       delayMs: 0,
       seed: 4,
-      vnetHdr: true,
-    })
-    pair = new VrioPair(link.a, link.b)
-    await pair.start()
+    }))
   })
   after(async () => {
     await pair?.stop()

@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { GuestNicInfo, ListGuestsResponse, ListNicsResponse } from '../../src/control/api.ts'
 import { killDaemons, vrioAsync } from '../support/daemons.ts'
-import { impairedLink, type ImpairedLink } from '../support/impair.ts'
+import type { ImpairedLink } from '../support/impair.ts'
 import {
   cleanupNetns,
   createNetns,
@@ -24,7 +24,7 @@ import {
   requireRoot,
 } from '../support/netns.ts'
 import { worldOnBridge as bridgeWorld, directLink, firewalledLan } from '../support/topology.ts'
-import { type ExtraGuest, onBridge, VrioPair } from '../support/vrio-pair.ts'
+import { type ExtraGuest, onBridge, pairOverImpairedLink, VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
   await killDaemons()
@@ -278,17 +278,14 @@ describe('remote NIC over a link that loses 2% of frames', () => {
 
   before(async () => {
     requireRoot()
-    link = impairedLink({
+    ;({ pair, link } = await pairOverImpairedLink({
       loss: 0.02,
       duplicate: 0,
       reorder: 0,
       reorderDelayMs: 0,
       delayMs: 0,
       seed: 5,
-      vnetHdr: true,
-    })
-    pair = new VrioPair(link.a, link.b)
-    await pair.start()
+    }))
   })
   after(async () => {
     await pair?.stop()

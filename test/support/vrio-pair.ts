@@ -7,6 +7,7 @@ import type { DiskInfo, ListGuestsResponse, NicInfo } from '../../src/control/ap
 import { formatIPv4 } from '../../src/wire/address.ts'
 import { DaemonProcess, vrioAsync, vrioJsonAsync } from './daemons.ts'
 import type { VethEnd } from './harness.ts'
+import { type ImpairedLink, type Impairment, impairedLink } from './impair.ts'
 import { ip, type Netns } from './netns.ts'
 import { directLink, type World, worldOnBridge } from './topology.ts'
 
@@ -240,4 +241,23 @@ export async function pairWithWorld(
     await pair.stop()
     throw error
   }
+}
+
+/**
+ * An IOhyp and an enrolled guest over an impairedLink with `faults`, forwarding with virtio-net
+ * headers as the daemons send them (a lost GSO super-frame loses all its segments).
+ */
+export async function pairOverImpairedLink(
+  faults: Omit<Impairment, 'vnetHdr'>,
+): Promise<{ pair: VrioPair; link: ImpairedLink }> {
+  const link = impairedLink({ ...faults, vnetHdr: true })
+  const pair = new VrioPair(link.a, link.b)
+  try {
+    await pair.start()
+  } catch (error) {
+    await pair.stop()
+    link.stop()
+    throw error
+  }
+  return { pair, link }
 }

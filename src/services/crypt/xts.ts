@@ -54,27 +54,15 @@ export function checkTweakRule(rule: TweakRule): void {
     )
 }
 
-/** An AES-XTS key ready for use; the key bytes are held by OpenSSL, not by this object. */
-export interface XtsCipher {
+/**
+ * An AES-XTS key ready for use; the key bytes are held by OpenSSL (or node:crypto), not by this
+ * object. `crypt` and `destroy` as NativeXtsCipher's, whichever implementation runs.
+ */
+export interface XtsCipher extends NativeXtsCipher {
   /** 256 (AES-128-XTS) or 512 (AES-256-XTS). */
   readonly keyBits: number
   /** 'native' or 'js': which implementation runs. */
   readonly implementation: 'native' | 'js'
-  /**
-   * Writes into `dst` (same length as `src`; `src` itself or not overlapping it) `src` en- or
-   * decrypted as whole sectors of `sectorSize` bytes; sector k gets the tweak
-   * `firstTweak + k * tweakStep`.
-   */
-  crypt(
-    encrypt: boolean,
-    src: Uint8Array,
-    dst: Uint8Array,
-    firstTweak: number,
-    sectorSize: number,
-    tweakStep: number,
-  ): void
-  /** Drops the key schedule; later calls fail. */
-  destroy(): void
 }
 
 /**
