@@ -93,7 +93,6 @@ export class NetPort {
     }
   }
 
-  /** A NetFrame message for this NIC arrived from the peer. */
   /**
    * A NetFrame from the peer. `owned`: the transport gave the buffer away (see
    * ConnectionHandlers.message); it is given back for reuse once the frame is written (nothing
