@@ -89,20 +89,27 @@ export class MemoryLink {
     this.capture = captureFrames ? [] : undefined
   }
 
-  /** A frame sink for side `from`. */
-  sinkFor(from: 0 | 1): (frame: Uint8Array, gsoSize: number) => void {
+  /**
+   * A frame sink for side `from`. GSO super-frames are split as the kernel does, or with
+   * `splitGso` false handed over whole, as a veth pair or bridge does (then no MTU applies to them).
+   */
+  sinkFor(from: 0 | 1, splitGso = true): (frame: Uint8Array, gsoSize: number) => void {
     return (frame, gsoSize) => {
+      if (gsoSize > 0 && !splitGso) {
+        this.put((1 - from) as 0 | 1, frame, true)
+        return
+      }
       const frames = gsoSize > 0 ? gsoSplit(frame, gsoSize) : [frame]
       for (const f of frames) this.put((1 - from) as 0 | 1, f)
     }
   }
 
-  private put(to: 0 | 1, frame: Uint8Array): void {
+  private put(to: 0 | 1, frame: Uint8Array, superFrame = false): void {
     const f = this.faults
     const r = this.random
     this.stats.sent++
     this.capture?.push({ at: this.clock.now, frame })
-    if (frame.length - ETHERNET_HEADER_LENGTH > f.mtu) {
+    if (!superFrame && frame.length - ETHERNET_HEADER_LENGTH > f.mtu) {
       this.stats.oversize++
       return
     }
