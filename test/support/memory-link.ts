@@ -70,6 +70,8 @@ export class MemoryLink {
   }
   /** Every frame put on the wire (after GSO), in order, with its time: for pcap files. */
   readonly capture: { at: number; frame: Uint8Array }[] | undefined
+  /** Called with a copy of every frame put on the wire (before faults), and its destination side. */
+  tap: ((to: 0 | 1, frame: Buffer) => void) | undefined
   private queue: InFlight[] = []
   private order = 0
 
@@ -109,6 +111,7 @@ export class MemoryLink {
     const r = this.random
     this.stats.sent++
     this.capture?.push({ at: this.clock.now, frame })
+    this.tap?.(to, Buffer.from(frame))
     if (!superFrame && frame.length - ETHERNET_HEADER_LENGTH > f.mtu) {
       this.stats.oversize++
       return
