@@ -110,8 +110,12 @@ export class MemoryLink {
     const f = this.faults
     const r = this.random
     this.stats.sent++
-    this.capture?.push({ at: this.clock.now, frame })
-    this.tap?.(to, Buffer.from(frame))
+    // Copies: a sealed receiver decrypts the frame it is given in place.
+    if (this.capture || this.tap) {
+      const copy = Buffer.from(frame)
+      this.capture?.push({ at: this.clock.now, frame: copy })
+      this.tap?.(to, Buffer.from(copy))
+    }
     if (!superFrame && frame.length - ETHERNET_HEADER_LENGTH > f.mtu) {
       this.stats.oversize++
       return
