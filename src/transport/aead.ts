@@ -32,6 +32,12 @@ export function cpuHasAesInstructions(): boolean {
   return cpuHasAes
 }
 
+/** What `status` shows: `sealed (aes-256-gcm)`, or `plaintext (insecure)`; a cipher of 0 or less: `sealed`. */
+export function channelDescription(insecurePlaintext: boolean, cipher = 0): string {
+  if (insecurePlaintext) return 'plaintext (insecure)'
+  return cipher > 0 ? `sealed (${sealCipherName(cipher as SealCipher)})` : 'sealed'
+}
+
 export function resolveSealCipher(name: SealCipherName): SealCipher {
   if (name === 'aes-256-gcm') return SEAL_CIPHER_AES_256_GCM
   if (name === 'chacha20-poly1305') return SEAL_CIPHER_CHACHA20_POLY1305

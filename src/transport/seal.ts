@@ -146,6 +146,23 @@ export function newSealCounters(): SealCounters {
   return { authFailed: 0, replayed: 0, unsealed: 0, badEpoch: 0, modeMismatch: 0, rekeys: 0 }
 }
 
+/** The drop-counter names (as in `drops` records of the control API) of the SealCounters fields. */
+export const SEAL_DROP_NAMES = {
+  authFailed: 'auth-failed',
+  replayed: 'replayed',
+  unsealed: 'unsealed',
+  badEpoch: 'bad-epoch',
+  modeMismatch: 'mode-mismatch',
+} as const
+
+/** Adds the non-zero drop counters of `c` to `drops` under their names (SEAL_DROP_NAMES). */
+export function addSealDrops(drops: Record<string, number>, c: SealCounters): void {
+  for (const [field, name] of Object.entries(SEAL_DROP_NAMES)) {
+    const n = c[field as keyof typeof SEAL_DROP_NAMES]
+    if (n > 0) drops[name] = (drops[name] ?? 0) + n
+  }
+}
+
 /** Why a frame was refused, as the SealCounters field that counts it. */
 export type SealRejection = 'authFailed' | 'replayed' | 'unsealed' | 'badEpoch'
 
