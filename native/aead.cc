@@ -123,6 +123,9 @@ Napi::Value FrameAead::Destroy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// seal(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter[, src, srcOffset]): with
+// `src`, the payload is read from src[srcOffset, srcOffset + end - payloadOffset) and written
+// encrypted into the frame: the cipher pass is the copy.
 Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (enc_ == nullptr) return ThrowInvalid(env, "the frame AEAD was destroyed");
@@ -135,8 +138,19 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   int outl = 0;
   uint8_t* p = a.frame + a.payload;
   int n = static_cast<int>(a.end - a.payload);
+  const uint8_t* in = p;
+  if (info.Length() >= 9 && info[7].IsTypedArray()) {
+    Napi::Uint8Array src = info[7].As<Napi::Uint8Array>();
+    double at = info[8].IsNumber() ? info[8].As<Napi::Number>().DoubleValue() : -1;
+    if (!(at >= 0) || at != static_cast<double>(static_cast<size_t>(at)) ||
+        static_cast<size_t>(at) + static_cast<size_t>(n) > src.ByteLength()) {
+      return ThrowInvalid(env, "seal: the source range lies outside src");
+    }
+    in = src.Data() + static_cast<size_t>(at);
+    if (in != p && in < p + n && p < in + n) return ThrowInvalid(env, "seal: src overlaps the frame's payload");
+  }
   if (EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, iv, 1) != 1 || !FeedAad(enc_, a) ||
-      (n > 0 && EVP_CipherUpdate(enc_, p, &outl, p, n) != 1) || EVP_CipherFinal_ex(enc_, tag, &outl) != 1 ||
+      (n > 0 && EVP_CipherUpdate(enc_, p, &outl, in, n) != 1) || EVP_CipherFinal_ex(enc_, tag, &outl) != 1 ||
       EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) {
     return ThrowInvalid(env, "OpenSSL failed to seal a frame");
   }

@@ -109,6 +109,8 @@ export interface NativeFrameAead {
     end: number,
     tagOffset: number,
     counter: number,
+    src?: Uint8Array,
+    srcOffset?: number,
   ): void
   open(
     frame: Uint8Array,

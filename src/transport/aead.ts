@@ -52,7 +52,11 @@ export function resolveSealCipher(name: SealCipherName): SealCipher {
  * `frame[payloadOffset, end)` is en- or decrypted in place; the tag is truncated to 96 bits.
  */
 export interface FrameAead {
-  /** Encrypts the payload and writes the tag at `tagOffset`. */
+  /**
+   * Encrypts the payload and writes the tag at `tagOffset`. With `src`, the plaintext is read from
+   * `src[srcOffset, srcOffset + end - payloadOffset)` and written encrypted into the frame: the
+   * cipher pass replaces the copy into the frame.
+   */
   seal(
     frame: Uint8Array,
     ipOffset: number,
@@ -61,6 +65,8 @@ export interface FrameAead {
     end: number,
     tagOffset: number,
     counter: number,
+    src?: Uint8Array,
+    srcOffset?: number,
   ): void
   /** Verifies the tag and decrypts the payload; false (payload then unspecified) when it does not verify. */
   open(
@@ -126,7 +132,10 @@ export class NodeFrameAead implements FrameAead {
     end: number,
     tagOffset: number,
     counter: number,
+    src?: Uint8Array,
+    srcOffset = 0,
   ): void {
+    if (src) frame.set(src.subarray(srcOffset, srcOffset + end - payloadOffset), payloadOffset)
     const c = createCipheriv(this.name as 'aes-256-gcm', this.liveKey(), nonceFor(counter), {
       authTagLength: 16,
     })

@@ -1265,12 +1265,23 @@ export class Connection {
     const headerLength = tcpFrameHeaderLength(this.tx.tcp.options)
     const headroom = this.o.headroom
     const frame = this.allocate(headroom + headerLength + payloadLength).subarray(headroom)
-    if (m) copyChunks(m.chunks, offset, frame, headerLength, length)
+    // Sealed, a payload that lies in one chunk is encrypted from there into the frame (the cipher
+    // pass is the copy); otherwise copied first and sealed in place.
+    let src: Uint8Array | undefined
+    let srcOffset = 0
+    if (m && this.seal && length > 0) {
+      const at = chunkAt(m.chunks, offset, length)
+      if (at >= 0) {
+        src = m.chunks[chunkIndex]
+        srcOffset = at
+      }
+    }
+    if (m && !src) copyChunks(m.chunks, offset, frame, headerLength, length)
     this.tx.ip.identification = this.ipId
     this.ipId = (this.ipId + 1) & 0xffff
     const frameLength = encodeTcpFrameHeaders(frame, this.tx, payloadLength)
     // Sealed in place, in the frame the payload was just copied into; the checksum covers the result.
-    if (this.seal) this.seal.seal(frame, this.tx, headerLength)
+    if (this.seal) this.seal.seal(frame, this.tx, headerLength, src, srcOffset)
     finishTcpFrameChecksum(frame, this.tx, frameLength, this.o.checksumOffload)
     this.stats.framesSent++
     this.stats.bytesSent += frame.length
@@ -1315,6 +1326,22 @@ function insertSorted(list: InMessage[], m: InMessage): void {
   let i = list.length
   while (i > 0 && list[i - 1].start > m.start) i--
   list.splice(i, 0, m)
+}
+
+/** Set by chunkAt: the index of the chunk it found. */
+let chunkIndex = 0
+
+/**
+ * Where `[offset, offset + length)` of the concatenation of `chunks` starts inside a single chunk
+ * (whose index goes to `chunkIndex`), or -1 when the range spans chunks.
+ */
+function chunkAt(chunks: readonly Uint8Array[], offset: number, length: number): number {
+  let skip = offset
+  let i = 0
+  while (i < chunks.length && skip >= chunks[i].length) skip -= chunks[i++].length
+  if (i >= chunks.length || skip + length > chunks[i].length) return -1
+  chunkIndex = i
+  return skip
 }
 
 /** The chunks' bytes in one new buffer. */

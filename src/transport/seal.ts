@@ -296,18 +296,28 @@ export class ChannelSeal {
     opts.seal.counter = this.sealingCounter >>> 0
   }
 
-  /** Seals the encoded frame (checksum not yet computed) whose SEAL option `prepare` filled. */
-  seal(frame: Uint8Array, f: TcpFrame, payloadOffset: number): void {
+  /**
+   * Seals the encoded frame (checksum not yet computed) whose SEAL option `prepare` filled. With
+   * `src`, the payload is encrypted from there into the frame (see FrameAead.seal).
+   */
+  seal(frame: Uint8Array, f: TcpFrame, payloadOffset: number, src?: Uint8Array, srcOffset = 0): void {
     const t = this.sealing!
-    t.aead.seal(
-      frame,
-      IP_OFFSET,
-      f.tcpOffset,
-      payloadOffset,
-      frame.length,
-      f.tcp.options.seal.offset + SEAL_TAG_OFFSET,
-      this.sealingCounter,
-    )
+    const tag = f.tcp.options.seal.offset + SEAL_TAG_OFFSET
+    if (src) {
+      t.aead.seal(
+        frame,
+        IP_OFFSET,
+        f.tcpOffset,
+        payloadOffset,
+        frame.length,
+        tag,
+        this.sealingCounter,
+        src,
+        srcOffset,
+      )
+    } else {
+      t.aead.seal(frame, IP_OFFSET, f.tcpOffset, payloadOffset, frame.length, tag, this.sealingCounter)
+    }
   }
 
   /**

@@ -118,6 +118,36 @@ describe('frame AEAD: the addon against node:crypto', () => {
     })
   }
 
+  for (const [name, cipher] of CIPHERS) {
+    it(`${name}: sealing from a separate source (the copy into the frame) gives the same bytes as copy, then seal`, () => {
+      const key = randomBytes(32)
+      const impls: [string, FrameAead][] = [
+        ['native', new Native!(cipher, key)],
+        ['node', new NodeFrameAead(cipher, key)],
+      ]
+      for (const size of [1, 1424, 64_000]) {
+        const source = randomBytes(size + 50)
+        const reference = dataFrame(source.subarray(7, 7 + size), 5)
+        seal(impls[1][1], reference.frame, reference.payloadOffset, reference.tagOffset, 5)
+        for (const [implName, aead] of impls) {
+          const target = dataFrame(Buffer.alloc(size, 0xee), 5)
+          aead.seal(
+            target.frame,
+            IP_OFFSET,
+            TCP_OFFSET,
+            target.payloadOffset,
+            target.frame.length,
+            target.tagOffset,
+            5,
+            source,
+            7,
+          )
+          assert.deepEqual(target.frame, reference.frame, `${implName} at ${size}`)
+        }
+      }
+    })
+  }
+
   it('the addon refuses offsets outside the frame', () => {
     const n = new Native!(SEAL_CIPHER_AES_256_GCM, randomBytes(32))
     const { frame, payloadOffset, tagOffset } = dataFrame(randomBytes(10), 1)
@@ -126,5 +156,9 @@ describe('frame AEAD: the addon against node:crypto', () => {
       n.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, payloadOffset - 4, 1),
     )
     assert.throws(() => n.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, -1))
+    const src = randomBytes(5)
+    assert.throws(() =>
+      n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, src, 0),
+    )
   })
 })
