@@ -1,7 +1,7 @@
 /**
  * The far end of bench/channel.ts, run as its own process (like a real guest): accepts one vrio
  * connection, counts what arrives, echoes messages flagged for ping-pong, reports its CPU time.
- *   node dist/bench/channel-peer.js IFNAME NETNS IPV4 [vnet]
+ *   node dist/bench/channel-peer.js IFNAME NETNS IPV4 vnet|plain sealed|plaintext
  */
 import { PACKET_SOCKET_BUFFER } from '../src/daemon/runtime.ts'
 import { LinkDriver } from '../src/io/link-driver.ts'
@@ -9,8 +9,10 @@ import { PacketSocket } from '../src/io/packet-socket.ts'
 import { Delivery } from '../src/transport/config.ts'
 import { parseIPv4, parseMac } from '../src/wire/address.ts'
 
-const [ifname, netns, address, mode] = process.argv.slice(2)
+const [ifname, netns, address, mode, channel] = process.argv.slice(2)
 const vnetHdr = mode === 'vnet'
+/** The bench's channel key (both ends; see BENCH_KEY in channel.ts). */
+const BENCH_KEY = Buffer.alloc(32, 0x42)
 const socket = PacketSocket.open({
   ifname,
   netns,
@@ -27,6 +29,8 @@ new LinkDriver({
   ip: parseIPv4(address)!,
   listenPort: 7860,
   vnetHdr,
+  key: BENCH_KEY,
+  options: { insecurePlaintext: channel === 'plaintext' },
   accept: (_r, c) => ({
     message: (m, delivery) => {
       bytes += m.length

@@ -91,13 +91,15 @@ function transfer(messageSize: number, totalBytes: number, delivery: Delivery, o
     receiveBuffer: 16 * 1024 * 1024,
     sendBuffer: 32 * 1024 * 1024,
   }
-  const a = new Endpoint({ mac: 0xa, ip: 0x0a00_0001, sink: (f) => ab.push(f), options })
+  const key = Buffer.alloc(32, 0x42)
+  const a = new Endpoint({ mac: 0xa, ip: 0x0a00_0001, sink: (f) => ab.push(f), options, key })
   let received = 0
   const b = new Endpoint({
     mac: 0xb,
     ip: 0x0a00_0002,
     sink: (f) => ba.push(f),
     options,
+    key,
     listenPort: 7860,
     accept: () => ({ message: (m) => (received += m.length) }),
   })

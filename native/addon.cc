@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("interfaceInfo", Napi::Function::New<InterfaceInfo>(env, "interfaceInfo"));
   exports.Set("fallocate", Napi::Function::New<Fallocate>(env, "fallocate"));
   exports.Set("XtsCipher", XtsCipher::Define(env));
+  exports.Set("FrameAead", FrameAead::Define(env));
   exports.Set("ioNowait", Napi::Function::New<IoNowait>(env, "ioNowait"));
   return exports;
 }

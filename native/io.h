@@ -147,6 +147,23 @@ class XtsCipher : public Napi::ObjectWrap<XtsCipher> {
   std::vector<uint8_t> scratch_;                // the request's tweaks, then one chunk's expanded tweaks
 };
 
+// aead.cc: the frame AEAD of sealed channels (AES-256-GCM / ChaCha20-Poly1305, in place).
+class FrameAead : public Napi::ObjectWrap<FrameAead> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit FrameAead(const Napi::CallbackInfo& info);
+  ~FrameAead() override;
+
+ private:
+  Napi::Value Seal(const Napi::CallbackInfo& info);
+  Napi::Value Open(const Napi::CallbackInfo& info);
+  Napi::Value Destroy(const Napi::CallbackInfo& info);
+  void Free();
+
+  struct evp_cipher_ctx_st* enc_ = nullptr;
+  struct evp_cipher_ctx_st* dec_ = nullptr;
+};
+
 // Per-env state: the Channel constructor, needed by the factories.
 struct AddonData {
   Napi::FunctionReference channelCtor;

@@ -22,6 +22,7 @@ interface IohypCliOptions {
   address?: string
   stateDir?: string
   control?: string
+  insecurePlaintext?: boolean
 }
 
 interface GuestCliOptions {
@@ -33,6 +34,7 @@ interface GuestCliOptions {
   control?: string
   attach?: boolean
   ioTimeout?: string
+  insecurePlaintext?: boolean
 }
 
 const CONFIG_HELP = 'config file (.yaml, .yml or .json); options given here override its settings'
@@ -48,6 +50,10 @@ export function registerDaemonCommands(program: Command): void {
     .option('--address <ipv4>', "vrio address on that interface (default: the interface's IPv4 address)")
     .option('--state-dir <dir>', `where enrolled guests are kept (default: ${DEFAULT_STATE_DIR})`)
     .option('--control <path>', `unix socket of the control API (default: ${DEFAULT_IOHYP_SOCKET})`)
+    .option(
+      '--insecure-plaintext',
+      'channel segments neither encrypted nor authenticated (protocol version 1), only for a segment you alone own; both daemons must agree',
+    )
     .action(async (o: IohypCliOptions) => {
       // The config is checked before anything starts: a bad one leaves nothing behind.
       const c = o.config === undefined ? undefined : loadIohypConfig(o.config)
@@ -58,6 +64,7 @@ export function registerDaemonCommands(program: Command): void {
           address: o.address ?? c?.address,
           stateDir: o.stateDir ?? c?.stateDir ?? DEFAULT_STATE_DIR,
           control: o.control ?? c?.control ?? DEFAULT_IOHYP_SOCKET,
+          insecurePlaintext: o.insecurePlaintext === true || c?.insecurePlaintext === true,
           version: VERSION,
           ...(c && { guests: c.guests, devices: { disks: c.disks, nics: c.nics } }),
         },
@@ -86,6 +93,10 @@ export function registerDaemonCommands(program: Command): void {
       '--io-timeout <seconds>',
       'a disk request the IOhyp has not answered by then fails with an I/O error (default: 30)',
     )
+    .option(
+      '--insecure-plaintext',
+      'channel segments neither encrypted nor authenticated (protocol version 1), only for a segment you alone own; both daemons must agree',
+    )
     .action(async (o: GuestCliOptions) => {
       const c = o.config === undefined ? undefined : loadGuestConfig(o.config)
       const ifname = required(o.interface ?? c?.interface, '--interface')
@@ -103,6 +114,7 @@ export function registerDaemonCommands(program: Command): void {
             (runDir === DEFAULT_RUN_DIR ? DEFAULT_GUEST_SOCKET : join(runDir, 'guest.sock')),
           runDir,
           attach: o.attach === true || c?.attach === true,
+          insecurePlaintext: o.insecurePlaintext === true || c?.insecurePlaintext === true,
           ioTimeoutMs:
             o.ioTimeout !== undefined
               ? seconds(o.ioTimeout, '--io-timeout')

@@ -39,10 +39,12 @@ export function statusLines(info: StatusInfo): string[] {
   add('interface', info.interface)
   add('mac', info.mac)
   add('address', info.address)
+  add('channel', info.channel)
   add('guests', info.guests, () => `${info.guests!.total} configured, ${info.guests!.connected} connected`)
   add('iohyp', info.iohyp, () => {
     const peer = info.iohyp!
-    return `${peer.mac} (${peer.address}), ${peer.state}, rtt ${formatRtt(peer.rttMs)}`
+    const channel = peer.channel ? `, ${peer.channel}` : ''
+    return `${peer.mac} (${peer.address}), ${peer.state}, rtt ${formatRtt(peer.rttMs)}${channel}`
   })
   return formatFields(fields)
 }

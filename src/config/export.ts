@@ -18,6 +18,8 @@ export interface ExportableState {
   /** Only when the daemon was given one (else it follows the interface's address). */
   address?: string
   stateDir?: string
+  /** Only when the daemon runs with --insecure-plaintext. */
+  insecurePlaintext?: boolean
   guests: { mac: string; address: string /** 64 hex characters */; key: string; name?: string }[]
   disks: { name: string; guest: string; backing: string; readOnly: boolean }[]
   /** NICs as config entries, once the IOhyp has them. */
@@ -62,6 +64,7 @@ export function buildConfigDocument(
   const doc: Record<string, unknown> = { interface: state.interface }
   if (state.address !== undefined) doc.address = state.address
   if (state.stateDir !== undefined) doc.stateDir = state.stateDir
+  if (state.insecurePlaintext === true) doc.insecurePlaintext = true
   doc.guests = state.guests.map((g) => ({
     mac: g.mac,
     address: g.address,

@@ -77,6 +77,7 @@ export interface IohypConfig {
   address?: string
   stateDir?: string
   control?: string
+  insecurePlaintext?: boolean
   guests: GuestEntry[]
   disks: DiskEntry[]
   nics: NicEntry[]
@@ -91,6 +92,7 @@ export interface GuestConfig {
   runDir?: string
   control?: string
   attach?: boolean
+  insecurePlaintext?: boolean
   /** Seconds. */
   ioTimeout?: number
 }
@@ -346,6 +348,7 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     ...(top.address !== undefined && { address: top.address }),
     ...(top.stateDir !== undefined && { stateDir: c.path(top.stateDir) }),
     ...(top.control !== undefined && { control: c.path(top.control) }),
+    ...(top.insecurePlaintext !== undefined && { insecurePlaintext: top.insecurePlaintext }),
     guests,
     disks,
     nics,
@@ -369,6 +372,7 @@ export function checkGuestConfig(raw: unknown, file: string): GuestConfig {
     ...(g.runDir !== undefined && { runDir: c.path(g.runDir) }),
     ...(g.control !== undefined && { control: c.path(g.control) }),
     ...(g.attach !== undefined && { attach: g.attach }),
+    ...(g.insecurePlaintext !== undefined && { insecurePlaintext: g.insecurePlaintext }),
     ...(g.ioTimeout !== undefined && { ioTimeout: g.ioTimeout }),
   }
 }

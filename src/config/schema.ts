@@ -134,6 +134,8 @@ export const iohypTopSchema = z.strictObject({
   address: ipv4Schema.optional(),
   stateDir: path.optional(),
   control: path.optional(),
+  /** Unsealed channel (protocol version 1), for a segment the operator alone owns; guests must agree. */
+  insecurePlaintext: z.boolean().optional(),
   guests: z.array(z.unknown()).optional(),
   disks: z.array(z.unknown()).optional(),
   nics: z.array(z.unknown()).optional(),
@@ -146,6 +148,8 @@ export const guestFileSchema = z.strictObject({
   runDir: path.optional(),
   control: path.optional(),
   attach: z.boolean().optional(),
+  /** Unsealed channel (protocol version 1); the IOhyp must agree. */
+  insecurePlaintext: z.boolean().optional(),
   /** Seconds; a disk request unanswered this long fails with EIO. */
   ioTimeout: z.number().gt(0).max(86_400).optional(),
 })

@@ -94,10 +94,17 @@ export interface GuestInfo {
   retransmits: number
   rtoFirings: number
   fastRecoveries: number
-  /** Dropped frames by reason (a `DropReason` from wire/, or a transport/daemon reason); only non-zero ones. */
+  /**
+   * Dropped frames by reason (a `DropReason` from wire/, or a transport/daemon reason); only non-zero
+   * ones. Sealed channels add `auth-failed`, `replayed`, `unsealed`, `bad-epoch` (see docs/protocol.md).
+   */
   drops: Record<string, number>
   /** Channels that ended because authentication or integrity failed, by reason (e.g. `auth-failed`). */
   sessionFailures: Record<string, number>
+  /** `sealed (aes-256-gcm)`, `sealed (chacha20-poly1305)` or `plaintext (insecure)`; absent before the first connection. */
+  channel?: string
+  /** Key epochs the sealed channel moved to by rekeying (sending side). */
+  rekeys?: number
 }
 
 export interface AddGuestRequest {
@@ -138,6 +145,12 @@ export interface StatusInfo {
   uptimeMs: number
   /** Network interface the daemon sends and receives on. */
   interface: string
+  /**
+   * `sealed (<cipher>)` (protocol version 2: every segment authenticated and encrypted; the cipher
+   * this side picks as opener, or `sealed` for a listener, which follows the opener) or
+   * `plaintext (insecure)` (--insecure-plaintext).
+   */
+  channel?: string
   /** MAC and IPv4 address of this end of the channel(s). */
   mac: string
   address: string
@@ -169,6 +182,10 @@ export interface StatusInfo {
     retransmits: number
     rtoFirings: number
     fastRecoveries: number
+    /** Of the current channel: the cipher in use, dropped frames by reason, rekeys; see GuestInfo. */
+    channel?: string
+    drops?: Record<string, number>
+    rekeys?: number
   }
 }
 

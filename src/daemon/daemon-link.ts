@@ -5,6 +5,8 @@ import { LinkDriver } from '../io/link-driver.ts'
 import type { PacketSocket } from '../io/packet-socket.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
+import { channelDescription, resolveSealCipher } from '../transport/aead.ts'
+import { addSealDrops } from '../transport/seal.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
 import type { Logger } from './log.ts'
 import { openLink } from './runtime.ts'
@@ -23,6 +25,8 @@ export interface DaemonLinkOptions {
   listenPort?: number
   accept?: (remote: Address, connection: Connection) => ConnectionHandlers | undefined
   transport?: Partial<ConnectionOptions>
+  /** A guest's own key: the sealed listener verifies every SYN with it (the IOhyp passes a key per connect). */
+  key?: Buffer
 }
 
 /**
@@ -61,11 +65,41 @@ export class DaemonLink {
       peerPort: o.remotePort,
       accept: o.accept,
       options: o.transport,
+      key: o.key,
+      modeMismatch: (remote, peerSealed) => this.modeMismatch(remote, peerSealed),
     })
+    if (this.driver.endpoint.options.insecurePlaintext) {
+      o.log.warn('INSECURE: --insecure-plaintext: channel segments are neither encrypted nor authenticated', {
+        detail:
+          'anyone on the segment can read disk and NIC data and inject or reset traffic; use only on a link you alone own',
+      })
+    }
     this.control = new ControlServer({
       path: o.control,
       onError: (error, req) => o.log.error('control request failed', { error, ...req }),
     })
+  }
+
+  private readonly mismatchedPeers = new Set<number>()
+
+  /** The other mode's SYN or SYN-ACK from `remote`: logged once per peer address. */
+  private modeMismatch(remote: Address, peerSealed: boolean): void {
+    if (this.mismatchedPeers.has(remote.ip)) return
+    if (this.mismatchedPeers.size < 1024) this.mismatchedPeers.add(remote.ip)
+    this.o.log.warn('peer uses the other channel mode: refused (no downgrade)', {
+      peer: formatIPv4(remote.ip),
+      peerMode: peerSealed ? 'sealed' : 'plaintext',
+      ownMode: peerSealed ? 'plaintext (insecure)' : 'sealed',
+    })
+  }
+
+  /** What `status` shows as `channel`. */
+  channel(): string {
+    const o = this.driver.endpoint.options
+    return channelDescription(
+      o.insecurePlaintext,
+      this.o.role === 'iohyp' && !o.insecurePlaintext ? resolveSealCipher(o.cipher) : 0,
+    )
   }
 
   /** Opens everything; `routes` registers the daemon's control routes before the socket listens. */
@@ -104,7 +138,8 @@ export class DaemonLink {
       interface: this.o.interface,
       mac: formatMac(this.mac),
       address: formatIPv4(this.ip),
-      drops: { ...this.driver.endpoint.stats.drops } as Record<string, number>,
+      channel: this.channel(),
+      drops: this.endpointDrops(),
       socket: (({ rxFrames, rxBytes, txFrames, txBytes, kernelDrops, txEagain }) => ({
         rxFrames,
         rxBytes,
@@ -116,9 +151,17 @@ export class DaemonLink {
     }
   }
 
+  private endpointDrops(): Record<string, number> {
+    const stats = this.driver.endpoint.stats
+    const drops = { ...stats.drops } as Record<string, number>
+    addSealDrops(drops, stats)
+    return drops
+  }
+
   /** Fields for the "started" log line. */
   describe(): Record<string, unknown> {
     return {
+      channel: this.channel(),
       interface: this.o.interface,
       mac: formatMac(this.mac),
       address: formatIPv4(this.ip),

@@ -9,6 +9,8 @@ import { GuestDisks } from './disks.ts'
 import { GuestNics } from './nics.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Connection, ConnectionHandlers } from '../transport/connection.ts'
+import { channelDescription } from '../transport/aead.ts'
+import { addSealDrops } from '../transport/seal.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
 import { MessageType } from '../wire/message-header.ts'
 
@@ -26,6 +28,8 @@ export interface GuestOptions {
   version: string
   port?: number
   transport?: Partial<ConnectionOptions>
+  /** Protocol version 1, unsealed (see IohypOptions.insecurePlaintext): the IOhyp must agree. */
+  insecurePlaintext?: boolean
 }
 
 /** A connection that has not authenticated within this long is dropped. */
@@ -83,7 +87,8 @@ export class GuestDaemon {
         log: this.log,
         localPort: port,
         listenPort: port,
-        transport: this.o.transport,
+        transport: { ...this.o.transport, ...(this.o.insecurePlaintext && { insecurePlaintext: true }) },
+        key: this.o.key,
         accept: (_remote, c) => this.accept(c),
       },
       (control) => {
@@ -174,9 +179,19 @@ export class GuestDaemon {
               retransmits: c.stats.retransmits,
               rtoFirings: c.stats.rtoFirings,
               fastRecoveries: c.stats.fastRecoveries,
+              channel: channelDescription(c.sealCipher === 0, c.sealCipher),
+              drops: connectionDrops(c),
+              rekeys: c.stats.rekeys,
             },
           }
         : {}),
     }
   }
+}
+
+/** A connection's drop counters by reason, the sealed channel's included. */
+function connectionDrops(c: Connection): Record<string, number> {
+  const drops = { ...c.stats.drops } as Record<string, number>
+  addSealDrops(drops, c.stats)
+  return drops
 }

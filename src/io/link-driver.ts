@@ -23,6 +23,10 @@ export interface LinkDriverOptions {
   peerPort?: number
   accept?: (remote: Address, connection: Connection) => ConnectionHandlers | undefined
   options?: Partial<ConnectionOptions>
+  /** See EndpointInit.key: a sealed listener's key (an opener passes one per connect). */
+  key?: Uint8Array
+  /** See EndpointInit.modeMismatch. */
+  modeMismatch?: (remote: Address, peerSealed: boolean) => void
   /**
    * The channel carries a virtio_net_hdr before every frame (opened with vnetHdr): outgoing frames
    * get one written into their headroom (checksum left to the kernel, GSO super-frames marked for
@@ -82,12 +86,15 @@ export class LinkDriver {
       peerPort: o.peerPort,
       accept: o.accept,
       options,
+      key: o.key,
+      modeMismatch: o.modeMismatch,
     })
     this.channel.onBatch((batch) => this.onBatch(batch))
   }
 
-  connect(remote: Address, handlers: ConnectionHandlers): Connection {
-    const c = this.endpoint.connect(remote, handlers)
+  /** See Endpoint.connect; `psk`: the peer's key when sealed. */
+  connect(remote: Address, handlers: ConnectionHandlers, psk?: Uint8Array): Connection {
+    const c = this.endpoint.connect(remote, handlers, psk)
     this.flush()
     return c
   }

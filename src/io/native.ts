@@ -89,6 +89,39 @@ export interface NativeAddon {
    * (-EAGAIN: it would have to wait; -EOPNOTSUPP: not possible on this file).
    */
   ioNowait(write: boolean, fd: number, buf: Uint8Array, offset: number): number
+  /**
+   * The frame AEAD of a sealed channel (native/aead.cc): cipher 1 AES-256-GCM, 2 ChaCha20-Poly1305,
+   * a 32-byte key. See FrameAead in src/transport/aead.ts. Absent from an older build.
+   */
+  FrameAead?: new (
+    cipher: number,
+    key: Uint8Array,
+  ) => NativeFrameAead
+}
+
+/** See FrameAead (src/transport/aead.ts): the same interface, in OpenSSL. */
+export interface NativeFrameAead {
+  seal(
+    frame: Uint8Array,
+    ipOffset: number,
+    tcpOffset: number,
+    payloadOffset: number,
+    end: number,
+    tagOffset: number,
+    counter: number,
+    src?: Uint8Array,
+    srcOffset?: number,
+  ): void
+  open(
+    frame: Uint8Array,
+    ipOffset: number,
+    tcpOffset: number,
+    payloadOffset: number,
+    end: number,
+    tagOffset: number,
+    counter: number,
+  ): boolean
+  destroy(): void
 }
 
 /** An AES-XTS key held by OpenSSL; JS never sees the key schedule. */

@@ -19,6 +19,8 @@ import { IohypNics, type NicState } from './nics.ts'
 import { Session } from '../session/session.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Connection } from '../transport/connection.ts'
+import { channelDescription } from '../transport/aead.ts'
+import { addSealDrops } from '../transport/seal.ts'
 import { formatIPv4, formatMac, parseIPv4, parseMac } from '../wire/address.ts'
 import { MessageType } from '../wire/message-header.ts'
 
@@ -31,6 +33,11 @@ export interface IohypOptions {
   /** The guests' listen port. */
   port?: number
   transport?: Partial<ConnectionOptions>
+  /**
+   * Protocol version 1: channel segments neither encrypted nor authenticated (logged loudly, shown
+   * in status). Guests must run with it too.
+   */
+  insecurePlaintext?: boolean
   /**
    * Guests declared in a config file: enrolled at start, after the state file is restored; for a
    * MAC the state file holds too, the config's key and address win (see applyDeclared).
@@ -54,6 +61,7 @@ interface Totals {
   rtoFirings: number
   fastRecoveries: number
   drops: Record<string, number>
+  rekeys: number
 }
 
 /** One enrolled guest and the channel the IOhyp keeps open to it. */
@@ -75,7 +83,10 @@ class GuestRecord {
     rtoFirings: 0,
     fastRecoveries: 0,
     drops: {},
+    rekeys: 0,
   }
+  /** What status shows of the newest channel (cipher or plaintext). */
+  channel: string | undefined
   readonly sessionFailures: Record<string, number> = {}
   retry: NodeJS.Timeout | undefined
   backoff = REDIAL_MIN_MS
@@ -98,6 +109,7 @@ class GuestRecord {
       rttMs: c && !c.closed && c.srtt >= 0 ? Math.round(c.srtt * 1000) / 1000 : null,
       ...t,
       sessionFailures: { ...this.sessionFailures },
+      ...(this.channel !== undefined && { channel: this.channel }),
     }
   }
 }
@@ -112,6 +124,8 @@ function addStats(t: Totals, c: Connection): void {
   t.fastRecoveries += c.stats.fastRecoveries
   for (const [k, v] of Object.entries(c.stats.drops)) t.drops[k] = (t.drops[k] ?? 0) + (v ?? 0)
   if (c.stats.duplicatesDropped > 0) t.drops.duplicate = (t.drops.duplicate ?? 0) + c.stats.duplicatesDropped
+  addSealDrops(t.drops, c.stats)
+  t.rekeys += c.stats.rekeys
 }
 
 /** The I/O hypervisor daemon: keeps an authenticated channel open to every enrolled guest. */
@@ -152,7 +166,11 @@ export class IohypDaemon {
         version: this.o.version,
         log: this.log,
         remotePort: this.port,
-        transport: { ...DIAL_OPTIONS, ...this.o.transport },
+        transport: {
+          ...DIAL_OPTIONS,
+          ...this.o.transport,
+          ...(this.o.insecurePlaintext && { insecurePlaintext: true }),
+        },
       },
       (control) => this.routes(control),
     )
@@ -316,7 +334,8 @@ export class IohypDaemon {
   private dial(g: GuestRecord): void {
     if (g.removed) return
     g.state = 'connecting'
-    const c = this.link.driver.connect({ mac: g.mac, ip: g.ip, port: this.port }, { message() {} })
+    // Sealed: the guest's key seals this connection from its SYN on.
+    const c = this.link.driver.connect({ mac: g.mac, ip: g.ip, port: this.port }, { message() {} }, g.key)
     const session = new Session(c, 'opener', g.key, {
       authenticated: () => {
         g.rpc.attach(session)
@@ -351,6 +370,7 @@ export class IohypDaemon {
       },
     })
     g.session = session
+    g.channel = channelDescription(c.sealCipher === 0, c.sealCipher)
     this.link.driver.flush()
   }
 
@@ -412,6 +432,7 @@ export class IohypDaemon {
       interface: this.o.interface,
       ...(this.o.address !== undefined && { address: this.o.address }),
       stateDir: this.o.stateDir,
+      ...(this.o.insecurePlaintext && { insecurePlaintext: true }),
       guests: [...this.guests.values()]
         .sort((a, b) => a.mac - b.mac)
         .map((g) => ({ mac: formatMac(g.mac), address: formatIPv4(g.ip), key: g.key.toString('hex') })),

@@ -16,7 +16,9 @@ import {
  * (a guest) prove to each other that they hold the guest's key, then every control message carries
  * an HMAC under a key derived for this session only, and a sequence number that must be the next
  * one — so control messages cannot be forged, replayed from an earlier session, or replayed within
- * this one. Block and network data messages pass through unauthenticated (see docs/protocol.md).
+ * this one. Block and network data messages carry no tag of their own: below the session, the
+ * sealed channel (protocol version 2) authenticates and encrypts every segment under keys this
+ * session's nonces feed (Connection.installTrafficKeys); see docs/protocol.md.
  *
  *   opener → listener  Hello  body: nonceO (16)
  *   listener → opener  Auth   body: nonceL (16) | HMAC(key, "vrio guest"  | nonceO | nonceL)
@@ -155,6 +157,9 @@ export class Session {
           return
         }
         this.peerNonce = Buffer.from(body)
+        // Sealed channel: epoch-1 keys now; the connection keeps sending epoch 0 (this Auth too)
+        // until it has verified a frame of the opener's at epoch 1.
+        this.connection.installTrafficKeys(this.peerNonce, this.ownNonce)
         this.sendRaw(MessageType.Auth, [
           this.ownNonce,
           this.proof('vrio guest', this.peerNonce, this.ownNonce),
@@ -173,6 +178,8 @@ export class Session {
           return
         }
         this.peerNonce = peerNonce
+        // Sealed channel: from here on (this Auth included) the opener sends under epoch 1.
+        this.connection.installTrafficKeys(this.ownNonce, peerNonce)
         this.sendRaw(MessageType.Auth, [this.proof('vrio iohyp', this.ownNonce, peerNonce)])
         this.becomeAuthenticated(this.ownNonce, peerNonce)
         return

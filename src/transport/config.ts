@@ -1,4 +1,5 @@
 import { VrioError } from '../errors.ts'
+import type { SealCipherName } from './aead.ts'
 
 /** How a message is delivered. Carried in the low bits of the segment option's flags. */
 export const Delivery = {
@@ -61,6 +62,16 @@ export interface ConnectionOptions {
   manualRelease: boolean
   /** Most segments (re)transmitted in response to one event, to keep bursts short. */
   maxBurst: number
+  /**
+   * Protocol version 1: no SEAL option, payload in the clear, nothing authenticated below the
+   * session. Default false: every segment sealed (version 2). Both ends must agree.
+   */
+  insecurePlaintext: boolean
+  /** The AEAD an opener picks ('auto': AES-256-GCM when the CPU has AES instructions); a listener follows the opener. */
+  cipher: SealCipherName
+  /** A sender moves to the next key epoch after this many frames, or this many payload bytes, in one. */
+  rekeyAfterFrames: number
+  rekeyAfterBytes: number
 }
 
 export const DEFAULT_CONNECTION_OPTIONS: Readonly<ConnectionOptions> = Object.freeze({
@@ -83,6 +94,10 @@ export const DEFAULT_CONNECTION_OPTIONS: Readonly<ConnectionOptions> = Object.fr
   reassemblyTimeout: 5000,
   manualRelease: false,
   maxBurst: 64,
+  insecurePlaintext: false,
+  cipher: 'auto',
+  rekeyAfterFrames: 2 ** 30,
+  rekeyAfterBytes: 2 ** 36,
 })
 
 /** Minimum IPv4 MTU a link must offer for our headers plus a useful payload. */
@@ -123,6 +138,22 @@ export function resolveConnectionOptions(partial: Partial<ConnectionOptions> = {
   integer('timeWait', 0, 600_000)
   integer('reassemblyTimeout', 1, 3_600_000)
   integer('maxBurst', 1, 100_000)
+  integer('rekeyAfterFrames', 1, 2 ** 32)
+  integer('rekeyAfterBytes', 1, 2 ** 48)
+  if (typeof o.insecurePlaintext !== 'boolean') {
+    throw new VrioError('invalid-config', 'transport option insecurePlaintext is a boolean', {
+      field: 'insecurePlaintext',
+    })
+  }
+  if (o.cipher !== 'auto' && o.cipher !== 'aes-256-gcm' && o.cipher !== 'chacha20-poly1305') {
+    throw new VrioError(
+      'invalid-config',
+      'transport option cipher is auto, aes-256-gcm or chacha20-poly1305',
+      {
+        field: 'cipher',
+      },
+    )
+  }
   if (o.receiveBuffer < o.maxMessageSize) {
     throw new VrioError('invalid-config', 'transport option receiveBuffer must be at least maxMessageSize', {
       field: 'receiveBuffer',

@@ -1,6 +1,12 @@
 import { takeMessageBuffer } from './message-buffers.ts'
 import { VrioError } from '../errors.ts'
-import { encodeTcpFrame, newTcpFrame, type TcpFrame, tcpFrameHeaderLength } from '../wire/frame.ts'
+import {
+  encodeTcpFrameHeaders,
+  finishTcpFrameChecksum,
+  newTcpFrame,
+  type TcpFrame,
+  tcpFrameHeaderLength,
+} from '../wire/frame.ts'
 import {
   MAX_SACK_BLOCKS,
   TCP_ACK,
@@ -9,14 +15,19 @@ import {
   TCP_RST,
   TCP_SYN,
   type TcpOptions,
+  VRIO_SEAL_OPTION_LENGTH,
   VRIO_SEGMENT_OPTION_LENGTH,
 } from '../wire/tcp.ts'
+import { resolveSealCipher } from './aead.ts'
 import { type ConnectionOptions, Delivery, SEGMENT_DELIVERY_MASK, SEGMENT_SKIP } from './config.ts'
 import { IntervalSet } from './interval-set.ts'
+import { ChannelSeal, newSealCounters, type SealCounters, sealIdentity } from './seal.ts'
 import { positionOf, seqOf } from './seq.ts'
 
-/** vrio protocol version announced in the SYN's hello option. */
-export const VRIO_PROTOCOL_VERSION = 1
+/** vrio protocol version announced in the SYN's hello option when sealed (the default). */
+export const VRIO_PROTOCOL_VERSION = 2
+/** The version of `insecurePlaintext` connections: no SEAL option, payload in the clear. */
+export const VRIO_PLAINTEXT_VERSION = 1
 
 export type ConnectionState =
   | 'syn-sent'
@@ -91,7 +102,7 @@ export type SegmentDropReason =
   | 'not-vrio'
   | 'no-ack-flag'
 
-export interface ConnectionStats {
+export interface ConnectionStats extends SealCounters {
   framesSent: number
   framesReceived: number
   bytesSent: number
@@ -142,6 +153,10 @@ export interface ConnectionInit {
   random: () => number
   /** Called once when the connection reaches 'closed', so its owner can forget it. */
   onFinished?: (connection: Connection) => void
+  /** Sealed active open: the guest's 32-byte key. */
+  psk?: Uint8Array
+  /** Sealed passive open: the key state the endpoint verified the SYN with. */
+  seal?: ChannelSeal
 }
 
 const TIMESTAMP_OPTION_SPACE = 10
@@ -172,6 +187,8 @@ export class Connection {
   private readonly onFinished: ((c: Connection) => void) | undefined
   private readonly tx: TcpFrame = newTcpFrame()
   private readonly startedAt: number
+  /** Keys of a sealed connection; undefined with insecurePlaintext. */
+  private readonly seal: ChannelSeal | undefined
 
   // Negotiated at the handshake.
   private peerMss = 536
@@ -262,6 +279,33 @@ export class Connection {
       bestEffortDropped: 0,
       reassemblyTimeouts: 0,
       drops: {},
+      ...newSealCounters(),
+    }
+    if (!this.o.insecurePlaintext) {
+      if (syn) {
+        if (!init.seal) throw new VrioError('internal', 'a sealed passive open needs the SYN key state')
+        this.seal = init.seal
+        this.seal.bindListenerIss(this.iss)
+      } else {
+        if (!init.psk)
+          throw new VrioError('invalid-argument', 'a sealed connection needs the key of its guest')
+        const identity = sealIdentity(
+          this.local.ip,
+          this.remote.ip,
+          this.local.port,
+          this.remote.port,
+          this.iss,
+        )
+        this.seal = new ChannelSeal({
+          role: 'opener',
+          psk: init.psk,
+          cipher: resolveSealCipher(this.o.cipher),
+          identity,
+          rekeyAfterFrames: this.o.rekeyAfterFrames,
+          rekeyAfterBytes: this.o.rekeyAfterBytes,
+        })
+      }
+      this.seal.bindCounters(this.stats)
     }
     let scale = 0
     while (scale < 14 && this.o.receiveBuffer / 2 ** scale > 65_535) scale++
@@ -284,6 +328,24 @@ export class Connection {
     this.sndNxt = 1
     this.sendSyn(this.state === 'syn-received')
     this.rtoDeadline = this.clock() + this.rto
+  }
+
+  /** Whether segments are sealed (protocol version 2), and under which cipher number (1, 2), or 0. */
+  get sealCipher(): number {
+    return this.seal?.cipher ?? 0
+  }
+
+  /** The key epochs in use (sending, receiving); -1 each when plaintext. */
+  get sealEpochs(): { send: number; receive: number } {
+    return { send: this.seal?.sendEpoch ?? -1, receive: this.seal?.receiveEpoch ?? -1 }
+  }
+
+  /**
+   * Derives the traffic keys (epoch 1) from the session's nonces: the listener when it sends its
+   * Auth, the opener when it has verified the listener's. No-op when plaintext.
+   */
+  installTrafficKeys(nonceO: Uint8Array, nonceL: Uint8Array): void {
+    this.seal?.installTrafficKeys(nonceO, nonceL)
   }
 
   /** Replaces the event handlers (an accepting owner installs its own after the SYN arrived). */
@@ -401,6 +463,8 @@ export class Connection {
   /** Handles one decoded segment addressed to this connection. `buf` is the whole frame. */
   receive(buf: Uint8Array, f: TcpFrame): void {
     if (this.closed) return
+    // Sealed: nothing of a frame that does not verify is looked at, not even to note the peer is alive.
+    if (this.seal?.open(buf, f)) return
     const now = this.clock()
     this.stats.framesReceived++
     this.stats.bytesReceived += buf.length
@@ -544,7 +608,10 @@ export class Connection {
 
   private computeMss(): void {
     const ownMss = this.o.mtu - 40
-    const optionSpace = VRIO_SEGMENT_OPTION_LENGTH + (this.timestamps ? TIMESTAMP_OPTION_SPACE : 0)
+    const optionSpace =
+      VRIO_SEGMENT_OPTION_LENGTH +
+      (this.timestamps ? TIMESTAMP_OPTION_SPACE : 0) +
+      (this.seal ? VRIO_SEAL_OPTION_LENGTH : 0)
     this.mssPayload = Math.min(this.peerMss, ownMss) - ((optionSpace + 3) & ~3)
     this.cwnd = 10 * this.mssPayload
   }
@@ -562,7 +629,10 @@ export class Connection {
       return
     }
     if (!(flags & TCP_SYN) || !(flags & TCP_ACK)) return // simultaneous open is not part of vrio
-    if (tcp.options.vrioVersion !== VRIO_PROTOCOL_VERSION) {
+    if (
+      tcp.options.vrioVersion !== (this.seal ? VRIO_PROTOCOL_VERSION : VRIO_PLAINTEXT_VERSION) ||
+      (this.seal !== undefined && tcp.options.vrioCipher !== this.seal.cipher)
+    ) {
       this.drop('not-vrio')
       this.sendReset(tcp.ack)
       this.finish('protocol-error')
@@ -585,11 +655,13 @@ export class Connection {
     this.resetOptions(opts)
     opts.mss = this.o.mtu - 40
     opts.sackPermitted = true
-    opts.hasTimestamp = true
+    // Sealed: no room for timestamps next to SEAL, so they are not negotiated.
+    opts.hasTimestamp = !this.seal
     opts.tsValue = this.tsNow()
     opts.tsEcho = ack ? this.tsRecent : 0
     opts.windowScale = this.receiveScale
-    opts.vrioVersion = VRIO_PROTOCOL_VERSION
+    opts.vrioVersion = this.seal ? VRIO_PROTOCOL_VERSION : VRIO_PLAINTEXT_VERSION
+    opts.vrioCipher = this.seal ? this.seal.cipher : -1
     if (ack) {
       // Echo only what the peer offered (RFC 7323, RFC 2018).
       if (!this.sack) opts.sackPermitted = false
@@ -1089,7 +1161,8 @@ export class Connection {
     const opts = this.tx.tcp.options
     this.resetOptions(opts)
     this.setSegmentOption(opts, m, m.flags)
-    const last = position + length === m.end
+    // Sealed: PSH on every data frame, so that a later version can re-join split GSO pieces.
+    const last = position + length === m.end || this.seal !== undefined
     this.emit(TCP_ACK | (last ? TCP_PSH : 0), position, this.windowField(), m, position - m.start, length)
   }
 
@@ -1135,7 +1208,8 @@ export class Connection {
 
   private fillSackBlocks(opts: TcpOptions): void {
     const r = this.received
-    const space = 40 - (opts.hasTimestamp ? 12 : 0) - 4
+    // Sealed: SEAL (22 bytes) leaves 18, two blocks without aligning NOPs.
+    const space = 40 - (opts.hasTimestamp ? 12 : 0) - (this.seal ? VRIO_SEAL_OPTION_LENGTH + 2 : 4)
     const count = Math.min(r.count, MAX_SACK_BLOCKS, Math.floor(space / 8))
     for (let i = 0; i < count; i++) {
       opts.sackBlocks[2 * i] = seqOf(this.irs, r.start(i))
@@ -1149,9 +1223,10 @@ export class Connection {
     opts.windowScale = -1
     opts.sackPermitted = false
     opts.vrioVersion = -1
+    opts.vrioCipher = -1
     opts.sackCount = 0
     opts.vrio.present = false
-    opts.hasTimestamp = this.timestamps || this.isHandshaking()
+    opts.hasTimestamp = this.timestamps || (this.isHandshaking() && !this.seal)
     opts.tsValue = this.tsNow()
     opts.tsEcho = this.tsRecent
   }
@@ -1186,13 +1261,28 @@ export class Connection {
     offset: number,
     length: number,
   ): void {
+    if (this.seal) this.seal.prepare(this.tx.tcp.options, payloadLength)
     const headerLength = tcpFrameHeaderLength(this.tx.tcp.options)
     const headroom = this.o.headroom
     const frame = this.allocate(headroom + headerLength + payloadLength).subarray(headroom)
-    if (m) copyChunks(m.chunks, offset, frame, headerLength, length)
+    // Sealed, a payload that lies in one chunk is encrypted from there into the frame (the cipher
+    // pass is the copy); otherwise copied first and sealed in place.
+    let src: Uint8Array | undefined
+    let srcOffset = 0
+    if (m && this.seal && length > 0) {
+      const at = chunkAt(m.chunks, offset, length)
+      if (at >= 0) {
+        src = m.chunks[chunkIndex]
+        srcOffset = at
+      }
+    }
+    if (m && !src) copyChunks(m.chunks, offset, frame, headerLength, length)
     this.tx.ip.identification = this.ipId
     this.ipId = (this.ipId + 1) & 0xffff
-    encodeTcpFrame(frame, this.tx, payloadLength, this.o.checksumOffload)
+    const frameLength = encodeTcpFrameHeaders(frame, this.tx, payloadLength)
+    // Sealed in place, in the frame the payload was just copied into; the checksum covers the result.
+    if (this.seal) this.seal.seal(frame, this.tx, headerLength, src, srcOffset)
+    finishTcpFrameChecksum(frame, this.tx, frameLength, this.o.checksumOffload)
     this.stats.framesSent++
     this.stats.bytesSent += frame.length
     this.sink(frame, payloadLength > this.mssPayload ? this.mssPayload : 0)
@@ -1226,6 +1316,7 @@ export class Connection {
     this.abandoned.clear()
     this.received.clear()
     this.sacked.clear()
+    this.seal?.destroy()
     this.onFinished?.(this)
     this.handlers.closed?.(reason)
   }
@@ -1235,6 +1326,22 @@ function insertSorted(list: InMessage[], m: InMessage): void {
   let i = list.length
   while (i > 0 && list[i - 1].start > m.start) i--
   list.splice(i, 0, m)
+}
+
+/** Set by chunkAt: the index of the chunk it found. */
+let chunkIndex = 0
+
+/**
+ * Where `[offset, offset + length)` of the concatenation of `chunks` starts inside a single chunk
+ * (whose index goes to `chunkIndex`), or -1 when the range spans chunks.
+ */
+function chunkAt(chunks: readonly Uint8Array[], offset: number, length: number): number {
+  let skip = offset
+  let i = 0
+  while (i < chunks.length && skip >= chunks[i].length) skip -= chunks[i++].length
+  if (i >= chunks.length || skip + length > chunks[i].length) return -1
+  chunkIndex = i
+  return skip
 }
 
 /** The chunks' bytes in one new buffer. */

@@ -2,6 +2,7 @@ import { randomInt } from 'node:crypto'
 import type { DropReason } from '../wire/drop-reason.ts'
 import { decodeTcpFrame, encodeTcpFrame, newTcpFrame, type TcpFrame } from '../wire/frame.ts'
 import { clearTcpOptions, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/tcp.ts'
+import { SEAL_CIPHER_AES_256_GCM, SEAL_CIPHER_CHACHA20_POLY1305, type SealCipher } from './aead.ts'
 import { type ConnectionOptions, resolveConnectionOptions } from './config.ts'
 import {
   type Address,
@@ -9,8 +10,10 @@ import {
   type ConnectionHandlers,
   type FrameAllocator,
   type FrameSink,
+  VRIO_PLAINTEXT_VERSION,
   VRIO_PROTOCOL_VERSION,
 } from './connection.ts'
+import { ChannelSeal, newSealCounters, type SealCounters, sealIdentity } from './seal.ts'
 
 /** Why the endpoint ignored a frame before any connection saw it. */
 export type EndpointDropReason =
@@ -47,9 +50,19 @@ export interface EndpointInit {
    * (the peer gets an RST). Called when the SYN arrives.
    */
   accept?: (remote: Address, connection: Connection) => ConnectionHandlers | undefined
+  /**
+   * Sealed listener: the 32-byte key every SYN must be sealed with (a guest's enrolled key).
+   * An opener passes its key per `connect` instead.
+   */
+  key?: Uint8Array
+  /**
+   * A SYN or SYN-ACK of the other mode arrived (sealed against plaintext): `peerSealed` says which
+   * the peer is. Dropped and counted; the owner may log it (once per peer).
+   */
+  modeMismatch?: (remote: Address, peerSealed: boolean) => void
 }
 
-export interface EndpointStats {
+export interface EndpointStats extends SealCounters {
   framesReceived: number
   resetsSent: number
   connectionsAccepted: number
@@ -76,6 +89,7 @@ export class Endpoint {
     connectionsAccepted: 0,
     connectionsOpened: 0,
     drops: {},
+    ...newSealCounters(),
   }
 
   private readonly sink: FrameSink
@@ -91,6 +105,8 @@ export class Endpoint {
   private readonly rstFrame: TcpFrame = newTcpFrame()
   private resetWindowStart = 0
   private resetsInWindow = 0
+  private readonly key: Buffer | undefined
+  private readonly onModeMismatch: EndpointInit['modeMismatch']
 
   constructor(init: EndpointInit) {
     this.mac = init.mac
@@ -103,6 +119,13 @@ export class Endpoint {
     this.listenPort = init.listenPort ?? -1
     this.peerPort = init.peerPort ?? -1
     this.acceptHandler = init.accept
+    this.key = init.key ? Buffer.from(init.key) : undefined
+    this.onModeMismatch = init.modeMismatch
+  }
+
+  /** Whether connections are sealed (protocol version 2): the default, unless insecurePlaintext. */
+  get sealed(): boolean {
+    return !this.options.insecurePlaintext
   }
 
   /** Open connections (any state but closed). */
@@ -110,12 +133,17 @@ export class Endpoint {
     return this.byRemote.values()
   }
 
-  /** Opens a connection to `remote` from a random ephemeral port. */
-  connect(remote: Address, handlers: ConnectionHandlers): Connection {
+  /**
+   * Opens a connection to `remote` from a random ephemeral port. Sealed (the default), `psk` is
+   * the peer's 32-byte key (default: the endpoint's own `key`).
+   */
+  connect(remote: Address, handlers: ConnectionHandlers, psk?: Uint8Array): Connection {
     // One connection per remote address and port: a new one replaces (resets) the old.
     this.byRemote.get(key(remote.ip, remote.port))?.abort('aborted')
     const port = EPHEMERAL_LOW + Math.floor(this.random() * (65_536 - EPHEMERAL_LOW))
-    const c = this.newConnection({ mac: this.mac, ip: this.ip, port }, remote, handlers)
+    const c = this.newConnection({ mac: this.mac, ip: this.ip, port }, remote, handlers, undefined, {
+      psk: psk ?? this.key,
+    })
     this.byRemote.set(key(remote.ip, remote.port), c)
     this.stats.connectionsOpened++
     c.start()
@@ -141,6 +169,7 @@ export class Endpoint {
     const tcp = f.tcp
     const c = this.byRemote.get(key(f.ip.source, tcp.sourcePort))
     if (c && c.local.port === tcp.destinationPort && c.remote.mac === f.ethernet.source) {
+      if (tcp.flags & TCP_SYN && this.mismatched(f)) return
       c.receive(frame, f)
       this.touched.add(c)
       return
@@ -154,11 +183,12 @@ export class Endpoint {
       return
     }
     if ((tcp.flags & (TCP_SYN | TCP_ACK)) === TCP_SYN && tcp.destinationPort === this.listenPort) {
-      this.acceptSyn(f)
+      this.acceptSyn(frame, f)
       return
     }
     this.drop('no-connection')
-    this.sendReset(f)
+    // Sealed: nothing to authenticate an RST with, so segments for no connection get no answer.
+    if (!this.sealed) this.sendReset(f)
   }
 
   /** Sends the ACKs owed for the frames received since the last flush. */
@@ -187,10 +217,31 @@ export class Endpoint {
     for (const c of [...this.byRemote.values()]) c.abort('aborted')
   }
 
-  private acceptSyn(f: TcpFrame): void {
-    if (f.tcp.options.vrioVersion !== VRIO_PROTOCOL_VERSION) {
+  /** A SYN or SYN-ACK of the other mode: dropped, counted, reported. */
+  private mismatched(f: TcpFrame): boolean {
+    const version = f.tcp.options.vrioVersion
+    const other = this.sealed ? VRIO_PLAINTEXT_VERSION : VRIO_PROTOCOL_VERSION
+    if (version !== other) return false
+    this.stats.modeMismatch++
+    this.onModeMismatch?.(
+      { mac: f.ethernet.source, ip: f.ip.source, port: f.tcp.sourcePort },
+      version === VRIO_PROTOCOL_VERSION,
+    )
+    return true
+  }
+
+  private acceptSyn(frame: Uint8Array, f: TcpFrame): void {
+    if (this.mismatched(f)) return
+    const opts = f.tcp.options
+    const sealed = this.sealed
+    if (
+      opts.vrioVersion !== (sealed ? VRIO_PROTOCOL_VERSION : VRIO_PLAINTEXT_VERSION) ||
+      (sealed &&
+        opts.vrioCipher !== SEAL_CIPHER_AES_256_GCM &&
+        opts.vrioCipher !== SEAL_CIPHER_CHACHA20_POLY1305)
+    ) {
       this.drop('not-vrio')
-      this.sendReset(f)
+      if (!sealed) this.sendReset(f)
       return
     }
     const remote: Address = { mac: f.ethernet.source, ip: f.ip.source, port: f.tcp.sourcePort }
@@ -201,16 +252,26 @@ export class Endpoint {
       this.drop('connection-exists')
       return
     }
+    // Sealed: the SYN is verified under the opener's epoch-0 key for its identity before any
+    // state exists; one that fails leaves nothing behind and gets no answer.
+    let seal: ChannelSeal | undefined
+    if (sealed) {
+      seal = this.verifySyn(frame, f)
+      if (!seal) return
+    }
     const c = this.newConnection(
       { mac: this.mac, ip: this.ip, port: f.tcp.destinationPort },
       remote,
       NO_HANDLERS,
       f,
+      { seal },
     )
     const handlers = this.acceptHandler?.(remote, c)
     if (!handlers) {
       this.drop('refused')
-      this.sendReset(f)
+      // Sealed, the refusal is an RST the connection seals; plaintext, the stateless one.
+      if (sealed) c.abort('refused')
+      else this.sendReset(f)
       return
     }
     c.setHandlers(handlers)
@@ -219,15 +280,50 @@ export class Endpoint {
     c.start()
   }
 
+  /** The listener's key state for a SYN that verifies, else undefined (counted). */
+  private verifySyn(frame: Uint8Array, f: TcpFrame): ChannelSeal | undefined {
+    if (!f.tcp.options.seal.present) {
+      this.stats.unsealed++
+      return undefined
+    }
+    if (f.tcp.options.seal.epoch !== 0 || !this.key) {
+      this.stats.badEpoch++
+      return undefined
+    }
+    const seal = new ChannelSeal({
+      role: 'listener',
+      psk: this.key,
+      cipher: f.tcp.options.vrioCipher as SealCipher,
+      identity: sealIdentity(
+        f.ip.source,
+        f.ip.destination,
+        f.tcp.sourcePort,
+        f.tcp.destinationPort,
+        f.tcp.seq,
+      ),
+      rekeyAfterFrames: this.options.rekeyAfterFrames,
+      rekeyAfterBytes: this.options.rekeyAfterBytes,
+    })
+    seal.bindCounters(this.stats)
+    if (seal.open(frame, f)) {
+      seal.destroy()
+      return undefined
+    }
+    return seal
+  }
+
   private newConnection(
     local: Address,
     remote: Address,
     handlers: ConnectionHandlers,
     syn?: TcpFrame,
+    keys: { psk?: Uint8Array; seal?: ChannelSeal } = {},
   ): Connection {
     return new Connection(
       {
         options: this.options,
+        psk: keys.psk,
+        seal: keys.seal,
         local,
         remote,
         handlers,

@@ -73,13 +73,30 @@ export function encodeTcpFrame(
   payloadLength: number,
   partialChecksum = false,
 ): number {
+  const length = encodeTcpFrameHeaders(buf, f, payloadLength)
+  finishTcpFrameChecksum(buf, f, length, partialChecksum)
+  return length
+}
+
+/**
+ * encodeTcpFrame without the TCP checksum (left zero), for a frame to be sealed first; sets
+ * `f.tcpOffset` and `f.payloadOffset`. Returns the frame's length.
+ */
+export function encodeTcpFrameHeaders(buf: Uint8Array, f: TcpFrame, payloadLength: number): number {
   encodeEthernet(buf, 0, f.ethernet)
   const payloadOffset = encodeTcpHeader(buf, TCP_OFFSET, f.tcp)
   const tcpLength = payloadOffset - TCP_OFFSET + payloadLength
   f.ip.totalLength = IPV4_HEADER_LENGTH + tcpLength
   encodeIPv4(buf, IP_OFFSET, f.ip)
-  setTcpChecksum(buf, TCP_OFFSET, tcpLength, f.ip.source, f.ip.destination, partialChecksum)
+  f.tcpOffset = TCP_OFFSET
+  f.payloadOffset = payloadOffset
+  f.payloadLength = payloadLength
   return payloadOffset + payloadLength
+}
+
+/** Fills in the TCP checksum of a frame encoded by encodeTcpFrameHeaders (`length`: the frame's). */
+export function finishTcpFrameChecksum(buf: Uint8Array, f: TcpFrame, length: number, partial = false): void {
+  setTcpChecksum(buf, TCP_OFFSET, length - TCP_OFFSET, f.ip.source, f.ip.destination, partial)
 }
 
 /**

@@ -29,8 +29,18 @@ export const VRIO_EXID = 0x7672
 /** vrio option subtypes (the byte after the ExID). */
 export const VRIO_OPTION_HELLO = 1
 export const VRIO_OPTION_SEGMENT = 2
+export const VRIO_OPTION_SEAL = 3
+/** Hello of protocol version 1 (plaintext): kind, length, ExID, subtype, version. */
 export const VRIO_HELLO_OPTION_LENGTH = 6
+/** Hello of protocol version 2 (sealed): one more byte, the cipher the opener chose. */
+export const VRIO_SEALED_HELLO_OPTION_LENGTH = 7
 export const VRIO_SEGMENT_OPTION_LENGTH = 14
+/** SEAL: kind, length, ExID (2), subtype, epoch (1), counter (4), tag (12). */
+export const VRIO_SEAL_OPTION_LENGTH = 22
+/** Bytes of the AEAD tag a SEAL option carries (truncated to 96 bits, as TCP-AO's default MAC). */
+export const SEAL_TAG_LENGTH = 12
+/** Offset of the tag inside the SEAL option. */
+export const SEAL_TAG_OFFSET = 10
 /** Most SACK blocks a segment can carry; fewer when other options need the space. */
 export const MAX_SACK_BLOCKS = 4
 
@@ -49,6 +59,18 @@ export interface VrioSegmentOption {
   messageLength: number
 }
 
+/**
+ * The SEAL option of a sealed connection (protocol version 2): the frame's key epoch (low 8 bits),
+ * its counter (low 32 bits) and, at `offset + SEAL_TAG_OFFSET` in the frame, its AEAD tag.
+ */
+export interface SealOption {
+  present: boolean
+  epoch: number
+  counter: number
+  /** Where the option starts in the buffer; set by encoding and decoding. */
+  offset: number
+}
+
 export interface TcpOptions {
   /** -1 when absent. */
   mss: number
@@ -63,7 +85,10 @@ export interface TcpOptions {
   sackBlocks: number[]
   /** vrio protocol version from a SYN's hello option; -1 when absent. */
   vrioVersion: number
+  /** Cipher byte of a version-2 hello (1 AES-256-GCM, 2 ChaCha20-Poly1305); -1 when absent. */
+  vrioCipher: number
   vrio: VrioSegmentOption
+  seal: SealOption
 }
 
 export interface TcpHeader {
@@ -91,7 +116,9 @@ export function newTcpOptions(): TcpOptions {
     sackCount: 0,
     sackBlocks: [0, 0, 0, 0, 0, 0, 0, 0],
     vrioVersion: -1,
+    vrioCipher: -1,
     vrio: { present: false, flags: 0, messageStart: 0, messageLength: 0 },
+    seal: { present: false, epoch: 0, counter: 0, offset: -1 },
   }
 }
 
@@ -119,10 +146,15 @@ export function clearTcpOptions(o: TcpOptions): void {
   o.tsEcho = 0
   o.sackCount = 0
   o.vrioVersion = -1
+  o.vrioCipher = -1
   o.vrio.present = false
   o.vrio.flags = 0
   o.vrio.messageStart = 0
   o.vrio.messageLength = 0
+  o.seal.present = false
+  o.seal.epoch = 0
+  o.seal.counter = 0
+  o.seal.offset = -1
 }
 
 /** Bytes the options of `o` take on the wire, padded to a multiple of four. */
@@ -133,7 +165,8 @@ export function tcpOptionsLength(o: TcpOptions): number {
   if (o.sackPermitted) n += 2
   if (o.hasTimestamp) n += 10
   if (o.windowScale >= 0) n += 4 // with its NOP
-  if (o.vrioVersion >= 0) n += VRIO_HELLO_OPTION_LENGTH
+  if (o.vrioVersion >= 0) n += o.vrioCipher >= 0 ? VRIO_SEALED_HELLO_OPTION_LENGTH : VRIO_HELLO_OPTION_LENGTH
+  if (o.seal.present) n += VRIO_SEAL_OPTION_LENGTH
   if (o.sackCount > 0) n += 2 + 8 * o.sackCount
   return (n + 3) & ~3
 }
@@ -142,7 +175,9 @@ export function tcpOptionsLength(o: TcpOptions): number {
  * Writes the options of `o` at `offset`, padded with NOPs to a multiple of four, in the order a
  * Linux stack uses for the standard ones (MSS, SACK-permitted, timestamps, window scale), vrio's
  * own first on data segments so that header plus timestamps stays 4-byte aligned without padding.
- * Returns the offset after the options.
+ * SEAL comes after the others but before SACK blocks (which then need no aligning NOPs, so a pure
+ * ACK holds SEAL and two blocks in 40 bytes); its tag is written as zeros, to be filled in by
+ * sealing, and `o.seal.offset` is set to where it starts. Returns the offset after the options.
  */
 export function encodeTcpOptions(buf: Uint8Array, offset: number, o: TcpOptions): number {
   let p = offset
@@ -187,11 +222,28 @@ export function encodeTcpOptions(buf: Uint8Array, offset: number, o: TcpOptions)
     writeU16(buf, p + 2, VRIO_EXID)
     buf[p + 4] = VRIO_OPTION_HELLO
     buf[p + 5] = o.vrioVersion
-    p += VRIO_HELLO_OPTION_LENGTH
+    if (o.vrioCipher >= 0) {
+      buf[p + 1] = VRIO_SEALED_HELLO_OPTION_LENGTH
+      buf[p + 6] = o.vrioCipher
+      p += VRIO_SEALED_HELLO_OPTION_LENGTH
+    } else {
+      p += VRIO_HELLO_OPTION_LENGTH
+    }
+  }
+  if (o.seal.present) {
+    o.seal.offset = p
+    buf[p] = OPT_EXPERIMENTAL
+    buf[p + 1] = VRIO_SEAL_OPTION_LENGTH
+    writeU16(buf, p + 2, VRIO_EXID)
+    buf[p + 4] = VRIO_OPTION_SEAL
+    buf[p + 5] = o.seal.epoch & 0xff
+    writeU32(buf, p + 6, o.seal.counter >>> 0)
+    buf.fill(0, p + SEAL_TAG_OFFSET, p + VRIO_SEAL_OPTION_LENGTH)
+    p += VRIO_SEAL_OPTION_LENGTH
   }
   if (o.sackCount > 0) {
-    // Two NOPs keep the blocks 4-byte aligned, as Linux does.
-    if (((p - offset) & 3) === 0) {
+    // Two NOPs keep the blocks 4-byte aligned, as Linux does (not after SEAL: no room for them).
+    if (((p - offset) & 3) === 0 && !o.seal.present) {
       buf[p++] = OPT_NOP
       buf[p++] = OPT_NOP
     }
@@ -270,8 +322,21 @@ function decodeVrioOption(
   if (length < 5) return 'bad-vrio-option'
   const subtype = buf[p + 4]
   if (subtype === VRIO_OPTION_HELLO) {
-    if (length !== VRIO_HELLO_OPTION_LENGTH) return 'bad-vrio-option'
-    out.vrioVersion = buf[p + 5]
+    if (length === VRIO_HELLO_OPTION_LENGTH) {
+      out.vrioVersion = buf[p + 5]
+      out.vrioCipher = -1
+    } else if (length === VRIO_SEALED_HELLO_OPTION_LENGTH) {
+      out.vrioVersion = buf[p + 5]
+      out.vrioCipher = buf[p + 6]
+    } else {
+      return 'bad-vrio-option'
+    }
+  } else if (subtype === VRIO_OPTION_SEAL) {
+    if (length !== VRIO_SEAL_OPTION_LENGTH || out.seal.present) return 'bad-vrio-option'
+    out.seal.present = true
+    out.seal.epoch = buf[p + 5]
+    out.seal.counter = readU32(buf, p + 6)
+    out.seal.offset = p
   } else if (subtype === VRIO_OPTION_SEGMENT) {
     if (length !== VRIO_SEGMENT_OPTION_LENGTH) return 'bad-vrio-option'
     out.vrio.present = true

@@ -156,6 +156,23 @@ describe('config files', () => {
     assert.deepEqual(fromYml, fromYaml)
   })
 
+  it('insecurePlaintext: a boolean on both daemons, absent by default (sealed)', () => {
+    assert.equal(loadIohypConfig(write({ interface: 'eth0' })).insecurePlaintext, undefined)
+    assert.equal(
+      loadIohypConfig(write({ interface: 'eth0', insecurePlaintext: true })).insecurePlaintext,
+      true,
+    )
+    assert.equal(
+      loadGuestConfig(write({ interface: 'eth0', keyFile: 'keys/g1.key', insecurePlaintext: true }))
+        .insecurePlaintext,
+      true,
+    )
+    assert.match(
+      refused(loadIohypConfig, { interface: 'eth0', insecurePlaintext: 'yes' }),
+      /^insecurePlaintext: expected true or false/,
+    )
+  })
+
   it('lists default to empty; only interface is required', () => {
     const c = loadIohypConfig(write({ interface: 'eth0' }))
     assert.deepEqual([c.guests, c.disks, c.nics, c.stateDir, c.address], [[], [], [], undefined, undefined])

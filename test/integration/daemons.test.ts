@@ -96,9 +96,15 @@ describe('vrio iohyp and vrio guest daemons', () => {
     assert.ok(took < 1000, `connected after ${took} ms`)
     const status = vrioJson<StatusInfo>(['status', '--control', sock('guest1')])
     assert.equal(status.iohyp?.state, 'connected')
+    assert.equal(status.channel, 'sealed')
+    assert.match(status.iohyp?.channel ?? '', /^sealed \((aes-256-gcm|chacha20-poly1305)\)$/)
+    assert.match(vrioJson<StatusInfo>(['status', '--control', sock('iohyp')]).channel ?? '', /^sealed \(/)
+    assert.match(guest(1).channel ?? '', /^sealed \(/)
+    // Sealed, the bad guest cannot verify the IOhyp's SYNs (another key): it drops them, creating
+    // nothing and answering nothing, and counts them.
     await waitUntil(
-      () => (guest(2).sessionFailures['auth-failed'] ?? 0) >= 2,
-      'the bad guest to be refused twice',
+      () => (vrioJson<StatusInfo>(['status', '--control', sock('guest2')]).drops?.['auth-failed'] ?? 0) >= 2,
+      'the bad guest to refuse two SYNs',
       5000,
     )
     assert.notEqual(guest(2).state, 'connected')
@@ -150,10 +156,11 @@ s.sendall(b'hello vrio'); print(s.recv(100).decode())`
     await waitUntil(() => fromGuest.length >= 3, 'keepalive traffic from the good guest', 10_000)
     tap.close()
     const before = guest(1)
-    const duplicatesBefore = before.drops.duplicate ?? 0
+    const replayedBefore = before.drops.replayed ?? 0
+    const rejectedBefore = sealDrops(before.drops)
     // The attacker sits on the good guest's segment: it sends from the guest's side of the bridge.
     const attacker = PacketSocket.open({ ifname: lan.ends[1].ifname, netns: lan.ends[1].ns.path })
-    // 1. Replays: old sequence numbers, answered as duplicates, never acted on.
+    // 1. Replays: frames the IOhyp has verified once already, dropped as replayed.
     for (let round = 0; round < 5; round++) attacker.send(fromGuest)
     // 2. Forgeries: the guest's addresses and ports, random sequence numbers, RST and data.
     const forged: Buffer[] = []
@@ -174,9 +181,11 @@ s.sendall(b'hello vrio'); print(s.recv(100).decode())`
     const after = guest(1)
     assert.equal(after.state, 'connected', 'the good guest is still connected')
     assert.ok(
-      (after.drops.duplicate ?? 0) >= duplicatesBefore + fromGuest.length,
+      (after.drops.replayed ?? 0) >= replayedBefore + 5 * fromGuest.length,
       `replays counted: ${JSON.stringify(after.drops)}`,
     )
+    // Those forgeries the firewall let through (see below) never pass verification either.
+    assert.ok(sealDrops(after.drops) >= rejectedBefore + 5 * fromGuest.length)
     assert.ok(iohyp.alive && good.alive)
     // The forgeries crossed the firewall, which is a real judge of TCP: it caught them.
     assert.ok(firewallCounters(lan.firewall.ns).invalid > 0, 'the firewall marked the forgeries invalid')
@@ -263,3 +272,10 @@ describe('daemon command-line errors', () => {
     }
   })
 })
+
+/** Frames a sealed channel refused, from a drops record. */
+function sealDrops(drops: Record<string, number>): number {
+  return (
+    (drops['auth-failed'] ?? 0) + (drops.replayed ?? 0) + (drops.unsealed ?? 0) + (drops['bad-epoch'] ?? 0)
+  )
+}

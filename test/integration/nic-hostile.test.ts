@@ -103,6 +103,7 @@ describe('remote NIC under hostile input from an authenticated guest and the lin
       ip: link.b.ip,
       listenPort: VRIO_PORT,
       vnetHdr: true,
+      key,
       accept: (_remote, c) => {
         const s: Session = new Session(c, 'listener', key, {
           authenticated: () => {

@@ -10,6 +10,7 @@ import { parseMac } from '../../src/wire/address.ts'
 import { VRIO_TEST_PORT } from '../support/harness.ts'
 import { cleanupNetns, requireRoot } from '../support/netns.ts'
 import { directLink } from '../support/topology.ts'
+import { TEST_KEY } from '../support/simulation.ts'
 
 after(() => cleanupNetns())
 
@@ -35,6 +36,7 @@ it('a retransmission timer that fires after a stalled event loop first reads the
     mac: parseMac(socket.mac)!,
     ip: t.a.ip,
     peerPort: VRIO_TEST_PORT,
+    key: TEST_KEY,
   })
   try {
     const c: Connection = driver.connect(

@@ -12,11 +12,13 @@ import type { Address, Connection, ConnectionHandlers } from '../../src/transpor
 import { parseMac } from '../../src/wire/address.ts'
 import type { FaultModel } from './memory-link.ts'
 import type { Netns } from './netns.ts'
-import { Simulation } from './simulation.ts'
+import { Simulation, TEST_KEY } from './simulation.ts'
 
 export type Accept = (remote: Address, c: Connection) => ConnectionHandlers | undefined
 
 export interface LinkHarness {
+  /** Segments are sealed (protocol version 2), i.e. the options did not ask for insecurePlaintext. */
+  readonly sealed: boolean
   connect(handlers: ConnectionHandlers): Connection
   setAccept(accept: Accept): void
   /** Resolves once `cond()` holds; rejects after `timeoutMs` of link time. */
@@ -30,6 +32,17 @@ export interface LinkHarness {
 
 export type HarnessFactory = (options: Partial<ConnectionOptions>) => Promise<LinkHarness>
 
+/** The same harness with every connection sealed (the default) or, with `insecurePlaintext`, not. */
+export function inMode(factory: HarnessFactory, insecurePlaintext: boolean): HarnessFactory {
+  return (options) => factory({ insecurePlaintext, ...options })
+}
+
+/** Both channel modes, for tests that must hold in each. */
+export const CHANNEL_MODES = [
+  { name: 'sealed', insecurePlaintext: false },
+  { name: 'plaintext', insecurePlaintext: true },
+] as const
+
 export function memoryHarness(seed: number, faults?: FaultModel): HarnessFactory {
   return async (options) => {
     const sim = new Simulation(seed, faults, options)
@@ -37,6 +50,7 @@ export function memoryHarness(seed: number, faults?: FaultModel): HarnessFactory
     sim.acceptHandlers = (r, c) => accept(r, c)
     let restarts = 0
     return {
+      sealed: !options.insecurePlaintext,
       connect: (h) => sim.connect(h),
       setAccept: (a) => (accept = a),
       until: async (cond, what, timeoutMs = 60_000) => {
@@ -86,6 +100,7 @@ export function vethHarness(a: VethEnd, b: VethEnd, link: { vnetHdr?: boolean } 
       options,
       vnetHdr,
       peerPort: VRIO_TEST_PORT,
+      key: TEST_KEY,
     })
     const newB = () =>
       new LinkDriver({
@@ -95,10 +110,12 @@ export function vethHarness(a: VethEnd, b: VethEnd, link: { vnetHdr?: boolean } 
         options,
         vnetHdr,
         listenPort: VRIO_TEST_PORT,
+        key: TEST_KEY,
         accept: (r, c) => accept(r, c),
       })
     let driverB = newB()
     return {
+      sealed: !options.insecurePlaintext,
       connect: (h) => driverA.connect({ mac: macB, ip: b.ip, port: VRIO_TEST_PORT }, h),
       setAccept: (fn) => (accept = fn),
       until: async (cond, what, timeoutMs = 30_000) => {

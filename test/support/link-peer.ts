@@ -9,6 +9,7 @@ import { LinkDriver } from '../../src/io/link-driver.ts'
 import { PacketSocket } from '../../src/io/packet-socket.ts'
 import { parseMac } from '../../src/wire/address.ts'
 import { VRIO_TEST_PORT } from './harness.ts'
+import { TEST_KEY } from './simulation.ts'
 
 const { ifname, netns, ip } = workerData as { ifname: string; netns: string; ip: number }
 const socket = PacketSocket.open({ ifname, netns, ignoreOutgoing: true })
@@ -17,6 +18,7 @@ const driver = new LinkDriver({
   mac: parseMac(socket.mac)!,
   ip,
   listenPort: VRIO_TEST_PORT,
+  key: TEST_KEY,
   accept: () => ({ message() {} }),
 })
 parentPort!.on('message', (m) => {

@@ -70,6 +70,8 @@ export class MemoryLink {
   }
   /** Every frame put on the wire (after GSO), in order, with its time: for pcap files. */
   readonly capture: { at: number; frame: Uint8Array }[] | undefined
+  /** Called with a copy of every frame put on the wire (before faults), and its destination side. */
+  tap: ((to: 0 | 1, frame: Buffer) => void) | undefined
   private queue: InFlight[] = []
   private order = 0
 
@@ -89,20 +91,32 @@ export class MemoryLink {
     this.capture = captureFrames ? [] : undefined
   }
 
-  /** A frame sink for side `from`. */
-  sinkFor(from: 0 | 1): (frame: Uint8Array, gsoSize: number) => void {
+  /**
+   * A frame sink for side `from`. GSO super-frames are split as the kernel does, or with
+   * `splitGso` false handed over whole, as a veth pair or bridge does (then no MTU applies to them).
+   */
+  sinkFor(from: 0 | 1, splitGso = true): (frame: Uint8Array, gsoSize: number) => void {
     return (frame, gsoSize) => {
+      if (gsoSize > 0 && !splitGso) {
+        this.put((1 - from) as 0 | 1, frame, true)
+        return
+      }
       const frames = gsoSize > 0 ? gsoSplit(frame, gsoSize) : [frame]
       for (const f of frames) this.put((1 - from) as 0 | 1, f)
     }
   }
 
-  private put(to: 0 | 1, frame: Uint8Array): void {
+  private put(to: 0 | 1, frame: Uint8Array, superFrame = false): void {
     const f = this.faults
     const r = this.random
     this.stats.sent++
-    this.capture?.push({ at: this.clock.now, frame })
-    if (frame.length - ETHERNET_HEADER_LENGTH > f.mtu) {
+    // Copies: a sealed receiver decrypts the frame it is given in place.
+    if (this.capture || this.tap) {
+      const copy = Buffer.from(frame)
+      this.capture?.push({ at: this.clock.now, frame: copy })
+      this.tap?.(to, Buffer.from(copy))
+    }
+    if (!superFrame && frame.length - ETHERNET_HEADER_LENGTH > f.mtu) {
       this.stats.oversize++
       return
     }

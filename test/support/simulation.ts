@@ -9,6 +9,8 @@ export const MAC_B = 0x02_00_00_00_00_0b
 export const IP_A = 0x0a_00_00_01
 export const IP_B = 0x0a_00_00_02
 export const PORT_B = 7860
+/** The guest key both sides seal with (sealed mode is the default). */
+export const TEST_KEY = Buffer.alloc(32, 0x5c)
 
 /**
  * Two endpoints joined by a MemoryLink on a virtual clock: A (side 0) connects, B (side 1)
@@ -20,6 +22,7 @@ export class Simulation {
   readonly link: MemoryLink
   readonly a: Endpoint
   readonly b: Endpoint
+  private readonly splitGso: boolean
   /** Handlers for connections B accepts; replace to observe them. */
   acceptHandlers: (remote: Address, c: Connection) => ConnectionHandlers | undefined = () => ({
     message() {},
@@ -34,14 +37,17 @@ export class Simulation {
     const random = seededRandom(seed)
     this.link = new MemoryLink(this.clock, seededRandom(seed ^ 0x5eed), faults, capture)
     const clock = () => this.clock.now
+    // Sealed, a GSO super-frame is one record: it must arrive whole, as on veth (protocol.md).
+    this.splitGso = options.insecurePlaintext === true
     this.a = new Endpoint({
       mac: MAC_A,
       ip: IP_A,
-      sink: this.link.sinkFor(0),
+      sink: this.link.sinkFor(0, this.splitGso),
       clock,
       random,
       options,
       peerPort: PORT_B,
+      key: TEST_KEY,
     })
     this.b = this.newB(random, options)
   }
@@ -55,11 +61,12 @@ export class Simulation {
     return new Endpoint({
       mac: MAC_B,
       ip: IP_B,
-      sink: this.link.sinkFor(1),
+      sink: this.link.sinkFor(1, this.splitGso),
       clock: () => this.clock.now,
       random,
       options,
       listenPort: PORT_B,
+      key: TEST_KEY,
       accept: (remote, c) => this.acceptHandlers(remote, c),
     })
   }

@@ -1,5 +1,5 @@
 import { describe, it } from 'node:test'
-import { memoryHarness } from '../support/harness.ts'
+import { CHANNEL_MODES, inMode, memoryHarness } from '../support/harness.ts'
 import { conformanceCases } from '../integration/conformance-cases.ts'
 
 const faulty = {
@@ -14,10 +14,14 @@ const faulty = {
   mtu: 65_535,
 }
 
-describe('transport conformance: in-memory link', () => {
-  for (const c of conformanceCases) it(c.name, () => c.run(memoryHarness(7)))
-})
+for (const mode of CHANNEL_MODES) {
+  describe(`transport conformance (${mode.name}): in-memory link`, () => {
+    for (const c of conformanceCases)
+      it(c.name, () => c.run(inMode(memoryHarness(7), mode.insecurePlaintext)))
+  })
 
-describe('transport conformance: in-memory link with 5% loss, duplication, reordering, 5 ms delay', () => {
-  for (const c of conformanceCases) it(c.name, () => c.run(memoryHarness(8, faulty)))
-})
+  describe(`transport conformance (${mode.name}): in-memory link with 5% loss, duplication, reordering, 5 ms delay`, () => {
+    for (const c of conformanceCases)
+      it(c.name, () => c.run(inMode(memoryHarness(8, faulty), mode.insecurePlaintext)))
+  })
+}

@@ -85,15 +85,19 @@ describe('connection over a clean in-memory link', () => {
     assert.equal(client.stats.retransmits, 0)
   })
 
-  it('answers a segment for no connection with an RST and refuses a SYN without the vrio option', () => {
-    const sim = new Simulation(2)
-    let reason: CloseReason | undefined
-    sim.acceptHandlers = () => undefined // B refuses everyone
-    sim.connect({ message() {}, closed: (r) => (reason = r) })
-    assert.ok(sim.run(() => reason !== undefined))
-    assert.equal(reason, 'refused')
-    assert.equal(sim.b.stats.resetsSent, 1)
-  })
+  for (const insecurePlaintext of [false, true]) {
+    const mode = insecurePlaintext ? 'plaintext' : 'sealed'
+    it(`refuses a connection with an RST (${mode}: ${insecurePlaintext ? 'stateless' : 'sealed by the connection'})`, () => {
+      const sim = new Simulation(2, noFaults(), { insecurePlaintext })
+      let reason: CloseReason | undefined
+      sim.acceptHandlers = () => undefined // B refuses everyone
+      sim.connect({ message() {}, closed: (r) => (reason = r) })
+      assert.ok(sim.run(() => reason !== undefined))
+      assert.equal(reason, 'refused')
+      assert.equal(sim.b.stats.drops.refused, 1)
+      assert.equal(sim.b.stats.resetsSent, insecurePlaintext ? 1 : 0)
+    })
+  }
 
   it('gives up connecting when nobody answers', () => {
     const sim = new Simulation(3, { ...noFaults(), loss: 1 })
@@ -104,28 +108,32 @@ describe('connection over a clean in-memory link', () => {
     assert.ok(sim.clock.now >= 5000 && sim.clock.now < 10_000, `gave up at ${sim.clock.now} ms`)
   })
 
-  it('detects a dead peer with keepalives, and reconnects to a restarted peer', () => {
-    const sim = new Simulation(4)
-    let up = 0
-    let reason: CloseReason | undefined
-    const handlers = {
-      message() {},
-      established: () => up++,
-      closed: (r: CloseReason) => (reason = r),
-    }
-    sim.connect(handlers)
-    assert.ok(sim.run(() => up === 1))
-    // B's process dies: its endpoint and every connection vanish without a FIN.
-    sim.restartB(99)
-    const client = [...sim.a.connections()][0]
-    client.send(new Uint8Array(10), Delivery.Reliable)
-    // The restarted B knows no such connection and answers with an RST.
-    assert.ok(sim.run(() => reason !== undefined))
-    assert.equal(reason, 'reset')
-    sim.connect(handlers)
-    assert.ok(sim.run(() => up === 2))
-    assert.equal(sim.b.stats.connectionsAccepted, 1)
-  })
+  for (const insecurePlaintext of [false, true]) {
+    const mode = insecurePlaintext ? 'plaintext' : 'sealed'
+    it(`detects a restarted peer (${mode}: ${insecurePlaintext ? 'its RST' : 'it sends no RST, keepalives end it'}), and reconnects`, () => {
+      const sim = new Simulation(4, noFaults(), { insecurePlaintext })
+      let up = 0
+      let reason: CloseReason | undefined
+      const handlers = {
+        message() {},
+        established: () => up++,
+        closed: (r: CloseReason) => (reason = r),
+      }
+      sim.connect(handlers)
+      assert.ok(sim.run(() => up === 1))
+      // B's process dies: its endpoint and every connection vanish without a FIN.
+      sim.restartB(99, { insecurePlaintext })
+      const client = [...sim.a.connections()][0]
+      client.send(new Uint8Array(10), Delivery.Reliable)
+      // Plaintext: the restarted B knows no such connection and answers with an RST. Sealed: it
+      // stays silent (it could not seal an RST), and unanswered data ends the connection.
+      assert.ok(sim.run(() => reason !== undefined))
+      assert.equal(reason, insecurePlaintext ? 'reset' : 'dead-peer')
+      sim.connect(handlers)
+      assert.ok(sim.run(() => up === 2))
+      assert.equal(sim.b.stats.connectionsAccepted, 1)
+    })
+  }
 
   it('aborts after keepalive probes go unanswered', () => {
     const sim = new Simulation(5)

@@ -5,6 +5,7 @@ import { Delivery } from '../../src/transport/config.ts'
 import type { CloseReason, Connection } from '../../src/transport/connection.ts'
 import type { FaultModel } from '../support/memory-link.ts'
 import { messageId, patternMessage } from '../support/random.ts'
+import { CHANNEL_MODES } from '../support/harness.ts'
 import { Simulation } from '../support/simulation.ts'
 
 /** fast-check seed: fixed so CI is reproducible; set VRIO_FC_SEED to explore others. */
@@ -100,8 +101,15 @@ function scenario(
   fromB: Planned[],
   mtu: number,
   gsoMaxSize: number,
+  insecurePlaintext: boolean,
 ): void {
-  const options = { mtu, gsoMaxSize, receiveBuffer: 4 * 1024 * 1024, maxMessageSize: 2 * 1024 * 1024 }
+  const options = {
+    mtu,
+    gsoMaxSize,
+    receiveBuffer: 4 * 1024 * 1024,
+    maxMessageSize: 2 * 1024 * 1024,
+    insecurePlaintext,
+  }
   const sim = new Simulation(seed, { ...faults, mtu }, options)
   const sizes = new Map<number, number>([...fromA, ...fromB].map((m) => [m.id, m.size]))
   const a = newSide(fromA)
@@ -145,44 +153,47 @@ function scenario(
 
 const REPORT = { seed: SEED, numRuns: RUNS, endOnFailure: true, includeErrorInReport: true }
 
-describe('transport properties over a faulty link', () => {
-  it('with 10% loss, 5% duplication, reordering and 2% corruption: reliable messages arrive exactly once and intact, ordered ones in order; best-effort never corrupt; memory bounded; both ends close', () => {
-    const harsh: FaultModel = {
-      loss: 0.1,
-      duplicate: 0.05,
-      reorder: 0.2,
-      reorderDelay: 2,
-      corrupt: 0.02,
-      delay: 0.1,
-      jitter: 0.2,
-      gro: 0.3,
-      mtu: 65_535,
-    }
-    fc.assert(
-      fc.property(
-        fc.integer({ min: 1, max: 2 ** 31 - 1 }),
-        plan(0),
-        plan(1_000_000),
-        fc.constantFrom(1500, 9000),
-        fc.constantFrom(0, 65_000),
-        (seed, fromA, fromB, mtu, gso) => scenario(seed, harsh, fromA, fromB, mtu, gso),
-      ),
-      REPORT,
-    )
-  })
+for (const mode of CHANNEL_MODES)
+  describe(`transport properties over a faulty link (${mode.name})`, () => {
+    it('with 10% loss, 5% duplication, reordering and 2% corruption: reliable messages arrive exactly once and intact, ordered ones in order; best-effort never corrupt; memory bounded; both ends close', () => {
+      const harsh: FaultModel = {
+        loss: 0.1,
+        duplicate: 0.05,
+        reorder: 0.2,
+        reorderDelay: 2,
+        corrupt: 0.02,
+        delay: 0.1,
+        jitter: 0.2,
+        gro: 0.3,
+        mtu: 65_535,
+      }
+      fc.assert(
+        fc.property(
+          fc.integer({ min: 1, max: 2 ** 31 - 1 }),
+          plan(0),
+          plan(1_000_000),
+          fc.constantFrom(1500, 9000),
+          fc.constantFrom(0, 65_000),
+          (seed, fromA, fromB, mtu, gso) =>
+            scenario(seed, harsh, fromA, fromB, mtu, gso, mode.insecurePlaintext),
+        ),
+        REPORT,
+      )
+    })
 
-  it('the same holds across a range of fault mixes, MTUs and GSO', () => {
-    fc.assert(
-      fc.property(
-        fc.integer({ min: 1, max: 2 ** 31 - 1 }),
-        faultsArb,
-        plan(0),
-        plan(1_000_000),
-        fc.constantFrom(1500, 9000),
-        fc.constantFrom(0, 65_000),
-        scenario,
-      ),
-      REPORT,
-    )
+    it('the same holds across a range of fault mixes, MTUs and GSO', () => {
+      fc.assert(
+        fc.property(
+          fc.integer({ min: 1, max: 2 ** 31 - 1 }),
+          faultsArb,
+          plan(0),
+          plan(1_000_000),
+          fc.constantFrom(1500, 9000),
+          fc.constantFrom(0, 65_000),
+          (seed, faults, fromA, fromB, mtu, gso) =>
+            scenario(seed, faults, fromA, fromB, mtu, gso, mode.insecurePlaintext),
+        ),
+        REPORT,
+      )
+    })
   })
-})

@@ -25,6 +25,8 @@ function run(rewriteSecondSegment: Rewrite): { length: number; stale: number }[]
     sink: (f) => toB.push(Buffer.from(f)),
     clock: () => now,
     random,
+    // Plaintext: the test rewrites segments in flight, as a peer holding the keys could just as well.
+    options: { insecurePlaintext: true },
     peerPort: 7860,
   })
   const got: { length: number; stale: number }[] = []
@@ -34,6 +36,7 @@ function run(rewriteSecondSegment: Rewrite): { length: number; stale: number }[]
     sink: (f) => toA.push(Buffer.from(f)),
     clock: () => now,
     random,
+    options: { insecurePlaintext: true },
     listenPort: 7860,
     accept: () => ({
       message: (m) => got.push({ length: m.length, stale: m.reduce((n, x) => n + (x === 0xab ? 1 : 0), 0) }),

@@ -14,7 +14,14 @@ import {
   newMessageHeader,
   splitHandle,
 } from '../../src/wire/message-header.ts'
-import { TCP_ACK, TCP_PSH, TCP_SYN } from '../../src/wire/tcp.ts'
+import {
+  decodeTcpOptions,
+  encodeTcpOptions,
+  TCP_ACK,
+  TCP_PSH,
+  TCP_SYN,
+  tcpOptionsLength,
+} from '../../src/wire/tcp.ts'
 import { formatIPv6 } from '../../src/wire/packet.ts'
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex')
@@ -248,5 +255,86 @@ describe('vrio message header', () => {
     const v2 = Buffer.from(vector)
     v2[0] = 2
     assert.equal(decodeMessageHeader(v2, 0, v2.length, d), 'bad-message-version')
+  })
+})
+
+describe('vrio protocol version 2 options (sealed)', () => {
+  const options = () => newTcpFrame().tcp.options
+  const encode = (o: ReturnType<typeof options>) => {
+    const buf = Buffer.alloc(40, 0xee)
+    const end = encodeTcpOptions(buf, 0, o)
+    assert.equal(end, tcpOptionsLength(o))
+    return buf.subarray(0, end)
+  }
+
+  it('a sealed data segment: SEGMENT then SEAL, 36 bytes, tag zeroed for sealing', () => {
+    const o = options()
+    Object.assign(o.vrio, { present: true, flags: 1, messageStart: 0x0102_0300, messageLength: 10 })
+    Object.assign(o.seal, { present: true, epoch: 0x101, counter: 99 })
+    const bytes = encode(o)
+    assert.deepEqual(
+      bytes,
+      hex('fe0e 7672 02 01 01020300 0000000a' + 'fe16 7672 03 01 00000063 000000000000000000000000'),
+    )
+    assert.equal(o.seal.offset, 14)
+    const d = options()
+    assert.equal(decodeTcpOptions(bytes, 0, bytes.length, d), undefined)
+    assert.deepEqual(d.seal, { present: true, epoch: 1, counter: 99, offset: 14 })
+  })
+
+  it('a sealed SYN: MSS, SACK-permitted, window scale, HELLO v2 with the cipher, SEAL, one NOP: 40 bytes', () => {
+    const o = options()
+    Object.assign(o, { mss: 1460, sackPermitted: true, windowScale: 7, vrioVersion: 2, vrioCipher: 2 })
+    Object.assign(o.seal, { present: true, epoch: 0, counter: 0 })
+    const bytes = encode(o)
+    assert.deepEqual(
+      bytes,
+      hex(
+        '020405b4 0402 01030307 fe07 7672 01 02 02' + 'fe16 7672 03 00 00000000 000000000000000000000000 01',
+      ),
+    )
+    const d = options()
+    assert.equal(decodeTcpOptions(bytes, 0, bytes.length, d), undefined)
+    assert.equal(d.vrioVersion, 2)
+    assert.equal(d.vrioCipher, 2)
+    assert.equal(d.seal.present, true)
+  })
+
+  it('a sealed pure ACK: SEAL and two SACK blocks fill exactly 40 bytes (no aligning NOPs)', () => {
+    const o = options()
+    Object.assign(o.seal, { present: true, epoch: 5, counter: 7 })
+    o.sackCount = 2
+    o.sackBlocks.splice(0, 4, 1, 2, 3, 4)
+    const bytes = encode(o)
+    assert.equal(bytes.length, 40)
+    assert.deepEqual(
+      bytes,
+      hex('fe16 7672 03 05 00000007 000000000000000000000000' + '0512 00000001 00000002 00000003 00000004'),
+    )
+    const d = options()
+    assert.equal(decodeTcpOptions(bytes, 0, bytes.length, d), undefined)
+    assert.equal(d.sackCount, 2)
+    assert.deepEqual(d.sackBlocks.slice(0, 4), [1, 2, 3, 4])
+  })
+
+  it('the version-1 HELLO is unchanged (6 bytes, no cipher)', () => {
+    const o = options()
+    o.vrioVersion = 1
+    assert.deepEqual(encode(o), hex('fe06 7672 01 01 0101'))
+    const d = options()
+    assert.equal(decodeTcpOptions(hex('fe06767201010101'), 0, 8, d), undefined)
+    assert.equal(d.vrioVersion, 1)
+    assert.equal(d.vrioCipher, -1)
+  })
+
+  it('refuses a SEAL or HELLO of the wrong length, and a second SEAL', () => {
+    const d = options()
+    const seal = 'fe16 7672 03 00 00000000 000000000000000000000000'
+    assert.equal(
+      decodeTcpOptions(hex('fe15 7672 03 00 00000000 0000000000000000000000 00'), 0, 22, d),
+      'bad-vrio-option',
+    )
+    assert.equal(decodeTcpOptions(hex('fe08 7672 01 02 01 00'), 0, 8, d), 'bad-vrio-option')
+    assert.equal(decodeTcpOptions(hex(seal + seal), 0, 44, d), 'bad-vrio-option')
   })
 })

@@ -1,0 +1,185 @@
+// The frame AEAD of a sealed vrio channel (docs/protocol.md, "Sealed segments"): AES-256-GCM or
+// ChaCha20-Poly1305 from OpenSSL (the libcrypto of the Node binary, as xts.cc), one frame per call,
+// in place. One EVP_CIPHER_CTX per key and direction, set up once; per frame only the IV changes.
+//   nonce = 4 zero bytes | counter (64-bit big-endian)
+//   AAD   = IPv4 source | IPv4 destination | TCP header with checksum and SEAL tag zeroed
+//   tag   = the AEAD tag truncated to 12 bytes
+// The same interface as NodeFrameAead (src/transport/aead.ts), which the tests compare it with.
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include <cstring>
+
+#include "io.h"
+
+namespace vrio {
+
+namespace {
+
+constexpr size_t kTagBytes = 12;
+constexpr size_t kMaxTcpHeader = 60;
+
+EVP_CIPHER_CTX* NewAeadCtx(const EVP_CIPHER* cipher, const uint8_t* key, int encrypt) {
+  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+  if (ctx == nullptr) return nullptr;
+  if (EVP_CipherInit_ex(ctx, cipher, nullptr, nullptr, nullptr, encrypt) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, 12, nullptr) != 1 ||
+      EVP_CipherInit_ex(ctx, nullptr, nullptr, key, nullptr, encrypt) != 1) {
+    EVP_CIPHER_CTX_free(ctx);
+    return nullptr;
+  }
+  return ctx;
+}
+
+struct FrameArgs {
+  uint8_t* frame;
+  size_t ip, tcp, payload, end, tag;
+  uint64_t counter;
+};
+
+// seal/open(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter), checked.
+bool ParseArgs(const Napi::CallbackInfo& info, FrameArgs* a) {
+  if (info.Length() < 7 || !info[0].IsTypedArray()) return false;
+  for (size_t i = 1; i < 7; i++)
+    if (!info[i].IsNumber()) return false;
+  Napi::Uint8Array frame = info[0].As<Napi::Uint8Array>();
+  double v[6];
+  for (size_t i = 0; i < 6; i++) {
+    v[i] = info[i + 1].As<Napi::Number>().DoubleValue();
+    if (!(v[i] >= 0) || v[i] > 9007199254740991.0 || v[i] != static_cast<double>(static_cast<uint64_t>(v[i])))
+      return false;
+  }
+  a->frame = frame.Data();
+  a->ip = static_cast<size_t>(v[0]);
+  a->tcp = static_cast<size_t>(v[1]);
+  a->payload = static_cast<size_t>(v[2]);
+  a->end = static_cast<size_t>(v[3]);
+  a->tag = static_cast<size_t>(v[4]);
+  a->counter = static_cast<uint64_t>(v[5]);
+  size_t length = frame.ByteLength();
+  return a->ip + 20 <= a->tcp && a->tcp + 20 <= a->payload && a->payload - a->tcp <= kMaxTcpHeader &&
+         a->payload <= a->end && a->end <= length && a->end - a->payload <= 0x7fffffff &&
+         a->tag >= a->tcp + 20 && a->tag + kTagBytes <= a->payload;
+}
+
+void MakeIv(uint8_t iv[12], uint64_t counter) {
+  std::memset(iv, 0, 4);
+  for (int i = 0; i < 8; i++) iv[4 + i] = static_cast<uint8_t>(counter >> (56 - 8 * i));
+}
+
+// Feeds the AAD: addresses, then the TCP header copied to the stack with checksum and tag zeroed.
+bool FeedAad(EVP_CIPHER_CTX* ctx, const FrameArgs& a) {
+  uint8_t aad[8 + kMaxTcpHeader];
+  size_t header = a.payload - a.tcp;
+  std::memcpy(aad, a.frame + a.ip + 12, 8);
+  std::memcpy(aad + 8, a.frame + a.tcp, header);
+  aad[8 + 16] = 0;
+  aad[8 + 17] = 0;
+  std::memset(aad + 8 + (a.tag - a.tcp), 0, kTagBytes);
+  int outl = 0;
+  return EVP_CipherUpdate(ctx, nullptr, &outl, aad, static_cast<int>(8 + header)) == 1;
+}
+
+}  // namespace
+
+Napi::Function FrameAead::Define(Napi::Env env) {
+  return DefineClass(env, "FrameAead",
+                     {InstanceMethod<&FrameAead::Seal>("seal"), InstanceMethod<&FrameAead::Open>("open"),
+                      InstanceMethod<&FrameAead::Destroy>("destroy")});
+}
+
+// new FrameAead(cipher, key): cipher 1 = AES-256-GCM, 2 = ChaCha20-Poly1305; key 32 bytes.
+FrameAead::FrameAead(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FrameAead>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsTypedArray()) {
+    ThrowInvalid(env, "FrameAead(cipher: number, key: Uint8Array)");
+    return;
+  }
+  int cipherId = info[0].As<Napi::Number>().Int32Value();
+  Napi::Uint8Array key = info[1].As<Napi::Uint8Array>();
+  const EVP_CIPHER* cipher = cipherId == 1 ? EVP_aes_256_gcm() : cipherId == 2 ? EVP_chacha20_poly1305() : nullptr;
+  if (cipher == nullptr || key.ByteLength() != 32) {
+    ThrowInvalid(env, "FrameAead: cipher 1 or 2 and a 32-byte key");
+    return;
+  }
+  enc_ = NewAeadCtx(cipher, key.Data(), 1);
+  dec_ = NewAeadCtx(cipher, key.Data(), 0);
+  if (enc_ == nullptr || dec_ == nullptr) {
+    Free();
+    ThrowInvalid(env, "OpenSSL refused the AEAD key");
+  }
+}
+
+FrameAead::~FrameAead() { Free(); }
+
+void FrameAead::Free() {
+  EVP_CIPHER_CTX_free(enc_);  // cleanses the key schedule
+  EVP_CIPHER_CTX_free(dec_);
+  enc_ = dec_ = nullptr;
+}
+
+Napi::Value FrameAead::Destroy(const Napi::CallbackInfo& info) {
+  Free();
+  return info.Env().Undefined();
+}
+
+// seal(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter[, src, srcOffset]): with
+// `src`, the payload is read from src[srcOffset, srcOffset + end - payloadOffset) and written
+// encrypted into the frame: the cipher pass is the copy.
+Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (enc_ == nullptr) return ThrowInvalid(env, "the frame AEAD was destroyed");
+  FrameArgs a;
+  if (!ParseArgs(info, &a))
+    return ThrowInvalid(env, "seal(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter)");
+  uint8_t iv[12];
+  MakeIv(iv, a.counter);
+  uint8_t tag[16];
+  int outl = 0;
+  uint8_t* p = a.frame + a.payload;
+  int n = static_cast<int>(a.end - a.payload);
+  const uint8_t* in = p;
+  if (info.Length() >= 9 && info[7].IsTypedArray()) {
+    Napi::Uint8Array src = info[7].As<Napi::Uint8Array>();
+    double at = info[8].IsNumber() ? info[8].As<Napi::Number>().DoubleValue() : -1;
+    if (!(at >= 0) || at != static_cast<double>(static_cast<size_t>(at)) ||
+        static_cast<size_t>(at) + static_cast<size_t>(n) > src.ByteLength()) {
+      return ThrowInvalid(env, "seal: the source range lies outside src");
+    }
+    in = src.Data() + static_cast<size_t>(at);
+    if (in != p && in < p + n && p < in + n) return ThrowInvalid(env, "seal: src overlaps the frame's payload");
+  }
+  if (EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, iv, 1) != 1 || !FeedAad(enc_, a) ||
+      (n > 0 && EVP_CipherUpdate(enc_, p, &outl, in, n) != 1) || EVP_CipherFinal_ex(enc_, tag, &outl) != 1 ||
+      EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) {
+    return ThrowInvalid(env, "OpenSSL failed to seal a frame");
+  }
+  std::memcpy(a.frame + a.tag, tag, kTagBytes);
+  OPENSSL_cleanse(tag, sizeof tag);
+  return env.Undefined();
+}
+
+// Verifies and decrypts in place; OpenSSL compares the (truncated) tag in constant time
+// (CRYPTO_memcmp) in EVP_CipherFinal_ex. False when it does not verify.
+Napi::Value FrameAead::Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (dec_ == nullptr) return ThrowInvalid(env, "the frame AEAD was destroyed");
+  FrameArgs a;
+  if (!ParseArgs(info, &a))
+    return ThrowInvalid(env, "open(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter)");
+  uint8_t iv[12];
+  MakeIv(iv, a.counter);
+  uint8_t tag[kTagBytes];
+  std::memcpy(tag, a.frame + a.tag, kTagBytes);
+  int outl = 0;
+  uint8_t* p = a.frame + a.payload;
+  int n = static_cast<int>(a.end - a.payload);
+  uint8_t scratch[16];
+  bool ok = EVP_CipherInit_ex(dec_, nullptr, nullptr, nullptr, iv, 0) == 1 &&
+            EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, kTagBytes, tag) == 1 && FeedAad(dec_, a) &&
+            (n == 0 || EVP_CipherUpdate(dec_, p, &outl, p, n) == 1) &&
+            EVP_CipherFinal_ex(dec_, scratch, &outl) == 1;
+  return Napi::Boolean::New(env, ok);
+}
+
+}  // namespace vrio

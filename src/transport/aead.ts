@@ -1,0 +1,200 @@
+import { createCipheriv, createDecipheriv } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { VrioError } from '../errors.ts'
+import { native } from '../io/native.ts'
+
+/** Cipher numbers of the sealed hello (protocol version 2). */
+export const SEAL_CIPHER_AES_256_GCM = 1
+export const SEAL_CIPHER_CHACHA20_POLY1305 = 2
+export type SealCipher = typeof SEAL_CIPHER_AES_256_GCM | typeof SEAL_CIPHER_CHACHA20_POLY1305
+
+/** Option value naming the cipher; 'auto' picks AES-256-GCM when the CPU has AES instructions. */
+export type SealCipherName = 'auto' | 'aes-256-gcm' | 'chacha20-poly1305'
+
+export const SEAL_KEY_LENGTH = 32
+export const SEAL_TAG_BYTES = 12
+
+export function sealCipherName(cipher: SealCipher): 'aes-256-gcm' | 'chacha20-poly1305' {
+  return cipher === SEAL_CIPHER_AES_256_GCM ? 'aes-256-gcm' : 'chacha20-poly1305'
+}
+
+let cpuHasAes: boolean | undefined
+
+/** Whether /proc/cpuinfo lists the `aes` flag (x86) or feature (arm64); read once. */
+export function cpuHasAesInstructions(): boolean {
+  if (cpuHasAes === undefined) {
+    try {
+      cpuHasAes = /^(flags|Features)\s*:.*\baes\b/m.test(readFileSync('/proc/cpuinfo', 'utf8'))
+    } catch {
+      cpuHasAes = false
+    }
+  }
+  return cpuHasAes
+}
+
+/** What `status` shows: `sealed (aes-256-gcm)`, or `plaintext (insecure)`; a cipher of 0 or less: `sealed`. */
+export function channelDescription(insecurePlaintext: boolean, cipher = 0): string {
+  if (insecurePlaintext) return 'plaintext (insecure)'
+  return cipher > 0 ? `sealed (${sealCipherName(cipher as SealCipher)})` : 'sealed'
+}
+
+export function resolveSealCipher(name: SealCipherName): SealCipher {
+  if (name === 'aes-256-gcm') return SEAL_CIPHER_AES_256_GCM
+  if (name === 'chacha20-poly1305') return SEAL_CIPHER_CHACHA20_POLY1305
+  return cpuHasAesInstructions() ? SEAL_CIPHER_AES_256_GCM : SEAL_CIPHER_CHACHA20_POLY1305
+}
+
+/**
+ * The AEAD of one key, applied to whole frames in place (protocol.md, "Sealed segments"):
+ * nonce = 4 zero bytes ‖ counter (64-bit big-endian); AAD = IPv4 source and destination
+ * (`frame[ipOffset + 12, ipOffset + 20)`) ‖ the TCP header `frame[tcpOffset, payloadOffset)` with
+ * its checksum and the 12 tag bytes at `tagOffset` taken as zero; the payload
+ * `frame[payloadOffset, end)` is en- or decrypted in place; the tag is truncated to 96 bits.
+ */
+export interface FrameAead {
+  /**
+   * Encrypts the payload and writes the tag at `tagOffset`. With `src`, the plaintext is read from
+   * `src[srcOffset, srcOffset + end - payloadOffset)` and written encrypted into the frame: the
+   * cipher pass replaces the copy into the frame.
+   */
+  seal(
+    frame: Uint8Array,
+    ipOffset: number,
+    tcpOffset: number,
+    payloadOffset: number,
+    end: number,
+    tagOffset: number,
+    counter: number,
+    src?: Uint8Array,
+    srcOffset?: number,
+  ): void
+  /** Verifies the tag and decrypts the payload; false (payload then unspecified) when it does not verify. */
+  open(
+    frame: Uint8Array,
+    ipOffset: number,
+    tcpOffset: number,
+    payloadOffset: number,
+    end: number,
+    tagOffset: number,
+    counter: number,
+  ): boolean
+  /** Frees (and wipes) the key schedule now. */
+  destroy(): void
+}
+
+export type FrameAeadFactory = (cipher: SealCipher, key: Uint8Array) => FrameAead
+
+function checkKey(cipher: number, key: Uint8Array): void {
+  if (key.length !== SEAL_KEY_LENGTH || (cipher !== 1 && cipher !== 2)) {
+    throw new VrioError('invalid-argument', 'a frame AEAD takes cipher 1 or 2 and a 32-byte key')
+  }
+}
+
+function nonceFor(counter: number): Buffer {
+  const iv = Buffer.alloc(12)
+  iv.writeUInt32BE(Math.floor(counter / 0x1_0000_0000), 4)
+  iv.writeUInt32BE(counter >>> 0, 8)
+  return iv
+}
+
+function aadFor(
+  frame: Uint8Array,
+  ipOffset: number,
+  tcpOffset: number,
+  payloadOffset: number,
+  tagOffset: number,
+) {
+  const aad = Buffer.allocUnsafe(8 + payloadOffset - tcpOffset)
+  aad.set(frame.subarray(ipOffset + 12, ipOffset + 20), 0)
+  aad.set(frame.subarray(tcpOffset, payloadOffset), 8)
+  aad[8 + 16] = 0
+  aad[8 + 17] = 0
+  aad.fill(0, 8 + tagOffset - tcpOffset, 8 + tagOffset - tcpOffset + SEAL_TAG_BYTES)
+  return aad
+}
+
+/** The node:crypto implementation: the reference the native one is tested against, and the fallback. */
+export class NodeFrameAead implements FrameAead {
+  private readonly name: string
+  private key: Buffer | undefined
+
+  constructor(cipher: SealCipher, key: Uint8Array) {
+    checkKey(cipher, key)
+    this.name = sealCipherName(cipher)
+    this.key = Buffer.from(key)
+  }
+
+  seal(
+    frame: Uint8Array,
+    ipOffset: number,
+    tcpOffset: number,
+    payloadOffset: number,
+    end: number,
+    tagOffset: number,
+    counter: number,
+    src?: Uint8Array,
+    srcOffset = 0,
+  ): void {
+    if (src) frame.set(src.subarray(srcOffset, srcOffset + end - payloadOffset), payloadOffset)
+    const c = createCipheriv(this.name as 'aes-256-gcm', this.liveKey(), nonceFor(counter), {
+      authTagLength: 16,
+    })
+    c.setAAD(aadFor(frame, ipOffset, tcpOffset, payloadOffset, tagOffset))
+    if (end > payloadOffset) frame.set(c.update(frame.subarray(payloadOffset, end)), payloadOffset)
+    c.final()
+    frame.set(c.getAuthTag().subarray(0, SEAL_TAG_BYTES), tagOffset)
+  }
+
+  open(
+    frame: Uint8Array,
+    ipOffset: number,
+    tcpOffset: number,
+    payloadOffset: number,
+    end: number,
+    tagOffset: number,
+    counter: number,
+  ): boolean {
+    const d = createDecipheriv(this.name as 'aes-256-gcm', this.liveKey(), nonceFor(counter), {
+      authTagLength: SEAL_TAG_BYTES,
+    })
+    d.setAuthTag(frame.subarray(tagOffset, tagOffset + SEAL_TAG_BYTES))
+    d.setAAD(aadFor(frame, ipOffset, tcpOffset, payloadOffset, tagOffset))
+    const plain = end > payloadOffset ? d.update(frame.subarray(payloadOffset, end)) : undefined
+    try {
+      d.final()
+    } catch {
+      return false
+    }
+    if (plain) frame.set(plain, payloadOffset)
+    return true
+  }
+
+  destroy(): void {
+    this.key?.fill(0)
+    this.key = undefined
+  }
+
+  private liveKey(): Buffer {
+    if (!this.key) throw new VrioError('invalid-argument', 'the frame AEAD was destroyed')
+    return this.key
+  }
+}
+
+let nativeFactory: FrameAeadFactory | undefined | null
+
+/**
+ * The AEAD the transport uses: the addon's (OpenSSL EVP, in place, no allocation per frame) when
+ * it has one, else node:crypto's.
+ */
+export function createFrameAead(cipher: SealCipher, key: Uint8Array): FrameAead {
+  if (nativeFactory === undefined) {
+    try {
+      const ctor = native().FrameAead
+      nativeFactory = ctor ? (c, k) => new ctor(c, k) : null
+    } catch {
+      nativeFactory = null
+    }
+  }
+  checkKey(cipher, key)
+  return nativeFactory ? nativeFactory(cipher, key) : new NodeFrameAead(cipher, key)
+}

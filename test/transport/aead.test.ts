@@ -1,0 +1,164 @@
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { describe, it } from 'node:test'
+import { native } from '../../src/io/native.ts'
+import {
+  type FrameAead,
+  NodeFrameAead,
+  SEAL_CIPHER_AES_256_GCM,
+  SEAL_CIPHER_CHACHA20_POLY1305,
+  type SealCipher,
+} from '../../src/transport/aead.ts'
+import {
+  encodeTcpFrameHeaders,
+  IP_OFFSET,
+  newTcpFrame,
+  TCP_OFFSET,
+  tcpFrameHeaderLength,
+} from '../../src/wire/frame.ts'
+import { SEAL_TAG_OFFSET, TCP_ACK, TCP_PSH } from '../../src/wire/tcp.ts'
+
+/** A data frame with SEGMENT and SEAL options and `payload`, encoded but not sealed; and where its parts are. */
+function dataFrame(payload: Uint8Array, counter: number) {
+  const f = newTcpFrame()
+  f.ethernet.source = 0x02_00_00_00_00_0a
+  f.ethernet.destination = 0x02_00_00_00_00_0b
+  f.ip.source = 0x0a00_0001
+  f.ip.destination = 0x0a00_0002
+  Object.assign(f.tcp, { sourcePort: 50_000, destinationPort: 7860, seq: 0x1122_3344, ack: 0x5566_7788 })
+  f.tcp.flags = TCP_ACK | TCP_PSH
+  f.tcp.window = 512
+  Object.assign(f.tcp.options.vrio, {
+    present: true,
+    flags: 1,
+    messageStart: 0x1122_3300,
+    messageLength: 4096,
+  })
+  Object.assign(f.tcp.options.seal, { present: true, epoch: 1, counter: counter >>> 0 })
+  const headerLength = tcpFrameHeaderLength(f.tcp.options)
+  const frame = Buffer.alloc(headerLength + payload.length)
+  frame.set(payload, headerLength)
+  encodeTcpFrameHeaders(frame, f, payload.length)
+  return { frame, payloadOffset: headerLength, tagOffset: f.tcp.options.seal.offset + SEAL_TAG_OFFSET }
+}
+
+const CIPHERS: [string, SealCipher][] = [
+  ['AES-256-GCM', SEAL_CIPHER_AES_256_GCM],
+  ['ChaCha20-Poly1305', SEAL_CIPHER_CHACHA20_POLY1305],
+]
+
+function seal(aead: FrameAead, frame: Buffer, payloadOffset: number, tagOffset: number, counter: number) {
+  aead.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, counter)
+}
+function open(aead: FrameAead, frame: Buffer, payloadOffset: number, tagOffset: number, counter: number) {
+  return aead.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, counter)
+}
+
+describe('frame AEAD: the addon against node:crypto', () => {
+  const Native = native().FrameAead
+  it('the addon has one', () => assert.ok(Native, 'native FrameAead missing: rebuild the addon'))
+  for (const [name, cipher] of CIPHERS) {
+    it(`${name}: both seal to the same bytes, each opens the other's, for payloads of 0 to 64000 bytes`, () => {
+      const key = randomBytes(32)
+      const n = new Native!(cipher, key)
+      const js = new NodeFrameAead(cipher, key)
+      for (const size of [0, 1, 15, 16, 17, 1000, 1418, 9000, 64_000]) {
+        const payload = randomBytes(size)
+        // A counter above 2^32 checks the nonce's high word too.
+        const counter = size === 9000 ? 2 ** 40 + 7 : size * 3 + 1
+        const a = dataFrame(payload, counter)
+        const b = dataFrame(payload, counter)
+        seal(n, a.frame, a.payloadOffset, a.tagOffset, counter)
+        seal(js, b.frame, b.payloadOffset, b.tagOffset, counter)
+        assert.deepEqual(a.frame, b.frame, `sealed bytes differ at ${size}`)
+        if (size >= 16) assert.notDeepEqual(a.frame.subarray(a.payloadOffset), payload, 'payload encrypted')
+        const c = Buffer.from(a.frame)
+        assert.ok(open(js, a.frame, a.payloadOffset, a.tagOffset, counter))
+        assert.ok(open(n, c, b.payloadOffset, b.tagOffset, counter))
+        assert.deepEqual(a.frame.subarray(a.payloadOffset), payload)
+        assert.deepEqual(c.subarray(a.payloadOffset), payload)
+      }
+      n.destroy()
+      js.destroy()
+    })
+
+    it(`${name}: each rejects every single-bit flip of addresses, header, options, payload and tag, and another counter or key`, () => {
+      const key = randomBytes(32)
+      const impls: [string, FrameAead][] = [
+        ['native', new Native!(cipher, key)],
+        ['node', new NodeFrameAead(cipher, key)],
+      ]
+      const payload = randomBytes(40)
+      const sealed = dataFrame(payload, 99)
+      seal(impls[0][1], sealed.frame, sealed.payloadOffset, sealed.tagOffset, 99)
+      // Authenticated: the IPv4 addresses (frame bytes 26..33) and the whole TCP segment but its checksum.
+      const positions: number[] = []
+      for (let i = IP_OFFSET + 12; i < IP_OFFSET + 20; i++) positions.push(i)
+      for (let i = TCP_OFFSET; i < sealed.frame.length; i++) {
+        if (i === TCP_OFFSET + 16 || i === TCP_OFFSET + 17) continue
+        positions.push(i)
+      }
+      for (const [implName, aead] of impls) {
+        for (const at of positions) {
+          for (let bit = 0; bit < 8; bit++) {
+            const f = Buffer.from(sealed.frame)
+            f[at] ^= 1 << bit
+            assert.equal(
+              open(aead, f, sealed.payloadOffset, sealed.tagOffset, 99),
+              false,
+              `${implName}: flip of bit ${bit} at byte ${at} accepted`,
+            )
+          }
+        }
+        assert.equal(open(aead, Buffer.from(sealed.frame), sealed.payloadOffset, sealed.tagOffset, 98), false)
+        assert.ok(open(aead, Buffer.from(sealed.frame), sealed.payloadOffset, sealed.tagOffset, 99))
+      }
+      const other = new NodeFrameAead(cipher, randomBytes(32))
+      assert.equal(open(other, Buffer.from(sealed.frame), sealed.payloadOffset, sealed.tagOffset, 99), false)
+    })
+  }
+
+  for (const [name, cipher] of CIPHERS) {
+    it(`${name}: sealing from a separate source (the copy into the frame) gives the same bytes as copy, then seal`, () => {
+      const key = randomBytes(32)
+      const impls: [string, FrameAead][] = [
+        ['native', new Native!(cipher, key)],
+        ['node', new NodeFrameAead(cipher, key)],
+      ]
+      for (const size of [1, 1424, 64_000]) {
+        const source = randomBytes(size + 50)
+        const reference = dataFrame(source.subarray(7, 7 + size), 5)
+        seal(impls[1][1], reference.frame, reference.payloadOffset, reference.tagOffset, 5)
+        for (const [implName, aead] of impls) {
+          const target = dataFrame(Buffer.alloc(size, 0xee), 5)
+          aead.seal(
+            target.frame,
+            IP_OFFSET,
+            TCP_OFFSET,
+            target.payloadOffset,
+            target.frame.length,
+            target.tagOffset,
+            5,
+            source,
+            7,
+          )
+          assert.deepEqual(target.frame, reference.frame, `${implName} at ${size}`)
+        }
+      }
+    })
+  }
+
+  it('the addon refuses offsets outside the frame', () => {
+    const n = new Native!(SEAL_CIPHER_AES_256_GCM, randomBytes(32))
+    const { frame, payloadOffset, tagOffset } = dataFrame(randomBytes(10), 1)
+    assert.throws(() => n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length + 1, tagOffset, 1))
+    assert.throws(() =>
+      n.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, payloadOffset - 4, 1),
+    )
+    assert.throws(() => n.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, -1))
+    const src = randomBytes(5)
+    assert.throws(() =>
+      n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, src, 0),
+    )
+  })
+})
