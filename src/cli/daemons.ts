@@ -60,6 +60,7 @@ export function registerDaemonCommands(program: Command): void {
           control: o.control ?? c?.control ?? DEFAULT_IOHYP_SOCKET,
           version: VERSION,
           ...(c && { guests: c.guests, devices: { disks: c.disks, nics: c.nics } }),
+          ...(c?.budgets && { budgets: c.budgets }),
         },
         log,
       )

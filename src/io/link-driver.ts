@@ -86,8 +86,9 @@ export class LinkDriver {
     this.channel.onBatch((batch) => this.onBatch(batch))
   }
 
-  connect(remote: Address, handlers: ConnectionHandlers): Connection {
-    const c = this.endpoint.connect(remote, handlers)
+  /** Opens a connection (see Endpoint.connect; `options` override the link's for this one). */
+  connect(remote: Address, handlers: ConnectionHandlers, options?: Partial<ConnectionOptions>): Connection {
+    const c = this.endpoint.connect(remote, handlers, options)
     this.flush()
     return c
   }

@@ -110,12 +110,21 @@ export class Endpoint {
     return this.byRemote.values()
   }
 
-  /** Opens a connection to `remote` from a random ephemeral port. */
-  connect(remote: Address, handlers: ConnectionHandlers): Connection {
+  /**
+   * Opens a connection to `remote` from a random ephemeral port. `options` override the
+   * endpoint's for this connection only (e.g. a guest's reassembly budget on the IOhyp).
+   */
+  connect(remote: Address, handlers: ConnectionHandlers, options?: Partial<ConnectionOptions>): Connection {
     // One connection per remote address and port: a new one replaces (resets) the old.
     this.byRemote.get(key(remote.ip, remote.port))?.abort('aborted')
     const port = EPHEMERAL_LOW + Math.floor(this.random() * (65_536 - EPHEMERAL_LOW))
-    const c = this.newConnection({ mac: this.mac, ip: this.ip, port }, remote, handlers)
+    const c = this.newConnection(
+      { mac: this.mac, ip: this.ip, port },
+      remote,
+      handlers,
+      undefined,
+      options ? resolveConnectionOptions({ ...this.options, ...options }) : this.options,
+    )
     this.byRemote.set(key(remote.ip, remote.port), c)
     this.stats.connectionsOpened++
     c.start()
@@ -224,10 +233,11 @@ export class Endpoint {
     remote: Address,
     handlers: ConnectionHandlers,
     syn?: TcpFrame,
+    options = this.options,
   ): Connection {
     return new Connection(
       {
-        options: this.options,
+        options,
         local,
         remote,
         handlers,

@@ -35,7 +35,8 @@ export const DEFAULT_PENDING_REPLY_BYTES = 64 * 1024 * 1024
  * replies stops getting reads served, and holds at most `limit` plus one read.
  */
 export class ReplyBudget {
-  readonly limit: number
+  /** May be changed at any time (a guest re-enrolled with another budget); holdings stay. */
+  limit: number
   private heldBytes = 0
   private readonly waiting = new Set<() => void>()
 
