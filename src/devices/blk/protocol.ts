@@ -169,6 +169,8 @@ export function decodeBlockRequest(h: MessageHeader, message: Uint8Array, out: B
   if (h.type !== MessageType.BlockRequest) return BlockStatus.BadRequest
   if (message.length < BLOCK_REQUEST_HEAD_LENGTH || h.bodyLength !== message.length - MESSAGE_HEADER_LENGTH)
     return BlockStatus.BadRequest
+  // A request's header flags and status are zero (unknown flags are refused, not ignored).
+  if (h.flags !== 0 || h.status !== 0) return BlockStatus.BadRequest
   const o = MESSAGE_HEADER_LENGTH
   const op = message[o]
   const flags = message[o + 1]
