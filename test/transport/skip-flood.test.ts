@@ -11,7 +11,7 @@ import { Endpoint } from '../../src/transport/endpoint.ts'
 import { decodeTcpFrame, encodeTcpFrame, newTcpFrame } from '../../src/wire/frame.ts'
 import { seededRandom } from '../support/random.ts'
 
-function pair(options: Partial<ConnectionOptions>) {
+function pair(options: Partial<ConnectionOptions>, clientOptions?: Partial<ConnectionOptions>) {
   let now = 0
   const random = seededRandom(12)
   const toB: Buffer[] = []
@@ -40,22 +40,30 @@ function pair(options: Partial<ConnectionOptions>) {
       return { message: (m) => got.push(Buffer.from(m)) }
     },
   })
-  const client = a.connect({ mac: 0xb, ip: 2, port: 7860 }, { message() {} })
-  const pump = (tap?: (f: Buffer) => void) => {
+  const clientGot: Uint8Array[] = []
+  const client = a.connect(
+    { mac: 0xb, ip: 2, port: 7860 },
+    { message: (m) => clientGot.push(Buffer.from(m)) },
+    clientOptions,
+  )
+  const pump = (tap?: (f: Buffer) => void, tapToA?: (f: Buffer) => void) => {
     for (let i = 0; i < 200 && (toA.length > 0 || toB.length > 0); i++) {
       for (const f of toB.splice(0)) {
         tap?.(f)
         b.receive(f)
       }
       b.flush()
-      for (const f of toA.splice(0)) a.receive(f)
+      for (const f of toA.splice(0)) {
+        tapToA?.(f)
+        a.receive(f)
+      }
       a.flush()
       now += 1
     }
   }
   pump()
   assert.equal(client.state, 'established')
-  return { a, b, client, server: () => server!, got, pump }
+  return { a, b, client, server: () => server!, got, clientGot, pump }
 }
 
 /**
@@ -126,4 +134,45 @@ it('out-of-order data fragmenting the window beyond maxIntervals is dropped and 
   p.pump()
   assert.equal(p.got.length, 1)
   assert.ok(big.equals(p.got[0]))
+})
+
+it('partly sent messages beyond the per-connection reassembly budget are dropped; closing frees it all', () => {
+  // The budget is the client's own (as the IOhyp gives each guest's connection its own).
+  const budget = 4 * 1024 * 1024
+  const p = pair({}, { maxReassemblyBytes: budget })
+  const s = p.server()
+  let template: Buffer | undefined
+  s.send(Buffer.alloc(10, 1), Delivery.Reliable)
+  p.pump(undefined, (f) => {
+    const d = newTcpFrame()
+    if (!template && !decodeTcpFrame(f, d, true) && d.payloadLength > 0) template = Buffer.from(f)
+  })
+  assert.ok(template)
+  const d = newTcpFrame()
+  assert.equal(decodeTcpFrame(template, d, true), undefined)
+  // The first 100 bytes of 30 messages of 256 KiB each (7.5 MiB: within the window), a message
+  // apart: each needs a 256 KiB buffer.
+  const base = d.tcp.seq + 10
+  const frame = Buffer.alloc(d.payloadOffset + 100, 0x11)
+  let maxHeld = 0
+  for (let i = 0; i < 30; i++) {
+    const seq = (base + 1 + i * 256 * 1024) >>> 0
+    d.tcp.seq = seq
+    d.tcp.options.vrio.messageStart = seq
+    d.tcp.options.vrio.messageLength = 256 * 1024
+    d.tcp.options.vrio.flags = Delivery.Reliable
+    encodeTcpFrame(frame, d, 100, false)
+    p.a.receive(frame)
+    maxHeld = Math.max(maxHeld, p.client.reassemblyMemory)
+  }
+  assert.ok(maxHeld <= budget, `held ${maxHeld}`)
+  assert.equal(p.client.stats.drops['receive-memory'], 30 - budget / (256 * 1024))
+  // The server (which got a default budget) is unaffected; the channel still carries messages.
+  p.client.send(Buffer.alloc(2000, 3), Delivery.Reliable)
+  p.pump()
+  assert.ok(p.got.some((m) => m.length === 2000))
+  // Leaving frees everything the peer made it hold.
+  p.client.abort()
+  assert.equal(p.client.reassemblyMemory, 0)
+  assert.equal(p.client.heldRanges, 0)
 })
