@@ -70,6 +70,8 @@ class GuestRecord {
   readonly replyBudget: ReplyBudget
   /** Channels closed because the guest kept sending while over its reply budget. */
   overloads = 0
+  /** Data messages of unknown types from closed sessions (the live one's are added when reporting). */
+  unknownMessages = 0
   state: GuestState = 'waiting'
   session: Session | undefined
   /** Control calls to this guest over whichever session is current. */
@@ -348,6 +350,8 @@ export class IohypDaemon {
   private guestInfo(g: GuestRecord): GuestInfo {
     const info = g.info(this.budgetsOf(g))
     if (g.overloads > 0) info.drops['over-budget'] = g.overloads
+    const unknownTypes = g.unknownMessages + (g.session?.unknownMessages ?? 0)
+    if (unknownTypes > 0) info.drops['unknown-message-type'] = unknownTypes
     const unknown = this.nics.unknownDeviceDrops(g.mac)
     if (unknown > 0) info.drops['net-unknown-device'] = unknown
     return info
@@ -415,6 +419,7 @@ export class IohypDaemon {
       writable: () => this.disks.writable(g),
       closed: (reason, failure) => {
         addStats(g.totals, c)
+        g.unknownMessages += session.unknownMessages
         if (failure) g.sessionFailures[failure] = (g.sessionFailures[failure] ?? 0) + 1
         if (g.session !== session) return
         const was = g.state
