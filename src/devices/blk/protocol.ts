@@ -248,6 +248,8 @@ export function blockResponseData(
 ): Uint8Array | undefined {
   if (h.type !== MessageType.BlockResponse || h.bodyLength !== message.length - MESSAGE_HEADER_LENGTH)
     return undefined
+  // Flags and replyLength are zero in a response: unknown bits are refused, not ignored.
+  if (h.flags !== 0 || h.replyLength !== 0) return undefined
   const data = h.bodyLength
   if (h.status === BlockStatus.Ok ? data !== expectedData : data !== 0) return undefined
   return message.subarray(MESSAGE_HEADER_LENGTH)
