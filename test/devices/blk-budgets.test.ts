@@ -187,4 +187,43 @@ describe('block back-end budgets', () => {
     assert.ok(session.replies.every((r) => r.header.status === BlockStatus.Ok))
     assert.equal(budget.held, 0)
   })
+
+  it('write data held at once is bounded: beyond it writes are answered Busy, and it all comes back', async () => {
+    const memory = new MemoryDevice({ size: 64 * 1024 * 1024 })
+    // Writes that do not complete until released: a slow disk, or a guest outrunning it.
+    const held: (() => void)[] = []
+    const device = Object.create(memory) as MemoryDevice
+    device.write = (offset, data, fua) =>
+      new Promise<void>((resolve) => held.push(resolve)).then(() => memory.write(offset, data, fua))
+    const maxWriteBytes = 8 * 1024 * 1024
+    const backend = new BlockBackend(device, { handle: HANDLE, maxWriteBytes })
+    const session = new FakeSession(8 * 1024 * 1024, 1 << 30)
+    backend.attach(session)
+    const write = 1024 * 1024
+    let maxHeld = 0
+    for (let id = 1; id <= 100; id++) {
+      const m = Buffer.alloc(BLOCK_REQUEST_HEAD_LENGTH + write, 0x42)
+      encodeBlockRequestHead(m, 0, HANDLE, EPOCH, id, {
+        op: BlockOp.Out,
+        flags: 0,
+        length: write,
+        offset: 0,
+        floor: 1,
+      })
+      const h = newMessageHeader()
+      assert.equal(decodeMessageHeader(m, 0, m.length, h), undefined)
+      backend.receive(h, m)
+      maxHeld = Math.max(maxHeld, backend.heldWriteBytes)
+    }
+    await settle()
+    assert.ok(maxHeld <= maxWriteBytes, `held ${maxHeld}`)
+    assert.equal(backend.stats.errors[BlockStatus.Busy], 100 - maxWriteBytes / write)
+    for (const release of held.splice(0)) release()
+    await settle()
+    assert.equal(backend.heldWriteBytes, 0)
+    assert.equal(
+      session.replies.filter((r) => r.header.status === BlockStatus.Ok).length,
+      maxWriteBytes / write,
+    )
+  })
 })

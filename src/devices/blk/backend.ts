@@ -82,6 +82,12 @@ export interface BlockBackendOptions {
   maxQueued?: number
   /** Write data those waiting requests may hold. Default 256 MiB. */
   maxQueuedBytes?: number
+  /**
+   * Write data held at once, running and waiting; a write beyond it is answered Busy. Default
+   * 128 MiB: twice what a front-end with the default queue depth and transfer size (64 × 1 MiB)
+   * can have outstanding, so only a guest that ignores them meets it.
+   */
+  maxWriteBytes?: number
   /** Front-end epochs whose completed requests are remembered (least recently used dropped). Default 4. */
   maxEpochs?: number
   /**
@@ -220,6 +226,9 @@ export class BlockBackend {
   private readonly depth: number
   private readonly maxQueued: number
   private readonly maxQueuedBytes: number
+  private readonly maxWriteBytes: number
+  /** Write data held now: of running requests and of waiting ones. */
+  private writeBytes = 0
   private readonly maxEpochs: number
   private readonly maxReadLength: number
   private readonly budget: ReplyBudget
@@ -247,6 +256,7 @@ export class BlockBackend {
     this.maxQueued = positive(options.maxQueued ?? 1024, 'maxQueued', 0)
     this.maxQueuedBytes = positive(options.maxQueuedBytes ?? 256 * 1024 * 1024, 'maxQueuedBytes', 0)
     this.maxEpochs = positive(options.maxEpochs ?? 4, 'maxEpochs')
+    this.maxWriteBytes = positive(options.maxWriteBytes ?? 128 * 1024 * 1024, 'maxWriteBytes')
     const maxMessageSize = positive(
       options.maxMessageSize ?? DEFAULT_CONNECTION_OPTIONS.maxMessageSize,
       'maxMessageSize',
@@ -265,6 +275,11 @@ export class BlockBackend {
   /** Replies waiting for send space. */
   get pendingReplies(): number {
     return this.pending.length
+  }
+
+  /** Write data held now (running and waiting requests). */
+  get heldWriteBytes(): number {
+    return this.writeBytes
   }
 
   /** Device operations running now. */
@@ -385,12 +400,18 @@ export class BlockBackend {
       record,
       reserved: 0,
     }
+    const bytes = data?.length ?? 0
+    if (bytes > 0 && this.writeBytes + bytes > this.maxWriteBytes) {
+      // Not recorded: once writes complete, a re-sent copy may run.
+      this.reply(h.deviceHigh, h.deviceLow, epoch, id, BlockStatus.Busy, undefined)
+      return
+    }
     if (this.running < this.depth && this.queued === 0 && this.reserve(task)) {
       record.states[slot] = RUNNING
+      this.writeBytes += bytes
       this.start(task)
       return
     }
-    const bytes = data?.length ?? 0
     if (this.queued >= this.maxQueued || this.queuedBytes + bytes > this.maxQueuedBytes) {
       // Not recorded: once the queue has room, a re-sent copy may run.
       this.reply(h.deviceHigh, h.deviceLow, epoch, id, BlockStatus.Busy, undefined)
@@ -399,6 +420,7 @@ export class BlockBackend {
     record.states[slot] = RUNNING
     this.queue.push(task)
     this.queuedBytes += bytes
+    this.writeBytes += bytes
   }
 
   /**
@@ -418,6 +440,7 @@ export class BlockBackend {
     }
     this.queue = []
     this.queueHead = 0
+    this.writeBytes -= this.queuedBytes
     this.queuedBytes = 0
     this.budget.unwatch(this.resume)
     if (this.running === 0) {
@@ -505,6 +528,7 @@ export class BlockBackend {
 
   private finish(t: Task, status: number, data: Uint8Array | undefined): void {
     this.running--
+    this.writeBytes -= t.data?.length ?? 0
     t.data = undefined
     // The device is done with the write data: the message it was a view of can be reused.
     if (t.message) recycleMessageBuffer(t.message)
