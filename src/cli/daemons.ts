@@ -67,6 +67,7 @@ export function registerDaemonCommands(program: Command): void {
           insecurePlaintext: o.insecurePlaintext === true || c?.insecurePlaintext === true,
           version: VERSION,
           ...(c && { guests: c.guests, devices: { disks: c.disks, nics: c.nics } }),
+          ...(c?.budgets && { budgets: c.budgets }),
         },
         log,
       )

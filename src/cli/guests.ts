@@ -12,6 +12,7 @@ import {
   routePath,
 } from '../control/api.ts'
 import { parseGuestAddress, parseGuestMac } from '../control/validate.ts'
+import { VrioError } from '../errors.ts'
 import {
   addControlOption,
   addJsonOption,
@@ -28,6 +29,16 @@ interface AddOptions extends ControlOptions {
   mac: string
   address: string
   keyFile: string
+  pendingReplyBytes?: string
+  reassemblyBytes?: string
+}
+
+/** A budget option's value: a whole number of bytes (checked again, with its range, by the daemon). */
+function byteCount(value: string | undefined, field: string): number | undefined {
+  if (value === undefined) return undefined
+  if (!/^[0-9]{1,15}$/.test(value))
+    throw new VrioError('invalid-argument', `invalid ${field}: expected a number of bytes`, { field })
+  return Number(value)
 }
 
 export function registerGuestsCommands(program: Command): void {
@@ -39,6 +50,11 @@ export function registerGuestsCommands(program: Command): void {
     .requiredOption('--mac <mac>', "guest's MAC address, e.g. 52:54:00:12:34:56")
     .requiredOption('--address <ipv4>', "guest's IPv4 address, e.g. 10.0.0.2")
     .requiredOption('--key-file <file>', 'file holding the guest key (from vrio keygen; mode 0600)')
+    .option('--pending-reply-bytes <n>', 'read replies the IOhyp may hold for the guest (default 64 MiB)')
+    .option(
+      '--reassembly-bytes <n>',
+      "the guest's partly received messages the IOhyp may hold (default 12 MiB)",
+    )
   addControlOption(add, DEFAULT_IOHYP_SOCKET)
   addJsonOption(add).action(async (options: AddOptions) => {
     // Everything that can be checked here is, so a typo never reaches the daemon.
@@ -47,6 +63,13 @@ export function registerGuestsCommands(program: Command): void {
       address: parseGuestAddress(options.address),
       key: readKeyFile(options.keyFile).toString('hex'),
     }
+    const pendingReplyBytes = byteCount(options.pendingReplyBytes, 'budgets.pendingReplyBytes')
+    const reassemblyBytes = byteCount(options.reassemblyBytes, 'budgets.reassemblyBytes')
+    if (pendingReplyBytes !== undefined || reassemblyBytes !== undefined)
+      request.budgets = {
+        ...(pendingReplyBytes !== undefined && { pendingReplyBytes }),
+        ...(reassemblyBytes !== undefined && { reassemblyBytes }),
+      }
     const answer = await controlClient(options.control!).post<AddGuestResponse>(ROUTES.guests, request)
     if (options.json) printJson(answer)
     else printLines([`added guest ${answer.guest.mac} (${answer.guest.address}), ${answer.guest.state}`])

@@ -20,7 +20,16 @@ export interface ExportableState {
   stateDir?: string
   /** Only when the daemon runs with --insecure-plaintext. */
   insecurePlaintext?: boolean
-  guests: { mac: string; address: string /** 64 hex characters */; key: string; name?: string }[]
+  guests: {
+    mac: string
+    address: string
+    /** 64 hex characters */
+    key: string
+    name?: string
+    budgets?: { pendingReplyBytes?: number; reassemblyBytes?: number }
+  }[]
+  /** The budgets every guest gets unless it sets its own. */
+  budgets?: { pendingReplyBytes?: number; reassemblyBytes?: number }
   disks: { name: string; guest: string; backing: string; readOnly: boolean }[]
   /** NICs as config entries, once the IOhyp has them. */
   nics?: Record<string, unknown>[]
@@ -65,11 +74,13 @@ export function buildConfigDocument(
   if (state.address !== undefined) doc.address = state.address
   if (state.stateDir !== undefined) doc.stateDir = state.stateDir
   if (state.insecurePlaintext === true) doc.insecurePlaintext = true
+  if (state.budgets && Object.keys(state.budgets).length > 0) doc.budgets = state.budgets
   doc.guests = state.guests.map((g) => ({
     mac: g.mac,
     address: g.address,
     keyFile: keyFileOf(g.mac),
     ...(g.name !== undefined && { name: g.name }),
+    ...(g.budgets && Object.keys(g.budgets).length > 0 && { budgets: g.budgets }),
   }))
   doc.disks = state.disks.map((d) => ({
     name: d.name,

@@ -18,6 +18,7 @@ import { readKeyFile } from '../auth/key-file.ts'
 import { isVrioError, VrioError } from '../errors.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import {
+  type BudgetsConfig,
   diskEntrySchema,
   type EncryptConfig,
   guestEntrySchema,
@@ -44,6 +45,8 @@ export interface GuestEntry {
   /** The 32-byte key read from keyFile. */
   key: Buffer
   name?: string
+  /** As given in the file's entry (the top-level budgets apply under it). */
+  budgets?: BudgetsConfig
 }
 
 export interface DiskEntry {
@@ -78,6 +81,8 @@ export interface IohypConfig {
   stateDir?: string
   control?: string
   insecurePlaintext?: boolean
+  /** Budgets for guests that set none (or only some) of their own. */
+  budgets?: BudgetsConfig
   guests: GuestEntry[]
   disks: DiskEntry[]
   nics: NicEntry[]
@@ -237,6 +242,7 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
       keyFile,
       key,
       ...(g.name !== undefined && { name: g.name }),
+      ...(g.budgets !== undefined && { budgets: g.budgets }),
     })
   })
 
@@ -349,6 +355,7 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     ...(top.stateDir !== undefined && { stateDir: c.path(top.stateDir) }),
     ...(top.control !== undefined && { control: c.path(top.control) }),
     ...(top.insecurePlaintext !== undefined && { insecurePlaintext: top.insecurePlaintext }),
+    ...(top.budgets !== undefined && { budgets: top.budgets }),
     guests,
     disks,
     nics,

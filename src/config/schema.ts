@@ -71,6 +71,24 @@ const ifname = z.string().regex(IFNAME_RE, {
   error: (issue) => `${show(issue.input)} is not an interface name (1-15 characters, no '/', ':' or spaces)`,
 })
 
+/**
+ * Per-guest memory budgets of the IOhyp, in bytes (docs/operations.md, "Budgets"): read replies
+ * held for a guest (running reads and replies waiting for its window) and its partly received and
+ * out-of-order messages. The limits mirror src/devices/blk/backend.ts and src/transport/config.ts.
+ */
+export const budgetsSchema = z.strictObject({
+  pendingReplyBytes: z
+    .int()
+    .min(64 * 1024)
+    .max(64 * 1024 ** 3)
+    .optional(),
+  reassemblyBytes: z
+    .int()
+    .min(4 * 1024 * 1024, { error: 'must be at least 4194304 (the largest message)' })
+    .max(4 * 1024 ** 3)
+    .optional(),
+})
+
 export const guestEntrySchema = z.strictObject({
   mac: macSchema,
   address: ipv4Schema,
@@ -78,6 +96,8 @@ export const guestEntrySchema = z.strictObject({
   keyFile: path,
   /** A name devices may use to refer to the guest instead of its MAC or address. */
   name: deviceName.optional(),
+  /** This guest's budgets, over the file's top-level `budgets`. */
+  budgets: budgetsSchema.optional(),
 })
 
 /**
@@ -136,6 +156,8 @@ export const iohypTopSchema = z.strictObject({
   control: path.optional(),
   /** Unsealed channel (protocol version 1), for a segment the operator alone owns; guests must agree. */
   insecurePlaintext: z.boolean().optional(),
+  /** Budgets of every guest that does not set its own. */
+  budgets: budgetsSchema.optional(),
   guests: z.array(z.unknown()).optional(),
   disks: z.array(z.unknown()).optional(),
   nics: z.array(z.unknown()).optional(),
@@ -155,3 +177,4 @@ export const guestFileSchema = z.strictObject({
 })
 
 export type EncryptConfig = z.output<typeof encryptSchema>
+export type BudgetsConfig = z.output<typeof budgetsSchema>

@@ -105,6 +105,20 @@ export interface GuestInfo {
   channel?: string
   /** Key epochs the sealed channel moved to by rekeying (sending side). */
   rekeys?: number
+  /** The guest's memory budgets on the IOhyp, in bytes (defaults filled in). */
+  budgets: GuestBudgets
+  /**
+   * Bytes the IOhyp holds for the guest now: read replies (running reads and replies waiting for
+   * its window) and reassembly (its partly received and out-of-order messages). Both return to 0
+   * when the guest leaves.
+   */
+  held: GuestBudgets
+}
+
+/** Per-guest byte budgets (docs/operations.md, "Budgets"). */
+export interface GuestBudgets {
+  pendingReplyBytes: number
+  reassemblyBytes: number
 }
 
 export interface AddGuestRequest {
@@ -117,6 +131,8 @@ export interface AddGuestRequest {
    * socket (mode 0600); daemons must never log it or echo it back.
    */
   key: string
+  /** The guest's budgets; the IOhyp's defaults for those not given. */
+  budgets?: Partial<GuestBudgets>
 }
 
 export interface AddGuestResponse {

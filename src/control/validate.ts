@@ -5,6 +5,7 @@
  */
 import { VrioError } from '../errors.ts'
 import { formatIPv4, formatMac, isGroupMac, parseIPv4, parseMac } from '../wire/address.ts'
+import { budgetsSchema } from '../config/schema.ts'
 import type { AddGuestRequest } from './api.ts'
 
 const KEY_HEX_RE = /^[0-9a-f]{64}$/i
@@ -58,5 +59,22 @@ export function parseAddGuestRequest(body: unknown): AddGuestRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body))
     throw invalid('body', 'expected a JSON object with mac, address and key')
   const b = body as Record<string, unknown>
-  return { mac: parseGuestMac(b.mac), address: parseGuestAddress(b.address), key: parseKeyHex(b.key) }
+  const request: AddGuestRequest = {
+    mac: parseGuestMac(b.mac),
+    address: parseGuestAddress(b.address),
+    key: parseKeyHex(b.key),
+  }
+  if (b.budgets !== undefined) {
+    const parsed = budgetsSchema.safeParse(b.budgets)
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]
+      const at = issue?.path.length ? `budgets.${issue.path.join('.')}` : 'budgets'
+      throw invalid(
+        at,
+        `invalid ${at}: ${issue?.message ?? 'expected {pendingReplyBytes?, reassemblyBytes?}'}`,
+      )
+    }
+    request.budgets = parsed.data
+  }
+  return request
 }

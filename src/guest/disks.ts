@@ -90,7 +90,13 @@ export class GuestDisks {
   /** `blk.attach` from the IOhyp: create (or, after a reconnect, re-bind) a disk. */
   async attachDisk(params: unknown): Promise<{ nbd: string; device: string | null }> {
     const p = params as Partial<AttachDiskParams>
-    if (!p || typeof p.name !== 'string' || !NAME_RE.test(p.name) || !p.handle || !p.info) {
+    if (
+      !p ||
+      typeof p.name !== 'string' ||
+      !NAME_RE.test(p.name) ||
+      !isHandle(p.handle) ||
+      !isDeviceInfo(p.info)
+    ) {
       throw new VrioError('invalid-argument', 'blk.attach needs name, handle and info')
     }
     const handle = { high: p.handle.high >>> 0, low: p.handle.low >>> 0 }
@@ -159,4 +165,31 @@ export class GuestDisks {
     this.disks.delete(d.name)
     if (this.byHandle.get(d.handle.low) === d) this.byHandle.delete(d.handle.low)
   }
+}
+
+function isHandle(v: unknown): v is { high: number; low: number } {
+  const h = v as { high?: unknown; low?: unknown } | null | undefined
+  return (
+    typeof h === 'object' &&
+    h !== null &&
+    Number.isInteger(h.high) &&
+    Number.isInteger(h.low) &&
+    (h.high as number) >= 0 &&
+    (h.high as number) <= 0xffff_ffff &&
+    (h.low as number) >= 0 &&
+    (h.low as number) <= 0xffff_ffff
+  )
+}
+
+/** A disk's description from the IOhyp, checked field by field (it sizes the NBD export). */
+function isDeviceInfo(v: unknown): v is BlockDeviceInfo {
+  const i = v as Record<string, unknown> | null | undefined
+  if (typeof i !== 'object' || i === null) return false
+  const flags = ['readOnly', 'canFlush', 'canFua', 'canTrim', 'canWriteZeroes']
+  return (
+    Number.isSafeInteger(i.size) &&
+    (i.size as number) >= 0 &&
+    (i.blockSize === 512 || i.blockSize === 4096) &&
+    flags.every((f) => typeof i[f] === 'boolean')
+  )
 }

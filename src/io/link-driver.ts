@@ -92,9 +92,14 @@ export class LinkDriver {
     this.channel.onBatch((batch) => this.onBatch(batch))
   }
 
-  /** See Endpoint.connect; `psk`: the peer's key when sealed. */
-  connect(remote: Address, handlers: ConnectionHandlers, psk?: Uint8Array): Connection {
-    const c = this.endpoint.connect(remote, handlers, psk)
+  /** See Endpoint.connect; `psk`: the peer's key when sealed; `options` override the link's for this one. */
+  connect(
+    remote: Address,
+    handlers: ConnectionHandlers,
+    psk?: Uint8Array,
+    options?: Partial<ConnectionOptions>,
+  ): Connection {
+    const c = this.endpoint.connect(remote, handlers, psk, options)
     this.flush()
     return c
   }

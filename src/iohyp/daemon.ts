@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { isAbsolute, join } from 'node:path'
-import type { CreateDiskRequest, GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
+import type { CreateDiskRequest, GuestBudgets, GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
+import { DEFAULT_PENDING_REPLY_BYTES, ReplyBudget } from '../devices/blk/backend.ts'
 import { ROUTES } from '../control/api.ts'
 import type { ControlServer } from '../control/control-server.ts'
 import { parseAddGuestRequest } from '../control/validate.ts'
@@ -10,7 +11,7 @@ import type { Logger } from '../daemon/log.ts'
 import { VrioError } from '../errors.ts'
 import { Rpc } from '../session/rpc.ts'
 import { EveFileSink } from '../services/dpi/index.ts'
-import { encryptSchema } from '../config/schema.ts'
+import { budgetsSchema, encryptSchema } from '../config/schema.ts'
 import type { EncryptionSpec } from '../services/crypt/open.ts'
 import type { ExportableState } from '../config/export.ts'
 import type { DiskEntry, NicEntry } from '../config/load.ts'
@@ -42,7 +43,9 @@ export interface IohypOptions {
    * Guests declared in a config file: enrolled at start, after the state file is restored; for a
    * MAC the state file holds too, the config's key and address win (see applyDeclared).
    */
-  guests?: readonly { mac: string; address: string; key: Buffer }[]
+  guests?: readonly { mac: string; address: string; key: Buffer; budgets?: Partial<GuestBudgets> }[]
+  /** Budgets of every guest that does not set its own (docs/operations.md, "Budgets"). */
+  budgets?: Partial<GuestBudgets>
   /** Devices declared in a config file, applied at start over the state file's (same name: config wins). */
   devices?: { disks: readonly DiskEntry[]; nics: readonly NicEntry[] }
 }
@@ -69,6 +72,14 @@ class GuestRecord {
   readonly mac: number
   readonly ip: number
   readonly key: Buffer
+  /** Budgets as enrolled (those not given follow the daemon's defaults). */
+  readonly budgets: Partial<GuestBudgets>
+  /** The read-reply budget its disks' back-ends share (kept per MAC: see IohypDaemon.replyBudget). */
+  readonly replyBudget: ReplyBudget
+  /** Channels closed because the guest kept sending while over its reply budget. */
+  overloads = 0
+  /** Data messages of unknown types from closed sessions (the live one's are added when reporting). */
+  unknownMessages = 0
   state: GuestState = 'waiting'
   session: Session | undefined
   /** Control calls to this guest over whichever session is current. */
@@ -92,13 +103,21 @@ class GuestRecord {
   backoff = REDIAL_MIN_MS
   removed = false
 
-  constructor(mac: number, ip: number, key: Buffer) {
+  constructor(
+    mac: number,
+    ip: number,
+    key: Buffer,
+    budgets: Partial<GuestBudgets>,
+    replyBudget: ReplyBudget,
+  ) {
     this.mac = mac
     this.ip = ip
     this.key = key
+    this.budgets = budgets
+    this.replyBudget = replyBudget
   }
 
-  info(): GuestInfo {
+  info(budgets: GuestBudgets): GuestInfo {
     const t = { ...this.totals, drops: { ...this.totals.drops } }
     const c = this.session?.connection
     if (c && !c.closed) addStats(t, c)
@@ -110,6 +129,11 @@ class GuestRecord {
       ...t,
       sessionFailures: { ...this.sessionFailures },
       ...(this.channel !== undefined && { channel: this.channel }),
+      budgets,
+      held: {
+        pendingReplyBytes: this.replyBudget.held,
+        reassemblyBytes: c && !c.closed ? c.reassemblyMemory : 0,
+      },
     }
   }
 }
@@ -133,6 +157,8 @@ export class IohypDaemon {
   private readonly o: IohypOptions
   private readonly log: Logger
   private readonly guests = new Map<number, GuestRecord>()
+  /** Per MAC, so a guest re-declared over its restored record keeps the budget its disks use. */
+  private readonly replyBudgets = new Map<number, ReplyBudget>()
   private link!: DaemonLink
   private readonly disks: IohypDisks
   private readonly nics: IohypNics
@@ -142,7 +168,11 @@ export class IohypDaemon {
   private constructor(o: IohypOptions, log: Logger) {
     this.o = o
     this.log = log
-    this.disks = new IohypDisks(log)
+    this.disks = new IohypDisks(log, {
+      replyBudget: (mac) => this.replyBudget(mac),
+      overloaded: (mac) => this.overloaded(mac),
+      maxMessageSize: () => this.link.driver.endpoint.options.maxMessageSize,
+    })
     this.nics = new IohypNics(log, (record) => this.alert(record))
   }
 
@@ -288,8 +318,58 @@ export class IohypDaemon {
     }
   }
 
+  /** The budgets `g` gets: its own, else the daemon's, else the defaults. */
+  private budgetsOf(g: { budgets: Partial<GuestBudgets> }): GuestBudgets {
+    const o = this.link.driver.endpoint.options
+    const d = this.o.budgets ?? {}
+    return {
+      pendingReplyBytes: g.budgets.pendingReplyBytes ?? d.pendingReplyBytes ?? DEFAULT_PENDING_REPLY_BYTES,
+      reassemblyBytes: Math.max(
+        g.budgets.reassemblyBytes ?? d.reassemblyBytes ?? o.receiveBuffer + o.maxMessageSize,
+        o.maxMessageSize,
+      ),
+    }
+  }
+
+  private replyBudget(mac: number): ReplyBudget {
+    let b = this.replyBudgets.get(mac)
+    if (!b) {
+      b = new ReplyBudget()
+      this.replyBudgets.set(mac, b)
+    }
+    return b
+  }
+
+  /** A new record for an enrolled guest; its reply budget takes the limit it is enrolled with. */
+  private newGuest(mac: number, ip: number, key: Buffer, budgets: Partial<GuestBudgets> = {}): GuestRecord {
+    const g = new GuestRecord(mac, ip, key, budgets, this.replyBudget(mac))
+    g.replyBudget.limit =
+      budgets.pendingReplyBytes ?? this.o.budgets?.pendingReplyBytes ?? DEFAULT_PENDING_REPLY_BYTES
+    return g
+  }
+
+  /**
+   * A guest keeps sending requests while its replies pile up unsent beyond what its disks queue:
+   * its channel is closed (after the current call returns); what it held is freed and the IOhyp
+   * dials it again as after any loss.
+   */
+  private overloaded(mac: number): void {
+    const g = this.guests.get(mac)
+    const session = g?.session
+    if (!g || !session || session.connection.closed) return
+    queueMicrotask(() => {
+      if (g.session !== session || session.connection.closed) return
+      g.overloads++
+      this.log.warn('guest over its reply budget: channel closed', { mac: formatMac(g.mac) })
+      session.connection.abort('aborted')
+    })
+  }
+
   private guestInfo(g: GuestRecord): GuestInfo {
-    const info = g.info()
+    const info = g.info(this.budgetsOf(g))
+    if (g.overloads > 0) info.drops['over-budget'] = g.overloads
+    const unknownTypes = g.unknownMessages + (g.session?.unknownMessages ?? 0)
+    if (unknownTypes > 0) info.drops['unknown-message-type'] = unknownTypes
     const unknown = this.nics.unknownDeviceDrops(g.mac)
     if (unknown > 0) info.drops['net-unknown-device'] = unknown
     return info
@@ -315,7 +395,7 @@ export class IohypDaemon {
           `address ${formatIPv4(ip)} is already used by guest ${formatMac(g.mac)}`,
         )
     }
-    const g = new GuestRecord(mac, ip, Buffer.from(request.key, 'hex'))
+    const g = this.newGuest(mac, ip, Buffer.from(request.key, 'hex'), request.budgets)
     this.guests.set(mac, g)
     await this.saveState()
     this.log.info('guest enrolled', { mac: formatMac(mac), address: formatIPv4(ip) })
@@ -328,6 +408,7 @@ export class IohypDaemon {
     clearTimeout(g.retry)
     g.session?.close()
     this.guests.delete(g.mac)
+    this.replyBudgets.delete(g.mac)
     this.log.info('guest removed', { mac: formatMac(g.mac) })
   }
 
@@ -335,7 +416,9 @@ export class IohypDaemon {
     if (g.removed) return
     g.state = 'connecting'
     // Sealed: the guest's key seals this connection from its SYN on.
-    const c = this.link.driver.connect({ mac: g.mac, ip: g.ip, port: this.port }, { message() {} }, g.key)
+    const c = this.link.driver.connect({ mac: g.mac, ip: g.ip, port: this.port }, { message() {} }, g.key, {
+      maxReassemblyBytes: this.budgetsOf(g).reassemblyBytes,
+    })
     const session = new Session(c, 'opener', g.key, {
       authenticated: () => {
         g.rpc.attach(session)
@@ -353,6 +436,7 @@ export class IohypDaemon {
       writable: () => this.disks.writable(g),
       closed: (reason, failure) => {
         addStats(g.totals, c)
+        g.unknownMessages += session.unknownMessages
         if (failure) g.sessionFailures[failure] = (g.sessionFailures[failure] ?? 0) + 1
         if (g.session !== session) return
         const was = g.state
@@ -383,6 +467,7 @@ export class IohypDaemon {
       mac: formatMac(g.mac),
       address: formatIPv4(g.ip),
       key: g.key.toString('hex'),
+      ...(Object.keys(g.budgets).length > 0 && { budgets: g.budgets }),
     }))
     const state = { version: 1, guests, disks: this.disks.state(), nics: this.nics.state() }
     await writeFileAtomic(this.statePath(), `${JSON.stringify(state, null, 2)}\n`)
@@ -396,7 +481,7 @@ export class IohypDaemon {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
     }
     let state: {
-      guests?: { mac: string; address: string; key: string }[]
+      guests?: { mac: string; address: string; key: string; budgets?: unknown }[]
       disks?: DiskState[]
       nics?: NicState[]
     }
@@ -413,7 +498,10 @@ export class IohypDaemon {
       if (mac === undefined || ip === undefined || !/^[0-9a-f]{64}$/.test(g.key)) {
         throw new VrioError('invalid-state', `state file ${this.statePath()} has a malformed guest entry`)
       }
-      this.guests.set(mac, new GuestRecord(mac, ip, Buffer.from(g.key, 'hex')))
+      const budgets = g.budgets === undefined ? undefined : budgetsSchema.safeParse(g.budgets)
+      if (budgets && !budgets.success)
+        throw new VrioError('invalid-state', `state file ${this.statePath()} has malformed guest budgets`)
+      this.guests.set(mac, this.newGuest(mac, ip, Buffer.from(g.key, 'hex'), budgets?.data))
     }
     // Disks before dialing: each guest's disks are announced as soon as its session is up.
     const macOf = (text: string) => {
@@ -433,9 +521,15 @@ export class IohypDaemon {
       ...(this.o.address !== undefined && { address: this.o.address }),
       stateDir: this.o.stateDir,
       ...(this.o.insecurePlaintext && { insecurePlaintext: true }),
+      ...(this.o.budgets && { budgets: this.o.budgets }),
       guests: [...this.guests.values()]
         .sort((a, b) => a.mac - b.mac)
-        .map((g) => ({ mac: formatMac(g.mac), address: formatIPv4(g.ip), key: g.key.toString('hex') })),
+        .map((g) => ({
+          mac: formatMac(g.mac),
+          address: formatIPv4(g.ip),
+          key: g.key.toString('hex'),
+          ...(Object.keys(g.budgets).length > 0 && { budgets: g.budgets }),
+        })),
       disks: this.disks.state().map(({ handle: _, ...d }) => d),
       nics: this.nics.state().map(({ handle: _, ...n }) => n),
     }
@@ -459,7 +553,7 @@ export class IohypDaemon {
             `config guest ${d.mac}: address ${d.address} is used by enrolled guest ${formatMac(g.mac)} (state file); remove that guest or change the config`,
           )
       }
-      this.guests.set(mac, new GuestRecord(mac, ip, Buffer.from(d.key)))
+      this.guests.set(mac, this.newGuest(mac, ip, Buffer.from(d.key), d.budgets))
     }
     await this.disks.declare(disks, (text) => {
       const mac = parseMac(text)

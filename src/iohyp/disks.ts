@@ -1,6 +1,6 @@
 import type { CreateDiskRequest, DiskInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
-import { BlockBackend, replyNoDevice } from '../devices/blk/backend.ts'
+import { BlockBackend, type ReplyBudget, replyNoDevice } from '../devices/blk/backend.ts'
 import type { BlockDevice } from '../devices/blk/device.ts'
 import { FileDevice } from '../devices/blk/file-device.ts'
 import type { EncryptedDevice } from '../services/crypt/encrypted-device.ts'
@@ -53,6 +53,16 @@ interface Disk {
   announced: boolean
 }
 
+/** What the disks need of the daemon for each guest's limits. */
+export interface DiskLimits {
+  /** The read-reply budget all of a guest's back-ends share. */
+  replyBudget(mac: number): ReplyBudget
+  /** The guest keeps sending while its replies pile up: close its channel. */
+  overloaded(mac: number): void
+  /** The channel's largest message (reads whose reply would not fit are refused). */
+  maxMessageSize(): number
+}
+
 const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
 /** How long a guest may take to set a disk up (NBD export, block device). */
 const ATTACH_TIMEOUT_MS = 30_000
@@ -70,9 +80,11 @@ export class IohypDisks {
   private stopping = false
   private nextSlot = 1
   private readonly log: Logger
+  private readonly limits: DiskLimits | undefined
 
-  constructor(log: Logger) {
+  constructor(log: Logger, limits?: DiskLimits) {
     this.log = log
+    this.limits = limits
   }
 
   list(): DiskInfo[] {
@@ -270,7 +282,14 @@ export class IohypDisks {
       handle,
       store,
       device,
-      backend: new BlockBackend(device, { handle }),
+      backend: new BlockBackend(device, {
+        handle,
+        ...(this.limits && {
+          replyBudget: this.limits.replyBudget(guest),
+          maxMessageSize: this.limits.maxMessageSize(),
+          onOverload: () => this.limits?.overloaded(guest),
+        }),
+      }),
       nbd: null,
       attachedAs: null,
       announced: false,

@@ -1,5 +1,8 @@
 import { isVrioError, VrioError } from '../errors.ts'
-import type { Session } from './session.ts'
+import { MAX_CONTROL_JSON, type Session } from './session.ts'
+
+/** How much of a peer's method name an error message repeats. */
+const MAX_METHOD_SHOWN = 64
 
 /**
  * Request/response on top of a session's control messages: `call(method, params)` resolves with
@@ -89,7 +92,11 @@ export class Rpc {
     const handler = this.handlers.get(method)
     let reply: Record<string, unknown>
     try {
-      if (!handler) throw new VrioError('unknown-method', `no such control method: ${method}`)
+      if (!handler)
+        throw new VrioError(
+          'unknown-method',
+          `no such control method: ${JSON.stringify(method.slice(0, MAX_METHOD_SHOWN))}${method.length > MAX_METHOD_SHOWN ? '…' : ''}`,
+        )
       reply = { id, result: (await handler(params)) ?? null }
     } catch (error) {
       const e = isVrioError(error)
@@ -97,6 +104,10 @@ export class Rpc {
         : new VrioError('internal', 'the peer failed to handle the request')
       reply = { id, error: e.toJSON() }
     }
+    // An answer that cannot travel (an error repeating a huge peer-supplied value) is replaced by
+    // one that can: a peer's request never makes sendControl throw here, outside any caller.
+    if (Buffer.byteLength(JSON.stringify(reply)) > MAX_CONTROL_JSON)
+      reply = { id, error: new VrioError('internal', 'the answer is too large to send').toJSON() }
     if (session?.authenticated && session === this.session) session.sendControl(reply)
   }
 

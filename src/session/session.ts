@@ -55,7 +55,8 @@ export interface SessionHandlers {
 export const NONCE_LENGTH = 16
 export const TAG_LENGTH = 16
 const MAC_LENGTH = 32
-const MAX_CONTROL_JSON = 1024 * 1024
+/** Largest control message JSON, in bytes (UTF-8). */
+export const MAX_CONTROL_JSON = 1024 * 1024
 
 type Phase = 'waiting-hello' | 'waiting-auth' | 'waiting-confirm' | 'authenticated' | 'closed'
 
@@ -65,6 +66,8 @@ export class Session {
   /** The handlers this session installed on its connection (an Endpoint's accept callback returns them). */
   readonly connectionHandlers: ConnectionHandlers
   failure: SessionFailure | undefined
+  /** Data messages of a type this version does not know: dropped. */
+  unknownMessages = 0
   private phase: Phase
   private readonly key: Buffer
   private readonly handlers: SessionHandlers
@@ -196,8 +199,14 @@ export class Session {
       case 'authenticated':
         if (h.type === MessageType.Control) {
           this.onControl(data, h)
-        } else if (h.type >= MessageType.BlockRequest) {
+        } else if (
+          h.type === MessageType.BlockRequest ||
+          h.type === MessageType.BlockResponse ||
+          h.type === MessageType.NetFrame
+        ) {
           this.handlers.data?.(h, data, delivery, owned)
+        } else if (h.type > MessageType.Control) {
+          this.unknownMessages++ // a later version's data message: dropped, counted
         } else {
           this.fail('unexpected-message')
         }

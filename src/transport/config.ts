@@ -72,6 +72,19 @@ export interface ConnectionOptions {
   /** A sender moves to the next key epoch after this many frames, or this many payload bytes, in one. */
   rekeyAfterFrames: number
   rekeyAfterBytes: number
+  /**
+   * Bytes of partly received and out-of-order messages held for reassembly; a segment that would
+   * start a message beyond it is dropped (counted as 'receive-memory'). Default: receiveBuffer +
+   * maxMessageSize. The IOhyp sets it per guest (its `budgets.reassemblyBytes`).
+   */
+  maxReassemblyBytes: number
+  /**
+   * Most disjoint ranges a peer may fragment the receive space into (out-of-order data, Skips,
+   * messages in reassembly), and most SACK ranges we keep of its acknowledgements. A segment that
+   * would make one more is dropped (counted as 'interval-limit'); one at the next expected
+   * position always passes.
+   */
+  maxIntervals: number
 }
 
 export const DEFAULT_CONNECTION_OPTIONS: Readonly<ConnectionOptions> = Object.freeze({
@@ -98,6 +111,8 @@ export const DEFAULT_CONNECTION_OPTIONS: Readonly<ConnectionOptions> = Object.fr
   cipher: 'auto',
   rekeyAfterFrames: 2 ** 30,
   rekeyAfterBytes: 2 ** 36,
+  maxReassemblyBytes: 12 * 1024 * 1024,
+  maxIntervals: 4096,
 })
 
 /** Minimum IPv4 MTU a link must offer for our headers plus a useful payload. */
@@ -109,6 +124,7 @@ export const MAX_WINDOW = 65_535 * 2 ** 14
 /** Fills in defaults and checks every field; a bad one is a `VrioError('invalid-config')` naming it. */
 export function resolveConnectionOptions(partial: Partial<ConnectionOptions> = {}): ConnectionOptions {
   const o: ConnectionOptions = { ...DEFAULT_CONNECTION_OPTIONS, ...partial }
+  if (partial.maxReassemblyBytes === undefined) o.maxReassemblyBytes = o.receiveBuffer + o.maxMessageSize
   const integer = (field: keyof ConnectionOptions, min: number, max: number): void => {
     const v = o[field]
     if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
@@ -154,6 +170,8 @@ export function resolveConnectionOptions(partial: Partial<ConnectionOptions> = {
       },
     )
   }
+  integer('maxReassemblyBytes', o.maxMessageSize, 4 * 1024 * 1024 * 1024)
+  integer('maxIntervals', 16, 1_000_000)
   if (o.receiveBuffer < o.maxMessageSize) {
     throw new VrioError('invalid-config', 'transport option receiveBuffer must be at least maxMessageSize', {
       field: 'receiveBuffer',

@@ -20,6 +20,7 @@ import {
 } from '../wire/tcp.ts'
 import { resolveSealCipher } from './aead.ts'
 import { type ConnectionOptions, Delivery, SEGMENT_DELIVERY_MASK, SEGMENT_SKIP } from './config.ts'
+import { AbandonedMessages } from './abandoned.ts'
 import { IntervalSet } from './interval-set.ts'
 import { ChannelSeal, newSealCounters, type SealCounters, sealIdentity } from './seal.ts'
 import { positionOf, seqOf } from './seq.ts'
@@ -99,6 +100,7 @@ export type SegmentDropReason =
   | 'segment-mismatch'
   | 'bad-skip'
   | 'receive-memory'
+  | 'interval-limit'
   | 'not-vrio'
   | 'no-ack-flag'
 
@@ -239,7 +241,7 @@ export class Connection {
   private readonly reassembly = new Map<number, InMessage>()
   private reassemblyBytes = 0
   private readonly orderedPending: InMessage[] = []
-  private readonly abandoned = new Map<number, number>()
+  private readonly abandoned = new AbandonedMessages()
   private unreleased = 0
   private peerFinPos = -1
   private ackPending = false
@@ -371,9 +373,22 @@ export class Connection {
     return Math.max(0, this.o.receiveBuffer - this.unreleased)
   }
 
-  /** Bytes held for reassembly (bounded by receiveBuffer + maxMessageSize). */
+  /** Bytes held for reassembly (bounded by the maxReassemblyBytes option). */
   get reassemblyMemory(): number {
     return this.reassemblyBytes
+  }
+
+  /**
+   * Ranges held now: out-of-order received ones, abandoned messages, messages in reassembly and
+   * SACKed ones (each kind bounded by the maxIntervals option).
+   */
+  get heldRanges(): number {
+    return this.received.count + this.abandoned.size + this.reassembly.size + this.sacked.count
+  }
+
+  /** Search steps spent on those ranges so far: the per-segment cost, for tests (never timed). */
+  get rangeSteps(): number {
+    return this.received.steps + this.sacked.steps + this.abandoned.steps
   }
 
   /** Bytes queued and not yet acknowledged. */
@@ -722,6 +737,7 @@ export class Connection {
       this.stats.duplicatesDropped++
       return
     }
+    if (this.fragmentsTooMuch(start, end)) return
     if (this.abandoned.has(msgStart)) {
       this.received.add(start, end)
       this.advance()
@@ -744,8 +760,12 @@ export class Connection {
 
     let m = this.reassembly.get(msgStart)
     if (!m) {
-      if (this.reassemblyBytes + opt.messageLength > this.o.receiveBuffer + this.o.maxMessageSize) {
+      if (this.reassemblyBytes + opt.messageLength > this.o.maxReassemblyBytes) {
         this.drop('receive-memory')
+        return
+      }
+      if (this.reassembly.size >= this.o.maxIntervals) {
+        this.drop('interval-limit')
         return
       }
       m = {
@@ -790,20 +810,37 @@ export class Connection {
       return
     }
     const m = this.reassembly.get(msgStart)
-    if (m) {
-      if (m.flags !== Delivery.BestEffort || m.end !== msgEnd) {
-        this.drop('bad-skip')
-        return
-      }
-      this.freeReassembly(m)
+    if (m && (m.flags !== Delivery.BestEffort || m.end !== msgEnd)) {
+      this.drop('bad-skip')
+      return
     }
-    if (!this.isResolved(msgStart, msgEnd)) {
-      this.abandoned.set(msgStart, msgEnd)
+    const from = Math.max(segStart, this.rcvNxt)
+    const resolved = this.isResolved(msgStart, msgEnd)
+    if (!resolved && !this.abandoned.has(msgStart) && this.abandoned.size >= this.o.maxIntervals) {
+      this.drop('interval-limit')
+      return
+    }
+    if (this.fragmentsTooMuch(from, msgEnd)) return
+    if (m) this.freeReassembly(m)
+    if (!resolved) {
+      this.abandoned.add(msgStart, msgEnd)
       this.stats.bestEffortDropped++
     }
-    this.received.add(Math.max(segStart, this.rcvNxt), msgEnd)
+    this.received.add(from, msgEnd)
     this.ackPending = true
     this.advance()
+  }
+
+  /**
+   * True (and the segment counted as dropped) when marking [start, end) received would split the
+   * receive space into more than maxIntervals ranges. Data at the next expected position always
+   * passes: it moves the stream on at once.
+   */
+  private fragmentsTooMuch(start: number, end: number): boolean {
+    const r = this.received
+    if (start <= this.rcvNxt || r.count < this.o.maxIntervals || !r.wouldGrow(start, end)) return false
+    this.drop('interval-limit')
+    return true
   }
 
   /** True when every byte of [start, end) was received (or released by a Skip). */
@@ -818,9 +855,7 @@ export class Connection {
       if (r.end(0) > this.rcvNxt) this.rcvNxt = r.end(0)
       r.trimBelow(this.rcvNxt)
     }
-    if (this.abandoned.size > 0) {
-      for (const [start, end] of this.abandoned) if (end <= this.rcvNxt) this.abandoned.delete(start)
-    }
+    if (this.abandoned.size > 0) this.abandoned.forgetBelow(this.rcvNxt)
     const pending = this.orderedPending
     while (pending.length > 0 && pending[0].end <= this.rcvNxt && !this.closed) {
       const m = pending.shift()!
@@ -873,7 +908,7 @@ export class Connection {
       if (m.flags !== Delivery.BestEffort) continue
       if (now - m.firstAt >= this.o.reassemblyTimeout) {
         this.freeReassembly(m)
-        this.abandoned.set(m.start, m.end)
+        this.abandoned.add(m.start, m.end)
         this.stats.reassemblyTimeouts++
       } else {
         next = Math.min(next, m.firstAt + this.o.reassemblyTimeout)
@@ -992,7 +1027,14 @@ export class Connection {
       const left = positionOf(this.iss, opts.sackBlocks[2 * i], this.sndUna)
       const right = positionOf(this.iss, opts.sackBlocks[2 * i + 1], this.sndUna)
       // Ignore blocks that are not within what we sent (RFC 2018 gives the receiver no authority beyond it).
-      if (left < right && left >= this.sndUna && right <= this.sndNxt) this.sacked.add(left, right)
+      if (!(left < right && left >= this.sndUna && right <= this.sndNxt)) continue
+      // A peer fragmenting its SACKs without end gets the extra blocks ignored (a loss is then
+      // found by the retransmission timer instead).
+      if (this.sacked.count >= this.o.maxIntervals && this.sacked.wouldGrow(left, right)) {
+        this.drop('interval-limit')
+        continue
+      }
+      this.sacked.add(left, right)
     }
   }
 

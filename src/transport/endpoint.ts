@@ -135,15 +135,26 @@ export class Endpoint {
 
   /**
    * Opens a connection to `remote` from a random ephemeral port. Sealed (the default), `psk` is
-   * the peer's 32-byte key (default: the endpoint's own `key`).
+   * the peer's 32-byte key (default: the endpoint's own `key`). `options` override the endpoint's
+   * for this connection only (e.g. a guest's reassembly budget on the IOhyp).
    */
-  connect(remote: Address, handlers: ConnectionHandlers, psk?: Uint8Array): Connection {
+  connect(
+    remote: Address,
+    handlers: ConnectionHandlers,
+    psk?: Uint8Array,
+    options?: Partial<ConnectionOptions>,
+  ): Connection {
     // One connection per remote address and port: a new one replaces (resets) the old.
     this.byRemote.get(key(remote.ip, remote.port))?.abort('aborted')
     const port = EPHEMERAL_LOW + Math.floor(this.random() * (65_536 - EPHEMERAL_LOW))
-    const c = this.newConnection({ mac: this.mac, ip: this.ip, port }, remote, handlers, undefined, {
-      psk: psk ?? this.key,
-    })
+    const c = this.newConnection(
+      { mac: this.mac, ip: this.ip, port },
+      remote,
+      handlers,
+      undefined,
+      { psk: psk ?? this.key },
+      options ? resolveConnectionOptions({ ...this.options, ...options }) : this.options,
+    )
     this.byRemote.set(key(remote.ip, remote.port), c)
     this.stats.connectionsOpened++
     c.start()
@@ -318,10 +329,11 @@ export class Endpoint {
     handlers: ConnectionHandlers,
     syn?: TcpFrame,
     keys: { psk?: Uint8Array; seal?: ChannelSeal } = {},
+    options = this.options,
   ): Connection {
     return new Connection(
       {
-        options: this.options,
+        options,
         psk: keys.psk,
         seal: keys.seal,
         local,

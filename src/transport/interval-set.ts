@@ -1,12 +1,19 @@
 /**
  * A set of disjoint half-open ranges [start, end) of stream positions, kept sorted and merged.
- * Used for received-out-of-order bytes (receiver) and SACKed bytes (sender). The sets stay small
- * (bounded by the window in segments, and in practice by the number of holes), so a flat array with
- * linear scans beats a tree.
+ * Used for received-out-of-order bytes (receiver) and SACKed bytes (sender).
+ *
+ * A hostile peer chooses how fragmented these sets get, so every lookup is a binary search
+ * (O(log n) comparisons) and the byte total is kept as a running sum; the only linear part left is
+ * the memmove of `splice` when a range is inserted or removed, over a count the owner bounds (the
+ * connection's `maxIntervals`: see `wouldGrow`). `steps` counts the comparisons made, so tests can
+ * check the cost without timing anything.
  */
 export class IntervalSet {
   /** Flat pairs: starts at even indexes, ends at odd ones. */
   private readonly edges: number[] = []
+  private total = 0
+  /** Search steps taken so far (comparisons in the binary searches and merge loops): for tests. */
+  steps = 0
 
   get count(): number {
     return this.edges.length >>> 1
@@ -31,6 +38,42 @@ export class IntervalSet {
 
   clear(): void {
     this.edges.length = 0
+    this.total = 0
+  }
+
+  /** Index (in ranges) of the first range whose end is ≥ `p` (touching counts); `count` when none. */
+  private firstEndingAtOrAfter(p: number): number {
+    const e = this.edges
+    let lo = 0
+    let hi = e.length >>> 1
+    while (lo < hi) {
+      this.steps++
+      const mid = (lo + hi) >>> 1
+      if (e[2 * mid + 1] < p) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+
+  /** Index of the first range whose end is > `p` (strictly); `count` when none. */
+  private firstEndingAfter(p: number): number {
+    const e = this.edges
+    let lo = 0
+    let hi = e.length >>> 1
+    while (lo < hi) {
+      this.steps++
+      const mid = (lo + hi) >>> 1
+      if (e[2 * mid + 1] <= p) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+
+  /** True when adding [start, end) would make one more range (it touches none that exists). */
+  wouldGrow(start: number, end: number): boolean {
+    if (end <= start) return false
+    const i = this.firstEndingAtOrAfter(start)
+    return i === this.count || this.edges[2 * i] > end
   }
 
   /** Adds [start, end); returns how many of its bytes were not in the set before. */
@@ -38,74 +81,71 @@ export class IntervalSet {
     if (end <= start) return 0
     const e = this.edges
     // First range whose end reaches `start` (touching ranges merge).
-    let i = 0
-    while (i < e.length && e[i + 1] < start) i += 2
+    const i = 2 * this.firstEndingAtOrAfter(start)
     let j = i
     let covered = 0
     let newStart = start
     let newEnd = end
+    // Every range merged here is removed: the loop's total work is paid for by the ranges it deletes.
     while (j < e.length && e[j] <= end) {
-      covered += Math.max(0, Math.min(e[j + 1], end) - Math.max(e[j], start))
+      this.steps++
+      covered += e[j + 1] - e[j]
       newStart = Math.min(newStart, e[j])
       newEnd = Math.max(newEnd, e[j + 1])
       j += 2
     }
-    e.splice(i, j - i, newStart, newEnd)
-    return end - start - covered
+    if (j === i + 2) {
+      e[i] = newStart
+      e[i + 1] = newEnd
+    } else e.splice(i, j - i, newStart, newEnd)
+    const added = newEnd - newStart - covered
+    this.total += added
+    return added
   }
 
   /** True when every byte of [start, end) is in the set. */
   covers(start: number, end: number): boolean {
-    const e = this.edges
-    for (let i = 0; i < e.length; i += 2) {
-      if (e[i] > start) return false
-      if (e[i + 1] >= end) return true
-    }
-    return false
+    const i = this.firstEndingAtOrAfter(end)
+    return i < this.count && this.edges[2 * i] <= start
   }
 
   /** Bytes of [start, end) that are in the set. */
   coveredBytes(start: number, end: number): number {
     let n = 0
     const e = this.edges
-    for (let i = 0; i < e.length && e[i] < end; i += 2)
+    for (let i = 2 * this.firstEndingAfter(start); i < e.length && e[i] < end; i += 2) {
+      this.steps++
       n += Math.max(0, Math.min(e[i + 1], end) - Math.max(e[i], start))
+    }
     return n
   }
 
   /** Removes everything below `position`. */
   trimBelow(position: number): void {
     const e = this.edges
-    let i = 0
-    while (i < e.length && e[i + 1] <= position) i += 2
+    const i = 2 * this.firstEndingAfter(position)
+    for (let k = 0; k < i; k += 2) this.total -= e[k + 1] - e[k]
     if (i > 0) e.splice(0, i)
-    if (e.length > 0 && e[0] < position) e[0] = position
+    if (e.length > 0 && e[0] < position) {
+      this.total -= position - e[0]
+      e[0] = position
+    }
   }
 
   /** The first position at or after `from` that is not in the set. */
   nextGap(from: number): number {
-    const e = this.edges
-    let p = from
-    for (let i = 0; i < e.length; i += 2) {
-      if (e[i] > p) break
-      if (e[i + 1] > p) p = e[i + 1]
-    }
-    return p
+    const i = this.firstEndingAfter(from)
+    return i < this.count && this.edges[2 * i] <= from ? this.edges[2 * i + 1] : from
   }
 
   /** The first position at or after `from` that is in the set, or Infinity. */
   nextCovered(from: number): number {
-    const e = this.edges
-    for (let i = 0; i < e.length; i += 2) {
-      if (e[i + 1] > from) return Math.max(e[i], from)
-    }
-    return Number.POSITIVE_INFINITY
+    const i = this.firstEndingAfter(from)
+    return i < this.count ? Math.max(this.edges[2 * i], from) : Number.POSITIVE_INFINITY
   }
 
-  /** Total bytes in the set. */
+  /** Total bytes in the set (kept as a running sum). */
   size(): number {
-    let n = 0
-    for (let i = 0; i < this.edges.length; i += 2) n += this.edges[i + 1] - this.edges[i]
-    return n
+    return this.total
   }
 }

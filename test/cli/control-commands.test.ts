@@ -37,6 +37,8 @@ const GUEST_A: GuestInfo = {
   bytesOut: 900,
   drops: { 'bad-tcp-checksum': 2, 'truncated-ipv4': 1 },
   sessionFailures: { 'auth-failed': 1 },
+  budgets: { pendingReplyBytes: 64 * 1024 * 1024, reassemblyBytes: 12 * 1024 * 1024 },
+  held: { pendingReplyBytes: 1_048_576, reassemblyBytes: 0 },
 }
 const GUEST_B: GuestInfo = {
   mac: '52:54:00:00:00:0a',
@@ -52,6 +54,8 @@ const GUEST_B: GuestInfo = {
   bytesOut: 0,
   drops: {},
   sessionFailures: {},
+  budgets: { pendingReplyBytes: 64 * 1024 * 1024, reassemblyBytes: 12 * 1024 * 1024 },
+  held: { pendingReplyBytes: 0, reassemblyBytes: 0 },
 }
 const DISK: DiskInfo = {
   name: 'root',

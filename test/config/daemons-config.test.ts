@@ -28,8 +28,15 @@ describe('vrio iohyp --config and vrio guest --config', () => {
     stateDir: 'state',
     // The command line's --control overrides this.
     control: 'not-this.sock',
+    budgets: { pendingReplyBytes: 32 * 1024 * 1024 },
     guests: [
-      { mac: guestMac, address: guestAddress, keyFile: 'g.key', name: 'web' },
+      {
+        mac: guestMac,
+        address: guestAddress,
+        keyFile: 'g.key',
+        name: 'web',
+        budgets: { reassemblyBytes: 8 * 1024 * 1024 },
+      },
       { mac: '52:54:00:00:00:42', address: '10.99.0.42', keyFile: 'other.key' },
     ],
     disks: [{ name: 'root', guest: 'web', backing: 'root.img' }],
@@ -115,6 +122,19 @@ describe('vrio iohyp --config and vrio guest --config', () => {
       'the configured guest to connect',
       15_000,
     )
+    // Budgets: the guest's own over the file's defaults over the built-in ones; nothing held at rest.
+    const budgetsOf = (mac: string) => {
+      const g = guests().find((x) => x.mac === mac)!
+      return { budgets: g.budgets, held: g.held }
+    }
+    assert.deepEqual(budgetsOf(guestMac), {
+      budgets: { pendingReplyBytes: 32 * 1024 * 1024, reassemblyBytes: 8 * 1024 * 1024 },
+      held: { pendingReplyBytes: 0, reassemblyBytes: 0 },
+    })
+    assert.deepEqual(budgetsOf('52:54:00:00:00:42').budgets, {
+      pendingReplyBytes: 32 * 1024 * 1024,
+      reassemblyBytes: 12 * 1024 * 1024,
+    })
     const status = vrioJson<StatusInfo>(['status', '--control', sock('guest')])
     assert.equal(status.iohyp?.state, 'connected')
     await waitUntil(
@@ -133,10 +153,13 @@ describe('vrio iohyp --config and vrio guest --config', () => {
       '10.99.0.77',
       '--key-file',
       tmp.path('late.key'),
+      '--pending-reply-bytes',
+      '1048576',
       '--control',
       sock('iohyp'),
     ])
     assert.equal(late.status, 0, late.stderr)
+    assert.equal(guests().find((g) => g.mac === '52:54:00:00:00:77')?.budgets.pendingReplyBytes, 1048576)
 
     // Export while running: a config with key files, valid as it is.
     const exported = vrioJson<{ config: string; keyFiles: string[] }>([

@@ -319,6 +319,16 @@ describe('config files', () => {
       /^guests\[1\]\.keyFile: key file .*none\.key does not exist$/,
     ],
     [
+      'a reassembly budget below the largest message',
+      (d) => ((d.guests as Doc[])[1].budgets = { reassemblyBytes: 1024 }),
+      /^guests\[1\]\.budgets\.reassemblyBytes: must be at least 4194304/,
+    ],
+    [
+      'an unknown budget',
+      (d) => Object.assign(d, { budgets: { pendingReplies: 5 } }),
+      /budgets.*pendingReplies/,
+    ],
+    [
       'not a config object',
       (d) => Object.assign(d, { guests: [1] }),
       /^guests\[0\]: expected an object \(key: value pairs\), got a whole number$/,

@@ -57,5 +57,20 @@ describe('control API input validation', () => {
     invalid(() => parseAddGuestRequest(null), 'body', /JSON object/)
     invalid(() => parseAddGuestRequest([]), 'body', /JSON object/)
     invalid(() => parseAddGuestRequest({ mac: '52:54:00:12:34:56', address: '10.0.0.2' }), 'key', /64 hex/)
+    const guest = { mac: '52:54:00:12:34:56', address: '10.0.0.2', key: KEY }
+    assert.deepEqual(parseAddGuestRequest({ ...guest, budgets: { pendingReplyBytes: 1 << 20 } }).budgets, {
+      pendingReplyBytes: 1 << 20,
+    })
+    invalid(
+      () => parseAddGuestRequest({ ...guest, budgets: { reassemblyBytes: 10 } }),
+      'budgets.reassemblyBytes',
+      /budgets\.reassemblyBytes/,
+    )
+    invalid(() => parseAddGuestRequest({ ...guest, budgets: { typo: 1 } }), 'budgets', /budgets/)
+    invalid(
+      () => parseAddGuestRequest({ ...guest, budgets: { pendingReplyBytes: -1 } }),
+      'budgets.pendingReplyBytes',
+      /budgets/,
+    )
   })
 })

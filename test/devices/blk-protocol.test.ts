@@ -131,6 +131,16 @@ describe('blk protocol codec', () => {
     assert.equal(Buffer.from(blockResponseData(h, read, 4)!).toString(), 'abcd')
     assert.equal(blockResponseData(h, read, 8), undefined, 'short read data is malformed')
     assert.equal(blockResponseData(h, read, 0), undefined, 'data where none is due is malformed')
+    assert.equal(blockResponseData({ ...h, flags: 1 }, read, 4), undefined, 'unknown flags are malformed')
+    assert.equal(blockResponseData({ ...h, replyLength: 4 }, read, 4), undefined, 'so is a replyLength')
+  })
+
+  it('refuses a request whose header flags or status are not zero', () => {
+    const { h, r, status } = decode(request(BlockOp.In, 0, 4096, 0))
+    assert.equal(status, BlockStatus.Ok)
+    const m = request(BlockOp.In, 0, 4096, 0)
+    assert.equal(decodeBlockRequest({ ...h, flags: 0x8000 }, m, r), BlockStatus.BadRequest)
+    assert.equal(decodeBlockRequest({ ...h, status: 1 }, m, r), BlockStatus.BadRequest)
   })
 
   it('accepts flush, discard and write-zeroes with unmap; refuses malformed requests', () => {

@@ -1,10 +1,11 @@
 import { recycleMessageBuffer } from '../../transport/message-buffers.ts'
 import { VrioError } from '../../errors.ts'
-import { Delivery } from '../../transport/config.ts'
+import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../transport/config.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
 import type { BlockDevice } from './device.ts'
 import {
   BLOCK_ID_WINDOW,
+  BLOCK_REQUEST_HEAD_LENGTH,
   BLOCK_RESPONSE_HEAD_LENGTH,
   BlockFlag,
   type BlockHandle,
@@ -23,6 +24,55 @@ export interface BlockSender {
   sendData(parts: Uint8Array | readonly Uint8Array[], delivery: Delivery): boolean
 }
 
+/** Default bytes of read replies one guest may have the IOhyp hold (see ReplyBudget). */
+export const DEFAULT_PENDING_REPLY_BYTES = 64 * 1024 * 1024
+
+/**
+ * Bytes of read data one guest has the IOhyp hold: reads running on its devices (their buffers)
+ * and replies waiting because its channel cannot take them (the peer's window is closed, the send
+ * queue is full). Shared by all the back-ends of one guest. A read starts only while the guest is
+ * within its budget (one read always may, when nothing is held), so a guest that stops reading its
+ * replies stops getting reads served, and holds at most `limit` plus one read.
+ */
+export class ReplyBudget {
+  /** May be changed at any time (a guest re-enrolled with another budget); holdings stay. */
+  limit: number
+  private heldBytes = 0
+  private readonly waiting = new Set<() => void>()
+
+  constructor(limit = DEFAULT_PENDING_REPLY_BYTES) {
+    this.limit = positive(limit, 'pendingReplyBytes')
+  }
+
+  /** Bytes held now. */
+  get held(): number {
+    return this.heldBytes
+  }
+
+  /** Takes `bytes` when they fit (or nothing is held); false otherwise. */
+  take(bytes: number): boolean {
+    if (this.heldBytes > 0 && this.heldBytes + bytes > this.limit) return false
+    this.heldBytes += bytes
+    return true
+  }
+
+  /** Gives `bytes` back and lets waiting back-ends try again. */
+  give(bytes: number): void {
+    if (bytes <= 0) return
+    this.heldBytes -= bytes
+    for (const resume of [...this.waiting]) resume()
+  }
+
+  /** `resume` is called whenever bytes come back (a back-end with reads waiting for room). */
+  watch(resume: () => void): void {
+    this.waiting.add(resume)
+  }
+
+  unwatch(resume: () => void): void {
+    this.waiting.delete(resume)
+  }
+}
+
 export interface BlockBackendOptions {
   /** This device's handle (the IOhyp's choice: e.g. a table slot and a random tag). */
   handle: BlockHandle
@@ -32,8 +82,26 @@ export interface BlockBackendOptions {
   maxQueued?: number
   /** Write data those waiting requests may hold. Default 256 MiB. */
   maxQueuedBytes?: number
+  /**
+   * Write data held at once, running and waiting; a write beyond it is answered Busy. Default
+   * 128 MiB: twice what a front-end with the default queue depth and transfer size (64 × 1 MiB)
+   * can have outstanding, so only a guest that ignores them meets it.
+   */
+  maxWriteBytes?: number
   /** Front-end epochs whose completed requests are remembered (least recently used dropped). Default 4. */
   maxEpochs?: number
+  /**
+   * Largest message the channel carries (the transport's maxMessageSize): a read whose reply
+   * would not fit is answered BadRequest. Default: the transport's default.
+   */
+  maxMessageSize?: number
+  /** The guest's read-reply budget, shared by its back-ends. Default: one of this back-end's own. */
+  replyBudget?: ReplyBudget
+  /**
+   * Called when the guest keeps sending while its replies cannot be sent even as far as the
+   * back-end's reply queue allows (it never reads them): its owner should disconnect it.
+   */
+  onOverload?: () => void
 }
 
 export interface BlockBackendStats {
@@ -51,6 +119,10 @@ export interface BlockBackendStats {
   errors: Record<number, number>
   /** Replies dropped: no session attached, or too many waiting for send space. */
   repliesDropped: number
+  /** Times a read waited because the guest's reply budget was full (back-pressure). */
+  budgetWaits: number
+  /** Times the guest was reported overloaded (onOverload). */
+  overloads: number
 }
 
 // Record states, one byte per request id in the window (0: not seen).
@@ -106,6 +178,14 @@ interface Task {
   epoch: number
   id: number
   record: EpochRecord
+  /** Reply bytes taken from the budget for it (reads: their length once started). */
+  reserved: number
+}
+
+/** A reply waiting for send space, and the budget bytes it holds. */
+interface PendingReply {
+  parts: Uint8Array | readonly Uint8Array[]
+  reserved: number
 }
 
 /**
@@ -139,12 +219,20 @@ export class BlockBackend {
     stale: 0,
     errors: {},
     repliesDropped: 0,
+    budgetWaits: 0,
+    overloads: 0,
   }
 
   private readonly depth: number
   private readonly maxQueued: number
   private readonly maxQueuedBytes: number
+  private readonly maxWriteBytes: number
+  /** Write data held now: of running requests and of waiting ones. */
+  private writeBytes = 0
   private readonly maxEpochs: number
+  private readonly maxReadLength: number
+  private readonly budget: ReplyBudget
+  private readonly onOverload: (() => void) | undefined
   private session: BlockSender | undefined
   private readonly epochs = new Map<number, EpochRecord>()
   private readonly request = newBlockRequest()
@@ -153,7 +241,9 @@ export class BlockBackend {
   private queue: Task[] = []
   private queueHead = 0
   private queuedBytes = 0
-  private pending: (Uint8Array | readonly Uint8Array[])[] = []
+  private pending: PendingReply[] = []
+  private pendingBytes = 0
+  private readonly resume = (): void => this.startQueued()
   private closed = false
   /** Closed for a daemon stop: nothing more is answered (see close). */
   private handingOver = false
@@ -166,6 +256,30 @@ export class BlockBackend {
     this.maxQueued = positive(options.maxQueued ?? 1024, 'maxQueued', 0)
     this.maxQueuedBytes = positive(options.maxQueuedBytes ?? 256 * 1024 * 1024, 'maxQueuedBytes', 0)
     this.maxEpochs = positive(options.maxEpochs ?? 4, 'maxEpochs')
+    this.maxWriteBytes = positive(options.maxWriteBytes ?? 128 * 1024 * 1024, 'maxWriteBytes')
+    const maxMessageSize = positive(
+      options.maxMessageSize ?? DEFAULT_CONNECTION_OPTIONS.maxMessageSize,
+      'maxMessageSize',
+      BLOCK_REQUEST_HEAD_LENGTH,
+    )
+    this.maxReadLength = maxMessageSize - BLOCK_RESPONSE_HEAD_LENGTH
+    this.budget = options.replyBudget ?? new ReplyBudget()
+    this.onOverload = options.onOverload
+  }
+
+  /** Bytes of read replies this back-end holds waiting for send space. */
+  get pendingReplyBytes(): number {
+    return this.pendingBytes
+  }
+
+  /** Replies waiting for send space. */
+  get pendingReplies(): number {
+    return this.pending.length
+  }
+
+  /** Write data held now (running and waiting requests). */
+  get heldWriteBytes(): number {
+    return this.writeBytes
   }
 
   /** Device operations running now. */
@@ -184,9 +298,15 @@ export class BlockBackend {
     this.writable()
   }
 
-  /** The session is gone: running requests continue, their answers wait for the next session. */
+  /**
+   * The session is gone: running requests continue (their answers are dropped unless a session
+   * is attached by then); replies waiting for send space are dropped and their memory freed: the
+   * front-end re-sends every unanswered request on its next session, and a completed write's
+   * status is answered from the record.
+   */
   detach(): void {
     this.session = undefined
+    this.dropPending()
   }
 
   /** The session has send space again. */
@@ -194,8 +314,16 @@ export class BlockBackend {
     const s = this.session
     if (!s) return
     let i = 0
-    while (i < this.pending.length && s.sendData(this.pending[i], Delivery.Reliable)) i++
-    if (i > 0) this.pending = this.pending.slice(i)
+    let freed = 0
+    while (i < this.pending.length && s.sendData(this.pending[i].parts, Delivery.Reliable)) {
+      freed += this.pending[i].reserved
+      i++
+    }
+    if (i === 0) return
+    this.pending = this.pending.slice(i)
+    this.pendingBytes -= freed
+    this.budget.give(freed)
+    this.startQueued()
   }
 
   /**
@@ -214,7 +342,10 @@ export class BlockBackend {
       return
     }
     const r = this.request
-    const decoded = decodeBlockRequest(h, message, r)
+    let decoded = decodeBlockRequest(h, message, r)
+    // A read whose reply the channel could not carry.
+    if (decoded === BlockStatus.Ok && r.op === BlockOp.In && r.length > this.maxReadLength)
+      decoded = BlockStatus.BadRequest
     if (decoded !== BlockStatus.Ok || r.floor > id) {
       this.reply(h.deviceHigh, h.deviceLow, epoch, id, decoded || BlockStatus.BadRequest, undefined)
       return
@@ -267,13 +398,20 @@ export class BlockBackend {
       epoch,
       id,
       record,
+      reserved: 0,
     }
-    if (this.running < this.depth) {
+    const bytes = data?.length ?? 0
+    if (bytes > 0 && this.writeBytes + bytes > this.maxWriteBytes) {
+      // Not recorded: once writes complete, a re-sent copy may run.
+      this.reply(h.deviceHigh, h.deviceLow, epoch, id, BlockStatus.Busy, undefined)
+      return
+    }
+    if (this.running < this.depth && this.queued === 0 && this.reserve(task)) {
       record.states[slot] = RUNNING
+      this.writeBytes += bytes
       this.start(task)
       return
     }
-    const bytes = data?.length ?? 0
     if (this.queued >= this.maxQueued || this.queuedBytes + bytes > this.maxQueuedBytes) {
       // Not recorded: once the queue has room, a re-sent copy may run.
       this.reply(h.deviceHigh, h.deviceLow, epoch, id, BlockStatus.Busy, undefined)
@@ -282,6 +420,7 @@ export class BlockBackend {
     record.states[slot] = RUNNING
     this.queue.push(task)
     this.queuedBytes += bytes
+    this.writeBytes += bytes
   }
 
   /**
@@ -301,8 +440,13 @@ export class BlockBackend {
     }
     this.queue = []
     this.queueHead = 0
+    this.writeBytes -= this.queuedBytes
     this.queuedBytes = 0
-    if (this.running === 0) return Promise.resolve()
+    this.budget.unwatch(this.resume)
+    if (this.running === 0) {
+      this.settle()
+      return Promise.resolve()
+    }
     return new Promise((resolve) => (this.idle = resolve))
   }
 
@@ -384,6 +528,7 @@ export class BlockBackend {
 
   private finish(t: Task, status: number, data: Uint8Array | undefined): void {
     this.running--
+    this.writeBytes -= t.data?.length ?? 0
     t.data = undefined
     // The device is done with the write data: the message it was a view of can be reused.
     if (t.message) recycleMessageBuffer(t.message)
@@ -396,9 +541,25 @@ export class BlockBackend {
         reply = undefined
       }
     } else reply = undefined
-    this.reply(t.deviceHigh, t.deviceLow, t.epoch, t.id, status, reply)
+    const reserved = t.reserved
+    t.reserved = 0
+    this.reply(t.deviceHigh, t.deviceLow, t.epoch, t.id, status, reply, reply ? reserved : 0)
+    if (!reply) this.budget.give(reserved)
+    this.startQueued()
+    if (this.running === 0 && this.idle) {
+      const idle = this.idle
+      this.idle = undefined
+      this.settle()
+      idle()
+    }
+  }
+
+  /** Starts waiting requests while there are free slots and the reply budget has room. */
+  private startQueued(): void {
     while (this.running < this.depth && this.queueHead < this.queue.length) {
-      const next = this.queue[this.queueHead++]
+      const next = this.queue[this.queueHead]
+      if (!this.reserve(next)) return
+      this.queueHead++
       this.queuedBytes -= next.data?.length ?? 0
       if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
         this.queue = this.queue.slice(this.queueHead)
@@ -406,11 +567,40 @@ export class BlockBackend {
       }
       this.start(next)
     }
-    if (this.running === 0 && this.idle) {
-      const idle = this.idle
-      this.idle = undefined
-      idle()
+    if (this.queueHead === this.queue.length) this.budget.unwatch(this.resume)
+  }
+
+  /**
+   * Takes a read's reply bytes from the guest's budget; false (and watching the budget, to start
+   * it when bytes come back) when they do not fit.
+   */
+  private reserve(t: Task): boolean {
+    if (t.op !== BlockOp.In || this.closed) return true
+    if (!this.budget.take(t.length)) {
+      this.stats.budgetWaits++
+      this.budget.watch(this.resume)
+      return false
     }
+    t.reserved = t.length
+    return true
+  }
+
+  /**
+   * Closed and idle: the replies that still fit are sent, the rest dropped, so nothing of the
+   * guest's budget stays with a back-end that is going away.
+   */
+  private settle(): void {
+    this.writable()
+    this.dropPending()
+  }
+
+  private dropPending(): void {
+    if (this.pending.length === 0) return
+    this.stats.repliesDropped += this.pending.length
+    const freed = this.pendingBytes
+    this.pending = []
+    this.pendingBytes = 0
+    this.budget.give(freed)
   }
 
   private finishRecord(t: Task, status: number): void {
@@ -430,11 +620,18 @@ export class BlockBackend {
     id: number,
     status: number,
     data: Uint8Array | undefined,
+    reserved = 0,
   ): void {
     if (status !== BlockStatus.Ok) this.stats.errors[status] = (this.stats.errors[status] ?? 0) + 1
     const s = this.session
     if (!s || this.pending.length >= this.depth + this.maxQueued) {
       this.stats.repliesDropped++
+      this.budget.give(reserved)
+      if (s) {
+        // Replies pile up faster than the guest takes them, even with its reads held back.
+        this.stats.overloads++
+        this.onOverload?.()
+      }
       return
     }
     const head = this.arena.take(BLOCK_RESPONSE_HEAD_LENGTH)
@@ -448,7 +645,10 @@ export class BlockBackend {
       data?.length ?? 0,
     )
     const parts = data && data.length > 0 ? [head, data] : head
-    if (this.pending.length > 0 || !s.sendData(parts, Delivery.Reliable)) this.pending.push(parts)
+    if (this.pending.length > 0 || !s.sendData(parts, Delivery.Reliable)) {
+      this.pending.push({ parts, reserved })
+      this.pendingBytes += reserved
+    } else this.budget.give(reserved)
   }
 }
 

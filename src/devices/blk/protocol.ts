@@ -169,6 +169,8 @@ export function decodeBlockRequest(h: MessageHeader, message: Uint8Array, out: B
   if (h.type !== MessageType.BlockRequest) return BlockStatus.BadRequest
   if (message.length < BLOCK_REQUEST_HEAD_LENGTH || h.bodyLength !== message.length - MESSAGE_HEADER_LENGTH)
     return BlockStatus.BadRequest
+  // A request's header flags and status are zero (unknown flags are refused, not ignored).
+  if (h.flags !== 0 || h.status !== 0) return BlockStatus.BadRequest
   const o = MESSAGE_HEADER_LENGTH
   const op = message[o]
   const flags = message[o + 1]
@@ -246,6 +248,8 @@ export function blockResponseData(
 ): Uint8Array | undefined {
   if (h.type !== MessageType.BlockResponse || h.bodyLength !== message.length - MESSAGE_HEADER_LENGTH)
     return undefined
+  // Flags and replyLength are zero in a response: unknown bits are refused, not ignored.
+  if (h.flags !== 0 || h.replyLength !== 0) return undefined
   const data = h.bodyLength
   if (h.status === BlockStatus.Ok ? data !== expectedData : data !== 0) return undefined
   return message.subarray(MESSAGE_HEADER_LENGTH)

@@ -98,8 +98,10 @@ export class NetPort {
    * ConnectionHandlers.message); it is given back for reuse once the frame is written (nothing
    * here keeps a frame: the DPI copies what it reassembles).
    */
-  receive(_h: MessageHeader, message: Uint8Array, owned = false): void {
-    this.deliver(message)
+  receive(h: MessageHeader, message: Uint8Array, owned = false): void {
+    if (h.flags !== 0 || h.requestHigh !== 0 || h.requestLow !== 0 || h.replyLength !== 0 || h.status !== 0)
+      this.drop('bad-message-header')
+    else this.deliver(message)
     if (owned) recycleMessageBuffer(message)
   }
 

@@ -51,6 +51,8 @@ export type NetDropReason =
   | 'channel-full'
   /** The body is shorter than a virtio_net_hdr + Ethernet header, or longer than the largest frame. */
   | 'bad-length'
+  /** The message header's flags, request, replyLength or status are not the zeros a NetFrame has. */
+  | 'bad-message-header'
   /** The virtio_net_hdr asks for something impossible (unknown GSO type, checksum outside the frame). */
   | 'bad-vnet-header'
   /** A frame longer than the MTU that is not a GSO super-frame. */
