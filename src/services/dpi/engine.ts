@@ -15,6 +15,7 @@ import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
 import { AhoCorasick } from './aho-corasick.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
 import { type InspectBuffer, PayloadMatcher } from './match.ts'
+import { DEFAULT_REGEX_BUDGET, newRegexBudget } from './regex.ts'
 import {
   invalidRules,
   type ParsedRules,
@@ -46,6 +47,16 @@ export interface DpiOptions extends RuleParseOptions {
   utcOffsetMinutes?: number
   /** EVE `in_iface` (the NIC's name), omitted when unset. */
   interfaceName?: string
+  /**
+   * Regex work allowed per frame, in steps (characters searched × program size, see regex.ts).
+   * Default DEFAULT_REGEX_BUDGET (1M). A pcre the budget cannot pay for counts as not matching.
+   */
+  regexBudget?: number
+  /**
+   * What happens to a frame whose regex budget ran out (`budgetExceeded`): 'pass' (default: its
+   * other rules still act; like Suricata at pcre.match-limit) or 'drop' (IPS: the frame is dropped).
+   */
+  budgetExceeded?: 'pass' | 'drop'
 }
 
 /** Protocol classes a rule can apply to. */
@@ -171,6 +182,10 @@ export type DpiCounters = {
   notInspected: number
   /** Verifications that gave up after their backtracking budget (counted as no match). */
   backtrackExhausted: number
+  /** Frames whose regex budget ran out (a pcre not run counts as no match). */
+  budgetExceeded: number
+  /** Regex steps charged in all (characters searched × program size). */
+  regexSteps: number
   automatonStates: number
   automatonBytes: number
 }
@@ -197,7 +212,11 @@ export class DpiService implements NetService {
     passedFlows: 0,
     notInspected: 0,
     backtrackExhausted: 0,
+    budgetExceeded: 0,
+    regexSteps: 0,
   }
+  readonly #regexBudget = newRegexBudget()
+  readonly #regexLimit: number
   #scratch = Buffer.allocUnsafe(0)
   #scanId = 0
   #frameId = 0
@@ -217,6 +236,7 @@ export class DpiService implements NetService {
   /** Use createDpi(); `parsed` is the result of parseRules. */
   constructor(parsed: ParsedRules, options: DpiOptions = {}) {
     this.#options = options
+    this.#regexLimit = options.regexBudget ?? DEFAULT_REGEX_BUDGET
     if ((options.strict ?? true) && parsed.errors.length > 0) throw invalidRules(parsed.errors)
     this.#errors = parsed.errors
     this.#rules = new RuleSet(parsed.rules, 1, options.streamWindow ?? 4096)
@@ -309,6 +329,10 @@ export class DpiService implements NetService {
     this.#frameId = (this.#frameId + 1) >>> 0 || 1
     const matched = this.#matched
     matched.length = 0
+    const budget = this.#regexBudget
+    budget.remaining = this.#regexLimit
+    budget.used = 0
+    budget.exceeded = false
     const cls = protocolClass(p.protocol)
     for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
     const payloadEnd = p.payloadOffset + p.payloadLength
@@ -323,6 +347,16 @@ export class DpiService implements NetService {
     }
     this.#packet = undefined
     this.#flow = undefined
+    c.regexSteps += budget.used
+    if (budget.exceeded) {
+      c.budgetExceeded++
+      if (this.#options.budgetExceeded === 'drop') {
+        // The rules that did match still alert (and a drop rule drops the flow).
+        if (matched.length > 0 && !this.#act(flow, frame, p, toServer, ctx)) return false
+        c.drops++
+        return false
+      }
+    }
     if (matched.length === 0) return true
     return this.#act(flow, frame, p, toServer, ctx)
   }
@@ -519,7 +553,7 @@ export class DpiService implements NetService {
   #verify(i: number, buf: InspectBuffer, minEnd: number): boolean {
     if (!this.#header(i)) return false
     const matcher = this.#rules.matchers[i]
-    if (matcher.verify(buf, minEnd)) {
+    if (matcher.verify(buf, minEnd, this.#regexBudget)) {
       this.#addMatch(i)
       return true
     }

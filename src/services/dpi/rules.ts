@@ -20,6 +20,7 @@ import {
   DEFAULT_PRIORITY,
   resolveVars,
 } from './classification.ts'
+import { PcreRegex, RegexError, type RegexFlags } from './regex.ts'
 
 export type RuleAction = 'alert' | 'drop' | 'pass'
 /** `http` rules are `tcp` rules matched against the raw reassembled stream (no HTTP parser). */
@@ -43,11 +44,11 @@ export interface ContentMatch {
   fastPattern: boolean
 }
 
-/** One `pcre`, converted to a JS RegExp over the buffer's latin1 text. */
+/** One `pcre`, on the linear-time engine (regex.ts) over the buffer's latin1 text. */
 export interface PcreMatch {
   kind: 'pcre'
   source: string
-  regex: RegExp
+  regex: PcreRegex
   negated: boolean
   /** /R: the search starts at the end of the previous match. */
   relative: boolean
@@ -494,8 +495,6 @@ function chooseFastPattern(matches: PayloadMatch[]): number {
   return best
 }
 
-const PCRE_FLAGS: Record<string, string> = { i: 'i', s: 's', m: 'm' }
-
 /** `"/re/flags"`: i s m x (extended) R (relative) A (anchored); other flags are errors. */
 function parsePcre(value: string): PcreMatch {
   let text = value
@@ -508,35 +507,30 @@ function parsePcre(value: string): PcreMatch {
   const end = body.lastIndexOf('/')
   if (!body.startsWith('/') || end < 1) fail(`pcre must be "/regex/flags", not '${body}'`)
   let source = body.slice(1, end)
-  let flags = ''
+  const flags: RegexFlags = { caseless: false, dotAll: false, multiline: false }
   let relative = false
   let anchored = false
   let extended = false
   for (const f of body.slice(end + 1)) {
-    if (PCRE_FLAGS[f]) flags += PCRE_FLAGS[f]
+    if (f === 'i') flags.caseless = true
+    else if (f === 's') flags.dotAll = true
+    else if (f === 'm') flags.multiline = true
     else if (f === 'R') relative = true
     else if (f === 'A') anchored = true
     else if (f === 'x') extended = true
     else fail(`unsupported pcre flag '${f}'`)
   }
   if (extended) source = stripExtended(source)
-  // PCRE-only anchors: \A start of subject, \z end, \Z end before a final newline.
-  source = source.replace(/(\\\\)|\\A|\\z|\\Z/g, (m, pair: string | undefined) => {
-    if (pair) return m
-    if (m === '\\A') return '(?<![\\s\\S])'
-    if (m === '\\z') return '(?![\\s\\S])'
-    return '(?=\\n?(?![\\s\\S]))'
-  })
   // A relative `^` means "right at the previous match": a sticky search from there.
-  if (relative && source.startsWith('^') && !flags.includes('m')) {
+  if (relative && source.startsWith('^') && !flags.multiline) {
     source = source.slice(1)
     anchored = true
   }
-  let regex: RegExp
+  let regex: PcreRegex
   try {
-    regex = new RegExp(source, flags + (anchored ? 'y' : 'g'))
+    regex = new PcreRegex(source, flags, anchored)
   } catch (error) {
-    return fail(`pcre cannot be converted to a JS RegExp: ${(error as Error).message}`)
+    return fail(error instanceof RegexError ? error.message : `pcre: ${(error as Error).message}`)
   }
   return { kind: 'pcre', source: body, regex, negated, relative }
 }
