@@ -12,7 +12,7 @@
 import type { NetContext, NetDirection, NetService } from '../net/service.ts'
 import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
-import { AhoCorasick } from './aho-corasick.ts'
+import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
 import { type InspectBuffer, PayloadMatcher } from './match.ts'
 import { DEFAULT_REGEX_BUDGET, newRegexBudget } from './regex.ts'
@@ -114,7 +114,7 @@ class RuleSet {
   readonly matchedStamp: Uint32Array
   readonly hitEnd: Float64Array
 
-  constructor(rules: Rule[], generation: number, streamWindow: number) {
+  constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
     this.generation = generation
     this.rules = rules
     const n = rules.length
@@ -156,7 +156,8 @@ class RuleSet {
       this.patternRules[id].push(i)
       this.fastLength[i] = fast.pattern.length
     })
-    this.automaton = patterns.length > 0 ? new AhoCorasick(patterns) : undefined
+    if (tables && tables.patternCount !== patterns.length) tables = undefined
+    this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables }) : undefined
     this.keep = context ? Math.max(streamWindow, maxContent) : Math.max(0, maxContent - 1)
   }
 }
@@ -233,13 +234,16 @@ export class DpiService implements NetService {
   readonly #onHit: (pattern: number, end: number) => void
   readonly #onChunk: (side: StreamSide, data: Uint8Array, start: number, end: number) => void
 
-  /** Use createDpi(); `parsed` is the result of parseRules. */
-  constructor(parsed: ParsedRules, options: DpiOptions = {}) {
+  /**
+   * Use createDpi(); `parsed` is the result of parseRules. `tables`: the prefilter automaton for
+   * these rules, built by another thread (see compiledTables()).
+   */
+  constructor(parsed: ParsedRules, options: DpiOptions = {}, tables?: AhoCorasickTables) {
     this.#options = options
     this.#regexLimit = options.regexBudget ?? DEFAULT_REGEX_BUDGET
     if ((options.strict ?? true) && parsed.errors.length > 0) throw invalidRules(parsed.errors)
     this.#errors = parsed.errors
-    this.#rules = new RuleSet(parsed.rules, 1, options.streamWindow ?? 4096)
+    this.#rules = new RuleSet(parsed.rules, 1, options.streamWindow ?? 4096, tables)
     this.#table = new FlowTable({
       maxFlows: options.maxFlows ?? 16384,
       idleTimeoutMs: options.idleTimeoutMs ?? 300_000,
@@ -270,10 +274,43 @@ export class DpiService implements NetService {
   replace(rulesText: string, fileName: string): ParsedRules {
     const parsed = parseRules(rulesText, fileName, this.#options)
     if ((this.#options.strict ?? true) && parsed.errors.length > 0) throw invalidRules(parsed.errors)
-    this.#rules = new RuleSet(parsed.rules, this.#rules.generation + 1, this.#options.streamWindow ?? 4096)
+    this.replaceParsed(parsed)
+    return parsed
+  }
+
+  /**
+   * Swaps in rules parsed already (all of `parsed.rules`; its errors are kept as `errors`), with
+   * the prefilter's tables when another thread built them. Never throws.
+   */
+  replaceParsed(parsed: ParsedRules, tables?: AhoCorasickTables): void {
+    this.#rules = new RuleSet(
+      parsed.rules,
+      this.#rules.generation + 1,
+      this.#options.streamWindow ?? 4096,
+      tables,
+    )
     this.#errors = parsed.errors
     for (const flow of this.#table.flows()) flow.passed = false
-    return parsed
+  }
+
+  /** The prefilter automaton's tables, to send to the thread that will run these rules. */
+  compiledTables(): AhoCorasickTables | undefined {
+    return this.#rules.automaton?.tables()
+  }
+
+  /** A rough size of the compiled rules in bytes: the automaton and per-rule structures. */
+  compiledBytes(): number {
+    let bytes = this.#rules.automaton?.tableBytes ?? 0
+    for (const rule of this.#rules.rules) {
+      bytes += 1024
+      for (const m of rule.matches) {
+        bytes +=
+          m.kind === 'content'
+            ? 64 + 2 * m.pattern.length
+            : 256 + 2 * m.source.length + 64 * m.regex.programSize
+      }
+    }
+    return bytes
   }
 
   inspect(frame: Uint8Array, p: Packet, _direction: NetDirection, ctx: NetContext): boolean {

@@ -102,6 +102,8 @@ export interface Rule {
 export interface RuleError {
   file: string
   line: number
+  /** The rule's sid, when its text has one. */
+  sid?: number
   message: string
 }
 
@@ -115,7 +117,16 @@ export interface RuleParseOptions {
   vars?: Readonly<Record<string, string>>
   /** Extra or replaced classtypes. */
   classifications?: Readonly<Record<string, Classification>>
+  /** Longest rule (logical line) parsed, in bytes; longer ones are errors. Default MAX_RULE_BYTES. */
+  maxRuleBytes?: number
+  /** Longest `content`, in bytes; longer ones are errors. Default MAX_CONTENT_BYTES. */
+  maxContentBytes?: number
 }
+
+/** 64 KiB: ET Open's longest rules are a few KiB. */
+export const MAX_RULE_BYTES = 65_536
+/** 8 KiB: longer than any content in ET Open or Suricata's rules (the longest are a few hundred bytes). */
+export const MAX_CONTENT_BYTES = 8192
 
 const ACTIONS = new Set(['alert', 'drop', 'pass'])
 const PROTOCOLS = new Set(['tcp', 'udp', 'icmp', 'ip', 'http'])
@@ -131,26 +142,68 @@ const fail = (message: string): never => {
  * good rules are returned. A later rule reusing a sid is an error ("duplicate sid").
  */
 export function parseRules(text: string, file: string, options: RuleParseOptions = {}): ParsedRules {
-  const vars = resolveVars(options.vars)
-  const classes = { ...DEFAULT_CLASSIFICATIONS, ...options.classifications }
-  const rules: Rule[] = []
-  const errors: RuleError[] = []
-  const seen = new Map<string, number>()
-  for (const { line, text: ruleText } of logicalLines(text)) {
-    try {
-      const rule = parseRule(ruleText, file, line, vars, classes)
-      const key = `${rule.gid}:${rule.sid}`
-      const first = seen.get(key)
-      if (first !== undefined) fail(`duplicate sid ${rule.sid} (first at ${file}:${first})`)
-      seen.set(key, line)
-      rules.push(rule)
-    } catch (error) {
-      const message =
-        error instanceof RuleSyntaxError || error instanceof FieldError ? error.message : String(error)
-      errors.push({ file, line, message })
+  const parser = new RuleParser(options)
+  parser.parse(text, file)
+  return parser.result()
+}
+
+/** `sid:N` in a rule's text, for errors about rules that did not parse. */
+function sidOf(text: string): number | undefined {
+  const m = /[(;]\s*sid\s*:\s*(\d{1,10})\s*;/.exec(text)
+  return m ? Number(m[1]) : undefined
+}
+
+/**
+ * Parses one or more rule files into one set (sids unique across them), a rule at a time:
+ * `steps()` yields after each rule, so a caller can spread a big file over several turns of the
+ * event loop.
+ */
+export class RuleParser {
+  readonly #vars: Record<string, string>
+  readonly #classes: Record<string, Classification>
+  readonly #limits: { rule: number; content: number }
+  readonly #rules: Rule[] = []
+  readonly #errors: RuleError[] = []
+  readonly #seen = new Map<string, string>()
+
+  constructor(options: RuleParseOptions = {}) {
+    this.#vars = resolveVars(options.vars)
+    this.#classes = { ...DEFAULT_CLASSIFICATIONS, ...options.classifications }
+    this.#limits = {
+      rule: options.maxRuleBytes ?? MAX_RULE_BYTES,
+      content: options.maxContentBytes ?? MAX_CONTENT_BYTES,
     }
   }
-  return { rules, errors }
+
+  parse(text: string, file: string): void {
+    for (const _ of this.steps(text, file));
+  }
+
+  /** Parses `text`, yielding after each rule. */
+  *steps(text: string, file: string): Generator<void> {
+    for (const { line, text: ruleText } of logicalLines(text)) {
+      try {
+        if (ruleText.length > this.#limits.rule)
+          fail(`the rule is ${ruleText.length} bytes long, over the limit of ${this.#limits.rule}`)
+        const rule = parseRule(ruleText, file, line, this.#vars, this.#classes, this.#limits.content)
+        const key = `${rule.gid}:${rule.sid}`
+        const first = this.#seen.get(key)
+        if (first !== undefined) fail(`duplicate sid ${rule.sid} (first at ${first})`)
+        this.#seen.set(key, `${file}:${line}`)
+        this.#rules.push(rule)
+      } catch (error) {
+        const message =
+          error instanceof RuleSyntaxError || error instanceof FieldError ? error.message : String(error)
+        const sid = sidOf(ruleText.length > this.#limits.rule ? ruleText.slice(0, 4096) : ruleText)
+        this.#errors.push({ file, line, ...(sid !== undefined && { sid }), message })
+      }
+      yield
+    }
+  }
+
+  result(): ParsedRules {
+    return { rules: this.#rules, errors: this.#errors }
+  }
 }
 
 /** Like parseRules, but any error fails: VrioError 'invalid-rules' listing every error. */
@@ -246,6 +299,7 @@ function parseRule(
   line: number,
   vars: Record<string, string>,
   classes: Record<string, Classification>,
+  maxContent: number,
 ): Rule {
   const open = text.indexOf('(')
   if (open < 0 || !text.endsWith(')')) fail('a rule is `action proto src sport -> dst dport (options;)`')
@@ -332,7 +386,7 @@ function parseRule(
         rule.metadata.push(need())
         break
       case 'content':
-        rule.matches.push(parseContent(need()))
+        rule.matches.push(parseContent(need(), maxContent))
         break
       case 'nocase':
         noValue(name, value)
@@ -414,7 +468,9 @@ function unescapeText(text: string): string {
 const HEX_PAIR = /^[0-9a-fA-F]{2}$/
 
 /** `"text|41 42|\"more"` or `!"..."` → bytes. Escapes: \" \\ \; \: \|; hex between pipes. */
-function parseContent(value: string): ContentMatch {
+function parseContent(value: string, maxContent: number): ContentMatch {
+  // Every byte takes at least one character (hex: two), so this bounds the work before it starts.
+  if (value.length > 8 * maxContent + 8) fail(`content longer than the limit of ${maxContent} bytes`)
   let text = value
   let negated = false
   if (text.startsWith('!')) {
@@ -457,6 +513,7 @@ function parseContent(value: string): ContentMatch {
   }
   if (inHex) fail(`unterminated hex in content '${body}'`)
   if (bytes.length === 0) fail('empty content')
+  if (bytes.length > maxContent) fail(`content of ${bytes.length} bytes is over the limit of ${maxContent}`)
   const pattern = Uint8Array.from(bytes)
   return {
     kind: 'content',
