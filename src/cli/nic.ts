@@ -43,6 +43,9 @@ interface ServicesOptions extends ControlOptions {
   json?: boolean
 }
 
+/** How long a request that loads rules files may take (big DPI sets take seconds to compile). */
+const RULES_TIMEOUT_MS = 120_000
+
 /** Skipped rules listed by `nic services` (all of them are in --json). */
 const SKIPPED_SHOWN = 20
 
@@ -117,7 +120,7 @@ export function registerNicCommands(program: Command): void {
       firewall: o.firewall === undefined ? undefined : resolve(o.firewall),
       dpi: o.dpi === undefined ? undefined : resolve(o.dpi),
     }
-    const n = await controlClient(o.control!).post<NicInfo>(ROUTES.nics, request)
+    const n = await controlClient(o.control!, RULES_TIMEOUT_MS).post<NicInfo>(ROUTES.nics, request)
     if (o.json) printJson(n)
     else printLines([`created ${n.name} (${n.mac}, mtu ${n.mtu}) for ${n.guest}: ${describeBackend(n)}`])
   })
@@ -154,7 +157,7 @@ export function registerNicCommands(program: Command): void {
     )
   addControlOption(services, DEFAULT_IOHYP_SOCKET)
   addJsonOption(services).action(async (name: string, o: ServicesOptions) => {
-    const client = controlClient(o.control!)
+    const client = controlClient(o.control!, RULES_TIMEOUT_MS)
     const body: Record<string, string | boolean | null> = {}
     for (const kind of ['firewall', 'dpi'] as const) {
       const v = o[kind]
