@@ -133,8 +133,8 @@ describe('rule parser', () => {
     assert.equal(rules[0].line, 3)
     assert.equal(rules[0].msg, 'two   lines')
     assert.deepEqual(errors, [
-      { file: 'local.rules', line: 5, message: "unsupported rule option 'byte_test'" },
-      { file: 'local.rules', line: 7, message: 'duplicate sid 1 (first at local.rules:3)' },
+      { file: 'local.rules', line: 5, sid: 2, message: "unsupported rule option 'byte_test'" },
+      { file: 'local.rules', line: 7, sid: 1, message: 'duplicate sid 1 (first at local.rules:3)' },
     ])
   })
 
