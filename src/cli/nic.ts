@@ -43,8 +43,11 @@ interface ServicesOptions extends ControlOptions {
   json?: boolean
 }
 
-/** How long a request that loads rules files may take (big DPI sets take seconds to compile). */
-const RULES_TIMEOUT_MS = 120_000
+/**
+ * How long a request that loads rules files may take: big DPI sets take seconds to compile, more
+ * on a busy IOhyp; longer than the IOhyp's own compile timeout, so the answer is never lost.
+ */
+const RULES_TIMEOUT_MS = 600_000
 
 /** Skipped rules listed by `nic services` (all of them are in --json). */
 const SKIPPED_SHOWN = 20
@@ -122,7 +125,13 @@ export function registerNicCommands(program: Command): void {
     }
     const n = await controlClient(o.control!, RULES_TIMEOUT_MS).post<NicInfo>(ROUTES.nics, request)
     if (o.json) printJson(n)
-    else printLines([`created ${n.name} (${n.mac}, mtu ${n.mtu}) for ${n.guest}: ${describeBackend(n)}`])
+    else
+      printLines([
+        `created ${n.name} (${n.mac}, mtu ${n.mtu}) for ${n.guest}: ${describeBackend(n)}`,
+        ...(request.firewall || request.dpi
+          ? [`services: ${describeServices(n)}`, ...describeSkipped(n)]
+          : []),
+      ])
   })
 
   addListCommand<NicInfo | GuestNicInfo>(nic, {

@@ -320,7 +320,16 @@ export class IohypNics {
     for (const kind of NET_SERVICE_KINDS)
       if (req[kind] === null) swaps.push(() => n.chain.set(kind, undefined))
     for (const swap of swaps) swap()
-    this.log.info('nic services changed', { nic: name, services: this.state().find((s) => s.name === name) })
+    this.log.info('nic services changed', {
+      nic: name,
+      services: this.state().find((s) => s.name === name),
+      loaded: Object.fromEntries(
+        [...compiled].map(([kind, c]) => [
+          kind,
+          { rules: c.rules.report.loaded, skipped: c.rules.report.skipped.length },
+        ]),
+      ),
+    })
     return this.info(n)
   }
 

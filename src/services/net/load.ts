@@ -18,6 +18,9 @@ const WORKER = new URL(
   import.meta.url,
 )
 
+/** A compile taking longer than this is stopped and refused (the CLI waits longer: 10 min). */
+export const COMPILE_TIMEOUT_MS = 300_000
+
 /** One compile at a time: each may use up to LoadLimits.workerHeapMb of memory. */
 let queue: Promise<unknown> = Promise.resolve()
 
@@ -37,7 +40,19 @@ function runWorker(request: CompileRequest): Promise<CompiledRules> {
       resourceLimits: { maxOldGenerationSizeMb: limits.workerHeapMb },
     })
     let settled = false
+    const timer = setTimeout(() => {
+      if (settled) return
+      settled = true
+      void worker.terminate()
+      reject(
+        new VrioError('timeout', `${what}: compiling took more than ${COMPILE_TIMEOUT_MS / 1000} s`, {
+          field: request.kind,
+        }),
+      )
+    }, COMPILE_TIMEOUT_MS)
+    worker.once('exit', () => clearTimeout(timer))
     worker.once('message', (m: { ok: boolean; result?: CompiledRules; error?: unknown }) => {
+      if (settled) return
       settled = true
       if (m.ok) resolve(m.result as CompiledRules)
       else reject(VrioError.fromJSON(m.error))
