@@ -1,7 +1,8 @@
 /**
  * No rule file and no packet can stall or crash the IOhyp's NIC services (issue 13), on a live
  * IOhyp with a firewall and a DPI on a remote NIC, while a ping flood crosses the NIC (`ping -c 200
- * -i 0.01`, 0% loss: the daemon's event loop was never blocked for long):
+ * -i 0.01`, 0% loss: the daemon's event loop was never blocked for long) and the guest reads its
+ * remote disk over and over (every read succeeds):
  *
  * - hostile rule files pushed with `vrio nic services`: a 70 MB file, 50 MB of valid rules, a rule
  *   whose content is 50 MB, 100 000 rules, binary garbage: each refused with a clear error naming
@@ -13,12 +14,13 @@
  *   out and is counted, and the flood still loses nothing.
  */
 import assert from 'node:assert/strict'
-import { type ChildProcess, spawn } from 'node:child_process'
+import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { closeSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { ListNicsResponse, NicInfo } from '../../src/control/api.ts'
 import type { LoadReport } from '../../src/services/net/compile.ts'
+import { sparseFile } from '../support/block-io.ts'
 import { killDaemons, vrioAsync } from '../support/daemons.ts'
 import { cleanupNetns, exec, execAsync, type Netns, requireRoot } from '../support/netns.ts'
 import { onBridge, pairWithWorld, type VrioPair } from '../support/vrio-pair.ts'
@@ -76,22 +78,52 @@ describe('NIC services: hostile rule files and packets cannot stall or crash the
   let pair: VrioPair
   let guest: Netns
   let dir: string
+  /** The guest's remote disk, as its NBD URI. */
+  let disk: string
   const fwFile = () => join(dir, 'base.fw')
   const dpiFile = () => join(dir, 'base.rules')
 
   const nic = async (): Promise<NicInfo> => (await pair.list<ListNicsResponse>('nic')).nics[0]
   const services = (args: string[]) => pair.nicServices('vn1', args)
 
-  /** Runs `work` while a ping flood crosses the NIC; asserts the flood lost nothing. */
+  /** Reads the whole remote disk until `done()`; resolves to the reads made, rejects on a failed one. */
+  async function readDisk(done: () => boolean): Promise<number> {
+    const out = join(pair.dir, 'disk-read.img')
+    let reads = 0
+    do {
+      await new Promise<void>((resolve, reject) =>
+        execFile(
+          'qemu-img',
+          ['convert', '-f', 'raw', '-O', 'raw', disk, out],
+          { timeout: 60_000 },
+          (error, _o, stderr) =>
+            error ? reject(new Error(`a disk read failed: ${stderr || error.message}`)) : resolve(),
+        ),
+      )
+      reads++
+    } while (!done())
+    return reads
+  }
+
+  /**
+   * Runs `work` while a ping flood crosses the NIC and the guest reads its disk; asserts the flood
+   * lost nothing and every disk read succeeded.
+   */
   async function underFlood<T>(what: string, work: () => Promise<T>): Promise<T> {
+    let finished = false
     const flood = pingFlood(guest)
+    const reader = readDisk(() => finished)
     // Let the flood start before the work does.
     await new Promise((r) => setTimeout(r, 200))
-    const result = await work()
-    const { sent, received, output } = await flood
-    assert.equal(sent, 200, `${what}: ${output}`)
-    assert.equal(received, 200, `${what}: the ping flood lost packets: ${output}`)
-    return result
+    try {
+      return await work()
+    } finally {
+      finished = true
+      const { sent, received, output } = await flood
+      assert.equal(sent, 200, `${what}: ${output}`)
+      assert.equal(received, 200, `${what}: the ping flood lost packets: ${output}`)
+      assert.ok((await reader) >= 1, `${what}: the disk was read`)
+    }
   }
 
   async function assertBaseInForce(): Promise<void> {
@@ -130,6 +162,9 @@ describe('NIC services: hostile rule files and packets cannot stall or crash the
     children.add(child)
     writeFileSync(fwFile(), FIREWALL.join('\n'))
     writeFileSync(dpiFile(), DPI.join('\n'))
+    const backing = join(pair.dir, 'disk.img')
+    sparseFile(backing, 16 * 1024 * 1024)
+    disk = (await pair.createDisk(backing, 'd1')).nbd!
     await pair.createNic('vn1', NIC_MAC, onBridge('vt1'), {
       extra: ['--firewall', fwFile(), '--dpi', dpiFile()],
     })
