@@ -185,6 +185,8 @@ export type DpiCounters = {
   backtrackExhausted: number
   /** Frames whose regex budget ran out (a pcre not run counts as no match). */
   budgetExceeded: number
+  /** Per sid: verifications of the rule cut short by the regex budget (which rules cost most). */
+  budgetExceededBySid: Record<string, number>
   /** Regex steps charged in all (characters searched × program size). */
   regexSteps: number
   automatonStates: number
@@ -204,6 +206,7 @@ export class DpiService implements NetService {
   #flowCount = 0
   readonly #key: FlowKey = { key: '', fromLow: true }
   readonly #alertsBySid = new Map<number, number>()
+  readonly #budgetBySid = new Map<number, number>()
   #c = {
     packets: 0,
     bytes: 0,
@@ -370,6 +373,7 @@ export class DpiService implements NetService {
     budget.remaining = this.#regexLimit
     budget.used = 0
     budget.exceeded = false
+    budget.charged = false
     const cls = protocolClass(p.protocol)
     for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
     const payloadEnd = p.payloadOffset + p.payloadLength
@@ -405,6 +409,7 @@ export class DpiService implements NetService {
       rules: this.#rules.rules.length,
       ...this.#c,
       alertsBySid: Object.fromEntries([...this.#alertsBySid].map(([sid, n]) => [String(sid), n])),
+      budgetExceededBySid: Object.fromEntries([...this.#budgetBySid].map(([sid, n]) => [String(sid), n])),
       flowsActive: t.size,
       flowsTracked: t.created,
       flowsEvicted: t.evicted,
@@ -595,6 +600,13 @@ export class DpiService implements NetService {
       return true
     }
     if (matcher.exhausted) this.#c.backtrackExhausted++
+    const budget = this.#regexBudget
+    if (budget.exceeded && !budget.charged) {
+      // The first rule the budget could not pay for on this frame.
+      budget.charged = true
+      const sid = this.#rules.rules[i].sid
+      this.#budgetBySid.set(sid, (this.#budgetBySid.get(sid) ?? 0) + 1)
+    }
     return false
   }
 

@@ -119,7 +119,8 @@ export class PayloadMatcher {
     let start = item.relative ? prevEnd : 0
     if (item.negated) {
       if (regex.search(text, start, budget)) return false
-      if (budget.exceeded) return false
+      // Not run for want of budget: no verdict, so the rule does not match.
+      if (regex.refused) return false
       return this.#step(buf, i + 1, prevEnd, minEnd)
     }
     const mustEnd = i === this.#lastPositive ? minEnd : 0
@@ -129,7 +130,7 @@ export class PayloadMatcher {
       const end = regex.end
       if (end >= mustEnd && this.#step(buf, i + 1, end, minEnd)) return true
       // Sticky (anchored) patterns have one candidate position.
-      if (regex.sticky || (!this.#backtrack[i] && end >= mustEnd) || budget.exceeded) return false
+      if (regex.sticky || (!this.#backtrack[i] && end >= mustEnd)) return false
       if (--this.#budget <= 0) {
         this.#exhausted = true
         return false

@@ -21,6 +21,8 @@ export interface RegexBudget {
   used: number
   /** A search was refused because it would exceed the budget. */
   exceeded: boolean
+  /** The caller has attributed the refusal (to a rule). */
+  charged?: boolean
 }
 
 /**
@@ -57,6 +59,8 @@ export class PcreRegex {
   /** Set by search(): where the last match started and ended. */
   index = 0
   end = 0
+  /** Set by search(): the last search was not run, for want of budget. */
+  refused = false
   readonly #re: RE2JS
 
   constructor(pcreSource: string, flags: RegexFlags, sticky: boolean) {
@@ -79,10 +83,12 @@ export class PcreRegex {
    * the search would cost more than the budget left (then `budget.exceeded` is set and nothing ran).
    */
   search(text: string, start: number, budget: RegexBudget): boolean {
+    this.refused = false
     if (start > text.length) return false
     const cost = (text.length - start + 1) * this.programSize
     if (cost > budget.remaining) {
       budget.exceeded = true
+      this.refused = true
       return false
     }
     budget.remaining -= cost

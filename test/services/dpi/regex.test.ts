@@ -93,6 +93,8 @@ describe('pcre on the linear-time engine', () => {
     const { counters, verdict } = inspect(rules, payload, { regexBudget: budget })
     assert.equal(verdict, true, 'passes (budgetExceeded: pass)')
     assert.equal(counters.budgetExceeded, 1, 'one frame over budget')
+    const bySid = Object.values(counters.budgetExceededBySid)
+    assert.deepEqual(bySid, [1], 'charged to the first rule it could not pay for')
     assert.ok(counters.regexSteps <= budget, `${counters.regexSteps} steps charged, budget ${budget}`)
     // IPS: budgetExceeded 'drop' drops the frame instead.
     const ips = inspect(rules, payload, { regexBudget: budget, budgetExceeded: 'drop' })
