@@ -8,7 +8,21 @@
  * groups, possessive quantifiers, conditionals, `\G`, `\K`) is refused with a reason, and the rule
  * loader skips the rule. Lookbehind without captures is supported.
  */
-import { RE2JS } from 're2js'
+import { MatcherInput, RE2JS } from 're2js'
+
+type Input = ReturnType<typeof MatcherInput.utf16>
+const EMPTY: Input = MatcherInput.utf16('')
+// The engine's view of the text searched last: one per inspection buffer, shared by its pcres.
+let lastText: string | undefined
+let lastInput: Input = EMPTY
+
+function inputOf(text: string): Input {
+  if (text !== lastText) {
+    lastText = text
+    lastInput = MatcherInput.utf16(text)
+  }
+  return lastInput
+}
 
 /**
  * Regex work allowed per packet, in steps: each search costs (characters searched) × (program
@@ -62,6 +76,8 @@ export class PcreRegex {
   /** Set by search(): the last search was not run, for want of budget. */
   refused = false
   readonly #re: RE2JS
+  /** Reused across searches; holds no text between them. */
+  readonly #matcher: ReturnType<RE2JS['matcher']>
 
   constructor(pcreSource: string, flags: RegexFlags, sticky: boolean) {
     this.source = translatePcre(pcreSource, flags.multiline)
@@ -75,6 +91,7 @@ export class PcreRegex {
       throw new RegexError(unsupportedReason(pcreSource, (error as Error).message))
     }
     this.programSize = Math.max(1, this.#re.programSize())
+    this.#matcher = this.#re.matcher(EMPTY)
     this.sticky = sticky
   }
 
@@ -93,14 +110,16 @@ export class PcreRegex {
     }
     budget.remaining -= cost
     budget.used += cost
-    // A matcher per search: keeping one would keep a packet's text alive per rule.
-    const m = this.#re.matcher(text)
-    if (!m.find(start)) return false
+    const m = this.#matcher
+    m.resetMatcherInput(inputOf(text))
+    const found = m.find(start)
+    if (found) {
+      this.index = m.start()
+      this.end = m.end()
+    }
+    m.resetMatcherInput(EMPTY) // so that no rule keeps a packet's text alive
     // Leftmost-first: when a match can start at `start`, find() reports that one.
-    if (this.sticky && m.start() !== start) return false
-    this.index = m.start()
-    this.end = m.end()
-    return true
+    return found && (!this.sticky || this.index === start)
   }
 }
 
