@@ -54,6 +54,7 @@ export function registerDpiCommands(program: Command): void {
         loaded: 0,
         skipped: details.errors as LoadReport['skipped'],
         compiledBytes: 0,
+        compileMs: 0,
       }
     }
     const ok = usable(report, o.strict === true)

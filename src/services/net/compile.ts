@@ -58,6 +58,8 @@ export interface LoadReport {
   skipped: SkippedRule[]
   /** The compiled set's estimated size in bytes. */
   compiledBytes: number
+  /** How long reading, checking and compiling took (in the worker), in ms. */
+  compileMs: number
 }
 
 export interface CompileRequest {
@@ -152,6 +154,8 @@ function countRuleLines(text: string): number {
  */
 export function compileRules(request: CompileRequest): CompiledRules {
   const { kind, files } = request
+  const started = performance.now()
+  const elapsed = () => Math.round(performance.now() - started)
   const limits = limitsOf(request.limits)
   const strict = request.strict === true || kind === 'firewall'
   const texts = files.map((path) => ({ path, text: readRulesText(kind, path, limits.maxFileBytes) }))
@@ -165,7 +169,15 @@ export function compileRules(request: CompileRequest): CompiledRules {
     if (texts.length !== 1) throw new VrioError('invalid-argument', 'a firewall has one rules file')
     const set = parseFirewallRules(texts[0].text, texts[0].path)
     const compiledBytes = 512 * set.rules.length
-    const report: LoadReport = { kind, files, strict, loaded: set.rules.length, skipped: [], compiledBytes }
+    const report: LoadReport = {
+      kind,
+      files,
+      strict,
+      loaded: set.rules.length,
+      skipped: [],
+      compiledBytes,
+      compileMs: elapsed(),
+    }
     return { report, texts, firewall: set }
   }
   const parse: RuleParseOptions = {
@@ -207,6 +219,14 @@ export function compileRules(request: CompileRequest): CompiledRules {
       mib(limits.maxCompiledBytes),
       { limit: 'maxCompiledBytes' },
     )
-  const report: LoadReport = { kind, files, strict, loaded: parsed.rules.length, skipped, compiledBytes }
+  const report: LoadReport = {
+    kind,
+    files,
+    strict,
+    loaded: parsed.rules.length,
+    skipped,
+    compiledBytes,
+    compileMs: elapsed(),
+  }
   return { report, texts, tables: service.compiledTables(), parse }
 }
