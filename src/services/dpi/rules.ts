@@ -223,11 +223,19 @@ function* logicalLines(text: string): Generator<{ line: number; text: string }> 
   const lines = text.split(/\r?\n/)
   for (let i = 0; i < lines.length; i++) {
     const start = i
-    let joined = lines[i]
-    while (joined.endsWith('\\') && i + 1 < lines.length) {
-      joined = joined.slice(0, -1) + lines[++i]
+    // The pieces are joined once at the end: joining as we go (and testing the end of the growing
+    // string) is quadratic in a file of many continued lines.
+    const parts: string[] = []
+    let tail = lines[i]
+    while (tail.endsWith('\\') && i + 1 < lines.length) {
+      tail = tail.slice(0, -1)
+      const next = lines[++i]
+      if (next === '') continue // the joined text still ends with tail
+      parts.push(tail)
+      tail = next
     }
-    const trimmed = joined.trim()
+    parts.push(tail)
+    const trimmed = (parts.length === 1 ? tail : parts.join('')).trim()
     if (trimmed === '' || trimmed.startsWith('#')) continue
     yield { line: start + 1, text: trimmed }
   }
