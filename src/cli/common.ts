@@ -88,8 +88,8 @@ export function addListCommand<T>(
   })
 }
 
-export function controlClient(path: string): ControlClient {
-  return new ControlClient({ path })
+export function controlClient(path: string, timeoutMs?: number): ControlClient {
+  return new ControlClient({ path, timeoutMs })
 }
 
 export function printJson(value: unknown): void {

@@ -8,6 +8,7 @@ import { registerBlkCommands } from './blk.ts'
 import { registerConfigCommands } from './config.ts'
 import { registerCryptCommands } from './crypt.ts'
 import { registerDaemonCommands } from './daemons.ts'
+import { registerDpiCommands } from './dpi.ts'
 import { registerGuestsCommands } from './guests.ts'
 import { registerKeygenCommand } from './keygen.ts'
 import { registerNicCommands } from './nic.ts'
@@ -61,6 +62,7 @@ export function buildProgram(state: RunState = { json: false }): Command {
   registerStatusCommand(program)
   registerBlkCommands(program)
   registerNicCommands(program)
+  registerDpiCommands(program)
   registerConfigCommands(program)
   registerCryptCommands(program)
   return program

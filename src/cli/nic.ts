@@ -39,15 +39,41 @@ interface CreateOptions extends ControlOptions {
 interface ServicesOptions extends ControlOptions {
   firewall?: string | false
   dpi?: string | false
+  strict?: boolean
   json?: boolean
 }
 
+/**
+ * How long a request that loads rules files may take: big DPI sets take seconds to compile, more
+ * on a busy IOhyp; longer than the IOhyp's own compile timeout, so the answer is never lost.
+ */
+const RULES_TIMEOUT_MS = 600_000
+
+/** Skipped rules listed by `nic services` (all of them are in --json). */
+const SKIPPED_SHOWN = 20
+
 function describeServices(n: NicInfo): string {
   const s = n.services.services
-  const parts = [s.firewall ? `firewall ${s.firewall.file}` : '', s.dpi ? `dpi ${s.dpi.file}` : ''].filter(
-    Boolean,
-  )
+  const parts = (['firewall', 'dpi'] as const).flatMap((kind) => {
+    const slot = s[kind]
+    if (!slot) return []
+    const r = slot.report
+    const counts = r
+      ? ` (${r.loaded} rules loaded${r.skipped.length > 0 ? `, ${r.skipped.length} skipped` : ''})`
+      : ''
+    return [`${kind} ${slot.file}${counts}`]
+  })
   return parts.length > 0 ? parts.join(', ') : 'none'
+}
+
+function describeSkipped(n: NicInfo): string[] {
+  const skipped = n.services.services.dpi?.report?.skipped ?? []
+  const lines = skipped
+    .slice(0, SKIPPED_SHOWN)
+    .map((s) => `  skipped ${s.file}:${s.line}:${s.sid !== undefined ? ` sid ${s.sid}:` : ''} ${s.reason}`)
+  if (skipped.length > SKIPPED_SHOWN)
+    lines.push(`  ... and ${skipped.length - SKIPPED_SHOWN} more (--json lists all)`)
+  return lines
 }
 
 function describeBackend(n: NicInfo): string {
@@ -97,9 +123,15 @@ export function registerNicCommands(program: Command): void {
       firewall: o.firewall === undefined ? undefined : resolve(o.firewall),
       dpi: o.dpi === undefined ? undefined : resolve(o.dpi),
     }
-    const n = await controlClient(o.control!).post<NicInfo>(ROUTES.nics, request)
+    const n = await controlClient(o.control!, RULES_TIMEOUT_MS).post<NicInfo>(ROUTES.nics, request)
     if (o.json) printJson(n)
-    else printLines([`created ${n.name} (${n.mac}, mtu ${n.mtu}) for ${n.guest}: ${describeBackend(n)}`])
+    else
+      printLines([
+        `created ${n.name} (${n.mac}, mtu ${n.mtu}) for ${n.guest}: ${describeBackend(n)}`,
+        ...(request.firewall || request.dpi
+          ? [`services: ${describeServices(n)}`, ...describeSkipped(n)]
+          : []),
+      ])
   })
 
   addListCommand<NicInfo | GuestNicInfo>(nic, {
@@ -128,22 +160,27 @@ export function registerNicCommands(program: Command): void {
     .option('--no-firewall', 'remove the firewall')
     .option('--dpi <file>', 'load or replace the DPI rules')
     .option('--no-dpi', 'remove the DPI')
+    .option(
+      '--strict',
+      'refuse a DPI rules file with any unusable rule (by default they are skipped and listed)',
+    )
   addControlOption(services, DEFAULT_IOHYP_SOCKET)
   addJsonOption(services).action(async (name: string, o: ServicesOptions) => {
-    const client = controlClient(o.control!)
-    const body: Record<string, string | null> = {}
+    const client = controlClient(o.control!, RULES_TIMEOUT_MS)
+    const body: Record<string, string | boolean | null> = {}
     for (const kind of ['firewall', 'dpi'] as const) {
       const v = o[kind]
       if (v === false) body[kind] = null
       else if (typeof v === 'string') body[kind] = resolve(v)
     }
-    const n =
-      Object.keys(body).length === 0
-        ? (await client.get<ListNicsResponse>(ROUTES.nics)).nics.find((x) => x.name === name)
-        : await client.post<NicInfo>(routePath(ROUTES.nicServices, { name }), body)
+    const change = Object.keys(body).length > 0
+    if (o.strict) body.strict = true
+    const n = !change
+      ? (await client.get<ListNicsResponse>(ROUTES.nics)).nics.find((x) => x.name === name)
+      : await client.post<NicInfo>(routePath(ROUTES.nicServices, { name }), body)
     if (!n) throw new VrioError('not-found', `no NIC named ${name}`)
     if (o.json) printJson({ name: n.name, services: n.services })
-    else printLines([`${n.name}: ${describeServices(n)}`])
+    else printLines([`${n.name}: ${describeServices(n)}`, ...describeSkipped(n)])
   })
 
   const alerts = nic

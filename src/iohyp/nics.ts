@@ -8,13 +8,9 @@ import type { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
 import { formatMac, isGroupMac, parseMac } from '../wire/address.ts'
 import type { MessageHeader } from '../wire/message-header.ts'
-import {
-  NET_SERVICE_KINDS,
-  NetServiceChain,
-  type NetServiceKind,
-  type ReplaceableNetService,
-} from '../services/net/chain.ts'
-import { createNetService, loadNetService, readRulesFile } from '../services/net/load.ts'
+import { NET_SERVICE_KINDS, NetServiceChain, type NetServiceKind } from '../services/net/chain.ts'
+import type { CompiledRules } from '../services/net/compile.ts'
+import { buildNetService, compileInWorker, prepareReplace } from '../services/net/load.ts'
 import { type DeviceHandle, newDeviceHandle } from './handles.ts'
 
 /** What the NIC registry needs of an enrolled guest. */
@@ -269,12 +265,21 @@ export class IohypNics {
     }
   }
 
-  /** Adds, replaces (keeping flow state) or removes a NIC's services at runtime. */
+  /**
+   * Adds, replaces (keeping flow state) or removes a NIC's services at runtime: all of the request
+   * applies, or none of it. `strict: true` refuses a DPI rules file with any unusable rule (by
+   * default those are skipped and reported, as Suricata does).
+   */
   async setServices(name: string, body: unknown): Promise<NicInfo> {
     const n = this.nics.get(name)
     if (!n) throw new VrioError('not-found', `no NIC named ${name}`)
-    const req = (body ?? {}) as Record<string, string | null | undefined>
+    const req = (body ?? {}) as Record<string, unknown>
     for (const key of Object.keys(req)) {
+      if (key === 'strict') {
+        if (typeof req.strict !== 'boolean')
+          throw new VrioError('invalid-argument', 'strict must be true or false', { field: key })
+        continue
+      }
       if (!(NET_SERVICE_KINDS as readonly string[]).includes(key))
         throw new VrioError('invalid-argument', `unknown service '${key}'`, { field: key })
       const v = req[key]
@@ -283,27 +288,48 @@ export class IohypNics {
           field: key,
         })
     }
-    // Read every file first (a missing one changes nothing), then build the new services (a bad
-    // one changes nothing), then swap rules in the running ones: replace() keeps a service's flow
-    // state, and a rules error there leaves that service's old rules in force.
-    const texts = new Map<NetServiceKind, { path: string; text: string }>()
+    // Read, check and compile every file in worker threads (a missing, bad or too large one
+    // changes nothing), then build the new services and prepare the swaps in the running ones
+    // (off the data path, or a slice at a time), and only then apply everything at once.
+    const strict = req.strict === true
+    const compiled = new Map<NetServiceKind, { path: string; rules: CompiledRules }>()
+    await Promise.all(
+      NET_SERVICE_KINDS.map(async (kind) => {
+        const path = req[kind]
+        if (typeof path !== 'string') return
+        compiled.set(kind, { path, rules: await compileInWorker({ kind, files: [path], strict }) })
+      }),
+    )
+    const swaps: (() => void)[] = []
     for (const kind of NET_SERVICE_KINDS) {
-      const path = req[kind]
-      if (typeof path === 'string') texts.set(kind, { path, text: await readRulesFile(kind, path) })
-    }
-    const created = new Map<NetServiceKind, ReplaceableNetService>()
-    for (const [kind, { path, text }] of texts) {
-      if (!n.chain.get(kind)) created.set(kind, createNetService(kind, text, path, n.name))
-    }
-    for (const [kind, t] of texts) {
+      const c = compiled.get(kind)
+      if (!c) continue
       const current = n.chain.get(kind)
-      if (!current) continue
-      current.service.replace(t.text, t.path)
-      current.file = t.path
+      const slot = { file: c.path, report: c.rules.report }
+      if (current) {
+        const swap = await prepareReplace(kind, current.service, c.rules)
+        swaps.push(() => {
+          swap()
+          n.chain.set(kind, { ...slot, service: current.service })
+        })
+      } else {
+        const service = await buildNetService(kind, c.rules, n.name)
+        swaps.push(() => n.chain.set(kind, { ...slot, service }))
+      }
     }
-    for (const [kind, service] of created) n.chain.set(kind, { service, file: texts.get(kind)!.path })
-    for (const kind of NET_SERVICE_KINDS) if (req[kind] === null) n.chain.set(kind, undefined)
-    this.log.info('nic services changed', { nic: name, services: this.state().find((s) => s.name === name) })
+    for (const kind of NET_SERVICE_KINDS)
+      if (req[kind] === null) swaps.push(() => n.chain.set(kind, undefined))
+    for (const swap of swaps) swap()
+    this.log.info('nic services changed', {
+      nic: name,
+      services: this.state().find((s) => s.name === name),
+      loaded: Object.fromEntries(
+        [...compiled].map(([kind, c]) => [
+          kind,
+          { rules: c.rules.report.loaded, skipped: c.rules.report.skipped.length },
+        ]),
+      ),
+    })
     return this.info(n)
   }
 
@@ -332,8 +358,13 @@ export class IohypNics {
     })
     for (const kind of NET_SERVICE_KINDS) {
       const path = s[kind]
-      if (path !== undefined)
-        chain.set(kind, { service: await loadNetService(kind, path, s.name), file: path })
+      if (path === undefined) continue
+      const rules = await compileInWorker({ kind, files: [path] })
+      chain.set(kind, {
+        service: await buildNetService(kind, rules, s.name),
+        file: path,
+        report: rules.report,
+      })
     }
     let backend: Backend
     let tap: TapDevice

@@ -26,6 +26,26 @@ const foldByte = (b: number): number => (b >= 0x41 && b <= 0x5a ? b + 0x20 : b)
 /** Called for each hit: pattern id and the index just past the hit's last byte. */
 export type HitCallback = (pattern: number, end: number) => void
 
+/** An automaton's tables, to hand a built automaton to another thread (see AhoCorasick.tables()). */
+export interface AhoCorasickTables {
+  patternCount: number
+  stateCount: number
+  classCount: number
+  maxPatternLength: number
+  skipWindow: number
+  shallow: number
+  threshold: number
+  classes: Uint8Array
+  pairs: Uint8Array
+  delta: Int32Array
+  original: Int32Array
+  report: Int32Array
+  fail: Int32Array
+  outputStart: Int32Array
+  outputs: Int32Array
+  lengths: Int32Array
+}
+
 export class AhoCorasick {
   readonly patternCount: number
   readonly stateCount: number
@@ -58,7 +78,28 @@ export class AhoCorasick {
    * Builds the automaton; pattern i's hits report id i. Empty patterns are never reported.
    * `skip: false` turns skipping off (the byte-by-byte scan, for comparison).
    */
-  constructor(patterns: readonly Uint8Array[], options: { skip?: boolean } = {}) {
+  constructor(patterns: readonly Uint8Array[], options: { skip?: boolean; tables?: AhoCorasickTables } = {}) {
+    const t = options.tables
+    if (t) {
+      // Built elsewhere (a worker) from the same patterns: adopt its tables.
+      this.patternCount = t.patternCount
+      this.stateCount = t.stateCount
+      this.classCount = t.classCount
+      this.maxPatternLength = t.maxPatternLength
+      this.skipWindow = t.skipWindow
+      this.#shallow = t.shallow
+      this.#threshold = t.threshold
+      this.#classes = t.classes
+      this.#pairs = t.pairs
+      this.#delta = t.delta
+      this.#original = t.original
+      this.#report = t.report
+      this.#fail = t.fail
+      this.#outputStart = t.outputStart
+      this.#outputs = t.outputs
+      this.#lengths = t.lengths
+      return
+    }
     this.patternCount = patterns.length
     const classes = new Uint8Array(256)
     const classOfFolded = new Map<number, number>()
@@ -177,6 +218,28 @@ export class AhoCorasick {
     for (let s = 0; s < states; s++) outputs.set(own[s], outputStart[s])
     this.#outputStart = outputStart
     this.#outputs = outputs
+  }
+
+  /** The tables (shared, not copied): structured-cloneable, their buffers transferable. */
+  tables(): AhoCorasickTables {
+    return {
+      patternCount: this.patternCount,
+      stateCount: this.stateCount,
+      classCount: this.classCount,
+      maxPatternLength: this.maxPatternLength,
+      skipWindow: this.skipWindow,
+      shallow: this.#shallow,
+      threshold: this.#threshold,
+      classes: this.#classes,
+      pairs: this.#pairs,
+      delta: this.#delta,
+      original: this.#original,
+      report: this.#report,
+      fail: this.#fail,
+      outputStart: this.#outputStart,
+      outputs: this.#outputs,
+      lengths: this.#lengths,
+    }
   }
 
   /** Bytes used by the tables (for counters). */

@@ -12,9 +12,10 @@
 import type { NetContext, NetDirection, NetService } from '../net/service.ts'
 import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
-import { AhoCorasick } from './aho-corasick.ts'
+import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
 import { type InspectBuffer, PayloadMatcher } from './match.ts'
+import { DEFAULT_REGEX_BUDGET, newRegexBudget } from './regex.ts'
 import {
   invalidRules,
   type ParsedRules,
@@ -46,6 +47,16 @@ export interface DpiOptions extends RuleParseOptions {
   utcOffsetMinutes?: number
   /** EVE `in_iface` (the NIC's name), omitted when unset. */
   interfaceName?: string
+  /**
+   * Regex work allowed per frame, in steps (characters searched × program size, see regex.ts).
+   * Default DEFAULT_REGEX_BUDGET (1M). A pcre the budget cannot pay for counts as not matching.
+   */
+  regexBudget?: number
+  /**
+   * What happens to a frame whose regex budget ran out (`budgetExceeded`): 'pass' (default: its
+   * other rules still act; like Suricata at pcre.match-limit) or 'drop' (IPS: the frame is dropped).
+   */
+  budgetExceeded?: 'pass' | 'drop'
 }
 
 /** Protocol classes a rule can apply to. */
@@ -103,7 +114,7 @@ class RuleSet {
   readonly matchedStamp: Uint32Array
   readonly hitEnd: Float64Array
 
-  constructor(rules: Rule[], generation: number, streamWindow: number) {
+  constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
     this.generation = generation
     this.rules = rules
     const n = rules.length
@@ -145,7 +156,8 @@ class RuleSet {
       this.patternRules[id].push(i)
       this.fastLength[i] = fast.pattern.length
     })
-    this.automaton = patterns.length > 0 ? new AhoCorasick(patterns) : undefined
+    if (tables && tables.patternCount !== patterns.length) tables = undefined
+    this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables }) : undefined
     this.keep = context ? Math.max(streamWindow, maxContent) : Math.max(0, maxContent - 1)
   }
 }
@@ -171,6 +183,12 @@ export type DpiCounters = {
   notInspected: number
   /** Verifications that gave up after their backtracking budget (counted as no match). */
   backtrackExhausted: number
+  /** Frames whose regex budget ran out (a pcre not run counts as no match). */
+  budgetExceeded: number
+  /** Per sid: verifications of the rule cut short by the regex budget (which rules cost most). */
+  budgetExceededBySid: Record<string, number>
+  /** Regex steps charged in all (characters searched × program size). */
+  regexSteps: number
   automatonStates: number
   automatonBytes: number
 }
@@ -188,6 +206,7 @@ export class DpiService implements NetService {
   #flowCount = 0
   readonly #key: FlowKey = { key: '', fromLow: true }
   readonly #alertsBySid = new Map<number, number>()
+  readonly #budgetBySid = new Map<number, number>()
   #c = {
     packets: 0,
     bytes: 0,
@@ -197,7 +216,11 @@ export class DpiService implements NetService {
     passedFlows: 0,
     notInspected: 0,
     backtrackExhausted: 0,
+    budgetExceeded: 0,
+    regexSteps: 0,
   }
+  readonly #regexBudget = newRegexBudget()
+  readonly #regexLimit: number
   #scratch = Buffer.allocUnsafe(0)
   #scanId = 0
   #frameId = 0
@@ -214,12 +237,16 @@ export class DpiService implements NetService {
   readonly #onHit: (pattern: number, end: number) => void
   readonly #onChunk: (side: StreamSide, data: Uint8Array, start: number, end: number) => void
 
-  /** Use createDpi(); `parsed` is the result of parseRules. */
-  constructor(parsed: ParsedRules, options: DpiOptions = {}) {
+  /**
+   * Use createDpi(); `parsed` is the result of parseRules. `tables`: the prefilter automaton for
+   * these rules, built by another thread (see compiledTables()).
+   */
+  constructor(parsed: ParsedRules, options: DpiOptions = {}, tables?: AhoCorasickTables) {
     this.#options = options
+    this.#regexLimit = options.regexBudget ?? DEFAULT_REGEX_BUDGET
     if ((options.strict ?? true) && parsed.errors.length > 0) throw invalidRules(parsed.errors)
     this.#errors = parsed.errors
-    this.#rules = new RuleSet(parsed.rules, 1, options.streamWindow ?? 4096)
+    this.#rules = new RuleSet(parsed.rules, 1, options.streamWindow ?? 4096, tables)
     this.#table = new FlowTable({
       maxFlows: options.maxFlows ?? 16384,
       idleTimeoutMs: options.idleTimeoutMs ?? 300_000,
@@ -250,10 +277,43 @@ export class DpiService implements NetService {
   replace(rulesText: string, fileName: string): ParsedRules {
     const parsed = parseRules(rulesText, fileName, this.#options)
     if ((this.#options.strict ?? true) && parsed.errors.length > 0) throw invalidRules(parsed.errors)
-    this.#rules = new RuleSet(parsed.rules, this.#rules.generation + 1, this.#options.streamWindow ?? 4096)
+    this.replaceParsed(parsed)
+    return parsed
+  }
+
+  /**
+   * Swaps in rules parsed already (all of `parsed.rules`; its errors are kept as `errors`), with
+   * the prefilter's tables when another thread built them. Never throws.
+   */
+  replaceParsed(parsed: ParsedRules, tables?: AhoCorasickTables): void {
+    this.#rules = new RuleSet(
+      parsed.rules,
+      this.#rules.generation + 1,
+      this.#options.streamWindow ?? 4096,
+      tables,
+    )
     this.#errors = parsed.errors
     for (const flow of this.#table.flows()) flow.passed = false
-    return parsed
+  }
+
+  /** The prefilter automaton's tables, to send to the thread that will run these rules. */
+  compiledTables(): AhoCorasickTables | undefined {
+    return this.#rules.automaton?.tables()
+  }
+
+  /** A rough size of the compiled rules in bytes: the automaton and per-rule structures. */
+  compiledBytes(): number {
+    let bytes = this.#rules.automaton?.tableBytes ?? 0
+    for (const rule of this.#rules.rules) {
+      bytes += 1024
+      for (const m of rule.matches) {
+        bytes +=
+          m.kind === 'content'
+            ? 64 + 2 * m.pattern.length
+            : 256 + 2 * m.source.length + 64 * m.regex.programSize
+      }
+    }
+    return bytes
   }
 
   inspect(frame: Uint8Array, p: Packet, _direction: NetDirection, ctx: NetContext): boolean {
@@ -309,6 +369,11 @@ export class DpiService implements NetService {
     this.#frameId = (this.#frameId + 1) >>> 0 || 1
     const matched = this.#matched
     matched.length = 0
+    const budget = this.#regexBudget
+    budget.remaining = this.#regexLimit
+    budget.used = 0
+    budget.exceeded = false
+    budget.charged = false
     const cls = protocolClass(p.protocol)
     for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
     const payloadEnd = p.payloadOffset + p.payloadLength
@@ -323,6 +388,16 @@ export class DpiService implements NetService {
     }
     this.#packet = undefined
     this.#flow = undefined
+    c.regexSteps += budget.used
+    if (budget.exceeded) {
+      c.budgetExceeded++
+      if (this.#options.budgetExceeded === 'drop') {
+        // The rules that did match still alert (and a drop rule drops the flow).
+        if (matched.length > 0 && !this.#act(flow, frame, p, toServer, ctx)) return false
+        c.drops++
+        return false
+      }
+    }
     if (matched.length === 0) return true
     return this.#act(flow, frame, p, toServer, ctx)
   }
@@ -334,6 +409,7 @@ export class DpiService implements NetService {
       rules: this.#rules.rules.length,
       ...this.#c,
       alertsBySid: Object.fromEntries([...this.#alertsBySid].map(([sid, n]) => [String(sid), n])),
+      budgetExceededBySid: Object.fromEntries([...this.#budgetBySid].map(([sid, n]) => [String(sid), n])),
       flowsActive: t.size,
       flowsTracked: t.created,
       flowsEvicted: t.evicted,
@@ -519,11 +595,18 @@ export class DpiService implements NetService {
   #verify(i: number, buf: InspectBuffer, minEnd: number): boolean {
     if (!this.#header(i)) return false
     const matcher = this.#rules.matchers[i]
-    if (matcher.verify(buf, minEnd)) {
+    if (matcher.verify(buf, minEnd, this.#regexBudget)) {
       this.#addMatch(i)
       return true
     }
     if (matcher.exhausted) this.#c.backtrackExhausted++
+    const budget = this.#regexBudget
+    if (budget.exceeded && !budget.charged) {
+      // The first rule the budget could not pay for on this frame.
+      budget.charged = true
+      const sid = this.#rules.rules[i].sid
+      this.#budgetBySid.set(sid, (this.#budgetBySid.get(sid) ?? 0) + 1)
+    }
     return false
   }
 

@@ -7,12 +7,15 @@
  *   and end at or before (end of previous match + distance + within); without a previous match,
  *   the previous end is the buffer's start.
  * - A negated content (`!"..."`) must not occur in its window; it does not move the previous end.
- * - `pcre` searches the buffer's latin1 text (from the previous end with /R).
+ * - `pcre` searches the buffer's latin1 text (from the previous end with /R) on the linear-time
+ *   engine (regex.ts), charging the packet's regex budget; a search the budget cannot pay for is
+ *   not run and the verification fails (`budgetExceeded`).
  * - When a later relative item fails, earlier positions are retried (backtracking), bounded.
  *
  * `minEnd` makes the matcher report only matches whose last positive item ends at or after it:
  * the stream inspector sets it to the start of the new data, so one occurrence alerts once.
  */
+import { newRegexBudget, type RegexBudget } from './regex.ts'
 import type { ContentMatch, PayloadMatch, PcreMatch } from './rules.ts'
 
 /** An inspection buffer: `data[0, length)` is the stream from offset `base`. */
@@ -35,6 +38,7 @@ export class PayloadMatcher {
   readonly #backtrack: boolean[]
   #budget = 0
   #exhausted = false
+  #regexBudget: RegexBudget = newRegexBudget()
 
   constructor(items: PayloadMatch[]) {
     this.#items = items
@@ -61,10 +65,15 @@ export class PayloadMatcher {
     return this.#exhausted
   }
 
-  /** Whether all items hold in `buf`, the last positive one ending at or after `minEnd`. */
-  verify(buf: InspectBuffer, minEnd: number): boolean {
+  /**
+   * Whether all items hold in `buf`, the last positive one ending at or after `minEnd`. pcre
+   * searches charge `regexBudget` (the packet's); when it runs out, the answer is false and
+   * `regexBudget.exceeded` is set.
+   */
+  verify(buf: InspectBuffer, minEnd: number, regexBudget: RegexBudget = newRegexBudget()): boolean {
     this.#budget = BACKTRACK_BUDGET
     this.#exhausted = false
+    this.#regexBudget = regexBudget
     return this.#step(buf, 0, 0, minEnd)
   }
 
@@ -106,18 +115,19 @@ export class PayloadMatcher {
     buf.text ??= buf.data.toString('latin1', 0, buf.length)
     const text = buf.text
     const regex = item.regex
+    const budget = this.#regexBudget
     let start = item.relative ? prevEnd : 0
     if (item.negated) {
-      regex.lastIndex = start
-      if (regex.exec(text) !== null) return false
+      if (regex.search(text, start, budget)) return false
+      // Not run for want of budget: no verdict, so the rule does not match.
+      if (regex.refused) return false
       return this.#step(buf, i + 1, prevEnd, minEnd)
     }
     const mustEnd = i === this.#lastPositive ? minEnd : 0
     for (;;) {
-      regex.lastIndex = start
-      const m = regex.exec(text)
-      if (m === null) return false
-      const end = m.index + m[0].length
+      if (!regex.search(text, start, budget)) return false
+      const index = regex.index
+      const end = regex.end
       if (end >= mustEnd && this.#step(buf, i + 1, end, minEnd)) return true
       // Sticky (anchored) patterns have one candidate position.
       if (regex.sticky || (!this.#backtrack[i] && end >= mustEnd)) return false
@@ -125,7 +135,7 @@ export class PayloadMatcher {
         this.#exhausted = true
         return false
       }
-      start = m.index + 1
+      start = index + 1
     }
   }
 }

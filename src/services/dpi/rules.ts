@@ -20,6 +20,7 @@ import {
   DEFAULT_PRIORITY,
   resolveVars,
 } from './classification.ts'
+import { PcreRegex, RegexError, type RegexFlags } from './regex.ts'
 
 export type RuleAction = 'alert' | 'drop' | 'pass'
 /** `http` rules are `tcp` rules matched against the raw reassembled stream (no HTTP parser). */
@@ -43,11 +44,11 @@ export interface ContentMatch {
   fastPattern: boolean
 }
 
-/** One `pcre`, converted to a JS RegExp over the buffer's latin1 text. */
+/** One `pcre`, on the linear-time engine (regex.ts) over the buffer's latin1 text. */
 export interface PcreMatch {
   kind: 'pcre'
   source: string
-  regex: RegExp
+  regex: PcreRegex
   negated: boolean
   /** /R: the search starts at the end of the previous match. */
   relative: boolean
@@ -101,6 +102,8 @@ export interface Rule {
 export interface RuleError {
   file: string
   line: number
+  /** The rule's sid, when its text has one. */
+  sid?: number
   message: string
 }
 
@@ -114,7 +117,16 @@ export interface RuleParseOptions {
   vars?: Readonly<Record<string, string>>
   /** Extra or replaced classtypes. */
   classifications?: Readonly<Record<string, Classification>>
+  /** Longest rule (logical line) parsed, in bytes; longer ones are errors. Default MAX_RULE_BYTES. */
+  maxRuleBytes?: number
+  /** Longest `content`, in bytes; longer ones are errors. Default MAX_CONTENT_BYTES. */
+  maxContentBytes?: number
 }
+
+/** 64 KiB: ET Open's longest rules are a few KiB. */
+export const MAX_RULE_BYTES = 65_536
+/** 8 KiB: longer than any content in ET Open or Suricata's rules (the longest are a few hundred bytes). */
+export const MAX_CONTENT_BYTES = 8192
 
 const ACTIONS = new Set(['alert', 'drop', 'pass'])
 const PROTOCOLS = new Set(['tcp', 'udp', 'icmp', 'ip', 'http'])
@@ -130,26 +142,68 @@ const fail = (message: string): never => {
  * good rules are returned. A later rule reusing a sid is an error ("duplicate sid").
  */
 export function parseRules(text: string, file: string, options: RuleParseOptions = {}): ParsedRules {
-  const vars = resolveVars(options.vars)
-  const classes = { ...DEFAULT_CLASSIFICATIONS, ...options.classifications }
-  const rules: Rule[] = []
-  const errors: RuleError[] = []
-  const seen = new Map<string, number>()
-  for (const { line, text: ruleText } of logicalLines(text)) {
-    try {
-      const rule = parseRule(ruleText, file, line, vars, classes)
-      const key = `${rule.gid}:${rule.sid}`
-      const first = seen.get(key)
-      if (first !== undefined) fail(`duplicate sid ${rule.sid} (first at ${file}:${first})`)
-      seen.set(key, line)
-      rules.push(rule)
-    } catch (error) {
-      const message =
-        error instanceof RuleSyntaxError || error instanceof FieldError ? error.message : String(error)
-      errors.push({ file, line, message })
+  const parser = new RuleParser(options)
+  parser.parse(text, file)
+  return parser.result()
+}
+
+/** `sid:N` in a rule's text, for errors about rules that did not parse. */
+function sidOf(text: string): number | undefined {
+  const m = /[(;]\s*sid\s*:\s*(\d{1,10})\s*;/.exec(text)
+  return m ? Number(m[1]) : undefined
+}
+
+/**
+ * Parses one or more rule files into one set (sids unique across them), a rule at a time:
+ * `steps()` yields after each rule, so a caller can spread a big file over several turns of the
+ * event loop.
+ */
+export class RuleParser {
+  readonly #vars: Record<string, string>
+  readonly #classes: Record<string, Classification>
+  readonly #limits: { rule: number; content: number }
+  readonly #rules: Rule[] = []
+  readonly #errors: RuleError[] = []
+  readonly #seen = new Map<string, string>()
+
+  constructor(options: RuleParseOptions = {}) {
+    this.#vars = resolveVars(options.vars)
+    this.#classes = { ...DEFAULT_CLASSIFICATIONS, ...options.classifications }
+    this.#limits = {
+      rule: options.maxRuleBytes ?? MAX_RULE_BYTES,
+      content: options.maxContentBytes ?? MAX_CONTENT_BYTES,
     }
   }
-  return { rules, errors }
+
+  parse(text: string, file: string): void {
+    for (const _ of this.steps(text, file));
+  }
+
+  /** Parses `text`, yielding after each rule. */
+  *steps(text: string, file: string): Generator<void> {
+    for (const { line, text: ruleText } of logicalLines(text)) {
+      try {
+        if (ruleText.length > this.#limits.rule)
+          fail(`the rule is ${ruleText.length} bytes long, over the limit of ${this.#limits.rule}`)
+        const rule = parseRule(ruleText, file, line, this.#vars, this.#classes, this.#limits.content)
+        const key = `${rule.gid}:${rule.sid}`
+        const first = this.#seen.get(key)
+        if (first !== undefined) fail(`duplicate sid ${rule.sid} (first at ${first})`)
+        this.#seen.set(key, `${file}:${line}`)
+        this.#rules.push(rule)
+      } catch (error) {
+        const message =
+          error instanceof RuleSyntaxError || error instanceof FieldError ? error.message : String(error)
+        const sid = sidOf(ruleText.length > this.#limits.rule ? ruleText.slice(0, 4096) : ruleText)
+        this.#errors.push({ file, line, ...(sid !== undefined && { sid }), message })
+      }
+      yield
+    }
+  }
+
+  result(): ParsedRules {
+    return { rules: this.#rules, errors: this.#errors }
+  }
 }
 
 /** Like parseRules, but any error fails: VrioError 'invalid-rules' listing every error. */
@@ -169,11 +223,19 @@ function* logicalLines(text: string): Generator<{ line: number; text: string }> 
   const lines = text.split(/\r?\n/)
   for (let i = 0; i < lines.length; i++) {
     const start = i
-    let joined = lines[i]
-    while (joined.endsWith('\\') && i + 1 < lines.length) {
-      joined = joined.slice(0, -1) + lines[++i]
+    // The pieces are joined once at the end: joining as we go (and testing the end of the growing
+    // string) is quadratic in a file of many continued lines.
+    const parts: string[] = []
+    let tail = lines[i]
+    while (tail.endsWith('\\') && i + 1 < lines.length) {
+      tail = tail.slice(0, -1)
+      const next = lines[++i]
+      if (next === '') continue // the joined text still ends with tail
+      parts.push(tail)
+      tail = next
     }
-    const trimmed = joined.trim()
+    parts.push(tail)
+    const trimmed = (parts.length === 1 ? tail : parts.join('')).trim()
     if (trimmed === '' || trimmed.startsWith('#')) continue
     yield { line: start + 1, text: trimmed }
   }
@@ -245,6 +307,7 @@ function parseRule(
   line: number,
   vars: Record<string, string>,
   classes: Record<string, Classification>,
+  maxContent: number,
 ): Rule {
   const open = text.indexOf('(')
   if (open < 0 || !text.endsWith(')')) fail('a rule is `action proto src sport -> dst dport (options;)`')
@@ -331,7 +394,7 @@ function parseRule(
         rule.metadata.push(need())
         break
       case 'content':
-        rule.matches.push(parseContent(need()))
+        rule.matches.push(parseContent(need(), maxContent))
         break
       case 'nocase':
         noValue(name, value)
@@ -413,7 +476,9 @@ function unescapeText(text: string): string {
 const HEX_PAIR = /^[0-9a-fA-F]{2}$/
 
 /** `"text|41 42|\"more"` or `!"..."` → bytes. Escapes: \" \\ \; \: \|; hex between pipes. */
-function parseContent(value: string): ContentMatch {
+function parseContent(value: string, maxContent: number): ContentMatch {
+  // Every byte takes at least one character (hex: two), so this bounds the work before it starts.
+  if (value.length > 8 * maxContent + 8) fail(`content longer than the limit of ${maxContent} bytes`)
   let text = value
   let negated = false
   if (text.startsWith('!')) {
@@ -456,6 +521,7 @@ function parseContent(value: string): ContentMatch {
   }
   if (inHex) fail(`unterminated hex in content '${body}'`)
   if (bytes.length === 0) fail('empty content')
+  if (bytes.length > maxContent) fail(`content of ${bytes.length} bytes is over the limit of ${maxContent}`)
   const pattern = Uint8Array.from(bytes)
   return {
     kind: 'content',
@@ -494,8 +560,6 @@ function chooseFastPattern(matches: PayloadMatch[]): number {
   return best
 }
 
-const PCRE_FLAGS: Record<string, string> = { i: 'i', s: 's', m: 'm' }
-
 /** `"/re/flags"`: i s m x (extended) R (relative) A (anchored); other flags are errors. */
 function parsePcre(value: string): PcreMatch {
   let text = value
@@ -508,35 +572,30 @@ function parsePcre(value: string): PcreMatch {
   const end = body.lastIndexOf('/')
   if (!body.startsWith('/') || end < 1) fail(`pcre must be "/regex/flags", not '${body}'`)
   let source = body.slice(1, end)
-  let flags = ''
+  const flags: RegexFlags = { caseless: false, dotAll: false, multiline: false }
   let relative = false
   let anchored = false
   let extended = false
   for (const f of body.slice(end + 1)) {
-    if (PCRE_FLAGS[f]) flags += PCRE_FLAGS[f]
+    if (f === 'i') flags.caseless = true
+    else if (f === 's') flags.dotAll = true
+    else if (f === 'm') flags.multiline = true
     else if (f === 'R') relative = true
     else if (f === 'A') anchored = true
     else if (f === 'x') extended = true
     else fail(`unsupported pcre flag '${f}'`)
   }
   if (extended) source = stripExtended(source)
-  // PCRE-only anchors: \A start of subject, \z end, \Z end before a final newline.
-  source = source.replace(/(\\\\)|\\A|\\z|\\Z/g, (m, pair: string | undefined) => {
-    if (pair) return m
-    if (m === '\\A') return '(?<![\\s\\S])'
-    if (m === '\\z') return '(?![\\s\\S])'
-    return '(?=\\n?(?![\\s\\S]))'
-  })
   // A relative `^` means "right at the previous match": a sticky search from there.
-  if (relative && source.startsWith('^') && !flags.includes('m')) {
+  if (relative && source.startsWith('^') && !flags.multiline) {
     source = source.slice(1)
     anchored = true
   }
-  let regex: RegExp
+  let regex: PcreRegex
   try {
-    regex = new RegExp(source, flags + (anchored ? 'y' : 'g'))
+    regex = new PcreRegex(source, flags, anchored)
   } catch (error) {
-    return fail(`pcre cannot be converted to a JS RegExp: ${(error as Error).message}`)
+    return fail(error instanceof RegexError ? error.message : `pcre: ${(error as Error).message}`)
   }
   return { kind: 'pcre', source: body, regex, negated, relative }
 }

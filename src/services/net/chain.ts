@@ -6,6 +6,7 @@
  */
 import type { NetFilter } from '../../devices/net/port.ts'
 import { dissectPacket, newPacket } from '../../wire/packet.ts'
+import type { LoadReport } from './compile.ts'
 import type { NetContext, NetDirection, NetService } from './service.ts'
 
 /** The kinds of NIC service, in chain order. */
@@ -21,12 +22,16 @@ export interface NetServiceSlot {
   service: ReplaceableNetService
   /** The rules file it was loaded from. */
   file: string
+  /** Rules loaded and skipped (with FILE:LINE and reason) when it was. */
+  report?: LoadReport
 }
 
 export interface ChainCounters {
   /** Frames dropped because they could not be dissected (only counted while services run). */
   malformed: number
-  services: Partial<Record<NetServiceKind, { file: string; counters: Record<string, unknown> }>>
+  services: Partial<
+    Record<NetServiceKind, { file: string; counters: Record<string, unknown>; report?: LoadReport }>
+  >
 }
 
 export class NetServiceChain implements NetFilter {
@@ -80,7 +85,8 @@ export class NetServiceChain implements NetFilter {
 
   counters(): ChainCounters {
     const services: ChainCounters['services'] = {}
-    for (const [kind, s] of this.slots) services[kind] = { file: s.file, counters: s.service.counters() }
+    for (const [kind, s] of this.slots)
+      services[kind] = { file: s.file, counters: s.service.counters(), ...(s.report && { report: s.report }) }
     return { malformed: this.malformed, services }
   }
 }

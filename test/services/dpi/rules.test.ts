@@ -3,6 +3,7 @@ import { describe, it } from 'node:test'
 import fc from 'fast-check'
 import { isVrioError } from '../../../src/errors.ts'
 import { parseAddressField, parseIPv6Bytes, parsePortField } from '../../../src/services/dpi/addresses.ts'
+import { newRegexBudget } from '../../../src/services/dpi/regex.ts'
 import {
   type ContentMatch,
   type PcreMatch,
@@ -92,20 +93,20 @@ describe('rule parser', () => {
     assert.equal(one('alert tcp any any -> any any (content:!"abcd"; sid:1;)').fastPattern, -1)
   })
 
-  it('converts pcre flags and PCRE anchors to a JS RegExp', () => {
+  it('compiles pcre flags and PCRE anchors for the linear-time engine', () => {
     const r = one(
       'alert tcp any any -> any any (content:"a"; pcre:"/^b\\d+ # digits\\n/Rix"; pcre:!"/\\Afoo\\z/sm"; sid:1;)',
     )
     const p = r.matches[1] as PcreMatch
     assert.equal(p.relative, true)
     assert.equal(p.regex.sticky, true) // relative ^ anchors at the previous match
-    assert.equal(p.regex.flags, 'iy')
     assert.equal(p.regex.source, 'b\\d+')
+    assert.equal(p.regex.search('xB12', 1, newRegexBudget()), true) // i
+    assert.equal(p.regex.search('xB12', 0, newRegexBudget()), false) // sticky
     const q = r.matches[2] as PcreMatch
     assert.equal(q.negated, true)
-    assert.equal(q.regex.test('foo'), true)
-    q.regex.lastIndex = 0
-    assert.equal(q.regex.test('xfoo'), false)
+    assert.equal(q.regex.search('foo', 0, newRegexBudget()), true)
+    assert.equal(q.regex.search('xfoo', 0, newRegexBudget()), false)
   })
 
   it('parses dsize forms with Suricata semantics', () => {
@@ -132,8 +133,8 @@ describe('rule parser', () => {
     assert.equal(rules[0].line, 3)
     assert.equal(rules[0].msg, 'two   lines')
     assert.deepEqual(errors, [
-      { file: 'local.rules', line: 5, message: "unsupported rule option 'byte_test'" },
-      { file: 'local.rules', line: 7, message: 'duplicate sid 1 (first at local.rules:3)' },
+      { file: 'local.rules', line: 5, sid: 2, message: "unsupported rule option 'byte_test'" },
+      { file: 'local.rules', line: 7, sid: 1, message: 'duplicate sid 1 (first at local.rules:3)' },
     ])
   })
 
@@ -165,7 +166,10 @@ describe('rule parser', () => {
       ['alert tcp any any -> any any (content:abc; sid:1;)', /quoted string/],
       ['alert tcp any any -> any any (msg:"open; sid:1;)', /unterminated/],
       ['alert tcp any any -> any any (pcre:"/a/U"; sid:1;)', /unsupported pcre flag 'U'/],
-      ['alert tcp any any -> any any (pcre:"/a++/"; sid:1;)', /cannot be converted to a JS RegExp/],
+      [
+        'alert tcp any any -> any any (pcre:"/a++/"; sid:1;)',
+        /possessive quantifiers, which the linear-time regex engine does not run/,
+      ],
       ['alert tcp any any -> any any (pcre:"abc"; sid:1;)', /pcre must be/],
       ['alert tcp any any -> any any (flow:only_stream; sid:1;)', /unsupported flow option 'only_stream'/],
       ['alert tcp any any -> any any (flow:to_server,to_client; sid:1;)', /conflicting flow/],
