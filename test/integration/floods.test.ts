@@ -87,6 +87,7 @@ class HostileGuest {
   stderr = ''
   exited: Promise<number | null>
   private exitCode: number | null | undefined
+  private readonly startedAt = Date.now()
 
   constructor(end: VethEnd, key: string, control: string, mode: HostileMode, args: readonly string[]) {
     this.child = spawn(
@@ -114,7 +115,9 @@ class HostileGuest {
     this.child.stdout?.on('data', (d: Buffer) => {
       const lines = (partial + d.toString()).split('\n')
       partial = lines.pop() ?? ''
-      for (const l of lines) if (l.trim()) this.events.push(JSON.parse(l) as HostileEvent)
+      for (const l of lines)
+        if (l.trim())
+          this.events.push({ ...(JSON.parse(l) as HostileEvent), at: Date.now() - this.startedAt })
     })
     this.child.stderr?.on('data', (d: Buffer) => (this.stderr += d))
     this.exited = new Promise((resolve) =>
@@ -246,7 +249,8 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
     const pid = await iohypPid()
     // B's job: random 16 KiB writes at queue depth 32, rate-limited so that it spans the flood,
     // then every block read back and checked (crc32c).
-    const job = fio(bDisk.nbd!, [...VERIFY_WRITES, '--size=24m', '--rate_iops=200'])
+    // One process (--thread), so that killing it ends the job.
+    const job = fio(bDisk.nbd!, [...VERIFY_WRITES, '--size=24m', '--rate_iops=200', '--thread'])
     await sleep(500)
     const baseline = rssBytes(pid) ?? 0
     const bound = baseline + IOHYP_FLOOD_ALLOWANCE
@@ -262,6 +266,7 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
       await hostile.waitFor('listening', 10_000)
       if (!hostileEnrolled) {
         await pair.enrol(hostileMac, lan[2].ip, hostileKey)
+        hostileEnrolled = true
         const backing = join(pair.dir, 'hostile.img')
         sparseFile(backing, 64 * MiB)
         await vrioJsonAsync<DiskInfo>([
@@ -276,7 +281,6 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
           '--control',
           pair.sock('iohyp'),
         ])
-        hostileEnrolled = true
       }
       await hostile.waitFor('attached', 20_000)
       done = await hostile.waitFor('done', 60_000).catch(() => undefined)
@@ -287,18 +291,20 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
     } finally {
       hostile.kill()
       if (fioResult === undefined) job.child.kill('SIGKILL')
+      sampler.stop()
     }
-    const peak = sampler.stop()
+    const peak = sampler.peak
     const cpu = (cpuSeconds(pid) ?? cpuBefore) - cpuBefore
     diag(
-      `${mode}: IOhyp RSS baseline ${(baseline / MiB).toFixed(0)} MiB, peak ${(peak / MiB).toFixed(0)} MiB (bound ${(bound / MiB).toFixed(0)}), CPU ${cpu.toFixed(1)} s; hostile ${JSON.stringify(done ?? hostile.events.at(-1))}`,
+      `${mode}: IOhyp RSS baseline ${(baseline / MiB).toFixed(0)} MiB, peak ${(peak / MiB).toFixed(0)} MiB (bound ${(bound / MiB).toFixed(0)}), CPU ${cpu.toFixed(1)} s during the flood; hostile guest ${JSON.stringify(hostile.events)}; fio ${fioResult ? `exit ${fioResult.code}` : 'killed'}`,
     )
-    assert.ok(done, `the hostile guest flooded (${JSON.stringify(hostile.events)} ${hostile.stderr})`)
     assert.ok(
       pair.iohyp.alive,
       `the IOhyp stays up (exit ${pair.iohyp.exitCode}):\n${pair.iohyp.logs.slice(-5).join('\n')}`,
     )
     assert.ok(peak < bound, `IOhyp RSS peaked at ${peak} bytes, bound ${bound} (baseline ${baseline})`)
+    assert.ok(done, `the hostile guest flooded (${JSON.stringify(hostile.events)} ${hostile.stderr})`)
+    assert.ok(fioResult, "B's fio job finished")
     assert.equal(fioResult.code, 0, `B's fio job failed: ${fioResult.stderr.slice(-2000)}`)
     assert.equal(fioResult.json?.jobs[0].error, 0, "B's fio job reports errors")
     assert.equal(fioResult.json?.jobs[0].verify_errors ?? 0, 0, "B's fio job has verify errors")
@@ -386,11 +392,12 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
     } finally {
       await flood
       keyless.stop()
+      sampler.stop()
+      t.diagnostic(
+        `guest B RSS baseline ${(baseline / MiB).toFixed(0)} MiB, peak ${(sampler.peak / MiB).toFixed(0)} MiB (bound ${(bound / MiB).toFixed(0)}); flood ${JSON.stringify(keyless.stats)}`,
+      )
     }
-    const peak = sampler.stop()
-    t.diagnostic(
-      `guest B RSS baseline ${(baseline / MiB).toFixed(0)} MiB, peak ${(peak / MiB).toFixed(0)} MiB (bound ${(bound / MiB).toFixed(0)}); flood ${JSON.stringify(keyless.stats)}`,
-    )
+    const peak = sampler.peak
     assert.ok(keyless.stats.syns > 50_000, 'the flood ran')
     assert.ok(pair.guest.alive, 'guest B stays up')
     assert.ok(peak < bound, `guest B RSS peaked at ${peak} bytes, bound ${bound} (baseline ${baseline})`)

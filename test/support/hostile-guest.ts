@@ -57,6 +57,7 @@ async function main(): Promise<void> {
       seconds: { type: 'string', default: '8' },
       count: { type: 'string' },
       rate: { type: 'string', default: '50' },
+      'delay-ms': { type: 'string', default: '1000' },
     },
   })
   const mode = values.mode as HostileMode
@@ -141,6 +142,8 @@ async function main(): Promise<void> {
     return
   }
   emit('attached', { disk: disk.name, handle: disk.handle })
+  // Long enough for the IOhyp to finish the disk's creation (and save it) before the attack.
+  await sleep(Number(values['delay-ms']))
 
   const epoch = randomInt(1, 0x7fff_ffff)
   let nextId = 1

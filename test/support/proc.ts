@@ -36,6 +36,7 @@ export class RssSampler {
     this.onSample = onSample
     this.sample()
     this.timer = setInterval(() => this.sample(), intervalMs)
+    this.timer.unref()
   }
 
   sample(): number | undefined {
