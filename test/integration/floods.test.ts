@@ -61,8 +61,8 @@ const PENDING_REPLY_BUDGET = 64 * MiB
 const REASSEMBLY_BUDGET = T.receiveBuffer + T.maxMessageSize
 const GC_SLACK = 96 * MiB
 const IOHYP_FLOOD_ALLOWANCE = PENDING_REPLY_BUDGET + REASSEMBLY_BUDGET + T.sendBuffer + GC_SLACK
-/** What may still be above the baseline once the hostile guest has left (garbage not yet collected). */
-const LEFT_SLACK = 48 * MiB
+/** An IOhyp this far above its first RSS is restarted before the next case (see ensureIohyp). */
+const RESTART_ABOVE = 128 * MiB
 /**
  * A guest under a keyless flood: before authentication a connection holds no buffers and their
  * number is capped (16 half-open + 4 unauthenticated), so the flood may cost it little beyond
@@ -155,14 +155,13 @@ class HostileGuest {
 }
 
 /**
- * Bytes the IOhyp reports holding for a guest, when `vrio guests list --json` has such a counter
- * (the per-guest budgets add one); undefined otherwise, and RSS is the measure instead.
+ * Bytes the IOhyp reports holding for a guest (`held` in `vrio guests list --json`: read replies
+ * pending and reassembly, which the per-guest budgets add); undefined without that counter, and
+ * RSS is the measure instead.
  */
 function heldBytes(g: GuestInfo): number | undefined {
-  const r = g as unknown as Record<string, unknown>
-  const budgets = r.budgets as Record<string, unknown> | undefined
-  const v = r.heldBytes ?? budgets?.heldBytes
-  return typeof v === 'number' ? v : undefined
+  const held = (g as { held?: { pendingReplyBytes?: number; reassemblyBytes?: number } }).held
+  return held ? (held.pendingReplyBytes ?? 0) + (held.reassemblyBytes ?? 0) : undefined
 }
 
 let hostile: HostileGuest | undefined
@@ -209,7 +208,7 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
   let cleanRss = 0
   const ensureIohyp = async () => {
     const rss = pair.iohyp.alive ? rssBytes(await iohypPid()) : undefined
-    if (rss !== undefined && rss < cleanRss + LEFT_SLACK) return
+    if (rss !== undefined && rss < cleanRss + RESTART_ABOVE) return
     if (pair.iohyp.alive) await pair.iohyp.stop('SIGKILL')
     pair.startIohyp()
     await pair.iohyp.waitForLog('iohyp started')
@@ -310,30 +309,28 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
     assert.equal(fioResult.json?.jobs[0].verify_errors ?? 0, 0, "B's fio job has verify errors")
 
     // The hostile guest has left: what the IOhyp held for it is freed.
-    const g = (await guests()).find((x) => x.mac === hostileMac)
-    const held = g && heldBytes(g)
+    const heldNow = async () => {
+      const g = (await guests()).find((x) => x.mac === hostileMac)
+      return g && heldBytes(g)
+    }
+    let held = await heldNow()
     if (held !== undefined) {
-      for (
-        let i = 0;
-        i < 100 && (heldBytes((await guests()).find((x) => x.mac === hostileMac)!) ?? 0) > 0;
-        i++
-      )
+      for (let i = 0; i < 100 && held !== undefined && held > 0; i++) {
         await sleep(100)
-      assert.equal(
-        heldBytes((await guests()).find((x) => x.mac === hostileMac)!),
-        0,
-        'bytes held for the hostile guest after it left',
-      )
+        held = await heldNow()
+      }
+      assert.equal(held, 0, 'bytes the IOhyp holds for the hostile guest after it left')
     } else {
+      // Without the counter, RSS: it cannot be expected to fall back to the baseline (V8 frees
+      // buffers at its next collection, and glibc keeps freed heap memory: +60-85 MiB stayed after a
+      // flood here even with everything freed), but an IOhyp that still holds the flood's bytes
+      // stays above the bound.
       let rss = rssBytes(pid) ?? Number.POSITIVE_INFINITY
-      for (let i = 0; i < 100 && rss > baseline + LEFT_SLACK; i++) {
+      for (let i = 0; i < 50 && rss >= bound; i++) {
         await sleep(100)
         rss = rssBytes(pid) ?? Number.POSITIVE_INFINITY
       }
-      assert.ok(
-        rss <= baseline + LEFT_SLACK,
-        `IOhyp RSS ${rss} bytes after the hostile guest left, baseline ${baseline}`,
-      )
+      assert.ok(rss < bound, `IOhyp RSS ${rss} bytes after the hostile guest left, bound ${bound}`)
     }
     return done
   }

@@ -22,7 +22,7 @@ import { randomInt } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { readKeyFile } from '../../src/auth/key-file.ts'
-import { DaemonLink } from '../../src/daemon/daemon-link.ts'
+import { DaemonLink, type DaemonLinkOptions } from '../../src/daemon/daemon-link.ts'
 import { createLogger } from '../../src/daemon/log.ts'
 import { VRIO_PORT } from '../../src/daemon/runtime.ts'
 import { BLOCK_REQUEST_HEAD_LENGTH, BlockOp, encodeBlockRequestHead } from '../../src/devices/blk/protocol.ts'
@@ -86,43 +86,44 @@ async function main(): Promise<void> {
     })
     .handle('net.detach', () => null)
 
-  const link = await DaemonLink.open(
-    {
-      role: 'guest',
-      interface: values.interface,
-      control: values.control,
-      version: 'hostile',
-      log,
-      localPort: VRIO_PORT,
-      listenPort: VRIO_PORT,
-      // Zero window: delivered bytes are never released, so the window closes after one buffer.
-      transport: mode === 'zero-window' ? { manualRelease: true } : {},
-      accept: (_remote, c) => {
-        const s: Session = new Session(c, 'listener', key, {
-          authenticated: () => {
-            session = s
-            rpc.attach(s)
-          },
-          control: (m) => {
-            if (s === session) rpc.onControl(m)
-          },
-          data: (h) => {
-            if (h.type !== MessageType.BlockResponse) return
-            replies[h.status] = (replies[h.status] ?? 0) + 1
-            repliesTotal++
-          },
-          closed: () => {
-            if (s === session) {
-              session = undefined
-              rpc.attach(undefined)
-            }
-          },
-        })
-        return s.connectionHandlers
-      },
+  // `key`: a sealing link verifies SYNs with the guest's key, as the agent's does (a link without
+  // sealing has no such option and ignores it).
+  const options: DaemonLinkOptions & { key: Buffer } = {
+    key,
+    role: 'guest',
+    interface: values.interface,
+    control: values.control,
+    version: 'hostile',
+    log,
+    localPort: VRIO_PORT,
+    listenPort: VRIO_PORT,
+    // Zero window: delivered bytes are never released, so the window closes after one buffer.
+    transport: mode === 'zero-window' ? { manualRelease: true } : {},
+    accept: (_remote, c) => {
+      const s: Session = new Session(c, 'listener', key, {
+        authenticated: () => {
+          session = s
+          rpc.attach(s)
+        },
+        control: (m) => {
+          if (s === session) rpc.onControl(m)
+        },
+        data: (h) => {
+          if (h.type !== MessageType.BlockResponse) return
+          replies[h.status] = (replies[h.status] ?? 0) + 1
+          repliesTotal++
+        },
+        closed: () => {
+          if (s === session) {
+            session = undefined
+            rpc.attach(undefined)
+          }
+        },
+      })
+      return s.connectionHandlers
     },
-    () => {},
-  )
+  }
+  const link = await DaemonLink.open(options, () => {})
   let leaving = false
   const leave = async (code: number) => {
     if (leaving) return
