@@ -200,7 +200,7 @@ async function main(): Promise<void> {
       break
     }
     case 'unread-replies': {
-      const count = Number(values.count ?? 256)
+      const count = Number(values.count ?? 128)
       for (let i = 0; i < count; i++) read(LARGEST_READ, (i % 8) * LARGEST_READ)
       flush()
       const c = session.connection
