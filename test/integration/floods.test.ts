@@ -50,17 +50,19 @@ const T = DEFAULT_CONNECTION_OPTIONS
  *   reassembly            REASSEMBLY_BUDGET — partly received messages and out-of-order data
  *   send queue            sendBuffer (16 MiB): replies handed to the connection, not yet acknowledged
  * The other guest's fio job (16 KiB × queue depth 32 = 0.5 MiB of data in flight) is inside the
- * baseline, measured just before the hostile guest starts. On top, GC_SLACK: JavaScript garbage
- * not yet collected (4 MiB read buffers, e.g. of replies dropped when the guest is cut off while its
- * queued reads still run) and memory the allocator keeps. So the bound is
- *   baseline + 64 + 12 + 16 + 128 MiB = baseline + 220 MiB
- * (a zero-window read flood without a byte budget reaches GBs: 400 reads of 4 MiB here).
+ * baseline, measured just before the hostile guest starts. On top, GC_SLACK = 3 × the pending-reply
+ * budget: 4 MiB read buffers already freed wait for V8's next full collection (replies dropped when
+ * the guest is cut off while its queued reads still run, more of them), and glibc keeps freed
+ * chunks. With the budgets at their defaults the peak was 130-230 MiB above the baseline here. So:
+ *   baseline + 64 + 12 + 16 + 192 MiB = baseline + 284 MiB
+ * Without byte budgets the zero-window flood reached 480 MiB above it within 2 s (and was cut off
+ * there) and the unread replies 1 GiB.
  */
 /** The IOhyp's per-guest budget for pending replies (its default). */
 const PENDING_REPLY_BUDGET = 64 * MiB
 /** Its per-guest budget for reassembly and out-of-order data (default: receiveBuffer + maxMessageSize). */
 const REASSEMBLY_BUDGET = T.receiveBuffer + T.maxMessageSize
-const GC_SLACK = 128 * MiB
+const GC_SLACK = 3 * PENDING_REPLY_BUDGET
 const IOHYP_FLOOD_ALLOWANCE = PENDING_REPLY_BUDGET + REASSEMBLY_BUDGET + T.sendBuffer + GC_SLACK
 /** An IOhyp this far above its first RSS is restarted before the next case (see ensureIohyp). */
 const RESTART_ABOVE = 128 * MiB
