@@ -64,8 +64,6 @@ const PENDING_REPLY_BUDGET = 64 * MiB
 const REASSEMBLY_BUDGET = T.receiveBuffer + T.maxMessageSize
 const GC_SLACK = 3 * PENDING_REPLY_BUDGET
 const IOHYP_FLOOD_ALLOWANCE = PENDING_REPLY_BUDGET + REASSEMBLY_BUDGET + T.sendBuffer + GC_SLACK
-/** An IOhyp this far above its first RSS is restarted before the next case (see ensureIohyp). */
-const RESTART_ABOVE = 128 * MiB
 /**
  * A guest under a keyless flood: before authentication a connection holds no buffers and their
  * number is capped (16 half-open + 4 unauthenticated), so the flood may cost it little beyond
@@ -204,18 +202,11 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
   }
 
   /**
-   * An IOhyp that is up, idle and not bloated for each case, so that a flood that killed it, left it
-   * holding memory or still busy fails its own case only: otherwise it is restarted. (`ip netns
-   * exec` execs the daemon, so the child's pid is the daemon's.)
+   * A freshly started IOhyp for each case, with B connected: a flood that killed the previous one,
+   * left it holding memory, busy or with a stale channel fails its own case only (the disks and
+   * enrolments come back from its state file).
    */
-  let cleanRss = 0
-  const ensureIohyp = async () => {
-    const pid = pair.iohyp.child.pid!
-    const rss = pair.iohyp.alive ? rssBytes(pid) : undefined
-    const cpu = cpuSeconds(pid) ?? 0
-    await sleep(500)
-    const busy = (cpuSeconds(pid) ?? 0) - cpu > 0.25
-    if (rss !== undefined && rss < cleanRss + RESTART_ABOVE && !busy && pair.iohyp.alive) return
+  const freshIohyp = async () => {
     if (pair.iohyp.alive) await pair.iohyp.stop('SIGKILL')
     pair.startIohyp()
     await pair.iohyp.waitForLog('iohyp started')
@@ -235,7 +226,6 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
     hostileMac = JSON.parse(ip(h.ns, ['-j', 'link', 'show', h.ifname]))[0].address
     hostileKey = join(pair.dir, 'hostile.key')
     assert.equal((await vrioAsync(['keygen', '--out', hostileKey])).status, 0)
-    cleanRss = rssBytes(pair.iohyp.child.pid!) ?? 0
   })
   after(async () => {
     hostile?.kill()
@@ -251,7 +241,7 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
     args: readonly string[],
     diag: (msg: string) => void,
   ): Promise<HostileEvent> => {
-    await ensureIohyp()
+    await freshIohyp()
     const pid = pair.iohyp.child.pid!
     // B's job: random 16 KiB writes at queue depth 32, rate-limited so that it spans the flood,
     // then every block read back and checked (crc32c).
@@ -365,7 +355,7 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
 
   it('a keyless host floods B (spoofed SYNs, Skip-like segments, garbage): B stays up and bounded, its IOhyp reconnects, the disk works', async (t) => {
     hostile?.kill()
-    await ensureIohyp()
+    await freshIohyp()
     const pid = pair.guest.child.pid!
     const baseline = rssBytes(pid) ?? 0
     const bound = baseline + GUEST_FLOOD_ALLOWANCE
