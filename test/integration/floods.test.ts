@@ -242,7 +242,7 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
     diag: (msg: string) => void,
   ): Promise<HostileEvent> => {
     await freshIohyp()
-    const pid = pair.iohyp.child.pid!
+    const pid = pair.iohyp.child.pid! // `ip netns exec` execs the daemon: the same process
     // B's job: random 16 KiB writes at queue depth 32, rate-limited so that it spans the flood,
     // then every block read back and checked (crc32c).
     // One process (--thread), so that killing it ends the job.

@@ -32,16 +32,16 @@ import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../src/transport/config
 import { MESSAGE_HEADER_LENGTH, MessageType } from '../../src/wire/message-header.ts'
 import { emitSkip } from './skip-adapter.ts'
 
-export const HOSTILE_MODES = ['over-long-read', 'zero-window', 'skips', 'unread-replies'] as const
-export type HostileMode = (typeof HOSTILE_MODES)[number]
+const HOSTILE_MODES = ['over-long-read', 'zero-window', 'skips', 'unread-replies'] as const
+type HostileMode = (typeof HOSTILE_MODES)[number]
 
 /** Largest message the IOhyp's transport takes (its default options: the test gives it no others). */
 const MAX_MESSAGE = DEFAULT_CONNECTION_OPTIONS.maxMessageSize
 /** The largest valid read: its reply (header + data) is exactly one maximum message. */
-export const LARGEST_READ = MAX_MESSAGE - MESSAGE_HEADER_LENGTH
+const LARGEST_READ = MAX_MESSAGE - MESSAGE_HEADER_LENGTH
 /** Over-long reads: one byte too many, twice the limit, eight times. */
-export const OVER_LONG_READS = [LARGEST_READ + 1, 2 * MAX_MESSAGE, 8 * MAX_MESSAGE] as const
-export const SKIP_COUNT = 100_000
+const OVER_LONG_READS = [LARGEST_READ + 1, 2 * MAX_MESSAGE, 8 * MAX_MESSAGE] as const
+const SKIP_COUNT = 100_000
 
 function emit(event: string, fields: Record<string, unknown> = {}): void {
   process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`)
