@@ -3,91 +3,90 @@ import { describe, it } from 'node:test'
 import { Delivery } from '../../src/transport/config.ts'
 import type { CloseReason, Connection } from '../../src/transport/connection.ts'
 import { patternMessage } from '../support/random.ts'
+import { CHANNEL_MODES } from '../support/harness.ts'
 import { Simulation } from '../support/simulation.ts'
 
-describe('connection over a clean in-memory link', () => {
-  it('best-effort messages: the caller may reuse its buffers once send returns, whether sent at once or queued', () => {
-    const sim = new Simulation(7)
-    const got: Buffer[] = []
-    sim.acceptHandlers = () => ({ message: (m) => got.push(Buffer.from(m)) })
-    const client = sim.connect({ message() {} })
-    // Before the handshake ends: queued, so copied.
-    const early = Buffer.alloc(3000, 0xaa)
-    assert.ok(client.send([early.subarray(0, 1000), early.subarray(1000)], Delivery.BestEffort))
-    early.fill(0xee)
-    assert.ok(sim.run(() => client.state === 'established'))
-    assert.ok(sim.run(() => got.length === 1))
-    // Small enough to go out whole at once; and one far beyond the congestion window.
-    const now = Buffer.alloc(1200, 0xbb)
-    assert.ok(client.send(now, Delivery.BestEffort))
-    now.fill(0xee)
-    const big = Buffer.alloc(300_000, 0xcc)
-    assert.ok(client.send(big, Delivery.BestEffort))
-    big.fill(0xee)
-    assert.ok(sim.run(() => got.length === 3))
-    assert.deepEqual(
-      got.map((m) => [m.length, m.every((b) => b === m[0]) ? m[0] : -1]),
-      [
-        [3000, 0xaa],
-        [1200, 0xbb],
-        [300_000, 0xcc],
-      ],
-    )
-  })
-
-  it('opens with a three-way handshake, carries messages both ways and closes cleanly', () => {
-    const sim = new Simulation(1)
-    const atB: Uint8Array[] = []
-    const atA: Uint8Array[] = []
-    const closed: Record<string, CloseReason> = {}
-    let serverSide: Connection | undefined
-    sim.acceptHandlers = (_remote, c) => {
-      serverSide = c
-      return {
-        message: (m) => {
-          atB.push(Uint8Array.from(m))
-          c.send(Uint8Array.from(m).reverse(), Delivery.Ordered)
-        },
-        peerClosed: () => c.close(),
-        closed: (r) => {
-          closed.b = r
-        },
-      }
-    }
-    let established = false
-    const client = sim.connect({
-      message: (m) => atA.push(Uint8Array.from(m)),
-      established: () => {
-        established = true
-      },
-      closed: (r) => {
-        closed.a = r
-      },
+for (const { name: mode, insecurePlaintext } of CHANNEL_MODES)
+  describe(`connection over a clean in-memory link (${mode})`, () => {
+    it('best-effort messages: the caller may reuse its buffers once send returns, whether sent at once or queued', () => {
+      const sim = new Simulation(7, noFaults(), { insecurePlaintext })
+      const got: Buffer[] = []
+      sim.acceptHandlers = () => ({ message: (m) => got.push(Buffer.from(m)) })
+      const client = sim.connect({ message() {} })
+      // Before the handshake ends: queued, so copied.
+      const early = Buffer.alloc(3000, 0xaa)
+      assert.ok(client.send([early.subarray(0, 1000), early.subarray(1000)], Delivery.BestEffort))
+      early.fill(0xee)
+      assert.ok(sim.run(() => client.state === 'established'))
+      assert.ok(sim.run(() => got.length === 1))
+      // Small enough to go out whole at once; and one far beyond the congestion window.
+      const now = Buffer.alloc(1200, 0xbb)
+      assert.ok(client.send(now, Delivery.BestEffort))
+      now.fill(0xee)
+      const big = Buffer.alloc(300_000, 0xcc)
+      assert.ok(client.send(big, Delivery.BestEffort))
+      big.fill(0xee)
+      assert.ok(sim.run(() => got.length === 3))
+      assert.deepEqual(
+        got.map((m) => [m.length, m.every((b) => b === m[0]) ? m[0] : -1]),
+        [
+          [3000, 0xaa],
+          [1200, 0xbb],
+          [300_000, 0xcc],
+        ],
+      )
     })
-    assert.ok(sim.run(() => established))
-    assert.equal(client.state, 'established')
-    const sizes = [1, 100, 1432, 1433, 5000, 65_536, 1_000_000]
-    for (const [i, n] of sizes.entries()) assert.ok(client.send(patternMessage(i, n), Delivery.Ordered))
-    assert.ok(sim.run(() => atA.length === sizes.length))
-    assert.deepEqual(
-      atB.map((m) => m.length),
-      sizes,
-    )
-    for (const [i, n] of sizes.entries()) {
-      assert.deepEqual(atB[i], patternMessage(i, n))
-      assert.deepEqual(atA[i], patternMessage(i, n).reverse())
-    }
-    client.close()
-    assert.ok(sim.run(() => closed.a !== undefined && closed.b !== undefined))
-    assert.deepEqual(closed, { a: 'normal', b: 'normal' })
-    assert.equal(serverSide?.state, 'closed')
-    assert.equal(sim.link.stats.lost, 0)
-    assert.equal(client.stats.retransmits, 0)
-  })
 
-  for (const insecurePlaintext of [false, true]) {
-    const mode = insecurePlaintext ? 'plaintext' : 'sealed'
-    it(`refuses a connection with an RST (${mode}: ${insecurePlaintext ? 'stateless' : 'sealed by the connection'})`, () => {
+    it('opens with a three-way handshake, carries messages both ways and closes cleanly', () => {
+      const sim = new Simulation(1, noFaults(), { insecurePlaintext })
+      const atB: Uint8Array[] = []
+      const atA: Uint8Array[] = []
+      const closed: Record<string, CloseReason> = {}
+      let serverSide: Connection | undefined
+      sim.acceptHandlers = (_remote, c) => {
+        serverSide = c
+        return {
+          message: (m) => {
+            atB.push(Uint8Array.from(m))
+            c.send(Uint8Array.from(m).reverse(), Delivery.Ordered)
+          },
+          peerClosed: () => c.close(),
+          closed: (r) => {
+            closed.b = r
+          },
+        }
+      }
+      let established = false
+      const client = sim.connect({
+        message: (m) => atA.push(Uint8Array.from(m)),
+        established: () => {
+          established = true
+        },
+        closed: (r) => {
+          closed.a = r
+        },
+      })
+      assert.ok(sim.run(() => established))
+      assert.equal(client.state, 'established')
+      const sizes = [1, 100, 1432, 1433, 5000, 65_536, 1_000_000]
+      for (const [i, n] of sizes.entries()) assert.ok(client.send(patternMessage(i, n), Delivery.Ordered))
+      assert.ok(sim.run(() => atA.length === sizes.length))
+      assert.deepEqual(
+        atB.map((m) => m.length),
+        sizes,
+      )
+      for (const [i, n] of sizes.entries()) {
+        assert.deepEqual(atB[i], patternMessage(i, n))
+        assert.deepEqual(atA[i], patternMessage(i, n).reverse())
+      }
+      client.close()
+      assert.ok(sim.run(() => closed.a !== undefined && closed.b !== undefined))
+      assert.deepEqual(closed, { a: 'normal', b: 'normal' })
+      assert.equal(serverSide?.state, 'closed')
+      assert.equal(sim.link.stats.lost, 0)
+      assert.equal(client.stats.retransmits, 0)
+    })
+    it(`refuses a connection with an RST (${insecurePlaintext ? 'stateless' : 'sealed by the connection'})`, () => {
       const sim = new Simulation(2, noFaults(), { insecurePlaintext })
       let reason: CloseReason | undefined
       sim.acceptHandlers = () => undefined // B refuses everyone
@@ -97,20 +96,16 @@ describe('connection over a clean in-memory link', () => {
       assert.equal(sim.b.stats.drops.refused, 1)
       assert.equal(sim.b.stats.resetsSent, insecurePlaintext ? 1 : 0)
     })
-  }
 
-  it('gives up connecting when nobody answers', () => {
-    const sim = new Simulation(3, { ...noFaults(), loss: 1 })
-    let reason: CloseReason | undefined
-    sim.connect({ message() {}, closed: (r) => (reason = r) })
-    assert.ok(sim.run(() => reason !== undefined))
-    assert.equal(reason, 'connect-timeout')
-    assert.ok(sim.clock.now >= 5000 && sim.clock.now < 10_000, `gave up at ${sim.clock.now} ms`)
-  })
-
-  for (const insecurePlaintext of [false, true]) {
-    const mode = insecurePlaintext ? 'plaintext' : 'sealed'
-    it(`detects a restarted peer (${mode}: ${insecurePlaintext ? 'its RST' : 'it sends no RST, keepalives end it'}), and reconnects`, () => {
+    it('gives up connecting when nobody answers', () => {
+      const sim = new Simulation(3, { ...noFaults(), loss: 1 }, { insecurePlaintext })
+      let reason: CloseReason | undefined
+      sim.connect({ message() {}, closed: (r) => (reason = r) })
+      assert.ok(sim.run(() => reason !== undefined))
+      assert.equal(reason, 'connect-timeout')
+      assert.ok(sim.clock.now >= 5000 && sim.clock.now < 10_000, `gave up at ${sim.clock.now} ms`)
+    })
+    it(`detects a restarted peer (${insecurePlaintext ? 'its RST' : 'it sends no RST, keepalives end it'}), and reconnects`, () => {
       const sim = new Simulation(4, noFaults(), { insecurePlaintext })
       let up = 0
       let reason: CloseReason | undefined
@@ -133,58 +128,58 @@ describe('connection over a clean in-memory link', () => {
       assert.ok(sim.run(() => up === 2))
       assert.equal(sim.b.stats.connectionsAccepted, 1)
     })
-  }
 
-  it('aborts after keepalive probes go unanswered', () => {
-    const sim = new Simulation(5)
-    let up = false
-    let reason: CloseReason | undefined
-    sim.connect({ message() {}, established: () => (up = true), closed: (r) => (reason = r) })
-    assert.ok(sim.run(() => up))
-    const dropAll = sim.link as unknown as { faults: { loss: number } }
-    dropAll.faults = { ...noFaults(), loss: 1 }
-    assert.ok(sim.run(() => reason !== undefined))
-    assert.equal(reason, 'dead-peer')
-  })
+    it('aborts after keepalive probes go unanswered', () => {
+      const sim = new Simulation(5, noFaults(), { insecurePlaintext })
+      let up = false
+      let reason: CloseReason | undefined
+      sim.connect({ message() {}, established: () => (up = true), closed: (r) => (reason = r) })
+      assert.ok(sim.run(() => up))
+      const dropAll = sim.link as unknown as { faults: { loss: number } }
+      dropAll.faults = { ...noFaults(), loss: 1 }
+      assert.ok(sim.run(() => reason !== undefined))
+      assert.equal(reason, 'dead-peer')
+    })
 
-  it('never sends beyond the advertised window: a slow consumer slows the sender', () => {
-    const receiveBuffer = 256 * 1024
-    const sim = new Simulation(6, noFaults(), {
-      receiveBuffer,
-      maxMessageSize: 64 * 1024,
-      manualRelease: true,
+    it('never sends beyond the advertised window: a slow consumer slows the sender', () => {
+      const receiveBuffer = 256 * 1024
+      const sim = new Simulation(6, noFaults(), {
+        insecurePlaintext,
+        receiveBuffer,
+        maxMessageSize: 64 * 1024,
+        manualRelease: true,
+      })
+      let server: Connection | undefined
+      let held = 0
+      sim.acceptHandlers = (_r, c) => {
+        server = c
+        return { message: (m) => (held += m.length) }
+      }
+      let up = false
+      const client = sim.connect({ message() {}, established: () => (up = true) })
+      assert.ok(sim.run(() => up))
+      let sent = 0
+      for (let i = 0; i < 64; i++) if (client.send(patternMessage(i, 32 * 1024), Delivery.Reliable)) sent++
+      assert.equal(sent, 64)
+      sim.run(() => false, sim.clock.now + 2000)
+      // The receiver holds exactly one window's worth and the sender waits.
+      assert.ok(held <= receiveBuffer, `held ${held}`)
+      assert.ok(held >= receiveBuffer - 32 * 1024, `held ${held}`)
+      assert.equal(server?.receiveWindow, receiveBuffer - held)
+      const heldFirst = held
+      server?.release(held)
+      let total = 0
+      server?.setHandlers({
+        message: (m) => {
+          total += m.length
+          server?.release(m.length)
+        },
+      })
+      assert.ok(sim.run(() => client.unacknowledged === 0))
+      assert.equal(heldFirst + total, 64 * 32 * 1024, 'everything arrives once the consumer catches up')
+      assert.equal(client.state, 'established')
     })
-    let server: Connection | undefined
-    let held = 0
-    sim.acceptHandlers = (_r, c) => {
-      server = c
-      return { message: (m) => (held += m.length) }
-    }
-    let up = false
-    const client = sim.connect({ message() {}, established: () => (up = true) })
-    assert.ok(sim.run(() => up))
-    let sent = 0
-    for (let i = 0; i < 64; i++) if (client.send(patternMessage(i, 32 * 1024), Delivery.Reliable)) sent++
-    assert.equal(sent, 64)
-    sim.run(() => false, sim.clock.now + 2000)
-    // The receiver holds exactly one window's worth and the sender waits.
-    assert.ok(held <= receiveBuffer, `held ${held}`)
-    assert.ok(held >= receiveBuffer - 32 * 1024, `held ${held}`)
-    assert.equal(server?.receiveWindow, receiveBuffer - held)
-    const heldFirst = held
-    server?.release(held)
-    let total = 0
-    server?.setHandlers({
-      message: (m) => {
-        total += m.length
-        server?.release(m.length)
-      },
-    })
-    assert.ok(sim.run(() => client.unacknowledged === 0))
-    assert.equal(heldFirst + total, 64 * 32 * 1024, 'everything arrives once the consumer catches up')
-    assert.equal(client.state, 'established')
   })
-})
 
 function noFaults() {
   return {
