@@ -93,10 +93,13 @@ export class SegmentPair extends VrioPair {
     ])
   }
 
-  /** How many channels the IOhyp and the guest have opened so far (from their logs). */
-  channelsOpened(): { iohyp: number; guest: number } {
+  /** Channels opened and closed so far, as the IOhyp and the guest logged them: a reconnect shows here. */
+  channelEvents(): { opened: number; closed: number } {
     const count = (d: DaemonProcess, msg: string) => d.logs.filter((l) => l.includes(`"msg":"${msg}"`)).length
-    return { iohyp: count(this.iohyp, 'guest connected'), guest: count(this.guest, 'iohyp connected') }
+    return {
+      opened: count(this.iohyp, 'guest connected') + count(this.guest, 'iohyp connected'),
+      closed: count(this.iohyp, 'guest channel closed') + count(this.guest, 'iohyp channel closed'),
+    }
   }
 }
 
