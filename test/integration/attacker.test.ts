@@ -256,8 +256,8 @@ for (const mode of modes) {
         read: { offset: PATTERN_OFFSET, length: 4096 },
         nicFrame: markerArp().toString('hex'),
         replays: 8,
-        rstMs: 500,
-        rstMax: 40,
+        rstMs: 1500,
+        rstMax: 400,
       }
       const report = await runAttacker(attackerEnd.ns, config)
       const fioResult = await job.result

@@ -19,6 +19,7 @@ const attacker = new Attacker(config, (frames) => {
 })
 socket.onBatch((batch) => {
   for (let i = 0; i < batch.count; i++) attacker.observe(batch.frame(i))
+  attacker.batchDone()
 })
 try {
   const report = await attacker.run()

@@ -160,7 +160,7 @@ export class Attacker {
     number
   >
   private readonly notes: string[] = []
-  private onFrame: (() => void) | undefined
+  private afterBatch: (() => void) | undefined
 
   constructor(config: AttackConfig, send: (frames: Buffer[]) => void) {
     this.c = config
@@ -251,7 +251,6 @@ export class Attacker {
       )
         this.readAnswered = true
     }
-    this.onFrame?.()
   }
 
   /** Sniffs, injects everything, and reports. */
@@ -369,22 +368,31 @@ export class Attacker {
 
   /**
    * RSTs at exactly the receiver's next sequence number (RFC 5961 obeys only those), to both ends,
-   * again every time the channel moves, for rstMs.
+   * right after every batch of sniffed frames (a busy channel moves on within a millisecond) and
+   * every few milliseconds when it is quiet, for rstMs or rstMax pairs.
    */
   private async injectResets(): Promise<void> {
     const deadline = Date.now() + this.c.rstMs
     let sent = 0
-    while (Date.now() < deadline && sent < this.c.rstMax) {
+    const fire = () => {
+      if (sent >= this.c.rstMax || Date.now() >= deadline) return
+      sent++
       this.emit('rst', [
         this.segment(this.toGuest, { seq: this.toGuest.nextSeq, flags: TCP_RST | TCP_ACK }),
         this.segment(this.toIohyp, { seq: this.toIohyp.nextSeq, flags: TCP_RST | TCP_ACK }),
       ])
-      sent++
-      let moved = false
-      this.onFrame = () => (moved = true)
-      await this.until(() => moved, 20)
-      this.onFrame = undefined
     }
+    this.afterBatch = fire
+    while (Date.now() < deadline && sent < this.c.rstMax) {
+      fire()
+      await sleep(5)
+    }
+    this.afterBatch = undefined
+  }
+
+  /** Call after each batch of `observe` calls. */
+  batchDone(): void {
+    this.afterBatch?.()
   }
 
   private emit(kind: InjectedKind, frames: Buffer[]): void {
