@@ -241,9 +241,13 @@ for (const mode of modes) {
         '--verify_fatal=1',
         '--verify_state_save=0',
         '--time_based',
-        '--runtime=6',
+        '--runtime=4',
       ])
-      await sleep(1000) // ping's first answers, fio under way
+      // fio under way (the attacker learns the disk handle from its requests), ping's first answers.
+      const requests = async () => (await pair.list<{ disks: DiskInfo[] }>('blk')).disks[0].requests
+      const idle = await requests()
+      for (let i = 0; i < 100 && (await requests()) < idle + 200; i++) await sleep(50)
+      await sleep(300)
       const before = await snapshot()
       const config: AttackConfig = {
         ifname: attackerEnd.ifname,
@@ -251,12 +255,12 @@ for (const mode of modes) {
         guestIp: guestEnd.ip,
         guestPort: VRIO_PORT,
         windowScale: 7,
-        sniffMs: 2000,
+        sniffMs: 4000,
         write: { offset: MARKER_OFFSET, data: MARKER.toString('hex') },
         read: { offset: PATTERN_OFFSET, length: 4096 },
         nicFrame: markerArp().toString('hex'),
         replays: 8,
-        rstMs: 1500,
+        rstMs: 4000,
         rstMax: 400,
       }
       const report = await runAttacker(attackerEnd.ns, config)

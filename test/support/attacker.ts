@@ -84,7 +84,7 @@ export interface AttackReport {
   injected: Record<InjectedKind, number>
   /** Frames that no honest end sent: everything but the verbatim replays. */
   forged: number
-  /** The IOhyp answered the injected read (seen only on a readable channel). */
+  /** The IOhyp answered the injected read with its data (seen only on a readable channel). */
   readAnswered: boolean
   /** Phases' timing, for failure messages. */
   notes: string[]
@@ -247,7 +247,9 @@ export class Attacker {
         flow === this.toGuest &&
         type === MessageType.BlockResponse &&
         readU32(f, payloadOffset + 16) === this.epoch &&
-        readU32(f, payloadOffset + 20) === this.readId
+        readU32(f, payloadOffset + 20) === this.readId &&
+        readU16(f, payloadOffset + 28) === 0 && // OK, with the data (not NO_DEVICE echoing a guessed handle)
+        readU32(f, payloadOffset + 4) === this.c.read.length
       )
         this.readAnswered = true
     }
@@ -367,27 +369,39 @@ export class Attacker {
   }
 
   /**
-   * RSTs at exactly the receiver's next sequence number (RFC 5961 obeys only those), to both ends,
-   * right after every batch of sniffed frames (a busy channel moves on within a millisecond) and
-   * every few milliseconds when it is quiet, for rstMs or rstMax pairs.
+   * RSTs at exactly the receiver's next sequence number (RFC 5961 obeys only those), to both ends:
+   * at the sender's next sequence number and, when it differs, at the receiver's latest ACK. Sent
+   * right after every batch of sniffed frames and every 10 ms, for rstMs or rstMax rounds. On a
+   * busy channel the attacker's view lags (it shares the CPUs); once the channel is quiet its view
+   * is exact, so rstMs should outlast the tenant's burst.
    */
   private async injectResets(): Promise<void> {
     const deadline = Date.now() + this.c.rstMs
-    let sent = 0
+    let rounds = 0
+    let last = 0
     const fire = () => {
-      if (sent >= this.c.rstMax || Date.now() >= deadline) return
-      sent++
-      this.emit('rst', [
-        this.segment(this.toGuest, { seq: this.toGuest.nextSeq, flags: TCP_RST | TCP_ACK }),
-        this.segment(this.toIohyp, { seq: this.toIohyp.nextSeq, flags: TCP_RST | TCP_ACK }),
-      ])
+      const now = performance.now()
+      if (rounds >= this.c.rstMax || Date.now() >= deadline || now - last < 1) return
+      rounds++
+      last = now
+      const frames: Buffer[] = []
+      for (const [to, from] of [
+        [this.toGuest, this.toIohyp],
+        [this.toIohyp, this.toGuest],
+      ]) {
+        frames.push(this.segment(to, { seq: to.nextSeq, flags: TCP_RST | TCP_ACK }))
+        if (from.ack !== to.nextSeq)
+          frames.push(this.segment(to, { seq: from.ack, flags: TCP_RST | TCP_ACK }))
+      }
+      this.emit('rst', frames)
     }
     this.afterBatch = fire
-    while (Date.now() < deadline && sent < this.c.rstMax) {
+    while (Date.now() < deadline && rounds < this.c.rstMax) {
       fire()
-      await sleep(5)
+      await sleep(10)
     }
     this.afterBatch = undefined
+    this.notes.push(`${rounds} rounds of RSTs`)
   }
 
   /** Call after each batch of `observe` calls. */
