@@ -218,6 +218,7 @@ for (const mode of modes) {
             nicMarkerSeen = true
         }
       })
+      const before = await snapshot()
       const ping = started('ip', [
         'netns',
         'exec',
@@ -228,9 +229,27 @@ for (const mode of modes) {
         '-i',
         '0.05',
         '-w',
-        '8',
+        '30',
         WORLD_IP,
       ])
+      // The attacker sniffs until it has seen the handles, injects messages at once (while fio
+      // runs), then RSTs for 4 s: past fio's end, when the quiet channel makes its view exact.
+      const config: AttackConfig = {
+        ifname: attackerEnd.ifname,
+        iohypIp: iohypEnd.ip,
+        guestIp: guestEnd.ip,
+        guestPort: VRIO_PORT,
+        windowScale: 7,
+        sniffMs: 15_000,
+        write: { offset: MARKER_OFFSET, data: MARKER.toString('hex') },
+        read: { offset: PATTERN_OFFSET, length: 4096 },
+        nicFrame: markerArp().toString('hex'),
+        replays: 8,
+        rstMs: 4000,
+        rstMax: 400,
+      }
+      const attack = runAttacker(attackerEnd.ns, config)
+      await sleep(500)
       const job = fio(disk.nbd!, [
         '--rw=randwrite',
         '--bs=4k',
@@ -241,30 +260,11 @@ for (const mode of modes) {
         '--verify_fatal=1',
         '--verify_state_save=0',
         '--time_based',
-        '--runtime=4',
+        '--runtime=3',
       ])
-      // fio under way (the attacker learns the disk handle from its requests), ping's first answers.
-      const requests = async () => (await pair.list<{ disks: DiskInfo[] }>('blk')).disks[0].requests
-      const idle = await requests()
-      for (let i = 0; i < 100 && (await requests()) < idle + 200; i++) await sleep(50)
-      await sleep(300)
-      const before = await snapshot()
-      const config: AttackConfig = {
-        ifname: attackerEnd.ifname,
-        iohypIp: iohypEnd.ip,
-        guestIp: guestEnd.ip,
-        guestPort: VRIO_PORT,
-        windowScale: 7,
-        sniffMs: 4000,
-        write: { offset: MARKER_OFFSET, data: MARKER.toString('hex') },
-        read: { offset: PATTERN_OFFSET, length: 4096 },
-        nicFrame: markerArp().toString('hex'),
-        replays: 8,
-        rstMs: 4000,
-        rstMax: 400,
-      }
-      const report = await runAttacker(attackerEnd.ns, config)
+      const report = await attack
       const fioResult = await job.result
+      ping.kill('SIGINT') // ping prints its summary and exits
       const pinged = await ping.result
       await sleep(500) // counters and late reactions settle
       const m = /(\d+) packets transmitted, (\d+) received/.exec(pinged.stdout)

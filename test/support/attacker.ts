@@ -79,6 +79,8 @@ export interface AttackReport {
     diskHandle: [number, number] | null
     nicHandle: [number, number] | null
     framesSniffed: { toIohyp: number; toGuest: number }
+    /** Data segments seen, by direction and message type ("cont": not a message's first segment). */
+    messages: Record<string, number>
   }
   /** Frames sent, by kind. */
   injected: Record<InjectedKind, number>
@@ -160,6 +162,8 @@ export class Attacker {
     number
   >
   private readonly notes: string[] = []
+  /** Data segments seen, by direction and message type (of a message's first segment). */
+  private readonly messages: Record<string, number> = {}
   private afterBatch: (() => void) | undefined
 
   constructor(config: AttackConfig, send: (frames: Buffer[]) => void) {
@@ -238,6 +242,16 @@ export class Attacker {
       if (flow.recentData.length > RING) flow.recentData.shift()
     }
     // The first segment of a readable message starts with its header: learn handles, see answers.
+    if (payloadLength > 0) {
+      const k = `${flow === this.toIohyp ? 'toIohyp' : 'toGuest'} ${
+        !segment
+          ? 'no-segment-option'
+          : segment.messageStart === seq
+            ? `0x${f[payloadOffset + 1]?.toString(16)}`
+            : 'cont'
+      }`
+      this.messages[k] = (this.messages[k] ?? 0) + 1
+    }
     if (segment && segment.messageStart === seq && payloadLength >= 32 && f[payloadOffset] === 1) {
       const type = f[payloadOffset + 1]
       const handle: [number, number] = [readU32(f, payloadOffset + 8), readU32(f, payloadOffset + 12)]
@@ -263,7 +277,7 @@ export class Attacker {
         this.toIohyp.seen > 0 && this.toGuest.seen > 0 && this.diskHandle !== null && this.nicHandle !== null,
       this.c.sniffMs,
     )
-    this.notes.push(`sniffed ${Date.now() - started} ms`)
+    this.notes.push(`sniffed ${Date.now() - started} ms: ${JSON.stringify(this.messages)}`)
     if (this.toIohyp.seen === 0 || this.toGuest.seen === 0)
       throw new Error(
         `saw no channel traffic in ${this.c.sniffMs} ms (${this.toIohyp.seen} / ${this.toGuest.seen} frames)`,
@@ -281,6 +295,7 @@ export class Attacker {
         diskHandle: this.diskHandle,
         nicHandle: this.nicHandle,
         framesSniffed: { toIohyp: this.toIohyp.seen, toGuest: this.toGuest.seen },
+        messages: this.messages,
       },
       injected: this.injected,
       forged: Object.entries(this.injected)
