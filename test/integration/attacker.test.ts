@@ -291,6 +291,7 @@ for (const mode of modes) {
 
       it('A’s channel stays up: the same session, no reconnect', () => {
         const o = need(outcome)
+        assert.ok(o.before.events.opened >= 2, 'both daemons logged the channel opening (log names changed?)')
         assert.deepEqual(o.after.events, o.before.events, 'channels opened / closed during the attack')
         assert.equal(o.after.guest.state, 'connected')
         assert.deepEqual(o.after.guest.sessionFailures, o.before.guest.sessionFailures)

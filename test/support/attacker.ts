@@ -2,7 +2,7 @@
  * An attacker on a tenant's L2 segment: it sniffs the tenant's live vrio channel, learns the
  * connection (MACs, addresses, ports, sequence and acknowledgement numbers, window, timestamps and,
  * where the payload is readable, the disk and NIC handles) and injects, built from what it saw:
- * block write and read requests, a NIC frame, a Skip, pure ACKs, a FIN, verbatim replays and
+ * block writes (one where the tenant wrote last) and a read, a NIC frame, a Skip, pure ACKs, a FIN, verbatim replays and
  * bit-flipped copies of captured frames, and RSTs at the exact next sequence number. Sequence
  * numbers come from the latest sniffed segment, so every forged segment is in the receiver's window:
  * on a plaintext channel they are accepted.
@@ -46,7 +46,10 @@ export interface AttackConfig {
   windowScale: number
   /** Longest time to sniff for the handles before injecting anyway (ms). */
   sniffMs: number
-  /** The block write to inject: device offset and the data (hex). */
+  /**
+   * The block write to inject: device offset and the data (hex). The same data is also written over
+   * the tenant's latest sniffed write (where its own verification reads it back).
+   */
   write: { offset: number; data: string }
   /** The block read to inject. */
   read: { offset: number; length: number }
@@ -77,6 +80,8 @@ export interface AttackReport {
     /** The IOhyp's port(s) seen for the tenant's channel (more than one: it reconnected). */
     iohypPorts: number[]
     diskHandle: [number, number] | null
+    /** Offset of the tenant's latest block write seen (the second injected write goes there), or -1. */
+    tenantWrite: number
     nicHandle: [number, number] | null
     framesSniffed: { toIohyp: number; toGuest: number }
     /** Data segments seen, by direction and message type ("cont": not a message's first segment). */
@@ -167,6 +172,8 @@ export class Attacker {
   /** Data segments seen, by direction and message type (of a message's first segment). */
   private readonly messages: Record<string, number> = {}
   private dataToIohyp = 0
+  /** Offset of the tenant's latest sniffed block write, or -1. */
+  private tenantWrite = -1
   private afterBatch: (() => void) | undefined
 
   constructor(config: AttackConfig, send: (frames: Buffer[]) => void) {
@@ -259,7 +266,12 @@ export class Attacker {
     if (segment && segment.messageStart === seq && payloadLength >= 32 && f[payloadOffset] === 1) {
       const type = f[payloadOffset + 1]
       const handle: [number, number] = [readU32(f, payloadOffset + 8), readU32(f, payloadOffset + 12)]
-      if (flow === this.toIohyp && type === MessageType.BlockRequest) this.diskHandle = handle
+      if (flow === this.toIohyp && type === MessageType.BlockRequest) {
+        this.diskHandle = handle
+        // The tenant's latest write: where its data sits that it will read back and verify.
+        if (payloadLength >= 56 && f[payloadOffset + 32] === VIRTIO_BLK_T_OUT)
+          this.tenantWrite = readU32(f, payloadOffset + 40) * 2 ** 32 + readU32(f, payloadOffset + 44)
+      }
       if (flow === this.toIohyp && type === MessageType.NetFrame) this.nicHandle = handle
       if (
         flow === this.toGuest &&
@@ -301,6 +313,7 @@ export class Attacker {
       learned: {
         iohypPorts: this.iohypPorts,
         diskHandle: this.diskHandle,
+        tenantWrite: this.tenantWrite,
         nicHandle: this.nicHandle,
         framesSniffed: { toIohyp: this.toIohyp.seen, toGuest: this.toGuest.seen },
         messages: this.messages,
@@ -329,6 +342,12 @@ export class Attacker {
       [
         'blk-write',
         this.blockRequest(disk, VIRTIO_BLK_T_OUT, this.c.write.offset, data.length, 1, data),
+        SEGMENT_RELIABLE,
+      ],
+      [
+        // Over the block the tenant wrote last (or, blind, its first): its verify must catch this.
+        'blk-write',
+        this.blockRequest(disk, VIRTIO_BLK_T_OUT, Math.max(this.tenantWrite, 0), data.length, 3, data),
         SEGMENT_RELIABLE,
       ],
       [
