@@ -18,6 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { DiskInfo, GuestInfo, ListGuestsResponse, StatusInfo } from '../../src/control/api.ts'
 import { VRIO_PORT } from '../../src/daemon/runtime.ts'
 import { PacketSocket } from '../../src/io/packet-socket.ts'
+import { formatIPv4 } from '../../src/wire/address.ts'
 import { type AttackConfig, type AttackReport, INJECTED_KINDS, runAttacker } from '../support/attacker.ts'
 import { type FioResult, fio, sparseFile, started } from '../support/block-io.ts'
 import { killDaemons, vrioJsonAsync } from '../support/daemons.ts'
@@ -44,11 +45,13 @@ after(async () => {
 // THE ONE PLACE THAT KNOWS THE SEAL'S DROP COUNTER NAMES — adapt here if they differ.
 // Counters of frames the channel dropped because they were not sealed, failed authentication or
 // were replays: on the IOhyp per guest (`vrio guests list --json`), on the guest in
-// `vrio status --json`. Every numeric field whose name matches, anywhere in those documents but
+// `vrio status --json`. Every numeric field whose name matches (compared in lower case without
+// separators: `auth-failed`, `authFailed`, `sealAuthFailed` are one name), anywhere in those documents but
 // under `sessionFailures` (channels that ended, not frames), counts; the same name twice on one
 // side (e.g. `drops["auth-failed"]` and `seal.authFailed`) counts once (the larger).
 // ======================================================================================
-const SEAL_DROP_COUNTER = /^(authfailed|replayed|unsealed|seal.*)$/
+const SEAL_DROP_COUNTER =
+  /^(seal)?(auth(entication)?fail(ed|ures?)?|bad(mac|tag|seal)|macfail(ed)?|replay(ed|s)?|unsealed|notsealed|missingseal)$/
 
 function sealDrops(iohypSide: GuestInfo, guestSide: StatusInfo): { total: number; names: string[] } {
   let total = 0
@@ -177,6 +180,11 @@ for (const mode of modes) {
       await capture.stop()
       assert.ok(readAt(backing, PATTERN_OFFSET, MiB).equals(readFileSync(file)), 'the pattern is in A disk')
       assert.equal(capture.dropped, 0, `the capture lost frames: ${capture.log}`)
+      // The write crossed the captured segment: at least its MiB of TCP payload from guest to IOhyp.
+      const [iohyp, guest] = segment.ends.map((e) => formatIPv4(e.ip))
+      const sent = tsharkFields(capture.file, ['tcp.len'], `ip.src == ${guest} && ip.dst == ${iohyp}`)
+      const bytes = sent.reduce((a, [n]) => a + Number(n), 0)
+      assert.ok(bytes >= MiB, `only ${bytes} bytes of channel payload from the guest in the capture`)
       const at = findPatternRun(readFileSync(capture.file), PATTERN)
       if (mode.sealed) assert.equal(at, -1, `A's data crossed the segment readable (capture offset ${at})`)
       else assert.ok(at >= 0, 'control: the plaintext capture shows the pattern')

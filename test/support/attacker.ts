@@ -564,8 +564,11 @@ export function runAttacker(ns: Netns, config: AttackConfig, timeoutMs = 30_000)
     child.stdout.on('data', (d) => (stdout += d))
     child.stderr.on('data', (d) => (stderr += d))
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
+    const killOnExit = () => child.kill('SIGKILL') // a test that dies leaves no attacker behind
+    process.once('exit', killOnExit)
     child.on('close', (code, signal) => {
       clearTimeout(timer)
+      process.off('exit', killOnExit)
       if (code !== 0) {
         reject(new Error(`the attacker failed (${code ?? signal}): ${stderr.trim()}`))
         return
