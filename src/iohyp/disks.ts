@@ -2,10 +2,10 @@ import type { CreateDiskRequest, DiskInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
 import { BlockBackend, replyNoDevice } from '../devices/blk/backend.ts'
 import type { BlockDevice } from '../devices/blk/device.ts'
-import { FileDevice } from '../devices/blk/file-device.ts'
+import { FileDevice, sameFile } from '../devices/blk/file-device.ts'
 import type { EncryptedDevice } from '../services/crypt/encrypted-device.ts'
 import { type EncryptionSpec, openEncryption } from '../services/crypt/open.ts'
-import { VrioError } from '../errors.ts'
+import { isVrioError, VrioError } from '../errors.ts'
 import { newDeviceHandle } from './handles.ts'
 import type { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
@@ -110,12 +110,7 @@ export class IohypDisks {
     if (!guest.session?.authenticated) {
       throw new VrioError('not-connected', `guest ${formatMac(guest.mac)} is not connected`)
     }
-    for (const d of this.disks.values()) {
-      if (d.backing === req.backing && (!d.readOnly || !req.readOnly)) {
-        throw new VrioError('conflict', `${req.backing} already backs disk ${d.name}`)
-      }
-    }
-    const store = await openStore(req.backing, req.readOnly === true, req.encrypt)
+    const store = await this.openUnshared(req.backing, req.readOnly === true, req.encrypt)
     const handle = newDeviceHandle(this.nextSlot++)
     const d = this.add(name, guest.mac, req.backing, req.readOnly === true, handle, store)
     try {
@@ -156,13 +151,14 @@ export class IohypDisks {
       const mac = macOf(e.guest)
       if (mac === undefined || !NAME_RE.test(e.name))
         throw new VrioError('invalid-state', `malformed disk entry ${e.name}`)
+      // The state file keeps the path; which file it is, is taken again here, at open.
       this.add(
         e.name,
         mac,
         e.backing,
         e.readOnly,
         e.handle,
-        await openStore(e.backing, e.readOnly, e.encrypt),
+        await this.openUnshared(e.backing, e.readOnly, e.encrypt),
       )
       this.nextSlot = Math.max(this.nextSlot, e.handle.low + 1)
     }
@@ -197,11 +193,14 @@ export class IohypDisks {
       )
         continue
       if (old) await this.drop(old)
-      for (const d of this.disks.values()) {
-        if (d.backing === e.backing && (!d.readOnly || !e.readOnly))
-          throw new VrioError('conflict', `disk ${e.name}: ${e.backing} already backs disk ${d.name}`)
-      }
-      const store = await openStore(e.backing, e.readOnly, e.encrypt as EncryptionSpec | undefined)
+      const store = await this.openUnshared(
+        e.backing,
+        e.readOnly,
+        e.encrypt as EncryptionSpec | undefined,
+      ).catch((error) => {
+        if (isVrioError(error, 'conflict')) error.message = `disk ${e.name}: ${error.message}`
+        throw error
+      })
       const handle = newDeviceHandle(this.nextSlot++)
       this.add(e.name, mac, e.backing, e.readOnly, handle, store)
       this.log.info('disk declared', { disk: e.name, guest: formatMac(mac), backing: e.backing })
@@ -280,6 +279,29 @@ export class IohypDisks {
     return d
   }
 
+  /**
+   * Opens a backing (and its encryption) that no other disk uses: the same file — by device and
+   * inode, so a hard link or a path through a symlinked directory counts — is refused with
+   * 'conflict' unless this disk and every disk already on it are read-only.
+   */
+  private async openUnshared(
+    path: string,
+    readOnly: boolean,
+    encrypt: EncryptionSpec | undefined,
+  ): Promise<Store> {
+    return openStore(path, readOnly, encrypt, (file) => {
+      for (const d of this.disks.values()) {
+        if (!sameFile(d.store.file.identity, file.identity) || (d.readOnly && readOnly)) continue
+        const same = d.backing === path ? '' : ` (the same file as ${d.backing})`
+        throw new VrioError(
+          'conflict',
+          `${path}${same} already backs disk ${d.name}; only read-only disks may share a backing`,
+          { field: 'backing', path, disk: d.name },
+        )
+      }
+    })
+  }
+
   private async announce(d: Disk, guest: DiskGuest): Promise<void> {
     const info = {
       size: d.device.size,
@@ -335,15 +357,20 @@ export class IohypDisks {
   }
 }
 
-/** Opens the backing file and, for an encrypted disk, the encryption service around it. */
+/**
+ * Opens the backing file and, for an encrypted disk, the encryption service around it; `check`
+ * sees the open file first (and may refuse it by throwing).
+ */
 async function openStore(
   path: string,
   readOnly: boolean,
   encrypt: EncryptionSpec | undefined,
+  check: (file: FileDevice) => void,
 ): Promise<Store> {
   const file = await openBacking(path, readOnly)
-  if (!encrypt) return { file }
   try {
+    check(file)
+    if (!encrypt) return { file }
     return { file, crypt: await openEncryption(file, encrypt), encrypt }
   } catch (error) {
     await file.close()
@@ -360,10 +387,10 @@ async function openBacking(path: string, readOnly: boolean): Promise<FileDevice>
   try {
     return await FileDevice.open(path, { readOnly })
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    if (code === 'ENOENT')
-      throw new VrioError('not-found', `backing ${path} does not exist`, { field: 'backing' })
-    if (code === 'EBUSY') throw new VrioError('conflict', `backing ${path} is in use`, { field: 'backing' })
+    if (isVrioError(error, 'not-found'))
+      throw new VrioError('not-found', `backing ${path} does not exist`, { field: 'backing', path })
+    if (isVrioError(error, 'busy'))
+      throw new VrioError('conflict', `backing ${path} is in use`, { field: 'backing', path })
     throw error
   }
 }
