@@ -54,6 +54,12 @@ interface Disk {
 }
 
 const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
+/** Longest NBD URI or device name taken from a guest's answer (a path and a socket path fit). */
+const MAX_PEER_STRING = 1024
+
+function peerString(value: unknown): string | null {
+  return typeof value === 'string' && value.length <= MAX_PEER_STRING ? value : null
+}
 /** How long a guest may take to set a disk up (NBD export, block device). */
 const ATTACH_TIMEOUT_MS = 30_000
 
@@ -320,8 +326,9 @@ export class IohypDisks {
       nbd?: string
       device?: string | null
     }
-    d.nbd = typeof answer?.nbd === 'string' ? answer.nbd : null
-    d.attachedAs = typeof answer?.device === 'string' ? answer.device : null
+    // The guest chose these strings: kept short (they are shown, escaped, by blk list).
+    d.nbd = peerString(answer?.nbd)
+    d.attachedAs = peerString(answer?.device)
     d.announced = true
   }
 

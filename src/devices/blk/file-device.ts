@@ -194,6 +194,9 @@ export class FileDevice implements BlockDevice {
     }
     let flags = (readOnly ? constants.O_RDONLY : constants.O_RDWR) | constants.O_NOFOLLOW
     if (isBlockDevice && options.exclusive !== false) flags |= constants.O_EXCL
+    // A FIFO swapped in after lstat must not hang the open (it is refused below); O_NONBLOCK
+    // changes nothing for a regular file's reads and writes.
+    if (!isBlockDevice) flags |= constants.O_NONBLOCK
     const fd = await new Promise<number>((resolve, reject) =>
       open(path, flags, (e, fd) =>
         e ? reject(errnoOf(e) === 'ELOOP' ? symlinkError(path) : openError(e, path)) : resolve(fd),
