@@ -1,9 +1,13 @@
 /** Control characters from peers, escaped for terminals: the helper, and the daemons' logger. */
 import assert from 'node:assert/strict'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import fc from 'fast-check'
 import { createLogger } from '../../src/daemon/log.ts'
 import { escapeControl, escapeJsonText } from '../../src/escape.ts'
+import { EveFileSink } from '../../src/services/dpi/index.ts'
 
 function isControl(c: number): boolean {
   return (
@@ -78,5 +82,20 @@ describe('escaping control characters', () => {
     const record = JSON.parse(line)
     assert.equal(record.ifname, 'vn\u009b2J\x1b]0;t\x07')
     assert.equal(record.error.message, 'bad\r\u202eeman')
+  })
+
+  it('eve.json records (which quote packets) carry C1 and bidi controls as JSON escapes', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vrio-eve-'))
+    try {
+      const sink = new EveFileSink(join(dir, 'eve.json'))
+      const host = 'evil\u009b2J\u202eexample\x1b'
+      sink.write({ event_type: 'alert', http: { hostname: host } })
+      sink.close()
+      const text = readFileSync(join(dir, 'eve.json'), 'utf8')
+      assert.ok(!hasControl(text.slice(0, -1)), text)
+      assert.equal(JSON.parse(text).http.hostname, host)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
