@@ -284,6 +284,18 @@ describe('vrio control commands against a fake daemon', () => {
       assert.deepEqual(received, [])
     })
 
+    it('vrio guest --key-file refuses the same file before starting anything', async () => {
+      const path = tmp.path('loose-guest.key')
+      writeFileSync(path, `${key}\n`)
+      chmodSync(path, 0o640)
+      const r = await vrio('guest', '--interface', 'lo', '--key-file', path, '--run-dir', tmp.path('run'))
+      assertOneLineFailure(
+        r,
+        new RegExp(`key file ${path} is accessible by group or others \\(mode 0640\\); run: chmod 600 `),
+      )
+      assert.ok(!r.stderr.includes(key))
+    })
+
     it('refuses a key file that is not a key', async () => {
       const path = tmp.path('garbage.key')
       writeFileSync(path, 'hunter2\n', { mode: 0o600 })
