@@ -478,7 +478,7 @@ class Checker {
 
   /**
    * A disk's backing: a regular file or block device, not a symlink itself (the IOhyp opens it
-   * with O_NOFOLLOW); returns its device and inode as a string, or undefined after an issue.
+   * with O_NOFOLLOW); returns which file it is as a string, or undefined after an issue.
    */
   backing(path: string, at: string): string | undefined {
     if (!this.exists(path, at, 'backing', 'disk')) return undefined
@@ -487,7 +487,8 @@ class Checker {
       this.issue(at, `backing ${show(path)} is a symbolic link; name the file itself`)
       return undefined
     }
-    return `${st.dev}:${st.ino}`
+    // As FileDevice.identity: a block device is its device number, whichever node names it.
+    return st.isBlockDevice() ? `block ${st.rdev}` : `${st.dev}:${st.ino}`
   }
 
   /** `kind` 'disk': a regular file or a block device; 'file': a regular file. */

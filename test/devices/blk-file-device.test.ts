@@ -354,6 +354,13 @@ describe('FileDevice', () => {
         assert.equal(d.size, 8 * MiB)
         assert.equal(d.blockSize, 512)
         await rejectsWith(FileDevice.open(loop), 'busy')
+        // Another device node of the same device is the same backing.
+        const st = statSync(loop, { bigint: true })
+        const alias = join(dir, `alias${n++}`)
+        execFileSync('mknod', [alias, 'b', String(st.rdev >> 8n), String(st.rdev & 0xffn)])
+        const again = await FileDevice.open(alias, { readOnly: true, exclusive: false })
+        assert.ok(sameFile(d.identity, again.identity), 'two nodes of one block device')
+        await again.close()
         const data = pattern(9, 64 * KiB)
         await d.write(MiB, data, true)
         assertBytes(await d.read(MiB, data.length), data)

@@ -43,9 +43,10 @@ export interface FileDeviceOptions {
 }
 
 /**
- * Which file a FileDevice has open: st_dev and st_ino of its descriptor, taken once at open. Two
- * paths name the same file (a hard link, a symlinked directory on the way) exactly when these
- * are equal.
+ * Which file a FileDevice has open, taken once from its descriptor: st_dev and st_ino for a
+ * regular file (two paths name the same file — a hard link, a symlinked directory on the way —
+ * exactly when these are equal); for a block device dev 0 and the device number (st_rdev) as
+ * ino, so two device nodes of one device are the same too.
  */
 export interface FileIdentity {
   dev: bigint
@@ -236,7 +237,7 @@ export class FileDevice implements BlockDevice {
         blockSize,
         readOnly,
         isBlockDevice,
-        identity: { dev: fst.dev, ino: fst.ino },
+        identity: isBlockDevice ? { dev: 0n, ino: fst.rdev } : { dev: fst.dev, ino: fst.ino },
         fallocate: useFallocate,
         inline,
       })
@@ -448,7 +449,8 @@ export class FileDevice implements BlockDevice {
           return resolve(this.dsyncFd)
         }
         fstat(fd, { bigint: true }, (e2, s) => {
-          if (e2 || !sameFile(s, this.identity)) {
+          const same = s && (this.isBlockDevice ? s.rdev === this.identity.ino : sameFile(s, this.identity))
+          if (e2 || !same) {
             closeSync(fd)
             return fail(e2 ?? new Error(`/proc/self/fd/${this.fd} is not the open file`))
           }
