@@ -72,6 +72,8 @@ const ATTACH_TIMEOUT_MS = 30_000
 export class IohypDisks {
   private readonly disks = new Map<string, Disk>()
   private readonly bySlot = new Map<number, Disk>()
+  /** Backings opened for a disk not added yet (see openUnshared). */
+  private readonly opening = new Map<FileDevice, { name: string; backing: string; readOnly: boolean }>()
   /** Set by close(): block requests are no longer answered. */
   private stopping = false
   private nextSlot = 1
@@ -116,7 +118,7 @@ export class IohypDisks {
     if (!guest.session?.authenticated) {
       throw new VrioError('not-connected', `guest ${formatMac(guest.mac)} is not connected`)
     }
-    const store = await this.openUnshared(req.backing, req.readOnly === true, req.encrypt)
+    const store = await this.openUnshared(name, req.backing, req.readOnly === true, req.encrypt)
     const handle = newDeviceHandle(this.nextSlot++)
     const d = this.add(name, guest.mac, req.backing, req.readOnly === true, handle, store)
     try {
@@ -164,7 +166,7 @@ export class IohypDisks {
         e.backing,
         e.readOnly,
         e.handle,
-        await this.openUnshared(e.backing, e.readOnly, e.encrypt),
+        await this.openUnshared(e.name, e.backing, e.readOnly, e.encrypt),
       )
       this.nextSlot = Math.max(this.nextSlot, e.handle.low + 1)
     }
@@ -200,6 +202,7 @@ export class IohypDisks {
         continue
       if (old) await this.drop(old)
       const store = await this.openUnshared(
+        e.name,
         e.backing,
         e.readOnly,
         e.encrypt as EncryptionSpec | undefined,
@@ -266,6 +269,7 @@ export class IohypDisks {
     handle: { high: number; low: number },
     store: Store,
   ): Disk {
+    this.opening.delete(store.file)
     const device = store.crypt ?? store.file
     const d: Disk = {
       name,
@@ -291,21 +295,35 @@ export class IohypDisks {
    * 'conflict' unless this disk and every disk already on it are read-only.
    */
   private async openUnshared(
+    name: string,
     path: string,
     readOnly: boolean,
     encrypt: EncryptionSpec | undefined,
   ): Promise<Store> {
-    return openStore(path, readOnly, encrypt, (file) => {
-      for (const d of this.disks.values()) {
-        if (!sameFile(d.store.file.identity, file.identity) || (d.readOnly && readOnly)) continue
-        const same = d.backing === path ? '' : ` (the same file as ${d.backing})`
-        throw new VrioError(
-          'conflict',
-          `${path}${same} already backs disk ${d.name}; only read-only disks may share a backing`,
-          { field: 'backing', path, disk: d.name },
-        )
-      }
-    })
+    let claimed: FileDevice | undefined
+    try {
+      return await openStore(path, readOnly, encrypt, (file) => {
+        const users = [
+          ...[...this.disks.values()].map((d) => ({ ...d, file: d.store.file })),
+          ...[...this.opening].map(([f, c]) => ({ ...c, file: f })),
+        ]
+        for (const d of users) {
+          if (!sameFile(d.file.identity, file.identity) || (d.readOnly && readOnly)) continue
+          const same = d.backing === path ? '' : ` (the same file as ${d.backing})`
+          throw new VrioError(
+            'conflict',
+            `${path}${same} already backs disk ${d.name}; only read-only disks may share a backing`,
+            { field: 'backing', path, disk: d.name },
+          )
+        }
+        // Claimed until add() takes it: a create running meanwhile (its key being read, say) sees it.
+        this.opening.set(file, { name, backing: path, readOnly })
+        claimed = file
+      })
+    } catch (error) {
+      if (claimed) this.opening.delete(claimed)
+      throw error
+    }
   }
 
   private async announce(d: Disk, guest: DiskGuest): Promise<void> {

@@ -11,7 +11,9 @@ import { join } from 'node:path'
 import { after, afterEach, before, describe, it } from 'node:test'
 import type { Logger } from '../../src/daemon/log.ts'
 import { isVrioError } from '../../src/errors.ts'
+import { FileDevice } from '../../src/devices/blk/file-device.ts'
 import { type DiskGuest, type DiskState, IohypDisks } from '../../src/iohyp/disks.ts'
+import { formatLuks } from '../../src/services/crypt/luks.ts'
 import type { Rpc } from '../../src/session/rpc.ts'
 import type { Session } from '../../src/session/session.ts'
 import { formatMac } from '../../src/wire/address.ts'
@@ -29,10 +31,10 @@ let dir: string
 let n = 0
 let registries: IohypDisks[] = []
 
-function image(): string {
+function image(size = 1024 * 1024): string {
   const path = join(dir, `disk${n++}.img`)
   writeFileSync(path, '')
-  truncateSync(path, 1024 * 1024)
+  truncateSync(path, size)
   return path
 }
 
@@ -129,6 +131,30 @@ describe('IOhyp disks: one backing file per writable disk', () => {
         guest,
       ),
       conflict,
+    )
+  })
+
+  it('two creates on one file at the same time (a LUKS unlock in between): exactly one gets it', async () => {
+    const disks = registry()
+    const a = image(4 * 1024 * 1024)
+    const file = await FileDevice.open(a)
+    await formatLuks(file, { type: 'luks1', passphrase: Buffer.from('pass'), iterations: 20_000 })
+    await file.close()
+    const pass = join(dir, `pass${n++}`)
+    writeFileSync(pass, 'pass', { mode: 0o600 })
+    const encrypt = { kind: 'luks', keyFile: pass } as const
+    const results = await Promise.allSettled([
+      disks.create({ guest: formatMac(MAC), backing: a, name: 'x', encrypt }, guest),
+      disks.create({ guest: formatMac(MAC), backing: otherPath(a, 'hard link'), name: 'y', encrypt }, guest),
+    ])
+    assert.deepEqual(
+      results.map((r) => r.status),
+      ['fulfilled', 'rejected'],
+    )
+    assert.ok(conflict((results[1] as PromiseRejectedResult).reason))
+    assert.deepEqual(
+      disks.list().map((d) => d.name),
+      ['x'],
     )
   })
 
