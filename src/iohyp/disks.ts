@@ -303,6 +303,9 @@ export class IohypDisks {
     let claimed: FileDevice | undefined
     try {
       return await openStore(path, readOnly, encrypt, (file) => {
+        // Checked again here: another create may have taken the name while this one was opening.
+        if (this.disks.has(name) || [...this.opening.values()].some((c) => c.name === name))
+          throw new VrioError('conflict', `a disk named ${name} exists already`)
         const users = [
           ...[...this.disks.values()].map((d) => ({ ...d, file: d.store.file })),
           ...[...this.opening].map(([f, c]) => ({ ...c, file: f })),

@@ -147,14 +147,33 @@ describe('IOhyp disks: one backing file per writable disk', () => {
       disks.create({ guest: formatMac(MAC), backing: a, name: 'x', encrypt }, guest),
       disks.create({ guest: formatMac(MAC), backing: otherPath(a, 'hard link'), name: 'y', encrypt }, guest),
     ])
-    assert.deepEqual(
-      results.map((r) => r.status),
-      ['fulfilled', 'rejected'],
+    const refused = results.filter((r) => r.status === 'rejected')
+    assert.equal(refused.length, 1, JSON.stringify(results))
+    assert.ok(conflict(refused[0].reason))
+    assert.equal(disks.list().length, 1)
+  })
+
+  it('two creates of one name at the same time: exactly one gets it', async () => {
+    const disks = registry()
+    const images = [image(4 * 1024 * 1024), image(4 * 1024 * 1024)]
+    for (const img of images) {
+      const file = await FileDevice.open(img)
+      await formatLuks(file, { type: 'luks1', passphrase: Buffer.from('pass'), iterations: 20_000 })
+      await file.close()
+    }
+    const pass = join(dir, `pass${n++}`)
+    writeFileSync(pass, 'pass', { mode: 0o600 })
+    const encrypt = { kind: 'luks', keyFile: pass } as const
+    const results = await Promise.allSettled(
+      images.map((backing) => disks.create({ guest: formatMac(MAC), backing, name: 'same', encrypt }, guest)),
     )
-    assert.ok(conflict((results[1] as PromiseRejectedResult).reason))
+    const refused = results.filter((r) => r.status === 'rejected')
+    assert.equal(refused.length, 1, JSON.stringify(results))
+    assert.ok(isVrioError(refused[0].reason, 'conflict'))
+    const winner = images[results.findIndex((r) => r.status === 'fulfilled')]
     assert.deepEqual(
-      disks.list().map((d) => d.name),
-      ['x'],
+      disks.list().map((d) => [d.name, d.backing]),
+      [['same', winner]],
     )
   })
 
