@@ -297,8 +297,12 @@ describe('FileDevice', () => {
     }
   })
 
-  for (const inlineIo of [true, false]) {
-    it(`a path swapped after open changes nothing: writes, FUA writes and flushes land in the opened file (inlineIo ${inlineIo})`, async () => {
+  for (const [inlineIo, dsyncDescriptor] of [
+    [true, true],
+    [false, true],
+    [true, false],
+  ]) {
+    it(`a path swapped after open changes nothing: writes, FUA writes and flushes land in the opened file (inlineIo ${inlineIo}, dsyncDescriptor ${dsyncDescriptor})`, async () => {
       // The backing sits in a directory reached through a symlink, as an operator may well have it.
       const real = join(dir, `real${n++}`)
       const other = join(dir, `other${n++}`)
@@ -310,7 +314,7 @@ describe('FileDevice', () => {
       writeFileSync(path, Buffer.alloc(MiB))
       const victim = join(other, 'disk.img')
       writeFileSync(victim, Buffer.alloc(MiB, 0x55))
-      const d = await FileDevice.open(path, { inlineIo })
+      const d = await FileDevice.open(path, { inlineIo, dsyncDescriptor })
       try {
         // The attacker's two moves: the file itself replaced by a symlink to another tenant's
         // image, and the directory link re-pointed at a directory holding a file of that name.

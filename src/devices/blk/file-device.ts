@@ -40,6 +40,11 @@ export interface FileDeviceOptions {
    * FileDevice); default true. False: every request goes through the thread pool.
    */
   inlineIo?: boolean
+  /**
+   * FUA writes through a second descriptor with O_DSYNC (reopened through /proc/self/fd); false:
+   * a FUA write is a write and an fdatasync, as it is where /proc is not mounted. Default true.
+   */
+  dsyncDescriptor?: boolean
 }
 
 /**
@@ -154,11 +159,13 @@ export class FileDevice implements BlockDevice {
       identity: FileIdentity
       fallocate: boolean
       inline: InlineMode
+      dsyncDescriptor: boolean
     },
   ) {
     this.path = path
     this.fd = fd
     this.identity = info.identity
+    if (!info.dsyncDescriptor) this.dsyncFd = -2
     this.size = info.size
     this.blockSize = info.blockSize
     this.readOnly = info.readOnly
@@ -240,6 +247,7 @@ export class FileDevice implements BlockDevice {
         identity: isBlockDevice ? { dev: 0n, ino: fst.rdev } : { dev: fst.dev, ino: fst.ino },
         fallocate: useFallocate,
         inline,
+        dsyncDescriptor: options.dsyncDescriptor !== false,
       })
     } catch (e) {
       closeSync(fd)
