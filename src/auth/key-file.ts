@@ -1,7 +1,10 @@
 /**
- * Per-guest channel keys on disk: 32 random bytes stored as 64 lowercase hex characters and a
- * newline, mode 0600. Neither a key nor any part of a key file's content ever goes into an error
- * message: messages name the path and the problem only.
+ * Secrets on disk, and the one place they are read from. Per-guest channel keys: 32 random bytes
+ * stored as 64 lowercase hex characters and a newline, mode 0600 (readKeyFile). Disk encryption
+ * key and passphrase files: raw bytes (readSecretFile). Both refuse a file that group or others
+ * may access ('key-file-permissions', naming the file, its mode and `chmod 600`). Neither a key
+ * nor any part of a key file's content ever goes into an error message: messages name the path
+ * and the problem only.
  */
 import { randomBytes } from 'node:crypto'
 import {
@@ -86,66 +89,101 @@ function writeNew(target: string, text: Buffer, shownPath: string): void {
 
 /** Reads and checks a key file; the result is the 32-byte key. */
 export function readKeyFile(path: string): Buffer {
-  let fd: number
+  const raw = readOwnerOnly(path, 'key file', MAX_KEY_FILE_BYTES, 'create one with vrio keygen --out FILE')
   try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK)
-  } catch (error) {
-    throw readError(error, path)
-  }
-  const raw = Buffer.alloc(MAX_KEY_FILE_BYTES + 1)
-  try {
-    const stat = fstatSync(fd)
-    if (!stat.isFile())
-      throw new VrioError('key-file-invalid', `key file ${path} is not a regular file`, { path })
-    // Checked before the content is used: a key others could read is already compromised.
-    if ((stat.mode & 0o077) !== 0) {
-      const mode = (stat.mode & 0o777).toString(8).padStart(4, '0')
-      throw new VrioError(
-        'key-file-permissions',
-        `key file ${path} is accessible by group or others (mode ${mode}); run: chmod 600 ${path}`,
-        { path, mode },
-      )
-    }
-    let length = 0
-    for (;;) {
-      const n = readSync(fd, raw, length, raw.length - length, null)
-      if (n === 0) break
-      length += n
-      if (length > MAX_KEY_FILE_BYTES) break
-    }
-    const text = raw.toString('latin1', 0, Math.min(length, raw.length)).trim()
-    if (length > MAX_KEY_FILE_BYTES || !KEY_HEX_RE.test(text))
+    const text = raw.toString('latin1').trim()
+    if (raw.length > MAX_KEY_FILE_BYTES || !KEY_HEX_RE.test(text))
       throw new VrioError(
         'key-file-invalid',
         `key file ${path} does not hold a vrio key (exactly 64 hex characters); create one with vrio keygen`,
         { path },
       )
     return Buffer.from(text, 'hex')
-  } catch (error) {
-    if (error instanceof VrioError) throw error
-    throw readError(error, path)
   } finally {
-    closeSync(fd)
     raw.fill(0)
   }
 }
 
-function readError(error: unknown, path: string): VrioError {
+/** Secret files are small; anything larger is a mistake (cryptsetup's key file limit is 8 MiB). */
+export const MAX_SECRET_FILE_BYTES = 8 * 1024 * 1024
+
+/**
+ * Reads a secret file (a disk encryption key file or passphrase file: raw bytes, at most
+ * MAX_SECRET_FILE_BYTES) that only its owner may access; `what` names it in errors ('key file',
+ * 'passphrase file'). The caller wipes the result once used.
+ */
+export function readSecretFile(path: string, what = 'key file'): Buffer {
+  const raw = readOwnerOnly(path, what, MAX_SECRET_FILE_BYTES)
+  if (raw.length > MAX_SECRET_FILE_BYTES) {
+    raw.fill(0)
+    throw new VrioError('key-file-invalid', `${what} ${path} is too large`, { path })
+  }
+  return raw
+}
+
+/**
+ * Opens `path`, checks it is a regular file that group and others cannot access, and reads it:
+ * at most `maxBytes` + 1 bytes (more means too large; the caller says so). Nothing is read from
+ * a file that fails the checks.
+ */
+function readOwnerOnly(path: string, what: string, maxBytes: number, missingHint?: string): Buffer {
+  let fd: number
+  try {
+    // O_NONBLOCK: a FIFO planted at the path does not hang the open.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK)
+  } catch (error) {
+    throw readError(error, path, what, missingHint)
+  }
+  let buf: Buffer | undefined
+  try {
+    const stat = fstatSync(fd)
+    if (!stat.isFile())
+      throw new VrioError('key-file-invalid', `${what} ${path} is not a regular file`, { path })
+    // Checked before the content is used: a key others could read is already compromised.
+    if ((stat.mode & 0o077) !== 0) {
+      const mode = (stat.mode & 0o777).toString(8).padStart(4, '0')
+      throw new VrioError(
+        'key-file-permissions',
+        `${what} ${path} is accessible by group or others (mode ${mode}); run: chmod 600 ${path}`,
+        { path, mode },
+      )
+    }
+    // One byte more than the file holds (or than allowed): a file that grew while read shows.
+    buf = Buffer.alloc(Math.min(stat.size, maxBytes) + 1)
+    let length = 0
+    while (length < buf.length) {
+      const n = readSync(fd, buf, length, buf.length - length, null)
+      if (n === 0) break
+      length += n
+    }
+    if (length === buf.length && length <= maxBytes)
+      throw new VrioError('key-file-unreadable', `${what} ${path} changed while it was read`, { path })
+    return Buffer.from(buf.subarray(0, length))
+  } catch (error) {
+    if (error instanceof VrioError) throw error
+    throw readError(error, path, what, missingHint)
+  } finally {
+    buf?.fill(0)
+    closeSync(fd)
+  }
+}
+
+function readError(error: unknown, path: string, what: string, missingHint?: string): VrioError {
   switch ((error as NodeJS.ErrnoException).code) {
     case 'ENOENT':
-      return new VrioError('key-file-missing', `key file ${path} does not exist`, {
+      return new VrioError('key-file-missing', `${what} ${path} does not exist`, {
         path,
-        hint: 'create one with vrio keygen --out FILE',
+        ...(missingHint !== undefined && { hint: missingHint }),
       })
     case 'EACCES':
     case 'EPERM':
-      return new VrioError('permission-denied', `cannot read key file ${path}: permission denied`, { path })
+      return new VrioError('permission-denied', `cannot read ${what} ${path}: permission denied`, { path })
     case 'EISDIR':
-      return new VrioError('key-file-invalid', `key file ${path} is a directory`, { path })
+      return new VrioError('key-file-invalid', `${what} ${path} is a directory`, { path })
     default:
       return new VrioError(
         'key-file-unreadable',
-        `cannot read key file ${path}: ${(error as Error).message}`,
+        `cannot read ${what} ${path}: ${(error as Error).message}`,
         {
           path,
         },

@@ -1,7 +1,12 @@
-/** Pieces every CLI command shares: the control socket option, JSON and table output. */
+/**
+ * Pieces every CLI command shares: the control socket option, JSON and table output. Everything
+ * printed goes through escapeControl/escapeJsonText (src/escape.ts): names, states and messages
+ * in daemon answers may come from a peer, and must not drive the operator's terminal.
+ */
 import type { Command } from 'commander'
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET, routePath } from '../control/api.ts'
 import { ControlClient } from '../control/control-client.ts'
+import { escapeControl, escapeJsonText } from '../escape.ts'
 
 export interface ControlOptions {
   control?: string
@@ -93,21 +98,27 @@ export function controlClient(path: string, timeoutMs?: number): ControlClient {
 }
 
 export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
+  process.stdout.write(`${escapeJsonText(JSON.stringify(value, null, 2))}\n`)
 }
 
+/** One line per string; control characters in a string (a newline too) are printed escaped. */
 export function printLines(lines: readonly string[]): void {
-  if (lines.length > 0) process.stdout.write(`${lines.join('\n')}\n`)
+  if (lines.length > 0) process.stdout.write(`${lines.map(escapeControl).join('\n')}\n`)
 }
 
 export type Align = 'left' | 'right'
 
-/** Lays rows out in columns two spaces apart; the last column is not padded. */
+/**
+ * Lays rows out in columns two spaces apart; the last column is not padded. Cells are escaped
+ * (escapeControl) first, so the widths are those of what is printed.
+ */
 export function formatTable(
-  header: readonly string[],
-  rows: readonly string[][],
+  rawHeader: readonly string[],
+  rawRows: readonly string[][],
   align: readonly Align[],
 ): string[] {
+  const header = rawHeader.map(escapeControl)
+  const rows = rawRows.map((r) => r.map(escapeControl))
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
   const line = (cells: readonly string[]) =>
     cells
@@ -119,8 +130,9 @@ export function formatTable(
   return [line(header), ...rows.map(line)]
 }
 
-/** `key: value` lines with the values aligned. */
-export function formatFields(fields: readonly [string, string][]): string[] {
+/** `key: value` lines with the values aligned; keys and values escaped (escapeControl). */
+export function formatFields(rawFields: readonly [string, string][]): string[] {
+  const fields = rawFields.map(([k, v]) => [escapeControl(k), escapeControl(v)] as const)
   const width = Math.max(0, ...fields.map(([k]) => k.length + 1))
   return fields.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v}`)
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander'
 import { isVrioError, type VrioError } from '../errors.ts'
+import { escapeControl } from '../escape.ts'
 import { printJson } from './common.ts'
 import { fileURLToPath } from 'node:url'
 import { runDemo } from '../demo/demo.ts'
@@ -68,8 +69,9 @@ export function buildProgram(state: RunState = { json: false }): Command {
   return program
 }
 
+/** A message on one line, its control characters escaped (it may quote what a peer sent). */
 function oneLine(text: string): string {
-  return text.trim().replace(/\s*\n\s*/g, ' ')
+  return escapeControl(text.trim().replace(/\s*\n\s*/g, ' '))
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -1,7 +1,9 @@
 /**
  * Loading the daemons' config files: `.json` as JSON, `.yaml`/`.yml` as YAML, checked against
  * schema.ts, then as a whole (duplicates, references from devices to guests) and against the file
- * system (key files read with readKeyFile; backing, secret and rules files must exist). Relative
+ * system (key files read with readKeyFile, secret files with readSecretFile: both refuse a file
+ * group or others may read; backing and rules files must exist, a backing's last component must
+ * not be a symlink, and one file backs at most one writable disk). Relative
  * paths are resolved against the config file's directory. Every problem found is reported at once,
  * in one VrioError('invalid-config') whose message names the file and each bad field path:
  *
@@ -10,11 +12,11 @@
  * and whose `errors` detail lists them as `{ path, message, line?, column? }`. Key material never
  * appears in a message.
  */
-import { readFileSync, statSync } from 'node:fs'
+import { lstatSync, readFileSync, statSync } from 'node:fs'
 import { dirname, extname, resolve } from 'node:path'
 import YAML from 'yaml'
 import type * as z from 'zod'
-import { readKeyFile } from '../auth/key-file.ts'
+import { readKeyFile, readSecretFile } from '../auth/key-file.ts'
 import { isVrioError, VrioError } from '../errors.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import {
@@ -263,6 +265,8 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
   }
 
   const disks: DiskEntry[] = []
+  /** Which file each accepted disk's backing is (device and inode), as IohypDisks compares them. */
+  const backingIds: string[] = []
   const diskNames = new Map<string, number>()
   ;(top.disks ?? []).forEach((entry, i) => {
     const at = `disks[${i}]`
@@ -273,12 +277,15 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     const guest = owner(d.guest, `${at}.guest`)
     const backing = c.path(d.backing)
     const readOnly = d.readOnly === true
-    if (c.exists(backing, `${at}.backing`, 'backing', 'disk')) {
-      const other = disks.findIndex((o) => o.backing === backing && (!o.readOnly || !readOnly))
+    const id = c.backing(backing, `${at}.backing`)
+    if (id !== undefined) {
+      const other = disks.findIndex((o, j) => backingIds[j] === id && (!o.readOnly || !readOnly))
       if (other >= 0) {
+        const same =
+          disks[other].backing === backing ? '' : ` (the same file as ${show(disks[other].backing)})`
         c.issue(
           `${at}.backing`,
-          `${show(backing)} already backs disk '${disks[other].name}'; only read-only disks may share a backing`,
+          `${show(backing)}${same} already backs disk '${disks[other].name}'; only read-only disks may share a backing`,
         )
         ok = false
       }
@@ -286,7 +293,7 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     let encrypt: EncryptConfig | undefined
     if (d.encrypt?.kind === 'plain') {
       encrypt = { ...d.encrypt, keyFile: c.path(d.encrypt.keyFile) }
-      ok = c.secretFile(encrypt.keyFile, `${at}.encrypt.keyFile`) && ok
+      ok = c.secretFile(encrypt.keyFile, `${at}.encrypt.keyFile`, 'key file') && ok
     } else if (d.encrypt?.kind === 'luks') {
       const e = d.encrypt
       if ((e.passphraseFile === undefined) === (e.keyFile === undefined)) {
@@ -296,15 +303,17 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
       encrypt = { kind: 'luks' }
       if (e.passphraseFile !== undefined) {
         encrypt.passphraseFile = c.path(e.passphraseFile)
-        ok = c.secretFile(encrypt.passphraseFile, `${at}.encrypt.passphraseFile`) && ok
+        ok = c.secretFile(encrypt.passphraseFile, `${at}.encrypt.passphraseFile`, 'passphrase file') && ok
       }
       if (e.keyFile !== undefined) {
         encrypt.keyFile = c.path(e.keyFile)
-        ok = c.secretFile(encrypt.keyFile, `${at}.encrypt.keyFile`) && ok
+        ok = c.secretFile(encrypt.keyFile, `${at}.encrypt.keyFile`, 'key file') && ok
       }
     }
-    if (ok && guest !== undefined)
+    if (ok && guest !== undefined && id !== undefined) {
       disks.push({ name: d.name, guest, backing, readOnly, ...(encrypt && { encrypt }) })
+      backingIds.push(id)
+    }
   })
 
   const nics: NicEntry[] = []
@@ -466,18 +475,31 @@ class Checker {
     }
   }
 
-  /** A file holding key material: a regular file that only its owner may read. */
-  secretFile(path: string, at: string): boolean {
-    if (!this.exists(path, at, 'file', 'file')) return false
-    const mode = statSync(path).mode & 0o777
-    if ((mode & 0o077) !== 0) {
-      this.issue(
-        at,
-        `${show(path)} is accessible by group or others (mode ${mode.toString(8).padStart(4, '0')}); run: chmod 600 ${path}`,
-      )
+  /** A file holding key material: read as the daemon will (readSecretFile), then wiped. */
+  secretFile(path: string, at: string, what: string): boolean {
+    try {
+      readSecretFile(path, what).fill(0)
+      return true
+    } catch (error) {
+      if (!isVrioError(error)) throw error
+      this.issue(at, error.message)
       return false
     }
-    return true
+  }
+
+  /**
+   * A disk's backing: a regular file or block device, not a symlink itself (the IOhyp opens it
+   * with O_NOFOLLOW); returns which file it is as a string, or undefined after an issue.
+   */
+  backing(path: string, at: string): string | undefined {
+    if (!this.exists(path, at, 'backing', 'disk')) return undefined
+    const st = lstatSync(path, { bigint: true })
+    if (st.isSymbolicLink()) {
+      this.issue(at, `backing ${show(path)} is a symbolic link; name the file itself`)
+      return undefined
+    }
+    // As FileDevice.identity: a block device is its device number, whichever node names it.
+    return st.isBlockDevice() ? `block ${st.rdev}` : `${st.dev}:${st.ino}`
   }
 
   /** `kind` 'disk': a regular file or a block device; 'file': a regular file. */

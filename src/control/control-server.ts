@@ -51,6 +51,11 @@ const HTTP_STATUS_BY_CODE: ReadonlyMap<string, number> = new Map([
   ['invalid-argument', 400],
   ['invalid-json', 400],
   ['request-aborted', 400],
+  // A request naming a file that may not be used: a symlinked backing, a key file others can read.
+  ['symlink', 400],
+  ['key-file-permissions', 400],
+  ['key-file-invalid', 400],
+  ['key-file-missing', 400],
   ['permission-denied', 403],
   ['not-found', 404],
   ['unknown-route', 404],

@@ -1,4 +1,10 @@
-/** Structured logs: one JSON object per line on stderr, `{time, level, msg, ...fields}`. */
+/**
+ * Structured logs: one JSON object per line on stderr, `{time, level, msg, ...fields}`. Fields
+ * often hold what a peer sent (names, error messages); every control character in them is a JSON
+ * escape (escapeJsonText), so a log read on a terminal cannot drive it.
+ */
+import { escapeJsonText } from '../escape.ts'
+
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error'
 
 export interface Logger {
@@ -18,7 +24,7 @@ export function createLogger(
   const write = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>) => {
     if (ORDER[lvl] < min) return
     process.stderr.write(
-      `${JSON.stringify({ time: new Date().toISOString(), level: lvl, name, msg, ...fields }, replacer)}\n`,
+      `${escapeJsonText(JSON.stringify({ time: new Date().toISOString(), level: lvl, name, msg, ...fields }, replacer))}\n`,
     )
   }
   return {

@@ -9,7 +9,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { generateKey, writeKeyFile } from '../auth/key-file.ts'
+import { generateKey, readKeyFile, writeKeyFile } from '../auth/key-file.ts'
 import { type DiskInfo, type ListGuestsResponse, type NicInfo, ROUTES, routePath } from '../control/api.ts'
 import { ControlClient } from '../control/control-client.ts'
 import { VrioError } from '../errors.ts'
@@ -164,7 +164,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     await stepDo('enrolling the guests (keys, MACs, addresses) and waiting for their channels', async () => {
       const iohyp = new ControlClient({ path: iohypSock })
       for (const g of guests) {
-        const key = readFileSync(join(lab.dir, `guest${g.n}.key`), 'utf8').trim()
+        const key = readKeyFile(join(lab.dir, `guest${g.n}.key`)).toString('hex')
         await iohyp.post(ROUTES.guests, { mac: g.mac, address: g.address, key })
       }
       await waitFor('both guests to connect', 15_000, lab, async () => {

@@ -2,10 +2,10 @@ import type { CreateDiskRequest, DiskInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
 import { BlockBackend, type ReplyBudget, replyNoDevice } from '../devices/blk/backend.ts'
 import type { BlockDevice } from '../devices/blk/device.ts'
-import { FileDevice } from '../devices/blk/file-device.ts'
+import { FileDevice, sameFile } from '../devices/blk/file-device.ts'
 import type { EncryptedDevice } from '../services/crypt/encrypted-device.ts'
 import { type EncryptionSpec, openEncryption } from '../services/crypt/open.ts'
-import { VrioError } from '../errors.ts'
+import { isVrioError, VrioError } from '../errors.ts'
 import { newDeviceHandle } from './handles.ts'
 import type { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
@@ -64,6 +64,12 @@ export interface DiskLimits {
 }
 
 const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
+/** Longest NBD URI or device name taken from a guest's answer (a path and a socket path fit). */
+const MAX_PEER_STRING = 1024
+
+function peerString(value: unknown): string | null {
+  return typeof value === 'string' && value.length <= MAX_PEER_STRING ? value : null
+}
 /** How long a guest may take to set a disk up (NBD export, block device). */
 const ATTACH_TIMEOUT_MS = 30_000
 
@@ -76,6 +82,8 @@ const ATTACH_TIMEOUT_MS = 30_000
 export class IohypDisks {
   private readonly disks = new Map<string, Disk>()
   private readonly bySlot = new Map<number, Disk>()
+  /** Backings opened for a disk not added yet (see openUnshared). */
+  private readonly opening = new Map<FileDevice, { name: string; backing: string; readOnly: boolean }>()
   /** Set by close(): block requests are no longer answered. */
   private stopping = false
   private nextSlot = 1
@@ -122,12 +130,7 @@ export class IohypDisks {
     if (!guest.session?.authenticated) {
       throw new VrioError('not-connected', `guest ${formatMac(guest.mac)} is not connected`)
     }
-    for (const d of this.disks.values()) {
-      if (d.backing === req.backing && (!d.readOnly || !req.readOnly)) {
-        throw new VrioError('conflict', `${req.backing} already backs disk ${d.name}`)
-      }
-    }
-    const store = await openStore(req.backing, req.readOnly === true, req.encrypt)
+    const store = await this.openUnshared(name, req.backing, req.readOnly === true, req.encrypt)
     const handle = newDeviceHandle(this.nextSlot++)
     const d = this.add(name, guest.mac, req.backing, req.readOnly === true, handle, store)
     try {
@@ -168,13 +171,14 @@ export class IohypDisks {
       const mac = macOf(e.guest)
       if (mac === undefined || !NAME_RE.test(e.name))
         throw new VrioError('invalid-state', `malformed disk entry ${e.name}`)
+      // The state file keeps the path; which file it is, is taken again here, at open.
       this.add(
         e.name,
         mac,
         e.backing,
         e.readOnly,
         e.handle,
-        await openStore(e.backing, e.readOnly, e.encrypt),
+        await this.openUnshared(e.name, e.backing, e.readOnly, e.encrypt),
       )
       this.nextSlot = Math.max(this.nextSlot, e.handle.low + 1)
     }
@@ -209,11 +213,15 @@ export class IohypDisks {
       )
         continue
       if (old) await this.drop(old)
-      for (const d of this.disks.values()) {
-        if (d.backing === e.backing && (!d.readOnly || !e.readOnly))
-          throw new VrioError('conflict', `disk ${e.name}: ${e.backing} already backs disk ${d.name}`)
-      }
-      const store = await openStore(e.backing, e.readOnly, e.encrypt as EncryptionSpec | undefined)
+      const store = await this.openUnshared(
+        e.name,
+        e.backing,
+        e.readOnly,
+        e.encrypt as EncryptionSpec | undefined,
+      ).catch((error) => {
+        if (isVrioError(error, 'conflict')) error.message = `disk ${e.name}: ${error.message}`
+        throw error
+      })
       const handle = newDeviceHandle(this.nextSlot++)
       this.add(e.name, mac, e.backing, e.readOnly, handle, store)
       this.log.info('disk declared', { disk: e.name, guest: formatMac(mac), backing: e.backing })
@@ -273,6 +281,7 @@ export class IohypDisks {
     handle: { high: number; low: number },
     store: Store,
   ): Disk {
+    this.opening.delete(store.file)
     const device = store.crypt ?? store.file
     const d: Disk = {
       name,
@@ -299,6 +308,46 @@ export class IohypDisks {
     return d
   }
 
+  /**
+   * Opens a backing (and its encryption) that no other disk uses: the same file — by device and
+   * inode, so a hard link or a path through a symlinked directory counts — is refused with
+   * 'conflict' unless this disk and every disk already on it are read-only.
+   */
+  private async openUnshared(
+    name: string,
+    path: string,
+    readOnly: boolean,
+    encrypt: EncryptionSpec | undefined,
+  ): Promise<Store> {
+    let claimed: FileDevice | undefined
+    try {
+      return await openStore(path, readOnly, encrypt, (file) => {
+        // Checked again here: another create may have taken the name while this one was opening.
+        if (this.disks.has(name) || [...this.opening.values()].some((c) => c.name === name))
+          throw new VrioError('conflict', `a disk named ${name} exists already`)
+        const users = [
+          ...[...this.disks.values()].map((d) => ({ ...d, file: d.store.file })),
+          ...[...this.opening].map(([f, c]) => ({ ...c, file: f })),
+        ]
+        for (const d of users) {
+          if (!sameFile(d.file.identity, file.identity) || (d.readOnly && readOnly)) continue
+          const same = d.backing === path ? '' : ` (the same file as ${d.backing})`
+          throw new VrioError(
+            'conflict',
+            `${path}${same} already backs disk ${d.name}; only read-only disks may share a backing`,
+            { field: 'backing', path, disk: d.name },
+          )
+        }
+        // Claimed until add() takes it: a create running meanwhile (its key being read, say) sees it.
+        this.opening.set(file, { name, backing: path, readOnly })
+        claimed = file
+      })
+    } catch (error) {
+      if (claimed) this.opening.delete(claimed)
+      throw error
+    }
+  }
+
   private async announce(d: Disk, guest: DiskGuest): Promise<void> {
     const info = {
       size: d.device.size,
@@ -317,8 +366,9 @@ export class IohypDisks {
       nbd?: string
       device?: string | null
     }
-    d.nbd = typeof answer?.nbd === 'string' ? answer.nbd : null
-    d.attachedAs = typeof answer?.device === 'string' ? answer.device : null
+    // The guest chose these strings: kept short (they are shown, escaped, by blk list).
+    d.nbd = peerString(answer?.nbd)
+    d.attachedAs = peerString(answer?.device)
     d.announced = true
   }
 
@@ -354,15 +404,20 @@ export class IohypDisks {
   }
 }
 
-/** Opens the backing file and, for an encrypted disk, the encryption service around it. */
+/**
+ * Opens the backing file and, for an encrypted disk, the encryption service around it; `check`
+ * sees the open file first (and may refuse it by throwing).
+ */
 async function openStore(
   path: string,
   readOnly: boolean,
   encrypt: EncryptionSpec | undefined,
+  check: (file: FileDevice) => void,
 ): Promise<Store> {
   const file = await openBacking(path, readOnly)
-  if (!encrypt) return { file }
   try {
+    check(file)
+    if (!encrypt) return { file }
     return { file, crypt: await openEncryption(file, encrypt), encrypt }
   } catch (error) {
     await file.close()
@@ -379,10 +434,10 @@ async function openBacking(path: string, readOnly: boolean): Promise<FileDevice>
   try {
     return await FileDevice.open(path, { readOnly })
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    if (code === 'ENOENT')
-      throw new VrioError('not-found', `backing ${path} does not exist`, { field: 'backing' })
-    if (code === 'EBUSY') throw new VrioError('conflict', `backing ${path} is in use`, { field: 'backing' })
+    if (isVrioError(error, 'not-found'))
+      throw new VrioError('not-found', `backing ${path} does not exist`, { field: 'backing', path })
+    if (isVrioError(error, 'busy'))
+      throw new VrioError('conflict', `backing ${path} is in use`, { field: 'backing', path })
     throw error
   }
 }

@@ -1,7 +1,23 @@
 import assert from 'node:assert/strict'
-import { chmodSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import {
+  chmodSync,
+  mkdirSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs'
 import { after, before, describe, it } from 'node:test'
-import { generateKey, KEY_BYTES, readKeyFile, writeKeyFile } from '../../src/auth/key-file.ts'
+import {
+  generateKey,
+  KEY_BYTES,
+  MAX_SECRET_FILE_BYTES,
+  readKeyFile,
+  readSecretFile,
+  writeKeyFile,
+} from '../../src/auth/key-file.ts'
 import { isVrioError } from '../../src/errors.ts'
 import { type TempDir, tempDir } from '../control/fixtures.ts'
 
@@ -107,5 +123,33 @@ describe('key files', () => {
     const path = tmp.path('spaced.key')
     writeFileSync(path, `  ${HEX.toUpperCase()}\r\n\n`, { mode: 0o600 })
     assert.equal(readKeyFile(path).toString('hex'), HEX)
+  })
+
+  it('secret files (disk keys, passphrases): read whole when only the owner has access, refused otherwise', () => {
+    const path = tmp.path('disk.key')
+    const bytes = Buffer.from('0123456789'.repeat(7))
+    writeFileSync(path, bytes, { mode: 0o600 })
+    assert.deepEqual(readSecretFile(path), bytes)
+    for (const mode of [0o644, 0o640, 0o604, 0o602]) {
+      chmodSync(path, mode)
+      const shown = mode.toString(8).padStart(4, '0')
+      failsWith(
+        () => readSecretFile(path, 'passphrase file'),
+        'key-file-permissions',
+        new RegExp(
+          `^passphrase file ${path} is accessible by group or others \\(mode ${shown}\\); run: chmod 600 ${path}$`,
+        ),
+        '0123456789',
+      )
+    }
+    failsWith(() => readSecretFile(tmp.path('none')), 'key-file-missing', /^key file .*none does not exist$/)
+    const big = tmp.path('big.key')
+    writeFileSync(big, '', { mode: 0o600 })
+    truncateSync(big, MAX_SECRET_FILE_BYTES + 1)
+    failsWith(() => readSecretFile(big), 'key-file-invalid', /too large/)
+    // A FIFO planted at the path is refused at once instead of hanging the open.
+    const fifo = tmp.path('fifo.key')
+    execFileSync('mkfifo', ['-m', '600', fifo])
+    failsWith(() => readSecretFile(fifo), 'key-file-invalid', /not a regular file/)
   })
 })

@@ -92,6 +92,19 @@ const STATUS: StatusInfo = {
 }
 
 /** A failure the way the brief wants it: non-zero, one `vrio: ...` line, no stack trace. */
+/** A string a peer chose: ESC sequences (clear screen, window title, CSI as C1), CR, NUL, BS, a bidi override. */
+const PEER = 'vn\x1b[2J\x1b]0;owned\x07x\r\x00\b\u009b31m\u202eend'
+const PEER_SHOWN = 'vn\\x1b[2J\\x1b]0;owned\\x07x\\x0d\\x00\\x08\\x9b31m\\u202eend'
+
+/** Nothing a terminal would act on but the newlines between lines. */
+function assertNoControl(text: string): void {
+  const bad = [...text].findIndex((ch) => {
+    const c = ch.codePointAt(0)!
+    return (c < 0x20 && c !== 0x0a) || (c >= 0x7f && c <= 0x9f) || (c >= 0x202a && c <= 0x202e)
+  })
+  assert.equal(bad, -1, `a control character at ${bad}: ${JSON.stringify(text)}`)
+}
+
 function assertOneLineFailure(r: RunResult, message: RegExp): void {
   assert.notEqual(r.status, 0, `expected failure, got success; stdout: ${r.stdout}`)
   assert.match(r.stderr, /^vrio: [^\n]+\n$/, `not exactly one line: ${JSON.stringify(r.stderr)}`)
@@ -140,6 +153,10 @@ describe('vrio control commands against a fake daemon', () => {
         if (!guest) throw new VrioError('not-found', `no guest ${req.params.mac}`, { mac: req.params.mac })
         guests = guests.filter((g) => g !== guest)
         return { guest }
+      })
+      // A daemon error that quotes what a peer sent (here: the name asked for, as received).
+      .route('DELETE', '/v1/blk/:name', (req) => {
+        throw new VrioError('not-found', `the guest answered: ${PEER}`, { disk: req.params.name })
       })
     await daemon.listen()
 
@@ -271,6 +288,18 @@ describe('vrio control commands against a fake daemon', () => {
       assert.deepEqual(received, [])
     })
 
+    it('vrio guest --key-file refuses the same file before starting anything', async () => {
+      const path = tmp.path('loose-guest.key')
+      writeFileSync(path, `${key}\n`)
+      chmodSync(path, 0o640)
+      const r = await vrio('guest', '--interface', 'lo', '--key-file', path, '--run-dir', tmp.path('run'))
+      assertOneLineFailure(
+        r,
+        new RegExp(`key file ${path} is accessible by group or others \\(mode 0640\\); run: chmod 600 `),
+      )
+      assert.ok(!r.stderr.includes(key))
+    })
+
     it('refuses a key file that is not a key', async () => {
       const path = tmp.path('garbage.key')
       writeFileSync(path, 'hunter2\n', { mode: 0o600 })
@@ -399,6 +428,42 @@ describe('vrio control commands against a fake daemon', () => {
       const r = await vrio('blk', 'list', '--control', socket)
       assert.equal(r.status, 0, r.stderr)
       assert.equal(r.stdout, 'no disks\n')
+    })
+  })
+
+  describe('strings a peer chose are printed with control characters escaped', () => {
+    it('in tables (blk list, guests list), with columns still aligned', async () => {
+      disks = [
+        { ...DISK, nbd: PEER, device: `/dev/${PEER}` },
+        { ...DISK, name: 'b', nbd: 'plain' },
+      ]
+      const blk = await vrio('blk', 'list', '--control', socket)
+      assert.equal(blk.status, 0, blk.stderr)
+      assertNoControl(blk.stdout)
+      const [head, row, row2] = blk.stdout.trimEnd().split('\n')
+      assert.ok(row.includes(`${PEER_SHOWN}  /dev/${PEER_SHOWN}`), row)
+      assert.equal(row.indexOf(PEER_SHOWN), head.indexOf('NBD'))
+      assert.equal(row2.indexOf('plain'), head.indexOf('NBD'))
+      guests = [{ ...GUEST_B, state: PEER as GuestInfo['state'] }]
+      const list = await vrio('guests', 'list', '--control', socket)
+      assert.equal(list.status, 0, list.stderr)
+      assertNoControl(list.stdout)
+      assert.ok(list.stdout.includes(PEER_SHOWN), list.stdout)
+    })
+
+    it('in --json output, as JSON escapes that parse back to the same string', async () => {
+      disks = [{ ...DISK, nbd: PEER }]
+      const r = await vrio('blk', 'list', '--json', '--control', socket)
+      assert.equal(r.status, 0, r.stderr)
+      assertNoControl(r.stdout)
+      assert.equal(JSON.parse(r.stdout).disks[0].nbd, PEER)
+    })
+
+    it("in a daemon's error message", async () => {
+      const r = await vrio('blk', 'remove', 'x', '--control', socket)
+      assertOneLineFailure(r, /^vrio: the guest answered: /)
+      assertNoControl(r.stderr)
+      assert.ok(r.stderr.includes(PEER_SHOWN), r.stderr)
     })
   })
 

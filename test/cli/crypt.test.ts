@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { statSync, writeFileSync } from 'node:fs'
+import { chmodSync, statSync, writeFileSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { type TempDir, tempDir } from '../control/fixtures.ts'
@@ -19,7 +19,9 @@ describe('vrio crypt', () => {
   before(() => {
     tmp = tempDir('vrio-crypt-cli-')
     pass = tmp.path('pass')
-    writeFileSync(pass, 'cli passphrase\n')
+    writeFileSync(pass, 'cli passphrase\n', { mode: 0o600 })
+    writeFileSync(tmp.path('open-pass'), 'cli passphrase\n', { mode: 0o644 })
+    chmodSync(tmp.path('open-pass'), 0o644) // whatever the umask
   })
   after(() => tmp.remove())
 
@@ -82,7 +84,15 @@ describe('vrio crypt', () => {
       ],
       [
         ['crypt', 'format', img, '--passphrase-file', tmp.path('nope')],
-        /cannot read the passphrase file .*nope: no such file/,
+        /passphrase file .*nope does not exist/,
+      ],
+      [
+        ['crypt', 'format', img, '--passphrase-file', tmp.path('open-pass')],
+        /passphrase file .*open-pass is accessible by group or others \(mode 0644\); run: chmod 600 /,
+      ],
+      [
+        ['crypt', 'format', img, '--key-file', tmp.path('open-pass')],
+        /key file .*open-pass is accessible by group or others \(mode 0644\)/,
       ],
       [['crypt', 'format', img], /give exactly one of a passphrase file and a key file/],
       [

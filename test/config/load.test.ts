@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs'
+import { chmodSync, linkSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import YAML from 'yaml'
@@ -95,6 +95,10 @@ describe('config files', () => {
       'rules/wan.dpi',
     ])
       writeFileSync(tmp.path(f), '')
+    // Other paths to images/root.img, and a backing that is a symlink itself.
+    linkSync(tmp.path('images/root.img'), tmp.path('images/root-hard.img'))
+    symlinkSync(tmp.path('images'), tmp.path('images-link'))
+    symlinkSync(tmp.path('images/root.img'), tmp.path('images/root-link.img'))
   })
   after(() => tmp.remove())
 
@@ -237,6 +241,21 @@ describe('config files', () => {
       /^disks\[2\]\.backing: .*root\.img' already backs disk 'root'/,
     ],
     [
+      'shared writable backing through a hard link',
+      (d) => ((d.disks as Doc[])[2].backing = 'images/root-hard.img'),
+      /^disks\[2\]\.backing: .*root-hard\.img' \(the same file as .*root\.img'\) already backs disk 'root'/,
+    ],
+    [
+      'shared writable backing through a symlinked directory',
+      (d) => ((d.disks as Doc[])[2].backing = 'images-link/root.img'),
+      /^disks\[2\]\.backing: .*images-link\/root\.img' \(the same file as .*images\/root\.img'\) already backs disk 'root'/,
+    ],
+    [
+      'a backing that is a symlink',
+      (d) => ((d.disks as Doc[])[0].backing = 'images/root-link.img'),
+      /^disks\[0\]\.backing: backing '.*root-link\.img' is a symbolic link; name the file itself$/,
+    ],
+    [
       'missing backing',
       (d) => ((d.disks as Doc[])[0].backing = 'nope.img'),
       /^disks\[0\]\.backing: backing '.*nope\.img' does not exist$/,
@@ -375,6 +394,15 @@ describe('config files', () => {
       )
     } finally {
       chmodSync(tmp.path('keys/disk.key'), 0o600)
+    }
+    chmodSync(tmp.path('keys/logs.pass'), 0o604)
+    try {
+      assert.match(
+        iohypRefused(validIohyp()),
+        /^disks\[2\]\.encrypt\.passphraseFile: passphrase file .*logs\.pass is accessible by group or others \(mode 0604\); run: chmod 600 /,
+      )
+    } finally {
+      chmodSync(tmp.path('keys/logs.pass'), 0o600)
     }
   })
 

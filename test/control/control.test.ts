@@ -111,6 +111,8 @@ describe('control server and client', () => {
       ['unavailable', 503],
       ['not-connected', 503],
       ['timeout', 504],
+      ['symlink', 400],
+      ['key-file-permissions', 400],
       ['some-new-code', 500],
     ]
     for (const [code, status] of cases) {

@@ -1,11 +1,23 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, rmSync, statfsSync, statSync, truncateSync, writeFileSync } from 'node:fs'
+import {
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statfsSync,
+  statSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import fc from 'fast-check'
-import { FileDevice, INLINE_IO_MAX } from '../../src/devices/blk/file-device.ts'
+import { FileDevice, INLINE_IO_MAX, sameFile } from '../../src/devices/blk/file-device.ts'
 import { isVrioError } from '../../src/errors.ts'
 import { fallocateAvailable } from '../../src/io/fallocate.ts'
 import { seededRandom } from '../support/random.ts'
@@ -246,6 +258,90 @@ describe('FileDevice', () => {
     await rejectsWith(d.read(0, 1), 'not-connected')
   })
 
+  it('refuses a path whose last component is a symlink, naming it; a symlinked directory is fine', async () => {
+    const target = image(MiB)
+    const link = join(dir, `link${n++}.img`)
+    symlinkSync(target, link)
+    await assert.rejects(
+      FileDevice.open(link),
+      (e: unknown) => isVrioError(e, 'symlink') && e.message.includes(link) && e.details.path === link,
+    )
+    await assert.rejects(FileDevice.open(link, { readOnly: true }), (e: unknown) => isVrioError(e, 'symlink'))
+    const linkedDir = join(dir, `linkdir${n++}`)
+    symlinkSync(dir, linkedDir)
+    const viaDir = join(linkedDir, target.slice(dir.length + 1))
+    const a = await FileDevice.open(target, { readOnly: true })
+    const b = await FileDevice.open(viaDir, { readOnly: true })
+    try {
+      assert.ok(sameFile(a.identity, b.identity), 'a symlinked directory leads to the same file')
+      const st = statSync(target, { bigint: true })
+      assert.deepEqual(a.identity, { dev: st.dev, ino: st.ino })
+    } finally {
+      await a.close()
+      await b.close()
+    }
+  })
+
+  it('a hard link has the same identity; another file does not', async () => {
+    const target = image(MiB)
+    const hard = join(dir, `hard${n++}.img`)
+    linkSync(target, hard)
+    const a = await FileDevice.open(target, { readOnly: true })
+    const b = await FileDevice.open(hard, { readOnly: true })
+    const c = await FileDevice.open(image(MiB), { readOnly: true })
+    try {
+      assert.ok(sameFile(a.identity, b.identity))
+      assert.ok(!sameFile(a.identity, c.identity))
+    } finally {
+      for (const d of [a, b, c]) await d.close()
+    }
+  })
+
+  for (const [inlineIo, dsyncDescriptor] of [
+    [true, true],
+    [false, true],
+    [true, false],
+  ]) {
+    it(`a path swapped after open changes nothing: writes, FUA writes and flushes land in the opened file (inlineIo ${inlineIo}, dsyncDescriptor ${dsyncDescriptor})`, async () => {
+      // The backing sits in a directory reached through a symlink, as an operator may well have it.
+      const real = join(dir, `real${n++}`)
+      const other = join(dir, `other${n++}`)
+      mkdirSync(real)
+      mkdirSync(other)
+      const viaLink = join(dir, `images${n++}`)
+      symlinkSync(real, viaLink)
+      const path = join(viaLink, 'disk.img')
+      writeFileSync(path, Buffer.alloc(MiB))
+      const victim = join(other, 'disk.img')
+      writeFileSync(victim, Buffer.alloc(MiB, 0x55))
+      const d = await FileDevice.open(path, { inlineIo, dsyncDescriptor })
+      try {
+        // The attacker's two moves: the file itself replaced by a symlink to another tenant's
+        // image, and the directory link re-pointed at a directory holding a file of that name.
+        renameSync(join(real, 'disk.img'), join(real, 'moved.img'))
+        symlinkSync(victim, join(real, 'disk.img'))
+        const a = pattern(21, 4096)
+        const b = pattern(22, 100_000)
+        const c = pattern(23, 512)
+        await d.write(0, a, true)
+        await d.write(8192, b, false)
+        await d.flush()
+        rmSync(viaLink)
+        symlinkSync(other, viaLink)
+        await d.write(200_000, c, true)
+        await d.writeZeroes(300_000, 4096, false, true)
+        await d.flush()
+        const moved = readFileSync(join(real, 'moved.img'))
+        assertBytes(moved.subarray(0, 4096), a)
+        assertBytes(moved.subarray(8192, 8192 + b.length), b)
+        assertBytes(moved.subarray(200_000, 200_512), c)
+        assert.ok(readFileSync(victim).equals(Buffer.alloc(MiB, 0x55)), 'the swapped-in file is untouched')
+      } finally {
+        await d.close()
+      }
+    })
+  }
+
   it('serves a block device (a loop device): size from the kernel, exclusive, trim and zeroes', async (t) => {
     const path = image(8 * MiB)
     let loop: string
@@ -262,6 +358,13 @@ describe('FileDevice', () => {
         assert.equal(d.size, 8 * MiB)
         assert.equal(d.blockSize, 512)
         await rejectsWith(FileDevice.open(loop), 'busy')
+        // Another device node of the same device is the same backing.
+        const st = statSync(loop, { bigint: true })
+        const alias = join(dir, `alias${n++}`)
+        execFileSync('mknod', [alias, 'b', String(st.rdev >> 8n), String(st.rdev & 0xffn)])
+        const again = await FileDevice.open(alias, { readOnly: true, exclusive: false })
+        assert.ok(sameFile(d.identity, again.identity), 'two nodes of one block device')
+        await again.close()
         const data = pattern(9, 64 * KiB)
         await d.write(MiB, data, true)
         assertBytes(await d.read(MiB, data.length), data)

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, linkSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { DiskInfo } from '../../src/control/api.ts'
@@ -203,5 +203,38 @@ describe('encrypted remote disks', () => {
     assert.ok(out.subarray(0, MiB).every((b) => b === 0xab))
     assert.ok(out.subarray(MiB, 2 * MiB).every((b) => b === 0x5c))
     await pair.removeDisk('cs')
+  })
+
+  it('through the control API: a key file group or others can read, a symlinked backing, and a backing in use through a hard link are refused', async () => {
+    const refused = async (args: string[], message: RegExp) => {
+      const r = await vrioAsync([
+        'blk',
+        'create',
+        '--guest',
+        pair.guestMac,
+        ...args,
+        '--control',
+        pair.sock('iohyp'),
+      ])
+      assert.equal(r.status, 1, r.stderr)
+      assert.match(r.stderr, message)
+    }
+    const key = file('open.key')
+    writeFileSync(key, randomBytes(64), { mode: 0o600 })
+    chmodSync(key, 0o644)
+    sparseFile(file('k.img'), MiB)
+    await refused(
+      ['--backing', file('k.img'), '--name', 'k', '--encrypt', 'plain', '--key-file', key],
+      /key file .*open\.key is accessible by group or others \(mode 0644\); run: chmod 600 /,
+    )
+    symlinkSync(file('k.img'), file('k-link.img'))
+    await refused(['--backing', file('k-link.img'), '--name', 'k'], /k-link\.img is a symbolic link/)
+    await create(['--backing', file('k.img'), '--name', 'k'])
+    linkSync(file('k.img'), file('k-hard.img'))
+    await refused(
+      ['--backing', file('k-hard.img'), '--name', 'k2', '--read-only'],
+      /k-hard\.img \(the same file as .*k\.img\) already backs disk k/,
+    )
+    await pair.removeDisk('k')
   })
 })

@@ -11,7 +11,7 @@ import {
   write,
   writeSync,
 } from 'node:fs'
-import { stat, statfs } from 'node:fs/promises'
+import { lstat, statfs } from 'node:fs/promises'
 import { VrioError } from '../../errors.ts'
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -40,6 +40,26 @@ export interface FileDeviceOptions {
    * FileDevice); default true. False: every request goes through the thread pool.
    */
   inlineIo?: boolean
+  /**
+   * FUA writes through a second descriptor with O_DSYNC (reopened through /proc/self/fd); false:
+   * a FUA write is a write and an fdatasync, as it is where /proc is not mounted. Default true.
+   */
+  dsyncDescriptor?: boolean
+}
+
+/**
+ * Which file a FileDevice has open, taken once from its descriptor: st_dev and st_ino for a
+ * regular file (two paths name the same file — a hard link, a symlinked directory on the way —
+ * exactly when these are equal); for a block device dev 0 and the device number (st_rdev) as
+ * ino, so two device nodes of one device are the same too.
+ */
+export interface FileIdentity {
+  dev: bigint
+  ino: bigint
+}
+
+export function sameFile(a: FileIdentity, b: FileIdentity): boolean {
+  return a.dev === b.dev && a.ino === b.ino
 }
 
 export interface FileDeviceStats {
@@ -78,8 +98,14 @@ type InlineMode = 'memory' | 'nowait' | 'off'
  * which has 4 threads unless the process sets UV_THREADPOOL_SIZE before its first fs call — that
  * bounds how many run in parallel, not how many may be queued.
  *
+ * The path is resolved once, at open (O_NOFOLLOW: its last component must not be a symlink); from
+ * then on everything goes through that descriptor, so renaming, replacing or re-pointing the path
+ * changes nothing for the device. `identity` says which file it is.
+ *
  * Caching: the page cache (no O_DIRECT); flush = fdatasync; FUA writes go through a second
- * descriptor opened with O_DSYNC, so one FUA write does not wait for every other write's data.
+ * descriptor with O_DSYNC, so one FUA write does not wait for every other write's data. That
+ * descriptor is opened through /proc/self/fd/N (the open file itself, never the path again) and
+ * checked to be the same inode; without /proc, a FUA write is a write and an fdatasync.
  *
  * Small requests (up to INLINE_IO_MAX) skip the thread pool's two thread hand-offs when they
  * cannot block: on a memory file system they are a plain read/write on the calling thread;
@@ -97,6 +123,8 @@ export class FileDevice implements BlockDevice {
   readonly canTrim: boolean
   readonly canWriteZeroes: boolean
   readonly isBlockDevice: boolean
+  /** st_dev/st_ino of the open descriptor (see FileIdentity). */
+  readonly identity: FileIdentity
   readonly stats: FileDeviceStats = {
     reads: 0,
     writes: 0,
@@ -109,6 +137,7 @@ export class FileDevice implements BlockDevice {
   }
 
   private fd: number
+  /** The O_DSYNC descriptor for FUA writes: -1 not yet opened, -2 none possible (no /proc). */
   private dsyncFd = -1
   private dsyncOpening: Promise<number> | undefined
   private punch: boolean
@@ -127,12 +156,16 @@ export class FileDevice implements BlockDevice {
       blockSize: number
       readOnly: boolean
       isBlockDevice: boolean
+      identity: FileIdentity
       fallocate: boolean
       inline: InlineMode
+      dsyncDescriptor: boolean
     },
   ) {
     this.path = path
     this.fd = fd
+    this.identity = info.identity
+    if (!info.dsyncDescriptor) this.dsyncFd = -2
     this.size = info.size
     this.blockSize = info.blockSize
     this.readOnly = info.readOnly
@@ -148,29 +181,43 @@ export class FileDevice implements BlockDevice {
   }
 
   /**
-   * Opens `path` (which must exist): O_RDWR, or O_RDONLY when read-only; block devices also
-   * O_EXCL unless `exclusive` is false. The size comes from fstat for files and from the size the
-   * kernel reports (sysfs) for block devices. Fails with 'not-found', 'busy', 'read-only',
-   * 'permission-denied', 'invalid-argument' (neither a file nor a block device) or 'io-error'.
+   * Opens `path` (which must exist; its last component must not be a symbolic link): O_RDWR, or
+   * O_RDONLY when read-only, with O_NOFOLLOW; block devices also O_EXCL unless `exclusive` is
+   * false. The size comes from fstat for files and from the size the kernel reports (sysfs) for
+   * block devices. Fails with 'not-found', 'busy', 'read-only', 'permission-denied', 'symlink'
+   * (the path names a symbolic link), 'invalid-argument' (neither a file nor a block device, or
+   * the path changed while it was opened) or 'io-error'.
    */
   static async open(path: string, options: FileDeviceOptions = {}): Promise<FileDevice> {
     const readOnly = options.readOnly === true
-    const st = await stat(path).catch((e) => Promise.reject(openError(e, path)))
+    // lstat only to choose the flags (O_EXCL is for block devices) and to say clearly what is
+    // wrong; what counts is the descriptor, checked below to be the file lstat saw.
+    const st = await lstat(path, { bigint: true }).catch((e) => Promise.reject(openError(e, path)))
+    if (st.isSymbolicLink()) throw symlinkError(path)
     const isBlockDevice = st.isBlockDevice()
     if (!isBlockDevice && !st.isFile()) {
       throw new VrioError('invalid-argument', `${path} is neither a regular file nor a block device`, {
         path,
       })
     }
-    let flags = readOnly ? constants.O_RDONLY : constants.O_RDWR
+    let flags = (readOnly ? constants.O_RDONLY : constants.O_RDWR) | constants.O_NOFOLLOW
     if (isBlockDevice && options.exclusive !== false) flags |= constants.O_EXCL
+    // A FIFO swapped in after lstat must not hang the open (it is refused below); O_NONBLOCK
+    // changes nothing for a regular file's reads and writes.
+    if (!isBlockDevice) flags |= constants.O_NONBLOCK
     const fd = await new Promise<number>((resolve, reject) =>
-      open(path, flags, (e, fd) => (e ? reject(openError(e, path)) : resolve(fd))),
+      open(path, flags, (e, fd) =>
+        e ? reject(errnoOf(e) === 'ELOOP' ? symlinkError(path) : openError(e, path)) : resolve(fd),
+      ),
     )
     try {
       const fst = await new Promise<BigIntStats>((resolve, reject) =>
         fstat(fd, { bigint: true }, (e, s) => (e ? reject(fsError(e, 'fstat', path)) : resolve(s))),
       )
+      if (fst.dev !== st.dev || fst.ino !== st.ino)
+        throw new VrioError('invalid-argument', `${path} was replaced while it was being opened; try again`, {
+          path,
+        })
       let size: number
       let blockSize = options.blockSize ?? 512
       if (isBlockDevice) {
@@ -191,14 +238,16 @@ export class FileDevice implements BlockDevice {
           `block size must be a power of two in 512..65536, got ${blockSize}`,
         )
       const useFallocate = (options.useFallocate ?? true) && fallocateAvailable()
-      const inline = options.inlineIo === false ? 'off' : await inlineMode(path, isBlockDevice)
+      const inline = options.inlineIo === false ? 'off' : await inlineMode(fd, isBlockDevice)
       return new FileDevice(path, fd, {
         size,
         blockSize,
         readOnly,
         isBlockDevice,
+        identity: isBlockDevice ? { dev: 0n, ino: fst.rdev } : { dev: fst.dev, ino: fst.ino },
         fallocate: useFallocate,
         inline,
+        dsyncDescriptor: options.dsyncDescriptor !== false,
       })
     } catch (e) {
       closeSync(fd)
@@ -249,16 +298,24 @@ export class FileDevice implements BlockDevice {
       return Promise.resolve()
     }
     if (!fua) return this.track(this.writeAll(this.fd, offset, data))
-    return this.track(this.dsync().then((fd) => this.writeAll(fd, offset, data)))
+    return this.track(
+      this.dsync().then(async (fd) => {
+        if (fd >= 0) return this.writeAll(fd, offset, data)
+        await this.writeAll(this.fd, offset, data)
+        await this.datasync()
+      }),
+    )
   }
 
   flush(): Promise<void> {
     if (this.closed) return Promise.reject(closedError(this.path))
     this.stats.flushes++
-    return this.track(
-      new Promise<void>((resolve, reject) =>
-        fdatasync(this.fd, (e) => (e ? reject(fsError(e, 'fdatasync', this.path)) : resolve())),
-      ),
+    return this.track(this.datasync())
+  }
+
+  private datasync(): Promise<void> {
+    return new Promise<void>((resolve, reject) =>
+      fdatasync(this.fd, (e) => (e ? reject(fsError(e, 'fdatasync', this.path)) : resolve())),
     )
   }
 
@@ -381,20 +438,35 @@ export class FileDevice implements BlockDevice {
     })
   }
 
+  /**
+   * The O_DSYNC descriptor, or -2 where none can be had (then FUA is write + fdatasync). Opened
+   * through /proc/self/fd: the file this device has open, wherever its path now points.
+   */
   private dsync(): Promise<number> {
-    if (this.dsyncFd >= 0) return Promise.resolve(this.dsyncFd)
-    this.dsyncOpening ??= new Promise<number>((resolve, reject) =>
+    if (this.dsyncFd !== -1) return Promise.resolve(this.dsyncFd)
+    this.dsyncOpening ??= new Promise<number>((resolve, reject) => {
+      const fail = (e: unknown): void => {
+        this.dsyncOpening = undefined
+        reject(fsError(e, 'open (O_DSYNC)', this.path))
+      }
       // No O_EXCL: the claim on a block device is held by the first descriptor.
-      open(this.path, constants.O_RDWR | constants.O_DSYNC, (e, fd) => {
+      open(`/proc/self/fd/${this.fd}`, constants.O_RDWR | constants.O_DSYNC, (e, fd) => {
         if (e) {
-          this.dsyncOpening = undefined
-          reject(fsError(e, 'open (O_DSYNC)', this.path))
-        } else {
+          if (errnoOf(e) !== 'ENOENT') return fail(e)
+          this.dsyncFd = -2 // no /proc mounted
+          return resolve(this.dsyncFd)
+        }
+        fstat(fd, { bigint: true }, (e2, s) => {
+          const same = s && (this.isBlockDevice ? s.rdev === this.identity.ino : sameFile(s, this.identity))
+          if (e2 || !same) {
+            closeSync(fd)
+            return fail(e2 ?? new Error(`/proc/self/fd/${this.fd} is not the open file`))
+          }
           this.dsyncFd = fd
           resolve(fd)
-        }
-      }),
-    )
+        })
+      })
+    })
     return this.dsyncOpening
   }
 
@@ -457,10 +529,11 @@ export class FileDevice implements BlockDevice {
   }
 }
 
-/** How small requests on `path` may skip the thread pool (see InlineMode). */
-async function inlineMode(path: string, isBlockDevice: boolean): Promise<InlineMode> {
+/** How small requests on the open file `fd` may skip the thread pool (see InlineMode). */
+async function inlineMode(fd: number, isBlockDevice: boolean): Promise<InlineMode> {
   if (!isBlockDevice) {
-    const type = await statfs(path).then(
+    // statfs of the descriptor (Node has no fstatfs): /proc/self/fd/N leads to the open file.
+    const type = await statfs(`/proc/self/fd/${fd}`).then(
       (s) => s.type,
       () => 0,
     )
@@ -526,6 +599,14 @@ function openError(e: unknown, path: string): VrioError {
             : 'io-error'
   const message = e instanceof Error ? e.message : String(e)
   return new VrioError(code, `cannot open ${path}: ${message}`, { errno, path }, { cause: e })
+}
+
+function symlinkError(path: string): VrioError {
+  return new VrioError(
+    'symlink',
+    `${path} is a symbolic link; a backing must be named by its own path, not a link to it`,
+    { path, hint: `give the file it points to (readlink -f ${path})` },
+  )
 }
 
 function closedError(path: string): VrioError {

@@ -8,7 +8,7 @@
  * - luks: `passphraseFile` holds a passphrase; one trailing newline is dropped. `keyFile` holds a
  *   LUKS key file, whose bytes are the passphrase exactly (cryptsetup `--key-file`).
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs'
+import { readSecretFile } from '../../auth/key-file.ts'
 import type { BlockDevice } from '../../devices/blk/device.ts'
 import { VrioError } from '../../errors.ts'
 import { EncryptedDevice } from './encrypted-device.ts'
@@ -35,40 +35,6 @@ export type EncryptionSpec =
       allowDiscards?: boolean
     }
 
-/** Secret files are small; anything larger is a mistake (cryptsetup's key file limit is 8 MiB). */
-const MAX_SECRET_FILE = 8 * 1024 * 1024
-
-/** Reads a secret file; errors name the path, never the contents. */
-export function readSecretFile(path: string, what: string): Buffer {
-  let fd: number
-  try {
-    fd = openSync(path, 'r')
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    throw new VrioError(
-      'key-file',
-      `cannot read the ${what} ${path}: ${code === 'ENOENT' ? 'no such file' : (code ?? 'error')}`,
-      { path },
-    )
-  }
-  try {
-    const st = fstatSync(fd)
-    if (!st.isFile()) throw new VrioError('key-file', `the ${what} ${path} is not a regular file`, { path })
-    if (st.size > MAX_SECRET_FILE)
-      throw new VrioError('key-file', `the ${what} ${path} is too large`, { path })
-    const buf = Buffer.alloc(st.size)
-    let n = 0
-    while (n < buf.length) {
-      const r = readSync(fd, buf, n, buf.length - n, n)
-      if (r === 0) break
-      n += r
-    }
-    return buf.subarray(0, n)
-  } finally {
-    closeSync(fd)
-  }
-}
-
 /** A passphrase file's passphrase: its bytes less one trailing "\n" or "\r\n". */
 export function passphraseFromFile(bytes: Buffer): Buffer {
   let end = bytes.length
@@ -86,11 +52,14 @@ export function luksSecret(spec: { passphraseFile?: string; keyFile?: string }):
     const pass = Buffer.from(passphraseFromFile(raw))
     raw.fill(0)
     if (pass.length === 0)
-      throw new VrioError('key-file', `the passphrase file ${spec.passphraseFile} is empty`)
+      throw new VrioError('key-file-invalid', `the passphrase file ${spec.passphraseFile} is empty`, {
+        path: spec.passphraseFile,
+      })
     return pass
   }
   const key = readSecretFile(spec.keyFile as string, 'key file')
-  if (key.length === 0) throw new VrioError('key-file', `the key file ${spec.keyFile} is empty`)
+  if (key.length === 0)
+    throw new VrioError('key-file-invalid', `the key file ${spec.keyFile} is empty`, { path: spec.keyFile })
   return key
 }
 

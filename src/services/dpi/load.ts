@@ -4,6 +4,7 @@
  */
 import { closeSync, openSync, writeSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
+import { escapeJsonText } from '../../escape.ts'
 import { createDpi, type DpiOptions, type DpiService } from './engine.ts'
 
 /** A DPI service from the rule file at `path` (strict by default: errors name path:line). */
@@ -33,7 +34,8 @@ export class EveFileSink {
 
   readonly write = (record: Record<string, unknown>): void => {
     if (this.#fd === undefined) return
-    writeSync(this.#fd, `${JSON.stringify(record)}\n`)
+    // Records quote packets (host names, URIs): C1 and bidi controls as JSON escapes too.
+    writeSync(this.#fd, `${escapeJsonText(JSON.stringify(record))}\n`)
   }
 
   close(): void {

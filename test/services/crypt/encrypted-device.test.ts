@@ -187,7 +187,7 @@ describe('EncryptedDevice', () => {
   it('never shows the key: JSON, info, inspect, errors', async () => {
     const k = key()
     const keyFile = tmp.path('plain.key')
-    writeFileSync(keyFile, k)
+    writeFileSync(keyFile, k, { mode: 0o600 })
     const dev = await openEncryption(new MemoryDevice({ size: MiB }), {
       kind: 'plain',
       cipher: 'aes-xts-plain64',
@@ -219,7 +219,7 @@ describe('EncryptedDevice', () => {
 
   it('plain key files must be raw 32 or 64 bytes; bad ones are refused by path, not content', async () => {
     const bad = tmp.path('bad.key')
-    writeFileSync(bad, 'not-a-key-but-a-secret-anyway')
+    writeFileSync(bad, 'not-a-key-but-a-secret-anyway', { mode: 0o600 })
     await assert.rejects(
       openEncryption(new MemoryDevice({ size: MiB }), {
         kind: 'plain',

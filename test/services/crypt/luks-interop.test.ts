@@ -55,9 +55,9 @@ describe('LUKS interop', () => {
     requireRoot()
     tmp = tempDir('vrio-luks-')
     passFile = tmp.path('pass')
-    writeFileSync(passFile, `${PASS}\n`)
+    writeFileSync(passFile, `${PASS}\n`, { mode: 0o600 })
     keyFile = tmp.path('keyfile')
-    writeFileSync(keyFile, PASS)
+    writeFileSync(keyFile, PASS, { mode: 0o600 })
   })
   after(() => tmp?.remove())
 
@@ -281,7 +281,7 @@ describe('LUKS interop', () => {
     const file = await FileDevice.open(img)
     await formatLuks(file, { type: 'luks1', passphrase: Buffer.from(PASS), iterations: 1000 })
     const wrong = tmp.path('wrong-pass')
-    writeFileSync(wrong, 'hunter2\n')
+    writeFileSync(wrong, 'hunter2\n', { mode: 0o600 })
     await assert.rejects(openEncryption(file, { kind: 'luks', passphraseFile: wrong }), (e) => {
       assert.ok(isVrioError(e, 'bad-passphrase'))
       assert.equal(e.message, 'no key slot opens with this passphrase')
