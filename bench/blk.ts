@@ -8,6 +8,9 @@
  * numbers (1-4) to run, BENCH_QEMU=0 skips qemu-nbd (vrio only, for before/after comparisons).
  * BENCH_ENCRYPT=1 also runs the vrio cases on an encrypted disk (`--encrypt plain`, aes-xts-plain64
  * with a 512-bit key file, the same backing) and prints encryption on vs off.
+ * BENCH_MODES=1 instead compares the sealed channel (the default) with --insecure-plaintext on both
+ * daemons: fresh daemons per round, alternated (sealed, plaintext, sealed, ...) BENCH_ROUNDS times
+ * (default 2), each figure as a range, with the ratio and server CPU s/GB of both.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { closeSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs'
@@ -86,6 +89,43 @@ function measure(uri: string, c: Case, serverPids: number[], netns?: string): Re
   return { ...r, serverCpuSeconds: cpuSeconds(serverPids) - before }
 }
 
+/** vrio alone, sealed vs plaintext, alternated (BENCH_MODES=1). */
+async function compareModes(backing: string): Promise<void> {
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
+  const results: Record<'sealed' | 'plaintext', Result[][]> = { sealed: [], plaintext: [] }
+  for (let round = 0; round < rounds; round++) {
+    for (const mode of ['sealed', 'plaintext'] as const) {
+      const link = directLink()
+      const p = new VrioPair(link.a, link.b, { plaintext: mode === 'plaintext' })
+      try {
+        await p.start()
+        const disk = await p.createDisk(backing, 'bench')
+        results[mode].push(CASES.map((c) => measure(disk.nbd!, c, [p.iohyp.child.pid!, p.guest.child.pid!])))
+      } finally {
+        await p.stop()
+      }
+    }
+  }
+  const range = (xs: number[]) => {
+    const f = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2))
+    return `${f(Math.min(...xs))}–${f(Math.max(...xs))}`
+  }
+  const perGB = (r: Result) => r.serverCpuSeconds / (r.bytes / 1e9)
+  console.log(
+    `${'case'.padEnd(22)}${'sealed'.padStart(16)}${'plaintext'.padStart(16)}${'ratio'.padStart(12)}   server CPU s/GB sealed | plaintext`,
+  )
+  const json = CASES.map((c, i) => {
+    const sealed = results.sealed.map((r) => r[i])
+    const plain = results.plaintext.map((r) => r[i])
+    const ratios = sealed.map((r, k) => r.value / plain[k].value)
+    console.log(
+      `${`${c.name} ${c.kind === 'iops' ? 'IOPS' : 'MB/s'}`.padEnd(22)}${range(sealed.map((r) => r.value)).padStart(16)}${range(plain.map((r) => r.value)).padStart(16)}${range(ratios).padStart(12)}   ${range(sealed.map(perGB))} | ${range(plain.map(perGB))}`,
+    )
+    return { case: c.name, sealed, plaintext: plain, ratios }
+  })
+  console.log(JSON.stringify({ bench: 'blk-modes', seconds: SECONDS, rounds, cases: json }))
+}
+
 const t = directLink()
 const pair = new VrioPair(t.a, t.b)
 let qemu: ChildProcess | undefined
@@ -95,6 +135,18 @@ try {
   const fd = openSync(backing, 'w')
   for (let off = 0; off < SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))
   closeSync(fd)
+  if (process.env.BENCH_MODES === '1') await compareModes(backing)
+  else await againstQemu(backing)
+} finally {
+  qemu?.kill()
+  await pair.stop()
+  cleanupNetns()
+  rmSync(backing, { force: true })
+  rmSync(keyFile, { force: true })
+}
+
+/** vrio next to qemu-nbd (and, with BENCH_ENCRYPT=1, encryption on vs off). */
+async function againstQemu(backing: string): Promise<void> {
   await pair.start()
   const disk = await pair.createDisk(backing, 'bench')
   const vrioPids = [pair.iohyp.child.pid!, pair.guest.child.pid!]
@@ -181,10 +233,4 @@ try {
       }),
     )
   }
-} finally {
-  qemu?.kill()
-  await pair.stop()
-  cleanupNetns()
-  rmSync(backing, { force: true })
-  rmSync(keyFile, { force: true })
 }

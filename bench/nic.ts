@@ -7,6 +7,8 @@
  * time (/proc/stat: the kernel's softirq work of VXLAN counts as much as vrio's daemons), per Gbit
  * moved. MTU 1500 on the link (the VXLAN device gets 1450).
  *   npm run bench -- nic           (root; iperf3)
+ * BENCH_MODES=1 instead compares vrio's sealed channel (the default) with --insecure-plaintext on
+ * both daemons: fresh daemons per round, alternated BENCH_ROUNDS times (default 2), as ranges.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import { exec, ip, type Netns } from '../test/support/netns.ts'
@@ -85,69 +87,111 @@ function measure(guest: Netns, target: string): PathResult {
   }
 }
 
-const w = await startNicWorld(['192.168.77.100/24', '192.168.88.100/24'])
-try {
-  const { pair, iohyp, guest, world } = w
-  w.serve(world, 'iperf3', ['-s'])
-  w.serve(world, 'python3', ['-c', PINGPONG_SERVER])
-
-  // vrio: a remote NIC whose IOhyp end is a TAP on the bridge.
-  await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
-  ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
-
-  // VXLAN: the same veth, kernel tunnel endpoints in the guest and on the IOhyp's bridge.
-  const addVxlan = (ns: Netns, local: string, remote: string) =>
-    ip(ns, [
-      'link',
-      'add',
-      'vx0',
-      'type',
-      'vxlan',
-      'id',
-      '42',
-      'local',
-      local,
-      'remote',
-      remote,
-      'dstport',
-      '4789',
-    ])
-  addVxlan(guest, '10.99.0.2', '10.99.0.1')
-  addVxlan(iohyp, '10.99.0.1', '10.99.0.2')
-  ip(iohyp, ['link', 'set', 'vx0', 'master', 'brw', 'up'])
-  ip(guest, ['addr', 'add', '192.168.88.1/24', 'dev', 'vx0'])
-  ip(guest, ['link', 'set', 'vx0', 'up'])
-  await sleep(1000)
-
-  const vrio = measure(guest, '192.168.77.100')
-  const vxlan = measure(guest, '192.168.88.100')
-
-  const rows: [string, keyof PathResult, 'higher' | 'lower'][] = [
-    ['TCP 1 stream, Gbit/s', 'tcp1Gbps', 'higher'],
-    ['TCP 4 streams, Gbit/s', 'tcp4Gbps', 'higher'],
-    ['TCP 1 stream world→guest', 'tcp1ReverseGbps', 'higher'],
-    ['CPU s per Gbit (machine)', 'cpuSecondsPerGbit', 'lower'],
-    ['ping avg, µs', 'pingAvgUs', 'lower'],
-    ['ping p50, µs', 'pingP50Us', 'lower'],
-    ['TCP req/resp p50, µs', 'rrP50Us', 'lower'],
-    ['TCP req/resp p99, µs', 'rrP99Us', 'lower'],
-  ]
-  const fmt = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2)).padStart(10)
-  console.log(`${'case'.padEnd(28)}${'vrio'.padStart(10)}${'VXLAN'.padStart(10)}${'vrio/VXLAN'.padStart(12)}`)
-  for (const [name, key] of rows) {
+/** vrio alone, sealed vs plaintext, alternated (BENCH_MODES=1). */
+async function compareModes(): Promise<void> {
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
+  const results: Record<'sealed' | 'plaintext', PathResult[]> = { sealed: [], plaintext: [] }
+  for (let round = 0; round < rounds; round++) {
+    for (const mode of ['sealed', 'plaintext'] as const) {
+      const m = await startNicWorld(['192.168.77.100/24'], { plaintext: mode === 'plaintext' })
+      try {
+        m.serve(m.world, 'iperf3', ['-s'])
+        m.serve(m.world, 'python3', ['-c', PINGPONG_SERVER])
+        await m.pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
+        ip(m.guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
+        await sleep(1000)
+        results[mode].push(measure(m.guest, '192.168.77.100'))
+      } finally {
+        await m.stop()
+      }
+    }
+  }
+  const f = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2))
+  const range = (xs: number[]) => `${f(Math.min(...xs))}–${f(Math.max(...xs))}`
+  console.log(
+    `${'case'.padEnd(28)}${'sealed'.padStart(16)}${'plaintext'.padStart(16)}${'ratio'.padStart(12)}`,
+  )
+  for (const key of Object.keys(results.sealed[0]) as (keyof PathResult)[]) {
+    const sealed = results.sealed.map((r) => r[key])
+    const plain = results.plaintext.map((r) => r[key])
+    const ratios = sealed.map((x, i) => x / plain[i])
     console.log(
-      `${name.padEnd(28)}${fmt(vrio[key])}${fmt(vxlan[key])}${(vrio[key] / vxlan[key]).toFixed(2).padStart(12)}`,
+      `${key.padEnd(28)}${range(sealed).padStart(16)}${range(plain).padStart(16)}${range(ratios).padStart(12)}`,
     )
   }
-  console.log(
-    JSON.stringify({
-      bench: 'nic',
-      seconds: SECONDS,
-      vrio,
-      vxlan,
-      ratios: Object.fromEntries(rows.map(([, key]) => [key, vrio[key] / vxlan[key]])),
-    }),
-  )
-} finally {
-  await w.stop()
+  console.log(JSON.stringify({ bench: 'nic-modes', seconds: SECONDS, rounds, ...results }))
+}
+
+if (process.env.BENCH_MODES === '1') await compareModes()
+else await againstVxlan()
+
+async function againstVxlan(): Promise<void> {
+  const w = await startNicWorld(['192.168.77.100/24', '192.168.88.100/24'])
+  try {
+    const { pair, iohyp, guest, world } = w
+    w.serve(world, 'iperf3', ['-s'])
+    w.serve(world, 'python3', ['-c', PINGPONG_SERVER])
+
+    // vrio: a remote NIC whose IOhyp end is a TAP on the bridge.
+    await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
+    ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
+
+    // VXLAN: the same veth, kernel tunnel endpoints in the guest and on the IOhyp's bridge.
+    const addVxlan = (ns: Netns, local: string, remote: string) =>
+      ip(ns, [
+        'link',
+        'add',
+        'vx0',
+        'type',
+        'vxlan',
+        'id',
+        '42',
+        'local',
+        local,
+        'remote',
+        remote,
+        'dstport',
+        '4789',
+      ])
+    addVxlan(guest, '10.99.0.2', '10.99.0.1')
+    addVxlan(iohyp, '10.99.0.1', '10.99.0.2')
+    ip(iohyp, ['link', 'set', 'vx0', 'master', 'brw', 'up'])
+    ip(guest, ['addr', 'add', '192.168.88.1/24', 'dev', 'vx0'])
+    ip(guest, ['link', 'set', 'vx0', 'up'])
+    await sleep(1000)
+
+    const vrio = measure(guest, '192.168.77.100')
+    const vxlan = measure(guest, '192.168.88.100')
+
+    const rows: [string, keyof PathResult, 'higher' | 'lower'][] = [
+      ['TCP 1 stream, Gbit/s', 'tcp1Gbps', 'higher'],
+      ['TCP 4 streams, Gbit/s', 'tcp4Gbps', 'higher'],
+      ['TCP 1 stream world→guest', 'tcp1ReverseGbps', 'higher'],
+      ['CPU s per Gbit (machine)', 'cpuSecondsPerGbit', 'lower'],
+      ['ping avg, µs', 'pingAvgUs', 'lower'],
+      ['ping p50, µs', 'pingP50Us', 'lower'],
+      ['TCP req/resp p50, µs', 'rrP50Us', 'lower'],
+      ['TCP req/resp p99, µs', 'rrP99Us', 'lower'],
+    ]
+    const fmt = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2)).padStart(10)
+    console.log(
+      `${'case'.padEnd(28)}${'vrio'.padStart(10)}${'VXLAN'.padStart(10)}${'vrio/VXLAN'.padStart(12)}`,
+    )
+    for (const [name, key] of rows) {
+      console.log(
+        `${name.padEnd(28)}${fmt(vrio[key])}${fmt(vxlan[key])}${(vrio[key] / vxlan[key]).toFixed(2).padStart(12)}`,
+      )
+    }
+    console.log(
+      JSON.stringify({
+        bench: 'nic',
+        seconds: SECONDS,
+        vrio,
+        vxlan,
+        ratios: Object.fromEntries(rows.map(([, key]) => [key, vrio[key] / vxlan[key]])),
+      }),
+    )
+  } finally {
+    await w.stop()
+  }
 }

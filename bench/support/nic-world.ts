@@ -6,7 +6,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { cleanupNetns, exec, type Netns } from '../../test/support/netns.ts'
-import { pairWithWorld, type VrioPair } from '../../test/support/vrio-pair.ts'
+import { type PairOptions, pairWithWorld, type VrioPair } from '../../test/support/vrio-pair.ts'
 
 export interface NicWorld {
   pair: VrioPair
@@ -20,7 +20,10 @@ export interface NicWorld {
 }
 
 /** Starts the IOhyp and guest daemons (guest enrolled and connected) and the world with `addresses`. */
-export async function startNicWorld(addresses: readonly string[]): Promise<NicWorld> {
+export async function startNicWorld(
+  addresses: readonly string[],
+  options: PairOptions = {},
+): Promise<NicWorld> {
   const servers: ChildProcess[] = []
   let pair: VrioPair | undefined
   const stop = async () => {
@@ -29,7 +32,7 @@ export async function startNicWorld(addresses: readonly string[]): Promise<NicWo
     cleanupNetns()
   }
   try {
-    const set = await pairWithWorld(addresses)
+    const set = await pairWithWorld(addresses, options)
     pair = set.pair
     return {
       pair,

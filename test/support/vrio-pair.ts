@@ -11,6 +11,12 @@ import { type ImpairedLink, type Impairment, impairedLink } from './impair.ts'
 import { ip, type Netns } from './netns.ts'
 import { directLink, type World, worldOnBridge } from './topology.ts'
 
+/** How a VrioPair's daemons run. */
+export interface PairOptions {
+  /** Both daemons with --insecure-plaintext (protocol version 1), e.g. for sealed-vs-plaintext benches. */
+  plaintext?: boolean
+}
+
 /** A further guest on the same IOhyp (see VrioPair.addGuest). */
 export interface ExtraGuest {
   end: VethEnd
@@ -33,9 +39,13 @@ export class VrioPair {
   guest!: DaemonProcess
   guestMac = ''
 
-  constructor(iohypEnd: VethEnd, guestEnd: VethEnd) {
+  /** Options both daemons get: `--insecure-plaintext` for a pair on the unsealed channel. */
+  readonly channelOptions: readonly string[]
+
+  constructor(iohypEnd: VethEnd, guestEnd: VethEnd, options: PairOptions = {}) {
     this.iohypEnd = iohypEnd
     this.guestEnd = guestEnd
+    this.channelOptions = options.plaintext ? ['--insecure-plaintext'] : []
     this.dir = mkdtempSync(join(tmpdir(), 'vrio-pair-'))
   }
 
@@ -88,7 +98,7 @@ export class VrioPair {
     const key = join(this.dir, `guest${n}.key`)
     if ((await vrioAsync(['keygen', '--out', key])).status !== 0) throw new Error('keygen failed')
     const sock = join(this.dir, `guest${n}.sock`)
-    const daemon = guestDaemon(`guest${n}`, end, key, sock, join(this.dir, `run${n}`))
+    const daemon = guestDaemon(`guest${n}`, end, key, sock, join(this.dir, `run${n}`), this.channelOptions)
     const g = { end, mac, daemon, sock }
     this.extraGuests.push(g)
     await daemon.waitForLog('guest started')
@@ -106,6 +116,7 @@ export class VrioPair {
       join(this.dir, 'state'),
       '--control',
       this.sock('iohyp'),
+      ...this.channelOptions,
     ])
   }
 
@@ -119,7 +130,7 @@ export class VrioPair {
       join(this.dir, 'guest.key'),
       this.sock('guest'),
       this.runDir,
-      ['--attach', ...this.guestOptions],
+      ['--attach', ...this.guestOptions, ...this.channelOptions],
     )
   }
 
@@ -231,9 +242,10 @@ function guestDaemon(
  */
 export async function pairWithWorld(
   worldAddresses: readonly string[],
+  options: PairOptions = {},
 ): Promise<{ pair: VrioPair; iohyp: Netns; guest: Netns; world: World }> {
   const link = directLink()
-  const pair = new VrioPair(link.a, link.b)
+  const pair = new VrioPair(link.a, link.b, options)
   try {
     await pair.start()
     return { pair, iohyp: link.a.ns, guest: link.b.ns, world: worldOnBridge(link.a.ns, worldAddresses) }
