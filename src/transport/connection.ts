@@ -90,6 +90,7 @@ export type SegmentDropReason =
   | 'receive-memory'
   | 'not-vrio'
   | 'no-ack-flag'
+  | 'unauthenticated'
 
 export interface ConnectionStats {
   framesSent: number
@@ -172,6 +173,11 @@ export class Connection {
   private readonly onFinished: ((c: Connection) => void) | undefined
   private readonly tx: TcpFrame = newTcpFrame()
   private readonly startedAt: number
+  /**
+   * Before authentication (see requireAuthentication): the most bytes of messages held for
+   * reassembly, all together; 0 once authenticated, or for a connection that never needed it.
+   */
+  private preAuthReceiveBytes = 0
 
   // Negotiated at the handshake.
   private peerMss = 536
@@ -286,6 +292,31 @@ export class Connection {
     this.rtoDeadline = this.clock() + this.rto
   }
 
+  /**
+   * Until `authenticate()`, accept only what an authentication handshake needs: ordered messages
+   * (no best-effort data, no Skip) of at most `receiveBytes` bytes held for reassembly, all
+   * together; anything else is dropped ('unauthenticated', 'receive-memory') without allocating.
+   * An Endpoint that requires authentication calls this for every connection a peer opens.
+   */
+  requireAuthentication(receiveBytes: number): void {
+    this.preAuthReceiveBytes = Math.max(1, receiveBytes)
+  }
+
+  /** The layer above has verified the peer: lifts the limits of `requireAuthentication`. */
+  authenticate(): void {
+    this.preAuthReceiveBytes = 0
+  }
+
+  /** False while `requireAuthentication`'s limits apply. */
+  get authenticated(): boolean {
+    return this.preAuthReceiveBytes === 0
+  }
+
+  /** A SYN with this sequence number is the one that opened this connection, sent again. */
+  isRetransmittedSyn(seq: number): boolean {
+    return this.state === 'syn-received' && seq === this.irs
+  }
+
   /** Replaces the event handlers (an accepting owner installs its own after the SYN arrived). */
   setHandlers(handlers: ConnectionHandlers): void {
     this.handlers = handlers
@@ -388,10 +419,10 @@ export class Connection {
       this.pump()
   }
 
-  /** Abortive close: RST now, everything queued is dropped. */
-  abort(reason: CloseReason = 'aborted'): void {
+  /** Abortive close: RST now (unless `sendReset` is false: forgotten silently), everything queued is dropped. */
+  abort(reason: CloseReason = 'aborted', sendReset = true): void {
     if (this.closed) return
-    if (this.state !== 'syn-sent' && this.state !== 'time-wait')
+    if (sendReset && this.state !== 'syn-sent' && this.state !== 'time-wait')
       this.sendControl(TCP_RST | TCP_ACK, this.sndNxt)
     this.finish(reason)
   }
@@ -622,6 +653,10 @@ export class Connection {
     const msgStart = positionOf(this.irs, opt.messageStart, this.rcvNxt)
     const msgEnd = msgStart + opt.messageLength
     const delivery = opt.flags & SEGMENT_DELIVERY_MASK
+    if (this.preAuthReceiveBytes > 0 && (delivery !== Delivery.Ordered || opt.flags & SEGMENT_SKIP)) {
+      this.drop('unauthenticated')
+      return
+    }
     if (opt.flags & SEGMENT_SKIP) {
       this.processSkip(segStart, msgStart, msgEnd, delivery)
       return
@@ -672,7 +707,9 @@ export class Connection {
 
     let m = this.reassembly.get(msgStart)
     if (!m) {
-      if (this.reassemblyBytes + opt.messageLength > this.o.receiveBuffer + this.o.maxMessageSize) {
+      const limit =
+        this.preAuthReceiveBytes > 0 ? this.preAuthReceiveBytes : this.o.receiveBuffer + this.o.maxMessageSize
+      if (this.reassemblyBytes + opt.messageLength > limit) {
         this.drop('receive-memory')
         return
       }

@@ -1,4 +1,5 @@
 import { randomInt } from 'node:crypto'
+import { VrioError } from '../errors.ts'
 import type { DropReason } from '../wire/drop-reason.ts'
 import { decodeTcpFrame, encodeTcpFrame, newTcpFrame, type TcpFrame } from '../wire/frame.ts'
 import { clearTcpOptions, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/tcp.ts'
@@ -21,6 +22,7 @@ export type EndpointDropReason =
   | 'not-vrio'
   | 'refused'
   | 'reset-rate-limited'
+  | 'foreign-address'
 
 export interface EndpointInit {
   /** Our MAC and IPv4 address on the link. */
@@ -47,6 +49,26 @@ export interface EndpointInit {
    * (the peer gets an RST). Called when the SYN arrives.
    */
   accept?: (remote: Address, connection: Connection) => ConnectionHandlers | undefined
+  /**
+   * Accept SYNs only from this IPv4 address; from any other they are dropped without an answer
+   * ('foreign-address'). Undefined: from any. Changed later with `setPeerAddress`.
+   */
+  peerAddress?: number
+  /**
+   * Connections peers open are unauthenticated until the layer above calls their `authenticate()`:
+   * until then they hold at most `preAuthReceiveBytes` of messages (Connection.requireAuthentication)
+   * and are aborted after `authTimeout`. Without it an accepted connection counts as
+   * authenticated once established (the half-open cap still applies).
+   */
+  requireAuthentication?: boolean
+  /** Most connections in SYN-RECEIVED; at the cap a new SYN evicts the oldest one. Default 16. */
+  maxHalfOpen?: number
+  /** Most established, unauthenticated connections; at the cap the oldest is evicted. Default 4. */
+  maxUnauthenticated?: number
+  /** Bytes of messages an unauthenticated connection may hold for reassembly. Default 4096. */
+  preAuthReceiveBytes?: number
+  /** Milliseconds from the SYN within which a connection must authenticate. Default 5000. */
+  authTimeout?: number
 }
 
 export interface EndpointStats {
@@ -54,8 +76,18 @@ export interface EndpointStats {
   resetsSent: number
   connectionsAccepted: number
   connectionsOpened: number
+  /** Unauthenticated connections evicted to make room: half-open ones, and established ones. */
+  evictedHalfOpen: number
+  evictedUnauthenticated: number
+  /** Connections aborted because they did not authenticate within authTimeout. */
+  authTimeouts: number
   drops: Partial<Record<EndpointDropReason, number>>
 }
+
+export const DEFAULT_MAX_HALF_OPEN = 16
+export const DEFAULT_MAX_UNAUTHENTICATED = 4
+export const DEFAULT_PRE_AUTH_RECEIVE_BYTES = 4096
+export const DEFAULT_AUTH_TIMEOUT = 5000
 
 const EPHEMERAL_LOW = 49_152
 const NO_HANDLERS: ConnectionHandlers = { message() {} }
@@ -75,6 +107,9 @@ export class Endpoint {
     resetsSent: 0,
     connectionsAccepted: 0,
     connectionsOpened: 0,
+    evictedHalfOpen: 0,
+    evictedUnauthenticated: 0,
+    authTimeouts: 0,
     drops: {},
   }
 
@@ -85,6 +120,18 @@ export class Endpoint {
   private readonly listenPort: number
   private readonly peerPort: number
   private readonly acceptHandler: EndpointInit['accept']
+  private peerAddress: number | undefined
+  private readonly requireAuthentication: boolean
+  private readonly maxHalfOpen: number
+  private readonly maxUnauthenticated: number
+  private readonly preAuthReceiveBytes: number
+  private readonly authTimeout: number
+  /**
+   * Accepted connections not yet authenticated, oldest first, with the time their SYN arrived:
+   * those in SYN-RECEIVED, and those established (entered in the order they got there).
+   */
+  private readonly halfOpen = new Map<Connection, number>()
+  private readonly unauthenticated = new Map<Connection, number>()
   private readonly byRemote = new Map<number, Connection>()
   private readonly touched = new Set<Connection>()
   private readonly rx: TcpFrame = newTcpFrame()
@@ -103,6 +150,39 @@ export class Endpoint {
     this.listenPort = init.listenPort ?? -1
     this.peerPort = init.peerPort ?? -1
     this.acceptHandler = init.accept
+    this.peerAddress = init.peerAddress
+    this.requireAuthentication = init.requireAuthentication ?? false
+    const count = (v: number | undefined, fallback: number, name: string): number => {
+      const n = v ?? fallback
+      if (!Number.isInteger(n) || n < 1) {
+        throw new VrioError('invalid-config', `endpoint option ${name} must be a positive integer`, {
+          field: name,
+        })
+      }
+      return n
+    }
+    this.maxHalfOpen = count(init.maxHalfOpen, DEFAULT_MAX_HALF_OPEN, 'maxHalfOpen')
+    this.maxUnauthenticated = count(
+      init.maxUnauthenticated,
+      DEFAULT_MAX_UNAUTHENTICATED,
+      'maxUnauthenticated',
+    )
+    this.preAuthReceiveBytes = count(
+      init.preAuthReceiveBytes,
+      DEFAULT_PRE_AUTH_RECEIVE_BYTES,
+      'preAuthReceiveBytes',
+    )
+    this.authTimeout = count(init.authTimeout, DEFAULT_AUTH_TIMEOUT, 'authTimeout')
+  }
+
+  /** Accept SYNs only from `ip` from now on (undefined: from any); see EndpointInit.peerAddress. */
+  setPeerAddress(ip: number | undefined): void {
+    this.peerAddress = ip
+  }
+
+  /** Connections peers opened that have not authenticated yet: in SYN-RECEIVED, and established. */
+  get pending(): { halfOpen: number; unauthenticated: number } {
+    return { halfOpen: this.halfOpen.size, unauthenticated: this.unauthenticated.size }
   }
 
   /** Open connections (any state but closed). */
@@ -139,10 +219,28 @@ export class Endpoint {
       return
     }
     const tcp = f.tcp
-    const c = this.byRemote.get(key(f.ip.source, tcp.sourcePort))
+    let c = this.byRemote.get(key(f.ip.source, tcp.sourcePort))
+    if (
+      c &&
+      !c.authenticated &&
+      (tcp.flags & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN &&
+      tcp.destinationPort === this.listenPort &&
+      !(
+        c.isRetransmittedSyn(tcp.seq) &&
+        c.remote.mac === f.ethernet.source &&
+        c.local.port === tcp.destinationPort
+      )
+    ) {
+      // A new SYN on the address and port of a connection that has not authenticated: the peer
+      // restarted, or one of the two is a forgery. Neither may lock the other out, so the newer
+      // one gets the place (an authenticated connection keeps it: see acceptSyn).
+      this.evict(c)
+      c = undefined
+    }
     if (c && c.local.port === tcp.destinationPort && c.remote.mac === f.ethernet.source) {
       c.receive(frame, f)
       this.touched.add(c)
+      if (this.halfOpen.has(c) || this.unauthenticated.has(c)) this.updatePending(c)
       return
     }
     if (tcp.destinationPort !== this.listenPort && tcp.sourcePort !== this.peerPort) {
@@ -170,12 +268,23 @@ export class Endpoint {
   nextDeadline(): number {
     let d = Number.POSITIVE_INFINITY
     for (const c of this.byRemote.values()) d = Math.min(d, c.nextDeadline())
+    if (this.requireAuthentication) d = Math.min(d, this.oldestPending() + this.authTimeout)
     return d
   }
 
   /** Runs due timers of every connection. */
   tick(): void {
     const now = this.clock()
+    if (this.requireAuthentication) {
+      for (const pending of [this.halfOpen, this.unauthenticated]) {
+        for (const [c, since] of [...pending]) {
+          if (now - since < this.authTimeout) continue
+          this.stats.authTimeouts++
+          pending.delete(c)
+          c.abort('aborted', pending === this.unauthenticated)
+        }
+      }
+    }
     for (const c of [...this.byRemote.values()]) {
       if (c.nextDeadline() <= now) c.tick()
       c.flush()
@@ -188,6 +297,10 @@ export class Endpoint {
   }
 
   private acceptSyn(f: TcpFrame): void {
+    if (this.peerAddress !== undefined && f.ip.source !== this.peerAddress) {
+      this.drop('foreign-address')
+      return
+    }
     if (f.tcp.options.vrioVersion !== VRIO_PROTOCOL_VERSION) {
       this.drop('not-vrio')
       this.sendReset(f)
@@ -200,6 +313,13 @@ export class Endpoint {
       // resolves through its challenge ACK (RFC 5961).
       this.drop('connection-exists')
       return
+    }
+    // Room for the newcomer: the oldest half-open connection goes (silently: its SYN may have
+    // been forged, and an RST would only reflect the flood). A flood therefore never keeps a
+    // genuine SYN out; it can only shorten how long each half-open connection waits.
+    if (this.halfOpen.size >= this.maxHalfOpen) {
+      const [oldest] = this.halfOpen.keys()
+      this.evict(oldest)
     }
     const c = this.newConnection(
       { mac: this.mac, ip: this.ip, port: f.tcp.destinationPort },
@@ -216,7 +336,45 @@ export class Endpoint {
     c.setHandlers(handlers)
     this.byRemote.set(key(remote.ip, remote.port), c)
     this.stats.connectionsAccepted++
+    if (this.requireAuthentication) c.requireAuthentication(this.preAuthReceiveBytes)
+    this.halfOpen.set(c, this.clock())
     c.start()
+  }
+
+  /** After a segment reached an accepted, unauthenticated connection: moves it between the sets. */
+  private updatePending(c: Connection): void {
+    if (c.closed) return // onFinished forgot it
+    if (c.state === 'syn-received') return
+    const since = this.halfOpen.get(c)
+    if (since !== undefined) {
+      this.halfOpen.delete(c)
+      if (this.requireAuthentication && !c.authenticated) {
+        // Established: the peer saw our SYN-ACK. The oldest such connection makes room.
+        if (this.unauthenticated.size >= this.maxUnauthenticated) {
+          const [oldest] = this.unauthenticated.keys()
+          this.evict(oldest)
+        }
+        this.unauthenticated.set(c, since)
+      }
+    }
+    if (c.authenticated) this.unauthenticated.delete(c)
+  }
+
+  /** Drops an unauthenticated connection to make room (see acceptSyn, updatePending). */
+  private evict(c: Connection): void {
+    const halfOpen = this.halfOpen.delete(c)
+    this.unauthenticated.delete(c)
+    if (halfOpen) this.stats.evictedHalfOpen++
+    else this.stats.evictedUnauthenticated++
+    c.abort('aborted', !halfOpen)
+  }
+
+  private oldestPending(): number {
+    let t = Number.POSITIVE_INFINITY
+    for (const pending of [this.halfOpen, this.unauthenticated]) {
+      for (const since of pending.values()) t = Math.min(t, since)
+    }
+    return t
   }
 
   private newConnection(
@@ -239,6 +397,8 @@ export class Endpoint {
           const k = key(c.remote.ip, c.remote.port)
           if (this.byRemote.get(k) === c) this.byRemote.delete(k)
           this.touched.delete(c)
+          this.halfOpen.delete(c)
+          this.unauthenticated.delete(c)
         },
       },
       syn,
