@@ -93,6 +93,8 @@ export interface GuestConfig {
   attach?: boolean
   /** Seconds. */
   ioTimeout?: number
+  /** The IOhyp's IPv4 address (dotted quad). */
+  iohyp?: string
 }
 
 /** Config files are a few KB; anything this large is a mistake. */
@@ -370,6 +372,7 @@ export function checkGuestConfig(raw: unknown, file: string): GuestConfig {
     ...(g.control !== undefined && { control: c.path(g.control) }),
     ...(g.attach !== undefined && { attach: g.attach }),
     ...(g.ioTimeout !== undefined && { ioTimeout: g.ioTimeout }),
+    ...(g.iohyp !== undefined && { iohyp: g.iohyp }),
   }
 }
 

@@ -148,6 +148,11 @@ export const guestFileSchema = z.strictObject({
   attach: z.boolean().optional(),
   /** Seconds; a disk request unanswered this long fails with EIO. */
   ioTimeout: z.number().gt(0).max(86_400).optional(),
+  /**
+   * The IOhyp's IPv4 address: connections from any other address are refused. Unset: the first
+   * IOhyp that authenticates is remembered (in the run dir) and only it is accepted afterwards.
+   */
+  iohyp: ipv4Schema.optional(),
 })
 
 export type EncryptConfig = z.output<typeof encryptSchema>

@@ -157,6 +157,22 @@ export interface StatusInfo {
     kernelDrops: number
     txEagain: number
   }
+  /**
+   * Guest only: what the agent accepts before an IOhyp authenticates. `iohypAddress` is the only
+   * address SYNs are accepted from (null: any, until the first IOhyp authenticates); `halfOpen`
+   * and `unauthenticated` are the connections now waiting; the rest count since start: evictions
+   * to make room, connections that did not authenticate in time, SYNs from other addresses.
+   */
+  preAuth?: {
+    iohypAddress: string | null
+    iohypAddressSource: 'configured' | 'learned' | 'none'
+    halfOpen: number
+    unauthenticated: number
+    evictedHalfOpen: number
+    evictedUnauthenticated: number
+    authTimeouts: number
+    foreignAddress: number
+  }
   /** Guest only: connections refused because authentication or integrity failed, by reason. */
   sessionFailures?: Record<string, number>
   /** Guest only: the IOhyp this guest talks to. */

@@ -5,6 +5,7 @@ import { LinkDriver } from '../io/link-driver.ts'
 import type { PacketSocket } from '../io/packet-socket.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
+import type { PreAuthOptions } from '../transport/endpoint.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
 import type { Logger } from './log.ts'
 import { openLink } from './runtime.ts'
@@ -23,6 +24,8 @@ export interface DaemonLinkOptions {
   listenPort?: number
   accept?: (remote: Address, connection: Connection) => ConnectionHandlers | undefined
   transport?: Partial<ConnectionOptions>
+  /** Limits before a peer authenticates (the guest sets them: see EndpointInit). */
+  preAuth?: PreAuthOptions
 }
 
 /**
@@ -61,6 +64,7 @@ export class DaemonLink {
       peerPort: o.remotePort,
       accept: o.accept,
       options: o.transport,
+      preAuth: o.preAuth,
     })
     this.control = new ControlServer({
       path: o.control,

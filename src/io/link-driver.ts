@@ -1,6 +1,6 @@
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
-import { Endpoint } from '../transport/endpoint.ts'
+import { Endpoint, type PreAuthOptions } from '../transport/endpoint.ts'
 import { TCP_OFFSET } from '../wire/frame.ts'
 import type { FrameBatch, FrameChannel } from './frame-channel.ts'
 import {
@@ -23,6 +23,8 @@ export interface LinkDriverOptions {
   peerPort?: number
   accept?: (remote: Address, connection: Connection) => ConnectionHandlers | undefined
   options?: Partial<ConnectionOptions>
+  /** What the endpoint accepts before a peer authenticates (see EndpointInit). */
+  preAuth?: PreAuthOptions
   /**
    * The channel carries a virtio_net_hdr before every frame (opened with vnetHdr): outgoing frames
    * get one written into their headroom (checksum left to the kernel, GSO super-frames marked for
@@ -82,6 +84,7 @@ export class LinkDriver {
       peerPort: o.peerPort,
       accept: o.accept,
       options,
+      ...o.preAuth,
     })
     this.channel.onBatch((batch) => this.onBatch(batch))
   }

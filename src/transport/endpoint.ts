@@ -71,6 +71,17 @@ export interface EndpointInit {
   authTimeout?: number
 }
 
+/** The EndpointInit fields about work before authentication. */
+export type PreAuthOptions = Pick<
+  EndpointInit,
+  | 'peerAddress'
+  | 'requireAuthentication'
+  | 'maxHalfOpen'
+  | 'maxUnauthenticated'
+  | 'preAuthReceiveBytes'
+  | 'authTimeout'
+>
+
 export interface EndpointStats {
   framesReceived: number
   resetsSent: number
