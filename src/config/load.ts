@@ -69,6 +69,9 @@ export interface NicEntry {
   /** Absolute paths. */
   firewall?: string
   dpi?: string
+  /** Source enforcement: IPv4 range the guest may send from; or none at all. */
+  ip?: string
+  allowSpoofing?: boolean
 }
 
 export interface IohypConfig {
@@ -335,6 +338,10 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     const dpi = n.dpi === undefined ? undefined : c.path(n.dpi)
     if (firewall !== undefined) ok = c.exists(firewall, `${at}.firewall`, 'rules file', 'file') && ok
     if (dpi !== undefined) ok = c.exists(dpi, `${at}.dpi`, 'rules file', 'file') && ok
+    if (n.ip !== undefined && n.allowSpoofing === true) {
+      c.issue(`${at}.ip`, 'ip (source enforcement) and allowSpoofing exclude each other')
+      ok = false
+    }
     if (ok && guest !== undefined) {
       const { guest: _, firewall: __, dpi: ___, ...rest } = n
       nics.push({ ...rest, guest, ...(firewall && { firewall }), ...(dpi && { dpi }) })

@@ -258,6 +258,14 @@ export interface CreateNicRequest {
   /** Absolute paths of rules files: the NIC's firewall and DPI services (docs/services.md). */
   firewall?: string
   dpi?: string
+  /**
+   * IPv4 sources the guest may use (`a.b.c.d`, or a prefix `a.b.c.d/n`): IPv4 packets and ARP
+   * from the guest with another sender address are dropped ('spoofed-ip'). Unset: not checked.
+   * The Ethernet source is always checked against `mac` ('spoofed-mac') unless `allowSpoofing`.
+   */
+  ip?: string
+  /** Turns source enforcement off for this NIC (MAC and IP); excludes `ip`. */
+  allowSpoofing?: boolean
 }
 
 export interface NetTrafficInfo {
@@ -272,6 +280,9 @@ export interface NicInfo {
   guest: string
   mac: string
   mtu: number
+  /** Source enforcement: the IPv4 range (null: any), and whether it is off altogether. */
+  ip: string | null
+  allowSpoofing: boolean
   backend:
     | { kind: 'tap'; tap: string; bridge: string | null }
     | { kind: 'macvtap'; uplink: string; device: string }
