@@ -117,6 +117,11 @@ describe('vrio control commands against a fake daemon', () => {
       })
       .route('GET', '/v1/blk', () => ({ disks }))
       .route('GET', '/v1/nic', () => ({ nics: [GUEST_NIC] }))
+      .route('POST', '/v1/nic', (req) => {
+        record(req)
+        const b = req.body as Record<string, unknown>
+        return { ...GUEST_NIC, guest: b.guest, ip: b.ip ?? null, allowSpoofing: b.allowSpoofing === true }
+      })
       .route('GET', '/v1/guests', (req): ListGuestsResponse => {
         record(req)
         return { guests }
@@ -395,6 +400,48 @@ describe('vrio control commands against a fake daemon', () => {
       const r = await vrio('blk', 'list', '--control', socket)
       assert.equal(r.status, 0, r.stderr)
       assert.equal(r.stdout, 'no disks\n')
+    })
+  })
+
+  describe('nic create: source enforcement options', () => {
+    const create = (...extra: string[]) =>
+      vrio(
+        'nic',
+        'create',
+        '--guest',
+        '10.0.0.2',
+        '--mac',
+        '02:77:00:00:00:01',
+        '--tap',
+        'vt1',
+        ...extra,
+        '--json',
+        '--control',
+        socket,
+      )
+
+    it('sends --ip (canonical prefix text as given) and --allow-spoofing in the request', async () => {
+      const withIp = await create('--ip', '192.168.1.8/29')
+      assert.equal(withIp.status, 0, withIp.stderr)
+      const open = await create('--allow-spoofing')
+      assert.equal(open.status, 0, open.stderr)
+      const none = await create()
+      assert.equal(none.status, 0, none.stderr)
+      const bodies = received.map((r) => r.body as Record<string, unknown>)
+      assert.deepEqual(
+        bodies.map((b) => [b.ip, b.allowSpoofing]),
+        [
+          ['192.168.1.8/29', undefined],
+          [undefined, true],
+          [undefined, undefined],
+        ],
+      )
+    })
+
+    it('refuses a bad --ip, and --ip with --allow-spoofing, locally', async () => {
+      assertOneLineFailure(await create('--ip', '192.168.1.9/29'), /--ip '192\.168\.1\.9\/29' is not an IPv4/)
+      assertOneLineFailure(await create('--ip', '10.0.0.5', '--allow-spoofing'), /exclude each other/)
+      assert.deepEqual(received, [])
     })
   })
 

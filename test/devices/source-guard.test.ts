@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { checkSource, parseIPv4Prefix, type SourcePolicy } from '../../src/devices/net/source-guard.ts'
+import { parseCreateNicRequest } from '../../src/iohyp/nics.ts'
 import { parseMac } from '../../src/wire/address.ts'
 import { arpReply, arpRequest, ETHERTYPE_TEST, ethHeader, icmpEcho, ipv4, mac } from '../support/packets.ts'
 
@@ -74,5 +75,29 @@ describe('NIC source enforcement (checkSource)', () => {
     assert.deepEqual(parseIPv4Prefix('10.0.0.0/29'), { address: 0x0a00_0000, prefix: 29 })
     for (const bad of ['10.0.0.5/29', '10.0.0.0/33', '10.0.0/8', '10.0.0.0/', '10.0.0.0/x'])
       assert.equal(parseIPv4Prefix(bad), undefined, bad)
+  })
+})
+
+describe('NIC create request: ip and allowSpoofing', () => {
+  const base = { guest: '10.0.0.2', mac: NIC, tap: 'vt1' }
+  it('canonicalises ip, defaults allowSpoofing to false', () => {
+    const r = parseCreateNicRequest({ ...base, ip: '10.0.0.005/32' })
+    assert.equal(r.ip, '10.0.0.5')
+    assert.equal(r.allowSpoofing, false)
+    assert.equal(parseCreateNicRequest({ ...base, allowSpoofing: true }).allowSpoofing, true)
+  })
+  it('refuses a bad ip, a non-boolean allowSpoofing, and both together, naming the field', () => {
+    const field = (body: Record<string, unknown>) => {
+      try {
+        parseCreateNicRequest({ ...base, ...body })
+      } catch (e) {
+        return (e as { details?: { field?: string } }).details?.field ?? String(e)
+      }
+      return 'accepted'
+    }
+    assert.equal(field({ ip: '10.0.0.1/24' }), 'ip')
+    assert.equal(field({ ip: 5 }), 'ip')
+    assert.equal(field({ allowSpoofing: 'yes' }), 'allowSpoofing')
+    assert.equal(field({ ip: '10.0.0.5', allowSpoofing: true }), 'ip')
   })
 })
