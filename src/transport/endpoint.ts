@@ -230,7 +230,7 @@ export class Endpoint {
       return
     }
     const tcp = f.tcp
-    let c = this.byRemote.get(key(f.ip.source, tcp.sourcePort))
+    const c = this.byRemote.get(key(f.ip.source, tcp.sourcePort))
     if (
       c &&
       !c.authenticated &&
@@ -242,11 +242,9 @@ export class Endpoint {
         c.local.port === tcp.destinationPort
       )
     ) {
-      // A new SYN on the address and port of a connection that has not authenticated: the peer
-      // restarted, or one of the two is a forgery. Neither may lock the other out, so the newer
-      // one gets the place (an authenticated connection keeps it: see acceptSyn).
-      this.evict(c)
-      c = undefined
+      // A new SYN on the address and port of a connection that has not authenticated.
+      this.acceptSyn(f, c)
+      return
     }
     if (c && c.local.port === tcp.destinationPort && c.remote.mac === f.ethernet.source) {
       c.receive(frame, f)
@@ -307,7 +305,8 @@ export class Endpoint {
     for (const c of [...this.byRemote.values()]) c.abort('aborted')
   }
 
-  private acceptSyn(f: TcpFrame): void {
+  /** A SYN to the listen port; `colliding`: an unauthenticated connection on the same address and port. */
+  private acceptSyn(f: TcpFrame, colliding?: Connection): void {
     if (this.peerAddress !== undefined && f.ip.source !== this.peerAddress) {
       this.drop('foreign-address')
       return
@@ -318,6 +317,9 @@ export class Endpoint {
       return
     }
     const remote: Address = { mac: f.ethernet.source, ip: f.ip.source, port: f.tcp.sourcePort }
+    // The peer restarted, or one of the two SYNs is a forgery: neither may lock the other out, so
+    // the newer one gets the place. (An authenticated connection keeps it: below.)
+    if (colliding) this.evict(colliding)
     if (this.byRemote.has(key(remote.ip, remote.port))) {
       // Same address and port as a live connection but another MAC or port of ours: a forgery or
       // a stale duplicate. A genuine restart from the same port reaches the live connection and
