@@ -10,7 +10,15 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { ListNicsResponse, NicInfo } from '../../src/control/api.ts'
 import { PacketSocket } from '../../src/io/packet-socket.ts'
 import { killDaemons } from '../support/daemons.ts'
-import { cleanupNetns, exec, ip, type Netns, requireRoot } from '../support/netns.ts'
+import {
+  cleanupNetns,
+  createNetns,
+  createVethPair,
+  exec,
+  ip,
+  type Netns,
+  requireRoot,
+} from '../support/netns.ts'
 import { arpRequest, ETHERTYPE_TEST, ethHeader, icmpEcho, ipv4, mac } from '../support/packets.ts'
 import { onBridge, pairWithWorld, type VrioPair } from '../support/vrio-pair.ts'
 import { waitUntil } from '../support/wait.ts'
@@ -132,6 +140,33 @@ describe('remote NIC: source enforcement on the IOhyp', () => {
     assert.equal(drops('vsi', 'spoofed-mac'), 20)
     assert.equal(drops('vsi', 'spoofed-ip'), 40)
     assert.equal(drops('vsa', 'spoofed-mac') + drops('vsa', 'spoofed-ip'), 0)
+  })
+
+  it('a macvtap back-end gets the same check: forged MACs never leave the uplink', async () => {
+    const uplinkWorld = createNetns()
+    const uplink = createVethPair(iohyp, uplinkWorld)
+    const nic = await pair.createNic('vsv', '02:78:00:00:00:04', ['--macvtap', uplink.a.ifname])
+    assert.equal(nic.backend.kind, 'macvtap')
+    ip(guest, ['link', 'set', 'vsv', 'up'])
+    const seen: Buffer[] = []
+    const capture = PacketSocket.open({ ifname: uplink.b.ifname, netns: uplinkWorld.path })
+    capture.onBatch((b) => {
+      for (let i = 0; i < b.count; i++) seen.push(Buffer.from(b.frame(i)))
+    })
+    const tx = PacketSocket.open({ ifname: 'vsv', netns: guest.path, protocol: 0 })
+    const marker = (tag: string, i: number) => Buffer.from(`vrio-spoof-test ${tag} ${i} `.padEnd(48, '.'))
+    for (let i = 0; i < 20; i++) {
+      tx.send([Buffer.concat([ethHeader(BCAST, mac(FORGED_MAC), ETHERTYPE_TEST), marker('vsv-mac', i)])])
+      tx.send([Buffer.concat([ethHeader(BCAST, mac(nic.mac), ETHERTYPE_TEST), marker('vsv-good', i)])])
+      await sleep(1)
+    }
+    tx.close()
+    await sleep(500)
+    capture.close()
+    const count = (needle: string) => seen.filter((f) => f.includes(needle)).length
+    assert.equal(count('vsv-mac'), 0, 'forged MAC frames left the uplink')
+    assert.ok(count('vsv-good') >= 18, `genuine frames pass (${count('vsv-good')})`)
+    assert.equal((await nics()).get('vsv')?.drops['spoofed-mac'], 20)
   })
 
   it('normal traffic still passes on every NIC (ping the world)', async () => {
