@@ -17,6 +17,7 @@ import type {
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../../src/control/api.ts'
 import { ControlServer } from '../../src/control/control-server.ts'
 import { parseAddGuestRequest } from '../../src/control/validate.ts'
+import { statusLines } from '../../src/cli/status.ts'
 import { VrioError } from '../../src/errors.ts'
 import { type RunResult, run, type TempDir, tempDir } from '../control/fixtures.ts'
 
@@ -469,6 +470,28 @@ describe('vrio control commands against a fake daemon', () => {
           'guests:    2 configured, 1 connected',
           '',
         ].join('\n'),
+      )
+    })
+
+    it("a guest's status says which IOhyp address it accepts and what it dropped before authentication", () => {
+      const lines = statusLines({
+        ...STATUS,
+        role: 'guest',
+        guests: undefined,
+        preAuth: {
+          iohypAddress: '10.0.0.1',
+          iohypAddressSource: 'learned',
+          halfOpen: 0,
+          unauthenticated: 0,
+          evictedHalfOpen: 5,
+          evictedUnauthenticated: 1,
+          authTimeouts: 0,
+          foreignAddress: 7,
+        },
+      })
+      assert.equal(
+        lines.at(-1),
+        'accepts:   10.0.0.1 (learned); 7 SYNs from other addresses dropped, 6 unauthenticated evicted',
       )
     })
 
