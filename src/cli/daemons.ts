@@ -4,6 +4,7 @@ import type { Command } from 'commander'
 import { readKeyFile } from '../auth/key-file.ts'
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../control/api.ts'
 import { loadGuestConfig, loadIohypConfig } from '../config/load.ts'
+import { ipv4Schema } from '../config/schema.ts'
 import { createLogger } from '../daemon/log.ts'
 import { stopOnSignals } from '../daemon/runtime.ts'
 import { GuestDaemon } from '../guest/daemon.ts'
@@ -35,6 +36,7 @@ interface GuestCliOptions {
   attach?: boolean
   ioTimeout?: string
   insecurePlaintext?: boolean
+  iohyp?: string
 }
 
 const CONFIG_HELP = 'config file (.yaml, .yml or .json); options given here override its settings'
@@ -98,6 +100,10 @@ export function registerDaemonCommands(program: Command): void {
       '--insecure-plaintext',
       'channel segments neither encrypted nor authenticated (protocol version 1), only for a segment you alone own; both daemons must agree',
     )
+    .option(
+      '--iohyp <ipv4>',
+      'accept connections only from the IOhyp at this address (default: the first IOhyp that authenticates, remembered in the run dir)',
+    )
     .action(async (o: GuestCliOptions) => {
       const c = o.config === undefined ? undefined : loadGuestConfig(o.config)
       const ifname = required(o.interface ?? c?.interface, '--interface')
@@ -120,6 +126,7 @@ export function registerDaemonCommands(program: Command): void {
             o.ioTimeout !== undefined
               ? seconds(o.ioTimeout, '--io-timeout')
               : Math.round((c?.ioTimeout ?? 30) * 1000),
+          iohyp: o.iohyp !== undefined ? ipv4Option(o.iohyp, '--iohyp') : c?.iohyp,
           version: VERSION,
         },
         log,
@@ -146,4 +153,11 @@ function seconds(text: string, option: string): number {
     )
   }
   return Math.round(n * 1000)
+}
+
+/** A unicast IPv4 address given as an option, in canonical form. */
+function ipv4Option(text: string, option: string): string {
+  const r = ipv4Schema.safeParse(text)
+  if (!r.success) throw new VrioError('invalid-argument', `${option}: ${r.error.issues[0].message}`)
+  return r.data
 }

@@ -11,6 +11,7 @@ import {
   routePath,
 } from '../control/api.ts'
 import { VrioError } from '../errors.ts'
+import { parseIPv4Prefix } from '../devices/net/source-guard.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import {
   addControlOption,
@@ -34,6 +35,8 @@ interface CreateOptions extends ControlOptions {
   mtu?: string
   firewall?: string
   dpi?: string
+  ip?: string
+  allowSpoofing?: boolean
 }
 
 interface ServicesOptions extends ControlOptions {
@@ -98,6 +101,14 @@ export function registerNicCommands(program: Command): void {
     .option('--mtu <n>', 'MTU of the interface', '1500')
     .option('--firewall <file>', 'firewall rules for the NIC (docs/services.md)')
     .option('--dpi <file>', 'DPI rules (Suricata syntax) for the NIC; alerts go to <state-dir>/eve.json')
+    .option(
+      '--ip <ipv4[/prefix]>',
+      'IPv4 address (or prefix) the guest may send from on this NIC; other IPv4 and ARP senders are dropped',
+    )
+    .option(
+      '--allow-spoofing',
+      "turn source enforcement off (by default frames whose source is not the NIC's MAC are dropped)",
+    )
   addControlOption(create, DEFAULT_IOHYP_SOCKET)
   addJsonOption(create).action(async (o: CreateOptions) => {
     if (parseMac(o.guest) === undefined && parseIPv4(o.guest) === undefined) {
@@ -109,6 +120,10 @@ export function registerNicCommands(program: Command): void {
       throw new VrioError('invalid-argument', 'give exactly one of --tap and --macvtap')
     if (o.bridge !== undefined && o.tap === undefined)
       throw new VrioError('invalid-argument', '--bridge goes with --tap')
+    if (o.ip !== undefined && parseIPv4Prefix(o.ip) === undefined)
+      throw new VrioError('invalid-argument', `--ip '${o.ip}' is not an IPv4 address or prefix (a.b.c.d[/n])`)
+    if (o.ip !== undefined && o.allowSpoofing)
+      throw new VrioError('invalid-argument', '--ip and --allow-spoofing exclude each other')
     const mtu = Number(o.mtu)
     if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65_535)
       throw new VrioError('invalid-argument', `--mtu '${o.mtu}' must be an integer from 68 to 65535`)
@@ -122,6 +137,8 @@ export function registerNicCommands(program: Command): void {
       mtu,
       firewall: o.firewall === undefined ? undefined : resolve(o.firewall),
       dpi: o.dpi === undefined ? undefined : resolve(o.dpi),
+      ip: o.ip,
+      allowSpoofing: o.allowSpoofing === true ? true : undefined,
     }
     const n = await controlClient(o.control!, RULES_TIMEOUT_MS).post<NicInfo>(ROUTES.nics, request)
     if (o.json) printJson(n)

@@ -46,5 +46,13 @@ export function statusLines(info: StatusInfo): string[] {
     const channel = peer.channel ? `, ${peer.channel}` : ''
     return `${peer.mac} (${peer.address}), ${peer.state}, rtt ${formatRtt(peer.rttMs)}${channel}`
   })
+  add('accepts', info.preAuth, () => {
+    const p = info.preAuth!
+    const from =
+      p.iohypAddress === null
+        ? 'any address (not learned yet)'
+        : `${p.iohypAddress} (${p.iohypAddressSource})`
+    return `${from}; ${p.foreignAddress} SYNs from other addresses dropped, ${p.evictedHalfOpen + p.evictedUnauthenticated} unauthenticated evicted`
+  })
   return formatFields(fields)
 }

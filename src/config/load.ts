@@ -74,6 +74,9 @@ export interface NicEntry {
   /** Absolute paths. */
   firewall?: string
   dpi?: string
+  /** Source enforcement: IPv4 range the guest may send from; or none at all. */
+  ip?: string
+  allowSpoofing?: boolean
 }
 
 export interface IohypConfig {
@@ -102,6 +105,8 @@ export interface GuestConfig {
   insecurePlaintext?: boolean
   /** Seconds. */
   ioTimeout?: number
+  /** The IOhyp's IPv4 address (dotted quad). */
+  iohyp?: string
 }
 
 /** Config files are a few KB; anything this large is a mistake. */
@@ -350,6 +355,10 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     const dpi = n.dpi === undefined ? undefined : c.path(n.dpi)
     if (firewall !== undefined) ok = c.exists(firewall, `${at}.firewall`, 'rules file', 'file') && ok
     if (dpi !== undefined) ok = c.exists(dpi, `${at}.dpi`, 'rules file', 'file') && ok
+    if (n.ip !== undefined && n.allowSpoofing === true) {
+      c.issue(`${at}.ip`, 'ip (source enforcement) and allowSpoofing exclude each other')
+      ok = false
+    }
     if (ok && guest !== undefined) {
       const { guest: _, firewall: __, dpi: ___, ...rest } = n
       nics.push({ ...rest, guest, ...(firewall && { firewall }), ...(dpi && { dpi }) })
@@ -390,6 +399,7 @@ export function checkGuestConfig(raw: unknown, file: string): GuestConfig {
     ...(g.attach !== undefined && { attach: g.attach }),
     ...(g.insecurePlaintext !== undefined && { insecurePlaintext: g.insecurePlaintext }),
     ...(g.ioTimeout !== undefined && { ioTimeout: g.ioTimeout }),
+    ...(g.iohyp !== undefined && { iohyp: g.iohyp }),
   }
 }
 

@@ -6,6 +6,7 @@
  * by load.ts.
  */
 import * as z from 'zod'
+import { formatIPv4Prefix, parseIPv4Prefix } from '../devices/net/source-guard.ts'
 import { formatIPv4, formatMac, isGroupMac, parseIPv4, parseMac } from '../wire/address.ts'
 
 /** Disk and NIC names: what `vrio blk create --name` accepts. */
@@ -61,6 +62,19 @@ export const ipv4Schema = z.string().transform((value, ctx) => {
     return z.NEVER
   }
   return formatIPv4(ip)
+})
+
+/** `a.b.c.d` or `a.b.c.d/n`, returned canonical (no `/32`). */
+export const ipv4PrefixSchema = z.string().transform((value, ctx) => {
+  const p = parseIPv4Prefix(value)
+  if (p === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `${show(value)} is not an IPv4 address or prefix (like 10.0.0.5 or 10.0.0.0/29)`,
+    })
+    return z.NEVER
+  }
+  return formatIPv4Prefix(p)
 })
 
 const deviceName = z.string().regex(DEVICE_NAME_RE, {
@@ -146,6 +160,13 @@ export const nicEntrySchema = z.strictObject({
   firewall: path.optional(),
   /** DPI rules file for this NIC (its format is the DPI service's). */
   dpi: path.optional(),
+  /**
+   * IPv4 sources the guest may use on this NIC (`a.b.c.d` or `a.b.c.d/n`): other IPv4 and ARP
+   * senders are dropped. The Ethernet source must be `mac` in any case, unless allowSpoofing.
+   */
+  ip: ipv4PrefixSchema.optional(),
+  /** No source enforcement on this NIC (excludes ip). */
+  allowSpoofing: z.boolean().optional(),
 })
 
 /** Top level of the IOhyp's file; list entries are parsed one by one (see load.ts). */
@@ -174,6 +195,11 @@ export const guestFileSchema = z.strictObject({
   insecurePlaintext: z.boolean().optional(),
   /** Seconds; a disk request unanswered this long fails with EIO. */
   ioTimeout: z.number().gt(0).max(86_400).optional(),
+  /**
+   * The IOhyp's IPv4 address: connections from any other address are refused. Unset: the first
+   * IOhyp that authenticates is remembered (in the run dir) and only it is accepted afterwards.
+   */
+  iohyp: ipv4Schema.optional(),
 })
 
 export type EncryptConfig = z.output<typeof encryptSchema>

@@ -186,6 +186,22 @@ export interface StatusInfo {
     kernelDrops: number
     txEagain: number
   }
+  /**
+   * Guest only: what the agent accepts before an IOhyp authenticates. `iohypAddress` is the only
+   * address SYNs are accepted from (null: any, until the first IOhyp authenticates); `halfOpen`
+   * and `unauthenticated` are the connections now waiting; the rest count since start: evictions
+   * to make room, connections that did not authenticate in time, SYNs from other addresses.
+   */
+  preAuth?: {
+    iohypAddress: string | null
+    iohypAddressSource: 'configured' | 'learned' | 'none'
+    halfOpen: number
+    unauthenticated: number
+    evictedHalfOpen: number
+    evictedUnauthenticated: number
+    authTimeouts: number
+    foreignAddress: number
+  }
   /** Guest only: connections refused because authentication or integrity failed, by reason. */
   sessionFailures?: Record<string, number>
   /** Guest only: the IOhyp this guest talks to. */
@@ -275,6 +291,14 @@ export interface CreateNicRequest {
   /** Absolute paths of rules files: the NIC's firewall and DPI services (docs/services.md). */
   firewall?: string
   dpi?: string
+  /**
+   * IPv4 sources the guest may use (`a.b.c.d`, or a prefix `a.b.c.d/n`): IPv4 packets and ARP
+   * from the guest with another sender address are dropped ('spoofed-ip'). Unset: not checked.
+   * The Ethernet source is always checked against `mac` ('spoofed-mac') unless `allowSpoofing`.
+   */
+  ip?: string
+  /** Turns source enforcement off for this NIC (MAC and IP); excludes `ip`. */
+  allowSpoofing?: boolean
 }
 
 export interface NetTrafficInfo {
@@ -289,6 +313,9 @@ export interface NicInfo {
   guest: string
   mac: string
   mtu: number
+  /** Source enforcement: the IPv4 range (null: any), and whether it is off altogether. */
+  ip: string | null
+  allowSpoofing: boolean
   backend:
     | { kind: 'tap'; tap: string; bridge: string | null }
     | { kind: 'macvtap'; uplink: string; device: string }

@@ -6,6 +6,7 @@ import type { PacketSocket } from '../io/packet-socket.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
 import { channelDescription, resolveSealCipher } from '../transport/aead.ts'
+import type { PreAuthOptions } from '../transport/endpoint.ts'
 import { addSealDrops } from '../transport/seal.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
 import type { Logger } from './log.ts'
@@ -27,6 +28,8 @@ export interface DaemonLinkOptions {
   transport?: Partial<ConnectionOptions>
   /** A guest's own key: the sealed listener verifies every SYN with it (the IOhyp passes a key per connect). */
   key?: Buffer
+  /** Limits before a peer authenticates (the guest sets them: see EndpointInit). */
+  preAuth?: PreAuthOptions
 }
 
 /**
@@ -67,6 +70,7 @@ export class DaemonLink {
       options: o.transport,
       key: o.key,
       modeMismatch: (remote, peerSealed) => this.modeMismatch(remote, peerSealed),
+      preAuth: o.preAuth,
     })
     if (this.driver.endpoint.options.insecurePlaintext) {
       o.log.warn('INSECURE: --insecure-plaintext: channel segments are neither encrypted nor authenticated', {

@@ -148,6 +148,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
           join(lab.dir, `run${g.n}`),
           '--control',
           g.sock,
+          '--iohyp',
+          '10.77.0.1',
           '--attach',
         ])
       }

@@ -1,8 +1,10 @@
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import type { StatusInfo } from '../control/api.ts'
 import { ROUTES } from '../control/api.ts'
 import { DaemonLink } from '../daemon/daemon-link.ts'
 import type { Logger } from '../daemon/log.ts'
-import { VRIO_PORT } from '../daemon/runtime.ts'
+import { VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
 import { Rpc } from '../session/rpc.ts'
 import { Session } from '../session/session.ts'
 import { GuestDisks } from './disks.ts'
@@ -10,9 +12,11 @@ import { GuestNics } from './nics.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Connection, ConnectionHandlers } from '../transport/connection.ts'
 import { channelDescription } from '../transport/aead.ts'
+import type { PreAuthOptions } from '../transport/endpoint.ts'
 import { addSealDrops } from '../transport/seal.ts'
-import { formatIPv4, formatMac } from '../wire/address.ts'
+import { formatIPv4, formatMac, parseIPv4 } from '../wire/address.ts'
 import { MessageType } from '../wire/message-header.ts'
+import { VrioError } from '../errors.ts'
 
 export interface GuestOptions {
   interface: string
@@ -30,10 +34,17 @@ export interface GuestOptions {
   transport?: Partial<ConnectionOptions>
   /** Protocol version 1, unsealed (see IohypOptions.insecurePlaintext): the IOhyp must agree. */
   insecurePlaintext?: boolean
+  /**
+   * The IOhyp's IPv4 address (dotted quad): SYNs from any other address are dropped. Unset: the
+   * address of the first IOhyp that authenticates is learned and kept in `<runDir>/iohyp-address`.
+   */
+  iohyp?: string
+  /** Limits before authentication (EndpointInit's; defaults there). */
+  preAuth?: Omit<PreAuthOptions, 'peerAddress' | 'requireAuthentication'>
 }
 
-/** A connection that has not authenticated within this long is dropped. */
-const HANDSHAKE_TIMEOUT_MS = 5000
+/** Where a learned IOhyp address is kept, in the run dir: delete it (and restart) to learn anew. */
+export const LEARNED_IOHYP_FILE = 'iohyp-address'
 
 /** The guest agent: listens for the IOhyp, proves it holds the guest key, serves its devices. */
 export class GuestDaemon {
@@ -49,6 +60,9 @@ export class GuestDaemon {
   private nics!: GuestNics
   /** Set once the NBD server listens: only then are IOhyp connections accepted. */
   private ready = false
+  /** The only address IOhyp connections are accepted from: configured, learned, or not yet known. */
+  private iohypAddress: number | undefined
+  private iohypAddressSource: 'configured' | 'learned' | 'none' = 'none'
 
   private constructor(o: GuestOptions, log: Logger) {
     this.o = o
@@ -63,6 +77,7 @@ export class GuestDaemon {
 
   private async init(): Promise<void> {
     const port = this.o.port ?? VRIO_PORT
+    await this.loadIohypAddress()
     // Devices and RPC handlers exist before the link and control socket open: a control request or
     // an IOhyp may arrive at once (connections are refused until the NBD server listens; see accept).
     this.disks = new GuestDisks({
@@ -89,6 +104,7 @@ export class GuestDaemon {
         listenPort: port,
         transport: { ...this.o.transport, ...(this.o.insecurePlaintext && { insecurePlaintext: true }) },
         key: this.o.key,
+        preAuth: { ...this.o.preAuth, requireAuthentication: true, peerAddress: this.iohypAddress },
         accept: (_remote, c) => this.accept(c),
       },
       (control) => {
@@ -125,7 +141,6 @@ export class GuestDaemon {
         if (session === this.iohyp) this.disks.writable()
       },
       closed: (reason, failure) => {
-        clearTimeout(timer)
         if (failure) {
           this.sessionFailures[failure] = (this.sessionFailures[failure] ?? 0) + 1
           this.log.warn('connection refused', { peer: formatIPv4(c.remote.ip), failure })
@@ -139,10 +154,7 @@ export class GuestDaemon {
         }
       },
     })
-    const timer = setTimeout(() => {
-      if (!session.authenticated) c.abort('aborted')
-      this.link.driver.flush()
-    }, HANDSHAKE_TIMEOUT_MS)
+    // A connection that does not authenticate in time is aborted by the endpoint (authTimeout).
     return session.connectionHandlers
   }
 
@@ -155,6 +167,48 @@ export class GuestDaemon {
     const r = session.connection.remote
     this.log.info('iohyp connected', { mac: formatMac(r.mac), address: formatIPv4(r.ip) })
     if (previous && previous !== session) previous.connection.abort('aborted')
+    if (this.iohypAddress === undefined) this.learnIohypAddress(r.ip)
+  }
+
+  /** The configured IOhyp address, else one learned by an earlier run (see LEARNED_IOHYP_FILE). */
+  private async loadIohypAddress(): Promise<void> {
+    if (this.o.iohyp !== undefined) {
+      this.iohypAddress = parseIPv4(this.o.iohyp)
+      if (this.iohypAddress === undefined)
+        throw new VrioError('invalid-argument', `iohyp address ${this.o.iohyp} is not an IPv4 address`)
+      this.iohypAddressSource = 'configured'
+      return
+    }
+    const file = join(this.o.runDir, LEARNED_IOHYP_FILE)
+    let text: string
+    try {
+      text = await readFile(file, 'utf8')
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return
+      throw error
+    }
+    const ip = parseIPv4(text.trim())
+    if (ip === undefined) {
+      throw new VrioError(
+        'invalid-config',
+        `${file} does not hold an IPv4 address; remove it to learn the IOhyp's address again`,
+      )
+    }
+    this.iohypAddress = ip
+    this.iohypAddressSource = 'learned'
+    this.log.info('iohyp address remembered', { address: formatIPv4(ip), file })
+  }
+
+  /** Accepts only this IOhyp from now on, and across restarts (until the file is removed). */
+  private learnIohypAddress(ip: number): void {
+    this.iohypAddress = ip
+    this.iohypAddressSource = 'learned'
+    this.link.driver.endpoint.setPeerAddress(ip)
+    const file = join(this.o.runDir, LEARNED_IOHYP_FILE)
+    this.log.info('iohyp address learned', { address: formatIPv4(ip), file })
+    writeFileAtomic(file, `${formatIPv4(ip)}\n`, 0o644).catch((error) =>
+      this.log.error('could not keep the learned iohyp address', { file, error }),
+    )
   }
 
   async stop(): Promise<void> {
@@ -163,12 +217,26 @@ export class GuestDaemon {
     await this.link.close()
   }
 
+  private preAuthStatus(): NonNullable<StatusInfo['preAuth']> {
+    const e = this.link.driver.endpoint
+    return {
+      iohypAddress: this.iohypAddress === undefined ? null : formatIPv4(this.iohypAddress),
+      iohypAddressSource: this.iohypAddressSource,
+      ...e.pending,
+      evictedHalfOpen: e.stats.evictedHalfOpen,
+      evictedUnauthenticated: e.stats.evictedUnauthenticated,
+      authTimeouts: e.stats.authTimeouts,
+      foreignAddress: e.stats.drops['foreign-address'] ?? 0,
+    }
+  }
+
   private status(): StatusInfo {
     const s = this.iohyp
     const c = s?.connection
     return {
       ...this.link.status(),
       sessionFailures: { ...this.sessionFailures },
+      preAuth: this.preAuthStatus(),
       ...(c
         ? {
             iohyp: {

@@ -1,6 +1,6 @@
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
-import { Endpoint } from '../transport/endpoint.ts'
+import { Endpoint, type PreAuthOptions } from '../transport/endpoint.ts'
 import { TCP_OFFSET } from '../wire/frame.ts'
 import type { FrameBatch, FrameChannel } from './frame-channel.ts'
 import {
@@ -27,6 +27,8 @@ export interface LinkDriverOptions {
   key?: Uint8Array
   /** See EndpointInit.modeMismatch. */
   modeMismatch?: (remote: Address, peerSealed: boolean) => void
+  /** What the endpoint accepts before a peer authenticates (see EndpointInit). */
+  preAuth?: PreAuthOptions
   /**
    * The channel carries a virtio_net_hdr before every frame (opened with vnetHdr): outgoing frames
    * get one written into their headroom (checksum left to the kernel, GSO super-frames marked for
@@ -88,6 +90,7 @@ export class LinkDriver {
       options,
       key: o.key,
       modeMismatch: o.modeMismatch,
+      ...o.preAuth,
     })
     this.channel.onBatch((batch) => this.onBatch(batch))
   }

@@ -1,6 +1,7 @@
 import type { CreateNicRequest, NicInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
 import { NetPort } from '../devices/net/port.ts'
+import { formatIPv4Prefix, parseIPv4Prefix } from '../devices/net/source-guard.ts'
 import { VrioError } from '../errors.ts'
 import { addMacvtap, deleteLink, linkKind, macvtapDevice, setLink } from '../io/ip-link.ts'
 import { TapDevice } from '../io/tap.ts'
@@ -32,6 +33,10 @@ export interface NicState {
   /** Rules files of the NIC's services. */
   firewall?: string
   dpi?: string
+  /** IPv4 sources the guest may use on this NIC (`a.b.c.d[/n]`); unset: not checked. */
+  ip?: string
+  /** No source enforcement at all (neither MAC nor IP). */
+  allowSpoofing?: boolean
   handle: DeviceHandle
 }
 
@@ -45,6 +50,8 @@ interface Nic {
   guest: number
   mac: string
   mtu: number
+  ip: string | undefined
+  allowSpoofing: boolean
   backend: Backend
   handle: DeviceHandle
   port: NetPort
@@ -64,7 +71,9 @@ const ATTACH_TIMEOUT_MS = 15_000
 const OFFLOADS = { csum: true, tso4: true, tso6: true, ecn: true }
 
 /** Reads and checks a NIC request; throws 'invalid-argument' naming the field. */
-export function parseCreateNicRequest(body: unknown): CreateNicRequest & { mtu: number } {
+export function parseCreateNicRequest(
+  body: unknown,
+): CreateNicRequest & { mtu: number; allowSpoofing: boolean } {
   const b = (body ?? {}) as Record<string, unknown>
   const fail = (field: string, message: string): never => {
     throw new VrioError('invalid-argument', message, { field })
@@ -72,7 +81,19 @@ export function parseCreateNicRequest(body: unknown): CreateNicRequest & { mtu: 
   for (const key of Object.keys(b)) {
     if (
       b[key] !== undefined &&
-      !['guest', 'mac', 'tap', 'bridge', 'macvtap', 'name', 'mtu', 'firewall', 'dpi'].includes(key)
+      ![
+        'guest',
+        'mac',
+        'tap',
+        'bridge',
+        'macvtap',
+        'name',
+        'mtu',
+        'firewall',
+        'dpi',
+        'ip',
+        'allowSpoofing',
+      ].includes(key)
     )
       fail(key, `unknown field '${key}'`)
   }
@@ -94,6 +115,16 @@ export function parseCreateNicRequest(body: unknown): CreateNicRequest & { mtu: 
   const mtu = b.mtu ?? 1500
   if (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 68 || mtu > 65_535)
     fail('mtu', `mtu '${String(b.mtu)}' must be an integer from 68 to 65535`)
+  let ip: string | undefined
+  if (b.ip !== undefined) {
+    const p = typeof b.ip === 'string' ? parseIPv4Prefix(b.ip) : undefined
+    if (!p) fail('ip', `ip '${String(b.ip)}' is not an IPv4 address or prefix (a.b.c.d or a.b.c.d/n)`)
+    ip = formatIPv4Prefix(p as { address: number; prefix: number })
+  }
+  if (b.allowSpoofing !== undefined && typeof b.allowSpoofing !== 'boolean')
+    fail('allowSpoofing', 'allowSpoofing must be true or false')
+  if (b.allowSpoofing === true && ip !== undefined)
+    fail('ip', 'ip (source enforcement) and allowSpoofing exclude each other')
   return {
     guest: b.guest as string,
     mac: formatMac(mac as number),
@@ -104,6 +135,8 @@ export function parseCreateNicRequest(body: unknown): CreateNicRequest & { mtu: 
     mtu: mtu as number,
     firewall: b.firewall as string | undefined,
     dpi: b.dpi as string | undefined,
+    ip,
+    allowSpoofing: b.allowSpoofing === true,
   }
 }
 
@@ -172,6 +205,8 @@ export class IohypNics {
       macvtap: req.macvtap,
       firewall: req.firewall,
       dpi: req.dpi,
+      ...(req.ip !== undefined && { ip: req.ip }),
+      ...(req.allowSpoofing && { allowSpoofing: true }),
       handle: newDeviceHandle(this.nextSlot++),
     }
     const nic = await this.open(state, guest.mac)
@@ -187,6 +222,7 @@ export class IohypNics {
       guest: formatMac(guest.mac),
       mac: req.mac,
       backend: nic.backend,
+      source: req.allowSpoofing ? 'not enforced' : { mac: req.mac, ip: req.ip ?? 'any' },
     })
     return this.info(nic)
   }
@@ -241,6 +277,8 @@ export class IohypNics {
         macvtap: req.macvtap,
         firewall: req.firewall,
         dpi: req.dpi,
+        ...(req.ip !== undefined && { ip: req.ip }),
+        ...(req.allowSpoofing && { allowSpoofing: true }),
         handle: newDeviceHandle(this.nextSlot),
       }
       const old = this.nics.get(e.name)
@@ -409,6 +447,9 @@ export class IohypNics {
       mtu: s.mtu,
       side: 'iohyp',
       filter: chain,
+      source: s.allowSpoofing
+        ? undefined
+        : { mac: parseMac(s.mac)!, ip: s.ip === undefined ? undefined : parseIPv4Prefix(s.ip) },
       onKernelError: (error) => this.log.warn('nic back-end refused a frame', { nic: s.name, error }),
     })
     const nic: Nic = {
@@ -416,6 +457,8 @@ export class IohypNics {
       guest,
       mac: s.mac,
       mtu: s.mtu,
+      ip: s.ip,
+      allowSpoofing: s.allowSpoofing === true,
       backend,
       handle: s.handle,
       port,
@@ -463,6 +506,8 @@ export class IohypNics {
       guest: formatMac(n.guest),
       mac: n.mac,
       mtu: n.mtu,
+      ip: n.ip ?? null,
+      allowSpoofing: n.allowSpoofing,
       backend: n.backend,
       state: n.announced ? 'attached' : 'waiting',
       fromGuest: c.fromGuest,
@@ -484,11 +529,25 @@ function stateOf(n: Nic): NicState {
       : { macvtap: n.backend.uplink }),
     ...(n.chain.get('firewall') ? { firewall: n.chain.get('firewall')!.file } : {}),
     ...(n.chain.get('dpi') ? { dpi: n.chain.get('dpi')!.file } : {}),
+    ...(n.ip !== undefined ? { ip: n.ip } : {}),
+    ...(n.allowSpoofing ? { allowSpoofing: true } : {}),
     handle: n.handle,
   }
 }
 
-const NIC_FIELDS = ['name', 'guest', 'mac', 'mtu', 'tap', 'bridge', 'macvtap', 'firewall', 'dpi'] as const
+const NIC_FIELDS = [
+  'name',
+  'guest',
+  'mac',
+  'mtu',
+  'tap',
+  'bridge',
+  'macvtap',
+  'firewall',
+  'dpi',
+  'ip',
+  'allowSpoofing',
+] as const
 
 /** Same NIC apart from its handle. */
 function sameNic(a: NicState, b: NicState): boolean {

@@ -263,6 +263,7 @@ export class Session {
   private becomeAuthenticated(openerNonce: Buffer, listenerNonce: Buffer): void {
     this.sessionKey = this.proof('vrio session', openerNonce, listenerNonce)
     this.phase = 'authenticated'
+    this.connection.authenticate() // lifts the transport's pre-authentication limits
     this.handlers.authenticated?.()
   }
 

@@ -103,6 +103,7 @@ export type SegmentDropReason =
   | 'interval-limit'
   | 'not-vrio'
   | 'no-ack-flag'
+  | 'unauthenticated'
 
 export interface ConnectionStats extends SealCounters {
   framesSent: number
@@ -191,6 +192,11 @@ export class Connection {
   private readonly startedAt: number
   /** Keys of a sealed connection; undefined with insecurePlaintext. */
   private readonly seal: ChannelSeal | undefined
+  /**
+   * Before authentication (see requireAuthentication): the most bytes of messages held for
+   * reassembly, all together; 0 once authenticated, or for a connection that never needed it.
+   */
+  private preAuthReceiveBytes = 0
 
   // Negotiated at the handshake.
   private peerMss = 536
@@ -350,6 +356,31 @@ export class Connection {
     this.seal?.installTrafficKeys(nonceO, nonceL)
   }
 
+  /**
+   * Until `authenticate()`, accept only what an authentication handshake needs: ordered messages
+   * (no best-effort data, no Skip) of at most `receiveBytes` bytes held for reassembly, all
+   * together; anything else is dropped ('unauthenticated', 'receive-memory') without allocating.
+   * An Endpoint that requires authentication calls this for every connection a peer opens.
+   */
+  requireAuthentication(receiveBytes: number): void {
+    this.preAuthReceiveBytes = Math.max(1, receiveBytes)
+  }
+
+  /** The layer above has verified the peer: lifts the limits of `requireAuthentication`. */
+  authenticate(): void {
+    this.preAuthReceiveBytes = 0
+  }
+
+  /** False while `requireAuthentication`'s limits apply. */
+  get authenticated(): boolean {
+    return this.preAuthReceiveBytes === 0
+  }
+
+  /** A SYN with this sequence number is the one that opened this connection, sent again. */
+  isRetransmittedSyn(seq: number): boolean {
+    return this.state === 'syn-received' && seq === this.irs
+  }
+
   /** Replaces the event handlers (an accepting owner installs its own after the SYN arrived). */
   setHandlers(handlers: ConnectionHandlers): void {
     this.handlers = handlers
@@ -465,10 +496,10 @@ export class Connection {
       this.pump()
   }
 
-  /** Abortive close: RST now, everything queued is dropped. */
-  abort(reason: CloseReason = 'aborted'): void {
+  /** Abortive close: RST now (unless `sendReset` is false: forgotten silently), everything queued is dropped. */
+  abort(reason: CloseReason = 'aborted', sendReset = true): void {
     if (this.closed) return
-    if (this.state !== 'syn-sent' && this.state !== 'time-wait')
+    if (sendReset && this.state !== 'syn-sent' && this.state !== 'time-wait')
       this.sendControl(TCP_RST | TCP_ACK, this.sndNxt)
     this.finish(reason)
   }
@@ -709,6 +740,10 @@ export class Connection {
     const msgStart = positionOf(this.irs, opt.messageStart, this.rcvNxt)
     const msgEnd = msgStart + opt.messageLength
     const delivery = opt.flags & SEGMENT_DELIVERY_MASK
+    if (this.preAuthReceiveBytes > 0 && (delivery !== Delivery.Ordered || opt.flags & SEGMENT_SKIP)) {
+      this.drop('unauthenticated')
+      return
+    }
     if (opt.flags & SEGMENT_SKIP) {
       this.processSkip(segStart, msgStart, msgEnd, delivery)
       return
@@ -760,7 +795,8 @@ export class Connection {
 
     let m = this.reassembly.get(msgStart)
     if (!m) {
-      if (this.reassemblyBytes + opt.messageLength > this.o.maxReassemblyBytes) {
+      const limit = this.preAuthReceiveBytes > 0 ? this.preAuthReceiveBytes : this.o.maxReassemblyBytes
+      if (this.reassemblyBytes + opt.messageLength > limit) {
         this.drop('receive-memory')
         return
       }

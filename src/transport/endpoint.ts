@@ -1,4 +1,5 @@
 import { randomInt } from 'node:crypto'
+import { VrioError } from '../errors.ts'
 import type { DropReason } from '../wire/drop-reason.ts'
 import { decodeTcpFrame, encodeTcpFrame, newTcpFrame, type TcpFrame } from '../wire/frame.ts'
 import { clearTcpOptions, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/tcp.ts'
@@ -24,6 +25,7 @@ export type EndpointDropReason =
   | 'not-vrio'
   | 'refused'
   | 'reset-rate-limited'
+  | 'foreign-address'
 
 export interface EndpointInit {
   /** Our MAC and IPv4 address on the link. */
@@ -60,15 +62,56 @@ export interface EndpointInit {
    * the peer is. Dropped and counted; the owner may log it (once per peer).
    */
   modeMismatch?: (remote: Address, peerSealed: boolean) => void
+  /**
+   * Accept SYNs only from this IPv4 address; from any other they are dropped without an answer
+   * ('foreign-address'). Undefined: from any. Changed later with `setPeerAddress`.
+   */
+  peerAddress?: number
+  /**
+   * Connections peers open are unauthenticated until the layer above calls their `authenticate()`:
+   * until then they hold at most `preAuthReceiveBytes` of messages (Connection.requireAuthentication)
+   * and are aborted after `authTimeout`. Without it an accepted connection counts as
+   * authenticated once established (the half-open cap still applies).
+   */
+  requireAuthentication?: boolean
+  /** Most connections in SYN-RECEIVED; at the cap a new SYN evicts the oldest one. Default 16. */
+  maxHalfOpen?: number
+  /** Most established, unauthenticated connections; at the cap the oldest is evicted. Default 4. */
+  maxUnauthenticated?: number
+  /** Bytes of messages an unauthenticated connection may hold for reassembly. Default 4096. */
+  preAuthReceiveBytes?: number
+  /** Milliseconds from the SYN within which a connection must authenticate. Default 5000. */
+  authTimeout?: number
 }
+
+/** The EndpointInit fields about work before authentication. */
+export type PreAuthOptions = Pick<
+  EndpointInit,
+  | 'peerAddress'
+  | 'requireAuthentication'
+  | 'maxHalfOpen'
+  | 'maxUnauthenticated'
+  | 'preAuthReceiveBytes'
+  | 'authTimeout'
+>
 
 export interface EndpointStats extends SealCounters {
   framesReceived: number
   resetsSent: number
   connectionsAccepted: number
   connectionsOpened: number
+  /** Unauthenticated connections evicted to make room: half-open ones, and established ones. */
+  evictedHalfOpen: number
+  evictedUnauthenticated: number
+  /** Connections aborted because they did not authenticate within authTimeout. */
+  authTimeouts: number
   drops: Partial<Record<EndpointDropReason, number>>
 }
+
+export const DEFAULT_MAX_HALF_OPEN = 16
+export const DEFAULT_MAX_UNAUTHENTICATED = 4
+export const DEFAULT_PRE_AUTH_RECEIVE_BYTES = 4096
+export const DEFAULT_AUTH_TIMEOUT = 5000
 
 const EPHEMERAL_LOW = 49_152
 const NO_HANDLERS: ConnectionHandlers = { message() {} }
@@ -88,6 +131,9 @@ export class Endpoint {
     resetsSent: 0,
     connectionsAccepted: 0,
     connectionsOpened: 0,
+    evictedHalfOpen: 0,
+    evictedUnauthenticated: 0,
+    authTimeouts: 0,
     drops: {},
     ...newSealCounters(),
   }
@@ -99,6 +145,18 @@ export class Endpoint {
   private readonly listenPort: number
   private readonly peerPort: number
   private readonly acceptHandler: EndpointInit['accept']
+  private peerAddress: number | undefined
+  private readonly requireAuthentication: boolean
+  private readonly maxHalfOpen: number
+  private readonly maxUnauthenticated: number
+  private readonly preAuthReceiveBytes: number
+  private readonly authTimeout: number
+  /**
+   * Accepted connections not yet authenticated, oldest first, with the time their SYN arrived:
+   * those in SYN-RECEIVED, and those established (entered in the order they got there).
+   */
+  private readonly halfOpen = new Map<Connection, number>()
+  private readonly unauthenticated = new Map<Connection, number>()
   private readonly byRemote = new Map<number, Connection>()
   private readonly touched = new Set<Connection>()
   private readonly rx: TcpFrame = newTcpFrame()
@@ -121,11 +179,44 @@ export class Endpoint {
     this.acceptHandler = init.accept
     this.key = init.key ? Buffer.from(init.key) : undefined
     this.onModeMismatch = init.modeMismatch
+    this.peerAddress = init.peerAddress
+    this.requireAuthentication = init.requireAuthentication ?? false
+    const count = (v: number | undefined, fallback: number, name: string): number => {
+      const n = v ?? fallback
+      if (!Number.isInteger(n) || n < 1) {
+        throw new VrioError('invalid-config', `endpoint option ${name} must be a positive integer`, {
+          field: name,
+        })
+      }
+      return n
+    }
+    this.maxHalfOpen = count(init.maxHalfOpen, DEFAULT_MAX_HALF_OPEN, 'maxHalfOpen')
+    this.maxUnauthenticated = count(
+      init.maxUnauthenticated,
+      DEFAULT_MAX_UNAUTHENTICATED,
+      'maxUnauthenticated',
+    )
+    this.preAuthReceiveBytes = count(
+      init.preAuthReceiveBytes,
+      DEFAULT_PRE_AUTH_RECEIVE_BYTES,
+      'preAuthReceiveBytes',
+    )
+    this.authTimeout = count(init.authTimeout, DEFAULT_AUTH_TIMEOUT, 'authTimeout')
   }
 
   /** Whether connections are sealed (protocol version 2): the default, unless insecurePlaintext. */
   get sealed(): boolean {
     return !this.options.insecurePlaintext
+  }
+
+  /** Accept SYNs only from `ip` from now on (undefined: from any); see EndpointInit.peerAddress. */
+  setPeerAddress(ip: number | undefined): void {
+    this.peerAddress = ip
+  }
+
+  /** Connections peers opened that have not authenticated yet: in SYN-RECEIVED, and established. */
+  get pending(): { halfOpen: number; unauthenticated: number } {
+    return { halfOpen: this.halfOpen.size, unauthenticated: this.unauthenticated.size }
   }
 
   /** Open connections (any state but closed). */
@@ -179,10 +270,26 @@ export class Endpoint {
     }
     const tcp = f.tcp
     const c = this.byRemote.get(key(f.ip.source, tcp.sourcePort))
+    if (
+      c &&
+      !c.authenticated &&
+      (tcp.flags & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN &&
+      tcp.destinationPort === this.listenPort &&
+      !(
+        c.isRetransmittedSyn(tcp.seq) &&
+        c.remote.mac === f.ethernet.source &&
+        c.local.port === tcp.destinationPort
+      )
+    ) {
+      // A new SYN on the address and port of a connection that has not authenticated.
+      this.acceptSyn(frame, f, c)
+      return
+    }
     if (c && c.local.port === tcp.destinationPort && c.remote.mac === f.ethernet.source) {
       if (tcp.flags & TCP_SYN && this.mismatched(f)) return
       c.receive(frame, f)
       this.touched.add(c)
+      if (this.halfOpen.has(c) || this.unauthenticated.has(c)) this.updatePending(c)
       return
     }
     if (tcp.destinationPort !== this.listenPort && tcp.sourcePort !== this.peerPort) {
@@ -211,12 +318,23 @@ export class Endpoint {
   nextDeadline(): number {
     let d = Number.POSITIVE_INFINITY
     for (const c of this.byRemote.values()) d = Math.min(d, c.nextDeadline())
+    if (this.requireAuthentication) d = Math.min(d, this.oldestPending() + this.authTimeout)
     return d
   }
 
   /** Runs due timers of every connection. */
   tick(): void {
     const now = this.clock()
+    if (this.requireAuthentication) {
+      for (const pending of [this.halfOpen, this.unauthenticated]) {
+        for (const [c, since] of [...pending]) {
+          if (now - since < this.authTimeout) continue
+          this.stats.authTimeouts++
+          pending.delete(c)
+          c.abort('aborted', pending === this.unauthenticated)
+        }
+      }
+    }
     for (const c of [...this.byRemote.values()]) {
       if (c.nextDeadline() <= now) c.tick()
       c.flush()
@@ -241,7 +359,12 @@ export class Endpoint {
     return true
   }
 
-  private acceptSyn(frame: Uint8Array, f: TcpFrame): void {
+  /** A SYN to the listen port; `colliding`: an unauthenticated connection on the same address and port. */
+  private acceptSyn(frame: Uint8Array, f: TcpFrame, colliding?: Connection): void {
+    if (this.peerAddress !== undefined && f.ip.source !== this.peerAddress) {
+      this.drop('foreign-address')
+      return
+    }
     if (this.mismatched(f)) return
     const opts = f.tcp.options
     const sealed = this.sealed
@@ -255,20 +378,31 @@ export class Endpoint {
       if (!sealed) this.sendReset(f)
       return
     }
+    // Sealed: the SYN is verified under the opener's epoch-0 key for its identity before any
+    // state exists (or is evicted for it); one that fails leaves nothing behind and gets no answer.
+    let seal: ChannelSeal | undefined
+    if (sealed) {
+      seal = this.verifySyn(frame, f)
+      if (!seal) return
+    }
     const remote: Address = { mac: f.ethernet.source, ip: f.ip.source, port: f.tcp.sourcePort }
+    // The peer restarted, or one of the two SYNs is a forgery: neither may lock the other out, so
+    // the newer one gets the place. (An authenticated connection keeps it: below.)
+    if (colliding) this.evict(colliding)
     if (this.byRemote.has(key(remote.ip, remote.port))) {
       // Same address and port as a live connection but another MAC or port of ours: a forgery or
       // a stale duplicate. A genuine restart from the same port reaches the live connection and
       // resolves through its challenge ACK (RFC 5961).
       this.drop('connection-exists')
+      seal?.destroy()
       return
     }
-    // Sealed: the SYN is verified under the opener's epoch-0 key for its identity before any
-    // state exists; one that fails leaves nothing behind and gets no answer.
-    let seal: ChannelSeal | undefined
-    if (sealed) {
-      seal = this.verifySyn(frame, f)
-      if (!seal) return
+    // Room for the newcomer: the oldest half-open connection goes (silently: its SYN may have
+    // been forged, and an RST would only reflect the flood). A flood therefore never keeps a
+    // genuine SYN out; it can only shorten how long each half-open connection waits.
+    if (this.halfOpen.size >= this.maxHalfOpen) {
+      const [oldest] = this.halfOpen.keys()
+      this.evict(oldest)
     }
     const c = this.newConnection(
       { mac: this.mac, ip: this.ip, port: f.tcp.destinationPort },
@@ -288,6 +422,8 @@ export class Endpoint {
     c.setHandlers(handlers)
     this.byRemote.set(key(remote.ip, remote.port), c)
     this.stats.connectionsAccepted++
+    if (this.requireAuthentication) c.requireAuthentication(this.preAuthReceiveBytes)
+    this.halfOpen.set(c, this.clock())
     c.start()
   }
 
@@ -323,6 +459,42 @@ export class Endpoint {
     return seal
   }
 
+  /** After a segment reached an accepted, unauthenticated connection: moves it between the sets. */
+  private updatePending(c: Connection): void {
+    if (c.closed) return // onFinished forgot it
+    if (c.state === 'syn-received') return
+    const since = this.halfOpen.get(c)
+    if (since !== undefined) {
+      this.halfOpen.delete(c)
+      if (this.requireAuthentication && !c.authenticated) {
+        // Established: the peer saw our SYN-ACK. The oldest such connection makes room.
+        if (this.unauthenticated.size >= this.maxUnauthenticated) {
+          const [oldest] = this.unauthenticated.keys()
+          this.evict(oldest)
+        }
+        this.unauthenticated.set(c, since)
+      }
+    }
+    if (c.authenticated) this.unauthenticated.delete(c)
+  }
+
+  /** Drops an unauthenticated connection to make room (see acceptSyn, updatePending). */
+  private evict(c: Connection): void {
+    const halfOpen = this.halfOpen.delete(c)
+    this.unauthenticated.delete(c)
+    if (halfOpen) this.stats.evictedHalfOpen++
+    else this.stats.evictedUnauthenticated++
+    c.abort('aborted', !halfOpen)
+  }
+
+  private oldestPending(): number {
+    let t = Number.POSITIVE_INFINITY
+    for (const pending of [this.halfOpen, this.unauthenticated]) {
+      for (const since of pending.values()) t = Math.min(t, since)
+    }
+    return t
+  }
+
   private newConnection(
     local: Address,
     remote: Address,
@@ -347,6 +519,8 @@ export class Endpoint {
           const k = key(c.remote.ip, c.remote.port)
           if (this.byRemote.get(k) === c) this.byRemote.delete(k)
           this.touched.delete(c)
+          this.halfOpen.delete(c)
+          this.unauthenticated.delete(c)
         },
       },
       syn,

@@ -17,6 +17,7 @@ import type {
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../../src/control/api.ts'
 import { ControlServer } from '../../src/control/control-server.ts'
 import { parseAddGuestRequest } from '../../src/control/validate.ts'
+import { statusLines } from '../../src/cli/status.ts'
 import { VrioError } from '../../src/errors.ts'
 import { type RunResult, run, type TempDir, tempDir } from '../control/fixtures.ts'
 
@@ -134,6 +135,11 @@ describe('vrio control commands against a fake daemon', () => {
       })
       .route('GET', '/v1/blk', () => ({ disks }))
       .route('GET', '/v1/nic', () => ({ nics: [GUEST_NIC] }))
+      .route('POST', '/v1/nic', (req) => {
+        record(req)
+        const b = req.body as Record<string, unknown>
+        return { ...GUEST_NIC, guest: b.guest, ip: b.ip ?? null, allowSpoofing: b.allowSpoofing === true }
+      })
       .route('GET', '/v1/guests', (req): ListGuestsResponse => {
         record(req)
         return { guests }
@@ -467,6 +473,48 @@ describe('vrio control commands against a fake daemon', () => {
     })
   })
 
+  describe('nic create: source enforcement options', () => {
+    const create = (...extra: string[]) =>
+      vrio(
+        'nic',
+        'create',
+        '--guest',
+        '10.0.0.2',
+        '--mac',
+        '02:77:00:00:00:01',
+        '--tap',
+        'vt1',
+        ...extra,
+        '--json',
+        '--control',
+        socket,
+      )
+
+    it('sends --ip (canonical prefix text as given) and --allow-spoofing in the request', async () => {
+      const withIp = await create('--ip', '192.168.1.8/29')
+      assert.equal(withIp.status, 0, withIp.stderr)
+      const open = await create('--allow-spoofing')
+      assert.equal(open.status, 0, open.stderr)
+      const none = await create()
+      assert.equal(none.status, 0, none.stderr)
+      const bodies = received.map((r) => r.body as Record<string, unknown>)
+      assert.deepEqual(
+        bodies.map((b) => [b.ip, b.allowSpoofing]),
+        [
+          ['192.168.1.8/29', undefined],
+          [undefined, true],
+          [undefined, undefined],
+        ],
+      )
+    })
+
+    it('refuses a bad --ip, and --ip with --allow-spoofing, locally', async () => {
+      assertOneLineFailure(await create('--ip', '192.168.1.9/29'), /--ip '192\.168\.1\.9\/29' is not an IPv4/)
+      assertOneLineFailure(await create('--ip', '10.0.0.5', '--allow-spoofing'), /exclude each other/)
+      assert.deepEqual(received, [])
+    })
+  })
+
   describe('status', () => {
     it('--json prints the StatusInfo document', async () => {
       const r = await vrio('status', '--json', '--control', socket)
@@ -491,6 +539,28 @@ describe('vrio control commands against a fake daemon', () => {
           'guests:    2 configured, 1 connected',
           '',
         ].join('\n'),
+      )
+    })
+
+    it("a guest's status says which IOhyp address it accepts and what it dropped before authentication", () => {
+      const lines = statusLines({
+        ...STATUS,
+        role: 'guest',
+        guests: undefined,
+        preAuth: {
+          iohypAddress: '10.0.0.1',
+          iohypAddressSource: 'learned',
+          halfOpen: 0,
+          unauthenticated: 0,
+          evictedHalfOpen: 5,
+          evictedUnauthenticated: 1,
+          authTimeouts: 0,
+          foreignAddress: 7,
+        },
+      })
+      assert.equal(
+        lines.at(-1),
+        'accepts:   10.0.0.1 (learned); 7 SYNs from other addresses dropped, 6 unauthenticated evicted',
       )
     })
 

@@ -430,7 +430,14 @@ describe('config files', () => {
 
   it('a guest config loads, with paths from the file and the key read', () => {
     const c = loadGuestConfig(
-      write({ interface: 'eth0', keyFile: 'keys/g1.key', runDir: 'run', attach: true, ioTimeout: 2.5 }),
+      write({
+        interface: 'eth0',
+        keyFile: 'keys/g1.key',
+        runDir: 'run',
+        attach: true,
+        ioTimeout: 2.5,
+        iohyp: '10.0.0.001',
+      }),
     )
     assert.deepEqual(
       { ...c, file: undefined },
@@ -442,6 +449,7 @@ describe('config files', () => {
         runDir: tmp.path('run'),
         attach: true,
         ioTimeout: 2.5,
+        iohyp: '10.0.0.1',
       },
     )
   })
@@ -456,6 +464,10 @@ describe('config files', () => {
     assert.equal(
       guestRefused({ interface: 'eth0', keyFile: 'keys/g1.key', ioTimeout: 0, attach: 'yes', disks: [] }),
       'attach: expected true or false, got a string; ioTimeout: must be more than 0; disks: unknown key',
+    )
+    assert.match(
+      guestRefused({ interface: 'eth0', keyFile: 'keys/g1.key', iohyp: '224.0.0.1' }),
+      /^iohyp: '224\.0\.0\.1' is not a unicast address/,
     )
   })
 })

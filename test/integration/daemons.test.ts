@@ -1,15 +1,15 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { GuestInfo, ListGuestsResponse, StatusInfo } from '../../src/control/api.ts'
 import { PacketSocket } from '../../src/io/packet-socket.ts'
-import { formatIPv4 } from '../../src/wire/address.ts'
-import { decodeTcpFrame, encodeTcpFrame, newTcpFrame } from '../../src/wire/frame.ts'
-import { TCP_ACK, TCP_PSH, TCP_RST } from '../../src/wire/tcp.ts'
+import { formatIPv4, parseMac } from '../../src/wire/address.ts'
+import { decodeTcpFrame, encodeTcpFrame, newTcpFrame, tcpFrameHeaderLength } from '../../src/wire/frame.ts'
+import { clearTcpOptions, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN } from '../../src/wire/tcp.ts'
 import { DaemonProcess, killDaemons, vrio, vrioJson } from '../support/daemons.ts'
 import { cleanupNetns, exec, ip, requireRoot } from '../support/netns.ts'
 import { firewallCounters, firewalledLan, type Lan } from '../support/topology.ts'
@@ -191,11 +191,63 @@ s.sendall(b'hello vrio'); print(s.recv(100).decode())`
     assert.ok(firewallCounters(lan.firewall.ns).invalid > 0, 'the firewall marked the forgeries invalid')
   })
 
+  it('the guest learned its IOhyp: SYNs from elsewhere are dropped, a flood spoofing the IOhyp displaces nothing', async () => {
+    const status = () => vrioJson<StatusInfo>(['status', '--control', sock('guest1')])
+    const before = status()
+    assert.equal(before.preAuth?.iohypAddress, formatIPv4(lan.ends[0].ip))
+    assert.equal(before.preAuth?.iohypAddressSource, 'learned')
+    assert.equal(readFileSync(join(dir, 'run1', 'iohyp-address'), 'utf8').trim(), formatIPv4(lan.ends[0].ip))
+    // A third host on the segment (the bad guest's namespace): SYNs from its own address, then a
+    // blind flood from its own MAC spoofing the IOhyp's address over the ephemeral ports.
+    const attacker = PacketSocket.open({ ifname: lan.ends[2].ifname, netns: lan.ends[2].ns.path })
+    const attackerMac = parseMac(attacker.mac)!
+    const syn = (source: number, port: number): Buffer => {
+      const t = newTcpFrame()
+      t.ethernet.source = attackerMac
+      t.ethernet.destination = parseMac(macOf(1))!
+      t.ip.source = source
+      t.ip.destination = lan.ends[1].ip
+      t.ip.ttl = 64
+      t.tcp.sourcePort = port
+      t.tcp.destinationPort = 7860
+      t.tcp.seq = (Math.random() * 2 ** 32) >>> 0
+      t.tcp.flags = TCP_SYN
+      t.tcp.window = 65_535
+      clearTcpOptions(t.tcp.options)
+      t.tcp.options.mss = 1460
+      t.tcp.options.vrioVersion = 1
+      const buf = Buffer.alloc(tcpFrameHeaderLength(t.tcp.options))
+      encodeTcpFrame(buf, t, 0)
+      return buf
+    }
+    const foreign = Array.from({ length: 20 }, (_, i) => syn(lan.ends[2].ip, 50_000 + i))
+    attacker.send(foreign)
+    for (let port = 49_152; port < 65_536; port += 64) {
+      attacker.send(Array.from({ length: 64 }, (_, i) => syn(lan.ends[0].ip, port + i)))
+      await sleep(1)
+    }
+    attacker.close()
+    await waitUntil(
+      () => (status().preAuth?.foreignAddress ?? 0) >= before.preAuth!.foreignAddress + 20,
+      'the SYNs from a foreign address to be counted',
+      5000,
+    )
+    const after = status()
+    assert.ok(
+      after.preAuth!.evictedHalfOpen > before.preAuth!.evictedHalfOpen,
+      `the flood evicted half-open connections: ${JSON.stringify(after.preAuth)}`,
+    )
+    assert.ok(after.preAuth!.halfOpen <= 16)
+    assert.equal(after.iohyp?.state, 'connected', 'the real IOhyp is still connected')
+    assert.equal(guest(1).state, 'connected')
+  })
+
   it('reconnect by themselves after either daemon is killed with SIGKILL and restarted', async () => {
     await good.stop('SIGKILL')
     await waitUntil(() => guest(1).state !== 'connected', 'the IOhyp to notice the guest is gone', 10_000)
     good = new DaemonProcess('good guest', lan.ends[1].ns, guestArgs(1, 'good.key'))
     await waitUntil(() => guest(1).state === 'connected', 'the restarted guest to reconnect', 10_000)
+    await good.waitForLog('iohyp address remembered')
 
     await iohyp.stop('SIGKILL')
     iohyp = new DaemonProcess('iohyp', lan.ends[0].ns, iohypArgs())

@@ -1,3 +1,4 @@
+import { VrioError } from '../../errors.ts'
 import { recycleMessageBuffer } from '../../transport/message-buffers.ts'
 import type { FrameBatch, FrameChannel } from '../../io/frame-channel.ts'
 import { VIRTIO_NET_HDR_LEN } from '../../io/virtio-net-hdr.ts'
@@ -6,6 +7,7 @@ import type { Session } from '../../session/session.ts'
 import { MESSAGE_HEADER_LENGTH, type MessageHeader } from '../../wire/message-header.ts'
 import type { NetDirection } from '../../services/net/service.ts'
 import { checkNetBody, MIN_FRAME, NetFrameEncoder, type NetDropReason } from './protocol.ts'
+import { checkSource, type SourcePolicy } from './source-guard.ts'
 
 /** A policy between the wire and the kernel (the IOhyp's service chain). */
 export interface NetFilter {
@@ -39,6 +41,12 @@ export interface NetPortOptions {
   /** Which end this is: decides which way frames read from the channel go. */
   side: 'guest' | 'iohyp'
   filter?: NetFilter
+  /**
+   * IOhyp side: what frames from the guest must carry as their source (see source-guard.ts);
+   * others are dropped ('spoofed-mac', 'spoofed-ip') before the filter and the kernel see them.
+   * Undefined: not checked (the NIC allows spoofing).
+   */
+  source?: SourcePolicy
   /** Told once per distinct kernel error (the port keeps counting, never throws). */
   onKernelError?: (error: unknown) => void
 }
@@ -71,6 +79,8 @@ export class NetPort {
   private readonly one: Uint8Array[] = [EMPTY]
 
   constructor(o: NetPortOptions) {
+    if (o.source && o.side !== 'iohyp')
+      throw new VrioError('invalid-argument', 'source enforcement is for the IOhyp side of a NIC')
     this.o = o
     this.encoder = new NetFrameEncoder(o.handle)
     // On the guest, the kernel's frames leave the guest; on the IOhyp, they come from the world.
@@ -114,6 +124,11 @@ export class NetPort {
       return
     }
     const frame = body.subarray(VIRTIO_NET_HDR_LEN)
+    const spoofed = this.o.source && checkSource(frame, this.o.source)
+    if (spoofed) {
+      this.drop(spoofed)
+      return
+    }
     if (this.o.filter && !this.o.filter.inspect(frame, this.inward, this.replyToPeer)) {
       this.drop('filtered')
       return

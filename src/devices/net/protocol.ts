@@ -65,6 +65,10 @@ export type NetDropReason =
   | 'filtered'
   /** The kernel's TAP queue was full. */
   | 'queue-full'
+  /** IOhyp: from the guest with an Ethernet (or ARP sender) source other than the NIC's MAC. */
+  | 'spoofed-mac'
+  /** IOhyp: from the guest with an IPv4 (or ARP sender) source outside the NIC's `ip` range. */
+  | 'spoofed-ip'
 
 const u16le = (b: Uint8Array, at: number): number => b[at] | (b[at + 1] << 8)
 
