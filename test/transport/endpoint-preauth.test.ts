@@ -3,6 +3,9 @@
  * only from the configured peer address, half-open and unauthenticated connections capped in
  * number (the oldest evicted, so the real peer always gets in) and in memory, and a SYN that
  * collides with an unauthenticated connection's address and port never locks the real peer out.
+ * These run on the unsealed channel (insecurePlaintext), where a forged SYN costs the listener a
+ * connection: the caps are what bound it. Sealed, the same SYNs are refused before any state exists
+ * (test/transport/seal.test.ts); the caps then bound replayed genuine SYNs.
  */
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
@@ -55,6 +58,7 @@ class World {
       random: this.random,
       listenPort: PORT,
       requireAuthentication: true,
+      options: { insecurePlaintext: true },
       accept: (_remote, c) => {
         this.accepted.push(c)
         const s = new Session(c, 'listener', this.key, { control: (m) => this.control.push(m) })
@@ -74,6 +78,7 @@ class World {
       clock: () => this.now,
       random: this.random,
       peerPort: PORT,
+      options: { insecurePlaintext: true },
     })
     this.peers.set(mac, e)
     return e
