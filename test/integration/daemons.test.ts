@@ -6,7 +6,9 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { GuestInfo, ListGuestsResponse, StatusInfo } from '../../src/control/api.ts'
+import { LinkDriver } from '../../src/io/link-driver.ts'
 import { PacketSocket } from '../../src/io/packet-socket.ts'
+import { Delivery } from '../../src/transport/config.ts'
 import { formatIPv4, parseMac } from '../../src/wire/address.ts'
 import { decodeTcpFrame, encodeTcpFrame, newTcpFrame, tcpFrameHeaderLength } from '../../src/wire/frame.ts'
 import { clearTcpOptions, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN } from '../../src/wire/tcp.ts'
@@ -199,7 +201,11 @@ s.sendall(b'hello vrio'); print(s.recv(100).decode())`
     assert.equal(readFileSync(join(dir, 'run1', 'iohyp-address'), 'utf8').trim(), formatIPv4(lan.ends[0].ip))
     // A third host on the segment (the bad guest's namespace): SYNs from its own address, then a
     // blind flood from its own MAC spoofing the IOhyp's address over the ephemeral ports.
-    const attacker = PacketSocket.open({ ifname: lan.ends[2].ifname, netns: lan.ends[2].ns.path })
+    const attacker = PacketSocket.open({
+      ifname: lan.ends[2].ifname,
+      netns: lan.ends[2].ns.path,
+      protocol: 0,
+    })
     const attackerMac = parseMac(attacker.mac)!
     const syn = (source: number, port: number): Buffer => {
       const t = newTcpFrame()
@@ -222,8 +228,9 @@ s.sendall(b'hello vrio'); print(s.recv(100).decode())`
     }
     const foreign = Array.from({ length: 20 }, (_, i) => syn(lan.ends[2].ip, 50_000 + i))
     attacker.send(foreign)
-    for (let port = 49_152; port < 65_536; port += 64) {
-      attacker.send(Array.from({ length: 64 }, (_, i) => syn(lan.ends[0].ip, port + i)))
+    // 1024 of them, spread over the whole range (the kernel's path through the firewall is slow).
+    for (let port = 49_152; port < 65_536; port += 16 * 64) {
+      attacker.send(Array.from({ length: 64 }, (_, i) => syn(lan.ends[0].ip, port + 16 * i)))
       await sleep(1)
     }
     attacker.close()
@@ -240,6 +247,74 @@ s.sendall(b'hello vrio'); print(s.recv(100).decode())`
     assert.ok(after.preAuth!.halfOpen <= 16)
     assert.equal(after.iohyp?.state, 'connected', 'the real IOhyp is still connected')
     assert.equal(guest(1).state, 'connected')
+  })
+
+  it('keyless peers that spoof the IOhyp and complete handshakes: bounded in number, memory and time; the IOhyp stays', async () => {
+    const status = () => vrioJson<StatusInfo>(['status', '--control', sock('guest1')])
+    const rss = () => {
+      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${good.child.pid}/status`, 'utf8'))
+      return Number(m?.[1] ?? 0) * 1024
+    }
+    // The previous test's flood leaves half-open connections that time out: let them, first.
+    await waitUntil(() => status().preAuth!.halfOpen === 0, 'half-open connections to time out', 10_000)
+    const before = status().preAuth!
+    const rssBefore = rss()
+    // Attackers that see the guest's answers (sent to their MACs) and speak vrio, but have no key:
+    // one endpoint (own MAC, the IOhyp's address) per connection.
+    const attackers = Array.from({ length: 8 }, (_, i) => {
+      const socket = PacketSocket.open({
+        ifname: lan.ends[2].ifname,
+        netns: lan.ends[2].ns.path,
+        vnetHdr: true,
+      })
+      const driver = new LinkDriver({
+        channel: socket,
+        vnetHdr: true,
+        mac: 0x02_66_00_00_00_01 + i,
+        ip: lan.ends[0].ip,
+        peerPort: 7860,
+      })
+      return { socket, driver }
+    })
+    try {
+      const connections = attackers.map(({ driver }) =>
+        driver.connect({ mac: parseMac(macOf(1))!, ip: lan.ends[1].ip, port: 7860 }, { message() {} }),
+      )
+      await waitUntil(
+        () => status().preAuth!.evictedUnauthenticated >= before.evictedUnauthenticated + 4,
+        'the guest to evict the oldest unauthenticated connections',
+        5000,
+      )
+      // Large reliable messages: an unauthenticated connection takes none of it (nothing is held
+      // for reassembly, nothing acknowledged), where it would otherwise take a window's worth.
+      const MESSAGE = 4 * 1024 * 1024 - 1
+      const live = connections.filter((c) => c.state === 'established')
+      assert.ok(live.length >= 1 && live.length <= 4, `${live.length} established`)
+      for (const c of live) {
+        for (let i = 0; i < 3; i++) assert.ok(c.send(Buffer.alloc(MESSAGE, 0x41), Delivery.Reliable))
+      }
+      for (const { driver } of attackers) driver.flush()
+      await sleep(1000)
+      const during = status().preAuth!
+      assert.ok(during.unauthenticated <= 4, `at most 4 unauthenticated: ${JSON.stringify(during)}`)
+      for (const c of live) assert.equal(c.unacknowledged, 3 * MESSAGE, 'the guest acknowledged none of it')
+      const grew = rss() - rssBefore
+      assert.ok(grew < 24 * 1024 * 1024, `the guest grew by ${grew} bytes`)
+      await waitUntil(
+        () => status().preAuth!.unauthenticated === 0,
+        'the unauthenticated connections to time out',
+        10_000,
+      )
+      const after = status()
+      assert.ok(after.preAuth!.authTimeouts >= before.authTimeouts + 4, JSON.stringify(after.preAuth))
+      assert.equal(after.iohyp?.state, 'connected', 'the real IOhyp stayed connected')
+      assert.equal(guest(1).state, 'connected')
+    } finally {
+      for (const { driver, socket } of attackers) {
+        driver.stop({ silent: true })
+        socket.close()
+      }
+    }
   })
 
   it('reconnect by themselves after either daemon is killed with SIGKILL and restarted', async () => {
