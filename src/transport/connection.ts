@@ -22,6 +22,7 @@ import { resolveSealCipher } from './aead.ts'
 import { type ConnectionOptions, Delivery, SEGMENT_DELIVERY_MASK, SEGMENT_SKIP } from './config.ts'
 import { AbandonedMessages } from './abandoned.ts'
 import { IntervalSet } from './interval-set.ts'
+import { SealRejoiner } from './rejoin.ts'
 import { ChannelSeal, newSealCounters, type SealCounters, sealIdentity } from './seal.ts'
 import { positionOf, seqOf } from './seq.ts'
 
@@ -191,6 +192,8 @@ export class Connection {
   private readonly startedAt: number
   /** Keys of a sealed connection; undefined with insecurePlaintext. */
   private readonly seal: ChannelSeal | undefined
+  /** Sealed: pieces of split GSO records being re-joined. */
+  private readonly rejoiner: SealRejoiner | undefined
 
   // Negotiated at the handshake.
   private peerMss = 536
@@ -308,6 +311,7 @@ export class Connection {
         })
       }
       this.seal.bindCounters(this.stats)
+      this.rejoiner = new SealRejoiner(this.seal, this.stats)
     }
     let scale = 0
     while (scale < 14 && this.o.receiveBuffer / 2 ** scale > 65_535) scale++
@@ -479,7 +483,19 @@ export class Connection {
   receive(buf: Uint8Array, f: TcpFrame): void {
     if (this.closed) return
     // Sealed: nothing of a frame that does not verify is looked at, not even to note the peer is alive.
-    if (this.seal?.open(buf, f)) return
+    if (this.seal) {
+      const why = this.seal.tryOpen(buf, f, f.payloadLength > 0)
+      if (why) {
+        // A piece of a GSO record a link split: staged until the record re-joins (rejoin.ts).
+        const whole = why === 'authFailed' && f.payloadLength > 0 ? this.rejoiner!.stage(buf, f) : undefined
+        if (!whole) {
+          if (why !== 'authFailed' || f.payloadLength === 0) this.stats[why]++
+          return
+        }
+        buf = whole.frame
+        f = whole.f
+      }
+    }
     const now = this.clock()
     this.stats.framesReceived++
     this.stats.bytesReceived += buf.length
@@ -1358,6 +1374,7 @@ export class Connection {
     this.abandoned.clear()
     this.received.clear()
     this.sacked.clear()
+    this.rejoiner?.destroy()
     this.seal?.destroy()
     this.onFinished?.(this)
     this.handlers.closed?.(reason)
