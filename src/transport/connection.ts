@@ -1219,7 +1219,7 @@ export class Connection {
     const opts = this.tx.tcp.options
     this.resetOptions(opts)
     this.setSegmentOption(opts, m, m.flags)
-    // Sealed: PSH on every data frame, so that a later version can re-join split GSO pieces.
+    // Sealed: PSH on every data frame, so that the receiver can re-join split GSO pieces (rejoin.ts).
     const last = position + length === m.end || this.seal !== undefined
     this.emit(TCP_ACK | (last ? TCP_PSH : 0), position, this.windowField(), m, position - m.start, length)
   }
