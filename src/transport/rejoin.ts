@@ -120,9 +120,15 @@ export class SealRejoiner {
     const first = run[0]
     const last = run[run.length - 1]
     if (run.length < 2 || !(last.flags & TCP_PSH)) return undefined
+    // As a split leaves them: pieces of one size without PSH, then the last one, no larger.
+    const size = first.payload.length
+    for (let i = 0; i < run.length - 1; i++)
+      if (run[i].payload.length !== size || run[i].flags & (TCP_PSH | TCP_FIN)) return undefined
+    if (last.payload.length > size) return undefined
     const headerLength = first.header.length
     let total = headerLength
     for (const x of run) total += x.payload.length
+    if (total - IP_OFFSET > 0xffff) return undefined
     const frame = new Uint8Array(total)
     frame.set(first.header)
     let at = headerLength

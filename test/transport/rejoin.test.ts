@@ -121,6 +121,45 @@ describe('sealed channel over a link that splits GSO super-frames', () => {
     })
   }
 
+  it('staging is bounded: 4 records, the oldest evicted and counted auth-failed; overlaps counted at once', () => {
+    const p = pair(75, NO_FAULTS)
+    const captured: Buffer[] = []
+    p.sim.link.tap = (to, frame) => {
+      if (to === 1) captured.push(frame)
+    }
+    assert.ok(p.client.send(patternMessage(6, 3000), Delivery.Reliable))
+    assert.ok(p.sim.run(() => p.atB.has(6)))
+    const f = newTcpFrame()
+    const data = captured.find((x) => decodeTcpFrame(x, f) === undefined && f.payloadLength > 0)!
+    decodeTcpFrame(data, f)
+    const forge = (counter: number, seqOffset: number) => {
+      const b = Buffer.from(data)
+      b.writeUInt32BE(counter >>> 0, f.tcp.options.seal.offset + 6)
+      b.writeUInt32BE((f.tcp.seq + seqOffset) >>> 0, f.tcpOffset + 4)
+      setTcpChecksum(b, f.tcpOffset, b.length - f.tcpOffset, f.ip.source, f.ip.destination)
+      p.sim.b.receive(b)
+    }
+    const s = p.server.stats
+    const before = {
+      staged: s.piecesStaged,
+      failed: s.authFailed,
+      delivered: s.messagesDelivered,
+      rejoined: s.recordsRejoined,
+    }
+    for (let i = 0; i < 4; i++) forge(f.tcp.options.seal.counter + 1000 + i, 0)
+    assert.equal(s.piecesStaged - before.staged, 4)
+    assert.equal(s.authFailed, before.failed)
+    forge(f.tcp.options.seal.counter + 1000 + 3, 1) // overlaps the piece staged under that key
+    assert.equal(s.authFailed, before.failed + 1)
+    forge(f.tcp.options.seal.counter + 1000 + 4, 0) // a fifth record: the oldest is evicted
+    assert.equal(s.piecesStaged - before.staged, 5)
+    assert.equal(s.authFailed, before.failed + 2)
+    assert.equal(s.messagesDelivered, before.delivered)
+    assert.equal(s.recordsRejoined, before.rejoined)
+    p.server.abort()
+    assert.equal(s.authFailed, before.failed + 6, 'every piece that never joined counted once')
+  })
+
   it('a piece with a forged payload byte never joins: its record is not delivered from it, and is counted', () => {
     const p = pair(74, NO_FAULTS)
     // Forge the second piece of the first data super-frame to B: flip one payload byte and fix the
