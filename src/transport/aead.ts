@@ -68,7 +68,11 @@ export interface FrameAead {
     src?: Uint8Array,
     srcOffset?: number,
   ): void
-  /** Verifies the tag and decrypts the payload; false (payload then unspecified) when it does not verify. */
+  /**
+   * Verifies the tag and decrypts the payload; false when it does not verify. The payload is then
+   * left XORed with the key stream of (key, counter), as counter mode leaves it: `seal` under the
+   * same counter gives the ciphertext back (the receiver's re-joining of split records uses this).
+   */
   open(
     frame: Uint8Array,
     ipOffset: number,
@@ -159,13 +163,13 @@ export class NodeFrameAead implements FrameAead {
     })
     d.setAuthTag(frame.subarray(tagOffset, tagOffset + SEAL_TAG_BYTES))
     d.setAAD(aadFor(frame, ipOffset, tcpOffset, payloadOffset, tagOffset))
-    const plain = end > payloadOffset ? d.update(frame.subarray(payloadOffset, end)) : undefined
+    // In place before the tag is checked, as the addon does (see FrameAead.open).
+    if (end > payloadOffset) frame.set(d.update(frame.subarray(payloadOffset, end)), payloadOffset)
     try {
       d.final()
     } catch {
       return false
     }
-    if (plain) frame.set(plain, payloadOffset)
     return true
   }
 

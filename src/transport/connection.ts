@@ -22,6 +22,7 @@ import { resolveSealCipher } from './aead.ts'
 import { type ConnectionOptions, Delivery, SEGMENT_DELIVERY_MASK, SEGMENT_SKIP } from './config.ts'
 import { AbandonedMessages } from './abandoned.ts'
 import { IntervalSet } from './interval-set.ts'
+import { SealRejoiner } from './rejoin.ts'
 import { ChannelSeal, newSealCounters, type SealCounters, sealIdentity } from './seal.ts'
 import { positionOf, seqOf } from './seq.ts'
 
@@ -197,6 +198,8 @@ export class Connection {
    * reassembly, all together; 0 once authenticated, or for a connection that never needed it.
    */
   private preAuthReceiveBytes = 0
+  /** Sealed: pieces of split GSO records being re-joined. */
+  private readonly rejoiner: SealRejoiner | undefined
 
   // Negotiated at the handshake.
   private peerMss = 536
@@ -314,6 +317,7 @@ export class Connection {
         })
       }
       this.seal.bindCounters(this.stats)
+      this.rejoiner = new SealRejoiner(this.seal, this.stats)
     }
     let scale = 0
     while (scale < 14 && this.o.receiveBuffer / 2 ** scale > 65_535) scale++
@@ -510,7 +514,19 @@ export class Connection {
   receive(buf: Uint8Array, f: TcpFrame): void {
     if (this.closed) return
     // Sealed: nothing of a frame that does not verify is looked at, not even to note the peer is alive.
-    if (this.seal?.open(buf, f)) return
+    if (this.seal) {
+      const why = this.seal.tryOpen(buf, f, f.payloadLength > 0)
+      if (why) {
+        // A piece of a GSO record a link split: staged until the record re-joins (rejoin.ts).
+        const whole = why === 'authFailed' && f.payloadLength > 0 ? this.rejoiner!.stage(buf, f) : undefined
+        if (!whole) {
+          if (why !== 'authFailed' || f.payloadLength === 0) this.stats[why]++
+          return
+        }
+        buf = whole.frame
+        f = whole.f
+      }
+    }
     const now = this.clock()
     this.stats.framesReceived++
     this.stats.bytesReceived += buf.length
@@ -1239,7 +1255,7 @@ export class Connection {
     const opts = this.tx.tcp.options
     this.resetOptions(opts)
     this.setSegmentOption(opts, m, m.flags)
-    // Sealed: PSH on every data frame, so that a later version can re-join split GSO pieces.
+    // Sealed: PSH on every data frame, so that the receiver can re-join split GSO pieces (rejoin.ts).
     const last = position + length === m.end || this.seal !== undefined
     this.emit(TCP_ACK | (last ? TCP_PSH : 0), position, this.windowField(), m, position - m.start, length)
   }
@@ -1394,6 +1410,7 @@ export class Connection {
     this.abandoned.clear()
     this.received.clear()
     this.sacked.clear()
+    this.rejoiner?.destroy()
     this.seal?.destroy()
     this.onFinished?.(this)
     this.handlers.closed?.(reason)

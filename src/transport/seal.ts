@@ -11,6 +11,7 @@ import {
   type FrameAead,
   type FrameAeadFactory,
   SEAL_KEY_LENGTH,
+  SEAL_TAG_BYTES,
   type SealCipher,
 } from './aead.ts'
 
@@ -140,10 +141,23 @@ export interface SealCounters {
   modeMismatch: number
   /** Epochs this side moved to after the first traffic epoch (sending). */
   rekeys: number
+  /** Payload frames that failed verification alone and were staged as pieces of a split record. */
+  piecesStaged: number
+  /** Records rebuilt from staged pieces that verified (see rejoin.ts). */
+  recordsRejoined: number
 }
 
 export function newSealCounters(): SealCounters {
-  return { authFailed: 0, replayed: 0, unsealed: 0, badEpoch: 0, modeMismatch: 0, rekeys: 0 }
+  return {
+    authFailed: 0,
+    replayed: 0,
+    unsealed: 0,
+    badEpoch: 0,
+    modeMismatch: 0,
+    rekeys: 0,
+    piecesStaged: 0,
+    recordsRejoined: 0,
+  }
 }
 
 /** The drop-counter names (as in `drops` records of the control API) of the SealCounters fields. */
@@ -325,9 +339,18 @@ export class ChannelSeal {
    * processed, else the counter that counts its drop (already incremented).
    */
   open(frame: Uint8Array, f: TcpFrame): SealRejection | undefined {
-    const why = this.verify(frame, f)
+    const why = this.verify(frame, f, false)
     if (why) this.counters[why]++
     return why
+  }
+
+  /**
+   * `open` without counting the drop (the caller does). With `restore`, a frame that fails
+   * 'authFailed' gets its ciphertext back (the payload is encrypted again under the same key and
+   * counter: one more cipher pass), so that it can be staged as a piece of a split record.
+   */
+  tryOpen(frame: Uint8Array, f: TcpFrame, restore: boolean): SealRejection | undefined {
+    return this.verify(frame, f, restore)
   }
 
   /** Forgets every key (the connection ended). */
@@ -340,14 +363,14 @@ export class ChannelSeal {
     this.psk.fill(0)
   }
 
-  private verify(frame: Uint8Array, f: TcpFrame): SealRejection | undefined {
+  private verify(frame: Uint8Array, f: TcpFrame, restore: boolean): SealRejection | undefined {
     const s = f.tcp.options.seal
     if (!s.present) return 'unsealed'
     if (!this.cur) {
       // The opener before the SYN-ACK: its sequence number is the listener's ISS the key needs.
       if (this.role !== 'opener' || s.epoch !== 0) return 'badEpoch'
       const candidate = this.rxKey(0, listenerHandshakeKey(this.psk, this.identity, f.tcp.seq))
-      const why = this.verifyWith(candidate, frame, f)
+      const why = this.verifyWith(candidate, frame, f, restore)
       if (why) {
         candidate.aead.destroy()
         return why
@@ -365,7 +388,7 @@ export class ChannelSeal {
       k = this.next
     }
     if (!k) return 'badEpoch'
-    const why = this.verifyWith(k, frame, f)
+    const why = this.verifyWith(k, frame, f, restore)
     if (why) return why
     if (k === this.next) {
       if (this.prev) {
@@ -384,19 +407,22 @@ export class ChannelSeal {
     return undefined
   }
 
-  private verifyWith(k: RxKey, frame: Uint8Array, f: TcpFrame): SealRejection | undefined {
+  private verifyWith(k: RxKey, frame: Uint8Array, f: TcpFrame, restore: boolean): SealRejection | undefined {
     const counter = reconstructCounter(f.tcp.options.seal.counter, k.window.highest)
     if (!k.window.check(counter)) return 'replayed'
-    const ok = k.aead.open(
-      frame,
-      IP_OFFSET,
-      f.tcpOffset,
-      f.payloadOffset,
-      f.payloadOffset + f.payloadLength,
-      f.tcp.options.seal.offset + SEAL_TAG_OFFSET,
-      counter,
-    )
-    if (!ok) return 'authFailed'
+    const tag = f.tcp.options.seal.offset + SEAL_TAG_OFFSET
+    const end = f.payloadOffset + f.payloadLength
+    const ok = k.aead.open(frame, IP_OFFSET, f.tcpOffset, f.payloadOffset, end, tag, counter)
+    if (!ok) {
+      if (restore && f.payloadLength > 0) {
+        // Counter-mode: encrypting the failed decryption under the same key and nonce gives the
+        // ciphertext back; seal writes a tag, the received one is put back.
+        const received = Buffer.from(frame.subarray(tag, tag + SEAL_TAG_BYTES))
+        k.aead.seal(frame, IP_OFFSET, f.tcpOffset, f.payloadOffset, end, tag, counter)
+        frame.set(received, tag)
+      }
+      return 'authFailed'
+    }
     k.window.update(counter)
     return undefined
   }

@@ -33,12 +33,15 @@ export class Simulation {
     faults: FaultModel = NO_FAULTS,
     options: Partial<ConnectionOptions> = {},
     capture = false,
+    /** Split GSO super-frames as the kernel does (default: sealed, hand them over whole, as veth). */
+    splitGso = options.insecurePlaintext === true,
   ) {
     const random = seededRandom(seed)
     this.link = new MemoryLink(this.clock, seededRandom(seed ^ 0x5eed), faults, capture)
     const clock = () => this.clock.now
-    // Sealed, a GSO super-frame is one record: it must arrive whole, as on veth (protocol.md).
-    this.splitGso = options.insecurePlaintext === true
+    // Sealed, a GSO super-frame is one record: whole, as on veth, unless a test splits it (the
+    // receiver then re-joins the pieces, protocol.md).
+    this.splitGso = splitGso
     this.a = new Endpoint({
       mac: MAC_A,
       ip: IP_A,

@@ -148,6 +148,26 @@ describe('frame AEAD: the addon against node:crypto', () => {
     })
   }
 
+  for (const [name, cipher] of CIPHERS) {
+    it(`${name}: a frame that fails to open gets its ciphertext back when sealed again under the same counter`, () => {
+      const key = randomBytes(32)
+      for (const aead of [new Native!(cipher, key), new NodeFrameAead(cipher, key)]) {
+        for (const size of [1, 1424, 64_000]) {
+          const d = dataFrame(randomBytes(size), 9)
+          seal(aead, d.frame, d.payloadOffset, d.tagOffset, 9)
+          d.frame[d.tagOffset] ^= 1 // a piece of a split record: its tag is the whole record's
+          const received = Buffer.from(d.frame)
+          assert.equal(open(aead, d.frame, d.payloadOffset, d.tagOffset, 9), false)
+          assert.notDeepEqual(d.frame, received, 'decrypted in place before the tag is checked')
+          const tag = Buffer.from(d.frame.subarray(d.tagOffset, d.tagOffset + 12))
+          seal(aead, d.frame, d.payloadOffset, d.tagOffset, 9)
+          d.frame.set(tag, d.tagOffset)
+          assert.deepEqual(d.frame, received)
+        }
+      }
+    })
+  }
+
   it('the addon refuses offsets outside the frame', () => {
     const n = new Native!(SEAL_CIPHER_AES_256_GCM, randomBytes(32))
     const { frame, payloadOffset, tagOffset } = dataFrame(randomBytes(10), 1)
