@@ -403,7 +403,7 @@ describe('daemon command-line errors', () => {
 })
 
 /** Frames a sealed channel refused, from a drops record. */
-function sealDrops(drops: Record<string, number>): number {
+function sealDrops(drops: Record<string, number> = {}): number {
   return (
     (drops['auth-failed'] ?? 0) + (drops.replayed ?? 0) + (drops.unsealed ?? 0) + (drops['bad-epoch'] ?? 0)
   )
