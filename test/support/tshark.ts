@@ -7,6 +7,10 @@ const PREFS = [
   'ip.check_checksum:TRUE',
   '-o',
   'tcp.analyze_sequence_numbers:TRUE',
+  // vrio's payload is no application protocol tshark knows (sealed, it is ciphertext): a dissector
+  // picked by a random ephemeral port would judge noise. TCP and below are what is judged here.
+  '-d',
+  'tcp.port==1-65535,data',
 ]
 
 /** Runs tshark on a capture file and returns one array of field values per frame. */
@@ -37,9 +41,9 @@ export function tsharkFields(file: string, fields: string[], filter?: string): s
 export function tsharkProblems(file: string): string[] {
   return tsharkFields(
     file,
-    ['frame.number', '_ws.expert.message'],
+    ['frame.number', '_ws.expert.message', 'frame.protocols'],
     '_ws.expert.severity >= 0x00600000 || _ws.malformed',
-  ).map((r) => `frame ${r[0]}: ${r[1]}`)
+  ).map((r) => `frame ${r[0]}: ${r[1]} (${r[2]})`)
 }
 
 /**
@@ -53,10 +57,10 @@ export function tsharkProblemsOfWholeStreams(file: string): { problems: string[]
   )
   const problems = tsharkFields(
     file,
-    ['frame.number', 'tcp.stream', '_ws.expert.message'],
+    ['frame.number', 'tcp.stream', '_ws.expert.message', 'frame.protocols'],
     '_ws.expert.severity >= 0x00600000 || _ws.malformed',
   )
     .filter((r) => r[1] === '' || whole.has(r[1]))
-    .map((r) => `frame ${r[0]}: ${r[2]}`)
+    .map((r) => `frame ${r[0]}: ${r[2]} (${r[3]})`)
   return { problems, streams: whole.size }
 }
