@@ -27,7 +27,6 @@ import { cleanupNetns, ip, requireRoot } from '../support/netns.ts'
 import {
   BridgeCapture,
   findPatternRun,
-  plaintextOption,
   SegmentPair,
   type SharedSegment,
   sharedSegment,
@@ -165,7 +164,7 @@ for (const mode of modes) {
       const [iohypEnd, guestEnd] = segment.ends
       attackerEnd = segment.ends[2]
       world = worldOnBridge(iohypEnd.ns, [`${WORLD_IP}/24`])
-      pair = new SegmentPair(iohypEnd, guestEnd, mode.sealed ? [] : plaintextOption())
+      pair = new SegmentPair(iohypEnd, guestEnd, { plaintext: !mode.sealed })
       pair.guestOptions.push('--io-timeout', '5')
       // From before the handshake, so tshark judges whole streams.
       capture = await BridgeCapture.start(segment, join(pair.dir, 'segment.pcapng'))

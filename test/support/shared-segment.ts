@@ -6,13 +6,12 @@
  * frames reach their targets and the count of invalid packets is an observation, not a filter.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { DaemonProcess, vrio } from './daemons.ts'
+import type { DaemonProcess } from './daemons.ts'
 import type { VethEnd } from './harness.ts'
 import { createNetns, createVethPair, exec, ip, type Netns } from './netns.ts'
 import { FIREWALL_TABLE } from './topology.ts'
-import { VrioPair } from './vrio-pair.ts'
+import { type PairOptions, VrioPair } from './vrio-pair.ts'
 import { waitUntil } from './wait.ts'
 
 export interface SharedSegment {
@@ -58,39 +57,10 @@ export function sharedSegment(count: number): SharedSegment {
   return { ends, ns, bridge }
 }
 
-/** The daemons' option for the plaintext v1 channel, if this build has it (see plaintextOption). */
-export const INSECURE_PLAINTEXT = '--insecure-plaintext'
-
-/**
- * `['--insecure-plaintext']` when the daemons know the option; `[]` on a build from before sealing,
- * whose channel is plaintext anyway (so the control cases run on every build).
- */
-export function plaintextOption(): string[] {
-  const help = vrio(['iohyp', '--help'])
-  return help.stdout.includes(INSECURE_PLAINTEXT) ? [INSECURE_PLAINTEXT] : []
-}
-
-/** A VrioPair whose IOhyp and guest both get `daemonOptions` (e.g. --insecure-plaintext). */
+/** A VrioPair on the shared segment that counts the channels its daemons opened and closed. */
 export class SegmentPair extends VrioPair {
-  readonly daemonOptions: readonly string[]
-
-  constructor(iohypEnd: VethEnd, guestEnd: VethEnd, daemonOptions: readonly string[]) {
-    super(iohypEnd, guestEnd)
-    this.daemonOptions = daemonOptions
-    this.guestOptions = [...daemonOptions]
-  }
-
-  override startIohyp(): void {
-    this.iohyp = new DaemonProcess('iohyp', this.iohypEnd.ns, [
-      'iohyp',
-      '--interface',
-      this.iohypEnd.ifname,
-      '--state-dir',
-      join(this.dir, 'state'),
-      '--control',
-      this.sock('iohyp'),
-      ...this.daemonOptions,
-    ])
+  constructor(iohypEnd: VethEnd, guestEnd: VethEnd, options: PairOptions = {}) {
+    super(iohypEnd, guestEnd, options)
   }
 
   /** Channels opened and closed so far, as the IOhyp and the guest logged them: a reconnect shows here. */
