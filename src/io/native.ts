@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import type { FrameAead } from '../transport/aead.ts'
 
 /** Opaque fd handle owned by the addon (see native/io.h). */
 export interface NativeChannel {
@@ -96,32 +97,7 @@ export interface NativeAddon {
   FrameAead?: new (
     cipher: number,
     key: Uint8Array,
-  ) => NativeFrameAead
-}
-
-/** See FrameAead (src/transport/aead.ts): the same interface, in OpenSSL. */
-export interface NativeFrameAead {
-  seal(
-    frame: Uint8Array,
-    ipOffset: number,
-    tcpOffset: number,
-    payloadOffset: number,
-    end: number,
-    tagOffset: number,
-    counter: number,
-    src?: Uint8Array,
-    srcOffset?: number,
-  ): void
-  open(
-    frame: Uint8Array,
-    ipOffset: number,
-    tcpOffset: number,
-    payloadOffset: number,
-    end: number,
-    tagOffset: number,
-    counter: number,
-  ): boolean
-  destroy(): void
+  ) => FrameAead
 }
 
 /** An AES-XTS key held by OpenSSL; JS never sees the key schedule. */
