@@ -55,18 +55,9 @@ export class IntervalSet {
     return lo
   }
 
-  /** Index of the first range whose end is > `p` (strictly); `count` when none. */
+  /** Index of the first range whose end is > `p` (strictly); `count` when none. Positions are integers. */
   private firstEndingAfter(p: number): number {
-    const e = this.edges
-    let lo = 0
-    let hi = e.length >>> 1
-    while (lo < hi) {
-      this.steps++
-      const mid = (lo + hi) >>> 1
-      if (e[2 * mid + 1] <= p) lo = mid + 1
-      else hi = mid
-    }
-    return lo
+    return this.firstEndingAtOrAfter(p + 1)
   }
 
   /** True when adding [start, end) would make one more range (it touches none that exists). */
