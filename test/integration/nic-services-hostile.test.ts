@@ -17,7 +17,7 @@
  *   counts, a DPI signature alerts).
  */
 import assert from 'node:assert/strict'
-import { type ChildProcess, spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -33,6 +33,7 @@ import { killDaemons } from '../support/daemons.ts'
 import { cleanupNetns, exec, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
 import { seededRandom } from '../support/random.ts'
 import { onBridge, pairWithWorld, type VrioPair } from '../support/vrio-pair.ts'
+import { worldWebServer } from '../support/topology.ts'
 
 after(async () => {
   await killDaemons()
@@ -313,25 +314,8 @@ describe('NIC services under hostile input (live IOhyp)', () => {
         `[ ! -e /proc/sys/net/bridge ] || sysctl -qw net.bridge.bridge-nf-call-${family}=0`,
       ])
     dir = join(pair.dir, 'rules')
-    exec(world, 'mkdir', ['-p', dir, join(pair.dir, 'www')])
-    writeFileSync(join(pair.dir, 'www', 'index.html'), 'still here\n')
-    const child = spawn(
-      'ip',
-      [
-        'netns',
-        'exec',
-        world.name,
-        'python3',
-        '-m',
-        'http.server',
-        '80',
-        '--bind',
-        WORLD,
-        '--directory',
-        join(pair.dir, 'www'),
-      ],
-      { stdio: 'ignore' },
-    )
+    exec(world, 'mkdir', ['-p', dir])
+    const child = worldWebServer(world, WORLD, join(pair.dir, 'www'))
     children.add(child)
     writeFileSync(fwFile(), FIREWALL.join('\n'))
     writeFileSync(dpiFile(), DPI.join('\n'))

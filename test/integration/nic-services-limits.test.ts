@@ -14,7 +14,7 @@
  *   out and is counted, and the flood still loses nothing.
  */
 import assert from 'node:assert/strict'
-import { type ChildProcess, execFile, spawn } from 'node:child_process'
+import { type ChildProcess, execFile } from 'node:child_process'
 import { closeSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -24,6 +24,7 @@ import { sparseFile } from '../support/block-io.ts'
 import { killDaemons, vrioAsync } from '../support/daemons.ts'
 import { cleanupNetns, exec, execAsync, type Netns, requireRoot } from '../support/netns.ts'
 import { onBridge, pairWithWorld, type VrioPair } from '../support/vrio-pair.ts'
+import { worldWebServer } from '../support/topology.ts'
 
 after(async () => {
   await killDaemons()
@@ -140,25 +141,8 @@ describe('NIC services: hostile rule files and packets cannot stall or crash the
     pair = set.pair
     guest = set.guest
     dir = join(pair.dir, 'rules')
-    exec(set.world.ns, 'mkdir', ['-p', dir, join(pair.dir, 'www')])
-    writeFileSync(join(pair.dir, 'www', 'index.html'), 'still here\n')
-    const child = spawn(
-      'ip',
-      [
-        'netns',
-        'exec',
-        set.world.ns.name,
-        'python3',
-        '-m',
-        'http.server',
-        '80',
-        '--bind',
-        WORLD,
-        '--directory',
-        join(pair.dir, 'www'),
-      ],
-      { stdio: 'ignore' },
-    )
+    exec(set.world.ns, 'mkdir', ['-p', dir])
+    const child = worldWebServer(set.world.ns, WORLD, join(pair.dir, 'www'))
     children.add(child)
     writeFileSync(fwFile(), FIREWALL.join('\n'))
     writeFileSync(dpiFile(), DPI.join('\n'))

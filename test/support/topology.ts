@@ -1,4 +1,7 @@
 /** Namespace topologies for integration tests: a direct veth, or a firewalling bridge between. */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import type { VethEnd } from './harness.ts'
 import { createNetns, createVethPair, exec, ip, type Netns } from './netns.ts'
 
@@ -120,4 +123,31 @@ export function worldOnBridge(
       ...(a.includes(':') ? ['nodad'] : []),
     ])
   return { ns, ifname: v.a.ifname }
+}
+
+/**
+ * A web server in the world (python's http.server on port 80 at `address`) serving `root`, made
+ * here with one page, index.html ("still here"): the traffic the NIC-services tests send through
+ * their rules. The caller kills the child.
+ */
+export function worldWebServer(world: Netns, address: string, root: string): ChildProcess {
+  exec(world, 'mkdir', ['-p', root])
+  writeFileSync(join(root, 'index.html'), 'still here\n')
+  return spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      world.name,
+      'python3',
+      '-m',
+      'http.server',
+      '80',
+      '--bind',
+      address,
+      '--directory',
+      root,
+    ],
+    { stdio: 'ignore' },
+  )
 }
