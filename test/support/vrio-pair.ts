@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { DiskInfo, ListGuestsResponse, NicInfo } from '../../src/control/api.ts'
+import type { DiskInfo, ListGuestsResponse, NicInfo, StatusInfo } from '../../src/control/api.ts'
 import { formatIPv4 } from '../../src/wire/address.ts'
 import { DaemonProcess, vrioAsync, vrioJsonAsync } from './daemons.ts'
 import type { VethEnd } from './harness.ts'
@@ -135,12 +135,28 @@ export class VrioPair {
   }
 
   /** Waits until every enrolled guest is connected. */
-  async waitConnected(timeoutMs = 10_000): Promise<void> {
+  async waitConnected(timeoutMs = 20_000): Promise<void> {
     const deadline = Date.now() + timeoutMs
+    // Both sides: after a guest agent restarts, the IOhyp may still list the old (sealed, so not
+    // resettable by the new agent) connection as connected until its keepalive gives up on it;
+    // the restarted agent reports connected only once its own session is up.
+    const agents = [
+      ...(this.guest?.alive ? [this.sock('guest')] : []),
+      ...this.extraGuests.filter((g) => g.daemon.alive).map((g) => g.sock),
+    ]
+    const agentConnected = async (sock: string) => {
+      const r = await vrioAsync(['status', '--json', '--control', sock])
+      return r.status === 0 && (JSON.parse(r.stdout) as StatusInfo).iohyp?.state === 'connected'
+    }
     for (;;) {
       const r = await vrioAsync(['guests', 'list', '--json', '--control', this.sock('iohyp')])
       const guests = r.status === 0 ? (JSON.parse(r.stdout) as ListGuestsResponse).guests : []
-      if (guests.length > 0 && guests.every((g) => g.state === 'connected')) return
+      if (
+        guests.length > 0 &&
+        guests.every((g) => g.state === 'connected') &&
+        (await Promise.all(agents.map(agentConnected))).every(Boolean)
+      )
+        return
       if (Date.now() > deadline) throw new Error(`the guest did not connect within ${timeoutMs} ms`)
       await sleep(50)
     }
