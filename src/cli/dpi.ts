@@ -1,6 +1,6 @@
 /** `vrio dpi check FILE...`: parses and compiles DPI rule files without a daemon, like `suricata -T`. */
 import type { Command } from 'commander'
-import { VrioError } from '../errors.ts'
+import { EXIT, VrioError } from '../errors.ts'
 import { compileRules, type LoadReport } from '../services/net/compile.ts'
 import { addJsonOption, printJson, printLines } from './common.ts'
 
@@ -78,6 +78,6 @@ export function registerDpiCommands(program: Command): void {
         }`,
       ])
     }
-    if (!ok) process.exitCode = 1
+    if (!ok) process.exitCode = EXIT.usage
   })
 }

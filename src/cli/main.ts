@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander'
-import { isVrioError, type VrioError } from '../errors.ts'
+import { EXIT, exitStatusForCode, isVrioError, type VrioError } from '../errors.ts'
 import { escapeControl } from '../escape.ts'
 import { printJson } from './common.ts'
 import { fileURLToPath } from 'node:url'
@@ -51,7 +51,7 @@ export function buildProgram(state: RunState = { json: false }): Command {
       } catch (error) {
         if ((error as VrioError).code === 'interrupted') {
           console.error(`vrio: ${(error as Error).message}; everything it created has been removed`)
-          process.exitCode = 130
+          process.exitCode = EXIT.interrupted
           return
         }
         throw error
@@ -81,7 +81,8 @@ async function main(argv: string[]): Promise<number> {
     // An action may have chosen its own status (the demo: 130 when interrupted).
     return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (error) {
-    if (error instanceof CommanderError) return error.exitCode
+    // Commander's own refusals (unknown option, missing argument) are bad input; help and version are 0.
+    if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : EXIT.usage
     if (isVrioError(error)) {
       const hint = error.details.hint
       process.stderr.write(
@@ -89,12 +90,12 @@ async function main(argv: string[]): Promise<number> {
       )
       // Scripts get the stable code, not just prose: the same `{ error }` shape the control API uses.
       if (state.json) printJson({ error: error.toJSON() })
-      return 1
+      return exitStatusForCode(error.code)
     }
     const message = error instanceof Error ? error.message : String(error)
     process.stderr.write(`vrio: unexpected error: ${oneLine(message)}\n`)
     if (process.env.VRIO_DEBUG) console.error(error)
-    return 70 // EX_SOFTWARE
+    return EXIT.internal
   }
 }
 

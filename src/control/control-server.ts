@@ -11,7 +11,7 @@ import { listenUnixSocket } from '../io/unix-socket.ts'
 import { channel } from 'node:diagnostics_channel'
 import { rm } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { isVrioError, VrioError } from '../errors.ts'
+import { httpStatusForCode, isVrioError, VrioError } from '../errors.ts'
 
 export interface ControlRequest {
   readonly method: string
@@ -46,32 +46,9 @@ export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 const errorChannel = channel('vrio:control:error')
 
-// The one place that maps error codes to HTTP statuses; the client maps back by code, not status.
-const HTTP_STATUS_BY_CODE: ReadonlyMap<string, number> = new Map([
-  ['invalid-argument', 400],
-  ['invalid-json', 400],
-  ['request-aborted', 400],
-  // A request naming a file that may not be used: a symlinked backing, a key file others can read.
-  ['symlink', 400],
-  ['key-file-permissions', 400],
-  ['key-file-invalid', 400],
-  ['key-file-missing', 400],
-  ['permission-denied', 403],
-  ['not-found', 404],
-  ['unknown-route', 404],
-  ['method-not-allowed', 405],
-  ['conflict', 409],
-  ['request-too-large', 413],
-  ['unsupported-media-type', 415],
-  ['not-implemented', 501],
-  ['unavailable', 503],
-  ['not-connected', 503],
-  ['timeout', 504],
-])
-
-export function httpStatusForCode(code: string): number {
-  return HTTP_STATUS_BY_CODE.get(code) ?? 500
-}
+// Error codes map to HTTP statuses through the catalogue (src/errors.ts); the client maps back by
+// code, not status.
+export { httpStatusForCode } from '../errors.ts'
 
 interface Route {
   readonly method: string
@@ -217,14 +194,15 @@ export class ControlServer {
       // Details that do not serialise must not turn a clean error into a broken answer.
       text ??= JSON.stringify({ error: { code: error.code, message: error.message } })
     }
-    if (status >= 500) this.report(error, request)
+    // A VrioError is an outcome the catalogue names; anything else (and `internal`) is a bug.
+    if (status === 500) this.report(error, request)
     if (text === undefined)
       text = JSON.stringify({
         error: { code: 'internal', message: 'internal error in the vrio daemon (details are in its log)' },
       })
     const headers: Record<string, string> = {}
-    if (error instanceof VrioError && error.code === 'method-not-allowed')
-      headers.allow = (error.details.allowed as string[]).join(', ')
+    if (isVrioError(error, 'method-not-allowed') && Array.isArray(error.details.allowed))
+      headers.allow = error.details.allowed.join(', ')
     // A too-large body was not read to the end; the rest is discarded so the answer still arrives.
     if (!res.req.complete) res.req.resume()
     send(res, status, text, headers)

@@ -45,7 +45,7 @@ export function openLink(ifname: string, address: string | undefined): LinkSetup
       sndBuf: PACKET_SOCKET_BUFFER,
     })
   } catch (error) {
-    if (isIoError(error) && error.code === 'ENODEV') {
+    if (isIoError(error, 'ENODEV')) {
       throw new VrioError('unknown-interface', `no network interface named '${ifname}'`, {
         interface: ifname,
       })

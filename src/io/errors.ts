@@ -1,28 +1,31 @@
 import { constants } from 'node:os'
 import { getSystemErrorName } from 'node:util'
-import { VrioError } from '../errors.ts'
+import { type ErrorCode, VrioError } from '../errors.ts'
 
 /**
- * A failed system call in the packet I/O layer, shaped like Node's own system errors: `code` is
- * the errno name ('ENODEV'), `errno` the negated errno number (Node's convention: ENODEV -> -19),
- * `syscall` the failing call. `ifname`/`netns` say where, when known.
+ * A failed system call in the packet I/O layer: a VrioError whose `code` is the catalogue's
+ * (`io-error`, or `permission-denied` / `not-found` / `unknown-interface` where the errno says so),
+ * with `errnoName` ('ENODEV'), `errno` the negated errno number (Node's convention: ENODEV -> -19)
+ * and `syscall`, shaped like Node's own system errors. `ifname`/`netns` say where, when known.
  */
 export class IoError extends VrioError {
+  readonly errnoName: string
   readonly errno: number
   readonly syscall: string
   readonly ifname: string | undefined
   readonly netns: string | undefined
 
   constructor(
-    code: string,
+    errnoName: string,
     errno: number,
     syscall: string,
     message: string,
     where: { ifname?: string; netns?: string } = {},
     options?: ErrorOptions,
   ) {
-    super(code, message, { errno, syscall, ...where }, options)
+    super(codeForErrno(errnoName), message, { errno, errnoName, syscall, ...where }, options)
     this.name = 'IoError'
+    this.errnoName = errnoName
     this.errno = errno
     this.syscall = syscall
     this.ifname = where.ifname
@@ -30,8 +33,26 @@ export class IoError extends VrioError {
   }
 }
 
-export function isIoError(error: unknown, code?: string): error is IoError {
-  return error instanceof IoError && (code === undefined || error.code === code)
+/** The catalogue code of a failed system call. */
+function codeForErrno(name: string): ErrorCode {
+  switch (name) {
+    case 'ENODEV':
+      return 'unknown-interface'
+    case 'ENOENT':
+      return 'not-found'
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission-denied'
+    case 'EBUSY':
+      return 'busy'
+    default:
+      return 'io-error'
+  }
+}
+
+/** Whether `error` is an IoError, and when `errnoName` is given, of that errno ('ENODEV'). */
+export function isIoError(error: unknown, errnoName?: string): error is IoError {
+  return error instanceof IoError && (errnoName === undefined || error.errnoName === errnoName)
 }
 
 interface NativeSysError {

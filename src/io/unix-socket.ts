@@ -13,7 +13,7 @@ import { VrioError } from '../errors.ts'
 export async function listenUnixSocket(
   server: Server,
   path: string,
-  kind: string,
+  kind: 'control' | 'nbd',
   inUseHint = '',
 ): Promise<void> {
   const fsError = (error: unknown, what: string): VrioError => {
@@ -21,11 +21,16 @@ export async function listenUnixSocket(
     if (code === 'EACCES' || code === 'EPERM') {
       return new VrioError('permission-denied', `${what}: permission denied`, {}, { cause: error })
     }
-    return new VrioError(`${kind}-socket-error`, `${what}: ${(error as Error).message}`, {}, { cause: error })
+    return new VrioError(
+      `${kind}-socket-error` as const,
+      `${what}: ${(error as Error).message}`,
+      {},
+      { cause: error },
+    )
   }
   const inUse = () =>
     new VrioError(
-      `${kind}-socket-in-use`,
+      `${kind}-socket-in-use` as const,
       `another process is listening on ${path}${inUseHint ? ` ${inUseHint}` : ''}`,
       { path },
     )
@@ -44,7 +49,7 @@ export async function listenUnixSocket(
   }
   if (isSocket === false) {
     throw new VrioError(
-      `${kind}-socket-path-invalid`,
+      `${kind}-socket-path-invalid` as const,
       `${path} exists and is not a socket; refusing to replace it`,
       { path },
     )

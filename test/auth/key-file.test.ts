@@ -18,12 +18,12 @@ import {
   readSecretFile,
   writeKeyFile,
 } from '../../src/auth/key-file.ts'
-import { isVrioError } from '../../src/errors.ts'
+import { type ErrorCode, isVrioError } from '../../src/errors.ts'
 import { type TempDir, tempDir } from '../control/fixtures.ts'
 
 const HEX = '0123456789abcdef'.repeat(4)
 
-function failsWith(fn: () => unknown, code: string, message?: RegExp, secret?: string): void {
+function failsWith(fn: () => unknown, code: ErrorCode, message?: RegExp, secret?: string): void {
   assert.throws(fn, (error) => {
     assert.ok(isVrioError(error, code), `expected ${code}, got ${String(error)}`)
     if (message) assert.match(error.message, message)

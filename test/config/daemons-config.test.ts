@@ -10,6 +10,7 @@ import { DaemonProcess, killDaemons, vrio, vrioJson } from '../support/daemons.t
 import { cleanupNetns, exec, ip, requireRoot } from '../support/netns.ts'
 import { directLink, type Topology } from '../support/topology.ts'
 import { waitUntil } from '../support/wait.ts'
+import { EXIT } from '../../src/errors.ts'
 
 after(async () => {
   await killDaemons()
@@ -74,7 +75,7 @@ describe('vrio iohyp --config and vrio guest --config', () => {
     for (const [args, expected] of runs) {
       const ns = args[0] === 'iohyp' ? link.a.ns : link.b.ns
       const r = vrio(args, ns)
-      assert.equal(r.status, 1, r.stderr)
+      assert.equal(r.status, EXIT.usage, r.stderr)
       assert.match(r.stderr, /^vrio: config .*bad-\w+\.yaml: /)
       assert.match(r.stderr, expected)
       assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr)
@@ -218,7 +219,7 @@ describe('vrio iohyp --config and vrio guest --config', () => {
       ['iohyp', '--config', writeYaml('clash.yaml', clash), '--control', sock('iohyp')],
       link.a.ns,
     )
-    assert.equal(r.status, 1, r.stderr)
+    assert.equal(r.status, EXIT.conflict, r.stderr)
     assert.match(
       r.stderr,
       /^vrio: config guest 52:54:00:00:00:42: address 10\.99\.0\.77 is used by enrolled guest 52:54:00:00:00:77/,
@@ -234,7 +235,7 @@ describe('vrio iohyp --config and vrio guest --config', () => {
     assert.equal(summary.config.guests.length, 2)
     assert.ok(!good.stdout.includes(readKeyFile(tmp.path('g.key')).toString('hex')), 'no key in the output')
     const bad = vrio(['config', 'check', tmp.path('bad-iohyp.yaml'), '--daemon', 'iohyp', '--json'])
-    assert.equal(bad.status, 1)
+    assert.equal(bad.status, EXIT.usage)
     const error = JSON.parse(bad.stdout).error
     assert.equal(error.code, 'invalid-config')
     assert.deepEqual(

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { after, afterEach, before, describe, it } from 'node:test'
 import { ControlClient } from '../../src/control/control-client.ts'
 import { ControlServer, httpStatusForCode } from '../../src/control/control-server.ts'
-import { isVrioError, VrioError } from '../../src/errors.ts'
+import { ERROR_CATALOGUE, type ErrorCode, isErrorCode, isVrioError, VrioError } from '../../src/errors.ts'
 import { makeStaleSocket, rawRequest, type TempDir, tempDir } from './fixtures.ts'
 
 const mode = (path: string) => statSync(path).mode & 0o777
@@ -45,7 +45,9 @@ describe('control server and client', () => {
       })
       .route('GET', '/v1/things/:a/sub/:b', (req) => req.params)
       .route('GET', '/v1/fail/:code', (req) => {
-        throw new VrioError(req.params.code, `failed with ${req.params.code}`, { extra: 42 })
+        const code = req.params.code
+        if (!isErrorCode(code)) throw new Error(`test route: ${code} is not catalogued`)
+        throw new VrioError(code, `failed with ${code}`, { extra: 42 })
       })
       .route('GET', '/v1/crash', () => {
         throw new Error('secret internal detail /etc/shadow')
@@ -104,7 +106,9 @@ describe('control server and client', () => {
   })
 
   it('maps VrioError codes to HTTP statuses and sends {error: {code, message, ...details}}', async () => {
-    const cases: [string, number][] = [
+    // Every catalogued code, with the status the catalogue gives it; the spot checks guard the
+    // catalogue itself against a wholesale change of meaning.
+    const spot: [ErrorCode, number][] = [
       ['invalid-argument', 400],
       ['not-found', 404],
       ['conflict', 409],
@@ -113,8 +117,17 @@ describe('control server and client', () => {
       ['timeout', 504],
       ['symlink', 400],
       ['key-file-permissions', 400],
-      ['some-new-code', 500],
+      ['key-file-missing', 400],
+      ['internal', 500],
     ]
+    for (const [code, status] of spot) assert.equal(ERROR_CATALOGUE[code].http, status, code)
+    // `request-aborted` is never answered: it means the client has gone.
+    const cases = Object.entries(ERROR_CATALOGUE)
+      .filter(([code]) => code !== 'request-aborted')
+      .map(([code, e]) => [code as ErrorCode, e.http] as const)
+    assert.ok(cases.length > 40)
+    for (const [code, status] of cases)
+      assert.ok(status !== 500 || code === 'internal', `${code}: 500 is for bugs`)
     for (const [code, status] of cases) {
       assert.equal(httpStatusForCode(code), status, code)
       const r = await rawRequest(server.path, { path: `/v1/fail/${code}` })
@@ -125,7 +138,12 @@ describe('control server and client', () => {
       assert.equal(error.message, `failed with ${code}`)
       assert.equal(error.details.extra, 42)
     }
+    assert.equal(httpStatusForCode('some-new-code'), 500)
     assert.equal(httpStatusForCode('constructor'), 500, 'no prototype keys in the table')
+    // An uncatalogued code is a type error (tsc fails the build if this line compiles), and a
+    // TypeError at run time for a code built from outside data.
+    // @ts-expect-error 'some-new-code' is not an ErrorCode
+    assert.throws(() => new VrioError('some-new-code', 'x'), TypeError)
   })
 
   it('answers any other exception with 500 "internal", a generic message and no stack, and reports it', async () => {

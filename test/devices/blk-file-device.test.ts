@@ -18,7 +18,7 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import fc from 'fast-check'
 import { FileDevice, INLINE_IO_MAX, sameFile } from '../../src/devices/blk/file-device.ts'
-import { isVrioError } from '../../src/errors.ts'
+import { type ErrorCode, isVrioError } from '../../src/errors.ts'
 import { fallocateAvailable } from '../../src/io/fallocate.ts'
 import { seededRandom } from '../support/random.ts'
 import { assertBytes, pattern } from './blk-harness.ts'
@@ -35,7 +35,7 @@ function image(size: number): string {
   return path
 }
 
-const rejectsWith = (p: Promise<unknown>, code: string) =>
+const rejectsWith = (p: Promise<unknown>, code: ErrorCode) =>
   assert.rejects(p, (e: unknown) => isVrioError(e, code) || assert.fail(`expected ${code}, got ${String(e)}`))
 
 describe('FileDevice', () => {

@@ -192,7 +192,7 @@ describe('blk protocol codec', () => {
     assert.equal(blockStatusCode(BlockStatus.NoDevice), 'not-connected')
     assert.equal(blockStatusCode(BlockStatus.BadRequest), 'io-error')
     assert.equal(blockStatusCode(0x7777), 'io-error')
-    for (const code of ['out-of-range', 'read-only', 'no-space', 'unsupported', 'io-error'])
+    for (const code of ['out-of-range', 'read-only', 'no-space', 'unsupported', 'io-error'] as const)
       assert.equal(blockStatusCode(blockStatusOf(new VrioError(code, 'x'))), code)
     assert.equal(blockStatusOf(new Error('boom')), BlockStatus.IoError)
     const e = blockStatusError(BlockStatus.OutOfRange, { offset: 1 })

@@ -2,9 +2,9 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { blockDeviceInfo } from '../../src/devices/blk/device.ts'
 import { MemoryDevice } from '../../src/devices/blk/memory-device.ts'
-import { isVrioError } from '../../src/errors.ts'
+import { type ErrorCode, isVrioError } from '../../src/errors.ts'
 
-async function rejectsWith(promise: Promise<unknown>, code: string): Promise<void> {
+async function rejectsWith(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
   await assert.rejects(promise, (e: unknown) => isVrioError(e, code))
 }
 

@@ -11,6 +11,7 @@ import type { ImpairedLink } from '../support/impair.ts'
 import { cleanupNetns, requireRoot } from '../support/netns.ts'
 import { directLink, firewallCounters, firewalledLink, type Topology } from '../support/topology.ts'
 import { pairOverImpairedLink, VrioPair } from '../support/vrio-pair.ts'
+import { EXIT } from '../../src/errors.ts'
 
 after(async () => {
   await killDaemons()
@@ -165,7 +166,7 @@ describe('remote disk over a veth', () => {
     sparseFile(backing, 8 * MiB)
     const create = (args: string[]) => vrio(['blk', 'create', ...args, '--control', pair.sock('iohyp')])
     let r = create(['--guest', pair.guestMac, '--backing', join(pair.dir, 'nope.img')])
-    assert.equal(r.status, 1)
+    assert.equal(r.status, EXIT.notFound)
     assert.match(r.stderr, /nope\.img.*(no such file|does not exist)/)
     r = create(['--guest', '02:00:00:00:00:99', '--backing', backing])
     assert.match(r.stderr, /no enrolled guest/)

@@ -1,5 +1,6 @@
 /** Memory and CPU of another process, from /proc (Linux). */
 import { readFileSync } from 'node:fs'
+import { EXIT } from '../../src/errors.ts'
 
 /** Resident set size (VmRSS) of `pid` in bytes, or undefined once the process is gone. */
 export function rssBytes(pid: number): number | undefined {
@@ -53,4 +54,11 @@ export class RssSampler {
     this.sample()
     return this.peak
   }
+}
+
+/** Whether `status` is one of the exit statuses the error catalogue gives a refusal (not 0, not a crash). */
+export function isRefusalExit(status: number | null): boolean {
+  return (
+    status !== null && status !== EXIT.internal && status !== 0 && Object.values(EXIT).includes(status as 1)
+  )
 }

@@ -12,7 +12,7 @@ import {
   writeSync,
 } from 'node:fs'
 import { lstat, statfs } from 'node:fs/promises'
-import { VrioError } from '../../errors.ts'
+import { type ErrorCode, VrioError } from '../../errors.ts'
 import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
@@ -577,7 +577,7 @@ function isUnsupported(e: unknown): boolean {
 function fsError(e: unknown, what: string, path: string): VrioError {
   if (e instanceof VrioError && !('syscall' in e)) return e
   const errno = errnoOf(e)
-  let code = 'io-error'
+  let code: ErrorCode = 'io-error'
   if (errno === 'EROFS' || errno === 'EPERM') code = 'read-only'
   else if (errno === 'ENOSPC' || errno === 'EDQUOT') code = 'no-space'
   else if (errno === 'EOPNOTSUPP' || errno === 'ENOTSUP') code = 'unsupported'
@@ -587,7 +587,7 @@ function fsError(e: unknown, what: string, path: string): VrioError {
 
 function openError(e: unknown, path: string): VrioError {
   const errno = errnoOf(e)
-  const code =
+  const code: ErrorCode =
     errno === 'ENOENT' || errno === 'ENOTDIR'
       ? 'not-found'
       : errno === 'EBUSY'

@@ -1,4 +1,4 @@
-import { VrioError } from '../../errors.ts'
+import { type ErrorCode, VrioError } from '../../errors.ts'
 import { readU32, writeU16, writeU32 } from '../../wire/bytes.ts'
 import {
   encodeMessageHeader,
@@ -256,7 +256,7 @@ export function blockResponseData(
 }
 
 /** The VrioError code a status maps to (the BlockDevice failure codes). */
-export function blockStatusCode(status: number): string {
+export function blockStatusCode(status: number): ErrorCode {
   switch (status) {
     case BlockStatus.Unsupported:
       return 'unsupported'

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, describe, it } from 'node:test'
 import { fileURLToPath } from 'node:url'
-import { isVrioError } from '../../../src/errors.ts'
+import { EXIT, isVrioError } from '../../../src/errors.ts'
 import { AhoCorasick } from '../../../src/services/dpi/aho-corasick.ts'
 import { createDpi, DpiService, parseRules } from '../../../src/services/dpi/index.ts'
 import { compileRules, DEFAULT_LOAD_LIMITS } from '../../../src/services/net/compile.ts'
@@ -220,7 +220,7 @@ describe('vrio dpi check', () => {
   it('--json prints {loaded, skipped: [{file, line, sid, reason}]}; --strict exits non-zero', () => {
     const path = file('check2.rules', MIXED)
     const r = vrio('dpi', 'check', path, '--json', '--strict')
-    assert.equal(r.status, 1)
+    assert.equal(r.status, EXIT.usage)
     const out = JSON.parse(r.stdout)
     assert.equal(out.loaded, 2)
     assert.deepEqual(out.skipped[0], {
@@ -238,22 +238,22 @@ describe('vrio dpi check', () => {
   it('exits non-zero for binary garbage, a missing file and a limit, with one-line reasons', () => {
     const junk = file('junk2.rules', Buffer.from([0, 1, 2, 0xff, 10, 0x80, 0x81, 10, 40, 41]))
     const r = vrio('dpi', 'check', junk)
-    assert.equal(r.status, 1)
+    assert.equal(r.status, EXIT.usage)
     assert.match(r.stdout, /0 rules loaded, 3 skipped \(refused: no usable rule\)/)
     const missing = vrio('dpi', 'check', join(dir, 'nope.rules'))
-    assert.equal(missing.status, 1)
+    assert.equal(missing.status, EXIT.notFound)
     assert.match(missing.stderr, /dpi rules file .*nope\.rules: does not exist/)
     const huge = file('huge.rules', GOOD)
     truncateSync(huge, 65 * 1024 * 1024)
     const h = vrio('dpi', 'check', huge, '--json')
-    assert.equal(h.status, 1)
+    assert.equal(h.status, EXIT.usage)
     assert.equal(JSON.parse(h.stdout).error.code, 'rules-too-large')
     rmSync(huge)
   })
 
   it('takes rule variables', () => {
     const path = file('vars.rules', 'alert tcp $MYNET any -> any any (content:"x"; sid:1;)')
-    assert.equal(vrio('dpi', 'check', path).status, 1)
+    assert.equal(vrio('dpi', 'check', path).status, EXIT.usage)
     const r = vrio('dpi', 'check', path, '--var', 'MYNET=[10.0.0.0/8]')
     assert.equal(r.status, 0, r.stdout)
     assert.match(r.stdout, /1 rules loaded, 0 skipped/)
