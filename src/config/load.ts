@@ -446,14 +446,9 @@ class Checker {
   }
 
   parse<S extends z.ZodType>(schema: S, value: unknown, at: string): z.output<S> | undefined {
-    const r = schema.safeParse(value, { error: humanMessage, reportInput: true })
-    if (r.success) return r.data
-    for (const i of r.error.issues) {
-      const path = joinPath(at, i.path)
-      if (i.code === 'unrecognized_keys') {
-        for (const k of i.keys) this.issue(joinPath(path, [k]), 'unknown key')
-      } else this.issue(path, i.message)
-    }
+    const r = checkWithSchema(schema, value, at)
+    if (r.ok) return r.data
+    this.issues.push(...r.issues)
     return undefined
   }
 
@@ -530,6 +525,27 @@ class Checker {
     }
     return false
   }
+}
+
+/**
+ * `value` checked against `schema`: its output, or the problems as ConfigIssues whose paths start at
+ * `at` (`guests[1].mac`), in the words config errors use. Shared with the IOhyp's state file.
+ */
+export function checkWithSchema<S extends z.ZodType>(
+  schema: S,
+  value: unknown,
+  at = '',
+): { ok: true; data: z.output<S> } | { ok: false; issues: ConfigIssue[] } {
+  const r = schema.safeParse(value, { error: humanMessage, reportInput: true })
+  if (r.success) return { ok: true, data: r.data }
+  const issues: ConfigIssue[] = []
+  for (const i of r.error.issues) {
+    const path = joinPath(at, i.path)
+    if (i.code === 'unrecognized_keys')
+      for (const k of i.keys) issues.push({ path: joinPath(path, [k]), message: 'unknown key' })
+    else issues.push({ path, message: i.message })
+  }
+  return { ok: false, issues }
 }
 
 function joinPath(base: string, path: readonly PropertyKey[]): string {

@@ -7,12 +7,10 @@
  */
 import * as z from 'zod'
 import { formatIPv4Prefix, parseIPv4Prefix } from '../devices/net/source-guard.ts'
+import { DEVICE_NAME_RE, DEVICE_NAME_RULE, IFNAME_RE, IFNAME_RULE } from '../devices/names.ts'
 import { formatIPv4, formatMac, isGroupMac, parseIPv4, parseMac } from '../wire/address.ts'
 
-/** Disk and NIC names: what `vrio blk create --name` accepts. */
-export const DEVICE_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
-/** A Linux interface name: 1-15 bytes, no '/', ':' or white space. */
-const IFNAME_RE = /^[^\s/:]{1,15}$/
+export { DEVICE_NAME_RE, IFNAME_RE } from '../devices/names.ts'
 
 /** A value quoted for an error message, on one line whatever it holds. */
 export function show(value: unknown): string {
@@ -78,11 +76,11 @@ export const ipv4PrefixSchema = z.string().transform((value, ctx) => {
 })
 
 const deviceName = z.string().regex(DEVICE_NAME_RE, {
-  error: (issue) => `${show(issue.input)} is not a valid name (1-64 letters, digits, '.', '-' or '_')`,
+  error: (issue) => `${show(issue.input)} is not a valid name (${DEVICE_NAME_RULE})`,
 })
 
 const ifname = z.string().regex(IFNAME_RE, {
-  error: (issue) => `${show(issue.input)} is not an interface name (1-15 characters, no '/', ':' or spaces)`,
+  error: (issue) => `${show(issue.input)} is not an interface name (${IFNAME_RULE})`,
 })
 
 /**

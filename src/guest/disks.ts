@@ -8,6 +8,7 @@ import { VrioError } from '../errors.ts'
 import type { Session } from '../session/session.ts'
 import { type MessageHeader, MessageType } from '../wire/message-header.ts'
 import { AttachedBlockDevice } from './block-attach.ts'
+import { DEVICE_NAME_RE } from '../devices/names.ts'
 
 /** What the IOhyp sends in `blk.attach`. */
 export interface AttachDiskParams {
@@ -22,8 +23,6 @@ interface Disk {
   handle: { high: number; low: number }
   attached: AttachedBlockDevice | undefined
 }
-
-const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
 
 /**
  * The guest's remote disks: one RemoteBlockDevice per disk (requests go to the IOhyp over the
@@ -93,7 +92,7 @@ export class GuestDisks {
     if (
       !p ||
       typeof p.name !== 'string' ||
-      !NAME_RE.test(p.name) ||
+      !DEVICE_NAME_RE.test(p.name) ||
       !isHandle(p.handle) ||
       !isDeviceInfo(p.info)
     ) {

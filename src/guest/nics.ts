@@ -8,6 +8,7 @@ import { TapDevice } from '../io/tap.ts'
 import type { Session } from '../session/session.ts'
 import { parseMac } from '../wire/address.ts'
 import type { MessageHeader } from '../wire/message-header.ts'
+import { IFNAME_RE } from '../devices/names.ts'
 
 /** What the IOhyp sends in `net.attach`. */
 export interface AttachNicParams {
@@ -24,8 +25,6 @@ interface Nic {
   tap: TapDevice
   port: NetPort
 }
-
-const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/
 
 /**
  * The guest's remote NICs: one TAP interface per NIC, with virtio-net headers and checksum and

@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises'
 import { isAbsolute, join } from 'node:path'
 import type { CreateDiskRequest, GuestBudgets, GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
 import { DEFAULT_PENDING_REPLY_BYTES, ReplyBudget } from '../devices/blk/backend.ts'
@@ -6,17 +5,18 @@ import { ROUTES } from '../control/api.ts'
 import type { ControlServer } from '../control/control-server.ts'
 import { parseAddGuestRequest } from '../control/validate.ts'
 import { DaemonLink } from '../daemon/daemon-link.ts'
-import { VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
+import { VRIO_PORT } from '../daemon/runtime.ts'
 import type { Logger } from '../daemon/log.ts'
 import { VrioError } from '../errors.ts'
 import { Rpc } from '../session/rpc.ts'
 import { EveFileSink } from '../services/dpi/index.ts'
-import { budgetsSchema, encryptSchema } from '../config/schema.ts'
+import { encryptSchema } from '../config/schema.ts'
 import type { EncryptionSpec } from '../services/crypt/open.ts'
 import type { ExportableState } from '../config/export.ts'
 import type { DiskEntry, NicEntry } from '../config/load.ts'
-import { type DiskState, IohypDisks } from './disks.ts'
-import { IohypNics, type NicState } from './nics.ts'
+import { IohypDisks } from './disks.ts'
+import { IohypNics } from './nics.ts'
+import { type IohypState, readStateFile, writeStateFile } from './state-file.ts'
 import { Session } from '../session/session.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Connection } from '../transport/connection.ts'
@@ -469,47 +469,25 @@ export class IohypDaemon {
       key: g.key.toString('hex'),
       ...(Object.keys(g.budgets).length > 0 && { budgets: g.budgets }),
     }))
-    const state = { version: 1, guests, disks: this.disks.state(), nics: this.nics.state() }
-    await writeFileAtomic(this.statePath(), `${JSON.stringify(state, null, 2)}\n`)
+    const state = { version: 1 as const, guests, disks: this.disks.state(), nics: this.nics.state() }
+    await writeStateFile(this.statePath(), state as IohypState)
   }
 
   private async restoreState(): Promise<void> {
-    let text = '{}'
-    try {
-      text = await readFile(this.statePath(), 'utf8')
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
-    }
-    let state: {
-      guests?: { mac: string; address: string; key: string; budgets?: unknown }[]
-      disks?: DiskState[]
-      nics?: NicState[]
-    }
-    try {
-      state = JSON.parse(text)
-    } catch {
-      throw new VrioError('invalid-state', `state file ${this.statePath()} is not valid JSON`)
-    }
-    if (typeof state !== 'object' || state === null)
-      throw new VrioError('invalid-state', `state file ${this.statePath()} does not hold an object`)
-    for (const g of state.guests ?? []) {
-      const mac = parseMac(g.mac)
-      const ip = parseIPv4(g.address)
-      if (mac === undefined || ip === undefined || !/^[0-9a-f]{64}$/.test(g.key)) {
-        throw new VrioError('invalid-state', `state file ${this.statePath()} has a malformed guest entry`)
-      }
-      const budgets = g.budgets === undefined ? undefined : budgetsSchema.safeParse(g.budgets)
-      if (budgets && !budgets.success)
-        throw new VrioError('invalid-state', `state file ${this.statePath()} has malformed guest budgets`)
-      this.guests.set(mac, this.newGuest(mac, ip, Buffer.from(g.key, 'hex'), budgets?.data))
+    // Checked whole before anything is used: a bad file stops the start naming the field.
+    const state = await readStateFile(this.statePath())
+    for (const g of state.guests) {
+      const mac = parseMac(g.mac) as number
+      const ip = parseIPv4(g.address) as number
+      this.guests.set(mac, this.newGuest(mac, ip, Buffer.from(g.key, 'hex'), g.budgets))
     }
     // Disks before dialing: each guest's disks are announced as soon as its session is up.
     const macOf = (text: string) => {
       const mac = parseMac(text)
       return mac !== undefined && this.guests.has(mac) ? mac : undefined
     }
-    await this.disks.restore(state.disks ?? [], macOf)
-    await this.nics.restore(state.nics ?? [], macOf)
+    await this.disks.restore(state.disks, macOf)
+    await this.nics.restore(state.nics, macOf)
     await this.applyDeclared()
     for (const g of this.guests.values()) this.dial(g)
   }

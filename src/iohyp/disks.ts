@@ -11,6 +11,7 @@ import type { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
 import { formatMac } from '../wire/address.ts'
 import { type MessageHeader, MessageType } from '../wire/message-header.ts'
+import { DEVICE_NAME_RE } from '../devices/names.ts'
 
 /** What the disk registry needs of an enrolled guest. */
 export interface DiskGuest {
@@ -63,7 +64,6 @@ export interface DiskLimits {
   maxMessageSize(): number
 }
 
-const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
 /** Longest NBD URI or device name taken from a guest's answer (a path and a socket path fit). */
 const MAX_PEER_STRING = 1024
 
@@ -119,7 +119,7 @@ export class IohypDisks {
   /** Creates a disk and waits until the guest has it ready; fails (undoing everything) otherwise. */
   async create(req: CreateDiskRequest, guest: DiskGuest): Promise<DiskInfo> {
     const name = req.name ?? this.freeName()
-    if (!NAME_RE.test(name)) {
+    if (!DEVICE_NAME_RE.test(name)) {
       throw new VrioError(
         'invalid-argument',
         `disk name '${name}' must be 1-64 letters, digits, '.', '-' or '_'`,
@@ -169,7 +169,7 @@ export class IohypDisks {
   async restore(entries: readonly DiskState[], macOf: (text: string) => number | undefined): Promise<void> {
     for (const e of entries) {
       const mac = macOf(e.guest)
-      if (mac === undefined || !NAME_RE.test(e.name))
+      if (mac === undefined || !DEVICE_NAME_RE.test(e.name))
         throw new VrioError('invalid-state', `malformed disk entry ${e.name}`)
       // The state file keeps the path; which file it is, is taken again here, at open.
       this.add(
@@ -201,7 +201,7 @@ export class IohypDisks {
   ): Promise<void> {
     for (const e of entries) {
       const mac = macOf(e.guest)
-      if (mac === undefined || !NAME_RE.test(e.name))
+      if (mac === undefined || !DEVICE_NAME_RE.test(e.name))
         throw new VrioError('invalid-argument', `disk ${e.name}: no enrolled guest ${e.guest}`)
       const old = this.disks.get(e.name)
       if (

@@ -13,6 +13,7 @@ import { NET_SERVICE_KINDS, NetServiceChain, type NetServiceKind } from '../serv
 import type { CompiledRules } from '../services/net/compile.ts'
 import { buildNetService, compileInWorker, prepareReplace } from '../services/net/load.ts'
 import { type DeviceHandle, newDeviceHandle } from './handles.ts'
+import { IFNAME_RE } from '../devices/names.ts'
 
 /** What the NIC registry needs of an enrolled guest. */
 export interface NicGuest {
@@ -64,8 +65,6 @@ interface Nic {
 /** Alerts kept per NIC for `vrio nic alerts` (all of them also go to the EVE file). */
 const ALERTS_KEPT = 1000
 
-/** Linux interface names: at most 15 bytes, no '/', ':' or whitespace. */
-const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/
 const ATTACH_TIMEOUT_MS = 15_000
 /** TAP offloads: the kernels on both sides hand over 64 KiB super-frames with partial checksums. */
 const OFFLOADS = { csum: true, tso4: true, tso6: true, ecn: true }

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { existsSync, readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import YAML from 'yaml'
 import { readKeyFile } from '../../src/auth/key-file.ts'
@@ -10,7 +10,8 @@ import { DaemonProcess, killDaemons, vrio, vrioJson } from '../support/daemons.t
 import { cleanupNetns, exec, ip, requireRoot } from '../support/netns.ts'
 import { directLink, type Topology } from '../support/topology.ts'
 import { waitUntil } from '../support/wait.ts'
-import { EXIT } from '../../src/errors.ts'
+import { ERROR_CATALOGUE, EXIT } from '../../src/errors.ts'
+import { parseStateFile } from '../../src/iohyp/state-file.ts'
 
 after(async () => {
   await killDaemons()
@@ -185,7 +186,11 @@ describe('vrio iohyp --config and vrio guest --config', () => {
     await iohyp.stop()
     await guest.stop()
     assert.equal(iohyp.exitCode, 0)
-    assert.deepEqual(readdirSync(tmp.path('state')), ['iohyp-state.json'])
+    // The state file, and the last good copy it rotated at its saves.
+    assert.deepEqual(readdirSync(tmp.path('state')).sort(), [
+      'iohyp-state.json',
+      'iohyp-state.json.last-good',
+    ])
   })
 
   it('on restart the state file is restored, then the config applied over it (config wins)', async () => {
@@ -225,6 +230,41 @@ describe('vrio iohyp --config and vrio guest --config', () => {
       /^vrio: config guest 52:54:00:00:00:42: address 10\.99\.0\.77 is used by enrolled guest 52:54:00:00:00:77/,
     )
     assert.ok(!existsSync(sock('iohyp')))
+
+    // A hand-edited state file: the start is refused naming the field; the file is left as it
+    // is, and the last good copy, named in the error, is a state the daemon can start from.
+    const statePath = tmp.path('state/iohyp-state.json')
+    const edited = JSON.parse(readFileSync(statePath, 'utf8'))
+    edited.guests[0].mac = 'zz'
+    edited.disks[0].handle.low = -1
+    const editedText = JSON.stringify(edited)
+    writeFileSync(statePath, editedText)
+    const bad = vrio(
+      ['iohyp', '--config', writeYaml('iohyp3.yaml', config), '--control', sock('iohyp')],
+      link.a.ns,
+    )
+    assert.equal(bad.status, ERROR_CATALOGUE['invalid-state'].exit, bad.stderr)
+    assert.match(
+      bad.stderr,
+      /^vrio: state file \S+iohyp-state\.json: guests\[0\]\.mac: 'zz' is not a MAC address/,
+    )
+    assert.match(bad.stderr, /disks\[0\]\.handle\.low: must be at least 0/)
+    assert.match(bad.stderr, /last good copy is \S+iohyp-state\.json\.last-good/)
+    assert.equal(readFileSync(statePath, 'utf8'), editedText, 'the bad file is left as it is')
+    assert.ok(!existsSync(sock('iohyp')))
+    const lastGood = parseStateFile(readFileSync(`${statePath}.last-good`, 'utf8'), 'last-good')
+    assert.ok(lastGood.guests.length >= 2)
+    renameSync(`${statePath}.last-good`, statePath)
+    const again = new DaemonProcess('iohyp', link.a.ns, [
+      'iohyp',
+      '--config',
+      writeYaml('iohyp4.yaml', config),
+      '--control',
+      sock('iohyp'),
+    ])
+    await again.waitForLog('iohyp started')
+    assert.equal(guests().length, 3)
+    await again.stop()
   })
 
   it('vrio config check: a summary, or every problem with a non-zero exit', () => {

@@ -1,0 +1,140 @@
+/**
+ * The IOhyp's state file (`<stateDir>/iohyp-state.json`): enrolled guests and the disks and NICs
+ * created at run time, so a restarted IOhyp serves them again. One schema, checked on every load:
+ * a corrupted or hand-edited file stops the daemon with an error naming the field, and never
+ * loses what was there — the file is left as it is, and the last good copy (`…json.last-good`,
+ * the previous valid state, rotated at every save) is named in the error so the operator can move
+ * it back.
+ */
+import { copyFile, readFile, rename } from 'node:fs/promises'
+import * as z from 'zod'
+import { writeFileAtomic } from '../daemon/runtime.ts'
+import { checkWithSchema } from '../config/load.ts'
+import {
+  budgetsSchema,
+  DEVICE_NAME_RE,
+  encryptSchema,
+  IFNAME_RE,
+  ipv4PrefixSchema,
+  ipv4Schema,
+  macSchema,
+} from '../config/schema.ts'
+import { VrioError } from '../errors.ts'
+
+const u32 = z.int().min(0).max(0xffff_ffff)
+const handleSchema = z.strictObject({ high: u32, low: u32 })
+const path = z.string().min(1)
+
+export const stateGuestSchema = z.strictObject({
+  mac: macSchema,
+  address: ipv4Schema,
+  key: z.string().regex(/^[0-9a-f]{64}$/, { error: 'must be the key as 64 lowercase hex digits' }),
+  budgets: budgetsSchema.optional(),
+})
+
+export const stateDiskSchema = z.strictObject({
+  name: z.string().regex(DEVICE_NAME_RE, { error: "must be 1-64 letters, digits, '.', '-' or '_'" }),
+  guest: macSchema,
+  backing: path,
+  readOnly: z.boolean(),
+  encrypt: encryptSchema.optional(),
+  handle: handleSchema,
+})
+
+const ifname = z.string().regex(IFNAME_RE, { error: "must be 1-15 letters, digits, '.', '-' or '_'" })
+
+export const stateNicSchema = z.strictObject({
+  name: ifname,
+  guest: macSchema,
+  mac: macSchema,
+  mtu: z.int().min(68).max(65535),
+  tap: ifname.optional(),
+  bridge: ifname.optional(),
+  macvtap: ifname.optional(),
+  firewall: path.optional(),
+  dpi: path.optional(),
+  ip: ipv4PrefixSchema.optional(),
+  allowSpoofing: z.boolean().optional(),
+  handle: handleSchema,
+})
+
+export const stateFileSchema = z.strictObject({
+  version: z.literal(1),
+  guests: z.array(stateGuestSchema).default([]),
+  disks: z.array(stateDiskSchema).default([]),
+  nics: z.array(stateNicSchema).default([]),
+})
+
+export type IohypState = z.output<typeof stateFileSchema>
+export type StateGuest = IohypState['guests'][number]
+export type DiskState = IohypState['disks'][number]
+export type NicState = IohypState['nics'][number]
+
+export const EMPTY_STATE: IohypState = { version: 1, guests: [], disks: [], nics: [] }
+
+export function lastGoodPath(file: string): string {
+  return `${file}.last-good`
+}
+
+/** Parses a state file's text; throws VrioError('invalid-state') naming the file and every bad field. */
+export function parseStateFile(text: string, file: string): IohypState {
+  const hint = `the state file was corrupted or edited wrongly; it is left as it is. The last good copy is ${lastGoodPath(file)}: move it over ${file} to start from it, or fix the field`
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch (error) {
+    throw new VrioError('invalid-state', `state file ${file}: not valid JSON (${(error as Error).message})`, {
+      path: file,
+      field: '',
+      hint,
+    })
+  }
+  const r = checkWithSchema(stateFileSchema, raw)
+  if (r.ok) return r.data
+  const parts = r.issues.map((i) => `${i.path || '(top level)'}: ${i.message}`)
+  throw new VrioError('invalid-state', `state file ${file}: ${parts.join('; ')}`, {
+    path: file,
+    field: r.issues[0]?.path ?? '',
+    errors: r.issues,
+    hint,
+  })
+}
+
+/** The state in `file`: EMPTY_STATE when there is none yet. */
+export async function readStateFile(file: string): Promise<IohypState> {
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return EMPTY_STATE
+    throw error
+  }
+  return parseStateFile(text, file)
+}
+
+/**
+ * Writes `state` atomically. The file it replaces becomes the last good copy when it is valid
+ * (a hand-edited, broken file is not rotated over a good copy).
+ */
+export async function writeStateFile(file: string, state: IohypState): Promise<void> {
+  let previous: string | undefined
+  try {
+    previous = await readFile(file, 'utf8')
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
+  }
+  if (previous !== undefined) {
+    let valid = true
+    try {
+      parseStateFile(previous, file)
+    } catch {
+      valid = false
+    }
+    if (valid) {
+      // Copy then rename: the last good copy is never a half-written file.
+      await copyFile(file, `${lastGoodPath(file)}.tmp`)
+      await rename(`${lastGoodPath(file)}.tmp`, lastGoodPath(file))
+    }
+  }
+  await writeFileAtomic(file, `${JSON.stringify(state, null, 2)}\n`)
+}
