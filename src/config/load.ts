@@ -19,6 +19,7 @@ import type * as z from 'zod'
 import { readKeyFile, readSecretFile } from '../auth/key-file.ts'
 import { isVrioError, VrioError } from '../errors.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
+import { checkWithSchema } from '../devices/fields.ts'
 import {
   type BudgetsConfig,
   diskEntrySchema,
@@ -329,16 +330,6 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     const at = `nics[${i}]`
     const name = rawString(entry, 'name')
     let ok = name === undefined || c.unique(nicNames, name, i, `${at}.name`, 'nics', `name ${show(name)}`)
-    // Checked on the raw entry too, so one report holds every problem of a broken entry.
-    const has = (key: string) => rawField(entry, key) !== undefined
-    if (has('tap') === has('macvtap')) {
-      c.issue(at, `exactly one of tap and macvtap is needed (${has('tap') ? 'got both' : 'got neither'})`)
-      ok = false
-    }
-    if (has('bridge') && !has('tap')) {
-      c.issue(`${at}.bridge`, 'a bridge is only for a tap NIC')
-      ok = false
-    }
     const n = c.parse(nicEntrySchema, entry, at)
     if (!n) return
     ok = c.unique(nicMacs, n.mac, i, `${at}.mac`, 'nics', `MAC '${n.mac}'`) && ok
@@ -355,10 +346,6 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     const dpi = n.dpi === undefined ? undefined : c.path(n.dpi)
     if (firewall !== undefined) ok = c.exists(firewall, `${at}.firewall`, 'rules file', 'file') && ok
     if (dpi !== undefined) ok = c.exists(dpi, `${at}.dpi`, 'rules file', 'file') && ok
-    if (n.ip !== undefined && n.allowSpoofing === true) {
-      c.issue(`${at}.ip`, 'ip (source enforcement) and allowSpoofing exclude each other')
-      ok = false
-    }
     if (ok && guest !== undefined) {
       const { guest: _, firewall: __, dpi: ___, ...rest } = n
       nics.push({ ...rest, guest, ...(firewall && { firewall }), ...(dpi && { dpi }) })
@@ -524,78 +511,5 @@ class Checker {
       )
     }
     return false
-  }
-}
-
-/**
- * `value` checked against `schema`: its output, or the problems as ConfigIssues whose paths start at
- * `at` (`guests[1].mac`), in the words config errors use. Shared with the IOhyp's state file.
- */
-export function checkWithSchema<S extends z.ZodType>(
-  schema: S,
-  value: unknown,
-  at = '',
-): { ok: true; data: z.output<S> } | { ok: false; issues: ConfigIssue[] } {
-  const r = schema.safeParse(value, { error: humanMessage, reportInput: true })
-  if (r.success) return { ok: true, data: r.data }
-  const issues: ConfigIssue[] = []
-  for (const i of r.error.issues) {
-    const path = joinPath(at, i.path)
-    if (i.code === 'unrecognized_keys')
-      for (const k of i.keys) issues.push({ path: joinPath(path, [k]), message: 'unknown key' })
-    else issues.push({ path, message: i.message })
-  }
-  return { ok: false, issues }
-}
-
-function joinPath(base: string, path: readonly PropertyKey[]): string {
-  let out = base
-  for (const p of path) {
-    if (typeof p === 'number') out += `[${p}]`
-    else out += out ? `.${String(p)}` : String(p)
-  }
-  return out
-}
-
-function kindOf(value: unknown): string {
-  if (value === null) return 'null'
-  if (Array.isArray(value)) return 'a list'
-  if (typeof value === 'object') return 'an object'
-  if (typeof value === 'string') return 'a string'
-  if (typeof value === 'number') return Number.isInteger(value) ? 'a whole number' : 'a number'
-  return `a ${typeof value}`
-}
-
-const EXPECTED: Record<string, string> = {
-  string: 'a string',
-  number: 'a number',
-  int: 'a whole number',
-  boolean: 'true or false',
-  object: 'an object (key: value pairs)',
-  array: 'a list',
-}
-
-/** zod's issues in words an operator reads (schema-level messages take precedence over these). */
-function humanMessage(issue: z.core.$ZodRawIssue): string | undefined {
-  switch (issue.code) {
-    case 'invalid_type':
-      if (issue.input === undefined) return 'required'
-      return `expected ${EXPECTED[issue.expected] ?? issue.expected}, got ${kindOf(issue.input)}`
-    case 'invalid_value':
-      return `expected ${issue.values.map((v) => show(v)).join(' or ')}, got ${show(issue.input)}`
-    case 'invalid_union':
-      // A discriminated union: the path ends at the discriminator, the input is the whole object.
-      if ('options' in issue && Array.isArray(issue.options) && typeof issue.discriminator === 'string') {
-        const options = issue.options.map((v: unknown) => show(v)).join(' or ')
-        const value = rawField(issue.input, issue.discriminator)
-        return value === undefined ? `required (${options})` : `expected ${options}, got ${show(value)}`
-      }
-      return undefined
-    case 'too_small':
-      return `must be ${issue.inclusive ? 'at least' : 'more than'} ${issue.minimum}`
-    case 'too_big':
-      return `must be ${issue.inclusive ? 'at most' : 'less than'} ${issue.maximum}`
-    default:
-      return undefined
   }
 }

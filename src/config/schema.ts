@@ -6,82 +6,23 @@
  * by load.ts.
  */
 import * as z from 'zod'
-import { formatIPv4Prefix, parseIPv4Prefix } from '../devices/net/source-guard.ts'
-import { DEVICE_NAME_RE, DEVICE_NAME_RULE, IFNAME_RE, IFNAME_RULE } from '../devices/names.ts'
-import { formatIPv4, formatMac, isGroupMac, parseIPv4, parseMac } from '../wire/address.ts'
+import {
+  deviceNameSchema as deviceName,
+  ifnameSchema as ifname,
+  ipv4Schema,
+  macSchema,
+  pathSchema as path,
+  textSchema as text,
+} from '../devices/fields.ts'
+
+export {
+  ipv4PrefixSchema,
+  ipv4Schema,
+  macSchema,
+  show,
+} from '../devices/fields.ts'
 
 export { DEVICE_NAME_RE, IFNAME_RE } from '../devices/names.ts'
-
-/** A value quoted for an error message, on one line whatever it holds. */
-export function show(value: unknown): string {
-  if (typeof value !== 'string') return JSON.stringify(value) ?? String(value)
-  return `'${JSON.stringify(value).slice(1, -1).replace(/'/g, "\\'")}'`
-}
-
-const text = z.string().min(1, { error: 'must not be empty' })
-const path = text
-
-/** A unicast MAC, returned in canonical `aa:bb:cc:dd:ee:ff` form. */
-export const macSchema = z.string().transform((value, ctx) => {
-  const mac = parseMac(value)
-  if (mac === undefined) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `${show(value)} is not a MAC address (six hex pairs like 52:54:00:12:34:56)`,
-    })
-    return z.NEVER
-  }
-  if (mac === 0 || isGroupMac(mac)) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `${show(value)} is not a unicast MAC address (all-zero, multicast or broadcast)`,
-    })
-    return z.NEVER
-  }
-  return formatMac(mac)
-})
-
-/** A unicast IPv4 address, returned as a canonical dotted quad. */
-export const ipv4Schema = z.string().transform((value, ctx) => {
-  const ip = parseIPv4(value)
-  if (ip === undefined) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `${show(value)} is not an IPv4 address (a dotted quad like 10.0.0.2)`,
-    })
-    return z.NEVER
-  }
-  const first = ip >>> 24
-  if (ip === 0 || ip === 0xffff_ffff || first === 127 || first >= 224) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `${show(value)} is not a unicast address (not 0.0.0.0, loopback, multicast or broadcast)`,
-    })
-    return z.NEVER
-  }
-  return formatIPv4(ip)
-})
-
-/** `a.b.c.d` or `a.b.c.d/n`, returned canonical (no `/32`). */
-export const ipv4PrefixSchema = z.string().transform((value, ctx) => {
-  const p = parseIPv4Prefix(value)
-  if (p === undefined) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `${show(value)} is not an IPv4 address or prefix (like 10.0.0.5 or 10.0.0.0/29)`,
-    })
-    return z.NEVER
-  }
-  return formatIPv4Prefix(p)
-})
-
-const deviceName = z.string().regex(DEVICE_NAME_RE, {
-  error: (issue) => `${show(issue.input)} is not a valid name (${DEVICE_NAME_RULE})`,
-})
-
-const ifname = z.string().regex(IFNAME_RE, {
-  error: (issue) => `${show(issue.input)} is not an interface name (${IFNAME_RULE})`,
-})
 
 /**
  * Per-guest memory budgets of the IOhyp, in bytes (docs/operations.md, "Budgets"): read replies
@@ -140,32 +81,7 @@ export const diskEntrySchema = z.strictObject({
   encrypt: encryptSchema.optional(),
 })
 
-export const nicEntrySchema = z.strictObject({
-  /** The NIC's name, which is also the interface name in the guest. */
-  name: ifname,
-  /** The guest's MAC, IPv4 address or name (from `guests`). */
-  guest: text,
-  /** The MAC of the guest's virtual NIC. */
-  mac: macSchema,
-  /** TAP device on the IOhyp carrying the NIC's traffic (exactly one of tap and macvtap). */
-  tap: ifname.optional(),
-  /** Bridge the TAP device joins (only with tap). */
-  bridge: ifname.optional(),
-  /** Lower device of a macvtap carrying the NIC's traffic (exactly one of tap and macvtap). */
-  macvtap: ifname.optional(),
-  mtu: z.int().min(68).max(65535).optional(),
-  /** Firewall rules file for this NIC (its format is the firewall service's). */
-  firewall: path.optional(),
-  /** DPI rules file for this NIC (its format is the DPI service's). */
-  dpi: path.optional(),
-  /**
-   * IPv4 sources the guest may use on this NIC (`a.b.c.d` or `a.b.c.d/n`): other IPv4 and ARP
-   * senders are dropped. The Ethernet source must be `mac` in any case, unless allowSpoofing.
-   */
-  ip: ipv4PrefixSchema.optional(),
-  /** No source enforcement on this NIC (excludes ip). */
-  allowSpoofing: z.boolean().optional(),
-})
+export { nicEntrySchema } from '../devices/net/spec.ts'
 
 /** Top level of the IOhyp's file; list entries are parsed one by one (see load.ts). */
 export const iohypTopSchema = z.strictObject({

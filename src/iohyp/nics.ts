@@ -1,19 +1,20 @@
-import type { CreateNicRequest, NicInfo } from '../control/api.ts'
+import type { NicInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
 import { NetPort } from '../devices/net/port.ts'
-import { formatIPv4Prefix, parseIPv4Prefix } from '../devices/net/source-guard.ts'
+import { parseIPv4Prefix } from '../devices/net/source-guard.ts'
 import { VrioError } from '../errors.ts'
 import { addMacvtap, deleteLink, linkKind, macvtapDevice, setLink } from '../io/ip-link.ts'
 import { TapDevice } from '../io/tap.ts'
 import type { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
-import { formatMac, isGroupMac, parseMac } from '../wire/address.ts'
+import { formatMac, parseMac } from '../wire/address.ts'
 import type { MessageHeader } from '../wire/message-header.ts'
 import { NET_SERVICE_KINDS, NetServiceChain, type NetServiceKind } from '../services/net/chain.ts'
 import type { CompiledRules } from '../services/net/compile.ts'
 import { buildNetService, compileInWorker, prepareReplace } from '../services/net/load.ts'
 import { type DeviceHandle, newDeviceHandle } from './handles.ts'
 import { IFNAME_RE } from '../devices/names.ts'
+import { parseNicRequest } from '../devices/net/spec.ts'
 
 /** What the NIC registry needs of an enrolled guest. */
 export interface NicGuest {
@@ -69,75 +70,8 @@ const ATTACH_TIMEOUT_MS = 15_000
 /** TAP offloads: the kernels on both sides hand over 64 KiB super-frames with partial checksums. */
 const OFFLOADS = { csum: true, tso4: true, tso6: true, ecn: true }
 
-/** Reads and checks a NIC request; throws 'invalid-argument' naming the field. */
-export function parseCreateNicRequest(
-  body: unknown,
-): CreateNicRequest & { mtu: number; allowSpoofing: boolean } {
-  const b = (body ?? {}) as Record<string, unknown>
-  const fail = (field: string, message: string): never => {
-    throw new VrioError('invalid-argument', message, { field })
-  }
-  for (const key of Object.keys(b)) {
-    if (
-      b[key] !== undefined &&
-      ![
-        'guest',
-        'mac',
-        'tap',
-        'bridge',
-        'macvtap',
-        'name',
-        'mtu',
-        'firewall',
-        'dpi',
-        'ip',
-        'allowSpoofing',
-      ].includes(key)
-    )
-      fail(key, `unknown field '${key}'`)
-  }
-  if (typeof b.guest !== 'string') fail('guest', 'guest is required')
-  if (typeof b.mac !== 'string') fail('mac', 'mac is required')
-  const mac = parseMac(b.mac as string)
-  if (mac === undefined || isGroupMac(mac) || mac === 0)
-    fail('mac', `mac '${b.mac}' is not a unicast MAC address`)
-  for (const f of ['tap', 'bridge', 'macvtap', 'name'] as const) {
-    if (b[f] !== undefined && (typeof b[f] !== 'string' || !IFNAME_RE.test(b[f] as string)))
-      fail(f, `${f} '${String(b[f])}' is not an interface name (1-15 letters, digits, '.', '-', '_')`)
-  }
-  for (const f of NET_SERVICE_KINDS) {
-    if (b[f] !== undefined && (typeof b[f] !== 'string' || !(b[f] as string).startsWith('/')))
-      fail(f, `${f} must be the absolute path of a rules file`)
-  }
-  if ((b.tap === undefined) === (b.macvtap === undefined)) fail('tap', 'give exactly one of tap and macvtap')
-  if (b.bridge !== undefined && b.tap === undefined) fail('bridge', 'bridge goes with tap')
-  const mtu = b.mtu ?? 1500
-  if (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 68 || mtu > 65_535)
-    fail('mtu', `mtu '${String(b.mtu)}' must be an integer from 68 to 65535`)
-  let ip: string | undefined
-  if (b.ip !== undefined) {
-    const p = typeof b.ip === 'string' ? parseIPv4Prefix(b.ip) : undefined
-    if (!p) fail('ip', `ip '${String(b.ip)}' is not an IPv4 address or prefix (a.b.c.d or a.b.c.d/n)`)
-    ip = formatIPv4Prefix(p as { address: number; prefix: number })
-  }
-  if (b.allowSpoofing !== undefined && typeof b.allowSpoofing !== 'boolean')
-    fail('allowSpoofing', 'allowSpoofing must be true or false')
-  if (b.allowSpoofing === true && ip !== undefined)
-    fail('ip', 'ip (source enforcement) and allowSpoofing exclude each other')
-  return {
-    guest: b.guest as string,
-    mac: formatMac(mac as number),
-    tap: b.tap as string | undefined,
-    bridge: b.bridge as string | undefined,
-    macvtap: b.macvtap as string | undefined,
-    name: b.name as string | undefined,
-    mtu: mtu as number,
-    firewall: b.firewall as string | undefined,
-    dpi: b.dpi as string | undefined,
-    ip,
-    allowSpoofing: b.allowSpoofing === true,
-  }
-}
+/** Reads and checks a NIC request; throws 'invalid-argument' naming the field (one schema: devices/net/spec.ts). */
+export const parseCreateNicRequest = parseNicRequest
 
 /**
  * The IOhyp's remote NICs: per NIC, a TAP (on a bridge) or a macvtap (on an uplink) opened with
@@ -246,7 +180,6 @@ export class IohypNics {
       const mac = macOf(e.guest)
       if (mac === undefined || !IFNAME_RE.test(e.name))
         throw new VrioError('invalid-state', `malformed NIC entry ${e.name}`)
-      parseCreateNicRequest({ ...e, handle: undefined })
       await this.open(e, mac)
       this.nextSlot = Math.max(this.nextSlot, e.handle.low + 1)
     }

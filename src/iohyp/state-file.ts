@@ -9,16 +9,9 @@
 import { copyFile, readFile, rename } from 'node:fs/promises'
 import * as z from 'zod'
 import { writeFileAtomic } from '../daemon/runtime.ts'
-import { checkWithSchema } from '../config/load.ts'
-import {
-  budgetsSchema,
-  DEVICE_NAME_RE,
-  encryptSchema,
-  IFNAME_RE,
-  ipv4PrefixSchema,
-  ipv4Schema,
-  macSchema,
-} from '../config/schema.ts'
+import { checkWithSchema } from '../devices/fields.ts'
+import { budgetsSchema, DEVICE_NAME_RE, encryptSchema, ipv4Schema, macSchema } from '../config/schema.ts'
+import { nicStateSchema } from '../devices/net/spec.ts'
 import { VrioError } from '../errors.ts'
 
 const u32 = z.int().min(0).max(0xffff_ffff)
@@ -41,22 +34,7 @@ export const stateDiskSchema = z.strictObject({
   handle: handleSchema,
 })
 
-const ifname = z.string().regex(IFNAME_RE, { error: "must be 1-15 letters, digits, '.', '-' or '_'" })
-
-export const stateNicSchema = z.strictObject({
-  name: ifname,
-  guest: macSchema,
-  mac: macSchema,
-  mtu: z.int().min(68).max(65535),
-  tap: ifname.optional(),
-  bridge: ifname.optional(),
-  macvtap: ifname.optional(),
-  firewall: path.optional(),
-  dpi: path.optional(),
-  ip: ipv4PrefixSchema.optional(),
-  allowSpoofing: z.boolean().optional(),
-  handle: handleSchema,
-})
+export const stateNicSchema = nicStateSchema
 
 export const stateFileSchema = z.strictObject({
   version: z.literal(1),

@@ -283,12 +283,12 @@ describe('config files', () => {
     [
       'tap and macvtap both',
       (d) => ((d.nics as Doc[])[0].macvtap = 'eth3'),
-      /^nics\[0\]: exactly one of tap and macvtap is needed \(got both\)$/,
+      /^nics\[0\]\.tap: exactly one of tap and macvtap is needed \(got both\)$/,
     ],
     [
       'neither tap nor macvtap',
       (d) => delete (d.nics as Doc[])[1].macvtap,
-      /^nics\[1\]: exactly one of tap and macvtap is needed \(got neither\)$/,
+      /^nics\[1\]\.tap: exactly one of tap and macvtap is needed \(got neither\)$/,
     ],
     [
       'bridge without tap',
