@@ -133,6 +133,20 @@ describe('NBD export features through the channel', () => {
     await pair.removeDisk('big')
   })
 
+  it('an encrypted disk over a sparse backing: nbdinfo --map reports data everywhere, never a hole', async () => {
+    const backing = join(pair.dir, 'crypt.img')
+    const key = join(pair.dir, 'crypt.key')
+    writeFileSync(key, randomBytes(64), { mode: 0o600 })
+    sparseFile(backing, 64 * MiB)
+    scatter(backing, [[MiB, 64 * KiB]])
+    const disk = await pair.createDisk(backing, 'crypt', ['--encrypt', 'plain', '--key-file', key])
+    assert.equal(disk.encryption?.kind, 'plain')
+    // The holes of the file decrypt to noise: reporting them as zeros would lose that data.
+    const map = JSON.parse(await run('nbdinfo', ['--map', '--json', disk.nbd!]))
+    assert.deepEqual(map, [{ offset: 0, length: 64 * MiB, type: 0, description: 'data' }])
+    await pair.removeDisk('crypt')
+  })
+
   it('an odd-sized backing: nbdcopy copies it exactly, qemu-img convert as from nbdkit', async () => {
     const backing = join(pair.dir, 'odd.img')
     const size = 5 * MiB + 777
