@@ -112,7 +112,7 @@ describe('NBD export features through the channel', () => {
     await pair.removeDisk('map')
   })
 
-  it('nbdcopy of a 1 GiB sparse disk with 4 MiB of data moves less than 64 MiB over the channel', async (t) => {
+  it('nbdcopy (and qemu-img convert) of a 1 GiB sparse disk with 4 MiB of data move less than 64 MiB over the channel', async (t) => {
     const backing = join(pair.dir, 'big.img')
     const out = join(pair.dir, 'big-copy.img')
     sparseFile(backing, GiB)
@@ -130,6 +130,14 @@ describe('NBD export features through the channel', () => {
     assert.ok(sameContent(out, backing), 'the copy equals the backing file')
     assert.ok(moved < 64 * MiB, `the copy moved ${(moved / MiB).toFixed(1)} MiB over the channel`)
     assert.ok(moved > 4 * MiB, `the data itself crossed (${moved} bytes)`)
+    // qemu-img convert skips the holes too.
+    const start = await channelBytes()
+    const qemuOut = join(pair.dir, 'big-qemu.img')
+    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', disk.nbd!, qemuOut])
+    const byQemu = (await channelBytes()) - start
+    t.diagnostic(`qemu-img convert of the same disk: ${byQemu} bytes over the channel`)
+    assert.ok(sameContent(qemuOut, backing), 'the qemu-img copy equals the backing file')
+    assert.ok(byQemu < 64 * MiB, `qemu-img convert moved ${(byQemu / MiB).toFixed(1)} MiB over the channel`)
     await pair.removeDisk('big')
   })
 
