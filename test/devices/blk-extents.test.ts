@@ -327,6 +327,13 @@ describe('blk Extents and Prefetch over the simulated link', () => {
       ])
       await h.settle(h.front.prefetch(4 * MiB, MiB))
       assert.equal(file.stats.prefetches, 1)
+      // Data just written (still dirty in the page cache, maybe not yet allocated) is data.
+      await h.settle(h.front.write(12 * MiB, pattern(4, 8192), false))
+      assert.deepEqual(await h.settle(h.front.extents(12 * MiB - 4096, MiB)), [
+        { length: 4096, flags: HZ },
+        { length: 8192, flags: 0 },
+        { length: MiB - 12288, flags: HZ },
+      ])
       // A trim through the link punches a hole, and the map shows it.
       await h.settle(h.front.trim(4 * MiB, 256 * KiB))
       assert.deepEqual(await h.settle(h.front.extents(0, 8 * MiB)), [{ length: 8 * MiB, flags: HZ }])
