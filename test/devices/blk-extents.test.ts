@@ -261,8 +261,8 @@ describe('blk Extents and Prefetch over the simulated link', () => {
         return true
       },
     })
-    front.attach({
-      sendData(parts) {
+    const session = {
+      sendData(parts: Uint8Array | readonly Uint8Array[]) {
         const m = Buffer.concat((parts instanceof Uint8Array ? [parts] : parts) as Uint8Array[])
         const h = newMessageHeader()
         decodeMessageHeader(m, 0, m.length, h)
@@ -276,13 +276,18 @@ describe('blk Extents and Prefetch over the simulated link', () => {
         } else queueMicrotask(() => old.receive(h, m))
         return true
       },
-    })
+    }
+    front.attach(session)
     assert.deepEqual(await front.extents(0, 4 * MiB), [{ length: 4 * MiB, flags: 0 }])
     assert.deepEqual(await front.extents(MiB, MiB), [{ length: MiB, flags: 0 }])
     await front.prefetch(0, MiB)
     await front.prefetch(0, MiB)
     assert.deepEqual(sent, [BlockOp.Extents, BlockOp.Prefetch], 'each asked once')
     assert.equal((await front.read(0, 4096)).length, 4096, 'the device still works')
+    // A new session (the IOhyp restarted, perhaps upgraded) is asked again.
+    front.attach(session)
+    await front.extents(0, MiB)
+    assert.deepEqual(sent, [BlockOp.Extents, BlockOp.Prefetch, BlockOp.In, BlockOp.Extents])
     front.close()
   })
 

@@ -91,15 +91,29 @@ export class InstrumentedDevice implements BlockDevice {
     )
   }
 
-  /** Forwarded (a device without them reports data, as deviceExtents does); not logged. */
+  /**
+   * Forwarded (a device without them reports data, as deviceExtents does); not logged, not
+   * gated, but counted busy: virtual time stands still while a file maps its holes.
+   */
   extents(offset: number, length: number, maxExtents?: number): Promise<Extent[]> {
-    return deviceExtents(this.inner, offset, length, maxExtents)
+    return this.busyWhile(() => deviceExtents(this.inner, offset, length, maxExtents))
   }
   prefetch(offset: number, length: number): Promise<void> {
     this.prefetches++
-    return this.inner.prefetch ? this.inner.prefetch(offset, length) : Promise.resolve()
+    return this.busyWhile(() =>
+      this.inner.prefetch ? this.inner.prefetch(offset, length) : Promise.resolve(),
+    )
   }
   prefetches = 0
+
+  private async busyWhile<T>(fn: () => Promise<T>): Promise<T> {
+    this.busy++
+    try {
+      return await fn()
+    } finally {
+      this.busy--
+    }
+  }
 
   private async wrap<T>(entry: LoggedOp, fn: () => Promise<T>): Promise<T> {
     this.active++

@@ -204,7 +204,7 @@ export class RemoteBlockDevice implements BlockDevice {
   private closedWith: VrioError | undefined
   /** Calls not yet settled: the sweep timer runs while there are any. */
   private liveCalls = 0
-  /** Cleared when the IOhyp answers Extents / Prefetch with Unsupported (an older peer). */
+  /** Cleared when the IOhyp answers Extents / Prefetch with Unsupported (an older peer); set again on a new session. */
   private extentsSupported = true
   private prefetchSupported = true
 
@@ -251,6 +251,9 @@ export class RemoteBlockDevice implements BlockDevice {
       }
     }
     this.session = session
+    // The IOhyp may have been restarted (upgraded): ask it about Extents and Prefetch again.
+    this.extentsSupported = true
+    this.prefetchSupported = true
     // Everything sent on an earlier session and not answered goes again, in id order.
     const resend = [...this.inflight.values()].filter((r) => r.state === 'sent' || r.state === 'zombie')
     resend.sort((a, b) => (a.epoch === b.epoch ? a.id - b.id : 0))
