@@ -11,6 +11,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("openTap", Napi::Function::New<OpenTap>(env, "openTap"));
   exports.Set("interfaceInfo", Napi::Function::New<InterfaceInfo>(env, "interfaceInfo"));
   exports.Set("fallocate", Napi::Function::New<Fallocate>(env, "fallocate"));
+  exports.Set("extents", Napi::Function::New<Extents>(env, "extents"));
+  exports.Set("fadvise", Napi::Function::New<Fadvise>(env, "fadvise"));
   exports.Set("XtsCipher", XtsCipher::Define(env));
   exports.Set("FrameAead", FrameAead::Define(env));
   exports.Set("ioNowait", Napi::Function::New<IoNowait>(env, "ioNowait"));

@@ -120,6 +120,9 @@ Napi::Value OpenTap(const Napi::CallbackInfo& info);
 Napi::Value InterfaceInfo(const Napi::CallbackInfo& info);
 // fallocate.cc: fallocate(2) on the thread pool, for block back-ends (hole punching).
 Napi::Value Fallocate(const Napi::CallbackInfo& info);
+// extents.cc: a file's allocation map (SEEK_DATA/SEEK_HOLE) and posix_fadvise, on the thread pool.
+Napi::Value Extents(const Napi::CallbackInfo& info);
+Napi::Value Fadvise(const Napi::CallbackInfo& info);
 // nowait.cc: preadv2/pwritev2(RWF_NOWAIT) on the calling thread, for block back-ends.
 Napi::Value IoNowait(const Napi::CallbackInfo& info);
 

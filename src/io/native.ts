@@ -81,6 +81,26 @@ export interface NativeAddon {
     length: number,
     callback: (error: Error | null) => void,
   ): void
+  /**
+   * The allocation map of [offset, offset + length) from lseek SEEK_DATA/SEEK_HOLE, on the libuv
+   * thread pool: pairs (run length, 1 hole / 0 data), alternating, at most maxExtents runs,
+   * covering a prefix of the range. Absent from an older build.
+   */
+  extents?(
+    fd: number,
+    offset: number,
+    length: number,
+    maxExtents: number,
+    callback: (error: Error | null, runs?: Float64Array) => void,
+  ): void
+  /** posix_fadvise(2) on the libuv thread pool. Absent from an older build. */
+  fadvise?(
+    fd: number,
+    offset: number,
+    length: number,
+    advice: number,
+    callback: (error: Error | null) => void,
+  ): void
   /** AES-XTS over whole sectors, many per call (native/xts.cc). */
   XtsCipher: new (
     key: Uint8Array,

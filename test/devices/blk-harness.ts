@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { BlockBackend, type BlockBackendOptions } from '../../src/devices/blk/backend.ts'
-import type { BlockDevice } from '../../src/devices/blk/device.ts'
+import { type BlockDevice, deviceExtents, type Extent } from '../../src/devices/blk/device.ts'
 import { RemoteBlockDevice, type RemoteBlockDeviceOptions } from '../../src/devices/blk/frontend.ts'
 import type { BlockHandle } from '../../src/devices/blk/protocol.ts'
 import { Session } from '../../src/session/session.ts'
@@ -89,6 +89,30 @@ export class InstrumentedDevice implements BlockDevice {
     return this.wrap({ op: 'writeZeroes', offset, length }, () =>
       this.inner.writeZeroes(offset, length, mayTrim, fua),
     )
+  }
+
+  /**
+   * Forwarded (a device without them reports data, as deviceExtents does); not logged, not
+   * gated, but counted busy: virtual time stands still while a file maps its holes.
+   */
+  extents(offset: number, length: number, maxExtents?: number): Promise<Extent[]> {
+    return this.busyWhile(() => deviceExtents(this.inner, offset, length, maxExtents))
+  }
+  prefetch(offset: number, length: number): Promise<void> {
+    this.prefetches++
+    return this.busyWhile(() =>
+      this.inner.prefetch ? this.inner.prefetch(offset, length) : Promise.resolve(),
+    )
+  }
+  prefetches = 0
+
+  private async busyWhile<T>(fn: () => Promise<T>): Promise<T> {
+    this.busy++
+    try {
+      return await fn()
+    } finally {
+      this.busy--
+    }
   }
 
   private async wrap<T>(entry: LoggedOp, fn: () => Promise<T>): Promise<T> {

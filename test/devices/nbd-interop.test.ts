@@ -10,9 +10,10 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { closeSync, openSync, readFileSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import type { BlockDevice } from '../../src/devices/blk/device.ts'
+import { FileDevice } from '../../src/devices/blk/file-device.ts'
 import { MemoryDevice } from '../../src/devices/blk/memory-device.ts'
 import { NbdServer } from '../../src/devices/blk/nbd-server.ts'
 import { type TempDir, tempDir } from '../control/fixtures.ts'
@@ -129,11 +130,11 @@ describe('NBD server with real clients', () => {
         zero: true,
         df: true,
         multi: true,
-        cache: false,
+        cache: true,
         fastZero: false,
       },
     )
-    assert.deepEqual(e.contexts, [], 'no base:allocation is advertised')
+    assert.deepEqual(e.contexts, ['base:allocation'])
 
     const ro = JSON.parse(await ok('nbdinfo', ['--json', uri('ro')])).exports[0]
     assert.deepEqual([ro.is_read_only, ro.can_trim, ro.can_zero, ro.can_fua], [true, false, false, false])
@@ -282,5 +283,103 @@ print(errnum(lambda: h.pread(4096, 0)))
     assert.equal(r.status, 0, r.stderr)
     // EPERM, EPERM, EPERM, then EINVAL for a read past the end, and a good read.
     assert.deepEqual(r.stdout.trim().split('\n'), ['1', '1', '1', '22', '0'])
+  })
+})
+
+/** Runs `command` (a shell line using $uri / $nbd) against nbdkit's file plugin serving `path`. */
+function viaNbdkit(path: string, command: string, timeoutMs = 120_000): Promise<string> {
+  return ok('nbdkit', ['-U', '-', '--exit-with-parent', 'file', path, '--run', command], timeoutMs)
+}
+
+describe('NBD server over real files, next to nbdkit on the same files', () => {
+  let tmp: TempDir
+  let server: NbdServer
+  let socket: string
+  const files = new Map<string, FileDevice>()
+  const uri = (name: string) => `nbd+unix:///${name}?socket=${socket}`
+  const KiB = 1024
+
+  before(async () => {
+    tmp = tempDir('vrio-nbd-files-')
+    socket = tmp.path('nbd.sock')
+    // Sparse: data here and there (one run not a multiple of 64 KiB), holes elsewhere.
+    const sparse = tmp.path('sparse.img')
+    const fd = openSync(sparse, 'w')
+    for (const [at, n] of [
+      [MiB, 64 * KiB],
+      [5 * MiB + 4096, 12 * KiB],
+      [40 * MiB, 3 * MiB],
+    ])
+      writeSync(fd, randomBytes(n), 0, n, at)
+    closeSync(fd)
+    truncateSync(sparse, 64 * MiB)
+    files.set('sparse', await FileDevice.open(sparse))
+    // Odd-sized: not a multiple of 512.
+    writeFileSync(tmp.path('odd.img'), randomBytes(3 * MiB + 1000))
+    files.set('odd', await FileDevice.open(tmp.path('odd.img')))
+    server = new NbdServer({ path: socket, lookup: (name) => files.get(name) })
+    await server.listen()
+  })
+
+  after(async () => {
+    await server.close()
+    for (const f of files.values()) await f.close()
+    tmp.remove()
+  })
+
+  it('nbdinfo --map and qemu-img map list the holes of a sparse file as with nbdkit', async () => {
+    const path = tmp.path('sparse.img')
+    const ours = JSON.parse(await ok('nbdinfo', ['--map', '--json', uri('sparse')]))
+    const theirs = JSON.parse(await viaNbdkit(path, 'nbdinfo --map --json "$uri"'))
+    assert.deepEqual(ours, theirs)
+    assert.ok(ours.length >= 7, `holes and data: ${JSON.stringify(ours)}`)
+    assert.ok(
+      ours.some((e: { type: number }) => e.type === 3),
+      'holes are reported as hole,zero',
+    )
+    const qOurs = JSON.parse(await ok('qemu-img', ['map', '--output=json', '-f', 'raw', uri('sparse')]))
+    const qTheirs = JSON.parse(await viaNbdkit(path, 'qemu-img map --output=json -f raw "$nbd"'))
+    assert.deepEqual(
+      qOurs.map((e: Record<string, unknown>) => [e.start, e.length, e.zero, e.data]),
+      qTheirs.map((e: Record<string, unknown>) => [e.start, e.length, e.zero, e.data]),
+    )
+  })
+
+  it('an odd-sized file: nbdcopy copies it exactly, qemu-img convert as it does from nbdkit', async () => {
+    const original = readFileSync(tmp.path('odd.img'))
+    const info = JSON.parse(await ok('nbdinfo', ['--json', uri('odd')])).exports[0]
+    assert.equal(info['export-size'], original.length)
+    assert.equal(info.block_size_minimum, 1)
+    await ok('nbdcopy', [uri('odd'), tmp.path('odd-nbdcopy.img')])
+    assert.ok(readFileSync(tmp.path('odd-nbdcopy.img')).equals(original), 'nbdcopy: identical')
+    await ok('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', uri('odd'), tmp.path('odd-qemu.img')])
+    await viaNbdkit(
+      tmp.path('odd.img'),
+      `qemu-img convert -f raw -O raw "$nbd" ${tmp.path('odd-qemu-nbdkit.img')}`,
+    )
+    const q = readFileSync(tmp.path('odd-qemu.img'))
+    // qemu's block layer counts whole 512-byte sectors: it pads the copy with zeros, from any server.
+    assert.ok(q.equals(readFileSync(tmp.path('odd-qemu-nbdkit.img'))), 'qemu-img: as from nbdkit')
+    assert.ok(q.subarray(0, original.length).equals(original), 'qemu-img: the whole file, tail included')
+    assert.ok(q.subarray(original.length).equals(Buffer.alloc(q.length - original.length)))
+    // And back in: an odd tail written through the export lands in the file.
+    const tail = randomBytes(1000)
+    writeFileSync(tmp.path('tail.img'), Buffer.concat([original.subarray(0, 3 * MiB), tail]))
+    await ok('nbdcopy', [tmp.path('tail.img'), uri('odd')])
+    assert.ok(
+      readFileSync(tmp.path('odd.img'))
+        .subarray(3 * MiB)
+        .equals(tail),
+    )
+  })
+
+  it('nbdcopy skips the holes: it reads only the data of a sparse file', async () => {
+    const before = files.get('sparse')!.stats.reads
+    const beforeBytes = server.stats().exports.sparse?.bytesRead ?? 0
+    await ok('nbdcopy', [uri('sparse'), tmp.path('sparse-copy.img')])
+    assert.ok(readFileSync(tmp.path('sparse-copy.img')).equals(readFileSync(tmp.path('sparse.img'))))
+    const read = server.stats().exports.sparse.bytesRead - beforeBytes
+    assert.ok(read <= 4 * MiB + 256 * KiB, `nbdcopy read ${read} bytes of a file with ~3.1 MiB of data`)
+    assert.ok(files.get('sparse')!.stats.reads > before)
   })
 })

@@ -9,11 +9,13 @@ import {
   decodeOptionHeader,
   decodeRequest,
   decodeString,
+  encodeBlockStatusReply,
   encodeExportNameReply,
   encodeGreeting,
   encodeInfoBlockSize,
   encodeInfoExport,
   encodeInfoString,
+  encodeMetaContext,
   encodeOffsetDataHeader,
   encodeOptionReply,
   encodeRequest,
@@ -195,6 +197,25 @@ describe('NBD codec: transmission', () => {
     const long = encodeStructuredError(0, 1, NbdErrno.EIO, 'x'.repeat(10_000))
     assert.equal(long.readUInt16BE(24), 4096)
     assert.equal(long.length, 20 + 6 + 4096)
+  })
+
+  it('NBD_REP_META_CONTEXT data and the BLOCK_STATUS chunk', () => {
+    assert.equal(
+      hex(encodeMetaContext(1, 'base:allocation')),
+      `00000001${hex(Buffer.from('base:allocation'))}`,
+    )
+    const chunk = encodeBlockStatusReply(0x01020304, 0x05060708, 1, [
+      { length: 0x100000, flags: 3 },
+      { length: 0x10000, flags: 0 },
+    ])
+    assert.equal(
+      hex(chunk),
+      // magic, flags DONE, type 5, cookie, length 4 + 2 * 8 | context id | descriptors
+      '668e33ef 0001 0005 0102030405060708 00000014 00000001 00100000 00000003 00010000 00000000'.replace(
+        / /g,
+        '',
+      ),
+    )
   })
 
   it('u64 helpers', () => {

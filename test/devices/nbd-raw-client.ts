@@ -171,13 +171,28 @@ export class RawClient {
    */
   async attach(
     name: string,
-    options: { structured?: boolean } = {},
+    options: { structured?: boolean; allocation?: boolean } = {},
   ): Promise<{ size: number; flags: number }> {
     await this.greet()
-    if (options.structured) {
+    if (options.structured || options.allocation) {
       this.sendOption(Option.StructuredReply)
       const r = await this.optionReply()
       if (r.type !== OptionReply.Ack) throw new Error(`structured replies refused: ${r.type}`)
+    }
+    if (options.allocation) {
+      // NBD_OPT_SET_META_CONTEXT for base:allocation on this export.
+      const n = Buffer.from(name)
+      const q = Buffer.from('base:allocation')
+      const data = Buffer.alloc(4 + n.length + 4 + 4 + q.length)
+      data.writeUInt32BE(n.length, 0)
+      n.copy(data, 4)
+      data.writeUInt32BE(1, 4 + n.length)
+      data.writeUInt32BE(q.length, 8 + n.length)
+      q.copy(data, 12 + n.length)
+      this.sendOption(Option.SetMetaContext, data)
+      const replies = await this.optionReplies()
+      if (replies.length !== 2 || replies[0].type !== OptionReply.MetaContext)
+        throw new Error(`base:allocation refused: ${replies.map((r) => r.type).join(',')}`)
     }
     this.sendOption(Option.Go, RawClient.infoData(name, [3]))
     let size = -1

@@ -35,6 +35,19 @@ import { RawClient } from './nbd-raw-client.ts'
 
 const MiB = 1024 * 1024
 
+/** NBD_OPT_{LIST,SET}_META_CONTEXT data: export name, then the queries. */
+function metaQuery(name: string, queries: string[]): Buffer {
+  const parts = [u32(name.length), Buffer.from(name), u32(queries.length)]
+  for (const q of queries) parts.push(u32(q.length), Buffer.from(q))
+  return Buffer.concat(parts)
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4)
+  b.writeUInt32BE(n)
+  return b
+}
+
 type Op = 'read' | 'write' | 'flush' | 'trim' | 'writeZeroes'
 
 /** A MemoryDevice with a hook before every operation (to hold, fail or count them). */
@@ -91,6 +104,10 @@ class HookedDevice implements BlockDevice {
     return this.around('writeZeroes', offset, length, () =>
       this.inner.writeZeroes(offset, length, mayTrim, fua),
     )
+  }
+  extents(offset: number, length: number, maxExtents?: number) {
+    this.calls.push(`extents:${offset}:${length}:${maxExtents}`)
+    return this.inner.extents(offset, length, maxExtents)
   }
 }
 
@@ -234,7 +251,8 @@ describe('NBD server (raw protocol)', () => {
         TransmissionFlag.SendFua |
         TransmissionFlag.SendTrim |
         TransmissionFlag.SendWriteZeroes |
-        TransmissionFlag.CanMultiConn
+        TransmissionFlag.CanMultiConn |
+        TransmissionFlag.SendCache
       assert.equal(flags, want)
       const bs = infos.get(InfoType.BlockSize)!
       assert.deepEqual(
@@ -258,28 +276,61 @@ describe('NBD server (raw protocol)', () => {
         TransmissionFlag.HasFlags |
           TransmissionFlag.ReadOnly |
           TransmissionFlag.SendFlush |
-          TransmissionFlag.CanMultiConn,
+          TransmissionFlag.CanMultiConn |
+          TransmissionFlag.SendCache,
       )
     })
 
-    it('structured replies add SEND_DF; meta contexts need them and select nothing', async () => {
+    it('structured replies add SEND_DF; meta contexts need them; only base:allocation exists', async () => {
       const c = await open()
       await c.greet()
-      const meta = Buffer.from('00000004' + '6469736b' + '00000001' + '0000000f', 'hex')
-      const query = Buffer.concat([meta, Buffer.from('base:allocation')])
+      const query = metaQuery('disk', ['base:allocation'])
       c.sendOption(Option.SetMetaContext, query)
       assert.equal((await c.optionReply()).type, OptionReply.ErrInvalid)
       c.sendOption(Option.StructuredReply, Buffer.from('x'))
       assert.equal((await c.optionReply()).type, OptionReply.ErrInvalid)
       c.sendOption(Option.StructuredReply)
       assert.equal((await c.optionReply()).type, OptionReply.Ack)
-      for (const opt of [Option.ListMetaContext, Option.SetMetaContext]) {
-        c.sendOption(opt, query)
+      // LIST: by full name, by namespace, or everything; other namespaces match nothing.
+      for (const queries of [
+        ['base:allocation'],
+        ['base:'],
+        [],
+        ['qemu:dirty-bitmap:x', 'base:allocation'],
+      ]) {
+        c.sendOption(Option.ListMetaContext, metaQuery('disk', queries))
+        const replies = await c.optionReplies()
         assert.deepEqual(
-          (await c.optionReplies()).map((r) => r.type),
-          [OptionReply.Ack],
+          replies.map((r) => [r.type, r.data.toString('hex')]),
+          [
+            [OptionReply.MetaContext, `00000000${Buffer.from('base:allocation').toString('hex')}`],
+            [OptionReply.Ack, ''],
+          ],
+          `LIST ${JSON.stringify(queries)}`,
         )
       }
+      c.sendOption(Option.ListMetaContext, metaQuery('disk', ['qemu:x']))
+      assert.deepEqual(
+        (await c.optionReplies()).map((r) => r.type),
+        [OptionReply.Ack],
+      )
+      c.sendOption(Option.SetMetaContext, metaQuery('nope', ['base:allocation']))
+      assert.equal((await c.optionReply()).type, OptionReply.ErrUnknown)
+      // SET selects it by full name (id 1), and a later SET without it selects nothing.
+      c.sendOption(Option.SetMetaContext, query)
+      const set = await c.optionReplies()
+      assert.deepEqual(
+        set.map((r) => [r.type, r.data.toString('hex')]),
+        [
+          [OptionReply.MetaContext, `00000001${Buffer.from('base:allocation').toString('hex')}`],
+          [OptionReply.Ack, ''],
+        ],
+      )
+      c.sendOption(Option.SetMetaContext, metaQuery('disk', ['base:']))
+      assert.deepEqual(
+        (await c.optionReplies()).map((r) => r.type),
+        [OptionReply.Ack],
+      )
       c.sendOption(Option.Go, RawClient.infoData('disk'))
       const flags = (await c.optionReplies())[0].data.readUInt16BE(10)
       assert.ok(flags & TransmissionFlag.SendDf)
@@ -289,6 +340,19 @@ describe('NBD server (raw protocol)', () => {
       assert.equal(r.kind, 'structured')
       assert.equal(r.type, ReplyType.Error)
       assert.equal(r.error, NbdErrno.EINVAL)
+    })
+
+    it('a context selected for one export is not active on another', async () => {
+      const c = await open()
+      await c.greet()
+      c.sendOption(Option.StructuredReply)
+      await c.optionReply()
+      c.sendOption(Option.SetMetaContext, metaQuery('ro', ['base:allocation']))
+      assert.equal((await c.optionReplies()).length, 2)
+      c.sendOption(Option.Go, RawClient.infoData('disk'))
+      await c.optionReplies()
+      c.request({ type: Command.BlockStatus, cookieLow: 5, length: 4096 })
+      assert.equal((await c.reply()).error, NbdErrno.EINVAL)
     })
 
     it('unknown options and STARTTLS get ERR_UNSUP, and the session goes on; ABORT is acknowledged', async () => {
@@ -328,6 +392,108 @@ describe('NBD server (raw protocol)', () => {
   })
 
   describe('transmission', () => {
+    it('BLOCK_STATUS answers base:allocation from the device; REQ_ONE gives one extent', async () => {
+      const c = await open()
+      await c.attach('disk', { allocation: true })
+      c.request({ type: Command.Write, cookieLow: 1, offset: MiB }, randomBytes(64 * 1024))
+      assert.equal((await c.reply()).error, 0)
+      const status = async (r: Parameters<RawClient['request']>[0]) => {
+        c.request(r)
+        const m = await c.reply()
+        if (m.error) return m.error
+        assert.deepEqual([m.kind, m.type, m.flags], ['structured', ReplyType.BlockStatus, ReplyFlag.Done])
+        assert.equal(m.payload.readUInt32BE(0), 1, 'the id SET_META_CONTEXT gave base:allocation')
+        const out: [number, number][] = []
+        for (let at = 4; at < m.payload.length; at += 8)
+          out.push([m.payload.readUInt32BE(at), m.payload.readUInt32BE(at + 4)])
+        return out
+      }
+      const HZ = 3 // NBD_STATE_HOLE | NBD_STATE_ZERO
+      assert.deepEqual(await status({ type: Command.BlockStatus, cookieLow: 2, length: 4 * MiB }), [
+        [MiB, HZ],
+        [64 * 1024, 0],
+        [3 * MiB - 64 * 1024, HZ],
+      ])
+      assert.deepEqual(
+        await status({ type: Command.BlockStatus, flags: CommandFlag.ReqOne, cookieLow: 3, length: 4 * MiB }),
+        [[MiB, HZ]],
+      )
+      assert.deepEqual(
+        await status({ type: Command.BlockStatus, cookieLow: 4, offset: MiB + 4096, length: 8192 }),
+        [[8192, 0]],
+      )
+      assert.equal(await status({ type: Command.BlockStatus, cookieLow: 5, length: 0 }), NbdErrno.EINVAL)
+      assert.equal(
+        await status({ type: Command.BlockStatus, cookieLow: 6, offset: 16 * MiB - 512, length: 1024 }),
+        NbdErrno.EINVAL,
+      )
+      assert.equal(
+        await status({ type: Command.BlockStatus, flags: CommandFlag.Fua, cookieLow: 7, length: 512 }),
+        NbdErrno.EINVAL,
+      )
+      assert.ok(disk.calls.includes(`extents:0:${4 * MiB}:1`), 'REQ_ONE asks the device for one extent')
+      assert.equal(server.stats().exports.disk.requests.blockStatus, 6)
+    })
+
+    it('CACHE is advertised and answered; past the end it is EINVAL', async () => {
+      let warmed: [number, number] | undefined
+      const prefetching = Object.assign(new MemoryDevice({ size: 4 * MiB }), {
+        prefetch: async (offset: number, length: number) => {
+          warmed = [offset, length]
+        },
+      })
+      const p2 = tmp.path(`run/${randomBytes(4).toString('hex')}.sock`)
+      const s2 = new NbdServer({ path: p2, lookup: (n) => (n === 'p' ? prefetching : undefined) })
+      await s2.listen()
+      try {
+        const c = await RawClient.connect(p2)
+        clients.push(c)
+        const { flags } = await c.attach('p')
+        assert.ok(flags & TransmissionFlag.SendCache)
+        c.request({ type: Command.Cache, cookieLow: 1, offset: MiB, length: 2 * MiB })
+        assert.equal((await c.reply()).error, 0)
+        assert.deepEqual(warmed, [MiB, 2 * MiB])
+        c.request({ type: Command.Cache, cookieLow: 2, offset: 4 * MiB - 512, length: 1024 })
+        assert.equal((await c.reply()).error, NbdErrno.EINVAL)
+        c.request({ type: Command.Cache, flags: CommandFlag.Fua, cookieLow: 3, length: 512 })
+        assert.equal((await c.reply()).error, NbdErrno.EINVAL)
+        assert.equal(s2.stats().exports.p.requests.cache, 3)
+      } finally {
+        await s2.close()
+      }
+    })
+
+    it('an odd-sized device is served with a minimum block size of 1, tail included', async () => {
+      const size = MiB + 1000
+      const odd = new MemoryDevice({ size })
+      const p2 = tmp.path(`run/${randomBytes(4).toString('hex')}.sock`)
+      const s2 = new NbdServer({ path: p2, lookup: (n) => (n === 'odd' ? odd : undefined) })
+      await s2.listen()
+      try {
+        const c = await RawClient.connect(p2)
+        clients.push(c)
+        await c.greet()
+        c.sendOption(Option.Go, RawClient.infoData('odd', [InfoType.BlockSize]))
+        const replies = await c.optionReplies()
+        const infos = new Map(replies.slice(0, -1).map((r) => [r.data.readUInt16BE(0), r.data]))
+        assert.equal(readU64(infos.get(InfoType.Export)!, 2), size)
+        const bs = infos.get(InfoType.BlockSize)!
+        assert.deepEqual(
+          [bs.readUInt32BE(2), bs.readUInt32BE(6), bs.readUInt32BE(10)],
+          [1, 4096, NBD_MAX_PAYLOAD],
+        )
+        const tail = randomBytes(1003)
+        c.request({ type: Command.Write, cookieLow: 1, offset: MiB - 3 }, tail)
+        assert.equal((await c.reply()).error, 0)
+        c.request({ type: Command.Read, cookieLow: 2, offset: MiB - 3, length: 1003 })
+        assert.deepEqual((await c.reply(new Map([[2, 1003]]))).data, tail)
+        c.request({ type: Command.Read, cookieLow: 3, offset: size - 1, length: 2 })
+        assert.equal((await c.reply()).error, NbdErrno.EINVAL, 'still nothing past the end')
+      } finally {
+        await s2.close()
+      }
+    })
+
     it('writes and reads back with simple replies, echoing 64-bit cookies', async () => {
       const c = await open()
       const { size } = await c.attach('disk')
@@ -418,7 +584,12 @@ describe('NBD server (raw protocol)', () => {
           undefined,
           NbdErrno.EINVAL,
         ],
-        ['cache (not advertised)', { type: Command.Cache, length: 512 }, undefined, NbdErrno.EINVAL],
+        [
+          'cache past the end',
+          { type: Command.Cache, offset: 16 * MiB, length: 512 },
+          undefined,
+          NbdErrno.EINVAL,
+        ],
         ['unknown command', { type: 77, length: 512 }, undefined, NbdErrno.EINVAL],
       ]
       let cookie = 100
@@ -649,7 +820,17 @@ describe('NBD server (raw protocol)', () => {
       const d = s.exports.disk
       assert.deepEqual(
         { ...d.requests },
-        { read: 1, write: 1, flush: 1, trim: 1, writeZeroes: 1, blockStatus: 0, disconnect: 0, other: 0 },
+        {
+          read: 1,
+          write: 1,
+          flush: 1,
+          trim: 1,
+          writeZeroes: 1,
+          blockStatus: 0,
+          cache: 0,
+          disconnect: 0,
+          other: 0,
+        },
       )
       assert.deepEqual([d.bytesRead, d.bytesWritten, d.bytesZeroed, d.bytesTrimmed], [8192, 4096, 4096, 4096])
       assert.deepEqual([d.connections, d.connectionsTotal], [1, 1])

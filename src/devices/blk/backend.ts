@@ -2,7 +2,7 @@ import { recycleMessageBuffer } from '../../transport/message-buffers.ts'
 import { VrioError } from '../../errors.ts'
 import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../transport/config.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
-import type { BlockDevice } from './device.ts'
+import { type BlockDevice, deviceExtents } from './device.ts'
 import {
   BLOCK_ID_WINDOW,
   BLOCK_REQUEST_HEAD_LENGTH,
@@ -13,7 +13,9 @@ import {
   BlockStatus,
   blockStatusOf,
   decodeBlockRequest,
+  EXTENT_LENGTH,
   encodeBlockResponseHead,
+  encodeExtents,
   HeadArena,
   isMutatingOp,
   newBlockRequest,
@@ -180,6 +182,8 @@ interface Task {
   record: EpochRecord
   /** Reply bytes taken from the budget for it (reads: their length once started). */
   reserved: number
+  /** Most reply bytes the requester takes (Extents: its header's replyLength), else 0. */
+  replyLength: number
 }
 
 /** A reply waiting for send space, and the budget bytes it holds. */
@@ -374,7 +378,7 @@ export class BlockBackend {
     }
     const refused = this.refuse(r.op, r.offset, r.length)
     if (refused !== BlockStatus.Ok) {
-      if (r.op !== BlockOp.In) record.states[slot] = DONE | refused
+      if (!answersWithData(r.op)) record.states[slot] = DONE | refused
       this.reply(h.deviceHigh, h.deviceLow, epoch, id, refused, undefined)
       return
     }
@@ -399,6 +403,7 @@ export class BlockBackend {
       id,
       record,
       reserved: 0,
+      replyLength: r.op === BlockOp.Extents ? h.replyLength : 0,
     }
     const bytes = data?.length ?? 0
     if (bytes > 0 && this.writeBytes + bytes > this.maxWriteBytes) {
@@ -516,6 +521,11 @@ export class BlockBackend {
           return d.writeZeroes(t.offset, t.length, mayTrim, false).then(() => this.flushIfAble())
         return d.writeZeroes(t.offset, t.length, mayTrim, fua)
       }
+      case BlockOp.Extents:
+        // A device that cannot tell (an encrypted one, say) reports data: never a false hole.
+        return deviceExtents(d, t.offset, t.length, t.replyLength / EXTENT_LENGTH).then(encodeExtents)
+      case BlockOp.Prefetch:
+        return d.prefetch ? d.prefetch(t.offset, t.length) : Promise.resolve()
       default:
         return Promise.reject(new VrioError('unsupported', `block op ${t.op}`))
     }
@@ -538,6 +548,11 @@ export class BlockBackend {
     if (status === BlockStatus.Ok && t.op === BlockOp.In) {
       if (!reply || reply.length !== t.length) {
         status = BlockStatus.IoError // a device that returned the wrong amount: never send it on
+        reply = undefined
+      }
+    } else if (status === BlockStatus.Ok && t.op === BlockOp.Extents) {
+      if (!reply || reply.length === 0 || reply.length > t.replyLength) {
+        status = BlockStatus.IoError
         reply = undefined
       }
     } else reply = undefined
@@ -575,13 +590,14 @@ export class BlockBackend {
    * it when bytes come back) when they do not fit.
    */
   private reserve(t: Task): boolean {
-    if (t.op !== BlockOp.In || this.closed) return true
-    if (!this.budget.take(t.length)) {
+    if (!answersWithData(t.op) || this.closed) return true
+    const bytes = t.op === BlockOp.In ? t.length : t.replyLength
+    if (!this.budget.take(bytes)) {
       this.stats.budgetWaits++
       this.budget.watch(this.resume)
       return false
     }
-    t.reserved = t.length
+    t.reserved = bytes
     return true
   }
 
@@ -610,7 +626,7 @@ export class BlockBackend {
     if (!record.covers(t.id)) return
     const slot = t.id % BLOCK_ID_WINDOW
     if (record.states[slot] !== RUNNING) return
-    record.states[slot] = t.op === BlockOp.In ? DONE_READ : DONE | status
+    record.states[slot] = answersWithData(t.op) ? DONE_READ : DONE | status
   }
 
   private reply(
@@ -669,6 +685,11 @@ export function replyNoDevice(session: BlockSender, h: MessageHeader): void {
     0,
   )
   session.sendData(head, Delivery.Reliable)
+}
+
+/** Ops whose success carries data (reads, extents): duplicates run again, never replayed. */
+function answersWithData(op: number): boolean {
+  return op === BlockOp.In || op === BlockOp.Extents
 }
 
 function positive(v: number, field: string, min = 1): number {

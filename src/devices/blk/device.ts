@@ -33,7 +33,7 @@ export interface BlockDeviceInfo {
   canWriteZeroes: boolean
 }
 
-export interface BlockDevice extends BlockDeviceInfo {
+export interface BlockDevice extends BlockDeviceInfo, BlockDeviceExtras {
   /** Resolves with exactly `length` bytes; the caller owns the returned array. */
   read(offset: number, length: number): Promise<Uint8Array>
   /**
@@ -51,6 +51,70 @@ export interface BlockDevice extends BlockDeviceInfo {
    * range must stay provisioned, so later writes to it cannot fail with 'no-space').
    */
   writeZeroes(offset: number, length: number, mayTrim: boolean, fua: boolean): Promise<void>
+}
+
+/** Flags of an Extent: NBD's base:allocation bits (NBD_STATE_HOLE, NBD_STATE_ZERO), same values. */
+export const ExtentFlag = {
+  /** Not allocated on the backing store. */
+  Hole: 1,
+  /** Reads as zeros. */
+  Zero: 2,
+} as const
+
+/** A run of a device's allocation map: `length` bytes, with ExtentFlag bits (0: data). */
+export interface Extent {
+  length: number
+  flags: number
+}
+
+/** Most extents one extents() call returns (and one channel reply carries). */
+export const MAX_EXTENTS = 1024
+
+/**
+ * Optional BlockDevice features. A device without `extents` is all data; one without `prefetch`
+ * has nothing worth warming.
+ */
+export interface BlockDeviceExtras {
+  /**
+   * The allocation map of [offset, offset + length): consecutive extents from `offset`, at least
+   * one, at most `maxExtents` (≤ MAX_EXTENTS), covering a prefix of the range (all of it unless
+   * the count ran out). Zero / Hole only where that is true of what a read returns: when in
+   * doubt, data (flags 0).
+   */
+  extents?(offset: number, length: number, maxExtents?: number): Promise<Extent[]>
+  /** A hint that the range will be read soon (NBD_CMD_CACHE): warm caches; resolves when started. */
+  prefetch?(offset: number, length: number): Promise<void>
+}
+
+/**
+ * The extents of [offset, offset + length) as `device` reports them, or one data extent when it
+ * cannot say. Always at least one extent, each > 0 bytes, inside the range.
+ */
+export async function deviceExtents(
+  device: BlockDevice,
+  offset: number,
+  length: number,
+  maxExtents = MAX_EXTENTS,
+): Promise<Extent[]> {
+  if (length <= 0) return []
+  const max = Math.max(1, Math.min(MAX_EXTENTS, Math.floor(maxExtents)))
+  if (!device.extents) return [{ length, flags: 0 }]
+  const got = await device.extents(offset, length, max)
+  // Never trust more than the contract: positive lengths, inside the range, at least one.
+  const out: Extent[] = []
+  let covered = 0
+  for (const e of got) {
+    if (out.length >= max || covered >= length) break
+    if (!Number.isSafeInteger(e.length) || e.length <= 0) break
+    const n = Math.min(e.length, length - covered)
+    const flags = e.flags & (ExtentFlag.Hole | ExtentFlag.Zero)
+    const last = out[out.length - 1]
+    if (last && last.flags === flags) last.length += n
+    else out.push({ length: n, flags })
+    covered += n
+  }
+  if (out.length === 0) return [{ length, flags: 0 }]
+  return out
 }
 
 /** The error codes a BlockDevice fails with. */

@@ -20,8 +20,15 @@ import {
   fallocate,
   fallocateAvailable,
 } from '../../io/fallocate.ts'
+import {
+  fadvise,
+  fadviseAvailable,
+  fileExtents,
+  fileExtentsAvailable,
+  POSIX_FADV_WILLNEED,
+} from '../../io/extents.ts'
 import { native } from '../../io/native.ts'
-import { type BlockDevice, rangeError } from './device.ts'
+import { type BlockDevice, type Extent, ExtentFlag, MAX_EXTENTS, rangeError } from './device.ts'
 
 export interface FileDeviceOptions {
   /** Open read-only: writes, trims and write-zeroes fail with 'read-only'. */
@@ -73,6 +80,8 @@ export interface FileDeviceStats {
   /** Reads and writes served on the calling thread (see FileDevice), included in reads/writes. */
   inlineReads: number
   inlineWrites: number
+  /** Prefetch hints passed to the kernel (posix_fadvise WILLNEED). */
+  prefetches: number
 }
 
 const ZERO_CHUNK = 1024 * 1024
@@ -134,6 +143,7 @@ export class FileDevice implements BlockDevice {
     zeroBytesWritten: 0,
     inlineReads: 0,
     inlineWrites: 0,
+    prefetches: 0,
   }
 
   private fd: number
@@ -355,6 +365,40 @@ export class FileDevice implements BlockDevice {
     if (bad) return Promise.reject(bad)
     if (length === 0) return fua ? this.flush() : Promise.resolve()
     return this.track(this.zero(offset, length, mayTrim, fua))
+  }
+
+  /**
+   * The allocation map from SEEK_DATA / SEEK_HOLE: holes of a regular file are Hole | Zero (they
+   * read as zeros), everything else data. Without the addon, or on a block device, all data.
+   */
+  extents(offset: number, length: number, maxExtents = MAX_EXTENTS): Promise<Extent[]> {
+    const bad = this.check(offset, length, false)
+    if (bad) return Promise.reject(bad)
+    if (length === 0) return Promise.resolve([])
+    if (this.isBlockDevice || !fileExtentsAvailable()) return Promise.resolve([{ length, flags: 0 }])
+    const max = Math.max(1, Math.min(MAX_EXTENTS, maxExtents))
+    return this.track(
+      fileExtents(this.fd, offset, length, max).then(
+        (runs) =>
+          runs.length === 0
+            ? [{ length, flags: 0 }]
+            : runs.map((r) => ({ length: r.length, flags: r.hole ? ExtentFlag.Hole | ExtentFlag.Zero : 0 })),
+        (e) => Promise.reject(fsError(e, 'lseek(SEEK_DATA)', this.path)),
+      ),
+    )
+  }
+
+  /** Starts reading the range into the page cache (posix_fadvise WILLNEED); resolves once asked. */
+  prefetch(offset: number, length: number): Promise<void> {
+    const bad = this.check(offset, length, false)
+    if (bad) return Promise.reject(bad)
+    if (length === 0 || !fadviseAvailable()) return Promise.resolve()
+    this.stats.prefetches++
+    return this.track(
+      fadvise(this.fd, offset, length, POSIX_FADV_WILLNEED).catch((e) => {
+        throw fsError(e, 'posix_fadvise', this.path)
+      }),
+    )
   }
 
   /** Waits for requests in flight, then closes the file. Later requests fail with 'not-connected'. */

@@ -3,7 +3,7 @@ import { VrioError } from '../../errors.ts'
 import { Delivery } from '../../transport/config.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
 import type { BlockSender } from './backend.ts'
-import { type BlockDevice, type BlockDeviceInfo, rangeError } from './device.ts'
+import { type BlockDevice, type BlockDeviceInfo, type Extent, MAX_EXTENTS, rangeError } from './device.ts'
 import {
   BLOCK_ID_WINDOW,
   BLOCK_REQUEST_HEAD_LENGTH,
@@ -13,6 +13,8 @@ import {
   BlockStatus,
   blockResponseData,
   blockStatusError,
+  decodeExtents,
+  EXTENT_LENGTH,
   encodeBlockRequestHead,
   isMutatingOp,
   MAX_REQUEST_ID,
@@ -96,6 +98,8 @@ interface Request {
   data: Uint8Array | undefined
   /** Where this request's read data goes in call.result. */
   resultOffset: number
+  /** Extents: the most reply bytes it takes (its header's replyLength); else 0. */
+  replyLength: number
   state: RequestState
   epoch: Epoch | undefined
   id: number
@@ -200,6 +204,9 @@ export class RemoteBlockDevice implements BlockDevice {
   private closedWith: VrioError | undefined
   /** Calls not yet settled: the sweep timer runs while there are any. */
   private liveCalls = 0
+  /** Cleared when the IOhyp answers Extents / Prefetch with Unsupported (an older peer); set again on a new session. */
+  private extentsSupported = true
+  private prefetchSupported = true
 
   constructor(options: RemoteBlockDeviceOptions) {
     const info = options.info
@@ -244,6 +251,9 @@ export class RemoteBlockDevice implements BlockDevice {
       }
     }
     this.session = session
+    // The IOhyp may have been restarted (upgraded): ask it about Extents and Prefetch again.
+    this.extentsSupported = true
+    this.prefetchSupported = true
     // Everything sent on an earlier session and not answered goes again, in id order.
     const resend = [...this.inflight.values()].filter((r) => r.state === 'sent' || r.state === 'zombie')
     resend.sort((a, b) => (a.epoch === b.epoch ? a.id - b.id : 0))
@@ -283,7 +293,17 @@ export class RemoteBlockDevice implements BlockDevice {
     }
     this.stats.responses++
     r.answered = true
-    const data = blockResponseData(h, message, r.op === BlockOp.In ? r.length : 0)
+    let data =
+      r.op === BlockOp.Extents
+        ? blockResponseData(h, message, r.replyLength, true)
+        : blockResponseData(h, message, r.op === BlockOp.In ? r.length : 0)
+    if (
+      data !== undefined &&
+      r.op === BlockOp.Extents &&
+      h.status === BlockStatus.Ok &&
+      !decodeExtents(data, r.length, r.replyLength)
+    )
+      data = undefined
     const zombie = r.state === 'zombie'
     this.release(r)
     if (zombie) {
@@ -298,7 +318,9 @@ export class RemoteBlockDevice implements BlockDevice {
       this.fail(r.call, blockStatusError(h.status, { offset: r.offset, length: r.length }))
     } else {
       const call = r.call
-      if (r.op === BlockOp.In && data.length > 0) {
+      if (r.op === BlockOp.Extents)
+        call.result = Uint8Array.from(data) // the message may be reused
+      else if (r.op === BlockOp.In && data.length > 0) {
         if (owned && data.length === call.readLength)
           call.result = data // the whole call in one response
         else {
@@ -392,6 +414,45 @@ export class RemoteBlockDevice implements BlockDevice {
     return this.call(BlockOp.WriteZeroes, flags, offset, length, undefined, false).then(noValue)
   }
 
+  /**
+   * The allocation map of the range, from the IOhyp (op Extents). At most `maxExtents` extents,
+   * covering a prefix of the range (at most 2 GiB of it per call). An IOhyp that does not know the
+   * op answers Unsupported: then, and from then on, the whole range is reported as data.
+   */
+  extents(offset: number, length: number, maxExtents = MAX_EXTENTS): Promise<Extent[]> {
+    const bad = this.check(offset, length, false)
+    if (bad) return Promise.reject(bad)
+    if (length === 0) return Promise.resolve([])
+    const n = Math.min(length, 0x8000_0000)
+    if (!this.extentsSupported) return Promise.resolve([{ length: n, flags: 0 }])
+    const max = Math.max(1, Math.min(MAX_EXTENTS, Math.floor(maxExtents)))
+    return this.call(BlockOp.Extents, 0, offset, n, undefined, false, max * EXTENT_LENGTH).then(
+      (bytes) => decodeExtents(bytes!, n, max * EXTENT_LENGTH)!,
+      (error: unknown) => {
+        if (!(error instanceof VrioError) || error.code !== 'unsupported') throw error
+        this.extentsSupported = false
+        return [{ length: n, flags: 0 }]
+      },
+    )
+  }
+
+  /**
+   * Asks the IOhyp to warm its cache for the range (op Prefetch); resolves when it has. An IOhyp
+   * that does not know the op answers Unsupported, and nothing is asked again: a hint only.
+   */
+  prefetch(offset: number, length: number): Promise<void> {
+    const bad = this.check(offset, length, false)
+    if (bad) return Promise.reject(bad)
+    if (length === 0 || !this.prefetchSupported) return Promise.resolve()
+    return this.call(BlockOp.Prefetch, 0, offset, length, undefined, false).then(
+      noValue,
+      (error: unknown) => {
+        if (!(error instanceof VrioError) || error.code !== 'unsupported') throw error
+        this.prefetchSupported = false
+      },
+    )
+  }
+
   // ------------------------------------------------------------------ internals
 
   private check(offset: number, length: number, mutating: boolean): VrioError | undefined {
@@ -410,6 +471,7 @@ export class RemoteBlockDevice implements BlockDevice {
     length: number,
     data: Uint8Array | undefined,
     carriesData: boolean,
+    replyLength = 0,
   ): Promise<Uint8Array | undefined> {
     return new Promise((resolve, reject) => {
       const piece = carriesData ? this.maxTransfer : 0x8000_0000
@@ -423,6 +485,7 @@ export class RemoteBlockDevice implements BlockDevice {
         result: op === BlockOp.In && length === 0 ? new Uint8Array(0) : undefined,
         readLength: op === BlockOp.In ? length : 0,
       }
+      // An Extents call is never split (extents() keeps it under one piece).
       this.liveCalls++
       for (let i = 0; i < parts; i++) {
         const at = i * piece
@@ -435,6 +498,7 @@ export class RemoteBlockDevice implements BlockDevice {
           length: op === BlockOp.Flush ? 0 : n,
           data: data?.subarray(at, at + n),
           resultOffset: at,
+          replyLength,
           state: 'waiting',
           epoch: undefined,
           id: 0,
@@ -515,6 +579,7 @@ export class RemoteBlockDevice implements BlockDevice {
       length: r.length,
       offset: r.offset,
       floor: e.floor,
+      replyLength: r.replyLength,
     })
   }
 

@@ -5,7 +5,7 @@
  * turned off to exercise callers' handling of devices without them.
  */
 import { VrioError } from '../../errors.ts'
-import { type BlockDevice, rangeError } from './device.ts'
+import { type BlockDevice, type Extent, ExtentFlag, MAX_EXTENTS, rangeError } from './device.ts'
 
 export interface MemoryDeviceOptions {
   /** Size in bytes. */
@@ -82,6 +82,23 @@ export class MemoryDevice implements BlockDevice {
     this.forEachPiece(offset, data.length, (index, at, n, pos) => {
       this.chunkFor(index).set(data.subarray(pos, pos + n), at)
     })
+  }
+
+  /** Chunks never written (or given back) are holes that read as zeros; the rest is data. */
+  async extents(offset: number, length: number, maxExtents = MAX_EXTENTS): Promise<Extent[]> {
+    this.checkRange(offset, length)
+    const out: Extent[] = []
+    const max = Math.max(1, Math.min(MAX_EXTENTS, maxExtents))
+    let full = false
+    this.forEachPiece(offset, length, (index, _at, n) => {
+      if (full) return
+      const flags = this.chunks.has(index) ? 0 : ExtentFlag.Hole | ExtentFlag.Zero
+      const last = out[out.length - 1]
+      if (last && last.flags === flags) last.length += n
+      else if (out.length < max) out.push({ length: n, flags })
+      else full = true
+    })
+    return out
   }
 
   async flush(): Promise<void> {

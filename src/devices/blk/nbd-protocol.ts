@@ -125,6 +125,13 @@ export const ReplyFlag = {
   Done: 1 << 0,
 } as const
 
+/** The base:allocation metadata context and its status bits (NBD_STATE_HOLE, NBD_STATE_ZERO). */
+export const BASE_ALLOCATION = 'base:allocation'
+export const StateFlag = {
+  Hole: 1 << 0,
+  Zero: 1 << 1,
+} as const
+
 export const ReplyType = {
   None: 0,
   OffsetData: 1,
@@ -277,6 +284,15 @@ export function encodeInfoString(type: number, text: string): Uint8Array {
   const buf = new Uint8Array(2 + t.length)
   writeU16(buf, 0, type)
   buf.set(t, 2)
+  return buf
+}
+
+/** NBD_REP_META_CONTEXT data: u32 context id, the context's name. */
+export function encodeMetaContext(id: number, name: string): Uint8Array {
+  const n = encoder.encode(name)
+  const buf = new Uint8Array(4 + n.length)
+  writeU32(buf, 0, id)
+  buf.set(n, 4)
   return buf
 }
 
@@ -467,4 +483,33 @@ export function truncateUtf8(text: string, max: number): Uint8Array {
   let end = max
   while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--
   return bytes.subarray(0, end)
+}
+
+/** One block status descriptor: `length` bytes with StateFlag bits. */
+export interface BlockStatusDescriptor {
+  length: number
+  flags: number
+}
+
+/**
+ * An NBD_REPLY_TYPE_BLOCK_STATUS chunk (DONE set): u32 context id, then per descriptor u32 length
+ * and u32 status flags.
+ */
+export function encodeBlockStatusReply(
+  cookieHigh: number,
+  cookieLow: number,
+  contextId: number,
+  descriptors: readonly BlockStatusDescriptor[],
+): Buffer {
+  const payload = 4 + 8 * descriptors.length
+  const buf = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_LENGTH + payload)
+  writeStructuredHeader(buf, ReplyFlag.Done, ReplyType.BlockStatus, cookieHigh, cookieLow, payload)
+  writeU32(buf, STRUCTURED_REPLY_HEADER_LENGTH, contextId)
+  let at = STRUCTURED_REPLY_HEADER_LENGTH + 4
+  for (const d of descriptors) {
+    writeU32(buf, at, d.length)
+    writeU32(buf, at + 4, d.flags)
+    at += 8
+  }
+  return buf
 }

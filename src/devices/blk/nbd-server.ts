@@ -6,13 +6,17 @@ import { listenUnixSocket } from '../../io/unix-socket.ts'
  *
  * Protocol: fixed newstyle handshake only (NO_ZEROES honoured); options EXPORT_NAME, ABORT, LIST,
  * INFO, GO (INFO_EXPORT, INFO_BLOCK_SIZE, INFO_NAME), STRUCTURED_REPLY, and LIST/SET_META_CONTEXT
- * answered with no contexts (no base:allocation: BLOCK_STATUS is refused with EINVAL); STARTTLS,
- * EXTENDED_HEADERS and unknown options get NBD_REP_ERR_UNSUP. Commands READ, WRITE, DISC, FLUSH,
- * TRIM, WRITE_ZEROES (FUA, NO_HOLE), with simple or structured replies.
+ * with one context, `base:allocation` (after structured replies); STARTTLS, EXTENDED_HEADERS and
+ * unknown options get NBD_REP_ERR_UNSUP. Commands READ, WRITE, DISC, FLUSH, TRIM, WRITE_ZEROES
+ * (FUA, NO_HOLE), CACHE (the device's prefetch, answered when it has started) and BLOCK_STATUS
+ * (REQ_ONE; base:allocation from the device's extents: NBD_STATE_HOLE | NBD_STATE_ZERO for holes,
+ * data where the device cannot tell), with simple or structured replies.
  *
  * Block sizes: minimum = the device's block size (requests must be aligned to it; unaligned ones
  * get EINVAL, except TRIM, which is rounded inwards), preferred = max(block size, 4096), maximum
- * = 32 MiB for READ and WRITE. TRIM and WRITE_ZEROES carry no payload and may be larger.
+ * = 32 MiB for READ and WRITE. TRIM and WRITE_ZEROES carry no payload and may be larger. A device
+ * whose size is not a multiple of its block size (an odd-sized backing file) is served with a
+ * minimum of 1: any offset and length, so its last partial block can be read and written.
  *
  * Multi-conn: CAN_MULTI_CONN is advertised (unless `multiConn: false`) because the server keeps no
  * cache of its own and every connection to an export talks to the same BlockDevice, whose contract
@@ -34,7 +38,7 @@ import { rm } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
 import type { Logger } from '../../daemon/log.ts'
 import { VrioError } from '../../errors.ts'
-import type { BlockDevice } from './device.ts'
+import { type BlockDevice, deviceExtents, MAX_EXTENTS } from './device.ts'
 import {
   ClientFlag,
   Command,
@@ -45,11 +49,13 @@ import {
   decodeOptionHeader,
   decodeRequest,
   decodeString,
+  encodeBlockStatusReply,
   encodeExportNameReply,
   encodeGreeting,
   encodeInfoBlockSize,
   encodeInfoExport,
   encodeInfoString,
+  encodeMetaContext,
   encodeOffsetDataHeader,
   encodeOptionReply,
   encodeServerEntry,
@@ -67,6 +73,7 @@ import {
   OPTION_HEADER_LENGTH,
   REQUEST_HEADER_LENGTH,
   TransmissionFlag,
+  BASE_ALLOCATION,
 } from './nbd-protocol.ts'
 
 /** Largest READ or WRITE (the maximum block size advertised; 2^25 is what every client expects). */
@@ -111,6 +118,7 @@ export interface NbdRequestCounts {
   trim: number
   writeZeroes: number
   blockStatus: number
+  cache: number
   disconnect: number
   other: number
 }
@@ -177,6 +185,7 @@ function newExportStats(): NbdExportStats {
       trim: 0,
       writeZeroes: 0,
       blockStatus: 0,
+      cache: 0,
       disconnect: 0,
       other: 0,
     },
@@ -437,6 +446,9 @@ interface Payload {
 
 type Phase = 'greeting' | 'options' | 'transmission' | 'ending'
 
+/** The id this server gives base:allocation in NBD_OPT_SET_META_CONTEXT. */
+export const BASE_ALLOCATION_ID = 1
+
 /** Option replies a client has not read yet; past this the server stops reading its options. */
 const HANDSHAKE_OUTPUT_LIMIT = 1024 * 1024
 
@@ -452,6 +464,10 @@ class Connection {
   private fixed = false
   private noZeroes = false
   private structured = false
+  /** The export base:allocation was selected for (NBD_OPT_SET_META_CONTEXT), if it was. */
+  private allocationFor: string | undefined
+  /** base:allocation is active on the export in use (BLOCK_STATUS is answered). */
+  private allocation = false
   private optionCount = 0
   private export: Export | undefined
   private payload: Payload | undefined
@@ -733,7 +749,21 @@ class Connection {
           reply(OptionReply.ErrInvalid, request.message)
           return
         }
-        // No metadata context (not even base:allocation) is implemented: none listed, none selected.
+        if (!this.lookup(request.name)) {
+          reply(OptionReply.ErrUnknown, `no export named ${JSON.stringify(request.name)}`)
+          return
+        }
+        // One context exists: base:allocation. LIST matches it by its full name, by its namespace
+        // ('base:') or with no query at all; SET selects it by its full name only. Queries for
+        // other namespaces match nothing (they are not errors).
+        const set = option === Option.SetMetaContext
+        const wanted = request.queries.some((q) =>
+          set ? q === BASE_ALLOCATION : q === BASE_ALLOCATION || q === 'base:',
+        )
+        if (wanted || (!set && request.queries.length === 0))
+          reply(OptionReply.MetaContext, encodeMetaContext(set ? BASE_ALLOCATION_ID : 0, BASE_ALLOCATION))
+        // A SET replaces what an earlier one selected.
+        if (set) this.allocationFor = wanted ? request.name : undefined
         reply(OptionReply.Ack)
         return
       }
@@ -765,11 +795,17 @@ class Connection {
     if (writable && device.canWriteZeroes) flags |= TransmissionFlag.SendWriteZeroes
     if (this.structured) flags |= TransmissionFlag.SendDf
     if (this.server.multiConn) flags |= TransmissionFlag.CanMultiConn
+    // Cache is a hint: answered after the device's prefetch, or at once when it has none.
+    flags |= TransmissionFlag.SendCache
+    // An odd-sized device (a backing file whose size is not a multiple of its block size) is
+    // served byte-granular, so its tail is reachable: NBD clients round an export down to its
+    // minimum block size.
+    const blockSize = device.blockSize > 0 && device.size % device.blockSize === 0 ? device.blockSize : 1
     return {
       name,
       device,
       size: device.size,
-      blockSize: device.blockSize > 0 ? device.blockSize : 1,
+      blockSize,
       flags,
       stats: this.server.statsFor(name),
     }
@@ -778,6 +814,8 @@ class Connection {
   private enterTransmission(exp: Export): void {
     this.export = exp
     this.phase = 'transmission'
+    // Contexts are selected for one export: a GO to another one has none.
+    this.allocation = this.structured && this.allocationFor === exp.name
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer)
     this.handshakeTimer = undefined
     exp.stats.connections++
@@ -849,7 +887,10 @@ class Connection {
         this.writeZeroes(p)
         break
       case Command.BlockStatus:
-        this.fail(p, NbdErrno.EINVAL, 'no metadata context was negotiated')
+        this.blockStatus(p)
+        break
+      case Command.Cache:
+        this.cache(p)
         break
       default:
         this.fail(p, NbdErrno.EINVAL, `unknown command ${p.type}`)
@@ -1081,6 +1122,60 @@ class Connection {
         exp.stats.bytesZeroed += p.length
         this.ok(p)
       },
+    )
+  }
+
+  /**
+   * base:allocation for [offset, offset + length): the device's extents, clipped to the range (one
+   * with REQ_ONE); they may cover only a prefix of it, as the protocol allows.
+   */
+  private blockStatus(p: Pending): void {
+    const exp = this.export!
+    if (!this.allocation) {
+      this.fail(p, NbdErrno.EINVAL, 'no metadata context was negotiated')
+      return
+    }
+    const [errno, message] = this.checkFlags(p, CommandFlag.ReqOne)
+    if (errno) {
+      this.fail(p, errno, message)
+      return
+    }
+    if (p.length === 0 || p.offset + p.length > exp.size) {
+      this.fail(p, NbdErrno.EINVAL, 'the range is empty or goes past the end of the export')
+      return
+    }
+    const one = (p.flags & CommandFlag.ReqOne) !== 0
+    this.call(
+      p,
+      () => deviceExtents(exp.device, p.offset, p.length, one ? 1 : MAX_EXTENTS),
+      (extents) => {
+        this.send(encodeBlockStatusReply(p.cookieHigh, p.cookieLow, BASE_ALLOCATION_ID, extents))
+        this.complete(p)
+      },
+    )
+  }
+
+  /** NBD_CMD_CACHE: the device prefetches the range (a hint; nothing to do without prefetch). */
+  private cache(p: Pending): void {
+    const exp = this.export!
+    const [errno, message] = this.checkFlags(p, 0)
+    if (errno) {
+      this.fail(p, errno, message)
+      return
+    }
+    if (p.offset + p.length > exp.size) {
+      this.fail(p, NbdErrno.EINVAL, 'the request goes past the end of the export')
+      return
+    }
+    const device = exp.device
+    if (p.length === 0 || !device.prefetch) {
+      this.ok(p)
+      return
+    }
+    this.call(
+      p,
+      () => device.prefetch!(p.offset, p.length),
+      () => this.ok(p),
     )
   }
 

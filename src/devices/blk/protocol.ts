@@ -24,7 +24,12 @@ import {
  *    20  u32  reserved   0
  *
  * Header use: `device` = the IOhyp's handle of the device, `request` = (front-end epoch, request
- * id), `replyLength` = bytes of read data expected back (reads only), `flags` = 0.
+ * id), `replyLength` = bytes of read data expected back (reads), or the most bytes of extents
+ * the requester takes (Extents), `flags` = 0.
+ *
+ * vrio's own ops (numbers from 0x40, outside virtio_blk's): Extents (the allocation map of a
+ * range; the reply carries 8-byte extents, see encodeExtents) and Prefetch (a read hint). A peer
+ * that does not know them answers Unsupported.
  */
 
 /** Request types: virtio_blk's VIRTIO_BLK_T_* numbers. */
@@ -39,6 +44,10 @@ export const BlockOp = {
   Discard: 11,
   /** The range reads as zeros afterwards (VIRTIO_BLK_T_WRITE_ZEROES). */
   WriteZeroes: 13,
+  /** vrio: the allocation map (holes, zeros) of the range; the reply carries extents. */
+  Extents: 0x40,
+  /** vrio: the range will be read soon (NBD_CMD_CACHE): the IOhyp warms its cache. No data. */
+  Prefetch: 0x41,
 } as const
 export type BlockOp = (typeof BlockOp)[keyof typeof BlockOp]
 
@@ -83,6 +92,14 @@ export const BLOCK_ID_WINDOW = 65_536
 export const MAX_REQUEST_ID = 0xffff_ffff
 /** Offsets must stay exact in a JS number. */
 export const MAX_BLOCK_OFFSET = Number.MAX_SAFE_INTEGER
+/** Bytes of one extent in an Extents reply: u32 length, u32 flags. */
+export const EXTENT_LENGTH = 8
+/** Most extents one Extents reply carries (its replyLength is at most this many × 8). */
+export const MAX_REPLY_EXTENTS = 1024
+/** Extent flag bits on the wire (NBD's NBD_STATE_HOLE, NBD_STATE_ZERO). */
+export const EXTENT_HOLE = 1
+export const EXTENT_ZERO = 2
+const KNOWN_EXTENT_FLAGS = EXTENT_HOLE | EXTENT_ZERO
 
 const KNOWN_FLAGS = BlockFlag.Fua | BlockFlag.Unmap
 
@@ -113,7 +130,9 @@ export function isKnownOp(op: number): boolean {
     op === BlockOp.Out ||
     op === BlockOp.Flush ||
     op === BlockOp.Discard ||
-    op === BlockOp.WriteZeroes
+    op === BlockOp.WriteZeroes ||
+    op === BlockOp.Extents ||
+    op === BlockOp.Prefetch
   )
 }
 
@@ -134,7 +153,7 @@ export function encodeBlockRequestHead(
   device: BlockHandle,
   epoch: number,
   id: number,
-  r: Readonly<Omit<BlockRequest, 'dataOffset'>>,
+  r: Readonly<Omit<BlockRequest, 'dataOffset'>> & { readonly replyLength?: number },
 ): number {
   const h = scratch
   h.type = MessageType.BlockRequest
@@ -144,7 +163,7 @@ export function encodeBlockRequestHead(
   h.deviceLow = device.low
   h.requestHigh = epoch
   h.requestLow = id
-  h.replyLength = r.op === BlockOp.In ? r.length : 0
+  h.replyLength = r.op === BlockOp.In ? r.length : r.op === BlockOp.Extents ? (r.replyLength ?? 0) : 0
   h.status = 0
   let o = encodeMessageHeader(buf, offset, h)
   buf[o] = r.op
@@ -206,6 +225,20 @@ export function decodeBlockRequest(h: MessageHeader, message: Uint8Array, out: B
     case BlockOp.WriteZeroes:
       if (dataBytes !== 0 || h.replyLength !== 0) return BlockStatus.BadRequest
       break
+    case BlockOp.Extents:
+      if (
+        flags !== 0 ||
+        dataBytes !== 0 ||
+        length === 0 ||
+        h.replyLength < EXTENT_LENGTH ||
+        h.replyLength > MAX_REPLY_EXTENTS * EXTENT_LENGTH ||
+        h.replyLength % EXTENT_LENGTH !== 0
+      )
+        return BlockStatus.BadRequest
+      break
+    case BlockOp.Prefetch:
+      if (flags !== 0 || dataBytes !== 0 || h.replyLength !== 0) return BlockStatus.BadRequest
+      break
   }
   return BlockStatus.Ok
 }
@@ -238,21 +271,66 @@ export function encodeBlockResponseHead(
 
 /**
  * Checks a response against what the request expects: a successful read carries exactly
- * `expectedData` bytes, everything else none. Returns the data (a view into `message`, valid while
+ * `expectedData` bytes (with `upTo`, an Extents reply: at most that many), everything else none. Returns the data (a view into `message`, valid while
  * the message is), an empty view for data-less success, or undefined when the response is malformed.
  */
 export function blockResponseData(
   h: MessageHeader,
   message: Uint8Array,
   expectedData: number,
+  upTo = false,
 ): Uint8Array | undefined {
   if (h.type !== MessageType.BlockResponse || h.bodyLength !== message.length - MESSAGE_HEADER_LENGTH)
     return undefined
   // Flags and replyLength are zero in a response: unknown bits are refused, not ignored.
   if (h.flags !== 0 || h.replyLength !== 0) return undefined
   const data = h.bodyLength
-  if (h.status === BlockStatus.Ok ? data !== expectedData : data !== 0) return undefined
+  const ok = upTo ? data <= expectedData : data === expectedData
+  if (h.status === BlockStatus.Ok ? !ok : data !== 0) return undefined
   return message.subarray(MESSAGE_HEADER_LENGTH)
+}
+
+/** One extent of an Extents reply: `length` bytes with EXTENT_HOLE / EXTENT_ZERO bits. */
+export interface WireExtent {
+  length: number
+  flags: number
+}
+
+/**
+ * The body of an Extents reply: per extent u32 length (> 0), u32 flags, big-endian. The caller
+ * keeps the count within the request's replyLength / 8.
+ */
+export function encodeExtents(extents: readonly WireExtent[]): Uint8Array {
+  const buf = Buffer.allocUnsafe(extents.length * EXTENT_LENGTH)
+  for (let i = 0; i < extents.length; i++) {
+    writeU32(buf, i * EXTENT_LENGTH, extents[i].length)
+    writeU32(buf, i * EXTENT_LENGTH + 4, extents[i].flags)
+  }
+  return buf
+}
+
+/**
+ * Decodes an Extents reply to a request for `length` bytes that took at most `replyLength` bytes:
+ * at least one extent, whole 8-byte entries, each length > 0, together at most `length`, only
+ * known flag bits. Undefined when it breaks any of these (the reply is malformed).
+ */
+export function decodeExtents(
+  data: Uint8Array,
+  length: number,
+  replyLength: number,
+): WireExtent[] | undefined {
+  if (data.length === 0 || data.length % EXTENT_LENGTH !== 0 || data.length > replyLength) return undefined
+  const out: WireExtent[] = []
+  let covered = 0
+  for (let at = 0; at < data.length; at += EXTENT_LENGTH) {
+    const n = readU32(data, at)
+    const flags = readU32(data, at + 4)
+    if (n === 0 || flags & ~KNOWN_EXTENT_FLAGS) return undefined
+    covered += n
+    if (covered > length) return undefined
+    out.push({ length: n, flags })
+  }
+  return out
 }
 
 /** The VrioError code a status maps to (the BlockDevice failure codes). */
