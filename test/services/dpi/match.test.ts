@@ -85,10 +85,9 @@ describe('content and pcre matching', () => {
   it('bounds backtracking on crafted payloads', () => {
     const m = matcher('content:"a"; content:"a"; distance:0; content:"b"; distance:0; within:1;')
     const data = Buffer.alloc(20_000, 'a')
-    const t0 = performance.now()
+    // The work is bounded by the budget (counted positions), not by how fast this machine is.
     assert.equal(m.verify({ data, length: data.length, base: 0, text: undefined }, 0), false)
     assert.equal(m.exhausted, true)
-    assert.ok(performance.now() - t0 < 2000)
     assert.ok(BACKTRACK_BUDGET > 0)
   })
 
