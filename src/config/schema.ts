@@ -8,6 +8,7 @@
 import * as z from 'zod'
 import { formatIPv4Prefix, parseIPv4Prefix } from '../devices/net/source-guard.ts'
 import { formatIPv4, formatMac, isGroupMac, parseIPv4, parseMac } from '../wire/address.ts'
+import { parseListenAddress } from '../daemon/listen-address.ts'
 
 /** Disk and NIC names: what `vrio blk create --name` accepts. */
 export const DEVICE_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
@@ -169,6 +170,19 @@ export const nicEntrySchema = z.strictObject({
   allowSpoofing: z.boolean().optional(),
 })
 
+/** `ADDR:PORT` of the metrics listener (`--metrics`). */
+export const listenAddressSchema = z.string().refine(
+  (value) => {
+    try {
+      parseListenAddress(value)
+      return true
+    } catch {
+      return false
+    }
+  },
+  { error: 'must be ADDR:PORT, e.g. 127.0.0.1:9860' },
+)
+
 /** Top level of the IOhyp's file; list entries are parsed one by one (see load.ts). */
 export const iohypTopSchema = z.strictObject({
   interface: ifname,
@@ -177,6 +191,8 @@ export const iohypTopSchema = z.strictObject({
   control: path.optional(),
   /** Unsealed channel (protocol version 1), for a segment the operator alone owns; guests must agree. */
   insecurePlaintext: z.boolean().optional(),
+  /** Serve Prometheus metrics on this `ADDR:PORT` too (always on the control socket). */
+  metrics: listenAddressSchema.optional(),
   /** Budgets of every guest that does not set its own. */
   budgets: budgetsSchema.optional(),
   guests: z.array(z.unknown()).optional(),
@@ -193,6 +209,8 @@ export const guestFileSchema = z.strictObject({
   attach: z.boolean().optional(),
   /** Unsealed channel (protocol version 1); the IOhyp must agree. */
   insecurePlaintext: z.boolean().optional(),
+  /** Serve Prometheus metrics on this `ADDR:PORT` too (always on the control socket). */
+  metrics: listenAddressSchema.optional(),
   /** Seconds; a disk request unanswered this long fails with EIO. */
   ioTimeout: z.number().gt(0).max(86_400).optional(),
   /**

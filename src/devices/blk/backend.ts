@@ -3,6 +3,7 @@ import { VrioError } from '../../errors.ts'
 import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../transport/config.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
 import type { BlockDevice } from './device.ts'
+import { BlockOpStats, OP_OTHER, opIndex } from './op-stats.ts'
 import {
   BLOCK_ID_WINDOW,
   BLOCK_REQUEST_HEAD_LENGTH,
@@ -180,6 +181,8 @@ interface Task {
   record: EpochRecord
   /** Reply bytes taken from the budget for it (reads: their length once started). */
   reserved: number
+  /** performance.now() when it arrived: its service time runs from there to its answer. */
+  arrived: number
 }
 
 /** A reply waiting for send space, and the budget bytes it holds. */
@@ -222,6 +225,8 @@ export class BlockBackend {
     budgetWaits: 0,
     overloads: 0,
   }
+  /** Requests and bytes by operation, as received, and service time (arrival to answer) of those run. */
+  readonly ops = new BlockOpStats()
 
   private readonly depth: number
   private readonly maxQueued: number
@@ -343,6 +348,8 @@ export class BlockBackend {
     }
     const r = this.request
     let decoded = decodeBlockRequest(h, message, r)
+    if (decoded === BlockStatus.Ok) this.ops.count(opIndex(r.op), r.length)
+    else this.ops.count(OP_OTHER, 0)
     // A read whose reply the channel could not carry.
     if (decoded === BlockStatus.Ok && r.op === BlockOp.In && r.length > this.maxReadLength)
       decoded = BlockStatus.BadRequest
@@ -399,6 +406,7 @@ export class BlockBackend {
       id,
       record,
       reserved: 0,
+      arrived: performance.now(),
     }
     const bytes = data?.length ?? 0
     if (bytes > 0 && this.writeBytes + bytes > this.maxWriteBytes) {
@@ -543,6 +551,7 @@ export class BlockBackend {
     } else reply = undefined
     const reserved = t.reserved
     t.reserved = 0
+    this.ops.latency.observe(opIndex(t.op), (performance.now() - t.arrived) / 1000)
     this.reply(t.deviceHigh, t.deviceLow, t.epoch, t.id, status, reply, reply ? reserved : 0)
     if (!reply) this.budget.give(reserved)
     this.startQueued()
