@@ -167,7 +167,8 @@ export const PAGE_JS = String.raw`'use strict';
       var idx = [];
       state.series.forEach(function (s, i) { if (s.group === g.id) idx.push(i); });
       var keys = idx.map(function (i) { return state.series[i].key; }).join('\n');
-      var data = [xs].concat(idx.map(function (i) { return state.values[i]; }));
+      // Copies: what uPlot holds is what it was last given (and drew), not arrays that grow under it.
+      var data = [xs].concat(idx.map(function (i) { return state.values[i].slice(); }));
       var box = document.getElementById('plot-' + g.id);
       if (!box) {
         box = document.createElement('div');
