@@ -16,7 +16,7 @@ import {
 } from '../dashboard/server.ts'
 import { VrioError } from '../errors.ts'
 import { escapeControl } from '../escape.ts'
-import { addJsonOption, formatTable, printJson, printLines } from './common.ts'
+import { formatTable, printJson, printLines } from './common.ts'
 
 interface SocketOptions {
   guest?: boolean
@@ -69,7 +69,8 @@ export function registerTopCommands(program: Command): void {
     )
     .option('--interval <seconds>', 'seconds between refreshes (rates are over this interval)', '1')
     .option('--once', 'print one table, with rates over one interval, and exit')
-  addJsonOption(addSocketOptions(top)).action(async (o: TopOptions) => {
+    .option('--json', 'print the figures as JSON: one document with --once, else one line per refresh')
+  addSocketOptions(top).action(async (o: TopOptions) => {
     const seconds = parseInterval(o.interval)
     const socket = socketOf(o)
     if (o.once) {

@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { type Browser, chromium } from 'playwright-core'
 import type { DiskInfo } from '../../src/control/api.ts'
 import { fio, sparseFile } from '../support/block-io.ts'
-import { killDaemons, VRIO_BIN } from '../support/daemons.ts'
+import { killDaemons, VRIO_BIN, vrioAsync } from '../support/daemons.ts'
 import { cleanupNetns, requireRoot } from '../support/netns.ts'
 import { directLink, worldOnBridge } from '../support/topology.ts'
 import { onBridge, VrioPair } from '../support/vrio-pair.ts'
@@ -212,6 +212,34 @@ describe('dashboard and top on a live IOhyp with fio running', () => {
       try {
         tmux(['kill-server'])
       } catch {}
+    }
+  })
+
+  it('top --guest --once --json on the guest agent: its disk, IOPS and end-to-end latency', async () => {
+    const job = steadyReads(disk, 300, 6)
+    try {
+      await sleep(1500)
+      const r = await vrioAsync([
+        'top',
+        '--guest',
+        '--once',
+        '--json',
+        '--interval',
+        '2',
+        '--control',
+        pair.sock('guest'),
+      ])
+      assert.equal(r.status, 0, r.stderr)
+      const f = JSON.parse(r.stdout)
+      assert.equal(f.role, 'guest')
+      const d = f.disks.find((x: { disk: string }) => x.disk === 'dash')
+      assert.ok(d, `the guest agent's disks: ${r.stdout}`)
+      assert.equal(d.guest, '')
+      assert.ok(d.iops > 150, `iops ${d.iops}`)
+      assert.ok(d.p50 > 0 && d.p99 >= d.p50, `p50 ${d.p50} p99 ${d.p99}`)
+      assert.equal((await job.result).code, 0)
+    } finally {
+      job.child.kill('SIGKILL')
     }
   })
 })
