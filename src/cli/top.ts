@@ -163,23 +163,27 @@ async function runTop(socket: string, seconds: number, json: boolean): Promise<v
     throw e
   }
   await new Promise<void>((resolve) => {
+    const keys = process.stdin.isTTY === true
+    let stopped = false
     const stop = () => {
+      if (stopped) return
+      stopped = true
       poller.stop()
+      if (keys) {
+        process.stdin.setRawMode(false)
+        process.stdin.pause()
+      }
       restore()
       resolve()
     }
     process.once('SIGINT', stop)
     process.once('SIGTERM', stop)
-    if (process.stdin.isTTY) {
+    if (keys) {
       process.stdin.setRawMode(true)
       process.stdin.resume()
       process.stdin.on('data', (d: Buffer) => {
         // q, Q, Ctrl-C (raw mode turns it into a byte), Ctrl-D.
-        if ([0x71, 0x51, 0x03, 0x04].includes(d[0])) {
-          process.stdin.setRawMode(false)
-          process.stdin.pause()
-          stop()
-        }
+        if ([0x71, 0x51, 0x03, 0x04].includes(d[0])) stop()
       })
     }
   })
