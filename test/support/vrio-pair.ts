@@ -116,9 +116,13 @@ export class VrioPair {
       join(this.dir, 'state'),
       '--control',
       this.sock('iohyp'),
+      ...this.iohypOptions,
       ...this.channelOptions,
     ])
   }
+
+  /** Extra `vrio iohyp` options (e.g. --metrics). */
+  iohypOptions: string[] = []
 
   /** Extra `vrio guest` options (e.g. --io-timeout). */
   guestOptions: string[] = []
