@@ -571,6 +571,7 @@ export class IohypDaemon {
       ...(this.o.address !== undefined && { address: this.o.address }),
       stateDir: this.o.stateDir,
       ...(this.o.insecurePlaintext && { insecurePlaintext: true }),
+      ...(this.o.metrics !== undefined && { metrics: this.o.metrics }),
       ...(this.o.budgets && { budgets: this.o.budgets }),
       guests: [...this.guests.values()]
         .sort((a, b) => a.mac - b.mac)

@@ -101,7 +101,7 @@ function parse(text: string): Map<string, number> {
   return series
 }
 
-function unescape(v: string): string {
+function unescapeLabel(v: string): string {
   return v.replace(/\\(["\\n])/g, (_, c: string) => (c === 'n' ? '\n' : c))
 }
 
@@ -115,7 +115,7 @@ function labelSets(
     if (!key.startsWith(`${name}{`) && key !== name) continue
     const labels: Record<string, string> = {}
     for (const m of key.slice(name.length).matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g))
-      labels[m[1]] = unescape(m[2])
+      labels[m[1]] = unescapeLabel(m[2])
     out.push({ labels, value })
   }
   return out
