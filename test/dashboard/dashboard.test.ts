@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process'
 import { request } from 'node:http'
 import { createServer } from 'node:net'
 import { after, before, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { topLines } from '../../src/cli/top.ts'
 import { computeFigures } from '../../src/dashboard/figures.ts'
 import { type Dashboard, hostName, parseListen, startDashboard } from '../../src/dashboard/server.ts'
@@ -91,6 +92,20 @@ describe('vrio dashboard server', () => {
     assert.equal((await get(d.url, { host: 'attacker.example:7171' })).status, 421)
     assert.equal((await get(d.url, { host: `localhost:${new URL(d.url).port}` })).status, 200)
     assert.equal((await get(`${d.url}nope`)).status, 404)
+  })
+
+  it('the daemon going away: /api/figures says the scrape fails, the history stays; it recovers', async () => {
+    await waitUntil(() => d.history.length >= 2, 'two points in the history', 10_000)
+    await stub.close()
+    const figures = async () => JSON.parse((await get(`${d.url}api/figures`)).body)
+    for (let i = 0; i < 100 && (await figures()).error === null; i++) await sleep(50)
+    const down = await figures()
+    assert.match(down.error ?? '', /no vrio daemon is listening/)
+    assert.equal(down.figures.disks[0].disk, 'd1', 'the last figures are kept')
+    assert.ok(JSON.parse((await get(`${d.url}api/history`)).body).t.length >= 2)
+    await stub.start()
+    for (let i = 0; i < 100 && (await figures()).error !== null; i++) await sleep(50)
+    assert.equal((await figures()).error, null)
   })
 
   it('a port in use and a missing daemon are clear errors at start', async () => {

@@ -62,9 +62,18 @@ export class StubDaemon {
     return this
   }
 
+  /** Stops answering (as a daemon that went away); start() again to come back. */
+  async close(): Promise<void> {
+    const server = this.server
+    this.server = undefined
+    if (!server) return
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()))
+    server.closeAllConnections()
+    await closed
+  }
+
   async stop(): Promise<void> {
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()))
-    this.server?.closeAllConnections()
+    await this.close()
     rmSync(this.dir, { recursive: true, force: true })
   }
 }
