@@ -15,7 +15,7 @@ import {
   startDashboard,
 } from '../dashboard/server.ts'
 import { VrioError } from '../errors.ts'
-import { escapeControl } from '../escape.ts'
+import { escapeControl, escapeJsonText } from '../escape.ts'
 import { formatTable, printJson, printLines } from './common.ts'
 
 interface SocketOptions {
@@ -143,7 +143,7 @@ async function runTop(socket: string, seconds: number, json: boolean): Promise<v
       error = ''
       if (f.seconds === null) return
       last = f
-      if (json) process.stdout.write(`${JSON.stringify(f)}\n`)
+      if (json) process.stdout.write(`${escapeJsonText(JSON.stringify(f))}\n`)
       draw()
     },
     onError: (e) => {
