@@ -148,6 +148,32 @@ describe('vrio dashboard and top on the command line', () => {
     }
   })
 
+  it('top --json without --once: one JSON line per refresh until SIGTERM', async () => {
+    const child = spawn(process.execPath, [
+      VRIO_BIN,
+      'top',
+      '--json',
+      '--interval',
+      '0.2',
+      '--socket',
+      stub.path,
+    ])
+    let out = ''
+    child.stdout.on('data', (b) => (out += b))
+    let exited: number | null | undefined
+    child.on('exit', (code) => (exited = code))
+    await waitUntil(() => out.split('\n').length > 3 || exited !== undefined, 'three JSON lines', 10_000)
+    child.kill('SIGTERM')
+    await waitUntil(() => exited !== undefined, 'top to exit', 10_000)
+    assert.equal(exited, 0)
+    const docs = out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+    assert.ok(docs.length >= 3)
+    assert.ok(docs.every((f) => f.disks[0].disk === 'd1' && f.disks[0].iops > 0 && f.seconds > 0))
+  })
+
   it('bad input: a bad --listen, a bad --interval, a missing daemon', async () => {
     let r = await vrioAsync(['dashboard', '--listen', 'localhost', '--socket', stub.path])
     assert.equal(r.status, 1)
