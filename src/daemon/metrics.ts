@@ -9,7 +9,7 @@
  * ids). Values a peer chose (none today: names come from the operator) are escaped by prom-client.
  */
 import { createServer, type Server } from 'node:http'
-import { collectDefaultMetrics, Counter, Gauge, type Metric, Registry } from 'prom-client'
+import type { Metric, Registry } from 'prom-client'
 import type { GuestInfo, NicInfo } from '../control/api.ts'
 import { BLOCK_OP_NAMES, type BlockOpStats, FixedHistogram } from '../devices/blk/op-stats.ts'
 import { BlockStatus } from '../devices/blk/protocol.ts'
@@ -17,7 +17,21 @@ import { VrioError } from '../errors.ts'
 import { parseListenAddress } from './listen-address.ts'
 import { GUEST_STATES } from '../control/api.ts'
 
-export const METRICS_CONTENT_TYPE = Registry.PROMETHEUS_CONTENT_TYPE
+export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
+
+/**
+ * prom-client is loaded at a daemon's first scrape, not at start: every `vrio` command imports the
+ * daemons' modules, and most never serve a scrape.
+ */
+type PromClient = typeof import('prom-client')
+let client: Promise<PromClient> | undefined
+const loadClient = (): Promise<PromClient> => (client ??= import('prom-client'))
+
+/** A registry being built, and the prom-client it belongs to. */
+interface Reg {
+  client: PromClient
+  registry: Registry
+}
 
 type Labels = Record<string, string>
 
@@ -52,7 +66,6 @@ export interface GuestMetricsSource {
 
 /** A daemon's registry, and what must stop with the daemon. */
 export interface DaemonMetrics {
-  readonly registry: Registry
   /** The exposition text (text/plain; version=0.0.4). */
   scrape(): Promise<string>
   close(): void
@@ -75,7 +88,7 @@ function statusName(status: number): string {
  * collect() hook: each scrape starts from nothing, so removed devices leave no stale series.
  */
 function collected(
-  registry: Registry,
+  registry: Reg,
   type: 'counter' | 'gauge',
   name: string,
   help: string,
@@ -83,22 +96,22 @@ function collected(
   rows: (emit: (labels: Labels, value: number) => void) => void,
 ): void {
   if (type === 'counter') {
-    new Counter({
+    new registry.client.Counter({
       name,
       help,
       labelNames,
-      registers: [registry],
+      registers: [registry.registry],
       collect() {
         this.reset()
         rows((labels, value) => this.inc(labels, value))
       },
     })
   } else {
-    new Gauge({
+    new registry.client.Gauge({
       name,
       help,
       labelNames,
-      registers: [registry],
+      registers: [registry.registry],
       collect() {
         this.reset()
         rows((labels, value) => this.set(labels, value))
@@ -152,8 +165,8 @@ class ExternalHistogram {
   reset(): void {}
 }
 
-function registerHistogram(registry: Registry, metric: ExternalHistogram): void {
-  registry.registerMetric(metric as unknown as Metric)
+function registerHistogram(registry: Reg, metric: ExternalHistogram): void {
+  registry.registry.registerMetric(metric as unknown as Metric)
 }
 
 /** Event-loop delay: how late a 50 ms timer fires, in a fixed-bucket histogram. */
@@ -161,12 +174,13 @@ const LOOP_INTERVAL_MS = 50
 const LOOP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 function common(
-  registry: Registry,
+  registry: Reg,
   role: 'iohyp' | 'guest',
   version: string,
   socket: () => { interface: string; kernelDrops: number },
-): () => void {
-  collectDefaultMetrics({ register: registry })
+  loop: FixedHistogram,
+): void {
+  registry.client.collectDefaultMetrics({ register: registry.registry })
   // Gauges named like counters, which promtool flags; the same counts stay, by type, in
   // nodejs_active_handles / _requests / _resources.
   for (const name of [
@@ -174,12 +188,12 @@ function common(
     'nodejs_active_requests_total',
     'nodejs_active_resources_total',
   ])
-    registry.removeSingleMetric(name)
-  const info = new Gauge({
+    registry.registry.removeSingleMetric(name)
+  const info = new registry.client.Gauge({
     name: 'vrio_info',
     help: 'The daemon: its role and vrio version (always 1)',
     labelNames: ['role', 'version'],
-    registers: [registry],
+    registers: [registry.registry],
   })
   info.set({ role, version }, 1)
   collected(
@@ -193,14 +207,6 @@ function common(
       emit({ interface: s.interface }, s.kernelDrops)
     },
   )
-  const loop = new FixedHistogram(1, LOOP_BUCKETS)
-  let expected = performance.now() + LOOP_INTERVAL_MS
-  const timer = setInterval(() => {
-    const now = performance.now()
-    loop.observe(0, Math.max(0, now - expected) / 1000)
-    expected = now + LOOP_INTERVAL_MS
-  }, LOOP_INTERVAL_MS)
-  timer.unref()
   registerHistogram(
     registry,
     new ExternalHistogram(
@@ -209,11 +215,39 @@ function common(
       () => [{ labels: {}, histogram: loop, row: 0 }],
     ),
   )
-  return () => clearInterval(timer)
 }
 
-function daemonMetrics(registry: Registry, stop: () => void): DaemonMetrics {
-  return { registry, scrape: () => registry.metrics(), close: stop }
+/**
+ * A daemon's metrics: the event-loop timer runs from now; the registry (prom-client, `build`'s
+ * metrics) is made at the first scrape.
+ */
+function daemonMetrics(
+  role: 'iohyp' | 'guest',
+  version: string,
+  socket: () => { interface: string; kernelDrops: number },
+  build: (registry: Reg) => void,
+): DaemonMetrics {
+  const loop = new FixedHistogram(1, LOOP_BUCKETS)
+  let expected = performance.now() + LOOP_INTERVAL_MS
+  const timer = setInterval(() => {
+    const now = performance.now()
+    loop.observe(0, Math.max(0, now - expected) / 1000)
+    expected = now + LOOP_INTERVAL_MS
+  }, LOOP_INTERVAL_MS)
+  timer.unref()
+  let ready: Promise<Registry> | undefined
+  return {
+    async scrape() {
+      ready ??= loadClient().then((c) => {
+        const registry: Reg = { client: c, registry: new c.Registry() }
+        common(registry, role, version, socket, loop)
+        build(registry)
+        return registry.registry
+      })
+      return (await ready).metrics()
+    },
+    close: () => clearInterval(timer),
+  }
 }
 
 function* opRows(
@@ -225,7 +259,7 @@ function* opRows(
 }
 
 function diskCounters(
-  registry: Registry,
+  registry: Reg,
   disks: () => Iterable<{ labels: Labels; ops: BlockOpStats; inFlight: number }>,
   labelNames: readonly string[],
 ): void {
@@ -268,8 +302,15 @@ function diskCounters(
 
 /** The IOhyp's registry: channels, disks (service side), NICs, process. */
 export function createIohypMetrics(source: IohypMetricsSource): DaemonMetrics {
-  const registry = new Registry()
-  const stop = common(registry, 'iohyp', source.version, () => source.socket())
+  return daemonMetrics(
+    'iohyp',
+    source.version,
+    () => source.socket(),
+    (registry) => buildIohyp(registry, source),
+  )
+}
+
+function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
   const guests = (emit: (g: GuestInfo) => void) => {
     for (const g of source.guests()) emit(g)
   }
@@ -474,7 +515,6 @@ export function createIohypMetrics(source: IohypMetricsSource): DaemonMetrics {
         if (c && typeof c.bytes === 'number') emit({ nic: n.name }, c.bytes)
       }),
   )
-  return daemonMetrics(registry, stop)
 }
 
 /** The firewall's rule counters as rows; the verdict is the rule's action (its text says it). */
@@ -501,8 +541,15 @@ function firewallRows(n: NicInfo, emit: (labels: Labels, value: number) => void)
 
 /** The guest agent's registry: its disks (end to end) and the process. */
 export function createGuestMetrics(source: GuestMetricsSource): DaemonMetrics {
-  const registry = new Registry()
-  const stop = common(registry, 'guest', source.version, () => source.socket())
+  return daemonMetrics(
+    'guest',
+    source.version,
+    () => source.socket(),
+    (registry) => buildGuest(registry, source),
+  )
+}
+
+function buildGuest(registry: Reg, source: GuestMetricsSource): void {
   const disks = () => {
     const rows: { labels: Labels; ops: BlockOpStats; inFlight: number }[] = []
     for (const d of source.disks()) rows.push({ ...d, labels: { disk: d.disk } })
@@ -519,7 +566,6 @@ export function createGuestMetrics(source: GuestMetricsSource): DaemonMetrics {
       },
     ),
   )
-  return daemonMetrics(registry, stop)
 }
 
 /**
