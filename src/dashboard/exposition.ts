@@ -102,15 +102,22 @@ function parseSampleLine(line: string, lineNo: number): Sample {
   return { name, labels, value }
 }
 
-/** A sample value or bucket bound: a float, `NaN`, `+Inf`/`Inf`, `-Inf`; undefined when neither. */
+/**
+ * A sample value or bucket bound: a float, NaN, +Inf/Inf, -Inf; undefined when neither. The
+ * special words in any case, as Prometheus reads them (Go's ParseFloat): prom-client writes NaN
+ * as `Nan`.
+ */
 export function parseValue(text: string): number | undefined {
-  switch (text) {
-    case 'NaN':
+  switch (text.toLowerCase()) {
+    case 'nan':
       return Number.NaN
-    case '+Inf':
-    case 'Inf':
+    case '+inf':
+    case 'inf':
+    case '+infinity':
+    case 'infinity':
       return Number.POSITIVE_INFINITY
-    case '-Inf':
+    case '-inf':
+    case '-infinity':
       return Number.NEGATIVE_INFINITY
   }
   if (!/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(text)) return undefined

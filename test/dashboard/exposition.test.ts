@@ -71,7 +71,12 @@ describe('parseValue and labelKey', () => {
     assert.equal(parseValue('-2'), -2)
     assert.equal(parseValue('.5'), 0.5)
     assert.equal(parseValue('Inf'), Number.POSITIVE_INFINITY)
-    for (const bad of ['', '0x10', '1,5', 'inf', '1e', 'abc']) assert.equal(parseValue(bad), undefined, bad)
+    // prom-client writes NaN as `Nan`; Prometheus reads the special words in any case.
+    assert.ok(Number.isNaN(parseValue('Nan')))
+    assert.equal(parseValue('+inf'), Number.POSITIVE_INFINITY)
+    assert.equal(parseValue('-INF'), Number.NEGATIVE_INFINITY)
+    for (const bad of ['', '0x10', '1,5', 'in', '1e', 'abc', 'nann'])
+      assert.equal(parseValue(bad), undefined, bad)
   })
 
   it('a label set has one key whatever the order; `omit` leaves one label out', () => {

@@ -40,6 +40,8 @@ after(async () => {
 /** fio random reads held at `iops` for `seconds` on the disk's NBD export. */
 function steadyReads(disk: DiskInfo, iops: number, seconds: number) {
   return fio(disk.nbd!, [
+    // Jobs as threads: one process, so killing it (a failed test's cleanup) leaves no job behind.
+    '--thread',
     '--rw=randread',
     '--bs=4k',
     '--iodepth=4',
