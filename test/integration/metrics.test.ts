@@ -161,7 +161,17 @@ describe('metrics: a real Prometheus scrapes both daemons while fio and iperf3 r
       await sleep(500)
     }
   })
-  after(() => pair?.stop())
+  after(async () => {
+    // Prometheus first: its database lives in the pair's directory, which stop() removes.
+    await Promise.all(
+      [...children].map((c) => {
+        const exited = new Promise((resolve) => c.once('exit', resolve))
+        c.kill('SIGKILL')
+        return c.exitCode === null && c.signalCode === null ? exited : undefined
+      }),
+    )
+    await pair?.stop()
+  })
 
   it('PromQL rates agree with fio (disk, both daemons) and iperf3 (NIC) within 10 %', async () => {
     await sleep(2000) // a few idle scrapes before the load
