@@ -1,12 +1,13 @@
 /**
- * Prometheus metrics of a daemon (docs/operations.md, "Metrics"; names in /work/briefs/metrics.md
- * terms: `vrio_` prefix, base units, `_total` counters). One prom-client Registry per daemon. The
+ * Prometheus metrics of a daemon (the list: docs/operations.md, "Metrics"; Prometheus conventions:
+ * `vrio_` prefix, base units, `_total` counters). One prom-client Registry per daemon. The
  * counters the daemons keep anyway are read at scrape time by collect() callbacks, so the data path
- * does no work for metrics; the latency histograms are fixed-bucket typed arrays each disk keeps
- * (devices/blk/op-stats.ts), exposed here as they are at scrape time.
+ * does no work for them; the latency histograms are fixed-bucket typed arrays each disk keeps
+ * (devices/blk/op-stats.ts: a few additions per request), exposed as they are at scrape time.
  *
  * Labels are bounded: guest MAC, device name, direction, operation, status, reason (never request
- * ids). Values a peer chose (none today: names come from the operator) are escaped by prom-client.
+ * ids). Label values are escaped by prom-client's registry (a drop reason or name with quotes,
+ * backslashes or newlines stays one label value).
  */
 import { createServer, type Server } from 'node:http'
 import type { Metric, Registry } from 'prom-client'

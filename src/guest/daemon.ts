@@ -85,11 +85,6 @@ export class GuestDaemon {
     })
   }
 
-  /** The metrics listener's bound address, when --metrics was given. */
-  get metricsAddress(): { host: string; port: number } | undefined {
-    return this.metricsListener?.address
-  }
-
   static async start(o: GuestOptions, log: Logger): Promise<GuestDaemon> {
     const d = new GuestDaemon(o, log)
     await d.init()

@@ -206,11 +206,6 @@ export class IohypDaemon {
     return this.o.port ?? VRIO_PORT
   }
 
-  /** The metrics listener's bound address, when --metrics was given. */
-  get metricsAddress(): { host: string; port: number } | undefined {
-    return this.metricsListener?.address
-  }
-
   private async init(): Promise<void> {
     // First: a metrics port in use fails the start before anything else is set up.
     try {

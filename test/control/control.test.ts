@@ -114,6 +114,7 @@ describe('control server and client', () => {
     assert.equal(r.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8')
     assert.equal(r.headers['content-length'], '10')
     assert.equal(r.text, 'a_total 1\n')
+    assert.equal(await client.get<string>('/metrics'), 'a_total 1\n', 'the client gives the text')
   })
 
   it('maps VrioError codes to HTTP statuses and sends {error: {code, message, ...details}}', async () => {
