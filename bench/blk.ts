@@ -11,13 +11,17 @@
  * BENCH_MODES=1 instead compares the sealed channel (the default) with --insecure-plaintext on both
  * daemons: fresh daemons per round, alternated (sealed, plaintext, sealed, ...) BENCH_ROUNDS times
  * (default 2), each figure as a range, with the ratio and server CPU s/GB of both.
+ * BENCH_METRICS=1 instead compares metrics on (both daemons with --metrics, and /metrics scraped
+ * every second on both) with metrics off (no listener, no scrapes), fresh daemons per round,
+ * alternated (off, on, off, ...) BENCH_ROUNDS times (default 2), as ranges with the on/off ratio.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { closeSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { cleanupNetns } from '../test/support/netns.ts'
 import { directLink } from '../test/support/topology.ts'
-import { VrioPair } from '../test/support/vrio-pair.ts'
+import { type PairOptions, VrioPair } from '../test/support/vrio-pair.ts'
+import { startScraper } from './support/metrics-scraper.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const SIZE = 512 * 1024 * 1024
@@ -58,8 +62,8 @@ function cpuSeconds(pids: number[]): number {
   return ticks / 100
 }
 
-function fio(uri: string, c: Case, netns?: string): Omit<Result, 'serverCpuSeconds'> {
-  const argv = [
+function fioArgv(uri: string, c: Case): string[] {
+  return [
     'fio',
     '--name=bench',
     '--ioengine=nbd',
@@ -70,9 +74,9 @@ function fio(uri: string, c: Case, netns?: string): Omit<Result, 'serverCpuSecon
     '--output-format=json',
     ...c.args,
   ]
-  const out = netns
-    ? execFileSync('ip', ['netns', 'exec', netns, ...argv], { encoding: 'utf8' })
-    : execFileSync(argv[0], argv.slice(1), { encoding: 'utf8' })
+}
+
+function fioResult(out: string, c: Case): Omit<Result, 'serverCpuSeconds'> {
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0][c.rw]
   const pct = job.clat_ns.percentile ?? {}
   return {
@@ -83,10 +87,70 @@ function fio(uri: string, c: Case, netns?: string): Omit<Result, 'serverCpuSecon
   }
 }
 
+function fio(uri: string, c: Case, netns?: string): Omit<Result, 'serverCpuSeconds'> {
+  const argv = fioArgv(uri, c)
+  const out = netns
+    ? execFileSync('ip', ['netns', 'exec', netns, ...argv], { encoding: 'utf8' })
+    : execFileSync(argv[0], argv.slice(1), { encoding: 'utf8' })
+  return fioResult(out, c)
+}
+
+/** Ranges of figures: `a–b`. */
+function range(xs: number[]): string {
+  const f = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2))
+  return `${f(Math.min(...xs))}–${f(Math.max(...xs))}`
+}
+
+/** Metrics off vs on (with a 1 s scrape of both daemons), alternated (BENCH_METRICS=1). */
+async function compareMetrics(backing: string): Promise<void> {
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
+  const results: Record<'off' | 'on', Result[][]> = { off: [], on: [] }
+  const on: PairOptions = {
+    iohypOptions: ['--metrics', '127.0.0.1:9860'],
+    guestOptions: ['--metrics', '127.0.0.1:9861'],
+  }
+  for (let round = 0; round < rounds; round++) {
+    results.off.push(await freshPairRun(backing, {}, false))
+    results.on.push(await freshPairRun(backing, on, true))
+  }
+  const perGB = (r: Result) => r.serverCpuSeconds / (r.bytes / 1e9)
+  console.log(
+    `${'case'.padEnd(22)}${'metrics off'.padStart(16)}${'on, 1 s scrape'.padStart(16)}${'on/off'.padStart(12)}   server CPU s/GB off | on`,
+  )
+  const json = CASES.map((c, i) => {
+    const off = results.off.map((r) => r[i])
+    const onr = results.on.map((r) => r[i])
+    const ratios = onr.map((r, k) => r.value / off[k].value)
+    console.log(
+      `${`${c.name} ${c.kind === 'iops' ? 'IOPS' : 'MB/s'}`.padEnd(22)}${range(off.map((r) => r.value)).padStart(16)}${range(onr.map((r) => r.value)).padStart(16)}${range(ratios).padStart(12)}   ${range(off.map(perGB))} | ${range(onr.map(perGB))}`,
+    )
+    return { case: c.name, off, on: onr, ratios }
+  })
+  console.log(JSON.stringify({ bench: 'blk-metrics', seconds: SECONDS, rounds, cases: json }))
+}
+
 function measure(uri: string, c: Case, serverPids: number[], netns?: string): Result {
   const before = cpuSeconds(serverPids)
   const r = fio(uri, c, netns)
   return { ...r, serverCpuSeconds: cpuSeconds(serverPids) - before }
+}
+
+/** Runs every case on fresh daemons started with `options`; `scrape`: /metrics on both every second. */
+async function freshPairRun(backing: string, options: PairOptions, scrape: boolean): Promise<Result[]> {
+  const link = directLink()
+  const p = new VrioPair(link.a, link.b, options)
+  try {
+    await p.start()
+    const disk = await p.createDisk(backing, 'bench')
+    const scraper = scrape ? startScraper([p.sock('iohyp'), p.sock('guest')]) : undefined
+    // The scraper is a child process: it keeps its pace while fio runs synchronously here.
+    const results = CASES.map((c) => measure(disk.nbd!, c, [p.iohyp.child.pid!, p.guest.child.pid!]))
+    const s = await scraper?.stop()
+    if (s && (s.failures > 0 || s.scrapes === 0)) throw new Error(`scraper: ${JSON.stringify(s)}`)
+    return results
+  } finally {
+    await p.stop()
+  }
 }
 
 /** vrio alone, sealed vs plaintext, alternated (BENCH_MODES=1). */
@@ -95,20 +159,8 @@ async function compareModes(backing: string): Promise<void> {
   const results: Record<'sealed' | 'plaintext', Result[][]> = { sealed: [], plaintext: [] }
   for (let round = 0; round < rounds; round++) {
     for (const mode of ['sealed', 'plaintext'] as const) {
-      const link = directLink()
-      const p = new VrioPair(link.a, link.b, { plaintext: mode === 'plaintext' })
-      try {
-        await p.start()
-        const disk = await p.createDisk(backing, 'bench')
-        results[mode].push(CASES.map((c) => measure(disk.nbd!, c, [p.iohyp.child.pid!, p.guest.child.pid!])))
-      } finally {
-        await p.stop()
-      }
+      results[mode].push(await freshPairRun(backing, { plaintext: mode === 'plaintext' }, false))
     }
-  }
-  const range = (xs: number[]) => {
-    const f = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2))
-    return `${f(Math.min(...xs))}–${f(Math.max(...xs))}`
   }
   const perGB = (r: Result) => r.serverCpuSeconds / (r.bytes / 1e9)
   console.log(
@@ -136,6 +188,7 @@ try {
   for (let off = 0; off < SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))
   closeSync(fd)
   if (process.env.BENCH_MODES === '1') await compareModes(backing)
+  else if (process.env.BENCH_METRICS === '1') await compareMetrics(backing)
   else await againstQemu(backing)
 } finally {
   qemu?.kill()

@@ -9,10 +9,13 @@
  *   npm run bench -- nic           (root; iperf3)
  * BENCH_MODES=1 instead compares vrio's sealed channel (the default) with --insecure-plaintext on
  * both daemons: fresh daemons per round, alternated BENCH_ROUNDS times (default 2), as ranges.
+ * BENCH_METRICS=1 instead compares metrics off with metrics on (both daemons with --metrics, and
+ * /metrics scraped every second on both), fresh daemons per round, alternated, as ranges.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import { exec, ip, type Netns } from '../test/support/netns.ts'
-import { onBridge } from '../test/support/vrio-pair.ts'
+import { onBridge, type PairOptions } from '../test/support/vrio-pair.ts'
+import { startScraper } from './support/metrics-scraper.ts'
 import { busySeconds, iperf as iperfRun, startNicWorld } from './support/nic-world.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
@@ -87,23 +90,60 @@ function measure(guest: Netns, target: string): PathResult {
   }
 }
 
+/** A fresh IOhyp, guest and world with `options`, measured; `scrape`: /metrics on both every second. */
+async function freshWorldRun(options: PairOptions, scrape: boolean): Promise<PathResult> {
+  const m = await startNicWorld(['192.168.77.100/24'], options)
+  try {
+    m.serve(m.world, 'iperf3', ['-s'])
+    m.serve(m.world, 'python3', ['-c', PINGPONG_SERVER])
+    await m.pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
+    ip(m.guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
+    await sleep(1000)
+    const scraper = scrape ? startScraper([m.pair.sock('iohyp'), m.pair.sock('guest')]) : undefined
+    const r = measure(m.guest, '192.168.77.100')
+    const s = await scraper?.stop()
+    if (s && (s.failures > 0 || s.scrapes === 0)) throw new Error(`scraper: ${JSON.stringify(s)}`)
+    return r
+  } finally {
+    await m.stop()
+  }
+}
+
+/** Metrics off vs on (with a 1 s scrape of both daemons), alternated (BENCH_METRICS=1). */
+async function compareMetrics(): Promise<void> {
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
+  const results: Record<'off' | 'on', PathResult[]> = { off: [], on: [] }
+  const on: PairOptions = {
+    iohypOptions: ['--metrics', '127.0.0.1:9860'],
+    guestOptions: ['--metrics', '127.0.0.1:9861'],
+  }
+  for (let round = 0; round < rounds; round++) {
+    results.off.push(await freshWorldRun({}, false))
+    results.on.push(await freshWorldRun(on, true))
+  }
+  const f = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2))
+  const range = (xs: number[]) => `${f(Math.min(...xs))}–${f(Math.max(...xs))}`
+  console.log(
+    `${'case'.padEnd(28)}${'metrics off'.padStart(16)}${'on, 1 s scrape'.padStart(16)}${'on/off'.padStart(12)}`,
+  )
+  for (const key of Object.keys(results.off[0]) as (keyof PathResult)[]) {
+    const off = results.off.map((r) => r[key])
+    const onr = results.on.map((r) => r[key])
+    const ratios = onr.map((x, i) => x / off[i])
+    console.log(
+      `${key.padEnd(28)}${range(off).padStart(16)}${range(onr).padStart(16)}${range(ratios).padStart(12)}`,
+    )
+  }
+  console.log(JSON.stringify({ bench: 'nic-metrics', seconds: SECONDS, rounds, ...results }))
+}
+
 /** vrio alone, sealed vs plaintext, alternated (BENCH_MODES=1). */
 async function compareModes(): Promise<void> {
   const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
   const results: Record<'sealed' | 'plaintext', PathResult[]> = { sealed: [], plaintext: [] }
   for (let round = 0; round < rounds; round++) {
     for (const mode of ['sealed', 'plaintext'] as const) {
-      const m = await startNicWorld(['192.168.77.100/24'], { plaintext: mode === 'plaintext' })
-      try {
-        m.serve(m.world, 'iperf3', ['-s'])
-        m.serve(m.world, 'python3', ['-c', PINGPONG_SERVER])
-        await m.pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
-        ip(m.guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
-        await sleep(1000)
-        results[mode].push(measure(m.guest, '192.168.77.100'))
-      } finally {
-        await m.stop()
-      }
+      results[mode].push(await freshWorldRun({ plaintext: mode === 'plaintext' }, false))
     }
   }
   const f = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2))
@@ -123,6 +163,7 @@ async function compareModes(): Promise<void> {
 }
 
 if (process.env.BENCH_MODES === '1') await compareModes()
+else if (process.env.BENCH_METRICS === '1') await compareMetrics()
 else await againstVxlan()
 
 async function againstVxlan(): Promise<void> {

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(curl tshark iproute2 nftables ethtool iputils-ping iperf3 nbdkit libnbd-bin e2fsprogs util-linux qemu-utils python3-libnbd fio cryptsetup python3-cryptography)
+packages=(curl tshark iproute2 nftables ethtool iputils-ping iperf3 nbdkit libnbd-bin e2fsprogs util-linux qemu-utils python3-libnbd fio cryptsetup python3-cryptography prometheus chromium tmux)
 
 missing=()
 for p in "${packages[@]}"; do

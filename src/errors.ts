@@ -88,7 +88,7 @@ export const ERROR_CATALOGUE = {
   busy: entry(409, EXIT.conflict, 'a device or file is in use'),
   'control-socket-in-use': entry(409, EXIT.conflict, "another daemon answers on the control socket's path"),
   'nbd-socket-in-use': entry(409, EXIT.conflict, "another process answers on the NBD socket's path"),
-  'metrics-address-in-use': entry(409, EXIT.conflict, 'the metrics listen address is in use'),
+  'address-in-use': entry(409, EXIT.conflict, 'a TCP listen address (metrics, dashboard) is in use'),
   // Permissions
   'permission-denied': entry(403, EXIT.permission, 'the operating system refused access'),
   // Device and I/O outcomes
@@ -110,6 +110,9 @@ export const ERROR_CATALOGUE = {
     "the kernel's answers to the channel could not be silenced",
   ),
   'no-address': entry(400, EXIT.usage, 'the interface has no IPv4 address and none was given'),
+  'listen-failed': entry(502, EXIT.failure, 'a TCP listen address could not be bound'),
+  'bad-metrics': entry(502, EXIT.failure, "a daemon's metrics exposition could not be parsed"),
+  'missing-dependency': entry(503, EXIT.failure, 'a file vrio ships with (a dashboard asset) is missing'),
   'file-write-failed': entry(507, EXIT.failure, 'a file could not be written'),
   'control-socket-path-invalid': entry(400, EXIT.usage, 'the control socket path is not usable'),
   'control-socket-error': entry(502, EXIT.failure, 'the control socket could not be set up'),

@@ -7,6 +7,7 @@ import { loadGuestConfig, loadIohypConfig } from '../config/load.ts'
 import { ipv4Schema } from '../config/schema.ts'
 import { createLogger } from '../daemon/log.ts'
 import { stopOnSignals } from '../daemon/runtime.ts'
+import { parseListenAddress } from '../daemon/listen-address.ts'
 import { GuestDaemon } from '../guest/daemon.ts'
 import { IohypDaemon } from '../iohyp/daemon.ts'
 import { VrioError } from '../errors.ts'
@@ -24,6 +25,7 @@ interface IohypCliOptions {
   stateDir?: string
   control?: string
   insecurePlaintext?: boolean
+  metrics?: string
 }
 
 interface GuestCliOptions {
@@ -37,6 +39,7 @@ interface GuestCliOptions {
   ioTimeout?: string
   insecurePlaintext?: boolean
   iohyp?: string
+  metrics?: string
 }
 
 const CONFIG_HELP = 'config file (.yaml, .yml or .json); options given here override its settings'
@@ -56,6 +59,10 @@ export function registerDaemonCommands(program: Command): void {
       '--insecure-plaintext',
       'channel segments neither encrypted nor authenticated (protocol version 1), only for a segment you alone own; both daemons must agree',
     )
+    .option(
+      '--metrics <addr:port>',
+      'also serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9860 (they are always at GET /metrics on the control socket)',
+    )
     .action(async (o: IohypCliOptions) => {
       // The config is checked before anything starts: a bad one leaves nothing behind.
       const c = o.config === undefined ? undefined : loadIohypConfig(o.config)
@@ -68,6 +75,7 @@ export function registerDaemonCommands(program: Command): void {
           control: o.control ?? c?.control ?? DEFAULT_IOHYP_SOCKET,
           insecurePlaintext: o.insecurePlaintext === true || c?.insecurePlaintext === true,
           version: VERSION,
+          metrics: metricsOption(o.metrics) ?? c?.metrics,
           ...(c && { guests: c.guests, devices: { disks: c.disks, nics: c.nics } }),
           ...(c?.budgets && { budgets: c.budgets }),
         },
@@ -104,6 +112,10 @@ export function registerDaemonCommands(program: Command): void {
       '--iohyp <ipv4>',
       'accept connections only from the IOhyp at this address (default: the first IOhyp that authenticates, remembered in the run dir)',
     )
+    .option(
+      '--metrics <addr:port>',
+      'also serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9860 (they are always at GET /metrics on the control socket)',
+    )
     .action(async (o: GuestCliOptions) => {
       const c = o.config === undefined ? undefined : loadGuestConfig(o.config)
       const ifname = required(o.interface ?? c?.interface, '--interface')
@@ -128,6 +140,7 @@ export function registerDaemonCommands(program: Command): void {
               : Math.round((c?.ioTimeout ?? 30) * 1000),
           iohyp: o.iohyp !== undefined ? ipv4Option(o.iohyp, '--iohyp') : c?.iohyp,
           version: VERSION,
+          metrics: metricsOption(o.metrics) ?? c?.metrics,
         },
         log,
       )
@@ -153,6 +166,12 @@ function seconds(text: string, option: string): number {
     )
   }
   return Math.round(n * 1000)
+}
+
+/** `--metrics ADDR:PORT`, checked before anything starts. */
+function metricsOption(text: string | undefined): string | undefined {
+  if (text !== undefined) parseListenAddress(text)
+  return text
 }
 
 /** A unicast IPv4 address given as an option, in canonical form. */

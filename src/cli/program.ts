@@ -13,6 +13,7 @@ import { registerGuestsCommands } from './guests.ts'
 import { registerKeygenCommand } from './keygen.ts'
 import { registerNicCommands } from './nic.ts'
 import { registerStatusCommand } from './status.ts'
+import { registerTopCommands } from './top.ts'
 import { VERSION } from './version.ts'
 
 /** What main needs to learn from the command that ran, to report its failure the right way. */
@@ -68,6 +69,7 @@ export function buildProgram(state: RunState = { json: false }): Command {
   registerDpiCommands(program)
   registerConfigCommands(program)
   registerCryptCommands(program)
+  registerTopCommands(program)
   return program
 }
 

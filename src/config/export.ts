@@ -20,6 +20,8 @@ export interface ExportableState {
   stateDir?: string
   /** Only when the daemon runs with --insecure-plaintext. */
   insecurePlaintext?: boolean
+  /** Only when the daemon runs with --metrics. */
+  metrics?: string
   guests: {
     mac: string
     address: string
@@ -74,6 +76,7 @@ export function buildConfigDocument(
   if (state.address !== undefined) doc.address = state.address
   if (state.stateDir !== undefined) doc.stateDir = state.stateDir
   if (state.insecurePlaintext === true) doc.insecurePlaintext = true
+  if (state.metrics !== undefined) doc.metrics = state.metrics
   if (state.budgets && Object.keys(state.budgets).length > 0) doc.budgets = state.budgets
   doc.guests = state.guests.map((g) => ({
     mac: g.mac,

@@ -87,6 +87,8 @@ export interface IohypConfig {
   stateDir?: string
   control?: string
   insecurePlaintext?: boolean
+  /** `ADDR:PORT` of the metrics listener. */
+  metrics?: string
   /** Budgets for guests that set none (or only some) of their own. */
   budgets?: BudgetsConfig
   guests: GuestEntry[]
@@ -104,6 +106,8 @@ export interface GuestConfig {
   control?: string
   attach?: boolean
   insecurePlaintext?: boolean
+  /** `ADDR:PORT` of the metrics listener. */
+  metrics?: string
   /** Seconds. */
   ioTimeout?: number
   /** The IOhyp's IPv4 address (dotted quad). */
@@ -360,6 +364,7 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     ...(top.stateDir !== undefined && { stateDir: c.path(top.stateDir) }),
     ...(top.control !== undefined && { control: c.path(top.control) }),
     ...(top.insecurePlaintext !== undefined && { insecurePlaintext: top.insecurePlaintext }),
+    ...(top.metrics !== undefined && { metrics: top.metrics }),
     ...(top.budgets !== undefined && { budgets: top.budgets }),
     guests,
     disks,
@@ -385,6 +390,7 @@ export function checkGuestConfig(raw: unknown, file: string): GuestConfig {
     ...(g.control !== undefined && { control: c.path(g.control) }),
     ...(g.attach !== undefined && { attach: g.attach }),
     ...(g.insecurePlaintext !== undefined && { insecurePlaintext: g.insecurePlaintext }),
+    ...(g.metrics !== undefined && { metrics: g.metrics }),
     ...(g.ioTimeout !== undefined && { ioTimeout: g.ioTimeout }),
     ...(g.iohyp !== undefined && { iohyp: g.iohyp }),
   }

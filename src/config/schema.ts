@@ -14,6 +14,7 @@ import {
   pathSchema as path,
   textSchema as text,
 } from '../devices/fields.ts'
+import { parseListenAddress } from '../daemon/listen-address.ts'
 
 export {
   ipv4PrefixSchema,
@@ -83,6 +84,19 @@ export const diskEntrySchema = z.strictObject({
 
 export { nicEntrySchema } from '../devices/net/spec.ts'
 
+/** `ADDR:PORT` of the metrics listener (`--metrics`). */
+export const listenAddressSchema = z.string().refine(
+  (value) => {
+    try {
+      parseListenAddress(value)
+      return true
+    } catch {
+      return false
+    }
+  },
+  { error: 'must be ADDR:PORT, e.g. 127.0.0.1:9860' },
+)
+
 /** Top level of the IOhyp's file; list entries are parsed one by one (see load.ts). */
 export const iohypTopSchema = z.strictObject({
   interface: ifname,
@@ -91,6 +105,8 @@ export const iohypTopSchema = z.strictObject({
   control: path.optional(),
   /** Unsealed channel (protocol version 1), for a segment the operator alone owns; guests must agree. */
   insecurePlaintext: z.boolean().optional(),
+  /** Serve Prometheus metrics on this `ADDR:PORT` too (always on the control socket). */
+  metrics: listenAddressSchema.optional(),
   /** Budgets of every guest that does not set its own. */
   budgets: budgetsSchema.optional(),
   guests: z.array(z.unknown()).optional(),
@@ -107,6 +123,8 @@ export const guestFileSchema = z.strictObject({
   attach: z.boolean().optional(),
   /** Unsealed channel (protocol version 1); the IOhyp must agree. */
   insecurePlaintext: z.boolean().optional(),
+  /** Serve Prometheus metrics on this `ADDR:PORT` too (always on the control socket). */
+  metrics: listenAddressSchema.optional(),
   /** Seconds; a disk request unanswered this long fails with EIO. */
   ioTimeout: z.number().gt(0).max(86_400).optional(),
   /**

@@ -19,6 +19,8 @@
  *   DELETE /v1/nic/:name       -> 200 NicInfo                      (IOhyp)
  *   POST   /v1/nic/:name/services  {firewall?, dpi?: path | null} -> 200 NicInfo (IOhyp)
  *   GET    /v1/nic/:name/alerts    -> 200 { alerts: EVE records }  (IOhyp; the latest 1000)
+ *   GET    /metrics            -> 200 Prometheus text exposition (IOhyp and guest daemons;
+ *                               text/plain; version=0.0.4, not JSON: docs/operations.md, "Metrics")
  *   GET    /v1/config          -> 200 ExportableState (src/config/export.ts; IOhyp). It holds the
  *                               guests' keys: `vrio config export` writes them to key files only.
  *
@@ -42,6 +44,7 @@ export const ROUTES = {
   nicServices: '/v1/nic/:name/services',
   nicAlerts: '/v1/nic/:name/alerts',
   config: '/v1/config',
+  metrics: '/metrics',
 } as const
 
 /** A route with its `:name`-style segments filled in (percent-encoded): `routePath(ROUTES.disk, { name })`. */
@@ -94,6 +97,8 @@ export interface GuestInfo {
   retransmits: number
   rtoFirings: number
   fastRecoveries: number
+  /** Times a message found the channel's send buffer full and had to wait (see ConnectionStats). */
+  windowStalls?: number
   /**
    * Dropped frames by reason (a `DropReason` from wire/, or a transport/daemon reason); only non-zero
    * ones. Sealed channels add `auth-failed`, `replayed`, `unsealed`, `bad-epoch` (see docs/protocol.md).

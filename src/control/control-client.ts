@@ -37,7 +37,10 @@ export class ControlClient {
     return this.request<T>('DELETE', path)
   }
 
-  /** Resolves with the parsed JSON answer, or undefined for 204 No Content. */
+  /**
+   * Resolves with the parsed JSON answer, undefined for 204 No Content, or the text of a
+   * `text/plain` success answer (`GET /metrics`: the Prometheus exposition).
+   */
   request<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), 'utf8')
     return new Promise<T>((resolve, reject) => {
@@ -88,6 +91,7 @@ export class ControlClient {
 
   private interpret(status: number, contentType: string | undefined, text: string): unknown {
     if (status === 204 || (text === '' && status >= 200 && status < 300)) return undefined
+    if (status >= 200 && status < 300 && contentType?.toLowerCase().startsWith('text/plain')) return text
     let value: unknown
     try {
       if (!contentType?.toLowerCase().startsWith('application/json')) throw new Error('not JSON')

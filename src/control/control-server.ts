@@ -27,6 +27,16 @@ export interface ControlRequest {
 
 export type ControlHandler = (request: ControlRequest) => unknown
 
+/** A handler's answer that is not JSON (e.g. the Prometheus exposition): sent with 200 as it is. */
+export class RawBody {
+  readonly contentType: string
+  readonly text: string
+  constructor(contentType: string, text: string) {
+    this.contentType = contentType
+    this.text = text
+  }
+}
+
 export interface ControlServerOptions {
   /** Path of the unix socket. */
   path: string
@@ -141,6 +151,10 @@ export class ControlServer {
       })
       if (result === undefined) {
         res.writeHead(204).end()
+        return
+      }
+      if (result instanceof RawBody) {
+        send(res, 200, result.text, {}, result.contentType)
         return
       }
       const text = JSON.stringify(result)
@@ -271,11 +285,17 @@ function readAtMost(req: IncomingMessage, limit: number, tooLarge: () => VrioErr
   })
 }
 
-function send(res: ServerResponse, status: number, text: string, headers: Record<string, string> = {}): void {
+function send(
+  res: ServerResponse,
+  status: number,
+  text: string,
+  headers: Record<string, string> = {},
+  contentType = 'application/json; charset=utf-8',
+): void {
   if (res.headersSent) return
   res.writeHead(status, {
     ...headers,
-    'content-type': 'application/json; charset=utf-8',
+    'content-type': contentType,
     'content-length': Buffer.byteLength(text),
   })
   res.end(text)

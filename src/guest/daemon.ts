@@ -2,7 +2,14 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { StatusInfo } from '../control/api.ts'
 import { ROUTES } from '../control/api.ts'
+import { RawBody } from '../control/control-server.ts'
 import { DaemonLink } from '../daemon/daemon-link.ts'
+import {
+  createGuestMetrics,
+  type DaemonMetrics,
+  METRICS_CONTENT_TYPE,
+  MetricsListener,
+} from '../daemon/metrics.ts'
 import type { Logger } from '../daemon/log.ts'
 import { VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
 import { Rpc } from '../session/rpc.ts'
@@ -41,6 +48,8 @@ export interface GuestOptions {
   iohyp?: string
   /** Limits before authentication (EndpointInit's; defaults there). */
   preAuth?: Omit<PreAuthOptions, 'peerAddress' | 'requireAuthentication'>
+  /** `ADDR:PORT`: also serve the Prometheus metrics there over plain HTTP (always on the control socket). */
+  metrics?: string
 }
 
 /** Where a learned IOhyp address is kept, in the run dir: delete it (and restart) to learn anew. */
@@ -63,10 +72,17 @@ export class GuestDaemon {
   /** The only address IOhyp connections are accepted from: configured, learned, or not yet known. */
   private iohypAddress: number | undefined
   private iohypAddressSource: 'configured' | 'learned' | 'none' = 'none'
+  readonly metrics: DaemonMetrics
+  private metricsListener: MetricsListener | undefined
 
   private constructor(o: GuestOptions, log: Logger) {
     this.o = o
     this.log = log
+    this.metrics = createGuestMetrics({
+      version: o.version,
+      disks: () => this.disks?.metrics() ?? [],
+      socket: () => ({ interface: o.interface, kernelDrops: this.link?.socket.stats().kernelDrops ?? 0 }),
+    })
   }
 
   static async start(o: GuestOptions, log: Logger): Promise<GuestDaemon> {
@@ -76,6 +92,24 @@ export class GuestDaemon {
   }
 
   private async init(): Promise<void> {
+    // First: a metrics port in use fails the start before anything else is set up.
+    try {
+      if (this.o.metrics !== undefined)
+        this.metricsListener = await MetricsListener.start(this.o.metrics, this.metrics)
+    } catch (error) {
+      this.metrics.close()
+      throw error
+    }
+    try {
+      await this.setUp()
+    } catch (error) {
+      await this.metricsListener?.close()
+      this.metrics.close()
+      throw error
+    }
+  }
+
+  private async setUp(): Promise<void> {
     const port = this.o.port ?? VRIO_PORT
     await this.loadIohypAddress()
     // Devices and RPC handlers exist before the link and control socket open: a control request or
@@ -109,6 +143,11 @@ export class GuestDaemon {
       },
       (control) => {
         control.route('GET', ROUTES.status, () => this.status())
+        control.route(
+          'GET',
+          ROUTES.metrics,
+          async () => new RawBody(METRICS_CONTENT_TYPE, await this.metrics.scrape()),
+        )
         control.route('GET', ROUTES.disks, () => ({ disks: this.disks.list() }))
         control.route('GET', ROUTES.nics, () => ({ nics: this.nics.list() }))
       },
@@ -215,6 +254,8 @@ export class GuestDaemon {
     await this.disks.close()
     this.nics.close()
     await this.link.close()
+    await this.metricsListener?.close()
+    this.metrics.close()
   }
 
   private preAuthStatus(): NonNullable<StatusInfo['preAuth']> {

@@ -141,6 +141,15 @@ export class GuestDisks {
     return null
   }
 
+  /** What the metrics endpoint reads of every disk (at scrape time). */
+  metrics(): { disk: string; ops: RemoteBlockDevice['ops']; inFlight: number }[] {
+    return [...this.disks.values()].map((d) => ({
+      disk: d.name,
+      ops: d.front.ops,
+      inFlight: d.front.outstanding,
+    }))
+  }
+
   list(): GuestDiskInfo[] {
     return [...this.disks.values()].map((d) => ({
       name: d.name,

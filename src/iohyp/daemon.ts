@@ -2,11 +2,17 @@ import { isAbsolute, join } from 'node:path'
 import type { CreateDiskRequest, GuestBudgets, GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
 import { DEFAULT_PENDING_REPLY_BYTES, ReplyBudget } from '../devices/blk/backend.ts'
 import { ROUTES } from '../control/api.ts'
-import type { ControlServer } from '../control/control-server.ts'
+import { type ControlServer, RawBody } from '../control/control-server.ts'
 import { parseAddGuestRequest } from '../control/validate.ts'
 import { DaemonLink } from '../daemon/daemon-link.ts'
 import { VRIO_PORT } from '../daemon/runtime.ts'
 import type { Logger } from '../daemon/log.ts'
+import {
+  createIohypMetrics,
+  type DaemonMetrics,
+  METRICS_CONTENT_TYPE,
+  MetricsListener,
+} from '../daemon/metrics.ts'
 import { VrioError } from '../errors.ts'
 import { Rpc } from '../session/rpc.ts'
 import { EveFileSink } from '../services/dpi/index.ts'
@@ -48,6 +54,8 @@ export interface IohypOptions {
   budgets?: Partial<GuestBudgets>
   /** Devices declared in a config file, applied at start over the state file's (same name: config wins). */
   devices?: { disks: readonly DiskEntry[]; nics: readonly NicEntry[] }
+  /** `ADDR:PORT`: also serve the Prometheus metrics there over plain HTTP (always on the control socket). */
+  metrics?: string
 }
 
 const REDIAL_MIN_MS = 100
@@ -63,6 +71,7 @@ interface Totals {
   retransmits: number
   rtoFirings: number
   fastRecoveries: number
+  windowStalls: number
   drops: Record<string, number>
   rekeys: number
 }
@@ -93,6 +102,7 @@ class GuestRecord {
     retransmits: 0,
     rtoFirings: 0,
     fastRecoveries: 0,
+    windowStalls: 0,
     drops: {},
     rekeys: 0,
   }
@@ -146,6 +156,7 @@ function addStats(t: Totals, c: Connection): void {
   t.retransmits += c.stats.retransmits
   t.rtoFirings += c.stats.rtoFirings
   t.fastRecoveries += c.stats.fastRecoveries
+  t.windowStalls += c.stats.windowStalls
   for (const [k, v] of Object.entries(c.stats.drops)) t.drops[k] = (t.drops[k] ?? 0) + (v ?? 0)
   if (c.stats.duplicatesDropped > 0) t.drops.duplicate = (t.drops.duplicate ?? 0) + c.stats.duplicatesDropped
   addSealDrops(t.drops, c.stats)
@@ -164,10 +175,19 @@ export class IohypDaemon {
   private readonly nics: IohypNics
   /** Where DPI alerts go, one EVE JSON record per line (as Suricata's eve.json); opened at the first alert. */
   private eve: EveFileSink | undefined
+  readonly metrics: DaemonMetrics
+  private metricsListener: MetricsListener | undefined
 
   private constructor(o: IohypOptions, log: Logger) {
     this.o = o
     this.log = log
+    this.metrics = createIohypMetrics({
+      version: o.version,
+      guests: () => [...this.guests.values()].map((g) => this.guestInfo(g)),
+      disks: () => this.disks.metrics(),
+      nics: () => this.nics.list(),
+      socket: () => ({ interface: o.interface, kernelDrops: this.link?.socket.stats().kernelDrops ?? 0 }),
+    })
     this.disks = new IohypDisks(log, {
       replyBudget: (mac) => this.replyBudget(mac),
       overloaded: (mac) => this.overloaded(mac),
@@ -187,6 +207,24 @@ export class IohypDaemon {
   }
 
   private async init(): Promise<void> {
+    // First: a metrics port in use fails the start before anything else is set up.
+    try {
+      if (this.o.metrics !== undefined)
+        this.metricsListener = await MetricsListener.start(this.o.metrics, this.metrics)
+    } catch (error) {
+      this.metrics.close()
+      throw error
+    }
+    try {
+      await this.openLink()
+    } catch (error) {
+      await this.metricsListener?.close()
+      this.metrics.close()
+      throw error
+    }
+  }
+
+  private async openLink(): Promise<void> {
     this.link = await DaemonLink.open(
       {
         role: 'iohyp',
@@ -222,10 +260,17 @@ export class IohypDaemon {
     await this.nics.close()
     this.eve?.close()
     await this.link.close()
+    await this.metricsListener?.close()
+    this.metrics.close()
   }
 
   private routes(control: ControlServer): void {
     control.route('GET', ROUTES.status, () => this.status())
+    control.route(
+      'GET',
+      ROUTES.metrics,
+      async () => new RawBody(METRICS_CONTENT_TYPE, await this.metrics.scrape()),
+    )
     control.route('GET', ROUTES.guests, () => ({
       guests: [...this.guests.values()].sort((a, b) => a.mac - b.mac).map((g) => this.guestInfo(g)),
     }))
@@ -499,6 +544,7 @@ export class IohypDaemon {
       ...(this.o.address !== undefined && { address: this.o.address }),
       stateDir: this.o.stateDir,
       ...(this.o.insecurePlaintext && { insecurePlaintext: true }),
+      ...(this.o.metrics !== undefined && { metrics: this.o.metrics }),
       ...(this.o.budgets && { budgets: this.o.budgets }),
       guests: [...this.guests.values()]
         .sort((a, b) => a.mac - b.mac)

@@ -1,5 +1,6 @@
 import type { CreateDiskRequest, DiskInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
+import type { IohypDiskMetrics } from '../daemon/metrics.ts'
 import { BlockBackend, type ReplyBudget, replyNoDevice } from '../devices/blk/backend.ts'
 import type { BlockDevice } from '../devices/blk/device.ts'
 import { FileDevice, sameFile } from '../devices/blk/file-device.ts'
@@ -97,6 +98,21 @@ export class IohypDisks {
 
   list(): DiskInfo[] {
     return [...this.disks.values()].sort((a, b) => a.name.localeCompare(b.name)).map((d) => this.info(d))
+  }
+
+  /** What the metrics endpoint reads of every disk (at scrape time). */
+  metrics(): IohypDiskMetrics[] {
+    return [...this.disks.values()].map((d) => {
+      const c = d.store.crypt?.counters()
+      return {
+        guest: formatMac(d.guest),
+        disk: d.name,
+        ops: d.backend.ops,
+        errors: d.backend.stats.errors,
+        inFlight: d.backend.active + d.backend.queued,
+        ...(c && { crypt: { bytesEncrypted: c.bytesEncrypted, bytesDecrypted: c.bytesDecrypted } }),
+      }
+    })
   }
 
   state(): DiskState[] {

@@ -120,6 +120,8 @@ export interface ConnectionStats extends SealCounters {
   duplicatesDropped: number
   bestEffortDropped: number
   reassemblyTimeouts: number
+  /** Times a reliable message found the send buffer full (the sender then waits for `writable`). */
+  windowStalls: number
   drops: Partial<Record<SegmentDropReason, number>>
 }
 
@@ -289,6 +291,7 @@ export class Connection {
       duplicatesDropped: 0,
       bestEffortDropped: 0,
       reassemblyTimeouts: 0,
+      windowStalls: 0,
       drops: {},
       ...newSealCounters(),
     }
@@ -462,7 +465,10 @@ export class Connection {
     }
     if (this.queuedBytes + length > this.o.sendBuffer) {
       if (delivery === Delivery.BestEffort) this.stats.bestEffortDropped++
-      else this.writableWanted = true
+      else if (!this.writableWanted) {
+        this.writableWanted = true
+        this.stats.windowStalls++
+      }
       return false
     }
     const start = this.sndMax

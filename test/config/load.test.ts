@@ -177,6 +177,22 @@ describe('config files', () => {
     )
   })
 
+  it('metrics: ADDR:PORT on both daemons, absent by default; anything else refused naming the key', () => {
+    assert.equal(loadIohypConfig(write({ interface: 'eth0' })).metrics, undefined)
+    assert.equal(
+      loadIohypConfig(write({ interface: 'eth0', metrics: '127.0.0.1:9860' })).metrics,
+      '127.0.0.1:9860',
+    )
+    assert.equal(
+      loadGuestConfig(write({ interface: 'eth0', keyFile: 'keys/g1.key', metrics: '[::1]:9861' })).metrics,
+      '[::1]:9861',
+    )
+    assert.match(
+      refused(loadIohypConfig, { interface: 'eth0', metrics: '9860' }),
+      /^metrics: must be ADDR:PORT/,
+    )
+  })
+
   it('lists default to empty; only interface is required', () => {
     const c = loadIohypConfig(write({ interface: 'eth0' }))
     assert.deepEqual([c.guests, c.disks, c.nics, c.stateDir, c.address], [[], [], [], undefined, undefined])

@@ -5,7 +5,7 @@ import { createServer } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { after, afterEach, before, describe, it } from 'node:test'
 import { ControlClient } from '../../src/control/control-client.ts'
-import { ControlServer, httpStatusForCode } from '../../src/control/control-server.ts'
+import { ControlServer, httpStatusForCode, RawBody } from '../../src/control/control-server.ts'
 import { ERROR_CATALOGUE, type ErrorCode, isErrorCode, isVrioError, VrioError } from '../../src/errors.ts'
 import { makeStaleSocket, rawRequest, type TempDir, tempDir } from './fixtures.ts'
 import { settlesWithin } from '../support/wait.ts'
@@ -56,6 +56,11 @@ describe('control server and client', () => {
       .route('GET', '/v1/crash-async', async () => Promise.reject(new TypeError('async secret')))
       .route('GET', '/v1/bigint', () => ({ n: 1n }))
       .route('GET', '/v1/slow', () => sleep(400).then(() => ({ late: true })))
+      .route(
+        'GET',
+        '/metrics',
+        async () => new RawBody('text/plain; version=0.0.4; charset=utf-8', 'a_total 1\n'),
+      )
     await server.listen()
     client = new ControlClient({ path: server.path, timeoutMs: 5000 })
   })
@@ -104,6 +109,15 @@ describe('control server and client', () => {
     assert.equal(r.status, 204)
     assert.equal(r.text, '')
     assert.equal(await client.delete('/v1/guests/aa'), undefined)
+  })
+
+  it('sends a RawBody as it is, with its content type (the metrics route)', async () => {
+    const r = await rawRequest(server.path, { path: '/metrics' })
+    assert.equal(r.status, 200)
+    assert.equal(r.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8')
+    assert.equal(r.headers['content-length'], '10')
+    assert.equal(r.text, 'a_total 1\n')
+    assert.equal(await client.get<string>('/metrics'), 'a_total 1\n', 'the client gives the text')
   })
 
   it('maps VrioError codes to HTTP statuses and sends {error: {code, message, ...details}}', async () => {

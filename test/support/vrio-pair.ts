@@ -15,6 +15,9 @@ import { directLink, type World, worldOnBridge } from './topology.ts'
 export interface PairOptions {
   /** Both daemons with --insecure-plaintext (protocol version 1), e.g. for sealed-vs-plaintext benches. */
   plaintext?: boolean
+  /** Extra `vrio iohyp` / `vrio guest` options (e.g. --metrics). */
+  iohypOptions?: readonly string[]
+  guestOptions?: readonly string[]
 }
 
 /** A further guest on the same IOhyp (see VrioPair.addGuest). */
@@ -46,6 +49,8 @@ export class VrioPair {
     this.iohypEnd = iohypEnd
     this.guestEnd = guestEnd
     this.channelOptions = options.plaintext ? ['--insecure-plaintext'] : []
+    this.iohypOptions = [...(options.iohypOptions ?? [])]
+    this.guestOptions = [...(options.guestOptions ?? [])]
     this.dir = mkdtempSync(join(tmpdir(), 'vrio-pair-'))
   }
 
@@ -116,9 +121,13 @@ export class VrioPair {
       join(this.dir, 'state'),
       '--control',
       this.sock('iohyp'),
+      ...this.iohypOptions,
       ...this.channelOptions,
     ])
   }
+
+  /** Extra `vrio iohyp` options (e.g. --metrics). */
+  iohypOptions: string[] = []
 
   /** Extra `vrio guest` options (e.g. --io-timeout). */
   guestOptions: string[] = []

@@ -3,6 +3,7 @@ import { VrioError } from '../../errors.ts'
 import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../transport/config.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
 import { type BlockDevice, deviceExtents } from './device.ts'
+import { BlockOpStats, OP_OTHER, opIndex } from './op-stats.ts'
 import {
   BLOCK_ID_WINDOW,
   BLOCK_REQUEST_HEAD_LENGTH,
@@ -184,6 +185,8 @@ interface Task {
   reserved: number
   /** Most reply bytes the requester takes (Extents: its header's replyLength), else 0. */
   replyLength: number
+  /** performance.now() when it arrived: its service time runs from there to its answer. */
+  arrived: number
 }
 
 /** A reply waiting for send space, and the budget bytes it holds. */
@@ -226,6 +229,8 @@ export class BlockBackend {
     budgetWaits: 0,
     overloads: 0,
   }
+  /** Requests and bytes by operation, as received, and service time (arrival to answer) of those run. */
+  readonly ops = new BlockOpStats()
 
   private readonly depth: number
   private readonly maxQueued: number
@@ -347,6 +352,8 @@ export class BlockBackend {
     }
     const r = this.request
     let decoded = decodeBlockRequest(h, message, r)
+    if (decoded === BlockStatus.Ok) this.ops.count(opIndex(r.op), r.length)
+    else this.ops.count(OP_OTHER, 0)
     // A read whose reply the channel could not carry.
     if (decoded === BlockStatus.Ok && r.op === BlockOp.In && r.length > this.maxReadLength)
       decoded = BlockStatus.BadRequest
@@ -404,6 +411,7 @@ export class BlockBackend {
       record,
       reserved: 0,
       replyLength: r.op === BlockOp.Extents ? h.replyLength : 0,
+      arrived: performance.now(),
     }
     const bytes = data?.length ?? 0
     if (bytes > 0 && this.writeBytes + bytes > this.maxWriteBytes) {
@@ -558,6 +566,7 @@ export class BlockBackend {
     } else reply = undefined
     const reserved = t.reserved
     t.reserved = 0
+    this.ops.latency.observe(opIndex(t.op), (performance.now() - t.arrived) / 1000)
     this.reply(t.deviceHigh, t.deviceLow, t.epoch, t.id, status, reply, reply ? reserved : 0)
     if (!reply) this.budget.give(reserved)
     this.startQueued()

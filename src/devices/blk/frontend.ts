@@ -4,6 +4,7 @@ import { Delivery } from '../../transport/config.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
 import type { BlockSender } from './backend.ts'
 import { type BlockDevice, type BlockDeviceInfo, type Extent, MAX_EXTENTS, rangeError } from './device.ts'
+import { BlockOpStats, opIndex } from './op-stats.ts'
 import {
   BLOCK_ID_WINDOW,
   BLOCK_REQUEST_HEAD_LENGTH,
@@ -73,6 +74,10 @@ interface Call {
   result: Uint8Array | undefined
   /** Bytes the call reads (0 for other ops). */
   readLength: number
+  /** Operation index (op-stats.ts), bytes it moves, and when it was made (clock, ms): for `ops`. */
+  op: number
+  bytes: number
+  madeAt: number
 }
 
 interface Epoch {
@@ -184,6 +189,8 @@ export class RemoteBlockDevice implements BlockDevice {
     zombies: 0,
     epochs: 1,
   }
+  /** Calls by operation, their bytes and end-to-end latency (made to settled), counted when settled. */
+  readonly ops = new BlockOpStats()
 
   private handle: BlockHandle
   private readonly depth: number
@@ -476,14 +483,18 @@ export class RemoteBlockDevice implements BlockDevice {
     return new Promise((resolve, reject) => {
       const piece = carriesData ? this.maxTransfer : 0x8000_0000
       const parts = Math.max(1, Math.ceil(length / piece))
+      const now = this.clock()
       const call: Call = {
         resolve,
         reject,
         remaining: parts,
         settled: false,
-        deadline: this.clock() + this.deadline,
+        deadline: now + this.deadline,
         result: op === BlockOp.In && length === 0 ? new Uint8Array(0) : undefined,
         readLength: op === BlockOp.In ? length : 0,
+        op: opIndex(op),
+        bytes: length,
+        madeAt: now,
       }
       // An Extents call is never split (extents() keeps it under one piece).
       this.liveCalls++
@@ -635,6 +646,7 @@ export class RemoteBlockDevice implements BlockDevice {
     if (--call.remaining > 0) return
     call.settled = true
     this.liveCalls--
+    this.settled(call)
     call.resolve(call.result ?? undefined)
     if (this.liveCalls === 0) this.updateTimer()
   }
@@ -643,9 +655,15 @@ export class RemoteBlockDevice implements BlockDevice {
     if (call.settled) return
     call.settled = true
     this.liveCalls--
+    this.settled(call)
     call.result = undefined
     call.reject(error)
     if (this.liveCalls === 0) this.updateTimer()
+  }
+
+  private settled(call: Call): void {
+    this.ops.count(call.op, call.bytes)
+    this.ops.latency.observe(call.op, (this.clock() - call.madeAt) / 1000)
   }
 
   private expire(call: Call): void {

@@ -1,0 +1,370 @@
+/** The daemons' Prometheus exposition (src/daemon/metrics.ts): names, labels, escaping, the listener. */
+import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, it } from 'node:test'
+import type { GuestInfo, NicInfo } from '../../src/control/api.ts'
+import { parseListenAddress } from '../../src/daemon/listen-address.ts'
+import {
+  createGuestMetrics,
+  createIohypMetrics,
+  type IohypDiskMetrics,
+  METRICS_CONTENT_TYPE,
+  MetricsListener,
+} from '../../src/daemon/metrics.ts'
+import { BlockOpStats, LATENCY_BUCKETS } from '../../src/devices/blk/op-stats.ts'
+import { BlockStatus } from '../../src/devices/blk/protocol.ts'
+import { EXIT, isVrioError } from '../../src/errors.ts'
+import { vrio } from '../support/daemons.ts'
+
+/** Strings a hostile peer could put in a label value. */
+const HOSTILE = 'evil"} 1\nvrio_info{role="x\\y'
+
+function guest(mac: string, over: Partial<GuestInfo> = {}): GuestInfo {
+  return {
+    mac,
+    address: '10.0.0.2',
+    state: 'connected',
+    rttMs: 0.25,
+    framesIn: 10,
+    framesOut: 20,
+    bytesIn: 1000,
+    bytesOut: 2000,
+    retransmits: 3,
+    rtoFirings: 1,
+    fastRecoveries: 0,
+    windowStalls: 4,
+    drops: { 'bad-checksum': 2, [HOSTILE]: 7 },
+    sessionFailures: { 'auth-failed': 1 },
+    budgets: { pendingReplyBytes: 1, reassemblyBytes: 1 },
+    held: { pendingReplyBytes: 0, reassemblyBytes: 0 },
+    ...over,
+  }
+}
+
+function nic(name: string, guestMac: string): NicInfo {
+  return {
+    name,
+    guest: guestMac,
+    mac: '52:54:00:00:00:09',
+    mtu: 1500,
+    ip: null,
+    allowSpoofing: false,
+    backend: { kind: 'tap', tap: 'tap0', bridge: null },
+    state: 'attached',
+    fromGuest: { frames: 5, bytes: 500 },
+    toGuest: { frames: 6, bytes: 600 },
+    drops: { 'spoofed-mac': 1 },
+    services: {
+      malformed: 0,
+      services: {
+        firewall: {
+          file: '/x',
+          counters: {
+            rules: [{ direction: 'from-guest', line: 3, rule: 'tcp dport 22 drop', packets: 9, bytes: 90 }],
+            'from-guest': { policyAccepted: 11, policyDropped: 0 },
+          },
+        },
+        dpi: { file: '/y', counters: { bytes: 12345, alertsBySid: { '2100498': 2 } } },
+      },
+    },
+  }
+}
+
+function disk(name: string, guestMac: string): IohypDiskMetrics {
+  const ops = new BlockOpStats()
+  ops.count(0, 4096)
+  ops.count(0, 4096)
+  ops.count(1, 8192)
+  ops.latency.observe(0, 0.00003)
+  ops.latency.observe(0, 0.2)
+  ops.latency.observe(1, 20) // above the last bucket: only in +Inf
+  return { guest: guestMac, disk: name, ops, errors: { [BlockStatus.IoError]: 1 }, inFlight: 2 }
+}
+
+/** Parses the text exposition: series (name + labels, as printed) to value; throws on a malformed line. */
+function parse(text: string): Map<string, number> {
+  const series = new Map<string, number>()
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue
+    // name{label="value with \" and \\ and \n escaped",...} number
+    const m =
+      /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\["\\n])*",?)*\})? (\S+)$/.exec(
+        line,
+      )
+    assert.ok(m, `malformed exposition line: ${JSON.stringify(line)}`)
+    series.set(`${m[1]}${m[2] ?? ''}`, Number(m[3]))
+  }
+  return series
+}
+
+function unescapeLabel(v: string): string {
+  return v.replace(/\\(["\\n])/g, (_, c: string) => (c === 'n' ? '\n' : c))
+}
+
+/** Label sets of `name`'s series, unescaped. */
+function labelSets(
+  series: Map<string, number>,
+  name: string,
+): { labels: Record<string, string>; value: number }[] {
+  const out = []
+  for (const [key, value] of series) {
+    if (!key.startsWith(`${name}{`) && key !== name) continue
+    const labels: Record<string, string> = {}
+    for (const m of key.slice(name.length).matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g))
+      labels[m[1]] = unescapeLabel(m[2])
+    out.push({ labels, value })
+  }
+  return out
+}
+
+function hasPromtool(): boolean {
+  return spawnSync('promtool', ['--version']).status === 0
+}
+
+/** `promtool check metrics` on `text`: its complaints, or '' when it has none. */
+export function promtoolCheck(text: string): string {
+  const r = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' })
+  assert.equal(r.error, undefined, `promtool could not run: ${r.error}`)
+  return r.status === 0 ? '' : `${r.stdout}${r.stderr}`.trim()
+}
+
+describe('metrics exposition', () => {
+  const mac = '52:54:00:12:34:56'
+  const iohyp = () =>
+    createIohypMetrics({
+      version: '9.9.9',
+      guests: () => [guest(mac), guest('52:54:00:00:00:02', { state: 'waiting', rttMs: null })],
+      disks: () => [disk('disk0', mac)],
+      nics: () => [nic('vnic0', mac)],
+      socket: () => ({ interface: 'eth0', kernelDrops: 5 }),
+    })
+
+  it('IOhyp: the contract names, label sets and values', async () => {
+    const m = iohyp()
+    try {
+      const s = parse(await m.scrape())
+      assert.equal(s.get('vrio_info{role="iohyp",version="9.9.9"}'), 1)
+      assert.equal(s.get(`vrio_channel_up{guest="${mac}"}`), 1)
+      assert.equal(s.get('vrio_channel_up{guest="52:54:00:00:00:02"}'), 0)
+      assert.equal(s.get(`vrio_channel_state{guest="${mac}",state="connected"}`), 1)
+      assert.equal(s.get(`vrio_channel_state{guest="${mac}",state="waiting"}`), 0)
+      assert.equal(s.get(`vrio_channel_rtt_seconds{guest="${mac}"}`), 0.00025)
+      assert.equal(
+        s.get('vrio_channel_rtt_seconds{guest="52:54:00:00:00:02"}'),
+        undefined,
+        'no RTT before a sample',
+      )
+      assert.equal(s.get(`vrio_channel_bytes_total{guest="${mac}",direction="in"}`), 1000)
+      assert.equal(s.get(`vrio_channel_frames_total{guest="${mac}",direction="out"}`), 20)
+      assert.equal(s.get(`vrio_channel_retransmits_total{guest="${mac}"}`), 3)
+      assert.equal(s.get(`vrio_channel_rto_firings_total{guest="${mac}"}`), 1)
+      assert.equal(s.get(`vrio_channel_window_stalls_total{guest="${mac}"}`), 4)
+      assert.equal(s.get(`vrio_channel_drops_total{guest="${mac}",reason="bad-checksum"}`), 2)
+      assert.equal(s.get(`vrio_channel_auth_failures_total{guest="${mac}",reason="auth-failed"}`), 1)
+      const d = `guest="${mac}",disk="disk0"`
+      assert.equal(s.get(`vrio_disk_requests_total{${d},op="read"}`), 2)
+      assert.equal(s.get(`vrio_disk_requests_total{${d},op="write"}`), 1)
+      assert.equal(s.get(`vrio_disk_requests_total{${d},op="flush"}`), 0)
+      assert.equal(s.get(`vrio_disk_bytes_total{${d},op="read"}`), 8192)
+      assert.equal(s.get(`vrio_disk_bytes_total{${d},op="write"}`), 8192)
+      assert.equal(s.get(`vrio_disk_bytes_total{${d},op="flush"}`), undefined, 'bytes: read and write only')
+      assert.equal(s.get(`vrio_disk_errors_total{${d},status="io_error"}`), 1)
+      assert.equal(s.get(`vrio_disk_in_flight{${d}}`), 2)
+      assert.equal(s.get(`vrio_disk_service_seconds_bucket{${d},op="read",le="0.000025"}`), 0)
+      assert.equal(s.get(`vrio_disk_service_seconds_bucket{${d},op="read",le="0.00005"}`), 1)
+      assert.equal(s.get(`vrio_disk_service_seconds_bucket{${d},op="read",le="0.25"}`), 2)
+      assert.equal(s.get(`vrio_disk_service_seconds_bucket{${d},op="write",le="10"}`), 0)
+      assert.equal(s.get(`vrio_disk_service_seconds_bucket{${d},op="write",le="+Inf"}`), 1)
+      assert.equal(s.get(`vrio_disk_service_seconds_count{${d},op="read"}`), 2)
+      assert.ok(Math.abs(s.get(`vrio_disk_service_seconds_sum{${d},op="read"}`)! - 0.20003) < 1e-9)
+      const buckets = labelSets(s, 'vrio_disk_service_seconds_bucket').filter((r) => r.labels.op === 'read')
+      assert.equal(buckets.length, LATENCY_BUCKETS.length + 1, 'fixed buckets plus +Inf')
+      const n = `guest="${mac}",nic="vnic0"`
+      assert.equal(s.get(`vrio_nic_frames_total{${n},direction="in"}`), 5)
+      assert.equal(s.get(`vrio_nic_bytes_total{${n},direction="out"}`), 600)
+      assert.equal(s.get(`vrio_nic_drops_total{${n},reason="spoofed-mac"}`), 1)
+      assert.equal(
+        s.get('vrio_nic_firewall_verdicts_total{nic="vnic0",rule="from-guest:3",verdict="drop"}'),
+        9,
+      )
+      assert.equal(
+        s.get('vrio_nic_firewall_verdicts_total{nic="vnic0",rule="from-guest:policy",verdict="accept"}'),
+        11,
+      )
+      assert.equal(s.get('vrio_nic_dpi_alerts_total{nic="vnic0",sid="2100498"}'), 2)
+      assert.equal(s.get('vrio_nic_dpi_inspected_bytes_total{nic="vnic0"}'), 12345)
+      assert.equal(s.get('vrio_packet_socket_kernel_drops_total{interface="eth0"}'), 5)
+      assert.ok(s.has('vrio_event_loop_delay_seconds_count'))
+      assert.ok(s.has('process_cpu_seconds_total'), 'prom-client default metrics')
+      assert.ok(s.has('process_resident_memory_bytes'))
+      assert.ok([...s.keys()].some((k) => k.startsWith('nodejs_eventloop_lag_seconds')))
+    } finally {
+      m.close()
+    }
+  })
+
+  it('guest: end-to-end disk metrics without a guest label', async () => {
+    const ops = new BlockOpStats()
+    ops.count(1, 65536)
+    ops.latency.observe(1, 0.001)
+    const m = createGuestMetrics({
+      version: '1.0.0',
+      disks: () => [{ disk: 'disk0', ops, inFlight: 32 }],
+      socket: () => ({ interface: 'eth1', kernelDrops: 0 }),
+    })
+    try {
+      const s = parse(await m.scrape())
+      assert.equal(s.get('vrio_info{role="guest",version="1.0.0"}'), 1)
+      assert.equal(s.get('vrio_disk_requests_total{disk="disk0",op="write"}'), 1)
+      assert.equal(s.get('vrio_disk_bytes_total{disk="disk0",op="write"}'), 65536)
+      assert.equal(s.get('vrio_disk_in_flight{disk="disk0"}'), 32)
+      assert.equal(s.get('vrio_disk_request_seconds_bucket{disk="disk0",op="write",le="0.001"}'), 1)
+      assert.equal(s.get('vrio_disk_request_seconds_bucket{disk="disk0",op="write",le="0.0005"}'), 0)
+      assert.ok(![...s.keys()].some((k) => k.startsWith('vrio_channel_')), 'no IOhyp metrics on a guest')
+    } finally {
+      m.close()
+    }
+  })
+
+  it('escapes hostile label values: one series each, the value read back intact, promtool content', async () => {
+    const m = createIohypMetrics({
+      version: HOSTILE,
+      guests: () => [guest(mac, { sessionFailures: { [HOSTILE]: 3 } })],
+      disks: () => [disk(HOSTILE, mac)],
+      nics: () => [],
+      socket: () => ({ interface: HOSTILE, kernelDrops: 0 }),
+    })
+    try {
+      const text = await m.scrape()
+      const s = parse(text) // every line well formed: nothing broke out of its quotes
+      const info = labelSets(s, 'vrio_info')
+      assert.deepEqual(info, [{ labels: { role: 'iohyp', version: HOSTILE }, value: 1 }])
+      const drops = labelSets(s, 'vrio_channel_drops_total').find((r) => r.labels.reason === HOSTILE)
+      assert.equal(drops?.value, 7)
+      const fails = labelSets(s, 'vrio_channel_auth_failures_total')
+      assert.deepEqual(fails, [{ labels: { guest: mac, reason: HOSTILE }, value: 3 }])
+      const reqs = labelSets(s, 'vrio_disk_requests_total').filter((r) => r.labels.disk === HOSTILE)
+      assert.equal(reqs.length, 6)
+      const hist = labelSets(s, 'vrio_disk_service_seconds_count').filter((r) => r.labels.disk === HOSTILE)
+      assert.equal(hist.length, 6)
+      assert.ok(!text.includes('\nvrio_info{role="x'), 'the injected series does not exist')
+      if (hasPromtool()) assert.equal(promtoolCheck(text), '')
+    } finally {
+      m.close()
+    }
+  })
+
+  it('a scrape while disks come and go never fails, and never shows a removed disk', async () => {
+    const live = new Map<string, IohypDiskMetrics>()
+    const m = createIohypMetrics({
+      version: '1',
+      guests: () => [],
+      disks: () => live.values(),
+      nics: () => [],
+      socket: () => ({ interface: 'eth0', kernelDrops: 0 }),
+    })
+    try {
+      for (let i = 0; i < 200; i++) {
+        const name = `disk${i % 7}`
+        if (live.has(name)) live.delete(name)
+        else live.set(name, disk(name, mac))
+        // Interleaved with the scrape's own steps (prom-client awaits per metric).
+        const [text] = await Promise.all([
+          m.scrape(),
+          Promise.resolve().then(() => live.set(`late${i % 3}`, disk(`late${i % 3}`, mac))),
+        ])
+        const s = parse(text)
+        const names = new Set(labelSets(s, 'vrio_disk_in_flight').map((r) => r.labels.disk))
+        for (const n of names) assert.ok(live.has(n), `scrape ${i} shows removed disk ${n}`)
+        live.delete(`late${i % 3}`)
+      }
+    } finally {
+      m.close()
+    }
+  })
+})
+
+describe('metrics listener', () => {
+  const source = () =>
+    createGuestMetrics({ version: '1', disks: () => [], socket: () => ({ interface: 'x', kernelDrops: 0 }) })
+
+  it('serves GET /metrics over HTTP with the exposition content type', async () => {
+    const m = source()
+    const l = await MetricsListener.start('127.0.0.1:0', m)
+    try {
+      const r = await fetch(`http://127.0.0.1:${l.address.port}/metrics`)
+      assert.equal(r.status, 200)
+      assert.equal(r.headers.get('content-type'), METRICS_CONTENT_TYPE)
+      assert.match(await r.text(), /^vrio_info\{role="guest",version="1"\} 1$/m)
+      assert.equal((await fetch(`http://127.0.0.1:${l.address.port}/nope`)).status, 404)
+    } finally {
+      await l.close()
+      m.close()
+    }
+  })
+
+  it('a port in use fails with address-in-use', async () => {
+    const taken = createServer()
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
+    const port = (taken.address() as { port: number }).port
+    const m = source()
+    try {
+      await assert.rejects(MetricsListener.start(`127.0.0.1:${port}`, m), (e: unknown) => {
+        assert.ok(isVrioError(e, 'address-in-use'), String(e))
+        assert.match((e as Error).message, new RegExp(`127\\.0\\.0\\.1:${port} is already in use`))
+        return true
+      })
+    } finally {
+      m.close()
+      taken.close()
+    }
+  })
+
+  it('vrio iohyp and vrio guest with --metrics on a port in use: a clear error, exit 1, nothing left', async () => {
+    const taken = createServer()
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
+    const port = (taken.address() as { port: number }).port
+    const dir = mkdtempSync(join(tmpdir(), 'vrio-metrics-'))
+    try {
+      const key = join(dir, 'k')
+      assert.equal(vrio(['keygen', '--out', key]).status, 0)
+      for (const args of [
+        ['iohyp', '--interface', 'lo', '--state-dir', join(dir, 'state'), '--control', join(dir, 'i.sock')],
+        [
+          'guest',
+          '--interface',
+          'lo',
+          '--key-file',
+          key,
+          '--run-dir',
+          join(dir, 'run'),
+          '--control',
+          join(dir, 'g.sock'),
+        ],
+      ]) {
+        const r = vrio([...args, '--metrics', `127.0.0.1:${port}`])
+        assert.equal(r.status, EXIT.conflict, `${args[0]}: ${r.stderr}`)
+        assert.equal(r.stderr.trim(), `vrio: metrics address 127.0.0.1:${port} is already in use`)
+      }
+    } finally {
+      taken.close()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('parses ADDR:PORT and refuses the rest', () => {
+    assert.deepEqual(parseListenAddress('127.0.0.1:9860'), { host: '127.0.0.1', port: 9860 })
+    assert.deepEqual(parseListenAddress('[::1]:80'), { host: '::1', port: 80 })
+    assert.deepEqual(parseListenAddress('localhost:0'), { host: 'localhost', port: 0 })
+    for (const bad of ['9860', '127.0.0.1', '127.0.0.1:70000', ':80', '[zz]:1', '::1:80', 'a:b'])
+      assert.throws(
+        () => parseListenAddress(bad),
+        (e: unknown) => isVrioError(e, 'invalid-argument'),
+        bad,
+      )
+  })
+})
