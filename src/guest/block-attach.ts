@@ -4,9 +4,109 @@ import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
+import type { BlockDevice } from '../devices/blk/device.ts'
 import { VrioError } from '../errors.ts'
+import { FuseDiskServer } from './fuse-server.ts'
 
 const run = promisify(execFile)
+
+/**
+ * A remote disk shown to the guest as a kernel block device. How it is done is one choice behind
+ * this interface (see docs/architecture.md, "Exposing a disk as a block device"): today a FUSE
+ * file served by the agent itself under a loop device with direct I/O (FuseLoopDevice); ublk or
+ * the kernel NBD client over netlink would be other implementations.
+ */
+export interface BlockExposure {
+  /** The block device, e.g. /dev/loop3. */
+  readonly device: string
+  /** Ends the exposure: the block device goes, then what serves it. Idempotent. */
+  detach(): Promise<void>
+}
+
+export interface ExposeOptions {
+  /** The disk (the agent's RemoteBlockDevice, the object its NBD export serves too). */
+  device: BlockDevice
+  /** A directory of our own for the exposure (created; removed on detach). */
+  dir: string
+  readOnly?: boolean
+}
+
+/** Shows `o.device` as a block device (FUSE + loop). */
+export function exposeBlockDevice(o: ExposeOptions): Promise<BlockExposure> {
+  return FuseLoopDevice.attach(o)
+}
+
+/**
+ * The agent serves the disk as the one file (`disk`) of its own FUSE mount, on a thread of the
+ * native addon plus the event loop (no process or socket in between), and a loop device with
+ * direct I/O turns that file into /dev/loopN: each block request becomes one FUSE request of up
+ * to 1 MiB, up to 64 at once, each one block request to the IOhyp.
+ */
+export class FuseLoopDevice implements BlockExposure {
+  readonly device: string
+  readonly file: string
+  private readonly server: FuseDiskServer
+  private readonly seq: string
+  private readonly dir: string
+  private detached = false
+
+  private constructor(device: string, seq: string, server: FuseDiskServer, dir: string) {
+    this.device = device
+    this.seq = seq
+    this.file = server.file
+    this.server = server
+    this.dir = dir
+  }
+
+  static async attach(o: ExposeOptions): Promise<FuseLoopDevice> {
+    await mkdir(o.dir, { recursive: true, mode: 0o700 })
+    // A mount left on the dir (a killed agent's, not cleaned yet) would hide ours.
+    await run('umount', ['-l', o.dir]).catch(() => {})
+    let server: FuseDiskServer
+    try {
+      server = new FuseDiskServer({ dir: o.dir, name: 'disk', device: o.device })
+    } catch (error) {
+      await rm(o.dir, { recursive: true, force: true }).catch(() => {})
+      throw error
+    }
+    try {
+      const { stdout } = await run('losetup', [
+        '--direct-io=on',
+        ...(o.readOnly || o.device.readOnly ? ['--read-only'] : []),
+        '--find',
+        '--show',
+        server.file,
+      ])
+      const device = stdout.trim()
+      const seq = await diskSeq(device)
+      await writeFile(recordPath(o.dir), JSON.stringify({ device, seq, kind: 'fuse-loop', pid: process.pid }))
+      return new FuseLoopDevice(device, seq, server, o.dir)
+    } catch (error) {
+      server.close()
+      await rm(o.dir, { recursive: true, force: true }).catch(() => {})
+      const e = error as { stderr?: string; message: string }
+      throw new VrioError('attach-failed', `losetup failed: ${(e.stderr ?? e.message).trim()}`)
+    }
+  }
+
+  /** FUSE requests served so far (native counters). */
+  stats() {
+    return this.server.stats()
+  }
+
+  /**
+   * Detaches the loop device (deferred by the kernel while something holds it, a mounted
+   * filesystem for instance: that one gets I/O errors from now on), then unmounts. Idempotent.
+   */
+  async detach(): Promise<void> {
+    if (this.detached) return
+    this.detached = true
+    if ((await diskSeq(this.device)) === this.seq) await run('losetup', ['-d', this.device]).catch(() => {})
+    this.server.close()
+    await rm(this.dir, { recursive: true, force: true }).catch(() => {})
+    await rm(recordPath(this.dir), { force: true })
+  }
+}
 
 export interface AttachOptions {
   /** The disk's NBD export, e.g. `nbd+unix:///disk0?socket=/run/vrio/disk0.sock`. */
@@ -19,12 +119,13 @@ export interface AttachOptions {
 }
 
 /**
- * A real block device for an NBD export where the kernel NBD client is missing (no /dev/nbd*, no
+ * The previous exposure, kept for NBD servers that are not ours (benchmarks compare against it):
+ * a real block device for an NBD export where the kernel NBD client is missing (no /dev/nbd*, no
  * module loading): nbdfuse shows the export as a file on a FUSE mount, and a loop device with
  * direct I/O turns that file into /dev/loopN (without direct I/O, reads would come from the page
  * cache and writes arrive as 4 KiB synchronous writes).
  */
-export class AttachedBlockDevice {
+export class AttachedBlockDevice implements BlockExposure {
   readonly device: string
   readonly file: string
   private readonly fuse: ChildProcess

@@ -7,7 +7,7 @@ import { NbdServer } from '../devices/blk/nbd-server.ts'
 import { VrioError } from '../errors.ts'
 import type { Session } from '../session/session.ts'
 import { type MessageHeader, MessageType } from '../wire/message-header.ts'
-import { AttachedBlockDevice } from './block-attach.ts'
+import { AttachedBlockDevice, type BlockExposure, exposeBlockDevice } from './block-attach.ts'
 
 /** What the IOhyp sends in `blk.attach`. */
 export interface AttachDiskParams {
@@ -20,7 +20,7 @@ interface Disk {
   name: string
   front: RemoteBlockDevice
   handle: { high: number; low: number }
-  attached: AttachedBlockDevice | undefined
+  attached: BlockExposure | undefined
 }
 
 const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
@@ -28,7 +28,8 @@ const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/
 /**
  * The guest's remote disks: one RemoteBlockDevice per disk (requests go to the IOhyp over the
  * current session, and are re-sent on the next one if it drops), all served as NBD exports on one
- * unix socket, and optionally attached as real block devices (nbdfuse + loop).
+ * unix socket, and optionally attached as real block devices (the agent's own FUSE file + loop,
+ * see exposeBlockDevice).
  */
 export class GuestDisks {
   readonly socketPath: string
@@ -114,8 +115,8 @@ export class GuestDisks {
       if (this.session) front.attach(this.session)
       if (this.attach) {
         try {
-          d.attached = await AttachedBlockDevice.attach({
-            uri: this.uri(p.name),
+          d.attached = await exposeBlockDevice({
+            device: front,
             dir: join(this.runDir, 'disks', p.name),
             readOnly: p.info.readOnly,
           })
