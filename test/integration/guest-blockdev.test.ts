@@ -1,0 +1,134 @@
+/**
+ * The guest's block device (the agent's own FUSE file under a loop device with direct I/O) over
+ * a real IOhyp and veth: a filesystem on it, fstrim reaching the IOhyp's backing file, and fio
+ * with verify at queue depth 32.
+ */
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { GuestDiskInfo } from '../../src/control/api.ts'
+import { sparseFile, started } from '../support/block-io.ts'
+import { killDaemons } from '../support/daemons.ts'
+import { cleanupNetns, requireRoot } from '../support/netns.ts'
+import { directLink } from '../support/topology.ts'
+import { VrioPair } from '../support/vrio-pair.ts'
+
+after(async () => {
+  await killDaemons()
+  cleanupNetns()
+})
+
+const MiB = 1024 * 1024
+const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex')
+/** Bytes the file occupies on disk (st_blocks), not its size. */
+const allocated = (path: string) => statSync(path).blocks * 512
+
+describe("the guest's block device (FUSE + loop) over a veth", () => {
+  let pair: VrioPair
+  let backing: string
+  let device: string
+  let mnt: string
+
+  before(async () => {
+    requireRoot()
+    const t = directLink()
+    pair = new VrioPair(t.a, t.b)
+    await pair.start()
+    backing = join(pair.dir, 'bd.img')
+    sparseFile(backing, 512 * MiB)
+    await pair.createDisk(backing, 'bd')
+    const deadline = Date.now() + 15_000
+    for (;;) {
+      const r = await pair.list<{ disks: GuestDiskInfo[] }>('blk', 'guest').catch(() => ({ disks: [] }))
+      const d = r.disks.find((x) => x.name === 'bd')
+      if (d?.device) {
+        device = d.device
+        break
+      }
+      if (Date.now() > deadline) throw new Error('the guest did not list the disk with a device')
+      await sleep(100)
+    }
+    mnt = join(pair.dir, 'mnt')
+    mkdirSync(mnt)
+  })
+  after(() => {
+    try {
+      execFileSync('umount', [mnt], { stdio: 'ignore' })
+    } catch {}
+    return pair?.stop()
+  })
+
+  it('is a loop device with direct I/O on the agent’s FUSE file', () => {
+    assert.match(device, /^\/dev\/loop\d+$/)
+    const info = JSON.parse(execFileSync('losetup', ['--json', '--list', device], { encoding: 'utf8' }))
+    assert.equal(info.loopdevices[0].dio, true, 'direct I/O is on')
+    assert.match(info.loopdevices[0]['back-file'], /\/disks\/bd\/disk$/)
+    assert.equal(Number(execFileSync('blockdev', ['--getsize64', device], { encoding: 'utf8' })), 512 * MiB)
+  })
+
+  it('mkfs.ext4, mount, write and verify files (after a remount), e2fsck -fn clean', () => {
+    execFileSync('mkfs.ext4', ['-q', '-F', device])
+    execFileSync('mount', [device, mnt])
+    const want = new Map<string, string>()
+    for (let i = 0; i < 24; i++) {
+      const data = randomBytes((i % 6) * MiB + 4096 * (i + 1) + 123)
+      writeFileSync(join(mnt, `f${i}`), data)
+      want.set(`f${i}`, sha256(data))
+    }
+    execFileSync('umount', [mnt])
+    // A fresh mount reads everything back through the device (nothing from the page cache).
+    execFileSync('mount', [device, mnt])
+    for (const [name, hash] of want) assert.equal(sha256(readFileSync(join(mnt, name))), hash, name)
+    execFileSync('umount', [mnt])
+    execFileSync('e2fsck', ['-fn', device], { stdio: 'ignore' }) // throws unless clean
+  })
+
+  it('fstrim frees space in the IOhyp’s backing file', () => {
+    execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', device])
+    execFileSync('mount', [device, mnt])
+    writeFileSync(join(mnt, 'big'), randomBytes(96 * MiB))
+    execFileSync('sync', ['-f', join(mnt, 'big')])
+    const full = allocated(backing)
+    assert.ok(full >= 96 * MiB, `the backing file holds the data (${full} bytes allocated)`)
+    execFileSync('rm', [join(mnt, 'big')])
+    execFileSync('sync', ['-f', mnt])
+    execFileSync('fstrim', [mnt])
+    const trimmed = allocated(backing)
+    execFileSync('umount', [mnt])
+    assert.ok(
+      full - trimmed >= 64 * MiB,
+      `fstrim freed ${(full - trimmed) / MiB} MiB of the backing file (${full} -> ${trimmed} bytes allocated)`,
+    )
+    execFileSync('e2fsck', ['-fn', device], { stdio: 'ignore' })
+  })
+
+  it('fio libaio direct randrw with crc32c verify, QD32, 30 s: zero errors', async () => {
+    const job = started('fio', [
+      '--name=verify',
+      `--filename=${device}`,
+      '--ioengine=libaio',
+      '--direct=1',
+      '--rw=randrw',
+      '--bsrange=4k-256k',
+      '--iodepth=32',
+      '--size=256m',
+      '--time_based',
+      '--runtime=30',
+      '--verify=crc32c',
+      '--verify_backlog=512',
+      '--verify_fatal=1',
+      '--verify_state_save=0',
+      '--output-format=json',
+    ])
+    const r = await job.result
+    assert.equal(r.code, 0, `fio failed: ${r.stderr}`)
+    const report = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')))
+    const j = report.jobs[0]
+    assert.equal(j.error, 0)
+    assert.ok(j.write.io_bytes > 0 && j.read.io_bytes > 0, 'both reads and writes ran')
+  })
+})
