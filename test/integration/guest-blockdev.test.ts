@@ -55,10 +55,14 @@ describe("the guest's block device (FUSE + loop) over a veth", () => {
     mnt = join(pair.dir, 'mnt')
     mkdirSync(mnt)
   })
-  after(() => {
+  /** Each test leaves the device unmounted, also when it fails. */
+  const unmount = () => {
     try {
       execFileSync('umount', [mnt], { stdio: 'ignore' })
     } catch {}
+  }
+  after(() => {
+    unmount()
     return pair?.stop()
   })
 
@@ -70,7 +74,8 @@ describe("the guest's block device (FUSE + loop) over a veth", () => {
     assert.equal(Number(execFileSync('blockdev', ['--getsize64', device], { encoding: 'utf8' })), 512 * MiB)
   })
 
-  it('mkfs.ext4, mount, write and verify files (after a remount), e2fsck -fn clean', () => {
+  it('mkfs.ext4, mount, write and verify files (after a remount), e2fsck -fn clean', (t) => {
+    t.after(unmount)
     execFileSync('mkfs.ext4', ['-q', '-F', device])
     execFileSync('mount', [device, mnt])
     const want = new Map<string, string>()
@@ -87,7 +92,8 @@ describe("the guest's block device (FUSE + loop) over a veth", () => {
     execFileSync('e2fsck', ['-fn', device], { stdio: 'ignore' }) // throws unless clean
   })
 
-  it('fstrim frees space in the IOhyp’s backing file', () => {
+  it('fstrim frees space in the IOhyp’s backing file', (t) => {
+    t.after(unmount)
     execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', device])
     execFileSync('mount', [device, mnt])
     writeFileSync(join(mnt, 'big'), randomBytes(96 * MiB))
