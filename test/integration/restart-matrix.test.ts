@@ -14,6 +14,7 @@
  */
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -157,12 +158,13 @@ describe('restart matrix: IOhyp and guest agent × SIGKILL and SIGTERM × idle a
           const checked = await verifyRecordedWrites(uri, log)
           assert.equal(checked.acked > 0, true)
 
-          // Nothing of the old attachment is left: one nbdfuse for this agent, the old loop device
-          // detached (or reused for the new attachment).
-          assert.equal(
-            execFileSync('pgrep', ['-c', '-f', `^nbdfuse .*${pair.runDir}/`], { encoding: 'utf8' }).trim(),
-            '1',
-          )
+          // Nothing of the old attachment is left: one FUSE mount of this agent's (in its own mount
+          // namespace: `ip netns exec` gives it one), the old loop device detached (or reused for
+          // the new attachment).
+          const mounts = readFileSync(`/proc/${pair.guest.child.pid}/mounts`, 'utf8')
+            .split('\n')
+            .filter((l) => l.includes(' fuse.vrio ') && l.includes(`${pair.runDir}/`))
+          assert.equal(mounts.length, 1, mounts.join('\n'))
           if (disk.device !== before)
             assert.doesNotMatch(
               execFileSync('losetup', ['--list', '--noheadings', '--output', 'NAME'], { encoding: 'utf8' }),
