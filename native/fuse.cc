@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -35,6 +36,9 @@ constexpr uint64_t kFileIno = 2;
 // Attributes and names never change behind the kernel's back: let it cache them for a day.
 constexpr uint64_t kValidSeconds = 86400;
 constexpr uint32_t kMaxSlots = 1024;
+// FUSE_NOTIFY_RESEND (protocol 7.40, Linux 6.9; newer than our <linux/fuse.h>): the kernel puts
+// every request a previous server read and never answered back on the queue for us to read.
+constexpr int32_t kNotifyResend = 7;
 
 struct Slot {
   uint8_t* buf = nullptr;
@@ -55,6 +59,7 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
   Napi::Value ReplyWrite(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value Fd(const Napi::CallbackInfo& info);
 
   void ReaderLoop();
   // Answers a metadata request from the reader thread; false: it goes to JS.
@@ -92,6 +97,8 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
 
   std::atomic<uint64_t> requests_{0}, toJs_{0}, batches_{0}, replyErrors_{0}, interrupts_{0};
   uint32_t kernelMinor_ = 0, negotiatedFlags_ = 0;
+  bool adopted_ = false;
+  int resendErrno_ = -1;  // adopted: 0 if the kernel re-queued unanswered requests, else errno
 };
 
 Napi::Function FuseDisk::Define(Napi::Env env) {
@@ -102,10 +109,13 @@ Napi::Function FuseDisk::Define(Napi::Env env) {
                          InstanceMethod<&FuseDisk::ReplyWrite>("replyWrite"),
                          InstanceMethod<&FuseDisk::Stats>("stats"),
                          InstanceMethod<&FuseDisk::Close>("close"),
+                         InstanceMethod<&FuseDisk::Fd>("fd"),
                      });
 }
 
-// new FuseDisk({dir, name, size, readOnly, slots, maxWrite}, callback(count | -errno))
+// new FuseDisk({dir, name, size, readOnly, slots, maxWrite, fd?}, callback(count | -errno))
+// With fd (an open /dev/fuse of a live connection, e.g. from pidfdGetfd; owned from now on) it
+// mounts nothing: it serves that connection, first asking the kernel to resend what is unanswered.
 FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
@@ -132,7 +142,19 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
   // Room for the largest WRITE (headers, then max_write bytes); the kernel refuses smaller reads.
   slotSize_ = size_t(maxWrite_) + 8192;
 
-  fd_ = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  if (o.Get("fd").IsNumber()) {
+    fd_ = o.Get("fd").As<Napi::Number>().Int32Value();
+    adopted_ = true;
+    int fl = fcntl(fd_, F_GETFL);
+    if (fl < 0 || fcntl(fd_, F_SETFL, fl | O_NONBLOCK) < 0) {
+      int e = errno;
+      fd_ = -1;
+      ThrowSysErr(env, {e, "fcntl", "adopted /dev/fuse fd"});
+      return;
+    }
+  } else {
+    fd_ = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  }
   if (fd_ < 0) {
     ThrowSysErr(env, {errno, "open", "/dev/fuse"});
     return;
@@ -167,7 +189,7 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
 
   std::string opts = "fd=" + std::to_string(fd_) +
                      ",rootmode=40000,user_id=0,group_id=0,allow_other,max_read=" + std::to_string(maxWrite_);
-  if (mount("vrio", dir_.c_str(), "fuse.vrio", MS_NOSUID | MS_NODEV | MS_NOATIME, opts.c_str()) != 0) {
+  if (!adopted_ && mount("vrio", dir_.c_str(), "fuse.vrio", MS_NOSUID | MS_NODEV | MS_NOATIME, opts.c_str()) != 0) {
     int e = errno;
     Stop();
     ThrowSysErr(env, {e, "mount", dir_});
@@ -181,6 +203,10 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
   tsfnLive_ = true;
   Ref();
   reader_ = std::thread([this] { ReaderLoop(); });
+  if (adopted_) {
+    struct fuse_out_header h = {sizeof h, kNotifyResend, 0};
+    resendErrno_ = write(fd_, &h, sizeof h) == ssize_t(sizeof h) ? 0 : errno;
+  }
 }
 
 FuseDisk::~FuseDisk() { Stop(); }
@@ -197,7 +223,7 @@ void FuseDisk::Stop() {
     freed_.notify_all();
   }
   if (reader_.joinable()) reader_.join();
-  if (!dir_.empty() && fd_ >= 0) umount2(dir_.c_str(), MNT_DETACH);
+  if (!dir_.empty() && fd_ >= 0 && !adopted_) umount2(dir_.c_str(), MNT_DETACH);
   if (fd_ >= 0) close(fd_);  // aborts the connection: whatever still uses the file gets errors
   fd_ = -1;
   if (wake_ >= 0) close(wake_);
@@ -517,7 +543,26 @@ Napi::Value FuseDisk::Stats(const Napi::CallbackInfo& info) {
   o.Set("replyErrors", Napi::Number::New(env, double(replyErrors_)));
   o.Set("interrupts", Napi::Number::New(env, double(interrupts_)));
   o.Set("flags", Napi::Number::New(env, negotiatedFlags_));
+  o.Set("adopted", Napi::Boolean::New(env, adopted_));
+  o.Set("resendErrno", Napi::Number::New(env, resendErrno_));
   return o;
+}
+
+Napi::Value FuseDisk::Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+
+// pidfdGetfd(pid, fd): a duplicate of another process's fd (pidfd_getfd(2); root), close-on-exec.
+Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) return ThrowInvalid(env, "pidfdGetfd(pid, fd)");
+  int pid = info[0].As<Napi::Number>().Int32Value();
+  int target = info[1].As<Napi::Number>().Int32Value();
+  int pidfd = int(syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) return ThrowSysErr(env, {errno, "pidfd_open", std::to_string(pid)});
+  int fd = int(syscall(SYS_pidfd_getfd, pidfd, target, 0));
+  int e = errno;
+  close(pidfd);
+  if (fd < 0) return ThrowSysErr(env, {e, "pidfd_getfd", std::to_string(pid)});
+  return Napi::Number::New(env, fd);
 }
 
 // close(): stops the reader, unmounts (lazily) and closes /dev/fuse. Idempotent.

@@ -21,6 +21,11 @@ export interface FuseDiskOptions {
   slots?: number
   /** Called once if the kernel ends the connection (an unmount or abort from outside). */
   onEnd?: (errno: number) => void
+  /**
+   * Serve the live connection behind this /dev/fuse fd (a previous agent's, taken over; closed by
+   * close()) instead of mounting: nothing is mounted, the kernel resends what went unanswered.
+   */
+  adoptFd?: number
 }
 
 /**
@@ -54,6 +59,7 @@ export class FuseDiskServer {
           readOnly: o.device.readOnly,
           slots: o.slots ?? 64,
           maxWrite: 1024 * 1024,
+          ...(o.adoptFd === undefined ? {} : { fd: o.adoptFd }),
         },
         (count: number) => this.onBatch(count),
       )
@@ -70,6 +76,11 @@ export class FuseDiskServer {
 
   stats(): FuseNativeStats {
     return this.handle.stats()
+  }
+
+  /** The /dev/fuse fd (see FuseLoopDevice's holder). */
+  get fd(): number {
+    return this.handle.fd()
   }
 
   /** Unmounts (lazily: a loop device still holding the file gets errors from now on). Idempotent. */

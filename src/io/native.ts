@@ -103,9 +103,20 @@ export interface NativeAddon {
    * src/guest/fuse-server.ts. Absent from an older build.
    */
   FuseDisk?: new (
-    options: { dir: string; name: string; size: number; readOnly: boolean; slots: number; maxWrite: number },
+    options: {
+      dir: string
+      name: string
+      size: number
+      readOnly: boolean
+      slots: number
+      maxWrite: number
+      /** Serve this live connection's /dev/fuse fd (taken over) instead of mounting. */
+      fd?: number
+    },
     callback: (count: number) => void,
   ) => NativeFuseDisk
+  /** A duplicate (close-on-exec) of another process's fd: pidfd_open + pidfd_getfd (root). */
+  pidfdGetfd?(pid: number, fd: number): number
 }
 
 /** The addon's FUSE session (native/fuse.cc). */
@@ -118,6 +129,8 @@ export interface NativeFuseDisk {
   stats(): FuseNativeStats
   /** Stops reading, unmounts (lazily) and closes /dev/fuse. */
   close(): void
+  /** The /dev/fuse fd (to hand a duplicate to a process that keeps the connection alive). */
+  fd(): number
 }
 
 export interface FuseNativeStats {
@@ -131,6 +144,10 @@ export interface FuseNativeStats {
   interrupts: number
   /** INIT flags agreed with the kernel. */
   flags: number
+  /** Serving a connection a previous agent left (see pidfdGetfd). */
+  adopted: boolean
+  /** Adopted: 0 when the kernel re-queued what the previous agent left unanswered, else errno; -1 otherwise. */
+  resendErrno: number
 }
 
 /** An AES-XTS key held by OpenSSL; JS never sees the key schedule. */

@@ -137,4 +137,36 @@ describe("the guest's block device (FUSE + loop) over a veth", () => {
     assert.equal(j.error, 0)
     assert.ok(j.write.io_bytes > 0 && j.read.io_bytes > 0, 'both reads and writes ran')
   })
+
+  it('a killed agent: the next one takes the same block device over, and a mounted filesystem being written carries on', async (t) => {
+    t.after(unmount)
+    execFileSync('mkfs.ext4', ['-q', '-F', device])
+    execFileSync('mount', [device, mnt])
+    const src = join(pair.dir, 'src.bin')
+    const data = randomBytes(48 * MiB)
+    writeFileSync(src, data)
+    // Direct I/O, so the writes are on their way to the device when the agent dies, not in the page cache.
+    const dd = started('dd', [
+      `if=${src}`,
+      `of=${join(mnt, 'copy')}`,
+      'bs=256k',
+      'oflag=direct',
+      'conv=fsync',
+    ])
+    await sleep(300)
+    await pair.guest.stop('SIGKILL')
+    pair.startGuest()
+    await pair.guest.waitForLog('guest started')
+    await pair.waitConnected(15_000)
+    const r = await dd.result
+    assert.equal(r.code, 0, `dd failed: ${r.stderr}`)
+    await pair.guest.waitForLog('took over the block device a previous agent left')
+    const d = (await pair.list<{ disks: GuestDiskInfo[] }>('blk', 'guest')).disks.find((x) => x.name === 'bd')
+    assert.equal(d?.device, device, 'the same block device')
+    execFileSync('umount', [mnt])
+    execFileSync('mount', [device, mnt])
+    assert.equal(sha256(readFileSync(join(mnt, 'copy'))), sha256(data))
+    execFileSync('umount', [mnt])
+    execFileSync('e2fsck', ['-fn', device], { stdio: 'ignore' })
+  })
 })
