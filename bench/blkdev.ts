@@ -63,6 +63,8 @@ interface Result {
   p99us: number
   requests: number
   serverCpuSeconds: number
+  /** vrio targets: the guest agent's share of serverCpuSeconds. */
+  agentCpuSeconds?: number
 }
 
 interface Target {
@@ -71,6 +73,8 @@ interface Target {
   fioArgs: string[]
   /** Processes doing the serving, for CPU accounting. */
   pids: () => number[]
+  /** vrio targets: the guest agent. */
+  agent?: () => number
 }
 
 function cpuSeconds(pids: number[]): number {
@@ -86,6 +90,7 @@ function cpuSeconds(pids: number[]): number {
 
 function fio(t: Target, c: Case): Result {
   const before = cpuSeconds(t.pids())
+  const agentBefore = t.agent ? cpuSeconds([t.agent()]) : 0
   const out = execFileSync(
     'fio',
     [
@@ -100,6 +105,7 @@ function fio(t: Target, c: Case): Result {
     { encoding: 'utf8' },
   )
   const serverCpuSeconds = cpuSeconds(t.pids()) - before
+  const agentCpuSeconds = t.agent ? cpuSeconds([t.agent()]) - agentBefore : undefined
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0][c.rw]
   const pct = job.clat_ns.percentile ?? {}
   const p50us = (pct['50.000000'] ?? 0) / 1000
@@ -109,6 +115,7 @@ function fio(t: Target, c: Case): Result {
     p99us: (pct['99.000000'] ?? 0) / 1000,
     requests: job.total_ios,
     serverCpuSeconds,
+    ...(agentCpuSeconds === undefined ? {} : { agentCpuSeconds }),
   }
 }
 
@@ -174,9 +181,10 @@ try {
   const vrioPids = () => [pair.iohyp.child.pid!, pair.guest.child.pid!]
   const targets: Target[] = []
   for (const name of TARGETS) {
-    if (name === 'vrio-dev') targets.push({ name, fioArgs: libaio(device), pids: vrioPids })
+    const agent = () => pair.guest.child.pid!
+    if (name === 'vrio-dev') targets.push({ name, fioArgs: libaio(device), pids: vrioPids, agent })
     if (name === 'vrio-nbd')
-      targets.push({ name, fioArgs: ['--ioengine=nbd', `--uri=${disk.nbd}`], pids: vrioPids })
+      targets.push({ name, fioArgs: ['--ioengine=nbd', `--uri=${disk.nbd}`], pids: vrioPids, agent })
     if (name === 'qemu-nbd' || name === 'nbdkit') {
       const port = name === 'qemu-nbd' ? 10809 : 10810
       const argv =
@@ -229,6 +237,16 @@ try {
     const cells = targets.map((x) => {
       const rs = results.get(`${x.name}|${c.name}`)!.map((r) => (r.serverCpuSeconds * 1e6) / r.requests)
       return f(rs.sort((a, b) => a - b)[Math.floor(rs.length / 2)])
+    })
+    console.log(`${c.name.padEnd(24)}${cells.map((s) => s.padStart(16)).join('')}`)
+  }
+  console.log(`\nguest agent CPU µs per request (median of rounds)`)
+  for (const c of CASES) {
+    const cells = targets.map((x) => {
+      const rs = results.get(`${x.name}|${c.name}`)!
+      if (rs[0].agentCpuSeconds === undefined) return '-'
+      const us = rs.map((r) => (r.agentCpuSeconds! * 1e6) / r.requests).sort((a, b) => a - b)
+      return f(us[Math.floor(us.length / 2)])
     })
     console.log(`${c.name.padEnd(24)}${cells.map((s) => s.padStart(16)).join('')}`)
   }
