@@ -11,7 +11,8 @@
  * peers: nbdfuse and the NBD server).
  *   npm run bench -- blkdev        (root; fio, nbdfuse, qemu-nbd, nbdkit)
  * BENCH_SECONDS (default 5) sets each run's length, BENCH_CASES a comma-separated list of case
- * numbers (1-4), BENCH_TARGETS a comma-separated subset of vrio-dev,qemu-nbd,nbdkit,vrio-nbd.
+ * numbers (1-4), BENCH_TARGETS a comma-separated subset of vrio-dev,qemu-nbd,nbdkit,vrio-nbd,vrio-nbdfuse
+ * (the last: the previous device path, nbdfuse + loop over vrio's NBD export, for before/after).
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -53,7 +54,7 @@ const ALL_CASES: Case[] = [
 const CASES = process.env.BENCH_CASES
   ? process.env.BENCH_CASES.split(',').map((n) => ALL_CASES[Number(n) - 1])
   : ALL_CASES
-const ALL_TARGETS = ['vrio-dev', 'qemu-nbd', 'nbdkit', 'vrio-nbd'] as const
+const ALL_TARGETS = ['vrio-dev', 'qemu-nbd', 'nbdkit', 'vrio-nbd', 'vrio-nbdfuse'] as const
 type TargetName = (typeof ALL_TARGETS)[number]
 const TARGETS = (process.env.BENCH_TARGETS?.split(',') ?? ALL_TARGETS) as TargetName[]
 
@@ -185,6 +186,16 @@ try {
     if (name === 'vrio-dev') targets.push({ name, fioArgs: libaio(device), pids: vrioPids, agent })
     if (name === 'vrio-nbd')
       targets.push({ name, fioArgs: ['--ioengine=nbd', `--uri=${disk.nbd}`], pids: vrioPids, agent })
+    if (name === 'vrio-nbdfuse') {
+      const stack = await nbdfuseLoop(t.b.ns.name, disk.nbd!, `${work}/${name}`)
+      closers.push(() => stack.close())
+      targets.push({
+        name,
+        fioArgs: libaio(stack.device),
+        pids: () => [...vrioPids(), ...tree(stack.proc.pid)],
+        agent,
+      })
+    }
     if (name === 'qemu-nbd' || name === 'nbdkit') {
       const port = name === 'qemu-nbd' ? 10809 : 10810
       const argv =
