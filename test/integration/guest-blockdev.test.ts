@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -24,8 +24,6 @@ after(async () => {
 
 const MiB = 1024 * 1024
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex')
-/** Bytes the file occupies on disk (st_blocks), not its size. */
-const allocated = (path: string) => statSync(path).blocks * 512
 
 describe("the guest's block device (FUSE + loop) over a veth", () => {
   let pair: VrioPair
@@ -55,16 +53,22 @@ describe("the guest's block device (FUSE + loop) over a veth", () => {
     mnt = join(pair.dir, 'mnt')
     mkdirSync(mnt)
   })
-  /** Each test leaves the device unmounted, also when it fails. */
-  const unmount = () => {
-    try {
-      execFileSync('umount', [mnt], { stdio: 'ignore' })
-    } catch {}
+  after(() => pair?.stop())
+
+  /**
+   * Runs a bash script in a mount namespace of its own: what it mounts is invisible to everyone
+   * else and goes when it exits (also on failure). A mount in the test's own namespace would be
+   * copied into every `ip netns exec` process started meanwhile (a restarted daemon, another test)
+   * and stay mounted there, writing to the device behind the test's back.
+   */
+  const privately = (script: string) =>
+    started('unshare', ['--mount', '--propagation', 'private', 'bash', '-euo', 'pipefail', '-c', script])
+
+  async function privatelyOk(script: string): Promise<string> {
+    const r = await privately(script).result
+    assert.equal(r.code, 0, `script failed: ${r.stderr}`)
+    return r.stdout
   }
-  after(() => {
-    unmount()
-    return pair?.stop()
-  })
 
   it('is a loop device with direct I/O on the agent’s FUSE file', () => {
     assert.match(device, /^\/dev\/loop\d+$/)
@@ -74,37 +78,49 @@ describe("the guest's block device (FUSE + loop) over a veth", () => {
     assert.equal(Number(execFileSync('blockdev', ['--getsize64', device], { encoding: 'utf8' })), 512 * MiB)
   })
 
-  it('mkfs.ext4, mount, write and verify files (after a remount), e2fsck -fn clean', (t) => {
-    t.after(unmount)
-    execFileSync('mkfs.ext4', ['-q', '-F', device])
-    execFileSync('mount', [device, mnt])
+  it('mkfs.ext4, mount, write and verify files (after a remount), e2fsck -fn clean', async () => {
+    const src = join(pair.dir, 'files')
+    mkdirSync(src)
     const want = new Map<string, string>()
     for (let i = 0; i < 24; i++) {
       const data = randomBytes((i % 6) * MiB + 4096 * (i + 1) + 123)
-      writeFileSync(join(mnt, `f${i}`), data)
+      writeFileSync(join(src, `f${i}`), data)
       want.set(`f${i}`, sha256(data))
     }
-    execFileSync('umount', [mnt])
     // A fresh mount reads everything back through the device (nothing from the page cache).
-    execFileSync('mount', [device, mnt])
-    for (const [name, hash] of want) assert.equal(sha256(readFileSync(join(mnt, name))), hash, name)
-    execFileSync('umount', [mnt])
+    const out = await privatelyOk(`
+      mkfs.ext4 -q -F ${device}
+      mount ${device} ${mnt}
+      cp ${src}/* ${mnt}/
+      umount ${mnt}
+      mount ${device} ${mnt}
+      cd ${mnt} && sha256sum f*
+      cd / && umount ${mnt}`)
+    const got = new Map(
+      out
+        .trim()
+        .split('\n')
+        .map((l) => l.split(/\s+/).reverse() as [string, string]),
+    )
+    assert.deepEqual(got, want)
     execFileSync('e2fsck', ['-fn', device], { stdio: 'ignore' }) // throws unless clean
   })
 
-  it('fstrim frees space in the IOhyp’s backing file', (t) => {
-    t.after(unmount)
-    execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', device])
-    execFileSync('mount', [device, mnt])
-    writeFileSync(join(mnt, 'big'), randomBytes(96 * MiB))
-    execFileSync('sync', ['-f', join(mnt, 'big')])
-    const full = allocated(backing)
+  it('fstrim frees space in the IOhyp’s backing file', async () => {
+    const out = await privatelyOk(`
+      mkfs.ext4 -q -F -E nodiscard ${device}
+      mount ${device} ${mnt}
+      head -c ${96 * MiB} /dev/urandom > ${mnt}/big
+      sync -f ${mnt}/big
+      echo full $(stat -c %b ${backing})
+      rm ${mnt}/big
+      sync -f ${mnt}
+      fstrim ${mnt}
+      echo trimmed $(stat -c %b ${backing})
+      umount ${mnt}`)
+    const blocks = (what: string) => Number(new RegExp(`${what} (\\d+)`).exec(out)?.[1]) * 512
+    const [full, trimmed] = [blocks('full'), blocks('trimmed')]
     assert.ok(full >= 96 * MiB, `the backing file holds the data (${full} bytes allocated)`)
-    execFileSync('rm', [join(mnt, 'big')])
-    execFileSync('sync', ['-f', mnt])
-    execFileSync('fstrim', [mnt])
-    const trimmed = allocated(backing)
-    execFileSync('umount', [mnt])
     assert.ok(
       full - trimmed >= 64 * MiB,
       `fstrim freed ${(full - trimmed) / MiB} MiB of the backing file (${full} -> ${trimmed} bytes allocated)`,
@@ -138,35 +154,34 @@ describe("the guest's block device (FUSE + loop) over a veth", () => {
     assert.ok(j.write.io_bytes > 0 && j.read.io_bytes > 0, 'both reads and writes ran')
   })
 
-  it('a killed agent: the next one takes the same block device over, and a mounted filesystem being written carries on', async (t) => {
-    t.after(unmount)
-    execFileSync('mkfs.ext4', ['-q', '-F', device])
-    execFileSync('mount', [device, mnt])
+  it('a killed agent: the next one takes the same block device over, and a mounted filesystem being written carries on', async () => {
     const src = join(pair.dir, 'src.bin')
     const data = randomBytes(48 * MiB)
     writeFileSync(src, data)
+    const mark = join(pair.dir, 'dd-started')
     // Direct I/O, so the writes are on their way to the device when the agent dies, not in the page cache.
-    const dd = started('dd', [
-      `if=${src}`,
-      `of=${join(mnt, 'copy')}`,
-      'bs=256k',
-      'oflag=direct',
-      'conv=fsync',
-    ])
+    const job = privately(`
+      mkfs.ext4 -q -F ${device}
+      mount ${device} ${mnt}
+      touch ${mark}
+      dd if=${src} of=${mnt}/copy bs=256k oflag=direct conv=fsync status=none
+      umount ${mnt}
+      mount ${device} ${mnt}
+      sha256sum ${mnt}/copy
+      umount ${mnt}`)
+    const deadline = Date.now() + 15_000
+    while (!existsSync(mark) && Date.now() < deadline) await sleep(20)
     await sleep(300)
     await pair.guest.stop('SIGKILL')
     pair.startGuest()
     await pair.guest.waitForLog('guest started')
     await pair.waitConnected(15_000)
-    const r = await dd.result
-    assert.equal(r.code, 0, `dd failed: ${r.stderr}`)
+    const r = await job.result
+    assert.equal(r.code, 0, `the filesystem's user failed: ${r.stderr}`)
+    assert.equal(r.stdout.split(' ')[0], sha256(data))
     await pair.guest.waitForLog('took over the block device a previous agent left')
     const d = (await pair.list<{ disks: GuestDiskInfo[] }>('blk', 'guest')).disks.find((x) => x.name === 'bd')
     assert.equal(d?.device, device, 'the same block device')
-    execFileSync('umount', [mnt])
-    execFileSync('mount', [device, mnt])
-    assert.equal(sha256(readFileSync(join(mnt, 'copy'))), sha256(data))
-    execFileSync('umount', [mnt])
     execFileSync('e2fsck', ['-fn', device], { stdio: 'ignore' })
   })
 })
