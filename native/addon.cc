@@ -16,6 +16,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("XtsCipher", XtsCipher::Define(env));
   exports.Set("FrameAead", FrameAead::Define(env));
   exports.Set("ioNowait", Napi::Function::New<IoNowait>(env, "ioNowait"));
+  exports.Set("FuseDisk", DefineFuseDisk(env));
+  exports.Set("pidfdGetfd", Napi::Function::New<PidfdGetfd>(env, "pidfdGetfd"));
   return exports;
 }
 

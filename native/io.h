@@ -125,6 +125,9 @@ Napi::Value Extents(const Napi::CallbackInfo& info);
 Napi::Value Fadvise(const Napi::CallbackInfo& info);
 // nowait.cc: preadv2/pwritev2(RWF_NOWAIT) on the calling thread, for block back-ends.
 Napi::Value IoNowait(const Napi::CallbackInfo& info);
+// fuse.cc: a one-file FUSE mount served over /dev/fuse (the guest's block device under a loop device).
+Napi::Function DefineFuseDisk(Napi::Env env);
+Napi::Value PidfdGetfd(const Napi::CallbackInfo& info);
 
 // xts.cc: AES-XTS over whole sectors, many per call (the crypt service's data path).
 class XtsCipher : public Napi::ObjectWrap<XtsCipher> {

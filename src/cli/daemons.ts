@@ -98,7 +98,7 @@ export function registerDaemonCommands(program: Command): void {
     .option('--control <path>', `unix socket of the control API (default: ${DEFAULT_GUEST_SOCKET})`)
     .option(
       '--attach',
-      'also attach each remote disk as a block device (nbdfuse + loop device with direct I/O)',
+      'also attach each remote disk as a block device (a FUSE file the agent serves + loop device with direct I/O)',
     )
     .option(
       '--io-timeout <seconds>',

@@ -96,7 +96,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     await stepDo('checking tools and privileges', async () => {
       if (process.getuid?.() !== 0)
         throw new Error('the demo needs root (network namespaces, TAP, loop devices)')
-      for (const tool of ['ip', 'mkfs.ext4', 'nbdfuse', 'losetup', 'iperf3', 'ping', 'fio']) {
+      for (const tool of ['ip', 'mkfs.ext4', 'losetup', 'iperf3', 'ping', 'fio']) {
         await lab.run('sh', ['-c', `command -v ${tool}`]).catch(() => {
           throw new Error(`${tool} is not installed (bash scripts/setup.sh installs everything)`)
         })

@@ -126,7 +126,7 @@ export class Lab {
         }),
       )
     for (const dir of this.mounts.reverse()) await quiet('umount', ['-l', dir])
-    // Daemons first politely (the guest detaches its loop devices and nbdfuse), then firmly.
+    // Daemons first politely (the guest detaches its loop devices and FUSE mounts), then firmly.
     for (const p of [...this.processes].reverse()) {
       if (p.child.exitCode !== null || p.child.signalCode !== null) continue
       p.child.kill('SIGTERM')

@@ -1,12 +1,258 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { closeSync, existsSync } from 'node:fs'
+import { mkdir, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
+import type { BlockDevice } from '../devices/blk/device.ts'
 import { VrioError } from '../errors.ts'
+import { native } from '../io/native.ts'
+import { FuseDiskServer } from './fuse-server.ts'
 
 const run = promisify(execFile)
+
+/**
+ * A remote disk shown to the guest as a kernel block device. How it is done is one choice behind
+ * this interface (see docs/architecture.md, "Exposing a disk as a block device"): today a FUSE
+ * file served by the agent itself under a loop device with direct I/O (FuseLoopDevice); ublk or
+ * the kernel NBD client over netlink would be other implementations.
+ */
+export interface BlockExposure {
+  /** The block device, e.g. /dev/loop3. */
+  readonly device: string
+  /** Ends the exposure: the block device goes, then what serves it. Idempotent. */
+  detach(): Promise<void>
+}
+
+export interface ExposeOptions {
+  /** The disk (the agent's RemoteBlockDevice, the object its NBD export serves too). */
+  device: BlockDevice
+  /** A directory of our own for the exposure (created; removed on detach). */
+  dir: string
+  readOnly?: boolean
+}
+
+/** Shows `o.device` as a block device (FUSE + loop). */
+export function exposeBlockDevice(o: ExposeOptions): Promise<BlockExposure> {
+  return FuseLoopDevice.attach(o)
+}
+
+/**
+ * The agent serves the disk as the one file (`disk`) of its own FUSE mount, on a thread of the
+ * native addon plus the event loop (no process or socket in between), and a loop device with
+ * direct I/O turns that file into /dev/loopN: each block request becomes one FUSE request of up
+ * to 1 MiB, up to 64 at once, each one block request to the IOhyp.
+ */
+export class FuseLoopDevice implements BlockExposure {
+  readonly device: string
+  readonly file: string
+  private readonly server: FuseDiskServer
+  private readonly seq: string
+  private readonly dir: string
+  private readonly holder: Holder | undefined
+  private detached = false
+
+  private constructor(
+    device: string,
+    seq: string,
+    server: FuseDiskServer,
+    dir: string,
+    holder: Holder | undefined,
+  ) {
+    this.device = device
+    this.seq = seq
+    this.file = server.file
+    this.server = server
+    this.dir = dir
+    this.holder = holder
+  }
+
+  /**
+   * Mounts, attaches the loop device, and starts the holder: a `sleep infinity` of its own
+   * (not ended with the agent) that keeps a duplicate of the /dev/fuse fd, so that the FUSE
+   * connection, the loop device and whatever is mounted from it outlive a killed agent; the
+   * next agent takes the connection over (adopt). `keep: false`: no holder (tests).
+   */
+  static async attach(o: ExposeOptions & { keep?: boolean }): Promise<FuseLoopDevice> {
+    await mkdir(o.dir, { recursive: true, mode: 0o700 })
+    // A mount left on the dir (a killed agent's, not cleaned yet) would hide ours.
+    await run('umount', ['-l', o.dir]).catch(() => {})
+    let server: FuseDiskServer
+    try {
+      server = new FuseDiskServer({ dir: o.dir, name: 'disk', device: o.device })
+    } catch (error) {
+      await rm(o.dir, { recursive: true, force: true }).catch(() => {})
+      throw error
+    }
+    let holder: Holder | undefined
+    try {
+      const { stdout } = await run('losetup', [
+        '--direct-io=on',
+        ...(o.readOnly || o.device.readOnly ? ['--read-only'] : []),
+        '--find',
+        '--show',
+        server.file,
+      ])
+      const device = stdout.trim()
+      const seq = await diskSeq(device)
+      if (o.keep !== false) holder = await startHolder(server.fd)
+      const record: StaleRecord = {
+        kind: 'fuse-loop',
+        device,
+        seq,
+        size: o.device.size,
+        readOnly: o.device.readOnly,
+        ...(holder ? { holder: holder.pid, holderStart: holder.start } : {}),
+      }
+      await writeFile(recordPath(o.dir), JSON.stringify(record))
+      return new FuseLoopDevice(device, seq, server, o.dir, holder)
+    } catch (error) {
+      if (holder) process.kill(holder.pid, 'SIGKILL')
+      server.close()
+      await rm(o.dir, { recursive: true, force: true }).catch(() => {})
+      const e = error as { stderr?: string; message: string }
+      throw new VrioError('attach-failed', `losetup failed: ${(e.stderr ?? e.message).trim()}`)
+    }
+  }
+
+  /**
+   * Takes over the exposure a killed agent left (see reclaimStale): the same loop device, the
+   * same FUSE connection (its fd duplicated from the holder), now served by this agent; the
+   * kernel resends the requests the dead agent had read and not answered. Nothing above the loop
+   * device notices more than a pause.
+   */
+  static async adopt(o: ExposeOptions & { stale: StaleAttachment }): Promise<FuseLoopDevice> {
+    const r = o.stale.record
+    const getfd = native().pidfdGetfd
+    if (!getfd || !r.holder || !r.holderStart) throw new VrioError('attach-failed', 'nothing to adopt')
+    if (r.size !== o.device.size || r.readOnly !== o.device.readOnly)
+      throw new VrioError('attach-failed', 'the disk changed since its block device was attached')
+    const fd = getfd(r.holder, HOLDER_FD)
+    let server: FuseDiskServer
+    try {
+      server = new FuseDiskServer({ dir: o.stale.dir, name: 'disk', device: o.device, adoptFd: fd })
+    } catch (error) {
+      closeSync(fd)
+      throw error
+    }
+    return new FuseLoopDevice(r.device, r.seq, server, o.stale.dir, { pid: r.holder, start: r.holderStart })
+  }
+
+  /** FUSE requests served so far (native counters). */
+  stats() {
+    return this.server.stats()
+  }
+
+  /**
+   * Detaches the loop device (deferred by the kernel while something holds it, a mounted
+   * filesystem for instance: that one gets I/O errors from now on), then unmounts and ends the
+   * holder. Idempotent.
+   */
+  async detach(): Promise<void> {
+    if (this.detached) return
+    this.detached = true
+    if ((await diskSeq(this.device)) === this.seq) await run('losetup', ['-d', this.device]).catch(() => {})
+    this.server.close()
+    if (this.holder && (await holderAlive(this.holder.pid, this.holder.start)))
+      process.kill(this.holder.pid, 'SIGKILL')
+    await run('umount', ['-l', this.dir]).catch(() => {})
+    await rm(this.dir, { recursive: true, force: true }).catch(() => {})
+    await rm(recordPath(this.dir), { force: true })
+  }
+}
+
+/** What an attachment leaves beside its dir for the next agent (RECORD). */
+export interface StaleRecord {
+  kind?: 'fuse-loop'
+  device: string
+  seq: string
+  /** nbdfuse's pid (the nbdfuse exposure). */
+  pid?: number
+  size?: number
+  readOnly?: boolean
+  /** The holder's pid and start time (/proc/PID/stat field 22), which identify it. */
+  holder?: number
+  holderStart?: string
+}
+
+/** A killed agent's exposure whose FUSE connection and loop device are still there. */
+export interface StaleAttachment {
+  name: string
+  dir: string
+  record: StaleRecord
+}
+
+interface Holder {
+  pid: number
+  start: string
+}
+
+/** The holder's copy of the /dev/fuse fd: its fd 3. */
+const HOLDER_FD = 3
+
+async function startHolder(fuseFd: number): Promise<Holder> {
+  const child = spawn('sleep', ['infinity'], {
+    stdio: ['ignore', 'ignore', 'ignore', fuseFd],
+    detached: true,
+  })
+  child.unref()
+  const pid = child.pid
+  if (!pid) throw new VrioError('attach-failed', 'could not start the FUSE fd holder')
+  const start = await procStart(pid)
+  if (!start) throw new VrioError('attach-failed', 'the FUSE fd holder exited')
+  return { pid, start }
+}
+
+async function procStart(pid: number): Promise<string> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? ''
+}
+
+/** The same process (pid and start time), still holding a /dev/fuse fd. */
+async function holderAlive(pid: number, start: string): Promise<boolean> {
+  if ((await procStart(pid)) !== start) return false
+  return (await readlink(`/proc/${pid}/fd/${HOLDER_FD}`).catch(() => '')) === '/dev/fuse'
+}
+
+/**
+ * What a killed agent left in `disksDir`: exposures the next agent can take over (a live holder
+ * and the same loop device: returned, untouched) and the rest, undone as cleanStale does. Run at
+ * start, before any attach.
+ */
+export async function reclaimStale(
+  disksDir: string,
+): Promise<{ adoptable: StaleAttachment[]; detached: string[] }> {
+  const adoptable: StaleAttachment[] = []
+  const names = await readdir(disksDir).catch(() => [] as string[])
+  for (const name of names.filter((n) => n.endsWith(RECORD))) {
+    const dir = join(disksDir, name.slice(0, -RECORD.length))
+    const r = JSON.parse(await readFile(join(disksDir, name), 'utf8').catch(() => '{}')) as StaleRecord
+    if (
+      r.kind === 'fuse-loop' &&
+      r.holder &&
+      r.holderStart &&
+      (await holderAlive(r.holder, r.holderStart)) &&
+      typeof r.device === 'string' &&
+      r.seq &&
+      (await diskSeq(r.device)) === r.seq
+    )
+      adoptable.push({ name: name.slice(0, -RECORD.length), dir, record: r })
+  }
+  const skip = new Set(adoptable.map((a) => `${a.name}${RECORD}`))
+  const detached = await AttachedBlockDevice.cleanStale(disksDir, skip)
+  return { adoptable, detached }
+}
+
+/** Undoes a stale exposure nobody took over: its loop device detached, its holder ended (the connection aborts). */
+export async function dropStale(s: StaleAttachment): Promise<void> {
+  const r = s.record
+  if (r.seq && (await diskSeq(r.device)) === r.seq) await run('losetup', ['-d', r.device]).catch(() => {})
+  if (r.holder && r.holderStart && (await holderAlive(r.holder, r.holderStart)))
+    process.kill(r.holder, 'SIGKILL')
+  await run('umount', ['-l', s.dir]).catch(() => {})
+  await rm(s.dir, { recursive: true, force: true }).catch(() => {})
+  await rm(recordPath(s.dir), { force: true })
+}
 
 export interface AttachOptions {
   /** The disk's NBD export, e.g. `nbd+unix:///disk0?socket=/run/vrio/disk0.sock`. */
@@ -19,12 +265,13 @@ export interface AttachOptions {
 }
 
 /**
- * A real block device for an NBD export where the kernel NBD client is missing (no /dev/nbd*, no
+ * The previous exposure, kept for NBD servers that are not ours (benchmarks compare against it):
+ * a real block device for an NBD export where the kernel NBD client is missing (no /dev/nbd*, no
  * module loading): nbdfuse shows the export as a file on a FUSE mount, and a loop device with
  * direct I/O turns that file into /dev/loopN (without direct I/O, reads would come from the page
  * cache and writes arrive as 4 KiB synchronous writes).
  */
-export class AttachedBlockDevice {
+export class AttachedBlockDevice implements BlockExposure {
   readonly device: string
   readonly file: string
   private readonly fuse: ChildProcess
@@ -110,17 +357,13 @@ export class AttachedBlockDevice {
    * mounted filesystem for instance), its nbdfuse ended and its mount point removed. Run at start,
    * before any attach. Returns the loop devices detached.
    */
-  static async cleanStale(disksDir: string): Promise<string[]> {
+  static async cleanStale(disksDir: string, skip: ReadonlySet<string> = new Set()): Promise<string[]> {
     const names = await readdir(disksDir).catch(() => [] as string[])
     const detached: string[] = []
-    for (const name of names.filter((n) => n.endsWith(RECORD))) {
+    for (const name of names.filter((n) => n.endsWith(RECORD) && !skip.has(n))) {
       const record = join(disksDir, name)
       const dir = record.slice(0, -RECORD.length)
-      const r = JSON.parse(await readFile(record, 'utf8').catch(() => '{}')) as {
-        device?: string
-        seq?: string
-        pid?: number
-      }
+      const r = JSON.parse(await readFile(record, 'utf8').catch(() => '{}')) as Partial<StaleRecord>
       // Only the loop device not set up again since (same disk sequence number), and only the
       // nbdfuse process serving this dir.
       if (typeof r.device === 'string' && r.seq && (await diskSeq(r.device)) === r.seq) {
@@ -131,6 +374,8 @@ export class AttachedBlockDevice {
       if (cmdline.startsWith('nbdfuse\0') && cmdline.includes(`\0${join(dir, 'disk')}\0`)) {
         process.kill(r.pid!, 'SIGTERM')
       }
+      if (r.holder && r.holderStart && (await holderAlive(r.holder, r.holderStart)))
+        process.kill(r.holder, 'SIGKILL')
       await run('umount', ['-l', dir]).catch(() => {})
       await rm(dir, { recursive: true, force: true }).catch(() => {})
       await rm(record, { force: true })

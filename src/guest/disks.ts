@@ -7,7 +7,14 @@ import { NbdServer } from '../devices/blk/nbd-server.ts'
 import { VrioError } from '../errors.ts'
 import type { Session } from '../session/session.ts'
 import { type MessageHeader, MessageType } from '../wire/message-header.ts'
-import { AttachedBlockDevice } from './block-attach.ts'
+import {
+  type BlockExposure,
+  dropStale,
+  exposeBlockDevice,
+  FuseLoopDevice,
+  reclaimStale,
+  type StaleAttachment,
+} from './block-attach.ts'
 import { DEVICE_NAME_RE } from '../devices/names.ts'
 
 /** What the IOhyp sends in `blk.attach`. */
@@ -21,13 +28,20 @@ interface Disk {
   name: string
   front: RemoteBlockDevice
   handle: { high: number; low: number }
-  attached: AttachedBlockDevice | undefined
+  attached: BlockExposure | undefined
 }
+
+/**
+ * How long block devices a killed agent left wait to be taken over, from this agent's first
+ * session on (the IOhyp announces its disks right after connecting); then they are detached.
+ */
+const ADOPT_GRACE_MS = 20_000
 
 /**
  * The guest's remote disks: one RemoteBlockDevice per disk (requests go to the IOhyp over the
  * current session, and are re-sent on the next one if it drops), all served as NBD exports on one
- * unix socket, and optionally attached as real block devices (nbdfuse + loop).
+ * unix socket, and optionally attached as real block devices (the agent's own FUSE file + loop,
+ * see exposeBlockDevice).
  */
 export class GuestDisks {
   readonly socketPath: string
@@ -40,6 +54,9 @@ export class GuestDisks {
   private readonly byHandle = new Map<number, Disk>()
   private readonly nbd: NbdServer
   private session: Session | undefined
+  /** Block devices a killed agent left, by disk name, until taken over or dropped. */
+  private readonly stale = new Map<string, StaleAttachment>()
+  private staleTimer: ReturnType<typeof setTimeout> | undefined
 
   constructor(o: { runDir: string; attach: boolean; ioTimeoutMs?: number; log: Logger }) {
     this.runDir = o.runDir
@@ -58,8 +75,27 @@ export class GuestDisks {
     // Listening first: it refuses while another live agent serves this run dir, whose block
     // devices must not be taken for a dead agent's leftovers.
     await this.nbd.listen()
-    const stale = await AttachedBlockDevice.cleanStale(join(this.runDir, 'disks'))
-    if (stale.length > 0) this.log.warn('detached block devices a previous agent left', { devices: stale })
+    const { adoptable, detached } = await reclaimStale(join(this.runDir, 'disks'))
+    if (detached.length > 0)
+      this.log.warn('detached block devices a previous agent left', { devices: detached })
+    for (const a of adoptable) this.stale.set(a.name, a)
+    if (adoptable.length > 0)
+      this.log.info('block devices a previous agent left wait to be taken over', {
+        devices: adoptable.map((a) => a.record.device),
+      })
+  }
+
+  /** Detaches what a previous agent left and no disk took over. */
+  private async dropStale(): Promise<void> {
+    if (this.staleTimer) clearTimeout(this.staleTimer)
+    this.staleTimer = undefined
+    const left = [...this.stale.values()]
+    this.stale.clear()
+    for (const a of left) await dropStale(a)
+    if (left.length > 0)
+      this.log.warn('detached block devices a previous agent left (their disks were not announced)', {
+        devices: left.map((a) => a.record.device),
+      })
   }
 
   uri(name: string): string {
@@ -69,6 +105,10 @@ export class GuestDisks {
   /** The session to the IOhyp changed: requests go (and unanswered ones are re-sent) on the new one. */
   useSession(session: Session | undefined): void {
     this.session = session
+    if (session && this.stale.size > 0 && !this.staleTimer) {
+      this.staleTimer = setTimeout(() => void this.dropStale(), ADOPT_GRACE_MS)
+      this.staleTimer.unref()
+    }
     for (const d of this.disks.values()) {
       if (session) d.front.attach(session)
       else d.front.detach()
@@ -113,11 +153,7 @@ export class GuestDisks {
       if (this.session) front.attach(this.session)
       if (this.attach) {
         try {
-          d.attached = await AttachedBlockDevice.attach({
-            uri: this.uri(p.name),
-            dir: join(this.runDir, 'disks', p.name),
-            readOnly: p.info.readOnly,
-          })
+          d.attached = await this.expose(p.name, front, p.info.readOnly)
         } catch (error) {
           this.forget(d)
           front.close()
@@ -127,6 +163,32 @@ export class GuestDisks {
       this.log.info('disk attached', { disk: p.name, size: p.info.size, device: d.attached?.device ?? null })
     }
     return { nbd: this.uri(p.name), device: d.attached?.device ?? null }
+  }
+
+  /** The disk's block device: the one a killed agent left, taken over, or a new one. */
+  private async expose(name: string, front: RemoteBlockDevice, readOnly: boolean): Promise<BlockExposure> {
+    const dir = join(this.runDir, 'disks', name)
+    const stale = this.stale.get(name)
+    if (stale) {
+      this.stale.delete(name)
+      try {
+        const taken = await FuseLoopDevice.adopt({ device: front, dir, readOnly, stale })
+        this.log.info('took over the block device a previous agent left', {
+          disk: name,
+          device: taken.device,
+          resent: taken.stats().resendErrno === 0,
+        })
+        return taken
+      } catch (error) {
+        this.log.warn('could not take over the block device a previous agent left', {
+          disk: name,
+          device: stale.record.device,
+          error: (error as Error).message,
+        })
+        await dropStale(stale)
+      }
+    }
+    return exposeBlockDevice({ device: front, dir, readOnly })
   }
 
   /** `blk.detach` from the IOhyp: the block device goes, NBD clients get errors, the export disappears. */
@@ -161,6 +223,7 @@ export class GuestDisks {
   }
 
   async close(): Promise<void> {
+    await this.dropStale()
     for (const d of [...this.disks.values()]) {
       await d.attached?.detach()
       d.front.close(new VrioError('not-connected', 'the guest agent is stopping'))

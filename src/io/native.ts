@@ -118,6 +118,56 @@ export interface NativeAddon {
     cipher: number,
     key: Uint8Array,
   ) => FrameAead
+  /**
+   * A one-file FUSE mount served from this process (native/fuse.cc); see FuseDiskServer in
+   * src/guest/fuse-server.ts. Absent from an older build.
+   */
+  FuseDisk?: new (
+    options: {
+      dir: string
+      name: string
+      size: number
+      readOnly: boolean
+      slots: number
+      maxWrite: number
+      /** Serve this live connection's /dev/fuse fd (taken over) instead of mounting. */
+      fd?: number
+    },
+    callback: (count: number) => void,
+  ) => NativeFuseDisk
+  /** A duplicate (close-on-exec) of another process's fd: pidfd_open + pidfd_getfd (root). */
+  pidfdGetfd?(pid: number, fd: number): number
+}
+
+/** The addon's FUSE session (native/fuse.cc). */
+export interface NativeFuseDisk {
+  slots(): { buffers: ArrayBuffer[]; batch: Uint32Array; kernelMinor: number }
+  /** Answers the slot's request (error 0 or -errno; data for READ) and frees the slot. */
+  reply(slot: number, error: number, data?: Uint8Array): void
+  /** Answers a WRITE: `size` bytes written. */
+  replyWrite(slot: number, size: number): void
+  stats(): FuseNativeStats
+  /** Stops reading, unmounts (lazily) and closes /dev/fuse. */
+  close(): void
+  /** The /dev/fuse fd (to hand a duplicate to a process that keeps the connection alive). */
+  fd(): number
+}
+
+export interface FuseNativeStats {
+  /** Requests read from /dev/fuse, metadata included. */
+  requests: number
+  /** Data requests handed to JS, and the batches they came in. */
+  toJs: number
+  batches: number
+  /** Replies the kernel refused (request interrupted or connection gone). */
+  replyErrors: number
+  interrupts: number
+  /** INIT flags agreed with the kernel. */
+  flags: number
+  /** Serving a connection a previous agent left (see pidfdGetfd). */
+  adopted: boolean
+  /** Adopted: 0 when the kernel re-queued what the previous agent left unanswered, else errno; -1 otherwise. */
+  resendErrno: number
 }
 
 /** An AES-XTS key held by OpenSSL; JS never sees the key schedule. */

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict'
-import { execFileSync, spawn } from 'node:child_process'
+import { execFile, execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, describe, it } from 'node:test'
-import { AttachedBlockDevice } from '../../src/guest/block-attach.ts'
+import { promisify } from 'node:util'
+import { MemoryDevice } from '../../src/devices/blk/memory-device.ts'
+import { AttachedBlockDevice, FuseLoopDevice } from '../../src/guest/block-attach.ts'
 import { requireRoot } from '../support/netns.ts'
 import { waitUntil } from '../support/wait.ts'
 
@@ -72,5 +74,60 @@ describe('attaching an NBD export as a block device (nbdfuse + loop, direct I/O)
       (e: Error & { code?: string }) => e.code === 'attach-failed' && /could not attach/.test(e.message),
     )
     assert.doesNotMatch(execFileSync('mount', { encoding: 'utf8' }), /f2/)
+  })
+})
+
+/** Async: the FUSE file is served by this very process, whose event loop must keep running. */
+const run = promisify(execFile)
+
+describe("the agent's own exposure: a FUSE file served in-process under a loop device", () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vrio-fuseloop-'))
+  after(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('mkfs, mount, write, fsck clean; read-only re-attach reads the files and refuses writes; nothing left behind', async () => {
+    requireRoot()
+    const device = new MemoryDevice({
+      size: 64 * 1024 * 1024,
+      canFlush: true,
+      canTrim: true,
+      canWriteZeroes: true,
+    })
+    const mnt = join(dir, 'mnt')
+    await run('mkdir', ['-p', mnt])
+    let disk = await FuseLoopDevice.attach({ device, dir: join(dir, 'fuse') })
+    try {
+      assert.match(disk.device, /^\/dev\/loop\d+$/)
+      const info = JSON.parse((await run('losetup', ['--json', '--list', disk.device])).stdout)
+      assert.equal(info.loopdevices[0].dio, true, 'direct I/O is on')
+      assert.equal(info.loopdevices[0]['back-file'], disk.file)
+      await run('mkfs.ext4', ['-q', disk.device])
+      await run('mount', [disk.device, mnt])
+      await run('bash', ['-c', `yes vrio | head -c 3000000 > ${mnt}/hello.txt`])
+      await run('umount', [mnt])
+      await run('e2fsck', ['-fn', disk.device]) // rejects unless clean
+      const s = disk.stats()
+      assert.ok(s.toJs > 0 && s.replyErrors === 0, JSON.stringify(s))
+    } finally {
+      await run('umount', [mnt]).catch(() => {})
+      await disk.detach()
+    }
+    assert.equal((await run('losetup', ['-j', disk.file])).stdout.trim(), '')
+    assert.doesNotMatch((await run('mount')).stdout, new RegExp(dir))
+    disk = await FuseLoopDevice.attach({ device, dir: join(dir, 'fuse'), readOnly: true })
+    try {
+      await run('mount', ['-o', 'ro', disk.device, mnt])
+      assert.equal(
+        (await run('sha256sum', [`${mnt}/hello.txt`])).stdout.split(' ')[0],
+        (await run('bash', ['-c', 'yes vrio | head -c 3000000 | sha256sum'])).stdout.split(' ')[0],
+      )
+      await run('umount', [mnt])
+      await assert.rejects(
+        run('dd', ['if=/dev/zero', `of=${disk.device}`, 'bs=4k', 'count=1', 'oflag=direct']),
+      )
+    } finally {
+      await run('umount', [mnt]).catch(() => {})
+      await disk.detach()
+    }
+    assert.doesNotMatch((await run('mount')).stdout, new RegExp(dir))
   })
 })

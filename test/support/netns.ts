@@ -141,6 +141,16 @@ export function cleanupNetns(): void {
 }
 
 function deleteNetns(name: string): void {
+  // Processes left in it go first: a killed guest agent's FUSE holders (`sleep infinity`) would
+  // otherwise keep its block devices alive after the test.
+  try {
+    const pids = execFileSync('ip', ['netns', 'pids', name], { encoding: 'utf8' }).split('\n').filter(Boolean)
+    for (const pid of pids) {
+      try {
+        process.kill(Number(pid), 'SIGKILL')
+      } catch {}
+    }
+  } catch {}
   try {
     execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' })
   } catch {

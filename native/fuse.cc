@@ -1,0 +1,582 @@
+// FuseDisk: one regular file on a FUSE mount of our own, served by this process over the raw
+// /dev/fuse protocol (no libfuse). A reader thread reads requests into slot buffers and answers
+// the metadata of the single-file tree itself (INIT, LOOKUP, GETATTR, OPEN, STATFS, READDIR, ...);
+// the data requests (READ, WRITE, FLUSH, FSYNC, FALLOCATE) go to JS in batches, as slot numbers,
+// through a thread-safe function: JS parses each request from its slot buffer (a view of the same
+// memory), runs it on a block device and replies with reply()/replyWrite(), which write the answer
+// to /dev/fuse from the event loop thread (writev: header plus the reply data, not copied).
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "io.h"
+
+namespace vrio {
+
+namespace {
+
+constexpr uint64_t kRootIno = FUSE_ROOT_ID;  // 1
+constexpr uint64_t kFileIno = 2;
+// Attributes and names never change behind the kernel's back: let it cache them for a day.
+constexpr uint64_t kValidSeconds = 86400;
+constexpr uint32_t kMaxSlots = 1024;
+// FUSE_NOTIFY_RESEND (protocol 7.40, Linux 6.9; newer than our <linux/fuse.h>): the kernel puts
+// every request a previous server read and never answered back on the queue for us to read.
+constexpr int32_t kNotifyResend = 7;
+
+struct Slot {
+  uint8_t* buf = nullptr;
+  bool busy = false;  // read into and not yet answered (JS owns it)
+};
+
+}  // namespace
+
+class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit FuseDisk(const Napi::CallbackInfo& info);
+  ~FuseDisk() override;
+
+ private:
+  Napi::Value Slots(const Napi::CallbackInfo& info);
+  Napi::Value Reply(const Napi::CallbackInfo& info);
+  Napi::Value ReplyWrite(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value Fd(const Napi::CallbackInfo& info);
+
+  void ReaderLoop();
+  // Answers a metadata request from the reader thread; false: it goes to JS.
+  bool AnswerHere(uint32_t slot, size_t n);
+  void WriteReply(uint64_t unique, int32_t error, const void* data, size_t len);
+  void Release(uint32_t slot);
+  void FillAttr(uint64_t ino, struct fuse_attr* a) const;
+  void Stop();
+  static void CallJs(Napi::Env env, Napi::Function cb, FuseDisk* self, void*);
+
+  int fd_ = -1;
+  int wake_ = -1;  // eventfd: the reader thread stops
+  std::string dir_, name_;
+  uint64_t size_ = 0;
+  bool readOnly_ = false;
+  uint32_t maxWrite_ = 1 << 20;
+  size_t slotSize_ = 0;
+  std::vector<Slot> slots_;
+  std::vector<Napi::Reference<Napi::ArrayBuffer>> slotRefs_;
+  Napi::Reference<Napi::Uint32Array> batchRef_;
+  uint32_t* batch_ = nullptr;
+
+  std::mutex mu_;
+  std::condition_variable freed_;
+  std::vector<uint32_t> free_;     // slots the reader may fill
+  std::vector<uint32_t> pending_;  // slots for JS, not yet delivered
+  int endErrno_ = 0;               // the connection ended (reader stopped) with this errno
+  bool endReported_ = false;
+  std::atomic<bool> notified_{false};
+  std::atomic<bool> stopping_{false};
+  bool closed_ = false;
+  std::thread reader_;
+  Napi::TypedThreadSafeFunction<FuseDisk, void, CallJs> tsfn_;
+  bool tsfnLive_ = false;
+
+  std::atomic<uint64_t> requests_{0}, toJs_{0}, batches_{0}, replyErrors_{0}, interrupts_{0};
+  uint32_t kernelMinor_ = 0, negotiatedFlags_ = 0;
+  bool adopted_ = false;
+  int resendErrno_ = -1;  // adopted: 0 if the kernel re-queued unanswered requests, else errno
+};
+
+Napi::Function FuseDisk::Define(Napi::Env env) {
+  return DefineClass(env, "FuseDisk",
+                     {
+                         InstanceMethod<&FuseDisk::Slots>("slots"),
+                         InstanceMethod<&FuseDisk::Reply>("reply"),
+                         InstanceMethod<&FuseDisk::ReplyWrite>("replyWrite"),
+                         InstanceMethod<&FuseDisk::Stats>("stats"),
+                         InstanceMethod<&FuseDisk::Close>("close"),
+                         InstanceMethod<&FuseDisk::Fd>("fd"),
+                     });
+}
+
+// new FuseDisk({dir, name, size, readOnly, slots, maxWrite, fd?}, callback(count | -errno))
+// With fd (an open /dev/fuse of a live connection, e.g. from pidfdGetfd; owned from now on) it
+// mounts nothing: it serves that connection, first asking the kernel to resend what is unanswered.
+FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+    ThrowInvalid(env, "new FuseDisk(options, callback)");
+    return;
+  }
+  Napi::Object o = info[0].As<Napi::Object>();
+  if (!o.Get("dir").IsString() || !o.Get("name").IsString() || !o.Get("size").IsNumber() ||
+      !o.Get("slots").IsNumber()) {
+    ThrowInvalid(env, "FuseDisk: options need dir, name, size, slots");
+    return;
+  }
+  dir_ = o.Get("dir").As<Napi::String>().Utf8Value();
+  name_ = o.Get("name").As<Napi::String>().Utf8Value();
+  size_ = uint64_t(o.Get("size").As<Napi::Number>().Int64Value());
+  readOnly_ = o.Get("readOnly").ToBoolean().Value();
+  uint32_t nslots = o.Get("slots").As<Napi::Number>().Uint32Value();
+  if (o.Get("maxWrite").IsNumber()) maxWrite_ = o.Get("maxWrite").As<Napi::Number>().Uint32Value();
+  if (name_.empty() || name_.size() > 255 || name_.find('/') != std::string::npos || nslots == 0 ||
+      nslots > kMaxSlots || maxWrite_ < 4096 || maxWrite_ > (1u << 20) || (maxWrite_ & 4095) != 0) {
+    ThrowInvalid(env, "FuseDisk: bad name, slots or maxWrite");
+    return;
+  }
+  // Room for the largest WRITE (headers, then max_write bytes); the kernel refuses smaller reads.
+  slotSize_ = size_t(maxWrite_) + 8192;
+
+  if (o.Get("fd").IsNumber()) {
+    fd_ = o.Get("fd").As<Napi::Number>().Int32Value();
+    adopted_ = true;
+    int fl = fcntl(fd_, F_GETFL);
+    if (fl < 0 || fcntl(fd_, F_SETFL, fl | O_NONBLOCK) < 0) {
+      int e = errno;
+      fd_ = -1;
+      ThrowSysErr(env, {e, "fcntl", "adopted /dev/fuse fd"});
+      return;
+    }
+  } else {
+    fd_ = open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  }
+  if (fd_ < 0) {
+    ThrowSysErr(env, {errno, "open", "/dev/fuse"});
+    return;
+  }
+  wake_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_ < 0) {
+    int e = errno;
+    Stop();
+    ThrowSysErr(env, {e, "eventfd", ""});
+    return;
+  }
+  slots_.resize(nslots);
+  for (uint32_t i = 0; i < nslots; i++) {
+    // Anonymous mappings: pages are only touched when a request fills them.
+    void* p = mmap(nullptr, slotSize_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      int e = errno;
+      Stop();
+      ThrowSysErr(env, {e, "mmap", "slot buffer"});
+      return;
+    }
+    slots_[i].buf = static_cast<uint8_t*>(p);
+    // The mapping goes with its ArrayBuffer (this object holds a reference to it, and so may JS).
+    slotRefs_.push_back(Napi::Persistent(Napi::ArrayBuffer::New(
+        env, p, slotSize_, [](Napi::Env, void* data, size_t* len) { munmap(data, *len); delete len; },
+        new size_t(slotSize_))));
+    free_.push_back(nslots - 1 - i);
+  }
+  Napi::Uint32Array batch = Napi::Uint32Array::New(env, nslots);
+  batch_ = batch.Data();
+  batchRef_ = Napi::Persistent(batch);
+
+  std::string opts = "fd=" + std::to_string(fd_) +
+                     ",rootmode=40000,user_id=0,group_id=0,allow_other,max_read=" + std::to_string(maxWrite_);
+  if (!adopted_ && mount("vrio", dir_.c_str(), "fuse.vrio", MS_NOSUID | MS_NODEV | MS_NOATIME, opts.c_str()) != 0) {
+    int e = errno;
+    Stop();
+    ThrowSysErr(env, {e, "mount", dir_});
+    return;
+  }
+  // The wrapper stays pinned until the thread-safe function is finalized (after close(), once
+  // no call to CallJs can be queued any more).
+  tsfn_ = Napi::TypedThreadSafeFunction<FuseDisk, void, CallJs>::New(
+      env, info[1].As<Napi::Function>(), "vrio-fuse", 0, 1, this,
+      [](Napi::Env, void*, FuseDisk* self) { self->Unref(); }, static_cast<void*>(nullptr));
+  tsfnLive_ = true;
+  Ref();
+  reader_ = std::thread([this] { ReaderLoop(); });
+  if (adopted_) {
+    struct fuse_out_header h = {sizeof h, kNotifyResend, 0};
+    resendErrno_ = write(fd_, &h, sizeof h) == ssize_t(sizeof h) ? 0 : errno;
+  }
+}
+
+FuseDisk::~FuseDisk() { Stop(); }
+
+void FuseDisk::Stop() {
+  stopping_ = true;
+  if (wake_ >= 0) {
+    uint64_t one = 1;
+    ssize_t ignored = write(wake_, &one, sizeof one);
+    (void)ignored;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    freed_.notify_all();
+  }
+  if (reader_.joinable()) reader_.join();
+  if (!dir_.empty() && fd_ >= 0 && !adopted_) umount2(dir_.c_str(), MNT_DETACH);
+  if (fd_ >= 0) close(fd_);  // aborts the connection: whatever still uses the file gets errors
+  fd_ = -1;
+  if (wake_ >= 0) close(wake_);
+  wake_ = -1;
+}
+
+void FuseDisk::FillAttr(uint64_t ino, struct fuse_attr* a) const {
+  memset(a, 0, sizeof *a);
+  a->ino = ino;
+  a->blksize = 4096;
+  a->uid = 0;
+  a->gid = 0;
+  if (ino == kRootIno) {
+    a->mode = S_IFDIR | 0755;
+    a->nlink = 2;
+  } else {
+    a->mode = S_IFREG | (readOnly_ ? 0400 : 0600);
+    a->nlink = 1;
+    a->size = size_;
+    a->blocks = (size_ + 511) / 512;
+  }
+}
+
+void FuseDisk::WriteReply(uint64_t unique, int32_t error, const void* data, size_t len) {
+  struct fuse_out_header h;
+  h.len = uint32_t(sizeof h + len);
+  h.error = error;
+  h.unique = unique;
+  struct iovec iov[2] = {{&h, sizeof h}, {const_cast<void*>(data), len}};
+  ssize_t r;
+  do r = writev(fd_, iov, len > 0 ? 2 : 1);
+  while (r < 0 && errno == EINTR);
+  // ENOENT: the request was interrupted or the connection aborted meanwhile; nothing to do.
+  if (r < 0) replyErrors_++;
+}
+
+void FuseDisk::Release(uint32_t slot) {
+  std::lock_guard<std::mutex> lk(mu_);
+  slots_[slot].busy = false;
+  free_.push_back(slot);
+  if (free_.size() == 1) freed_.notify_one();
+}
+
+bool FuseDisk::AnswerHere(uint32_t slot, size_t n) {
+  uint8_t* buf = slots_[slot].buf;
+  auto* in = reinterpret_cast<struct fuse_in_header*>(buf);
+  const uint8_t* arg = buf + sizeof *in;
+  size_t argLen = n - sizeof *in;
+  uint64_t u = in->unique;
+  switch (in->opcode) {
+    case FUSE_INIT: {
+      auto* ii = reinterpret_cast<const struct fuse_init_in*>(arg);
+      struct fuse_init_out o;
+      memset(&o, 0, sizeof o);
+      o.major = FUSE_KERNEL_VERSION;
+      if (ii->major != FUSE_KERNEL_VERSION) {
+        WriteReply(u, 0, &o, 8);  // the kernel sends INIT again with our major, or gives up
+        return true;
+      }
+      kernelMinor_ = ii->minor;
+      o.minor = ii->minor < FUSE_KERNEL_MINOR_VERSION ? ii->minor : FUSE_KERNEL_MINOR_VERSION;
+      uint32_t want = FUSE_ASYNC_READ | FUSE_ASYNC_DIO | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS;
+      o.flags = ii->flags & want;
+      negotiatedFlags_ = o.flags;
+      o.max_readahead = ii->max_readahead;
+      uint32_t bg = uint32_t(slots_.size()) > 0xffff ? 0xffff : uint32_t(slots_.size());
+      o.max_background = uint16_t(bg);
+      o.congestion_threshold = uint16_t(bg * 3 / 4 > 0 ? bg * 3 / 4 : 1);
+      o.max_write = maxWrite_;
+      o.time_gran = 1;
+      o.max_pages = uint16_t(maxWrite_ / 4096);
+      WriteReply(u, 0, &o, ii->minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof o);
+      return true;
+    }
+    case FUSE_LOOKUP: {
+      const char* nm = reinterpret_cast<const char*>(arg);
+      if (in->nodeid != kRootIno || argLen == 0 || strnlen(nm, argLen) != name_.size() ||
+          memcmp(nm, name_.data(), name_.size()) != 0) {
+        WriteReply(u, -ENOENT, nullptr, 0);
+        return true;
+      }
+      struct fuse_entry_out e;
+      memset(&e, 0, sizeof e);
+      e.nodeid = kFileIno;
+      e.generation = 1;
+      e.entry_valid = kValidSeconds;
+      e.attr_valid = kValidSeconds;
+      FillAttr(kFileIno, &e.attr);
+      WriteReply(u, 0, &e, sizeof e);
+      return true;
+    }
+    case FUSE_GETATTR:
+    case FUSE_SETATTR: {
+      // SETATTR (a truncate, chmod, utimes): the file is the disk, nothing of it changes.
+      if (in->nodeid != kRootIno && in->nodeid != kFileIno) {
+        WriteReply(u, -ENOENT, nullptr, 0);
+        return true;
+      }
+      if (in->opcode == FUSE_SETATTR) {
+        auto* sa = reinterpret_cast<const struct fuse_setattr_in*>(arg);
+        if ((sa->valid & FATTR_SIZE) && sa->size != size_) {
+          WriteReply(u, -EPERM, nullptr, 0);
+          return true;
+        }
+      }
+      struct fuse_attr_out a;
+      memset(&a, 0, sizeof a);
+      a.attr_valid = kValidSeconds;
+      FillAttr(in->nodeid, &a.attr);
+      WriteReply(u, 0, &a, sizeof a);
+      return true;
+    }
+    case FUSE_OPEN:
+    case FUSE_OPENDIR: {
+      if (in->opcode == FUSE_OPEN && readOnly_) {
+        auto* oi = reinterpret_cast<const struct fuse_open_in*>(arg);
+        if ((oi->flags & O_ACCMODE) != O_RDONLY) {
+          WriteReply(u, -EROFS, nullptr, 0);
+          return true;
+        }
+      }
+      struct fuse_open_out o;
+      memset(&o, 0, sizeof o);
+      // The file bypasses the page cache: every read and write reaches us (the loop device's
+      // direct I/O would bypass it anyway; this holds for anyone else opening the file too).
+      if (in->opcode == FUSE_OPEN) o.open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+      WriteReply(u, 0, &o, sizeof o);
+      return true;
+    }
+    case FUSE_RELEASE:
+    case FUSE_RELEASEDIR:
+    case FUSE_ACCESS:
+    case FUSE_DESTROY:
+      WriteReply(u, 0, nullptr, 0);
+      return true;
+    case FUSE_STATFS: {
+      struct fuse_statfs_out s;
+      memset(&s, 0, sizeof s);
+      s.st.bsize = 4096;
+      s.st.frsize = 4096;
+      s.st.blocks = (size_ + 4095) / 4096;
+      s.st.files = 2;
+      s.st.namelen = 255;
+      WriteReply(u, 0, &s, sizeof s);
+      return true;
+    }
+    case FUSE_READDIR: {
+      auto* ri = reinterpret_cast<const struct fuse_read_in*>(arg);
+      uint8_t out[1024];
+      size_t len = 0;
+      const char* names[3] = {".", "..", name_.c_str()};
+      uint64_t inos[3] = {kRootIno, kRootIno, kFileIno};
+      uint32_t types[3] = {S_IFDIR >> 12, S_IFDIR >> 12, S_IFREG >> 12};
+      for (uint64_t i = ri->offset; i < 3; i++) {
+        size_t nl = strlen(names[i]);
+        size_t rec = FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + nl);
+        if (len + rec > ri->size || len + rec > sizeof out) break;
+        auto* d = reinterpret_cast<struct fuse_dirent*>(out + len);
+        memset(d, 0, rec);
+        d->ino = inos[i];
+        d->off = i + 1;
+        d->namelen = uint32_t(nl);
+        d->type = types[i];
+        memcpy(d->name, names[i], nl);
+        len += rec;
+      }
+      WriteReply(u, 0, out, len);
+      return true;
+    }
+    case FUSE_FORGET:
+    case FUSE_BATCH_FORGET:
+      return true;  // no reply
+    case FUSE_INTERRUPT:
+      // Block requests are short and always answered: the interrupted one is answered when done.
+      interrupts_++;
+      return true;
+    case FUSE_READ:
+    case FUSE_WRITE:
+    case FUSE_FLUSH:
+    case FUSE_FSYNC:
+    case FUSE_FALLOCATE:
+      if (in->nodeid != kFileIno) {
+        WriteReply(u, -EINVAL, nullptr, 0);
+        return true;
+      }
+      return false;
+    default:
+      WriteReply(u, -ENOSYS, nullptr, 0);
+      return true;
+  }
+}
+
+void FuseDisk::ReaderLoop() {
+  for (;;) {
+    uint32_t slot;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      freed_.wait(lk, [this] { return stopping_ || !free_.empty(); });
+      if (stopping_) return;
+      slot = free_.back();
+      free_.pop_back();
+    }
+    ssize_t n;
+    for (;;) {
+      n = read(fd_, slots_[slot].buf, slotSize_);
+      if (n >= 0) break;
+      int e = errno;
+      if (e == EINTR || e == ENOENT) continue;  // ENOENT: the request was interrupted before we read it
+      if (e == EAGAIN) {
+        struct pollfd p[2] = {{fd_, POLLIN, 0}, {wake_, POLLIN, 0}};
+        int r = poll(p, 2, -1);
+        if (stopping_) break;
+        if (r < 0 && errno != EINTR) break;
+        continue;
+      }
+      // ENODEV: unmounted or aborted. Anything else is as final.
+      std::lock_guard<std::mutex> lk(mu_);
+      endErrno_ = e;
+      break;
+    }
+    if (n < 0) {
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        free_.push_back(slot);
+      }
+      if (!stopping_ && !notified_.exchange(true)) tsfn_.NonBlockingCall();
+      return;
+    }
+    requests_++;
+    if (size_t(n) < sizeof(struct fuse_in_header) || AnswerHere(slot, size_t(n))) {
+      std::lock_guard<std::mutex> lk(mu_);
+      free_.push_back(slot);
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      slots_[slot].busy = true;
+      pending_.push_back(slot);
+    }
+    if (!notified_.exchange(true)) tsfn_.NonBlockingCall();
+  }
+}
+
+// On the event loop thread: hands what the reader queued to JS (slot numbers in the batch array).
+void FuseDisk::CallJs(Napi::Env env, Napi::Function cb, FuseDisk* self, void*) {
+  if (env == nullptr || self->closed_) return;
+  self->notified_ = false;
+  std::vector<uint32_t> take;
+  int end = 0;
+  {
+    std::lock_guard<std::mutex> lk(self->mu_);
+    take.swap(self->pending_);
+    if (self->endErrno_ != 0 && !self->endReported_) {
+      end = self->endErrno_;
+      self->endReported_ = true;
+    }
+  }
+  if (!take.empty()) {
+    for (size_t i = 0; i < take.size(); i++) self->batch_[i] = take[i];
+    self->toJs_ += take.size();
+    self->batches_++;
+    cb.Call({Napi::Number::New(env, double(take.size()))});
+  }
+  if (end != 0 && !self->closed_) cb.Call({Napi::Number::New(env, -double(end))});
+}
+
+Napi::Value FuseDisk::Slots(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array out = Napi::Array::New(env, slotRefs_.size());
+  for (uint32_t i = 0; i < slotRefs_.size(); i++) out.Set(i, slotRefs_[i].Value());
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("buffers", out);
+  r.Set("batch", batchRef_.Value());
+  r.Set("kernelMinor", Napi::Number::New(env, kernelMinor_));
+  return r;
+}
+
+// reply(slot, error, data?): answers the slot's request (error: 0 or a negative errno) and frees the slot.
+Napi::Value FuseDisk::Reply(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t slot = info[0].As<Napi::Number>().Uint32Value();
+  if (slot >= slots_.size() || !slots_[slot].busy) return ThrowInvalid(env, "FuseDisk.reply: slot not in use");
+  int32_t error = info[1].As<Napi::Number>().Int32Value();
+  const void* data = nullptr;
+  size_t len = 0;
+  if (info.Length() > 2 && info[2].IsTypedArray()) {
+    Napi::TypedArray ta = info[2].As<Napi::TypedArray>();
+    data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    len = ta.ByteLength();
+  }
+  auto* in = reinterpret_cast<struct fuse_in_header*>(slots_[slot].buf);
+  if (!closed_) WriteReply(in->unique, error, error == 0 ? data : nullptr, error == 0 ? len : 0);
+  Release(slot);
+  return env.Undefined();
+}
+
+// replyWrite(slot, size): a WRITE's success answer.
+Napi::Value FuseDisk::ReplyWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t slot = info[0].As<Napi::Number>().Uint32Value();
+  if (slot >= slots_.size() || !slots_[slot].busy) return ThrowInvalid(env, "FuseDisk.replyWrite: slot not in use");
+  struct fuse_write_out w;
+  memset(&w, 0, sizeof w);
+  w.size = info[1].As<Napi::Number>().Uint32Value();
+  auto* in = reinterpret_cast<struct fuse_in_header*>(slots_[slot].buf);
+  if (!closed_) WriteReply(in->unique, 0, &w, sizeof w);
+  Release(slot);
+  return env.Undefined();
+}
+
+Napi::Value FuseDisk::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("requests", Napi::Number::New(env, double(requests_)));
+  o.Set("toJs", Napi::Number::New(env, double(toJs_)));
+  o.Set("batches", Napi::Number::New(env, double(batches_)));
+  o.Set("replyErrors", Napi::Number::New(env, double(replyErrors_)));
+  o.Set("interrupts", Napi::Number::New(env, double(interrupts_)));
+  o.Set("flags", Napi::Number::New(env, negotiatedFlags_));
+  o.Set("adopted", Napi::Boolean::New(env, adopted_));
+  o.Set("resendErrno", Napi::Number::New(env, resendErrno_));
+  return o;
+}
+
+Napi::Value FuseDisk::Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+
+// pidfdGetfd(pid, fd): a duplicate of another process's fd (pidfd_getfd(2); root), close-on-exec.
+Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) return ThrowInvalid(env, "pidfdGetfd(pid, fd)");
+  int pid = info[0].As<Napi::Number>().Int32Value();
+  int target = info[1].As<Napi::Number>().Int32Value();
+  int pidfd = int(syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) return ThrowSysErr(env, {errno, "pidfd_open", std::to_string(pid)});
+  int fd = int(syscall(SYS_pidfd_getfd, pidfd, target, 0));
+  int e = errno;
+  close(pidfd);
+  if (fd < 0) return ThrowSysErr(env, {e, "pidfd_getfd", std::to_string(pid)});
+  return Napi::Number::New(env, fd);
+}
+
+// close(): stops the reader, unmounts (lazily) and closes /dev/fuse. Idempotent.
+Napi::Value FuseDisk::Close(const Napi::CallbackInfo& info) {
+  if (closed_) return info.Env().Undefined();
+  closed_ = true;
+  Stop();
+  if (tsfnLive_) {
+    tsfn_.Release();
+    tsfnLive_ = false;
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Function DefineFuseDisk(Napi::Env env) { return FuseDisk::Define(env); }
+
+}  // namespace vrio

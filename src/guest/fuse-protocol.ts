@@ -1,0 +1,156 @@
+import { constants as os } from 'node:os'
+
+/**
+ * The part of the FUSE wire protocol (<linux/fuse.h>, 7.x) that reaches JS: the data requests of
+ * the one-file tree the agent serves under the loop device. The native side (native/fuse.cc)
+ * answers everything else. All fields are little-endian (host order on the platforms we run on).
+ */
+export const FuseOp = {
+  Read: 15,
+  Write: 16,
+  Fsync: 20,
+  Flush: 25,
+  Fallocate: 43,
+} as const
+
+/** fuse_in_header: len u32, opcode u32, unique u64, nodeid u64, uid, gid, pid u32, extlen u16, pad u16. */
+export const IN_HEADER_LENGTH = 40
+/** fuse_read_in / fuse_write_in: fh u64, offset u64, size u32, flags u32, lock_owner u64, flags u32, pad u32. */
+export const RW_IN_LENGTH = 40
+/** Where a WRITE's data starts in the request. */
+export const WRITE_DATA_OFFSET = IN_HEADER_LENGTH + RW_IN_LENGTH
+
+/** fallocate(2) mode bits. */
+export const FALLOC_FL_KEEP_SIZE = 0x01
+export const FALLOC_FL_PUNCH_HOLE = 0x02
+export const FALLOC_FL_ZERO_RANGE = 0x10
+
+/** One data request, as the kernel sent it. */
+export interface FuseRequest {
+  opcode: number
+  /** Request length (header included), as the header says. */
+  length: number
+  nodeid: number
+  /** READ, WRITE, FALLOCATE: byte offset in the file. */
+  offset: number
+  /** READ, WRITE: bytes; FALLOCATE: the range's length. */
+  size: number
+  /** FALLOCATE: its mode; FSYNC: its flags. */
+  mode: number
+  /** WRITE: where its data lies in the request buffer (size bytes from here); else 0. */
+  dataOffset: number
+}
+
+/**
+ * Decodes the data request at the start of `buf` (whose `byteLength` is the slot's, not the
+ * request's). Returns undefined for a request too short for its opcode or a WRITE whose data is
+ * not all there: such a request is refused with EINVAL.
+ */
+export function decodeFuseRequest(view: DataView): FuseRequest | undefined {
+  if (view.byteLength < IN_HEADER_LENGTH) return undefined
+  const length = view.getUint32(0, true)
+  const r: FuseRequest = {
+    opcode: view.getUint32(4, true),
+    length,
+    nodeid: u64(view, 16),
+    offset: 0,
+    size: 0,
+    mode: 0,
+    dataOffset: 0,
+  }
+  if (length < IN_HEADER_LENGTH || length > view.byteLength) return undefined
+  const a = IN_HEADER_LENGTH
+  switch (r.opcode) {
+    case FuseOp.Read:
+    case FuseOp.Write:
+      if (length < a + RW_IN_LENGTH) return undefined
+      r.offset = u64(view, a + 8)
+      r.size = view.getUint32(a + 16, true)
+      if (r.opcode === FuseOp.Write) {
+        r.dataOffset = WRITE_DATA_OFFSET
+        if (length < WRITE_DATA_OFFSET + r.size) return undefined
+      }
+      break
+    case FuseOp.Fallocate:
+      // fh u64, offset u64, length u64, mode u32, pad u32
+      if (length < a + 32) return undefined
+      r.offset = u64(view, a + 8)
+      r.size = u64(view, a + 16)
+      r.mode = view.getUint32(a + 24, true)
+      break
+    case FuseOp.Fsync:
+      if (length < a + 16) return undefined
+      r.mode = view.getUint32(a + 8, true)
+      break
+    case FuseOp.Flush:
+      break
+    default:
+      return undefined
+  }
+  if (!Number.isSafeInteger(r.offset) || !Number.isSafeInteger(r.size)) return undefined
+  return r
+}
+
+/** A u64 as a number; above 2^53 it comes out unsafe, which callers refuse. */
+function u64(view: DataView, at: number): number {
+  return view.getUint32(at, true) + view.getUint32(at + 4, true) * 0x1_0000_0000
+}
+
+/** Encodes a data request the way the kernel would (tests, benchmarks). */
+export function encodeFuseRequest(
+  buf: Uint8Array,
+  r: { opcode: number; unique?: number; nodeid: number; offset?: number; size?: number; mode?: number },
+  data?: Uint8Array,
+): number {
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+  let len = IN_HEADER_LENGTH
+  const a = IN_HEADER_LENGTH
+  const put64 = (at: number, x: number) => {
+    v.setUint32(at, x % 0x1_0000_0000, true)
+    v.setUint32(at + 4, Math.floor(x / 0x1_0000_0000), true)
+  }
+  buf.fill(0, 0, IN_HEADER_LENGTH + RW_IN_LENGTH)
+  v.setUint32(4, r.opcode, true)
+  put64(8, r.unique ?? 1)
+  put64(16, r.nodeid)
+  if (r.opcode === FuseOp.Read || r.opcode === FuseOp.Write) {
+    put64(a + 8, r.offset ?? 0)
+    v.setUint32(a + 16, r.size ?? data?.length ?? 0, true)
+    len += RW_IN_LENGTH
+    if (r.opcode === FuseOp.Write && data) {
+      buf.set(data, len)
+      len += data.length
+    }
+  } else if (r.opcode === FuseOp.Fallocate) {
+    put64(a + 8, r.offset ?? 0)
+    put64(a + 16, r.size ?? 0)
+    v.setUint32(a + 24, r.mode ?? 0, true)
+    len += 32
+  } else if (r.opcode === FuseOp.Fsync) {
+    v.setUint32(a + 8, r.mode ?? 0, true)
+    len += 16
+  } else if (r.opcode === FuseOp.Flush) {
+    len += 24
+  }
+  v.setUint32(0, len, true)
+  return len
+}
+
+/** The errno a FUSE reply carries (negated on the wire) for a block device's failure. */
+export function fuseErrno(error: unknown): number {
+  const code = (error as { code?: unknown } | null)?.code
+  switch (code) {
+    case 'out-of-range':
+      return os.errno.EINVAL
+    case 'read-only':
+      return os.errno.EROFS
+    case 'unsupported':
+      return os.errno.EOPNOTSUPP
+    case 'no-space':
+      return os.errno.ENOSPC
+    case 'timeout':
+      return os.errno.ETIMEDOUT
+    default:
+      return os.errno.EIO
+  }
+}

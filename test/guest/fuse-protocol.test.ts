@@ -1,0 +1,112 @@
+import assert from 'node:assert/strict'
+import { constants as os } from 'node:os'
+import { describe, it } from 'node:test'
+import fc from 'fast-check'
+import { VrioError } from '../../src/errors.ts'
+import {
+  decodeFuseRequest,
+  encodeFuseRequest,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FuseOp,
+  fuseErrno,
+  IN_HEADER_LENGTH,
+  WRITE_DATA_OFFSET,
+} from '../../src/guest/fuse-protocol.ts'
+
+const view = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength)
+
+describe('FUSE data request codec', () => {
+  it('decodes what the kernel sends (bytes laid out as in <linux/fuse.h>)', () => {
+    // A READ of 4096 bytes at 2^40 + 512 on node 2, written out field by field.
+    const b = new Uint8Array(256)
+    const v = view(b)
+    v.setUint32(0, 80, true) // len
+    v.setUint32(4, 15, true) // FUSE_READ
+    v.setBigUint64(8, 7n, true) // unique
+    v.setBigUint64(16, 2n, true) // nodeid
+    v.setBigUint64(IN_HEADER_LENGTH + 8, 2n ** 40n + 512n, true) // offset
+    v.setUint32(IN_HEADER_LENGTH + 16, 4096, true) // size
+    assert.deepEqual(decodeFuseRequest(v), {
+      opcode: FuseOp.Read,
+      length: 80,
+      nodeid: 2,
+      offset: 2 ** 40 + 512,
+      size: 4096,
+      mode: 0,
+      dataOffset: 0,
+    })
+  })
+
+  it('round-trips every data request; a WRITE carries its data after the two headers', () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom(FuseOp.Read, FuseOp.Write, FuseOp.Fsync, FuseOp.Flush, FuseOp.Fallocate),
+        fc.integer({ min: 0, max: 2 ** 50 }),
+        fc.integer({ min: 0, max: 4096 }),
+        fc.integer({ min: 0, max: 0xff }),
+        (opcode, offset, size, mode) => {
+          const b = new Uint8Array(8192)
+          const data = new Uint8Array(size).map((_, i) => i * 7)
+          encodeFuseRequest(
+            b,
+            { opcode, nodeid: 2, offset, size, mode },
+            opcode === FuseOp.Write ? data : undefined,
+          )
+          const r = decodeFuseRequest(view(b))!
+          assert.equal(r.opcode, opcode)
+          assert.equal(r.nodeid, 2)
+          if (opcode === FuseOp.Read || opcode === FuseOp.Write || opcode === FuseOp.Fallocate) {
+            assert.equal(r.offset, offset)
+            assert.equal(r.size, size)
+          }
+          if (opcode === FuseOp.Fallocate || opcode === FuseOp.Fsync) assert.equal(r.mode, mode)
+          if (opcode === FuseOp.Write) {
+            assert.equal(r.dataOffset, WRITE_DATA_OFFSET)
+            assert.deepEqual(b.subarray(r.dataOffset, r.dataOffset + r.size), data)
+          }
+        },
+      ),
+    )
+  })
+
+  it('refuses truncated requests, a WRITE shorter than its data, unsafe offsets and other opcodes', () => {
+    const b = new Uint8Array(8192)
+    const len = encodeFuseRequest(b, { opcode: FuseOp.Write, nodeid: 2, offset: 0 }, new Uint8Array(100))
+    view(b).setUint32(0, len - 1, true)
+    assert.equal(decodeFuseRequest(view(b)), undefined, 'data cut short')
+    view(b).setUint32(0, len, true)
+    assert.ok(decodeFuseRequest(view(b)))
+    assert.equal(decodeFuseRequest(view(b.subarray(0, len - 1))), undefined, 'longer than the buffer')
+    assert.equal(decodeFuseRequest(view(b.subarray(0, 20))), undefined, 'no header')
+    encodeFuseRequest(b, { opcode: FuseOp.Read, nodeid: 2, offset: 2 ** 60, size: 1 })
+    assert.equal(decodeFuseRequest(view(b)), undefined, 'offset beyond 2^53')
+    encodeFuseRequest(b, { opcode: FuseOp.Fallocate, nodeid: 2, offset: 0, size: 4096 })
+    view(b).setUint32(0, IN_HEADER_LENGTH + 8, true)
+    assert.equal(decodeFuseRequest(view(b)), undefined, 'fallocate_in cut short')
+    encodeFuseRequest(b, { opcode: 1 /* LOOKUP */, nodeid: 1 })
+    assert.equal(decodeFuseRequest(view(b)), undefined)
+  })
+
+  it('fallocate modes as the loop device sends them', () => {
+    const b = new Uint8Array(256)
+    encodeFuseRequest(b, {
+      opcode: FuseOp.Fallocate,
+      nodeid: 2,
+      offset: 1 << 20,
+      size: 1 << 30,
+      mode: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+    })
+    const r = decodeFuseRequest(view(b))!
+    assert.equal(r.mode, 3)
+    assert.equal(r.size, 1 << 30)
+  })
+
+  it('maps block device errors to errnos', () => {
+    assert.equal(fuseErrno(new VrioError('no-space', 'x')), os.errno.ENOSPC)
+    assert.equal(fuseErrno(new VrioError('read-only', 'x')), os.errno.EROFS)
+    assert.equal(fuseErrno(new VrioError('unsupported', 'x')), os.errno.EOPNOTSUPP)
+    assert.equal(fuseErrno(new VrioError('io-error', 'x')), os.errno.EIO)
+    assert.equal(fuseErrno(new Error('bug')), os.errno.EIO)
+  })
+})
