@@ -17,8 +17,10 @@ import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
 import { type InspectBuffer, PayloadMatcher } from './match.ts'
 import { DEFAULT_REGEX_BUDGET, newRegexBudget } from './regex.ts'
 import {
+  type FastPatternRef,
   invalidRules,
   type ParsedRules,
+  type PayloadMatch,
   parseRules,
   type Rule,
   type RuleError,
@@ -77,7 +79,10 @@ function ruleClassMask(rule: Rule): number {
   switch (rule.protocol) {
     case 'tcp':
     case 'http':
+    case 'tls':
       return 1 << TCP
+    case 'dns':
+      return (1 << TCP) | (1 << UDP)
     case 'udp':
       return 1 << UDP
     case 'icmp':
@@ -85,6 +90,11 @@ function ruleClassMask(rule: Rule): number {
     default:
       return (1 << CLASSES) - 1
   }
+}
+
+/** The items of a rule's 'payload' group (none when it has no such group). */
+function payloadItems(rule: Rule): PayloadMatch[] {
+  return rule.groups.find((g) => g.buffer === 'payload')?.items ?? []
 }
 
 /** Most "fast pattern seen, rest not yet" entries kept per stream direction. */
@@ -118,7 +128,7 @@ class RuleSet {
     this.generation = generation
     this.rules = rules
     const n = rules.length
-    this.matchers = rules.map((r) => new PayloadMatcher(r.matches))
+    this.matchers = rules.map((r) => new PayloadMatcher(payloadItems(r)))
     this.classMask = Uint8Array.from(rules, ruleClassMask)
     this.fastLength = new Int32Array(n)
     this.needsContext = new Uint8Array(n)
@@ -133,17 +143,19 @@ class RuleSet {
     let maxContent = 0
     let context = false
     rules.forEach((rule, i) => {
-      for (const m of rule.matches)
-        if (m.kind === 'content') maxContent = Math.max(maxContent, m.pattern.length)
-      if (rule.matches.length > 1 || rule.matches.some((m) => m.kind === 'pcre')) context = true
-      this.needsContext[i] = rule.matches.length > 1 ? 1 : 0
+      // Rules on application-layer buffers are not matched on the payload.
+      if (rule.groups.some((g) => g.buffer !== 'payload')) return
+      const matches = payloadItems(rule)
+      for (const m of matches) if (m.kind === 'content') maxContent = Math.max(maxContent, m.pattern.length)
+      if (matches.length > 1 || matches.some((m) => m.kind === 'pcre')) context = true
+      this.needsContext[i] = matches.length > 1 ? 1 : 0
       const lists =
-        rule.matches.length === 0 ? this.headerOnly : rule.fastPattern < 0 ? this.always : undefined
+        matches.length === 0 ? this.headerOnly : rule.fastPattern === undefined ? this.always : undefined
       if (lists) {
         for (let c = 0; c < CLASSES; c++) if (this.classMask[i] & (1 << c)) lists[c].push(i)
         return
       }
-      const fast = rule.matches[rule.fastPattern]
+      const fast = matches[(rule.fastPattern as FastPatternRef).item]
       if (fast.kind !== 'content') return
       const key = Buffer.from(fast.folded).toString('latin1')
       let id = patternIds.get(key)
@@ -306,7 +318,7 @@ export class DpiService implements NetService {
     let bytes = this.#rules.automaton?.tableBytes ?? 0
     for (const rule of this.#rules.rules) {
       bytes += 1024
-      for (const m of rule.matches) {
+      for (const m of rule.groups.flatMap((g) => g.items)) {
         bytes +=
           m.kind === 'content'
             ? 64 + 2 * m.pattern.length

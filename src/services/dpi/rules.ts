@@ -20,11 +20,24 @@ import {
   DEFAULT_PRIORITY,
   resolveVars,
 } from './classification.ts'
+import {
+  APP_PROTOCOLS,
+  type AppProto,
+  type BufferId,
+  CONTENT_MODIFIERS,
+  PCRE_BUFFER_FLAGS,
+  STICKY_BUFFERS,
+} from './app/buffers.ts'
 import { PcreRegex, RegexError, type RegexFlags } from './regex.ts'
 
+export type { AppProto, BufferId } from './app/buffers.ts'
+
 export type RuleAction = 'alert' | 'drop' | 'pass'
-/** `http` rules are `tcp` rules matched against the raw reassembled stream (no HTTP parser). */
-export type RuleProtocol = 'tcp' | 'udp' | 'icmp' | 'ip' | 'http'
+/**
+ * Transport protocols, and application protocols (`http`, `dns`, `tls`): those match only flows
+ * whose protocol was detected as that by content (app/detect.ts), on any port.
+ */
+export type RuleProtocol = 'tcp' | 'udp' | 'icmp' | 'ip' | AppProto
 
 /** One `content` with its modifiers (Suricata semantics; see match.ts). */
 export interface ContentMatch {
@@ -55,6 +68,22 @@ export interface PcreMatch {
 }
 
 export type PayloadMatch = ContentMatch | PcreMatch
+
+/**
+ * A rule's payload items bound to one inspection buffer, in rule order. Relative items
+ * (distance/within, pcre /R) are relative to the previous item of the same group, and
+ * offset/depth count from the start of the group's buffer (Suricata's per-buffer lists).
+ */
+export interface BufferGroup {
+  buffer: BufferId
+  items: PayloadMatch[]
+}
+
+/** Where a rule's prefilter content is: `rule.groups[group].items[item]`. */
+export interface FastPatternRef {
+  group: number
+  item: number
+}
 
 export interface FlowConstraint {
   /** true: established only; false: not_established only; undefined: either. */
@@ -91,10 +120,12 @@ export interface Rule {
   severity: number
   references: string[]
   metadata: string[]
-  /** content and pcre, in rule order. */
-  matches: PayloadMatch[]
-  /** The index in `matches` of the content the prefilter uses, or -1 (no positive content). */
-  fastPattern: number
+  /** The application protocol the header names (`alert http ...`), if any. */
+  app?: AppProto
+  /** content and pcre, grouped by buffer (one group per buffer, in order of first use). */
+  groups: BufferGroup[]
+  /** The content the prefilter uses; undefined when the rule has no positive content. */
+  fastPattern: FastPatternRef | undefined
   flow: FlowConstraint
   dsize?: DsizeConstraint
 }
@@ -129,7 +160,7 @@ export const MAX_RULE_BYTES = 65_536
 export const MAX_CONTENT_BYTES = 8192
 
 const ACTIONS = new Set(['alert', 'drop', 'pass'])
-const PROTOCOLS = new Set(['tcp', 'udp', 'icmp', 'ip', 'http'])
+const PROTOCOLS = new Set(['tcp', 'udp', 'icmp', 'ip'])
 
 class RuleSyntaxError extends Error {}
 
@@ -321,8 +352,10 @@ function parseRule(
         : `unknown action '${action}'`,
     )
   }
-  const protocol = protoText.toLowerCase()
-  if (!PROTOCOLS.has(protocol)) fail(`unsupported protocol '${protoText}'`)
+  const protoWord = protoText.toLowerCase()
+  const app = APP_PROTOCOLS.get(protoWord)
+  const protocol = app ?? protoWord
+  if (!app && !PROTOCOLS.has(protocol)) fail(`unsupported protocol '${protoText}'`)
   if (direction !== '->' && direction !== '<>') fail(`invalid direction '${direction}' (-> or <>)`)
   const sourcePorts = parsePortField(sport, vars)
   const destinationPorts = parsePortField(dport, vars)
@@ -339,6 +372,7 @@ function parseRule(
     destination: parseAddressField(dst, vars),
     destinationPorts,
     bidirectional: direction === '<>',
+    ...(app && { app }),
     gid: 1,
     sid: 0,
     rev: 0,
@@ -347,12 +381,31 @@ function parseRule(
     severity: DEFAULT_PRIORITY,
     references: [],
     metadata: [],
-    matches: [],
-    fastPattern: -1,
+    groups: [],
+    fastPattern: undefined,
     flow: {},
   }
   let priority: number | undefined
   let flowSeen = false
+  /** The sticky buffer in force: where the next content or pcre goes. */
+  let sticky: BufferId = 'payload'
+  /** The last content or pcre added, and its group. */
+  let lastItem: PayloadMatch | undefined
+  let lastGroup: BufferGroup | undefined
+  const groupOf = (buffer: BufferId): BufferGroup => {
+    let g = rule.groups.find((x) => x.buffer === buffer)
+    if (!g) {
+      g = { buffer, items: [] }
+      rule.groups.push(g)
+    }
+    return g
+  }
+  const add = (item: PayloadMatch, buffer: BufferId): void => {
+    const g = groupOf(buffer)
+    g.items.push(item)
+    lastItem = item
+    lastGroup = g
+  }
   for (const { name, value } of splitOptions(text.slice(open + 1, -1))) {
     const key = name.toLowerCase()
     const need = (): string => {
@@ -360,9 +413,26 @@ function parseRule(
       return value as string
     }
     const last = (): ContentMatch => {
-      const m = rule.matches[rule.matches.length - 1]
-      if (m?.kind !== 'content') fail(`'${name}' needs a preceding content`)
-      return m as ContentMatch
+      if (lastItem?.kind !== 'content') fail(`'${name}' needs a preceding content`)
+      return lastItem as ContentMatch
+    }
+    const stickyBuffer = STICKY_BUFFERS.get(key)
+    if (stickyBuffer !== undefined) {
+      noValue(name, value)
+      sticky = stickyBuffer
+      continue
+    }
+    const modifier = CONTENT_MODIFIERS.get(key)
+    if (modifier !== undefined) {
+      noValue(name, value)
+      const c = last()
+      const from = lastGroup as BufferGroup
+      if (from.buffer === modifier) continue
+      if (from.buffer !== 'payload') fail(`'${name}' on a content already in buffer '${from.buffer}'`)
+      from.items.pop()
+      if (from.items.length === 0) rule.groups.splice(rule.groups.indexOf(from), 1)
+      add(c, modifier)
+      continue
     }
     switch (key) {
       case 'msg':
@@ -394,7 +464,7 @@ function parseRule(
         rule.metadata.push(need())
         break
       case 'content':
-        rule.matches.push(parseContent(need(), maxContent))
+        add(parseContent(need(), maxContent), sticky)
         break
       case 'nocase':
         noValue(name, value)
@@ -425,13 +495,16 @@ function parseRule(
         const c = last()
         if (value !== undefined && value !== 'only') fail(`unsupported fast_pattern argument '${value}'`)
         if (c.negated) fail('fast_pattern on a negated content is not supported')
-        if (rule.matches.some((m) => m.kind === 'content' && m.fastPattern)) fail('fast_pattern used twice')
+        if (rule.groups.some((g) => g.items.some((m) => m.kind === 'content' && m.fastPattern)))
+          fail('fast_pattern used twice')
         c.fastPattern = true
         break
       }
-      case 'pcre':
-        rule.matches.push(parsePcre(need()))
+      case 'pcre': {
+        const { match, buffer } = parsePcre(need())
+        add(match, buffer ?? sticky)
         break
+      }
       case 'flow':
         if (flowSeen) fail("'flow' used twice")
         flowSeen = true
@@ -447,7 +520,7 @@ function parseRule(
   }
   if (rule.sid === 0) fail("missing 'sid'")
   rule.severity = priority ?? (rule.classtype ? classes[rule.classtype].priority : DEFAULT_PRIORITY)
-  rule.fastPattern = chooseFastPattern(rule.matches)
+  rule.fastPattern = chooseFastPattern(rule.groups)
   return rule
 }
 
@@ -548,20 +621,37 @@ export function foldBytes(bytes: Uint8Array): Uint8Array {
   return out
 }
 
-/** The explicit fast_pattern, else the longest positive content (the first of equals), else -1. */
-function chooseFastPattern(matches: PayloadMatch[]): number {
-  let best = -1
-  for (let i = 0; i < matches.length; i++) {
-    const m = matches[i]
-    if (m.kind !== 'content' || m.negated) continue
-    if (m.fastPattern) return i
-    if (best < 0 || m.pattern.length > (matches[best] as ContentMatch).pattern.length) best = i
+/**
+ * The explicit fast_pattern, else the longest positive content (the first of equals; an
+ * application buffer's before the payload's, as Suricata prefers them), else undefined.
+ */
+function chooseFastPattern(groups: BufferGroup[]): FastPatternRef | undefined {
+  let best: FastPatternRef | undefined
+  let bestLength = 0
+  let bestApp = false
+  for (let g = 0; g < groups.length; g++) {
+    const app = groups[g].buffer !== 'payload' && groups[g].buffer !== 'stream'
+    const items = groups[g].items
+    for (let i = 0; i < items.length; i++) {
+      const m = items[i]
+      if (m.kind !== 'content' || m.negated) continue
+      if (m.fastPattern) return { group: g, item: i }
+      const length = m.pattern.length
+      if (!best || (app && !bestApp) || (app === bestApp && length > bestLength)) {
+        best = { group: g, item: i }
+        bestLength = length
+        bestApp = app
+      }
+    }
   }
   return best
 }
 
-/** `"/re/flags"`: i s m x (extended) R (relative) A (anchored); other flags are errors. */
-function parsePcre(value: string): PcreMatch {
+/**
+ * `"/re/flags"`: i s m x (extended) R (relative) A (anchored), and the HTTP buffer flags (U I P Q
+ * H D M C K S Y V W Z, see app/buffers.ts) giving the pcre's buffer; other flags are errors.
+ */
+function parsePcre(value: string): { match: PcreMatch; buffer: BufferId | undefined } {
   let text = value
   let negated = false
   if (text.startsWith('!')) {
@@ -576,8 +666,13 @@ function parsePcre(value: string): PcreMatch {
   let relative = false
   let anchored = false
   let extended = false
+  let buffer: BufferId | undefined
   for (const f of body.slice(end + 1)) {
-    if (f === 'i') flags.caseless = true
+    const b = PCRE_BUFFER_FLAGS.get(f)
+    if (b !== undefined) {
+      if (buffer !== undefined && buffer !== b) fail(`pcre flags for two buffers in '${body}'`)
+      buffer = b
+    } else if (f === 'i') flags.caseless = true
     else if (f === 's') flags.dotAll = true
     else if (f === 'm') flags.multiline = true
     else if (f === 'R') relative = true
@@ -597,7 +692,7 @@ function parsePcre(value: string): PcreMatch {
   } catch (error) {
     return fail(error instanceof RegexError ? error.message : `pcre: ${(error as Error).message}`)
   }
-  return { kind: 'pcre', source: body, regex, negated, relative }
+  return { match: { kind: 'pcre', source: body, regex, negated, relative }, buffer }
 }
 
 /** PCRE /x: drops unescaped whitespace and `#` comments outside character classes. */
