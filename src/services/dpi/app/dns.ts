@@ -63,7 +63,10 @@ function typeNumber(type: string | undefined): number {
  * Decodes one DNS message, or returns undefined when it is not one: shorter than the header,
  * no question in a query, more than `maxQuestions` questions, or nothing decodable.
  */
-export function parseDnsMessage(msg: Buffer, maxQuestions = DEFAULT_DNS_LIMITS.maxQuestions): DnsMessage | undefined {
+export function parseDnsMessage(
+  msg: Buffer,
+  maxQuestions = DEFAULT_DNS_LIMITS.maxQuestions,
+): DnsMessage | undefined {
   if (msg.length < 12) return undefined
   const id = msg.readUInt16BE(0)
   const flags = msg.readUInt16BE(2)

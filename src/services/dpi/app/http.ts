@@ -144,7 +144,14 @@ export class HttpParser implements AppParser {
   }
 
   /** Accumulates head bytes until the blank line; returns where parsing continues. */
-  #headBytes(side: Side, toServer: boolean, data: Uint8Array, i: number, end: number, updated: AppTx[]): number {
+  #headBytes(
+    side: Side,
+    toServer: boolean,
+    data: Uint8Array,
+    i: number,
+    end: number,
+    updated: AppTx[],
+  ): number {
     // Blank lines before a start line are skipped (RFC 9112 2.2).
     if (side.headLength === 0) {
       while (i < end && (data[i] === CR || data[i] === LF)) i++
@@ -153,7 +160,9 @@ export class HttpParser implements AppParser {
     const room = this.#limits.maxHead - side.headLength
     const take = Math.min(end - i, room)
     if (side.head.length < side.headLength + take) {
-      const next = new Uint8Array(Math.min(this.#limits.maxHead, Math.max(2 * side.head.length, side.headLength + take, 256)))
+      const next = new Uint8Array(
+        Math.min(this.#limits.maxHead, Math.max(2 * side.head.length, side.headLength + take, 256)),
+      )
       next.set(side.head.subarray(0, side.headLength))
       side.head = next
     }
@@ -203,7 +212,9 @@ export class HttpParser implements AppParser {
       const name = line.slice(0, colon).trim()
       headers.push({ name, lower: name.toLowerCase(), value: line.slice(colon + 1).trim() })
     }
-    const headerBlock = head.subarray(Buffer.byteLength(startLine, 'latin1') + (text[startLine.length] === '\r' ? 2 : 1))
+    const headerBlock = head.subarray(
+      Buffer.byteLength(startLine, 'latin1') + (text[startLine.length] === '\r' ? 2 : 1),
+    )
     if (toServer) this.#request(side, startLine, headers, head, headerBlock, updated)
     else this.#response(side, startLine, headers, head, headerBlock, updated)
   }
@@ -250,7 +261,14 @@ export class HttpParser implements AppParser {
     this.#startBody(side, headers, true, updated)
   }
 
-  #response(side: Side, line: string, headers: Header[], head: Buffer, block: Buffer, updated: AppTx[]): void {
+  #response(
+    side: Side,
+    line: string,
+    headers: Header[],
+    head: Buffer,
+    block: Buffer,
+    updated: AppTx[],
+  ): void {
     const m = /^(HTTP\/\d(?:\.\d)?)[ \t]+(\d{3})(?:[ \t]+(.*))?$/.exec(line)
     if (!m) {
       this.errors++
@@ -369,7 +387,14 @@ export class HttpParser implements AppParser {
   }
 
   /** The CRLF after chunk data, or trailer lines up to the blank one. */
-  #lineEnd(side: Side, toServer: boolean, data: Uint8Array, i: number, end: number, updated: AppTx[]): number {
+  #lineEnd(
+    side: Side,
+    toServer: boolean,
+    data: Uint8Array,
+    i: number,
+    end: number,
+    updated: AppTx[],
+  ): number {
     for (; i < end; i++) {
       const b = data[i]
       if (b === LF) {
@@ -394,7 +419,14 @@ export class HttpParser implements AppParser {
     return end
   }
 
-  #bodyBytes(side: Side, toServer: boolean, data: Uint8Array, from: number, to: number, updated: AppTx[]): void {
+  #bodyBytes(
+    side: Side,
+    toServer: boolean,
+    data: Uint8Array,
+    from: number,
+    to: number,
+    updated: AppTx[],
+  ): void {
     const tx = side.tx
     if (!tx || to <= from) return
     const limit = this.#limits.bodyLimit
@@ -443,7 +475,9 @@ export class HttpParser implements AppParser {
   }
 }
 
-const REQUEST_HEADER_BUFFERS: ReadonlyArray<[string, 'http.accept' | 'http.accept_enc' | 'http.accept_lang' | 'http.referer']> = [
+const REQUEST_HEADER_BUFFERS: ReadonlyArray<
+  [string, 'http.accept' | 'http.accept_enc' | 'http.accept_lang' | 'http.referer']
+> = [
   ['accept', 'http.accept'],
   ['accept-encoding', 'http.accept_enc'],
   ['accept-language', 'http.accept_lang'],

@@ -263,7 +263,8 @@ export class TlsParser implements AppParser {
         continue
       }
       const n = Math.min(d.recordLeft, end - i)
-      if (d.recordType === HANDSHAKE && !d.encrypted) this.#handshakeBytes(d, toServer, data.subarray(i, i + n), updated)
+      if (d.recordType === HANDSHAKE && !d.encrypted)
+        this.#handshakeBytes(d, toServer, data.subarray(i, i + n), updated)
       d.recordLeft -= n
       i += n
     }

@@ -42,8 +42,11 @@ export class AppTx {
   readonly alerted = new Set<number>()
   /** Rules whose fast pattern was seen in one of this transaction's buffers. */
   readonly candidates = new Set<number>()
-  /** Per buffer: bytes already run through the prefilter (bodies grow). */
-  readonly scanned = new Map<BufferId, number>()
+  /**
+   * Per buffer and side (see scanKey()): instances already run through the prefilter, and bytes of
+   * the last one (bodies grow).
+   */
+  readonly scanned = new Map<string, { count: number; bytes: number }>()
 
   set(toServer: boolean, id: BufferId, value: Buffer): void {
     ;(toServer ? this.request : this.response).set(id, [value])
@@ -81,6 +84,12 @@ export interface AppParser {
   gap(toServer: boolean): void
   /** Transactions still held (for bounds and tests). */
   readonly pending: number
+}
+
+/** The key of buffer `id` as seen from a packet going `toServer`, in AppTx.scanned. */
+export function scanKey(id: BufferId, toServer: boolean): string {
+  const response = RESPONSE_BUFFERS.has(id) || (BOTH_SIDES.has(id) && !toServer)
+  return response ? `<${id}` : `>${id}`
 }
 
 /** Appends `tx` to `updated` unless it is there already. */
