@@ -72,7 +72,7 @@ export function detect(
   toServer: boolean,
   tcp: boolean,
 ): AppProto | 'none' | undefined {
-  if (!tcp) return looksLikeDns(data, start, end, false) ? 'dns' : 'none'
+  if (!tcp) return looksLikeDns(data, start, end, false) === true ? 'dns' : 'none'
   let open = false
   const http = looksLikeHttp(data, start, end, toServer)
   if (http) return 'http'
@@ -80,9 +80,9 @@ export function detect(
   const tls = looksLikeTlsStart(data, start, end)
   if (tls) return 'tls'
   if (tls === undefined) open = true
-  if (end - start >= 14) {
-    if (looksLikeDns(data, start, end, true)) return 'dns'
-  } else open = true
+  const dns = looksLikeDns(data, start, end, true)
+  if (dns) return 'dns'
+  if (dns === undefined) open = true
   return open ? undefined : 'none'
 }
 

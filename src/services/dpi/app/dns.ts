@@ -107,15 +107,24 @@ export function parseDnsMessage(
   }
 }
 
-/** Whether `data[start, end)` looks like the start of DNS: a UDP message, or a TCP one's prefix. */
-export function looksLikeDns(data: Uint8Array, start: number, end: number, tcp: boolean): boolean {
+/**
+ * Whether `data[start, end)` looks like the start of DNS: a UDP message, or a TCP one's length
+ * prefix and message (judged on its header when not all there); undefined: too short to tell.
+ */
+export function looksLikeDns(
+  data: Uint8Array,
+  start: number,
+  end: number,
+  tcp: boolean,
+): boolean | undefined {
   let s = start
   if (tcp) {
-    if (end - s < 14) return false
+    if (end - s < 2) return undefined
     const length = (data[s] << 8) | data[s + 1]
-    if (length < 12) return false
+    if (length < 12 || length > DEFAULT_DNS_LIMITS.maxMessage) return false
     s += 2
-    // Only a whole message can be checked; a longer one is judged on its header.
+    if (end - s < 12) return undefined
+    // Only a whole message can be decoded; a longer one is judged on its header.
     if (end - s < length) return headerPlausible(data, s)
     end = s + length
   }
