@@ -13,6 +13,10 @@ import type { NetContext, NetDirection, NetService } from '../net/service.ts'
 import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
 import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
+import { type AppProto, BUFFER_PROTO, type BufferId } from './app/buffers.ts'
+import { AppState } from './app/detect.ts'
+import type { HttpLimits } from './app/http.ts'
+import { type AppTx, scanKey } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
 import { type InspectBuffer, PayloadMatcher } from './match.ts'
 import { DEFAULT_REGEX_BUDGET, newRegexBudget } from './regex.ts'
@@ -59,6 +63,8 @@ export interface DpiOptions extends RuleParseOptions {
    * other rules still act; like Suricata at pcre.match-limit) or 'drop' (IPS: the frame is dropped).
    */
   budgetExceeded?: 'pass' | 'drop'
+  /** HTTP parser limits (head size, headers, body bytes kept per body: 8 KiB); see app/http.ts. */
+  http?: Partial<HttpLimits>
 }
 
 /** Protocol classes a rule can apply to. */
@@ -92,6 +98,21 @@ function ruleClassMask(rule: Rule): number {
   }
 }
 
+/**
+ * The application protocol rule needs: its header's (`alert http`), else its buffers'; null when
+ * they disagree (the rule can never match); undefined when none.
+ */
+function ruleAppProto(rule: Rule): AppProto | null | undefined {
+  let app: AppProto | undefined | null = rule.app
+  for (const g of rule.groups) {
+    const p = BUFFER_PROTO[g.buffer]
+    if (p === undefined) continue
+    if (app === undefined) app = p
+    else if (app !== p) app = null
+  }
+  return app
+}
+
 /** The items of a rule's 'payload' group (none when it has no such group). */
 function payloadItems(rule: Rule): PayloadMatch[] {
   return rule.groups.find((g) => g.buffer === 'payload')?.items ?? []
@@ -123,6 +144,16 @@ class RuleSet {
   readonly candidateStamp: Uint32Array
   readonly matchedStamp: Uint32Array
   readonly hitEnd: Float64Array
+  /** Per rule: the application protocol it needs (header or buffers); null: conflicting ones. */
+  readonly ruleApp: (AppProto | null | undefined)[]
+  /** Per rule: one matcher per group (rule.groups order); used for rules on application buffers. */
+  readonly groupMatchers: PayloadMatcher[][]
+  /** Per application buffer: a prefilter over the fast patterns bound to it. */
+  readonly bufferPrefilters = new Map<BufferId, { automaton: AhoCorasick; patternRules: number[][] }>()
+  /** Per application protocol: its buffer rules whose fast pattern is not in an app buffer. */
+  readonly appAlways = new Map<AppProto, number[]>()
+  /** Some rule needs the application layer (a protocol in its header, or app buffers). */
+  readonly needsApp: boolean
 
   constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
     this.generation = generation
@@ -142,9 +173,46 @@ class RuleSet {
     this.patternRules = []
     let maxContent = 0
     let context = false
+    this.ruleApp = rules.map(ruleAppProto)
+    this.groupMatchers = rules.map((r) =>
+      r.groups.some((g) => g.buffer !== 'payload') ? r.groups.map((g) => new PayloadMatcher(g.items)) : [],
+    )
+    this.needsApp = rules.some((r) => r.app !== undefined || r.groups.some((g) => g.buffer !== 'payload'))
+    const appPatterns = new Map<
+      BufferId,
+      { patterns: Uint8Array[]; ids: Map<string, number>; rules: number[][] }
+    >()
     rules.forEach((rule, i) => {
-      // Rules on application-layer buffers are not matched on the payload.
-      if (rule.groups.some((g) => g.buffer !== 'payload')) return
+      // Rules on application-layer buffers are matched per transaction.
+      if (rule.groups.some((g) => g.buffer !== 'payload')) {
+        const app = this.ruleApp[i]
+        if (app === null) return // buffers of two protocols: never matches
+        const fp = rule.fastPattern
+        const group = fp ? rule.groups[fp.group] : undefined
+        const fast = fp && group ? group.items[fp.item] : undefined
+        if (!group || group.buffer === 'payload' || group.buffer === 'stream' || fast?.kind !== 'content') {
+          const list = this.appAlways.get(app as AppProto) ?? []
+          list.push(i)
+          this.appAlways.set(app as AppProto, list)
+          // Also verified when its payload fast pattern is seen (nothing to do: appAlways covers it).
+          return
+        }
+        let entry = appPatterns.get(group.buffer)
+        if (!entry) {
+          entry = { patterns: [], ids: new Map(), rules: [] }
+          appPatterns.set(group.buffer, entry)
+        }
+        const key = Buffer.from(fast.folded).toString('latin1')
+        let id = entry.ids.get(key)
+        if (id === undefined) {
+          id = entry.patterns.length
+          entry.ids.set(key, id)
+          entry.patterns.push(fast.folded)
+          entry.rules.push([])
+        }
+        entry.rules[id].push(i)
+        return
+      }
       const matches = payloadItems(rule)
       for (const m of matches) if (m.kind === 'content') maxContent = Math.max(maxContent, m.pattern.length)
       if (matches.length > 1 || matches.some((m) => m.kind === 'pcre')) context = true
@@ -168,6 +236,8 @@ class RuleSet {
       this.patternRules[id].push(i)
       this.fastLength[i] = fast.pattern.length
     })
+    for (const [id, e] of appPatterns)
+      this.bufferPrefilters.set(id, { automaton: new AhoCorasick(e.patterns), patternRules: e.rules })
     if (tables && tables.patternCount !== patterns.length) tables = undefined
     this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables }) : undefined
     this.keep = context ? Math.max(streamWindow, maxContent) : Math.max(0, maxContent - 1)
@@ -203,6 +273,10 @@ export type DpiCounters = {
   regexSteps: number
   automatonStates: number
   automatonBytes: number
+  /** Flows whose application protocol was detected, by protocol. */
+  appFlows: Record<AppProto, number>
+  /** Application-layer transactions inspected (HTTP request/response pairs, DNS messages, TLS handshakes). */
+  appTransactions: number
 }
 
 /** The DPI/IPS NetService. Create with createDpi() (or loadDpi() from a file). */
@@ -230,7 +304,15 @@ export class DpiService implements NetService {
     backtrackExhausted: 0,
     budgetExceeded: 0,
     regexSteps: 0,
+    appTransactions: 0,
   }
+  readonly #appFlows: Record<AppProto, number> = { http: 0, dns: 0, tls: 0 }
+  /** Transactions changed by the bytes being inspected. */
+  readonly #updated: AppTx[] = []
+  /** The transaction being prefiltered, and the buffer prefilter's pattern → rules. */
+  #appTx: AppTx | undefined
+  #appPatternRules: number[][] = []
+  readonly #onAppHit: (pattern: number, end: number) => void
   readonly #regexBudget = newRegexBudget()
   readonly #regexLimit: number
   #scratch = Buffer.allocUnsafe(0)
@@ -270,6 +352,10 @@ export class DpiService implements NetService {
     this.#flowIdBase = Math.floor(Math.random() * 2 ** 20) * 2 ** 32
     this.#onHit = (pattern, end) => this.#hit(pattern, end)
     this.#onChunk = (side, data, start, end) => this.#chunk(side, data, start, end)
+    this.#onAppHit = (pattern) => {
+      const tx = this.#appTx as AppTx
+      for (const i of this.#appPatternRules[pattern]) tx.candidates.add(i)
+    }
   }
 
   /** The rules in force. */
@@ -389,7 +475,6 @@ export class DpiService implements NetService {
     budget.exceeded = false
     budget.charged = false
     const cls = protocolClass(p.protocol)
-    for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
     const payloadEnd = p.payloadOffset + p.payloadLength
     if (p.payloadLength > 0 && (p.l4Offset >= 0 || cls === OTHER)) {
       if (tcp) {
@@ -397,9 +482,11 @@ export class DpiService implements NetService {
         const seq = (flags & TCP_SYN) !== 0 ? (p.tcpSeq + 1) >>> 0 : p.tcpSeq
         this.#reassembler.segment(side, seq, frame, p.payloadOffset, payloadEnd, this.#onChunk, rs.generation)
       } else {
-        this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls)
+        this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls, flow)
       }
     }
+    // After the payload: its bytes may have just revealed the flow's application protocol.
+    for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
     this.#packet = undefined
     this.#flow = undefined
     c.regexSteps += budget.used
@@ -433,6 +520,7 @@ export class DpiService implements NetService {
       retransmittedBytes: r.retransmittedBytes,
       automatonStates: this.#rules.automaton?.stateCount ?? 0,
       automatonBytes: this.#rules.automaton?.tableBytes ?? 0,
+      appFlows: { ...this.#appFlows },
     }
   }
 
@@ -477,6 +565,8 @@ export class DpiService implements NetService {
     const cls = protocolClass(p.protocol)
     if ((rs.classMask[i] & (1 << cls)) === 0) return false
     const flow = this.#flow as Flow
+    const app = rs.ruleApp[i]
+    if (app !== undefined && (app === null || flow.app?.proto !== app)) return false
     const f = rule.flow
     if (f.established !== undefined && f.established !== flow.established) return false
     if (f.toServer !== undefined && f.toServer !== this.#toServer) return false
@@ -535,22 +625,143 @@ export class DpiService implements NetService {
   }
 
   /** One UDP datagram / ICMP message / other IP payload: inspected on its own. */
-  #inspectPayload(frame: Uint8Array, start: number, end: number, cls: number): void {
+  #inspectPayload(frame: Uint8Array, start: number, end: number, cls: number, flow: Flow): void {
     const rs = this.#rules
+    const updated = this.#updated
+    updated.length = 0
+    if (cls === UDP && rs.needsApp) {
+      flow.app ??= new AppState(false, { http: this.#options.http })
+      this.#feedApp(flow, this.#toServer, frame, start, end)
+    }
     this.#newScan()
     this.#hitBase = -start
     rs.automaton?.scan(frame, start, end, 0, this.#onHit)
     for (const i of rs.always[cls]) this.#addCandidate(i, -1)
-    if (this.#candidates.length === 0) return
+    if (this.#candidates.length === 0 && updated.length === 0) return
     const data = Buffer.from(frame.buffer, frame.byteOffset + start, end - start)
     const buf: InspectBuffer = { data, length: end - start, base: 0, text: undefined }
     for (const i of this.#candidates) this.#verify(i, buf, 0)
+    if (updated.length > 0) this.#inspectTransactions(flow, buf)
+  }
+
+  #feedApp(flow: Flow, toServer: boolean, data: Uint8Array, start: number, end: number): void {
+    const app = flow.app as AppState
+    const before = app.proto
+    app.feed(toServer, data, start, end, this.#updated)
+    if (before === undefined && app.proto !== undefined) this.#appFlows[app.proto]++
+  }
+
+  /**
+   * The transactions the new bytes changed: their new buffer bytes go through the buffers'
+   * prefilters, then candidate rules (and the protocol's rules without an app fast pattern) are
+   * verified on the whole transaction. `payload` is what a rule's payload group sees.
+   */
+  #inspectTransactions(flow: Flow, payload: InspectBuffer): void {
+    const rs = this.#rules
+    const toServer = this.#toServer
+    const proto = flow.app?.proto
+    for (const tx of this.#updated) {
+      if (tx.generation !== rs.generation) {
+        tx.generation = rs.generation
+        tx.alerted.clear()
+        tx.candidates.clear()
+        tx.scanned.clear()
+      }
+      if (tx.inspected === tx.version) continue
+      tx.inspected = tx.version
+      this.#c.appTransactions++
+      this.#appTx = tx
+      for (const [id, prefilter] of rs.bufferPrefilters) {
+        const list = tx.lookup(id, toServer)
+        if (!list) continue
+        const key = scanKey(id, toServer)
+        let done = tx.scanned.get(key)
+        if (!done) {
+          done = { count: 0, bytes: 0 }
+          tx.scanned.set(key, done)
+        }
+        const ac = prefilter.automaton
+        this.#appPatternRules = prefilter.patternRules
+        for (let k = Math.max(0, done.count - 1); k < list.length; k++) {
+          const b = list[k]
+          // The last instance scanned may have grown: rescan its tail, overlapping by a pattern.
+          let from = 0
+          if (k === done.count - 1) {
+            if (done.bytes >= b.length) continue
+            from = Math.max(0, done.bytes - ac.maxPatternLength + 1)
+          }
+          ac.scan(b, from, b.length, 0, this.#onAppHit)
+        }
+        done.count = list.length
+        done.bytes = list.length > 0 ? list[list.length - 1].length : 0
+      }
+      this.#appTx = undefined
+      const always = proto !== undefined ? rs.appAlways.get(proto) : undefined
+      if (always) for (const i of always) tx.candidates.add(i)
+      const views = new Map<Buffer, InspectBuffer>()
+      for (const i of tx.candidates) {
+        if (tx.alerted.has(i)) continue
+        if (this.#verifyTransaction(i, tx, payload, views)) tx.alerted.add(i)
+      }
+    }
+  }
+
+  /** Rule i (on application buffers) on transaction `tx`: header, then every group on its buffer. */
+  #verifyTransaction(
+    i: number,
+    tx: AppTx,
+    payload: InspectBuffer,
+    views: Map<Buffer, InspectBuffer>,
+  ): boolean {
+    if (!this.#header(i)) return false
+    const rs = this.#rules
+    const rule = rs.rules[i]
+    const matchers = rs.groupMatchers[i]
+    for (let g = 0; g < rule.groups.length; g++) {
+      const matcher = matchers[g]
+      const id = rule.groups[g].buffer
+      let ok = false
+      if (id === 'payload' || id === 'stream') {
+        ok = matcher.verify(payload, 0, this.#regexBudget)
+      } else {
+        const list = tx.lookup(id, this.#toServer)
+        if (!list) return false
+        for (const b of list) {
+          let view = views.get(b)
+          if (!view) {
+            view = { data: b, length: b.length, base: 0, text: undefined }
+            views.set(b, view)
+          }
+          if (matcher.verify(view, 0, this.#regexBudget)) {
+            ok = true
+            break
+          }
+        }
+      }
+      if (!ok) {
+        this.#noteFailure(i, matcher)
+        return false
+      }
+    }
+    // One alert per transaction, even for two transactions in one frame (pipelining).
+    this.#rules.matchedStamp[i] = this.#frameId
+    this.#matched.push(i)
+    return true
   }
 
   /** In-order stream bytes data[start, end) of `side`, at stream offset side.offset. */
   #chunk(side: StreamSide, data: Uint8Array, start: number, end: number): void {
     const rs = this.#rules
     const length = end - start
+    const updated = this.#updated
+    updated.length = 0
+    if (rs.needsApp) {
+      const flow = this.#flow as Flow
+      flow.app ??= new AppState(true, { http: this.#options.http })
+      if (side.appOffset !== side.offset) flow.app.gap(this.#toServer)
+      this.#feedApp(flow, this.#toServer, data, start, end)
+      side.appOffset = side.offset + length
+    }
     const windowLength = side.windowLength
     const windowBase = side.offset - windowLength
     this.#newScan()
@@ -589,6 +800,10 @@ export class DpiService implements NetService {
         }
       }
     }
+    if (updated.length > 0) {
+      const chunk = Buffer.from(data.buffer, data.byteOffset + start, length)
+      this.#inspectTransactions(this.#flow as Flow, { data: chunk, length, base: 0, text: undefined })
+    }
     side.retain(data, start, end, rs.keep)
     // Forget pending hits whose fast pattern left the window.
     const newBase = side.offset + length - side.windowLength
@@ -613,6 +828,12 @@ export class DpiService implements NetService {
       this.#addMatch(i)
       return true
     }
+    this.#noteFailure(i, matcher)
+    return false
+  }
+
+  /** Counts why rule i's verification by `matcher` failed, when it was for want of budget. */
+  #noteFailure(i: number, matcher: PayloadMatcher): void {
     if (matcher.exhausted) this.#c.backtrackExhausted++
     const budget = this.#regexBudget
     if (budget.exceeded && !budget.charged) {
@@ -621,7 +842,6 @@ export class DpiService implements NetService {
       const sid = this.#rules.rules[i].sid
       this.#budgetBySid.set(sid, (this.#budgetBySid.get(sid) ?? 0) + 1)
     }
-    return false
   }
 
   #act(flow: Flow, frame: Uint8Array, p: Packet, toServer: boolean, ctx: NetContext): boolean {

@@ -9,6 +9,7 @@
  * after it with fresh state. The table is bounded: the least recently used flow is evicted.
  */
 import type { Packet } from '../../wire/packet.ts'
+import type { AppState } from './app/detect.ts'
 
 /** Most segments queued per side (tiny segments would otherwise make the queue slow). */
 export const MAX_QUEUED_SEGMENTS = 256
@@ -37,6 +38,8 @@ export class StreamSide {
   pendingEnds: number[] = []
   queue: QueuedSegment[] = []
   queuedBytes = 0
+  /** The stream offset the application-layer parser expects next (a jump is a gap). */
+  appOffset = 0
   packets = 0
   bytes = 0
 
@@ -100,6 +103,8 @@ export class Flow {
   finHigh = false
   readonly fromLow = new StreamSide()
   readonly fromHigh = new StreamSide()
+  /** The application layer (protocol detection, parser), when the rules need it. */
+  app: AppState | undefined = undefined
 
   constructor(id: number, key: string, protocol: number, now: number, wallMicros: number) {
     this.id = id
