@@ -408,7 +408,9 @@ export class DpiService implements NetService {
         bytes +=
           m.kind === 'content'
             ? 64 + 2 * m.pattern.length
-            : 256 + 2 * m.source.length + 64 * m.regex.programSize
+            : m.kind === 'pcre'
+              ? 256 + 2 * m.source.length + 64 * m.regex.programSize
+              : 96
       }
     }
     return bytes

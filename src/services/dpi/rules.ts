@@ -28,6 +28,28 @@ import {
   PCRE_BUFFER_FLAGS,
   STICKY_BUFFERS,
 } from './app/buffers.ts'
+import {
+  emptyRuleState,
+  FlowStateError,
+  parseFlowbits,
+  parseFlowint,
+  parseThreshold,
+  parseXbits,
+  type RuleState,
+} from './flowstate.ts'
+import {
+  KeywordError,
+  type KeywordMatch,
+  parseByteExtract,
+  parseByteJump,
+  parseByteMath,
+  parseByteTest,
+  parseIsDataAt,
+  parseSize,
+  parseTransform,
+  type TransformMatch,
+  Variables,
+} from './keywords.ts'
 import { PcreRegex, RegexError, type RegexFlags } from './regex.ts'
 
 export type { AppProto, BufferId } from './app/buffers.ts'
@@ -55,6 +77,10 @@ export interface ContentMatch {
   distance: number
   within: number
   fastPattern: boolean
+  /** endswith: the content must end where the buffer ends. */
+  endsWith: boolean
+  /** byte_extract variables (slots, see keywords.ts) given for offset/depth/distance/within. */
+  slots?: { offset?: number; depth?: number; distance?: number; within?: number }
 }
 
 /** One `pcre`, on the linear-time engine (regex.ts) over the buffer's latin1 text. */
@@ -67,7 +93,8 @@ export interface PcreMatch {
   relative: boolean
 }
 
-export type PayloadMatch = ContentMatch | PcreMatch
+/** content, pcre, and the keywords of keywords.ts (byte_*, isdataat, bsize, transforms). */
+export type PayloadMatch = ContentMatch | PcreMatch | KeywordMatch | TransformMatch
 
 /**
  * A rule's payload items bound to one inspection buffer, in rule order. Relative items
@@ -128,6 +155,8 @@ export interface Rule {
   fastPattern: FastPatternRef | undefined
   flow: FlowConstraint
   dsize?: DsizeConstraint
+  /** flowbits, flowint, xbits, threshold, noalert (flowstate.ts); absent when none. */
+  state?: RuleState
 }
 
 export interface RuleError {
@@ -224,7 +253,12 @@ export class RuleParser {
         this.#rules.push(rule)
       } catch (error) {
         const message =
-          error instanceof RuleSyntaxError || error instanceof FieldError ? error.message : String(error)
+          error instanceof RuleSyntaxError ||
+          error instanceof FieldError ||
+          error instanceof KeywordError ||
+          error instanceof FlowStateError
+            ? error.message
+            : String(error)
         const sid = sidOf(ruleText.length > this.#limits.rule ? ruleText.slice(0, 4096) : ruleText)
         this.#errors.push({ file, line, ...(sid !== undefined && { sid }), message })
       }
@@ -387,6 +421,8 @@ function parseRule(
   }
   let priority: number | undefined
   let flowSeen = false
+  const variables = new Variables()
+  const state = emptyRuleState()
   /** The sticky buffer in force: where the next content or pcre goes. */
   let sticky: BufferId = 'payload'
   /** The last content or pcre added, and its group. */
@@ -406,6 +442,10 @@ function parseRule(
     lastItem = item
     lastGroup = g
   }
+  /** A keyword item: content modifiers after it still apply to the content before it. */
+  const addKeyword = (item: PayloadMatch, buffer: BufferId): void => {
+    groupOf(buffer).items.push(item)
+  }
   for (const { name, value } of splitOptions(text.slice(open + 1, -1))) {
     const key = name.toLowerCase()
     const need = (): string => {
@@ -420,6 +460,15 @@ function parseRule(
     if (stickyBuffer !== undefined) {
       noValue(name, value)
       sticky = stickyBuffer
+      continue
+    }
+    const transform = parseTransform(key, value)
+    if (transform) {
+      // A transform applies to the whole sticky buffer, before its contents.
+      const g = groupOf(sticky)
+      if (g.items.some((m) => m.kind !== 'transform'))
+        fail(`transform '${name}' after a content of its buffer`)
+      g.items.push(transform)
       continue
     }
     const modifier = CONTENT_MODIFIERS.get(key)
@@ -474,6 +523,11 @@ function parseRule(
       case 'depth': {
         const c = last()
         if (c.relative) fail(`'${name}' cannot be mixed with distance/within on one content`)
+        if (isVariable(need())) {
+          c.slots = { ...c.slots, [key]: variables.operand(need(), name).slot }
+          if (key === 'depth') c.depth = 0
+          break
+        }
         const n = integer(need(), name, key === 'offset' ? 0 : 1, 65535)
         if (key === 'offset') c.offset = n
         else if (n < c.pattern.length) fail(`depth ${n} is shorter than the content (${c.pattern.length})`)
@@ -485,6 +539,11 @@ function parseRule(
         const c = last()
         if (c.offset !== 0 || c.depth >= 0) fail(`'${name}' cannot be mixed with offset/depth on one content`)
         c.relative = true
+        if (isVariable(need())) {
+          c.slots = { ...c.slots, [key]: variables.operand(need(), name).slot }
+          if (key === 'within') c.within = 0
+          break
+        }
         const n = integer(need(), name, key === 'distance' ? -65535 : 1, 65535)
         if (key === 'distance') c.distance = n
         else if (n < c.pattern.length) fail(`within ${n} is shorter than the content (${c.pattern.length})`)
@@ -493,7 +552,9 @@ function parseRule(
       }
       case 'fast_pattern': {
         const c = last()
-        if (value !== undefined && value !== 'only') fail(`unsupported fast_pattern argument '${value}'`)
+        // `only` and `offset,length` (chop) only tune the prefilter: the whole content is used.
+        if (value !== undefined && value !== 'only' && !/^\d+\s*,\s*\d+$/.test(value))
+          fail(`unsupported fast_pattern argument '${value}'`)
         if (c.negated) fail('fast_pattern on a negated content is not supported')
         if (rule.groups.some((g) => g.items.some((m) => m.kind === 'content' && m.fastPattern)))
           fail('fast_pattern used twice')
@@ -510,6 +571,66 @@ function parseRule(
         flowSeen = true
         rule.flow = parseFlow(need())
         break
+      case 'startswith': {
+        noValue(name, value)
+        const c = last()
+        if (c.relative || c.offset !== 0 || c.depth >= 0)
+          fail("'startswith' with offset/depth/distance/within")
+        c.depth = c.pattern.length
+        break
+      }
+      case 'endswith':
+        noValue(name, value)
+        last().endsWith = true
+        break
+      case 'byte_test':
+        addKeyword(parseByteTest(need(), variables), sticky)
+        break
+      case 'byte_jump':
+        addKeyword(parseByteJump(need(), variables), sticky)
+        break
+      case 'byte_extract':
+        addKeyword(parseByteExtract(need(), variables), sticky)
+        break
+      case 'byte_math':
+        addKeyword(parseByteMath(need(), variables), sticky)
+        break
+      case 'isdataat':
+        addKeyword(parseIsDataAt(need(), variables), sticky)
+        break
+      case 'bsize':
+        addKeyword(parseSize(need(), 'bsize'), sticky)
+        break
+      case 'urilen': {
+        const [size, form] = need()
+          .split(',')
+          .map((x) => x.trim())
+        if (form !== undefined && form !== 'norm' && form !== 'raw') fail(`invalid urilen form '${form}'`)
+        addKeyword(parseSize(size, 'urilen'), form === 'raw' ? 'http.uri.raw' : 'http.uri')
+        break
+      }
+      case 'flowbits':
+        parseFlowbits(value, state)
+        break
+      case 'flowint':
+        parseFlowint(value, state)
+        break
+      case 'xbits':
+        parseXbits(value, state)
+        break
+      case 'threshold':
+      case 'detection_filter':
+        parseThreshold(value, state, key)
+        break
+      case 'noalert':
+        noValue(name, value)
+        state.noalert = true
+        break
+      // Harmless for matching, as in Suricata: target names the EVE source/target sides, tag
+      // logs the packets after an alert (not done here).
+      case 'target':
+      case 'tag':
+        break
       case 'dsize':
         if (rule.dsize) fail("'dsize' used twice")
         rule.dsize = parseDsize(need())
@@ -519,6 +640,12 @@ function parseRule(
     }
   }
   if (rule.sid === 0) fail("missing 'sid'")
+  if (
+    state.noalert ||
+    state.threshold ||
+    state.flowbits.length + state.flowints.length + state.xbits.length > 0
+  )
+    rule.state = state
   rule.severity = priority ?? (rule.classtype ? classes[rule.classtype].priority : DEFAULT_PRIORITY)
   rule.fastPattern = chooseFastPattern(rule.groups)
   return rule
@@ -608,7 +735,13 @@ function parseContent(value: string, maxContent: number): ContentMatch {
     distance: 0,
     within: -1,
     fastPattern: false,
+    endsWith: false,
   }
+}
+
+/** A byte_extract/byte_math variable name where a number could be. */
+function isVariable(text: string): boolean {
+  return /^[A-Za-z_]/.test(text.trim())
 }
 
 /** ASCII lower case of `bytes` (a copy). */
@@ -632,6 +765,8 @@ function chooseFastPattern(groups: BufferGroup[]): FastPatternRef | undefined {
   for (let g = 0; g < groups.length; g++) {
     const app = groups[g].buffer !== 'payload' && groups[g].buffer !== 'stream'
     const items = groups[g].items
+    // The prefilter sees buffers untransformed: a transformed buffer's contents cannot feed it.
+    if (items[0]?.kind === 'transform') continue
     for (let i = 0; i < items.length; i++) {
       const m = items[i]
       if (m.kind !== 'content' || m.negated) continue

@@ -119,7 +119,9 @@ describe('rule parser', () => {
     assert.equal(r.protocol, 'http')
     const shape = r.groups.map((g) => [
       g.buffer,
-      g.items.map((m) => (m.kind === 'content' ? Buffer.from(m.pattern).toString() : m.source)),
+      g.items.map((m) =>
+        m.kind === 'content' ? Buffer.from(m.pattern).toString() : m.kind === 'pcre' ? m.source : m.kind,
+      ),
     ])
     assert.deepEqual(shape, [
       ['http.method', ['POST']],
@@ -178,7 +180,7 @@ describe('rule parser', () => {
       '',
       'alert tcp any any -> any any (msg:"two \\',
       '  lines"; sid:1;)',
-      'alert tcp any any -> any any (byte_test:4,>,1,0; sid:2;)',
+      'alert tcp any any -> any any (asn1:oversize_length 10; sid:2;)',
       '   # indented comment',
       'drop udp any any -> any 53 (content:"x"; sid:1;)',
     ].join('\n')
@@ -187,7 +189,7 @@ describe('rule parser', () => {
     assert.equal(rules[0].line, 3)
     assert.equal(rules[0].msg, 'two   lines')
     assert.deepEqual(errors, [
-      { file: 'local.rules', line: 5, sid: 2, message: "unsupported rule option 'byte_test'" },
+      { file: 'local.rules', line: 5, sid: 2, message: "unsupported rule option 'asn1'" },
       { file: 'local.rules', line: 7, sid: 1, message: 'duplicate sid 1 (first at local.rules:3)' },
     ])
   })
@@ -232,21 +234,21 @@ describe('rule parser', () => {
       ['alert tcp any any -> any any (sid:0;)', /out of range/],
       ['alert tcp any any -> any any (priority:0; sid:1;)', /out of range/],
       ['alert tcp any any -> any any (dsize:5<>6; sid:1;)', /empty dsize range/],
-      ['alert tcp any any -> any any (content:"a"; fast_pattern:3,4; sid:1;)', /fast_pattern argument/],
+      ['alert tcp any any -> any any (content:"a"; fast_pattern:x; sid:1;)', /fast_pattern argument/],
       ['alert tcp any any -> any any (content:"a"; nocase:1; sid:1;)', /takes no value/],
-      ['alert tcp any any -> any any (flowbits:set,x; sid:1;)', /unsupported rule option 'flowbits'/],
+      ['alert tcp any any -> any any (lua:x.lua; sid:1;)', /unsupported rule option 'lua'/],
     ]
     for (const [rule, pattern] of cases) assert.match(errorOf(rule), pattern, rule)
   })
 
   it('fails a strict load with VrioError invalid-rules listing FILE:LINE for each error', () => {
     const text =
-      'alert tcp any any -> any any (sid:1;)\nalert tcp any any -> any any (isdataat:1; sid:2;)\n\nfoo\n'
+      'alert tcp any any -> any any (sid:1;)\nalert tcp any any -> any any (asn1:bitstring_overflow; sid:2;)\n\nfoo\n'
     assert.throws(
       () => parseRulesStrict(text, '/etc/vrio/dpi.rules'),
       (e: unknown) =>
         isVrioError(e, 'invalid-rules') &&
-        e.message.includes("/etc/vrio/dpi.rules:2: unsupported rule option 'isdataat'") &&
+        e.message.includes("/etc/vrio/dpi.rules:2: unsupported rule option 'asn1'") &&
         e.message.includes('/etc/vrio/dpi.rules:4:') &&
         (e.details.errors as unknown[]).length === 2,
     )
