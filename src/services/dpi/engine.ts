@@ -118,6 +118,9 @@ function payloadItems(rule: Rule): PayloadMatch[] {
   return rule.groups.find((g) => g.buffer === 'payload')?.items ?? []
 }
 
+/** What a rule's payload group sees when no payload comes with a transaction's update. */
+const EMPTY_BUFFER: InspectBuffer = { data: Buffer.alloc(0), length: 0, base: 0, text: undefined }
+
 /** Most "fast pattern seen, rest not yet" entries kept per stream direction. */
 const MAX_PENDING = 64
 
@@ -481,10 +484,12 @@ export class DpiService implements NetService {
         if (side.generation !== rs.generation) this.#resync(side, rs)
         const seq = (flags & TCP_SYN) !== 0 ? (p.tcpSeq + 1) >>> 0 : p.tcpSeq
         this.#reassembler.segment(side, seq, frame, p.payloadOffset, payloadEnd, this.#onChunk, rs.generation)
+        if ((flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
       } else {
         this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls, flow)
       }
     }
+    if (tcp && p.payloadLength === 0 && (flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
     // After the payload: its bytes may have just revealed the flow's application protocol.
     for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
     this.#packet = undefined
@@ -642,6 +647,14 @@ export class DpiService implements NetService {
     const buf: InspectBuffer = { data, length: end - start, base: 0, text: undefined }
     for (const i of this.#candidates) this.#verify(i, buf, 0)
     if (updated.length > 0) this.#inspectTransactions(flow, buf)
+  }
+
+  /** A FIN: the application parser completes what waited for more of that side's bytes. */
+  #closeApp(flow: Flow, toServer: boolean): void {
+    if (!flow.app?.parser) return
+    this.#updated.length = 0
+    flow.app.close(toServer, this.#updated)
+    if (this.#updated.length > 0) this.#inspectTransactions(flow, EMPTY_BUFFER)
   }
 
   #feedApp(flow: Flow, toServer: boolean, data: Uint8Array, start: number, end: number): void {

@@ -12,7 +12,7 @@ import dnsPacket from 'dns-packet'
 import { createDpi, type DpiOptions, type DpiService } from '../../../src/services/dpi/index.ts'
 import type { NetContext } from '../../../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../../../src/wire/packet.ts'
-import { TCP_ACK, TCP_PSH, TCP_SYN } from '../../../src/wire/tcp.ts'
+import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN } from '../../../src/wire/tcp.ts'
 import { checksum, ethHeader, ETHERTYPE_IPV4, ipv4, mac, tcpFrame } from '../../support/packets.ts'
 
 const GUEST_MAC = mac('02:00:00:00:00:02')
@@ -175,6 +175,22 @@ describe('DPI application layer', () => {
     const h2 = new Harness(rules)
     new Conn(h2, 5555).handshake().client('GET /CANARY HTTP/1.0\r\n\r\n')
     assert.deepEqual([...h2.sids].sort(), [1, 2, 3])
+  })
+
+  it('request-line buffers match before the headers are complete; a FIN completes a cut-short head', () => {
+    const h = new Harness(
+      [
+        'alert http any any -> any any (http.request_line; content:"GET /index.html HTTP/1.0"; sid:1;)',
+        'alert http any any -> any any (flow:from_server; content:"ng1nx"; nocase; http_header; sid:2;)',
+      ].join('\n'),
+    )
+    const c = new Conn(h).handshake()
+    c.client('GET /index.html HTTP/1.0\r\nHost: x\r\n')
+    assert.deepEqual(h.sids, [1])
+    c.server('HTTP/1.0 200 OK\r\nServer:ng1nx')
+    assert.deepEqual(h.sids, [1])
+    h.send(c.frame(false, new Uint8Array(0), TCP_ACK | TCP_FIN), false)
+    assert.deepEqual(h.sids, [1, 2])
   })
 
   it('pipelined requests are separate transactions, each alerting', () => {

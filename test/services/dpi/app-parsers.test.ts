@@ -48,7 +48,7 @@ function split(data: Uint8Array, cuts: number[]): Uint8Array[] {
 }
 
 const HTTP_REQUEST =
-  'GET http://Example.com:8080/a//b/./c/../d%41?q=%41+1 HTTP/1.1\r\nHost: ignored.example\r\n' +
+  'GET http://Example.com:8080/a//b/./c/../d%41?q=%41+1 HTTP/1.1\r\nHost: header.example\r\n' +
   'User-Agent: agent/1\r\nCookie: a=1\r\nAccept: */*\r\nX-Folded: one\r\n two\r\nReferer: http://r/\r\n\r\n' +
   'POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\n'
 const HTTP_RESPONSE =
@@ -64,7 +64,8 @@ describe('HTTP parser', () => {
     assert.deepEqual(a['>http.uri'], ['/a/b/dA?q=A+1'])
     assert.deepEqual(a['>http.uri.raw'], ['http://Example.com:8080/a//b/./c/../d%41?q=%41+1'])
     assert.deepEqual(a['>http.method'], ['GET'])
-    assert.deepEqual(a['>http.host'], ['ignored.example'])
+    assert.deepEqual(a['>http.host'], ['example.com'])
+    assert.deepEqual(a['>http.host.raw'], ['header.example'])
     assert.deepEqual(a['>http.user_agent'], ['agent/1'])
     assert.deepEqual(a['>http.cookie'], ['a=1'])
     assert.deepEqual(a['>http.accept'], ['*/*'])
@@ -73,7 +74,7 @@ describe('HTTP parser', () => {
       'GET http://Example.com:8080/a//b/./c/../d%41?q=%41+1 HTTP/1.1',
     ])
     assert.deepEqual(a['>http.header'], [
-      'Host: ignored.example\r\nUser-Agent: agent/1\r\nAccept: */*\r\nX-Folded: one two\r\nReferer: http://r/\r\n',
+      'Host: header.example\r\nUser-Agent: agent/1\r\nAccept: */*\r\nX-Folded: one two\r\nReferer: http://r/\r\n',
     ])
     assert.equal(a['>http.header.raw'][0].endsWith('Referer: http://r/\r\n\r\n'), true)
     assert.deepEqual(a['>http.header_names'], [

@@ -422,7 +422,11 @@ describe('DPI stream inspection', () => {
     c.client('il')
     assert.deepEqual(sids(h.events), [100])
     assert.throws(
-      () => h.dpi.replace('alert tcp any any -> any any (content:"x"; asn1:bitstring_overflow; sid:1;)', 'bad.rules'),
+      () =>
+        h.dpi.replace(
+          'alert tcp any any -> any any (content:"x"; asn1:bitstring_overflow; sid:1;)',
+          'bad.rules',
+        ),
       (e: unknown) => isVrioError(e, 'invalid-rules') && e.message.includes('bad.rules:1:'),
     )
     assert.equal(h.dpi.rules[0].sid, 100)

@@ -177,6 +177,10 @@ export class AppState {
     }
   }
 
+  close(toServer: boolean, updated: AppTx[]): void {
+    this.parser?.close?.(toServer, updated)
+  }
+
   gap(toServer: boolean): void {
     if (this.parser) this.parser.gap(toServer)
     else this.#held[toServer ? 0 : 1] = Buffer.alloc(0)

@@ -51,6 +51,8 @@ class Side {
   headLength = 0
   /** Where the blank-line search resumes in `head`. */
   scanFrom = 0
+  /** The head's start line was parsed (its buffers are out before the headers are complete). */
+  lineDone = false
   /** Body (or chunk) bytes still to come. */
   remaining = 0
   /** Chunk-size / chunk-end line bytes seen (bounded). */
@@ -170,6 +172,20 @@ export class HttpParser implements AppParser {
     const before = side.headLength
     side.headLength += take
     const head = side.head
+    if (!side.lineDone) {
+      const lf = head.subarray(0, side.headLength).indexOf(LF)
+      if (lf >= 0) {
+        side.lineDone = true
+        const line = Buffer.from(head.subarray(0, lf > 0 && head[lf - 1] === CR ? lf - 1 : lf)).toString(
+          'latin1',
+        )
+        if (!(toServer ? this.#requestLine(side, line, updated) : this.#responseLine(side, line, updated))) {
+          this.errors++
+          side.state = DEAD
+          return end
+        }
+      }
+    }
     // Find "\n\n" or "\n\r\n".
     for (let k = Math.max(side.scanFrom, 0); k < side.headLength; k++) {
       if (head[k] !== LF) continue
@@ -178,9 +194,7 @@ export class HttpParser implements AppParser {
       if (e < side.headLength && head[e] === LF) {
         const headEnd = e + 1
         const consumed = headEnd - before
-        this.#parseHead(side, toServer, Buffer.from(head.subarray(0, headEnd)), updated)
-        side.headLength = 0
-        side.scanFrom = 0
+        this.#headDone(side, toServer, Buffer.from(head.subarray(0, headEnd)), updated)
         return i + consumed
       }
     }
@@ -193,11 +207,14 @@ export class HttpParser implements AppParser {
     return i + take
   }
 
-  #parseHead(side: Side, toServer: boolean, head: Buffer, updated: AppTx[]): void {
+  /** The head is complete (or the stream ended in it): headers, then the body. */
+  #headDone(side: Side, toServer: boolean, head: Buffer, updated: AppTx[]): void {
+    side.headLength = 0
+    side.scanFrom = 0
+    side.lineDone = false
     const text = head.toString('latin1')
     const lines = text.split('\n')
     for (let k = 0; k < lines.length; k++) if (lines[k].endsWith('\r')) lines[k] = lines[k].slice(0, -1)
-    const startLine = lines[0]
     const headers: Header[] = []
     for (let k = 1; k < lines.length; k++) {
       const line = lines[k]
@@ -212,21 +229,17 @@ export class HttpParser implements AppParser {
       const name = line.slice(0, colon).trim()
       headers.push({ name, lower: name.toLowerCase(), value: line.slice(colon + 1).trim() })
     }
-    const headerBlock = head.subarray(
-      Buffer.byteLength(startLine, 'latin1') + (text[startLine.length] === '\r' ? 2 : 1),
-    )
-    if (toServer) this.#request(side, startLine, headers, head, headerBlock, updated)
-    else this.#response(side, startLine, headers, head, headerBlock, updated)
+    const lf = text.indexOf('\n')
+    const block = head.subarray(lf >= 0 ? lf + 1 : head.length)
+    if (toServer) this.#requestHeaders(side, headers, head, block, updated)
+    else this.#responseHeaders(side, headers, head, block, updated)
   }
 
-  #request(side: Side, line: string, headers: Header[], head: Buffer, block: Buffer, updated: AppTx[]): void {
+  /** A request line: a new transaction with the line's buffers. False when it is not one. */
+  #requestLine(side: Side, line: string, updated: AppTx[]): boolean {
     const parts = line.split(' ')
     const method = parts[0]
-    if (parts.length < 2 || !TOKEN.test(method)) {
-      this.errors++
-      side.state = DEAD
-      return
-    }
+    if (parts.length < 2 || !TOKEN.test(method)) return false
     const target = parts.slice(1, parts.length > 2 ? -1 : undefined).join(' ')
     const protocol = parts.length > 2 ? parts[parts.length - 1] : ''
     const tx = new AppTx()
@@ -239,13 +252,26 @@ export class HttpParser implements AppParser {
     tx.set(true, 'http.uri', latin(normalizeUri(target)))
     if (protocol !== '') tx.set(true, 'http.protocol', latin(protocol))
     tx.set(true, 'http.request_line', latin(line))
+    // An absolute-form target's host wins over the Host header (RFC 9112 3.2.2), as in libhtp.
+    const host = hostOfUri(target)
+    if (host !== undefined) tx.set(true, 'http.host', latin(normalizeHost(host)))
+    touch(updated, tx)
+    side.tx = tx
+    return true
+  }
+
+  #requestHeaders(side: Side, headers: Header[], head: Buffer, block: Buffer, updated: AppTx[]): void {
+    const tx = side.tx
+    if (!tx) return
+    const latin = (s: string): Buffer => Buffer.from(s, 'latin1')
     tx.set(true, 'http.start', head)
     setHeaderBuffers(tx, true, headers, block)
-    const host = headerValue(headers, 'host') ?? hostOfUri(target)
-    if (host !== undefined) {
-      tx.set(true, 'http.host.raw', latin(host))
-      tx.set(true, 'http.host', latin(normalizeHost(host)))
-    }
+    // http.host.raw is the Host header as sent (else the target's authority).
+    const host = headerValue(headers, 'host')
+    const uriHost = hostOfUri((tx.request.get('http.uri.raw') as Buffer[])[0].toString('latin1'))
+    const raw = host ?? uriHost
+    if (raw !== undefined) tx.set(true, 'http.host.raw', latin(raw))
+    if (host !== undefined && uriHost === undefined) tx.set(true, 'http.host', latin(normalizeHost(host)))
     const ua = headerValue(headers, 'user-agent')
     if (ua !== undefined) tx.set(true, 'http.user_agent', latin(ua))
     for (const [name, id] of REQUEST_HEADER_BUFFERS) {
@@ -253,29 +279,17 @@ export class HttpParser implements AppParser {
       if (v !== undefined) tx.set(true, id, latin(v))
     }
     touch(updated, tx)
-    side.tx = tx
-    if (method === 'CONNECT') {
-      tx.requestDone = true
+    if (this.#methods.get(tx) === 'CONNECT') {
+      this.#bodyDone(side, true, updated)
       return
     }
     this.#startBody(side, headers, true, updated)
   }
 
-  #response(
-    side: Side,
-    line: string,
-    headers: Header[],
-    head: Buffer,
-    block: Buffer,
-    updated: AppTx[],
-  ): void {
+  /** A status line: the buffers of the oldest transaction without a response. */
+  #responseLine(side: Side, line: string, updated: AppTx[]): boolean {
     const m = /^(HTTP\/\d(?:\.\d)?)[ \t]+(\d{3})(?:[ \t]+(.*))?$/.exec(line)
-    if (!m) {
-      this.errors++
-      side.state = DEAD
-      return
-    }
-    const code = Number(m[2])
+    if (!m) return false
     let tx = this.#txs.find((t) => !t.responseDone)
     if (!tx) {
       // A response without a request seen (picked up mid-stream).
@@ -289,6 +303,15 @@ export class HttpParser implements AppParser {
     tx.set(false, 'http.stat_msg', latin(m[3] ?? ''))
     tx.set(false, 'http.response_line', latin(line))
     tx.set(false, 'http.protocol', latin(m[1]))
+    touch(updated, tx)
+    side.tx = tx
+    return true
+  }
+
+  #responseHeaders(side: Side, headers: Header[], head: Buffer, block: Buffer, updated: AppTx[]): void {
+    const tx = side.tx
+    if (!tx) return
+    const latin = (s: string): Buffer => Buffer.from(s, 'latin1')
     tx.set(false, 'http.start', head)
     setHeaderBuffers(tx, false, headers, block)
     tx.set(false, 'http.response_header', (tx.response.get('http.header') as Buffer[])[0])
@@ -297,14 +320,16 @@ export class HttpParser implements AppParser {
       if (v !== undefined) tx.set(false, id, latin(v))
     }
     touch(updated, tx)
-    side.tx = tx
+    const code = Number((tx.response.get('http.stat_code') as Buffer[])[0].toString('latin1'))
     if (code >= 100 && code < 200) {
       if (code === 101) this.#tunnel = true
+      side.tx = undefined
       return // an interim response: the final one follows
     }
     const method = this.#methods.get(tx)
     if (method === 'CONNECT' && code >= 200 && code < 300) {
       this.#tunnel = true
+      side.tx = undefined
       this.#finish(tx, false)
       return
     }
@@ -468,9 +493,15 @@ export class HttpParser implements AppParser {
     }
   }
 
-  /** The end of the stream in one direction: a body running to the close is complete. */
+  /**
+   * The end of the stream in one direction: a head cut short is parsed as it is (servers that
+   * close after the headers), a body running to the close is complete.
+   */
   close(toServer: boolean, updated: AppTx[]): void {
     const side = toServer ? this.#client : this.#server
+    if (side.state === HEAD && side.lineDone && side.headLength > 0 && !this.#tunnel) {
+      this.#headDone(side, toServer, Buffer.from(side.head.subarray(0, side.headLength)), updated)
+    }
     if (side.state === BODY_CLOSE) this.#bodyDone(side, toServer, updated)
   }
 }

@@ -82,6 +82,8 @@ export interface AppParser {
   feed(toServer: boolean, data: Uint8Array, start: number, end: number, updated: AppTx[]): void
   /** A hole in one direction's stream: the parser resynchronises (or gives up) there. */
   gap(toServer: boolean): void
+  /** The end of one direction's stream (TCP FIN): what was waiting for more bytes completes. */
+  close?(toServer: boolean, updated: AppTx[]): void
   /** Transactions still held (for bounds and tests). */
   readonly pending: number
 }
