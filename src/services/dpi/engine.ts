@@ -86,6 +86,10 @@ function ruleClassMask(rule: Rule): number {
     case 'tcp':
     case 'http':
     case 'tls':
+    case 'ftp':
+    case 'smtp':
+    case 'smb':
+    case 'ssh':
       return 1 << TCP
     case 'dns':
       return (1 << TCP) | (1 << UDP)
@@ -309,7 +313,7 @@ export class DpiService implements NetService {
     regexSteps: 0,
     appTransactions: 0,
   }
-  readonly #appFlows: Record<AppProto, number> = { http: 0, dns: 0, tls: 0 }
+  readonly #appFlows: Record<AppProto, number> = { http: 0, dns: 0, tls: 0, ftp: 0, smtp: 0, smb: 0, ssh: 0 }
   /** Transactions changed by the bytes being inspected. */
   readonly #updated: AppTx[] = []
   /** The transaction being prefiltered, and the buffer prefilter's pattern → rules. */

@@ -74,6 +74,22 @@ export function detect(
 ): AppProto | 'none' | undefined {
   if (!tcp) return looksLikeDns(data, start, end, false) === true ? 'dns' : 'none'
   let open = false
+  const text = lineText(data, start, end)
+  if (text.startsWith('SSH-')) return 'ssh'
+  const banner = /^220[ -]/.exec(text)
+  if (!toServer && banner) {
+    if (/\bE?SMTP\b/i.test(text)) return 'smtp'
+    if (/\bFTP\b/i.test(text)) return 'ftp'
+  }
+  if (toServer) {
+    if (/^(?:EHLO|HELO) /i.test(text)) return 'smtp'
+    if (/^(?:USER|FEAT|SYST|PASV|EPSV|PWD|CWD|RETR|STOR|LIST)(?: |\r?\n)/.test(text)) return 'ftp'
+  }
+  if (end - start >= 8 && data[start] === 0 && data[start + 5] === 0x53 && data[start + 6] === 0x4d) {
+    const magic = data[start + 4]
+    if (data[start + 7] === 0x42 && (magic === 0xff || magic === 0xfe || magic === 0xfd)) return 'smb'
+  } else if (end - start < 8 && (end - start < 1 || data[start] === 0)) open = true
+  if (end - start < 5) open = true
   const http = looksLikeHttp(data, start, end, toServer)
   if (http) return 'http'
   if (http === undefined) open = true
@@ -84,6 +100,11 @@ export function detect(
   if (dns) return 'dns'
   if (dns === undefined) open = true
   return open ? undefined : 'none'
+}
+
+/** The first bytes (up to 80) as latin1 text, for the line-based protocols. */
+function lineText(data: Uint8Array, start: number, end: number): string {
+  return Buffer.from(data.buffer, data.byteOffset + start, Math.min(80, end - start)).toString('latin1')
 }
 
 function looksLikeTlsStart(data: Uint8Array, start: number, end: number): boolean | undefined {
@@ -129,7 +150,7 @@ export class AppState {
    * changed are appended to `updated`. Never throws.
    */
   feed(toServer: boolean, data: Uint8Array, start: number, end: number, updated: AppTx[]): void {
-    if (this.unknown || end <= start) return
+    if (this.unknown || end <= start || (this.proto !== undefined && !this.parser)) return
     if (this.parser) {
       this.parser.feed(toServer, data, start, end, updated)
       return
@@ -162,6 +183,8 @@ export class AppState {
       return
     }
     this.proto = found
+    // ftp, smtp, smb, ssh: detected only (rules on their payload), no parser.
+    if (found === 'ftp' || found === 'smtp' || found === 'smb' || found === 'ssh') return
     this.parser =
       found === 'http'
         ? new HttpParser(this.#limits.http)

@@ -314,7 +314,6 @@ export class HttpParser implements AppParser {
     const latin = (s: string): Buffer => Buffer.from(s, 'latin1')
     tx.set(false, 'http.start', head)
     setHeaderBuffers(tx, false, headers, block)
-    tx.set(false, 'http.response_header', (tx.response.get('http.header') as Buffer[])[0])
     for (const [name, id] of RESPONSE_HEADER_BUFFERS) {
       const v = headerValue(headers, name)
       if (v !== undefined) tx.set(false, id, latin(v))
@@ -531,6 +530,9 @@ function setHeaderBuffers(tx: AppTx, toServer: boolean, headers: Header[], block
     if (h.lower !== cookieName) normal += `${h.name}: ${h.value}\r\n`
   }
   const latin = (s: string): Buffer => Buffer.from(s, 'latin1')
+  // http.request_header / http.response_header: one buffer per header, "Name: value".
+  const each = toServer ? 'http.request_header' : 'http.response_header'
+  for (const h of headers) tx.add(toServer, each, latin(`${h.name}: ${h.value}`))
   tx.set(toServer, 'http.header', latin(normal))
   tx.set(toServer, 'http.header.raw', block)
   tx.set(toServer, 'http.header_names', latin(`${names}\r\n`))

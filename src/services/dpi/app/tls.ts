@@ -324,6 +324,8 @@ export class TlsParser implements AppParser {
       touch(updated, tx)
     } else if (type === 11 && !toServer) {
       const certs = parseCertificates(body)
+      for (const der of certs) tx.add(false, 'tls.certs', Buffer.from(der))
+      if (certs.length > 0) touch(updated, tx)
       const f = certs.length > 0 ? certificateFields(certs[0]) : undefined
       if (f) {
         tx.set(false, 'tls.cert_subject', latin(f.subject))
