@@ -14,7 +14,7 @@ import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
 import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
 import { type AppProto, BUFFER_PROTO, type BufferId } from './app/buffers.ts'
-import { AppState } from './app/detect.ts'
+import { type AppLimits, AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
 import { type AppTx, scanKey } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
@@ -161,6 +161,8 @@ class RuleSet {
   readonly appAlways = new Map<AppProto, number[]>()
   /** Some rule needs the application layer (a protocol in its header, or app buffers). */
   readonly needsApp: boolean
+  /** The application buffers some rule reads (the parsers build only those). */
+  readonly usedBuffers = new Set<BufferId>()
 
   constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
     this.generation = generation
@@ -185,6 +187,7 @@ class RuleSet {
       r.groups.some((g) => g.buffer !== 'payload') ? r.groups.map((g) => new PayloadMatcher(g.items)) : [],
     )
     this.needsApp = rules.some((r) => r.app !== undefined || r.groups.some((g) => g.buffer !== 'payload'))
+    for (const r of rules) for (const g of r.groups) this.usedBuffers.add(g.buffer)
     const appPatterns = new Map<
       BufferId,
       { patterns: Uint8Array[]; ids: Map<string, number>; rules: number[][] }
@@ -320,6 +323,8 @@ export class DpiService implements NetService {
   #appTx: AppTx | undefined
   #appPatternRules: number[][] = []
   readonly #onAppHit: (pattern: number, end: number) => void
+  /** What each flow's application layer is built with; `wants` follows the rules in force. */
+  readonly #appLimits: AppLimits
   readonly #regexBudget = newRegexBudget()
   readonly #regexLimit: number
   #scratch = Buffer.allocUnsafe(0)
@@ -359,6 +364,7 @@ export class DpiService implements NetService {
     this.#flowIdBase = Math.floor(Math.random() * 2 ** 20) * 2 ** 32
     this.#onHit = (pattern, end) => this.#hit(pattern, end)
     this.#onChunk = (side, data, start, end) => this.#chunk(side, data, start, end)
+    this.#appLimits = { http: options.http, wants: { has: (id) => this.#rules.usedBuffers.has(id) } }
     this.#onAppHit = (pattern) => {
       const tx = this.#appTx as AppTx
       for (const i of this.#appPatternRules[pattern]) tx.candidates.add(i)
@@ -639,7 +645,7 @@ export class DpiService implements NetService {
     const updated = this.#updated
     updated.length = 0
     if (cls === UDP && rs.needsApp) {
-      flow.app ??= new AppState(false, { http: this.#options.http })
+      flow.app ??= new AppState(false, this.#appLimits)
       this.#feedApp(flow, this.#toServer, frame, start, end)
     }
     this.#newScan()
@@ -774,7 +780,7 @@ export class DpiService implements NetService {
     updated.length = 0
     if (rs.needsApp) {
       const flow = this.#flow as Flow
-      flow.app ??= new AppState(true, { http: this.#options.http })
+      flow.app ??= new AppState(true, this.#appLimits)
       if (side.appOffset !== side.offset) flow.app.gap(this.#toServer)
       this.#feedApp(flow, this.#toServer, data, start, end)
       side.appOffset = side.offset + length

@@ -10,7 +10,7 @@ import type { AppProto } from './buffers.ts'
 import { looksLikeDns, DnsParser } from './dns.ts'
 import { HttpParser, type HttpLimits } from './http.ts'
 import { TlsParser } from './tls.ts'
-import type { AppParser, AppTx } from './tx.ts'
+import type { AppParser, AppTx, BufferWants } from './tx.ts'
 
 /** Bytes per direction held for detection before giving up. */
 export const PROBE_BYTES = 512
@@ -124,6 +124,8 @@ function looksLikeTlsStart(data: Uint8Array, start: number, end: number): boolea
 
 export interface AppLimits {
   http?: Partial<HttpLimits>
+  /** The buffers some rule reads; parsers build only those. Default all. */
+  wants?: BufferWants
 }
 
 /** A flow's application layer: detection, then the parser. */
@@ -187,10 +189,10 @@ export class AppState {
     if (found === 'ftp' || found === 'smtp' || found === 'smb' || found === 'ssh') return
     this.parser =
       found === 'http'
-        ? new HttpParser(this.#limits.http)
+        ? new HttpParser(this.#limits.http, this.#limits.wants)
         : found === 'tls'
-          ? new TlsParser()
-          : new DnsParser(this.#tcp)
+          ? new TlsParser({}, this.#limits.wants)
+          : new DnsParser(this.#tcp, {}, this.#limits.wants)
     // The other side's held bytes first when it spoke first? Each side is independent: feed ours.
     const other = this.#held[1 - d]
     this.parser.feed(toServer, buf, s, e, updated)

@@ -6,7 +6,7 @@
  * dns-packet cannot decode whole still yields its question names when those decode.
  */
 import dnsPacket from 'dns-packet'
-import { type AppParser, AppTx, touch } from './tx.ts'
+import { type AppParser, AppTx, type BufferWants, touch } from './tx.ts'
 
 export interface DnsLimits {
   /** Longest message parsed (TCP messages are buffered up to this). Default 16 KiB. */
@@ -151,9 +151,12 @@ export class DnsParser implements AppParser {
   /** Messages that did not decode, or were over maxMessage. */
   errors = 0
 
-  constructor(tcp: boolean, limits: Partial<DnsLimits> = {}) {
+  readonly #wants: BufferWants | undefined
+
+  constructor(tcp: boolean, limits: Partial<DnsLimits> = {}, wants?: BufferWants) {
     this.#tcp = tcp
     this.#limits = { ...DEFAULT_DNS_LIMITS, ...limits }
+    this.#wants = wants
   }
 
   get pending(): number {
@@ -212,7 +215,7 @@ export class DnsParser implements AppParser {
     }
     let tx = this.#txs.get(m.id)
     if (!m.response || !tx) {
-      tx = new AppTx()
+      tx = new AppTx(this.#wants)
       if (this.#txs.size >= this.#limits.maxTransactions) {
         const oldest = this.#txs.keys().next().value as number
         this.#txs.delete(oldest)
