@@ -163,6 +163,8 @@ class RuleSet {
   readonly needsApp: boolean
   /** The application buffers some rule reads (the parsers build only those). */
   readonly usedBuffers = new Set<BufferId>()
+  /** The application protocols some rule reads a buffer of (parsed; the others only detected). */
+  readonly parsedProtos = new Set<AppProto>()
 
   constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
     this.generation = generation
@@ -188,6 +190,10 @@ class RuleSet {
     )
     this.needsApp = rules.some((r) => r.app !== undefined || r.groups.some((g) => g.buffer !== 'payload'))
     for (const r of rules) for (const g of r.groups) this.usedBuffers.add(g.buffer)
+    for (const b of this.usedBuffers) {
+      const p = BUFFER_PROTO[b]
+      if (p !== undefined) this.parsedProtos.add(p)
+    }
     const appPatterns = new Map<
       BufferId,
       { patterns: Uint8Array[]; ids: Map<string, number>; rules: number[][] }
@@ -364,7 +370,11 @@ export class DpiService implements NetService {
     this.#flowIdBase = Math.floor(Math.random() * 2 ** 20) * 2 ** 32
     this.#onHit = (pattern, end) => this.#hit(pattern, end)
     this.#onChunk = (side, data, start, end) => this.#chunk(side, data, start, end)
-    this.#appLimits = { http: options.http, wants: { has: (id) => this.#rules.usedBuffers.has(id) } }
+    this.#appLimits = {
+      http: options.http,
+      wants: { has: (id) => this.#rules.usedBuffers.has(id) },
+      parses: (proto) => this.#rules.parsedProtos.has(proto),
+    }
     this.#onAppHit = (pattern) => {
       const tx = this.#appTx as AppTx
       for (const i of this.#appPatternRules[pattern]) tx.candidates.add(i)

@@ -175,6 +175,9 @@ describe('DPI application layer', () => {
     const h2 = new Harness(rules)
     new Conn(h2, 5555).handshake().client('GET /CANARY HTTP/1.0\r\n\r\n')
     assert.deepEqual([...h2.sids].sort(), [1, 2, 3])
+    // No rule reads an HTTP buffer: the flow is detected, not parsed.
+    assert.equal(h2.dpi.counters().appFlows.http, 1)
+    assert.equal(h2.dpi.counters().appTransactions, 0)
   })
 
   it('request-line buffers match before the headers are complete; a FIN completes a cut-short head', () => {
