@@ -18,6 +18,14 @@ import { AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
 import { type AppTx, scanKey } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
+import {
+  applyActions,
+  conditionsHold,
+  FlowVars,
+  type PacketFacts,
+  StateTables,
+  stateOrder,
+} from './flowstate.ts'
 import { type InspectBuffer, PayloadMatcher } from './match.ts'
 import { DEFAULT_REGEX_BUDGET, newRegexBudget } from './regex.ts'
 import {
@@ -154,6 +162,10 @@ class RuleSet {
   readonly appAlways = new Map<AppProto, number[]>()
   /** Some rule needs the application layer (a protocol in its header, or app buffers). */
   readonly needsApp: boolean
+  /** Per rule: its flowbits/flowint/xbits order (flowstate.ts stateOrder); 3 = none. */
+  readonly stateOrder: Uint8Array
+  /** Some rule has flowbits, flowint, xbits, threshold or noalert. */
+  readonly stateful: boolean
 
   constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
     this.generation = generation
@@ -177,6 +189,8 @@ class RuleSet {
     this.groupMatchers = rules.map((r) =>
       r.groups.some((g) => g.buffer !== 'payload') ? r.groups.map((g) => new PayloadMatcher(g.items)) : [],
     )
+    this.stateOrder = Uint8Array.from(rules, (r) => stateOrder(r.state))
+    this.stateful = rules.some((r) => r.state !== undefined)
     this.needsApp = rules.some((r) => r.app !== undefined || r.groups.some((g) => g.buffer !== 'payload'))
     const appPatterns = new Map<
       BufferId,
@@ -315,6 +329,10 @@ export class DpiService implements NetService {
   readonly #onAppHit: (pattern: number, end: number) => void
   readonly #regexBudget = newRegexBudget()
   readonly #regexLimit: number
+  /** Host bits (xbits) and threshold trackers, kept across rule swaps. */
+  readonly #state = new StateTables()
+  /** Matched rules that act but do not alert (noalert, or held back by their threshold). */
+  readonly #silent = new Set<number>()
   #scratch = Buffer.allocUnsafe(0)
   #scanId = 0
   #frameId = 0
@@ -844,10 +862,50 @@ export class DpiService implements NetService {
     }
   }
 
+  /**
+   * Flow-level keywords of the matched rules, in Suricata's order (rules that only set state
+   * first): drops the rules whose conditions fail, applies the others' actions, and marks those
+   * that must not alert (noalert, threshold).
+   */
+  #settle(flow: Flow, frame: Uint8Array, p: Packet, now: number): void {
+    const rs = this.#rules
+    const matched = this.#matched
+    if (!matched.some((i) => rs.rules[i].state !== undefined)) return
+    const order = rs.stateOrder
+    const sorted = [...matched].sort((a, b) => order[a] - order[b])
+    const facts: PacketFacts = {
+      now,
+      source: packetAddress(frame, p, 'source'),
+      destination: packetAddress(frame, p, 'destination'),
+      flowId: flow.id,
+    }
+    matched.length = 0
+    for (const i of sorted) {
+      const rule = rs.rules[i]
+      const s = rule.state
+      if (s) {
+        flow.vars ??= new FlowVars()
+        if (!conditionsHold(s, flow.vars, this.#state, facts)) continue
+        applyActions(s, flow.vars, this.#state, facts)
+        if (s.noalert) this.#silent.add(i)
+        else if (s.threshold && !this.#state.threshold(s.threshold, rule.sid, facts)) {
+          // Held back by its threshold: neither alert nor action (as Suricata).
+          continue
+        }
+      }
+      matched.push(i)
+    }
+  }
+
   #act(flow: Flow, frame: Uint8Array, p: Packet, toServer: boolean, ctx: NetContext): boolean {
     const rs = this.#rules
     const c = this.#c
     const matched = this.#matched
+    this.#silent.clear()
+    if (rs.stateful) {
+      this.#settle(flow, frame, p, ctx.now)
+      if (matched.length === 0) return true
+    }
     if (matched.some((i) => rs.rules[i].action === 'pass')) {
       flow.passed = true
       c.passedFlows++
@@ -856,6 +914,7 @@ export class DpiService implements NetService {
     const drop = matched.some((i) => rs.rules[i].action === 'drop')
     const timestamp = eveTimestamp(this.#wallClock(), this.#options.utcOffsetMinutes)
     for (const i of matched) {
+      if (this.#silent.has(i)) continue
       const rule = rs.rules[i]
       c.alerts++
       this.#alertsBySid.set(rule.sid, (this.#alertsBySid.get(rule.sid) ?? 0) + 1)
