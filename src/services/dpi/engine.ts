@@ -471,6 +471,10 @@ export class DpiService implements NetService {
     side.packets++
     side.bytes += frame.length
     const toServer = flow.toServer(fromLow)
+    if (flow.establishing) {
+      flow.established = true
+      flow.establishing = false
+    }
     if (tcp) this.#trackTcp(flow, side, fromLow, toServer, p)
     else if (!flow.established && flow.side(!fromLow).packets > 0) flow.established = true
     if (flow.dropped) {
@@ -551,9 +555,10 @@ export class DpiService implements NetService {
         side.started = true
         side.nextSeq = (p.tcpSeq + 1) >>> 0
       }
-    } else if ((flags & TCP_ACK) !== 0 && toServer && flow.synAckSeen) {
-      // The handshake's last ACK (a flow picked up at its SYN-ACK counts too).
-      flow.established = true
+    } else if ((flags & TCP_ACK) !== 0 && toServer && flow.synAckSeen && !flow.established) {
+      // The handshake's last ACK (a flow picked up at its SYN-ACK counts too): established from
+      // the next frame on.
+      flow.establishing = true
     }
     if ((flags & TCP_RST) !== 0) flow.closed = true
     if ((flags & TCP_FIN) !== 0) {

@@ -89,6 +89,11 @@ export class Flow {
   clientIsLow = true
   /** TCP: handshake completed (or picked up mid-stream); other protocols: both sides seen. */
   established = false
+  /**
+   * The handshake's last ACK was seen: the flow is established from the next frame on (that ACK
+   * itself is not, as in Suricata).
+   */
+  establishing = false
   synSeen = false
   synAckSeen = false
   /** RST, or FIN from both sides. */

@@ -297,7 +297,10 @@ describe('DPI stream inspection', () => {
     c.clientSeq += 1 + 5
     assert.equal(h.send(c.frame(false, new Uint8Array(0), TCP_SYN | TCP_ACK), 'to-guest'), true)
     c.serverSeq++
-    c.client('token') // the handshake's ACK carries it: established from this frame on
+    // The handshake's ACK carries it: not established yet (Suricata: from the next frame on).
+    c.client('token')
+    assert.deepEqual(sids(h.events), [3])
+    c.client('token')
     c.client('secret')
     c.server('secret')
     assert.deepEqual(sids(h.events), [3, 2, 1])
@@ -422,7 +425,11 @@ describe('DPI stream inspection', () => {
     c.client('il')
     assert.deepEqual(sids(h.events), [100])
     assert.throws(
-      () => h.dpi.replace('alert tcp any any -> any any (content:"x"; asn1:bitstring_overflow; sid:1;)', 'bad.rules'),
+      () =>
+        h.dpi.replace(
+          'alert tcp any any -> any any (content:"x"; asn1:bitstring_overflow; sid:1;)',
+          'bad.rules',
+        ),
       (e: unknown) => isVrioError(e, 'invalid-rules') && e.message.includes('bad.rules:1:'),
     )
     assert.equal(h.dpi.rules[0].sid, 100)
