@@ -126,6 +126,21 @@ function payloadItems(rule: Rule): PayloadMatch[] {
   return rule.groups.find((g) => g.buffer === 'payload')?.items ?? []
 }
 
+/**
+ * Whether a payload rule has items bound to the buffer's start (offset/depth, absolute byte_*,
+ * isdataat, pcre): in TCP these hold per packet as well as on the stream (Suricata inspects
+ * unbuffered content against both), so they are also verified on each segment alone.
+ */
+function anchored(items: PayloadMatch[]): boolean {
+  return items.some((m) => {
+    if (m.kind === 'content')
+      return !m.relative && (m.offset > 0 || m.depth >= 0 || m.slots?.offset !== undefined)
+    if (m.kind === 'pcre') return !m.relative
+    if (m.kind === 'bsize' || m.kind === 'transform') return false
+    return !m.relative
+  })
+}
+
 /** Most "fast pattern seen, rest not yet" entries kept per stream direction. */
 const MAX_PENDING = 64
 
@@ -142,6 +157,8 @@ class RuleSet {
   readonly fastLength: Int32Array
   /** Per rule: it has more than its fast pattern, so a hit may complete later (pending). */
   readonly needsContext: Uint8Array
+  /** Per rule: payload items bound to the buffer's start (see anchored()). */
+  readonly anchored: Uint8Array
   /** Per class: rules with neither content nor pcre (checked per frame on the header). */
   readonly headerOnly: number[][]
   /** Per class: rules with payload matches but no fast pattern (verified on every payload). */
@@ -175,6 +192,7 @@ class RuleSet {
     this.classMask = Uint8Array.from(rules, ruleClassMask)
     this.fastLength = new Int32Array(n)
     this.needsContext = new Uint8Array(n)
+    this.anchored = Uint8Array.from(rules, (r) => (anchored(payloadItems(r)) ? 1 : 0))
     this.headerOnly = Array.from({ length: CLASSES }, () => [])
     this.always = Array.from({ length: CLASSES }, () => [])
     this.candidateStamp = new Uint32Array(n)
@@ -809,8 +827,20 @@ export class DpiService implements NetService {
         text: undefined,
       }
       const streamEnd = side.offset + length
+      let segment: InspectBuffer | undefined
       for (const i of this.#candidates) {
         if (this.#verify(i, buf, windowLength + 1)) continue
+        // Items bound to the buffer's start also hold on the segment alone (Suricata's packet
+        // payload inspection next to the stream's).
+        if (rs.anchored[i]) {
+          segment ??= {
+            data: this.#scratch.subarray(windowLength, total),
+            length,
+            base: 0,
+            text: undefined,
+          }
+          if (this.#verify(i, segment, 0)) continue
+        }
         // The fast pattern is here but the rest is not (yet): retry while it stays in the window.
         const hitEnd = rs.hitEnd[i]
         if (hitEnd >= 0 && rs.needsContext[i] && hitEnd <= streamEnd) {

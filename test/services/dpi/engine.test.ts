@@ -497,3 +497,24 @@ describe('DPI file helpers', () => {
     }
   })
 })
+
+describe('DPI per-segment inspection of anchored payload rules (as Suricata: packet and stream)', () => {
+  it('depth counts from the segment as well as from the stream start (an FTP USER after NOOP)', () => {
+    const h = harness(
+      'alert tcp any any -> any 80 (content:"USER"; depth:4; content:"root"; distance:1; within:4; sid:2009984;)',
+    )
+    const c = new Conn(h)
+    c.handshake()
+    c.client('NOOP\r\n')
+    assert.deepEqual(h.events, [])
+    c.client('USER root\r\n')
+    assert.deepEqual(sids(h.events), [2009984])
+    // Not anchored on the segment: the stream alone decides (no second alert for one occurrence).
+    const s = harness('alert tcp any any -> any 80 (content:"root"; sid:1;)')
+    const d = new Conn(s)
+    d.handshake()
+    d.client('USER ro')
+    d.client('ot\r\n')
+    assert.deepEqual(sids(s.events), [1])
+  })
+})
