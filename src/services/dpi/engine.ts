@@ -128,14 +128,15 @@ function payloadItems(rule: Rule): PayloadMatch[] {
 
 /**
  * Whether a payload rule has items bound to the buffer's start (offset/depth, absolute byte_*,
- * isdataat, pcre): in TCP these hold per packet as well as on the stream (Suricata inspects
+ * isdataat, pcre anchored with `^` or /A): in TCP these hold per packet as well as on the stream (Suricata inspects
  * unbuffered content against both), so they are also verified on each segment alone.
  */
 function anchored(items: PayloadMatch[]): boolean {
   return items.some((m) => {
     if (m.kind === 'content')
       return !m.relative && (m.offset > 0 || m.depth >= 0 || m.slots?.offset !== undefined)
-    if (m.kind === 'pcre') return !m.relative
+    // A pcre found in a segment is found in the stream too, unless it is anchored at the start.
+    if (m.kind === 'pcre') return !m.relative && (m.regex.sticky || m.source.startsWith('/^'))
     if (m.kind === 'bsize' || m.kind === 'transform') return false
     return !m.relative
   })
@@ -832,7 +833,7 @@ export class DpiService implements NetService {
         if (this.#verify(i, buf, windowLength + 1)) continue
         // Items bound to the buffer's start also hold on the segment alone (Suricata's packet
         // payload inspection next to the stream's).
-        if (rs.anchored[i]) {
+        if (rs.anchored[i] && windowLength > 0) {
           segment ??= {
             data: this.#scratch.subarray(windowLength, total),
             length,
