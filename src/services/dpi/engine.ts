@@ -18,6 +18,14 @@ import { type AppLimits, AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
 import { type AppTx, scanKey } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
+import {
+  applyActions,
+  conditionsHold,
+  FlowVars,
+  type PacketFacts,
+  StateTables,
+  stateOrder,
+} from './flowstate.ts'
 import { type InspectBuffer, PayloadMatcher } from './match.ts'
 import { DEFAULT_REGEX_BUDGET, newRegexBudget } from './regex.ts'
 import {
@@ -124,6 +132,21 @@ function payloadItems(rule: Rule): PayloadMatch[] {
 
 /** What a rule's payload group sees when no payload comes with a transaction's update. */
 const EMPTY_BUFFER: InspectBuffer = { data: Buffer.alloc(0), length: 0, base: 0, text: undefined }
+/**
+ * Whether a payload rule has items bound to the buffer's start (offset/depth, absolute byte_*,
+ * isdataat, pcre anchored with `^` or /A): in TCP these hold per packet as well as on the stream (Suricata inspects
+ * unbuffered content against both), so they are also verified on each segment alone.
+ */
+function anchored(items: PayloadMatch[]): boolean {
+  return items.some((m) => {
+    if (m.kind === 'content')
+      return !m.relative && (m.offset > 0 || m.depth >= 0 || m.slots?.offset !== undefined)
+    // A pcre found in a segment is found in the stream too, unless it is anchored at the start.
+    if (m.kind === 'pcre') return !m.relative && (m.regex.sticky || m.source.startsWith('/^'))
+    if (m.kind === 'bsize' || m.kind === 'transform') return false
+    return !m.relative
+  })
+}
 
 /** Most "fast pattern seen, rest not yet" entries kept per stream direction. */
 const MAX_PENDING = 64
@@ -141,6 +164,8 @@ class RuleSet {
   readonly fastLength: Int32Array
   /** Per rule: it has more than its fast pattern, so a hit may complete later (pending). */
   readonly needsContext: Uint8Array
+  /** Per rule: payload items bound to the buffer's start (see anchored()). */
+  readonly anchored: Uint8Array
   /** Per class: rules with neither content nor pcre (checked per frame on the header). */
   readonly headerOnly: number[][]
   /** Per class: rules with payload matches but no fast pattern (verified on every payload). */
@@ -165,6 +190,10 @@ class RuleSet {
   readonly usedBuffers = new Set<BufferId>()
   /** The application protocols some rule reads a buffer of (parsed; the others only detected). */
   readonly parsedProtos = new Set<AppProto>()
+  /** Per rule: its flowbits/flowint/xbits order (flowstate.ts stateOrder); 3 = none. */
+  readonly stateOrder: Uint8Array
+  /** Some rule has flowbits, flowint, xbits, threshold or noalert. */
+  readonly stateful: boolean
 
   constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
     this.generation = generation
@@ -174,6 +203,7 @@ class RuleSet {
     this.classMask = Uint8Array.from(rules, ruleClassMask)
     this.fastLength = new Int32Array(n)
     this.needsContext = new Uint8Array(n)
+    this.anchored = Uint8Array.from(rules, (r) => (anchored(payloadItems(r)) ? 1 : 0))
     this.headerOnly = Array.from({ length: CLASSES }, () => [])
     this.always = Array.from({ length: CLASSES }, () => [])
     this.candidateStamp = new Uint32Array(n)
@@ -188,6 +218,8 @@ class RuleSet {
     this.groupMatchers = rules.map((r) =>
       r.groups.some((g) => g.buffer !== 'payload') ? r.groups.map((g) => new PayloadMatcher(g.items)) : [],
     )
+    this.stateOrder = Uint8Array.from(rules, (r) => stateOrder(r.state))
+    this.stateful = rules.some((r) => r.state !== undefined)
     this.needsApp = rules.some((r) => r.app !== undefined || r.groups.some((g) => g.buffer !== 'payload'))
     for (const r of rules) for (const g of r.groups) this.usedBuffers.add(g.buffer)
     for (const b of this.usedBuffers) {
@@ -333,6 +365,10 @@ export class DpiService implements NetService {
   readonly #appLimits: AppLimits
   readonly #regexBudget = newRegexBudget()
   readonly #regexLimit: number
+  /** Host bits (xbits) and threshold trackers, kept across rule swaps. */
+  readonly #state = new StateTables()
+  /** Matched rules that act but do not alert (noalert, or held back by their threshold). */
+  readonly #silent = new Set<number>()
   #scratch = Buffer.allocUnsafe(0)
   #scanId = 0
   #frameId = 0
@@ -476,6 +512,10 @@ export class DpiService implements NetService {
     side.packets++
     side.bytes += frame.length
     const toServer = flow.toServer(fromLow)
+    if (flow.establishing) {
+      flow.established = true
+      flow.establishing = false
+    }
     if (tcp) this.#trackTcp(flow, side, fromLow, toServer, p)
     else if (!flow.established && flow.side(!fromLow).packets > 0) flow.established = true
     if (flow.dropped) {
@@ -558,9 +598,10 @@ export class DpiService implements NetService {
         side.started = true
         side.nextSeq = (p.tcpSeq + 1) >>> 0
       }
-    } else if ((flags & TCP_ACK) !== 0 && toServer && flow.synAckSeen) {
-      // The handshake's last ACK (a flow picked up at its SYN-ACK counts too).
-      flow.established = true
+    } else if ((flags & TCP_ACK) !== 0 && toServer && flow.synAckSeen && !flow.established) {
+      // The handshake's last ACK (a flow picked up at its SYN-ACK counts too): established from
+      // the next frame on.
+      flow.establishing = true
     }
     if ((flags & TCP_RST) !== 0) flow.closed = true
     if ((flags & TCP_FIN) !== 0) {
@@ -819,8 +860,20 @@ export class DpiService implements NetService {
         text: undefined,
       }
       const streamEnd = side.offset + length
+      let segment: InspectBuffer | undefined
       for (const i of this.#candidates) {
         if (this.#verify(i, buf, windowLength + 1)) continue
+        // Items bound to the buffer's start also hold on the segment alone (Suricata's packet
+        // payload inspection next to the stream's).
+        if (rs.anchored[i] && windowLength > 0) {
+          segment ??= {
+            data: this.#scratch.subarray(windowLength, total),
+            length,
+            base: 0,
+            text: undefined,
+          }
+          if (this.#verify(i, segment, 0)) continue
+        }
         // The fast pattern is here but the rest is not (yet): retry while it stays in the window.
         const hitEnd = rs.hitEnd[i]
         if (hitEnd >= 0 && rs.needsContext[i] && hitEnd <= streamEnd) {
@@ -877,10 +930,50 @@ export class DpiService implements NetService {
     }
   }
 
+  /**
+   * Flow-level keywords of the matched rules, in Suricata's order (rules that only set state
+   * first): drops the rules whose conditions fail, applies the others' actions, and marks those
+   * that must not alert (noalert, threshold).
+   */
+  #settle(flow: Flow, frame: Uint8Array, p: Packet, now: number): void {
+    const rs = this.#rules
+    const matched = this.#matched
+    if (!matched.some((i) => rs.rules[i].state !== undefined)) return
+    const order = rs.stateOrder
+    const sorted = [...matched].sort((a, b) => order[a] - order[b])
+    const facts: PacketFacts = {
+      now,
+      source: packetAddress(frame, p, 'source'),
+      destination: packetAddress(frame, p, 'destination'),
+      flowId: flow.id,
+    }
+    matched.length = 0
+    for (const i of sorted) {
+      const rule = rs.rules[i]
+      const s = rule.state
+      if (s) {
+        flow.vars ??= new FlowVars()
+        if (!conditionsHold(s, flow.vars, this.#state, facts)) continue
+        applyActions(s, flow.vars, this.#state, facts)
+        if (s.noalert) this.#silent.add(i)
+        else if (s.threshold && !this.#state.threshold(s.threshold, rule.sid, facts)) {
+          // Held back by its threshold: neither alert nor action (as Suricata).
+          continue
+        }
+      }
+      matched.push(i)
+    }
+  }
+
   #act(flow: Flow, frame: Uint8Array, p: Packet, toServer: boolean, ctx: NetContext): boolean {
     const rs = this.#rules
     const c = this.#c
     const matched = this.#matched
+    this.#silent.clear()
+    if (rs.stateful) {
+      this.#settle(flow, frame, p, ctx.now)
+      if (matched.length === 0) return true
+    }
     if (matched.some((i) => rs.rules[i].action === 'pass')) {
       flow.passed = true
       c.passedFlows++
@@ -889,6 +982,7 @@ export class DpiService implements NetService {
     const drop = matched.some((i) => rs.rules[i].action === 'drop')
     const timestamp = eveTimestamp(this.#wallClock(), this.#options.utcOffsetMinutes)
     for (const i of matched) {
+      if (this.#silent.has(i)) continue
       const rule = rs.rules[i]
       c.alerts++
       this.#alertsBySid.set(rule.sid, (this.#alertsBySid.get(rule.sid) ?? 0) + 1)

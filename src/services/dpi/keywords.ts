@@ -154,7 +154,7 @@ function extractOptions(e: Extract, words: string[], keyword: string): string[] 
   }
   const maxBytes = e.base !== undefined ? 23 : 8
   // 0 bytes with `string`: the number is the rest of the buffer (Suricata 7).
-  if ((e.bytes < 1 && e.base === undefined) || e.bytes > maxBytes)
+  if ((e.bytes < 1 && e.base === undefined && keyword !== 'byte_jump') || e.bytes > maxBytes)
     fail(`${keyword}: ${e.bytes} bytes is out of range 1..${maxBytes}`)
   return rest
 }
@@ -197,7 +197,8 @@ export function parseByteJump(value: string, vars: Variables): ByteJumpMatch {
   const m: ByteJumpMatch = {
     kind: 'byte_jump',
     negated: false,
-    bytes: integer(args[0], 'byte_jump bytes', 1, 23),
+    // 0 bytes: nothing read, the jump is post_offset alone (from_beginning/from_end).
+    bytes: integer(args[0], 'byte_jump bytes', 0, 23),
     offset: vars.operand(args[1], 'byte_jump offset'),
     relative: false,
     endian: 'big',
@@ -474,7 +475,7 @@ export function verifyKeyword(
     case 'byte_jump': {
       if (length === 0) return -1
       const at = position(item, prevEnd, vars)
-      const v = read(data, length, at, item)
+      const v = item.bytes === 0 ? (at >= 0 && at <= length ? 0 : Number.NaN) : read(data, length, at, item)
       if (Number.isNaN(v)) return -1
       let jump = v * item.multiplier
       if (item.align && jump % 4 !== 0) jump += 4 - (jump % 4)
@@ -482,7 +483,7 @@ export function verifyKeyword(
       let to: number
       if (item.from === 'beginning') to = jump
       else if (item.from === 'end') to = length + jump
-      else to = at + consumed(data, length, at, item) + jump
+      else to = at + (item.bytes === 0 ? 0 : consumed(data, length, at, item)) + jump
       if (to < 0) to = 0
       return to > length ? -1 : to
     }

@@ -10,6 +10,7 @@
  */
 import type { Packet } from '../../wire/packet.ts'
 import type { AppState } from './app/detect.ts'
+import type { FlowVars } from './flowstate.ts'
 
 /** Most segments queued per side (tiny segments would otherwise make the queue slow). */
 export const MAX_QUEUED_SEGMENTS = 256
@@ -88,6 +89,11 @@ export class Flow {
   clientIsLow = true
   /** TCP: handshake completed (or picked up mid-stream); other protocols: both sides seen. */
   established = false
+  /**
+   * The handshake's last ACK was seen: the flow is established from the next frame on (that ACK
+   * itself is not, as in Suricata).
+   */
+  establishing = false
   synSeen = false
   synAckSeen = false
   /** RST, or FIN from both sides. */
@@ -105,6 +111,8 @@ export class Flow {
   readonly fromHigh = new StreamSide()
   /** The application layer (protocol detection, parser), when the rules need it. */
   app: AppState | undefined = undefined
+  /** flowbits and flowints (flowstate.ts), when a rule set them. */
+  vars: FlowVars | undefined = undefined
 
   constructor(id: number, key: string, protocol: number, now: number, wallMicros: number) {
     this.id = id
