@@ -1029,6 +1029,8 @@ export class DpiService implements NetService {
         category: rule.category,
         severity: rule.severity,
       },
+      // As Suricata: the flow's detected application protocol.
+      ...(flow.app?.proto !== undefined && { app_proto: flow.app.proto }),
       flow: {
         pkts_toserver: client.packets,
         pkts_toclient: server.packets,

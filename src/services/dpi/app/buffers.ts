@@ -131,6 +131,7 @@ export const RESPONSE_BUFFERS: ReadonlySet<BufferId> = new Set<BufferId>([
   'tls.cert_serial',
   'tls.cert_fingerprint',
   'tls.certs',
+  'tls.version',
   'ja3s.hash',
   'ja3s.string',
 ])
