@@ -119,6 +119,11 @@ describe('HTTP parser', () => {
     assert.equal(p.skippedBodyBytes, 99_900)
     run(p, [[true, enc('GET / HTTP/1.1\r\n\r\n'.repeat(50))]])
     assert.ok(p.pending <= 4)
+    // Memory: many pipelined requests with big heads, no responses: the oldest are dropped.
+    const m = new HttpParser({ maxFlowBytes: 64 * 1024 })
+    run(m, [[true, enc(`GET / HTTP/1.1\r\nX: ${'a'.repeat(8000)}\r\n\r\n`.repeat(20))]])
+    assert.ok(m.pending <= 2, `${m.pending} transactions held`)
+    assert.ok(m.droppedTransactions >= 18)
     const q = new HttpParser({ maxHead: 1024 })
     run(q, [[true, enc(`GET / HTTP/1.1\r\nX: ${'a'.repeat(5000)}`)]])
     assert.equal(q.errors, 1)

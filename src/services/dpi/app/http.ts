@@ -23,6 +23,11 @@ export interface HttpLimits {
   bodyLimit: number
   /** Transactions queued per flow (pipelining); the oldest is dropped beyond. Default 16. */
   maxTransactions: number
+  /**
+   * Bytes the queued transactions' buffers may hold per flow (heads and kept bodies, roughly);
+   * the oldest transactions are dropped beyond, the newest is always kept. Default 128 KiB.
+   */
+  maxFlowBytes: number
 }
 
 export const DEFAULT_HTTP_LIMITS: HttpLimits = {
@@ -30,6 +35,7 @@ export const DEFAULT_HTTP_LIMITS: HttpLimits = {
   maxHeaders: 128,
   bodyLimit: 8192,
   maxTransactions: 16,
+  maxFlowBytes: 131_072,
 }
 
 const HEAD = 0
@@ -86,6 +92,11 @@ export class HttpParser implements AppParser {
   readonly #txs: AppTx[] = []
   /** Per queued transaction: its request method (HEAD responses have no body). */
   readonly #methods = new WeakMap<AppTx, string>()
+  /** Per queued transaction: the bytes its buffers hold, roughly (see maxFlowBytes). */
+  readonly #bytes = new WeakMap<AppTx, number>()
+  #heldBytes = 0
+  /** Transactions dropped from the queue before completing (pipelining or memory bounds). */
+  droppedTransactions = 0
   /** The flow switched to another protocol (CONNECT, 101 Upgrade): nothing more is parsed. */
   #tunnel = false
   /** Body bytes not kept (over bodyLimit). */
@@ -222,6 +233,8 @@ export class HttpParser implements AppParser {
     const tx = side.tx
     // A copy only when a rule reads the raw head (http.start, http.header.raw).
     const head = tx && (tx.wanted('http.start') || tx.wanted('http.header.raw')) ? Buffer.from(view) : view
+    // The head's buffers: up to ~5 forms of it (header, raw, start, per-header, names).
+    if (tx) this.#charge(tx, 5 * view.length)
     const lines = text.split('\n')
     for (let k = 0; k < lines.length; k++) if (lines[k].endsWith('\r')) lines[k] = lines[k].slice(0, -1)
     const headers: Header[] = []
@@ -254,8 +267,8 @@ export class HttpParser implements AppParser {
     const tx = new AppTx(this.#wants)
     side.target = target
     this.#methods.set(tx, method)
-    if (this.#txs.length >= this.#limits.maxTransactions) this.#txs.shift()
-    this.#txs.push(tx)
+    this.#queue(tx)
+    this.#charge(tx, line.length * 3)
     tx.set(true, 'http.method', method)
     tx.set(true, 'http.uri.raw', target)
     if (tx.wanted('http.uri')) tx.set(true, 'http.uri', normalizeUri(target))
@@ -303,8 +316,7 @@ export class HttpParser implements AppParser {
       // A response without a request seen (picked up mid-stream).
       tx = new AppTx(this.#wants)
       tx.requestDone = true
-      if (this.#txs.length >= this.#limits.maxTransactions) this.#txs.shift()
-      this.#txs.push(tx)
+      this.#queue(tx)
     }
     side.code = Number(m[2])
     tx.set(false, 'http.stat_code', m[2])
@@ -473,6 +485,7 @@ export class HttpParser implements AppParser {
     }
     side.body.set(data.subarray(from, from + keep), side.bodyLength)
     side.bodyLength += keep
+    this.#charge(tx, keep)
     const view = side.body.subarray(0, side.bodyLength)
     tx.set(toServer, toServer ? 'http.request_body' : 'http.response_body', view)
     tx.set(toServer, 'file.data', view)
@@ -496,8 +509,33 @@ export class HttpParser implements AppParser {
     tx.version++
     if (tx.done) {
       const k = this.#txs.indexOf(tx)
-      if (k >= 0) this.#txs.splice(k, 1)
+      if (k >= 0) {
+        this.#txs.splice(k, 1)
+        this.#heldBytes -= this.#bytes.get(tx) ?? 0
+      }
     }
+  }
+
+  /** Accounts `n` more bytes to `tx`; drops the oldest other transactions over the bounds. */
+  #charge(tx: AppTx, n: number): void {
+    if (!this.#txs.includes(tx)) return
+    this.#bytes.set(tx, (this.#bytes.get(tx) ?? 0) + n)
+    this.#heldBytes += n
+    while (
+      this.#txs.length > 1 &&
+      (this.#heldBytes > this.#limits.maxFlowBytes || this.#txs.length > this.#limits.maxTransactions)
+    ) {
+      const oldest = this.#txs[0] === tx ? this.#txs.splice(1, 1)[0] : (this.#txs.shift() as AppTx)
+      this.#heldBytes -= this.#bytes.get(oldest) ?? 0
+      this.droppedTransactions++
+      if (this.#client.tx === oldest) this.#client.tx = undefined
+      if (this.#server.tx === oldest) this.#server.tx = undefined
+    }
+  }
+
+  #queue(tx: AppTx): void {
+    this.#txs.push(tx)
+    this.#charge(tx, 0)
   }
 
   /**
