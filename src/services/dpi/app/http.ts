@@ -9,9 +9,10 @@
  *
  * Bodies: Content-Length and chunked are decoded; a response without either runs to the end of
  * the stream; HEAD responses and 1xx/204/304 have none. The first `bodyLimit` bytes of each body
- * are kept for inspection (http.request_body / http.response_body / file_data); content encodings
- * (gzip) are not decoded.
+ * are kept for inspection (http.request_body / http.response_body / file_data), gzip and deflate
+ * bodies decoded (the first `bodyLimit` decoded bytes).
  */
+import zlib from 'node:zlib'
 import { type AppParser, AppTx, type BufferWants, touch } from './tx.ts'
 
 export interface HttpLimits {
@@ -72,6 +73,9 @@ class Side {
   /** The request target / the status code of the head being parsed. */
   target = ''
   code = 0
+  /** The body's Content-Encoding when vrio decodes it; its decoded prefix, once full. */
+  encoding: 'gzip' | 'deflate' | undefined
+  decoded: Buffer | undefined
 }
 
 /** A header as parsed: name as sent, value trimmed. */
@@ -361,6 +365,9 @@ export class HttpParser implements AppParser {
   #startBody(side: Side, headers: Header[], toServer: boolean, updated: AppTx[]): void {
     side.body = undefined
     side.bodyLength = 0
+    side.decoded = undefined
+    const ce = headerValue(headers, 'content-encoding')?.trim().toLowerCase()
+    side.encoding = ce === 'gzip' || ce === 'x-gzip' ? 'gzip' : ce === 'deflate' ? 'deflate' : undefined
     const te = headerValue(headers, 'transfer-encoding')
     if (te !== undefined && /chunked\s*$/i.test(te)) {
       side.state = CHUNK_SIZE
@@ -473,6 +480,10 @@ export class HttpParser implements AppParser {
     const tx = side.tx
     if (!tx || to <= from) return
     if (!tx.wanted('file.data') && !tx.wanted(toServer ? 'http.request_body' : 'http.response_body')) return
+    if (side.decoded) {
+      this.skippedBodyBytes += to - from // the decoded body is full already
+      return
+    }
     const limit = this.#limits.bodyLimit
     const keep = Math.min(to - from, limit - side.bodyLength)
     this.skippedBodyBytes += to - from - Math.max(0, keep)
@@ -486,7 +497,16 @@ export class HttpParser implements AppParser {
     side.body.set(data.subarray(from, from + keep), side.bodyLength)
     side.bodyLength += keep
     this.#charge(tx, keep)
-    const view = side.body.subarray(0, side.bodyLength)
+    let view = side.body.subarray(0, side.bodyLength)
+    if (side.encoding) {
+      const out = decodeBody(view, side.encoding, limit)
+      if (out) {
+        view = out.data
+        if (out.full) side.decoded = out.data
+      } else {
+        side.encoding = undefined // not what it said: the bytes as they are
+      }
+    }
     tx.set(toServer, toServer ? 'http.request_body' : 'http.response_body', view)
     tx.set(toServer, 'file.data', view)
     touch(updated, tx)
@@ -663,6 +683,50 @@ export function normalizeUri(target: string): string {
     path = `/${out.join('/')}`
   }
   return path + percentDecode(query)
+}
+
+/**
+ * The first `limit` bytes of a gzip/deflate body from its first compressed bytes (a prefix:
+ * decoding stops where the input does), `full` once `limit` is reached; undefined when the bytes
+ * are not that encoding. Bounded: zlib stops at `limit` output bytes (a bomb costs a few
+ * decompressions of `limit` bytes, once per body).
+ */
+export function decodeBody(
+  compressed: Buffer,
+  encoding: 'gzip' | 'deflate',
+  limit: number,
+): { data: Buffer; full: boolean } | undefined {
+  const opts = { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: limit }
+  const once = (input: Buffer): Buffer | 'too-large' | undefined => {
+    try {
+      if (encoding === 'gzip') return zlib.gunzipSync(input, opts)
+      try {
+        return zlib.inflateSync(input, opts)
+      } catch (error) {
+        if ((error as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw error
+        return zlib.inflateRawSync(input, opts) // "deflate" is often raw deflate
+      }
+    } catch (error) {
+      return (error as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE' ? 'too-large' : undefined
+    }
+  }
+  const all = once(compressed)
+  if (all === undefined) return undefined
+  if (all !== 'too-large') return { data: all, full: all.length >= limit }
+  // The output passes `limit` somewhere in this input: the longest prefix that fits, by bisection.
+  let lo = 0
+  let hi = compressed.length
+  let best: Buffer = Buffer.alloc(0)
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1
+    const out = once(compressed.subarray(0, mid))
+    if (out === 'too-large') hi = mid
+    else {
+      lo = mid
+      if (out) best = out
+    }
+  }
+  return { data: best, full: true }
 }
 
 /** %XX (valid hex) → the byte; anything else is kept as is. */
