@@ -14,7 +14,7 @@ import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
 import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
 import { type AppProto, BUFFER_PROTO, type BufferId } from './app/buffers.ts'
-import { AppState } from './app/detect.ts'
+import { type AppLimits, AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
 import { type AppTx, scanKey } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
@@ -94,6 +94,10 @@ function ruleClassMask(rule: Rule): number {
     case 'tcp':
     case 'http':
     case 'tls':
+    case 'ftp':
+    case 'smtp':
+    case 'smb':
+    case 'ssh':
       return 1 << TCP
     case 'dns':
       return (1 << TCP) | (1 << UDP)
@@ -141,6 +145,8 @@ function anchored(items: PayloadMatch[]): boolean {
     return !m.relative
   })
 }
+/** What a rule's payload group sees when no payload comes with a transaction's update. */
+const EMPTY_BUFFER: InspectBuffer = { data: Buffer.alloc(0), length: 0, base: 0, text: undefined }
 
 /** Most "fast pattern seen, rest not yet" entries kept per stream direction. */
 const MAX_PENDING = 64
@@ -184,6 +190,8 @@ class RuleSet {
   readonly stateOrder: Uint8Array
   /** Some rule has flowbits, flowint, xbits, threshold or noalert. */
   readonly stateful: boolean
+  /** The application buffers some rule reads (the parsers build only those). */
+  readonly usedBuffers = new Set<BufferId>()
 
   constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
     this.generation = generation
@@ -211,6 +219,7 @@ class RuleSet {
     this.stateOrder = Uint8Array.from(rules, (r) => stateOrder(r.state))
     this.stateful = rules.some((r) => r.state !== undefined)
     this.needsApp = rules.some((r) => r.app !== undefined || r.groups.some((g) => g.buffer !== 'payload'))
+    for (const r of rules) for (const g of r.groups) this.usedBuffers.add(g.buffer)
     const appPatterns = new Map<
       BufferId,
       { patterns: Uint8Array[]; ids: Map<string, number>; rules: number[][] }
@@ -339,13 +348,15 @@ export class DpiService implements NetService {
     regexSteps: 0,
     appTransactions: 0,
   }
-  readonly #appFlows: Record<AppProto, number> = { http: 0, dns: 0, tls: 0 }
+  readonly #appFlows: Record<AppProto, number> = { http: 0, dns: 0, tls: 0, ftp: 0, smtp: 0, smb: 0, ssh: 0 }
   /** Transactions changed by the bytes being inspected. */
   readonly #updated: AppTx[] = []
   /** The transaction being prefiltered, and the buffer prefilter's pattern → rules. */
   #appTx: AppTx | undefined
   #appPatternRules: number[][] = []
   readonly #onAppHit: (pattern: number, end: number) => void
+  /** What each flow's application layer is built with; `wants` follows the rules in force. */
+  readonly #appLimits: AppLimits
   readonly #regexBudget = newRegexBudget()
   readonly #regexLimit: number
   /** Host bits (xbits) and threshold trackers, kept across rule swaps. */
@@ -389,6 +400,7 @@ export class DpiService implements NetService {
     this.#flowIdBase = Math.floor(Math.random() * 2 ** 20) * 2 ** 32
     this.#onHit = (pattern, end) => this.#hit(pattern, end)
     this.#onChunk = (side, data, start, end) => this.#chunk(side, data, start, end)
+    this.#appLimits = { http: options.http, wants: { has: (id) => this.#rules.usedBuffers.has(id) } }
     this.#onAppHit = (pattern) => {
       const tx = this.#appTx as AppTx
       for (const i of this.#appPatternRules[pattern]) tx.candidates.add(i)
@@ -522,10 +534,12 @@ export class DpiService implements NetService {
         if (side.generation !== rs.generation) this.#resync(side, rs)
         const seq = (flags & TCP_SYN) !== 0 ? (p.tcpSeq + 1) >>> 0 : p.tcpSeq
         this.#reassembler.segment(side, seq, frame, p.payloadOffset, payloadEnd, this.#onChunk, rs.generation)
+        if ((flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
       } else {
         this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls, flow)
       }
     }
+    if (tcp && p.payloadLength === 0 && (flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
     // After the payload: its bytes may have just revealed the flow's application protocol.
     for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
     this.#packet = undefined
@@ -672,7 +686,7 @@ export class DpiService implements NetService {
     const updated = this.#updated
     updated.length = 0
     if (cls === UDP && rs.needsApp) {
-      flow.app ??= new AppState(false, { http: this.#options.http })
+      flow.app ??= new AppState(false, this.#appLimits)
       this.#feedApp(flow, this.#toServer, frame, start, end)
     }
     this.#newScan()
@@ -684,6 +698,14 @@ export class DpiService implements NetService {
     const buf: InspectBuffer = { data, length: end - start, base: 0, text: undefined }
     for (const i of this.#candidates) this.#verify(i, buf, 0)
     if (updated.length > 0) this.#inspectTransactions(flow, buf)
+  }
+
+  /** A FIN: the application parser completes what waited for more of that side's bytes. */
+  #closeApp(flow: Flow, toServer: boolean): void {
+    if (!flow.app?.parser) return
+    this.#updated.length = 0
+    flow.app.close(toServer, this.#updated)
+    if (this.#updated.length > 0) this.#inspectTransactions(flow, EMPTY_BUFFER)
   }
 
   #feedApp(flow: Flow, toServer: boolean, data: Uint8Array, start: number, end: number): void {
@@ -799,7 +821,7 @@ export class DpiService implements NetService {
     updated.length = 0
     if (rs.needsApp) {
       const flow = this.#flow as Flow
-      flow.app ??= new AppState(true, { http: this.#options.http })
+      flow.app ??= new AppState(true, this.#appLimits)
       if (side.appOffset !== side.offset) flow.app.gap(this.#toServer)
       this.#feedApp(flow, this.#toServer, data, start, end)
       side.appOffset = side.offset + length

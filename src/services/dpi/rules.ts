@@ -23,6 +23,7 @@ import {
 import {
   APP_PROTOCOLS,
   type AppProto,
+  BUFFER_PROTO,
   type BufferId,
   CONTENT_MODIFIERS,
   PCRE_BUFFER_FLAGS,
@@ -640,6 +641,15 @@ function parseRule(
     }
   }
   if (rule.sid === 0) fail("missing 'sid'")
+  // Buffers belong to one application protocol; vrio parses file_data etc. for HTTP only.
+  let bufferApp = rule.app
+  for (const g of rule.groups) {
+    const p = BUFFER_PROTO[g.buffer]
+    if (p === undefined) continue
+    if (bufferApp !== undefined && p !== bufferApp)
+      fail(`buffer '${g.buffer}' is not inspected on ${bufferApp} flows`)
+    bufferApp = p
+  }
   if (
     state.noalert ||
     state.threshold ||

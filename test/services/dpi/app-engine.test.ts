@@ -12,7 +12,7 @@ import dnsPacket from 'dns-packet'
 import { createDpi, type DpiOptions, type DpiService } from '../../../src/services/dpi/index.ts'
 import type { NetContext } from '../../../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../../../src/wire/packet.ts'
-import { TCP_ACK, TCP_PSH, TCP_SYN } from '../../../src/wire/tcp.ts'
+import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN } from '../../../src/wire/tcp.ts'
 import { checksum, ethHeader, ETHERTYPE_IPV4, ipv4, mac, tcpFrame } from '../../support/packets.ts'
 
 const GUEST_MAC = mac('02:00:00:00:00:02')
@@ -135,7 +135,7 @@ describe('DPI application layer', () => {
     const before = h.sids.length
     c.server('HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n')
     assert.equal(h.sids.length, before)
-    assert.deepEqual(h.dpi.counters().appFlows, { http: 1, dns: 0, tls: 0 })
+    assert.deepEqual(h.dpi.counters().appFlows, { http: 1, dns: 0, tls: 0, ftp: 0, smtp: 0, smb: 0, ssh: 0 })
   })
 
   it('matches the response: status code and message, chunked file_data across segments', () => {
@@ -175,6 +175,47 @@ describe('DPI application layer', () => {
     const h2 = new Harness(rules)
     new Conn(h2, 5555).handshake().client('GET /CANARY HTTP/1.0\r\n\r\n')
     assert.deepEqual([...h2.sids].sort(), [1, 2, 3])
+  })
+
+  it('request-line buffers match before the headers are complete; a FIN completes a cut-short head', () => {
+    const h = new Harness(
+      [
+        'alert http any any -> any any (http.request_line; content:"GET /index.html HTTP/1.0"; sid:1;)',
+        'alert http any any -> any any (flow:from_server; content:"ng1nx"; nocase; http_header; sid:2;)',
+      ].join('\n'),
+    )
+    const c = new Conn(h).handshake()
+    c.client('GET /index.html HTTP/1.0\r\nHost: x\r\n')
+    assert.deepEqual(h.sids, [1])
+    c.server('HTTP/1.0 200 OK\r\nServer:ng1nx')
+    assert.deepEqual(h.sids, [1])
+    h.send(c.frame(false, new Uint8Array(0), TCP_ACK | TCP_FIN), false)
+    assert.deepEqual(h.sids, [1, 2])
+  })
+
+  it('alert ftp|smtp|ssh match flows detected as such by their first bytes, on any port', () => {
+    const rules = [
+      'alert ftp any any -> any any (msg:"ftp user"; content:"USER anonymous"; sid:1;)',
+      'alert smtp any any -> any any (msg:"smtp helo"; content:"HELO"; sid:2;)',
+      'alert ssh any any -> any any (msg:"ssh"; content:"SSH-2.0"; sid:3;)',
+    ].join('\n')
+    const ftp = new Harness(rules)
+    const c1 = new Conn(ftp, 2121).handshake()
+    c1.server('220 Welcome\r\n')
+    c1.client('USER anonymous\r\n')
+    assert.deepEqual(ftp.sids, [1])
+    const smtp = new Harness(rules)
+    const c2 = new Conn(smtp, 2525).handshake()
+    c2.server('220 mail.example ESMTP ready\r\n')
+    c2.client('HELO USER anonymous\r\n')
+    assert.deepEqual(smtp.sids, [2])
+    const ssh = new Harness(rules)
+    new Conn(ssh, 2222).handshake().client('SSH-2.0-OpenSSH_9.6\r\n')
+    assert.deepEqual(ssh.sids, [3])
+    // The same bytes in an HTTP flow: none of them.
+    const http = new Harness(rules)
+    new Conn(http, 2121).handshake().client('GET /USER anonymous HELO SSH-2.0 HTTP/1.0\r\n\r\n')
+    assert.deepEqual(http.sids, [])
   })
 
   it('pipelined requests are separate transactions, each alerting', () => {
@@ -247,7 +288,7 @@ describe('DPI application layer', () => {
       [...h.sids].sort((a, b) => a - b),
       [1, 2, 3, 4, 5, 6, 7],
     )
-    assert.deepEqual(h.dpi.counters().appFlows, { http: 0, dns: 0, tls: 1 })
+    assert.deepEqual(h.dpi.counters().appFlows, { http: 0, dns: 0, tls: 1, ftp: 0, smtp: 0, smb: 0, ssh: 0 })
   })
 })
 

@@ -199,7 +199,11 @@ describe('rule parser', () => {
       ['alert tcp any any -> any any (msg:"x";)', /missing 'sid'/],
       ['reject tcp any any -> any any (sid:1;)', /unsupported action 'reject'/],
       ['log tcp any any -> any any (sid:1;)', /unknown action 'log'/],
-      ['alert smtp any any -> any any (sid:1;)', /unsupported protocol 'smtp'/],
+      ['alert imap any any -> any any (sid:1;)', /unsupported protocol 'imap'/],
+      [
+        'alert smtp any any -> any any (file_data; content:"a"; sid:1;)',
+        /buffer 'file.data' is not inspected on smtp flows/,
+      ],
       ['alert tcp any any => any any (sid:1;)', /invalid direction/],
       ['alert tcp any any -> any (sid:1;)', /6 fields/],
       ['alert tcp any any -> any any sid:1;', /a rule is/],

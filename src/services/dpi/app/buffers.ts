@@ -9,7 +9,11 @@
  * flows whose protocol was detected by content (detect.ts).
  */
 
-export type AppProto = 'http' | 'dns' | 'tls'
+/**
+ * Protocols detected by content. http, dns and tls have parsers and buffers; ftp, smtp, smb and
+ * ssh are only detected, so that `alert ftp|smtp|smb|ssh` rules match their flows' payload.
+ */
+export type AppProto = 'http' | 'dns' | 'tls' | 'ftp' | 'smtp' | 'smb' | 'ssh'
 
 export type BufferId =
   | 'payload'
@@ -26,6 +30,7 @@ export type BufferId =
   | 'http.header'
   | 'http.header.raw'
   | 'http.header_names'
+  | 'http.request_header'
   | 'http.cookie'
   | 'http.accept'
   | 'http.accept_enc'
@@ -56,6 +61,7 @@ export type BufferId =
   | 'tls.cert_issuer'
   | 'tls.cert_serial'
   | 'tls.cert_fingerprint'
+  | 'tls.certs'
   | 'ja3.hash'
   | 'ja3.string'
   | 'ja3s.hash'
@@ -76,6 +82,7 @@ export const BUFFER_PROTO: Readonly<Record<BufferId, AppProto | undefined>> = {
   'http.header': 'http',
   'http.header.raw': 'http',
   'http.header_names': 'http',
+  'http.request_header': 'http',
   'http.cookie': 'http',
   'http.accept': 'http',
   'http.accept_enc': 'http',
@@ -102,6 +109,7 @@ export const BUFFER_PROTO: Readonly<Record<BufferId, AppProto | undefined>> = {
   'tls.cert_issuer': 'tls',
   'tls.cert_serial': 'tls',
   'tls.cert_fingerprint': 'tls',
+  'tls.certs': 'tls',
   'ja3.hash': 'tls',
   'ja3.string': 'tls',
   'ja3s.hash': 'tls',
@@ -122,6 +130,7 @@ export const RESPONSE_BUFFERS: ReadonlySet<BufferId> = new Set<BufferId>([
   'tls.cert_issuer',
   'tls.cert_serial',
   'tls.cert_fingerprint',
+  'tls.certs',
   'ja3s.hash',
   'ja3s.string',
 ])
@@ -144,6 +153,7 @@ export const STICKY_BUFFERS: ReadonlyMap<string, BufferId> = new Map<string, Buf
   ['http.header', 'http.header'],
   ['http.header.raw', 'http.header.raw'],
   ['http.header_names', 'http.header_names'],
+  ['http.request_header', 'http.request_header'],
   ['http.cookie', 'http.cookie'],
   ['http.accept', 'http.accept'],
   ['http_accept', 'http.accept'],
@@ -185,6 +195,7 @@ export const STICKY_BUFFERS: ReadonlyMap<string, BufferId> = new Map<string, Buf
   ['tls_cert_serial', 'tls.cert_serial'],
   ['tls.cert_fingerprint', 'tls.cert_fingerprint'],
   ['tls_cert_fingerprint', 'tls.cert_fingerprint'],
+  ['tls.certs', 'tls.certs'],
   ['ja3.hash', 'ja3.hash'],
   ['ja3_hash', 'ja3.hash'],
   ['ja3.string', 'ja3.string'],
@@ -202,6 +213,7 @@ export const CONTENT_MODIFIERS: ReadonlyMap<string, BufferId> = new Map<string, 
   ['http_method', 'http.method'],
   ['http_header', 'http.header'],
   ['http_raw_header', 'http.header.raw'],
+  ['http_header_names', 'http.header_names'],
   ['http_cookie', 'http.cookie'],
   ['http_raw_cookie', 'http.cookie'],
   ['http_user_agent', 'http.user_agent'],
@@ -237,4 +249,8 @@ export const APP_PROTOCOLS: ReadonlyMap<string, AppProto> = new Map<string, AppP
   ['http1', 'http'],
   ['dns', 'dns'],
   ['tls', 'tls'],
+  ['ftp', 'ftp'],
+  ['smtp', 'smtp'],
+  ['smb', 'smb'],
+  ['ssh', 'ssh'],
 ])

@@ -10,7 +10,7 @@ import type { AppProto } from './buffers.ts'
 import { looksLikeDns, DnsParser } from './dns.ts'
 import { HttpParser, type HttpLimits } from './http.ts'
 import { TlsParser } from './tls.ts'
-import type { AppParser, AppTx } from './tx.ts'
+import type { AppParser, AppTx, BufferWants } from './tx.ts'
 
 /** Bytes per direction held for detection before giving up. */
 export const PROBE_BYTES = 512
@@ -72,18 +72,39 @@ export function detect(
   toServer: boolean,
   tcp: boolean,
 ): AppProto | 'none' | undefined {
-  if (!tcp) return looksLikeDns(data, start, end, false) ? 'dns' : 'none'
+  if (!tcp) return looksLikeDns(data, start, end, false) === true ? 'dns' : 'none'
   let open = false
+  const text = lineText(data, start, end)
+  if (text.startsWith('SSH-')) return 'ssh'
+  const banner = /^220[ -]/.exec(text)
+  if (!toServer && banner) {
+    if (/\bE?SMTP\b/i.test(text)) return 'smtp'
+    if (/\bFTP\b/i.test(text)) return 'ftp'
+  }
+  if (toServer) {
+    if (/^(?:EHLO|HELO) /i.test(text)) return 'smtp'
+    if (/^(?:USER|FEAT|SYST|PASV|EPSV|PWD|CWD|RETR|STOR|LIST)(?: |\r?\n)/.test(text)) return 'ftp'
+  }
+  if (end - start >= 8 && data[start] === 0 && data[start + 5] === 0x53 && data[start + 6] === 0x4d) {
+    const magic = data[start + 4]
+    if (data[start + 7] === 0x42 && (magic === 0xff || magic === 0xfe || magic === 0xfd)) return 'smb'
+  } else if (end - start < 8 && (end - start < 1 || data[start] === 0)) open = true
+  if (end - start < 5) open = true
   const http = looksLikeHttp(data, start, end, toServer)
   if (http) return 'http'
   if (http === undefined) open = true
   const tls = looksLikeTlsStart(data, start, end)
   if (tls) return 'tls'
   if (tls === undefined) open = true
-  if (end - start >= 14) {
-    if (looksLikeDns(data, start, end, true)) return 'dns'
-  } else open = true
+  const dns = looksLikeDns(data, start, end, true)
+  if (dns) return 'dns'
+  if (dns === undefined) open = true
   return open ? undefined : 'none'
+}
+
+/** The first bytes (up to 80) as latin1 text, for the line-based protocols. */
+function lineText(data: Uint8Array, start: number, end: number): string {
+  return Buffer.from(data.buffer, data.byteOffset + start, Math.min(80, end - start)).toString('latin1')
 }
 
 function looksLikeTlsStart(data: Uint8Array, start: number, end: number): boolean | undefined {
@@ -103,6 +124,8 @@ function looksLikeTlsStart(data: Uint8Array, start: number, end: number): boolea
 
 export interface AppLimits {
   http?: Partial<HttpLimits>
+  /** The buffers some rule reads; parsers build only those. Default all. */
+  wants?: BufferWants
 }
 
 /** A flow's application layer: detection, then the parser. */
@@ -129,7 +152,7 @@ export class AppState {
    * changed are appended to `updated`. Never throws.
    */
   feed(toServer: boolean, data: Uint8Array, start: number, end: number, updated: AppTx[]): void {
-    if (this.unknown || end <= start) return
+    if (this.unknown || end <= start || (this.proto !== undefined && !this.parser)) return
     if (this.parser) {
       this.parser.feed(toServer, data, start, end, updated)
       return
@@ -162,12 +185,14 @@ export class AppState {
       return
     }
     this.proto = found
+    // ftp, smtp, smb, ssh: detected only (rules on their payload), no parser.
+    if (found === 'ftp' || found === 'smtp' || found === 'smb' || found === 'ssh') return
     this.parser =
       found === 'http'
-        ? new HttpParser(this.#limits.http)
+        ? new HttpParser(this.#limits.http, this.#limits.wants)
         : found === 'tls'
-          ? new TlsParser()
-          : new DnsParser(this.#tcp)
+          ? new TlsParser({}, this.#limits.wants)
+          : new DnsParser(this.#tcp, {}, this.#limits.wants)
     // The other side's held bytes first when it spoke first? Each side is independent: feed ours.
     const other = this.#held[1 - d]
     this.parser.feed(toServer, buf, s, e, updated)
@@ -175,6 +200,10 @@ export class AppState {
       this.#held[1 - d] = Buffer.alloc(0)
       this.parser.feed(!toServer, other, 0, other.length, updated)
     }
+  }
+
+  close(toServer: boolean, updated: AppTx[]): void {
+    this.parser?.close?.(toServer, updated)
   }
 
   gap(toServer: boolean): void {

@@ -6,7 +6,7 @@
  * dns-packet cannot decode whole still yields its question names when those decode.
  */
 import dnsPacket from 'dns-packet'
-import { type AppParser, AppTx, touch } from './tx.ts'
+import { type AppParser, AppTx, type BufferWants, touch } from './tx.ts'
 
 export interface DnsLimits {
   /** Longest message parsed (TCP messages are buffered up to this). Default 16 KiB. */
@@ -107,15 +107,24 @@ export function parseDnsMessage(
   }
 }
 
-/** Whether `data[start, end)` looks like the start of DNS: a UDP message, or a TCP one's prefix. */
-export function looksLikeDns(data: Uint8Array, start: number, end: number, tcp: boolean): boolean {
+/**
+ * Whether `data[start, end)` looks like the start of DNS: a UDP message, or a TCP one's length
+ * prefix and message (judged on its header when not all there); undefined: too short to tell.
+ */
+export function looksLikeDns(
+  data: Uint8Array,
+  start: number,
+  end: number,
+  tcp: boolean,
+): boolean | undefined {
   let s = start
   if (tcp) {
-    if (end - s < 14) return false
+    if (end - s < 2) return undefined
     const length = (data[s] << 8) | data[s + 1]
-    if (length < 12) return false
+    if (length < 12 || length > DEFAULT_DNS_LIMITS.maxMessage) return false
     s += 2
-    // Only a whole message can be checked; a longer one is judged on its header.
+    if (end - s < 12) return undefined
+    // Only a whole message can be decoded; a longer one is judged on its header.
     if (end - s < length) return headerPlausible(data, s)
     end = s + length
   }
@@ -142,9 +151,12 @@ export class DnsParser implements AppParser {
   /** Messages that did not decode, or were over maxMessage. */
   errors = 0
 
-  constructor(tcp: boolean, limits: Partial<DnsLimits> = {}) {
+  readonly #wants: BufferWants | undefined
+
+  constructor(tcp: boolean, limits: Partial<DnsLimits> = {}, wants?: BufferWants) {
     this.#tcp = tcp
     this.#limits = { ...DEFAULT_DNS_LIMITS, ...limits }
+    this.#wants = wants
   }
 
   get pending(): number {
@@ -203,7 +215,7 @@ export class DnsParser implements AppParser {
     }
     let tx = this.#txs.get(m.id)
     if (!m.response || !tx) {
-      tx = new AppTx()
+      tx = new AppTx(this.#wants)
       if (this.#txs.size >= this.#limits.maxTransactions) {
         const oldest = this.#txs.keys().next().value as number
         this.#txs.delete(oldest)

@@ -12,7 +12,7 @@
  * are kept for inspection (http.request_body / http.response_body / file_data); content encodings
  * (gzip) are not decoded.
  */
-import { AppTx, type AppParser, touch } from './tx.ts'
+import { type AppParser, AppTx, type BufferWants, touch } from './tx.ts'
 
 export interface HttpLimits {
   /** Longest head (start line + headers) parsed; a longer one stops the direction. Default 16 KiB. */
@@ -47,10 +47,12 @@ const LF = 10
 /** One direction's parser state. */
 class Side {
   state = HEAD
-  head: Uint8Array = new Uint8Array(0)
+  head: Buffer = Buffer.alloc(0)
   headLength = 0
   /** Where the blank-line search resumes in `head`. */
   scanFrom = 0
+  /** The head's start line was parsed (its buffers are out before the headers are complete). */
+  lineDone = false
   /** Body (or chunk) bytes still to come. */
   remaining = 0
   /** Chunk-size / chunk-end line bytes seen (bounded). */
@@ -61,6 +63,9 @@ class Side {
   body: Buffer | undefined
   bodyLength = 0
   tx: AppTx | undefined
+  /** The request target / the status code of the head being parsed. */
+  target = ''
+  code = 0
 }
 
 /** A header as parsed: name as sent, value trimmed. */
@@ -74,6 +79,7 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 
 export class HttpParser implements AppParser {
   readonly #limits: HttpLimits
+  readonly #wants: BufferWants | undefined
   readonly #client = new Side()
   readonly #server = new Side()
   /** Transactions waiting for (the rest of) their response, oldest first. */
@@ -87,8 +93,10 @@ export class HttpParser implements AppParser {
   /** Heads over maxHead or unparsable: the direction stopped there. */
   errors = 0
 
-  constructor(limits: Partial<HttpLimits> = {}) {
+  /** `wants`: the buffers some rule reads (the others are not built); default all. */
+  constructor(limits: Partial<HttpLimits> = {}, wants?: BufferWants) {
     this.#limits = { ...DEFAULT_HTTP_LIMITS, ...limits }
+    this.#wants = wants
   }
 
   get pending(): number {
@@ -160,7 +168,7 @@ export class HttpParser implements AppParser {
     const room = this.#limits.maxHead - side.headLength
     const take = Math.min(end - i, room)
     if (side.head.length < side.headLength + take) {
-      const next = new Uint8Array(
+      const next = Buffer.allocUnsafe(
         Math.min(this.#limits.maxHead, Math.max(2 * side.head.length, side.headLength + take, 256)),
       )
       next.set(side.head.subarray(0, side.headLength))
@@ -170,6 +178,20 @@ export class HttpParser implements AppParser {
     const before = side.headLength
     side.headLength += take
     const head = side.head
+    if (!side.lineDone) {
+      const lf = head.subarray(0, side.headLength).indexOf(LF)
+      if (lf >= 0) {
+        side.lineDone = true
+        const line = Buffer.from(head.subarray(0, lf > 0 && head[lf - 1] === CR ? lf - 1 : lf)).toString(
+          'latin1',
+        )
+        if (!(toServer ? this.#requestLine(side, line, updated) : this.#responseLine(side, line, updated))) {
+          this.errors++
+          side.state = DEAD
+          return end
+        }
+      }
+    }
     // Find "\n\n" or "\n\r\n".
     for (let k = Math.max(side.scanFrom, 0); k < side.headLength; k++) {
       if (head[k] !== LF) continue
@@ -178,9 +200,7 @@ export class HttpParser implements AppParser {
       if (e < side.headLength && head[e] === LF) {
         const headEnd = e + 1
         const consumed = headEnd - before
-        this.#parseHead(side, toServer, Buffer.from(head.subarray(0, headEnd)), updated)
-        side.headLength = 0
-        side.scanFrom = 0
+        this.#headDone(side, toServer, head.subarray(0, headEnd), updated)
         return i + consumed
       }
     }
@@ -193,11 +213,17 @@ export class HttpParser implements AppParser {
     return i + take
   }
 
-  #parseHead(side: Side, toServer: boolean, head: Buffer, updated: AppTx[]): void {
-    const text = head.toString('latin1')
+  /** The head is complete (or the stream ended in it): headers, then the body. `view` is reused. */
+  #headDone(side: Side, toServer: boolean, view: Buffer, updated: AppTx[]): void {
+    side.headLength = 0
+    side.scanFrom = 0
+    side.lineDone = false
+    const text = view.toString('latin1')
+    const tx = side.tx
+    // A copy only when a rule reads the raw head (http.start, http.header.raw).
+    const head = tx && (tx.wanted('http.start') || tx.wanted('http.header.raw')) ? Buffer.from(view) : view
     const lines = text.split('\n')
     for (let k = 0; k < lines.length; k++) if (lines[k].endsWith('\r')) lines[k] = lines[k].slice(0, -1)
-    const startLine = lines[0]
     const headers: Header[] = []
     for (let k = 1; k < lines.length; k++) {
       const line = lines[k]
@@ -212,99 +238,104 @@ export class HttpParser implements AppParser {
       const name = line.slice(0, colon).trim()
       headers.push({ name, lower: name.toLowerCase(), value: line.slice(colon + 1).trim() })
     }
-    const headerBlock = head.subarray(
-      Buffer.byteLength(startLine, 'latin1') + (text[startLine.length] === '\r' ? 2 : 1),
-    )
-    if (toServer) this.#request(side, startLine, headers, head, headerBlock, updated)
-    else this.#response(side, startLine, headers, head, headerBlock, updated)
+    const lf = text.indexOf('\n')
+    const block = head.subarray(lf >= 0 ? lf + 1 : head.length)
+    if (toServer) this.#requestHeaders(side, headers, head, block, updated)
+    else this.#responseHeaders(side, headers, head, block, updated)
   }
 
-  #request(side: Side, line: string, headers: Header[], head: Buffer, block: Buffer, updated: AppTx[]): void {
+  /** A request line: a new transaction with the line's buffers. False when it is not one. */
+  #requestLine(side: Side, line: string, updated: AppTx[]): boolean {
     const parts = line.split(' ')
     const method = parts[0]
-    if (parts.length < 2 || !TOKEN.test(method)) {
-      this.errors++
-      side.state = DEAD
-      return
-    }
+    if (parts.length < 2 || !TOKEN.test(method)) return false
     const target = parts.slice(1, parts.length > 2 ? -1 : undefined).join(' ')
     const protocol = parts.length > 2 ? parts[parts.length - 1] : ''
-    const tx = new AppTx()
+    const tx = new AppTx(this.#wants)
+    side.target = target
     this.#methods.set(tx, method)
     if (this.#txs.length >= this.#limits.maxTransactions) this.#txs.shift()
     this.#txs.push(tx)
-    const latin = (s: string): Buffer => Buffer.from(s, 'latin1')
-    tx.set(true, 'http.method', latin(method))
-    tx.set(true, 'http.uri.raw', latin(target))
-    tx.set(true, 'http.uri', latin(normalizeUri(target)))
-    if (protocol !== '') tx.set(true, 'http.protocol', latin(protocol))
-    tx.set(true, 'http.request_line', latin(line))
-    tx.set(true, 'http.start', head)
-    setHeaderBuffers(tx, true, headers, block)
-    const host = headerValue(headers, 'host') ?? hostOfUri(target)
-    if (host !== undefined) {
-      tx.set(true, 'http.host.raw', latin(host))
-      tx.set(true, 'http.host', latin(normalizeHost(host)))
-    }
-    const ua = headerValue(headers, 'user-agent')
-    if (ua !== undefined) tx.set(true, 'http.user_agent', latin(ua))
-    for (const [name, id] of REQUEST_HEADER_BUFFERS) {
-      const v = headerValue(headers, name)
-      if (v !== undefined) tx.set(true, id, latin(v))
-    }
+    tx.set(true, 'http.method', method)
+    tx.set(true, 'http.uri.raw', target)
+    if (tx.wanted('http.uri')) tx.set(true, 'http.uri', normalizeUri(target))
+    if (protocol !== '') tx.set(true, 'http.protocol', protocol)
+    tx.set(true, 'http.request_line', line)
+    // An absolute-form target's host wins over the Host header (RFC 9112 3.2.2), as in libhtp.
+    const host = hostOfUri(target)
+    if (host !== undefined) tx.set(true, 'http.host', normalizeHost(host))
     touch(updated, tx)
     side.tx = tx
-    if (method === 'CONNECT') {
-      tx.requestDone = true
+    return true
+  }
+
+  #requestHeaders(side: Side, headers: Header[], head: Buffer, block: Buffer, updated: AppTx[]): void {
+    const tx = side.tx
+    if (!tx) return
+    tx.set(true, 'http.start', head)
+    setHeaderBuffers(tx, true, headers, block)
+    // http.host.raw is the Host header as sent (else the target's authority).
+    const host = headerValue(headers, 'host')
+    const uriHost = hostOfUri(side.target)
+    const raw = host ?? uriHost
+    if (raw !== undefined) tx.set(true, 'http.host.raw', raw)
+    if (host !== undefined && uriHost === undefined) tx.set(true, 'http.host', normalizeHost(host))
+    const ua = headerValue(headers, 'user-agent')
+    if (ua !== undefined) tx.set(true, 'http.user_agent', ua)
+    for (const [name, id] of REQUEST_HEADER_BUFFERS) {
+      const v = headerValue(headers, name)
+      if (v !== undefined) tx.set(true, id, v)
+    }
+    touch(updated, tx)
+    if (this.#methods.get(tx) === 'CONNECT') {
+      this.#bodyDone(side, true, updated)
       return
     }
     this.#startBody(side, headers, true, updated)
   }
 
-  #response(
-    side: Side,
-    line: string,
-    headers: Header[],
-    head: Buffer,
-    block: Buffer,
-    updated: AppTx[],
-  ): void {
+  /** A status line: the buffers of the oldest transaction without a response. */
+  #responseLine(side: Side, line: string, updated: AppTx[]): boolean {
     const m = /^(HTTP\/\d(?:\.\d)?)[ \t]+(\d{3})(?:[ \t]+(.*))?$/.exec(line)
-    if (!m) {
-      this.errors++
-      side.state = DEAD
-      return
-    }
-    const code = Number(m[2])
+    if (!m) return false
     let tx = this.#txs.find((t) => !t.responseDone)
     if (!tx) {
       // A response without a request seen (picked up mid-stream).
-      tx = new AppTx()
+      tx = new AppTx(this.#wants)
       tx.requestDone = true
       if (this.#txs.length >= this.#limits.maxTransactions) this.#txs.shift()
       this.#txs.push(tx)
     }
-    const latin = (s: string): Buffer => Buffer.from(s, 'latin1')
-    tx.set(false, 'http.stat_code', latin(m[2]))
-    tx.set(false, 'http.stat_msg', latin(m[3] ?? ''))
-    tx.set(false, 'http.response_line', latin(line))
-    tx.set(false, 'http.protocol', latin(m[1]))
-    tx.set(false, 'http.start', head)
-    setHeaderBuffers(tx, false, headers, block)
-    tx.set(false, 'http.response_header', (tx.response.get('http.header') as Buffer[])[0])
-    for (const [name, id] of RESPONSE_HEADER_BUFFERS) {
-      const v = headerValue(headers, name)
-      if (v !== undefined) tx.set(false, id, latin(v))
-    }
+    side.code = Number(m[2])
+    tx.set(false, 'http.stat_code', m[2])
+    tx.set(false, 'http.stat_msg', m[3] ?? '')
+    tx.set(false, 'http.response_line', line)
+    tx.set(false, 'http.protocol', m[1])
     touch(updated, tx)
     side.tx = tx
+    return true
+  }
+
+  #responseHeaders(side: Side, headers: Header[], head: Buffer, block: Buffer, updated: AppTx[]): void {
+    const tx = side.tx
+    if (!tx) return
+    tx.set(false, 'http.start', head)
+    setHeaderBuffers(tx, false, headers, block)
+    for (const [name, id] of RESPONSE_HEADER_BUFFERS) {
+      const v = headerValue(headers, name)
+      if (v !== undefined) tx.set(false, id, v)
+    }
+    touch(updated, tx)
+    const code = side.code
     if (code >= 100 && code < 200) {
       if (code === 101) this.#tunnel = true
+      side.tx = undefined
       return // an interim response: the final one follows
     }
     const method = this.#methods.get(tx)
     if (method === 'CONNECT' && code >= 200 && code < 300) {
       this.#tunnel = true
+      side.tx = undefined
       this.#finish(tx, false)
       return
     }
@@ -429,6 +460,7 @@ export class HttpParser implements AppParser {
   ): void {
     const tx = side.tx
     if (!tx || to <= from) return
+    if (!tx.wanted('file.data') && !tx.wanted(toServer ? 'http.request_body' : 'http.response_body')) return
     const limit = this.#limits.bodyLimit
     const keep = Math.min(to - from, limit - side.bodyLength)
     this.skippedBodyBytes += to - from - Math.max(0, keep)
@@ -468,9 +500,15 @@ export class HttpParser implements AppParser {
     }
   }
 
-  /** The end of the stream in one direction: a body running to the close is complete. */
+  /**
+   * The end of the stream in one direction: a head cut short is parsed as it is (servers that
+   * close after the headers), a body running to the close is complete.
+   */
   close(toServer: boolean, updated: AppTx[]): void {
     const side = toServer ? this.#client : this.#server
+    if (side.state === HEAD && side.lineDone && side.headLength > 0 && !this.#tunnel) {
+      this.#headDone(side, toServer, side.head.subarray(0, side.headLength), updated)
+    }
     if (side.state === BODY_CLOSE) this.#bodyDone(side, toServer, updated)
   }
 }
@@ -499,19 +537,21 @@ function setHeaderBuffers(tx: AppTx, toServer: boolean, headers: Header[], block
     // Like Suricata, http.header leaves out the cookies (they have their own buffer).
     if (h.lower !== cookieName) normal += `${h.name}: ${h.value}\r\n`
   }
-  const latin = (s: string): Buffer => Buffer.from(s, 'latin1')
-  tx.set(toServer, 'http.header', latin(normal))
+  // http.request_header / http.response_header: one buffer per header, "Name: value".
+  const each = toServer ? 'http.request_header' : 'http.response_header'
+  if (tx.wanted(each)) for (const h of headers) tx.add(toServer, each, `${h.name}: ${h.value}`)
+  tx.set(toServer, 'http.header', normal)
   tx.set(toServer, 'http.header.raw', block)
-  tx.set(toServer, 'http.header_names', latin(`${names}\r\n`))
+  tx.set(toServer, 'http.header_names', `${names}\r\n`)
   const cookie = headerValue(headers, cookieName)
-  if (cookie !== undefined) tx.set(toServer, 'http.cookie', latin(cookie))
+  if (cookie !== undefined) tx.set(toServer, 'http.cookie', cookie)
   for (const [name, id] of [
     ['content-type', 'http.content_type'],
     ['content-length', 'http.content_len'],
     ['connection', 'http.connection'],
   ] as const) {
     const v = headerValue(headers, name)
-    if (v !== undefined) tx.set(toServer, id, latin(v))
+    if (v !== undefined) tx.set(toServer, id, v)
   }
 }
 

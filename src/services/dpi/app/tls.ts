@@ -7,7 +7,7 @@
  * `maxHandshake`) and never throwing: anything that is not TLS stops the direction.
  */
 import { createHash, X509Certificate } from 'node:crypto'
-import { type AppParser, AppTx, touch } from './tx.ts'
+import { type AppParser, AppTx, type BufferWants, touch } from './tx.ts'
 
 export interface TlsLimits {
   /** Largest handshake message parsed (a Certificate chain is often a few KiB). Default 64 KiB. */
@@ -224,11 +224,12 @@ export class TlsParser implements AppParser {
   readonly #limits: TlsLimits
   readonly #client = new Direction()
   readonly #server = new Direction()
-  readonly #tx = new AppTx()
+  readonly #tx: AppTx
   errors = 0
 
-  constructor(limits: Partial<TlsLimits> = {}) {
+  constructor(limits: Partial<TlsLimits> = {}, wants?: BufferWants) {
     this.#limits = { ...DEFAULT_TLS_LIMITS, ...limits }
+    this.#tx = new AppTx(wants)
   }
 
   get pending(): number {
@@ -324,6 +325,8 @@ export class TlsParser implements AppParser {
       touch(updated, tx)
     } else if (type === 11 && !toServer) {
       const certs = parseCertificates(body)
+      for (const der of certs) tx.add(false, 'tls.certs', Buffer.from(der))
+      if (certs.length > 0) touch(updated, tx)
       const f = certs.length > 0 ? certificateFields(certs[0]) : undefined
       if (f) {
         tx.set(false, 'tls.cert_subject', latin(f.subject))

@@ -20,7 +20,24 @@ export const BOTH_SIDES: ReadonlySet<BufferId> = new Set<BufferId>([
   'file.data',
 ])
 
+/** The buffers some rule reads (the engine's, updated on a rule swap); parsers skip the others. */
+export interface BufferWants {
+  has(id: BufferId): boolean
+}
+
 export class AppTx {
+  /** Which buffers to keep; undefined: all. */
+  readonly wants: BufferWants | undefined
+
+  constructor(wants?: BufferWants) {
+    this.wants = wants
+  }
+
+  /** Whether buffer `id` is kept (some rule reads it). */
+  wanted(id: BufferId): boolean {
+    return this.wants === undefined || this.wants.has(id)
+  }
+
   /**
    * Per buffer: its instances (one for most; one per question for dns.query), for the client's
    * side (`request`) and the server's (`response`). Buffers that exist on both sides (http.header,
@@ -48,16 +65,22 @@ export class AppTx {
    */
   readonly scanned = new Map<string, { count: number; bytes: number }>()
 
-  set(toServer: boolean, id: BufferId, value: Buffer): void {
-    ;(toServer ? this.request : this.response).set(id, [value])
+  /** Sets buffer `id` (a string is taken as latin1), unless no rule reads it. */
+  set(toServer: boolean, id: BufferId, value: Buffer | string): void {
+    if (this.wants !== undefined && !this.wants.has(id)) return
+    const b = typeof value === 'string' ? Buffer.from(value, 'latin1') : value
+    ;(toServer ? this.request : this.response).set(id, [b])
     this.version++
   }
 
-  add(toServer: boolean, id: BufferId, value: Buffer): void {
+  /** Adds an instance of buffer `id`, unless no rule reads it. */
+  add(toServer: boolean, id: BufferId, value: Buffer | string): void {
+    if (this.wants !== undefined && !this.wants.has(id)) return
+    const b = typeof value === 'string' ? Buffer.from(value, 'latin1') : value
     const map = toServer ? this.request : this.response
     const list = map.get(id)
-    if (list) list.push(value)
-    else map.set(id, [value])
+    if (list) list.push(b)
+    else map.set(id, [b])
     this.version++
   }
 
@@ -82,6 +105,8 @@ export interface AppParser {
   feed(toServer: boolean, data: Uint8Array, start: number, end: number, updated: AppTx[]): void
   /** A hole in one direction's stream: the parser resynchronises (or gives up) there. */
   gap(toServer: boolean): void
+  /** The end of one direction's stream (TCP FIN): what was waiting for more bytes completes. */
+  close?(toServer: boolean, updated: AppTx[]): void
   /** Transactions still held (for bounds and tests). */
   readonly pending: number
 }
