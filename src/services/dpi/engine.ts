@@ -182,8 +182,10 @@ class RuleSet {
   readonly groupMatchers: PayloadMatcher[][]
   /** Per application buffer: a prefilter over the fast patterns bound to it. */
   readonly bufferPrefilters = new Map<BufferId, { automaton: AhoCorasick; patternRules: number[][] }>()
-  /** Per application protocol: its buffer rules whose fast pattern is not in an app buffer. */
-  readonly appAlways = new Map<AppProto, number[]>()
+  /** Per application buffer: rules without a fast pattern in an app buffer, triggered by it. */
+  readonly appAlways = new Map<BufferId, number[]>()
+  /** Per rule: the application buffers its groups read. */
+  readonly ruleBuffers: BufferId[][]
   /** Some rule needs the application layer (a protocol in its header, or app buffers). */
   readonly needsApp: boolean
   /** The application buffers some rule reads (the parsers build only those). */
@@ -215,6 +217,9 @@ class RuleSet {
     let maxContent = 0
     let context = false
     this.ruleApp = rules.map(ruleAppProto)
+    this.ruleBuffers = rules.map((r) =>
+      r.groups.map((g) => g.buffer).filter((b) => b !== 'payload' && b !== 'stream'),
+    )
     this.groupMatchers = rules.map((r) =>
       r.groups.some((g) => g.buffer !== 'payload') ? r.groups.map((g) => new PayloadMatcher(g.items)) : [],
     )
@@ -239,10 +244,11 @@ class RuleSet {
         const group = fp ? rule.groups[fp.group] : undefined
         const fast = fp && group ? group.items[fp.item] : undefined
         if (!group || group.buffer === 'payload' || group.buffer === 'stream' || fast?.kind !== 'content') {
-          const list = this.appAlways.get(app as AppProto) ?? []
+          // Verified when its first application buffer is set or grows.
+          const trigger = this.ruleBuffers[i][0]
+          const list = this.appAlways.get(trigger) ?? []
           list.push(i)
-          this.appAlways.set(app as AppProto, list)
-          // Also verified when its payload fast pattern is seen (nothing to do: appAlways covers it).
+          this.appAlways.set(trigger, list)
           return
         }
         let entry = appPatterns.get(group.buffer)
@@ -361,6 +367,12 @@ export class DpiService implements NetService {
   #appTx: AppTx | undefined
   #appPatternRules: number[][] = []
   readonly #onAppHit: (pattern: number, end: number) => void
+  /** Rules hit by the buffer prefilters in this transaction round (deduplicated by stamp). */
+  readonly #hits: number[] = []
+  #hitStamp = new Uint32Array(0)
+  #hitRound = 0
+  /** The rules verified on a transaction this round. */
+  readonly #round: number[] = []
   /** What each flow's application layer is built with; `wants` follows the rules in force. */
   readonly #appLimits: AppLimits
   readonly #regexBudget = newRegexBudget()
@@ -413,7 +425,12 @@ export class DpiService implements NetService {
     }
     this.#onAppHit = (pattern) => {
       const tx = this.#appTx as AppTx
-      for (const i of this.#appPatternRules[pattern]) tx.candidates.add(i)
+      for (const i of this.#appPatternRules[pattern]) {
+        if (this.#hitStamp[i] === this.#hitRound) continue
+        this.#hitStamp[i] = this.#hitRound
+        this.#hits.push(i)
+        tx.candidates.add(i)
+      }
     }
   }
 
@@ -733,7 +750,6 @@ export class DpiService implements NetService {
   #inspectTransactions(flow: Flow, payload: InspectBuffer): void {
     const rs = this.#rules
     const toServer = this.#toServer
-    const proto = flow.app?.proto
     for (const tx of this.#updated) {
       if (tx.generation !== rs.generation) {
         tx.generation = rs.generation
@@ -745,6 +761,9 @@ export class DpiService implements NetService {
       tx.inspected = tx.version
       this.#c.appTransactions++
       this.#appTx = tx
+      this.#hits.length = 0
+      this.#hitRound = (this.#hitRound + 1) >>> 0 || 1
+      if (this.#hitStamp.length < rs.rules.length) this.#hitStamp = new Uint32Array(rs.rules.length)
       for (const [id, prefilter] of rs.bufferPrefilters) {
         const list = tx.lookup(id, toServer)
         if (!list) continue
@@ -770,10 +789,26 @@ export class DpiService implements NetService {
         done.bytes = list.length > 0 ? list[list.length - 1].length : 0
       }
       this.#appTx = undefined
-      const always = proto !== undefined ? rs.appAlways.get(proto) : undefined
-      if (always) for (const i of always) tx.candidates.add(i)
-      const views = new Map<Buffer, InspectBuffer>()
+      // Verified now: new prefilter hits, earlier candidates whose buffers changed, and the rules
+      // without an application fast pattern triggered by a changed buffer.
+      const round = this.#round
+      round.length = 0
+      for (const i of this.#hits) round.push(i)
       for (const i of tx.candidates) {
+        if (this.#hitStamp[i] === this.#hitRound) continue
+        for (const b of rs.ruleBuffers[i])
+          if (tx.changed.has(b)) {
+            round.push(i)
+            break
+          }
+      }
+      for (const id of tx.changed) {
+        const always = rs.appAlways.get(id)
+        if (always) for (const i of always) round.push(i)
+      }
+      tx.changed.clear()
+      const views = new Map<Buffer, InspectBuffer>()
+      for (const i of round) {
         if (tx.alerted.has(i)) continue
         if (this.#verifyTransaction(i, tx, payload, views)) tx.alerted.add(i)
       }
