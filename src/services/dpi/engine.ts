@@ -724,7 +724,7 @@ export class DpiService implements NetService {
     const data = Buffer.from(frame.buffer, frame.byteOffset + start, end - start)
     const buf: InspectBuffer = { data, length: end - start, base: 0, text: undefined }
     for (const i of this.#candidates) this.#verify(i, buf, 0)
-    if (updated.length > 0) this.#inspectTransactions(flow, buf)
+    if (updated.length > 0) this.#inspectTransactions(buf)
   }
 
   /** A FIN: the application parser completes what waited for more of that side's bytes. */
@@ -732,7 +732,7 @@ export class DpiService implements NetService {
     if (!flow.app?.parser) return
     this.#updated.length = 0
     flow.app.close(toServer, this.#updated)
-    if (this.#updated.length > 0) this.#inspectTransactions(flow, EMPTY_BUFFER)
+    if (this.#updated.length > 0) this.#inspectTransactions(EMPTY_BUFFER)
   }
 
   #feedApp(flow: Flow, toServer: boolean, data: Uint8Array, start: number, end: number): void {
@@ -747,7 +747,7 @@ export class DpiService implements NetService {
    * prefilters, then candidate rules (and the protocol's rules without an app fast pattern) are
    * verified on the whole transaction. `payload` is what a rule's payload group sees.
    */
-  #inspectTransactions(flow: Flow, payload: InspectBuffer): void {
+  #inspectTransactions(payload: InspectBuffer): void {
     const rs = this.#rules
     const toServer = this.#toServer
     for (const tx of this.#updated) {
@@ -923,7 +923,7 @@ export class DpiService implements NetService {
     }
     if (updated.length > 0) {
       const chunk = Buffer.from(data.buffer, data.byteOffset + start, length)
-      this.#inspectTransactions(this.#flow as Flow, { data: chunk, length, base: 0, text: undefined })
+      this.#inspectTransactions({ data: chunk, length, base: 0, text: undefined })
     }
     side.retain(data, start, end, rs.keep)
     // Forget pending hits whose fast pattern left the window.
