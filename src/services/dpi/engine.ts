@@ -13,12 +13,26 @@ import type { NetContext, NetDirection, NetService } from '../net/service.ts'
 import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
 import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
+import { type AppProto, BUFFER_PROTO, type BufferId } from './app/buffers.ts'
+import { type AppLimits, AppState } from './app/detect.ts'
+import type { HttpLimits } from './app/http.ts'
+import { type AppTx, scanKey } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
+import {
+  applyActions,
+  conditionsHold,
+  FlowVars,
+  type PacketFacts,
+  StateTables,
+  stateOrder,
+} from './flowstate.ts'
 import { type InspectBuffer, PayloadMatcher } from './match.ts'
 import { DEFAULT_REGEX_BUDGET, newRegexBudget } from './regex.ts'
 import {
+  type FastPatternRef,
   invalidRules,
   type ParsedRules,
+  type PayloadMatch,
   parseRules,
   type Rule,
   type RuleError,
@@ -57,6 +71,8 @@ export interface DpiOptions extends RuleParseOptions {
    * other rules still act; like Suricata at pcre.match-limit) or 'drop' (IPS: the frame is dropped).
    */
   budgetExceeded?: 'pass' | 'drop'
+  /** HTTP parser limits (head size, headers, body bytes kept per body: 8 KiB); see app/http.ts. */
+  http?: Partial<HttpLimits>
 }
 
 /** Protocol classes a rule can apply to. */
@@ -77,7 +93,14 @@ function ruleClassMask(rule: Rule): number {
   switch (rule.protocol) {
     case 'tcp':
     case 'http':
+    case 'tls':
+    case 'ftp':
+    case 'smtp':
+    case 'smb':
+    case 'ssh':
       return 1 << TCP
+    case 'dns':
+      return (1 << TCP) | (1 << UDP)
     case 'udp':
       return 1 << UDP
     case 'icmp':
@@ -85,6 +108,44 @@ function ruleClassMask(rule: Rule): number {
     default:
       return (1 << CLASSES) - 1
   }
+}
+
+/**
+ * The application protocol rule needs: its header's (`alert http`), else its buffers'; null when
+ * they disagree (the rule can never match); undefined when none.
+ */
+function ruleAppProto(rule: Rule): AppProto | null | undefined {
+  let app: AppProto | undefined | null = rule.app
+  for (const g of rule.groups) {
+    const p = BUFFER_PROTO[g.buffer]
+    if (p === undefined) continue
+    if (app === undefined) app = p
+    else if (app !== p) app = null
+  }
+  return app
+}
+
+/** The items of a rule's 'payload' group (none when it has no such group). */
+function payloadItems(rule: Rule): PayloadMatch[] {
+  return rule.groups.find((g) => g.buffer === 'payload')?.items ?? []
+}
+
+/** What a rule's payload group sees when no payload comes with a transaction's update. */
+const EMPTY_BUFFER: InspectBuffer = { data: Buffer.alloc(0), length: 0, base: 0, text: undefined }
+/**
+ * Whether a payload rule has items bound to the buffer's start (offset/depth, absolute byte_*,
+ * isdataat, pcre anchored with `^` or /A): in TCP these hold per packet as well as on the stream (Suricata inspects
+ * unbuffered content against both), so they are also verified on each segment alone.
+ */
+function anchored(items: PayloadMatch[]): boolean {
+  return items.some((m) => {
+    if (m.kind === 'content')
+      return !m.relative && (m.offset > 0 || m.depth >= 0 || m.slots?.offset !== undefined)
+    // A pcre found in a segment is found in the stream too, unless it is anchored at the start.
+    if (m.kind === 'pcre') return !m.relative && (m.regex.sticky || m.source.startsWith('/^'))
+    if (m.kind === 'bsize' || m.kind === 'transform') return false
+    return !m.relative
+  })
 }
 
 /** Most "fast pattern seen, rest not yet" entries kept per stream direction. */
@@ -103,6 +164,8 @@ class RuleSet {
   readonly fastLength: Int32Array
   /** Per rule: it has more than its fast pattern, so a hit may complete later (pending). */
   readonly needsContext: Uint8Array
+  /** Per rule: payload items bound to the buffer's start (see anchored()). */
+  readonly anchored: Uint8Array
   /** Per class: rules with neither content nor pcre (checked per frame on the header). */
   readonly headerOnly: number[][]
   /** Per class: rules with payload matches but no fast pattern (verified on every payload). */
@@ -113,15 +176,36 @@ class RuleSet {
   readonly candidateStamp: Uint32Array
   readonly matchedStamp: Uint32Array
   readonly hitEnd: Float64Array
+  /** Per rule: the application protocol it needs (header or buffers); null: conflicting ones. */
+  readonly ruleApp: (AppProto | null | undefined)[]
+  /** Per rule: one matcher per group (rule.groups order); used for rules on application buffers. */
+  readonly groupMatchers: PayloadMatcher[][]
+  /** Per application buffer: a prefilter over the fast patterns bound to it. */
+  readonly bufferPrefilters = new Map<BufferId, { automaton: AhoCorasick; patternRules: number[][] }>()
+  /** Per application buffer: rules without a fast pattern in an app buffer, triggered by it. */
+  readonly appAlways = new Map<BufferId, number[]>()
+  /** Per rule: the application buffers its groups read. */
+  readonly ruleBuffers: BufferId[][]
+  /** Some rule needs the application layer (a protocol in its header, or app buffers). */
+  readonly needsApp: boolean
+  /** The application buffers some rule reads (the parsers build only those). */
+  readonly usedBuffers = new Set<BufferId>()
+  /** The application protocols some rule reads a buffer of (parsed; the others only detected). */
+  readonly parsedProtos = new Set<AppProto>()
+  /** Per rule: its flowbits/flowint/xbits order (flowstate.ts stateOrder); 3 = none. */
+  readonly stateOrder: Uint8Array
+  /** Some rule has flowbits, flowint, xbits, threshold or noalert. */
+  readonly stateful: boolean
 
   constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
     this.generation = generation
     this.rules = rules
     const n = rules.length
-    this.matchers = rules.map((r) => new PayloadMatcher(r.matches))
+    this.matchers = rules.map((r) => new PayloadMatcher(payloadItems(r)))
     this.classMask = Uint8Array.from(rules, ruleClassMask)
     this.fastLength = new Int32Array(n)
     this.needsContext = new Uint8Array(n)
+    this.anchored = Uint8Array.from(rules, (r) => (anchored(payloadItems(r)) ? 1 : 0))
     this.headerOnly = Array.from({ length: CLASSES }, () => [])
     this.always = Array.from({ length: CLASSES }, () => [])
     this.candidateStamp = new Uint32Array(n)
@@ -132,18 +216,68 @@ class RuleSet {
     this.patternRules = []
     let maxContent = 0
     let context = false
+    this.ruleApp = rules.map(ruleAppProto)
+    this.ruleBuffers = rules.map((r) =>
+      r.groups.map((g) => g.buffer).filter((b) => b !== 'payload' && b !== 'stream'),
+    )
+    this.groupMatchers = rules.map((r) =>
+      r.groups.some((g) => g.buffer !== 'payload') ? r.groups.map((g) => new PayloadMatcher(g.items)) : [],
+    )
+    this.stateOrder = Uint8Array.from(rules, (r) => stateOrder(r.state))
+    this.stateful = rules.some((r) => r.state !== undefined)
+    this.needsApp = rules.some((r) => r.app !== undefined || r.groups.some((g) => g.buffer !== 'payload'))
+    for (const r of rules) for (const g of r.groups) this.usedBuffers.add(g.buffer)
+    for (const b of this.usedBuffers) {
+      const p = BUFFER_PROTO[b]
+      if (p !== undefined) this.parsedProtos.add(p)
+    }
+    const appPatterns = new Map<
+      BufferId,
+      { patterns: Uint8Array[]; ids: Map<string, number>; rules: number[][] }
+    >()
     rules.forEach((rule, i) => {
-      for (const m of rule.matches)
-        if (m.kind === 'content') maxContent = Math.max(maxContent, m.pattern.length)
-      if (rule.matches.length > 1 || rule.matches.some((m) => m.kind === 'pcre')) context = true
-      this.needsContext[i] = rule.matches.length > 1 ? 1 : 0
+      // Rules on application-layer buffers are matched per transaction.
+      if (rule.groups.some((g) => g.buffer !== 'payload')) {
+        const app = this.ruleApp[i]
+        if (app === null) return // buffers of two protocols: never matches
+        const fp = rule.fastPattern
+        const group = fp ? rule.groups[fp.group] : undefined
+        const fast = fp && group ? group.items[fp.item] : undefined
+        if (!group || group.buffer === 'payload' || group.buffer === 'stream' || fast?.kind !== 'content') {
+          // Verified when its first application buffer is set or grows.
+          const trigger = this.ruleBuffers[i][0]
+          const list = this.appAlways.get(trigger) ?? []
+          list.push(i)
+          this.appAlways.set(trigger, list)
+          return
+        }
+        let entry = appPatterns.get(group.buffer)
+        if (!entry) {
+          entry = { patterns: [], ids: new Map(), rules: [] }
+          appPatterns.set(group.buffer, entry)
+        }
+        const key = Buffer.from(fast.folded).toString('latin1')
+        let id = entry.ids.get(key)
+        if (id === undefined) {
+          id = entry.patterns.length
+          entry.ids.set(key, id)
+          entry.patterns.push(fast.folded)
+          entry.rules.push([])
+        }
+        entry.rules[id].push(i)
+        return
+      }
+      const matches = payloadItems(rule)
+      for (const m of matches) if (m.kind === 'content') maxContent = Math.max(maxContent, m.pattern.length)
+      if (matches.length > 1 || matches.some((m) => m.kind === 'pcre')) context = true
+      this.needsContext[i] = matches.length > 1 ? 1 : 0
       const lists =
-        rule.matches.length === 0 ? this.headerOnly : rule.fastPattern < 0 ? this.always : undefined
+        matches.length === 0 ? this.headerOnly : rule.fastPattern === undefined ? this.always : undefined
       if (lists) {
         for (let c = 0; c < CLASSES; c++) if (this.classMask[i] & (1 << c)) lists[c].push(i)
         return
       }
-      const fast = rule.matches[rule.fastPattern]
+      const fast = matches[(rule.fastPattern as FastPatternRef).item]
       if (fast.kind !== 'content') return
       const key = Buffer.from(fast.folded).toString('latin1')
       let id = patternIds.get(key)
@@ -156,6 +290,8 @@ class RuleSet {
       this.patternRules[id].push(i)
       this.fastLength[i] = fast.pattern.length
     })
+    for (const [id, e] of appPatterns)
+      this.bufferPrefilters.set(id, { automaton: new AhoCorasick(e.patterns), patternRules: e.rules })
     if (tables && tables.patternCount !== patterns.length) tables = undefined
     this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables }) : undefined
     this.keep = context ? Math.max(streamWindow, maxContent) : Math.max(0, maxContent - 1)
@@ -191,6 +327,10 @@ export type DpiCounters = {
   regexSteps: number
   automatonStates: number
   automatonBytes: number
+  /** Flows whose application protocol was detected, by protocol. */
+  appFlows: Record<AppProto, number>
+  /** Application-layer transactions inspected (HTTP request/response pairs, DNS messages, TLS handshakes). */
+  appTransactions: number
 }
 
 /** The DPI/IPS NetService. Create with createDpi() (or loadDpi() from a file). */
@@ -218,9 +358,29 @@ export class DpiService implements NetService {
     backtrackExhausted: 0,
     budgetExceeded: 0,
     regexSteps: 0,
+    appTransactions: 0,
   }
+  readonly #appFlows: Record<AppProto, number> = { http: 0, dns: 0, tls: 0, ftp: 0, smtp: 0, smb: 0, ssh: 0 }
+  /** Transactions changed by the bytes being inspected. */
+  readonly #updated: AppTx[] = []
+  /** The transaction being prefiltered, and the buffer prefilter's pattern → rules. */
+  #appTx: AppTx | undefined
+  #appPatternRules: number[][] = []
+  readonly #onAppHit: (pattern: number, end: number) => void
+  /** Rules hit by the buffer prefilters in this transaction round (deduplicated by stamp). */
+  readonly #hits: number[] = []
+  #hitStamp = new Uint32Array(0)
+  #hitRound = 0
+  /** The rules verified on a transaction this round. */
+  readonly #round: number[] = []
+  /** What each flow's application layer is built with; `wants` follows the rules in force. */
+  readonly #appLimits: AppLimits
   readonly #regexBudget = newRegexBudget()
   readonly #regexLimit: number
+  /** Host bits (xbits) and threshold trackers, kept across rule swaps. */
+  readonly #state = new StateTables()
+  /** Matched rules that act but do not alert (noalert, or held back by their threshold). */
+  readonly #silent = new Set<number>()
   #scratch = Buffer.allocUnsafe(0)
   #scanId = 0
   #frameId = 0
@@ -258,6 +418,20 @@ export class DpiService implements NetService {
     this.#flowIdBase = Math.floor(Math.random() * 2 ** 20) * 2 ** 32
     this.#onHit = (pattern, end) => this.#hit(pattern, end)
     this.#onChunk = (side, data, start, end) => this.#chunk(side, data, start, end)
+    this.#appLimits = {
+      http: options.http,
+      wants: { has: (id) => this.#rules.usedBuffers.has(id) },
+      parses: (proto) => this.#rules.parsedProtos.has(proto),
+    }
+    this.#onAppHit = (pattern) => {
+      const tx = this.#appTx as AppTx
+      for (const i of this.#appPatternRules[pattern]) {
+        if (this.#hitStamp[i] === this.#hitRound) continue
+        this.#hitStamp[i] = this.#hitRound
+        this.#hits.push(i)
+        tx.candidates.add(i)
+      }
+    }
   }
 
   /** The rules in force. */
@@ -306,11 +480,13 @@ export class DpiService implements NetService {
     let bytes = this.#rules.automaton?.tableBytes ?? 0
     for (const rule of this.#rules.rules) {
       bytes += 1024
-      for (const m of rule.matches) {
+      for (const m of rule.groups.flatMap((g) => g.items)) {
         bytes +=
           m.kind === 'content'
             ? 64 + 2 * m.pattern.length
-            : 256 + 2 * m.source.length + 64 * m.regex.programSize
+            : m.kind === 'pcre'
+              ? 256 + 2 * m.source.length + 64 * m.regex.programSize
+              : 96
       }
     }
     return bytes
@@ -353,6 +529,10 @@ export class DpiService implements NetService {
     side.packets++
     side.bytes += frame.length
     const toServer = flow.toServer(fromLow)
+    if (flow.establishing) {
+      flow.established = true
+      flow.establishing = false
+    }
     if (tcp) this.#trackTcp(flow, side, fromLow, toServer, p)
     else if (!flow.established && flow.side(!fromLow).packets > 0) flow.established = true
     if (flow.dropped) {
@@ -375,17 +555,20 @@ export class DpiService implements NetService {
     budget.exceeded = false
     budget.charged = false
     const cls = protocolClass(p.protocol)
-    for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
     const payloadEnd = p.payloadOffset + p.payloadLength
     if (p.payloadLength > 0 && (p.l4Offset >= 0 || cls === OTHER)) {
       if (tcp) {
         if (side.generation !== rs.generation) this.#resync(side, rs)
         const seq = (flags & TCP_SYN) !== 0 ? (p.tcpSeq + 1) >>> 0 : p.tcpSeq
         this.#reassembler.segment(side, seq, frame, p.payloadOffset, payloadEnd, this.#onChunk, rs.generation)
+        if ((flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
       } else {
-        this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls)
+        this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls, flow)
       }
     }
+    if (tcp && p.payloadLength === 0 && (flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
+    // After the payload: its bytes may have just revealed the flow's application protocol.
+    for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
     this.#packet = undefined
     this.#flow = undefined
     c.regexSteps += budget.used
@@ -419,6 +602,7 @@ export class DpiService implements NetService {
       retransmittedBytes: r.retransmittedBytes,
       automatonStates: this.#rules.automaton?.stateCount ?? 0,
       automatonBytes: this.#rules.automaton?.tableBytes ?? 0,
+      appFlows: { ...this.#appFlows },
     }
   }
 
@@ -431,9 +615,10 @@ export class DpiService implements NetService {
         side.started = true
         side.nextSeq = (p.tcpSeq + 1) >>> 0
       }
-    } else if ((flags & TCP_ACK) !== 0 && toServer && flow.synAckSeen) {
-      // The handshake's last ACK (a flow picked up at its SYN-ACK counts too).
-      flow.established = true
+    } else if ((flags & TCP_ACK) !== 0 && toServer && flow.synAckSeen && !flow.established) {
+      // The handshake's last ACK (a flow picked up at its SYN-ACK counts too): established from
+      // the next frame on.
+      flow.establishing = true
     }
     if ((flags & TCP_RST) !== 0) flow.closed = true
     if ((flags & TCP_FIN) !== 0) {
@@ -463,6 +648,8 @@ export class DpiService implements NetService {
     const cls = protocolClass(p.protocol)
     if ((rs.classMask[i] & (1 << cls)) === 0) return false
     const flow = this.#flow as Flow
+    const app = rs.ruleApp[i]
+    if (app !== undefined && (app === null || flow.app?.proto !== app)) return false
     const f = rule.flow
     if (f.established !== undefined && f.established !== flow.established) return false
     if (f.toServer !== undefined && f.toServer !== this.#toServer) return false
@@ -521,22 +708,169 @@ export class DpiService implements NetService {
   }
 
   /** One UDP datagram / ICMP message / other IP payload: inspected on its own. */
-  #inspectPayload(frame: Uint8Array, start: number, end: number, cls: number): void {
+  #inspectPayload(frame: Uint8Array, start: number, end: number, cls: number, flow: Flow): void {
     const rs = this.#rules
+    const updated = this.#updated
+    updated.length = 0
+    if (cls === UDP && rs.needsApp) {
+      flow.app ??= new AppState(false, this.#appLimits)
+      this.#feedApp(flow, this.#toServer, frame, start, end)
+    }
     this.#newScan()
     this.#hitBase = -start
     rs.automaton?.scan(frame, start, end, 0, this.#onHit)
     for (const i of rs.always[cls]) this.#addCandidate(i, -1)
-    if (this.#candidates.length === 0) return
+    if (this.#candidates.length === 0 && updated.length === 0) return
     const data = Buffer.from(frame.buffer, frame.byteOffset + start, end - start)
     const buf: InspectBuffer = { data, length: end - start, base: 0, text: undefined }
     for (const i of this.#candidates) this.#verify(i, buf, 0)
+    if (updated.length > 0) this.#inspectTransactions(buf)
+  }
+
+  /** A FIN: the application parser completes what waited for more of that side's bytes. */
+  #closeApp(flow: Flow, toServer: boolean): void {
+    if (!flow.app?.parser) return
+    this.#updated.length = 0
+    flow.app.close(toServer, this.#updated)
+    if (this.#updated.length > 0) this.#inspectTransactions(EMPTY_BUFFER)
+  }
+
+  #feedApp(flow: Flow, toServer: boolean, data: Uint8Array, start: number, end: number): void {
+    const app = flow.app as AppState
+    const before = app.proto
+    app.feed(toServer, data, start, end, this.#updated)
+    if (before === undefined && app.proto !== undefined) this.#appFlows[app.proto]++
+  }
+
+  /**
+   * The transactions the new bytes changed: their new buffer bytes go through the buffers'
+   * prefilters, then candidate rules (and the protocol's rules without an app fast pattern) are
+   * verified on the whole transaction. `payload` is what a rule's payload group sees.
+   */
+  #inspectTransactions(payload: InspectBuffer): void {
+    const rs = this.#rules
+    const toServer = this.#toServer
+    for (const tx of this.#updated) {
+      if (tx.generation !== rs.generation) {
+        tx.generation = rs.generation
+        tx.alerted.clear()
+        tx.candidates.clear()
+        tx.scanned.clear()
+      }
+      if (tx.inspected === tx.version) continue
+      tx.inspected = tx.version
+      this.#c.appTransactions++
+      this.#appTx = tx
+      this.#hits.length = 0
+      this.#hitRound = (this.#hitRound + 1) >>> 0 || 1
+      if (this.#hitStamp.length < rs.rules.length) this.#hitStamp = new Uint32Array(rs.rules.length)
+      for (const [id, prefilter] of rs.bufferPrefilters) {
+        const list = tx.lookup(id, toServer)
+        if (!list) continue
+        const key = scanKey(id, toServer)
+        let done = tx.scanned.get(key)
+        if (!done) {
+          done = { count: 0, bytes: 0 }
+          tx.scanned.set(key, done)
+        }
+        const ac = prefilter.automaton
+        this.#appPatternRules = prefilter.patternRules
+        for (let k = Math.max(0, done.count - 1); k < list.length; k++) {
+          const b = list[k]
+          // The last instance scanned may have grown: rescan its tail, overlapping by a pattern.
+          let from = 0
+          if (k === done.count - 1) {
+            if (done.bytes >= b.length) continue
+            from = Math.max(0, done.bytes - ac.maxPatternLength + 1)
+          }
+          ac.scan(b, from, b.length, 0, this.#onAppHit)
+        }
+        done.count = list.length
+        done.bytes = list.length > 0 ? list[list.length - 1].length : 0
+      }
+      this.#appTx = undefined
+      // Verified now: new prefilter hits, earlier candidates whose buffers changed, and the rules
+      // without an application fast pattern triggered by a changed buffer.
+      const round = this.#round
+      round.length = 0
+      for (const i of this.#hits) round.push(i)
+      for (const i of tx.candidates) {
+        if (this.#hitStamp[i] === this.#hitRound) continue
+        for (const b of rs.ruleBuffers[i])
+          if (tx.changed.has(b)) {
+            round.push(i)
+            break
+          }
+      }
+      for (const id of tx.changed) {
+        const always = rs.appAlways.get(id)
+        if (always) for (const i of always) round.push(i)
+      }
+      tx.changed.clear()
+      const views = new Map<Buffer, InspectBuffer>()
+      for (const i of round) {
+        if (tx.alerted.has(i)) continue
+        if (this.#verifyTransaction(i, tx, payload, views)) tx.alerted.add(i)
+      }
+    }
+  }
+
+  /** Rule i (on application buffers) on transaction `tx`: header, then every group on its buffer. */
+  #verifyTransaction(
+    i: number,
+    tx: AppTx,
+    payload: InspectBuffer,
+    views: Map<Buffer, InspectBuffer>,
+  ): boolean {
+    if (!this.#header(i)) return false
+    const rs = this.#rules
+    const rule = rs.rules[i]
+    const matchers = rs.groupMatchers[i]
+    for (let g = 0; g < rule.groups.length; g++) {
+      const matcher = matchers[g]
+      const id = rule.groups[g].buffer
+      let ok = false
+      if (id === 'payload' || id === 'stream') {
+        ok = matcher.verify(payload, 0, this.#regexBudget)
+      } else {
+        const list = tx.lookup(id, this.#toServer)
+        if (!list) return false
+        for (const b of list) {
+          let view = views.get(b)
+          if (!view) {
+            view = { data: b, length: b.length, base: 0, text: undefined }
+            views.set(b, view)
+          }
+          if (matcher.verify(view, 0, this.#regexBudget)) {
+            ok = true
+            break
+          }
+        }
+      }
+      if (!ok) {
+        this.#noteFailure(i, matcher)
+        return false
+      }
+    }
+    // One alert per transaction, even for two transactions in one frame (pipelining).
+    this.#rules.matchedStamp[i] = this.#frameId
+    this.#matched.push(i)
+    return true
   }
 
   /** In-order stream bytes data[start, end) of `side`, at stream offset side.offset. */
   #chunk(side: StreamSide, data: Uint8Array, start: number, end: number): void {
     const rs = this.#rules
     const length = end - start
+    const updated = this.#updated
+    updated.length = 0
+    if (rs.needsApp) {
+      const flow = this.#flow as Flow
+      flow.app ??= new AppState(true, this.#appLimits)
+      if (side.appOffset !== side.offset) flow.app.gap(this.#toServer)
+      this.#feedApp(flow, this.#toServer, data, start, end)
+      side.appOffset = side.offset + length
+    }
     const windowLength = side.windowLength
     const windowBase = side.offset - windowLength
     this.#newScan()
@@ -561,8 +895,20 @@ export class DpiService implements NetService {
         text: undefined,
       }
       const streamEnd = side.offset + length
+      let segment: InspectBuffer | undefined
       for (const i of this.#candidates) {
         if (this.#verify(i, buf, windowLength + 1)) continue
+        // Items bound to the buffer's start also hold on the segment alone (Suricata's packet
+        // payload inspection next to the stream's).
+        if (rs.anchored[i] && windowLength > 0) {
+          segment ??= {
+            data: this.#scratch.subarray(windowLength, total),
+            length,
+            base: 0,
+            text: undefined,
+          }
+          if (this.#verify(i, segment, 0)) continue
+        }
         // The fast pattern is here but the rest is not (yet): retry while it stays in the window.
         const hitEnd = rs.hitEnd[i]
         if (hitEnd >= 0 && rs.needsContext[i] && hitEnd <= streamEnd) {
@@ -574,6 +920,10 @@ export class DpiService implements NetService {
           pendingEnds.push(hitEnd)
         }
       }
+    }
+    if (updated.length > 0) {
+      const chunk = Buffer.from(data.buffer, data.byteOffset + start, length)
+      this.#inspectTransactions({ data: chunk, length, base: 0, text: undefined })
     }
     side.retain(data, start, end, rs.keep)
     // Forget pending hits whose fast pattern left the window.
@@ -599,6 +949,12 @@ export class DpiService implements NetService {
       this.#addMatch(i)
       return true
     }
+    this.#noteFailure(i, matcher)
+    return false
+  }
+
+  /** Counts why rule i's verification by `matcher` failed, when it was for want of budget. */
+  #noteFailure(i: number, matcher: PayloadMatcher): void {
     if (matcher.exhausted) this.#c.backtrackExhausted++
     const budget = this.#regexBudget
     if (budget.exceeded && !budget.charged) {
@@ -607,13 +963,52 @@ export class DpiService implements NetService {
       const sid = this.#rules.rules[i].sid
       this.#budgetBySid.set(sid, (this.#budgetBySid.get(sid) ?? 0) + 1)
     }
-    return false
+  }
+
+  /**
+   * Flow-level keywords of the matched rules, in Suricata's order (rules that only set state
+   * first): drops the rules whose conditions fail, applies the others' actions, and marks those
+   * that must not alert (noalert, threshold).
+   */
+  #settle(flow: Flow, frame: Uint8Array, p: Packet, now: number): void {
+    const rs = this.#rules
+    const matched = this.#matched
+    if (!matched.some((i) => rs.rules[i].state !== undefined)) return
+    const order = rs.stateOrder
+    const sorted = [...matched].sort((a, b) => order[a] - order[b])
+    const facts: PacketFacts = {
+      now,
+      source: packetAddress(frame, p, 'source'),
+      destination: packetAddress(frame, p, 'destination'),
+      flowId: flow.id,
+    }
+    matched.length = 0
+    for (const i of sorted) {
+      const rule = rs.rules[i]
+      const s = rule.state
+      if (s) {
+        flow.vars ??= new FlowVars()
+        if (!conditionsHold(s, flow.vars, this.#state, facts)) continue
+        applyActions(s, flow.vars, this.#state, facts)
+        if (s.noalert) this.#silent.add(i)
+        else if (s.threshold && !this.#state.threshold(s.threshold, rule.sid, facts)) {
+          // Held back by its threshold: neither alert nor action (as Suricata).
+          continue
+        }
+      }
+      matched.push(i)
+    }
   }
 
   #act(flow: Flow, frame: Uint8Array, p: Packet, toServer: boolean, ctx: NetContext): boolean {
     const rs = this.#rules
     const c = this.#c
     const matched = this.#matched
+    this.#silent.clear()
+    if (rs.stateful) {
+      this.#settle(flow, frame, p, ctx.now)
+      if (matched.length === 0) return true
+    }
     if (matched.some((i) => rs.rules[i].action === 'pass')) {
       flow.passed = true
       c.passedFlows++
@@ -622,6 +1017,7 @@ export class DpiService implements NetService {
     const drop = matched.some((i) => rs.rules[i].action === 'drop')
     const timestamp = eveTimestamp(this.#wallClock(), this.#options.utcOffsetMinutes)
     for (const i of matched) {
+      if (this.#silent.has(i)) continue
       const rule = rs.rules[i]
       c.alerts++
       this.#alertsBySid.set(rule.sid, (this.#alertsBySid.get(rule.sid) ?? 0) + 1)
@@ -668,6 +1064,8 @@ export class DpiService implements NetService {
         category: rule.category,
         severity: rule.severity,
       },
+      // As Suricata: the flow's detected application protocol.
+      ...(flow.app?.proto !== undefined && { app_proto: flow.app.proto }),
       flow: {
         pkts_toserver: client.packets,
         pkts_toclient: server.packets,

@@ -10,6 +10,7 @@ export {
   type PcreMatch,
   parseRules,
   parseRulesStrict,
+  RuleParser,
   type Rule,
   type RuleError,
   type RuleParseOptions,

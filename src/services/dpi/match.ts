@@ -15,6 +15,7 @@
  * `minEnd` makes the matcher report only matches whose last positive item ends at or after it:
  * the stream inspector sets it to the start of the new data, so one occurrence alerts once.
  */
+import { applyTransform, MAX_VARIABLES, positionless, verifyKeyword } from './keywords.ts'
 import { newRegexBudget, type RegexBudget } from './regex.ts'
 import type { ContentMatch, PayloadMatch, PcreMatch } from './rules.ts'
 
@@ -39,18 +40,24 @@ export class PayloadMatcher {
   #budget = 0
   #exhausted = false
   #regexBudget: RegexBudget = newRegexBudget()
+  /** byte_extract/byte_math variables of the verification under way. */
+  readonly #vars = new Float64Array(MAX_VARIABLES)
+  /** Transforms of the buffer (dotprefix, to_lowercase, ...), applied in order before matching. */
+  readonly #transforms: PayloadMatch[]
 
-  constructor(items: PayloadMatch[]) {
+  constructor(all: PayloadMatch[]) {
+    this.#transforms = all.filter((m) => m.kind === 'transform')
+    const items = all.filter((m) => m.kind !== 'transform')
     this.#items = items
     let last = -1
     items.forEach((m, i) => {
-      if (!m.negated) last = i
+      if (!m.negated && (m.kind === 'content' || m.kind === 'pcre')) last = i
     })
     this.#lastPositive = last
     this.#backtrack = items.map((_, i) => {
       for (let j = i + 1; j < items.length; j++) {
         if (items[j].relative) return true
-        if (!items[j].negated) return false
+        if (!items[j].negated && !positionless(items[j])) return false
       }
       return false
     })
@@ -74,6 +81,12 @@ export class PayloadMatcher {
     this.#budget = BACKTRACK_BUDGET
     this.#exhausted = false
     this.#regexBudget = regexBudget
+    if (this.#transforms.length > 0) {
+      let data: Uint8Array = buf.data.subarray(0, buf.length)
+      for (const t of this.#transforms) if (t.kind === 'transform') data = applyTransform(t.name, data)
+      const b = Buffer.from(data.buffer, data.byteOffset, data.length)
+      return this.#step({ data: b, length: b.length, base: 0, text: undefined }, 0, 0, 0)
+    }
     return this.#step(buf, 0, 0, minEnd)
   }
 
@@ -82,18 +95,33 @@ export class PayloadMatcher {
     if (i === items.length) return true
     const item = items[i]
     if (item.kind === 'pcre') return this.#pcre(buf, item, i, prevEnd, minEnd)
+    if (item.kind !== 'content') {
+      if (item.kind === 'transform') return this.#step(buf, i + 1, prevEnd, minEnd)
+      const next = verifyKeyword(item, buf.data, buf.length, prevEnd, this.#vars)
+      return next >= 0 && this.#step(buf, i + 1, next, minEnd)
+    }
     const length = item.pattern.length
     let lo: number
     let hi: number
+    const slots = item.slots
     if (item.relative) {
-      lo = prevEnd + item.distance
-      hi = item.within >= 0 ? lo + item.within : buf.length
+      const distance = slots?.distance !== undefined ? this.#vars[slots.distance] : item.distance
+      const within = slots?.within !== undefined ? this.#vars[slots.within] : item.within
+      lo = prevEnd + distance
+      hi = within >= 0 ? lo + within : buf.length
     } else {
-      lo = item.offset - buf.base
-      hi = item.depth >= 0 ? item.offset + item.depth - buf.base : buf.length
+      const offset = slots?.offset !== undefined ? this.#vars[slots.offset] : item.offset
+      const depth = slots?.depth !== undefined ? this.#vars[slots.depth] : item.depth
+      lo = offset - buf.base
+      hi = depth >= 0 ? offset + depth - buf.base : buf.length
     }
     if (lo < 0) lo = 0
     if (hi > buf.length) hi = buf.length
+    // endswith: the content can only be at the buffer's end.
+    if (item.endsWith) {
+      if (hi < buf.length) return item.negated && this.#step(buf, i + 1, prevEnd, minEnd)
+      if (lo < buf.length - length) lo = buf.length - length
+    }
     if (item.negated) {
       if (find(buf.data, lo, hi, item) >= 0) return false
       return this.#step(buf, i + 1, prevEnd, minEnd)

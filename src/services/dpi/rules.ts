@@ -20,11 +20,47 @@ import {
   DEFAULT_PRIORITY,
   resolveVars,
 } from './classification.ts'
+import {
+  APP_PROTOCOLS,
+  type AppProto,
+  BUFFER_PROTO,
+  type BufferId,
+  CONTENT_MODIFIERS,
+  PCRE_BUFFER_FLAGS,
+  STICKY_BUFFERS,
+} from './app/buffers.ts'
+import {
+  emptyRuleState,
+  FlowStateError,
+  parseFlowbits,
+  parseFlowint,
+  parseThreshold,
+  parseXbits,
+  type RuleState,
+} from './flowstate.ts'
+import {
+  KeywordError,
+  type KeywordMatch,
+  parseByteExtract,
+  parseByteJump,
+  parseByteMath,
+  parseByteTest,
+  parseIsDataAt,
+  parseSize,
+  parseTransform,
+  type TransformMatch,
+  Variables,
+} from './keywords.ts'
 import { PcreRegex, RegexError, type RegexFlags } from './regex.ts'
 
+export type { AppProto, BufferId } from './app/buffers.ts'
+
 export type RuleAction = 'alert' | 'drop' | 'pass'
-/** `http` rules are `tcp` rules matched against the raw reassembled stream (no HTTP parser). */
-export type RuleProtocol = 'tcp' | 'udp' | 'icmp' | 'ip' | 'http'
+/**
+ * Transport protocols, and application protocols (`http`, `dns`, `tls`): those match only flows
+ * whose protocol was detected as that by content (app/detect.ts), on any port.
+ */
+export type RuleProtocol = 'tcp' | 'udp' | 'icmp' | 'ip' | AppProto
 
 /** One `content` with its modifiers (Suricata semantics; see match.ts). */
 export interface ContentMatch {
@@ -42,6 +78,10 @@ export interface ContentMatch {
   distance: number
   within: number
   fastPattern: boolean
+  /** endswith: the content must end where the buffer ends. */
+  endsWith: boolean
+  /** byte_extract variables (slots, see keywords.ts) given for offset/depth/distance/within. */
+  slots?: { offset?: number; depth?: number; distance?: number; within?: number }
 }
 
 /** One `pcre`, on the linear-time engine (regex.ts) over the buffer's latin1 text. */
@@ -54,7 +94,24 @@ export interface PcreMatch {
   relative: boolean
 }
 
-export type PayloadMatch = ContentMatch | PcreMatch
+/** content, pcre, and the keywords of keywords.ts (byte_*, isdataat, bsize, transforms). */
+export type PayloadMatch = ContentMatch | PcreMatch | KeywordMatch | TransformMatch
+
+/**
+ * A rule's payload items bound to one inspection buffer, in rule order. Relative items
+ * (distance/within, pcre /R) are relative to the previous item of the same group, and
+ * offset/depth count from the start of the group's buffer (Suricata's per-buffer lists).
+ */
+export interface BufferGroup {
+  buffer: BufferId
+  items: PayloadMatch[]
+}
+
+/** Where a rule's prefilter content is: `rule.groups[group].items[item]`. */
+export interface FastPatternRef {
+  group: number
+  item: number
+}
 
 export interface FlowConstraint {
   /** true: established only; false: not_established only; undefined: either. */
@@ -91,12 +148,16 @@ export interface Rule {
   severity: number
   references: string[]
   metadata: string[]
-  /** content and pcre, in rule order. */
-  matches: PayloadMatch[]
-  /** The index in `matches` of the content the prefilter uses, or -1 (no positive content). */
-  fastPattern: number
+  /** The application protocol the header names (`alert http ...`), if any. */
+  app?: AppProto
+  /** content and pcre, grouped by buffer (one group per buffer, in order of first use). */
+  groups: BufferGroup[]
+  /** The content the prefilter uses; undefined when the rule has no positive content. */
+  fastPattern: FastPatternRef | undefined
   flow: FlowConstraint
   dsize?: DsizeConstraint
+  /** flowbits, flowint, xbits, threshold, noalert (flowstate.ts); absent when none. */
+  state?: RuleState
 }
 
 export interface RuleError {
@@ -129,7 +190,7 @@ export const MAX_RULE_BYTES = 65_536
 export const MAX_CONTENT_BYTES = 8192
 
 const ACTIONS = new Set(['alert', 'drop', 'pass'])
-const PROTOCOLS = new Set(['tcp', 'udp', 'icmp', 'ip', 'http'])
+const PROTOCOLS = new Set(['tcp', 'udp', 'icmp', 'ip'])
 
 class RuleSyntaxError extends Error {}
 
@@ -193,7 +254,12 @@ export class RuleParser {
         this.#rules.push(rule)
       } catch (error) {
         const message =
-          error instanceof RuleSyntaxError || error instanceof FieldError ? error.message : String(error)
+          error instanceof RuleSyntaxError ||
+          error instanceof FieldError ||
+          error instanceof KeywordError ||
+          error instanceof FlowStateError
+            ? error.message
+            : String(error)
         const sid = sidOf(ruleText.length > this.#limits.rule ? ruleText.slice(0, 4096) : ruleText)
         this.#errors.push({ file, line, ...(sid !== undefined && { sid }), message })
       }
@@ -321,8 +387,10 @@ function parseRule(
         : `unknown action '${action}'`,
     )
   }
-  const protocol = protoText.toLowerCase()
-  if (!PROTOCOLS.has(protocol)) fail(`unsupported protocol '${protoText}'`)
+  const protoWord = protoText.toLowerCase()
+  const app = APP_PROTOCOLS.get(protoWord)
+  const protocol = app ?? protoWord
+  if (!app && !PROTOCOLS.has(protocol)) fail(`unsupported protocol '${protoText}'`)
   if (direction !== '->' && direction !== '<>') fail(`invalid direction '${direction}' (-> or <>)`)
   const sourcePorts = parsePortField(sport, vars)
   const destinationPorts = parsePortField(dport, vars)
@@ -339,6 +407,7 @@ function parseRule(
     destination: parseAddressField(dst, vars),
     destinationPorts,
     bidirectional: direction === '<>',
+    ...(app && { app }),
     gid: 1,
     sid: 0,
     rev: 0,
@@ -347,12 +416,37 @@ function parseRule(
     severity: DEFAULT_PRIORITY,
     references: [],
     metadata: [],
-    matches: [],
-    fastPattern: -1,
+    groups: [],
+    fastPattern: undefined,
     flow: {},
   }
   let priority: number | undefined
   let flowSeen = false
+  const variables = new Variables()
+  const state = emptyRuleState()
+  /** The sticky buffer in force: where the next content or pcre goes. */
+  let sticky: BufferId = 'payload'
+  /** The last content or pcre added, and its group. */
+  let lastItem: PayloadMatch | undefined
+  let lastGroup: BufferGroup | undefined
+  const groupOf = (buffer: BufferId): BufferGroup => {
+    let g = rule.groups.find((x) => x.buffer === buffer)
+    if (!g) {
+      g = { buffer, items: [] }
+      rule.groups.push(g)
+    }
+    return g
+  }
+  const add = (item: PayloadMatch, buffer: BufferId): void => {
+    const g = groupOf(buffer)
+    g.items.push(item)
+    lastItem = item
+    lastGroup = g
+  }
+  /** A keyword item: content modifiers after it still apply to the content before it. */
+  const addKeyword = (item: PayloadMatch, buffer: BufferId): void => {
+    groupOf(buffer).items.push(item)
+  }
   for (const { name, value } of splitOptions(text.slice(open + 1, -1))) {
     const key = name.toLowerCase()
     const need = (): string => {
@@ -360,9 +454,35 @@ function parseRule(
       return value as string
     }
     const last = (): ContentMatch => {
-      const m = rule.matches[rule.matches.length - 1]
-      if (m?.kind !== 'content') fail(`'${name}' needs a preceding content`)
-      return m as ContentMatch
+      if (lastItem?.kind !== 'content') fail(`'${name}' needs a preceding content`)
+      return lastItem as ContentMatch
+    }
+    const stickyBuffer = STICKY_BUFFERS.get(key)
+    if (stickyBuffer !== undefined) {
+      noValue(name, value)
+      sticky = stickyBuffer
+      continue
+    }
+    const transform = parseTransform(key, value)
+    if (transform) {
+      // A transform applies to the whole sticky buffer, before its contents.
+      const g = groupOf(sticky)
+      if (g.items.some((m) => m.kind !== 'transform'))
+        fail(`transform '${name}' after a content of its buffer`)
+      g.items.push(transform)
+      continue
+    }
+    const modifier = CONTENT_MODIFIERS.get(key)
+    if (modifier !== undefined) {
+      noValue(name, value)
+      const c = last()
+      const from = lastGroup as BufferGroup
+      if (from.buffer === modifier) continue
+      if (from.buffer !== 'payload') fail(`'${name}' on a content already in buffer '${from.buffer}'`)
+      from.items.pop()
+      if (from.items.length === 0) rule.groups.splice(rule.groups.indexOf(from), 1)
+      add(c, modifier)
+      continue
     }
     switch (key) {
       case 'msg':
@@ -394,7 +514,7 @@ function parseRule(
         rule.metadata.push(need())
         break
       case 'content':
-        rule.matches.push(parseContent(need(), maxContent))
+        add(parseContent(need(), maxContent), sticky)
         break
       case 'nocase':
         noValue(name, value)
@@ -404,6 +524,11 @@ function parseRule(
       case 'depth': {
         const c = last()
         if (c.relative) fail(`'${name}' cannot be mixed with distance/within on one content`)
+        if (isVariable(need())) {
+          c.slots = { ...c.slots, [key]: variables.operand(need(), name).slot }
+          if (key === 'depth') c.depth = 0
+          break
+        }
         const n = integer(need(), name, key === 'offset' ? 0 : 1, 65535)
         if (key === 'offset') c.offset = n
         else if (n < c.pattern.length) fail(`depth ${n} is shorter than the content (${c.pattern.length})`)
@@ -415,6 +540,11 @@ function parseRule(
         const c = last()
         if (c.offset !== 0 || c.depth >= 0) fail(`'${name}' cannot be mixed with offset/depth on one content`)
         c.relative = true
+        if (isVariable(need())) {
+          c.slots = { ...c.slots, [key]: variables.operand(need(), name).slot }
+          if (key === 'within') c.within = 0
+          break
+        }
         const n = integer(need(), name, key === 'distance' ? -65535 : 1, 65535)
         if (key === 'distance') c.distance = n
         else if (n < c.pattern.length) fail(`within ${n} is shorter than the content (${c.pattern.length})`)
@@ -423,19 +553,94 @@ function parseRule(
       }
       case 'fast_pattern': {
         const c = last()
-        if (value !== undefined && value !== 'only') fail(`unsupported fast_pattern argument '${value}'`)
+        // `only` and `offset,length` (chop) only tune the prefilter: the whole content is used.
+        if (value !== undefined && value !== 'only' && !/^\d+\s*,\s*\d+$/.test(value))
+          fail(`unsupported fast_pattern argument '${value}'`)
         if (c.negated) fail('fast_pattern on a negated content is not supported')
-        if (rule.matches.some((m) => m.kind === 'content' && m.fastPattern)) fail('fast_pattern used twice')
+        if (rule.groups.some((g) => g.items.some((m) => m.kind === 'content' && m.fastPattern)))
+          fail('fast_pattern used twice')
         c.fastPattern = true
         break
       }
-      case 'pcre':
-        rule.matches.push(parsePcre(need()))
+      case 'tls.version': {
+        // `tls.version:1.2`: the handshake's version, as an exact match on the tls.version buffer.
+        const v = need().trim()
+        if (!/^1\.[0-3]$/.test(v)) fail(`unsupported tls.version '${v}' (1.0 to 1.3)`)
+        const c = parseContent(`"${v}"`, maxContent)
+        c.depth = v.length
+        add(c, 'tls.version')
+        lastItem = undefined // not a content the content modifiers apply to
         break
+      }
+      case 'pcre': {
+        const { match, buffer } = parsePcre(need())
+        add(match, buffer ?? sticky)
+        break
+      }
       case 'flow':
         if (flowSeen) fail("'flow' used twice")
         flowSeen = true
         rule.flow = parseFlow(need())
+        break
+      case 'startswith': {
+        noValue(name, value)
+        const c = last()
+        if (c.relative || c.offset !== 0 || c.depth >= 0)
+          fail("'startswith' with offset/depth/distance/within")
+        c.depth = c.pattern.length
+        break
+      }
+      case 'endswith':
+        noValue(name, value)
+        last().endsWith = true
+        break
+      case 'byte_test':
+        addKeyword(parseByteTest(need(), variables), sticky)
+        break
+      case 'byte_jump':
+        addKeyword(parseByteJump(need(), variables), sticky)
+        break
+      case 'byte_extract':
+        addKeyword(parseByteExtract(need(), variables), sticky)
+        break
+      case 'byte_math':
+        addKeyword(parseByteMath(need(), variables), sticky)
+        break
+      case 'isdataat':
+        addKeyword(parseIsDataAt(need(), variables), sticky)
+        break
+      case 'bsize':
+        addKeyword(parseSize(need(), 'bsize'), sticky)
+        break
+      case 'urilen': {
+        const [size, form] = need()
+          .split(',')
+          .map((x) => x.trim())
+        if (form !== undefined && form !== 'norm' && form !== 'raw') fail(`invalid urilen form '${form}'`)
+        addKeyword(parseSize(size, 'urilen'), form === 'raw' ? 'http.uri.raw' : 'http.uri')
+        break
+      }
+      case 'flowbits':
+        parseFlowbits(value, state)
+        break
+      case 'flowint':
+        parseFlowint(value, state)
+        break
+      case 'xbits':
+        parseXbits(value, state)
+        break
+      case 'threshold':
+      case 'detection_filter':
+        parseThreshold(value, state, key)
+        break
+      case 'noalert':
+        noValue(name, value)
+        state.noalert = true
+        break
+      // Harmless for matching, as in Suricata: target names the EVE source/target sides, tag
+      // logs the packets after an alert (not done here).
+      case 'target':
+      case 'tag':
         break
       case 'dsize':
         if (rule.dsize) fail("'dsize' used twice")
@@ -446,8 +651,23 @@ function parseRule(
     }
   }
   if (rule.sid === 0) fail("missing 'sid'")
+  // Buffers belong to one application protocol; vrio parses file_data etc. for HTTP only.
+  let bufferApp = rule.app
+  for (const g of rule.groups) {
+    const p = BUFFER_PROTO[g.buffer]
+    if (p === undefined) continue
+    if (bufferApp !== undefined && p !== bufferApp)
+      fail(`buffer '${g.buffer}' is not inspected on ${bufferApp} flows`)
+    bufferApp = p
+  }
+  if (
+    state.noalert ||
+    state.threshold ||
+    state.flowbits.length + state.flowints.length + state.xbits.length > 0
+  )
+    rule.state = state
   rule.severity = priority ?? (rule.classtype ? classes[rule.classtype].priority : DEFAULT_PRIORITY)
-  rule.fastPattern = chooseFastPattern(rule.matches)
+  rule.fastPattern = chooseFastPattern(rule.groups)
   return rule
 }
 
@@ -535,7 +755,13 @@ function parseContent(value: string, maxContent: number): ContentMatch {
     distance: 0,
     within: -1,
     fastPattern: false,
+    endsWith: false,
   }
+}
+
+/** A byte_extract/byte_math variable name where a number could be. */
+function isVariable(text: string): boolean {
+  return /^[A-Za-z_]/.test(text.trim())
 }
 
 /** ASCII lower case of `bytes` (a copy). */
@@ -548,20 +774,39 @@ export function foldBytes(bytes: Uint8Array): Uint8Array {
   return out
 }
 
-/** The explicit fast_pattern, else the longest positive content (the first of equals), else -1. */
-function chooseFastPattern(matches: PayloadMatch[]): number {
-  let best = -1
-  for (let i = 0; i < matches.length; i++) {
-    const m = matches[i]
-    if (m.kind !== 'content' || m.negated) continue
-    if (m.fastPattern) return i
-    if (best < 0 || m.pattern.length > (matches[best] as ContentMatch).pattern.length) best = i
+/**
+ * The explicit fast_pattern, else the longest positive content (the first of equals; an
+ * application buffer's before the payload's, as Suricata prefers them), else undefined.
+ */
+function chooseFastPattern(groups: BufferGroup[]): FastPatternRef | undefined {
+  let best: FastPatternRef | undefined
+  let bestLength = 0
+  let bestApp = false
+  for (let g = 0; g < groups.length; g++) {
+    const app = groups[g].buffer !== 'payload' && groups[g].buffer !== 'stream'
+    const items = groups[g].items
+    // The prefilter sees buffers untransformed: a transformed buffer's contents cannot feed it.
+    if (items[0]?.kind === 'transform') continue
+    for (let i = 0; i < items.length; i++) {
+      const m = items[i]
+      if (m.kind !== 'content' || m.negated) continue
+      if (m.fastPattern) return { group: g, item: i }
+      const length = m.pattern.length
+      if (!best || (app && !bestApp) || (app === bestApp && length > bestLength)) {
+        best = { group: g, item: i }
+        bestLength = length
+        bestApp = app
+      }
+    }
   }
   return best
 }
 
-/** `"/re/flags"`: i s m x (extended) R (relative) A (anchored); other flags are errors. */
-function parsePcre(value: string): PcreMatch {
+/**
+ * `"/re/flags"`: i s m x (extended) R (relative) A (anchored), and the HTTP buffer flags (U I P Q
+ * H D M C K S Y V W Z, see app/buffers.ts) giving the pcre's buffer; other flags are errors.
+ */
+function parsePcre(value: string): { match: PcreMatch; buffer: BufferId | undefined } {
   let text = value
   let negated = false
   if (text.startsWith('!')) {
@@ -576,8 +821,13 @@ function parsePcre(value: string): PcreMatch {
   let relative = false
   let anchored = false
   let extended = false
+  let buffer: BufferId | undefined
   for (const f of body.slice(end + 1)) {
-    if (f === 'i') flags.caseless = true
+    const b = PCRE_BUFFER_FLAGS.get(f)
+    if (b !== undefined) {
+      if (buffer !== undefined && buffer !== b) fail(`pcre flags for two buffers in '${body}'`)
+      buffer = b
+    } else if (f === 'i') flags.caseless = true
     else if (f === 's') flags.dotAll = true
     else if (f === 'm') flags.multiline = true
     else if (f === 'R') relative = true
@@ -597,7 +847,7 @@ function parsePcre(value: string): PcreMatch {
   } catch (error) {
     return fail(error instanceof RegexError ? error.message : `pcre: ${(error as Error).message}`)
   }
-  return { kind: 'pcre', source: body, regex, negated, relative }
+  return { match: { kind: 'pcre', source: body, regex, negated, relative }, buffer }
 }
 
 /** PCRE /x: drops unescaped whitespace and `#` comments outside character classes. */

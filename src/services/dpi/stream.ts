@@ -9,6 +9,8 @@
  * after it with fresh state. The table is bounded: the least recently used flow is evicted.
  */
 import type { Packet } from '../../wire/packet.ts'
+import type { AppState } from './app/detect.ts'
+import type { FlowVars } from './flowstate.ts'
 
 /** Most segments queued per side (tiny segments would otherwise make the queue slow). */
 export const MAX_QUEUED_SEGMENTS = 256
@@ -37,6 +39,8 @@ export class StreamSide {
   pendingEnds: number[] = []
   queue: QueuedSegment[] = []
   queuedBytes = 0
+  /** The stream offset the application-layer parser expects next (a jump is a gap). */
+  appOffset = 0
   packets = 0
   bytes = 0
 
@@ -85,6 +89,11 @@ export class Flow {
   clientIsLow = true
   /** TCP: handshake completed (or picked up mid-stream); other protocols: both sides seen. */
   established = false
+  /**
+   * The handshake's last ACK was seen: the flow is established from the next frame on (that ACK
+   * itself is not, as in Suricata).
+   */
+  establishing = false
   synSeen = false
   synAckSeen = false
   /** RST, or FIN from both sides. */
@@ -100,6 +109,10 @@ export class Flow {
   finHigh = false
   readonly fromLow = new StreamSide()
   readonly fromHigh = new StreamSide()
+  /** The application layer (protocol detection, parser), when the rules need it. */
+  app: AppState | undefined = undefined
+  /** flowbits and flowints (flowstate.ts), when a rule set them. */
+  vars: FlowVars | undefined = undefined
 
   constructor(id: number, key: string, protocol: number, now: number, wallMicros: number) {
     this.id = id

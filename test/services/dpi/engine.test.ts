@@ -297,7 +297,10 @@ describe('DPI stream inspection', () => {
     c.clientSeq += 1 + 5
     assert.equal(h.send(c.frame(false, new Uint8Array(0), TCP_SYN | TCP_ACK), 'to-guest'), true)
     c.serverSeq++
-    c.client('token') // the handshake's ACK carries it: established from this frame on
+    // The handshake's ACK carries it: not established yet (Suricata: from the next frame on).
+    c.client('token')
+    assert.deepEqual(sids(h.events), [3])
+    c.client('token')
     c.client('secret')
     c.server('secret')
     assert.deepEqual(sids(h.events), [3, 2, 1])
@@ -422,7 +425,11 @@ describe('DPI stream inspection', () => {
     c.client('il')
     assert.deepEqual(sids(h.events), [100])
     assert.throws(
-      () => h.dpi.replace('alert tcp any any -> any any (content:"x"; isdataat:1; sid:1;)', 'bad.rules'),
+      () =>
+        h.dpi.replace(
+          'alert tcp any any -> any any (content:"x"; asn1:bitstring_overflow; sid:1;)',
+          'bad.rules',
+        ),
       (e: unknown) => isVrioError(e, 'invalid-rules') && e.message.includes('bad.rules:1:'),
     )
     assert.equal(h.dpi.rules[0].sid, 100)
@@ -488,5 +495,26 @@ describe('DPI file helpers', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true })
     }
+  })
+})
+
+describe('DPI per-segment inspection of anchored payload rules (as Suricata: packet and stream)', () => {
+  it('depth counts from the segment as well as from the stream start (an FTP USER after NOOP)', () => {
+    const h = harness(
+      'alert tcp any any -> any 80 (content:"USER"; depth:4; content:"root"; distance:1; within:4; sid:2009984;)',
+    )
+    const c = new Conn(h)
+    c.handshake()
+    c.client('NOOP\r\n')
+    assert.deepEqual(h.events, [])
+    c.client('USER root\r\n')
+    assert.deepEqual(sids(h.events), [2009984])
+    // Not anchored on the segment: the stream alone decides (no second alert for one occurrence).
+    const s = harness('alert tcp any any -> any 80 (content:"root"; sid:1;)')
+    const d = new Conn(s)
+    d.handshake()
+    d.client('USER ro')
+    d.client('ot\r\n')
+    assert.deepEqual(sids(s.events), [1])
   })
 })

@@ -7,7 +7,7 @@ import { parseRules } from '../../../src/services/dpi/rules.ts'
 function matcher(options: string): PayloadMatcher {
   const { rules, errors } = parseRules(`alert tcp any any -> any any (${options} sid:1;)`, 't')
   assert.deepEqual(errors, [])
-  return new PayloadMatcher(rules[0].matches)
+  return new PayloadMatcher(rules[0].groups[0].items)
 }
 
 function matches(options: string, payload: string, base = 0, minEnd = 0): boolean {

@@ -65,7 +65,7 @@ describe('pcre on the linear-time engine', () => {
     )
     assert.deepEqual(errors, [])
     for (const r of rules) {
-      const m = r.matches[0] as PcreMatch
+      const m = r.groups[0].items[0] as PcreMatch
       assert.ok(m.regex instanceof PcreRegex, `sid ${r.sid}`)
       assert.ok(!((m.regex as unknown) instanceof RegExp))
     }
@@ -75,7 +75,7 @@ describe('pcre on the linear-time engine', () => {
     it(`${pcre}: steps within (length + 1) × program size, and within the budget`, () => {
       const rule = `alert tcp any any -> any any (pcre:"${pcre}"; sid:1;)`
       const { counters } = inspect(rule, payload)
-      const program = ((parseRules(rule, 'x').rules[0].matches[0] as PcreMatch).regex as PcreRegex)
+      const program = ((parseRules(rule, 'x').rules[0].groups[0].items[0] as PcreMatch).regex as PcreRegex)
         .programSize
       assert.ok(counters.regexSteps > 0, 'the pcre ran')
       // One search per rule here (nothing to backtrack over): at most one pass over the buffer.

@@ -26,7 +26,7 @@ const errorOf = (text: string): string => {
   return errors[0].message
 }
 
-const content = (r: Rule, i = 0): ContentMatch => r.matches[i] as ContentMatch
+const content = (r: Rule, i = 0): ContentMatch => r.groups[0].items[i] as ContentMatch
 const ip4 = (s: string) => Uint8Array.from(s.split('.').map(Number))
 
 describe('rule parser', () => {
@@ -84,29 +84,85 @@ describe('rule parser', () => {
     assert.equal(b.relative, true)
     assert.equal(b.distance, -2)
     assert.equal(b.within, 10)
-    assert.equal(r.fastPattern, 2) // explicit fast_pattern beats the longer first content
+    assert.deepEqual(r.fastPattern, { group: 0, item: 2 }) // explicit fast_pattern beats the longer first content
     // Without fast_pattern, the longest positive content.
-    assert.equal(
+    assert.deepEqual(
       one('alert tcp any any -> any any (content:"ab"; content:"abcd"; content:"wxyz"; sid:1;)').fastPattern,
-      1,
+      { group: 0, item: 1 },
     )
-    assert.equal(one('alert tcp any any -> any any (content:!"abcd"; sid:1;)').fastPattern, -1)
+    assert.equal(one('alert tcp any any -> any any (content:!"abcd"; sid:1;)').fastPattern, undefined)
   })
 
   it('compiles pcre flags and PCRE anchors for the linear-time engine', () => {
     const r = one(
       'alert tcp any any -> any any (content:"a"; pcre:"/^b\\d+ # digits\\n/Rix"; pcre:!"/\\Afoo\\z/sm"; sid:1;)',
     )
-    const p = r.matches[1] as PcreMatch
+    const p = r.groups[0].items[1] as PcreMatch
     assert.equal(p.relative, true)
     assert.equal(p.regex.sticky, true) // relative ^ anchors at the previous match
     assert.equal(p.regex.source, 'b\\d+')
     assert.equal(p.regex.search('xB12', 1, newRegexBudget()), true) // i
     assert.equal(p.regex.search('xB12', 0, newRegexBudget()), false) // sticky
-    const q = r.matches[2] as PcreMatch
+    const q = r.groups[0].items[2] as PcreMatch
     assert.equal(q.negated, true)
     assert.equal(q.regex.search('foo', 0, newRegexBudget()), true)
     assert.equal(q.regex.search('xfoo', 0, newRegexBudget()), false)
+  })
+
+  it('binds contents and pcres to buffers: sticky buffers, content modifiers, pcre flags', () => {
+    const r = one(
+      'alert http any any -> any any (http.method; content:"POST"; http.uri; content:"/a"; ' +
+        'content:"b"; distance:0; pkt_data; content:"raw"; content:"host"; http_host; ' +
+        'pcre:"/x+/U"; file_data; content:"body"; sid:1;)',
+    )
+    assert.equal(r.app, 'http')
+    assert.equal(r.protocol, 'http')
+    const shape = r.groups.map((g) => [
+      g.buffer,
+      g.items.map((m) =>
+        m.kind === 'content' ? Buffer.from(m.pattern).toString() : m.kind === 'pcre' ? m.source : m.kind,
+      ),
+    ])
+    assert.deepEqual(shape, [
+      ['http.method', ['POST']],
+      ['http.uri', ['/a', 'b', '/x+/U']],
+      ['payload', ['raw']],
+      ['http.host', ['host']],
+      ['file.data', ['body']],
+    ])
+    // The relative content stays relative to the previous item of its group.
+    assert.equal((r.groups[1].items[1] as ContentMatch).relative, true)
+    // An application buffer's content is preferred as the fast pattern, the longest first.
+    assert.deepEqual(r.fastPattern, { group: 0, item: 0 })
+    assert.deepEqual(
+      one('alert http any any -> any any (content:"longer payload"; http.uri; content:"/a"; sid:9;)')
+        .fastPattern,
+      { group: 1, item: 0 },
+    )
+    // Legacy sticky forms and protocols.
+    const d = one('alert dns any any -> any any (dns_query; content:"evil"; nocase; sid:2;)')
+    assert.equal(d.app, 'dns')
+    assert.equal(d.groups[0].buffer, 'dns.query')
+    assert.equal((d.groups[0].items[0] as ContentMatch).nocase, true)
+    const t = one(
+      'alert tls any any -> any any (tls.sni; content:"x.example"; ja3.hash; content:"ab"; sid:3;)',
+    )
+    assert.deepEqual(
+      t.groups.map((g) => g.buffer),
+      ['tls.sni', 'ja3.hash'],
+    )
+    assert.match(
+      errorOf('alert http any any -> any any (http.uri; content:"a"; http_header; sid:1;)'),
+      /'http_header' on a content already in buffer 'http.uri'/,
+    )
+    assert.match(
+      errorOf('alert http any any -> any any (http_uri; sid:1;)'),
+      /'http_uri' needs a preceding content/,
+    )
+    assert.match(
+      errorOf('alert http any any -> any any (pcre:"/a/UH"; sid:1;)'),
+      /pcre flags for two buffers/,
+    )
   })
 
   it('parses dsize forms with Suricata semantics', () => {
@@ -124,7 +180,7 @@ describe('rule parser', () => {
       '',
       'alert tcp any any -> any any (msg:"two \\',
       '  lines"; sid:1;)',
-      'alert tcp any any -> any any (byte_test:4,>,1,0; sid:2;)',
+      'alert tcp any any -> any any (asn1:oversize_length 10; sid:2;)',
       '   # indented comment',
       'drop udp any any -> any 53 (content:"x"; sid:1;)',
     ].join('\n')
@@ -133,7 +189,7 @@ describe('rule parser', () => {
     assert.equal(rules[0].line, 3)
     assert.equal(rules[0].msg, 'two   lines')
     assert.deepEqual(errors, [
-      { file: 'local.rules', line: 5, sid: 2, message: "unsupported rule option 'byte_test'" },
+      { file: 'local.rules', line: 5, sid: 2, message: "unsupported rule option 'asn1'" },
       { file: 'local.rules', line: 7, sid: 1, message: 'duplicate sid 1 (first at local.rules:3)' },
     ])
   })
@@ -143,7 +199,11 @@ describe('rule parser', () => {
       ['alert tcp any any -> any any (msg:"x";)', /missing 'sid'/],
       ['reject tcp any any -> any any (sid:1;)', /unsupported action 'reject'/],
       ['log tcp any any -> any any (sid:1;)', /unknown action 'log'/],
-      ['alert smtp any any -> any any (sid:1;)', /unsupported protocol 'smtp'/],
+      ['alert imap any any -> any any (sid:1;)', /unsupported protocol 'imap'/],
+      [
+        'alert smtp any any -> any any (file_data; content:"a"; sid:1;)',
+        /buffer 'file.data' is not inspected on smtp flows/,
+      ],
       ['alert tcp any any => any any (sid:1;)', /invalid direction/],
       ['alert tcp any any -> any (sid:1;)', /6 fields/],
       ['alert tcp any any -> any any sid:1;', /a rule is/],
@@ -165,7 +225,7 @@ describe('rule parser', () => {
       ['alert tcp any any -> any any (content:""; sid:1;)', /empty content/],
       ['alert tcp any any -> any any (content:abc; sid:1;)', /quoted string/],
       ['alert tcp any any -> any any (msg:"open; sid:1;)', /unterminated/],
-      ['alert tcp any any -> any any (pcre:"/a/U"; sid:1;)', /unsupported pcre flag 'U'/],
+      ['alert tcp any any -> any any (pcre:"/a/J"; sid:1;)', /unsupported pcre flag 'J'/],
       [
         'alert tcp any any -> any any (pcre:"/a++/"; sid:1;)',
         /possessive quantifiers, which the linear-time regex engine does not run/,
@@ -178,22 +238,21 @@ describe('rule parser', () => {
       ['alert tcp any any -> any any (sid:0;)', /out of range/],
       ['alert tcp any any -> any any (priority:0; sid:1;)', /out of range/],
       ['alert tcp any any -> any any (dsize:5<>6; sid:1;)', /empty dsize range/],
-      ['alert tcp any any -> any any (content:"a"; fast_pattern:3,4; sid:1;)', /fast_pattern argument/],
+      ['alert tcp any any -> any any (content:"a"; fast_pattern:x; sid:1;)', /fast_pattern argument/],
       ['alert tcp any any -> any any (content:"a"; nocase:1; sid:1;)', /takes no value/],
-      ['alert http any any -> any any (content:"a"; http_uri; sid:1;)', /unsupported rule option 'http_uri'/],
-      ['alert tcp any any -> any any (flowbits:set,x; sid:1;)', /unsupported rule option 'flowbits'/],
+      ['alert tcp any any -> any any (lua:x.lua; sid:1;)', /unsupported rule option 'lua'/],
     ]
     for (const [rule, pattern] of cases) assert.match(errorOf(rule), pattern, rule)
   })
 
   it('fails a strict load with VrioError invalid-rules listing FILE:LINE for each error', () => {
     const text =
-      'alert tcp any any -> any any (sid:1;)\nalert tcp any any -> any any (isdataat:1; sid:2;)\n\nfoo\n'
+      'alert tcp any any -> any any (sid:1;)\nalert tcp any any -> any any (asn1:bitstring_overflow; sid:2;)\n\nfoo\n'
     assert.throws(
       () => parseRulesStrict(text, '/etc/vrio/dpi.rules'),
       (e: unknown) =>
         isVrioError(e, 'invalid-rules') &&
-        e.message.includes("/etc/vrio/dpi.rules:2: unsupported rule option 'isdataat'") &&
+        e.message.includes("/etc/vrio/dpi.rules:2: unsupported rule option 'asn1'") &&
         e.message.includes('/etc/vrio/dpi.rules:4:') &&
         (e.details.errors as unknown[]).length === 2,
     )
