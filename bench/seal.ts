@@ -17,6 +17,9 @@ import { recycleMessageBuffer } from '../src/transport/message-buffers.ts'
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const TOTAL = Number(process.env.BENCH_MB ?? 512) * 1024 * 1024
 const ROUND_TRIPS = Number(process.env.BENCH_ROUND_TRIPS ?? 20_000)
+/** 'transfer' or 'rtt' runs only that case; 'sealed' or 'plaintext' only that mode (for profiling). */
+const CASE = process.env.BENCH_CASE ?? ''
+const MODE = process.env.BENCH_MODE ?? ''
 const KEY = Buffer.alloc(32, 0x42)
 const gc = (globalThis as { gc?: () => void }).gc
 
@@ -46,8 +49,8 @@ interface Pair {
   a: Endpoint
   b: Endpoint
   c: Connection
-  /** Hands A's frames to B, then B's to A, until both are quiet; CPU seconds of each side. */
-  exchange(): void
+  /** Hands A's frames to B, then B's to A, until both are quiet; `timed`: CPU seconds of each side. */
+  exchange(timed?: boolean): void
   sendCpu: number
   receiveCpu: number
   received: number
@@ -90,8 +93,19 @@ function pair(sealed: boolean, onB: (m: Uint8Array, c: Connection, owned: boolea
     }),
   })
   p.c = p.a.connect({ mac: 0xb, ip: 0x0a00_0002, port: 7860 }, { message: () => p.echo++ }, KEY)
-  p.exchange = () => {
+  p.exchange = (timed = true) => {
     while (ab.length > 0 || ba.length > 0) {
+      if (!timed) {
+        for (const f of ab) p.b.receive(f, true)
+        ab.length = 0
+        arenaA.reset()
+        p.b.flush()
+        for (const f of ba) p.a.receive(f, true)
+        ba.length = 0
+        arenaB.reset()
+        p.a.flush()
+        continue
+      }
       const t0 = cpuNow()
       for (const f of ab) p.b.receive(f, true)
       ab.length = 0
@@ -143,7 +157,7 @@ function pingPong(sealed: boolean): number {
   for (let i = 0; i < ROUND_TRIPS; i++) {
     p.c.send(message, Delivery.Ordered)
     p.a.flush()
-    p.exchange()
+    p.exchange(false)
   }
   const us = ((cpuNow() - t0) * 1e6) / ROUND_TRIPS
   if (p.echo !== ROUND_TRIPS) throw new Error(`ping-pong: ${p.echo} of ${ROUND_TRIPS} echoed`)
@@ -152,6 +166,7 @@ function pingPong(sealed: boolean): number {
 }
 
 function range(v: number[], digits = 3): string {
+  if (v.length === 0 || v.some((n) => !Number.isFinite(n))) return '-'
   const s = [...v].sort((x, y) => x - y)
   const f = (n: number) => n.toFixed(digits)
   return s.length === 1 ? f(s[0]) : `${f(s[0])}–${f(s[s.length - 1])}`
@@ -161,17 +176,22 @@ const out: Record<string, { send: number[]; receive: number[]; total: number[]; 
   sealed: { send: [], receive: [], total: [], rtt: [] },
   plaintext: { send: [], receive: [], total: [], rtt: [] },
 }
+const modes = MODE === 'sealed' ? [true] : MODE === 'plaintext' ? [false] : [true, false]
 // Warm-up (JIT), not counted.
-transfer(true)
-transfer(false)
+for (const sealed of modes) {
+  if (CASE !== 'rtt') transfer(sealed)
+  if (CASE !== 'transfer') pingPong(sealed)
+}
 for (let r = 0; r < ROUNDS; r++) {
-  for (const sealed of r % 2 === 0 ? [true, false] : [false, true]) {
-    const t = transfer(sealed)
+  for (const sealed of r % 2 === 0 ? modes : [...modes].reverse()) {
     const o = out[sealed ? 'sealed' : 'plaintext']
-    o.send.push(t.sendNsPerByte)
-    o.receive.push(t.receiveNsPerByte)
-    o.total.push(t.sendNsPerByte + t.receiveNsPerByte)
-    o.rtt.push(pingPong(sealed))
+    if (CASE !== 'rtt') {
+      const t = transfer(sealed)
+      o.send.push(t.sendNsPerByte)
+      o.receive.push(t.receiveNsPerByte)
+      o.total.push(t.sendNsPerByte + t.receiveNsPerByte)
+    }
+    if (CASE !== 'transfer') o.rtt.push(pingPong(sealed))
   }
 }
 console.log('mode        send ns/B      recv ns/B      total (= CPU s/GB)   CPU µs per 64 B round trip')
@@ -182,5 +202,7 @@ for (const [mode, o] of Object.entries(out)) {
 }
 const ratio = out.sealed.total.map((s, i) => out.plaintext.total[i] / s)
 const addedRtt = out.sealed.rtt.map((s, i) => s - out.plaintext.rtt[i])
-console.log(`plaintext/sealed CPU per byte: ${range(ratio, 2)}; sealed adds ${range(addedRtt, 2)} µs CPU per round trip`)
+console.log(
+  `plaintext/sealed CPU per byte: ${range(ratio, 2)}; sealed adds ${range(addedRtt, 2)} µs CPU per round trip`,
+)
 console.log(JSON.stringify({ bench: 'seal', node: process.version, rounds: ROUNDS, totalBytes: TOTAL, out }))

@@ -37,29 +37,55 @@ struct FrameArgs {
   uint64_t counter;
 };
 
-// seal/open(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter), checked.
+// seal/open(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter), checked. Raw N-API
+// calls (one per argument: napi_get_value_double fails on a non-number), as this runs per frame.
 bool ParseArgs(const Napi::CallbackInfo& info, FrameArgs* a) {
-  if (info.Length() < 7 || !info[0].IsTypedArray()) return false;
-  for (size_t i = 1; i < 7; i++)
-    if (!info[i].IsNumber()) return false;
-  Napi::Uint8Array frame = info[0].As<Napi::Uint8Array>();
+  if (info.Length() < 7) return false;
+  napi_env env = info.Env();
+  void* data = nullptr;
+  size_t length = 0;
+  napi_typedarray_type type;
+  if (napi_get_typedarray_info(env, info[0], &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array)
+    return false;
   double v[6];
   for (size_t i = 0; i < 6; i++) {
-    v[i] = info[i + 1].As<Napi::Number>().DoubleValue();
+    if (napi_get_value_double(env, info[i + 1], &v[i]) != napi_ok) return false;
     if (!(v[i] >= 0) || v[i] > 9007199254740991.0 || v[i] != static_cast<double>(static_cast<uint64_t>(v[i])))
       return false;
   }
-  a->frame = frame.Data();
+  a->frame = static_cast<uint8_t*>(data);
   a->ip = static_cast<size_t>(v[0]);
   a->tcp = static_cast<size_t>(v[1]);
   a->payload = static_cast<size_t>(v[2]);
   a->end = static_cast<size_t>(v[3]);
   a->tag = static_cast<size_t>(v[4]);
   a->counter = static_cast<uint64_t>(v[5]);
-  size_t length = frame.ByteLength();
   return a->ip + 20 <= a->tcp && a->tcp + 20 <= a->payload && a->payload - a->tcp <= kMaxTcpHeader &&
          a->payload <= a->end && a->end <= length && a->end - a->payload <= 0x7fffffff &&
          a->tag >= a->tcp + 20 && a->tag + kTagBytes <= a->payload;
+}
+
+// The optional (buffer, offset) pair at info[at], info[at + 1]: `n` bytes there, not overlapping
+// [p, p + n) unless exactly at p. Sets *out (left as is when the pair is absent); false when invalid.
+bool ParseOther(const Napi::CallbackInfo& info, size_t at, size_t n, const uint8_t* p, uint8_t** out) {
+  if (info.Length() <= at || info[at].IsUndefined()) return true;
+  napi_env env = info.Env();
+  void* data = nullptr;
+  size_t length = 0;
+  napi_typedarray_type type;
+  double offset = -1;
+  if (napi_get_typedarray_info(env, info[at], &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array || info.Length() <= at + 1 ||
+      napi_get_value_double(env, info[at + 1], &offset) != napi_ok)
+    return false;
+  if (!(offset >= 0) || offset != static_cast<double>(static_cast<size_t>(offset)) ||
+      static_cast<size_t>(offset) + n > length)
+    return false;
+  uint8_t* q = static_cast<uint8_t*>(data) + static_cast<size_t>(offset);
+  if (q != p && q < p + n && p < q + n) return false;
+  *out = q;
+  return true;
 }
 
 void MakeIv(uint8_t iv[12], uint64_t counter) {
@@ -138,17 +164,9 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   int outl = 0;
   uint8_t* p = a.frame + a.payload;
   int n = static_cast<int>(a.end - a.payload);
-  const uint8_t* in = p;
-  if (info.Length() >= 9 && info[7].IsTypedArray()) {
-    Napi::Uint8Array src = info[7].As<Napi::Uint8Array>();
-    double at = info[8].IsNumber() ? info[8].As<Napi::Number>().DoubleValue() : -1;
-    if (!(at >= 0) || at != static_cast<double>(static_cast<size_t>(at)) ||
-        static_cast<size_t>(at) + static_cast<size_t>(n) > src.ByteLength()) {
-      return ThrowInvalid(env, "seal: the source range lies outside src");
-    }
-    in = src.Data() + static_cast<size_t>(at);
-    if (in != p && in < p + n && p < in + n) return ThrowInvalid(env, "seal: src overlaps the frame's payload");
-  }
+  uint8_t* in = p;
+  if (!ParseOther(info, 7, static_cast<size_t>(n), p, &in))
+    return ThrowInvalid(env, "seal: the source range lies outside src, or overlaps the frame's payload");
   if (EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, iv, 1) != 1 || !FeedAad(enc_, a) ||
       (n > 0 && EVP_CipherUpdate(enc_, p, &outl, in, n) != 1) || EVP_CipherFinal_ex(enc_, tag, &outl) != 1 ||
       EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) {
@@ -159,7 +177,9 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// Verifies and decrypts in place; OpenSSL compares the (truncated) tag in constant time
+// open(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter[, dst, dstOffset]):
+// verifies and decrypts in place, or with `dst` into dst[dstOffset, dstOffset + end - payloadOffset)
+// (the frame is left as it was): the cipher pass is the copy out. OpenSSL compares the (truncated) tag in constant time
 // (CRYPTO_memcmp) in EVP_CipherFinal_ex. False when it does not verify.
 Napi::Value FrameAead::Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -174,10 +194,13 @@ Napi::Value FrameAead::Open(const Napi::CallbackInfo& info) {
   int outl = 0;
   uint8_t* p = a.frame + a.payload;
   int n = static_cast<int>(a.end - a.payload);
+  uint8_t* out = p;
+  if (!ParseOther(info, 7, static_cast<size_t>(n), p, &out))
+    return ThrowInvalid(env, "open: the destination range lies outside dst, or overlaps the frame's payload");
   uint8_t scratch[16];
   bool ok = EVP_CipherInit_ex(dec_, nullptr, nullptr, nullptr, iv, 0) == 1 &&
             EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, kTagBytes, tag) == 1 && FeedAad(dec_, a) &&
-            (n == 0 || EVP_CipherUpdate(dec_, p, &outl, p, n) == 1) &&
+            (n == 0 || EVP_CipherUpdate(dec_, out, &outl, p, n) == 1) &&
             EVP_CipherFinal_ex(dec_, scratch, &outl) == 1;
   return Napi::Boolean::New(env, ok);
 }

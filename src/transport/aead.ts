@@ -72,6 +72,9 @@ export interface FrameAead {
    * Verifies the tag and decrypts the payload; false when it does not verify. The payload is then
    * left XORed with the key stream of (key, counter), as counter mode leaves it: `seal` under the
    * same counter gives the ciphertext back (the receiver's re-joining of split records uses this).
+   * With `dst`, the frame is left as it was and the payload is decrypted into
+   * `dst[dstOffset, dstOffset + end - payloadOffset)` instead (the cipher pass replaces the copy
+   * out of the frame); those bytes are written whether or not the tag verifies.
    */
   open(
     frame: Uint8Array,
@@ -81,6 +84,8 @@ export interface FrameAead {
     end: number,
     tagOffset: number,
     counter: number,
+    dst?: Uint8Array,
+    dstOffset?: number,
   ): boolean
   /** Frees (and wipes) the key schedule now. */
   destroy(): void
@@ -157,14 +162,20 @@ export class NodeFrameAead implements FrameAead {
     end: number,
     tagOffset: number,
     counter: number,
+    dst?: Uint8Array,
+    dstOffset = 0,
   ): boolean {
     const d = createDecipheriv(this.name as 'aes-256-gcm', this.liveKey(), nonceFor(counter), {
       authTagLength: SEAL_TAG_BYTES,
     })
     d.setAuthTag(frame.subarray(tagOffset, tagOffset + SEAL_TAG_BYTES))
     d.setAAD(aadFor(frame, ipOffset, tcpOffset, payloadOffset, tagOffset))
-    // In place before the tag is checked, as the addon does (see FrameAead.open).
-    if (end > payloadOffset) frame.set(d.update(frame.subarray(payloadOffset, end)), payloadOffset)
+    // In place (or into dst) before the tag is checked, as the addon does (see FrameAead.open).
+    if (end > payloadOffset) {
+      const plain = d.update(frame.subarray(payloadOffset, end))
+      if (dst) dst.set(plain, dstOffset)
+      else frame.set(plain, payloadOffset)
+    }
     try {
       d.final()
     } catch {

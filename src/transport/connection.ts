@@ -1,4 +1,4 @@
-import { takeMessageBuffer } from './message-buffers.ts'
+import { recycleMessageBuffer, takeMessageBuffer } from './message-buffers.ts'
 import { VrioError } from '../errors.ts'
 import {
   encodeTcpFrameHeaders,
@@ -198,6 +198,15 @@ export class Connection {
    * reassembly, all together; 0 once authenticated, or for a connection that never needed it.
    */
   private preAuthReceiveBytes = 0
+  /**
+   * Sealed: where the frame being received was decrypted to (payloadPlacement): the reassembly
+   * buffer its bytes belong in, at `placedOffset`; `placedFresh`: a buffer taken for a message not
+   * yet in reassembly (starting at `placedStart`), given back unless processPayload adopts it.
+   */
+  private placedBuffer: Uint8Array | undefined
+  private placedOffset = 0
+  private placedStart = 0
+  private placedFresh = false
   /** Sealed: pieces of split GSO records being re-joined. */
   private readonly rejoiner: SealRejoiner | undefined
 
@@ -513,20 +522,101 @@ export class Connection {
   /** Handles one decoded segment addressed to this connection. `buf` is the whole frame. */
   receive(buf: Uint8Array, f: TcpFrame): void {
     if (this.closed) return
-    // Sealed: nothing of a frame that does not verify is looked at, not even to note the peer is alive.
-    if (this.seal) {
-      const why = this.seal.tryOpen(buf, f, f.payloadLength > 0)
-      if (why) {
-        // A piece of a GSO record a link split: staged until the record re-joins (rejoin.ts).
-        const whole = why === 'authFailed' && f.payloadLength > 0 ? this.rejoiner!.stage(buf, f) : undefined
-        if (!whole) {
-          if (why !== 'authFailed' || f.payloadLength === 0) this.stats[why]++
-          return
-        }
-        buf = whole.frame
-        f = whole.f
-      }
+    if (!this.seal) {
+      this.receiveOpened(buf, f)
+      return
     }
+    try {
+      this.receiveSealed(buf, f)
+    } finally {
+      this.releasePlacement()
+    }
+  }
+
+  private receiveSealed(buf: Uint8Array, f: TcpFrame): void {
+    // Sealed: nothing of a frame that does not verify is looked at, not even to note the peer is
+    // alive. A data segment whose bytes go into a reassembly buffer is decrypted straight into it
+    // (the cipher pass is the copy out of the frame), else in place.
+    const seal = this.seal!
+    const why =
+      f.payloadLength > 0 && this.payloadPlacement(f)
+        ? seal.tryOpenInto(buf, f, this.placedBuffer!, this.placedOffset)
+        : seal.tryOpen(buf, f, f.payloadLength > 0)
+    if (why) {
+      // Out of place, a refused frame is still ciphertext, as staging needs it.
+      this.releasePlacement()
+      // A piece of a GSO record a link split: staged until the record re-joins (rejoin.ts).
+      const whole = why === 'authFailed' && f.payloadLength > 0 ? this.rejoiner!.stage(buf, f) : undefined
+      if (!whole) {
+        if (why !== 'authFailed' || f.payloadLength === 0) this.stats[why]++
+        return
+      }
+      buf = whole.frame
+      f = whole.f
+    }
+    this.receiveOpened(buf, f)
+  }
+
+  /**
+   * Sealed, before the frame is verified: whether its payload goes into a reassembly buffer at a
+   * place that holds nothing yet (no received byte, none below rcvNxt), so that it can be
+   * decrypted straight there — bytes written there by a frame that then fails are harmless, since
+   * the place is filled only by a frame that verifies. Changes no state but the placed* fields; a
+   * new message's buffer is taken only within the budgets processPayload would apply.
+   */
+  private payloadPlacement(f: TcpFrame): boolean {
+    const opt = f.tcp.options.vrio
+    if (
+      !opt.present ||
+      opt.flags & SEGMENT_SKIP ||
+      this.preAuthReceiveBytes > 0 ||
+      (this.state !== 'established' && this.state !== 'fin-wait-1' && this.state !== 'fin-wait-2')
+    )
+      return false
+    const length = f.payloadLength
+    const delivery = opt.flags & SEGMENT_DELIVERY_MASK
+    const segStart = positionOf(this.irs, f.tcp.seq, this.rcvNxt)
+    const msgStart = positionOf(this.irs, opt.messageStart, this.rcvNxt)
+    const msgEnd = msgStart + opt.messageLength
+    if (
+      length === opt.messageLength || // whole in this frame: delivered as a view of it
+      opt.messageLength > this.o.maxMessageSize ||
+      delivery > Delivery.BestEffort ||
+      segStart < msgStart ||
+      segStart < this.rcvNxt ||
+      segStart + length > msgEnd ||
+      segStart + length > Math.max(this.rcvAdvEdge, this.rcvNxt + this.receiveWindow) ||
+      this.received.coveredBytes(segStart, segStart + length) > 0 ||
+      this.abandoned.has(msgStart)
+    )
+      return false
+    const m = this.reassembly.get(msgStart)
+    if (m) {
+      if (m.end !== msgEnd || m.flags !== delivery) return false
+      this.placedBuffer = m.buffer
+      this.placedFresh = false
+    } else {
+      if (
+        this.reassemblyBytes + opt.messageLength > this.o.maxReassemblyBytes ||
+        this.reassembly.size >= this.o.maxIntervals
+      )
+        return false
+      this.placedBuffer = takeMessageBuffer(opt.messageLength)
+      this.placedFresh = true
+    }
+    this.placedStart = msgStart
+    this.placedOffset = segStart - msgStart
+    return true
+  }
+
+  /** Forgets the placement; a fresh buffer processPayload did not adopt is given back. */
+  private releasePlacement(): void {
+    if (this.placedBuffer && this.placedFresh) recycleMessageBuffer(this.placedBuffer)
+    this.placedBuffer = undefined
+    this.placedFresh = false
+  }
+
+  private receiveOpened(buf: Uint8Array, f: TcpFrame): void {
     const now = this.clock()
     this.stats.framesReceived++
     this.stats.bytesReceived += buf.length
@@ -825,7 +915,7 @@ export class Connection {
         end: msgEnd,
         flags: delivery,
         // Uninitialised: a message is delivered only once every byte of it has been written.
-        buffer: takeMessageBuffer(opt.messageLength),
+        buffer: this.adoptPlacement(msgStart) ?? takeMessageBuffer(opt.messageLength),
         filled: 0,
         firstAt: now,
       }
@@ -839,7 +929,15 @@ export class Connection {
       this.drop('segment-mismatch')
       return
     }
-    m.buffer.set(buf.subarray(payload + (start - segStart), payload + length), start - msgStart)
+    if (this.placedBuffer) {
+      // Decrypted out of the frame already (payloadPlacement): in place unless m changed meanwhile.
+      const from = this.placedOffset + (start - segStart)
+      if (this.placedBuffer !== m.buffer || from !== start - msgStart) {
+        m.buffer.set(this.placedBuffer.subarray(from, this.placedOffset + length), start - msgStart)
+      }
+    } else {
+      m.buffer.set(buf.subarray(payload + (start - segStart), payload + length), start - msgStart)
+    }
     m.filled += this.received.add(start, end)
     if (delivery !== Delivery.Ordered && this.isResolved(m.start, m.end)) {
       this.freeReassembly(m)
@@ -847,6 +945,13 @@ export class Connection {
       else this.drop('segment-mismatch')
     }
     this.advance()
+  }
+
+  /** The fresh buffer payloadPlacement took for the message at `msgStart`, now owned by the caller. */
+  private adoptPlacement(msgStart: number): Uint8Array | undefined {
+    if (!this.placedFresh || this.placedStart !== msgStart) return undefined
+    this.placedFresh = false
+    return this.placedBuffer
   }
 
   private processSkip(segStart: number, msgStart: number, msgEnd: number, delivery: number): void {

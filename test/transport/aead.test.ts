@@ -168,6 +168,35 @@ describe('frame AEAD: the addon against node:crypto', () => {
     })
   }
 
+  for (const [name, cipher] of CIPHERS) {
+    it(`${name}: opening into a separate destination (the copy out of the frame) gives the plaintext there and leaves the frame as it came`, () => {
+      const key = randomBytes(32)
+      for (const aead of [new Native!(cipher, key), new NodeFrameAead(cipher, key)]) {
+        for (const size of [1, 1424, 64_000]) {
+          const payload = randomBytes(size)
+          const d = dataFrame(payload, 11)
+          seal(aead, d.frame, d.payloadOffset, d.tagOffset, 11)
+          const received = Buffer.from(d.frame)
+          const dst = Buffer.alloc(size + 20, 0xee)
+          const open = (frame: Buffer) =>
+            aead.open(frame, IP_OFFSET, TCP_OFFSET, d.payloadOffset, frame.length, d.tagOffset, 11, dst, 13)
+          assert.ok(open(d.frame))
+          assert.deepEqual(d.frame, received, 'the frame is left as it came')
+          assert.deepEqual(dst.subarray(13, 13 + size), payload)
+          assert.ok(
+            dst.subarray(0, 13).every((b) => b === 0xee) && dst.subarray(13 + size).every((b) => b === 0xee),
+          )
+          // A frame that fails is left as it came too (still ciphertext: no restore pass needed).
+          const bad = Buffer.from(received)
+          bad[d.tagOffset] ^= 1
+          assert.equal(open(bad), false)
+          bad[d.tagOffset] ^= 1
+          assert.deepEqual(bad, received)
+        }
+      }
+    })
+  }
+
   it('the addon refuses offsets outside the frame', () => {
     const n = new Native!(SEAL_CIPHER_AES_256_GCM, randomBytes(32))
     const { frame, payloadOffset, tagOffset } = dataFrame(randomBytes(10), 1)
@@ -179,6 +208,27 @@ describe('frame AEAD: the addon against node:crypto', () => {
     const src = randomBytes(5)
     assert.throws(() =>
       n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, src, 0),
+    )
+    const dst = Buffer.alloc(12)
+    assert.throws(() =>
+      n.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, dst, 3),
+    )
+    assert.throws(() =>
+      n.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, dst, -1),
+    )
+    // Overlapping the payload, other than exactly in place.
+    assert.throws(() =>
+      n.open(
+        frame,
+        IP_OFFSET,
+        TCP_OFFSET,
+        payloadOffset,
+        frame.length,
+        tagOffset,
+        1,
+        frame,
+        payloadOffset - 3,
+      ),
     )
   })
 })
