@@ -160,6 +160,10 @@ function pingPong(sealed: boolean): number {
     p.exchange(false)
   }
   const us = ((cpuNow() - t0) * 1e6) / ROUND_TRIPS
+  if (process.env.BENCH_DEBUG) {
+    const server = [...p.b.connections()][0]
+    console.log(sealed, 'frames per round trip', (p.c.stats.framesSent + server.stats.framesSent) / ROUND_TRIPS)
+  }
   if (p.echo !== ROUND_TRIPS) throw new Error(`ping-pong: ${p.echo} of ${ROUND_TRIPS} echoed`)
   p.c.abort()
   return us

@@ -37,10 +37,12 @@ struct FrameArgs {
   uint64_t counter;
 };
 
-// seal/open(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter), checked. Raw N-API
-// calls (one per argument: napi_get_value_double fails on a non-number), as this runs per frame.
-bool ParseArgs(const Napi::CallbackInfo& info, FrameArgs* a) {
-  if (info.Length() < 7) return false;
+// The frame (info[0]) and the six numbers the caller wrote into the instance's argument array
+// (ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter), checked. Numbers go through that
+// array rather than as arguments: six napi_get_value_double calls, and past six arguments a heap
+// allocation in Napi::CallbackInfo, cost more than sealing a small frame.
+bool ParseArgs(const Napi::CallbackInfo& info, const double* v, FrameArgs* a) {
+  if (info.Length() < 1 || v == nullptr) return false;
   napi_env env = info.Env();
   void* data = nullptr;
   size_t length = 0;
@@ -48,9 +50,7 @@ bool ParseArgs(const Napi::CallbackInfo& info, FrameArgs* a) {
   if (napi_get_typedarray_info(env, info[0], &type, &length, &data, nullptr, nullptr) != napi_ok ||
       type != napi_uint8_array)
     return false;
-  double v[6];
   for (size_t i = 0; i < 6; i++) {
-    if (napi_get_value_double(env, info[i + 1], &v[i]) != napi_ok) return false;
     if (!(v[i] >= 0) || v[i] > 9007199254740991.0 || v[i] != static_cast<double>(static_cast<uint64_t>(v[i])))
       return false;
   }
@@ -114,13 +114,20 @@ Napi::Function FrameAead::Define(Napi::Env env) {
                       InstanceMethod<&FrameAead::Destroy>("destroy")});
 }
 
-// new FrameAead(cipher, key): cipher 1 = AES-256-GCM, 2 = ChaCha20-Poly1305; key 32 bytes.
+// new FrameAead(cipher, key, args): cipher 1 = AES-256-GCM, 2 = ChaCha20-Poly1305; key 32 bytes;
+// args: a Float64Array of at least 6 elements, where the caller puts each call's numbers (held
+// for the instance's life).
 FrameAead::FrameAead(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FrameAead>(info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsTypedArray()) {
-    ThrowInvalid(env, "FrameAead(cipher: number, key: Uint8Array)");
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
+      info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      info[2].As<Napi::Float64Array>().ElementLength() < 6) {
+    ThrowInvalid(env, "FrameAead(cipher: number, key: Uint8Array, args: Float64Array(6))");
     return;
   }
+  Napi::Float64Array args = info[2].As<Napi::Float64Array>();
+  args_ = args.Data();
+  argsRef_ = Napi::Persistent(args);
   int cipherId = info[0].As<Napi::Number>().Int32Value();
   Napi::Uint8Array key = info[1].As<Napi::Uint8Array>();
   const EVP_CIPHER* cipher = cipherId == 1 ? EVP_aes_256_gcm() : cipherId == 2 ? EVP_chacha20_poly1305() : nullptr;
@@ -149,15 +156,15 @@ Napi::Value FrameAead::Destroy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// seal(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter[, src, srcOffset]): with
-// `src`, the payload is read from src[srcOffset, srcOffset + end - payloadOffset) and written
-// encrypted into the frame: the cipher pass is the copy.
+// seal(frame[, src, srcOffset]), the numbers in args (see ParseArgs): with `src`, the payload is
+// read from src[srcOffset, srcOffset + end - payloadOffset) and written encrypted into the frame:
+// the cipher pass is the copy.
 Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (enc_ == nullptr) return ThrowInvalid(env, "the frame AEAD was destroyed");
   FrameArgs a;
-  if (!ParseArgs(info, &a))
-    return ThrowInvalid(env, "seal(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter)");
+  if (!ParseArgs(info, args_, &a))
+    return ThrowInvalid(env, "seal(frame): args must be ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter");
   uint8_t iv[12];
   MakeIv(iv, a.counter);
   uint8_t tag[16];
@@ -165,7 +172,7 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   uint8_t* p = a.frame + a.payload;
   int n = static_cast<int>(a.end - a.payload);
   uint8_t* in = p;
-  if (!ParseOther(info, 7, static_cast<size_t>(n), p, &in))
+  if (!ParseOther(info, 1, static_cast<size_t>(n), p, &in))
     return ThrowInvalid(env, "seal: the source range lies outside src, or overlaps the frame's payload");
   if (EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, iv, 1) != 1 || !FeedAad(enc_, a) ||
       (n > 0 && EVP_CipherUpdate(enc_, p, &outl, in, n) != 1) || EVP_CipherFinal_ex(enc_, tag, &outl) != 1 ||
@@ -177,7 +184,7 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// open(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter[, dst, dstOffset]):
+// open(frame[, dst, dstOffset]), the numbers in args (see ParseArgs):
 // verifies and decrypts in place, or with `dst` into dst[dstOffset, dstOffset + end - payloadOffset)
 // (the frame is left as it was): the cipher pass is the copy out. OpenSSL compares the (truncated) tag in constant time
 // (CRYPTO_memcmp) in EVP_CipherFinal_ex. False when it does not verify.
@@ -185,8 +192,8 @@ Napi::Value FrameAead::Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (dec_ == nullptr) return ThrowInvalid(env, "the frame AEAD was destroyed");
   FrameArgs a;
-  if (!ParseArgs(info, &a))
-    return ThrowInvalid(env, "open(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter)");
+  if (!ParseArgs(info, args_, &a))
+    return ThrowInvalid(env, "open(frame): args must be ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter");
   uint8_t iv[12];
   MakeIv(iv, a.counter);
   uint8_t tag[kTagBytes];
@@ -195,7 +202,7 @@ Napi::Value FrameAead::Open(const Napi::CallbackInfo& info) {
   uint8_t* p = a.frame + a.payload;
   int n = static_cast<int>(a.end - a.payload);
   uint8_t* out = p;
-  if (!ParseOther(info, 7, static_cast<size_t>(n), p, &out))
+  if (!ParseOther(info, 1, static_cast<size_t>(n), p, &out))
     return ThrowInvalid(env, "open: the destination range lies outside dst, or overlaps the frame's payload");
   uint8_t scratch[16];
   bool ok = EVP_CipherInit_ex(dec_, nullptr, nullptr, nullptr, iv, 0) == 1 &&

@@ -195,21 +195,104 @@ export class NodeFrameAead implements FrameAead {
   }
 }
 
-let nativeFactory: FrameAeadFactory | undefined | null
+/** The addon's frame AEAD as it is called: numbers in `args` (see NativeFrameAead). */
+export interface AddonFrameAead {
+  seal(frame: Uint8Array, src?: Uint8Array, srcOffset?: number): void
+  open(frame: Uint8Array, dst?: Uint8Array, dstOffset?: number): boolean
+  destroy(): void
+}
+
+export type AddonFrameAeadConstructor = new (
+  cipher: number,
+  key: Uint8Array,
+  args: Float64Array,
+) => AddonFrameAead
+
+/**
+ * Where every NativeFrameAead puts a call's numbers for the addon to read (calls are synchronous:
+ * one array serves them all). Through it, a call crosses into the addon with one to three
+ * arguments instead of seven to nine: numbers passed one by one, and N-API's heap allocation past
+ * six arguments, cost more than sealing a small frame.
+ */
+const ADDON_ARGS = new Float64Array(6)
+
+let addonCtor: AddonFrameAeadConstructor | undefined | null
+
+function addonFrameAead(): AddonFrameAeadConstructor | null {
+  if (addonCtor === undefined) {
+    try {
+      addonCtor = native().FrameAead ?? null
+    } catch {
+      addonCtor = null
+    }
+  }
+  return addonCtor
+}
+
+/** The addon's implementation (OpenSSL EVP, no allocation per frame); throws without the addon. */
+export class NativeFrameAead implements FrameAead {
+  private readonly n: AddonFrameAead
+
+  constructor(cipher: SealCipher, key: Uint8Array) {
+    checkKey(cipher, key)
+    const ctor = addonFrameAead()
+    if (!ctor) throw new VrioError('unsupported', 'the native addon has no frame AEAD: rebuild it')
+    this.n = new ctor(cipher, key, ADDON_ARGS)
+  }
+
+  seal(
+    frame: Uint8Array,
+    ipOffset: number,
+    tcpOffset: number,
+    payloadOffset: number,
+    end: number,
+    tagOffset: number,
+    counter: number,
+    src?: Uint8Array,
+    srcOffset = 0,
+  ): void {
+    const a = ADDON_ARGS
+    a[0] = ipOffset
+    a[1] = tcpOffset
+    a[2] = payloadOffset
+    a[3] = end
+    a[4] = tagOffset
+    a[5] = counter
+    if (src) this.n.seal(frame, src, srcOffset)
+    else this.n.seal(frame)
+  }
+
+  open(
+    frame: Uint8Array,
+    ipOffset: number,
+    tcpOffset: number,
+    payloadOffset: number,
+    end: number,
+    tagOffset: number,
+    counter: number,
+    dst?: Uint8Array,
+    dstOffset = 0,
+  ): boolean {
+    const a = ADDON_ARGS
+    a[0] = ipOffset
+    a[1] = tcpOffset
+    a[2] = payloadOffset
+    a[3] = end
+    a[4] = tagOffset
+    a[5] = counter
+    return dst ? this.n.open(frame, dst, dstOffset) : this.n.open(frame)
+  }
+
+  destroy(): void {
+    this.n.destroy()
+  }
+}
 
 /**
  * The AEAD the transport uses: the addon's (OpenSSL EVP, in place, no allocation per frame) when
  * it has one, else node:crypto's.
  */
 export function createFrameAead(cipher: SealCipher, key: Uint8Array): FrameAead {
-  if (nativeFactory === undefined) {
-    try {
-      const ctor = native().FrameAead
-      nativeFactory = ctor ? (c, k) => new ctor(c, k) : null
-    } catch {
-      nativeFactory = null
-    }
-  }
   checkKey(cipher, key)
-  return nativeFactory ? nativeFactory(cipher, key) : new NodeFrameAead(cipher, key)
+  return addonFrameAead() ? new NativeFrameAead(cipher, key) : new NodeFrameAead(cipher, key)
 }
