@@ -156,9 +156,11 @@ Napi::Value FrameAead::Destroy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// seal(frame[, src, srcOffset]), the numbers in args (see ParseArgs): with `src`, the payload is
-// read from src[srcOffset, srcOffset + end - payloadOffset) and written encrypted into the frame:
-// the cipher pass is the copy.
+// seal(frame[, src, srcOffset[, inFrame]]), the numbers in args (see ParseArgs): with `src`, the
+// payload's first `inFrame` bytes (default 0) are already in the frame and encrypted in place, the
+// rest is read from src[srcOffset, srcOffset + end - payloadOffset - inFrame) and written encrypted
+// into the frame after them: the cipher pass is the copy (a message's small header chunk copied,
+// its body not).
 Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (enc_ == nullptr) return ThrowInvalid(env, "the frame AEAD was destroyed");
@@ -171,12 +173,22 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   int outl = 0;
   uint8_t* p = a.frame + a.payload;
   int n = static_cast<int>(a.end - a.payload);
-  uint8_t* in = p;
-  if (!ParseOther(info, 1, static_cast<size_t>(n), p, &in))
-    return ThrowInvalid(env, "seal: the source range lies outside src, or overlaps the frame's payload");
+  int k = n;  // bytes encrypted in place
+  uint8_t* in = p + n;
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    double inFrame = 0;
+    if (info.Length() > 3 && napi_get_value_double(env, info[3], &inFrame) != napi_ok) inFrame = -1;
+    if (!(inFrame >= 0) || inFrame > n || inFrame != static_cast<double>(static_cast<int>(inFrame)))
+      return ThrowInvalid(env, "seal: inFrame must lie within the payload");
+    k = static_cast<int>(inFrame);
+    in = nullptr;
+    if (!ParseOther(info, 1, static_cast<size_t>(n - k), p + k, &in) || in == nullptr)
+      return ThrowInvalid(env, "seal: the source range lies outside src, or overlaps the frame's payload");
+  }
   if (EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, iv, 1) != 1 || !FeedAad(enc_, a) ||
-      (n > 0 && EVP_CipherUpdate(enc_, p, &outl, in, n) != 1) || EVP_CipherFinal_ex(enc_, tag, &outl) != 1 ||
-      EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) {
+      (k > 0 && EVP_CipherUpdate(enc_, p, &outl, p, k) != 1) ||
+      (n > k && EVP_CipherUpdate(enc_, p + k, &outl, in, n - k) != 1) ||
+      EVP_CipherFinal_ex(enc_, tag, &outl) != 1 || EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) {
     return ThrowInvalid(env, "OpenSSL failed to seal a frame");
   }
   std::memcpy(a.frame + a.tag, tag, kTagBytes);

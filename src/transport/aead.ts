@@ -53,9 +53,10 @@ export function resolveSealCipher(name: SealCipherName): SealCipher {
  */
 export interface FrameAead {
   /**
-   * Encrypts the payload and writes the tag at `tagOffset`. With `src`, the plaintext is read from
-   * `src[srcOffset, srcOffset + end - payloadOffset)` and written encrypted into the frame: the
-   * cipher pass replaces the copy into the frame.
+   * Encrypts the payload and writes the tag at `tagOffset`. With `src`, the payload's first
+   * `inFrame` bytes (default 0) are in the frame already and the rest of the plaintext is read from
+   * `src[srcOffset, srcOffset + end - payloadOffset - inFrame)` and written encrypted into the frame
+   * after them: the cipher pass replaces the copy into the frame.
    */
   seal(
     frame: Uint8Array,
@@ -67,6 +68,7 @@ export interface FrameAead {
     counter: number,
     src?: Uint8Array,
     srcOffset?: number,
+    inFrame?: number,
   ): void
   /**
    * Verifies the tag and decrypts the payload; false when it does not verify. The payload is then
@@ -143,8 +145,13 @@ export class NodeFrameAead implements FrameAead {
     counter: number,
     src?: Uint8Array,
     srcOffset = 0,
+    inFrame = 0,
   ): void {
-    if (src) frame.set(src.subarray(srcOffset, srcOffset + end - payloadOffset), payloadOffset)
+    if (src) {
+      if (inFrame < 0 || inFrame > end - payloadOffset)
+        throw new VrioError('invalid-argument', 'seal: inFrame must lie within the payload')
+      frame.set(src.subarray(srcOffset, srcOffset + end - payloadOffset - inFrame), payloadOffset + inFrame)
+    }
     const c = createCipheriv(this.name as 'aes-256-gcm', this.liveKey(), nonceFor(counter), {
       authTagLength: 16,
     })
@@ -197,7 +204,7 @@ export class NodeFrameAead implements FrameAead {
 
 /** The addon's frame AEAD as it is called: numbers in `args` (see NativeFrameAead). */
 export interface AddonFrameAead {
-  seal(frame: Uint8Array, src?: Uint8Array, srcOffset?: number): void
+  seal(frame: Uint8Array, src?: Uint8Array, srcOffset?: number, inFrame?: number): void
   open(frame: Uint8Array, dst?: Uint8Array, dstOffset?: number): boolean
   destroy(): void
 }
@@ -250,6 +257,7 @@ export class NativeFrameAead implements FrameAead {
     counter: number,
     src?: Uint8Array,
     srcOffset = 0,
+    inFrame = 0,
   ): void {
     const a = ADDON_ARGS
     a[0] = ipOffset
@@ -258,7 +266,7 @@ export class NativeFrameAead implements FrameAead {
     a[3] = end
     a[4] = tagOffset
     a[5] = counter
-    if (src) this.n.seal(frame, src, srcOffset)
+    if (src) this.n.seal(frame, src, srcOffset, inFrame)
     else this.n.seal(frame)
   }
 

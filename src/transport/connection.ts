@@ -1464,23 +1464,23 @@ export class Connection {
     const headerLength = tcpFrameHeaderLength(this.tx.tcp.options)
     const headroom = this.o.headroom
     const frame = this.allocate(headroom + headerLength + payloadLength).subarray(headroom)
-    // Sealed, a payload that lies in one chunk is encrypted from there into the frame (the cipher
-    // pass is the copy); otherwise copied first and sealed in place.
+    // Sealed, the payload's part in its last chunk (a message's body, after a small header chunk)
+    // is encrypted from there into the frame (the cipher pass is the copy); only what comes before
+    // it is copied first, and encrypted in place.
     let src: Uint8Array | undefined
     let srcOffset = 0
+    let inFrame = length
     if (m && this.seal && length > 0) {
-      const at = chunkAt(m.chunks, offset, length)
-      if (at >= 0) {
-        src = m.chunks[chunkIndex]
-        srcOffset = at
-      }
+      srcOffset = tailChunkAt(m.chunks, offset, length)
+      src = m.chunks[chunkIndex]
+      inFrame = tailBefore
     }
-    if (m && !src) copyChunks(m.chunks, offset, frame, headerLength, length)
+    if (m && inFrame > 0) copyChunks(m.chunks, offset, frame, headerLength, inFrame)
     this.tx.ip.identification = this.ipId
     this.ipId = (this.ipId + 1) & 0xffff
     const frameLength = encodeTcpFrameHeaders(frame, this.tx, payloadLength)
     // Sealed in place, in the frame the payload was just copied into; the checksum covers the result.
-    if (this.seal) this.seal.seal(frame, this.tx, headerLength, src, srcOffset)
+    if (this.seal) this.seal.seal(frame, this.tx, headerLength, src, srcOffset, inFrame)
     finishTcpFrameChecksum(frame, this.tx, frameLength, this.o.checksumOffload)
     this.stats.framesSent++
     this.stats.bytesSent += frame.length
@@ -1528,20 +1528,23 @@ function insertSorted(list: InMessage[], m: InMessage): void {
   list.splice(i, 0, m)
 }
 
-/** Set by chunkAt: the index of the chunk it found. */
+/** Set by tailChunkAt: the index of the chunk it found, and how many bytes of the range lie before it. */
 let chunkIndex = 0
+let tailBefore = 0
 
 /**
- * Where `[offset, offset + length)` of the concatenation of `chunks` starts inside a single chunk
- * (whose index goes to `chunkIndex`), or -1 when the range spans chunks.
+ * Where the part of `[offset, offset + length)` (length > 0) of the concatenation of `chunks` that
+ * lies in its last chunk starts inside that chunk (whose index goes to `chunkIndex`).
  */
-function chunkAt(chunks: readonly Uint8Array[], offset: number, length: number): number {
-  let skip = offset
+function tailChunkAt(chunks: readonly Uint8Array[], offset: number, length: number): number {
+  const end = offset + length
+  let pos = 0
   let i = 0
-  while (i < chunks.length && skip >= chunks[i].length) skip -= chunks[i++].length
-  if (i >= chunks.length || skip + length > chunks[i].length) return -1
+  while (pos + chunks[i].length < end) pos += chunks[i++].length
   chunkIndex = i
-  return skip
+  const start = Math.max(offset, pos)
+  tailBefore = start - offset
+  return start - pos
 }
 
 /** The chunks' bytes in one new buffer. */

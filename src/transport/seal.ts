@@ -312,9 +312,17 @@ export class ChannelSeal {
 
   /**
    * Seals the encoded frame (checksum not yet computed) whose SEAL option `prepare` filled. With
-   * `src`, the payload is encrypted from there into the frame (see FrameAead.seal).
+   * `src`, the payload's first `inFrame` bytes are in the frame already and the rest is encrypted
+   * from `src[srcOffset...]` into the frame (see FrameAead.seal).
    */
-  seal(frame: Uint8Array, f: TcpFrame, payloadOffset: number, src?: Uint8Array, srcOffset = 0): void {
+  seal(
+    frame: Uint8Array,
+    f: TcpFrame,
+    payloadOffset: number,
+    src?: Uint8Array,
+    srcOffset = 0,
+    inFrame = 0,
+  ): void {
     const t = this.sealing!
     const tag = f.tcp.options.seal.offset + SEAL_TAG_OFFSET
     if (src) {
@@ -328,6 +336,7 @@ export class ChannelSeal {
         this.sealingCounter,
         src,
         srcOffset,
+        inFrame,
       )
     } else {
       t.aead.seal(frame, IP_OFFSET, f.tcpOffset, payloadOffset, frame.length, tag, this.sealingCounter)

@@ -144,6 +144,25 @@ describe('frame AEAD: the addon against node:crypto', () => {
             7,
           )
           assert.deepEqual(target.frame, reference.frame, `${implName} at ${size}`)
+          // The first bytes in the frame already (a header chunk copied), the rest from the source.
+          for (const inFrame of [1, 17, size]) {
+            if (inFrame > size) continue
+            const split = dataFrame(Buffer.alloc(size, 0xee), 5)
+            split.frame.set(source.subarray(7, 7 + inFrame), split.payloadOffset)
+            aead.seal(
+              split.frame,
+              IP_OFFSET,
+              TCP_OFFSET,
+              split.payloadOffset,
+              split.frame.length,
+              split.tagOffset,
+              5,
+              source,
+              7 + inFrame,
+              inFrame,
+            )
+            assert.deepEqual(split.frame, reference.frame, `${implName} at ${size}, ${inFrame} in the frame`)
+          }
         }
       }
     })
@@ -209,6 +228,10 @@ describe('frame AEAD: the addon against node:crypto', () => {
     const src = randomBytes(5)
     assert.throws(() =>
       n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, src, 0),
+    )
+    const big = randomBytes(64)
+    assert.throws(() =>
+      n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, big, 0, 11),
     )
     const dst = Buffer.alloc(12)
     assert.throws(() =>

@@ -421,6 +421,30 @@ describe('sealed channel: decrypting straight into the reassembly buffer', () =>
     assert.deepEqual(p.messages[0], message)
   })
 
+  it('messages given in chunks (a header, then a body) arrive whole: each frame is sealed from its chunks', () => {
+    const p = pair()
+    const sent: Uint8Array[] = []
+    for (const [head, body] of [
+      [40, 10_000],
+      [3, 1],
+      [2000, 50],
+      [1, 4096],
+    ]) {
+      const whole = patternMessage(sent.length + 5, head + body)
+      sent.push(whole)
+      assert.ok(p.client.send([whole.subarray(0, head), whole.subarray(head)], Delivery.Reliable))
+      assert.ok(
+        p.client.send(
+          [whole.subarray(0, 1), whole.subarray(1, head), whole.subarray(head)],
+          Delivery.Reliable,
+        ),
+      )
+      sent.push(whole)
+    }
+    p.settle()
+    assert.deepEqual(p.messages, sent)
+  })
+
   it('forged frames decrypted into the buffer before, between and after the genuine ones change nothing that is delivered', () => {
     const p = pair()
     const message = patternMessage(2, 12_000)
