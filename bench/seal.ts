@@ -6,7 +6,9 @@
  * and the receiver, and CPU µs per round trip, as ranges over the rounds. The kernel's share (the
  * packet sockets) is the same in both modes and is left out: bench/channel has the whole path.
  *
- *   npm run bench -- seal        (BENCH_ROUNDS=3 by default; BENCH_MB=512 per transfer round)
+ *   npm run bench -- seal        (BENCH_ROUNDS=3 by default; BENCH_MB=512 per transfer round;
+ *   BENCH_CASE=transfer|rtt and BENCH_MODE=sealed|plaintext for one of each, BENCH_DEBUG=1 prints
+ *   frames per round trip)
  */
 import { GSO_MAX_PAYLOAD } from '../src/io/link-driver.ts'
 import { Delivery } from '../src/transport/config.ts'
@@ -162,7 +164,11 @@ function pingPong(sealed: boolean): number {
   const us = ((cpuNow() - t0) * 1e6) / ROUND_TRIPS
   if (process.env.BENCH_DEBUG) {
     const server = [...p.b.connections()][0]
-    console.log(sealed, 'frames per round trip', (p.c.stats.framesSent + server.stats.framesSent) / ROUND_TRIPS)
+    console.log(
+      sealed,
+      'frames per round trip',
+      (p.c.stats.framesSent + server.stats.framesSent) / ROUND_TRIPS,
+    )
   }
   if (p.echo !== ROUND_TRIPS) throw new Error(`ping-pong: ${p.echo} of ${ROUND_TRIPS} echoed`)
   p.c.abort()
