@@ -1,4 +1,4 @@
-import { recycleMessageBuffer, takeMessageBuffer } from './message-buffers.ts'
+import { takeMessageBuffer } from './message-buffers.ts'
 import { VrioError } from '../errors.ts'
 import {
   encodeTcpFrameHeaders,
@@ -200,13 +200,10 @@ export class Connection {
   private preAuthReceiveBytes = 0
   /**
    * Sealed: where the frame being received was decrypted to (payloadPlacement): the reassembly
-   * buffer its bytes belong in, at `placedOffset`; `placedFresh`: a buffer taken for a message not
-   * yet in reassembly (starting at `placedStart`), given back unless processPayload adopts it.
+   * buffer its bytes belong in, at `placedOffset`.
    */
   private placedBuffer: Uint8Array | undefined
   private placedOffset = 0
-  private placedStart = 0
-  private placedFresh = false
   /** Sealed: pieces of split GSO records being re-joined. */
   private readonly rejoiner: SealRejoiner | undefined
 
@@ -529,7 +526,7 @@ export class Connection {
     try {
       this.receiveSealed(buf, f)
     } finally {
-      this.releasePlacement()
+      this.placedBuffer = undefined
     }
   }
 
@@ -544,7 +541,7 @@ export class Connection {
         : seal.tryOpen(buf, f, f.payloadLength > 0)
     if (why) {
       // Out of place, a refused frame is still ciphertext, as staging needs it.
-      this.releasePlacement()
+      this.placedBuffer = undefined
       // A piece of a GSO record a link split: staged until the record re-joins (rejoin.ts).
       const whole = why === 'authFailed' && f.payloadLength > 0 ? this.rejoiner!.stage(buf, f) : undefined
       if (!whole) {
@@ -558,11 +555,12 @@ export class Connection {
   }
 
   /**
-   * Sealed, before the frame is verified: whether its payload goes into a reassembly buffer at a
-   * place that holds nothing yet (no received byte, none below rcvNxt), so that it can be
-   * decrypted straight there — bytes written there by a frame that then fails are harmless, since
-   * the place is filled only by a frame that verifies. Changes no state but the placed* fields; a
-   * new message's buffer is taken only within the budgets processPayload would apply.
+   * Sealed, before the frame is verified: whether its payload goes into the reassembly buffer of a
+   * message already being reassembled, at a place that holds nothing yet (no received byte, none
+   * below rcvNxt), so that it can be decrypted straight there — bytes written there by a frame that
+   * then fails are harmless, since the place is filled only by a frame that verifies. Changes no
+   * state but the placed* fields. A message's first frame is decrypted in place and copied (no
+   * buffer is taken for a frame not yet verified: a forged frame must not cost an allocation).
    */
   private payloadPlacement(f: TcpFrame): boolean {
     const opt = f.tcp.options.vrio
@@ -591,29 +589,10 @@ export class Connection {
     )
       return false
     const m = this.reassembly.get(msgStart)
-    if (m) {
-      if (m.end !== msgEnd || m.flags !== delivery) return false
-      this.placedBuffer = m.buffer
-      this.placedFresh = false
-    } else {
-      if (
-        this.reassemblyBytes + opt.messageLength > this.o.maxReassemblyBytes ||
-        this.reassembly.size >= this.o.maxIntervals
-      )
-        return false
-      this.placedBuffer = takeMessageBuffer(opt.messageLength)
-      this.placedFresh = true
-    }
-    this.placedStart = msgStart
+    if (!m || m.end !== msgEnd || m.flags !== delivery) return false
+    this.placedBuffer = m.buffer
     this.placedOffset = segStart - msgStart
     return true
-  }
-
-  /** Forgets the placement; a fresh buffer processPayload did not adopt is given back. */
-  private releasePlacement(): void {
-    if (this.placedBuffer && this.placedFresh) recycleMessageBuffer(this.placedBuffer)
-    this.placedBuffer = undefined
-    this.placedFresh = false
   }
 
   private receiveOpened(buf: Uint8Array, f: TcpFrame): void {
@@ -915,7 +894,7 @@ export class Connection {
         end: msgEnd,
         flags: delivery,
         // Uninitialised: a message is delivered only once every byte of it has been written.
-        buffer: this.adoptPlacement(msgStart) ?? takeMessageBuffer(opt.messageLength),
+        buffer: takeMessageBuffer(opt.messageLength),
         filled: 0,
         firstAt: now,
       }
@@ -945,13 +924,6 @@ export class Connection {
       else this.drop('segment-mismatch')
     }
     this.advance()
-  }
-
-  /** The fresh buffer payloadPlacement took for the message at `msgStart`, now owned by the caller. */
-  private adoptPlacement(msgStart: number): Uint8Array | undefined {
-    if (!this.placedFresh || this.placedStart !== msgStart) return undefined
-    this.placedFresh = false
-    return this.placedBuffer
   }
 
   private processSkip(segStart: number, msgStart: number, msgEnd: number, delivery: number): void {
