@@ -110,7 +110,7 @@ bool FeedAad(EVP_CIPHER_CTX* ctx, const FrameArgs& a) {
 
 Napi::Function FrameAead::Define(Napi::Env env) {
   return DefineClass(env, "FrameAead",
-                     {InstanceMethod<&FrameAead::Seal>("seal"), InstanceMethod<&FrameAead::Open>("open"),
+                     {InstanceMethod<&FrameAead::Seal>("sealFrame"), InstanceMethod<&FrameAead::Open>("openFrame"),
                       InstanceMethod<&FrameAead::Destroy>("destroy")});
 }
 
@@ -156,7 +156,7 @@ Napi::Value FrameAead::Destroy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// seal(frame[, src, srcOffset[, inFrame]]), the numbers in args (see ParseArgs): with `src`, the
+// sealFrame(frame[, src, srcOffset[, inFrame]]), the numbers in args (see ParseArgs): with `src`, the
 // payload's first `inFrame` bytes (default 0) are already in the frame and encrypted in place, the
 // rest is read from src[srcOffset, srcOffset + end - payloadOffset - inFrame) and written encrypted
 // into the frame after them: the cipher pass is the copy (a message's small header chunk copied,
@@ -196,7 +196,7 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// open(frame[, dst, dstOffset]), the numbers in args (see ParseArgs):
+// openFrame(frame[, dst, dstOffset]), the numbers in args (see ParseArgs):
 // verifies and decrypts in place, or with `dst` into dst[dstOffset, dstOffset + end - payloadOffset)
 // (the frame is left as it was): the cipher pass is the copy out. OpenSSL compares the (truncated) tag in constant time
 // (CRYPTO_memcmp) in EVP_CipherFinal_ex. False when it does not verify.

@@ -202,10 +202,14 @@ export class NodeFrameAead implements FrameAead {
   }
 }
 
-/** The addon's frame AEAD as it is called: numbers in `args` (see NativeFrameAead). */
+/**
+ * The addon's frame AEAD as it is called: numbers in `args` (see NativeFrameAead). The methods'
+ * names differ from an older build's (seal/open with every number as an argument), so that a
+ * stale build is not taken for this one: it is then ignored and node:crypto's is used.
+ */
 export interface AddonFrameAead {
-  seal(frame: Uint8Array, src?: Uint8Array, srcOffset?: number, inFrame?: number): void
-  open(frame: Uint8Array, dst?: Uint8Array, dstOffset?: number): boolean
+  sealFrame(frame: Uint8Array, src?: Uint8Array, srcOffset?: number, inFrame?: number): void
+  openFrame(frame: Uint8Array, dst?: Uint8Array, dstOffset?: number): boolean
   destroy(): void
 }
 
@@ -228,7 +232,9 @@ let addonCtor: AddonFrameAeadConstructor | undefined | null
 function addonFrameAead(): AddonFrameAeadConstructor | null {
   if (addonCtor === undefined) {
     try {
-      addonCtor = native().FrameAead ?? null
+      const ctor = native().FrameAead
+      const proto = (ctor as unknown as { prototype?: Partial<AddonFrameAead> } | undefined)?.prototype
+      addonCtor = ctor && typeof proto?.sealFrame === 'function' ? ctor : null
     } catch {
       addonCtor = null
     }
@@ -266,8 +272,8 @@ export class NativeFrameAead implements FrameAead {
     a[3] = end
     a[4] = tagOffset
     a[5] = counter
-    if (src) this.n.seal(frame, src, srcOffset, inFrame)
-    else this.n.seal(frame)
+    if (src) this.n.sealFrame(frame, src, srcOffset, inFrame)
+    else this.n.sealFrame(frame)
   }
 
   open(
@@ -288,7 +294,7 @@ export class NativeFrameAead implements FrameAead {
     a[3] = end
     a[4] = tagOffset
     a[5] = counter
-    return dst ? this.n.open(frame, dst, dstOffset) : this.n.open(frame)
+    return dst ? this.n.openFrame(frame, dst, dstOffset) : this.n.openFrame(frame)
   }
 
   destroy(): void {

@@ -57,7 +57,11 @@ function open(aead: FrameAead, frame: Buffer, payloadOffset: number, tagOffset: 
 
 describe('frame AEAD: the addon against node:crypto', () => {
   const Native = NativeFrameAead
-  it('the addon has one', () => assert.ok(native().FrameAead, 'native FrameAead missing: rebuild the addon'))
+  it('the addon has one, of this build (numbers through the argument array)', () => {
+    const proto = (native().FrameAead as unknown as { prototype?: Record<string, unknown> } | undefined)
+      ?.prototype
+    assert.equal(typeof proto?.sealFrame, 'function', 'native FrameAead missing or stale: rebuild the addon')
+  })
   for (const [name, cipher] of CIPHERS) {
     it(`${name}: both seal to the same bytes, each opens the other's, for payloads of 0 to 64000 bytes`, () => {
       const key = randomBytes(32)
