@@ -37,29 +37,55 @@ struct FrameArgs {
   uint64_t counter;
 };
 
-// seal/open(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter), checked.
-bool ParseArgs(const Napi::CallbackInfo& info, FrameArgs* a) {
-  if (info.Length() < 7 || !info[0].IsTypedArray()) return false;
-  for (size_t i = 1; i < 7; i++)
-    if (!info[i].IsNumber()) return false;
-  Napi::Uint8Array frame = info[0].As<Napi::Uint8Array>();
-  double v[6];
+// The frame (info[0]) and the six numbers the caller wrote into the instance's argument array
+// (ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter), checked. Numbers go through that
+// array rather than as arguments: six napi_get_value_double calls, and past six arguments a heap
+// allocation in Napi::CallbackInfo, cost more than sealing a small frame.
+bool ParseArgs(const Napi::CallbackInfo& info, const double* v, FrameArgs* a) {
+  if (info.Length() < 1 || v == nullptr) return false;
+  napi_env env = info.Env();
+  void* data = nullptr;
+  size_t length = 0;
+  napi_typedarray_type type;
+  if (napi_get_typedarray_info(env, info[0], &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array)
+    return false;
   for (size_t i = 0; i < 6; i++) {
-    v[i] = info[i + 1].As<Napi::Number>().DoubleValue();
     if (!(v[i] >= 0) || v[i] > 9007199254740991.0 || v[i] != static_cast<double>(static_cast<uint64_t>(v[i])))
       return false;
   }
-  a->frame = frame.Data();
+  a->frame = static_cast<uint8_t*>(data);
   a->ip = static_cast<size_t>(v[0]);
   a->tcp = static_cast<size_t>(v[1]);
   a->payload = static_cast<size_t>(v[2]);
   a->end = static_cast<size_t>(v[3]);
   a->tag = static_cast<size_t>(v[4]);
   a->counter = static_cast<uint64_t>(v[5]);
-  size_t length = frame.ByteLength();
   return a->ip + 20 <= a->tcp && a->tcp + 20 <= a->payload && a->payload - a->tcp <= kMaxTcpHeader &&
          a->payload <= a->end && a->end <= length && a->end - a->payload <= 0x7fffffff &&
          a->tag >= a->tcp + 20 && a->tag + kTagBytes <= a->payload;
+}
+
+// The optional (buffer, offset) pair at info[at], info[at + 1]: `n` bytes there, not overlapping
+// [p, p + n) unless exactly at p. Sets *out (left as is when the pair is absent); false when invalid.
+bool ParseOther(const Napi::CallbackInfo& info, size_t at, size_t n, const uint8_t* p, uint8_t** out) {
+  if (info.Length() <= at || info[at].IsUndefined()) return true;
+  napi_env env = info.Env();
+  void* data = nullptr;
+  size_t length = 0;
+  napi_typedarray_type type;
+  double offset = -1;
+  if (napi_get_typedarray_info(env, info[at], &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array || info.Length() <= at + 1 ||
+      napi_get_value_double(env, info[at + 1], &offset) != napi_ok)
+    return false;
+  if (!(offset >= 0) || offset != static_cast<double>(static_cast<size_t>(offset)) ||
+      static_cast<size_t>(offset) + n > length)
+    return false;
+  uint8_t* q = static_cast<uint8_t*>(data) + static_cast<size_t>(offset);
+  if (q != p && q < p + n && p < q + n) return false;
+  *out = q;
+  return true;
 }
 
 void MakeIv(uint8_t iv[12], uint64_t counter) {
@@ -84,17 +110,24 @@ bool FeedAad(EVP_CIPHER_CTX* ctx, const FrameArgs& a) {
 
 Napi::Function FrameAead::Define(Napi::Env env) {
   return DefineClass(env, "FrameAead",
-                     {InstanceMethod<&FrameAead::Seal>("seal"), InstanceMethod<&FrameAead::Open>("open"),
+                     {InstanceMethod<&FrameAead::Seal>("sealFrame"), InstanceMethod<&FrameAead::Open>("openFrame"),
                       InstanceMethod<&FrameAead::Destroy>("destroy")});
 }
 
-// new FrameAead(cipher, key): cipher 1 = AES-256-GCM, 2 = ChaCha20-Poly1305; key 32 bytes.
+// new FrameAead(cipher, key, args): cipher 1 = AES-256-GCM, 2 = ChaCha20-Poly1305; key 32 bytes;
+// args: a Float64Array of at least 6 elements, where the caller puts each call's numbers (held
+// for the instance's life).
 FrameAead::FrameAead(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FrameAead>(info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsTypedArray()) {
-    ThrowInvalid(env, "FrameAead(cipher: number, key: Uint8Array)");
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
+      info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      info[2].As<Napi::Float64Array>().ElementLength() < 6) {
+    ThrowInvalid(env, "FrameAead(cipher: number, key: Uint8Array, args: Float64Array(6))");
     return;
   }
+  Napi::Float64Array args = info[2].As<Napi::Float64Array>();
+  args_ = args.Data();
+  argsRef_ = Napi::Persistent(args);
   int cipherId = info[0].As<Napi::Number>().Int32Value();
   Napi::Uint8Array key = info[1].As<Napi::Uint8Array>();
   const EVP_CIPHER* cipher = cipherId == 1 ? EVP_aes_256_gcm() : cipherId == 2 ? EVP_chacha20_poly1305() : nullptr;
@@ -123,35 +156,39 @@ Napi::Value FrameAead::Destroy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// seal(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter[, src, srcOffset]): with
-// `src`, the payload is read from src[srcOffset, srcOffset + end - payloadOffset) and written
-// encrypted into the frame: the cipher pass is the copy.
+// sealFrame(frame[, src, srcOffset[, inFrame]]), the numbers in args (see ParseArgs): with `src`, the
+// payload's first `inFrame` bytes (default 0) are already in the frame and encrypted in place, the
+// rest is read from src[srcOffset, srcOffset + end - payloadOffset - inFrame) and written encrypted
+// into the frame after them: the cipher pass is the copy (a message's small header chunk copied,
+// its body not).
 Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (enc_ == nullptr) return ThrowInvalid(env, "the frame AEAD was destroyed");
   FrameArgs a;
-  if (!ParseArgs(info, &a))
-    return ThrowInvalid(env, "seal(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter)");
+  if (!ParseArgs(info, args_, &a))
+    return ThrowInvalid(env, "seal(frame): args must be ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter");
   uint8_t iv[12];
   MakeIv(iv, a.counter);
   uint8_t tag[16];
   int outl = 0;
   uint8_t* p = a.frame + a.payload;
   int n = static_cast<int>(a.end - a.payload);
-  const uint8_t* in = p;
-  if (info.Length() >= 9 && info[7].IsTypedArray()) {
-    Napi::Uint8Array src = info[7].As<Napi::Uint8Array>();
-    double at = info[8].IsNumber() ? info[8].As<Napi::Number>().DoubleValue() : -1;
-    if (!(at >= 0) || at != static_cast<double>(static_cast<size_t>(at)) ||
-        static_cast<size_t>(at) + static_cast<size_t>(n) > src.ByteLength()) {
-      return ThrowInvalid(env, "seal: the source range lies outside src");
-    }
-    in = src.Data() + static_cast<size_t>(at);
-    if (in != p && in < p + n && p < in + n) return ThrowInvalid(env, "seal: src overlaps the frame's payload");
+  int k = n;  // bytes encrypted in place
+  uint8_t* in = p + n;
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    double inFrame = 0;
+    if (info.Length() > 3 && napi_get_value_double(env, info[3], &inFrame) != napi_ok) inFrame = -1;
+    if (!(inFrame >= 0) || inFrame > n || inFrame != static_cast<double>(static_cast<int>(inFrame)))
+      return ThrowInvalid(env, "seal: inFrame must lie within the payload");
+    k = static_cast<int>(inFrame);
+    in = nullptr;
+    if (!ParseOther(info, 1, static_cast<size_t>(n - k), p + k, &in) || in == nullptr)
+      return ThrowInvalid(env, "seal: the source range lies outside src, or overlaps the frame's payload");
   }
   if (EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, iv, 1) != 1 || !FeedAad(enc_, a) ||
-      (n > 0 && EVP_CipherUpdate(enc_, p, &outl, in, n) != 1) || EVP_CipherFinal_ex(enc_, tag, &outl) != 1 ||
-      EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) {
+      (k > 0 && EVP_CipherUpdate(enc_, p, &outl, p, k) != 1) ||
+      (n > k && EVP_CipherUpdate(enc_, p + k, &outl, in, n - k) != 1) ||
+      EVP_CipherFinal_ex(enc_, tag, &outl) != 1 || EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) {
     return ThrowInvalid(env, "OpenSSL failed to seal a frame");
   }
   std::memcpy(a.frame + a.tag, tag, kTagBytes);
@@ -159,14 +196,16 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// Verifies and decrypts in place; OpenSSL compares the (truncated) tag in constant time
+// openFrame(frame[, dst, dstOffset]), the numbers in args (see ParseArgs):
+// verifies and decrypts in place, or with `dst` into dst[dstOffset, dstOffset + end - payloadOffset)
+// (the frame is left as it was): the cipher pass is the copy out. OpenSSL compares the (truncated) tag in constant time
 // (CRYPTO_memcmp) in EVP_CipherFinal_ex. False when it does not verify.
 Napi::Value FrameAead::Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (dec_ == nullptr) return ThrowInvalid(env, "the frame AEAD was destroyed");
   FrameArgs a;
-  if (!ParseArgs(info, &a))
-    return ThrowInvalid(env, "open(frame, ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter)");
+  if (!ParseArgs(info, args_, &a))
+    return ThrowInvalid(env, "open(frame): args must be ipOffset, tcpOffset, payloadOffset, end, tagOffset, counter");
   uint8_t iv[12];
   MakeIv(iv, a.counter);
   uint8_t tag[kTagBytes];
@@ -174,10 +213,13 @@ Napi::Value FrameAead::Open(const Napi::CallbackInfo& info) {
   int outl = 0;
   uint8_t* p = a.frame + a.payload;
   int n = static_cast<int>(a.end - a.payload);
+  uint8_t* out = p;
+  if (!ParseOther(info, 1, static_cast<size_t>(n), p, &out))
+    return ThrowInvalid(env, "open: the destination range lies outside dst, or overlaps the frame's payload");
   uint8_t scratch[16];
   bool ok = EVP_CipherInit_ex(dec_, nullptr, nullptr, nullptr, iv, 0) == 1 &&
             EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, kTagBytes, tag) == 1 && FeedAad(dec_, a) &&
-            (n == 0 || EVP_CipherUpdate(dec_, p, &outl, p, n) == 1) &&
+            (n == 0 || EVP_CipherUpdate(dec_, out, &outl, p, n) == 1) &&
             EVP_CipherFinal_ex(dec_, scratch, &outl) == 1;
   return Napi::Boolean::New(env, ok);
 }

@@ -168,6 +168,9 @@ class FrameAead : public Napi::ObjectWrap<FrameAead> {
 
   struct evp_cipher_ctx_st* enc_ = nullptr;
   struct evp_cipher_ctx_st* dec_ = nullptr;
+  // The caller's argument array (see aead.cc, ParseArgs), kept alive by argsRef_.
+  const double* args_ = nullptr;
+  Napi::Reference<Napi::Float64Array> argsRef_;
 };
 
 // Per-env state: the Channel constructor, needed by the factories.

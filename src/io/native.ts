@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import type { FrameAead } from '../transport/aead.ts'
+import type { AddonFrameAeadConstructor } from '../transport/aead.ts'
 
 /** Opaque fd handle owned by the addon (see native/io.h). */
 export interface NativeChannel {
@@ -114,10 +114,7 @@ export interface NativeAddon {
    * The frame AEAD of a sealed channel (native/aead.cc): cipher 1 AES-256-GCM, 2 ChaCha20-Poly1305,
    * a 32-byte key. See FrameAead in src/transport/aead.ts. Absent from an older build.
    */
-  FrameAead?: new (
-    cipher: number,
-    key: Uint8Array,
-  ) => FrameAead
+  FrameAead?: AddonFrameAeadConstructor
   /**
    * A one-file FUSE mount served from this process (native/fuse.cc); see FuseDiskServer in
    * src/guest/fuse-server.ts. Absent from an older build.

@@ -53,9 +53,10 @@ export function resolveSealCipher(name: SealCipherName): SealCipher {
  */
 export interface FrameAead {
   /**
-   * Encrypts the payload and writes the tag at `tagOffset`. With `src`, the plaintext is read from
-   * `src[srcOffset, srcOffset + end - payloadOffset)` and written encrypted into the frame: the
-   * cipher pass replaces the copy into the frame.
+   * Encrypts the payload and writes the tag at `tagOffset`. With `src`, the payload's first
+   * `inFrame` bytes (default 0) are in the frame already and the rest of the plaintext is read from
+   * `src[srcOffset, srcOffset + end - payloadOffset - inFrame)` and written encrypted into the frame
+   * after them: the cipher pass replaces the copy into the frame.
    */
   seal(
     frame: Uint8Array,
@@ -67,11 +68,15 @@ export interface FrameAead {
     counter: number,
     src?: Uint8Array,
     srcOffset?: number,
+    inFrame?: number,
   ): void
   /**
    * Verifies the tag and decrypts the payload; false when it does not verify. The payload is then
    * left XORed with the key stream of (key, counter), as counter mode leaves it: `seal` under the
    * same counter gives the ciphertext back (the receiver's re-joining of split records uses this).
+   * With `dst`, the frame is left as it was and the payload is decrypted into
+   * `dst[dstOffset, dstOffset + end - payloadOffset)` instead (the cipher pass replaces the copy
+   * out of the frame); those bytes are written whether or not the tag verifies.
    */
   open(
     frame: Uint8Array,
@@ -81,6 +86,8 @@ export interface FrameAead {
     end: number,
     tagOffset: number,
     counter: number,
+    dst?: Uint8Array,
+    dstOffset?: number,
   ): boolean
   /** Frees (and wipes) the key schedule now. */
   destroy(): void
@@ -138,8 +145,13 @@ export class NodeFrameAead implements FrameAead {
     counter: number,
     src?: Uint8Array,
     srcOffset = 0,
+    inFrame = 0,
   ): void {
-    if (src) frame.set(src.subarray(srcOffset, srcOffset + end - payloadOffset), payloadOffset)
+    if (src) {
+      if (inFrame < 0 || inFrame > end - payloadOffset)
+        throw new VrioError('invalid-argument', 'seal: inFrame must lie within the payload')
+      frame.set(src.subarray(srcOffset, srcOffset + end - payloadOffset - inFrame), payloadOffset + inFrame)
+    }
     const c = createCipheriv(this.name as 'aes-256-gcm', this.liveKey(), nonceFor(counter), {
       authTagLength: 16,
     })
@@ -157,14 +169,20 @@ export class NodeFrameAead implements FrameAead {
     end: number,
     tagOffset: number,
     counter: number,
+    dst?: Uint8Array,
+    dstOffset = 0,
   ): boolean {
     const d = createDecipheriv(this.name as 'aes-256-gcm', this.liveKey(), nonceFor(counter), {
       authTagLength: SEAL_TAG_BYTES,
     })
     d.setAuthTag(frame.subarray(tagOffset, tagOffset + SEAL_TAG_BYTES))
     d.setAAD(aadFor(frame, ipOffset, tcpOffset, payloadOffset, tagOffset))
-    // In place before the tag is checked, as the addon does (see FrameAead.open).
-    if (end > payloadOffset) frame.set(d.update(frame.subarray(payloadOffset, end)), payloadOffset)
+    // In place (or into dst) before the tag is checked, as the addon does (see FrameAead.open).
+    if (end > payloadOffset) {
+      const plain = d.update(frame.subarray(payloadOffset, end))
+      if (dst) dst.set(plain, dstOffset)
+      else frame.set(plain, payloadOffset)
+    }
     try {
       d.final()
     } catch {
@@ -184,21 +202,111 @@ export class NodeFrameAead implements FrameAead {
   }
 }
 
-let nativeFactory: FrameAeadFactory | undefined | null
+/**
+ * The addon's frame AEAD as it is called: numbers in `args` (see NativeFrameAead). The methods'
+ * names differ from an older build's (seal/open with every number as an argument), so that a
+ * stale build is not taken for this one: it is then ignored and node:crypto's is used.
+ */
+export interface AddonFrameAead {
+  sealFrame(frame: Uint8Array, src?: Uint8Array, srcOffset?: number, inFrame?: number): void
+  openFrame(frame: Uint8Array, dst?: Uint8Array, dstOffset?: number): boolean
+  destroy(): void
+}
+
+export type AddonFrameAeadConstructor = new (
+  cipher: number,
+  key: Uint8Array,
+  args: Float64Array,
+) => AddonFrameAead
+
+/**
+ * Where every NativeFrameAead puts a call's numbers for the addon to read (calls are synchronous:
+ * one array serves them all). Through it, a call crosses into the addon with one to three
+ * arguments instead of seven to nine: numbers passed one by one, and N-API's heap allocation past
+ * six arguments, cost more than sealing a small frame.
+ */
+const ADDON_ARGS = new Float64Array(6)
+
+let addonCtor: AddonFrameAeadConstructor | undefined | null
+
+function addonFrameAead(): AddonFrameAeadConstructor | null {
+  if (addonCtor === undefined) {
+    try {
+      const ctor = native().FrameAead
+      const proto = (ctor as unknown as { prototype?: Partial<AddonFrameAead> } | undefined)?.prototype
+      addonCtor = ctor && typeof proto?.sealFrame === 'function' ? ctor : null
+    } catch {
+      addonCtor = null
+    }
+  }
+  return addonCtor
+}
+
+/** The addon's implementation (OpenSSL EVP, no allocation per frame); throws without the addon. */
+export class NativeFrameAead implements FrameAead {
+  private readonly n: AddonFrameAead
+
+  constructor(cipher: SealCipher, key: Uint8Array) {
+    checkKey(cipher, key)
+    const ctor = addonFrameAead()
+    if (!ctor) throw new VrioError('unsupported', 'the native addon has no frame AEAD: rebuild it')
+    this.n = new ctor(cipher, key, ADDON_ARGS)
+  }
+
+  seal(
+    frame: Uint8Array,
+    ipOffset: number,
+    tcpOffset: number,
+    payloadOffset: number,
+    end: number,
+    tagOffset: number,
+    counter: number,
+    src?: Uint8Array,
+    srcOffset = 0,
+    inFrame = 0,
+  ): void {
+    const a = ADDON_ARGS
+    a[0] = ipOffset
+    a[1] = tcpOffset
+    a[2] = payloadOffset
+    a[3] = end
+    a[4] = tagOffset
+    a[5] = counter
+    if (src) this.n.sealFrame(frame, src, srcOffset, inFrame)
+    else this.n.sealFrame(frame)
+  }
+
+  open(
+    frame: Uint8Array,
+    ipOffset: number,
+    tcpOffset: number,
+    payloadOffset: number,
+    end: number,
+    tagOffset: number,
+    counter: number,
+    dst?: Uint8Array,
+    dstOffset = 0,
+  ): boolean {
+    const a = ADDON_ARGS
+    a[0] = ipOffset
+    a[1] = tcpOffset
+    a[2] = payloadOffset
+    a[3] = end
+    a[4] = tagOffset
+    a[5] = counter
+    return dst ? this.n.openFrame(frame, dst, dstOffset) : this.n.openFrame(frame)
+  }
+
+  destroy(): void {
+    this.n.destroy()
+  }
+}
 
 /**
  * The AEAD the transport uses: the addon's (OpenSSL EVP, in place, no allocation per frame) when
  * it has one, else node:crypto's.
  */
 export function createFrameAead(cipher: SealCipher, key: Uint8Array): FrameAead {
-  if (nativeFactory === undefined) {
-    try {
-      const ctor = native().FrameAead
-      nativeFactory = ctor ? (c, k) => new ctor(c, k) : null
-    } catch {
-      nativeFactory = null
-    }
-  }
   checkKey(cipher, key)
-  return nativeFactory ? nativeFactory(cipher, key) : new NodeFrameAead(cipher, key)
+  return addonFrameAead() ? new NativeFrameAead(cipher, key) : new NodeFrameAead(cipher, key)
 }

@@ -200,6 +200,12 @@ export class Connection {
    * reassembly, all together; 0 once authenticated, or for a connection that never needed it.
    */
   private preAuthReceiveBytes = 0
+  /**
+   * Sealed: where the frame being received was decrypted to (payloadPlacement): the reassembly
+   * buffer its bytes belong in, at `placedOffset`.
+   */
+  private placedBuffer: Uint8Array | undefined
+  private placedOffset = 0
   /** Sealed: pieces of split GSO records being re-joined. */
   private readonly rejoiner: SealRejoiner | undefined
 
@@ -519,20 +525,83 @@ export class Connection {
   /** Handles one decoded segment addressed to this connection. `buf` is the whole frame. */
   receive(buf: Uint8Array, f: TcpFrame): void {
     if (this.closed) return
-    // Sealed: nothing of a frame that does not verify is looked at, not even to note the peer is alive.
-    if (this.seal) {
-      const why = this.seal.tryOpen(buf, f, f.payloadLength > 0)
-      if (why) {
-        // A piece of a GSO record a link split: staged until the record re-joins (rejoin.ts).
-        const whole = why === 'authFailed' && f.payloadLength > 0 ? this.rejoiner!.stage(buf, f) : undefined
-        if (!whole) {
-          if (why !== 'authFailed' || f.payloadLength === 0) this.stats[why]++
-          return
-        }
-        buf = whole.frame
-        f = whole.f
-      }
+    if (!this.seal) {
+      this.receiveOpened(buf, f)
+      return
     }
+    try {
+      this.receiveSealed(buf, f)
+    } finally {
+      this.placedBuffer = undefined
+    }
+  }
+
+  private receiveSealed(buf: Uint8Array, f: TcpFrame): void {
+    // Sealed: nothing of a frame that does not verify is looked at, not even to note the peer is
+    // alive. A data segment whose bytes go into a reassembly buffer is decrypted straight into it
+    // (the cipher pass is the copy out of the frame), else in place.
+    const seal = this.seal!
+    const why =
+      f.payloadLength > 0 && this.payloadPlacement(f)
+        ? seal.tryOpenInto(buf, f, this.placedBuffer!, this.placedOffset)
+        : seal.tryOpen(buf, f, f.payloadLength > 0)
+    if (why) {
+      // Out of place, a refused frame is still ciphertext, as staging needs it.
+      this.placedBuffer = undefined
+      // A piece of a GSO record a link split: staged until the record re-joins (rejoin.ts).
+      const whole = why === 'authFailed' && f.payloadLength > 0 ? this.rejoiner!.stage(buf, f) : undefined
+      if (!whole) {
+        if (why !== 'authFailed' || f.payloadLength === 0) this.stats[why]++
+        return
+      }
+      buf = whole.frame
+      f = whole.f
+    }
+    this.receiveOpened(buf, f)
+  }
+
+  /**
+   * Sealed, before the frame is verified: whether its payload goes into the reassembly buffer of a
+   * message already being reassembled, at a place that holds nothing yet (no received byte, none
+   * below rcvNxt), so that it can be decrypted straight there — bytes written there by a frame that
+   * then fails are harmless, since the place is filled only by a frame that verifies. Changes no
+   * state but the placed* fields. A message's first frame is decrypted in place and copied (no
+   * buffer is taken for a frame not yet verified: a forged frame must not cost an allocation).
+   */
+  private payloadPlacement(f: TcpFrame): boolean {
+    const opt = f.tcp.options.vrio
+    if (
+      !opt.present ||
+      opt.flags & SEGMENT_SKIP ||
+      this.preAuthReceiveBytes > 0 ||
+      (this.state !== 'established' && this.state !== 'fin-wait-1' && this.state !== 'fin-wait-2')
+    )
+      return false
+    const length = f.payloadLength
+    const delivery = opt.flags & SEGMENT_DELIVERY_MASK
+    const segStart = positionOf(this.irs, f.tcp.seq, this.rcvNxt)
+    const msgStart = positionOf(this.irs, opt.messageStart, this.rcvNxt)
+    const msgEnd = msgStart + opt.messageLength
+    if (
+      length === opt.messageLength || // whole in this frame: delivered as a view of it
+      opt.messageLength > this.o.maxMessageSize ||
+      delivery > Delivery.BestEffort ||
+      segStart < msgStart ||
+      segStart < this.rcvNxt ||
+      segStart + length > msgEnd ||
+      segStart + length > Math.max(this.rcvAdvEdge, this.rcvNxt + this.receiveWindow) ||
+      this.received.coveredBytes(segStart, segStart + length) > 0 ||
+      this.abandoned.has(msgStart)
+    )
+      return false
+    const m = this.reassembly.get(msgStart)
+    if (!m || m.end !== msgEnd || m.flags !== delivery) return false
+    this.placedBuffer = m.buffer
+    this.placedOffset = segStart - msgStart
+    return true
+  }
+
+  private receiveOpened(buf: Uint8Array, f: TcpFrame): void {
     const now = this.clock()
     this.stats.framesReceived++
     this.stats.bytesReceived += buf.length
@@ -845,7 +914,15 @@ export class Connection {
       this.drop('segment-mismatch')
       return
     }
-    m.buffer.set(buf.subarray(payload + (start - segStart), payload + length), start - msgStart)
+    if (this.placedBuffer) {
+      // Decrypted out of the frame already (payloadPlacement): in place unless m changed meanwhile.
+      const from = this.placedOffset + (start - segStart)
+      if (this.placedBuffer !== m.buffer || from !== start - msgStart) {
+        m.buffer.set(this.placedBuffer.subarray(from, this.placedOffset + length), start - msgStart)
+      }
+    } else {
+      m.buffer.set(buf.subarray(payload + (start - segStart), payload + length), start - msgStart)
+    }
     m.filled += this.received.add(start, end)
     if (delivery !== Delivery.Ordered && this.isResolved(m.start, m.end)) {
       this.freeReassembly(m)
@@ -1365,23 +1442,23 @@ export class Connection {
     const headerLength = tcpFrameHeaderLength(this.tx.tcp.options)
     const headroom = this.o.headroom
     const frame = this.allocate(headroom + headerLength + payloadLength).subarray(headroom)
-    // Sealed, a payload that lies in one chunk is encrypted from there into the frame (the cipher
-    // pass is the copy); otherwise copied first and sealed in place.
+    // Sealed, the payload's part in its last chunk (a message's body, after a small header chunk)
+    // is encrypted from there into the frame (the cipher pass is the copy); only what comes before
+    // it is copied first, and encrypted in place.
     let src: Uint8Array | undefined
     let srcOffset = 0
+    let inFrame = length
     if (m && this.seal && length > 0) {
-      const at = chunkAt(m.chunks, offset, length)
-      if (at >= 0) {
-        src = m.chunks[chunkIndex]
-        srcOffset = at
-      }
+      srcOffset = tailChunkAt(m.chunks, offset, length)
+      src = m.chunks[chunkIndex]
+      inFrame = tailBefore
     }
-    if (m && !src) copyChunks(m.chunks, offset, frame, headerLength, length)
+    if (m && inFrame > 0) copyChunks(m.chunks, offset, frame, headerLength, inFrame)
     this.tx.ip.identification = this.ipId
     this.ipId = (this.ipId + 1) & 0xffff
     const frameLength = encodeTcpFrameHeaders(frame, this.tx, payloadLength)
     // Sealed in place, in the frame the payload was just copied into; the checksum covers the result.
-    if (this.seal) this.seal.seal(frame, this.tx, headerLength, src, srcOffset)
+    if (this.seal) this.seal.seal(frame, this.tx, headerLength, src, srcOffset, inFrame)
     finishTcpFrameChecksum(frame, this.tx, frameLength, this.o.checksumOffload)
     this.stats.framesSent++
     this.stats.bytesSent += frame.length
@@ -1429,20 +1506,23 @@ function insertSorted(list: InMessage[], m: InMessage): void {
   list.splice(i, 0, m)
 }
 
-/** Set by chunkAt: the index of the chunk it found. */
+/** Set by tailChunkAt: the index of the chunk it found, and how many bytes of the range lie before it. */
 let chunkIndex = 0
+let tailBefore = 0
 
 /**
- * Where `[offset, offset + length)` of the concatenation of `chunks` starts inside a single chunk
- * (whose index goes to `chunkIndex`), or -1 when the range spans chunks.
+ * Where the part of `[offset, offset + length)` (length > 0) of the concatenation of `chunks` that
+ * lies in its last chunk starts inside that chunk (whose index goes to `chunkIndex`).
  */
-function chunkAt(chunks: readonly Uint8Array[], offset: number, length: number): number {
-  let skip = offset
+function tailChunkAt(chunks: readonly Uint8Array[], offset: number, length: number): number {
+  const end = offset + length
+  let pos = 0
   let i = 0
-  while (i < chunks.length && skip >= chunks[i].length) skip -= chunks[i++].length
-  if (i >= chunks.length || skip + length > chunks[i].length) return -1
+  while (pos + chunks[i].length < end) pos += chunks[i++].length
   chunkIndex = i
-  return skip
+  const start = Math.max(offset, pos)
+  tailBefore = start - offset
+  return start - pos
 }
 
 /** The chunks' bytes in one new buffer. */

@@ -312,9 +312,17 @@ export class ChannelSeal {
 
   /**
    * Seals the encoded frame (checksum not yet computed) whose SEAL option `prepare` filled. With
-   * `src`, the payload is encrypted from there into the frame (see FrameAead.seal).
+   * `src`, the payload's first `inFrame` bytes are in the frame already and the rest is encrypted
+   * from `src[srcOffset...]` into the frame (see FrameAead.seal).
    */
-  seal(frame: Uint8Array, f: TcpFrame, payloadOffset: number, src?: Uint8Array, srcOffset = 0): void {
+  seal(
+    frame: Uint8Array,
+    f: TcpFrame,
+    payloadOffset: number,
+    src?: Uint8Array,
+    srcOffset = 0,
+    inFrame = 0,
+  ): void {
     const t = this.sealing!
     const tag = f.tcp.options.seal.offset + SEAL_TAG_OFFSET
     if (src) {
@@ -328,6 +336,7 @@ export class ChannelSeal {
         this.sealingCounter,
         src,
         srcOffset,
+        inFrame,
       )
     } else {
       t.aead.seal(frame, IP_OFFSET, f.tcpOffset, payloadOffset, frame.length, tag, this.sealingCounter)
@@ -353,6 +362,16 @@ export class ChannelSeal {
     return this.verify(frame, f, restore)
   }
 
+  /**
+   * `tryOpen` that decrypts the payload into `dst[dstOffset, dstOffset + payloadLength)` (where the
+   * receiver would copy it: the cipher pass is the copy) and leaves the frame as it came, so a
+   * frame that fails is still ciphertext (no restore pass). Those `dst` bytes are written even when
+   * the frame is refused: pass only memory that holds nothing yet.
+   */
+  tryOpenInto(frame: Uint8Array, f: TcpFrame, dst: Uint8Array, dstOffset: number): SealRejection | undefined {
+    return this.verify(frame, f, false, dst, dstOffset)
+  }
+
   /** Forgets every key (the connection ended). */
   destroy(): void {
     for (const k of [this.tx, this.pendingTx, this.prev, this.cur, this.next]) {
@@ -363,14 +382,20 @@ export class ChannelSeal {
     this.psk.fill(0)
   }
 
-  private verify(frame: Uint8Array, f: TcpFrame, restore: boolean): SealRejection | undefined {
+  private verify(
+    frame: Uint8Array,
+    f: TcpFrame,
+    restore: boolean,
+    dst?: Uint8Array,
+    dstOffset = 0,
+  ): SealRejection | undefined {
     const s = f.tcp.options.seal
     if (!s.present) return 'unsealed'
     if (!this.cur) {
       // The opener before the SYN-ACK: its sequence number is the listener's ISS the key needs.
       if (this.role !== 'opener' || s.epoch !== 0) return 'badEpoch'
       const candidate = this.rxKey(0, listenerHandshakeKey(this.psk, this.identity, f.tcp.seq))
-      const why = this.verifyWith(candidate, frame, f, restore)
+      const why = this.verifyWith(candidate, frame, f, restore, dst, dstOffset)
       if (why) {
         candidate.aead.destroy()
         return why
@@ -388,7 +413,7 @@ export class ChannelSeal {
       k = this.next
     }
     if (!k) return 'badEpoch'
-    const why = this.verifyWith(k, frame, f, restore)
+    const why = this.verifyWith(k, frame, f, restore, dst, dstOffset)
     if (why) return why
     if (k === this.next) {
       if (this.prev) {
@@ -407,14 +432,23 @@ export class ChannelSeal {
     return undefined
   }
 
-  private verifyWith(k: RxKey, frame: Uint8Array, f: TcpFrame, restore: boolean): SealRejection | undefined {
+  private verifyWith(
+    k: RxKey,
+    frame: Uint8Array,
+    f: TcpFrame,
+    restore: boolean,
+    dst: Uint8Array | undefined,
+    dstOffset: number,
+  ): SealRejection | undefined {
     const counter = reconstructCounter(f.tcp.options.seal.counter, k.window.highest)
     if (!k.window.check(counter)) return 'replayed'
     const tag = f.tcp.options.seal.offset + SEAL_TAG_OFFSET
     const end = f.payloadOffset + f.payloadLength
-    const ok = k.aead.open(frame, IP_OFFSET, f.tcpOffset, f.payloadOffset, end, tag, counter)
+    const ok = dst
+      ? k.aead.open(frame, IP_OFFSET, f.tcpOffset, f.payloadOffset, end, tag, counter, dst, dstOffset)
+      : k.aead.open(frame, IP_OFFSET, f.tcpOffset, f.payloadOffset, end, tag, counter)
     if (!ok) {
-      if (restore && f.payloadLength > 0) {
+      if (restore && !dst && f.payloadLength > 0) {
         // Counter-mode: encrypting the failed decryption under the same key and nonce gives the
         // ciphertext back; seal writes a tag, the received one is put back.
         const received = Buffer.from(frame.subarray(tag, tag + SEAL_TAG_BYTES))

@@ -4,6 +4,7 @@ import { describe, it } from 'node:test'
 import { native } from '../../src/io/native.ts'
 import {
   type FrameAead,
+  NativeFrameAead,
   NodeFrameAead,
   SEAL_CIPHER_AES_256_GCM,
   SEAL_CIPHER_CHACHA20_POLY1305,
@@ -55,12 +56,16 @@ function open(aead: FrameAead, frame: Buffer, payloadOffset: number, tagOffset: 
 }
 
 describe('frame AEAD: the addon against node:crypto', () => {
-  const Native = native().FrameAead
-  it('the addon has one', () => assert.ok(Native, 'native FrameAead missing: rebuild the addon'))
+  const Native = NativeFrameAead
+  it('the addon has one, of this build (numbers through the argument array)', () => {
+    const proto = (native().FrameAead as unknown as { prototype?: Record<string, unknown> } | undefined)
+      ?.prototype
+    assert.equal(typeof proto?.sealFrame, 'function', 'native FrameAead missing or stale: rebuild the addon')
+  })
   for (const [name, cipher] of CIPHERS) {
     it(`${name}: both seal to the same bytes, each opens the other's, for payloads of 0 to 64000 bytes`, () => {
       const key = randomBytes(32)
-      const n = new Native!(cipher, key)
+      const n = new Native(cipher, key)
       const js = new NodeFrameAead(cipher, key)
       for (const size of [0, 1, 15, 16, 17, 1000, 1418, 9000, 64_000]) {
         const payload = randomBytes(size)
@@ -85,7 +90,7 @@ describe('frame AEAD: the addon against node:crypto', () => {
     it(`${name}: each rejects every single-bit flip of addresses, header, options, payload and tag, and another counter or key`, () => {
       const key = randomBytes(32)
       const impls: [string, FrameAead][] = [
-        ['native', new Native!(cipher, key)],
+        ['native', new Native(cipher, key)],
         ['node', new NodeFrameAead(cipher, key)],
       ]
       const payload = randomBytes(40)
@@ -122,7 +127,7 @@ describe('frame AEAD: the addon against node:crypto', () => {
     it(`${name}: sealing from a separate source (the copy into the frame) gives the same bytes as copy, then seal`, () => {
       const key = randomBytes(32)
       const impls: [string, FrameAead][] = [
-        ['native', new Native!(cipher, key)],
+        ['native', new Native(cipher, key)],
         ['node', new NodeFrameAead(cipher, key)],
       ]
       for (const size of [1, 1424, 64_000]) {
@@ -143,6 +148,25 @@ describe('frame AEAD: the addon against node:crypto', () => {
             7,
           )
           assert.deepEqual(target.frame, reference.frame, `${implName} at ${size}`)
+          // The first bytes in the frame already (a header chunk copied), the rest from the source.
+          for (const inFrame of [1, 17, size]) {
+            if (inFrame > size) continue
+            const split = dataFrame(Buffer.alloc(size, 0xee), 5)
+            split.frame.set(source.subarray(7, 7 + inFrame), split.payloadOffset)
+            aead.seal(
+              split.frame,
+              IP_OFFSET,
+              TCP_OFFSET,
+              split.payloadOffset,
+              split.frame.length,
+              split.tagOffset,
+              5,
+              source,
+              7 + inFrame,
+              inFrame,
+            )
+            assert.deepEqual(split.frame, reference.frame, `${implName} at ${size}, ${inFrame} in the frame`)
+          }
         }
       }
     })
@@ -151,7 +175,7 @@ describe('frame AEAD: the addon against node:crypto', () => {
   for (const [name, cipher] of CIPHERS) {
     it(`${name}: a frame that fails to open gets its ciphertext back when sealed again under the same counter`, () => {
       const key = randomBytes(32)
-      for (const aead of [new Native!(cipher, key), new NodeFrameAead(cipher, key)]) {
+      for (const aead of [new Native(cipher, key), new NodeFrameAead(cipher, key)]) {
         for (const size of [1, 1424, 64_000]) {
           const d = dataFrame(randomBytes(size), 9)
           seal(aead, d.frame, d.payloadOffset, d.tagOffset, 9)
@@ -168,8 +192,37 @@ describe('frame AEAD: the addon against node:crypto', () => {
     })
   }
 
+  for (const [name, cipher] of CIPHERS) {
+    it(`${name}: opening into a separate destination (the copy out of the frame) gives the plaintext there and leaves the frame as it came`, () => {
+      const key = randomBytes(32)
+      for (const aead of [new Native(cipher, key), new NodeFrameAead(cipher, key)]) {
+        for (const size of [1, 1424, 64_000]) {
+          const payload = randomBytes(size)
+          const d = dataFrame(payload, 11)
+          seal(aead, d.frame, d.payloadOffset, d.tagOffset, 11)
+          const received = Buffer.from(d.frame)
+          const dst = Buffer.alloc(size + 20, 0xee)
+          const open = (frame: Buffer) =>
+            aead.open(frame, IP_OFFSET, TCP_OFFSET, d.payloadOffset, frame.length, d.tagOffset, 11, dst, 13)
+          assert.ok(open(d.frame))
+          assert.deepEqual(d.frame, received, 'the frame is left as it came')
+          assert.deepEqual(dst.subarray(13, 13 + size), payload)
+          assert.ok(
+            dst.subarray(0, 13).every((b) => b === 0xee) && dst.subarray(13 + size).every((b) => b === 0xee),
+          )
+          // A frame that fails is left as it came too (still ciphertext: no restore pass needed).
+          const bad = Buffer.from(received)
+          bad[d.tagOffset] ^= 1
+          assert.equal(open(bad), false)
+          bad[d.tagOffset] ^= 1
+          assert.deepEqual(bad, received)
+        }
+      }
+    })
+  }
+
   it('the addon refuses offsets outside the frame', () => {
-    const n = new Native!(SEAL_CIPHER_AES_256_GCM, randomBytes(32))
+    const n = new Native(SEAL_CIPHER_AES_256_GCM, randomBytes(32))
     const { frame, payloadOffset, tagOffset } = dataFrame(randomBytes(10), 1)
     assert.throws(() => n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length + 1, tagOffset, 1))
     assert.throws(() =>
@@ -179,6 +232,31 @@ describe('frame AEAD: the addon against node:crypto', () => {
     const src = randomBytes(5)
     assert.throws(() =>
       n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, src, 0),
+    )
+    const big = randomBytes(64)
+    assert.throws(() =>
+      n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, big, 0, 11),
+    )
+    const dst = Buffer.alloc(12)
+    assert.throws(() =>
+      n.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, dst, 3),
+    )
+    assert.throws(() =>
+      n.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, dst, -1),
+    )
+    // Overlapping the payload, other than exactly in place.
+    assert.throws(() =>
+      n.open(
+        frame,
+        IP_OFFSET,
+        TCP_OFFSET,
+        payloadOffset,
+        frame.length,
+        tagOffset,
+        1,
+        frame,
+        payloadOffset - 3,
+      ),
     )
   })
 })

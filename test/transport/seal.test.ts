@@ -372,3 +372,123 @@ describe('sealed channel: an attacker on the link', () => {
     })
   }
 })
+
+describe('sealed channel: decrypting straight into the reassembly buffer', () => {
+  /** A and B wired by hand: every frame A sends is kept for the test to hand to B. */
+  function pair() {
+    const toB: Buffer[] = []
+    const toA: Buffer[] = []
+    const messages: Uint8Array[] = []
+    const a = new Endpoint({ mac: MAC_A, ip: IP_A, sink: (f) => toB.push(f as Buffer), key: TEST_KEY })
+    const b = new Endpoint({
+      mac: MAC_B,
+      ip: IP_B,
+      sink: (f) => toA.push(f as Buffer),
+      key: TEST_KEY,
+      listenPort: PORT_B,
+      accept: () => ({ message: (m) => messages.push(Uint8Array.from(m)) }),
+    })
+    const client = a.connect({ mac: MAC_B, ip: IP_B, port: PORT_B }, { message() {} }, TEST_KEY)
+    const settle = () => {
+      for (let round = 0; round < 20 && (toB.length > 0 || toA.length > 0); round++) {
+        for (const f of toB.splice(0)) b.receive(f)
+        b.flush()
+        for (const f of toA.splice(0)) a.receive(f)
+        a.flush()
+      }
+    }
+    settle()
+    assert.equal(client.state, 'established')
+    return { a, b, client, toB, messages, settle }
+  }
+
+  it('the frames of a message that spans several are decrypted into its buffer, out of place: each after the first is left as it came', () => {
+    const p = pair()
+    const message = patternMessage(1, 10_000)
+    assert.ok(p.client.send(message, Delivery.Reliable))
+    const frames = p.toB.splice(0)
+    assert.ok(frames.length >= 5, 'the message spans several frames')
+    const left: boolean[] = []
+    for (const frame of frames) {
+      const copy = Buffer.from(frame)
+      p.b.receive(frame)
+      left.push(frame.equals(copy))
+    }
+    // The first frame is decrypted in place (the message has no buffer before a frame of it
+    // verified); in place, every frame's payload would now be plaintext.
+    assert.deepEqual(
+      left,
+      frames.map((_f, i) => i > 0),
+    )
+    p.settle()
+    assert.equal(p.messages.length, 1)
+    assert.deepEqual(p.messages[0], message)
+  })
+
+  it('messages given in chunks (a header, then a body) arrive whole: each frame is sealed from its chunks', () => {
+    const p = pair()
+    const sent: Uint8Array[] = []
+    for (const [head, body] of [
+      [40, 10_000],
+      [3, 1],
+      [2000, 50],
+      [1, 4096],
+    ]) {
+      const whole = patternMessage(sent.length + 5, head + body)
+      sent.push(whole)
+      assert.ok(p.client.send([whole.subarray(0, head), whole.subarray(head)], Delivery.Reliable))
+      assert.ok(
+        p.client.send(
+          [whole.subarray(0, 1), whole.subarray(1, head), whole.subarray(head)],
+          Delivery.Reliable,
+        ),
+      )
+      sent.push(whole)
+    }
+    p.settle()
+    assert.deepEqual(p.messages, sent)
+  })
+
+  it('forged frames decrypted into the buffer before, between and after the genuine ones change nothing that is delivered', () => {
+    const p = pair()
+    const message = patternMessage(2, 12_000)
+    assert.ok(p.client.send(message, Delivery.Reliable))
+    const frames = p.toB.splice(0)
+    assert.ok(frames.length >= 6)
+    /** A frame's copy with one payload byte flipped and a fresh counter (else: a replay, never decrypted). */
+    const forged = (i: number, shift: number) => {
+      const b = Buffer.from(frames[i])
+      const f = decode(b, false)
+      b[f.payloadOffset + 3] ^= 0x40
+      b.writeUInt32BE((f.tcp.options.seal.counter + 1000 + shift) >>> 0, f.tcp.options.seal.offset + 6)
+      return fixChecksum(b)
+    }
+    const server = [...p.b.connections()][0]
+    // Out of order, so that received parts lie above rcvNxt: into a part nothing has filled yet
+    // (decrypted into the buffer, refused), then the genuine frame; into a part a genuine frame
+    // filled already (it must not be overwritten); the first forgery comes before the message has
+    // a buffer (decrypted in place, refused).
+    p.b.receive(forged(2, 0))
+    p.b.receive(frames[2])
+    p.b.receive(forged(2, 1))
+    p.b.receive(frames[0])
+    p.b.receive(forged(1, 2))
+    p.b.receive(frames[1])
+    p.b.receive(forged(1, 3))
+    p.b.receive(forged(2, 4))
+    // A forged first frame of another message.
+    const other = Buffer.from(frames[3])
+    const fo = decode(other, false)
+    other.writeUInt32BE((fo.tcp.seq + 500_000) >>> 0, fo.tcpOffset + 4)
+    other.writeUInt32BE((fo.tcp.seq + 500_000 - 1000) >>> 0, fo.tcpOffset + 20 + 6)
+    other.writeUInt32BE((fo.tcp.options.seal.counter + 2000) >>> 0, fo.tcp.options.seal.offset + 6)
+    p.b.receive(fixChecksum(other))
+    for (const frame of frames.slice(3)) p.b.receive(frame)
+    p.settle()
+    // Refused (a forged piece is staged, and counted authFailed too once evicted), never joined.
+    assert.ok(server.stats.authFailed + server.stats.piecesStaged >= 6, 'every forgery refused')
+    assert.equal(server.stats.recordsRejoined, 0)
+    assert.equal(p.messages.length, 1)
+    assert.deepEqual(p.messages[0], message)
+  })
+})
