@@ -229,6 +229,21 @@ describe('flowbits, flowint and noalert in the engine', () => {
     assert.deepEqual(f.send('x'), [])
   })
 
+  it('header-only rules with IPv4 lists (IP reputation) match through the address index', () => {
+    const list = (last: number) =>
+      `[${Array.from({ length: 50 }, (_, k) => `192.0.2.${k}`).join(',')},10.0.0.${last}]`
+    const f = flow(
+      [
+        `alert tcp ${list(9)} any -> any any (msg:"from listed"; sid:1;)`,
+        `alert tcp any any -> ${list(9)} any (msg:"to listed"; sid:2;)`,
+        `alert tcp ${list(7)} any -> any any (msg:"not listed"; sid:3;)`,
+        'alert tcp [10.0.0.0/24,192.0.2.0/24,198.51.100.0/24,203.0.113.0/24] any -> any 80 (sid:4;)',
+      ].join('\n'),
+    )
+    assert.deepEqual(f.send('hello').sort(), [2, 4])
+    assert.deepEqual(f.send('hello', false), [1])
+  })
+
   it('reports bad flowbits/threshold/xbits options', () => {
     assert.match(errorOf('flowbits:frob,x;'), /invalid flowbits operation/)
     assert.match(errorOf('threshold:type limit, count 1, seconds 1;'), /track/)
