@@ -131,6 +131,8 @@ function payloadItems(rule: Rule): PayloadMatch[] {
   return rule.groups.find((g) => g.buffer === 'payload')?.items ?? []
 }
 
+/** What a rule's payload group sees when no payload comes with a transaction's update. */
+const EMPTY_BUFFER: InspectBuffer = { data: Buffer.alloc(0), length: 0, base: 0, text: undefined }
 /**
  * Whether a payload rule has items bound to the buffer's start (offset/depth, absolute byte_*,
  * isdataat, pcre anchored with `^` or /A): in TCP these hold per packet as well as on the stream (Suricata inspects
@@ -146,8 +148,6 @@ function anchored(items: PayloadMatch[]): boolean {
     return !m.relative
   })
 }
-/** What a rule's payload group sees when no payload comes with a transaction's update. */
-const EMPTY_BUFFER: InspectBuffer = { data: Buffer.alloc(0), length: 0, base: 0, text: undefined }
 
 /** Most "fast pattern seen, rest not yet" entries kept per stream direction. */
 const MAX_PENDING = 64
@@ -193,12 +193,14 @@ class RuleSet {
   readonly appAlways = new Map<AppProto, number[]>()
   /** Some rule needs the application layer (a protocol in its header, or app buffers). */
   readonly needsApp: boolean
+  /** The application buffers some rule reads (the parsers build only those). */
+  readonly usedBuffers = new Set<BufferId>()
+  /** The application protocols some rule reads a buffer of (parsed; the others only detected). */
+  readonly parsedProtos = new Set<AppProto>()
   /** Per rule: its flowbits/flowint/xbits order (flowstate.ts stateOrder); 3 = none. */
   readonly stateOrder: Uint8Array
   /** Some rule has flowbits, flowint, xbits, threshold or noalert. */
   readonly stateful: boolean
-  /** The application buffers some rule reads (the parsers build only those). */
-  readonly usedBuffers = new Set<BufferId>()
 
   constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
     this.generation = generation
@@ -227,6 +229,10 @@ class RuleSet {
     this.stateful = rules.some((r) => r.state !== undefined)
     this.needsApp = rules.some((r) => r.app !== undefined || r.groups.some((g) => g.buffer !== 'payload'))
     for (const r of rules) for (const g of r.groups) this.usedBuffers.add(g.buffer)
+    for (const b of this.usedBuffers) {
+      const p = BUFFER_PROTO[b]
+      if (p !== undefined) this.parsedProtos.add(p)
+    }
     const appPatterns = new Map<
       BufferId,
       { patterns: Uint8Array[]; ids: Map<string, number>; rules: number[][] }
@@ -420,7 +426,11 @@ export class DpiService implements NetService {
     this.#flowIdBase = Math.floor(Math.random() * 2 ** 20) * 2 ** 32
     this.#onHit = (pattern, end) => this.#hit(pattern, end)
     this.#onChunk = (side, data, start, end) => this.#chunk(side, data, start, end)
-    this.#appLimits = { http: options.http, wants: { has: (id) => this.#rules.usedBuffers.has(id) } }
+    this.#appLimits = {
+      http: options.http,
+      wants: { has: (id) => this.#rules.usedBuffers.has(id) },
+      parses: (proto) => this.#rules.parsedProtos.has(proto),
+    }
     this.#onAppHit = (pattern) => {
       const tx = this.#appTx as AppTx
       for (const i of this.#appPatternRules[pattern]) tx.candidates.add(i)
@@ -1045,6 +1055,8 @@ export class DpiService implements NetService {
         category: rule.category,
         severity: rule.severity,
       },
+      // As Suricata: the flow's detected application protocol.
+      ...(flow.app?.proto !== undefined && { app_proto: flow.app.proto }),
       flow: {
         pkts_toserver: client.packets,
         pkts_toclient: server.packets,

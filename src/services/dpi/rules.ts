@@ -562,6 +562,16 @@ function parseRule(
         c.fastPattern = true
         break
       }
+      case 'tls.version': {
+        // `tls.version:1.2`: the handshake's version, as an exact match on the tls.version buffer.
+        const v = need().trim()
+        if (!/^1\.[0-3]$/.test(v)) fail(`unsupported tls.version '${v}' (1.0 to 1.3)`)
+        const c = parseContent(`"${v}"`, maxContent)
+        c.depth = v.length
+        add(c, 'tls.version')
+        lastItem = undefined // not a content the content modifiers apply to
+        break
+      }
       case 'pcre': {
         const { match, buffer } = parsePcre(need())
         add(match, buffer ?? sticky)

@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls'
 import dnsPacket from 'dns-packet'
+import fc from 'fast-check'
 import { createDpi, type DpiOptions, type DpiService } from '../../../src/services/dpi/index.ts'
 import type { NetContext } from '../../../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../../../src/wire/packet.ts'
@@ -106,6 +107,48 @@ const REQUEST =
   'Cookie: session=abc\r\nContent-Length: 11\r\n\r\nhello=world'
 
 describe('DPI application layer', () => {
+  it('never throws on random traffic through every parser, and keeps its bounds', () => {
+    const rules = [
+      'alert http any any -> any any (http.uri; content:"/a"; http.header; content:"x"; sid:1;)',
+      'alert http any any -> any any (flow:to_client; file_data; content:"zz"; http.stat_code; content:"2"; sid:2;)',
+      'alert tls any any -> any any (tls.sni; content:"a"; sid:3;)',
+      'alert tls any any -> any any (tls.cert_subject; content:"C"; sid:4;)',
+      'alert dns any any -> any any (dns.query; content:"a"; sid:5;)',
+      'alert ftp any any -> any any (content:"USER"; sid:6;)',
+    ].join('\n')
+    const starts = [
+      'GET /a HTTP/1.1\r\nx: y\r\n',
+      'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n',
+      '\x16\x03\x01\x00\x30\x01\x00\x00\x2c\x03\x03',
+      '\x00\x1d\x00\x01\x01\x00\x00\x01',
+      '220 FTP\r\n',
+      '',
+    ]
+    fc.assert(
+      fc.property(
+        fc.constantFrom(...starts),
+        fc.constantFrom(...starts),
+        fc.array(fc.tuple(fc.boolean(), fc.uint8Array({ maxLength: 200 })), { maxLength: 12 }),
+        (clientStart, serverStart, chunks) => {
+          const h = new Harness(rules)
+          const c = new Conn(h, 1000 + chunks.length).handshake()
+          if (clientStart) c.client(clientStart)
+          if (serverStart) c.server(serverStart)
+          for (const [fromClient, bytes] of chunks) {
+            if (bytes.length === 0) continue
+            if (fromClient) c.client(bytes)
+            else c.server(bytes)
+          }
+          h.send(c.frame(true, new Uint8Array(0), TCP_ACK | TCP_FIN), true)
+          h.send(c.frame(false, new Uint8Array(0), TCP_ACK | TCP_FIN), false)
+          const udp = new Harness(rules)
+          for (const [, bytes] of chunks) udp.send(udpFrame(true, 5000, 53, bytes), true)
+        },
+      ),
+      { numRuns: 300 },
+    )
+  })
+
   it('matches HTTP request sticky buffers and content modifiers, once per transaction', () => {
     const h = new Harness(
       [
@@ -136,6 +179,7 @@ describe('DPI application layer', () => {
     c.server('HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n')
     assert.equal(h.sids.length, before)
     assert.deepEqual(h.dpi.counters().appFlows, { http: 1, dns: 0, tls: 0, ftp: 0, smtp: 0, smb: 0, ssh: 0 })
+    assert.equal(h.events[0].app_proto, 'http')
   })
 
   it('matches the response: status code and message, chunked file_data across segments', () => {
@@ -175,6 +219,9 @@ describe('DPI application layer', () => {
     const h2 = new Harness(rules)
     new Conn(h2, 5555).handshake().client('GET /CANARY HTTP/1.0\r\n\r\n')
     assert.deepEqual([...h2.sids].sort(), [1, 2, 3])
+    // No rule reads an HTTP buffer: the flow is detected, not parsed.
+    assert.equal(h2.dpi.counters().appFlows.http, 1)
+    assert.equal(h2.dpi.counters().appTransactions, 0)
   })
 
   it('request-line buffers match before the headers are complete; a FIN completes a cut-short head', () => {
@@ -277,6 +324,8 @@ describe('DPI application layer', () => {
         'alert tls any any -> any any (msg:"ja3s"; ja3s.string; content:"771,"; sid:7;)',
         'alert tls any any -> any any (msg:"wrong sni"; tls_sni; content:"other.example"; sid:8;)',
         'alert http any any -> any any (msg:"not http"; sid:9;)',
+        'alert tls any any -> any any (msg:"version"; flow:to_client; tls.version:1.2; sid:10;)',
+        'alert tls any any -> any any (msg:"not 1.3"; tls.version:1.3; sid:11;)',
       ].join('\n'),
     )
     const c = new Conn(h, 443).handshake()
@@ -286,7 +335,7 @@ describe('DPI application layer', () => {
     }
     assert.deepEqual(
       [...h.sids].sort((a, b) => a - b),
-      [1, 2, 3, 4, 5, 6, 7],
+      [1, 2, 3, 4, 5, 6, 7, 10],
     )
     assert.deepEqual(h.dpi.counters().appFlows, { http: 0, dns: 0, tls: 1, ftp: 0, smtp: 0, smb: 0, ssh: 0 })
   })

@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
+import { deflateRawSync, deflateSync, gzipSync } from 'node:zlib'
 import { describe, it } from 'node:test'
 import dnsPacket from 'dns-packet'
 import fc from 'fast-check'
@@ -119,6 +120,11 @@ describe('HTTP parser', () => {
     assert.equal(p.skippedBodyBytes, 99_900)
     run(p, [[true, enc('GET / HTTP/1.1\r\n\r\n'.repeat(50))]])
     assert.ok(p.pending <= 4)
+    // Memory: many pipelined requests with big heads, no responses: the oldest are dropped.
+    const m = new HttpParser({ maxFlowBytes: 64 * 1024 })
+    run(m, [[true, enc(`GET / HTTP/1.1\r\nX: ${'a'.repeat(8000)}\r\n\r\n`.repeat(20))]])
+    assert.ok(m.pending <= 2, `${m.pending} transactions held`)
+    assert.ok(m.droppedTransactions >= 18)
     const q = new HttpParser({ maxHead: 1024 })
     run(q, [[true, enc(`GET / HTTP/1.1\r\nX: ${'a'.repeat(5000)}`)]])
     assert.equal(q.errors, 1)
@@ -137,6 +143,41 @@ describe('HTTP parser', () => {
       ),
       { numRuns: 500 },
     )
+  })
+
+  it('decodes gzip and deflate bodies (bounded: a bomb gives bodyLimit bytes), split anywhere', () => {
+    const page = `<html>${'hello gzip world '.repeat(50)}MARKER</html>`
+    for (const [encoding, body] of [
+      ['gzip', gzipSync(page)],
+      ['deflate', deflateSync(page)],
+      ['deflate', deflateRawSync(page)],
+    ] as const) {
+      const resp = Buffer.concat([
+        enc(`HTTP/1.1 200 OK\r\nContent-Encoding: ${encoding}\r\nContent-Length: ${body.length}\r\n\r\n`),
+        body,
+      ])
+      fc.assert(
+        fc.property(fc.array(fc.nat(), { maxLength: 6 }), (cuts) => {
+          const [tx] = run(new HttpParser(), [
+            [true, enc('GET / HTTP/1.1\r\n\r\n')],
+            ...split(resp, cuts).map((c): [boolean, Uint8Array] => [false, c]),
+          ])
+          assert.deepEqual(tx['<file.data'], [page])
+        }),
+        { numRuns: 50 },
+      )
+    }
+    const bomb = gzipSync(Buffer.alloc(20_000_000))
+    const p = new HttpParser({ bodyLimit: 4096 })
+    const [tx] = run(p, [
+      [true, enc('GET / HTTP/1.1\r\n\r\n')],
+      [false, enc(`HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: ${bomb.length}\r\n\r\n`)],
+      [false, bomb],
+    ])
+    // The longest decodable prefix within the limit (a compressed byte of zeros is ~1 KiB).
+    const n = tx['<file.data'][0].length
+    assert.ok(n <= 4096 && n > 2048, `${n} bytes decoded`)
+    assert.equal(p.skippedBodyBytes > 0, true)
   })
 
   it('normalises URIs and hosts like libhtp', () => {

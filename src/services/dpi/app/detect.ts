@@ -126,6 +126,8 @@ export interface AppLimits {
   http?: Partial<HttpLimits>
   /** The buffers some rule reads; parsers build only those. Default all. */
   wants?: BufferWants
+  /** Whether some rule reads a buffer of `proto` (else it is only detected). Default yes. */
+  parses?: (proto: AppProto) => boolean
 }
 
 /** A flow's application layer: detection, then the parser. */
@@ -187,6 +189,8 @@ export class AppState {
     this.proto = found
     // ftp, smtp, smb, ssh: detected only (rules on their payload), no parser.
     if (found === 'ftp' || found === 'smtp' || found === 'smb' || found === 'ssh') return
+    // No rule reads this protocol's buffers (only `alert http ...` payload rules): detection only.
+    if (this.#limits.parses && !this.#limits.parses(found)) return
     this.parser =
       found === 'http'
         ? new HttpParser(this.#limits.http, this.#limits.wants)

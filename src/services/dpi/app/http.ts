@@ -9,9 +9,10 @@
  *
  * Bodies: Content-Length and chunked are decoded; a response without either runs to the end of
  * the stream; HEAD responses and 1xx/204/304 have none. The first `bodyLimit` bytes of each body
- * are kept for inspection (http.request_body / http.response_body / file_data); content encodings
- * (gzip) are not decoded.
+ * are kept for inspection (http.request_body / http.response_body / file_data), gzip and deflate
+ * bodies decoded (the first `bodyLimit` decoded bytes).
  */
+import zlib from 'node:zlib'
 import { type AppParser, AppTx, type BufferWants, touch } from './tx.ts'
 
 export interface HttpLimits {
@@ -23,6 +24,11 @@ export interface HttpLimits {
   bodyLimit: number
   /** Transactions queued per flow (pipelining); the oldest is dropped beyond. Default 16. */
   maxTransactions: number
+  /**
+   * Bytes the queued transactions' buffers may hold per flow (heads and kept bodies, roughly);
+   * the oldest transactions are dropped beyond, the newest is always kept. Default 128 KiB.
+   */
+  maxFlowBytes: number
 }
 
 export const DEFAULT_HTTP_LIMITS: HttpLimits = {
@@ -30,6 +36,7 @@ export const DEFAULT_HTTP_LIMITS: HttpLimits = {
   maxHeaders: 128,
   bodyLimit: 8192,
   maxTransactions: 16,
+  maxFlowBytes: 131_072,
 }
 
 const HEAD = 0
@@ -66,6 +73,9 @@ class Side {
   /** The request target / the status code of the head being parsed. */
   target = ''
   code = 0
+  /** The body's Content-Encoding when vrio decodes it; its decoded prefix, once full. */
+  encoding: 'gzip' | 'deflate' | undefined
+  decoded: Buffer | undefined
 }
 
 /** A header as parsed: name as sent, value trimmed. */
@@ -86,6 +96,11 @@ export class HttpParser implements AppParser {
   readonly #txs: AppTx[] = []
   /** Per queued transaction: its request method (HEAD responses have no body). */
   readonly #methods = new WeakMap<AppTx, string>()
+  /** Per queued transaction: the bytes its buffers hold, roughly (see maxFlowBytes). */
+  readonly #bytes = new WeakMap<AppTx, number>()
+  #heldBytes = 0
+  /** Transactions dropped from the queue before completing (pipelining or memory bounds). */
+  droppedTransactions = 0
   /** The flow switched to another protocol (CONNECT, 101 Upgrade): nothing more is parsed. */
   #tunnel = false
   /** Body bytes not kept (over bodyLimit). */
@@ -222,6 +237,8 @@ export class HttpParser implements AppParser {
     const tx = side.tx
     // A copy only when a rule reads the raw head (http.start, http.header.raw).
     const head = tx && (tx.wanted('http.start') || tx.wanted('http.header.raw')) ? Buffer.from(view) : view
+    // The head's buffers: up to ~5 forms of it (header, raw, start, per-header, names).
+    if (tx) this.#charge(tx, 5 * view.length)
     const lines = text.split('\n')
     for (let k = 0; k < lines.length; k++) if (lines[k].endsWith('\r')) lines[k] = lines[k].slice(0, -1)
     const headers: Header[] = []
@@ -254,8 +271,8 @@ export class HttpParser implements AppParser {
     const tx = new AppTx(this.#wants)
     side.target = target
     this.#methods.set(tx, method)
-    if (this.#txs.length >= this.#limits.maxTransactions) this.#txs.shift()
-    this.#txs.push(tx)
+    this.#queue(tx)
+    this.#charge(tx, line.length * 3)
     tx.set(true, 'http.method', method)
     tx.set(true, 'http.uri.raw', target)
     if (tx.wanted('http.uri')) tx.set(true, 'http.uri', normalizeUri(target))
@@ -303,8 +320,7 @@ export class HttpParser implements AppParser {
       // A response without a request seen (picked up mid-stream).
       tx = new AppTx(this.#wants)
       tx.requestDone = true
-      if (this.#txs.length >= this.#limits.maxTransactions) this.#txs.shift()
-      this.#txs.push(tx)
+      this.#queue(tx)
     }
     side.code = Number(m[2])
     tx.set(false, 'http.stat_code', m[2])
@@ -349,6 +365,9 @@ export class HttpParser implements AppParser {
   #startBody(side: Side, headers: Header[], toServer: boolean, updated: AppTx[]): void {
     side.body = undefined
     side.bodyLength = 0
+    side.decoded = undefined
+    const ce = headerValue(headers, 'content-encoding')?.trim().toLowerCase()
+    side.encoding = ce === 'gzip' || ce === 'x-gzip' ? 'gzip' : ce === 'deflate' ? 'deflate' : undefined
     const te = headerValue(headers, 'transfer-encoding')
     if (te !== undefined && /chunked\s*$/i.test(te)) {
       side.state = CHUNK_SIZE
@@ -461,6 +480,10 @@ export class HttpParser implements AppParser {
     const tx = side.tx
     if (!tx || to <= from) return
     if (!tx.wanted('file.data') && !tx.wanted(toServer ? 'http.request_body' : 'http.response_body')) return
+    if (side.decoded) {
+      this.skippedBodyBytes += to - from // the decoded body is full already
+      return
+    }
     const limit = this.#limits.bodyLimit
     const keep = Math.min(to - from, limit - side.bodyLength)
     this.skippedBodyBytes += to - from - Math.max(0, keep)
@@ -473,7 +496,17 @@ export class HttpParser implements AppParser {
     }
     side.body.set(data.subarray(from, from + keep), side.bodyLength)
     side.bodyLength += keep
-    const view = side.body.subarray(0, side.bodyLength)
+    this.#charge(tx, keep)
+    let view = side.body.subarray(0, side.bodyLength)
+    if (side.encoding) {
+      const out = decodeBody(view, side.encoding, limit)
+      if (out) {
+        view = out.data
+        if (out.full) side.decoded = out.data
+      } else {
+        side.encoding = undefined // not what it said: the bytes as they are
+      }
+    }
     tx.set(toServer, toServer ? 'http.request_body' : 'http.response_body', view)
     tx.set(toServer, 'file.data', view)
     touch(updated, tx)
@@ -496,8 +529,33 @@ export class HttpParser implements AppParser {
     tx.version++
     if (tx.done) {
       const k = this.#txs.indexOf(tx)
-      if (k >= 0) this.#txs.splice(k, 1)
+      if (k >= 0) {
+        this.#txs.splice(k, 1)
+        this.#heldBytes -= this.#bytes.get(tx) ?? 0
+      }
     }
+  }
+
+  /** Accounts `n` more bytes to `tx`; drops the oldest other transactions over the bounds. */
+  #charge(tx: AppTx, n: number): void {
+    if (!this.#txs.includes(tx)) return
+    this.#bytes.set(tx, (this.#bytes.get(tx) ?? 0) + n)
+    this.#heldBytes += n
+    while (
+      this.#txs.length > 1 &&
+      (this.#heldBytes > this.#limits.maxFlowBytes || this.#txs.length > this.#limits.maxTransactions)
+    ) {
+      const oldest = this.#txs[0] === tx ? this.#txs.splice(1, 1)[0] : (this.#txs.shift() as AppTx)
+      this.#heldBytes -= this.#bytes.get(oldest) ?? 0
+      this.droppedTransactions++
+      if (this.#client.tx === oldest) this.#client.tx = undefined
+      if (this.#server.tx === oldest) this.#server.tx = undefined
+    }
+  }
+
+  #queue(tx: AppTx): void {
+    this.#txs.push(tx)
+    this.#charge(tx, 0)
   }
 
   /**
@@ -625,6 +683,50 @@ export function normalizeUri(target: string): string {
     path = `/${out.join('/')}`
   }
   return path + percentDecode(query)
+}
+
+/**
+ * The first `limit` bytes of a gzip/deflate body from its first compressed bytes (a prefix:
+ * decoding stops where the input does), `full` once `limit` is reached; undefined when the bytes
+ * are not that encoding. Bounded: zlib stops at `limit` output bytes (a bomb costs a few
+ * decompressions of `limit` bytes, once per body).
+ */
+export function decodeBody(
+  compressed: Buffer,
+  encoding: 'gzip' | 'deflate',
+  limit: number,
+): { data: Buffer; full: boolean } | undefined {
+  const opts = { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: limit }
+  const once = (input: Buffer): Buffer | 'too-large' | undefined => {
+    try {
+      if (encoding === 'gzip') return zlib.gunzipSync(input, opts)
+      try {
+        return zlib.inflateSync(input, opts)
+      } catch (error) {
+        if ((error as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw error
+        return zlib.inflateRawSync(input, opts) // "deflate" is often raw deflate
+      }
+    } catch (error) {
+      return (error as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE' ? 'too-large' : undefined
+    }
+  }
+  const all = once(compressed)
+  if (all === undefined) return undefined
+  if (all !== 'too-large') return { data: all, full: all.length >= limit }
+  // The output passes `limit` somewhere in this input: the longest prefix that fits, by bisection.
+  let lo = 0
+  let hi = compressed.length
+  let best: Buffer = Buffer.alloc(0)
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1
+    const out = once(compressed.subarray(0, mid))
+    if (out === 'too-large') hi = mid
+    else {
+      lo = mid
+      if (out) best = out
+    }
+  }
+  return { data: best, full: true }
 }
 
 /** %XX (valid hex) → the byte; anything else is kept as is. */

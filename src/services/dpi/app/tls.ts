@@ -52,6 +52,12 @@ export function ja3sString(h: ServerHello): string {
   return `${h.version},${h.cipher},${h.extensions.filter((x) => !isGrease(x)).join('-')}`
 }
 
+/** `1.2` for 0x0303, ...; `3.0` for SSLv3 (0x0300). */
+export function versionText(v: number): string {
+  if (v >> 8 !== 3) return `${v >> 8}.${v & 0xff}`
+  return (v & 0xff) === 0 ? '3.0' : `1.${(v & 0xff) - 1}`
+}
+
 export const md5Hex = (s: string): string => createHash('md5').update(s, 'latin1').digest('hex')
 
 /** A bounds-checked reader: any read past the end sets `bad` and yields 0. */
@@ -317,6 +323,7 @@ export class TlsParser implements AppParser {
         this.errors++
         return
       }
+      tx.set(false, 'tls.version', latin(versionText(h.selectedVersion ?? h.version)))
       const ja3s = ja3sString(h)
       tx.set(false, 'ja3s.string', latin(ja3s))
       tx.set(false, 'ja3s.hash', latin(md5Hex(ja3s)))
