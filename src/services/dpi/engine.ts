@@ -210,7 +210,10 @@ class RuleSet {
     this.classMask = Uint8Array.from(rules, ruleClassMask)
     this.fastLength = new Int32Array(n)
     this.needsContext = new Uint8Array(n)
-    this.anchored = Uint8Array.from(rules, (r) => (anchored(payloadItems(r)) ? 1 : 0))
+    // 1: also per segment; 2: per segment only (tcp-pkt); 0: stream only (tcp-stream, unanchored).
+    this.anchored = Uint8Array.from(rules, (r) =>
+      r.tcpMode === 'packet' ? 2 : r.tcpMode === 'stream' ? 0 : anchored(payloadItems(r)) ? 1 : 0,
+    )
     this.headerOnly = Array.from({ length: CLASSES }, () => [])
     this.always = Array.from({ length: CLASSES }, () => [])
     this.candidateStamp = new Uint32Array(n)
@@ -888,6 +891,16 @@ export class DpiService implements NetService {
       const streamEnd = side.offset + length
       let segment: InspectBuffer | undefined
       for (const i of this.#candidates) {
+        if (rs.anchored[i] === 2) {
+          segment ??= {
+            data: this.#scratch.subarray(windowLength, total),
+            length,
+            base: 0,
+            text: undefined,
+          }
+          this.#verify(i, segment, 0)
+          continue
+        }
         if (this.#verify(i, buf, windowLength + 1)) continue
         // Items bound to the buffer's start also hold on the segment alone (Suricata's packet
         // payload inspection next to the stream's).

@@ -158,6 +158,8 @@ export interface Rule {
   dsize?: DsizeConstraint
   /** flowbits, flowint, xbits, threshold, noalert (flowstate.ts); absent when none. */
   state?: RuleState
+  /** `tcp-pkt`: payload matched per segment only; `tcp-stream`: on the stream only. */
+  tcpMode?: 'packet' | 'stream'
 }
 
 export interface RuleError {
@@ -387,7 +389,10 @@ function parseRule(
         : `unknown action '${action}'`,
     )
   }
-  const protoWord = protoText.toLowerCase()
+  let protoWord = protoText.toLowerCase()
+  // tcp-pkt / tcp-stream: tcp rules whose payload is matched per packet only / on the stream only.
+  const tcpMode = protoWord === 'tcp-pkt' ? 'packet' : protoWord === 'tcp-stream' ? 'stream' : undefined
+  if (tcpMode) protoWord = 'tcp'
   const app = APP_PROTOCOLS.get(protoWord)
   const protocol = app ?? protoWord
   if (!app && !PROTOCOLS.has(protocol)) fail(`unsupported protocol '${protoText}'`)
@@ -408,6 +413,7 @@ function parseRule(
     destinationPorts,
     bidirectional: direction === '<>',
     ...(app && { app }),
+    ...(tcpMode && { tcpMode }),
     gid: 1,
     sid: 0,
     rev: 0,
