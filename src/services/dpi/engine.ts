@@ -144,7 +144,7 @@ function anchored(items: PayloadMatch[]): boolean {
       return !m.relative && (m.offset > 0 || m.depth >= 0 || m.slots?.offset !== undefined)
     // A pcre found in a segment is found in the stream too, unless it is anchored at the start.
     if (m.kind === 'pcre') return !m.relative && (m.regex.sticky || m.source.startsWith('/^'))
-    if (m.kind === 'bsize' || m.kind === 'transform') return false
+    if (m.kind === 'bsize' || m.kind === 'transform' || m.kind === 'base64_data') return false
     return !m.relative
   })
 }

@@ -45,6 +45,7 @@ import {
   parseByteJump,
   parseByteMath,
   parseByteTest,
+  parseBase64Decode,
   parseIsDataAt,
   parseSize,
   parseTransform,
@@ -451,8 +452,13 @@ function parseRule(
   }
   /** A keyword item: content modifiers after it still apply to the content before it. */
   const addKeyword = (item: PayloadMatch, buffer: BufferId): void => {
-    groupOf(buffer).items.push(item)
+    // A relative keyword belongs to the buffer of the content it follows (Suricata), also when
+    // that content was moved there by a modifier (`content:"x"; http_uri; isdataat:1,relative;`).
+    const g = item.relative && lastGroup ? lastGroup : groupOf(buffer)
+    g.items.push(item)
   }
+  /** After base64_data: contents go to the decoded data of the group's base64_decode. */
+  let decodedGroup: BufferGroup | undefined
   for (const { name, value } of splitOptions(text.slice(open + 1, -1))) {
     const key = name.toLowerCase()
     const need = (): string => {
@@ -520,7 +526,12 @@ function parseRule(
         rule.metadata.push(need())
         break
       case 'content':
-        add(parseContent(need(), maxContent), sticky)
+        if (decodedGroup) {
+          const c = parseContent(need(), maxContent)
+          decodedGroup.items.push(c)
+          lastItem = c
+          lastGroup = decodedGroup
+        } else add(parseContent(need(), maxContent), sticky)
         break
       case 'nocase':
         noValue(name, value)
@@ -615,6 +626,21 @@ function parseRule(
       case 'isdataat':
         addKeyword(parseIsDataAt(need(), variables), sticky)
         break
+      case 'base64_decode': {
+        const item = parseBase64Decode(value)
+        addKeyword(item, sticky)
+        break
+      }
+      case 'base64_data': {
+        noValue(name, value)
+        const g = rule.groups.find((x) => x.items.some((m) => m.kind === 'base64_decode'))
+        if (!g) fail("'base64_data' needs a preceding base64_decode")
+        const group = g as BufferGroup
+        if (group.items.some((m) => m.kind === 'base64_data')) fail("'base64_data' used twice")
+        group.items.push({ kind: 'base64_data', negated: false, relative: false })
+        decodedGroup = group
+        break
+      }
       case 'bsize':
         addKeyword(parseSize(need(), 'bsize'), sticky)
         break
@@ -795,6 +821,8 @@ function chooseFastPattern(groups: BufferGroup[]): FastPatternRef | undefined {
     if (items[0]?.kind === 'transform') continue
     for (let i = 0; i < items.length; i++) {
       const m = items[i]
+      // Contents after base64_data are in decoded data, which the prefilter does not see.
+      if (m.kind === 'base64_data') break
       if (m.kind !== 'content' || m.negated) continue
       if (m.fastPattern) return { group: g, item: i }
       const length = m.pattern.length

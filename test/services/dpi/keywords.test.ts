@@ -114,6 +114,34 @@ describe('payload keywords', () => {
     assert.equal(matches('url_decode; content:"a b/";', 'a%20b%2f'), true)
   })
 
+  it('base64_decode + base64_data: later contents match the decoded bytes', () => {
+    const p = `x=${Buffer.from('thisisatest').toString('base64')}&y`
+    assert.equal(matches('content:"x="; base64_decode:relative; base64_data; content:"isatest";', p), true)
+    assert.equal(
+      matches('content:"x="; base64_decode:bytes 8,relative; base64_data; content:"isatest";', p),
+      false,
+    )
+    assert.equal(matches('content:"x="; base64_decode:relative; base64_data; content:"toast";', p), false)
+    assert.match(errorOf('base64_data; content:"a";'), /needs a preceding base64_decode/)
+    // The decoded contents never feed the prefilter.
+    const { rules } = parseRules(
+      'alert tcp any any -> any any (base64_decode; base64_data; content:"abc"; sid:1;)',
+      't',
+    )
+    assert.equal(rules[0].fastPattern, undefined)
+  })
+
+  it('a relative keyword joins the buffer of the content before it (moved there by a modifier)', () => {
+    const { rules } = parseRules(
+      'alert http any any -> any any (content:"arg"; http_uri; isdataat:2,relative; sid:1;)',
+      't',
+    )
+    assert.deepEqual(
+      rules[0].groups.map((g) => [g.buffer, g.items.map((m) => m.kind)]),
+      [['http.uri', ['content', 'isdataat']]],
+    )
+  })
+
   it('fast_pattern only and chop are accepted; unknown arguments are not', () => {
     assert.equal(matches('content:"abcdef"; fast_pattern:only;', 'xabcdefx'), true)
     assert.equal(matches('content:"abcdef"; fast_pattern:1,3;', 'xabcdefx'), true)
