@@ -5,11 +5,15 @@
  *   - 0 rules (nothing parsed: the baseline),
  *   - 1 app rule (the protocol detection and parser cost alone),
  *   - 1 000 and 10 000 rules on HTTP buffers (http.uri, http.host, http.user_agent, file_data,
- *     http.stat_code; a prefilter per buffer) or on dns.query.
+ *     http.stat_code; a prefilter per buffer) or on dns.query,
+ *   - for HTTP, the loadable rules of ET Open 2024-04-21 (the test fixture; HOME_NET 10.0.0.0/8).
  * Reports frames and MB per CPU-second (one core), ns per frame, and the ratio to 0 rules.
  *
  * Run: npm run bench -- dpi-app   (or node dist/bench/dpi-app.js [seconds-per-case])
  */
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { brotliDecompressSync } from 'node:zlib'
 import dnsPacket from 'dns-packet'
 import { createDpi } from '../src/services/dpi/index.ts'
 import type { NetContext } from '../src/services/net/service.ts'
@@ -140,12 +144,22 @@ function dnsRules(count: number): string {
   return lines.join('\n')
 }
 
+/** ET Open 2024-04-21 (the test fixture), every file, as one text; unloadable rules are skipped. */
+function etOpen(): string {
+  const packed = readFileSync(
+    join(import.meta.dirname, '../../test/fixtures/dpi/et-open/et-open-2024-04-21.json.br'),
+  )
+  return Object.values(
+    JSON.parse(brotliDecompressSync(packed).toString('latin1')) as Record<string, string>,
+  ).join('\n')
+}
+
 function run(
   rules: string,
   segments: Segment[],
 ): { fps: number; mbps: number; nsPerFrame: number; buildMs: number } {
   const t0 = performance.now()
-  const dpi = createDpi(rules, 'bench.rules', { strict: true })
+  const dpi = createDpi(rules, 'bench.rules', { strict: false, vars: { HOME_NET: '10.0.0.0/8' } })
   const buildMs = performance.now() - t0
   const ctx: NetContext = { now: 0, reply: () => {}, event: () => {} }
   const p = newPacket()
@@ -188,6 +202,7 @@ const cases: Array<[string, Segment[], Array<[string, string]>]> = [
       ['1 app rule', httpRules(1)],
       ['1000 http rules', httpRules(1000)],
       ['10000 http rules', httpRules(10_000)],
+      ['ET Open (loadable)', etOpen()],
     ],
   ],
   [

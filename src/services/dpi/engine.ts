@@ -189,8 +189,10 @@ class RuleSet {
   readonly groupMatchers: PayloadMatcher[][]
   /** Per application buffer: a prefilter over the fast patterns bound to it. */
   readonly bufferPrefilters = new Map<BufferId, { automaton: AhoCorasick; patternRules: number[][] }>()
-  /** Per application protocol: its buffer rules whose fast pattern is not in an app buffer. */
-  readonly appAlways = new Map<AppProto, number[]>()
+  /** Per application buffer: rules without a fast pattern in an app buffer, triggered by it. */
+  readonly appAlways = new Map<BufferId, number[]>()
+  /** Per rule: the application buffers its groups read. */
+  readonly ruleBuffers: BufferId[][]
   /** Some rule needs the application layer (a protocol in its header, or app buffers). */
   readonly needsApp: boolean
   /** The application buffers some rule reads (the parsers build only those). */
@@ -225,6 +227,9 @@ class RuleSet {
     let maxContent = 0
     let context = false
     this.ruleApp = rules.map(ruleAppProto)
+    this.ruleBuffers = rules.map((r) =>
+      r.groups.map((g) => g.buffer).filter((b) => b !== 'payload' && b !== 'stream'),
+    )
     this.groupMatchers = rules.map((r) =>
       r.groups.some((g) => g.buffer !== 'payload') ? r.groups.map((g) => new PayloadMatcher(g.items)) : [],
     )
@@ -249,10 +254,11 @@ class RuleSet {
         const group = fp ? rule.groups[fp.group] : undefined
         const fast = fp && group ? group.items[fp.item] : undefined
         if (!group || group.buffer === 'payload' || group.buffer === 'stream' || fast?.kind !== 'content') {
-          const list = this.appAlways.get(app as AppProto) ?? []
+          // Verified when its first application buffer is set or grows.
+          const trigger = this.ruleBuffers[i][0]
+          const list = this.appAlways.get(trigger) ?? []
           list.push(i)
-          this.appAlways.set(app as AppProto, list)
-          // Also verified when its payload fast pattern is seen (nothing to do: appAlways covers it).
+          this.appAlways.set(trigger, list)
           return
         }
         let entry = appPatterns.get(group.buffer)
@@ -381,6 +387,12 @@ export class DpiService implements NetService {
   #appTx: AppTx | undefined
   #appPatternRules: number[][] = []
   readonly #onAppHit: (pattern: number, end: number) => void
+  /** Rules hit by the buffer prefilters in this transaction round (deduplicated by stamp). */
+  readonly #hits: number[] = []
+  #hitStamp = new Uint32Array(0)
+  #hitRound = 0
+  /** The rules verified on a transaction this round. */
+  readonly #round: number[] = []
   /** What each flow's application layer is built with; `wants` follows the rules in force. */
   readonly #appLimits: AppLimits
   readonly #regexBudget = newRegexBudget()
@@ -436,7 +448,12 @@ export class DpiService implements NetService {
     }
     this.#onAppHit = (pattern) => {
       const tx = this.#appTx as AppTx
-      for (const i of this.#appPatternRules[pattern]) tx.candidates.add(i)
+      for (const i of this.#appPatternRules[pattern]) {
+        if (this.#hitStamp[i] === this.#hitRound) continue
+        this.#hitStamp[i] = this.#hitRound
+        this.#hits.push(i)
+        tx.candidates.add(i)
+      }
     }
   }
 
@@ -736,7 +753,7 @@ export class DpiService implements NetService {
     const data = Buffer.from(frame.buffer, frame.byteOffset + start, end - start)
     const buf: InspectBuffer = { data, length: end - start, base: 0, text: undefined }
     for (const i of this.#candidates) this.#verify(i, buf, 0)
-    if (updated.length > 0) this.#inspectTransactions(flow, buf)
+    if (updated.length > 0) this.#inspectTransactions(buf)
   }
 
   /** A FIN: the application parser completes what waited for more of that side's bytes. */
@@ -744,7 +761,7 @@ export class DpiService implements NetService {
     if (!flow.app?.parser) return
     this.#updated.length = 0
     flow.app.close(toServer, this.#updated)
-    if (this.#updated.length > 0) this.#inspectTransactions(flow, EMPTY_BUFFER)
+    if (this.#updated.length > 0) this.#inspectTransactions(EMPTY_BUFFER)
   }
 
   #feedApp(flow: Flow, toServer: boolean, data: Uint8Array, start: number, end: number): void {
@@ -759,10 +776,9 @@ export class DpiService implements NetService {
    * prefilters, then candidate rules (and the protocol's rules without an app fast pattern) are
    * verified on the whole transaction. `payload` is what a rule's payload group sees.
    */
-  #inspectTransactions(flow: Flow, payload: InspectBuffer): void {
+  #inspectTransactions(payload: InspectBuffer): void {
     const rs = this.#rules
     const toServer = this.#toServer
-    const proto = flow.app?.proto
     for (const tx of this.#updated) {
       if (tx.generation !== rs.generation) {
         tx.generation = rs.generation
@@ -774,6 +790,9 @@ export class DpiService implements NetService {
       tx.inspected = tx.version
       this.#c.appTransactions++
       this.#appTx = tx
+      this.#hits.length = 0
+      this.#hitRound = (this.#hitRound + 1) >>> 0 || 1
+      if (this.#hitStamp.length < rs.rules.length) this.#hitStamp = new Uint32Array(rs.rules.length)
       for (const [id, prefilter] of rs.bufferPrefilters) {
         const list = tx.lookup(id, toServer)
         if (!list) continue
@@ -799,10 +818,26 @@ export class DpiService implements NetService {
         done.bytes = list.length > 0 ? list[list.length - 1].length : 0
       }
       this.#appTx = undefined
-      const always = proto !== undefined ? rs.appAlways.get(proto) : undefined
-      if (always) for (const i of always) tx.candidates.add(i)
-      const views = new Map<Buffer, InspectBuffer>()
+      // Verified now: new prefilter hits, earlier candidates whose buffers changed, and the rules
+      // without an application fast pattern triggered by a changed buffer.
+      const round = this.#round
+      round.length = 0
+      for (const i of this.#hits) round.push(i)
       for (const i of tx.candidates) {
+        if (this.#hitStamp[i] === this.#hitRound) continue
+        for (const b of rs.ruleBuffers[i])
+          if (tx.changed.has(b)) {
+            round.push(i)
+            break
+          }
+      }
+      for (const id of tx.changed) {
+        const always = rs.appAlways.get(id)
+        if (always) for (const i of always) round.push(i)
+      }
+      tx.changed.clear()
+      const views = new Map<Buffer, InspectBuffer>()
+      for (const i of round) {
         if (tx.alerted.has(i)) continue
         if (this.#verifyTransaction(i, tx, payload, views)) tx.alerted.add(i)
       }
@@ -927,7 +962,7 @@ export class DpiService implements NetService {
     }
     if (updated.length > 0) {
       const chunk = Buffer.from(data.buffer, data.byteOffset + start, length)
-      this.#inspectTransactions(this.#flow as Flow, { data: chunk, length, base: 0, text: undefined })
+      this.#inspectTransactions({ data: chunk, length, base: 0, text: undefined })
     }
     side.retain(data, start, end, rs.keep)
     // Forget pending hits whose fast pattern left the window.

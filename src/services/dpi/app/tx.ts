@@ -59,6 +59,8 @@ export class AppTx {
   readonly alerted = new Set<number>()
   /** Rules whose fast pattern was seen in one of this transaction's buffers. */
   readonly candidates = new Set<number>()
+  /** Buffers set or grown since the engine last inspected this transaction. */
+  readonly changed = new Set<BufferId>()
   /**
    * Per buffer and side (see scanKey()): instances already run through the prefilter, and bytes of
    * the last one (bodies grow).
@@ -70,6 +72,7 @@ export class AppTx {
     if (this.wants !== undefined && !this.wants.has(id)) return
     const b = typeof value === 'string' ? Buffer.from(value, 'latin1') : value
     ;(toServer ? this.request : this.response).set(id, [b])
+    this.changed.add(id)
     this.version++
   }
 
@@ -81,6 +84,7 @@ export class AppTx {
     const list = map.get(id)
     if (list) list.push(b)
     else map.set(id, [b])
+    this.changed.add(id)
     this.version++
   }
 
