@@ -119,6 +119,8 @@ export interface FlowConstraint {
   established?: boolean
   /** true: client→server only; false: server→client only; undefined: either. */
   toServer?: boolean
+  /** only_stream: payload on the stream only; no_stream: per segment only. */
+  stream?: 'stream' | 'packet'
 }
 
 export interface DsizeConstraint {
@@ -598,6 +600,8 @@ function parseRule(
         if (flowSeen) fail("'flow' used twice")
         flowSeen = true
         rule.flow = parseFlow(need())
+        // only_stream / no_stream: the payload on the stream only / per segment only (tcp-stream, tcp-pkt).
+        if (rule.flow.stream) rule.tcpMode ??= rule.flow.stream
         break
       case 'startswith': {
         noValue(name, value)
@@ -673,6 +677,7 @@ function parseRule(
       // logs the packets after an alert (not done here).
       case 'target':
       case 'tag':
+      case 'rawbytes': // a no-op in Suricata too
         break
       case 'dsize':
         if (rule.dsize) fail("'dsize' used twice")
@@ -920,6 +925,8 @@ function parseFlow(value: string): FlowConstraint {
     else if (word === 'not_established') set('established', false)
     else if (word === 'to_server' || word === 'from_client') set('toServer', true)
     else if (word === 'to_client' || word === 'from_server') set('toServer', false)
+    else if (word === 'only_stream') flow.stream = 'stream'
+    else if (word === 'no_stream') flow.stream = 'packet'
     else if (word !== 'stateless') fail(`unsupported flow option '${word}'`)
   }
   return flow

@@ -142,6 +142,20 @@ describe('payload keywords', () => {
     )
   })
 
+  it('flow:only_stream / no_stream select tcp-stream / tcp-pkt matching; rawbytes is a no-op', () => {
+    const { rules, errors } = parseRules(
+      'alert tcp any any -> any any (flow:established,only_stream; content:"a"; sid:1;)\n' +
+        'alert tcp any any -> any any (flow:no_stream; content:"a"; rawbytes; sid:2;)\n' +
+        'alert tcp-pkt any any -> any any (content:"a"; sid:3;)',
+      't',
+    )
+    assert.deepEqual(errors, [])
+    assert.deepEqual(
+      rules.map((r) => r.tcpMode),
+      ['stream', 'packet', 'packet'],
+    )
+  })
+
   it('fast_pattern only and chop are accepted; unknown arguments are not', () => {
     assert.equal(matches('content:"abcdef"; fast_pattern:only;', 'xabcdefx'), true)
     assert.equal(matches('content:"abcdef"; fast_pattern:1,3;', 'xabcdefx'), true)
