@@ -290,5 +290,7 @@ describe('flowbits, flowint and noalert in the engine', () => {
     assert.match(errorOf('flowbits:frob,x;'), /invalid flowbits operation/)
     assert.match(errorOf('threshold:type limit, count 1, seconds 1;'), /track/)
     assert.match(errorOf('xbits:set,x;'), /track/)
+    // ET's named backreferences get the reason, not RE2's parse error.
+    assert.match(errorOf('pcre:"/(?P<v>a+)=(?P=v)/";'), /pcre uses backreferences/)
   })
 })
