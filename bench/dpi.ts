@@ -6,9 +6,16 @@
  * frames (1514 bytes) and for 64 KiB GSO super-frames, and for 64 KiB frames of random bytes (what
  * iperf3 sends: the prefilter's skipping shows there).
  *
+ * The last row of each traffic is the whole loadable ET Open set of 2024-04-21 (the offline
+ * fixture, test/fixtures/dpi/), with its load time (parse + compile), the compiled set's size
+ * (compiledBytes() and the heap growth) and the rules loaded.
+ *
  * Run: npm run bench -- dpi   (or node dist/bench/dpi.js [seconds-per-case])
  */
-import { createDpi } from '../src/services/dpi/index.ts'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { brotliDecompressSync } from 'node:zlib'
+import { createDpi, type DpiService, RuleParser } from '../src/services/dpi/index.ts'
 import type { NetContext } from '../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../src/wire/packet.ts'
 import { TCP_ACK, TCP_PSH } from '../src/wire/tcp.ts'
@@ -132,14 +139,47 @@ function makeTraffic(
   return segments
 }
 
-function run(
-  ruleCount: number,
-  segments: Segment[],
-): { mbps: number; buildMs: number; states: number; alerts: number } {
-  const text = dpiContentRules(ruleCount)
+const VARS = { HOME_NET: '10.0.0.0/8' }
+
+/** ET Open 2024-04-21's files, {name: text} (the test fixture). */
+function etOpen(): Record<string, string> {
+  const path = join(import.meta.dirname, '../../test/fixtures/dpi/et-open/et-open-2024-04-21.json.br')
+  return JSON.parse(brotliDecompressSync(readFileSync(path)).toString('latin1'))
+}
+
+/** The service for `rules` (a count of generated rules, or 'et'), timed, with its heap growth. */
+function build(rules: number | 'et'): { dpi: DpiService; buildMs: number; heapMB: number } {
+  global.gc?.()
+  const heap0 = process.memoryUsage().heapUsed
   const t0 = performance.now()
-  const dpi = createDpi(text, 'bench.rules', { vars: { HOME_NET: '10.0.0.0/8' } })
+  let dpi: DpiService
+  if (rules === 'et') {
+    const parser = new RuleParser({ vars: VARS })
+    for (const [name, text] of Object.entries(etOpen())) parser.parse(text, name)
+    dpi = createDpi('', 'et-open', { vars: VARS })
+    dpi.replaceParsed({ rules: parser.result().rules, errors: [] })
+  } else {
+    dpi = createDpi(dpiContentRules(rules), 'bench.rules', { vars: VARS })
+  }
   const buildMs = performance.now() - t0
+  global.gc?.()
+  const heapMB = (process.memoryUsage().heapUsed - heap0) / 1e6
+  return { dpi, buildMs, heapMB }
+}
+
+function run(
+  rules: number | 'et',
+  segments: Segment[],
+): {
+  mbps: number
+  buildMs: number
+  heapMB: number
+  compiledMB: number
+  loaded: number
+  states: number
+  alerts: number
+} {
+  const { dpi, buildMs, heapMB } = build(rules)
   const ctx: NetContext = { now: 0, reply: () => {}, event: () => {} }
   const p = newPacket()
   const seq = new Uint32Array(64 * 2)
@@ -164,7 +204,15 @@ function run(
   // Per CPU-second of this process (the machine may be shared): what one core sustains.
   const cpu = process.cpuUsage(cpu0)
   const cpuSeconds = (cpu.user + cpu.system) / 1e6
-  return { mbps: bytes / 1e6 / cpuSeconds, buildMs, states: c.automatonStates, alerts: c.alerts }
+  return {
+    mbps: bytes / 1e6 / cpuSeconds,
+    buildMs,
+    heapMB,
+    compiledMB: dpi.compiledBytes() / 1e6,
+    loaded: c.rules,
+    states: c.automatonStates,
+    alerts: c.alerts,
+  }
 }
 
 const cases: Array<[string, number, 'http' | 'binary']> = [
@@ -173,18 +221,22 @@ const cases: Array<[string, number, 'http' | 'binary']> = [
   ['binary, GSO (64 KiB)', 65_000, 'binary'],
 ]
 const results: Record<string, unknown>[] = []
-console.log('traffic                      rules  MB/cpu-s Gbit/s   ratio   build ms   AC states   alerts')
+console.log(
+  'traffic                      rules  MB/cpu-s Gbit/s   ratio   build ms   AC states   alerts  heap MB  compiled MB',
+)
 for (const [name, size, payload] of cases) {
   const segments = makeTraffic(size, 16 * 1024 * 1024, payload)
   let baseline = 0
-  for (const rules of [0, 1000, 10_000]) {
+  for (const rules of [0, 1000, 10_000, 'et'] as const) {
     global.gc?.()
     const r = run(rules, segments)
     if (rules === 0) baseline = r.mbps
     const ratio = r.mbps / baseline
     console.log(
       `${name.padEnd(28)} ${String(rules).padStart(5)} ${r.mbps.toFixed(0).padStart(7)} ${((r.mbps * 8) / 1000).toFixed(2).padStart(8)}` +
-        ` ${ratio.toFixed(2).padStart(7)} ${r.buildMs.toFixed(0).padStart(10)} ${String(r.states).padStart(11)} ${String(r.alerts).padStart(8)}`,
+        ` ${ratio.toFixed(2).padStart(7)} ${r.buildMs.toFixed(0).padStart(10)} ${String(r.states).padStart(11)} ${String(r.alerts).padStart(8)}` +
+        ` ${r.heapMB.toFixed(1).padStart(8)} ${r.compiledMB.toFixed(1).padStart(12)}` +
+        (rules === 'et' ? `  (ET Open: ${r.loaded} rules loaded)` : ''),
     )
     results.push({
       traffic: name,
@@ -192,6 +244,9 @@ for (const [name, size, payload] of cases) {
       mbPerSec: Math.round(r.mbps),
       ratio: Number(ratio.toFixed(3)),
       buildMs: Math.round(r.buildMs),
+      heapMB: Number(r.heapMB.toFixed(1)),
+      compiledMB: Number(r.compiledMB.toFixed(1)),
+      loaded: r.loaded,
     })
   }
 }

@@ -261,7 +261,7 @@ describe('NIC services: hostile rule files and packets cannot stall or crash the
       path,
       [
         DPI[0],
-        'alert tcp any any -> any any (msg:"x"; byte_test:4,>,1,0; sid:7100010;)',
+        'alert tcp any any -> any any (msg:"x"; asn1:oversize_length 10; sid:7100010;)',
         'alert tcp any any -> any any (msg:"y"; pcre:"/(a)\\1/"; sid:7100011;)',
         'not a rule',
         DPI[1],
@@ -269,7 +269,7 @@ describe('NIC services: hostile rule files and packets cannot stall or crash the
     )
     const strict = await services(['--dpi', path, '--strict'])
     assert.notEqual(strict.status, 0)
-    assert.match(strict.stderr, /mixed\.rules:2: unsupported rule option 'byte_test'/)
+    assert.match(strict.stderr, /mixed\.rules:2: unsupported rule option 'asn1'/)
     await assertBaseInForce()
 
     const r = await pair.nicServices('vn1', ['--dpi', path]) // --json
@@ -279,7 +279,7 @@ describe('NIC services: hostile rule files and packets cannot stall or crash the
     assert.deepEqual(
       report.skipped.map((s) => [s.line, s.sid, s.reason]),
       [
-        [2, 7100010, "unsupported rule option 'byte_test'"],
+        [2, 7100010, "unsupported rule option 'asn1'"],
         [3, 7100011, 'pcre uses backreferences, which the linear-time regex engine does not run'],
         [4, undefined, 'a rule is `action proto src sport -> dst dport (options;)`'],
       ],
@@ -288,7 +288,7 @@ describe('NIC services: hostile rule files and packets cannot stall or crash the
     const text = await vrioAsync(['nic', 'services', 'vn1', '--control', pair.sock('iohyp')])
     assert.equal(text.status, 0, text.stderr)
     assert.match(text.stdout, /dpi .*mixed\.rules \(2 rules loaded, 3 skipped\)/)
-    assert.match(text.stdout, /skipped .*mixed\.rules:2: sid 7100010: unsupported rule option 'byte_test'/)
+    assert.match(text.stdout, /skipped .*mixed\.rules:2: sid 7100010: unsupported rule option 'asn1'/)
     const back = await services(['--dpi', dpiFile()])
     assert.equal(back.status, 0, back.stderr)
     await assertBaseInForce()

@@ -178,11 +178,11 @@ describe('NIC services with real traffic', () => {
     assert.match(r.stderr, /bad\.fw:2/)
     writeFileSync(
       join(rules, 'bad.rules'),
-      'alert tcp any any -> any any (msg:"x"; sid:1; byte_test:1,>,2,0;)\n',
+      'alert tcp any any -> any any (msg:"x"; sid:1; asn1:oversize_length 10;)\n',
     )
     const d = await services(['--dpi', join(rules, 'bad.rules')])
     assert.notEqual(d.status, 0)
-    assert.match(d.stderr, /bad\.rules:1.*byte_test/)
+    assert.match(d.stderr, /bad\.rules:1.*asn1/)
     const nic = await nicList()
     assert.equal(nic.services.services.firewall?.file, join(rules, 'iperf.fw'))
     assert.equal(nic.services.services.dpi, undefined)

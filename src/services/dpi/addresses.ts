@@ -17,6 +17,11 @@ export interface AddressMatcher {
   /** True for a field that is (or reduces to) `any`: the engine skips it. */
   readonly any: boolean
   readonly match: AddressPredicate
+  /**
+   * When the field is only IPv4 blocks (no negation, no IPv6): them, as 32-bit networks, so the
+   * engine can index rules by address (IP reputation lists of hundreds of addresses).
+   */
+  readonly ipv4Blocks?: readonly { network: number; prefix: number }[]
 }
 
 export interface PortMatcher {
@@ -110,21 +115,35 @@ function isAny<T>(node: Node<T>): boolean {
   return node.items.some((i) => i.kind === 'any') && !node.items.some((i) => i.kind === 'not')
 }
 
-function compile<T, F extends (...args: never[]) => boolean>(node: Node<T>, atom: (test: T) => F): F {
+/** Lists of at least this many atoms are matched through `batch` (one lookup, not a scan). */
+const BATCH_MIN = 4
+
+function compile<T, F extends (...args: never[]) => boolean>(
+  node: Node<T>,
+  atom: (test: T) => F,
+  batch?: (tests: T[]) => F,
+): F {
+  /** The predicates for `items`, the plain atoms among them folded into one batch predicate. */
+  const all = (items: Node<T>[]): F[] => {
+    const atoms = items.filter((i): i is { kind: 'atom'; test: T } => i.kind === 'atom')
+    if (!batch || atoms.length < BATCH_MIN) return items.map((i) => compile(i, atom, batch))
+    const rest = items.filter((i) => i.kind !== 'atom').map((i) => compile(i, atom, batch))
+    return [batch(atoms.map((a) => a.test)), ...rest]
+  }
   switch (node.kind) {
     case 'any':
       return (() => true) as unknown as F
     case 'atom':
       return atom(node.test)
     case 'not': {
-      const inner = compile(node.inner, atom)
+      const inner = compile(node.inner, atom, batch)
       return ((...args: Parameters<F>) => !inner(...args)) as unknown as F
     }
     case 'group': {
-      const positives = node.items.filter((i) => i.kind !== 'not').map((i) => compile(i, atom))
-      const negatives = node.items
-        .filter((i): i is { kind: 'not'; inner: Node<T> } => i.kind === 'not')
-        .map((i) => compile(i.inner, atom))
+      const positives = all(node.items.filter((i) => i.kind !== 'not'))
+      const negatives = all(
+        node.items.filter((i): i is { kind: 'not'; inner: Node<T> } => i.kind === 'not').map((i) => i.inner),
+      )
       return ((...args: Parameters<F>) => {
         if (positives.length > 0 && !positives.some((f) => f(...args))) return false
         return !negatives.some((f) => f(...args))
@@ -222,11 +241,108 @@ function cidrPredicate(c: Cidr): AddressPredicate {
   }
 }
 
+/** Rules indexed by IPv4 blocks: per prefix length, network → rule indexes. */
+export class AddressIndex {
+  readonly #tables: { mask: number; rules: Map<number, number[]> }[] = []
+  size = 0
+
+  add(rule: number, blocks: readonly { network: number; prefix: number }[]): void {
+    for (const { network, prefix } of blocks) {
+      const mask = prefix === 0 ? 0 : (~0 << (32 - prefix)) >>> 0
+      let t = this.#tables.find((x) => x.mask === mask)
+      if (!t) {
+        t = { mask, rules: new Map() }
+        this.#tables.push(t)
+      }
+      const list = t.rules.get(network)
+      if (list) {
+        if (list[list.length - 1] !== rule) list.push(rule)
+      } else t.rules.set(network, [rule])
+    }
+    this.size++
+  }
+
+  /** Calls `hit` with each rule one of whose blocks holds the IPv4 address at frame[offset]. */
+  lookup(frame: Uint8Array, offset: number, hit: (rule: number) => void): void {
+    const a =
+      ((frame[offset] << 24) | (frame[offset + 1] << 16) | (frame[offset + 2] << 8) | frame[offset + 3]) >>> 0
+    for (const t of this.#tables) {
+      const list = t.rules.get((a & t.mask) >>> 0)
+      if (list) for (const i of list) hit(i)
+    }
+  }
+}
+
+/**
+ * Many CIDR blocks as one predicate (IP reputation rules list hundreds): per address length and
+ * prefix length, a set of the masked networks; a lookup per distinct prefix length.
+ */
+function cidrSetPredicate(blocks: Cidr[]): AddressPredicate {
+  // IPv4: per prefix length, the networks as 32-bit numbers; IPv6: as latin1 strings.
+  const v4 = new Map<number, Set<number>>()
+  const v6 = new Map<number, Set<string>>()
+  for (const { bytes, prefix } of blocks) {
+    if (bytes.length === 4) {
+      let set = v4.get(prefix)
+      if (!set) {
+        set = new Set()
+        v4.set(prefix, set)
+      }
+      set.add(((bytes[0] << 24) | (bytes[1] << 16) | (bytes[2] << 8) | bytes[3]) >>> 0)
+    } else {
+      let set = v6.get(prefix)
+      if (!set) {
+        set = new Set()
+        v6.set(prefix, set)
+      }
+      set.add(Buffer.from(bytes).toString('latin1'))
+    }
+  }
+  const v4Tables = [...v4].map(([prefix, set]) => ({
+    mask: prefix === 0 ? 0 : (~0 << (32 - prefix)) >>> 0,
+    set,
+  }))
+  return (frame, offset, addressLength) => {
+    if (addressLength === 4) {
+      const a =
+        ((frame[offset] << 24) | (frame[offset + 1] << 16) | (frame[offset + 2] << 8) | frame[offset + 3]) >>>
+        0
+      for (const t of v4Tables) if (t.set.has((a & t.mask) >>> 0)) return true
+      return false
+    }
+    for (const [prefix, set] of v6) {
+      let key = ''
+      for (let i = 0; i < addressLength; i++) {
+        const keep = Math.max(0, Math.min(8, prefix - i * 8))
+        key += String.fromCharCode(frame[offset + i] & ((0xff << (8 - keep)) & 0xff))
+      }
+      if (set.has(key)) return true
+    }
+    return false
+  }
+}
+
 /** Parses an address field (with `vars` for `$NAME`). Throws FieldError. */
 export function parseAddressField(text: string, vars: Readonly<Record<string, string>>): AddressMatcher {
   const node = parseField(text, 'address', vars, parseCidr)
   if (isAny(node)) return { text, any: true, match: () => true }
-  return { text, any: false, match: compile(node, cidrPredicate) }
+  const atoms = node.kind === 'atom' ? [node] : node.kind === 'group' ? node.items : []
+  const blocks =
+    atoms.length > 0 && atoms.every((a) => a.kind === 'atom' && a.test.bytes.length === 4)
+      ? atoms.map((a) => {
+          const b = (a as { test: Cidr }).test.bytes
+          return {
+            network: ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0,
+            prefix: (a as { test: Cidr }).test.prefix,
+          }
+        })
+      : undefined
+  return {
+    text,
+    any: false,
+    match: compile(node, cidrPredicate, cidrSetPredicate),
+    ...(blocks && { ipv4Blocks: blocks }),
+  }
 }
 
 interface PortRange {

@@ -12,6 +12,7 @@
 import type { NetContext, NetDirection, NetService } from '../net/service.ts'
 import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
+import { AddressIndex } from './addresses.ts'
 import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
 import { type AppProto, BUFFER_PROTO, type BufferId } from './app/buffers.ts'
 import { type AppLimits, AppState } from './app/detect.ts'
@@ -143,7 +144,7 @@ function anchored(items: PayloadMatch[]): boolean {
       return !m.relative && (m.offset > 0 || m.depth >= 0 || m.slots?.offset !== undefined)
     // A pcre found in a segment is found in the stream too, unless it is anchored at the start.
     if (m.kind === 'pcre') return !m.relative && (m.regex.sticky || m.source.startsWith('/^'))
-    if (m.kind === 'bsize' || m.kind === 'transform') return false
+    if (m.kind === 'bsize' || m.kind === 'transform' || m.kind === 'base64_data') return false
     return !m.relative
   })
 }
@@ -168,6 +169,12 @@ class RuleSet {
   readonly anchored: Uint8Array
   /** Per class: rules with neither content nor pcre (checked per frame on the header). */
   readonly headerOnly: number[][]
+  /**
+   * Header-only rules whose source (else destination) is a list of IPv4 blocks (IP reputation
+   * rules), indexed by those blocks instead of checked one by one on every frame.
+   */
+  readonly headerBySource = new AddressIndex()
+  readonly headerByDestination = new AddressIndex()
   /** Per class: rules with payload matches but no fast pattern (verified on every payload). */
   readonly always: number[][]
   /** Stream bytes to keep per direction. */
@@ -205,7 +212,10 @@ class RuleSet {
     this.classMask = Uint8Array.from(rules, ruleClassMask)
     this.fastLength = new Int32Array(n)
     this.needsContext = new Uint8Array(n)
-    this.anchored = Uint8Array.from(rules, (r) => (anchored(payloadItems(r)) ? 1 : 0))
+    // 1: also per segment; 2: per segment only (tcp-pkt); 0: stream only (tcp-stream, unanchored).
+    this.anchored = Uint8Array.from(rules, (r) =>
+      r.tcpMode === 'packet' ? 2 : r.tcpMode === 'stream' ? 0 : anchored(payloadItems(r)) ? 1 : 0,
+    )
     this.headerOnly = Array.from({ length: CLASSES }, () => [])
     this.always = Array.from({ length: CLASSES }, () => [])
     this.candidateStamp = new Uint32Array(n)
@@ -273,6 +283,16 @@ class RuleSet {
       this.needsContext[i] = matches.length > 1 ? 1 : 0
       const lists =
         matches.length === 0 ? this.headerOnly : rule.fastPattern === undefined ? this.always : undefined
+      if (lists === this.headerOnly && !rule.bidirectional) {
+        if (rule.source.ipv4Blocks) {
+          this.headerBySource.add(i, rule.source.ipv4Blocks)
+          return
+        }
+        if (rule.destination.ipv4Blocks) {
+          this.headerByDestination.add(i, rule.destination.ipv4Blocks)
+          return
+        }
+      }
       if (lists) {
         for (let c = 0; c < CLASSES; c++) if (this.classMask[i] & (1 << c)) lists[c].push(i)
         return
@@ -395,6 +415,9 @@ export class DpiService implements NetService {
   #toServer = true
   #hitBase = 0
   readonly #onHit: (pattern: number, end: number) => void
+  readonly #onHeaderHit = (i: number): void => {
+    if (this.#header(i)) this.#addMatch(i)
+  }
   readonly #onChunk: (side: StreamSide, data: Uint8Array, start: number, end: number) => void
 
   /**
@@ -569,6 +592,12 @@ export class DpiService implements NetService {
     if (tcp && p.payloadLength === 0 && (flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
     // After the payload: its bytes may have just revealed the flow's application protocol.
     for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
+    if (p.addressLength === 4) {
+      if (rs.headerBySource.size > 0)
+        rs.headerBySource.lookup(frame, p.sourceAddressOffset, this.#onHeaderHit)
+      if (rs.headerByDestination.size > 0)
+        rs.headerByDestination.lookup(frame, p.destinationAddressOffset, this.#onHeaderHit)
+    }
     this.#packet = undefined
     this.#flow = undefined
     c.regexSteps += budget.used
@@ -897,6 +926,16 @@ export class DpiService implements NetService {
       const streamEnd = side.offset + length
       let segment: InspectBuffer | undefined
       for (const i of this.#candidates) {
+        if (rs.anchored[i] === 2) {
+          segment ??= {
+            data: this.#scratch.subarray(windowLength, total),
+            length,
+            base: 0,
+            text: undefined,
+          }
+          this.#verify(i, segment, 0)
+          continue
+        }
         if (this.#verify(i, buf, windowLength + 1)) continue
         // Items bound to the buffer's start also hold on the segment alone (Suricata's packet
         // payload inspection next to the stream's).

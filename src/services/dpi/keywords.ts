@@ -79,7 +79,26 @@ export interface SizeMatch {
   max: number
 }
 
+/** `base64_decode[:bytes N][,offset O][,relative]`: decodes for a later `base64_data`. */
+export interface Base64DecodeMatch {
+  kind: 'base64_decode'
+  negated: false
+  relative: boolean
+  /** Input bytes to decode at most (0: to the buffer's end). */
+  bytes: number
+  offset: number
+}
+
+/** `base64_data`: the items after it are matched on the decoded data. */
+export interface Base64DataMatch {
+  kind: 'base64_data'
+  negated: false
+  relative: false
+}
+
 export type KeywordMatch =
+  | Base64DecodeMatch
+  | Base64DataMatch
   | ByteTestMatch
   | ByteJumpMatch
   | ByteExtractMatch
@@ -348,6 +367,30 @@ export function parseSize(value: string, keyword: string): SizeMatch {
   }
 }
 
+export function parseBase64Decode(value: string | undefined): Base64DecodeMatch {
+  const m: Base64DecodeMatch = { kind: 'base64_decode', negated: false, relative: false, bytes: 0, offset: 0 }
+  if (value === undefined || value.trim() === '') return m
+  for (const a of splitArgs(value)) {
+    const [k, v] = a.split(/\s+/, 2)
+    if (k === 'relative') m.relative = true
+    else if (k === 'bytes') m.bytes = integer(v, 'base64_decode bytes', 1, 65535)
+    else if (k === 'offset') m.offset = integer(v, 'base64_decode offset', 0, 65535)
+    else fail(`unknown base64_decode option '${a}'`)
+  }
+  return m
+}
+
+const isBase64 = (b: number): boolean =>
+  (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || (b >= 0x30 && b <= 0x39) || b === 0x2b || b === 0x2f
+
+/** Base64 of data[from, to) decoded up to the first byte that is not base64 (as Suricata, RFC 4648). */
+export function decodeBase64(data: Uint8Array, from: number, to: number): Buffer {
+  let end = from
+  while (end < to && isBase64(data[end])) end++
+  const text = Buffer.from(data.buffer, data.byteOffset + from, end - from).toString('latin1')
+  return Buffer.from(text.slice(0, text.length - (text.length % 4 === 1 ? 1 : 0)), 'base64')
+}
+
 /** Whether a keyword's outcome does not depend on match positions (it never needs backtracking). */
 export function positionless(item: { kind: string }): boolean {
   return item.kind === 'bsize'
@@ -455,6 +498,10 @@ export function verifyKeyword(
   vars: Float64Array,
 ): number {
   switch (item.kind) {
+    case 'base64_decode':
+    case 'base64_data':
+      // Handled by the matcher (match.ts), which owns the decoded buffer.
+      return prevEnd
     case 'bsize': {
       const inside = length >= item.min && length <= item.max
       return inside !== item.negated ? prevEnd : -1

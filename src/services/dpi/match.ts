@@ -15,7 +15,7 @@
  * `minEnd` makes the matcher report only matches whose last positive item ends at or after it:
  * the stream inspector sets it to the start of the new data, so one occurrence alerts once.
  */
-import { applyTransform, MAX_VARIABLES, positionless, verifyKeyword } from './keywords.ts'
+import { applyTransform, decodeBase64, MAX_VARIABLES, positionless, verifyKeyword } from './keywords.ts'
 import { newRegexBudget, type RegexBudget } from './regex.ts'
 import type { ContentMatch, PayloadMatch, PcreMatch } from './rules.ts'
 
@@ -42,6 +42,8 @@ export class PayloadMatcher {
   #regexBudget: RegexBudget = newRegexBudget()
   /** byte_extract/byte_math variables of the verification under way. */
   readonly #vars = new Float64Array(MAX_VARIABLES)
+  /** What the last base64_decode gave, for base64_data. */
+  #decoded: Buffer | undefined
   /** Transforms of the buffer (dotprefix, to_lowercase, ...), applied in order before matching. */
   readonly #transforms: PayloadMatch[]
 
@@ -97,6 +99,18 @@ export class PayloadMatcher {
     if (item.kind === 'pcre') return this.#pcre(buf, item, i, prevEnd, minEnd)
     if (item.kind !== 'content') {
       if (item.kind === 'transform') return this.#step(buf, i + 1, prevEnd, minEnd)
+      if (item.kind === 'base64_decode') {
+        const from = (item.relative ? prevEnd : 0) + item.offset
+        if (from >= buf.length) return false
+        const to = item.bytes > 0 ? Math.min(buf.length, from + item.bytes) : buf.length
+        this.#decoded = decodeBase64(buf.data, from, to)
+        return this.#step(buf, i + 1, prevEnd, minEnd)
+      }
+      if (item.kind === 'base64_data') {
+        const d = this.#decoded
+        if (!d || d.length === 0) return false
+        return this.#step({ data: d, length: d.length, base: 0, text: undefined }, i + 1, 0, 0)
+      }
       const next = verifyKeyword(item, buf.data, buf.length, prevEnd, this.#vars)
       return next >= 0 && this.#step(buf, i + 1, next, minEnd)
     }

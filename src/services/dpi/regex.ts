@@ -129,6 +129,7 @@ const UNSUPPORTED: [RegExp, string][] = [
   [/(^|[^\\])\(\?\(/, 'conditionals'],
   [/(^|[^\\])\(\?(R|\d|&|P>)/, 'recursion'],
   [/(^|[^\\])(\\\\)*\\([1-9]|g|k)/, 'backreferences'],
+  [/(^|[^\\])\(\?P=/, 'backreferences'],
   [/[*+?}]\+/, 'possessive quantifiers'],
   [/(^|[^\\])(\\\\)*\\G/, '\\G'],
   [/(^|[^\\])(\\\\)*\\K/, '\\K'],

@@ -45,6 +45,7 @@ import {
   parseByteJump,
   parseByteMath,
   parseByteTest,
+  parseBase64Decode,
   parseIsDataAt,
   parseSize,
   parseTransform,
@@ -118,6 +119,8 @@ export interface FlowConstraint {
   established?: boolean
   /** true: client→server only; false: server→client only; undefined: either. */
   toServer?: boolean
+  /** only_stream: payload on the stream only; no_stream: per segment only. */
+  stream?: 'stream' | 'packet'
 }
 
 export interface DsizeConstraint {
@@ -158,6 +161,8 @@ export interface Rule {
   dsize?: DsizeConstraint
   /** flowbits, flowint, xbits, threshold, noalert (flowstate.ts); absent when none. */
   state?: RuleState
+  /** `tcp-pkt`: payload matched per segment only; `tcp-stream`: on the stream only. */
+  tcpMode?: 'packet' | 'stream'
 }
 
 export interface RuleError {
@@ -387,7 +392,10 @@ function parseRule(
         : `unknown action '${action}'`,
     )
   }
-  const protoWord = protoText.toLowerCase()
+  let protoWord = protoText.toLowerCase()
+  // tcp-pkt / tcp-stream: tcp rules whose payload is matched per packet only / on the stream only.
+  const tcpMode = protoWord === 'tcp-pkt' ? 'packet' : protoWord === 'tcp-stream' ? 'stream' : undefined
+  if (tcpMode) protoWord = 'tcp'
   const app = APP_PROTOCOLS.get(protoWord)
   const protocol = app ?? protoWord
   if (!app && !PROTOCOLS.has(protocol)) fail(`unsupported protocol '${protoText}'`)
@@ -408,6 +416,7 @@ function parseRule(
     destinationPorts,
     bidirectional: direction === '<>',
     ...(app && { app }),
+    ...(tcpMode && { tcpMode }),
     gid: 1,
     sid: 0,
     rev: 0,
@@ -445,8 +454,13 @@ function parseRule(
   }
   /** A keyword item: content modifiers after it still apply to the content before it. */
   const addKeyword = (item: PayloadMatch, buffer: BufferId): void => {
-    groupOf(buffer).items.push(item)
+    // A relative keyword belongs to the buffer of the content it follows (Suricata), also when
+    // that content was moved there by a modifier (`content:"x"; http_uri; isdataat:1,relative;`).
+    const g = item.relative && lastGroup ? lastGroup : groupOf(buffer)
+    g.items.push(item)
   }
+  /** After base64_data: contents go to the decoded data of the group's base64_decode. */
+  let decodedGroup: BufferGroup | undefined
   for (const { name, value } of splitOptions(text.slice(open + 1, -1))) {
     const key = name.toLowerCase()
     const need = (): string => {
@@ -514,7 +528,12 @@ function parseRule(
         rule.metadata.push(need())
         break
       case 'content':
-        add(parseContent(need(), maxContent), sticky)
+        if (decodedGroup) {
+          const c = parseContent(need(), maxContent)
+          decodedGroup.items.push(c)
+          lastItem = c
+          lastGroup = decodedGroup
+        } else add(parseContent(need(), maxContent), sticky)
         break
       case 'nocase':
         noValue(name, value)
@@ -581,6 +600,8 @@ function parseRule(
         if (flowSeen) fail("'flow' used twice")
         flowSeen = true
         rule.flow = parseFlow(need())
+        // only_stream / no_stream: the payload on the stream only / per segment only (tcp-stream, tcp-pkt).
+        if (rule.flow.stream) rule.tcpMode ??= rule.flow.stream
         break
       case 'startswith': {
         noValue(name, value)
@@ -609,6 +630,21 @@ function parseRule(
       case 'isdataat':
         addKeyword(parseIsDataAt(need(), variables), sticky)
         break
+      case 'base64_decode': {
+        const item = parseBase64Decode(value)
+        addKeyword(item, sticky)
+        break
+      }
+      case 'base64_data': {
+        noValue(name, value)
+        const g = rule.groups.find((x) => x.items.some((m) => m.kind === 'base64_decode'))
+        if (!g) fail("'base64_data' needs a preceding base64_decode")
+        const group = g as BufferGroup
+        if (group.items.some((m) => m.kind === 'base64_data')) fail("'base64_data' used twice")
+        group.items.push({ kind: 'base64_data', negated: false, relative: false })
+        decodedGroup = group
+        break
+      }
       case 'bsize':
         addKeyword(parseSize(need(), 'bsize'), sticky)
         break
@@ -641,6 +677,7 @@ function parseRule(
       // logs the packets after an alert (not done here).
       case 'target':
       case 'tag':
+      case 'rawbytes': // a no-op in Suricata too
         break
       case 'dsize':
         if (rule.dsize) fail("'dsize' used twice")
@@ -789,6 +826,8 @@ function chooseFastPattern(groups: BufferGroup[]): FastPatternRef | undefined {
     if (items[0]?.kind === 'transform') continue
     for (let i = 0; i < items.length; i++) {
       const m = items[i]
+      // Contents after base64_data are in decoded data, which the prefilter does not see.
+      if (m.kind === 'base64_data') break
       if (m.kind !== 'content' || m.negated) continue
       if (m.fastPattern) return { group: g, item: i }
       const length = m.pattern.length
@@ -886,6 +925,8 @@ function parseFlow(value: string): FlowConstraint {
     else if (word === 'not_established') set('established', false)
     else if (word === 'to_server' || word === 'from_client') set('toServer', true)
     else if (word === 'to_client' || word === 'from_server') set('toServer', false)
+    else if (word === 'only_stream') flow.stream = 'stream'
+    else if (word === 'no_stream') flow.stream = 'packet'
     else if (word !== 'stateless') fail(`unsupported flow option '${word}'`)
   }
   return flow

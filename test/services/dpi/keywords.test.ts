@@ -114,6 +114,48 @@ describe('payload keywords', () => {
     assert.equal(matches('url_decode; content:"a b/";', 'a%20b%2f'), true)
   })
 
+  it('base64_decode + base64_data: later contents match the decoded bytes', () => {
+    const p = `x=${Buffer.from('thisisatest').toString('base64')}&y`
+    assert.equal(matches('content:"x="; base64_decode:relative; base64_data; content:"isatest";', p), true)
+    assert.equal(
+      matches('content:"x="; base64_decode:bytes 8,relative; base64_data; content:"isatest";', p),
+      false,
+    )
+    assert.equal(matches('content:"x="; base64_decode:relative; base64_data; content:"toast";', p), false)
+    assert.match(errorOf('base64_data; content:"a";'), /needs a preceding base64_decode/)
+    // The decoded contents never feed the prefilter.
+    const { rules } = parseRules(
+      'alert tcp any any -> any any (base64_decode; base64_data; content:"abc"; sid:1;)',
+      't',
+    )
+    assert.equal(rules[0].fastPattern, undefined)
+  })
+
+  it('a relative keyword joins the buffer of the content before it (moved there by a modifier)', () => {
+    const { rules } = parseRules(
+      'alert http any any -> any any (content:"arg"; http_uri; isdataat:2,relative; sid:1;)',
+      't',
+    )
+    assert.deepEqual(
+      rules[0].groups.map((g) => [g.buffer, g.items.map((m) => m.kind)]),
+      [['http.uri', ['content', 'isdataat']]],
+    )
+  })
+
+  it('flow:only_stream / no_stream select tcp-stream / tcp-pkt matching; rawbytes is a no-op', () => {
+    const { rules, errors } = parseRules(
+      'alert tcp any any -> any any (flow:established,only_stream; content:"a"; sid:1;)\n' +
+        'alert tcp any any -> any any (flow:no_stream; content:"a"; rawbytes; sid:2;)\n' +
+        'alert tcp-pkt any any -> any any (content:"a"; sid:3;)',
+      't',
+    )
+    assert.deepEqual(errors, [])
+    assert.deepEqual(
+      rules.map((r) => r.tcpMode),
+      ['stream', 'packet', 'packet'],
+    )
+  })
+
   it('fast_pattern only and chop are accepted; unknown arguments are not', () => {
     assert.equal(matches('content:"abcdef"; fast_pattern:only;', 'xabcdefx'), true)
     assert.equal(matches('content:"abcdef"; fast_pattern:1,3;', 'xabcdefx'), true)
@@ -229,9 +271,26 @@ describe('flowbits, flowint and noalert in the engine', () => {
     assert.deepEqual(f.send('x'), [])
   })
 
+  it('header-only rules with IPv4 lists (IP reputation) match through the address index', () => {
+    const list = (last: number) =>
+      `[${Array.from({ length: 50 }, (_, k) => `192.0.2.${k}`).join(',')},10.0.0.${last}]`
+    const f = flow(
+      [
+        `alert tcp ${list(9)} any -> any any (msg:"from listed"; sid:1;)`,
+        `alert tcp any any -> ${list(9)} any (msg:"to listed"; sid:2;)`,
+        `alert tcp ${list(7)} any -> any any (msg:"not listed"; sid:3;)`,
+        'alert tcp [10.0.0.0/24,192.0.2.0/24,198.51.100.0/24,203.0.113.0/24] any -> any 80 (sid:4;)',
+      ].join('\n'),
+    )
+    assert.deepEqual(f.send('hello').sort(), [2, 4])
+    assert.deepEqual(f.send('hello', false), [1])
+  })
+
   it('reports bad flowbits/threshold/xbits options', () => {
     assert.match(errorOf('flowbits:frob,x;'), /invalid flowbits operation/)
     assert.match(errorOf('threshold:type limit, count 1, seconds 1;'), /track/)
     assert.match(errorOf('xbits:set,x;'), /track/)
+    // ET's named backreferences get the reason, not RE2's parse error.
+    assert.match(errorOf('pcre:"/(?P<v>a+)=(?P=v)/";'), /pcre uses backreferences/)
   })
 })

@@ -231,7 +231,7 @@ describe('rule parser', () => {
         /possessive quantifiers, which the linear-time regex engine does not run/,
       ],
       ['alert tcp any any -> any any (pcre:"abc"; sid:1;)', /pcre must be/],
-      ['alert tcp any any -> any any (flow:only_stream; sid:1;)', /unsupported flow option 'only_stream'/],
+      ['alert tcp any any -> any any (flow:only_frag; sid:1;)', /unsupported flow option 'only_frag'/],
       ['alert tcp any any -> any any (flow:to_server,to_client; sid:1;)', /conflicting flow/],
       ['alert tcp any any -> any any (classtype:nope; sid:1;)', /unknown classtype 'nope'/],
       ['alert tcp any any -> any any (sid:abc;)', /invalid sid/],

@@ -29,7 +29,7 @@ const file = (name: string, text: string | Buffer) => {
 const GOOD = 'alert tcp any any -> any any (msg:"a"; content:"evil"; sid:1;)'
 const MIXED = [
   GOOD,
-  'alert tcp any any -> any any (msg:"b"; byte_test:4,>,1,0; sid:2;)',
+  'alert tcp any any -> any any (msg:"b"; asn1:oversize_length 10; sid:2;)',
   '# a comment',
   'alert tcp any any -> any any (msg:"c"; pcre:"/(a)\\1/"; sid:3;)',
   'garbage',
@@ -45,7 +45,7 @@ describe('loading rules files within limits', () => {
     const { report } = compileRules({ kind: 'dpi', files: [path] })
     assert.equal(report.loaded, 2)
     assert.deepEqual(report.skipped, [
-      { file: path, line: 2, sid: 2, reason: "unsupported rule option 'byte_test'" },
+      { file: path, line: 2, sid: 2, reason: "unsupported rule option 'asn1'" },
       {
         file: path,
         line: 4,
@@ -208,7 +208,7 @@ describe('vrio dpi check', () => {
     assert.equal(
       r.stdout,
       [
-        `${path}:2: sid 2: unsupported rule option 'byte_test'`,
+        `${path}:2: sid 2: unsupported rule option 'asn1'`,
         `${path}:4: sid 3: pcre uses backreferences, which the linear-time regex engine does not run`,
         `${path}:5: a rule is \`action proto src sport -> dst dport (options;)\``,
         '2 rules loaded, 3 skipped',
@@ -227,7 +227,7 @@ describe('vrio dpi check', () => {
       file: path,
       line: 2,
       sid: 2,
-      reason: "unsupported rule option 'byte_test'",
+      reason: "unsupported rule option 'asn1'",
     })
     assert.equal(out.skipped[2].sid, null)
     const good = vrio('dpi', 'check', file('good.rules', GOOD), '--json', '--strict')
