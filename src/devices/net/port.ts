@@ -218,7 +218,9 @@ export class NetPort {
   }
 
   private kernelError(error: unknown): void {
-    const code = (error as { code?: string }).code ?? String(error)
+    // One report per kind of failure: the errno for a failed system call (IoError), else the code.
+    const e = error as { errnoName?: string; code?: string }
+    const code = e.errnoName ?? e.code ?? String(error)
     if (this.kernelErrors.has(code)) return
     this.kernelErrors.add(code)
     this.o.onKernelError?.(error)
