@@ -573,6 +573,27 @@ function buildGuest(registry: Reg, source: GuestMetricsSource): void {
  * A plain HTTP listener serving `GET /metrics` (and `/`) from `metrics`. Fails at start with
  * 'address-in-use' when the port is taken, 'listen-failed' otherwise.
  */
+/**
+ * A daemon's start with its metrics: the listener first (when `address` is given), so a port in use
+ * fails the start before anything else is set up, then `setUp`; whichever fails, both are undone.
+ */
+export async function startWithMetrics(
+  address: string | undefined,
+  metrics: DaemonMetrics,
+  setUp: () => Promise<void>,
+): Promise<MetricsListener | undefined> {
+  let listener: MetricsListener | undefined
+  try {
+    if (address !== undefined) listener = await MetricsListener.start(address, metrics)
+    await setUp()
+    return listener
+  } catch (error) {
+    await listener?.close()
+    metrics.close()
+    throw error
+  }
+}
+
 export class MetricsListener {
   readonly server: Server
   private constructor(server: Server) {

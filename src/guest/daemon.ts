@@ -8,7 +8,8 @@ import {
   createGuestMetrics,
   type DaemonMetrics,
   METRICS_CONTENT_TYPE,
-  MetricsListener,
+  type MetricsListener,
+  startWithMetrics,
 } from '../daemon/metrics.ts'
 import type { Logger } from '../daemon/log.ts'
 import { VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
@@ -92,21 +93,7 @@ export class GuestDaemon {
   }
 
   private async init(): Promise<void> {
-    // First: a metrics port in use fails the start before anything else is set up.
-    try {
-      if (this.o.metrics !== undefined)
-        this.metricsListener = await MetricsListener.start(this.o.metrics, this.metrics)
-    } catch (error) {
-      this.metrics.close()
-      throw error
-    }
-    try {
-      await this.setUp()
-    } catch (error) {
-      await this.metricsListener?.close()
-      this.metrics.close()
-      throw error
-    }
+    this.metricsListener = await startWithMetrics(this.o.metrics, this.metrics, () => this.setUp())
   }
 
   private async setUp(): Promise<void> {

@@ -11,7 +11,8 @@ import {
   createIohypMetrics,
   type DaemonMetrics,
   METRICS_CONTENT_TYPE,
-  MetricsListener,
+  type MetricsListener,
+  startWithMetrics,
 } from '../daemon/metrics.ts'
 import { VrioError } from '../errors.ts'
 import { Rpc } from '../session/rpc.ts'
@@ -207,21 +208,7 @@ export class IohypDaemon {
   }
 
   private async init(): Promise<void> {
-    // First: a metrics port in use fails the start before anything else is set up.
-    try {
-      if (this.o.metrics !== undefined)
-        this.metricsListener = await MetricsListener.start(this.o.metrics, this.metrics)
-    } catch (error) {
-      this.metrics.close()
-      throw error
-    }
-    try {
-      await this.openLink()
-    } catch (error) {
-      await this.metricsListener?.close()
-      this.metrics.close()
-      throw error
-    }
+    this.metricsListener = await startWithMetrics(this.o.metrics, this.metrics, () => this.openLink())
   }
 
   private async openLink(): Promise<void> {
