@@ -245,37 +245,12 @@ export class StateTables {
       }
       tr = { start: now, count: 1 }
       this.#trackers.set(k, tr)
-      switch (t.type) {
-        case 'limit':
-          return true
-        case 'threshold':
-        case 'both':
-          if (t.count === 1) {
-            if (t.type === 'threshold') tr.count = 0
-            return true
-          }
-          return false
-        default:
-          return t.count === 0
-      }
+      return firstInWindow(t, tr)
     }
-    const inWindow = now - tr.start < window
-    if (!inWindow) {
+    if (now - tr.start >= window) {
       tr.start = now
       tr.count = 1
-      switch (t.type) {
-        case 'limit':
-          return true
-        case 'threshold':
-        case 'both':
-          if (t.count === 1) {
-            if (t.type === 'threshold') tr.count = 0
-            return true
-          }
-          return false
-        default:
-          return t.count === 0
-      }
+      return firstInWindow(t, tr)
     }
     tr.count++
     switch (t.type) {
@@ -393,5 +368,22 @@ export function applyActions(s: RuleState, vars: FlowVars, tables: StateTables, 
     const key = hostKey(x, f)
     const on = x.op === 'set' || (x.op === 'toggle' && !tables.hostBit(x.name, key, f.now))
     tables.setHostBit(x.name, key, f.now + x.expire * 1000, on)
+  }
+}
+
+/** Whether the first match of a new window (its tracker's count at 1) alerts. */
+function firstInWindow(t: ThresholdSpec, tr: { count: number }): boolean {
+  switch (t.type) {
+    case 'limit':
+      return true
+    case 'threshold':
+    case 'both':
+      if (t.count === 1) {
+        if (t.type === 'threshold') tr.count = 0
+        return true
+      }
+      return false
+    default:
+      return t.count === 0
   }
 }
