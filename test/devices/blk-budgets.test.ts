@@ -162,6 +162,52 @@ describe('block back-end budgets', () => {
     assert.equal(budget.held, 0)
   })
 
+  it('a guest cut off with reads waiting for the budget: they are not run for nobody, and run when re-sent', async () => {
+    const limit = 1024 * 1024
+    const read = 256 * 1024
+    const budget = new ReplyBudget(limit)
+    const device = new MemoryDevice({ size: 16 * 1024 * 1024 })
+    let deviceReads = 0
+    const plainRead = device.read.bind(device)
+    device.read = (offset: number, length: number) => {
+      deviceReads++
+      return plainRead(offset, length)
+    }
+    const backend = new BlockBackend(device, { handle: HANDLE, replyBudget: budget })
+    // The peer's window never opens: the first reply fills it.
+    const session = new FakeSession(4 * 1024 * 1024, read)
+    backend.attach(session)
+    for (let id = 1; id <= 40; id++) {
+      const { h, m } = readRequest(id, id * read, read)
+      backend.receive(h, m)
+    }
+    await settle()
+    const ran = deviceReads
+    assert.ok(backend.queued > 0, 'reads wait for the budget')
+    assert.ok(ran < 40)
+    // Cut off: the replies held are dropped, which gives their budget back; the waiting reads must
+    // not start then (their answers could only be dropped).
+    backend.detach()
+    await settle()
+    assert.equal(deviceReads, ran, 'reads run after the guest was cut off')
+    assert.equal(backend.queued, 0)
+    assert.equal(budget.held, 0)
+    // The front-end re-sends every unanswered read on its next session: each runs and is answered.
+    const fresh = new FakeSession(4 * 1024 * 1024, 1 << 30)
+    backend.attach(fresh)
+    for (let id = 1; id <= 40; id++) {
+      const { h, m } = readRequest(id, id * read, read)
+      backend.receive(h, m)
+    }
+    for (let i = 0; i < 100 && fresh.replies.length < 40; i++) await settle()
+    assert.deepEqual(
+      fresh.replies.map((r) => [r.header.requestLow, r.header.status]).sort((a, b) => a[0] - b[0]),
+      Array.from({ length: 40 }, (_, i) => [i + 1, BlockStatus.Ok]),
+    )
+    await backend.close()
+    assert.equal(budget.held, 0)
+  })
+
   it('replies drain as the window opens: reads held back by the budget then run', async () => {
     const limit = 1024 * 1024
     const read = 128 * 1024

@@ -28,7 +28,10 @@ export function cpuSeconds(pid: number): number | undefined {
 export class RssSampler {
   readonly pid: number
   peak = 0
+  /** Milliseconds from the sampler's start to the peak sample. */
+  peakAt = 0
   samples = 0
+  private readonly started = performance.now()
   private readonly timer: NodeJS.Timeout
   private readonly onSample: ((rss: number) => void) | undefined
 
@@ -44,7 +47,10 @@ export class RssSampler {
     const rss = rssBytes(this.pid)
     if (rss === undefined) return undefined
     this.samples++
-    if (rss > this.peak) this.peak = rss
+    if (rss > this.peak) {
+      this.peak = rss
+      this.peakAt = performance.now() - this.started
+    }
     this.onSample?.(rss)
     return rss
   }

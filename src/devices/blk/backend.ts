@@ -315,6 +315,8 @@ export class BlockBackend {
    */
   detach(): void {
     this.session = undefined
+    // First: the budget that dropping the replies gives back would start them.
+    this.forgetQueuedReads()
     this.dropPending()
   }
 
@@ -434,6 +436,25 @@ export class BlockBackend {
     this.queue.push(task)
     this.queuedBytes += bytes
     this.writeBytes += bytes
+  }
+
+  /**
+   * Reads and extents still waiting for a slot: with no session their answers could only be dropped,
+   * so they are forgotten instead of run (a burst of reads whose buffers only become garbage); the
+   * front-end re-sends them on its next session, and they run then.
+   */
+  private forgetQueuedReads(): void {
+    let kept = this.queueHead
+    for (let i = this.queueHead; i < this.queue.length; i++) {
+      const t = this.queue[i]
+      if (answersWithData(t.op)) {
+        const record = t.record
+        if (record.covers(t.id) && record.states[t.id % BLOCK_ID_WINDOW] === RUNNING)
+          record.states[t.id % BLOCK_ID_WINDOW] = 0
+      } else this.queue[kept++] = t
+    }
+    this.queue.length = kept
+    if (this.queueHead === this.queue.length) this.budget.unwatch(this.resume)
   }
 
   /**
