@@ -6,7 +6,11 @@
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-      "conditions": [["OS!='linux'", {"type": "none"}]]
+      "variables": {"ipsec_mb": "<!(test -f /usr/include/intel-ipsec-mb.h && echo 1 || echo 0)"},
+      "conditions": [
+        ["OS!='linux'", {"type": "none"}],
+        ["ipsec_mb==1", {"defines": ["VRIO_IPSEC_MB"], "libraries": ["-lIPSec_MB"]}]
+      ]
     }
   ]
 }

@@ -168,10 +168,17 @@ class FrameAead : public Napi::ObjectWrap<FrameAead> {
 
   struct evp_cipher_ctx_st* enc_ = nullptr;
   struct evp_cipher_ctx_st* dec_ = nullptr;
+  // AES-256-GCM by Intel's multi-buffer library when built with it and the CPU has AES-NI (see
+  // aead.cc): its key schedule and GHASH tables, one for both directions; then enc_/dec_ stay null.
+  struct gcm_key_data* mbKey_ = nullptr;
   // The caller's argument array (see aead.cc, ParseArgs), kept alive by argsRef_.
   const double* args_ = nullptr;
   Napi::Reference<Napi::Float64Array> argsRef_;
 };
+
+// Which implementation a FrameAead of `cipher` (1 AES-256-GCM, 2 ChaCha20-Poly1305) uses:
+// "ipsec-mb-avx512", "ipsec-mb-avx2", ..., or "openssl".
+Napi::Value AeadImplementation(const Napi::CallbackInfo& info);
 
 // Per-env state: the Channel constructor, needed by the factories.
 struct AddonData {

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(curl tshark iproute2 nftables ethtool iputils-ping iperf3 nbdkit libnbd-bin e2fsprogs util-linux qemu-utils python3-libnbd fio cryptsetup python3-cryptography prometheus chromium tmux)
+packages=(curl tshark iproute2 nftables ethtool iputils-ping iperf3 nbdkit libnbd-bin e2fsprogs util-linux qemu-utils python3-libnbd fio cryptsetup python3-cryptography prometheus chromium tmux libipsec-mb-dev)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -25,5 +25,8 @@ fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
+elif [ -n "$(find native binding.gyp -newer build/Release/vrio_io.node 2>/dev/null)" ] || [ ! -f build/Release/vrio_io.node ]; then
+  # The addon's sources changed since it was built (a pull, a checkout): build it again.
+  npm run install --silent
 fi
 npm run build --silent

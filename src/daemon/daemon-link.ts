@@ -5,7 +5,7 @@ import { LinkDriver } from '../io/link-driver.ts'
 import type { PacketSocket } from '../io/packet-socket.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
-import { channelDescription, resolveSealCipher } from '../transport/aead.ts'
+import { aeadImplementation, channelDescription, resolveSealCipher } from '../transport/aead.ts'
 import type { PreAuthOptions } from '../transport/endpoint.ts'
 import { addSealDrops } from '../transport/seal.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
@@ -164,8 +164,11 @@ export class DaemonLink {
 
   /** Fields for the "started" log line. */
   describe(): Record<string, unknown> {
+    const o = this.driver.endpoint.options
     return {
       channel: this.channel(),
+      // What seals frames here (the IOhyp's choice of cipher, or this CPU's preference on a guest).
+      aead: o.insecurePlaintext ? undefined : aeadImplementation(resolveSealCipher(o.cipher)),
       interface: this.o.interface,
       mac: formatMac(this.mac),
       address: formatIPv4(this.ip),

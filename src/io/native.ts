@@ -116,6 +116,11 @@ export interface NativeAddon {
    */
   FrameAead?: AddonFrameAeadConstructor
   /**
+   * Which code a FrameAead of `cipher` runs: "ipsec-mb-avx512" (or -avx2, -avx, -sse: Intel's
+   * multi-buffer library, built in when its header was found) or "openssl". Absent from an older build.
+   */
+  aeadImplementation?: (cipher: number) => string
+  /**
    * A one-file FUSE mount served from this process (native/fuse.cc); see FuseDiskServer in
    * src/guest/fuse-server.ts. Absent from an older build.
    */

@@ -303,8 +303,20 @@ export class NativeFrameAead implements FrameAead {
 }
 
 /**
- * The AEAD the transport uses: the addon's (OpenSSL EVP, in place, no allocation per frame) when
- * it has one, else node:crypto's.
+ * What seals frames of `cipher` in this process: the addon's implementation ("ipsec-mb-avx512" and
+ * the like for AES-256-GCM when built with Intel's multi-buffer library, else "openssl"), or
+ * "node:crypto" without the addon. The environment variable VRIO_AEAD=openssl makes the addon use
+ * OpenSSL (for A/B runs).
+ */
+export function aeadImplementation(cipher: SealCipher): string {
+  if (!addonFrameAead()) return 'node:crypto'
+  return native().aeadImplementation?.(cipher) ?? 'openssl'
+}
+
+/**
+ * The AEAD the transport uses: the addon's (in place, no allocation per frame; AES-256-GCM by
+ * Intel's multi-buffer library where built with it, else OpenSSL EVP) when it has one, else
+ * node:crypto's.
  */
 export function createFrameAead(cipher: SealCipher, key: Uint8Array): FrameAead {
   checkKey(cipher, key)

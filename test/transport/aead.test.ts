@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { existsSync, readFileSync } from 'node:fs'
 import { describe, it } from 'node:test'
 import { native } from '../../src/io/native.ts'
 import {
+  aeadImplementation,
   type FrameAead,
   NativeFrameAead,
   NodeFrameAead,
@@ -62,6 +65,38 @@ describe('frame AEAD: the addon against node:crypto', () => {
       ?.prototype
     assert.equal(typeof proto?.sealFrame, 'function', 'native FrameAead missing or stale: rebuild the addon')
   })
+  it("AES-256-GCM runs on Intel's multi-buffer library where it is installed and the CPU has AES-NI; VRIO_AEAD=openssl picks OpenSSL", () => {
+    const aes = aeadImplementation(SEAL_CIPHER_AES_256_GCM)
+    assert.equal(aeadImplementation(SEAL_CIPHER_CHACHA20_POLY1305), 'openssl')
+    if (process.env.VRIO_AEAD === 'openssl') assert.equal(aes, 'openssl')
+    else if (
+      existsSync('/usr/include/intel-ipsec-mb.h') &&
+      /\baes\b/.test(readFileSync('/proc/cpuinfo', 'utf8'))
+    )
+      assert.match(
+        aes,
+        /^ipsec-mb-/,
+        'the addon was built without libipsec-mb (scripts/setup.sh installs it)',
+      )
+    else assert.equal(aes, 'openssl')
+  })
+  if (process.env.VRIO_AEAD !== 'openssl') {
+    it("every test here passes with VRIO_AEAD=openssl too (the addon's OpenSSL path)", () => {
+      // A test file of its own (not a subtest of this run: without NODE_TEST_CONTEXT).
+      const { NODE_TEST_CONTEXT: _, ...env } = process.env
+      const childEnv = { ...env, VRIO_AEAD: 'openssl' }
+      const child = spawnSync(
+        process.execPath,
+        ['--enable-source-maps', '--test', new URL(import.meta.url).pathname],
+        {
+          env: childEnv,
+          encoding: 'utf8',
+        },
+      )
+      assert.equal(child.status, 0, `${child.stdout.slice(-3000)}${child.stderr.slice(-2000)}`)
+      assert.match(child.stdout, /# fail 0/)
+    })
+  }
   for (const [name, cipher] of CIPHERS) {
     it(`${name}: both seal to the same bytes, each opens the other's, for payloads of 0 to 64000 bytes`, () => {
       const key = randomBytes(32)
