@@ -145,6 +145,13 @@ IMB_MGR* MbManager() {
   return mgr;
 }
 
+// Starts one frame's GCM pass: the nonce and the frame's AAD.
+void MbStart(IMB_MGR* m, const gcm_key_data* key, gcm_context_data* ctx, const uint8_t iv[12], const FrameArgs& a) {
+  uint8_t aad[8 + kMaxTcpHeader];
+  size_t length = MakeAad(aad, a);
+  IMB_AES256_GCM_INIT(m, key, ctx, iv, aad, length);
+}
+
 const char* MbArchName(IMB_MGR* m) {
   switch (m->used_arch) {
     case IMB_ARCH_SSE: return "ipsec-mb-sse";
@@ -267,10 +274,8 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
 #ifdef VRIO_IPSEC_MB
   if (mbKey_ != nullptr) {
     IMB_MGR* m = MbManager();
-    uint8_t aad[8 + kMaxTcpHeader];
-    size_t aadLength = MakeAad(aad, a);
     struct gcm_context_data ctx;
-    IMB_AES256_GCM_INIT(m, mbKey_, &ctx, iv, aad, aadLength);
+    MbStart(m, mbKey_, &ctx, iv, a);
     if (k > 0) IMB_AES256_GCM_ENC_UPDATE(m, mbKey_, &ctx, p, p, static_cast<uint64_t>(k));
     if (n > k) IMB_AES256_GCM_ENC_UPDATE(m, mbKey_, &ctx, p + k, in, static_cast<uint64_t>(n - k));
     IMB_AES256_GCM_ENC_FINALIZE(m, mbKey_, &ctx, tag, 16);
@@ -313,11 +318,9 @@ Napi::Value FrameAead::Open(const Napi::CallbackInfo& info) {
 #ifdef VRIO_IPSEC_MB
   if (mbKey_ != nullptr) {
     IMB_MGR* m = MbManager();
-    uint8_t aad[8 + kMaxTcpHeader];
-    size_t aadLength = MakeAad(aad, a);
     struct gcm_context_data ctx;
     uint8_t computed[16];
-    IMB_AES256_GCM_INIT(m, mbKey_, &ctx, iv, aad, aadLength);
+    MbStart(m, mbKey_, &ctx, iv, a);
     if (n > 0) IMB_AES256_GCM_DEC_UPDATE(m, mbKey_, &ctx, out, p, static_cast<uint64_t>(n));
     IMB_AES256_GCM_DEC_FINALIZE(m, mbKey_, &ctx, computed, 16);
     bool ok = CRYPTO_memcmp(computed, tag, kTagBytes) == 0;
