@@ -33,7 +33,6 @@ import { listenUnixSocket } from '../../io/unix-socket.ts'
  * write payloads, an unknown export with EXPORT_NAME) end that connection — after the replies to
  * requests already in flight — and never the server; bad requests get NBD errors.
  */
-import { recycleMessageBuffer } from '../../transport/message-buffers.ts'
 import { rm } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
 import type { Logger } from '../../daemon/log.ts'
@@ -966,13 +965,20 @@ class Connection {
       if (data.length === 0) this.send(encodeStructuredNone(p.cookieHigh, p.cookieLow))
       else {
         this.send(encodeOffsetDataHeader(p.cookieHigh, p.cookieLow, p.offset, data.length, true))
-        this.send(data, () => recycleMessageBuffer(data))
+        this.sendRead(data)
       }
     } else {
       this.send(encodeSimpleReply(p.cookieHigh, p.cookieLow, 0))
-      if (data.length > 0) this.send(data, () => recycleMessageBuffer(data))
+      if (data.length > 0) this.sendRead(data)
     }
     this.complete(p)
+  }
+
+  /** Queues what the device read; once written, a device that pools gets it back (no other does). */
+  private sendRead(data: Uint8Array): void {
+    const device = this.export!.device
+    if (device.release) this.send(data, () => device.release!(data))
+    else this.send(data)
   }
 
   private startPayload(p: Pending, errno: number, message: string): void {
