@@ -16,7 +16,7 @@ import { BLOCK_REQUEST_HEAD_LENGTH, BlockOp, encodeBlockRequestHead } from '../.
 import { NetPort } from '../../src/devices/net/port.ts'
 import { VrioError } from '../../src/errors.ts'
 import type { FrameChannel } from '../../src/io/frame-channel.ts'
-import { VIRTIO_NET_HDR_LEN } from '../../src/io/virtio-net-hdr.ts'
+import { VIRTIO_NET_HDR_LEN } from '../../src/wire/virtio-net-hdr.ts'
 import { Rpc } from '../../src/session/rpc.ts'
 import { MAX_CONTROL_JSON, Session } from '../../src/session/session.ts'
 import { Delivery } from '../../src/transport/config.ts'

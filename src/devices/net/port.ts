@@ -1,6 +1,6 @@
 import { VrioError } from '../../errors.ts'
 import type { FrameBatch, FrameChannel } from '../../io/frame-channel.ts'
-import { VIRTIO_NET_HDR_LEN } from '../../io/virtio-net-hdr.ts'
+import { VIRTIO_NET_HDR_LEN } from '../../wire/virtio-net-hdr.ts'
 import { Delivery } from '../../transport/config.ts'
 import type { Lender } from '../../transport/message-buffers.ts'
 import type { Session } from '../../session/session.ts'
