@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { setImmediate as immediate } from 'node:timers/promises'
 import { afterEach, describe, it } from 'node:test'
 import { BlockBackend, ReplyBudget } from '../../src/devices/blk/backend.ts'
-import type { BlockDevice } from '../../src/devices/blk/device.ts'
+import { type BlockDevice, blockDeviceInfo } from '../../src/devices/blk/device.ts'
 import { RemoteBlockDevice } from '../../src/devices/blk/frontend.ts'
 import { MemoryDevice } from '../../src/devices/blk/memory-device.ts'
 import type { Delivery } from '../../src/transport/config.ts'
@@ -60,15 +60,7 @@ function pair(device: BlockDevice, toFront?: Lender, toBack?: Lender) {
     replyBudget: new ReplyBudget(8 * 1024 * 1024),
   })
   const front = new RemoteBlockDevice({
-    info: {
-      size: device.size,
-      blockSize: 512,
-      readOnly: false,
-      canFlush: true,
-      canFua: true,
-      canTrim: true,
-      canWriteZeroes: true,
-    },
+    info: blockDeviceInfo(device),
     handle: HANDLE,
     sweepInterval: 0,
     maxTransfer: 256 * 1024,

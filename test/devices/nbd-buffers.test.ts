@@ -6,7 +6,6 @@
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { after, afterEach, before, describe, it } from 'node:test'
-import type { BlockDevice } from '../../src/devices/blk/device.ts'
 import { MemoryDevice } from '../../src/devices/blk/memory-device.ts'
 import { Command } from '../../src/devices/blk/nbd-protocol.ts'
 import { NbdServer } from '../../src/devices/blk/nbd-server.ts'
@@ -22,40 +21,21 @@ const LENGTH = 64 * 1024
  * A device that answers reads with arrays it keeps (a cache of its own), taken from the message
  * pool so that they look exactly like lent messages; `pooling` adds a release that records them.
  */
-class KeepingDevice implements BlockDevice {
-  readonly inner = new MemoryDevice({ size: MiB })
-  readonly size = MiB
-  readonly blockSize = 512
-  readonly readOnly = false
-  readonly canFlush = false
-  readonly canFua = false
-  readonly canTrim = false
-  readonly canWriteZeroes = false
+class KeepingDevice extends MemoryDevice {
   readonly kept: { data: Uint8Array; copy: Buffer }[] = []
   readonly released: Uint8Array[] = []
   readonly release?: (data: Uint8Array) => void
 
   constructor(pooling: boolean) {
+    super({ size: MiB })
     if (pooling) this.release = (data) => this.released.push(data)
   }
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
+  override async read(offset: number, length: number): Promise<Uint8Array> {
     const data = messageBuffers.take(length)
-    data.set(await this.inner.read(offset, length))
+    data.set(await super.read(offset, length))
     this.kept.push({ data, copy: Buffer.from(data) })
     return data
-  }
-  write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
-    return this.inner.write(offset, data, fua)
-  }
-  flush(): Promise<void> {
-    return Promise.resolve()
-  }
-  trim(): Promise<void> {
-    return Promise.resolve()
-  }
-  writeZeroes(offset: number, length: number, mayTrim: boolean, fua: boolean): Promise<void> {
-    return this.inner.writeZeroes(offset, length, mayTrim, fua)
   }
 }
 
@@ -80,7 +60,7 @@ describe('NBD server: read buffers go back only to a device that pools', () => {
     server = new NbdServer({ path, lookup: (name) => (name === 'd' ? device : undefined) })
     await server.listen()
     const pattern = randomBytes(LENGTH)
-    await device.inner.write(0, pattern, false)
+    await device.write(0, pattern, false)
     for (const structured of [false, true]) {
       const c = await RawClient.connect(path)
       clients.push(c)
