@@ -14,7 +14,7 @@ import { GSO_MAX_PAYLOAD } from '../src/io/link-driver.ts'
 import { Delivery } from '../src/transport/config.ts'
 import type { Connection } from '../src/transport/connection.ts'
 import { Endpoint } from '../src/transport/endpoint.ts'
-import { recycleMessageBuffer } from '../src/transport/message-buffers.ts'
+import { messageBuffers } from '../src/transport/message-buffers.ts'
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const TOTAL = Number(process.env.BENCH_MB ?? 512) * 1024 * 1024
@@ -129,7 +129,7 @@ function pair(sealed: boolean, onB: (m: Uint8Array, c: Connection, owned: boolea
 
 function transfer(sealed: boolean): { sendNsPerByte: number; receiveNsPerByte: number; frames: number } {
   const p = pair(sealed, (m, _c, owned) => {
-    if (owned) recycleMessageBuffer(m)
+    if (owned) messageBuffers.giveBack(m)
   })
   const message = new Uint8Array(1 << 20).fill(7)
   let queued = 0

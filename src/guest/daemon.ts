@@ -158,10 +158,10 @@ export class GuestDaemon {
       control: (m) => {
         if (session === this.iohyp) this.rpc.onControl(m)
       },
-      data: (h, m, _delivery, owned) => {
+      data: (h, m, _delivery, lender) => {
         if (session !== this.iohyp) return
-        if (h.type === MessageType.NetFrame) this.nics.receive(h, m, owned)
-        else this.disks.receive(h, m, owned)
+        if (h.type === MessageType.NetFrame) this.nics.receive(h, m, lender)
+        else this.disks.receive(h, m, lender)
       },
       writable: () => {
         if (session === this.iohyp) this.disks.writable()

@@ -6,6 +6,7 @@ import { RemoteBlockDevice } from '../devices/blk/frontend.ts'
 import { NbdServer } from '../devices/blk/nbd-server.ts'
 import { VrioError } from '../errors.ts'
 import type { Session } from '../session/session.ts'
+import type { Lender } from '../transport/message-buffers.ts'
 import { type MessageHeader, MessageType } from '../wire/message-header.ts'
 import {
   type BlockExposure,
@@ -119,11 +120,11 @@ export class GuestDisks {
     for (const d of this.disks.values()) d.front.writable()
   }
 
-  /** A block response from the IOhyp; `owned`: see RemoteBlockDevice.receive. */
-  receive(h: MessageHeader, message: Uint8Array, owned = false): void {
+  /** A block response from the IOhyp; `lender`: see RemoteBlockDevice.receive. */
+  receive(h: MessageHeader, message: Uint8Array, lender?: Lender): void {
     if (h.type !== MessageType.BlockResponse) return
     const d = this.byHandle.get(h.deviceLow)
-    if (d && d.handle.high === h.deviceHigh) d.front.receive(h, message, owned)
+    if (d && d.handle.high === h.deviceHigh) d.front.receive(h, message, lender)
   }
 
   /** `blk.attach` from the IOhyp: create (or, after a reconnect, re-bind) a disk. */

@@ -2,7 +2,6 @@ import { constants as os } from 'node:os'
 import type { BlockDevice } from '../devices/blk/device.ts'
 import { VrioError } from '../errors.ts'
 import { type FuseNativeStats, type NativeFuseDisk, native } from '../io/native.ts'
-import { recycleMessageBuffer } from '../transport/message-buffers.ts'
 import {
   decodeFuseRequest,
   FALLOC_FL_KEEP_SIZE,
@@ -118,8 +117,8 @@ export class FuseDiskServer {
         d.read(r.offset, n).then(
           (data) => {
             this.reply(slot, 0, data)
-            // writev copied it: the transport may reuse its memory (no garbage for the collector).
-            recycleMessageBuffer(data)
+            // writev copied it: a device that pools may reuse its memory (no garbage for the collector).
+            d.release?.(data)
           },
           (e) => this.reply(slot, -fuseErrno(e)),
         )

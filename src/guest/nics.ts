@@ -6,6 +6,7 @@ import { VrioError } from '../errors.ts'
 import { deleteLink, linkKind, setLink } from '../io/ip-link.ts'
 import { TapDevice } from '../io/tap.ts'
 import type { Session } from '../session/session.ts'
+import type { Lender } from '../transport/message-buffers.ts'
 import { parseMac } from '../wire/address.ts'
 import type { MessageHeader } from '../wire/message-header.ts'
 import { IFNAME_RE } from '../devices/names.ts'
@@ -49,9 +50,9 @@ export class GuestNics {
     for (const n of this.nics.values()) n.port.attach(session)
   }
 
-  receive(h: MessageHeader, message: Uint8Array, owned = false): void {
+  receive(h: MessageHeader, message: Uint8Array, lender?: Lender): void {
     const n = this.byHandle.get(h.deviceLow)
-    if (n && n.port.handle.high === h.deviceHigh) n.port.receive(h, message, owned)
+    if (n && n.port.handle.high === h.deviceHigh) n.port.receive(h, message, lender)
   }
 
   /** `net.attach` from the IOhyp: create the interface (or, after a reconnect, re-bind it). */

@@ -88,7 +88,7 @@ export class FrameChannel {
    * counted; open send-only sockets with protocol 0) and the channel does not keep the event loop
    * alive. Once started, it does, until close() or unref().
    *
-   * With vnetHdr, every frame starts with its 10-byte virtio_net_hdr (see virtio-net-hdr.ts).
+   * With vnetHdr, every frame starts with its 10-byte virtio_net_hdr (see wire/virtio-net-hdr.ts).
    */
   onBatch(handler: BatchHandler): this {
     this.#onBatch = handler

@@ -9,7 +9,7 @@ import {
   VIRTIO_NET_HDR_GSO_NONE,
   VIRTIO_NET_HDR_GSO_TCPV4,
   VIRTIO_NET_HDR_LEN,
-} from './virtio-net-hdr.ts'
+} from '../wire/virtio-net-hdr.ts'
 
 /** Where the TCP checksum sits inside the TCP header. */
 const TCP_CHECKSUM_OFFSET = 16

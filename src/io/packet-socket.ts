@@ -2,7 +2,7 @@ import { fromNative } from './errors.ts'
 import type { ReceiveConfig } from './frame-channel.ts'
 import { FrameChannel, alignUp } from './frame-channel.ts'
 import { native } from './native.ts'
-import { VIRTIO_NET_HDR_LEN } from './virtio-net-hdr.ts'
+import { VIRTIO_NET_HDR_LEN } from '../wire/virtio-net-hdr.ts'
 
 /** Every protocol (ETH_P_ALL). */
 export const ETH_P_ALL = 0x0003

@@ -461,9 +461,9 @@ export class IohypDaemon {
         this.log.info('guest connected', { mac: formatMac(g.mac), address: formatIPv4(g.ip) })
       },
       control: (m) => g.rpc.onControl(m),
-      data: (h, m, _delivery, owned) => {
-        if (h.type === MessageType.NetFrame) this.nics.receive(g, h, m, owned)
-        else this.disks.receive(g, h, m, owned)
+      data: (h, m, _delivery, lender) => {
+        if (h.type === MessageType.NetFrame) this.nics.receive(g, h, m, lender)
+        else this.disks.receive(g, h, m, lender)
       },
       writable: () => this.disks.writable(g),
       closed: (reason, failure) => {

@@ -10,6 +10,7 @@ import { isVrioError, VrioError } from '../errors.ts'
 import { newDeviceHandle } from './handles.ts'
 import type { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
+import type { Lender } from '../transport/message-buffers.ts'
 import { formatMac } from '../wire/address.ts'
 import { type MessageHeader, MessageType } from '../wire/message-header.ts'
 import { DEVICE_NAME_RE } from '../devices/names.ts'
@@ -260,11 +261,11 @@ export class IohypDisks {
     }
   }
 
-  /** A block request from `guest`; `owned`: the message buffer may be kept (see BlockBackend.receive). */
-  receive(guest: DiskGuest, h: MessageHeader, message: Uint8Array, owned = false): void {
+  /** A block request from `guest`; a lent message may be kept (see BlockBackend.receive). */
+  receive(guest: DiskGuest, h: MessageHeader, message: Uint8Array, lender?: Lender): void {
     if (h.type !== MessageType.BlockRequest || !guest.session || this.stopping) return
     const d = this.bySlot.get(h.deviceLow)
-    if (d && d.guest === guest.mac && d.handle.high === h.deviceHigh) d.backend.receive(h, message, owned)
+    if (d && d.guest === guest.mac && d.handle.high === h.deviceHigh) d.backend.receive(h, message, lender)
     else replyNoDevice(guest.session, h)
   }
 

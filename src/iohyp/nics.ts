@@ -7,6 +7,7 @@ import { addMacvtap, deleteLink, linkKind, macvtapDevice, setLink } from '../io/
 import { TapDevice } from '../io/tap.ts'
 import type { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
+import type { Lender } from '../transport/message-buffers.ts'
 import { formatMac, parseMac } from '../wire/address.ts'
 import type { MessageHeader } from '../wire/message-header.ts'
 import { NET_SERVICE_KINDS, NetServiceChain, type NetServiceKind } from '../services/net/chain.ts'
@@ -309,9 +310,9 @@ export class IohypNics {
     return [...n.alerts]
   }
 
-  receive(guest: NicGuest, h: MessageHeader, message: Uint8Array, owned = false): void {
+  receive(guest: NicGuest, h: MessageHeader, message: Uint8Array, lender?: Lender): void {
     const n = this.bySlot.get(h.deviceLow)
-    if (n && n.guest === guest.mac && n.handle.high === h.deviceHigh) n.port.receive(h, message, owned)
+    if (n && n.guest === guest.mac && n.handle.high === h.deviceHigh) n.port.receive(h, message, lender)
     else this.unknown.set(guest.mac, (this.unknown.get(guest.mac) ?? 0) + 1)
   }
 

@@ -2,6 +2,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { VrioError } from '../errors.ts'
 import { Delivery } from '../transport/config.ts'
 import type { CloseReason, Connection, ConnectionHandlers } from '../transport/connection.ts'
+import { type Lender, messageBuffers } from '../transport/message-buffers.ts'
 import {
   decodeMessageHeader,
   encodeMessageHeader,
@@ -43,10 +44,11 @@ export interface SessionHandlers {
   /** A verified control message (decoded JSON). */
   control(message: unknown): void
   /**
-   * A block or network message: its decoded header and the whole message (a view valid during the
-   * call, or, when `owned`, a buffer the handler may keep: see ConnectionHandlers.message).
+   * A block or network message: its decoded header and the whole message. Without a `lender` the
+   * message is a view valid during the call only (copy what you keep); with one it is lent: the
+   * handler may keep it and gives it back to `lender` once nothing refers to it (or never).
    */
-  data?(header: MessageHeader, message: Uint8Array, delivery: Delivery, owned: boolean): void
+  data?(header: MessageHeader, message: Uint8Array, delivery: Delivery, lender: Lender | undefined): void
   /** The session ended: `failure` says why when authentication or integrity failed. */
   closed?(reason: CloseReason, failure?: SessionFailure): void
   writable?(): void
@@ -204,7 +206,8 @@ export class Session {
           h.type === MessageType.BlockResponse ||
           h.type === MessageType.NetFrame
         ) {
-          this.handlers.data?.(h, data, delivery, owned)
+          // A message the connection gave away was reassembled in a buffer from messageBuffers.
+          this.handlers.data?.(h, data, delivery, owned ? messageBuffers : undefined)
         } else if (h.type > MessageType.Control) {
           this.unknownMessages++ // a later version's data message: dropped, counted
         } else {

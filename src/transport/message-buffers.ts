@@ -1,11 +1,20 @@
 /**
- * Buffers for messages the transport reassembles from several frames, recycled. A connection takes
- * one per reassembled message and delivers it `owned`; a handler that is done with it (it wrote the
- * frame to a TAP, the block write reached the file) may give it back with
- * `recycleMessageBuffer`, and the next message of that size class reuses its memory instead of
- * leaving a new buffer to the garbage collector: at GB/s of 64 KiB–1 MiB messages that collector
- * work is a large share of a daemon's CPU. Handlers that keep the buffer simply never give it back.
+ * Buffers for messages the transport reassembles from several frames, lent out and taken back.
+ * A connection takes one per reassembled message from `messageBuffers` and delivers it `owned`;
+ * the session passes that on as a lease: the receiver gets the buffer together with the `Lender`
+ * it came from, may keep the buffer, and gives it back to that lender once done (it wrote the
+ * frame to a TAP, the block write reached the file). The next message of that size class then
+ * reuses its memory instead of leaving a new buffer to the garbage collector: at GB/s of
+ * 64 KiB–1 MiB messages that collector work is a large share of a daemon's CPU. Receivers that
+ * keep the buffer simply never give it back; receivers handed no lender only borrow the message
+ * for the call.
  */
+
+/** Where a lent buffer goes back once nothing refers to any part of it any more. */
+export interface Lender {
+  /** Takes back a buffer this lender lent (or any view into it); anything else is ignored. */
+  giveBack(buffer: Uint8Array): void
+}
 
 /** Capacities kept: from 4 KiB to 16 MiB; buffers are filed by the power of two at or below their size. */
 const MIN_CLASS = 12
@@ -13,54 +22,69 @@ const MAX_CLASS = 24
 /** Memory kept in the free lists, all classes together. */
 const MAX_POOLED_BYTES = 32 * 1024 * 1024
 
-const free: Buffer[][] = Array.from({ length: MAX_CLASS + 1 }, () => [])
-/** Every ArrayBuffer handed out from here, and whether it is lent out now (a double give-back is ignored). */
-const lent = new WeakMap<ArrayBufferLike, boolean>()
-let pooledBytes = 0
-
 /** The power of two at or below `n` (n ≥ 1). */
 const floorClass = (n: number): number => 31 - Math.clz32(n)
 
-/**
- * A buffer of exactly `length` bytes (uninitialised) for a message being reassembled: memory
- * given back earlier when some has room for it (messages of one kind tend to have one size),
- * else a new allocation of exactly that size.
- */
+/** Free lists of message buffers by size class. */
+export class BufferPool implements Lender {
+  readonly maxPooledBytes: number
+  private readonly free: Buffer[][] = Array.from({ length: MAX_CLASS + 1 }, () => [])
+  /** Every ArrayBuffer lent from here, and whether it is lent out now (a double give-back is ignored). */
+  private readonly lent = new WeakMap<ArrayBufferLike, boolean>()
+  private pooled = 0
+
+  constructor(maxPooledBytes = MAX_POOLED_BYTES) {
+    this.maxPooledBytes = maxPooledBytes
+  }
+
+  /** What the free lists hold now. */
+  get pooledBytes(): number {
+    return this.pooled
+  }
+
+  /**
+   * A buffer of exactly `length` bytes (uninitialised) for a message being reassembled: memory
+   * given back earlier when some has room for it (messages of one kind tend to have one size),
+   * else a new allocation of exactly that size.
+   */
+  take(length: number): Buffer {
+    const f = floorClass(length)
+    let whole: Buffer | undefined
+    if (f >= MIN_CLASS && f < MAX_CLASS) {
+      // Every buffer in the next class up is big enough; in this one, those at least `length`.
+      const up = this.free[f + 1]
+      const here = this.free[f]
+      if (up.length > 0) whole = up.pop()
+      else if (here.length > 0 && here[here.length - 1].length >= length) whole = here.pop()
+    }
+    if (whole) this.pooled -= whole.length
+    else whole = Buffer.allocUnsafeSlow(length)
+    this.lent.set(whole.buffer, true)
+    return whole.subarray(0, length)
+  }
+
+  /**
+   * Takes back a buffer lent by this pool (or any view into it). Anything else (a view of a
+   * frame, a buffer given back already, one from elsewhere) is ignored.
+   */
+  giveBack(buffer: Uint8Array): void {
+    const ab = buffer.buffer
+    if (this.lent.get(ab) !== true) return
+    const c = floorClass(ab.byteLength)
+    if (c < MIN_CLASS || c > MAX_CLASS || this.pooled + ab.byteLength > this.maxPooledBytes) {
+      this.lent.delete(ab)
+      return
+    }
+    this.lent.set(ab, false)
+    this.pooled += ab.byteLength
+    this.free[c].push(Buffer.from(ab))
+  }
+}
+
+/** The pool every transport connection lends its reassembled messages from. */
+export const messageBuffers = new BufferPool()
+
+/** `messageBuffers.take(length)`: a buffer for a message being reassembled (the transport's call). */
 export function takeMessageBuffer(length: number): Buffer {
-  const f = floorClass(length)
-  let whole: Buffer | undefined
-  if (f >= MIN_CLASS && f < MAX_CLASS) {
-    // Every buffer in the next class up is big enough; in this one, those at least `length`.
-    const up = free[f + 1]
-    const here = free[f]
-    if (up.length > 0) whole = up.pop()
-    else if (here.length > 0 && here[here.length - 1].length >= length) whole = here.pop()
-  }
-  if (whole) pooledBytes -= whole.length
-  else whole = Buffer.allocUnsafeSlow(length)
-  lent.set(whole.buffer, true)
-  return whole.subarray(0, length)
-}
-
-/**
- * Gives back a message buffer delivered `owned` (or any view into it), once nothing refers to any
- * part of it any more. Anything else (a view of a frame, a buffer given back already, one from
- * elsewhere) is ignored.
- */
-export function recycleMessageBuffer(message: Uint8Array): void {
-  const ab = message.buffer
-  if (lent.get(ab) !== true) return
-  const c = floorClass(ab.byteLength)
-  if (c < MIN_CLASS || c > MAX_CLASS || pooledBytes + ab.byteLength > MAX_POOLED_BYTES) {
-    lent.delete(ab)
-    return
-  }
-  lent.set(ab, false)
-  pooledBytes += ab.byteLength
-  free[c].push(Buffer.from(ab))
-}
-
-/** What the free lists hold now (tests). */
-export function pooledMessageBytes(): number {
-  return pooledBytes
+  return messageBuffers.take(length)
 }

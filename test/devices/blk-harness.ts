@@ -198,8 +198,9 @@ export class BlkPair {
         this.backend.attach(iohyp!)
       },
       control() {},
-      data: (h, m) => {
-        if (h.type === MessageType.BlockRequest) this.backend.receive(h, m)
+      // Lent messages are passed on as the daemons pass them.
+      data: (h, m, _delivery, lender) => {
+        if (h.type === MessageType.BlockRequest) this.backend.receive(h, m, lender)
       },
       writable: () => {
         if (this.iohypSession === iohyp) this.backend.writable()
@@ -222,11 +223,11 @@ export class BlkPair {
         this.front.attach(session)
       },
       control() {},
-      data: (h, m) => {
+      data: (h, m, _delivery, lender) => {
         if (h.type !== MessageType.BlockResponse) return
         if (this.captureResponses)
           this.responses.push({ header: { ...h }, body: Uint8Array.from(m.subarray(32)) })
-        this.front.receive(h, m)
+        this.front.receive(h, m, lender)
       },
       writable: () => {
         if (this.guestSession === session) this.front.writable()

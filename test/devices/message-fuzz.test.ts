@@ -16,11 +16,11 @@ import { BLOCK_REQUEST_HEAD_LENGTH, BlockOp, encodeBlockRequestHead } from '../.
 import { NetPort } from '../../src/devices/net/port.ts'
 import { VrioError } from '../../src/errors.ts'
 import type { FrameChannel } from '../../src/io/frame-channel.ts'
-import { VIRTIO_NET_HDR_LEN } from '../../src/io/virtio-net-hdr.ts'
+import { VIRTIO_NET_HDR_LEN } from '../../src/wire/virtio-net-hdr.ts'
 import { Rpc } from '../../src/session/rpc.ts'
 import { MAX_CONTROL_JSON, Session } from '../../src/session/session.ts'
 import { Delivery } from '../../src/transport/config.ts'
-import { pooledMessageBytes } from '../../src/transport/message-buffers.ts'
+import { messageBuffers } from '../../src/transport/message-buffers.ts'
 import {
   decodeMessageHeader,
   encodeMessageHeader,
@@ -239,13 +239,13 @@ describe('message layers under hostile messages', () => {
           for (const m of garbage) {
             const h = header(m)
             if (!h) continue
-            assert.doesNotThrow(() => backend.receive(h, m, owned))
+            assert.doesNotThrow(() => backend.receive(h, m, owned ? messageBuffers : undefined))
             assert.doesNotThrow(() => front.receive(h, m))
           }
           for (let i = 0; i < 10; i++) await immediate()
           assert.ok(budget.held <= REPLY_LIMIT + MAX_MESSAGE, `reply bytes held ${budget.held}`)
           assert.ok(backend.queued <= 64)
-          assert.ok(pooledMessageBytes() <= 32 * 1024 * 1024)
+          assert.ok(messageBuffers.pooledBytes <= 32 * 1024 * 1024)
           await early
           // A well-formed write and read after the garbage.
           const data = Buffer.alloc(100_000, 0xa7)
@@ -309,7 +309,7 @@ describe('message layers under hostile messages', () => {
         })
         for (const m of garbage) {
           const h = header(m)
-          if (h) assert.doesNotThrow(() => port.receive(h, m, owned))
+          if (h) assert.doesNotThrow(() => port.receive(h, m, owned ? messageBuffers : undefined))
         }
         const before = written.length
         const good = Buffer.alloc(MESSAGE_HEADER_LENGTH + VIRTIO_NET_HDR_LEN + 60)

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict'
 import { it } from 'node:test'
 import { Delivery, SEGMENT_SKIP } from '../../src/transport/config.ts'
 import { Endpoint } from '../../src/transport/endpoint.ts'
-import { recycleMessageBuffer, takeMessageBuffer } from '../../src/transport/message-buffers.ts'
+import { messageBuffers } from '../../src/transport/message-buffers.ts'
 import { decodeTcpFrame, encodeTcpFrame, newTcpFrame } from '../../src/wire/frame.ts'
 import { seededRandom } from '../support/random.ts'
 
@@ -61,9 +61,9 @@ function run(rewriteSecondSegment: Rewrite): { length: number; stale: number }[]
   pump(false)
   assert.equal(c.state, 'established')
   // Another message's data, given back to the pool: what a hostile peer would like to read.
-  const other = takeMessageBuffer(5000)
+  const other = messageBuffers.take(5000)
   other.fill(0xab)
-  recycleMessageBuffer(other)
+  messageBuffers.giveBack(other)
   c.send(Buffer.alloc(5000, 0x11), Delivery.Reliable)
   pump(true)
   return got

@@ -1,6 +1,6 @@
-import { recycleMessageBuffer } from '../../transport/message-buffers.ts'
 import { VrioError } from '../../errors.ts'
 import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../transport/config.ts'
+import type { Lender } from '../../transport/message-buffers.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
 import { type BlockDevice, deviceExtents } from './device.ts'
 import { BlockOpStats, OP_OTHER, opIndex } from './op-stats.ts'
@@ -172,10 +172,10 @@ interface Task {
   flags: number
   offset: number
   length: number
-  /** Write data: the backend's own copy (the message view dies with the handler call). */
+  /** Write data: the backend's own copy, or a view of a lent message (see `lender`). */
   data: Uint8Array | undefined
-  /** The message `data` is a view of, when the transport gave it away: recycled when the task ends. */
-  message: Uint8Array | undefined
+  /** Who lent the message `data` is a view of: it gets the memory back when the task ends. */
+  lender: Lender | undefined
   deviceHigh: number
   deviceLow: number
   epoch: number
@@ -339,10 +339,11 @@ export class BlockBackend {
 
   /**
    * One block message from the guest (the session's data handler). `message` is only read during
-   * the call, unless `owned` (the transport gave the buffer away): then write data is kept as a
-   * view of it instead of being copied. Never throws on anything a peer sends.
+   * the call, unless it is lent (`lender`): then write data is kept as a view of it instead of
+   * being copied, and the message goes back to `lender` when the write is done. Never throws on
+   * anything a peer sends.
    */
-  receive(h: MessageHeader, message: Uint8Array, owned = false): void {
+  receive(h: MessageHeader, message: Uint8Array, lender?: Lender): void {
     if (h.type !== MessageType.BlockRequest) return
     this.stats.requests++
     const epoch = h.requestHigh
@@ -393,7 +394,7 @@ export class BlockBackend {
     }
     let data: Uint8Array | undefined
     if (r.op === BlockOp.Out && r.length > 0) {
-      if (owned) data = message.subarray(r.dataOffset, r.dataOffset + r.length)
+      if (lender) data = message.subarray(r.dataOffset, r.dataOffset + r.length)
       else {
         data = Buffer.allocUnsafe(r.length)
         data.set(message.subarray(r.dataOffset, r.dataOffset + r.length))
@@ -405,7 +406,7 @@ export class BlockBackend {
       offset: r.offset,
       length: r.length,
       data,
-      message: owned && data ? message : undefined,
+      lender: data ? lender : undefined,
       deviceHigh: h.deviceHigh,
       deviceLow: h.deviceLow,
       epoch,
@@ -568,10 +569,10 @@ export class BlockBackend {
   private finish(t: Task, status: number, data: Uint8Array | undefined): void {
     this.running--
     this.writeBytes -= t.data?.length ?? 0
+    // The device is done with the write data: the message it was a view of goes back to its lender.
+    if (t.lender && t.data) t.lender.giveBack(t.data)
     t.data = undefined
-    // The device is done with the write data: the message it was a view of can be reused.
-    if (t.message) recycleMessageBuffer(t.message)
-    t.message = undefined
+    t.lender = undefined
     this.finishRecord(t, status)
     let reply = data
     if (status === BlockStatus.Ok && t.op === BlockOp.In) {

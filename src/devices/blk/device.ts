@@ -84,6 +84,13 @@ export interface BlockDeviceExtras {
   extents?(offset: number, length: number, maxExtents?: number): Promise<Extent[]>
   /** A hint that the range will be read soon (NBD_CMD_CACHE): warm caches; resolves when started. */
   prefetch?(offset: number, length: number): Promise<void>
+  /**
+   * A device that pools its read buffers takes one back here: the caller of `read` may hand the
+   * array it got (once, when nothing refers to it any more) so the device can reuse its memory.
+   * Only the device that returned an array is given it back; a device without `release` never
+   * has its arrays reused by anyone, and its callers just drop them.
+   */
+  release?(data: Uint8Array): void
 }
 
 /**

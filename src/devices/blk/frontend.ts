@@ -1,6 +1,7 @@
 import { randomInt } from 'node:crypto'
 import { VrioError } from '../../errors.ts'
 import { Delivery } from '../../transport/config.ts'
+import type { Lender } from '../../transport/message-buffers.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
 import type { BlockSender } from './backend.ts'
 import { type BlockDevice, type BlockDeviceInfo, type Extent, MAX_EXTENTS, rangeError } from './device.ts'
@@ -193,6 +194,8 @@ export class RemoteBlockDevice implements BlockDevice {
   readonly ops = new BlockOpStats()
 
   private handle: BlockHandle
+  /** Who lent the messages reads were answered with as views (they go back there on `release`). */
+  private lender: Lender | undefined
   private readonly depth: number
   private readonly deadline: number
   private readonly maxTransfer: number
@@ -282,10 +285,10 @@ export class RemoteBlockDevice implements BlockDevice {
 
   /**
    * A block response from the IOhyp (the session's data handler). Never throws on what a peer
-   * sends. `owned`: the message buffer may be kept, so a whole read's data is handed to its caller
-   * as a view of it instead of being copied.
+   * sends. With a `lender` the message is lent, so a whole read's data is handed to its caller as
+   * a view of it instead of being copied; the caller may give it back with `release`.
    */
-  receive(h: MessageHeader, message: Uint8Array, owned = false): void {
+  receive(h: MessageHeader, message: Uint8Array, lender?: Lender): void {
     if (h.type !== MessageType.BlockResponse) return
     const r = this.inflight.get(h.requestLow)
     if (
@@ -312,7 +315,7 @@ export class RemoteBlockDevice implements BlockDevice {
     )
       data = undefined
     const zombie = r.state === 'zombie'
-    this.release(r)
+    this.retire(r)
     if (zombie) {
       // Its caller was told 'timeout' already; writes that overlap it may go now.
       this.pump()
@@ -328,9 +331,10 @@ export class RemoteBlockDevice implements BlockDevice {
       if (r.op === BlockOp.Extents)
         call.result = Uint8Array.from(data) // the message may be reused
       else if (r.op === BlockOp.In && data.length > 0) {
-        if (owned && data.length === call.readLength)
+        if (lender && data.length === call.readLength) {
           call.result = data // the whole call in one response
-        else {
+          this.lender = lender
+        } else {
           call.result ??= Buffer.allocUnsafe(call.readLength)
           call.result.set(data, r.resultOffset)
         }
@@ -357,13 +361,13 @@ export class RemoteBlockDevice implements BlockDevice {
       if (r.state === 'zombie' || r.call.deadline > now) continue
       this.expire(r.call)
       if (r.state === 'unsent' || r.sends === 0) {
-        this.release(r)
+        this.retire(r)
       } else if (isMutatingOp(r.op)) {
         r.state = 'zombie'
         this.zombies.push(r)
         this.stats.zombies++
       } else {
-        this.release(r) // a read or flush: if it still runs, nothing it does can harm
+        this.retire(r) // a read or flush: if it still runs, nothing it does can harm
       }
     }
     this.pump()
@@ -385,6 +389,14 @@ export class RemoteBlockDevice implements BlockDevice {
   }
 
   // ------------------------------------------------------------------ BlockDevice
+
+  /**
+   * Gives back what `read` returned: a view of a lent message goes back to its lender, so the
+   * next response reuses the memory; a copy of this device's own is left to the collector.
+   */
+  release(data: Uint8Array): void {
+    this.lender?.giveBack(data)
+  }
 
   read(offset: number, length: number): Promise<Uint8Array> {
     const bad = this.check(offset, length, false)
@@ -567,7 +579,7 @@ export class RemoteBlockDevice implements BlockDevice {
       if (r.sends === 0 && r.call.settled) {
         // Another part of its call failed before it left: no point sending it.
         this.unsent.shift()
-        this.release(r)
+        this.retire(r)
         continue
       }
       const head = r.slot!.head
@@ -617,7 +629,7 @@ export class RemoteBlockDevice implements BlockDevice {
   }
 
   /** The request is over (answered or given up): its slot and id are free. */
-  private release(r: Request): void {
+  private retire(r: Request): void {
     if (r.state === 'zombie') {
       const i = this.zombies.indexOf(r)
       if (i >= 0) this.zombies.splice(i, 1)

@@ -1,8 +1,8 @@
 import { VrioError } from '../../errors.ts'
-import { recycleMessageBuffer } from '../../transport/message-buffers.ts'
 import type { FrameBatch, FrameChannel } from '../../io/frame-channel.ts'
-import { VIRTIO_NET_HDR_LEN } from '../../io/virtio-net-hdr.ts'
+import { VIRTIO_NET_HDR_LEN } from '../../wire/virtio-net-hdr.ts'
 import { Delivery } from '../../transport/config.ts'
+import type { Lender } from '../../transport/message-buffers.ts'
 import type { Session } from '../../session/session.ts'
 import { MESSAGE_HEADER_LENGTH, type MessageHeader } from '../../wire/message-header.ts'
 import type { NetDirection } from '../../services/net/service.ts'
@@ -104,15 +104,15 @@ export class NetPort {
   }
 
   /**
-   * A NetFrame from the peer. `owned`: the transport gave the buffer away (see
-   * ConnectionHandlers.message); it is given back for reuse once the frame is written (nothing
-   * here keeps a frame: the DPI copies what it reassembles).
+   * A NetFrame from the peer. A lent message (`lender`: see SessionHandlers.data) goes back to its
+   * lender once the frame is written (nothing here keeps a frame: the DPI copies what it
+   * reassembles).
    */
-  receive(h: MessageHeader, message: Uint8Array, owned = false): void {
+  receive(h: MessageHeader, message: Uint8Array, lender?: Lender): void {
     if (h.flags !== 0 || h.requestHigh !== 0 || h.requestLow !== 0 || h.replyLength !== 0 || h.status !== 0)
       this.drop('bad-message-header')
     else this.deliver(message)
-    if (owned) recycleMessageBuffer(message)
+    lender?.giveBack(message)
   }
 
   private deliver(message: Uint8Array): void {

@@ -6,7 +6,7 @@
  *     type NetFrame (0x30), flags 0, device = the NIC's handle (high, low), request 0,
  *     replyLength 0, status 0, bodyLength = 10 + frame length
  *   body:
- *     struct virtio_net_hdr (10 bytes, little-endian; see io/virtio-net-hdr.ts)
+ *     struct virtio_net_hdr (10 bytes, little-endian; see wire/virtio-net-hdr.ts)
  *     the Ethernet frame (no FCS), up to 65 535 + 18 bytes when it is a GSO super-frame
  *
  * The header's checksum and segmentation requests are honoured by the kernel that finally
@@ -21,7 +21,7 @@ import {
   VIRTIO_NET_HDR_GSO_TCPV6,
   VIRTIO_NET_HDR_GSO_UDP_L4,
   VIRTIO_NET_HDR_LEN,
-} from '../../io/virtio-net-hdr.ts'
+} from '../../wire/virtio-net-hdr.ts'
 import {
   encodeMessageHeader,
   MESSAGE_HEADER_LENGTH,

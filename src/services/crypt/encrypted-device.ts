@@ -85,6 +85,8 @@ export class EncryptedDevice implements BlockDevice {
   readonly sectorSize: number
   readonly payloadOffset: number
   readonly format: string
+  /** Reads decrypt the inner device's array in place: only an inner device that pools takes it back. */
+  readonly release?: (data: Uint8Array) => void
   readonly #inner: BlockDevice
   readonly #rule: TweakRule
   readonly #allowDiscards: boolean
@@ -137,6 +139,7 @@ export class EncryptedDevice implements BlockDevice {
     this.canFua = inner.canFua
     this.canTrim = this.#allowDiscards && inner.canTrim
     this.format = options.format ?? 'plain'
+    if (inner.release) this.release = (data) => inner.release!(data)
   }
 
   /** A copy of the counters. */

@@ -33,6 +33,19 @@ describe('EncryptedDevice', () => {
   })
   after(() => tmp.remove())
 
+  it('gives read arrays back to the inner device only when that one pools them', async () => {
+    const { dev } = setup(512)
+    assert.equal(dev.release, undefined, 'a MemoryDevice does not pool: nothing to give back')
+    const given: Uint8Array[] = []
+    const pooling = Object.assign(new MemoryDevice({ size: MiB }), {
+      release: (data: Uint8Array) => given.push(data),
+    })
+    const over = new EncryptedDevice(pooling, { cipher: createXts(key()) })
+    const data = await over.read(0, 4096)
+    over.release?.(data)
+    assert.deepEqual(given, [data], 'decrypted in place: the inner array goes back')
+  })
+
   it('stores ciphertext at the payload offset (dm-crypt layout) and reads plaintext back', async () => {
     const { k, inner, dev } = setup(512)
     assert.equal(dev.size, 2 * MiB)

@@ -1,0 +1,98 @@
+/**
+ * Who gets a read's buffer back after the NBD server has written it: the device that returned it,
+ * and only when it pools (BlockDevice.release). A device without release never has its arrays
+ * reused, even when they happen to come from the transport's message pool.
+ */
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { after, afterEach, before, describe, it } from 'node:test'
+import { MemoryDevice } from '../../src/devices/blk/memory-device.ts'
+import { Command } from '../../src/devices/blk/nbd-protocol.ts'
+import { NbdServer } from '../../src/devices/blk/nbd-server.ts'
+import { messageBuffers } from '../../src/transport/message-buffers.ts'
+import { type TempDir, tempDir } from '../control/fixtures.ts'
+import { waitUntil } from '../support/wait.ts'
+import { RawClient } from './nbd-raw-client.ts'
+
+const MiB = 1024 * 1024
+const LENGTH = 64 * 1024
+
+/**
+ * A device that answers reads with arrays it keeps (a cache of its own), taken from the message
+ * pool so that they look exactly like lent messages; `pooling` adds a release that records them.
+ */
+class KeepingDevice extends MemoryDevice {
+  readonly kept: { data: Uint8Array; copy: Buffer }[] = []
+  readonly released: Uint8Array[] = []
+  readonly release?: (data: Uint8Array) => void
+
+  constructor(pooling: boolean) {
+    super({ size: MiB })
+    if (pooling) this.release = (data) => this.released.push(data)
+  }
+
+  override async read(offset: number, length: number): Promise<Uint8Array> {
+    const data = messageBuffers.take(length)
+    data.set(await super.read(offset, length))
+    this.kept.push({ data, copy: Buffer.from(data) })
+    return data
+  }
+}
+
+describe('NBD server: read buffers go back only to a device that pools', () => {
+  let tmp: TempDir
+  let server: NbdServer | undefined
+  const clients: RawClient[] = []
+
+  before(() => {
+    tmp = tempDir('vrio-nbd-buffers-')
+  })
+  after(() => tmp.remove())
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.destroy()
+    await server?.close()
+    server = undefined
+  })
+
+  /** Serves `device`, writes a pattern, then reads it back `reads` times (simple and structured). */
+  async function readThrough(device: KeepingDevice, reads: number): Promise<void> {
+    const path = tmp.path(`${randomBytes(4).toString('hex')}.sock`)
+    server = new NbdServer({ path, lookup: (name) => (name === 'd' ? device : undefined) })
+    await server.listen()
+    const pattern = randomBytes(LENGTH)
+    await device.write(0, pattern, false)
+    for (const structured of [false, true]) {
+      const c = await RawClient.connect(path)
+      clients.push(c)
+      await c.attach('d', { structured })
+      for (let i = 0; i < reads; i++) {
+        c.request({ type: Command.Read, cookieLow: i + 1, offset: 0, length: LENGTH })
+        const r = await c.reply(new Map([[i + 1, LENGTH]]))
+        assert.equal(r.error, 0)
+        assert.deepEqual(r.data, pattern)
+      }
+    }
+  }
+
+  it('never recycles the arrays of a device without release (its cache stays intact)', async () => {
+    const device = new KeepingDevice(false)
+    const pooled = messageBuffers.pooledBytes
+    await readThrough(device, 4)
+    assert.equal(device.kept.length, 8)
+    assert.equal(messageBuffers.pooledBytes, pooled, 'nothing of the device went into the pool')
+    // Whoever takes memory from the pool next must not get (and overwrite) the device's arrays.
+    const next = Array.from({ length: 8 }, () => messageBuffers.take(LENGTH).fill(0xee))
+    for (const { data, copy } of device.kept) {
+      assert.ok(!next.some((n) => n.buffer === data.buffer), 'a kept array was lent again')
+      assert.deepEqual(Buffer.from(data), copy, 'a kept array was overwritten')
+    }
+  })
+
+  it('gives a pooling device back each array it returned, once, after the reply is written', async () => {
+    const device = new KeepingDevice(true)
+    await readThrough(device, 3)
+    await waitUntil(() => device.released.length === device.kept.length, 'every read array released')
+    assert.equal(device.kept.length, 6)
+    for (const [i, { data }] of device.kept.entries()) assert.equal(device.released[i], data, `array ${i}`)
+  })
+})
