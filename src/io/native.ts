@@ -62,6 +62,8 @@ export interface NativeAddon {
     fanoutMode: number
     rcvBuf: number
     sndBuf: number
+    /** A classic BPF program to attach before bind: code, jt, jf, k per instruction. */
+    filter?: Uint32Array
   }): NativeIfInfo & { handle: NativeChannel; filterOutgoing: boolean }
   openTap(options: {
     name: string

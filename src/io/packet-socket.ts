@@ -2,6 +2,7 @@ import { fromNative } from './errors.ts'
 import type { ReceiveConfig } from './frame-channel.ts'
 import { FrameChannel, alignUp } from './frame-channel.ts'
 import { native } from './native.ts'
+import { flattenFilter, type SockFilter } from './packet-filter.ts'
 import { VIRTIO_NET_HDR_LEN } from './virtio-net-hdr.ts'
 
 /** Every protocol (ETH_P_ALL). */
@@ -33,6 +34,11 @@ export interface PacketSocketOptions {
   sndBuf?: number
   /** Frames per receive batch (1..1024). Default 64. */
   rxBatch?: number
+  /**
+   * A classic BPF program (SO_ATTACH_FILTER, e.g. vrioPacketFilter) attached before the socket is
+   * bound: frames it refuses are never queued. Default: none, every frame of `protocol`.
+   */
+  filter?: readonly SockFilter[]
   /** Bytes per frame slot. Default: 64 KiB + header room with vnetHdr (GSO frames), else MTU + 18 rounded up. */
   frameSize?: number
 }
@@ -83,6 +89,7 @@ export class PacketSocket extends FrameChannel {
         fanoutMode: fanout ? FANOUT_MODES[fanout.mode] : 0,
         rcvBuf: options.rcvBuf ?? 0,
         sndBuf: options.sndBuf ?? 0,
+        filter: options.filter && flattenFilter(options.filter),
       })
     } catch (e) {
       throw fromNative(e, where)
