@@ -10,7 +10,6 @@
  * (/proc/PID/stat utime + stime) and its socket's frames-received counter, before and after.
  */
 import assert from 'node:assert/strict'
-import { readFileSync } from 'node:fs'
 import { after, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { StatusInfo } from '../../src/control/api.ts'
@@ -20,6 +19,8 @@ import { killDaemons, vrioJsonAsync } from '../support/daemons.ts'
 import type { VethEnd } from '../support/harness.ts'
 import { bridgedLan } from '../support/lan.ts'
 import { cleanupNetns, ip, requireRoot } from '../support/netns.ts'
+import { startWithFilter } from '../support/packet-filter.ts'
+import { cpuTicks as ticksOf } from '../support/proc.ts'
 import { VrioPair } from '../support/vrio-pair.ts'
 
 after(async () => {
@@ -41,11 +42,11 @@ const FILTERED_MAX_TICKS = 4
  */
 const FILTERED_MAX_FRAMES = 100
 
-/** utime + stime of `pid` in clock ticks. */
-function cpuTicks(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return Number(f[11]) + Number(f[12])
+/** utime + stime of a running daemon in clock ticks. */
+const cpuTicks = (pid: number): number => {
+  const t = ticksOf(pid)
+  assert.ok(t !== undefined, `process ${pid} is gone`)
+  return t
 }
 
 const macBytes = (mac: string): Buffer => Buffer.from(mac.replaceAll(':', ''), 'hex')
@@ -170,16 +171,8 @@ interface Outcome {
 /** A fresh segment and pair (filter as `env` says), one flood from a third host, what it cost each daemon. */
 async function floodOnce(filter: 'on' | 'off', diag: (m: string) => void): Promise<Outcome> {
   const lan = bridgedLan(3)
-  const saved = process.env.VRIO_PACKET_FILTER
-  if (filter === 'off') process.env.VRIO_PACKET_FILTER = 'off'
-  else delete process.env.VRIO_PACKET_FILTER
   const pair = new VrioPair(lan[0], lan[1])
-  try {
-    await pair.start()
-  } finally {
-    if (saved === undefined) delete process.env.VRIO_PACKET_FILTER
-    else process.env.VRIO_PACKET_FILTER = saved
-  }
+  await startWithFilter(filter, () => pair.start())
   try {
     for (const d of [pair.iohyp, pair.guest])
       assert.ok(
