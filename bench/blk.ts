@@ -30,6 +30,7 @@ import { type PairOptions, VrioPair } from '../test/support/vrio-pair.ts'
 import {
   cpuSeconds,
   type FilterSetting,
+  nbdServerArgv,
   range,
   startWithFilter,
   withDaemonsStopped,
@@ -186,37 +187,10 @@ interface Baseline {
 /** qemu-nbd and nbdkit serving `backing` on `end` (the IOhyp's side), ready to take connections. */
 async function startBaselines(end: VethEnd, backing: string): Promise<Baseline[]> {
   const inNs = (argv: string[]) => spawn('ip', ['netns', 'exec', end.ns.name, ...argv], { stdio: 'ignore' })
-  const baselines: Baseline[] = [
-    {
-      name: 'qemu-nbd',
-      uri: 'nbd://10.99.0.1:10809/',
-      child: inNs([
-        'qemu-nbd',
-        '--format=raw',
-        '--cache=writeback',
-        '--persistent',
-        '--shared=8',
-        '--bind=10.99.0.1',
-        '--port=10809',
-        backing,
-      ]),
-    },
-    {
-      name: 'nbdkit',
-      uri: 'nbd://10.99.0.1:10810/',
-      child: inNs([
-        'nbdkit',
-        '--foreground',
-        '--exit-with-parent',
-        '-i',
-        '10.99.0.1',
-        '-p',
-        '10810',
-        'file',
-        backing,
-      ]),
-    },
-  ]
+  const baselines = (['qemu-nbd', 'nbdkit'] as const).map((name, i) => {
+    const port = 10809 + i
+    return { name, uri: `nbd://10.99.0.1:${port}/`, child: inNs(nbdServerArgv(name, port, backing)) }
+  })
   baselinesRunning.push(...baselines)
   await new Promise((r) => setTimeout(r, 1000))
   return baselines

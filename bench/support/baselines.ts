@@ -36,3 +36,27 @@ export function range(xs: readonly number[]): string {
   const f = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2))
   return `${f(Math.min(...xs))}–${f(Math.max(...xs))}`
 }
+
+/** The command line of a baseline NBD server serving `backing` on 10.99.0.1:`port` (the IOhyp's side). */
+export function nbdServerArgv(name: 'qemu-nbd' | 'nbdkit', port: number, backing: string): string[] {
+  return name === 'qemu-nbd'
+    ? [
+        'qemu-nbd',
+        '--format=raw',
+        '--cache=writeback',
+        '--persistent',
+        '--shared=8',
+        '--bind=10.99.0.1',
+        `--port=${port}`,
+        backing,
+      ]
+    : [
+        'nbdkit',
+        '--foreground',
+        '--exit-with-parent',
+        '--ipaddr=10.99.0.1',
+        `--port=${port}`,
+        'file',
+        backing,
+      ]
+}

@@ -20,7 +20,7 @@ import {
   type SockFilter,
   vrioPacketFilter,
 } from '../../src/io/packet-filter.ts'
-import { formatMac, parseIPv4, parseMac } from '../../src/wire/address.ts'
+import { formatIPv4, formatMac, parseIPv4, parseMac } from '../../src/wire/address.ts'
 import { ETHERTYPE_ARP, ETHERTYPE_IPV6, ETHERTYPE_VLAN } from '../../src/wire/ethernet.ts'
 import {
   decodeTcpFrame,
@@ -32,6 +32,7 @@ import {
 import { IP_PROTOCOL_UDP } from '../../src/wire/ipv4.ts'
 import { TCP_ACK, TCP_PSH, TCP_SYN } from '../../src/wire/tcp.ts'
 import { cleanupNetns, createNetns, createVethPair, ip, requireRoot } from '../support/netns.ts'
+import { arpRequest, checksum, ipv4 as ipBytesOf, mac as macBytesOf } from '../support/packets.ts'
 import { waitUntil } from '../support/wait.ts'
 
 // ---- A classic BPF interpreter: the opcodes a socket filter may use that the program does ----
@@ -162,10 +163,7 @@ function segment(s: Seg): Buffer {
   out[IP_OFFSET] = 0x40 | ((20 + options) / 4)
   out.writeUInt16BE(out.readUInt16BE(IP_OFFSET + 2) + options, IP_OFFSET + 2)
   out.writeUInt16BE(0, IP_OFFSET + 10)
-  let sum = 0
-  for (let i = IP_OFFSET; i < IP_OFFSET + 20 + options; i += 2) sum += out.readUInt16BE(i)
-  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16)
-  out.writeUInt16BE(~sum & 0xffff, IP_OFFSET + 10)
+  out.writeUInt16BE(checksum(out, IP_OFFSET, IP_OFFSET + 20 + options), IP_OFFSET + 10)
   return out
 }
 
@@ -203,19 +201,9 @@ function withIpProtocol(frame: Buffer, protocol: number): Buffer {
   return f
 }
 
-function arp(): Buffer {
-  const f = Buffer.alloc(42)
-  f.fill(0xff, 0, 6)
-  f.writeUInt16BE(ETHERTYPE_ARP, 12)
-  f.writeUInt16BE(1, 14)
-  f.writeUInt16BE(0x0800, 16)
-  f[18] = 6
-  f[19] = 4
-  f.writeUInt16BE(1, 20)
-  f.writeUInt32BE(OTHER_IP, 28)
-  f.writeUInt32BE(GUEST_IP, 38)
-  return f
-}
+const macBytes = (m: number): Buffer => macBytesOf(formatMac(m))
+const ipBytes = (a: number): Buffer => ipBytesOf(formatIPv4(a))
+const arp = (): Buffer => arpRequest(macBytes(OTHER_MAC), ipBytes(OTHER_IP), ipBytes(GUEST_IP))
 
 /** What the transport takes as a segment of this daemon (Endpoint.receive's first checks). */
 function transportTakes(
