@@ -141,7 +141,7 @@ SysErr RunInNetns(const std::string& nsPath, const std::function<SysErr()>& fn) 
 }
 
 // openPacket({ifname, netns?, protocol, vnetHdr, ignoreOutgoing, qdiscBypass, fanoutGroup,
-//             fanoutMode, rcvBuf, sndBuf, filter?}) -> {handle, ifindex, mtu, mac, filterOutgoing}
+//             fanoutMode, rcvBuf, sndBuf, filter?}) -> {handle, ifindex, mtu, mac, filterOutgoing, filtered}
 //   filter: a classic BPF program (SO_ATTACH_FILTER, see OptFilter), attached before bind() so that
 //   no frame it would refuse is ever queued.
 Napi::Value OpenPacket(const Napi::CallbackInfo& info) {
@@ -159,7 +159,7 @@ Napi::Value OpenPacket(const Napi::CallbackInfo& info) {
   const int rcvBuf = int(OptInt(o, "rcvBuf", 0));
   const int sndBuf = int(OptInt(o, "sndBuf", 0));
   std::vector<struct sock_filter> filter;
-  if (!OptFilter(o, "filter", filter)) return ThrowInvalid(env, "openPacket: filter must be a Uint32Array of 4 × n numbers");
+  if (!OptFilter(o, "filter", filter)) return ThrowInvalid(env, "openPacket: filter must be a Uint32Array of 4*n numbers");
 
   FdGuard fd;
   IfInfo ifi;
@@ -217,6 +217,7 @@ Napi::Value OpenPacket(const Napi::CallbackInfo& info) {
   out.Set("mtu", ifi.mtu);
   out.Set("mac", MacString(ifi.mac));
   out.Set("filterOutgoing", filterOutgoing);
+  out.Set("filtered", !filter.empty());
   return out;
 }
 

@@ -73,7 +73,7 @@ export function openLink(ifname: string, address: string | undefined, ports: Lin
     }
     ip = parseIPv4(v4.address)!
   }
-  const filtered = packetFilterEnabled()
+  const filter = packetFilterEnabled()
   let socket: PacketSocket
   try {
     socket = PacketSocket.open({
@@ -83,12 +83,13 @@ export function openLink(ifname: string, address: string | undefined, ports: Lin
       ignoreOutgoing: true,
       rcvBuf: PACKET_SOCKET_BUFFER,
       sndBuf: PACKET_SOCKET_BUFFER,
-      ...(filtered && { filter: vrioPacketFilter({ mac, ip, ...ports }) }),
+      ...(filter && { filter: vrioPacketFilter({ mac, ip, ...ports }) }),
     })
   } catch (error) {
     throw unknownInterface(error, ifname)
   }
-  return { socket, mac, ip, filtered }
+  // An addon built before the option ignores it: the socket then says it has no filter.
+  return { socket, mac, ip, filtered: socket.filtered }
 }
 
 /** ENODEV as the catalogue's unknown-interface; anything else as it is. */

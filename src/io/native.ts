@@ -64,7 +64,12 @@ export interface NativeAddon {
     sndBuf: number
     /** A classic BPF program to attach before bind: code, jt, jf, k per instruction. */
     filter?: Uint32Array
-  }): NativeIfInfo & { handle: NativeChannel; filterOutgoing: boolean }
+  }): NativeIfInfo & {
+    handle: NativeChannel
+    filterOutgoing: boolean
+    /** The filter is attached (absent from a build that predates the option). */
+    filtered?: boolean
+  }
   openTap(options: {
     name: string
     netns?: string

@@ -55,6 +55,8 @@ export class PacketSocket extends FrameChannel {
   /** MTU and MAC of the interface when the socket was opened. */
   readonly mtu: number
   readonly mac: string
+  /** A kernel filter (options.filter) is attached: frames it refuses never reach this socket. */
+  readonly filtered: boolean
 
   private constructor(
     opened: ReturnType<ReturnType<typeof native>['openPacket']>,
@@ -68,6 +70,7 @@ export class PacketSocket extends FrameChannel {
     this.vnetHdr = options.vnetHdr ?? false
     this.mtu = opened.mtu
     this.mac = opened.mac
+    this.filtered = opened.filtered === true
   }
 
   /** Opens and binds the socket; throws an IoError (ENODEV for an unknown interface). */

@@ -348,6 +348,8 @@ describe('vrioPacketFilter in the kernel (SO_ATTACH_FILTER on a veth)', () => {
     })
     const tx = PacketSocket.open({ ifname: veth.a.ifname, netns: nsA.path, protocol: ETH_P_NONE })
     try {
+      assert.equal(rx.filtered, true, 'the addon attached the filter')
+      assert.equal(tx.filtered, false)
       const got: string[] = []
       rx.onBatch((batch) => {
         for (let i = 0; i < batch.count; i++) got.push(Buffer.from(batch.frame(i)).toString('hex'))
