@@ -1,11 +1,16 @@
 /**
- * Remote disk: vrio (guest NBD export → vrio channel → IOhyp → file) next to qemu-nbd serving the
- * same file over TCP across the same veth, in one run; fio's nbd engine drives both from the guest
- * side. Backing: one file on tmpfs (/dev/shm), so the disk is not the limit. Cache: both through
- * the page cache (vrio's FileDevice uses buffered I/O; qemu-nbd --cache=writeback). MTU 1500.
- *   npm run bench -- blk           (root; fio, qemu-nbd from qemu-utils)
+ * Remote disk: vrio (guest NBD export → vrio channel → IOhyp → file) next to qemu-nbd and nbdkit
+ * (file plugin) serving the same file over TCP across the same veth, in one run; fio's nbd engine
+ * drives all from the guest side. The baselines run with vrio's daemons stopped (SIGSTOP; the run
+ * prints so): idle daemons must not tax them. Backing: one file on tmpfs (/dev/shm), so the disk is
+ * not the limit. Cache: all through the page cache (vrio's FileDevice uses buffered I/O; qemu-nbd
+ * --cache=writeback; nbdkit's file plugin's default). MTU 1500.
+ *   npm run bench -- blk           (root; fio, qemu-nbd from qemu-utils, nbdkit)
  * BENCH_SECONDS (default 5) sets each run's length, BENCH_CASES a comma-separated list of case
- * numbers (1-4) to run, BENCH_QEMU=0 skips qemu-nbd (vrio only, for before/after comparisons).
+ * numbers (1-4) to run, BENCH_QEMU=0 skips the baselines (vrio only, for before/after comparisons).
+ * BENCH_FILTER=1 instead measures the baselines alone with vrio's daemons up and idle on the same
+ * veth, their packet filter off vs on, and stopped (SIGSTOP) as the reference, fresh daemons per
+ * round, alternated BENCH_ROUNDS times (default 2): what the idle daemons cost a neighbour.
  * BENCH_ENCRYPT=1 also runs the vrio cases on an encrypted disk (`--encrypt plain`, aes-xts-plain64
  * with a 512-bit key file, the same backing) and prints encryption on vs off.
  * BENCH_MODES=1 instead compares the sealed channel (the default) with --insecure-plaintext on both
@@ -16,11 +21,20 @@
  * alternated (off, on, off, ...) BENCH_ROUNDS times (default 2), as ranges with the on/off ratio.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
-import { closeSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
+import type { VethEnd } from '../test/support/harness.ts'
 import { cleanupNetns } from '../test/support/netns.ts'
 import { directLink } from '../test/support/topology.ts'
 import { type PairOptions, VrioPair } from '../test/support/vrio-pair.ts'
+import {
+  cpuSeconds,
+  type FilterSetting,
+  nbdServerArgv,
+  range,
+  startWithFilter,
+  withDaemonsStopped,
+} from './support/baselines.ts'
 import { startScraper } from './support/metrics-scraper.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
@@ -51,15 +65,6 @@ interface Result {
   p99us: number
   bytes: number
   serverCpuSeconds: number
-}
-
-function cpuSeconds(pids: number[]): number {
-  let ticks = 0
-  for (const pid of pids) {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-    ticks += Number(f[11]) + Number(f[12])
-  }
-  return ticks / 100
 }
 
 function fioArgv(uri: string, c: Case): string[] {
@@ -93,12 +98,6 @@ function fio(uri: string, c: Case, netns?: string): Omit<Result, 'serverCpuSecon
     ? execFileSync('ip', ['netns', 'exec', netns, ...argv], { encoding: 'utf8' })
     : execFileSync(argv[0], argv.slice(1), { encoding: 'utf8' })
   return fioResult(out, c)
-}
-
-/** Ranges of figures: `a–b`. */
-function range(xs: number[]): string {
-  const f = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2))
-  return `${f(Math.min(...xs))}–${f(Math.max(...xs))}`
 }
 
 /** Metrics off vs on (with a 1 s scrape of both daemons), alternated (BENCH_METRICS=1). */
@@ -178,9 +177,105 @@ async function compareModes(backing: string): Promise<void> {
   console.log(JSON.stringify({ bench: 'blk-modes', seconds: SECONDS, rounds, cases: json }))
 }
 
+/** A baseline NBD server on the IOhyp side of a link. */
+interface Baseline {
+  name: 'qemu-nbd' | 'nbdkit'
+  uri: string
+  child: ChildProcess
+}
+
+/** qemu-nbd and nbdkit serving `backing` on `end` (the IOhyp's side), ready to take connections. */
+async function startBaselines(end: VethEnd, backing: string): Promise<Baseline[]> {
+  const inNs = (argv: string[]) => spawn('ip', ['netns', 'exec', end.ns.name, ...argv], { stdio: 'ignore' })
+  const baselines = (['qemu-nbd', 'nbdkit'] as const).map((name, i) => {
+    const port = 10809 + i
+    return { name, uri: `nbd://10.99.0.1:${port}/`, child: inNs(nbdServerArgv(name, port, backing)) }
+  })
+  baselinesRunning.push(...baselines)
+  await new Promise((r) => setTimeout(r, 1000))
+  return baselines
+}
+
+const baselinesRunning: Baseline[] = []
+
+/** Every case on `b` from the guest's side (`guest`: its namespace). */
+function measureBaseline(b: Baseline, guest: VethEnd): Result[] {
+  return CASES.map((c) => measure(b.uri, c, [b.child.pid!], guest.ns.name))
+}
+
+const perGB = (r: Result) => r.serverCpuSeconds / (r.bytes / 1e9)
+const unitOf = (c: Case) => (c.kind === 'iops' ? 'IOPS' : 'MB/s')
+
+/**
+ * The baselines alone, with vrio's idle daemons on the same veth: their packet filter off, on, and
+ * the daemons stopped (BENCH_FILTER=1). Fresh link and daemons per round and setting.
+ */
+async function compareFilter(backing: string): Promise<void> {
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
+  type Setting = FilterSetting | 'stopped'
+  const settings: Setting[] = ['off', 'on', 'stopped']
+  const results = new Map<string, Result[][]>() // `${setting} ${baseline}` → per round, per case
+  const idleCpu = new Map<Setting, number[]>() // the idle daemons' CPU seconds over the baselines' runs
+  for (let round = 0; round < rounds; round++) {
+    for (const setting of settings) {
+      const link = directLink()
+      const p = new VrioPair(link.a, link.b)
+      await startWithFilter(setting === 'off' ? 'off' : 'on', () => p.start())
+      const baselines = await startBaselines(link.a, backing)
+      try {
+        const daemons = [p.iohyp.child.pid!, p.guest.child.pid!]
+        const run = () => {
+          const before = cpuSeconds(daemons)
+          for (const b of baselines) {
+            const key = `${setting} ${b.name}`
+            results.set(key, [...(results.get(key) ?? []), measureBaseline(b, link.b)])
+          }
+          idleCpu.set(setting, [...(idleCpu.get(setting) ?? []), cpuSeconds(daemons) - before])
+        }
+        if (setting === 'stopped') await withDaemonsStopped(p, `round ${round + 1}, reference`, run)
+        else {
+          console.log(
+            `round ${round + 1}: baselines with vrio's daemons running idle, packet filter ${setting}`,
+          )
+          run()
+        }
+      } finally {
+        for (const b of baselines) b.child.kill()
+        await p.stop()
+      }
+    }
+  }
+  console.log(
+    `${'baseline, case'.padEnd(30)}${'filter off'.padStart(14)}${'filter on'.padStart(14)}${'stopped'.padStart(14)}   p50 µs off | on | stopped`,
+  )
+  const json: unknown[] = []
+  for (const name of ['qemu-nbd', 'nbdkit'] as const) {
+    CASES.forEach((c, i) => {
+      const of = (setting: Setting) => (results.get(`${setting} ${name}`) ?? []).map((r) => r[i])
+      const [off, on, stopped] = settings.map(of)
+      console.log(
+        `${`${name} ${c.name} ${unitOf(c)}`.padEnd(30)}${range(off.map((r) => r.value)).padStart(14)}${range(on.map((r) => r.value)).padStart(14)}${range(stopped.map((r) => r.value)).padStart(14)}   ${range(off.map((r) => r.p50us))} | ${range(on.map((r) => r.p50us))} | ${range(stopped.map((r) => r.p50us))}`,
+      )
+      json.push({ baseline: name, case: c.name, off, on, stopped })
+    })
+  }
+  const cpu = (s: Setting) => range(idleCpu.get(s) ?? [])
+  console.log(
+    `vrio's idle daemons' CPU while the baselines ran (s): filter off ${cpu('off')}, on ${cpu('on')}, stopped ${cpu('stopped')}`,
+  )
+  console.log(
+    JSON.stringify({
+      bench: 'blk-filter',
+      seconds: SECONDS,
+      rounds,
+      cases: json,
+      idleCpu: Object.fromEntries(idleCpu),
+    }),
+  )
+}
+
 const t = directLink()
 const pair = new VrioPair(t.a, t.b)
-let qemu: ChildProcess | undefined
 const backing = '/dev/shm/vrio-bench-blk.img'
 const keyFile = '/dev/shm/vrio-bench-blk.key'
 try {
@@ -189,17 +284,18 @@ try {
   closeSync(fd)
   if (process.env.BENCH_MODES === '1') await compareModes(backing)
   else if (process.env.BENCH_METRICS === '1') await compareMetrics(backing)
-  else await againstQemu(backing)
+  else if (process.env.BENCH_FILTER === '1') await compareFilter(backing)
+  else await againstBaselines(backing)
 } finally {
-  qemu?.kill()
+  for (const b of baselinesRunning) b.child.kill()
   await pair.stop()
   cleanupNetns()
   rmSync(backing, { force: true })
   rmSync(keyFile, { force: true })
 }
 
-/** vrio next to qemu-nbd (and, with BENCH_ENCRYPT=1, encryption on vs off). */
-async function againstQemu(backing: string): Promise<void> {
+/** vrio next to qemu-nbd and nbdkit (and, with BENCH_ENCRYPT=1, encryption on vs off). */
+async function againstBaselines(backing: string): Promise<void> {
   await pair.start()
   const disk = await pair.createDisk(backing, 'bench')
   const vrioPids = [pair.iohyp.child.pid!, pair.guest.child.pid!]
@@ -215,9 +311,8 @@ async function againstQemu(backing: string): Promise<void> {
     )
     for (const [i, c] of CASES.entries()) {
       const [off, on] = [vrio[i], encrypted[i]]
-      const perGB = (r: Result) => (r.serverCpuSeconds / (r.bytes / 1e9)).toFixed(2)
       console.log(
-        `${`${c.name} ${c.kind === 'iops' ? 'IOPS' : 'MB/s'}`.padEnd(20)}${off.value.toFixed(0).padStart(10)}${on.value.toFixed(0).padStart(10)}${(on.value / off.value).toFixed(2).padStart(8)}   ${perGB(off)} | ${perGB(on)}`,
+        `${`${c.name} ${unitOf(c)}`.padEnd(20)}${off.value.toFixed(0).padStart(10)}${on.value.toFixed(0).padStart(10)}${(on.value / off.value).toFixed(2).padStart(8)}   ${perGB(off).toFixed(2)} | ${perGB(on).toFixed(2)}`,
       )
     }
     console.log(
@@ -237,53 +332,39 @@ async function againstQemu(backing: string): Promise<void> {
     for (const [i, c] of CASES.entries()) {
       const v = vrio[i]
       console.log(
-        `${c.name.padEnd(20)}${v.value.toFixed(0).padStart(10)}   p50/p99 µs ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)}   server CPU s/GB ${(v.serverCpuSeconds / (v.bytes / 1e9)).toFixed(2)}`,
+        `${c.name.padEnd(20)}${v.value.toFixed(0).padStart(10)}   p50/p99 µs ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)}   server CPU s/GB ${perGB(v).toFixed(2)}`,
       )
     }
-  } else {
-    qemu = spawn(
-      'ip',
-      [
-        'netns',
-        'exec',
-        t.a.ns.name,
-        'qemu-nbd',
-        '--format=raw',
-        '--cache=writeback',
-        '--persistent',
-        '--shared=8',
-        '--bind=10.99.0.1',
-        '--port=10809',
-        backing,
-      ],
-      { stdio: 'ignore' },
-    )
-    await new Promise((r) => setTimeout(r, 1000))
-    const kernel = CASES.map((c) => measure('nbd://10.99.0.1:10809/', c, [qemu!.pid!], t.b.ns.name))
-
-    const fmt = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2)).padStart(10)
-    console.log(
-      `${'case'.padEnd(20)}${'vrio'.padStart(10)}${'qemu-nbd'.padStart(10)}${'ratio'.padStart(8)}   p50/p99 µs vrio | qemu-nbd      server CPU s/GB vrio | qemu-nbd`,
-    )
-    CASES.forEach((c, i) => {
-      const v = vrio[i]
-      const q = kernel[i]
-      const unit = c.kind === 'iops' ? 'IOPS' : 'MB/s'
-      console.log(
-        `${`${c.name} ${unit}`.padEnd(20)}${fmt(v.value)}${fmt(q.value)}${(v.value / q.value).toFixed(2).padStart(8)}   ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)} | ${q.p50us.toFixed(0)}/${q.p99us.toFixed(0)}        ${(v.serverCpuSeconds / (v.bytes / 1e9)).toFixed(2)} | ${(q.serverCpuSeconds / (q.bytes / 1e9)).toFixed(2)}`,
-      )
-    })
-    console.log(
-      JSON.stringify({
-        bench: 'blk',
-        seconds: SECONDS,
-        cases: CASES.map((c, i) => ({
-          case: c.name,
-          vrio: vrio[i],
-          qemuNbd: kernel[i],
-          ratio: vrio[i].value / kernel[i].value,
-        })),
-      }),
-    )
+    return
   }
+  const baselines = await startBaselines(t.a, backing)
+  const [qemu, kit] = await withDaemonsStopped(pair, 'qemu-nbd and nbdkit', () =>
+    baselines.map((b) => measureBaseline(b, t.b)),
+  )
+  const fmt = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2)).padStart(10)
+  console.log(
+    `${'case'.padEnd(20)}${'vrio'.padStart(10)}${'qemu-nbd'.padStart(10)}${'nbdkit'.padStart(10)}${'vrio/best'.padStart(10)}   p50/p99 µs vrio | qemu-nbd | nbdkit      server CPU s/GB vrio | qemu-nbd | nbdkit`,
+  )
+  const best = (i: number) => Math.max(qemu[i].value, kit[i].value)
+  CASES.forEach((c, i) => {
+    const [v, q, k] = [vrio[i], qemu[i], kit[i]]
+    const lat = (r: Result) => `${r.p50us.toFixed(0)}/${r.p99us.toFixed(0)}`
+    console.log(
+      `${`${c.name} ${unitOf(c)}`.padEnd(20)}${fmt(v.value)}${fmt(q.value)}${fmt(k.value)}${(v.value / best(i)).toFixed(2).padStart(10)}   ${lat(v)} | ${lat(q)} | ${lat(k)}        ${perGB(v).toFixed(2)} | ${perGB(q).toFixed(2)} | ${perGB(k).toFixed(2)}`,
+    )
+  })
+  console.log(
+    JSON.stringify({
+      bench: 'blk',
+      seconds: SECONDS,
+      baselinesWithVrioStopped: true,
+      cases: CASES.map((c, i) => ({
+        case: c.name,
+        vrio: vrio[i],
+        qemuNbd: qemu[i],
+        nbdkit: kit[i],
+        ratio: vrio[i].value / best(i),
+      })),
+    }),
+  )
 }

@@ -22,6 +22,7 @@ import type { GuestDiskInfo } from '../src/control/api.ts'
 import { cleanupNetns } from '../test/support/netns.ts'
 import { directLink } from '../test/support/topology.ts'
 import { VrioPair } from '../test/support/vrio-pair.ts'
+import { nbdServerArgv } from './support/baselines.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
@@ -198,19 +199,7 @@ try {
     }
     if (name === 'qemu-nbd' || name === 'nbdkit') {
       const port = name === 'qemu-nbd' ? 10809 : 10810
-      const argv =
-        name === 'qemu-nbd'
-          ? [
-              'qemu-nbd',
-              '--format=raw',
-              '--cache=writeback',
-              '--persistent',
-              '--shared=8',
-              '--bind=10.99.0.1',
-              `--port=${port}`,
-              backing,
-            ]
-          : ['nbdkit', '--foreground', '--ipaddr=10.99.0.1', `--port=${port}`, 'file', backing]
+      const argv = nbdServerArgv(name, port, backing)
       const server = spawn('ip', ['netns', 'exec', t.a.ns.name, ...argv], { stdio: 'ignore' })
       servers.push(server)
       await sleep(1000)

@@ -5,18 +5,23 @@
  * Throughput: iperf3 TCP with 1 and 4 streams, guest → world, and 1 stream world → guest. Latency: ping (ICMP) and a TCP
  * request/response ping-pong (1-byte messages, python on both ends). CPU: the whole machine's busy
  * time (/proc/stat: the kernel's softirq work of VXLAN counts as much as vrio's daemons), per Gbit
- * moved. MTU 1500 on the link (the VXLAN device gets 1450).
+ * moved. MTU 1500 on the link (the VXLAN device gets 1450). VXLAN is measured with vrio's daemons
+ * stopped (SIGSTOP; the run prints so): idle daemons must not tax it.
  *   npm run bench -- nic           (root; iperf3)
  * BENCH_MODES=1 instead compares vrio's sealed channel (the default) with --insecure-plaintext on
  * both daemons: fresh daemons per round, alternated BENCH_ROUNDS times (default 2), as ranges.
  * BENCH_METRICS=1 instead compares metrics off with metrics on (both daemons with --metrics, and
  * /metrics scraped every second on both), fresh daemons per round, alternated, as ranges.
+ * BENCH_FILTER=1 instead measures VXLAN alone with vrio's daemons up and idle on the same veth,
+ * their packet filter off vs on, and stopped (SIGSTOP) as the reference, fresh daemons per round,
+ * alternated BENCH_ROUNDS times (default 2): what the idle daemons cost a neighbour.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import { exec, ip, type Netns } from '../test/support/netns.ts'
 import { onBridge, type PairOptions } from '../test/support/vrio-pair.ts'
+import { type FilterSetting, range, startWithFilter, withDaemonsStopped } from './support/baselines.ts'
 import { startScraper } from './support/metrics-scraper.ts'
-import { busySeconds, iperf as iperfRun, startNicWorld } from './support/nic-world.ts'
+import { busySeconds, iperf as iperfRun, type NicWorld, startNicWorld } from './support/nic-world.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const PINGPONGS = Number(process.env.BENCH_PINGPONGS ?? 5000)
@@ -162,14 +167,84 @@ async function compareModes(): Promise<void> {
   console.log(JSON.stringify({ bench: 'nic-modes', seconds: SECONDS, rounds, ...results }))
 }
 
+/** VXLAN over the pair's veth: kernel tunnel endpoints in the guest and on the IOhyp's bridge; the world at 192.168.88.100. */
+async function addVxlan(w: NicWorld): Promise<void> {
+  const add = (ns: Netns, local: string, remote: string) =>
+    ip(ns, [
+      'link',
+      'add',
+      'vx0',
+      'type',
+      'vxlan',
+      'id',
+      '42',
+      'local',
+      local,
+      'remote',
+      remote,
+      'dstport',
+      '4789',
+    ])
+  add(w.guest, '10.99.0.2', '10.99.0.1')
+  add(w.iohyp, '10.99.0.1', '10.99.0.2')
+  ip(w.iohyp, ['link', 'set', 'vx0', 'master', 'brw', 'up'])
+  ip(w.guest, ['addr', 'add', '192.168.88.1/24', 'dev', 'vx0'])
+  ip(w.guest, ['link', 'set', 'vx0', 'up'])
+  await sleep(1000)
+}
+
+/**
+ * VXLAN alone, with vrio's idle daemons on the same veth: their packet filter off, on, and the
+ * daemons stopped (BENCH_FILTER=1). Fresh daemons and world per round and setting.
+ */
+async function compareFilter(): Promise<void> {
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
+  type Setting = FilterSetting | 'stopped'
+  const settings: Setting[] = ['off', 'on', 'stopped']
+  const results = new Map<Setting, PathResult[]>()
+  for (let round = 0; round < rounds; round++) {
+    for (const setting of settings) {
+      const w = await startWithFilter(setting === 'off' ? 'off' : 'on', () =>
+        startNicWorld(['192.168.88.100/24']),
+      )
+      try {
+        w.serve(w.world, 'iperf3', ['-s'])
+        w.serve(w.world, 'python3', ['-c', PINGPONG_SERVER])
+        await addVxlan(w)
+        const run = () => measure(w.guest, '192.168.88.100')
+        let r: PathResult
+        if (setting === 'stopped') r = await withDaemonsStopped(w.pair, `round ${round + 1}, reference`, run)
+        else {
+          console.log(`round ${round + 1}: VXLAN with vrio's daemons running idle, packet filter ${setting}`)
+          r = run()
+        }
+        results.set(setting, [...(results.get(setting) ?? []), r])
+      } finally {
+        await w.stop()
+      }
+    }
+  }
+  console.log(
+    `${'VXLAN'.padEnd(28)}${'filter off'.padStart(16)}${'filter on'.padStart(16)}${'stopped'.padStart(16)}`,
+  )
+  for (const key of Object.keys(results.get('on')![0]) as (keyof PathResult)[]) {
+    const cells = settings.map((s) => range((results.get(s) ?? []).map((r) => r[key])).padStart(16))
+    console.log(`${key.padEnd(28)}${cells.join('')}`)
+  }
+  console.log(
+    JSON.stringify({ bench: 'nic-filter', seconds: SECONDS, rounds, ...Object.fromEntries(results) }),
+  )
+}
+
 if (process.env.BENCH_MODES === '1') await compareModes()
 else if (process.env.BENCH_METRICS === '1') await compareMetrics()
+else if (process.env.BENCH_FILTER === '1') await compareFilter()
 else await againstVxlan()
 
 async function againstVxlan(): Promise<void> {
   const w = await startNicWorld(['192.168.77.100/24', '192.168.88.100/24'])
   try {
-    const { pair, iohyp, guest, world } = w
+    const { pair, guest, world } = w
     w.serve(world, 'iperf3', ['-s'])
     w.serve(world, 'python3', ['-c', PINGPONG_SERVER])
 
@@ -177,32 +252,10 @@ async function againstVxlan(): Promise<void> {
     await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
     ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
 
-    // VXLAN: the same veth, kernel tunnel endpoints in the guest and on the IOhyp's bridge.
-    const addVxlan = (ns: Netns, local: string, remote: string) =>
-      ip(ns, [
-        'link',
-        'add',
-        'vx0',
-        'type',
-        'vxlan',
-        'id',
-        '42',
-        'local',
-        local,
-        'remote',
-        remote,
-        'dstport',
-        '4789',
-      ])
-    addVxlan(guest, '10.99.0.2', '10.99.0.1')
-    addVxlan(iohyp, '10.99.0.1', '10.99.0.2')
-    ip(iohyp, ['link', 'set', 'vx0', 'master', 'brw', 'up'])
-    ip(guest, ['addr', 'add', '192.168.88.1/24', 'dev', 'vx0'])
-    ip(guest, ['link', 'set', 'vx0', 'up'])
-    await sleep(1000)
+    await addVxlan(w)
 
     const vrio = measure(guest, '192.168.77.100')
-    const vxlan = measure(guest, '192.168.88.100')
+    const vxlan = await withDaemonsStopped(pair, 'VXLAN', () => measure(guest, '192.168.88.100'))
 
     const rows: [string, keyof PathResult, 'higher' | 'lower'][] = [
       ['TCP 1 stream, Gbit/s', 'tcp1Gbps', 'higher'],
@@ -227,6 +280,7 @@ async function againstVxlan(): Promise<void> {
       JSON.stringify({
         bench: 'nic',
         seconds: SECONDS,
+        vxlanWithVrioStopped: true,
         vrio,
         vxlan,
         ratios: Object.fromEntries(rows.map(([, key]) => [key, vrio[key] / vxlan[key]])),

@@ -7,6 +7,7 @@
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include <linux/filter.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 #include "io.h"
 
@@ -47,6 +49,22 @@ int64_t OptInt(const Napi::Object& o, const char* key, int64_t dflt) {
 }
 
 bool OptBool(const Napi::Object& o, const char* key) { return o.Get(key).ToBoolean().Value(); }
+
+// A classic BPF program given as a flat Uint32Array, four numbers per instruction (code, jt, jf, k).
+// False when the option is there but malformed; an absent option is an empty program (no filter).
+bool OptFilter(const Napi::Object& o, const char* key, std::vector<struct sock_filter>& out) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return true;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) return false;
+  Napi::Uint32Array a = v.As<Napi::Uint32Array>();
+  size_t n = a.ElementLength();
+  if (n == 0 || n % 4 != 0 || n / 4 > BPF_MAXINSNS) return false;
+  for (size_t i = 0; i < n; i += 4) {
+    if (a[i] > 0xffff || a[i + 1] > 0xff || a[i + 2] > 0xff) return false;
+    out.push_back(sock_filter{uint16_t(a[i]), uint8_t(a[i + 1]), uint8_t(a[i + 2]), a[i + 3]});
+  }
+  return true;
+}
 
 bool FillIfName(struct ifreq& ifr, const std::string& name) {
   std::memset(&ifr, 0, sizeof(ifr));
@@ -123,7 +141,9 @@ SysErr RunInNetns(const std::string& nsPath, const std::function<SysErr()>& fn) 
 }
 
 // openPacket({ifname, netns?, protocol, vnetHdr, ignoreOutgoing, qdiscBypass, fanoutGroup,
-//             fanoutMode, rcvBuf, sndBuf}) -> {handle, ifindex, mtu, mac, filterOutgoing}
+//             fanoutMode, rcvBuf, sndBuf, filter?}) -> {handle, ifindex, mtu, mac, filterOutgoing, filtered}
+//   filter: a classic BPF program (SO_ATTACH_FILTER, see OptFilter), attached before bind() so that
+//   no frame it would refuse is ever queued.
 Napi::Value OpenPacket(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) return ThrowInvalid(env, "openPacket(options)");
@@ -138,6 +158,8 @@ Napi::Value OpenPacket(const Napi::CallbackInfo& info) {
   const int fanoutMode = int(OptInt(o, "fanoutMode", PACKET_FANOUT_HASH));
   const int rcvBuf = int(OptInt(o, "rcvBuf", 0));
   const int sndBuf = int(OptInt(o, "sndBuf", 0));
+  std::vector<struct sock_filter> filter;
+  if (!OptFilter(o, "filter", filter)) return ThrowInvalid(env, "openPacket: filter must be a Uint32Array of 4*n numbers");
 
   FdGuard fd;
   IfInfo ifi;
@@ -168,6 +190,12 @@ Napi::Value OpenPacket(const Napi::CallbackInfo& info) {
         setsockopt(fd.fd, SOL_SOCKET, SO_SNDBUF, &sndBuf, sizeof(sndBuf)) < 0) {
       return Fail("setsockopt", "SO_SNDBUF");
     }
+    if (!filter.empty()) {
+      struct sock_fprog prog = {uint16_t(filter.size()), filter.data()};
+      if (setsockopt(fd.fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0) {
+        return Fail("setsockopt", "SO_ATTACH_FILTER");
+      }
+    }
     struct sockaddr_ll sll;
     std::memset(&sll, 0, sizeof(sll));
     sll.sll_family = AF_PACKET;
@@ -189,6 +217,7 @@ Napi::Value OpenPacket(const Napi::CallbackInfo& info) {
   out.Set("mtu", ifi.mtu);
   out.Set("mac", MacString(ifi.mac));
   out.Set("filterOutgoing", filterOutgoing);
+  out.Set("filtered", !filter.empty());
   return out;
 }
 

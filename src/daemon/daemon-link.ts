@@ -43,13 +43,22 @@ export class DaemonLink {
   readonly control: ControlServer
   readonly mac: number
   readonly ip: number
+  /** The kernel filter is on the packet socket (runtime.ts packetFilterEnabled). */
+  readonly filtered: boolean
   private readonly guard: KernelGuard
   private readonly o: DaemonLinkOptions
   private readonly startedAt = new Date()
 
-  private constructor(o: DaemonLinkOptions, socket: PacketSocket, mac: number, ip: number) {
+  private constructor(
+    o: DaemonLinkOptions,
+    socket: PacketSocket,
+    mac: number,
+    ip: number,
+    filtered: boolean,
+  ) {
     this.o = o
     this.socket = socket
+    this.filtered = filtered
     this.mac = mac
     this.ip = ip
     this.guard = new KernelGuard({
@@ -108,8 +117,8 @@ export class DaemonLink {
 
   /** Opens everything; `routes` registers the daemon's control routes before the socket listens. */
   static async open(o: DaemonLinkOptions, routes: (control: ControlServer) => void): Promise<DaemonLink> {
-    const link = openLink(o.interface, o.address)
-    const d = new DaemonLink(o, link.socket, link.mac, link.ip)
+    const link = openLink(o.interface, o.address, { localPort: o.localPort, remotePort: o.remotePort })
+    const d = new DaemonLink(o, link.socket, link.mac, link.ip, link.filtered)
     try {
       await d.guard.install()
       routes(d.control)
@@ -172,6 +181,7 @@ export class DaemonLink {
       interface: this.o.interface,
       mac: formatMac(this.mac),
       address: formatIPv4(this.ip),
+      packetFilter: this.filtered ? 'on' : 'off',
       control: this.o.control,
     }
   }

@@ -3,6 +3,8 @@ import { networkInterfaces } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 import { isVrioError, VrioError } from '../errors.ts'
 import { isIoError } from '../io/errors.ts'
+import { interfaceInfo } from '../io/interfaces.ts'
+import { vrioPacketFilter } from '../io/packet-filter.ts'
 import { PacketSocket } from '../io/packet-socket.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import type { Logger } from './log.ts'
@@ -21,41 +23,46 @@ export interface LinkSetup {
   socket: PacketSocket
   mac: number
   ip: number
+  /** Whether the kernel filter (vrioPacketFilter) is on the socket: see packetFilterEnabled. */
+  filtered: boolean
+}
+
+/** The segments a daemon takes as its own: to `localPort` (a guest) or from `remotePort` (the IOhyp). */
+export interface LinkPorts {
+  localPort?: number
+  remotePort?: number
+}
+
+/**
+ * Whether daemons attach the kernel filter to their packet socket: on unless the environment sets
+ * VRIO_PACKET_FILTER=off (for comparisons and for debugging with every frame reaching the daemon).
+ */
+export function packetFilterEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.VRIO_PACKET_FILTER !== 'off'
 }
 
 /**
  * Opens the daemon's packet socket on `ifname` and settles its vrio address: `address` if given,
  * else the interface's first IPv4 address. An interface with no address works when one is given.
+ * The socket gets the kernel filter for that address, the interface's MAC and `ports` (unless
+ * packetFilterEnabled says no), attached before it receives anything.
  */
-export function openLink(ifname: string, address: string | undefined): LinkSetup {
+export function openLink(ifname: string, address: string | undefined, ports: LinkPorts = {}): LinkSetup {
   let ip: number | undefined
   if (address !== undefined) {
     ip = parseIPv4(address)
     if (ip === undefined)
       throw new VrioError('invalid-argument', `--address '${address}' is not an IPv4 address`)
   }
-  let socket: PacketSocket
+  let mac: number
   try {
-    socket = PacketSocket.open({
-      ifname,
-      // virtio-net headers: 64 KB super-frames with kernel GSO and checksum offload (see LinkDriver).
-      vnetHdr: true,
-      ignoreOutgoing: true,
-      rcvBuf: PACKET_SOCKET_BUFFER,
-      sndBuf: PACKET_SOCKET_BUFFER,
-    })
+    mac = parseMac(interfaceInfo(ifname).mac)!
   } catch (error) {
-    if (isIoError(error, 'ENODEV')) {
-      throw new VrioError('unknown-interface', `no network interface named '${ifname}'`, {
-        interface: ifname,
-      })
-    }
-    throw error
+    throw unknownInterface(error, ifname)
   }
   if (ip === undefined) {
     const v4 = networkInterfaces()[ifname]?.find((a) => a.family === 'IPv4')
     if (!v4) {
-      socket.close()
       throw new VrioError(
         'no-address',
         `interface '${ifname}' has no IPv4 address; give one with --address`,
@@ -66,7 +73,31 @@ export function openLink(ifname: string, address: string | undefined): LinkSetup
     }
     ip = parseIPv4(v4.address)!
   }
-  return { socket, mac: parseMac(socket.mac)!, ip }
+  const filter = packetFilterEnabled()
+  let socket: PacketSocket
+  try {
+    socket = PacketSocket.open({
+      ifname,
+      // virtio-net headers: 64 KB super-frames with kernel GSO and checksum offload (see LinkDriver).
+      vnetHdr: true,
+      ignoreOutgoing: true,
+      rcvBuf: PACKET_SOCKET_BUFFER,
+      sndBuf: PACKET_SOCKET_BUFFER,
+      ...(filter && { filter: vrioPacketFilter({ mac, ip, ...ports }) }),
+    })
+  } catch (error) {
+    throw unknownInterface(error, ifname)
+  }
+  // An addon built before the option ignores it: the socket then says it has no filter.
+  return { socket, mac, ip, filtered: socket.filtered }
+}
+
+/** ENODEV as the catalogue's unknown-interface; anything else as it is. */
+function unknownInterface(error: unknown, ifname: string): unknown {
+  if (!isIoError(error, 'ENODEV')) return error
+  return new VrioError('unknown-interface', `no network interface named '${ifname}'`, {
+    interface: ifname,
+  })
 }
 
 /** Writes queued per path, so concurrent callers land in call order and never share a temp file. */

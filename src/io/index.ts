@@ -3,6 +3,8 @@ export type { BatchHandler, ChannelStats, ErrorHandler, ReceiveConfig } from './
 export { FrameBatch, FrameChannel } from './frame-channel.ts'
 export type { InterfaceInfo } from './interfaces.ts'
 export { interfaceInfo } from './interfaces.ts'
+export type { SockFilter, VrioFilterOptions } from './packet-filter.ts'
+export { vrioPacketFilter } from './packet-filter.ts'
 export type { FanoutMode, PacketSocketOptions } from './packet-socket.ts'
 export { ETH_P_ALL, ETH_P_NONE, PacketSocket, defaultFrameSize } from './packet-socket.ts'
 export type { TapOffloads, TapOptions } from './tap.ts'

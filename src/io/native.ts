@@ -62,7 +62,14 @@ export interface NativeAddon {
     fanoutMode: number
     rcvBuf: number
     sndBuf: number
-  }): NativeIfInfo & { handle: NativeChannel; filterOutgoing: boolean }
+    /** A classic BPF program to attach before bind: code, jt, jf, k per instruction. */
+    filter?: Uint32Array
+  }): NativeIfInfo & {
+    handle: NativeChannel
+    filterOutgoing: boolean
+    /** The filter is attached (absent from a build that predates the option). */
+    filtered?: boolean
+  }
   openTap(options: {
     name: string
     netns?: string

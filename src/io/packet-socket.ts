@@ -3,6 +3,7 @@ import type { ReceiveConfig } from './frame-channel.ts'
 import { FrameChannel, alignUp } from './frame-channel.ts'
 import { native } from './native.ts'
 import { VIRTIO_NET_HDR_LEN } from '../wire/virtio-net-hdr.ts'
+import { flattenFilter, type SockFilter } from './packet-filter.ts'
 
 /** Every protocol (ETH_P_ALL). */
 export const ETH_P_ALL = 0x0003
@@ -33,6 +34,11 @@ export interface PacketSocketOptions {
   sndBuf?: number
   /** Frames per receive batch (1..1024). Default 64. */
   rxBatch?: number
+  /**
+   * A classic BPF program (SO_ATTACH_FILTER, e.g. vrioPacketFilter) attached before the socket is
+   * bound: frames it refuses are never queued. Default: none, every frame of `protocol`.
+   */
+  filter?: readonly SockFilter[]
   /** Bytes per frame slot. Default: 64 KiB + header room with vnetHdr (GSO frames), else MTU + 18 rounded up. */
   frameSize?: number
 }
@@ -49,6 +55,8 @@ export class PacketSocket extends FrameChannel {
   /** MTU and MAC of the interface when the socket was opened. */
   readonly mtu: number
   readonly mac: string
+  /** A kernel filter (options.filter) is attached: frames it refuses never reach this socket. */
+  readonly filtered: boolean
 
   private constructor(
     opened: ReturnType<ReturnType<typeof native>['openPacket']>,
@@ -62,6 +70,7 @@ export class PacketSocket extends FrameChannel {
     this.vnetHdr = options.vnetHdr ?? false
     this.mtu = opened.mtu
     this.mac = opened.mac
+    this.filtered = opened.filtered === true
   }
 
   /** Opens and binds the socket; throws an IoError (ENODEV for an unknown interface). */
@@ -83,6 +92,7 @@ export class PacketSocket extends FrameChannel {
         fanoutMode: fanout ? FANOUT_MODES[fanout.mode] : 0,
         rcvBuf: options.rcvBuf ?? 0,
         sndBuf: options.sndBuf ?? 0,
+        filter: options.filter && flattenFilter(options.filter),
       })
     } catch (e) {
       throw fromNative(e, where)

@@ -14,11 +14,17 @@ export function rssBytes(pid: number): number | undefined {
 
 /** User + system CPU seconds `pid` has used, or undefined once it is gone. */
 export function cpuSeconds(pid: number): number | undefined {
+  const ticks = cpuTicks(pid)
+  return ticks === undefined ? undefined : ticks / 100 // clock ticks (USER_HZ = 100)
+}
+
+/** User + system CPU time of `pid` in clock ticks (utime + stime of /proc/PID/stat), or undefined once it is gone. */
+export function cpuTicks(pid: number): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     // Fields after the command name (which may hold spaces) start after the last ')'.
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return (Number(f[11]) + Number(f[12])) / 100 // utime, stime in clock ticks (USER_HZ = 100)
+    return Number(f[11]) + Number(f[12])
   } catch {
     return undefined
   }
