@@ -24,14 +24,20 @@ interface Row {
   /** For transfers: the share of the time spent receiving (B: decode, reassemble, deliver, ACK). */
   receiverNsPerFrame?: number
   senderNsPerFrame?: number
+  /** For request/answer exchanges: frames (both ways) and bytes allocated per exchange. */
+  framesPerExchange?: number
+  bytesAllocatedPerExchange?: number
 }
 
-function measure(name: string, work: () => { frames: number; bytes: number; receiverMs?: number }): Row {
+function measure(
+  name: string,
+  work: () => { frames: number; bytes: number; receiverMs?: number; exchanges?: number },
+): Row {
   gc?.()
   const m0 = process.memoryUsage()
   const c0 = process.cpuUsage()
   const t0 = performance.now()
-  const { frames, bytes, receiverMs } = work()
+  const { frames, bytes, receiverMs, exchanges } = work()
   const seconds = (performance.now() - t0) / 1000
   const cpu = process.cpuUsage(c0)
   const m1 = process.memoryUsage()
@@ -50,6 +56,12 @@ function measure(name: string, work: () => { frames: number; bytes: number; rece
       : {
           receiverNsPerFrame: Math.round((receiverMs * 1e6) / frames),
           senderNsPerFrame: Math.round(((seconds * 1000 - receiverMs) * 1e6) / frames),
+        }),
+    ...(exchanges === undefined
+      ? {}
+      : {
+          framesPerExchange: round(frames / exchanges, 2),
+          bytesAllocatedPerExchange: Math.max(0, Math.round(allocated / exchanges)),
         }),
   }
 }
@@ -130,6 +142,56 @@ function transfer(messageSize: number, totalBytes: number, delivery: Delivery, o
   }
 }
 
+/**
+ * Request and answer at queue depth 1, as a block read served from the page cache: a 64-byte
+ * request, answered at once from the handler with 4 KiB (one GSO super-frame), the next request
+ * sent after the answer arrived. Counts every frame both ways: 2 per exchange when ACKs ride on
+ * the data.
+ */
+function requestAnswer(exchanges: number, offload: boolean) {
+  const ab: Uint8Array[] = []
+  const ba: Uint8Array[] = []
+  const options = { checksumOffload: offload, gsoMaxSize: 64_000 }
+  const key = Buffer.alloc(32, 0x42)
+  const request = new Uint8Array(64).fill(1)
+  const answer = new Uint8Array(4096).fill(2)
+  const a = new Endpoint({ mac: 0xa, ip: 0x0a00_0001, sink: (f) => ab.push(f), options, key })
+  let answers = 0
+  const b = new Endpoint({
+    mac: 0xb,
+    ip: 0x0a00_0002,
+    sink: (f) => ba.push(f),
+    options,
+    key,
+    listenPort: 7860,
+    accept: (_remote, connection) => ({ message: () => void connection.send(answer, Delivery.Reliable) }),
+  })
+  const c = a.connect({ mac: 0xb, ip: 0x0a00_0002, port: 7860 }, { message: () => void answers++ })
+  let frames = 0
+  const exchange = () => {
+    for (const f of ab) b.receive(f, offload)
+    frames += ab.length
+    ab.length = 0
+    b.flush()
+    for (const f of ba) a.receive(f, offload)
+    frames += ba.length
+    ba.length = 0
+    a.flush()
+  }
+  exchange()
+  exchange()
+  return () => {
+    frames = 0
+    const first = answers
+    for (let i = 0; i < exchanges; i++) {
+      c.send(request, Delivery.Reliable)
+      exchange()
+    }
+    if (answers - first !== exchanges) throw new Error('answers missing')
+    return { frames, bytes: exchanges * (request.length + answer.length), exchanges }
+  }
+}
+
 const rows: Row[] = []
 const n = 300_000
 rows.push(measure('codec: encode+decode 1500 B, full checksums', () => codec(false, n)))
@@ -157,6 +219,11 @@ for (const offload of [false, true]) {
   )
 }
 
+for (const offload of [false, true]) {
+  const mode = offload ? 'offload' : 'full csum'
+  rows.push(measure(`request/answer: 64 B / 4 KiB, QD1, ${mode}`, requestAnswer(100_000, offload)))
+}
+
 const header = ['case', 'frames/s', 'MB/s', 'ns/frame', 'send ns/fr', 'recv ns/fr', 'B alloc/frame']
 console.log(
   `${header[0].padEnd(52)}${header
@@ -174,5 +241,11 @@ for (const r of rows) {
     r.bytesAllocatedPerFrame,
   ]
   console.log(`${r.case.padEnd(52)}${cells.map((v) => String(v).padStart(14)).join('')}`)
+}
+for (const r of rows) {
+  if (r.framesPerExchange === undefined) continue
+  console.log(
+    `${r.case.padEnd(52)}frames/exchange ${r.framesPerExchange}   ns/exchange ${Math.round(r.nsPerFrame * r.framesPerExchange)}   B alloc/exchange ${r.bytesAllocatedPerExchange}`,
+  )
 }
 console.log(JSON.stringify({ bench: 'transport', node: process.version, rows }))

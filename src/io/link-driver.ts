@@ -108,7 +108,7 @@ export class LinkDriver {
   }
 
   /** Sends everything queued now and re-arms the timer; call after application sends outside a batch if latency matters. */
-  flush(): void {
+  readonly flush = (): void => {
     this.flushQueued = false
     if (this.stopped || this.channel.closed) return
     if (this.outbox.length > 0) {
@@ -163,23 +163,30 @@ export class LinkDriver {
     this.outbox.push(this.vnetHdr ? withVnetHdr(frame, gsoSize) : frame)
     if (!this.flushQueued) {
       this.flushQueued = true
-      queueMicrotask(() => this.flush())
+      queueMicrotask(this.flush)
     }
   }
 
+  /**
+   * Follows the endpoint's next deadline with one timer, re-armed only when the deadline moves
+   * earlier: a later one (the retransmission or delayed-ACK deadline pushed back by every
+   * exchange) lets the armed timer fire early, find nothing due, and arm for the new deadline —
+   * one timer per deadline period instead of one per flush. With no deadline, no timer.
+   */
   private schedule(): void {
     const at = this.endpoint.nextDeadline()
-    if (at === this.timerAt) return
+    if (at >= this.timerAt && at !== Number.POSITIVE_INFINITY) return
     if (this.timer) clearTimeout(this.timer)
     this.timerAt = at
+    // No deadline at all (no connection left): no timer to keep the process alive.
     if (at === Number.POSITIVE_INFINITY) {
       this.timer = undefined
       return
     }
-    this.timer = setTimeout(() => this.onTimer(), Math.max(0, Math.ceil(at - performance.now())))
+    this.timer = setTimeout(this.onTimer, Math.max(0, Math.ceil(at - performance.now())))
   }
 
-  private onTimer(): void {
+  private readonly onTimer = (): void => {
     this.timer = undefined
     this.timerAt = Number.POSITIVE_INFINITY
     if (this.stopped) return

@@ -326,18 +326,23 @@ export class Endpoint {
   tick(): void {
     const now = this.clock()
     if (this.requireAuthentication) {
-      for (const pending of [this.halfOpen, this.unauthenticated]) {
-        for (const [c, since] of [...pending]) {
-          if (now - since < this.authTimeout) continue
-          this.stats.authTimeouts++
-          pending.delete(c)
-          c.abort('aborted', pending === this.unauthenticated)
-        }
-      }
+      this.expirePending(this.halfOpen, now, false)
+      this.expirePending(this.unauthenticated, now, true)
     }
-    for (const c of [...this.byRemote.values()]) {
+    // Maps allow deleting while iterating: a connection that finishes here forgets itself.
+    for (const c of this.byRemote.values()) {
       if (c.nextDeadline() <= now) c.tick()
       c.flush()
+    }
+  }
+
+  /** Aborts the connections of `pending` that did not authenticate within authTimeout. */
+  private expirePending(pending: Map<Connection, number>, now: number, sendReset: boolean): void {
+    for (const [c, since] of pending) {
+      if (now - since < this.authTimeout) continue
+      this.stats.authTimeouts++
+      pending.delete(c)
+      c.abort('aborted', sendReset)
     }
   }
 
