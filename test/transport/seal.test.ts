@@ -96,9 +96,7 @@ function exchange(w: World, count: number): void {
   assert.ok(w.sim.run(() => w.atB.length === first + count))
   assert.ok(w.server().send(patternMessage(50_000 + w.atA.length, 10), Delivery.Reliable))
   const replies = w.atA.length + 1
-  assert.ok(
-    w.sim.run(() => w.atA.length === replies && w.sim.quiet()),
-  )
+  assert.ok(w.sim.run(() => w.atA.length === replies && w.sim.quiet()))
 }
 
 /** Injects `frame` at B now, then lets the link settle. */
