@@ -66,11 +66,13 @@ export class LinkDriver {
    */
   private readonly arena = Buffer.allocUnsafeSlow(ARENA_SIZE)
   private arenaUsed = 0
-  private readonly allocate = (size: number): Uint8Array => {
+  private readonly allocate = (size: number, headroom: number): Uint8Array => {
     const at = (this.arenaUsed + 7) & ~7
-    if (at + size > ARENA_SIZE) return Buffer.allocUnsafe(size) // a burst larger than the arena
-    this.arenaUsed = at + size
-    return this.arena.subarray(at, at + size)
+    const end = at + headroom + size
+    // A burst larger than the arena:
+    if (end > ARENA_SIZE) return Buffer.allocUnsafe(headroom + size).subarray(headroom)
+    this.arenaUsed = end
+    return this.arena.subarray(at + headroom, end)
   }
 
   constructor(o: LinkDriverOptions) {
@@ -138,11 +140,13 @@ export class LinkDriver {
   private onBatch(batch: FrameBatch): void {
     if (this.stopped) return
     if (this.vnetHdr) {
+      // One view per frame, past its virtio_net_hdr (read in the slab).
+      const slab = batch.slab
       for (let i = 0; i < batch.count; i++) {
-        const f = batch.frame(i)
+        const start = batch.offsets[i]
         // NEEDS_CSUM (sent by a local stack, never summed) or DATA_VALID (checked by the kernel).
-        const verified = (f[0] & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)) !== 0
-        this.endpoint.receive(f.subarray(VIRTIO_NET_HDR_LEN), verified)
+        const verified = (slab[start] & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)) !== 0
+        this.endpoint.receive(slab.subarray(start + VIRTIO_NET_HDR_LEN, start + batch.lengths[i]), verified)
       }
     } else {
       for (let i = 0; i < batch.count; i++) this.endpoint.receive(batch.frame(i))

@@ -84,13 +84,15 @@ export interface ConnectionHandlers {
 export type FrameSink = (frame: Uint8Array, gsoSize: number) => void
 
 /**
- * Memory for an outgoing frame of exactly `size` bytes (headroom included). The frame is handed
- * to the sink at once and the connection never looks at it again, so a link that sends frames
- * before it hands out more memory may reuse it (LinkDriver does: one arena, reset per send).
+ * Memory for an outgoing frame of exactly `size` bytes, with `headroom` bytes free in front of it
+ * in its buffer (one view: no second one cut per frame). The frame is handed to the sink at once
+ * and the connection never looks at it again, so a link that sends frames before it hands out
+ * more memory may reuse it (LinkDriver does: one arena, reset per send).
  */
-export type FrameAllocator = (size: number) => Uint8Array
+export type FrameAllocator = (size: number, headroom: number) => Uint8Array
 
-const allocateFresh: FrameAllocator = (size) => Buffer.allocUnsafe(size)
+const allocateFresh: FrameAllocator = (size, headroom) =>
+  headroom === 0 ? Buffer.allocUnsafe(size) : Buffer.allocUnsafe(headroom + size).subarray(headroom)
 
 /** Why a received segment was ignored: counters, never exceptions. */
 export type SegmentDropReason =
@@ -130,7 +132,13 @@ interface OutMessage {
   end: number
   flags: number
   chunks: readonly Uint8Array[]
+  /** The array `chunks` is when the message was given as one Uint8Array (reused with the object). */
+  readonly single: Uint8Array[]
 }
+
+/** Acknowledged messages' records kept for reuse, per connection: no object per message sent. */
+const SPARE_MESSAGES = 64
+const NO_CHUNKS: readonly Uint8Array[] = []
 
 export interface ConnectionInit {
   options: ConnectionOptions
@@ -217,6 +225,7 @@ export class Connection {
   private ssthresh = Number.POSITIVE_INFINITY
   private queuedBytes = 0
   private readonly out: (OutMessage | undefined)[] = []
+  private readonly spare: OutMessage[] = []
   private outHead = 0
   private sendCursor = 0
   private readonly sacked = new IntervalSet()
@@ -443,9 +452,9 @@ export class Connection {
    * reused as soon as send returns (it copies what it could not send at once).
    */
   send(data: Uint8Array | readonly Uint8Array[], delivery: Delivery): boolean {
-    const chunks = data instanceof Uint8Array ? [data] : data
     let length = 0
-    for (const c of chunks) length += c.length
+    if (data instanceof Uint8Array) length = data.length
+    else for (const c of data) length += c.length
     if (length === 0 || length > this.o.maxMessageSize) {
       throw new VrioError(
         'message-size',
@@ -471,7 +480,16 @@ export class Connection {
       return false
     }
     const start = this.sndMax
-    const m: OutMessage = { start, end: start + length, flags: delivery, chunks }
+    const m = this.spare.pop() ?? { start: 0, end: 0, flags: 0, chunks: NO_CHUNKS, single: [] }
+    m.start = start
+    m.end = start + length
+    m.flags = delivery
+    if (data instanceof Uint8Array) {
+      m.single[0] = data
+      m.chunks = m.single
+    } else {
+      m.chunks = data
+    }
     this.out.push(m)
     this.sndMax += length
     this.queuedBytes += length
@@ -480,7 +498,7 @@ export class Connection {
     // A best-effort message sent whole is never read again (a loss is skipped, not resent), so
     // its buffers are the caller's again when send returns; one that could not go out at once
     // (window, congestion window, handshake) is copied now.
-    if (delivery === Delivery.BestEffort && this.sndNxt < m.end) m.chunks = [concatChunks(chunks, length)]
+    if (delivery === Delivery.BestEffort && this.sndNxt < m.end) m.chunks = [concatChunks(m.chunks, length)]
     return true
   }
 
@@ -1180,6 +1198,13 @@ export class Connection {
       this.queuedBytes -= m.end - m.start
       out[this.outHead] = undefined
       this.outHead++
+      // Nothing refers to an acknowledged message any more (the send cursor and retransmissions
+      // only look at and above sndUna): its record is reused, without the caller's buffers.
+      if (this.spare.length < SPARE_MESSAGES) {
+        m.chunks = NO_CHUNKS
+        m.single.length = 0
+        this.spare.push(m)
+      }
     }
     if (this.outHead > 1024 && this.outHead * 2 > out.length) {
       out.splice(0, this.outHead)
@@ -1442,7 +1467,7 @@ export class Connection {
     if (this.seal) this.seal.prepare(this.tx.tcp.options, payloadLength)
     const headerLength = tcpFrameHeaderLength(this.tx.tcp.options)
     const headroom = this.o.headroom
-    const frame = this.allocate(headroom + headerLength + payloadLength).subarray(headroom)
+    const frame = this.allocate(headerLength + payloadLength, headroom)
     // Sealed, the payload's part in its last chunk (a message's body, after a small header chunk)
     // is encrypted from there into the frame (the cipher pass is the copy); only what comes before
     // it is copied first, and encrypted in place.
