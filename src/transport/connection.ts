@@ -139,6 +139,7 @@ interface OutMessage {
 /** Acknowledged messages' records kept for reuse, per connection: no object per message sent. */
 const SPARE_MESSAGES = 64
 const NO_CHUNKS: readonly Uint8Array[] = []
+const NO_BYTES = new Uint8Array(0)
 
 export interface ConnectionInit {
   options: ConnectionOptions
@@ -224,8 +225,14 @@ export class Connection {
   private cwnd = 0
   private ssthresh = Number.POSITIVE_INFINITY
   private queuedBytes = 0
+  /**
+   * Queued messages, out[outHead, outEnd). Arrays here never shrink (V8 gives a shrunk or emptied
+   * array a new backing store when it grows again): counts say what is in use.
+   */
   private readonly out: (OutMessage | undefined)[] = []
+  private outEnd = 0
   private readonly spare: OutMessage[] = []
+  private spareCount = 0
   private outHead = 0
   private sendCursor = 0
   private readonly sacked = new IntervalSet()
@@ -480,7 +487,10 @@ export class Connection {
       return false
     }
     const start = this.sndMax
-    const m = this.spare.pop() ?? { start: 0, end: 0, flags: 0, chunks: NO_CHUNKS, single: [] }
+    const m =
+      this.spareCount > 0
+        ? this.spare[--this.spareCount]
+        : { start: 0, end: 0, flags: 0, chunks: NO_CHUNKS, single: [NO_BYTES] }
     m.start = start
     m.end = start + length
     m.flags = delivery
@@ -490,7 +500,9 @@ export class Connection {
     } else {
       m.chunks = data
     }
-    this.out.push(m)
+    if (this.outEnd === this.out.length) this.out.push(m)
+    else this.out[this.outEnd] = m
+    this.outEnd++
     this.sndMax += length
     this.queuedBytes += length
     this.stats.messagesSent++
@@ -903,8 +915,7 @@ export class Connection {
     ) {
       const held = this.reassembly.get(msgStart)
       if (held) this.reassembly.free(held)
-      this.received.add(start, end)
-      this.moveAckPoint()
+      this.markReceived(start, end)
       this.deliver(buf.subarray(payload, payload + length), delivery as Delivery, false)
       this.deliverPassed()
       return
@@ -935,8 +946,7 @@ export class Connection {
     } else {
       m.buffer.set(buf.subarray(payload + (start - segStart), payload + length), start - msgStart)
     }
-    m.filled += this.received.add(start, end)
-    this.moveAckPoint()
+    m.filled += this.markReceived(start, end)
     if (delivery !== Delivery.Ordered && this.isResolved(m.start, m.end)) {
       this.reassembly.free(m)
       if (m.filled === m.end - m.start) this.deliver(m.buffer, delivery as Delivery, true)
@@ -1003,9 +1013,23 @@ export class Connection {
   }
 
   /**
-   * Moves rcvNxt over everything received contiguously (before a message is delivered, so that
-   * an answer sent from its handler acknowledges it).
+   * Marks [start, end) (start ≥ rcvNxt) received and moves rcvNxt on (before a message is
+   * delivered, so that an answer sent from its handler acknowledges it); returns the bytes newly
+   * received. Header prediction: data at rcvNxt with no hole above it just moves rcvNxt, without
+   * the range set (whose arrays would grow and empty again every segment).
    */
+  private markReceived(start: number, end: number): number {
+    if (start === this.rcvNxt && this.received.isEmpty()) {
+      this.rcvNxt = end
+      if (this.abandoned.size > 0) this.abandoned.forgetBelow(end)
+      return end - start
+    }
+    const added = this.received.add(start, end)
+    this.moveAckPoint()
+    return added
+  }
+
+  /** Moves rcvNxt over everything received contiguously. */
   private moveAckPoint(): void {
     const r = this.received
     while (!r.isEmpty() && r.start(0) <= this.rcvNxt) {
@@ -1192,7 +1216,7 @@ export class Connection {
 
   private freeAcked(): void {
     const out = this.out
-    while (this.outHead < out.length) {
+    while (this.outHead < this.outEnd) {
       const m = out[this.outHead]!
       if (m.end > this.sndUna) break
       this.queuedBytes -= m.end - m.start
@@ -1200,15 +1224,20 @@ export class Connection {
       this.outHead++
       // Nothing refers to an acknowledged message any more (the send cursor and retransmissions
       // only look at and above sndUna): its record is reused, without the caller's buffers.
-      if (this.spare.length < SPARE_MESSAGES) {
+      if (this.spareCount < SPARE_MESSAGES) {
         m.chunks = NO_CHUNKS
-        m.single.length = 0
-        this.spare.push(m)
+        m.single[0] = NO_BYTES
+        this.spare[this.spareCount++] = m
       }
     }
-    if (this.outHead > 1024 && this.outHead * 2 > out.length) {
-      out.splice(0, this.outHead)
-      this.sendCursor -= this.outHead
+    // Move what is left to the front: at once when nothing is (the usual case at low depth),
+    // else once the acknowledged part is the larger one and large.
+    const head = this.outHead
+    if (head > 0 && (head === this.outEnd || (head > 1024 && head * 2 > this.outEnd))) {
+      out.copyWithin(0, head, this.outEnd)
+      out.fill(undefined, this.outEnd - head, this.outEnd)
+      this.outEnd -= head
+      this.sendCursor -= head
       this.outHead = 0
     }
     if (this.sendCursor < this.outHead) this.sendCursor = this.outHead
@@ -1345,7 +1374,7 @@ export class Connection {
 
   private findMessage(position: number): OutMessage {
     let lo = this.outHead
-    let hi = this.out.length - 1
+    let hi = this.outEnd - 1
     while (lo < hi) {
       const mid = (lo + hi) >>> 1
       if (this.out[mid]!.end <= position) lo = mid + 1
@@ -1512,6 +1541,7 @@ export class Connection {
     this.ackDeadline = Number.POSITIVE_INFINITY
     this.out.length = 0
     this.outHead = 0
+    this.outEnd = 0
     this.queuedBytes = 0
     this.reassembly.clear()
     this.abandoned.clear()

@@ -6,6 +6,7 @@ import { Endpoint } from '../../src/transport/endpoint.ts'
 import { decodeTcpFrame, newTcpFrame, type TcpFrame } from '../../src/wire/frame.ts'
 import { TCP_ACK } from '../../src/wire/tcp.ts'
 import { CHANNEL_MODES } from '../support/harness.ts'
+import { seededRandom } from '../support/random.ts'
 import { IP_A, IP_B, MAC_A, MAC_B, PORT_B, TEST_KEY } from '../support/simulation.ts'
 
 /**
@@ -27,31 +28,25 @@ class Pair {
   readonly atB: number[] = []
 
   constructor(options: Partial<ConnectionOptions>) {
-    const clock = () => this.clock.now
-    let seed = 7
-    const random = () => {
-      seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31
-      return seed / 2 ** 31
+    const common = {
+      clock: () => this.clock.now,
+      random: seededRandom(7),
+      options,
+      key: TEST_KEY,
     }
     this.a = new Endpoint({
+      ...common,
       mac: MAC_A,
       ip: IP_A,
       sink: (f) => this.toB.push(Buffer.from(f)),
-      clock,
-      random,
-      options,
       peerPort: PORT_B,
-      key: TEST_KEY,
     })
     this.b = new Endpoint({
+      ...common,
       mac: MAC_B,
       ip: IP_B,
       sink: (f) => this.toA.push(Buffer.from(f)),
-      clock,
-      random,
-      options,
       listenPort: PORT_B,
-      key: TEST_KEY,
       accept: (_remote, c) => {
         this.server = c
         return {
