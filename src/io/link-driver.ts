@@ -41,6 +41,9 @@ export interface LinkDriverOptions {
 /** Bytes of outgoing frames one send can carry without a fresh allocation (maxBurst 64 × 64 KiB fits). */
 const ARENA_SIZE = 8 * 1024 * 1024
 
+/** Frames queued for one send, at most (then they go out at once, and queuing starts again). */
+const MAX_QUEUED = 4096
+
 /** Largest GSO super-frame payload: the IPv4 total length (65535) minus IP and TCP headers. */
 export const GSO_MAX_PAYLOAD = 64_000
 
@@ -54,7 +57,14 @@ export class LinkDriver {
   /** Frames the kernel refused (send buffer full): the transport recovers them like losses. */
   sendRefused = 0
   private readonly channel: FrameChannel
-  private readonly outbox: Uint8Array[] = []
+  /**
+   * Frames to send: first those in the arena, described by (offset, length) — sent with one
+   * sendBatch, no view per frame — then any others (an RST, a burst beyond the arena), in order.
+   */
+  private readonly queuedOffsets = new Uint32Array(MAX_QUEUED)
+  private readonly queuedLengths = new Uint32Array(MAX_QUEUED)
+  private queuedCount = 0
+  private readonly others: Uint8Array[] = []
   private flushQueued = false
   private timer: NodeJS.Timeout | undefined
   private timerAt = Number.POSITIVE_INFINITY
@@ -113,14 +123,24 @@ export class LinkDriver {
   readonly flush = (): void => {
     this.flushQueued = false
     if (this.stopped || this.channel.closed) return
-    if (this.outbox.length > 0) {
-      const sent = this.channel.send(this.outbox)
-      this.sendRefused += this.outbox.length - sent
-      this.outbox.length = 0
-      // The kernel has copied every frame (or refused it for good): their memory is free again.
-      this.arenaUsed = 0
-    }
+    this.sendQueued()
+    // The kernel has copied every frame (or refused it for good): their memory is free again.
+    this.arenaUsed = 0
     this.schedule()
+  }
+
+  private sendQueued(): void {
+    if (this.queuedCount > 0) {
+      const n = this.queuedCount
+      this.queuedCount = 0
+      const sent = this.channel.sendBatch(this.arena, this.queuedOffsets, this.queuedLengths, n)
+      this.sendRefused += n - sent
+    }
+    if (this.others.length > 0) {
+      const sent = this.channel.send(this.others)
+      this.sendRefused += this.others.length - sent
+      this.others.length = 0
+    }
   }
 
   /**
@@ -133,7 +153,8 @@ export class LinkDriver {
       this.flush()
     }
     this.stopped = true
-    this.outbox.length = 0
+    this.queuedCount = 0
+    this.others.length = 0
     if (this.timer) clearTimeout(this.timer)
   }
 
@@ -164,7 +185,22 @@ export class LinkDriver {
   }
 
   private enqueue(frame: Uint8Array, gsoSize: number): void {
-    this.outbox.push(this.vnetHdr ? withVnetHdr(frame, gsoSize) : frame)
+    const hdr = this.vnetHdr ? VIRTIO_NET_HDR_LEN : 0
+    if (frame.buffer === this.arena.buffer) {
+      // Behind a frame of another kind, or a full table: those go first.
+      if (this.others.length > 0 || this.queuedCount === MAX_QUEUED) this.sendQueued()
+      const at = frame.byteOffset - this.arena.byteOffset - hdr
+      if (hdr > 0) writeVnetHdr(this.arena, at, frame, gsoSize)
+      this.queuedOffsets[this.queuedCount] = at
+      this.queuedLengths[this.queuedCount] = frame.length + hdr
+      this.queuedCount++
+    } else if (hdr > 0) {
+      const h = new Uint8Array(frame.buffer, frame.byteOffset - hdr, frame.length + hdr)
+      writeVnetHdr(h, 0, frame, gsoSize)
+      this.others.push(h)
+    } else {
+      this.others.push(frame)
+    }
     if (!this.flushQueued) {
       this.flushQueued = true
       queueMicrotask(this.flush)
@@ -204,26 +240,20 @@ export class LinkDriver {
 }
 
 /**
- * Writes the virtio_net_hdr into the headroom in front of `frame` and returns the view that
- * includes it: the kernel finishes the TCP checksum and, for a super-frame, cuts it into segments
- * of `gsoSize` payload bytes (each with the same TCP options, so vrio's segment option survives).
+ * Writes the virtio_net_hdr for `frame` at `h[at]` (the headroom in front of it): the kernel
+ * finishes the TCP checksum and, for a super-frame, cuts it into segments of `gsoSize` payload
+ * bytes (each with the same TCP options, so vrio's segment option survives).
  */
-function withVnetHdr(frame: Uint8Array, gsoSize: number): Uint8Array {
-  const h = new Uint8Array(
-    frame.buffer,
-    frame.byteOffset - VIRTIO_NET_HDR_LEN,
-    frame.length + VIRTIO_NET_HDR_LEN,
-  )
+function writeVnetHdr(h: Uint8Array, at: number, frame: Uint8Array, gsoSize: number): void {
   const headerLength = TCP_OFFSET + (frame[TCP_OFFSET + 12] >>> 4) * 4
-  h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM
-  h[1] = gsoSize > 0 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_NONE
-  h[2] = headerLength & 0xff
-  h[3] = headerLength >>> 8
-  h[4] = gsoSize & 0xff
-  h[5] = gsoSize >>> 8
-  h[6] = TCP_OFFSET
-  h[7] = 0
-  h[8] = TCP_CHECKSUM_OFFSET
-  h[9] = 0
-  return h
+  h[at] = VIRTIO_NET_HDR_F_NEEDS_CSUM
+  h[at + 1] = gsoSize > 0 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_NONE
+  h[at + 2] = headerLength & 0xff
+  h[at + 3] = headerLength >>> 8
+  h[at + 4] = gsoSize & 0xff
+  h[at + 5] = gsoSize >>> 8
+  h[at + 6] = TCP_OFFSET
+  h[at + 7] = 0
+  h[at + 8] = TCP_CHECKSUM_OFFSET
+  h[at + 9] = 0
 }
