@@ -25,7 +25,7 @@ import { closeSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import type { VethEnd } from '../test/support/harness.ts'
 import { cleanupNetns } from '../test/support/netns.ts'
-import { directLink } from '../test/support/topology.ts'
+import { directLink, type Topology } from '../test/support/topology.ts'
 import { type PairOptions, VrioPair } from '../test/support/vrio-pair.ts'
 import {
   cpuSeconds,
@@ -64,7 +64,21 @@ interface Result {
   p50us: number
   p99us: number
   bytes: number
+  /** Requests fio completed. */
+  requests: number
   serverCpuSeconds: number
+  /** Frames both ends of the veth sent during the run (every frame of the channel crosses it once). */
+  frames: number
+}
+
+/** Frames sent by both ends of the link so far. */
+function linkFrames(link: Topology): number {
+  let n = 0
+  for (const end of [link.a, link.b]) {
+    const path = `/sys/class/net/${end.ifname}/statistics/tx_packets`
+    n += Number(execFileSync('ip', ['netns', 'exec', end.ns.name, 'cat', path], { encoding: 'utf8' }))
+  }
+  return n
 }
 
 function fioArgv(uri: string, c: Case): string[] {
@@ -81,7 +95,7 @@ function fioArgv(uri: string, c: Case): string[] {
   ]
 }
 
-function fioResult(out: string, c: Case): Omit<Result, 'serverCpuSeconds'> {
+function fioResult(out: string, c: Case): Omit<Result, 'serverCpuSeconds' | 'frames'> {
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0][c.rw]
   const pct = job.clat_ns.percentile ?? {}
   return {
@@ -89,10 +103,11 @@ function fioResult(out: string, c: Case): Omit<Result, 'serverCpuSeconds'> {
     p50us: (pct['50.000000'] ?? 0) / 1000,
     p99us: (pct['99.000000'] ?? 0) / 1000,
     bytes: job.io_bytes,
+    requests: job.total_ios,
   }
 }
 
-function fio(uri: string, c: Case, netns?: string): Omit<Result, 'serverCpuSeconds'> {
+function fio(uri: string, c: Case, netns?: string): Omit<Result, 'serverCpuSeconds' | 'frames'> {
   const argv = fioArgv(uri, c)
   const out = netns
     ? execFileSync('ip', ['netns', 'exec', netns, ...argv], { encoding: 'utf8' })
@@ -128,10 +143,11 @@ async function compareMetrics(backing: string): Promise<void> {
   console.log(JSON.stringify({ bench: 'blk-metrics', seconds: SECONDS, rounds, cases: json }))
 }
 
-function measure(uri: string, c: Case, serverPids: number[], netns?: string): Result {
+function measure(uri: string, c: Case, serverPids: number[], netns?: string, link = t): Result {
   const before = cpuSeconds(serverPids)
+  const framesBefore = linkFrames(link)
   const r = fio(uri, c, netns)
-  return { ...r, serverCpuSeconds: cpuSeconds(serverPids) - before }
+  return { ...r, serverCpuSeconds: cpuSeconds(serverPids) - before, frames: linkFrames(link) - framesBefore }
 }
 
 /** Runs every case on fresh daemons started with `options`; `scrape`: /metrics on both every second. */
@@ -143,7 +159,9 @@ async function freshPairRun(backing: string, options: PairOptions, scrape: boole
     const disk = await p.createDisk(backing, 'bench')
     const scraper = scrape ? startScraper([p.sock('iohyp'), p.sock('guest')]) : undefined
     // The scraper is a child process: it keeps its pace while fio runs synchronously here.
-    const results = CASES.map((c) => measure(disk.nbd!, c, [p.iohyp.child.pid!, p.guest.child.pid!]))
+    const results = CASES.map((c) =>
+      measure(disk.nbd!, c, [p.iohyp.child.pid!, p.guest.child.pid!], undefined, link),
+    )
     const s = await scraper?.stop()
     if (s && (s.failures > 0 || s.scrapes === 0)) throw new Error(`scraper: ${JSON.stringify(s)}`)
     return results
@@ -332,7 +350,7 @@ async function againstBaselines(backing: string): Promise<void> {
     for (const [i, c] of CASES.entries()) {
       const v = vrio[i]
       console.log(
-        `${c.name.padEnd(20)}${v.value.toFixed(0).padStart(10)}   p50/p99 µs ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)}   server CPU s/GB ${perGB(v).toFixed(2)}`,
+        `${c.name.padEnd(20)}${v.value.toFixed(0).padStart(10)}   p50/p99 µs ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)}   server CPU s/GB ${perGB(v).toFixed(2)}   frames/request ${(v.frames / v.requests).toFixed(2)}   server CPU µs/request ${((v.serverCpuSeconds * 1e6) / v.requests).toFixed(0)}`,
       )
     }
     return

@@ -41,6 +41,9 @@ export interface LinkDriverOptions {
 /** Bytes of outgoing frames one send can carry without a fresh allocation (maxBurst 64 × 64 KiB fits). */
 const ARENA_SIZE = 8 * 1024 * 1024
 
+/** Frames queued for one send, at most (then they go out at once, and queuing starts again). */
+const MAX_QUEUED = 4096
+
 /** Largest GSO super-frame payload: the IPv4 total length (65535) minus IP and TCP headers. */
 export const GSO_MAX_PAYLOAD = 64_000
 
@@ -54,7 +57,14 @@ export class LinkDriver {
   /** Frames the kernel refused (send buffer full): the transport recovers them like losses. */
   sendRefused = 0
   private readonly channel: FrameChannel
-  private readonly outbox: Uint8Array[] = []
+  /**
+   * Frames to send: first those in the arena, described by (offset, length) — sent with one
+   * sendBatch, no view per frame — then any others (an RST, a burst beyond the arena), in order.
+   */
+  private readonly queuedOffsets = new Uint32Array(MAX_QUEUED)
+  private readonly queuedLengths = new Uint32Array(MAX_QUEUED)
+  private queuedCount = 0
+  private readonly others: Uint8Array[] = []
   private flushQueued = false
   private timer: NodeJS.Timeout | undefined
   private timerAt = Number.POSITIVE_INFINITY
@@ -66,11 +76,13 @@ export class LinkDriver {
    */
   private readonly arena = Buffer.allocUnsafeSlow(ARENA_SIZE)
   private arenaUsed = 0
-  private readonly allocate = (size: number): Uint8Array => {
+  private readonly allocate = (size: number, headroom: number): Uint8Array => {
     const at = (this.arenaUsed + 7) & ~7
-    if (at + size > ARENA_SIZE) return Buffer.allocUnsafe(size) // a burst larger than the arena
-    this.arenaUsed = at + size
-    return this.arena.subarray(at, at + size)
+    const end = at + headroom + size
+    // A burst larger than the arena:
+    if (end > ARENA_SIZE) return Buffer.allocUnsafe(headroom + size).subarray(headroom)
+    this.arenaUsed = end
+    return this.arena.subarray(at + headroom, end)
   }
 
   constructor(o: LinkDriverOptions) {
@@ -108,17 +120,27 @@ export class LinkDriver {
   }
 
   /** Sends everything queued now and re-arms the timer; call after application sends outside a batch if latency matters. */
-  flush(): void {
+  readonly flush = (): void => {
     this.flushQueued = false
     if (this.stopped || this.channel.closed) return
-    if (this.outbox.length > 0) {
-      const sent = this.channel.send(this.outbox)
-      this.sendRefused += this.outbox.length - sent
-      this.outbox.length = 0
-      // The kernel has copied every frame (or refused it for good): their memory is free again.
-      this.arenaUsed = 0
-    }
+    this.sendQueued()
+    // The kernel has copied every frame (or refused it for good): their memory is free again.
+    this.arenaUsed = 0
     this.schedule()
+  }
+
+  private sendQueued(): void {
+    if (this.queuedCount > 0) {
+      const n = this.queuedCount
+      this.queuedCount = 0
+      const sent = this.channel.sendBatch(this.arena, this.queuedOffsets, this.queuedLengths, n)
+      this.sendRefused += n - sent
+    }
+    if (this.others.length > 0) {
+      const sent = this.channel.send(this.others)
+      this.sendRefused += this.others.length - sent
+      this.others.length = 0
+    }
   }
 
   /**
@@ -131,18 +153,21 @@ export class LinkDriver {
       this.flush()
     }
     this.stopped = true
-    this.outbox.length = 0
+    this.queuedCount = 0
+    this.others.length = 0
     if (this.timer) clearTimeout(this.timer)
   }
 
   private onBatch(batch: FrameBatch): void {
     if (this.stopped) return
     if (this.vnetHdr) {
+      // One view per frame, past its virtio_net_hdr (read in the slab).
+      const slab = batch.slab
       for (let i = 0; i < batch.count; i++) {
-        const f = batch.frame(i)
+        const start = batch.offsets[i]
         // NEEDS_CSUM (sent by a local stack, never summed) or DATA_VALID (checked by the kernel).
-        const verified = (f[0] & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)) !== 0
-        this.endpoint.receive(f.subarray(VIRTIO_NET_HDR_LEN), verified)
+        const verified = (slab[start] & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)) !== 0
+        this.endpoint.receive(slab.subarray(start + VIRTIO_NET_HDR_LEN, start + batch.lengths[i]), verified)
       }
     } else {
       for (let i = 0; i < batch.count; i++) this.endpoint.receive(batch.frame(i))
@@ -160,26 +185,48 @@ export class LinkDriver {
   }
 
   private enqueue(frame: Uint8Array, gsoSize: number): void {
-    this.outbox.push(this.vnetHdr ? withVnetHdr(frame, gsoSize) : frame)
+    const hdr = this.vnetHdr ? VIRTIO_NET_HDR_LEN : 0
+    if (frame.buffer === this.arena.buffer) {
+      // Behind a frame of another kind, or a full table: those go first.
+      if (this.others.length > 0 || this.queuedCount === MAX_QUEUED) this.sendQueued()
+      const at = frame.byteOffset - this.arena.byteOffset - hdr
+      if (hdr > 0) writeVnetHdr(this.arena, at, frame, gsoSize)
+      this.queuedOffsets[this.queuedCount] = at
+      this.queuedLengths[this.queuedCount] = frame.length + hdr
+      this.queuedCount++
+    } else if (hdr > 0) {
+      const h = new Uint8Array(frame.buffer, frame.byteOffset - hdr, frame.length + hdr)
+      writeVnetHdr(h, 0, frame, gsoSize)
+      this.others.push(h)
+    } else {
+      this.others.push(frame)
+    }
     if (!this.flushQueued) {
       this.flushQueued = true
-      queueMicrotask(() => this.flush())
+      queueMicrotask(this.flush)
     }
   }
 
+  /**
+   * Follows the endpoint's next deadline with one timer, re-armed only when the deadline moves
+   * earlier: a later one (the retransmission or delayed-ACK deadline pushed back by every
+   * exchange) lets the armed timer fire early, find nothing due, and arm for the new deadline —
+   * one timer per deadline period instead of one per flush. With no deadline, no timer.
+   */
   private schedule(): void {
     const at = this.endpoint.nextDeadline()
-    if (at === this.timerAt) return
+    if (at >= this.timerAt && at !== Number.POSITIVE_INFINITY) return
     if (this.timer) clearTimeout(this.timer)
     this.timerAt = at
+    // No deadline at all (no connection left): no timer to keep the process alive.
     if (at === Number.POSITIVE_INFINITY) {
       this.timer = undefined
       return
     }
-    this.timer = setTimeout(() => this.onTimer(), Math.max(0, Math.ceil(at - performance.now())))
+    this.timer = setTimeout(this.onTimer, Math.max(0, Math.ceil(at - performance.now())))
   }
 
-  private onTimer(): void {
+  private readonly onTimer = (): void => {
     this.timer = undefined
     this.timerAt = Number.POSITIVE_INFINITY
     if (this.stopped) return
@@ -193,26 +240,20 @@ export class LinkDriver {
 }
 
 /**
- * Writes the virtio_net_hdr into the headroom in front of `frame` and returns the view that
- * includes it: the kernel finishes the TCP checksum and, for a super-frame, cuts it into segments
- * of `gsoSize` payload bytes (each with the same TCP options, so vrio's segment option survives).
+ * Writes the virtio_net_hdr for `frame` at `h[at]` (the headroom in front of it): the kernel
+ * finishes the TCP checksum and, for a super-frame, cuts it into segments of `gsoSize` payload
+ * bytes (each with the same TCP options, so vrio's segment option survives).
  */
-function withVnetHdr(frame: Uint8Array, gsoSize: number): Uint8Array {
-  const h = new Uint8Array(
-    frame.buffer,
-    frame.byteOffset - VIRTIO_NET_HDR_LEN,
-    frame.length + VIRTIO_NET_HDR_LEN,
-  )
+function writeVnetHdr(h: Uint8Array, at: number, frame: Uint8Array, gsoSize: number): void {
   const headerLength = TCP_OFFSET + (frame[TCP_OFFSET + 12] >>> 4) * 4
-  h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM
-  h[1] = gsoSize > 0 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_NONE
-  h[2] = headerLength & 0xff
-  h[3] = headerLength >>> 8
-  h[4] = gsoSize & 0xff
-  h[5] = gsoSize >>> 8
-  h[6] = TCP_OFFSET
-  h[7] = 0
-  h[8] = TCP_CHECKSUM_OFFSET
-  h[9] = 0
-  return h
+  h[at] = VIRTIO_NET_HDR_F_NEEDS_CSUM
+  h[at + 1] = gsoSize > 0 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_NONE
+  h[at + 2] = headerLength & 0xff
+  h[at + 3] = headerLength >>> 8
+  h[at + 4] = gsoSize & 0xff
+  h[at + 5] = gsoSize >>> 8
+  h[at + 6] = TCP_OFFSET
+  h[at + 7] = 0
+  h[at + 8] = TCP_CHECKSUM_OFFSET
+  h[at + 9] = 0
 }

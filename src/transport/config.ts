@@ -42,6 +42,15 @@ export interface ConnectionOptions {
   rtoMin: number
   rtoMax: number
   rtoInitial: number
+  /**
+   * Delayed acknowledgement (RFC 1122 4.2.3.2, RFC 5681 4.2), milliseconds: in-order data that
+   * does not yet add up to two full-sized segments is acknowledged by the next segment we send
+   * (an answer), or by a pure ACK once this long has passed since the first of it arrived. 0: a
+   * pure ACK at the end of every batch that received data. Out-of-order data, gap fills,
+   * duplicates, Skips, FIN and window updates are acknowledged at once, whatever this says.
+   * Keep it well below rtoMin: the sender's retransmission timer runs meanwhile.
+   */
+  ackDelay: number
   /** Give up connecting after this long without an answer, milliseconds. */
   connectTimeout: number
   /** Abort when sent data stays unacknowledged this long (RFC 5482's user timeout), milliseconds. */
@@ -98,6 +107,7 @@ export const DEFAULT_CONNECTION_OPTIONS: Readonly<ConnectionOptions> = Object.fr
   rtoMin: 20,
   rtoMax: 2000,
   rtoInitial: 250,
+  ackDelay: 2,
   connectTimeout: 5000,
   userTimeout: 15_000,
   keepaliveIdle: 1000,
@@ -146,6 +156,7 @@ export function resolveConnectionOptions(partial: Partial<ConnectionOptions> = {
   integer('rtoMin', 1, 60_000)
   integer('rtoMax', o.rtoMin, 600_000)
   integer('rtoInitial', o.rtoMin, o.rtoMax)
+  integer('ackDelay', 0, 500)
   integer('connectTimeout', 1, 3_600_000)
   integer('userTimeout', 1, 3_600_000)
   integer('keepaliveIdle', 1, 3_600_000)

@@ -1,4 +1,3 @@
-import { takeMessageBuffer } from './message-buffers.ts'
 import { VrioError } from '../errors.ts'
 import {
   encodeTcpFrameHeaders,
@@ -22,6 +21,7 @@ import { resolveSealCipher } from './aead.ts'
 import { type ConnectionOptions, Delivery, SEGMENT_DELIVERY_MASK, SEGMENT_SKIP } from './config.ts'
 import { AbandonedMessages } from './abandoned.ts'
 import { IntervalSet } from './interval-set.ts'
+import { Reassembly } from './reassembly.ts'
 import { SealRejoiner } from './rejoin.ts'
 import { ChannelSeal, newSealCounters, type SealCounters, sealIdentity } from './seal.ts'
 import { positionOf, seqOf } from './seq.ts'
@@ -84,13 +84,15 @@ export interface ConnectionHandlers {
 export type FrameSink = (frame: Uint8Array, gsoSize: number) => void
 
 /**
- * Memory for an outgoing frame of exactly `size` bytes (headroom included). The frame is handed
- * to the sink at once and the connection never looks at it again, so a link that sends frames
- * before it hands out more memory may reuse it (LinkDriver does: one arena, reset per send).
+ * Memory for an outgoing frame of exactly `size` bytes, with `headroom` bytes free in front of it
+ * in its buffer (one view: no second one cut per frame). The frame is handed to the sink at once
+ * and the connection never looks at it again, so a link that sends frames before it hands out
+ * more memory may reuse it (LinkDriver does: one arena, reset per send).
  */
-export type FrameAllocator = (size: number) => Uint8Array
+export type FrameAllocator = (size: number, headroom: number) => Uint8Array
 
-const allocateFresh: FrameAllocator = (size) => Buffer.allocUnsafe(size)
+const allocateFresh: FrameAllocator = (size, headroom) =>
+  headroom === 0 ? Buffer.allocUnsafe(size) : Buffer.allocUnsafe(headroom + size).subarray(headroom)
 
 /** Why a received segment was ignored: counters, never exceptions. */
 export type SegmentDropReason =
@@ -130,22 +132,14 @@ interface OutMessage {
   end: number
   flags: number
   chunks: readonly Uint8Array[]
+  /** The array `chunks` is when the message was given as one Uint8Array (reused with the object). */
+  readonly single: Uint8Array[]
 }
 
-interface InMessage {
-  start: number
-  end: number
-  flags: number
-  buffer: Uint8Array
-  /**
-   * Bytes of `buffer` written from this message's own segments. Positions can also become
-   * "received" through another message's segment or a Skip that claims them (only a hostile
-   * peer does that); such a message is never delivered, since part of its buffer was never
-   * written (it would carry a recycled buffer's old bytes).
-   */
-  filled: number
-  firstAt: number
-}
+/** Acknowledged messages' records kept for reuse, per connection: no object per message sent. */
+const SPARE_MESSAGES = 64
+const NO_CHUNKS: readonly Uint8Array[] = []
+const NO_BYTES = new Uint8Array(0)
 
 export interface ConnectionInit {
   options: ConnectionOptions
@@ -171,7 +165,8 @@ const SYN_RETRIES_BACKOFF = 2
 /**
  * One vrio connection: a TCP connection on the wire carrying whole messages. Sans-I/O: frames come
  * in through `receive`, time passes through `tick`, frames go out through the sink, and `flush`
- * ends a batch (it sends the ACK owed for everything received since the last one).
+ * ends a batch (it sends the ACK owed at once; one for in-order data waits for an answer to ride
+ * on, or for `tick` after ackDelay).
  *
  * Inside, bytes are addressed by stream position (see seq.ts): sender positions count from our
  * initial sequence number, receiver positions from the peer's; position 0 is the SYN.
@@ -230,7 +225,14 @@ export class Connection {
   private cwnd = 0
   private ssthresh = Number.POSITIVE_INFINITY
   private queuedBytes = 0
+  /**
+   * Queued messages, out[outHead, outEnd). Arrays here never shrink (V8 gives a shrunk or emptied
+   * array a new backing store when it grows again): counts say what is in use.
+   */
   private readonly out: (OutMessage | undefined)[] = []
+  private outEnd = 0
+  private readonly spare: OutMessage[] = []
+  private spareCount = 0
   private outHead = 0
   private sendCursor = 0
   private readonly sacked = new IntervalSet()
@@ -255,16 +257,18 @@ export class Connection {
   private rcvNxt = 0
   private rcvAdvEdge = 0
   private readonly received = new IntervalSet()
-  private readonly reassembly = new Map<number, InMessage>()
-  private reassemblyBytes = 0
-  private readonly orderedPending: InMessage[] = []
+  private readonly reassembly = new Reassembly()
   private readonly abandoned = new AbandonedMessages()
   private unreleased = 0
   private peerFinPos = -1
-  private ackPending = false
+  /** An ACK is owed at once: sent by the next segment we send, else by `flush`. */
+  private ackNow = false
+  /** When the delayed ACK for in-order data is due (Infinity: none owed); see oweAck. */
+  private ackDeadline = Number.POSITIVE_INFINITY
+  /** In-order data since the last ACK we sent, each frame counted up to one full segment. */
+  private unackedWeight = 0
   private lastReceiveAt: number
   private probesSent = 0
-  private housekeepingAt = Number.POSITIVE_INFINITY
   private timeWaitDeadline = Number.POSITIVE_INFINITY
 
   constructor(init: ConnectionInit, syn?: TcpFrame) {
@@ -419,7 +423,7 @@ export class Connection {
 
   /** Bytes held for reassembly (bounded by the maxReassemblyBytes option). */
   get reassemblyMemory(): number {
-    return this.reassemblyBytes
+    return this.reassembly.bytes
   }
 
   /**
@@ -433,6 +437,11 @@ export class Connection {
   /** Search steps spent on those ranges so far: the per-segment cost, for tests (never timed). */
   get rangeSteps(): number {
     return this.received.steps + this.sacked.steps + this.abandoned.steps
+  }
+
+  /** When the delayed ACK for data received in order is due (Infinity: none is owed). */
+  get ackDue(): number {
+    return this.ackDeadline
   }
 
   /** Bytes queued and not yet acknowledged. */
@@ -450,9 +459,9 @@ export class Connection {
    * reused as soon as send returns (it copies what it could not send at once).
    */
   send(data: Uint8Array | readonly Uint8Array[], delivery: Delivery): boolean {
-    const chunks = data instanceof Uint8Array ? [data] : data
     let length = 0
-    for (const c of chunks) length += c.length
+    if (data instanceof Uint8Array) length = data.length
+    else for (const c of data) length += c.length
     if (length === 0 || length > this.o.maxMessageSize) {
       throw new VrioError(
         'message-size',
@@ -478,8 +487,22 @@ export class Connection {
       return false
     }
     const start = this.sndMax
-    const m: OutMessage = { start, end: start + length, flags: delivery, chunks }
-    this.out.push(m)
+    const m =
+      this.spareCount > 0
+        ? this.spare[--this.spareCount]
+        : { start: 0, end: 0, flags: 0, chunks: NO_CHUNKS, single: [NO_BYTES] }
+    m.start = start
+    m.end = start + length
+    m.flags = delivery
+    if (data instanceof Uint8Array) {
+      m.single[0] = data
+      m.chunks = m.single
+    } else {
+      m.chunks = data
+    }
+    if (this.outEnd === this.out.length) this.out.push(m)
+    else this.out[this.outEnd] = m
+    this.outEnd++
     this.sndMax += length
     this.queuedBytes += length
     this.stats.messagesSent++
@@ -487,7 +510,7 @@ export class Connection {
     // A best-effort message sent whole is never read again (a loss is skipped, not resent), so
     // its buffers are the caller's again when send returns; one that could not go out at once
     // (window, congestion window, handshake) is copied now.
-    if (delivery === Delivery.BestEffort && this.sndNxt < m.end) m.chunks = [concatChunks(chunks, length)]
+    if (delivery === Delivery.BestEffort && this.sndNxt < m.end) m.chunks = [concatChunks(m.chunks, length)]
     return true
   }
 
@@ -496,8 +519,11 @@ export class Connection {
     if (!this.o.manualRelease || bytes <= 0) return
     const before = this.receiveWindow
     this.unreleased = Math.max(0, this.unreleased - bytes)
-    // Tell the peer when the window reopens from (nearly) closed, as a window update.
-    if (before < this.mssPayload && this.receiveWindow >= this.mssPayload) this.ackPending = true
+    // Tell the peer at once when the window reopens from (nearly) closed: it may be stalled on it.
+    if (before < this.mssPayload && this.receiveWindow >= this.mssPayload) {
+      this.ackNow = true
+      this.flush()
+    }
   }
 
   /** Graceful close: queued messages are still delivered, then FIN. */
@@ -626,7 +652,7 @@ export class Connection {
     if (!this.acceptable(segStart, payloadLength + (flags & TCP_FIN ? 1 : 0), isSkip, tcp.options)) {
       if (!(flags & TCP_RST)) {
         this.stats.duplicatesDropped++
-        this.ackPending = true
+        this.ackNow = true
       }
       return
     }
@@ -636,11 +662,11 @@ export class Connection {
       // peer already forgot the connection and answers a late segment with an RST.
       if (segStart === this.rcvNxt)
         this.finish(this.state === 'syn-received' ? 'refused' : this.resetReason())
-      else this.ackPending = true
+      else this.ackNow = true
       return
     }
     if (flags & TCP_SYN) {
-      this.ackPending = true // challenge ACK (RFC 5961 §4)
+      this.ackNow = true // challenge ACK (RFC 5961 §4)
       return
     }
     if (!(flags & TCP_ACK)) {
@@ -671,17 +697,21 @@ export class Connection {
     if (flags & TCP_FIN) {
       const finPos = segStart + payloadLength
       if (this.peerFinPos < 0) this.peerFinPos = finPos
-      this.ackPending = true
+      this.ackNow = true
       this.maybeConsumeFin()
     } else if (this.state === 'time-wait') {
-      this.ackPending = true
+      this.ackNow = true
     }
     if (!this.closed) this.pump()
   }
 
-  /** Sends what a batch of input owes: the pending ACK. Call after each batch of `receive` calls. */
+  /**
+   * Sends what a batch of input owes at once: an ACK for out-of-order data, duplicates, Skips, FIN,
+   * or two full segments (see oweAck). Call after each batch of `receive` calls, once the answers
+   * the batch's messages got at once have been sent. A delayed ACK is left to `tick`.
+   */
   flush(): void {
-    if (this.ackPending && !this.closed && this.state !== 'syn-sent') {
+    if (this.ackNow && !this.closed && this.state !== 'syn-sent') {
       this.sendControl(TCP_ACK, this.sndNxt)
     }
   }
@@ -689,7 +719,7 @@ export class Connection {
   /** The next time `tick` has work, in clock milliseconds (Infinity: none). */
   nextDeadline(): number {
     if (this.closed) return Number.POSITIVE_INFINITY
-    let d = Math.min(this.rtoDeadline, this.housekeepingAt, this.timeWaitDeadline)
+    let d = Math.min(this.rtoDeadline, this.reassembly.expiresAt, this.timeWaitDeadline, this.ackDeadline)
     if (this.state === 'established' || this.state === 'close-wait' || this.state.startsWith('fin')) {
       d = Math.min(d, this.keepaliveDeadline())
     }
@@ -704,9 +734,11 @@ export class Connection {
       this.finish('normal')
       return
     }
+    if (now >= this.ackDeadline) this.sendControl(TCP_ACK, this.sndNxt)
     if (now >= this.rtoDeadline) this.onRetransmitTimeout(now)
     if (this.closed) return
-    if (now >= this.housekeepingAt) this.expireReassembly(now)
+    if (now >= this.reassembly.expiresAt)
+      this.reassembly.expire(now, this.o.reassemblyTimeout, this.abandoned, this.stats)
     if (
       (this.state === 'established' || this.state === 'close-wait' || this.state.startsWith('fin')) &&
       now >= this.keepaliveDeadline()
@@ -853,16 +885,20 @@ export class Connection {
     const right = Math.max(this.rcvAdvEdge, this.rcvNxt + this.receiveWindow)
     if (segStart + length > right) {
       this.drop('out-of-window')
-      this.ackPending = true
+      this.ackNow = true
       return
     }
     const start = Math.max(segStart, this.rcvNxt)
     const end = segStart + length
-    this.ackPending = true
     if (start >= end || this.received.covers(start, end)) {
       this.stats.duplicatesDropped++
+      this.ackNow = true
       return
     }
+    // Owed before anything is delivered: an answer the handler sends at once carries the ACK.
+    // Out of order, or filling a hole: at once, with SACK blocks (RFC 5681 4.2).
+    if (start === this.rcvNxt && this.received.isEmpty()) this.oweAck(end - start, now)
+    else this.ackNow = true
     if (this.fragmentsTooMuch(start, end)) return
     if (this.abandoned.has(msgStart)) {
       this.received.add(start, end)
@@ -877,17 +913,18 @@ export class Connection {
       length === opt.messageLength &&
       (delivery !== Delivery.Ordered || segStart === this.rcvNxt)
     ) {
-      if (this.reassembly.has(msgStart)) this.freeReassembly(this.reassembly.get(msgStart)!)
-      this.received.add(start, end)
+      const held = this.reassembly.get(msgStart)
+      if (held) this.reassembly.free(held)
+      this.markReceived(start, end)
       this.deliver(buf.subarray(payload, payload + length), delivery as Delivery, false)
-      this.advance()
+      this.deliverPassed()
       return
     }
 
     let m = this.reassembly.get(msgStart)
     if (!m) {
       const limit = this.preAuthReceiveBytes > 0 ? this.preAuthReceiveBytes : this.o.maxReassemblyBytes
-      if (this.reassemblyBytes + opt.messageLength > limit) {
+      if (this.reassembly.bytes + opt.messageLength > limit) {
         this.drop('receive-memory')
         return
       }
@@ -895,21 +932,7 @@ export class Connection {
         this.drop('interval-limit')
         return
       }
-      m = {
-        start: msgStart,
-        end: msgEnd,
-        flags: delivery,
-        // Uninitialised: a message is delivered only once every byte of it has been written.
-        buffer: takeMessageBuffer(opt.messageLength),
-        filled: 0,
-        firstAt: now,
-      }
-      this.reassembly.set(msgStart, m)
-      this.reassemblyBytes += opt.messageLength
-      if (delivery === Delivery.Ordered) insertSorted(this.orderedPending, m)
-      if (delivery === Delivery.BestEffort) {
-        this.housekeepingAt = Math.min(this.housekeepingAt, now + this.o.reassemblyTimeout)
-      }
+      m = this.reassembly.open(msgStart, msgEnd, delivery, now, this.o.reassemblyTimeout)
     } else if (m.end !== msgEnd || m.flags !== delivery) {
       this.drop('segment-mismatch')
       return
@@ -923,13 +946,13 @@ export class Connection {
     } else {
       m.buffer.set(buf.subarray(payload + (start - segStart), payload + length), start - msgStart)
     }
-    m.filled += this.received.add(start, end)
+    m.filled += this.markReceived(start, end)
     if (delivery !== Delivery.Ordered && this.isResolved(m.start, m.end)) {
-      this.freeReassembly(m)
+      this.reassembly.free(m)
       if (m.filled === m.end - m.start) this.deliver(m.buffer, delivery as Delivery, true)
       else this.drop('segment-mismatch')
     }
-    this.advance()
+    this.deliverPassed()
   }
 
   private processSkip(segStart: number, msgStart: number, msgEnd: number, delivery: number): void {
@@ -956,13 +979,13 @@ export class Connection {
       return
     }
     if (this.fragmentsTooMuch(from, msgEnd)) return
-    if (m) this.freeReassembly(m)
+    if (m) this.reassembly.free(m)
     if (!resolved) {
       this.abandoned.add(msgStart, msgEnd)
       this.stats.bestEffortDropped++
     }
     this.received.add(from, msgEnd)
-    this.ackPending = true
+    this.ackNow = true
     this.advance()
   }
 
@@ -985,27 +1008,65 @@ export class Connection {
 
   /** Moves rcvNxt over everything received contiguously and delivers ordered messages it passed. */
   private advance(): void {
+    this.moveAckPoint()
+    this.deliverPassed()
+  }
+
+  /**
+   * Marks [start, end) (start ≥ rcvNxt) received and moves rcvNxt on (before a message is
+   * delivered, so that an answer sent from its handler acknowledges it); returns the bytes newly
+   * received. Header prediction: data at rcvNxt with no hole above it just moves rcvNxt, without
+   * the range set (whose arrays would grow and empty again every segment).
+   */
+  private markReceived(start: number, end: number): number {
+    if (start === this.rcvNxt && this.received.isEmpty()) {
+      this.rcvNxt = end
+      if (this.abandoned.size > 0) this.abandoned.forgetBelow(end)
+      return end - start
+    }
+    const added = this.received.add(start, end)
+    this.moveAckPoint()
+    return added
+  }
+
+  /** Moves rcvNxt over everything received contiguously. */
+  private moveAckPoint(): void {
     const r = this.received
     while (!r.isEmpty() && r.start(0) <= this.rcvNxt) {
       if (r.end(0) > this.rcvNxt) this.rcvNxt = r.end(0)
       r.trimBelow(this.rcvNxt)
     }
     if (this.abandoned.size > 0) this.abandoned.forgetBelow(this.rcvNxt)
-    const pending = this.orderedPending
-    while (pending.length > 0 && pending[0].end <= this.rcvNxt && !this.closed) {
-      const m = pending.shift()!
-      this.reassembly.delete(m.start)
-      this.reassemblyBytes -= m.end - m.start
+  }
+
+  /** Delivers the ordered messages rcvNxt has passed, then consumes the FIN if it is next. */
+  private deliverPassed(): void {
+    while (!this.closed) {
+      const m = this.reassembly.takeOrderedBelow(this.rcvNxt)
+      if (!m) break
       if (m.filled === m.end - m.start) this.deliver(m.buffer, Delivery.Ordered, true)
       else this.drop('segment-mismatch')
     }
     this.maybeConsumeFin()
   }
 
+  /**
+   * In-order data of `bytes` arrived in one frame: delayed acknowledgement (RFC 1122 4.2.3.2, RFC
+   * 5681 4.2). At once when the data since the last ACK adds up to two full-sized segments (a
+   * frame counts for at most one: a GSO super-frame travels as one), else by the next segment we
+   * send or, at the latest, ackDelay after the first of it. PSH changes nothing (every sealed data
+   * segment carries it).
+   */
+  private oweAck(bytes: number, now: number): void {
+    this.unackedWeight += Math.min(bytes, this.mssPayload)
+    if (this.unackedWeight >= 2 * this.mssPayload || this.o.ackDelay === 0) this.ackNow = true
+    else if (this.ackDeadline === Number.POSITIVE_INFINITY) this.ackDeadline = now + this.o.ackDelay
+  }
+
   private maybeConsumeFin(): void {
     if (this.peerFinPos < 0 || this.rcvNxt !== this.peerFinPos) return
     this.rcvNxt = this.peerFinPos + 1
-    this.ackPending = true
+    this.ackNow = true
     switch (this.state) {
       case 'established':
         this.state = 'close-wait'
@@ -1028,30 +1089,6 @@ export class Connection {
     this.handlers.message(data, delivery, owned)
   }
 
-  private freeReassembly(m: InMessage): void {
-    this.reassembly.delete(m.start)
-    this.reassemblyBytes -= m.end - m.start
-    if (m.flags === Delivery.Ordered) {
-      const i = this.orderedPending.indexOf(m)
-      if (i >= 0) this.orderedPending.splice(i, 1)
-    }
-  }
-
-  private expireReassembly(now: number): void {
-    let next = Number.POSITIVE_INFINITY
-    for (const m of this.reassembly.values()) {
-      if (m.flags !== Delivery.BestEffort) continue
-      if (now - m.firstAt >= this.o.reassemblyTimeout) {
-        this.freeReassembly(m)
-        this.abandoned.add(m.start, m.end)
-        this.stats.reassemblyTimeouts++
-      } else {
-        next = Math.min(next, m.firstAt + this.o.reassemblyTimeout)
-      }
-    }
-    this.housekeepingAt = next
-  }
-
   // ---------------------------------------------------------------- acknowledgements
 
   /** Processes the ACK field and SACK blocks; false when the segment must go no further. */
@@ -1061,7 +1098,7 @@ export class Connection {
     if (ackPos > this.sndNxt) {
       // Acknowledges something never sent: answer with an ACK and ignore (RFC 793).
       this.drop('unacceptable-ack')
-      this.ackPending = true
+      this.ackNow = true
       return false
     }
     if (tcp.options.hasTimestamp && this.timestamps) this.tsRecent = tcp.options.tsValue
@@ -1179,16 +1216,28 @@ export class Connection {
 
   private freeAcked(): void {
     const out = this.out
-    while (this.outHead < out.length) {
+    while (this.outHead < this.outEnd) {
       const m = out[this.outHead]!
       if (m.end > this.sndUna) break
       this.queuedBytes -= m.end - m.start
       out[this.outHead] = undefined
       this.outHead++
+      // Nothing refers to an acknowledged message any more (the send cursor and retransmissions
+      // only look at and above sndUna): its record is reused, without the caller's buffers.
+      if (this.spareCount < SPARE_MESSAGES) {
+        m.chunks = NO_CHUNKS
+        m.single[0] = NO_BYTES
+        this.spare[this.spareCount++] = m
+      }
     }
-    if (this.outHead > 1024 && this.outHead * 2 > out.length) {
-      out.splice(0, this.outHead)
-      this.sendCursor -= this.outHead
+    // Move what is left to the front: at once when nothing is (the usual case at low depth),
+    // else once the acknowledged part is the larger one and large.
+    const head = this.outHead
+    if (head > 0 && (head === this.outEnd || (head > 1024 && head * 2 > this.outEnd))) {
+      out.copyWithin(0, head, this.outEnd)
+      out.fill(undefined, this.outEnd - head, this.outEnd)
+      this.outEnd -= head
+      this.sendCursor -= head
       this.outHead = 0
     }
     if (this.sendCursor < this.outHead) this.sendCursor = this.outHead
@@ -1325,7 +1374,7 @@ export class Connection {
 
   private findMessage(position: number): OutMessage {
     let lo = this.outHead
-    let hi = this.out.length - 1
+    let hi = this.outEnd - 1
     while (lo < hi) {
       const mid = (lo + hi) >>> 1
       if (this.out[mid]!.end <= position) lo = mid + 1
@@ -1428,7 +1477,13 @@ export class Connection {
     t.ack = flags & TCP_ACK ? seqOf(this.irs, this.rcvNxt) : 0
     t.flags = flags
     t.window = window
-    if (flags & TCP_ACK) this.ackPending = this.ackPending && !this.received.isEmpty() && length > 0
+    if (flags & TCP_ACK) {
+      // This ACK covers everything received in order; only SACK blocks (pure ACKs carry them)
+      // may still be owed.
+      this.ackNow = this.ackNow && !this.received.isEmpty() && length > 0
+      this.ackDeadline = Number.POSITIVE_INFINITY
+      this.unackedWeight = 0
+    }
     this.emitPrepared(length, m, offset, length)
   }
 
@@ -1441,7 +1496,7 @@ export class Connection {
     if (this.seal) this.seal.prepare(this.tx.tcp.options, payloadLength)
     const headerLength = tcpFrameHeaderLength(this.tx.tcp.options)
     const headroom = this.o.headroom
-    const frame = this.allocate(headroom + headerLength + payloadLength).subarray(headroom)
+    const frame = this.allocate(headerLength + payloadLength, headroom)
     // Sealed, the payload's part in its last chunk (a message's body, after a small header chunk)
     // is encrypted from there into the frame (the cipher pass is the copy); only what comes before
     // it is copied first, and encrypted in place.
@@ -1483,13 +1538,12 @@ export class Connection {
     this.closeReason = reason
     this.rtoDeadline = Number.POSITIVE_INFINITY
     this.timeWaitDeadline = Number.POSITIVE_INFINITY
-    this.housekeepingAt = Number.POSITIVE_INFINITY
+    this.ackDeadline = Number.POSITIVE_INFINITY
     this.out.length = 0
     this.outHead = 0
+    this.outEnd = 0
     this.queuedBytes = 0
     this.reassembly.clear()
-    this.reassemblyBytes = 0
-    this.orderedPending.length = 0
     this.abandoned.clear()
     this.received.clear()
     this.sacked.clear()
@@ -1498,12 +1552,6 @@ export class Connection {
     this.onFinished?.(this)
     this.handlers.closed?.(reason)
   }
-}
-
-function insertSorted(list: InMessage[], m: InMessage): void {
-  let i = list.length
-  while (i > 0 && list[i - 1].start > m.start) i--
-  list.splice(i, 0, m)
 }
 
 /** Set by tailChunkAt: the index of the chunk it found, and how many bytes of the range lie before it. */

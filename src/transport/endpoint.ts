@@ -158,7 +158,12 @@ export class Endpoint {
   private readonly halfOpen = new Map<Connection, number>()
   private readonly unauthenticated = new Map<Connection, number>()
   private readonly byRemote = new Map<number, Connection>()
-  private readonly touched = new Set<Connection>()
+  /**
+   * Connections that received frames since the last flush: touched[0, touchedCount). An array that
+   * never shrinks, not a Set (whose clear() allocates a new table every batch).
+   */
+  private readonly touched: (Connection | undefined)[] = []
+  private touchedCount = 0
   private readonly rx: TcpFrame = newTcpFrame()
   private readonly rstFrame: TcpFrame = newTcpFrame()
   private resetWindowStart = 0
@@ -288,7 +293,7 @@ export class Endpoint {
     if (c && c.local.port === tcp.destinationPort && c.remote.mac === f.ethernet.source) {
       if (tcp.flags & TCP_SYN && this.mismatched(f)) return
       c.receive(frame, f)
-      this.touched.add(c)
+      this.touch(c)
       if (this.halfOpen.has(c) || this.unauthenticated.has(c)) this.updatePending(c)
       return
     }
@@ -311,8 +316,13 @@ export class Endpoint {
 
   /** Sends the ACKs owed for the frames received since the last flush. */
   flush(): void {
-    for (const c of this.touched) c.flush()
-    this.touched.clear()
+    const t = this.touched
+    for (let i = 0; i < this.touchedCount; i++) {
+      const c = t[i]!
+      t[i] = undefined
+      c.flush()
+    }
+    this.touchedCount = 0
   }
 
   nextDeadline(): number {
@@ -326,19 +336,39 @@ export class Endpoint {
   tick(): void {
     const now = this.clock()
     if (this.requireAuthentication) {
-      for (const pending of [this.halfOpen, this.unauthenticated]) {
-        for (const [c, since] of [...pending]) {
-          if (now - since < this.authTimeout) continue
-          this.stats.authTimeouts++
-          pending.delete(c)
-          c.abort('aborted', pending === this.unauthenticated)
-        }
-      }
+      this.expirePending(this.halfOpen, now, false)
+      this.expirePending(this.unauthenticated, now, true)
     }
-    for (const c of [...this.byRemote.values()]) {
+    // Maps allow deleting while iterating: a connection that finishes here forgets itself.
+    for (const c of this.byRemote.values()) {
       if (c.nextDeadline() <= now) c.tick()
       c.flush()
     }
+  }
+
+  /** Aborts the connections of `pending` that did not authenticate within authTimeout. */
+  private expirePending(pending: Map<Connection, number>, now: number, sendReset: boolean): void {
+    for (const [c, since] of pending) {
+      if (now - since < this.authTimeout) continue
+      this.stats.authTimeouts++
+      pending.delete(c)
+      c.abort('aborted', sendReset)
+    }
+  }
+
+  /** Notes that `c` owes its flush. The newest entry is looked at first: a batch's frames mostly go to one connection. */
+  private touch(c: Connection): void {
+    const t = this.touched
+    for (let i = this.touchedCount - 1; i >= 0; i--) if (t[i] === c) return
+    t[this.touchedCount++] = c
+  }
+
+  private untouch(c: Connection): void {
+    const t = this.touched
+    const i = t.indexOf(c)
+    if (i < 0 || i >= this.touchedCount) return
+    t[i] = t[--this.touchedCount]
+    t[this.touchedCount] = undefined
   }
 
   /** Aborts every connection (RST). */
@@ -518,7 +548,7 @@ export class Endpoint {
         onFinished: (c) => {
           const k = key(c.remote.ip, c.remote.port)
           if (this.byRemote.get(k) === c) this.byRemote.delete(k)
-          this.touched.delete(c)
+          this.untouch(c)
           this.halfOpen.delete(c)
           this.unauthenticated.delete(c)
         },

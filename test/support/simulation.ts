@@ -78,6 +78,15 @@ export class Simulation {
     return this.a.connect({ mac: MAC_B, ip: IP_B, port: PORT_B }, handlers)
   }
 
+  /** Nothing on the link and no delayed ACK owed: the exchange is over. */
+  quiet(): boolean {
+    if (this.link.nextDelivery() !== Number.POSITIVE_INFINITY) return false
+    for (const e of [this.a, this.b]) {
+      for (const c of e.connections()) if (c.ackDue !== Number.POSITIVE_INFINITY) return false
+    }
+    return true
+  }
+
   /** Advances until `done()` holds (true) or nothing is left to do or `maxTime` passes (false). */
   run(done: () => boolean, maxTime = 600_000, onStep?: () => void): boolean {
     while (!done()) {
