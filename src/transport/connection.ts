@@ -65,7 +65,8 @@ export interface ConnectionHandlers {
    * A whole message. `data` is a view that is valid only until this call returns (it may point into
    * a received frame): copy what you keep — unless `owned` is true: then `data` is a buffer of its
    * own (a message reassembled from several frames) that the transport no longer references, and
-   * the handler may keep it without a copy, or give it back with `recycleMessageBuffer` once done.
+   * the handler may keep it without a copy, or give it back to `messageBuffers` (its pool, in
+   * message-buffers.ts) once done; the session hands it on as a Lender.
    */
   message(data: Uint8Array, delivery: Delivery, owned: boolean): void
   established?(): void
