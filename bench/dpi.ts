@@ -10,7 +10,8 @@
  * fixture, test/fixtures/dpi/), with its load time (parse + compile), the compiled set's size
  * (compiledBytes() and the heap growth) and the rules loaded.
  *
- * Run: npm run bench -- dpi   (or node dist/bench/dpi.js [seconds-per-case])
+ * Run: npm run bench -- dpi   (or node dist/bench/dpi.js [seconds-per-case]); `BENCH_DPI_RULES=0,et`
+ * runs only those rule sets, `BENCH_DPI_TRAFFIC=1,3` only those traffics (1-based).
  */
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -224,10 +225,14 @@ const results: Record<string, unknown>[] = []
 console.log(
   'traffic                      rules  MB/cpu-s Gbit/s   ratio   build ms   AC states   alerts  heap MB  compiled MB',
 )
-for (const [name, size, payload] of cases) {
+const onlyRules = process.env.BENCH_DPI_RULES?.split(',')
+const onlyTraffic = process.env.BENCH_DPI_TRAFFIC?.split(',').map(Number)
+for (const [t, [name, size, payload]] of cases.entries()) {
+  if (onlyTraffic && !onlyTraffic.includes(t + 1)) continue
   const segments = makeTraffic(size, 16 * 1024 * 1024, payload)
   let baseline = 0
   for (const rules of [0, 1000, 10_000, 'et'] as const) {
+    if (onlyRules && !onlyRules.includes(String(rules))) continue
     global.gc?.()
     const r = run(rules, segments)
     if (rules === 0) baseline = r.mbps

@@ -22,6 +22,8 @@ export interface AddressMatcher {
    * engine can index rules by address (IP reputation lists of hundreds of addresses).
    */
   readonly ipv4Blocks?: readonly { network: number; prefix: number }[]
+  /** The field is only IPv6 blocks (no negation): it never matches an IPv4 address. */
+  readonly ipv6Only?: boolean
 }
 
 export interface PortMatcher {
@@ -115,6 +117,9 @@ function isAny<T>(node: Node<T>): boolean {
   return node.items.some((i) => i.kind === 'any') && !node.items.some((i) => i.kind === 'not')
 }
 
+/** A compiled predicate as called: at most three arguments (address predicates take three). */
+type Fixed = (a: never, b: never, c: never) => boolean
+
 /** Lists of at least this many atoms are matched through `batch` (one lookup, not a scan). */
 const BATCH_MIN = 4
 
@@ -136,17 +141,24 @@ function compile<T, F extends (...args: never[]) => boolean>(
     case 'atom':
       return atom(node.test)
     case 'not': {
-      const inner = compile(node.inner, atom, batch)
-      return ((...args: Parameters<F>) => !inner(...args)) as unknown as F
+      const inner = compile(node.inner, atom, batch) as unknown as Fixed
+      return ((a: never, b: never, c: never) => !inner(a, b, c)) as unknown as F
     }
     case 'group': {
-      const positives = all(node.items.filter((i) => i.kind !== 'not'))
+      // Fixed parameters (a predicate takes at most three), not rest arguments: a call allocates nothing.
+      const positives = all(node.items.filter((i) => i.kind !== 'not')) as unknown as Fixed[]
       const negatives = all(
         node.items.filter((i): i is { kind: 'not'; inner: Node<T> } => i.kind === 'not').map((i) => i.inner),
-      )
-      return ((...args: Parameters<F>) => {
-        if (positives.length > 0 && !positives.some((f) => f(...args))) return false
-        return !negatives.some((f) => f(...args))
+      ) as unknown as Fixed[]
+      if (negatives.length === 0 && positives.length === 1) return positives[0] as unknown as F
+      return ((a: never, b: never, c: never) => {
+        if (positives.length > 0) {
+          let any = false
+          for (let k = 0; k < positives.length && !any; k++) any = positives[k](a, b, c)
+          if (!any) return false
+        }
+        for (let k = 0; k < negatives.length; k++) if (negatives[k](a, b, c)) return false
+        return true
       }) as unknown as F
     }
   }
@@ -337,11 +349,13 @@ export function parseAddressField(text: string, vars: Readonly<Record<string, st
           }
         })
       : undefined
+  const ipv6Only = atoms.length > 0 && atoms.every((a) => a.kind === 'atom' && a.test.bytes.length === 16)
   return {
     text,
     any: false,
     match: compile(node, cidrPredicate, cidrSetPredicate),
     ...(blocks && { ipv4Blocks: blocks }),
+    ...(ipv6Only && { ipv6Only }),
   }
 }
 

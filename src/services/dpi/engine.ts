@@ -126,6 +126,13 @@ function ruleAppProto(rule: Rule): AppProto | null | undefined {
   return app
 }
 
+/** How many IPv4 addresses the blocks hold (overlaps counted twice). */
+function blockSpan(blocks: readonly { prefix: number }[]): number {
+  let n = 0
+  for (const b of blocks) n += 2 ** (32 - b.prefix)
+  return n
+}
+
 /** The items of a rule's 'payload' group (none when it has no such group). */
 function payloadItems(rule: Rule): PayloadMatch[] {
   return rule.groups.find((g) => g.buffer === 'payload')?.items ?? []
@@ -169,6 +176,8 @@ class RuleSet {
   readonly anchored: Uint8Array
   /** Per class: rules with neither content nor pcre (checked per frame on the header). */
   readonly headerOnly: number[][]
+  /** Per class: header-only rules with an address field of IPv6 blocks only (IPv6 frames only). */
+  readonly headerOnlyV6: number[][]
   /**
    * Header-only rules whose source (else destination) is a list of IPv4 blocks (IP reputation
    * rules), indexed by those blocks instead of checked one by one on every frame.
@@ -217,6 +226,7 @@ class RuleSet {
       r.tcpMode === 'packet' ? 2 : r.tcpMode === 'stream' ? 0 : anchored(payloadItems(r)) ? 1 : 0,
     )
     this.headerOnly = Array.from({ length: CLASSES }, () => [])
+    this.headerOnlyV6 = Array.from({ length: CLASSES }, () => [])
     this.always = Array.from({ length: CLASSES }, () => [])
     this.candidateStamp = new Uint32Array(n)
     this.matchedStamp = new Uint32Array(n)
@@ -283,13 +293,21 @@ class RuleSet {
       this.needsContext[i] = matches.length > 1 ? 1 : 0
       const lists =
         matches.length === 0 ? this.headerOnly : rule.fastPattern === undefined ? this.always : undefined
+      if (lists === this.headerOnly && (rule.source.ipv6Only || rule.destination.ipv6Only)) {
+        // Tor exit lists and the like in IPv6: never an IPv4 frame's.
+        for (let c = 0; c < CLASSES; c++) if (this.classMask[i] & (1 << c)) this.headerOnlyV6[c].push(i)
+        return
+      }
       if (lists === this.headerOnly && !rule.bidirectional) {
-        if (rule.source.ipv4Blocks) {
-          this.headerBySource.add(i, rule.source.ipv4Blocks)
+        // Indexed by the narrower side (`$HOME_NET -> [reputation list]` by the list).
+        const src = rule.source.ipv4Blocks
+        const dst = rule.destination.ipv4Blocks
+        if (src && (!dst || blockSpan(src) <= blockSpan(dst))) {
+          this.headerBySource.add(i, src)
           return
         }
-        if (rule.destination.ipv4Blocks) {
-          this.headerByDestination.add(i, rule.destination.ipv4Blocks)
+        if (dst) {
+          this.headerByDestination.add(i, dst)
           return
         }
       }
@@ -592,6 +610,7 @@ export class DpiService implements NetService {
     if (tcp && p.payloadLength === 0 && (flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
     // After the payload: its bytes may have just revealed the flow's application protocol.
     for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
+    if (p.addressLength === 16) for (const i of rs.headerOnlyV6[cls]) if (this.#header(i)) this.#addMatch(i)
     if (p.addressLength === 4) {
       if (rs.headerBySource.size > 0)
         rs.headerBySource.lookup(frame, p.sourceAddressOffset, this.#onHeaderHit)
