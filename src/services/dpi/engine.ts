@@ -19,6 +19,7 @@ import { type AppLimits, AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
 import { type AppTx, scanKey } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
+import { type GroupedRule, type PrefilterGroup, PrefilterGroups } from './groups.ts'
 import {
   applyActions,
   conditionsHold,
@@ -168,6 +169,8 @@ class RuleSet {
   readonly automaton: AhoCorasick | undefined
   /** Pattern id → the rules whose fast pattern it is. */
   readonly patternRules: number[][]
+  /** Per flow side: the automaton over the payload rules its frames can meet (groups.ts). */
+  readonly groups: PrefilterGroups
   /** Per rule: its fast pattern's length (0: none). */
   readonly fastLength: Int32Array
   /** Per rule: it has more than its fast pattern, so a hit may complete later (pending). */
@@ -234,6 +237,7 @@ class RuleSet {
     const patterns: Uint8Array[] = []
     const patternIds = new Map<string, number>()
     this.patternRules = []
+    const grouped: GroupedRule[] = []
     let maxContent = 0
     let context = false
     this.ruleApp = rules.map(ruleAppProto)
@@ -327,11 +331,24 @@ class RuleSet {
       }
       this.patternRules[id].push(i)
       this.fastLength[i] = fast.pattern.length
+      const app = this.ruleApp[i]
+      if (app === null) return // never matches
+      grouped.push({
+        rule: i,
+        pattern: fast.folded,
+        classMask: this.classMask[i],
+        app,
+        toServer: rule.flow.toServer,
+        sourcePorts: rule.sourcePorts,
+        destinationPorts: rule.destinationPorts,
+        bidirectional: rule.bidirectional,
+      })
     })
     for (const [id, e] of appPatterns)
       this.bufferPrefilters.set(id, { automaton: new AhoCorasick(e.patterns), patternRules: e.rules })
     if (tables && tables.patternCount !== patterns.length) tables = undefined
     this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables }) : undefined
+    this.groups = new PrefilterGroups(grouped, { automaton: this.automaton, patternRules: this.patternRules })
     this.keep = context ? Math.max(streamWindow, maxContent) : Math.max(0, maxContent - 1)
   }
 }
@@ -432,6 +449,8 @@ export class DpiService implements NetService {
   #flow: Flow | undefined
   #toServer = true
   #hitBase = 0
+  /** The pattern → rules of the automaton being run (the side's group's). */
+  #patternRules: readonly (readonly number[])[] = []
   readonly #onHit: (pattern: number, end: number) => void
   readonly #onHeaderHit = (i: number): void => {
     if (this.#header(i)) this.#addMatch(i)
@@ -604,7 +623,7 @@ export class DpiService implements NetService {
         this.#reassembler.segment(side, seq, frame, p.payloadOffset, payloadEnd, this.#onChunk, rs.generation)
         if ((flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
       } else {
-        this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls, flow)
+        this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls, flow, side)
       }
     }
     if (tcp && p.payloadLength === 0 && (flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
@@ -676,16 +695,30 @@ export class DpiService implements NetService {
     }
   }
 
-  /** After a rule swap: the automaton state for the new rules, from the window's tail. */
+  /** After a rule swap: the new rules' group is chosen (and its state set) by the next chunk. */
   #resync(side: StreamSide, rs: RuleSet): void {
     side.acState = 0
     side.pendingRules.length = 0
     side.pendingEnds.length = 0
     side.generation = rs.generation
-    const ac = rs.automaton
-    if (!ac || !side.window) return
-    const from = Math.max(0, side.windowLength - ac.maxPatternLength + 1)
-    side.acState = ac.scan(side.window, from, side.windowLength, 0, () => {})
+    side.group = undefined
+  }
+
+  /**
+   * The prefilter group of `side` (frames of class `cls` on `flow`, the current packet's): chosen
+   * once per rule set, and again once the flow's protocol is detected.
+   */
+  #group(side: StreamSide, cls: number, flow: Flow): PrefilterGroup {
+    const app = flow.app?.proto
+    const rs = this.#rules
+    if (side.group !== undefined && side.groupApp === app && side.groupGeneration === rs.generation)
+      return side.group as PrefilterGroup
+    const p = this.#packet as Packet
+    const group = rs.groups.find(cls, app, this.#toServer, p.sourcePort, p.destinationPort)
+    side.group = group
+    side.groupApp = app
+    side.groupGeneration = rs.generation
+    return group
   }
 
   /** Header, flow and dsize conditions of rule `i` on the current frame. */
@@ -752,11 +785,18 @@ export class DpiService implements NetService {
 
   #hit(pattern: number, end: number): void {
     const base = this.#hitBase + end
-    for (const i of this.#rules.patternRules[pattern]) this.#addCandidate(i, base)
+    for (const i of this.#patternRules[pattern]) this.#addCandidate(i, base)
   }
 
   /** One UDP datagram / ICMP message / other IP payload: inspected on its own. */
-  #inspectPayload(frame: Uint8Array, start: number, end: number, cls: number, flow: Flow): void {
+  #inspectPayload(
+    frame: Uint8Array,
+    start: number,
+    end: number,
+    cls: number,
+    flow: Flow,
+    side: StreamSide,
+  ): void {
     const rs = this.#rules
     const updated = this.#updated
     updated.length = 0
@@ -766,7 +806,9 @@ export class DpiService implements NetService {
     }
     this.#newScan()
     this.#hitBase = -start
-    rs.automaton?.scan(frame, start, end, 0, this.#onHit)
+    const group = this.#group(side, cls, flow)
+    this.#patternRules = group.patternRules
+    group.automaton?.scan(frame, start, end, 0, this.#onHit)
     for (const i of rs.always[cls]) this.#addCandidate(i, -1)
     if (this.#candidates.length === 0 && updated.length === 0) return
     const data = Buffer.from(frame.buffer, frame.byteOffset + start, end - start)
@@ -922,9 +964,18 @@ export class DpiService implements NetService {
     const windowLength = side.windowLength
     const windowBase = side.offset - windowLength
     this.#newScan()
-    if (rs.automaton) {
+    const previous = side.group
+    const group = this.#group(side, TCP, this.#flow as Flow)
+    const ac = group.automaton
+    if (ac) {
+      if (group !== previous) {
+        // A new group (first bytes, rule swap, protocol detected): its state from the window's tail.
+        const from = Math.max(0, side.windowLength - ac.maxPatternLength + 1)
+        side.acState = side.window ? ac.scan(side.window, from, side.windowLength, 0, () => {}) : 0
+      }
+      this.#patternRules = group.patternRules
       this.#hitBase = side.offset - start
-      side.acState = rs.automaton.scan(data, start, end, side.acState, this.#onHit)
+      side.acState = ac.scan(data, start, end, side.acState, this.#onHit)
     }
     const pendingRules = side.pendingRules
     const pendingEnds = side.pendingEnds
