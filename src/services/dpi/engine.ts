@@ -19,7 +19,7 @@ import { type AppLimits, AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
 import { type AppTx, scanKey } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
-import { type GroupedRule, type PrefilterGroup, PrefilterGroups } from './groups.ts'
+import { type GroupedRule, PatternSet, type PrefilterGroup, PrefilterGroups } from './groups.ts'
 import {
   applyActions,
   conditionsHold,
@@ -31,6 +31,7 @@ import {
 import { type InspectBuffer, PayloadMatcher } from './match.ts'
 import { DEFAULT_REGEX_BUDGET, newRegexBudget } from './regex.ts'
 import {
+  type ContentMatch,
   type FastPatternRef,
   invalidRules,
   type ParsedRules,
@@ -200,9 +201,17 @@ class RuleSet {
   /** Per rule: one matcher per group (rule.groups order); used for rules on application buffers. */
   readonly groupMatchers: PayloadMatcher[][]
   /** Per application buffer: a prefilter over the fast patterns bound to it. */
-  readonly bufferPrefilters = new Map<BufferId, { automaton: AhoCorasick; patternRules: number[][] }>()
+  readonly bufferPrefilters = new Map<BufferId, PrefilterGroup>()
   /** Per application buffer: rules without a fast pattern in an app buffer, triggered by it. */
   readonly appAlways = new Map<BufferId, number[]>()
+  /**
+   * Per application buffer: rules on app buffers whose fast pattern is in their payload group,
+   * triggered by it when the payload prefilter saw their fast pattern in the same bytes.
+   */
+  readonly appPayloadFast = new Map<BufferId, number[]>()
+  /** Per rule: 1 for those (a payload prefilter hit marks them in payloadFastSeen, by frame). */
+  readonly appFast: Uint8Array
+  readonly payloadFastSeen: Uint32Array
   /** Per rule: the application buffers its groups read. */
   readonly ruleBuffers: BufferId[][]
   /** Some rule needs the application layer (a protocol in its header, or app buffers). */
@@ -234,10 +243,27 @@ class RuleSet {
     this.candidateStamp = new Uint32Array(n)
     this.matchedStamp = new Uint32Array(n)
     this.hitEnd = new Float64Array(n)
-    const patterns: Uint8Array[] = []
-    const patternIds = new Map<string, number>()
-    this.patternRules = []
+    const all = new PatternSet()
     const grouped: GroupedRule[] = []
+    this.appFast = new Uint8Array(n)
+    this.payloadFastSeen = new Uint32Array(n)
+    /** Rule i's fast pattern goes to the payload prefilters (the whole set's and its groups). */
+    const addPayloadFast = (i: number, fast: ContentMatch): void => {
+      all.add(fast.folded, i)
+      const rule = rules[i]
+      const app = this.ruleApp[i]
+      if (app === null) return // never matches
+      grouped.push({
+        rule: i,
+        pattern: fast.folded,
+        classMask: this.classMask[i],
+        app,
+        toServer: rule.flow.toServer,
+        sourcePorts: rule.sourcePorts,
+        destinationPorts: rule.destinationPorts,
+        bidirectional: rule.bidirectional,
+      })
+    }
     let maxContent = 0
     let context = false
     this.ruleApp = rules.map(ruleAppProto)
@@ -255,10 +281,7 @@ class RuleSet {
       const p = BUFFER_PROTO[b]
       if (p !== undefined) this.parsedProtos.add(p)
     }
-    const appPatterns = new Map<
-      BufferId,
-      { patterns: Uint8Array[]; ids: Map<string, number>; rules: number[][] }
-    >()
+    const appPatterns = new Map<BufferId, PatternSet>()
     rules.forEach((rule, i) => {
       // Rules on application-layer buffers are matched per transaction.
       if (rule.groups.some((g) => g.buffer !== 'payload')) {
@@ -268,27 +291,26 @@ class RuleSet {
         const group = fp ? rule.groups[fp.group] : undefined
         const fast = fp && group ? group.items[fp.item] : undefined
         if (!group || group.buffer === 'payload' || group.buffer === 'stream' || fast?.kind !== 'content') {
-          // Verified when its first application buffer is set or grows.
+          // Verified when its first application buffer is set or grows (and, with a fast pattern
+          // in its payload group, only when the payload prefilter saw it).
           const trigger = this.ruleBuffers[i][0]
-          const list = this.appAlways.get(trigger) ?? []
+          const payloadFast = group?.buffer === 'payload' && fast?.kind === 'content'
+          const lists = payloadFast ? this.appPayloadFast : this.appAlways
+          const list = lists.get(trigger) ?? []
           list.push(i)
-          this.appAlways.set(trigger, list)
+          lists.set(trigger, list)
+          if (payloadFast) {
+            this.appFast[i] = 1
+            addPayloadFast(i, fast)
+          }
           return
         }
         let entry = appPatterns.get(group.buffer)
         if (!entry) {
-          entry = { patterns: [], ids: new Map(), rules: [] }
+          entry = new PatternSet()
           appPatterns.set(group.buffer, entry)
         }
-        const key = Buffer.from(fast.folded).toString('latin1')
-        let id = entry.ids.get(key)
-        if (id === undefined) {
-          id = entry.patterns.length
-          entry.ids.set(key, id)
-          entry.patterns.push(fast.folded)
-          entry.rules.push([])
-        }
-        entry.rules[id].push(i)
+        entry.add(fast.folded, i)
         return
       }
       const matches = payloadItems(rule)
@@ -321,31 +343,12 @@ class RuleSet {
       }
       const fast = matches[(rule.fastPattern as FastPatternRef).item]
       if (fast.kind !== 'content') return
-      const key = Buffer.from(fast.folded).toString('latin1')
-      let id = patternIds.get(key)
-      if (id === undefined) {
-        id = patterns.length
-        patternIds.set(key, id)
-        patterns.push(fast.folded)
-        this.patternRules.push([])
-      }
-      this.patternRules[id].push(i)
       this.fastLength[i] = fast.pattern.length
-      const app = this.ruleApp[i]
-      if (app === null) return // never matches
-      grouped.push({
-        rule: i,
-        pattern: fast.folded,
-        classMask: this.classMask[i],
-        app,
-        toServer: rule.flow.toServer,
-        sourcePorts: rule.sourcePorts,
-        destinationPorts: rule.destinationPorts,
-        bidirectional: rule.bidirectional,
-      })
+      addPayloadFast(i, fast)
     })
-    for (const [id, e] of appPatterns)
-      this.bufferPrefilters.set(id, { automaton: new AhoCorasick(e.patterns), patternRules: e.rules })
+    for (const [id, e] of appPatterns) this.bufferPrefilters.set(id, e.build())
+    const patterns = all.patterns
+    this.patternRules = all.rules
     if (tables && tables.patternCount !== patterns.length) tables = undefined
     this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables }) : undefined
     this.groups = new PrefilterGroups(grouped, { automaton: this.automaton, patternRules: this.patternRules })
@@ -420,7 +423,7 @@ export class DpiService implements NetService {
   readonly #updated: AppTx[] = []
   /** The transaction being prefiltered, and the buffer prefilter's pattern → rules. */
   #appTx: AppTx | undefined
-  #appPatternRules: number[][] = []
+  #appPatternRules: readonly (readonly number[])[] = []
   readonly #onAppHit: (pattern: number, end: number) => void
   /** Rules hit by the buffer prefilters in this transaction round (deduplicated by stamp). */
   readonly #hits: number[] = []
@@ -785,7 +788,12 @@ export class DpiService implements NetService {
 
   #hit(pattern: number, end: number): void {
     const base = this.#hitBase + end
-    for (const i of this.#patternRules[pattern]) this.#addCandidate(i, base)
+    const rs = this.#rules
+    for (const i of this.#patternRules[pattern]) {
+      // An application rule's payload fast pattern: a trigger for its transaction (see appPayloadFast).
+      if (rs.appFast[i] === 1) rs.payloadFastSeen[i] = this.#frameId
+      else this.#addCandidate(i, base)
+    }
   }
 
   /** One UDP datagram / ICMP message / other IP payload: inspected on its own. */
@@ -864,6 +872,7 @@ export class DpiService implements NetService {
           tx.scanned.set(key, done)
         }
         const ac = prefilter.automaton
+        if (!ac) continue
         this.#appPatternRules = prefilter.patternRules
         for (let k = Math.max(0, done.count - 1); k < list.length; k++) {
           const b = list[k]
@@ -895,6 +904,9 @@ export class DpiService implements NetService {
       for (const id of tx.changed) {
         const always = rs.appAlways.get(id)
         if (always) for (const i of always) round.push(i)
+        const payloadFast = rs.appPayloadFast.get(id)
+        if (payloadFast)
+          for (const i of payloadFast) if (rs.payloadFastSeen[i] === this.#frameId) round.push(i)
       }
       tx.changed.clear()
       const views = new Map<Buffer, InspectBuffer>()

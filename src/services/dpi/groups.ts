@@ -41,6 +41,34 @@ export interface GroupedRule {
   bidirectional: boolean
 }
 
+/** Fast patterns being collected for an automaton: distinct patterns, each with its rules. */
+export class PatternSet {
+  readonly patterns: Uint8Array[] = []
+  readonly rules: number[][] = []
+  readonly #ids = new Map<string, number>()
+
+  /** Adds `rule` under the (folded) pattern. */
+  add(pattern: Uint8Array, rule: number): void {
+    const key = Buffer.from(pattern).toString('latin1')
+    let id = this.#ids.get(key)
+    if (id === undefined) {
+      id = this.patterns.length
+      this.#ids.set(key, id)
+      this.patterns.push(pattern)
+      this.rules.push([])
+    }
+    this.rules[id].push(rule)
+  }
+
+  /** The automaton over the patterns (undefined when there are none) and the pattern → rules. */
+  build(): PrefilterGroup {
+    return {
+      automaton: this.patterns.length > 0 ? new AhoCorasick(this.patterns) : undefined,
+      patternRules: this.rules,
+    }
+  }
+}
+
 interface PortSignature {
   sourcePorts: PortMatcher
   destinationPorts: PortMatcher
@@ -104,29 +132,16 @@ export class PrefilterGroups {
     if (found) return found
     if (this.#groups.size >= MAX_GROUPS) return this.#fallback
     const matching = new Set(key.split(',').slice(1).map(Number))
-    const patterns: Uint8Array[] = []
-    const patternRules: number[][] = []
-    const ids = new Map<string, number>()
+    const set = new PatternSet()
     this.#rules.forEach((r, k) => {
       if ((r.classMask & (1 << cls)) === 0) return
       if (r.app !== undefined && r.app !== app) return
       if (r.toServer !== undefined && r.toServer !== toServer) return
       const s = this.#signatureOf[k]
       if (s >= 0 && !matching.has(s)) return
-      const text = Buffer.from(r.pattern).toString('latin1')
-      let id = ids.get(text)
-      if (id === undefined) {
-        id = patterns.length
-        ids.set(text, id)
-        patterns.push(r.pattern)
-        patternRules.push([])
-      }
-      patternRules[id].push(r.rule)
+      set.add(r.pattern, r.rule)
     })
-    const group: PrefilterGroup = {
-      automaton: patterns.length > 0 ? new AhoCorasick(patterns) : undefined,
-      patternRules,
-    }
+    const group = set.build()
     this.#groups.set(key, group)
     this.built++
     return group
