@@ -158,6 +158,9 @@ function anchored(items: PayloadMatch[]): boolean {
   })
 }
 
+/** For scans that only set an automaton's state (over bytes inspected before). */
+const IGNORE_HITS = (): void => {}
+
 /** Most "fast pattern seen, rest not yet" entries kept per stream direction. */
 const MAX_PENDING = 64
 
@@ -256,6 +259,8 @@ class RuleSet {
       grouped.push({
         rule: i,
         pattern: fast.folded,
+        // Bound to the buffer's start (a fixed offset and depth): scanned over the first bytes only.
+        anchor: !fast.relative && fast.depth >= 0 && !fast.slots ? fast.offset + fast.depth : -1,
         classMask: this.classMask[i],
         app,
         toServer: rule.flow.toServer,
@@ -817,6 +822,11 @@ export class DpiService implements NetService {
     const group = this.#group(side, cls, flow)
     this.#patternRules = group.patternRules
     group.automaton?.scan(frame, start, end, 0, this.#onHit)
+    const head = group.head
+    if (head) {
+      this.#patternRules = head.patternRules
+      head.automaton.scan(frame, start, Math.min(end, start + head.length), 0, this.#onHit)
+    }
     for (const i of rs.always[cls]) this.#addCandidate(i, -1)
     if (this.#candidates.length === 0 && updated.length === 0) return
     const data = Buffer.from(frame.buffer, frame.byteOffset + start, end - start)
@@ -983,11 +993,22 @@ export class DpiService implements NetService {
       if (group !== previous) {
         // A new group (first bytes, rule swap, protocol detected): its state from the window's tail.
         const from = Math.max(0, side.windowLength - ac.maxPatternLength + 1)
-        side.acState = side.window ? ac.scan(side.window, from, side.windowLength, 0, () => {}) : 0
+        side.acState = side.window ? ac.scan(side.window, from, side.windowLength, 0, IGNORE_HITS) : 0
       }
       this.#patternRules = group.patternRules
       this.#hitBase = side.offset - start
       side.acState = ac.scan(data, start, end, side.acState, this.#onHit)
+    }
+    const head = group.head
+    if (head) {
+      // The segment's first bytes; at the stream's start, from its first byte kept on.
+      this.#patternRules = head.patternRules
+      this.#hitBase = side.offset - start
+      const state =
+        side.offset < head.length && side.window
+          ? head.automaton.scan(side.window, 0, side.windowLength, 0, IGNORE_HITS)
+          : 0
+      head.automaton.scan(data, start, Math.min(end, start + head.length), state, this.#onHit)
     }
     const pendingRules = side.pendingRules
     const pendingEnds = side.pendingEnds

@@ -23,13 +23,31 @@ export const MAX_GROUPS = 64
 export interface PrefilterGroup {
   readonly automaton: AhoCorasick | undefined
   readonly patternRules: readonly (readonly number[])[]
+  /**
+   * The fast patterns bound to a buffer's first bytes (a content with depth, not relative: ET's
+   * `content:"|18 03|"; depth:2;`), kept out of `automaton` and scanned over the first `length`
+   * bytes of each segment or datagram (and of the stream) only.
+   */
+  readonly head?: PrefilterHead
 }
+
+export interface PrefilterHead {
+  readonly automaton: AhoCorasick
+  readonly patternRules: readonly (readonly number[])[]
+  /** The largest offset + depth among them. */
+  readonly length: number
+}
+
+/** Anchored fast patterns reaching further than this are scanned everywhere. */
+export const HEAD_LIMIT = 512
 
 /** What a payload rule with a fast pattern needs of a flow side's frames. */
 export interface GroupedRule {
   rule: number
   /** Folded fast pattern (what the automaton sees). */
   pattern: Uint8Array
+  /** Where the fast pattern must end at the latest (offset + depth), -1: anywhere. */
+  anchor: number
   /** Bit per transport class (engine's TCP, UDP, ICMP, OTHER). */
   classMask: number
   /** The application protocol it needs, if any. */
@@ -133,15 +151,28 @@ export class PrefilterGroups {
     if (this.#groups.size >= MAX_GROUPS) return this.#fallback
     const matching = new Set(key.split(',').slice(1).map(Number))
     const set = new PatternSet()
+    const headSet = new PatternSet()
+    let headLength = 0
     this.#rules.forEach((r, k) => {
       if ((r.classMask & (1 << cls)) === 0) return
       if (r.app !== undefined && r.app !== app) return
       if (r.toServer !== undefined && r.toServer !== toServer) return
       const s = this.#signatureOf[k]
       if (s >= 0 && !matching.has(s)) return
-      set.add(r.pattern, r.rule)
+      if (r.anchor >= 0 && r.anchor <= HEAD_LIMIT) {
+        headSet.add(r.pattern, r.rule)
+        headLength = Math.max(headLength, r.anchor)
+      } else {
+        set.add(r.pattern, r.rule)
+      }
     })
-    const group = set.build()
+    const head = headSet.build()
+    const group: PrefilterGroup = {
+      ...set.build(),
+      ...(head.automaton && {
+        head: { automaton: head.automaton, patternRules: head.patternRules, length: headLength },
+      }),
+    }
     this.#groups.set(key, group)
     this.built++
     return group
