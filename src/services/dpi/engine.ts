@@ -14,10 +14,10 @@ import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
 import { AddressIndex } from './addresses.ts'
 import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
-import { type AppProto, BUFFER_PROTO, type BufferId } from './app/buffers.ts'
+import { type AppProto, BUFFER_PROTO, type BufferId, RESPONSE_BUFFERS } from './app/buffers.ts'
 import { type AppLimits, AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
-import { type AppTx, scanKey } from './app/tx.ts'
+import { type AppTx, BOTH_SIDES } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
 import { type GroupedRule, PatternSet, type PrefilterGroup, PrefilterGroups } from './groups.ts'
 import {
@@ -135,6 +135,17 @@ function blockSpan(blocks: readonly { prefix: number }[]): number {
   return n
 }
 
+/** The prefilter of an application buffer, with which side's instances a packet sees (AppTx.lookup). */
+interface BufferPrefilter {
+  id: BufferId
+  automaton: AhoCorasick
+  patternRules: readonly (readonly number[])[]
+  /** The buffer exists only on the response side. */
+  responseOnly: boolean
+  /** The buffer exists on both sides: the packet's side is seen. */
+  bothSides: boolean
+}
+
 /** The items of a rule's 'payload' group (none when it has no such group). */
 function payloadItems(rule: Rule): PayloadMatch[] {
   return rule.groups.find((g) => g.buffer === 'payload')?.items ?? []
@@ -204,7 +215,7 @@ class RuleSet {
   /** Per rule: one matcher per group (rule.groups order); used for rules on application buffers. */
   readonly groupMatchers: PayloadMatcher[][]
   /** Per application buffer: a prefilter over the fast patterns bound to it. */
-  readonly bufferPrefilters = new Map<BufferId, PrefilterGroup>()
+  readonly bufferPrefilters: BufferPrefilter[] = []
   /** Per application buffer: rules without a fast pattern in an app buffer, triggered by it. */
   readonly appAlways = new Map<BufferId, number[]>()
   /**
@@ -351,7 +362,13 @@ class RuleSet {
       this.fastLength[i] = fast.pattern.length
       addPayloadFast(i, fast)
     })
-    for (const [id, e] of appPatterns) this.bufferPrefilters.set(id, e.build())
+    for (const [id, e] of appPatterns) {
+      const { automaton, patternRules } = e.build()
+      if (!automaton) continue
+      const responseOnly = RESPONSE_BUFFERS.has(id)
+      const bothSides = BOTH_SIDES.has(id)
+      this.bufferPrefilters.push({ id, automaton, patternRules, responseOnly, bothSides })
+    }
     const patterns = all.patterns
     this.patternRules = all.rules
     if (tables && tables.patternCount !== patterns.length) tables = undefined
@@ -436,6 +453,8 @@ export class DpiService implements NetService {
   #hitRound = 0
   /** The rules verified on a transaction this round. */
   readonly #round: number[] = []
+  /** The inspection buffers made of a transaction's buffers this round (reused). */
+  readonly #views = new Map<Buffer, InspectBuffer>()
   /** What each flow's application layer is built with; `wants` follows the rules in force. */
   readonly #appLimits: AppLimits
   readonly #regexBudget = newRegexBudget()
@@ -863,7 +882,8 @@ export class DpiService implements NetService {
         tx.generation = rs.generation
         tx.alerted.clear()
         tx.candidates.clear()
-        tx.scanned.clear()
+        tx.scannedCount.fill(0)
+        tx.scannedBytes.fill(0)
       }
       if (tx.inspected === tx.version) continue
       tx.inspected = tx.version
@@ -872,30 +892,35 @@ export class DpiService implements NetService {
       this.#hits.length = 0
       this.#hitRound = (this.#hitRound + 1) >>> 0 || 1
       if (this.#hitStamp.length < rs.rules.length) this.#hitStamp = new Uint32Array(rs.rules.length)
-      for (const [id, prefilter] of rs.bufferPrefilters) {
-        const list = tx.lookup(id, toServer)
+      const prefilters = rs.bufferPrefilters
+      if (tx.scannedCount.length !== 2 * prefilters.length) {
+        tx.scannedCount = new Int32Array(2 * prefilters.length)
+        tx.scannedBytes = new Int32Array(2 * prefilters.length)
+      }
+      const counts = tx.scannedCount
+      const bytes = tx.scannedBytes
+      for (let f = 0; f < prefilters.length; f++) {
+        const prefilter = prefilters[f]
+        // The instances a packet going this way sees (see AppTx.lookup), and their progress.
+        const response = prefilter.responseOnly || (prefilter.bothSides && !toServer)
+        const list = (response ? tx.response : tx.request).get(prefilter.id)
         if (!list) continue
-        const key = scanKey(id, toServer)
-        let done = tx.scanned.get(key)
-        if (!done) {
-          done = { count: 0, bytes: 0 }
-          tx.scanned.set(key, done)
-        }
+        const slot = 2 * f + (response ? 1 : 0)
+        const count = counts[slot]
         const ac = prefilter.automaton
-        if (!ac) continue
         this.#appPatternRules = prefilter.patternRules
-        for (let k = Math.max(0, done.count - 1); k < list.length; k++) {
+        for (let k = Math.max(0, count - 1); k < list.length; k++) {
           const b = list[k]
           // The last instance scanned may have grown: rescan its tail, overlapping by a pattern.
           let from = 0
-          if (k === done.count - 1) {
-            if (done.bytes >= b.length) continue
-            from = Math.max(0, done.bytes - ac.maxPatternLength + 1)
+          if (k === count - 1) {
+            if (bytes[slot] >= b.length) continue
+            from = Math.max(0, bytes[slot] - ac.maxPatternLength + 1)
           }
           ac.scan(b, from, b.length, 0, this.#onAppHit)
         }
-        done.count = list.length
-        done.bytes = list.length > 0 ? list[list.length - 1].length : 0
+        counts[slot] = list.length
+        bytes[slot] = list.length > 0 ? list[list.length - 1].length : 0
       }
       this.#appTx = undefined
       // Verified now: new prefilter hits, earlier candidates whose buffers changed, and the rules
@@ -919,11 +944,13 @@ export class DpiService implements NetService {
           for (const i of payloadFast) if (rs.payloadFastSeen[i] === this.#frameId) round.push(i)
       }
       tx.changed.clear()
-      const views = new Map<Buffer, InspectBuffer>()
+      const views = this.#views
+      views.clear()
       for (const i of round) {
         if (tx.alerted.has(i)) continue
         if (this.#verifyTransaction(i, tx, payload, views)) tx.alerted.add(i)
       }
+      views.clear()
     }
   }
 

@@ -94,10 +94,6 @@ export class HttpParser implements AppParser {
   readonly #server = new Side()
   /** Transactions waiting for (the rest of) their response, oldest first. */
   readonly #txs: AppTx[] = []
-  /** Per queued transaction: its request method (HEAD responses have no body). */
-  readonly #methods = new WeakMap<AppTx, string>()
-  /** Per queued transaction: the bytes its buffers hold, roughly (see maxFlowBytes). */
-  readonly #bytes = new WeakMap<AppTx, number>()
   #heldBytes = 0
   /** Transactions dropped from the queue before completing (pipelining or memory bounds). */
   droppedTransactions = 0
@@ -270,7 +266,7 @@ export class HttpParser implements AppParser {
     const protocol = parts.length > 2 ? parts[parts.length - 1] : ''
     const tx = new AppTx(this.#wants)
     side.target = target
-    this.#methods.set(tx, method)
+    tx.method = method
     this.#queue(tx)
     this.#charge(tx, line.length * 3)
     tx.set(true, 'http.method', method)
@@ -304,7 +300,7 @@ export class HttpParser implements AppParser {
       if (v !== undefined) tx.set(true, id, v)
     }
     touch(updated, tx)
-    if (this.#methods.get(tx) === 'CONNECT') {
+    if (tx.method === 'CONNECT') {
       this.#bodyDone(side, true, updated)
       return
     }
@@ -348,7 +344,7 @@ export class HttpParser implements AppParser {
       side.tx = undefined
       return // an interim response: the final one follows
     }
-    const method = this.#methods.get(tx)
+    const method = tx.method
     if (method === 'CONNECT' && code >= 200 && code < 300) {
       this.#tunnel = true
       side.tx = undefined
@@ -531,7 +527,7 @@ export class HttpParser implements AppParser {
       const k = this.#txs.indexOf(tx)
       if (k >= 0) {
         this.#txs.splice(k, 1)
-        this.#heldBytes -= this.#bytes.get(tx) ?? 0
+        this.#heldBytes -= tx.heldBytes
       }
     }
   }
@@ -539,14 +535,14 @@ export class HttpParser implements AppParser {
   /** Accounts `n` more bytes to `tx`; drops the oldest other transactions over the bounds. */
   #charge(tx: AppTx, n: number): void {
     if (!this.#txs.includes(tx)) return
-    this.#bytes.set(tx, (this.#bytes.get(tx) ?? 0) + n)
+    tx.heldBytes += n
     this.#heldBytes += n
     while (
       this.#txs.length > 1 &&
       (this.#heldBytes > this.#limits.maxFlowBytes || this.#txs.length > this.#limits.maxTransactions)
     ) {
       const oldest = this.#txs[0] === tx ? this.#txs.splice(1, 1)[0] : (this.#txs.shift() as AppTx)
-      this.#heldBytes -= this.#bytes.get(oldest) ?? 0
+      this.#heldBytes -= oldest.heldBytes
       this.droppedTransactions++
       if (this.#client.tx === oldest) this.#client.tx = undefined
       if (this.#server.tx === oldest) this.#server.tx = undefined
