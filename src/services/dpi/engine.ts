@@ -135,15 +135,26 @@ function blockSpan(blocks: readonly { prefix: number }[]): number {
   return n
 }
 
-/** The prefilter of an application buffer, with which side's instances a packet sees (AppTx.lookup). */
+/** Buffers holding the same bytes (a body): one prefilter serves them. */
+const BODY_BUFFERS: ReadonlySet<BufferId> = new Set<BufferId>([
+  'file.data',
+  'http.request_body',
+  'http.response_body',
+])
+
+/** A prefilter over the fast patterns of one application buffer (or of buffers with the same bytes). */
 interface BufferPrefilter {
-  id: BufferId
+  parts: {
+    id: BufferId
+    /** Its index in AppTx.scannedCount / scannedBytes (× 2, + 1 for the response side). */
+    slot: number
+    /** The buffer exists only on the response side. */
+    responseOnly: boolean
+    /** The buffer exists on both sides: the packet's side is seen (AppTx.lookup). */
+    bothSides: boolean
+  }[]
   automaton: AhoCorasick
   patternRules: readonly (readonly number[])[]
-  /** The buffer exists only on the response side. */
-  responseOnly: boolean
-  /** The buffer exists on both sides: the packet's side is seen. */
-  bothSides: boolean
 }
 
 /** The items of a rule's 'payload' group (none when it has no such group). */
@@ -216,6 +227,8 @@ class RuleSet {
   readonly groupMatchers: PayloadMatcher[][]
   /** Per application buffer: a prefilter over the fast patterns bound to it. */
   readonly bufferPrefilters: BufferPrefilter[] = []
+  /** Parts of all bufferPrefilters (per transaction: scan progress per part and side). */
+  readonly prefilterSlots: number
   /** Per application buffer: rules without a fast pattern in an app buffer, triggered by it. */
   readonly appAlways = new Map<BufferId, number[]>()
   /**
@@ -362,13 +375,32 @@ class RuleSet {
       this.fastLength[i] = fast.pattern.length
       addPayloadFast(i, fast)
     })
+    // The bodies (file_data and http.request_body / http.response_body are the same bytes) share
+    // one automaton, so a body is scanned once.
+    const bodies = new PatternSet()
+    const bodyIds: BufferId[] = []
     for (const [id, e] of appPatterns) {
-      const { automaton, patternRules } = e.build()
-      if (!automaton) continue
-      const responseOnly = RESPONSE_BUFFERS.has(id)
-      const bothSides = BOTH_SIDES.has(id)
-      this.bufferPrefilters.push({ id, automaton, patternRules, responseOnly, bothSides })
+      if (!BODY_BUFFERS.has(id)) continue
+      bodyIds.push(id)
+      e.rules.forEach((list, k) => {
+        for (const i of list) bodies.add(e.patterns[k], i)
+      })
     }
+    let slots = 0
+    const prefilter = (ids: BufferId[], set: PatternSet): void => {
+      const { automaton, patternRules } = set.build()
+      if (!automaton) return
+      const parts = ids.map((id) => ({
+        id,
+        slot: slots++,
+        responseOnly: RESPONSE_BUFFERS.has(id),
+        bothSides: BOTH_SIDES.has(id),
+      }))
+      this.bufferPrefilters.push({ parts, automaton, patternRules })
+    }
+    if (bodyIds.length > 0) prefilter(bodyIds, bodies)
+    for (const [id, e] of appPatterns) if (!BODY_BUFFERS.has(id)) prefilter([id], e)
+    this.prefilterSlots = slots
     const patterns = all.patterns
     this.patternRules = all.rules
     if (tables && tables.patternCount !== patterns.length) tables = undefined
@@ -893,34 +925,55 @@ export class DpiService implements NetService {
       this.#hitRound = (this.#hitRound + 1) >>> 0 || 1
       if (this.#hitStamp.length < rs.rules.length) this.#hitStamp = new Uint32Array(rs.rules.length)
       const prefilters = rs.bufferPrefilters
-      if (tx.scannedCount.length !== 2 * prefilters.length) {
-        tx.scannedCount = new Int32Array(2 * prefilters.length)
-        tx.scannedBytes = new Int32Array(2 * prefilters.length)
+      if (tx.scannedCount.length !== 2 * rs.prefilterSlots) {
+        tx.scannedCount = new Int32Array(2 * rs.prefilterSlots)
+        tx.scannedBytes = new Int32Array(2 * rs.prefilterSlots)
       }
       const counts = tx.scannedCount
       const bytes = tx.scannedBytes
-      for (let f = 0; f < prefilters.length; f++) {
-        const prefilter = prefilters[f]
-        // The instances a packet going this way sees (see AppTx.lookup), and their progress.
-        const response = prefilter.responseOnly || (prefilter.bothSides && !toServer)
-        const list = (response ? tx.response : tx.request).get(prefilter.id)
-        if (!list) continue
-        const slot = 2 * f + (response ? 1 : 0)
-        const count = counts[slot]
+      for (const prefilter of prefilters) {
         const ac = prefilter.automaton
         this.#appPatternRules = prefilter.patternRules
-        for (let k = Math.max(0, count - 1); k < list.length; k++) {
-          const b = list[k]
-          // The last instance scanned may have grown: rescan its tail, overlapping by a pattern.
-          let from = 0
-          if (k === count - 1) {
-            if (bytes[slot] >= b.length) continue
-            from = Math.max(0, bytes[slot] - ac.maxPatternLength + 1)
+        // The last list scanned by this prefilter, and the progress it was scanned from.
+        let done: Buffer[] | undefined
+        let doneCount = 0
+        let doneBytes = 0
+        for (const part of prefilter.parts) {
+          // The instances a packet going this way sees (see AppTx.lookup), and their progress.
+          const response = part.responseOnly || (part.bothSides && !toServer)
+          const list = (response ? tx.response : tx.request).get(part.id)
+          if (!list) continue
+          const slot = 2 * part.slot + (response ? 1 : 0)
+          const count = counts[slot]
+          const last = list.length > 0 ? list[list.length - 1].length : 0
+          if (
+            done !== undefined &&
+            done.length === list.length &&
+            done[done.length - 1] === list[list.length - 1] &&
+            count === doneCount &&
+            bytes[slot] === doneBytes
+          ) {
+            // The same bytes as the part just scanned, from the same point (a body): scanned.
+            counts[slot] = list.length
+            bytes[slot] = last
+            continue
           }
-          ac.scan(b, from, b.length, 0, this.#onAppHit)
+          done = list
+          doneCount = count
+          doneBytes = bytes[slot]
+          for (let k = Math.max(0, count - 1); k < list.length; k++) {
+            const b = list[k]
+            // The last instance scanned may have grown: rescan its tail, overlapping by a pattern.
+            let from = 0
+            if (k === count - 1) {
+              if (bytes[slot] >= b.length) continue
+              from = Math.max(0, bytes[slot] - ac.maxPatternLength + 1)
+            }
+            ac.scan(b, from, b.length, 0, this.#onAppHit)
+          }
+          counts[slot] = list.length
+          bytes[slot] = last
         }
-        counts[slot] = list.length
-        bytes[slot] = list.length > 0 ? list[list.length - 1].length : 0
       }
       this.#appTx = undefined
       // Verified now: new prefilter hits, earlier candidates whose buffers changed, and the rules
