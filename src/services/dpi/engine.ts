@@ -146,7 +146,7 @@ const BODY_BUFFERS: ReadonlySet<BufferId> = new Set<BufferId>([
 interface BufferPrefilter {
   parts: {
     id: BufferId
-    /** Its index in AppTx.scannedCount / scannedBytes (× 2, + 1 for the response side). */
+    /** Its place in AppTx.scanned (× 4; + 2 for the response side; count, then bytes). */
     slot: number
     /** The buffer exists only on the response side. */
     responseOnly: boolean
@@ -914,8 +914,7 @@ export class DpiService implements NetService {
         tx.generation = rs.generation
         tx.alerted.clear()
         tx.candidates.clear()
-        tx.scannedCount.fill(0)
-        tx.scannedBytes.fill(0)
+        tx.scanned.fill(0)
       }
       if (tx.inspected === tx.version) continue
       tx.inspected = tx.version
@@ -925,12 +924,9 @@ export class DpiService implements NetService {
       this.#hitRound = (this.#hitRound + 1) >>> 0 || 1
       if (this.#hitStamp.length < rs.rules.length) this.#hitStamp = new Uint32Array(rs.rules.length)
       const prefilters = rs.bufferPrefilters
-      if (tx.scannedCount.length !== 2 * rs.prefilterSlots) {
-        tx.scannedCount = new Int32Array(2 * rs.prefilterSlots)
-        tx.scannedBytes = new Int32Array(2 * rs.prefilterSlots)
-      }
-      const counts = tx.scannedCount
-      const bytes = tx.scannedBytes
+      // A plain array: a typed one per transaction costs more than it saves.
+      if (tx.scanned.length !== 4 * rs.prefilterSlots) tx.scanned = new Array(4 * rs.prefilterSlots).fill(0)
+      const scanned = tx.scanned
       for (const prefilter of prefilters) {
         const ac = prefilter.automaton
         this.#appPatternRules = prefilter.patternRules
@@ -943,36 +939,36 @@ export class DpiService implements NetService {
           const response = part.responseOnly || (part.bothSides && !toServer)
           const list = (response ? tx.response : tx.request).get(part.id)
           if (!list) continue
-          const slot = 2 * part.slot + (response ? 1 : 0)
-          const count = counts[slot]
+          const slot = 4 * part.slot + (response ? 2 : 0)
+          const count = scanned[slot]
           const last = list.length > 0 ? list[list.length - 1].length : 0
           if (
             done !== undefined &&
             done.length === list.length &&
             done[done.length - 1] === list[list.length - 1] &&
             count === doneCount &&
-            bytes[slot] === doneBytes
+            scanned[slot + 1] === doneBytes
           ) {
             // The same bytes as the part just scanned, from the same point (a body): scanned.
-            counts[slot] = list.length
-            bytes[slot] = last
+            scanned[slot] = list.length
+            scanned[slot + 1] = last
             continue
           }
           done = list
           doneCount = count
-          doneBytes = bytes[slot]
+          doneBytes = scanned[slot + 1]
           for (let k = Math.max(0, count - 1); k < list.length; k++) {
             const b = list[k]
             // The last instance scanned may have grown: rescan its tail, overlapping by a pattern.
             let from = 0
             if (k === count - 1) {
-              if (bytes[slot] >= b.length) continue
-              from = Math.max(0, bytes[slot] - ac.maxPatternLength + 1)
+              if (scanned[slot + 1] >= b.length) continue
+              from = Math.max(0, scanned[slot + 1] - ac.maxPatternLength + 1)
             }
             ac.scan(b, from, b.length, 0, this.#onAppHit)
           }
-          counts[slot] = list.length
-          bytes[slot] = last
+          scanned[slot] = list.length
+          scanned[slot + 1] = last
         }
       }
       this.#appTx = undefined

@@ -510,7 +510,9 @@ export class HttpParser implements AppParser {
     const keep = Math.min(to - from, limit - side.bodyLength)
     this.skippedBodyBytes += to - from - Math.max(0, keep)
     if (keep <= 0) return
-    if (!side.body) side.body = Buffer.allocUnsafe(Math.min(limit, Math.max(keep, 1024)))
+    // Sized for the whole body when its length is known (one buffer, not a doubling series).
+    const expected = side.state === BODY_LENGTH ? side.remaining : keep
+    if (!side.body) side.body = Buffer.allocUnsafe(Math.min(limit, Math.max(expected, keep, 1024)))
     if (side.body.length < side.bodyLength + keep) {
       const next = Buffer.allocUnsafe(Math.min(limit, Math.max(2 * side.body.length, side.bodyLength + keep)))
       side.body.copy(next, 0, 0, side.bodyLength)

@@ -66,11 +66,10 @@ export class AppTx {
   /** Buffers set or grown since the engine last inspected this transaction. */
   readonly changed = new Set<BufferId>()
   /**
-   * Engine state, per buffer prefilter and side (2 × prefilter + 1 for the response side):
-   * instances already run through the prefilter, and bytes of the last one (bodies grow).
+   * Engine state, per buffer prefilter part and side: instances already run through the
+   * prefilter, and bytes of the last one (bodies grow); see the engine's BufferPrefilter.
    */
-  scannedCount = new Int32Array(0)
-  scannedBytes = new Int32Array(0)
+  scanned: number[] = []
 
   /** Sets buffer `id` (a string is taken as latin1), unless no rule reads it. */
   set(toServer: boolean, id: BufferId, value: Buffer | string): void {
