@@ -18,10 +18,13 @@ export interface AddressMatcher {
   readonly any: boolean
   readonly match: AddressPredicate
   /**
-   * When the field is only IPv4 blocks (no negation, no IPv6): them, as 32-bit networks, so the
-   * engine can index rules by address (IP reputation lists of hundreds of addresses).
+   * When the field is a plain list of blocks (no negation): its IPv4 ones, as 32-bit networks, so
+   * the engine can index rules by address (IP reputation lists of hundreds of addresses); an IPv4
+   * address the field matches is in one of them.
    */
   readonly ipv4Blocks?: readonly { network: number; prefix: number }[]
+  /** Such a list also holds IPv6 blocks. */
+  readonly hasIpv6?: boolean
   /** The field is only IPv6 blocks (no negation): it never matches an IPv4 address. */
   readonly ipv6Only?: boolean
 }
@@ -338,24 +341,22 @@ function cidrSetPredicate(blocks: Cidr[]): AddressPredicate {
 export function parseAddressField(text: string, vars: Readonly<Record<string, string>>): AddressMatcher {
   const node = parseField(text, 'address', vars, parseCidr)
   if (isAny(node)) return { text, any: true, match: () => true }
-  const atoms = node.kind === 'atom' ? [node] : node.kind === 'group' ? node.items : []
-  const blocks =
-    atoms.length > 0 && atoms.every((a) => a.kind === 'atom' && a.test.bytes.length === 4)
-      ? atoms.map((a) => {
-          const b = (a as { test: Cidr }).test.bytes
-          return {
-            network: ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0,
-            prefix: (a as { test: Cidr }).test.prefix,
-          }
-        })
-      : undefined
-  const ipv6Only = atoms.length > 0 && atoms.every((a) => a.kind === 'atom' && a.test.bytes.length === 16)
+  const items = node.kind === 'atom' ? [node] : node.kind === 'group' ? node.items : []
+  // A plain list of blocks (no negation, no nesting): its IPv4 blocks are all an IPv4 address can
+  // match (the engine indexes rules by them), its IPv6 ones all an IPv6 address can.
+  const atoms = items.every((a) => a.kind === 'atom') ? (items as { test: Cidr }[]) : []
+  const v4 = atoms.filter((a) => a.test.bytes.length === 4)
+  const blocks = v4.map(({ test: { bytes: b, prefix } }) => ({
+    network: ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0,
+    prefix,
+  }))
+  const hasIpv6 = atoms.length > v4.length
   return {
     text,
     any: false,
     match: compile(node, cidrPredicate, cidrSetPredicate),
-    ...(blocks && { ipv4Blocks: blocks }),
-    ...(ipv6Only && { ipv6Only }),
+    ...(blocks.length > 0 && { ipv4Blocks: blocks }),
+    ...(hasIpv6 && (blocks.length > 0 ? { hasIpv6 } : { ipv6Only: true })),
   }
 }
 

@@ -205,7 +205,10 @@ class RuleSet {
   readonly anchored: Uint8Array
   /** Per class: rules with neither content nor pcre (checked per frame on the header). */
   readonly headerOnly: number[][]
-  /** Per class: header-only rules with an address field of IPv6 blocks only (IPv6 frames only). */
+  /**
+   * Per class: header-only rules checked on IPv6 frames only: those with an address field of IPv6
+   * blocks only, and the indexed ones (headerBySource/Destination) whose indexed side has IPv6 too.
+   */
   readonly headerOnlyV6: number[][]
   /**
    * Header-only rules whose source (else destination) is a list of IPv4 blocks (IP reputation
@@ -357,12 +360,19 @@ class RuleSet {
         // Indexed by the narrower side (`$HOME_NET -> [reputation list]` by the list).
         const src = rule.source.ipv4Blocks
         const dst = rule.destination.ipv4Blocks
+        // IPv4 frames look the rule up by that side; IPv6 ones check it when that side has IPv6.
+        const v6 = (hasIpv6: boolean | undefined): void => {
+          if (hasIpv6)
+            for (let c = 0; c < CLASSES; c++) if (this.classMask[i] & (1 << c)) this.headerOnlyV6[c].push(i)
+        }
         if (src && (!dst || blockSpan(src) <= blockSpan(dst))) {
           this.headerBySource.add(i, src)
+          v6(rule.source.hasIpv6)
           return
         }
         if (dst) {
           this.headerByDestination.add(i, dst)
+          v6(rule.destination.hasIpv6)
           return
         }
       }

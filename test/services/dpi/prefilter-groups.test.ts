@@ -227,6 +227,8 @@ describe('DPI engine with prefilter groups', () => {
         'alert ip $HOME_NET any -> [93.184.216.34,198.51.100.0/24] any (msg:"to bad"; sid:1;)',
         'alert ip [2001:db8::1,2001:db8::2] any -> $HOME_NET any (msg:"v6 list"; sid:2;)',
         'alert ip [93.184.216.34] any -> $HOME_NET any (msg:"from bad"; sid:3;)',
+        'alert ip [198.51.100.7,2001:db8::1,93.184.216.34/32] any -> $HOME_NET any (msg:"mixed list"; sid:4;)',
+        'alert ip [198.51.100.8,2001:db8::2] any -> $HOME_NET any (msg:"mixed, not it"; sid:5;)',
       ].join('\n'),
       { vars: { HOME_NET: '10.0.0.0/8' } },
     )
@@ -234,6 +236,6 @@ describe('DPI engine with prefilter groups', () => {
     c.client('hello')
     c.server('world')
     // One alert per frame and rule: the 3 client frames (SYN, ACK, data), the 2 server frames.
-    assert.deepEqual(h.sids, [1, 1, 1, 3, 3])
+    assert.deepEqual(h.sids, [1, 1, 1, 3, 3, 4, 4])
   })
 })
