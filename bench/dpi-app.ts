@@ -9,7 +9,9 @@
  *   - for HTTP, the loadable rules of ET Open 2024-04-21 (the test fixture; HOME_NET 10.0.0.0/8).
  * Reports frames and MB per CPU-second (one core), ns per frame, and the ratio to 0 rules.
  *
- * Run: npm run bench -- dpi-app   (or node dist/bench/dpi-app.js [seconds-per-case])
+ * Run: npm run bench -- dpi-app   (or node dist/bench/dpi-app.js [seconds-per-case]);
+ * `BENCH_DPI_RULES=0,et` runs only the rule sets whose label starts with those words (0, 1, 1000,
+ * 10000, et), `BENCH_DPI_TRAFFIC=1` only that traffic (1: HTTP, 2: DNS).
  */
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -216,9 +218,13 @@ const cases: Array<[string, Segment[], Array<[string, string]>]> = [
     ],
   ],
 ]
-for (const [traffic, segments, variants] of cases) {
+const onlyRules = process.env.BENCH_DPI_RULES?.split(',')
+const onlyTraffic = process.env.BENCH_DPI_TRAFFIC?.split(',').map(Number)
+for (const [t, [traffic, segments, variants]] of cases.entries()) {
+  if (onlyTraffic && !onlyTraffic.includes(t + 1)) continue
   let baseline = 0
   for (const [label, rules] of variants) {
+    if (onlyRules && !onlyRules.includes(label.split(' ')[0].toLowerCase())) continue
     global.gc?.()
     const r = run(rules, segments)
     if (label === '0') baseline = r.fps

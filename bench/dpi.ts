@@ -8,9 +8,11 @@
  *
  * The last row of each traffic is the whole loadable ET Open set of 2024-04-21 (the offline
  * fixture, test/fixtures/dpi/), with its load time (parse + compile), the compiled set's size
- * (compiledBytes() and the heap growth) and the rules loaded.
+ * (compiledBytes() and the heap growth), the heap growth once the traffic ran (the prefilter groups
+ * built on first use, flows, transactions) and the rules loaded.
  *
- * Run: npm run bench -- dpi   (or node dist/bench/dpi.js [seconds-per-case])
+ * Run: npm run bench -- dpi   (or node dist/bench/dpi.js [seconds-per-case]); `BENCH_DPI_RULES=0,et`
+ * runs only those rule sets, `BENCH_DPI_TRAFFIC=1,3` only those traffics (1-based).
  */
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -148,7 +150,7 @@ function etOpen(): Record<string, string> {
 }
 
 /** The service for `rules` (a count of generated rules, or 'et'), timed, with its heap growth. */
-function build(rules: number | 'et'): { dpi: DpiService; buildMs: number; heapMB: number } {
+function build(rules: number | 'et'): { dpi: DpiService; buildMs: number; heapMB: number; heap0: number } {
   global.gc?.()
   const heap0 = process.memoryUsage().heapUsed
   const t0 = performance.now()
@@ -164,7 +166,7 @@ function build(rules: number | 'et'): { dpi: DpiService; buildMs: number; heapMB
   const buildMs = performance.now() - t0
   global.gc?.()
   const heapMB = (process.memoryUsage().heapUsed - heap0) / 1e6
-  return { dpi, buildMs, heapMB }
+  return { dpi, buildMs, heapMB, heap0 }
 }
 
 function run(
@@ -174,12 +176,13 @@ function run(
   mbps: number
   buildMs: number
   heapMB: number
+  heapAfterMB: number
   compiledMB: number
   loaded: number
   states: number
   alerts: number
 } {
-  const { dpi, buildMs, heapMB } = build(rules)
+  const { dpi, buildMs, heapMB, heap0 } = build(rules)
   const ctx: NetContext = { now: 0, reply: () => {}, event: () => {} }
   const p = newPacket()
   const seq = new Uint32Array(64 * 2)
@@ -204,10 +207,12 @@ function run(
   // Per CPU-second of this process (the machine may be shared): what one core sustains.
   const cpu = process.cpuUsage(cpu0)
   const cpuSeconds = (cpu.user + cpu.system) / 1e6
+  global.gc?.()
   return {
     mbps: bytes / 1e6 / cpuSeconds,
     buildMs,
     heapMB,
+    heapAfterMB: (process.memoryUsage().heapUsed - heap0) / 1e6,
     compiledMB: dpi.compiledBytes() / 1e6,
     loaded: c.rules,
     states: c.automatonStates,
@@ -222,12 +227,16 @@ const cases: Array<[string, number, 'http' | 'binary']> = [
 ]
 const results: Record<string, unknown>[] = []
 console.log(
-  'traffic                      rules  MB/cpu-s Gbit/s   ratio   build ms   AC states   alerts  heap MB  compiled MB',
+  'traffic                      rules  MB/cpu-s Gbit/s   ratio   build ms   AC states   alerts  heap MB  compiled MB  heap after',
 )
-for (const [name, size, payload] of cases) {
+const onlyRules = process.env.BENCH_DPI_RULES?.split(',')
+const onlyTraffic = process.env.BENCH_DPI_TRAFFIC?.split(',').map(Number)
+for (const [t, [name, size, payload]] of cases.entries()) {
+  if (onlyTraffic && !onlyTraffic.includes(t + 1)) continue
   const segments = makeTraffic(size, 16 * 1024 * 1024, payload)
   let baseline = 0
   for (const rules of [0, 1000, 10_000, 'et'] as const) {
+    if (onlyRules && !onlyRules.includes(String(rules))) continue
     global.gc?.()
     const r = run(rules, segments)
     if (rules === 0) baseline = r.mbps
@@ -235,7 +244,7 @@ for (const [name, size, payload] of cases) {
     console.log(
       `${name.padEnd(28)} ${String(rules).padStart(5)} ${r.mbps.toFixed(0).padStart(7)} ${((r.mbps * 8) / 1000).toFixed(2).padStart(8)}` +
         ` ${ratio.toFixed(2).padStart(7)} ${r.buildMs.toFixed(0).padStart(10)} ${String(r.states).padStart(11)} ${String(r.alerts).padStart(8)}` +
-        ` ${r.heapMB.toFixed(1).padStart(8)} ${r.compiledMB.toFixed(1).padStart(12)}` +
+        ` ${r.heapMB.toFixed(1).padStart(8)} ${r.compiledMB.toFixed(1).padStart(12)} ${r.heapAfterMB.toFixed(1).padStart(10)}` +
         (rules === 'et' ? `  (ET Open: ${r.loaded} rules loaded)` : ''),
     )
     results.push({
@@ -245,6 +254,7 @@ for (const [name, size, payload] of cases) {
       ratio: Number(ratio.toFixed(3)),
       buildMs: Math.round(r.buildMs),
       heapMB: Number(r.heapMB.toFixed(1)),
+      heapAfterMB: Number(r.heapAfterMB.toFixed(1)),
       compiledMB: Number(r.compiledMB.toFixed(1)),
       loaded: r.loaded,
     })

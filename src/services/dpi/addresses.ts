@@ -18,10 +18,15 @@ export interface AddressMatcher {
   readonly any: boolean
   readonly match: AddressPredicate
   /**
-   * When the field is only IPv4 blocks (no negation, no IPv6): them, as 32-bit networks, so the
-   * engine can index rules by address (IP reputation lists of hundreds of addresses).
+   * When the field is a plain list of blocks (no negation): its IPv4 ones, as 32-bit networks, so
+   * the engine can index rules by address (IP reputation lists of hundreds of addresses); an IPv4
+   * address the field matches is in one of them.
    */
   readonly ipv4Blocks?: readonly { network: number; prefix: number }[]
+  /** Such a list also holds IPv6 blocks. */
+  readonly hasIpv6?: boolean
+  /** The field is only IPv6 blocks (no negation): it never matches an IPv4 address. */
+  readonly ipv6Only?: boolean
 }
 
 export interface PortMatcher {
@@ -115,6 +120,9 @@ function isAny<T>(node: Node<T>): boolean {
   return node.items.some((i) => i.kind === 'any') && !node.items.some((i) => i.kind === 'not')
 }
 
+/** A compiled predicate as called: at most three arguments (address predicates take three). */
+type Fixed = (a: never, b: never, c: never) => boolean
+
 /** Lists of at least this many atoms are matched through `batch` (one lookup, not a scan). */
 const BATCH_MIN = 4
 
@@ -136,17 +144,24 @@ function compile<T, F extends (...args: never[]) => boolean>(
     case 'atom':
       return atom(node.test)
     case 'not': {
-      const inner = compile(node.inner, atom, batch)
-      return ((...args: Parameters<F>) => !inner(...args)) as unknown as F
+      const inner = compile(node.inner, atom, batch) as unknown as Fixed
+      return ((a: never, b: never, c: never) => !inner(a, b, c)) as unknown as F
     }
     case 'group': {
-      const positives = all(node.items.filter((i) => i.kind !== 'not'))
+      // Fixed parameters (a predicate takes at most three), not rest arguments: a call allocates nothing.
+      const positives = all(node.items.filter((i) => i.kind !== 'not')) as unknown as Fixed[]
       const negatives = all(
         node.items.filter((i): i is { kind: 'not'; inner: Node<T> } => i.kind === 'not').map((i) => i.inner),
-      )
-      return ((...args: Parameters<F>) => {
-        if (positives.length > 0 && !positives.some((f) => f(...args))) return false
-        return !negatives.some((f) => f(...args))
+      ) as unknown as Fixed[]
+      if (negatives.length === 0 && positives.length === 1) return positives[0] as unknown as F
+      return ((a: never, b: never, c: never) => {
+        if (positives.length > 0) {
+          let any = false
+          for (let k = 0; k < positives.length && !any; k++) any = positives[k](a, b, c)
+          if (!any) return false
+        }
+        for (let k = 0; k < negatives.length; k++) if (negatives[k](a, b, c)) return false
+        return true
       }) as unknown as F
     }
   }
@@ -326,22 +341,22 @@ function cidrSetPredicate(blocks: Cidr[]): AddressPredicate {
 export function parseAddressField(text: string, vars: Readonly<Record<string, string>>): AddressMatcher {
   const node = parseField(text, 'address', vars, parseCidr)
   if (isAny(node)) return { text, any: true, match: () => true }
-  const atoms = node.kind === 'atom' ? [node] : node.kind === 'group' ? node.items : []
-  const blocks =
-    atoms.length > 0 && atoms.every((a) => a.kind === 'atom' && a.test.bytes.length === 4)
-      ? atoms.map((a) => {
-          const b = (a as { test: Cidr }).test.bytes
-          return {
-            network: ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0,
-            prefix: (a as { test: Cidr }).test.prefix,
-          }
-        })
-      : undefined
+  const items = node.kind === 'atom' ? [node] : node.kind === 'group' ? node.items : []
+  // A plain list of blocks (no negation, no nesting): its IPv4 blocks are all an IPv4 address can
+  // match (the engine indexes rules by them), its IPv6 ones all an IPv6 address can.
+  const atoms = items.every((a) => a.kind === 'atom') ? (items as { test: Cidr }[]) : []
+  const v4 = atoms.filter((a) => a.test.bytes.length === 4)
+  const blocks = v4.map(({ test: { bytes: b, prefix } }) => ({
+    network: ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0,
+    prefix,
+  }))
+  const hasIpv6 = atoms.length > v4.length
   return {
     text,
     any: false,
     match: compile(node, cidrPredicate, cidrSetPredicate),
-    ...(blocks && { ipv4Blocks: blocks }),
+    ...(blocks.length > 0 && { ipv4Blocks: blocks }),
+    ...(hasIpv6 && (blocks.length > 0 ? { hasIpv6 } : { ipv6Only: true })),
   }
 }
 

@@ -1,3 +1,5 @@
+import { nativeScan } from './native-scan.ts'
+
 /**
  * A multi-pattern prefilter: an Aho–Corasick automaton compiled to a full DFA over byte classes.
  *
@@ -22,6 +24,12 @@
  */
 
 const foldByte = (b: number): number => (b >= 0x41 && b <= 0x5a ? b + 0x20 : b)
+
+/** Shorter ranges are scanned in JavaScript (a native call costs about what ~100 bytes do). */
+const NATIVE_MIN_BYTES = 128
+/** The native scan's scalars and hit records (hits are emitted before the next call). */
+const nativeIo = new Int32Array(7)
+const nativeHits = new Int32Array(2 * 512)
 
 /** Called for each hit: pattern id and the index just past the hit's last byte. */
 export type HitCallback = (pattern: number, end: number) => void
@@ -73,12 +81,19 @@ export class AhoCorasick {
   readonly #outputStart: Int32Array
   readonly #outputs: Int32Array
   readonly #lengths: Int32Array
+  /** Scans of NATIVE_MIN_BYTES or more go to the native loop when it is built. */
+  readonly #native: boolean
 
   /**
    * Builds the automaton; pattern i's hits report id i. Empty patterns are never reported.
-   * `skip: false` turns skipping off (the byte-by-byte scan, for comparison).
+   * `skip: false` turns skipping off (the byte-by-byte scan, for comparison); `native: false` keeps
+   * the scan in JavaScript (see native-scan.ts).
    */
-  constructor(patterns: readonly Uint8Array[], options: { skip?: boolean; tables?: AhoCorasickTables } = {}) {
+  constructor(
+    patterns: readonly Uint8Array[],
+    options: { skip?: boolean; native?: boolean; tables?: AhoCorasickTables } = {},
+  ) {
+    this.#native = options.native !== false
     const t = options.tables
     if (t) {
       // Built elsewhere (a worker) from the same patterns: adopt its tables.
@@ -253,6 +268,8 @@ export class AhoCorasick {
    * once, in order of its end.
    */
   scan(data: Uint8Array, start: number, end: number, state: number, onHit: HitCallback): number {
+    if (nativeScan && this.#native && end - start >= NATIVE_MIN_BYTES)
+      return this.#scanNative(data, start, end, state, onHit)
     if (this.skipWindow === 0) return this.#scanBytes(data, start, end, state, onHit)
     const delta = this.#delta
     const classes = this.#classes
@@ -298,6 +315,36 @@ export class AhoCorasick {
       i = j
       until = j + m + backoff
     }
+  }
+
+  /** scan() in native code: the same hits and state; refilled while its hit records fill up. */
+  #scanNative(data: Uint8Array, start: number, end: number, state: number, onHit: HitCallback): number {
+    const io = nativeIo
+    const hits = nativeHits
+    let s = state
+    for (let i = start; i < end; ) {
+      io[0] = this.#threshold
+      io[1] = this.#shallow
+      io[2] = this.skipWindow
+      io[3] = i
+      io[4] = end
+      io[5] = s
+      io[6] = 0
+      ;(nativeScan as NonNullable<typeof nativeScan>).scan(
+        this.#delta,
+        this.#classes,
+        this.#pairs,
+        data,
+        io,
+        hits,
+      )
+      s = io[5]
+      i = io[4]
+      const n = io[6]
+      for (let k = 0; k < n; k++) this.#emit(hits[2 * k], hits[2 * k + 1], onHit)
+      if (n < hits.length / 2) break
+    }
+    return s
   }
 
   /** The byte-by-byte scan (no skipping). */

@@ -14,11 +14,12 @@ import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
 import { AddressIndex } from './addresses.ts'
 import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
-import { type AppProto, BUFFER_PROTO, type BufferId } from './app/buffers.ts'
+import { type AppProto, BUFFER_PROTO, type BufferId, RESPONSE_BUFFERS } from './app/buffers.ts'
 import { type AppLimits, AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
-import { type AppTx, scanKey } from './app/tx.ts'
+import { type AppTx, BOTH_SIDES } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
+import { type GroupedRule, PatternSet, type PrefilterGroup, PrefilterGroups } from './groups.ts'
 import {
   applyActions,
   conditionsHold,
@@ -30,6 +31,7 @@ import {
 import { type InspectBuffer, PayloadMatcher } from './match.ts'
 import { DEFAULT_REGEX_BUDGET, newRegexBudget } from './regex.ts'
 import {
+  type ContentMatch,
   type FastPatternRef,
   invalidRules,
   type ParsedRules,
@@ -126,6 +128,35 @@ function ruleAppProto(rule: Rule): AppProto | null | undefined {
   return app
 }
 
+/** How many IPv4 addresses the blocks hold (overlaps counted twice). */
+function blockSpan(blocks: readonly { prefix: number }[]): number {
+  let n = 0
+  for (const b of blocks) n += 2 ** (32 - b.prefix)
+  return n
+}
+
+/** Buffers holding the same bytes (a body): one prefilter serves them. */
+const BODY_BUFFERS: ReadonlySet<BufferId> = new Set<BufferId>([
+  'file.data',
+  'http.request_body',
+  'http.response_body',
+])
+
+/** A prefilter over the fast patterns of one application buffer (or of buffers with the same bytes). */
+interface BufferPrefilter {
+  parts: {
+    id: BufferId
+    /** Its place in AppTx.scanned (× 4; + 2 for the response side; count, then bytes). */
+    slot: number
+    /** The buffer exists only on the response side. */
+    responseOnly: boolean
+    /** The buffer exists on both sides: the packet's side is seen (AppTx.lookup). */
+    bothSides: boolean
+  }[]
+  automaton: AhoCorasick
+  patternRules: readonly (readonly number[])[]
+}
+
 /** The items of a rule's 'payload' group (none when it has no such group). */
 function payloadItems(rule: Rule): PayloadMatch[] {
   return rule.groups.find((g) => g.buffer === 'payload')?.items ?? []
@@ -149,6 +180,9 @@ function anchored(items: PayloadMatch[]): boolean {
   })
 }
 
+/** For scans that only set an automaton's state (over bytes inspected before). */
+const IGNORE_HITS = (): void => {}
+
 /** Most "fast pattern seen, rest not yet" entries kept per stream direction. */
 const MAX_PENDING = 64
 
@@ -161,6 +195,8 @@ class RuleSet {
   readonly automaton: AhoCorasick | undefined
   /** Pattern id → the rules whose fast pattern it is. */
   readonly patternRules: number[][]
+  /** Per flow side: the automaton over the payload rules its frames can meet (groups.ts). */
+  readonly groups: PrefilterGroups
   /** Per rule: its fast pattern's length (0: none). */
   readonly fastLength: Int32Array
   /** Per rule: it has more than its fast pattern, so a hit may complete later (pending). */
@@ -169,6 +205,11 @@ class RuleSet {
   readonly anchored: Uint8Array
   /** Per class: rules with neither content nor pcre (checked per frame on the header). */
   readonly headerOnly: number[][]
+  /**
+   * Per class: header-only rules checked on IPv6 frames only: those with an address field of IPv6
+   * blocks only, and the indexed ones (headerBySource/Destination) whose indexed side has IPv6 too.
+   */
+  readonly headerOnlyV6: number[][]
   /**
    * Header-only rules whose source (else destination) is a list of IPv4 blocks (IP reputation
    * rules), indexed by those blocks instead of checked one by one on every frame.
@@ -188,9 +229,19 @@ class RuleSet {
   /** Per rule: one matcher per group (rule.groups order); used for rules on application buffers. */
   readonly groupMatchers: PayloadMatcher[][]
   /** Per application buffer: a prefilter over the fast patterns bound to it. */
-  readonly bufferPrefilters = new Map<BufferId, { automaton: AhoCorasick; patternRules: number[][] }>()
+  readonly bufferPrefilters: BufferPrefilter[] = []
+  /** Parts of all bufferPrefilters (per transaction: scan progress per part and side). */
+  readonly prefilterSlots: number
   /** Per application buffer: rules without a fast pattern in an app buffer, triggered by it. */
   readonly appAlways = new Map<BufferId, number[]>()
+  /**
+   * Per application buffer: rules on app buffers whose fast pattern is in their payload group,
+   * triggered by it when the payload prefilter saw their fast pattern in the same bytes.
+   */
+  readonly appPayloadFast = new Map<BufferId, number[]>()
+  /** Per rule: 1 for those (a payload prefilter hit marks them in payloadFastSeen, by frame). */
+  readonly appFast: Uint8Array
+  readonly payloadFastSeen: Uint32Array
   /** Per rule: the application buffers its groups read. */
   readonly ruleBuffers: BufferId[][]
   /** Some rule needs the application layer (a protocol in its header, or app buffers). */
@@ -217,13 +268,34 @@ class RuleSet {
       r.tcpMode === 'packet' ? 2 : r.tcpMode === 'stream' ? 0 : anchored(payloadItems(r)) ? 1 : 0,
     )
     this.headerOnly = Array.from({ length: CLASSES }, () => [])
+    this.headerOnlyV6 = Array.from({ length: CLASSES }, () => [])
     this.always = Array.from({ length: CLASSES }, () => [])
     this.candidateStamp = new Uint32Array(n)
     this.matchedStamp = new Uint32Array(n)
     this.hitEnd = new Float64Array(n)
-    const patterns: Uint8Array[] = []
-    const patternIds = new Map<string, number>()
-    this.patternRules = []
+    const all = new PatternSet()
+    const grouped: GroupedRule[] = []
+    this.appFast = new Uint8Array(n)
+    this.payloadFastSeen = new Uint32Array(n)
+    /** Rule i's fast pattern goes to the payload prefilters (the whole set's and its groups). */
+    const addPayloadFast = (i: number, fast: ContentMatch): void => {
+      all.add(fast.folded, i)
+      const rule = rules[i]
+      const app = this.ruleApp[i]
+      if (app === null) return // never matches
+      grouped.push({
+        rule: i,
+        pattern: fast.folded,
+        // Bound to the buffer's start (a fixed offset and depth): scanned over the first bytes only.
+        anchor: !fast.relative && fast.depth >= 0 && !fast.slots ? fast.offset + fast.depth : -1,
+        classMask: this.classMask[i],
+        app,
+        toServer: rule.flow.toServer,
+        sourcePorts: rule.sourcePorts,
+        destinationPorts: rule.destinationPorts,
+        bidirectional: rule.bidirectional,
+      })
+    }
     let maxContent = 0
     let context = false
     this.ruleApp = rules.map(ruleAppProto)
@@ -241,10 +313,7 @@ class RuleSet {
       const p = BUFFER_PROTO[b]
       if (p !== undefined) this.parsedProtos.add(p)
     }
-    const appPatterns = new Map<
-      BufferId,
-      { patterns: Uint8Array[]; ids: Map<string, number>; rules: number[][] }
-    >()
+    const appPatterns = new Map<BufferId, PatternSet>()
     rules.forEach((rule, i) => {
       // Rules on application-layer buffers are matched per transaction.
       if (rule.groups.some((g) => g.buffer !== 'payload')) {
@@ -254,27 +323,26 @@ class RuleSet {
         const group = fp ? rule.groups[fp.group] : undefined
         const fast = fp && group ? group.items[fp.item] : undefined
         if (!group || group.buffer === 'payload' || group.buffer === 'stream' || fast?.kind !== 'content') {
-          // Verified when its first application buffer is set or grows.
+          // Verified when its first application buffer is set or grows (and, with a fast pattern
+          // in its payload group, only when the payload prefilter saw it).
           const trigger = this.ruleBuffers[i][0]
-          const list = this.appAlways.get(trigger) ?? []
+          const payloadFast = group?.buffer === 'payload' && fast?.kind === 'content'
+          const lists = payloadFast ? this.appPayloadFast : this.appAlways
+          const list = lists.get(trigger) ?? []
           list.push(i)
-          this.appAlways.set(trigger, list)
+          lists.set(trigger, list)
+          if (payloadFast) {
+            this.appFast[i] = 1
+            addPayloadFast(i, fast)
+          }
           return
         }
         let entry = appPatterns.get(group.buffer)
         if (!entry) {
-          entry = { patterns: [], ids: new Map(), rules: [] }
+          entry = new PatternSet()
           appPatterns.set(group.buffer, entry)
         }
-        const key = Buffer.from(fast.folded).toString('latin1')
-        let id = entry.ids.get(key)
-        if (id === undefined) {
-          id = entry.patterns.length
-          entry.ids.set(key, id)
-          entry.patterns.push(fast.folded)
-          entry.rules.push([])
-        }
-        entry.rules[id].push(i)
+        entry.add(fast.folded, i)
         return
       }
       const matches = payloadItems(rule)
@@ -283,13 +351,28 @@ class RuleSet {
       this.needsContext[i] = matches.length > 1 ? 1 : 0
       const lists =
         matches.length === 0 ? this.headerOnly : rule.fastPattern === undefined ? this.always : undefined
+      if (lists === this.headerOnly && (rule.source.ipv6Only || rule.destination.ipv6Only)) {
+        // Tor exit lists and the like in IPv6: never an IPv4 frame's.
+        for (let c = 0; c < CLASSES; c++) if (this.classMask[i] & (1 << c)) this.headerOnlyV6[c].push(i)
+        return
+      }
       if (lists === this.headerOnly && !rule.bidirectional) {
-        if (rule.source.ipv4Blocks) {
-          this.headerBySource.add(i, rule.source.ipv4Blocks)
+        // Indexed by the narrower side (`$HOME_NET -> [reputation list]` by the list).
+        const src = rule.source.ipv4Blocks
+        const dst = rule.destination.ipv4Blocks
+        // IPv4 frames look the rule up by that side; IPv6 ones check it when that side has IPv6.
+        const v6 = (hasIpv6: boolean | undefined): void => {
+          if (hasIpv6)
+            for (let c = 0; c < CLASSES; c++) if (this.classMask[i] & (1 << c)) this.headerOnlyV6[c].push(i)
+        }
+        if (src && (!dst || blockSpan(src) <= blockSpan(dst))) {
+          this.headerBySource.add(i, src)
+          v6(rule.source.hasIpv6)
           return
         }
-        if (rule.destination.ipv4Blocks) {
-          this.headerByDestination.add(i, rule.destination.ipv4Blocks)
+        if (dst) {
+          this.headerByDestination.add(i, dst)
+          v6(rule.destination.hasIpv6)
           return
         }
       }
@@ -299,21 +382,40 @@ class RuleSet {
       }
       const fast = matches[(rule.fastPattern as FastPatternRef).item]
       if (fast.kind !== 'content') return
-      const key = Buffer.from(fast.folded).toString('latin1')
-      let id = patternIds.get(key)
-      if (id === undefined) {
-        id = patterns.length
-        patternIds.set(key, id)
-        patterns.push(fast.folded)
-        this.patternRules.push([])
-      }
-      this.patternRules[id].push(i)
       this.fastLength[i] = fast.pattern.length
+      addPayloadFast(i, fast)
     })
-    for (const [id, e] of appPatterns)
-      this.bufferPrefilters.set(id, { automaton: new AhoCorasick(e.patterns), patternRules: e.rules })
+    // The bodies (file_data and http.request_body / http.response_body are the same bytes) share
+    // one automaton, so a body is scanned once.
+    const bodies = new PatternSet()
+    const bodyIds: BufferId[] = []
+    for (const [id, e] of appPatterns) {
+      if (!BODY_BUFFERS.has(id)) continue
+      bodyIds.push(id)
+      e.rules.forEach((list, k) => {
+        for (const i of list) bodies.add(e.patterns[k], i)
+      })
+    }
+    let slots = 0
+    const prefilter = (ids: BufferId[], set: PatternSet): void => {
+      const { automaton, patternRules } = set.build()
+      if (!automaton) return
+      const parts = ids.map((id) => ({
+        id,
+        slot: slots++,
+        responseOnly: RESPONSE_BUFFERS.has(id),
+        bothSides: BOTH_SIDES.has(id),
+      }))
+      this.bufferPrefilters.push({ parts, automaton, patternRules })
+    }
+    if (bodyIds.length > 0) prefilter(bodyIds, bodies)
+    for (const [id, e] of appPatterns) if (!BODY_BUFFERS.has(id)) prefilter([id], e)
+    this.prefilterSlots = slots
+    const patterns = all.patterns
+    this.patternRules = all.rules
     if (tables && tables.patternCount !== patterns.length) tables = undefined
     this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables }) : undefined
+    this.groups = new PrefilterGroups(grouped, { automaton: this.automaton, patternRules: this.patternRules })
     this.keep = context ? Math.max(streamWindow, maxContent) : Math.max(0, maxContent - 1)
   }
 }
@@ -385,7 +487,7 @@ export class DpiService implements NetService {
   readonly #updated: AppTx[] = []
   /** The transaction being prefiltered, and the buffer prefilter's pattern → rules. */
   #appTx: AppTx | undefined
-  #appPatternRules: number[][] = []
+  #appPatternRules: readonly (readonly number[])[] = []
   readonly #onAppHit: (pattern: number, end: number) => void
   /** Rules hit by the buffer prefilters in this transaction round (deduplicated by stamp). */
   readonly #hits: number[] = []
@@ -393,6 +495,8 @@ export class DpiService implements NetService {
   #hitRound = 0
   /** The rules verified on a transaction this round. */
   readonly #round: number[] = []
+  /** The inspection buffers made of a transaction's buffers this round (reused). */
+  readonly #views = new Map<Buffer, InspectBuffer>()
   /** What each flow's application layer is built with; `wants` follows the rules in force. */
   readonly #appLimits: AppLimits
   readonly #regexBudget = newRegexBudget()
@@ -414,6 +518,8 @@ export class DpiService implements NetService {
   #flow: Flow | undefined
   #toServer = true
   #hitBase = 0
+  /** The pattern → rules of the automaton being run (the side's group's). */
+  #patternRules: readonly (readonly number[])[] = []
   readonly #onHit: (pattern: number, end: number) => void
   readonly #onHeaderHit = (i: number): void => {
     if (this.#header(i)) this.#addMatch(i)
@@ -586,12 +692,13 @@ export class DpiService implements NetService {
         this.#reassembler.segment(side, seq, frame, p.payloadOffset, payloadEnd, this.#onChunk, rs.generation)
         if ((flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
       } else {
-        this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls, flow)
+        this.#inspectPayload(frame, p.payloadOffset, payloadEnd, cls, flow, side)
       }
     }
     if (tcp && p.payloadLength === 0 && (flags & TCP_FIN) !== 0) this.#closeApp(flow, toServer)
     // After the payload: its bytes may have just revealed the flow's application protocol.
     for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
+    if (p.addressLength === 16) for (const i of rs.headerOnlyV6[cls]) if (this.#header(i)) this.#addMatch(i)
     if (p.addressLength === 4) {
       if (rs.headerBySource.size > 0)
         rs.headerBySource.lookup(frame, p.sourceAddressOffset, this.#onHeaderHit)
@@ -657,16 +764,30 @@ export class DpiService implements NetService {
     }
   }
 
-  /** After a rule swap: the automaton state for the new rules, from the window's tail. */
+  /** After a rule swap: the new rules' group is chosen (and its state set) by the next chunk. */
   #resync(side: StreamSide, rs: RuleSet): void {
     side.acState = 0
     side.pendingRules.length = 0
     side.pendingEnds.length = 0
     side.generation = rs.generation
-    const ac = rs.automaton
-    if (!ac || !side.window) return
-    const from = Math.max(0, side.windowLength - ac.maxPatternLength + 1)
-    side.acState = ac.scan(side.window, from, side.windowLength, 0, () => {})
+    side.group = undefined
+  }
+
+  /**
+   * The prefilter group of `side` (frames of class `cls` on `flow`, the current packet's): chosen
+   * once per rule set, and again once the flow's protocol is detected.
+   */
+  #group(side: StreamSide, cls: number, flow: Flow): PrefilterGroup {
+    const app = flow.app?.proto
+    const rs = this.#rules
+    if (side.group !== undefined && side.groupApp === app && side.groupGeneration === rs.generation)
+      return side.group as PrefilterGroup
+    const p = this.#packet as Packet
+    const group = rs.groups.find(cls, app, this.#toServer, p.sourcePort, p.destinationPort)
+    side.group = group
+    side.groupApp = app
+    side.groupGeneration = rs.generation
+    return group
   }
 
   /** Header, flow and dsize conditions of rule `i` on the current frame. */
@@ -733,11 +854,23 @@ export class DpiService implements NetService {
 
   #hit(pattern: number, end: number): void {
     const base = this.#hitBase + end
-    for (const i of this.#rules.patternRules[pattern]) this.#addCandidate(i, base)
+    const rs = this.#rules
+    for (const i of this.#patternRules[pattern]) {
+      // An application rule's payload fast pattern: a trigger for its transaction (see appPayloadFast).
+      if (rs.appFast[i] === 1) rs.payloadFastSeen[i] = this.#frameId
+      else this.#addCandidate(i, base)
+    }
   }
 
   /** One UDP datagram / ICMP message / other IP payload: inspected on its own. */
-  #inspectPayload(frame: Uint8Array, start: number, end: number, cls: number, flow: Flow): void {
+  #inspectPayload(
+    frame: Uint8Array,
+    start: number,
+    end: number,
+    cls: number,
+    flow: Flow,
+    side: StreamSide,
+  ): void {
     const rs = this.#rules
     const updated = this.#updated
     updated.length = 0
@@ -747,7 +880,14 @@ export class DpiService implements NetService {
     }
     this.#newScan()
     this.#hitBase = -start
-    rs.automaton?.scan(frame, start, end, 0, this.#onHit)
+    const group = this.#group(side, cls, flow)
+    this.#patternRules = group.patternRules
+    group.automaton?.scan(frame, start, end, 0, this.#onHit)
+    const head = group.head
+    if (head) {
+      this.#patternRules = head.patternRules
+      head.automaton.scan(frame, start, Math.min(end, start + head.length), 0, this.#onHit)
+    }
     for (const i of rs.always[cls]) this.#addCandidate(i, -1)
     if (this.#candidates.length === 0 && updated.length === 0) return
     const data = Buffer.from(frame.buffer, frame.byteOffset + start, end - start)
@@ -784,7 +924,7 @@ export class DpiService implements NetService {
         tx.generation = rs.generation
         tx.alerted.clear()
         tx.candidates.clear()
-        tx.scanned.clear()
+        tx.scanned.fill(0)
       }
       if (tx.inspected === tx.version) continue
       tx.inspected = tx.version
@@ -793,29 +933,53 @@ export class DpiService implements NetService {
       this.#hits.length = 0
       this.#hitRound = (this.#hitRound + 1) >>> 0 || 1
       if (this.#hitStamp.length < rs.rules.length) this.#hitStamp = new Uint32Array(rs.rules.length)
-      for (const [id, prefilter] of rs.bufferPrefilters) {
-        const list = tx.lookup(id, toServer)
-        if (!list) continue
-        const key = scanKey(id, toServer)
-        let done = tx.scanned.get(key)
-        if (!done) {
-          done = { count: 0, bytes: 0 }
-          tx.scanned.set(key, done)
-        }
+      const prefilters = rs.bufferPrefilters
+      // A plain array: a typed one per transaction costs more than it saves.
+      if (tx.scanned.length !== 4 * rs.prefilterSlots) tx.scanned = new Array(4 * rs.prefilterSlots).fill(0)
+      const scanned = tx.scanned
+      for (const prefilter of prefilters) {
         const ac = prefilter.automaton
         this.#appPatternRules = prefilter.patternRules
-        for (let k = Math.max(0, done.count - 1); k < list.length; k++) {
-          const b = list[k]
-          // The last instance scanned may have grown: rescan its tail, overlapping by a pattern.
-          let from = 0
-          if (k === done.count - 1) {
-            if (done.bytes >= b.length) continue
-            from = Math.max(0, done.bytes - ac.maxPatternLength + 1)
+        // The last list scanned by this prefilter, and the progress it was scanned from.
+        let done: Buffer[] | undefined
+        let doneCount = 0
+        let doneBytes = 0
+        for (const part of prefilter.parts) {
+          // The instances a packet going this way sees (see AppTx.lookup), and their progress.
+          const response = part.responseOnly || (part.bothSides && !toServer)
+          const list = (response ? tx.response : tx.request).get(part.id)
+          if (!list) continue
+          const slot = 4 * part.slot + (response ? 2 : 0)
+          const count = scanned[slot]
+          const last = list.length > 0 ? list[list.length - 1].length : 0
+          if (
+            done !== undefined &&
+            done.length === list.length &&
+            done[done.length - 1] === list[list.length - 1] &&
+            count === doneCount &&
+            scanned[slot + 1] === doneBytes
+          ) {
+            // The same bytes as the part just scanned, from the same point (a body): scanned.
+            scanned[slot] = list.length
+            scanned[slot + 1] = last
+            continue
           }
-          ac.scan(b, from, b.length, 0, this.#onAppHit)
+          done = list
+          doneCount = count
+          doneBytes = scanned[slot + 1]
+          for (let k = Math.max(0, count - 1); k < list.length; k++) {
+            const b = list[k]
+            // The last instance scanned may have grown: rescan its tail, overlapping by a pattern.
+            let from = 0
+            if (k === count - 1) {
+              if (scanned[slot + 1] >= b.length) continue
+              from = Math.max(0, scanned[slot + 1] - ac.maxPatternLength + 1)
+            }
+            ac.scan(b, from, b.length, 0, this.#onAppHit)
+          }
+          scanned[slot] = list.length
+          scanned[slot + 1] = last
         }
-        done.count = list.length
-        done.bytes = list.length > 0 ? list[list.length - 1].length : 0
       }
       this.#appTx = undefined
       // Verified now: new prefilter hits, earlier candidates whose buffers changed, and the rules
@@ -834,13 +998,18 @@ export class DpiService implements NetService {
       for (const id of tx.changed) {
         const always = rs.appAlways.get(id)
         if (always) for (const i of always) round.push(i)
+        const payloadFast = rs.appPayloadFast.get(id)
+        if (payloadFast)
+          for (const i of payloadFast) if (rs.payloadFastSeen[i] === this.#frameId) round.push(i)
       }
       tx.changed.clear()
-      const views = new Map<Buffer, InspectBuffer>()
+      const views = this.#views
+      views.clear()
       for (const i of round) {
         if (tx.alerted.has(i)) continue
         if (this.#verifyTransaction(i, tx, payload, views)) tx.alerted.add(i)
       }
+      views.clear()
     }
   }
 
@@ -903,9 +1072,29 @@ export class DpiService implements NetService {
     const windowLength = side.windowLength
     const windowBase = side.offset - windowLength
     this.#newScan()
-    if (rs.automaton) {
+    const previous = side.group
+    const group = this.#group(side, TCP, this.#flow as Flow)
+    const ac = group.automaton
+    if (ac) {
+      if (group !== previous) {
+        // A new group (first bytes, rule swap, protocol detected): its state from the window's tail.
+        const from = Math.max(0, side.windowLength - ac.maxPatternLength + 1)
+        side.acState = side.window ? ac.scan(side.window, from, side.windowLength, 0, IGNORE_HITS) : 0
+      }
+      this.#patternRules = group.patternRules
       this.#hitBase = side.offset - start
-      side.acState = rs.automaton.scan(data, start, end, side.acState, this.#onHit)
+      side.acState = ac.scan(data, start, end, side.acState, this.#onHit)
+    }
+    const head = group.head
+    if (head) {
+      // The segment's first bytes; at the stream's start, from its first byte kept on.
+      this.#patternRules = head.patternRules
+      this.#hitBase = side.offset - start
+      const state =
+        side.offset < head.length && side.window
+          ? head.automaton.scan(side.window, 0, side.windowLength, 0, IGNORE_HITS)
+          : 0
+      head.automaton.scan(data, start, Math.min(end, start + head.length), state, this.#onHit)
     }
     const pendingRules = side.pendingRules
     const pendingEnds = side.pendingEnds

@@ -34,6 +34,13 @@ export class StreamSide {
   /** Prefilter state after the last delivered byte, valid for ruleset `generation`. */
   acState = 0
   generation = -1
+  /**
+   * The prefilter group (engine's, groups.ts) acState belongs to, with the ruleset generation and
+   * the flow's application protocol it was chosen for.
+   */
+  group: object | undefined = undefined
+  groupGeneration = -1
+  groupApp: string | undefined = undefined
   /** Rules whose fast pattern was seen in the window but whose other parts were not (yet). */
   pendingRules: number[] = []
   pendingEnds: number[] = []

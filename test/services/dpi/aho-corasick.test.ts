@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import fc from 'fast-check'
 import { AhoCorasick } from '../../../src/services/dpi/aho-corasick.ts'
+import { nativeScan } from '../../../src/services/dpi/native-scan.ts'
 
 const fold = (b: number) => (b >= 0x41 && b <= 0x5a ? b + 0x20 : b)
 
@@ -28,6 +29,22 @@ function scanAll(ac: AhoCorasick, input: Uint8Array, splits: number[]): string[]
     from = at
   }
   return hits.sort()
+}
+
+/** `a` and `b` scanning `input` in the same pieces give the same hits, in order, and states. */
+function sameScans(a: AhoCorasick, b: AhoCorasick, input: Uint8Array, splits: number[]): void {
+  let stateA = 0
+  let stateB = 0
+  let from = 0
+  for (const at of [...splits.filter((x) => x <= input.length).sort((x, y) => x - y), input.length]) {
+    const hitsA: string[] = []
+    const hitsB: string[] = []
+    stateA = a.scan(input, from, at, stateA, (id, end) => hitsA.push(`${id}@${end}`))
+    stateB = b.scan(input, from, at, stateB, (id, end) => hitsB.push(`${id}@${end}`))
+    assert.deepEqual(hitsA, hitsB, 'same hits, in the same order')
+    assert.equal(stateA, stateB, `same state after [${from}, ${at})`)
+    from = at
+  }
 }
 
 // A small alphabet (with case variants and a high byte) so that patterns overlap and hit often.
@@ -81,18 +98,7 @@ describe('Aho–Corasick prefilter', () => {
           const plain = new AhoCorasick(patterns, { skip: false })
           assert.equal(plain.skipWindow, 0)
           assert.deepEqual(scanAll(skipping, input, splits), naive(patterns, input))
-          let a = 0
-          let b = 0
-          let from = 0
-          for (const at of [...splits.filter((x) => x <= input.length).sort((x, y) => x - y), input.length]) {
-            const hitsA: string[] = []
-            const hitsB: string[] = []
-            a = skipping.scan(input, from, at, a, (id, end) => hitsA.push(`${id}@${end}`))
-            b = plain.scan(input, from, at, b, (id, end) => hitsB.push(`${id}@${end}`))
-            assert.deepEqual(hitsA, hitsB, 'same hits, in the same order')
-            assert.equal(a, b, `same state after [${from}, ${at})`)
-            from = at
-          }
+          sameScans(skipping, plain, input, splits)
         },
       ),
       { numRuns: 3000 },
@@ -120,6 +126,34 @@ describe('Aho–Corasick prefilter', () => {
         () => {},
       ),
     )
+  })
+
+  it('the native scan loop gives the hits (in order) and states of the JavaScript scan, also past its hit records', () => {
+    // Built with the addon (npm install runs node-gyp): the native loop must be there.
+    assert.ok(nativeScan, 'build/Release/vrio_dpi.node is loaded')
+    const inputByte = fc.oneof(byte, fc.integer({ min: 0, max: 255 }))
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(byte, { minLength: 1, maxLength: 8 }), { minLength: 1, maxLength: 12 }),
+        fc.array(inputByte, { minLength: 128, maxLength: 3000 }),
+        fc.array(fc.nat(3000), { maxLength: 4 }),
+        fc.boolean(),
+        (pats, text, splits, skip) => {
+          const patterns = pats.map((p) => Uint8Array.from(p))
+          const input = Uint8Array.from(text)
+          const native = new AhoCorasick(patterns, { skip })
+          const js = new AhoCorasick(patterns, { skip, native: false })
+          sameScans(native, js, input, splits)
+        },
+      ),
+      { numRuns: 500 },
+    )
+    // More hits than one native call records (1-byte patterns on every byte).
+    const enc = (s: string) => Buffer.from(s, 'latin1')
+    const input = Buffer.alloc(5000, 0x61)
+    const hits: number[] = []
+    new AhoCorasick([enc('a'), enc('aa')]).scan(input, 0, input.length, 0, (id) => hits.push(id))
+    assert.equal(hits.length, 5000 + 4999)
   })
 
   it('reports nested and duplicate patterns (worked example)', () => {

@@ -11,6 +11,7 @@ import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls
 import dnsPacket from 'dns-packet'
 import fc from 'fast-check'
 import { createDpi, type DpiOptions, type DpiService } from '../../../src/services/dpi/index.ts'
+import { MAX_GROUPS } from '../../../src/services/dpi/groups.ts'
 import type { NetContext } from '../../../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../../../src/wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN } from '../../../src/wire/tcp.ts'
@@ -396,3 +397,75 @@ function interleave(client: Buffer[], server: Buffer[]): Array<[boolean, Buffer]
   }
   return out
 }
+
+const sorted = (sids: number[]) => [...sids].sort((x, y) => x - y)
+
+describe('DPI prefilter groups and header indexing through the engine', () => {
+  it('finds a fast pattern bound to the start split across the first segments, and at a later segment start', () => {
+    const rules = [
+      'alert tcp any any -> any any (msg:"head"; content:"|18 03|"; depth:2; sid:1;)',
+      'alert tcp any any -> any any (msg:"floating"; content:"needle"; sid:2;)',
+    ].join('\n')
+    const h = new Harness(rules)
+    const c = new Conn(h, 5201).handshake()
+    c.client('\x18')
+    assert.deepEqual(sorted(h.sids), [])
+    c.client('\x03 and more')
+    assert.deepEqual(sorted(h.sids), [1])
+    // Later: a segment starting with it (the packet's own payload) alerts again; one past its
+    // first two bytes does not.
+    c.client('xx\x18\x03 more')
+    assert.deepEqual(sorted(h.sids), [1])
+    c.client('\x18\x03 again')
+    assert.deepEqual(sorted(h.sids), [1, 1])
+    c.client(`${'z'.repeat(700)}needle`)
+    assert.deepEqual(sorted(h.sids), [1, 1, 2])
+  })
+
+  it('port-bound rules meet only their ports, also once the groups reach their cap', () => {
+    const count = MAX_GROUPS + 8
+    const rules = Array.from(
+      { length: count },
+      (_, k) => `alert tcp any any -> any ${2000 + k} (msg:"port ${k}"; content:"hit-${k}-x"; sid:${k + 1};)`,
+    ).join('\n')
+    const h = new Harness(rules)
+    for (let k = 0; k < count; k++) {
+      const c = new Conn(h, 2000 + k).handshake()
+      // Each flow carries every rule's pattern: only its port's rule may alert.
+      c.client(Array.from({ length: count }, (_, j) => `hit-${j}-x`).join(' '))
+      assert.equal(h.sids.length, k + 1, `port ${2000 + k}`)
+      assert.equal(sorted(h.sids).at(-1), k + 1)
+    }
+  })
+
+  it('an HTTP rule with its fast pattern in the payload alerts on a transaction that has it, only then', () => {
+    const h = new Harness(
+      'alert http any any -> any any (msg:"cmd"; flow:established,to_server; content:"|0d 0a 0d 0a|command="; fast_pattern; ' +
+        'http.method; content:"POST"; http.request_body; content:"command="; depth:8; sid:7;)',
+    )
+    const c = new Conn(h).handshake()
+    c.client('GET /a HTTP/1.1\r\nHost: x\r\n\r\n')
+    c.client('POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nother')
+    assert.deepEqual(sorted(h.sids), [])
+    c.client('POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\ncommand=run&x')
+    assert.deepEqual(sorted(h.sids), [7])
+  })
+
+  it('indexes header-only rules by their narrower side; IPv6-only lists never meet IPv4 frames', () => {
+    const h = new Harness(
+      [
+        'alert ip $HOME_NET any -> [93.184.216.34,198.51.100.0/24] any (msg:"to bad"; sid:1;)',
+        'alert ip [2001:db8::1,2001:db8::2] any -> $HOME_NET any (msg:"v6 list"; sid:2;)',
+        'alert ip [93.184.216.34] any -> $HOME_NET any (msg:"from bad"; sid:3;)',
+        'alert ip [198.51.100.7,2001:db8::1,93.184.216.34/32] any -> $HOME_NET any (msg:"mixed list"; sid:4;)',
+        'alert ip [198.51.100.8,2001:db8::2] any -> $HOME_NET any (msg:"mixed, not it"; sid:5;)',
+      ].join('\n'),
+      { vars: { HOME_NET: '10.0.0.0/8' } },
+    )
+    const c = new Conn(h).handshake()
+    c.client('hello')
+    c.server('world')
+    // One alert per frame and rule: the 3 client frames (SYN, ACK, data), the 2 server frames.
+    assert.deepEqual(sorted(h.sids), [1, 1, 1, 3, 3, 4, 4])
+  })
+})

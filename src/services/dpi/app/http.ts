@@ -78,11 +78,13 @@ class Side {
   decoded: Buffer | undefined
 }
 
-/** A header as parsed: name as sent, value trimmed. */
+/** A header as parsed: name as sent, value trimmed, and where the value is in the head (-1: folded). */
 interface Header {
   name: string
   lower: string
   value: string
+  start: number
+  end: number
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
@@ -94,10 +96,6 @@ export class HttpParser implements AppParser {
   readonly #server = new Side()
   /** Transactions waiting for (the rest of) their response, oldest first. */
   readonly #txs: AppTx[] = []
-  /** Per queued transaction: its request method (HEAD responses have no body). */
-  readonly #methods = new WeakMap<AppTx, string>()
-  /** Per queued transaction: the bytes its buffers hold, roughly (see maxFlowBytes). */
-  readonly #bytes = new WeakMap<AppTx, number>()
   #heldBytes = 0
   /** Transactions dropped from the queue before completing (pipelining or memory bounds). */
   droppedTransactions = 0
@@ -197,10 +195,13 @@ export class HttpParser implements AppParser {
       const lf = head.subarray(0, side.headLength).indexOf(LF)
       if (lf >= 0) {
         side.lineDone = true
-        const line = Buffer.from(head.subarray(0, lf > 0 && head[lf - 1] === CR ? lf - 1 : lf)).toString(
-          'latin1',
-        )
-        if (!(toServer ? this.#requestLine(side, line, updated) : this.#responseLine(side, line, updated))) {
+        // A copy (the head buffer is reused): the line's buffers are views of it.
+        const bytes = Buffer.from(head.subarray(0, lf > 0 && head[lf - 1] === CR ? lf - 1 : lf))
+        const line = bytes.toString('latin1')
+        const parsed = toServer
+          ? this.#requestLine(side, line, bytes, updated)
+          : this.#responseLine(side, line, bytes, updated)
+        if (!parsed) {
           this.errors++
           side.state = DEAD
           return end
@@ -235,25 +236,35 @@ export class HttpParser implements AppParser {
     side.lineDone = false
     const text = view.toString('latin1')
     const tx = side.tx
-    // A copy only when a rule reads the raw head (http.start, http.header.raw).
-    const head = tx && (tx.wanted('http.start') || tx.wanted('http.header.raw')) ? Buffer.from(view) : view
+    // A copy (the head buffer is reused): the header buffers are views of it.
+    const head = tx ? Buffer.from(view) : view
     // The head's buffers: up to ~5 forms of it (header, raw, start, per-header, names).
     if (tx) this.#charge(tx, 5 * view.length)
-    const lines = text.split('\n')
-    for (let k = 0; k < lines.length; k++) if (lines[k].endsWith('\r')) lines[k] = lines[k].slice(0, -1)
     const headers: Header[] = []
-    for (let k = 1; k < lines.length; k++) {
-      const line = lines[k]
+    let at = text.indexOf('\n') + 1
+    while (at > 0 && at < text.length) {
+      const lf = text.indexOf('\n', at)
+      const next = lf < 0 ? text.length : lf + 1
+      let end = lf < 0 ? text.length : lf
+      if (end > at && text[end - 1] === '\r') end--
+      const line = text.slice(at, end)
+      const lineStart = at
+      at = next
       if (line === '') break
       if ((line[0] === ' ' || line[0] === '\t') && headers.length > 0) {
-        headers[headers.length - 1].value += ` ${line.trim()}` // obsolete line folding
+        const folded = headers[headers.length - 1]
+        folded.value += ` ${line.trim()}` // obsolete line folding
+        folded.start = -1
         continue
       }
       if (headers.length >= this.#limits.maxHeaders) continue
       const colon = line.indexOf(':')
       if (colon <= 0) continue
       const name = line.slice(0, colon).trim()
-      headers.push({ name, lower: name.toLowerCase(), value: line.slice(colon + 1).trim() })
+      const rest = line.slice(colon + 1)
+      const value = rest.trim()
+      const start = lineStart + colon + 1 + rest.length - rest.trimStart().length
+      headers.push({ name, lower: name.toLowerCase(), value, start, end: start + value.length })
     }
     const lf = text.indexOf('\n')
     const block = head.subarray(lf >= 0 ? lf + 1 : head.length)
@@ -261,23 +272,34 @@ export class HttpParser implements AppParser {
     else this.#responseHeaders(side, headers, head, block, updated)
   }
 
-  /** A request line: a new transaction with the line's buffers. False when it is not one. */
-  #requestLine(side: Side, line: string, updated: AppTx[]): boolean {
-    const parts = line.split(' ')
-    const method = parts[0]
-    if (parts.length < 2 || !TOKEN.test(method)) return false
-    const target = parts.slice(1, parts.length > 2 ? -1 : undefined).join(' ')
-    const protocol = parts.length > 2 ? parts[parts.length - 1] : ''
+  /**
+   * A request line (`bytes` as latin1 text): a new transaction with the line's buffers (views of
+   * `bytes`). False when it is not one.
+   */
+  #requestLine(side: Side, line: string, bytes: Buffer, updated: AppTx[]): boolean {
+    // METHOD SP target [SP protocol]: the target is all between the first and the last space.
+    const sp = line.indexOf(' ')
+    if (sp < 0) return false
+    const method = line.slice(0, sp)
+    if (!TOKEN.test(method)) return false
+    const last = line.lastIndexOf(' ')
+    const targetEnd = last > sp ? last : line.length
+    const target = line.slice(sp + 1, targetEnd)
+    const protocol = last > sp ? line.slice(last + 1) : ''
     const tx = new AppTx(this.#wants)
     side.target = target
-    this.#methods.set(tx, method)
+    tx.method = method
     this.#queue(tx)
     this.#charge(tx, line.length * 3)
-    tx.set(true, 'http.method', method)
-    tx.set(true, 'http.uri.raw', target)
-    if (tx.wanted('http.uri')) tx.set(true, 'http.uri', normalizeUri(target))
-    if (protocol !== '') tx.set(true, 'http.protocol', protocol)
-    tx.set(true, 'http.request_line', line)
+    tx.set(true, 'http.method', bytes.subarray(0, sp))
+    const raw = bytes.subarray(sp + 1, targetEnd)
+    tx.set(true, 'http.uri.raw', raw)
+    if (tx.wanted('http.uri')) {
+      const uri = normalizeUri(target)
+      tx.set(true, 'http.uri', uri === target ? raw : uri)
+    }
+    if (protocol !== '') tx.set(true, 'http.protocol', bytes.subarray(last + 1))
+    tx.set(true, 'http.request_line', bytes)
     // An absolute-form target's host wins over the Host header (RFC 9112 3.2.2), as in libhtp.
     const host = hostOfUri(target)
     if (host !== undefined) tx.set(true, 'http.host', normalizeHost(host))
@@ -290,29 +312,27 @@ export class HttpParser implements AppParser {
     const tx = side.tx
     if (!tx) return
     tx.set(true, 'http.start', head)
-    setHeaderBuffers(tx, true, headers, block)
+    setHeaderBuffers(tx, true, headers, head, block)
     // http.host.raw is the Host header as sent (else the target's authority).
     const host = headerValue(headers, 'host')
     const uriHost = hostOfUri(side.target)
-    const raw = host ?? uriHost
+    const raw = host === undefined ? uriHost : headerBytes(headers, 'host', head)
     if (raw !== undefined) tx.set(true, 'http.host.raw', raw)
     if (host !== undefined && uriHost === undefined) tx.set(true, 'http.host', normalizeHost(host))
-    const ua = headerValue(headers, 'user-agent')
-    if (ua !== undefined) tx.set(true, 'http.user_agent', ua)
     for (const [name, id] of REQUEST_HEADER_BUFFERS) {
-      const v = headerValue(headers, name)
+      const v = headerBytes(headers, name, head)
       if (v !== undefined) tx.set(true, id, v)
     }
     touch(updated, tx)
-    if (this.#methods.get(tx) === 'CONNECT') {
+    if (tx.method === 'CONNECT') {
       this.#bodyDone(side, true, updated)
       return
     }
     this.#startBody(side, headers, true, updated)
   }
 
-  /** A status line: the buffers of the oldest transaction without a response. */
-  #responseLine(side: Side, line: string, updated: AppTx[]): boolean {
+  /** A status line (`bytes` as text): the buffers of the oldest transaction without a response. */
+  #responseLine(side: Side, line: string, bytes: Buffer, updated: AppTx[]): boolean {
     const m = /^(HTTP\/\d(?:\.\d)?)[ \t]+(\d{3})(?:[ \t]+(.*))?$/.exec(line)
     if (!m) return false
     let tx = this.#txs.find((t) => !t.responseDone)
@@ -323,10 +343,12 @@ export class HttpParser implements AppParser {
       this.#queue(tx)
     }
     side.code = Number(m[2])
-    tx.set(false, 'http.stat_code', m[2])
-    tx.set(false, 'http.stat_msg', m[3] ?? '')
-    tx.set(false, 'http.response_line', line)
-    tx.set(false, 'http.protocol', m[1])
+    let code = m[1].length
+    while (line[code] === ' ' || line[code] === '\t') code++
+    tx.set(false, 'http.stat_code', bytes.subarray(code, code + 3))
+    tx.set(false, 'http.stat_msg', bytes.subarray(line.length - (m[3] ?? '').length))
+    tx.set(false, 'http.response_line', bytes)
+    tx.set(false, 'http.protocol', bytes.subarray(0, m[1].length))
     touch(updated, tx)
     side.tx = tx
     return true
@@ -336,9 +358,9 @@ export class HttpParser implements AppParser {
     const tx = side.tx
     if (!tx) return
     tx.set(false, 'http.start', head)
-    setHeaderBuffers(tx, false, headers, block)
+    setHeaderBuffers(tx, false, headers, head, block)
     for (const [name, id] of RESPONSE_HEADER_BUFFERS) {
-      const v = headerValue(headers, name)
+      const v = headerBytes(headers, name, head)
       if (v !== undefined) tx.set(false, id, v)
     }
     touch(updated, tx)
@@ -348,7 +370,7 @@ export class HttpParser implements AppParser {
       side.tx = undefined
       return // an interim response: the final one follows
     }
-    const method = this.#methods.get(tx)
+    const method = tx.method
     if (method === 'CONNECT' && code >= 200 && code < 300) {
       this.#tunnel = true
       side.tx = undefined
@@ -488,7 +510,9 @@ export class HttpParser implements AppParser {
     const keep = Math.min(to - from, limit - side.bodyLength)
     this.skippedBodyBytes += to - from - Math.max(0, keep)
     if (keep <= 0) return
-    if (!side.body) side.body = Buffer.allocUnsafe(Math.min(limit, Math.max(keep, 1024)))
+    // Sized for the whole body when its length is known (one buffer, not a doubling series).
+    const expected = side.state === BODY_LENGTH ? side.remaining : keep
+    if (!side.body) side.body = Buffer.allocUnsafe(Math.min(limit, Math.max(expected, keep, 1024)))
     if (side.body.length < side.bodyLength + keep) {
       const next = Buffer.allocUnsafe(Math.min(limit, Math.max(2 * side.body.length, side.bodyLength + keep)))
       side.body.copy(next, 0, 0, side.bodyLength)
@@ -531,7 +555,7 @@ export class HttpParser implements AppParser {
       const k = this.#txs.indexOf(tx)
       if (k >= 0) {
         this.#txs.splice(k, 1)
-        this.#heldBytes -= this.#bytes.get(tx) ?? 0
+        this.#heldBytes -= tx.heldBytes
       }
     }
   }
@@ -539,14 +563,14 @@ export class HttpParser implements AppParser {
   /** Accounts `n` more bytes to `tx`; drops the oldest other transactions over the bounds. */
   #charge(tx: AppTx, n: number): void {
     if (!this.#txs.includes(tx)) return
-    this.#bytes.set(tx, (this.#bytes.get(tx) ?? 0) + n)
+    tx.heldBytes += n
     this.#heldBytes += n
     while (
       this.#txs.length > 1 &&
       (this.#heldBytes > this.#limits.maxFlowBytes || this.#txs.length > this.#limits.maxTransactions)
     ) {
       const oldest = this.#txs[0] === tx ? this.#txs.splice(1, 1)[0] : (this.#txs.shift() as AppTx)
-      this.#heldBytes -= this.#bytes.get(oldest) ?? 0
+      this.#heldBytes -= oldest.heldBytes
       this.droppedTransactions++
       if (this.#client.tx === oldest) this.#client.tx = undefined
       if (this.#server.tx === oldest) this.#server.tx = undefined
@@ -572,8 +596,9 @@ export class HttpParser implements AppParser {
 }
 
 const REQUEST_HEADER_BUFFERS: ReadonlyArray<
-  [string, 'http.accept' | 'http.accept_enc' | 'http.accept_lang' | 'http.referer']
+  [string, 'http.user_agent' | 'http.accept' | 'http.accept_enc' | 'http.accept_lang' | 'http.referer']
 > = [
+  ['user-agent', 'http.user_agent'],
   ['accept', 'http.accept'],
   ['accept-encoding', 'http.accept_enc'],
   ['accept-language', 'http.accept_lang'],
@@ -586,7 +611,13 @@ const RESPONSE_HEADER_BUFFERS: ReadonlyArray<[string, 'http.location' | 'http.se
 ]
 
 /** The buffers both sides have: headers (normalised and raw), names, cookie, content type/length. */
-function setHeaderBuffers(tx: AppTx, toServer: boolean, headers: Header[], block: Buffer): void {
+function setHeaderBuffers(
+  tx: AppTx,
+  toServer: boolean,
+  headers: Header[],
+  head: Buffer,
+  block: Buffer,
+): void {
   const cookieName = toServer ? 'cookie' : 'set-cookie'
   let normal = ''
   let names = '\r\n'
@@ -601,16 +632,28 @@ function setHeaderBuffers(tx: AppTx, toServer: boolean, headers: Header[], block
   tx.set(toServer, 'http.header', normal)
   tx.set(toServer, 'http.header.raw', block)
   tx.set(toServer, 'http.header_names', `${names}\r\n`)
-  const cookie = headerValue(headers, cookieName)
+  const cookie = headerBytes(headers, cookieName, head)
   if (cookie !== undefined) tx.set(toServer, 'http.cookie', cookie)
   for (const [name, id] of [
     ['content-type', 'http.content_type'],
     ['content-length', 'http.content_len'],
     ['connection', 'http.connection'],
   ] as const) {
-    const v = headerValue(headers, name)
+    const v = headerBytes(headers, name, head)
     if (v !== undefined) tx.set(toServer, id, v)
   }
+}
+
+/** headerValue(), as a view of `head` when it is one header's value as sent, else the text. */
+function headerBytes(headers: Header[], lower: string, head: Buffer): Buffer | string | undefined {
+  let found: Header | undefined
+  for (const h of headers) {
+    if (h.lower !== lower) continue
+    if (found) return headerValue(headers, lower) // several: joined
+    found = h
+  }
+  if (!found) return undefined
+  return found.start >= 0 ? head.subarray(found.start, found.end) : found.value
 }
 
 /** The value of the first header `lower` (several are joined with ", ", as libhtp does). */

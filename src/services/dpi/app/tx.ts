@@ -45,6 +45,10 @@ export class AppTx {
    */
   readonly request = new Map<BufferId, Buffer[]>()
   readonly response = new Map<BufferId, Buffer[]>()
+  /** HTTP: the request method (HEAD responses have no body); '' when none was seen. */
+  method = ''
+  /** The bytes its buffers hold, roughly, as the parser counts them (HTTP: maxFlowBytes). */
+  heldBytes = 0
   /** Bumped whenever a buffer is set or grows. */
   version = 0
   /** `version` when the engine last inspected this transaction. */
@@ -62,10 +66,10 @@ export class AppTx {
   /** Buffers set or grown since the engine last inspected this transaction. */
   readonly changed = new Set<BufferId>()
   /**
-   * Per buffer and side (see scanKey()): instances already run through the prefilter, and bytes of
-   * the last one (bodies grow).
+   * Engine state, per buffer prefilter part and side: instances already run through the
+   * prefilter, and bytes of the last one (bodies grow); see the engine's BufferPrefilter.
    */
-  readonly scanned = new Map<string, { count: number; bytes: number }>()
+  scanned: number[] = []
 
   /** Sets buffer `id` (a string is taken as latin1), unless no rule reads it. */
   set(toServer: boolean, id: BufferId, value: Buffer | string): void {
@@ -113,12 +117,6 @@ export interface AppParser {
   close?(toServer: boolean, updated: AppTx[]): void
   /** Transactions still held (for bounds and tests). */
   readonly pending: number
-}
-
-/** The key of buffer `id` as seen from a packet going `toServer`, in AppTx.scanned. */
-export function scanKey(id: BufferId, toServer: boolean): string {
-  const response = RESPONSE_BUFFERS.has(id) || (BOTH_SIDES.has(id) && !toServer)
-  return response ? `<${id}` : `>${id}`
 }
 
 /** Appends `tx` to `updated` unless it is there already. */
