@@ -1,27 +1,10 @@
-/**
- * The application layer's cost per packet: HTTP traffic (64 keep-alive connections, a request of
- * ~400 bytes and a Content-Length response of 1–4 MSS segments each round) and DNS queries over
- * UDP, through dissection + DpiService.inspect, with
- *   - 0 rules (nothing parsed: the baseline),
- *   - 1 app rule (the protocol detection and parser cost alone),
- *   - 1 000 and 10 000 rules on HTTP buffers (http.uri, http.host, http.user_agent, file_data,
- *     http.stat_code; a prefilter per buffer) or on dns.query,
- *   - for HTTP, the loadable rules of ET Open 2024-04-21 (the test fixture; HOME_NET 10.0.0.0/8).
- * Reports frames and MB per CPU-second (one core), ns per frame, and the ratio to 0 rules.
- *
- * Run: npm run bench -- dpi-app   (or node dist/bench/dpi-app.js [seconds-per-case]);
- * `BENCH_DPI_RULES=0,et` runs only the rule sets whose label starts with those words (0, 1, 1000,
- * 10000, et), `BENCH_DPI_TRAFFIC=1` only that traffic (1: HTTP, 2: DNS).
- */
-import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
-import { brotliDecompressSync } from 'node:zlib'
 import dnsPacket from 'dns-packet'
 import { createDpi } from '../src/services/dpi/index.ts'
 import type { NetContext } from '../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../src/wire/packet.ts'
 import { TCP_ACK, TCP_PSH } from '../src/wire/tcp.ts'
 import { seededRandom } from '../test/support/random.ts'
+import { etOpenText } from './support/dpi-rules.ts'
 
 const seconds = Number(process.argv[2] ?? 2)
 const random = seededRandom(0xa99)
@@ -146,16 +129,6 @@ function dnsRules(count: number): string {
   return lines.join('\n')
 }
 
-/** ET Open 2024-04-21 (the test fixture), every file, as one text; unloadable rules are skipped. */
-function etOpen(): string {
-  const packed = readFileSync(
-    join(import.meta.dirname, '../../test/fixtures/dpi/et-open/et-open-2024-04-21.json.br'),
-  )
-  return Object.values(
-    JSON.parse(brotliDecompressSync(packed).toString('latin1')) as Record<string, string>,
-  ).join('\n')
-}
-
 function run(
   rules: string,
   segments: Segment[],
@@ -204,7 +177,7 @@ const cases: Array<[string, Segment[], Array<[string, string]>]> = [
       ['1 app rule', httpRules(1)],
       ['1000 http rules', httpRules(1000)],
       ['10000 http rules', httpRules(10_000)],
-      ['ET Open (loadable)', etOpen()],
+      ['ET Open (loadable)', etOpenText()],
     ],
   ],
   [

@@ -1,28 +1,9 @@
-/**
- * DPI engine throughput: HTTP-like TCP traffic (64 connections, requests and responses) through
- * dissection + DpiService.inspect, with 0, 1 000 and 10 000 content rules generated from a seed
- * (bench/support/dpi-rules.ts, shared with bench/nic-services.ts).
- * Reports MB and Gbit of frame bytes per CPU-second (one core; robust to a shared machine), and the ratio to 0 rules, for MSS-sized
- * frames (1514 bytes) and for 64 KiB GSO super-frames, and for 64 KiB frames of random bytes (what
- * iperf3 sends: the prefilter's skipping shows there).
- *
- * The last row of each traffic is the whole loadable ET Open set of 2024-04-21 (the offline
- * fixture, test/fixtures/dpi/), with its load time (parse + compile), the compiled set's size
- * (compiledBytes() and the heap growth), the heap growth once the traffic ran (the prefilter groups
- * built on first use, flows, transactions) and the rules loaded.
- *
- * Run: npm run bench -- dpi   (or node dist/bench/dpi.js [seconds-per-case]); `BENCH_DPI_RULES=0,et`
- * runs only those rule sets, `BENCH_DPI_TRAFFIC=1,3` only those traffics (1-based).
- */
-import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
-import { brotliDecompressSync } from 'node:zlib'
 import { createDpi, type DpiService, RuleParser } from '../src/services/dpi/index.ts'
 import type { NetContext } from '../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../src/wire/packet.ts'
 import { TCP_ACK, TCP_PSH } from '../src/wire/tcp.ts'
 import { seededRandom } from '../test/support/random.ts'
-import { dpiContentRules } from './support/dpi-rules.ts'
+import { dpiContentRules, etOpenFiles } from './support/dpi-rules.ts'
 
 const seconds = Number(process.argv[2] ?? 2)
 const random = seededRandom(0x5eed)
@@ -143,12 +124,6 @@ function makeTraffic(
 
 const VARS = { HOME_NET: '10.0.0.0/8' }
 
-/** ET Open 2024-04-21's files, {name: text} (the test fixture). */
-function etOpen(): Record<string, string> {
-  const path = join(import.meta.dirname, '../../test/fixtures/dpi/et-open/et-open-2024-04-21.json.br')
-  return JSON.parse(brotliDecompressSync(readFileSync(path)).toString('latin1'))
-}
-
 /** The service for `rules` (a count of generated rules, or 'et'), timed, with its heap growth. */
 function build(rules: number | 'et'): { dpi: DpiService; buildMs: number; heapMB: number; heap0: number } {
   global.gc?.()
@@ -157,7 +132,7 @@ function build(rules: number | 'et'): { dpi: DpiService; buildMs: number; heapMB
   let dpi: DpiService
   if (rules === 'et') {
     const parser = new RuleParser({ vars: VARS })
-    for (const [name, text] of Object.entries(etOpen())) parser.parse(text, name)
+    for (const [name, text] of Object.entries(etOpenFiles())) parser.parse(text, name)
     dpi = createDpi('', 'et-open', { vars: VARS })
     dpi.replaceParsed({ rules: parser.result().rules, errors: [] })
   } else {

@@ -7,6 +7,8 @@
  *                  an accept for iperf3's port; policy drop both ways
  *   dpi 1k / 10k   DPI with 1 000 / 10 000 content rules (bench/support/dpi-rules.ts, as bench/dpi.ts)
  *   fw + dpi 1k    both
+ *   dpi ET Open    DPI with the ET Open fixture (test/fixtures/dpi: every file, unloadable rules
+ *                  skipped), issue 13's target: ≥ 0.5× services off
  *
  * swapped at runtime with `vrio nic services` between cases (each case starts with fresh services).
  * Per case: Gbit/s (iperf3's receiver), frames/s through the NIC (its counters: GSO super-frames, as
@@ -17,7 +19,7 @@
  * Target (issue 7): DPI with 1 000 rules keeps ≥ 0.5× of the throughput with services off.
  *
  *   npm run bench -- nic-services      (root; iperf3)
- *   BENCH_SECONDS=5 BENCH_ROUNDS=2 BENCH_STREAMS=1,4 BENCH_CASES=1,2,3,4 (defaults but STREAMS: 1)
+ *   BENCH_SECONDS=5 BENCH_ROUNDS=2 BENCH_STREAMS=1,4 BENCH_CASES=1,2,3,4,5 (defaults but STREAMS: 1)
  */
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -26,14 +28,14 @@ import type { ListNicsResponse, NicInfo } from '../src/control/api.ts'
 import { vrioAsync, vrioJsonAsync } from '../test/support/daemons.ts'
 import { ip } from '../test/support/netns.ts'
 import { onBridge } from '../test/support/vrio-pair.ts'
-import { dpiContentRules } from './support/dpi-rules.ts'
+import { dpiContentRules, etOpenText } from './support/dpi-rules.ts'
 import { hundredFirewallRules } from './support/firewall-rules.ts'
 import { busySeconds, iperf, processCpuSeconds, startNicWorld } from './support/nic-world.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
 const STREAMS = (process.env.BENCH_STREAMS ?? '1').split(',').map(Number)
-/** Indexes of the cases to run besides "services off" (1 firewall, 2 DPI 1k, 3 DPI 10k, 4 both); default all. */
+/** Indexes of the cases to run besides "services off" (1 firewall, 2 DPI 1k, 3 DPI 10k, 4 both, 5 DPI ET Open); default all. */
 const CASES = process.env.BENCH_CASES?.split(',').map(Number)
 const WORLD = '192.168.77.100'
 const PORT = 5201
@@ -71,6 +73,7 @@ try {
     fw: join(pair.dir, 'fw100.fw'),
     dpi1k: join(pair.dir, 'dpi1k.rules'),
     dpi10k: join(pair.dir, 'dpi10k.rules'),
+    et: join(pair.dir, 'et-open.rules'),
   }
   writeFileSync(
     files.fw,
@@ -88,6 +91,7 @@ try {
   )
   writeFileSync(files.dpi1k, `${dpiContentRules(1000)}\n`)
   writeFileSync(files.dpi10k, `${dpiContentRules(10_000)}\n`)
+  writeFileSync(files.et, `${etOpenText()}\n`)
 
   w.serve(world, 'iperf3', ['-s', '-B', WORLD, '-p', String(PORT)])
   await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
@@ -100,6 +104,7 @@ try {
     { name: 'DPI 1k rules', dpi: files.dpi1k },
     { name: 'DPI 10k rules', dpi: files.dpi10k },
     { name: 'firewall + DPI 1k', firewall: files.fw, dpi: files.dpi1k },
+    { name: 'DPI ET Open', dpi: files.et },
   ].filter((_, i) => i === 0 || CASES === undefined || CASES.includes(i))
 
   const nicInfo = async (): Promise<NicInfo> =>

@@ -1,5 +1,19 @@
-/** Deterministic DPI rule sets for the benches (bench/dpi.ts, bench/nic-services.ts). */
+/** DPI rule sets for the benches (bench/dpi.ts, bench/dpi-app.ts, bench/nic-services.ts). */
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { brotliDecompressSync } from 'node:zlib'
 import { seededRandom } from '../../test/support/random.ts'
+
+/** ET Open 2024-04-21's rule files (the test fixture), {name: text}; unloadable rules are skipped by the parser. */
+export function etOpenFiles(): Record<string, string> {
+  const path = join(import.meta.dirname, '../../../test/fixtures/dpi/et-open/et-open-2024-04-21.json.br')
+  return JSON.parse(brotliDecompressSync(readFileSync(path)).toString('latin1'))
+}
+
+/** ET Open as one text (every file). */
+export function etOpenText(): string {
+  return Object.values(etOpenFiles()).join('\n')
+}
 
 const ALNUM = 'abcdefghijklmnopqrstuvwxyz0123456789'
 
