@@ -306,10 +306,6 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
       ok = c.secretFile(encrypt.keyFile, `${at}.encrypt.keyFile`, 'key file') && ok
     } else if (d.encrypt?.kind === 'luks') {
       const e = d.encrypt
-      if ((e.passphraseFile === undefined) === (e.keyFile === undefined)) {
-        c.issue(`${at}.encrypt`, 'luks needs exactly one of passphraseFile and keyFile')
-        ok = false
-      }
       encrypt = { kind: 'luks' }
       if (e.passphraseFile !== undefined) {
         encrypt.passphraseFile = c.path(e.passphraseFile)

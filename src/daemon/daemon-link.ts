@@ -1,8 +1,8 @@
 import type { StatusInfo } from '../control/api.ts'
 import { ControlServer } from '../control/control-server.ts'
-import { KernelGuard } from '../io/kernel-guard.ts'
+import { KernelGuard, type KernelGuardOptions } from '../io/kernel-guard.ts'
 import { LinkDriver } from '../io/link-driver.ts'
-import type { PacketSocket } from '../io/packet-socket.ts'
+import type { FrameChannel } from '../io/frame-channel.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
 import { channelDescription, resolveSealCipher } from '../transport/aead.ts'
@@ -30,6 +30,19 @@ export interface DaemonLinkOptions {
   key?: Buffer
   /** Limits before a peer authenticates (the guest sets them: see EndpointInit). */
   preAuth?: PreAuthOptions
+  /** How the interface is reached: the kernel's (a packet socket and the kernel guard) unless a test passes its own. */
+  access?: LinkAccess
+}
+
+/** The frame channel on the daemon's interface, and the guard that keeps the kernel's stack off its port. */
+export interface LinkAccess {
+  open(ifname: string, address: string | undefined): { socket: FrameChannel; mac: number; ip: number }
+  guard(o: KernelGuardOptions): { install(): Promise<void>; remove(): Promise<void> }
+}
+
+export const KERNEL_LINK: LinkAccess = {
+  open: openLink,
+  guard: (o) => new KernelGuard(o),
 }
 
 /**
@@ -38,21 +51,21 @@ export interface DaemonLinkOptions {
  * included, or undoes what it did and throws; `close` takes it down in the reverse order.
  */
 export class DaemonLink {
-  readonly socket: PacketSocket
+  readonly socket: FrameChannel
   readonly driver: LinkDriver
   readonly control: ControlServer
   readonly mac: number
   readonly ip: number
-  private readonly guard: KernelGuard
+  private readonly guard: { install(): Promise<void>; remove(): Promise<void> }
   private readonly o: DaemonLinkOptions
   private readonly startedAt = new Date()
 
-  private constructor(o: DaemonLinkOptions, socket: PacketSocket, mac: number, ip: number) {
+  private constructor(o: DaemonLinkOptions, socket: FrameChannel, mac: number, ip: number) {
     this.o = o
     this.socket = socket
     this.mac = mac
     this.ip = ip
-    this.guard = new KernelGuard({
+    this.guard = (o.access ?? KERNEL_LINK).guard({
       ifname: o.interface,
       address: ip,
       localPort: o.localPort,
@@ -108,7 +121,7 @@ export class DaemonLink {
 
   /** Opens everything; `routes` registers the daemon's control routes before the socket listens. */
   static async open(o: DaemonLinkOptions, routes: (control: ControlServer) => void): Promise<DaemonLink> {
-    const link = openLink(o.interface, o.address)
+    const link = (o.access ?? KERNEL_LINK).open(o.interface, o.address)
     const d = new DaemonLink(o, link.socket, link.mac, link.ip)
     try {
       await d.guard.install()

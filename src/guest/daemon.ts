@@ -3,7 +3,10 @@ import { join } from 'node:path'
 import type { StatusInfo } from '../control/api.ts'
 import { ROUTES } from '../control/api.ts'
 import { RawBody } from '../control/control-server.ts'
-import { DaemonLink } from '../daemon/daemon-link.ts'
+import { DaemonLink, type LinkAccess } from '../daemon/daemon-link.ts'
+import type { DeviceHandle } from '../devices/kind.ts'
+import type { NetLinks } from '../io/net-links.ts'
+import type { GuestRegistry } from './registry.ts'
 import {
   createGuestMetrics,
   type DaemonMetrics,
@@ -23,7 +26,6 @@ import { channelDescription } from '../transport/aead.ts'
 import type { PreAuthOptions } from '../transport/endpoint.ts'
 import { addSealDrops } from '../transport/seal.ts'
 import { formatIPv4, formatMac, parseIPv4 } from '../wire/address.ts'
-import { MessageType } from '../wire/message-header.ts'
 import { VrioError } from '../errors.ts'
 
 export interface GuestOptions {
@@ -51,7 +53,11 @@ export interface GuestOptions {
   preAuth?: Omit<PreAuthOptions, 'peerAddress' | 'requireAuthentication'>
   /** `ADDR:PORT`: also serve the Prometheus metrics there over plain HTTP (always on the control socket). */
   metrics?: string
+  /** How the agent reaches its interface and NIC links (tests pass in-memory ones). */
+  access?: { link?: LinkAccess; links?: NetLinks }
 }
+
+type AnyGuestRegistry = GuestRegistry<{ name: string; handle: DeviceHandle }, unknown, unknown, unknown>
 
 /** Where a learned IOhyp address is kept, in the run dir: delete it (and restart) to learn anew. */
 export const LEARNED_IOHYP_FILE = 'iohyp-address'
@@ -68,6 +74,8 @@ export class GuestDaemon {
   private readonly sessionFailures: Record<string, number> = {}
   private disks!: GuestDisks
   private nics!: GuestNics
+  /** Every device kind's registry, by the data message type the IOhyp sends it. */
+  private readonly byType = new Map<number, AnyGuestRegistry>()
   /** Set once the NBD server listens: only then are IOhyp connections accepted. */
   private ready = false
   /** The only address IOhyp connections are accepted from: configured, learned, or not yet known. */
@@ -107,12 +115,11 @@ export class GuestDaemon {
       ioTimeoutMs: this.o.ioTimeoutMs,
       log: this.log,
     })
-    this.nics = new GuestNics(this.log)
-    this.rpc
-      .handle('blk.attach', (p) => this.disks.attachDisk(p))
-      .handle('blk.detach', (p) => this.disks.detachDisk(p))
-      .handle('net.attach', (p) => this.nics.attachNic(p))
-      .handle('net.detach', (p) => this.nics.detachNic(p))
+    this.nics = new GuestNics(this.log, this.o.access?.links)
+    for (const r of this.registries()) {
+      this.byType.set(r.kind.messageType, r)
+      this.rpc.handle(r.kind.attachCall, (p) => r.attach(p)).handle(r.kind.detachCall, (p) => r.detach(p))
+    }
     this.link = await DaemonLink.open(
       {
         role: 'guest',
@@ -127,6 +134,7 @@ export class GuestDaemon {
         key: this.o.key,
         preAuth: { ...this.o.preAuth, requireAuthentication: true, peerAddress: this.iohypAddress },
         accept: (_remote, c) => this.accept(c),
+        access: this.o.access?.link,
       },
       (control) => {
         control.route('GET', ROUTES.status, () => this.status())
@@ -149,6 +157,10 @@ export class GuestDaemon {
     this.log.info('guest started', { ...this.link.describe(), port })
   }
 
+  private registries(): AnyGuestRegistry[] {
+    return [this.disks, this.nics] as AnyGuestRegistry[]
+  }
+
   /** Any peer may open a connection; only one that proves it holds our key gets further. */
   private accept(c: Connection): ConnectionHandlers | undefined {
     // Not serving yet (starting up): refused with an RST; the IOhyp redials within 300 ms.
@@ -159,12 +171,10 @@ export class GuestDaemon {
         if (session === this.iohyp) this.rpc.onControl(m)
       },
       data: (h, m, _delivery, owned) => {
-        if (session !== this.iohyp) return
-        if (h.type === MessageType.NetFrame) this.nics.receive(h, m, owned)
-        else this.disks.receive(h, m, owned)
+        if (session === this.iohyp) this.byType.get(h.type)?.receive(h, m, owned)
       },
       writable: () => {
-        if (session === this.iohyp) this.disks.writable()
+        if (session === this.iohyp) for (const r of this.registries()) r.writable()
       },
       closed: (reason, failure) => {
         if (failure) {
@@ -174,8 +184,7 @@ export class GuestDaemon {
         if (this.iohyp === session) {
           this.iohyp = undefined
           this.rpc.attach(undefined)
-          this.disks.useSession(undefined)
-          this.nics.useSession(undefined)
+          for (const r of this.registries()) r.useSession(undefined)
           this.log.warn('iohyp channel closed', { reason })
         }
       },
@@ -188,8 +197,7 @@ export class GuestDaemon {
     const previous = this.iohyp
     this.iohyp = session
     this.rpc.attach(session)
-    this.disks.useSession(session)
-    this.nics.useSession(session)
+    for (const r of this.registries()) r.useSession(session)
     const r = session.connection.remote
     this.log.info('iohyp connected', { mac: formatMac(r.mac), address: formatIPv4(r.ip) })
     if (previous && previous !== session) previous.connection.abort('aborted')
@@ -238,8 +246,7 @@ export class GuestDaemon {
   }
 
   async stop(): Promise<void> {
-    await this.disks.close()
-    this.nics.close()
+    for (const r of this.registries()) await r.close()
     await this.link.close()
     await this.metricsListener?.close()
     this.metrics.close()
