@@ -66,7 +66,7 @@ class GuestDiskKind
   readonly socketPath: string
   /** Block devices a killed agent left, by disk name, until taken over or dropped. */
   readonly stale = new Map<string, StaleAttachment>()
-  private readonly o: GuestDisksOptions
+  readonly o: GuestDisksOptions
 
   constructor(o: GuestDisksOptions) {
     this.o = o
@@ -185,16 +185,12 @@ export class GuestDisks extends GuestRegistry<
   readonly socketPath: string
   private readonly disks: GuestDiskKind
   private readonly nbd: NbdServer
-  private readonly runDir: string
-  private readonly logger: Logger
   private staleTimer: ReturnType<typeof setTimeout> | undefined
 
   constructor(o: GuestDisksOptions) {
     const kind = new GuestDiskKind(o)
     super(kind, o.log)
     this.disks = kind
-    this.runDir = o.runDir
-    this.logger = o.log
     this.socketPath = kind.socketPath
     this.nbd = new NbdServer({
       path: this.socketPath,
@@ -207,12 +203,12 @@ export class GuestDisks extends GuestRegistry<
     // Listening first: it refuses while another live agent serves this run dir, whose block
     // devices must not be taken for a dead agent's leftovers.
     await this.nbd.listen()
-    const { adoptable, detached } = await reclaimStale(join(this.runDir, 'disks'))
+    const { adoptable, detached } = await reclaimStale(join(this.disks.o.runDir, 'disks'))
     if (detached.length > 0)
-      this.logger.warn('detached block devices a previous agent left', { devices: detached })
+      this.disks.o.log.warn('detached block devices a previous agent left', { devices: detached })
     for (const a of adoptable) this.disks.stale.set(a.name, a)
     if (adoptable.length > 0)
-      this.logger.info('block devices a previous agent left wait to be taken over', {
+      this.disks.o.log.info('block devices a previous agent left wait to be taken over', {
         devices: adoptable.map((a) => a.record.device),
       })
   }
@@ -225,7 +221,7 @@ export class GuestDisks extends GuestRegistry<
     this.disks.stale.clear()
     for (const a of left) await dropStale(a)
     if (left.length > 0)
-      this.logger.warn('detached block devices a previous agent left (their disks were not announced)', {
+      this.disks.o.log.warn('detached block devices a previous agent left (their disks were not announced)', {
         devices: left.map((a) => a.record.device),
       })
   }

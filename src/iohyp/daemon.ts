@@ -60,8 +60,8 @@ export interface IohypOptions {
 }
 
 /** A disk or NIC the config declares (its spec, parsed, the guest by MAC). */
-export type DiskDeclaration = DiskRequest & { name: string }
-export type NicDeclaration = NicRequest & { name: string }
+type DiskDeclaration = DiskRequest & { name: string }
+type NicDeclaration = NicRequest & { name: string }
 
 /** Per attempt: a guest that is not up yet is retried quickly, so it connects soon after it starts. */
 const DIAL_OPTIONS: Partial<ConnectionOptions> = { connectTimeout: 1000 }

@@ -14,18 +14,22 @@ import { formatIPv4, formatMac } from '../wire/address.ts'
 export const REDIAL_MIN_MS = 100
 export const REDIAL_MAX_MS = 300
 
-interface Totals {
-  framesIn: number
-  framesOut: number
-  bytesIn: number
-  bytesOut: number
-  retransmits: number
-  rtoFirings: number
-  fastRecoveries: number
-  windowStalls: number
-  drops: Record<string, number>
-  rekeys: number
-}
+/** Counters of a guest's channels (GuestInfo's), summed over closed ones. */
+type Totals = Required<
+  Pick<
+    GuestInfo,
+    | 'framesIn'
+    | 'framesOut'
+    | 'bytesIn'
+    | 'bytesOut'
+    | 'retransmits'
+    | 'rtoFirings'
+    | 'fastRecoveries'
+    | 'windowStalls'
+    | 'drops'
+    | 'rekeys'
+  >
+>
 
 /** One enrolled guest and the channel the IOhyp keeps open to it. */
 export class GuestRecord {

@@ -2,33 +2,14 @@
  * The IOhyp's control API routes (docs/operations.md): guests, and for each device kind the same
  * three — list, create, remove — served by its registry.
  */
-import type { GuestInfo, StatusInfo } from '../control/api.ts'
 import { ROUTES } from '../control/api.ts'
 import { type ControlServer, RawBody } from '../control/control-server.ts'
-import type { ExportableState } from '../config/export.ts'
 import { METRICS_CONTENT_TYPE } from '../daemon/metrics.ts'
-import type { DeviceGuest, DeviceSpec } from '../devices/kind.ts'
-import type { IohypNics } from './nics.ts'
+import type { DeviceSpec } from '../devices/kind.ts'
+import type { IohypDaemon } from './daemon.ts'
 import type { DeviceRegistry } from './registry.ts'
 
-/** What the routes need of the IOhyp daemon. */
-export interface IohypControl {
-  status(): StatusInfo
-  scrape(): Promise<string>
-  guests(): GuestInfo[]
-  addGuest(body: unknown): Promise<GuestInfo>
-  removeGuest(mac: string): Promise<GuestInfo>
-  exportable(): ExportableState
-  /** The guest a device request names ('not-found' if none is enrolled). */
-  findGuest(text: string): DeviceGuest
-  guestOf(mac: number): DeviceGuest | undefined
-  /** After every change: the state file follows. */
-  saveState(): Promise<void>
-  disks: DeviceRegistry<DeviceSpec, unknown, unknown>
-  nics: IohypNics
-}
-
-export function iohypRoutes(control: ControlServer, d: IohypControl): void {
+export function iohypRoutes(control: ControlServer, d: IohypDaemon): void {
   control.route('GET', ROUTES.status, () => d.status())
   control.route('GET', ROUTES.metrics, async () => new RawBody(METRICS_CONTENT_TYPE, await d.scrape()))
   control.route('GET', ROUTES.guests, () => ({ guests: d.guests() }))

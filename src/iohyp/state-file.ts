@@ -22,21 +22,14 @@ export const stateGuestSchema = z.strictObject({
   budgets: budgetsSchema.optional(),
 })
 
-export const stateDiskSchema = diskStateSchema
-
-export const stateNicSchema = nicStateSchema
-
 export const stateFileSchema = z.strictObject({
   version: z.literal(1),
   guests: z.array(stateGuestSchema).default([]),
-  disks: z.array(stateDiskSchema).default([]),
-  nics: z.array(stateNicSchema).default([]),
+  disks: z.array(diskStateSchema).default([]),
+  nics: z.array(nicStateSchema).default([]),
 })
 
 export type IohypState = z.output<typeof stateFileSchema>
-export type StateGuest = IohypState['guests'][number]
-export type DiskState = IohypState['disks'][number]
-export type NicState = IohypState['nics'][number]
 
 export const EMPTY_STATE: IohypState = { version: 1, guests: [], disks: [], nics: [] }
 
