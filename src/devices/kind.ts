@@ -7,6 +7,8 @@
  * closed; the files, TAPs and links it touches are passed to it (see each kind's access interface),
  * so registries, kinds and daemons run in unit tests without root.
  */
+import type * as z from 'zod'
+import { VrioError } from '../errors.ts'
 import type { MessageHeader } from '../wire/message-header.ts'
 import type { Session } from '../session/session.ts'
 
@@ -110,9 +112,9 @@ export interface GuestDeviceKind<P extends { name: string; handle: DeviceHandle 
   describe?(entry: GuestDeviceEntry<Dev>): Record<string, unknown>
 }
 
-/** A handle as the other side sent it, checked (two u32). */
-export function isDeviceHandle(v: unknown): v is DeviceHandle {
-  const h = v as { high?: unknown; low?: unknown } | null | undefined
-  const u32 = (x: unknown) => Number.isInteger(x) && (x as number) >= 0 && (x as number) <= 0xffff_ffff
-  return typeof h === 'object' && h !== null && u32(h.high) && u32(h.low)
+/** The other side's attach call checked against `schema`; 'invalid-argument' saying what it needs otherwise. */
+export function parseAttach<S extends z.ZodType>(schema: S, params: unknown, needs: string): z.output<S> {
+  const r = schema.safeParse(params)
+  if (!r.success) throw new VrioError('invalid-argument', needs)
+  return r.data
 }

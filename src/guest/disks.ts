@@ -7,16 +7,16 @@
 import { join } from 'node:path'
 import type { GuestDiskInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
-import type { BlockDeviceInfo } from '../devices/blk/device.ts'
 import { RemoteBlockDevice } from '../devices/blk/frontend.ts'
 import { NbdServer } from '../devices/blk/nbd-server.ts'
+import * as z from 'zod'
+import { deviceNameSchema, handleSchema } from '../devices/fields.ts'
 import {
   type DeviceHandle,
   type GuestDeviceEntry,
   type GuestDeviceKind,
-  isDeviceHandle,
+  parseAttach,
 } from '../devices/kind.ts'
-import { isDeviceName } from '../devices/names.ts'
 import { VrioError } from '../errors.ts'
 import type { Session } from '../session/session.ts'
 import { type MessageHeader, MessageType } from '../wire/message-header.ts'
@@ -30,12 +30,21 @@ import {
 } from './block-attach.ts'
 import { GuestRegistry } from './registry.ts'
 
-/** What the IOhyp sends in `blk.attach`. */
-export interface AttachDiskParams {
-  name: string
-  handle: DeviceHandle
-  info: BlockDeviceInfo
-}
+/** What the IOhyp sends in `blk.attach`: the disk's description sizes the NBD export. */
+const attachDiskSchema = z.object({
+  name: deviceNameSchema,
+  handle: handleSchema,
+  info: z.object({
+    size: z.int().min(0),
+    blockSize: z.literal([512, 4096]),
+    readOnly: z.boolean(),
+    canFlush: z.boolean(),
+    canFua: z.boolean(),
+    canTrim: z.boolean(),
+    canWriteZeroes: z.boolean(),
+  }),
+})
+export type AttachDiskParams = z.output<typeof attachDiskSchema>
 
 interface Disk {
   name: string
@@ -78,10 +87,7 @@ class GuestDiskKind
   }
 
   parse(params: unknown): AttachDiskParams {
-    const p = params as Partial<AttachDiskParams> | null
-    if (!p || !isDeviceName(p.name) || !isDeviceHandle(p.handle) || !isDeviceInfo(p.info))
-      throw new VrioError('invalid-argument', 'blk.attach needs name, handle and info')
-    return p as AttachDiskParams
+    return parseAttach(attachDiskSchema, params, 'blk.attach needs name, handle and info')
   }
 
   async open(p: AttachDiskParams, handle: DeviceHandle): Promise<Disk> {
@@ -252,17 +258,4 @@ export class GuestDisks extends GuestRegistry<
     await super.close()
     await this.nbd.close()
   }
-}
-
-/** A disk's description from the IOhyp, checked field by field (it sizes the NBD export). */
-function isDeviceInfo(v: unknown): v is BlockDeviceInfo {
-  const i = v as Record<string, unknown> | null | undefined
-  if (typeof i !== 'object' || i === null) return false
-  const flags = ['readOnly', 'canFlush', 'canFua', 'canTrim', 'canWriteZeroes']
-  return (
-    Number.isSafeInteger(i.size) &&
-    (i.size as number) >= 0 &&
-    (i.blockSize === 512 || i.blockSize === 4096) &&
-    flags.every((f) => typeof i[f] === 'boolean')
-  )
 }

@@ -8,29 +8,25 @@
  */
 import type { GuestNicInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
+import * as z from 'zod'
+import { handleSchema, ifnameSchema, macSchema } from '../devices/fields.ts'
 import {
   type DeviceHandle,
   type GuestDeviceEntry,
   type GuestDeviceKind,
-  isDeviceHandle,
+  parseAttach,
 } from '../devices/kind.ts'
-import { isIfname } from '../devices/names.ts'
 import { NetPort } from '../devices/net/port.ts'
 import { NET_GSO_MAX_SIZE } from '../devices/net/protocol.ts'
 import { VrioError } from '../errors.ts'
 import { KERNEL_LINKS, type NetLinks, type TapQueue } from '../io/net-links.ts'
 import type { Session } from '../session/session.ts'
-import { formatMac, parseMac } from '../wire/address.ts'
 import { type MessageHeader, MessageType } from '../wire/message-header.ts'
 import { GuestRegistry } from './registry.ts'
 
 /** What the IOhyp sends in `net.attach`. */
-export interface AttachNicParams {
-  name: string
-  mac: string
-  mtu: number
-  handle: DeviceHandle
-}
+const attachNicSchema = z.object({ name: ifnameSchema, mac: macSchema, mtu: z.int(), handle: handleSchema })
+export type AttachNicParams = z.output<typeof attachNicSchema>
 
 interface Nic {
   name: string
@@ -54,11 +50,7 @@ class GuestNicKind implements GuestDeviceKind<AttachNicParams, Nic, GuestNicInfo
   }
 
   parse(params: unknown): AttachNicParams {
-    const p = params as Partial<AttachNicParams> | null
-    const mac = typeof p?.mac === 'string' ? parseMac(p.mac) : undefined
-    if (!p || !isIfname(p.name) || mac === undefined || !Number.isInteger(p.mtu) || !isDeviceHandle(p.handle))
-      throw new VrioError('invalid-argument', 'net.attach needs name, mac, mtu and handle')
-    return { name: p.name, mac: formatMac(mac), mtu: p.mtu as number, handle: p.handle }
+    return parseAttach(attachNicSchema, params, 'net.attach needs name, mac, mtu and handle')
   }
 
   async open(p: AttachNicParams, handle: DeviceHandle): Promise<Nic> {

@@ -2,7 +2,8 @@
  * A NIC's services (firewall, DPI) on the IOhyp: loaded when the NIC opens, and added, replaced
  * (keeping flow state) or removed at run time, all of a request or none of it.
  */
-import { VrioError } from '../errors.ts'
+import * as z from 'zod'
+import { absolutePathSchema, checkWithSchema, specError } from '../devices/fields.ts'
 import { NET_SERVICE_KINDS, NetServiceChain, type NetServiceKind } from '../services/net/chain.ts'
 import type { CompiledRules } from '../services/net/compile.ts'
 import { buildNetService, compileInWorker, prepareReplace } from '../services/net/load.ts'
@@ -37,25 +38,13 @@ export async function loadNicServices(
   return { chain, alerts }
 }
 
-/** Checks a `POST /v1/nic/:name/services` body: `{firewall?, dpi?: absolute path | null, strict?}`. */
-function parseServicesRequest(body: unknown): Record<string, unknown> {
-  const req = (body ?? {}) as Record<string, unknown>
-  for (const key of Object.keys(req)) {
-    if (key === 'strict') {
-      if (typeof req.strict !== 'boolean')
-        throw new VrioError('invalid-argument', 'strict must be true or false', { field: key })
-      continue
-    }
-    if (!(NET_SERVICE_KINDS as readonly string[]).includes(key))
-      throw new VrioError('invalid-argument', `unknown service '${key}'`, { field: key })
-    const v = req[key]
-    if (v !== null && (typeof v !== 'string' || !v.startsWith('/')))
-      throw new VrioError('invalid-argument', `${key} must be the absolute path of a rules file, or null`, {
-        field: key,
-      })
-  }
-  return req
-}
+const rulesFile = absolutePathSchema.nullable().optional()
+/** A `POST /v1/nic/:name/services` body: a rules file (absolute path) or null per service. */
+const servicesRequestSchema = z.strictObject({
+  firewall: rulesFile,
+  dpi: rulesFile,
+  strict: z.boolean().optional(),
+})
 
 /**
  * Applies a services request to `chain`. `strict: true` refuses a DPI rules file with any unusable
@@ -66,7 +55,9 @@ export async function changeNicServices(
   chain: NetServiceChain,
   body: unknown,
 ): Promise<Record<string, { rules: number; skipped: number }>> {
-  const req = parseServicesRequest(body)
+  const r = checkWithSchema(servicesRequestSchema, body ?? {})
+  if (!r.ok) throw specError(r.issues)
+  const req = r.data
   // Read, check and compile every file in worker threads (a missing, bad or too large one
   // changes nothing), then build the new services and prepare the swaps in the running ones
   // (off the data path, or a slice at a time), and only then apply everything at once.

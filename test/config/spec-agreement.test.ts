@@ -21,39 +21,44 @@ const KEEP = Symbol('keep')
 const DROP = Symbol('drop')
 const BASE: Record<string, unknown> = { name: 'lan0', guest: 'g1', mac: '52:54:00:bb:00:01', tap: 'vt-db0' }
 
+/** One field: mostly kept as in the base, else one of `values` (DROP: the field left out). */
+const field = (...values: unknown[]) =>
+  fc.oneof(
+    { weight: 5, arbitrary: fc.constant<unknown>(KEEP) },
+    { weight: 1, arbitrary: fc.constantFrom(...values) },
+  )
+
+/** Devices made from a valid `base` by changing a few fields as `fields` say. */
+function variants(base: Record<string, unknown>, fields: Record<string, fc.Arbitrary<unknown>>) {
+  return fc.record(fields).map((changes) => {
+    const device: Record<string, unknown> = { ...base }
+    for (const [k, v] of Object.entries(changes)) {
+      if (v === DROP) delete device[k]
+      else if (v !== KEEP) device[k] = v
+    }
+    return device
+  })
+}
+
 /**
  * NICs made from a valid one by changing a few fields to valid values and to the ways operators
- * and scripts get them wrong (DROP: the field left out).
+ * and scripts get them wrong.
  */
 function nicArbitrary(rulesFile: string) {
-  const field = (...values: unknown[]) =>
-    fc.oneof(
-      { weight: 5, arbitrary: fc.constant<unknown>(KEEP) },
-      { weight: 1, arbitrary: fc.constantFrom(...values) },
-    )
-  return fc
-    .record({
-      name: field(DROP, 'web.0', 'vt+web0', '', 'a'.repeat(16), '..', 7),
-      guest: field(DROP, '10.0.0.2', '52:54:00:00:00:01', '', 3),
-      mac: field(DROP, '52:54:00:BB:00:02', 'zz', 'ff:ff:ff:ff:ff:ff', '01:00:5e:00:00:01', 0),
-      tap: field(DROP, 'vt+db0', 'x'.repeat(16), 'vt/0', ''),
-      bridge: field('br0', 'br 0', true),
-      macvtap: field('eth2', 'eth:2'),
-      mtu: field(1500, 68, 65535, 67, 65536, 1500.5, '1500'),
-      firewall: field('fw.rules', rulesFile, '', 12),
-      dpi: field('fw.rules', rulesFile),
-      ip: field('10.0.0.5', '10.0.0.0/29', '10.0.0.0/33', '10.0.0', 5),
-      allowSpoofing: field(true, false, 'yes'),
-      extra: field(1),
-    })
-    .map((changes) => {
-      const nic: Record<string, unknown> = { ...BASE }
-      for (const [k, v] of Object.entries(changes)) {
-        if (v === DROP) delete nic[k]
-        else if (v !== KEEP) nic[k] = v
-      }
-      return nic
-    })
+  return variants(BASE, {
+    name: field(DROP, 'web.0', 'vt+web0', '', 'a'.repeat(16), '..', 7),
+    guest: field(DROP, '10.0.0.2', '52:54:00:00:00:01', '', 3),
+    mac: field(DROP, '52:54:00:BB:00:02', 'zz', 'ff:ff:ff:ff:ff:ff', '01:00:5e:00:00:01', 0),
+    tap: field(DROP, 'vt+db0', 'x'.repeat(16), 'vt/0', ''),
+    bridge: field('br0', 'br 0', true),
+    macvtap: field('eth2', 'eth:2'),
+    mtu: field(1500, 68, 65535, 67, 65536, 1500.5, '1500'),
+    firewall: field('fw.rules', rulesFile, '', 12),
+    dpi: field('fw.rules', rulesFile),
+    ip: field('10.0.0.5', '10.0.0.0/29', '10.0.0.0/33', '10.0.0', 5),
+    allowSpoofing: field(true, false, 'yes'),
+    extra: field(1),
+  })
 }
 
 const DISK: Record<string, unknown> = { name: 'root', guest: 'g1', backing: 'disk.img' }
@@ -61,41 +66,27 @@ const PLAIN = { kind: 'plain', cipher: 'aes-xts-plain64', keyFile: 'disk.key' }
 
 /** Disks made from a valid one as NICs are (see nicArbitrary). */
 function diskArbitrary(keyFile: string) {
-  const field = (...values: unknown[]) =>
-    fc.oneof(
-      { weight: 5, arbitrary: fc.constant<unknown>(KEEP) },
-      { weight: 1, arbitrary: fc.constantFrom(...values) },
-    )
-  return fc
-    .record({
-      name: field(DROP, 'web.0', 'a b', '', 'a'.repeat(65), 7),
-      guest: field(DROP, '10.0.0.2', '52:54:00:00:00:01', '', 3),
-      backing: field(DROP, '', 12),
-      readOnly: field(true, false, 'yes'),
-      encrypt: field(
-        PLAIN,
-        { ...PLAIN, keyFile },
-        { ...PLAIN, sectorSize: 4096 },
-        { ...PLAIN, sectorSize: 1024 },
-        { ...PLAIN, cipher: 'aes-cbc' },
-        { kind: 'luks', keyFile },
-        { kind: 'luks', passphraseFile: 'disk.key' },
-        { kind: 'luks' },
-        { kind: 'luks', keyFile, passphraseFile: keyFile },
-        { kind: 'zfs' },
-        { ...PLAIN, extra: 1 },
-        'plain',
-      ),
-      extra: field(1),
-    })
-    .map((changes) => {
-      const disk: Record<string, unknown> = { ...DISK }
-      for (const [k, v] of Object.entries(changes)) {
-        if (v === DROP) delete disk[k]
-        else if (v !== KEEP) disk[k] = v
-      }
-      return disk
-    })
+  return variants(DISK, {
+    name: field(DROP, 'web.0', 'a b', '', 'a'.repeat(65), 7),
+    guest: field(DROP, '10.0.0.2', '52:54:00:00:00:01', '', 3),
+    backing: field(DROP, '', 12),
+    readOnly: field(true, false, 'yes'),
+    encrypt: field(
+      PLAIN,
+      { ...PLAIN, keyFile },
+      { ...PLAIN, sectorSize: 4096 },
+      { ...PLAIN, sectorSize: 1024 },
+      { ...PLAIN, cipher: 'aes-cbc' },
+      { kind: 'luks', keyFile },
+      { kind: 'luks', passphraseFile: 'disk.key' },
+      { kind: 'luks' },
+      { kind: 'luks', keyFile, passphraseFile: keyFile },
+      { kind: 'zfs' },
+      { ...PLAIN, extra: 1 },
+      'plain',
+    ),
+    extra: field(1),
+  })
 }
 
 type Kind = 'nics' | 'disks'

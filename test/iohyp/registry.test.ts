@@ -102,6 +102,12 @@ function header(type: number, handle: DeviceHandle): MessageHeader {
   return { ...newMessageHeader(), type, deviceHigh: handle.high, deviceLow: handle.low }
 }
 
+/** A registry of the recording kind, and two connected guests. */
+function setUp() {
+  const kind = new RecordingKind()
+  return { kind, r: new DeviceRegistry(kind, quiet), a: guest(A), b: guest(B) }
+}
+
 const macOf = (text: string) => [A, B].find((m) => formatMac(m) === text)
 const settle = () => new Promise((r) => setImmediate(r))
 
@@ -159,10 +165,7 @@ describe('IOhyp device registry (any kind)', () => {
   })
 
   it('routes data by handle: a wrong tag, another guest’s device or an unknown slot reach nothing and are counted', async () => {
-    const kind = new RecordingKind()
-    const r = new DeviceRegistry(kind, quiet)
-    const a = guest(A)
-    const b = guest(B)
+    const { kind, r, a, b } = setUp()
     await r.create({ guest: formatMac(A), size: 1, name: 'a' }, a)
     await r.create({ guest: formatMac(B), size: 1, name: 'b' }, b)
     const [da, db] = kind.opened
@@ -199,10 +202,7 @@ describe('IOhyp device registry (any kind)', () => {
   })
 
   it('session loss unbinds; a new session re-announces every device of that guest only', async () => {
-    const kind = new RecordingKind()
-    const r = new DeviceRegistry(kind, quiet)
-    const a = guest(A)
-    const b = guest(B)
+    const { kind, r, a, b } = setUp()
     await r.create({ guest: formatMac(A), size: 1, name: 'a1' }, a)
     await r.create({ guest: formatMac(A), size: 1, name: 'a2' }, a)
     await r.create({ guest: formatMac(B), size: 1, name: 'b1' }, b)
