@@ -15,14 +15,7 @@ import {
 } from '../devices/fields.ts'
 import { parseListenAddress } from '../daemon/listen-address.ts'
 
-export {
-  ipv4PrefixSchema,
-  ipv4Schema,
-  macSchema,
-  show,
-} from '../devices/fields.ts'
-
-export { DEVICE_NAME_RE, IFNAME_RE } from '../devices/names.ts'
+export { ipv4Schema, show } from '../devices/fields.ts'
 
 /**
  * Per-guest memory budgets of the IOhyp, in bytes (docs/operations.md, "Budgets"): read replies
@@ -53,7 +46,7 @@ export const guestEntrySchema = z.strictObject({
   budgets: budgetsSchema.optional(),
 })
 
-export { diskEntrySchema, encryptSchema } from '../devices/blk/spec.ts'
+export { diskEntrySchema } from '../devices/blk/spec.ts'
 export { nicEntrySchema } from '../devices/net/spec.ts'
 
 /** `ADDR:PORT` of the metrics listener (`--metrics`). */
@@ -106,5 +99,4 @@ export const guestFileSchema = z.strictObject({
   iohyp: ipv4Schema.optional(),
 })
 
-export type { EncryptSpec as EncryptConfig } from '../devices/blk/spec.ts'
 export type BudgetsConfig = z.output<typeof budgetsSchema>

@@ -72,8 +72,10 @@ export class GuestDaemon {
   /** Control calls from (and to) the IOhyp over the current session. */
   private readonly rpc = new Rpc()
   private readonly sessionFailures: Record<string, number> = {}
-  private disks!: GuestDisks
-  private nics!: GuestNics
+  private readonly disks: GuestDisks
+  private readonly nics: GuestNics
+  /** Every device kind's registry. */
+  private readonly registries: AnyGuestRegistry[]
   /** Every device kind's registry, by the data message type the IOhyp sends it. */
   private readonly byType = new Map<number, AnyGuestRegistry>()
   /** Set once the NBD server listens: only then are IOhyp connections accepted. */
@@ -89,9 +91,18 @@ export class GuestDaemon {
     this.log = log
     this.metrics = createGuestMetrics({
       version: o.version,
-      disks: () => this.disks?.metrics() ?? [],
+      disks: () => this.disks.metrics(),
       socket: () => ({ interface: o.interface, kernelDrops: this.link?.socket.stats().kernelDrops ?? 0 }),
     })
+    // Devices and RPC handlers exist before the link and control socket open: a control request or
+    // an IOhyp may arrive at once (connections are refused until the NBD server listens; see accept).
+    this.disks = new GuestDisks({ runDir: o.runDir, attach: o.attach, ioTimeoutMs: o.ioTimeoutMs, log })
+    this.nics = new GuestNics(log, o.access?.links)
+    this.registries = [this.disks, this.nics] as AnyGuestRegistry[]
+    for (const r of this.registries) {
+      this.byType.set(r.kind.messageType, r)
+      this.rpc.handle(r.kind.attachCall, (p) => r.attach(p)).handle(r.kind.detachCall, (p) => r.detach(p))
+    }
   }
 
   static async start(o: GuestOptions, log: Logger): Promise<GuestDaemon> {
@@ -107,19 +118,6 @@ export class GuestDaemon {
   private async setUp(): Promise<void> {
     const port = this.o.port ?? VRIO_PORT
     await this.loadIohypAddress()
-    // Devices and RPC handlers exist before the link and control socket open: a control request or
-    // an IOhyp may arrive at once (connections are refused until the NBD server listens; see accept).
-    this.disks = new GuestDisks({
-      runDir: this.o.runDir,
-      attach: this.o.attach,
-      ioTimeoutMs: this.o.ioTimeoutMs,
-      log: this.log,
-    })
-    this.nics = new GuestNics(this.log, this.o.access?.links)
-    for (const r of this.registries()) {
-      this.byType.set(r.kind.messageType, r)
-      this.rpc.handle(r.kind.attachCall, (p) => r.attach(p)).handle(r.kind.detachCall, (p) => r.detach(p))
-    }
     this.link = await DaemonLink.open(
       {
         role: 'guest',
@@ -157,10 +155,6 @@ export class GuestDaemon {
     this.log.info('guest started', { ...this.link.describe(), port })
   }
 
-  private registries(): AnyGuestRegistry[] {
-    return [this.disks, this.nics] as AnyGuestRegistry[]
-  }
-
   /** Any peer may open a connection; only one that proves it holds our key gets further. */
   private accept(c: Connection): ConnectionHandlers | undefined {
     // Not serving yet (starting up): refused with an RST; the IOhyp redials within 300 ms.
@@ -174,7 +168,7 @@ export class GuestDaemon {
         if (session === this.iohyp) this.byType.get(h.type)?.receive(h, m, owned)
       },
       writable: () => {
-        if (session === this.iohyp) for (const r of this.registries()) r.writable()
+        if (session === this.iohyp) for (const r of this.registries) r.writable()
       },
       closed: (reason, failure) => {
         if (failure) {
@@ -184,7 +178,7 @@ export class GuestDaemon {
         if (this.iohyp === session) {
           this.iohyp = undefined
           this.rpc.attach(undefined)
-          for (const r of this.registries()) r.useSession(undefined)
+          for (const r of this.registries) r.useSession(undefined)
           this.log.warn('iohyp channel closed', { reason })
         }
       },
@@ -197,7 +191,7 @@ export class GuestDaemon {
     const previous = this.iohyp
     this.iohyp = session
     this.rpc.attach(session)
-    for (const r of this.registries()) r.useSession(session)
+    for (const r of this.registries) r.useSession(session)
     const r = session.connection.remote
     this.log.info('iohyp connected', { mac: formatMac(r.mac), address: formatIPv4(r.ip) })
     if (previous && previous !== session) previous.connection.abort('aborted')
@@ -246,7 +240,7 @@ export class GuestDaemon {
   }
 
   async stop(): Promise<void> {
-    for (const r of this.registries()) await r.close()
+    for (const r of this.registries) await r.close()
     await this.link.close()
     await this.metricsListener?.close()
     this.metrics.close()

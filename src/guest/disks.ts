@@ -188,7 +188,6 @@ export class GuestDisks extends GuestRegistry<
   GuestDiskInfo,
   { nbd: string; device: string | null }
 > {
-  readonly socketPath: string
   private readonly disks: GuestDiskKind
   private readonly nbd: NbdServer
   private staleTimer: ReturnType<typeof setTimeout> | undefined
@@ -197,9 +196,8 @@ export class GuestDisks extends GuestRegistry<
     const kind = new GuestDiskKind(o)
     super(kind, o.log)
     this.disks = kind
-    this.socketPath = kind.socketPath
     this.nbd = new NbdServer({
-      path: this.socketPath,
+      path: kind.socketPath,
       lookup: (name) => this.find(name)?.device.front,
       list: () => [...this.entries()].map((e) => e.name),
     })
@@ -230,10 +228,6 @@ export class GuestDisks extends GuestRegistry<
       this.disks.o.log.warn('detached block devices a previous agent left (their disks were not announced)', {
         devices: left.map((a) => a.record.device),
       })
-  }
-
-  uri(name: string): string {
-    return this.disks.uri(name)
   }
 
   override useSession(session: Session | undefined): void {

@@ -8,7 +8,7 @@ import type { DiskInfo } from '../control/api.ts'
 import type { Logger } from '../daemon/log.ts'
 import type { IohypDiskMetrics } from '../daemon/metrics.ts'
 import { BlockBackend, type ReplyBudget, replyNoDevice } from '../devices/blk/backend.ts'
-import type { BlockDevice } from '../devices/blk/device.ts'
+import { type BlockDevice, blockDeviceInfo } from '../devices/blk/device.ts'
 import { FileDevice, type FileIdentity, sameFile } from '../devices/blk/file-device.ts'
 import { type DiskSpec, parseDiskRequest } from '../devices/blk/spec.ts'
 import type { DeviceEntry, DeviceHandle, DeviceKind } from '../devices/kind.ts'
@@ -167,17 +167,7 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
   }
 
   announcement(e: DeviceEntry<DiskSpec, Disk>) {
-    const dev = e.device.device
-    const info = {
-      size: dev.size,
-      blockSize: dev.blockSize,
-      readOnly: dev.readOnly,
-      canFlush: dev.canFlush,
-      canFua: dev.canFua,
-      canTrim: dev.canTrim,
-      canWriteZeroes: dev.canWriteZeroes,
-    }
-    return { name: e.spec.name, handle: e.handle, info }
+    return { name: e.spec.name, handle: e.handle, info: blockDeviceInfo(e.device.device) }
   }
 
   announced(d: Disk, answer: unknown): void {

@@ -52,8 +52,3 @@ export async function openNicBackend(
   }
   return { backend: { kind: 'tap', tap: tap.name, bridge: s.bridge ?? null }, tap }
 }
-
-/** A TAP this daemon created disappears with its last fd (closed with the port); a macvtap must be deleted. */
-export async function closeNicBackend(backend: NicBackend, links: NetLinks): Promise<void> {
-  if (backend.kind === 'macvtap') await links.deleteLink(backend.device)
-}

@@ -15,7 +15,7 @@ import type { NetServiceChain } from '../services/net/chain.ts'
 import type { Session } from '../session/session.ts'
 import { formatMac, parseMac } from '../wire/address.ts'
 import { type MessageHeader, MessageType } from '../wire/message-header.ts'
-import { closeNicBackend, type NicBackend, openNicBackend } from './nic-backend.ts'
+import { type NicBackend, openNicBackend } from './nic-backend.ts'
 import { changeNicServices, loadNicServices } from './nic-services.ts'
 import { DeviceRegistry } from './registry.ts'
 
@@ -83,11 +83,13 @@ class NicKind implements DeviceKind<NicSpec, Nic, NicInfo> {
     return { backend, port, chain, alerts }
   }
 
+  /** A TAP this daemon created disappears with its last fd; a macvtap must be deleted. */
   async close(n: Nic): Promise<void> {
     n.port.close()
-    await closeNicBackend(n.backend, this.links).catch((error) =>
-      this.log.warn('could not delete a macvtap', { backend: n.backend, error }),
-    )
+    if (n.backend.kind !== 'macvtap') return
+    await this.links
+      .deleteLink(n.backend.device)
+      .catch((error) => this.log.warn('could not delete a macvtap', { backend: n.backend, error }))
   }
 
   bind(n: Nic, session: Session | undefined): void {

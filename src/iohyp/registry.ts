@@ -3,12 +3,13 @@
  * each bound to its guest's current session and re-announced on each new one, so a device exists
  * for its guest across reconnections. What differs between kinds is in the kind.
  */
+import { randomInt } from 'node:crypto'
+import { isDeepStrictEqual } from 'node:util'
 import type { Logger } from '../daemon/log.ts'
 import type { DeviceEntry, DeviceGuest, DeviceHandle, DeviceKind, DeviceSpec } from '../devices/kind.ts'
 import { isVrioError, VrioError } from '../errors.ts'
 import { formatMac } from '../wire/address.ts'
 import type { MessageHeader } from '../wire/message-header.ts'
-import { newDeviceHandle } from './handles.ts'
 
 /** How long a guest may take to confirm a removal. */
 const DETACH_TIMEOUT_MS = 10_000
@@ -233,18 +234,12 @@ export class DeviceRegistry<Spec extends DeviceSpec, Dev, Info> {
   }
 }
 
-/** Same spec, whatever the order of its keys and with unset fields left out. */
-export function sameSpec(a: unknown, b: unknown): boolean {
-  return canonical(a) === canonical(b)
+/** A new handle for `slot`: `high` a random tag, so a guessed slot names nothing. */
+function newDeviceHandle(slot: number): DeviceHandle {
+  return { high: randomInt(1, 0x1_0000_0000) >>> 0, low: slot }
 }
 
-function canonical(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`
-  if (typeof v === 'object' && v !== null)
-    return `{${Object.keys(v)
-      .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
-      .join(',')}}`
-  return JSON.stringify(v)
+/** Same spec, whatever the order of its keys and with unset fields left out. */
+export function sameSpec(a: unknown, b: unknown): boolean {
+  return isDeepStrictEqual(JSON.parse(JSON.stringify(a)), JSON.parse(JSON.stringify(b)))
 }
