@@ -316,14 +316,14 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     }
     const guest = owner(n.guest, `${at}.guest`)
     if (n.tap !== undefined) ok = c.unique(taps, n.tap, i, `${at}.tap`, 'nics', `tap '${n.tap}'`) && ok
-    const firewall = n.firewall === undefined ? undefined : c.path(n.firewall)
-    const dpi = n.dpi === undefined ? undefined : c.path(n.dpi)
-    if (firewall !== undefined) ok = c.exists(firewall, `${at}.firewall`, 'rules file', 'file') && ok
-    if (dpi !== undefined) ok = c.exists(dpi, `${at}.dpi`, 'rules file', 'file') && ok
-    if (ok && guest !== undefined) {
-      const { guest: _, firewall: __, dpi: ___, ...rest } = n
-      nics.push({ ...rest, guest, ...(firewall && { firewall }), ...(dpi && { dpi }) })
+    const nic: NicEntry = { ...n, guest: guest ?? n.guest }
+    for (const k of ['firewall', 'dpi'] as const) {
+      const f = n[k]
+      if (f === undefined) continue
+      nic[k] = c.path(f)
+      ok = c.exists(nic[k], `${at}.${k}`, 'rules file', 'file') && ok
     }
+    if (ok && guest !== undefined) nics.push(nic)
   })
 
   if (c.issues.length > 0) throw configError(file, c.issues)

@@ -23,7 +23,6 @@ export function show(value: unknown): string {
 
 export const textSchema = z.string().min(1, { error: 'must not be empty' })
 export const pathSchema = textSchema
-const _text = textSchema
 
 /** A unicast MAC, returned in canonical `aa:bb:cc:dd:ee:ff` form. */
 export const macSchema = z.string().transform((value, ctx) => {

@@ -205,11 +205,12 @@ export class IohypDaemon {
     return b
   }
 
-  /** A new record for an enrolled guest; its reply budget takes the limit it is enrolled with. */
-  private newGuest(mac: number, ip: number, key: Buffer, budgets: Partial<GuestBudgets> = {}): GuestRecord {
+  /** Enrolls a guest (a new record); its reply budget takes the limit it is enrolled with. */
+  private enroll(mac: number, ip: number, key: Buffer, budgets: Partial<GuestBudgets> = {}): GuestRecord {
     const g = new GuestRecord(mac, ip, key, budgets, this.replyBudget(mac))
     g.replyBudget.limit =
       budgets.pendingReplyBytes ?? this.o.budgets?.pendingReplyBytes ?? DEFAULT_PENDING_REPLY_BYTES
+    this.records.set(mac, g)
     return g
   }
 
@@ -270,8 +271,7 @@ export class IohypDaemon {
           `address ${formatIPv4(ip)} is already used by guest ${formatMac(g.mac)}`,
         )
     }
-    const g = this.newGuest(mac, ip, Buffer.from(request.key, 'hex'), request.budgets)
-    this.records.set(mac, g)
+    const g = this.enroll(mac, ip, Buffer.from(request.key, 'hex'), request.budgets)
     await this.saveState()
     this.log.info('guest enrolled', { mac: formatMac(mac), address: formatIPv4(ip) })
     this.dial(g)
@@ -365,11 +365,8 @@ export class IohypDaemon {
   private async restoreState(): Promise<void> {
     // Checked whole before anything is used: a bad file stops the start naming the field.
     const state = await readStateFile(this.statePath())
-    for (const g of state.guests) {
-      const mac = parseMac(g.mac) as number
-      const ip = parseIPv4(g.address) as number
-      this.records.set(mac, this.newGuest(mac, ip, Buffer.from(g.key, 'hex'), g.budgets))
-    }
+    for (const g of state.guests)
+      this.enroll(parseMac(g.mac)!, parseIPv4(g.address)!, Buffer.from(g.key, 'hex'), g.budgets)
     // Devices before dialing: each guest's devices are announced as soon as its session is up.
     await this.disks.restore(state.disks, this.enrolled)
     await this.nics.restore(state.nics, this.enrolled)
@@ -411,7 +408,7 @@ export class IohypDaemon {
             `config guest ${d.mac}: address ${d.address} is used by enrolled guest ${formatMac(g.mac)} (state file); remove that guest or change the config`,
           )
       }
-      this.records.set(mac, this.newGuest(mac, ip, Buffer.from(d.key), d.budgets))
+      this.enroll(mac, ip, Buffer.from(d.key), d.budgets)
     }
     await this.disks.declare(disks, this.enrolled)
     await this.nics.declare(nics, this.enrolled)

@@ -29,12 +29,7 @@ export async function loadNicServices(
     if (alerts.length > ALERTS_KEPT) alerts.shift()
     onAlert(record)
   })
-  for (const kind of NET_SERVICE_KINDS) {
-    const path = files[kind]
-    if (path === undefined) continue
-    const rules = await compileInWorker({ kind, files: [path] })
-    chain.set(kind, { service: await buildNetService(kind, rules, name), file: path, report: rules.report })
-  }
+  await changeNicServices(name, chain, files)
   return { chain, alerts }
 }
 

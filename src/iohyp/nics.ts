@@ -67,7 +67,11 @@ class NicKind implements DeviceKind<NicSpec, Nic, NicInfo> {
   }
 
   async open(s: NicSpec, handle: DeviceHandle): Promise<Nic> {
-    const { chain, alerts } = await loadNicServices(s.name, s, this.onAlert)
+    const { chain, alerts } = await loadNicServices(
+      s.name,
+      { firewall: s.firewall, dpi: s.dpi },
+      this.onAlert,
+    )
     const { backend, tap } = await openNicBackend(s, handle.low, this.links)
     const port = new NetPort({
       channel: tap,
