@@ -8,6 +8,7 @@
 import { mkdirSync } from 'node:fs'
 import { dirname, join, relative, resolve } from 'node:path'
 import YAML from 'yaml'
+import type { DiskSpec } from '../devices/blk/spec.ts'
 import { readKeyFile, writeKeyFile } from '../auth/key-file.ts'
 import { isVrioError, VrioError } from '../errors.ts'
 import { formatMac, parseMac } from '../wire/address.ts'
@@ -32,7 +33,7 @@ export interface ExportableState {
   }[]
   /** The budgets every guest gets unless it sets its own. */
   budgets?: { pendingReplyBytes?: number; reassemblyBytes?: number }
-  disks: { name: string; guest: string; backing: string; readOnly: boolean }[]
+  disks: (Omit<DiskSpec, 'readOnly'> & { readOnly?: boolean })[]
   /** NICs as config entries, once the IOhyp has them. */
   nics?: Record<string, unknown>[]
 }
@@ -85,12 +86,8 @@ export function buildConfigDocument(
     ...(g.name !== undefined && { name: g.name }),
     ...(g.budgets && Object.keys(g.budgets).length > 0 && { budgets: g.budgets }),
   }))
-  doc.disks = state.disks.map((d) => ({
-    name: d.name,
-    guest: d.guest,
-    backing: d.backing,
-    ...(d.readOnly && { readOnly: true }),
-  }))
+  // Encryption included: a disk re-declared without it would serve its ciphertext.
+  doc.disks = state.disks.map(({ readOnly, ...d }) => ({ ...d, ...(readOnly && { readOnly: true }) }))
   if (state.nics && state.nics.length > 0) doc.nics = state.nics
   return doc
 }

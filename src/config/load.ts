@@ -20,10 +20,11 @@ import { readKeyFile, readSecretFile } from '../auth/key-file.ts'
 import { isVrioError, VrioError } from '../errors.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import { checkWithSchema } from '../devices/fields.ts'
+import type { DiskSpec } from '../devices/blk/spec.ts'
+import type { NicRequest } from '../devices/net/spec.ts'
 import {
   type BudgetsConfig,
   diskEntrySchema,
-  type EncryptConfig,
   guestEntrySchema,
   guestFileSchema,
   iohypTopSchema,
@@ -52,33 +53,10 @@ export interface GuestEntry {
   budgets?: BudgetsConfig
 }
 
-export interface DiskEntry {
-  name: string
-  /** The owning guest's canonical MAC (whatever form the file referred to it by). */
-  guest: string
-  /** Absolute path. */
-  backing: string
-  readOnly: boolean
-  /** Paths inside are absolute. */
-  encrypt?: EncryptConfig
-}
-
-export interface NicEntry {
-  name: string
-  /** The owning guest's canonical MAC. */
-  guest: string
-  mac: string
-  tap?: string
-  bridge?: string
-  macvtap?: string
-  mtu?: number
-  /** Absolute paths. */
-  firewall?: string
-  dpi?: string
-  /** Source enforcement: IPv4 range the guest may send from; or none at all. */
-  ip?: string
-  allowSpoofing?: boolean
-}
+/** A config disk as the IOhyp applies it: its guest by canonical MAC, paths absolute. */
+export type DiskEntry = DiskSpec
+/** A config NIC as the IOhyp applies it: its guest by canonical MAC, rules files absolute. */
+export type NicEntry = NicRequest & { name: string }
 
 export interface IohypConfig {
   file: string
@@ -274,6 +252,10 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     return undefined
   }
 
+  const SECRET_FIELDS = [
+    ['keyFile', 'key file'],
+    ['passphraseFile', 'passphrase file'],
+  ] as const
   const disks: DiskEntry[] = []
   /** Which file each accepted disk's backing is (device and inode), as IohypDisks compares them. */
   const backingIds: string[] = []
@@ -300,25 +282,13 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
         ok = false
       }
     } else ok = false
-    let encrypt: EncryptConfig | undefined
-    if (d.encrypt?.kind === 'plain') {
-      encrypt = { ...d.encrypt, keyFile: c.path(d.encrypt.keyFile) }
-      ok = c.secretFile(encrypt.keyFile, `${at}.encrypt.keyFile`, 'key file') && ok
-    } else if (d.encrypt?.kind === 'luks') {
-      const e = d.encrypt
-      if ((e.passphraseFile === undefined) === (e.keyFile === undefined)) {
-        c.issue(`${at}.encrypt`, 'luks needs exactly one of passphraseFile and keyFile')
-        ok = false
-      }
-      encrypt = { kind: 'luks' }
-      if (e.passphraseFile !== undefined) {
-        encrypt.passphraseFile = c.path(e.passphraseFile)
-        ok = c.secretFile(encrypt.passphraseFile, `${at}.encrypt.passphraseFile`, 'passphrase file') && ok
-      }
-      if (e.keyFile !== undefined) {
-        encrypt.keyFile = c.path(e.keyFile)
-        ok = c.secretFile(encrypt.keyFile, `${at}.encrypt.keyFile`, 'key file') && ok
-      }
+    // Key files relative to the config file; each must be a secret file (checked as such).
+    const encrypt = d.encrypt && { ...d.encrypt }
+    for (const [k, what] of SECRET_FIELDS) {
+      const f = encrypt?.[k as keyof typeof encrypt] as string | undefined
+      if (!encrypt || f === undefined) continue
+      Object.assign(encrypt, { [k]: c.path(f) })
+      ok = c.secretFile(c.path(f), `${at}.encrypt.${k}`, what) && ok
     }
     if (ok && guest !== undefined && id !== undefined) {
       disks.push({ name: d.name, guest, backing, readOnly, ...(encrypt && { encrypt }) })
@@ -346,14 +316,14 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     }
     const guest = owner(n.guest, `${at}.guest`)
     if (n.tap !== undefined) ok = c.unique(taps, n.tap, i, `${at}.tap`, 'nics', `tap '${n.tap}'`) && ok
-    const firewall = n.firewall === undefined ? undefined : c.path(n.firewall)
-    const dpi = n.dpi === undefined ? undefined : c.path(n.dpi)
-    if (firewall !== undefined) ok = c.exists(firewall, `${at}.firewall`, 'rules file', 'file') && ok
-    if (dpi !== undefined) ok = c.exists(dpi, `${at}.dpi`, 'rules file', 'file') && ok
-    if (ok && guest !== undefined) {
-      const { guest: _, firewall: __, dpi: ___, ...rest } = n
-      nics.push({ ...rest, guest, ...(firewall && { firewall }), ...(dpi && { dpi }) })
+    const nic: NicEntry = { ...n, guest: guest ?? n.guest }
+    for (const k of ['firewall', 'dpi'] as const) {
+      const f = n[k]
+      if (f === undefined) continue
+      nic[k] = c.path(f)
+      ok = c.exists(nic[k], `${at}.${k}`, 'rules file', 'file') && ok
     }
+    if (ok && guest !== undefined) nics.push(nic)
   })
 
   if (c.issues.length > 0) throw configError(file, c.issues)

@@ -12,18 +12,10 @@ import {
   ipv4Schema,
   macSchema,
   pathSchema as path,
-  textSchema as text,
 } from '../devices/fields.ts'
 import { parseListenAddress } from '../daemon/listen-address.ts'
 
-export {
-  ipv4PrefixSchema,
-  ipv4Schema,
-  macSchema,
-  show,
-} from '../devices/fields.ts'
-
-export { DEVICE_NAME_RE, IFNAME_RE } from '../devices/names.ts'
+export { ipv4Schema, show } from '../devices/fields.ts'
 
 /**
  * Per-guest memory budgets of the IOhyp, in bytes (docs/operations.md, "Budgets"): read replies
@@ -54,34 +46,7 @@ export const guestEntrySchema = z.strictObject({
   budgets: budgetsSchema.optional(),
 })
 
-/**
- * Block encryption of a disk on the IOhyp. `plain`: dm-crypt plain mode with a raw key file;
- * `luks`: a LUKS volume opened with either a passphrase file or a key file (exactly one).
- */
-export const encryptSchema = z.discriminatedUnion('kind', [
-  z.strictObject({
-    kind: z.literal('plain'),
-    cipher: z.literal('aes-xts-plain64'),
-    keyFile: path,
-    sectorSize: z.literal([512, 4096]).optional(),
-  }),
-  z.strictObject({
-    kind: z.literal('luks'),
-    passphraseFile: path.optional(),
-    keyFile: path.optional(),
-  }),
-])
-
-export const diskEntrySchema = z.strictObject({
-  name: deviceName,
-  /** The guest's MAC, IPv4 address or name (from `guests`). */
-  guest: text,
-  /** A raw image file or a block device on the IOhyp. */
-  backing: path,
-  readOnly: z.boolean().optional(),
-  encrypt: encryptSchema.optional(),
-})
-
+export { diskEntrySchema } from '../devices/blk/spec.ts'
 export { nicEntrySchema } from '../devices/net/spec.ts'
 
 /** `ADDR:PORT` of the metrics listener (`--metrics`). */
@@ -134,5 +99,4 @@ export const guestFileSchema = z.strictObject({
   iohyp: ipv4Schema.optional(),
 })
 
-export type EncryptConfig = z.output<typeof encryptSchema>
 export type BudgetsConfig = z.output<typeof budgetsSchema>

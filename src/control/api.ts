@@ -27,7 +27,9 @@
  * A failure is any status >= 400 with body `{ "error": ErrorBody }`.
  */
 
-import type { EncryptionSpec } from '../services/crypt/open.ts'
+import type * as z from 'zod'
+import type { diskRequestSchema } from '../devices/blk/spec.ts'
+import type { nicRequestSchema } from '../devices/net/spec.ts'
 import type { ChainCounters } from '../services/net/chain.ts'
 
 export const DEFAULT_IOHYP_SOCKET = '/run/vrio/iohyp.sock'
@@ -226,22 +228,8 @@ export interface StatusInfo {
   }
 }
 
-/** `POST /v1/blk` on the IOhyp: give a guest a remote disk. */
-export interface CreateDiskRequest {
-  /** The guest, by MAC or IPv4 address. */
-  guest: string
-  /** Backing file (raw image) or block device on the IOhyp. */
-  backing: string
-  /** Unique on this IOhyp; default `disk<N>`. Letters, digits, `-`, `_`, `.`; at most 64. */
-  name?: string
-  readOnly?: boolean
-  /**
-   * Encrypt on the IOhyp (the guest sees plaintext, the backing holds ciphertext): dm-crypt plain
-   * aes-xts-plain64 with a key file, or a LUKS1/LUKS2 volume opened with a passphrase or key file.
-   * Paths only: the daemon reads the secrets and never echoes them (docs/services.md).
-   */
-  encrypt?: EncryptionSpec
-}
+/** `POST /v1/blk` on the IOhyp: give a guest a remote disk (fields: src/devices/blk/spec.ts). */
+export type CreateDiskRequest = z.input<typeof diskRequestSchema>
 
 /** A remote disk as the IOhyp sees it (`GET /v1/blk`, and the answer to create and remove). */
 export interface DiskInfo {
@@ -278,33 +266,11 @@ export interface ListDisksResponse<T = DiskInfo> {
   disks: T[]
 }
 
-/** `POST /v1/nic` on the IOhyp: give a guest a remote NIC. Exactly one of `tap` and `macvtap`. */
-export interface CreateNicRequest {
-  /** The guest, by MAC or IPv4 address. */
-  guest: string
-  /** The MAC of the guest's interface (unicast). */
-  mac: string
-  /** Back-end: a TAP on the IOhyp, created unless it exists, joined to `bridge` when given. */
-  tap?: string
-  bridge?: string
-  /** Back-end: a macvtap (bridge mode) the IOhyp creates on this uplink, receiving for `mac`. */
-  macvtap?: string
-  /** The guest's interface name, unique on this IOhyp; default `vnic<N>`. At most 15 characters. */
-  name?: string
-  /** Default 1500. */
-  mtu?: number
-  /** Absolute paths of rules files: the NIC's firewall and DPI services (docs/services.md). */
-  firewall?: string
-  dpi?: string
-  /**
-   * IPv4 sources the guest may use (`a.b.c.d`, or a prefix `a.b.c.d/n`): IPv4 packets and ARP
-   * from the guest with another sender address are dropped ('spoofed-ip'). Unset: not checked.
-   * The Ethernet source is always checked against `mac` ('spoofed-mac') unless `allowSpoofing`.
-   */
-  ip?: string
-  /** Turns source enforcement off for this NIC (MAC and IP); excludes `ip`. */
-  allowSpoofing?: boolean
-}
+/**
+ * `POST /v1/nic` on the IOhyp: give a guest a remote NIC, exactly one of `tap` and `macvtap`
+ * (fields: src/devices/net/spec.ts).
+ */
+export type CreateNicRequest = z.input<typeof nicRequestSchema>
 
 export interface NetTrafficInfo {
   frames: number

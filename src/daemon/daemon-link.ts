@@ -1,8 +1,8 @@
 import type { StatusInfo } from '../control/api.ts'
 import { ControlServer } from '../control/control-server.ts'
-import { KernelGuard } from '../io/kernel-guard.ts'
+import { KernelGuard, type KernelGuardOptions } from '../io/kernel-guard.ts'
 import { LinkDriver } from '../io/link-driver.ts'
-import type { PacketSocket } from '../io/packet-socket.ts'
+import type { FrameChannel } from '../io/frame-channel.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
 import { aeadImplementation, channelDescription, resolveSealCipher } from '../transport/aead.ts'
@@ -10,7 +10,7 @@ import type { PreAuthOptions } from '../transport/endpoint.ts'
 import { addSealDrops } from '../transport/seal.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
 import type { Logger } from './log.ts'
-import { openLink } from './runtime.ts'
+import { type LinkPorts, openLink } from './runtime.ts'
 
 export interface DaemonLinkOptions {
   role: 'iohyp' | 'guest'
@@ -30,6 +30,23 @@ export interface DaemonLinkOptions {
   key?: Buffer
   /** Limits before a peer authenticates (the guest sets them: see EndpointInit). */
   preAuth?: PreAuthOptions
+  /** How the interface is reached: the kernel's (a packet socket and the kernel guard) unless a test passes its own. */
+  access?: LinkAccess
+}
+
+/** The frame channel on the daemon's interface, and the guard that keeps the kernel's stack off its port. */
+export interface LinkAccess {
+  open(
+    ifname: string,
+    address: string | undefined,
+    ports: LinkPorts,
+  ): { socket: FrameChannel; mac: number; ip: number; filtered?: boolean }
+  guard(o: KernelGuardOptions): { install(): Promise<void>; remove(): Promise<void> }
+}
+
+export const KERNEL_LINK: LinkAccess = {
+  open: openLink,
+  guard: (o) => new KernelGuard(o),
 }
 
 /**
@@ -38,20 +55,20 @@ export interface DaemonLinkOptions {
  * included, or undoes what it did and throws; `close` takes it down in the reverse order.
  */
 export class DaemonLink {
-  readonly socket: PacketSocket
+  readonly socket: FrameChannel
   readonly driver: LinkDriver
   readonly control: ControlServer
   readonly mac: number
   readonly ip: number
   /** The kernel filter is on the packet socket (runtime.ts packetFilterEnabled). */
   readonly filtered: boolean
-  private readonly guard: KernelGuard
+  private readonly guard: { install(): Promise<void>; remove(): Promise<void> }
   private readonly o: DaemonLinkOptions
   private readonly startedAt = new Date()
 
   private constructor(
     o: DaemonLinkOptions,
-    socket: PacketSocket,
+    socket: FrameChannel,
     mac: number,
     ip: number,
     filtered: boolean,
@@ -61,7 +78,7 @@ export class DaemonLink {
     this.filtered = filtered
     this.mac = mac
     this.ip = ip
-    this.guard = new KernelGuard({
+    this.guard = (o.access ?? KERNEL_LINK).guard({
       ifname: o.interface,
       address: ip,
       localPort: o.localPort,
@@ -117,8 +134,11 @@ export class DaemonLink {
 
   /** Opens everything; `routes` registers the daemon's control routes before the socket listens. */
   static async open(o: DaemonLinkOptions, routes: (control: ControlServer) => void): Promise<DaemonLink> {
-    const link = openLink(o.interface, o.address, { localPort: o.localPort, remotePort: o.remotePort })
-    const d = new DaemonLink(o, link.socket, link.mac, link.ip, link.filtered)
+    const link = (o.access ?? KERNEL_LINK).open(o.interface, o.address, {
+      localPort: o.localPort,
+      remotePort: o.remotePort,
+    })
+    const d = new DaemonLink(o, link.socket, link.mac, link.ip, link.filtered ?? false)
     try {
       await d.guard.install()
       routes(d.control)

@@ -7,6 +7,7 @@ import * as z from 'zod'
 import { formatIPv4Prefix, parseIPv4Prefix } from './net/source-guard.ts'
 import { DEVICE_NAME_RULE, DEVICE_NAME_RE, IFNAME_RE, IFNAME_RULE } from './names.ts'
 import { formatIPv4, formatMac, isGroupMac, parseIPv4, parseMac } from '../wire/address.ts'
+import { VrioError } from '../errors.ts'
 
 /** A problem with one field: `path` like `nics[0].tap` ('' for the whole document). */
 export interface FieldIssue {
@@ -22,7 +23,6 @@ export function show(value: unknown): string {
 
 export const textSchema = z.string().min(1, { error: 'must not be empty' })
 export const pathSchema = textSchema
-const _text = textSchema
 
 /** A unicast MAC, returned in canonical `aa:bb:cc:dd:ee:ff` form. */
 export const macSchema = z.string().transform((value, ctx) => {
@@ -90,6 +90,16 @@ export const deviceNameSchema = z.string().regex(DEVICE_NAME_RE, {
 export const ifnameSchema = z.string().regex(IFNAME_RE, {
   error: (issue) => `${show(issue.input)} is not an interface name (${IFNAME_RULE})`,
 })
+
+const u32 = z.int().min(0).max(0xffff_ffff)
+/** A device handle as the state file keeps it (see devices/handles.ts). */
+export const handleSchema = z.strictObject({ high: u32, low: u32 })
+
+/** A device request's problems as one VrioError('invalid-argument'): `field` the first, the message all. */
+export function specError(issues: FieldIssue[]): VrioError {
+  const message = issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join('; ')
+  return new VrioError('invalid-argument', message, { field: issues[0].path, errors: issues })
+}
 
 /**
  * `value` checked against `schema`: its output, or the problems as FieldIssues whose paths start at

@@ -14,11 +14,3 @@ export const DEVICE_NAME_RULE = "1-64 letters, digits, '.', '-' or '_'"
  */
 export const IFNAME_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,15}$/
 export const IFNAME_RULE = "1-15 letters, digits, '.', '-' or '_'"
-
-export function isDeviceName(value: unknown): value is string {
-  return typeof value === 'string' && DEVICE_NAME_RE.test(value)
-}
-
-export function isIfname(value: unknown): value is string {
-  return typeof value === 'string' && IFNAME_RE.test(value)
-}

@@ -3,7 +3,10 @@ import { join } from 'node:path'
 import type { StatusInfo } from '../control/api.ts'
 import { ROUTES } from '../control/api.ts'
 import { RawBody } from '../control/control-server.ts'
-import { DaemonLink } from '../daemon/daemon-link.ts'
+import { DaemonLink, type LinkAccess } from '../daemon/daemon-link.ts'
+import type { DeviceHandle } from '../devices/kind.ts'
+import type { NetLinks } from '../io/net-links.ts'
+import type { GuestRegistry } from './registry.ts'
 import {
   createGuestMetrics,
   type DaemonMetrics,
@@ -23,7 +26,6 @@ import { channelDescription } from '../transport/aead.ts'
 import type { PreAuthOptions } from '../transport/endpoint.ts'
 import { addSealDrops } from '../transport/seal.ts'
 import { formatIPv4, formatMac, parseIPv4 } from '../wire/address.ts'
-import { MessageType } from '../wire/message-header.ts'
 import { VrioError } from '../errors.ts'
 
 export interface GuestOptions {
@@ -51,7 +53,11 @@ export interface GuestOptions {
   preAuth?: Omit<PreAuthOptions, 'peerAddress' | 'requireAuthentication'>
   /** `ADDR:PORT`: also serve the Prometheus metrics there over plain HTTP (always on the control socket). */
   metrics?: string
+  /** How the agent reaches its interface and NIC links (tests pass in-memory ones). */
+  access?: { link?: LinkAccess; links?: NetLinks }
 }
+
+type AnyGuestRegistry = GuestRegistry<{ name: string; handle: DeviceHandle }, unknown, unknown, unknown>
 
 /** Where a learned IOhyp address is kept, in the run dir: delete it (and restart) to learn anew. */
 export const LEARNED_IOHYP_FILE = 'iohyp-address'
@@ -66,8 +72,12 @@ export class GuestDaemon {
   /** Control calls from (and to) the IOhyp over the current session. */
   private readonly rpc = new Rpc()
   private readonly sessionFailures: Record<string, number> = {}
-  private disks!: GuestDisks
-  private nics!: GuestNics
+  private readonly disks: GuestDisks
+  private readonly nics: GuestNics
+  /** Every device kind's registry. */
+  private readonly registries: AnyGuestRegistry[]
+  /** Every device kind's registry, by the data message type the IOhyp sends it. */
+  private readonly byType = new Map<number, AnyGuestRegistry>()
   /** Set once the NBD server listens: only then are IOhyp connections accepted. */
   private ready = false
   /** The only address IOhyp connections are accepted from: configured, learned, or not yet known. */
@@ -81,9 +91,18 @@ export class GuestDaemon {
     this.log = log
     this.metrics = createGuestMetrics({
       version: o.version,
-      disks: () => this.disks?.metrics() ?? [],
+      disks: () => this.disks.metrics(),
       socket: () => ({ interface: o.interface, kernelDrops: this.link?.socket.stats().kernelDrops ?? 0 }),
     })
+    // Devices and RPC handlers exist before the link and control socket open: a control request or
+    // an IOhyp may arrive at once (connections are refused until the NBD server listens; see accept).
+    this.disks = new GuestDisks({ runDir: o.runDir, attach: o.attach, ioTimeoutMs: o.ioTimeoutMs, log })
+    this.nics = new GuestNics(log, o.access?.links)
+    this.registries = [this.disks, this.nics] as AnyGuestRegistry[]
+    for (const r of this.registries) {
+      this.byType.set(r.kind.messageType, r)
+      this.rpc.handle(r.kind.attachCall, (p) => r.attach(p)).handle(r.kind.detachCall, (p) => r.detach(p))
+    }
   }
 
   static async start(o: GuestOptions, log: Logger): Promise<GuestDaemon> {
@@ -99,20 +118,6 @@ export class GuestDaemon {
   private async setUp(): Promise<void> {
     const port = this.o.port ?? VRIO_PORT
     await this.loadIohypAddress()
-    // Devices and RPC handlers exist before the link and control socket open: a control request or
-    // an IOhyp may arrive at once (connections are refused until the NBD server listens; see accept).
-    this.disks = new GuestDisks({
-      runDir: this.o.runDir,
-      attach: this.o.attach,
-      ioTimeoutMs: this.o.ioTimeoutMs,
-      log: this.log,
-    })
-    this.nics = new GuestNics(this.log)
-    this.rpc
-      .handle('blk.attach', (p) => this.disks.attachDisk(p))
-      .handle('blk.detach', (p) => this.disks.detachDisk(p))
-      .handle('net.attach', (p) => this.nics.attachNic(p))
-      .handle('net.detach', (p) => this.nics.detachNic(p))
     this.link = await DaemonLink.open(
       {
         role: 'guest',
@@ -127,6 +132,7 @@ export class GuestDaemon {
         key: this.o.key,
         preAuth: { ...this.o.preAuth, requireAuthentication: true, peerAddress: this.iohypAddress },
         accept: (_remote, c) => this.accept(c),
+        access: this.o.access?.link,
       },
       (control) => {
         control.route('GET', ROUTES.status, () => this.status())
@@ -159,12 +165,10 @@ export class GuestDaemon {
         if (session === this.iohyp) this.rpc.onControl(m)
       },
       data: (h, m, _delivery, lender) => {
-        if (session !== this.iohyp) return
-        if (h.type === MessageType.NetFrame) this.nics.receive(h, m, lender)
-        else this.disks.receive(h, m, lender)
+        if (session === this.iohyp) this.byType.get(h.type)?.receive(h, m, lender)
       },
       writable: () => {
-        if (session === this.iohyp) this.disks.writable()
+        if (session === this.iohyp) for (const r of this.registries) r.writable()
       },
       closed: (reason, failure) => {
         if (failure) {
@@ -174,8 +178,7 @@ export class GuestDaemon {
         if (this.iohyp === session) {
           this.iohyp = undefined
           this.rpc.attach(undefined)
-          this.disks.useSession(undefined)
-          this.nics.useSession(undefined)
+          for (const r of this.registries) r.useSession(undefined)
           this.log.warn('iohyp channel closed', { reason })
         }
       },
@@ -188,8 +191,7 @@ export class GuestDaemon {
     const previous = this.iohyp
     this.iohyp = session
     this.rpc.attach(session)
-    this.disks.useSession(session)
-    this.nics.useSession(session)
+    for (const r of this.registries) r.useSession(session)
     const r = session.connection.remote
     this.log.info('iohyp connected', { mac: formatMac(r.mac), address: formatIPv4(r.ip) })
     if (previous && previous !== session) previous.connection.abort('aborted')
@@ -238,8 +240,7 @@ export class GuestDaemon {
   }
 
   async stop(): Promise<void> {
-    await this.disks.close()
-    this.nics.close()
+    for (const r of this.registries) await r.close()
     await this.link.close()
     await this.metricsListener?.close()
     this.metrics.close()

@@ -1,36 +1,34 @@
-import { isAbsolute, join } from 'node:path'
-import type { CreateDiskRequest, GuestBudgets, GuestInfo, GuestState, StatusInfo } from '../control/api.ts'
-import { DEFAULT_PENDING_REPLY_BYTES, ReplyBudget } from '../devices/blk/backend.ts'
-import { ROUTES } from '../control/api.ts'
-import { type ControlServer, RawBody } from '../control/control-server.ts'
+import { join } from 'node:path'
+import type { GuestBudgets, GuestInfo, StatusInfo } from '../control/api.ts'
+import type { ControlServer } from '../control/control-server.ts'
 import { parseAddGuestRequest } from '../control/validate.ts'
-import { DaemonLink } from '../daemon/daemon-link.ts'
-import { VRIO_PORT } from '../daemon/runtime.ts'
+import type { ExportableState } from '../config/export.ts'
+import { DaemonLink, type LinkAccess } from '../daemon/daemon-link.ts'
 import type { Logger } from '../daemon/log.ts'
 import {
   createIohypMetrics,
   type DaemonMetrics,
-  METRICS_CONTENT_TYPE,
   type MetricsListener,
   startWithMetrics,
 } from '../daemon/metrics.ts'
+import { VRIO_PORT } from '../daemon/runtime.ts'
+import { DEFAULT_PENDING_REPLY_BYTES, ReplyBudget } from '../devices/blk/backend.ts'
+import type { DiskRequest } from '../devices/blk/spec.ts'
+import type { DeviceSpec } from '../devices/kind.ts'
+import type { NicRequest } from '../devices/net/spec.ts'
 import { VrioError } from '../errors.ts'
-import { Rpc } from '../session/rpc.ts'
+import type { NetLinks } from '../io/net-links.ts'
 import { EveFileSink } from '../services/dpi/index.ts'
-import { encryptSchema } from '../config/schema.ts'
-import type { EncryptionSpec } from '../services/crypt/open.ts'
-import type { ExportableState } from '../config/export.ts'
-import type { DiskEntry, NicEntry } from '../config/load.ts'
-import { IohypDisks } from './disks.ts'
-import { IohypNics } from './nics.ts'
-import { type IohypState, readStateFile, writeStateFile } from './state-file.ts'
 import { Session } from '../session/session.ts'
-import type { ConnectionOptions } from '../transport/config.ts'
-import type { Connection } from '../transport/connection.ts'
 import { channelDescription } from '../transport/aead.ts'
-import { addSealDrops } from '../transport/seal.ts'
+import type { ConnectionOptions } from '../transport/config.ts'
 import { formatIPv4, formatMac, parseIPv4, parseMac } from '../wire/address.ts'
-import { MessageType } from '../wire/message-header.ts'
+import { type DiskFiles, IohypDisks } from './disks.ts'
+import { addStats, GuestRecord, REDIAL_MAX_MS, REDIAL_MIN_MS } from './guest-record.ts'
+import { IohypNics } from './nics.ts'
+import type { DeviceRegistry } from './registry.ts'
+import { iohypRoutes } from './routes.ts'
+import { readStateFile, writeStateFile } from './state-file.ts'
 
 export interface IohypOptions {
   interface: string
@@ -54,126 +52,32 @@ export interface IohypOptions {
   /** Budgets of every guest that does not set its own (docs/operations.md, "Budgets"). */
   budgets?: Partial<GuestBudgets>
   /** Devices declared in a config file, applied at start over the state file's (same name: config wins). */
-  devices?: { disks: readonly DiskEntry[]; nics: readonly NicEntry[] }
+  devices?: { disks: readonly DiskDeclaration[]; nics: readonly NicDeclaration[] }
   /** `ADDR:PORT`: also serve the Prometheus metrics there over plain HTTP (always on the control socket). */
   metrics?: string
+  /** How the daemon reaches its interface, backing files and NIC links (tests pass in-memory ones). */
+  access?: { link?: LinkAccess; files?: DiskFiles; links?: NetLinks }
 }
 
-const REDIAL_MIN_MS = 100
-const REDIAL_MAX_MS = 300
+/** A disk or NIC the config declares (its spec, parsed, the guest by MAC). */
+type DiskDeclaration = DiskRequest & { name: string }
+type NicDeclaration = NicRequest & { name: string }
+
 /** Per attempt: a guest that is not up yet is retried quickly, so it connects soon after it starts. */
 const DIAL_OPTIONS: Partial<ConnectionOptions> = { connectTimeout: 1000 }
-
-interface Totals {
-  framesIn: number
-  framesOut: number
-  bytesIn: number
-  bytesOut: number
-  retransmits: number
-  rtoFirings: number
-  fastRecoveries: number
-  windowStalls: number
-  drops: Record<string, number>
-  rekeys: number
-}
-
-/** One enrolled guest and the channel the IOhyp keeps open to it. */
-class GuestRecord {
-  readonly mac: number
-  readonly ip: number
-  readonly key: Buffer
-  /** Budgets as enrolled (those not given follow the daemon's defaults). */
-  readonly budgets: Partial<GuestBudgets>
-  /** The read-reply budget its disks' back-ends share (kept per MAC: see IohypDaemon.replyBudget). */
-  readonly replyBudget: ReplyBudget
-  /** Channels closed because the guest kept sending while over its reply budget. */
-  overloads = 0
-  /** Data messages of unknown types from closed sessions (the live one's are added when reporting). */
-  unknownMessages = 0
-  state: GuestState = 'waiting'
-  session: Session | undefined
-  /** Control calls to this guest over whichever session is current. */
-  readonly rpc = new Rpc()
-  /** Counters of closed connections; the live one is added when reporting. */
-  readonly totals: Totals = {
-    framesIn: 0,
-    framesOut: 0,
-    bytesIn: 0,
-    bytesOut: 0,
-    retransmits: 0,
-    rtoFirings: 0,
-    fastRecoveries: 0,
-    windowStalls: 0,
-    drops: {},
-    rekeys: 0,
-  }
-  /** What status shows of the newest channel (cipher or plaintext). */
-  channel: string | undefined
-  readonly sessionFailures: Record<string, number> = {}
-  retry: NodeJS.Timeout | undefined
-  backoff = REDIAL_MIN_MS
-  removed = false
-
-  constructor(
-    mac: number,
-    ip: number,
-    key: Buffer,
-    budgets: Partial<GuestBudgets>,
-    replyBudget: ReplyBudget,
-  ) {
-    this.mac = mac
-    this.ip = ip
-    this.key = key
-    this.budgets = budgets
-    this.replyBudget = replyBudget
-  }
-
-  info(budgets: GuestBudgets): GuestInfo {
-    const t = { ...this.totals, drops: { ...this.totals.drops } }
-    const c = this.session?.connection
-    if (c && !c.closed) addStats(t, c)
-    return {
-      mac: formatMac(this.mac),
-      address: formatIPv4(this.ip),
-      state: this.state,
-      rttMs: c && !c.closed && c.srtt >= 0 ? Math.round(c.srtt * 1000) / 1000 : null,
-      ...t,
-      sessionFailures: { ...this.sessionFailures },
-      ...(this.channel !== undefined && { channel: this.channel }),
-      budgets,
-      held: {
-        pendingReplyBytes: this.replyBudget.held,
-        reassemblyBytes: c && !c.closed ? c.reassemblyMemory : 0,
-      },
-    }
-  }
-}
-
-function addStats(t: Totals, c: Connection): void {
-  t.framesIn += c.stats.framesReceived
-  t.framesOut += c.stats.framesSent
-  t.bytesIn += c.stats.bytesReceived
-  t.bytesOut += c.stats.bytesSent
-  t.retransmits += c.stats.retransmits
-  t.rtoFirings += c.stats.rtoFirings
-  t.fastRecoveries += c.stats.fastRecoveries
-  t.windowStalls += c.stats.windowStalls
-  for (const [k, v] of Object.entries(c.stats.drops)) t.drops[k] = (t.drops[k] ?? 0) + (v ?? 0)
-  if (c.stats.duplicatesDropped > 0) t.drops.duplicate = (t.drops.duplicate ?? 0) + c.stats.duplicatesDropped
-  addSealDrops(t.drops, c.stats)
-  t.rekeys += c.stats.rekeys
-}
 
 /** The I/O hypervisor daemon: keeps an authenticated channel open to every enrolled guest. */
 export class IohypDaemon {
   private readonly o: IohypOptions
   private readonly log: Logger
-  private readonly guests = new Map<number, GuestRecord>()
+  private readonly records = new Map<number, GuestRecord>()
   /** Per MAC, so a guest re-declared over its restored record keeps the budget its disks use. */
   private readonly replyBudgets = new Map<number, ReplyBudget>()
   private link!: DaemonLink
-  private readonly disks: IohypDisks
-  private readonly nics: IohypNics
+  readonly disks: IohypDisks
+  readonly nics: IohypNics
+  /** Every device kind's registry, by the data message type its guests send it. */
+  private readonly byType: Map<number, DeviceRegistry<DeviceSpec, unknown, unknown>>
   /** Where DPI alerts go, one EVE JSON record per line (as Suricata's eve.json); opened at the first alert. */
   private eve: EveFileSink | undefined
   readonly metrics: DaemonMetrics
@@ -184,31 +88,33 @@ export class IohypDaemon {
     this.log = log
     this.metrics = createIohypMetrics({
       version: o.version,
-      guests: () => [...this.guests.values()].map((g) => this.guestInfo(g)),
+      guests: () => this.guests(),
       disks: () => this.disks.metrics(),
       nics: () => this.nics.list(),
       socket: () => ({ interface: o.interface, kernelDrops: this.link?.socket.stats().kernelDrops ?? 0 }),
     })
-    this.disks = new IohypDisks(log, {
-      replyBudget: (mac) => this.replyBudget(mac),
-      overloaded: (mac) => this.overloaded(mac),
-      maxMessageSize: () => this.link.driver.endpoint.options.maxMessageSize,
-    })
-    this.nics = new IohypNics(log, (record) => this.alert(record))
+    this.disks = new IohypDisks(
+      log,
+      {
+        replyBudget: (mac) => this.replyBudget(mac),
+        overloaded: (mac) => this.overloaded(mac),
+        maxMessageSize: () => this.link.driver.endpoint.options.maxMessageSize,
+      },
+      o.access?.files,
+    )
+    this.nics = new IohypNics(log, (record) => this.alert(record), o.access?.links)
+    const registries = [this.disks, this.nics] as DeviceRegistry<DeviceSpec, unknown, unknown>[]
+    this.byType = new Map(registries.map((r) => [r.kind.messageType, r]))
   }
 
   static async start(o: IohypOptions, log: Logger): Promise<IohypDaemon> {
     const d = new IohypDaemon(o, log)
-    await d.init()
+    d.metricsListener = await startWithMetrics(o.metrics, d.metrics, () => d.openLink())
     return d
   }
 
   private get port(): number {
     return this.o.port ?? VRIO_PORT
-  }
-
-  private async init(): Promise<void> {
-    this.metricsListener = await startWithMetrics(this.o.metrics, this.metrics, () => this.openLink())
   }
 
   private async openLink(): Promise<void> {
@@ -226,8 +132,9 @@ export class IohypDaemon {
           ...this.o.transport,
           ...(this.o.insecurePlaintext && { insecurePlaintext: true }),
         },
+        access: this.o.access?.link,
       },
-      (control) => this.routes(control),
+      (control: ControlServer) => iohypRoutes(control, this),
     )
     try {
       await this.restoreState()
@@ -235,109 +142,35 @@ export class IohypDaemon {
       await this.link.close()
       throw error
     }
-    this.log.info('iohyp started', { ...this.link.describe(), guests: this.guests.size })
+    this.log.info('iohyp started', { ...this.link.describe(), guests: this.records.size })
   }
 
   async stop(): Promise<void> {
-    for (const g of this.guests.values()) {
+    for (const g of this.records.values()) {
       g.removed = true
       clearTimeout(g.retry)
     }
-    await this.disks.close()
-    await this.nics.close()
+    for (const r of this.byType.values()) await r.close()
     this.eve?.close()
     await this.link.close()
     await this.metricsListener?.close()
     this.metrics.close()
   }
 
-  private routes(control: ControlServer): void {
-    control.route('GET', ROUTES.status, () => this.status())
-    control.route(
-      'GET',
-      ROUTES.metrics,
-      async () => new RawBody(METRICS_CONTENT_TYPE, await this.metrics.scrape()),
-    )
-    control.route('GET', ROUTES.guests, () => ({
-      guests: [...this.guests.values()].sort((a, b) => a.mac - b.mac).map((g) => this.guestInfo(g)),
-    }))
-    control.route('POST', ROUTES.guests, async (req) => ({
-      guest: this.guestInfo(await this.addGuest(req.body)),
-    }))
-    control.route('GET', ROUTES.disks, () => ({ disks: this.disks.list() }))
-    control.route('GET', ROUTES.config, () => this.exportable())
-    control.route('POST', ROUTES.disks, async (req) => {
-      const body = (req.body ?? {}) as Partial<CreateDiskRequest>
-      if (typeof body.guest !== 'string' || typeof body.backing !== 'string') {
-        throw new VrioError('invalid-argument', 'guest and backing are required')
-      }
-      if (body.name !== undefined && typeof body.name !== 'string')
-        throw new VrioError('invalid-argument', 'name must be a string')
-      const g = this.findGuest(body.guest)
-      const disk = await this.disks.create(
-        {
-          guest: body.guest,
-          backing: body.backing,
-          name: body.name,
-          readOnly: body.readOnly === true,
-          encrypt: parseEncrypt(body.encrypt),
-        },
-        g,
-      )
-      await this.saveState()
-      return disk
-    })
-    control.route('DELETE', ROUTES.disk, async (req) => {
-      const name = req.params.name ?? ''
-      const owner = this.disks.list().find((d) => d.name === name)?.guest
-      const disk = await this.disks.remove(name, owner ? this.guests.get(parseMac(owner)!) : undefined)
-      await this.saveState()
-      return disk
-    })
-    control.route('GET', ROUTES.nics, () => ({ nics: this.nics.list() }))
-    control.route('POST', ROUTES.nics, async (req) => {
-      const guest = (req.body as { guest?: unknown } | undefined)?.guest
-      const nic = await this.nics.create(req.body, this.findGuest(typeof guest === 'string' ? guest : ''))
-      await this.saveState()
-      return nic
-    })
-    control.route('POST', ROUTES.nicServices, async (req) => {
-      const nic = await this.nics.setServices(req.params.name ?? '', req.body)
-      await this.saveState()
-      return nic
-    })
-    control.route('GET', ROUTES.nicAlerts, (req) => ({ alerts: this.nics.alerts(req.params.name ?? '') }))
-    control.route('DELETE', ROUTES.nic, async (req) => {
-      const name = req.params.name ?? ''
-      const owner = this.nics.list().find((n) => n.name === name)?.guest
-      const nic = await this.nics.remove(name, owner ? this.guests.get(parseMac(owner)!) : undefined)
-      await this.saveState()
-      return nic
-    })
-    control.route('DELETE', ROUTES.guest, async (req) => {
-      const mac = parseMac(req.params.mac ?? '')
-      const g = mac === undefined ? undefined : this.guests.get(mac)
-      if (!g) throw new VrioError('not-found', `no guest with MAC ${req.params.mac}`)
-      const disks = this.disks.forGuest(g.mac)
-      const nics = this.nics.forGuest(g.mac)
-      if (disks + nics > 0)
-        throw new VrioError(
-          'conflict',
-          `guest ${formatMac(g.mac)} still has ${disks} disk(s) and ${nics} NIC(s); remove them first`,
-        )
-      const info = this.guestInfo(g)
-      this.removeGuest(g)
-      await this.saveState()
-      return { guest: { ...info, state: 'disconnected' } }
-    })
-  }
-
-  private status(): StatusInfo {
-    const all = [...this.guests.values()]
+  status(): StatusInfo {
+    const all = [...this.records.values()]
     return {
       ...this.link.status(),
       guests: { total: all.length, connected: all.filter((g) => g.state === 'connected').length },
     }
+  }
+
+  scrape(): Promise<string> {
+    return this.metrics.scrape()
+  }
+
+  guests(): GuestInfo[] {
+    return [...this.records.values()].sort((a, b) => a.mac - b.mac).map((g) => this.guestInfo(g))
   }
 
   private alert(record: Record<string, unknown>): void {
@@ -372,11 +205,12 @@ export class IohypDaemon {
     return b
   }
 
-  /** A new record for an enrolled guest; its reply budget takes the limit it is enrolled with. */
-  private newGuest(mac: number, ip: number, key: Buffer, budgets: Partial<GuestBudgets> = {}): GuestRecord {
+  /** Enrolls a guest (a new record); its reply budget takes the limit it is enrolled with. */
+  private enroll(mac: number, ip: number, key: Buffer, budgets: Partial<GuestBudgets> = {}): GuestRecord {
     const g = new GuestRecord(mac, ip, key, budgets, this.replyBudget(mac))
     g.replyBudget.limit =
       budgets.pendingReplyBytes ?? this.o.budgets?.pendingReplyBytes ?? DEFAULT_PENDING_REPLY_BYTES
+    this.records.set(mac, g)
     return g
   }
 
@@ -386,7 +220,7 @@ export class IohypDaemon {
    * dials it again as after any loss.
    */
   private overloaded(mac: number): void {
-    const g = this.guests.get(mac)
+    const g = this.records.get(mac)
     const session = g?.session
     if (!g || !session || session.connection.closed) return
     queueMicrotask(() => {
@@ -407,41 +241,69 @@ export class IohypDaemon {
     return info
   }
 
-  private findGuest(text: string): GuestRecord {
+  findGuest(text: string): GuestRecord {
     const mac = parseMac(text)
     const ip = parseIPv4(text)
-    for (const g of this.guests.values()) if (g.mac === mac || g.ip === ip) return g
+    for (const g of this.records.values()) if (g.mac === mac || g.ip === ip) return g
     throw new VrioError('not-found', `no enrolled guest ${text}`, { field: 'guest' })
   }
 
-  private async addGuest(body: unknown): Promise<GuestRecord> {
+  guestOf(mac: number): GuestRecord | undefined {
+    return this.records.get(mac)
+  }
+
+  /** An enrolled guest's MAC, from a device's `guest` field (state file, config). */
+  private readonly enrolled = (text: string): number | undefined => {
+    const mac = parseMac(text)
+    return mac !== undefined && this.records.has(mac) ? mac : undefined
+  }
+
+  async addGuest(body: unknown): Promise<GuestInfo> {
     const request = parseAddGuestRequest(body)
     const mac = parseMac(request.mac)!
     const ip = parseIPv4(request.address)!
-    if (this.guests.has(mac))
+    if (this.records.has(mac))
       throw new VrioError('conflict', `a guest with MAC ${formatMac(mac)} is already enrolled`)
-    for (const g of this.guests.values()) {
+    for (const g of this.records.values()) {
       if (g.ip === ip)
         throw new VrioError(
           'conflict',
           `address ${formatIPv4(ip)} is already used by guest ${formatMac(g.mac)}`,
         )
     }
-    const g = this.newGuest(mac, ip, Buffer.from(request.key, 'hex'), request.budgets)
-    this.guests.set(mac, g)
+    const g = this.enroll(mac, ip, Buffer.from(request.key, 'hex'), request.budgets)
     await this.saveState()
     this.log.info('guest enrolled', { mac: formatMac(mac), address: formatIPv4(ip) })
     this.dial(g)
-    return g
+    return this.guestInfo(g)
   }
 
-  private removeGuest(g: GuestRecord): void {
+  /** Unenrolls a guest that has no devices left. */
+  async removeGuest(text: string): Promise<GuestInfo> {
+    const mac = parseMac(text)
+    const g = mac === undefined ? undefined : this.records.get(mac)
+    if (!g) throw new VrioError('not-found', `no guest with MAC ${text}`)
+    const disks = this.disks.forGuest(g.mac)
+    const nics = this.nics.forGuest(g.mac)
+    if (disks + nics > 0)
+      throw new VrioError(
+        'conflict',
+        `guest ${formatMac(g.mac)} still has ${disks} disk(s) and ${nics} NIC(s); remove them first`,
+      )
+    const info = this.guestInfo(g)
     g.removed = true
     clearTimeout(g.retry)
     g.session?.close()
-    this.guests.delete(g.mac)
+    this.records.delete(g.mac)
     this.replyBudgets.delete(g.mac)
     this.log.info('guest removed', { mac: formatMac(g.mac) })
+    await this.saveState()
+    return { ...info, state: 'disconnected' }
+  }
+
+  /** Every device of the guest follows its session (a new one gets them all announced). */
+  private useSession(g: GuestRecord): void {
+    for (const r of this.byType.values()) r.useSession(g)
   }
 
   private dial(g: GuestRecord): void {
@@ -454,18 +316,16 @@ export class IohypDaemon {
     const session = new Session(c, 'opener', g.key, {
       authenticated: () => {
         g.rpc.attach(session)
-        this.disks.useSession(g)
-        this.nics.useSession(g)
+        this.useSession(g)
         g.state = 'connected'
         g.backoff = REDIAL_MIN_MS
         this.log.info('guest connected', { mac: formatMac(g.mac), address: formatIPv4(g.ip) })
       },
       control: (m) => g.rpc.onControl(m),
-      data: (h, m, _delivery, lender) => {
-        if (h.type === MessageType.NetFrame) this.nics.receive(g, h, m, lender)
-        else this.disks.receive(g, h, m, lender)
+      data: (h, m, _delivery, lender) => this.byType.get(h.type)?.receive(g, h, m, lender),
+      writable: () => {
+        for (const r of this.byType.values()) r.writable(g)
       },
-      writable: () => this.disks.writable(g),
       closed: (reason, failure) => {
         addStats(g.totals, c)
         g.unknownMessages += session.unknownMessages
@@ -474,8 +334,7 @@ export class IohypDaemon {
         const was = g.state
         g.session = undefined
         g.rpc.attach(undefined)
-        this.disks.useSession(g)
-        this.nics.useSession(g)
+        this.useSession(g)
         if (g.removed) return
         g.state = 'disconnected'
         if (was === 'connected' || failure) {
@@ -494,38 +353,29 @@ export class IohypDaemon {
     return join(this.o.stateDir, 'iohyp-state.json')
   }
 
-  private async saveState(): Promise<void> {
-    const guests = [...this.guests.values()].map((g) => ({
-      mac: formatMac(g.mac),
-      address: formatIPv4(g.ip),
-      key: g.key.toString('hex'),
-      ...(Object.keys(g.budgets).length > 0 && { budgets: g.budgets }),
-    }))
-    const state = { version: 1 as const, guests, disks: this.disks.state(), nics: this.nics.state() }
-    await writeStateFile(this.statePath(), state as IohypState)
+  async saveState(): Promise<void> {
+    await writeStateFile(this.statePath(), {
+      version: 1,
+      guests: [...this.records.values()].map((g) => g.entry()),
+      disks: this.disks.state(),
+      nics: this.nics.state(),
+    })
   }
 
   private async restoreState(): Promise<void> {
     // Checked whole before anything is used: a bad file stops the start naming the field.
     const state = await readStateFile(this.statePath())
-    for (const g of state.guests) {
-      const mac = parseMac(g.mac) as number
-      const ip = parseIPv4(g.address) as number
-      this.guests.set(mac, this.newGuest(mac, ip, Buffer.from(g.key, 'hex'), g.budgets))
-    }
-    // Disks before dialing: each guest's disks are announced as soon as its session is up.
-    const macOf = (text: string) => {
-      const mac = parseMac(text)
-      return mac !== undefined && this.guests.has(mac) ? mac : undefined
-    }
-    await this.disks.restore(state.disks, macOf)
-    await this.nics.restore(state.nics, macOf)
+    for (const g of state.guests)
+      this.enroll(parseMac(g.mac)!, parseIPv4(g.address)!, Buffer.from(g.key, 'hex'), g.budgets)
+    // Devices before dialing: each guest's devices are announced as soon as its session is up.
+    await this.disks.restore(state.disks, this.enrolled)
+    await this.nics.restore(state.nics, this.enrolled)
     await this.applyDeclared()
-    for (const g of this.guests.values()) this.dial(g)
+    for (const g of this.records.values()) this.dial(g)
   }
 
   /** The live state for `vrio config export` (keys included: they go to key files, never printed). */
-  private exportable(): ExportableState {
+  exportable(): ExportableState {
     return {
       interface: this.o.interface,
       ...(this.o.address !== undefined && { address: this.o.address }),
@@ -533,67 +383,35 @@ export class IohypDaemon {
       ...(this.o.insecurePlaintext && { insecurePlaintext: true }),
       ...(this.o.metrics !== undefined && { metrics: this.o.metrics }),
       ...(this.o.budgets && { budgets: this.o.budgets }),
-      guests: [...this.guests.values()]
-        .sort((a, b) => a.mac - b.mac)
-        .map((g) => ({
-          mac: formatMac(g.mac),
-          address: formatIPv4(g.ip),
-          key: g.key.toString('hex'),
-          ...(Object.keys(g.budgets).length > 0 && { budgets: g.budgets }),
-        })),
+      guests: [...this.records.values()].sort((a, b) => a.mac - b.mac).map((g) => g.entry()),
       disks: this.disks.state().map(({ handle: _, ...d }) => d),
       nics: this.nics.state().map(({ handle: _, ...n }) => n),
     }
   }
 
   /**
-   * The config file's guests and disks over the restored state: a config guest replaces a state
-   * guest with its MAC (key and address), a config disk one with its name. Nothing is dialed yet.
+   * The config file's guests and devices over the restored state: a config guest replaces a state
+   * guest with its MAC (key and address), a config device one with its name. Nothing is dialed yet.
    */
   private async applyDeclared(): Promise<void> {
     const declared = this.o.guests ?? []
     const disks = this.o.devices?.disks ?? []
-    if (declared.length === 0 && disks.length === 0 && (this.o.devices?.nics.length ?? 0) === 0) return
+    const nics = this.o.devices?.nics ?? []
+    if (declared.length === 0 && disks.length === 0 && nics.length === 0) return
     for (const d of declared) {
       const mac = parseMac(d.mac)!
       const ip = parseIPv4(d.address)!
-      for (const g of this.guests.values()) {
+      for (const g of this.records.values()) {
         if (g.ip === ip && g.mac !== mac && !declared.some((o) => parseMac(o.mac) === g.mac))
           throw new VrioError(
             'conflict',
             `config guest ${d.mac}: address ${d.address} is used by enrolled guest ${formatMac(g.mac)} (state file); remove that guest or change the config`,
           )
       }
-      this.guests.set(mac, this.newGuest(mac, ip, Buffer.from(d.key), d.budgets))
+      this.enroll(mac, ip, Buffer.from(d.key), d.budgets)
     }
-    await this.disks.declare(disks, (text) => {
-      const mac = parseMac(text)
-      return mac !== undefined && this.guests.has(mac) ? mac : undefined
-    })
-    await this.nics.declare(this.o.devices?.nics ?? [], (text) => {
-      const mac = parseMac(text)
-      return mac !== undefined && this.guests.has(mac) ? mac : undefined
-    })
+    await this.disks.declare(disks, this.enrolled)
+    await this.nics.declare(nics, this.enrolled)
     await this.saveState()
   }
-}
-
-/** The `encrypt` field of a disk request: its shape only (openEncryption checks the files). */
-function parseEncrypt(value: unknown): EncryptionSpec | undefined {
-  if (value === undefined || value === null) return undefined
-  // The same shape as a config file's `encrypt` (one schema for both); paths must be absolute here.
-  const parsed = encryptSchema.safeParse(value)
-  const spec = parsed.success ? parsed.data : undefined
-  const files = spec ? [spec.keyFile, spec.kind === 'luks' ? spec.passphraseFile : undefined] : []
-  if (
-    spec &&
-    files.every((f) => f === undefined || isAbsolute(f)) &&
-    (spec.kind === 'plain' || (spec.keyFile === undefined) !== (spec.passphraseFile === undefined))
-  )
-    return spec
-  throw new VrioError(
-    'invalid-argument',
-    "encrypt must be {kind: 'plain', cipher: 'aes-xts-plain64', keyFile, sectorSize?} or {kind: 'luks', passphraseFile | keyFile}, with absolute paths",
-    { field: 'encrypt' },
-  )
 }

@@ -9,14 +9,11 @@
 import { copyFile, readFile, rename } from 'node:fs/promises'
 import * as z from 'zod'
 import { writeFileAtomic } from '../daemon/runtime.ts'
-import { checkWithSchema } from '../devices/fields.ts'
-import { budgetsSchema, DEVICE_NAME_RE, encryptSchema, ipv4Schema, macSchema } from '../config/schema.ts'
+import { budgetsSchema } from '../config/schema.ts'
+import { diskStateSchema } from '../devices/blk/spec.ts'
+import { checkWithSchema, ipv4Schema, macSchema } from '../devices/fields.ts'
 import { nicStateSchema } from '../devices/net/spec.ts'
 import { VrioError } from '../errors.ts'
-
-const u32 = z.int().min(0).max(0xffff_ffff)
-const handleSchema = z.strictObject({ high: u32, low: u32 })
-const path = z.string().min(1)
 
 export const stateGuestSchema = z.strictObject({
   mac: macSchema,
@@ -25,28 +22,14 @@ export const stateGuestSchema = z.strictObject({
   budgets: budgetsSchema.optional(),
 })
 
-export const stateDiskSchema = z.strictObject({
-  name: z.string().regex(DEVICE_NAME_RE, { error: "must be 1-64 letters, digits, '.', '-' or '_'" }),
-  guest: macSchema,
-  backing: path,
-  readOnly: z.boolean(),
-  encrypt: encryptSchema.optional(),
-  handle: handleSchema,
-})
-
-export const stateNicSchema = nicStateSchema
-
 export const stateFileSchema = z.strictObject({
   version: z.literal(1),
   guests: z.array(stateGuestSchema).default([]),
-  disks: z.array(stateDiskSchema).default([]),
-  nics: z.array(stateNicSchema).default([]),
+  disks: z.array(diskStateSchema).default([]),
+  nics: z.array(nicStateSchema).default([]),
 })
 
 export type IohypState = z.output<typeof stateFileSchema>
-export type StateGuest = IohypState['guests'][number]
-export type DiskState = IohypState['disks'][number]
-export type NicState = IohypState['nics'][number]
 
 export const EMPTY_STATE: IohypState = { version: 1, guests: [], disks: [], nics: [] }
 

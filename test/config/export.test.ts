@@ -110,4 +110,26 @@ describe('config export', () => {
     exportConfig(state, { keyDir, force: true })
     assert.deepEqual(readKeyFile(first.keyFiles[0]), key)
   })
+
+  it("keeps a disk's encryption (a disk re-declared without it would serve its ciphertext)", () => {
+    const keyFile = tmp.path('xts.key')
+    writeFileSync(keyFile, Buffer.alloc(64, 3), { mode: 0o600 })
+    const encrypt = { kind: 'plain', cipher: 'aes-xts-plain64', keyFile } as const
+    const state: ExportableState = {
+      interface: 'eth0',
+      guests: [{ mac: '52:54:00:00:00:02', address: '10.0.0.3', key: Buffer.alloc(32, 4).toString('hex') }],
+      disks: [
+        {
+          name: 'secret',
+          guest: '52:54:00:00:00:02',
+          backing: tmp.path('disk0.img'),
+          readOnly: false,
+          encrypt,
+        },
+      ],
+    }
+    const config = tmp.path('enc.yaml')
+    writeFileSync(config, exportConfig(state, { keyDir: tmp.path('keys-enc'), configPath: config }).text)
+    assert.deepEqual(loadIohypConfig(config).disks[0].encrypt, encrypt)
+  })
 })

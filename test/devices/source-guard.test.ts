@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { checkSource, parseIPv4Prefix, type SourcePolicy } from '../../src/devices/net/source-guard.ts'
-import { parseCreateNicRequest } from '../../src/iohyp/nics.ts'
+import { parseNicRequest as parseCreateNicRequest } from '../../src/devices/net/spec.ts'
 import { parseMac } from '../../src/wire/address.ts'
 import { arpReply, arpRequest, ETHERTYPE_TEST, ethHeader, icmpEcho, ipv4, mac } from '../support/packets.ts'
 

@@ -5,14 +5,15 @@
  * name to the IOhyp and takes absolute paths (the CLI resolves them).
  */
 import * as z from 'zod'
-import { VrioError } from '../../errors.ts'
 import {
   absolutePathSchema,
   checkWithSchema,
+  handleSchema,
   ifnameSchema,
   ipv4PrefixSchema,
   macSchema,
   pathSchema,
+  specError,
   textSchema,
 } from '../fields.ts'
 
@@ -80,7 +81,7 @@ export const nicStateSchema = z
   .strictObject({
     ...nicShape(ifnameSchema, absolutePathSchema),
     mtu: z.int().min(68).max(65535),
-    handle: z.strictObject({ high: z.int().min(0).max(0xffff_ffff), low: z.int().min(0).max(0xffff_ffff) }),
+    handle: handleSchema,
   })
   .check(...NIC_CHECKS)
 
@@ -92,9 +93,6 @@ export type NicRequest = z.output<typeof nicRequestSchema>
  */
 export function parseNicRequest(body: unknown): NicRequest & { mtu: number; allowSpoofing: boolean } {
   const r = checkWithSchema(nicRequestSchema, body ?? {})
-  if (!r.ok) {
-    const message = r.issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join('; ')
-    throw new VrioError('invalid-argument', message, { field: r.issues[0].path, errors: r.issues })
-  }
+  if (!r.ok) throw specError(r.issues)
   return { ...r.data, mtu: r.data.mtu ?? DEFAULT_NIC_MTU, allowSpoofing: r.data.allowSpoofing === true }
 }
