@@ -45,6 +45,20 @@ export class MemoryChannel {
     return frames.length
   }
 
+  /** send() for frames described by a table (as FrameChannel.sendBatch). */
+  sendBatch(
+    slab: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    count = offsets.length,
+    start = 0,
+  ): number {
+    const frames: Uint8Array[] = []
+    for (let i = start; i < start + count; i++)
+      frames.push(slab.subarray(offsets[i], offsets[i] + lengths[i]))
+    return this.send(frames)
+  }
+
   /** Hands `frames` to the handler as one batch, as a read from the kernel would. */
   deliver(frames: readonly Uint8Array[]): void {
     if (this.closed || !this.handler || frames.length === 0) return
