@@ -196,11 +196,22 @@ describe('remote NIC under hostile input from an authenticated guest and the lin
     )
     const raw = PacketSocket.open({ ifname: pair.guestEnd.ifname, netns: pair.guestEnd.ns.path, protocol: 0 })
     try {
+      // Half of it shaped to pass the IOhyp's kernel filter (IPv4 TCP from the guest's vrio port to
+      // the IOhyp's address: src/io/packet-filter.ts), the rest anything: the daemon must count the
+      // first half as drops (bad checksums, lengths, headers); the kernel drops the rest unseen.
       const frames: Buffer[] = []
       for (let i = 0; i < 200; i++) {
-        const f = randomBytes(14 + (i % 120))
+        const f = randomBytes(14 + (i % 2 === 0 ? 40 + (i % 100) : i % 120))
         f.set(iohypMac, 0)
-        if (i % 2 === 0) f.writeUInt16BE(0x0800, 12) // claims to be IPv4
+        if (i % 2 === 0) {
+          f.writeUInt16BE(0x0800, 12)
+          f[14] = 0x45 // IPv4, no options
+          f.writeUInt16BE(0, 20) // not a fragment
+          f[23] = 6 // TCP
+          f.writeUInt32BE(pair.guestEnd.ip, 26)
+          f.writeUInt32BE(pair.iohypEnd.ip, 30)
+          f.writeUInt16BE(VRIO_PORT, 34)
+        }
         frames.push(f)
       }
       raw.send(frames)
