@@ -11,7 +11,7 @@ import {
   ROUTES,
   routePath,
 } from '../control/api.ts'
-import { parseGuestAddress, parseGuestMac } from '../control/validate.ts'
+import { parseGuestAddress, parseGuestMac } from '../control/guest-spec.ts'
 import { VrioError } from '../errors.ts'
 import {
   addControlOption,
@@ -59,8 +59,8 @@ export function registerGuestsCommands(program: Command): void {
   addJsonOption(add).action(async (options: AddOptions) => {
     // Everything that can be checked here is, so a typo never reaches the daemon.
     const request: AddGuestRequest = {
-      mac: parseGuestMac(options.mac),
-      address: parseGuestAddress(options.address),
+      mac: parseGuestMac(options.mac, '--mac'),
+      address: parseGuestAddress(options.address, '--address'),
       key: readKeyFile(options.keyFile).toString('hex'),
     }
     const pendingReplyBytes = byteCount(options.pendingReplyBytes, 'budgets.pendingReplyBytes')

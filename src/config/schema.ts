@@ -10,40 +10,21 @@ import {
   deviceNameSchema as deviceName,
   ifnameSchema as ifname,
   ipv4Schema,
-  macSchema,
   pathSchema as path,
 } from '../devices/fields.ts'
 import { parseListenAddress } from '../daemon/listen-address.ts'
+import { budgetsSchema, guestSpecSchema } from '../control/guest-spec.ts'
+
+export { budgetsSchema }
 
 export { ipv4Schema, show } from '../devices/fields.ts'
 
-/**
- * Per-guest memory budgets of the IOhyp, in bytes (docs/operations.md, "Budgets"): read replies
- * held for a guest (running reads and replies waiting for its window) and its partly received and
- * out-of-order messages. The limits mirror src/devices/blk/backend.ts and src/transport/config.ts.
- */
-export const budgetsSchema = z.strictObject({
-  pendingReplyBytes: z
-    .int()
-    .min(64 * 1024)
-    .max(64 * 1024 ** 3)
-    .optional(),
-  reassemblyBytes: z
-    .int()
-    .min(4 * 1024 * 1024, { error: 'must be at least 4194304 (the largest message)' })
-    .max(4 * 1024 ** 3)
-    .optional(),
-})
-
-export const guestEntrySchema = z.strictObject({
-  mac: macSchema,
-  address: ipv4Schema,
+/** A guest in the config file: the enrolled guest's spec, with its key in a file. */
+export const guestEntrySchema = guestSpecSchema.omit({ key: true }).extend({
   /** The guest's channel key (from `vrio keygen`); read and checked at load. */
   keyFile: path,
   /** A name devices may use to refer to the guest instead of its MAC or address. */
   name: deviceName.optional(),
-  /** This guest's budgets, over the file's top-level `budgets`. */
-  budgets: budgetsSchema.optional(),
 })
 
 export { diskEntrySchema } from '../devices/blk/spec.ts'

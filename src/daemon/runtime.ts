@@ -1,7 +1,7 @@
 import { mkdir, open, readdir, rename, rm } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
-import { isVrioError, VrioError } from '../errors.ts'
+import { VrioError } from '../errors.ts'
 import { isIoError } from '../io/errors.ts'
 import { interfaceInfo } from '../io/interfaces.ts'
 import { vrioPacketFilter } from '../io/packet-filter.ts'
@@ -193,10 +193,4 @@ export function stopOnSignals(log: Logger, stop: () => Promise<void>): void {
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
-}
-
-/** A one-line reason for errors at start-up. */
-export function describeStartError(error: unknown): string {
-  if (isVrioError(error) || isIoError(error)) return (error as Error).message
-  return error instanceof Error ? error.message : String(error)
 }

@@ -1,7 +1,7 @@
 import { join } from 'node:path'
 import type { GuestBudgets, GuestInfo, StatusInfo } from '../control/api.ts'
 import type { ControlServer } from '../control/control-server.ts'
-import { parseAddGuestRequest } from '../control/validate.ts'
+import { parseAddGuestRequest } from '../control/guest-spec.ts'
 import type { ExportableState } from '../config/export.ts'
 import { DaemonLink, type LinkAccess } from '../daemon/daemon-link.ts'
 import type { Logger } from '../daemon/log.ts'

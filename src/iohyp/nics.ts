@@ -26,8 +26,6 @@ export type NicSpec = Omit<NicRequest, 'mtu' | 'allowSpoofing'> & {
   mtu: number
   allowSpoofing?: boolean
 }
-/** A NIC as the state file keeps it. */
-export type NicState = NicSpec & { handle: DeviceHandle }
 
 interface Nic {
   backend: NicBackend

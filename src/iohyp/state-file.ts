@@ -9,18 +9,14 @@
 import { copyFile, readFile, rename } from 'node:fs/promises'
 import * as z from 'zod'
 import { writeFileAtomic } from '../daemon/runtime.ts'
-import { budgetsSchema } from '../config/schema.ts'
+import { guestSpecSchema } from '../control/guest-spec.ts'
 import { diskStateSchema } from '../devices/blk/spec.ts'
-import { checkWithSchema, ipv4Schema, macSchema } from '../devices/fields.ts'
+import { checkWithSchema } from '../devices/fields.ts'
 import { nicStateSchema } from '../devices/net/spec.ts'
 import { VrioError } from '../errors.ts'
 
-export const stateGuestSchema = z.strictObject({
-  mac: macSchema,
-  address: ipv4Schema,
-  key: z.string().regex(/^[0-9a-f]{64}$/, { error: 'must be the key as 64 lowercase hex digits' }),
-  budgets: budgetsSchema.optional(),
-})
+/** An enrolled guest, as the control API takes it (its key as hex). */
+export const stateGuestSchema = guestSpecSchema
 
 export const stateFileSchema = z.strictObject({
   version: z.literal(1),

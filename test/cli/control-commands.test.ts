@@ -16,7 +16,7 @@ import type {
 } from '../../src/control/api.ts'
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../../src/control/api.ts'
 import { ControlServer } from '../../src/control/control-server.ts'
-import { parseAddGuestRequest } from '../../src/control/validate.ts'
+import { parseAddGuestRequest } from '../../src/control/guest-spec.ts'
 import { statusLines } from '../../src/cli/status.ts'
 import { VrioError } from '../../src/errors.ts'
 import { type RunResult, run, type TempDir, tempDir } from '../control/fixtures.ts'
@@ -267,13 +267,13 @@ describe('vrio control commands against a fake daemon', () => {
 
     it('rejects a malformed MAC locally, naming it', async () => {
       const r = await vrio(...addArgs({ mac: '52:54:00:zz:00:01' }))
-      assertOneLineFailure(r, /^vrio: invalid MAC address "52:54:00:zz:00:01"/)
+      assertOneLineFailure(r, /^vrio: --mac: '52:54:00:zz:00:01' is not a MAC address/)
       assert.deepEqual(received, [], 'nothing reached the daemon')
     })
 
     it('rejects a bad IPv4 address locally, naming it', async () => {
       const r = await vrio(...addArgs({ address: '10.0.0.256' }))
-      assertOneLineFailure(r, /^vrio: invalid IPv4 address "10.0.0.256"/)
+      assertOneLineFailure(r, /^vrio: --address: '10.0.0.256' is not an IPv4 address/)
       assert.deepEqual(received, [])
     })
 
@@ -357,7 +357,7 @@ describe('vrio control commands against a fake daemon', () => {
       )
       assertOneLineFailure(
         await vrio('guests', 'remove', 'nope', '--control', socket),
-        /invalid MAC address "nope"/,
+        /mac: 'nope' is not a MAC address/,
       )
     })
   })

@@ -73,7 +73,7 @@ describe('IOhyp state file', () => {
       ['[]', '', /expected an object/],
       [edited((s) => (s.version = 2)), 'version', /version: expected 1, got 2/],
       [edited((s) => (s.guests[0].mac = 'zz')), 'guests[0].mac', /'zz' is not a MAC address/],
-      [edited((s) => (s.guests[0].key = 'AB'.repeat(32))), 'guests[0].key', /64 lowercase hex/],
+      [edited((s) => (s.guests[0].key = 'ab'.repeat(31))), 'guests[0].key', /64 hex characters/],
       [
         edited((s) => (s.guests[0].budgets.reassemblyBytes = 5)),
         'guests[0].budgets.reassemblyBytes',

@@ -134,16 +134,6 @@ export type BlockErrorCode =
   | 'not-connected'
   | 'no-space'
 
-export const BLOCK_ERROR_CODES: readonly BlockErrorCode[] = [
-  'io-error',
-  'out-of-range',
-  'read-only',
-  'unsupported',
-  'timeout',
-  'not-connected',
-  'no-space',
-]
-
 /** Just the descriptive fields of a device (for listings, create messages, JSON). */
 export function blockDeviceInfo(device: BlockDeviceInfo): BlockDeviceInfo {
   return {
