@@ -1,11 +1,13 @@
-// vrio_dpi.node: the DPI prefilter's scan loop (src/services/dpi/aho-corasick.ts, scan()) in native
+// dpiScan (vrio_io.node): the DPI prefilter's scan loop (src/services/dpi/aho-corasick.ts, scan()) in native
 // code. The automaton is built and owned by JavaScript; this walks its tables over a buffer and
 // records the reporting states it passes, which JavaScript turns into pattern hits. Same algorithm,
 // same hits and end state as the JavaScript scan (a test compares them).
-#include <napi.h>
-
 #include <algorithm>
 #include <cstdint>
+
+#include "io.h"
+
+namespace vrio {
 
 namespace {
 
@@ -24,7 +26,9 @@ enum Io { kThreshold, kShallow, kWindow, kStart, kEnd, kState, kHits, kIoSize };
 // io in: threshold, shallow, window (0: no skipping), start, end, state. io out: state, end (where
 // the scan stopped: `end` unless `hits` filled up first), hits (pairs of reporting state and the
 // index just past the byte that reached it).
-void Scan(const Napi::CallbackInfo& info) {
+}  // namespace
+
+void DpiScan(const Napi::CallbackInfo& info) {
   for (size_t a = 0; a < 6; a++) {
     if (!info[a].IsTypedArray()) {
       Napi::TypeError::New(info.Env(), "scan: typed arrays expected").ThrowAsJavaScriptException();
@@ -95,11 +99,4 @@ void Scan(const Napi::CallbackInfo& info) {
   io[kHits] = static_cast<int32_t>(n);
 }
 
-Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("scan", Napi::Function::New<Scan>(env, "scan"));
-  return exports;
-}
-
-}  // namespace
-
-NODE_API_MODULE(vrio_dpi, Init)
+}  // namespace vrio

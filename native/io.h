@@ -176,6 +176,9 @@ class FrameAead : public Napi::ObjectWrap<FrameAead> {
   Napi::Reference<Napi::Float64Array> argsRef_;
 };
 
+// dpiScan(delta, classes, pairs, data, io, hits): the DPI prefilter's scan loop (dpi_scan.cc).
+void DpiScan(const Napi::CallbackInfo& info);
+
 // Which implementation a FrameAead of `cipher` (1 AES-256-GCM, 2 ChaCha20-Poly1305) uses:
 // "ipsec-mb-avx512", "ipsec-mb-avx2", ..., or "openssl".
 Napi::Value AeadImplementation(const Napi::CallbackInfo& info);

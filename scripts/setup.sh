@@ -25,7 +25,7 @@ fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
-elif [ ! -f build/Release/vrio_io.node ] || [ ! -f build/Release/vrio_dpi.node ] ||
+elif [ ! -f build/Release/vrio_io.node ] ||
   [ -n "$(find native binding.gyp -newer build/Release/vrio_io.node 2>/dev/null)" ]; then
   # The addon's sources changed since it was built (a pull, a checkout): build it again.
   npm run install --silent

@@ -127,6 +127,8 @@ export interface NativeAddon {
    * multi-buffer library, built in when its header was found) or "openssl". Absent from an older build.
    */
   aeadImplementation?: (cipher: number) => string
+  /** The DPI prefilter's scan loop (native/dpi_scan.cc; see services/dpi/native-scan.ts). Absent from an older build. */
+  dpiScan?: DpiScanFunction
   /**
    * A one-file FUSE mount served from this process (native/fuse.cc); see FuseDiskServer in
    * src/guest/fuse-server.ts. Absent from an older build.
@@ -196,6 +198,20 @@ export interface NativeXtsCipher {
   /** Frees (and wipes) the key schedule now rather than at garbage collection. */
   destroy(): void
 }
+
+/**
+ * io in: threshold, shallow, window, start, end, state; out: state at io[5], where it stopped at
+ * io[4] (before `end` only when `hits` filled up), hits recorded at io[6] (pairs in `hits` of a
+ * reporting scan state and the index just past its byte).
+ */
+export type DpiScanFunction = (
+  delta: Int32Array,
+  classes: Uint8Array,
+  pairs: Uint8Array,
+  data: Uint8Array,
+  io: Int32Array,
+  hits: Int32Array,
+) => void
 
 const ADDON = join('build', 'Release', 'vrio_io.node')
 

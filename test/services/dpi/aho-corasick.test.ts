@@ -130,7 +130,7 @@ describe('Aho–Corasick prefilter', () => {
 
   it('the native scan loop gives the hits (in order) and states of the JavaScript scan, also past its hit records', () => {
     // Built with the addon (npm install runs node-gyp): the native loop must be there.
-    assert.ok(nativeScan, 'build/Release/vrio_dpi.node is loaded')
+    assert.ok(nativeScan, 'the addon (build/Release/vrio_io.node) has dpiScan: rebuild it')
     const inputByte = fc.oneof(byte, fc.integer({ min: 0, max: 255 }))
     fc.assert(
       fc.property(
