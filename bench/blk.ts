@@ -294,8 +294,8 @@ async function compareFilter(backing: string): Promise<void> {
 
 const t = directLink()
 const pair = new VrioPair(t.a, t.b)
-const backing = '/dev/shm/vrio-bench-blk.img'
-const keyFile = '/dev/shm/vrio-bench-blk.key'
+const backing = `/dev/shm/vrio-bench-blk-${process.pid}.img`
+const keyFile = `/dev/shm/vrio-bench-blk-${process.pid}.key`
 try {
   const fd = openSync(backing, 'w')
   for (let off = 0; off < SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))

@@ -164,7 +164,7 @@ const tree = (pid: number | undefined): number[] => {
 
 const t = directLink()
 const pair = new VrioPair(t.a, t.b)
-const backing = '/dev/shm/vrio-bench-blkdev.img'
+const backing = `/dev/shm/vrio-bench-blkdev-${process.pid}.img`
 const work = `/tmp/vrio-bench-blkdev-${process.pid}`
 const servers: ChildProcess[] = []
 const closers: (() => Promise<void>)[] = []

@@ -48,7 +48,7 @@ function cpuSeconds(pid: number): number {
 }
 
 function backingFile(i: number): string {
-  const path = `/dev/shm/vrio-bench-scale-${i}.img`
+  const path = `/dev/shm/vrio-bench-scale-${process.pid}-${i}.img`
   const fd = openSync(path, 'w')
   for (let off = 0; off < DISK_SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))
   closeSync(fd)
