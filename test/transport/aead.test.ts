@@ -11,6 +11,7 @@ import {
   NodeFrameAead,
   SEAL_CIPHER_AES_256_GCM,
   SEAL_CIPHER_CHACHA20_POLY1305,
+  SEAL_MAX_CHUNKS,
   type SealCipher,
 } from '../../src/transport/aead.ts'
 import {
@@ -208,6 +209,68 @@ describe('frame AEAD: the addon against node:crypto', () => {
   }
 
   for (const [name, cipher] of CIPHERS) {
+    it(`${name}: sealing from scattered chunks (a message's header and body) gives node:crypto's bytes of copy, then seal`, () => {
+      const key = randomBytes(32)
+      const impls: [string, FrameAead][] = [
+        ['native', new Native(cipher, key)],
+        ['node', new NodeFrameAead(cipher, key)],
+      ]
+      // Chunk sizes around AES blocks (16), GHASH's and ChaCha's blocks (64), a frame's payload.
+      const layouts = [
+        [1],
+        [16, 64_000],
+        [7, 13, 1, 64_010],
+        [1424, 1424, 1424],
+        [32, 0, 15, 17, 63, 65, 3000],
+      ]
+      for (const sizes of layouts) {
+        const chunks = sizes.map((n) => randomBytes(n))
+        const whole = Buffer.concat(chunks)
+        for (const [offset, size] of [
+          [0, whole.length],
+          [1, whole.length - 1],
+          [5, Math.min(1400, whole.length - 5)],
+          [whole.length - 1, 1],
+        ]) {
+          if (size <= 0 || offset + size > whole.length) continue
+          const reference = dataFrame(whole.subarray(offset, offset + size), 21)
+          seal(impls[1][1], reference.frame, reference.payloadOffset, reference.tagOffset, 21)
+          for (const [implName, aead] of impls) {
+            const target = dataFrame(Buffer.alloc(size, 0xee), 21)
+            aead.seal(
+              target.frame,
+              IP_OFFSET,
+              TCP_OFFSET,
+              target.payloadOffset,
+              target.frame.length,
+              target.tagOffset,
+              21,
+              chunks,
+              offset,
+            )
+            assert.deepEqual(
+              target.frame,
+              reference.frame,
+              `${implName}, chunks ${sizes}, [${offset}, +${size})`,
+            )
+            assert.ok(
+              aead.open(
+                Buffer.from(target.frame),
+                IP_OFFSET,
+                TCP_OFFSET,
+                target.payloadOffset,
+                target.frame.length,
+                target.tagOffset,
+                21,
+              ),
+            )
+          }
+        }
+      }
+    })
+  }
+
+  for (const [name, cipher] of CIPHERS) {
     it(`${name}: a frame that fails to open gets its ciphertext back when sealed again under the same counter`, () => {
       const key = randomBytes(32)
       for (const aead of [new Native(cipher, key), new NodeFrameAead(cipher, key)]) {
@@ -272,6 +335,31 @@ describe('frame AEAD: the addon against node:crypto', () => {
     assert.throws(() =>
       n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, big, 0, 11),
     )
+    // Chunks too short, not bytes, too many, or one overlapping the payload.
+    const sealFrom = (chunks: readonly Uint8Array[], offset = 0) =>
+      n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, chunks, offset)
+    assert.throws(() => sealFrom([randomBytes(4), randomBytes(5)]))
+    assert.throws(() => sealFrom([randomBytes(4), randomBytes(6)], 1))
+    assert.throws(() => sealFrom([randomBytes(4), new Uint16Array(6) as unknown as Uint8Array]))
+    const long = dataFrame(randomBytes(SEAL_MAX_CHUNKS + 1), 1)
+    const bytes = Array.from({ length: SEAL_MAX_CHUNKS + 1 }, () => randomBytes(1))
+    const sealLong = (chunks: readonly Uint8Array[]) =>
+      n.seal(
+        long.frame,
+        IP_OFFSET,
+        TCP_OFFSET,
+        long.payloadOffset,
+        long.frame.length,
+        long.tagOffset,
+        1,
+        chunks,
+        0,
+      )
+    assert.throws(() => sealLong(bytes))
+    sealLong([Buffer.concat(bytes.slice(0, 2)), ...bytes.slice(2)])
+    assert.throws(() => sealFrom([frame.subarray(payloadOffset - 2, payloadOffset + 8)]))
+    sealFrom([randomBytes(3), randomBytes(7)])
+    sealFrom([frame.subarray(payloadOffset, payloadOffset + 4), randomBytes(6)])
     const dst = Buffer.alloc(12)
     assert.throws(() =>
       n.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, dst, 3),
