@@ -7,6 +7,7 @@ import { native } from '../../src/io/native.ts'
 import {
   aeadImplementation,
   type FrameAead,
+  type FrameSource,
   NativeFrameAead,
   NodeFrameAead,
   SEAL_CIPHER_AES_256_GCM,
@@ -54,6 +55,29 @@ const CIPHERS: [string, SealCipher][] = [
 
 function seal(aead: FrameAead, frame: Buffer, payloadOffset: number, tagOffset: number, counter: number) {
   aead.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, counter)
+}
+
+/** Seals `d` (from dataFrame) reading the plaintext from `src` at `srcOffset` (see FrameAead.seal). */
+function sealFrom(
+  aead: FrameAead,
+  d: ReturnType<typeof dataFrame>,
+  counter: number,
+  src: FrameSource,
+  srcOffset: number,
+  inFrame?: number,
+) {
+  aead.seal(
+    d.frame,
+    IP_OFFSET,
+    TCP_OFFSET,
+    d.payloadOffset,
+    d.frame.length,
+    d.tagOffset,
+    counter,
+    src,
+    srcOffset,
+    inFrame,
+  )
 }
 function open(aead: FrameAead, frame: Buffer, payloadOffset: number, tagOffset: number, counter: number) {
   return aead.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, counter)
@@ -172,35 +196,14 @@ describe('frame AEAD: the addon against node:crypto', () => {
         seal(impls[1][1], reference.frame, reference.payloadOffset, reference.tagOffset, 5)
         for (const [implName, aead] of impls) {
           const target = dataFrame(Buffer.alloc(size, 0xee), 5)
-          aead.seal(
-            target.frame,
-            IP_OFFSET,
-            TCP_OFFSET,
-            target.payloadOffset,
-            target.frame.length,
-            target.tagOffset,
-            5,
-            source,
-            7,
-          )
+          sealFrom(aead, target, 5, source, 7)
           assert.deepEqual(target.frame, reference.frame, `${implName} at ${size}`)
           // The first bytes in the frame already (a header chunk copied), the rest from the source.
           for (const inFrame of [1, 17, size]) {
             if (inFrame > size) continue
             const split = dataFrame(Buffer.alloc(size, 0xee), 5)
             split.frame.set(source.subarray(7, 7 + inFrame), split.payloadOffset)
-            aead.seal(
-              split.frame,
-              IP_OFFSET,
-              TCP_OFFSET,
-              split.payloadOffset,
-              split.frame.length,
-              split.tagOffset,
-              5,
-              source,
-              7 + inFrame,
-              inFrame,
-            )
+            sealFrom(aead, split, 5, source, 7 + inFrame, inFrame)
             assert.deepEqual(split.frame, reference.frame, `${implName} at ${size}, ${inFrame} in the frame`)
           }
         }
@@ -237,17 +240,7 @@ describe('frame AEAD: the addon against node:crypto', () => {
           seal(impls[1][1], reference.frame, reference.payloadOffset, reference.tagOffset, 21)
           for (const [implName, aead] of impls) {
             const target = dataFrame(Buffer.alloc(size, 0xee), 21)
-            aead.seal(
-              target.frame,
-              IP_OFFSET,
-              TCP_OFFSET,
-              target.payloadOffset,
-              target.frame.length,
-              target.tagOffset,
-              21,
-              chunks,
-              offset,
-            )
+            sealFrom(aead, target, 21, chunks, offset)
             assert.deepEqual(
               target.frame,
               reference.frame,
