@@ -1540,7 +1540,12 @@ export class Connection {
     const frameLength = encodeTcpFrameHeaders(frame, this.tx, payloadLength)
     // The checksum covers the sealed result.
     if (sealFrom) {
-      this.seal!.seal(frame, this.tx, headerLength, sealFrom.length === 1 ? sealFrom[0] : sealFrom, offset)
+      // A range inside one chunk (most frames of a header-and-body message) goes as that chunk.
+      let i = 0
+      let at = offset
+      while (at >= sealFrom[i].length) at -= sealFrom[i++].length
+      if (at + length <= sealFrom[i].length) this.seal!.seal(frame, this.tx, headerLength, sealFrom[i], at)
+      else this.seal!.seal(frame, this.tx, headerLength, sealFrom, offset)
     } else if (this.seal) this.seal.seal(frame, this.tx, headerLength)
     finishTcpFrameChecksum(frame, this.tx, frameLength, this.o.checksumOffload)
     this.stats.framesSent++
