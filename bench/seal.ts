@@ -70,6 +70,8 @@ function pair(sealed: boolean, onB: (m: Uint8Array, c: Connection, owned: boolea
     insecurePlaintext: !sealed,
     receiveBuffer: 16 * 1024 * 1024,
     sendBuffer: 32 * 1024 * 1024,
+    // ACK at once: the exchange runs no timers, so a delayed ACK would never leave.
+    ackDelay: 0,
   }
   const p = { sendCpu: 0, receiveCpu: 0, received: 0, echo: 0 } as Pair
   p.a = new Endpoint({

@@ -101,6 +101,62 @@ bool ParseOther(const Napi::CallbackInfo& info, size_t at, size_t n, const uint8
   return true;
 }
 
+// The plaintext a seal reads from outside the frame, as pieces in order: at most kMaxPieces.
+struct Piece {
+  const uint8_t* data;
+  size_t length;
+};
+constexpr size_t kMaxPieces = 16;
+
+// The source pair at info[1], info[2] of sealFrame: a Uint8Array and an offset into it (one piece),
+// or an array of Uint8Arrays (a message's chunks) and an offset into their concatenation (the
+// pieces from there on). Takes `n` bytes, written to [p, p + n): no piece may overlap that range
+// unless exactly in place. False when invalid (too short, overlapping, more than kMaxPieces pieces).
+bool ParseSource(const Napi::CallbackInfo& info, size_t n, uint8_t* p, Piece* pieces, size_t* count) {
+  *count = 0;
+  if (info.Length() < 3) return false;
+  napi_env env = info.Env();
+  bool isArray = false;
+  if (napi_is_array(env, info[1], &isArray) != napi_ok) return false;
+  if (!isArray) {
+    uint8_t* q = nullptr;
+    if (!ParseOther(info, 1, n, p, &q) || q == nullptr) return false;
+    if (n > 0) pieces[(*count)++] = {q, n};
+    return true;
+  }
+  double offset = -1;
+  uint32_t chunks = 0;
+  if (napi_get_value_double(env, info[2], &offset) != napi_ok || !(offset >= 0) ||
+      offset != static_cast<double>(static_cast<size_t>(offset)) ||
+      napi_get_array_length(env, info[1], &chunks) != napi_ok)
+    return false;
+  size_t skip = static_cast<size_t>(offset);
+  size_t done = 0;
+  for (uint32_t i = 0; i < chunks && done < n; i++) {
+    napi_value chunk;
+    void* data = nullptr;
+    size_t length = 0;
+    napi_typedarray_type type;
+    if (napi_get_element(env, info[1], i, &chunk) != napi_ok ||
+        napi_get_typedarray_info(env, chunk, &type, &length, &data, nullptr, nullptr) != napi_ok ||
+        type != napi_uint8_array)
+      return false;
+    if (skip >= length) {
+      skip -= length;
+      continue;
+    }
+    size_t take = length - skip < n - done ? length - skip : n - done;
+    const uint8_t* q = static_cast<const uint8_t*>(data) + skip;
+    const uint8_t* d = p + done;
+    if (q != d && q < d + take && d < q + take) return false;
+    if (*count == kMaxPieces) return false;
+    pieces[(*count)++] = {q, take};
+    done += take;
+    skip = 0;
+  }
+  return done == n;
+}
+
 void MakeIv(uint8_t iv[12], uint64_t counter) {
   std::memset(iv, 0, 4);
   for (int i = 0; i < 8; i++) iv[4 + i] = static_cast<uint8_t>(counter >> (56 - 8 * i));
@@ -244,9 +300,10 @@ Napi::Value FrameAead::Destroy(const Napi::CallbackInfo& info) {
 
 // sealFrame(frame[, src, srcOffset[, inFrame]]), the numbers in args (see ParseArgs): with `src`, the
 // payload's first `inFrame` bytes (default 0) are already in the frame and encrypted in place, the
-// rest is read from src[srcOffset, srcOffset + end - payloadOffset - inFrame) and written encrypted
-// into the frame after them: the cipher pass is the copy (a message's small header chunk copied,
-// its body not).
+// rest is read from src[srcOffset, srcOffset + end - payloadOffset - inFrame) — or, when `src` is
+// an array of Uint8Arrays (a message's chunks), from their concatenation at srcOffset — and written
+// encrypted into the frame after them: the cipher pass is the copy (GCM and ChaCha20-Poly1305 take
+// the pieces one after another, so a payload spanning chunks is sealed straight from them).
 Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (enc_ == nullptr && mbKey_ == nullptr) return ThrowInvalid(env, "the frame AEAD was destroyed");
@@ -260,16 +317,17 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
   uint8_t* p = a.frame + a.payload;
   int n = static_cast<int>(a.end - a.payload);
   int k = n;  // bytes encrypted in place
-  uint8_t* in = p + n;
+  Piece pieces[kMaxPieces];
+  size_t count = 0;
   if (info.Length() > 1 && !info[1].IsUndefined()) {
     double inFrame = 0;
     if (info.Length() > 3 && napi_get_value_double(env, info[3], &inFrame) != napi_ok) inFrame = -1;
     if (!(inFrame >= 0) || inFrame > n || inFrame != static_cast<double>(static_cast<int>(inFrame)))
       return ThrowInvalid(env, "seal: inFrame must lie within the payload");
     k = static_cast<int>(inFrame);
-    in = nullptr;
-    if (!ParseOther(info, 1, static_cast<size_t>(n - k), p + k, &in) || in == nullptr)
-      return ThrowInvalid(env, "seal: the source range lies outside src, or overlaps the frame's payload");
+    if (!ParseSource(info, static_cast<size_t>(n - k), p + k, pieces, &count))
+      return ThrowInvalid(env,
+                          "seal: the source range lies outside src, overlaps the frame's payload, or spans too many chunks");
   }
 #ifdef VRIO_IPSEC_MB
   if (mbKey_ != nullptr) {
@@ -277,17 +335,26 @@ Napi::Value FrameAead::Seal(const Napi::CallbackInfo& info) {
     struct gcm_context_data ctx;
     MbStart(m, mbKey_, &ctx, iv, a);
     if (k > 0) IMB_AES256_GCM_ENC_UPDATE(m, mbKey_, &ctx, p, p, static_cast<uint64_t>(k));
-    if (n > k) IMB_AES256_GCM_ENC_UPDATE(m, mbKey_, &ctx, p + k, in, static_cast<uint64_t>(n - k));
+    uint8_t* out = p + k;
+    for (size_t i = 0; i < count; i++) {
+      IMB_AES256_GCM_ENC_UPDATE(m, mbKey_, &ctx, out, pieces[i].data, static_cast<uint64_t>(pieces[i].length));
+      out += pieces[i].length;
+    }
     IMB_AES256_GCM_ENC_FINALIZE(m, mbKey_, &ctx, tag, 16);
     std::memcpy(a.frame + a.tag, tag, kTagBytes);
     OPENSSL_cleanse(tag, sizeof tag);
     return env.Undefined();
   }
 #endif
-  if (EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, iv, 1) != 1 || !FeedAad(enc_, a) ||
-      (k > 0 && EVP_CipherUpdate(enc_, p, &outl, p, k) != 1) ||
-      (n > k && EVP_CipherUpdate(enc_, p + k, &outl, in, n - k) != 1) ||
-      EVP_CipherFinal_ex(enc_, tag, &outl) != 1 || EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) {
+  bool ok = EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, iv, 1) == 1 && FeedAad(enc_, a) &&
+            (k == 0 || EVP_CipherUpdate(enc_, p, &outl, p, k) == 1);
+  uint8_t* out = p + k;
+  for (size_t i = 0; ok && i < count; i++) {
+    ok = EVP_CipherUpdate(enc_, out, &outl, pieces[i].data, static_cast<int>(pieces[i].length)) == 1;
+    out += pieces[i].length;
+  }
+  if (!ok || EVP_CipherFinal_ex(enc_, tag, &outl) != 1 ||
+      EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) {
     return ThrowInvalid(env, "OpenSSL failed to seal a frame");
   }
   std::memcpy(a.frame + a.tag, tag, kTagBytes);

@@ -2,6 +2,7 @@ import { createCipheriv, createDecipheriv } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { VrioError } from '../errors.ts'
 import { native } from '../io/native.ts'
+import { copyChunks } from './chunks.ts'
 
 /** Cipher numbers of the sealed hello (protocol version 2). */
 export const SEAL_CIPHER_AES_256_GCM = 1
@@ -13,6 +14,15 @@ export type SealCipherName = 'auto' | 'aes-256-gcm' | 'chacha20-poly1305'
 
 export const SEAL_KEY_LENGTH = 32
 export const SEAL_TAG_BYTES = 12
+
+/**
+ * Where a seal reads the plaintext from outside the frame: one buffer, or a message's chunks (a
+ * header, then a body) read as their concatenation.
+ */
+export type FrameSource = Uint8Array | readonly Uint8Array[]
+
+/** Chunks of a FrameSource the addon's seal takes at most (a payload spanning more is copied first). */
+export const SEAL_MAX_CHUNKS = 16
 
 export function sealCipherName(cipher: SealCipher): 'aes-256-gcm' | 'chacha20-poly1305' {
   return cipher === SEAL_CIPHER_AES_256_GCM ? 'aes-256-gcm' : 'chacha20-poly1305'
@@ -55,8 +65,9 @@ export interface FrameAead {
   /**
    * Encrypts the payload and writes the tag at `tagOffset`. With `src`, the payload's first
    * `inFrame` bytes (default 0) are in the frame already and the rest of the plaintext is read from
-   * `src[srcOffset, srcOffset + end - payloadOffset - inFrame)` and written encrypted into the frame
-   * after them: the cipher pass replaces the copy into the frame.
+   * `src[srcOffset, srcOffset + end - payloadOffset - inFrame)` — or, `src` being chunks (at most
+   * SEAL_MAX_CHUNKS), from the same range of their concatenation — and written encrypted into the
+   * frame after them: the cipher pass replaces the copy into the frame.
    */
   seal(
     frame: Uint8Array,
@@ -66,7 +77,7 @@ export interface FrameAead {
     end: number,
     tagOffset: number,
     counter: number,
-    src?: Uint8Array,
+    src?: FrameSource,
     srcOffset?: number,
     inFrame?: number,
   ): void
@@ -143,14 +154,17 @@ export class NodeFrameAead implements FrameAead {
     end: number,
     tagOffset: number,
     counter: number,
-    src?: Uint8Array,
+    src?: FrameSource,
     srcOffset = 0,
     inFrame = 0,
   ): void {
     if (src) {
       if (inFrame < 0 || inFrame > end - payloadOffset)
         throw new VrioError('invalid-argument', 'seal: inFrame must lie within the payload')
-      frame.set(src.subarray(srcOffset, srcOffset + end - payloadOffset - inFrame), payloadOffset + inFrame)
+      const n = end - payloadOffset - inFrame
+      if (src instanceof Uint8Array)
+        frame.set(src.subarray(srcOffset, srcOffset + n), payloadOffset + inFrame)
+      else copyChunks(src, srcOffset, frame, payloadOffset + inFrame, n)
     }
     const c = createCipheriv(this.name as 'aes-256-gcm', this.liveKey(), nonceFor(counter), {
       authTagLength: 16,
@@ -208,7 +222,7 @@ export class NodeFrameAead implements FrameAead {
  * stale build is not taken for this one: it is then ignored and node:crypto's is used.
  */
 export interface AddonFrameAead {
-  sealFrame(frame: Uint8Array, src?: Uint8Array, srcOffset?: number, inFrame?: number): void
+  sealFrame(frame: Uint8Array, src?: FrameSource, srcOffset?: number, inFrame?: number): void
   openFrame(frame: Uint8Array, dst?: Uint8Array, dstOffset?: number): boolean
   destroy(): void
 }
@@ -261,7 +275,7 @@ export class NativeFrameAead implements FrameAead {
     end: number,
     tagOffset: number,
     counter: number,
-    src?: Uint8Array,
+    src?: FrameSource,
     srcOffset = 0,
     inFrame = 0,
   ): void {

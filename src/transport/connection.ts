@@ -17,12 +17,14 @@ import {
   VRIO_SEAL_OPTION_LENGTH,
   VRIO_SEGMENT_OPTION_LENGTH,
 } from '../wire/tcp.ts'
-import { resolveSealCipher } from './aead.ts'
+import { resolveSealCipher, SEAL_MAX_CHUNKS } from './aead.ts'
 import { type ConnectionOptions, Delivery, SEGMENT_DELIVERY_MASK, SEGMENT_SKIP } from './config.ts'
 import { AbandonedMessages } from './abandoned.ts'
 import { IntervalSet } from './interval-set.ts'
+import { messageBuffers, takePooledMessageBuffer } from './message-buffers.ts'
 import { Reassembly } from './reassembly.ts'
 import { SealRejoiner } from './rejoin.ts'
+import { concatChunks, copyChunks } from './chunks.ts'
 import { ChannelSeal, newSealCounters, type SealCounters, sealIdentity } from './seal.ts'
 import { positionOf, seqOf } from './seq.ts'
 
@@ -202,6 +204,11 @@ export class Connection {
    */
   private placedBuffer: Uint8Array | undefined
   private placedOffset = 0
+  /**
+   * placedBuffer came from messageBuffers for a message not open yet: it becomes that message's
+   * buffer once the frame verifies and opens it, else it goes back to the pool.
+   */
+  private placedFresh = false
   /** Sealed: pieces of split GSO records being re-joined. */
   private readonly rejoiner: SealRejoiner | undefined
 
@@ -559,8 +566,15 @@ export class Connection {
     try {
       this.receiveSealed(buf, f)
     } finally {
-      this.placedBuffer = undefined
+      this.releasePlaced()
     }
+  }
+
+  /** Forgets where the frame was decrypted to; a fresh buffer no message adopted goes back. */
+  private releasePlaced(): void {
+    if (this.placedFresh) messageBuffers.giveBack(this.placedBuffer!)
+    this.placedFresh = false
+    this.placedBuffer = undefined
   }
 
   private receiveSealed(buf: Uint8Array, f: TcpFrame): void {
@@ -574,7 +588,7 @@ export class Connection {
         : seal.tryOpen(buf, f, f.payloadLength > 0)
     if (why) {
       // Out of place, a refused frame is still ciphertext, as staging needs it.
-      this.placedBuffer = undefined
+      this.releasePlaced()
       // A piece of a GSO record a link split: staged until the record re-joins (rejoin.ts).
       const whole = why === 'authFailed' && f.payloadLength > 0 ? this.rejoiner!.stage(buf, f) : undefined
       if (!whole) {
@@ -592,8 +606,10 @@ export class Connection {
    * message already being reassembled, at a place that holds nothing yet (no received byte, none
    * below rcvNxt), so that it can be decrypted straight there — bytes written there by a frame that
    * then fails are harmless, since the place is filled only by a frame that verifies. Changes no
-   * state but the placed* fields. A message's first frame is decrypted in place and copied (no
-   * buffer is taken for a frame not yet verified: a forged frame must not cost an allocation).
+   * state but the placed* fields. A message's first frame (no reassembly buffer yet) goes into a
+   * buffer the pool has free, which becomes the message's if the frame verifies and is taken
+   * (else it goes back); with none free, it is decrypted in place and copied (a frame not yet
+   * verified must not cost an allocation).
    */
   private payloadPlacement(f: TcpFrame): boolean {
     const opt = f.tcp.options.vrio
@@ -622,10 +638,21 @@ export class Connection {
     )
       return false
     const m = this.reassembly.get(msgStart)
-    if (!m || m.end !== msgEnd || m.flags !== delivery) return false
-    this.placedBuffer = m.buffer
     this.placedOffset = segStart - msgStart
-    return true
+    if (m) {
+      if (m.end !== msgEnd || m.flags !== delivery) return false
+      this.placedBuffer = m.buffer
+      return true
+    }
+    // As receiveOpened would open it (the pre-authentication budget is excluded above).
+    if (
+      this.reassembly.bytes + opt.messageLength > this.o.maxReassemblyBytes ||
+      this.reassembly.size >= this.o.maxIntervals
+    )
+      return false
+    this.placedBuffer = takePooledMessageBuffer(opt.messageLength)
+    this.placedFresh = this.placedBuffer !== undefined
+    return this.placedFresh
   }
 
   private receiveOpened(buf: Uint8Array, f: TcpFrame): void {
@@ -933,7 +960,10 @@ export class Connection {
         this.drop('interval-limit')
         return
       }
-      m = this.reassembly.open(msgStart, msgEnd, delivery, now, this.o.reassemblyTimeout)
+      // Sealed, its first frame may have been decrypted into a fresh buffer already (payloadPlacement).
+      const fresh = this.placedFresh ? this.placedBuffer : undefined
+      this.placedFresh = false
+      m = this.reassembly.open(msgStart, msgEnd, delivery, now, this.o.reassemblyTimeout, fresh)
     } else if (m.end !== msgEnd || m.flags !== delivery) {
       this.drop('segment-mismatch')
       return
@@ -1498,23 +1528,25 @@ export class Connection {
     const headerLength = tcpFrameHeaderLength(this.tx.tcp.options)
     const headroom = this.o.headroom
     const frame = this.allocate(headerLength + payloadLength, headroom)
-    // Sealed, the payload's part in its last chunk (a message's body, after a small header chunk)
-    // is encrypted from there into the frame (the cipher pass is the copy); only what comes before
-    // it is copied first, and encrypted in place.
-    let src: Uint8Array | undefined
-    let srcOffset = 0
-    let inFrame = length
-    if (m && this.seal && length > 0) {
-      srcOffset = tailChunkAt(m.chunks, offset, length)
-      src = m.chunks[chunkIndex]
-      inFrame = tailBefore
+    // Sealed, the payload is encrypted from the message's chunks straight into the frame (the
+    // cipher pass is the copy, however many chunks the payload spans); plaintext, it is copied.
+    let sealFrom: readonly Uint8Array[] | undefined
+    if (m && length > 0) {
+      if (this.seal && m.chunks.length <= SEAL_MAX_CHUNKS) sealFrom = m.chunks
+      else copyChunks(m.chunks, offset, frame, headerLength, length)
     }
-    if (m && inFrame > 0) copyChunks(m.chunks, offset, frame, headerLength, inFrame)
     this.tx.ip.identification = this.ipId
     this.ipId = (this.ipId + 1) & 0xffff
     const frameLength = encodeTcpFrameHeaders(frame, this.tx, payloadLength)
-    // Sealed in place, in the frame the payload was just copied into; the checksum covers the result.
-    if (this.seal) this.seal.seal(frame, this.tx, headerLength, src, srcOffset, inFrame)
+    // The checksum covers the sealed result.
+    if (sealFrom) {
+      // A range inside one chunk (most frames of a header-and-body message) goes as that chunk.
+      let i = 0
+      let at = offset
+      while (at >= sealFrom[i].length) at -= sealFrom[i++].length
+      if (at + length <= sealFrom[i].length) this.seal!.seal(frame, this.tx, headerLength, sealFrom[i], at)
+      else this.seal!.seal(frame, this.tx, headerLength, sealFrom, offset)
+    } else if (this.seal) this.seal.seal(frame, this.tx, headerLength)
     finishTcpFrameChecksum(frame, this.tx, frameLength, this.o.checksumOffload)
     this.stats.framesSent++
     this.stats.bytesSent += frame.length
@@ -1552,54 +1584,5 @@ export class Connection {
     this.seal?.destroy()
     this.onFinished?.(this)
     this.handlers.closed?.(reason)
-  }
-}
-
-/** Set by tailChunkAt: the index of the chunk it found, and how many bytes of the range lie before it. */
-let chunkIndex = 0
-let tailBefore = 0
-
-/**
- * Where the part of `[offset, offset + length)` (length > 0) of the concatenation of `chunks` that
- * lies in its last chunk starts inside that chunk (whose index goes to `chunkIndex`).
- */
-function tailChunkAt(chunks: readonly Uint8Array[], offset: number, length: number): number {
-  const end = offset + length
-  let pos = 0
-  let i = 0
-  while (pos + chunks[i].length < end) pos += chunks[i++].length
-  chunkIndex = i
-  const start = Math.max(offset, pos)
-  tailBefore = start - offset
-  return start - pos
-}
-
-/** The chunks' bytes in one new buffer. */
-function concatChunks(chunks: readonly Uint8Array[], length: number): Uint8Array {
-  const out = Buffer.allocUnsafe(length)
-  copyChunks(chunks, 0, out, 0, length)
-  return out
-}
-
-/** Copies `length` bytes starting `offset` bytes into the concatenation of `chunks` to `dst[at]`. */
-function copyChunks(
-  chunks: readonly Uint8Array[],
-  offset: number,
-  dst: Uint8Array,
-  at: number,
-  length: number,
-): void {
-  let skip = offset
-  let i = 0
-  while (skip >= chunks[i].length) skip -= chunks[i++].length
-  let remaining = length
-  let p = at
-  while (remaining > 0) {
-    const c = chunks[i++]
-    const n = Math.min(c.length - skip, remaining)
-    dst.set(n === c.length ? c : c.subarray(skip, skip + n), p)
-    p += n
-    remaining -= n
-    skip = 0
   }
 }

@@ -48,17 +48,25 @@ export class BufferPool implements Lender {
    * else a new allocation of exactly that size.
    */
   take(length: number): Buffer {
+    return this.takePooled(length) ?? this.lend(Buffer.allocUnsafeSlow(length), length)
+  }
+
+  /** `take` when memory given back has room for `length` bytes, else undefined: never allocates. */
+  takePooled(length: number): Buffer | undefined {
     const f = floorClass(length)
+    if (f < MIN_CLASS || f >= MAX_CLASS) return undefined
+    // Every buffer in the next class up is big enough; in this one, those at least `length`.
+    const up = this.free[f + 1]
+    const here = this.free[f]
     let whole: Buffer | undefined
-    if (f >= MIN_CLASS && f < MAX_CLASS) {
-      // Every buffer in the next class up is big enough; in this one, those at least `length`.
-      const up = this.free[f + 1]
-      const here = this.free[f]
-      if (up.length > 0) whole = up.pop()
-      else if (here.length > 0 && here[here.length - 1].length >= length) whole = here.pop()
-    }
-    if (whole) this.pooled -= whole.length
-    else whole = Buffer.allocUnsafeSlow(length)
+    if (up.length > 0) whole = up.pop()
+    else if (here.length > 0 && here[here.length - 1].length >= length) whole = here.pop()
+    if (!whole) return undefined
+    this.pooled -= whole.length
+    return this.lend(whole, length)
+  }
+
+  private lend(whole: Buffer, length: number): Buffer {
     this.lent.set(whole.buffer, true)
     return whole.subarray(0, length)
   }
@@ -87,4 +95,9 @@ export const messageBuffers = new BufferPool()
 /** `messageBuffers.take(length)`: a buffer for a message being reassembled (the transport's call). */
 export function takeMessageBuffer(length: number): Buffer {
   return messageBuffers.take(length)
+}
+
+/** `messageBuffers.takePooled(length)`: the same, only from memory given back (no allocation). */
+export function takePooledMessageBuffer(length: number): Buffer | undefined {
+  return messageBuffers.takePooled(length)
 }

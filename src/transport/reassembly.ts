@@ -40,13 +40,23 @@ export class Reassembly {
     return this.byStart.get(start)
   }
 
-  /** A new message of `[start, end)` with an uninitialised buffer (delivered only once every byte is written). */
-  open(start: number, end: number, flags: number, now: number, timeout: number): InMessage {
+  /**
+   * A new message of `[start, end)` with an uninitialised buffer (delivered only once every byte is
+   * written): `buffer` (end - start bytes from messageBuffers) when given, else one taken now.
+   */
+  open(
+    start: number,
+    end: number,
+    flags: number,
+    now: number,
+    timeout: number,
+    buffer?: Uint8Array,
+  ): InMessage {
     const m: InMessage = {
       start,
       end,
       flags,
-      buffer: takeMessageBuffer(end - start),
+      buffer: buffer ?? takeMessageBuffer(end - start),
       filled: 0,
       firstAt: now,
     }

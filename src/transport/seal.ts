@@ -10,6 +10,7 @@ import {
   createFrameAead,
   type FrameAead,
   type FrameAeadFactory,
+  type FrameSource,
   SEAL_KEY_LENGTH,
   SEAL_TAG_BYTES,
   type SealCipher,
@@ -312,17 +313,10 @@ export class ChannelSeal {
 
   /**
    * Seals the encoded frame (checksum not yet computed) whose SEAL option `prepare` filled. With
-   * `src`, the payload's first `inFrame` bytes are in the frame already and the rest is encrypted
-   * from `src[srcOffset...]` into the frame (see FrameAead.seal).
+   * `src`, the payload is encrypted from `src[srcOffset...]` — or from the concatenation of the
+   * chunks `src` at `srcOffset` — into the frame (see FrameAead.seal); without, in place.
    */
-  seal(
-    frame: Uint8Array,
-    f: TcpFrame,
-    payloadOffset: number,
-    src?: Uint8Array,
-    srcOffset = 0,
-    inFrame = 0,
-  ): void {
+  seal(frame: Uint8Array, f: TcpFrame, payloadOffset: number, src?: FrameSource, srcOffset = 0): void {
     const t = this.sealing!
     const tag = f.tcp.options.seal.offset + SEAL_TAG_OFFSET
     if (src) {
@@ -336,7 +330,6 @@ export class ChannelSeal {
         this.sealingCounter,
         src,
         srcOffset,
-        inFrame,
       )
     } else {
       t.aead.seal(frame, IP_OFFSET, f.tcpOffset, payloadOffset, frame.length, tag, this.sealingCounter)

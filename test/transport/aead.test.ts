@@ -7,10 +7,12 @@ import { native } from '../../src/io/native.ts'
 import {
   aeadImplementation,
   type FrameAead,
+  type FrameSource,
   NativeFrameAead,
   NodeFrameAead,
   SEAL_CIPHER_AES_256_GCM,
   SEAL_CIPHER_CHACHA20_POLY1305,
+  SEAL_MAX_CHUNKS,
   type SealCipher,
 } from '../../src/transport/aead.ts'
 import {
@@ -53,6 +55,29 @@ const CIPHERS: [string, SealCipher][] = [
 
 function seal(aead: FrameAead, frame: Buffer, payloadOffset: number, tagOffset: number, counter: number) {
   aead.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, counter)
+}
+
+/** Seals `d` (from dataFrame) reading the plaintext from `src` at `srcOffset` (see FrameAead.seal). */
+function sealFrom(
+  aead: FrameAead,
+  d: ReturnType<typeof dataFrame>,
+  counter: number,
+  src: FrameSource,
+  srcOffset: number,
+  inFrame?: number,
+) {
+  aead.seal(
+    d.frame,
+    IP_OFFSET,
+    TCP_OFFSET,
+    d.payloadOffset,
+    d.frame.length,
+    d.tagOffset,
+    counter,
+    src,
+    srcOffset,
+    inFrame,
+  )
 }
 function open(aead: FrameAead, frame: Buffer, payloadOffset: number, tagOffset: number, counter: number) {
   return aead.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, counter)
@@ -171,36 +196,67 @@ describe('frame AEAD: the addon against node:crypto', () => {
         seal(impls[1][1], reference.frame, reference.payloadOffset, reference.tagOffset, 5)
         for (const [implName, aead] of impls) {
           const target = dataFrame(Buffer.alloc(size, 0xee), 5)
-          aead.seal(
-            target.frame,
-            IP_OFFSET,
-            TCP_OFFSET,
-            target.payloadOffset,
-            target.frame.length,
-            target.tagOffset,
-            5,
-            source,
-            7,
-          )
+          sealFrom(aead, target, 5, source, 7)
           assert.deepEqual(target.frame, reference.frame, `${implName} at ${size}`)
           // The first bytes in the frame already (a header chunk copied), the rest from the source.
           for (const inFrame of [1, 17, size]) {
             if (inFrame > size) continue
             const split = dataFrame(Buffer.alloc(size, 0xee), 5)
             split.frame.set(source.subarray(7, 7 + inFrame), split.payloadOffset)
-            aead.seal(
-              split.frame,
-              IP_OFFSET,
-              TCP_OFFSET,
-              split.payloadOffset,
-              split.frame.length,
-              split.tagOffset,
-              5,
-              source,
-              7 + inFrame,
-              inFrame,
-            )
+            sealFrom(aead, split, 5, source, 7 + inFrame, inFrame)
             assert.deepEqual(split.frame, reference.frame, `${implName} at ${size}, ${inFrame} in the frame`)
+          }
+        }
+      }
+    })
+  }
+
+  for (const [name, cipher] of CIPHERS) {
+    it(`${name}: sealing from scattered chunks (a message's header and body) gives node:crypto's bytes of copy, then seal`, () => {
+      const key = randomBytes(32)
+      const impls: [string, FrameAead][] = [
+        ['native', new Native(cipher, key)],
+        ['node', new NodeFrameAead(cipher, key)],
+      ]
+      // Chunk sizes around AES blocks (16), GHASH's and ChaCha's blocks (64), a frame's payload.
+      const layouts = [
+        [1],
+        [16, 64_000],
+        [7, 13, 1, 64_010],
+        [1424, 1424, 1424],
+        [32, 0, 15, 17, 63, 65, 3000],
+      ]
+      for (const sizes of layouts) {
+        const chunks = sizes.map((n) => randomBytes(n))
+        const whole = Buffer.concat(chunks)
+        for (const [offset, size] of [
+          [0, whole.length],
+          [1, whole.length - 1],
+          [5, Math.min(1400, whole.length - 5)],
+          [whole.length - 1, 1],
+        ]) {
+          if (size <= 0 || offset + size > whole.length) continue
+          const reference = dataFrame(whole.subarray(offset, offset + size), 21)
+          seal(impls[1][1], reference.frame, reference.payloadOffset, reference.tagOffset, 21)
+          for (const [implName, aead] of impls) {
+            const target = dataFrame(Buffer.alloc(size, 0xee), 21)
+            sealFrom(aead, target, 21, chunks, offset)
+            assert.deepEqual(
+              target.frame,
+              reference.frame,
+              `${implName}, chunks ${sizes}, [${offset}, +${size})`,
+            )
+            assert.ok(
+              aead.open(
+                Buffer.from(target.frame),
+                IP_OFFSET,
+                TCP_OFFSET,
+                target.payloadOffset,
+                target.frame.length,
+                target.tagOffset,
+                21,
+              ),
+            )
           }
         }
       }
@@ -272,6 +328,31 @@ describe('frame AEAD: the addon against node:crypto', () => {
     assert.throws(() =>
       n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, big, 0, 11),
     )
+    // Chunks too short, not bytes, too many, or one overlapping the payload.
+    const sealFrom = (chunks: readonly Uint8Array[], offset = 0) =>
+      n.seal(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, chunks, offset)
+    assert.throws(() => sealFrom([randomBytes(4), randomBytes(5)]))
+    assert.throws(() => sealFrom([randomBytes(4), randomBytes(6)], 1))
+    assert.throws(() => sealFrom([randomBytes(4), new Uint16Array(6) as unknown as Uint8Array]))
+    const long = dataFrame(randomBytes(SEAL_MAX_CHUNKS + 1), 1)
+    const bytes = Array.from({ length: SEAL_MAX_CHUNKS + 1 }, () => randomBytes(1))
+    const sealLong = (chunks: readonly Uint8Array[]) =>
+      n.seal(
+        long.frame,
+        IP_OFFSET,
+        TCP_OFFSET,
+        long.payloadOffset,
+        long.frame.length,
+        long.tagOffset,
+        1,
+        chunks,
+        0,
+      )
+    assert.throws(() => sealLong(bytes))
+    sealLong([Buffer.concat(bytes.slice(0, 2)), ...bytes.slice(2)])
+    assert.throws(() => sealFrom([frame.subarray(payloadOffset - 2, payloadOffset + 8)]))
+    sealFrom([randomBytes(3), randomBytes(7)])
+    sealFrom([frame.subarray(payloadOffset, payloadOffset + 4), randomBytes(6)])
     const dst = Buffer.alloc(12)
     assert.throws(() =>
       n.open(frame, IP_OFFSET, TCP_OFFSET, payloadOffset, frame.length, tagOffset, 1, dst, 3),

@@ -9,6 +9,7 @@ import { NodeFrameAead, SEAL_CIPHER_AES_256_GCM } from '../../src/transport/aead
 import { Delivery, SEGMENT_SKIP } from '../../src/transport/config.ts'
 import type { Address, CloseReason, Connection } from '../../src/transport/connection.ts'
 import { Endpoint } from '../../src/transport/endpoint.ts'
+import { messageBuffers } from '../../src/transport/message-buffers.ts'
 import { REPLAY_WINDOW, ReplayWindow, reconstructCounter } from '../../src/transport/seal.ts'
 import { Session } from '../../src/session/session.ts'
 import { decodeTcpFrame, IP_OFFSET, newTcpFrame, type TcpFrame } from '../../src/wire/frame.ts'
@@ -400,27 +401,71 @@ describe('sealed channel: decrypting straight into the reassembly buffer', () =>
     return { a, b, client, toB, messages, settle }
   }
 
-  it('the frames of a message that spans several are decrypted into its buffer, out of place: each after the first is left as it came', () => {
+  /** Empties the pool's buffers that could hold `length` bytes; returns them (give them back after). */
+  function drainPool(length: number): Buffer[] {
+    const taken: Buffer[] = []
+    for (let b = messageBuffers.takePooled(length); b; b = messageBuffers.takePooled(length)) taken.push(b)
+    return taken
+  }
+
+  for (const pooled of [true, false]) {
+    it(`the frames of a message that spans several are decrypted into its buffer, out of place: ${pooled ? 'all, the first into a buffer the pool had free' : 'each after the first (the pool has no buffer free: the first in place)'}`, () => {
+      const p = pair()
+      const message = patternMessage(1, 10_000)
+      const drained = drainPool(message.length)
+      if (pooled) messageBuffers.giveBack(messageBuffers.take(message.length))
+      try {
+        assert.ok(p.client.send(message, Delivery.Reliable))
+        const frames = p.toB.splice(0)
+        assert.ok(frames.length >= 5, 'the message spans several frames')
+        const left: boolean[] = []
+        for (const frame of frames) {
+          const copy = Buffer.from(frame)
+          p.b.receive(frame)
+          left.push(frame.equals(copy))
+        }
+        // In place, every frame's payload would now be plaintext.
+        assert.deepEqual(
+          left,
+          frames.map((_f, i) => pooled || i > 0),
+        )
+        p.settle()
+        assert.equal(p.messages.length, 1)
+        assert.deepEqual(p.messages[0], message)
+      } finally {
+        for (const b of drained) messageBuffers.giveBack(b)
+      }
+    })
+  }
+
+  it('a forged first frame decrypted into a buffer from the pool gives it back, and the genuine one then takes it', () => {
     const p = pair()
-    const message = patternMessage(1, 10_000)
-    assert.ok(p.client.send(message, Delivery.Reliable))
-    const frames = p.toB.splice(0)
-    assert.ok(frames.length >= 5, 'the message spans several frames')
-    const left: boolean[] = []
-    for (const frame of frames) {
-      const copy = Buffer.from(frame)
-      p.b.receive(frame)
-      left.push(frame.equals(copy))
+    const message = patternMessage(3, 10_000)
+    const drained = drainPool(message.length)
+    messageBuffers.giveBack(messageBuffers.take(message.length))
+    const before = messageBuffers.pooledBytes
+    try {
+      assert.ok(p.client.send(message, Delivery.Reliable))
+      const frames = p.toB.splice(0)
+      const forged = Buffer.from(frames[0])
+      const f = decode(forged, false)
+      forged[f.payloadOffset + 1] ^= 0x08
+      forged.writeUInt32BE((f.tcp.options.seal.counter + 77) >>> 0, f.tcp.options.seal.offset + 6)
+      const server = [...p.b.connections()][0]
+      const failed = server.stats.authFailed
+      p.b.receive(fixChecksum(forged))
+      assert.equal(messageBuffers.pooledBytes, before, 'the buffer went back')
+      const copy = Buffer.from(frames[0])
+      p.b.receive(frames[0])
+      assert.ok(frames[0].equals(copy), 'decrypted out of place, into the pooled buffer')
+      assert.ok(messageBuffers.pooledBytes < before, 'the message holds it now')
+      for (const frame of frames.slice(1)) p.b.receive(frame)
+      p.settle()
+      assert.deepEqual(p.messages, [message])
+      assert.ok(server.stats.authFailed + server.stats.piecesStaged > failed, 'the forgery was refused')
+    } finally {
+      for (const b of drained) messageBuffers.giveBack(b)
     }
-    // The first frame is decrypted in place (the message has no buffer before a frame of it
-    // verified); in place, every frame's payload would now be plaintext.
-    assert.deepEqual(
-      left,
-      frames.map((_f, i) => i > 0),
-    )
-    p.settle()
-    assert.equal(p.messages.length, 1)
-    assert.deepEqual(p.messages[0], message)
   })
 
   it('messages given in chunks (a header, then a body) arrive whole: each frame is sealed from its chunks', () => {
