@@ -19,7 +19,13 @@ import { type AppLimits, AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
 import { type AppTx, BOTH_SIDES } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
-import { type GroupedRule, PatternSet, type PrefilterGroup, PrefilterGroups } from './groups.ts'
+import {
+  type GroupedRule,
+  type GroupTables,
+  PatternSet,
+  type PrefilterGroup,
+  PrefilterGroups,
+} from './groups.ts'
 import {
   applyActions,
   conditionsHold,
@@ -76,6 +82,15 @@ export interface DpiOptions extends RuleParseOptions {
   budgetExceeded?: 'pass' | 'drop'
   /** HTTP parser limits (head size, headers, body bytes kept per body: 8 KiB); see app/http.ts. */
   http?: Partial<HttpLimits>
+}
+
+/**
+ * A rule set's prefilter automata built by another thread (the compile worker): the whole set's
+ * and the groups' (see DpiService.compiledTables()); structured-cloneable, buffers transferable.
+ */
+export interface DpiTables {
+  automaton?: AhoCorasickTables
+  groups?: GroupTables
 }
 
 /** Protocol classes a rule can apply to. */
@@ -195,7 +210,7 @@ class RuleSet {
   readonly automaton: AhoCorasick | undefined
   /** Pattern id → the rules whose fast pattern it is. */
   readonly patternRules: number[][]
-  /** Per flow side: the automaton over the payload rules its frames can meet (groups.ts). */
+  /** Per flow side: the automata over the payload rules its frames can meet (groups.ts). */
   readonly groups: PrefilterGroups
   /** Per rule: its fast pattern's length (0: none). */
   readonly fastLength: Int32Array
@@ -255,7 +270,7 @@ class RuleSet {
   /** Some rule has flowbits, flowint, xbits, threshold or noalert. */
   readonly stateful: boolean
 
-  constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
+  constructor(rules: Rule[], generation: number, streamWindow: number, tables?: DpiTables) {
     this.generation = generation
     this.rules = rules
     const n = rules.length
@@ -413,9 +428,9 @@ class RuleSet {
     this.prefilterSlots = slots
     const patterns = all.patterns
     this.patternRules = all.rules
-    if (tables && tables.patternCount !== patterns.length) tables = undefined
-    this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables }) : undefined
-    this.groups = new PrefilterGroups(grouped, { automaton: this.automaton, patternRules: this.patternRules })
+    const whole = tables?.automaton?.patternCount === patterns.length ? tables.automaton : undefined
+    this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables: whole }) : undefined
+    this.groups = new PrefilterGroups(grouped, tables?.groups)
     this.keep = context ? Math.max(streamWindow, maxContent) : Math.max(0, maxContent - 1)
   }
 }
@@ -530,7 +545,7 @@ export class DpiService implements NetService {
    * Use createDpi(); `parsed` is the result of parseRules. `tables`: the prefilter automaton for
    * these rules, built by another thread (see compiledTables()).
    */
-  constructor(parsed: ParsedRules, options: DpiOptions = {}, tables?: AhoCorasickTables) {
+  constructor(parsed: ParsedRules, options: DpiOptions = {}, tables?: DpiTables) {
     this.#options = options
     this.#regexLimit = options.regexBudget ?? DEFAULT_REGEX_BUDGET
     if ((options.strict ?? true) && parsed.errors.length > 0) throw invalidRules(parsed.errors)
@@ -588,7 +603,7 @@ export class DpiService implements NetService {
    * Swaps in rules parsed already (all of `parsed.rules`; its errors are kept as `errors`), with
    * the prefilter's tables when another thread built them. Never throws.
    */
-  replaceParsed(parsed: ParsedRules, tables?: AhoCorasickTables): void {
+  replaceParsed(parsed: ParsedRules, tables?: DpiTables): void {
     this.#rules = new RuleSet(
       parsed.rules,
       this.#rules.generation + 1,
@@ -599,14 +614,14 @@ export class DpiService implements NetService {
     for (const flow of this.#table.flows()) flow.passed = false
   }
 
-  /** The prefilter automaton's tables, to send to the thread that will run these rules. */
-  compiledTables(): AhoCorasickTables | undefined {
-    return this.#rules.automaton?.tables()
+  /** The prefilter automata's tables (whole set, groups), to send to the thread that will run these rules. */
+  compiledTables(): DpiTables {
+    return { automaton: this.#rules.automaton?.tables(), groups: this.#rules.groups.tables() }
   }
 
   /** A rough size of the compiled rules in bytes: the automaton and per-rule structures. */
   compiledBytes(): number {
-    let bytes = this.#rules.automaton?.tableBytes ?? 0
+    let bytes = (this.#rules.automaton?.tableBytes ?? 0) + this.#rules.groups.tableBytes
     for (const rule of this.#rules.rules) {
       bytes += 1024
       for (const m of rule.groups.flatMap((g) => g.items)) {
@@ -764,30 +779,44 @@ export class DpiService implements NetService {
     }
   }
 
-  /** After a rule swap: the new rules' group is chosen (and its state set) by the next chunk. */
+  /** After a rule swap: the new rules' groups are chosen (and their states set) by the next chunk. */
   #resync(side: StreamSide, rs: RuleSet): void {
     side.acState = 0
+    side.appAcState = 0
     side.pendingRules.length = 0
     side.pendingEnds.length = 0
     side.generation = rs.generation
     side.group = undefined
+    side.appGroup = undefined
   }
 
   /**
-   * The prefilter group of `side` (frames of class `cls` on `flow`, the current packet's): chosen
-   * once per rule set, and again once the flow's protocol is detected.
+   * The prefilter groups of `side` (frames of class `cls` on `flow`, the current packet's), built
+   * with the rules: its port group, chosen once per rule set, and its application group, chosen
+   * once the flow's protocol is detected (undefined before, or when no rule needs that protocol).
    */
-  #group(side: StreamSide, cls: number, flow: Flow): PrefilterGroup {
-    const app = flow.app?.proto
+  #groups(side: StreamSide, cls: number, flow: Flow): void {
     const rs = this.#rules
-    if (side.group !== undefined && side.groupApp === app && side.groupGeneration === rs.generation)
-      return side.group as PrefilterGroup
-    const p = this.#packet as Packet
-    const group = rs.groups.find(cls, app, this.#toServer, p.sourcePort, p.destinationPort)
-    side.group = group
-    side.groupApp = app
-    side.groupGeneration = rs.generation
-    return group
+    if (side.group === undefined || side.groupGeneration !== rs.generation) {
+      const p = this.#packet as Packet
+      side.group = rs.groups.ports(cls, this.#toServer, p.sourcePort, p.destinationPort)
+      side.groupGeneration = rs.generation
+      side.appGroup = undefined
+      side.groupApp = undefined
+    }
+    const app = flow.app?.proto
+    if (app !== undefined && side.groupApp !== app) {
+      side.groupApp = app
+      side.appGroup = rs.groups.app(cls, this.#toServer, app)
+    }
+  }
+
+  /** A group's head automaton over the first bytes of data[start, end) from `state`. */
+  #scanHead(group: PrefilterGroup, data: Uint8Array, start: number, end: number, state: number): void {
+    const head = group.head
+    if (!head) return
+    this.#patternRules = head.patternRules
+    head.automaton.scan(data, start, Math.min(end, start + head.length), state, this.#onHit)
   }
 
   /** Header, flow and dsize conditions of rule `i` on the current frame. */
@@ -880,13 +909,12 @@ export class DpiService implements NetService {
     }
     this.#newScan()
     this.#hitBase = -start
-    const group = this.#group(side, cls, flow)
-    this.#patternRules = group.patternRules
-    group.automaton?.scan(frame, start, end, 0, this.#onHit)
-    const head = group.head
-    if (head) {
-      this.#patternRules = head.patternRules
-      head.automaton.scan(frame, start, Math.min(end, start + head.length), 0, this.#onHit)
+    this.#groups(side, cls, flow)
+    for (const g of [side.group, side.appGroup] as (PrefilterGroup | undefined)[]) {
+      if (!g) continue
+      this.#patternRules = g.patternRules
+      g.automaton?.scan(frame, start, end, 0, this.#onHit)
+      this.#scanHead(g, frame, start, end, 0)
     }
     for (const i of rs.always[cls]) this.#addCandidate(i, -1)
     if (this.#candidates.length === 0 && updated.length === 0) return
@@ -1056,6 +1084,18 @@ export class DpiService implements NetService {
     return true
   }
 
+  /** A new group's automaton (first bytes, rule swap, protocol detected): its state from the window's tail. */
+  #tailState(side: StreamSide, ac: AhoCorasick): number {
+    if (!side.window) return 0
+    return ac.scan(
+      side.window,
+      Math.max(0, side.windowLength - ac.maxPatternLength + 1),
+      side.windowLength,
+      0,
+      IGNORE_HITS,
+    )
+  }
+
   /** In-order stream bytes data[start, end) of `side`, at stream offset side.offset. */
   #chunk(side: StreamSide, data: Uint8Array, start: number, end: number): void {
     const rs = this.#rules
@@ -1073,28 +1113,30 @@ export class DpiService implements NetService {
     const windowBase = side.offset - windowLength
     this.#newScan()
     const previous = side.group
-    const group = this.#group(side, TCP, this.#flow as Flow)
-    const ac = group.automaton
-    if (ac) {
-      if (group !== previous) {
-        // A new group (first bytes, rule swap, protocol detected): its state from the window's tail.
-        const from = Math.max(0, side.windowLength - ac.maxPatternLength + 1)
-        side.acState = side.window ? ac.scan(side.window, from, side.windowLength, 0, IGNORE_HITS) : 0
-      }
+    const previousApp = side.appGroup
+    this.#groups(side, TCP, this.#flow as Flow)
+    this.#hitBase = side.offset - start
+    const group = side.group as PrefilterGroup
+    if (group.automaton) {
+      if (group !== previous) side.acState = this.#tailState(side, group.automaton)
       this.#patternRules = group.patternRules
-      this.#hitBase = side.offset - start
-      side.acState = ac.scan(data, start, end, side.acState, this.#onHit)
+      side.acState = group.automaton.scan(data, start, end, side.acState, this.#onHit)
     }
-    const head = group.head
-    if (head) {
-      // The segment's first bytes; at the stream's start, from its first byte kept on.
-      this.#patternRules = head.patternRules
-      this.#hitBase = side.offset - start
+    const appGroup = side.appGroup as PrefilterGroup | undefined
+    if (appGroup?.automaton) {
+      if (appGroup !== previousApp) side.appAcState = this.#tailState(side, appGroup.automaton)
+      this.#patternRules = appGroup.patternRules
+      side.appAcState = appGroup.automaton.scan(data, start, end, side.appAcState, this.#onHit)
+    }
+    // The heads over the segment's first bytes; at the stream's start, from its first byte kept on.
+    for (const g of [group, appGroup]) {
+      const head = g?.head
+      if (!head) continue
       const state =
         side.offset < head.length && side.window
           ? head.automaton.scan(side.window, 0, side.windowLength, 0, IGNORE_HITS)
           : 0
-      head.automaton.scan(data, start, Math.min(end, start + head.length), state, this.#onHit)
+      this.#scanHead(g, data, start, end, state)
     }
     const pendingRules = side.pendingRules
     const pendingEnds = side.pendingEnds
