@@ -13,7 +13,7 @@ import type { NetContext, NetDirection, NetService } from '../net/service.ts'
 import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
 import { AddressIndex } from './addresses.ts'
-import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
+import type { AhoCorasick, AhoCorasickTables } from './aho-corasick.ts'
 import { type AppProto, BUFFER_PROTO, type BufferId, RESPONSE_BUFFERS } from './app/buffers.ts'
 import { type AppLimits, AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
@@ -85,12 +85,14 @@ export interface DpiOptions extends RuleParseOptions {
 }
 
 /**
- * A rule set's prefilter automata built by another thread (the compile worker): the whole set's
- * and the groups' (see DpiService.compiledTables()); structured-cloneable, buffers transferable.
+ * A rule set's prefilter automata built by another thread (the compile worker): the payload
+ * groups' and the application buffers' (see DpiService.compiledTables()); structured-cloneable,
+ * their buffers transferable.
  */
 export interface DpiTables {
-  automaton?: AhoCorasickTables
   groups?: GroupTables
+  /** The application buffers' prefilters, in RuleSet.bufferPrefilters order. */
+  buffers?: AhoCorasickTables[]
 }
 
 /** Protocol classes a rule can apply to. */
@@ -207,9 +209,6 @@ class RuleSet {
   readonly rules: Rule[]
   readonly matchers: PayloadMatcher[]
   readonly classMask: Uint8Array
-  readonly automaton: AhoCorasick | undefined
-  /** Pattern id → the rules whose fast pattern it is. */
-  readonly patternRules: number[][]
   /** Per flow side: the automata over the payload rules its frames can meet (groups.ts). */
   readonly groups: PrefilterGroups
   /** Per rule: its fast pattern's length (0: none). */
@@ -288,13 +287,11 @@ class RuleSet {
     this.candidateStamp = new Uint32Array(n)
     this.matchedStamp = new Uint32Array(n)
     this.hitEnd = new Float64Array(n)
-    const all = new PatternSet()
     const grouped: GroupedRule[] = []
     this.appFast = new Uint8Array(n)
     this.payloadFastSeen = new Uint32Array(n)
     /** Rule i's fast pattern goes to the payload prefilters (the whole set's and its groups). */
     const addPayloadFast = (i: number, fast: ContentMatch): void => {
-      all.add(fast.folded, i)
       const rule = rules[i]
       const app = this.ruleApp[i]
       if (app === null) return // never matches
@@ -413,7 +410,7 @@ class RuleSet {
     }
     let slots = 0
     const prefilter = (ids: BufferId[], set: PatternSet): void => {
-      const { automaton, patternRules } = set.build()
+      const { automaton, patternRules } = set.build(tables?.buffers?.[this.bufferPrefilters.length])
       if (!automaton) return
       const parts = ids.map((id) => ({
         id,
@@ -426,10 +423,6 @@ class RuleSet {
     if (bodyIds.length > 0) prefilter(bodyIds, bodies)
     for (const [id, e] of appPatterns) if (!BODY_BUFFERS.has(id)) prefilter([id], e)
     this.prefilterSlots = slots
-    const patterns = all.patterns
-    this.patternRules = all.rules
-    const whole = tables?.automaton?.patternCount === patterns.length ? tables.automaton : undefined
-    this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables: whole }) : undefined
     this.groups = new PrefilterGroups(grouped, tables?.groups)
     this.keep = context ? Math.max(streamWindow, maxContent) : Math.max(0, maxContent - 1)
   }
@@ -616,12 +609,20 @@ export class DpiService implements NetService {
 
   /** The prefilter automata's tables (whole set, groups), to send to the thread that will run these rules. */
   compiledTables(): DpiTables {
-    return { automaton: this.#rules.automaton?.tables(), groups: this.#rules.groups.tables() }
+    const rs = this.#rules
+    return { groups: rs.groups.tables(), buffers: rs.bufferPrefilters.map((b) => b.automaton.tables()) }
+  }
+
+  /** Bytes of the prefilters' tables (payload groups, application buffers). */
+  #prefilterBytes(): number {
+    let bytes = this.#rules.groups.tableBytes
+    for (const b of this.#rules.bufferPrefilters) bytes += b.automaton.tableBytes
+    return bytes
   }
 
   /** A rough size of the compiled rules in bytes: the automaton and per-rule structures. */
   compiledBytes(): number {
-    let bytes = (this.#rules.automaton?.tableBytes ?? 0) + this.#rules.groups.tableBytes
+    let bytes = this.#prefilterBytes()
     for (const rule of this.#rules.rules) {
       bytes += 1024
       for (const m of rule.groups.flatMap((g) => g.items)) {
@@ -751,8 +752,8 @@ export class DpiService implements NetService {
       reassemblyGaps: r.gaps,
       outOfOrderSegments: r.outOfOrderSegments,
       retransmittedBytes: r.retransmittedBytes,
-      automatonStates: this.#rules.automaton?.stateCount ?? 0,
-      automatonBytes: this.#rules.automaton?.tableBytes ?? 0,
+      automatonStates: this.#rules.groups.stateCount,
+      automatonBytes: this.#prefilterBytes(),
       appFlows: { ...this.#appFlows },
     }
   }

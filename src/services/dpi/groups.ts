@@ -95,7 +95,13 @@ export class PatternSet {
    * built elsewhere from the same patterns) and the pattern → rules.
    */
   build(tables?: AhoCorasickTables): PrefilterGroup {
-    if (tables && tables.patternCount !== this.patterns.length) tables = undefined
+    // Tables of other patterns (by count and lengths) are not taken.
+    if (
+      tables &&
+      (tables.patternCount !== this.patterns.length ||
+        this.patterns.some((p, k) => tables?.lengths[k] !== p.length))
+    )
+      tables = undefined
     return {
       automaton: this.patterns.length > 0 ? new AhoCorasick(this.patterns, { tables }) : undefined,
       patternRules: this.rules,
@@ -338,8 +344,15 @@ export class PrefilterGroups {
   get tableBytes(): number {
     let bytes = 0
     for (const t of this.#automata)
-      if (t) bytes += t.delta.byteLength + t.report.byteLength * 4 + t.outputs.byteLength
+      if (t) bytes += t.delta.byteLength + t.pairs.byteLength + t.report.byteLength * 4 + t.outputs.byteLength
     for (const b of this.#portClasses) bytes += b.byteLength
     return bytes
+  }
+
+  /** States of the groups' automata, all together. */
+  get stateCount(): number {
+    let states = 0
+    for (const t of this.#automata) if (t) states += t.stateCount
+    return states
   }
 }
