@@ -177,29 +177,34 @@ export class PrefilterGroups {
     const same = tables !== undefined && tables.signatures === this.#signatures.length
     const given = same ? tables.automata : undefined
     let next = 0
-    const build = (keep: (r: GroupedRule, k: number) => boolean): PrefilterGroup => {
+    const headed = (r: GroupedRule): boolean => r.anchor >= 0 && r.anchor <= HEAD_LIMIT
+    const automaton = (set: PatternSet): PrefilterGroup => {
+      const built = set.build(given?.[next++])
+      this.#automata.push(built.automaton?.tables())
+      return built
+    }
+    /** The head automaton over the anchored fast patterns of the rules `keep` selects. */
+    const buildHead = (keep: (r: GroupedRule, k: number) => boolean): PrefilterHead | undefined => {
       const set = new PatternSet()
-      const headSet = new PatternSet()
-      let headLength = 0
+      let length = 0
       rules.forEach((r, k) => {
-        if (!keep(r, k)) return
-        if (r.anchor >= 0 && r.anchor <= HEAD_LIMIT) {
-          headSet.add(r.pattern, r.rule)
-          headLength = Math.max(headLength, r.anchor)
-        } else {
-          set.add(r.pattern, r.rule)
-        }
+        if (!headed(r) || !keep(r, k)) return
+        set.add(r.pattern, r.rule)
+        length = Math.max(length, r.anchor)
       })
-      const main = set.build(given?.[next++])
-      const head = headSet.build(given?.[next++])
-      this.#automata.push(main.automaton?.tables(), head.automaton?.tables())
-      if (main.automaton || head.automaton) this.built++
-      return {
-        ...main,
-        ...(head.automaton && {
-          head: { automaton: head.automaton, patternRules: head.patternRules, length: headLength },
-        }),
-      }
+      const head = automaton(set)
+      return head.automaton && { automaton: head.automaton, patternRules: head.patternRules, length }
+    }
+    /** A group: the floating fast patterns of the rules `keep` selects, and a head (theirs, or shared). */
+    const build = (keep: (r: GroupedRule, k: number) => boolean, shared?: PrefilterHead): PrefilterGroup => {
+      const set = new PatternSet()
+      rules.forEach((r, k) => {
+        if (!headed(r) && keep(r, k)) set.add(r.pattern, r.rule)
+      })
+      const main = automaton(set)
+      const head = shared ?? buildHead(keep)
+      if (main.automaton || head) this.built++
+      return { ...main, ...(head && { head }) }
     }
     for (let cls = 0; cls < CLASSES; cls++) {
       for (const toServer of [true, false]) {
@@ -222,13 +227,16 @@ export class PrefilterGroups {
           this.#members[slot] = members
           const n = this.#signatures.length
           const count = n === 0 ? 1 : members.length / n
+          // One head for the slot's classes (the union of theirs: it only sees each segment's first
+          // bytes, and its candidates are verified on the full header).
+          const head = buildHead((r) => r.app === undefined && meets(r))
           for (let c = 0; c < count; c++) {
             groups.push(
               build((r, k) => {
                 if (r.app !== undefined || !meets(r)) return false
                 const s = this.#signatureOf[k]
                 return s < 0 || members[c * n + s] === 1
-              }),
+              }, head),
             )
           }
         }

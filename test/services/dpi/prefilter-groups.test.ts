@@ -94,12 +94,14 @@ describe('DPI prefilter groups', () => {
               assert.ok(found.includes(i), `rule ${i} missed`)
             // A candidate is at most a rule of the side's class, protocol and direction whose
             // server-side port field matches (the client's port is not looked at; nor are the
-            // ports of a rule that needs an application protocol).
+            // ports of a rule that needs an application protocol, or of one bound to the first
+            // bytes: one head serves every port class).
             if (found.includes(i)) {
               const server = toServer ? dport : sport
               const serverSide =
                 cls > 1 ||
                 r.app !== undefined ||
+                headed ||
                 (toServer ? r.destinationPorts : r.sourcePorts).match(server) ||
                 (r.bidirectional && (toServer ? r.sourcePorts : r.destinationPorts).match(server))
               assert.ok(side && serverSide, `rule ${i} is no candidate of this side`)
