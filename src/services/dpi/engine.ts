@@ -794,7 +794,8 @@ export class DpiService implements NetService {
   /**
    * The prefilter groups of `side` (frames of class `cls` on `flow`, the current packet's), built
    * with the rules: its port group, chosen once per rule set, and its application group, chosen
-   * once the flow's protocol is detected (undefined before, or when no rule needs that protocol).
+   * once the flow's protocol is detected (undefined before, or when no rule needs that protocol;
+   * for HTTP on its usual ports, one automaton over both replaces the port group).
    */
   #groups(side: StreamSide, cls: number, flow: Flow): void {
     const rs = this.#rules
@@ -807,8 +808,11 @@ export class DpiService implements NetService {
     }
     const app = flow.app?.proto
     if (app !== undefined && side.groupApp !== app) {
+      const p = this.#packet as Packet
+      const [group, appGroup] = rs.groups.withApp(cls, this.#toServer, p.sourcePort, p.destinationPort, app)
+      side.group = group
+      side.appGroup = appGroup
       side.groupApp = app
-      side.appGroup = rs.groups.app(cls, this.#toServer, app)
     }
   }
 

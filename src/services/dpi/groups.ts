@@ -28,6 +28,12 @@ import type { PortMatcher } from './addresses.ts'
 
 /** Port groups per transport and direction at most (the classes beyond share one). */
 export const MAX_PORT_CLASSES = 8
+/**
+ * Application protocols on their usual server ports whose port and application groups are also
+ * built as one automaton, so that such a side's bytes are scanned once, not twice (text protocols:
+ * their bytes seldom let the scan skip).
+ */
+const COMBINED: readonly (readonly [AppProto, readonly number[]])[] = [['http', [80, 8080]]]
 /** Server ports whose class keeps its own port group first (then the classes with most ports). */
 const PREFERRED_PORTS = [80, 443, 53, 445, 139, 21, 25, 22, 3389, 1433, 3306, 8080]
 
@@ -149,6 +155,8 @@ export class PrefilterGroups {
   readonly #portGroups: PrefilterGroup[][] = []
   /** Application groups per (class × 2 + direction) then protocol. */
   readonly #appGroups: Map<AppProto, PrefilterGroup>[] = []
+  /** Per (class × 2 + direction): `${port class} ${protocol}` → the combined group and the protocol's head. */
+  readonly #combined: Map<string, readonly [PrefilterGroup, PrefilterGroup | undefined]>[] = []
   /** Tables of the automata built (or adopted), in build order. */
   readonly #automata: (AhoCorasickTables | undefined)[] = []
   /** Groups holding at least one automaton (for counters and tests). */
@@ -249,6 +257,34 @@ export class PrefilterGroups {
             build((r) => r.app === app && meets(r)),
           )
         this.#appGroups[2 * cls + (toServer ? 0 : 1)] = apps
+        const combined = new Map<string, readonly [PrefilterGroup, PrefilterGroup | undefined]>()
+        for (const [app, ports] of slot >= 0 ? COMBINED : []) {
+          const appGroup = apps.get(app)
+          if (!appGroup) continue
+          const classes = this.#portClasses[slot]
+          const members = this.#members[slot]
+          const n = this.#signatures.length
+          for (const port of ports) {
+            const c = classes[port]
+            const key = `${c} ${app}`
+            if (combined.has(key)) continue
+            const set = new PatternSet()
+            rules.forEach((r, k) => {
+              if (headed(r) || !meets(r)) return
+              const s = this.#signatureOf[k]
+              if (r.app === app || (r.app === undefined && (s < 0 || members[c * n + s] === 1)))
+                set.add(r.pattern, r.rule)
+            })
+            const main = automaton(set)
+            const portHead = groups[c].head
+            const appHead = appGroup.head
+            combined.set(key, [
+              { ...main, ...(portHead && { head: portHead }) },
+              appHead && { automaton: undefined, patternRules: [], head: appHead },
+            ])
+          }
+        }
+        this.#combined[2 * cls + (toServer ? 0 : 1)] = combined
       }
     }
   }
@@ -336,6 +372,26 @@ export class PrefilterGroups {
   /** The application group for frames of class `cls` going `toServer` on a flow of protocol `app`. */
   app(cls: number, toServer: boolean, app: AppProto): PrefilterGroup | undefined {
     return this.#appGroups[2 * cls + (toServer ? 0 : 1)].get(app)
+  }
+
+  /**
+   * The groups of a side once its flow's protocol `app` is known: its port group and the
+   * protocol's group, or (COMBINED) one automaton over both with the protocol's head beside it.
+   */
+  withApp(
+    cls: number,
+    toServer: boolean,
+    sourcePort: number,
+    destinationPort: number,
+    app: AppProto,
+  ): readonly [PrefilterGroup, PrefilterGroup | undefined] {
+    const slot = portSlot(cls, toServer)
+    if (slot >= 0) {
+      const c = this.#portClasses[slot][toServer ? destinationPort : sourcePort]
+      const found = this.#combined[2 * cls + (toServer ? 0 : 1)].get(`${c} ${app}`)
+      if (found) return found
+    }
+    return [this.ports(cls, toServer, sourcePort, destinationPort), this.app(cls, toServer, app)]
   }
 
   /** The built parts, to adopt in another thread (their buffers transferable). */

@@ -64,7 +64,11 @@ describe('DPI prefilter groups', () => {
           const input = Uint8Array.from(text)
           const candidates = (g: PrefilterGroups) => {
             const found = new Set<number>()
-            const side = [g.ports(cls, toServer, sport, dport), app && g.app(cls, toServer, app)]
+            // Before the protocol is known: the port group; then the port and protocol groups, or
+            // (HTTP on 80 or 8080) one automaton over both.
+            const side = app
+              ? g.withApp(cls, toServer, sport, dport, app)
+              : [g.ports(cls, toServer, sport, dport)]
             for (const group of side) {
               if (!group) continue
               group.automaton?.scan(input, 0, input.length, 0, (p) => {
