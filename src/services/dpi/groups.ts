@@ -33,7 +33,7 @@ export const MAX_PORT_CLASSES = 8
  * built as one automaton, so that such a side's bytes are scanned once, not twice (text protocols:
  * their bytes seldom let the scan skip).
  */
-const COMBINED: readonly (readonly [AppProto, readonly number[]])[] = [['http', [80, 8080]]]
+const COMBINED: readonly (readonly [AppProto, readonly number[]])[] = [['http', [80]]]
 /** Server ports whose class keeps its own port group first (then the classes with most ports). */
 const PREFERRED_PORTS = [80, 443, 53, 445, 139, 21, 25, 22, 3389, 1433, 3306, 8080]
 

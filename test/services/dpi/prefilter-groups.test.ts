@@ -65,7 +65,7 @@ describe('DPI prefilter groups', () => {
           const candidates = (g: PrefilterGroups) => {
             const found = new Set<number>()
             // Before the protocol is known: the port group; then the port and protocol groups, or
-            // (HTTP on 80 or 8080) one automaton over both.
+            // (HTTP on port 80) one automaton over both.
             const side = app
               ? g.withApp(cls, toServer, sport, dport, app)
               : [g.ports(cls, toServer, sport, dport)]
