@@ -14,7 +14,7 @@
  *                  1–16 KiB, from the guest to a server on port 80 in the world), services off and
  *                  the ET Open fixture alternated; MB/s of responses and requests/s per round, their
  *                  ranges and the ratio; the set's load time (`nic services --dpi`), the IOhyp's RSS
- *                  growth and the rule count
+ *                  with services off and with the set, and the rule count
  *
  * swapped at runtime with `vrio nic services` between cases (each case starts with fresh services).
  * Per case: Gbit/s (iperf3's receiver), frames/s through the NIC (its counters: GSO super-frames, as
@@ -274,14 +274,15 @@ try {
     }
     const off: Awaited<ReturnType<typeof round>>[] = []
     const et: Awaited<ReturnType<typeof round>>[] = []
-    const loads: { seconds: number; rssGrowthMB: number; rules: number; skipped: number }[] = []
+    const loads: { seconds: number; rssMB: number; rules: number; skipped: number }[] = []
     const notes = new Set<string>()
+    // The IOhyp's RSS with services off (after this run's earlier cases, if any), then with the set.
+    await setServices({ name: 'off' })
+    const rssOff = rss()
     await round() // warm-up: connections, JIT
     for (let r = 0; r < ROUNDS; r++) {
       await setServices({ name: 'off' })
       off.push(await round())
-      global.gc?.()
-      const rss0 = rss()
       const t0 = performance.now()
       await setServices({ name: 'et', dpi: files.et })
       const seconds = (performance.now() - t0) / 1000
@@ -291,7 +292,7 @@ try {
         | undefined
       loads.push({
         seconds,
-        rssGrowthMB: rss() - rss0,
+        rssMB: rss(),
         rules: report?.loaded ?? 0,
         skipped: report?.skipped.length ?? 0,
       })
@@ -329,10 +330,10 @@ try {
       )
     console.log(
       `ratio per round ${ratios.map((x) => x.toFixed(2)).join(', ')}; ET Open ${loads[0]?.rules} rules loaded ` +
-        `(${loads[0]?.skipped} skipped) in ${range(loads.map((l) => l.seconds))} s, IOhyp RSS +${range(
-          loads.map((l) => l.rssGrowthMB),
+        `(${loads[0]?.skipped} skipped) in ${range(loads.map((l) => l.seconds))} s, IOhyp RSS ${rssOff.toFixed(0)} MB off, ${range(
+          loads.map((l) => l.rssMB),
           0,
-        )} MB` +
+        )} MB with the set` +
         (notes.size > 0 ? `; ${[...notes].join('; ')}` : ''),
     )
     return {
@@ -341,10 +342,11 @@ try {
       et: et.map((x) => ({ mbps: Number(f(x.mbps, 1)), rps: Math.round(x.rps) })),
       ratios: ratios.map((x) => Number(f(x, 3))),
       ratio: Number(f(mid(ratios), 3)),
+      rssOffMB: Math.round(rssOff),
       loads: loads.map((l) => ({
         ...l,
         seconds: Number(f(l.seconds, 1)),
-        rssGrowthMB: Math.round(l.rssGrowthMB),
+        rssMB: Math.round(l.rssMB),
       })),
       notes: [...notes],
     }
