@@ -142,4 +142,32 @@ describe('DPI prefilter groups', () => {
     })
     assert.ok(hit)
   })
+
+  it('every group is built with the rules: finding a side its groups builds nothing', () => {
+    const rules: GroupedRule[] = ['80', '445', '1024:', 'any'].flatMap((port, k) =>
+      (['http', undefined] as const).map((app, j) => ({
+        rule: 2 * k + j,
+        pattern: Buffer.from(`pat${k}${j}`),
+        anchor: j === 0 ? -1 : 4,
+        classMask: 3,
+        app,
+        toServer: undefined,
+        sourcePorts: parsePortField('any', {}),
+        destinationPorts: parsePortField(port, {}),
+        bidirectional: false,
+      })),
+    )
+    const groups = new PrefilterGroups(rules)
+    const built = groups.built
+    assert.ok(built > 0)
+    for (const port of [80, 445, 8080, 40000, 53])
+      for (const cls of [0, 1, 2, 3])
+        for (const toServer of [true, false]) {
+          const g = groups.ports(cls, toServer, 40000, port)
+          assert.equal(groups.ports(cls, toServer, 40000, port), g)
+          groups.withApp(cls, toServer, 40000, port, 'http')
+          groups.withApp(cls, toServer, 40000, port, 'dns')
+        }
+    assert.equal(groups.built, built)
+  })
 })
