@@ -137,6 +137,12 @@ describe('loading rules files within limits', () => {
     // The prefilter groups come built too (none is built on the data path).
     assert.ok(compiled.tables?.groups?.automata.some((t) => t?.delta instanceof Int32Array))
     const service = (await buildNetService('dpi', compiled, 'nic0')) as DpiService
+    // The service adopts the worker's automata (the same tables, not built again on this thread).
+    const adopted = service.compiledTables()
+    const sent = compiled.tables?.groups?.automata ?? []
+    assert.ok(sent.length > 0)
+    sent.forEach((t, k) => assert.equal(adopted.groups?.automata[k]?.delta, t?.delta))
+    compiled.tables?.buffers?.forEach((t, k) => assert.equal(adopted.buffers?.[k].delta, t.delta))
     const local = createDpi(MIXED, path, { strict: false })
     assert.deepEqual(service.counters().automatonStates, local.counters().automatonStates)
     const frame = tcpFrame({
