@@ -1,6 +1,6 @@
 /**
  * Worker thread: checks and compiles one request's rules files (compile.ts) off the IOhyp's event
- * loop, and posts back the result (the automaton's buffers transferred, not copied) or the error.
+ * loop, and posts back the result (the prefilter automata's buffers transferred, not copied) or the error.
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import { isVrioError } from '../../errors.ts'
