@@ -141,8 +141,9 @@ describe('loading rules files within limits', () => {
     const adopted = service.compiledTables()
     const sent = compiled.tables?.groups?.automata ?? []
     assert.ok(sent.length > 0)
-    sent.forEach((t, k) => assert.equal(adopted.groups?.automata[k]?.delta, t?.delta))
-    compiled.tables?.buffers?.forEach((t, k) => assert.equal(adopted.buffers?.[k].delta, t.delta))
+    for (const [k, t] of sent.entries()) assert.equal(adopted.groups?.automata[k]?.delta, t?.delta)
+    for (const [k, t] of (compiled.tables?.buffers ?? []).entries())
+      assert.equal(adopted.buffers?.[k].delta, t.delta)
     const local = createDpi(MIXED, path, { strict: false })
     assert.deepEqual(service.counters().automatonStates, local.counters().automatonStates)
     const frame = tcpFrame({
