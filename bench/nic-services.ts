@@ -9,6 +9,12 @@
  *   fw + dpi 1k    both
  *   dpi ET Open    DPI with the ET Open fixture (test/fixtures/dpi: every file, unloadable rules
  *                  skipped), issue 13's target: ≥ 0.5× services off
+ *   HTTP, ET Open  case 6: HTTP-like text instead of iperf3 (bench/support/http-peer.ts: HTTP/1.1
+ *                  keep-alive GETs and form POSTs with browser-like headers, text/html bodies of
+ *                  1–16 KiB, from the guest to a server on port 80 in the world), services off and
+ *                  the ET Open fixture alternated; MB/s of responses and requests/s per round, their
+ *                  ranges and the ratio; the set's load time (`nic services --dpi`), the IOhyp's RSS
+ *                  with services off and with the set, and the rule count
  *
  * swapped at runtime with `vrio nic services` between cases (each case starts with fresh services).
  * Per case: Gbit/s (iperf3's receiver), frames/s through the NIC (its counters: GSO super-frames, as
@@ -21,12 +27,12 @@
  *   npm run bench -- nic-services      (root; iperf3)
  *   BENCH_SECONDS=5 BENCH_ROUNDS=2 BENCH_STREAMS=1,4 BENCH_CASES=1,2,3,4,5 (defaults but STREAMS: 1)
  */
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { ListNicsResponse, NicInfo } from '../src/control/api.ts'
 import { vrioAsync, vrioJsonAsync } from '../test/support/daemons.ts'
-import { ip } from '../test/support/netns.ts'
+import { execAsync, ip } from '../test/support/netns.ts'
 import { onBridge } from '../test/support/vrio-pair.ts'
 import { dpiContentRules, etOpenText } from './support/dpi-rules.ts'
 import { hundredFirewallRules } from './support/firewall-rules.ts'
@@ -35,10 +41,14 @@ import { busySeconds, iperf, processCpuSeconds, startNicWorld } from './support/
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
 const STREAMS = (process.env.BENCH_STREAMS ?? '1').split(',').map(Number)
-/** Indexes of the cases to run besides "services off" (1 firewall, 2 DPI 1k, 3 DPI 10k, 4 both, 5 DPI ET Open); default all. */
+/** Indexes of the cases to run besides "services off" (1 firewall, 2 DPI 1k, 3 DPI 10k, 4 both, 5 DPI ET Open, 6 HTTP with ET Open); default all. */
 const CASES = process.env.BENCH_CASES?.split(',').map(Number)
 const WORLD = '192.168.77.100'
 const PORT = 5201
+const HTTP_PORT = 80
+/** Concurrent keep-alive connections of the HTTP client (case 6). */
+const HTTP_CONNECTIONS = Number(process.env.BENCH_HTTP_CONNECTIONS ?? 8)
+const HTTP_PEER = join(import.meta.dirname, 'support', 'http-peer.js')
 /** TCP payload of a 1500-byte packet with timestamps: iperf3's bytes / this = wire packets. */
 const MSS = 1448
 
@@ -94,6 +104,7 @@ try {
   writeFileSync(files.et, `${etOpenText()}\n`)
 
   w.serve(world, 'iperf3', ['-s', '-B', WORLD, '-p', String(PORT)])
+  w.serve(world, process.execPath, [HTTP_PEER, 'server', WORLD, String(HTTP_PORT)])
   await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
   ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
   await sleep(1000)
@@ -106,6 +117,7 @@ try {
     { name: 'firewall + DPI 1k', firewall: files.fw, dpi: files.dpi1k },
     { name: 'DPI ET Open', dpi: files.et },
   ].filter((_, i) => i === 0 || CASES === undefined || CASES.includes(i))
+  const iperfCases = CASES === undefined || CASES.some((i) => i < 6)
 
   const nicInfo = async (): Promise<NicInfo> =>
     (await vrioJsonAsync<ListNicsResponse>(['nic', 'list', '--json', '--control', sock])).nics[0]
@@ -172,7 +184,7 @@ try {
   }
 
   const runs = new Map<string, Omit<Result, 'ratio'>[]>()
-  for (let round = 0; round < ROUNDS; round++) {
+  for (let round = 0; round < (iperfCases ? ROUNDS : 0); round++) {
     for (const streams of STREAMS) {
       for (const c of cases) {
         const key = `${c.name}/${streams}`
@@ -188,7 +200,7 @@ try {
   await setServices({ name: 'off' })
 
   const results: Result[] = []
-  for (const streams of STREAMS) {
+  for (const streams of iperfCases ? STREAMS : []) {
     const off = best(`${cases[0].name}/${streams}`)
     for (const c of cases) {
       const r = best(`${c.name}/${streams}`)
@@ -208,6 +220,7 @@ try {
         `${f(r.iohypCpuPerGbit).padStart(13)}${f(r.ratio).padStart(7)}  ${r.valid ? 'yes' : `NO: ${r.note}`}`,
     )
   }
+  const http = CASES === undefined || CASES.includes(6) ? await httpCase() : undefined
   const dpi1k = results.find((r) => r.case === 'DPI 1k rules' && r.streams === STREAMS[0])
   const target = dpi1k && {
     case: dpi1k.case,
@@ -230,8 +243,114 @@ try {
         ratio: Number(f(r.ratio, 3)),
       })),
       target,
+      http,
     }),
   )
+
+  /**
+   * Case 6: HTTP-like text through the NIC, services off and the ET Open set alternated, ROUNDS
+   * rounds of SECONDS each; the set's load time and the IOhyp's memory growth with it.
+   */
+  async function httpCase() {
+    const url = `http://${WORLD}:${HTTP_PORT}/`
+    const rss = () =>
+      Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${iohypPid}/status`, 'utf8'))?.[1]) / 1024
+    const round = async () => {
+      const cpu0 = processCpuSeconds(iohypPid)
+      const out = JSON.parse(
+        await execAsync(guest, process.execPath, [
+          HTTP_PEER,
+          'client',
+          url,
+          String(SECONDS),
+          String(HTTP_CONNECTIONS),
+        ]),
+      ) as { requests: number; bytes: number; seconds: number }
+      return {
+        mbps: out.bytes / 1e6 / out.seconds,
+        rps: out.requests / out.seconds,
+        iohypCpuPerRequest: (processCpuSeconds(iohypPid) - cpu0) / out.requests,
+      }
+    }
+    const off: Awaited<ReturnType<typeof round>>[] = []
+    const et: Awaited<ReturnType<typeof round>>[] = []
+    const loads: { seconds: number; rssMB: number; rules: number; skipped: number }[] = []
+    const notes = new Set<string>()
+    // The IOhyp's RSS with services off (after this run's earlier cases, if any), then with the set.
+    await setServices({ name: 'off' })
+    const rssOff = rss()
+    await round() // warm-up: connections, JIT
+    for (let r = 0; r < ROUNDS; r++) {
+      await setServices({ name: 'off' })
+      off.push(await round())
+      const t0 = performance.now()
+      await setServices({ name: 'et', dpi: files.et })
+      const seconds = (performance.now() - t0) / 1000
+      const before = await nicInfo()
+      const report = before.services.services.dpi?.report as
+        | { loaded: number; skipped: unknown[] }
+        | undefined
+      loads.push({
+        seconds,
+        rssMB: rss(),
+        rules: report?.loaded ?? 0,
+        skipped: report?.skipped.length ?? 0,
+      })
+      et.push(await round())
+      const dpi = (await nicInfo()).services.services.dpi?.counters as
+        | { bytes: number; alerts: number; drops: number; appTransactions: number }
+        | undefined
+      if (!dpi || dpi.appTransactions === 0) notes.add('DPI saw no HTTP transaction')
+      if (dpi && dpi.alerts > 0) notes.add(`${dpi.alerts} alerts`)
+      if (dpi && dpi.drops > 0) notes.add(`DPI dropped ${dpi.drops} frames`)
+    }
+    await setServices({ name: 'off' })
+    const range = (xs: number[], d = 1) => `${Math.min(...xs).toFixed(d)}–${Math.max(...xs).toFixed(d)}`
+    const mid = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+    const ratios = et.map((e, k) => e.mbps / off[k].mbps)
+    console.log(
+      `\nHTTP through the NIC (${HTTP_CONNECTIONS} keep-alive connections, ${ROUNDS} rounds alternated)`,
+    )
+    console.log(
+      `${'case'.padEnd(22)}${'MB/s'.padStart(14)}${'requests/s'.padStart(16)}${'IOhyp ms/req'.padStart(16)}`,
+    )
+    for (const [name, xs] of [
+      ['services off', off],
+      ['DPI ET Open', et],
+    ] as const)
+      console.log(
+        `${name.padEnd(22)}${range(xs.map((x) => x.mbps)).padStart(14)}${range(
+          xs.map((x) => x.rps),
+          0,
+        ).padStart(16)}` +
+          `${range(
+            xs.map((x) => x.iohypCpuPerRequest * 1000),
+            3,
+          ).padStart(16)}`,
+      )
+    console.log(
+      `ratio per round ${ratios.map((x) => x.toFixed(2)).join(', ')}; ET Open ${loads[0]?.rules} rules loaded ` +
+        `(${loads[0]?.skipped} skipped) in ${range(loads.map((l) => l.seconds))} s, IOhyp RSS ${rssOff.toFixed(0)} MB off, ${range(
+          loads.map((l) => l.rssMB),
+          0,
+        )} MB with the set` +
+        (notes.size > 0 ? `; ${[...notes].join('; ')}` : ''),
+    )
+    return {
+      connections: HTTP_CONNECTIONS,
+      off: off.map((x) => ({ mbps: Number(f(x.mbps, 1)), rps: Math.round(x.rps) })),
+      et: et.map((x) => ({ mbps: Number(f(x.mbps, 1)), rps: Math.round(x.rps) })),
+      ratios: ratios.map((x) => Number(f(x, 3))),
+      ratio: Number(f(mid(ratios), 3)),
+      rssOffMB: Math.round(rssOff),
+      loads: loads.map((l) => ({
+        ...l,
+        seconds: Number(f(l.seconds, 1)),
+        rssMB: Math.round(l.rssMB),
+      })),
+      notes: [...notes],
+    }
+  }
 } finally {
   await w.stop()
 }

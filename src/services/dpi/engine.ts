@@ -13,13 +13,19 @@ import type { NetContext, NetDirection, NetService } from '../net/service.ts'
 import { type Packet, packetAddress } from '../../wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../wire/tcp.ts'
 import { AddressIndex } from './addresses.ts'
-import { AhoCorasick, type AhoCorasickTables } from './aho-corasick.ts'
+import type { AhoCorasick, AhoCorasickTables } from './aho-corasick.ts'
 import { type AppProto, BUFFER_PROTO, type BufferId, RESPONSE_BUFFERS } from './app/buffers.ts'
 import { type AppLimits, AppState } from './app/detect.ts'
 import type { HttpLimits } from './app/http.ts'
 import { type AppTx, BOTH_SIDES } from './app/tx.ts'
 import { type EveAlertRecord, eveProto, eveTimestamp } from './eve.ts'
-import { type GroupedRule, PatternSet, type PrefilterGroup, PrefilterGroups } from './groups.ts'
+import {
+  type GroupedRule,
+  type GroupTables,
+  PatternSet,
+  type PrefilterGroup,
+  PrefilterGroups,
+} from './groups.ts'
 import {
   applyActions,
   conditionsHold,
@@ -76,6 +82,17 @@ export interface DpiOptions extends RuleParseOptions {
   budgetExceeded?: 'pass' | 'drop'
   /** HTTP parser limits (head size, headers, body bytes kept per body: 8 KiB); see app/http.ts. */
   http?: Partial<HttpLimits>
+}
+
+/**
+ * A rule set's prefilter automata built by another thread (the compile worker): the payload
+ * groups' and the application buffers' (see DpiService.compiledTables()); structured-cloneable,
+ * their buffers transferable.
+ */
+export interface DpiTables {
+  groups?: GroupTables
+  /** The application buffers' prefilters, in RuleSet.bufferPrefilters order. */
+  buffers?: AhoCorasickTables[]
 }
 
 /** Protocol classes a rule can apply to. */
@@ -192,10 +209,7 @@ class RuleSet {
   readonly rules: Rule[]
   readonly matchers: PayloadMatcher[]
   readonly classMask: Uint8Array
-  readonly automaton: AhoCorasick | undefined
-  /** Pattern id → the rules whose fast pattern it is. */
-  readonly patternRules: number[][]
-  /** Per flow side: the automaton over the payload rules its frames can meet (groups.ts). */
+  /** Per flow side: the automata over the payload rules its frames can meet (groups.ts). */
   readonly groups: PrefilterGroups
   /** Per rule: its fast pattern's length (0: none). */
   readonly fastLength: Int32Array
@@ -255,7 +269,7 @@ class RuleSet {
   /** Some rule has flowbits, flowint, xbits, threshold or noalert. */
   readonly stateful: boolean
 
-  constructor(rules: Rule[], generation: number, streamWindow: number, tables?: AhoCorasickTables) {
+  constructor(rules: Rule[], generation: number, streamWindow: number, tables?: DpiTables) {
     this.generation = generation
     this.rules = rules
     const n = rules.length
@@ -273,13 +287,11 @@ class RuleSet {
     this.candidateStamp = new Uint32Array(n)
     this.matchedStamp = new Uint32Array(n)
     this.hitEnd = new Float64Array(n)
-    const all = new PatternSet()
     const grouped: GroupedRule[] = []
     this.appFast = new Uint8Array(n)
     this.payloadFastSeen = new Uint32Array(n)
     /** Rule i's fast pattern goes to the payload prefilters (the whole set's and its groups). */
     const addPayloadFast = (i: number, fast: ContentMatch): void => {
-      all.add(fast.folded, i)
       const rule = rules[i]
       const app = this.ruleApp[i]
       if (app === null) return // never matches
@@ -398,7 +410,7 @@ class RuleSet {
     }
     let slots = 0
     const prefilter = (ids: BufferId[], set: PatternSet): void => {
-      const { automaton, patternRules } = set.build()
+      const { automaton, patternRules } = set.build(tables?.buffers?.[this.bufferPrefilters.length])
       if (!automaton) return
       const parts = ids.map((id) => ({
         id,
@@ -411,11 +423,7 @@ class RuleSet {
     if (bodyIds.length > 0) prefilter(bodyIds, bodies)
     for (const [id, e] of appPatterns) if (!BODY_BUFFERS.has(id)) prefilter([id], e)
     this.prefilterSlots = slots
-    const patterns = all.patterns
-    this.patternRules = all.rules
-    if (tables && tables.patternCount !== patterns.length) tables = undefined
-    this.automaton = patterns.length > 0 ? new AhoCorasick(patterns, { tables }) : undefined
-    this.groups = new PrefilterGroups(grouped, { automaton: this.automaton, patternRules: this.patternRules })
+    this.groups = new PrefilterGroups(grouped, tables?.groups)
     this.keep = context ? Math.max(streamWindow, maxContent) : Math.max(0, maxContent - 1)
   }
 }
@@ -530,7 +538,7 @@ export class DpiService implements NetService {
    * Use createDpi(); `parsed` is the result of parseRules. `tables`: the prefilter automaton for
    * these rules, built by another thread (see compiledTables()).
    */
-  constructor(parsed: ParsedRules, options: DpiOptions = {}, tables?: AhoCorasickTables) {
+  constructor(parsed: ParsedRules, options: DpiOptions = {}, tables?: DpiTables) {
     this.#options = options
     this.#regexLimit = options.regexBudget ?? DEFAULT_REGEX_BUDGET
     if ((options.strict ?? true) && parsed.errors.length > 0) throw invalidRules(parsed.errors)
@@ -588,7 +596,7 @@ export class DpiService implements NetService {
    * Swaps in rules parsed already (all of `parsed.rules`; its errors are kept as `errors`), with
    * the prefilter's tables when another thread built them. Never throws.
    */
-  replaceParsed(parsed: ParsedRules, tables?: AhoCorasickTables): void {
+  replaceParsed(parsed: ParsedRules, tables?: DpiTables): void {
     this.#rules = new RuleSet(
       parsed.rules,
       this.#rules.generation + 1,
@@ -599,14 +607,22 @@ export class DpiService implements NetService {
     for (const flow of this.#table.flows()) flow.passed = false
   }
 
-  /** The prefilter automaton's tables, to send to the thread that will run these rules. */
-  compiledTables(): AhoCorasickTables | undefined {
-    return this.#rules.automaton?.tables()
+  /** The prefilter automata's tables (whole set, groups), to send to the thread that will run these rules. */
+  compiledTables(): DpiTables {
+    const rs = this.#rules
+    return { groups: rs.groups.tables(), buffers: rs.bufferPrefilters.map((b) => b.automaton.tables()) }
+  }
+
+  /** Bytes of the prefilters' tables (payload groups, application buffers). */
+  #prefilterBytes(): number {
+    let bytes = this.#rules.groups.tableBytes
+    for (const b of this.#rules.bufferPrefilters) bytes += b.automaton.tableBytes
+    return bytes
   }
 
   /** A rough size of the compiled rules in bytes: the automaton and per-rule structures. */
   compiledBytes(): number {
-    let bytes = this.#rules.automaton?.tableBytes ?? 0
+    let bytes = this.#prefilterBytes()
     for (const rule of this.#rules.rules) {
       bytes += 1024
       for (const m of rule.groups.flatMap((g) => g.items)) {
@@ -736,8 +752,8 @@ export class DpiService implements NetService {
       reassemblyGaps: r.gaps,
       outOfOrderSegments: r.outOfOrderSegments,
       retransmittedBytes: r.retransmittedBytes,
-      automatonStates: this.#rules.automaton?.stateCount ?? 0,
-      automatonBytes: this.#rules.automaton?.tableBytes ?? 0,
+      automatonStates: this.#rules.groups.stateCount,
+      automatonBytes: this.#prefilterBytes(),
       appFlows: { ...this.#appFlows },
     }
   }
@@ -764,30 +780,48 @@ export class DpiService implements NetService {
     }
   }
 
-  /** After a rule swap: the new rules' group is chosen (and its state set) by the next chunk. */
+  /** After a rule swap: the new rules' groups are chosen (and their states set) by the next chunk. */
   #resync(side: StreamSide, rs: RuleSet): void {
     side.acState = 0
+    side.appAcState = 0
     side.pendingRules.length = 0
     side.pendingEnds.length = 0
     side.generation = rs.generation
     side.group = undefined
+    side.appGroup = undefined
   }
 
   /**
-   * The prefilter group of `side` (frames of class `cls` on `flow`, the current packet's): chosen
-   * once per rule set, and again once the flow's protocol is detected.
+   * The prefilter groups of `side` (frames of class `cls` on `flow`, the current packet's), built
+   * with the rules: its port group, chosen once per rule set, and its application group, chosen
+   * once the flow's protocol is detected (undefined before, or when no rule needs that protocol;
+   * for HTTP on its usual ports, one automaton over both replaces the port group).
    */
-  #group(side: StreamSide, cls: number, flow: Flow): PrefilterGroup {
-    const app = flow.app?.proto
+  #groups(side: StreamSide, cls: number, flow: Flow): void {
     const rs = this.#rules
-    if (side.group !== undefined && side.groupApp === app && side.groupGeneration === rs.generation)
-      return side.group as PrefilterGroup
-    const p = this.#packet as Packet
-    const group = rs.groups.find(cls, app, this.#toServer, p.sourcePort, p.destinationPort)
-    side.group = group
-    side.groupApp = app
-    side.groupGeneration = rs.generation
-    return group
+    if (side.group === undefined || side.groupGeneration !== rs.generation) {
+      const p = this.#packet as Packet
+      side.group = rs.groups.ports(cls, this.#toServer, p.sourcePort, p.destinationPort)
+      side.groupGeneration = rs.generation
+      side.appGroup = undefined
+      side.groupApp = undefined
+    }
+    const app = flow.app?.proto
+    if (app !== undefined && side.groupApp !== app) {
+      const p = this.#packet as Packet
+      const [group, appGroup] = rs.groups.withApp(cls, this.#toServer, p.sourcePort, p.destinationPort, app)
+      side.group = group
+      side.appGroup = appGroup
+      side.groupApp = app
+    }
+  }
+
+  /** A group's head automaton over the first bytes of data[start, end) from `state`. */
+  #scanHead(group: PrefilterGroup, data: Uint8Array, start: number, end: number, state: number): void {
+    const head = group.head
+    if (!head) return
+    this.#patternRules = head.patternRules
+    head.automaton.scan(data, start, Math.min(end, start + head.length), state, this.#onHit)
   }
 
   /** Header, flow and dsize conditions of rule `i` on the current frame. */
@@ -880,13 +914,12 @@ export class DpiService implements NetService {
     }
     this.#newScan()
     this.#hitBase = -start
-    const group = this.#group(side, cls, flow)
-    this.#patternRules = group.patternRules
-    group.automaton?.scan(frame, start, end, 0, this.#onHit)
-    const head = group.head
-    if (head) {
-      this.#patternRules = head.patternRules
-      head.automaton.scan(frame, start, Math.min(end, start + head.length), 0, this.#onHit)
+    this.#groups(side, cls, flow)
+    for (const g of [side.group, side.appGroup] as (PrefilterGroup | undefined)[]) {
+      if (!g) continue
+      this.#patternRules = g.patternRules
+      g.automaton?.scan(frame, start, end, 0, this.#onHit)
+      this.#scanHead(g, frame, start, end, 0)
     }
     for (const i of rs.always[cls]) this.#addCandidate(i, -1)
     if (this.#candidates.length === 0 && updated.length === 0) return
@@ -1056,6 +1089,18 @@ export class DpiService implements NetService {
     return true
   }
 
+  /** A new group's automaton (first bytes, rule swap, protocol detected): its state from the window's tail. */
+  #tailState(side: StreamSide, ac: AhoCorasick): number {
+    if (!side.window) return 0
+    return ac.scan(
+      side.window,
+      Math.max(0, side.windowLength - ac.maxPatternLength + 1),
+      side.windowLength,
+      0,
+      IGNORE_HITS,
+    )
+  }
+
   /** In-order stream bytes data[start, end) of `side`, at stream offset side.offset. */
   #chunk(side: StreamSide, data: Uint8Array, start: number, end: number): void {
     const rs = this.#rules
@@ -1073,28 +1118,30 @@ export class DpiService implements NetService {
     const windowBase = side.offset - windowLength
     this.#newScan()
     const previous = side.group
-    const group = this.#group(side, TCP, this.#flow as Flow)
-    const ac = group.automaton
-    if (ac) {
-      if (group !== previous) {
-        // A new group (first bytes, rule swap, protocol detected): its state from the window's tail.
-        const from = Math.max(0, side.windowLength - ac.maxPatternLength + 1)
-        side.acState = side.window ? ac.scan(side.window, from, side.windowLength, 0, IGNORE_HITS) : 0
-      }
+    const previousApp = side.appGroup
+    this.#groups(side, TCP, this.#flow as Flow)
+    this.#hitBase = side.offset - start
+    const group = side.group as PrefilterGroup
+    if (group.automaton) {
+      if (group !== previous) side.acState = this.#tailState(side, group.automaton)
       this.#patternRules = group.patternRules
-      this.#hitBase = side.offset - start
-      side.acState = ac.scan(data, start, end, side.acState, this.#onHit)
+      side.acState = group.automaton.scan(data, start, end, side.acState, this.#onHit)
     }
-    const head = group.head
-    if (head) {
-      // The segment's first bytes; at the stream's start, from its first byte kept on.
-      this.#patternRules = head.patternRules
-      this.#hitBase = side.offset - start
+    const appGroup = side.appGroup as PrefilterGroup | undefined
+    if (appGroup?.automaton) {
+      if (appGroup !== previousApp) side.appAcState = this.#tailState(side, appGroup.automaton)
+      this.#patternRules = appGroup.patternRules
+      side.appAcState = appGroup.automaton.scan(data, start, end, side.appAcState, this.#onHit)
+    }
+    // The heads over the segment's first bytes; at the stream's start, from its first byte kept on.
+    for (const g of [group, appGroup]) {
+      const head = g?.head
+      if (!head) continue
       const state =
         side.offset < head.length && side.window
           ? head.automaton.scan(side.window, 0, side.windowLength, 0, IGNORE_HITS)
           : 0
-      head.automaton.scan(data, start, Math.min(end, start + head.length), state, this.#onHit)
+      this.#scanHead(g, data, start, end, state)
     }
     const pendingRules = side.pendingRules
     const pendingEnds = side.pendingEnds

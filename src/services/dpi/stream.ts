@@ -40,7 +40,10 @@ export class StreamSide {
    */
   group: object | undefined = undefined
   groupGeneration = -1
+  /** The application group (once the flow's protocol is known), its protocol and its state. */
+  appGroup: object | undefined = undefined
   groupApp: string | undefined = undefined
+  appAcState = 0
   /** Rules whose fast pattern was seen in the window but whose other parts were not (yet). */
   pendingRules: number[] = []
   pendingEnds: number[] = []
@@ -55,6 +58,7 @@ export class StreamSide {
   resetInspection(generation: number): void {
     this.windowLength = 0
     this.acState = 0
+    this.appAcState = 0
     this.generation = generation
     this.pendingRules.length = 0
     this.pendingEnds.length = 0

@@ -1,6 +1,6 @@
 /**
  * Worker thread: checks and compiles one request's rules files (compile.ts) off the IOhyp's event
- * loop, and posts back the result (the automaton's buffers transferred, not copied) or the error.
+ * loop, and posts back the result (the prefilter automata's buffers transferred, not copied) or the error.
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import { isVrioError } from '../../errors.ts'
@@ -11,8 +11,15 @@ if (port) {
   try {
     const result = compileRules(workerData as CompileRequest)
     const buffers = new Set<ArrayBuffer>()
-    for (const v of Object.values(result.tables ?? {}))
-      if (ArrayBuffer.isView(v) && v.buffer instanceof ArrayBuffer) buffers.add(v.buffer)
+    // The automata's typed arrays, however deep in the tables.
+    const collect = (v: unknown): void => {
+      if (ArrayBuffer.isView(v)) {
+        if (v.buffer instanceof ArrayBuffer) buffers.add(v.buffer)
+      } else if (v && typeof v === 'object') {
+        for (const x of Object.values(v)) collect(x)
+      }
+    }
+    collect(result.tables)
     port.postMessage({ ok: true, result }, [...buffers])
   } catch (error) {
     port.postMessage({

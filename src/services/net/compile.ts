@@ -8,8 +8,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs'
 import { VrioError } from '../../errors.ts'
-import type { AhoCorasickTables } from '../dpi/aho-corasick.ts'
-import { DpiService } from '../dpi/engine.ts'
+import { DpiService, type DpiTables } from '../dpi/engine.ts'
 import { MAX_CONTENT_BYTES, MAX_RULE_BYTES, RuleParser, type RuleParseOptions } from '../dpi/rules.ts'
 import { parseRules as parseFirewallRules, type RuleSet as FirewallRuleSet } from '../firewall/rules.ts'
 import type { NetServiceKind } from './chain.ts'
@@ -76,8 +75,8 @@ export interface CompiledRules {
   report: LoadReport
   /** The files' text (DPI: parsed again where the service runs). */
   texts: { path: string; text: string }[]
-  /** DPI: the prefilter automaton, built here. */
-  tables?: AhoCorasickTables
+  /** DPI: the prefilter automata (the whole set's and the groups'), built here. */
+  tables?: DpiTables
   /** Firewall: the parsed rules (plain data). */
   firewall?: FirewallRuleSet
   /** DPI: the options the rules were parsed with (to parse them again the same way). */

@@ -2,7 +2,7 @@
  * Loading NIC services from their rules files (the I/O around the pure services): files are read,
  * checked against the limits and compiled in a worker thread (compile-worker.ts), so neither a
  * hostile file nor a big one stalls the IOhyp's event loop or takes its heap; what the service's
- * own thread then does (parse the DPI rules again, a slice at a time, around the automaton the
+ * own thread then does (parse the DPI rules again, a slice at a time, around the automata the
  * worker built; compile the firewall's parsed rules) is bounded by those limits.
  */
 import { Worker } from 'node:worker_threads'

@@ -11,7 +11,7 @@ import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls
 import dnsPacket from 'dns-packet'
 import fc from 'fast-check'
 import { createDpi, type DpiOptions, type DpiService } from '../../../src/services/dpi/index.ts'
-import { MAX_GROUPS } from '../../../src/services/dpi/groups.ts'
+import { MAX_PORT_CLASSES } from '../../../src/services/dpi/groups.ts'
 import type { NetContext } from '../../../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../../../src/wire/packet.ts'
 import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN } from '../../../src/wire/tcp.ts'
@@ -422,8 +422,8 @@ describe('DPI prefilter groups and header indexing through the engine', () => {
     assert.deepEqual(sorted(h.sids), [1, 1, 2])
   })
 
-  it('port-bound rules meet only their ports, also once the groups reach their cap', () => {
-    const count = MAX_GROUPS + 8
+  it("port-bound rules meet only their ports, also beyond the port groups' cap", () => {
+    const count = MAX_PORT_CLASSES + 8
     const rules = Array.from(
       { length: count },
       (_, k) => `alert tcp any any -> any ${2000 + k} (msg:"port ${k}"; content:"hit-${k}-x"; sid:${k + 1};)`,

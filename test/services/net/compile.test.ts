@@ -134,8 +134,16 @@ describe('loading rules files within limits', () => {
     const path = file('w.rules', MIXED)
     const compiled = await compileInWorker({ kind: 'dpi', files: [path] })
     assert.equal(compiled.report.loaded, 2)
-    assert.ok(compiled.tables && compiled.tables.delta instanceof Int32Array)
+    // The prefilter groups come built too (none is built on the data path).
+    assert.ok(compiled.tables?.groups?.automata.some((t) => t?.delta instanceof Int32Array))
     const service = (await buildNetService('dpi', compiled, 'nic0')) as DpiService
+    // The service adopts the worker's automata (the same tables, not built again on this thread).
+    const adopted = service.compiledTables()
+    const sent = compiled.tables?.groups?.automata ?? []
+    assert.ok(sent.length > 0)
+    for (const [k, t] of sent.entries()) assert.equal(adopted.groups?.automata[k]?.delta, t?.delta)
+    for (const [k, t] of (compiled.tables?.buffers ?? []).entries())
+      assert.equal(adopted.buffers?.[k].delta, t.delta)
     const local = createDpi(MIXED, path, { strict: false })
     assert.deepEqual(service.counters().automatonStates, local.counters().automatonStates)
     const frame = tcpFrame({
@@ -193,10 +201,11 @@ describe('loading rules files within limits', () => {
     }
     assert.deepEqual(hits(b), hits(a))
     assert.ok(hits(a).length >= 4)
-    // Tables for other patterns are not used (the counts differ): built afresh.
+    // Tables for other rules are not used: built afresh.
     const parsed = parseRules(GOOD, 'x')
-    const d = new DpiService(parsed, {}, a.tables())
-    assert.equal(d.counters().automatonStates, new AhoCorasick([Buffer.from('evil')]).stateCount)
+    const other = new DpiService(parseRules(MIXED, 'y'), { strict: false }).compiledTables()
+    const d = new DpiService(parsed, {}, structuredClone(other))
+    assert.equal(d.counters().automatonStates, new DpiService(parsed, {}).counters().automatonStates)
   })
 })
 

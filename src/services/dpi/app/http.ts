@@ -675,6 +675,8 @@ function hexDigit(b: number): number {
 
 /** The host of an absolute-form target (`http://host:port/path`), if it is one. */
 function hostOfUri(target: string): string | undefined {
+  // Origin form (`/path`), the usual one: no regex run.
+  if (target.charCodeAt(0) === 0x2f) return undefined
   const m = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/([^/?#]*)/.exec(target)
   if (!m) return undefined
   const authority = m[1]
