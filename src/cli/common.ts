@@ -4,9 +4,13 @@
  * in daemon answers may come from a peer, and must not drive the operator's terminal.
  */
 import type { Command } from 'commander'
+import type * as z from 'zod'
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET, routePath } from '../control/api.ts'
 import { ControlClient } from '../control/control-client.ts'
+import { checkWithSchema, specError } from '../devices/fields.ts'
+import { VrioError } from '../errors.ts'
 import { escapeControl, escapeJsonText } from '../escape.ts'
+import { parseIPv4, parseMac } from '../wire/address.ts'
 
 export interface ControlOptions {
   control?: string
@@ -40,6 +44,37 @@ export function addDaemonChoice(command: Command): Command {
 
 export function chosenDaemonSocket(o: DaemonChoiceOptions): string {
   return o.control ?? (o.guest ? DEFAULT_GUEST_SOCKET : DEFAULT_IOHYP_SOCKET)
+}
+
+/**
+ * A create request made of flags, checked by its device's one schema before it is sent (the daemon
+ * checks it again): its problems name the flag that set each field (`--mtu: must be at least 68`).
+ * `--guest` must be a MAC or an IPv4 address (the schema also takes a config file's guest names).
+ */
+export function checkedRequest<S extends z.ZodType>(
+  schema: S,
+  request: { guest: string; [field: string]: unknown },
+): z.input<S> {
+  if (parseMac(request.guest) === undefined && parseIPv4(request.guest) === undefined)
+    throw new VrioError('invalid-argument', `--guest '${request.guest}' is neither a MAC nor an IPv4 address`)
+  const r = checkWithSchema(schema, request)
+  if (!r.ok)
+    throw specError(
+      r.issues.map((i) => ({
+        path: flagOf(i.path),
+        message: i.message === 'unknown key' ? 'does not go with the other options' : i.message,
+      })),
+    )
+  return request as z.input<S>
+}
+
+/** The flag that sets a request field: `mtu` is --mtu, `encrypt.keyFile` --key-file, `encrypt.kind` --encrypt. */
+function flagOf(path: string): string {
+  const field = path
+    .split('.')
+    .filter((p) => p !== 'kind')
+    .at(-1)
+  return field ? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}` : path
 }
 
 export function addJsonOption(command: Command): Command {
