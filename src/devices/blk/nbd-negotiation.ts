@@ -3,17 +3,10 @@
  * NBD_OPT_EXPORT_NAME or NBD_OPT_GO selects an export. See nbd-server.ts for what is offered.
  */
 import type { BlockDevice } from './device.ts'
-import type { NbdServer } from './nbd-server.ts'
-import type { ByteQueue } from './nbd-byte-queue.ts'
-import {
-  BASE_ALLOCATION_ID,
-  type Export,
-  NBD_MAX_OPTION_LENGTH,
-  NBD_MAX_OPTIONS,
-  NBD_MAX_PAYLOAD,
-} from './nbd-export.ts'
+import type { Connection } from './nbd-connection.ts'
 import {
   BASE_ALLOCATION,
+  BASE_ALLOCATION_ID,
   ClientFlag,
   decodeInfoRequest,
   decodeMetaContextRequest,
@@ -26,7 +19,11 @@ import {
   encodeMetaContext,
   encodeOptionReply,
   encodeServerEntry,
+  type Export,
   InfoType,
+  NBD_MAX_OPTION_LENGTH,
+  NBD_MAX_OPTIONS,
+  NBD_MAX_PAYLOAD,
   Option,
   OPTION_HEADER_LENGTH,
   OptionReply,
@@ -35,24 +32,8 @@ import {
 
 const ALLOWED_CLIENT_FLAGS = ClientFlag.FixedNewstyle | ClientFlag.NoZeroes
 
-/** What a Negotiation needs of its connection. */
-export interface NegotiationHost {
-  readonly server: NbdServer
-  readonly rx: ByteQueue
-  /** Room for a header that straddles chunks. */
-  readonly scratch: Buffer
-  readonly shuttingDown: boolean
-  send(buf: Uint8Array): void
-  /** Ends the connection for breaking the protocol; returns false (no more input is handled). */
-  violation(message: string): false
-  /** Ends the connection after what was sent. */
-  end(): void
-  /** The client selected `exp`: the transmission phase starts with what was negotiated. */
-  enterTransmission(exp: Export, structured: boolean, allocation: boolean): void
-}
-
 export class Negotiation {
-  private readonly host: NegotiationHost
+  private readonly host: Connection
   private greeted = false
   private fixed = false
   private noZeroes = false
@@ -61,7 +42,7 @@ export class Negotiation {
   private allocationFor: string | undefined
   private optionCount = 0
 
-  constructor(host: NegotiationHost) {
+  constructor(host: Connection) {
     this.host = host
   }
 
