@@ -16,6 +16,8 @@ import {
   addRemoveCommand,
   addJsonOption,
   checkedRequest,
+  guestFlag,
+  numberFlag,
   type ControlOptions,
   controlClient,
   formatBytes,
@@ -45,7 +47,7 @@ function encryptionSpec(o: CreateOptions): Record<string, unknown> | undefined {
     ...(o.encrypt === 'plain' && { cipher: 'aes-xts-plain64' }),
     ...(o.keyFile && { keyFile: resolve(o.keyFile) }),
     ...(o.passphraseFile && { passphraseFile: resolve(o.passphraseFile) }),
-    ...(o.sectorSize && { sectorSize: Number(o.sectorSize) }),
+    ...(o.sectorSize && { sectorSize: numberFlag(o.sectorSize) }),
   }
 }
 
@@ -71,7 +73,7 @@ export function registerBlkCommands(program: Command): void {
   addControlOption(create, DEFAULT_IOHYP_SOCKET)
   addJsonOption(create).action(async (o: CreateOptions) => {
     const request = checkedRequest(diskRequestSchema, {
-      guest: o.guest,
+      guest: guestFlag(o.guest),
       backing: resolve(o.backing),
       name: o.name,
       readOnly: o.readOnly === true,

@@ -47,25 +47,34 @@ export function chosenDaemonSocket(o: DaemonChoiceOptions): string {
 }
 
 /**
- * A create request made of flags, checked by its device's one schema before it is sent (the daemon
- * checks it again): its problems name the flag that set each field (`--mtu: must be at least 68`).
- * `--guest` must be a MAC or an IPv4 address (the schema also takes a config file's guest names).
+ * A request made of flags, checked by its one schema before it is sent (the daemon checks it
+ * again); returns it parsed. Its problems name the flag that set each field (`--mtu: must be at
+ * least 68`).
  */
 export function checkedRequest<S extends z.ZodType>(
   schema: S,
-  request: { guest: string; [field: string]: unknown },
-): z.input<S> {
-  if (parseMac(request.guest) === undefined && parseIPv4(request.guest) === undefined)
-    throw new VrioError('invalid-argument', `--guest '${request.guest}' is neither a MAC nor an IPv4 address`)
+  request: Record<string, unknown>,
+): z.output<S> {
   const r = checkWithSchema(schema, request)
-  if (!r.ok)
-    throw specError(
-      r.issues.map((i) => ({
-        path: flagOf(i.path),
-        message: i.message === 'unknown key' ? 'does not go with the other options' : i.message,
-      })),
-    )
-  return request as z.input<S>
+  if (r.ok) return r.data
+  throw specError(
+    r.issues.map((i) => ({
+      path: flagOf(i.path),
+      message: i.message === 'unknown key' ? 'does not go with the other options' : i.message,
+    })),
+  )
+}
+
+/** `--guest` of a device: a MAC or an IPv4 address (a config file may also name guests). */
+export function guestFlag(text: string): string {
+  if (parseMac(text) === undefined && parseIPv4(text) === undefined)
+    throw new VrioError('invalid-argument', `--guest '${text}' is neither a MAC nor an IPv4 address`)
+  return text
+}
+
+/** A whole number flag as a number, anything else as given (for the schema to refuse). */
+export function numberFlag(text: string | undefined): number | string | undefined {
+  return text !== undefined && /^[0-9]{1,15}$/.test(text) ? Number(text) : text
 }
 
 /** The flag that sets a request field: `mtu` is --mtu, `encrypt.keyFile` --key-file, `encrypt.kind` --encrypt. */

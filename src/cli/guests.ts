@@ -2,7 +2,6 @@
 import type { Command } from 'commander'
 import { readKeyFile } from '../auth/key-file.ts'
 import {
-  type AddGuestRequest,
   type AddGuestResponse,
   DEFAULT_IOHYP_SOCKET,
   type GuestInfo,
@@ -11,16 +10,17 @@ import {
   ROUTES,
   routePath,
 } from '../control/api.ts'
-import { parseGuestAddress, parseGuestMac } from '../control/guest-spec.ts'
-import { VrioError } from '../errors.ts'
+import { guestSpecSchema, parseGuestMac } from '../control/guest-spec.ts'
 import {
   addControlOption,
   addJsonOption,
+  checkedRequest,
   type ControlOptions,
   controlClient,
   formatBytes,
   formatRtt,
   formatTable,
+  numberFlag,
   printJson,
   printLines,
 } from './common.ts'
@@ -31,14 +31,6 @@ interface AddOptions extends ControlOptions {
   keyFile: string
   pendingReplyBytes?: string
   reassemblyBytes?: string
-}
-
-/** A budget option's value: a whole number of bytes (checked again, with its range, by the daemon). */
-function byteCount(value: string | undefined, field: string): number | undefined {
-  if (value === undefined) return undefined
-  if (!/^[0-9]{1,15}$/.test(value))
-    throw new VrioError('invalid-argument', `invalid ${field}: expected a number of bytes`, { field })
-  return Number(value)
 }
 
 export function registerGuestsCommands(program: Command): void {
@@ -58,18 +50,18 @@ export function registerGuestsCommands(program: Command): void {
   addControlOption(add, DEFAULT_IOHYP_SOCKET)
   addJsonOption(add).action(async (options: AddOptions) => {
     // Everything that can be checked here is, so a typo never reaches the daemon.
-    const request: AddGuestRequest = {
-      mac: parseGuestMac(options.mac, '--mac'),
-      address: parseGuestAddress(options.address, '--address'),
+    const { pendingReplyBytes, reassemblyBytes } = options
+    const request = checkedRequest(guestSpecSchema, {
+      mac: options.mac,
+      address: options.address,
       key: readKeyFile(options.keyFile).toString('hex'),
-    }
-    const pendingReplyBytes = byteCount(options.pendingReplyBytes, 'budgets.pendingReplyBytes')
-    const reassemblyBytes = byteCount(options.reassemblyBytes, 'budgets.reassemblyBytes')
-    if (pendingReplyBytes !== undefined || reassemblyBytes !== undefined)
-      request.budgets = {
-        ...(pendingReplyBytes !== undefined && { pendingReplyBytes }),
-        ...(reassemblyBytes !== undefined && { reassemblyBytes }),
-      }
+      ...((pendingReplyBytes ?? reassemblyBytes) !== undefined && {
+        budgets: {
+          pendingReplyBytes: numberFlag(pendingReplyBytes),
+          reassemblyBytes: numberFlag(reassemblyBytes),
+        },
+      }),
+    })
     const answer = await controlClient(options.control!).post<AddGuestResponse>(ROUTES.guests, request)
     if (options.json) printJson(answer)
     else printLines([`added guest ${answer.guest.mac} (${answer.guest.address}), ${answer.guest.state}`])

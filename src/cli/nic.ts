@@ -17,6 +17,8 @@ import {
   addRemoveCommand,
   addJsonOption,
   checkedRequest,
+  guestFlag,
+  numberFlag,
   type ControlOptions,
   controlClient,
   formatBytes,
@@ -111,13 +113,13 @@ export function registerNicCommands(program: Command): void {
   addControlOption(create, DEFAULT_IOHYP_SOCKET)
   addJsonOption(create).action(async (o: CreateOptions) => {
     const request = checkedRequest(nicRequestSchema, {
-      guest: o.guest,
+      guest: guestFlag(o.guest),
       mac: o.mac,
       tap: o.tap,
       bridge: o.bridge,
       macvtap: o.macvtap,
       name: o.name,
-      mtu: /^[0-9]+$/.test(o.mtu) ? Number(o.mtu) : o.mtu,
+      mtu: numberFlag(o.mtu),
       firewall: o.firewall === undefined ? undefined : resolve(o.firewall),
       dpi: o.dpi === undefined ? undefined : resolve(o.dpi),
       ip: o.ip,
