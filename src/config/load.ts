@@ -58,39 +58,16 @@ export type DiskEntry = DiskSpec
 /** A config NIC as the IOhyp applies it: its guest by canonical MAC, rules files absolute. */
 export type NicEntry = NicRequest & { name: string }
 
-export interface IohypConfig {
+/** The IOhyp's config: the file's top level as the schema returns it, paths absolute, lists checked. */
+export type IohypConfig = Omit<z.output<typeof iohypTopSchema>, 'guests' | 'disks' | 'nics'> & {
   file: string
-  interface: string
-  address?: string
-  stateDir?: string
-  control?: string
-  insecurePlaintext?: boolean
-  /** `ADDR:PORT` of the metrics listener. */
-  metrics?: string
-  /** Budgets for guests that set none (or only some) of their own. */
-  budgets?: BudgetsConfig
   guests: GuestEntry[]
   disks: DiskEntry[]
   nics: NicEntry[]
 }
 
-export interface GuestConfig {
-  file: string
-  interface: string
-  address?: string
-  keyFile: string
-  key: Buffer
-  runDir?: string
-  control?: string
-  attach?: boolean
-  insecurePlaintext?: boolean
-  /** `ADDR:PORT` of the metrics listener. */
-  metrics?: string
-  /** Seconds. */
-  ioTimeout?: number
-  /** The IOhyp's IPv4 address (dotted quad). */
-  iohyp?: string
-}
+/** The guest agent's config: the file as the schema returns it, paths absolute, with the key read. */
+export type GuestConfig = z.output<typeof guestFileSchema> & { file: string; key: Buffer }
 
 /** Config files are a few KB; anything this large is a mistake. */
 const MAX_CONFIG_BYTES = 1024 * 1024
@@ -329,13 +306,9 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
   if (c.issues.length > 0) throw configError(file, c.issues)
   return {
     file,
-    interface: top.interface,
-    ...(top.address !== undefined && { address: top.address }),
+    ...top,
     ...(top.stateDir !== undefined && { stateDir: c.path(top.stateDir) }),
     ...(top.control !== undefined && { control: c.path(top.control) }),
-    ...(top.insecurePlaintext !== undefined && { insecurePlaintext: top.insecurePlaintext }),
-    ...(top.metrics !== undefined && { metrics: top.metrics }),
-    ...(top.budgets !== undefined && { budgets: top.budgets }),
     guests,
     disks,
     nics,
@@ -352,17 +325,11 @@ export function checkGuestConfig(raw: unknown, file: string): GuestConfig {
   if (!key) throw configError(file, c.issues)
   return {
     file,
-    interface: g.interface,
-    ...(g.address !== undefined && { address: g.address }),
+    ...g,
     keyFile,
     key,
     ...(g.runDir !== undefined && { runDir: c.path(g.runDir) }),
     ...(g.control !== undefined && { control: c.path(g.control) }),
-    ...(g.attach !== undefined && { attach: g.attach }),
-    ...(g.insecurePlaintext !== undefined && { insecurePlaintext: g.insecurePlaintext }),
-    ...(g.metrics !== undefined && { metrics: g.metrics }),
-    ...(g.ioTimeout !== undefined && { ioTimeout: g.ioTimeout }),
-    ...(g.iohyp !== undefined && { iohyp: g.iohyp }),
   }
 }
 
