@@ -23,7 +23,6 @@ import { checkWithSchema } from '../devices/fields.ts'
 import type { DiskSpec } from '../devices/blk/spec.ts'
 import type { NicRequest } from '../devices/net/spec.ts'
 import {
-  type BudgetsConfig,
   diskEntrySchema,
   guestEntrySchema,
   guestFileSchema,
@@ -41,17 +40,8 @@ export interface ConfigIssue {
   column?: number
 }
 
-export interface GuestEntry {
-  mac: string
-  address: string
-  /** Absolute path. */
-  keyFile: string
-  /** The 32-byte key read from keyFile. */
-  key: Buffer
-  name?: string
-  /** As given in the file's entry (the top-level budgets apply under it). */
-  budgets?: BudgetsConfig
-}
+/** A config guest: its entry as the schema returns it (budgets as given), keyFile absolute, the key read. */
+export type GuestEntry = z.output<typeof guestEntrySchema> & { key: Buffer }
 
 /** A config disk as the IOhyp applies it: its guest by canonical MAC, paths absolute. */
 export type DiskEntry = DiskSpec
@@ -203,14 +193,7 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
       if (g.name) brokenRefs.add(g.name)
       return
     }
-    guests.push({
-      mac: g.mac,
-      address: g.address,
-      keyFile,
-      key,
-      ...(g.name !== undefined && { name: g.name }),
-      ...(g.budgets !== undefined && { budgets: g.budgets }),
-    })
+    guests.push({ ...g, keyFile, key })
   })
 
   /** A device's `guest`: a MAC, an address or a name from `guests`; the owner's MAC, or undefined. */
