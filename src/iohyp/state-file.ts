@@ -15,12 +15,10 @@ import { checkWithSchema } from '../devices/fields.ts'
 import { nicStateSchema } from '../devices/net/spec.ts'
 import { VrioError } from '../errors.ts'
 
-/** An enrolled guest, as the control API takes it (its key as hex). */
-export const stateGuestSchema = guestSpecSchema
-
 export const stateFileSchema = z.strictObject({
   version: z.literal(1),
-  guests: z.array(stateGuestSchema).default([]),
+  /** Enrolled guests, as the control API takes them (the key as hex). */
+  guests: z.array(guestSpecSchema).default([]),
   disks: z.array(diskStateSchema).default([]),
   nics: z.array(nicStateSchema).default([]),
 })
