@@ -85,18 +85,18 @@ function statusName(status: number): string {
 }
 
 /**
- * A metric whose values are rows produced at scrape time (counter or gauge), through prom-client's
- * collect() hook: each scrape starts from nothing, so removed devices leave no stale series.
+ * A metric whose values are rows produced at scrape time, through prom-client's collect() hook:
+ * each scrape starts from nothing, so removed devices leave no stale series. A counter when its
+ * name ends in `_total` (the Prometheus convention every name here follows), else a gauge.
  */
 function collected(
   registry: Reg,
-  type: 'counter' | 'gauge',
   name: string,
   help: string,
   labelNames: readonly string[],
   rows: (emit: (labels: Labels, value: number) => void) => void,
 ): void {
-  if (type === 'counter') {
+  if (name.endsWith('_total')) {
     new registry.client.Counter({
       name,
       help,
@@ -199,7 +199,6 @@ function common(
   info.set({ role, version }, 1)
   collected(
     registry,
-    'counter',
     'vrio_packet_socket_kernel_drops_total',
     "Frames the kernel dropped because the packet socket's receive buffer was full",
     ['interface'],
@@ -264,40 +263,19 @@ function diskCounters(
   disks: () => Iterable<{ labels: Labels; ops: BlockOpStats; inFlight: number }>,
   labelNames: readonly string[],
 ): void {
-  collected(
-    registry,
-    'counter',
-    'vrio_disk_requests_total',
-    'Block requests by operation',
-    [...labelNames, 'op'],
-    (emit) => {
-      for (const d of disks())
-        for (let i = 0; i < BLOCK_OP_NAMES.length; i++)
-          emit({ ...d.labels, op: BLOCK_OP_NAMES[i] }, d.ops.requests[i])
-    },
-  )
-  collected(
-    registry,
-    'counter',
-    'vrio_disk_bytes_total',
-    'Bytes read and written',
-    [...labelNames, 'op'],
-    (emit) => {
-      for (const d of disks()) {
-        emit({ ...d.labels, op: 'read' }, d.ops.bytes[0])
-        emit({ ...d.labels, op: 'write' }, d.ops.bytes[1])
-      }
-    },
-  )
-  collected(
-    registry,
-    'gauge',
+  const disk = perItem(registry, disks, (d) => d.labels)
+  disk('vrio_disk_requests_total', 'Block requests by operation', [...labelNames, 'op'], (d, emit, l) => {
+    for (let i = 0; i < BLOCK_OP_NAMES.length; i++) emit({ ...l, op: BLOCK_OP_NAMES[i] }, d.ops.requests[i])
+  })
+  disk('vrio_disk_bytes_total', 'Bytes read and written', [...labelNames, 'op'], (d, emit, l) => {
+    emit({ ...l, op: 'read' }, d.ops.bytes[0])
+    emit({ ...l, op: 'write' }, d.ops.bytes[1])
+  })
+  disk(
     'vrio_disk_in_flight',
     'Requests outstanding on the disk now (queue depth)',
     labelNames,
-    (emit) => {
-      for (const d of disks()) emit(d.labels, d.inFlight)
-    },
+    (d, emit, l) => emit(l, d.inFlight),
   )
 }
 
@@ -333,14 +311,13 @@ function perItem<T>(
   items: () => Iterable<T>,
   base: (item: T) => Labels,
 ): (
-  type: 'counter' | 'gauge',
   name: string,
   help: string,
   labelNames: readonly string[],
   rows: (item: T, emit: Emit, labels: Labels) => void,
 ) => void {
-  return (type, name, help, labelNames, rows) =>
-    collected(registry, type, name, help, labelNames, (emit) => {
+  return (name, help, labelNames, rows) =>
+    collected(registry, name, help, labelNames, (emit) => {
       for (const item of items()) rows(item, emit, base(item))
     })
 }
@@ -352,14 +329,12 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
     (g) => ({ guest: g.mac }),
   )
   guest(
-    'gauge',
     'vrio_channel_up',
     'Whether the channel to the guest is connected (1) or not (0)',
     ['guest'],
     (g, emit, l) => emit(l, g.state === 'connected' ? 1 : 0),
   )
   guest(
-    'gauge',
     'vrio_channel_state',
     "The channel's state: 1 for the current one, 0 for the others",
     ['guest', 'state'],
@@ -368,7 +343,6 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
     },
   )
   guest(
-    'gauge',
     'vrio_channel_rtt_seconds',
     'Smoothed round-trip time of the channel (absent before the first sample)',
     ['guest'],
@@ -377,45 +351,36 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
     },
   )
   guest(
-    'counter',
     'vrio_channel_bytes_total',
     'Bytes of channel frames, received (in) and sent (out)',
     ['guest', 'direction'],
     (g, emit, l) => inOut(emit, l, g.bytesIn, g.bytesOut),
   )
   guest(
-    'counter',
     'vrio_channel_frames_total',
     'Channel frames received (in) and sent (out)',
     ['guest', 'direction'],
     (g, emit, l) => inOut(emit, l, g.framesIn, g.framesOut),
   )
-  guest('counter', 'vrio_channel_retransmits_total', 'Segments sent again', ['guest'], (g, emit, l) =>
+  guest('vrio_channel_retransmits_total', 'Segments sent again', ['guest'], (g, emit, l) =>
     emit(l, g.retransmits),
   )
-  guest(
-    'counter',
-    'vrio_channel_rto_firings_total',
-    'Retransmission timeouts that fired',
-    ['guest'],
-    (g, emit, l) => emit(l, g.rtoFirings),
+  guest('vrio_channel_rto_firings_total', 'Retransmission timeouts that fired', ['guest'], (g, emit, l) =>
+    emit(l, g.rtoFirings),
   )
   guest(
-    'counter',
     'vrio_channel_window_stalls_total',
     "Times a message found the channel's send buffer full (the peer's window or the network held it back)",
     ['guest'],
     (g, emit, l) => emit(l, g.windowStalls ?? 0),
   )
   guest(
-    'counter',
     'vrio_channel_drops_total',
     'Frames and messages of the channel dropped, by reason',
     ['guest', 'reason'],
     (g, emit, l) => byKey(emit, l, 'reason', g.drops),
   )
   guest(
-    'counter',
     'vrio_channel_auth_failures_total',
     'Channels that ended because authentication or integrity failed, by reason',
     ['guest', 'reason'],
@@ -430,7 +395,6 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
   diskCounters(registry, disks, ['guest', 'disk'])
   const disk = perItem(registry, disks, (d) => d.labels)
   disk(
-    'counter',
     'vrio_disk_errors_total',
     'Block requests answered with an error, by status',
     ['guest', 'disk', 'status'],
@@ -450,7 +414,6 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
     ),
   )
   disk(
-    'counter',
     'vrio_disk_crypt_bytes_total',
     'Bytes of encrypted disks decrypted (in: read from the backing) and encrypted (out: written to it)',
     ['disk', 'direction'],
@@ -465,47 +428,34 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
     (n) => ({ guest: n.guest, nic: n.name }),
   )
   nic(
-    'counter',
     'vrio_nic_frames_total',
     'NIC frames from the guest (in) and to the guest (out)',
     ['guest', 'nic', 'direction'],
     (n, emit, l) => inOut(emit, l, n.fromGuest.frames, n.toGuest.frames),
   )
   nic(
-    'counter',
     'vrio_nic_bytes_total',
     'NIC bytes from the guest (in) and to the guest (out)',
     ['guest', 'nic', 'direction'],
     (n, emit, l) => inOut(emit, l, n.fromGuest.bytes, n.toGuest.bytes),
   )
-  nic(
-    'counter',
-    'vrio_nic_drops_total',
-    'NIC frames dropped, by reason',
-    ['guest', 'nic', 'reason'],
-    (n, emit, l) => byKey(emit, l, 'reason', n.drops),
+  nic('vrio_nic_drops_total', 'NIC frames dropped, by reason', ['guest', 'nic', 'reason'], (n, emit, l) =>
+    byKey(emit, l, 'reason', n.drops),
   )
   nic(
-    'counter',
     'vrio_nic_firewall_verdicts_total',
     "Packets by firewall rule (`<direction>:<line>`, or `<direction>:policy` for no rule) and the rule's verdict",
     ['nic', 'rule', 'verdict'],
     (n, emit) => firewallRows(n, emit),
   )
-  nic('counter', 'vrio_nic_dpi_alerts_total', 'DPI alerts, by rule sid', ['nic', 'sid'], (n, emit) => {
+  nic('vrio_nic_dpi_alerts_total', 'DPI alerts, by rule sid', ['nic', 'sid'], (n, emit) => {
     const c = n.services.services.dpi?.counters as { alertsBySid?: Record<string, number> } | undefined
     byKey(emit, { nic: n.name }, 'sid', c?.alertsBySid ?? {})
   })
-  nic(
-    'counter',
-    'vrio_nic_dpi_inspected_bytes_total',
-    'Bytes the DPI service inspected',
-    ['nic'],
-    (n, emit) => {
-      const c = n.services.services.dpi?.counters as { bytes?: number } | undefined
-      if (c && typeof c.bytes === 'number') emit({ nic: n.name }, c.bytes)
-    },
-  )
+  nic('vrio_nic_dpi_inspected_bytes_total', 'Bytes the DPI service inspected', ['nic'], (n, emit) => {
+    const c = n.services.services.dpi?.counters as { bytes?: number } | undefined
+    if (c && typeof c.bytes === 'number') emit({ nic: n.name }, c.bytes)
+  })
 }
 
 /** The firewall's rule counters as rows; the verdict is the rule's action (its text says it). */
