@@ -7,6 +7,7 @@ import type { Connection } from './nbd-connection.ts'
 import {
   BASE_ALLOCATION,
   BASE_ALLOCATION_ID,
+  CLIENT_FLAGS_LENGTH,
   ClientFlag,
   decodeInfoRequest,
   decodeMetaContextRequest,
@@ -52,9 +53,9 @@ export class Negotiation {
   }
 
   private clientFlags(): boolean {
-    if (this.host.rx.length < 4) return false
-    const flags = this.host.rx.peek(4, this.host.scratch).readUInt32BE(0)
-    this.host.rx.skip(4)
+    if (this.host.rx.length < CLIENT_FLAGS_LENGTH) return false
+    const flags = this.host.rx.peek(CLIENT_FLAGS_LENGTH, this.host.scratch).readUInt32BE(0)
+    this.host.rx.skip(CLIENT_FLAGS_LENGTH)
     if ((flags & ~ALLOWED_CLIENT_FLAGS) !== 0)
       return this.host.violation(`unknown client flags 0x${flags.toString(16)}`)
     this.fixed = (flags & ClientFlag.FixedNewstyle) !== 0

@@ -20,7 +20,6 @@ export const NBD_OPTS_MAGIC = [0x49484156, 0x454f5054] as const
 /** Prefix of every option reply. */
 export const NBD_REP_MAGIC = [0x0003e889, 0x045565a9] as const
 export const NBD_REQUEST_MAGIC = 0x25609513
-export const NBD_EXTENDED_REQUEST_MAGIC = 0x21e41c71
 export const NBD_SIMPLE_REPLY_MAGIC = 0x67446698
 export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef
 
