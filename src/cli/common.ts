@@ -123,18 +123,17 @@ export function addListCommand<T>(
       return
     }
     const items = answer[o.key] ?? []
-    if (items.length === 0) {
-      printLines([o.none])
-      return
-    }
-    printLines(
-      formatTable(
-        o.columns.map(([header]) => header),
-        items.map((item) => o.columns.map(([, , cell]) => cell(item))),
-        o.columns.map(([, align]) => align),
-      ),
-    )
+    printLines(items.length === 0 ? [o.none] : columnTable(o.columns, items))
   })
+}
+
+/** `items` as a table of `columns` (formatTable). */
+export function columnTable<T>(columns: readonly Column<T>[], items: readonly T[]): string[] {
+  return formatTable(
+    columns.map(([header]) => header),
+    items.map((item) => columns.map(([, , cell]) => cell(item))),
+    columns.map(([, align]) => align),
+  )
 }
 
 export function controlClient(path: string, timeoutMs?: number): ControlClient {

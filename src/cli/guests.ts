@@ -19,7 +19,8 @@ import {
   controlClient,
   formatBytes,
   formatRtt,
-  formatTable,
+  type Column,
+  columnTable,
   numberFlag,
   printJson,
   printLines,
@@ -84,7 +85,7 @@ export function registerGuestsCommands(program: Command): void {
   addJsonOption(list).action(async (options: ControlOptions) => {
     const answer = await controlClient(options.control!).get<ListGuestsResponse>(ROUTES.guests)
     if (options.json) printJson(answer)
-    else printLines(answer.guests.length === 0 ? ['no guests'] : guestTable(answer.guests))
+    else printLines(answer.guests.length === 0 ? ['no guests'] : columnTable(GUEST_COLUMNS, answer.guests))
   })
 }
 
@@ -92,38 +93,14 @@ function guestPath(mac: string): string {
   return routePath(ROUTES.guest, { mac })
 }
 
-export function guestTable(guests: readonly GuestInfo[]): string[] {
-  const header = [
-    'MAC',
-    'ADDRESS',
-    'STATE',
-    'RTT',
-    'FRAMES IN',
-    'FRAMES OUT',
-    'BYTES IN',
-    'BYTES OUT',
-    'DROPS',
-  ]
-  const rows = guests.map((g) => [
-    g.mac,
-    g.address,
-    g.state,
-    formatRtt(g.rttMs),
-    String(g.framesIn),
-    String(g.framesOut),
-    formatBytes(g.bytesIn),
-    formatBytes(g.bytesOut),
-    String(Object.values(g.drops ?? {}).reduce((sum, n) => sum + n, 0)),
-  ])
-  return formatTable(header, rows, [
-    'left',
-    'left',
-    'left',
-    'right',
-    'right',
-    'right',
-    'right',
-    'right',
-    'right',
-  ])
-}
+const GUEST_COLUMNS: readonly Column<GuestInfo>[] = [
+  ['MAC', 'left', (g) => g.mac],
+  ['ADDRESS', 'left', (g) => g.address],
+  ['STATE', 'left', (g) => g.state],
+  ['RTT', 'right', (g) => formatRtt(g.rttMs)],
+  ['FRAMES IN', 'right', (g) => String(g.framesIn)],
+  ['FRAMES OUT', 'right', (g) => String(g.framesOut)],
+  ['BYTES IN', 'right', (g) => formatBytes(g.bytesIn)],
+  ['BYTES OUT', 'right', (g) => formatBytes(g.bytesOut)],
+  ['DROPS', 'right', (g) => String(Object.values(g.drops ?? {}).reduce((sum, n) => sum + n, 0))],
+]
