@@ -2,20 +2,22 @@
 import { resolve } from 'node:path'
 import type { Command } from 'commander'
 import {
-  type CreateDiskRequest,
   DEFAULT_IOHYP_SOCKET,
   type DiskInfo,
   type GuestDiskInfo,
   type ListDisksResponse,
   ROUTES,
 } from '../control/api.ts'
+import { diskRequestSchema } from '../devices/blk/spec.ts'
 import { VrioError } from '../errors.ts'
-import { parseIPv4, parseMac } from '../wire/address.ts'
 import {
   addControlOption,
   addListCommand,
   addRemoveCommand,
   addJsonOption,
+  checkedRequest,
+  guestFlag,
+  numberFlag,
   type ControlOptions,
   controlClient,
   formatBytes,
@@ -34,37 +36,19 @@ interface CreateOptions extends ControlOptions {
   sectorSize?: string
 }
 
-/** The `encrypt` part of a disk request from the command line (paths made absolute). */
-function encryptionSpec(o: CreateOptions): CreateDiskRequest['encrypt'] {
-  if (o.encrypt === undefined) {
-    if (o.keyFile || o.passphraseFile || o.sectorSize)
-      throw new VrioError(
-        'invalid-argument',
-        '--key-file, --passphrase-file and --sector-size go with --encrypt',
-      )
-    return undefined
+/**
+ * The `encrypt` part of a disk request from the command line (paths made absolute); the schema
+ * says what is wrong with it. A key or sector size without --encrypt makes an `encrypt` without kind.
+ */
+function encryptionSpec(o: CreateOptions): Record<string, unknown> | undefined {
+  if (o.encrypt === undefined && !o.keyFile && !o.passphraseFile && !o.sectorSize) return undefined
+  return {
+    kind: o.encrypt,
+    ...(o.encrypt === 'plain' && { cipher: 'aes-xts-plain64' }),
+    ...(o.keyFile && { keyFile: resolve(o.keyFile) }),
+    ...(o.passphraseFile && { passphraseFile: resolve(o.passphraseFile) }),
+    ...(o.sectorSize && { sectorSize: numberFlag(o.sectorSize) }),
   }
-  if (o.encrypt === 'plain') {
-    if (!o.keyFile || o.passphraseFile)
-      throw new VrioError(
-        'invalid-argument',
-        '--encrypt plain needs --key-file (raw 32 or 64 bytes) and no passphrase',
-      )
-    const sectorSize = o.sectorSize === undefined ? undefined : Number(o.sectorSize)
-    if (sectorSize !== undefined && sectorSize !== 512 && sectorSize !== 4096)
-      throw new VrioError('invalid-argument', `--sector-size '${o.sectorSize}' must be 512 or 4096`)
-    return { kind: 'plain', cipher: 'aes-xts-plain64', keyFile: resolve(o.keyFile), sectorSize }
-  }
-  if (o.encrypt === 'luks') {
-    if (!o.keyFile === !o.passphraseFile)
-      throw new VrioError('invalid-argument', '--encrypt luks needs one of --passphrase-file and --key-file')
-    if (o.sectorSize)
-      throw new VrioError('invalid-argument', 'a LUKS volume has its own sector size; drop --sector-size')
-    return o.keyFile
-      ? { kind: 'luks', keyFile: resolve(o.keyFile) }
-      : { kind: 'luks', passphraseFile: resolve(o.passphraseFile!) }
-  }
-  throw new VrioError('invalid-argument', `--encrypt '${o.encrypt}' must be plain or luks`)
 }
 
 export function registerBlkCommands(program: Command): void {
@@ -88,16 +72,13 @@ export function registerBlkCommands(program: Command): void {
     .option('--sector-size <512|4096>', 'with --encrypt plain: encryption sector size (default 512)')
   addControlOption(create, DEFAULT_IOHYP_SOCKET)
   addJsonOption(create).action(async (o: CreateOptions) => {
-    if (parseMac(o.guest) === undefined && parseIPv4(o.guest) === undefined) {
-      throw new VrioError('invalid-argument', `--guest '${o.guest}' is neither a MAC nor an IPv4 address`)
-    }
-    const request: CreateDiskRequest = {
-      guest: o.guest,
+    const request = checkedRequest(diskRequestSchema, {
+      guest: guestFlag(o.guest),
       backing: resolve(o.backing),
       name: o.name,
       readOnly: o.readOnly === true,
       encrypt: encryptionSpec(o),
-    }
+    })
     const disk = await controlClient(o.control!).post<DiskInfo>(ROUTES.disks, request)
     if (o.json) printJson(disk)
     else

@@ -4,9 +4,13 @@
  * in daemon answers may come from a peer, and must not drive the operator's terminal.
  */
 import type { Command } from 'commander'
+import type * as z from 'zod'
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET, routePath } from '../control/api.ts'
 import { ControlClient } from '../control/control-client.ts'
+import { checkWithSchema, specError } from '../devices/fields.ts'
+import { VrioError } from '../errors.ts'
 import { escapeControl, escapeJsonText } from '../escape.ts'
+import { parseIPv4, parseMac } from '../wire/address.ts'
 
 export interface ControlOptions {
   control?: string
@@ -40,6 +44,46 @@ export function addDaemonChoice(command: Command): Command {
 
 export function chosenDaemonSocket(o: DaemonChoiceOptions): string {
   return o.control ?? (o.guest ? DEFAULT_GUEST_SOCKET : DEFAULT_IOHYP_SOCKET)
+}
+
+/**
+ * A request made of flags, checked by its one schema before it is sent (the daemon checks it
+ * again); returns it parsed. Its problems name the flag that set each field (`--mtu: must be at
+ * least 68`).
+ */
+export function checkedRequest<S extends z.ZodType>(
+  schema: S,
+  request: Record<string, unknown>,
+): z.output<S> {
+  const r = checkWithSchema(schema, request)
+  if (r.ok) return r.data
+  throw specError(
+    r.issues.map((i) => ({
+      path: flagOf(i.path),
+      message: i.message === 'unknown key' ? 'does not go with the other options' : i.message,
+    })),
+  )
+}
+
+/** `--guest` of a device: a MAC or an IPv4 address (a config file may also name guests). */
+export function guestFlag(text: string): string {
+  if (parseMac(text) === undefined && parseIPv4(text) === undefined)
+    throw new VrioError('invalid-argument', `--guest '${text}' is neither a MAC nor an IPv4 address`)
+  return text
+}
+
+/** A whole number flag as a number, anything else as given (for the schema to refuse). */
+export function numberFlag(text: string | undefined): number | string | undefined {
+  return text !== undefined && /^[0-9]{1,15}$/.test(text) ? Number(text) : text
+}
+
+/** The flag that sets a request field: `mtu` is --mtu, `encrypt.keyFile` --key-file, `encrypt.kind` --encrypt. */
+function flagOf(path: string): string {
+  const field = path
+    .split('.')
+    .filter((p) => p !== 'kind')
+    .at(-1)
+  return field ? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}` : path
 }
 
 export function addJsonOption(command: Command): Command {
@@ -79,18 +123,17 @@ export function addListCommand<T>(
       return
     }
     const items = answer[o.key] ?? []
-    if (items.length === 0) {
-      printLines([o.none])
-      return
-    }
-    printLines(
-      formatTable(
-        o.columns.map(([header]) => header),
-        items.map((item) => o.columns.map(([, , cell]) => cell(item))),
-        o.columns.map(([, align]) => align),
-      ),
-    )
+    printLines(items.length === 0 ? [o.none] : columnTable(o.columns, items))
   })
+}
+
+/** `items` as a table of `columns` (formatTable). */
+export function columnTable<T>(columns: readonly Column<T>[], items: readonly T[]): string[] {
+  return formatTable(
+    columns.map(([header]) => header),
+    items.map((item) => columns.map(([, , cell]) => cell(item))),
+    columns.map(([, align]) => align),
+  )
 }
 
 export function controlClient(path: string, timeoutMs?: number): ControlClient {

@@ -43,6 +43,10 @@ interface GuestCliOptions {
 }
 
 const CONFIG_HELP = 'config file (.yaml, .yml or .json); options given here override its settings'
+const PLAINTEXT_HELP =
+  'channel segments neither encrypted nor authenticated (protocol version 1), only for a segment you alone own; both daemons must agree'
+const METRICS_HELP =
+  'also serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9860 (they are always at GET /metrics on the control socket)'
 
 export function registerDaemonCommands(program: Command): void {
   program
@@ -55,14 +59,8 @@ export function registerDaemonCommands(program: Command): void {
     .option('--address <ipv4>', "vrio address on that interface (default: the interface's IPv4 address)")
     .option('--state-dir <dir>', `where enrolled guests are kept (default: ${DEFAULT_STATE_DIR})`)
     .option('--control <path>', `unix socket of the control API (default: ${DEFAULT_IOHYP_SOCKET})`)
-    .option(
-      '--insecure-plaintext',
-      'channel segments neither encrypted nor authenticated (protocol version 1), only for a segment you alone own; both daemons must agree',
-    )
-    .option(
-      '--metrics <addr:port>',
-      'also serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9860 (they are always at GET /metrics on the control socket)',
-    )
+    .option('--insecure-plaintext', PLAINTEXT_HELP)
+    .option('--metrics <addr:port>', METRICS_HELP)
     .action(async (o: IohypCliOptions) => {
       // The config is checked before anything starts: a bad one leaves nothing behind.
       const c = o.config === undefined ? undefined : loadIohypConfig(o.config)
@@ -104,18 +102,12 @@ export function registerDaemonCommands(program: Command): void {
       '--io-timeout <seconds>',
       'a disk request the IOhyp has not answered by then fails with an I/O error (default: 30)',
     )
-    .option(
-      '--insecure-plaintext',
-      'channel segments neither encrypted nor authenticated (protocol version 1), only for a segment you alone own; both daemons must agree',
-    )
+    .option('--insecure-plaintext', PLAINTEXT_HELP)
     .option(
       '--iohyp <ipv4>',
       'accept connections only from the IOhyp at this address (default: the first IOhyp that authenticates, remembered in the run dir)',
     )
-    .option(
-      '--metrics <addr:port>',
-      'also serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9860 (they are always at GET /metrics on the control socket)',
-    )
+    .option('--metrics <addr:port>', METRICS_HELP)
     .action(async (o: GuestCliOptions) => {
       const c = o.config === undefined ? undefined : loadGuestConfig(o.config)
       const ifname = required(o.interface ?? c?.interface, '--interface')

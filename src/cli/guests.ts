@@ -2,7 +2,6 @@
 import type { Command } from 'commander'
 import { readKeyFile } from '../auth/key-file.ts'
 import {
-  type AddGuestRequest,
   type AddGuestResponse,
   DEFAULT_IOHYP_SOCKET,
   type GuestInfo,
@@ -11,16 +10,18 @@ import {
   ROUTES,
   routePath,
 } from '../control/api.ts'
-import { parseGuestAddress, parseGuestMac } from '../control/guest-spec.ts'
-import { VrioError } from '../errors.ts'
+import { guestSpecSchema, parseGuestMac } from '../control/guest-spec.ts'
 import {
   addControlOption,
   addJsonOption,
+  checkedRequest,
   type ControlOptions,
   controlClient,
   formatBytes,
   formatRtt,
-  formatTable,
+  type Column,
+  columnTable,
+  numberFlag,
   printJson,
   printLines,
 } from './common.ts'
@@ -31,14 +32,6 @@ interface AddOptions extends ControlOptions {
   keyFile: string
   pendingReplyBytes?: string
   reassemblyBytes?: string
-}
-
-/** A budget option's value: a whole number of bytes (checked again, with its range, by the daemon). */
-function byteCount(value: string | undefined, field: string): number | undefined {
-  if (value === undefined) return undefined
-  if (!/^[0-9]{1,15}$/.test(value))
-    throw new VrioError('invalid-argument', `invalid ${field}: expected a number of bytes`, { field })
-  return Number(value)
 }
 
 export function registerGuestsCommands(program: Command): void {
@@ -58,18 +51,18 @@ export function registerGuestsCommands(program: Command): void {
   addControlOption(add, DEFAULT_IOHYP_SOCKET)
   addJsonOption(add).action(async (options: AddOptions) => {
     // Everything that can be checked here is, so a typo never reaches the daemon.
-    const request: AddGuestRequest = {
-      mac: parseGuestMac(options.mac, '--mac'),
-      address: parseGuestAddress(options.address, '--address'),
+    const { pendingReplyBytes, reassemblyBytes } = options
+    const request = checkedRequest(guestSpecSchema, {
+      mac: options.mac,
+      address: options.address,
       key: readKeyFile(options.keyFile).toString('hex'),
-    }
-    const pendingReplyBytes = byteCount(options.pendingReplyBytes, 'budgets.pendingReplyBytes')
-    const reassemblyBytes = byteCount(options.reassemblyBytes, 'budgets.reassemblyBytes')
-    if (pendingReplyBytes !== undefined || reassemblyBytes !== undefined)
-      request.budgets = {
-        ...(pendingReplyBytes !== undefined && { pendingReplyBytes }),
-        ...(reassemblyBytes !== undefined && { reassemblyBytes }),
-      }
+      ...((pendingReplyBytes ?? reassemblyBytes) !== undefined && {
+        budgets: {
+          pendingReplyBytes: numberFlag(pendingReplyBytes),
+          reassemblyBytes: numberFlag(reassemblyBytes),
+        },
+      }),
+    })
     const answer = await controlClient(options.control!).post<AddGuestResponse>(ROUTES.guests, request)
     if (options.json) printJson(answer)
     else printLines([`added guest ${answer.guest.mac} (${answer.guest.address}), ${answer.guest.state}`])
@@ -92,7 +85,7 @@ export function registerGuestsCommands(program: Command): void {
   addJsonOption(list).action(async (options: ControlOptions) => {
     const answer = await controlClient(options.control!).get<ListGuestsResponse>(ROUTES.guests)
     if (options.json) printJson(answer)
-    else printLines(answer.guests.length === 0 ? ['no guests'] : guestTable(answer.guests))
+    else printLines(answer.guests.length === 0 ? ['no guests'] : columnTable(GUEST_COLUMNS, answer.guests))
   })
 }
 
@@ -100,38 +93,14 @@ function guestPath(mac: string): string {
   return routePath(ROUTES.guest, { mac })
 }
 
-export function guestTable(guests: readonly GuestInfo[]): string[] {
-  const header = [
-    'MAC',
-    'ADDRESS',
-    'STATE',
-    'RTT',
-    'FRAMES IN',
-    'FRAMES OUT',
-    'BYTES IN',
-    'BYTES OUT',
-    'DROPS',
-  ]
-  const rows = guests.map((g) => [
-    g.mac,
-    g.address,
-    g.state,
-    formatRtt(g.rttMs),
-    String(g.framesIn),
-    String(g.framesOut),
-    formatBytes(g.bytesIn),
-    formatBytes(g.bytesOut),
-    String(Object.values(g.drops ?? {}).reduce((sum, n) => sum + n, 0)),
-  ])
-  return formatTable(header, rows, [
-    'left',
-    'left',
-    'left',
-    'right',
-    'right',
-    'right',
-    'right',
-    'right',
-    'right',
-  ])
-}
+const GUEST_COLUMNS: readonly Column<GuestInfo>[] = [
+  ['MAC', 'left', (g) => g.mac],
+  ['ADDRESS', 'left', (g) => g.address],
+  ['STATE', 'left', (g) => g.state],
+  ['RTT', 'right', (g) => formatRtt(g.rttMs)],
+  ['FRAMES IN', 'right', (g) => String(g.framesIn)],
+  ['FRAMES OUT', 'right', (g) => String(g.framesOut)],
+  ['BYTES IN', 'right', (g) => formatBytes(g.bytesIn)],
+  ['BYTES OUT', 'right', (g) => formatBytes(g.bytesOut)],
+  ['DROPS', 'right', (g) => String(Object.values(g.drops ?? {}).reduce((sum, n) => sum + n, 0))],
+]

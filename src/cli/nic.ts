@@ -2,7 +2,6 @@
 import { resolve } from 'node:path'
 import type { Command } from 'commander'
 import {
-  type CreateNicRequest,
   DEFAULT_IOHYP_SOCKET,
   type GuestNicInfo,
   type ListNicsResponse,
@@ -10,14 +9,16 @@ import {
   ROUTES,
   routePath,
 } from '../control/api.ts'
+import { nicRequestSchema } from '../devices/net/spec.ts'
 import { VrioError } from '../errors.ts'
-import { parseIPv4Prefix } from '../devices/net/source-guard.ts'
-import { parseIPv4, parseMac } from '../wire/address.ts'
 import {
   addControlOption,
   addListCommand,
   addRemoveCommand,
   addJsonOption,
+  checkedRequest,
+  guestFlag,
+  numberFlag,
   type ControlOptions,
   controlClient,
   formatBytes,
@@ -32,7 +33,7 @@ interface CreateOptions extends ControlOptions {
   bridge?: string
   macvtap?: string
   name?: string
-  mtu?: string
+  mtu: string
   firewall?: string
   dpi?: string
   ip?: string
@@ -111,35 +112,19 @@ export function registerNicCommands(program: Command): void {
     )
   addControlOption(create, DEFAULT_IOHYP_SOCKET)
   addJsonOption(create).action(async (o: CreateOptions) => {
-    if (parseMac(o.guest) === undefined && parseIPv4(o.guest) === undefined) {
-      throw new VrioError('invalid-argument', `--guest '${o.guest}' is neither a MAC nor an IPv4 address`)
-    }
-    if (parseMac(o.mac) === undefined)
-      throw new VrioError('invalid-argument', `--mac '${o.mac}' is not a MAC address`)
-    if ((o.tap === undefined) === (o.macvtap === undefined))
-      throw new VrioError('invalid-argument', 'give exactly one of --tap and --macvtap')
-    if (o.bridge !== undefined && o.tap === undefined)
-      throw new VrioError('invalid-argument', '--bridge goes with --tap')
-    if (o.ip !== undefined && parseIPv4Prefix(o.ip) === undefined)
-      throw new VrioError('invalid-argument', `--ip '${o.ip}' is not an IPv4 address or prefix (a.b.c.d[/n])`)
-    if (o.ip !== undefined && o.allowSpoofing)
-      throw new VrioError('invalid-argument', '--ip and --allow-spoofing exclude each other')
-    const mtu = Number(o.mtu)
-    if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65_535)
-      throw new VrioError('invalid-argument', `--mtu '${o.mtu}' must be an integer from 68 to 65535`)
-    const request: CreateNicRequest = {
-      guest: o.guest,
+    const request = checkedRequest(nicRequestSchema, {
+      guest: guestFlag(o.guest),
       mac: o.mac,
       tap: o.tap,
       bridge: o.bridge,
       macvtap: o.macvtap,
       name: o.name,
-      mtu,
+      mtu: numberFlag(o.mtu),
       firewall: o.firewall === undefined ? undefined : resolve(o.firewall),
       dpi: o.dpi === undefined ? undefined : resolve(o.dpi),
       ip: o.ip,
       allowSpoofing: o.allowSpoofing === true ? true : undefined,
-    }
+    })
     const n = await controlClient(o.control!, RULES_TIMEOUT_MS).post<NicInfo>(ROUTES.nics, request)
     if (o.json) printJson(n)
     else

@@ -4,7 +4,6 @@
  */
 import type { Command } from 'commander'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../control/api.ts'
 import { computeFigures, type Figures } from '../dashboard/figures.ts'
 import { deviceLabel } from '../dashboard/plots.ts'
 import { scrape, Poller } from '../dashboard/scrape.ts'
@@ -16,11 +15,16 @@ import {
 } from '../dashboard/server.ts'
 import { VrioError } from '../errors.ts'
 import { escapeControl, escapeJsonText } from '../escape.ts'
-import { formatTable, printJson, printLines } from './common.ts'
+import {
+  addDaemonChoice,
+  chosenDaemonSocket,
+  type DaemonChoiceOptions,
+  formatTable,
+  printJson,
+  printLines,
+} from './common.ts'
 
-interface SocketOptions {
-  guest?: boolean
-  control?: string
+interface SocketOptions extends DaemonChoiceOptions {
   socket?: string
 }
 
@@ -34,18 +38,13 @@ interface DashboardCliOptions extends SocketOptions {
   listen: string
 }
 
+/** The options of `vrio status` and the device lists, and `--socket`, the same as --control. */
 function addSocketOptions(command: Command): Command {
-  return command
-    .option('--guest', `read the guest daemon (${DEFAULT_GUEST_SOCKET}) instead of the IOhyp`)
-    .option(
-      '--control <path>',
-      `unix socket of the daemon's control API (default: ${DEFAULT_IOHYP_SOCKET}, or ${DEFAULT_GUEST_SOCKET} with --guest)`,
-    )
-    .option('--socket <path>', 'the same as --control')
+  return addDaemonChoice(command).option('--socket <path>', 'the same as --control')
 }
 
 function socketOf(o: SocketOptions): string {
-  return o.control ?? o.socket ?? (o.guest ? DEFAULT_GUEST_SOCKET : DEFAULT_IOHYP_SOCKET)
+  return chosenDaemonSocket({ ...o, control: o.control ?? o.socket })
 }
 
 function parseInterval(text: string): number {

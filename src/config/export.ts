@@ -8,6 +8,7 @@
 import { mkdirSync } from 'node:fs'
 import { dirname, join, relative, resolve } from 'node:path'
 import YAML from 'yaml'
+import type { AddGuestRequest, GuestBudgets } from '../control/api.ts'
 import type { DiskSpec } from '../devices/blk/spec.ts'
 import { readKeyFile, writeKeyFile } from '../auth/key-file.ts'
 import { isVrioError, VrioError } from '../errors.ts'
@@ -23,16 +24,10 @@ export interface ExportableState {
   insecurePlaintext?: boolean
   /** Only when the daemon runs with --metrics. */
   metrics?: string
-  guests: {
-    mac: string
-    address: string
-    /** 64 hex characters */
-    key: string
-    name?: string
-    budgets?: { pendingReplyBytes?: number; reassemblyBytes?: number }
-  }[]
+  /** As enrolled (the key as 64 hex characters). */
+  guests: (AddGuestRequest & { name?: string })[]
   /** The budgets every guest gets unless it sets its own. */
-  budgets?: { pendingReplyBytes?: number; reassemblyBytes?: number }
+  budgets?: Partial<GuestBudgets>
   disks: (Omit<DiskSpec, 'readOnly'> & { readOnly?: boolean })[]
   /** NICs as config entries, once the IOhyp has them. */
   nics?: Record<string, unknown>[]

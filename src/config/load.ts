@@ -23,7 +23,6 @@ import { checkWithSchema } from '../devices/fields.ts'
 import type { DiskSpec } from '../devices/blk/spec.ts'
 import type { NicRequest } from '../devices/net/spec.ts'
 import {
-  type BudgetsConfig,
   diskEntrySchema,
   guestEntrySchema,
   guestFileSchema,
@@ -41,56 +40,24 @@ export interface ConfigIssue {
   column?: number
 }
 
-export interface GuestEntry {
-  mac: string
-  address: string
-  /** Absolute path. */
-  keyFile: string
-  /** The 32-byte key read from keyFile. */
-  key: Buffer
-  name?: string
-  /** As given in the file's entry (the top-level budgets apply under it). */
-  budgets?: BudgetsConfig
-}
+/** A config guest: its entry as the schema returns it (budgets as given), keyFile absolute, the key read. */
+export type GuestEntry = z.output<typeof guestEntrySchema> & { key: Buffer }
 
 /** A config disk as the IOhyp applies it: its guest by canonical MAC, paths absolute. */
 export type DiskEntry = DiskSpec
 /** A config NIC as the IOhyp applies it: its guest by canonical MAC, rules files absolute. */
 export type NicEntry = NicRequest & { name: string }
 
-export interface IohypConfig {
+/** The IOhyp's config: the file's top level as the schema returns it, paths absolute, lists checked. */
+export type IohypConfig = Omit<z.output<typeof iohypTopSchema>, 'guests' | 'disks' | 'nics'> & {
   file: string
-  interface: string
-  address?: string
-  stateDir?: string
-  control?: string
-  insecurePlaintext?: boolean
-  /** `ADDR:PORT` of the metrics listener. */
-  metrics?: string
-  /** Budgets for guests that set none (or only some) of their own. */
-  budgets?: BudgetsConfig
   guests: GuestEntry[]
   disks: DiskEntry[]
   nics: NicEntry[]
 }
 
-export interface GuestConfig {
-  file: string
-  interface: string
-  address?: string
-  keyFile: string
-  key: Buffer
-  runDir?: string
-  control?: string
-  attach?: boolean
-  insecurePlaintext?: boolean
-  /** `ADDR:PORT` of the metrics listener. */
-  metrics?: string
-  /** Seconds. */
-  ioTimeout?: number
-  /** The IOhyp's IPv4 address (dotted quad). */
-  iohyp?: string
-}
+/** The guest agent's config: the file as the schema returns it, paths absolute, with the key read. */
+export type GuestConfig = z.output<typeof guestFileSchema> & { file: string; key: Buffer }
 
 /** Config files are a few KB; anything this large is a mistake. */
 const MAX_CONFIG_BYTES = 1024 * 1024
@@ -226,14 +193,7 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
       if (g.name) brokenRefs.add(g.name)
       return
     }
-    guests.push({
-      mac: g.mac,
-      address: g.address,
-      keyFile,
-      key,
-      ...(g.name !== undefined && { name: g.name }),
-      ...(g.budgets !== undefined && { budgets: g.budgets }),
-    })
+    guests.push({ ...g, keyFile, key })
   })
 
   /** A device's `guest`: a MAC, an address or a name from `guests`; the owner's MAC, or undefined. */
@@ -329,13 +289,9 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
   if (c.issues.length > 0) throw configError(file, c.issues)
   return {
     file,
-    interface: top.interface,
-    ...(top.address !== undefined && { address: top.address }),
+    ...top,
     ...(top.stateDir !== undefined && { stateDir: c.path(top.stateDir) }),
     ...(top.control !== undefined && { control: c.path(top.control) }),
-    ...(top.insecurePlaintext !== undefined && { insecurePlaintext: top.insecurePlaintext }),
-    ...(top.metrics !== undefined && { metrics: top.metrics }),
-    ...(top.budgets !== undefined && { budgets: top.budgets }),
     guests,
     disks,
     nics,
@@ -352,17 +308,11 @@ export function checkGuestConfig(raw: unknown, file: string): GuestConfig {
   if (!key) throw configError(file, c.issues)
   return {
     file,
-    interface: g.interface,
-    ...(g.address !== undefined && { address: g.address }),
+    ...g,
     keyFile,
     key,
     ...(g.runDir !== undefined && { runDir: c.path(g.runDir) }),
     ...(g.control !== undefined && { control: c.path(g.control) }),
-    ...(g.attach !== undefined && { attach: g.attach }),
-    ...(g.insecurePlaintext !== undefined && { insecurePlaintext: g.insecurePlaintext }),
-    ...(g.metrics !== undefined && { metrics: g.metrics }),
-    ...(g.ioTimeout !== undefined && { ioTimeout: g.ioTimeout }),
-    ...(g.iohyp !== undefined && { iohyp: g.iohyp }),
   }
 }
 

@@ -15,8 +15,6 @@ import {
 import { parseListenAddress } from '../daemon/listen-address.ts'
 import { budgetsSchema, guestSpecSchema } from '../control/guest-spec.ts'
 
-export { budgetsSchema }
-
 export { ipv4Schema, show } from '../devices/fields.ts'
 
 /** A guest in the config file: the enrolled guest's spec, with its key in a file. */
@@ -31,7 +29,7 @@ export { diskEntrySchema } from '../devices/blk/spec.ts'
 export { nicEntrySchema } from '../devices/net/spec.ts'
 
 /** `ADDR:PORT` of the metrics listener (`--metrics`). */
-export const listenAddressSchema = z.string().refine(
+const listenAddressSchema = z.string().refine(
   (value) => {
     try {
       parseListenAddress(value)
@@ -79,5 +77,3 @@ export const guestFileSchema = z.strictObject({
    */
   iohyp: ipv4Schema.optional(),
 })
-
-export type BudgetsConfig = z.output<typeof budgetsSchema>

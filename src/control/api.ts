@@ -29,6 +29,7 @@
 
 import type * as z from 'zod'
 import type { diskRequestSchema } from '../devices/blk/spec.ts'
+import type { guestSpecSchema } from './guest-spec.ts'
 import type { nicRequestSchema } from '../devices/net/spec.ts'
 import type { ChainCounters } from '../services/net/chain.ts'
 
@@ -59,10 +60,6 @@ export interface ErrorBody {
   code: string
   message: string
   [detail: string]: unknown
-}
-
-export interface ErrorResponse {
-  error: ErrorBody
 }
 
 /**
@@ -128,19 +125,8 @@ export interface GuestBudgets {
   reassemblyBytes: number
 }
 
-export interface AddGuestRequest {
-  /** Unicast MAC; any case, `:` or `-` separated. The daemon answers with the canonical form. */
-  mac: string
-  /** Unicast IPv4 address of the guest's end of the channel. */
-  address: string
-  /**
-   * The guest's 32-byte channel key as 64 hex characters. It travels only over the control
-   * socket (mode 0600); daemons must never log it or echo it back.
-   */
-  key: string
-  /** The guest's budgets; the IOhyp's defaults for those not given. */
-  budgets?: Partial<GuestBudgets>
-}
+/** `POST /v1/guests` on the IOhyp: enrol a guest (fields: src/control/guest-spec.ts). */
+export type AddGuestRequest = z.input<typeof guestSpecSchema>
 
 export interface AddGuestResponse {
   guest: GuestInfo

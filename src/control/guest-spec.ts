@@ -6,7 +6,6 @@
  */
 import * as z from 'zod'
 import { checkWithSchema, ipv4Schema, macSchema, specError } from '../devices/fields.ts'
-import type { AddGuestRequest } from './api.ts'
 
 /**
  * Per-guest memory budgets of the IOhyp, in bytes (docs/operations.md, "Budgets"): read replies
@@ -37,9 +36,16 @@ export const keyHexSchema = z
 
 /** An enrolled guest: the API's request, and what the state file keeps of it. */
 export const guestSpecSchema = z.strictObject({
+  /** Unicast MAC; any case, `:` or `-` separated. The daemon answers with the canonical form. */
   mac: macSchema,
+  /** Unicast IPv4 address of the guest's end of the channel. */
   address: ipv4Schema,
+  /**
+   * The guest's 32-byte channel key as 64 hex characters. It travels only over the control
+   * socket (mode 0600); daemons must never log it or echo it back.
+   */
   key: keyHexSchema,
+  /** The guest's budgets; the IOhyp's defaults for those not given. */
   budgets: budgetsSchema.optional(),
 })
 
@@ -65,7 +71,7 @@ export function parseKeyHex(value: unknown, field = 'key'): string {
 }
 
 /** Validates a POST /v1/guests body and returns it in canonical form. */
-export function parseAddGuestRequest(body: unknown): AddGuestRequest {
+export function parseAddGuestRequest(body: unknown): z.output<typeof guestSpecSchema> {
   if (typeof body !== 'object' || body === null || Array.isArray(body))
     throw specError([{ path: 'body', message: 'expected a JSON object with mac, address and key' }])
   return parse(guestSpecSchema, body)

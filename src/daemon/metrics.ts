@@ -85,18 +85,18 @@ function statusName(status: number): string {
 }
 
 /**
- * A metric whose values are rows produced at scrape time (counter or gauge), through prom-client's
- * collect() hook: each scrape starts from nothing, so removed devices leave no stale series.
+ * A metric whose values are rows produced at scrape time, through prom-client's collect() hook:
+ * each scrape starts from nothing, so removed devices leave no stale series. A counter when its
+ * name ends in `_total` (the Prometheus convention every name here follows), else a gauge.
  */
 function collected(
   registry: Reg,
-  type: 'counter' | 'gauge',
   name: string,
   help: string,
   labelNames: readonly string[],
   rows: (emit: (labels: Labels, value: number) => void) => void,
 ): void {
-  if (type === 'counter') {
+  if (name.endsWith('_total')) {
     new registry.client.Counter({
       name,
       help,
@@ -199,7 +199,6 @@ function common(
   info.set({ role, version }, 1)
   collected(
     registry,
-    'counter',
     'vrio_packet_socket_kernel_drops_total',
     "Frames the kernel dropped because the packet socket's receive buffer was full",
     ['interface'],
@@ -264,40 +263,19 @@ function diskCounters(
   disks: () => Iterable<{ labels: Labels; ops: BlockOpStats; inFlight: number }>,
   labelNames: readonly string[],
 ): void {
-  collected(
-    registry,
-    'counter',
-    'vrio_disk_requests_total',
-    'Block requests by operation',
-    [...labelNames, 'op'],
-    (emit) => {
-      for (const d of disks())
-        for (let i = 0; i < BLOCK_OP_NAMES.length; i++)
-          emit({ ...d.labels, op: BLOCK_OP_NAMES[i] }, d.ops.requests[i])
-    },
-  )
-  collected(
-    registry,
-    'counter',
-    'vrio_disk_bytes_total',
-    'Bytes read and written',
-    [...labelNames, 'op'],
-    (emit) => {
-      for (const d of disks()) {
-        emit({ ...d.labels, op: 'read' }, d.ops.bytes[0])
-        emit({ ...d.labels, op: 'write' }, d.ops.bytes[1])
-      }
-    },
-  )
-  collected(
-    registry,
-    'gauge',
+  const disk = perItem(registry, disks, (d) => d.labels)
+  disk('vrio_disk_requests_total', 'Block requests by operation', [...labelNames, 'op'], (d, emit, l) => {
+    for (let i = 0; i < BLOCK_OP_NAMES.length; i++) emit({ ...l, op: BLOCK_OP_NAMES[i] }, d.ops.requests[i])
+  })
+  disk('vrio_disk_bytes_total', 'Bytes read and written', [...labelNames, 'op'], (d, emit, l) => {
+    emit({ ...l, op: 'read' }, d.ops.bytes[0])
+    emit({ ...l, op: 'write' }, d.ops.bytes[1])
+  })
+  disk(
     'vrio_disk_in_flight',
     'Requests outstanding on the disk now (queue depth)',
     labelNames,
-    (emit) => {
-      for (const d of disks()) emit(d.labels, d.inFlight)
-    },
+    (d, emit, l) => emit(l, d.inFlight),
   )
 }
 
@@ -311,96 +289,102 @@ export function createIohypMetrics(source: IohypMetricsSource): DaemonMetrics {
   )
 }
 
+type Emit = (labels: Labels, value: number) => void
+
+/** `value_in` and `value_out` as rows with a `direction` label. */
+function inOut(emit: Emit, labels: Labels, valueIn: number, valueOut: number): void {
+  emit({ ...labels, direction: 'in' }, valueIn)
+  emit({ ...labels, direction: 'out' }, valueOut)
+}
+
+/** A row per entry of `counts`, its key as label `key`. */
+function byKey(emit: Emit, labels: Labels, key: string, counts: Readonly<Record<string, number>>): void {
+  for (const [k, n] of Object.entries(counts)) emit({ ...labels, [key]: k }, n)
+}
+
+/**
+ * A metric with rows per item of `items()`: `rows` emits an item's rows with the labels it adds to
+ * `base(item)`'s (`labelNames` are the base's, then those `rows` adds).
+ */
+function perItem<T>(
+  registry: Reg,
+  items: () => Iterable<T>,
+  base: (item: T) => Labels,
+): (
+  name: string,
+  help: string,
+  labelNames: readonly string[],
+  rows: (item: T, emit: Emit, labels: Labels) => void,
+) => void {
+  return (name, help, labelNames, rows) =>
+    collected(registry, name, help, labelNames, (emit) => {
+      for (const item of items()) rows(item, emit, base(item))
+    })
+}
+
 function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
-  const guests = (emit: (g: GuestInfo) => void) => {
-    for (const g of source.guests()) emit(g)
-  }
-  collected(
+  const guest = perItem(
     registry,
-    'gauge',
+    () => source.guests(),
+    (g) => ({ guest: g.mac }),
+  )
+  guest(
     'vrio_channel_up',
     'Whether the channel to the guest is connected (1) or not (0)',
     ['guest'],
-    (emit) => guests((g) => emit({ guest: g.mac }, g.state === 'connected' ? 1 : 0)),
+    (g, emit, l) => emit(l, g.state === 'connected' ? 1 : 0),
   )
-  collected(
-    registry,
-    'gauge',
+  guest(
     'vrio_channel_state',
     "The channel's state: 1 for the current one, 0 for the others",
     ['guest', 'state'],
-    (emit) =>
-      guests((g) => {
-        for (const s of GUEST_STATES) emit({ guest: g.mac, state: s }, g.state === s ? 1 : 0)
-      }),
+    (g, emit, l) => {
+      for (const s of GUEST_STATES) emit({ ...l, state: s }, g.state === s ? 1 : 0)
+    },
   )
-  collected(
-    registry,
-    'gauge',
+  guest(
     'vrio_channel_rtt_seconds',
     'Smoothed round-trip time of the channel (absent before the first sample)',
     ['guest'],
-    (emit) =>
-      guests((g) => {
-        if (g.rttMs !== null) emit({ guest: g.mac }, g.rttMs / 1000)
-      }),
+    (g, emit, l) => {
+      if (g.rttMs !== null) emit(l, g.rttMs / 1000)
+    },
   )
-  collected(
-    registry,
-    'counter',
+  guest(
     'vrio_channel_bytes_total',
     'Bytes of channel frames, received (in) and sent (out)',
     ['guest', 'direction'],
-    (emit) =>
-      guests((g) => {
-        emit({ guest: g.mac, direction: 'in' }, g.bytesIn)
-        emit({ guest: g.mac, direction: 'out' }, g.bytesOut)
-      }),
+    (g, emit, l) => inOut(emit, l, g.bytesIn, g.bytesOut),
   )
-  collected(
-    registry,
-    'counter',
+  guest(
     'vrio_channel_frames_total',
     'Channel frames received (in) and sent (out)',
     ['guest', 'direction'],
-    (emit) =>
-      guests((g) => {
-        emit({ guest: g.mac, direction: 'in' }, g.framesIn)
-        emit({ guest: g.mac, direction: 'out' }, g.framesOut)
-      }),
+    (g, emit, l) => inOut(emit, l, g.framesIn, g.framesOut),
   )
-  const perGuest = (name: string, help: string, value: (g: GuestInfo) => number) =>
-    collected(registry, 'counter', name, help, ['guest'], (emit) =>
-      guests((g) => emit({ guest: g.mac }, value(g))),
-    )
-  perGuest('vrio_channel_retransmits_total', 'Segments sent again', (g) => g.retransmits)
-  perGuest('vrio_channel_rto_firings_total', 'Retransmission timeouts that fired', (g) => g.rtoFirings)
-  perGuest(
+  guest('vrio_channel_retransmits_total', 'Segments sent again', ['guest'], (g, emit, l) =>
+    emit(l, g.retransmits),
+  )
+  guest('vrio_channel_rto_firings_total', 'Retransmission timeouts that fired', ['guest'], (g, emit, l) =>
+    emit(l, g.rtoFirings),
+  )
+  guest(
     'vrio_channel_window_stalls_total',
     "Times a message found the channel's send buffer full (the peer's window or the network held it back)",
-    (g) => g.windowStalls ?? 0,
+    ['guest'],
+    (g, emit, l) => emit(l, g.windowStalls ?? 0),
   )
-  collected(
-    registry,
-    'counter',
+  guest(
     'vrio_channel_drops_total',
     'Frames and messages of the channel dropped, by reason',
     ['guest', 'reason'],
-    (emit) =>
-      guests((g) => {
-        for (const [reason, n] of Object.entries(g.drops)) emit({ guest: g.mac, reason }, n)
-      }),
+    (g, emit, l) => byKey(emit, l, 'reason', g.drops),
   )
-  collected(
-    registry,
-    'counter',
+  guest(
     'vrio_channel_auth_failures_total',
     'Channels that ended because authentication or integrity failed, by reason',
     ['guest', 'reason'],
-    (emit) =>
-      guests((g) => {
-        for (const [reason, n] of Object.entries(g.sessionFailures)) emit({ guest: g.mac, reason }, n)
-      }),
+    (g, emit, l) => byKey(emit, l, 'reason', g.sessionFailures),
   )
 
   const disks = () => {
@@ -409,16 +393,14 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
     return rows
   }
   diskCounters(registry, disks, ['guest', 'disk'])
-  collected(
-    registry,
-    'counter',
+  const disk = perItem(registry, disks, (d) => d.labels)
+  disk(
     'vrio_disk_errors_total',
     'Block requests answered with an error, by status',
     ['guest', 'disk', 'status'],
-    (emit) => {
-      for (const d of disks())
-        for (const [status, n] of Object.entries(d.errors))
-          emit({ ...d.labels, status: statusName(Number(status)) }, n)
+    (d, emit, l) => {
+      for (const [status, n] of Object.entries(d.errors))
+        emit({ ...l, status: statusName(Number(status)) }, n)
     },
   )
   registerHistogram(
@@ -431,95 +413,53 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
       },
     ),
   )
-  collected(
-    registry,
-    'counter',
+  disk(
     'vrio_disk_crypt_bytes_total',
     'Bytes of encrypted disks decrypted (in: read from the backing) and encrypted (out: written to it)',
     ['disk', 'direction'],
-    (emit) => {
-      for (const d of disks()) {
-        if (!d.crypt) continue
-        emit({ disk: d.disk, direction: 'in' }, d.crypt.bytesDecrypted)
-        emit({ disk: d.disk, direction: 'out' }, d.crypt.bytesEncrypted)
-      }
+    (d, emit) => {
+      if (d.crypt) inOut(emit, { disk: d.disk }, d.crypt.bytesDecrypted, d.crypt.bytesEncrypted)
     },
   )
 
-  const nics = (emit: (n: NicInfo) => void) => {
-    for (const n of source.nics()) emit(n)
-  }
-  collected(
+  const nic = perItem(
     registry,
-    'counter',
+    () => source.nics(),
+    (n) => ({ guest: n.guest, nic: n.name }),
+  )
+  nic(
     'vrio_nic_frames_total',
     'NIC frames from the guest (in) and to the guest (out)',
     ['guest', 'nic', 'direction'],
-    (emit) =>
-      nics((n) => {
-        emit({ guest: n.guest, nic: n.name, direction: 'in' }, n.fromGuest.frames)
-        emit({ guest: n.guest, nic: n.name, direction: 'out' }, n.toGuest.frames)
-      }),
+    (n, emit, l) => inOut(emit, l, n.fromGuest.frames, n.toGuest.frames),
   )
-  collected(
-    registry,
-    'counter',
+  nic(
     'vrio_nic_bytes_total',
     'NIC bytes from the guest (in) and to the guest (out)',
     ['guest', 'nic', 'direction'],
-    (emit) =>
-      nics((n) => {
-        emit({ guest: n.guest, nic: n.name, direction: 'in' }, n.fromGuest.bytes)
-        emit({ guest: n.guest, nic: n.name, direction: 'out' }, n.toGuest.bytes)
-      }),
+    (n, emit, l) => inOut(emit, l, n.fromGuest.bytes, n.toGuest.bytes),
   )
-  collected(
-    registry,
-    'counter',
-    'vrio_nic_drops_total',
-    'NIC frames dropped, by reason',
-    ['guest', 'nic', 'reason'],
-    (emit) =>
-      nics((n) => {
-        for (const [reason, v] of Object.entries(n.drops)) emit({ guest: n.guest, nic: n.name, reason }, v)
-      }),
+  nic('vrio_nic_drops_total', 'NIC frames dropped, by reason', ['guest', 'nic', 'reason'], (n, emit, l) =>
+    byKey(emit, l, 'reason', n.drops),
   )
-  collected(
-    registry,
-    'counter',
+  nic(
     'vrio_nic_firewall_verdicts_total',
     "Packets by firewall rule (`<direction>:<line>`, or `<direction>:policy` for no rule) and the rule's verdict",
     ['nic', 'rule', 'verdict'],
-    (emit) => nics((n) => firewallRows(n, emit)),
+    (n, emit) => firewallRows(n, emit),
   )
-  collected(
-    registry,
-    'counter',
-    'vrio_nic_dpi_alerts_total',
-    'DPI alerts, by rule sid',
-    ['nic', 'sid'],
-    (emit) =>
-      nics((n) => {
-        const c = n.services.services.dpi?.counters as { alertsBySid?: Record<string, number> } | undefined
-        for (const [sid, v] of Object.entries(c?.alertsBySid ?? {})) emit({ nic: n.name, sid }, v)
-      }),
-  )
-  collected(
-    registry,
-    'counter',
-    'vrio_nic_dpi_inspected_bytes_total',
-    'Bytes the DPI service inspected',
-    ['nic'],
-    (emit) =>
-      nics((n) => {
-        const c = n.services.services.dpi?.counters as { bytes?: number } | undefined
-        if (c && typeof c.bytes === 'number') emit({ nic: n.name }, c.bytes)
-      }),
-  )
+  nic('vrio_nic_dpi_alerts_total', 'DPI alerts, by rule sid', ['nic', 'sid'], (n, emit) => {
+    const c = n.services.services.dpi?.counters as { alertsBySid?: Record<string, number> } | undefined
+    byKey(emit, { nic: n.name }, 'sid', c?.alertsBySid ?? {})
+  })
+  nic('vrio_nic_dpi_inspected_bytes_total', 'Bytes the DPI service inspected', ['nic'], (n, emit) => {
+    const c = n.services.services.dpi?.counters as { bytes?: number } | undefined
+    if (c && typeof c.bytes === 'number') emit({ nic: n.name }, c.bytes)
+  })
 }
 
 /** The firewall's rule counters as rows; the verdict is the rule's action (its text says it). */
-function firewallRows(n: NicInfo, emit: (labels: Labels, value: number) => void): void {
+function firewallRows(n: NicInfo, emit: Emit): void {
   const fw = n.services.services.firewall?.counters as
     | {
         rules?: { direction: string; line: number; rule: string; packets: number }[]

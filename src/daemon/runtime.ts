@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, rename, rm } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 import { VrioError } from '../errors.ts'
@@ -98,6 +98,16 @@ function unknownInterface(error: unknown, ifname: string): unknown {
   return new VrioError('unknown-interface', `no network interface named '${ifname}'`, {
     interface: ifname,
   })
+}
+
+/** The text of `path`, or undefined when there is no such file. */
+export async function readFileIfExists(path: string): Promise<string | undefined> {
+  try {
+    return await readFile(path, 'utf8')
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    throw error
+  }
 }
 
 /** Writes queued per path, so concurrent callers land in call order and never share a temp file. */

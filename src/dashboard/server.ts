@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createRequire } from 'node:module'
 import type { AddressInfo } from 'node:net'
+import { parseListenAddress } from '../daemon/listen-address.ts'
 import { VrioError } from '../errors.ts'
 import type { Figures } from './figures.ts'
 import { History } from './history.ts'
@@ -208,15 +209,5 @@ function sendJson(res: ServerResponse, value: unknown): void {
 
 /** `ADDR:PORT` (`[v6]:PORT` for IPv6) as given to --listen; a VrioError 'invalid-argument' otherwise. */
 export function parseListen(text: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(text.trim())
-  const port = m ? Number(m[3]) : Number.NaN
-  if (!m || port > 65535)
-    throw new VrioError(
-      'invalid-argument',
-      `--listen ${JSON.stringify(text)}: expected ADDR:PORT, e.g. 127.0.0.1:${DEFAULT_DASHBOARD_PORT}`,
-      {
-        listen: text,
-      },
-    )
-  return { host: m[1] ?? m[2], port }
+  return parseListenAddress(text, '--listen', DEFAULT_DASHBOARD_PORT)
 }

@@ -24,57 +24,44 @@ export function show(value: unknown): string {
 export const textSchema = z.string().min(1, { error: 'must not be empty' })
 export const pathSchema = textSchema
 
+/** A string that `check` turns into its canonical form, or refuses with `{ error }` (the message). */
+function canonicalText(check: (value: string) => string | { error: string }) {
+  return z.string().transform((value, ctx) => {
+    const r = check(value)
+    if (typeof r === 'string') return r
+    ctx.addIssue({ code: 'custom', message: r.error })
+    return z.NEVER
+  })
+}
+
 /** A unicast MAC, returned in canonical `aa:bb:cc:dd:ee:ff` form. */
-export const macSchema = z.string().transform((value, ctx) => {
+export const macSchema = canonicalText((value) => {
   const mac = parseMac(value)
-  if (mac === undefined) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `${show(value)} is not a MAC address (six hex pairs like 52:54:00:12:34:56)`,
-    })
-    return z.NEVER
-  }
-  if (mac === 0 || isGroupMac(mac)) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `${show(value)} is not a unicast MAC address (all-zero, multicast or broadcast)`,
-    })
-    return z.NEVER
-  }
+  if (mac === undefined)
+    return { error: `${show(value)} is not a MAC address (six hex pairs like 52:54:00:12:34:56)` }
+  if (mac === 0 || isGroupMac(mac))
+    return { error: `${show(value)} is not a unicast MAC address (all-zero, multicast or broadcast)` }
   return formatMac(mac)
 })
 
 /** A unicast IPv4 address, returned as a canonical dotted quad. */
-export const ipv4Schema = z.string().transform((value, ctx) => {
+export const ipv4Schema = canonicalText((value) => {
   const ip = parseIPv4(value)
-  if (ip === undefined) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `${show(value)} is not an IPv4 address (a dotted quad like 10.0.0.2)`,
-    })
-    return z.NEVER
-  }
+  if (ip === undefined)
+    return { error: `${show(value)} is not an IPv4 address (a dotted quad like 10.0.0.2)` }
   const first = ip >>> 24
-  if (ip === 0 || ip === 0xffff_ffff || first === 127 || first >= 224) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `${show(value)} is not a unicast address (not 0.0.0.0, loopback, multicast or broadcast)`,
-    })
-    return z.NEVER
-  }
+  if (ip === 0 || ip === 0xffff_ffff || first === 127 || first >= 224)
+    return {
+      error: `${show(value)} is not a unicast address (not 0.0.0.0, loopback, multicast or broadcast)`,
+    }
   return formatIPv4(ip)
 })
 
 /** `a.b.c.d` or `a.b.c.d/n`, returned canonical (no `/32`). */
-export const ipv4PrefixSchema = z.string().transform((value, ctx) => {
+export const ipv4PrefixSchema = canonicalText((value) => {
   const p = parseIPv4Prefix(value)
-  if (p === undefined) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `${show(value)} is not an IPv4 address or prefix (like 10.0.0.5 or 10.0.0.0/29)`,
-    })
-    return z.NEVER
-  }
+  if (p === undefined)
+    return { error: `${show(value)} is not an IPv4 address or prefix (like 10.0.0.5 or 10.0.0.0/29)` }
   return formatIPv4Prefix(p)
 })
 

@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { StatusInfo } from '../control/api.ts'
 import { ROUTES } from '../control/api.ts'
@@ -15,7 +14,7 @@ import {
   startWithMetrics,
 } from '../daemon/metrics.ts'
 import type { Logger } from '../daemon/log.ts'
-import { VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
+import { readFileIfExists, VRIO_PORT, writeFileAtomic } from '../daemon/runtime.ts'
 import { Rpc } from '../session/rpc.ts'
 import { Session } from '../session/session.ts'
 import { GuestDisks } from './disks.ts'
@@ -208,13 +207,8 @@ export class GuestDaemon {
       return
     }
     const file = join(this.o.runDir, LEARNED_IOHYP_FILE)
-    let text: string
-    try {
-      text = await readFile(file, 'utf8')
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return
-      throw error
-    }
+    const text = await readFileIfExists(file)
+    if (text === undefined) return
     const ip = parseIPv4(text.trim())
     if (ip === undefined) {
       throw new VrioError(

@@ -52,9 +52,12 @@ export interface ReceiveConfig {
   frameSize: number
 }
 
-interface Where {
-  ifname?: string
-  netns?: string
+/** What a native open returns that every channel keeps. */
+interface Opened {
+  handle: NativeChannel
+  ifindex: number
+  mtu: number
+  mac: string
 }
 
 /**
@@ -64,18 +67,35 @@ interface Where {
  */
 export class FrameChannel {
   readonly rx: Readonly<ReceiveConfig>
+  readonly ifname: string
+  readonly ifindex: number
+  readonly netns: string | undefined
+  readonly vnetHdr: boolean
+  /** MTU and MAC of the interface when the channel was opened. */
+  readonly mtu: number
+  readonly mac: string
   readonly #handle: NativeChannel
-  readonly #where: Where
+  readonly #where: { ifname: string; netns?: string }
   #batches: FrameBatch[] = []
   #onBatch: BatchHandler | undefined
   #onError: ErrorHandler | undefined
   #started = false
   #closed = false
 
-  protected constructor(handle: NativeChannel, rx: ReceiveConfig, where: Where) {
-    this.#handle = handle
+  protected constructor(
+    opened: Opened,
+    rx: ReceiveConfig,
+    o: { ifname: string; netns?: string; vnetHdr?: boolean },
+  ) {
+    this.#handle = opened.handle
     this.rx = Object.freeze({ ...rx })
-    this.#where = where
+    this.ifname = o.ifname
+    this.ifindex = opened.ifindex
+    this.netns = o.netns
+    this.vnetHdr = o.vnetHdr ?? false
+    this.mtu = opened.mtu
+    this.mac = opened.mac
+    this.#where = { ifname: o.ifname, netns: o.netns }
   }
 
   get closed(): boolean {

@@ -48,13 +48,6 @@ export interface PacketSocketOptions {
  * FrameChannel.onBatch) and sends batches with sendmmsg. Non-blocking throughout.
  */
 export class PacketSocket extends FrameChannel {
-  readonly ifname: string
-  readonly ifindex: number
-  readonly netns: string | undefined
-  readonly vnetHdr: boolean
-  /** MTU and MAC of the interface when the socket was opened. */
-  readonly mtu: number
-  readonly mac: string
   /** A kernel filter (options.filter) is attached: frames it refuses never reach this socket. */
   readonly filtered: boolean
 
@@ -63,13 +56,7 @@ export class PacketSocket extends FrameChannel {
     options: PacketSocketOptions,
     rx: ReceiveConfig,
   ) {
-    super(opened.handle, rx, { ifname: options.ifname, netns: options.netns })
-    this.ifname = options.ifname
-    this.ifindex = opened.ifindex
-    this.netns = options.netns
-    this.vnetHdr = options.vnetHdr ?? false
-    this.mtu = opened.mtu
-    this.mac = opened.mac
+    super(opened, rx, options)
     this.filtered = opened.filtered === true
   }
 

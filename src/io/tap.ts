@@ -52,30 +52,20 @@ export interface TapOptions {
 export class TapDevice extends FrameChannel {
   /** Actual device name (resolves a '%d' pattern). */
   readonly name: string
-  readonly ifindex: number
-  readonly netns: string | undefined
-  readonly vnetHdr: boolean
   /** Whether this open created the device. */
   readonly created: boolean
   /** The TUN_F_* bits in force. */
   readonly offloads: number
-  readonly mtu: number
-  readonly mac: string
 
   private constructor(
     opened: ReturnType<ReturnType<typeof native>['openTap']>,
     options: TapOptions,
     rx: ReceiveConfig,
   ) {
-    super(opened.handle, rx, { ifname: opened.name, netns: options.netns })
+    super(opened, rx, { ...options, ifname: opened.name })
     this.name = opened.name
-    this.ifindex = opened.ifindex
-    this.netns = options.netns
-    this.vnetHdr = options.vnetHdr ?? false
     this.created = opened.created
     this.offloads = opened.offloads
-    this.mtu = opened.mtu
-    this.mac = opened.mac
   }
 
   static open(options: TapOptions = {}): TapDevice {

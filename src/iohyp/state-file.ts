@@ -6,21 +6,19 @@
  * the previous valid state, rotated at every save) is named in the error so the operator can move
  * it back.
  */
-import { copyFile, readFile, rename } from 'node:fs/promises'
+import { copyFile, rename } from 'node:fs/promises'
 import * as z from 'zod'
-import { writeFileAtomic } from '../daemon/runtime.ts'
+import { readFileIfExists, writeFileAtomic } from '../daemon/runtime.ts'
 import { guestSpecSchema } from '../control/guest-spec.ts'
 import { diskStateSchema } from '../devices/blk/spec.ts'
 import { checkWithSchema } from '../devices/fields.ts'
 import { nicStateSchema } from '../devices/net/spec.ts'
 import { VrioError } from '../errors.ts'
 
-/** An enrolled guest, as the control API takes it (its key as hex). */
-export const stateGuestSchema = guestSpecSchema
-
 export const stateFileSchema = z.strictObject({
   version: z.literal(1),
-  guests: z.array(stateGuestSchema).default([]),
+  /** Enrolled guests, as the control API takes them (the key as hex). */
+  guests: z.array(guestSpecSchema).default([]),
   disks: z.array(diskStateSchema).default([]),
   nics: z.array(nicStateSchema).default([]),
 })
@@ -59,14 +57,8 @@ export function parseStateFile(text: string, file: string): IohypState {
 
 /** The state in `file`: EMPTY_STATE when there is none yet. */
 export async function readStateFile(file: string): Promise<IohypState> {
-  let text: string
-  try {
-    text = await readFile(file, 'utf8')
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return EMPTY_STATE
-    throw error
-  }
-  return parseStateFile(text, file)
+  const text = await readFileIfExists(file)
+  return text === undefined ? EMPTY_STATE : parseStateFile(text, file)
 }
 
 /**
@@ -74,24 +66,17 @@ export async function readStateFile(file: string): Promise<IohypState> {
  * (a hand-edited, broken file is not rotated over a good copy).
  */
 export async function writeStateFile(file: string, state: IohypState): Promise<void> {
-  let previous: string | undefined
+  const previous = await readFileIfExists(file)
+  let valid = previous !== undefined
   try {
-    previous = await readFile(file, 'utf8')
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
+    if (valid) parseStateFile(previous!, file)
+  } catch {
+    valid = false
   }
-  if (previous !== undefined) {
-    let valid = true
-    try {
-      parseStateFile(previous, file)
-    } catch {
-      valid = false
-    }
-    if (valid) {
-      // Copy then rename: the last good copy is never a half-written file.
-      await copyFile(file, `${lastGoodPath(file)}.tmp`)
-      await rename(`${lastGoodPath(file)}.tmp`, lastGoodPath(file))
-    }
+  if (valid) {
+    // Copy then rename: the last good copy is never a half-written file.
+    await copyFile(file, `${lastGoodPath(file)}.tmp`)
+    await rename(`${lastGoodPath(file)}.tmp`, lastGoodPath(file))
   }
   await writeFileAtomic(file, `${JSON.stringify(state, null, 2)}\n`)
 }

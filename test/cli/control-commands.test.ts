@@ -509,8 +509,35 @@ describe('vrio control commands against a fake daemon', () => {
     })
 
     it('refuses a bad --ip, and --ip with --allow-spoofing, locally', async () => {
-      assertOneLineFailure(await create('--ip', '192.168.1.9/29'), /--ip '192\.168\.1\.9\/29' is not an IPv4/)
+      assertOneLineFailure(
+        await create('--ip', '192.168.1.9/29'),
+        /--ip: '192\.168\.1\.9\/29' is not an IPv4/,
+      )
       assertOneLineFailure(await create('--ip', '10.0.0.5', '--allow-spoofing'), /exclude each other/)
+      assert.deepEqual(received, [])
+    })
+  })
+
+  describe('blk create: the disk schema checks the flags, naming them', () => {
+    const create = (...extra: string[]) =>
+      vrio('blk', 'create', '--guest', '10.0.0.2', '--backing', 'x.img', ...extra, '--control', socket)
+
+    it('refuses what the schema refuses, locally, naming the flag', async () => {
+      assertOneLineFailure(await create('--key-file', 'k'), /^vrio: --encrypt: required/)
+      assertOneLineFailure(await create('--encrypt', 'plain'), /^vrio: --key-file: required/)
+      assertOneLineFailure(
+        await create('--encrypt', 'plain', '--key-file', 'k', '--sector-size', '1024'),
+        /^vrio: --sector-size: expected 512 or 4096, got 1024/,
+      )
+      assertOneLineFailure(
+        await create('--encrypt', 'luks', '--key-file', 'k', '--passphrase-file', 'p'),
+        /^vrio: --encrypt: luks needs exactly one of/,
+      )
+      assertOneLineFailure(
+        await create('--encrypt', 'luks', '--key-file', 'k', '--sector-size', '512'),
+        /^vrio: --sector-size: does not go with the other options/,
+      )
+      assertOneLineFailure(await create('--encrypt', 'foo'), /^vrio: --encrypt: expected 'plain' or 'luks'/)
       assert.deepEqual(received, [])
     })
   })

@@ -249,11 +249,14 @@ describe('remote NIC: two guests, an IOhyp bridge and a world namespace', () => 
       ['--guest', pair.guestMac, '--mac', '02:77:00:00:00:09', '--tap', 'vt9', '--name', 'vn1'],
       /vn1 exists already/,
     )
-    await bad(['--guest', pair.guestMac, '--mac', '02:77:00:00:00:09'], /exactly one of --tap and --macvtap/)
+    await bad(
+      ['--guest', pair.guestMac, '--mac', '02:77:00:00:00:09'],
+      /--tap: exactly one of tap and macvtap/,
+    )
     await bad(['--guest', pair.guestMac, '--mac', '01:00:5e:00:00:01', '--tap', 'vt9'], /not a unicast MAC/)
     await bad(
       ['--guest', pair.guestMac, '--mac', '02:77:00:00:00:09', '--tap', 'vt9', '--mtu', '9'],
-      /--mtu '9'/,
+      /--mtu: must be at least 68/,
     )
   })
 

@@ -3,17 +3,11 @@
  * NBD_OPT_EXPORT_NAME or NBD_OPT_GO selects an export. See nbd-server.ts for what is offered.
  */
 import type { BlockDevice } from './device.ts'
-import type { NbdServer } from './nbd-server.ts'
-import type { ByteQueue } from './nbd-byte-queue.ts'
-import {
-  BASE_ALLOCATION_ID,
-  type Export,
-  NBD_MAX_OPTION_LENGTH,
-  NBD_MAX_OPTIONS,
-  NBD_MAX_PAYLOAD,
-} from './nbd-export.ts'
+import type { Connection } from './nbd-connection.ts'
 import {
   BASE_ALLOCATION,
+  BASE_ALLOCATION_ID,
+  CLIENT_FLAGS_LENGTH,
   ClientFlag,
   decodeInfoRequest,
   decodeMetaContextRequest,
@@ -26,7 +20,11 @@ import {
   encodeMetaContext,
   encodeOptionReply,
   encodeServerEntry,
+  type Export,
   InfoType,
+  NBD_MAX_OPTION_LENGTH,
+  NBD_MAX_OPTIONS,
+  NBD_MAX_PAYLOAD,
   Option,
   OPTION_HEADER_LENGTH,
   OptionReply,
@@ -35,24 +33,8 @@ import {
 
 const ALLOWED_CLIENT_FLAGS = ClientFlag.FixedNewstyle | ClientFlag.NoZeroes
 
-/** What a Negotiation needs of its connection. */
-export interface NegotiationHost {
-  readonly server: NbdServer
-  readonly rx: ByteQueue
-  /** Room for a header that straddles chunks. */
-  readonly scratch: Buffer
-  readonly shuttingDown: boolean
-  send(buf: Uint8Array): void
-  /** Ends the connection for breaking the protocol; returns false (no more input is handled). */
-  violation(message: string): false
-  /** Ends the connection after what was sent. */
-  end(): void
-  /** The client selected `exp`: the transmission phase starts with what was negotiated. */
-  enterTransmission(exp: Export, structured: boolean, allocation: boolean): void
-}
-
 export class Negotiation {
-  private readonly host: NegotiationHost
+  private readonly host: Connection
   private greeted = false
   private fixed = false
   private noZeroes = false
@@ -61,7 +43,7 @@ export class Negotiation {
   private allocationFor: string | undefined
   private optionCount = 0
 
-  constructor(host: NegotiationHost) {
+  constructor(host: Connection) {
     this.host = host
   }
 
@@ -71,9 +53,9 @@ export class Negotiation {
   }
 
   private clientFlags(): boolean {
-    if (this.host.rx.length < 4) return false
-    const flags = this.host.rx.peek(4, this.host.scratch).readUInt32BE(0)
-    this.host.rx.skip(4)
+    if (this.host.rx.length < CLIENT_FLAGS_LENGTH) return false
+    const flags = this.host.rx.peek(CLIENT_FLAGS_LENGTH, this.host.scratch).readUInt32BE(0)
+    this.host.rx.skip(CLIENT_FLAGS_LENGTH)
     if ((flags & ~ALLOWED_CLIENT_FLAGS) !== 0)
       return this.host.violation(`unknown client flags 0x${flags.toString(16)}`)
     this.fixed = (flags & ClientFlag.FixedNewstyle) !== 0

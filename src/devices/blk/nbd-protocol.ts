@@ -1,13 +1,17 @@
 /**
  * The NBD wire protocol (fixed newstyle handshake, simple and structured replies) as pure codecs:
  * constants, encoders that return ready-to-send buffers, and bounds-checked decoders that report
- * malformed input instead of throwing. No I/O here; nbd-server.ts drives it.
+ * malformed input instead of throwing; then what the server's modules share: its limits, the export a
+ * connection is attached to and its counters, and the errno a device failure is answered with. No
+ * I/O here; nbd-server.ts drives it.
  *
  * Reference: the NBD protocol document (NetworkBlockDevice/nbd, doc/proto.md). All integers are
  * big-endian. 64-bit cookies (handles) travel as two u32 halves so the data path never needs a
  * BigInt; 64-bit offsets and sizes are plain numbers (exact below 2^53, which covers any export).
  */
+import { VrioError } from '../../errors.ts'
 import { readU16, readU32, writeU16, writeU32 } from '../../wire/bytes.ts'
+import type { BlockDevice } from './device.ts'
 
 /** 'NBDMAGIC' */
 export const NBD_MAGIC = [0x4e42444d, 0x41474943] as const
@@ -16,7 +20,6 @@ export const NBD_OPTS_MAGIC = [0x49484156, 0x454f5054] as const
 /** Prefix of every option reply. */
 export const NBD_REP_MAGIC = [0x0003e889, 0x045565a9] as const
 export const NBD_REQUEST_MAGIC = 0x25609513
-export const NBD_EXTENDED_REQUEST_MAGIC = 0x21e41c71
 export const NBD_SIMPLE_REPLY_MAGIC = 0x67446698
 export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef
 
@@ -512,4 +515,99 @@ export function encodeBlockStatusReply(
     at += 8
   }
   return buf
+}
+
+/** Largest READ or WRITE (the maximum block size advertised; 2^25 is what every client expects). */
+export const NBD_MAX_PAYLOAD = 32 * 1024 * 1024
+/** Option data longer than this is treated as an attack: the connection is closed. */
+export const NBD_MAX_OPTION_LENGTH = 64 * 1024
+/** Options one connection may send before it is considered abusive. */
+export const NBD_MAX_OPTIONS = 1024
+
+/** The id this server gives base:allocation in NBD_OPT_SET_META_CONTEXT. */
+export const BASE_ALLOCATION_ID = 1
+
+export interface NbdRequestCounts {
+  read: number
+  write: number
+  flush: number
+  trim: number
+  writeZeroes: number
+  blockStatus: number
+  cache: number
+  disconnect: number
+  other: number
+}
+
+export interface NbdExportStats {
+  /** Connections in the transmission phase on this export now, and since the server started. */
+  connections: number
+  connectionsTotal: number
+  requests: NbdRequestCounts
+  bytesRead: number
+  bytesWritten: number
+  bytesTrimmed: number
+  bytesZeroed: number
+  /** Error replies by NBD errno name ('EIO', 'EINVAL', 'EPERM', 'ENOSPC', 'ESHUTDOWN', ...). */
+  errors: Record<string, number>
+  /** Most requests in flight at once on one connection. */
+  inflightHighWater: number
+}
+
+/**
+ * The NBD error for a failure: VrioError codes of the BlockDevice contract map to the errno the
+ * spec suggests; anything else (a bug in a device) is EIO.
+ */
+export function nbdErrnoForError(error: unknown): number {
+  if (error instanceof VrioError) {
+    switch (error.code) {
+      case 'read-only':
+        return NbdErrno.EPERM
+      case 'out-of-range':
+      case 'unsupported':
+      case 'invalid-argument':
+        return NbdErrno.EINVAL
+      case 'no-space':
+        return NbdErrno.ENOSPC
+      case 'not-connected':
+        return NbdErrno.ESHUTDOWN
+      default:
+        return NbdErrno.EIO
+    }
+  }
+  return NbdErrno.EIO
+}
+
+export function newExportStats(): NbdExportStats {
+  return {
+    connections: 0,
+    connectionsTotal: 0,
+    requests: {
+      read: 0,
+      write: 0,
+      flush: 0,
+      trim: 0,
+      writeZeroes: 0,
+      blockStatus: 0,
+      cache: 0,
+      disconnect: 0,
+      other: 0,
+    },
+    bytesRead: 0,
+    bytesWritten: 0,
+    bytesTrimmed: 0,
+    bytesZeroed: 0,
+    errors: {},
+    inflightHighWater: 0,
+  }
+}
+
+/** An export as one connection sees it (after NBD_OPT_GO or NBD_OPT_EXPORT_NAME). */
+export interface Export {
+  name: string
+  device: BlockDevice
+  size: number
+  blockSize: number
+  flags: number
+  stats: NbdExportStats
 }

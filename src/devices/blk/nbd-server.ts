@@ -33,8 +33,9 @@
  * requests already in flight — and never the server; bad requests get NBD errors.
  *
  * Modules: this one listens and keeps the connections and counters; nbd-connection.ts runs one
- * connection (socket, phases, flow control, output), nbd-negotiation.ts its handshake options,
- * nbd-transmission.ts its requests, over nbd-byte-queue.ts; nbd-export.ts holds what they share.
+ * connection (socket, phases, flow control, output, the byte queue), nbd-negotiation.ts its
+ * handshake options, nbd-transmission.ts its requests; nbd-protocol.ts holds the codecs and what
+ * they share.
  */
 import { rm } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
@@ -43,17 +44,9 @@ import { VrioError } from '../../errors.ts'
 import { listenUnixSocket } from '../../io/unix-socket.ts'
 import type { BlockDevice } from './device.ts'
 import { Connection } from './nbd-connection.ts'
-import { type NbdExportStats, newExportStats } from './nbd-export.ts'
+import { type NbdExportStats, newExportStats } from './nbd-protocol.ts'
 
-export {
-  BASE_ALLOCATION_ID,
-  NBD_MAX_OPTION_LENGTH,
-  NBD_MAX_OPTIONS,
-  NBD_MAX_PAYLOAD,
-  type NbdExportStats,
-  type NbdRequestCounts,
-  nbdErrnoForError,
-} from './nbd-export.ts'
+export { NBD_MAX_PAYLOAD, type NbdExportStats, nbdErrnoForError } from './nbd-protocol.ts'
 
 export const DEFAULT_MAX_INFLIGHT = 64
 export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024

@@ -6,15 +6,8 @@
  */
 import { VrioError } from '../../errors.ts'
 import { deviceExtents, MAX_EXTENTS } from './device.ts'
-import type { ByteQueue } from './nbd-byte-queue.ts'
 import {
   BASE_ALLOCATION_ID,
-  type Export,
-  NBD_MAX_PAYLOAD,
-  type NbdRequestCounts,
-  nbdErrnoForError,
-} from './nbd-export.ts'
-import {
   Command,
   CommandFlag,
   commandName,
@@ -24,14 +17,18 @@ import {
   encodeSimpleReply,
   encodeStructuredError,
   encodeStructuredNone,
+  type Export,
+  NBD_MAX_PAYLOAD,
   NbdErrno,
-  type NbdRequest,
+  nbdErrnoForError,
   nbdErrnoName,
+  type NbdRequest,
+  type NbdRequestCounts,
   newRequest,
   REQUEST_HEADER_LENGTH,
   TransmissionFlag,
 } from './nbd-protocol.ts'
-import type { NbdServer } from './nbd-server.ts'
+import type { Connection } from './nbd-connection.ts'
 
 /** A request between admission and its reply. */
 interface Pending {
@@ -55,28 +52,6 @@ interface Payload {
   message: string
 }
 
-/** What a Transmission needs of its connection. */
-export interface TransmissionHost {
-  readonly server: NbdServer
-  readonly rx: ByteQueue
-  /** Room for a header that straddles chunks. */
-  readonly scratch: Buffer
-  /** No more requests are read (DISC, client EOF, a protocol violation, shutdown). */
-  readonly draining: boolean
-  /** The server is shutting down: new requests get ESHUTDOWN. */
-  readonly shuttingDown: boolean
-  /** Bytes the socket has not taken yet. */
-  readonly writableLength: number
-  /** Queues `buf`; `written` runs once the kernel has it (not if the write fails). */
-  send(buf: Uint8Array, written?: () => void): void
-  violation(message: string): false
-  /** NBD_CMD_DISC: read nothing more, end once idle. */
-  disconnect(): void
-  /** A request was answered: the connection may end, or read on. */
-  replied(): void
-  destroy(reason: string): void
-}
-
 export class Transmission {
   readonly export: Export
   /** Requests admitted and not answered, and the payload bytes they count. */
@@ -84,7 +59,7 @@ export class Transmission {
   inflightBytes = 0
   /** The write whose payload is arriving now, if one is. */
   payload: Payload | undefined
-  private readonly host: TransmissionHost
+  private readonly host: Connection
   private readonly structured: boolean
   /** base:allocation is active on this export (BLOCK_STATUS is answered). */
   private readonly allocation: boolean
@@ -92,7 +67,7 @@ export class Transmission {
   /** Why the last check refused a request (its errno is what the check returned). */
   private reason = ''
 
-  constructor(host: TransmissionHost, exp: Export, structured: boolean, allocation: boolean) {
+  constructor(host: Connection, exp: Export, structured: boolean, allocation: boolean) {
     this.host = host
     this.export = exp
     this.structured = structured

@@ -90,8 +90,6 @@ export const BLOCK_RESPONSE_HEAD_LENGTH = MESSAGE_HEADER_LENGTH
 export const BLOCK_ID_WINDOW = 65_536
 /** Largest request id; a front-end moves to a new epoch before passing it. */
 export const MAX_REQUEST_ID = 0xffff_ffff
-/** Offsets must stay exact in a JS number. */
-export const MAX_BLOCK_OFFSET = Number.MAX_SAFE_INTEGER
 /** Bytes of one extent in an Extents reply: u32 length, u32 flags. */
 export const EXTENT_LENGTH = 8
 /** Most extents one Extents reply carries (its replyLength is at most this many × 8). */

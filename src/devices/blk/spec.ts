@@ -71,7 +71,6 @@ export const diskStateSchema = z.strictObject({
   handle: handleSchema,
 })
 
-export type EncryptSpec = z.output<typeof encryptSchema>
 export type DiskRequest = z.output<typeof diskRequestSchema>
 /** A disk as the IOhyp serves it (a request, a config entry or a state file entry, parsed). */
 export type DiskSpec = DiskRequest & { name: string; readOnly: boolean }

@@ -16,7 +16,8 @@
  * tweaks of a request in one AES-ECB call, AES-ECB over the data 16 KiB at a time with the tweaks
  * XORed in by SIMD passes; 4 KiB and up: OpenSSL's XTS per sector; see native/xts.cc) and a JS
  * fallback that does the ECB way with node:crypto and JS XOR loops (about a quarter of the
- * speed). `referenceXtsCrypt` is the obvious per-sector version the tests hold both to.
+ * speed). `referenceXtsCrypt` (test/support/reference-xts.ts) is the obvious per-sector version
+ * the tests hold both to.
  */
 import { type Cipher, createCipheriv, createDecipheriv, type Decipher } from 'node:crypto'
 import { VrioError } from '../../errors.ts'
@@ -260,28 +261,4 @@ function xorTweaks(
       p += 4
     }
   }
-}
-
-/**
- * The obvious implementation: one node:crypto `aes-*-xts` cipher per sector with the tweak as
- * its IV. Slow; the reference the fast paths are tested against.
- */
-export function referenceXtsCrypt(
-  encrypt: boolean,
-  key: Uint8Array,
-  src: Uint8Array,
-  firstTweak: number,
-  sectorSize: number,
-  tweakStep: number,
-): Uint8Array {
-  const algorithm = key.length === 32 ? 'aes-128-xts' : 'aes-256-xts'
-  const out = new Uint8Array(src.length)
-  const iv = Buffer.alloc(16)
-  for (let s = 0; s * sectorSize < src.length; s++) {
-    iv.writeBigUInt64LE(BigInt(firstTweak + s * tweakStep), 0)
-    const c = encrypt ? createCipheriv(algorithm, key, iv) : createDecipheriv(algorithm, key, iv)
-    out.set(c.update(src.subarray(s * sectorSize, (s + 1) * sectorSize)), s * sectorSize)
-    c.final()
-  }
-  return out
 }

@@ -8,7 +8,8 @@ import { MemoryDevice } from '../../../src/devices/blk/memory-device.ts'
 import { isVrioError } from '../../../src/errors.ts'
 import { EncryptedDevice } from '../../../src/services/crypt/encrypted-device.ts'
 import { openEncryption } from '../../../src/services/crypt/open.ts'
-import { createXts, referenceXtsCrypt } from '../../../src/services/crypt/xts.ts'
+import { createXts } from '../../../src/services/crypt/xts.ts'
+import { referenceXtsCrypt } from '../../support/reference-xts.ts'
 import { type TempDir, tempDir } from '../../control/fixtures.ts'
 
 function key(): Buffer {

@@ -7,7 +7,8 @@ import fc from 'fast-check'
 import { FileDevice } from '../../../src/devices/blk/file-device.ts'
 import { isVrioError } from '../../../src/errors.ts'
 import { EncryptedDevice } from '../../../src/services/crypt/encrypted-device.ts'
-import { createXts, referenceXtsCrypt, tweakOf } from '../../../src/services/crypt/xts.ts'
+import { createXts, tweakOf } from '../../../src/services/crypt/xts.ts'
+import { referenceXtsCrypt } from '../../support/reference-xts.ts'
 import { type TempDir, tempDir } from '../../control/fixtures.ts'
 
 /** Debian's python3 (with python3-cryptography), not whatever python3 comes first in PATH. */
