@@ -23,6 +23,8 @@ export interface ExportableState {
   insecurePlaintext?: boolean
   /** Only when the daemon runs with --metrics. */
   metrics?: string
+  /** Only when the daemon runs more than one iocore. */
+  iocores?: number
   guests: {
     mac: string
     address: string
@@ -78,6 +80,7 @@ export function buildConfigDocument(
   if (state.stateDir !== undefined) doc.stateDir = state.stateDir
   if (state.insecurePlaintext === true) doc.insecurePlaintext = true
   if (state.metrics !== undefined) doc.metrics = state.metrics
+  if (state.iocores !== undefined) doc.iocores = state.iocores
   if (state.budgets && Object.keys(state.budgets).length > 0) doc.budgets = state.budgets
   doc.guests = state.guests.map((g) => ({
     mac: g.mac,

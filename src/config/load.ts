@@ -67,6 +67,8 @@ export interface IohypConfig {
   insecurePlaintext?: boolean
   /** `ADDR:PORT` of the metrics listener. */
   metrics?: string
+  /** Worker threads for the guests' data path (see --iocores). */
+  iocores?: number
   /** Budgets for guests that set none (or only some) of their own. */
   budgets?: BudgetsConfig
   guests: GuestEntry[]
@@ -335,6 +337,7 @@ export function checkIohypConfig(raw: unknown, file: string): IohypConfig {
     ...(top.control !== undefined && { control: c.path(top.control) }),
     ...(top.insecurePlaintext !== undefined && { insecurePlaintext: top.insecurePlaintext }),
     ...(top.metrics !== undefined && { metrics: top.metrics }),
+    ...(top.iocores !== undefined && { iocores: top.iocores }),
     ...(top.budgets !== undefined && { budgets: top.budgets }),
     guests,
     disks,
