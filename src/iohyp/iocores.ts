@@ -351,6 +351,48 @@ export class IocoreRouter implements IohypApi {
     const merged = lists.map((list, k) =>
       k === 0 ? list : list.filter((m) => m.name.startsWith('vrio_') && m.name !== 'vrio_info'),
     )
+    const cores = await this.iocores()
+    const family = (
+      name: string,
+      type: 'counter' | 'gauge',
+      help: string,
+      value: (c: IocoreInfo) => number,
+    ) =>
+      ({
+        name,
+        help,
+        type,
+        aggregator: 'sum',
+        values: cores.map((c) => ({ labels: { iocore: String(c.index) }, value: value(c) })),
+      }) as unknown as MetricObjectWithValues<MetricValue<string>>
+    merged.push([
+      family(
+        'vrio_iocore_busy_seconds_total',
+        'counter',
+        "Time the iocore's event loop was busy",
+        (c) => c.busyMs / 1000,
+      ),
+      family(
+        'vrio_iocore_idle_seconds_total',
+        'counter',
+        "Time the iocore's event loop waited for work",
+        (c) => c.idleMs / 1000,
+      ),
+      family('vrio_iocore_guests', 'gauge', 'Guests the iocore holds', (c) => c.guests),
+      family('vrio_iocore_moves_in_total', 'counter', 'Guests moved to the iocore', (c) => c.movesIn),
+      family(
+        'vrio_iocore_moves_out_total',
+        'counter',
+        'Guests moved away from the iocore',
+        (c) => c.movesOut,
+      ),
+      family(
+        'vrio_iocore_restarts_total',
+        'counter',
+        'Times the iocore was started again after it died',
+        (c) => c.restarts,
+      ),
+    ])
     return aggregateMetrics(merged)
   }
 

@@ -89,6 +89,15 @@ describe('iocores: two guests on two iocores, moved 20 times each under fio and 
       [1, 1],
     )
     assert.equal(s.guests?.connected, 2)
+    // The metrics: every iocore's guests and disks, merged into one exposition.
+    const r = await vrioAsync(['status', '--json', '--control', pair.sock('iohyp')])
+    assert.equal(r.status, 0)
+    const text = await getUnix(pair.sock('iohyp'), '/metrics')
+    assert.match(text, /^vrio_iocore_guests\{iocore="0"\} 1$/m)
+    assert.match(text, /^vrio_iocore_guests\{iocore="1"\} 1$/m)
+    for (const d of disks)
+      assert.match(text, new RegExp(`^vrio_disk_requests_total\\{[^}]*disk="${d.name}"`, 'm'))
+    assert.equal(text.match(/^# TYPE vrio_disk_requests_total /gm)?.length, 1)
   })
 
   it('moves each guest 20 times while fio verifies and iperf3 runs: no error, every move counted', async () => {
@@ -129,7 +138,7 @@ describe('iocores: two guests on two iocores, moved 20 times each under fio and 
     const jobs = disks.map((d) =>
       fio(d.nbd!, [...VERIFY_WRITES, '--size=32m', '--rate_iops=150', '--thread']),
     )
-    let owner = [0, 1]
+    const owner = [0, 1]
     for (let round = 0; round < 20; round++) {
       for (const [i, mac] of [pair.guestMac, g2.mac].entries()) {
         owner[i] = 1 - owner[i]
@@ -193,6 +202,22 @@ describe('iocores: two guests on two iocores, moved 20 times each under fio and 
     assert.ok(v.acked > 0)
   })
 })
+
+/** GET on the control socket: the body. */
+async function getUnix(socket: string, path: string): Promise<string> {
+  const { request } = await import('node:http')
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath: socket, path }, (res) => {
+      let body = ''
+      res.on('data', (d: Buffer) => {
+        body += d.toString()
+      })
+      res.on('end', () => resolve(body))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
 
 /** POST to the control socket (a route the CLI does not have: the test hook). */
 async function fetchUnix(socket: string, path: string): Promise<number> {
