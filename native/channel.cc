@@ -1,10 +1,12 @@
 // Channel: an fd (AF_PACKET socket or TAP queue), its batched send path, and the uv_poll watcher
 // that drains it on the event loop thread and hands each batch to JS synchronously.
 #include <errno.h>
+#include <linux/filter.h>
 #include <linux/if_packet.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <vector>
 
 #include "io.h"
 
@@ -42,6 +44,7 @@ Napi::Function Channel::Define(Napi::Env env) {
                          InstanceMethod<&Channel::DrainNow>("drain"),
                          InstanceMethod<&Channel::Close>("close"),
                          InstanceMethod<&Channel::SetRef>("setRef"),
+                         InstanceMethod<&Channel::SetFilter>("setFilter"),
                      });
 }
 
@@ -147,13 +150,32 @@ void Channel::OnReadable(uv_poll_t* handle, int status, int /*events*/) {
 
 void Channel::Deliver(Napi::Env env, const std::initializer_list<napi_value>& args) {
   // MakeCallback: the nextTick queue and microtasks run when it returns, as after any I/O event,
-  // so what the handler sends in response leaves before the next event is looked at.
+  // so what the handler sends in response leaves before the next event is looked at. Raw N-API
+  // here: node-addon-api's wrapper aborts the process when a call fails in an environment that
+  // is being torn down (a worker thread stopping after an uncaught exception, whose event loop
+  // still runs once), where this must just stop receiving.
   delivering_ = true;
-  callback_.MakeCallback(env.Global(), args, *asyncContext_);
+  napi_value result;
+  std::vector<napi_value> argv(args);
+  napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), argv.size(),
+                                      argv.data(), &result);
   delivering_ = false;
-  if (env.IsExceptionPending()) {
-    Napi::Error e = env.GetAndClearPendingException();
-    napi_fatal_exception(env, e.Value());
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value exception;
+    if (napi_get_and_clear_last_exception(env, &exception) == napi_ok && exception != nullptr) {
+      napi_valuetype type;
+      if (napi_typeof(env, exception, &type) == napi_ok && type != napi_undefined) {
+        napi_fatal_exception(env, exception);
+        if (poll_ == nullptr) ReleaseCallback();
+        return;
+      }
+    }
+    st = napi_generic_failure;  // a termination, not an exception of the handler's
+  }
+  if (st != napi_ok) {
+    StopPoll();  // the environment is going away: receive nothing more
+    return;
   }
   if (poll_ == nullptr) ReleaseCallback();  // stopped (closed) by the handler
 }
@@ -169,7 +191,7 @@ void Channel::Drain() {
     if (n > 0) {
       rxBatches_++;
       Deliver(env, {Napi::Number::New(env, 0), Napi::Number::New(env, n)});
-      if (closed_) return;
+      if (closed_ || poll_ == nullptr) return;
     }
     if (st == kFatal) {
       Deliver(env, {Napi::Number::New(env, -1), Napi::Number::New(env, rxErrno_), Napi::String::New(env, rxSyscall_),
@@ -454,6 +476,30 @@ Napi::Value Channel::SetRef(const Napi::CallbackInfo& info) {
     } else {
       uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
     }
+  }
+  return env.Undefined();
+}
+
+// setFilter(program): replaces the socket's classic BPF filter (SO_ATTACH_FILTER swaps it
+// atomically: a frame meets either the old program or the new one). A packet socket only.
+Napi::Value Channel::SetFilter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (kind_ != Kind::Packet || closed_ || fd_ < 0) return ThrowInvalid(env, "setFilter: not an open packet socket");
+  if (info.Length() < 1 || !info[0].IsTypedArray() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+    return ThrowInvalid(env, "setFilter(Uint32Array)");
+  }
+  Napi::Uint32Array a = info[0].As<Napi::Uint32Array>();
+  size_t n = a.ElementLength();
+  if (n == 0 || n % 4 != 0 || n / 4 > BPF_MAXINSNS) return ThrowInvalid(env, "setFilter: 4*n numbers");
+  std::vector<struct sock_filter> prog;
+  for (size_t i = 0; i < n; i += 4) {
+    if (a[i] > 0xffff || a[i + 1] > 0xff || a[i + 2] > 0xff) return ThrowInvalid(env, "setFilter: bad instruction");
+    prog.push_back(sock_filter{uint16_t(a[i]), uint8_t(a[i + 1]), uint8_t(a[i + 2]), a[i + 3]});
+  }
+  struct sock_fprog fprog = {uint16_t(prog.size()), prog.data()};
+  if (setsockopt(fd_, SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof(fprog)) < 0) {
+    return ThrowSysErr(env, {errno, "setsockopt", "SO_ATTACH_FILTER"});
   }
   return env.Undefined();
 }

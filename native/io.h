@@ -66,6 +66,7 @@ class Channel : public Napi::ObjectWrap<Channel> {
   Napi::Value DrainNow(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value SetRef(const Napi::CallbackInfo& info);
+  Napi::Value SetFilter(const Napi::CallbackInfo& info);
 
   // Receive (event loop thread).
   static void OnReadable(uv_poll_t* handle, int status, int events);

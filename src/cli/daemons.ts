@@ -1,15 +1,17 @@
 /** `vrio iohyp` and `vrio guest`: the two daemons, each a foreground process. */
+import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import type { Command } from 'commander'
 import { readKeyFile } from '../auth/key-file.ts'
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../control/api.ts'
 import { loadGuestConfig, loadIohypConfig } from '../config/load.ts'
 import { ipv4Schema } from '../config/schema.ts'
-import { createLogger } from '../daemon/log.ts'
+import { createLogger, type Logger } from '../daemon/log.ts'
 import { stopOnSignals } from '../daemon/runtime.ts'
 import { parseListenAddress } from '../daemon/listen-address.ts'
 import { GuestDaemon } from '../guest/daemon.ts'
-import { IohypDaemon } from '../iohyp/daemon.ts'
+import { IohypDaemon, type IohypOptions } from '../iohyp/daemon.ts'
+import { defaultIocores, IocoreRouter } from '../iohyp/iocores.ts'
 import { VrioError } from '../errors.ts'
 import { VERSION } from './version.ts'
 
@@ -26,6 +28,7 @@ interface IohypCliOptions {
   control?: string
   insecurePlaintext?: boolean
   metrics?: string
+  iocores?: string
 }
 
 interface GuestCliOptions {
@@ -61,11 +64,21 @@ export function registerDaemonCommands(program: Command): void {
     .option('--control <path>', `unix socket of the control API (default: ${DEFAULT_IOHYP_SOCKET})`)
     .option('--insecure-plaintext', PLAINTEXT_HELP)
     .option('--metrics <addr:port>', METRICS_HELP)
+    .option(
+      '--iocores <n>',
+      `worker threads running the guests' channels and devices (default: cores − 1, at least 1; here ${defaultIocores(availableParallelism())}); with 1, the main thread runs them`,
+    )
     .action(async (o: IohypCliOptions) => {
       // The config is checked before anything starts: a bad one leaves nothing behind.
       const c = o.config === undefined ? undefined : loadIohypConfig(o.config)
       const log = createLogger('iohyp')
-      const daemon = await IohypDaemon.start(
+      const iocores =
+        o.iocores !== undefined
+          ? iocoresOption(o.iocores)
+          : (c?.iocores ?? defaultIocores(availableParallelism()))
+      const start = (options: IohypOptions, log: Logger) =>
+        iocores > 1 ? IocoreRouter.start({ ...options, iocores }, log) : IohypDaemon.start(options, log)
+      const daemon = await start(
         {
           interface: required(o.interface ?? c?.interface, '--interface'),
           address: o.address ?? c?.address,
@@ -161,6 +174,15 @@ function seconds(text: string, option: string): number {
 }
 
 /** `--metrics ADDR:PORT`, checked before anything starts. */
+/** --iocores: a whole number from 1 to 64. */
+function iocoresOption(text: string): number {
+  if (!/^[0-9]{1,2}$/.test(text) || Number(text) < 1 || Number(text) > 64)
+    throw new VrioError('invalid-argument', `--iocores '${text}': expected a number from 1 to 64`, {
+      field: 'iocores',
+    })
+  return Number(text)
+}
+
 function metricsOption(text: string | undefined): string | undefined {
   if (text !== undefined) parseListenAddress(text)
   return text

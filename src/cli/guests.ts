@@ -10,6 +10,7 @@ import {
   ROUTES,
   routePath,
 } from '../control/api.ts'
+import { VrioError } from '../errors.ts'
 import { guestSpecSchema, parseGuestMac } from '../control/guest-spec.ts'
 import {
   addControlOption,
@@ -78,6 +79,26 @@ export function registerGuestsCommands(program: Command): void {
     const answer = await controlClient(options.control!).delete<RemoveGuestResponse>(guestPath(mac))
     if (options.json) printJson(answer)
     else printLines([`removed guest ${answer.guest.mac} (${answer.guest.address})`])
+  })
+
+  const move = guests
+    .command('move')
+    .description('move a guest, its channel and its devices to another iocore (IOhyp with --iocores N ≥ 2)')
+    .argument('<mac>', "guest's MAC address")
+    .requiredOption('--iocore <k>', 'the iocore to move it to, from 0 to N − 1')
+  addControlOption(move, DEFAULT_IOHYP_SOCKET)
+  addJsonOption(move).action(async (macText: string, options: ControlOptions & { iocore: string }) => {
+    const mac = parseGuestMac(macText)
+    if (!/^[0-9]{1,3}$/.test(options.iocore))
+      throw new VrioError('invalid-argument', `invalid --iocore '${options.iocore}': expected a number`, {
+        field: 'iocore',
+      })
+    const answer = await controlClient(options.control!).post<RemoveGuestResponse>(
+      routePath(ROUTES.guestMove, { mac }),
+      { iocore: Number(options.iocore) },
+    )
+    if (options.json) printJson(answer)
+    else printLines([`moved guest ${answer.guest.mac} to iocore ${options.iocore}`])
   })
 
   const list = guests.command('list').description('show the guests with their state and traffic counters')

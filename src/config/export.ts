@@ -24,6 +24,8 @@ export interface ExportableState {
   insecurePlaintext?: boolean
   /** Only when the daemon runs with --metrics. */
   metrics?: string
+  /** Only when the daemon runs more than one iocore. */
+  iocores?: number
   /** As enrolled (the key as 64 hex characters). */
   guests: (AddGuestRequest & { name?: string })[]
   /** The budgets every guest gets unless it sets its own. */
@@ -73,6 +75,7 @@ export function buildConfigDocument(
   if (state.stateDir !== undefined) doc.stateDir = state.stateDir
   if (state.insecurePlaintext === true) doc.insecurePlaintext = true
   if (state.metrics !== undefined) doc.metrics = state.metrics
+  if (state.iocores !== undefined) doc.iocores = state.iocores
   if (state.budgets && Object.keys(state.budgets).length > 0) doc.budgets = state.budgets
   doc.guests = state.guests.map((g) => ({
     mac: g.mac,

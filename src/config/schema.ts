@@ -53,6 +53,8 @@ export const iohypTopSchema = z.strictObject({
   metrics: listenAddressSchema.optional(),
   /** Budgets of every guest that does not set its own. */
   budgets: budgetsSchema.optional(),
+  /** Worker threads running the guests' data path (`--iocores`; default: cores − 1, at least 1). */
+  iocores: z.int().min(1).max(64).optional(),
   guests: z.array(z.unknown()).optional(),
   disks: z.array(z.unknown()).optional(),
   nics: z.array(z.unknown()).optional(),

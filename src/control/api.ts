@@ -11,6 +11,7 @@
  *   POST   /v1/guests          AddGuestRequest -> 200 AddGuestResponse
  *                               400 invalid-argument, 409 conflict (MAC or address already in use)
  *   DELETE /v1/guests/:mac     -> 200 RemoveGuestResponse, 404 not-found
+ *   POST   /v1/guests/:mac/move  {iocore: K} -> 200 {guest}       (IOhyp with --iocores N ≥ 2)
  *   GET    /v1/blk             -> 200 ListDisksResponse            (IOhyp: DiskInfo; guest: GuestDiskInfo)
  *   POST   /v1/blk             CreateDiskRequest -> 200 DiskInfo    (IOhyp)
  *   DELETE /v1/blk/:name       -> 200 DiskInfo                     (IOhyp)
@@ -40,6 +41,7 @@ export const ROUTES = {
   status: '/v1/status',
   guests: '/v1/guests',
   guest: '/v1/guests/:mac',
+  guestMove: '/v1/guests/:mac/move',
   disks: '/v1/blk',
   disk: '/v1/blk/:name',
   nics: '/v1/nic',
@@ -81,6 +83,8 @@ export const GUEST_STATES: readonly GuestState[] = [
 ]
 
 export interface GuestInfo {
+  /** The iocore that holds the guest (an IOhyp with --iocores N ≥ 2). */
+  iocore?: number
   /** Lowercase, colon-separated: `52:54:00:12:34:56`. */
   mac: string
   /** Dotted quad. */
@@ -144,6 +148,24 @@ export interface ListGuestsResponse {
 
 export type DaemonRole = 'iohyp' | 'guest'
 
+/** One iocore of an IOhyp run with --iocores N ≥ 2 (status `iocores`). */
+export interface IocoreInfo {
+  index: number
+  /** Guests it holds. */
+  guests: number
+  /** Its event loop's busy and idle time since it started (ms), and busy share over the last sprinkler window. */
+  busyMs: number
+  idleMs: number
+  utilization: number
+  /** Times it was started again after it died. */
+  restarts: number
+  /** Guests moved to it and away from it. */
+  movesIn: number
+  movesOut: number
+  /** Frames its packet socket received and sent. */
+  frames: { rx: number; tx: number }
+}
+
 export interface StatusInfo {
   role: DaemonRole
   /** vrio package version of the daemon. */
@@ -165,6 +187,8 @@ export interface StatusInfo {
   address: string
   /** IOhyp only: configured guests and how many are connected. */
   guests?: { total: number; connected: number }
+  /** IOhyp with --iocores N ≥ 2 only: each iocore (the socket and drops above are their sums). */
+  iocores?: IocoreInfo[]
   /** Frames the daemon's endpoint dropped before any connection saw them, by reason. */
   drops?: Record<string, number>
   /**

@@ -2,6 +2,8 @@ import type { StatusInfo } from '../control/api.ts'
 import { ControlServer } from '../control/control-server.ts'
 import { KernelGuard, type KernelGuardOptions } from '../io/kernel-guard.ts'
 import { LinkDriver } from '../io/link-driver.ts'
+import { vrioPacketFilter } from '../io/packet-filter.ts'
+import { PacketSocket } from '../io/packet-socket.ts'
 import type { FrameChannel } from '../io/frame-channel.ts'
 import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
@@ -16,7 +18,13 @@ export interface DaemonLinkOptions {
   role: 'iohyp' | 'guest'
   interface: string
   address?: string
-  control: string
+  /** The control socket's path; none on an iocore (its main thread serves the control API). */
+  control: string | undefined
+  /**
+   * An iocore: the packet socket takes only segments from these addresses (setPeers changes
+   * them), and the kernel guard is left to the main thread.
+   */
+  peers?: readonly number[]
   version: string
   log: Logger
   /** Kernel guard: our segments are those to `localPort` and those from `remotePort`. */
@@ -44,6 +52,8 @@ export interface LinkAccess {
   guard(o: KernelGuardOptions): { install(): Promise<void>; remove(): Promise<void> }
 }
 
+const NO_GUARD = { install: async () => {}, remove: async () => {} }
+
 export const KERNEL_LINK: LinkAccess = {
   open: openLink,
   guard: (o) => new KernelGuard(o),
@@ -57,7 +67,7 @@ export const KERNEL_LINK: LinkAccess = {
 export class DaemonLink {
   readonly socket: FrameChannel
   readonly driver: LinkDriver
-  readonly control: ControlServer
+  readonly control: ControlServer | undefined
   readonly mac: number
   readonly ip: number
   /** The kernel filter is on the packet socket (runtime.ts packetFilterEnabled). */
@@ -78,13 +88,16 @@ export class DaemonLink {
     this.filtered = filtered
     this.mac = mac
     this.ip = ip
-    this.guard = (o.access ?? KERNEL_LINK).guard({
-      ifname: o.interface,
-      address: ip,
-      localPort: o.localPort,
-      remotePort: o.remotePort,
-      role: o.role,
-    })
+    const access = o.access ?? KERNEL_LINK
+    this.guard = o.peers
+      ? NO_GUARD
+      : access.guard({
+          ifname: o.interface,
+          address: ip,
+          localPort: o.localPort,
+          remotePort: o.remotePort,
+          role: o.role,
+        })
     this.driver = new LinkDriver({
       channel: socket,
       vnetHdr: true,
@@ -104,10 +117,27 @@ export class DaemonLink {
           'anyone on the segment can read disk and NIC data and inject or reset traffic; use only on a link you alone own',
       })
     }
-    this.control = new ControlServer({
-      path: o.control,
-      onError: (error, req) => o.log.error('control request failed', { error, ...req }),
-    })
+    this.control =
+      o.control === undefined
+        ? undefined
+        : new ControlServer({
+            path: o.control,
+            onError: (error, req) => o.log.error('control request failed', { error, ...req }),
+          })
+  }
+
+  /** An iocore's guests changed: its packet socket's kernel filter passes their segments only. */
+  setPeers(peers: readonly number[]): void {
+    if (!this.filtered || !(this.socket instanceof PacketSocket)) return
+    this.socket.setFilter(
+      vrioPacketFilter({
+        mac: this.mac,
+        ip: this.ip,
+        localPort: this.o.localPort,
+        remotePort: this.o.remotePort,
+        peers,
+      }),
+    )
   }
 
   private readonly mismatchedPeers = new Set<number>()
@@ -137,12 +167,15 @@ export class DaemonLink {
     const link = (o.access ?? KERNEL_LINK).open(o.interface, o.address, {
       localPort: o.localPort,
       remotePort: o.remotePort,
+      peers: o.peers,
     })
     const d = new DaemonLink(o, link.socket, link.mac, link.ip, link.filtered ?? false)
     try {
       await d.guard.install()
-      routes(d.control)
-      await d.control.listen()
+      if (d.control) {
+        routes(d.control)
+        await d.control.listen()
+      }
     } catch (error) {
       d.driver.stop({ silent: true })
       await d.guard.remove()
@@ -155,7 +188,7 @@ export class DaemonLink {
   /** Resets every connection (peers learn at once), then removes the socket, guard and control socket. */
   async close(): Promise<void> {
     this.driver.stop()
-    await this.control.close()
+    await this.control?.close()
     await this.guard.remove()
     this.socket.close()
   }

@@ -10,7 +10,7 @@
  * backslashes or newlines stays one label value).
  */
 import { createServer, type Server } from 'node:http'
-import type { Metric, Registry } from 'prom-client'
+import type { Metric, MetricObjectWithValues, MetricValue, Registry } from 'prom-client'
 import type { GuestInfo, NicInfo } from '../control/api.ts'
 import { BLOCK_OP_NAMES, type BlockOpStats, FixedHistogram } from '../devices/blk/op-stats.ts'
 import { BlockStatus } from '../devices/blk/protocol.ts'
@@ -69,6 +69,8 @@ export interface GuestMetricsSource {
 export interface DaemonMetrics {
   /** The exposition text (text/plain; version=0.0.4). */
   scrape(): Promise<string>
+  /** The same as prom-client's JSON (for an iocore's main thread to aggregate). */
+  json(): Promise<MetricObjectWithValues<MetricValue<string>>[]>
   close(): void
 }
 
@@ -236,16 +238,16 @@ function daemonMetrics(
   }, LOOP_INTERVAL_MS)
   timer.unref()
   let ready: Promise<Registry> | undefined
+  const registry = () =>
+    (ready ??= loadClient().then((c) => {
+      const registry: Reg = { client: c, registry: new c.Registry() }
+      common(registry, role, version, socket, loop)
+      build(registry)
+      return registry.registry
+    }))
   return {
-    async scrape() {
-      ready ??= loadClient().then((c) => {
-        const registry: Reg = { client: c, registry: new c.Registry() }
-        common(registry, role, version, socket, loop)
-        build(registry)
-        return registry.registry
-      })
-      return (await ready).metrics()
-    },
+    scrape: async () => (await registry()).metrics(),
+    json: async () => (await registry()).getMetricsAsJSON(),
     close: () => clearInterval(timer),
   }
 }
@@ -590,4 +592,15 @@ export class MetricsListener {
       this.server.closeAllConnections()
     })
   }
+}
+
+/**
+ * One exposition from several iocores' metrics (DaemonMetrics.json): families merged, samples with
+ * the same labels summed (their guests and devices are disjoint, so sums are exact).
+ */
+export async function aggregateMetrics(
+  lists: MetricObjectWithValues<MetricValue<string>>[][],
+): Promise<string> {
+  const c = await loadClient()
+  return c.AggregatorRegistry.aggregate(lists).metrics()
 }

@@ -31,6 +31,8 @@ export interface LinkSetup {
 export interface LinkPorts {
   localPort?: number
   remotePort?: number
+  /** An iocore's guests: only segments from them (see VrioFilterOptions.peers). */
+  peers?: readonly number[]
 }
 
 /**
@@ -47,7 +49,11 @@ export function packetFilterEnabled(env: NodeJS.ProcessEnv = process.env): boole
  * The socket gets the kernel filter for that address, the interface's MAC and `ports` (unless
  * packetFilterEnabled says no), attached before it receives anything.
  */
-export function openLink(ifname: string, address: string | undefined, ports: LinkPorts = {}): LinkSetup {
+/**
+ * The daemon's vrio address on `ifname`: `address` if given, else the interface's first IPv4
+ * address; and the interface's MAC.
+ */
+export function linkAddress(ifname: string, address: string | undefined): { mac: number; ip: number } {
   let ip: number | undefined
   if (address !== undefined) {
     ip = parseIPv4(address)
@@ -73,6 +79,11 @@ export function openLink(ifname: string, address: string | undefined, ports: Lin
     }
     ip = parseIPv4(v4.address)!
   }
+  return { mac, ip }
+}
+
+export function openLink(ifname: string, address: string | undefined, ports: LinkPorts = {}): LinkSetup {
+  const { mac, ip } = linkAddress(ifname, address)
   const filter = packetFilterEnabled()
   let socket: PacketSocket
   try {

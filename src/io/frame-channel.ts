@@ -162,6 +162,11 @@ export class FrameChannel {
     return this.#handle.stats()
   }
 
+  /** The native handle, for a subclass's own operations (PacketSocket.setFilter). */
+  protected nativeHandle(): NativeChannel {
+    return this.#handle
+  }
+
   /**
    * Delivers the frames queued now, synchronously, as the next readable event would. A timer
    * that fires late (the event loop was busy) calls this first, so that it judges with what has

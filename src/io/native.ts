@@ -23,6 +23,8 @@ export interface NativeChannel {
   drain(): void
   close(): void
   setRef(ref: boolean): void
+  /** Replaces a packet socket's kernel filter (flat: code, jt, jf, k per instruction). */
+  setFilter(program: Uint32Array): void
 }
 
 export interface NativeStats {

@@ -68,6 +68,11 @@ export interface VrioFilterOptions {
   localPort?: number
   /** Segments from this TCP port are ours (the IOhyp: the guests' port). */
   remotePort?: number
+  /**
+   * Only segments from these IPv4 addresses are ours (an iocore: its guests'); none given, any
+   * source. An empty list passes nothing.
+   */
+  peers?: readonly number[]
 }
 
 /** Symbolic jump target while the program is built; resolved to relative offsets at the end. */
@@ -102,6 +107,16 @@ export function vrioPacketFilter(o: VrioFilterOptions): SockFilter[] {
     { code: LD_H_ABS, k: 4 },
     { code: JEQ_K, k: o.mac % 0x1_0000, jf: 'drop' },
   ]
+  if (o.peers !== undefined) {
+    const peers = o.peers
+    steps.push({ code: LD_W_ABS, k: IP_OFFSET + 12 })
+    if (peers.length === 0) steps.push({ code: JEQ_K, k: 0, jt: 'drop', jf: 'drop' })
+    // A match skips the rest of the list; no match on the last one drops.
+    peers.forEach((ip, i) => {
+      const last = i === peers.length - 1
+      steps.push({ code: JEQ_K, k: ip >>> 0, jt: peers.length - 1 - i, jf: last ? 'drop' : 0 })
+    })
+  }
   const ports: [offset: number, port: number][] = []
   if (o.localPort !== undefined) ports.push([tcp + 2, o.localPort])
   if (o.remotePort !== undefined) ports.push([tcp, o.remotePort])

@@ -60,6 +60,15 @@ export class PacketSocket extends FrameChannel {
     this.filtered = opened.filtered === true
   }
 
+  /** Replaces the kernel filter (atomically: each frame meets the old program or the new one). */
+  setFilter(filter: readonly SockFilter[]): void {
+    try {
+      this.nativeHandle().setFilter(flattenFilter(filter))
+    } catch (e) {
+      throw fromNative(e, { ifname: this.ifname, netns: this.netns })
+    }
+  }
+
   /** Opens and binds the socket; throws an IoError (ENODEV for an unknown interface). */
   static open(options: PacketSocketOptions): PacketSocket {
     const vnetHdr = options.vnetHdr ?? false

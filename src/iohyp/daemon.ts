@@ -28,7 +28,8 @@ import { addStats, GuestRecord, REDIAL_MAX_MS, REDIAL_MIN_MS } from './guest-rec
 import { IohypNics } from './nics.ts'
 import type { DeviceRegistry } from './registry.ts'
 import { iohypRoutes } from './routes.ts'
-import { readStateFile, writeStateFile } from './state-file.ts'
+import { type IohypState, readStateFile, writeStateFile } from './state-file.ts'
+import type { DeviceKindName, IohypApi } from './api.ts'
 
 export interface IohypOptions {
   interface: string
@@ -57,6 +58,13 @@ export interface IohypOptions {
   metrics?: string
   /** How the daemon reaches its interface, backing files and NIC links (tests pass in-memory ones). */
   access?: { link?: LinkAccess; files?: DiskFiles; links?: NetLinks }
+  /**
+   * Runs as iocore `index` of `count` (iohyp/iocores.ts): no control socket, kernel guard or state
+   * file of its own (the main thread keeps them); it starts from `state` (its guests and their
+   * devices), its packet socket takes only its guests' segments, and device slots are numbered
+   * index, index + count, ... so a guest moving between iocores keeps its handles.
+   */
+  iocore?: { index: number; count: number; state: IohypState }
 }
 
 /** A disk or NIC the config declares (its spec, parsed, the guest by MAC). */
@@ -67,7 +75,7 @@ type NicDeclaration = NicRequest & { name: string }
 const DIAL_OPTIONS: Partial<ConnectionOptions> = { connectTimeout: 1000 }
 
 /** The I/O hypervisor daemon: keeps an authenticated channel open to every enrolled guest. */
-export class IohypDaemon {
+export class IohypDaemon implements IohypApi {
   private readonly o: IohypOptions
   private readonly log: Logger
   private readonly records = new Map<number, GuestRecord>()
@@ -105,6 +113,7 @@ export class IohypDaemon {
     this.nics = new IohypNics(log, (record) => this.alert(record), o.access?.links)
     const registries = [this.disks, this.nics] as DeviceRegistry<DeviceSpec, unknown, unknown>[]
     this.byType = new Map(registries.map((r) => [r.kind.messageType, r]))
+    if (o.iocore) for (const r of registries) r.partition(o.iocore.index, o.iocore.count)
   }
 
   static async start(o: IohypOptions, log: Logger): Promise<IohypDaemon> {
@@ -133,6 +142,7 @@ export class IohypDaemon {
           ...(this.o.insecurePlaintext && { insecurePlaintext: true }),
         },
         access: this.o.access?.link,
+        ...(this.o.iocore && { control: undefined, peers: [] }),
       },
       (control: ControlServer) => iohypRoutes(control, this),
     )
@@ -272,6 +282,7 @@ export class IohypDaemon {
         )
     }
     const g = this.enroll(mac, ip, Buffer.from(request.key, 'hex'), request.budgets)
+    this.peersChanged()
     await this.saveState()
     this.log.info('guest enrolled', { mac: formatMac(mac), address: formatIPv4(ip) })
     this.dial(g)
@@ -296,6 +307,7 @@ export class IohypDaemon {
     g.session?.close()
     this.records.delete(g.mac)
     this.replyBudgets.delete(g.mac)
+    this.peersChanged()
     this.log.info('guest removed', { mac: formatMac(g.mac) })
     await this.saveState()
     return { ...info, state: 'disconnected' }
@@ -353,25 +365,119 @@ export class IohypDaemon {
     return join(this.o.stateDir, 'iohyp-state.json')
   }
 
-  async saveState(): Promise<void> {
-    await writeStateFile(this.statePath(), {
+  /** What the state file holds of this daemon (an iocore's part of it, on an iocore). */
+  state(): IohypState {
+    return {
       version: 1,
       guests: [...this.records.values()].map((g) => g.entry()),
       disks: this.disks.state(),
       nics: this.nics.state(),
-    })
+    }
+  }
+
+  async saveState(): Promise<void> {
+    // An iocore's main thread gathers every iocore's state and writes the one file.
+    if (this.o.iocore) return
+    await writeStateFile(this.statePath(), this.state())
   }
 
   private async restoreState(): Promise<void> {
     // Checked whole before anything is used: a bad file stops the start naming the field.
-    const state = await readStateFile(this.statePath())
+    const state = this.o.iocore?.state ?? (await readStateFile(this.statePath()))
     for (const g of state.guests)
       this.enroll(parseMac(g.mac)!, parseIPv4(g.address)!, Buffer.from(g.key, 'hex'), g.budgets)
     // Devices before dialing: each guest's devices are announced as soon as its session is up.
     await this.disks.restore(state.disks, this.enrolled)
     await this.nics.restore(state.nics, this.enrolled)
     await this.applyDeclared()
+    this.peersChanged()
     for (const g of this.records.values()) this.dial(g)
+  }
+
+  /** An iocore's packet socket follows its guests: only their segments reach it. */
+  private peersChanged(): void {
+    if (!this.o.iocore) return
+    this.link.setPeers([...this.records.values()].map((g) => g.ip))
+  }
+
+  /**
+   * Hands a guest over to another iocore: its channel closes, its devices close as at a stop
+   * (requests running finish, backing stores flushed) and are forgotten here; what the state file
+   * holds of it comes back, for importGuest on the other iocore.
+   */
+  async exportGuest(text: string): Promise<IohypState> {
+    const g = this.findGuest(text)
+    const part: IohypState = {
+      version: 1,
+      guests: [g.entry()],
+      disks: this.disks.state().filter((d) => parseMac(d.guest) === g.mac),
+      nics: this.nics.state().filter((n) => parseMac(n.guest) === g.mac),
+    }
+    g.removed = true
+    clearTimeout(g.retry)
+    g.session?.connection.abort('aborted')
+    for (const r of this.byType.values()) await r.release(g.mac)
+    this.records.delete(g.mac)
+    this.replyBudgets.delete(g.mac)
+    this.peersChanged()
+    return part
+  }
+
+  /** Takes over guests with their devices (exportGuest's result, or a restarted iocore's share). */
+  async importGuests(part: IohypState): Promise<GuestInfo[]> {
+    const added: GuestRecord[] = []
+    for (const e of part.guests) {
+      const mac = parseMac(e.mac)!
+      if (this.records.has(mac)) throw new VrioError('conflict', `guest ${e.mac} is here already`)
+      added.push(this.enroll(mac, parseIPv4(e.address)!, Buffer.from(e.key, 'hex'), e.budgets))
+    }
+    await this.disks.restore(part.disks, this.enrolled)
+    await this.nics.restore(part.nics, this.enrolled)
+    this.peersChanged()
+    for (const g of added) this.dial(g)
+    return added.map((g) => this.guestInfo(g))
+  }
+
+  moveGuest(_mac: string, _body: unknown): Promise<GuestInfo> {
+    return Promise.reject(
+      new VrioError(
+        'invalid-argument',
+        'this IOhyp runs one iocore: start it with --iocores N to move guests',
+        {
+          field: 'iocore',
+        },
+      ),
+    )
+  }
+
+  listDevices(kind: DeviceKindName): unknown[] {
+    return this.registry(kind).list()
+  }
+
+  async createDevice(kind: DeviceKindName, body: unknown): Promise<unknown> {
+    const info = await this.registry(kind).create(body, (text) => this.findGuest(text))
+    await this.saveState()
+    return info
+  }
+
+  async removeDevice(kind: DeviceKindName, name: string): Promise<unknown> {
+    const info = await this.registry(kind).remove(name, (mac) => this.guestOf(mac))
+    await this.saveState()
+    return info
+  }
+
+  async setNicServices(name: string, body: unknown): Promise<unknown> {
+    const nic = await this.nics.setServices(name, body)
+    await this.saveState()
+    return nic
+  }
+
+  nicAlerts(name: string): unknown[] {
+    return this.nics.alerts(name)
+  }
+
+  private registry(kind: DeviceKindName): DeviceRegistry<DeviceSpec, unknown, unknown> {
+    return (kind === 'disks' ? this.disks : this.nics) as DeviceRegistry<DeviceSpec, unknown, unknown>
   }
 
   /** The live state for `vrio config export` (keys included: they go to key files, never printed). */

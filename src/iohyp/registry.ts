@@ -24,6 +24,9 @@ export class DeviceRegistry<Spec extends DeviceSpec, Dev, Info> {
   /** Data messages naming no device of the sending guest, by guest MAC. */
   private readonly unknown = new Map<number, number>()
   private nextSlot = 1
+  /** Slots this registry hands out: those ≡ slotOffset (mod slotStride), see partition. */
+  private slotOffset = 0
+  private slotStride = 1
   /** Set by close(): data messages are no longer handled. */
   private stopping = false
   private readonly log: Logger
@@ -33,6 +36,23 @@ export class DeviceRegistry<Spec extends DeviceSpec, Dev, Info> {
     this.kind = kind
     this.log = log
     this.noun = kind.noun.toLowerCase()
+  }
+
+  /**
+   * This registry is iocore `index` of `count`: it numbers new devices' slots index, index + count,
+   * ... (slot 0 unused), so slots stay unique across iocores and a device keeps its handle when its
+   * guest moves.
+   */
+  partition(index: number, count: number): void {
+    this.slotOffset = index
+    this.slotStride = count
+  }
+
+  private takeSlot(): number {
+    let slot = this.nextSlot
+    while (slot === 0 || slot % this.slotStride !== this.slotOffset || this.bySlot.has(slot)) slot++
+    this.nextSlot = slot + 1
+    return slot
   }
 
   entries(): IterableIterator<DeviceEntry<Spec, Dev>> {
@@ -82,7 +102,7 @@ export class DeviceRegistry<Spec extends DeviceSpec, Dev, Info> {
     this.kind.check?.(spec, this.byName.values())
     if (!guest.session?.authenticated)
       throw new VrioError('not-connected', `guest ${formatMac(guest.mac)} is not connected`)
-    const handle = newDeviceHandle(this.nextSlot++)
+    const handle = newDeviceHandle(this.takeSlot())
     this.pending.add(name)
     let device: Dev
     try {
@@ -151,12 +171,11 @@ export class DeviceRegistry<Spec extends DeviceSpec, Dev, Info> {
       const old = this.byName.get(entry.name)
       if (old && sameSpec(old.spec, spec)) continue
       if (old) await this.drop(old)
-      const handle = newDeviceHandle(this.nextSlot)
+      const handle = newDeviceHandle(this.takeSlot())
       const device = await this.kind.open(spec, handle, mac).catch((error) => {
         if (isVrioError(error, 'conflict')) error.message = `${this.noun} ${entry.name}: ${error.message}`
         throw error
       })
-      this.nextSlot++
       const e = this.add(spec, handle, mac, device)
       this.log.info(`${this.noun} declared`, { [this.noun]: entry.name, ...this.kind.describe?.(e) })
     }
@@ -194,6 +213,20 @@ export class DeviceRegistry<Spec extends DeviceSpec, Dev, Info> {
     const writable = this.kind.writable
     if (!writable) return
     for (const e of this.byName.values()) if (e.guest === guest.mac) writable(e.device)
+  }
+
+  /**
+   * A guest leaves this daemon (it moves to another iocore): its devices close as at a stop and
+   * are forgotten here; nothing is asked of the guest.
+   */
+  async release(mac: number): Promise<void> {
+    for (const e of [...this.byName.values()]) {
+      if (e.guest !== mac) continue
+      this.byName.delete(e.spec.name)
+      if (this.bySlot.get(e.handle.low) === e) this.bySlot.delete(e.handle.low)
+      await this.kind.close(e.device, 'stop')
+    }
+    this.unknown.delete(mac)
   }
 
   /** The daemon stops: each device closes as its kind does at a stop (data is no longer handled). */

@@ -279,6 +279,26 @@ describe('vrioPacketFilter in a classic BPF interpreter', () => {
     assert.equal(passes(iohypFilter, toGuest()), false, "iohyp: the guest's segments")
   })
 
+  test("an iocore's filter passes only its guests' segments (peers), and none with no guests", () => {
+    const THIRD_IP = parseIPv4('10.99.0.9')!
+    const one = vrioPacketFilter({ mac: IOHYP_MAC, ip: IOHYP_IP, remotePort: PORT, peers: [GUEST_IP] })
+    const two = vrioPacketFilter({
+      mac: IOHYP_MAC,
+      ip: IOHYP_IP,
+      remotePort: PORT,
+      peers: [OTHER_IP, GUEST_IP, THIRD_IP],
+    })
+    const none = vrioPacketFilter({ mac: IOHYP_MAC, ip: IOHYP_IP, remotePort: PORT, peers: [] })
+    for (const p of [one, two, none]) validate(p)
+    assert.ok(passes(one, toIohyp()), 'its guest')
+    assert.equal(passes(one, toIohyp({ srcIp: OTHER_IP })), false, 'another guest')
+    for (const ip of [OTHER_IP, GUEST_IP, THIRD_IP])
+      assert.ok(passes(two, toIohyp({ srcIp: ip })), `guest ${ip}`)
+    assert.equal(passes(two, toIohyp({ srcIp: IOHYP_IP })), false, 'not a guest of it')
+    assert.equal(passes(two, toIohyp({ srcIp: THIRD_IP, srcPort: 443 })), false, 'its guest, another port')
+    assert.equal(passes(none, toIohyp()), false, 'no guests: nothing')
+  })
+
   test('exactly the frames the transport takes as its own pass (generated headers)', () => {
     const pick = <T>(...values: T[]) => fc.constantFrom(...values)
     const frames = fc

@@ -34,6 +34,12 @@ export function onBridge(tap: string): string[] {
   return ['--tap', tap, '--bridge', 'brw']
 }
 
+/**
+ * VRIO_TEST_IOCORES=N: every IOhyp the tests start runs N iocores (unless the test sets its own),
+ * so the integration suites can run over the threaded IOhyp too.
+ */
+const IOCORES = process.env.VRIO_TEST_IOCORES ? ['--iocores', process.env.VRIO_TEST_IOCORES] : []
+
 export class VrioPair {
   readonly dir: string
   readonly iohypEnd: VethEnd
@@ -121,6 +127,7 @@ export class VrioPair {
       join(this.dir, 'state'),
       '--control',
       this.sock('iohyp'),
+      ...IOCORES,
       ...this.iohypOptions,
       ...this.channelOptions,
     ])

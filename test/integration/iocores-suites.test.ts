@@ -1,0 +1,37 @@
+/**
+ * The disk, NIC and restart suites again on an IOhyp with two iocores (VRIO_TEST_IOCORES=2: every
+ * IOhyp those tests start gets --iocores 2), in a child test run of their own.
+ */
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { it } from 'node:test'
+import { requireRoot } from '../support/netns.ts'
+
+const SUITES = ['blk.test.js', 'nic.test.js', 'restart-matrix.test.js'].map((f) =>
+  fileURLToPath(new URL(`./${f}`, import.meta.url)),
+)
+
+it('the disk, NIC and restart-matrix suites pass with --iocores 2', async () => {
+  requireRoot()
+  const { NODE_TEST_CONTEXT: _, ...env } = process.env
+  const child = spawn(
+    process.execPath,
+    ['--enable-source-maps', '--test', '--test-concurrency=1', ...SUITES],
+    {
+      env: { ...env, VRIO_TEST_IOCORES: '2' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  )
+  let out = ''
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString()
+  })
+  child.stderr.on('data', (d: Buffer) => {
+    out += d.toString()
+  })
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  assert.equal(code, 0, out.slice(-4000))
+  assert.match(out, /# fail 0/)
+  assert.doesNotMatch(out, /# pass 0\n/)
+})
