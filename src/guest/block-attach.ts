@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import type { BlockDevice } from '../devices/blk/device.ts'
 import { VrioError } from '../errors.ts'
-import { native } from '../io/native.ts'
+import { type FuseNativeStats, native } from '../io/native.ts'
 import { FuseDiskServer } from './fuse-server.ts'
 
 const run = promisify(execFile)
@@ -20,6 +20,8 @@ const run = promisify(execFile)
 export interface BlockExposure {
   /** The block device, e.g. /dev/loop3. */
   readonly device: string
+  /** How its requests reach the agent, for logs and `vrio status` (e.g. `FUSE over io_uring, 2 queues`). */
+  io(): string
   /** Ends the exposure: the block device goes, then what serves it. Idempotent. */
   detach(): Promise<void>
 }
@@ -37,6 +39,34 @@ export function exposeBlockDevice(o: ExposeOptions): Promise<BlockExposure> {
   return FuseLoopDevice.attach(o)
 }
 
+const URING_PARAM = '/sys/module/fuse/parameters/enable_uring'
+
+/**
+ * Whether the next FUSE mount may use io_uring: not with VRIO_FUSE_URING=0; else fuse's
+ * `enable_uring` module parameter (Linux 6.14+), turned on when it is off and we may (root).
+ * Turning it on changes nothing for other FUSE servers: each one asks for the ring at INIT.
+ */
+export async function fuseUringChoice(): Promise<{ uring: boolean; why: string }> {
+  if (process.env.VRIO_FUSE_URING === '0') return { uring: false, why: 'VRIO_FUSE_URING=0' }
+  const now = (await readFile(URING_PARAM, 'utf8').catch(() => '')).trim()
+  if (now === '') return { uring: false, why: 'this kernel has no FUSE over io_uring' }
+  if (now === 'Y') return { uring: true, why: '' }
+  try {
+    await writeFile(URING_PARAM, 'Y')
+    return { uring: true, why: '' }
+  } catch (error) {
+    return { uring: false, why: `could not turn on ${URING_PARAM}: ${(error as Error).message}` }
+  }
+}
+
+/** What `BlockExposure.io()` says of a FUSE server. */
+function describeFuseIo(s: FuseNativeStats, why: string): string {
+  if (s.transport === 'io_uring')
+    return `FUSE over io_uring, ${s.queues} queue${s.queues === 1 ? '' : 's'}${s.uringErrno ? ` (some entries failed: errno ${s.uringErrno})` : ''}`
+  const reason = why || (s.uringErrno ? `io_uring failed: errno ${s.uringErrno}` : '')
+  return `FUSE read/writev on /dev/fuse${reason ? ` (${reason})` : ''}`
+}
+
 /**
  * The agent serves the disk as the one file (`disk`) of its own FUSE mount, on a thread of the
  * native addon plus the event loop (no process or socket in between), and a loop device with
@@ -50,6 +80,8 @@ export class FuseLoopDevice implements BlockExposure {
   private readonly seq: string
   private readonly dir: string
   private readonly holder: Holder | undefined
+  /** Why not io_uring, when that was decided before the mount. */
+  private readonly why: string
   private detached = false
 
   private constructor(
@@ -58,6 +90,7 @@ export class FuseLoopDevice implements BlockExposure {
     server: FuseDiskServer,
     dir: string,
     holder: Holder | undefined,
+    why: string,
   ) {
     this.device = device
     this.seq = seq
@@ -65,6 +98,16 @@ export class FuseLoopDevice implements BlockExposure {
     this.server = server
     this.dir = dir
     this.holder = holder
+    this.why = why
+  }
+
+  io(): string {
+    return describeFuseIo(this.server.stats(), this.why)
+  }
+
+  /** The ring registers on a thread of its own once INIT is done: a moment after the first open. */
+  private static async settled(server: FuseDiskServer): Promise<void> {
+    for (let i = 0; i < 200 && server.stats().transport === 'starting'; i++) await sleep(5)
   }
 
   /**
@@ -77,9 +120,10 @@ export class FuseLoopDevice implements BlockExposure {
     await mkdir(o.dir, { recursive: true, mode: 0o700 })
     // A mount left on the dir (a killed agent's, not cleaned yet) would hide ours.
     await run('umount', ['-l', o.dir]).catch(() => {})
+    const choice = await fuseUringChoice()
     let server: FuseDiskServer
     try {
-      server = new FuseDiskServer({ dir: o.dir, name: 'disk', device: o.device })
+      server = new FuseDiskServer({ dir: o.dir, name: 'disk', device: o.device, uring: choice.uring })
     } catch (error) {
       await rm(o.dir, { recursive: true, force: true }).catch(() => {})
       throw error
@@ -96,16 +140,18 @@ export class FuseLoopDevice implements BlockExposure {
       const device = stdout.trim()
       const seq = await diskSeq(device)
       if (o.keep !== false) holder = await startHolder(server.fd)
+      await FuseLoopDevice.settled(server)
       const record: StaleRecord = {
         kind: 'fuse-loop',
         device,
         seq,
         size: o.device.size,
         readOnly: o.device.readOnly,
+        uring: server.stats().transport === 'io_uring',
         ...(holder ? { holder: holder.pid, holderStart: holder.start } : {}),
       }
       await writeFile(recordPath(o.dir), JSON.stringify(record))
-      return new FuseLoopDevice(device, seq, server, o.dir, holder)
+      return new FuseLoopDevice(device, seq, server, o.dir, holder, choice.why)
     } catch (error) {
       if (holder) process.kill(holder.pid, 'SIGKILL')
       server.close()
@@ -130,12 +176,29 @@ export class FuseLoopDevice implements BlockExposure {
     const fd = getfd(r.holder, HOLDER_FD)
     let server: FuseDiskServer
     try {
-      server = new FuseDiskServer({ dir: o.stale.dir, name: 'disk', device: o.device, adoptFd: fd })
+      // Served over io_uring before: nothing but forgets and resent requests come over /dev/fuse
+      // any more, so the ring is registered again whatever VRIO_FUSE_URING says now.
+      server = new FuseDiskServer({
+        dir: o.stale.dir,
+        name: 'disk',
+        device: o.device,
+        adoptFd: fd,
+        uring: r.uring === true,
+      })
     } catch (error) {
       closeSync(fd)
       throw error
     }
-    return new FuseLoopDevice(r.device, r.seq, server, o.stale.dir, { pid: r.holder, start: r.holderStart })
+    await FuseLoopDevice.settled(server)
+    const holder = { pid: r.holder, start: r.holderStart }
+    return new FuseLoopDevice(
+      r.device,
+      r.seq,
+      server,
+      o.stale.dir,
+      holder,
+      r.uring ? '' : 'as its first agent chose',
+    )
   }
 
   /** FUSE requests served so far (native counters). */
@@ -170,6 +233,8 @@ export interface StaleRecord {
   pid?: number
   size?: number
   readOnly?: boolean
+  /** The connection is served over FUSE's io_uring queues (the next agent must register them again). */
+  uring?: boolean
   /** The holder's pid and start time (/proc/PID/stat field 22), which identify it. */
   holder?: number
   holderStart?: string
@@ -330,6 +395,10 @@ export class AttachedBlockDevice implements BlockExposure {
       const e = error as { stderr?: string; message: string }
       throw new VrioError('attach-failed', `losetup failed: ${(e.stderr ?? e.message).trim()}`)
     }
+  }
+
+  io(): string {
+    return 'nbdfuse (FUSE) over NBD'
   }
 
   /** Detaches the loop device, then ends nbdfuse (which flushes and unmounts). Idempotent. */

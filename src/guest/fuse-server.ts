@@ -26,6 +26,11 @@ export interface FuseDiskOptions {
    * close()) instead of mounting: nothing is mounted, the kernel resends what went unanswered.
    */
   adoptFd?: number
+  /**
+   * FUSE over io_uring: offered at INIT (the kernel offers it only while fuse's `enable_uring`
+   * is on, see enableFuseUring); with `adoptFd`, whether that connection was served over it.
+   */
+  uring?: boolean
 }
 
 /**
@@ -41,6 +46,8 @@ export class FuseDiskServer {
   private readonly views: DataView[] = []
   private readonly bytes: Uint8Array[] = []
   private batch: Uint32Array = new Uint32Array(0)
+  /** Slots from here on are io_uring entries (their own layout). */
+  private readonly ringFirst: number
   private readonly onEnd: ((errno: number) => void) | undefined
   private closed = false
 
@@ -60,6 +67,7 @@ export class FuseDiskServer {
           slots: o.slots ?? 64,
           maxWrite: 1024 * 1024,
           ...(o.adoptFd === undefined ? {} : { fd: o.adoptFd }),
+          uring: o.uring === true,
         },
         (count: number) => this.onBatch(count),
       )
@@ -72,6 +80,7 @@ export class FuseDiskServer {
       this.bytes.push(new Uint8Array(b))
     }
     this.batch = s.batch
+    this.ringFirst = s.ringFirst
   }
 
   stats(): FuseNativeStats {
@@ -100,7 +109,7 @@ export class FuseDiskServer {
   }
 
   private serve(slot: number): void {
-    const r = decodeFuseRequest(this.views[slot])
+    const r = decodeFuseRequest(this.views[slot], slot >= this.ringFirst)
     const d = this.device
     if (!r) {
       this.handle.reply(slot, -os.errno.EINVAL)

@@ -143,6 +143,12 @@ export interface NativeAddon {
       maxWrite: number
       /** Serve this live connection's /dev/fuse fd (taken over) instead of mounting. */
       fd?: number
+      /**
+       * FUSE over io_uring: offer it at INIT (used when the kernel offers it too) or, with `fd`,
+       * the adopted connection is served over it. Entries per queue: `uringDepth` (default 32).
+       */
+      uring?: boolean
+      uringDepth?: number
     },
     callback: (count: number) => void,
   ) => NativeFuseDisk
@@ -152,7 +158,8 @@ export interface NativeAddon {
 
 /** The addon's FUSE session (native/fuse.cc). */
 export interface NativeFuseDisk {
-  slots(): { buffers: ArrayBuffer[]; batch: Uint32Array; kernelMinor: number }
+  /** Slot buffers: /dev/fuse slots, then (from `ringFirst` on) the io_uring entries. */
+  slots(): { buffers: ArrayBuffer[]; batch: Uint32Array; kernelMinor: number; ringFirst: number }
   /** Answers the slot's request (error 0 or -errno; data for READ) and frees the slot. */
   reply(slot: number, error: number, data?: Uint8Array): void
   /** Answers a WRITE: `size` bytes written. */
@@ -179,6 +186,13 @@ export interface FuseNativeStats {
   adopted: boolean
   /** Adopted: 0 when the kernel re-queued what the previous agent left unanswered, else errno; -1 otherwise. */
   resendErrno: number
+  /** How requests arrive: over FUSE's io_uring queues, or read(2)/writev(2) on /dev/fuse (also while starting). */
+  transport: 'io_uring' | 'read/writev' | 'starting'
+  /** Why the ring is not used (or lost entries): an errno, else 0. */
+  uringErrno: number
+  /** Requests that came over the ring, and its queues (one per possible CPU; 0 without it). */
+  ringRequests: number
+  queues: number
 }
 
 /** An AES-XTS key held by OpenSSL; JS never sees the key schedule. */
