@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -68,6 +69,12 @@ uint32_t PossibleCpus() {
   return hi + 1;
 }
 
+struct RingRegion {
+  void* base;
+  size_t len;
+  uint32_t refs;  // ArrayBuffers over it (finalized on the main thread)
+};
+
 struct Slot {
   uint8_t* buf = nullptr;
   bool busy = false;  // read into and not yet answered (JS owns it)
@@ -88,6 +95,7 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Fd(const Napi::CallbackInfo& info);
+  Napi::Value Ring(const Napi::CallbackInfo& info);
 
   void ReaderLoop();
   // Answers a metadata request on the reader or ring thread; false: it goes to JS. `arg`: the
@@ -105,6 +113,7 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
   void RingRequest(uint32_t ent);
   void QueueCommit(uint32_t ent);
   void StartRing();
+  void KickQueues();
   void Release(uint32_t slot);
   void Answer(uint32_t slot, int32_t error, const void* data, size_t len);
   void FillAttr(uint64_t ino, struct fuse_attr* a) const;
@@ -156,6 +165,9 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
   std::atomic<int> uringState_{0};
   std::atomic<int> uringErrno_{0};
   std::atomic<uint64_t> ringRequests_{0};
+  int ringMem_ = -1;        // the entries' memory file
+  bool recovered_ = false;  // mapped where a previous agent had it
+  std::atomic<uint32_t> resumed_{0};  // its requests served again
   bool adopted_ = false;
   int resendErrno_ = -1;  // adopted: 0 if the kernel re-queued unanswered requests, else errno
 };
@@ -169,6 +181,7 @@ Napi::Function FuseDisk::Define(Napi::Env env) {
                          InstanceMethod<&FuseDisk::Stats>("stats"),
                          InstanceMethod<&FuseDisk::Close>("close"),
                          InstanceMethod<&FuseDisk::Fd>("fd"),
+                         InstanceMethod<&FuseDisk::Ring>("ring"),
                      });
 }
 
@@ -255,26 +268,65 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
   }
   ringFirst_ = nslots;
   if (uringWanted_) {
-    // Ring entries: headers in the first page, the payload (max_write bytes) after it; touched
-    // only when used.
+    // Ring entries, in one shared memory file (the holder keeps it, so that the next agent finds
+    // the requests a killed one had taken: see RecoverOrRegister): each one's headers in its
+    // first page, the payload (max_write bytes) after it; touched only when used.
     size_t len = kRingPayload + maxWrite_;
     ents_.resize(size_t(nQueues_) * ringDepth_);
-    for (uint32_t i = 0; i < ents_.size(); i++) {
-      void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED) {
+    size_t total = len * ents_.size();
+    void* want = nullptr;
+    if (o.Get("ringFd").IsNumber()) {
+      ringMem_ = o.Get("ringFd").As<Napi::Number>().Int32Value();
+      want = reinterpret_cast<void*>(uintptr_t(o.Get("ringAddr").ToNumber().Int64Value()));
+      struct stat st;
+      if (fstat(ringMem_, &st) != 0 || size_t(st.st_size) != total) want = nullptr;
+    }
+    void* base = MAP_FAILED;
+    if (want != nullptr) {
+      // Where the previous agent had it: the kernel's entries point at these addresses.
+      base = mmap(want, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED_NOREPLACE, ringMem_, 0);
+      if (base != MAP_FAILED && base != want) {
+        munmap(base, total);
+        base = MAP_FAILED;
+      }
+      recovered_ = base != MAP_FAILED;
+    }
+    if (base == MAP_FAILED) {
+      if (ringMem_ >= 0) close(ringMem_);
+      ringMem_ = int(syscall(SYS_memfd_create, "vrio-fuse-ring", MFD_CLOEXEC));
+      if (ringMem_ < 0 || ftruncate(ringMem_, off_t(total)) != 0) {
         int e = errno;
         Stop();
-        ThrowSysErr(env, {e, "mmap", "ring entry"});
+        ThrowSysErr(env, {e, "memfd_create", "ring entries"});
         return;
       }
+      base = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, ringMem_, 0);
+    }
+    if (base == MAP_FAILED) {
+      int e = errno;
+      Stop();
+      ThrowSysErr(env, {e, "mmap", "ring entries"});
+      return;
+    }
+    // Unmapped when the last ArrayBuffer over it goes.
+    auto* region = new RingRegion{base, total, uint32_t(ents_.size())};
+    for (uint32_t i = 0; i < ents_.size(); i++) {
+      uint8_t* p = static_cast<uint8_t*>(base) + size_t(i) * len;
       Slot sl;
-      sl.buf = static_cast<uint8_t*>(p);
+      sl.buf = p;
       slots_.push_back(sl);
       ents_[i].qid = uint16_t(i / ringDepth_);
       ents_[i].iov[0] = {p, kRingHeaderLen};
-      ents_[i].iov[1] = {static_cast<uint8_t*>(p) + kRingPayload, maxWrite_};
+      ents_[i].iov[1] = {p + kRingPayload, maxWrite_};
       slotRefs_.push_back(Napi::Persistent(Napi::ArrayBuffer::New(
-          env, p, len, [](Napi::Env, void* data, size_t* l) { munmap(data, *l); delete l; }, new size_t(len))));
+          env, p, len,
+          [](Napi::Env, void*, RingRegion* r) {
+            if (--r->refs == 0) {
+              munmap(r->base, r->len);
+              delete r;
+            }
+          },
+          region)));
     }
   }
   Napi::Uint32Array batch = Napi::Uint32Array::New(env, uint32_t(slots_.size()));
@@ -328,6 +380,8 @@ void FuseDisk::Stop() {
   if (ring_.joinable()) ring_.join();
   if (ringWake_ >= 0) close(ringWake_);
   ringWake_ = -1;
+  if (ringMem_ >= 0) close(ringMem_);
+  ringMem_ = -1;
   if (!dir_.empty() && fd_ >= 0 && !adopted_) umount2(dir_.c_str(), MNT_DETACH);
   if (fd_ >= 0) close(fd_);  // aborts the connection: whatever still uses the file gets errors
   fd_ = -1;
@@ -651,35 +705,73 @@ void FuseDisk::RingLoop() {
   int err = ring.Setup(entries);
   // Queue by queue: the kernel switches the connection to the ring once every queue has an
   // entry, so a failure on the first registration leaves /dev/fuse serving as before.
-  std::vector<uint32_t> perQueue(nQueues_, 0);
+  // Entries mapped where a killed agent had them (recovered_) still hold what it left: a request
+  // it took and never answered (the fuse_in_header's opcode is still there: served again), or an
+  // answer perhaps never committed (an out header: committed now; ENOENT if it had been).
+  std::vector<uint32_t> resume;
+  std::vector<bool> retried(n, false);
+  uint32_t registering = 0;
   if (err == 0) {
-    for (uint32_t i = 0; i < n; i++)
-      PrepCmd(ring.Sqe(), fd_, kFuseUringCmdRegister, i, ents_[i].iov, ents_[i].qid, 0);
+    for (uint32_t i = 0; i < n; i++) {
+      const uint8_t* buf = slots_[ringFirst_ + i].buf;
+      uint64_t unique = 0;
+      int32_t word = 0;
+      memcpy(&word, buf + 4, sizeof word);
+      memcpy(&unique, buf + 8, sizeof unique);
+      if (recovered_ && unique != 0 && word > 0) {
+        resume.push_back(i);
+      } else if (recovered_ && unique != 0) {
+        ents_[i].unique = unique;
+        PrepCmd(ring.Sqe(), fd_, kFuseUringCmdCommitAndFetch, i, ents_[i].iov, ents_[i].qid, unique);
+      } else {
+        registering++;
+        PrepCmd(ring.Sqe(), fd_, kFuseUringCmdRegister, i, ents_[i].iov, ents_[i].qid, 0);
+      }
+    }
     err = ring.Enter(0);
   }
-  // Registrations that fail complete at once; the others complete with the entry's first request.
+  // What fails completes at once; the rest completes with the entry's first request.
   std::vector<uint32_t> early;
   uint32_t failed = 0;
-  if (err == 0) {
+  bool again = false;
+  // A commit of what the previous agent had committed already: the entry is registered anew.
+  auto retry = [&](uint32_t e, int res) {
+    if (res != -ENOENT || !recovered_ || retried[e]) return false;
+    retried[e] = true;
+    PrepCmd(ring.Sqe(), fd_, kFuseUringCmdRegister, e, ents_[e].iov, ents_[e].qid, 0);
+    return true;
+  };
+  while (err == 0) {
     while (const struct io_uring_cqe* c = ring.Peek()) {
-      if (c->res < 0) {
-        failed++;
-        err = -c->res;
-      } else {
-        early.push_back(uint32_t(c->user_data));
-      }
+      uint32_t e = uint32_t(c->user_data);
+      int res = c->res;
       ring.Pop();
+      if (res >= 0) {
+        early.push_back(e);
+      } else if (retry(e, res)) {
+        registering++;
+        again = true;
+      } else {
+        failed++;
+        err = -res;
+      }
     }
+    if (!again) break;
+    again = false;
+    err = ring.Enter(0);
   }
-  if (err != 0 && failed == 0 && early.empty()) failed = n;  // setup or submission failed
-  if (failed == n) {
+  if (err != 0 && failed == 0 && early.empty()) failed = registering;  // setup or submission failed
+  if (registering > 0 && failed >= registering && resume.empty()) {
     uringErrno_ = err;
     uringState_ = 3;
     return;
   }
   uringErrno_ = failed > 0 ? err : 0;
   uringState_ = 2;
+  resumed_ = uint32_t(resume.size());
   for (uint32_t e : early) RingRequest(e);
+  for (uint32_t e : resume) RingRequest(e);
+  if (adopted_) KickQueues();
 
   uint64_t wakeBuf = 0;
   bool wakeArmed = false;
@@ -715,6 +807,8 @@ void FuseDisk::RingLoop() {
       ring.Pop();
       if (tag == kWakeTag) {
         wakeArmed = false;
+      } else if (res < 0 && retry(uint32_t(tag), res)) {
+        // registered again with the next Enter
       } else if (res < 0) {
         // ENOTCONN, ECANCELED: the connection ends (unmount, abort); the entry is gone.
         uringErrno_ = -res;
@@ -723,6 +817,34 @@ void FuseDisk::RingLoop() {
         RingRequest(uint32_t(tag));
       }
     }
+  }
+}
+
+// Requests that reached a queue while no agent had entries on it wait there until an entry of
+// that queue is committed (a new registration does not fetch them). So after a takeover, each
+// queue gets one request of our own making: a FUSE_NOTIFY_RETRIEVE (of nothing) written from a
+// thread on that queue's CPU makes the kernel queue a NOTIFY_REPLY there; answering it commits an
+// entry of that queue, which fetches what waits.
+void FuseDisk::KickQueues() {
+  for (uint32_t q = 0; q < nQueues_; q++) {
+    std::thread t([this, q] {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(q, &set);
+      if (sched_setaffinity(0, sizeof set, &set) != 0) return;  // offline: nothing queued there
+      struct {
+        struct fuse_out_header h;
+        struct fuse_notify_retrieve_out r;
+      } m;
+      memset(&m, 0, sizeof m);
+      m.h.len = sizeof m;
+      m.h.error = FUSE_NOTIFY_RETRIEVE;
+      m.r.notify_unique = (uint64_t(1) << 62) + 2 * uint64_t(q);
+      m.r.nodeid = kFileIno;
+      ssize_t ignored = write(fd_, &m, sizeof m);
+      (void)ignored;
+    });
+    t.join();
   }
 }
 
@@ -832,10 +954,22 @@ Napi::Value FuseDisk::Stats(const Napi::CallbackInfo& info) {
   o.Set("uringErrno", Napi::Number::New(env, uringErrno_));
   o.Set("ringRequests", Napi::Number::New(env, double(ringRequests_)));
   o.Set("queues", Napi::Number::New(env, uringState_ == 2 ? nQueues_ : 0));
+  o.Set("ringRecovered", Napi::Boolean::New(env, recovered_));
+  o.Set("ringResumed", Napi::Number::New(env, resumed_));
   return o;
 }
 
 Napi::Value FuseDisk::Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+
+// ring(): the ring entries' memory file and address (for the holder and the next agent), or null.
+Napi::Value FuseDisk::Ring(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (ringMem_ < 0 || slots_.size() <= ringFirst_) return env.Null();
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("fd", Napi::Number::New(env, ringMem_));
+  r.Set("addr", Napi::Number::New(env, double(reinterpret_cast<uintptr_t>(slots_[ringFirst_].buf))));
+  return r;
+}
 
 // pidfdGetfd(pid, fd): a duplicate of another process's fd (pidfd_getfd(2); root), close-on-exec.
 Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {

@@ -61,8 +61,17 @@ export async function fuseUringChoice(): Promise<{ uring: boolean; why: string }
 
 /** What `BlockExposure.io()` says of a FUSE server. */
 function describeFuseIo(s: FuseNativeStats, why: string): string {
-  if (s.transport === 'io_uring')
-    return `FUSE over io_uring, ${s.queues} queue${s.queues === 1 ? '' : 's'}${s.uringErrno ? ` (some entries failed: errno ${s.uringErrno})` : ''}`
+  if (s.transport === 'io_uring') {
+    const notes = [] as string[]
+    if (s.uringErrno) notes.push(`some entries failed: errno ${s.uringErrno}`)
+    if (s.adopted)
+      notes.push(
+        s.ringRecovered
+          ? `taken over, ${s.ringResumed} request(s) the previous agent left served again`
+          : 'taken over without the previous ring memory: requests it had taken are lost',
+      )
+    return `FUSE over io_uring, ${s.queues} queue${s.queues === 1 ? '' : 's'}${notes.length ? ` (${notes.join('; ')})` : ''}`
+  }
   const reason = why || (s.uringErrno ? `io_uring failed: errno ${s.uringErrno}` : '')
   return `FUSE read/writev on /dev/fuse${reason ? ` (${reason})` : ''}`
 }
@@ -139,15 +148,17 @@ export class FuseLoopDevice implements BlockExposure {
       ])
       const device = stdout.trim()
       const seq = await diskSeq(device)
-      if (o.keep !== false) holder = await startHolder(server.fd)
       await FuseLoopDevice.settled(server)
+      const ring = server.stats().transport === 'io_uring' ? server.ring : null
+      if (o.keep !== false) holder = await startHolder(server.fd, ring?.fd)
       const record: StaleRecord = {
         kind: 'fuse-loop',
         device,
         seq,
         size: o.device.size,
         readOnly: o.device.readOnly,
-        uring: server.stats().transport === 'io_uring',
+        uring: ring !== null,
+        ...(ring && { ringAddr: ring.addr }),
         ...(holder ? { holder: holder.pid, holderStart: holder.start } : {}),
       }
       await writeFile(recordPath(o.dir), JSON.stringify(record))
@@ -174,6 +185,13 @@ export class FuseLoopDevice implements BlockExposure {
     if (r.size !== o.device.size || r.readOnly !== o.device.readOnly)
       throw new VrioError('attach-failed', 'the disk changed since its block device was attached')
     const fd = getfd(r.holder, HOLDER_FD)
+    // The ring's memory as the killed agent left it: the requests it had taken are in there.
+    let adoptRing: { fd: number; addr: number } | undefined
+    if (r.uring && r.ringAddr) {
+      try {
+        adoptRing = { fd: getfd(r.holder, HOLDER_RING_FD), addr: r.ringAddr }
+      } catch {}
+    }
     let server: FuseDiskServer
     try {
       // Served over io_uring before: nothing but forgets and resent requests come over /dev/fuse
@@ -184,9 +202,11 @@ export class FuseLoopDevice implements BlockExposure {
         device: o.device,
         adoptFd: fd,
         uring: r.uring === true,
+        ...(adoptRing && { adoptRing }),
       })
     } catch (error) {
       closeSync(fd)
+      if (adoptRing) closeSync(adoptRing.fd)
       throw error
     }
     await FuseLoopDevice.settled(server)
@@ -235,6 +255,8 @@ export interface StaleRecord {
   readOnly?: boolean
   /** The connection is served over FUSE's io_uring queues (the next agent must register them again). */
   uring?: boolean
+  /** Where the ring entries' memory was mapped (the holder keeps the file as its fd 4). */
+  ringAddr?: number
   /** The holder's pid and start time (/proc/PID/stat field 22), which identify it. */
   holder?: number
   holderStart?: string
@@ -252,12 +274,13 @@ interface Holder {
   start: string
 }
 
-/** The holder's copy of the /dev/fuse fd: its fd 3. */
+/** The holder's copy of the /dev/fuse fd: its fd 3; of the ring entries' memory: its fd 4. */
 const HOLDER_FD = 3
+const HOLDER_RING_FD = 4
 
-async function startHolder(fuseFd: number): Promise<Holder> {
+async function startHolder(fuseFd: number, ringFd: number | undefined): Promise<Holder> {
   const child = spawn('sleep', ['infinity'], {
-    stdio: ['ignore', 'ignore', 'ignore', fuseFd],
+    stdio: ['ignore', 'ignore', 'ignore', fuseFd, ...(ringFd === undefined ? [] : [ringFd])],
     detached: true,
   })
   child.unref()

@@ -31,6 +31,8 @@ export interface FuseDiskOptions {
    * is on, see enableFuseUring); with `adoptFd`, whether that connection was served over it.
    */
   uring?: boolean
+  /** With `adoptFd` and `uring`: the previous agent's ring memory (see `ring`). */
+  adoptRing?: { fd: number; addr: number }
 }
 
 /**
@@ -68,6 +70,7 @@ export class FuseDiskServer {
           maxWrite: 1024 * 1024,
           ...(o.adoptFd === undefined ? {} : { fd: o.adoptFd }),
           uring: o.uring === true,
+          ...(o.adoptRing && { ringFd: o.adoptRing.fd, ringAddr: o.adoptRing.addr }),
         },
         (count: number) => this.onBatch(count),
       )
@@ -90,6 +93,11 @@ export class FuseDiskServer {
   /** The /dev/fuse fd (see FuseLoopDevice's holder). */
   get fd(): number {
     return this.handle.fd()
+  }
+
+  /** The io_uring entries' memory file and address (the holder keeps the file for the next agent), or null. */
+  get ring(): { fd: number; addr: number } | null {
+    return this.handle.ring()
   }
 
   /** Unmounts (lazily: a loop device still holding the file gets errors from now on). Idempotent. */

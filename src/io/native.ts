@@ -149,6 +149,9 @@ export interface NativeAddon {
        */
       uring?: boolean
       uringDepth?: number
+      /** With `fd` and `uring`: the previous agent's ring memory (its memfd, from the holder) and address. */
+      ringFd?: number
+      ringAddr?: number
     },
     callback: (count: number) => void,
   ) => NativeFuseDisk
@@ -169,6 +172,8 @@ export interface NativeFuseDisk {
   close(): void
   /** The /dev/fuse fd (to hand a duplicate to a process that keeps the connection alive). */
   fd(): number
+  /** The ring entries' memory (a memfd, closed by close()) and where it is mapped; null without the ring. */
+  ring(): { fd: number; addr: number } | null
 }
 
 export interface FuseNativeStats {
@@ -193,6 +198,9 @@ export interface FuseNativeStats {
   /** Requests that came over the ring, and its queues (one per possible CPU; 0 without it). */
   ringRequests: number
   queues: number
+  /** Adopted: the ring memory is mapped where the previous agent had it, and the requests it left unanswered (served again). */
+  ringRecovered: boolean
+  ringResumed: number
 }
 
 /** An AES-XTS key held by OpenSSL; JS never sees the key schedule. */
