@@ -79,8 +79,10 @@ function describeFuseIo(s: FuseNativeStats, why: string): string {
 /**
  * The agent serves the disk as the one file (`disk`) of its own FUSE mount, on a thread of the
  * native addon plus the event loop (no process or socket in between), and a loop device with
- * direct I/O turns that file into /dev/loopN: each block request becomes one FUSE request of up
- * to 1 MiB, up to 64 at once, each one block request to the IOhyp.
+ * direct I/O turns that file into /dev/loopN: each block request becomes one FUSE request (up to
+ * 512 KiB as the loop device sends them: 128 segments of a page), up to 64 at once, each one block
+ * request to the IOhyp. Requests come over FUSE's io_uring queues where the kernel has them, else
+ * read from /dev/fuse (see fuseUringChoice).
  */
 export class FuseLoopDevice implements BlockExposure {
   readonly device: string
