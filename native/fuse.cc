@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -25,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "fuse_uring.h"
 #include "io.h"
 
 namespace vrio {
@@ -39,6 +41,39 @@ constexpr uint32_t kMaxSlots = 1024;
 // FUSE_NOTIFY_RESEND (protocol 7.40, Linux 6.9; newer than our <linux/fuse.h>): the kernel puts
 // every request a previous server read and never answered back on the queue for us to read.
 constexpr int32_t kNotifyResend = 7;
+// A ring entry's memory: the request headers (struct fuse_uring_req_header) in the first page,
+// the payload (a WRITE's data, a READ's answer) from here on.
+constexpr size_t kRingPayload = 4096;
+constexpr uint64_t kWakeTag = ~uint64_t(0);
+// The ring thread: its own answers are committed without waking it.
+thread_local bool tInRing = false;
+
+// The number of possible CPUs (the kernel makes one FUSE ring queue per possible CPU).
+uint32_t PossibleCpus() {
+  int fd = open("/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char b[64] = {0};
+  ssize_t n = read(fd, b, sizeof b - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  // "0-1", "0", "0-3,5": the highest number plus one.
+  uint32_t hi = 0, cur = 0;
+  for (ssize_t i = 0; i < n; i++) {
+    if (b[i] >= '0' && b[i] <= '9') {
+      cur = cur * 10 + uint32_t(b[i] - '0');
+      if (cur > hi) hi = cur;
+    } else {
+      cur = 0;
+    }
+  }
+  return hi + 1;
+}
+
+struct RingRegion {
+  void* base;
+  size_t len;
+  uint32_t refs;  // ArrayBuffers over it (finalized on the main thread)
+};
 
 struct Slot {
   uint8_t* buf = nullptr;
@@ -60,12 +95,27 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Fd(const Napi::CallbackInfo& info);
+  Napi::Value Ring(const Napi::CallbackInfo& info);
 
   void ReaderLoop();
-  // Answers a metadata request from the reader thread; false: it goes to JS.
-  bool AnswerHere(uint32_t slot, size_t n);
+  // Answers a metadata request on the reader or ring thread; false: it goes to JS. `arg`: the
+  // op's header; `extra`: what follows it (a LOOKUP's name).
+  bool AnswerHere(uint32_t slot, const struct fuse_in_header* in, const uint8_t* arg, const uint8_t* extra,
+                  size_t extraLen);
   void WriteReply(uint64_t unique, int32_t error, const void* data, size_t len);
+  // Answers the request in a slot: writev on /dev/fuse, or into a ring entry and committed.
+  void Respond(uint32_t slot, uint64_t unique, int32_t error, const void* data, size_t len);
+  void Deliver(uint32_t slot);
+
+  // FUSE over io_uring: after INIT, a thread registers ringDepth_ entries on each of nQueues_
+  // queues and commits answers (COMMIT_AND_FETCH, which also waits for the entry's next request).
+  void RingLoop();
+  void RingRequest(uint32_t ent);
+  void QueueCommit(uint32_t ent);
+  void StartRing();
+  void KickQueues();
   void Release(uint32_t slot);
+  void Answer(uint32_t slot, int32_t error, const void* data, size_t len);
   void FillAttr(uint64_t ino, struct fuse_attr* a) const;
   void Stop();
   static void CallJs(Napi::Env env, Napi::Function cb, FuseDisk* self, void*);
@@ -97,6 +147,27 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
 
   std::atomic<uint64_t> requests_{0}, toJs_{0}, batches_{0}, replyErrors_{0}, interrupts_{0};
   uint32_t kernelMinor_ = 0, negotiatedFlags_ = 0;
+
+  struct RingEnt {
+    uint16_t qid = 0;
+    uint64_t unique = 0;
+    struct iovec iov[2];
+  };
+  bool uringWanted_ = false;
+  uint32_t nQueues_ = 0, ringDepth_ = 0;
+  uint32_t ringFirst_ = 0;  // slot number of ring entry 0 (the /dev/fuse slots come first)
+  std::vector<RingEnt> ents_;
+  std::thread ring_;
+  int ringWake_ = -1;  // eventfd: answers to commit, or stop
+  std::atomic<bool> ringWakePending_{false};
+  std::vector<uint32_t> commits_;  // ring entries answered, to commit (under mu_)
+  // 0: not asked for; 1: starting; 2: serving; 3: failed (uringErrno_), /dev/fuse serves.
+  std::atomic<int> uringState_{0};
+  std::atomic<int> uringErrno_{0};
+  std::atomic<uint64_t> ringRequests_{0};
+  int ringMem_ = -1;        // the entries' memory file
+  bool recovered_ = false;  // mapped where a previous agent had it
+  std::atomic<uint32_t> resumed_{0};  // its requests served again
   bool adopted_ = false;
   int resendErrno_ = -1;  // adopted: 0 if the kernel re-queued unanswered requests, else errno
 };
@@ -110,6 +181,7 @@ Napi::Function FuseDisk::Define(Napi::Env env) {
                          InstanceMethod<&FuseDisk::Stats>("stats"),
                          InstanceMethod<&FuseDisk::Close>("close"),
                          InstanceMethod<&FuseDisk::Fd>("fd"),
+                         InstanceMethod<&FuseDisk::Ring>("ring"),
                      });
 }
 
@@ -134,6 +206,16 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
   readOnly_ = o.Get("readOnly").ToBoolean().Value();
   uint32_t nslots = o.Get("slots").As<Napi::Number>().Uint32Value();
   if (o.Get("maxWrite").IsNumber()) maxWrite_ = o.Get("maxWrite").As<Napi::Number>().Uint32Value();
+  uringWanted_ = o.Get("uring").ToBoolean().Value();
+  ringDepth_ = o.Get("uringDepth").IsNumber() ? o.Get("uringDepth").As<Napi::Number>().Uint32Value() : 32;
+  if (uringWanted_) {
+    nQueues_ = PossibleCpus();
+    if (nQueues_ == 0 || ringDepth_ == 0 || uint64_t(nQueues_) * ringDepth_ > kMaxSlots) {
+      uringWanted_ = false;
+      uringState_ = 3;
+      uringErrno_ = EINVAL;
+    }
+  }
   if (name_.empty() || name_.size() > 255 || name_.find('/') != std::string::npos || nslots == 0 ||
       nslots > kMaxSlots || maxWrite_ < 4096 || maxWrite_ > (1u << 20) || (maxWrite_ & 4095) != 0) {
     ThrowInvalid(env, "FuseDisk: bad name, slots or maxWrite");
@@ -160,7 +242,8 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
     return;
   }
   wake_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (wake_ < 0) {
+  if (uringWanted_) ringWake_ = eventfd(0, EFD_CLOEXEC);
+  if (wake_ < 0 || (uringWanted_ && ringWake_ < 0)) {
     int e = errno;
     Stop();
     ThrowSysErr(env, {e, "eventfd", ""});
@@ -183,7 +266,70 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
         new size_t(slotSize_))));
     free_.push_back(nslots - 1 - i);
   }
-  Napi::Uint32Array batch = Napi::Uint32Array::New(env, nslots);
+  ringFirst_ = nslots;
+  if (uringWanted_) {
+    // Ring entries, in one shared memory file (the holder keeps it, so that the next agent finds
+    // the requests a killed one had taken: see RecoverOrRegister): each one's headers in its
+    // first page, the payload (max_write bytes) after it; touched only when used.
+    size_t len = kRingPayload + maxWrite_;
+    ents_.resize(size_t(nQueues_) * ringDepth_);
+    size_t total = len * ents_.size();
+    void* want = nullptr;
+    if (o.Get("ringFd").IsNumber()) {
+      ringMem_ = o.Get("ringFd").As<Napi::Number>().Int32Value();
+      want = reinterpret_cast<void*>(uintptr_t(o.Get("ringAddr").ToNumber().Int64Value()));
+      struct stat st;
+      if (fstat(ringMem_, &st) != 0 || size_t(st.st_size) != total) want = nullptr;
+    }
+    void* base = MAP_FAILED;
+    if (want != nullptr) {
+      // Where the previous agent had it: the kernel's entries point at these addresses.
+      base = mmap(want, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED_NOREPLACE, ringMem_, 0);
+      if (base != MAP_FAILED && base != want) {
+        munmap(base, total);
+        base = MAP_FAILED;
+      }
+      recovered_ = base != MAP_FAILED;
+    }
+    if (base == MAP_FAILED) {
+      if (ringMem_ >= 0) close(ringMem_);
+      ringMem_ = int(syscall(SYS_memfd_create, "vrio-fuse-ring", MFD_CLOEXEC));
+      if (ringMem_ < 0 || ftruncate(ringMem_, off_t(total)) != 0) {
+        int e = errno;
+        Stop();
+        ThrowSysErr(env, {e, "memfd_create", "ring entries"});
+        return;
+      }
+      base = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, ringMem_, 0);
+    }
+    if (base == MAP_FAILED) {
+      int e = errno;
+      Stop();
+      ThrowSysErr(env, {e, "mmap", "ring entries"});
+      return;
+    }
+    // Unmapped when the last ArrayBuffer over it goes.
+    auto* region = new RingRegion{base, total, uint32_t(ents_.size())};
+    for (uint32_t i = 0; i < ents_.size(); i++) {
+      uint8_t* p = static_cast<uint8_t*>(base) + size_t(i) * len;
+      Slot sl;
+      sl.buf = p;
+      slots_.push_back(sl);
+      ents_[i].qid = uint16_t(i / ringDepth_);
+      ents_[i].iov[0] = {p, kRingHeaderLen};
+      ents_[i].iov[1] = {p + kRingPayload, maxWrite_};
+      slotRefs_.push_back(Napi::Persistent(Napi::ArrayBuffer::New(
+          env, p, len,
+          [](Napi::Env, void*, RingRegion* r) {
+            if (--r->refs == 0) {
+              munmap(r->base, r->len);
+              delete r;
+            }
+          },
+          region)));
+    }
+  }
+  Napi::Uint32Array batch = Napi::Uint32Array::New(env, uint32_t(slots_.size()));
   batch_ = batch.Data();
   batchRef_ = Napi::Persistent(batch);
 
@@ -203,6 +349,9 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
   tsfnLive_ = true;
   Ref();
   reader_ = std::thread([this] { ReaderLoop(); });
+  // An adopted connection that was served over io_uring: nothing comes over /dev/fuse any more
+  // but forgets, interrupts and resent requests; register our entries at once.
+  if (adopted_ && uringWanted_) StartRing();
   if (adopted_) {
     struct fuse_out_header h = {sizeof h, kNotifyResend, 0};
     resendErrno_ = write(fd_, &h, sizeof h) == ssize_t(sizeof h) ? 0 : errno;
@@ -223,6 +372,16 @@ void FuseDisk::Stop() {
     freed_.notify_all();
   }
   if (reader_.joinable()) reader_.join();
+  if (ringWake_ >= 0) {
+    uint64_t one = 1;
+    ssize_t ignored = write(ringWake_, &one, sizeof one);
+    (void)ignored;
+  }
+  if (ring_.joinable()) ring_.join();
+  if (ringWake_ >= 0) close(ringWake_);
+  ringWake_ = -1;
+  if (ringMem_ >= 0) close(ringMem_);
+  ringMem_ = -1;
   if (!dir_.empty() && fd_ >= 0 && !adopted_) umount2(dir_.c_str(), MNT_DETACH);
   if (fd_ >= 0) close(fd_);  // aborts the connection: whatever still uses the file gets errors
   fd_ = -1;
@@ -263,16 +422,54 @@ void FuseDisk::WriteReply(uint64_t unique, int32_t error, const void* data, size
 void FuseDisk::Release(uint32_t slot) {
   std::lock_guard<std::mutex> lk(mu_);
   slots_[slot].busy = false;
+  if (slot >= ringFirst_) return;  // a ring entry goes back with its commit
   free_.push_back(slot);
   if (free_.size() == 1) freed_.notify_one();
 }
 
-bool FuseDisk::AnswerHere(uint32_t slot, size_t n) {
+void FuseDisk::Respond(uint32_t slot, uint64_t unique, int32_t error, const void* data, size_t len) {
+  if (slot < ringFirst_) {
+    WriteReply(unique, error, data, len);
+    return;
+  }
   uint8_t* buf = slots_[slot].buf;
-  auto* in = reinterpret_cast<struct fuse_in_header*>(buf);
-  const uint8_t* arg = buf + sizeof *in;
-  size_t argLen = n - sizeof *in;
+  if (error != 0 || len > maxWrite_) len = 0;
+  struct fuse_out_header h = {uint32_t(sizeof h + len), error, unique};
+  memcpy(buf, &h, sizeof h);
+  if (len > 0 && data != buf + kRingPayload) memcpy(buf + kRingPayload, data, len);
+  uint32_t sz = uint32_t(len);
+  memcpy(buf + kRingPayloadSzAt, &sz, sizeof sz);
+}
+
+void FuseDisk::QueueCommit(uint32_t ent) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    commits_.push_back(ent);
+  }
+  if (!tInRing && !ringWakePending_.exchange(true)) {
+    uint64_t one = 1;
+    ssize_t ignored = write(ringWake_, &one, sizeof one);
+    (void)ignored;
+  }
+}
+
+// A data request for JS: queued, and the event loop woken unless it is already.
+void FuseDisk::Deliver(uint32_t slot) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    slots_[slot].busy = true;
+    pending_.push_back(slot);
+  }
+  if (!notified_.exchange(true)) tsfn_.NonBlockingCall();
+}
+
+bool FuseDisk::AnswerHere(uint32_t slot, const struct fuse_in_header* in, const uint8_t* arg,
+                          const uint8_t* extra, size_t extraLen) {
   uint64_t u = in->unique;
+  auto WriteReply = [this, slot](uint64_t unique, int32_t error, const void* data, size_t len) {
+    Respond(slot, unique, error, data, len);
+    if (slot >= ringFirst_) QueueCommit(slot - ringFirst_);
+  };
   switch (in->opcode) {
     case FUSE_INIT: {
       auto* ii = reinterpret_cast<const struct fuse_init_in*>(arg);
@@ -287,6 +484,18 @@ bool FuseDisk::AnswerHere(uint32_t slot, size_t n) {
       o.minor = ii->minor < FUSE_KERNEL_MINOR_VERSION ? ii->minor : FUSE_KERNEL_MINOR_VERSION;
       uint32_t want = FUSE_ASYNC_READ | FUSE_ASYNC_DIO | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS;
       o.flags = ii->flags & want;
+      // FUSE over io_uring: offered by the kernel only while fuse's enable_uring is on.
+      bool uring = false;
+      if (uringWanted_) {
+        uring = (ii->flags & FUSE_INIT_EXT) && (ii->flags2 & kFuseOverIoUringFlags2);
+        if (uring) {
+          o.flags |= FUSE_INIT_EXT;
+          o.flags2 = kFuseOverIoUringFlags2;
+        } else {
+          uringErrno_ = EOPNOTSUPP;
+          uringState_ = 3;
+        }
+      }
       negotiatedFlags_ = o.flags;
       o.max_readahead = ii->max_readahead;
       uint32_t bg = uint32_t(slots_.size()) > 0xffff ? 0xffff : uint32_t(slots_.size());
@@ -296,11 +505,13 @@ bool FuseDisk::AnswerHere(uint32_t slot, size_t n) {
       o.time_gran = 1;
       o.max_pages = uint16_t(maxWrite_ / 4096);
       WriteReply(u, 0, &o, ii->minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof o);
+      // The connection is initialized once the kernel took the answer: the ring may register.
+      if (uring) StartRing();
       return true;
     }
     case FUSE_LOOKUP: {
-      const char* nm = reinterpret_cast<const char*>(arg);
-      if (in->nodeid != kRootIno || argLen == 0 || strnlen(nm, argLen) != name_.size() ||
+      const char* nm = reinterpret_cast<const char*>(extra);
+      if (in->nodeid != kRootIno || extraLen == 0 || strnlen(nm, extraLen) != name_.size() ||
           memcmp(nm, name_.data(), name_.size()) != 0) {
         WriteReply(u, -ENOENT, nullptr, 0);
         return true;
@@ -453,18 +664,202 @@ void FuseDisk::ReaderLoop() {
       return;
     }
     requests_++;
-    if (size_t(n) < sizeof(struct fuse_in_header) || AnswerHere(slot, size_t(n))) {
+    uint8_t* buf = slots_[slot].buf;
+    const auto* in = reinterpret_cast<const struct fuse_in_header*>(buf);
+    const uint8_t* arg = buf + sizeof *in;
+    if (size_t(n) < sizeof *in || AnswerHere(slot, in, arg, arg, size_t(n) - sizeof *in)) {
       std::lock_guard<std::mutex> lk(mu_);
       free_.push_back(slot);
       continue;
     }
+    Deliver(slot);
+  }
+}
+
+void FuseDisk::StartRing() {
+  uringState_ = 1;
+  ring_ = std::thread([this] { RingLoop(); });
+}
+
+static void PrepCmd(struct io_uring_sqe* sqe, int fd, uint32_t op, uint64_t tag, const struct iovec* iov,
+                    uint16_t qid, uint64_t commitId) {
+  sqe->opcode = IORING_OP_URING_CMD;
+  sqe->fd = fd;
+  sqe->cmd_op = op;
+  sqe->addr = reinterpret_cast<uint64_t>(iov);
+  sqe->len = 2;
+  sqe->user_data = tag;
+  FuseUringCmdReq req;
+  memset(&req, 0, sizeof req);
+  req.qid = qid;
+  req.commitId = commitId;
+  memcpy(sqe->cmd, &req, sizeof req);
+}
+
+void FuseDisk::RingLoop() {
+  tInRing = true;
+  Uring ring;
+  uint32_t n = uint32_t(ents_.size());
+  unsigned entries = 1;
+  while (entries < n + 2) entries <<= 1;
+  int err = ring.Setup(entries);
+  // Queue by queue: the kernel switches the connection to the ring once every queue has an
+  // entry, so a failure on the first registration leaves /dev/fuse serving as before.
+  // Entries mapped where a killed agent had them (recovered_) still hold what it left: a request
+  // it took and never answered (the fuse_in_header's opcode is still there: served again), or an
+  // answer perhaps never committed (an out header: committed now; ENOENT if it had been).
+  std::vector<uint32_t> resume;
+  std::vector<bool> retried(n, false);
+  uint32_t registering = 0;
+  if (err == 0) {
+    for (uint32_t i = 0; i < n; i++) {
+      const uint8_t* buf = slots_[ringFirst_ + i].buf;
+      uint64_t unique = 0;
+      int32_t word = 0;
+      memcpy(&word, buf + 4, sizeof word);
+      memcpy(&unique, buf + 8, sizeof unique);
+      if (recovered_ && unique != 0 && word > 0) {
+        resume.push_back(i);
+      } else if (recovered_ && unique != 0) {
+        ents_[i].unique = unique;
+        PrepCmd(ring.Sqe(), fd_, kFuseUringCmdCommitAndFetch, i, ents_[i].iov, ents_[i].qid, unique);
+      } else {
+        registering++;
+        PrepCmd(ring.Sqe(), fd_, kFuseUringCmdRegister, i, ents_[i].iov, ents_[i].qid, 0);
+      }
+    }
+    err = ring.Enter(0);
+  }
+  // What fails completes at once; the rest completes with the entry's first request.
+  std::vector<uint32_t> early;
+  uint32_t failed = 0;
+  bool again = false;
+  // A commit of what the previous agent had committed already: the entry is registered anew.
+  auto retry = [&](uint32_t e, int res) {
+    if (res != -ENOENT || !recovered_ || retried[e]) return false;
+    retried[e] = true;
+    PrepCmd(ring.Sqe(), fd_, kFuseUringCmdRegister, e, ents_[e].iov, ents_[e].qid, 0);
+    return true;
+  };
+  while (err == 0) {
+    while (const struct io_uring_cqe* c = ring.Peek()) {
+      uint32_t e = uint32_t(c->user_data);
+      int res = c->res;
+      ring.Pop();
+      if (res >= 0) {
+        early.push_back(e);
+      } else if (retry(e, res)) {
+        registering++;
+        again = true;
+      } else {
+        failed++;
+        err = -res;
+      }
+    }
+    if (!again) break;
+    again = false;
+    err = ring.Enter(0);
+  }
+  if (err != 0 && failed == 0 && early.empty()) failed = registering;  // setup or submission failed
+  if (registering > 0 && failed >= registering && resume.empty()) {
+    uringErrno_ = err;
+    uringState_ = 3;
+    return;
+  }
+  uringErrno_ = failed > 0 ? err : 0;
+  uringState_ = 2;
+  resumed_ = uint32_t(resume.size());
+  for (uint32_t e : early) RingRequest(e);
+  for (uint32_t e : resume) RingRequest(e);
+  if (adopted_) KickQueues();
+
+  uint64_t wakeBuf = 0;
+  bool wakeArmed = false;
+  std::vector<uint32_t> commits;
+  uint32_t dead = 0;
+  for (;;) {
+    ringWakePending_ = false;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      slots_[slot].busy = true;
-      pending_.push_back(slot);
+      commits.swap(commits_);
     }
-    if (!notified_.exchange(true)) tsfn_.NonBlockingCall();
+    for (uint32_t e : commits)
+      PrepCmd(ring.Sqe(), fd_, kFuseUringCmdCommitAndFetch, e, ents_[e].iov, ents_[e].qid, ents_[e].unique);
+    commits.clear();
+    if (stopping_) return;
+    if (!wakeArmed) {
+      struct io_uring_sqe* sqe = ring.Sqe();
+      sqe->opcode = IORING_OP_READ;
+      sqe->fd = ringWake_;
+      sqe->addr = reinterpret_cast<uint64_t>(&wakeBuf);
+      sqe->len = sizeof wakeBuf;
+      sqe->user_data = kWakeTag;
+      wakeArmed = true;
+    }
+    err = ring.Enter(1);
+    if (err != 0 && err != EINTR && err != EAGAIN && err != EBUSY) {
+      uringErrno_ = err;
+      return;
+    }
+    while (const struct io_uring_cqe* c = ring.Peek()) {
+      uint64_t tag = c->user_data;
+      int res = c->res;
+      ring.Pop();
+      if (tag == kWakeTag) {
+        wakeArmed = false;
+      } else if (res < 0 && retry(uint32_t(tag), res)) {
+        // registered again with the next Enter
+      } else if (res < 0) {
+        // ENOTCONN, ECANCELED: the connection ends (unmount, abort); the entry is gone.
+        uringErrno_ = -res;
+        if (++dead == n) return;
+      } else {
+        RingRequest(uint32_t(tag));
+      }
+    }
   }
+}
+
+// Requests that reached a queue while no agent had entries on it wait there until an entry of
+// that queue is committed (a new registration does not fetch them). So after a takeover, each
+// queue gets one request of our own making: a FUSE_NOTIFY_RETRIEVE (of nothing) written from a
+// thread on that queue's CPU makes the kernel queue a NOTIFY_REPLY there; answering it commits an
+// entry of that queue, which fetches what waits.
+void FuseDisk::KickQueues() {
+  for (uint32_t q = 0; q < nQueues_; q++) {
+    std::thread t([this, q] {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(q, &set);
+      if (sched_setaffinity(0, sizeof set, &set) != 0) return;  // offline: nothing queued there
+      struct {
+        struct fuse_out_header h;
+        struct fuse_notify_retrieve_out r;
+      } m;
+      memset(&m, 0, sizeof m);
+      m.h.len = sizeof m;
+      m.h.error = FUSE_NOTIFY_RETRIEVE;
+      m.r.notify_unique = (uint64_t(1) << 62) + 2 * uint64_t(q);
+      m.r.nodeid = kFileIno;
+      ssize_t ignored = write(fd_, &m, sizeof m);
+      (void)ignored;
+    });
+    t.join();
+  }
+}
+
+void FuseDisk::RingRequest(uint32_t ent) {
+  uint32_t slot = ringFirst_ + ent;
+  uint8_t* buf = slots_[slot].buf;
+  const auto* in = reinterpret_cast<const struct fuse_in_header*>(buf);
+  ents_[ent].unique = in->unique;
+  requests_++;
+  ringRequests_++;
+  uint32_t payload = 0;
+  memcpy(&payload, buf + kRingPayloadSzAt, sizeof payload);
+  if (payload > maxWrite_) payload = maxWrite_;
+  if (AnswerHere(slot, in, buf + kRingOpIn, buf + kRingPayload, payload)) return;
+  Deliver(slot);
 }
 
 // On the event loop thread: hands what the reader queued to JS (slot numbers in the batch array).
@@ -498,6 +893,7 @@ Napi::Value FuseDisk::Slots(const Napi::CallbackInfo& info) {
   r.Set("buffers", out);
   r.Set("batch", batchRef_.Value());
   r.Set("kernelMinor", Napi::Number::New(env, kernelMinor_));
+  r.Set("ringFirst", Napi::Number::New(env, ringFirst_));
   return r;
 }
 
@@ -514,9 +910,7 @@ Napi::Value FuseDisk::Reply(const Napi::CallbackInfo& info) {
     data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
     len = ta.ByteLength();
   }
-  auto* in = reinterpret_cast<struct fuse_in_header*>(slots_[slot].buf);
-  if (!closed_) WriteReply(in->unique, error, error == 0 ? data : nullptr, error == 0 ? len : 0);
-  Release(slot);
+  Answer(slot, error, error == 0 ? data : nullptr, error == 0 ? len : 0);
   return env.Undefined();
 }
 
@@ -528,10 +922,20 @@ Napi::Value FuseDisk::ReplyWrite(const Napi::CallbackInfo& info) {
   struct fuse_write_out w;
   memset(&w, 0, sizeof w);
   w.size = info[1].As<Napi::Number>().Uint32Value();
-  auto* in = reinterpret_cast<struct fuse_in_header*>(slots_[slot].buf);
-  if (!closed_) WriteReply(in->unique, 0, &w, sizeof w);
-  Release(slot);
+  Answer(slot, 0, &w, sizeof w);
   return env.Undefined();
+}
+
+// JS's answer to the data request in `slot`; the slot is free again (a ring entry: once committed).
+void FuseDisk::Answer(uint32_t slot, int32_t error, const void* data, size_t len) {
+  const auto* in = reinterpret_cast<const struct fuse_in_header*>(slots_[slot].buf);
+  if (closed_) {
+    Release(slot);
+    return;
+  }
+  Respond(slot, in->unique, error, data, len);
+  Release(slot);
+  if (slot >= ringFirst_) QueueCommit(slot - ringFirst_);
 }
 
 Napi::Value FuseDisk::Stats(const Napi::CallbackInfo& info) {
@@ -545,10 +949,27 @@ Napi::Value FuseDisk::Stats(const Napi::CallbackInfo& info) {
   o.Set("flags", Napi::Number::New(env, negotiatedFlags_));
   o.Set("adopted", Napi::Boolean::New(env, adopted_));
   o.Set("resendErrno", Napi::Number::New(env, resendErrno_));
+  // "io_uring" (serving over the ring), "read/writev" (/dev/fuse only), and why not the ring.
+  o.Set("transport", Napi::String::New(env, uringState_ == 2 ? "io_uring" : uringState_ == 1 ? "starting" : "read/writev"));
+  o.Set("uringErrno", Napi::Number::New(env, uringErrno_));
+  o.Set("ringRequests", Napi::Number::New(env, double(ringRequests_)));
+  o.Set("queues", Napi::Number::New(env, uringState_ == 2 ? nQueues_ : 0));
+  o.Set("ringRecovered", Napi::Boolean::New(env, recovered_));
+  o.Set("ringResumed", Napi::Number::New(env, resumed_));
   return o;
 }
 
 Napi::Value FuseDisk::Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+
+// ring(): the ring entries' memory file and address (for the holder and the next agent), or null.
+Napi::Value FuseDisk::Ring(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (ringMem_ < 0 || slots_.size() <= ringFirst_) return env.Null();
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("fd", Napi::Number::New(env, ringMem_));
+  r.Set("addr", Napi::Number::New(env, double(reinterpret_cast<uintptr_t>(slots_[ringFirst_].buf))));
+  return r;
+}
 
 // pidfdGetfd(pid, fd): a duplicate of another process's fd (pidfd_getfd(2); root), close-on-exec.
 Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {

@@ -46,6 +46,7 @@ export function statusLines(info: StatusInfo): string[] {
     const channel = peer.channel ? `, ${peer.channel}` : ''
     return `${peer.mac} (${peer.address}), ${peer.state}, rtt ${formatRtt(peer.rttMs)}${channel}`
   })
+  for (const [disk, io] of Object.entries(info.blockDevices ?? {})) add(`disk ${disk}`, io)
   add('accepts', info.preAuth, () => {
     const p = info.preAuth!
     const from =

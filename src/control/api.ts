@@ -192,6 +192,11 @@ export interface StatusInfo {
   /** Frames the daemon's endpoint dropped before any connection saw them, by reason. */
   drops?: Record<string, number>
   /**
+   * Guest only: each attached block device (by disk name) and how its requests reach the agent,
+   * e.g. `/dev/loop3: FUSE over io_uring, 2 queues` or `... FUSE read/writev on /dev/fuse (VRIO_FUSE_URING=0)`.
+   */
+  blockDevices?: Record<string, string>
+  /**
    * The packet socket: frames and bytes received and sent, frames the kernel dropped because the
    * socket's receive buffer was full (the daemon fell behind), and sends the kernel pushed back.
    */

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import type { BlockDevice } from '../devices/blk/device.ts'
 import { VrioError } from '../errors.ts'
-import { native } from '../io/native.ts'
+import { type FuseNativeStats, native } from '../io/native.ts'
 import { FuseDiskServer } from './fuse-server.ts'
 
 const run = promisify(execFile)
@@ -20,6 +20,8 @@ const run = promisify(execFile)
 export interface BlockExposure {
   /** The block device, e.g. /dev/loop3. */
   readonly device: string
+  /** How its requests reach the agent, for logs and `vrio status` (e.g. `FUSE over io_uring, 2 queues`). */
+  io(): string
   /** Ends the exposure: the block device goes, then what serves it. Idempotent. */
   detach(): Promise<void>
 }
@@ -37,11 +39,50 @@ export function exposeBlockDevice(o: ExposeOptions): Promise<BlockExposure> {
   return FuseLoopDevice.attach(o)
 }
 
+const URING_PARAM = '/sys/module/fuse/parameters/enable_uring'
+
+/**
+ * Whether the next FUSE mount may use io_uring: not with VRIO_FUSE_URING=0; else fuse's
+ * `enable_uring` module parameter (Linux 6.14+), turned on when it is off and we may (root).
+ * Turning it on changes nothing for other FUSE servers: each one asks for the ring at INIT.
+ */
+export async function fuseUringChoice(): Promise<{ uring: boolean; why: string }> {
+  if (process.env.VRIO_FUSE_URING === '0') return { uring: false, why: 'VRIO_FUSE_URING=0' }
+  const now = (await readFile(URING_PARAM, 'utf8').catch(() => '')).trim()
+  if (now === '') return { uring: false, why: 'this kernel has no FUSE over io_uring' }
+  if (now === 'Y') return { uring: true, why: '' }
+  try {
+    await writeFile(URING_PARAM, 'Y')
+    return { uring: true, why: '' }
+  } catch (error) {
+    return { uring: false, why: `could not turn on ${URING_PARAM}: ${(error as Error).message}` }
+  }
+}
+
+/** What `BlockExposure.io()` says of a FUSE server. */
+function describeFuseIo(s: FuseNativeStats, why: string): string {
+  if (s.transport === 'io_uring') {
+    const notes = [] as string[]
+    if (s.uringErrno) notes.push(`some entries failed: errno ${s.uringErrno}`)
+    if (s.adopted)
+      notes.push(
+        s.ringRecovered
+          ? `taken over, ${s.ringResumed} request(s) the previous agent left served again`
+          : 'taken over without the previous ring memory: requests it had taken are lost',
+      )
+    return `FUSE over io_uring, ${s.queues} queue${s.queues === 1 ? '' : 's'}${notes.length ? ` (${notes.join('; ')})` : ''}`
+  }
+  const reason = why || (s.uringErrno ? `io_uring failed: errno ${s.uringErrno}` : '')
+  return `FUSE read/writev on /dev/fuse${reason ? ` (${reason})` : ''}`
+}
+
 /**
  * The agent serves the disk as the one file (`disk`) of its own FUSE mount, on a thread of the
  * native addon plus the event loop (no process or socket in between), and a loop device with
- * direct I/O turns that file into /dev/loopN: each block request becomes one FUSE request of up
- * to 1 MiB, up to 64 at once, each one block request to the IOhyp.
+ * direct I/O turns that file into /dev/loopN: each block request becomes one FUSE request (up to
+ * 512 KiB as the loop device sends them: 128 segments of a page), up to 64 at once, each one block
+ * request to the IOhyp. Requests come over FUSE's io_uring queues where the kernel has them, else
+ * read from /dev/fuse (see fuseUringChoice).
  */
 export class FuseLoopDevice implements BlockExposure {
   readonly device: string
@@ -50,6 +91,8 @@ export class FuseLoopDevice implements BlockExposure {
   private readonly seq: string
   private readonly dir: string
   private readonly holder: Holder | undefined
+  /** Why not io_uring, when that was decided before the mount. */
+  private readonly why: string
   private detached = false
 
   private constructor(
@@ -58,6 +101,7 @@ export class FuseLoopDevice implements BlockExposure {
     server: FuseDiskServer,
     dir: string,
     holder: Holder | undefined,
+    why: string,
   ) {
     this.device = device
     this.seq = seq
@@ -65,6 +109,16 @@ export class FuseLoopDevice implements BlockExposure {
     this.server = server
     this.dir = dir
     this.holder = holder
+    this.why = why
+  }
+
+  io(): string {
+    return describeFuseIo(this.server.stats(), this.why)
+  }
+
+  /** The ring registers on a thread of its own once INIT is done: a moment after the first open. */
+  private static async settled(server: FuseDiskServer): Promise<void> {
+    for (let i = 0; i < 200 && server.stats().transport === 'starting'; i++) await sleep(5)
   }
 
   /**
@@ -77,9 +131,10 @@ export class FuseLoopDevice implements BlockExposure {
     await mkdir(o.dir, { recursive: true, mode: 0o700 })
     // A mount left on the dir (a killed agent's, not cleaned yet) would hide ours.
     await run('umount', ['-l', o.dir]).catch(() => {})
+    const choice = await fuseUringChoice()
     let server: FuseDiskServer
     try {
-      server = new FuseDiskServer({ dir: o.dir, name: 'disk', device: o.device })
+      server = new FuseDiskServer({ dir: o.dir, name: 'disk', device: o.device, uring: choice.uring })
     } catch (error) {
       await rm(o.dir, { recursive: true, force: true }).catch(() => {})
       throw error
@@ -95,17 +150,21 @@ export class FuseLoopDevice implements BlockExposure {
       ])
       const device = stdout.trim()
       const seq = await diskSeq(device)
-      if (o.keep !== false) holder = await startHolder(server.fd)
+      await FuseLoopDevice.settled(server)
+      const ring = server.stats().transport === 'io_uring' ? server.ring : null
+      if (o.keep !== false) holder = await startHolder(server.fd, ring?.fd)
       const record: StaleRecord = {
         kind: 'fuse-loop',
         device,
         seq,
         size: o.device.size,
         readOnly: o.device.readOnly,
+        uring: ring !== null,
+        ...(ring && { ringAddr: ring.addr }),
         ...(holder ? { holder: holder.pid, holderStart: holder.start } : {}),
       }
       await writeFile(recordPath(o.dir), JSON.stringify(record))
-      return new FuseLoopDevice(device, seq, server, o.dir, holder)
+      return new FuseLoopDevice(device, seq, server, o.dir, holder, choice.why)
     } catch (error) {
       if (holder) process.kill(holder.pid, 'SIGKILL')
       server.close()
@@ -128,14 +187,40 @@ export class FuseLoopDevice implements BlockExposure {
     if (r.size !== o.device.size || r.readOnly !== o.device.readOnly)
       throw new VrioError('attach-failed', 'the disk changed since its block device was attached')
     const fd = getfd(r.holder, HOLDER_FD)
+    // The ring's memory as the killed agent left it: the requests it had taken are in there.
+    let adoptRing: { fd: number; addr: number } | undefined
+    if (r.uring && r.ringAddr) {
+      try {
+        adoptRing = { fd: getfd(r.holder, HOLDER_RING_FD), addr: r.ringAddr }
+      } catch {}
+    }
     let server: FuseDiskServer
     try {
-      server = new FuseDiskServer({ dir: o.stale.dir, name: 'disk', device: o.device, adoptFd: fd })
+      // Served over io_uring before: nothing but forgets and resent requests come over /dev/fuse
+      // any more, so the ring is registered again whatever VRIO_FUSE_URING says now.
+      server = new FuseDiskServer({
+        dir: o.stale.dir,
+        name: 'disk',
+        device: o.device,
+        adoptFd: fd,
+        uring: r.uring === true,
+        ...(adoptRing && { adoptRing }),
+      })
     } catch (error) {
       closeSync(fd)
+      if (adoptRing) closeSync(adoptRing.fd)
       throw error
     }
-    return new FuseLoopDevice(r.device, r.seq, server, o.stale.dir, { pid: r.holder, start: r.holderStart })
+    await FuseLoopDevice.settled(server)
+    const holder = { pid: r.holder, start: r.holderStart }
+    return new FuseLoopDevice(
+      r.device,
+      r.seq,
+      server,
+      o.stale.dir,
+      holder,
+      r.uring ? '' : 'as its first agent chose',
+    )
   }
 
   /** FUSE requests served so far (native counters). */
@@ -170,6 +255,10 @@ export interface StaleRecord {
   pid?: number
   size?: number
   readOnly?: boolean
+  /** The connection is served over FUSE's io_uring queues (the next agent must register them again). */
+  uring?: boolean
+  /** Where the ring entries' memory was mapped (the holder keeps the file as its fd 4). */
+  ringAddr?: number
   /** The holder's pid and start time (/proc/PID/stat field 22), which identify it. */
   holder?: number
   holderStart?: string
@@ -187,12 +276,13 @@ interface Holder {
   start: string
 }
 
-/** The holder's copy of the /dev/fuse fd: its fd 3. */
+/** The holder's copy of the /dev/fuse fd: its fd 3; of the ring entries' memory: its fd 4. */
 const HOLDER_FD = 3
+const HOLDER_RING_FD = 4
 
-async function startHolder(fuseFd: number): Promise<Holder> {
+async function startHolder(fuseFd: number, ringFd: number | undefined): Promise<Holder> {
   const child = spawn('sleep', ['infinity'], {
-    stdio: ['ignore', 'ignore', 'ignore', fuseFd],
+    stdio: ['ignore', 'ignore', 'ignore', fuseFd, ...(ringFd === undefined ? [] : [ringFd])],
     detached: true,
   })
   child.unref()
@@ -330,6 +420,10 @@ export class AttachedBlockDevice implements BlockExposure {
       const e = error as { stderr?: string; message: string }
       throw new VrioError('attach-failed', `losetup failed: ${(e.stderr ?? e.message).trim()}`)
     }
+  }
+
+  io(): string {
+    return 'nbdfuse (FUSE) over NBD'
   }
 
   /** Detaches the loop device, then ends nbdfuse (which flushes and unmounts). Idempotent. */

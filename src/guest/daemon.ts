@@ -260,6 +260,7 @@ export class GuestDaemon {
       ...this.link.status(),
       sessionFailures: { ...this.sessionFailures },
       preAuth: this.preAuthStatus(),
+      blockDevices: this.disks.blockDevices(),
       ...(c
         ? {
             iohyp: {

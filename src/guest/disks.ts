@@ -115,6 +115,7 @@ class GuestDiskKind
           disk: name,
           device: taken.device,
           resent: taken.stats().resendErrno === 0,
+          io: taken.io(),
         })
         return taken
       } catch (error) {
@@ -175,7 +176,8 @@ class GuestDiskKind
   }
 
   describe(e: GuestDeviceEntry<Disk>) {
-    return { size: e.device.front.size, device: e.device.attached?.device ?? null }
+    const a = e.device.attached
+    return { size: e.device.front.size, device: a?.device ?? null, ...(a && { io: a.io() }) }
   }
 }
 
@@ -202,6 +204,16 @@ export class GuestDisks extends GuestRegistry<
       lookup: (name) => this.find(name)?.device.front,
       list: () => [...this.entries()].map((e) => e.name),
     })
+  }
+
+  /** Attached block devices: `/dev/loopN: how requests reach the agent`, by disk name. */
+  blockDevices(): Record<string, string> {
+    const out: Record<string, string> = {}
+    for (const e of this.entries()) {
+      const a = e.device.attached
+      if (a) out[e.name] = `${a.device}: ${a.io()}`
+    }
+    return out
   }
 
   async start(): Promise<void> {

@@ -20,6 +20,15 @@ export const RW_IN_LENGTH = 40
 /** Where a WRITE's data starts in the request. */
 export const WRITE_DATA_OFFSET = IN_HEADER_LENGTH + RW_IN_LENGTH
 
+/**
+ * A FUSE-over-io_uring entry (native/fuse.cc), as JS sees it: struct fuse_uring_req_header (the
+ * fuse_in_header at 0, the op's header at RING_OP_IN, struct fuse_uring_ent_in_out at 256 with
+ * the payload's length at RING_PAYLOAD_SIZE_AT), and the payload (a WRITE's data) at RING_PAYLOAD.
+ */
+export const RING_OP_IN = 128
+export const RING_PAYLOAD_SIZE_AT = 272
+export const RING_PAYLOAD = 4096
+
 /** fallocate(2) mode bits. */
 export const FALLOC_FL_KEEP_SIZE = 0x01
 export const FALLOC_FL_PUNCH_HOLE = 0x02
@@ -43,12 +52,16 @@ export interface FuseRequest {
 
 /**
  * Decodes the data request at the start of `buf` (whose `byteLength` is the slot's, not the
- * request's). Returns undefined for a request too short for its opcode or a WRITE whose data is
- * not all there: such a request is refused with EINVAL.
+ * request's), read from /dev/fuse or, with `ring`, a ring entry (see RING_OP_IN). Returns
+ * undefined for a request too short for its opcode or a WRITE whose data is not all there: such a
+ * request is refused with EINVAL.
  */
-export function decodeFuseRequest(view: DataView): FuseRequest | undefined {
-  if (view.byteLength < IN_HEADER_LENGTH) return undefined
-  const length = view.getUint32(0, true)
+export function decodeFuseRequest(view: DataView, ring = false): FuseRequest | undefined {
+  if (view.byteLength < (ring ? RING_PAYLOAD : IN_HEADER_LENGTH)) return undefined
+  // On the ring the op's header has a place of its own and the payload its own length.
+  const length = ring
+    ? IN_HEADER_LENGTH + RW_IN_LENGTH + view.getUint32(RING_PAYLOAD_SIZE_AT, true)
+    : view.getUint32(0, true)
   const r: FuseRequest = {
     opcode: view.getUint32(4, true),
     length,
@@ -59,27 +72,29 @@ export function decodeFuseRequest(view: DataView): FuseRequest | undefined {
     dataOffset: 0,
   }
   if (length < IN_HEADER_LENGTH || length > view.byteLength) return undefined
-  const a = IN_HEADER_LENGTH
+  // The op's header is always all there on the ring.
+  const a = ring ? RING_OP_IN : IN_HEADER_LENGTH
+  const argsEnd = ring ? IN_HEADER_LENGTH + RING_OP_IN : length
   switch (r.opcode) {
     case FuseOp.Read:
     case FuseOp.Write:
-      if (length < a + RW_IN_LENGTH) return undefined
+      if (argsEnd < a + RW_IN_LENGTH) return undefined
       r.offset = u64(view, a + 8)
       r.size = view.getUint32(a + 16, true)
       if (r.opcode === FuseOp.Write) {
-        r.dataOffset = WRITE_DATA_OFFSET
+        r.dataOffset = ring ? RING_PAYLOAD : WRITE_DATA_OFFSET
         if (length < WRITE_DATA_OFFSET + r.size) return undefined
       }
       break
     case FuseOp.Fallocate:
       // fh u64, offset u64, length u64, mode u32, pad u32
-      if (length < a + 32) return undefined
+      if (argsEnd < a + 32) return undefined
       r.offset = u64(view, a + 8)
       r.size = u64(view, a + 16)
       r.mode = view.getUint32(a + 24, true)
       break
     case FuseOp.Fsync:
-      if (length < a + 16) return undefined
+      if (argsEnd < a + 16) return undefined
       r.mode = view.getUint32(a + 8, true)
       break
     case FuseOp.Flush:

@@ -26,6 +26,13 @@ export interface FuseDiskOptions {
    * close()) instead of mounting: nothing is mounted, the kernel resends what went unanswered.
    */
   adoptFd?: number
+  /**
+   * FUSE over io_uring: offered at INIT (the kernel offers it only while fuse's `enable_uring`
+   * is on, see enableFuseUring); with `adoptFd`, whether that connection was served over it.
+   */
+  uring?: boolean
+  /** With `adoptFd` and `uring`: the previous agent's ring memory (see `ring`). */
+  adoptRing?: { fd: number; addr: number }
 }
 
 /**
@@ -41,6 +48,8 @@ export class FuseDiskServer {
   private readonly views: DataView[] = []
   private readonly bytes: Uint8Array[] = []
   private batch: Uint32Array = new Uint32Array(0)
+  /** Slots from here on are io_uring entries (their own layout). */
+  private readonly ringFirst: number
   private readonly onEnd: ((errno: number) => void) | undefined
   private closed = false
 
@@ -60,6 +69,8 @@ export class FuseDiskServer {
           slots: o.slots ?? 64,
           maxWrite: 1024 * 1024,
           ...(o.adoptFd === undefined ? {} : { fd: o.adoptFd }),
+          uring: o.uring === true,
+          ...(o.adoptRing && { ringFd: o.adoptRing.fd, ringAddr: o.adoptRing.addr }),
         },
         (count: number) => this.onBatch(count),
       )
@@ -72,6 +83,7 @@ export class FuseDiskServer {
       this.bytes.push(new Uint8Array(b))
     }
     this.batch = s.batch
+    this.ringFirst = s.ringFirst
   }
 
   stats(): FuseNativeStats {
@@ -81,6 +93,11 @@ export class FuseDiskServer {
   /** The /dev/fuse fd (see FuseLoopDevice's holder). */
   get fd(): number {
     return this.handle.fd()
+  }
+
+  /** The io_uring entries' memory file and address (the holder keeps the file for the next agent), or null. */
+  get ring(): { fd: number; addr: number } | null {
+    return this.handle.ring()
   }
 
   /** Unmounts (lazily: a loop device still holding the file gets errors from now on). Idempotent. */
@@ -100,7 +117,7 @@ export class FuseDiskServer {
   }
 
   private serve(slot: number): void {
-    const r = decodeFuseRequest(this.views[slot])
+    const r = decodeFuseRequest(this.views[slot], slot >= this.ringFirst)
     const d = this.device
     if (!r) {
       this.handle.reply(slot, -os.errno.EINVAL)

@@ -145,6 +145,15 @@ export interface NativeAddon {
       maxWrite: number
       /** Serve this live connection's /dev/fuse fd (taken over) instead of mounting. */
       fd?: number
+      /**
+       * FUSE over io_uring: offer it at INIT (used when the kernel offers it too) or, with `fd`,
+       * the adopted connection is served over it. Entries per queue: `uringDepth` (default 32).
+       */
+      uring?: boolean
+      uringDepth?: number
+      /** With `fd` and `uring`: the previous agent's ring memory (its memfd, from the holder) and address. */
+      ringFd?: number
+      ringAddr?: number
     },
     callback: (count: number) => void,
   ) => NativeFuseDisk
@@ -154,7 +163,8 @@ export interface NativeAddon {
 
 /** The addon's FUSE session (native/fuse.cc). */
 export interface NativeFuseDisk {
-  slots(): { buffers: ArrayBuffer[]; batch: Uint32Array; kernelMinor: number }
+  /** Slot buffers: /dev/fuse slots, then (from `ringFirst` on) the io_uring entries. */
+  slots(): { buffers: ArrayBuffer[]; batch: Uint32Array; kernelMinor: number; ringFirst: number }
   /** Answers the slot's request (error 0 or -errno; data for READ) and frees the slot. */
   reply(slot: number, error: number, data?: Uint8Array): void
   /** Answers a WRITE: `size` bytes written. */
@@ -164,6 +174,8 @@ export interface NativeFuseDisk {
   close(): void
   /** The /dev/fuse fd (to hand a duplicate to a process that keeps the connection alive). */
   fd(): number
+  /** The ring entries' memory (a memfd, closed by close()) and where it is mapped; null without the ring. */
+  ring(): { fd: number; addr: number } | null
 }
 
 export interface FuseNativeStats {
@@ -181,6 +193,16 @@ export interface FuseNativeStats {
   adopted: boolean
   /** Adopted: 0 when the kernel re-queued what the previous agent left unanswered, else errno; -1 otherwise. */
   resendErrno: number
+  /** How requests arrive: over FUSE's io_uring queues, or read(2)/writev(2) on /dev/fuse (also while starting). */
+  transport: 'io_uring' | 'read/writev' | 'starting'
+  /** Why the ring is not used (or lost entries): an errno, else 0. */
+  uringErrno: number
+  /** Requests that came over the ring, and its queues (one per possible CPU; 0 without it). */
+  ringRequests: number
+  queues: number
+  /** Adopted: the ring memory is mapped where the previous agent had it, and the requests it left unanswered (served again). */
+  ringRecovered: boolean
+  ringResumed: number
 }
 
 /** An AES-XTS key held by OpenSSL; JS never sees the key schedule. */

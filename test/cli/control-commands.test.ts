@@ -591,6 +591,19 @@ describe('vrio control commands against a fake daemon', () => {
       )
     })
 
+    it("a guest's status says how each block device's requests reach the agent", () => {
+      const lines = statusLines({
+        ...STATUS,
+        role: 'guest',
+        guests: undefined,
+        blockDevices: { bd: '/dev/loop3: FUSE over io_uring, 2 queues' },
+      })
+      assert.ok(
+        lines.some((l) => /^disk bd: +\/dev\/loop3: FUSE over io_uring, 2 queues$/.test(l)),
+        lines.join('\n'),
+      )
+    })
+
     it('--guest with --control asks the daemon at that path', async () => {
       const r = await vrio('status', '--guest', '--control', socket, '--json')
       assert.equal(r.status, 0, r.stderr)

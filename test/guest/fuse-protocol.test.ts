@@ -11,6 +11,9 @@ import {
   FuseOp,
   fuseErrno,
   IN_HEADER_LENGTH,
+  RING_OP_IN,
+  RING_PAYLOAD,
+  RING_PAYLOAD_SIZE_AT,
   WRITE_DATA_OFFSET,
 } from '../../src/guest/fuse-protocol.ts'
 
@@ -86,6 +89,43 @@ describe('FUSE data request codec', () => {
     assert.equal(decodeFuseRequest(view(b)), undefined, 'fallocate_in cut short')
     encodeFuseRequest(b, { opcode: 1 /* LOOKUP */, nodeid: 1 })
     assert.equal(decodeFuseRequest(view(b)), undefined)
+  })
+
+  it('decodes a ring entry (struct fuse_uring_req_header, then the payload) as the kernel fills it', () => {
+    // A WRITE of 8 bytes at 1 MiB: fuse_in_header at 0, fuse_write_in at 128, payload_sz in
+    // fuse_uring_ent_in_out at 256 + 16, the data at the payload.
+    const b = new Uint8Array(RING_PAYLOAD + 4096)
+    const v = view(b)
+    v.setUint32(0, IN_HEADER_LENGTH + 40 + 8, true) // len
+    v.setUint32(4, 16, true) // FUSE_WRITE
+    v.setBigUint64(8, 42n, true) // unique
+    v.setBigUint64(16, 2n, true) // nodeid
+    v.setBigUint64(RING_OP_IN + 8, 1n << 20n, true) // offset
+    v.setUint32(RING_OP_IN + 16, 8, true) // size
+    v.setUint32(RING_PAYLOAD_SIZE_AT, 8, true)
+    b.set([1, 2, 3, 4, 5, 6, 7, 8], RING_PAYLOAD)
+    const r = decodeFuseRequest(v, true)!
+    assert.deepEqual(
+      { ...r, length: 0 },
+      {
+        opcode: FuseOp.Write,
+        length: 0,
+        nodeid: 2,
+        offset: 1 << 20,
+        size: 8,
+        mode: 0,
+        dataOffset: RING_PAYLOAD,
+      },
+    )
+    assert.deepEqual([...b.subarray(r.dataOffset, r.dataOffset + r.size)], [1, 2, 3, 4, 5, 6, 7, 8])
+    // The same bytes read as a /dev/fuse request: the op's header is not at 40.
+    assert.notEqual(decodeFuseRequest(v)?.offset, 1 << 20)
+    v.setUint32(RING_PAYLOAD_SIZE_AT, 7, true)
+    assert.equal(decodeFuseRequest(v, true), undefined, 'less payload than the WRITE says')
+    v.setUint32(4, 15, true) // a READ: no payload needed
+    v.setUint32(RING_PAYLOAD_SIZE_AT, 0, true)
+    assert.equal(decodeFuseRequest(v, true)?.size, 8)
+    assert.equal(decodeFuseRequest(view(b.subarray(0, 300)), true), undefined, 'no room for a payload')
   })
 
   it('fallocate modes as the loop device sends them', () => {
