@@ -42,12 +42,15 @@ export function exposeBlockDevice(o: ExposeOptions): Promise<BlockExposure> {
 const URING_PARAM = '/sys/module/fuse/parameters/enable_uring'
 
 /**
- * Whether the next FUSE mount may use io_uring: not with VRIO_FUSE_URING=0; else fuse's
- * `enable_uring` module parameter (Linux 6.14+), turned on when it is off and we may (root).
- * Turning it on changes nothing for other FUSE servers: each one asks for the ring at INIT.
+ * Whether the next FUSE mount may use io_uring: only with VRIO_FUSE_URING=1 (measured here it is
+ * not faster than read/writev, and a request the kernel hands over as an agent is killed is lost
+ * on the ring, where /dev/fuse resends it: docs/operations.md); then fuse's `enable_uring` module
+ * parameter (Linux 6.14+), turned on when it is off and we may (root). Turning it on changes
+ * nothing for other FUSE servers: each one asks for the ring at INIT.
  */
 export async function fuseUringChoice(): Promise<{ uring: boolean; why: string }> {
-  if (process.env.VRIO_FUSE_URING === '0') return { uring: false, why: 'VRIO_FUSE_URING=0' }
+  if (process.env.VRIO_FUSE_URING !== '1')
+    return { uring: false, why: 'the default; VRIO_FUSE_URING=1 for io_uring' }
   const now = (await readFile(URING_PARAM, 'utf8').catch(() => '')).trim()
   if (now === '') return { uring: false, why: 'this kernel has no FUSE over io_uring' }
   if (now === 'Y') return { uring: true, why: '' }

@@ -2,8 +2,8 @@
  * The guest's block device (the agent's own FUSE file under a loop device with direct I/O) over
  * a real IOhyp and veth: a filesystem on it, fstrim reaching the IOhyp's backing file, fio with
  * verify at queue depth 32, and a killed agent's device taken over. Twice: served over FUSE's
- * io_uring queues (the agent turns fuse's enable_uring on), and with the /dev/fuse read/writev
- * fallback forced (VRIO_FUSE_URING=0).
+ * io_uring queues (VRIO_FUSE_URING=1: the agent turns fuse's enable_uring on), and on /dev/fuse
+ * with read/writev, the default.
  */
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
@@ -37,8 +37,8 @@ for (const mode of ['io_uring', 'read/writev'] as const)
     before(async () => {
       requireRoot()
       // The guest agents started from here inherit it (a restarted one too).
-      if (mode === 'io_uring') delete process.env.VRIO_FUSE_URING
-      else process.env.VRIO_FUSE_URING = '0'
+      if (mode === 'io_uring') process.env.VRIO_FUSE_URING = '1'
+      else delete process.env.VRIO_FUSE_URING
       const t = directLink()
       pair = new VrioPair(t.a, t.b)
       await pair.start()
@@ -90,7 +90,8 @@ for (const mode of ['io_uring', 'read/writev'] as const)
       const line = await statusLine()
       assert.ok(line.includes(device), line)
       if (mode === 'io_uring') assert.match(line, /FUSE over io_uring, \d+ queues?/)
-      else assert.match(line, /FUSE read\/writev on \/dev\/fuse \(VRIO_FUSE_URING=0\)/)
+      else
+        assert.match(line, /FUSE read\/writev on \/dev\/fuse \(the default; VRIO_FUSE_URING=1 for io_uring\)/)
       const attached = pair.guest.logs.find((l) => l.includes('"msg":"disk attached"')) ?? ''
       assert.ok(attached.includes(mode === 'io_uring' ? 'FUSE over io_uring' : 'FUSE read/writev'), attached)
     })
