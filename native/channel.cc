@@ -42,6 +42,7 @@ Napi::Function Channel::Define(Napi::Env env) {
                          InstanceMethod<&Channel::DrainNow>("drain"),
                          InstanceMethod<&Channel::Close>("close"),
                          InstanceMethod<&Channel::SetRef>("setRef"),
+                         InstanceMethod<&Channel::AttachFastPath>("attachFastPath"),
                      });
 }
 
@@ -166,6 +167,8 @@ void Channel::Drain() {
   for (int round = 0; round < kMaxBatchesPerWake && !closed_; round++) {
     uint32_t slots = 0, n = 0;
     int st = kind_ == Kind::Packet ? RecvPacket(slots, n) : RecvTap(slots, n);
+    // The fast path takes what it can first (and sends its answers); JS gets the rest, in order.
+    if (n > 0 && fast_ != nullptr) n = fast_->Process(this, slab_.data, slab_.offsets, slab_.lengths, n, vnetHdr_);
     if (n > 0) {
       rxBatches_++;
       Deliver(env, {Napi::Number::New(env, 0), Napi::Number::New(env, n)});
@@ -454,6 +457,20 @@ Napi::Value Channel::SetRef(const Napi::CallbackInfo& info) {
     } else {
       uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
     }
+  }
+  return env.Undefined();
+}
+
+// attachFastPath(fastPath | null): frames are offered to the fast path before JS (fastpath.cc).
+Napi::Value Channel::AttachFastPath(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  fast_ = nullptr;
+  fastRef_.Reset();
+  if (info.Length() > 0 && info[0].IsObject()) {
+    Napi::Object o = info[0].As<Napi::Object>();
+    if (!o.InstanceOf(env.GetInstanceData<AddonData>()->fastPathCtor.Value())) return ThrowInvalid(env, "attachFastPath: not a FastPath");
+    fast_ = FastPath::Unwrap(o);
+    fastRef_ = Napi::Persistent(o);
   }
   return env.Undefined();
 }
