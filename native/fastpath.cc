@@ -20,8 +20,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <cstdio>
-#include <cstdlib>
 
 #include "io.h"
 
@@ -446,34 +444,34 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   uint32_t ipTotal = Rd16(f + kIpAt + 2);
   size_t tcpLen = ipTotal - kIp;
   size_t th = size_t(t[12] >> 4) * 4;
-  if (dst != l.localIp || RdMac(f) != l.localMac || RdMac(f + 6) != l.remoteMac) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
-  if (Fold(SumWords(f + kIpAt, kIp, 0)) != 0xffff) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
-  if (!verified && !TcpChecksumOk(f, tcpLen, l.remoteIp, l.localIp)) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
-  if (th > tcpLen) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
+  if (dst != l.localIp || RdMac(f) != l.localMac || RdMac(f + 6) != l.remoteMac) return false;
+  if (Fold(SumWords(f + kIpAt, kIp, 0)) != 0xffff) return false;
+  if (!verified && !TcpChecksumOk(f, tcpLen, l.remoteIp, l.localIp)) return false;
+  if (th > tcpLen) return false;
   uint8_t flags = t[13];
   size_t payload = tcpLen - th;
   uint32_t seq = Rd32(t + 4), ack = Rd32(t + 8);
   bool data = flags == (kAck | kPsh) && th == kTcp + kDataOptions && payload >= kReqHead;
   bool pure = flags == kAck && th == kTcp + kAckOptions && payload == 0;
-  if (!data && !pure) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
+  if (!data && !pure) return false;
   const uint8_t* seg = t + kTcp;
   const uint8_t* seal = data ? t + kTcp + 14 : t + kTcp;
-  if (seal[0] != kOptExp || seal[1] != 22 || Rd16(seal + 2) != kExId || seal[4] != kSubSeal) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
-  if (pure && (seal[22] != 1 || seal[23] != 1)) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }  // NOP NOP: no SACK blocks
+  if (seal[0] != kOptExp || seal[1] != 22 || Rd16(seal + 2) != kExId || seal[4] != kSubSeal) return false;
+  if (pure && (seal[22] != 1 || seal[23] != 1)) return false;  // NOP NOP: no SACK blocks
   if (data && (seg[0] != kOptExp || seg[1] != 14 || Rd16(seg + 2) != kExId || seg[4] != kSubSegment ||
                seg[5] != 1 || Rd32(seg + 6) != seq || Rd32(seg + 10) != payload))
-    { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
-  if (seq != l.rcvNxt || seal[5] != (l.rxEpoch & 0xff)) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
+    return false;
+  if (seq != l.rcvNxt || seal[5] != (l.rxEpoch & 0xff)) return false;
   // The ACK: within [snd_una, snd_nxt]; one that acknowledges nothing while replies are out is a
   // duplicate ACK (loss recovery: TS's).
-  if (SeqDiff(ack, l.sndUna) < 0 || SeqDiff(ack, l.sndNxt) > 0) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
-  if (pure && ack == l.sndUna && l.sndUna != l.sndNxt) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
+  if (SeqDiff(ack, l.sndUna) < 0 || SeqDiff(ack, l.sndNxt) > 0) return false;
+  if (pure && ack == l.sndUna && l.sndUna != l.sndNxt) return false;
   uint64_t counter = Reconstruct(Rd32(seal + 6), l.rxHighest);
   uint32_t* bits = bits_ + size_t(slot) * (kReplayWindow / 32);
   if (l.rxHighest >= 0 && counter <= uint64_t(l.rxHighest)) {
-    if (uint64_t(l.rxHighest) - counter >= kReplayWindow) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
+    if (uint64_t(l.rxHighest) - counter >= kReplayWindow) return false;
     uint32_t b = uint32_t(counter % kReplayWindow);
-    if (bits[b >> 5] & (1u << (b & 31))) { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
+    if (bits[b >> 5] & (1u << (b & 31))) return false;
   }
   size_t payloadAt = kTcpAt + th, end = kTcpAt + tcpLen;
   size_t tagAt = size_t(seal - f) + kSealTagAt;
@@ -481,7 +479,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   std::memcpy(tagCopy, f + tagAt, 12);
   if (!l.rx.Open(f, kIpAt, kTcpAt, payloadAt, end, tagAt, counter)) {
     Restore(l, f, payloadAt, end, tagAt, counter, tagCopy);
-    { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
+    return false;
   }
   const Disk* disk = nullptr;
   uint32_t rlen = 0;
@@ -508,10 +506,9 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
            l.txEpoch >= 1 && l.txCounter + 1 < l.rekeyFrames && l.txBytes + replyPayload < l.rekeyBytes &&
            Place(l, replyPayload) != SIZE_MAX && txUsed_ + kVnetHdr + kTcpAt + kTcp + kDataOptions + replyPayload <= kTxArena;
     }
-    if (!ok && getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp req op=%d len=%u disk=%d maxPayload=%u inflight=%d cwnd=%llu limit=%llu wnd=%llu\n", m + kMsgHeader < f + end ? (f + payloadAt)[kMsgHeader] : -1, rlen, disk != nullptr, l.maxPayload, SeqDiff(l.sndNxt, ack), (unsigned long long)l.cwnd, (unsigned long long)l.sendLimit, (unsigned long long)(uint64_t(Rd16(t + 14)) << l.sendScale));
     if (!ok) {
       Restore(l, f, payloadAt, end, tagAt, counter, tagCopy);
-      { if (getenv("VRIO_FP_DEBUG")) fprintf(stderr, "fp reject line %d\n", __LINE__); return false; }
+      return false;
     }
   }
   // Committed: the frame is ours.

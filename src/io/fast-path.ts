@@ -163,7 +163,11 @@ export class FastPathHost {
 
   private lend(slot: number, c: Connection): boolean {
     const p = this.params
-    const keys = c.lendTo(this.leases[slot], p, this.bits.subarray(slot * BITS_WORDS, (slot + 1) * BITS_WORDS))
+    const keys = c.lendTo(
+      this.leases[slot],
+      p,
+      this.bits.subarray(slot * BITS_WORDS, (slot + 1) * BITS_WORDS),
+    )
     if (!keys) return false
     const disks = this.disksFor(c.remote)
     if (!disks || disks.length === 0) {
@@ -187,7 +191,8 @@ export class FastPathHost {
     }
     this.owners[slot] = c
     const s = slot * SLOT_STRIDE + COUNTERS_AT
-    for (let i = 0; i < COUNTER_NAMES.length; i++) this.base[slot * COUNTER_NAMES.length + i] = this.shared[s + i]
+    for (let i = 0; i < COUNTER_NAMES.length; i++)
+      this.base[slot * COUNTER_NAMES.length + i] = this.shared[s + i]
     // The lend itself counts for the guest (the addon counted it before the base was taken).
     this.base[slot * COUNTER_NAMES.length + COUNTER_NAMES.indexOf('lends')]--
     return true

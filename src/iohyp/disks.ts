@@ -255,7 +255,13 @@ export class IohypDisks extends DeviceRegistry<DiskSpec, Disk, DiskInfo> {
       if (guest !== mac || d.crypt || d.closing || !(d.device instanceof FileDevice)) continue
       const fd = d.device.descriptor
       if (fd < 0) continue
-      out.push({ high: handle.high, low: handle.low, fd, size: d.device.size, maxRead: d.backend.maxReadLength })
+      out.push({
+        high: handle.high,
+        low: handle.low,
+        fd,
+        size: d.device.size,
+        maxRead: d.backend.maxReadLength,
+      })
     }
     return out
   }

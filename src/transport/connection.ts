@@ -783,10 +783,6 @@ export class Connection {
    * path refuses.
    */
   lendTo(lease: ConnectionLease, p: Float64Array, bits: Uint32Array): SteadyKeys | undefined {
-    if (process.env.VRIO_FP_DEBUG) {
-      const why = [this.lease ? 'lease' : '', this.state !== 'established' ? 'state' : '', this.sndNxt !== this.sndMax ? 'unsent' : '', !this.received.isEmpty() ? 'received' : '', this.reassembly.size > 0 ? 'reasm' : '', this.sacked.count > 0 ? 'sacked' : '', this.inRecovery ? 'recovery' : '', this.ackNow ? 'ackNow' : '', this.ackDeadline !== Number.POSITIVE_INFINITY ? 'ackDeadline' : '', this.writableWanted ? 'writable' : '', this.abandoned.size > 0 ? 'abandoned' : ''].filter(Boolean).join(',')
-      console.error(`fp lend ${why || 'ok'}`)
-    }
     if (
       this.lease ||
       this.state !== 'established' ||
@@ -846,9 +842,10 @@ export class Connection {
     const now = this.clock()
     this.leaseFramesSeen = 0
     this.leaseAcksSeen = 0
-    this.leaseUnackedSeen = false
     this.leaseFramesAt = now
-    this.leaseCheckAt = now + this.rto
+    // Our own data in flight keeps its retransmission deadline: checked then.
+    this.leaseUnackedSeen = this.sndUna < this.sndNxt
+    this.leaseCheckAt = this.leaseUnackedSeen ? Math.min(this.rtoDeadline, now + this.rto) : now + this.rto
     return keys
   }
 
@@ -901,7 +898,6 @@ export class Connection {
    * those are due for retransmission now.
    */
   private reclaim(timedOut: boolean): void {
-    if (process.env.VRIO_FP_DEBUG) console.error(`fp reclaim ${timedOut} ${new Error().stack!.split('\n')[2].trim().split(' ')[1]}`)
     const lease = this.lease!
     this.lease = undefined
     this.leaseCheckAt = Number.POSITIVE_INFINITY
@@ -910,9 +906,10 @@ export class Connection {
     const now = this.clock()
     this.rcvNxt = positionOf(this.irs, r.rcvNxt, this.rcvNxt)
     this.sndUna = positionOf(this.iss, r.sndUna, this.sndUna)
-    // What the fast path saw acknowledged of our own messages (sent before the lend).
+    // What the fast path saw acknowledged of our own messages (sent before the lend). Without
+    // progress, duplicate ACKs counted before the lend and the retransmission deadline stand.
     this.freeAcked()
-    this.dupAcks = 0
+    if (r.ackProgress > 0) this.dupAcks = 0
     if (this.timingPos >= 0 && this.timingPos <= this.sndUna) this.timingPos = -1
     for (let i = 0; i < r.replies.length; i++) {
       const data = r.replies[i]
@@ -944,7 +941,10 @@ export class Connection {
       this.probesSent = 0
     }
     if (r.ackProgress > 0) this.lastProgressAt = now
-    if (this.sndUna < this.sndNxt) this.rtoDeadline = timedOut ? now : now + this.rto
+    if (this.sndUna >= this.sndNxt) this.rtoDeadline = Number.POSITIVE_INFINITY
+    else if (timedOut) this.rtoDeadline = now
+    else if (r.ackProgress > 0 || this.rtoDeadline === Number.POSITIVE_INFINITY)
+      this.rtoDeadline = now + this.rto
   }
 
   // ---------------------------------------------------------------- handshake
