@@ -235,7 +235,10 @@ export class FastPathHost {
 
   private credit(slot: number, remoteIp: number): void {
     let t = this.byRemote.get(remoteIp)
-    if (!t) this.byRemote.set(remoteIp, (t = newFastPathCounters()))
+    if (!t) {
+      t = newFastPathCounters()
+      this.byRemote.set(remoteIp, t)
+    }
     const s = slot * SLOT_STRIDE + COUNTERS_AT
     for (let i = 0; i < COUNTER_NAMES.length; i++) {
       const b = slot * COUNTER_NAMES.length + i
