@@ -16,6 +16,8 @@
  * BENCH_MODES=1 instead compares the sealed channel (the default) with --insecure-plaintext on both
  * daemons: fresh daemons per round, alternated (sealed, plaintext, sealed, ...) BENCH_ROUNDS times
  * (default 2), each figure as a range, with the ratio and server CPU s/GB of both.
+ * BENCH_FASTPATH=1 instead compares the IOhyp's native fast path off and on (VRIO_FASTPATH), fresh
+ * daemons per round, alternated BENCH_ROUNDS times (default 2), as ranges with the off/on ratio.
  * BENCH_METRICS=1 instead compares metrics on (both daemons with --metrics, and /metrics scraped
  * every second on both) with metrics off (no listener, no scrapes), fresh daemons per round,
  * alternated (off, on, off, ...) BENCH_ROUNDS times (default 2), as ranges with the on/off ratio.
@@ -171,28 +173,48 @@ async function freshPairRun(backing: string, options: PairOptions, scrape: boole
 }
 
 /** vrio alone, sealed vs plaintext, alternated (BENCH_MODES=1). */
-async function compareModes(backing: string): Promise<void> {
+function compareModes(backing: string): Promise<void> {
+  return compareAlternated('blk-modes', ['sealed', 'plaintext'], (mode) =>
+    freshPairRun(backing, { plaintext: mode === 'plaintext' }, false),
+  )
+}
+
+/**
+ * vrio alone, the IOhyp's native fast path off vs on (VRIO_FASTPATH, inherited by the daemons),
+ * alternated with fresh daemons per round (BENCH_FASTPATH=1).
+ */
+function compareFastPath(backing: string): Promise<void> {
+  return compareAlternated('blk-fastpath', ['off', 'on'], (mode) => {
+    process.env.VRIO_FASTPATH = mode === 'on' ? '1' : '0'
+    return freshPairRun(backing, {}, false)
+  })
+}
+
+/** Runs every case under the two settings, alternated BENCH_ROUNDS times; ranges and ratios (first / second). */
+async function compareAlternated(
+  bench: string,
+  labels: [string, string],
+  run: (label: string) => Promise<Result[]>,
+): Promise<void> {
   const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
-  const results: Record<'sealed' | 'plaintext', Result[][]> = { sealed: [], plaintext: [] }
+  const results: Result[][][] = [[], []]
   for (let round = 0; round < rounds; round++) {
-    for (const mode of ['sealed', 'plaintext'] as const) {
-      results[mode].push(await freshPairRun(backing, { plaintext: mode === 'plaintext' }, false))
-    }
+    for (let k = 0; k < 2; k++) results[k].push(await run(labels[k]))
   }
   const perGB = (r: Result) => r.serverCpuSeconds / (r.bytes / 1e9)
   console.log(
-    `${'case'.padEnd(22)}${'sealed'.padStart(16)}${'plaintext'.padStart(16)}${'ratio'.padStart(12)}   server CPU s/GB sealed | plaintext`,
+    `${'case'.padEnd(22)}${labels[0].padStart(16)}${labels[1].padStart(16)}${'ratio'.padStart(12)}   server CPU s/GB ${labels[0]} | ${labels[1]}`,
   )
   const json = CASES.map((c, i) => {
-    const sealed = results.sealed.map((r) => r[i])
-    const plain = results.plaintext.map((r) => r[i])
-    const ratios = sealed.map((r, k) => r.value / plain[k].value)
+    const a = results[0].map((r) => r[i])
+    const b = results[1].map((r) => r[i])
+    const ratios = a.map((r, k) => r.value / b[k].value)
     console.log(
-      `${`${c.name} ${c.kind === 'iops' ? 'IOPS' : 'MB/s'}`.padEnd(22)}${range(sealed.map((r) => r.value)).padStart(16)}${range(plain.map((r) => r.value)).padStart(16)}${range(ratios).padStart(12)}   ${range(sealed.map(perGB))} | ${range(plain.map(perGB))}`,
+      `${`${c.name} ${c.kind === 'iops' ? 'IOPS' : 'MB/s'}`.padEnd(22)}${range(a.map((r) => r.value)).padStart(16)}${range(b.map((r) => r.value)).padStart(16)}${range(ratios).padStart(12)}   ${range(a.map(perGB))} | ${range(b.map(perGB))}   p50 µs ${range(a.map((r) => r.p50us))} | ${range(b.map((r) => r.p50us))}`,
     )
-    return { case: c.name, sealed, plaintext: plain, ratios }
+    return { case: c.name, [labels[0]]: a, [labels[1]]: b, ratios }
   })
-  console.log(JSON.stringify({ bench: 'blk-modes', seconds: SECONDS, rounds, cases: json }))
+  console.log(JSON.stringify({ bench, seconds: SECONDS, rounds, cases: json }))
 }
 
 /** A baseline NBD server on the IOhyp side of a link. */
@@ -301,6 +323,7 @@ try {
   for (let off = 0; off < SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))
   closeSync(fd)
   if (process.env.BENCH_MODES === '1') await compareModes(backing)
+  else if (process.env.BENCH_FASTPATH === '1') await compareFastPath(backing)
   else if (process.env.BENCH_METRICS === '1') await compareMetrics(backing)
   else if (process.env.BENCH_FILTER === '1') await compareFilter(backing)
   else await againstBaselines(backing)

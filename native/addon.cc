@@ -15,6 +15,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fadvise", Napi::Function::New<Fadvise>(env, "fadvise"));
   exports.Set("XtsCipher", XtsCipher::Define(env));
   exports.Set("FrameAead", FrameAead::Define(env));
+  Napi::Function fastPath = FastPath::Define(env);
+  data->fastPathCtor = Napi::Persistent(fastPath);
+  exports.Set("FastPath", fastPath);
   exports.Set("aeadImplementation", Napi::Function::New(env, AeadImplementation, "aeadImplementation"));
   exports.Set("ioNowait", Napi::Function::New<IoNowait>(env, "ioNowait"));
   exports.Set("FuseDisk", DefineFuseDisk(env));

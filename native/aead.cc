@@ -404,3 +404,109 @@ Napi::Value FrameAead::Open(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace vrio
+
+// ---------------------------------------------------------------------------------------------
+// The same AEAD for C++ callers (fastpath.cc): no N-API, no argument array.
+
+namespace vrio {
+
+bool FastAead::Init(int cipherId, const uint8_t* key) {
+  Free();
+  const EVP_CIPHER* cipher = cipherId == 1 ? EVP_aes_256_gcm() : cipherId == 2 ? EVP_chacha20_poly1305() : nullptr;
+  if (cipher == nullptr) return false;
+#ifdef VRIO_IPSEC_MB
+  if (cipherId == 1 && MbManager() != nullptr) {
+    void* k = std::aligned_alloc(64, (sizeof(gcm_key_data) + 63) / 64 * 64);
+    if (k == nullptr) return false;
+    mb = new (k) gcm_key_data;
+    IMB_AES256_GCM_PRE(MbManager(), key, mb);
+    return true;
+  }
+#endif
+  enc = NewAeadCtx(cipher, key, 1);
+  dec = NewAeadCtx(cipher, key, 0);
+  if (enc == nullptr || dec == nullptr) {
+    Free();
+    return false;
+  }
+  return true;
+}
+
+void FastAead::Free() {
+  EVP_CIPHER_CTX_free(enc);
+  EVP_CIPHER_CTX_free(dec);
+  enc = dec = nullptr;
+#ifdef VRIO_IPSEC_MB
+  if (mb != nullptr) {
+    OPENSSL_cleanse(mb, sizeof(gcm_key_data));
+    std::free(mb);
+    mb = nullptr;
+  }
+#endif
+}
+
+// The payload frame[payload, end): its first `inFrame` bytes encrypted in place, the rest encrypted
+// from src into the frame after them; the tag at frame[tag].
+bool FastAead::Seal(uint8_t* frame, size_t ip, size_t tcp, size_t payload, size_t end, size_t tag, uint64_t counter,
+                    const uint8_t* src, size_t inFrame) {
+  FrameArgs a{frame, ip, tcp, payload, end, tag, counter};
+  uint8_t iv[12];
+  MakeIv(iv, counter);
+  uint8_t t[16];
+  uint8_t* p = frame + payload;
+  size_t n = end - payload;
+  size_t k = src == nullptr ? n : inFrame;
+  int outl = 0;
+#ifdef VRIO_IPSEC_MB
+  if (mb != nullptr) {
+    IMB_MGR* m = MbManager();
+    struct gcm_context_data ctx;
+    MbStart(m, mb, &ctx, iv, a);
+    if (k > 0) IMB_AES256_GCM_ENC_UPDATE(m, mb, &ctx, p, p, k);
+    if (n > k) IMB_AES256_GCM_ENC_UPDATE(m, mb, &ctx, p + k, src, n - k);
+    IMB_AES256_GCM_ENC_FINALIZE(m, mb, &ctx, t, 16);
+    std::memcpy(frame + tag, t, kTagBytes);
+    OPENSSL_cleanse(t, sizeof t);
+    return true;
+  }
+#endif
+  if (enc == nullptr || EVP_CipherInit_ex(enc, nullptr, nullptr, nullptr, iv, 1) != 1 || !FeedAad(enc, a) ||
+      (k > 0 && EVP_CipherUpdate(enc, p, &outl, p, static_cast<int>(k)) != 1) ||
+      (n > k && EVP_CipherUpdate(enc, p + k, &outl, src, static_cast<int>(n - k)) != 1) ||
+      EVP_CipherFinal_ex(enc, t, &outl) != 1 || EVP_CIPHER_CTX_ctrl(enc, EVP_CTRL_AEAD_GET_TAG, 16, t) != 1)
+    return false;
+  std::memcpy(frame + tag, t, kTagBytes);
+  OPENSSL_cleanse(t, sizeof t);
+  return true;
+}
+
+bool FastAead::Open(uint8_t* frame, size_t ip, size_t tcp, size_t payload, size_t end, size_t tag, uint64_t counter) {
+  FrameArgs a{frame, ip, tcp, payload, end, tag, counter};
+  uint8_t iv[12];
+  MakeIv(iv, counter);
+  uint8_t t[kTagBytes];
+  std::memcpy(t, frame + tag, kTagBytes);
+  uint8_t* p = frame + payload;
+  size_t n = end - payload;
+  int outl = 0;
+#ifdef VRIO_IPSEC_MB
+  if (mb != nullptr) {
+    IMB_MGR* m = MbManager();
+    struct gcm_context_data ctx;
+    uint8_t computed[16];
+    MbStart(m, mb, &ctx, iv, a);
+    if (n > 0) IMB_AES256_GCM_DEC_UPDATE(m, mb, &ctx, p, p, n);
+    IMB_AES256_GCM_DEC_FINALIZE(m, mb, &ctx, computed, 16);
+    bool ok = CRYPTO_memcmp(computed, t, kTagBytes) == 0;
+    OPENSSL_cleanse(computed, sizeof computed);
+    return ok;
+  }
+#endif
+  uint8_t scratch[16];
+  return dec != nullptr && EVP_CipherInit_ex(dec, nullptr, nullptr, nullptr, iv, 0) == 1 &&
+         EVP_CIPHER_CTX_ctrl(dec, EVP_CTRL_AEAD_SET_TAG, kTagBytes, t) == 1 && FeedAad(dec, a) &&
+         (n == 0 || EVP_CipherUpdate(dec, p, &outl, p, static_cast<int>(n)) == 1) &&
+         EVP_CipherFinal_ex(dec, scratch, &outl) == 1;
+}
+
+}  // namespace vrio

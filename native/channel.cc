@@ -45,6 +45,7 @@ Napi::Function Channel::Define(Napi::Env env) {
                          InstanceMethod<&Channel::Close>("close"),
                          InstanceMethod<&Channel::SetRef>("setRef"),
                          InstanceMethod<&Channel::SetFilter>("setFilter"),
+                         InstanceMethod<&Channel::AttachFastPath>("attachFastPath"),
                      });
 }
 
@@ -156,9 +157,10 @@ void Channel::Deliver(Napi::Env env, const std::initializer_list<napi_value>& ar
   // still runs once), where this must just stop receiving.
   delivering_ = true;
   napi_value result;
-  std::vector<napi_value> argv(args);
-  napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), argv.size(),
-                                      argv.data(), &result);
+  napi_value argv[4];
+  size_t argc = 0;
+  for (napi_value a : args) argv[argc++] = a;  // at most 4 (the error delivery)
+  napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), argc, argv, &result);
   delivering_ = false;
   bool pending = false;
   if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
@@ -188,6 +190,8 @@ void Channel::Drain() {
   for (int round = 0; round < kMaxBatchesPerWake && !closed_; round++) {
     uint32_t slots = 0, n = 0;
     int st = kind_ == Kind::Packet ? RecvPacket(slots, n) : RecvTap(slots, n);
+    // The fast path takes what it can first (and sends its answers); JS gets the rest, in order.
+    if (n > 0 && fast_ != nullptr) n = fast_->Process(this, slab_.data, slab_.offsets, slab_.lengths, n, vnetHdr_);
     if (n > 0) {
       rxBatches_++;
       Deliver(env, {Napi::Number::New(env, 0), Napi::Number::New(env, n)});
@@ -500,6 +504,20 @@ Napi::Value Channel::SetFilter(const Napi::CallbackInfo& info) {
   struct sock_fprog fprog = {uint16_t(prog.size()), prog.data()};
   if (setsockopt(fd_, SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof(fprog)) < 0) {
     return ThrowSysErr(env, {errno, "setsockopt", "SO_ATTACH_FILTER"});
+  }
+  return env.Undefined();
+}
+
+// attachFastPath(fastPath | null): frames are offered to the fast path before JS (fastpath.cc).
+Napi::Value Channel::AttachFastPath(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  fast_ = nullptr;
+  fastRef_.Reset();
+  if (info.Length() > 0 && info[0].IsObject()) {
+    Napi::Object o = info[0].As<Napi::Object>();
+    if (!o.InstanceOf(env.GetInstanceData<AddonData>()->fastPathCtor.Value())) return ThrowInvalid(env, "attachFastPath: not a FastPath");
+    fast_ = FastPath::Unwrap(o);
+    fastRef_ = Napi::Persistent(o);
   }
   return env.Undefined();
 }

@@ -34,6 +34,8 @@ SysErr RunInNetns(const std::string& nsPath, const std::function<SysErr()>& fn);
 
 enum class Kind { Packet, Tap };
 
+class FastPath;
+
 // The receive slab: frameSize-sized slots for up to `batch` frames, plus the offsets/lengths table
 // describing the frames of the current batch. Both live in ArrayBuffers allocated by V8 and
 // referenced from here, so JS views into them can never dangle: a stale view only sees recycled
@@ -67,6 +69,9 @@ class Channel : public Napi::ObjectWrap<Channel> {
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value SetRef(const Napi::CallbackInfo& info);
   Napi::Value SetFilter(const Napi::CallbackInfo& info);
+  Napi::Value AttachFastPath(const Napi::CallbackInfo& info);
+
+  friend class FastPath;
 
   // Receive (event loop thread).
   static void OnReadable(uv_poll_t* handle, int status, int events);
@@ -100,6 +105,8 @@ class Channel : public Napi::ObjectWrap<Channel> {
   Napi::FunctionReference callback_;
   Napi::AsyncContext* asyncContext_ = nullptr;
   bool delivering_ = false;  // inside the JS callback
+  FastPath* fast_ = nullptr;  // see fastpath.cc; pinned by fastRef_
+  Napi::ObjectReference fastRef_;
   int rxErrno_ = 0;
   const char* rxSyscall_ = "";
   // Receive scratch for up to 1024 (the batch limit) messages.
@@ -184,9 +191,67 @@ void DpiScan(const Napi::CallbackInfo& info);
 // "ipsec-mb-avx512", "ipsec-mb-avx2", ..., or "openssl".
 Napi::Value AeadImplementation(const Napi::CallbackInfo& info);
 
+// The AEAD of FrameAead for C++ callers (aead.cc; the fast path): one key, both directions.
+struct FastAead {
+  struct evp_cipher_ctx_st* enc = nullptr;
+  struct evp_cipher_ctx_st* dec = nullptr;
+  struct gcm_key_data* mb = nullptr;
+  bool Init(int cipher, const uint8_t* key);
+  void Free();
+  // As FrameAead's sealFrame/openFrame: with src, the payload's first inFrame bytes are in the frame
+  // and the rest is encrypted from src into it.
+  bool Seal(uint8_t* frame, size_t ip, size_t tcp, size_t payload, size_t end, size_t tag, uint64_t counter,
+            const uint8_t* src, size_t inFrame);
+  bool Open(uint8_t* frame, size_t ip, size_t tcp, size_t payload, size_t end, size_t tag, uint64_t counter);
+};
+
+// fastpath.cc: the IOhyp's native fast path over a packet Channel (lent connections, block reads).
+class FastPath : public Napi::ObjectWrap<FastPath> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit FastPath(const Napi::CallbackInfo& info);
+  ~FastPath() override;
+  // Takes what it can of a received batch; returns how many frames are left (compacted) for JS.
+  uint32_t Process(Channel* ch, uint8_t* slab, uint32_t* offsets, uint32_t* lengths, uint32_t n, bool vnet);
+
+  static constexpr int kSlotStride = 32;
+
+ private:
+  struct Disk;
+  struct Lease;
+  Napi::Value Lend(const Napi::CallbackInfo& info);
+  Napi::Value Reclaim(const Napi::CallbackInfo& info);
+  Napi::Value BuildReply(const Napi::CallbackInfo& info);
+  void HandBack(uint32_t slot);
+  Lease* Find(uint32_t remoteIp, uint16_t remotePort, uint16_t localPort, uint32_t* slot);
+  bool Take(Channel* ch, uint8_t* f, size_t len, bool verified);
+  bool Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool verified, uint32_t dst);
+  void Restore(Lease& l, uint8_t* f, size_t payloadAt, size_t end, size_t tagAt, uint64_t counter, const uint8_t* tag);
+  void UpdateReplay(Lease& l, uint32_t* bits, uint64_t counter);
+  void Acknowledge(uint32_t slot, uint32_t ack);
+  size_t Place(const Lease& l, size_t bytes) const;
+  void Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_t* req, uint64_t offset, uint32_t length);
+  static size_t BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* msg, size_t bytes);
+  void Flush(Channel* ch);
+
+  uint32_t slots_ = 0, maxRecords_ = 0, storeBytes_ = 0;
+  uint32_t lent_ = 0;
+  double* shared_ = nullptr;
+  double* records_ = nullptr;
+  uint32_t* bits_ = nullptr;
+  uint8_t* store_ = nullptr;
+  Napi::ObjectReference refs_[4];
+  std::vector<Lease> leases_;
+  std::vector<uint8_t> txArena_;
+  size_t txUsed_ = 0;
+  std::vector<struct iovec> txIov_;
+  std::vector<double> scratch_;
+};
+
 // Per-env state: the Channel constructor, needed by the factories.
 struct AddonData {
   Napi::FunctionReference channelCtor;
+  Napi::FunctionReference fastPathCtor;
 };
 
 }  // namespace vrio

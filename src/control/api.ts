@@ -224,6 +224,28 @@ export interface StatusInfo {
     authTimeouts: number
     foreignAddress: number
   }
+  /**
+   * IOhyp only: the native fast path (VRIO_FASTPATH=1; docs/architecture.md): whether it is on,
+   * and per channel (guest address) since start: frames it took and bytes, block requests it
+   * answered, frames and bytes it sent, bytes read, handbacks to and lends from the TypeScript
+   * transport, pure ACKs taken, reads that failed.
+   */
+  fastPath?: {
+    enabled: boolean
+    channels: {
+      guest: string
+      framesIn: number
+      bytesIn: number
+      requests: number
+      framesOut: number
+      bytesOut: number
+      readBytes: number
+      handbacks: number
+      lends: number
+      pureAcks: number
+      readErrors: number
+    }[]
+  }
   /** Guest only: connections refused because authentication or integrity failed, by reason. */
   sessionFailures?: Record<string, number>
   /** Guest only: the IOhyp this guest talks to. */

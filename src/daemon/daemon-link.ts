@@ -235,6 +235,7 @@ export class DaemonLink {
       mac: formatMac(this.mac),
       address: formatIPv4(this.ip),
       packetFilter: this.filtered ? 'on' : 'off',
+      fastPath: this.driver.fastPath ? 'on' : 'off',
       control: this.o.control,
     }
   }

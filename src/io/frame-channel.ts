@@ -1,6 +1,6 @@
 import type { IoError } from './errors.ts'
 import { fromNative } from './errors.ts'
-import type { NativeChannel, NativeStats } from './native.ts'
+import type { NativeChannel, NativeFastPath, NativeStats } from './native.ts'
 
 /**
  * One batch of received frames: a slab plus a table of where its frames lie. `frame(i)` is a view
@@ -96,6 +96,13 @@ export class FrameChannel {
     this.mtu = opened.mtu
     this.mac = opened.mac
     this.#where = { ifname: o.ifname, netns: o.netns }
+  }
+
+  /** Offers received frames to a native fast path first (see fast-path.ts); false when the addon has none. */
+  attachFastPath(fastPath: NativeFastPath | null): boolean {
+    if (this.#closed || !this.#handle.attachFastPath) return false
+    this.#handle.attachFastPath(fastPath)
+    return true
   }
 
   get closed(): boolean {

@@ -2,6 +2,7 @@ import type { ConnectionOptions } from '../transport/config.ts'
 import type { Address, Connection, ConnectionHandlers } from '../transport/connection.ts'
 import { Endpoint, type PreAuthOptions } from '../transport/endpoint.ts'
 import { TCP_OFFSET } from '../wire/frame.ts'
+import { type FastDisk, FastPathHost } from './fast-path.ts'
 import type { FrameBatch, FrameChannel } from './frame-channel.ts'
 import {
   VIRTIO_NET_HDR_F_DATA_VALID,
@@ -70,6 +71,8 @@ export class LinkDriver {
   private timerAt = Number.POSITIVE_INFINITY
   private stopped = false
   private readonly vnetHdr: boolean
+  /** The native fast path, once enabled (enableFastPath). */
+  fastPath: FastPathHost | undefined
   /**
    * Outgoing frames are cut from this arena and sent before it is reused (see flush), instead of
    * a new Buffer per frame: 64 KiB super-frames at GB/s otherwise keep the garbage collector busy.
@@ -119,6 +122,16 @@ export class LinkDriver {
     return c
   }
 
+  /**
+   * Turns the native fast path on for connections whose peer has disks in `disksFor`: idle
+   * connections are lent to it after every batch and timer (src/io/fast-path.ts). False when the
+   * addon has none.
+   */
+  enableFastPath(disksFor: (remote: Address) => readonly FastDisk[] | undefined): boolean {
+    this.fastPath ??= FastPathHost.create(this.channel, disksFor)
+    return this.fastPath !== undefined
+  }
+
   /** Sends everything queued now and re-arms the timer; call after application sends outside a batch if latency matters. */
   readonly flush = (): void => {
     this.flushQueued = false
@@ -126,6 +139,8 @@ export class LinkDriver {
     this.sendQueued()
     // The kernel has copied every frame (or refused it for good): their memory is free again.
     this.arenaUsed = 0
+    // After a batch, a timer, or what the application sent: connections quiet now go to the fast path.
+    this.fastPath?.lendIdle(this.endpoint.connections())
     this.schedule()
   }
 
@@ -148,6 +163,8 @@ export class LinkDriver {
    * is sent: the link just goes quiet, as when a process dies. The channel stays open.
    */
   stop(options: { silent?: boolean } = {}): void {
+    this.fastPath?.close()
+    this.fastPath = undefined
     if (!options.silent) {
       this.endpoint.close()
       this.flush()

@@ -25,7 +25,27 @@ export interface NativeChannel {
   setRef(ref: boolean): void
   /** Replaces a packet socket's kernel filter (flat: code, jt, jf, k per instruction). */
   setFilter(program: Uint32Array): void
+  /** Offers received frames to a fast path before JS (native/fastpath.cc); null detaches it. Absent from an older build. */
+  attachFastPath?(fastPath: NativeFastPath | null): void
 }
+
+/** The IOhyp's native fast path (native/fastpath.cc); see src/io/fast-path.ts. */
+export interface NativeFastPath {
+  lend(slot: number, params: Float64Array, txKey: Uint8Array, rxKey: Uint8Array): boolean
+  reclaim(slot: number): void
+  /** The frame it would send for `message` under `params` (tests only). */
+  buildReply(params: Float64Array, txKey: Uint8Array, message: Uint8Array, vnet: boolean): Uint8Array
+}
+
+export type NativeFastPathConstructor = new (
+  slots: number,
+  shared: Float64Array,
+  records: Float64Array,
+  bits: Uint32Array,
+  store: Uint8Array,
+  maxRecords: number,
+  storeBytes: number,
+) => NativeFastPath
 
 export interface NativeStats {
   /** Frames handed to JS (after the outgoing filter) and their bytes. */
@@ -124,6 +144,8 @@ export interface NativeAddon {
    * a 32-byte key. See FrameAead in src/transport/aead.ts. Absent from an older build.
    */
   FrameAead?: AddonFrameAeadConstructor
+  /** The IOhyp's native fast path. Absent from an older build. */
+  FastPath?: NativeFastPathConstructor
   /**
    * Which code a FrameAead of `cipher` runs: "ipsec-mb-avx512" (or -avx2, -avx, -sse: Intel's
    * multi-buffer library, built in when its header was found) or "openssl". Absent from an older build.

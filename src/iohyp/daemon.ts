@@ -17,6 +17,7 @@ import type { DiskRequest } from '../devices/blk/spec.ts'
 import type { DeviceSpec } from '../devices/kind.ts'
 import type { NicRequest } from '../devices/net/spec.ts'
 import { VrioError } from '../errors.ts'
+import { FASTPATH_ENABLED } from '../io/fast-path.ts'
 import type { NetLinks } from '../io/net-links.ts'
 import { EveFileSink } from '../services/dpi/index.ts'
 import { Session } from '../session/session.ts'
@@ -146,6 +147,12 @@ export class IohypDaemon implements IohypApi {
       },
       (control: ControlServer) => iohypRoutes(control, this),
     )
+    // The native fast path (VRIO_FASTPATH=1): guests' block reads of plain-file disks in the addon.
+    const driver = this.link.driver
+    if (FASTPATH_ENABLED && !driver.endpoint.options.insecurePlaintext) {
+      if (driver.enableFastPath((remote) => this.disks.fastDisks(remote.mac)))
+        this.disks.beforeClose = () => driver.fastPath?.reclaimAll()
+    }
     try {
       await this.restoreState()
     } catch (error) {
@@ -172,7 +179,14 @@ export class IohypDaemon implements IohypApi {
     return {
       ...this.link.status(),
       guests: { total: all.length, connected: all.filter((g) => g.state === 'connected').length },
+      fastPath: this.fastPathStatus(),
     }
+  }
+
+  private fastPathStatus(): NonNullable<StatusInfo['fastPath']> {
+    const host = this.link.driver.fastPath
+    const channels = [...(host?.counters() ?? [])].map(([ip, c]) => ({ guest: formatIPv4(ip), ...c }))
+    return { enabled: host !== undefined, channels }
   }
 
   scrape(): Promise<string> {

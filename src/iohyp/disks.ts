@@ -12,6 +12,7 @@ import { type BlockDevice, blockDeviceInfo } from '../devices/blk/device.ts'
 import { FileDevice, type FileIdentity, sameFile } from '../devices/blk/file-device.ts'
 import { type DiskSpec, parseDiskRequest } from '../devices/blk/spec.ts'
 import type { DeviceEntry, DeviceHandle, DeviceKind } from '../devices/kind.ts'
+import type { FastDisk } from '../io/fast-path.ts'
 import type { EncryptedDevice } from '../services/crypt/encrypted-device.ts'
 import { type EncryptionSpec, openEncryption } from '../services/crypt/open.ts'
 import { isVrioError, VrioError } from '../errors.ts'
@@ -76,6 +77,8 @@ interface Disk {
   backend: BlockBackend
   nbd: string | null
   attachedAs: string | null
+  /** Being closed: no more lent to the native fast path. */
+  closing: boolean
 }
 
 /** Longest NBD URI or device name taken from a guest's answer (a path and a socket path fit). */
@@ -97,6 +100,8 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
   private readonly claims = new Set<Claim>()
   private readonly files: DiskFiles
   private readonly limits: DiskLimits | undefined
+  /** Called when a disk starts closing (the IOhyp takes lent connections back from the fast path). */
+  beforeClose: (() => void) | undefined
 
   constructor(files: DiskFiles, limits: DiskLimits | undefined) {
     this.files = files
@@ -137,7 +142,7 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
           onOverload: () => limits.overloaded(guest),
         }),
       })
-      return { claim, crypt, device, backend, nbd: null, attachedAs: null }
+      return { claim, crypt, device, backend, nbd: null, attachedAs: null, closing: false }
     } catch (error) {
       this.claims.delete(claim)
       await file.close()
@@ -151,6 +156,9 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
    * reach their NBD clients instead).
    */
   async close(d: Disk, why: 'remove' | 'stop'): Promise<void> {
+    // The fast path reads the backing's descriptor: no connection keeps it once it closes.
+    d.closing = true
+    this.beforeClose?.()
     if (why === 'stop') {
       // Acknowledged writes are on the backing store once the backend is idle and flushed.
       await d.backend.close('handover')
@@ -230,6 +238,32 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
 export class IohypDisks extends DeviceRegistry<DiskSpec, Disk, DiskInfo> {
   constructor(log: Logger, limits?: DiskLimits, files: DiskFiles = FILE_BACKINGS) {
     super(new DiskKind(files, limits), log)
+  }
+
+  /** Called when a disk starts closing (see DiskKind.beforeClose). */
+  set beforeClose(f: (() => void) | undefined) {
+    ;(this.kind as DiskKind).beforeClose = f
+  }
+
+  /**
+   * The disks of guest `mac` the native fast path may read: plain files (not encrypted), open, not
+   * closing.
+   */
+  fastDisks(mac: number): FastDisk[] {
+    const out: FastDisk[] = []
+    for (const { guest, handle, device: d } of this.entries()) {
+      if (guest !== mac || d.crypt || d.closing || !(d.device instanceof FileDevice)) continue
+      const fd = d.device.descriptor
+      if (fd < 0) continue
+      out.push({
+        high: handle.high,
+        low: handle.low,
+        fd,
+        size: d.device.size,
+        maxRead: d.backend.maxReadLength,
+      })
+    }
+    return out
   }
 
   /** What the metrics endpoint reads of every disk (at scrape time). */

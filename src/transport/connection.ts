@@ -21,11 +21,12 @@ import { resolveSealCipher, SEAL_MAX_CHUNKS } from './aead.ts'
 import { type ConnectionOptions, Delivery, SEGMENT_DELIVERY_MASK, SEGMENT_SKIP } from './config.ts'
 import { AbandonedMessages } from './abandoned.ts'
 import { IntervalSet } from './interval-set.ts'
+import { type ConnectionLease, LEND, type LeaseReturn, newLeaseReturn } from './lease.ts'
 import { messageBuffers, takePooledMessageBuffer } from './message-buffers.ts'
 import { Reassembly } from './reassembly.ts'
 import { SealRejoiner } from './rejoin.ts'
 import { concatChunks, copyChunks } from './chunks.ts'
-import { ChannelSeal, newSealCounters, type SealCounters, sealIdentity } from './seal.ts'
+import { ChannelSeal, newSealCounters, type SealCounters, type SteadyKeys, sealIdentity } from './seal.ts'
 import { positionOf, seqOf } from './seq.ts'
 
 /** vrio protocol version announced in the SYN's hello option when sealed (the default). */
@@ -279,6 +280,15 @@ export class Connection {
   private probesSent = 0
   private timeWaitDeadline = Number.POSITIVE_INFINITY
 
+  // Fast path (lease.ts): set while a native fast path holds the steady state.
+  private lease: ConnectionLease | undefined
+  /** When the timer looks at the lent connection's progress next, and what it saw last time. */
+  private leaseCheckAt = Number.POSITIVE_INFINITY
+  private leaseFramesSeen = 0
+  private leaseAcksSeen = 0
+  private leaseUnackedSeen = false
+  private leaseFramesAt = 0
+
   constructor(init: ConnectionInit, syn?: TcpFrame) {
     this.o = init.options
     this.local = init.local
@@ -470,6 +480,7 @@ export class Connection {
     let length = 0
     if (data instanceof Uint8Array) length = data.length
     else for (const c of data) length += c.length
+    if (this.lease) this.reclaim(false)
     if (length === 0 || length > this.o.maxMessageSize) {
       throw new VrioError(
         'message-size',
@@ -525,6 +536,7 @@ export class Connection {
   /** Gives delivered bytes back to the receive window (only with the manualRelease option). */
   release(bytes: number): void {
     if (!this.o.manualRelease || bytes <= 0) return
+    if (this.lease) this.reclaim(false)
     const before = this.receiveWindow
     this.unreleased = Math.max(0, this.unreleased - bytes)
     // Tell the peer at once when the window reopens from (nearly) closed: it may be stalled on it.
@@ -537,6 +549,7 @@ export class Connection {
   /** Graceful close: queued messages are still delivered, then FIN. */
   close(): void {
     if (this.closeRequested || this.closed) return
+    if (this.lease) this.reclaim(false)
     this.closeRequested = true
     if (this.state === 'syn-sent') {
       this.finish('aborted')
@@ -549,6 +562,7 @@ export class Connection {
   /** Abortive close: RST now (unless `sendReset` is false: forgotten silently), everything queued is dropped. */
   abort(reason: CloseReason = 'aborted', sendReset = true): void {
     if (this.closed) return
+    if (this.lease) this.reclaim(false)
     if (sendReset && this.state !== 'syn-sent' && this.state !== 'time-wait')
       this.sendControl(TCP_RST | TCP_ACK, this.sndNxt)
     this.finish(reason)
@@ -559,6 +573,7 @@ export class Connection {
   /** Handles one decoded segment addressed to this connection. `buf` is the whole frame. */
   receive(buf: Uint8Array, f: TcpFrame): void {
     if (this.closed) return
+    if (this.lease) this.reclaim(false)
     if (!this.seal) {
       this.receiveOpened(buf, f)
       return
@@ -739,6 +754,7 @@ export class Connection {
    * the batch's messages got at once have been sent. A delayed ACK is left to `tick`.
    */
   flush(): void {
+    if (this.lease) return // nothing was owed at the lend, and nothing happened here since
     if (this.ackNow && !this.closed && this.state !== 'syn-sent') {
       this.sendControl(TCP_ACK, this.sndNxt)
     }
@@ -747,6 +763,7 @@ export class Connection {
   /** The next time `tick` has work, in clock milliseconds (Infinity: none). */
   nextDeadline(): number {
     if (this.closed) return Number.POSITIVE_INFINITY
+    if (this.lease) return this.leaseCheckAt
     let d = Math.min(this.rtoDeadline, this.reassembly.expiresAt, this.timeWaitDeadline, this.ackDeadline)
     if (this.state === 'established' || this.state === 'close-wait' || this.state.startsWith('fin')) {
       d = Math.min(d, this.keepaliveDeadline())
@@ -758,6 +775,7 @@ export class Connection {
   tick(): void {
     if (this.closed) return
     const now = this.clock()
+    if (this.lease && !this.checkLease(now)) return
     if (now >= this.timeWaitDeadline) {
       this.finish('normal')
       return
@@ -780,6 +798,180 @@ export class Connection {
     }
     if (this.sndUna < this.sndNxt && now - this.lastProgressAt > this.o.userTimeout)
       this.abort('user-timeout')
+  }
+
+  // ---------------------------------------------------------------- fast path (lease.ts)
+
+  /**
+   * Lends the steady state to a fast path, when the connection is in it: established, sealed and
+   * authenticated, everything sent acknowledged, nothing held out of order, no ACK owed, steady
+   * keys. Fills `p` (LEND offsets below `disks`) and the receive replay window into `bits`, and
+   * returns the keys; undefined (nothing lent) otherwise. `cancelLend` undoes it when the fast
+   * path refuses.
+   */
+  lendTo(lease: ConnectionLease, p: Float64Array, bits: Uint32Array): SteadyKeys | undefined {
+    if (
+      this.lease ||
+      this.state !== 'established' ||
+      !this.seal ||
+      this.preAuthReceiveBytes > 0 ||
+      this.closeRequested ||
+      this.sndNxt !== this.sndMax ||
+      !this.received.isEmpty() ||
+      this.reassembly.size > 0 ||
+      this.abandoned.size > 0 ||
+      this.sacked.count > 0 ||
+      this.inRecovery ||
+      this.ackNow ||
+      this.ackDeadline !== Number.POSITIVE_INFINITY ||
+      this.peerFinPos >= 0 ||
+      this.timestamps ||
+      this.writableWanted ||
+      this.o.manualRelease
+    )
+      return undefined
+    const keys = this.seal.steady(bits)
+    if (!keys) return undefined
+    p[LEND.localMac] = this.local.mac
+    p[LEND.remoteMac] = this.remote.mac
+    p[LEND.localIp] = this.local.ip >>> 0
+    p[LEND.remoteIp] = this.remote.ip >>> 0
+    p[LEND.localPort] = this.local.port
+    p[LEND.remotePort] = this.remote.port
+    p[LEND.rcvNxt] = seqOf(this.irs, this.rcvNxt)
+    p[LEND.sndNxt] = seqOf(this.iss, this.sndNxt)
+    p[LEND.sndUna] = seqOf(this.iss, this.sndUna)
+    p[LEND.ipId] = this.ipId
+    p[LEND.windowField] = this.windowField()
+    p[LEND.sndWnd] = this.sndWnd
+    p[LEND.sendScale] = this.sendScale
+    p[LEND.mss] = this.mssPayload
+    // The send buffer's room (the fast path's replies count against it as the connection's would).
+    p[LEND.sendLimit] = this.o.sendBuffer - this.queuedBytes + (this.sndNxt - this.sndUna)
+    p[LEND.cwnd] = this.cwnd
+    p[LEND.sendBuffer] = this.o.sendBuffer
+    p[LEND.ssthresh] = this.ssthresh === Number.POSITIVE_INFINITY ? -1 : this.ssthresh
+    p[LEND.cipher] = this.seal.cipher
+    p[LEND.txEpoch] = keys.txEpoch
+    p[LEND.txCounter] = keys.txCounter
+    p[LEND.txBytes] = keys.txBytes
+    p[LEND.rekeyFrames] = keys.rekeyAfterFrames
+    p[LEND.rekeyBytes] = keys.rekeyAfterBytes
+    p[LEND.rxEpoch] = keys.rxEpoch
+    p[LEND.rxHighest] = keys.rxHighest
+    // A message up to this size leaves as one frame (see pump).
+    p[LEND.maxPayload] =
+      this.o.gsoMaxSize > this.mssPayload
+        ? this.o.gsoMaxSize - (this.o.gsoMaxSize % this.mssPayload)
+        : this.mssPayload
+    p[LEND.checksumOffload] = this.o.checksumOffload ? 1 : 0
+    this.lease = lease
+    const now = this.clock()
+    this.leaseFramesSeen = 0
+    this.leaseAcksSeen = 0
+    this.leaseFramesAt = now
+    // Our own data in flight keeps its retransmission deadline: checked then.
+    this.leaseUnackedSeen = this.sndUna < this.sndNxt
+    this.leaseCheckAt = this.leaseUnackedSeen ? Math.min(this.rtoDeadline, now + this.rto) : now + this.rto
+    return keys
+  }
+
+  /** Takes the connection back from the fast path now, if lent (its host lets go of it). */
+  takeBack(): void {
+    if (this.lease) this.reclaim(false)
+  }
+
+  /** The fast path refused the lend that `lendTo` prepared: nothing changed hands. */
+  cancelLend(): void {
+    this.lease = undefined
+    this.leaseCheckAt = Number.POSITIVE_INFINITY
+  }
+
+  /** Whether the connection is lent to a fast path now. */
+  get lent(): boolean {
+    return this.lease !== undefined
+  }
+
+  /**
+   * The timer of a lent connection, every RTO: takes it back when replies stayed unacknowledged
+   * through a whole period (to retransmit them), or nothing arrived for keepaliveIdle (to probe).
+   * True when `tick` goes on with the connection taken back.
+   */
+  private checkLease(now: number): boolean {
+    const lease = this.lease!
+    if (now < this.leaseCheckAt) return false
+    const frames = lease.framesTaken
+    const acks = lease.ackProgress
+    const unacked = lease.inFlight > 0
+    if (unacked && this.leaseUnackedSeen && acks === this.leaseAcksSeen) {
+      this.reclaim(true)
+      return true
+    }
+    if (frames !== this.leaseFramesSeen) this.leaseFramesAt = now
+    else if (now - this.leaseFramesAt >= this.o.keepaliveIdle) {
+      this.reclaim(false)
+      return true
+    }
+    this.leaseFramesSeen = frames
+    this.leaseAcksSeen = acks
+    this.leaseUnackedSeen = unacked
+    this.leaseCheckAt = now + this.rto
+    return false
+  }
+
+  /**
+   * Takes the connection back from the fast path: its scalars, and the replies it sent and that
+   * are not acknowledged yet, queued as sent messages (retransmitted like any). With `timedOut`,
+   * those are due for retransmission now.
+   */
+  private reclaim(timedOut: boolean): void {
+    const lease = this.lease!
+    this.lease = undefined
+    this.leaseCheckAt = Number.POSITIVE_INFINITY
+    const r = leaseReturn
+    lease.reclaim(r)
+    const now = this.clock()
+    this.rcvNxt = positionOf(this.irs, r.rcvNxt, this.rcvNxt)
+    this.sndUna = positionOf(this.iss, r.sndUna, this.sndUna)
+    // What the fast path saw acknowledged of our own messages (sent before the lend). Without
+    // progress, duplicate ACKs counted before the lend and the retransmission deadline stand.
+    this.freeAcked()
+    if (r.ackProgress > 0) this.dupAcks = 0
+    if (this.timingPos >= 0 && this.timingPos <= this.sndUna) this.timingPos = -1
+    for (let i = 0; i < r.replies.length; i++) {
+      const data = r.replies[i]
+      const m =
+        this.spareCount > 0
+          ? this.spare[--this.spareCount]
+          : { start: 0, end: 0, flags: 0, chunks: NO_CHUNKS, single: [NO_BYTES] }
+      m.start = positionOf(this.iss, r.replySeqs[i], this.sndUna)
+      m.end = m.start + data.length
+      m.flags = Delivery.Reliable
+      m.single[0] = data
+      m.chunks = m.single
+      if (this.outEnd === this.out.length) this.out.push(m)
+      else this.out[this.outEnd] = m
+      this.outEnd++
+      this.queuedBytes += data.length
+      this.stats.messagesSent++
+    }
+    this.sndNxt = this.sndMax = positionOf(this.iss, r.sndNxt, this.sndUna)
+    this.sendCursor = this.outHead
+    this.sndWnd = r.sndWnd
+    this.cwnd = r.cwnd
+    this.sndWl1 = positionOf(this.irs, r.wl1, this.rcvNxt)
+    this.sndWl2 = positionOf(this.iss, r.wl2, this.sndUna)
+    this.ipId = r.ipId
+    this.seal!.adoptSteady(r.txCounter, r.txBytes, r.rxHighest, r.rxBits)
+    if (r.framesTaken > 0) {
+      this.lastReceiveAt = now
+      this.probesSent = 0
+    }
+    if (r.ackProgress > 0) this.lastProgressAt = now
+    if (this.sndUna >= this.sndNxt) this.rtoDeadline = Number.POSITIVE_INFINITY
+    else if (timedOut) this.rtoDeadline = now
+    else if (r.ackProgress > 0 || this.rtoDeadline === Number.POSITIVE_INFINITY)
+      this.rtoDeadline = now + this.rto
   }
 
   // ---------------------------------------------------------------- handshake
@@ -1586,3 +1778,6 @@ export class Connection {
     this.handlers.closed?.(reason)
   }
 }
+
+/** What a fast path hands back goes here (one connection reclaims at a time). */
+const leaseReturn: LeaseReturn = newLeaseReturn()

@@ -112,6 +112,18 @@ export class ReplayWindow {
     return (this.bits[i >>> 5] & (1 << (i & 31))) === 0
   }
 
+  /** Copies the window into `highest` (returned) and `bits` (REPLAY_WINDOW / 32 words): for the fast path. */
+  exportTo(bits: Uint32Array): number {
+    bits.set(this.bits)
+    return this.highest
+  }
+
+  /** Takes the window back from the fast path (see exportTo). */
+  importFrom(highest: number, bits: Uint32Array): void {
+    this.highest = highest
+    this.bits.set(bits)
+  }
+
   update(counter: number): void {
     if (counter > this.highest) {
       if (counter - this.highest >= REPLAY_WINDOW) this.bits.fill(0)
@@ -180,6 +192,19 @@ export function addSealDrops(drops: Record<string, number>, c: SealCounters): vo
 
 /** Why a frame was refused, as the SealCounters field that counts it. */
 export type SealRejection = 'authFailed' | 'replayed' | 'unsealed' | 'badEpoch'
+
+/** See ChannelSeal.steady. */
+export interface SteadyKeys {
+  txKey: Uint8Array
+  txEpoch: number
+  txCounter: number
+  txBytes: number
+  rekeyAfterFrames: number
+  rekeyAfterBytes: number
+  rxKey: Uint8Array
+  rxEpoch: number
+  rxHighest: number
+}
 
 interface TxKey {
   epoch: number
@@ -289,6 +314,36 @@ export class ChannelSeal {
 
   get receiveEpoch(): number {
     return this.cur?.epoch ?? -1
+  }
+
+  /**
+   * The keys of the steady state (one sending and one current receiving key, both of a traffic
+   * epoch, no key change under way), for a native fast path to seal and open with while it holds
+   * the connection; undefined otherwise. The receive window goes into `bits` (see ReplayWindow.exportTo).
+   */
+  steady(bits: Uint32Array): SteadyKeys | undefined {
+    const t = this.tx
+    const r = this.cur
+    if (!t || !r || t.epoch < 1 || r.epoch < 1 || this.pendingTx || this.next) return undefined
+    if (t.counter >= this.rekeyAfterFrames || t.bytes >= this.rekeyAfterBytes) return undefined
+    return {
+      txKey: t.key,
+      txEpoch: t.epoch,
+      txCounter: t.counter,
+      txBytes: t.bytes,
+      rekeyAfterFrames: this.rekeyAfterFrames,
+      rekeyAfterBytes: this.rekeyAfterBytes,
+      rxKey: r.key,
+      rxEpoch: r.epoch,
+      rxHighest: r.window.exportTo(bits),
+    }
+  }
+
+  /** The fast path gives the steady state back: the counters it advanced, the receive window. */
+  adoptSteady(txCounter: number, txBytes: number, rxHighest: number, bits: Uint32Array): void {
+    this.tx!.counter = txCounter
+    this.tx!.bytes = txBytes
+    this.cur!.window.importFrom(rxHighest, bits)
   }
 
   /** Fills `opts.seal` for the next frame (payload of `payloadLength` bytes). */

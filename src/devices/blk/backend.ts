@@ -239,7 +239,8 @@ export class BlockBackend {
   /** Write data held now: of running requests and of waiting ones. */
   private writeBytes = 0
   private readonly maxEpochs: number
-  private readonly maxReadLength: number
+  /** The longest read whose reply the channel carries. */
+  readonly maxReadLength: number
   private readonly budget: ReplyBudget
   private readonly onOverload: (() => void) | undefined
   private session: BlockSender | undefined

@@ -147,6 +147,11 @@ export class FileDevice implements BlockDevice {
   }
 
   private fd: number
+
+  /** The open descriptor (-1 once closed), for the IOhyp's native fast path to pread. */
+  get descriptor(): number {
+    return this.fd
+  }
   /** The O_DSYNC descriptor for FUA writes: -1 not yet opened, -2 none possible (no /proc). */
   private dsyncFd = -1
   private dsyncOpening: Promise<number> | undefined

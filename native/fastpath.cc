@@ -1,0 +1,762 @@
+// The IOhyp's native fast path (issue 15, docs/architecture.md "Fast path and slow path"): the
+// steady state of a sealed channel handled in C++ inside the Channel's drain, without entering
+// JavaScript. TypeScript (src/transport/connection.ts) stays the owner of every connection and
+// the reference: it *lends* an established, quiet connection (nothing unacknowledged, nothing held
+// out of order, steady keys) to a slot here, and takes it back — scalars, replay window, and the
+// replies sent meanwhile as records it can retransmit — before any frame this code does not take,
+// and whenever it needs the connection (its own send, its timer).
+//
+// Taken here, per received frame of a lent connection:
+//   - a pure ACK (flags ACK only, options SEAL + 2 NOPs) in order and within what was sent;
+//   - an in-order, single-segment, sealed, reliable data segment (ACK|PSH, options SEGMENT +
+//     SEAL) carrying one whole BlockRequest READ for a disk lent with the connection, in range,
+//     whose reply fits one frame and the send limits: answered with pread into the reply record
+//     and one sealed frame, built exactly as Connection.emitPrepared builds it.
+// Anything else hands the connection back (its state written to the slot's shared arrays) and
+// the frame, still as it arrived, goes on to JavaScript in the same batch, in order.
+#include <errno.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "io.h"
+
+namespace vrio {
+
+namespace {
+
+// Offsets of the lend parameters (Float64Array) — kept in step with src/io/fast-path.ts.
+enum LendParam {
+  kPLocalMac = 0,
+  kPRemoteMac,
+  kPLocalIp,
+  kPRemoteIp,
+  kPLocalPort,
+  kPRemotePort,
+  kPRcvNxt,
+  kPSndNxt,
+  kPIpId,
+  kPWindowField,
+  kPSndWnd,
+  kPSendScale,
+  kPMss,
+  kPSendLimit,
+  kPCipher,
+  kPTxEpoch,
+  kPTxCounter,
+  kPTxBytes,
+  kPRekeyFrames,
+  kPRekeyBytes,
+  kPRxEpoch,
+  kPRxHighest,
+  kPMaxPayload,
+  kPChecksumOffload,
+  kPDiskCount,
+  kPSndUna,
+  kPCwnd,
+  kPSsthresh,
+  kPSendBuffer,
+  kPDisks = 32,  // then per disk: high, low, fd, size, maxRead
+};
+constexpr int kDiskStride = 5;
+
+// Offsets in a slot's shared state (Float64Array, kSlotStride per slot).
+enum SlotField {
+  kSState = 0,  // 0 free, 1 lent, 2 handed back (TS adopts, then frees)
+  kSRcvNxt,
+  kSSndUna,
+  kSSndNxt,
+  kSIpId,
+  kSTxCounter,
+  kSTxBytes,
+  kSRxHighest,
+  kSSndWnd,
+  kSWl1,
+  kSWl2,
+  kSRecords,
+  kSFramesTaken,  // frames taken since the lend: TS's sign of life
+  kSAckProgress,  // ACKs that moved snd_una since the lend
+  kSInFlight,     // snd_nxt - snd_una, kept current
+  kSCwnd,
+  kCFramesIn = 16,
+  kCBytesIn,
+  kCRequests,
+  kCFramesOut,
+  kCBytesOut,
+  kCReadBytes,
+  kCHandbacks,
+  kCLends,
+  kCPureAcks,
+  kCReadErrors,
+};
+constexpr int kRecordStride = 3;  // seq, length, store offset
+
+constexpr int kStateFree = 0, kStateLent = 1, kStateReturned = 2;
+
+constexpr size_t kEth = 14, kIp = 20, kTcp = 20;
+constexpr size_t kIpAt = kEth, kTcpAt = kEth + kIp;
+constexpr size_t kDataOptions = 36, kAckOptions = 24;
+constexpr size_t kVnetHdr = 10;
+constexpr size_t kMsgHeader = 32, kReqHead = 56;
+constexpr uint8_t kAck = 0x10, kPsh = 0x08;
+constexpr uint8_t kOptExp = 254;
+constexpr uint16_t kExId = 0x7672;
+constexpr uint8_t kSubSegment = 2, kSubSeal = 3;
+constexpr size_t kSealTagAt = 10;
+constexpr uint32_t kReplayWindow = 1024;
+constexpr size_t kTxArena = 4u << 20;
+
+inline uint16_t Rd16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
+inline uint32_t Rd32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
+inline void Wr16(uint8_t* p, uint32_t v) {
+  p[0] = uint8_t(v >> 8);
+  p[1] = uint8_t(v);
+}
+inline void Wr32(uint8_t* p, uint32_t v) {
+  p[0] = uint8_t(v >> 24);
+  p[1] = uint8_t(v >> 16);
+  p[2] = uint8_t(v >> 8);
+  p[3] = uint8_t(v);
+}
+inline void WrMac(uint8_t* p, uint64_t mac) {
+  for (int i = 0; i < 6; i++) p[i] = uint8_t(mac >> (40 - 8 * i));
+}
+inline uint64_t RdMac(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 6; i++) v = v << 8 | p[i];
+  return v;
+}
+
+uint64_t SumWords(const uint8_t* p, size_t n, uint64_t sum) {
+  size_t i = 0;
+  for (; i + 1 < n; i += 2) sum += uint32_t(p[i] << 8 | p[i + 1]);
+  if (i < n) sum += uint32_t(p[i] << 8);
+  return sum;
+}
+uint16_t Fold(uint64_t sum) {
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >> 16);
+  return uint16_t(sum);
+}
+uint64_t Pseudo(uint32_t src, uint32_t dst, uint32_t length) {
+  return (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff) + 6 + length;
+}
+
+// Serial-number comparisons on 32-bit sequence numbers.
+inline int32_t SeqDiff(uint32_t a, uint32_t b) { return int32_t(a - b); }
+
+// protocol.md "Receiving": the 64-bit counter nearest the highest verified one.
+uint64_t Reconstruct(uint32_t low, int64_t highest) {
+  if (highest < 0) return low;
+  uint64_t h = uint64_t(highest);
+  uint64_t c = (h & ~0xffffffffull) + low;
+  if (c > h + 0x80000000ull && c >= 0x100000000ull) {
+    c -= 0x100000000ull;
+  } else if (c + 0x80000000ull < h) {
+    c += 0x100000000ull;
+  }
+  return c;
+}
+
+}  // namespace
+
+struct FastPath::Disk {
+  uint32_t high = 0, low = 0;
+  int fd = -1;
+  uint64_t size = 0;
+  uint32_t maxRead = 0;
+};
+
+struct FastPath::Lease {
+  uint64_t localMac = 0, remoteMac = 0;
+  uint32_t localIp = 0, remoteIp = 0;
+  uint16_t localPort = 0, remotePort = 0;
+  uint32_t rcvNxt = 0, sndUna = 0, sndNxt = 0;
+  uint16_t ipId = 0, windowField = 0;
+  uint64_t sndWnd = 0;
+  int sendScale = 0;
+  uint32_t wl1 = 0, wl2 = 0;
+  uint32_t mss = 0;
+  uint64_t sendLimit = 0;  // the send buffer's room
+  uint64_t sendBufferSize = 0;
+  uint64_t cwnd = 0;
+  double ssthresh = -1;  // -1: infinite
+  uint32_t maxPayload = 0;
+  bool partialChecksum = false;
+  int cipher = 0;
+  uint64_t txEpoch = 0, txCounter = 0, txBytes = 0, rekeyFrames = 0, rekeyBytes = 0;
+  uint64_t rxEpoch = 0;
+  int64_t rxHighest = -1;
+  FastAead tx, rx;
+  uint8_t txKey[32] = {}, rxKey[32] = {};
+  bool txKeyed = false, rxKeyed = false;
+  std::vector<Disk> disks;
+  // Unacknowledged replies, oldest first, in the slot's records array; their plaintext in the
+  // slot's store, a ring [storeHead, storeTail) that wraps only at a record boundary.
+  uint32_t recHead = 0, recCount = 0;
+  size_t storeHead = 0, storeTail = 0;
+};
+
+Napi::Function FastPath::Define(Napi::Env env) {
+  return DefineClass(env, "FastPath",
+                     {InstanceMethod<&FastPath::Lend>("lend"), InstanceMethod<&FastPath::Reclaim>("reclaim"),
+                      InstanceMethod<&FastPath::BuildReply>("buildReply")});
+}
+
+// new FastPath(slots, shared: Float64Array, records: Float64Array, bits: Uint32Array, store: Uint8Array,
+//              maxRecords, storeBytes)
+FastPath::FastPath(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FastPath>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 7 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
+      !info[3].IsTypedArray() || !info[4].IsTypedArray() || !info[5].IsNumber() || !info[6].IsNumber()) {
+    ThrowInvalid(env, "FastPath(slots, shared, records, bits, store, maxRecords, storeBytes)");
+    return;
+  }
+  slots_ = info[0].As<Napi::Number>().Uint32Value();
+  maxRecords_ = info[5].As<Napi::Number>().Uint32Value();
+  storeBytes_ = info[6].As<Napi::Number>().Uint32Value();
+  Napi::Float64Array shared = info[1].As<Napi::Float64Array>();
+  Napi::Float64Array records = info[2].As<Napi::Float64Array>();
+  Napi::Uint32Array bits = info[3].As<Napi::Uint32Array>();
+  Napi::Uint8Array store = info[4].As<Napi::Uint8Array>();
+  if (slots_ < 1 || slots_ > 1024 || shared.ElementLength() < size_t(slots_) * kSlotStride ||
+      records.ElementLength() < size_t(slots_) * maxRecords_ * kRecordStride ||
+      bits.ElementLength() < size_t(slots_) * (kReplayWindow / 32) || store.ByteLength() < size_t(slots_) * storeBytes_ ||
+      storeBytes_ < 65536) {
+    ThrowInvalid(env, "FastPath: arrays too small for the slots");
+    return;
+  }
+  shared_ = shared.Data();
+  records_ = records.Data();
+  bits_ = bits.Data();
+  store_ = store.Data();
+  refs_[0] = Napi::Persistent(info[1].As<Napi::Object>());
+  refs_[1] = Napi::Persistent(info[2].As<Napi::Object>());
+  refs_[2] = Napi::Persistent(info[3].As<Napi::Object>());
+  refs_[3] = Napi::Persistent(info[4].As<Napi::Object>());
+  leases_.resize(slots_);
+  txArena_.resize(kTxArena);
+  txIov_.reserve(1024);
+}
+
+FastPath::~FastPath() {
+  for (Lease& l : leases_) {
+    l.tx.Free();
+    l.rx.Free();
+  }
+}
+
+// lend(slot, params: Float64Array, txKey, rxKey): the connection's state (the replay window is
+// already in the slot's bits). Returns false when the keys could not be set up.
+Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
+      !info[3].IsTypedArray())
+    return ThrowInvalid(env, "lend(slot, params, txKey, rxKey)");
+  uint32_t slot = info[0].As<Napi::Number>().Uint32Value();
+  Napi::Float64Array pa = info[1].As<Napi::Float64Array>();
+  Napi::Uint8Array txKey = info[2].As<Napi::Uint8Array>();
+  Napi::Uint8Array rxKey = info[3].As<Napi::Uint8Array>();
+  if (slot >= slots_ || pa.ElementLength() < size_t(kPDisks) || txKey.ByteLength() != 32 || rxKey.ByteLength() != 32)
+    return ThrowInvalid(env, "lend: bad slot, params or keys");
+  const double* p = pa.Data();
+  Lease& l = leases_[slot];
+  l.localMac = uint64_t(p[kPLocalMac]);
+  l.remoteMac = uint64_t(p[kPRemoteMac]);
+  l.localIp = uint32_t(p[kPLocalIp]);
+  l.remoteIp = uint32_t(p[kPRemoteIp]);
+  l.localPort = uint16_t(p[kPLocalPort]);
+  l.remotePort = uint16_t(p[kPRemotePort]);
+  l.rcvNxt = uint32_t(p[kPRcvNxt]);
+  l.sndNxt = uint32_t(p[kPSndNxt]);
+  l.sndUna = uint32_t(p[kPSndUna]);
+  l.ipId = uint16_t(p[kPIpId]);
+  l.windowField = uint16_t(p[kPWindowField]);
+  l.sndWnd = uint64_t(p[kPSndWnd]);
+  l.sendScale = int(p[kPSendScale]);
+  l.wl1 = l.rcvNxt;
+  l.wl2 = l.sndUna;
+  l.mss = uint32_t(p[kPMss]);
+  l.sendLimit = uint64_t(p[kPSendLimit]);
+  l.cwnd = uint64_t(p[kPCwnd]);
+  l.ssthresh = p[kPSsthresh];
+  l.sendBufferSize = uint64_t(p[kPSendBuffer]);
+  l.maxPayload = uint32_t(p[kPMaxPayload]);
+  l.partialChecksum = p[kPChecksumOffload] != 0;
+  int cipher = int(p[kPCipher]);
+  l.txEpoch = uint64_t(p[kPTxEpoch]);
+  l.txCounter = uint64_t(p[kPTxCounter]);
+  l.txBytes = uint64_t(p[kPTxBytes]);
+  l.rekeyFrames = uint64_t(p[kPRekeyFrames]);
+  l.rekeyBytes = uint64_t(p[kPRekeyBytes]);
+  l.rxEpoch = uint64_t(p[kPRxEpoch]);
+  l.rxHighest = int64_t(p[kPRxHighest]);
+  // Key schedules are set up again only when a key changed (a rekey, another connection).
+  if (!l.txKeyed || l.cipher != cipher || std::memcmp(l.txKey, txKey.Data(), 32) != 0) {
+    l.txKeyed = l.tx.Init(cipher, txKey.Data());
+    std::memcpy(l.txKey, txKey.Data(), 32);
+  }
+  if (!l.rxKeyed || l.cipher != cipher || std::memcmp(l.rxKey, rxKey.Data(), 32) != 0) {
+    l.rxKeyed = l.rx.Init(cipher, rxKey.Data());
+    std::memcpy(l.rxKey, rxKey.Data(), 32);
+  }
+  l.cipher = cipher;
+  if (!l.txKeyed || !l.rxKeyed) return Napi::Boolean::New(env, false);
+  uint32_t nd = uint32_t(p[kPDiskCount]);
+  if (pa.ElementLength() < size_t(kPDisks) + size_t(nd) * kDiskStride) return ThrowInvalid(env, "lend: disks missing");
+  l.disks.resize(nd);
+  for (uint32_t i = 0; i < nd; i++) {
+    const double* d = p + kPDisks + i * kDiskStride;
+    l.disks[i].high = uint32_t(d[0]);
+    l.disks[i].low = uint32_t(d[1]);
+    l.disks[i].fd = int(d[2]);
+    l.disks[i].size = uint64_t(d[3]);
+    l.disks[i].maxRead = uint32_t(d[4]);
+  }
+  l.recHead = l.recCount = 0;
+  l.storeHead = l.storeTail = 0;
+  double* s = shared_ + size_t(slot) * kSlotStride;
+  s[kSFramesTaken] = 0;
+  s[kSAckProgress] = 0;
+  s[kSRecords] = 0;
+  s[kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
+  s[kCLends]++;
+  s[kSState] = kStateLent;
+  lent_++;
+  return Napi::Boolean::New(env, true);
+}
+
+// reclaim(slot): hands a lent connection back now (TS needs it); no-op unless lent.
+Napi::Value FastPath::Reclaim(const Napi::CallbackInfo& info) {
+  uint32_t slot = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : slots_;
+  if (slot < slots_) HandBack(slot);
+  return info.Env().Undefined();
+}
+
+// Writes the lease's state where TS reads it, and marks the slot handed back.
+void FastPath::HandBack(uint32_t slot) {
+  double* s = shared_ + size_t(slot) * kSlotStride;
+  if (s[kSState] != kStateLent) return;
+  Lease& l = leases_[slot];
+  s[kSRcvNxt] = l.rcvNxt;
+  s[kSSndUna] = l.sndUna;
+  s[kSSndNxt] = l.sndNxt;
+  s[kSIpId] = l.ipId;
+  s[kSTxCounter] = double(l.txCounter);
+  s[kSTxBytes] = double(l.txBytes);
+  s[kSRxHighest] = double(l.rxHighest);
+  s[kSSndWnd] = double(l.sndWnd);
+  s[kSCwnd] = double(l.cwnd);
+  s[kSWl1] = l.wl1;
+  s[kSWl2] = l.wl2;
+  // Records oldest first from index 0 (the ring is unrolled for TS).
+  if (l.recHead != 0 && l.recCount > 0) {
+    double* r = records_ + size_t(slot) * maxRecords_ * kRecordStride;
+    std::vector<double>& tmp = scratch_;
+    tmp.assign(r, r + size_t(maxRecords_) * kRecordStride);
+    for (uint32_t i = 0; i < l.recCount; i++) {
+      uint32_t from = (l.recHead + i) % maxRecords_;
+      std::memcpy(r + size_t(i) * kRecordStride, tmp.data() + size_t(from) * kRecordStride, sizeof(double) * kRecordStride);
+    }
+  }
+  l.recHead = 0;
+  s[kSRecords] = l.recCount;
+  s[kCHandbacks]++;
+  s[kSState] = kStateReturned;
+  lent_--;
+}
+
+FastPath::Lease* FastPath::Find(uint32_t remoteIp, uint16_t remotePort, uint16_t localPort, uint32_t* slot) {
+  for (uint32_t i = 0; i < slots_; i++) {
+    if (shared_[size_t(i) * kSlotStride + kSState] != kStateLent) continue;
+    Lease& l = leases_[i];
+    if (l.remoteIp == remoteIp && l.remotePort == remotePort && l.localPort == localPort) {
+      *slot = i;
+      return &l;
+    }
+  }
+  return nullptr;
+}
+
+// The TCP checksum of a received segment, when the kernel did not vouch for it.
+static bool TcpChecksumOk(const uint8_t* f, size_t tcpLen, uint32_t src, uint32_t dst) {
+  return Fold(SumWords(f + kTcpAt, tcpLen, Pseudo(src, dst, uint32_t(tcpLen)))) == 0xffff;
+}
+
+// Processes the batch in the slab in place: frames taken are removed from offsets/lengths; returns
+// how many are left for JS. Replies go out through the channel before JS sees the rest.
+uint32_t FastPath::Process(Channel* ch, uint8_t* slab, uint32_t* offsets, uint32_t* lengths, uint32_t n, bool vnet) {
+  if (lent_ == 0) return n;
+  txUsed_ = 0;
+  txIov_.clear();
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    uint8_t* base = slab + offsets[i];
+    size_t len = lengths[i];
+    bool taken = false;
+    if (!vnet || len >= kVnetHdr) {
+      bool verified = vnet && (base[0] & 3) != 0;
+      size_t hdr = vnet ? kVnetHdr : 0;
+      taken = Take(ch, base + hdr, len - hdr, verified);
+    }
+    if (!taken) {
+      offsets[kept] = offsets[i];
+      lengths[kept] = lengths[i];
+      kept++;
+    }
+  }
+  Flush(ch);
+  return kept;
+}
+
+void FastPath::Flush(Channel* ch) {
+  if (!txIov_.empty()) {
+    int64_t sent = ch->SendFrames(txIov_.data(), uint32_t(txIov_.size()));
+    (void)sent;  // a refused reply is a lost frame: the records stay until acknowledged
+  }
+  txIov_.clear();
+  txUsed_ = 0;
+}
+
+// One frame: true when taken (the connection stays lent), false when it goes to JS (the
+// connection, if it was lent, is then handed back first).
+bool FastPath::Take(Channel* ch, uint8_t* f, size_t len, bool verified) {
+  if (len < kTcpAt + kTcp || f[12] != 0x08 || f[13] != 0x00 || f[kIpAt] != 0x45 || f[kIpAt + 9] != 6) return false;
+  uint32_t ipTotal = Rd16(f + kIpAt + 2);
+  if (ipTotal < kIp + kTcp || kIpAt + ipTotal > len || (Rd16(f + kIpAt + 6) & 0x3fff) != 0) return false;
+  uint32_t src = Rd32(f + kIpAt + 12), dst = Rd32(f + kIpAt + 16);
+  const uint8_t* t = f + kTcpAt;
+  uint32_t slot = 0;
+  if (Find(src, Rd16(t), Rd16(t + 2), &slot) == nullptr) return false;
+  if (!Eligible(ch, slot, f, len, verified, dst)) {
+    HandBack(slot);
+    return false;
+  }
+  return true;
+}
+
+// Header prediction, verification and the work for one frame of lent connection `slot`.
+bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool verified, uint32_t dst) {
+  Lease& l = leases_[slot];
+  double* s = shared_ + size_t(slot) * kSlotStride;
+  uint8_t* t = f + kTcpAt;
+  uint32_t ipTotal = Rd16(f + kIpAt + 2);
+  size_t tcpLen = ipTotal - kIp;
+  size_t th = size_t(t[12] >> 4) * 4;
+  if (dst != l.localIp || RdMac(f) != l.localMac || RdMac(f + 6) != l.remoteMac) return false;
+  if (Fold(SumWords(f + kIpAt, kIp, 0)) != 0xffff) return false;
+  if (!verified && !TcpChecksumOk(f, tcpLen, l.remoteIp, l.localIp)) return false;
+  if (th > tcpLen) return false;
+  uint8_t flags = t[13];
+  size_t payload = tcpLen - th;
+  uint32_t seq = Rd32(t + 4), ack = Rd32(t + 8);
+  bool data = flags == (kAck | kPsh) && th == kTcp + kDataOptions && payload >= kReqHead;
+  bool pure = flags == kAck && th == kTcp + kAckOptions && payload == 0;
+  if (!data && !pure) return false;
+  const uint8_t* seg = t + kTcp;
+  const uint8_t* seal = data ? t + kTcp + 14 : t + kTcp;
+  if (seal[0] != kOptExp || seal[1] != 22 || Rd16(seal + 2) != kExId || seal[4] != kSubSeal) return false;
+  if (pure && (seal[22] != 1 || seal[23] != 1)) return false;  // NOP NOP: no SACK blocks
+  if (data && (seg[0] != kOptExp || seg[1] != 14 || Rd16(seg + 2) != kExId || seg[4] != kSubSegment ||
+               seg[5] != 1 || Rd32(seg + 6) != seq || Rd32(seg + 10) != payload))
+    return false;
+  if (seq != l.rcvNxt || seal[5] != (l.rxEpoch & 0xff)) return false;
+  // The ACK: within [snd_una, snd_nxt]; one that acknowledges nothing while replies are out is a
+  // duplicate ACK (loss recovery: TS's).
+  if (SeqDiff(ack, l.sndUna) < 0 || SeqDiff(ack, l.sndNxt) > 0) return false;
+  if (pure && ack == l.sndUna && l.sndUna != l.sndNxt) return false;
+  uint64_t counter = Reconstruct(Rd32(seal + 6), l.rxHighest);
+  uint32_t* bits = bits_ + size_t(slot) * (kReplayWindow / 32);
+  if (l.rxHighest >= 0 && counter <= uint64_t(l.rxHighest)) {
+    if (uint64_t(l.rxHighest) - counter >= kReplayWindow) return false;
+    uint32_t b = uint32_t(counter % kReplayWindow);
+    if (bits[b >> 5] & (1u << (b & 31))) return false;
+  }
+  size_t payloadAt = kTcpAt + th, end = kTcpAt + tcpLen;
+  size_t tagAt = size_t(seal - f) + kSealTagAt;
+  uint8_t tagCopy[12];
+  std::memcpy(tagCopy, f + tagAt, 12);
+  if (!l.rx.Open(f, kIpAt, kTcpAt, payloadAt, end, tagAt, counter)) {
+    Restore(l, f, payloadAt, end, tagAt, counter, tagCopy);
+    return false;
+  }
+  const Disk* disk = nullptr;
+  uint32_t rlen = 0;
+  uint64_t roff = 0;
+  size_t replyPayload = 0;
+  const uint8_t* m = f + payloadAt;
+  if (data) {
+    const uint8_t* d = m + kMsgHeader;
+    rlen = Rd32(d + 4);
+    uint32_t offHigh = Rd32(d + 8);
+    roff = uint64_t(offHigh) << 32 | Rd32(d + 12);
+    uint32_t id = Rd32(m + 20), floor = Rd32(d + 16);
+    bool ok = payload == kReqHead && m[0] == 1 && m[1] == 0x20 && Rd16(m + 2) == 0 && Rd32(m + 4) == payload - kMsgHeader &&
+              Rd16(m + 28) == 0 && d[0] == 0 && d[1] == 0 && d[2] == 0 && d[3] == 0 && Rd32(d + 20) == 0 &&
+              Rd32(m + 24) == rlen && rlen > 0 && offHigh <= 0x1fffff && floor <= id;
+    if (ok) {
+      uint32_t high = Rd32(m + 8), low = Rd32(m + 12);
+      for (const Disk& k : l.disks)
+        if (k.high == high && k.low == low) disk = &k;
+      replyPayload = kMsgHeader + rlen;
+      ok = disk != nullptr && rlen <= disk->maxRead && roff + rlen <= disk->size && replyPayload <= l.maxPayload &&
+           uint64_t(SeqDiff(l.sndNxt, ack)) + replyPayload <=
+               std::min(std::min<uint64_t>(l.cwnd, l.sendLimit), uint64_t(Rd16(t + 14)) << l.sendScale) &&
+           l.txEpoch >= 1 && l.txCounter + 1 < l.rekeyFrames && l.txBytes + replyPayload < l.rekeyBytes &&
+           Place(l, replyPayload) != SIZE_MAX && txUsed_ + kVnetHdr + kTcpAt + kTcp + kDataOptions + replyPayload <= kTxArena;
+    }
+    if (!ok) {
+      Restore(l, f, payloadAt, end, tagAt, counter, tagCopy);
+      return false;
+    }
+  }
+  // Committed: the frame is ours.
+  UpdateReplay(l, bits, counter);
+  l.rcvNxt += uint32_t(payload);
+  l.sndWnd = uint64_t(Rd16(t + 14)) << l.sendScale;
+  l.wl1 = seq;
+  l.wl2 = ack;
+  if (ack != l.sndUna) {
+    // Congestion window growth as Connection.onAckAdvance (no loss recovery here).
+    uint64_t acked = uint32_t(ack - l.sndUna);
+    if (l.ssthresh < 0 || double(l.cwnd) < l.ssthresh) {
+      l.cwnd += acked;
+    } else {
+      l.cwnd += std::max<uint64_t>(1, l.mss * acked / l.cwnd);
+    }
+    l.cwnd = std::min(l.cwnd, l.sendBufferSize);
+    Acknowledge(slot, ack);
+    s[kSAckProgress]++;
+  }
+  s[kSFramesTaken]++;
+  s[kCFramesIn]++;
+  s[kCBytesIn] += double(len + (ch->vnetHdr_ ? kVnetHdr : 0));
+  if (pure) {
+    s[kCPureAcks]++;
+    return true;
+  }
+  s[kCRequests]++;
+  Answer(ch, slot, *disk, m, roff, rlen);
+  return true;
+}
+
+// A frame that failed to open, or that opened and is not ours after all, gets its ciphertext and
+// tag back (counter mode: sealing again under the same key and counter), for TS to verify.
+void FastPath::Restore(Lease& l, uint8_t* f, size_t payloadAt, size_t end, size_t tagAt, uint64_t counter,
+                       const uint8_t* tag) {
+  if (end > payloadAt) l.rx.Seal(f, kIpAt, kTcpAt, payloadAt, end, tagAt, counter, nullptr, 0);
+  std::memcpy(f + tagAt, tag, 12);
+}
+
+void FastPath::UpdateReplay(Lease& l, uint32_t* bits, uint64_t counter) {
+  if (l.rxHighest < 0 || counter > uint64_t(l.rxHighest)) {
+    uint64_t h = uint64_t(l.rxHighest < 0 ? -1 : l.rxHighest);
+    if (l.rxHighest < 0 || counter - h >= kReplayWindow) {
+      std::memset(bits, 0, kReplayWindow / 8);
+    } else {
+      for (uint64_t c = h + 1; c <= counter; c++) {
+        uint32_t b = uint32_t(c % kReplayWindow);
+        bits[b >> 5] &= ~(1u << (b & 31));
+      }
+    }
+    l.rxHighest = int64_t(counter);
+  }
+  uint32_t b = uint32_t(counter % kReplayWindow);
+  bits[b >> 5] |= 1u << (b & 31);
+}
+
+// Frees the records (and their store bytes) the ACK covers; TS never sees them.
+void FastPath::Acknowledge(uint32_t slot, uint32_t ack) {
+  Lease& l = leases_[slot];
+  double* r = records_ + size_t(slot) * maxRecords_ * kRecordStride;
+  while (l.recCount > 0) {
+    double* rec = r + size_t(l.recHead) * kRecordStride;
+    uint32_t end = uint32_t(rec[0]) + uint32_t(rec[1]);
+    if (SeqDiff(end, ack) > 0) break;
+    l.recHead = (l.recHead + 1) % maxRecords_;
+    l.recCount--;
+  }
+  if (l.recCount == 0) {
+    l.recHead = 0;
+    l.storeHead = l.storeTail = 0;
+  } else {
+    l.storeHead = size_t(r[size_t(l.recHead) * kRecordStride + 2]);
+  }
+  shared_[size_t(slot) * kSlotStride + kSRecords] = l.recCount;
+  l.sndUna = ack;
+  shared_[size_t(slot) * kSlotStride + kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
+}
+
+// Where in the slot's store one more record of `bytes` goes, or SIZE_MAX when it does not fit
+// (records or store full). Records lie in sending order, wrapping to 0 only whole.
+size_t FastPath::Place(const Lease& l, size_t bytes) const {
+  if (l.recCount >= maxRecords_ || bytes > storeBytes_) return SIZE_MAX;
+  if (l.recCount == 0) return 0;
+  if (l.storeTail > l.storeHead) {
+    if (l.storeTail + bytes <= storeBytes_) return l.storeTail;
+    return bytes <= l.storeHead ? 0 : SIZE_MAX;
+  }
+  return l.storeTail + bytes <= l.storeHead ? l.storeTail : SIZE_MAX;
+}
+
+// pread into a new record and send it as one sealed frame.
+void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_t* req, uint64_t offset, uint32_t length) {
+  Lease& l = leases_[slot];
+  double* s = shared_ + size_t(slot) * kSlotStride;
+  size_t bytes = kMsgHeader + length;
+  size_t at = Place(l, bytes);  // checked by the caller
+  uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
+  // The response head (protocol.ts encodeBlockResponseHead), then the data.
+  uint16_t status = 0;
+  size_t done = 0;
+  while (done < length) {
+    ssize_t r = pread(disk.fd, msg + kMsgHeader + done, length - done, off_t(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    done += size_t(r);
+  }
+  if (done < length) {
+    status = 1;  // IoError, no data
+    bytes = kMsgHeader;
+    s[kCReadErrors]++;
+  } else {
+    s[kCReadBytes] += length;
+  }
+  msg[0] = 1;
+  msg[1] = 0x21;
+  Wr16(msg + 2, 0);
+  Wr32(msg + 4, uint32_t(bytes - kMsgHeader));
+  std::memcpy(msg + 8, req + 8, 16);  // device and request handles
+  Wr32(msg + 24, 0);
+  Wr16(msg + 28, status);
+  Wr16(msg + 30, 0);
+  double* rec = records_ + (size_t(slot) * maxRecords_ + (l.recHead + l.recCount) % maxRecords_) * kRecordStride;
+  rec[0] = l.sndNxt;
+  rec[1] = double(bytes);
+  rec[2] = double(at);
+  if (l.recCount == 0) l.storeHead = at;
+  l.recCount++;
+  s[kSRecords] = l.recCount;
+  l.storeTail = at + bytes;
+  uint8_t* frame = txArena_.data() + txUsed_;
+  size_t flen = BuildData(l, ch->vnetHdr_, frame, msg, bytes);
+  txIov_.push_back({frame, flen});
+  txUsed_ += (flen + 7) & ~size_t(7);
+  s[kCFramesOut]++;
+  s[kCBytesOut] += double(flen);
+  s[kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
+  if (txIov_.size() >= 1024) Flush(ch);
+}
+
+// One sealed data segment of the whole message msg[0, bytes) at snd_nxt, exactly as
+// Connection.sendData/emitPrepared and LinkDriver.enqueue build it. Returns the frame's length
+// (virtio_net_hdr included when vnet).
+size_t FastPath::BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* msg, size_t bytes) {
+  size_t hdr = vnet ? kVnetHdr : 0;
+  uint8_t* f = out + hdr;
+  size_t th = kTcp + kDataOptions;
+  size_t flen = kTcpAt + th + bytes;
+  WrMac(f, l.remoteMac);
+  WrMac(f + 6, l.localMac);
+  f[12] = 0x08;
+  f[13] = 0x00;
+  uint8_t* ip = f + kIpAt;
+  ip[0] = 0x45;
+  ip[1] = 0;
+  Wr16(ip + 2, uint32_t(kIp + th + bytes));
+  Wr16(ip + 4, l.ipId);
+  l.ipId = uint16_t(l.ipId + 1);
+  ip[6] = 0x40;
+  ip[7] = 0;
+  ip[8] = 64;
+  ip[9] = 6;
+  Wr16(ip + 10, 0);
+  Wr32(ip + 12, l.localIp);
+  Wr32(ip + 16, l.remoteIp);
+  Wr16(ip + 10, uint16_t(~Fold(SumWords(ip, kIp, 0))));
+  uint8_t* t = f + kTcpAt;
+  Wr16(t, l.localPort);
+  Wr16(t + 2, l.remotePort);
+  Wr32(t + 4, l.sndNxt);
+  Wr32(t + 8, l.rcvNxt);
+  t[12] = uint8_t((th / 4) << 4);
+  t[13] = kAck | kPsh;
+  Wr16(t + 14, l.windowField);
+  Wr16(t + 16, 0);
+  Wr16(t + 18, 0);
+  uint8_t* o = t + kTcp;
+  o[0] = kOptExp;
+  o[1] = 14;
+  Wr16(o + 2, kExId);
+  o[4] = kSubSegment;
+  o[5] = 1;  // reliable
+  Wr32(o + 6, l.sndNxt);
+  Wr32(o + 10, uint32_t(bytes));
+  o += 14;
+  uint64_t counter = l.txCounter++;
+  l.txBytes += bytes;
+  o[0] = kOptExp;
+  o[1] = 22;
+  Wr16(o + 2, kExId);
+  o[4] = kSubSeal;
+  o[5] = uint8_t(l.txEpoch & 0xff);
+  Wr32(o + 6, uint32_t(counter));
+  std::memset(o + kSealTagAt, 0, 12);
+  size_t payloadAt = kTcpAt + th;
+  l.tx.Seal(f, kIpAt, kTcpAt, payloadAt, flen, size_t(o - f) + kSealTagAt, counter, msg, 0);
+  uint32_t tcpLen = uint32_t(th + bytes);
+  uint64_t pseudo = Pseudo(l.localIp, l.remoteIp, tcpLen);
+  Wr16(t + 16, l.partialChecksum ? Fold(pseudo) : uint16_t(~Fold(SumWords(t, tcpLen, pseudo))));
+  if (vnet) {
+    uint32_t gso = bytes > l.mss ? l.mss : 0;
+    size_t headerLength = kTcpAt + th;
+    out[0] = 1;  // NEEDS_CSUM
+    out[1] = gso > 0 ? 1 : 0;
+    out[2] = uint8_t(headerLength);
+    out[3] = uint8_t(headerLength >> 8);
+    out[4] = uint8_t(gso);
+    out[5] = uint8_t(gso >> 8);
+    out[6] = uint8_t(kTcpAt);
+    out[7] = 0;
+    out[8] = 16;
+    out[9] = 0;
+  }
+  l.sndNxt += uint32_t(bytes);
+  return hdr + flen;
+}
+
+// buildReply(params, txKey, message, vnet): the frame this code sends for `message` with the lend
+// parameters `params` (for the property test against Connection's frames; never on the data
+// path). Uses a scratch lease; returns a new Uint8Array.
+Napi::Value FastPath::BuildReply(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray())
+    return ThrowInvalid(env, "buildReply(params, txKey, message, vnet)");
+  const double* p = info[0].As<Napi::Float64Array>().Data();
+  Napi::Uint8Array key = info[1].As<Napi::Uint8Array>();
+  Napi::Uint8Array msg = info[2].As<Napi::Uint8Array>();
+  bool vnet = info[3].ToBoolean().Value();
+  Lease l;
+  l.localMac = uint64_t(p[kPLocalMac]);
+  l.remoteMac = uint64_t(p[kPRemoteMac]);
+  l.localIp = uint32_t(p[kPLocalIp]);
+  l.remoteIp = uint32_t(p[kPRemoteIp]);
+  l.localPort = uint16_t(p[kPLocalPort]);
+  l.remotePort = uint16_t(p[kPRemotePort]);
+  l.rcvNxt = uint32_t(p[kPRcvNxt]);
+  l.sndNxt = uint32_t(p[kPSndNxt]);
+  l.ipId = uint16_t(p[kPIpId]);
+  l.windowField = uint16_t(p[kPWindowField]);
+  l.mss = uint32_t(p[kPMss]);
+  l.partialChecksum = p[kPChecksumOffload] != 0;
+  l.txEpoch = uint64_t(p[kPTxEpoch]);
+  l.txCounter = uint64_t(p[kPTxCounter]);
+  if (key.ByteLength() != 32 || !l.tx.Init(int(p[kPCipher]), key.Data())) return ThrowInvalid(env, "buildReply: key");
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, kVnetHdr + kTcpAt + kTcp + kDataOptions + msg.ByteLength());
+  size_t n = BuildData(l, vnet, out.Data(), msg.Data(), msg.ByteLength());
+  l.tx.Free();
+  return Napi::Uint8Array::New(env, n, out.ArrayBuffer(), 0);
+}
+
+}  // namespace vrio

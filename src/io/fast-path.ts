@@ -1,0 +1,276 @@
+import type { Address, Connection } from '../transport/connection.ts'
+import { type ConnectionLease, LEND, LEND_DISK_STRIDE, type LeaseReturn } from '../transport/lease.ts'
+import { REPLAY_WINDOW } from '../transport/seal.ts'
+import type { FrameChannel } from './frame-channel.ts'
+import { type NativeFastPath, type NativeFastPathConstructor, native } from './native.ts'
+
+/**
+ * The host of the IOhyp's native fast path (native/fastpath.cc; docs/architecture.md, "Fast path
+ * and slow path"): lends idle connections whose guest has plain-file disks to it, gives them back
+ * to their Connection on demand, and reads its counters. The arrays below are shared with the
+ * addon: it writes a slot's state and counters there, and the replies it has not seen
+ * acknowledged (plaintext) in the slot's store.
+ */
+
+/** Connections lent at once, at most. */
+const SLOTS = 8
+/** Offsets in a slot's shared state — kept in step with native/fastpath.cc (kSlotStride in io.h). */
+const SLOT_STRIDE = 32
+const S = {
+  state: 0,
+  rcvNxt: 1,
+  sndUna: 2,
+  sndNxt: 3,
+  ipId: 4,
+  txCounter: 5,
+  txBytes: 6,
+  rxHighest: 7,
+  sndWnd: 8,
+  wl1: 9,
+  wl2: 10,
+  records: 11,
+  framesTaken: 12,
+  ackProgress: 13,
+  inFlight: 14,
+  cwnd: 15,
+} as const
+const STATE_FREE = 0
+const STATE_LENT = 1
+/** Counters from this offset on, in this order. */
+const COUNTERS_AT = 16
+const COUNTER_NAMES = [
+  'framesIn',
+  'bytesIn',
+  'requests',
+  'framesOut',
+  'bytesOut',
+  'readBytes',
+  'handbacks',
+  'lends',
+  'pureAcks',
+  'readErrors',
+] as const
+export type FastPathCounter = (typeof COUNTER_NAMES)[number]
+export type FastPathCounters = Record<FastPathCounter, number>
+
+/** Unacknowledged replies per slot, and the bytes of their messages. */
+const MAX_RECORDS = 128
+const RECORD_STRIDE = 3
+const STORE_BYTES = 1 << 20
+const BITS_WORDS = REPLAY_WINDOW / 32
+const MAX_DISKS = 8
+
+/** A disk the fast path may read: its handle, descriptor, size, and the longest read it answers. */
+export interface FastDisk {
+  high: number
+  low: number
+  fd: number
+  size: number
+  maxRead: number
+}
+
+/**
+ * `VRIO_FASTPATH`, read once: '1' turns the fast path on, anything else (or unset) leaves it off
+ * (every frame through the TypeScript transport).
+ */
+export const FASTPATH_ENABLED = process.env.VRIO_FASTPATH === '1'
+
+export function newFastPathCounters(): FastPathCounters {
+  const c = {} as FastPathCounters
+  for (const n of COUNTER_NAMES) c[n] = 0
+  return c
+}
+
+class SlotLease implements ConnectionLease {
+  readonly slot: number
+  private readonly host: FastPathHost
+
+  constructor(host: FastPathHost, slot: number) {
+    this.host = host
+    this.slot = slot
+  }
+
+  get framesTaken(): number {
+    return this.host.shared[this.slot * SLOT_STRIDE + S.framesTaken]
+  }
+
+  get ackProgress(): number {
+    return this.host.shared[this.slot * SLOT_STRIDE + S.ackProgress]
+  }
+
+  get inFlight(): number {
+    return this.host.shared[this.slot * SLOT_STRIDE + S.inFlight]
+  }
+
+  reclaim(into: LeaseReturn): void {
+    this.host.giveBack(this.slot, into)
+  }
+}
+
+export class FastPathHost {
+  /** @internal read by the slot leases */
+  readonly shared = new Float64Array(SLOTS * SLOT_STRIDE)
+  private readonly records = new Float64Array(SLOTS * MAX_RECORDS * RECORD_STRIDE)
+  private readonly bits = new Uint32Array(SLOTS * BITS_WORDS)
+  private readonly store = new Uint8Array(SLOTS * STORE_BYTES)
+  private readonly params = new Float64Array(LEND.disks + MAX_DISKS * LEND_DISK_STRIDE)
+  private readonly native: NativeFastPath
+  private readonly channel: FrameChannel
+  private readonly leases: SlotLease[] = []
+  private readonly owners: (Connection | undefined)[] = new Array(SLOTS).fill(undefined)
+  /** Each slot's counters at its lend, to credit what happened meanwhile to its guest. */
+  private readonly base = new Float64Array(SLOTS * COUNTER_NAMES.length)
+  /** Counters of connections no longer lent, by remote IPv4 address. */
+  private readonly byRemote = new Map<number, FastPathCounters>()
+  private readonly disksFor: (remote: Address) => readonly FastDisk[] | undefined
+
+  private constructor(
+    channel: FrameChannel,
+    Ctor: NativeFastPathConstructor,
+    disksFor: (remote: Address) => readonly FastDisk[] | undefined,
+  ) {
+    this.channel = channel
+    this.native = new Ctor(SLOTS, this.shared, this.records, this.bits, this.store, MAX_RECORDS, STORE_BYTES)
+    this.disksFor = disksFor
+    for (let i = 0; i < SLOTS; i++) this.leases.push(new SlotLease(this, i))
+  }
+
+  /** A host on `channel`, or undefined when the addon has no fast path. */
+  static create(
+    channel: FrameChannel,
+    disksFor: (remote: Address) => readonly FastDisk[] | undefined,
+  ): FastPathHost | undefined {
+    const Ctor = native().FastPath
+    if (!Ctor) return undefined
+    const h = new FastPathHost(channel, Ctor, disksFor)
+    return channel.attachFastPath(h.native) ? h : undefined
+  }
+
+  /** Lends every connection that can be lent now (after a batch, after the timer); true when one was. */
+  lendIdle(connections: Iterable<Connection>): boolean {
+    let free = this.owners.indexOf(undefined)
+    let lent = false
+    if (free < 0) return false
+    for (const c of connections) {
+      if (c.lent || c.state !== 'established') continue
+      if (!this.lend(free, c)) continue
+      lent = true
+      free = this.owners.indexOf(undefined)
+      if (free < 0) break
+    }
+    return lent
+  }
+
+  private lend(slot: number, c: Connection): boolean {
+    const p = this.params
+    const keys = c.lendTo(
+      this.leases[slot],
+      p,
+      this.bits.subarray(slot * BITS_WORDS, (slot + 1) * BITS_WORDS),
+    )
+    if (!keys) return false
+    const disks = this.disksFor(c.remote)
+    if (!disks || disks.length === 0) {
+      c.cancelLend()
+      return false
+    }
+    const n = Math.min(disks.length, MAX_DISKS)
+    p[LEND.diskCount] = n
+    for (let i = 0; i < n; i++) {
+      const d = disks[i]
+      const at = LEND.disks + i * LEND_DISK_STRIDE
+      p[at] = d.high >>> 0
+      p[at + 1] = d.low >>> 0
+      p[at + 2] = d.fd
+      p[at + 3] = d.size
+      p[at + 4] = d.maxRead
+    }
+    if (!this.native.lend(slot, p, keys.txKey, keys.rxKey)) {
+      c.cancelLend()
+      return false
+    }
+    this.owners[slot] = c
+    const s = slot * SLOT_STRIDE + COUNTERS_AT
+    for (let i = 0; i < COUNTER_NAMES.length; i++)
+      this.base[slot * COUNTER_NAMES.length + i] = this.shared[s + i]
+    // The lend itself counts for the guest (the addon counted it before the base was taken).
+    this.base[slot * COUNTER_NAMES.length + COUNTER_NAMES.indexOf('lends')]--
+    return true
+  }
+
+  /** @internal the slot's connection takes itself back (SlotLease.reclaim). */
+  giveBack(slot: number, into: LeaseReturn): void {
+    this.native.reclaim(slot)
+    const sh = this.shared
+    const s = slot * SLOT_STRIDE
+    into.rcvNxt = sh[s + S.rcvNxt]
+    into.sndUna = sh[s + S.sndUna]
+    into.sndNxt = sh[s + S.sndNxt]
+    into.ipId = sh[s + S.ipId]
+    into.txCounter = sh[s + S.txCounter]
+    into.txBytes = sh[s + S.txBytes]
+    into.rxHighest = sh[s + S.rxHighest]
+    into.rxBits.set(this.bits.subarray(slot * BITS_WORDS, (slot + 1) * BITS_WORDS))
+    into.sndWnd = sh[s + S.sndWnd]
+    into.cwnd = sh[s + S.cwnd]
+    into.wl1 = sh[s + S.wl1]
+    into.wl2 = sh[s + S.wl2]
+    into.framesTaken = sh[s + S.framesTaken]
+    into.ackProgress = sh[s + S.ackProgress]
+    const n = sh[s + S.records]
+    into.replySeqs.length = n
+    into.replies.length = n
+    const r = slot * MAX_RECORDS * RECORD_STRIDE
+    for (let i = 0; i < n; i++) {
+      const at = slot * STORE_BYTES + this.records[r + i * RECORD_STRIDE + 2]
+      into.replySeqs[i] = this.records[r + i * RECORD_STRIDE]
+      // A copy: the store is the addon's again once the slot is free.
+      into.replies[i] = Buffer.from(this.store.subarray(at, at + this.records[r + i * RECORD_STRIDE + 1]))
+    }
+    const c = this.owners[slot]
+    if (c) this.credit(slot, c.remote.ip)
+    this.owners[slot] = undefined
+    sh[s + S.state] = STATE_FREE
+  }
+
+  private credit(slot: number, remoteIp: number): void {
+    let t = this.byRemote.get(remoteIp)
+    if (!t) {
+      t = newFastPathCounters()
+      this.byRemote.set(remoteIp, t)
+    }
+    const s = slot * SLOT_STRIDE + COUNTERS_AT
+    for (let i = 0; i < COUNTER_NAMES.length; i++) {
+      const b = slot * COUNTER_NAMES.length + i
+      t[COUNTER_NAMES[i]] += this.shared[s + i] - this.base[b]
+      this.base[b] = this.shared[s + i]
+    }
+  }
+
+  /** Counters per remote IPv4 address (connections lent now included). */
+  counters(): Map<number, FastPathCounters> {
+    for (let slot = 0; slot < SLOTS; slot++) {
+      const c = this.owners[slot]
+      if (c) this.credit(slot, c.remote.ip)
+    }
+    return this.byRemote
+  }
+
+  /** Every lent connection back to its Connection (a disk closes, the link stops). */
+  reclaimAll(): void {
+    for (let slot = 0; slot < SLOTS; slot++) {
+      const c = this.owners[slot]
+      if (c && this.shared[slot * SLOT_STRIDE + S.state] !== STATE_FREE) c.takeBack()
+    }
+  }
+
+  close(): void {
+    this.reclaimAll()
+    this.channel.attachFastPath(null)
+  }
+
+  /** Whether slot `slot` is lent (tests). */
+  isLent(slot: number): boolean {
+    return this.shared[slot * SLOT_STRIDE + S.state] === STATE_LENT
+  }
+}

@@ -1,0 +1,158 @@
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import type { StatusInfo } from '../../src/control/api.ts'
+import { fio, sparseFile, started, VERIFY_WRITES } from '../support/block-io.ts'
+import { killDaemons, vrioJson } from '../support/daemons.ts'
+import type { ImpairedLink } from '../support/impair.ts'
+import { cleanupNetns, requireRoot } from '../support/netns.ts'
+import { directLink } from '../support/topology.ts'
+import { pairOverImpairedLink, VrioPair } from '../support/vrio-pair.ts'
+
+// The IOhyp's native fast path (VRIO_FASTPATH=1, inherited by the daemons these tests start):
+// block reads of a lent channel answered in the addon, everything else through the TypeScript
+// transport. The data must come out right whichever path carried it.
+process.env.VRIO_FASTPATH = '1'
+
+after(async () => {
+  await killDaemons()
+  cleanupNetns()
+})
+
+const MiB = 1024 * 1024
+
+const NONE = {
+  framesIn: 0,
+  bytesIn: 0,
+  requests: 0,
+  framesOut: 0,
+  bytesOut: 0,
+  readBytes: 0,
+  handbacks: 0,
+  lends: 0,
+  pureAcks: 0,
+  readErrors: 0,
+}
+
+type FastChannel = NonNullable<StatusInfo['fastPath']>['channels'][number]
+
+function fastPath(pair: VrioPair): { enabled: boolean; c: FastChannel } {
+  const s = vrioJson<StatusInfo>(['status', '--control', pair.sock('iohyp')])
+  assert.ok(s.fastPath, 'status has fastPath')
+  assert.ok(s.fastPath.channels.length <= 1, JSON.stringify(s.fastPath))
+  return { enabled: s.fastPath.enabled, c: s.fastPath.channels[0] ?? { ...NONE, guest: '' } }
+}
+
+/** A random image read back through the export with nbdcopy (requests of `size` bytes, `requests` at once): equal? */
+async function readBack(
+  pair: VrioPair,
+  name: string,
+  bytes: number,
+  size: number,
+  requests: number,
+): Promise<boolean> {
+  const backing = join(pair.dir, `${name}.img`)
+  const data = randomBytes(bytes)
+  writeFileSync(backing, data)
+  const disk = await pair.createDisk(backing, name)
+  const out = join(pair.dir, `${name}.out`)
+  // Not execFileSync: the lossy link's forwarder runs in this process.
+  const copy = await started('nbdcopy', [
+    '--no-extents',
+    `--request-size=${size}`,
+    `--requests=${requests}`,
+    disk.nbd!,
+    out,
+  ]).result
+  assert.equal(copy.code, 0, copy.stderr)
+  const same = readFileSync(out).equals(data)
+  await pair.removeDisk(name)
+  return same
+}
+
+async function verifiedWrites(pair: VrioPair, name: string, size: string): Promise<void> {
+  const backing = join(pair.dir, `${name}.img`)
+  sparseFile(backing, 64 * MiB)
+  const disk = await pair.createDisk(backing, name)
+  const { code, json, stderr } = await fio(disk.nbd!, [...VERIFY_WRITES, `--size=${size}`]).result
+  assert.equal(code, 0, `fio failed: ${stderr}`)
+  const job = (json as { jobs: { error: number; verify_errors?: number }[] }).jobs[0]
+  assert.equal(job.error, 0)
+  assert.equal(job.verify_errors ?? 0, 0)
+  await pair.removeDisk(name)
+}
+
+describe('native fast path over a veth', () => {
+  let pair: VrioPair
+  before(async () => {
+    requireRoot()
+    const t = directLink()
+    pair = new VrioPair(t.a, t.b)
+    await pair.start()
+  })
+  after(() => pair?.stop())
+
+  it('reads of a random image through the NBD export equal the backing file; the reads were answered natively', async () => {
+    const before = fastPath(pair)
+    assert.equal(before.enabled, true)
+    // 4 KiB and 32 KiB requests (one frame each: the fast path), then 1 MiB ones (the slow path).
+    for (const size of [4096, 32768, MiB]) {
+      assert.ok(await readBack(pair, `img${size}`, 16 * MiB, size, 8), `read back with ${size}-byte requests`)
+    }
+    const after = fastPath(pair).c
+    assert.ok(after.requests > before.c.requests, JSON.stringify(after))
+    assert.ok(after.lends > 0 && after.framesIn > 0 && after.framesOut > 0, JSON.stringify(after))
+    assert.equal(after.readErrors, 0)
+  })
+
+  it('fio random writes with crc32c verify at queue depth 32: zero errors; handed back and lent again', async () => {
+    const before = fastPath(pair).c
+    await verifiedWrites(pair, 'verify', '16m')
+    const c = fastPath(pair).c
+    assert.ok(c.requests > before.requests, 'the verify reads went natively')
+    assert.ok(c.handbacks > before.handbacks, 'writes took the channel back to the slow path')
+    assert.ok(c.lends > before.lends + 1, 'and it was lent again after a handback')
+  })
+})
+
+describe('native fast path over a link with 5% loss, 2% duplication and reordering', () => {
+  let link: ImpairedLink
+  let pair: VrioPair
+  before(async () => {
+    requireRoot()
+    ;({ pair, link } = await pairOverImpairedLink({
+      loss: 0.05,
+      duplicate: 0.02,
+      reorder: 0.1,
+      reorderDelayMs: 2,
+      delayMs: 0,
+      seed: 4,
+    }))
+  })
+  after(async () => {
+    await pair?.stop()
+    link?.stop()
+  })
+
+  it('fio random writes with crc32c verify at queue depth 32: zero errors; frames taken natively, handbacks, lends after handbacks', async () => {
+    await verifiedWrites(pair, 'lossy', '16m')
+    const c = fastPath(pair).c
+    assert.ok(c.framesIn > 0, JSON.stringify(c))
+    assert.ok(c.handbacks > 0, JSON.stringify(c))
+    assert.ok(c.lends > 1, `lends after a handback: ${JSON.stringify(c)}`)
+    assert.ok(link.stats.lost > 0 && link.stats.duplicated > 0, JSON.stringify(link.stats))
+  })
+
+  it('4 KiB reads of a random image, one at a time: equal to the backing file, answered natively, lost answers resent after a handback', async () => {
+    const before = fastPath(pair).c
+    const lostBefore = link.stats.lost
+    const data = await readBack(pair, 'lossyread', MiB, 4096, 1)
+    const c = fastPath(pair).c
+    assert.ok(c.requests > before.requests, JSON.stringify(c))
+    assert.ok(c.handbacks > before.handbacks && c.lends > before.lends, JSON.stringify(c))
+    assert.ok(link.stats.lost > lostBefore, 'frames were lost meanwhile')
+    assert.equal(data, true)
+  })
+})
