@@ -280,18 +280,21 @@ FrameAead::FrameAead(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FrameAea
 
 FrameAead::~FrameAead() { Free(); }
 
-void FrameAead::Free() {
-  EVP_CIPHER_CTX_free(enc_);  // cleanses the key schedule
-  EVP_CIPHER_CTX_free(dec_);
-  enc_ = dec_ = nullptr;
+// Frees both directions' contexts and the multi-buffer key schedule, cleansing the keys.
+static void FreeKeys(EVP_CIPHER_CTX*& enc, EVP_CIPHER_CTX*& dec, gcm_key_data*& mb) {
+  EVP_CIPHER_CTX_free(enc);  // cleanses the key schedule
+  EVP_CIPHER_CTX_free(dec);
+  enc = dec = nullptr;
 #ifdef VRIO_IPSEC_MB
-  if (mbKey_ != nullptr) {
-    OPENSSL_cleanse(mbKey_, sizeof(gcm_key_data));
-    std::free(mbKey_);
-    mbKey_ = nullptr;
+  if (mb != nullptr) {
+    OPENSSL_cleanse(mb, sizeof(gcm_key_data));
+    std::free(mb);
+    mb = nullptr;
   }
 #endif
 }
+
+void FrameAead::Free() { FreeKeys(enc_, dec_, mbKey_); }
 
 Napi::Value FrameAead::Destroy(const Napi::CallbackInfo& info) {
   Free();
@@ -432,18 +435,7 @@ bool FastAead::Init(int cipherId, const uint8_t* key) {
   return true;
 }
 
-void FastAead::Free() {
-  EVP_CIPHER_CTX_free(enc);
-  EVP_CIPHER_CTX_free(dec);
-  enc = dec = nullptr;
-#ifdef VRIO_IPSEC_MB
-  if (mb != nullptr) {
-    OPENSSL_cleanse(mb, sizeof(gcm_key_data));
-    std::free(mb);
-    mb = nullptr;
-  }
-#endif
-}
+void FastAead::Free() { FreeKeys(enc, dec, mb); }
 
 // The payload frame[payload, end): its first `inFrame` bytes encrypted in place, the rest encrypted
 // from src into the frame after them; the tag at frame[tag].

@@ -247,6 +247,18 @@ FastPath::~FastPath() {
   }
 }
 
+// The lend parameters both Lend and BuildReply take: addresses, ports and sequence numbers.
+void FastPath::ReadAddressing(Lease& l, const double* p) {
+  l.localMac = uint64_t(p[kPLocalMac]);
+  l.remoteMac = uint64_t(p[kPRemoteMac]);
+  l.localIp = uint32_t(p[kPLocalIp]);
+  l.remoteIp = uint32_t(p[kPRemoteIp]);
+  l.localPort = uint16_t(p[kPLocalPort]);
+  l.remotePort = uint16_t(p[kPRemotePort]);
+  l.rcvNxt = uint32_t(p[kPRcvNxt]);
+  l.sndNxt = uint32_t(p[kPSndNxt]);
+}
+
 // lend(slot, params: Float64Array, txKey, rxKey): the connection's state (the replay window is
 // already in the slot's bits). Returns false when the keys could not be set up.
 Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
@@ -262,14 +274,7 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
     return ThrowInvalid(env, "lend: bad slot, params or keys");
   const double* p = pa.Data();
   Lease& l = leases_[slot];
-  l.localMac = uint64_t(p[kPLocalMac]);
-  l.remoteMac = uint64_t(p[kPRemoteMac]);
-  l.localIp = uint32_t(p[kPLocalIp]);
-  l.remoteIp = uint32_t(p[kPRemoteIp]);
-  l.localPort = uint16_t(p[kPLocalPort]);
-  l.remotePort = uint16_t(p[kPRemotePort]);
-  l.rcvNxt = uint32_t(p[kPRcvNxt]);
-  l.sndNxt = uint32_t(p[kPSndNxt]);
+  ReadAddressing(l, p);
   l.sndUna = uint32_t(p[kPSndUna]);
   l.ipId = uint16_t(p[kPIpId]);
   l.windowField = uint16_t(p[kPWindowField]);
@@ -738,14 +743,7 @@ Napi::Value FastPath::BuildReply(const Napi::CallbackInfo& info) {
   Napi::Uint8Array msg = info[2].As<Napi::Uint8Array>();
   bool vnet = info[3].ToBoolean().Value();
   Lease l;
-  l.localMac = uint64_t(p[kPLocalMac]);
-  l.remoteMac = uint64_t(p[kPRemoteMac]);
-  l.localIp = uint32_t(p[kPLocalIp]);
-  l.remoteIp = uint32_t(p[kPRemoteIp]);
-  l.localPort = uint16_t(p[kPLocalPort]);
-  l.remotePort = uint16_t(p[kPRemotePort]);
-  l.rcvNxt = uint32_t(p[kPRcvNxt]);
-  l.sndNxt = uint32_t(p[kPSndNxt]);
+  ReadAddressing(l, p);
   l.ipId = uint16_t(p[kPIpId]);
   l.windowField = uint16_t(p[kPWindowField]);
   l.mss = uint32_t(p[kPMss]);

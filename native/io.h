@@ -219,6 +219,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
  private:
   struct Disk;
   struct Lease;
+  static void ReadAddressing(Lease& l, const double* p);
   Napi::Value Lend(const Napi::CallbackInfo& info);
   Napi::Value Reclaim(const Napi::CallbackInfo& info);
   Napi::Value BuildReply(const Napi::CallbackInfo& info);

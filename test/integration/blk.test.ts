@@ -10,7 +10,7 @@ import { killDaemons, vrio, vrioJson } from '../support/daemons.ts'
 import type { ImpairedLink } from '../support/impair.ts'
 import { cleanupNetns, requireRoot } from '../support/netns.ts'
 import { directLink, firewallCounters, firewalledLink, type Topology } from '../support/topology.ts'
-import { pairOverImpairedLink, VrioPair } from '../support/vrio-pair.ts'
+import { LOSSY_LINK, pairOverImpairedLink, VrioPair } from '../support/vrio-pair.ts'
 import { EXIT } from '../../src/errors.ts'
 import { settlesWithin } from '../support/wait.ts'
 
@@ -200,14 +200,7 @@ describe('remote disk over a link with 5% loss, 2% duplication and reordering', 
   let pair: VrioPair
   before(async () => {
     requireRoot()
-    ;({ pair, link } = await pairOverImpairedLink({
-      loss: 0.05,
-      duplicate: 0.02,
-      reorder: 0.1,
-      reorderDelayMs: 2,
-      delayMs: 0,
-      seed: 4,
-    }))
+    ;({ pair, link } = await pairOverImpairedLink(LOSSY_LINK))
   })
   after(async () => {
     await pair?.stop()

@@ -9,7 +9,7 @@ import { killDaemons, vrioJson } from '../support/daemons.ts'
 import type { ImpairedLink } from '../support/impair.ts'
 import { cleanupNetns, requireRoot } from '../support/netns.ts'
 import { directLink } from '../support/topology.ts'
-import { pairOverImpairedLink, VrioPair } from '../support/vrio-pair.ts'
+import { LOSSY_LINK, pairOverImpairedLink, VrioPair } from '../support/vrio-pair.ts'
 
 // The IOhyp's native fast path (VRIO_FASTPATH=1, inherited by the daemons these tests start):
 // block reads of a lent channel answered in the addon, everything else through the TypeScript
@@ -122,14 +122,7 @@ describe('native fast path over a link with 5% loss, 2% duplication and reorderi
   let pair: VrioPair
   before(async () => {
     requireRoot()
-    ;({ pair, link } = await pairOverImpairedLink({
-      loss: 0.05,
-      duplicate: 0.02,
-      reorder: 0.1,
-      reorderDelayMs: 2,
-      delayMs: 0,
-      seed: 4,
-    }))
+    ;({ pair, link } = await pairOverImpairedLink(LOSSY_LINK))
   })
   after(async () => {
     await pair?.stop()

@@ -287,6 +287,16 @@ export async function pairWithWorld(
   }
 }
 
+/** The lossy link of the must-holds: 5 % loss, 2 % duplication, reordering. */
+export const LOSSY_LINK = {
+  loss: 0.05,
+  duplicate: 0.02,
+  reorder: 0.1,
+  reorderDelayMs: 2,
+  delayMs: 0,
+  seed: 4,
+} as const
+
 /**
  * An IOhyp and an enrolled guest over an impairedLink with `faults`, forwarding with virtio-net
  * headers as the daemons send them (a lost GSO super-frame loses all its segments).
