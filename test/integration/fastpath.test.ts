@@ -141,7 +141,7 @@ describe('native fast path over a link with 5% loss, 2% duplication and reorderi
   it('4 KiB reads of a random image, one at a time: equal to the backing file, answered natively, lost answers resent after a handback', async () => {
     const before = fastPath(pair).c
     const lostBefore = link.stats.lost
-    const data = await readBack(pair, 'lossyread', MiB, 4096, 1)
+    const data = await readBack(pair, 'lossyread', MiB / 2, 4096, 1)
     const c = fastPath(pair).c
     assert.ok(c.requests > before.requests, JSON.stringify(c))
     assert.ok(c.handbacks > before.handbacks && c.lends > before.lends, JSON.stringify(c))

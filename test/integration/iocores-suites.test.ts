@@ -1,6 +1,7 @@
 /**
- * The disk, NIC and restart suites again on an IOhyp with two iocores (VRIO_TEST_IOCORES=2: every
- * IOhyp those tests start gets --iocores 2), in a child test run of their own.
+ * The disk and restart-matrix suites again on an IOhyp with two iocores (VRIO_TEST_IOCORES=2: every
+ * IOhyp those tests start gets --iocores 2), in a child test run of their own. NICs through
+ * iocores: iocores.test.ts.
  */
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
@@ -8,11 +9,11 @@ import { fileURLToPath } from 'node:url'
 import { it } from 'node:test'
 import { requireRoot } from '../support/netns.ts'
 
-const SUITES = ['blk.test.js', 'nic.test.js', 'restart-matrix.test.js'].map((f) =>
+const SUITES = ['blk.test.js', 'restart-matrix.test.js'].map((f) =>
   fileURLToPath(new URL(`./${f}`, import.meta.url)),
 )
 
-it('the disk, NIC and restart-matrix suites pass with --iocores 2', async () => {
+it('the disk and restart-matrix suites pass with --iocores 2', async () => {
   requireRoot()
   const { NODE_TEST_CONTEXT: _, ...env } = process.env
   const child = spawn(
