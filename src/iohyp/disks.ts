@@ -88,6 +88,16 @@ function peerString(value: unknown): string | null {
   return typeof value === 'string' && value.length <= MAX_PEER_STRING ? value : null
 }
 
+/** `backing` is the file another writable disk (or a writable one on it) already uses. */
+export function backingConflict(backing: string, other: { name: string; backing: string }): VrioError {
+  const same = other.backing === backing ? '' : ` (the same file as ${other.backing})`
+  return new VrioError(
+    'conflict',
+    `${backing}${same} already backs disk ${other.name}; only read-only disks may share a backing`,
+    { field: 'backing', path: backing, disk: other.name },
+  )
+}
+
 class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
   readonly noun = 'disk'
   readonly namePrefix = 'disk'
@@ -123,12 +133,7 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
     try {
       for (const c of this.claims) {
         if (!sameFile(c.file.identity, file.identity) || (c.readOnly && spec.readOnly)) continue
-        const same = c.backing === spec.backing ? '' : ` (the same file as ${c.backing})`
-        throw new VrioError(
-          'conflict',
-          `${spec.backing}${same} already backs disk ${c.name}; only read-only disks may share a backing`,
-          { field: 'backing', path: spec.backing, disk: c.name },
-        )
+        throw backingConflict(spec.backing, c)
       }
       this.claims.add(claim)
       const crypt = spec.encrypt ? await openEncryption(file, spec.encrypt as EncryptionSpec) : undefined

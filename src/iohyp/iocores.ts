@@ -26,6 +26,7 @@ import { KernelGuard } from '../io/kernel-guard.ts'
 import { formatMac, parseIPv4, parseMac } from '../wire/address.ts'
 import type { DeviceKindName, IohypApi } from './api.ts'
 import type { IohypOptions } from './daemon.ts'
+import { backingConflict } from './disks.ts'
 import type { IocoreWorkerData } from './iocore-worker.ts'
 import { iohypRoutes } from './routes.ts'
 import { EMPTY_STATE, type IohypState, readStateFile, writeStateFile } from './state-file.ts'
@@ -573,14 +574,7 @@ export class IocoreRouter implements IohypApi {
       for (const d of part.disks) {
         if (readOnly && d.readOnly) continue
         const other = await stat(d.backing).catch(() => undefined)
-        if (other && other.dev === id.dev && other.ino === id.ino) {
-          const same = d.backing === backing ? '' : ` (the same file as ${d.backing})`
-          throw new VrioError(
-            'conflict',
-            `${backing}${same} already backs disk ${d.name}; only read-only disks may share a backing`,
-            { field: 'backing', path: backing, disk: d.name },
-          )
-        }
+        if (other && other.dev === id.dev && other.ino === id.ino) throw backingConflict(backing, d)
       }
     }
   }
