@@ -17,6 +17,7 @@ import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
 import { cleanupNetns, ip, requireRoot } from '../support/netns.ts'
 import { firewalledLan, worldOnBridge } from '../support/topology.ts'
 import { type ExtraGuest, onBridge, VrioPair } from '../support/vrio-pair.ts'
+import { settlesWithin } from '../support/wait.ts'
 
 const MiB = 1024 * 1024
 const children = new Set<ChildProcess>()
@@ -189,7 +190,8 @@ describe('iocores: two guests on two iocores, moved 20 times each under fio and 
     const log = join(pair.dir, 'crash-writes.log')
     const w = recordedWrites(disks[0].nbd!, log, { first: 12_000, blocks: 2048, seed: 7, seconds: 8, qd: 8 })
     children.add(w.child)
-    await sleep(1500)
+    await settlesWithin(w.firstAck, 'the recording writer’s first acknowledged write', 60_000)
+    await sleep(300)
     const crash = await fetchUnix(pair.sock('iohyp'), `/v1/test/iocores/${k}/crash`)
     assert.equal(crash, 200)
     const written = await w.result

@@ -21,11 +21,19 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { GuestDiskInfo, GuestNicInfo } from '../../src/control/api.ts'
-import { fio, recordedWrites, sparseFile, VERIFY_WRITES, verifyRecordedWrites } from '../support/block-io.ts'
+import {
+  fio,
+  loopBackFile,
+  recordedWrites,
+  sparseFile,
+  VERIFY_WRITES,
+  verifyRecordedWrites,
+} from '../support/block-io.ts'
 import { killDaemons } from '../support/daemons.ts'
 import { cleanupNetns, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
 import { directLink, worldOnBridge } from '../support/topology.ts'
 import { onBridge, VrioPair } from '../support/vrio-pair.ts'
+import { settlesWithin, waitUntil } from '../support/wait.ts'
 
 after(async () => {
   await killDaemons()
@@ -127,6 +135,8 @@ describe('restart matrix: IOhyp and guest agent × SIGKILL and SIGTERM × idle a
           const region = writerRegion(round)
           const proc = daemon === 'iohyp' ? pair.iohyp : pair.guest
           const before = (await diskBack()).device!
+          const beforeFile = loopBackFile(before)
+          assert.ok(beforeFile, `${before} is attached`)
           let job: ReturnType<typeof fio> | undefined
           let writer: ReturnType<typeof recordedWrites>
           if (phase === 'idle') {
@@ -137,7 +147,9 @@ describe('restart matrix: IOhyp and guest agent × SIGKILL and SIGTERM × idle a
           } else {
             job = fio(uri, [...VERIFY_WRITES, ...FIO_REGION])
             writer = recordedWrites(uri, log, { ...region, seconds: 6 })
-            await sleep(800)
+            // Stop the daemon only once writes are being acknowledged, then with more in flight.
+            await settlesWithin(writer.firstAck, 'the recording writer’s first acknowledged write', 60_000)
+            await sleep(300)
             await proc.stop(signal)
             await sleep(1000)
           }
@@ -175,10 +187,9 @@ describe('restart matrix: IOhyp and guest agent × SIGKILL and SIGTERM × idle a
             assert.equal(mounts.length, 1, mounts.join('\n'))
           }
           if (disk.device !== before)
-            assert.doesNotMatch(
-              execFileSync('losetup', ['--list', '--noheadings', '--output', 'NAME'], { encoding: 'utf8' }),
-              new RegExp(`^${before}$`, 'm'),
-            )
+            // The kernel detaches an autoclear loop device once its last user has closed it (the
+            // device may then be taken anew for another file: tests run side by side).
+            await waitUntil(() => loopBackFile(before) !== beforeFile, `${before} to be detached`, 30_000)
           // The attached block device is back and shows what the IOhyp's backing file holds.
           const [at, span] = [region.first * 4096, region.blocks * 4096]
           assert.equal(

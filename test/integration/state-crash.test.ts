@@ -11,6 +11,7 @@ import { DaemonProcess, killDaemons } from '../support/daemons.ts'
 import { cleanupNetns, requireRoot } from '../support/netns.ts'
 import { seededRandom } from '../support/random.ts'
 import { directLink, type Topology } from '../support/topology.ts'
+import { settlesWithin } from '../support/wait.ts'
 
 after(async () => {
   await killDaemons()
@@ -95,6 +96,8 @@ describe('state file crash safety', () => {
       settle(listed.guests, `round ${round}, after restart`)
 
       let killed = false
+      let firstOp: () => void = () => {}
+      const oneDone = new Promise<void>((resolve) => (firstOp = resolve))
       const work = (async () => {
         while (!killed) {
           const guest = pool[Math.floor(random() * POOL)]
@@ -110,9 +113,12 @@ describe('state file crash safety', () => {
           else acked.delete(guest.mac)
           pending = undefined
           operations++
+          firstOp()
         }
       })()
-      // Many writes happen in that time: a random point lands in or between them.
+      // After the round's first acknowledged write (a loaded machine may take a while to get
+      // there), many more happen in the random delay: the kill lands in or between them.
+      await settlesWithin(Promise.race([oneDone, work]), `round ${round}: the first operation`, 60_000)
       await sleep(5 + random() * 120)
       killed = true
       iohyp.child.kill('SIGKILL')

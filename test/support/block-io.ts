@@ -1,5 +1,5 @@
 /** Load and checks on remote disks for integration tests: fio jobs, and writes whose acknowledgements are recorded. */
-import { type ChildProcess, spawn } from 'node:child_process'
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { closeSync, openSync, writeSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
@@ -8,6 +8,16 @@ export function sparseFile(path: string, size: number): void {
   const fd = openSync(path, 'w')
   writeSync(fd, Buffer.alloc(1), 0, 1, size - 1)
   closeSync(fd)
+}
+
+/** The file a loop device is attached to, or undefined when it is not attached. */
+export function loopBackFile(device: string): string | undefined {
+  const { loopdevices } = JSON.parse(
+    execFileSync('losetup', ['--json', '--list'], { encoding: 'utf8' }) || '{}',
+  ) as {
+    loopdevices?: { name: string; 'back-file': string | null }[]
+  }
+  return loopdevices?.find((l) => l.name === device)?.['back-file'] ?? undefined
 }
 
 export interface Finished {
@@ -94,7 +104,12 @@ export function recordedWrites(
   uri: string,
   log: string,
   o: WriterOptions,
-): { child: ChildProcess; result: Promise<{ sent: number; acked: number; error: string | null }> } {
+): {
+  child: ChildProcess
+  result: Promise<{ sent: number; acked: number; error: string | null }>
+  /** Settles when the first write is acknowledged (or the writer ends without one). */
+  firstAck: Promise<boolean>
+} {
   const child = started(PYTHON, [
     WRITER,
     'write',
@@ -115,7 +130,15 @@ export function recordedWrites(
     if (r.code !== 0) throw new Error(`nbd-writer failed (${r.code}): ${r.stderr}`)
     return JSON.parse(r.stdout.trim().split('\n').pop() ?? '')
   })
-  return { child, result }
+  const firstAck = new Promise<boolean>((resolve) => {
+    let seen = ''
+    child.stderr?.on('data', (d) => {
+      seen += d
+      if (seen.includes('first-ack')) resolve(true)
+    })
+    child.on('close', () => resolve(false))
+  })
+  return { child, result, firstAck }
 }
 
 /** Reads the region back through `uri` and checks it against `log`; rejects with the bad blocks. */

@@ -58,6 +58,8 @@ def write(a):
             return 1
         acked[index] = max(acked.get(index, 0), gen)
         state["done"] += 1
+        if state["done"] == 1:
+            print("first-ack", file=sys.stderr, flush=True)  # the test may stop a daemon from now on
         return 1
 
     try:
