@@ -1,20 +1,13 @@
 /** `vrio blk create|list|remove`: remote disks, through the IOhyp's (or, for list, the guest's) control API. */
 import { resolve } from 'node:path'
 import type { Command } from 'commander'
-import {
-  DEFAULT_IOHYP_SOCKET,
-  type DiskInfo,
-  type GuestDiskInfo,
-  type ListDisksResponse,
-  ROUTES,
-} from '../control/api.ts'
+import { type DiskInfo, type GuestDiskInfo, type ListDisksResponse, ROUTES } from '../control/api.ts'
 import { diskRequestSchema } from '../devices/blk/spec.ts'
 import { VrioError } from '../errors.ts'
 import {
-  addControlOption,
+  addIohypOptions,
   addListCommand,
   addRemoveCommand,
-  addJsonOption,
   checkedRequest,
   guestFlag,
   numberFlag,
@@ -70,8 +63,7 @@ export function registerBlkCommands(program: Command): void {
     .option('--key-file <file>', 'with --encrypt: the raw XTS key (plain), or a LUKS key file')
     .option('--passphrase-file <file>', 'with --encrypt luks: the passphrase')
     .option('--sector-size <512|4096>', 'with --encrypt plain: encryption sector size (default 512)')
-  addControlOption(create, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(create).action(async (o: CreateOptions) => {
+  addIohypOptions(create).action(async (o: CreateOptions) => {
     const request = checkedRequest(diskRequestSchema, {
       guest: guestFlag(o.guest),
       backing: resolve(o.backing),
@@ -109,8 +101,7 @@ export function registerBlkCommands(program: Command): void {
       "show a disk's services and their counters (encryption is fixed at create: new keys for existing data mean re-encrypting it offline)",
     )
     .argument('<name>', 'disk name')
-  addControlOption(services, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(services).action(async (name: string, o: ControlOptions & { json?: boolean }) => {
+  addIohypOptions(services).action(async (name: string, o: ControlOptions & { json?: boolean }) => {
     const answer = await controlClient(o.control!).get<ListDisksResponse<DiskInfo>>(ROUTES.disks)
     const d = answer.disks.find((x) => x.name === name)
     if (!d) throw new VrioError('not-found', `no disk named ${name}`)

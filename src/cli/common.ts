@@ -90,14 +90,18 @@ export function addJsonOption(command: Command): Command {
   return command.option('--json', 'print one machine-readable JSON document to stdout')
 }
 
+/** `--control` (the IOhyp's socket by default) and `--json`: the options of the IOhyp's commands. */
+export function addIohypOptions(command: Command): Command {
+  return addJsonOption(addControlOption(command, DEFAULT_IOHYP_SOCKET))
+}
+
 /**
  * `<parent> remove NAME` on the IOhyp: DELETE `route` (a `:name` route), then `removed NAME` or,
  * with --json, the removed device as the daemon answered.
  */
 export function addRemoveCommand(parent: Command, route: string, description: string, what: string): void {
   const remove = parent.command('remove').description(description).argument('<name>', `${what} name`)
-  addControlOption(remove, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(remove).action(async (name: string, o: ControlOptions) => {
+  addIohypOptions(remove).action(async (name: string, o: ControlOptions) => {
     const removed = await controlClient(o.control!).delete<{ name: string }>(routePath(route, { name }))
     if (o.json) printJson(removed)
     else printLines([`removed ${removed.name}`])

@@ -1,7 +1,7 @@
 /** `vrio config check|export`: validate a daemon's config file; turn a live IOhyp into one. */
 import { resolve } from 'node:path'
 import { type Command, Option } from 'commander'
-import { DEFAULT_IOHYP_SOCKET, ROUTES } from '../control/api.ts'
+import { ROUTES } from '../control/api.ts'
 import { type ExportableState, exportConfig } from '../config/export.ts'
 import {
   describeConfig,
@@ -12,7 +12,7 @@ import {
 } from '../config/load.ts'
 import { writeFileAtomic } from '../daemon/runtime.ts'
 import {
-  addControlOption,
+  addIohypOptions,
   addJsonOption,
   type ControlOptions,
   controlClient,
@@ -62,8 +62,7 @@ export function registerConfigCommands(program: Command): void {
       'write the config here (mode 0600) instead of stdout; key files are named relative to it',
     )
     .option('--force', 'replace key files in --key-dir that hold another key')
-  addControlOption(exp, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(exp).action(async (o: ExportOptions) => {
+  addIohypOptions(exp).action(async (o: ExportOptions) => {
     const state = await controlClient(o.control!).get<ExportableState>(ROUTES.config)
     try {
       const out = o.out === undefined ? undefined : resolve(o.out)

@@ -3,7 +3,6 @@ import type { Command } from 'commander'
 import { readKeyFile } from '../auth/key-file.ts'
 import {
   type AddGuestResponse,
-  DEFAULT_IOHYP_SOCKET,
   type GuestInfo,
   type ListGuestsResponse,
   type RemoveGuestResponse,
@@ -13,8 +12,7 @@ import {
 import { VrioError } from '../errors.ts'
 import { guestSpecSchema, parseGuestMac } from '../control/guest-spec.ts'
 import {
-  addControlOption,
-  addJsonOption,
+  addIohypOptions,
   checkedRequest,
   type ControlOptions,
   controlClient,
@@ -49,8 +47,7 @@ export function registerGuestsCommands(program: Command): void {
       '--reassembly-bytes <n>',
       "the guest's partly received messages the IOhyp may hold (default 12 MiB)",
     )
-  addControlOption(add, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(add).action(async (options: AddOptions) => {
+  addIohypOptions(add).action(async (options: AddOptions) => {
     // Everything that can be checked here is, so a typo never reaches the daemon.
     const { pendingReplyBytes, reassemblyBytes } = options
     const request = checkedRequest(guestSpecSchema, {
@@ -73,8 +70,7 @@ export function registerGuestsCommands(program: Command): void {
     .command('remove')
     .description('disconnect a guest and forget it')
     .argument('<mac>', "guest's MAC address")
-  addControlOption(remove, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(remove).action(async (macText: string, options: ControlOptions) => {
+  addIohypOptions(remove).action(async (macText: string, options: ControlOptions) => {
     const mac = parseGuestMac(macText)
     const answer = await controlClient(options.control!).delete<RemoveGuestResponse>(guestPath(mac))
     if (options.json) printJson(answer)
@@ -86,8 +82,7 @@ export function registerGuestsCommands(program: Command): void {
     .description('move a guest, its channel and its devices to another iocore (IOhyp with --iocores N ≥ 2)')
     .argument('<mac>', "guest's MAC address")
     .requiredOption('--iocore <k>', 'the iocore to move it to, from 0 to N − 1')
-  addControlOption(move, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(move).action(async (macText: string, options: ControlOptions & { iocore: string }) => {
+  addIohypOptions(move).action(async (macText: string, options: ControlOptions & { iocore: string }) => {
     const mac = parseGuestMac(macText)
     if (!/^[0-9]{1,3}$/.test(options.iocore))
       throw new VrioError('invalid-argument', `invalid --iocore '${options.iocore}': expected a number`, {
@@ -102,8 +97,7 @@ export function registerGuestsCommands(program: Command): void {
   })
 
   const list = guests.command('list').description('show the guests with their state and traffic counters')
-  addControlOption(list, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(list).action(async (options: ControlOptions) => {
+  addIohypOptions(list).action(async (options: ControlOptions) => {
     const answer = await controlClient(options.control!).get<ListGuestsResponse>(ROUTES.guests)
     if (options.json) printJson(answer)
     else printLines(answer.guests.length === 0 ? ['no guests'] : columnTable(GUEST_COLUMNS, answer.guests))

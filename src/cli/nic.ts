@@ -1,21 +1,13 @@
 /** `vrio nic create|list|remove`: remote NICs, through the IOhyp's (or, for list, the guest's) control API. */
 import { resolve } from 'node:path'
 import type { Command } from 'commander'
-import {
-  DEFAULT_IOHYP_SOCKET,
-  type GuestNicInfo,
-  type ListNicsResponse,
-  type NicInfo,
-  ROUTES,
-  routePath,
-} from '../control/api.ts'
+import { type GuestNicInfo, type ListNicsResponse, type NicInfo, ROUTES, routePath } from '../control/api.ts'
 import { nicRequestSchema } from '../devices/net/spec.ts'
 import { VrioError } from '../errors.ts'
 import {
-  addControlOption,
+  addIohypOptions,
   addListCommand,
   addRemoveCommand,
-  addJsonOption,
   checkedRequest,
   guestFlag,
   numberFlag,
@@ -110,8 +102,7 @@ export function registerNicCommands(program: Command): void {
       '--allow-spoofing',
       "turn source enforcement off (by default frames whose source is not the NIC's MAC are dropped)",
     )
-  addControlOption(create, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(create).action(async (o: CreateOptions) => {
+  addIohypOptions(create).action(async (o: CreateOptions) => {
     const request = checkedRequest(nicRequestSchema, {
       guest: guestFlag(o.guest),
       mac: o.mac,
@@ -166,8 +157,7 @@ export function registerNicCommands(program: Command): void {
       '--strict',
       'refuse a DPI rules file with any unusable rule (by default they are skipped and listed)',
     )
-  addControlOption(services, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(services).action(async (name: string, o: ServicesOptions) => {
+  addIohypOptions(services).action(async (name: string, o: ServicesOptions) => {
     const client = controlClient(o.control!, RULES_TIMEOUT_MS)
     const body: Record<string, string | boolean | null> = {}
     for (const kind of ['firewall', 'dpi'] as const) {
@@ -189,8 +179,7 @@ export function registerNicCommands(program: Command): void {
     .command('alerts')
     .description("a NIC's latest DPI alerts (EVE records; all of them are in <state-dir>/eve.json)")
     .argument('<name>', 'NIC name')
-  addControlOption(alerts, DEFAULT_IOHYP_SOCKET)
-  addJsonOption(alerts).action(async (name: string, o: ControlOptions & { json?: boolean }) => {
+  addIohypOptions(alerts).action(async (name: string, o: ControlOptions & { json?: boolean }) => {
     const answer = await controlClient(o.control!).get<{ alerts: Record<string, unknown>[] }>(
       routePath(ROUTES.nicAlerts, { name }),
     )

@@ -19,7 +19,7 @@ import type * as z from 'zod'
 import { readKeyFile, readSecretFile } from '../auth/key-file.ts'
 import { isVrioError, VrioError } from '../errors.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
-import { checkWithSchema } from '../devices/fields.ts'
+import { checkWithSchema, rawField } from '../devices/fields.ts'
 import type { DiskSpec } from '../devices/blk/spec.ts'
 import type { NicRequest } from '../devices/net/spec.ts'
 import {
@@ -321,12 +321,6 @@ export function describeConfig(config: IohypConfig | GuestConfig): Record<string
   const { key: _, ...rest } = config as GuestConfig
   if (!('guests' in config)) return rest
   return { ...config, guests: config.guests.map(({ key: _k, ...g }) => g) }
-}
-
-function rawField(entry: unknown, key: string): unknown {
-  return typeof entry === 'object' && entry !== null && !Array.isArray(entry)
-    ? (entry as Record<string, unknown>)[key]
-    : undefined
 }
 
 function rawString(entry: unknown, key: string): string | undefined {

@@ -3,81 +3,30 @@
  * figures over the interval since the previous one (figures.ts). The only I/O of the dashboard's
  * data side.
  */
-import { request as httpRequest } from 'node:http'
+import { ControlClient } from '../control/control-client.ts'
 import { isVrioError, VrioError } from '../errors.ts'
 import { parseExposition } from './exposition.ts'
 import { computeFigures, type Figures, type Scrape } from './figures.ts'
 
-export const METRICS_PATH = '/metrics'
+const METRICS_PATH = '/metrics'
 
-/** The exposition text a daemon serves on `socketPath`; failures are VrioErrors like the control client's. */
-export function fetchMetricsText(socketPath: string, timeoutMs = 5000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest({
-      socketPath,
-      method: 'GET',
-      path: METRICS_PATH,
-      agent: false,
-      headers: { accept: 'text/plain' },
-      timeout: timeoutMs,
+/** The exposition text a daemon serves on `socketPath`; failures are the control client's VrioErrors. */
+export async function fetchMetricsText(socketPath: string, timeoutMs = 5000): Promise<string> {
+  const badResponse = (status: number, hint?: string) =>
+    new VrioError(
+      'bad-response',
+      `the vrio daemon on ${socketPath} answered HTTP ${status} to GET ${METRICS_PATH}`,
+      { path: socketPath, status, hint },
+    )
+  const text = await new ControlClient({ path: socketPath, timeoutMs })
+    .get(METRICS_PATH)
+    .catch((error: unknown) => {
+      if (isVrioError(error, 'unknown-route'))
+        throw badResponse(404, 'this daemon is too old to serve metrics')
+      throw error
     })
-    req.once('timeout', () =>
-      req.destroy(
-        new VrioError('timeout', `the vrio daemon on ${socketPath} did not answer within ${timeoutMs} ms`, {
-          path: socketPath,
-          timeoutMs,
-        }),
-      ),
-    )
-    req.once('error', (error) => reject(connectionError(socketPath, error)))
-    req.once('response', (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.once('error', (error) => reject(connectionError(socketPath, error)))
-      res.once('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8')
-        if (res.statusCode === 200) resolve(text)
-        else
-          reject(
-            new VrioError(
-              'bad-response',
-              `the vrio daemon on ${socketPath} answered HTTP ${res.statusCode} to GET ${METRICS_PATH}`,
-              {
-                path: socketPath,
-                status: res.statusCode,
-                hint: res.statusCode === 404 ? 'this daemon is too old to serve metrics' : undefined,
-              },
-            ),
-          )
-      })
-    })
-    req.end()
-  })
-}
-
-function connectionError(path: string, error: unknown): VrioError {
-  if (isVrioError(error)) return error
-  const code = (error as NodeJS.ErrnoException).code
-  if (code === 'ENOENT' || code === 'ECONNREFUSED')
-    return new VrioError(
-      'daemon-not-running',
-      `no vrio daemon is listening on ${path}`,
-      { path, hint: 'start the daemon, or point --control at its socket' },
-      { cause: error },
-    )
-  if (code === 'EACCES' || code === 'EPERM')
-    return new VrioError(
-      'permission-denied',
-      `permission denied on control socket ${path}`,
-      { path, hint: "run as root or as the daemon's user (the socket is mode 0600)" },
-      { cause: error },
-    )
-  return new VrioError(
-    'control-connection-failed',
-    `cannot talk to the vrio daemon on ${path}: ${(error as Error).message}`,
-    { path },
-    { cause: error },
-  )
+  if (typeof text !== 'string') throw badResponse(200)
+  return text
 }
 
 /** One scrape of `socketPath`, parsed, stamped with the time its answer arrived. */

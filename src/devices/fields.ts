@@ -161,7 +161,8 @@ function humanMessage(issue: z.core.$ZodRawIssue): string | undefined {
   }
 }
 
-function rawField(entry: unknown, key: string): unknown {
+/** `entry[key]` when entry is a plain object, else undefined (for messages about raw input). */
+export function rawField(entry: unknown, key: string): unknown {
   return typeof entry === 'object' && entry !== null && !Array.isArray(entry)
     ? (entry as Record<string, unknown>)[key]
     : undefined

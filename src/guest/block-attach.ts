@@ -239,13 +239,9 @@ export class FuseLoopDevice implements BlockExposure {
   async detach(): Promise<void> {
     if (this.detached) return
     this.detached = true
-    if ((await diskSeq(this.device)) === this.seq) await run('losetup', ['-d', this.device]).catch(() => {})
+    await detachLoop(this.device, this.seq)
     this.server.close()
-    if (this.holder && (await holderAlive(this.holder.pid, this.holder.start)))
-      process.kill(this.holder.pid, 'SIGKILL')
-    await run('umount', ['-l', this.dir]).catch(() => {})
-    await rm(this.dir, { recursive: true, force: true }).catch(() => {})
-    await rm(recordPath(this.dir), { force: true })
+    await removeDir(this.dir, this.holder)
   }
 }
 
@@ -338,13 +334,8 @@ export async function reclaimStale(
 
 /** Undoes a stale exposure nobody took over: its loop device detached, its holder ended (the connection aborts). */
 export async function dropStale(s: StaleAttachment): Promise<void> {
-  const r = s.record
-  if (r.seq && (await diskSeq(r.device)) === r.seq) await run('losetup', ['-d', r.device]).catch(() => {})
-  if (r.holder && r.holderStart && (await holderAlive(r.holder, r.holderStart)))
-    process.kill(r.holder, 'SIGKILL')
-  await run('umount', ['-l', s.dir]).catch(() => {})
-  await rm(s.dir, { recursive: true, force: true }).catch(() => {})
-  await rm(recordPath(s.dir), { force: true })
+  if (s.record.seq) await detachLoop(s.record.device, s.record.seq)
+  await removeDir(s.dir, recordHolder(s.record))
 }
 
 export interface AttachOptions {
@@ -433,8 +424,7 @@ export class AttachedBlockDevice implements BlockExposure {
   async detach(): Promise<void> {
     if (this.detached) return
     this.detached = true
-    // Still ours (not detached and set up again by someone else meanwhile)?
-    if ((await diskSeq(this.device)) === this.seq) await run('losetup', ['-d', this.device]).catch(() => {})
+    await detachLoop(this.device, this.seq)
     if (this.fuse.exitCode === null && this.fuse.signalCode === null) {
       const exited = new Promise((r) => this.fuse.once('exit', r))
       this.fuse.kill('SIGTERM')
@@ -463,19 +453,13 @@ export class AttachedBlockDevice implements BlockExposure {
       const r = JSON.parse(await readFile(record, 'utf8').catch(() => '{}')) as Partial<StaleRecord>
       // Only the loop device not set up again since (same disk sequence number), and only the
       // nbdfuse process serving this dir.
-      if (typeof r.device === 'string' && r.seq && (await diskSeq(r.device)) === r.seq) {
-        await run('losetup', ['-d', r.device]).catch(() => {})
+      if (typeof r.device === 'string' && r.seq && (await detachLoop(r.device, r.seq)))
         detached.push(r.device)
-      }
       const cmdline = r.pid ? await readFile(`/proc/${r.pid}/cmdline`, 'utf8').catch(() => '') : ''
       if (cmdline.startsWith('nbdfuse\0') && cmdline.includes(`\0${join(dir, 'disk')}\0`)) {
         process.kill(r.pid!, 'SIGTERM')
       }
-      if (r.holder && r.holderStart && (await holderAlive(r.holder, r.holderStart)))
-        process.kill(r.holder, 'SIGKILL')
-      await run('umount', ['-l', dir]).catch(() => {})
-      await rm(dir, { recursive: true, force: true }).catch(() => {})
-      await rm(record, { force: true })
+      await removeDir(dir, recordHolder(r))
     }
     return detached
   }
@@ -484,6 +468,24 @@ export class AttachedBlockDevice implements BlockExposure {
 /** Beside each attachment's dir: its loop device and nbdfuse pid, for the next agent if this one is killed. */
 const RECORD = '.attached.json'
 const recordPath = (dir: string) => `${dir}${RECORD}`
+
+/** Detaches `device` if it is still the attachment `seq` names (not set up again by someone else since). */
+async function detachLoop(device: string, seq: string): Promise<boolean> {
+  if ((await diskSeq(device)) !== seq) return false
+  await run('losetup', ['-d', device]).catch(() => {})
+  return true
+}
+
+/** Ends the holder if it still runs, unmounts `dir` (lazily), then removes it and its record. */
+async function removeDir(dir: string, holder: Holder | undefined): Promise<void> {
+  if (holder && (await holderAlive(holder.pid, holder.start))) process.kill(holder.pid, 'SIGKILL')
+  await run('umount', ['-l', dir]).catch(() => {})
+  await rm(dir, { recursive: true, force: true }).catch(() => {})
+  await rm(recordPath(dir), { force: true })
+}
+
+const recordHolder = (r: Partial<StaleRecord>): Holder | undefined =>
+  r.holder && r.holderStart ? { pid: r.holder, start: r.holderStart } : undefined
 
 /**
  * What identifies this attachment of a loop device: its disk sequence number, which the kernel

@@ -111,46 +111,6 @@ function u64(view: DataView, at: number): number {
   return view.getUint32(at, true) + view.getUint32(at + 4, true) * 0x1_0000_0000
 }
 
-/** Encodes a data request the way the kernel would (tests, benchmarks). */
-export function encodeFuseRequest(
-  buf: Uint8Array,
-  r: { opcode: number; unique?: number; nodeid: number; offset?: number; size?: number; mode?: number },
-  data?: Uint8Array,
-): number {
-  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
-  let len = IN_HEADER_LENGTH
-  const a = IN_HEADER_LENGTH
-  const put64 = (at: number, x: number) => {
-    v.setUint32(at, x % 0x1_0000_0000, true)
-    v.setUint32(at + 4, Math.floor(x / 0x1_0000_0000), true)
-  }
-  buf.fill(0, 0, IN_HEADER_LENGTH + RW_IN_LENGTH)
-  v.setUint32(4, r.opcode, true)
-  put64(8, r.unique ?? 1)
-  put64(16, r.nodeid)
-  if (r.opcode === FuseOp.Read || r.opcode === FuseOp.Write) {
-    put64(a + 8, r.offset ?? 0)
-    v.setUint32(a + 16, r.size ?? data?.length ?? 0, true)
-    len += RW_IN_LENGTH
-    if (r.opcode === FuseOp.Write && data) {
-      buf.set(data, len)
-      len += data.length
-    }
-  } else if (r.opcode === FuseOp.Fallocate) {
-    put64(a + 8, r.offset ?? 0)
-    put64(a + 16, r.size ?? 0)
-    v.setUint32(a + 24, r.mode ?? 0, true)
-    len += 32
-  } else if (r.opcode === FuseOp.Fsync) {
-    v.setUint32(a + 8, r.mode ?? 0, true)
-    len += 16
-  } else if (r.opcode === FuseOp.Flush) {
-    len += 24
-  }
-  v.setUint32(0, len, true)
-  return len
-}
-
 /** The errno a FUSE reply carries (negated on the wire) for a block device's failure. */
 export function fuseErrno(error: unknown): number {
   const code = (error as { code?: unknown } | null)?.code

@@ -8,8 +8,6 @@ const MAC_RE =
   /^([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})$/i
 const IPV4_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/
 
-export const BROADCAST_MAC = 0xffff_ffff_ffff
-
 /** Parses `aa:bb:cc:dd:ee:ff` (or with dashes); returns undefined when malformed. */
 export function parseMac(text: string): number | undefined {
   const m = MAC_RE.exec(text.trim())

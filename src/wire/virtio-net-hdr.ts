@@ -77,8 +77,3 @@ export function encodeVirtioNetHdr(hdr: Readonly<VirtioNetHdr>, buf: Uint8Array,
   put16(buf, offset + 8, hdr.csumOffset)
   return offset + VIRTIO_NET_HDR_LEN
 }
-
-/** Zeroes a header in place: "plain frame, checksums complete, no segmentation". */
-export function clearVirtioNetHdr(buf: Uint8Array, offset = 0): void {
-  buf.fill(0, offset, offset + VIRTIO_NET_HDR_LEN)
-}

@@ -18,7 +18,6 @@ import {
   encodeMetaContext,
   encodeOffsetDataHeader,
   encodeOptionReply,
-  encodeRequest,
   encodeServerEntry,
   encodeSimpleReply,
   encodeStructuredError,
@@ -35,6 +34,7 @@ import {
   truncateUtf8,
   writeU64,
 } from '../../src/devices/blk/nbd-protocol.ts'
+import { encodeRequest } from './nbd-raw-client.ts'
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
 const bytes = (h: string) => Buffer.from(h.replace(/\s+/g, ''), 'hex')

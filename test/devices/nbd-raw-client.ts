@@ -7,15 +7,31 @@ import { connect, type Socket } from 'node:net'
 import {
   ClientFlag,
   decodeString,
-  encodeRequest,
   NBD_OPTS_MAGIC,
+  NBD_REQUEST_MAGIC,
   NBD_SIMPLE_REPLY_MAGIC,
   NBD_STRUCTURED_REPLY_MAGIC,
   type NbdRequest,
   Option,
   OptionReply,
+  REQUEST_HEADER_LENGTH,
   readU64,
+  writeU64,
 } from '../../src/devices/blk/nbd-protocol.ts'
+import { writeU16, writeU32 } from '../../src/wire/bytes.ts'
+
+/** Encodes a request (what a client sends). */
+export function encodeRequest(request: NbdRequest): Buffer {
+  const buf = Buffer.allocUnsafe(REQUEST_HEADER_LENGTH)
+  writeU32(buf, 0, NBD_REQUEST_MAGIC)
+  writeU16(buf, 4, request.flags)
+  writeU16(buf, 6, request.type)
+  writeU32(buf, 8, request.cookieHigh)
+  writeU32(buf, 12, request.cookieLow)
+  writeU64(buf, 16, request.offset)
+  writeU32(buf, 24, request.length)
+  return buf
+}
 
 export interface OptionReplyMessage {
   option: number

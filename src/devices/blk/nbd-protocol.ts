@@ -390,19 +390,6 @@ export function decodeRequest(buf: Uint8Array, offset: number, out: NbdRequest):
   return true
 }
 
-/** Encodes a request (used by tests and clients). */
-export function encodeRequest(request: NbdRequest): Buffer {
-  const buf = Buffer.allocUnsafe(REQUEST_HEADER_LENGTH)
-  writeU32(buf, 0, NBD_REQUEST_MAGIC)
-  writeU16(buf, 4, request.flags)
-  writeU16(buf, 6, request.type)
-  writeU32(buf, 8, request.cookieHigh)
-  writeU32(buf, 12, request.cookieLow)
-  writeU64(buf, 16, request.offset)
-  writeU32(buf, 24, request.length)
-  return buf
-}
-
 /** S: u32 magic, u32 error, u64 cookie (read data, if any, follows separately). */
 export function encodeSimpleReply(cookieHigh: number, cookieLow: number, error: number): Buffer {
   const buf = Buffer.allocUnsafe(SIMPLE_REPLY_HEADER_LENGTH)
