@@ -116,8 +116,28 @@ function formatValue(v: number): string {
   return Number.isNaN(v) ? 'NaN' : v > 0 ? '+Inf' : '-Inf'
 }
 
+/** Counts scrapes (expose and toJson run synchronously: one at a time). */
+let scrapeEpoch = 0
+
+/**
+ * `list()` read once per scrape however many families read it (building a guest's or NIC's info
+ * is the costly part of a scrape with many devices).
+ */
+function perScrape<T>(list: () => Iterable<T>): () => T[] {
+  let epoch = -1
+  let rows: T[] = []
+  return () => {
+    if (epoch !== scrapeEpoch) {
+      rows = [...list()]
+      epoch = scrapeEpoch
+    }
+    return rows
+  }
+}
+
 /** The text exposition of `families`. */
 function expose(families: Iterable<Family>): string {
+  scrapeEpoch++
   const out: string[] = []
   for (const f of families) {
     out.push(
@@ -140,6 +160,7 @@ function expose(families: Iterable<Family>): string {
 
 /** `families` in prom-client's JSON shape (what AggregatorRegistry.aggregate merges). */
 function toJson(families: Iterable<Family>): MetricObjectWithValues<MetricValue<string>>[] {
+  scrapeEpoch++
   const out: MetricObjectWithValues<MetricValue<string>>[] = []
   for (const f of families) {
     const values: { labels: Labels; value: number; metricName?: string }[] = []
@@ -477,7 +498,7 @@ function perItem<T>(
 function buildIohyp(registry: Registry, source: IohypMetricsSource): void {
   const guest = perItem(
     registry,
-    () => source.guests(),
+    perScrape(() => source.guests()),
     (g) => ({ guest: g.mac }),
   )
   guest(
@@ -539,11 +560,11 @@ function buildIohyp(registry: Registry, source: IohypMetricsSource): void {
     (g, emit, l) => byKey(emit, l, 'reason', g.sessionFailures),
   )
 
-  const disks = () => {
+  const disks = perScrape(() => {
     const rows: (IohypDiskMetrics & { labels: Labels })[] = []
     for (const d of source.disks()) rows.push({ ...d, labels: { guest: d.guest, disk: d.disk } })
     return rows
-  }
+  })
   diskCounters(registry, disks, ['guest', 'disk'])
   const disk = perItem(registry, disks, (d) => d.labels)
   disk(
@@ -574,7 +595,7 @@ function buildIohyp(registry: Registry, source: IohypMetricsSource): void {
 
   const nic = perItem(
     registry,
-    () => source.nics(),
+    perScrape(() => source.nics()),
     (n) => ({ guest: n.guest, nic: n.name }),
   )
   nic(
@@ -641,11 +662,11 @@ export function createGuestMetrics(source: GuestMetricsSource): DaemonMetrics {
 }
 
 function buildGuest(registry: Registry, source: GuestMetricsSource): void {
-  const disks = () => {
+  const disks = perScrape(() => {
     const rows: { labels: Labels; ops: BlockOpStats; inFlight: number }[] = []
     for (const d of source.disks()) rows.push({ ...d, labels: { disk: d.disk } })
     return rows
-  }
+  })
   diskCounters(registry, disks, ['disk'])
   registerHistogram(
     registry,
