@@ -16,7 +16,7 @@ const http = require('node:http')
 const [interval, ...sockets] = process.argv.slice(1)
 const stats = { scrapes: 0, failures: 0, bytes: 0 }
 let first = sockets.length
-const done = () => { if (--first === 0) process.stdout.write('ready\n') }
+const done = () => { if (--first === 0) process.stdout.write('ready\\n') }
 const scrape = (socketPath) => {
   const req = http.request({ socketPath, path: '/metrics', agent: false }, (res) => {
     res.on('data', (d) => (stats.bytes += d.length))
