@@ -159,7 +159,7 @@ async function freshPairRun(backing: string, options: PairOptions, scrape: boole
   try {
     await p.start()
     const disk = await p.createDisk(backing, 'bench')
-    const scraper = scrape ? startScraper([p.sock('iohyp'), p.sock('guest')]) : undefined
+    const scraper = scrape ? await startScraper([p.sock('iohyp'), p.sock('guest')]) : undefined
     // The scraper is a child process: it keeps its pace while fio runs synchronously here.
     const results = CASES.map((c) =>
       measure(disk.nbd!, c, [p.iohyp.child.pid!, p.guest.child.pid!], undefined, link),

@@ -19,7 +19,13 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { exec, ip, type Netns } from '../test/support/netns.ts'
 import { onBridge, type PairOptions } from '../test/support/vrio-pair.ts'
-import { type FilterSetting, range, startWithFilter, withDaemonsStopped } from './support/baselines.ts'
+import {
+  cpuSeconds,
+  type FilterSetting,
+  range,
+  startWithFilter,
+  withDaemonsStopped,
+} from './support/baselines.ts'
 import { startScraper } from './support/metrics-scraper.ts'
 import { busySeconds, iperf as iperfRun, type NicWorld, startNicWorld } from './support/nic-world.ts'
 
@@ -54,6 +60,8 @@ interface PathResult {
   /** 1 stream, world → guest (iperf3 -R). */
   tcp1ReverseGbps: number
   cpuSecondsPerGbit: number
+  /** vrio's two daemons' CPU seconds (not the machine's) per Gbit over the same runs (NaN: not measured). */
+  daemonCpuSecondsPerGbit: number
   pingAvgUs: number
   pingP50Us: number
   rrP50Us: number
@@ -72,11 +80,13 @@ function ping(ns: Netns, target: string): { avg: number; p50: number } {
   return { avg, p50: times[times.length >> 1] }
 }
 
-function measure(guest: Netns, target: string): PathResult {
+function measure(guest: Netns, target: string, daemons?: readonly number[]): PathResult {
   const busy0 = busySeconds()
+  const cpu0 = daemons ? cpuSeconds(daemons) : 0
   const one = iperf(guest, target, 1)
   const four = iperf(guest, target, 4)
   const busy = busySeconds() - busy0
+  const daemonCpu = daemons ? cpuSeconds(daemons) - cpu0 : undefined
   const reverse = iperf(guest, target, 1, true)
   const p = ping(guest, target)
   const [rrP50Us, rrP99Us] = exec(guest, 'python3', ['-c', PINGPONG_CLIENT, target, String(PINGPONGS)])
@@ -88,6 +98,7 @@ function measure(guest: Netns, target: string): PathResult {
     tcp4Gbps: four.gbps,
     tcp1ReverseGbps: reverse.gbps,
     cpuSecondsPerGbit: busy / (one.gbit + four.gbit),
+    daemonCpuSecondsPerGbit: daemonCpu === undefined ? Number.NaN : daemonCpu / (one.gbit + four.gbit),
     pingAvgUs: p.avg,
     pingP50Us: p.p50,
     rrP50Us,
@@ -104,8 +115,8 @@ async function freshWorldRun(options: PairOptions, scrape: boolean): Promise<Pat
     await m.pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
     ip(m.guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
     await sleep(1000)
-    const scraper = scrape ? startScraper([m.pair.sock('iohyp'), m.pair.sock('guest')]) : undefined
-    const r = measure(m.guest, '192.168.77.100')
+    const scraper = scrape ? await startScraper([m.pair.sock('iohyp'), m.pair.sock('guest')]) : undefined
+    const r = measure(m.guest, '192.168.77.100', [m.pair.iohyp.child.pid!, m.pair.guest.child.pid!])
     const s = await scraper?.stop()
     if (s && (s.failures > 0 || s.scrapes === 0)) throw new Error(`scraper: ${JSON.stringify(s)}`)
     return r

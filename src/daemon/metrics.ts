@@ -1,16 +1,27 @@
 /**
  * Prometheus metrics of a daemon (the list: docs/operations.md, "Metrics"; Prometheus conventions:
- * `vrio_` prefix, base units, `_total` counters). One prom-client Registry per daemon. The
- * counters the daemons keep anyway are read at scrape time by collect() callbacks, so the data path
- * does no work for them; the latency histograms are fixed-bucket typed arrays each disk keeps
- * (devices/blk/op-stats.ts: a few additions per request), exposed as they are at scrape time.
+ * `vrio_` prefix, base units, `_total` counters). The counters the daemons keep anyway are read at
+ * scrape time by each family's rows callback, so the data path does no work for them; the latency
+ * histograms are fixed-bucket typed arrays each disk keeps (devices/blk/op-stats.ts: a few
+ * additions per request), exposed as they are at scrape time.
+ *
+ * The exposition (text format 0.0.4) is written here, straight from those rows: a scrape builds no
+ * per-series objects, hashes no label sets and loads nothing (prom-client's registry took ~1 ms of
+ * CPU per scrape with one disk and ~9 ms with 16, and its default process metrics a GC observer
+ * that costs every garbage collection; see bench/metrics-scrape.ts). The process metrics keep
+ * prom-client's names and are read at scrape time too; the GC duration histogram, which needs a
+ * PerformanceObserver called after every collection, is opt-in (VRIO_METRICS_GC=1). prom-client
+ * stays for merging the iocores' metrics (aggregateMetrics) and for the JSON shape of json().
  *
  * Labels are bounded: guest MAC, device name, direction, operation, status, reason (never request
- * ids). Label values are escaped by prom-client's registry (a drop reason or name with quotes,
+ * ids). Label values are escaped as the format requires (a drop reason or name with quotes,
  * backslashes or newlines stays one label value).
  */
+import { readdirSync, readFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
-import type { Metric, MetricObjectWithValues, MetricValue, Registry } from 'prom-client'
+import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks'
+import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8'
+import type { MetricObjectWithValues, MetricValue } from 'prom-client'
 import type { GuestInfo, NicInfo } from '../control/api.ts'
 import { BLOCK_OP_NAMES, type BlockOpStats, FixedHistogram } from '../devices/blk/op-stats.ts'
 import { BlockStatus } from '../devices/blk/protocol.ts'
@@ -20,19 +31,10 @@ import { GUEST_STATES } from '../control/api.ts'
 
 export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 
-/**
- * prom-client is loaded at a daemon's first scrape, not at start: every `vrio` command imports the
- * daemons' modules, and most never serve a scrape.
- */
+/** prom-client is loaded only to merge iocores' metrics (aggregateMetrics). */
 type PromClient = typeof import('prom-client')
 let client: Promise<PromClient> | undefined
 const loadClient = (): Promise<PromClient> => (client ??= import('prom-client'))
-
-/** A registry being built, and the prom-client it belongs to. */
-interface Reg {
-  client: PromClient
-  registry: Registry
-}
 
 type Labels = Record<string, string>
 
@@ -69,7 +71,7 @@ export interface GuestMetricsSource {
 export interface DaemonMetrics {
   /** The exposition text (text/plain; version=0.0.4). */
   scrape(): Promise<string>
-  /** The same as prom-client's JSON (for an iocore's main thread to aggregate). */
+  /** The same in prom-client's JSON shape (for an iocore's main thread to aggregate). */
   json(): Promise<MetricObjectWithValues<MetricValue<string>>[]>
   close(): void
 }
@@ -87,118 +89,291 @@ function statusName(status: number): string {
 }
 
 /**
- * A metric whose values are rows produced at scrape time, through prom-client's collect() hook:
- * each scrape starts from nothing, so removed devices leave no stale series. A counter when its
- * name ends in `_total` (the Prometheus convention every name here follows), else a gauge.
+ * One sample: `series` is the family's name or, for histograms, `_bucket`, `_sum`, `_count`; `le`
+ * a bucket's bound (a label after `labels`: a histogram row passes one `labels` for all its buckets,
+ * rendered once).
  */
-function collected(
-  registry: Reg,
-  name: string,
-  help: string,
-  labelNames: readonly string[],
-  rows: (emit: (labels: Labels, value: number) => void) => void,
-): void {
-  if (name.endsWith('_total')) {
-    new registry.client.Counter({
-      name,
-      help,
-      labelNames,
-      registers: [registry.registry],
-      collect() {
-        this.reset()
-        rows((labels, value) => this.inc(labels, value))
-      },
-    })
-  } else {
-    new registry.client.Gauge({
-      name,
-      help,
-      labelNames,
-      registers: [registry.registry],
-      collect() {
-        this.reset()
-        rows((labels, value) => this.set(labels, value))
-      },
-    })
-  }
+type Sample = (series: string, labels: Labels, value: number, le?: string) => void
+
+/** A metric family: its rows are produced at scrape time, so removed devices leave no stale series. */
+interface Family {
+  name: string
+  help: string
+  type: 'counter' | 'gauge' | 'histogram'
+  rows(sample: Sample): void
 }
+
+/** The families of a daemon, in exposition order. */
+type Registry = Family[]
+
+/** Escapes a label value: backslash, double quote and newline (text format 0.0.4). */
+function escapeLabel(v: string): string {
+  return /[\\"\n]/.test(v) ? v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"') : v
+}
+
+function formatValue(v: number): string {
+  if (Number.isFinite(v)) return `${v}`
+  return Number.isNaN(v) ? 'NaN' : v > 0 ? '+Inf' : '-Inf'
+}
+
+/** Counts scrapes (expose and toJson run synchronously: one at a time). */
+let scrapeEpoch = 0
 
 /**
- * A histogram over FixedHistogram rows that live elsewhere (one per disk): enumerated at scrape
- * time, exposed with their label sets. prom-client's registry formats (and escapes) it like its own.
+ * `list()` read once per scrape however many families read it (building a guest's or NIC's info
+ * is the costly part of a scrape with many devices).
  */
-class ExternalHistogram {
-  readonly name: string
-  readonly help: string
-  readonly type = 'histogram'
-  readonly aggregator = 'sum'
-  private readonly source: () => Iterable<{ labels: Labels; histogram: FixedHistogram; row: number }>
-
-  constructor(
-    name: string,
-    help: string,
-    source: () => Iterable<{ labels: Labels; histogram: FixedHistogram; row: number }>,
-  ) {
-    this.name = name
-    this.help = help
-    this.source = source
-  }
-
-  get(): { name: string; help: string; type: string; aggregator: string; values: unknown[] } {
-    const values: unknown[] = []
-    for (const { labels, histogram: h, row } of this.source()) {
-      const cumulative = h.cumulative(row)
-      for (let i = 0; i < h.bounds.length; i++)
-        values.push({
-          labels: { ...labels, le: h.bounds[i] },
-          value: cumulative[i],
-          metricName: `${this.name}_bucket`,
-        })
-      values.push({
-        labels: { ...labels, le: '+Inf' },
-        value: h.count[row],
-        metricName: `${this.name}_bucket`,
-      })
-      values.push({ labels, value: h.sum[row], metricName: `${this.name}_sum` })
-      values.push({ labels, value: h.count[row], metricName: `${this.name}_count` })
+function perScrape<T>(list: () => Iterable<T>): () => T[] {
+  let epoch = -1
+  let rows: T[] = []
+  return () => {
+    if (epoch !== scrapeEpoch) {
+      rows = [...list()]
+      epoch = scrapeEpoch
     }
-    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values }
+    return rows
   }
-
-  reset(): void {}
 }
 
-function registerHistogram(registry: Reg, metric: ExternalHistogram): void {
-  registry.registry.registerMetric(metric as unknown as Metric)
+/** The text exposition of `families`. */
+function expose(families: Iterable<Family>): string {
+  scrapeEpoch++
+  const out: string[] = []
+  for (const f of families) {
+    out.push(
+      `# HELP ${f.name} ${f.help.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')}\n# TYPE ${f.name} ${f.type}\n`,
+    )
+    let last: Labels | undefined
+    let l = ''
+    f.rows((series, labels, value, le) => {
+      if (labels !== last) {
+        last = labels
+        l = ''
+        for (const k in labels) l += `${l ? ',' : ''}${k}="${escapeLabel(String(labels[k]))}"`
+      }
+      const all = le === undefined ? l : `${l ? `${l},` : ''}le="${le}"`
+      out.push(all ? `${series}{${all}} ${formatValue(value)}\n` : `${series} ${formatValue(value)}\n`)
+    })
+  }
+  return out.join('')
+}
+
+/** `families` in prom-client's JSON shape (what AggregatorRegistry.aggregate merges). */
+function toJson(families: Iterable<Family>): MetricObjectWithValues<MetricValue<string>>[] {
+  scrapeEpoch++
+  const out: MetricObjectWithValues<MetricValue<string>>[] = []
+  for (const f of families) {
+    const values: { labels: Labels; value: number; metricName?: string }[] = []
+    f.rows((series, labels, value, le) => {
+      const l = le === undefined ? labels : { ...labels, le }
+      values.push(series === f.name ? { labels: l, value } : { labels: l, value, metricName: series })
+    })
+    out.push({
+      name: f.name,
+      help: f.help,
+      type: f.type,
+      aggregator: 'sum',
+      values,
+    } as unknown as MetricObjectWithValues<MetricValue<string>>)
+  }
+  return out
+}
+
+/** A counter when `name` ends in `_total` (the convention every name here follows), else a gauge. */
+function collected(
+  registry: Registry,
+  name: string,
+  help: string,
+  _labelNames: readonly string[],
+  rows: (emit: (labels: Labels, value: number) => void) => void,
+): void {
+  registry.push({
+    name,
+    help,
+    type: name.endsWith('_total') ? 'counter' : 'gauge',
+    rows: (sample) => rows((labels, value) => sample(name, labels, value)),
+  })
+}
+
+/** A histogram over FixedHistogram rows that live elsewhere (one per disk), enumerated at scrape time. */
+function registerHistogram(
+  registry: Registry,
+  name: string,
+  help: string,
+  source: () => Iterable<{ labels: Labels; histogram: FixedHistogram; row: number }>,
+): void {
+  const bucket = `${name}_bucket`
+  const les = new Map<readonly number[], string[]>()
+  registry.push({
+    name,
+    help,
+    type: 'histogram',
+    rows(sample) {
+      for (const { labels, histogram: h, row } of source()) {
+        let le = les.get(h.bounds)
+        if (!le) {
+          le = h.bounds.map(formatValue)
+          les.set(h.bounds, le)
+        }
+        const cumulative = h.cumulative(row)
+        for (let i = 0; i < le.length; i++) sample(bucket, labels, cumulative[i], le[i])
+        sample(bucket, labels, h.count[row], '+Inf')
+        sample(`${name}_sum`, labels, h.sum[row])
+        sample(`${name}_count`, labels, h.count[row])
+      }
+    },
+  })
 }
 
 /** Event-loop delay: how late a 50 ms timer fires, in a fixed-bucket histogram. */
 const LOOP_INTERVAL_MS = 50
 const LOOP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
+/** prom-client's default GC buckets, and V8's GC kinds as its label values. */
+const GC_BUCKETS = [0.001, 0.01, 0.1, 1, 2, 5]
+const GC_KINDS: [number, string][] = [
+  [perfConstants.NODE_PERFORMANCE_GC_MINOR, 'minor'],
+  [perfConstants.NODE_PERFORMANCE_GC_MAJOR, 'major'],
+  [perfConstants.NODE_PERFORMANCE_GC_INCREMENTAL, 'incremental'],
+  [perfConstants.NODE_PERFORMANCE_GC_WEAKCB, 'weakcb'],
+]
+
+/**
+ * nodejs_gc_duration_seconds, when VRIO_METRICS_GC=1: a PerformanceObserver of every collection
+ * (Node then makes a performance entry and calls JS after each one: ~50 µs per GC measured here,
+ * which at a few hundred scavenges per second under load is more than the scrapes cost).
+ */
+function gcHistogram(registry: Registry): PerformanceObserver | undefined {
+  if (process.env.VRIO_METRICS_GC !== '1') return undefined
+  const h = new FixedHistogram(GC_KINDS.length, GC_BUCKETS)
+  const row = new Map(GC_KINDS.map(([kind], i) => [kind, i]))
+  const observer = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      const r = row.get((e as { detail?: { kind?: number } }).detail?.kind ?? -1)
+      if (r !== undefined) h.observe(r, e.duration / 1000)
+    }
+  })
+  observer.observe({ entryTypes: ['gc'] })
+  registerHistogram(
+    registry,
+    'nodejs_gc_duration_seconds',
+    'Garbage collection duration by kind, one of major, minor, incremental or weakcb.',
+    () => GC_KINDS.map(([, kind], i) => ({ labels: { kind }, histogram: h, row: i })),
+  )
+  return observer
+}
+
+/** The limit of open file descriptors, from /proc/self/limits (Linux), or undefined. */
+function maxFds(): number | undefined {
+  try {
+    const m = /Max open files\s+(\d+)/.exec(readFileSync('/proc/self/limits', 'utf8'))
+    return m ? Number(m[1]) : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * The process metrics, under prom-client's default names, each read at scrape time from one cheap
+ * call (no timers, no observers).
+ */
+function processMetrics(registry: Registry, lastLoopDelay: () => number): void {
+  const startTime = Math.round(Date.now() / 1000 - process.uptime())
+  const limit = maxFds()
+  const gauge = (name: string, help: string, rows: Family['rows']) =>
+    registry.push({ name, help, type: 'gauge', rows })
+  const counter = (name: string, help: string, rows: Family['rows']) =>
+    registry.push({ name, help, type: 'counter', rows })
+  let cpu = process.cpuUsage()
+  counter('process_cpu_user_seconds_total', 'Total user CPU time spent in seconds.', (s) => {
+    cpu = process.cpuUsage() // read once per scrape: the next two families use the same figures
+    s('process_cpu_user_seconds_total', {}, cpu.user / 1e6)
+  })
+  counter('process_cpu_system_seconds_total', 'Total system CPU time spent in seconds.', (s) =>
+    s('process_cpu_system_seconds_total', {}, cpu.system / 1e6),
+  )
+  counter('process_cpu_seconds_total', 'Total user and system CPU time spent in seconds.', (s) =>
+    s('process_cpu_seconds_total', {}, (cpu.user + cpu.system) / 1e6),
+  )
+  gauge('process_start_time_seconds', 'Start time of the process since unix epoch in seconds.', (s) =>
+    s('process_start_time_seconds', {}, startTime),
+  )
+  gauge('process_resident_memory_bytes', 'Resident memory size in bytes.', (s) =>
+    s('process_resident_memory_bytes', {}, process.memoryUsage.rss()),
+  )
+  gauge('process_open_fds', 'Number of open file descriptors.', (s) => {
+    try {
+      s('process_open_fds', {}, readdirSync('/proc/self/fd').length - 1)
+    } catch {
+      // not Linux: no sample
+    }
+  })
+  if (limit !== undefined)
+    gauge('process_max_fds', 'Maximum number of open file descriptors.', (s) =>
+      s('process_max_fds', {}, limit),
+    )
+  gauge(
+    'nodejs_eventloop_lag_seconds',
+    `Lag of event loop in seconds: how late the last ${LOOP_INTERVAL_MS} ms tick fired.`,
+    (s) => s('nodejs_eventloop_lag_seconds', {}, lastLoopDelay()),
+  )
+  gauge(
+    'nodejs_active_resources',
+    'Number of active resources that are currently keeping the event loop alive, grouped by async resource type.',
+    (s) => {
+      const byType = new Map<string, number>()
+      for (const t of process.getActiveResourcesInfo()) byType.set(t, (byType.get(t) ?? 0) + 1)
+      for (const [type, n] of byType) s('nodejs_active_resources', { type }, n)
+    },
+  )
+  let heap = getHeapStatistics()
+  gauge('nodejs_heap_size_total_bytes', 'Process heap size from Node.js in bytes.', (s) => {
+    heap = getHeapStatistics()
+    s('nodejs_heap_size_total_bytes', {}, heap.total_heap_size)
+  })
+  gauge('nodejs_heap_size_used_bytes', 'Process heap size used from Node.js in bytes.', (s) =>
+    s('nodejs_heap_size_used_bytes', {}, heap.used_heap_size),
+  )
+  gauge('nodejs_external_memory_bytes', 'Node.js external memory size in bytes.', (s) =>
+    s('nodejs_external_memory_bytes', {}, (heap as { external_memory?: number }).external_memory ?? 0),
+  )
+  let spaces = getHeapSpaceStatistics()
+  const space = (what: 'total' | 'used' | 'available', of: (sp: (typeof spaces)[number]) => number) =>
+    gauge(
+      `nodejs_heap_space_size_${what}_bytes`,
+      `Process heap space size ${what} from Node.js in bytes.`,
+      (s) => {
+        if (what === 'total') spaces = getHeapSpaceStatistics()
+        for (const sp of spaces)
+          s(`nodejs_heap_space_size_${what}_bytes`, { space: sp.space_name.replace(/_space$/, '') }, of(sp))
+      },
+    )
+  space('total', (sp) => sp.space_size)
+  space('used', (sp) => sp.space_used_size)
+  space('available', (sp) => sp.space_available_size)
+  const [major, minor, patch] = process.versions.node.split('.')
+  gauge('nodejs_version_info', 'Node.js version info.', (s) =>
+    s('nodejs_version_info', { version: process.version, major, minor, patch }, 1),
+  )
+}
+
 function common(
-  registry: Reg,
+  registry: Registry,
   role: 'iohyp' | 'guest',
   version: string,
   socket: () => { interface: string; kernelDrops: number },
   loop: FixedHistogram,
-): void {
-  registry.client.collectDefaultMetrics({ register: registry.registry })
-  // Gauges named like counters, which promtool flags; the same counts stay, by type, in
-  // nodejs_active_handles / _requests / _resources.
-  for (const name of [
-    'nodejs_active_handles_total',
-    'nodejs_active_requests_total',
-    'nodejs_active_resources_total',
-  ])
-    registry.registry.removeSingleMetric(name)
-  const info = new registry.client.Gauge({
-    name: 'vrio_info',
-    help: 'The daemon: its role and vrio version (always 1)',
-    labelNames: ['role', 'version'],
-    registers: [registry.registry],
-  })
-  info.set({ role, version }, 1)
+  lastLoopDelay: () => number,
+): PerformanceObserver | undefined {
+  processMetrics(registry, lastLoopDelay)
+  const gc = gcHistogram(registry)
+  collected(
+    registry,
+    'vrio_info',
+    'The daemon: its role and vrio version (always 1)',
+    ['role', 'version'],
+    (emit) => emit({ role, version }, 1),
+  )
   collected(
     registry,
     'vrio_packet_socket_kernel_drops_total',
@@ -211,44 +386,40 @@ function common(
   )
   registerHistogram(
     registry,
-    new ExternalHistogram(
-      'vrio_event_loop_delay_seconds',
-      `How late a ${LOOP_INTERVAL_MS} ms timer fires: time the event loop was busy elsewhere`,
-      () => [{ labels: {}, histogram: loop, row: 0 }],
-    ),
+    'vrio_event_loop_delay_seconds',
+    `How late a ${LOOP_INTERVAL_MS} ms timer fires: time the event loop was busy elsewhere`,
+    () => [{ labels: {}, histogram: loop, row: 0 }],
   )
+  return gc
 }
 
-/**
- * A daemon's metrics: the event-loop timer runs from now; the registry (prom-client, `build`'s
- * metrics) is made at the first scrape.
- */
+/** A daemon's metrics: the event-loop timer runs from now; the families are read at each scrape. */
 function daemonMetrics(
   role: 'iohyp' | 'guest',
   version: string,
   socket: () => { interface: string; kernelDrops: number },
-  build: (registry: Reg) => void,
+  build: (registry: Registry) => void,
 ): DaemonMetrics {
   const loop = new FixedHistogram(1, LOOP_BUCKETS)
   let expected = performance.now() + LOOP_INTERVAL_MS
+  let lastDelay = 0
   const timer = setInterval(() => {
     const now = performance.now()
-    loop.observe(0, Math.max(0, now - expected) / 1000)
+    lastDelay = Math.max(0, now - expected) / 1000
+    loop.observe(0, lastDelay)
     expected = now + LOOP_INTERVAL_MS
   }, LOOP_INTERVAL_MS)
   timer.unref()
-  let ready: Promise<Registry> | undefined
-  const registry = () =>
-    (ready ??= loadClient().then((c) => {
-      const registry: Reg = { client: c, registry: new c.Registry() }
-      common(registry, role, version, socket, loop)
-      build(registry)
-      return registry.registry
-    }))
+  const registry: Registry = []
+  const gc = common(registry, role, version, socket, loop, () => lastDelay)
+  build(registry)
   return {
-    scrape: async () => (await registry()).metrics(),
-    json: async () => (await registry()).getMetricsAsJSON(),
-    close: () => clearInterval(timer),
+    scrape: async () => expose(registry),
+    json: async () => toJson(registry),
+    close: () => {
+      clearInterval(timer)
+      gc?.disconnect()
+    },
   }
 }
 
@@ -261,7 +432,7 @@ function* opRows(
 }
 
 function diskCounters(
-  registry: Reg,
+  registry: Registry,
   disks: () => Iterable<{ labels: Labels; ops: BlockOpStats; inFlight: number }>,
   labelNames: readonly string[],
 ): void {
@@ -309,7 +480,7 @@ function byKey(emit: Emit, labels: Labels, key: string, counts: Readonly<Record<
  * `base(item)`'s (`labelNames` are the base's, then those `rows` adds).
  */
 function perItem<T>(
-  registry: Reg,
+  registry: Registry,
   items: () => Iterable<T>,
   base: (item: T) => Labels,
 ): (
@@ -324,10 +495,10 @@ function perItem<T>(
     })
 }
 
-function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
+function buildIohyp(registry: Registry, source: IohypMetricsSource): void {
   const guest = perItem(
     registry,
-    () => source.guests(),
+    perScrape(() => source.guests()),
     (g) => ({ guest: g.mac }),
   )
   guest(
@@ -389,11 +560,11 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
     (g, emit, l) => byKey(emit, l, 'reason', g.sessionFailures),
   )
 
-  const disks = () => {
+  const disks = perScrape(() => {
     const rows: (IohypDiskMetrics & { labels: Labels })[] = []
     for (const d of source.disks()) rows.push({ ...d, labels: { guest: d.guest, disk: d.disk } })
     return rows
-  }
+  })
   diskCounters(registry, disks, ['guest', 'disk'])
   const disk = perItem(registry, disks, (d) => d.labels)
   disk(
@@ -407,13 +578,11 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
   )
   registerHistogram(
     registry,
-    new ExternalHistogram(
-      'vrio_disk_service_seconds',
-      'IOhyp service time of block requests run on the device: arrival to answer',
-      function* () {
-        for (const d of disks()) yield* opRows(d.labels, d.ops)
-      },
-    ),
+    'vrio_disk_service_seconds',
+    'IOhyp service time of block requests run on the device: arrival to answer',
+    function* () {
+      for (const d of disks()) yield* opRows(d.labels, d.ops)
+    },
   )
   disk(
     'vrio_disk_crypt_bytes_total',
@@ -426,7 +595,7 @@ function buildIohyp(registry: Reg, source: IohypMetricsSource): void {
 
   const nic = perItem(
     registry,
-    () => source.nics(),
+    perScrape(() => source.nics()),
     (n) => ({ guest: n.guest, nic: n.name }),
   )
   nic(
@@ -492,22 +661,20 @@ export function createGuestMetrics(source: GuestMetricsSource): DaemonMetrics {
   )
 }
 
-function buildGuest(registry: Reg, source: GuestMetricsSource): void {
-  const disks = () => {
+function buildGuest(registry: Registry, source: GuestMetricsSource): void {
+  const disks = perScrape(() => {
     const rows: { labels: Labels; ops: BlockOpStats; inFlight: number }[] = []
     for (const d of source.disks()) rows.push({ ...d, labels: { disk: d.disk } })
     return rows
-  }
+  })
   diskCounters(registry, disks, ['disk'])
   registerHistogram(
     registry,
-    new ExternalHistogram(
-      'vrio_disk_request_seconds',
-      'End-to-end time of block requests as the guest sees it: made to completed',
-      function* () {
-        for (const d of disks()) yield* opRows(d.labels, d.ops)
-      },
-    ),
+    'vrio_disk_request_seconds',
+    'End-to-end time of block requests as the guest sees it: made to completed',
+    function* () {
+      for (const d of disks()) yield* opRows(d.labels, d.ops)
+    },
   )
 }
 

@@ -9,6 +9,7 @@ import { describe, it } from 'node:test'
 import type { GuestInfo, NicInfo } from '../../src/control/api.ts'
 import { parseListenAddress } from '../../src/daemon/listen-address.ts'
 import {
+  aggregateMetrics,
   createGuestMetrics,
   createIohypMetrics,
   type IohypDiskMetrics,
@@ -284,6 +285,113 @@ describe('metrics exposition', () => {
       }
     } finally {
       m.close()
+    }
+  })
+
+  it('a scrape reads the guests, disks and NICs once each, however many families use them', async () => {
+    const calls = { guests: 0, disks: 0, nics: 0 }
+    const m = createIohypMetrics({
+      version: '1',
+      guests: () => {
+        calls.guests++
+        return [guest(mac)]
+      },
+      disks: () => {
+        calls.disks++
+        return [disk('disk0', mac)]
+      },
+      nics: () => {
+        calls.nics++
+        return [nic('vnic0', mac)]
+      },
+      socket: () => ({ interface: 'eth0', kernelDrops: 0 }),
+    })
+    try {
+      const s = parse(await m.scrape())
+      assert.deepEqual(calls, { guests: 1, disks: 1, nics: 1 })
+      assert.equal(s.get(`vrio_disk_in_flight{guest="${mac}",disk="disk0"}`), 2)
+      assert.equal(s.get(`vrio_nic_frames_total{guest="${mac}",nic="vnic0",direction="in"}`), 5)
+      await m.scrape()
+      await m.json()
+      assert.deepEqual(calls, { guests: 3, disks: 3, nics: 3 }, 'fresh figures at every scrape')
+    } finally {
+      m.close()
+    }
+  })
+
+  it("json(): prom-client's shape, which aggregateMetrics merges (iocores) into the same exposition", async () => {
+    const make = () => {
+      const ops = new BlockOpStats()
+      ops.count(0, 4096)
+      ops.latency.observe(0, 0.0002)
+      return createGuestMetrics({
+        version: '1',
+        disks: () => [{ disk: 'disk0', ops, inFlight: 1 }],
+        socket: () => ({ interface: 'eth0', kernelDrops: 0 }),
+      })
+    }
+    const [a, b] = [make(), make()]
+    try {
+      const json = await a.json()
+      const h = json.find((f) => f.name === 'vrio_disk_request_seconds')
+      assert.equal(h?.type as unknown, 'histogram')
+      const bucket = h?.values.find(
+        (v) =>
+          (v as { metricName?: string }).metricName === 'vrio_disk_request_seconds_bucket' &&
+          v.labels.op === 'read' &&
+          v.labels.le === '0.00025',
+      )
+      assert.equal(bucket?.value, 1)
+      const merged = parse(await aggregateMetrics([json, await b.json()]))
+      assert.equal(merged.get('vrio_disk_requests_total{disk="disk0",op="read"}'), 2)
+      assert.equal(merged.get('vrio_disk_request_seconds_bucket{disk="disk0",op="read",le="0.00025"}'), 2)
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
+
+  it('process metrics read at scrape time; the GC histogram only with VRIO_METRICS_GC=1', async () => {
+    const source = {
+      version: '1',
+      disks: () => [],
+      socket: () => ({ interface: 'eth0', kernelDrops: 0 }),
+    }
+    const plain = createGuestMetrics(source)
+    const saved = process.env.VRIO_METRICS_GC
+    process.env.VRIO_METRICS_GC = '1'
+    const withGc = createGuestMetrics(source)
+    if (saved === undefined) delete process.env.VRIO_METRICS_GC
+    else process.env.VRIO_METRICS_GC = saved
+    try {
+      const text = await plain.scrape()
+      const s = parse(text)
+      for (const name of [
+        'process_cpu_seconds_total',
+        'process_resident_memory_bytes',
+        'process_start_time_seconds',
+        'nodejs_heap_size_used_bytes',
+        'nodejs_eventloop_lag_seconds',
+      ])
+        assert.ok((s.get(name) ?? 0) > 0 || name === 'nodejs_eventloop_lag_seconds', name)
+      assert.ok(s.has('nodejs_heap_space_size_used_bytes{space="new"}'))
+      assert.ok(
+        ![...s.keys()].some((k) => k.startsWith('nodejs_gc_duration_seconds')),
+        'no GC observer by default',
+      )
+      if (hasPromtool()) assert.equal(promtoolCheck(text), '')
+      // Garbage enough for a few scavenges, then a turn of the loop for the observer's callback.
+      let keep: unknown
+      for (let i = 0; i < 2_000_000; i++) keep = { i, a: [i] }
+      assert.ok(keep)
+      await new Promise((r) => setTimeout(r, 50))
+      const g = await withGc.scrape()
+      const minor = parse(g).get('nodejs_gc_duration_seconds_count{kind="minor"}')
+      assert.ok(minor !== undefined && minor > 0, `minor GCs counted: ${minor}`)
+      if (hasPromtool()) assert.equal(promtoolCheck(g), '')
+    } finally {
+      plain.close()
+      withGc.close()
     }
   })
 })
