@@ -80,7 +80,7 @@ export interface DpiOptions extends RuleParseOptions {
    * other rules still act; like Suricata at pcre.match-limit) or 'drop' (IPS: the frame is dropped).
    */
   budgetExceeded?: 'pass' | 'drop'
-  /** HTTP parser limits (head size, headers, body bytes kept per body: 8 KiB); see app/http.ts. */
+  /** HTTP parser limits (head size, headers, body bytes kept per body: 8 KiB, inspected in steps of 4 KiB); see app/http.ts. */
   http?: Partial<HttpLimits>
 }
 
