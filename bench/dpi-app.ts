@@ -5,6 +5,7 @@ import { dissectPacket, newPacket } from '../src/wire/packet.ts'
 import { TCP_ACK, TCP_PSH } from '../src/wire/tcp.ts'
 import { seededRandom } from '../test/support/random.ts'
 import { etOpenText } from './support/dpi-rules.ts'
+import { pages, requestBytes, responseBytes } from './support/http-text.ts'
 
 const seconds = Number(process.argv[2] ?? 2)
 const random = seededRandom(0xa99)
@@ -20,6 +21,8 @@ interface Segment {
   fromClient: boolean
   length: number
   tcp: boolean
+  /** The last segment of a request/response pair (counted as one request). */
+  last?: boolean
 }
 
 function frame(conn: number, fromClient: boolean, payload: Buffer, tcp: boolean): Buffer {
@@ -84,6 +87,36 @@ function httpTraffic(totalBytes: number): Segment[] {
   return out
 }
 
+/**
+ * nic-services case 6's traffic (bench/support/http-text.ts, as http-peer's Node client and server
+ * send it): keep-alive requests with browser-like headers (a form POST every 8th), text/html
+ * responses of 1–16 KiB, on 8 connections, cut into segments of `mss` bytes.
+ */
+function httpPeerTraffic(requests: number, mss: number): Segment[] {
+  const out: Segment[] = []
+  const rnd = seededRandom(0x4378)
+  const bodies = pages(seededRandom(0x4877))
+  for (let n = 0; n < requests; n++) {
+    const conn = n % 8
+    const push = (data: Buffer, fromClient: boolean, last: boolean) => {
+      for (let at = 0; at < data.length; at += mss) {
+        const part = data.subarray(at, at + mss)
+        out.push({
+          frame: frame(conn, fromClient, part, true),
+          conn,
+          fromClient,
+          length: part.length,
+          tcp: true,
+          last: last && at + mss >= data.length,
+        })
+      }
+    }
+    push(requestBytes(rnd, n), true, false)
+    push(responseBytes(bodies[n % bodies.length]), false, true)
+  }
+  return out
+}
+
 function dnsTraffic(count: number): Segment[] {
   const out: Segment[] = []
   for (let k = 0; k < count; k++) {
@@ -132,7 +165,7 @@ function dnsRules(count: number): string {
 function run(
   rules: string,
   segments: Segment[],
-): { fps: number; mbps: number; nsPerFrame: number; buildMs: number } {
+): { fps: number; mbps: number; nsPerFrame: number; usPerRequest: number; buildMs: number } {
   const t0 = performance.now()
   const dpi = createDpi(rules, 'bench.rules', { strict: false, vars: { HOME_NET: '10.0.0.0/8' } })
   const buildMs = performance.now() - t0
@@ -141,6 +174,7 @@ function run(
   const seq = new Uint32Array(64 * 2)
   let bytes = 0
   let frames = 0
+  let requests = 0
   const cpu0 = process.cpuUsage()
   const end = performance.now() + seconds * 1000
   while (performance.now() < end) {
@@ -154,6 +188,7 @@ function run(
       dpi.inspect(s.frame, p, s.fromClient ? 'from-guest' : 'to-guest', ctx)
       bytes += s.frame.length
       frames++
+      if (s.last) requests++
     }
   }
   const cpu = process.cpuUsage(cpu0)
@@ -162,12 +197,15 @@ function run(
     fps: frames / cpuSeconds,
     mbps: bytes / 1e6 / cpuSeconds,
     nsPerFrame: (cpuSeconds * 1e9) / frames,
+    usPerRequest: (cpuSeconds * 1e6) / requests,
     buildMs,
   }
 }
 
 const results: Record<string, unknown>[] = []
-console.log('traffic             rules                frames/cpu-s  MB/cpu-s  ns/frame  ratio  build ms')
+console.log(
+  'traffic             rules                frames/cpu-s  MB/cpu-s  ns/frame  µs/req  ratio  build ms',
+)
 const cases: Array<[string, Segment[], Array<[string, string]>]> = [
   [
     'HTTP, MSS frames',
@@ -177,6 +215,14 @@ const cases: Array<[string, Segment[], Array<[string, string]>]> = [
       ['1 app rule', httpRules(1)],
       ['1000 http rules', httpRules(1000)],
       ['10000 http rules', httpRules(10_000)],
+      ['ET Open (loadable)', etOpenText()],
+    ],
+  ],
+  [
+    'HTTP, http-peer',
+    httpPeerTraffic(2000, Number(process.env.BENCH_DPI_MSS ?? 1448)),
+    [
+      ['0', ''],
       ['ET Open (loadable)', etOpenText()],
     ],
   ],
@@ -204,13 +250,14 @@ for (const [t, [traffic, segments, variants]] of cases.entries()) {
     const ratio = r.fps / baseline
     console.log(
       `${traffic.padEnd(19)} ${label.padEnd(20)} ${r.fps.toFixed(0).padStart(12)} ${r.mbps.toFixed(0).padStart(9)}` +
-        ` ${r.nsPerFrame.toFixed(0).padStart(9)} ${ratio.toFixed(2).padStart(6)} ${r.buildMs.toFixed(0).padStart(9)}`,
+        ` ${r.nsPerFrame.toFixed(0).padStart(9)} ${(Number.isFinite(r.usPerRequest) ? r.usPerRequest.toFixed(1) : '-').padStart(7)} ${ratio.toFixed(2).padStart(6)} ${r.buildMs.toFixed(0).padStart(9)}`,
     )
     results.push({
       traffic,
       rules: label,
       framesPerSec: Math.round(r.fps),
       nsPerFrame: Math.round(r.nsPerFrame),
+      ...(Number.isFinite(r.usPerRequest) && { usPerRequest: Number(r.usPerRequest.toFixed(1)) }),
       ratio: Number(ratio.toFixed(3)),
     })
   }

@@ -11,54 +11,17 @@
  */
 import { Agent, createServer, request } from 'node:http'
 import { seededRandom } from '../../test/support/random.ts'
-
-const WORDS = [
-  'the',
-  'account',
-  'search',
-  'result',
-  'index',
-  'script',
-  'style',
-  'image',
-  'session',
-  'value',
-  'network',
-  'stream',
-  'content',
-  'server',
-  'request',
-  'user',
-  'page',
-  'data',
-]
-
-function page(random: () => number, size: number): Buffer {
-  let s = '<!DOCTYPE html><html><head><title>bench</title></head><body>\n'
-  while (s.length < size) {
-    const w = WORDS[Math.floor(random() * WORDS.length)]
-    s +=
-      random() < 0.1
-        ? `<p class="${w}"><a href="/${w}/${Math.floor(random() * 1e4)}">${w}</a></p>\n`
-        : `${w} `
-  }
-  return Buffer.from(s.slice(0, size), 'latin1')
-}
+import { clientRequest, pages as makePages, responseHeaders } from './http-text.ts'
 
 function server(address: string, port: number): void {
   const random = seededRandom(0x4877)
-  const pages = Array.from({ length: 64 }, (_, k) => page(random, 1024 * (1 + (k % 16))))
+  const pages = makePages(random)
   let n = 0
   createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
     req.resume()
     req.on('end', () => {
       const body = pages[n++ % pages.length]
-      res.writeHead(200, {
-        'Content-Type': 'text/html; charset=utf-8',
-        'Content-Length': body.length,
-        'Cache-Control': 'no-cache',
-        Server: 'bench/1.0',
-      })
+      res.writeHead(200, responseHeaders(body))
       res.end(body)
     })
   }).listen(port, address)
@@ -68,37 +31,21 @@ async function client(url: string, seconds: number, connections: number): Promis
   const random = seededRandom(0x4378)
   const agent = new Agent({ keepAlive: true, maxSockets: connections })
   const target = new URL(url)
-  const form = Buffer.from(
-    Array.from({ length: 24 }, (_, k) => `${WORDS[k % WORDS.length]}=${WORDS[(k * 7) % WORDS.length]}`).join(
-      '&',
-    ),
-  )
   let requests = 0
   let bytes = 0
   const end = performance.now() + seconds * 1000
   const t0 = performance.now()
   const one = (): Promise<void> =>
     new Promise((resolve, reject) => {
-      const post = requests % 8 === 7
-      const path = `/${WORDS[Math.floor(random() * WORDS.length)]}/${WORDS[Math.floor(random() * WORDS.length)]}.php?id=${Math.floor(random() * 1e6)}`
+      const r = clientRequest(random, requests)
       const req = request(
         {
           host: target.hostname,
           port: target.port,
-          path,
-          method: post ? 'POST' : 'GET',
+          path: r.path,
+          method: r.method,
           agent,
-          headers: {
-            Host: `www.${WORDS[requests % WORDS.length]}.example`,
-            'User-Agent': 'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0',
-            Accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8',
-            'Accept-Language': 'en-US,en;q=0.5',
-            Cookie: `session=${Math.floor(random() * 1e12).toString(36)}; theme=light`,
-            ...(post && {
-              'Content-Type': 'application/x-www-form-urlencoded',
-              'Content-Length': form.length,
-            }),
-          },
+          headers: r.headers,
         },
         (res) => {
           res.on('data', (chunk: Buffer) => {
@@ -112,7 +59,7 @@ async function client(url: string, seconds: number, connections: number): Promis
         },
       )
       req.on('error', reject)
-      req.end(post ? form : undefined)
+      req.end(r.body)
     })
   const loop = async (): Promise<void> => {
     while (performance.now() < end) await one()

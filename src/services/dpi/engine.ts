@@ -80,7 +80,7 @@ export interface DpiOptions extends RuleParseOptions {
    * other rules still act; like Suricata at pcre.match-limit) or 'drop' (IPS: the frame is dropped).
    */
   budgetExceeded?: 'pass' | 'drop'
-  /** HTTP parser limits (head size, headers, body bytes kept per body: 8 KiB); see app/http.ts. */
+  /** HTTP parser limits (head size, headers, body bytes kept per body: 8 KiB, inspected in steps of 4 KiB); see app/http.ts. */
   http?: Partial<HttpLimits>
 }
 
@@ -953,7 +953,10 @@ export class DpiService implements NetService {
     const rs = this.#rules
     const toServer = this.#toServer
     for (const tx of this.#updated) {
+      // After a rule swap every buffer is scanned again; else only those that changed.
+      let rescan = false
       if (tx.generation !== rs.generation) {
+        rescan = true
         tx.generation = rs.generation
         tx.alerted.clear()
         tx.candidates.clear()
@@ -970,6 +973,7 @@ export class DpiService implements NetService {
       // A plain array: a typed one per transaction costs more than it saves.
       if (tx.scanned.length !== 4 * rs.prefilterSlots) tx.scanned = new Array(4 * rs.prefilterSlots).fill(0)
       const scanned = tx.scanned
+      const changed = tx.changed
       for (const prefilter of prefilters) {
         const ac = prefilter.automaton
         this.#appPatternRules = prefilter.patternRules
@@ -978,6 +982,8 @@ export class DpiService implements NetService {
         let doneCount = 0
         let doneBytes = 0
         for (const part of prefilter.parts) {
+          // Unchanged since the last round: scanned to its end then.
+          if (!rescan && !changed.has(part.id)) continue
           // The instances a packet going this way sees (see AppTx.lookup), and their progress.
           const response = part.responseOnly || (part.bothSides && !toServer)
           const list = (response ? tx.response : tx.request).get(part.id)
@@ -1110,7 +1116,7 @@ export class DpiService implements NetService {
     if (rs.needsApp) {
       const flow = this.#flow as Flow
       flow.app ??= new AppState(true, this.#appLimits)
-      if (side.appOffset !== side.offset) flow.app.gap(this.#toServer)
+      if (side.appOffset !== side.offset) flow.app.gap(this.#toServer, updated)
       this.#feedApp(flow, this.#toServer, data, start, end)
       side.appOffset = side.offset + length
     }

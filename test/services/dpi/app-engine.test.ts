@@ -447,7 +447,7 @@ describe('DPI prefilter groups and header indexing through the engine', () => {
     c.client('GET /a HTTP/1.1\r\nHost: x\r\n\r\n')
     c.client('POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nother')
     assert.deepEqual(sorted(h.sids), [])
-    c.client('POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\ncommand=run&x')
+    c.client('POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\ncommand=run&x')
     assert.deepEqual(sorted(h.sids), [7])
   })
 

@@ -24,6 +24,12 @@ function run(parser: AppParser, chunks: Array<[boolean, Uint8Array]>): Array<Rec
     parser.feed(toServer, data, 0, data.length, updated)
     for (const tx of updated) if (!seen.includes(tx)) seen.push(tx)
   }
+  // The streams end (a body running to the close is complete).
+  for (const toServer of [true, false]) {
+    const updated: AppTx[] = []
+    parser.close?.(toServer, updated)
+    for (const tx of updated) if (!seen.includes(tx)) seen.push(tx)
+  }
   return seen.map((tx) => {
     const out: Record<string, string[]> = {}
     for (const [side, map] of [
@@ -92,6 +98,71 @@ describe('HTTP parser', () => {
     assert.deepEqual(b['<http.stat_code'], ['200'])
     assert.deepEqual(b['<http.server'], ['test'])
     assert.deepEqual(b['<http.response_body'], ['to the end'])
+  })
+
+  it('hands a body to inspection in steps: every bodyInspectStep bytes, at its end, its limit, a FIN, a gap', () => {
+    const bodies = (parser: HttpParser, chunks: Array<[boolean, string | 'fin' | 'gap']>): string[] => {
+      const out: string[] = []
+      for (const [toServer, c] of chunks) {
+        const updated: AppTx[] = []
+        if (c === 'fin') parser.close(toServer, updated)
+        else if (c === 'gap') parser.gap(toServer, updated)
+        else parser.feed(toServer, enc(c), 0, c.length, updated)
+        for (const tx of updated) {
+          const body = tx.request.get('http.request_body')?.[0]
+          if (body && tx.changed.has('http.request_body')) out.push(`${body.length}`)
+          tx.changed.clear()
+        }
+      }
+      return out
+    }
+    const head = (length: number) => `POST /u HTTP/1.1\r\nContent-Length: ${length}\r\n\r\n`
+    const kb = 'x'.repeat(1024)
+    const limits = { bodyLimit: 8192, bodyInspectStep: 4096 }
+    // 10 KiB in 1 KiB segments: at 4 KiB, at the 8 KiB limit (nothing kept beyond).
+    assert.deepEqual(
+      bodies(new HttpParser(limits), [
+        [true, head(10240)],
+        ...Array.from({ length: 10 }, () => [true, kb] as [boolean, string]),
+      ]),
+      ['4096', '8192'],
+    )
+    // 3 KiB: once, complete.
+    assert.deepEqual(
+      bodies(new HttpParser(limits), [
+        [true, head(3072)],
+        [true, kb],
+        [true, kb],
+        [true, kb],
+      ]),
+      ['3072'],
+    )
+    // Cut short: what came is inspected at the FIN, or at a hole.
+    assert.deepEqual(
+      bodies(new HttpParser(limits), [
+        [true, head(3072)],
+        [true, kb],
+        [true, 'fin'],
+      ]),
+      ['1024'],
+    )
+    assert.deepEqual(
+      bodies(new HttpParser(limits), [
+        [true, head(3072)],
+        [true, kb],
+        [true, 'gap'],
+      ]),
+      ['1024'],
+    )
+    // Step 1: every segment.
+    assert.deepEqual(
+      bodies(new HttpParser({ ...limits, bodyInspectStep: 1 }), [
+        [true, head(2048)],
+        [true, kb],
+        [true, kb],
+      ]),
+      ['1024', '2048'],
+    )
   })
 
   it('gives the same buffers however the streams are split', () => {

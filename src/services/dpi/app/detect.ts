@@ -210,8 +210,8 @@ export class AppState {
     this.parser?.close?.(toServer, updated)
   }
 
-  gap(toServer: boolean): void {
-    if (this.parser) this.parser.gap(toServer)
+  gap(toServer: boolean, updated?: AppTx[]): void {
+    if (this.parser) this.parser.gap(toServer, updated)
     else this.#held[toServer ? 0 : 1] = Buffer.alloc(0)
   }
 }

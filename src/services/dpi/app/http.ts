@@ -22,6 +22,14 @@ export interface HttpLimits {
   maxHeaders: number
   /** Body bytes kept per body for inspection. Default 8 KiB. */
   bodyLimit: number
+  /**
+   * A body's kept bytes are handed to inspection (the body buffers set) once this many more have
+   * arrived since the last time, and always when the body is complete, reaches `bodyLimit`, or its
+   * direction ends (FIN) or has a hole: Suricata's body inspect window. A body arriving in many
+   * segments is then prefiltered and verified a few times, not once per segment. Default 4 KiB;
+   * 1: every segment.
+   */
+  bodyInspectStep: number
   /** Transactions queued per flow (pipelining); the oldest is dropped beyond. Default 16. */
   maxTransactions: number
   /**
@@ -35,6 +43,7 @@ export const DEFAULT_HTTP_LIMITS: HttpLimits = {
   maxHead: 16_384,
   maxHeaders: 128,
   bodyLimit: 8192,
+  bodyInspectStep: 4096,
   maxTransactions: 16,
   maxFlowBytes: 131_072,
 }
@@ -69,6 +78,8 @@ class Side {
   chunkSizeDone = false
   body: Buffer | undefined
   bodyLength = 0
+  /** Body bytes handed to inspection (see HttpLimits.bodyInspectStep). */
+  published = 0
   tx: AppTx | undefined
   /** The request target / the status code of the head being parsed. */
   target = ''
@@ -116,9 +127,11 @@ export class HttpParser implements AppParser {
     return this.#txs.length
   }
 
-  gap(toServer: boolean): void {
-    // After a hole the parser cannot know where it is: that direction stops.
+  gap(toServer: boolean, updated?: AppTx[]): void {
+    // After a hole the parser cannot know where it is: that direction stops (the body bytes kept
+    // so far are inspected).
     const side = toServer ? this.#client : this.#server
+    if (updated) this.#publishBody(side, toServer, updated)
     side.state = DEAD
   }
 
@@ -387,6 +400,7 @@ export class HttpParser implements AppParser {
   #startBody(side: Side, headers: Header[], toServer: boolean, updated: AppTx[]): void {
     side.body = undefined
     side.bodyLength = 0
+    side.published = 0
     side.decoded = undefined
     const ce = headerValue(headers, 'content-encoding')?.trim().toLowerCase()
     side.encoding = ce === 'gzip' || ce === 'x-gzip' ? 'gzip' : ce === 'deflate' ? 'deflate' : undefined
@@ -521,6 +535,17 @@ export class HttpParser implements AppParser {
     side.body.set(data.subarray(from, from + keep), side.bodyLength)
     side.bodyLength += keep
     this.#charge(tx, keep)
+    // Inspected in steps (and when complete, at the limit, at the end of the direction).
+    if (side.bodyLength < limit && side.bodyLength - side.published < this.#limits.bodyInspectStep) return
+    this.#publishBody(side, toServer, updated)
+  }
+
+  /** The body bytes kept so far, when some were not inspected yet, as the body buffers (decoded). */
+  #publishBody(side: Side, toServer: boolean, updated: AppTx[]): void {
+    const tx = side.tx
+    if (!tx || !side.body || side.decoded || side.bodyLength <= side.published) return
+    side.published = side.bodyLength
+    const limit = this.#limits.bodyLimit
     let view = side.body.subarray(0, side.bodyLength)
     if (side.encoding) {
       const out = decodeBody(view, side.encoding, limit)
@@ -537,9 +562,11 @@ export class HttpParser implements AppParser {
   }
 
   #bodyDone(side: Side, toServer: boolean, updated: AppTx[]): void {
+    this.#publishBody(side, toServer, updated)
     side.state = HEAD
     side.body = undefined
     side.bodyLength = 0
+    side.published = 0
     const tx = side.tx
     side.tx = undefined
     if (!tx) return
@@ -592,6 +619,7 @@ export class HttpParser implements AppParser {
       this.#headDone(side, toServer, side.head.subarray(0, side.headLength), updated)
     }
     if (side.state === BODY_CLOSE) this.#bodyDone(side, toServer, updated)
+    else this.#publishBody(side, toServer, updated) // a body cut short
   }
 }
 

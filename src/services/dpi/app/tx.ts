@@ -111,8 +111,11 @@ export interface AppParser {
    * changed are appended to `updated` (each at most once per call). Never throws.
    */
   feed(toServer: boolean, data: Uint8Array, start: number, end: number, updated: AppTx[]): void
-  /** A hole in one direction's stream: the parser resynchronises (or gives up) there. */
-  gap(toServer: boolean): void
+  /**
+   * A hole in one direction's stream: the parser resynchronises (or gives up) there; what it held
+   * back for inspection is handed over first (transactions appended to `updated`).
+   */
+  gap(toServer: boolean, updated?: AppTx[]): void
   /** The end of one direction's stream (TCP FIN): what was waiting for more bytes completes. */
   close?(toServer: boolean, updated: AppTx[]): void
   /** Transactions still held (for bounds and tests). */
