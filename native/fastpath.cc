@@ -15,9 +15,11 @@
 // Anything else hands the connection back (its state written to the slot's shared arrays) and
 // the frame, still as it arrived, goes on to JavaScript in the same batch, in order.
 #include <errno.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -58,6 +60,8 @@ enum LendParam {
   kPCwnd,
   kPSsthresh,
   kPSendBuffer,
+  kPSrtt,    // the connection's smoothed RTT (ms), -1 before its first sample
+  kPRttvar,  // and its variation (ms)
   kPDisks = 32,  // then per disk: high, low, fd, size, maxRead
 };
 constexpr int kDiskStride = 5;
@@ -90,6 +94,10 @@ enum SlotField {
   kCLends,
   kCPureAcks,
   kCReadErrors,
+  kCRttSamples,
+  kSSrtt = 27,  // the connection's srtt and rttvar (ms), current after every sample taken here
+  kSRttvar,
+  kSRttSamples,  // RTT samples taken since the lend
 };
 constexpr int kRecordStride = 3;  // seq, length, store offset
 
@@ -107,6 +115,13 @@ constexpr uint8_t kSubSegment = 2, kSubSeal = 3;
 constexpr size_t kSealTagAt = 10;
 constexpr uint32_t kReplayWindow = 1024;
 constexpr size_t kTxArena = 4u << 20;
+
+// Milliseconds on a monotonic clock: only differences are used (RTT samples).
+inline double NowMs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) / 1e6;
+}
 
 inline uint16_t Rd16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
 inline uint32_t Rd32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
@@ -196,6 +211,13 @@ struct FastPath::Lease {
   // slot's store, a ring [storeHead, storeTail) that wraps only at a record boundary.
   uint32_t recHead = 0, recCount = 0;
   size_t storeHead = 0, storeTail = 0;
+  // RTT (Connection.sampleRtt, RFC 6298): one reply timed at a time, from its send to the first
+  // ACK that covers it. Only replies sent here are timed, and they are sent once while lent
+  // (retransmissions happen after the hand back, and a lend starts untimed): Karn's rule.
+  double srtt = -1, rttvar = 0;
+  bool timing = false;
+  uint32_t timingEnd = 0;
+  double timingAt = 0;
 };
 
 Napi::Function FastPath::Define(Napi::Env env) {
@@ -297,6 +319,9 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   l.rekeyBytes = uint64_t(p[kPRekeyBytes]);
   l.rxEpoch = uint64_t(p[kPRxEpoch]);
   l.rxHighest = int64_t(p[kPRxHighest]);
+  l.srtt = p[kPSrtt];
+  l.rttvar = p[kPRttvar];
+  l.timing = false;
   // Key schedules are set up again only when a key changed (a rekey, another connection).
   if (!l.txKeyed || l.cipher != cipher || std::memcmp(l.txKey, txKey.Data(), 32) != 0) {
     l.txKeyed = l.tx.Init(cipher, txKey.Data());
@@ -326,6 +351,9 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   s[kSAckProgress] = 0;
   s[kSRecords] = 0;
   s[kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
+  s[kSSrtt] = l.srtt;
+  s[kSRttvar] = l.rttvar;
+  s[kSRttSamples] = 0;
   s[kCLends]++;
   s[kSState] = kStateLent;
   lent_++;
@@ -523,6 +551,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   l.wl1 = seq;
   l.wl2 = ack;
   if (ack != l.sndUna) {
+    if (l.timing && SeqDiff(ack, l.timingEnd) >= 0) SampleRtt(l, s, NowMs() - l.timingAt);
     // Congestion window growth as Connection.onAckAdvance (no loss recovery here).
     uint64_t acked = uint32_t(ack - l.sndUna);
     if (l.ssthresh < 0 || double(l.cwnd) < l.ssthresh) {
@@ -544,6 +573,24 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   s[kCRequests]++;
   Answer(ch, slot, *disk, m, roff, rlen);
   return true;
+}
+
+// One RTT sample (ms), folded in as Connection.sampleRtt does; the result is in the slot at once
+// (the Connection reads it at its lease check and at the hand back).
+void FastPath::SampleRtt(Lease& l, double* s, double sample) {
+  double r = std::max(sample, 0.0);
+  if (l.srtt < 0) {
+    l.srtt = r;
+    l.rttvar = r / 2;
+  } else {
+    l.rttvar = 0.75 * l.rttvar + 0.25 * std::abs(l.srtt - r);
+    l.srtt = 0.875 * l.srtt + 0.125 * r;
+  }
+  l.timing = false;
+  s[kSSrtt] = l.srtt;
+  s[kSRttvar] = l.rttvar;
+  s[kSRttSamples]++;
+  s[kCRttSamples]++;
 }
 
 // A frame that failed to open, or that opened and is not ours after all, gets its ciphertext and
@@ -646,6 +693,11 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   l.storeTail = at + bytes;
   uint8_t* frame = txArena_.data() + txUsed_;
   size_t flen = BuildData(l, ch->vnetHdr_, frame, msg, bytes);
+  if (!l.timing) {
+    l.timing = true;
+    l.timingEnd = l.sndNxt;
+    l.timingAt = NowMs();
+  }
   txIov_.push_back({frame, flen});
   txUsed_ += (flen + 7) & ~size_t(7);
   s[kCFramesOut]++;

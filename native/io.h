@@ -227,6 +227,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   Lease* Find(uint32_t remoteIp, uint16_t remotePort, uint16_t localPort, uint32_t* slot);
   bool Take(Channel* ch, uint8_t* f, size_t len, bool verified);
   bool Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool verified, uint32_t dst);
+  void SampleRtt(Lease& l, double* s, double sample);
   void Restore(Lease& l, uint8_t* f, size_t payloadAt, size_t end, size_t tagAt, uint64_t counter, const uint8_t* tag);
   void UpdateReplay(Lease& l, uint32_t* bits, uint64_t counter);
   void Acknowledge(uint32_t slot, uint32_t ack);

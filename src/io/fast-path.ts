@@ -33,6 +33,9 @@ const S = {
   ackProgress: 13,
   inFlight: 14,
   cwnd: 15,
+  srtt: 27,
+  rttvar: 28,
+  rttSamples: 29,
 } as const
 const STATE_FREE = 0
 const STATE_LENT = 1
@@ -49,6 +52,7 @@ const COUNTER_NAMES = [
   'lends',
   'pureAcks',
   'readErrors',
+  'rttSamples',
 ] as const
 export type FastPathCounter = (typeof COUNTER_NAMES)[number]
 export type FastPathCounters = Record<FastPathCounter, number>
@@ -100,6 +104,18 @@ class SlotLease implements ConnectionLease {
 
   get inFlight(): number {
     return this.host.shared[this.slot * SLOT_STRIDE + S.inFlight]
+  }
+
+  get rttSamples(): number {
+    return this.host.shared[this.slot * SLOT_STRIDE + S.rttSamples]
+  }
+
+  get srtt(): number {
+    return this.host.shared[this.slot * SLOT_STRIDE + S.srtt]
+  }
+
+  get rttvar(): number {
+    return this.host.shared[this.slot * SLOT_STRIDE + S.rttvar]
   }
 
   reclaim(into: LeaseReturn): void {
@@ -217,6 +233,9 @@ export class FastPathHost {
     into.wl2 = sh[s + S.wl2]
     into.framesTaken = sh[s + S.framesTaken]
     into.ackProgress = sh[s + S.ackProgress]
+    into.rttSamples = sh[s + S.rttSamples]
+    into.srtt = sh[s + S.srtt]
+    into.rttvar = sh[s + S.rttvar]
     const n = sh[s + S.records]
     into.replySeqs.length = n
     into.replies.length = n
