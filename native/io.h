@@ -214,7 +214,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   // Takes what it can of a received batch; returns how many frames are left (compacted) for JS.
   uint32_t Process(Channel* ch, uint8_t* slab, uint32_t* offsets, uint32_t* lengths, uint32_t n, bool vnet);
 
-  static constexpr int kSlotStride = 32;
+  static constexpr int kSlotStride = 40;
 
  private:
   struct Disk;
@@ -232,7 +232,9 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   void UpdateReplay(Lease& l, uint32_t* bits, uint64_t counter);
   void Acknowledge(uint32_t slot, uint32_t ack);
   size_t Place(const Lease& l, size_t bytes) const;
-  void Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_t* req, uint64_t offset, uint32_t length);
+  void Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_t* req, uint64_t offset, uint32_t length,
+              bool write);
+  static void ResponseHead(uint8_t* msg, const uint8_t* req, uint16_t status, uint32_t dataLength);
   static size_t BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* msg, size_t bytes);
   void Flush(Channel* ch);
 

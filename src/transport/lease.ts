@@ -44,10 +44,10 @@ export const LEND = {
   /** The smoothed RTT and its variation (ms; srtt -1: no sample yet). */
   srtt: 29,
   rttvar: 30,
-  /** Then per disk: handle high, handle low, fd, size, largest read. */
+  /** Then per disk: handle high, handle low, fd, size, largest read, writable (1) or not (0). */
   disks: 32,
 } as const
-export const LEND_DISK_STRIDE = 5
+export const LEND_DISK_STRIDE = 6
 
 /** What the fast path hands back: wire sequence numbers, and the replies it sent not yet acknowledged. */
 export interface LeaseReturn {
