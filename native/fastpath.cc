@@ -15,9 +15,11 @@
 // Anything else hands the connection back (its state written to the slot's shared arrays) and
 // the frame, still as it arrived, goes on to JavaScript in the same batch, in order.
 #include <errno.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -58,9 +60,11 @@ enum LendParam {
   kPCwnd,
   kPSsthresh,
   kPSendBuffer,
-  kPDisks = 32,  // then per disk: high, low, fd, size, maxRead
+  kPSrtt,    // the connection's smoothed RTT (ms), -1 before its first sample
+  kPRttvar,  // and its variation (ms)
+  kPDisks = 32,  // then per disk: high, low, fd, size, maxRead, writable
 };
-constexpr int kDiskStride = 5;
+constexpr int kDiskStride = 6;
 
 // Offsets in a slot's shared state (Float64Array, kSlotStride per slot).
 enum SlotField {
@@ -90,6 +94,13 @@ enum SlotField {
   kCLends,
   kCPureAcks,
   kCReadErrors,
+  kCRttSamples,
+  kCWrites,
+  kCWriteBytes,
+  kCWriteErrors,
+  kSSrtt = 32,  // the connection's srtt and rttvar (ms), current after every sample taken here
+  kSRttvar,
+  kSRttSamples,  // RTT samples taken since the lend
 };
 constexpr int kRecordStride = 3;  // seq, length, store offset
 
@@ -107,6 +118,13 @@ constexpr uint8_t kSubSegment = 2, kSubSeal = 3;
 constexpr size_t kSealTagAt = 10;
 constexpr uint32_t kReplayWindow = 1024;
 constexpr size_t kTxArena = 4u << 20;
+
+// Milliseconds on a monotonic clock: only differences are used (RTT samples).
+inline double NowMs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) / 1e6;
+}
 
 inline uint16_t Rd16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
 inline uint32_t Rd32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
@@ -166,6 +184,7 @@ struct FastPath::Disk {
   int fd = -1;
   uint64_t size = 0;
   uint32_t maxRead = 0;
+  bool writable = false;
 };
 
 struct FastPath::Lease {
@@ -196,6 +215,13 @@ struct FastPath::Lease {
   // slot's store, a ring [storeHead, storeTail) that wraps only at a record boundary.
   uint32_t recHead = 0, recCount = 0;
   size_t storeHead = 0, storeTail = 0;
+  // RTT (Connection.sampleRtt, RFC 6298): one reply timed at a time, from its send to the first
+  // ACK that covers it. Only replies sent here are timed, and they are sent once while lent
+  // (retransmissions happen after the hand back, and a lend starts untimed): Karn's rule.
+  double srtt = -1, rttvar = 0;
+  bool timing = false;
+  uint32_t timingEnd = 0;
+  double timingAt = 0;
 };
 
 Napi::Function FastPath::Define(Napi::Env env) {
@@ -297,6 +323,9 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   l.rekeyBytes = uint64_t(p[kPRekeyBytes]);
   l.rxEpoch = uint64_t(p[kPRxEpoch]);
   l.rxHighest = int64_t(p[kPRxHighest]);
+  l.srtt = p[kPSrtt];
+  l.rttvar = p[kPRttvar];
+  l.timing = false;
   // Key schedules are set up again only when a key changed (a rekey, another connection).
   if (!l.txKeyed || l.cipher != cipher || std::memcmp(l.txKey, txKey.Data(), 32) != 0) {
     l.txKeyed = l.tx.Init(cipher, txKey.Data());
@@ -318,6 +347,7 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
     l.disks[i].fd = int(d[2]);
     l.disks[i].size = uint64_t(d[3]);
     l.disks[i].maxRead = uint32_t(d[4]);
+    l.disks[i].writable = d[5] != 0;
   }
   l.recHead = l.recCount = 0;
   l.storeHead = l.storeTail = 0;
@@ -326,6 +356,9 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   s[kSAckProgress] = 0;
   s[kSRecords] = 0;
   s[kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
+  s[kSSrtt] = l.srtt;
+  s[kSRttvar] = l.rttvar;
+  s[kSRttSamples] = 0;
   s[kCLends]++;
   s[kSState] = kStateLent;
   lent_++;
@@ -490,22 +523,28 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   uint32_t rlen = 0;
   uint64_t roff = 0;
   size_t replyPayload = 0;
-  const uint8_t* m = f + payloadAt;
+  bool write = false;
+  uint8_t* m = f + payloadAt;
   if (data) {
     const uint8_t* d = m + kMsgHeader;
     rlen = Rd32(d + 4);
     uint32_t offHigh = Rd32(d + 8);
     roff = uint64_t(offHigh) << 32 | Rd32(d + 12);
     uint32_t id = Rd32(m + 20), floor = Rd32(d + 16);
-    bool ok = payload == kReqHead && m[0] == 1 && m[1] == 0x20 && Rd16(m + 2) == 0 && Rd32(m + 4) == payload - kMsgHeader &&
-              Rd16(m + 28) == 0 && d[0] == 0 && d[1] == 0 && d[2] == 0 && d[3] == 0 && Rd32(d + 20) == 0 &&
-              Rd32(m + 24) == rlen && rlen > 0 && offHigh <= 0x1fffff && floor <= id;
+    // A READ (op 0: no data, replyLength = length) or a WRITE (op 1, flags 0 (no FUA): the data
+    // in this message, replyLength 0); as protocol.ts decodeBlockRequest checks them.
+    write = d[0] == 1;
+    bool ok = (d[0] == 0 || write) && payload == kReqHead + (write ? rlen : 0) && m[0] == 1 && m[1] == 0x20 &&
+              Rd16(m + 2) == 0 && Rd32(m + 4) == payload - kMsgHeader && Rd16(m + 28) == 0 && d[1] == 0 && d[2] == 0 &&
+              d[3] == 0 && Rd32(d + 20) == 0 && Rd32(m + 24) == (write ? 0 : rlen) && rlen > 0 && offHigh <= 0x1fffff &&
+              floor <= id;
     if (ok) {
       uint32_t high = Rd32(m + 8), low = Rd32(m + 12);
       for (const Disk& k : l.disks)
         if (k.high == high && k.low == low) disk = &k;
-      replyPayload = kMsgHeader + rlen;
-      ok = disk != nullptr && rlen <= disk->maxRead && roff + rlen <= disk->size && replyPayload <= l.maxPayload &&
+      replyPayload = kMsgHeader + (write ? 0 : rlen);
+      ok = disk != nullptr && (write ? disk->writable : rlen <= disk->maxRead) && roff + rlen <= disk->size &&
+           replyPayload <= l.maxPayload &&
            uint64_t(SeqDiff(l.sndNxt, ack)) + replyPayload <=
                std::min(std::min<uint64_t>(l.cwnd, l.sendLimit), uint64_t(Rd16(t + 14)) << l.sendScale) &&
            l.txEpoch >= 1 && l.txCounter + 1 < l.rekeyFrames && l.txBytes + replyPayload < l.rekeyBytes &&
@@ -523,6 +562,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   l.wl1 = seq;
   l.wl2 = ack;
   if (ack != l.sndUna) {
+    if (l.timing && SeqDiff(ack, l.timingEnd) >= 0) SampleRtt(l, s, NowMs() - l.timingAt);
     // Congestion window growth as Connection.onAckAdvance (no loss recovery here).
     uint64_t acked = uint32_t(ack - l.sndUna);
     if (l.ssthresh < 0 || double(l.cwnd) < l.ssthresh) {
@@ -542,8 +582,26 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
     return true;
   }
   s[kCRequests]++;
-  Answer(ch, slot, *disk, m, roff, rlen);
+  Answer(ch, slot, *disk, m, roff, rlen, write);
   return true;
+}
+
+// One RTT sample (ms), folded in as Connection.sampleRtt does; the result is in the slot at once
+// (the Connection reads it at its lease check and at the hand back).
+void FastPath::SampleRtt(Lease& l, double* s, double sample) {
+  double r = std::max(sample, 0.0);
+  if (l.srtt < 0) {
+    l.srtt = r;
+    l.rttvar = r / 2;
+  } else {
+    l.rttvar = 0.75 * l.rttvar + 0.25 * std::abs(l.srtt - r);
+    l.srtt = 0.875 * l.srtt + 0.125 * r;
+  }
+  l.timing = false;
+  s[kSSrtt] = l.srtt;
+  s[kSRttvar] = l.rttvar;
+  s[kSRttSamples]++;
+  s[kCRttSamples]++;
 }
 
 // A frame that failed to open, or that opened and is not ours after all, gets its ciphertext and
@@ -605,37 +663,67 @@ size_t FastPath::Place(const Lease& l, size_t bytes) const {
   return l.storeTail + bytes <= l.storeHead ? l.storeTail : SIZE_MAX;
 }
 
-// pread into a new record and send it as one sealed frame.
-void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_t* req, uint64_t offset, uint32_t length) {
-  Lease& l = leases_[slot];
-  double* s = shared_ + size_t(slot) * kSlotStride;
-  size_t bytes = kMsgHeader + length;
-  size_t at = Place(l, bytes);  // checked by the caller
-  uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
-  // The response head (protocol.ts encodeBlockResponseHead), then the data.
-  uint16_t status = 0;
-  size_t done = 0;
-  while (done < length) {
-    ssize_t r = pread(disk.fd, msg + kMsgHeader + done, length - done, off_t(offset + done));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
-    done += size_t(r);
-  }
-  if (done < length) {
-    status = 1;  // IoError, no data
-    bytes = kMsgHeader;
-    s[kCReadErrors]++;
-  } else {
-    s[kCReadBytes] += length;
-  }
+// The response head (protocol.ts encodeBlockResponseHead) to request `req`: its device and
+// request handles, `status`, `dataLength` bytes of read data to follow.
+void FastPath::ResponseHead(uint8_t* msg, const uint8_t* req, uint16_t status, uint32_t dataLength) {
   msg[0] = 1;
   msg[1] = 0x21;
   Wr16(msg + 2, 0);
-  Wr32(msg + 4, uint32_t(bytes - kMsgHeader));
+  Wr32(msg + 4, dataLength);
   std::memcpy(msg + 8, req + 8, 16);  // device and request handles
   Wr32(msg + 24, 0);
   Wr16(msg + 28, status);
   Wr16(msg + 30, 0);
+}
+
+// BlockStatus of a failed pwrite (protocol.ts blockStatusOf, FileDevice's errors): no space, or
+// an I/O error.
+static uint16_t WriteStatus(int err) { return err == ENOSPC || err == EDQUOT ? 0x12 : 1; }
+
+// pread into a new record (a READ) or pwrite from the request (a WRITE, whose data is in `req`,
+// opened in place), and send the answer as one sealed frame.
+void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_t* req, uint64_t offset, uint32_t length,
+                      bool write) {
+  Lease& l = leases_[slot];
+  double* s = shared_ + size_t(slot) * kSlotStride;
+  size_t bytes = kMsgHeader + (write ? 0 : length);
+  size_t at = Place(l, bytes);  // checked by the caller
+  uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
+  uint16_t status = 0;
+  size_t done = 0;
+  if (write) {
+    const uint8_t* data = req + kReqHead;
+    int err = EIO;
+    while (done < length) {
+      ssize_t r = pwrite(disk.fd, data + done, length - done, off_t(offset + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) err = errno;
+      if (r <= 0) break;
+      done += size_t(r);
+    }
+    s[kCWrites]++;
+    if (done < length) {
+      status = WriteStatus(err);
+      s[kCWriteErrors]++;
+    } else {
+      s[kCWriteBytes] += length;
+    }
+  } else {
+    while (done < length) {
+      ssize_t r = pread(disk.fd, msg + kMsgHeader + done, length - done, off_t(offset + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      done += size_t(r);
+    }
+    if (done < length) {
+      status = 1;  // IoError, no data
+      bytes = kMsgHeader;
+      s[kCReadErrors]++;
+    } else {
+      s[kCReadBytes] += length;
+    }
+  }
+  ResponseHead(msg, req, status, uint32_t(bytes - kMsgHeader));
   double* rec = records_ + (size_t(slot) * maxRecords_ + (l.recHead + l.recCount) % maxRecords_) * kRecordStride;
   rec[0] = l.sndNxt;
   rec[1] = double(bytes);
@@ -646,6 +734,11 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   l.storeTail = at + bytes;
   uint8_t* frame = txArena_.data() + txUsed_;
   size_t flen = BuildData(l, ch->vnetHdr_, frame, msg, bytes);
+  if (!l.timing) {
+    l.timing = true;
+    l.timingEnd = l.sndNxt;
+    l.timingAt = NowMs();
+  }
   txIov_.push_back({frame, flen});
   txUsed_ += (flen + 7) & ~size_t(7);
   s[kCFramesOut]++;
@@ -731,17 +824,27 @@ size_t FastPath::BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* msg
   return hdr + flen;
 }
 
-// buildReply(params, txKey, message, vnet): the frame this code sends for `message` with the lend
-// parameters `params` (for the property test against Connection's frames; never on the data
-// path). Uses a scratch lease; returns a new Uint8Array.
+// buildReply(params, txKey, message, vnet[, request, status]): the frame this code sends for
+// `message` with the lend parameters `params` (for the property test against Connection's frames;
+// never on the data path). With `request` (a BlockRequest's first 32 bytes at least), the message
+// sent is the response head Answer writes for it with `status`, then `message` (read data, or
+// nothing for a write). Uses a scratch lease; returns a new Uint8Array.
 Napi::Value FastPath::BuildReply(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 4 || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray())
     return ThrowInvalid(env, "buildReply(params, txKey, message, vnet)");
   const double* p = info[0].As<Napi::Float64Array>().Data();
   Napi::Uint8Array key = info[1].As<Napi::Uint8Array>();
-  Napi::Uint8Array msg = info[2].As<Napi::Uint8Array>();
+  Napi::Uint8Array data = info[2].As<Napi::Uint8Array>();
   bool vnet = info[3].ToBoolean().Value();
+  std::vector<uint8_t> message(data.Data(), data.Data() + data.ByteLength());
+  if (info.Length() >= 5 && info[4].IsTypedArray()) {
+    Napi::Uint8Array req = info[4].As<Napi::Uint8Array>();
+    if (req.ByteLength() < kMsgHeader) return ThrowInvalid(env, "buildReply: request too short");
+    uint16_t status = info.Length() >= 6 && info[5].IsNumber() ? uint16_t(info[5].As<Napi::Number>().Uint32Value()) : 0;
+    message.insert(message.begin(), kMsgHeader, 0);
+    ResponseHead(message.data(), req.Data(), status, uint32_t(data.ByteLength()));
+  }
   Lease l;
   ReadAddressing(l, p);
   l.ipId = uint16_t(p[kPIpId]);
@@ -751,8 +854,8 @@ Napi::Value FastPath::BuildReply(const Napi::CallbackInfo& info) {
   l.txEpoch = uint64_t(p[kPTxEpoch]);
   l.txCounter = uint64_t(p[kPTxCounter]);
   if (key.ByteLength() != 32 || !l.tx.Init(int(p[kPCipher]), key.Data())) return ThrowInvalid(env, "buildReply: key");
-  Napi::Uint8Array out = Napi::Uint8Array::New(env, kVnetHdr + kTcpAt + kTcp + kDataOptions + msg.ByteLength());
-  size_t n = BuildData(l, vnet, out.Data(), msg.Data(), msg.ByteLength());
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, kVnetHdr + kTcpAt + kTcp + kDataOptions + message.size());
+  size_t n = BuildData(l, vnet, out.Data(), message.data(), message.size());
   l.tx.Free();
   return Napi::Uint8Array::New(env, n, out.ArrayBuffer(), 0);
 }

@@ -214,7 +214,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   // Takes what it can of a received batch; returns how many frames are left (compacted) for JS.
   uint32_t Process(Channel* ch, uint8_t* slab, uint32_t* offsets, uint32_t* lengths, uint32_t n, bool vnet);
 
-  static constexpr int kSlotStride = 32;
+  static constexpr int kSlotStride = 40;
 
  private:
   struct Disk;
@@ -227,11 +227,14 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   Lease* Find(uint32_t remoteIp, uint16_t remotePort, uint16_t localPort, uint32_t* slot);
   bool Take(Channel* ch, uint8_t* f, size_t len, bool verified);
   bool Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool verified, uint32_t dst);
+  void SampleRtt(Lease& l, double* s, double sample);
   void Restore(Lease& l, uint8_t* f, size_t payloadAt, size_t end, size_t tagAt, uint64_t counter, const uint8_t* tag);
   void UpdateReplay(Lease& l, uint32_t* bits, uint64_t counter);
   void Acknowledge(uint32_t slot, uint32_t ack);
   size_t Place(const Lease& l, size_t bytes) const;
-  void Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_t* req, uint64_t offset, uint32_t length);
+  void Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_t* req, uint64_t offset, uint32_t length,
+              bool write);
+  static void ResponseHead(uint8_t* msg, const uint8_t* req, uint16_t status, uint32_t dataLength);
   static size_t BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* msg, size_t bytes);
   void Flush(Channel* ch);
 

@@ -228,7 +228,7 @@ export interface StatusInfo {
    * IOhyp only: the native fast path (VRIO_FASTPATH=1; docs/architecture.md): whether it is on,
    * and per channel (guest address) since start: frames it took and bytes, block requests it
    * answered, frames and bytes it sent, bytes read, handbacks to and lends from the TypeScript
-   * transport, pure ACKs taken, reads that failed.
+   * transport, pure ACKs taken, reads that failed, RTT samples taken (on ACKs of its replies), writes it did, their bytes, and writes that failed.
    */
   fastPath?: {
     enabled: boolean
@@ -244,6 +244,10 @@ export interface StatusInfo {
       lends: number
       pureAcks: number
       readErrors: number
+      rttSamples: number
+      writes: number
+      writeBytes: number
+      writeErrors: number
     }[]
   }
   /** Guest only: connections refused because authentication or integrity failed, by reason. */

@@ -15,7 +15,7 @@ import { type NativeFastPath, type NativeFastPathConstructor, native } from './n
 /** Connections lent at once, at most. */
 const SLOTS = 8
 /** Offsets in a slot's shared state — kept in step with native/fastpath.cc (kSlotStride in io.h). */
-const SLOT_STRIDE = 32
+const SLOT_STRIDE = 40
 const S = {
   state: 0,
   rcvNxt: 1,
@@ -33,6 +33,9 @@ const S = {
   ackProgress: 13,
   inFlight: 14,
   cwnd: 15,
+  srtt: 32,
+  rttvar: 33,
+  rttSamples: 34,
 } as const
 const STATE_FREE = 0
 const STATE_LENT = 1
@@ -49,6 +52,10 @@ const COUNTER_NAMES = [
   'lends',
   'pureAcks',
   'readErrors',
+  'rttSamples',
+  'writes',
+  'writeBytes',
+  'writeErrors',
 ] as const
 export type FastPathCounter = (typeof COUNTER_NAMES)[number]
 export type FastPathCounters = Record<FastPathCounter, number>
@@ -60,13 +67,17 @@ const STORE_BYTES = 1 << 20
 const BITS_WORDS = REPLAY_WINDOW / 32
 const MAX_DISKS = 8
 
-/** A disk the fast path may read: its handle, descriptor, size, and the longest read it answers. */
+/**
+ * A disk the fast path may read, and write unless `readOnly`: its handle, descriptor, size, and
+ * the longest read it answers.
+ */
 export interface FastDisk {
   high: number
   low: number
   fd: number
   size: number
   maxRead: number
+  readOnly: boolean
 }
 
 /**
@@ -100,6 +111,18 @@ class SlotLease implements ConnectionLease {
 
   get inFlight(): number {
     return this.host.shared[this.slot * SLOT_STRIDE + S.inFlight]
+  }
+
+  get rttSamples(): number {
+    return this.host.shared[this.slot * SLOT_STRIDE + S.rttSamples]
+  }
+
+  get srtt(): number {
+    return this.host.shared[this.slot * SLOT_STRIDE + S.srtt]
+  }
+
+  get rttvar(): number {
+    return this.host.shared[this.slot * SLOT_STRIDE + S.rttvar]
   }
 
   reclaim(into: LeaseReturn): void {
@@ -184,6 +207,7 @@ export class FastPathHost {
       p[at + 2] = d.fd
       p[at + 3] = d.size
       p[at + 4] = d.maxRead
+      p[at + 5] = d.readOnly ? 0 : 1
     }
     if (!this.native.lend(slot, p, keys.txKey, keys.rxKey)) {
       c.cancelLend()
@@ -217,6 +241,9 @@ export class FastPathHost {
     into.wl2 = sh[s + S.wl2]
     into.framesTaken = sh[s + S.framesTaken]
     into.ackProgress = sh[s + S.ackProgress]
+    into.rttSamples = sh[s + S.rttSamples]
+    into.srtt = sh[s + S.srtt]
+    into.rttvar = sh[s + S.rttvar]
     const n = sh[s + S.records]
     into.replySeqs.length = n
     into.replies.length = n

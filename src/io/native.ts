@@ -34,7 +34,14 @@ export interface NativeFastPath {
   lend(slot: number, params: Float64Array, txKey: Uint8Array, rxKey: Uint8Array): boolean
   reclaim(slot: number): void
   /** The frame it would send for `message` under `params` (tests only). */
-  buildReply(params: Float64Array, txKey: Uint8Array, message: Uint8Array, vnet: boolean): Uint8Array
+  buildReply(
+    params: Float64Array,
+    txKey: Uint8Array,
+    message: Uint8Array,
+    vnet: boolean,
+    request?: Uint8Array,
+    status?: number,
+  ): Uint8Array
 }
 
 export type NativeFastPathConstructor = new (

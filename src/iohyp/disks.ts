@@ -266,6 +266,7 @@ export class IohypDisks extends DeviceRegistry<DiskSpec, Disk, DiskInfo> {
         fd,
         size: d.device.size,
         maxRead: d.backend.maxReadLength,
+        readOnly: d.device.readOnly,
       })
     }
     return out

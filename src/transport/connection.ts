@@ -288,6 +288,8 @@ export class Connection {
   private leaseAcksSeen = 0
   private leaseUnackedSeen = false
   private leaseFramesAt = 0
+  /** RTT samples of the lent connection already folded in (see adoptRtt). */
+  private leaseRttSeen = 0
 
   constructor(init: ConnectionInit, syn?: TcpFrame) {
     this.o = init.options
@@ -865,7 +867,10 @@ export class Connection {
         ? this.o.gsoMaxSize - (this.o.gsoMaxSize % this.mssPayload)
         : this.mssPayload
     p[LEND.checksumOffload] = this.o.checksumOffload ? 1 : 0
+    p[LEND.srtt] = this.srtt
+    p[LEND.rttvar] = this.rttvar
     this.lease = lease
+    this.leaseRttSeen = 0
     const now = this.clock()
     this.leaseFramesSeen = 0
     this.leaseAcksSeen = 0
@@ -900,6 +905,8 @@ export class Connection {
   private checkLease(now: number): boolean {
     const lease = this.lease!
     if (now < this.leaseCheckAt) return false
+    // The fast path's RTT samples first: the period below is the RTO they give.
+    this.adoptRtt(lease.rttSamples, lease.srtt, lease.rttvar)
     const frames = lease.framesTaken
     const acks = lease.ackProgress
     const unacked = lease.inFlight > 0
@@ -920,6 +927,19 @@ export class Connection {
   }
 
   /**
+   * The fast path samples the RTT on ACKs of its own replies (sent once: Karn's rule) and folds
+   * them into the srtt and rttvar it was lent: when it took new samples, they are the
+   * connection's, and so is the RTO they give.
+   */
+  private adoptRtt(samples: number, srtt: number, rttvar: number): void {
+    if (samples <= this.leaseRttSeen) return
+    this.leaseRttSeen = samples
+    this.srtt = srtt
+    this.rttvar = rttvar
+    this.rto = this.computedRto()
+  }
+
+  /**
    * Takes the connection back from the fast path: its scalars, and the replies it sent and that
    * are not acknowledged yet, queued as sent messages (retransmitted like any). With `timedOut`,
    * those are due for retransmission now.
@@ -930,6 +950,7 @@ export class Connection {
     this.leaseCheckAt = Number.POSITIVE_INFINITY
     const r = leaseReturn
     lease.reclaim(r)
+    this.adoptRtt(r.rttSamples, r.srtt, r.rttvar)
     const now = this.clock()
     this.rcvNxt = positionOf(this.irs, r.rcvNxt, this.rcvNxt)
     this.sndUna = positionOf(this.iss, r.sndUna, this.sndUna)

@@ -41,10 +41,13 @@ export const LEND = {
   /** -1: none yet (infinite). */
   ssthresh: 27,
   sendBuffer: 28,
-  /** Then per disk: handle high, handle low, fd, size, largest read. */
+  /** The smoothed RTT and its variation (ms; srtt -1: no sample yet). */
+  srtt: 29,
+  rttvar: 30,
+  /** Then per disk: handle high, handle low, fd, size, largest read, writable (1) or not (0). */
   disks: 32,
 } as const
-export const LEND_DISK_STRIDE = 5
+export const LEND_DISK_STRIDE = 6
 
 /** What the fast path hands back: wire sequence numbers, and the replies it sent not yet acknowledged. */
 export interface LeaseReturn {
@@ -64,6 +67,10 @@ export interface LeaseReturn {
   /** Frames it took and ACKs that advanced snd_una, since the lend. */
   framesTaken: number
   ackProgress: number
+  /** RTT samples it took since the lend (on ACKs of its own replies, Karn's rule), and srtt and rttvar (ms) with them folded in. */
+  rttSamples: number
+  srtt: number
+  rttvar: number
   /** Replies sent and not acknowledged, oldest first: sequence number of the first byte, and the whole message (a copy). */
   replySeqs: number[]
   replies: Uint8Array[]
@@ -78,6 +85,10 @@ export interface ConnectionLease {
   readonly ackProgress: number
   /** Bytes sent (before the lend or since) and not yet acknowledged. */
   readonly inFlight: number
+  /** RTT samples taken since the lend, and the srtt and rttvar (ms) they give. */
+  readonly rttSamples: number
+  readonly srtt: number
+  readonly rttvar: number
 }
 
 export function newLeaseReturn(): LeaseReturn {
@@ -96,6 +107,9 @@ export function newLeaseReturn(): LeaseReturn {
     wl2: 0,
     framesTaken: 0,
     ackProgress: 0,
+    rttSamples: 0,
+    srtt: -1,
+    rttvar: 0,
     replySeqs: [],
     replies: [],
   }

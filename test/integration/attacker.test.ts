@@ -21,6 +21,7 @@ import { PacketSocket } from '../../src/io/packet-socket.ts'
 import { formatIPv4 } from '../../src/wire/address.ts'
 import { type AttackConfig, type AttackReport, INJECTED_KINDS, runAttacker } from '../support/attacker.ts'
 import { type FioResult, fio, sparseFile, started } from '../support/block-io.ts'
+import { RssSampler, rssBytes } from '../support/proc.ts'
 import { killDaemons, vrioJsonAsync } from '../support/daemons.ts'
 import type { VethEnd } from '../support/harness.ts'
 import { cleanupNetns, ip, requireRoot } from '../support/netns.ts'
@@ -129,6 +130,8 @@ function readAt(path: string, offset: number, length: number): Buffer {
 interface Snapshot {
   guest: GuestInfo
   status: StatusInfo
+  /** The IOhyp's status (its fast-path counters). */
+  iohypStatus: StatusInfo
   events: { opened: number; closed: number }
 }
 
@@ -138,12 +141,26 @@ interface AttackOutcome {
   ping: { transmitted: number; received: number; output: string }
   before: Snapshot
   after: Snapshot
+  /** The IOhyp's RSS before the attack and its peak during it (bytes). */
+  rss: { before: number; peak: number }
 }
 
+/**
+ * `fastPath`: the IOhyp runs with its native fast path on (VRIO_FASTPATH=1 in its environment), so
+ * the attack meets a channel that is lent to the addon whenever it is quiet (issue 15, must-hold
+ * "hostile frames against a channel in fast-path state"): the addon must take none of the
+ * injected frames, the transport must drop and count them, and the IOhyp's memory stays bounded.
+ */
 const modes = [
-  { name: 'sealed channel (the default)', sealed: true },
-  { name: 'control: --insecure-plaintext on both daemons', sealed: false },
+  { name: 'sealed channel (the default)', sealed: true, fastPath: false },
+  { name: 'sealed channel, the IOhyp with its native fast path on', sealed: true, fastPath: true },
+  { name: 'control: --insecure-plaintext on both daemons', sealed: false, fastPath: false },
 ] as const
+
+/** How far the IOhyp's RSS may grow during the attack with the fast path on: its budgets (the
+ * per-guest pending replies and reassembly, 64 + 8 + 16 MiB by default) and the fast path's
+ * fixed store (8 slots of 1 MiB), with slack for V8's lazy collection. */
+const ATTACK_RSS_ALLOWANCE = 160 * MiB
 
 for (const mode of modes) {
   describe(`attacker on the shared segment — ${mode.name}`, () => {
@@ -168,7 +185,15 @@ for (const mode of modes) {
       pair.guestOptions.push('--io-timeout', '5')
       // From before the handshake, so tshark judges whole streams.
       capture = await BridgeCapture.start(segment, join(pair.dir, 'segment.pcapng'))
-      await pair.start()
+      // The daemons inherit this process's environment when they start, and only then.
+      const was = process.env.VRIO_FASTPATH
+      if (mode.fastPath) process.env.VRIO_FASTPATH = '1'
+      try {
+        await pair.start()
+      } finally {
+        if (was === undefined) delete process.env.VRIO_FASTPATH
+        else process.env.VRIO_FASTPATH = was
+      }
       backing = join(pair.dir, 'a.img')
       sparseFile(backing, 64 * MiB)
       disk = await pair.createDisk(backing, 'a')
@@ -235,6 +260,9 @@ for (const mode of modes) {
         }
       })
       const before = await snapshot()
+      const iohypPid = pair.iohyp.child.pid! // `ip netns exec` execs the daemon: the same process
+      const rssBefore = rssBytes(iohypPid) ?? 0
+      const rss = new RssSampler(iohypPid, 50)
       const ping = started('ip', [
         'netns',
         'exec',
@@ -290,6 +318,7 @@ for (const mode of modes) {
         ping: { transmitted: Number(m?.[1] ?? 0), received: Number(m?.[2] ?? 0), output: pinged.stdout },
         before,
         after: await snapshot(),
+        rss: { before: rssBefore, peak: rss.stop() },
       }
       // The attack itself is the same in both modes: it saw the channel and sent every kind.
       assert.ok(report.learned.framesSniffed.toIohyp > 0 && report.learned.framesSniffed.toGuest > 0)
@@ -324,6 +353,32 @@ for (const mode of modes) {
           `drop counters grew by ${now.total - was.total} (${now.names.join(', ') || 'none found'}), injected ${expected}: ${JSON.stringify(o.report.injected)}`,
         )
       })
+
+      if (mode.fastPath)
+        it('the fast path was in use through the attack (lends, frames taken), and the IOhyp’s RSS stayed within its budgets', () => {
+          const o = need(outcome)
+          const fp = (s: Snapshot) => s.iohypStatus.fastPath
+          const was = fp(o.before)
+          const now = fp(o.after)
+          assert.equal(now?.enabled, true, 'the IOhyp runs with its fast path on')
+          const c = (f: StatusInfo['fastPath']) => f?.channels[0]
+          const b = c(was)
+          const a = c(now)
+          assert.ok(a, `no fast-path counters: ${JSON.stringify(now)}`)
+          assert.ok(a.lends > (b?.lends ?? 0) + 1, `lent during the attack: ${JSON.stringify([b, a])}`)
+          assert.ok(
+            a.framesIn > (b?.framesIn ?? 0),
+            `frames taken natively during the attack: ${JSON.stringify([b, a])}`,
+          )
+          assert.ok(
+            a.handbacks > (b?.handbacks ?? 0),
+            `handed back during the attack: ${JSON.stringify([b, a])}`,
+          )
+          assert.ok(
+            o.rss.peak < o.rss.before + ATTACK_RSS_ALLOWANCE,
+            `IOhyp RSS ${(o.rss.before / MiB).toFixed(0)} MiB before, peak ${(o.rss.peak / MiB).toFixed(0)} MiB`,
+          )
+        })
 
       it('nothing injected was obeyed: no write in A’s disk, no read answered, no frame on A’s bridge', () => {
         const o = need(outcome)
@@ -360,11 +415,12 @@ for (const mode of modes) {
     }
 
     async function snapshot(): Promise<Snapshot> {
-      const [guests, status] = await Promise.all([
+      const [guests, status, iohypStatus] = await Promise.all([
         pair.list<ListGuestsResponse>('guests'),
         vrioJsonAsync<StatusInfo>(['status', '--control', pair.sock('guest')]),
+        vrioJsonAsync<StatusInfo>(['status', '--control', pair.sock('iohyp')]),
       ])
-      return { guest: guests.guests[0], status, events: pair.channelEvents() }
+      return { guest: guests.guests[0], status, iohypStatus, events: pair.channelEvents() }
     }
   })
 }

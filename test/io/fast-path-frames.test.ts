@@ -9,6 +9,13 @@ import {
 } from '../../src/transport/aead.ts'
 import { Delivery } from '../../src/transport/config.ts'
 import { LEND } from '../../src/transport/lease.ts'
+import {
+  BLOCK_REQUEST_HEAD_LENGTH,
+  BlockOp,
+  BlockStatus,
+  encodeBlockRequestHead,
+  encodeBlockResponseHead,
+} from '../../src/devices/blk/protocol.ts'
 import { SEAL_TAG_OFFSET, TCP_ACK, TCP_PSH } from '../../src/wire/tcp.ts'
 import {
   encodeTcpFrameHeaders,
@@ -74,7 +81,7 @@ describe('native fast path: reply frames', () => {
     assert.ok(FastPath)
     const fp = new FastPath(
       1,
-      new Float64Array(32),
+      new Float64Array(40),
       new Float64Array(3 * 4),
       new Uint32Array(32),
       new Uint8Array(65536),
@@ -82,23 +89,7 @@ describe('native fast path: reply frames', () => {
       65536,
     )
     for (let i = 0; i < 200; i++) {
-      const p = new Float64Array(LEND.disks)
-      p[LEND.localMac] = randomBytes(6).readUIntBE(0, 6)
-      p[LEND.remoteMac] = randomBytes(6).readUIntBE(0, 6)
-      p[LEND.localIp] = u32()
-      p[LEND.remoteIp] = u32()
-      p[LEND.localPort] = u32() & 0xffff
-      p[LEND.remotePort] = u32() & 0xffff
-      p[LEND.rcvNxt] = u32()
-      p[LEND.sndNxt] = u32()
-      p[LEND.ipId] = u32() & 0xffff
-      p[LEND.windowField] = u32() & 0xffff
-      p[LEND.mss] = 1424
-      p[LEND.cipher] = i % 2 === 0 ? SEAL_CIPHER_AES_256_GCM : SEAL_CIPHER_CHACHA20_POLY1305
-      p[LEND.txEpoch] = 1 + (u32() % 300)
-      // Counters above 2^32 too: the SEAL option carries the low 32 bits, the nonce all 64.
-      p[LEND.txCounter] = i % 3 === 0 ? u32() * 0x100 + u32() : u32() % 1_000_000
-      p[LEND.checksumOffload] = i % 4 < 2 ? 1 : 0
+      const p = randomParams(i)
       const key = randomBytes(32)
       const sizes = [32, 32 + 512, 32 + 4096, 1424, 1425, 32 + 60 * 1024]
       const message = randomBytes(sizes[i % sizes.length])
@@ -108,4 +99,65 @@ describe('native fast path: reply frames', () => {
       assert.equal(Buffer.from(got).toString('hex'), Buffer.from(want).toString('hex'), `case ${i}`)
     }
   })
+
+  it('answers to READ and WRITE requests (the response head the addon writes, then the data): equal to protocol.ts and the transport frame', () => {
+    assert.ok(FastPath)
+    const fp = new FastPath(
+      1,
+      new Float64Array(40),
+      new Float64Array(3 * 4),
+      new Uint32Array(32),
+      new Uint8Array(65536),
+      4,
+      65536,
+    )
+    for (let i = 0; i < 200; i++) {
+      const p = randomParams(i)
+      const key = randomBytes(32)
+      const write = i % 2 === 1
+      const length = [512, 4096, 16384, 1, 65536 - 4096][i % 5]
+      const device = { high: u32(), low: u32() }
+      const epoch = u32()
+      const id = u32()
+      const request = new Uint8Array(BLOCK_REQUEST_HEAD_LENGTH)
+      encodeBlockRequestHead(request, 0, device, epoch, id, {
+        op: write ? BlockOp.Out : BlockOp.In,
+        flags: 0,
+        offset: u32() * 512,
+        length,
+        floor: id,
+      })
+      // Success (reads carry their data), an I/O error, no space (writes): none carries data.
+      const status = [BlockStatus.Ok, BlockStatus.Ok, BlockStatus.IoError, BlockStatus.NoSpace][i % 4]
+      const data = !write && status === BlockStatus.Ok ? randomBytes(length) : new Uint8Array(0)
+      const vnet = i % 5 !== 0
+      const message = new Uint8Array(32 + data.length)
+      encodeBlockResponseHead(message, 0, device, epoch, id, status, data.length)
+      message.set(data, 32)
+      const got = fp.buildReply(p, key, data, vnet, request, status)
+      const want = tsFrame(p, key, message, vnet)
+      assert.equal(Buffer.from(got).toString('hex'), Buffer.from(want).toString('hex'), `case ${i}`)
+    }
+  })
 })
+
+function randomParams(i: number): Float64Array {
+  const p = new Float64Array(LEND.disks)
+  p[LEND.localMac] = randomBytes(6).readUIntBE(0, 6)
+  p[LEND.remoteMac] = randomBytes(6).readUIntBE(0, 6)
+  p[LEND.localIp] = u32()
+  p[LEND.remoteIp] = u32()
+  p[LEND.localPort] = u32() & 0xffff
+  p[LEND.remotePort] = u32() & 0xffff
+  p[LEND.rcvNxt] = u32()
+  p[LEND.sndNxt] = u32()
+  p[LEND.ipId] = u32() & 0xffff
+  p[LEND.windowField] = u32() & 0xffff
+  p[LEND.mss] = 1424
+  p[LEND.cipher] = i % 2 === 0 ? SEAL_CIPHER_AES_256_GCM : SEAL_CIPHER_CHACHA20_POLY1305
+  p[LEND.txEpoch] = 1 + (u32() % 300)
+  // Counters above 2^32 too: the SEAL option carries the low 32 bits, the nonce all 64.
+  p[LEND.txCounter] = i % 3 === 0 ? u32() * 0x100 + u32() : u32() % 1_000_000
+  p[LEND.checksumOffload] = i % 4 < 2 ? 1 : 0
+  return p
+}
