@@ -10,7 +10,7 @@
  *   npm run bench -- metrics-ab         (root; fio)
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { closeSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, openSync, rmSync, writeSync } from 'node:fs'
 import { request } from 'node:http'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -18,24 +18,13 @@ import { cleanupNetns } from '../test/support/netns.ts'
 import { directLink } from '../test/support/topology.ts'
 import { VrioPair } from '../test/support/vrio-pair.ts'
 import { range } from './support/baselines.ts'
+import { cpuNs } from './support/nic-world.ts'
 import { startScraper } from './support/metrics-scraper.ts'
 
 const WINDOW = Number(process.env.BENCH_WINDOW ?? 4)
 const WINDOWS = Number(process.env.BENCH_WINDOWS ?? 8)
 const CASE = (process.env.BENCH_CASE ?? '--rw=read --bs=1m --iodepth=8').split(' ')
 const SIZE = 512 * 1024 * 1024
-
-function cpuNs(pid: number): number {
-  let ns = 0
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0])
-    } catch {
-      // a thread that ended meanwhile
-    }
-  }
-  return ns
-}
 
 function get(socketPath: string): Promise<string> {
   return new Promise((resolve, reject) => {

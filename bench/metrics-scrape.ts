@@ -7,27 +7,15 @@
  * counted. Idle daemons: a scrape costs the same under load, give or take cache effects.
  *   npm run bench -- metrics-scrape       (root)
  */
-import { readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs'
+import { rmSync, truncateSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { cleanupNetns } from '../test/support/netns.ts'
 import { onBridge, pairWithWorld } from '../test/support/vrio-pair.ts'
+import { cpuNs } from './support/nic-world.ts'
 
 const SCRAPES = Number(process.env.BENCH_SCRAPES ?? 200)
 const DEVICES = (process.env.BENCH_DEVICES ?? '1,4,16').split(',').map(Number)
-
-/** CPU nanoseconds every thread of `pid` has run so far. */
-function cpuNs(pid: number): number {
-  let ns = 0
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0])
-    } catch {
-      // a thread that ended meanwhile
-    }
-  }
-  return ns
-}
 
 function scrape(socketPath: string): Promise<number> {
   return new Promise((resolve, reject) => {

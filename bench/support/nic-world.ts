@@ -4,7 +4,7 @@
  * in the world, and the measuring helpers (iperf3, the machine's busy time).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { cleanupNetns, exec, type Netns } from '../../test/support/netns.ts'
 import { type PairOptions, pairWithWorld, type VrioPair } from '../../test/support/vrio-pair.ts'
 
@@ -64,6 +64,19 @@ export function processCpuSeconds(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   return (Number(f[11]) + Number(f[12])) / 100
+}
+
+/** CPU nanoseconds every thread of `pid` has run so far (/proc/PID/task/TID/schedstat: finer than /proc/PID/stat). */
+export function cpuNs(pid: number): number {
+  let ns = 0
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0])
+    } catch {
+      // a thread that ended meanwhile
+    }
+  }
+  return ns
 }
 
 export interface IperfResult {
