@@ -164,7 +164,8 @@ export class FastPathHost {
     disksFor: (remote: Address) => readonly FastDisk[] | undefined,
   ): FastPathHost | undefined {
     const Ctor = native().FastPath
-    if (!Ctor) return undefined
+    // A channel that is not the addon's (the tests' in-memory channels) has no fast path.
+    if (!Ctor || typeof channel.attachFastPath !== 'function') return undefined
     const h = new FastPathHost(channel, Ctor, disksFor)
     return channel.attachFastPath(h.native) ? h : undefined
   }
