@@ -225,10 +225,11 @@ export interface StatusInfo {
     foreignAddress: number
   }
   /**
-   * IOhyp only: the native fast path (VRIO_FASTPATH=1; docs/architecture.md): whether it is on,
+   * IOhyp only: the native fast path (VRIO_FASTPATH; docs/architecture.md): whether it is on,
    * and per channel (guest address) since start: frames it took and bytes, block requests it
    * answered, frames and bytes it sent, bytes read, handbacks to and lends from the TypeScript
-   * transport, pure ACKs taken, reads that failed, RTT samples taken (on ACKs of its replies), writes it did, their bytes, and writes that failed.
+   * transport, pure ACKs taken, reads that failed, RTT samples taken (on ACKs of its replies),
+   * writes it did, their bytes, and writes that failed.
    */
   fastPath?: {
     enabled: boolean

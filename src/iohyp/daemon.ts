@@ -147,7 +147,7 @@ export class IohypDaemon implements IohypApi {
       },
       (control: ControlServer) => iohypRoutes(control, this),
     )
-    // The native fast path (VRIO_FASTPATH=1): guests' block reads of plain-file disks in the addon.
+    // The native fast path (on unless VRIO_FASTPATH=0): guests' block reads and writes of plain-file disks in the addon.
     const driver = this.link.driver
     if (FASTPATH_ENABLED && !driver.endpoint.options.insecurePlaintext) {
       if (driver.enableFastPath((remote) => this.disks.fastDisks(remote.mac)))

@@ -146,15 +146,21 @@ interface AttackOutcome {
 }
 
 /**
- * `fastPath`: the IOhyp runs with its native fast path on (VRIO_FASTPATH=1 in its environment), so
- * the attack meets a channel that is lent to the addon whenever it is quiet (issue 15, must-hold
- * "hostile frames against a channel in fast-path state"): the addon must take none of the
- * injected frames, the transport must drop and count them, and the IOhyp's memory stays bounded.
+ * `fastPath`: the IOhyp runs with its native fast path on (VRIO_FASTPATH=1 in its environment; the
+ * default), so the attack meets a channel that is lent to the addon whenever it is quiet (issue 15,
+ * must-hold "hostile frames against a channel in fast-path state"): the addon must take none of
+ * the injected frames, the transport must drop and count them, and the IOhyp's memory stays
+ * bounded. The second run forces the slow path (VRIO_FASTPATH=0): the transport alone meets the
+ * attack. The plaintext control has no fast path (it needs the seal).
  */
 const modes = [
-  { name: 'sealed channel (the default)', sealed: true, fastPath: false },
-  { name: 'sealed channel, the IOhyp with its native fast path on', sealed: true, fastPath: true },
-  { name: 'control: --insecure-plaintext on both daemons', sealed: false, fastPath: false },
+  {
+    name: 'sealed channel (the default: the IOhyp with its native fast path on)',
+    sealed: true,
+    fastPath: '1',
+  },
+  { name: 'sealed channel, the IOhyp on the slow path only (VRIO_FASTPATH=0)', sealed: true, fastPath: '0' },
+  { name: 'control: --insecure-plaintext on both daemons', sealed: false, fastPath: undefined },
 ] as const
 
 /** How far the IOhyp's RSS may grow during the attack with the fast path on: its budgets (the
@@ -187,7 +193,7 @@ for (const mode of modes) {
       capture = await BridgeCapture.start(segment, join(pair.dir, 'segment.pcapng'))
       // The daemons inherit this process's environment when they start, and only then.
       const was = process.env.VRIO_FASTPATH
-      if (mode.fastPath) process.env.VRIO_FASTPATH = '1'
+      if (mode.fastPath !== undefined) process.env.VRIO_FASTPATH = mode.fastPath
       try {
         await pair.start()
       } finally {
@@ -354,7 +360,7 @@ for (const mode of modes) {
         )
       })
 
-      if (mode.fastPath)
+      if (mode.fastPath === '1')
         it('the fast path was in use through the attack (lends, frames taken), and the IOhyp’s RSS stayed within its budgets', () => {
           const o = need(outcome)
           const fp = (s: Snapshot) => s.iohypStatus.fastPath
@@ -378,6 +384,12 @@ for (const mode of modes) {
             o.rss.peak < o.rss.before + ATTACK_RSS_ALLOWANCE,
             `IOhyp RSS ${(o.rss.before / MiB).toFixed(0)} MiB before, peak ${(o.rss.peak / MiB).toFixed(0)} MiB`,
           )
+        })
+
+      if (mode.fastPath === '0')
+        it('the IOhyp ran on the slow path only (its fast path off)', () => {
+          const o = need(outcome)
+          assert.equal(o.after.iohypStatus.fastPath?.enabled, false)
         })
 
       it('nothing injected was obeyed: no write in A’s disk, no read answered, no frame on A’s bridge', () => {
