@@ -137,6 +137,9 @@ Napi::Value IoNowait(const Napi::CallbackInfo& info);
 Napi::Function DefineFuseDisk(Napi::Env env);
 Napi::Value PidfdGetfd(const Napi::CallbackInfo& info);
 
+// gcWatch(buckets, count, sum, bounds): garbage collections timed into a histogram (gc_stats.cc).
+Napi::Value GcWatchStart(const Napi::CallbackInfo& info);
+
 // xts.cc: AES-XTS over whole sectors, many per call (the crypt service's data path).
 class XtsCipher : public Napi::ObjectWrap<XtsCipher> {
  public:

@@ -1,12 +1,13 @@
 // Runs every compiled test file under dist/test (Node 20's --test takes files, not globs).
 //
-// One file at a time. VRIO_TEST_LANES=2 runs two lanes side by side, each one file at a time: the
-// integration tests (namespaces, daemons, fio; mostly waiting on links and timers) and all the
-// others (mostly CPU); the integration lane's output streams, the other lane's is printed when the
-// integration lane is done, and the last line adds both up: "N passed, N failed, N skipped".
-// Not yet the default: it has not had a full run on a quiet machine.
+// In lanes side by side (VRIO_TEST_LANES, default 2; 1 runs every file in one process, one at a
+// time), each lane one file at a time. Files go to lanes longest first, by the seconds measured in
+// scripts/test-seconds.json (a file not listed counts 5 s), each to the lane with the least so far:
+// most integration tests wait on links, timers and daemons, so two lanes fill 2 cores better than one.
+// The first lane's output streams, the others' are printed when it is done, and with more than one
+// lane the last line adds them up: "N passed, N failed, N skipped".
 import { spawn } from 'node:child_process'
-import { readdirSync, statSync } from 'node:fs'
+import { readFileSync, readdirSync, statSync } from 'node:fs'
 import { join, sep } from 'node:path'
 
 const roots = process.argv.slice(2).length > 0 ? process.argv.slice(2) : ['dist/test']
@@ -21,12 +22,15 @@ if (files.length === 0) {
   process.exit(1)
 }
 
-const integration = files.filter((f) => f.includes(`${sep}integration${sep}`))
-const others = files.filter((f) => !integration.includes(f))
-const lanes =
-  process.env.VRIO_TEST_LANES !== '2' || integration.length === 0 || others.length === 0
-    ? [files]
-    : [integration, others]
+const laneCount = Math.max(1, Math.min(files.length, Number(process.env.VRIO_TEST_LANES ?? 2) || 1))
+const seconds = JSON.parse(readFileSync(new URL('./test-seconds.json', import.meta.url), 'utf8'))
+const weight = (f) => seconds[f.slice(f.lastIndexOf(`test${sep}`) + 5).split(sep).join('/').replace(/\.js$/, '.ts')] ?? 5
+const lanes = Array.from({ length: laneCount }, () => ({ files: [], seconds: 0 }))
+for (const f of [...files].sort((a, b) => weight(b) - weight(a))) {
+  const lane = lanes.reduce((min, l) => (l.seconds < min.seconds ? l : min))
+  lane.files.push(f)
+  lane.seconds += weight(f)
+}
 
 /** Runs one lane and collects its output; the first lane's is also streamed as it comes. */
 function run(laneFiles, stream) {
@@ -43,7 +47,7 @@ function run(laneFiles, stream) {
   return new Promise((resolve) => child.on('close', (code) => resolve({ code, out })))
 }
 
-const results = await Promise.all(lanes.map((l, i) => run(l, i === 0)))
+const results = await Promise.all(lanes.map((l, i) => run(l.files, i === 0)))
 for (const r of results.slice(1)) process.stdout.write(r.out)
 
 if (lanes.length > 1) {

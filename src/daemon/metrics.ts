@@ -9,8 +9,8 @@
  * per-series objects, hashes no label sets and loads nothing (prom-client's registry took ~1 ms of
  * CPU per scrape with one disk and ~9 ms with 16, and its default process metrics a GC observer
  * that costs every garbage collection; see bench/metrics-scrape.ts). The process metrics keep
- * prom-client's names and are read at scrape time too; the GC duration histogram, which needs a
- * PerformanceObserver called after every collection, is opt-in (VRIO_METRICS_GC=1). prom-client
+ * prom-client's names and are read at scrape time too; the GC duration histogram is filled by V8's
+ * GC callbacks in the addon, with no JavaScript per collection. prom-client
  * stays for merging the iocores' metrics (aggregateMetrics) and for the JSON shape of json().
  *
  * Labels are bounded: guest MAC, device name, direction, operation, status, reason (never request
@@ -19,13 +19,13 @@
  */
 import { readdirSync, readFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
-import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks'
 import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8'
 import type { MetricObjectWithValues, MetricValue } from 'prom-client'
 import type { GuestInfo, NicInfo } from '../control/api.ts'
 import { BLOCK_OP_NAMES, type BlockOpStats, FixedHistogram } from '../devices/blk/op-stats.ts'
 import { BlockStatus } from '../devices/blk/protocol.ts'
 import { VrioError } from '../errors.ts'
+import { native } from '../io/native.ts'
 import { parseListenAddress } from './listen-address.ts'
 import { GUEST_STATES } from '../control/api.ts'
 
@@ -231,36 +231,29 @@ const LOOP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 
 /** prom-client's default GC buckets, and V8's GC kinds as its label values. */
 const GC_BUCKETS = [0.001, 0.01, 0.1, 1, 2, 5]
-const GC_KINDS: [number, string][] = [
-  [perfConstants.NODE_PERFORMANCE_GC_MINOR, 'minor'],
-  [perfConstants.NODE_PERFORMANCE_GC_MAJOR, 'major'],
-  [perfConstants.NODE_PERFORMANCE_GC_INCREMENTAL, 'incremental'],
-  [perfConstants.NODE_PERFORMANCE_GC_WEAKCB, 'weakcb'],
-]
+/** Rows of the GC histogram, in the order native/gc_stats.cc fills them. */
+const GC_KINDS = ['minor', 'major', 'incremental', 'weakcb']
 
 /**
- * nodejs_gc_duration_seconds, when VRIO_METRICS_GC=1: a PerformanceObserver of every collection
- * (Node then makes a performance entry and calls JS after each one: ~50 µs per GC measured here,
- * which at a few hundred scavenges per second under load is more than the scrapes cost).
+ * nodejs_gc_duration_seconds: every collection timed by V8's GC callbacks in the addon (gcWatch),
+ * which add into this histogram's arrays; no JavaScript runs per collection. (prom-client's
+ * PerformanceObserver makes a performance entry and calls JavaScript after each one: ~50 µs per
+ * GC here, at a few hundred scavenges a second under load more than the scrapes cost.) Absent
+ * where the addon cannot load.
  */
-function gcHistogram(registry: Registry): PerformanceObserver | undefined {
-  if (process.env.VRIO_METRICS_GC !== '1') return undefined
+function gcHistogram(registry: Registry): void {
   const h = new FixedHistogram(GC_KINDS.length, GC_BUCKETS)
-  const row = new Map(GC_KINDS.map(([kind], i) => [kind, i]))
-  const observer = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) {
-      const r = row.get((e as { detail?: { kind?: number } }).detail?.kind ?? -1)
-      if (r !== undefined) h.observe(r, e.duration / 1000)
-    }
-  })
-  observer.observe({ entryTypes: ['gc'] })
+  try {
+    native().gcWatch(h.buckets, h.count, h.sum, new Float64Array(GC_BUCKETS))
+  } catch {
+    return
+  }
   registerHistogram(
     registry,
     'nodejs_gc_duration_seconds',
     'Garbage collection duration by kind, one of major, minor, incremental or weakcb.',
-    () => GC_KINDS.map(([, kind], i) => ({ labels: { kind }, histogram: h, row: i })),
+    () => GC_KINDS.map((kind, i) => ({ labels: { kind }, histogram: h, row: i })),
   )
-  return observer
 }
 
 /** The limit of open file descriptors, from /proc/self/limits (Linux), or undefined. */
@@ -364,9 +357,9 @@ function common(
   socket: () => { interface: string; kernelDrops: number },
   loop: FixedHistogram,
   lastLoopDelay: () => number,
-): PerformanceObserver | undefined {
+): void {
   processMetrics(registry, lastLoopDelay)
-  const gc = gcHistogram(registry)
+  gcHistogram(registry)
   collected(
     registry,
     'vrio_info',
@@ -390,7 +383,6 @@ function common(
     `How late a ${LOOP_INTERVAL_MS} ms timer fires: time the event loop was busy elsewhere`,
     () => [{ labels: {}, histogram: loop, row: 0 }],
   )
-  return gc
 }
 
 /** A daemon's metrics: the event-loop timer runs from now; the families are read at each scrape. */
@@ -411,14 +403,13 @@ function daemonMetrics(
   }, LOOP_INTERVAL_MS)
   timer.unref()
   const registry: Registry = []
-  const gc = common(registry, role, version, socket, loop, () => lastDelay)
+  common(registry, role, version, socket, loop, () => lastDelay)
   build(registry)
   return {
     scrape: async () => expose(registry),
     json: async () => toJson(registry),
     close: () => {
       clearInterval(timer)
-      gc?.disconnect()
     },
   }
 }

@@ -188,6 +188,11 @@ export interface NativeAddon {
   ) => NativeFuseDisk
   /** A duplicate (close-on-exec) of another process's fd: pidfd_open + pidfd_getfd (root). */
   pidfdGetfd?(pid: number, fd: number): number
+  /**
+   * Times every garbage collection of this thread's isolate into a FixedHistogram's arrays
+   * (rows minor, major, incremental, weakcb; `bounds` in seconds), from V8's GC callbacks.
+   */
+  gcWatch(buckets: Float64Array, count: Float64Array, sum: Float64Array, bounds: Float64Array): void
 }
 
 /** The addon's FUSE session (native/fuse.cc). */
