@@ -43,7 +43,7 @@ const IOCORES = process.env.VRIO_TEST_IOCORES ? ['--iocores', process.env.VRIO_T
  * VRIO_TEST_POLL=1: every IOhyp and guest agent the tests start polls (`--poll`), and start()
  * checks that the IOhyp's socket counted poll rounds.
  */
-export const POLL = process.env.VRIO_TEST_POLL === '1' ? ['--poll'] : []
+export const poll = (): string[] => (process.env.VRIO_TEST_POLL === '1' ? ['--poll'] : [])
 
 export class VrioPair {
   readonly dir: string
@@ -85,7 +85,7 @@ export class VrioPair {
     await Promise.all([this.iohyp.waitForLog('iohyp started'), this.guest.waitForLog('guest started')])
     await this.enrol(this.guestMac, this.guestEnd.ip, key)
     await this.waitConnected()
-    if (POLL.length > 0) {
+    if (poll().length > 0) {
       for (const side of ['iohyp', 'guest'] as const) {
         const s = await vrioJsonAsync<StatusInfo>(['status', '--json', '--control', this.sock(side)])
         if (!((s.socket?.polls ?? 0) > 0))
@@ -140,7 +140,7 @@ export class VrioPair {
       '--control',
       this.sock('iohyp'),
       ...IOCORES,
-      ...POLL,
+      ...poll(),
       ...this.iohypOptions,
       ...this.channelOptions,
     ])
@@ -277,7 +277,7 @@ function guestDaemon(
     sock,
     '--run-dir',
     runDir,
-    ...POLL,
+    ...poll(),
     ...extra,
   ])
 }
