@@ -111,9 +111,16 @@ async function fio(netns: string, uri: string): Promise<{ iops: number; p99us: n
 
 async function once(n: number, iohypOptions: string[], backings: string[]): Promise<Figures> {
   const lan = bridgedLan(n + 1)
-  // --poll: the agents poll too (vrio-pair.ts reads VRIO_TEST_POLL as each daemon starts).
+  // --poll [--poll-idle-us N]: the agents poll too (vrio-pair.ts reads VRIO_TEST_POLL and
+  // VRIO_TEST_POLL_IDLE_US as each daemon starts).
+  const idle = iohypOptions.indexOf('--poll-idle-us')
   process.env.VRIO_TEST_POLL = iohypOptions.includes('--poll') ? '1' : '0'
-  const pair = new VrioPair(lan[0], lan[1], { iohypOptions: iohypOptions.filter((o) => o !== '--poll') })
+  process.env.VRIO_TEST_POLL_IDLE_US = idle >= 0 ? iohypOptions[idle + 1] : ''
+  const pair = new VrioPair(lan[0], lan[1], {
+    iohypOptions: iohypOptions.filter(
+      (o, i) => o !== '--poll' && (idle < 0 || (i !== idle && i !== idle + 1)),
+    ),
+  })
   try {
     await pair.start()
     const socks = [pair.sock('guest')]

@@ -40,10 +40,16 @@ export function onBridge(tap: string): string[] {
  */
 const IOCORES = process.env.VRIO_TEST_IOCORES ? ['--iocores', process.env.VRIO_TEST_IOCORES] : []
 /**
- * VRIO_TEST_POLL=1: every IOhyp and guest agent the tests start polls (`--poll`), and start()
- * checks that the IOhyp's socket counted poll rounds.
+ * VRIO_TEST_POLL=1: every IOhyp and guest agent the tests start polls (`--poll`; with
+ * `--poll-idle-us VRIO_TEST_POLL_IDLE_US` if set), and start() checks that both counted poll rounds.
  */
-export const poll = (): string[] => (process.env.VRIO_TEST_POLL === '1' ? ['--poll'] : [])
+export const poll = (): string[] =>
+  process.env.VRIO_TEST_POLL === '1'
+    ? [
+        '--poll',
+        ...(process.env.VRIO_TEST_POLL_IDLE_US ? ['--poll-idle-us', process.env.VRIO_TEST_POLL_IDLE_US] : []),
+      ]
+    : []
 
 export class VrioPair {
   readonly dir: string
