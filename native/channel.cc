@@ -235,9 +235,10 @@ void Channel::Spin() {
   const int backend = uv_backend_fd(loop_);
   const uint64_t start = uv_hrtime();
   uint64_t last = start;
-  // The next timer, from the loop's clock as it was when this iteration began (so never later
-  // than the timer's due time); recomputed after each delivery, which may have set one.
+  // When the next timer is due (ms precision, as libuv's timers), with the loop's clock brought
+  // up to now; recomputed after each delivery, which may have set one.
   auto timerDeadline = [this](uint64_t now) -> uint64_t {
+    uv_update_time(loop_);
     int t = uv_backend_timeout(loop_);
     return t < 0 ? UINT64_MAX : now + uint64_t(t) * 1000000ull;
   };
@@ -254,8 +255,8 @@ void Channel::Spin() {
       pollHits_++;
       last = now;
       if (++batches >= kMaxBatchesPerWake) break;  // the fd stays readable: epoll returns at once
-      if (uv_backend_timeout(loop_) == 0) break;
       deadline = timerDeadline(now);
+      if (deadline <= now) break;  // a timer is due, or an immediate or closing handle pending
       if (st == kAgain) continue;
     }
     if (now - last >= pollIdleNs_ || now >= deadline) break;
