@@ -8,7 +8,11 @@
  *
  * Variants, alternated round by round (BENCH_ROUNDS, default 1): BENCH_VARIANTS is a `;`-separated
  * list of extra `vrio iohyp` option sets (default: one, with no extra options), e.g.
- * BENCH_VARIANTS='--iocores 1;--iocores 2'.
+ * BENCH_VARIANTS='--iocores 1;--iocores 2'. A variant with `--poll` runs the guests' agents with
+ * `--poll` too (polling on both ends), e.g.
+ * BENCH_VARIANTS='--iocores 1;--iocores 1 --poll;--iocores 2;--iocores 2 --poll'.
+ * BENCH_QD (default 32) is fio's queue depth: BENCH_QD=1 for the latency of one request at a time
+ * (p50 reported next to the p99).
  *
  *   npm run bench -- scale        (root; fio)
  */
@@ -31,6 +35,7 @@ const VARIANTS = (process.env.BENCH_VARIANTS ?? '')
   .split(';')
   .map((v) => v.trim().split(/\s+/).filter(Boolean))
 const DISK_SIZE = 64 * 1024 * 1024
+const QD = Number(process.env.BENCH_QD ?? 32)
 
 interface Figures {
   iops: number
@@ -40,6 +45,10 @@ interface Figures {
   capacity: number
   /** p99 completion latency of the slowest guest, µs. */
   worstP99us: number
+  /** p50 completion latency of the slowest guest, µs. */
+  worstP50us: number
+  /** IOhyp CPU µs per request. */
+  cpuPerRequestUs: number
 }
 
 function cpuSeconds(pid: number): number {
@@ -71,7 +80,7 @@ async function exportOf(sock: string): Promise<string> {
   throw new Error(`no disk appeared on ${sock}`)
 }
 
-async function fio(netns: string, uri: string): Promise<{ iops: number; p99us: number }> {
+async function fio(netns: string, uri: string): Promise<{ iops: number; p99us: number; p50us: number }> {
   const { stdout } = await run(
     'ip',
     [
@@ -84,7 +93,7 @@ async function fio(netns: string, uri: string): Promise<{ iops: number; p99us: n
       `--uri=${uri}`,
       '--rw=randread',
       '--bs=4k',
-      '--iodepth=32',
+      `--iodepth=${QD}`,
       `--runtime=${SECONDS}`,
       '--time_based',
       `--size=${DISK_SIZE}`,
@@ -93,12 +102,25 @@ async function fio(netns: string, uri: string): Promise<{ iops: number; p99us: n
     { maxBuffer: 16 << 20 },
   )
   const job = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0].read
-  return { iops: job.iops, p99us: (job.clat_ns.percentile?.['99.000000'] ?? 0) / 1000 }
+  return {
+    iops: job.iops,
+    p99us: (job.clat_ns.percentile?.['99.000000'] ?? 0) / 1000,
+    p50us: (job.clat_ns.percentile?.['50.000000'] ?? 0) / 1000,
+  }
 }
 
 async function once(n: number, iohypOptions: string[], backings: string[]): Promise<Figures> {
   const lan = bridgedLan(n + 1)
-  const pair = new VrioPair(lan[0], lan[1], { iohypOptions })
+  // --poll [--poll-idle-us N]: the agents poll too (vrio-pair.ts reads VRIO_TEST_POLL and
+  // VRIO_TEST_POLL_IDLE_US as each daemon starts).
+  const idle = iohypOptions.indexOf('--poll-idle-us')
+  process.env.VRIO_TEST_POLL = iohypOptions.includes('--poll') ? '1' : '0'
+  process.env.VRIO_TEST_POLL_IDLE_US = idle >= 0 ? iohypOptions[idle + 1] : ''
+  const pair = new VrioPair(lan[0], lan[1], {
+    iohypOptions: iohypOptions.filter(
+      (o, i) => o !== '--poll' && (idle < 0 || (i !== idle && i !== idle + 1)),
+    ),
+  })
   try {
     await pair.start()
     const socks = [pair.sock('guest')]
@@ -132,6 +154,8 @@ async function once(n: number, iohypOptions: string[], backings: string[]): Prom
       guestsCpu,
       capacity: (iops * SECONDS) / iohypCpu,
       worstP99us: Math.max(...results.map((r) => r.p99us)),
+      worstP50us: Math.max(...results.map((r) => r.p50us)),
+      cpuPerRequestUs: (iohypCpu * 1e6) / (iops * SECONDS),
     }
   } finally {
     await pair.stop()
@@ -155,12 +179,12 @@ try {
       const f = byVariant[v]
       const name = options.join(' ') || '(default)'
       console.log(
-        `${String(n).padStart(2)} guests ${name.padEnd(16)} IOPS ${range(f.map((x) => x.iops)).padStart(13)}   IOhyp CPU s ${range(f.map((x) => x.iohypCpu)).padStart(11)}   requests per IOhyp CPU-s ${range(f.map((x) => x.capacity)).padStart(13)}   agents' CPU s ${range(f.map((x) => x.guestsCpu))}   worst p99 µs ${range(f.map((x) => x.worstP99us))}`,
+        `${String(n).padStart(2)} guests ${name.padEnd(16)} IOPS ${range(f.map((x) => x.iops)).padStart(13)}   IOhyp CPU s ${range(f.map((x) => x.iohypCpu)).padStart(11)}   requests per IOhyp CPU-s ${range(f.map((x) => x.capacity)).padStart(13)}   agents' CPU s ${range(f.map((x) => x.guestsCpu))}   IOhyp CPU µs/request ${range(f.map((x) => x.cpuPerRequestUs))}   worst p50 µs ${range(f.map((x) => x.worstP50us))}   worst p99 µs ${range(f.map((x) => x.worstP99us))}`,
       )
       out.push({ guests: n, variant: name, rounds: f })
     }
   }
-  console.log(JSON.stringify({ bench: 'scale', seconds: SECONDS, rounds: ROUNDS, results: out }))
+  console.log(JSON.stringify({ bench: 'scale', seconds: SECONDS, rounds: ROUNDS, qd: QD, results: out }))
 } finally {
   for (const b of backings) rmSync(b, { force: true })
   cleanupNetns()

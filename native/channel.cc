@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <linux/filter.h>
 #include <linux/if_packet.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -18,6 +19,7 @@ namespace {
 constexpr int kAgain = 0;   // read a full batch (or hit a transient error): try again right away
 constexpr int kEmpty = -1;  // nothing (more) to read: wait for the next readable event
 constexpr int kFatal = -2;  // receiving must stop; rxErrno_/rxSyscall_ say why
+constexpr int kStopped = -3;  // (Round) the channel was stopped or closed: touch nothing more
 
 // Batches delivered per readable event at most, so other handles get their turn under a flood
 // (the watcher is level-triggered: it fires again on the next loop iteration).
@@ -46,6 +48,7 @@ Napi::Function Channel::Define(Napi::Env env) {
                          InstanceMethod<&Channel::SetRef>("setRef"),
                          InstanceMethod<&Channel::SetFilter>("setFilter"),
                          InstanceMethod<&Channel::AttachFastPath>("attachFastPath"),
+                         InstanceMethod<&Channel::SetPoll>("setPoll"),
                      });
 }
 
@@ -120,6 +123,7 @@ Napi::Value Channel::Start(const Napi::CallbackInfo& info) {
     return ThrowSysErr(env, {-r, "uv_poll_init", ""});
   }
   poll_->data = this;
+  loop_ = loop;
   started_ = true;
   env_ = env;
   callback_ = Napi::Persistent(info[0].As<Napi::Function>());
@@ -131,6 +135,7 @@ Napi::Value Channel::Start(const Napi::CallbackInfo& info) {
     return ThrowSysErr(env, {-r, "uv_poll_start", ""});
   }
   if (!refed_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+  if (pollIdleNs_ > 0) StartPrepare();
 
   Napi::Array out = Napi::Array::New(env, 1);
   Napi::Object pair = Napi::Object::New(env);
@@ -187,24 +192,109 @@ void Channel::Deliver(Napi::Env env, const std::initializer_list<napi_value>& ar
 void Channel::Drain() {
   Napi::Env env(env_);
   Napi::HandleScope scope(env);
+  bool got = false;
   for (int round = 0; round < kMaxBatchesPerWake && !closed_; round++) {
-    uint32_t slots = 0, n = 0;
-    int st = kind_ == Kind::Packet ? RecvPacket(slots, n) : RecvTap(slots, n);
-    // The fast path takes what it can first (and sends its answers); JS gets the rest, in order.
-    if (n > 0 && fast_ != nullptr) n = fast_->Process(this, slab_.data, slab_.offsets, slab_.lengths, n, vnetHdr_);
-    if (n > 0) {
-      rxBatches_++;
-      Deliver(env, {Napi::Number::New(env, 0), Napi::Number::New(env, n)});
-      if (closed_ || poll_ == nullptr) return;
-    }
-    if (st == kFatal) {
-      Deliver(env, {Napi::Number::New(env, -1), Napi::Number::New(env, rxErrno_), Napi::String::New(env, rxSyscall_),
-                    Napi::String::New(env, std::strerror(rxErrno_))});
-      StopPoll();  // nothing more will be received
-      return;
-    }
-    if (st == kEmpty) return;
+    if (Round(env, got) != kAgain) return;
   }
+}
+
+// One receive round: reads a batch; the fast path takes what it can first (and sends its
+// answers); JS gets the rest, in order. `got`: frames were read. kStopped: stopped or closed.
+int Channel::Round(Napi::Env env, bool& got) {
+  uint32_t slots = 0, n = 0;
+  int st = kind_ == Kind::Packet ? RecvPacket(slots, n) : RecvTap(slots, n);
+  got = slots > 0;
+  if (n > 0 && fast_ != nullptr) n = fast_->Process(this, slab_.data, slab_.offsets, slab_.lengths, n, vnetHdr_);
+  if (n > 0) {
+    rxBatches_++;
+    Deliver(env, {Napi::Number::New(env, 0), Napi::Number::New(env, n)});
+    if (closed_ || poll_ == nullptr) return kStopped;
+  }
+  if (st == kFatal) {
+    Deliver(env, {Napi::Number::New(env, -1), Napi::Number::New(env, rxErrno_), Napi::String::New(env, rxSyscall_),
+                  Napi::String::New(env, std::strerror(rxErrno_))});
+    StopPoll();  // nothing more will be received
+    return kStopped;
+  }
+  return st;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Polling: a prepare handle runs just before the loop would sleep in epoll. Instead it keeps
+// re-polling the fd (non-blocking) and delivers what comes, until pollIdleNs_ pass without a
+// frame, or anything else wants the loop: another fd ready (the loop's epoll fd is readable: a
+// disk completion, a control connection, another channel, the NBD or TAP fds of a guest), a timer
+// due, an immediate or a closing handle pending. Then the loop goes on and sleeps as without
+// polling. The spin time is counted (pollNs_) and shows as busy time in the event-loop utilization.
+void Channel::OnPrepare(uv_prepare_t* handle) { static_cast<Channel*>(handle->data)->Spin(); }
+
+void Channel::Spin() {
+  if (closed_ || poll_ == nullptr || delivering_ || pollIdleNs_ == 0) return;
+  Napi::Env env(env_);
+  Napi::HandleScope scope(env);
+  const int backend = uv_backend_fd(loop_);
+  const uint64_t start = uv_hrtime();
+  uint64_t last = start;
+  // When the next timer is due (ms precision, as libuv's timers), with the loop's clock brought
+  // up to now; recomputed after each delivery, which may have set one.
+  auto timerDeadline = [this](uint64_t now) -> uint64_t {
+    uv_update_time(loop_);
+    int t = uv_backend_timeout(loop_);
+    return t < 0 ? UINT64_MAX : now + uint64_t(t) * 1000000ull;
+  };
+  if (uv_backend_timeout(loop_) == 0) return;
+  uint64_t deadline = timerDeadline(start);
+  int batches = 0;
+  for (;;) {
+    bool got = false;
+    polls_++;
+    int st = Round(env, got);
+    if (st == kStopped) break;
+    uint64_t now = uv_hrtime();
+    if (got) {
+      pollHits_++;
+      last = now;
+      if (++batches >= kMaxBatchesPerWake) break;  // the fd stays readable: epoll returns at once
+      deadline = timerDeadline(now);
+      if (deadline <= now) break;  // a timer is due, or an immediate or closing handle pending
+      if (st == kAgain) continue;
+    }
+    if (now - last >= pollIdleNs_ || now >= deadline) break;
+    struct pollfd p = {backend, POLLIN, 0};
+    if (poll(&p, 1, 0) > 0) break;
+  }
+  pollNs_ += uv_hrtime() - start;
+}
+
+void Channel::StartPrepare() {
+  if (prepare_ != nullptr) return;
+  prepare_ = new uv_prepare_t;
+  uv_prepare_init(loop_, prepare_);
+  prepare_->data = this;
+  uv_prepare_start(prepare_, OnPrepare);
+  uv_unref(reinterpret_cast<uv_handle_t*>(prepare_));  // never keeps the loop alive by itself
+}
+
+void Channel::StopPrepare() {
+  if (prepare_ == nullptr) return;
+  uv_prepare_stop(prepare_);
+  uv_close(reinterpret_cast<uv_handle_t*>(prepare_), [](uv_handle_t* h) { delete reinterpret_cast<uv_prepare_t*>(h); });
+  prepare_ = nullptr;
+}
+
+// setPoll(idleUs): polling on (idleUs > 0, at most 1 s) or off (0). Takes effect at once if started.
+Napi::Value Channel::SetPoll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowInvalid(env, "setPoll(idleUs)");
+  double us = info[0].As<Napi::Number>().DoubleValue();
+  if (!(us >= 0) || us > 1e6) return ThrowInvalid(env, "setPoll: idleUs must be 0..1000000");
+  pollIdleNs_ = uint64_t(us * 1000);
+  if (pollIdleNs_ == 0) {
+    StopPrepare();
+  } else if (poll_ != nullptr && !closed_) {
+    StartPrepare();
+  }
+  return env.Undefined();
 }
 
 int Channel::RecvPacket(uint32_t& slots, uint32_t& n) {
@@ -288,6 +378,7 @@ int Channel::RecvTap(uint32_t& slots, uint32_t& n) {
 
 // Stops watching the fd (it stays open). Safe to call more than once.
 void Channel::StopPoll() {
+  StopPrepare();
   if (poll_ == nullptr) return;
   uv_poll_stop(poll_);
   uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
@@ -468,6 +559,9 @@ Napi::Value Channel::Stats(const Napi::CallbackInfo& info) {
   o.Set("txEagain", double(txEagain_));
   o.Set("kernelPackets", double(kernelPackets_));
   o.Set("kernelDrops", double(kernelDrops_));
+  o.Set("polls", double(polls_));
+  o.Set("pollHits", double(pollHits_));
+  o.Set("pollUs", double(pollNs_ / 1000));
   return o;
 }
 

@@ -70,12 +70,19 @@ class Channel : public Napi::ObjectWrap<Channel> {
   Napi::Value SetRef(const Napi::CallbackInfo& info);
   Napi::Value SetFilter(const Napi::CallbackInfo& info);
   Napi::Value AttachFastPath(const Napi::CallbackInfo& info);
+  Napi::Value SetPoll(const Napi::CallbackInfo& info);
 
   friend class FastPath;
 
   // Receive (event loop thread).
   static void OnReadable(uv_poll_t* handle, int status, int events);
   void Drain();
+  int Round(Napi::Env env, bool& got);
+  // Polling (setPoll): before the loop sleeps, re-poll the fd for up to pollIdleNs_ without work.
+  static void OnPrepare(uv_prepare_t* handle);
+  void Spin();
+  void StartPrepare();
+  void StopPrepare();
   void Deliver(Napi::Env env, const std::initializer_list<napi_value>& args);
   // Append frames to the slab from slot `slots` on, advancing slots and n (frames kept).
   int RecvPacket(uint32_t& slots, uint32_t& n);
@@ -101,6 +108,10 @@ class Channel : public Napi::ObjectWrap<Channel> {
   uint32_t frameSize_ = 0;
   Slab slab_;
   uv_poll_t* poll_ = nullptr;  // while started and open; freed by its close callback
+  uv_loop_t* loop_ = nullptr;
+  uv_prepare_t* prepare_ = nullptr;  // while started with polling on
+  uint64_t pollIdleNs_ = 0;          // 0: polling off
+  uint64_t polls_ = 0, pollHits_ = 0, pollNs_ = 0;
   napi_env env_ = nullptr;
   Napi::FunctionReference callback_;
   Napi::AsyncContext* asyncContext_ = nullptr;

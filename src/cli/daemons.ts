@@ -5,7 +5,7 @@ import type { Command } from 'commander'
 import { readKeyFile } from '../auth/key-file.ts'
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../control/api.ts'
 import { loadGuestConfig, loadIohypConfig } from '../config/load.ts'
-import { ipv4Schema } from '../config/schema.ts'
+import { DEFAULT_POLL_IDLE_US, ipv4Schema, pollIdleUsSchema } from '../config/schema.ts'
 import { createLogger, type Logger } from '../daemon/log.ts'
 import { stopOnSignals } from '../daemon/runtime.ts'
 import { parseListenAddress } from '../daemon/listen-address.ts'
@@ -29,6 +29,8 @@ interface IohypCliOptions {
   insecurePlaintext?: boolean
   metrics?: string
   iocores?: string
+  poll?: boolean
+  pollIdleUs?: string
 }
 
 interface GuestCliOptions {
@@ -43,11 +45,16 @@ interface GuestCliOptions {
   insecurePlaintext?: boolean
   iohyp?: string
   metrics?: string
+  poll?: boolean
+  pollIdleUs?: string
 }
 
 const CONFIG_HELP = 'config file (.yaml, .yml or .json); options given here override its settings'
 const PLAINTEXT_HELP =
   'channel segments neither encrypted nor authenticated (protocol version 1), only for a segment you alone own; both daemons must agree'
+const POLL_HELP =
+  'poll the packet socket instead of sleeping: the thread (each iocore; in the guest, the agent) keeps draining it until --poll-idle-us pass without work, then sleeps as without it (off by default; costs CPU)'
+const POLL_IDLE_HELP = `with --poll: microseconds without work before the thread sleeps (default: ${DEFAULT_POLL_IDLE_US})`
 const METRICS_HELP =
   'also serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9860 (they are always at GET /metrics on the control socket)'
 
@@ -68,6 +75,8 @@ export function registerDaemonCommands(program: Command): void {
       '--iocores <n>',
       `worker threads running the guests' channels and devices (default: cores − 1, at least 1; here ${defaultIocores(availableParallelism())}); with 1, the main thread runs them`,
     )
+    .option('--poll', POLL_HELP)
+    .option('--poll-idle-us <us>', POLL_IDLE_HELP)
     .action(async (o: IohypCliOptions) => {
       // The config is checked before anything starts: a bad one leaves nothing behind.
       const c = o.config === undefined ? undefined : loadIohypConfig(o.config)
@@ -76,6 +85,7 @@ export function registerDaemonCommands(program: Command): void {
         o.iocores !== undefined
           ? iocoresOption(o.iocores)
           : (c?.iocores ?? defaultIocores(availableParallelism()))
+      const pollIdleUs = pollOption(o, c)
       const start = (options: IohypOptions, log: Logger) =>
         iocores > 1 ? IocoreRouter.start({ ...options, iocores }, log) : IohypDaemon.start(options, log)
       const daemon = await start(
@@ -87,6 +97,7 @@ export function registerDaemonCommands(program: Command): void {
           insecurePlaintext: o.insecurePlaintext === true || c?.insecurePlaintext === true,
           version: VERSION,
           metrics: metricsOption(o.metrics) ?? c?.metrics,
+          pollIdleUs,
           ...(c && { guests: c.guests, devices: { disks: c.disks, nics: c.nics } }),
           ...(c?.budgets && { budgets: c.budgets }),
         },
@@ -121,8 +132,11 @@ export function registerDaemonCommands(program: Command): void {
       'accept connections only from the IOhyp at this address (default: the first IOhyp that authenticates, remembered in the run dir)',
     )
     .option('--metrics <addr:port>', METRICS_HELP)
+    .option('--poll', POLL_HELP)
+    .option('--poll-idle-us <us>', POLL_IDLE_HELP)
     .action(async (o: GuestCliOptions) => {
       const c = o.config === undefined ? undefined : loadGuestConfig(o.config)
+      const pollIdleUs = pollOption(o, c)
       const ifname = required(o.interface ?? c?.interface, '--interface')
       const key = o.keyFile !== undefined ? readKeyFile(o.keyFile) : c?.key
       const runDir = o.runDir ?? c?.runDir ?? DEFAULT_RUN_DIR
@@ -146,11 +160,46 @@ export function registerDaemonCommands(program: Command): void {
           iohyp: o.iohyp !== undefined ? ipv4Option(o.iohyp, '--iohyp') : c?.iohyp,
           version: VERSION,
           metrics: metricsOption(o.metrics) ?? c?.metrics,
+          pollIdleUs,
         },
         log,
       )
       stopOnSignals(log, () => daemon.stop())
     })
+}
+
+/**
+ * --poll / --poll-idle-us (or the config's poll / pollIdleUs): the µs a polling thread waits for
+ * work before it sleeps, or undefined when polling is off. An idle time without polling is refused.
+ */
+export function pollOption(
+  o: { poll?: boolean; pollIdleUs?: string },
+  c: { poll?: boolean; pollIdleUs?: number } | undefined,
+): number | undefined {
+  const on = o.poll === true || c?.poll === true
+  let idle = c?.pollIdleUs
+  if (o.pollIdleUs !== undefined) {
+    const r = pollIdleUsSchema.safeParse(/^[0-9]+$/.test(o.pollIdleUs) ? Number(o.pollIdleUs) : Number.NaN)
+    if (!r.success)
+      throw new VrioError(
+        'invalid-argument',
+        `--poll-idle-us '${o.pollIdleUs}': ${r.error.issues[0].message}`,
+        {
+          field: 'pollIdleUs',
+        },
+      )
+    idle = r.data
+  }
+  if (!on) {
+    if (idle !== undefined)
+      throw new VrioError(
+        'invalid-argument',
+        `${o.pollIdleUs !== undefined ? '--poll-idle-us' : 'pollIdleUs'} is set but polling is off: add --poll (or poll: true)`,
+        { field: 'pollIdleUs' },
+      )
+    return undefined
+  }
+  return idle ?? DEFAULT_POLL_IDLE_US
 }
 
 function required<T>(value: T | undefined, option: string): T {

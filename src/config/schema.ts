@@ -41,6 +41,23 @@ const listenAddressSchema = z.string().refine(
   { error: 'must be ADDR:PORT, e.g. 127.0.0.1:9860' },
 )
 
+/** Default of `--poll-idle-us`: µs without a frame before a polling thread sleeps again. */
+export const DEFAULT_POLL_IDLE_US = 50
+
+/** µs a polling thread waits for work before it sleeps (`--poll-idle-us`). */
+export const pollIdleUsSchema = z
+  .int({ error: 'must be a whole number of microseconds' })
+  .min(1, { error: 'must be at least 1 µs' })
+  .max(1_000_000, { error: 'must be at most 1000000 µs (1 s)' })
+
+/** Polling, for both daemons: `poll` (`--poll`) turns it on, `pollIdleUs` (`--poll-idle-us`) sets how long. */
+const pollKeys = {
+  /** Poll the packet socket instead of sleeping until pollIdleUs pass without work (default off). */
+  poll: z.boolean().optional(),
+  /** µs without work before a polling thread sleeps (default DEFAULT_POLL_IDLE_US); needs `poll`. */
+  pollIdleUs: pollIdleUsSchema.optional(),
+}
+
 /** Top level of the IOhyp's file; list entries are parsed one by one (see load.ts). */
 export const iohypTopSchema = z.strictObject({
   interface: ifname,
@@ -55,6 +72,7 @@ export const iohypTopSchema = z.strictObject({
   budgets: budgetsSchema.optional(),
   /** Worker threads running the guests' data path (`--iocores`; default: cores − 1, at least 1). */
   iocores: z.int().min(1).max(64).optional(),
+  ...pollKeys,
   guests: z.array(z.unknown()).optional(),
   disks: z.array(z.unknown()).optional(),
   nics: z.array(z.unknown()).optional(),
@@ -78,4 +96,5 @@ export const guestFileSchema = z.strictObject({
    * IOhyp that authenticates is remembered (in the run dir) and only it is accepted afterwards.
    */
   iohyp: ipv4Schema.optional(),
+  ...pollKeys,
 })

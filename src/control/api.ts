@@ -164,6 +164,10 @@ export interface IocoreInfo {
   movesOut: number
   /** Frames its packet socket received and sent. */
   frames: { rx: number; tx: number }
+  /** With `--poll`: receive rounds instead of sleeping, those that found frames, and their time (part of busyMs). */
+  polls?: number
+  pollHits?: number
+  pollMs?: number
 }
 
 export interface StatusInfo {
@@ -207,6 +211,13 @@ export interface StatusInfo {
     txBytes: number
     kernelDrops: number
     txEagain: number
+    /**
+     * With `--poll` only: receive rounds the thread made instead of sleeping, those that found
+     * frames, and the time it spent in them (µs; part of its busy time).
+     */
+    polls?: number
+    pollHits?: number
+    pollUs?: number
   }
   /**
    * Guest only: what the agent accepts before an IOhyp authenticates. `iohypAddress` is the only

@@ -40,6 +40,8 @@ export interface DaemonLinkOptions {
   preAuth?: PreAuthOptions
   /** How the interface is reached: the kernel's (a packet socket and the kernel guard) unless a test passes its own. */
   access?: LinkAccess
+  /** Polling (`--poll`): µs without a frame before the thread sleeps again (FrameChannel.setPoll); unset: off. */
+  pollIdleUs?: number
 }
 
 /** The frame channel on the daemon's interface, and the guard that keeps the kernel's stack off its port. */
@@ -111,6 +113,8 @@ export class DaemonLink {
       modeMismatch: (remote, peerSealed) => this.modeMismatch(remote, peerSealed),
       preAuth: o.preAuth,
     })
+    if (o.pollIdleUs && !socket.setPoll(o.pollIdleUs))
+      o.log.warn('--poll: this build of the addon cannot poll; the socket sleeps in epoll as without it')
     if (this.driver.endpoint.options.insecurePlaintext) {
       o.log.warn('INSECURE: --insecure-plaintext: channel segments are neither encrypted nor authenticated', {
         detail:
@@ -206,13 +210,24 @@ export class DaemonLink {
       address: formatIPv4(this.ip),
       channel: this.channel(),
       drops: this.endpointDrops(),
-      socket: (({ rxFrames, rxBytes, txFrames, txBytes, kernelDrops, txEagain }) => ({
+      socket: (({
         rxFrames,
         rxBytes,
         txFrames,
         txBytes,
         kernelDrops,
         txEagain,
+        polls,
+        pollHits,
+        pollUs,
+      }) => ({
+        rxFrames,
+        rxBytes,
+        txFrames,
+        txBytes,
+        kernelDrops,
+        txEagain,
+        ...(this.o.pollIdleUs && { polls: polls ?? 0, pollHits: pollHits ?? 0, pollUs: pollUs ?? 0 }),
       }))(this.socket.stats()),
     }
   }

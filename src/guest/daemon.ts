@@ -54,6 +54,11 @@ export interface GuestOptions {
   metrics?: string
   /** How the agent reaches its interface and NIC links (tests pass in-memory ones). */
   access?: { link?: LinkAccess; links?: NetLinks }
+  /**
+   * Polling (`--poll`, `--poll-idle-us`): the thread re-polls its packet socket instead of sleeping
+   * until this many µs pass without a frame (DaemonLink / FrameChannel.setPoll). Unset: off.
+   */
+  pollIdleUs?: number
 }
 
 type AnyGuestRegistry = GuestRegistry<{ name: string; handle: DeviceHandle }, unknown, unknown, unknown>
@@ -132,6 +137,7 @@ export class GuestDaemon {
         preAuth: { ...this.o.preAuth, requireAuthentication: true, peerAddress: this.iohypAddress },
         accept: (_remote, c) => this.accept(c),
         access: this.o.access?.link,
+        pollIdleUs: this.o.pollIdleUs,
       },
       (control) => {
         control.route('GET', ROUTES.status, () => this.status())

@@ -105,6 +105,18 @@ export class FrameChannel {
     return true
   }
 
+  /**
+   * Polling: after the event loop's work, and before it sleeps, the fd is drained again and again
+   * (non-blocking) until `idleUs` pass without a frame, or a timer, an immediate or another fd
+   * wants the loop; then it sleeps as without polling. 0 (the default) turns it off. False when
+   * the addon cannot poll.
+   */
+  setPoll(idleUs: number): boolean {
+    if (this.#closed || !this.#handle.setPoll) return false
+    this.#handle.setPoll(idleUs)
+    return true
+  }
+
   get closed(): boolean {
     return this.#closed
   }

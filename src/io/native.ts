@@ -25,6 +25,11 @@ export interface NativeChannel {
   setRef(ref: boolean): void
   /** Replaces a packet socket's kernel filter (flat: code, jt, jf, k per instruction). */
   setFilter(program: Uint32Array): void
+  /**
+   * Polling: before the event loop sleeps, re-poll the fd non-blocking until `idleUs` pass without
+   * a frame or anything else wants the loop (native/channel.cc); 0 turns it off. Absent from an older build.
+   */
+  setPoll?(idleUs: number): void
   /** Offers received frames to a fast path before JS (native/fastpath.cc); null detaches it. Absent from an older build. */
   attachFastPath?(fastPath: NativeFastPath | null): void
 }
@@ -71,6 +76,13 @@ export interface NativeStats {
    * the receive buffer was full. Always 0 for TAP devices. */
   kernelPackets: number
   kernelDrops: number
+  /**
+   * Polling (setPoll): receive rounds made before the loop would sleep, those that found frames,
+   * and the time spent in them (µs). Absent from an older build.
+   */
+  polls?: number
+  pollHits?: number
+  pollUs?: number
 }
 
 export interface NativeIfInfo {

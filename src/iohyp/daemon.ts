@@ -57,6 +57,11 @@ export interface IohypOptions {
   devices?: { disks: readonly DiskDeclaration[]; nics: readonly NicDeclaration[] }
   /** `ADDR:PORT`: also serve the Prometheus metrics there over plain HTTP (always on the control socket). */
   metrics?: string
+  /**
+   * Polling (`--poll`, `--poll-idle-us`): the thread re-polls its packet socket instead of sleeping
+   * until this many µs pass without a frame (DaemonLink / FrameChannel.setPoll). Unset: off.
+   */
+  pollIdleUs?: number
   /** How the daemon reaches its interface, backing files and NIC links (tests pass in-memory ones). */
   access?: { link?: LinkAccess; files?: DiskFiles; links?: NetLinks }
   /**
@@ -143,6 +148,7 @@ export class IohypDaemon implements IohypApi {
           ...(this.o.insecurePlaintext && { insecurePlaintext: true }),
         },
         access: this.o.access?.link,
+        pollIdleUs: this.o.pollIdleUs,
         ...(this.o.iocore && { control: undefined, peers: [] }),
       },
       (control: ControlServer) => iohypRoutes(control, this),

@@ -324,7 +324,8 @@ export class IocoreRouter implements IohypApi {
       }
       for (const [k, v] of Object.entries(other.drops ?? {})) s.drops![k] = (s.drops![k] ?? 0) + v
       if (s.socket && other.socket)
-        for (const k of Object.keys(s.socket) as (keyof typeof s.socket)[]) s.socket[k] += other.socket[k]
+        for (const k of Object.keys(s.socket) as (keyof typeof s.socket)[])
+          s.socket[k] = (s.socket[k] ?? 0) + (other.socket[k] ?? 0)
     }
     return { ...s, iocores: await this.iocores() }
   }
@@ -343,6 +344,11 @@ export class IocoreRouter implements IohypApi {
       movesIn: c.movesIn,
       movesOut: c.movesOut,
       frames: { rx: statuses[k].socket?.rxFrames ?? 0, tx: statuses[k].socket?.txFrames ?? 0 },
+      ...(this.o.pollIdleUs && {
+        polls: statuses[k].socket?.polls ?? 0,
+        pollHits: statuses[k].socket?.pollHits ?? 0,
+        pollMs: Math.round((statuses[k].socket?.pollUs ?? 0) / 1000),
+      }),
     }))
   }
 
@@ -386,6 +392,18 @@ export class IocoreRouter implements IohypApi {
         'counter',
         'Guests moved away from the iocore',
         (c) => c.movesOut,
+      ),
+      family(
+        'vrio_iocore_polls_total',
+        'counter',
+        'Receive rounds the iocore made instead of sleeping (--poll)',
+        (c) => c.polls ?? 0,
+      ),
+      family(
+        'vrio_iocore_poll_seconds_total',
+        'counter',
+        'Time the iocore spent polling its packet socket (--poll; part of its busy time)',
+        (c) => (c.pollMs ?? 0) / 1000,
       ),
       family(
         'vrio_iocore_restarts_total',

@@ -4,7 +4,9 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import YAML from 'yaml'
 import { readKeyFile, writeKeyFile } from '../../src/auth/key-file.ts'
+import { pollOption } from '../../src/cli/daemons.ts'
 import { loadGuestConfig, loadIohypConfig } from '../../src/config/load.ts'
+import { DEFAULT_POLL_IDLE_US } from '../../src/config/schema.ts'
 import { isVrioError } from '../../src/errors.ts'
 import { type TempDir, tempDir } from '../control/fixtures.ts'
 
@@ -191,6 +193,38 @@ describe('config files', () => {
       refused(loadIohypConfig, { interface: 'eth0', metrics: '9860' }),
       /^metrics: must be ADDR:PORT/,
     )
+  })
+
+  it('poll / pollIdleUs on both daemons, and --poll / --poll-idle-us over them; bad values refused naming the key', () => {
+    const c = loadIohypConfig(write({ interface: 'eth0', poll: true, pollIdleUs: 200 }))
+    assert.deepEqual([c.poll, c.pollIdleUs], [true, 200])
+    const g = loadGuestConfig(write({ interface: 'eth0', keyFile: 'keys/g1.key', poll: true }))
+    assert.deepEqual([g.poll, g.pollIdleUs], [true, undefined])
+    assert.match(refused(loadIohypConfig, { interface: 'eth0', poll: 'on' }), /^poll: expected true or false/)
+    assert.match(
+      refused(loadIohypConfig, { interface: 'eth0', poll: true, pollIdleUs: 0 }),
+      /^pollIdleUs: must be at least 1 µs/,
+    )
+    assert.match(
+      refused(loadGuestConfig, { interface: 'eth0', keyFile: 'keys/g1.key', pollIdleUs: 2.5 }),
+      /^pollIdleUs: must be a whole number of microseconds/,
+    )
+    // The command line over the file: off unless asked, the default idle time, the file's or the option's.
+    assert.equal(pollOption({}, undefined), undefined)
+    assert.equal(pollOption({ poll: true }, undefined), DEFAULT_POLL_IDLE_US)
+    assert.equal(pollOption({}, { poll: true, pollIdleUs: 200 }), 200)
+    assert.equal(pollOption({ poll: true, pollIdleUs: '80' }, { pollIdleUs: 200 }), 80)
+    const bad = (o: { poll?: boolean; pollIdleUs?: string }, c?: { poll?: boolean; pollIdleUs?: number }) =>
+      assert.throws(
+        () => pollOption(o, c),
+        (e) =>
+          isVrioError(e, 'invalid-argument') && e.details.field === 'pollIdleUs' && /poll/.test(e.message),
+      )
+    bad({ poll: true, pollIdleUs: 'fast' })
+    bad({ poll: true, pollIdleUs: '0' })
+    bad({ poll: true, pollIdleUs: '2000000' })
+    bad({ pollIdleUs: '50' })
+    bad({}, { pollIdleUs: 50 })
   })
 
   it('lists default to empty; only interface is required', () => {

@@ -1,8 +1,10 @@
 /**
- * The disk and restart-matrix suites again on an IOhyp with two iocores (VRIO_TEST_IOCORES=2: every
- * IOhyp those tests start gets --iocores 2) and with its native fast path off (VRIO_FASTPATH=0:
- * every request through the TypeScript transport, the slow path; the suites' own run has it on, the
- * default), in a child test run of their own. NICs through iocores: iocores.test.ts.
+ * The disk and restart-matrix suites again on an IOhyp with two iocores that poll, its native fast
+ * path off, and guest agents that poll (VRIO_TEST_IOCORES=2, VRIO_FASTPATH=0: every request through
+ * the TypeScript transport, the slow path — the suites' own run has it on, the default — and
+ * VRIO_TEST_POLL=1: every IOhyp those tests start gets --iocores 2 --poll, every agent --poll; each
+ * pair checks that poll rounds were counted), in a child test run of their own: one rerun covers
+ * all three, for CI time. NICs through iocores: iocores.test.ts.
  */
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
@@ -14,14 +16,14 @@ const SUITES = ['blk.test.js', 'restart-matrix.test.js'].map((f) =>
   fileURLToPath(new URL(`./${f}`, import.meta.url)),
 )
 
-it('the disk and restart-matrix suites pass with --iocores 2 and the slow path only (VRIO_FASTPATH=0)', async () => {
+it('the disk and restart-matrix suites pass with --iocores 2 --poll and the slow path only (VRIO_FASTPATH=0)', async () => {
   requireRoot()
   const { NODE_TEST_CONTEXT: _, ...env } = process.env
   const child = spawn(
     process.execPath,
     ['--enable-source-maps', '--test', '--test-concurrency=1', ...SUITES],
     {
-      env: { ...env, VRIO_TEST_IOCORES: '2', VRIO_FASTPATH: '0' },
+      env: { ...env, VRIO_TEST_IOCORES: '2', VRIO_FASTPATH: '0', VRIO_TEST_POLL: '1' },
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   )

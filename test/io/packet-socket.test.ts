@@ -252,4 +252,50 @@ describe('PacketSocket over a veth pair between two namespaces', () => {
       tx.close()
     }
   })
+  test('polling (setPoll): frames that arrive while the thread would sleep are taken in its poll rounds, counted; timers still fire; off again stops it', async () => {
+    const N = 2000
+    const rx = PacketSocket.open({ ifname: veth.b.ifname, netns: nsB.path, rcvBuf: 4 << 20 })
+    const tx = PacketSocket.open({ ifname: veth.a.ifname, netns: nsA.path, protocol: ETH_P_NONE })
+    try {
+      const src = mac(tx.mac)
+      const dst = mac(rx.mac)
+      const seen = new Uint8Array(N)
+      let got = 0
+      // Ping-pong within one thread: each frame received sends the next, so every frame after the
+      // first arrives after its sender's handler returned, while the loop would go to sleep.
+      rx.onBatch((b: FrameBatch) => {
+        for (let k = 0; k < b.count; k++) {
+          const f = b.frame(k)
+          if (f.readUInt16BE(12) !== ETHERTYPE_TEST) continue
+          const i = checkFrame(f)
+          assert.equal(seen[i], 0, `frame ${i} received twice`)
+          seen[i] = 1
+          got++
+          if (i + 1 < N) assert.equal(tx.send([makeFrame(dst, src, i + 1)]), 1)
+        }
+      })
+      assert.equal(rx.setPoll(500), true)
+      let timerFired = false
+      const timer = setTimeout(() => {
+        timerFired = true
+      }, 20)
+      assert.equal(tx.send([makeFrame(dst, src, 0)]), 1)
+      await waitUntil(() => got === N, `all ${N} frames (got ${got})`)
+      await waitUntil(() => timerFired, 'a timer set while polling to fire')
+      clearTimeout(timer)
+      const s = rx.stats()
+      assert.ok((s.pollHits ?? 0) > 0, `frames taken while polling: ${JSON.stringify(s)}`)
+      assert.ok((s.polls ?? 0) >= (s.pollHits ?? 0))
+      assert.ok((s.pollUs ?? 0) > 0)
+      // Off: no more poll rounds, frames still arrive by the readable event.
+      assert.equal(rx.setPoll(0), true)
+      const before = rx.stats().polls
+      await new Promise((r) => setTimeout(r, 50))
+      assert.equal(rx.stats().polls, before)
+      assert.throws(() => rx.setPoll(-1), /idleUs/)
+    } finally {
+      rx.close()
+      tx.close()
+    }
+  })
 })

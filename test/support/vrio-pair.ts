@@ -39,6 +39,17 @@ export function onBridge(tap: string): string[] {
  * so the integration suites can run over the threaded IOhyp too.
  */
 const IOCORES = process.env.VRIO_TEST_IOCORES ? ['--iocores', process.env.VRIO_TEST_IOCORES] : []
+/**
+ * VRIO_TEST_POLL=1: every IOhyp and guest agent the tests start polls (`--poll`; with
+ * `--poll-idle-us VRIO_TEST_POLL_IDLE_US` if set), and start() checks that both counted poll rounds.
+ */
+export const poll = (): string[] =>
+  process.env.VRIO_TEST_POLL === '1'
+    ? [
+        '--poll',
+        ...(process.env.VRIO_TEST_POLL_IDLE_US ? ['--poll-idle-us', process.env.VRIO_TEST_POLL_IDLE_US] : []),
+      ]
+    : []
 
 export class VrioPair {
   readonly dir: string
@@ -80,6 +91,13 @@ export class VrioPair {
     await Promise.all([this.iohyp.waitForLog('iohyp started'), this.guest.waitForLog('guest started')])
     await this.enrol(this.guestMac, this.guestEnd.ip, key)
     await this.waitConnected()
+    if (poll().length > 0) {
+      for (const side of ['iohyp', 'guest'] as const) {
+        const s = await vrioJsonAsync<StatusInfo>(['status', '--json', '--control', this.sock(side)])
+        if (!((s.socket?.polls ?? 0) > 0))
+          throw new Error(`VRIO_TEST_POLL: the ${side} counted no poll rounds`)
+      }
+    }
   }
 
   /** Enrols a guest with the IOhyp (`vrio guests add`). */
@@ -128,6 +146,7 @@ export class VrioPair {
       '--control',
       this.sock('iohyp'),
       ...IOCORES,
+      ...poll(),
       ...this.iohypOptions,
       ...this.channelOptions,
     ])
@@ -264,6 +283,7 @@ function guestDaemon(
     sock,
     '--run-dir',
     runDir,
+    ...poll(),
     ...extra,
   ])
 }
