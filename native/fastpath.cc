@@ -179,12 +179,36 @@ uint64_t Reconstruct(uint32_t low, int64_t highest) {
 
 }  // namespace
 
+// A disk's own counters (devices/blk/op-stats.ts BlockOpStats: requests and bytes by operation,
+// read 0 and write 1, and the service-time histogram), the arrays the metrics read at scrape time:
+// requests answered here count where the TypeScript backend's do.
+struct DiskStats {
+  enum { kRequests, kBytes, kBuckets, kCount, kSum, kArrays };
+  Napi::Reference<Napi::Float64Array> refs[kArrays];
+  double* a[kArrays] = {};
+
+  void Count(int op, uint64_t bytes, double seconds, const std::vector<double>& bounds) {
+    a[kRequests][op] += 1;
+    a[kBytes][op] += double(bytes);
+    a[kCount][op] += 1;
+    a[kSum][op] += seconds;
+    size_t n = bounds.size();
+    for (size_t i = 0; i < n; i++) {
+      if (seconds <= bounds[i]) {
+        a[kBuckets][size_t(op) * n + i] += 1;
+        return;
+      }
+    }
+  }
+};
+
 struct FastPath::Disk {
   uint32_t high = 0, low = 0;
   int fd = -1;
   uint64_t size = 0;
   uint32_t maxRead = 0;
   bool writable = false;
+  DiskStats* stats = nullptr;
 };
 
 struct FastPath::Lease {
@@ -211,6 +235,7 @@ struct FastPath::Lease {
   uint8_t txKey[32] = {}, rxKey[32] = {};
   bool txKeyed = false, rxKeyed = false;
   std::vector<Disk> disks;
+  DiskStats stats[8];  // per disk entry (the host lends at most 8), kept across lends while the arrays stay
   // Unacknowledged replies, oldest first, in the slot's records array; their plaintext in the
   // slot's store, a ring [storeHead, storeTail) that wraps only at a record boundary.
   uint32_t recHead = 0, recCount = 0;
@@ -285,8 +310,10 @@ void FastPath::ReadAddressing(Lease& l, const double* p) {
   l.sndNxt = uint32_t(p[kPSndNxt]);
 }
 
-// lend(slot, params: Float64Array, txKey, rxKey): the connection's state (the replay window is
-// already in the slot's bits). Returns false when the keys could not be set up.
+// lend(slot, params: Float64Array, txKey, rxKey, stats?): the connection's state (the replay window
+// is already in the slot's bits); stats: per disk, its requests, bytes, and latency buckets, count
+// and sum (Float64Arrays), then the latency bounds (seconds). Returns false when the keys could not
+// be set up.
 Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
@@ -348,6 +375,37 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
     l.disks[i].size = uint64_t(d[3]);
     l.disks[i].maxRead = uint32_t(d[4]);
     l.disks[i].writable = d[5] != 0;
+    l.disks[i].stats = nullptr;
+  }
+  if (info.Length() >= 5 && info[4].IsArray()) {
+    Napi::Array st = info[4].As<Napi::Array>();
+    uint32_t ns = st.Length();
+    if (ns == nd * DiskStats::kArrays + 1 && nd <= 8) {
+      Napi::Value bv = st.Get(ns - 1);
+      if (bv.IsTypedArray() && bv.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array) {
+        Napi::Float64Array b = bv.As<Napi::Float64Array>();
+        if (latencyBounds_.size() != b.ElementLength())
+          latencyBounds_.assign(b.Data(), b.Data() + b.ElementLength());
+      }
+      for (uint32_t i = 0; i < nd; i++) {
+        DiskStats& ds = l.stats[i];
+        size_t nb = latencyBounds_.size();
+        bool ok = nb > 0;
+        for (int k = 0; k < DiskStats::kArrays && ok; k++) {
+          Napi::Value v = st.Get(i * DiskStats::kArrays + k);
+          ok = v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array;
+          if (!ok) break;
+          Napi::Float64Array arr = v.As<Napi::Float64Array>();
+          ok = arr.ElementLength() >= (k == DiskStats::kBuckets ? 2 * nb : 2);
+          // A reference only when the array changed: the same disk lent again costs no new one.
+          if (ok && arr.Data() != ds.a[k]) {
+            ds.refs[k] = Napi::Persistent(arr);
+            ds.a[k] = arr.Data();
+          }
+        }
+        if (ok) l.disks[i].stats = &ds;
+      }
+    }
   }
   l.recHead = l.recCount = 0;
   l.storeHead = l.storeTail = 0;
@@ -691,6 +749,7 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
   uint16_t status = 0;
   size_t done = 0;
+  double started = disk.stats ? NowMs() : 0;
   if (write) {
     const uint8_t* data = req + kReqHead;
     int err = EIO;
@@ -723,6 +782,7 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
       s[kCReadBytes] += length;
     }
   }
+  if (disk.stats) disk.stats->Count(write ? 1 : 0, status == 0 ? length : 0, (NowMs() - started) / 1000, latencyBounds_);
   ResponseHead(msg, req, status, uint32_t(bytes - kMsgHeader));
   double* rec = records_ + (size_t(slot) * maxRecords_ + (l.recHead + l.recCount) % maxRecords_) * kRecordStride;
   rec[0] = l.sndNxt;

@@ -260,6 +260,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   uint8_t* store_ = nullptr;
   Napi::ObjectReference refs_[4];
   std::vector<Lease> leases_;
+  std::vector<double> latencyBounds_;  // the disks' latency histogram bounds, seconds
   std::vector<uint8_t> txArena_;
   size_t txUsed_ = 0;
   std::vector<struct iovec> txIov_;

@@ -78,6 +78,15 @@ export interface FastDisk {
   size: number
   maxRead: number
   readOnly: boolean
+  /**
+   * The disk's own counters (devices/blk/op-stats.ts BlockOpStats: rows read 0, write 1), which the
+   * addon adds the requests it answers to, so that the metrics count them where the backend's are.
+   */
+  stats?: {
+    requests: Float64Array
+    bytes: Float64Array
+    latency: { bounds: readonly number[]; buckets: Float64Array; count: Float64Array; sum: Float64Array }
+  }
 }
 
 /**
@@ -137,6 +146,9 @@ export class FastPathHost {
   private readonly bits = new Uint32Array(SLOTS * BITS_WORDS)
   private readonly store = new Uint8Array(SLOTS * STORE_BYTES)
   private readonly params = new Float64Array(LEND.disks + MAX_DISKS * LEND_DISK_STRIDE)
+  /** lend's last argument, reused: each disk's five stats arrays, then the latency bounds. */
+  private readonly statsArgs: Float64Array[] = []
+  private bounds: { of: readonly number[]; array: Float64Array } | undefined
   private readonly native: NativeFastPath
   private readonly channel: FrameChannel
   private readonly leases: SlotLease[] = []
@@ -198,6 +210,8 @@ export class FastPathHost {
     if (!keys) return false
     const n = Math.min(disks.length, MAX_DISKS)
     p[LEND.diskCount] = n
+    const stats = this.statsArgs
+    stats.length = 0
     for (let i = 0; i < n; i++) {
       const d = disks[i]
       const at = LEND.disks + i * LEND_DISK_STRIDE
@@ -207,8 +221,15 @@ export class FastPathHost {
       p[at + 3] = d.size
       p[at + 4] = d.maxRead
       p[at + 5] = d.readOnly ? 0 : 1
+      const s = d.stats
+      if (s) stats.push(s.requests, s.bytes, s.latency.buckets, s.latency.count, s.latency.sum)
     }
-    if (!this.native.lend(slot, p, keys.txKey, keys.rxKey)) {
+    const bounds = disks[0].stats?.latency.bounds
+    if (bounds && this.bounds?.of !== bounds) this.bounds = { of: bounds, array: new Float64Array(bounds) }
+    // Every disk's stats or none.
+    if (this.bounds && stats.length === n * 5) stats.push(this.bounds.array)
+    else stats.length = 0
+    if (!this.native.lend(slot, p, keys.txKey, keys.rxKey, stats)) {
       c.cancelLend()
       return false
     }

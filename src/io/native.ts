@@ -36,7 +36,14 @@ export interface NativeChannel {
 
 /** The IOhyp's native fast path (native/fastpath.cc); see src/io/fast-path.ts. */
 export interface NativeFastPath {
-  lend(slot: number, params: Float64Array, txKey: Uint8Array, rxKey: Uint8Array): boolean
+  /** stats: per disk its requests, bytes, latency buckets, count and sum, then the latency bounds. */
+  lend(
+    slot: number,
+    params: Float64Array,
+    txKey: Uint8Array,
+    rxKey: Uint8Array,
+    stats?: Float64Array[],
+  ): boolean
   reclaim(slot: number): void
   /** The frame it would send for `message` under `params` (tests only). */
   buildReply(

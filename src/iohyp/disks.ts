@@ -267,6 +267,7 @@ export class IohypDisks extends DeviceRegistry<DiskSpec, Disk, DiskInfo> {
         size: d.device.size,
         maxRead: d.backend.maxReadLength,
         readOnly: d.device.readOnly,
+        stats: d.backend.ops,
       })
     }
     return out

@@ -4,6 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { ListGuestsResponse, StatusInfo } from '../../src/control/api.ts'
+import { ControlClient } from '../../src/control/control-client.ts'
 import { fio, sparseFile, started, VERIFY_WRITES } from '../support/block-io.ts'
 import { killDaemons, vrioJson } from '../support/daemons.ts'
 import type { ImpairedLink } from '../support/impair.ts'
@@ -76,17 +77,43 @@ async function readBack(
   return same
 }
 
-async function verifiedWrites(pair: VrioPair, name: string, size: string): Promise<void> {
+type FioJob = {
+  error: number
+  verify_errors?: number
+  read: { io_bytes: number }
+  write: { io_bytes: number }
+}
+
+/** fio verified writes on a fresh disk `name`; `check` runs on fio's job before the disk goes. */
+async function verifiedWrites(
+  pair: VrioPair,
+  name: string,
+  size: string,
+  check?: (job: FioJob) => Promise<void>,
+): Promise<void> {
   const backing = join(pair.dir, `${name}.img`)
   sparseFile(backing, 64 * MiB)
   const disk = await pair.createDisk(backing, name)
   const { code, json, stderr } = await fio(disk.nbd!, [...VERIFY_WRITES, `--size=${size}`]).result
   assert.equal(code, 0, `fio failed: ${stderr}`)
-  const job = (json as { jobs: { error: number; verify_errors?: number }[] }).jobs[0]
+  const job = (json as { jobs: FioJob[] }).jobs[0]
   assert.equal(job.error, 0)
   assert.equal(job.verify_errors ?? 0, 0)
+  await check?.(job)
   await pair.removeDisk(name)
 }
+
+/** The IOhyp's series of disk `name` in the family `family` (GET /metrics), by label set. */
+async function diskSeries(pair: VrioPair, family: string, name: string): Promise<Map<string, number>> {
+  const text = await new ControlClient({ path: pair.sock('iohyp') }).get<string>('/metrics')
+  const out = new Map<string, number>()
+  for (const m of text.matchAll(new RegExp(`^${family}\\{([^}]*)\\} (\\S+)$`, 'gm')))
+    if (m[1].includes(`disk="${name}"`)) out.set(m[1], Number(m[2]))
+  return out
+}
+
+const sumOf = (series: Map<string, number>, label: string) =>
+  [...series].reduce((n, [labels, v]) => (labels.includes(label) ? n + v : n), 0)
 
 describe('native fast path over a veth', () => {
   let pair: VrioPair
@@ -115,9 +142,19 @@ describe('native fast path over a veth', () => {
     assert.ok(g.rttMs !== null && g.rttMs > 0, JSON.stringify(g))
   })
 
-  it('fio random writes with crc32c verify at queue depth 32: zero errors; the writes and the verify reads went natively', async () => {
+  it("fio random writes with crc32c verify at queue depth 32: zero errors; the writes and the verify reads went natively, and the disk's metrics count them", async () => {
     const before = fastPath(pair).c
-    await verifiedWrites(pair, 'verify', '16m')
+    await verifiedWrites(pair, 'verify', '16m', async (job) => {
+      // Requests answered in the addon count in the disk's own counters and latency histogram,
+      // with those of the slow path: the IOhyp's bytes are fio's, and every request was timed.
+      const bytes = await diskSeries(pair, 'vrio_disk_bytes_total', 'verify')
+      assert.equal(sumOf(bytes, 'op="write"'), job.write.io_bytes, JSON.stringify([...bytes]))
+      assert.equal(sumOf(bytes, 'op="read"'), job.read.io_bytes, JSON.stringify([...bytes]))
+      const requests = await diskSeries(pair, 'vrio_disk_requests_total', 'verify')
+      const timed = await diskSeries(pair, 'vrio_disk_service_seconds_count', 'verify')
+      for (const op of ['op="read"', 'op="write"'])
+        assert.equal(sumOf(timed, op), sumOf(requests, op), `${op}: ${JSON.stringify([...timed])}`)
+    })
     const c = fastPath(pair).c
     assert.ok(c.readBytes > before.readBytes, `the verify reads went natively: ${JSON.stringify(c)}`)
     assert.ok(
