@@ -180,15 +180,16 @@ uint64_t Reconstruct(uint32_t low, int64_t highest) {
 }  // namespace
 
 // A disk's own counters (devices/blk/op-stats.ts BlockOpStats: requests and bytes by operation,
-// read 0 and write 1, and the service-time histogram), the arrays the metrics read at scrape time:
+// read 0 and write 1, the service-time histogram, answers by status), the arrays the metrics read at scrape time:
 // requests answered here count where the TypeScript backend's do.
 struct DiskStats {
-  enum { kRequests, kBytes, kBuckets, kCount, kSum, kArrays };
+  enum { kRequests, kBytes, kBuckets, kCount, kSum, kErrors, kArrays };
   Napi::Reference<Napi::Float64Array> refs[kArrays];
   double* a[kArrays] = {};
 
-  void Count(int op, uint64_t bytes, double seconds, const std::vector<double>& bounds) {
+  void Count(int op, uint16_t status, uint64_t bytes, double seconds, const std::vector<double>& bounds) {
     a[kRequests][op] += 1;
+    if (status != 0) a[kErrors][status] += 1;
     a[kBytes][op] += double(bytes);
     a[kCount][op] += 1;
     a[kSum][op] += seconds;
@@ -311,8 +312,8 @@ void FastPath::ReadAddressing(Lease& l, const double* p) {
 }
 
 // lend(slot, params: Float64Array, txKey, rxKey, stats?): the connection's state (the replay window
-// is already in the slot's bits); stats: per disk, its requests, bytes, and latency buckets, count
-// and sum (Float64Arrays), then the latency bounds (seconds). Returns false when the keys could not
+// is already in the slot's bits); stats: per disk, its requests, bytes, latency buckets, count and
+// sum, and errors by status (Float64Arrays), then the latency bounds (seconds). Returns false when the keys could not
 // be set up.
 Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -396,7 +397,7 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
           ok = v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array;
           if (!ok) break;
           Napi::Float64Array arr = v.As<Napi::Float64Array>();
-          ok = arr.ElementLength() >= (k == DiskStats::kBuckets ? 2 * nb : 2);
+          ok = arr.ElementLength() >= (k == DiskStats::kBuckets ? 2 * nb : k == DiskStats::kErrors ? 32 : 2);
           // A reference only when the array changed: the same disk lent again costs no new one.
           if (ok && arr.Data() != ds.a[k]) {
             ds.refs[k] = Napi::Persistent(arr);
@@ -782,7 +783,7 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
       s[kCReadBytes] += length;
     }
   }
-  if (disk.stats) disk.stats->Count(write ? 1 : 0, status == 0 ? length : 0, (NowMs() - started) / 1000, latencyBounds_);
+  if (disk.stats) disk.stats->Count(write ? 1 : 0, status, status == 0 ? length : 0, (NowMs() - started) / 1000, latencyBounds_);
   ResponseHead(msg, req, status, uint32_t(bytes - kMsgHeader));
   double* rec = records_ + (size_t(slot) * maxRecords_ + (l.recHead + l.recCount) % maxRecords_) * kRecordStride;
   rec[0] = l.sndNxt;

@@ -43,8 +43,6 @@ export interface IohypDiskMetrics {
   guest: string
   disk: string
   ops: BlockOpStats
-  /** Non-OK answers by BlockStatus number. */
-  errors: Readonly<Record<number, number>>
   /** Requests running on the device or waiting for a slot. */
   inFlight: number
   /** The encryption service's byte counters (encrypted disks only). */
@@ -563,8 +561,9 @@ function buildIohyp(registry: Registry, source: IohypMetricsSource): void {
     'Block requests answered with an error, by status',
     ['guest', 'disk', 'status'],
     (d, emit, l) => {
-      for (const [status, n] of Object.entries(d.errors))
-        emit({ ...l, status: statusName(Number(status)) }, n)
+      const errors = d.ops.errors
+      for (let status = 0; status < errors.length; status++)
+        if (errors[status] > 0) emit({ ...l, status: statusName(status) }, errors[status])
     },
   )
   registerHistogram(

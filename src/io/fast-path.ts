@@ -79,12 +79,14 @@ export interface FastDisk {
   maxRead: number
   readOnly: boolean
   /**
-   * The disk's own counters (devices/blk/op-stats.ts BlockOpStats: rows read 0, write 1), which the
-   * addon adds the requests it answers to, so that the metrics count them where the backend's are.
+   * The disk's own counters (devices/blk/op-stats.ts BlockOpStats: rows read 0, write 1; errors by
+   * status), which the addon adds the requests it answers to, so that the metrics count them where
+   * the backend's are.
    */
   stats?: {
     requests: Float64Array
     bytes: Float64Array
+    errors: Float64Array
     latency: { bounds: readonly number[]; buckets: Float64Array; count: Float64Array; sum: Float64Array }
   }
 }
@@ -146,7 +148,7 @@ export class FastPathHost {
   private readonly bits = new Uint32Array(SLOTS * BITS_WORDS)
   private readonly store = new Uint8Array(SLOTS * STORE_BYTES)
   private readonly params = new Float64Array(LEND.disks + MAX_DISKS * LEND_DISK_STRIDE)
-  /** lend's last argument, reused: each disk's five stats arrays, then the latency bounds. */
+  /** lend's last argument, reused: each disk's six stats arrays, then the latency bounds. */
   private readonly statsArgs: Float64Array[] = []
   private bounds: { of: readonly number[]; array: Float64Array } | undefined
   private readonly native: NativeFastPath
@@ -222,12 +224,12 @@ export class FastPathHost {
       p[at + 4] = d.maxRead
       p[at + 5] = d.readOnly ? 0 : 1
       const s = d.stats
-      if (s) stats.push(s.requests, s.bytes, s.latency.buckets, s.latency.count, s.latency.sum)
+      if (s) stats.push(s.requests, s.bytes, s.latency.buckets, s.latency.count, s.latency.sum, s.errors)
     }
     const bounds = disks[0].stats?.latency.bounds
     if (bounds && this.bounds?.of !== bounds) this.bounds = { of: bounds, array: new Float64Array(bounds) }
     // Every disk's stats or none.
-    if (this.bounds && stats.length === n * 5) stats.push(this.bounds.array)
+    if (this.bounds && stats.length === n * 6) stats.push(this.bounds.array)
     else stats.length = 0
     if (!this.native.lend(slot, p, keys.txKey, keys.rxKey, stats)) {
       c.cancelLend()

@@ -36,7 +36,7 @@ export interface NativeChannel {
 
 /** The IOhyp's native fast path (native/fastpath.cc); see src/io/fast-path.ts. */
 export interface NativeFastPath {
-  /** stats: per disk its requests, bytes, latency buckets, count and sum, then the latency bounds. */
+  /** stats: per disk its requests, bytes, latency buckets, count and sum, errors; then the latency bounds. */
   lend(
     slot: number,
     params: Float64Array,

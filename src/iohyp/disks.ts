@@ -210,7 +210,6 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
 
   info(e: DeviceEntry<DiskSpec, Disk>): DiskInfo {
     const d = e.device
-    const s = d.backend.stats
     return {
       name: e.spec.name,
       guest: formatMac(e.guest),
@@ -221,8 +220,9 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
       state: e.announced ? 'attached' : 'waiting',
       nbd: d.nbd,
       device: d.attachedAs,
-      requests: s.requests,
-      errors: Object.values(s.errors).reduce((a, b) => a + b, 0),
+      // The disk's own counters: requests the addon's fast path answered count there too.
+      requests: d.backend.ops.requests.reduce((a, b) => a + b, 0),
+      errors: d.backend.ops.errors.reduce((a, b) => a + b, 0),
       encryption: d.crypt
         ? { kind: e.spec.encrypt!.kind, ...d.crypt.info(), counters: d.crypt.counters() }
         : null,
@@ -281,7 +281,6 @@ export class IohypDisks extends DeviceRegistry<DiskSpec, Disk, DiskInfo> {
         guest: formatMac(guest),
         disk: spec.name,
         ops: d.backend.ops,
-        errors: d.backend.stats.errors,
         inFlight: d.backend.active + d.backend.queued,
         ...(c && { crypt: { bytesEncrypted: c.bytesEncrypted, bytesDecrypted: c.bytesDecrypted } }),
       }

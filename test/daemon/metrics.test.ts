@@ -83,7 +83,8 @@ function disk(name: string, guestMac: string): IohypDiskMetrics {
   ops.latency.observe(0, 0.00003)
   ops.latency.observe(0, 0.2)
   ops.latency.observe(1, 20) // above the last bucket: only in +Inf
-  return { guest: guestMac, disk: name, ops, errors: { [BlockStatus.IoError]: 1 }, inFlight: 2 }
+  ops.errors[BlockStatus.IoError] = 1
+  return { guest: guestMac, disk: name, ops, inFlight: 2 }
 }
 
 /** Parses the text exposition: series (name + labels, as printed) to value; throws on a malformed line. */

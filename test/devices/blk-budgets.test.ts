@@ -263,7 +263,7 @@ describe('block back-end budgets', () => {
     }
     await settle()
     assert.ok(maxHeld <= maxWriteBytes, `held ${maxHeld}`)
-    assert.equal(backend.stats.errors[BlockStatus.Busy], 100 - maxWriteBytes / write)
+    assert.equal(backend.ops.errors[BlockStatus.Busy], 100 - maxWriteBytes / write)
     for (const release of held.splice(0)) release()
     await settle()
     assert.equal(backend.heldWriteBytes, 0)

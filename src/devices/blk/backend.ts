@@ -118,8 +118,6 @@ export interface BlockBackendStats {
   duplicatesRunning: number
   /** Requests answered Stale: below the floor their front-end announced. */
   stale: number
-  /** Answers with each non-OK status. */
-  errors: Record<number, number>
   /** Replies dropped: no session attached, or too many waiting for send space. */
   repliesDropped: number
   /** Times a read waited because the guest's reply budget was full (back-pressure). */
@@ -224,7 +222,6 @@ export class BlockBackend {
     replayed: 0,
     duplicatesRunning: 0,
     stale: 0,
-    errors: {},
     repliesDropped: 0,
     budgetWaits: 0,
     overloads: 0,
@@ -670,7 +667,7 @@ export class BlockBackend {
     data: Uint8Array | undefined,
     reserved = 0,
   ): void {
-    if (status !== BlockStatus.Ok) this.stats.errors[status] = (this.stats.errors[status] ?? 0) + 1
+    if (status !== BlockStatus.Ok) this.ops.errors[status]++
     const s = this.session
     if (!s || this.pending.length >= this.depth + this.maxQueued) {
       this.stats.repliesDropped++

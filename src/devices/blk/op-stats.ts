@@ -85,6 +85,8 @@ export class BlockOpStats {
   /** Bytes read and written (other operations move no data: their entries stay 0). */
   readonly bytes = new Float64Array(BLOCK_OP_NAMES.length)
   readonly latency = new FixedHistogram(BLOCK_OP_NAMES.length)
+  /** Answers with each non-OK status, indexed by the status (BlockStatus, all below 32). */
+  readonly errors = new Float64Array(32)
 
   /** One request of operation index `op` moving `bytes` (reads and writes only). */
   count(op: number, bytes: number): void {
