@@ -19,6 +19,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { ControlClient } from '../../src/control/control-client.ts'
 import type { DiskInfo, IocoreInfo, NicInfo, StatusInfo } from '../../src/control/api.ts'
 import { fio, sparseFile } from '../support/block-io.ts'
 import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
@@ -68,7 +69,7 @@ describe('iocores: a pathological DPI load on one iocore leaves a disk on the ot
     const n = nics.nics.find((x) => x.name === 'dpa0')!
     return n.services.services.dpi!.counters as Record<string, number>
   }
-  const metrics = () => getUnix(pair.sock('iohyp'), '/metrics')
+  const metrics = () => new ControlClient({ path: pair.sock('iohyp') }).get<string>('/metrics')
 
   before(async () => {
     requireRoot()
@@ -267,20 +268,4 @@ function histogramDelta(before: string, after: string, disk: string): string {
   const total = rows.at(-1)?.[1] ?? 0
   for (const [le, n] of rows) if (n >= total * 0.99) return le
   return '?'
-}
-
-/** GET on the control socket: the body. */
-async function getUnix(socket: string, path: string): Promise<string> {
-  const { request } = await import('node:http')
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: socket, path }, (res) => {
-      let body = ''
-      res.on('data', (d: Buffer) => {
-        body += d.toString()
-      })
-      res.on('end', () => resolve(body))
-    })
-    req.on('error', reject)
-    req.end()
-  })
 }

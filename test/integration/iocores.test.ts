@@ -11,6 +11,7 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { ControlClient } from '../../src/control/control-client.ts'
 import type { DiskInfo, StatusInfo } from '../../src/control/api.ts'
 import { fio, recordedWrites, sparseFile, VERIFY_WRITES, verifyRecordedWrites } from '../support/block-io.ts'
 import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
@@ -93,7 +94,7 @@ describe('iocores: two guests on two iocores, moved 20 times each under fio and 
     // The metrics: every iocore's guests and disks, merged into one exposition.
     const r = await vrioAsync(['status', '--json', '--control', pair.sock('iohyp')])
     assert.equal(r.status, 0)
-    const text = await getUnix(pair.sock('iohyp'), '/metrics')
+    const text = await new ControlClient({ path: pair.sock('iohyp') }).get<string>('/metrics')
     assert.match(text, /^vrio_iocore_guests\{iocore="0"\} 1$/m)
     assert.match(text, /^vrio_iocore_guests\{iocore="1"\} 1$/m)
     for (const d of disks)
@@ -204,22 +205,6 @@ describe('iocores: two guests on two iocores, moved 20 times each under fio and 
     assert.ok(v.acked > 0)
   })
 })
-
-/** GET on the control socket: the body. */
-async function getUnix(socket: string, path: string): Promise<string> {
-  const { request } = await import('node:http')
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: socket, path }, (res) => {
-      let body = ''
-      res.on('data', (d: Buffer) => {
-        body += d.toString()
-      })
-      res.on('end', () => resolve(body))
-    })
-    req.on('error', reject)
-    req.end()
-  })
-}
 
 /** POST to the control socket (a route the CLI does not have: the test hook). */
 async function fetchUnix(socket: string, path: string): Promise<number> {
