@@ -1,6 +1,7 @@
 /**
  * A Prometheus-like scraper for benches: GET /metrics on daemons' control sockets every interval,
- * from a child process, so it keeps its pace while the bench blocks on a synchronous tool run.
+ * from a child process, so it keeps its pace while the bench blocks on a synchronous tool run. Like
+ * Prometheus, it keeps its connection to each daemon open between scrapes (HTTP keep-alive).
  * startScraper resolves once the first scrape of every socket has answered, so what a daemon does
  * once at its first scrape falls before the measurement, as it would on a long-running daemon.
  */
@@ -14,11 +15,12 @@ export interface Scraper {
 const SCRAPER = `
 const http = require('node:http')
 const [interval, ...sockets] = process.argv.slice(1)
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
 const stats = { scrapes: 0, failures: 0, bytes: 0 }
 let first = sockets.length
 const done = () => { if (--first === 0) process.stdout.write('ready\\n') }
 const scrape = (socketPath) => {
-  const req = http.request({ socketPath, path: '/metrics', agent: false }, (res) => {
+  const req = http.request({ socketPath, path: '/metrics', agent }, (res) => {
     res.on('data', (d) => (stats.bytes += d.length))
     res.on('end', () => { res.statusCode === 200 ? stats.scrapes++ : stats.failures++; done() })
   })

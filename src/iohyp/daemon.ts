@@ -263,6 +263,14 @@ export class IohypDaemon implements IohypApi {
 
   private guestInfo(g: GuestRecord): GuestInfo {
     const info = g.info(this.budgetsOf(g))
+    // The frames the addon's fast path took and sent for this guest's channel count as the channel's.
+    const fast = this.link?.driver.fastPath?.counters().get(g.ip)
+    if (fast) {
+      info.framesIn += fast.framesIn
+      info.bytesIn += fast.bytesIn
+      info.framesOut += fast.framesOut
+      info.bytesOut += fast.bytesOut
+    }
     if (g.overloads > 0) info.drops['over-budget'] = g.overloads
     const unknownTypes = g.unknownMessages + (g.session?.unknownMessages ?? 0)
     if (unknownTypes > 0) info.drops['unknown-message-type'] = unknownTypes

@@ -140,6 +140,8 @@ describe('native fast path over a veth', () => {
     assert.ok(after.rttSamples > before.c.rttSamples, JSON.stringify(after))
     const g = (await pair.list<ListGuestsResponse>('guests')).guests[0]
     assert.ok(g.rttMs !== null && g.rttMs > 0, JSON.stringify(g))
+    // The channel's counters hold what the addon sent: three 16 MiB images went out.
+    assert.ok(g.bytesOut >= 3 * 16 * MiB, `the guest's channel sent ${g.bytesOut} bytes`)
   })
 
   it("fio random writes with crc32c verify at queue depth 32: zero errors; the writes and the verify reads went natively, and the disk's metrics count them", async () => {
