@@ -210,7 +210,11 @@ for (const mode of ['io_uring', 'read/writev'] as const)
         throw new Error(`the filesystem's user hangs; the agent's log:\n${pair.guest.logs.join('\n')}`)
       })
       const r = await Promise.race([job.result, hung])
-      assert.equal(r.code, 0, `the filesystem's user failed: ${r.stderr}`)
+      assert.equal(
+        r.code,
+        0,
+        `the filesystem's user failed: ${r.stderr}\nthe next agent's log:\n${pair.guest.logs.join('\n')}`,
+      )
       assert.equal(r.stdout.split(' ')[0], sha256(data))
       await pair.guest.waitForLog('took over the block device a previous agent left')
       const d = (await pair.list<{ disks: GuestDiskInfo[] }>('blk', 'guest')).disks.find(
