@@ -210,24 +210,14 @@ export class DaemonLink {
       address: formatIPv4(this.ip),
       channel: this.channel(),
       drops: this.endpointDrops(),
-      socket: (({
-        rxFrames,
-        rxBytes,
-        txFrames,
-        txBytes,
-        kernelDrops,
-        txEagain,
-        polls,
-        pollHits,
-        pollUs,
-      }) => ({
-        rxFrames,
-        rxBytes,
-        txFrames,
-        txBytes,
-        kernelDrops,
-        txEagain,
-        ...(this.o.pollIdleUs && { polls: polls ?? 0, pollHits: pollHits ?? 0, pollUs: pollUs ?? 0 }),
+      socket: ((s) => ({
+        rxFrames: s.rxFrames,
+        rxBytes: s.rxBytes,
+        txFrames: s.txFrames,
+        txBytes: s.txBytes,
+        kernelDrops: s.kernelDrops,
+        txEagain: s.txEagain,
+        ...(this.o.pollIdleUs && { polls: s.polls ?? 0, pollHits: s.pollHits ?? 0, pollUs: s.pollUs ?? 0 }),
       }))(this.socket.stats()),
     }
   }

@@ -83,7 +83,7 @@ export interface FastDisk {
    * status), which the addon adds the requests it answers to, so that the metrics count them where
    * the backend's are.
    */
-  stats?: {
+  stats: {
     requests: Float64Array
     bytes: Float64Array
     errors: Float64Array
@@ -224,13 +224,11 @@ export class FastPathHost {
       p[at + 4] = d.maxRead
       p[at + 5] = d.readOnly ? 0 : 1
       const s = d.stats
-      if (s) stats.push(s.requests, s.bytes, s.latency.buckets, s.latency.count, s.latency.sum, s.errors)
+      stats.push(s.requests, s.bytes, s.latency.buckets, s.latency.count, s.latency.sum, s.errors)
     }
-    const bounds = disks[0].stats?.latency.bounds
-    if (bounds && this.bounds?.of !== bounds) this.bounds = { of: bounds, array: new Float64Array(bounds) }
-    // Every disk's stats or none.
-    if (this.bounds && stats.length === n * 6) stats.push(this.bounds.array)
-    else stats.length = 0
+    const bounds = disks[0].stats.latency.bounds
+    if (this.bounds?.of !== bounds) this.bounds = { of: bounds, array: new Float64Array(bounds) }
+    stats.push(this.bounds.array)
     if (!this.native.lend(slot, p, keys.txKey, keys.rxKey, stats)) {
       c.cancelLend()
       return false
