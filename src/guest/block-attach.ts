@@ -4,10 +4,11 @@ import { mkdir, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promi
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
+import type { Logger } from '../daemon/log.ts'
 import type { BlockDevice } from '../devices/blk/device.ts'
 import { VrioError } from '../errors.ts'
 import { type FuseNativeStats, native } from '../io/native.ts'
-import { FuseDiskServer } from './fuse-server.ts'
+import { FuseDiskServer, type FuseFailure } from './fuse-server.ts'
 
 const run = promisify(execFile)
 
@@ -32,6 +33,8 @@ export interface ExposeOptions {
   /** A directory of our own for the exposure (created; removed on detach). */
   dir: string
   readOnly?: boolean
+  /** Where failed block requests are told (the first few, then how many more). */
+  log?: Logger
 }
 
 /** Shows `o.device` as a block device (FUSE + loop). */
@@ -59,6 +62,28 @@ export async function fuseUringChoice(): Promise<{ uring: boolean; why: string }
     return { uring: true, why: '' }
   } catch (error) {
     return { uring: false, why: `could not turn on ${URING_PARAM}: ${(error as Error).message}` }
+  }
+}
+
+/** Failed block requests logged one by one per exposure; after them, one line per 1000. */
+const FAILURES_LOGGED = 8
+
+/** Tells `log` of the block requests the device failed: the first few, then every so many. */
+function failureLog(log: Logger | undefined): ((f: FuseFailure) => void) | undefined {
+  if (!log) return undefined
+  let failed = 0
+  return (f) => {
+    failed++
+    if (failed > FAILURES_LOGGED && failed % 1000 !== 0) return
+    log.warn('a block request failed', {
+      op: f.op,
+      offset: f.offset,
+      length: f.length,
+      errno: f.errno,
+      error: (f.error as Error)?.message ?? String(f.error),
+      failed,
+      ...(failed === FAILURES_LOGGED && { note: 'from here on, one line every 1000 failures' }),
+    })
   }
 }
 
@@ -137,7 +162,13 @@ export class FuseLoopDevice implements BlockExposure {
     const choice = await fuseUringChoice()
     let server: FuseDiskServer
     try {
-      server = new FuseDiskServer({ dir: o.dir, name: 'disk', device: o.device, uring: choice.uring })
+      server = new FuseDiskServer({
+        dir: o.dir,
+        name: 'disk',
+        device: o.device,
+        uring: choice.uring,
+        onFailure: failureLog(o.log),
+      })
     } catch (error) {
       await rm(o.dir, { recursive: true, force: true }).catch(() => {})
       throw error
@@ -207,6 +238,7 @@ export class FuseLoopDevice implements BlockExposure {
         device: o.device,
         adoptFd: fd,
         uring: r.uring === true,
+        onFailure: failureLog(o.log),
         ...(adoptRing && { adoptRing }),
       })
     } catch (error) {

@@ -110,11 +110,12 @@ class GuestDiskKind
     if (stale) {
       this.stale.delete(name)
       try {
-        const taken = await FuseLoopDevice.adopt({ device: front, dir, readOnly, stale })
+        const taken = await FuseLoopDevice.adopt({ device: front, dir, readOnly, stale, log: this.o.log })
         this.o.log.info('took over the block device a previous agent left', {
           disk: name,
           device: taken.device,
-          resent: taken.stats().resendErrno === 0,
+          // Over /dev/fuse the kernel resends what the dead agent left unanswered (io says the ring's part).
+          ...(taken.stats().transport !== 'io_uring' && { resent: taken.stats().resendErrno === 0 }),
           io: taken.io(),
         })
         return taken
@@ -127,7 +128,7 @@ class GuestDiskKind
         await dropStale(stale)
       }
     }
-    return exposeBlockDevice({ device: front, dir, readOnly })
+    return exposeBlockDevice({ device: front, dir, readOnly, log: this.o.log })
   }
 
   rebind(d: Disk, session: Session | undefined, handle: DeviceHandle): void {

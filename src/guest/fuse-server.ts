@@ -21,6 +21,8 @@ export interface FuseDiskOptions {
   slots?: number
   /** Called once if the kernel ends the connection (an unmount or abort from outside). */
   onEnd?: (errno: number) => void
+  /** Called for each data request the device failed (its FUSE reply carries `errno`). */
+  onFailure?: (failure: FuseFailure) => void
   /**
    * Serve the live connection behind this /dev/fuse fd (a previous agent's, taken over; closed by
    * close()) instead of mounting: nothing is mounted, the kernel resends what went unanswered.
@@ -33,6 +35,16 @@ export interface FuseDiskOptions {
   uring?: boolean
   /** With `adoptFd` and `uring`: the previous agent's ring memory (see `ring`). */
   adoptRing?: { fd: number; addr: number }
+}
+
+/** A data request the device failed, as FuseDiskOptions.onFailure hears of it. */
+export interface FuseFailure {
+  op: 'read' | 'write' | 'flush' | 'fallocate'
+  offset: number
+  length: number
+  /** The errno the kernel gets (positive). */
+  errno: number
+  error: unknown
 }
 
 /**
@@ -51,12 +63,14 @@ export class FuseDiskServer {
   /** Slots from here on are io_uring entries (their own layout). */
   private readonly ringFirst: number
   private readonly onEnd: ((errno: number) => void) | undefined
+  private readonly onFailure: ((failure: FuseFailure) => void) | undefined
   private closed = false
 
   constructor(o: FuseDiskOptions) {
     this.device = o.device
     this.file = `${o.dir}/${o.name}`
     this.onEnd = o.onEnd
+    this.onFailure = o.onFailure
     const Ctor = native().FuseDisk
     if (!Ctor) throw new VrioError('unsupported', 'the native addon has no FUSE support (rebuild it)')
     try {
@@ -137,7 +151,7 @@ export class FuseDiskServer {
             // writev copied it: a device that pools may reuse its memory (no garbage for the collector).
             d.release?.(data)
           },
-          (e) => this.reply(slot, -fuseErrno(e)),
+          (e) => this.fail(slot, 'read', r.offset, n, e),
         )
         return
       }
@@ -146,7 +160,7 @@ export class FuseDiskServer {
         // The slot is ours until we reply: the device may use (even encrypt in place) the data.
         d.write(r.offset, data, false, true).then(
           () => this.replyWrite(slot, r.size),
-          (e) => this.reply(slot, -fuseErrno(e)),
+          (e) => this.fail(slot, 'write', r.offset, r.size, e),
         )
         return
       }
@@ -158,7 +172,7 @@ export class FuseDiskServer {
         }
         d.flush().then(
           () => this.reply(slot, 0),
-          (e) => this.reply(slot, -fuseErrno(e)),
+          (e) => this.fail(slot, 'flush', 0, 0, e),
         )
         return
       case FuseOp.Fallocate: {
@@ -169,7 +183,7 @@ export class FuseDiskServer {
         }
         op.then(
           () => this.reply(slot, 0),
-          (e) => this.reply(slot, -fuseErrno(e)),
+          (e) => this.fail(slot, 'fallocate', r.offset, r.size, e),
         )
         return
       }
@@ -203,6 +217,12 @@ export class FuseDiskServer {
 
   private reply(slot: number, error: number, data?: Uint8Array): void {
     this.handle.reply(slot, error, data)
+  }
+
+  private fail(slot: number, op: FuseFailure['op'], offset: number, length: number, error: unknown): void {
+    const errno = fuseErrno(error)
+    this.reply(slot, -errno)
+    this.onFailure?.({ op, offset, length, errno, error })
   }
 
   private replyWrite(slot: number, size: number): void {
