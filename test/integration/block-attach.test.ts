@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { after, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { MemoryDevice } from '../../src/devices/blk/memory-device.ts'
+import { VrioError } from '../../src/errors.ts'
 import { AttachedBlockDevice, FuseLoopDevice } from '../../src/guest/block-attach.ts'
 import { requireRoot } from '../support/netns.ts'
 import { waitUntil } from '../support/wait.ts'
@@ -129,5 +130,55 @@ describe("the agent's own exposure: a FUSE file served in-process under a loop d
       await disk.detach()
     }
     assert.doesNotMatch((await run('mount')).stdout, new RegExp(dir))
+  })
+})
+
+describe('a block request the device fails', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vrio-fusefail-'))
+  after(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('reaches the reader as EIO and is logged with its offset and the cause', async () => {
+    requireRoot()
+    const bad = 1024 * 1024
+    class FailingDevice extends MemoryDevice {
+      override read(offset: number, length: number) {
+        if (offset <= bad && bad < offset + length)
+          return Promise.reject(new VrioError('io-error', 'the backing said no'))
+        return super.read(offset, length)
+      }
+    }
+    const device = new FailingDevice({ size: 8 * 1024 * 1024 })
+    const warnings: Record<string, unknown>[] = []
+    const log = {
+      debug() {},
+      info() {},
+      warn: (msg: string, fields?: Record<string, unknown>) => warnings.push({ msg, ...fields }),
+      error() {},
+    }
+    const disk = await FuseLoopDevice.attach({ device, dir: join(dir, 'fuse'), log })
+    try {
+      // A good read first, then the failing block.
+      await run('dd', [`if=${disk.device}`, 'of=/dev/null', 'bs=4k', 'count=1', 'iflag=direct'])
+      assert.equal(warnings.length, 0)
+      await assert.rejects(
+        run('dd', [
+          `if=${disk.device}`,
+          'of=/dev/null',
+          'bs=4k',
+          'count=1',
+          `skip=${bad / 4096}`,
+          'iflag=direct',
+        ]),
+        /Input\/output error/,
+      )
+      const w = warnings.find((x) => x.msg === 'a block request failed')
+      assert.ok(w, JSON.stringify(warnings))
+      assert.equal(w.op, 'read')
+      assert.equal(w.offset, bad)
+      assert.equal(w.errno, 5)
+      assert.match(String(w.error), /the backing said no/)
+    } finally {
+      await disk.detach()
+    }
   })
 })
