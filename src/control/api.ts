@@ -103,6 +103,12 @@ export interface GuestInfo {
   /** Times a message found the channel's send buffer full and had to wait (see ConnectionStats). */
   windowStalls?: number
   /**
+   * The IOhyp's native fast path on this guest's channel (absent while it is off): block requests
+   * it answered (they count in the disk's figures too), times the channel was lent to it, and times
+   * it handed the channel back to the TypeScript transport (loss, a request it does not answer).
+   */
+  fastPath?: { requests: number; lends: number; handbacks: number }
+  /**
    * Dropped frames by reason (a `DropReason` from wire/, or a transport/daemon reason); only non-zero
    * ones. Sealed channels add `auth-failed`, `replayed`, `unsealed`, `bad-epoch` (see docs/protocol.md).
    */

@@ -524,6 +524,24 @@ function buildIohyp(registry: Registry, source: IohypMetricsSource): void {
     ['guest', 'direction'],
     (g, emit, l) => inOut(emit, l, g.framesIn, g.framesOut),
   )
+  guest(
+    'vrio_fastpath_requests_total',
+    "Block requests the IOhyp's native fast path answered on the guest's channel (counted in vrio_disk_* too)",
+    ['guest'],
+    (g, emit, l) => g.fastPath && emit(l, g.fastPath.requests),
+  )
+  guest(
+    'vrio_fastpath_lends_total',
+    "Times the guest's channel was lent to the native fast path",
+    ['guest'],
+    (g, emit, l) => g.fastPath && emit(l, g.fastPath.lends),
+  )
+  guest(
+    'vrio_fastpath_handbacks_total',
+    'Times the native fast path handed the channel back to the TypeScript transport (loss, a request it does not answer)',
+    ['guest'],
+    (g, emit, l) => g.fastPath && emit(l, g.fastPath.handbacks),
+  )
   guest('vrio_channel_retransmits_total', 'Segments sent again', ['guest'], (g, emit, l) =>
     emit(l, g.retransmits),
   )

@@ -270,6 +270,7 @@ export class IohypDaemon implements IohypApi {
       info.bytesIn += fast.bytesIn
       info.framesOut += fast.framesOut
       info.bytesOut += fast.bytesOut
+      info.fastPath = { requests: fast.requests, lends: fast.lends, handbacks: fast.handbacks }
     }
     if (g.overloads > 0) info.drops['over-budget'] = g.overloads
     const unknownTypes = g.unknownMessages + (g.session?.unknownMessages ?? 0)

@@ -142,6 +142,14 @@ describe('native fast path over a veth', () => {
     assert.ok(g.rttMs !== null && g.rttMs > 0, JSON.stringify(g))
     // The channel's counters hold what the addon sent: three 16 MiB images went out.
     assert.ok(g.bytesOut >= 3 * 16 * MiB, `the guest's channel sent ${g.bytesOut} bytes`)
+    // The guest's fast-path counters, listed and in the metrics (scraped later: at least as many).
+    assert.ok(g.fastPath && g.fastPath.requests >= after.requests, JSON.stringify(g.fastPath))
+    const text = await new ControlClient({ path: pair.sock('iohyp') }).get<string>('/metrics')
+    const series = (family: string) =>
+      Number(new RegExp(`^${family}\\{guest="${g.mac}"\\} (\\S+)$`, 'm').exec(text)?.[1])
+    assert.ok(series('vrio_fastpath_requests_total') >= g.fastPath.requests, text)
+    assert.ok(series('vrio_fastpath_lends_total') >= after.lends, text)
+    assert.ok(series('vrio_fastpath_handbacks_total') >= 0, text)
   })
 
   it("fio random writes with crc32c verify at queue depth 32: zero errors; the writes and the verify reads went natively, and the disk's metrics count them", async () => {
