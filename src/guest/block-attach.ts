@@ -1,5 +1,5 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process'
-import { closeSync, existsSync } from 'node:fs'
+import { execFile, spawn } from 'node:child_process'
+import { closeSync } from 'node:fs'
 import { mkdir, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -282,8 +282,6 @@ export interface StaleRecord {
   kind?: 'fuse-loop'
   device: string
   seq: string
-  /** nbdfuse's pid (the nbdfuse exposure). */
-  pid?: number
   size?: number
   readOnly?: boolean
   /** The connection is served over FUSE's io_uring queues (the next agent must register them again). */
@@ -337,7 +335,7 @@ async function holderAlive(pid: number, start: string): Promise<boolean> {
 
 /**
  * What a killed agent left in `disksDir`: exposures the next agent can take over (a live holder
- * and the same loop device: returned, untouched) and the rest, undone as cleanStale does. Run at
+ * and the same loop device: returned, untouched) and the rest, undone (undoStale). Run at
  * start, before any attach.
  */
 export async function reclaimStale(
@@ -360,7 +358,7 @@ export async function reclaimStale(
       adoptable.push({ name: name.slice(0, -RECORD.length), dir, record: r })
   }
   const skip = new Set(adoptable.map((a) => `${a.name}${RECORD}`))
-  const detached = await AttachedBlockDevice.cleanStale(disksDir, skip)
+  const detached = await undoStale(disksDir, skip)
   return { adoptable, detached }
 }
 
@@ -370,134 +368,26 @@ export async function dropStale(s: StaleAttachment): Promise<void> {
   await removeDir(s.dir, recordHolder(s.record))
 }
 
-export interface AttachOptions {
-  /** The disk's NBD export, e.g. `nbd+unix:///disk0?socket=/run/vrio/disk0.sock`. */
-  uri: string
-  /** A directory of our own for the FUSE mount (created; removed on detach). */
-  dir: string
-  readOnly?: boolean
-  /** How long nbdfuse may take to show the disk file. Default 10 s. */
-  timeoutMs?: number
-}
-
 /**
- * The previous exposure, kept for NBD servers that are not ours (benchmarks compare against it):
- * a real block device for an NBD export where the kernel NBD client is missing (no /dev/nbd*, no
- * module loading): nbdfuse shows the export as a file on a FUSE mount, and a loop device with
- * direct I/O turns that file into /dev/loopN (without direct I/O, reads would come from the page
- * cache and writes arrive as 4 KiB synchronous writes).
+ * Undoes what a killed agent left in `disksDir` (the `dir`s of its attachments), but the records
+ * in `skip`: each loop device it recorded is detached (deferred by the kernel while something still
+ * holds it open, a mounted filesystem for instance), its holder ended and its mount point removed.
+ * Returns the loop devices detached.
  */
-export class AttachedBlockDevice implements BlockExposure {
-  readonly device: string
-  readonly file: string
-  private readonly fuse: ChildProcess
-  /** The loop device's disk sequence number when we set it up (see diskSeq). */
-  private readonly seq: string
-  private readonly dir: string
-  private detached = false
-
-  private constructor(device: string, seq: string, file: string, fuse: ChildProcess, dir: string) {
-    this.device = device
-    this.seq = seq
-    this.file = file
-    this.fuse = fuse
-    this.dir = dir
+async function undoStale(disksDir: string, skip: ReadonlySet<string>): Promise<string[]> {
+  const names = await readdir(disksDir).catch(() => [] as string[])
+  const detached: string[] = []
+  for (const name of names.filter((n) => n.endsWith(RECORD) && !skip.has(n))) {
+    const record = join(disksDir, name)
+    const r = JSON.parse(await readFile(record, 'utf8').catch(() => '{}')) as Partial<StaleRecord>
+    // Only the loop device not set up again since (same disk sequence number).
+    if (typeof r.device === 'string' && r.seq && (await detachLoop(r.device, r.seq))) detached.push(r.device)
+    await removeDir(record.slice(0, -RECORD.length), recordHolder(r))
   }
-
-  static async attach(o: AttachOptions): Promise<AttachedBlockDevice> {
-    await mkdir(o.dir, { recursive: true, mode: 0o700 })
-    const file = join(o.dir, 'disk')
-    const args = [...(o.readOnly ? ['--readonly'] : []), file, o.uri]
-    // nbdfuse goes with the agent even when the agent is killed (its NBD connection would be dead
-    // anyway); the loop device it leaves is detached by the next agent (see cleanStale).
-    const fuse = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', 'nbdfuse', ...args], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    })
-    let stderr = ''
-    fuse.stderr?.on('data', (d) => (stderr += d))
-    let exited = false
-    fuse.once('exit', () => (exited = true))
-    fuse.once('error', () => (exited = true))
-    const deadline = Date.now() + (o.timeoutMs ?? 10_000)
-    while (!existsSync(file)) {
-      if (exited || Date.now() > deadline) {
-        fuse.kill('SIGKILL')
-        await rm(o.dir, { recursive: true, force: true }).catch(() => {})
-        const why =
-          stderr.trim().split('\n').pop() || (exited ? 'nbdfuse exited' : 'timed out waiting for nbdfuse')
-        throw new VrioError('attach-failed', `could not attach ${o.uri}: ${why}`)
-      }
-      await sleep(20)
-    }
-    try {
-      const { stdout } = await run('losetup', [
-        '--direct-io=on',
-        ...(o.readOnly ? ['--read-only'] : []),
-        '--find',
-        '--show',
-        file,
-      ])
-      const device = stdout.trim()
-      const seq = await diskSeq(device)
-      await writeFile(recordPath(o.dir), JSON.stringify({ device, seq, pid: fuse.pid }))
-      return new AttachedBlockDevice(device, seq, file, fuse, o.dir)
-    } catch (error) {
-      fuse.kill('SIGTERM')
-      const e = error as { stderr?: string; message: string }
-      throw new VrioError('attach-failed', `losetup failed: ${(e.stderr ?? e.message).trim()}`)
-    }
-  }
-
-  io(): string {
-    return 'nbdfuse (FUSE) over NBD'
-  }
-
-  /** Detaches the loop device, then ends nbdfuse (which flushes and unmounts). Idempotent. */
-  async detach(): Promise<void> {
-    if (this.detached) return
-    this.detached = true
-    await detachLoop(this.device, this.seq)
-    if (this.fuse.exitCode === null && this.fuse.signalCode === null) {
-      const exited = new Promise((r) => this.fuse.once('exit', r))
-      this.fuse.kill('SIGTERM')
-      await Promise.race([exited, sleep(5000)])
-      if (this.fuse.exitCode === null && this.fuse.signalCode === null) {
-        this.fuse.kill('SIGKILL')
-        await run('umount', ['-l', this.dir]).catch(() => {})
-      }
-    }
-    await rm(this.dir, { recursive: true, force: true }).catch(() => {})
-    await rm(recordPath(this.dir), { force: true })
-  }
-
-  /**
-   * Undoes what a killed agent left in `disksDir` (the `dir`s of its attachments): each loop
-   * device it recorded is detached (deferred by the kernel while something still holds it open, a
-   * mounted filesystem for instance), its nbdfuse ended and its mount point removed. Run at start,
-   * before any attach. Returns the loop devices detached.
-   */
-  static async cleanStale(disksDir: string, skip: ReadonlySet<string> = new Set()): Promise<string[]> {
-    const names = await readdir(disksDir).catch(() => [] as string[])
-    const detached: string[] = []
-    for (const name of names.filter((n) => n.endsWith(RECORD) && !skip.has(n))) {
-      const record = join(disksDir, name)
-      const dir = record.slice(0, -RECORD.length)
-      const r = JSON.parse(await readFile(record, 'utf8').catch(() => '{}')) as Partial<StaleRecord>
-      // Only the loop device not set up again since (same disk sequence number), and only the
-      // nbdfuse process serving this dir.
-      if (typeof r.device === 'string' && r.seq && (await detachLoop(r.device, r.seq)))
-        detached.push(r.device)
-      const cmdline = r.pid ? await readFile(`/proc/${r.pid}/cmdline`, 'utf8').catch(() => '') : ''
-      if (cmdline.startsWith('nbdfuse\0') && cmdline.includes(`\0${join(dir, 'disk')}\0`)) {
-        process.kill(r.pid!, 'SIGTERM')
-      }
-      await removeDir(dir, recordHolder(r))
-    }
-    return detached
-  }
+  return detached
 }
 
-/** Beside each attachment's dir: its loop device and nbdfuse pid, for the next agent if this one is killed. */
+/** Beside each attachment's dir: its loop device and holder, for the next agent if this one is killed. */
 const RECORD = '.attached.json'
 const recordPath = (dir: string) => `${dir}${RECORD}`
 

@@ -1,84 +1,15 @@
 import assert from 'node:assert/strict'
-import { execFile, execFileSync, spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { MemoryDevice } from '../../src/devices/blk/memory-device.ts'
 import { VrioError } from '../../src/errors.ts'
-import { AttachedBlockDevice, FuseLoopDevice } from '../../src/guest/block-attach.ts'
+import { FuseLoopDevice } from '../../src/guest/block-attach.ts'
 import { requireRoot } from '../support/netns.ts'
-import { waitUntil } from '../support/wait.ts'
 
-describe('attaching an NBD export as a block device (nbdfuse + loop, direct I/O)', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'vrio-attach-'))
-  const socket = join(dir, 'nbd.sock')
-  let nbdkit: ReturnType<typeof spawn> | undefined
-  after(() => {
-    nbdkit?.kill('SIGKILL')
-    rmSync(dir, { recursive: true, force: true })
-  })
-
-  it('mkfs, mount, write, unmount, fsck clean; files survive detach and re-attach; nothing left behind', async () => {
-    requireRoot()
-    // Someone else's NBD server (nbdkit's memory plugin) so this tests the attach path alone.
-    nbdkit = spawn('nbdkit', ['--foreground', '--unix', socket, 'memory', '64M'], { stdio: 'ignore' })
-    await waitUntil(
-      () => {
-        try {
-          execFileSync('nbdinfo', ['--size', `nbd+unix:///?socket=${socket}`], { stdio: 'ignore' })
-          return true
-        } catch {
-          return false
-        }
-      },
-      'nbdkit to serve',
-      10_000,
-    )
-    const uri = `nbd+unix:///?socket=${socket}`
-    const mnt = join(dir, 'mnt')
-    execFileSync('mkdir', ['-p', mnt])
-    let disk = await AttachedBlockDevice.attach({ uri, dir: join(dir, 'fuse') })
-    try {
-      assert.match(disk.device, /^\/dev\/loop\d+$/)
-      const info = execFileSync('losetup', ['--json', '--list', disk.device], { encoding: 'utf8' })
-      assert.equal(JSON.parse(info).loopdevices[0].dio, true, 'direct I/O is on')
-      execFileSync('mkfs.ext4', ['-q', disk.device])
-      execFileSync('mount', [disk.device, mnt])
-      writeFileSync(join(mnt, 'hello.txt'), 'vrio\n'.repeat(1000))
-      execFileSync('umount', [mnt])
-      execFileSync('e2fsck', ['-fn', disk.device], { stdio: 'ignore' }) // throws unless clean
-    } finally {
-      await disk.detach()
-    }
-    assert.equal(execFileSync('losetup', ['-j', disk.file], { encoding: 'utf8' }).trim(), '')
-    disk = await AttachedBlockDevice.attach({ uri, dir: join(dir, 'fuse'), readOnly: true })
-    try {
-      execFileSync('mount', ['-o', 'ro', disk.device, mnt])
-      assert.equal(readFileSync(join(mnt, 'hello.txt'), 'utf8'), 'vrio\n'.repeat(1000))
-      execFileSync('umount', [mnt])
-    } finally {
-      await disk.detach()
-    }
-    assert.doesNotMatch(execFileSync('mount', { encoding: 'utf8' }), new RegExp(dir))
-  })
-
-  it('a URI nobody serves fails with a clear error and leaves nothing behind', async () => {
-    requireRoot()
-    await assert.rejects(
-      AttachedBlockDevice.attach({
-        uri: `nbd+unix:///?socket=${join(dir, 'nobody.sock')}`,
-        dir: join(dir, 'f2'),
-        timeoutMs: 5000,
-      }),
-      (e: Error & { code?: string }) => e.code === 'attach-failed' && /could not attach/.test(e.message),
-    )
-    assert.doesNotMatch(execFileSync('mount', { encoding: 'utf8' }), /f2/)
-  })
-})
-
-/** Async: the FUSE file is served by this very process, whose event loop must keep running. */
 const run = promisify(execFile)
 
 describe("the agent's own exposure: a FUSE file served in-process under a loop device", () => {
