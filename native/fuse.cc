@@ -169,7 +169,7 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
   bool recovered_ = false;  // mapped where a previous agent had it
   std::atomic<uint32_t> resumed_{0};  // its requests served again
   bool adopted_ = false;
-  int resendErrno_ = -1;  // adopted over /dev/fuse: 0 if the kernel re-queued unanswered requests, else errno
+  int resendErrno_ = -1;  // adopted: 0 if the kernel re-queued unanswered requests, else errno
 };
 
 Napi::Function FuseDisk::Define(Napi::Env env) {
@@ -352,11 +352,7 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
   // An adopted connection that was served over io_uring: nothing comes over /dev/fuse any more
   // but forgets, interrupts and resent requests; register our entries at once.
   if (adopted_ && uringWanted_) StartRing();
-  // Over /dev/fuse the kernel queues again what the dead agent had read and not answered. Over
-  // the ring, what it had taken is in the ring's memory (RingLoop serves it again): no resend is
-  // asked for there (measured under load: a later request failed with EIO in 8 of 56 takeovers
-  // with it, 2 of 34 without; the rest of the cause is not found, docs/operations.md).
-  if (adopted_ && !uringWanted_) {
+  if (adopted_) {
     struct fuse_out_header h = {sizeof h, kNotifyResend, 0};
     resendErrno_ = write(fd_, &h, sizeof h) == ssize_t(sizeof h) ? 0 : errno;
   }

@@ -114,8 +114,7 @@ class GuestDiskKind
         this.o.log.info('took over the block device a previous agent left', {
           disk: name,
           device: taken.device,
-          // Over /dev/fuse the kernel resends what the dead agent left unanswered (io says the ring's part).
-          ...(taken.stats().transport !== 'io_uring' && { resent: taken.stats().resendErrno === 0 }),
+          resent: taken.stats().resendErrno === 0,
           io: taken.io(),
         })
         return taken

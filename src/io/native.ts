@@ -244,7 +244,7 @@ export interface FuseNativeStats {
   flags: number
   /** Serving a connection a previous agent left (see pidfdGetfd). */
   adopted: boolean
-  /** Adopted over /dev/fuse: 0 when the kernel re-queued what the previous agent left unanswered, else errno; -1 otherwise (over io_uring no resend is asked for). */
+  /** Adopted: 0 when the kernel re-queued what the previous agent left unanswered, else errno; -1 otherwise. */
   resendErrno: number
   /** How requests arrive: over FUSE's io_uring queues, or read(2)/writev(2) on /dev/fuse (also while starting). */
   transport: 'io_uring' | 'read/writev' | 'starting'

@@ -195,12 +195,12 @@ for (const mode of ['io_uring', 'read/writev'] as const)
       assert.ok(j.write.io_bytes > 0 && j.read.io_bytes > 0, 'both reads and writes ran')
     })
 
-    // Over io_uring (opt-in) an adopted connection now and then fails one request with EIO under
-    // load, a request the agent never saw (docs/operations.md): the test runs and reports as a todo
-    // there until that is found; on /dev/fuse (the default) it must pass.
+    // Over io_uring (opt-in) the kernel fails (ECANCELED) a request it hands to the killed agent's
+    // ring before that ring is torn down, now and then under load (docs/operations.md): the test
+    // runs and reports as a todo there; on /dev/fuse (the default) it must pass.
     const takeoverTodo =
       mode === 'io_uring'
-        ? 'over io_uring, an adopted connection sometimes fails one request under load'
+        ? 'over io_uring the kernel fails a request it hands to the dead agent’s ring (under load)'
         : false
     it('a killed agent: the next one takes the same block device over, and a mounted filesystem being written carries on', {
       todo: takeoverTodo,
