@@ -10,6 +10,7 @@ import { VrioError } from '../../src/errors.ts'
 import { FuseLoopDevice } from '../../src/guest/block-attach.ts'
 import { requireRoot } from '../support/netns.ts'
 
+/** Async: the FUSE file is served by this very process, whose event loop must keep running. */
 const run = promisify(execFile)
 
 describe("the agent's own exposure: a FUSE file served in-process under a loop device", () => {
