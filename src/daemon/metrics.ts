@@ -62,6 +62,8 @@ export interface IohypMetricsSource {
 export interface GuestMetricsSource {
   version: string
   disks(): Iterable<{ disk: string; ops: BlockOpStats; inFlight: number }>
+  /** Its channel to the IOhyp, the counters summed over every authenticated session. */
+  channel(): ChannelMetrics
   socket(): { interface: string; kernelDrops: number }
 }
 
@@ -484,46 +486,123 @@ function perItem<T>(
     })
 }
 
-function buildIohyp(registry: Registry, source: IohypMetricsSource): void {
-  const guest = perItem(
-    registry,
-    perScrape(() => source.guests()),
-    (g) => ({ guest: g.mac }),
+/** A channel as the metrics see it: an IOhyp's per guest (GuestInfo), a guest agent's to its IOhyp. */
+export type ChannelMetrics = Pick<
+  GuestInfo,
+  | 'state'
+  | 'rttMs'
+  | 'framesIn'
+  | 'framesOut'
+  | 'bytesIn'
+  | 'bytesOut'
+  | 'retransmits'
+  | 'rtoFirings'
+  | 'fastRecoveries'
+  | 'windowStalls'
+  | 'drops'
+  | 'sessionFailures'
+  | 'channel'
+  | 'rekeys'
+>
+
+/** `sealed (aes-256-gcm)` -> sealed with its cipher; `plaintext (insecure)` -> cipher `none`. */
+function encryption(description: string | undefined): { sealed: boolean; cipher: string } | undefined {
+  if (description === undefined) return undefined
+  const sealed = description.startsWith('sealed')
+  return { sealed, cipher: sealed ? (/\(([^)]+)\)/.exec(description)?.[1] ?? 'unknown') : 'none' }
+}
+
+/** The channel families, over the channels of `items()` labelled by `base` (`labelNames`). */
+function channelFamilies<T extends ChannelMetrics>(
+  registry: Registry,
+  items: () => Iterable<T>,
+  base: (item: T) => Labels,
+  labelNames: readonly string[],
+): void {
+  const channel = perItem(registry, items, base)
+  channel('vrio_channel_up', 'Whether the channel is connected (1) or not (0)', labelNames, (g, emit, l) =>
+    emit(l, g.state === 'connected' ? 1 : 0),
   )
-  guest(
-    'vrio_channel_up',
-    'Whether the channel to the guest is connected (1) or not (0)',
-    ['guest'],
-    (g, emit, l) => emit(l, g.state === 'connected' ? 1 : 0),
-  )
-  guest(
+  channel(
     'vrio_channel_state',
     "The channel's state: 1 for the current one, 0 for the others",
-    ['guest', 'state'],
+    [...labelNames, 'state'],
     (g, emit, l) => {
       for (const s of GUEST_STATES) emit({ ...l, state: s }, g.state === s ? 1 : 0)
     },
   )
-  guest(
+  channel(
     'vrio_channel_rtt_seconds',
     'Smoothed round-trip time of the channel (absent before the first sample)',
-    ['guest'],
+    labelNames,
     (g, emit, l) => {
       if (g.rttMs !== null) emit(l, g.rttMs / 1000)
     },
   )
-  guest(
+  channel(
     'vrio_channel_bytes_total',
     'Bytes of channel frames, received (in) and sent (out)',
-    ['guest', 'direction'],
+    [...labelNames, 'direction'],
     (g, emit, l) => inOut(emit, l, g.bytesIn, g.bytesOut),
   )
-  guest(
+  channel(
     'vrio_channel_frames_total',
     'Channel frames received (in) and sent (out)',
-    ['guest', 'direction'],
+    [...labelNames, 'direction'],
     (g, emit, l) => inOut(emit, l, g.framesIn, g.framesOut),
   )
+  channel('vrio_channel_retransmits_total', 'Segments sent again', labelNames, (g, emit, l) =>
+    emit(l, g.retransmits),
+  )
+  channel('vrio_channel_rto_firings_total', 'Retransmission timeouts that fired', labelNames, (g, emit, l) =>
+    emit(l, g.rtoFirings),
+  )
+  channel(
+    'vrio_channel_window_stalls_total',
+    "Times a message found the channel's send buffer full (the peer's window or the network held it back)",
+    labelNames,
+    (g, emit, l) => emit(l, g.windowStalls ?? 0),
+  )
+  channel(
+    'vrio_channel_drops_total',
+    'Frames and messages of the channel dropped, by reason',
+    [...labelNames, 'reason'],
+    (g, emit, l) => byKey(emit, l, 'reason', g.drops),
+  )
+  channel(
+    'vrio_channel_auth_failures_total',
+    'Channels that ended because authentication or integrity failed, by reason',
+    [...labelNames, 'reason'],
+    (g, emit, l) => byKey(emit, l, 'reason', g.sessionFailures),
+  )
+
+  channel(
+    'vrio_channel_fast_recoveries_total',
+    'Fast recoveries: loss seen from SACKs and repaired without a timeout',
+    labelNames,
+    (g, emit, l) => emit(l, g.fastRecoveries),
+  )
+  channel(
+    'vrio_channel_rekeys_total',
+    'Key epochs the sealed channel moved to (sending side)',
+    labelNames,
+    (g, emit, l) => emit(l, g.rekeys ?? 0),
+  )
+  channel(
+    'vrio_channel_encrypted',
+    'Whether the channel seals (authenticates and encrypts) every segment (1, with its cipher) or is plaintext (0, --insecure-plaintext); absent before the first connection',
+    [...labelNames, 'cipher'],
+    (g, emit, l) => {
+      const e = encryption(g.channel)
+      if (e) emit({ ...l, cipher: e.cipher }, e.sealed ? 1 : 0)
+    },
+  )
+}
+
+function buildIohyp(registry: Registry, source: IohypMetricsSource): void {
+  const guests = perScrape(() => source.guests())
+  const guest = perItem(registry, guests, (g) => ({ guest: g.mac }))
+  channelFamilies(registry, guests, (g) => ({ guest: g.mac }), ['guest'])
   guest(
     'vrio_fastpath_requests_total',
     "Block requests the IOhyp's native fast path answered on the guest's channel (counted in vrio_disk_* too)",
@@ -542,29 +621,23 @@ function buildIohyp(registry: Registry, source: IohypMetricsSource): void {
     ['guest'],
     (g, emit, l) => g.fastPath && emit(l, g.fastPath.handbacks),
   )
-  guest('vrio_channel_retransmits_total', 'Segments sent again', ['guest'], (g, emit, l) =>
-    emit(l, g.retransmits),
-  )
-  guest('vrio_channel_rto_firings_total', 'Retransmission timeouts that fired', ['guest'], (g, emit, l) =>
-    emit(l, g.rtoFirings),
+  guest(
+    'vrio_guest_held_bytes',
+    'Bytes the IOhyp holds for the guest now: read replies (pending_replies) and reassembly of its messages',
+    ['guest', 'kind'],
+    (g, emit, l) => {
+      emit({ ...l, kind: 'pending_replies' }, g.held.pendingReplyBytes)
+      emit({ ...l, kind: 'reassembly' }, g.held.reassemblyBytes)
+    },
   )
   guest(
-    'vrio_channel_window_stalls_total',
-    "Times a message found the channel's send buffer full (the peer's window or the network held it back)",
-    ['guest'],
-    (g, emit, l) => emit(l, g.windowStalls ?? 0),
-  )
-  guest(
-    'vrio_channel_drops_total',
-    'Frames and messages of the channel dropped, by reason',
-    ['guest', 'reason'],
-    (g, emit, l) => byKey(emit, l, 'reason', g.drops),
-  )
-  guest(
-    'vrio_channel_auth_failures_total',
-    'Channels that ended because authentication or integrity failed, by reason',
-    ['guest', 'reason'],
-    (g, emit, l) => byKey(emit, l, 'reason', g.sessionFailures),
+    'vrio_guest_budget_bytes',
+    "The guest's memory budgets on the IOhyp (what vrio_guest_held_bytes may reach)",
+    ['guest', 'kind'],
+    (g, emit, l) => {
+      emit({ ...l, kind: 'pending_replies' }, g.budgets.pendingReplyBytes)
+      emit({ ...l, kind: 'reassembly' }, g.budgets.reassemblyBytes)
+    },
   )
 
   const disks = perScrape(() => {
@@ -618,6 +691,15 @@ function buildIohyp(registry: Registry, source: IohypMetricsSource): void {
     ['guest', 'nic', 'direction'],
     (n, emit, l) => inOut(emit, l, n.fromGuest.bytes, n.toGuest.bytes),
   )
+  nic(
+    'vrio_nic_encrypted_bytes_total',
+    "NIC bytes carried on the guest's channel sealed (encrypted and authenticated): all of them unless the IOhyp runs --insecure-plaintext",
+    ['guest', 'nic', 'direction'],
+    (n, emit, l) => {
+      const e = encryption(guests().find((g) => g.mac === n.guest)?.channel)
+      if (e) inOut(emit, l, e.sealed ? n.fromGuest.bytes : 0, e.sealed ? n.toGuest.bytes : 0)
+    },
+  )
   nic('vrio_nic_drops_total', 'NIC frames dropped, by reason', ['guest', 'nic', 'reason'], (n, emit, l) =>
     byKey(emit, l, 'reason', n.drops),
   )
@@ -670,6 +752,12 @@ export function createGuestMetrics(source: GuestMetricsSource): DaemonMetrics {
 }
 
 function buildGuest(registry: Registry, source: GuestMetricsSource): void {
+  channelFamilies(
+    registry,
+    perScrape(() => [source.channel()]),
+    () => ({}),
+    [],
+  )
   const disks = perScrape(() => {
     const rows: { labels: Labels; ops: BlockOpStats; inFlight: number }[] = []
     for (const d of source.disks()) rows.push({ ...d, labels: { disk: d.disk } })

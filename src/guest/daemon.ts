@@ -6,7 +6,9 @@ import { DaemonLink, type LinkAccess } from '../daemon/daemon-link.ts'
 import type { DeviceHandle } from '../devices/kind.ts'
 import type { NetLinks } from '../io/net-links.ts'
 import type { GuestRegistry } from './registry.ts'
+import { addStats, channelTotals, withConnection } from '../daemon/channel-totals.ts'
 import {
+  type ChannelMetrics,
   createGuestMetrics,
   type DaemonMetrics,
   METRICS_CONTENT_TYPE,
@@ -76,6 +78,10 @@ export class GuestDaemon {
   /** Control calls from (and to) the IOhyp over the current session. */
   private readonly rpc = new Rpc()
   private readonly sessionFailures: Record<string, number> = {}
+  /** Counters of the closed channels to an IOhyp (sessions that authenticated); see channelMetrics. */
+  private readonly channelTotals = channelTotals()
+  /** Sessions that authenticated (their counters join channelTotals when they close). */
+  private readonly served = new WeakSet<Session>()
   private readonly disks: GuestDisks
   private readonly nics: GuestNics
   /** Every device kind's registry. */
@@ -96,6 +102,7 @@ export class GuestDaemon {
     this.metrics = createGuestMetrics({
       version: o.version,
       disks: () => this.disks.metrics(),
+      channel: () => this.channelMetrics(),
       socket: () => ({ interface: o.interface, kernelDrops: this.link?.socket.stats().kernelDrops ?? 0 }),
     })
     // Devices and RPC handlers exist before the link and control socket open: a control request or
@@ -176,6 +183,7 @@ export class GuestDaemon {
         if (session === this.iohyp) for (const r of this.registries) r.writable()
       },
       closed: (reason, failure) => {
+        if (this.served.has(session)) addStats(this.channelTotals, c)
         if (failure) {
           this.sessionFailures[failure] = (this.sessionFailures[failure] ?? 0) + 1
           this.log.warn('connection refused', { peer: formatIPv4(c.remote.ip), failure })
@@ -195,6 +203,7 @@ export class GuestDaemon {
   private onAuthenticated(session: Session): void {
     const previous = this.iohyp
     this.iohyp = session
+    this.served.add(session)
     this.rpc.attach(session)
     for (const r of this.registries) r.useSession(session)
     const r = session.connection.remote
@@ -256,6 +265,18 @@ export class GuestDaemon {
       evictedUnauthenticated: e.stats.evictedUnauthenticated,
       authTimeouts: e.stats.authTimeouts,
       foreignAddress: e.stats.drops['foreign-address'] ?? 0,
+    }
+  }
+
+  /** The channel to the IOhyp for the metrics: the counters of every authenticated session summed. */
+  private channelMetrics(): ChannelMetrics {
+    const c = this.iohyp?.connection
+    return {
+      state: c ? 'connected' : 'waiting',
+      rttMs: c && c.srtt >= 0 ? c.srtt * 1000 : null,
+      ...withConnection(this.channelTotals, c),
+      sessionFailures: this.sessionFailures,
+      ...(c && { channel: channelDescription(c.sealCipher === 0, c.sealCipher) }),
     }
   }
 

@@ -6,30 +6,12 @@ import type { GuestBudgets, GuestInfo, GuestState } from '../control/api.ts'
 import type { ReplyBudget } from '../devices/blk/backend.ts'
 import { Rpc } from '../session/rpc.ts'
 import type { Session } from '../session/session.ts'
-import type { Connection } from '../transport/connection.ts'
-import { addSealDrops } from '../transport/seal.ts'
+import { type ChannelTotals, channelTotals, withConnection } from '../daemon/channel-totals.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
 
 /** Redial back-off after a lost channel. */
 export const REDIAL_MIN_MS = 100
 export const REDIAL_MAX_MS = 300
-
-/** Counters of a guest's channels (GuestInfo's), summed over closed ones. */
-type Totals = Required<
-  Pick<
-    GuestInfo,
-    | 'framesIn'
-    | 'framesOut'
-    | 'bytesIn'
-    | 'bytesOut'
-    | 'retransmits'
-    | 'rtoFirings'
-    | 'fastRecoveries'
-    | 'windowStalls'
-    | 'drops'
-    | 'rekeys'
-  >
->
 
 /** One enrolled guest and the channel the IOhyp keeps open to it. */
 export class GuestRecord {
@@ -49,18 +31,7 @@ export class GuestRecord {
   /** Control calls to this guest over whichever session is current. */
   readonly rpc = new Rpc()
   /** Counters of closed connections; the live one is added when reporting. */
-  readonly totals: Totals = {
-    framesIn: 0,
-    framesOut: 0,
-    bytesIn: 0,
-    bytesOut: 0,
-    retransmits: 0,
-    rtoFirings: 0,
-    fastRecoveries: 0,
-    windowStalls: 0,
-    drops: {},
-    rekeys: 0,
-  }
+  readonly totals: ChannelTotals = channelTotals()
   /** What status shows of the newest channel (cipher or plaintext). */
   channel: string | undefined
   readonly sessionFailures: Record<string, number> = {}
@@ -93,9 +64,8 @@ export class GuestRecord {
   }
 
   info(budgets: GuestBudgets): GuestInfo {
-    const t = { ...this.totals, drops: { ...this.totals.drops } }
     const c = this.session?.connection
-    if (c && !c.closed) addStats(t, c)
+    const t = withConnection(this.totals, c)
     return {
       mac: formatMac(this.mac),
       address: formatIPv4(this.ip),
@@ -111,19 +81,4 @@ export class GuestRecord {
       },
     }
   }
-}
-
-export function addStats(t: Totals, c: Connection): void {
-  t.framesIn += c.stats.framesReceived
-  t.framesOut += c.stats.framesSent
-  t.bytesIn += c.stats.bytesReceived
-  t.bytesOut += c.stats.bytesSent
-  t.retransmits += c.stats.retransmits
-  t.rtoFirings += c.stats.rtoFirings
-  t.fastRecoveries += c.stats.fastRecoveries
-  t.windowStalls += c.stats.windowStalls
-  for (const [k, v] of Object.entries(c.stats.drops)) t.drops[k] = (t.drops[k] ?? 0) + (v ?? 0)
-  if (c.stats.duplicatesDropped > 0) t.drops.duplicate = (t.drops.duplicate ?? 0) + c.stats.duplicatesDropped
-  addSealDrops(t.drops, c.stats)
-  t.rekeys += c.stats.rekeys
 }

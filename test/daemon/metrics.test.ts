@@ -1,7 +1,7 @@
 /** The daemons' Prometheus exposition (src/daemon/metrics.ts): names, labels, escaping, the listener. */
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -11,6 +11,7 @@ import { parseListenAddress } from '../../src/daemon/listen-address.ts'
 import {
   aggregateMetrics,
   createGuestMetrics,
+  type ChannelMetrics,
   createIohypMetrics,
   type IohypDiskMetrics,
   METRICS_CONTENT_TYPE,
@@ -45,6 +46,9 @@ function guest(mac: string, over: Partial<GuestInfo> = {}): GuestInfo {
     ...over,
   }
 }
+
+/** A guest agent's channel before any IOhyp connected. */
+const idleChannel = (): ChannelMetrics => guest('52:54:00:00:00:01', { state: 'waiting', rttMs: null })
 
 function nic(name: string, guestMac: string): NicInfo {
   return {
@@ -136,12 +140,23 @@ export function promtoolCheck(text: string): string {
 
 describe('metrics exposition', () => {
   const mac = '52:54:00:12:34:56'
+  const PLAIN = '52:54:00:00:00:03'
   const iohyp = () =>
     createIohypMetrics({
       version: '9.9.9',
-      guests: () => [guest(mac), guest('52:54:00:00:00:02', { state: 'waiting', rttMs: null })],
+      guests: () => [
+        guest(mac, {
+          fastRecoveries: 6,
+          rekeys: 2,
+          channel: 'sealed (chacha20-poly1305)',
+          budgets: { pendingReplyBytes: 1 << 20, reassemblyBytes: 1 << 21 },
+          held: { pendingReplyBytes: 4096, reassemblyBytes: 1500 },
+        }),
+        guest(PLAIN, { channel: 'plaintext (insecure)' }),
+        guest('52:54:00:00:00:02', { state: 'waiting', rttMs: null }),
+      ],
       disks: () => [disk('disk0', mac)],
-      nics: () => [nic('vnic0', mac)],
+      nics: () => [nic('vnic0', mac), nic('vnic1', PLAIN)],
       socket: () => ({ interface: 'eth0', kernelDrops: 5 }),
     })
 
@@ -167,6 +182,19 @@ describe('metrics exposition', () => {
       assert.equal(s.get(`vrio_channel_window_stalls_total{guest="${mac}"}`), 4)
       assert.equal(s.get(`vrio_channel_drops_total{guest="${mac}",reason="bad-checksum"}`), 2)
       assert.equal(s.get(`vrio_channel_auth_failures_total{guest="${mac}",reason="auth-failed"}`), 1)
+      assert.equal(s.get(`vrio_channel_fast_recoveries_total{guest="${mac}"}`), 6)
+      assert.equal(s.get(`vrio_channel_rekeys_total{guest="${mac}"}`), 2)
+      assert.equal(s.get(`vrio_channel_encrypted{guest="${mac}",cipher="chacha20-poly1305"}`), 1)
+      assert.equal(s.get(`vrio_channel_encrypted{guest="${PLAIN}",cipher="none"}`), 0)
+      assert.deepEqual(
+        labelSets(s, 'vrio_channel_encrypted').map((r) => r.labels.guest),
+        [mac, PLAIN],
+        'no encryption gauge before a first connection',
+      )
+      assert.equal(s.get(`vrio_guest_held_bytes{guest="${mac}",kind="pending_replies"}`), 4096)
+      assert.equal(s.get(`vrio_guest_held_bytes{guest="${mac}",kind="reassembly"}`), 1500)
+      assert.equal(s.get(`vrio_guest_budget_bytes{guest="${mac}",kind="pending_replies"}`), 1 << 20)
+      assert.equal(s.get(`vrio_guest_budget_bytes{guest="${mac}",kind="reassembly"}`), 1 << 21)
       const d = `guest="${mac}",disk="disk0"`
       assert.equal(s.get(`vrio_disk_requests_total{${d},op="read"}`), 2)
       assert.equal(s.get(`vrio_disk_requests_total{${d},op="write"}`), 1)
@@ -189,6 +217,11 @@ describe('metrics exposition', () => {
       assert.equal(s.get(`vrio_nic_frames_total{${n},direction="in"}`), 5)
       assert.equal(s.get(`vrio_nic_bytes_total{${n},direction="out"}`), 600)
       assert.equal(s.get(`vrio_nic_drops_total{${n},reason="spoofed-mac"}`), 1)
+      assert.equal(s.get(`vrio_nic_encrypted_bytes_total{${n},direction="in"}`), 500)
+      assert.equal(s.get(`vrio_nic_encrypted_bytes_total{${n},direction="out"}`), 600)
+      const p = `guest="${PLAIN}",nic="vnic1"`
+      assert.equal(s.get(`vrio_nic_bytes_total{${p},direction="out"}`), 600)
+      assert.equal(s.get(`vrio_nic_encrypted_bytes_total{${p},direction="out"}`), 0, 'plaintext channel')
       assert.equal(
         s.get('vrio_nic_firewall_verdicts_total{nic="vnic0",rule="from-guest:3",verdict="drop"}'),
         9,
@@ -209,13 +242,15 @@ describe('metrics exposition', () => {
     }
   })
 
-  it('guest: end-to-end disk metrics without a guest label', async () => {
+  it('guest: end-to-end disk metrics and its channel to the IOhyp, without a guest label', async () => {
     const ops = new BlockOpStats()
     ops.count(1, 65536)
     ops.latency.observe(1, 0.001)
+    let channel: ChannelMetrics = { ...guest(mac), channel: 'sealed (aes-256-gcm)', rekeys: 1 }
     const m = createGuestMetrics({
       version: '1.0.0',
       disks: () => [{ disk: 'disk0', ops, inFlight: 32 }],
+      channel: () => channel,
       socket: () => ({ interface: 'eth1', kernelDrops: 0 }),
     })
     try {
@@ -226,7 +261,30 @@ describe('metrics exposition', () => {
       assert.equal(s.get('vrio_disk_in_flight{disk="disk0"}'), 32)
       assert.equal(s.get('vrio_disk_request_seconds_bucket{disk="disk0",op="write",le="0.001"}'), 1)
       assert.equal(s.get('vrio_disk_request_seconds_bucket{disk="disk0",op="write",le="0.0005"}'), 0)
-      assert.ok(![...s.keys()].some((k) => k.startsWith('vrio_channel_')), 'no IOhyp metrics on a guest')
+      assert.equal(s.get('vrio_channel_up'), 1)
+      assert.equal(s.get('vrio_channel_state{state="connected"}'), 1)
+      assert.equal(s.get('vrio_channel_rtt_seconds'), 0.00025)
+      assert.equal(s.get('vrio_channel_bytes_total{direction="in"}'), 1000)
+      assert.equal(s.get('vrio_channel_frames_total{direction="out"}'), 20)
+      assert.equal(s.get('vrio_channel_retransmits_total'), 3)
+      assert.equal(s.get('vrio_channel_drops_total{reason="bad-checksum"}'), 2)
+      assert.equal(s.get('vrio_channel_auth_failures_total{reason="auth-failed"}'), 1)
+      assert.equal(s.get('vrio_channel_encrypted{cipher="aes-256-gcm"}'), 1)
+      assert.equal(s.get('vrio_channel_rekeys_total'), 1)
+      const guestLabelled = [...s.keys()].filter((k) => k.includes('guest="'))
+      assert.deepEqual(guestLabelled, [], 'a guest agent labels nothing with a guest')
+      for (const name of ['vrio_fastpath_requests_total', 'vrio_guest_held_bytes', 'vrio_nic_bytes_total'])
+        assert.ok(![...s.keys()].some((k) => k.startsWith(name)), `${name}: IOhyp only`)
+      channel = { ...channel, state: 'waiting', rttMs: null, channel: undefined }
+      const after = parse(await m.scrape())
+      assert.equal(after.get('vrio_channel_up'), 0)
+      assert.equal(after.get('vrio_channel_state{state="waiting"}'), 1)
+      assert.equal(after.has('vrio_channel_rtt_seconds'), false)
+      assert.equal(
+        after.get('vrio_channel_bytes_total{direction="in"}'),
+        1000,
+        'counters of closed sessions kept',
+      )
     } finally {
       m.close()
     }
@@ -328,6 +386,7 @@ describe('metrics exposition', () => {
       return createGuestMetrics({
         version: '1',
         disks: () => [{ disk: 'disk0', ops, inFlight: 1 }],
+        channel: idleChannel,
         socket: () => ({ interface: 'eth0', kernelDrops: 0 }),
       })
     }
@@ -356,6 +415,7 @@ describe('metrics exposition', () => {
     const metrics = createGuestMetrics({
       version: '1',
       disks: () => [],
+      channel: idleChannel,
       socket: () => ({ interface: 'eth0', kernelDrops: 0 }),
     })
     try {
@@ -389,9 +449,57 @@ describe('metrics exposition', () => {
   })
 })
 
+describe('metrics and their docs', () => {
+  it("every family either daemon exposes is in docs/operations.md's metric list, and every vrio_ name there is exposed", async () => {
+    const mac = '52:54:00:12:34:56'
+    const encrypted = { ...disk('disk0', mac), crypt: { bytesEncrypted: 1, bytesDecrypted: 1 } }
+    const iohyp = createIohypMetrics({
+      version: '1',
+      guests: () => [
+        guest(mac, { channel: 'sealed (aes-256-gcm)', fastPath: { requests: 1, lends: 1, handbacks: 0 } }),
+      ],
+      disks: () => [encrypted],
+      nics: () => [nic('vnic0', mac)],
+      socket: () => ({ interface: 'eth0', kernelDrops: 0 }),
+    })
+    const agent = createGuestMetrics({
+      version: '1',
+      disks: () => [{ disk: 'disk0', ops: new BlockOpStats(), inFlight: 0 }],
+      channel: () => ({ ...guest(mac), channel: 'sealed (aes-256-gcm)' }),
+      socket: () => ({ interface: 'eth1', kernelDrops: 0 }),
+    })
+    const exposed = new Set<string>()
+    try {
+      for (const text of [await iohyp.scrape(), await agent.scrape()])
+        for (const m of text.matchAll(/^# TYPE (\S+) /gm)) exposed.add(m[1])
+    } finally {
+      iohyp.close()
+      agent.close()
+    }
+    const doc = readFileSync(new URL('../../../docs/operations.md', import.meta.url), 'utf8')
+    const section = doc.slice(doc.indexOf('## Metrics'), doc.indexOf('\n## ', doc.indexOf('## Metrics') + 1))
+    // Names in backticks, `{a,b}` alternatives expanded, a trailing `{labels}` dropped.
+    const documented = new Set<string>()
+    for (const m of section.matchAll(/`((?:vrio|process|nodejs)_[a-z0-9_{},]+?)(?:\{[a-z, ]+\})?`/g)) {
+      const alt = /^(.*)\{([a-z,]+)\}(.*)$/.exec(m[1])
+      for (const name of alt ? alt[2].split(',').map((a) => alt[1] + a + alt[3]) : [m[1]])
+        documented.add(name)
+    }
+    const undocumented = [...exposed].filter((n) => !documented.has(n))
+    assert.deepEqual(undocumented, [], 'exposed but not in docs/operations.md')
+    const missing = [...documented].filter((n) => n.startsWith('vrio_') && !exposed.has(n))
+    assert.deepEqual(missing, [], 'in docs/operations.md but exposed by neither daemon')
+  })
+})
+
 describe('metrics listener', () => {
   const source = () =>
-    createGuestMetrics({ version: '1', disks: () => [], socket: () => ({ interface: 'x', kernelDrops: 0 }) })
+    createGuestMetrics({
+      version: '1',
+      disks: () => [],
+      channel: idleChannel,
+      socket: () => ({ interface: 'x', kernelDrops: 0 }),
+    })
 
   it('serves GET /metrics over HTTP with the exposition content type', async () => {
     const m = source()

@@ -248,6 +248,29 @@ describe('metrics: a real Prometheus scrapes both daemons while fio and iperf3 r
       iperf.sum_sent.bits_per_second,
       'NIC from the guest, bit/s',
     )
+    // The NIC's bytes crossed the channel sealed, and the channel as both ends count it: what the
+    // guest sent is what the IOhyp received (each side's transport, the IOhyp's fast path included).
+    within(
+      (await runRate('vrio_nic_encrypted_bytes_total{nic="vm1",direction="in"}', iperf.sum_sent.seconds)) * 8,
+      iperf.sum_sent.bits_per_second,
+      'NIC bytes carried sealed, bit/s',
+    )
+    for (const side of ['guest', 'iohyp'])
+      assert.equal(
+        await scalar(`sum(vrio_channel_encrypted{job="${side}"})`, now),
+        1,
+        `${side}: channel sealed`,
+      )
+    within(
+      await runRate('vrio_channel_bytes_total{job="iohyp",direction="in"}', fioSeconds),
+      await runRate('vrio_channel_bytes_total{job="guest",direction="out"}', fioSeconds),
+      'channel bytes guest → IOhyp, as the IOhyp counts them vs the guest',
+    )
+    within(
+      await runRate('vrio_channel_bytes_total{job="guest",direction="in"}', fioSeconds),
+      await runRate('vrio_channel_bytes_total{job="iohyp",direction="out"}', fioSeconds),
+      'channel bytes IOhyp → guest, as the guest counts them vs the IOhyp',
+    )
     // rate() over 10 s inside the run, as dashboards ask: the same figures within 50 % (not 10: on
     // a shared machine the rate within a run varies, 28 % below the run's average seen once).
     const mid = runStart + 13
