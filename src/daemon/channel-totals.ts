@@ -38,7 +38,7 @@ export function channelTotals(): ChannelTotals {
   }
 }
 
-/** `t` and `c`'s counters added (a copy when `c` is given: `t` is left as it is). */
+/** `t` with the live connection `c`'s counters added, as a copy (`t` is left as it is). */
 export function withConnection(t: ChannelTotals, c: Connection | undefined): ChannelTotals {
   const sum = { ...t, drops: { ...t.drops } }
   if (c && !c.closed) addStats(sum, c)

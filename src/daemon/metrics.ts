@@ -22,6 +22,7 @@ import { createServer, type Server } from 'node:http'
 import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8'
 import type { MetricObjectWithValues, MetricValue } from 'prom-client'
 import type { GuestInfo, NicInfo } from '../control/api.ts'
+import type { ChannelTotals } from './channel-totals.ts'
 import { BLOCK_OP_NAMES, type BlockOpStats, FixedHistogram } from '../devices/blk/op-stats.ts'
 import { BlockStatus } from '../devices/blk/protocol.ts'
 import { VrioError } from '../errors.ts'
@@ -489,20 +490,7 @@ function perItem<T>(
 /** A channel as the metrics see it: an IOhyp's per guest (GuestInfo), a guest agent's to its IOhyp. */
 export type ChannelMetrics = Pick<
   GuestInfo,
-  | 'state'
-  | 'rttMs'
-  | 'framesIn'
-  | 'framesOut'
-  | 'bytesIn'
-  | 'bytesOut'
-  | 'retransmits'
-  | 'rtoFirings'
-  | 'fastRecoveries'
-  | 'windowStalls'
-  | 'drops'
-  | 'sessionFailures'
-  | 'channel'
-  | 'rekeys'
+  keyof ChannelTotals | 'state' | 'rttMs' | 'sessionFailures' | 'channel'
 >
 
 /** `sealed (aes-256-gcm)` -> sealed with its cipher; `plaintext (insecure)` -> cipher `none`. */
@@ -575,7 +563,6 @@ function channelFamilies<T extends ChannelMetrics>(
     [...labelNames, 'reason'],
     (g, emit, l) => byKey(emit, l, 'reason', g.sessionFailures),
   )
-
   channel(
     'vrio_channel_fast_recoveries_total',
     'Fast recoveries: loss seen from SACKs and repaired without a timeout',
