@@ -173,6 +173,19 @@ describe('native fast path over a veth', () => {
     )
     assert.equal(c.writeErrors, 0)
   })
+
+  it('1 MiB reads, which the addon hands back, do not lend the channel once per request (the lends back off); 4 KiB reads after them go natively again', async () => {
+    const before = fastPath(pair).c
+    assert.ok(await readBack(pair, 'big', 128 * MiB, MiB, 8), 'read back with 1 MiB requests')
+    const mid = fastPath(pair).c
+    // 128 requests of one MiB, which the addon hands back (a reply over one frame). Lent again at
+    // once after every handback, the channel was lent about once per request (128); backing off
+    // after lends that answered nothing, a few times in all.
+    assert.ok(mid.lends - before.lends <= 64, `lends during 128 one-MiB reads: ${mid.lends - before.lends}`)
+    assert.ok(await readBack(pair, 'small', 64 * MiB, 4096, 8), 'read back with 4 KiB requests')
+    const after = fastPath(pair).c
+    assert.ok(after.requests > mid.requests, `4 KiB reads answered natively again: ${JSON.stringify(after)}`)
+  })
 })
 
 describe('native fast path over a link with 5% loss, 2% duplication and reordering', () => {
