@@ -311,7 +311,10 @@ export class FastPathHost {
       return
     }
     let b = this.backoff.get(c)
-    if (!b) this.backoff.set(c, (b = { fruitless: 0, skip: 0 }))
+    if (!b) {
+      b = { fruitless: 0, skip: 0 }
+      this.backoff.set(c, b)
+    }
     b.fruitless++
     if (b.fruitless >= 2) b.skip = Math.min(MAX_LEND_SKIPS, 2 ** (b.fruitless - 2))
   }
