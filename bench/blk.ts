@@ -23,7 +23,7 @@
  * alternated (off, on, on, off, off, ...) BENCH_ROUNDS times (default 2), as ranges with the on/off ratio.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
-import { closeSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
+import { rmSync, writeFileSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import type { VethEnd } from '../test/support/harness.ts'
 import { cleanupNetns } from '../test/support/netns.ts'
@@ -38,6 +38,7 @@ import {
   withDaemonsStopped,
 } from './support/baselines.ts'
 import { startScraper } from './support/metrics-scraper.ts'
+import { writeRandomFile } from './support/random-file.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const SIZE = 512 * 1024 * 1024
@@ -321,9 +322,7 @@ const pair = new VrioPair(t.a, t.b)
 const backing = `/dev/shm/vrio-bench-blk-${process.pid}.img`
 const keyFile = `/dev/shm/vrio-bench-blk-${process.pid}.key`
 try {
-  const fd = openSync(backing, 'w')
-  for (let off = 0; off < SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))
-  closeSync(fd)
+  writeRandomFile(backing, SIZE)
   if (process.env.BENCH_MODES === '1') await compareModes(backing)
   else if (process.env.BENCH_FASTPATH === '1') await compareFastPath(backing)
   else if (process.env.BENCH_METRICS === '1') await compareMetrics(backing)

@@ -15,14 +15,14 @@
  * (the last: the previous device path, nbdfuse + loop over vrio's NBD export, for before/after).
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { GuestDiskInfo } from '../src/control/api.ts'
 import { cleanupNetns } from '../test/support/netns.ts'
 import { directLink } from '../test/support/topology.ts'
 import { VrioPair } from '../test/support/vrio-pair.ts'
 import { nbdServerArgv } from './support/baselines.ts'
+import { writeRandomFile } from './support/random-file.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
@@ -169,9 +169,7 @@ const work = `/tmp/vrio-bench-blkdev-${process.pid}`
 const servers: ChildProcess[] = []
 const closers: (() => Promise<void>)[] = []
 try {
-  const fd = openSync(backing, 'w')
-  for (let off = 0; off < SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))
-  closeSync(fd)
+  writeRandomFile(backing, SIZE)
   await pair.start()
   const disk = await pair.createDisk(backing, 'bench')
   let device: string | undefined

@@ -12,9 +12,8 @@
  *   npm run bench -- metrics-ab         (root; fio, iperf3)
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { closeSync, openSync, rmSync, writeSync } from 'node:fs'
+import { rmSync } from 'node:fs'
 import { request } from 'node:http'
-import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { directLink } from '../test/support/topology.ts'
 import { cleanupNetns, ip } from '../test/support/netns.ts'
@@ -22,6 +21,7 @@ import { onBridge, type PairOptions, VrioPair } from '../test/support/vrio-pair.
 import { range } from './support/baselines.ts'
 import { cpuNs, startNicWorld } from './support/nic-world.ts'
 import { startScraper } from './support/metrics-scraper.ts'
+import { writeRandomFile } from './support/random-file.ts'
 
 const WINDOW = Number(process.env.BENCH_WINDOW ?? 4)
 const WINDOWS = Number(process.env.BENCH_WINDOWS ?? 8)
@@ -68,9 +68,7 @@ async function diskLoad(): Promise<Load> {
     rmSync(backing, { force: true })
   }
   try {
-    const fd = openSync(backing, 'w')
-    for (let off = 0; off < SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))
-    closeSync(fd)
+    writeRandomFile(backing, SIZE)
     await pair.start()
     const disk = await pair.createDisk(backing, 'bench')
     fio = spawn(

@@ -17,8 +17,7 @@
  *   npm run bench -- scale        (root; fio)
  */
 import { execFile } from 'node:child_process'
-import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
-import { randomBytes } from 'node:crypto'
+import { readFileSync, rmSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import type { GuestDiskInfo, ListDisksResponse } from '../src/control/api.ts'
@@ -26,6 +25,7 @@ import { vrioJsonAsync } from '../test/support/daemons.ts'
 import { bridgedLan } from '../test/support/lan.ts'
 import { cleanupNetns } from '../test/support/netns.ts'
 import { VrioPair } from '../test/support/vrio-pair.ts'
+import { writeRandomFile } from './support/random-file.ts'
 
 const run = promisify(execFile)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
@@ -58,9 +58,7 @@ function cpuSeconds(pid: number): number {
 
 function backingFile(i: number): string {
   const path = `/dev/shm/vrio-bench-scale-${process.pid}-${i}.img`
-  const fd = openSync(path, 'w')
-  for (let off = 0; off < DISK_SIZE; off += 8 << 20) writeSync(fd, randomBytes(8 << 20))
-  closeSync(fd)
+  writeRandomFile(path, DISK_SIZE)
   return path
 }
 
