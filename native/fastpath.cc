@@ -10,8 +10,9 @@
 //   - a pure ACK (flags ACK only, options SEAL + 2 NOPs) in order and within what was sent;
 //   - an in-order, single-segment, sealed, reliable data segment (ACK|PSH, options SEGMENT +
 //     SEAL) carrying one whole BlockRequest READ for a disk lent with the connection, in range,
-//     whose reply fits one frame and the send limits: answered with pread into the reply record
-//     and one sealed frame, built exactly as Connection.emitPrepared builds it.
+//     whose reply fits the send limits: answered with pread into the reply record and sealed
+//     frames of at most maxPayload bytes each (one, or GSO super-frames for a larger reply), built
+//     exactly as Connection.pump/emitPrepared build them; or a WRITE whose data is in the segment.
 // Anything else hands the connection back (its state written to the slot's shared arrays) and
 // the frame, still as it arrived, goes on to JavaScript in the same batch, in order.
 #include <errno.h>
@@ -117,7 +118,7 @@ constexpr uint16_t kExId = 0x7672;
 constexpr uint8_t kSubSegment = 2, kSubSeal = 3;
 constexpr size_t kSealTagAt = 10;
 constexpr uint32_t kReplayWindow = 1024;
-constexpr size_t kTxArena = 4u << 20;
+constexpr size_t kTxArena = 8u << 20;  // a reply of the largest message (4 MiB) fits twice
 
 // Milliseconds on a monotonic clock: only differences are used (RTT samples).
 inline double NowMs() {
@@ -603,11 +604,12 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
         if (k.high == high && k.low == low) disk = &k;
       replyPayload = kMsgHeader + (write ? 0 : rlen);
       ok = disk != nullptr && (write ? disk->writable : rlen <= disk->maxRead) && roff + rlen <= disk->size &&
-           replyPayload <= l.maxPayload &&
+           l.maxPayload > 0 &&
            uint64_t(SeqDiff(l.sndNxt, ack)) + replyPayload <=
                std::min(std::min<uint64_t>(l.cwnd, l.sendLimit), uint64_t(Rd16(t + 14)) << l.sendScale) &&
-           l.txEpoch >= 1 && l.txCounter + 1 < l.rekeyFrames && l.txBytes + replyPayload < l.rekeyBytes &&
-           Place(l, replyPayload) != SIZE_MAX && txUsed_ + kVnetHdr + kTcpAt + kTcp + kDataOptions + replyPayload <= kTxArena;
+           l.txEpoch >= 1 && l.txCounter + Frames(l, replyPayload) < l.rekeyFrames &&
+           l.txBytes + replyPayload < l.rekeyBytes && Place(l, replyPayload) != SIZE_MAX &&
+           ArenaBytes(l, replyPayload) <= kTxArena;
     }
     if (!ok) {
       Restore(l, f, payloadAt, end, tagAt, counter, tagCopy);
@@ -793,25 +795,43 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   l.recCount++;
   s[kSRecords] = l.recCount;
   l.storeTail = at + bytes;
-  uint8_t* frame = txArena_.data() + txUsed_;
-  size_t flen = BuildData(l, ch->vnetHdr_, frame, msg, bytes);
-  if (!l.timing) {
-    l.timing = true;
-    l.timingEnd = l.sndNxt;
-    l.timingAt = NowMs();
+  // The message leaves as the transport's pump would send it with the window open: frames of
+  // maxPayload bytes (GSO super-frames), the last one shorter.
+  if (txUsed_ + ArenaBytes(l, bytes) > kTxArena || txIov_.size() + Frames(l, bytes) > 1024) Flush(ch);
+  uint32_t start = l.sndNxt;
+  for (size_t off = 0; off < bytes;) {
+    size_t n = std::min<size_t>(l.maxPayload, bytes - off);
+    uint8_t* frame = txArena_.data() + txUsed_;
+    size_t flen = BuildData(l, ch->vnetHdr_, frame, msg + off, n, start, bytes);
+    off += n;
+    // The first frame is timed, as Connection.pump times the first segment it sends.
+    if (!l.timing) {
+      l.timing = true;
+      l.timingEnd = l.sndNxt;
+      l.timingAt = NowMs();
+    }
+    txIov_.push_back({frame, flen});
+    txUsed_ += (flen + 7) & ~size_t(7);
+    s[kCFramesOut]++;
+    s[kCBytesOut] += double(flen);
   }
-  txIov_.push_back({frame, flen});
-  txUsed_ += (flen + 7) & ~size_t(7);
-  s[kCFramesOut]++;
-  s[kCBytesOut] += double(flen);
   s[kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
-  if (txIov_.size() >= 1024) Flush(ch);
 }
 
-// One sealed data segment of the whole message msg[0, bytes) at snd_nxt, exactly as
+// How many frames a reply message of `bytes` leaves in, and the transmit arena they take.
+size_t FastPath::Frames(const Lease& l, size_t bytes) { return (bytes + l.maxPayload - 1) / l.maxPayload; }
+
+size_t FastPath::ArenaBytes(const Lease& l, size_t bytes) {
+  constexpr size_t kHead = (kVnetHdr + kTcpAt + kTcp + kDataOptions + 7) & ~size_t(7);
+  return Frames(l, bytes) * (kHead + 8) + bytes;
+}
+
+// One sealed data segment at snd_nxt carrying payload[0, bytes), a piece of the message of
+// `msgLength` bytes that starts at sequence number `msgStart`, exactly as
 // Connection.sendData/emitPrepared and LinkDriver.enqueue build it. Returns the frame's length
 // (virtio_net_hdr included when vnet).
-size_t FastPath::BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* msg, size_t bytes) {
+size_t FastPath::BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* payload, size_t bytes, uint32_t msgStart,
+                           size_t msgLength) {
   size_t hdr = vnet ? kVnetHdr : 0;
   uint8_t* f = out + hdr;
   size_t th = kTcp + kDataOptions;
@@ -850,8 +870,8 @@ size_t FastPath::BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* msg
   Wr16(o + 2, kExId);
   o[4] = kSubSegment;
   o[5] = 1;  // reliable
-  Wr32(o + 6, l.sndNxt);
-  Wr32(o + 10, uint32_t(bytes));
+  Wr32(o + 6, msgStart);
+  Wr32(o + 10, uint32_t(msgLength));
   o += 14;
   uint64_t counter = l.txCounter++;
   l.txBytes += bytes;
@@ -863,7 +883,7 @@ size_t FastPath::BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* msg
   Wr32(o + 6, uint32_t(counter));
   std::memset(o + kSealTagAt, 0, 12);
   size_t payloadAt = kTcpAt + th;
-  l.tx.Seal(f, kIpAt, kTcpAt, payloadAt, flen, size_t(o - f) + kSealTagAt, counter, msg, 0);
+  l.tx.Seal(f, kIpAt, kTcpAt, payloadAt, flen, size_t(o - f) + kSealTagAt, counter, payload, 0);
   uint32_t tcpLen = uint32_t(th + bytes);
   uint64_t pseudo = Pseudo(l.localIp, l.remoteIp, tcpLen);
   Wr16(t + 16, l.partialChecksum ? Fold(pseudo) : uint16_t(~Fold(SumWords(t, tcpLen, pseudo))));
@@ -885,11 +905,12 @@ size_t FastPath::BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* msg
   return hdr + flen;
 }
 
-// buildReply(params, txKey, message, vnet[, request, status]): the frame this code sends for
-// `message` with the lend parameters `params` (for the property test against Connection's frames;
-// never on the data path). With `request` (a BlockRequest's first 32 bytes at least), the message
-// sent is the response head Answer writes for it with `status`, then `message` (read data, or
-// nothing for a write). Uses a scratch lease; returns a new Uint8Array.
+// buildReply(params, txKey, message, vnet[, request, status]): the frames this code sends for
+// `message` with the lend parameters `params`, split at params' maxPayload when that is set (for
+// the property test against Connection's frames; never on the data path). With `request` (a
+// BlockRequest's first 32 bytes at least), the message sent is the response head Answer writes
+// for it with `status`, then `message` (read data, or nothing for a write). Uses a scratch lease;
+// returns an array of new Uint8Arrays.
 Napi::Value FastPath::BuildReply(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 4 || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray())
@@ -914,11 +935,21 @@ Napi::Value FastPath::BuildReply(const Napi::CallbackInfo& info) {
   l.partialChecksum = p[kPChecksumOffload] != 0;
   l.txEpoch = uint64_t(p[kPTxEpoch]);
   l.txCounter = uint64_t(p[kPTxCounter]);
+  l.maxPayload = p[kPMaxPayload] > 0 ? uint32_t(p[kPMaxPayload]) : uint32_t(std::max<size_t>(message.size(), 1));
   if (key.ByteLength() != 32 || !l.tx.Init(int(p[kPCipher]), key.Data())) return ThrowInvalid(env, "buildReply: key");
-  Napi::Uint8Array out = Napi::Uint8Array::New(env, kVnetHdr + kTcpAt + kTcp + kDataOptions + message.size());
-  size_t n = BuildData(l, vnet, out.Data(), message.data(), message.size());
+  // As Answer sends it: frames of maxPayload bytes, the last one shorter.
+  Napi::Array frames = Napi::Array::New(env);
+  uint32_t start = l.sndNxt;
+  size_t off = 0;
+  do {
+    size_t n = std::min<size_t>(l.maxPayload, message.size() - off);
+    Napi::Uint8Array out = Napi::Uint8Array::New(env, kVnetHdr + kTcpAt + kTcp + kDataOptions + n);
+    size_t flen = BuildData(l, vnet, out.Data(), message.data() + off, n, start, message.size());
+    frames.Set(frames.Length(), Napi::Uint8Array::New(env, flen, out.ArrayBuffer(), 0));
+    off += n;
+  } while (off < message.size());
   l.tx.Free();
-  return Napi::Uint8Array::New(env, n, out.ArrayBuffer(), 0);
+  return frames;
 }
 
 }  // namespace vrio

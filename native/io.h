@@ -249,7 +249,10 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   void Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_t* req, uint64_t offset, uint32_t length,
               bool write);
   static void ResponseHead(uint8_t* msg, const uint8_t* req, uint16_t status, uint32_t dataLength);
-  static size_t BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* msg, size_t bytes);
+  static size_t BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* payload, size_t bytes, uint32_t msgStart,
+                          size_t msgLength);
+  static size_t Frames(const Lease& l, size_t bytes);
+  static size_t ArenaBytes(const Lease& l, size_t bytes);
   void Flush(Channel* ch);
 
   uint32_t slots_ = 0, maxRecords_ = 0, storeBytes_ = 0;

@@ -63,7 +63,11 @@ export type FastPathCounters = Record<FastPathCounter, number>
 /** Unacknowledged replies per slot, and the bytes of their messages. */
 const MAX_RECORDS = 128
 const RECORD_STRIDE = 3
-const STORE_BYTES = 1 << 20
+/**
+ * A slot's store: room for 8 replies of 1 MiB unacknowledged at once (only what is used is
+ * touched; a reply that does not fit hands the connection back).
+ */
+const STORE_BYTES = 8 << 20
 const BITS_WORDS = REPLAY_WINDOW / 32
 const MAX_DISKS = 8
 const REQUESTS = COUNTER_NAMES.indexOf('requests')

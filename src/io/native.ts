@@ -45,7 +45,7 @@ export interface NativeFastPath {
     stats?: Float64Array[],
   ): boolean
   reclaim(slot: number): void
-  /** The frame it would send for `message` under `params` (tests only). */
+  /** The frames it would send for `message` under `params`, split at its maxPayload (tests only). */
   buildReply(
     params: Float64Array,
     txKey: Uint8Array,
@@ -53,7 +53,7 @@ export interface NativeFastPath {
     vnet: boolean,
     request?: Uint8Array,
     status?: number,
-  ): Uint8Array
+  ): Uint8Array[]
 }
 
 export type NativeFastPathConstructor = new (
