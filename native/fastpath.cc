@@ -12,7 +12,9 @@
 //     SEAL) carrying one whole BlockRequest READ for a disk lent with the connection, in range,
 //     whose reply fits the send limits: answered with pread into the reply record and sealed
 //     frames of at most maxPayload bytes each (one, or GSO super-frames for a larger reply), built
-//     exactly as Connection.pump/emitPrepared build them; or a WRITE whose data is in the segment.
+//     exactly as Connection.pump/emitPrepared build them; or a WRITE whose data is in the segment
+//     or follows in the next ones (written piece by piece, acknowledged as Connection.oweAck
+//     would, answered after its last piece; a hand back in between gives TS what was taken).
 // Anything else hands the connection back (its state written to the slot's shared arrays) and
 // the frame, still as it arrived, goes on to JavaScript in the same batch, in order.
 #include <errno.h>
@@ -99,9 +101,18 @@ enum SlotField {
   kCWrites,
   kCWriteBytes,
   kCWriteErrors,
+  kCPartialHandbacks,  // handbacks in the middle of a WRITE over several frames
   kSSrtt = 32,  // the connection's srtt and rttvar (ms), current after every sample taken here
   kSRttvar,
   kSRttSamples,  // RTT samples taken since the lend
+  // At a hand back in the middle of a WRITE over several frames (its head in the slot's store at
+  // 0, kReqHead bytes): sequence number of its first byte, its length, the bytes received and
+  // written so far, the disk's descriptor and the write's offset (partLength 0: none).
+  kSPartStart,
+  kSPartLength,
+  kSPartFilled,
+  kSPartFd,
+  kSPartOffset,
 };
 constexpr int kRecordStride = 3;  // seq, length, store offset
 
@@ -118,7 +129,9 @@ constexpr uint16_t kExId = 0x7672;
 constexpr uint8_t kSubSegment = 2, kSubSeal = 3;
 constexpr size_t kSealTagAt = 10;
 constexpr uint32_t kReplayWindow = 1024;
-constexpr size_t kTxArena = 8u << 20;  // a reply of the largest message (4 MiB) fits twice
+constexpr size_t kTxArena = 8u << 20;
+// The slot's store begins with the head of a WRITE handed back unfinished; reply records follow.
+constexpr size_t kStoreBase = 64;  // a reply of the largest message (4 MiB) fits twice
 
 // Milliseconds on a monotonic clock: only differences are used (RTT samples).
 inline double NowMs() {
@@ -249,12 +262,29 @@ struct FastPath::Lease {
   bool timing = false;
   uint32_t timingEnd = 0;
   double timingAt = 0;
+  // A WRITE arriving over several frames (Connection.pump's pieces of one message), written piece
+  // by piece as each frame opens; answered when its last byte is written.
+  struct {
+    bool active = false;
+    uint32_t start = 0, length = 0, filled = 0;  // sequence number of byte 0, message bytes, received
+    size_t disk = 0;                             // index in disks
+    uint64_t offset = 0;
+    uint32_t dataLength = 0;
+    uint16_t status = 0;
+    double started = 0;
+    uint8_t head[kReqHead] = {};
+  } part;
+  // Delayed ACK of data taken without an answer (pieces of a WRITE), as Connection.oweAck: at once
+  // after two full-sized segments' worth (a frame counts for at most one), else at the batch's end.
+  uint32_t ackWeight = 0;
+  bool ackOwed = false;
 };
 
 Napi::Function FastPath::Define(Napi::Env env) {
   return DefineClass(env, "FastPath",
                      {InstanceMethod<&FastPath::Lend>("lend"), InstanceMethod<&FastPath::Reclaim>("reclaim"),
-                      InstanceMethod<&FastPath::BuildReply>("buildReply")});
+                      InstanceMethod<&FastPath::BuildReply>("buildReply"),
+                      InstanceMethod<&FastPath::BuildAckFrame>("buildAck")});
 }
 
 // new FastPath(slots, shared: Float64Array, records: Float64Array, bits: Uint32Array, store: Uint8Array,
@@ -410,7 +440,10 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
     }
   }
   l.recHead = l.recCount = 0;
-  l.storeHead = l.storeTail = 0;
+  l.storeHead = l.storeTail = kStoreBase;
+  l.part.active = false;
+  l.ackWeight = 0;
+  l.ackOwed = false;
   double* s = shared_ + size_t(slot) * kSlotStride;
   s[kSFramesTaken] = 0;
   s[kSAckProgress] = 0;
@@ -460,6 +493,17 @@ void FastPath::HandBack(uint32_t slot) {
   }
   l.recHead = 0;
   s[kSRecords] = l.recCount;
+  s[kSPartLength] = 0;
+  if (l.part.active) {
+    std::memcpy(store_ + size_t(slot) * storeBytes_, l.part.head, kReqHead);
+    s[kSPartStart] = l.part.start;
+    s[kSPartLength] = l.part.length;
+    s[kSPartFilled] = l.part.filled;
+    s[kSPartFd] = l.disks[l.part.disk].fd;
+    s[kSPartOffset] = double(l.part.offset);
+    s[kCPartialHandbacks]++;
+    l.part.active = false;
+  }
   s[kCHandbacks]++;
   s[kSState] = kStateReturned;
   lent_--;
@@ -504,6 +548,10 @@ uint32_t FastPath::Process(Channel* ch, uint8_t* slab, uint32_t* offsets, uint32
       kept++;
     }
   }
+  // ACKs still owed for pieces of a WRITE (Connection.oweAck would wait ackDelay; this has no
+  // timer, so it acknowledges at the batch's end).
+  for (uint32_t slot = 0; slot < slots_; slot++)
+    if (leases_[slot].ackOwed && shared_[size_t(slot) * kSlotStride + kSState] == kStateLent) SendAck(ch, slot);
   Flush(ch);
   return kept;
 }
@@ -534,6 +582,10 @@ bool FastPath::Take(Channel* ch, uint8_t* f, size_t len, bool verified) {
   return true;
 }
 
+// BlockStatus of a failed pwrite (protocol.ts blockStatusOf, FileDevice's errors): no space, or
+// an I/O error.
+static uint16_t WriteStatus(int err) { return err == ENOSPC || err == EDQUOT ? 0x12 : 1; }
+
 // Header prediction, verification and the work for one frame of lent connection `slot`.
 bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool verified, uint32_t dst) {
   Lease& l = leases_[slot];
@@ -549,16 +601,23 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   uint8_t flags = t[13];
   size_t payload = tcpLen - th;
   uint32_t seq = Rd32(t + 4), ack = Rd32(t + 8);
-  bool data = flags == (kAck | kPsh) && th == kTcp + kDataOptions && payload >= kReqHead;
+  bool data = flags == (kAck | kPsh) && th == kTcp + kDataOptions && payload > 0;
   bool pure = flags == kAck && th == kTcp + kAckOptions && payload == 0;
   if (!data && !pure) return false;
   const uint8_t* seg = t + kTcp;
   const uint8_t* seal = data ? t + kTcp + 14 : t + kTcp;
   if (seal[0] != kOptExp || seal[1] != 22 || Rd16(seal + 2) != kExId || seal[4] != kSubSeal) return false;
   if (pure && (seal[22] != 1 || seal[23] != 1)) return false;  // NOP NOP: no SACK blocks
-  if (data && (seg[0] != kOptExp || seg[1] != 14 || Rd16(seg + 2) != kExId || seg[4] != kSubSegment ||
-               seg[5] != 1 || Rd32(seg + 6) != seq || Rd32(seg + 10) != payload))
+  if (data && (seg[0] != kOptExp || seg[1] != 14 || Rd16(seg + 2) != kExId || seg[4] != kSubSegment || seg[5] != 1))
     return false;
+  // Which data segment: a whole message (a request in one frame), the first piece of a longer
+  // one (a WRITE over several frames), or the next piece of the WRITE being received.
+  uint32_t msgStart = data ? Rd32(seg + 6) : 0, msgLength = data ? Rd32(seg + 10) : 0;
+  bool whole = data && msgStart == seq && msgLength == payload && payload >= kReqHead;
+  bool first = data && !l.part.active && msgStart == seq && msgLength > payload && payload >= kReqHead;
+  bool piece = data && l.part.active && msgStart == l.part.start && msgLength == l.part.length &&
+               uint32_t(seq - msgStart) == l.part.filled && uint64_t(l.part.filled) + payload <= msgLength;
+  if (data && !whole && !first && !piece) return false;
   if (seq != l.rcvNxt || seal[5] != (l.rxEpoch & 0xff)) return false;
   // The ACK: within [snd_una, snd_nxt]; one that acknowledges nothing while replies are out is a
   // duplicate ACK (loss recovery: TS's).
@@ -582,34 +641,48 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   const Disk* disk = nullptr;
   uint32_t rlen = 0;
   uint64_t roff = 0;
-  size_t replyPayload = 0;
   bool write = false;
   uint8_t* m = f + payloadAt;
+  uint64_t peerWindow = uint64_t(Rd16(t + 14)) << l.sendScale;
   if (data) {
-    const uint8_t* d = m + kMsgHeader;
-    rlen = Rd32(d + 4);
-    uint32_t offHigh = Rd32(d + 8);
-    roff = uint64_t(offHigh) << 32 | Rd32(d + 12);
-    uint32_t id = Rd32(m + 20), floor = Rd32(d + 16);
-    // A READ (op 0: no data, replyLength = length) or a WRITE (op 1, flags 0 (no FUA): the data
-    // in this message, replyLength 0); as protocol.ts decodeBlockRequest checks them.
-    write = d[0] == 1;
-    bool ok = (d[0] == 0 || write) && payload == kReqHead + (write ? rlen : 0) && m[0] == 1 && m[1] == 0x20 &&
-              Rd16(m + 2) == 0 && Rd32(m + 4) == payload - kMsgHeader && Rd16(m + 28) == 0 && d[1] == 0 && d[2] == 0 &&
-              d[3] == 0 && Rd32(d + 20) == 0 && Rd32(m + 24) == (write ? 0 : rlen) && rlen > 0 && offHigh <= 0x1fffff &&
-              floor <= id;
-    if (ok) {
-      uint32_t high = Rd32(m + 8), low = Rd32(m + 12);
-      for (const Disk& k : l.disks)
-        if (k.high == high && k.low == low) disk = &k;
-      replyPayload = kMsgHeader + (write ? 0 : rlen);
-      ok = disk != nullptr && (write ? disk->writable : rlen <= disk->maxRead) && roff + rlen <= disk->size &&
-           l.maxPayload > 0 &&
+    bool ok = true;
+    // The answer sent with this frame, if any: a reply of `replyPayload` bytes (and, for a piece
+    // that does not end its WRITE, at most a pure ACK).
+    size_t replyPayload = 0;
+    if (whole || first) {
+      const uint8_t* d = m + kMsgHeader;
+      rlen = Rd32(d + 4);
+      uint32_t offHigh = Rd32(d + 8);
+      roff = uint64_t(offHigh) << 32 | Rd32(d + 12);
+      uint32_t id = Rd32(m + 20), floor = Rd32(d + 16);
+      // A READ (op 0: no data, replyLength = length) or a WRITE (op 1, flags 0 (no FUA): the data
+      // in this message, replyLength 0); as protocol.ts decodeBlockRequest checks them. A message
+      // over several frames is a WRITE only.
+      write = d[0] == 1;
+      ok = (write || (d[0] == 0 && whole)) && msgLength == kReqHead + (write ? rlen : 0) && m[0] == 1 &&
+           m[1] == 0x20 && Rd16(m + 2) == 0 && Rd32(m + 4) == msgLength - kMsgHeader && Rd16(m + 28) == 0 &&
+           d[1] == 0 && d[2] == 0 && d[3] == 0 && Rd32(d + 20) == 0 && Rd32(m + 24) == (write ? 0 : rlen) && rlen > 0 &&
+           offHigh <= 0x1fffff && floor <= id;
+      if (ok) {
+        uint32_t high = Rd32(m + 8), low = Rd32(m + 12);
+        for (const Disk& k : l.disks)
+          if (k.high == high && k.low == low) disk = &k;
+        ok = disk != nullptr && (write ? disk->writable : rlen <= disk->maxRead) && roff + rlen <= disk->size &&
+             (!first || msgLength <= uint64_t(disk->maxRead) + kMsgHeader);
+      }
+      replyPayload = whole ? kMsgHeader + (write ? 0 : rlen) : 0;
+    } else if (l.part.filled + payload == msgLength) {
+      replyPayload = kMsgHeader;  // the last piece: the WRITE's answer
+    }
+    if (ok && replyPayload > 0) {
+      ok = l.maxPayload > 0 &&
            uint64_t(SeqDiff(l.sndNxt, ack)) + replyPayload <=
-               std::min(std::min<uint64_t>(l.cwnd, l.sendLimit), uint64_t(Rd16(t + 14)) << l.sendScale) &&
+               std::min(std::min<uint64_t>(l.cwnd, l.sendLimit), peerWindow) &&
            l.txEpoch >= 1 && l.txCounter + Frames(l, replyPayload) < l.rekeyFrames &&
            l.txBytes + replyPayload < l.rekeyBytes && Place(l, replyPayload) != SIZE_MAX &&
            ArenaBytes(l, replyPayload) <= kTxArena;
+    } else if (ok) {
+      ok = l.txEpoch >= 1 && l.txCounter + 1 < l.rekeyFrames;  // room for a pure ACK
     }
     if (!ok) {
       Restore(l, f, payloadAt, end, tagAt, counter, tagCopy);
@@ -619,7 +692,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   // Committed: the frame is ours.
   UpdateReplay(l, bits, counter);
   l.rcvNxt += uint32_t(payload);
-  l.sndWnd = uint64_t(Rd16(t + 14)) << l.sendScale;
+  l.sndWnd = peerWindow;
   l.wl1 = seq;
   l.wl2 = ack;
   if (ack != l.sndUna) {
@@ -642,9 +715,87 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
     s[kCPureAcks]++;
     return true;
   }
-  s[kCRequests]++;
-  Answer(ch, slot, *disk, m, roff, rlen, write);
+  if (whole) {
+    s[kCRequests]++;
+    Answer(ch, slot, *disk, m, roff, rlen, write);
+    return true;
+  }
+  if (first) {
+    l.part.active = true;
+    l.part.start = seq;
+    l.part.length = msgLength;
+    l.part.filled = 0;
+    l.part.disk = size_t(disk - l.disks.data());
+    l.part.offset = roff;
+    l.part.dataLength = rlen;
+    l.part.status = 0;
+    l.part.started = l.disks[l.part.disk].stats ? NowMs() : 0;
+    std::memcpy(l.part.head, m, kReqHead);
+  }
+  WritePiece(ch, slot, first ? m + kReqHead : m, first ? payload - kReqHead : payload, payload);
   return true;
+}
+
+// A piece of the WRITE being received (its data `data[0, n)`, the frame's payload `payload`
+// bytes): written at once; the last one sends the answer, the others owe an ACK.
+void FastPath::WritePiece(Channel* ch, uint32_t slot, const uint8_t* data, size_t n, size_t payload) {
+  Lease& l = leases_[slot];
+  double* s = shared_ + size_t(slot) * kSlotStride;
+  auto& p = l.part;
+  const Disk& disk = l.disks[p.disk];
+  // Where this piece's data goes: the bytes of the write before it precede it on the disk.
+  uint64_t at = p.offset + (p.filled == 0 ? 0 : p.filled - kReqHead);
+  p.filled += uint32_t(payload);
+  if (p.status == 0) {
+    size_t done = 0;
+    int err = EIO;
+    while (done < n) {
+      ssize_t r = pwrite(disk.fd, data + done, n - done, off_t(at + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) err = errno;
+      if (r <= 0) break;
+      done += size_t(r);
+    }
+    if (done < n) p.status = WriteStatus(err);
+  }
+  if (p.filled < p.length) {
+    l.ackWeight += uint32_t(std::min<size_t>(payload, l.mss));
+    if (l.ackWeight >= 2 * l.mss) {
+      SendAck(ch, slot);
+    } else {
+      l.ackOwed = true;
+    }
+    return;
+  }
+  p.active = false;
+  s[kCRequests]++;
+  s[kCWrites]++;
+  if (p.status == 0) {
+    s[kCWriteBytes] += p.dataLength;
+  } else {
+    s[kCWriteErrors]++;
+  }
+  if (disk.stats)
+    disk.stats->Count(1, p.status, p.status == 0 ? p.dataLength : 0, (NowMs() - p.started) / 1000, latencyBounds_);
+  size_t at2 = Place(l, kMsgHeader);  // checked by Eligible
+  ResponseHead(store_ + size_t(slot) * storeBytes_ + at2, p.head, p.status, 0);
+  Send(ch, slot, at2, kMsgHeader);
+}
+
+// A pure ACK of everything received, as Connection.sendControl(ACK) builds it.
+void FastPath::SendAck(Channel* ch, uint32_t slot) {
+  Lease& l = leases_[slot];
+  double* s = shared_ + size_t(slot) * kSlotStride;
+  constexpr size_t kAckFrame = (kVnetHdr + kTcpAt + kTcp + kAckOptions + 7) & ~size_t(7);
+  if (txUsed_ + kAckFrame > kTxArena || txIov_.size() + 1 > 1024) Flush(ch);
+  uint8_t* frame = txArena_.data() + txUsed_;
+  size_t flen = BuildAck(l, ch->vnetHdr_, frame);
+  txIov_.push_back({frame, flen});
+  txUsed_ += (flen + 7) & ~size_t(7);
+  s[kCFramesOut]++;
+  s[kCBytesOut] += double(flen);
+  l.ackWeight = 0;
+  l.ackOwed = false;
 }
 
 // One RTT sample (ms), folded in as Connection.sampleRtt does; the result is in the slot at once
@@ -703,7 +854,7 @@ void FastPath::Acknowledge(uint32_t slot, uint32_t ack) {
   }
   if (l.recCount == 0) {
     l.recHead = 0;
-    l.storeHead = l.storeTail = 0;
+    l.storeHead = l.storeTail = kStoreBase;
   } else {
     l.storeHead = size_t(r[size_t(l.recHead) * kRecordStride + 2]);
   }
@@ -713,13 +864,13 @@ void FastPath::Acknowledge(uint32_t slot, uint32_t ack) {
 }
 
 // Where in the slot's store one more record of `bytes` goes, or SIZE_MAX when it does not fit
-// (records or store full). Records lie in sending order, wrapping to 0 only whole.
+// (records or store full). Records lie in sending order, wrapping to kStoreBase only whole.
 size_t FastPath::Place(const Lease& l, size_t bytes) const {
-  if (l.recCount >= maxRecords_ || bytes > storeBytes_) return SIZE_MAX;
-  if (l.recCount == 0) return 0;
+  if (l.recCount >= maxRecords_ || kStoreBase + bytes > storeBytes_) return SIZE_MAX;
+  if (l.recCount == 0) return kStoreBase;
   if (l.storeTail > l.storeHead) {
     if (l.storeTail + bytes <= storeBytes_) return l.storeTail;
-    return bytes <= l.storeHead ? 0 : SIZE_MAX;
+    return kStoreBase + bytes <= l.storeHead ? kStoreBase : SIZE_MAX;
   }
   return l.storeTail + bytes <= l.storeHead ? l.storeTail : SIZE_MAX;
 }
@@ -737,9 +888,6 @@ void FastPath::ResponseHead(uint8_t* msg, const uint8_t* req, uint16_t status, u
   Wr16(msg + 30, 0);
 }
 
-// BlockStatus of a failed pwrite (protocol.ts blockStatusOf, FileDevice's errors): no space, or
-// an I/O error.
-static uint16_t WriteStatus(int err) { return err == ENOSPC || err == EDQUOT ? 0x12 : 1; }
 
 // pread into a new record (a READ) or pwrite from the request (a WRITE, whose data is in `req`,
 // opened in place), and send the answer as one sealed frame.
@@ -787,6 +935,15 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   }
   if (disk.stats) disk.stats->Count(write ? 1 : 0, status, status == 0 ? length : 0, (NowMs() - started) / 1000, latencyBounds_);
   ResponseHead(msg, req, status, uint32_t(bytes - kMsgHeader));
+  Send(ch, slot, at, bytes);
+}
+
+// Sends the reply message in the slot's store at `at` (`bytes` long) and keeps it as a record until
+// it is acknowledged.
+void FastPath::Send(Channel* ch, uint32_t slot, size_t at, size_t bytes) {
+  Lease& l = leases_[slot];
+  double* s = shared_ + size_t(slot) * kSlotStride;
+  const uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
   double* rec = records_ + (size_t(slot) * maxRecords_ + (l.recHead + l.recCount) % maxRecords_) * kRecordStride;
   rec[0] = l.sndNxt;
   rec[1] = double(bytes);
@@ -816,6 +973,9 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
     s[kCBytesOut] += double(flen);
   }
   s[kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
+  // Its ACK covers everything received.
+  l.ackWeight = 0;
+  l.ackOwed = false;
 }
 
 // How many frames a reply message of `bytes` leaves in, and the transmit arena they take.
@@ -832,9 +992,18 @@ size_t FastPath::ArenaBytes(const Lease& l, size_t bytes) {
 // (virtio_net_hdr included when vnet).
 size_t FastPath::BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* payload, size_t bytes, uint32_t msgStart,
                            size_t msgLength) {
+  return BuildFrame(l, vnet, out, payload, bytes, msgStart, msgLength, false);
+}
+
+// A pure ACK at snd_nxt (options SEAL, NOP, NOP), exactly as Connection.sendControl(ACK) builds it.
+size_t FastPath::BuildAck(Lease& l, bool vnet, uint8_t* out) { return BuildFrame(l, vnet, out, nullptr, 0, 0, 0, true); }
+
+// BuildData's and BuildAck's frame: a data segment (SEGMENT and SEAL options) or a pure ACK.
+size_t FastPath::BuildFrame(Lease& l, bool vnet, uint8_t* out, const uint8_t* payload, size_t bytes, uint32_t msgStart,
+                            size_t msgLength, bool ack) {
   size_t hdr = vnet ? kVnetHdr : 0;
   uint8_t* f = out + hdr;
-  size_t th = kTcp + kDataOptions;
+  size_t th = kTcp + (ack ? kAckOptions : kDataOptions);
   size_t flen = kTcpAt + th + bytes;
   WrMac(f, l.remoteMac);
   WrMac(f + 6, l.localMac);
@@ -860,19 +1029,21 @@ size_t FastPath::BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* pay
   Wr32(t + 4, l.sndNxt);
   Wr32(t + 8, l.rcvNxt);
   t[12] = uint8_t((th / 4) << 4);
-  t[13] = kAck | kPsh;
+  t[13] = ack ? kAck : kAck | kPsh;
   Wr16(t + 14, l.windowField);
   Wr16(t + 16, 0);
   Wr16(t + 18, 0);
   uint8_t* o = t + kTcp;
-  o[0] = kOptExp;
-  o[1] = 14;
-  Wr16(o + 2, kExId);
-  o[4] = kSubSegment;
-  o[5] = 1;  // reliable
-  Wr32(o + 6, msgStart);
-  Wr32(o + 10, uint32_t(msgLength));
-  o += 14;
+  if (!ack) {
+    o[0] = kOptExp;
+    o[1] = 14;
+    Wr16(o + 2, kExId);
+    o[4] = kSubSegment;
+    o[5] = 1;  // reliable
+    Wr32(o + 6, msgStart);
+    Wr32(o + 10, uint32_t(msgLength));
+    o += 14;
+  }
   uint64_t counter = l.txCounter++;
   l.txBytes += bytes;
   o[0] = kOptExp;
@@ -882,6 +1053,10 @@ size_t FastPath::BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* pay
   o[5] = uint8_t(l.txEpoch & 0xff);
   Wr32(o + 6, uint32_t(counter));
   std::memset(o + kSealTagAt, 0, 12);
+  if (ack) {
+    o[22] = 1;  // NOP NOP
+    o[23] = 1;
+  }
   size_t payloadAt = kTcpAt + th;
   l.tx.Seal(f, kIpAt, kTcpAt, payloadAt, flen, size_t(o - f) + kSealTagAt, counter, payload, 0);
   uint32_t tcpLen = uint32_t(th + bytes);
@@ -950,6 +1125,29 @@ Napi::Value FastPath::BuildReply(const Napi::CallbackInfo& info) {
   } while (off < message.size());
   l.tx.Free();
   return frames;
+}
+
+// buildAck(params, txKey, vnet): the pure ACK this code sends under the lend parameters `params`
+// (for the property test against Connection's; never on the data path).
+Napi::Value FastPath::BuildAckFrame(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsTypedArray())
+    return ThrowInvalid(env, "buildAck(params, txKey, vnet)");
+  const double* p = info[0].As<Napi::Float64Array>().Data();
+  Napi::Uint8Array key = info[1].As<Napi::Uint8Array>();
+  Lease l;
+  ReadAddressing(l, p);
+  l.ipId = uint16_t(p[kPIpId]);
+  l.windowField = uint16_t(p[kPWindowField]);
+  l.mss = uint32_t(p[kPMss]);
+  l.partialChecksum = p[kPChecksumOffload] != 0;
+  l.txEpoch = uint64_t(p[kPTxEpoch]);
+  l.txCounter = uint64_t(p[kPTxCounter]);
+  if (key.ByteLength() != 32 || !l.tx.Init(int(p[kPCipher]), key.Data())) return ThrowInvalid(env, "buildAck: key");
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, kVnetHdr + kTcpAt + kTcp + kAckOptions);
+  size_t n = BuildAck(l, info[2].ToBoolean().Value(), out.Data());
+  l.tx.Free();
+  return Napi::Uint8Array::New(env, n, out.ArrayBuffer(), 0);
 }
 
 }  // namespace vrio

@@ -251,6 +251,13 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   static void ResponseHead(uint8_t* msg, const uint8_t* req, uint16_t status, uint32_t dataLength);
   static size_t BuildData(Lease& l, bool vnet, uint8_t* out, const uint8_t* payload, size_t bytes, uint32_t msgStart,
                           size_t msgLength);
+  static size_t BuildAck(Lease& l, bool vnet, uint8_t* out);
+  static size_t BuildFrame(Lease& l, bool vnet, uint8_t* out, const uint8_t* payload, size_t bytes, uint32_t msgStart,
+                           size_t msgLength, bool ack);
+  void Send(Channel* ch, uint32_t slot, size_t at, size_t bytes);
+  void WritePiece(Channel* ch, uint32_t slot, const uint8_t* data, size_t n, size_t payload);
+  void SendAck(Channel* ch, uint32_t slot);
+  Napi::Value BuildAckFrame(const Napi::CallbackInfo& info);
   static size_t Frames(const Lease& l, size_t bytes);
   static size_t ArenaBytes(const Lease& l, size_t bytes);
   void Flush(Channel* ch);

@@ -246,7 +246,8 @@ export interface StatusInfo {
    * and per channel (guest address) since start: frames it took and bytes, block requests it
    * answered, frames and bytes it sent, bytes read, handbacks to and lends from the TypeScript
    * transport, pure ACKs taken, reads that failed, RTT samples taken (on ACKs of its replies),
-   * writes it did, their bytes, and writes that failed.
+   * writes it did, their bytes, writes that failed, and handbacks in the middle of a write it was
+   * receiving over several frames (the transport took the rest).
    */
   fastPath?: {
     enabled: boolean
@@ -266,6 +267,7 @@ export interface StatusInfo {
       writes: number
       writeBytes: number
       writeErrors: number
+      partialHandbacks: number
     }[]
   }
   /** Guest only: connections refused because authentication or integrity failed, by reason. */

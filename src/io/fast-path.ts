@@ -1,3 +1,4 @@
+import { readSync } from 'node:fs'
 import type { Address, Connection } from '../transport/connection.ts'
 import { type ConnectionLease, LEND, LEND_DISK_STRIDE, type LeaseReturn } from '../transport/lease.ts'
 import { REPLAY_WINDOW } from '../transport/seal.ts'
@@ -36,6 +37,11 @@ const S = {
   srtt: 32,
   rttvar: 33,
   rttSamples: 34,
+  partStart: 35,
+  partLength: 36,
+  partFilled: 37,
+  partFd: 38,
+  partOffset: 39,
 } as const
 const STATE_FREE = 0
 const STATE_LENT = 1
@@ -56,6 +62,7 @@ const COUNTER_NAMES = [
   'writes',
   'writeBytes',
   'writeErrors',
+  'partialHandbacks',
 ] as const
 export type FastPathCounter = (typeof COUNTER_NAMES)[number]
 export type FastPathCounters = Record<FastPathCounter, number>
@@ -64,13 +71,16 @@ export type FastPathCounters = Record<FastPathCounter, number>
 const MAX_RECORDS = 128
 const RECORD_STRIDE = 3
 /**
- * A slot's store: room for 8 replies of 1 MiB unacknowledged at once (only what is used is
- * touched; a reply that does not fit hands the connection back).
+ * A slot's store: the unacknowledged replies (at most the peer's window, 8 MiB by default), with
+ * room for one more of the largest message (4 MiB) however the ring wraps. Only what is used is
+ * touched; a reply that does not fit hands the connection back.
  */
-const STORE_BYTES = 8 << 20
+const STORE_BYTES = 12 << 20
 const BITS_WORDS = REPLAY_WINDOW / 32
 const MAX_DISKS = 8
 const REQUESTS = COUNTER_NAMES.indexOf('requests')
+/** A BlockRequest's message header and request head (devices/blk/protocol.ts), as the addon keeps them. */
+const REQUEST_HEAD = 56
 /**
  * A connection lent twice in a row without the fast path answering a request (its guest's requests
  * are ones the addon hands back: reads over one frame, FUA, flushes; or its NIC's frames) skips
@@ -299,6 +309,7 @@ export class FastPathHost {
       // A copy: the store is the addon's again once the slot is free.
       into.replies[i] = Buffer.from(this.store.subarray(at, at + this.records[r + i * RECORD_STRIDE + 1]))
     }
+    this.partialBack(slot, into)
     const c = this.owners[slot]
     if (c) {
       this.noteLend(c, this.shared[s + COUNTERS_AT + REQUESTS] - this.requestsAtLend[slot])
@@ -306,6 +317,44 @@ export class FastPathHost {
     }
     this.owners[slot] = undefined
     sh[s + S.state] = STATE_FREE
+  }
+
+  /**
+   * A WRITE the addon was receiving over several frames when it handed back: the bytes it took
+   * (the request's head, kept in the store, then the data it wrote, read back from the disk) go to
+   * the connection, which goes on reassembling the message from there.
+   */
+  private partialBack(slot: number, into: LeaseReturn): void {
+    const sh = this.shared
+    const s = slot * SLOT_STRIDE
+    into.partial = undefined
+    into.partialLost = false
+    const length = sh[s + S.partLength]
+    if (length === 0) return
+    const filled = sh[s + S.partFilled]
+    const bytes = Buffer.allocUnsafe(filled)
+    bytes.set(this.store.subarray(slot * STORE_BYTES, slot * STORE_BYTES + REQUEST_HEAD), 0)
+    let done = REQUEST_HEAD
+    try {
+      while (done < filled) {
+        const n = readSync(
+          sh[s + S.partFd],
+          bytes,
+          done,
+          filled - done,
+          sh[s + S.partOffset] + done - REQUEST_HEAD,
+        )
+        if (n <= 0) break
+        done += n
+      }
+    } catch {}
+    if (done < filled) {
+      into.partialLost = true
+      return
+    }
+    into.partialSeq = sh[s + S.partStart]
+    into.partialLength = length
+    into.partial = bytes
   }
 
   /** A lend of `c` ended having answered `answered` requests: the lend attempts it skips next. */

@@ -54,6 +54,8 @@ export interface NativeFastPath {
     request?: Uint8Array,
     status?: number,
   ): Uint8Array[]
+  /** The pure ACK it would send under `params` (tests only). */
+  buildAck(params: Float64Array, txKey: Uint8Array, vnet: boolean): Uint8Array
 }
 
 export type NativeFastPathConstructor = new (

@@ -276,6 +276,8 @@ export class Connection {
   private ackDeadline = Number.POSITIVE_INFINITY
   /** In-order data since the last ACK we sent, each frame counted up to one full segment. */
   private unackedWeight = 0
+  /** A message the fast path took part of could not be handed back whole (see reclaim). */
+  private partialLost = false
   private lastReceiveAt: number
   private probesSent = 0
   private timeWaitDeadline = Number.POSITIVE_INFINITY
@@ -778,6 +780,10 @@ export class Connection {
     if (this.closed) return
     const now = this.clock()
     if (this.lease && !this.checkLease(now)) return
+    if (this.partialLost) {
+      this.abort('aborted')
+      return
+    }
     if (now >= this.timeWaitDeadline) {
       this.finish('normal')
       return
@@ -989,6 +995,25 @@ export class Connection {
       this.probesSent = 0
     }
     if (r.ackProgress > 0) this.lastProgressAt = now
+    // A WRITE the fast path was receiving over several frames: reassembled from here on.
+    if (r.partial) {
+      const start = positionOf(this.irs, r.partialSeq, this.rcvNxt)
+      const m = this.reassembly.open(
+        start,
+        start + r.partialLength,
+        Delivery.Reliable,
+        now,
+        this.o.reassemblyTimeout,
+      )
+      m.buffer.set(r.partial, 0)
+      m.filled = r.partial.length
+      r.partial = undefined
+    } else if (r.partialLost) {
+      // Its bytes (acknowledged already) could not be read back: only a reset makes the peer send
+      // it again (on its next connection).
+      this.partialLost = true
+      this.ackDeadline = now
+    }
     if (this.sndUna >= this.sndNxt) this.rtoDeadline = Number.POSITIVE_INFINITY
     else if (timedOut) this.rtoDeadline = now
     else if (r.ackProgress > 0 || this.rtoDeadline === Number.POSITIVE_INFINITY)

@@ -74,6 +74,16 @@ export interface LeaseReturn {
   /** Replies sent and not acknowledged, oldest first: sequence number of the first byte, and the whole message (a copy). */
   replySeqs: number[]
   replies: Uint8Array[]
+  /**
+   * A message the fast path was receiving over several frames (a WRITE) when it handed back: the
+   * sequence number of its first byte, its length, and its first bytes as received (rcvNxt is
+   * past them); the rest is still to come.
+   */
+  partialSeq: number
+  partialLength: number
+  partial: Uint8Array | undefined
+  /** Such a message's bytes could not be recovered: the connection cannot go on. */
+  partialLost: boolean
 }
 
 /** The native side of one lent connection, as the Connection sees it. */
@@ -112,5 +122,9 @@ export function newLeaseReturn(): LeaseReturn {
     rttvar: 0,
     replySeqs: [],
     replies: [],
+    partialSeq: 0,
+    partialLength: 0,
+    partial: undefined,
+    partialLost: false,
   }
 }
