@@ -499,7 +499,9 @@ void FastPath::HandBack(uint32_t slot) {
     s[kSPartStart] = l.part.start;
     s[kSPartLength] = l.part.length;
     s[kSPartFilled] = l.part.filled;
-    s[kSPartFd] = l.disks[l.part.disk].fd;
+    // A piece whose pwrite failed cannot be read back as it came: -1 (TS resets the connection,
+    // and the peer sends the whole write again).
+    s[kSPartFd] = l.part.status == 0 ? l.disks[l.part.disk].fd : -1;
     s[kSPartOffset] = double(l.part.offset);
     s[kCPartialHandbacks]++;
     l.part.active = false;
@@ -613,7 +615,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   // Which data segment: a whole message (a request in one frame), the first piece of a longer
   // one (a WRITE over several frames), or the next piece of the WRITE being received.
   uint32_t msgStart = data ? Rd32(seg + 6) : 0, msgLength = data ? Rd32(seg + 10) : 0;
-  bool whole = data && msgStart == seq && msgLength == payload && payload >= kReqHead;
+  bool whole = data && !l.part.active && msgStart == seq && msgLength == payload && payload >= kReqHead;
   bool first = data && !l.part.active && msgStart == seq && msgLength > payload && payload >= kReqHead;
   bool piece = data && l.part.active && msgStart == l.part.start && msgLength == l.part.length &&
                uint32_t(seq - msgStart) == l.part.filled && uint64_t(l.part.filled) + payload <= msgLength;

@@ -332,22 +332,23 @@ export class FastPathHost {
     const length = sh[s + S.partLength]
     if (length === 0) return
     const filled = sh[s + S.partFilled]
+    const fd = sh[s + S.partFd]
+    if (fd < 0) {
+      into.partialLost = true
+      return
+    }
     const bytes = Buffer.allocUnsafe(filled)
     bytes.set(this.store.subarray(slot * STORE_BYTES, slot * STORE_BYTES + REQUEST_HEAD), 0)
     let done = REQUEST_HEAD
     try {
       while (done < filled) {
-        const n = readSync(
-          sh[s + S.partFd],
-          bytes,
-          done,
-          filled - done,
-          sh[s + S.partOffset] + done - REQUEST_HEAD,
-        )
+        const n = readSync(fd, bytes, done, filled - done, sh[s + S.partOffset] + done - REQUEST_HEAD)
         if (n <= 0) break
         done += n
       }
-    } catch {}
+    } catch {
+      // An I/O error: lost as below.
+    }
     if (done < filled) {
       into.partialLost = true
       return
