@@ -1082,6 +1082,17 @@ size_t FastPath::BuildFrame(Lease& l, bool vnet, uint8_t* out, const uint8_t* pa
   return hdr + flen;
 }
 
+// The sending side of a lease from lend parameters `params`, for buildReply and buildAck.
+void FastPath::ScratchLease(Lease& l, const double* p) {
+  ReadAddressing(l, p);
+  l.ipId = uint16_t(p[kPIpId]);
+  l.windowField = uint16_t(p[kPWindowField]);
+  l.mss = uint32_t(p[kPMss]);
+  l.partialChecksum = p[kPChecksumOffload] != 0;
+  l.txEpoch = uint64_t(p[kPTxEpoch]);
+  l.txCounter = uint64_t(p[kPTxCounter]);
+}
+
 // buildReply(params, txKey, message, vnet[, request, status]): the frames this code sends for
 // `message` with the lend parameters `params`, split at params' maxPayload when that is set (for
 // the property test against Connection's frames; never on the data path). With `request` (a
@@ -1105,13 +1116,7 @@ Napi::Value FastPath::BuildReply(const Napi::CallbackInfo& info) {
     ResponseHead(message.data(), req.Data(), status, uint32_t(data.ByteLength()));
   }
   Lease l;
-  ReadAddressing(l, p);
-  l.ipId = uint16_t(p[kPIpId]);
-  l.windowField = uint16_t(p[kPWindowField]);
-  l.mss = uint32_t(p[kPMss]);
-  l.partialChecksum = p[kPChecksumOffload] != 0;
-  l.txEpoch = uint64_t(p[kPTxEpoch]);
-  l.txCounter = uint64_t(p[kPTxCounter]);
+  ScratchLease(l, p);
   l.maxPayload = p[kPMaxPayload] > 0 ? uint32_t(p[kPMaxPayload]) : uint32_t(std::max<size_t>(message.size(), 1));
   if (key.ByteLength() != 32 || !l.tx.Init(int(p[kPCipher]), key.Data())) return ThrowInvalid(env, "buildReply: key");
   // As Answer sends it: frames of maxPayload bytes, the last one shorter.
@@ -1138,13 +1143,7 @@ Napi::Value FastPath::BuildAckFrame(const Napi::CallbackInfo& info) {
   const double* p = info[0].As<Napi::Float64Array>().Data();
   Napi::Uint8Array key = info[1].As<Napi::Uint8Array>();
   Lease l;
-  ReadAddressing(l, p);
-  l.ipId = uint16_t(p[kPIpId]);
-  l.windowField = uint16_t(p[kPWindowField]);
-  l.mss = uint32_t(p[kPMss]);
-  l.partialChecksum = p[kPChecksumOffload] != 0;
-  l.txEpoch = uint64_t(p[kPTxEpoch]);
-  l.txCounter = uint64_t(p[kPTxCounter]);
+  ScratchLease(l, p);
   if (key.ByteLength() != 32 || !l.tx.Init(int(p[kPCipher]), key.Data())) return ThrowInvalid(env, "buildAck: key");
   Napi::Uint8Array out = Napi::Uint8Array::New(env, kVnetHdr + kTcpAt + kTcp + kAckOptions);
   size_t n = BuildAck(l, info[2].ToBoolean().Value(), out.Data());

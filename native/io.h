@@ -234,6 +234,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   struct Disk;
   struct Lease;
   static void ReadAddressing(Lease& l, const double* p);
+  static void ScratchLease(Lease& l, const double* p);
   Napi::Value Lend(const Napi::CallbackInfo& info);
   Napi::Value Reclaim(const Napi::CallbackInfo& info);
   Napi::Value BuildReply(const Napi::CallbackInfo& info);

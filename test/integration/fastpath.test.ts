@@ -51,8 +51,12 @@ function fastPath(pair: VrioPair): { enabled: boolean; c: FastChannel } {
   return { enabled: s.fastPath.enabled, c: s.fastPath.channels[0] ?? { ...NONE, guest: '' } }
 }
 
-/** A random image read back through the export with nbdcopy (requests of `size` bytes, `requests` at once): equal? */
-async function readBack(
+/**
+ * A random image copied through the export with nbdcopy (requests of `size` bytes, `requests` at
+ * once): read back from a disk holding it ('read'), or written to an empty one ('write'). Equal?
+ */
+async function copyThrough(
+  direction: 'read' | 'write',
   pair: VrioPair,
   name: string,
   bytes: number,
@@ -60,49 +64,32 @@ async function readBack(
   requests: number,
 ): Promise<boolean> {
   const backing = join(pair.dir, `${name}.img`)
+  const file = join(pair.dir, `${name}.${direction === 'read' ? 'out' : 'src'}`)
   const data = randomBytes(bytes)
-  writeFileSync(backing, data)
+  if (direction === 'read') writeFileSync(backing, data)
+  else {
+    sparseFile(backing, bytes)
+    writeFileSync(file, data)
+  }
   const disk = await pair.createDisk(backing, name)
-  const out = join(pair.dir, `${name}.out`)
+  const [from, to] = direction === 'read' ? [disk.nbd!, file] : [file, disk.nbd!]
   // Not execFileSync: the lossy link's forwarder runs in this process.
   const copy = await started('nbdcopy', [
     '--no-extents',
     `--request-size=${size}`,
     `--requests=${requests}`,
-    disk.nbd!,
-    out,
+    from,
+    to,
   ]).result
   assert.equal(copy.code, 0, copy.stderr)
-  const same = readFileSync(out).equals(data)
   await pair.removeDisk(name)
-  return same
+  return readFileSync(direction === 'read' ? file : backing).equals(data)
 }
 
-/** A random image written through the export with nbdcopy (requests of `size` bytes, `requests` at once): does the backing file hold it? */
-async function writeThrough(
-  pair: VrioPair,
-  name: string,
-  bytes: number,
-  size: number,
-  requests: number,
-): Promise<boolean> {
-  const backing = join(pair.dir, `${name}.img`)
-  sparseFile(backing, bytes)
-  const source = join(pair.dir, `${name}.src`)
-  const data = randomBytes(bytes)
-  writeFileSync(source, data)
-  const disk = await pair.createDisk(backing, name)
-  const copy = await started('nbdcopy', [
-    '--no-extents',
-    `--request-size=${size}`,
-    `--requests=${requests}`,
-    source,
-    disk.nbd!,
-  ]).result
-  assert.equal(copy.code, 0, copy.stderr)
-  await pair.removeDisk(name)
-  return readFileSync(backing).equals(data)
-}
+const readBack = (pair: VrioPair, name: string, bytes: number, size: number, requests: number) =>
+  copyThrough('read', pair, name, bytes, size, requests)
+const writeThrough = (pair: VrioPair, name: string, bytes: number, size: number, requests: number) =>
+  copyThrough('write', pair, name, bytes, size, requests)
 
 type FioJob = {
   error: number
