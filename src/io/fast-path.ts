@@ -16,7 +16,7 @@ import { type NativeFastPath, type NativeFastPathConstructor, native } from './n
 /** Connections lent at once, at most. */
 const SLOTS = 8
 /** Offsets in a slot's shared state — kept in step with native/fastpath.cc (kSlotStride in io.h). */
-const SLOT_STRIDE = 40
+const SLOT_STRIDE = 48
 const S = {
   state: 0,
   rcvNxt: 1,
@@ -42,6 +42,7 @@ const S = {
   partFilled: 37,
   partFd: 38,
   partOffset: 39,
+  sndMax: 40,
 } as const
 const STATE_FREE = 0
 const STATE_LENT = 1
@@ -285,6 +286,7 @@ export class FastPathHost {
     into.rcvNxt = sh[s + S.rcvNxt]
     into.sndUna = sh[s + S.sndUna]
     into.sndNxt = sh[s + S.sndNxt]
+    into.sndMax = sh[s + S.sndMax]
     into.ipId = sh[s + S.ipId]
     into.txCounter = sh[s + S.txCounter]
     into.txBytes = sh[s + S.txBytes]
