@@ -10,9 +10,9 @@
 //   - a pure ACK (flags ACK only, options SEAL + 2 NOPs) in order and within what was sent;
 //   - an in-order, single-segment, sealed, reliable data segment (ACK|PSH, options SEGMENT +
 //     SEAL) carrying one whole BlockRequest READ for a disk lent with the connection, in range,
-//     whose reply fits the send buffer: answered with pread into the reply record, queued, and
-//     sent as the windows allow in sealed frames of at most maxPayload bytes each (one, or GSO
-//     super-frames for a larger reply), built exactly as Connection.pump/emitPrepared build them; or a WRITE whose data is in the segment
+//     whose reply fits the send limits: answered with pread into the reply record and sealed
+//     frames of at most maxPayload bytes each (one, or GSO super-frames for a larger reply), built
+//     exactly as Connection.pump/emitPrepared build them; or a WRITE whose data is in the segment
 //     or follows in the next ones (written piece by piece, acknowledged as Connection.oweAck
 //     would, answered after its last piece; a hand back in between gives TS what was taken).
 // Anything else hands the connection back (its state written to the slot's shared arrays) and
@@ -113,7 +113,6 @@ enum SlotField {
   kSPartFilled,
   kSPartFd,
   kSPartOffset,
-  kSSndMax,  // the end of the replies queued: those past snd_nxt wait for the windows
 };
 constexpr int kRecordStride = 3;  // seq, length, store offset
 
@@ -132,8 +131,7 @@ constexpr size_t kSealTagAt = 10;
 constexpr uint32_t kReplayWindow = 1024;
 constexpr size_t kTxArena = 8u << 20;
 // The slot's store begins with the head of a WRITE handed back unfinished; reply records follow.
-constexpr size_t kStoreBase = 64;
-constexpr int kMaxBurst = 64;  // frames one Pump sends at most (the transport's maxBurst)  // a reply of the largest message (4 MiB) fits twice
+constexpr size_t kStoreBase = 64;  // a reply of the largest message (4 MiB) fits twice
 
 // Milliseconds on a monotonic clock: only differences are used (RTT samples).
 inline double NowMs() {
@@ -232,8 +230,7 @@ struct FastPath::Lease {
   uint64_t localMac = 0, remoteMac = 0;
   uint32_t localIp = 0, remoteIp = 0;
   uint16_t localPort = 0, remotePort = 0;
-  // snd_max: the end of the replies queued; [snd_nxt, snd_max) waits for the windows (Pump).
-  uint32_t rcvNxt = 0, sndUna = 0, sndNxt = 0, sndMax = 0;
+  uint32_t rcvNxt = 0, sndUna = 0, sndNxt = 0;
   uint16_t ipId = 0, windowField = 0;
   uint64_t sndWnd = 0;
   int sendScale = 0;
@@ -343,7 +340,6 @@ void FastPath::ReadAddressing(Lease& l, const double* p) {
   l.remotePort = uint16_t(p[kPRemotePort]);
   l.rcvNxt = uint32_t(p[kPRcvNxt]);
   l.sndNxt = uint32_t(p[kPSndNxt]);
-  l.sndMax = l.sndNxt;
 }
 
 // lend(slot, params: Float64Array, txKey, rxKey, stats?): the connection's state (the replay window
@@ -477,7 +473,6 @@ void FastPath::HandBack(uint32_t slot) {
   s[kSRcvNxt] = l.rcvNxt;
   s[kSSndUna] = l.sndUna;
   s[kSSndNxt] = l.sndNxt;
-  s[kSSndMax] = l.sndMax;
   s[kSIpId] = l.ipId;
   s[kSTxCounter] = double(l.txCounter);
   s[kSTxBytes] = double(l.txBytes);
@@ -682,12 +677,12 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
       replyPayload = kMsgHeader;  // the last piece: the WRITE's answer
     }
     if (ok && replyPayload > 0) {
-      // The reply queues behind those not sent yet, within the send buffer's room; it leaves as
-      // the windows let it (Pump). The keys must last for all of it in segments of one MSS.
-      uint64_t queued = uint64_t(SeqDiff(l.sndMax, ack)) + replyPayload;
-      ok = l.maxPayload > 0 && l.mss > 0 && queued <= l.sendLimit && l.txEpoch >= 1 &&
-           l.txCounter + queued / l.mss + 2 < l.rekeyFrames && l.txBytes + queued < l.rekeyBytes &&
-           Place(l, replyPayload) != SIZE_MAX && ArenaBytes(l, replyPayload) <= kTxArena;
+      ok = l.maxPayload > 0 &&
+           uint64_t(SeqDiff(l.sndNxt, ack)) + replyPayload <=
+               std::min(std::min<uint64_t>(l.cwnd, l.sendLimit), peerWindow) &&
+           l.txEpoch >= 1 && l.txCounter + Frames(l, replyPayload) < l.rekeyFrames &&
+           l.txBytes + replyPayload < l.rekeyBytes && Place(l, replyPayload) != SIZE_MAX &&
+           ArenaBytes(l, replyPayload) <= kTxArena;
     } else if (ok) {
       ok = l.txEpoch >= 1 && l.txCounter + 1 < l.rekeyFrames;  // room for a pure ACK
     }
@@ -720,7 +715,6 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   s[kCBytesIn] += double(len + (ch->vnetHdr_ ? kVnetHdr : 0));
   if (pure) {
     s[kCPureAcks]++;
-    if (l.sndMax != l.sndNxt) Pump(ch, slot);
     return true;
   }
   if (whole) {
@@ -741,7 +735,6 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
     std::memcpy(l.part.head, m, kReqHead);
   }
   WritePiece(ch, slot, first ? m + kReqHead : m, first ? payload - kReqHead : payload, payload);
-  if (l.sndMax != l.sndNxt) Pump(ch, slot);
   return true;
 }
 
@@ -947,54 +940,30 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   Send(ch, slot, at, bytes);
 }
 
-// Queues the reply message in the slot's store at `at` (`bytes` long) as a record, kept until it
-// is acknowledged, and sends what the windows allow of it.
+// Sends the reply message in the slot's store at `at` (`bytes` long) and keeps it as a record until
+// it is acknowledged.
 void FastPath::Send(Channel* ch, uint32_t slot, size_t at, size_t bytes) {
   Lease& l = leases_[slot];
   double* s = shared_ + size_t(slot) * kSlotStride;
+  const uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
   double* rec = records_ + (size_t(slot) * maxRecords_ + (l.recHead + l.recCount) % maxRecords_) * kRecordStride;
-  rec[0] = l.sndMax;
+  rec[0] = l.sndNxt;
   rec[1] = double(bytes);
   rec[2] = double(at);
   if (l.recCount == 0) l.storeHead = at;
   l.recCount++;
   s[kSRecords] = l.recCount;
   l.storeTail = at + bytes;
-  l.sndMax += uint32_t(bytes);
-  uint32_t sent = l.sndNxt;
-  Pump(ch, slot);
-  // A frame of it carries the ACK of everything received; an answer that has to wait owes it.
-  if (l.sndNxt == sent) l.ackOwed = true;
-}
-
-// Sends the queued replies [snd_nxt, snd_max) as Connection.pump sends a connection's data: as
-// far as the peer's window and the congestion window allow, in frames of up to maxPayload bytes
-// (GSO super-frames) cut at message ends, no runt while data is in flight, at most 64 frames.
-void FastPath::Pump(Channel* ch, uint32_t slot) {
-  Lease& l = leases_[slot];
-  double* s = shared_ + size_t(slot) * kSlotStride;
-  const double* r = records_ + size_t(slot) * maxRecords_ * kRecordStride;
-  uint8_t* store = store_ + size_t(slot) * storeBytes_;
-  uint32_t i = 0;
-  for (int burst = 0; SeqDiff(l.sndMax, l.sndNxt) > 0 && burst < kMaxBurst; burst++) {
-    int64_t flight = int64_t(uint32_t(l.sndNxt - l.sndUna));
-    int64_t room = std::min(int64_t(l.sndWnd), int64_t(l.cwnd)) - flight;
-    if (room <= 0) break;
-    const double* rec = nullptr;
-    for (; i < l.recCount; i++) {
-      rec = r + size_t((l.recHead + i) % maxRecords_) * kRecordStride;
-      if (SeqDiff(uint32_t(rec[0]) + uint32_t(rec[1]), l.sndNxt) > 0) break;
-    }
-    if (i >= l.recCount) break;  // cannot happen: [snd_nxt, snd_max) lies in the records
-    uint32_t start = uint32_t(rec[0]);
-    size_t length = size_t(rec[1]), off = uint32_t(l.sndNxt - start), remaining = length - off;
-    size_t n = std::min<size_t>(std::min<size_t>(l.maxPayload, remaining), size_t(room));
-    if (n < std::min<size_t>(l.mss, remaining) && l.sndNxt != l.sndUna) break;  // silly-window avoidance
-    constexpr size_t kHead = kVnetHdr + kTcpAt + kTcp + kDataOptions;
-    if (txUsed_ + kHead + n + 8 > kTxArena || txIov_.size() + 1 > 1024) Flush(ch);
+  // The message leaves as the transport's pump would send it with the window open: frames of
+  // maxPayload bytes (GSO super-frames), the last one shorter.
+  if (txUsed_ + ArenaBytes(l, bytes) > kTxArena || txIov_.size() + Frames(l, bytes) > 1024) Flush(ch);
+  uint32_t start = l.sndNxt;
+  for (size_t off = 0; off < bytes;) {
+    size_t n = std::min<size_t>(l.maxPayload, bytes - off);
     uint8_t* frame = txArena_.data() + txUsed_;
-    size_t flen = BuildData(l, ch->vnetHdr_, frame, store + size_t(rec[2]) + off, n, start, length);
-    // One segment timed at a time, as Connection.pump times the first it sends.
+    size_t flen = BuildData(l, ch->vnetHdr_, frame, msg + off, n, start, bytes);
+    off += n;
+    // The first frame is timed, as Connection.pump times the first segment it sends.
     if (!l.timing) {
       l.timing = true;
       l.timingEnd = l.sndNxt;
@@ -1004,10 +973,11 @@ void FastPath::Pump(Channel* ch, uint32_t slot) {
     txUsed_ += (flen + 7) & ~size_t(7);
     s[kCFramesOut]++;
     s[kCBytesOut] += double(flen);
-    l.ackWeight = 0;  // it carries the ACK of everything received
-    l.ackOwed = false;
   }
   s[kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
+  // Its ACK covers everything received.
+  l.ackWeight = 0;
+  l.ackOwed = false;
 }
 
 // How many frames a reply message of `bytes` leaves in, and the transmit arena they take.

@@ -228,7 +228,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   // Takes what it can of a received batch; returns how many frames are left (compacted) for JS.
   uint32_t Process(Channel* ch, uint8_t* slab, uint32_t* offsets, uint32_t* lengths, uint32_t n, bool vnet);
 
-  static constexpr int kSlotStride = 48;
+  static constexpr int kSlotStride = 40;
 
  private:
   struct Disk;
@@ -256,7 +256,6 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   static size_t BuildFrame(Lease& l, bool vnet, uint8_t* out, const uint8_t* payload, size_t bytes, uint32_t msgStart,
                            size_t msgLength, bool ack);
   void Send(Channel* ch, uint32_t slot, size_t at, size_t bytes);
-  void Pump(Channel* ch, uint32_t slot);
   void WritePiece(Channel* ch, uint32_t slot, const uint8_t* data, size_t n, size_t payload);
   void SendAck(Channel* ch, uint32_t slot);
   Napi::Value BuildAckFrame(const Napi::CallbackInfo& info);

@@ -16,7 +16,7 @@ import { type NativeFastPath, type NativeFastPathConstructor, native } from './n
 /** Connections lent at once, at most. */
 const SLOTS = 8
 /** Offsets in a slot's shared state — kept in step with native/fastpath.cc (kSlotStride in io.h). */
-const SLOT_STRIDE = 48
+const SLOT_STRIDE = 40
 const S = {
   state: 0,
   rcvNxt: 1,
@@ -42,7 +42,6 @@ const S = {
   partFilled: 37,
   partFd: 38,
   partOffset: 39,
-  sndMax: 40,
 } as const
 const STATE_FREE = 0
 const STATE_LENT = 1
@@ -84,11 +83,11 @@ const REQUESTS = COUNTER_NAMES.indexOf('requests')
 const REQUEST_HEAD = 56
 /**
  * A connection lent twice in a row without the fast path answering a request (its guest's requests
- * are ones the addon hands back: reads over one frame, FUA, flushes; or its NIC's frames) skips
- * the next lend attempts, 1 doubling up to this many (an attempt is made after every batch the
- * link flushes): each lend and hand back costs both sides a round of state copies and the request
- * a detour, once per request when nothing else is done (1 MiB reads at QD8: a lend and a hand back
- * per request, 20 % slower than the slow path alone). Counted in batches, not time, so a burst of
+ * are ones the addon hands back: FUA writes, flushes, trims; or its NIC's frames) skips the next
+ * lend attempts, 1 doubling up to this many (an attempt is made after every batch the link
+ * flushes): each lend and hand back costs both sides a round of state copies and the request a
+ * detour, once per request when nothing else is done (1 MiB reads at QD8, before the addon
+ * answered them: a lend and a hand back per request, 20 % slower than the slow path alone). Counted in batches, not time, so a burst of
  * requests the addon does answer gets its lend back within a few of its own batches.
  */
 const MAX_LEND_SKIPS = 64
@@ -286,7 +285,6 @@ export class FastPathHost {
     into.rcvNxt = sh[s + S.rcvNxt]
     into.sndUna = sh[s + S.sndUna]
     into.sndNxt = sh[s + S.sndNxt]
-    into.sndMax = sh[s + S.sndMax]
     into.ipId = sh[s + S.ipId]
     into.txCounter = sh[s + S.txCounter]
     into.txBytes = sh[s + S.txBytes]

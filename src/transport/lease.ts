@@ -54,8 +54,6 @@ export interface LeaseReturn {
   rcvNxt: number
   sndUna: number
   sndNxt: number
-  /** The end of the replies queued: those past sndNxt wait for the windows. */
-  sndMax: number
   ipId: number
   txCounter: number
   txBytes: number
@@ -108,7 +106,6 @@ export function newLeaseReturn(): LeaseReturn {
     rcvNxt: 0,
     sndUna: 0,
     sndNxt: 0,
-    sndMax: 0,
     ipId: 0,
     txCounter: 0,
     txBytes: 0,

@@ -111,7 +111,7 @@ describe('native fast path: reply frames', () => {
   const scratch = () =>
     new FastPath!(
       1,
-      new Float64Array(48), // one slot (kSlotStride)
+      new Float64Array(40),
       new Float64Array(3 * 4),
       new Uint32Array(32),
       new Uint8Array(65536),
