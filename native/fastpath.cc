@@ -129,9 +129,9 @@ constexpr uint16_t kExId = 0x7672;
 constexpr uint8_t kSubSegment = 2, kSubSeal = 3;
 constexpr size_t kSealTagAt = 10;
 constexpr uint32_t kReplayWindow = 1024;
-constexpr size_t kTxArena = 8u << 20;
+constexpr size_t kTxArena = 8u << 20;  // a reply of the largest message (4 MiB) fits twice
 // The slot's store begins with the head of a WRITE handed back unfinished; reply records follow.
-constexpr size_t kStoreBase = 64;  // a reply of the largest message (4 MiB) fits twice
+constexpr size_t kStoreBase = 64;
 
 // Milliseconds on a monotonic clock: only differences are used (RTT samples).
 inline double NowMs() {
