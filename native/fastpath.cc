@@ -588,6 +588,18 @@ bool FastPath::Take(Channel* ch, uint8_t* f, size_t len, bool verified) {
 // an I/O error.
 static uint16_t WriteStatus(int err) { return err == ENOSPC || err == EDQUOT ? 0x12 : 1; }
 
+// pwrite of data[0, n) at `offset` whole: 0, or the BlockStatus of the error that stopped it.
+static uint16_t WriteAll(int fd, const uint8_t* data, size_t n, uint64_t offset) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t r = pwrite(fd, data + done, n - done, off_t(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return WriteStatus(r < 0 ? errno : EIO);
+    done += size_t(r);
+  }
+  return 0;
+}
+
 // Header prediction, verification and the work for one frame of lent connection `slot`.
 bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool verified, uint32_t dst) {
   Lease& l = leases_[slot];
@@ -748,18 +760,7 @@ void FastPath::WritePiece(Channel* ch, uint32_t slot, const uint8_t* data, size_
   // Where this piece's data goes: the bytes of the write before it precede it on the disk.
   uint64_t at = p.offset + (p.filled == 0 ? 0 : p.filled - kReqHead);
   p.filled += uint32_t(payload);
-  if (p.status == 0) {
-    size_t done = 0;
-    int err = EIO;
-    while (done < n) {
-      ssize_t r = pwrite(disk.fd, data + done, n - done, off_t(at + done));
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) err = errno;
-      if (r <= 0) break;
-      done += size_t(r);
-    }
-    if (done < n) p.status = WriteStatus(err);
-  }
+  if (p.status == 0) p.status = WriteAll(disk.fd, data, n, at);
   if (p.filled < p.length) {
     l.ackWeight += uint32_t(std::min<size_t>(payload, l.mss));
     if (l.ackWeight >= 2 * l.mss) {
@@ -904,18 +905,9 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   size_t done = 0;
   double started = disk.stats ? NowMs() : 0;
   if (write) {
-    const uint8_t* data = req + kReqHead;
-    int err = EIO;
-    while (done < length) {
-      ssize_t r = pwrite(disk.fd, data + done, length - done, off_t(offset + done));
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) err = errno;
-      if (r <= 0) break;
-      done += size_t(r);
-    }
+    status = WriteAll(disk.fd, req + kReqHead, length, offset);
     s[kCWrites]++;
-    if (done < length) {
-      status = WriteStatus(err);
+    if (status != 0) {
       s[kCWriteErrors]++;
     } else {
       s[kCWriteBytes] += length;
