@@ -7,7 +7,7 @@
  * --cache=writeback; nbdkit's file plugin's default). MTU 1500.
  *   npm run bench -- blk           (root; fio, qemu-nbd from qemu-utils, nbdkit)
  * BENCH_SECONDS (default 5) sets each run's length, BENCH_CASES a comma-separated list of case
- * numbers (1-4) to run, BENCH_QEMU=0 skips the baselines (vrio only, for before/after comparisons).
+ * numbers (1-5) to run, BENCH_QEMU=0 skips the baselines (vrio only, for before/after comparisons).
  * BENCH_FILTER=1 instead measures the baselines alone with vrio's daemons up and idle on the same
  * veth, their packet filter off vs on, and stopped (SIGSTOP) as the reference, fresh daemons per
  * round, alternated BENCH_ROUNDS times (default 2): what the idle daemons cost a neighbour.
@@ -55,6 +55,12 @@ const ALL_CASES: Case[] = [
   { name: '4k randread QD32', args: ['--rw=randread', '--bs=4k', '--iodepth=32'], kind: 'iops', rw: 'read' },
   { name: '1M seq read', args: ['--rw=read', '--bs=1m', '--iodepth=8'], kind: 'mbps', rw: 'read' },
   { name: '1M seq write', args: ['--rw=write', '--bs=1m', '--iodepth=8'], kind: 'mbps', rw: 'write' },
+  {
+    name: '4k randwrite QD32',
+    args: ['--rw=randwrite', '--bs=4k', '--iodepth=32'],
+    kind: 'iops',
+    rw: 'write',
+  },
 ]
 const CASES = process.env.BENCH_CASES
   ? process.env.BENCH_CASES.split(',').map((n) => ALL_CASES[Number(n) - 1])

@@ -71,6 +71,7 @@ Channel::~Channel() {
   // Reached only when the wrapper is collected. While the watcher runs, the wrapper is pinned by
   // Ref() until close(), so only the fd may be left, if the owner dropped the object unclosed.
   if (cleanupHookAdded_) napi_remove_env_cleanup_hook(Env(), EnvCleanup, this);
+  if (fast_ != nullptr) fast_->channel_ = nullptr;
   StopPoll();
   CloseFd();
 }
@@ -605,12 +606,14 @@ Napi::Value Channel::SetFilter(const Napi::CallbackInfo& info) {
 // attachFastPath(fastPath | null): frames are offered to the fast path before JS (fastpath.cc).
 Napi::Value Channel::AttachFastPath(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  if (fast_ != nullptr) fast_->channel_ = nullptr;
   fast_ = nullptr;
   fastRef_.Reset();
   if (info.Length() > 0 && info[0].IsObject()) {
     Napi::Object o = info[0].As<Napi::Object>();
     if (!o.InstanceOf(env.GetInstanceData<AddonData>()->fastPathCtor.Value())) return ThrowInvalid(env, "attachFastPath: not a FastPath");
     fast_ = FastPath::Unwrap(o);
+    fast_->channel_ = this;
     fastRef_ = Napi::Persistent(o);
   }
   return env.Undefined();

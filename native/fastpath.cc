@@ -102,6 +102,7 @@ enum SlotField {
   kCWriteBytes,
   kCWriteErrors,
   kCPartialHandbacks,  // handbacks in the middle of a WRITE over several frames
+  kCSentThrough,       // messages the Connection sent through the lease (SendThrough)
   kSSrtt = 32,  // the connection's srtt and rttvar (ms), current after every sample taken here
   kSRttvar,
   kSRttSamples,  // RTT samples taken since the lend
@@ -113,6 +114,10 @@ enum SlotField {
   kSPartFilled,
   kSPartFd,
   kSPartOffset,
+  // How far rcv_nxt and snd_una moved since the lend, in bytes (exact in a double): a lend may
+  // last while more than 2^31 bytes go either way, past what the 32-bit numbers above can tell.
+  kSRcvAdvance,
+  kSUnaAdvance,
 };
 constexpr int kRecordStride = 3;  // seq, length, store offset
 
@@ -283,7 +288,7 @@ struct FastPath::Lease {
 Napi::Function FastPath::Define(Napi::Env env) {
   return DefineClass(env, "FastPath",
                      {InstanceMethod<&FastPath::Lend>("lend"), InstanceMethod<&FastPath::Reclaim>("reclaim"),
-                      InstanceMethod<&FastPath::BuildReply>("buildReply"),
+                      InstanceMethod<&FastPath::SendThrough>("send"), InstanceMethod<&FastPath::BuildReply>("buildReply"),
                       InstanceMethod<&FastPath::BuildAckFrame>("buildAck")});
 }
 
@@ -452,6 +457,8 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   s[kSSrtt] = l.srtt;
   s[kSRttvar] = l.rttvar;
   s[kSRttSamples] = 0;
+  s[kSRcvAdvance] = 0;
+  s[kSUnaAdvance] = 0;
   s[kCLends]++;
   s[kSState] = kStateLent;
   lent_++;
@@ -689,12 +696,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
       replyPayload = kMsgHeader;  // the last piece: the WRITE's answer
     }
     if (ok && replyPayload > 0) {
-      ok = l.maxPayload > 0 &&
-           uint64_t(SeqDiff(l.sndNxt, ack)) + replyPayload <=
-               std::min(std::min<uint64_t>(l.cwnd, l.sendLimit), peerWindow) &&
-           l.txEpoch >= 1 && l.txCounter + Frames(l, replyPayload) < l.rekeyFrames &&
-           l.txBytes + replyPayload < l.rekeyBytes && Place(l, replyPayload) != SIZE_MAX &&
-           ArenaBytes(l, replyPayload) <= kTxArena;
+      ok = Fits(l, uint32_t(SeqDiff(l.sndNxt, ack)), peerWindow, replyPayload);
     } else if (ok) {
       ok = l.txEpoch >= 1 && l.txCounter + 1 < l.rekeyFrames;  // room for a pure ACK
     }
@@ -706,6 +708,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   // Committed: the frame is ours.
   UpdateReplay(l, bits, counter);
   l.rcvNxt += uint32_t(payload);
+  s[kSRcvAdvance] += double(payload);
   l.sndWnd = peerWindow;
   l.wl1 = seq;
   l.wl2 = ack;
@@ -862,6 +865,7 @@ void FastPath::Acknowledge(uint32_t slot, uint32_t ack) {
     l.storeHead = size_t(r[size_t(l.recHead) * kRecordStride + 2]);
   }
   shared_[size_t(slot) * kSlotStride + kSRecords] = l.recCount;
+  shared_[size_t(slot) * kSlotStride + kSUnaAdvance] += double(uint32_t(ack - l.sndUna));
   l.sndUna = ack;
   shared_[size_t(slot) * kSlotStride + kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
 }
@@ -930,6 +934,47 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   if (disk.stats) disk.stats->Count(write ? 1 : 0, status, status == 0 ? length : 0, (NowMs() - started) / 1000, latencyBounds_);
   ResponseHead(msg, req, status, uint32_t(bytes - kMsgHeader));
   Send(ch, slot, at, bytes);
+}
+
+// Whether a message of `bytes` can be sent now with `inFlight` bytes unacknowledged and the peer's
+// window `peerWindow`: whole within the windows (the peer's, the congestion window, the send
+// buffer's room), within the keys' limits, and with room in the store and the transmit arena.
+bool FastPath::Fits(const Lease& l, uint32_t inFlight, uint64_t peerWindow, size_t bytes) const {
+  return l.maxPayload > 0 &&
+         uint64_t(inFlight) + bytes <= std::min(std::min<uint64_t>(l.cwnd, l.sendLimit), peerWindow) &&
+         l.txEpoch >= 1 && l.txCounter + Frames(l, bytes) < l.rekeyFrames && l.txBytes + bytes < l.rekeyBytes &&
+         Place(l, bytes) != SIZE_MAX && ArenaBytes(l, bytes) <= kTxArena;
+}
+
+// send(slot, head[, body]): a reliable message of the Connection's own (a reply the transport
+// answered, the request having come before the lend or been handed back) sent through its lease
+// instead of taking the connection back: copied into the store as a record, sent as Send sends a
+// reply, flushed at once. False, nothing sent, when the slot is not lent, the channel is closed or
+// the message does not fit (Fits): the Connection then takes the connection back and sends it.
+Napi::Value FastPath::SendThrough(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsTypedArray() ||
+      (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsTypedArray()))
+    return ThrowInvalid(env, "send(slot, head, body?)");
+  uint32_t slot = info[0].As<Napi::Number>().Uint32Value();
+  Napi::Uint8Array head = info[1].As<Napi::Uint8Array>();
+  Napi::Uint8Array body = info.Length() > 2 && info[2].IsTypedArray() ? info[2].As<Napi::Uint8Array>() : Napi::Uint8Array();
+  size_t headBytes = head.ByteLength(), bodyBytes = body.IsEmpty() ? 0 : body.ByteLength();
+  size_t bytes = headBytes + bodyBytes;
+  Channel* ch = channel_;
+  if (slot >= slots_ || shared_[size_t(slot) * kSlotStride + kSState] != kStateLent || ch == nullptr || ch->closed_ ||
+      bytes == 0)
+    return Napi::Boolean::New(env, false);
+  Lease& l = leases_[slot];
+  if (!Fits(l, uint32_t(l.sndNxt - l.sndUna), l.sndWnd, bytes)) return Napi::Boolean::New(env, false);
+  size_t at = Place(l, bytes);
+  uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
+  std::memcpy(msg, head.Data(), headBytes);
+  if (bodyBytes > 0) std::memcpy(msg + headBytes, body.Data(), bodyBytes);
+  shared_[size_t(slot) * kSlotStride + kCSentThrough]++;
+  Send(ch, slot, at, bytes);
+  Flush(ch);
+  return Napi::Boolean::New(env, true);
 }
 
 // Sends the reply message in the slot's store at `at` (`bytes` long) and keeps it as a record until

@@ -228,7 +228,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   // Takes what it can of a received batch; returns how many frames are left (compacted) for JS.
   uint32_t Process(Channel* ch, uint8_t* slab, uint32_t* offsets, uint32_t* lengths, uint32_t n, bool vnet);
 
-  static constexpr int kSlotStride = 40;
+  static constexpr int kSlotStride = 48;
 
  private:
   struct Disk;
@@ -238,6 +238,8 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   Napi::Value Lend(const Napi::CallbackInfo& info);
   Napi::Value Reclaim(const Napi::CallbackInfo& info);
   Napi::Value BuildReply(const Napi::CallbackInfo& info);
+  Napi::Value SendThrough(const Napi::CallbackInfo& info);
+  bool Fits(const Lease& l, uint32_t inFlight, uint64_t peerWindow, size_t bytes) const;
   void HandBack(uint32_t slot);
   Lease* Find(uint32_t remoteIp, uint16_t remotePort, uint16_t localPort, uint32_t* slot);
   bool Take(Channel* ch, uint8_t* f, size_t len, bool verified);
@@ -263,6 +265,8 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   static size_t ArenaBytes(const Lease& l, size_t bytes);
   void Flush(Channel* ch);
 
+  friend class Channel;
+  Channel* channel_ = nullptr;  // the channel it is attached to (Channel::AttachFastPath), for SendThrough
   uint32_t slots_ = 0, maxRecords_ = 0, storeBytes_ = 0;
   uint32_t lent_ = 0;
   double* shared_ = nullptr;

@@ -246,8 +246,9 @@ export interface StatusInfo {
    * and per channel (guest address) since start: frames it took and bytes, block requests it
    * answered, frames and bytes it sent, bytes read, handbacks to and lends from the TypeScript
    * transport, pure ACKs taken, reads that failed, RTT samples taken (on ACKs of its replies),
-   * writes it did, their bytes, writes that failed, and handbacks in the middle of a write it was
-   * receiving over several frames (the transport took the rest).
+   * writes it did, their bytes, writes that failed, handbacks in the middle of a write it was
+   * receiving over several frames (the transport took the rest), and messages the transport sent
+   * through the lent channel (answers to requests it took) instead of taking it back.
    */
   fastPath?: {
     enabled: boolean
@@ -268,6 +269,7 @@ export interface StatusInfo {
       writeBytes: number
       writeErrors: number
       partialHandbacks: number
+      sentThrough: number
     }[]
   }
   /** Guest only: connections refused because authentication or integrity failed, by reason. */

@@ -16,7 +16,7 @@ import { type NativeFastPath, type NativeFastPathConstructor, native } from './n
 /** Connections lent at once, at most. */
 const SLOTS = 8
 /** Offsets in a slot's shared state — kept in step with native/fastpath.cc (kSlotStride in io.h). */
-const SLOT_STRIDE = 40
+export const SLOT_STRIDE = 48
 const S = {
   state: 0,
   rcvNxt: 1,
@@ -42,6 +42,8 @@ const S = {
   partFilled: 37,
   partFd: 38,
   partOffset: 39,
+  rcvAdvance: 40,
+  unaAdvance: 41,
 } as const
 const STATE_FREE = 0
 const STATE_LENT = 1
@@ -63,6 +65,7 @@ const COUNTER_NAMES = [
   'writeBytes',
   'writeErrors',
   'partialHandbacks',
+  'sentThrough',
 ] as const
 export type FastPathCounter = (typeof COUNTER_NAMES)[number]
 export type FastPathCounters = Record<FastPathCounter, number>
@@ -163,6 +166,10 @@ class SlotLease implements ConnectionLease {
 
   reclaim(into: LeaseReturn): void {
     this.host.giveBack(this.slot, into)
+  }
+
+  send(head: Uint8Array, body?: Uint8Array): boolean {
+    return this.host.sendThrough(this.slot, head, body)
   }
 }
 
@@ -277,13 +284,20 @@ export class FastPathHost {
     return true
   }
 
+  /** @internal the slot's connection sends a message of its own through it (SlotLease.send). */
+  sendThrough(slot: number, head: Uint8Array, body: Uint8Array | undefined): boolean {
+    return this.native.send(slot, head, body)
+  }
+
   /** @internal the slot's connection takes itself back (SlotLease.reclaim). */
   giveBack(slot: number, into: LeaseReturn): void {
     this.native.reclaim(slot)
     const sh = this.shared
     const s = slot * SLOT_STRIDE
     into.rcvNxt = sh[s + S.rcvNxt]
+    into.rcvAdvance = sh[s + S.rcvAdvance]
     into.sndUna = sh[s + S.sndUna]
+    into.unaAdvance = sh[s + S.unaAdvance]
     into.sndNxt = sh[s + S.sndNxt]
     into.ipId = sh[s + S.ipId]
     into.txCounter = sh[s + S.txCounter]

@@ -45,6 +45,8 @@ export interface NativeFastPath {
     stats?: Float64Array[],
   ): boolean
   reclaim(slot: number): void
+  /** Sends a reliable message of the slot's connection as one of its replies; false when it cannot now. */
+  send(slot: number, head: Uint8Array, body?: Uint8Array): boolean
   /** The frames it would send for `message` under `params`, split at its maxPayload (tests only). */
   buildReply(
     params: Float64Array,

@@ -484,7 +484,10 @@ export class Connection {
     let length = 0
     if (data instanceof Uint8Array) length = data.length
     else for (const c of data) length += c.length
-    if (this.lease) this.reclaim(false)
+    if (this.lease) {
+      if (delivery === Delivery.Reliable && this.sendThrough(data, length)) return true
+      this.reclaim(false)
+    }
     if (length === 0 || length > this.o.maxMessageSize) {
       throw new VrioError(
         'message-size',
@@ -535,6 +538,19 @@ export class Connection {
     // (window, congestion window, handshake) is copied now.
     if (delivery === Delivery.BestEffort && this.sndNxt < m.end) m.chunks = [concatChunks(m.chunks, length)]
     return true
+  }
+
+  /**
+   * While lent, a reliable message goes out through the lease when the fast path can send it as
+   * one of its own replies (then it is the fast path's to retransmit until the connection comes
+   * back): the answers to requests the transport took do not end the lend, so a stream of
+   * requests that began in the transport moves to the fast path. True when it went.
+   */
+  private sendThrough(data: Uint8Array | readonly Uint8Array[], length: number): boolean {
+    if (length === 0 || length > this.o.maxMessageSize) return false
+    if (data instanceof Uint8Array) return this.lease!.send(data)
+    if (data.length > 2) return false
+    return this.lease!.send(data[0], data[1])
   }
 
   /** Gives delivered bytes back to the receive window (only with the manualRelease option). */
@@ -958,8 +974,10 @@ export class Connection {
     lease.reclaim(r)
     this.adoptRtt(r.rttSamples, r.srtt, r.rttvar)
     const now = this.clock()
-    this.rcvNxt = positionOf(this.irs, r.rcvNxt, this.rcvNxt)
-    this.sndUna = positionOf(this.iss, r.sndUna, this.sndUna)
+    // The positions by how far they moved (the connection's own stayed as they were at the lend);
+    // everything else lies within a window of them.
+    this.rcvNxt += r.rcvAdvance
+    this.sndUna += r.unaAdvance
     // What the fast path saw acknowledged of our own messages (sent before the lend). Without
     // progress, duplicate ACKs counted before the lend and the retransmission deadline stand.
     this.freeAcked()

@@ -53,6 +53,12 @@ export const LEND_DISK_STRIDE = 6
 export interface LeaseReturn {
   rcvNxt: number
   sndUna: number
+  /**
+   * How far rcvNxt and sndUna moved since the lend, in bytes: a lend may last while more than
+   * 2^31 bytes go either way, and the sequence numbers alone cannot tell such a move from one back.
+   */
+  rcvAdvance: number
+  unaAdvance: number
   sndNxt: number
   ipId: number
   txCounter: number
@@ -90,6 +96,12 @@ export interface LeaseReturn {
 export interface ConnectionLease {
   /** Takes the connection back now: the state goes to `into`, and the slot is free again. */
   reclaim(into: LeaseReturn): void
+  /**
+   * Sends a reliable message (`head`, then `body`) of the connection's own through the fast path,
+   * which keeps it with its replies (a copy) until acknowledged. False, nothing sent, when it
+   * cannot now (windows, its store): take the connection back and send it.
+   */
+  send(head: Uint8Array, body?: Uint8Array): boolean
   /** Frames taken and ACK advances since the lend (read between two timer checks). */
   readonly framesTaken: number
   readonly ackProgress: number
@@ -105,6 +117,8 @@ export function newLeaseReturn(): LeaseReturn {
   return {
     rcvNxt: 0,
     sndUna: 0,
+    rcvAdvance: 0,
+    unaAdvance: 0,
     sndNxt: 0,
     ipId: 0,
     txCounter: 0,

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { describe, it } from 'node:test'
+import { SLOT_STRIDE } from '../../src/io/fast-path.ts'
 import { native } from '../../src/io/native.ts'
 import {
   NodeFrameAead,
@@ -111,7 +112,7 @@ describe('native fast path: reply frames', () => {
   const scratch = () =>
     new FastPath!(
       1,
-      new Float64Array(40),
+      new Float64Array(SLOT_STRIDE),
       new Float64Array(3 * 4),
       new Uint32Array(32),
       new Uint8Array(65536),

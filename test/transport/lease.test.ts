@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { it } from 'node:test'
+import { Delivery } from '../../src/transport/config.ts'
+import type { Connection } from '../../src/transport/connection.ts'
+import { type ConnectionLease, LEND, type LeaseReturn } from '../../src/transport/lease.ts'
+import { Simulation } from '../support/simulation.ts'
+
+// What a Connection takes back from a fast path (lease.ts), without the addon: a stand-in lease
+// hands back the state a fast path would after a long lend.
+
+/** A sealed pair in its traffic epoch, both sides quiet. */
+function steadyPair(): { sim: Simulation; c: Connection } {
+  const sim = new Simulation(11)
+  let server: Connection | undefined
+  sim.acceptHandlers = (_remote, s) => {
+    server = s
+    return { message() {} }
+  }
+  const c = sim.connect({ message() {} })
+  assert.ok(sim.run(() => c.state === 'established' && server?.state === 'established'))
+  const nonceO = randomBytes(16)
+  const nonceL = randomBytes(16)
+  server!.installTrafficKeys(nonceO, nonceL)
+  c.installTrafficKeys(nonceO, nonceL)
+  // A round trip each way: both use their epoch-1 keys.
+  c.send(new Uint8Array(64), Delivery.Reliable)
+  server!.send(new Uint8Array(64), Delivery.Reliable)
+  assert.ok(sim.run(() => sim.quiet()))
+  return { sim, c }
+}
+
+it('a lend during which more than 2^31 bytes went each way: the positions it hands back are past them, not 2^32 behind', () => {
+  const { c } = steadyPair()
+  // A message of its own in flight at the lend (sent, not acknowledged yet).
+  assert.equal(c.send(new Uint8Array(100), Delivery.Reliable), true)
+  const p = new Float64Array(LEND.disks)
+  const bits = new Uint32Array(32)
+  let back: ((into: LeaseReturn) => void) | undefined
+  const lease: ConnectionLease = {
+    reclaim: (into) => back!(into),
+    send: () => false,
+    framesTaken: 1,
+    ackProgress: 1,
+    inFlight: 0,
+    rttSamples: 0,
+    srtt: -1,
+    rttvar: 0,
+  }
+  const keys = c.lendTo(lease, p, bits)
+  assert.ok(keys, 'lent')
+  // Meanwhile the fast path took 3 GiB of requests and sent 3 GiB of replies, all acknowledged
+  // (the message above too) but the last reply's final 5000 bytes.
+  const moved = 3 * 2 ** 30
+  const last = 6000
+  const u32 = (n: number) => n % 2 ** 32
+  const sndNxt = u32(p[LEND.sndNxt] + moved)
+  back = (into) => {
+    into.rcvNxt = u32(p[LEND.rcvNxt] + moved)
+    into.rcvAdvance = moved
+    into.sndUna = u32(sndNxt - 5000 + 2 ** 32)
+    into.unaAdvance = moved + 100 - 5000
+    into.sndNxt = sndNxt
+    into.ipId = p[LEND.ipId]
+    into.txCounter = keys.txCounter + 1000
+    into.txBytes = keys.txBytes
+    into.rxHighest = keys.rxHighest + 1000
+    into.rxBits.fill(0)
+    into.sndWnd = p[LEND.sndWnd]
+    into.cwnd = p[LEND.cwnd]
+    into.wl1 = into.rcvNxt
+    into.wl2 = into.sndUna
+    into.framesTaken = 1
+    into.ackProgress = 1
+    into.rttSamples = 0
+    into.srtt = p[LEND.srtt]
+    into.rttvar = p[LEND.rttvar]
+    into.replySeqs = [u32(sndNxt - last + 2 ** 32)]
+    into.replies = [new Uint8Array(last)]
+    into.partial = undefined
+    into.partialLost = false
+  }
+  c.takeBack()
+  assert.equal(c.lent, false)
+  // Acknowledged: the message of before the lend and the reply's first 1000 bytes. What is left
+  // is the reply (whole: a message is freed once all of it is acknowledged).
+  assert.equal(c.unacknowledged, last, 'the message sent before the lend is acknowledged')
+  // And the next message goes out after it (a wrong position would lay it over older ones).
+  assert.equal(c.send(new Uint8Array(200), Delivery.Reliable), true)
+  assert.equal(c.unacknowledged, last + 200)
+})
