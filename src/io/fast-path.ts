@@ -294,9 +294,7 @@ export class FastPathHost {
     this.native.reclaim(slot)
     const sh = this.shared
     const s = slot * SLOT_STRIDE
-    into.rcvNxt = sh[s + S.rcvNxt]
     into.rcvAdvance = sh[s + S.rcvAdvance]
-    into.sndUna = sh[s + S.sndUna]
     into.unaAdvance = sh[s + S.unaAdvance]
     into.sndNxt = sh[s + S.sndNxt]
     into.ipId = sh[s + S.ipId]

@@ -51,11 +51,10 @@ export const LEND_DISK_STRIDE = 6
 
 /** What the fast path hands back: wire sequence numbers, and the replies it sent not yet acknowledged. */
 export interface LeaseReturn {
-  rcvNxt: number
-  sndUna: number
   /**
-   * How far rcvNxt and sndUna moved since the lend, in bytes: a lend may last while more than
-   * 2^31 bytes go either way, and the sequence numbers alone cannot tell such a move from one back.
+   * How far rcv_nxt and snd_una moved since the lend, in bytes (not as sequence numbers: a lend
+   * may last while more than 2^31 bytes go either way, which 32 bits cannot tell from a move back).
+   * The sequence numbers below lie within a window of those two.
    */
   rcvAdvance: number
   unaAdvance: number
@@ -115,8 +114,6 @@ export interface ConnectionLease {
 
 export function newLeaseReturn(): LeaseReturn {
   return {
-    rcvNxt: 0,
-    sndUna: 0,
     rcvAdvance: 0,
     unaAdvance: 0,
     sndNxt: 0,

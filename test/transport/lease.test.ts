@@ -56,9 +56,7 @@ it('a lend during which more than 2^31 bytes went each way: the positions it han
   const u32 = (n: number) => n % 2 ** 32
   const sndNxt = u32(p[LEND.sndNxt] + moved)
   back = (into) => {
-    into.rcvNxt = u32(p[LEND.rcvNxt] + moved)
     into.rcvAdvance = moved
-    into.sndUna = u32(sndNxt - 5000 + 2 ** 32)
     into.unaAdvance = moved + 100 - 5000
     into.sndNxt = sndNxt
     into.ipId = p[LEND.ipId]
@@ -68,8 +66,8 @@ it('a lend during which more than 2^31 bytes went each way: the positions it han
     into.rxBits.fill(0)
     into.sndWnd = p[LEND.sndWnd]
     into.cwnd = p[LEND.cwnd]
-    into.wl1 = into.rcvNxt
-    into.wl2 = into.sndUna
+    into.wl1 = u32(p[LEND.rcvNxt] + moved)
+    into.wl2 = u32(sndNxt - 5000 + 2 ** 32)
     into.framesTaken = 1
     into.ackProgress = 1
     into.rttSamples = 0
