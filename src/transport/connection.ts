@@ -484,10 +484,6 @@ export class Connection {
     let length = 0
     if (data instanceof Uint8Array) length = data.length
     else for (const c of data) length += c.length
-    if (this.lease) {
-      if (delivery === Delivery.Reliable && this.sendThrough(data, length)) return true
-      this.reclaim(false)
-    }
     if (length === 0 || length > this.o.maxMessageSize) {
       throw new VrioError(
         'message-size',
@@ -497,6 +493,10 @@ export class Connection {
           maxMessageSize: this.o.maxMessageSize,
         },
       )
+    }
+    if (this.lease) {
+      if (delivery === Delivery.Reliable && this.sendThrough(data)) return true
+      this.reclaim(false)
     }
     if (
       this.closeRequested ||
@@ -546,8 +546,7 @@ export class Connection {
    * back): the answers to requests the transport took do not end the lend, so a stream of
    * requests that began in the transport moves to the fast path. True when it went.
    */
-  private sendThrough(data: Uint8Array | readonly Uint8Array[], length: number): boolean {
-    if (length === 0 || length > this.o.maxMessageSize) return false
+  private sendThrough(data: Uint8Array | readonly Uint8Array[]): boolean {
     if (data instanceof Uint8Array) return this.lease!.send(data)
     if (data.length > 2) return false
     return this.lease!.send(data[0], data[1])
