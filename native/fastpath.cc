@@ -10,8 +10,9 @@
 //   - a pure ACK (flags ACK only, options SEAL + 2 NOPs) in order and within what was sent;
 //   - an in-order, single-segment, sealed, reliable data segment (ACK|PSH, options SEGMENT +
 //     SEAL) carrying one whole BlockRequest READ for a disk lent with the connection, in range,
-//     whose reply fits the send limits: answered with pread into the reply record and sealed
-//     frames of at most maxPayload bytes each (one, or GSO super-frames for a larger reply), built
+//     whose reply fits the send buffer: answered with pread into the reply record, queued behind
+//     the replies not sent yet, and sent as the peer's and the congestion windows allow (more on
+//     each ACK taken) in sealed frames of at most maxPayload bytes each (GSO super-frames), built
 //     exactly as Connection.pump/emitPrepared build them; or a WRITE whose data is in the segment
 //     or follows in the next ones (written piece by piece, acknowledged as Connection.oweAck
 //     would, answered after its last piece; a hand back in between gives TS what was taken).
@@ -85,7 +86,7 @@ enum SlotField {
   kSRecords,
   kSFramesTaken,  // frames taken since the lend: TS's sign of life
   kSAckProgress,  // ACKs that moved snd_una since the lend
-  kSInFlight,     // snd_nxt - snd_una, kept current
+  kSInFlight,     // snd_max - snd_una (sent or queued, unacknowledged), kept current
   kSCwnd,
   kCFramesIn = 16,
   kCBytesIn,
@@ -118,6 +119,7 @@ enum SlotField {
   // last while more than 2^31 bytes go either way, past what the 32-bit numbers above can tell.
   kSRcvAdvance,
   kSUnaAdvance,
+  kSSndMax,  // the end of the replies queued: those past snd_nxt wait for the windows (Pump)
 };
 constexpr int kRecordStride = 3;  // seq, length, store offset
 
@@ -137,6 +139,7 @@ constexpr uint32_t kReplayWindow = 1024;
 constexpr size_t kTxArena = 8u << 20;  // a reply of the largest message (4 MiB) fits twice
 // The slot's store begins with the head of a WRITE handed back unfinished; reply records follow.
 constexpr size_t kStoreBase = 64;
+constexpr int kMaxBurst = 64;  // frames one Pump sends at most (the transport's maxBurst)
 
 // Milliseconds on a monotonic clock: only differences are used (RTT samples).
 inline double NowMs() {
@@ -235,7 +238,8 @@ struct FastPath::Lease {
   uint64_t localMac = 0, remoteMac = 0;
   uint32_t localIp = 0, remoteIp = 0;
   uint16_t localPort = 0, remotePort = 0;
-  uint32_t rcvNxt = 0, sndUna = 0, sndNxt = 0;
+  // snd_max: the end of the replies queued; [snd_nxt, snd_max) waits for the windows (Pump).
+  uint32_t rcvNxt = 0, sndUna = 0, sndNxt = 0, sndMax = 0;
   uint16_t ipId = 0, windowField = 0;
   uint64_t sndWnd = 0;
   int sendScale = 0;
@@ -345,6 +349,7 @@ void FastPath::ReadAddressing(Lease& l, const double* p) {
   l.remotePort = uint16_t(p[kPRemotePort]);
   l.rcvNxt = uint32_t(p[kPRcvNxt]);
   l.sndNxt = uint32_t(p[kPSndNxt]);
+  l.sndMax = l.sndNxt;
 }
 
 // lend(slot, params: Float64Array, txKey, rxKey, stats?): the connection's state (the replay window
@@ -453,7 +458,7 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   s[kSFramesTaken] = 0;
   s[kSAckProgress] = 0;
   s[kSRecords] = 0;
-  s[kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
+  s[kSInFlight] = double(uint32_t(l.sndMax - l.sndUna));
   s[kSSrtt] = l.srtt;
   s[kSRttvar] = l.rttvar;
   s[kSRttSamples] = 0;
@@ -480,6 +485,7 @@ void FastPath::HandBack(uint32_t slot) {
   s[kSRcvNxt] = l.rcvNxt;
   s[kSSndUna] = l.sndUna;
   s[kSSndNxt] = l.sndNxt;
+  s[kSSndMax] = l.sndMax;
   s[kSIpId] = l.ipId;
   s[kSTxCounter] = double(l.txCounter);
   s[kSTxBytes] = double(l.txBytes);
@@ -643,7 +649,8 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   // The ACK: within [snd_una, snd_nxt]; one that acknowledges nothing while replies are out is a
   // duplicate ACK (loss recovery: TS's).
   if (SeqDiff(ack, l.sndUna) < 0 || SeqDiff(ack, l.sndNxt) > 0) return false;
-  if (pure && ack == l.sndUna && l.sndUna != l.sndNxt) return false;
+  uint64_t peerWindow = uint64_t(Rd16(t + 14)) << l.sendScale;
+  if (pure && ack == l.sndUna && l.sndUna != l.sndNxt && peerWindow == l.sndWnd) return false;
   uint64_t counter = Reconstruct(Rd32(seal + 6), l.rxHighest);
   uint32_t* bits = bits_ + size_t(slot) * (kReplayWindow / 32);
   if (l.rxHighest >= 0 && counter <= uint64_t(l.rxHighest)) {
@@ -664,7 +671,6 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   uint64_t roff = 0;
   bool write = false;
   uint8_t* m = f + payloadAt;
-  uint64_t peerWindow = uint64_t(Rd16(t + 14)) << l.sendScale;
   if (data) {
     bool ok = true;
     // The answer sent with this frame, if any: a reply of `replyPayload` bytes (and, for a piece
@@ -696,7 +702,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
       replyPayload = kMsgHeader;  // the last piece: the WRITE's answer
     }
     if (ok && replyPayload > 0) {
-      ok = Fits(l, uint32_t(SeqDiff(l.sndNxt, ack)), peerWindow, replyPayload);
+      ok = Fits(l, ack, replyPayload);
     } else if (ok) {
       ok = l.txEpoch >= 1 && l.txCounter + 1 < l.rekeyFrames;  // room for a pure ACK
     }
@@ -730,6 +736,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   s[kCBytesIn] += double(len + (ch->vnetHdr_ ? kVnetHdr : 0));
   if (pure) {
     s[kCPureAcks]++;
+    if (l.sndMax != l.sndNxt) Pump(ch, slot);
     return true;
   }
   if (whole) {
@@ -750,6 +757,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
     std::memcpy(l.part.head, m, kReqHead);
   }
   WritePiece(ch, slot, first ? m + kReqHead : m, first ? payload - kReqHead : payload, payload);
+  if (l.sndMax != l.sndNxt) Pump(ch, slot);
   return true;
 }
 
@@ -867,7 +875,7 @@ void FastPath::Acknowledge(uint32_t slot, uint32_t ack) {
   shared_[size_t(slot) * kSlotStride + kSRecords] = l.recCount;
   shared_[size_t(slot) * kSlotStride + kSUnaAdvance] += double(uint32_t(ack - l.sndUna));
   l.sndUna = ack;
-  shared_[size_t(slot) * kSlotStride + kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
+  shared_[size_t(slot) * kSlotStride + kSInFlight] = double(uint32_t(l.sndMax - l.sndUna));
 }
 
 // Where in the slot's store one more record of `bytes` goes, or SIZE_MAX when it does not fit
@@ -936,14 +944,16 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   Send(ch, slot, at, bytes);
 }
 
-// Whether a message of `bytes` can be sent now with `inFlight` bytes unacknowledged and the peer's
-// window `peerWindow`: whole within the windows (the peer's, the congestion window, the send
-// buffer's room), within the keys' limits, and with room in the store and the transmit arena.
-bool FastPath::Fits(const Lease& l, uint32_t inFlight, uint64_t peerWindow, size_t bytes) const {
-  return l.maxPayload > 0 &&
-         uint64_t(inFlight) + bytes <= std::min(std::min<uint64_t>(l.cwnd, l.sendLimit), peerWindow) &&
-         l.txEpoch >= 1 && l.txCounter + Frames(l, bytes) < l.rekeyFrames && l.txBytes + bytes < l.rekeyBytes &&
-         Place(l, bytes) != SIZE_MAX && ArenaBytes(l, bytes) <= kTxArena;
+// Whether a message of `bytes` can be queued now, `ack` being (or about to be) snd_una: within
+// the send buffer's room with the replies queued before it, within the keys' limits for all of
+// them (each leaves in pieces of at least one MSS but for the last of each message and a runt with
+// nothing in flight), and with room in the store. It leaves as the windows allow (Pump).
+bool FastPath::Fits(const Lease& l, uint32_t ack, size_t bytes) const {
+  if (l.maxPayload == 0 || l.mss == 0 || l.txEpoch < 1) return false;
+  uint64_t queued = uint64_t(uint32_t(l.sndMax - ack)) + bytes;
+  uint64_t frames = queued / l.mss + 2 * (uint64_t(l.recCount) + 1);
+  return queued <= l.sendLimit && l.txCounter + frames < l.rekeyFrames && l.txBytes + queued < l.rekeyBytes &&
+         Place(l, bytes) != SIZE_MAX;
 }
 
 // send(slot, head[, body]): a reliable message of the Connection's own (a reply the transport
@@ -966,7 +976,7 @@ Napi::Value FastPath::SendThrough(const Napi::CallbackInfo& info) {
       bytes == 0)
     return Napi::Boolean::New(env, false);
   Lease& l = leases_[slot];
-  if (!Fits(l, uint32_t(l.sndNxt - l.sndUna), l.sndWnd, bytes)) return Napi::Boolean::New(env, false);
+  if (!Fits(l, l.sndUna, bytes)) return Napi::Boolean::New(env, false);
   size_t at = Place(l, bytes);
   uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
   std::memcpy(msg, head.Data(), headBytes);
@@ -977,30 +987,55 @@ Napi::Value FastPath::SendThrough(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
-// Sends the reply message in the slot's store at `at` (`bytes` long) and keeps it as a record until
-// it is acknowledged.
+// Queues the reply message in the slot's store at `at` (`bytes` long) as a record, kept until it
+// is acknowledged, and sends what the windows allow of it.
 void FastPath::Send(Channel* ch, uint32_t slot, size_t at, size_t bytes) {
   Lease& l = leases_[slot];
   double* s = shared_ + size_t(slot) * kSlotStride;
-  const uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
   double* rec = records_ + (size_t(slot) * maxRecords_ + (l.recHead + l.recCount) % maxRecords_) * kRecordStride;
-  rec[0] = l.sndNxt;
+  rec[0] = l.sndMax;
   rec[1] = double(bytes);
   rec[2] = double(at);
   if (l.recCount == 0) l.storeHead = at;
   l.recCount++;
   s[kSRecords] = l.recCount;
   l.storeTail = at + bytes;
-  // The message leaves as the transport's pump would send it with the window open: frames of
-  // maxPayload bytes (GSO super-frames), the last one shorter.
-  if (txUsed_ + ArenaBytes(l, bytes) > kTxArena || txIov_.size() + Frames(l, bytes) > 1024) Flush(ch);
-  uint32_t start = l.sndNxt;
-  for (size_t off = 0; off < bytes;) {
-    size_t n = std::min<size_t>(l.maxPayload, bytes - off);
+  l.sndMax += uint32_t(bytes);
+  uint32_t sent = l.sndNxt;
+  Pump(ch, slot);
+  // A frame of it carries the ACK of everything received; an answer that has to wait owes one.
+  if (l.sndNxt == sent) l.ackOwed = true;
+}
+
+// Sends the queued replies [snd_nxt, snd_max) as Connection.pump sends a connection's messages: as
+// far as the peer's window and the congestion window allow, in frames of up to maxPayload bytes
+// (GSO super-frames) cut at message ends, no runt while data is in flight, at most kMaxBurst frames.
+void FastPath::Pump(Channel* ch, uint32_t slot) {
+  Lease& l = leases_[slot];
+  double* s = shared_ + size_t(slot) * kSlotStride;
+  const double* r = records_ + size_t(slot) * maxRecords_ * kRecordStride;
+  const uint8_t* store = store_ + size_t(slot) * storeBytes_;
+  constexpr size_t kHead = (kVnetHdr + kTcpAt + kTcp + kDataOptions + 7) & ~size_t(7);
+  uint32_t i = 0;
+  for (int burst = 0; SeqDiff(l.sndMax, l.sndNxt) > 0 && burst < kMaxBurst; burst++) {
+    int64_t flight = int64_t(uint32_t(l.sndNxt - l.sndUna));
+    int64_t room = int64_t(std::min<uint64_t>(l.sndWnd, l.cwnd)) - flight;
+    if (room <= 0) break;
+    // The record holding snd_nxt (records lie in sequence order, oldest first).
+    const double* rec = nullptr;
+    for (; i < l.recCount; i++) {
+      rec = r + size_t((l.recHead + i) % maxRecords_) * kRecordStride;
+      if (SeqDiff(uint32_t(rec[0]) + uint32_t(rec[1]), l.sndNxt) > 0) break;
+    }
+    if (i >= l.recCount) break;
+    uint32_t start = uint32_t(rec[0]);
+    size_t length = size_t(rec[1]), off = uint32_t(l.sndNxt - start), remaining = length - off;
+    size_t n = std::min<size_t>(std::min<size_t>(l.maxPayload, remaining), size_t(room));
+    if (n < std::min<size_t>(l.mss, remaining) && flight > 0) break;  // silly-window avoidance
+    if (txUsed_ + kHead + n + 8 > kTxArena || txIov_.size() + 1 > 1024) Flush(ch);
     uint8_t* frame = txArena_.data() + txUsed_;
-    size_t flen = BuildData(l, ch->vnetHdr_, frame, msg + off, n, start, bytes);
-    off += n;
-    // The first frame is timed, as Connection.pump times the first segment it sends.
+    size_t flen = BuildData(l, ch->vnetHdr_, frame, store + size_t(rec[2]) + off, n, start, length);
+    // One segment timed at a time, as Connection.pump times the first it sends.
     if (!l.timing) {
       l.timing = true;
       l.timingEnd = l.sndNxt;
@@ -1010,19 +1045,10 @@ void FastPath::Send(Channel* ch, uint32_t slot, size_t at, size_t bytes) {
     txUsed_ += (flen + 7) & ~size_t(7);
     s[kCFramesOut]++;
     s[kCBytesOut] += double(flen);
+    // It carries the ACK of everything received.
+    l.ackWeight = 0;
+    l.ackOwed = false;
   }
-  s[kSInFlight] = double(uint32_t(l.sndNxt - l.sndUna));
-  // Its ACK covers everything received.
-  l.ackWeight = 0;
-  l.ackOwed = false;
-}
-
-// How many frames a reply message of `bytes` leaves in, and the transmit arena they take.
-size_t FastPath::Frames(const Lease& l, size_t bytes) { return (bytes + l.maxPayload - 1) / l.maxPayload; }
-
-size_t FastPath::ArenaBytes(const Lease& l, size_t bytes) {
-  constexpr size_t kHead = (kVnetHdr + kTcpAt + kTcp + kDataOptions + 7) & ~size_t(7);
-  return Frames(l, bytes) * (kHead + 8) + bytes;
 }
 
 // One sealed data segment at snd_nxt carrying payload[0, bytes), a piece of the message of

@@ -239,7 +239,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   Napi::Value Reclaim(const Napi::CallbackInfo& info);
   Napi::Value BuildReply(const Napi::CallbackInfo& info);
   Napi::Value SendThrough(const Napi::CallbackInfo& info);
-  bool Fits(const Lease& l, uint32_t inFlight, uint64_t peerWindow, size_t bytes) const;
+  bool Fits(const Lease& l, uint32_t ack, size_t bytes) const;
   void HandBack(uint32_t slot);
   Lease* Find(uint32_t remoteIp, uint16_t remotePort, uint16_t localPort, uint32_t* slot);
   bool Take(Channel* ch, uint8_t* f, size_t len, bool verified);
@@ -258,11 +258,10 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   static size_t BuildFrame(Lease& l, bool vnet, uint8_t* out, const uint8_t* payload, size_t bytes, uint32_t msgStart,
                            size_t msgLength, bool ack);
   void Send(Channel* ch, uint32_t slot, size_t at, size_t bytes);
+  void Pump(Channel* ch, uint32_t slot);
   void WritePiece(Channel* ch, uint32_t slot, const uint8_t* data, size_t n, size_t payload);
   void SendAck(Channel* ch, uint32_t slot);
   Napi::Value BuildAckFrame(const Napi::CallbackInfo& info);
-  static size_t Frames(const Lease& l, size_t bytes);
-  static size_t ArenaBytes(const Lease& l, size_t bytes);
   void Flush(Channel* ch);
 
   friend class Channel;

@@ -44,6 +44,7 @@ const S = {
   partOffset: 39,
   rcvAdvance: 40,
   unaAdvance: 41,
+  sndMax: 42,
 } as const
 const STATE_FREE = 0
 const STATE_LENT = 1
@@ -297,6 +298,7 @@ export class FastPathHost {
     into.rcvAdvance = sh[s + S.rcvAdvance]
     into.unaAdvance = sh[s + S.unaAdvance]
     into.sndNxt = sh[s + S.sndNxt]
+    into.sndMax = sh[s + S.sndMax]
     into.ipId = sh[s + S.ipId]
     into.txCounter = sh[s + S.txCounter]
     into.txBytes = sh[s + S.txBytes]

@@ -999,7 +999,8 @@ export class Connection {
       this.queuedBytes += data.length
       this.stats.messagesSent++
     }
-    this.sndNxt = this.sndMax = positionOf(this.iss, r.sndNxt, this.sndUna)
+    this.sndNxt = positionOf(this.iss, r.sndNxt, this.sndUna)
+    this.sndMax = positionOf(this.iss, r.sndMax, this.sndUna)
     this.sendCursor = this.outHead
     this.sndWnd = r.sndWnd
     this.cwnd = r.cwnd

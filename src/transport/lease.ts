@@ -59,6 +59,8 @@ export interface LeaseReturn {
   rcvAdvance: number
   unaAdvance: number
   sndNxt: number
+  /** The end of the replies queued: those past sndNxt wait for the windows. */
+  sndMax: number
   ipId: number
   txCounter: number
   txBytes: number
@@ -117,6 +119,7 @@ export function newLeaseReturn(): LeaseReturn {
     rcvAdvance: 0,
     unaAdvance: 0,
     sndNxt: 0,
+    sndMax: 0,
     ipId: 0,
     txCounter: 0,
     txBytes: 0,

@@ -59,6 +59,7 @@ it('a lend during which more than 2^31 bytes went each way: the positions it han
     into.rcvAdvance = moved
     into.unaAdvance = moved + 100 - 5000
     into.sndNxt = sndNxt
+    into.sndMax = sndNxt
     into.ipId = p[LEND.ipId]
     into.txCounter = keys.txCounter + 1000
     into.txBytes = keys.txBytes
