@@ -66,7 +66,13 @@ enum LendParam {
   kPSendBuffer,
   kPSrtt,    // the connection's smoothed RTT (ms), -1 before its first sample
   kPRttvar,  // and its variation (ms)
-  kPDisks = 32,  // then per disk: high, low, fd, size, maxRead, writable
+  // A WRITE over several frames the connection is receiving (partLength 0: none): the sequence
+  // number of its first byte, its length, and how many bytes of it were received (given to lend).
+  kPPartStart = 31,
+  kPPartLength,
+  kPPartFilled,
+  kPAckOwed,  // 1: a delayed ACK is owed, sent as the lend is taken
+  kPDisks = 36,  // then per disk: high, low, fd, size, maxRead, writable
 };
 constexpr int kDiskStride = 6;
 
@@ -352,10 +358,27 @@ void FastPath::ReadAddressing(Lease& l, const double* p) {
   l.sndMax = l.sndNxt;
 }
 
-// lend(slot, params: Float64Array, txKey, rxKey, stats?): the connection's state (the replay window
-// is already in the slot's bits); stats: per disk, its requests, bytes, latency buckets, count and
-// sum, and errors by status (Float64Arrays), then the latency bounds (seconds). Returns false when the keys could not
-// be set up.
+// BlockStatus of a failed pwrite (protocol.ts blockStatusOf, FileDevice's errors): no space, or
+// an I/O error.
+static uint16_t WriteStatus(int err) { return err == ENOSPC || err == EDQUOT ? 0x12 : 1; }
+
+// pwrite of data[0, n) at `offset` whole: 0, or the BlockStatus of the error that stopped it.
+static uint16_t WriteAll(int fd, const uint8_t* data, size_t n, uint64_t offset) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t r = pwrite(fd, data + done, n - done, off_t(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return WriteStatus(r < 0 ? errno : EIO);
+    done += size_t(r);
+  }
+  return 0;
+}
+
+// lend(slot, params: Float64Array, txKey, rxKey, stats?, partial?): the connection's state (the
+// replay window is already in the slot's bits); stats: per disk, its requests, bytes, latency
+// buckets, count and sum, and errors by status (Float64Arrays), then the latency bounds (seconds);
+// partial: the bytes received so far of the message at kPPartStart (kPPartLength > 0). Returns
+// false when the keys could not be set up or the partial message is not a WRITE the addon takes.
 Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
@@ -454,6 +477,25 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   l.part.active = false;
   l.ackWeight = 0;
   l.ackOwed = false;
+  // A WRITE the connection was receiving over several frames (its bytes so far in info[5]): taken
+  // over when the addon would have taken its first piece, those bytes written now, the rest as it
+  // comes. Anything else refuses the lend (the connection keeps receiving it).
+  if (p[kPPartLength] > 0) {
+    uint64_t length = uint64_t(p[kPPartLength]);
+    uint32_t filled = uint32_t(p[kPPartFilled]);
+    if (info.Length() < 6 || !info[5].IsTypedArray()) return ThrowInvalid(env, "lend: the partial message's bytes missing");
+    Napi::Uint8Array part = info[5].As<Napi::Uint8Array>();
+    bool write = false;
+    uint32_t rlen = 0;
+    uint64_t roff = 0;
+    const Disk* disk = filled >= kReqHead && filled < length && part.ByteLength() == filled
+                           ? Request(l, part.Data(), length, false, write, rlen, roff)
+                           : nullptr;
+    if (disk == nullptr || !write) return Napi::Boolean::New(env, false);
+    OpenPart(l, uint32_t(p[kPPartStart]), length, disk, part.Data(), roff, rlen);
+    l.part.filled = filled;
+    l.part.status = WriteAll(disk->fd, part.Data() + kReqHead, filled - kReqHead, roff);
+  }
   double* s = shared_ + size_t(slot) * kSlotStride;
   s[kSFramesTaken] = 0;
   s[kSAckProgress] = 0;
@@ -467,6 +509,14 @@ Napi::Value FastPath::Lend(const Napi::CallbackInfo& info) {
   s[kCLends]++;
   s[kSState] = kStateLent;
   lent_++;
+  // The delayed ACK the connection owed leaves now, under the lend's keys (no timer here for it).
+  if (p[kPAckOwed] != 0) {
+    l.ackOwed = true;
+    if (channel_ != nullptr && !channel_->closed_) {
+      SendAck(channel_, slot);
+      Flush(channel_);
+    }
+  }
   return Napi::Boolean::New(env, true);
 }
 
@@ -597,20 +647,47 @@ bool FastPath::Take(Channel* ch, uint8_t* f, size_t len, bool verified) {
   return true;
 }
 
-// BlockStatus of a failed pwrite (protocol.ts blockStatusOf, FileDevice's errors): no space, or
-// an I/O error.
-static uint16_t WriteStatus(int err) { return err == ENOSPC || err == EDQUOT ? 0x12 : 1; }
+// The disk of the BlockRequest whose head is `m` (kReqHead bytes) in a message of `msgLength`
+// bytes, in one frame (`whole`) or the first of several, when the addon answers it: a READ (op 0:
+// no data, replyLength = length; in one frame) or a WRITE (op 1, flags 0 (no FUA): the data in
+// this message, replyLength 0), as protocol.ts decodeBlockRequest checks them, in range of a disk
+// lent with the connection. Null otherwise. Its kind, length and offset in `write`, `rlen`, `roff`.
+const FastPath::Disk* FastPath::Request(const Lease& l, const uint8_t* m, uint64_t msgLength, bool whole, bool& write,
+                                        uint32_t& rlen, uint64_t& roff) {
+  const uint8_t* d = m + kMsgHeader;
+  rlen = Rd32(d + 4);
+  uint32_t offHigh = Rd32(d + 8);
+  roff = uint64_t(offHigh) << 32 | Rd32(d + 12);
+  uint32_t id = Rd32(m + 20), floor = Rd32(d + 16);
+  write = d[0] == 1;
+  bool ok = (write || (d[0] == 0 && whole)) && msgLength == kReqHead + (write ? rlen : 0) && m[0] == 1 &&
+            m[1] == 0x20 && Rd16(m + 2) == 0 && Rd32(m + 4) == msgLength - kMsgHeader && Rd16(m + 28) == 0 &&
+            d[1] == 0 && d[2] == 0 && d[3] == 0 && Rd32(d + 20) == 0 && Rd32(m + 24) == (write ? 0 : rlen) &&
+            rlen > 0 && offHigh <= 0x1fffff && floor <= id;
+  if (!ok) return nullptr;
+  const Disk* disk = nullptr;
+  uint32_t high = Rd32(m + 8), low = Rd32(m + 12);
+  for (const Disk& k : l.disks)
+    if (k.high == high && k.low == low) disk = &k;
+  ok = disk != nullptr && (write ? disk->writable : rlen <= disk->maxRead) && roff + rlen <= disk->size &&
+       (whole || msgLength <= uint64_t(disk->maxRead) + kMsgHeader);
+  return ok ? disk : nullptr;
+}
 
-// pwrite of data[0, n) at `offset` whole: 0, or the BlockStatus of the error that stopped it.
-static uint16_t WriteAll(int fd, const uint8_t* data, size_t n, uint64_t offset) {
-  size_t done = 0;
-  while (done < n) {
-    ssize_t r = pwrite(fd, data + done, n - done, off_t(offset + done));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return WriteStatus(r < 0 ? errno : EIO);
-    done += size_t(r);
-  }
-  return 0;
+// Opens the WRITE being received over several frames at `start` (`length` bytes, head in `m`) for
+// disk `disk`: its next pieces are written as they come (WritePiece).
+void FastPath::OpenPart(Lease& l, uint32_t start, uint64_t length, const Disk* disk, const uint8_t* m, uint64_t roff,
+                        uint32_t rlen) {
+  l.part.active = true;
+  l.part.start = start;
+  l.part.length = uint32_t(length);
+  l.part.filled = 0;
+  l.part.disk = size_t(disk - l.disks.data());
+  l.part.offset = roff;
+  l.part.dataLength = rlen;
+  l.part.status = 0;
+  l.part.started = disk->stats ? NowMs() : 0;
+  std::memcpy(l.part.head, m, kReqHead);
 }
 
 // Header prediction, verification and the work for one frame of lent connection `slot`.
@@ -677,26 +754,8 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
     // that does not end its WRITE, at most a pure ACK).
     size_t replyPayload = 0;
     if (whole || first) {
-      const uint8_t* d = m + kMsgHeader;
-      rlen = Rd32(d + 4);
-      uint32_t offHigh = Rd32(d + 8);
-      roff = uint64_t(offHigh) << 32 | Rd32(d + 12);
-      uint32_t id = Rd32(m + 20), floor = Rd32(d + 16);
-      // A READ (op 0: no data, replyLength = length) or a WRITE (op 1, flags 0 (no FUA): the data
-      // in this message, replyLength 0); as protocol.ts decodeBlockRequest checks them. A message
-      // over several frames is a WRITE only.
-      write = d[0] == 1;
-      ok = (write || (d[0] == 0 && whole)) && msgLength == kReqHead + (write ? rlen : 0) && m[0] == 1 &&
-           m[1] == 0x20 && Rd16(m + 2) == 0 && Rd32(m + 4) == msgLength - kMsgHeader && Rd16(m + 28) == 0 &&
-           d[1] == 0 && d[2] == 0 && d[3] == 0 && Rd32(d + 20) == 0 && Rd32(m + 24) == (write ? 0 : rlen) && rlen > 0 &&
-           offHigh <= 0x1fffff && floor <= id;
-      if (ok) {
-        uint32_t high = Rd32(m + 8), low = Rd32(m + 12);
-        for (const Disk& k : l.disks)
-          if (k.high == high && k.low == low) disk = &k;
-        ok = disk != nullptr && (write ? disk->writable : rlen <= disk->maxRead) && roff + rlen <= disk->size &&
-             (!first || msgLength <= uint64_t(disk->maxRead) + kMsgHeader);
-      }
+      disk = Request(l, m, msgLength, whole, write, rlen, roff);
+      ok = disk != nullptr;
       replyPayload = whole ? kMsgHeader + (write ? 0 : rlen) : 0;
     } else if (l.part.filled + payload == msgLength) {
       replyPayload = kMsgHeader;  // the last piece: the WRITE's answer
@@ -744,18 +803,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
     Answer(ch, slot, *disk, m, roff, rlen, write);
     return true;
   }
-  if (first) {
-    l.part.active = true;
-    l.part.start = seq;
-    l.part.length = msgLength;
-    l.part.filled = 0;
-    l.part.disk = size_t(disk - l.disks.data());
-    l.part.offset = roff;
-    l.part.dataLength = rlen;
-    l.part.status = 0;
-    l.part.started = l.disks[l.part.disk].stats ? NowMs() : 0;
-    std::memcpy(l.part.head, m, kReqHead);
-  }
+  if (first) OpenPart(l, seq, msgLength, disk, m, roff, rlen);
   WritePiece(ch, slot, first ? m + kReqHead : m, first ? payload - kReqHead : payload, payload);
   if (l.sndMax != l.sndNxt) Pump(ch, slot);
   return true;

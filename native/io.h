@@ -259,6 +259,10 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
                            size_t msgLength, bool ack);
   void Send(Channel* ch, uint32_t slot, size_t at, size_t bytes);
   void Pump(Channel* ch, uint32_t slot);
+  const Disk* Request(const Lease& l, const uint8_t* m, uint64_t msgLength, bool whole, bool& write, uint32_t& rlen,
+                      uint64_t& roff);
+  static void OpenPart(Lease& l, uint32_t start, uint64_t length, const Disk* disk, const uint8_t* m, uint64_t roff,
+                       uint32_t rlen);
   void WritePiece(Channel* ch, uint32_t slot, const uint8_t* data, size_t n, size_t payload);
   void SendAck(Channel* ch, uint32_t slot);
   Napi::Value BuildAckFrame(const Napi::CallbackInfo& info);

@@ -271,10 +271,12 @@ export class FastPathHost {
     const bounds = disks[0].stats.latency.bounds
     if (this.bounds?.of !== bounds) this.bounds = { of: bounds, array: new Float64Array(bounds) }
     stats.push(this.bounds.array)
-    if (!this.native.lend(slot, p, keys.txKey, keys.rxKey, stats)) {
+    const part = p[LEND.partLength] > 0 ? c.lendingPartial : undefined
+    if (!this.native.lend(slot, p, keys.txKey, keys.rxKey, stats, part)) {
       c.cancelLend()
       return false
     }
+    c.lendTaken()
     this.owners[slot] = c
     const s = slot * SLOT_STRIDE + COUNTERS_AT
     this.requestsAtLend[slot] = this.shared[s + REQUESTS]

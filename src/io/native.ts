@@ -36,13 +36,18 @@ export interface NativeChannel {
 
 /** The IOhyp's native fast path (native/fastpath.cc); see src/io/fast-path.ts. */
 export interface NativeFastPath {
-  /** stats: per disk its requests, bytes, latency buckets, count and sum, errors; then the latency bounds. */
+  /**
+   * stats: per disk its requests, bytes, latency buckets, count and sum, errors; then the latency
+   * bounds. partial: the bytes received so far of a message the connection is receiving
+   * (LEND.partLength > 0); false when that is not a WRITE it takes over.
+   */
   lend(
     slot: number,
     params: Float64Array,
     txKey: Uint8Array,
     rxKey: Uint8Array,
     stats?: Float64Array[],
+    partial?: Uint8Array,
   ): boolean
   reclaim(slot: number): void
   /** Sends a reliable message of the slot's connection as one of its replies; false when it cannot now. */

@@ -841,12 +841,11 @@ export class Connection {
       this.closeRequested ||
       this.sndNxt !== this.sndMax ||
       !this.received.isEmpty() ||
-      this.reassembly.size > 0 ||
+      (this.reassembly.size > 0 && !this.lendablePartial()) ||
       this.abandoned.size > 0 ||
       this.sacked.count > 0 ||
       this.inRecovery ||
       this.ackNow ||
-      this.ackDeadline !== Number.POSITIVE_INFINITY ||
       this.peerFinPos >= 0 ||
       this.timestamps ||
       this.writableWanted ||
@@ -855,6 +854,13 @@ export class Connection {
       return undefined
     const keys = this.seal.steady(bits)
     if (!keys) return undefined
+    const part = this.reassembly.sole()
+    p[LEND.partStart] = part ? seqOf(this.irs, part.start) : 0
+    p[LEND.partLength] = part ? part.end - part.start : 0
+    p[LEND.partFilled] = part ? part.filled : 0
+    // A delayed ACK owed: the fast path sends it as it takes the lend (it has no timer for the
+    // delay; acknowledging sooner is always allowed, RFC 1122 4.2.3.2).
+    p[LEND.ackOwed] = this.ackDeadline !== Number.POSITIVE_INFINITY ? 1 : 0
     p[LEND.localMac] = this.local.mac
     p[LEND.remoteMac] = this.remote.mac
     p[LEND.localIp] = this.local.ip >>> 0
@@ -905,6 +911,39 @@ export class Connection {
   /** Takes the connection back from the fast path now, if lent (its host lets go of it). */
   takeBack(): void {
     if (this.lease) this.reclaim(false)
+  }
+
+  /**
+   * Whether the one message in reassembly may go to the fast path with the connection: reliable,
+   * received in order from its start up to rcv_nxt (nothing else is held), not whole yet. The fast
+   * path takes it only when it would have taken its first frame (a WRITE of a lent disk).
+   */
+  private lendablePartial(): boolean {
+    const m = this.reassembly.sole()
+    return (
+      m !== undefined &&
+      m.flags === Delivery.Reliable &&
+      m.start < this.rcvNxt &&
+      this.rcvNxt < m.end &&
+      m.filled === this.rcvNxt - m.start
+    )
+  }
+
+  /** The bytes received so far of the message lent with the connection (LEND.partLength > 0). */
+  get lendingPartial(): Uint8Array | undefined {
+    const m = this.lease ? this.reassembly.sole() : undefined
+    return m?.buffer.subarray(0, m.filled)
+  }
+
+  /**
+   * The fast path took the lend `lendTo` prepared: the message partly received that went with it
+   * is its now, and so is the delayed ACK owed (it sent it).
+   */
+  lendTaken(): void {
+    const m = this.reassembly.sole()
+    if (m) this.reassembly.free(m)
+    this.ackDeadline = Number.POSITIVE_INFINITY
+    this.unackedWeight = 0
   }
 
   /** The fast path refused the lend that `lendTo` prepared: nothing changed hands. */

@@ -44,8 +44,17 @@ export const LEND = {
   /** The smoothed RTT and its variation (ms; srtt -1: no sample yet). */
   srtt: 29,
   rttvar: 30,
+  /**
+   * A reliable message the connection is receiving (partLength 0: none): the sequence number of
+   * its first byte, its length and the bytes received so far (`Connection.lendingPartial`).
+   */
+  partStart: 31,
+  partLength: 32,
+  partFilled: 33,
+  /** 1: a delayed ACK is owed (the fast path sends it as it takes the lend). */
+  ackOwed: 34,
   /** Then per disk: handle high, handle low, fd, size, largest read, writable (1) or not (0). */
-  disks: 32,
+  disks: 36,
 } as const
 export const LEND_DISK_STRIDE = 6
 

@@ -40,6 +40,13 @@ export class Reassembly {
     return this.byStart.get(start)
   }
 
+  /** The message held, when there is exactly one. */
+  sole(): InMessage | undefined {
+    if (this.byStart.size !== 1) return undefined
+    for (const m of this.byStart.values()) return m
+    return undefined
+  }
+
   /**
    * A new message of `[start, end)` with an uninitialised buffer (delivered only once every byte is
    * written): `buffer` (end - start bytes from messageBuffers) when given, else one taken now.

@@ -212,15 +212,16 @@ describe('native fast path over a veth', () => {
 
   it('1 MiB writes (requests of 17 GSO super-frames) are written natively piece by piece and land whole in the backing file', async () => {
     const before = fastPath(pair).c
-    // One at a time: a write the transport takes (the channel not lent when its first piece came)
-    // is reassembled there, and the channel is lent again only with no message partly received.
-    // With several in flight, a stream of such writes keeps it there (docs/architecture.md).
-    assert.ok(await writeThrough(pair, 'bigw', 32 * MiB, MiB, 1), 'written with 1 MiB requests')
+    // Eight in flight: a write the transport was receiving when the channel was lent goes with it
+    // (its bytes so far written at the lend), so a stream of them does not stay in the transport.
+    assert.ok(await writeThrough(pair, 'bigw', 64 * MiB, MiB, 8), 'written with 1 MiB requests')
     const c = fastPath(pair).c
     const big = { writes: c.writes - before.writes, bytes: c.writeBytes - before.writeBytes }
     const g = (await pair.list<ListGuestsResponse>('guests')).guests[0]
+    // At most a lend's worth each time the transport had to take the channel back (a lost or
+    // early frame): at least half of them natively (all 64 on a quiet veth, 63 under load).
     assert.ok(
-      big.bytes >= MiB,
+      big.bytes >= 32 * MiB,
       `1 MiB writes natively: ${JSON.stringify(big)}, counters ${JSON.stringify(before)} → ${JSON.stringify(c)}, channel ${JSON.stringify(g)}`,
     )
     assert.equal(c.writeErrors, 0)
