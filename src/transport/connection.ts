@@ -937,11 +937,15 @@ export class Connection {
 
   /**
    * The fast path took the lend `lendTo` prepared: the message partly received that went with it
-   * is its now, and so is the delayed ACK owed (it sent it).
+   * is its now (its buffer goes back to the pool), and so is the delayed ACK owed (it sent it).
    */
   lendTaken(): void {
     const m = this.reassembly.sole()
-    if (m) this.reassembly.free(m)
+    if (m) {
+      // Its bytes so far are on the disk already (the fast path wrote them as it took the lend).
+      this.reassembly.free(m)
+      messageBuffers.giveBack(m.buffer)
+    }
     this.ackDeadline = Number.POSITIVE_INFINITY
     this.unackedWeight = 0
   }
