@@ -13,6 +13,28 @@ import { requireRoot } from '../support/netns.ts'
 /** Async: the FUSE file is served by this very process, whose event loop must keep running. */
 const run = promisify(execFile)
 
+/**
+ * mount, and when it fails, the kernel's last words and the superblock's state in the error: a
+ * refused mount here once meant the bytes the kernel had written did not come back.
+ */
+async function mount(args: string[]): Promise<void> {
+  try {
+    await run('mount', args)
+  } catch (error) {
+    const dev = args[args.length - 2] as string
+    const dmesg = await run('dmesg').then((r) => r.stdout.trim().split('\n').slice(-8).join('\n'), String)
+    const sb = await run('dumpe2fs', ['-h', dev]).then(
+      (r) =>
+        r.stdout
+          .split('\n')
+          .filter((l) => /state|features|Last (mount|write)/i.test(l))
+          .join('\n'),
+      (e) => String(e.stderr ?? e),
+    )
+    throw new Error(`${(error as Error).message}\n--- dmesg:\n${dmesg}\n--- dumpe2fs -h:\n${sb}`)
+  }
+}
+
 describe("the agent's own exposure: a FUSE file served in-process under a loop device", () => {
   const dir = mkdtempSync(join(tmpdir(), 'vrio-fuseloop-'))
   after(() => rmSync(dir, { recursive: true, force: true }))
@@ -34,7 +56,7 @@ describe("the agent's own exposure: a FUSE file served in-process under a loop d
       assert.equal(info.loopdevices[0].dio, true, 'direct I/O is on')
       assert.equal(info.loopdevices[0]['back-file'], disk.file)
       await run('mkfs.ext4', ['-q', disk.device])
-      await run('mount', [disk.device, mnt])
+      await mount([disk.device, mnt])
       await run('bash', ['-c', `yes vrio | head -c 3000000 > ${mnt}/hello.txt`])
       await run('umount', [mnt])
       await run('e2fsck', ['-fn', disk.device]) // rejects unless clean
@@ -48,7 +70,7 @@ describe("the agent's own exposure: a FUSE file served in-process under a loop d
     assert.doesNotMatch((await run('mount')).stdout, new RegExp(dir))
     disk = await FuseLoopDevice.attach({ device, dir: join(dir, 'fuse'), readOnly: true })
     try {
-      await run('mount', ['-o', 'ro', disk.device, mnt])
+      await mount(['-o', 'ro', disk.device, mnt])
       assert.equal(
         (await run('sha256sum', [`${mnt}/hello.txt`])).stdout.split(' ')[0],
         (await run('bash', ['-c', 'yes vrio | head -c 3000000 | sha256sum'])).stdout.split(' ')[0],
