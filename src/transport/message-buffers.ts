@@ -71,6 +71,11 @@ export class BufferPool implements Lender {
     return whole.subarray(0, length)
   }
 
+  /** Whether `buffer` (or the buffer it is a view of) was lent by this pool and is out now. */
+  lends(buffer: Uint8Array): boolean {
+    return this.lent.get(buffer.buffer) === true
+  }
+
   /**
    * Takes back a buffer lent by this pool (or any view into it). Anything else (a view of a
    * frame, a buffer given back already, one from elsewhere) is ignored.

@@ -112,6 +112,28 @@ describe('lent block messages', () => {
     )
   })
 
+  it("front-end: a copy released goes back to the front-end's own pool; one kept is never reused", async () => {
+    const device = new MemoryDevice({ size: SIZE })
+    await device.write(0, Buffer.alloc(4096, 0x11), false)
+    await device.write(4096, Buffer.alloc(4096, 0x22), false)
+    const { front } = pair(device) // no lender: every read is a copy
+    const first = await front.read(0, 4096)
+    const kept = await front.read(4096, 4096)
+    assert.notEqual(kept.buffer, first.buffer, 'two reads out at once share memory')
+    front.release(first)
+    const again = await front.read(4096, 4096)
+    assert.equal(again.buffer, first.buffer, 'the released copy was not reused')
+    assert.deepEqual(Buffer.from(again), Buffer.alloc(4096, 0x22))
+    assert.deepEqual(Buffer.from(kept), Buffer.alloc(4096, 0x22), 'a copy not released was overwritten')
+    // Released twice (a caller's bug): handed out once only.
+    front.release(again)
+    front.release(again)
+    const x = await front.read(0, 4096)
+    const y = await front.read(0, 4096)
+    assert.notEqual(x.buffer, y.buffer, 'a buffer released twice was handed to two reads')
+    assert.deepEqual(Buffer.from(y), Buffer.alloc(4096, 0x11))
+  })
+
   it('back-end: lent write data goes back to its lender once, after the device wrote it', async () => {
     const device = new HeldWrites({ size: SIZE })
     const lender = new SpyLender()

@@ -1,7 +1,7 @@
 import { randomInt } from 'node:crypto'
 import { VrioError } from '../../errors.ts'
 import { Delivery } from '../../transport/config.ts'
-import type { Lender } from '../../transport/message-buffers.ts'
+import { BufferPool, type Lender } from '../../transport/message-buffers.ts'
 import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
 import type { BlockSender } from './backend.ts'
 import { type BlockDevice, type BlockDeviceInfo, type Extent, MAX_EXTENTS, rangeError } from './device.ts'
@@ -21,6 +21,9 @@ import {
   isMutatingOp,
   MAX_REQUEST_ID,
 } from './protocol.ts'
+
+/** Memory a remote disk keeps for read copies given back (its free lists; what is out is the callers'). */
+const COPY_POOL_BYTES = 2 * 1024 * 1024
 
 export interface RemoteBlockDeviceOptions {
   /** Size and features of the device, as the IOhyp announced them. */
@@ -196,6 +199,12 @@ export class RemoteBlockDevice implements BlockDevice {
   private handle: BlockHandle
   /** Who lent the messages reads were answered with as views (they go back there on `release`). */
   private lender: Lender | undefined
+  /**
+   * The buffers reads are copied into when their data came in a message not lent (one frame, or a
+   * read split over several responses); `release` brings them back for the next read instead of
+   * leaving a fresh ArrayBuffer per read to the collector (at 4 KiB, one per request).
+   */
+  private readonly copies = new BufferPool(COPY_POOL_BYTES)
   private readonly depth: number
   private readonly deadline: number
   private readonly maxTransfer: number
@@ -335,7 +344,7 @@ export class RemoteBlockDevice implements BlockDevice {
           call.result = data // the whole call in one response
           this.lender = lender
         } else {
-          call.result ??= Buffer.allocUnsafe(call.readLength)
+          call.result ??= this.copies.take(call.readLength)
           call.result.set(data, r.resultOffset)
         }
       }
@@ -391,11 +400,13 @@ export class RemoteBlockDevice implements BlockDevice {
   // ------------------------------------------------------------------ BlockDevice
 
   /**
-   * Gives back what `read` returned: a view of a lent message goes back to its lender, so the
-   * next response reuses the memory; a copy of this device's own is left to the collector.
+   * Gives back what `read` returned, once nothing refers to it: a copy goes back to this
+   * device's own pool, a view of a lent message to its lender; either way the next read reuses
+   * the memory.
    */
   release(data: Uint8Array): void {
-    this.lender?.giveBack(data)
+    if (this.copies.lends(data)) this.copies.giveBack(data)
+    else this.lender?.giveBack(data)
   }
 
   read(offset: number, length: number): Promise<Uint8Array> {
