@@ -213,8 +213,9 @@ export class FastPathHost {
   static create(
     channel: FrameChannel,
     disksFor: (remote: Address) => readonly FastDisk[] | undefined,
+    /** The addon's FastPath (tests give a stand-in). */
+    Ctor: NativeFastPathConstructor | undefined = native().FastPath,
   ): FastPathHost | undefined {
-    const Ctor = native().FastPath
     // A channel that is not the addon's (the tests' in-memory channels) has no fast path.
     if (!Ctor || typeof channel.attachFastPath !== 'function') return undefined
     const h = new FastPathHost(channel, Ctor, disksFor)
@@ -273,7 +274,11 @@ export class FastPathHost {
     stats.push(this.bounds.array)
     const part = p[LEND.partLength] > 0 ? c.lendingPartial : undefined
     if (!this.native.lend(slot, p, keys.txKey, keys.rxKey, stats, part)) {
+      // Refused (a message partly received that is no WRITE it takes, for one): a fruitless lend,
+      // backed off like one, so a connection that keeps such messages coming is not re-offered
+      // (its keys derived, its state copied) after every batch.
       c.cancelLend()
+      this.noteLend(c, 0)
       return false
     }
     c.lendTaken()
