@@ -24,6 +24,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dpiScan", Napi::Function::New<DpiScan>(env, "dpiScan"));
   exports.Set("pidfdGetfd", Napi::Function::New<PidfdGetfd>(env, "pidfdGetfd"));
   exports.Set("gcWatch", Napi::Function::New<GcWatchStart>(env, "gcWatch"));
+  exports.Set("tuneMalloc", Napi::Function::New<TuneMalloc>(env, "tuneMalloc"));
   return exports;
 }
 

@@ -150,6 +150,8 @@ Napi::Value PidfdGetfd(const Napi::CallbackInfo& info);
 
 // gcWatch(buckets, count, sum, bounds): garbage collections timed into a histogram (gc_stats.cc).
 Napi::Value GcWatchStart(const Napi::CallbackInfo& info);
+// tuneMalloc(mmapThreshold, trimThreshold): glibc malloc keeps freed memory mapped (malloc_tune.cc).
+Napi::Value TuneMalloc(const Napi::CallbackInfo& info);
 
 // xts.cc: AES-XTS over whole sectors, many per call (the crypt service's data path).
 class XtsCipher : public Napi::ObjectWrap<XtsCipher> {

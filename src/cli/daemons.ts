@@ -7,7 +7,7 @@ import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../control/api.ts'
 import { loadGuestConfig, loadIohypConfig } from '../config/load.ts'
 import { DEFAULT_POLL_IDLE_US, ipv4Schema, pollIdleUsSchema } from '../config/schema.ts'
 import { createLogger, type Logger } from '../daemon/log.ts'
-import { stopOnSignals } from '../daemon/runtime.ts'
+import { stopOnSignals, tuneAllocator } from '../daemon/runtime.ts'
 import { parseListenAddress } from '../daemon/listen-address.ts'
 import { GuestDaemon } from '../guest/daemon.ts'
 import { IohypDaemon, type IohypOptions } from '../iohyp/daemon.ts'
@@ -81,6 +81,7 @@ export function registerDaemonCommands(program: Command): void {
       // The config is checked before anything starts: a bad one leaves nothing behind.
       const c = o.config === undefined ? undefined : loadIohypConfig(o.config)
       const log = createLogger('iohyp')
+      log.debug('malloc', { tuning: tuneAllocator() })
       const iocores =
         o.iocores !== undefined
           ? iocoresOption(o.iocores)
@@ -141,6 +142,7 @@ export function registerDaemonCommands(program: Command): void {
       const key = o.keyFile !== undefined ? readKeyFile(o.keyFile) : c?.key
       const runDir = o.runDir ?? c?.runDir ?? DEFAULT_RUN_DIR
       const log = createLogger('guest')
+      log.debug('malloc', { tuning: tuneAllocator() })
       const daemon = await GuestDaemon.start(
         {
           interface: ifname,

@@ -4,10 +4,40 @@ import { basename, dirname, join, resolve } from 'node:path'
 import { VrioError } from '../errors.ts'
 import { isIoError } from '../io/errors.ts'
 import { interfaceInfo } from '../io/interfaces.ts'
+import { native } from '../io/native.ts'
 import { vrioPacketFilter } from '../io/packet-filter.ts'
 import { PacketSocket } from '../io/packet-socket.ts'
 import { parseIPv4, parseMac } from '../wire/address.ts'
 import type { Logger } from './log.ts'
+
+/**
+ * How the daemons set glibc's malloc (native/malloc_tune.cc): buffers below 4 MiB (64 KiB socket
+ * reads, 1 MiB block payloads) come from the heap instead of a fresh mapping each, and up to 64 MiB
+ * freed at the heap's top stay mapped, so that memory moving at GB/s is reused instead of being
+ * unmapped and faulted in again page by page.
+ */
+export const MALLOC_MMAP_THRESHOLD = 4 * 1024 * 1024
+export const MALLOC_TRIM_THRESHOLD = 64 * 1024 * 1024
+
+/**
+ * Applies MALLOC_MMAP_THRESHOLD and MALLOC_TRIM_THRESHOLD to this process, once at daemon start.
+ * Left alone when VRIO_MALLOC_TUNE=off or when the operator tunes malloc through the environment
+ * (glibc.malloc.mmap_threshold or trim_threshold in GLIBC_TUNABLES, MALLOC_MMAP_THRESHOLD_ or
+ * MALLOC_TRIM_THRESHOLD_). Returns what it did.
+ */
+export function tuneAllocator(
+  env: NodeJS.ProcessEnv = process.env,
+): 'tuned' | 'off' | 'operator' | 'unavailable' {
+  if (env.VRIO_MALLOC_TUNE === 'off') return 'off'
+  const tunables = env.GLIBC_TUNABLES ?? ''
+  if (
+    /glibc\.malloc\.(mmap|trim)_threshold=/.test(tunables) ||
+    env.MALLOC_MMAP_THRESHOLD_ !== undefined ||
+    env.MALLOC_TRIM_THRESHOLD_ !== undefined
+  )
+    return 'operator'
+  return native().tuneMalloc?.(MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD) ? 'tuned' : 'unavailable'
+}
 
 /** The guests' listen port: the "server port" of every vrio connection. */
 export const VRIO_PORT = 7860

@@ -221,6 +221,11 @@ export interface NativeAddon {
    * (rows minor, major, incremental, weakcb; `bounds` in seconds), from V8's GC callbacks.
    */
   gcWatch(buckets: Float64Array, count: Float64Array, sum: Float64Array, bounds: Float64Array): void
+  /**
+   * glibc malloc: allocations below `mmapThreshold` bytes from the heap, up to `trimThreshold` free
+   * bytes at its top kept mapped (mallopt). False where this is not glibc. Absent from an older build.
+   */
+  tuneMalloc?(mmapThreshold: number, trimThreshold: number): boolean
 }
 
 /** The addon's FUSE session (native/fuse.cc). */
