@@ -5,32 +5,14 @@
  */
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import type { FastDisk } from '../../src/io/fast-path.ts'
 import { FastPathHost } from '../../src/io/fast-path.ts'
 import type { FrameChannel } from '../../src/io/frame-channel.ts'
 import type { NativeFastPath } from '../../src/io/native.ts'
 import type { Connection } from '../../src/transport/connection.ts'
 import { LEND } from '../../src/transport/lease.ts'
+import { testFastDisk } from '../support/fast-disk.ts'
 
-const disk: FastDisk = {
-  high: 1,
-  low: 2,
-  fd: 0,
-  size: 1 << 20,
-  maxRead: 1 << 20,
-  readOnly: false,
-  stats: {
-    requests: new Float64Array(2),
-    bytes: new Float64Array(2),
-    errors: new Float64Array(8),
-    latency: {
-      bounds: [1, 2],
-      buckets: new Float64Array(6),
-      count: new Float64Array(2),
-      sum: new Float64Array(2),
-    },
-  },
-}
+const disk = testFastDisk(0)
 
 /** A connection that can always be lent and holds a message partly received. */
 function connection() {

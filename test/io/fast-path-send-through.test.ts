@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { FastDisk } from '../../src/io/fast-path.ts'
+import { testFastDisk } from '../support/fast-disk.ts'
 import { Delivery } from '../../src/transport/config.ts'
 import type { Connection } from '../../src/transport/connection.ts'
 import { driverAndPeer } from '../support/link-peer-host.ts'
@@ -43,25 +43,7 @@ it('reliable messages sent while lent go through the lease (the connection stays
   const fd = openSync(join(dir, 'disk.img'), 'w+')
   const { driver, peer, got, stop } = await driverAndPeer(t, { report: true, nonces })
   // The lend needs a disk for the peer; nothing here reads or writes it.
-  const disk: FastDisk = {
-    high: 1,
-    low: 2,
-    fd,
-    size: 1 << 20,
-    maxRead: 1 << 20,
-    readOnly: false,
-    stats: {
-      requests: new Float64Array(2),
-      bytes: new Float64Array(2),
-      errors: new Float64Array(64),
-      latency: {
-        bounds: [0.001],
-        buckets: new Float64Array(4),
-        count: new Float64Array(2),
-        sum: new Float64Array(2),
-      },
-    },
-  }
+  const disk = testFastDisk(fd)
   try {
     assert.ok(
       driver.enableFastPath(() => [disk]),
