@@ -344,7 +344,9 @@ export class RemoteBlockDevice implements BlockDevice {
           call.result = data // the whole call in one response
           this.lender = lender
         } else {
-          call.result ??= this.copies.take(call.readLength)
+          // Below 4 KiB Node's own shared slab is cheaper than a buffer of its own.
+          call.result ??=
+            call.readLength < 4096 ? Buffer.allocUnsafe(call.readLength) : this.copies.take(call.readLength)
           call.result.set(data, r.resultOffset)
         }
       }
