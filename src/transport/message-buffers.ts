@@ -19,6 +19,8 @@ export interface Lender {
 /** Capacities kept: from 4 KiB to 16 MiB; buffers are filed by the power of two at or below their size. */
 const MIN_CLASS = 12
 const MAX_CLASS = 24
+/** Buffers of a class looked at for one big enough, newest first. */
+const SCAN = 16
 /** Memory kept in the free lists, all classes together. */
 const MAX_POOLED_BYTES = 32 * 1024 * 1024
 
@@ -55,12 +57,20 @@ export class BufferPool implements Lender {
   takePooled(length: number): Buffer | undefined {
     const f = floorClass(length)
     if (f < MIN_CLASS || f >= MAX_CLASS) return undefined
-    // Every buffer in the next class up is big enough; in this one, those at least `length`.
+    // Every buffer in the next class up is big enough; in this one, those at least `length`: the
+    // newest such among the SCAN newest (a smaller one on top, from messages of another size, must
+    // not hide the rest).
     const up = this.free[f + 1]
     const here = this.free[f]
     let whole: Buffer | undefined
     if (up.length > 0) whole = up.pop()
-    else if (here.length > 0 && here[here.length - 1].length >= length) whole = here.pop()
+    else
+      for (let i = here.length - 1; i >= Math.max(0, here.length - SCAN); i--)
+        if (here[i].length >= length) {
+          whole = here[i]
+          here.splice(i, 1)
+          break
+        }
     if (!whole) return undefined
     this.pooled -= whole.length
     return this.lend(whole, length)
@@ -84,9 +94,19 @@ export class BufferPool implements Lender {
     const ab = buffer.buffer
     if (this.lent.get(ab) !== true) return
     const c = floorClass(ab.byteLength)
-    if (c < MIN_CLASS || c > MAX_CLASS || this.pooled + ab.byteLength > this.maxPooledBytes) {
+    if (c < MIN_CLASS || c > MAX_CLASS || ab.byteLength > this.maxPooledBytes) {
       this.lent.delete(ab)
       return
+    }
+    // Full: the oldest buffers make room, this class's first, then the largest (the sizes that
+    // come back now are the ones taken next; a pool left full of sizes no longer used would miss
+    // every time, and every message would be a fresh allocation for the collector).
+    while (this.pooled + ab.byteLength > this.maxPooledBytes) {
+      let list = this.free[c]
+      for (let k = MAX_CLASS; list.length === 0; k--) list = this.free[k]
+      const old = list.shift()!
+      this.pooled -= old.length
+      this.lent.delete(old.buffer)
     }
     this.lent.set(ab, false)
     this.pooled += ab.byteLength

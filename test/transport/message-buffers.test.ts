@@ -60,3 +60,31 @@ it('lends the transport its buffers from messageBuffers', () => {
   assert.equal(messageBuffers.pooledBytes, before + 8192)
   assert.equal(messageBuffers.take(8192).buffer, m.buffer)
 })
+
+it('a full pool makes room for what comes back: a size no longer used cannot keep it missing', () => {
+  const pool = new BufferPool(8 * 1024 * 1024)
+  // Full of buffers just too small for the messages that come now (same size class).
+  const small = Array.from({ length: 8 }, () => pool.take(1024 * 1024))
+  for (const s of small) pool.giveBack(s)
+  assert.equal(pool.pooledBytes, 8 * 1024 * 1024)
+  const big = pool.take(1024 * 1024 + 64)
+  assert.ok(
+    small.every((s) => s.buffer !== big.buffer),
+    'a buffer too small was lent',
+  )
+  pool.giveBack(big)
+  assert.ok(pool.pooledBytes <= 8 * 1024 * 1024)
+  const again = pool.take(1024 * 1024 + 64)
+  assert.equal(again.buffer, big.buffer, 'the buffer given back was dropped, the old ones kept')
+})
+
+it('finds a buffer big enough under smaller ones of its class', () => {
+  const pool = new BufferPool()
+  const big = pool.take(1024 * 1024 + 4096)
+  const small = pool.take(1024 * 1024)
+  pool.giveBack(big)
+  pool.giveBack(small) // on top
+  const m = pool.take(1024 * 1024 + 100)
+  assert.equal(m.buffer, big.buffer)
+  assert.equal(pool.take(1024 * 1024).buffer, small.buffer)
+})
