@@ -18,7 +18,7 @@ export interface ControlOptions {
 }
 
 /** `--control PATH`; with `defaultPath` commander fills it in (and shows it in --help). */
-export function addControlOption(command: Command, defaultPath?: string, description?: string): Command {
+function addControlOption(command: Command, defaultPath?: string, description?: string): Command {
   const text = description ?? "unix socket of the daemon's control API"
   return defaultPath === undefined
     ? command.option('--control <path>', text)

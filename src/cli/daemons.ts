@@ -15,8 +15,8 @@ import { defaultIocores, IocoreRouter } from '../iohyp/iocores.ts'
 import { VrioError } from '../errors.ts'
 import { VERSION } from './version.ts'
 
-export const DEFAULT_STATE_DIR = '/var/lib/vrio'
-export const DEFAULT_RUN_DIR = '/run/vrio'
+const DEFAULT_STATE_DIR = '/var/lib/vrio'
+const DEFAULT_RUN_DIR = '/run/vrio'
 
 // No commander defaults for options a config file may set: an option given on the command line
 // overrides the file, and only what neither gives falls back to the default.

@@ -11,7 +11,7 @@ interface CheckOptions {
 }
 
 /** The set is usable: some rule loaded or nothing was skipped, and with --strict nothing was. */
-export function usable(report: LoadReport, strict: boolean): boolean {
+function usable(report: LoadReport, strict: boolean): boolean {
   if (report.skipped.length === 0) return true
   return !strict && report.loaded > 0
 }

@@ -66,7 +66,7 @@ export function keyFileName(mac: string): string {
  * The config document for `state`, with each guest's key file given by `keyFileOf` (no I/O).
  * The result loads with loadIohypConfig once the key files exist.
  */
-export function buildConfigDocument(
+function buildConfigDocument(
   state: ExportableState,
   keyFileOf: (mac: string) => string,
 ): Record<string, unknown> {

@@ -73,7 +73,7 @@ export function loadGuestConfig(file: string): GuestConfig {
 }
 
 /** The problems as one VrioError: `config FILE: path: reason; path: reason`. */
-export function configError(file: string, issues: readonly ConfigIssue[]): VrioError {
+function configError(file: string, issues: readonly ConfigIssue[]): VrioError {
   const parts = issues.map((i) => {
     const where = i.line === undefined ? '' : `line ${i.line}${i.column ? `, column ${i.column}` : ''}: `
     return `${i.path ? `${i.path}: ` : ''}${where}${i.message}`
@@ -105,7 +105,7 @@ function readConfigFile(file: string): string {
 }
 
 /** Parses the text by the file's extension: `.json` as JSON, `.yaml`/`.yml` as YAML. */
-export function parseConfigText(text: string, file: string): unknown {
+function parseConfigText(text: string, file: string): unknown {
   const ext = extname(file).toLowerCase()
   if (ext === '.json') {
     try {

@@ -13,7 +13,7 @@ export interface ControlClientOptions {
   timeoutMs?: number
 }
 
-export const DEFAULT_CONTROL_TIMEOUT_MS = 10_000
+const DEFAULT_CONTROL_TIMEOUT_MS = 10_000
 
 export class ControlClient {
   readonly path: string

@@ -52,7 +52,7 @@ export interface ControlServerOptions {
   closeGraceMs?: number
 }
 
-export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+const DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 const errorChannel = channel('vrio:control:error')
 

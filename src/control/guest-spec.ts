@@ -29,7 +29,7 @@ const KEY_HEX_RE = /^[0-9a-f]{64}$/i
 const KEY_RULE = 'expected exactly 64 hex characters (a 32-byte key)'
 
 /** The channel key as 64 hex digits, returned lowercase; its messages never show the value. */
-export const keyHexSchema = z
+const keyHexSchema = z
   .string({ error: KEY_RULE })
   .regex(KEY_HEX_RE, { error: KEY_RULE })
   .transform((key) => key.toLowerCase())

@@ -56,7 +56,7 @@ export interface LinkAccess {
 
 const NO_GUARD = { install: async () => {}, remove: async () => {} }
 
-export const KERNEL_LINK: LinkAccess = {
+const KERNEL_LINK: LinkAccess = {
   open: openLink,
   guard: (o) => new KernelGuard(o),
 }

@@ -204,7 +204,7 @@ async function writeNow(path: string, data: string, mode: number): Promise<void>
 const TEMP_INFIX = '.tmp-'
 
 /** Removes `<path>.tmp-*` files: temp files of writes that never reached their rename. */
-export async function removeTempFiles(path: string): Promise<void> {
+async function removeTempFiles(path: string): Promise<void> {
   const prefix = `${basename(path)}${TEMP_INFIX}`
   let names: string[]
   try {

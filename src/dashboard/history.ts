@@ -21,9 +21,9 @@ export interface HistoryPoints {
   readonly values: readonly (readonly (number | null)[])[]
 }
 
-export const DEFAULT_HISTORY_POINTS = 600
+const DEFAULT_HISTORY_POINTS = 600
 
-export function seriesKey(meta: SeriesMeta): string {
+function seriesKey(meta: SeriesMeta): string {
   return JSON.stringify([meta.group, meta.label])
 }
 

@@ -11,7 +11,7 @@ import { computeFigures, type Figures, type Scrape } from './figures.ts'
 const METRICS_PATH = '/metrics'
 
 /** The exposition text a daemon serves on `socketPath`; failures are the control client's VrioErrors. */
-export async function fetchMetricsText(socketPath: string, timeoutMs = 5000): Promise<string> {
+async function fetchMetricsText(socketPath: string, timeoutMs = 5000): Promise<string> {
   const badResponse = (status: number, hint?: string) =>
     new VrioError(
       'bad-response',

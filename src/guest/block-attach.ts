@@ -51,7 +51,7 @@ const URING_PARAM = '/sys/module/fuse/parameters/enable_uring'
  * parameter (Linux 6.14+), turned on when it is off and we may (root). Turning it on changes
  * nothing for other FUSE servers: each one asks for the ring at INIT.
  */
-export async function fuseUringChoice(): Promise<{ uring: boolean; why: string }> {
+async function fuseUringChoice(): Promise<{ uring: boolean; why: string }> {
   if (process.env.VRIO_FUSE_URING !== '1')
     return { uring: false, why: 'the default; VRIO_FUSE_URING=1 for io_uring' }
   const now = (await readFile(URING_PARAM, 'utf8').catch(() => '')).trim()

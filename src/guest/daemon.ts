@@ -66,7 +66,7 @@ export interface GuestOptions {
 type AnyGuestRegistry = GuestRegistry<{ name: string; handle: DeviceHandle }, unknown, unknown, unknown>
 
 /** Where a learned IOhyp address is kept, in the run dir: delete it (and restart) to learn anew. */
-export const LEARNED_IOHYP_FILE = 'iohyp-address'
+const LEARNED_IOHYP_FILE = 'iohyp-address'
 
 /** The guest agent: listens for the IOhyp, proves it holds the guest key, serves its devices. */
 export class GuestDaemon {

@@ -126,7 +126,7 @@ export interface FastDisk {
  */
 export const FASTPATH_ENABLED = process.env.VRIO_FASTPATH !== '0'
 
-export function newFastPathCounters(): FastPathCounters {
+function newFastPathCounters(): FastPathCounters {
   const c = {} as FastPathCounters
   for (const n of COUNTER_NAMES) c[n] = 0
   return c

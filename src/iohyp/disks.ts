@@ -37,7 +37,7 @@ export interface DiskFiles {
 }
 
 /** Backing files on the IOhyp's file system (FileDevice). */
-export const FILE_BACKINGS: DiskFiles = {
+const FILE_BACKINGS: DiskFiles = {
   async open(path, readOnly) {
     try {
       return await FileDevice.open(path, { readOnly })

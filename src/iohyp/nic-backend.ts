@@ -11,7 +11,7 @@ export type NicBackend =
   | { kind: 'macvtap'; uplink: string; device: string }
 
 /** TAP offloads: the kernels on both sides hand over 64 KiB super-frames with partial checksums. */
-export const NIC_OFFLOADS = { csum: true, tso4: true, tso6: true, ecn: true }
+const NIC_OFFLOADS = { csum: true, tso4: true, tso6: true, ecn: true }
 
 type BackendSpec = Pick<NicRequest, 'tap' | 'bridge' | 'macvtap' | 'mac'> & { mtu: number }
 

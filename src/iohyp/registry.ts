@@ -274,6 +274,6 @@ function newDeviceHandle(slot: number): DeviceHandle {
 }
 
 /** Same spec, whatever the order of its keys and with unset fields left out. */
-export function sameSpec(a: unknown, b: unknown): boolean {
+function sameSpec(a: unknown, b: unknown): boolean {
   return isDeepStrictEqual(JSON.parse(JSON.stringify(a)), JSON.parse(JSON.stringify(b)))
 }

@@ -54,8 +54,8 @@ export interface SessionHandlers {
   writable?(): void
 }
 
-export const NONCE_LENGTH = 16
-export const TAG_LENGTH = 16
+const NONCE_LENGTH = 16
+const TAG_LENGTH = 16
 const MAC_LENGTH = 32
 /** Largest control message JSON, in bytes (UTF-8). */
 export const MAX_CONTROL_JSON = 1024 * 1024

@@ -24,14 +24,14 @@ export type FrameSource = Uint8Array | readonly Uint8Array[]
 /** Chunks of a FrameSource the addon's seal takes at most (a payload spanning more is copied first). */
 export const SEAL_MAX_CHUNKS = 16
 
-export function sealCipherName(cipher: SealCipher): 'aes-256-gcm' | 'chacha20-poly1305' {
+function sealCipherName(cipher: SealCipher): 'aes-256-gcm' | 'chacha20-poly1305' {
   return cipher === SEAL_CIPHER_AES_256_GCM ? 'aes-256-gcm' : 'chacha20-poly1305'
 }
 
 let cpuHasAes: boolean | undefined
 
 /** Whether /proc/cpuinfo lists the `aes` flag (x86) or feature (arm64); read once. */
-export function cpuHasAesInstructions(): boolean {
+function cpuHasAesInstructions(): boolean {
   if (cpuHasAes === undefined) {
     try {
       cpuHasAes = /^(flags|Features)\s*:.*\baes\b/m.test(readFileSync('/proc/cpuinfo', 'utf8'))

@@ -126,10 +126,10 @@ export const DEFAULT_CONNECTION_OPTIONS: Readonly<ConnectionOptions> = Object.fr
 })
 
 /** Minimum IPv4 MTU a link must offer for our headers plus a useful payload. */
-export const MIN_MTU = 576
-export const MAX_MTU = 65_535
+const MIN_MTU = 576
+const MAX_MTU = 65_535
 /** Largest window TCP can express: 65535 << 14. */
-export const MAX_WINDOW = 65_535 * 2 ** 14
+const MAX_WINDOW = 65_535 * 2 ** 14
 
 /** Fills in defaults and checks every field; a bad one is a `VrioError('invalid-config')` naming it. */
 export function resolveConnectionOptions(partial: Partial<ConnectionOptions> = {}): ConnectionOptions {

@@ -108,10 +108,10 @@ export interface EndpointStats extends SealCounters {
   drops: Partial<Record<EndpointDropReason, number>>
 }
 
-export const DEFAULT_MAX_HALF_OPEN = 16
-export const DEFAULT_MAX_UNAUTHENTICATED = 4
-export const DEFAULT_PRE_AUTH_RECEIVE_BYTES = 4096
-export const DEFAULT_AUTH_TIMEOUT = 5000
+const DEFAULT_MAX_HALF_OPEN = 16
+const DEFAULT_MAX_UNAUTHENTICATED = 4
+const DEFAULT_PRE_AUTH_RECEIVE_BYTES = 4096
+const DEFAULT_AUTH_TIMEOUT = 5000
 
 const EPHEMERAL_LOW = 49_152
 const NO_HANDLERS: ConnectionHandlers = { message() {} }

@@ -12,11 +12,11 @@ import { TCP_FIN, TCP_PSH } from '../wire/tcp.ts'
 import type { ChannelSeal, SealCounters } from './seal.ts'
 
 /** Records being re-joined at once, per connection. */
-export const REJOIN_MAX_RECORDS = 4
+const REJOIN_MAX_RECORDS = 4
 /** Payload bytes staged per record (a record is one IPv4 packet). */
-export const REJOIN_MAX_BYTES = 65_535
+const REJOIN_MAX_BYTES = 65_535
 /** Pieces staged per record. */
-export const REJOIN_MAX_PIECES = 128
+const REJOIN_MAX_PIECES = 128
 
 interface Piece {
   seq: number

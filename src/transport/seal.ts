@@ -54,17 +54,17 @@ export function sealIdentity(
 }
 
 /** Epoch 0, opener → listener: seals the SYN and every opener frame until epoch 1. */
-export function openerHandshakeKey(psk: Uint8Array, identity: Uint8Array): Buffer {
+function openerHandshakeKey(psk: Uint8Array, identity: Uint8Array): Buffer {
   return hkdf(psk, SALT_HANDSHAKE, Buffer.concat([identity, O]))
 }
 
 /** Epoch 0, listener → opener. */
-export function listenerHandshakeKey(psk: Uint8Array, identity: Uint8Array, issListener: number): Buffer {
+function listenerHandshakeKey(psk: Uint8Array, identity: Uint8Array, issListener: number): Buffer {
   return hkdf(psk, SALT_HANDSHAKE, Buffer.concat([identity, u32(issListener), L]))
 }
 
 /** Epoch 1 keys of both directions, from the session's Hello and Auth nonces. */
-export function trafficKeys(
+function trafficKeys(
   psk: Uint8Array,
   identity: Uint8Array,
   issListener: number,
@@ -78,7 +78,7 @@ export function trafficKeys(
 }
 
 /** K(n+1) from K(n), per direction. */
-export function nextEpochKey(key: Uint8Array): Buffer {
+function nextEpochKey(key: Uint8Array): Buffer {
   return hkdf(key, EMPTY, INFO_REKEY)
 }
 

@@ -18,7 +18,7 @@ import { readU16, readU32, writeU16, writeU32 } from './bytes.ts'
  * a handle decides what the halves mean (e.g. a table slot and a random tag) and validates both.
  */
 export const MESSAGE_HEADER_LENGTH = 32
-export const MESSAGE_VERSION = 1
+const MESSAGE_VERSION = 1
 
 export const MessageType = {
   /** Session set-up and authentication (channel layer). */

@@ -10,8 +10,8 @@
 import { ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN } from './ethernet.ts'
 import { readMac } from './address.ts'
 
-export const IP_PROTOCOL_ICMPV6 = 58
-export const IP_PROTOCOL_SCTP = 132
+const IP_PROTOCOL_ICMPV6 = 58
+const IP_PROTOCOL_SCTP = 132
 
 /** Why a frame could not be dissected. Stable strings: they name drop counters. */
 export type PacketError =

@@ -4,16 +4,12 @@ import type { DropReason } from './drop-reason.ts'
 import { IP_PROTOCOL_TCP } from './ipv4.ts'
 
 export const TCP_HEADER_LENGTH = 20
-export const TCP_MAX_OPTIONS_LENGTH = 40
 
 export const TCP_FIN = 0x01
 export const TCP_SYN = 0x02
 export const TCP_RST = 0x04
 export const TCP_PSH = 0x08
 export const TCP_ACK = 0x10
-export const TCP_URG = 0x20
-export const TCP_ECE = 0x40
-export const TCP_CWR = 0x80
 
 const OPT_EOL = 0
 const OPT_NOP = 1
@@ -27,18 +23,16 @@ export const OPT_EXPERIMENTAL = 254
 /** vrio's RFC 6994 experiment identifier ("vr"). */
 export const VRIO_EXID = 0x7672
 /** vrio option subtypes (the byte after the ExID). */
-export const VRIO_OPTION_HELLO = 1
+const VRIO_OPTION_HELLO = 1
 export const VRIO_OPTION_SEGMENT = 2
-export const VRIO_OPTION_SEAL = 3
+const VRIO_OPTION_SEAL = 3
 /** Hello of protocol version 1 (plaintext): kind, length, ExID, subtype, version. */
-export const VRIO_HELLO_OPTION_LENGTH = 6
+const VRIO_HELLO_OPTION_LENGTH = 6
 /** Hello of protocol version 2 (sealed): one more byte, the cipher the opener chose. */
-export const VRIO_SEALED_HELLO_OPTION_LENGTH = 7
+const VRIO_SEALED_HELLO_OPTION_LENGTH = 7
 export const VRIO_SEGMENT_OPTION_LENGTH = 14
 /** SEAL: kind, length, ExID (2), subtype, epoch (1), counter (4), tag (12). */
 export const VRIO_SEAL_OPTION_LENGTH = 22
-/** Bytes of the AEAD tag a SEAL option carries (truncated to 96 bits, as TCP-AO's default MAC). */
-export const SEAL_TAG_LENGTH = 12
 /** Offset of the tag inside the SEAL option. */
 export const SEAL_TAG_OFFSET = 10
 /** Most SACK blocks a segment can carry; fewer when other options need the space. */
@@ -105,7 +99,7 @@ export interface TcpHeader {
   options: TcpOptions
 }
 
-export function newTcpOptions(): TcpOptions {
+function newTcpOptions(): TcpOptions {
   return {
     mss: -1,
     windowScale: -1,

@@ -23,7 +23,7 @@ export interface MemoryDeviceOptions {
   canWriteZeroes?: boolean
 }
 
-export const DEFAULT_CHUNK_SIZE = 64 * 1024
+const DEFAULT_CHUNK_SIZE = 64 * 1024
 
 export class MemoryDevice implements BlockDevice {
   readonly size: number

@@ -223,7 +223,7 @@ export class Connection {
 }
 
 /** Received bytes as a queue of the socket's own chunks: nothing is joined unless it must be. */
-export class ByteQueue {
+class ByteQueue {
   private bufs: Buffer[] = []
   private head = 0
   length = 0

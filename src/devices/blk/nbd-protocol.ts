@@ -14,28 +14,28 @@ import { readU16, readU32, writeU16, writeU32 } from '../../wire/bytes.ts'
 import type { BlockDevice } from './device.ts'
 
 /** 'NBDMAGIC' */
-export const NBD_MAGIC = [0x4e42444d, 0x41474943] as const
+const NBD_MAGIC = [0x4e42444d, 0x41474943] as const
 /** 'IHAVEOPT': the newstyle magic, also the prefix of every option the client sends. */
 export const NBD_OPTS_MAGIC = [0x49484156, 0x454f5054] as const
 /** Prefix of every option reply. */
-export const NBD_REP_MAGIC = [0x0003e889, 0x045565a9] as const
+const NBD_REP_MAGIC = [0x0003e889, 0x045565a9] as const
 export const NBD_REQUEST_MAGIC = 0x25609513
 export const NBD_SIMPLE_REPLY_MAGIC = 0x67446698
 export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef
 
-export const GREETING_LENGTH = 18
+const GREETING_LENGTH = 18
 export const CLIENT_FLAGS_LENGTH = 4
 export const OPTION_HEADER_LENGTH = 16
-export const OPTION_REPLY_HEADER_LENGTH = 20
+const OPTION_REPLY_HEADER_LENGTH = 20
 export const REQUEST_HEADER_LENGTH = 28
-export const SIMPLE_REPLY_HEADER_LENGTH = 16
-export const STRUCTURED_REPLY_HEADER_LENGTH = 20
+const SIMPLE_REPLY_HEADER_LENGTH = 16
+const STRUCTURED_REPLY_HEADER_LENGTH = 20
 /** Structured header plus the 8-byte offset of an OFFSET_DATA chunk. */
-export const OFFSET_DATA_HEADER_LENGTH = 28
+const OFFSET_DATA_HEADER_LENGTH = 28
 /** Zero padding after NBD_OPT_EXPORT_NAME's reply unless NO_ZEROES was negotiated. */
-export const EXPORT_NAME_ZEROES = 124
+const EXPORT_NAME_ZEROES = 124
 /** Strings (export names, messages) MUST NOT be longer than this. */
-export const MAX_STRING_LENGTH = 4096
+const MAX_STRING_LENGTH = 4096
 
 /** Handshake flags (server, 16 bits). */
 export const HandshakeFlag = {
@@ -128,12 +128,11 @@ export const ReplyFlag = {
   Done: 1 << 0,
 } as const
 
-/** The base:allocation metadata context and its status bits (NBD_STATE_HOLE, NBD_STATE_ZERO). */
+/**
+ * The base:allocation metadata context. Its status bits, NBD_STATE_HOLE (1) and NBD_STATE_ZERO (2),
+ * are the channel's extent flags (protocol.ts) unchanged.
+ */
 export const BASE_ALLOCATION = 'base:allocation'
-export const StateFlag = {
-  Hole: 1 << 0,
-  Zero: 1 << 1,
-} as const
 
 export const ReplyType = {
   None: 0,
@@ -475,7 +474,7 @@ export function truncateUtf8(text: string, max: number): Uint8Array {
   return bytes.subarray(0, end)
 }
 
-/** One block status descriptor: `length` bytes with StateFlag bits. */
+/** One block status descriptor: `length` bytes with NBD_STATE_HOLE / NBD_STATE_ZERO bits. */
 export interface BlockStatusDescriptor {
   length: number
   flags: number

@@ -48,8 +48,8 @@ import { type NbdExportStats, newExportStats } from './nbd-protocol.ts'
 
 export { NBD_MAX_PAYLOAD, type NbdExportStats, nbdErrnoForError } from './nbd-protocol.ts'
 
-export const DEFAULT_MAX_INFLIGHT = 64
-export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
+const DEFAULT_MAX_INFLIGHT = 64
+const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 
 export interface NbdServerOptions {
   /** Path of the unix socket (created 0600; its directory 0700 when missing). */

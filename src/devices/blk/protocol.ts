@@ -78,7 +78,7 @@ export const BlockStatus = {
 } as const
 export type BlockStatus = (typeof BlockStatus)[keyof typeof BlockStatus]
 
-export const BLOCK_DESCRIPTOR_LENGTH = 24
+const BLOCK_DESCRIPTOR_LENGTH = 24
 /** Message header plus descriptor: every request starts with these bytes. */
 export const BLOCK_REQUEST_HEAD_LENGTH = MESSAGE_HEADER_LENGTH + BLOCK_DESCRIPTOR_LENGTH
 export const BLOCK_RESPONSE_HEAD_LENGTH = MESSAGE_HEADER_LENGTH
@@ -95,8 +95,8 @@ export const EXTENT_LENGTH = 8
 /** Most extents one Extents reply carries (its replyLength is at most this many × 8). */
 export const MAX_REPLY_EXTENTS = 1024
 /** Extent flag bits on the wire (NBD's NBD_STATE_HOLE, NBD_STATE_ZERO). */
-export const EXTENT_HOLE = 1
-export const EXTENT_ZERO = 2
+const EXTENT_HOLE = 1
+const EXTENT_ZERO = 2
 const KNOWN_EXTENT_FLAGS = EXTENT_HOLE | EXTENT_ZERO
 
 const KNOWN_FLAGS = BlockFlag.Fua | BlockFlag.Unmap
@@ -122,7 +122,7 @@ export function newBlockRequest(): BlockRequest {
   return { op: 0, flags: 0, length: 0, offset: 0, floor: 0, dataOffset: 0 }
 }
 
-export function isKnownOp(op: number): boolean {
+function isKnownOp(op: number): boolean {
   return (
     op === BlockOp.In ||
     op === BlockOp.Out ||
@@ -362,7 +362,7 @@ const STATUS_NAMES: Record<number, string> = {
   [BlockStatus.Busy]: 'the IOhyp queue is full',
 }
 
-export function blockStatusName(status: number): string {
+function blockStatusName(status: number): string {
   return STATUS_NAMES[status] ?? `status ${status}`
 }
 

@@ -43,7 +43,7 @@ function encryptShape<P extends z.ZodType>(file: P) {
  * Block encryption of a disk on the IOhyp. `plain`: dm-crypt plain mode with a raw key file;
  * `luks`: a LUKS volume opened with either a passphrase file or a key file (exactly one).
  */
-export const encryptSchema = encryptShape(pathSchema)
+const encryptSchema = encryptShape(pathSchema)
 const absoluteEncryptSchema = encryptShape(absolutePathSchema)
 
 function diskShape<N extends z.ZodType, E extends z.ZodType>(name: N, encrypt: E) {

@@ -33,7 +33,7 @@ import {
 /** Smallest frame: an Ethernet header. */
 export const MIN_FRAME = 14
 /** Largest frame: a 64 KiB GSO super-frame with an 802.1Q-tagged Ethernet header. */
-export const MAX_FRAME = 65_535 + 18
+const MAX_FRAME = 65_535 + 18
 /**
  * The GSO size vrio sets on the guest's interface: the kernel then builds super-frames a NetFrame
  * message carries in one transport segment (64 000 payload bytes, see GSO_MAX_PAYLOAD), which

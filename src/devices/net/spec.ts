@@ -17,7 +17,7 @@ import {
   textSchema,
 } from '../fields.ts'
 
-export const DEFAULT_NIC_MTU = 1500
+const DEFAULT_NIC_MTU = 1500
 
 const has = (v: unknown, key: string) =>
   typeof v === 'object' && v !== null && (v as Record<string, unknown>)[key] !== undefined

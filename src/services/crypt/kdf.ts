@@ -11,7 +11,7 @@ import { VrioError } from '../../errors.ts'
 const pbkdf2Async = promisify(pbkdf2)
 
 /** The hashes LUKS headers may name that vrio accepts (cryptsetup's common ones). */
-export const LUKS_HASHES = ['sha1', 'sha224', 'sha256', 'sha384', 'sha512'] as const
+const LUKS_HASHES = ['sha1', 'sha224', 'sha256', 'sha384', 'sha512'] as const
 
 /** Normalises a header's hash name, or throws a VrioError naming it. */
 export function checkHash(name: string): string {
@@ -36,7 +36,7 @@ export type KdfParams =
   | { type: 'argon2i' | 'argon2id'; time: number; memoryKiB: number; parallelism: number; salt: Uint8Array }
 
 /** Limits on header-supplied KDF costs, so a hostile header cannot make vrio spin or swap forever. */
-export const KDF_LIMITS = {
+const KDF_LIMITS = {
   // cryptsetup calibrates to ~2 s: a few million iterations on fast CPUs. A hostile header cannot
   // ask for hours (it runs on the libuv pool either way, never on the event loop).
   pbkdf2MaxIterations: 100_000_000,

@@ -8,18 +8,12 @@
  * both from the cryptsetup project. Interop is tested with cryptsetup 2.6, qemu-img/qemu-io's
  * luks driver (LUKS1 only in qemu 7.2) and nbdkit's luks filter (LUKS1 only in nbdkit 1.32).
  */
-export {
-  LUKS_MAGIC,
-  LUKS2_MAGIC_2ND,
-  SUPPORTED_CIPHER,
-  type LuksKeyslot,
-  type LuksDigest,
-  type LuksHeader,
-  luksVersion,
+export type {
+  LuksKeyslot,
+  LuksDigest,
+  LuksHeader,
 } from './luks/header.ts'
-export { parseLuks1 } from './luks/luks1.ts'
-export { readLuks2 } from './luks/luks2.ts'
-export { readLuksHeader, payloadBytes, openKeyslot, unlockLuks } from './luks/unlock.ts'
+export { readLuksHeader, payloadBytes, unlockLuks } from './luks/unlock.ts'
 export {
   type LuksFormatOptions,
   type LuksFormatResult,

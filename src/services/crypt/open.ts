@@ -36,7 +36,7 @@ export type EncryptionSpec =
     }
 
 /** A passphrase file's passphrase: its bytes less one trailing "\n" or "\r\n". */
-export function passphraseFromFile(bytes: Buffer): Buffer {
+function passphraseFromFile(bytes: Buffer): Buffer {
   let end = bytes.length
   if (end > 0 && bytes[end - 1] === 0x0a) end--
   if (end > 0 && bytes[end - 1] === 0x0d) end--

@@ -70,7 +70,7 @@ export interface XtsCipher extends NativeXtsCipher {
  * Checks an XTS key: 32 or 64 bytes, halves different (OpenSSL 3 and FIPS refuse equal halves,
  * which would make XTS weak).
  */
-export function checkXtsKey(key: Uint8Array): void {
+function checkXtsKey(key: Uint8Array): void {
   if (key.length !== 32 && key.length !== 64)
     throw new VrioError(
       'bad-key',

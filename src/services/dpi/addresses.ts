@@ -176,7 +176,7 @@ interface Cidr {
 const IPV4_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/
 
 /** Dotted-quad IPv4 as 4 bytes, or undefined. */
-export function parseIPv4Bytes(text: string): Uint8Array | undefined {
+function parseIPv4Bytes(text: string): Uint8Array | undefined {
   const m = IPV4_RE.exec(text)
   if (!m) return undefined
   const out = new Uint8Array(4)

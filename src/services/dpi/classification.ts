@@ -66,7 +66,7 @@ export const DEFAULT_PRIORITY = 3
 const HOME_NET = '[192.168.0.0/16,10.0.0.0/8,172.16.0.0/12]'
 
 /** suricata.yaml's defaults. `EXTERNAL_NET` is `!$HOME_NET` unless HOME_NET is `any` (then `any`). */
-export const DEFAULT_VARS: Readonly<Record<string, string>> = {
+const DEFAULT_VARS: Readonly<Record<string, string>> = {
   HOME_NET,
   EXTERNAL_NET: '!$HOME_NET',
   HTTP_SERVERS: '$HOME_NET',

@@ -156,11 +156,11 @@ export function parseThreshold(value: string | undefined, state: RuleState, keyw
 }
 
 /** Most flowbits + flowints one flow keeps. */
-export const MAX_FLOW_VARS = 256
+const MAX_FLOW_VARS = 256
 /** Most host bits (xbits) kept in all. */
-export const MAX_HOST_BITS = 65_536
+const MAX_HOST_BITS = 65_536
 /** Most threshold trackers kept in all. */
-export const MAX_TRACKERS = 65_536
+const MAX_TRACKERS = 65_536
 
 /** A flow's bits and ints. */
 export class FlowVars {

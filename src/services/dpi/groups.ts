@@ -57,7 +57,7 @@ export interface PrefilterHead {
 }
 
 /** Anchored fast patterns reaching further than this are scanned everywhere. */
-export const HEAD_LIMIT = 512
+const HEAD_LIMIT = 512
 
 /** What a payload rule with a fast pattern needs of a flow side's frames. */
 export interface GroupedRule {

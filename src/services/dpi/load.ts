@@ -12,11 +12,6 @@ export async function loadDpi(path: string, options: DpiOptions = {}): Promise<D
   return createDpi(await readFile(path, 'utf8'), path, options)
 }
 
-/** Re-reads a rule file into a running service (see DpiService.replace). */
-export async function reloadDpi(service: DpiService, path: string): Promise<void> {
-  service.replace(await readFile(path, 'utf8'), path)
-}
-
 /**
  * Appends EVE records to a file, one JSON per line. Writes are synchronous so that an alert is on
  * disk when inspect() returns; alerts are rare next to frames, so this is not on the hot path.

@@ -802,7 +802,7 @@ function isVariable(text: string): boolean {
 }
 
 /** ASCII lower case of `bytes` (a copy). */
-export function foldBytes(bytes: Uint8Array): Uint8Array {
+function foldBytes(bytes: Uint8Array): Uint8Array {
   const out = new Uint8Array(bytes.length)
   for (let i = 0; i < bytes.length; i++) {
     const b = bytes[i]

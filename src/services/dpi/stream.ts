@@ -13,7 +13,7 @@ import type { AppState } from './app/detect.ts'
 import type { FlowVars } from './flowstate.ts'
 
 /** Most segments queued per side (tiny segments would otherwise make the queue slow). */
-export const MAX_QUEUED_SEGMENTS = 256
+const MAX_QUEUED_SEGMENTS = 256
 
 /** A segment waiting for the hole before it to fill; `data` is a copy. */
 interface QueuedSegment {

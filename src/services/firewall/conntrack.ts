@@ -39,7 +39,7 @@ export interface ConntrackTimeouts {
   fragment: number
 }
 
-export const DEFAULT_TIMEOUTS: Readonly<ConntrackTimeouts> = {
+const DEFAULT_TIMEOUTS: Readonly<ConntrackTimeouts> = {
   tcpNew: 120_000,
   tcpEstablished: 5 * 24 * 3600_000,
   tcpClosing: 120_000,

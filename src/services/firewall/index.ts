@@ -1,5 +1,5 @@
 /** The firewall I/O service for remote NICs: rules (docs/services.md), conntrack, reject answers. */
-export { DEFAULT_TIMEOUTS, type ConntrackOptions, type ConntrackTimeouts } from './conntrack.ts'
+export type { ConntrackOptions, ConntrackTimeouts } from './conntrack.ts'
 export {
   createFirewall,
   type DirectionCounters,
@@ -9,4 +9,4 @@ export {
   type RuleCounters,
 } from './firewall.ts'
 export { loadFirewall, readRules } from './load.ts'
-export { parseRules, type Rule, type RuleSet } from './rules.ts'
+export type { Rule, RuleSet } from './rules.ts'

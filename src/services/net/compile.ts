@@ -97,7 +97,7 @@ function tooLarge(kind: NetServiceKind, what: string, limit: string, details: Re
 }
 
 /** Reads a rules file, refusing it by its size before reading a byte. */
-export function readRulesText(kind: NetServiceKind, path: string, maxBytes: number): string {
+function readRulesText(kind: NetServiceKind, path: string, maxBytes: number): string {
   let fd: number
   try {
     fd = openSync(path, 'r')

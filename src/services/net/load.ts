@@ -19,7 +19,7 @@ const WORKER = new URL(
 )
 
 /** A compile taking longer than this is stopped and refused (the CLI waits longer: 10 min). */
-export const COMPILE_TIMEOUT_MS = 300_000
+const COMPILE_TIMEOUT_MS = 300_000
 
 /** One compile at a time: each may use up to LoadLimits.workerHeapMb of memory. */
 let queue: Promise<unknown> = Promise.resolve()

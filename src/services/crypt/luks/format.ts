@@ -38,11 +38,11 @@ export interface LuksFormatResult {
   payloadOffset: number
 }
 
-export const STRIPES = 4000
-export const LUKS1_ALIGN_SECTORS = 2048 // 1 MiB payload alignment, as cryptsetup
+const STRIPES = 4000
+const LUKS1_ALIGN_SECTORS = 2048 // 1 MiB payload alignment, as cryptsetup
 export const LUKS2_HDR_SIZE = 16384
-export const LUKS2_KEYSLOTS_OFFSET = 2 * LUKS2_HDR_SIZE
-export const LUKS2_DATA_OFFSET = 16 * 1024 * 1024 // cryptsetup's default
+const LUKS2_KEYSLOTS_OFFSET = 2 * LUKS2_HDR_SIZE
+const LUKS2_DATA_OFFSET = 16 * 1024 * 1024 // cryptsetup's default
 
 /**
  * Writes a new LUKS volume header with one keyslot (random volume key) at the start of `device`.

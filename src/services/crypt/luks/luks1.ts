@@ -17,9 +17,9 @@ import {
 // ---------------------------------------------------------------------------------------------
 // LUKS1
 
-export const LUKS1_PHDR = 592
-export const LUKS1_KEY_ENABLED = 0x00ac71f3
-export const LUKS1_KEY_DISABLED = 0x0000dead
+const LUKS1_PHDR = 592
+const LUKS1_KEY_ENABLED = 0x00ac71f3
+const LUKS1_KEY_DISABLED = 0x0000dead
 export const LUKS1_DIGEST_BYTES = 20
 export const LUKS1_SLOTS = 8
 

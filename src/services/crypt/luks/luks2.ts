@@ -29,7 +29,7 @@ export interface Luks2Binary {
   hdrOffset: number
 }
 
-export function parseLuks2Binary(b: Buffer, secondary: boolean): Luks2Binary {
+function parseLuks2Binary(b: Buffer, secondary: boolean): Luks2Binary {
   const magic = secondary ? LUKS2_MAGIC_2ND : LUKS_MAGIC
   if (b.length < 4096 || !magic.equals(b.subarray(0, 6)) || b.readUInt16BE(6) !== 2)
     throw bad(`no LUKS2 ${secondary ? 'secondary' : 'primary'} header`)
@@ -46,7 +46,7 @@ export function parseLuks2Binary(b: Buffer, secondary: boolean): Luks2Binary {
 }
 
 /** The checksum of one LUKS2 header copy (binary header + JSON area, with the csum field zeroed). */
-export function luks2Checksum(area: Uint8Array, alg: string): Buffer {
+function luks2Checksum(area: Uint8Array, alg: string): Buffer {
   const h = createHash(alg)
   h.update(area.subarray(0, 448))
   h.update(Buffer.alloc(64))
@@ -54,7 +54,7 @@ export function luks2Checksum(area: Uint8Array, alg: string): Buffer {
   return h.digest()
 }
 
-export function checkLuks2Copy(area: Buffer, bin: Luks2Binary): boolean {
+function checkLuks2Copy(area: Buffer, bin: Luks2Binary): boolean {
   let alg: string
   try {
     alg = checkHash(bin.checksumAlg)
@@ -108,24 +108,24 @@ export async function readLuks2(
 
 export type Json = Record<string, unknown>
 
-export function obj(v: unknown, what: string): Json {
+function obj(v: unknown, what: string): Json {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad(`LUKS2 ${what} is not an object`)
   return v as Json
 }
 
-export function str(v: unknown, what: string): string {
+function str(v: unknown, what: string): string {
   if (typeof v !== 'string') throw bad(`LUKS2 ${what} is not a string`)
   return v
 }
 
-export function int(v: unknown, what: string, max = Number.MAX_SAFE_INTEGER): number {
+function int(v: unknown, what: string, max = Number.MAX_SAFE_INTEGER): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v > max)
     throw bad(`LUKS2 ${what} is not an integer in range`)
   return v
 }
 
 /** uint64 fields are decimal strings in LUKS2 JSON. */
-export function u64(v: unknown, what: string): number {
+function u64(v: unknown, what: string): number {
   const s = str(v, what)
   if (!/^\d{1,16}$/.test(s)) throw bad(`LUKS2 ${what} is not a decimal uint64 string`)
   const n = Number(s)
@@ -133,18 +133,18 @@ export function u64(v: unknown, what: string): number {
   return n
 }
 
-export function b64(v: unknown, what: string): Buffer {
+function b64(v: unknown, what: string): Buffer {
   const s = str(v, what)
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s)) throw bad(`LUKS2 ${what} is not base64`)
   return Buffer.from(s, 'base64')
 }
 
-export function ids(v: unknown, what: string): number[] {
+function ids(v: unknown, what: string): number[] {
   if (!Array.isArray(v)) throw bad(`LUKS2 ${what} is not an array`)
   return v.map((x) => u64(x, what))
 }
 
-export function parseLuks2Json(metadata: unknown, bin: Luks2Binary): Omit<LuksHeader, 'copies'> {
+function parseLuks2Json(metadata: unknown, bin: Luks2Binary): Omit<LuksHeader, 'copies'> {
   const root = obj(metadata, 'metadata')
   const config = obj(root.config, 'config')
   const jsonSize = u64(config.json_size, 'config.json_size')
@@ -351,6 +351,6 @@ export function encodeLuks2(h: LuksHeader): Buffer[] {
   return [copy(false), copy(true)]
 }
 
-export function b64s(bytes: Uint8Array): string {
+function b64s(bytes: Uint8Array): string {
   return Buffer.from(bytes).toString('base64')
 }

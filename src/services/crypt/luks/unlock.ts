@@ -43,7 +43,7 @@ export function payloadBytes(header: LuksHeader, deviceSize: number): number {
   return size - (size % header.sectorSize)
 }
 
-export async function verifyKey(candidate: Uint8Array, digest: LuksDigest): Promise<boolean> {
+async function verifyKey(candidate: Uint8Array, digest: LuksDigest): Promise<boolean> {
   const check = await deriveKey(
     candidate,
     { type: 'pbkdf2', hash: digest.hash, iterations: digest.iterations, salt: digest.salt },
@@ -53,7 +53,7 @@ export async function verifyKey(candidate: Uint8Array, digest: LuksDigest): Prom
 }
 
 /** Tries one keyslot; resolves with the volume key, or undefined when the passphrase does not open it. */
-export async function openKeyslot(
+async function openKeyslot(
   device: BlockDevice,
   header: LuksHeader,
   slot: LuksKeyslot,

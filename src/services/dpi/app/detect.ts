@@ -13,9 +13,9 @@ import { TlsParser } from './tls.ts'
 import type { AppParser, AppTx, BufferWants } from './tx.ts'
 
 /** Bytes per direction held for detection before giving up. */
-export const PROBE_BYTES = 512
+const PROBE_BYTES = 512
 /** UDP datagrams per flow probed for DNS before giving up. */
-export const UDP_PROBES = 4
+const UDP_PROBES = 4
 
 const METHODS = new Set([
   'GET',

@@ -17,7 +17,7 @@ export interface DnsLimits {
   maxQuestions: number
 }
 
-export const DEFAULT_DNS_LIMITS: DnsLimits = { maxMessage: 16_384, maxTransactions: 32, maxQuestions: 16 }
+const DEFAULT_DNS_LIMITS: DnsLimits = { maxMessage: 16_384, maxTransactions: 32, maxQuestions: 16 }
 
 /** What a DNS message says, as far as inspection needs it. */
 export interface DnsMessage {

@@ -39,7 +39,7 @@ export interface HttpLimits {
   maxFlowBytes: number
 }
 
-export const DEFAULT_HTTP_LIMITS: HttpLimits = {
+const DEFAULT_HTTP_LIMITS: HttpLimits = {
   maxHead: 16_384,
   maxHeaders: 128,
   bodyLimit: 8192,
@@ -764,7 +764,7 @@ export function normalizeUri(target: string): string {
  * are not that encoding. Bounded: zlib stops at `limit` output bytes (a bomb costs a few
  * decompressions of `limit` bytes, once per body).
  */
-export function decodeBody(
+function decodeBody(
   compressed: Buffer,
   encoding: 'gzip' | 'deflate',
   limit: number,

@@ -14,7 +14,7 @@ export interface TlsLimits {
   maxHandshake: number
 }
 
-export const DEFAULT_TLS_LIMITS: TlsLimits = { maxHandshake: 65_536 }
+const DEFAULT_TLS_LIMITS: TlsLimits = { maxHandshake: 65_536 }
 
 const HANDSHAKE = 22
 const CHANGE_CIPHER_SPEC = 20
@@ -48,17 +48,17 @@ export function ja3String(h: ClientHello): string {
   return `${h.version},${list(h.ciphers)},${list(h.extensions)},${list(h.groups)},${h.pointFormats.join('-')}`
 }
 
-export function ja3sString(h: ServerHello): string {
+function ja3sString(h: ServerHello): string {
   return `${h.version},${h.cipher},${h.extensions.filter((x) => !isGrease(x)).join('-')}`
 }
 
 /** `1.2` for 0x0303, ...; `3.0` for SSLv3 (0x0300). */
-export function versionText(v: number): string {
+function versionText(v: number): string {
   if (v >> 8 !== 3) return `${v >> 8}.${v & 0xff}`
   return (v & 0xff) === 0 ? '3.0' : `1.${(v & 0xff) - 1}`
 }
 
-export const md5Hex = (s: string): string => createHash('md5').update(s, 'latin1').digest('hex')
+const md5Hex = (s: string): string => createHash('md5').update(s, 'latin1').digest('hex')
 
 /** A bounds-checked reader: any read past the end sets `bad` and yields 0. */
 class Reader {
@@ -160,7 +160,7 @@ export function parseClientHello(b: Uint8Array): ClientHello | undefined {
   return ext.bad ? undefined : h
 }
 
-export function parseServerHello(b: Uint8Array): ServerHello | undefined {
+function parseServerHello(b: Uint8Array): ServerHello | undefined {
   const r = new Reader(b, 0, b.length)
   const version = r.u16()
   r.skip(32)
@@ -181,7 +181,7 @@ export function parseServerHello(b: Uint8Array): ServerHello | undefined {
 }
 
 /** The DER certificates of a Certificate message body (TLS ≤ 1.2 layout). */
-export function parseCertificates(b: Uint8Array, max = 8): Uint8Array[] {
+function parseCertificates(b: Uint8Array, max = 8): Uint8Array[] {
   const r = new Reader(b, 0, b.length)
   const list = r.sub(r.u24())
   const certs: Uint8Array[] = []
@@ -194,7 +194,7 @@ export function parseCertificates(b: Uint8Array, max = 8): Uint8Array[] {
 }
 
 /** Suricata's forms of a certificate's fields. */
-export function certificateFields(
+function certificateFields(
   der: Uint8Array,
 ): { subject: string; issuer: string; serial: string; fingerprint: string } | undefined {
   try {
