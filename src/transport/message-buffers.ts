@@ -47,9 +47,11 @@ export class BufferPool implements Lender {
   /**
    * A buffer of exactly `length` bytes (uninitialised) for a message being reassembled: memory
    * given back earlier when some has room for it (messages of one kind tend to have one size),
-   * else a new allocation of exactly that size.
+   * else a new allocation of exactly that size. Below the smallest class (4 KiB) a slice of Node's
+   * shared slab, which is cheaper than a buffer of its own; it is not lent (a give-back ignores it).
    */
   take(length: number): Buffer {
+    if (length < 1 << MIN_CLASS) return Buffer.allocUnsafe(length)
     return this.takePooled(length) ?? this.lend(Buffer.allocUnsafeSlow(length), length)
   }
 
@@ -81,22 +83,17 @@ export class BufferPool implements Lender {
     return whole.subarray(0, length)
   }
 
-  /** Whether `buffer` (or the buffer it is a view of) was lent by this pool and is out now. */
-  lends(buffer: Uint8Array): boolean {
-    return this.lent.get(buffer.buffer) === true
-  }
-
   /**
-   * Takes back a buffer lent by this pool (or any view into it). Anything else (a view of a
-   * frame, a buffer given back already, one from elsewhere) is ignored.
+   * Takes back a buffer lent by this pool (or any view into it); true when it was one. Anything
+   * else (a view of a frame, a buffer given back already, one from elsewhere) is ignored: false.
    */
-  giveBack(buffer: Uint8Array): void {
+  giveBack(buffer: Uint8Array): boolean {
     const ab = buffer.buffer
-    if (this.lent.get(ab) !== true) return
+    if (this.lent.get(ab) !== true) return false
     const c = floorClass(ab.byteLength)
     if (c < MIN_CLASS || c > MAX_CLASS || ab.byteLength > this.maxPooledBytes) {
       this.lent.delete(ab)
-      return
+      return true
     }
     // Full: the oldest buffers make room, this class's first, then the largest (the sizes that
     // come back now are the ones taken next; a pool left full of sizes no longer used would miss
@@ -111,6 +108,7 @@ export class BufferPool implements Lender {
     this.lent.set(ab, false)
     this.pooled += ab.byteLength
     this.free[c].push(Buffer.from(ab))
+    return true
   }
 }
 

@@ -8,11 +8,11 @@ it('reuses a given-back buffer for the next message of its size class, and only 
   assert.equal(a.length, 65_600)
   a.fill(1)
   const pooled = pool.pooledBytes
-  pool.giveBack(a)
+  assert.equal(pool.giveBack(a), true, 'its own')
   assert.equal(pool.pooledBytes, pooled + 65_600, 'kept whole')
   // Given back twice (also through a view into it): ignored (a second taker would share memory otherwise).
-  pool.giveBack(a)
-  pool.giveBack(a.subarray(10))
+  assert.equal(pool.giveBack(a), false)
+  assert.equal(pool.giveBack(a.subarray(10)), false)
   assert.equal(pool.pooledBytes, pooled + 65_600)
   assert.notEqual(pool.take(70_000).buffer, a.buffer, 'too small for a bigger message')
   const b = pool.take(65_000)
@@ -26,11 +26,23 @@ it('reuses a given-back buffer for the next message of its size class, and only 
 it('ignores buffers that did not come from it, and sizes it does not pool', () => {
   const pool = new BufferPool()
   const pooled = pool.pooledBytes
-  pool.giveBack(Buffer.allocUnsafeSlow(65_536))
-  pool.giveBack(new Uint8Array(4096))
+  assert.equal(pool.giveBack(Buffer.allocUnsafeSlow(65_536)), false)
+  assert.equal(pool.giveBack(new Uint8Array(4096)), false)
   const huge = pool.take(40 * 1024 * 1024)
-  pool.giveBack(huge)
+  assert.equal(pool.giveBack(huge), true, 'its own, too big to keep')
   assert.equal(pool.pooledBytes, pooled)
+})
+
+it('hands out a slice of the shared slab below its smallest class, never lent', () => {
+  const pool = new BufferPool()
+  const small = pool.take(4095)
+  assert.equal(small.length, 4095)
+  assert.ok(small.buffer.byteLength > small.length, 'a slice of a larger (shared) ArrayBuffer')
+  assert.equal(pool.giveBack(small), false, 'not one of its loans')
+  assert.equal(pool.pooledBytes, 0)
+  const four = pool.take(4096)
+  assert.equal(four.buffer.byteLength, 4096, 'from 4 KiB on, a buffer of its own')
+  assert.equal(pool.giveBack(four), true)
 })
 
 it('keeps at most 32 MiB in its free lists', () => {

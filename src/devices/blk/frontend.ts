@@ -344,9 +344,7 @@ export class RemoteBlockDevice implements BlockDevice {
           call.result = data // the whole call in one response
           this.lender = lender
         } else {
-          // Below 4 KiB Node's own shared slab is cheaper than a buffer of its own.
-          call.result ??=
-            call.readLength < 4096 ? Buffer.allocUnsafe(call.readLength) : this.copies.take(call.readLength)
+          call.result ??= this.copies.take(call.readLength)
           call.result.set(data, r.resultOffset)
         }
       }
@@ -407,8 +405,7 @@ export class RemoteBlockDevice implements BlockDevice {
    * the memory.
    */
   release(data: Uint8Array): void {
-    if (this.copies.lends(data)) this.copies.giveBack(data)
-    else this.lender?.giveBack(data)
+    if (!this.copies.giveBack(data)) this.lender?.giveBack(data)
   }
 
   read(offset: number, length: number): Promise<Uint8Array> {
