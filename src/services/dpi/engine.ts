@@ -47,7 +47,7 @@ import {
   type RuleError,
   type RuleParseOptions,
 } from './rules.ts'
-import { Flow, type FlowKey, FlowTable, flowKey, Reassembler, type StreamSide } from './stream.ts'
+import { Flow, type FlowKey, FlowTable, flowKey, newFlowKey, Reassembler, type StreamSide } from './stream.ts'
 
 export interface DpiOptions extends RuleParseOptions {
   /** Any rule error fails the load (VrioError 'invalid-rules'); default true. Else bad rules are skipped. */
@@ -474,7 +474,7 @@ export class DpiService implements NetService {
   readonly #wallClock: () => number
   readonly #flowIdBase: number
   #flowCount = 0
-  readonly #key: FlowKey = { key: '', fromLow: true }
+  readonly #key: FlowKey = newFlowKey()
   readonly #alertsBySid = new Map<number, number>()
   readonly #budgetBySid = new Map<number, number>()
   #c = {

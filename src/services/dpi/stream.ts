@@ -112,6 +112,8 @@ export class Flow {
   /** Wall-clock start (µs since the epoch) for the EVE record. */
   readonly start: number
   lastSeen: number
+  /** When the flow last moved to the table's recent end (FlowTable: at most once a second). */
+  touchedAt: number
   /** A pass rule matched: not inspected any more. */
   passed = false
   /** A drop rule matched: every later frame of the flow is dropped. */
@@ -130,6 +132,7 @@ export class Flow {
     this.key = key
     this.protocol = protocol
     this.lastSeen = now
+    this.touchedAt = now
     this.start = wallMicros
   }
 
@@ -148,7 +151,17 @@ export interface FlowTableOptions {
   closedTimeoutMs: number
 }
 
-/** The bounded flow table: a Map in least-recently-used order. */
+/**
+ * How long a flow stays where it is in the table's order after a move to the recent end: a Map
+ * delete and set on every packet cost more than the rest of the lookup, and the order only needs
+ * to be as fine as the sweep (once a second).
+ */
+const TOUCH_MS = 1000
+
+/**
+ * The bounded flow table: a Map in least-recently-touched order (a flow moves to the recent end
+ * on a packet at most once a second, so eviction is least-recently-used to within that second).
+ */
 export class FlowTable {
   readonly #flows = new Map<string, Flow>()
   readonly #options: FlowTableOptions
@@ -169,12 +182,16 @@ export class FlowTable {
   get(key: string, now: number): Flow | undefined {
     const flow = this.#flows.get(key)
     if (!flow) return undefined
-    this.#flows.delete(key)
     if (this.#isExpired(flow, now)) {
+      this.#flows.delete(key)
       this.expired++
       return undefined
     }
-    this.#flows.set(key, flow)
+    if (now - flow.touchedAt >= TOUCH_MS) {
+      this.#flows.delete(key)
+      this.#flows.set(key, flow)
+      flow.touchedAt = now
+    }
     flow.lastSeen = now
     return flow
   }
@@ -182,6 +199,7 @@ export class FlowTable {
   /** Adds a flow, evicting the least recently used one when the table is full. */
   add(flow: Flow): void {
     this.#flows.delete(flow.key)
+    flow.touchedAt = flow.lastSeen
     while (this.#flows.size >= this.#options.maxFlows) {
       const oldest = this.#flows.keys().next().value as string
       this.#flows.delete(oldest)
@@ -201,7 +219,8 @@ export class FlowTable {
     this.#lastSweep = now
     const horizon = Math.min(this.#options.closedTimeoutMs, this.#options.idleTimeoutMs)
     for (const [key, flow] of this.#flows) {
-      if (now - flow.lastSeen < horizon) break // LRU order: the rest are more recent
+      // Touched in order: the rest were touched later still, and seen since, so none is expired.
+      if (now - flow.touchedAt < horizon) break
       if (this.#isExpired(flow, now)) {
         this.#flows.delete(key)
         this.expired++
@@ -222,8 +241,8 @@ export class FlowTable {
 const u32 = (b: Uint8Array, at: number): number =>
   ((b[at] << 24) | (b[at + 1] << 16) | (b[at + 2] << 8) | b[at + 3]) >>> 0
 
-function addressText(frame: Uint8Array, at: number, length: number): string {
-  if (length === 4) return String(u32(frame, at))
+/** An IPv6 address as text, for the flow key. */
+function addressText(frame: Uint8Array, at: number): string {
   return `${u32(frame, at).toString(16)}.${u32(frame, at + 4).toString(16)}.${u32(frame, at + 8).toString(16)}.${u32(frame, at + 12).toString(16)}`
 }
 
@@ -240,14 +259,66 @@ function compareEndpoints(frame: Uint8Array, p: Packet): number {
 export interface FlowKey {
   key: string
   fromLow: boolean
+  /** The IPv4 packet `key` was made for (addresses, ports, protocol and VLAN), -1 when none. */
+  lastSource: number
+  lastDestination: number
+  lastPorts: number
+  lastProtocolVlan: number
 }
 
-/** Fills `out` with the packet's bidirectional flow key (ports are 0 for port-less protocols). */
+export const newFlowKey = (): FlowKey => ({
+  key: '',
+  fromLow: true,
+  lastSource: -1,
+  lastDestination: -1,
+  lastPorts: -1,
+  lastProtocolVlan: -1,
+})
+
+/**
+ * Fills `out` with the packet's bidirectional flow key (ports are 0 for port-less protocols). For
+ * IPv4 the key is eight UTF-16 code units (protocol, VLAN, then each endpoint's address halves and
+ * port, low endpoint first), built in one call and cheap to hash; a packet of the same flow and
+ * direction as the last one keeps the last key (the same string, its hash already computed).
+ */
 export function flowKey(frame: Uint8Array, p: Packet, out: FlowKey): void {
   const fromLow = compareEndpoints(frame, p) <= 0
-  const src = addressText(frame, p.sourceAddressOffset, p.addressLength)
-  const dst = addressText(frame, p.destinationAddressOffset, p.addressLength)
   out.fromLow = fromLow
+  if (p.addressLength === 4) {
+    const src = u32(frame, p.sourceAddressOffset)
+    const dst = u32(frame, p.destinationAddressOffset)
+    const ports = ((p.sourcePort << 16) | p.destinationPort) >>> 0
+    const protocolVlan = p.protocol * 0x10000 + (p.vlan & 0xffff)
+    if (
+      src === out.lastSource &&
+      dst === out.lastDestination &&
+      ports === out.lastPorts &&
+      protocolVlan === out.lastProtocolVlan
+    )
+      return
+    out.lastSource = src
+    out.lastDestination = dst
+    out.lastPorts = ports
+    out.lastProtocolVlan = protocolVlan
+    const a = fromLow ? src : dst
+    const b = fromLow ? dst : src
+    const aPort = fromLow ? p.sourcePort : p.destinationPort
+    const bPort = fromLow ? p.destinationPort : p.sourcePort
+    out.key = String.fromCharCode(
+      p.protocol,
+      p.vlan & 0xffff,
+      a >>> 16,
+      a & 0xffff,
+      aPort,
+      b >>> 16,
+      b & 0xffff,
+      bPort,
+    )
+    return
+  }
+  out.lastSource = -1
+  const src = addressText(frame, p.sourceAddressOffset)
+  const dst = addressText(frame, p.destinationAddressOffset)
   out.key = fromLow
     ? `${p.protocol}/${p.vlan}/${src}/${p.sourcePort}/${dst}/${p.destinationPort}`
     : `${p.protocol}/${p.vlan}/${dst}/${p.destinationPort}/${src}/${p.sourcePort}`
