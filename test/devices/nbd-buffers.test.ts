@@ -1,7 +1,8 @@
 /**
  * Who gets a read's buffer back after the NBD server has written it: the device that returned it,
  * and only when it pools (BlockDevice.release). A device without release never has its arrays
- * reused, even when they happen to come from the transport's message pool.
+ * reused, even when they happen to come from the transport's message pool. And the other way: a
+ * write payload gathered from several socket reads is reused only once the device has written it.
  */
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
@@ -94,5 +95,83 @@ describe('NBD server: read buffers go back only to a device that pools', () => {
     await waitUntil(() => device.released.length === device.kept.length, 'every read array released')
     assert.equal(device.kept.length, 6)
     for (const [i, { data }] of device.kept.entries()) assert.equal(device.released[i], data, `array ${i}`)
+  })
+})
+
+/** Records the arrays it was asked to write (and a copy of each), and can be made to fail. */
+class RecordingDevice extends MemoryDevice {
+  readonly written: { data: Uint8Array; copy: Buffer }[] = []
+  failing = false
+
+  constructor() {
+    super({ size: 8 * MiB })
+  }
+
+  override async write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+    this.written.push({ data, copy: Buffer.from(data) })
+    if (this.failing) throw new Error('failing on purpose')
+    return super.write(offset, data, fua)
+  }
+}
+
+describe('NBD server: write payloads are reused once written, never before', () => {
+  let tmp: TempDir
+  let server: NbdServer | undefined
+  let client: RawClient | undefined
+
+  before(() => {
+    tmp = tempDir('vrio-nbd-payloads-')
+  })
+  after(() => tmp.remove())
+  afterEach(async () => {
+    client?.destroy()
+    await server?.close()
+    server = undefined
+  })
+
+  async function serve(device: RecordingDevice): Promise<RawClient> {
+    const path = tmp.path(`${randomBytes(4).toString('hex')}.sock`)
+    server = new NbdServer({ path, lookup: (name) => (name === 'd' ? device : undefined) })
+    await server.listen()
+    client = await RawClient.connect(path)
+    await client.attach('d', { structured: false })
+    return client
+  }
+
+  /** One 1 MiB write of `pattern` at `offset`, its payload sent in 64 KiB pieces; the reply's error. */
+  async function write(c: RawClient, cookie: number, offset: number, pattern: Buffer): Promise<number> {
+    c.request({ type: Command.Write, cookieLow: cookie, offset, length: pattern.length })
+    for (let at = 0; at < pattern.length; at += 64 * 1024) {
+      c.write(pattern.subarray(at, at + 64 * 1024))
+      await new Promise((r) => setImmediate(r))
+    }
+    return (await c.reply(new Map([[cookie, 0]]))).error
+  }
+
+  it('gathers each into the pool, takes a written one back, and leaves every write intact', async () => {
+    const device = new RecordingDevice()
+    const c = await serve(device)
+    const patterns = [randomBytes(MiB), randomBytes(MiB), randomBytes(MiB)]
+    for (const [i, p] of patterns.entries()) assert.equal(await write(c, i + 1, i * MiB, p), 0)
+    assert.equal(device.written.length, 3)
+    const buffers = new Set(device.written.map((w) => w.data.buffer))
+    assert.ok(buffers.size < 3, 'a payload written was reused for a later one')
+    for (const [i, p] of patterns.entries()) {
+      assert.deepEqual(device.written[i].copy, p, `write ${i} arrived whole`)
+      assert.deepEqual(Buffer.from(await device.read(i * MiB, MiB)), p, `write ${i} on the device`)
+    }
+  })
+
+  it('never reuses the payload of a write that failed (the device may still hold it)', async () => {
+    const device = new RecordingDevice()
+    const c = await serve(device)
+    device.failing = true
+    assert.notEqual(await write(c, 1, 0, randomBytes(MiB)), 0)
+    device.failing = false
+    const failed = device.written[0]
+    assert.equal(await write(c, 2, MiB, randomBytes(MiB)), 0)
+    assert.equal(await write(c, 3, 2 * MiB, randomBytes(MiB)), 0)
+    for (const w of device.written.slice(1)) assert.notEqual(w.data.buffer, failed.data.buffer)
+    assert.deepEqual(Buffer.from(failed.data), failed.copy, 'the failed payload was not overwritten')
   })
 })

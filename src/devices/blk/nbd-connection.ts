@@ -245,15 +245,20 @@ class ByteQueue {
   /** Removes and returns `n` bytes: a view of one chunk when possible, else one exact-size copy. */
   take(n: number): Buffer {
     if (n === 0) return Buffer.alloc(0)
-    const first = this.bufs[0]
-    if (first.length - this.head >= n) {
-      const view = first.subarray(this.head, this.head + n)
-      this.skip(n)
-      return view
-    }
+    const view = this.takeView(n)
+    if (view) return view
     const out = Buffer.allocUnsafe(n)
     this.copy(out, 0, n, true)
     return out
+  }
+
+  /** Removes and returns the next `n` bytes (n > 0) when they lie in one chunk, as a view of it. */
+  takeView(n: number): Buffer | undefined {
+    const first = this.bufs[0]
+    if (first === undefined || first.length - this.head < n) return undefined
+    const view = first.subarray(this.head, this.head + n)
+    this.skip(n)
+    return view
   }
 
   skip(n: number): void {

@@ -284,13 +284,11 @@ export class Transmission {
     const payload: Payload = { request: p, buffer: undefined, filled: 0, errno, message }
     const rx = this.host.rx
     if (errno === 0 && p.length > 0) {
-      if (rx.length >= p.length) {
-        // Usually the whole payload is already here, often inside one chunk: take it as a view.
-        payload.buffer = rx.take(p.length)
-        payload.filled = p.length
-      } else {
-        payload.buffer = Buffer.allocUnsafe(p.length)
-      }
+      // A payload already here inside one socket chunk is taken as a view of it; else it is
+      // gathered into a buffer of the server's pool (fillPayload), given back once written.
+      payload.buffer = rx.takeView(p.length)
+      if (payload.buffer) payload.filled = p.length
+      else payload.buffer = this.host.server.writePayloads.take(p.length)
     }
     this.payload = payload
   }
@@ -328,6 +326,9 @@ export class Transmission {
       () => this.withFua(fua, (nativeFua) => exp.device.write(p.offset, data, nativeFua)),
       () => {
         exp.stats.bytesWritten += data.length
+        // Written: the device holds no reference any more (BlockDevice.write). A failed write's
+        // buffer is left to the collector, in case a device lets go of it only later.
+        this.host.server.writePayloads.giveBack(data)
         this.ok(p)
       },
     )
