@@ -1,10 +1,17 @@
 // FuseDisk: one regular file on a FUSE mount of our own, served by this process over the raw
-// /dev/fuse protocol (no libfuse). A reader thread reads requests into slot buffers and answers
-// the metadata of the single-file tree itself (INIT, LOOKUP, GETATTR, OPEN, STATFS, READDIR, ...);
-// the data requests (READ, WRITE, FLUSH, FSYNC, FALLOCATE) go to JS in batches, as slot numbers,
-// through a thread-safe function: JS parses each request from its slot buffer (a view of the same
-// memory), runs it on a block device and replies with reply()/replyWrite(), which write the answer
-// to /dev/fuse from the event loop thread (writev: header plus the reply data, not copied).
+// /dev/fuse protocol (no libfuse). Requests are read into slot buffers — on the event loop (the
+// default: a uv_poll watcher on /dev/fuse drains the queue when it is readable, as the packet
+// sockets are drained) or on a reader thread of their own (reader: "thread") — and the metadata of
+// the single-file tree is answered there (INIT, LOOKUP, GETATTR, OPEN, STATFS, READDIR, ...); the
+// data requests (READ, WRITE, FLUSH, FSYNC, FALLOCATE) go to JS in batches, as slot numbers (from
+// the event loop: in the same event; from the reader or ring thread: through a thread-safe
+// function): JS parses each request from its slot buffer (a view of the same memory), runs it on a
+// block device and replies with reply()/replyWrite(), which write the answer to /dev/fuse from the
+// event loop thread (writev: header plus the reply data, not copied).
+//
+// Read on the event loop, nothing in this process may wait on the mount itself (a stat or open of
+// the file from the event loop thread would wait for an answer only that thread can give): the
+// agent attaches the loop device from a child process (losetup) and never touches the file.
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fuse.h>
@@ -98,6 +105,12 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
   Napi::Value Ring(const Napi::CallbackInfo& info);
 
   void ReaderLoop();
+  // Reading on the event loop: drains /dev/fuse into free slots, answers the metadata, hands the
+  // data requests to JS (MakeCallback) in the same event. Stops watching while no slot is free.
+  static void OnLoopReadable(uv_poll_t* handle, int status, int events);
+  void DrainOnLoop();
+  void DeliverOnLoop(uint32_t count, int endErrno);
+  void StopLoopPoll();
   // Answers a metadata request on the reader or ring thread; false: it goes to JS. `arg`: the
   // op's header; `extra`: what follows it (a LOOKUP's name).
   bool AnswerHere(uint32_t slot, const struct fuse_in_header* in, const uint8_t* arg, const uint8_t* extra,
@@ -142,6 +155,14 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
   std::atomic<bool> stopping_{false};
   bool closed_ = false;
   std::thread reader_;
+  bool loopReader_ = true;  // read /dev/fuse on the event loop (else on reader_)
+  uv_poll_t* loopPoll_ = nullptr;
+  bool loopPollActive_ = false;
+  bool loopDraining_ = false;
+  napi_env env_ = nullptr;
+  Napi::FunctionReference callback_;
+  Napi::AsyncContext* asyncContext_ = nullptr;
+  std::vector<uint32_t> loopTake_;  // data requests read in this drain, for JS
   Napi::TypedThreadSafeFunction<FuseDisk, void, CallJs> tsfn_;
   bool tsfnLive_ = false;
 
@@ -207,6 +228,14 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
   uint32_t nslots = o.Get("slots").As<Napi::Number>().Uint32Value();
   if (o.Get("maxWrite").IsNumber()) maxWrite_ = o.Get("maxWrite").As<Napi::Number>().Uint32Value();
   uringWanted_ = o.Get("uring").ToBoolean().Value();
+  if (o.Get("reader").IsString()) {
+    std::string reader = o.Get("reader").As<Napi::String>().Utf8Value();
+    if (reader != "loop" && reader != "thread") {
+      ThrowInvalid(env, "FuseDisk: reader must be \"loop\" or \"thread\"");
+      return;
+    }
+    loopReader_ = reader == "loop";
+  }
   ringDepth_ = o.Get("uringDepth").IsNumber() ? o.Get("uringDepth").As<Napi::Number>().Uint32Value() : 32;
   if (uringWanted_) {
     nQueues_ = PossibleCpus();
@@ -348,7 +377,32 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
       [](Napi::Env, void*, FuseDisk* self) { self->Unref(); }, static_cast<void*>(nullptr));
   tsfnLive_ = true;
   Ref();
-  reader_ = std::thread([this] { ReaderLoop(); });
+  uv_loop_t* loop = nullptr;
+  if (loopReader_ && (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr)) loopReader_ = false;
+  if (loopReader_) {
+    loopPoll_ = new uv_poll_t;
+    int r = uv_poll_init(loop, loopPoll_, fd_);
+    const bool inited = r == 0;
+    if (inited) {
+      loopPoll_->data = this;
+      env_ = env;
+      callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+      asyncContext_ = new Napi::AsyncContext(env, "vrio-fuse-reader");
+      loopTake_.reserve(nslots);
+      r = uv_poll_start(loopPoll_, UV_READABLE, OnLoopReadable);
+      loopPollActive_ = r == 0;
+    }
+    if (r != 0) {
+      if (inited) {
+        uv_close(reinterpret_cast<uv_handle_t*>(loopPoll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      } else {
+        delete loopPoll_;
+      }
+      loopPoll_ = nullptr;
+      loopReader_ = false;  // the reader thread serves instead
+    }
+  }
+  if (!loopReader_) reader_ = std::thread([this] { ReaderLoop(); });
   // An adopted connection that was served over io_uring: nothing comes over /dev/fuse any more
   // but forgets, interrupts and resent requests; register our entries at once.
   if (adopted_ && uringWanted_) StartRing();
@@ -358,10 +412,14 @@ FuseDisk::FuseDisk(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FuseDisk>(
   }
 }
 
-FuseDisk::~FuseDisk() { Stop(); }
+FuseDisk::~FuseDisk() {
+  Stop();
+  delete asyncContext_;  // not in close(): that may run inside the callback made with it
+}
 
 void FuseDisk::Stop() {
   stopping_ = true;
+  StopLoopPoll();
   if (wake_ >= 0) {
     uint64_t one = 1;
     ssize_t ignored = write(wake_, &one, sizeof one);
@@ -425,6 +483,130 @@ void FuseDisk::Release(uint32_t slot) {
   if (slot >= ringFirst_) return;  // a ring entry goes back with its commit
   free_.push_back(slot);
   if (free_.size() == 1) freed_.notify_one();
+  // On the event loop thread (JS's answer): a watcher stopped for want of slots reads again.
+  if (loopPoll_ != nullptr && !loopPollActive_ && !stopping_ && !loopDraining_) {
+    loopPollActive_ = uv_poll_start(loopPoll_, UV_READABLE, OnLoopReadable) == 0;
+  }
+}
+
+void FuseDisk::StopLoopPoll() {
+  if (loopPoll_ == nullptr) return;
+  uv_poll_stop(loopPoll_);
+  loopPollActive_ = false;
+  uv_close(reinterpret_cast<uv_handle_t*>(loopPoll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+  loopPoll_ = nullptr;
+}
+
+void FuseDisk::OnLoopReadable(uv_poll_t* handle, int /*status*/, int /*events*/) {
+  // An error on the fd (status < 0) shows as the read's error below.
+  static_cast<FuseDisk*>(handle->data)->DrainOnLoop();
+}
+
+// Reads what is queued into free slots until the queue is empty (EAGAIN) or no slot is free (the
+// watcher stops until Release frees one), answering metadata here; the data requests go to JS,
+// at the latest once 256 KiB of them are read (a big write starts on its way while more are read).
+void FuseDisk::DrainOnLoop() {
+  if (loopPoll_ == nullptr || stopping_) return;
+  Napi::Env env(env_);
+  Napi::HandleScope scope(env);
+  loopDraining_ = true;
+  size_t bytes = 0;
+  int end = 0;
+  for (;;) {
+    uint32_t slot;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (free_.empty()) {
+        slot = UINT32_MAX;
+      } else {
+        slot = free_.back();
+        free_.pop_back();
+      }
+    }
+    if (slot == UINT32_MAX) {
+      uv_poll_stop(loopPoll_);  // Release starts it again
+      loopPollActive_ = false;
+      break;
+    }
+    ssize_t n = read(fd_, slots_[slot].buf, slotSize_);
+    if (n < 0) {
+      int e = errno;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        free_.push_back(slot);
+      }
+      if (e == EINTR || e == ENOENT) continue;  // ENOENT: the request was interrupted before we read it
+      if (e == EAGAIN) break;
+      end = e;  // ENODEV: unmounted or aborted. Anything else is as final.
+      break;
+    }
+    requests_++;
+    uint8_t* buf = slots_[slot].buf;
+    const auto* in = reinterpret_cast<const struct fuse_in_header*>(buf);
+    const uint8_t* arg = buf + sizeof *in;
+    if (size_t(n) < sizeof *in || AnswerHere(slot, in, arg, arg, size_t(n) - sizeof *in)) {
+      std::lock_guard<std::mutex> lk(mu_);
+      free_.push_back(slot);
+      continue;
+    }
+    slots_[slot].busy = true;
+    loopTake_.push_back(slot);
+    bytes += size_t(n);
+    if (bytes >= (256u << 10)) {
+      DeliverOnLoop(uint32_t(loopTake_.size()), 0);
+      bytes = 0;
+      if (loopPoll_ == nullptr || stopping_) break;  // closed by JS
+    }
+  }
+  if (end != 0 && loopPoll_ != nullptr) {
+    uv_poll_stop(loopPoll_);
+    loopPollActive_ = false;
+  }
+  loopDraining_ = false;
+  if (!loopTake_.empty() || end != 0) DeliverOnLoop(uint32_t(loopTake_.size()), end);
+  // Slots JS answered during the drain: read again if the watcher had stopped for want of them.
+  if (end == 0 && loopPoll_ != nullptr && !loopPollActive_ && !stopping_ && !free_.empty()) {
+    loopPollActive_ = uv_poll_start(loopPoll_, UV_READABLE, OnLoopReadable) == 0;
+  }
+}
+
+// Hands the slots in loopTake_ (and then the end of the connection, if `endErrno`) to JS, as
+// CallJs does for the threads; MakeCallback, so that promises settle before the next event.
+void FuseDisk::DeliverOnLoop(uint32_t count, int endErrno) {
+  Napi::Env env(env_);
+  auto call = [&](double arg) -> bool {
+    napi_value argv[1] = {Napi::Number::New(env, arg)};
+    napi_value result;
+    napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), 1, argv, &result);
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value exception;
+      if (napi_get_and_clear_last_exception(env, &exception) == napi_ok && exception != nullptr) {
+        napi_fatal_exception(env, exception);
+      }
+      return false;
+    }
+    return st == napi_ok;
+  };
+  if (count > 0) {
+    for (uint32_t i = 0; i < count; i++) batch_[i] = loopTake_[i];
+    loopTake_.clear();
+    toJs_ += count;
+    batches_++;
+    if (closed_ || !call(double(count))) {
+      StopLoopPoll();
+      return;
+    }
+  }
+  if (endErrno != 0 && !closed_) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (endReported_) return;
+      endErrno_ = endErrno;
+      endReported_ = true;
+    }
+    call(-double(endErrno));
+  }
 }
 
 void FuseDisk::Respond(uint32_t slot, uint64_t unique, int32_t error, const void* data, size_t len) {
@@ -952,6 +1134,7 @@ Napi::Value FuseDisk::Stats(const Napi::CallbackInfo& info) {
   // "io_uring" (serving over the ring), "read/writev" (/dev/fuse only), and why not the ring.
   o.Set("transport", Napi::String::New(env, uringState_ == 2 ? "io_uring" : uringState_ == 1 ? "starting" : "read/writev"));
   o.Set("uringErrno", Napi::Number::New(env, uringErrno_));
+  o.Set("reader", Napi::String::New(env, loopReader_ ? "loop" : "thread"));
   o.Set("ringRequests", Napi::Number::New(env, double(ringRequests_)));
   o.Set("queues", Napi::Number::New(env, uringState_ == 2 ? nQueues_ : 0));
   o.Set("ringRecovered", Napi::Boolean::New(env, recovered_));

@@ -203,7 +203,7 @@ export interface StatusInfo {
   drops?: Record<string, number>
   /**
    * Guest only: each attached block device (by disk name) and how its requests reach the agent,
-   * e.g. `/dev/loop3: FUSE over io_uring, 2 queues` or `... FUSE read/writev on /dev/fuse (the default; VRIO_FUSE_URING=1 for io_uring)`.
+   * e.g. `/dev/loop3: FUSE over io_uring, 2 queues` or `... FUSE read/writev on /dev/fuse on the event loop (the default; VRIO_FUSE_URING=1 for io_uring)`.
    */
   blockDevices?: Record<string, string>
   /**

@@ -65,6 +65,14 @@ async function fuseUringChoice(): Promise<{ uring: boolean; why: string }> {
   }
 }
 
+/**
+ * Where the agent reads /dev/fuse: on its event loop (the default: no thread hand-off per
+ * request), or with VRIO_FUSE_READER=thread on a reader thread (the earlier design, kept for A/B).
+ */
+function fuseReader(): 'loop' | 'thread' {
+  return process.env.VRIO_FUSE_READER === 'thread' ? 'thread' : 'loop'
+}
+
 /** Failed block requests logged one by one per exposure; after them, one line per 1000. */
 const FAILURES_LOGGED = 8
 
@@ -101,12 +109,13 @@ function describeFuseIo(s: FuseNativeStats, why: string): string {
     return `FUSE over io_uring, ${s.queues} queue${s.queues === 1 ? '' : 's'}${notes.length ? ` (${notes.join('; ')})` : ''}`
   }
   const reason = why || (s.uringErrno ? `io_uring failed: errno ${s.uringErrno}` : '')
-  return `FUSE read/writev on /dev/fuse${reason ? ` (${reason})` : ''}`
+  const where = s.reader === 'loop' ? 'on the event loop' : 'on a reader thread'
+  return `FUSE read/writev on /dev/fuse ${where}${reason ? ` (${reason})` : ''}`
 }
 
 /**
- * The agent serves the disk as the one file (`disk`) of its own FUSE mount, on a thread of the
- * native addon plus the event loop (no process or socket in between), and a loop device with
+ * The agent serves the disk as the one file (`disk`) of its own FUSE mount, from its event loop
+ * through the native addon (no process, socket or thread in between), and a loop device with
  * direct I/O turns that file into /dev/loopN: each block request becomes one FUSE request (up to
  * 512 KiB as the loop device sends them: 128 segments of a page), up to 64 at once, each one block
  * request to the IOhyp. Requests come over FUSE's io_uring queues where the kernel has them, else
@@ -167,6 +176,7 @@ export class FuseLoopDevice implements BlockExposure {
         name: 'disk',
         device: o.device,
         uring: choice.uring,
+        reader: fuseReader(),
         onFailure: failureLog(o.log),
       })
     } catch (error) {
@@ -238,6 +248,7 @@ export class FuseLoopDevice implements BlockExposure {
         device: o.device,
         adoptFd: fd,
         uring: r.uring === true,
+        reader: fuseReader(),
         onFailure: failureLog(o.log),
         ...(adoptRing && { adoptRing }),
       })

@@ -35,6 +35,13 @@ export interface FuseDiskOptions {
   uring?: boolean
   /** With `adoptFd` and `uring`: the previous agent's ring memory (see `ring`). */
   adoptRing?: { fd: number; addr: number }
+  /**
+   * Where /dev/fuse is read: 'loop' (the default), on the event loop — a request reaches the device
+   * in the event that finds it, with no thread in between, but this process must never wait on
+   * the mount (stat, open or read the file) from its event loop thread; or 'thread', on a reader
+   * thread of its own that hands the requests over.
+   */
+  reader?: 'loop' | 'thread'
 }
 
 /** A data request the device failed, as FuseDiskOptions.onFailure hears of it. */
@@ -49,9 +56,9 @@ export interface FuseFailure {
 
 /**
  * Serves `device` as the one file of a FUSE mount on `dir`, from this process: the addon reads
- * /dev/fuse on a thread of its own and answers metadata there; READ, WRITE, FLUSH, FSYNC and
- * FALLOCATE come here in batches and run on the device (writes straight from the request's
- * buffer, reads replied from the device's result buffer).
+ * /dev/fuse (on the event loop, or on a thread of its own: `reader`) and answers metadata itself;
+ * READ, WRITE, FLUSH, FSYNC and FALLOCATE come here in batches and run on the device (writes
+ * straight from the request's buffer, reads replied from the device's result buffer).
  */
 export class FuseDiskServer {
   readonly file: string
@@ -85,6 +92,7 @@ export class FuseDiskServer {
           ...(o.adoptFd === undefined ? {} : { fd: o.adoptFd }),
           uring: o.uring === true,
           ...(o.adoptRing && { ringFd: o.adoptRing.fd, ringAddr: o.adoptRing.addr }),
+          reader: o.reader ?? 'loop',
         },
         (count: number) => this.onBatch(count),
       )

@@ -211,6 +211,11 @@ export interface NativeAddon {
       /** With `fd` and `uring`: the previous agent's ring memory (its memfd, from the holder) and address. */
       ringFd?: number
       ringAddr?: number
+      /**
+       * Where /dev/fuse is read: on the event loop (the default; nothing in the process may then
+       * wait on the mount itself) or on a reader thread of its own.
+       */
+      reader?: 'loop' | 'thread'
     },
     callback: (count: number) => void,
   ) => NativeFuseDisk
@@ -264,6 +269,8 @@ export interface FuseNativeStats {
   transport: 'io_uring' | 'read/writev' | 'starting'
   /** Why the ring is not used (or lost entries): an errno, else 0. */
   uringErrno: number
+  /** Where /dev/fuse is read: on the event loop, or on a reader thread. */
+  reader: 'loop' | 'thread'
   /** Requests that came over the ring, and its queues (one per possible CPU; 0 without it). */
   ringRequests: number
   queues: number

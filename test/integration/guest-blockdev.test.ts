@@ -1,9 +1,10 @@
 /**
  * The guest's block device (the agent's own FUSE file under a loop device with direct I/O) over
  * a real IOhyp and veth: a filesystem on it, fstrim reaching the IOhyp's backing file, fio with
- * verify at queue depth 32, and a killed agent's device taken over. Twice: served over FUSE's
- * io_uring queues (VRIO_FUSE_URING=1: the agent turns fuse's enable_uring on), and on /dev/fuse
- * with read/writev, the default.
+ * verify at queue depth 32, and a killed agent's device taken over. Three times: served over FUSE's
+ * io_uring queues (VRIO_FUSE_URING=1: the agent turns fuse's enable_uring on), on /dev/fuse with
+ * read/writev on the agent's event loop (the default), and on /dev/fuse from a reader thread
+ * (VRIO_FUSE_READER=thread).
  */
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
@@ -40,7 +41,7 @@ function kernelLines(): string {
   }
 }
 
-for (const mode of ['io_uring', 'read/writev'] as const)
+for (const mode of ['io_uring', 'read/writev', 'reader thread'] as const)
   describe(`the guest's block device (FUSE + loop, ${mode}) over a veth`, () => {
     let pair: VrioPair
     let backing: string
@@ -52,6 +53,8 @@ for (const mode of ['io_uring', 'read/writev'] as const)
       // The guest agents started from here inherit it (a restarted one too).
       if (mode === 'io_uring') process.env.VRIO_FUSE_URING = '1'
       else delete process.env.VRIO_FUSE_URING
+      if (mode === 'reader thread') process.env.VRIO_FUSE_READER = 'thread'
+      else delete process.env.VRIO_FUSE_READER
       const t = directLink()
       pair = new VrioPair(t.a, t.b)
       await pair.start()
@@ -99,12 +102,19 @@ for (const mode of ['io_uring', 'read/writev'] as const)
       return r.stdout.split('\n').find((l) => /^disk bd\b/.test(l)) ?? ''
     }
 
-    it(`serves it over ${mode === 'io_uring' ? 'FUSE’s io_uring queues' : '/dev/fuse read/writev'}, as vrio status and the log say`, async () => {
+    it(`serves it over ${mode === 'io_uring' ? 'FUSE’s io_uring queues' : `/dev/fuse read/writev${mode === 'reader thread' ? ' from a reader thread' : ''}`}, as vrio status and the log say`, async () => {
       const line = await statusLine()
       assert.ok(line.includes(device), line)
       if (mode === 'io_uring') assert.match(line, /FUSE over io_uring, \d+ queues?/)
-      else
-        assert.match(line, /FUSE read\/writev on \/dev\/fuse \(the default; VRIO_FUSE_URING=1 for io_uring\)/)
+      else {
+        const where = mode === 'reader thread' ? 'on a reader thread' : 'on the event loop'
+        assert.ok(
+          line.includes(
+            `FUSE read/writev on /dev/fuse ${where} (the default; VRIO_FUSE_URING=1 for io_uring)`,
+          ),
+          line,
+        )
+      }
       const attached = pair.guest.logs.find((l) => l.includes('"msg":"disk attached"')) ?? ''
       assert.ok(attached.includes(mode === 'io_uring' ? 'FUSE over io_uring' : 'FUSE read/writev'), attached)
     })
