@@ -321,10 +321,10 @@ function printReport(out: (line: string) => void, r: DemoReport, prefix: string)
     `  ${prefix}-iohyp    vrio iohyp on iohyp-lan (10.77.0.1); disk images; bridge brw with the guests' NIC TAPs`,
   )
   out(
-    `  ${prefix}-guest1   vrio guest on g1-lan (10.77.0.2); disk1 -> NBD export -> loop device; NIC vnic1 192.168.100.1`,
+    `  ${prefix}-guest1   vrio guest on g1-lan (10.77.0.2); disk1 -> the agent's FUSE file -> loop device; NIC vnic1 192.168.100.1`,
   )
   out(
-    `  ${prefix}-guest2   vrio guest on g2-lan (10.77.0.3); disk2 -> NBD export -> loop device; NIC vnic2 192.168.100.2`,
+    `  ${prefix}-guest2   vrio guest on g2-lan (10.77.0.3); disk2 -> the agent's FUSE file -> loop device; NIC vnic2 192.168.100.2`,
   )
   out('')
   out('Remote disks (ext4 on the attached block device; file written with fsync, read back after remount):')
