@@ -105,6 +105,7 @@ class FuseDisk : public Napi::ObjectWrap<FuseDisk> {
   Napi::Value Ring(const Napi::CallbackInfo& info);
 
   void ReaderLoop();
+  bool AnsweredOnRead(uint32_t slot, size_t n);
   // Reading on the event loop: drains /dev/fuse into free slots, answers the metadata, hands the
   // data requests to JS (MakeCallback) in the same event. Stops watching while no slot is free.
   static void OnLoopReadable(uv_poll_t* handle, int status, int events);
@@ -489,6 +490,19 @@ void FuseDisk::Release(uint32_t slot) {
   }
 }
 
+// A request just read into a /dev/fuse slot (`n` bytes): counted, and answered here when it is
+// metadata (or too short to be a request), the slot free again; false: a data request for JS.
+bool FuseDisk::AnsweredOnRead(uint32_t slot, size_t n) {
+  requests_++;
+  uint8_t* buf = slots_[slot].buf;
+  const auto* in = reinterpret_cast<const struct fuse_in_header*>(buf);
+  const uint8_t* arg = buf + sizeof *in;
+  if (n >= sizeof *in && !AnswerHere(slot, in, arg, arg, n - sizeof *in)) return false;
+  std::lock_guard<std::mutex> lk(mu_);
+  free_.push_back(slot);
+  return true;
+}
+
 void FuseDisk::StopLoopPoll() {
   if (loopPoll_ == nullptr) return;
   uv_poll_stop(loopPoll_);
@@ -540,15 +554,7 @@ void FuseDisk::DrainOnLoop() {
       end = e;  // ENODEV: unmounted or aborted. Anything else is as final.
       break;
     }
-    requests_++;
-    uint8_t* buf = slots_[slot].buf;
-    const auto* in = reinterpret_cast<const struct fuse_in_header*>(buf);
-    const uint8_t* arg = buf + sizeof *in;
-    if (size_t(n) < sizeof *in || AnswerHere(slot, in, arg, arg, size_t(n) - sizeof *in)) {
-      std::lock_guard<std::mutex> lk(mu_);
-      free_.push_back(slot);
-      continue;
-    }
+    if (AnsweredOnRead(slot, size_t(n))) continue;
     slots_[slot].busy = true;
     loopTake_.push_back(slot);
     bytes += size_t(n);
@@ -845,15 +851,7 @@ void FuseDisk::ReaderLoop() {
       if (!stopping_ && !notified_.exchange(true)) tsfn_.NonBlockingCall();
       return;
     }
-    requests_++;
-    uint8_t* buf = slots_[slot].buf;
-    const auto* in = reinterpret_cast<const struct fuse_in_header*>(buf);
-    const uint8_t* arg = buf + sizeof *in;
-    if (size_t(n) < sizeof *in || AnswerHere(slot, in, arg, arg, size_t(n) - sizeof *in)) {
-      std::lock_guard<std::mutex> lk(mu_);
-      free_.push_back(slot);
-      continue;
-    }
+    if (AnsweredOnRead(slot, size_t(n))) continue;
     Deliver(slot);
   }
 }
