@@ -145,7 +145,7 @@ constexpr uint32_t kReplayWindow = 1024;
 constexpr size_t kTxArena = 8u << 20;  // a reply of the largest message (4 MiB) fits twice
 // Frames queued in a batch leave at once when they reach this many bytes (a 1 MiB reply each):
 // flushing only at the batch's end kept the guest idle while a batch of large READs was read and
-// sealed (bench/blkdev 1 MiB reads QD8: 2.1-2.4 -> 2.4-3.4 GB/s, 6-12 % less CPU per request).
+// sealed (bench/blkdev 1 MiB reads QD8: 1.9-2.4 -> 2.4-3.4 GB/s, 6-12 % less CPU per request).
 constexpr size_t kFlushAfter = 64u << 10;
 // The slot's store begins with the head of a WRITE handed back unfinished; reply records follow.
 constexpr size_t kStoreBase = 64;
