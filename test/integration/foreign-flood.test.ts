@@ -183,13 +183,16 @@ function separateCpus(daemonPids: readonly number[]): () => void {
   }
 }
 
-/** Waits until none of `pids` has used CPU for a while (the daemons are done with what they got). */
-async function quiet(pids: readonly number[]): Promise<void> {
+/**
+ * Waits until none of `pids` has used CPU for `tenths` tenths of a second in a row (the daemons are
+ * done with what they got), at most 30 s beyond that.
+ */
+async function quiet(pids: readonly number[], tenths = 5): Promise<void> {
   // Run time, not ticks: a collection the status requests left behind runs for tens of ms and
-  // may take no tick. Quiet: under 1 ms per daemon in each of 5 tenths of a second in a row.
+  // may take no tick. Quiet: under 1 ms per daemon in each tenth of a second.
   let last = pids.map(runMs)
   let still = 0
-  for (let i = 0; i < 300 && still < 5; i++) {
+  for (let i = 0; i < 300 + tenths && still < tenths; i++) {
     await sleep(100)
     const now = pids.map(runMs)
     still = now.every((t, j) => t - last[j] < 1) ? still + 1 : 0
@@ -240,7 +243,12 @@ async function floodOnce(filter: 'on' | 'off', diag: (m: string) => void): Promi
     }
     const framesBefore = await rxFrames()
     const pids = daemons.map((d) => d.pid)
-    await quiet(pids) // the status requests' own work done
+    // The status requests' own work done, and what V8's memory reducer does after it: about 7 s
+    // after a daemon's last allocations it runs two or three major collections (30-40 ms of run
+    // time, both daemons at once). Measured from here, that burst would land in the flood's
+    // window (a few seconds) by chance; a quiet stretch longer than the reducer's delay puts it
+    // before the window.
+    await quiet(pids, 100)
     const before = cpuNow(pids)
     const started = Date.now()
     const undo = separateCpus(pids)
