@@ -13,6 +13,10 @@
  * BENCH_SECONDS (default 5) sets each run's length, BENCH_CASES a comma-separated list of case
  * numbers (1-4), BENCH_TARGETS a comma-separated subset of vrio-dev,qemu-nbd,nbdkit,vrio-nbd,vrio-nbdfuse
  * (the last: the previous device path, nbdfuse + loop over vrio's NBD export, for before/after).
+ * BENCH_PIN=LIST (a taskset CPU list, e.g. 0) runs every target's processes and fio on those CPUs
+ * alike: vrio's daemons with `--cpus LIST`, the peers' servers and nbdfuse through taskset (the
+ * loop devices' kernel workers stay where the kernel puts them, for every target). Unset: the
+ * scheduler places everything, as by default.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs'
@@ -26,6 +30,7 @@ import { writeRandomFile } from './support/random-file.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
+const PIN = process.env.BENCH_PIN
 const SIZE = 512 * 1024 * 1024
 
 interface Case {
@@ -94,8 +99,9 @@ function fio(t: Target, c: Case): Result {
   const before = cpuSeconds(t.pids())
   const agentBefore = t.agent ? cpuSeconds([t.agent()]) : 0
   const out = execFileSync(
-    'fio',
+    PIN ? 'taskset' : 'fio',
     [
+      ...(PIN ? ['-c', PIN, 'fio'] : []),
       '--name=bench',
       ...t.fioArgs,
       `--runtime=${SECONDS}`,
@@ -163,7 +169,14 @@ const tree = (pid: number | undefined): number[] => {
 }
 
 const t = directLink()
-const pair = new VrioPair(t.a, t.b)
+const pinned = PIN ? ['--cpus', PIN] : []
+const pair = new VrioPair(t.a, t.b, { iohypOptions: pinned, guestOptions: pinned })
+/** The peers' processes (and their threads) on BENCH_PIN's CPUs, as --cpus puts vrio's. */
+const pin = (pids: readonly number[]) => {
+  if (PIN)
+    for (const pid of pids) execFileSync('taskset', ['-a', '-p', '-c', PIN, String(pid)], { stdio: 'ignore' })
+}
+if (PIN) console.error(`BENCH_PIN=${PIN}: every target's processes and fio run on CPUs ${PIN}`)
 const backing = `/dev/shm/vrio-bench-blkdev-${process.pid}.img`
 const work = `/tmp/vrio-bench-blkdev-${process.pid}`
 const servers: ChildProcess[] = []
@@ -188,6 +201,7 @@ try {
     if (name === 'vrio-nbdfuse') {
       const stack = await nbdfuseLoop(t.b.ns.name, disk.nbd!, `${work}/${name}`)
       closers.push(() => stack.close())
+      pin(tree(stack.proc.pid))
       targets.push({
         name,
         fioArgs: libaio(stack.device),
@@ -203,6 +217,7 @@ try {
       await sleep(1000)
       const stack = await nbdfuseLoop(t.b.ns.name, `nbd://10.99.0.1:${port}/`, `${work}/${name}`)
       closers.push(() => stack.close())
+      pin([...tree(server.pid), ...tree(stack.proc.pid)])
       targets.push({
         name,
         fioArgs: libaio(stack.device),
@@ -282,6 +297,7 @@ try {
       bench: 'blkdev',
       seconds: SECONDS,
       rounds: ROUNDS,
+      ...(PIN && { pinned: PIN }),
       cases: CASES.map((c) => ({
         case: c.name,
         ...Object.fromEntries(targets.map((x) => [x.name, results.get(`${x.name}|${c.name}`)])),

@@ -25,6 +25,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdGetfd", Napi::Function::New<PidfdGetfd>(env, "pidfdGetfd"));
   exports.Set("gcWatch", Napi::Function::New<GcWatchStart>(env, "gcWatch"));
   exports.Set("tuneMalloc", Napi::Function::New<TuneMalloc>(env, "tuneMalloc"));
+  exports.Set("setAffinity", Napi::Function::New<SetAffinity>(env, "setAffinity"));
   return exports;
 }
 

@@ -152,6 +152,8 @@ Napi::Value PidfdGetfd(const Napi::CallbackInfo& info);
 Napi::Value GcWatchStart(const Napi::CallbackInfo& info);
 // tuneMalloc(mmapThreshold, trimThreshold): glibc malloc keeps freed memory mapped (malloc_tune.cc).
 Napi::Value TuneMalloc(const Napi::CallbackInfo& info);
+// setAffinity(tid, cpus): sched_setaffinity for one thread (malloc_tune.cc).
+Napi::Value SetAffinity(const Napi::CallbackInfo& info);
 
 // xts.cc: AES-XTS over whole sectors, many per call (the crypt service's data path).
 class XtsCipher : public Napi::ObjectWrap<XtsCipher> {

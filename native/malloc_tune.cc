@@ -4,10 +4,15 @@
 // them over and over, and pays a page fault for every 4 KiB of each fresh one (an exit to the
 // hypervisor on a VM). Allocations below `mmapThreshold` come from the heap; up to `trimThreshold`
 // bytes free at its top stay mapped. Returns false where this is not glibc or mallopt refused.
+#include <errno.h>
 #include <napi.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
+
+#include <sched.h>
+
+#include <string>
 
 #include "io.h"
 
@@ -29,6 +34,33 @@ Napi::Value TuneMalloc(const Napi::CallbackInfo& info) {
 #else
   return Napi::Boolean::New(env, false);
 #endif
+}
+
+}  // namespace vrio
+
+// setAffinity(tid, cpus): the thread `tid` (0: the caller) runs on the CPUs listed only
+// (sched_setaffinity). The daemons apply `--cpus` to each of their threads with it; threads they
+// start later inherit it.
+namespace vrio {
+
+Napi::Value SetAffinity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsArray())
+    return ThrowInvalid(env, "setAffinity(tid, cpus): a thread id and an array of CPU numbers");
+  int64_t tid = info[0].As<Napi::Number>().Int64Value();
+  Napi::Array cpus = info[1].As<Napi::Array>();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (uint32_t i = 0; i < cpus.Length(); i++) {
+    Napi::Value v = cpus.Get(i);
+    int64_t cpu = v.IsNumber() ? v.As<Napi::Number>().Int64Value() : -1;
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return ThrowInvalid(env, "setAffinity: a CPU number out of range");
+    CPU_SET(static_cast<int>(cpu), &set);
+  }
+  if (tid < 0 || CPU_COUNT(&set) == 0) return ThrowInvalid(env, "setAffinity: a thread id and at least one CPU");
+  if (sched_setaffinity(static_cast<pid_t>(tid), sizeof set, &set) != 0)
+    return ThrowSysErr(env, SysErr{errno, "sched_setaffinity", std::to_string(tid)});
+  return env.Undefined();
 }
 
 }  // namespace vrio

@@ -5,9 +5,9 @@ import type { Command } from 'commander'
 import { readKeyFile } from '../auth/key-file.ts'
 import { DEFAULT_GUEST_SOCKET, DEFAULT_IOHYP_SOCKET } from '../control/api.ts'
 import { loadGuestConfig, loadIohypConfig } from '../config/load.ts'
-import { DEFAULT_POLL_IDLE_US, ipv4Schema, pollIdleUsSchema } from '../config/schema.ts'
+import { cpuListSchema, DEFAULT_POLL_IDLE_US, ipv4Schema, pollIdleUsSchema } from '../config/schema.ts'
 import { createLogger, type Logger } from '../daemon/log.ts'
-import { stopOnSignals, tuneAllocator } from '../daemon/runtime.ts'
+import { pinToCpus, stopOnSignals, tuneAllocator } from '../daemon/runtime.ts'
 import { parseListenAddress } from '../daemon/listen-address.ts'
 import { GuestDaemon } from '../guest/daemon.ts'
 import { IohypDaemon, type IohypOptions } from '../iohyp/daemon.ts'
@@ -31,6 +31,7 @@ interface IohypCliOptions {
   iocores?: string
   poll?: boolean
   pollIdleUs?: string
+  cpus?: string
 }
 
 interface GuestCliOptions {
@@ -47,6 +48,7 @@ interface GuestCliOptions {
   metrics?: string
   poll?: boolean
   pollIdleUs?: string
+  cpus?: string
 }
 
 const CONFIG_HELP = 'config file (.yaml, .yml or .json); options given here override its settings'
@@ -55,6 +57,8 @@ const PLAINTEXT_HELP =
 const POLL_HELP =
   'poll the packet socket instead of sleeping: the thread (each iocore; in the guest, the agent) keeps draining it until --poll-idle-us pass without work, then sleeps as without it (off by default; costs CPU)'
 const POLL_IDLE_HELP = `with --poll: microseconds without work before the thread sleeps (default: ${DEFAULT_POLL_IDLE_US})`
+const CPUS_HELP =
+  "run the daemon's threads on these CPUs only, as taskset lists them: 0, 0-3, 0,2 (default: all it may use)"
 const METRICS_HELP =
   'also serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9860 (they are always at GET /metrics on the control socket)'
 
@@ -77,11 +81,17 @@ export function registerDaemonCommands(program: Command): void {
     )
     .option('--poll', POLL_HELP)
     .option('--poll-idle-us <us>', POLL_IDLE_HELP)
+    .option('--cpus <list>', CPUS_HELP)
     .action(async (o: IohypCliOptions) => {
       // The config is checked before anything starts: a bad one leaves nothing behind.
       const c = o.config === undefined ? undefined : loadIohypConfig(o.config)
+      const cpus = cpusOption(o.cpus) ?? c?.cpus
       const log = createLogger('iohyp')
       log.debug('malloc', { tuning: tuneAllocator() })
+      if (cpus) {
+        await pinToCpus(cpus)
+        log.info('threads pinned', { cpus: cpus.join(',') })
+      }
       const iocores =
         o.iocores !== undefined
           ? iocoresOption(o.iocores)
@@ -135,14 +145,20 @@ export function registerDaemonCommands(program: Command): void {
     .option('--metrics <addr:port>', METRICS_HELP)
     .option('--poll', POLL_HELP)
     .option('--poll-idle-us <us>', POLL_IDLE_HELP)
+    .option('--cpus <list>', CPUS_HELP)
     .action(async (o: GuestCliOptions) => {
       const c = o.config === undefined ? undefined : loadGuestConfig(o.config)
       const pollIdleUs = pollOption(o, c)
+      const cpus = cpusOption(o.cpus) ?? c?.cpus
       const ifname = required(o.interface ?? c?.interface, '--interface')
       const key = o.keyFile !== undefined ? readKeyFile(o.keyFile) : c?.key
       const runDir = o.runDir ?? c?.runDir ?? DEFAULT_RUN_DIR
       const log = createLogger('guest')
       log.debug('malloc', { tuning: tuneAllocator() })
+      if (cpus) {
+        await pinToCpus(cpus)
+        log.info('threads pinned', { cpus: cpus.join(',') })
+      }
       const daemon = await GuestDaemon.start(
         {
           interface: ifname,
@@ -168,6 +184,17 @@ export function registerDaemonCommands(program: Command): void {
       )
       stopOnSignals(log, () => daemon.stop())
     })
+}
+
+/** --cpus LIST: the sorted CPU numbers, or undefined when not given. */
+export function cpusOption(list: string | undefined): number[] | undefined {
+  if (list === undefined) return undefined
+  const r = cpuListSchema.safeParse(list)
+  if (!r.success)
+    throw new VrioError('invalid-argument', `--cpus '${list}': ${r.error.issues[0].message}`, {
+      field: 'cpus',
+    })
+  return r.data
 }
 
 /**

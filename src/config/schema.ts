@@ -50,6 +50,26 @@ export const pollIdleUsSchema = z
   .min(1, { error: 'must be at least 1 µs' })
   .max(1_000_000, { error: 'must be at most 1000000 µs (1 s)' })
 
+/**
+ * The CPUs a daemon's threads run on (`--cpus`), as taskset writes them: `0`, `0-3`, `0,2,5-7`.
+ * Parsed into the sorted, distinct CPU numbers; whether they exist is checked at start.
+ */
+export const cpuListSchema = z
+  .string()
+  .regex(/^\d+(-\d+)?(,\d+(-\d+)?)*$/, { error: 'must be a CPU list such as 0, 0-3 or 0,2,5-7' })
+  .transform((list, ctx) => {
+    const cpus = new Set<number>()
+    for (const part of list.split(',')) {
+      const [a, b = a] = part.split('-').map(Number)
+      if (b < a || b > 1023) {
+        ctx.addIssue({ code: 'custom', message: `'${part}' is not a range of CPUs 0-1023` })
+        return z.NEVER
+      }
+      for (let cpu = a; cpu <= b; cpu++) cpus.add(cpu)
+    }
+    return [...cpus].sort((x, y) => x - y)
+  })
+
 /** Polling, for both daemons: `poll` (`--poll`) turns it on, `pollIdleUs` (`--poll-idle-us`) sets how long. */
 const pollKeys = {
   /** Poll the packet socket instead of sleeping until pollIdleUs pass without work (default off). */
@@ -73,6 +93,8 @@ export const iohypTopSchema = z.strictObject({
   /** Worker threads running the guests' data path (`--iocores`; default: cores − 1, at least 1). */
   iocores: z.int().min(1).max(64).optional(),
   ...pollKeys,
+  /** The CPUs its threads run on (`--cpus`; default: all the process may use). */
+  cpus: cpuListSchema.optional(),
   guests: z.array(z.unknown()).optional(),
   disks: z.array(z.unknown()).optional(),
   nics: z.array(z.unknown()).optional(),
@@ -97,4 +119,6 @@ export const guestFileSchema = z.strictObject({
    */
   iohyp: ipv4Schema.optional(),
   ...pollKeys,
+  /** The CPUs its threads run on (`--cpus`; default: all the process may use). */
+  cpus: cpuListSchema.optional(),
 })

@@ -2,7 +2,7 @@ import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 import { VrioError } from '../errors.ts'
-import { isIoError } from '../io/errors.ts'
+import { fromNative, isIoError } from '../io/errors.ts'
 import { interfaceInfo } from '../io/interfaces.ts'
 import { native } from '../io/native.ts'
 import { vrioPacketFilter } from '../io/packet-filter.ts'
@@ -37,6 +37,51 @@ export function tuneAllocator(
   )
     return 'operator'
   return native().tuneMalloc?.(MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD) ? 'tuned' : 'unavailable'
+}
+
+/**
+ * Runs every thread of this process on `cpus` only (`--cpus`; threads started later inherit it):
+ * for an operator who gives the daemon its own cores, or keeps a chain of processes that hand
+ * each request on (fio, the loop device's worker, the guest agent, the IOhyp) on one core, where
+ * each wake-up costs no inter-processor interrupt. A CPU this process may not use (offline, or
+ * outside its cpuset) is refused with `invalid-argument`, naming it.
+ */
+export async function pinToCpus(cpus: readonly number[]): Promise<void> {
+  const set = native().setAffinity
+  if (!set) throw new VrioError('not-implemented', '--cpus needs the native addon with setAffinity')
+  const tasks = await readdir('/proc/self/task')
+  for (const tid of tasks) {
+    try {
+      set(Number(tid), cpus)
+    } catch (e) {
+      const error = fromNative(e)
+      // ESRCH: a thread that ended meanwhile. EINVAL: none of the CPUs can be used.
+      if (isIoError(error, 'ESRCH')) continue
+      if (!isIoError(error, 'EINVAL')) throw error
+      throw new VrioError(
+        'invalid-argument',
+        `--cpus ${cpus.join(',')}: none of these CPUs is online and allowed for this process`,
+        { field: 'cpus' },
+        { cause: error },
+      )
+    }
+  }
+  const allowed = (await readFile('/proc/self/status', 'utf8')).match(/^Cpus_allowed_list:\s*(\S+)/m)?.[1]
+  const missing = allowed === undefined ? [] : cpus.filter((c) => !inCpuList(allowed, c))
+  if (missing.length > 0)
+    throw new VrioError(
+      'invalid-argument',
+      `--cpus: CPU ${missing.join(', ')} is offline or outside this process's cpuset (allowed: ${allowed})`,
+      { field: 'cpus' },
+    )
+}
+
+/** Whether `cpu` is in a list as /proc writes it (`0-3,6`). */
+function inCpuList(list: string, cpu: number): boolean {
+  return list.split(',').some((part) => {
+    const [a, b = a] = part.split('-').map(Number)
+    return cpu >= a && cpu <= b
+  })
 }
 
 /** The guests' listen port: the "server port" of every vrio connection. */

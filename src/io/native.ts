@@ -231,6 +231,8 @@ export interface NativeAddon {
    * bytes at its top kept mapped (mallopt). False where this is not glibc. Absent from an older build.
    */
   tuneMalloc?(mmapThreshold: number, trimThreshold: number): boolean
+  /** sched_setaffinity(tid, cpus) for one thread (0: the caller); throws the errno. */
+  setAffinity?(tid: number, cpus: readonly number[]): void
 }
 
 /** The addon's FUSE session (native/fuse.cc). */

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import YAML from 'yaml'
 import { readKeyFile, writeKeyFile } from '../../src/auth/key-file.ts'
-import { pollOption } from '../../src/cli/daemons.ts'
+import { cpusOption, pollOption } from '../../src/cli/daemons.ts'
 import { loadGuestConfig, loadIohypConfig } from '../../src/config/load.ts'
 import { DEFAULT_POLL_IDLE_US } from '../../src/config/schema.ts'
 import { isVrioError } from '../../src/errors.ts'
@@ -225,6 +225,35 @@ describe('config files', () => {
     bad({ poll: true, pollIdleUs: '2000000' })
     bad({ pollIdleUs: '50' })
     bad({}, { pollIdleUs: 50 })
+  })
+
+  it('cpus on both daemons and --cpus over it: taskset lists, sorted and distinct; bad ones refused naming the key', () => {
+    assert.deepEqual(loadIohypConfig(write({ interface: 'eth0', cpus: '3,0-1,1' })).cpus, [0, 1, 3])
+    assert.deepEqual(
+      loadGuestConfig(write({ interface: 'eth0', keyFile: 'keys/g1.key', cpus: '2' })).cpus,
+      [2],
+    )
+    assert.equal(loadIohypConfig(write({ interface: 'eth0' })).cpus, undefined)
+    assert.match(
+      refused(loadIohypConfig, { interface: 'eth0', cpus: 'all' }),
+      /^cpus: must be a CPU list such as 0, 0-3/,
+    )
+    assert.match(refused(loadIohypConfig, { interface: 'eth0', cpus: 3 }), /^cpus: /)
+    assert.match(
+      refused(loadGuestConfig, { interface: 'eth0', keyFile: 'keys/g1.key', cpus: '4-2' }),
+      /^cpus: '4-2' is not a range of CPUs 0-1023/,
+    )
+    assert.equal(cpusOption(undefined), undefined)
+    assert.deepEqual(cpusOption('0-2,5'), [0, 1, 2, 5])
+    for (const bad of ['', '1,', '-1', '0-', 'x', '2000'])
+      assert.throws(
+        () => cpusOption(bad),
+        (e) =>
+          isVrioError(e, 'invalid-argument') &&
+          e.details.field === 'cpus' &&
+          e.message.startsWith(`--cpus '${bad}'`),
+        bad,
+      )
   })
 
   it('lists default to empty; only interface is required', () => {
