@@ -1,3 +1,5 @@
+// The daemons' process settings: malloc's thresholds and the threads' CPUs (setAffinity, below).
+//
 // tuneMalloc(mmapThreshold, trimThreshold): glibc's malloc keeps freed memory instead of handing
 // it back to the kernel at once. A daemon moving GB/s through short-lived buffers (64 KiB socket
 // reads, 1 MiB block payloads: Node allocates ArrayBuffers with malloc) otherwise maps and unmaps
