@@ -142,6 +142,8 @@ interface OutMessage {
 
 /** Acknowledged messages' records kept for reuse, per connection: no object per message sent. */
 const SPARE_MESSAGES = 64
+/** Send buffer kept for best-effort messages (see reliableLimit): 1 MiB, at most an eighth of it. */
+const BEST_EFFORT_RESERVE = 1024 * 1024
 const NO_CHUNKS: readonly Uint8Array[] = []
 const NO_BYTES = new Uint8Array(0)
 
@@ -433,9 +435,18 @@ export class Connection {
     return !this.closed && !this.closeRequested
   }
 
-  /** Bytes that may still be queued by `send` before it refuses. */
+  /** Bytes that may still be queued by `send` before it refuses a reliable message. */
   get sendSpace(): number {
-    return this.o.sendBuffer - this.queuedBytes
+    return this.reliableLimit - this.queuedBytes
+  }
+
+  /**
+   * How far reliable messages may fill the send buffer: the rest (BEST_EFFORT_RESERVE, at most an
+   * eighth of it) is kept for best-effort ones, so that a disk's burst of replies, which waits
+   * for room, never leaves a NIC's frames, which are dropped when there is none, without any.
+   */
+  private get reliableLimit(): number {
+    return this.o.sendBuffer - Math.min(BEST_EFFORT_RESERVE, Math.floor(this.o.sendBuffer / 8))
   }
 
   /** The window we would advertise now, in bytes. */
@@ -504,7 +515,9 @@ export class Connection {
     ) {
       return false
     }
-    if (this.queuedBytes + length > this.o.sendBuffer) {
+    const limit = delivery === Delivery.BestEffort ? this.o.sendBuffer : this.reliableLimit
+    // An empty queue takes any message (maxMessageSize ≤ sendBuffer).
+    if (this.queuedBytes + length > limit && this.queuedBytes > 0) {
       if (delivery === Delivery.BestEffort) this.stats.bestEffortDropped++
       else if (!this.writableWanted) {
         this.writableWanted = true
@@ -876,7 +889,7 @@ export class Connection {
     p[LEND.sendScale] = this.sendScale
     p[LEND.mss] = this.mssPayload
     // The send buffer's room (the fast path's replies count against it as the connection's would).
-    p[LEND.sendLimit] = this.o.sendBuffer - this.queuedBytes + (this.sndNxt - this.sndUna)
+    p[LEND.sendLimit] = this.reliableLimit - this.queuedBytes + (this.sndNxt - this.sndUna)
     p[LEND.cwnd] = this.cwnd
     p[LEND.sendBuffer] = this.o.sendBuffer
     p[LEND.ssthresh] = this.ssthresh === Number.POSITIVE_INFINITY ? -1 : this.ssthresh

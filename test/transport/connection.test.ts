@@ -37,6 +37,34 @@ for (const { name: mode, insecurePlaintext } of CHANNEL_MODES)
       )
     })
 
+    it('reliable messages leave room in the send buffer for best-effort ones (a disk burst does not starve a NIC)', () => {
+      const sendBuffer = 4 * 1024 * 1024
+      const sim = new Simulation(8, noFaults(), {
+        insecurePlaintext,
+        sendBuffer,
+        maxMessageSize: 1024 * 1024,
+      })
+      const got: number[] = []
+      sim.acceptHandlers = () => ({ message: (m) => got.push(m.length) })
+      const client = sim.connect({ message() {} })
+      assert.ok(sim.run(() => client.state === 'established'))
+      // Reliable messages until the buffer refuses one (nothing is delivered meanwhile: no run).
+      let queued = 0
+      while (client.send(Buffer.alloc(256 * 1024, 1), Delivery.Reliable)) queued += 256 * 1024
+      // They stopped short of the buffer by its reserve (an eighth of 4 MiB here)...
+      assert.equal(queued, sendBuffer - sendBuffer / 8)
+      assert.equal(client.stats.windowStalls, 1)
+      // ...which best-effort messages still get, up to the whole buffer.
+      const frames = (sendBuffer / 8 / 1500) | 0
+      for (let i = 0; i < frames; i++)
+        assert.ok(client.send(Buffer.alloc(1500, 2), Delivery.BestEffort), `frame ${i}`)
+      assert.equal(client.send(Buffer.alloc(sendBuffer / 8, 2), Delivery.BestEffort), false)
+      assert.equal(client.stats.bestEffortDropped, 1)
+      assert.ok(sim.run(() => got.length === queued / (256 * 1024) + frames))
+      // A reliable message as large as the buffer allows still goes into an empty queue.
+      assert.ok(client.send(Buffer.alloc(1024 * 1024, 3), Delivery.Reliable))
+    })
+
     it('opens with a three-way handshake, carries messages both ways and closes cleanly', () => {
       const sim = new Simulation(1, noFaults(), { insecurePlaintext })
       const atB: Uint8Array[] = []
