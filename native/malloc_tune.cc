@@ -38,13 +38,9 @@ Napi::Value TuneMalloc(const Napi::CallbackInfo& info) {
 #endif
 }
 
-}  // namespace vrio
-
 // setAffinity(tid, cpus): the thread `tid` (0: the caller) runs on the CPUs listed only
 // (sched_setaffinity). The daemons apply `--cpus` to each of their threads with it; threads they
 // start later inherit it.
-namespace vrio {
-
 Napi::Value SetAffinity(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsArray())
