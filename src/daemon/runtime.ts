@@ -1,6 +1,7 @@
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
+import { cpuListSchema } from '../config/schema.ts'
 import { VrioError } from '../errors.ts'
 import { fromNative, isIoError } from '../io/errors.ts'
 import { interfaceInfo } from '../io/interfaces.ts'
@@ -66,22 +67,16 @@ export async function pinToCpus(cpus: readonly number[]): Promise<void> {
       )
     }
   }
+  // The kernel writes the list as taskset does: the same schema reads it.
   const allowed = (await readFile('/proc/self/status', 'utf8')).match(/^Cpus_allowed_list:\s*(\S+)/m)?.[1]
-  const missing = allowed === undefined ? [] : cpus.filter((c) => !inCpuList(allowed, c))
+  const usable = allowed === undefined ? undefined : new Set(cpuListSchema.parse(allowed))
+  const missing = usable === undefined ? [] : cpus.filter((c) => !usable.has(c))
   if (missing.length > 0)
     throw new VrioError(
       'invalid-argument',
       `--cpus: CPU ${missing.join(', ')} is offline or outside this process's cpuset (allowed: ${allowed})`,
       { field: 'cpus' },
     )
-}
-
-/** Whether `cpu` is in a list as /proc writes it (`0-3,6`). */
-function inCpuList(list: string, cpu: number): boolean {
-  return list.split(',').some((part) => {
-    const [a, b = a] = part.split('-').map(Number)
-    return cpu >= a && cpu <= b
-  })
 }
 
 /** The guests' listen port: the "server port" of every vrio connection. */
