@@ -148,6 +148,28 @@ describe('Aho–Corasick prefilter', () => {
       ),
       { numRuns: 500 },
     )
+    // Long stretches run four ways from guessed states that the scan then corrects: runs of `a`
+    // against patterns `a…ab` keep a guess wrong for as long as the pattern (up to 60 bytes), and
+    // inputs past 16 KiB cross pieces.
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 60 }), { minLength: 1, maxLength: 4 }),
+        fc.array(fc.nat(120), { minLength: 200, maxLength: 600 }),
+        fc.array(fc.nat(40_000), { maxLength: 3 }),
+        fc.boolean(),
+        (lengths, runs, splits, skip) => {
+          const patterns = lengths.map((n) => Buffer.from(`${'a'.repeat(n)}b`, 'latin1'))
+          const input = Buffer.from(runs.map((n) => `${'a'.repeat(n)}b`).join(''), 'latin1')
+          sameScans(
+            new AhoCorasick(patterns, { skip }),
+            new AhoCorasick(patterns, { skip, native: false }),
+            input,
+            splits,
+          )
+        },
+      ),
+      { numRuns: 60 },
+    )
     // More hits than one native call records (1-byte patterns on every byte).
     const enc = (s: string) => Buffer.from(s, 'latin1')
     const input = Buffer.alloc(5000, 0x61)
