@@ -6,8 +6,9 @@ import type { NativeChannel, NativeFastPath, NativeStats } from './native.ts'
  * One batch of received frames: a slab plus a table of where its frames lie. `frame(i)` is a view
  * (no copy) into the slab.
  *
- * Valid only while the batch handler runs. When the handler returns, the slab is filled with the
- * next frames; copy whatever must outlive the call. The FrameBatch object itself is reused for the
+ * Valid while the batch handler runs and the microtasks it queued run (the addon delivers each batch
+ * with MakeCallback, which runs them before it reads again); after that the slab is filled with the
+ * next frames, so copy whatever must outlive them. The FrameBatch object itself is reused for the
  * next batch.
  */
 export class FrameBatch {

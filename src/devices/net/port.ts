@@ -16,6 +16,13 @@ export interface NetFilter {
    * toward the frame's sender (e.g. a TCP RST for a rejected connection).
    */
   inspect(frame: Uint8Array, direction: NetDirection, reply: (frame: Uint8Array) => void): boolean
+  /**
+   * True when part of the policy only watches (it cannot drop): the port then passes each frame
+   * that inspect() let through to observe(), after it has forwarded the frame, so the frame does
+   * not wait for that part.
+   */
+  readonly observing?: boolean
+  observe?(frame: Uint8Array, direction: NetDirection): void
 }
 
 export interface NetTraffic {
@@ -129,7 +136,8 @@ export class NetPort {
       this.drop(spoofed)
       return
     }
-    if (this.o.filter && !this.o.filter.inspect(frame, this.inward, this.replyToPeer)) {
+    const filter = this.o.filter
+    if (filter && !filter.inspect(frame, this.inward, this.replyToPeer)) {
       this.drop('filtered')
       return
     }
@@ -137,6 +145,8 @@ export class NetPort {
       this.toKernel.frames++
       this.toKernel.bytes += frame.length
     }
+    // In the kernel already (the write copies): the watching part of the policy looks at it now.
+    if (filter?.observing) filter.observe?.(frame, this.inward)
   }
 
   counters(): NetCounters {
@@ -153,6 +163,8 @@ export class NetPort {
   }
 
   private fromChannel(batch: FrameBatch): void {
+    const filter = this.o.filter
+    const observing = filter?.observing === true
     for (let i = 0; i < batch.count; i++) {
       const body = batch.frame(i)
       if (body.length < VIRTIO_NET_HDR_LEN + MIN_FRAME) {
@@ -160,7 +172,7 @@ export class NetPort {
         continue
       }
       const frame = body.subarray(VIRTIO_NET_HDR_LEN)
-      if (this.o.filter && !this.o.filter.inspect(frame, this.outward, this.replyToKernel)) {
+      if (filter && !filter.inspect(frame, this.outward, this.replyToKernel)) {
         this.drop('filtered')
         continue
       }
@@ -168,7 +180,22 @@ export class NetPort {
         this.fromKernel.frames++
         this.fromKernel.bytes += frame.length
       }
+      if (observing) this.observed.push(frame)
     }
+    // The transport sends what sendToPeer queued in a microtask queued already (LinkDriver.flush):
+    // the watching part of the policy runs in the next one, after the batch has left. The frames
+    // are views of the batch's slab, which is not read into again before the batch's microtasks
+    // have run (see FrameBatch).
+    if (this.observed.length > 0) queueMicrotask(this.observeBatch)
+  }
+
+  /** Frames of the last batch from the kernel that the filter watches after forwarding. */
+  private readonly observed: Uint8Array[] = []
+  private readonly observeBatch = (): void => {
+    const observed = this.observed
+    const filter = this.o.filter
+    for (let i = 0; i < observed.length; i++) filter?.observe?.(observed[i], this.outward)
+    observed.length = 0
   }
 
   private sendToPeer(body: Uint8Array): boolean {

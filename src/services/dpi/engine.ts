@@ -244,6 +244,8 @@ class RuleSet {
   readonly groupMatchers: PayloadMatcher[][]
   /** Per application buffer: a prefilter over the fast patterns bound to it. */
   readonly bufferPrefilters: BufferPrefilter[] = []
+  /** Buffer → the index of the bufferPrefilters entry that scans it. */
+  readonly prefilterOf = new Map<BufferId, number>()
   /** Parts of all bufferPrefilters (per transaction: scan progress per part and side). */
   readonly prefilterSlots: number
   /** Per application buffer: rules without a fast pattern in an app buffer, triggered by it. */
@@ -268,6 +270,8 @@ class RuleSet {
   readonly stateOrder: Uint8Array
   /** Some rule has flowbits, flowint, xbits, threshold or noalert. */
   readonly stateful: boolean
+  /** Some rule's action is drop. */
+  readonly drops: boolean
 
   constructor(rules: Rule[], generation: number, streamWindow: number, tables?: DpiTables) {
     this.generation = generation
@@ -319,6 +323,7 @@ class RuleSet {
     )
     this.stateOrder = Uint8Array.from(rules, (r) => stateOrder(r.state))
     this.stateful = rules.some((r) => r.state !== undefined)
+    this.drops = rules.some((r) => r.action === 'drop')
     this.needsApp = rules.some((r) => r.app !== undefined || r.groups.some((g) => g.buffer !== 'payload'))
     for (const r of rules) for (const g of r.groups) this.usedBuffers.add(g.buffer)
     for (const b of this.usedBuffers) {
@@ -412,6 +417,7 @@ class RuleSet {
     const prefilter = (ids: BufferId[], set: PatternSet): void => {
       const { automaton, patternRules } = set.build(tables?.buffers?.[this.bufferPrefilters.length])
       if (!automaton) return
+      for (const id of ids) this.prefilterOf.set(id, this.bufferPrefilters.length)
       const parts = ids.map((id) => ({
         id,
         slot: slots++,
@@ -430,6 +436,8 @@ class RuleSet {
 
 export type DpiCounters = {
   rules: number
+  /** On the frames' path (it can drop: see canDrop); false: it inspects frames after they went on. */
+  inline: boolean
   packets: number
   bytes: number
   alerts: number
@@ -501,6 +509,8 @@ export class DpiService implements NetService {
   readonly #hits: number[] = []
   #hitStamp = new Uint32Array(0)
   #hitRound = 0
+  /** Per buffer prefilter: the #hitRound in which one of its buffers changed. */
+  #prefilterStamp = new Uint32Array(0)
   /** The rules verified on a transaction this round. */
   readonly #round: number[] = []
   /** The inspection buffers made of a transaction's buffers this round (reused). */
@@ -574,6 +584,16 @@ export class DpiService implements NetService {
   /** The rules in force. */
   get rules(): readonly Rule[] {
     return this.#rules.rules
+  }
+
+  /**
+   * Whether inspect() can drop a frame: a rule in force drops, an exceeded work budget does
+   * (`budgetExceeded: 'drop'`), or a flow was dropped. When not, the chain inspects frames after
+   * forwarding them.
+   */
+  get canDrop(): boolean {
+    // A flow dropped once stays dropped, whatever rules replace those that dropped it.
+    return this.#rules.drops || this.#options.budgetExceeded === 'drop' || this.#c.droppedFlows > 0
   }
 
   /** The errors of the last (non-strict) load: the rules they concern were skipped. */
@@ -742,6 +762,7 @@ export class DpiService implements NetService {
     const t = this.#table
     return {
       rules: this.#rules.rules.length,
+      inline: this.canDrop,
       ...this.#c,
       alertsBySid: Object.fromEntries([...this.#alertsBySid].map(([sid, n]) => [String(sid), n])),
       budgetExceededBySid: Object.fromEntries([...this.#budgetBySid].map(([sid, n]) => [String(sid), n])),
@@ -974,7 +995,19 @@ export class DpiService implements NetService {
       if (tx.scanned.length !== 4 * rs.prefilterSlots) tx.scanned = new Array(4 * rs.prefilterSlots).fill(0)
       const scanned = tx.scanned
       const changed = tx.changed
-      for (const prefilter of prefilters) {
+      // The prefilters of the buffers that changed (all of them after a rule swap).
+      const stampRound = this.#hitRound
+      if (this.#prefilterStamp.length < prefilters.length) this.#prefilterStamp = new Uint32Array(prefilters.length)
+      const stamp = this.#prefilterStamp
+      if (!rescan) {
+        for (const id of changed) {
+          const k = rs.prefilterOf.get(id)
+          if (k !== undefined) stamp[k] = stampRound
+        }
+      }
+      for (let p = 0; p < prefilters.length; p++) {
+        if (!rescan && stamp[p] !== stampRound) continue
+        const prefilter = prefilters[p]
         const ac = prefilter.automaton
         this.#appPatternRules = prefilter.patternRules
         // The last list scanned by this prefilter, and the progress it was scanned from.
@@ -1043,12 +1076,12 @@ export class DpiService implements NetService {
       }
       tx.changed.clear()
       const views = this.#views
-      views.clear()
       for (const i of round) {
         if (tx.alerted.has(i)) continue
         if (this.#verifyTransaction(i, tx, payload, views)) tx.alerted.add(i)
       }
-      views.clear()
+      // Map.clear() allocates a new table even when empty.
+      if (views.size > 0) views.clear()
     }
   }
 

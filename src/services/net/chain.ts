@@ -2,12 +2,21 @@
  * A remote NIC's service chain: the NetFilter the IOhyp's NetPort calls for every frame. The frame
  * is dissected once; then the firewall (if any) and the DPI (if any) see it in that order, and the
  * first that refuses it drops it. With no services the chain passes every frame untouched.
+ *
+ * A service that cannot drop at the moment (`canDrop: false`: a DPI whose rules only alert, as
+ * Suricata in IDS mode) is not on the frame's path: inspect() skips it and the port hands each frame
+ * that inspect() passed to observe() once it has forwarded it, so the frame does not wait for it.
+ * Such a service sees the same frames, in the same order, as it would inline (it comes last: the
+ * firewall can always drop); only its alerts come microseconds after the frame left.
+ *
  * Pure: files, logs and clocks are the caller's.
  */
 import type { NetFilter } from '../../devices/net/port.ts'
 import { dissectPacket, newPacket } from '../../wire/packet.ts'
 import type { LoadReport } from './compile.ts'
 import type { NetContext, NetDirection, NetService } from './service.ts'
+
+const NO_REPLY = (): void => {}
 
 /** The kinds of NIC service, in chain order. */
 export const NET_SERVICE_KINDS = ['firewall', 'dpi'] as const
@@ -78,9 +87,31 @@ export class NetServiceChain implements NetFilter {
     }
     this.reply = reply
     for (let i = 0; i < order.length; i++) {
-      if (!order[i].inspect(frame, this.packet, direction, this.ctx)) return false
+      const service = order[i]
+      if (service.canDrop !== false && !service.inspect(frame, this.packet, direction, this.ctx)) return false
     }
     return true
+  }
+
+  /** Whether some service runs after forwarding (see observe()). */
+  get observing(): boolean {
+    const order = this.order
+    for (let i = 0; i < order.length; i++) if (order[i].canDrop === false) return true
+    return false
+  }
+
+  /**
+   * The services that cannot drop, on a frame that inspect() passed and the port has forwarded
+   * (still unchanged). Replies are not possible any more: such services send none.
+   */
+  observe(frame: Uint8Array, direction: NetDirection): void {
+    const order = this.order
+    if (dissectPacket(frame, this.packet) !== undefined) return
+    this.reply = NO_REPLY
+    for (let i = 0; i < order.length; i++) {
+      const service = order[i]
+      if (service.canDrop === false) service.inspect(frame, this.packet, direction, this.ctx)
+    }
   }
 
   counters(): ChainCounters {

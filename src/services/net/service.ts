@@ -31,6 +31,12 @@ export interface NetService {
    * it. Must not keep `frame` after returning (copy what must be kept, e.g. for reassembly).
    */
   inspect(frame: Uint8Array, p: Packet, direction: NetDirection, ctx: NetContext): boolean
+  /**
+   * False while inspect() cannot return false (a DPI whose rules only alert): the chain then runs
+   * it after the frame has been forwarded, off the frame's path (see NetServiceChain). Absent or
+   * true: it runs before, and may drop.
+   */
+  readonly canDrop?: boolean
   /** Counters for `vrio nic list --json` (plain JSON values). */
   counters(): Record<string, unknown>
 }
