@@ -997,7 +997,8 @@ export class DpiService implements NetService {
       const changed = tx.changed
       // The prefilters of the buffers that changed (all of them after a rule swap).
       const stampRound = this.#hitRound
-      if (this.#prefilterStamp.length < prefilters.length) this.#prefilterStamp = new Uint32Array(prefilters.length)
+      if (this.#prefilterStamp.length < prefilters.length)
+        this.#prefilterStamp = new Uint32Array(prefilters.length)
       const stamp = this.#prefilterStamp
       if (!rescan) {
         for (const id of changed) {
