@@ -1,15 +1,11 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { NetPort, type NetFilter } from '../../src/devices/net/port.ts'
+import { NetFrameEncoder } from '../../src/devices/net/protocol.ts'
 import { FrameBatch, type FrameChannel } from '../../src/io/frame-channel.ts'
 import type { Session } from '../../src/session/session.ts'
 import { VIRTIO_NET_HDR_LEN } from '../../src/wire/virtio-net-hdr.ts'
-import {
-  encodeMessageHeader,
-  MESSAGE_HEADER_LENGTH,
-  MessageType,
-  newMessageHeader,
-} from '../../src/wire/message-header.ts'
+import { decodeMessageHeader, newMessageHeader } from '../../src/wire/message-header.ts'
 
 const HANDLE = { high: 1, low: 2 }
 /** Byte of a test frame (after the virtio_net_hdr) that numbers it. */
@@ -128,17 +124,14 @@ describe('NetPort: the watching part of a filter runs after the frame is forward
     let log: string[] = []
     const w = world(loggingFilter(() => log, true, 9))
     log = w.log
+    // NetFrames as the peer's port sends them.
+    const encoder = new NetFrameEncoder(HANDLE)
     for (const seq of [7, 9]) {
-      const message = Buffer.alloc(MESSAGE_HEADER_LENGTH + VIRTIO_NET_HDR_LEN + 60)
+      const body = Buffer.alloc(VIRTIO_NET_HDR_LEN + 60)
+      body[VIRTIO_NET_HDR_LEN + SEQ] = seq
+      const message = Buffer.concat([encoder.headerFor(body.length), body])
       const h = newMessageHeader()
-      Object.assign(h, {
-        type: MessageType.NetFrame,
-        bodyLength: message.length - MESSAGE_HEADER_LENGTH,
-        deviceHigh: HANDLE.high,
-        deviceLow: HANDLE.low,
-      })
-      encodeMessageHeader(message, 0, h)
-      message[MESSAGE_HEADER_LENGTH + VIRTIO_NET_HDR_LEN + SEQ] = seq
+      assert.equal(decodeMessageHeader(message, 0, message.length, h), undefined)
       w.port.receive(h, message)
     }
     assert.deepEqual(w.log, ['inspect:7', 'kernel:7', 'observe:7', 'inspect:9'])
