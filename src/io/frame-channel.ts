@@ -6,9 +6,11 @@ import type { NativeChannel, NativeFastPath, NativeStats } from './native.ts'
  * One batch of received frames: a slab plus a table of where its frames lie. `frame(i)` is a view
  * (no copy) into the slab.
  *
- * Valid while the batch handler runs and the microtasks it queued run (the addon delivers each batch
- * with MakeCallback, which runs them before it reads again); after that the slab is filled with the
- * next frames, so copy whatever must outlive them. The FrameBatch object itself is reused for the
+ * Valid while the batch handler runs and, for a batch the event loop delivered, until the
+ * microtasks it queued have run (the addon delivers each batch with MakeCallback, which runs them
+ * before it reads again); after that the slab is filled with the next frames, so copy whatever must
+ * outlive them. drain(), called from JavaScript, delivers within its caller's stack: there the next
+ * batch follows as soon as the handler returns. The FrameBatch object itself is reused for the
  * next batch.
  */
 export class FrameBatch {

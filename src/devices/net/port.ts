@@ -185,7 +185,7 @@ export class NetPort {
     // The transport sends what sendToPeer queued in a microtask queued already (LinkDriver.flush):
     // the watching part of the policy runs in the next one, after the batch has left. The frames
     // are views of the batch's slab, which is not read into again before the batch's microtasks
-    // have run (see FrameBatch).
+    // have run (see FrameBatch: nothing calls drain() on a NIC's channel).
     if (this.observed.length > 0) queueMicrotask(this.observeBatch)
   }
 
