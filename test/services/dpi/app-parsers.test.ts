@@ -100,6 +100,37 @@ describe('HTTP parser', () => {
     assert.deepEqual(b['<http.response_body'], ['to the end'])
   })
 
+  it('http.header and the per-header buffers are "Name: value" whatever the spacing, line ends and stray lines', () => {
+    // Heads whose lines read exactly "Name: value\r\n" are served as views of the head; any other
+    // shape is built: both must give the same buffers.
+    const line = fc.record({
+      name: fc.constantFrom('Host', 'Accept', 'X-A', 'Cookie', 'User-Agent'),
+      value: fc.stringMatching(/^[a-z0-9/=.]{0,12}$/),
+      before: fc.constantFrom(' ', ' ', ' ', '', '  ', '\t'),
+      after: fc.constantFrom('', '', '', ' ', '\t'),
+      end: fc.constantFrom('\r\n', '\r\n', '\r\n', '\n'),
+      stray: fc.boolean(),
+    })
+    fc.assert(
+      fc.property(fc.array(line, { minLength: 1, maxLength: 8 }), (lines) => {
+        let head = 'GET / HTTP/1.1\r\n'
+        for (const l of lines)
+          head += `${l.name}:${l.before}${l.value}${l.after}${l.end}${l.stray ? 'stray\r\n' : ''}`
+        const [tx] = run(new HttpParser(), [[true, enc(`${head}\r\n`)]])
+        const normal = lines
+          .filter((l) => l.name !== 'Cookie')
+          .map((l) => `${l.name}: ${l.value}\r\n`)
+          .join('')
+        assert.deepEqual(tx['>http.header'], [normal])
+        assert.deepEqual(
+          tx['>http.request_header'],
+          lines.map((l) => `${l.name}: ${l.value}`),
+        )
+      }),
+      { numRuns: 300 },
+    )
+  })
+
   it('hands a body to inspection in steps: every bodyInspectStep bytes, at its end, its limit, a FIN, a gap', () => {
     const bodies = (parser: HttpParser, chunks: Array<[boolean, string | 'fin' | 'gap']>): string[] => {
       const out: string[] = []

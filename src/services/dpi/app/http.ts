@@ -96,6 +96,8 @@ interface Header {
   value: string
   start: number
   end: number
+  /** Where the line starts in the head when it reads exactly `name: value` (a view of it is the header's buffer), else -1. */
+  line: number
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
@@ -268,6 +270,7 @@ export class HttpParser implements AppParser {
         const folded = headers[headers.length - 1]
         folded.value += ` ${line.trim()}` // obsolete line folding
         folded.start = -1
+        folded.line = -1
         continue
       }
       if (headers.length >= this.#limits.maxHeaders) continue
@@ -277,7 +280,17 @@ export class HttpParser implements AppParser {
       const rest = line.slice(colon + 1)
       const value = rest.trim()
       const start = lineStart + colon + 1 + rest.length - rest.trimStart().length
-      headers.push({ name, lower: name.toLowerCase(), value, start, end: start + value.length })
+      // Exactly "name: value": no space around the name, one after the colon.
+      const exact =
+        name.length === colon && start === lineStart + colon + 2 && line.charCodeAt(colon + 1) === 0x20
+      headers.push({
+        name,
+        lower: name.toLowerCase(),
+        value,
+        start,
+        end: start + value.length,
+        line: exact ? lineStart : -1,
+      })
     }
     const lf = text.indexOf('\n')
     const block = head.subarray(lf >= 0 ? lf + 1 : head.length)
@@ -647,16 +660,28 @@ function setHeaderBuffers(
   block: Buffer,
 ): void {
   const cookieName = toServer ? 'cookie' : 'set-cookie'
-  let normal = ''
   let names = '\r\n'
+  for (const h of headers) names += `${h.name}\r\n`
+  // Like Suricata, http.header is "Name: value\r\n" per header, leaving out the cookies (they have
+  // their own buffer): the head's own bytes when its lines read so from the block's start, no
+  // cookie among them, else built.
+  const blockStart = head.length - block.length
+  let at = blockStart
   for (const h of headers) {
-    names += `${h.name}\r\n`
-    // Like Suricata, http.header leaves out the cookies (they have their own buffer).
-    if (h.lower !== cookieName) normal += `${h.name}: ${h.value}\r\n`
+    if (h.line !== at || h.lower === cookieName || head[h.end] !== CR || head[h.end + 1] !== LF) {
+      at = -1
+      break
+    }
+    at = h.end + 2
   }
+  let normal: Buffer | string = ''
+  if (at >= 0) normal = head.subarray(blockStart, at)
+  else for (const h of headers) if (h.lower !== cookieName) normal += `${h.name}: ${h.value}\r\n`
   // http.request_header / http.response_header: one buffer per header, "Name: value".
   const each = toServer ? 'http.request_header' : 'http.response_header'
-  if (tx.wanted(each)) for (const h of headers) tx.add(toServer, each, `${h.name}: ${h.value}`)
+  if (tx.wanted(each))
+    for (const h of headers)
+      tx.add(toServer, each, h.line >= 0 ? head.subarray(h.line, h.end) : `${h.name}: ${h.value}`)
   tx.set(toServer, 'http.header', normal)
   tx.set(toServer, 'http.header.raw', block)
   tx.set(toServer, 'http.header_names', `${names}\r\n`)
