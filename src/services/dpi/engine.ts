@@ -845,6 +845,17 @@ export class DpiService implements NetService {
     head.automaton.scan(data, start, Math.min(end, start + head.length), state, this.#onHit)
   }
 
+  /** #scanHead on a stream segment: at the stream's start, from its first byte kept on. */
+  #streamHead(side: StreamSide, g: PrefilterGroup, data: Uint8Array, start: number, end: number): void {
+    const head = g.head
+    if (!head) return
+    const state =
+      side.offset < head.length && side.window
+        ? head.automaton.scan(side.window, 0, side.windowLength, 0, IGNORE_HITS)
+        : 0
+    this.#scanHead(g, data, start, end, state)
+  }
+
   /** Header, flow and dsize conditions of rule `i` on the current frame. */
   #header(i: number): boolean {
     const rs = this.#rules
@@ -1174,15 +1185,8 @@ export class DpiService implements NetService {
       side.appAcState = appGroup.automaton.scan(data, start, end, side.appAcState, this.#onHit)
     }
     // The heads over the segment's first bytes; at the stream's start, from its first byte kept on.
-    for (const g of [group, appGroup]) {
-      const head = g?.head
-      if (!head) continue
-      const state =
-        side.offset < head.length && side.window
-          ? head.automaton.scan(side.window, 0, side.windowLength, 0, IGNORE_HITS)
-          : 0
-      this.#scanHead(g, data, start, end, state)
-    }
+    this.#streamHead(side, group, data, start, end)
+    if (appGroup) this.#streamHead(side, appGroup, data, start, end)
     const pendingRules = side.pendingRules
     const pendingEnds = side.pendingEnds
     for (let k = 0; k < pendingRules.length; k++) this.#addCandidate(pendingRules[k], -1)
