@@ -194,8 +194,11 @@ export class NetPort {
   private readonly observeBatch = (): void => {
     const observed = this.observed
     const filter = this.o.filter
-    for (let i = 0; i < observed.length; i++) filter?.observe?.(observed[i], this.outward)
-    observed.length = 0
+    try {
+      for (let i = 0; i < observed.length; i++) filter?.observe?.(observed[i], this.outward)
+    } finally {
+      observed.length = 0 // views of this batch's slab only: never carried into the next one
+    }
   }
 
   private sendToPeer(body: Uint8Array): boolean {
