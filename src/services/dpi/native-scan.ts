@@ -1,6 +1,7 @@
 /**
  * The prefilter's scan loop in native code (native/dpi_scan.cc, the addon's `dpiScan`): the same
- * algorithm as AhoCorasick's JavaScript scan, several times faster per byte. When the addon is not
+ * hits and states as AhoCorasick's JavaScript scan, several times faster per byte (long stretches
+ * of text run four ways; see dpi_scan.cc). When the addon is not
  * there (not built, another platform), is an older build, or VRIO_DPI_NATIVE=0, the JavaScript scan
  * runs.
  */

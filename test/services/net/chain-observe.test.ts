@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { createDpi } from '../../../src/services/dpi/index.ts'
-import { NetServiceChain, type ReplaceableNetService } from '../../../src/services/net/chain.ts'
+import { NetServiceChain } from '../../../src/services/net/chain.ts'
 import { frame } from '../firewall/frames.ts'
 
 const ALERT = 'alert udp any any -> any 53 (msg:"x"; content:"evil"; sid:1;)\n'
@@ -22,7 +22,7 @@ function chainWith(rules: string) {
   const events: Record<string, unknown>[] = []
   const chain = new NetServiceChain((e) => events.push(e))
   const dpi = createDpi(rules, 'test.rules')
-  chain.set('dpi', { service: dpi as unknown as ReplaceableNetService, file: 'test.rules' })
+  chain.set('dpi', { service: dpi, file: 'test.rules' })
   const packets = () => (dpi.counters() as { packets: number }).packets
   return { chain, dpi, events, packets }
 }
