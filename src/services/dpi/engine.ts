@@ -735,11 +735,18 @@ export class DpiService implements NetService {
     // After the payload: its bytes may have just revealed the flow's application protocol.
     for (const i of rs.headerOnly[cls]) if (this.#header(i)) this.#addMatch(i)
     if (p.addressLength === 16) for (const i of rs.headerOnlyV6[cls]) if (this.#header(i)) this.#addMatch(i)
-    if (p.addressLength === 4) {
-      if (rs.headerBySource.size > 0)
-        rs.headerBySource.lookup(frame, p.sourceAddressOffset, this.#onHeaderHit)
-      if (rs.headerByDestination.size > 0)
-        rs.headerByDestination.lookup(frame, p.destinationAddressOffset, this.#onHeaderHit)
+    if (p.addressLength === 4 && (rs.headerBySource.size > 0 || rs.headerByDestination.size > 0)) {
+      if (side.addressGeneration !== rs.generation) {
+        const found: number[] = []
+        const add = (i: number): void => {
+          found.push(i)
+        }
+        rs.headerBySource.lookup(frame, p.sourceAddressOffset, add)
+        rs.headerByDestination.lookup(frame, p.destinationAddressOffset, add)
+        side.addressRules = found
+        side.addressGeneration = rs.generation
+      }
+      for (const i of side.addressRules) this.#onHeaderHit(i)
     }
     this.#packet = undefined
     this.#flow = undefined

@@ -26,6 +26,11 @@ export interface InspectBuffer {
   base: number
   /** The latin1 text of data[0, length), built on first use by a pcre. */
   text: string | undefined
+  /**
+   * The buffer through each chain of transforms asked for so far (key: the names), built on first
+   * use: the rules that transform one buffer alike (ET's `http.host; dotprefix;`) share one copy.
+   */
+  transformed?: Map<string, InspectBuffer>
 }
 
 /** Most positions tried per verification, so a crafted payload cannot make matching quadratic. */
@@ -46,9 +51,12 @@ export class PayloadMatcher {
   #decoded: Buffer | undefined
   /** Transforms of the buffer (dotprefix, to_lowercase, ...), applied in order before matching. */
   readonly #transforms: PayloadMatch[]
+  /** The transforms' names, the key of their result in InspectBuffer.transformed. */
+  readonly #transformKey: string
 
   constructor(all: PayloadMatch[]) {
     this.#transforms = all.filter((m) => m.kind === 'transform')
+    this.#transformKey = this.#transforms.map((t) => (t.kind === 'transform' ? t.name : '')).join(' ')
     const items = all.filter((m) => m.kind !== 'transform')
     this.#items = items
     let last = -1
@@ -84,10 +92,16 @@ export class PayloadMatcher {
     this.#exhausted = false
     this.#regexBudget = regexBudget
     if (this.#transforms.length > 0) {
-      let data: Uint8Array = buf.data.subarray(0, buf.length)
-      for (const t of this.#transforms) if (t.kind === 'transform') data = applyTransform(t.name, data)
-      const b = Buffer.from(data.buffer, data.byteOffset, data.length)
-      return this.#step({ data: b, length: b.length, base: 0, text: undefined }, 0, 0, 0)
+      let transformed = buf.transformed?.get(this.#transformKey)
+      if (!transformed) {
+        let data: Uint8Array = buf.data.subarray(0, buf.length)
+        for (const t of this.#transforms) if (t.kind === 'transform') data = applyTransform(t.name, data)
+        const b = Buffer.from(data.buffer, data.byteOffset, data.length)
+        transformed = { data: b, length: b.length, base: 0, text: undefined }
+        buf.transformed ??= new Map()
+        buf.transformed.set(this.#transformKey, transformed)
+      }
+      return this.#step(transformed, 0, 0, 0)
     }
     return this.#step(buf, 0, 0, minEnd)
   }

@@ -51,6 +51,13 @@ export class StreamSide {
   queuedBytes = 0
   /** The stream offset the application-layer parser expects next (a jump is a gap). */
   appOffset = 0
+  /**
+   * The rules indexed by this side's IPv4 source and destination (the engine's headerBySource and
+   * headerByDestination), in lookup order, for ruleset `addressGeneration`: a flow side's
+   * addresses never change, so they are looked up once.
+   */
+  addressRules: readonly number[] = []
+  addressGeneration = -1
   packets = 0
   bytes = 0
 

@@ -114,6 +114,37 @@ describe('payload keywords', () => {
     assert.equal(matches('url_decode; content:"a b/";', 'a%20b%2f'), true)
   })
 
+  it('transforms: matchers on one buffer share the result of each chain, and different chains stay apart', () => {
+    const matcher = (options: string): PayloadMatcher => {
+      const { rules, errors } = parseRules(
+        `alert http any any -> any any (http.host; ${options} sid:1;)`,
+        't',
+      )
+      assert.deepEqual(errors, [], options)
+      return new PayloadMatcher(rules[0].groups[0].items)
+    }
+    const dotted = matcher('dotprefix; content:".the.example"; endswith;')
+    const dottedOther = matcher('dotprefix; content:".other.example"; endswith;')
+    const lowered = matcher('to_lowercase; content:"www.the.example"; startswith;')
+    const dottedLowered = matcher('dotprefix; to_lowercase; content:".www.the"; startswith;')
+    const plain = matcher('content:"WWW.The"; startswith;')
+    const host: InspectBuffer = { data: Buffer.from('WWW.The.Example'), length: 15, base: 0, text: undefined }
+    // In an order where a cached result of the wrong chain would give a wrong answer.
+    assert.equal(dotted.verify(host, 0), false) // ".WWW.The.Example": case-sensitive content
+    assert.equal(lowered.verify(host, 0), true)
+    assert.equal(dottedLowered.verify(host, 0), true)
+    assert.equal(dottedOther.verify(host, 0), false)
+    assert.equal(plain.verify(host, 0), true)
+    assert.deepEqual([...(host.transformed?.keys() ?? [])].sort(), [
+      'dotprefix',
+      'dotprefix to_lowercase',
+      'to_lowercase',
+    ])
+    assert.equal(host.transformed?.get('dotprefix')?.data.toString(), '.WWW.The.Example')
+    // The buffer itself is left as it was.
+    assert.equal(host.data.toString(), 'WWW.The.Example')
+  })
+
   it('base64_decode + base64_data: later contents match the decoded bytes', () => {
     const p = `x=${Buffer.from('thisisatest').toString('base64')}&y`
     assert.equal(matches('content:"x="; base64_decode:relative; base64_data; content:"isatest";', p), true)
@@ -198,7 +229,10 @@ describe('threshold trackers', () => {
 describe('flowbits, flowint and noalert in the engine', () => {
   const client = mac('02:00:00:00:00:02')
   const world = mac('02:00:00:00:00:01')
-  function flow(rules: string): { send: (data: string, toServer?: boolean) => number[] } {
+  function flow(rules: string): {
+    send: (data: string, toServer?: boolean) => number[]
+    replace: (rules: string) => void
+  } {
     const dpi = createDpi(rules, 't.rules', { strict: true })
     const sids: number[] = []
     const ctx: NetContext = {
@@ -229,6 +263,9 @@ describe('flowbits, flowint and noalert in the engine', () => {
         dissectPacket(f, p)
         dpi.inspect(f, p, toServer ? 'from-guest' : 'to-guest', ctx)
         return [...sids]
+      },
+      replace(text) {
+        dpi.replaceParsed(parseRules(text, 't.rules'))
       },
     }
   }
@@ -284,6 +321,18 @@ describe('flowbits, flowint and noalert in the engine', () => {
     )
     assert.deepEqual(f.send('hello').sort(), [2, 4])
     assert.deepEqual(f.send('hello', false), [1])
+    // Every packet of the flow, not only the first one of each side (a side's lookups are kept).
+    assert.deepEqual(f.send('again').sort(), [2, 4])
+    assert.deepEqual(f.send('again', false), [1])
+    // New rules on the same flow: the sides look their addresses up again.
+    f.replace(
+      [
+        `alert tcp ${list(7)} any -> any any (msg:"not listed"; sid:3;)`,
+        `alert tcp any any -> ${list(2)} any (msg:"client listed now"; sid:5;)`,
+      ].join('\n'),
+    )
+    assert.deepEqual(f.send('more'), [])
+    assert.deepEqual(f.send('more', false), [5])
   })
 
   it('reports bad flowbits/threshold/xbits options', () => {
