@@ -4,9 +4,14 @@
  */
 import * as z from 'zod'
 import { absolutePathSchema, checkWithSchema, specError } from '../devices/fields.ts'
-import { NET_SERVICE_KINDS, NetServiceChain, type NetServiceKind } from '../services/net/chain.ts'
+import {
+  NET_SERVICE_KINDS,
+  NetServiceChain,
+  type NetServiceKind,
+  type ReplaceableNetService,
+} from '../services/net/chain.ts'
 import type { CompiledRules } from '../services/net/compile.ts'
-import { buildNetService, compileInWorker, prepareReplace } from '../services/net/load.ts'
+import { buildNetService, compileInWorker, type DpiPlacement, prepareReplace } from '../services/net/load.ts'
 
 /** Alerts kept per NIC for `vrio nic alerts` (all of them also go to the EVE file). */
 const ALERTS_KEPT = 1000
@@ -22,6 +27,7 @@ export async function loadNicServices(
   name: string,
   files: Partial<Record<NetServiceKind, string>>,
   onAlert: (record: Record<string, unknown>) => void,
+  placement?: DpiPlacement,
 ): Promise<NicServices> {
   const alerts: Record<string, unknown>[] = []
   const chain = new NetServiceChain((record) => {
@@ -29,7 +35,7 @@ export async function loadNicServices(
     if (alerts.length > ALERTS_KEPT) alerts.shift()
     onAlert(record)
   })
-  await changeNicServices(name, chain, files)
+  await changeNicServices(name, chain, files, placement)
   return { chain, alerts }
 }
 
@@ -49,6 +55,7 @@ export async function changeNicServices(
   name: string,
   chain: NetServiceChain,
   body: unknown,
+  placement?: DpiPlacement,
 ): Promise<Record<string, { rules: number; skipped: number }>> {
   const r = checkWithSchema(servicesRequestSchema, body ?? {})
   if (!r.ok) throw specError(r.issues)
@@ -66,28 +73,39 @@ export async function changeNicServices(
     }),
   )
   const swaps: (() => void)[] = []
-  for (const kind of NET_SERVICE_KINDS) {
-    const c = compiled.get(kind)
-    if (!c) continue
-    const current = chain.get(kind)
-    const slot = { file: c.path, report: c.rules.report }
-    if (current) {
-      const swap = await prepareReplace(kind, current.service, c.rules)
-      swaps.push(() => {
-        swap()
-        chain.set(kind, { ...slot, service: current.service })
-      })
-    } else {
-      const service = await buildNetService(kind, c.rules, name)
-      swaps.push(() => chain.set(kind, { ...slot, service }))
-    }
+  // Services built for this request: closed (their threads ended) if it fails before the swaps.
+  const built: ReplaceableNetService[] = []
+  try {
+    await prepareSwaps()
+  } catch (error) {
+    for (const service of built) service.close?.()
+    throw error
   }
   for (const kind of NET_SERVICE_KINDS) if (req[kind] === null) swaps.push(() => chain.set(kind, undefined))
   for (const swap of swaps) swap()
+  // In force when this returns, on the services' threads too, and their counters say so.
+  await chain.settled()
   return Object.fromEntries(
     [...compiled].map(([kind, c]) => [
       kind,
       { rules: c.rules.report.loaded, skipped: c.rules.report.skipped.length },
     ]),
   )
+
+  async function prepareSwaps(): Promise<void> {
+    for (const kind of NET_SERVICE_KINDS) {
+      const c = compiled.get(kind)
+      if (!c) continue
+      const current = chain.get(kind)
+      const slot = { file: c.path, report: c.rules.report }
+      if (current) {
+        const swap = await prepareReplace(kind, current.service, c.rules, name)
+        swaps.push(() => chain.set(kind, { ...slot, service: swap() }))
+      } else {
+        const service = await buildNetService(kind, c.rules, name, placement)
+        built.push(service)
+        swaps.push(() => chain.set(kind, { ...slot, service }))
+      }
+    }
+  }
 }

@@ -71,7 +71,14 @@ class NicKind implements DeviceKind<NicSpec, Nic, NicInfo> {
       { firewall: s.firewall, dpi: s.dpi },
       this.onAlert,
     )
-    const { backend, tap } = await openNicBackend(s, handle.low, this.links)
+    let opened: Awaited<ReturnType<typeof openNicBackend>>
+    try {
+      opened = await openNicBackend(s, handle.low, this.links)
+    } catch (error) {
+      chain.close()
+      throw error
+    }
+    const { backend, tap } = opened
     const port = new NetPort({
       channel: tap,
       handle,
@@ -89,6 +96,7 @@ class NicKind implements DeviceKind<NicSpec, Nic, NicInfo> {
   /** A TAP this daemon created disappears with its last fd; a macvtap must be deleted. */
   async close(n: Nic): Promise<void> {
     n.port.close()
+    n.chain.close()
     if (n.backend.kind !== 'macvtap') return
     await this.links
       .deleteLink(n.backend.device)

@@ -70,8 +70,10 @@ export class NetServiceChain implements NetFilter {
 
   /** Puts a service in its place in the chain (undefined removes it). */
   set(kind: NetServiceKind, slot: NetServiceSlot | undefined): void {
+    const old = this.slots.get(kind)?.service
     if (slot) this.slots.set(kind, slot)
     else this.slots.delete(kind)
+    if (old && old !== slot?.service) old.close?.()
     this.order = NET_SERVICE_KINDS.flatMap((k) => {
       const s = this.slots.get(k)
       return s ? [s.service] : []
@@ -112,6 +114,16 @@ export class NetServiceChain implements NetFilter {
       const service = order[i]
       if (service.canDrop === false) service.inspect(frame, this.packet, direction, this.ctx)
     }
+  }
+
+  /** Resolves once every service has done what it was handed so far (see NetService.settled). */
+  async settled(): Promise<void> {
+    await Promise.all(this.order.map((s) => s.settled?.()))
+  }
+
+  /** Closes every service (the NIC is closing). */
+  close(): void {
+    for (const kind of NET_SERVICE_KINDS) this.set(kind, undefined)
   }
 
   counters(): ChainCounters {

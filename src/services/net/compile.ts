@@ -81,6 +81,8 @@ export interface CompiledRules {
   firewall?: FirewallRuleSet
   /** DPI: the options the rules were parsed with (to parse them again the same way). */
   parse?: RuleParseOptions
+  /** DPI: some rule drops (then the DPI runs on the frames' path, on the NIC's thread). */
+  drops?: boolean
 }
 
 export function limitsOf(partial: Partial<LoadLimits> | undefined): LoadLimits {
@@ -227,5 +229,5 @@ export function compileRules(request: CompileRequest): CompiledRules {
     compiledBytes,
     compileMs: elapsed(),
   }
-  return { report, texts, tables: service.compiledTables(), parse }
+  return { report, texts, tables: service.compiledTables(), parse, drops: service.canDrop }
 }

@@ -5,6 +5,7 @@
  * own thread then does (parse the DPI rules again, a slice at a time, around the automata the
  * worker built; compile the firewall's parsed rules) is bounded by those limits.
  */
+import { availableParallelism } from 'node:os'
 import { Worker } from 'node:worker_threads'
 import { VrioError } from '../../errors.ts'
 import { DpiService } from '../dpi/engine.ts'
@@ -12,6 +13,7 @@ import { type ParsedRules, RuleParser } from '../dpi/rules.ts'
 import { Firewall } from '../firewall/firewall.ts'
 import type { NetServiceKind, ReplaceableNetService } from './chain.ts'
 import { type CompiledRules, type CompileRequest, limitsOf } from './compile.ts'
+import { DpiThread } from './dpi-thread.ts'
 
 const WORKER = new URL(
   import.meta.url.endsWith('.ts') ? './compile-worker.ts' : './compile-worker.js',
@@ -86,7 +88,7 @@ function runWorker(request: CompileRequest): Promise<CompiledRules> {
 const SLICE_MS = 4
 
 /** The DPI rules of `compiled` parsed again here, yielding to the event loop every few ms. */
-async function parseSliced(compiled: CompiledRules): Promise<ParsedRules> {
+export async function parseSliced(compiled: CompiledRules): Promise<ParsedRules> {
   const parser = new RuleParser(compiled.parse)
   let t = performance.now()
   for (const { path, text } of compiled.texts) {
@@ -99,30 +101,65 @@ async function parseSliced(compiled: CompiledRules): Promise<ParsedRules> {
   return parser.result()
 }
 
+/**
+ * Where an alert-only DPI runs: on a thread of its own (dpi-thread.ts; the default where the
+ * process may use more than one CPU), or on the NIC's thread after forwarding. Rules that drop
+ * always run on the NIC's thread.
+ */
+export interface DpiPlacement {
+  thread: boolean
+  /** Bytes the thread may have to do before the NIC's thread waits (default: MAX_IN_FLIGHT). */
+  maxInFlight?: number
+}
+
 /** A new service from a compiled set. */
 export async function buildNetService(
   kind: NetServiceKind,
   compiled: CompiledRules,
   nicName: string,
+  placement: DpiPlacement = { thread: availableParallelism() > 1 },
 ): Promise<ReplaceableNetService> {
   if (kind === 'firewall') return new Firewall(compiled.firewall!)
+  if (placement.thread && compiled.drops === false)
+    return DpiThread.start(compiled, nicName, placement.maxInFlight)
   const parsed = await parseSliced(compiled)
   return new DpiService(parsed, { strict: false, interfaceName: nicName }, compiled.tables)
 }
 
 /**
  * Prepares swapping a compiled set into a running service (keeping its flow state): returns the
- * swap, which is synchronous and does not throw.
+ * swap, which is synchronous, does not throw, and returns the service now in force. That is
+ * `service` itself, except for a DPI on its own thread given rules that drop: those run on the
+ * NIC's thread, in a new DpiService (its flow state starts afresh); the chain closes the thread
+ * when the new service takes its place.
  */
 export async function prepareReplace(
   kind: NetServiceKind,
   service: ReplaceableNetService,
   compiled: CompiledRules,
-): Promise<() => void> {
+  nicName: string,
+): Promise<() => ReplaceableNetService> {
   if (kind === 'firewall') {
     const set = compiled.firewall!
-    return () => (service as Firewall).replace(set)
+    return () => {
+      ;(service as Firewall).replace(set)
+      return service
+    }
+  }
+  if (service instanceof DpiThread) {
+    if (compiled.drops !== false) {
+      const inline = await buildNetService(kind, compiled, nicName, { thread: false })
+      return () => inline
+    }
+    const swap = await service.prepareReplace(compiled)
+    return () => {
+      swap()
+      return service
+    }
   }
   const parsed = await parseSliced(compiled)
-  return () => (service as DpiService).replaceParsed(parsed, compiled.tables)
+  return () => {
+    ;(service as DpiService).replaceParsed(parsed, compiled.tables)
+    return service
+  }
 }

@@ -39,4 +39,11 @@ export interface NetService {
   readonly canDrop?: boolean
   /** Counters for `vrio nic list --json` (plain JSON values). */
   counters(): Record<string, unknown>
+  /** Releases what it holds (a thread); the chain calls it when the service leaves the chain. */
+  close?(): void
+  /**
+   * Resolves once it has done everything it was handed so far (a DPI on its own thread: the frames,
+   * a rule swap) and its counters say so.
+   */
+  settled?(): Promise<void>
 }

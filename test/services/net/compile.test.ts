@@ -136,7 +136,7 @@ describe('loading rules files within limits', () => {
     assert.equal(compiled.report.loaded, 2)
     // The prefilter groups come built too (none is built on the data path).
     assert.ok(compiled.tables?.groups?.automata.some((t) => t?.delta instanceof Int32Array))
-    const service = (await buildNetService('dpi', compiled, 'nic0')) as DpiService
+    const service = (await buildNetService('dpi', compiled, 'nic0', { thread: false })) as DpiService
     // The service adopts the worker's automata (the same tables, not built again on this thread).
     const adopted = service.compiledTables()
     const sent = compiled.tables?.groups?.automata ?? []
@@ -168,7 +168,7 @@ describe('loading rules files within limits', () => {
     )
     // A swap prepared from a compiled set applies at once and keeps the service.
     const next = await compileInWorker({ kind: 'dpi', files: [file('w2.rules', GOOD)] })
-    const swap = await prepareReplace('dpi', service, next)
+    const swap = await prepareReplace('dpi', service, next, 'nic0')
     assert.equal(service.rules.length, 2)
     swap()
     assert.equal(service.rules.length, 1)
