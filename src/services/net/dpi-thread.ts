@@ -30,6 +30,13 @@ const WORKER = new URL(
 export const MAX_IN_FLIGHT = 32 * 1024 * 1024
 /** A batch goes at the end of the event-loop turn, or once it holds this many bytes. */
 const BATCH_BYTES = 256 * 1024
+/**
+ * A batch of at least this many bytes goes in its buffer itself, which the thread hands back:
+ * allocating big buffers at the rate of a fast stream costs both threads full garbage collections.
+ */
+const LENT_BATCH = 64 * 1024
+/** Batch buffers kept for reuse at most. */
+const SPARE_BATCHES = 8
 /** The NIC's thread gives up on a thread that inspected nothing for this long while it waited. */
 const STUCK_MS = 5000
 
@@ -52,8 +59,10 @@ export class DpiThread implements ReplaceableNetService {
   readonly #shared: Int32Array
   readonly #maxInFlight: number
   /** The batch being filled: frames back to back, their ends and directions (1: from the guest). */
-  #staging = new Uint8Array(BATCH_BYTES)
+  #batch: Uint8Array = new Uint8Array(BATCH_BYTES)
   #used = 0
+  /** Batch buffers the thread handed back (transferred both ways, so none is allocated per batch). */
+  readonly #spare: Uint8Array[] = []
   readonly #ends: number[] = []
   readonly #directions: number[] = []
   #now = 0
@@ -118,11 +127,11 @@ export class DpiThread implements ReplaceableNetService {
       this.#unwatched++
       return true
     }
-    if (this.#used + frame.length > this.#staging.length) {
+    if (this.#used + frame.length > this.#batch.length) {
       this.#flush()
-      if (frame.length > this.#staging.length) this.#staging = new Uint8Array(frame.length)
+      if (frame.length > this.#batch.length) this.#batch = new Uint8Array(frame.length)
     }
-    this.#staging.set(frame, this.#used)
+    this.#batch.set(frame, this.#used)
     this.#used += frame.length
     this.#ends.push(this.#used)
     this.#directions.push(direction === 'from-guest' ? 1 : 0)
@@ -153,13 +162,23 @@ export class DpiThread implements ReplaceableNetService {
       this.#unwatched += count
       return
     }
-    const data = this.#staging.slice(0, bytes)
     Atomics.add(this.#shared, 0, bytes)
-    this.#worker.postMessage({ type: 'frames', data, ends, directions, now: this.#now }, [
-      data.buffer,
-      ends.buffer,
-      directions.buffer,
-    ])
+    if (bytes < LENT_BATCH) {
+      // A small batch goes as a copy of its own (cheap to allocate); the buffer stays for the next.
+      const data = this.#batch.slice(0, bytes)
+      this.#worker.postMessage({ type: 'frames', data, ends, directions, now: this.#now }, [
+        data.buffer,
+        ends.buffer,
+        directions.buffer,
+      ])
+      return
+    }
+    const batch = this.#batch
+    this.#worker.postMessage(
+      { type: 'frames', data: batch.subarray(0, bytes), ends, directions, now: this.#now, lent: true },
+      [batch.buffer as ArrayBuffer, ends.buffer, directions.buffer],
+    )
+    this.#batch = this.#spare.pop() ?? new Uint8Array(BATCH_BYTES)
   }
 
   /** False when the thread made no progress for STUCK_MS (it is then given up). */
@@ -185,7 +204,10 @@ export class DpiThread implements ReplaceableNetService {
   }
 
   #message(m: Record<string, unknown>): void {
-    if (m.type === 'events') {
+    if (m.type === 'free') {
+      const spare = m.data as Uint8Array
+      if (spare.byteLength === BATCH_BYTES && this.#spare.length < SPARE_BATCHES) this.#spare.push(spare)
+    } else if (m.type === 'events') {
       for (const record of m.records as Record<string, unknown>[]) this.#event?.(record)
     } else if (m.type === 'counters') {
       if (m.counters) this.#counters = m.counters as Record<string, unknown>

@@ -4,11 +4,13 @@
  * thread posts, in order, and posts back the alerts and its counters. Messages are handled in the
  * order they were posted, so a rule swap applies between the frames sent before it and after it.
  *
- * In: `{ type: 'frames', data, ends, directions, now }` (frame i is data[ends[i-1], ends[i]), 1 is
- * from the guest), `{ type: 'prepare', compiled, id }` then `{ type: 'commit', id }` (a rule swap),
- * `{ type: 'replace-text', text, fileName, id }`, `{ type: 'sync', id }`. Out: `{ type: 'ready' }`
- * or `{ type: 'failed', message }` once, then `{ type: 'events', records }`,
- * `{ type: 'counters', counters, id? }`, `{ type: 'prepared' | 'replaced', id, error? }`.
+ * In: `{ type: 'frames', data, ends, directions, now, lent? }` (frame i is data[ends[i-1], ends[i]),
+ * direction 1 is from the guest; `lent`: data's buffer is to be handed back), `{ type: 'prepare',
+ * compiled, id }` then `{ type: 'commit', id }` (a rule swap), `{ type: 'replace-text', text,
+ * fileName, id }`, `{ type: 'sync', id }`. Out: `{ type: 'ready' }` or `{ type: 'failed', message }`
+ * once, then `{ type: 'events', records }`, `{ type: 'counters', counters, id? }`,
+ * `{ type: 'prepared' | 'replaced', id, error? }`, and `{ type: 'free', data }` (a lent batch
+ * buffer, handed back to be filled again).
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import { DpiService } from '../dpi/engine.ts'
@@ -82,6 +84,11 @@ if (port) {
       }
       Atomics.sub(inFlight, 0, bytes.length)
       Atomics.notify(inFlight, 0)
+      // A lent batch buffer goes back to be filled again (see LENT_BATCH in dpi-thread.ts).
+      if (m.lent === true) {
+        const whole = new Uint8Array(bytes.buffer)
+        port.postMessage({ type: 'free', data: whole }, [whole.buffer as ArrayBuffer])
+      }
       if (events.length > 0) port.postMessage({ type: 'events', records: events.splice(0) })
       countersSoon()
     } else if (m.type === 'prepare') {

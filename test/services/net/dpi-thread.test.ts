@@ -132,6 +132,32 @@ describe('DpiThread: an alert-only DPI on a thread of its own', () => {
     assert.equal((onThread.counters().thread as { failed?: string }).failed, 'closed')
   })
 
+  it('big batches (a fast stream) go in buffers lent to the thread and handed back: same alerts', async () => {
+    const compiled = await compileInWorker({ kind: 'dpi', files: [file('big.rules', RULES)] })
+    const thread = await buildNetService('dpi', compiled, 'nic0', { thread: true })
+    assert.ok(thread instanceof DpiThread)
+    const events: Record<string, unknown>[] = []
+    const chain = new NetServiceChain((e) => events.push(e))
+    chain.set('dpi', { service: thread, file: 'big.rules' })
+    const send = connection(43000)
+    let frames = 0
+    // Three turns of ~200 KiB each (lent buffers, reused from the second on); the signature is
+    // split between the last frame of one turn and the first of the next.
+    for (let turn = 0; turn < 3; turn++) {
+      const batch = Array.from({ length: 140 }, (_, k) =>
+        send(k === 139 ? `${'x'.repeat(1390)}LOG` : `${k === 0 && turn > 0 ? 'IN ' : ''}${'y'.repeat(1400)}`),
+      )
+      run(chain, batch)
+      frames += batch.length
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    run(chain, [send('DATA')])
+    await thread.settled()
+    assert.equal(thread.counters().packets, frames + 1)
+    assert.deepEqual(sids(events), [4])
+    chain.close()
+  })
+
   it('bounded: beyond its room the NIC thread waits for it, and every frame is still inspected', async () => {
     const compiled = await compileInWorker({ kind: 'dpi', files: [file('bounded.rules', RULES)] })
     // Room for less than one batch: every batch after the first waits for the one before.
