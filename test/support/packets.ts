@@ -64,6 +64,40 @@ export interface TcpSpec {
   partialChecksum?: boolean
 }
 
+/** The two ends of a TCP connection (client: the guest's side). */
+export interface TcpEnds {
+  clientMac: string
+  serverMac: string
+  clientIp: string
+  serverIp: string
+  clientPort: number
+  serverPort: number
+}
+
+/**
+ * Frames of one established TCP connection in both directions, in sequence (ACK|PSH): each call
+ * gives the next segment carrying `payload`, from the client (`toServer`, the default) or the server.
+ */
+export function tcpConversation(ends: TcpEnds): (payload: Uint8Array, toServer?: boolean) => Buffer {
+  const seq = { c: 1000, s: 9000 }
+  return (payload, toServer = true) => {
+    const frame = tcpFrame({
+      srcMac: mac(toServer ? ends.clientMac : ends.serverMac),
+      dstMac: mac(toServer ? ends.serverMac : ends.clientMac),
+      srcIp: ipv4(toServer ? ends.clientIp : ends.serverIp),
+      dstIp: ipv4(toServer ? ends.serverIp : ends.clientIp),
+      srcPort: toServer ? ends.clientPort : ends.serverPort,
+      dstPort: toServer ? ends.serverPort : ends.clientPort,
+      seq: toServer ? seq.c : seq.s,
+      ack: toServer ? seq.s : seq.c,
+      payload,
+    })
+    if (toServer) seq.c += payload.length
+    else seq.s += payload.length
+    return frame
+  }
+}
+
 /** Ethernet + IPv4 (20 bytes) + TCP (20 bytes) + payload. */
 export function tcpFrame(s: TcpSpec): Buffer {
   const tcpLen = 20 + s.payload.length

@@ -85,6 +85,20 @@ export interface CompiledRules {
   drops?: boolean
 }
 
+/** The buffers of the typed arrays in `value`, however deep: handed to another thread, not copied. */
+export function transferables(value: unknown): ArrayBuffer[] {
+  const out = new Set<ArrayBuffer>()
+  const collect = (v: unknown): void => {
+    if (ArrayBuffer.isView(v)) {
+      if (v.buffer instanceof ArrayBuffer) out.add(v.buffer)
+    } else if (v && typeof v === 'object') {
+      for (const x of Object.values(v)) collect(x)
+    }
+  }
+  collect(value)
+  return [...out]
+}
+
 export function limitsOf(partial: Partial<LoadLimits> | undefined): LoadLimits {
   return { ...DEFAULT_LOAD_LIMITS, ...partial }
 }

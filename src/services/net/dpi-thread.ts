@@ -17,7 +17,7 @@
 import { Worker } from 'node:worker_threads'
 import type { Packet } from '../../wire/packet.ts'
 import type { ReplaceableNetService } from './chain.ts'
-import type { CompiledRules } from './compile.ts'
+import { type CompiledRules, transferables } from './compile.ts'
 import type { DpiWorkerData } from './dpi-worker.ts'
 import type { NetContext, NetDirection } from './service.ts'
 
@@ -39,16 +39,6 @@ const LENT_BATCH = 64 * 1024
 const SPARE_BATCHES = 8
 /** The NIC's thread gives up on a thread that inspected nothing for this long while it waited. */
 const STUCK_MS = 5000
-
-/** The typed arrays' buffers in `value`, however deep (handed to the thread, not copied). */
-function transferables(value: unknown, out = new Set<ArrayBuffer>()): ArrayBuffer[] {
-  if (ArrayBuffer.isView(value)) {
-    if (value.buffer instanceof ArrayBuffer) out.add(value.buffer)
-  } else if (value && typeof value === 'object') {
-    for (const v of Object.values(value)) transferables(v, out)
-  }
-  return [...out]
-}
 
 export class DpiThread implements ReplaceableNetService {
   readonly kind = 'dpi'

@@ -5,8 +5,7 @@ import { type InspectBuffer, PayloadMatcher } from '../../../src/services/dpi/ma
 import { createDpi, parseRules } from '../../../src/services/dpi/index.ts'
 import type { NetContext } from '../../../src/services/net/service.ts'
 import { dissectPacket, newPacket } from '../../../src/wire/packet.ts'
-import { ipv4, mac, tcpFrame } from '../../support/packets.ts'
-import { TCP_ACK, TCP_PSH } from '../../../src/wire/tcp.ts'
+import { tcpConversation } from '../../support/packets.ts'
 
 /** Whether the rule's payload items (options only) match `payload`. */
 function matches(options: string, payload: string | Uint8Array): boolean {
@@ -227,8 +226,6 @@ describe('threshold trackers', () => {
 })
 
 describe('flowbits, flowint and noalert in the engine', () => {
-  const client = mac('02:00:00:00:00:02')
-  const world = mac('02:00:00:00:00:01')
   function flow(rules: string): {
     send: (data: string, toServer?: boolean) => number[]
     replace: (rules: string) => void
@@ -241,25 +238,18 @@ describe('flowbits, flowint and noalert in the engine', () => {
       event: (r) => sids.push((r.alert as { signature_id: number }).signature_id),
     }
     const p = newPacket()
-    const seq = { c: 1000, s: 5000 }
+    const next = tcpConversation({
+      clientMac: '02:00:00:00:00:02',
+      serverMac: '02:00:00:00:00:01',
+      clientIp: '10.0.0.2',
+      serverIp: '10.0.0.9',
+      clientPort: 40000,
+      serverPort: 80,
+    })
     return {
       send(data, toServer = true) {
         sids.length = 0
-        const payload = Buffer.from(data)
-        const f = tcpFrame({
-          srcMac: toServer ? client : world,
-          dstMac: toServer ? world : client,
-          srcIp: ipv4(toServer ? '10.0.0.2' : '10.0.0.9'),
-          dstIp: ipv4(toServer ? '10.0.0.9' : '10.0.0.2'),
-          srcPort: toServer ? 40000 : 80,
-          dstPort: toServer ? 80 : 40000,
-          seq: toServer ? seq.c : seq.s,
-          ack: toServer ? seq.s : seq.c,
-          flags: TCP_ACK | TCP_PSH,
-          payload,
-        })
-        if (toServer) seq.c += payload.length
-        else seq.s += payload.length
+        const f = next(Buffer.from(data), toServer)
         dissectPacket(f, p)
         dpi.inspect(f, p, toServer ? 'from-guest' : 'to-guest', ctx)
         return [...sids]

@@ -9,8 +9,7 @@ import { NetServiceChain } from '../../../src/services/net/chain.ts'
 import { DpiThread } from '../../../src/services/net/dpi-thread.ts'
 import { buildNetService, compileInWorker } from '../../../src/services/net/load.ts'
 import type { NetDirection } from '../../../src/services/net/service.ts'
-import { TCP_ACK, TCP_PSH } from '../../../src/wire/tcp.ts'
-import { ipv4, mac, tcpFrame } from '../../support/packets.ts'
+import { tcpConversation } from '../../support/packets.ts'
 
 const dir = mkdtempSync(join(tmpdir(), 'vrio-dpi-thread-'))
 after(() => rmSync(dir, { recursive: true, force: true }))
@@ -37,25 +36,18 @@ const DROPS = 'drop tcp any any -> any 80 (msg:"drop"; content:"DROP-ME"; sid:21
 
 /** Frames of one TCP connection to port 80 (client port `port`), as a NIC sees them both ways. */
 function connection(port: number) {
-  const seq = { c: 1000, s: 9000 }
-  return (text: string, toServer = true): { frame: Buffer; direction: NetDirection } => {
-    const payload = Buffer.from(text)
-    const frame = tcpFrame({
-      srcMac: mac(toServer ? '02:00:00:00:00:02' : '02:00:00:00:00:01'),
-      dstMac: mac(toServer ? '02:00:00:00:00:01' : '02:00:00:00:00:02'),
-      srcIp: ipv4(toServer ? '10.0.0.2' : '93.184.216.34'),
-      dstIp: ipv4(toServer ? '93.184.216.34' : '10.0.0.2'),
-      srcPort: toServer ? port : 80,
-      dstPort: toServer ? 80 : port,
-      seq: toServer ? seq.c : seq.s,
-      ack: toServer ? seq.s : seq.c,
-      flags: TCP_ACK | TCP_PSH,
-      payload,
-    })
-    if (toServer) seq.c += payload.length
-    else seq.s += payload.length
-    return { frame, direction: toServer ? 'from-guest' : 'to-guest' }
-  }
+  const send = tcpConversation({
+    clientMac: '02:00:00:00:00:02',
+    serverMac: '02:00:00:00:00:01',
+    clientIp: '10.0.0.2',
+    serverIp: '93.184.216.34',
+    clientPort: port,
+    serverPort: 80,
+  })
+  return (text: string, toServer = true): { frame: Buffer; direction: NetDirection } => ({
+    frame: send(Buffer.from(text), toServer),
+    direction: toServer ? 'from-guest' : 'to-guest',
+  })
 }
 
 /** HTTP exchanges on several connections, requests split across segments, and a login flow. */
