@@ -69,11 +69,12 @@ export class DpiThread implements ReplaceableNetService {
     this.#worker = worker
     this.#shared = shared
     this.#maxInFlight = maxInFlight
-    // A helper of the NIC's: it does not keep the process alive.
-    worker.unref()
     worker.on('message', (m: Record<string, unknown>) => this.#message(m))
     worker.on('error', (error) => this.#fail(`the DPI thread failed: ${error.message}`))
     worker.on('exit', (code) => this.#fail(`the DPI thread exited (${code})`))
+    // A helper of the NIC's: it keeps the process alive only while an answer is awaited (see #ask).
+    // (After the listeners, which ref it.)
+    worker.unref()
   }
 
   /** The thread, with `compiled` built (its automata handed over): resolves once it inspects. */
@@ -210,6 +211,7 @@ export class DpiThread implements ReplaceableNetService {
   #settle(id: number, error?: string): void {
     const done = this.#pending.get(id)
     this.#pending.delete(id)
+    if (this.#pending.size === 0) this.#worker.unref()
     done?.(error)
   }
 
@@ -227,6 +229,7 @@ export class DpiThread implements ReplaceableNetService {
     if (this.#failed !== undefined) return Promise.resolve(this.#failed)
     const id = ++this.#nextId
     return new Promise((resolve) => {
+      if (this.#pending.size === 0) this.#worker.ref()
       this.#pending.set(id, resolve)
       this.#worker.postMessage({ ...message, id }, transfer)
     })
@@ -237,9 +240,10 @@ export class DpiThread implements ReplaceableNetService {
    * in force after the frames inspected so far, keeping flow state.
    */
   async prepareReplace(compiled: CompiledRules): Promise<() => void> {
+    // The id #ask gives this message (it numbers them synchronously; others may follow meanwhile).
+    const id = this.#nextId + 1
     const error = await this.#ask({ type: 'prepare', compiled }, transferables(compiled.tables))
     if (error !== undefined) throw new Error(error)
-    const id = this.#nextId
     return () => {
       this.#flush()
       if (this.#failed === undefined) this.#worker.postMessage({ type: 'commit', id })

@@ -150,6 +150,25 @@ describe('DpiThread: an alert-only DPI on a thread of its own', () => {
     chain.close()
   })
 
+  it('a swap prepared while other requests come and go is the one put in force', async () => {
+    const thread = await buildNetService(
+      'dpi',
+      await compileInWorker({ kind: 'dpi', files: [file('p.rules', RULES)] }),
+      'nic0',
+      { thread: true },
+    )
+    assert.ok(thread instanceof DpiThread)
+    const next = await compileInWorker({ kind: 'dpi', files: [file('q.rules', SWAPPED)] })
+    const preparing = thread.prepareReplace(next)
+    const syncs = Array.from({ length: 3 }, () => thread.settled())
+    const swap = await preparing
+    await Promise.all(syncs)
+    swap()
+    await thread.settled()
+    assert.equal(thread.counters().rules, 2)
+    thread.close()
+  })
+
   it('bounded: beyond its room the NIC thread waits for it, and every frame is still inspected', async () => {
     const compiled = await compileInWorker({ kind: 'dpi', files: [file('bounded.rules', RULES)] })
     // Room for less than one batch: every batch after the first waits for the one before.
