@@ -22,10 +22,8 @@ const NO_REPLY = (): void => {}
 export const NET_SERVICE_KINDS = ['firewall', 'dpi'] as const
 export type NetServiceKind = (typeof NET_SERVICE_KINDS)[number]
 
-/** A service whose rules can be swapped while it runs, keeping its flow state. */
-export interface ReplaceableNetService extends NetService {
-  replace(text: string, fileName: string): unknown
-}
+/** A service whose rules can be swapped while it runs, keeping its flow state (load.ts, prepareReplace). */
+export type ReplaceableNetService = NetService
 
 export interface NetServiceSlot {
   service: ReplaceableNetService

@@ -203,7 +203,7 @@ export class DpiThread implements ReplaceableNetService {
     } else if (m.type === 'counters') {
       if (m.counters) this.#counters = m.counters as Record<string, unknown>
       if (m.id !== undefined) this.#settle(m.id as number)
-    } else if (m.type === 'prepared' || m.type === 'replaced') {
+    } else if (m.type === 'prepared') {
       this.#settle(m.id as number, m.error as string | undefined)
     }
   }
@@ -248,11 +248,6 @@ export class DpiThread implements ReplaceableNetService {
       this.#flush()
       if (this.#failed === undefined) this.#worker.postMessage({ type: 'commit', id })
     }
-  }
-
-  /** Rules from text, parsed by the thread (for the ReplaceableNetService shape; the IOhyp prepares). */
-  replace(text: string, fileName: string): Promise<string | undefined> {
-    return this.#ask({ type: 'replace-text', text, fileName })
   }
 
   /** Resolves when the thread has inspected every frame so far, delivered their alerts and its counters. */

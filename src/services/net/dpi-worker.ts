@@ -6,11 +6,10 @@
  *
  * In: `{ type: 'frames', data, ends, directions, now, lent? }` (frame i is data[ends[i-1], ends[i]),
  * direction 1 is from the guest; `lent`: data's buffer is to be handed back), `{ type: 'prepare',
- * compiled, id }` then `{ type: 'commit', id }` (a rule swap), `{ type: 'replace-text', text,
- * fileName, id }`, `{ type: 'sync', id }`. Out: `{ type: 'ready' }` or `{ type: 'failed', message }`
- * once, then `{ type: 'events', records }`, `{ type: 'counters', counters, id? }`,
- * `{ type: 'prepared' | 'replaced', id, error? }`, and `{ type: 'free', data }` (a lent batch
- * buffer, handed back to be filled again).
+ * compiled, id }` then `{ type: 'commit', id }` (a rule swap), `{ type: 'sync', id }`. Out:
+ * `{ type: 'ready' }` or `{ type: 'failed', message }` once, then `{ type: 'events', records }`,
+ * `{ type: 'counters', counters, id? }`, `{ type: 'prepared', id, error? }`, and
+ * `{ type: 'free', data }` (a lent batch buffer, handed back to be filled again).
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import { DpiService } from '../dpi/engine.ts'
@@ -66,7 +65,7 @@ if (port) {
       postCounters()
     }, wait)
   }
-  /** Swaps parsed and waiting for their commit. */
+  /** The swap parsed and waiting for its commit (at most one). */
   const prepared = new Map<number, { parsed: ParsedRules; tables: CompiledRules['tables'] }>()
   const handle = async (m: Record<string, unknown>): Promise<void> => {
     const service = dpi as DpiService
@@ -95,7 +94,10 @@ if (port) {
       // Parsed a slice at a time: the frames posted meanwhile wait behind it, in order.
       const compiled = m.compiled as CompiledRules
       try {
-        prepared.set(m.id as number, { parsed: await parseSliced(compiled), tables: compiled.tables })
+        const parsed = await parseSliced(compiled)
+        // One swap waits at a time: a newer one (its request's) replaces one never committed.
+        prepared.clear()
+        prepared.set(m.id as number, { parsed, tables: compiled.tables })
         port.postMessage({ type: 'prepared', id: m.id })
       } catch (error) {
         port.postMessage({ type: 'prepared', id: m.id, error: (error as Error).message })
@@ -105,14 +107,6 @@ if (port) {
       prepared.clear()
       if (p) service.replaceParsed(p.parsed, p.tables)
       postCounters()
-    } else if (m.type === 'replace-text') {
-      let error: string | undefined
-      try {
-        service.replace(m.text as string, m.fileName as string)
-      } catch (e) {
-        error = (e as Error).message
-      }
-      port.postMessage({ type: 'replaced', id: m.id, ...(error !== undefined && { error }) })
     } else if (m.type === 'sync') {
       postCounters(m.id as number)
     }
