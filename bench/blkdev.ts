@@ -16,7 +16,9 @@
  * BENCH_PIN=LIST (a taskset CPU list, e.g. 0) runs every target's processes and fio on those CPUs
  * alike: vrio's daemons with `--cpus LIST`, the peers' servers and nbdfuse through taskset (the
  * loop devices' kernel workers stay where the kernel puts them, for every target). Unset: the
- * scheduler places everything, as by default.
+ * scheduler places everything, as by default. The guest agent polls while disk requests are
+ * outstanding, its default; VRIO_TEST_POLL=off runs it with --no-poll (runs alternated for an A/B),
+ * =guest with --poll (after every frame). The peers do not poll.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs'

@@ -231,10 +231,18 @@ void Channel::OnPrepare(uv_prepare_t* handle) { static_cast<Channel*>(handle->da
 
 void Channel::Spin() {
   if (closed_ || poll_ == nullptr || delivering_ || pollIdleNs_ == 0) return;
+  const uint64_t start = uv_hrtime();
+  // Gated: nothing awaited, and nothing for pollIdleNs_ either (the next request of a stream
+  // comes soon after the last answer: the thread stays awake for it): sleep.
+  if (pollGate_ != nullptr) {
+    if (*pollGate_ > 0)
+      gateBusyAt_ = start;
+    else if (start - gateBusyAt_ >= pollIdleNs_)
+      return;
+  }
   Napi::Env env(env_);
   Napi::HandleScope scope(env);
   const int backend = uv_backend_fd(loop_);
-  const uint64_t start = uv_hrtime();
   uint64_t last = start;
   // When the next timer is due (ms precision, as libuv's timers), with the loop's clock brought
   // up to now; recomputed after each delivery, which may have set one.
@@ -261,6 +269,12 @@ void Channel::Spin() {
       if (st == kAgain) continue;
     }
     if (now - last >= pollIdleNs_ || now >= deadline) break;
+    if (pollGate_ != nullptr) {
+      if (*pollGate_ > 0)
+        gateBusyAt_ = now;
+      else if (now - gateBusyAt_ >= pollIdleNs_)
+        break;  // frames that are not answers (a NIC's) do not keep it spinning
+    }
     struct pollfd p = {backend, POLLIN, 0};
     if (poll(&p, 1, 0) > 0) break;
   }
@@ -283,12 +297,25 @@ void Channel::StopPrepare() {
   prepare_ = nullptr;
 }
 
-// setPoll(idleUs): polling on (idleUs > 0, at most 1 s) or off (0). Takes effect at once if started.
+// setPoll(idleUs, gate?): polling on (idleUs > 0, at most 1 s) or off (0). Takes effect at once if
+// started. gate: an Int32Array whose element 0 the caller keeps at the number of answers it awaits
+// from the peer; the spin then runs only while that is above 0, or was within idleUs.
 Napi::Value Channel::SetPoll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowInvalid(env, "setPoll(idleUs)");
+  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowInvalid(env, "setPoll(idleUs, gate?)");
   double us = info[0].As<Napi::Number>().DoubleValue();
   if (!(us >= 0) || us > 1e6) return ThrowInvalid(env, "setPoll: idleUs must be 0..1000000");
+  const bool gated = info.Length() > 1 && !info[1].IsUndefined();
+  if (gated && (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+                info[1].As<Napi::Int32Array>().ElementLength() < 1))
+    return ThrowInvalid(env, "setPoll: gate must be an Int32Array of at least one element");
+  pollGate_ = nullptr;
+  pollGateRef_.Reset();
+  if (gated) {
+    Napi::Int32Array gate = info[1].As<Napi::Int32Array>();
+    pollGate_ = gate.Data();  // off the V8 heap from here on (napi_get_typedarray_info), kept by the reference
+    pollGateRef_ = Napi::Persistent(gate);
+  }
   pollIdleNs_ = uint64_t(us * 1000);
   if (pollIdleNs_ == 0) {
     StopPrepare();

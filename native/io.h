@@ -111,6 +111,12 @@ class Channel : public Napi::ObjectWrap<Channel> {
   uv_loop_t* loop_ = nullptr;
   uv_prepare_t* prepare_ = nullptr;  // while started with polling on
   uint64_t pollIdleNs_ = 0;          // 0: polling off
+  // setPoll's gate: spin only while *pollGate_ > 0 (answers the process awaits from the peer) or
+  // within pollIdleNs_ of when it last was (gateBusyAt_); held by pollGateRef_; null: spin
+  // whenever the loop would sleep.
+  const int32_t* pollGate_ = nullptr;
+  uint64_t gateBusyAt_ = 0;
+  Napi::Reference<Napi::Int32Array> pollGateRef_;
   uint64_t polls_ = 0, pollHits_ = 0, pollNs_ = 0;
   napi_env env_ = nullptr;
   Napi::FunctionReference callback_;

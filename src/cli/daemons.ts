@@ -55,8 +55,12 @@ const CONFIG_HELP = 'config file (.yaml, .yml or .json); options given here over
 const PLAINTEXT_HELP =
   'channel segments neither encrypted nor authenticated (protocol version 1), only for a segment you alone own; both daemons must agree'
 const POLL_HELP =
-  'poll the packet socket instead of sleeping: the thread (each iocore; in the guest, the agent) keeps draining it until --poll-idle-us pass without work, then sleeps as without it (off by default; costs CPU)'
-const POLL_IDLE_HELP = `with --poll: microseconds without work before the thread sleeps (default: ${DEFAULT_POLL_IDLE_US})`
+  'poll the packet socket instead of sleeping: the thread (each iocore) keeps draining it until --poll-idle-us pass without work, then sleeps as without it (off by default; costs CPU)'
+const GUEST_POLL_HELP =
+  'poll the packet socket after every frame, not only while disk requests are outstanding (the default): the agent keeps draining it until --poll-idle-us pass without work, then sleeps'
+const GUEST_NO_POLL_HELP =
+  'never poll: the agent sleeps until a frame or a disk request wakes it (by default it polls while disk requests are outstanding, and --poll-idle-us after)'
+const POLL_IDLE_HELP = `with polling on: microseconds without work before the thread sleeps (default: ${DEFAULT_POLL_IDLE_US})`
 const CPUS_HELP =
   "run the daemon's threads on these CPUs only, as taskset lists them: 0, 0-3, 0,2 (default: all it may use)"
 const METRICS_HELP =
@@ -96,7 +100,7 @@ export function registerDaemonCommands(program: Command): void {
         o.iocores !== undefined
           ? iocoresOption(o.iocores)
           : (c?.iocores ?? defaultIocores(availableParallelism()))
-      const pollIdleUs = pollOption(o, c)
+      const pollIdleUs = pollOption(o, c)?.idleUs
       const start = (options: IohypOptions, log: Logger) =>
         iocores > 1 ? IocoreRouter.start({ ...options, iocores }, log) : IohypDaemon.start(options, log)
       const daemon = await start(
@@ -143,12 +147,13 @@ export function registerDaemonCommands(program: Command): void {
       'accept connections only from the IOhyp at this address (default: the first IOhyp that authenticates, remembered in the run dir)',
     )
     .option('--metrics <addr:port>', METRICS_HELP)
-    .option('--poll', POLL_HELP)
+    .option('--poll', GUEST_POLL_HELP)
+    .option('--no-poll', GUEST_NO_POLL_HELP)
     .option('--poll-idle-us <us>', POLL_IDLE_HELP)
     .option('--cpus <list>', CPUS_HELP)
     .action(async (o: GuestCliOptions) => {
       const c = o.config === undefined ? undefined : loadGuestConfig(o.config)
-      const pollIdleUs = pollOption(o, c)
+      const poll = pollOption(o, c, 'disks')
       const cpus = cpusOption(o.cpus) ?? c?.cpus
       const ifname = required(o.interface ?? c?.interface, '--interface')
       const key = o.keyFile !== undefined ? readKeyFile(o.keyFile) : c?.key
@@ -178,7 +183,7 @@ export function registerDaemonCommands(program: Command): void {
           iohyp: o.iohyp !== undefined ? ipv4Option(o.iohyp, '--iohyp') : c?.iohyp,
           version: VERSION,
           metrics: metricsOption(o.metrics) ?? c?.metrics,
-          pollIdleUs,
+          ...(poll && { pollIdleUs: poll.idleUs, pollDisksOnly: poll.disksOnly }),
         },
         log,
       )
@@ -197,15 +202,27 @@ export function cpusOption(list: string | undefined): number[] | undefined {
   return r.data
 }
 
+/** How a daemon's thread polls (see pollOption). */
+export interface PollSetting {
+  /** µs without a frame before the polling thread sleeps. */
+  idleUs: number
+  /** Only while disk calls are outstanding, and idleUs after the last (FrameChannel.setPoll's gate). */
+  disksOnly: boolean
+}
+
 /**
- * --poll / --poll-idle-us (or the config's poll / pollIdleUs): the µs a polling thread waits for
- * work before it sleeps, or undefined when polling is off. An idle time without polling is refused.
+ * --poll / --no-poll / --poll-idle-us (or the config's poll / pollIdleUs; the command line wins):
+ * how the thread polls, or undefined when it does not. Asked for (true): after every frame. Not
+ * said: `byDefault`, off or only for disk calls (the guest agent's). An idle time with polling off
+ * is refused.
  */
 export function pollOption(
   o: { poll?: boolean; pollIdleUs?: string },
   c: { poll?: boolean; pollIdleUs?: number } | undefined,
-): number | undefined {
-  const on = o.poll === true || c?.poll === true
+  byDefault: 'off' | 'disks' = 'off',
+): PollSetting | undefined {
+  const asked = o.poll ?? c?.poll
+  const on = asked ?? byDefault === 'disks'
   let idle = c?.pollIdleUs
   if (o.pollIdleUs !== undefined) {
     const r = pollIdleUsSchema.safeParse(/^[0-9]+$/.test(o.pollIdleUs) ? Number(o.pollIdleUs) : Number.NaN)
@@ -223,12 +240,12 @@ export function pollOption(
     if (idle !== undefined)
       throw new VrioError(
         'invalid-argument',
-        `${o.pollIdleUs !== undefined ? '--poll-idle-us' : 'pollIdleUs'} is set but polling is off: add --poll (or poll: true)`,
+        `${o.pollIdleUs !== undefined ? '--poll-idle-us' : 'pollIdleUs'} is set but polling is off: ${byDefault === 'disks' && asked === false ? 'drop --no-poll (or poll: false)' : 'add --poll (or poll: true)'}`,
         { field: 'pollIdleUs' },
       )
     return undefined
   }
-  return idle ?? DEFAULT_POLL_IDLE_US
+  return { idleUs: idle ?? DEFAULT_POLL_IDLE_US, disksOnly: asked === undefined }
 }
 
 function required<T>(value: T | undefined, option: string): T {

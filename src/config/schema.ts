@@ -70,11 +70,15 @@ export const cpuListSchema = z
     return [...cpus].sort((x, y) => x - y)
   })
 
-/** Polling, for both daemons: `poll` (`--poll`) turns it on, `pollIdleUs` (`--poll-idle-us`) sets how long. */
+/**
+ * Polling, for both daemons: `poll` (`--poll`, `--no-poll`) and `pollIdleUs` (`--poll-idle-us`),
+ * how long. The IOhyp: true polls, unset or false does not. The guest agent: true polls after
+ * every frame, false never, unset (the default) while its disks have calls outstanding.
+ */
 const pollKeys = {
-  /** Poll the packet socket instead of sleeping until pollIdleUs pass without work (default off). */
+  /** Poll the packet socket instead of sleeping until pollIdleUs pass without work (see above). */
   poll: z.boolean().optional(),
-  /** µs without work before a polling thread sleeps (default DEFAULT_POLL_IDLE_US); needs `poll`. */
+  /** µs without work before a polling thread sleeps (default DEFAULT_POLL_IDLE_US); needs polling on. */
   pollIdleUs: pollIdleUsSchema.optional(),
 }
 

@@ -218,9 +218,12 @@ export interface StatusInfo {
     kernelDrops: number
     txEagain: number
     /**
-     * With `--poll` only: receive rounds the thread made instead of sleeping, those that found
-     * frames, and the time it spent in them (µs; part of its busy time).
+     * With polling on only (`--poll`; the guest agent's default): when it polls ('frames': after
+     * every frame; 'disks': while disk calls are outstanding), receive rounds the thread made
+     * instead of sleeping, those that found frames, and the time it spent in them (µs; part of
+     * its busy time).
      */
+    poll?: 'frames' | 'disks'
     polls?: number
     pollHits?: number
     pollUs?: number

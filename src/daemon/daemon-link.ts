@@ -42,6 +42,8 @@ export interface DaemonLinkOptions {
   access?: LinkAccess
   /** Polling (`--poll`): µs without a frame before the thread sleeps again (FrameChannel.setPoll); unset: off. */
   pollIdleUs?: number
+  /** With pollIdleUs: poll only while pollGate[0] > 0, or was within pollIdleUs (FrameChannel.setPoll). */
+  pollGate?: Int32Array
 }
 
 /** The frame channel on the daemon's interface, and the guard that keeps the kernel's stack off its port. */
@@ -113,7 +115,7 @@ export class DaemonLink {
       modeMismatch: (remote, peerSealed) => this.modeMismatch(remote, peerSealed),
       preAuth: o.preAuth,
     })
-    if (o.pollIdleUs && !socket.setPoll(o.pollIdleUs))
+    if (o.pollIdleUs && !socket.setPoll(o.pollIdleUs, o.pollGate))
       o.log.warn('--poll: this build of the addon cannot poll; the socket sleeps in epoll as without it')
     if (this.driver.endpoint.options.insecurePlaintext) {
       o.log.warn('INSECURE: --insecure-plaintext: channel segments are neither encrypted nor authenticated', {
@@ -217,7 +219,12 @@ export class DaemonLink {
         txBytes: s.txBytes,
         kernelDrops: s.kernelDrops,
         txEagain: s.txEagain,
-        ...(this.o.pollIdleUs && { polls: s.polls ?? 0, pollHits: s.pollHits ?? 0, pollUs: s.pollUs ?? 0 }),
+        ...(this.o.pollIdleUs && {
+          poll: this.o.pollGate ? ('disks' as const) : ('frames' as const),
+          polls: s.polls ?? 0,
+          pollHits: s.pollHits ?? 0,
+          pollUs: s.pollUs ?? 0,
+        }),
       }))(this.socket.stats()),
     }
   }

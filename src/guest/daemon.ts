@@ -61,6 +61,12 @@ export interface GuestOptions {
    * until this many µs pass without a frame (DaemonLink / FrameChannel.setPoll). Unset: off.
    */
   pollIdleUs?: number
+  /**
+   * With pollIdleUs: poll only while disk calls are outstanding, and pollIdleUs after the last
+   * settled (`vrio guest`'s default): a stream of requests keeps the thread awake between them,
+   * frames of NICs alone do not.
+   */
+  pollDisksOnly?: boolean
 }
 
 type AnyGuestRegistry = GuestRegistry<{ name: string; handle: DeviceHandle }, unknown, unknown, unknown>
@@ -83,6 +89,8 @@ export class GuestDaemon {
   /** Sessions that authenticated (their counters join channelTotals when they close). */
   private readonly served = new WeakSet<Session>()
   private readonly disks: GuestDisks
+  /** Disk calls outstanding, all disks together: the channel polls only while it is above 0 (gated polling). */
+  private readonly awaiting = new Int32Array(new ArrayBuffer(4))
   private readonly nics: GuestNics
   /** Every device kind's registry. */
   private readonly registries: AnyGuestRegistry[]
@@ -107,7 +115,13 @@ export class GuestDaemon {
     })
     // Devices and RPC handlers exist before the link and control socket open: a control request or
     // an IOhyp may arrive at once (connections are refused until the NBD server listens; see accept).
-    this.disks = new GuestDisks({ runDir: o.runDir, attach: o.attach, ioTimeoutMs: o.ioTimeoutMs, log })
+    this.disks = new GuestDisks({
+      runDir: o.runDir,
+      attach: o.attach,
+      ioTimeoutMs: o.ioTimeoutMs,
+      awaiting: this.awaiting,
+      log,
+    })
     this.nics = new GuestNics(log, o.access?.links)
     this.registries = [this.disks, this.nics] as AnyGuestRegistry[]
     for (const r of this.registries) {
@@ -145,6 +159,7 @@ export class GuestDaemon {
         accept: (_remote, c) => this.accept(c),
         access: this.o.access?.link,
         pollIdleUs: this.o.pollIdleUs,
+        ...(this.o.pollDisksOnly && { pollGate: this.awaiting }),
       },
       (control) => {
         control.route('GET', ROUTES.status, () => this.status())

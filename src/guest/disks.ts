@@ -63,6 +63,8 @@ export interface GuestDisksOptions {
   runDir: string
   attach: boolean
   ioTimeoutMs?: number
+  /** Raised while each disk call is outstanding (RemoteBlockDeviceOptions.awaiting): the channel's polling gate. */
+  awaiting?: Int32Array
   log: Logger
 }
 
@@ -94,7 +96,12 @@ class GuestDiskKind
   async open(p: AttachDiskParams, handle: DeviceHandle): Promise<Disk> {
     return {
       name: p.name,
-      front: new RemoteBlockDevice({ info: p.info, handle, deadline: this.o.ioTimeoutMs }),
+      front: new RemoteBlockDevice({
+        info: p.info,
+        handle,
+        deadline: this.o.ioTimeoutMs,
+        awaiting: this.o.awaiting,
+      }),
       attached: undefined,
     }
   }

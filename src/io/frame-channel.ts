@@ -111,12 +111,13 @@ export class FrameChannel {
   /**
    * Polling: after the event loop's work, and before it sleeps, the fd is drained again and again
    * (non-blocking) until `idleUs` pass without a frame, or a timer, an immediate or another fd
-   * wants the loop; then it sleeps as without polling. 0 (the default) turns it off. False when
-   * the addon cannot poll.
+   * wants the loop; then it sleeps as without polling. 0 (the default) turns it off. With `gate`
+   * it polls only while the process awaits answers from the peer (gate[0] of them) or did within
+   * `idleUs`. False when the addon cannot poll.
    */
-  setPoll(idleUs: number): boolean {
+  setPoll(idleUs: number, gate?: Int32Array): boolean {
     if (this.#closed || !this.#handle.setPoll) return false
-    this.#handle.setPoll(idleUs)
+    this.#handle.setPoll(idleUs, gate)
     return true
   }
 

@@ -27,9 +27,10 @@ export interface NativeChannel {
   setFilter(program: Uint32Array): void
   /**
    * Polling: before the event loop sleeps, re-poll the fd non-blocking until `idleUs` pass without
-   * a frame or anything else wants the loop (native/channel.cc); 0 turns it off. Absent from an older build.
+   * a frame or anything else wants the loop (native/channel.cc); 0 turns it off. With `gate`, only
+   * while gate[0] > 0, or was within idleUs. Absent from an older build.
    */
-  setPoll?(idleUs: number): void
+  setPoll?(idleUs: number, gate?: Int32Array): void
   /** Offers received frames to a fast path before JS (native/fastpath.cc); null detaches it. Absent from an older build. */
   attachFastPath?(fastPath: NativeFastPath | null): void
 }

@@ -323,9 +323,12 @@ export class IocoreRouter implements IohypApi {
         s.guests.connected += other.guests.connected
       }
       for (const [k, v] of Object.entries(other.drops ?? {})) s.drops![k] = (s.drops![k] ?? 0) + v
-      if (s.socket && other.socket)
-        for (const k of Object.keys(s.socket) as (keyof typeof s.socket)[])
-          s.socket[k] = (s.socket[k] ?? 0) + (other.socket[k] ?? 0)
+      if (s.socket && other.socket) {
+        // The counters add up; `poll` (how it polls) is the same on every iocore.
+        const sum = s.socket as unknown as Record<string, unknown>
+        for (const [k, v] of Object.entries(other.socket))
+          if (typeof v === 'number') sum[k] = ((sum[k] as number | undefined) ?? 0) + v
+      }
     }
     return { ...s, iocores: await this.iocores() }
   }

@@ -209,22 +209,41 @@ describe('config files', () => {
       refused(loadGuestConfig, { interface: 'eth0', keyFile: 'keys/g1.key', pollIdleUs: 2.5 }),
       /^pollIdleUs: must be a whole number of microseconds/,
     )
-    // The command line over the file: off unless asked, the default idle time, the file's or the option's.
+    // The command line over the file: off unless asked (the IOhyp), the default idle time, the file's or the option's.
+    const frames = (idleUs: number) => ({ idleUs, disksOnly: false })
     assert.equal(pollOption({}, undefined), undefined)
-    assert.equal(pollOption({ poll: true }, undefined), DEFAULT_POLL_IDLE_US)
-    assert.equal(pollOption({}, { poll: true, pollIdleUs: 200 }), 200)
-    assert.equal(pollOption({ poll: true, pollIdleUs: '80' }, { pollIdleUs: 200 }), 80)
-    const bad = (o: { poll?: boolean; pollIdleUs?: string }, c?: { poll?: boolean; pollIdleUs?: number }) =>
+    assert.deepEqual(pollOption({ poll: true }, undefined), frames(DEFAULT_POLL_IDLE_US))
+    assert.deepEqual(pollOption({}, { poll: true, pollIdleUs: 200 }), frames(200))
+    assert.deepEqual(pollOption({ poll: true, pollIdleUs: '80' }, { pollIdleUs: 200 }), frames(80))
+    // The guest agent's default: polling for disk calls; --poll (poll: true) after every frame; --no-poll (poll: false) never.
+    assert.deepEqual(pollOption({}, undefined, 'disks'), { idleUs: DEFAULT_POLL_IDLE_US, disksOnly: true })
+    assert.deepEqual(pollOption({ pollIdleUs: '120' }, undefined, 'disks'), { idleUs: 120, disksOnly: true })
+    assert.deepEqual(pollOption({ poll: true }, undefined, 'disks'), frames(DEFAULT_POLL_IDLE_US))
+    assert.equal(pollOption({ poll: false }, undefined, 'disks'), undefined)
+    assert.equal(pollOption({}, { poll: false }, 'disks'), undefined)
+    assert.equal(pollOption({ poll: false }, { poll: true }, 'disks'), undefined)
+    const bad = (
+      o: { poll?: boolean; pollIdleUs?: string },
+      c?: { poll?: boolean; pollIdleUs?: number },
+      byDefault?: 'off' | 'disks',
+      hint = /add --poll/,
+    ) =>
       assert.throws(
-        () => pollOption(o, c),
+        () => pollOption(o, c, byDefault),
         (e) =>
-          isVrioError(e, 'invalid-argument') && e.details.field === 'pollIdleUs' && /poll/.test(e.message),
+          isVrioError(e, 'invalid-argument') &&
+          e.details.field === 'pollIdleUs' &&
+          /poll/.test(e.message) &&
+          (!/is set but polling is off/.test(e.message) || hint.test(e.message)),
       )
     bad({ poll: true, pollIdleUs: 'fast' })
     bad({ poll: true, pollIdleUs: '0' })
     bad({ poll: true, pollIdleUs: '2000000' })
     bad({ pollIdleUs: '50' })
     bad({}, { pollIdleUs: 50 })
+    bad({ poll: false, pollIdleUs: '50' }, undefined, 'disks', /drop --no-poll/)
+    bad({}, { poll: false, pollIdleUs: 70 }, 'disks', /drop --no-poll/)
+    bad({}, { poll: false, pollIdleUs: 70 })
   })
 
   it('cpus on both daemons and --cpus over it: taskset lists, sorted and distinct; bad ones refused naming the key', () => {

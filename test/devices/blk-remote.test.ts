@@ -328,12 +328,15 @@ describe('remote block device over the simulated link', () => {
   })
 
   it('with the link cut, calls fail with timeout at the deadline, not before, and never hang', async () => {
+    // The agent's polling gate: raised by each call outstanding, lowered when it settles, however.
+    const awaiting = new Int32Array(1)
     const h = new BlkPair(new MemoryDevice({ size: 4 * MiB }), {
       seed: 5,
-      frontend: { deadline: 5000, queueDepth: 2 },
+      frontend: { deadline: 5000, queueDepth: 2, awaiting },
     })
     await h.connect()
     await h.settle(h.front.write(0, pattern(1, 4096), false))
+    assert.equal(awaiting[0], 0)
     h.faults.loss = 1
     const start = h.sim.clock.now
     const calls = [
@@ -347,6 +350,7 @@ describe('remote block device over the simulated link', () => {
       calls.every((c) => !c.settled),
       'nothing fails before the deadline',
     )
+    assert.equal(awaiting[0], 4, 'every call outstanding counts, the one waiting for a slot too')
     await h.advance(200)
     assert.ok(h.sim.clock.now - start <= 5100)
     for (const c of calls) {
@@ -354,6 +358,7 @@ describe('remote block device over the simulated link', () => {
       assert.equal(code(c.error), 'timeout')
     }
     assert.equal(h.front.stats.timeouts, 4)
+    assert.equal(awaiting[0], 0, 'calls that timed out are no longer awaited')
     // The write was sent: it may still run on the IOhyp, so it stays a zombie until answered.
     assert.equal(h.front.stats.zombies, 1)
     // A new write over the same range waits for the zombie's answer.
@@ -364,6 +369,7 @@ describe('remote block device over the simulated link', () => {
     assert.ok(await h.run(() => next.settled))
     assert.equal(next.error, undefined)
     assert.equal(h.front.outstanding, 0, 'the zombie got its answer')
+    assert.equal(awaiting[0], 0)
     const writesAt0 = h.device.log.filter((l) => l.op === 'write' && l.offset === 0)
     assertBytes(writesAt0[writesAt0.length - 1].data!, pattern(3, 4096), 'the newer write ran last')
     assertBytes(await h.settle(h.front.read(0, 4096)), pattern(3, 4096))

@@ -4,7 +4,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import type { DiskInfo } from '../../src/control/api.ts'
+import type { DiskInfo, StatusInfo } from '../../src/control/api.ts'
 import { fio, loopBackFile, sparseFile, VERIFY_WRITES } from '../support/block-io.ts'
 import { killDaemons, vrio, vrioJson } from '../support/daemons.ts'
 import type { ImpairedLink } from '../support/impair.ts'
@@ -65,6 +65,16 @@ describe('remote disk over a veth', () => {
     assert.equal(disk.state, 'attached')
     assert.match(disk.nbd ?? '', /^nbd\+unix:\/\/\/rt\?socket=/)
     roundTrip(pair, disk, backing, 256 * MiB)
+    // The agent polls for its disks by default (`vrio guest` without --poll / --no-poll): it did
+    // while these calls were outstanding. The IOhyp does not poll unless asked.
+    const status = (side: 'guest' | 'iohyp') =>
+      vrioJson<StatusInfo>(['status', '--json', '--control', pair.sock(side)]).socket
+    if (process.env.VRIO_TEST_POLL === undefined) {
+      const s = status('guest')
+      assert.equal(s?.poll, 'disks')
+      assert.ok((s?.polls ?? 0) > 0, `the agent polled for its disk calls: ${JSON.stringify(s)}`)
+      assert.equal(status('iohyp')?.poll, undefined)
+    }
     const guestView = vrioJson<{
       disks: { name: string; size: number; readOnly: boolean; nbd: string; device: string | null }[]
     }>(['blk', 'list', '--guest', '--control', pair.sock('guest')])

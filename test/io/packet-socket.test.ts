@@ -338,4 +338,51 @@ describe('PacketSocket over a veth pair between two namespaces', () => {
       tx.close()
     }
   })
+  test('gated polling (setPoll with a gate): no poll rounds while the gate is 0, poll rounds while it is above 0', async () => {
+    const rx = PacketSocket.open({ ifname: veth.b.ifname, netns: nsB.path, rcvBuf: 4 << 20 })
+    const tx = PacketSocket.open({ ifname: veth.a.ifname, netns: nsA.path, protocol: ETH_P_NONE })
+    try {
+      const src = mac(tx.mac)
+      const dst = mac(rx.mac)
+      let got = 0
+      let last = 0
+      // Ping-pong within one thread, as above: each frame after the first arrives while the loop would sleep.
+      rx.onBatch((b: FrameBatch) => {
+        for (let k = 0; k < b.count; k++) {
+          const f = b.frame(k)
+          if (f.readUInt16BE(12) !== ETHERTYPE_TEST) continue
+          const i = checkFrame(f)
+          got++
+          if (i < last) assert.equal(tx.send([makeFrame(dst, src, i + 1)]), 1)
+        }
+      })
+      const pingPong = async (from: number, n: number) => {
+        const want = got + n
+        last = from + n - 1
+        assert.equal(tx.send([makeFrame(dst, src, from)]), 1)
+        await waitUntil(() => got === want, `${n} frames (got ${got - (want - n)})`)
+      }
+      const gate = new Int32Array(new ArrayBuffer(4))
+      assert.equal(rx.setPoll(500, gate), true)
+      // Nothing awaited, and never was: the thread sleeps between frames as without polling.
+      await pingPong(0, 500)
+      assert.equal(rx.stats().polls ?? 0, 0, 'no poll round with the gate at 0')
+      // Something awaited: the frames are taken in poll rounds.
+      gate[0] = 1
+      await pingPong(500, 500)
+      const s = rx.stats()
+      assert.ok((s.pollHits ?? 0) > 0, `frames taken while polling: ${JSON.stringify(s)}`)
+      // Down to 0 again: once the idle time has passed, no more rounds.
+      gate[0] = 0
+      await new Promise((r) => setTimeout(r, 20))
+      const before = rx.stats().polls
+      await new Promise((r) => setTimeout(r, 50))
+      assert.equal(rx.stats().polls, before, 'no poll rounds once nothing is awaited')
+      assert.throws(() => rx.setPoll(500, new Uint32Array(1) as unknown as Int32Array), /gate/)
+      assert.throws(() => rx.setPoll(500, new Int32Array(0)), /gate/)
+    } finally {
+      rx.close()
+      tx.close()
+    }
+  })
 })

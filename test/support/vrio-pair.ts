@@ -40,16 +40,21 @@ export function onBridge(tap: string): string[] {
  */
 const IOCORES = process.env.VRIO_TEST_IOCORES ? ['--iocores', process.env.VRIO_TEST_IOCORES] : []
 /**
- * VRIO_TEST_POLL=1: every IOhyp and guest agent the tests start polls (`--poll`; with
- * `--poll-idle-us VRIO_TEST_POLL_IDLE_US` if set), and start() checks that both counted poll rounds.
+ * VRIO_TEST_POLL=1: every IOhyp and guest agent the tests start polls after every frame (`--poll`;
+ * with `--poll-idle-us VRIO_TEST_POLL_IDLE_US` if set), and start() checks that both counted poll
+ * rounds; VRIO_TEST_POLL=iohyp or =guest: that side only. VRIO_TEST_POLL=off: the guest agents
+ * never poll (`--no-poll`; by default they poll while disk requests are outstanding).
  */
-export const poll = (): string[] =>
-  process.env.VRIO_TEST_POLL === '1'
+export const poll = (side: 'iohyp' | 'guest'): string[] => {
+  const v = process.env.VRIO_TEST_POLL
+  if (v === 'off') return side === 'guest' ? ['--no-poll'] : []
+  return v === '1' || v === side
     ? [
         '--poll',
         ...(process.env.VRIO_TEST_POLL_IDLE_US ? ['--poll-idle-us', process.env.VRIO_TEST_POLL_IDLE_US] : []),
       ]
     : []
+}
 
 export class VrioPair {
   readonly dir: string
@@ -91,8 +96,8 @@ export class VrioPair {
     await Promise.all([this.iohyp.waitForLog('iohyp started'), this.guest.waitForLog('guest started')])
     await this.enrol(this.guestMac, this.guestEnd.ip, key)
     await this.waitConnected()
-    if (poll().length > 0) {
-      for (const side of ['iohyp', 'guest'] as const) {
+    for (const side of ['iohyp', 'guest'] as const) {
+      if (poll(side)[0] === '--poll') {
         const s = await vrioJsonAsync<StatusInfo>(['status', '--json', '--control', this.sock(side)])
         if (!((s.socket?.polls ?? 0) > 0))
           throw new Error(`VRIO_TEST_POLL: the ${side} counted no poll rounds`)
@@ -146,7 +151,7 @@ export class VrioPair {
       '--control',
       this.sock('iohyp'),
       ...IOCORES,
-      ...poll(),
+      ...poll('iohyp'),
       ...this.iohypOptions,
       ...this.channelOptions,
     ])
@@ -283,7 +288,7 @@ function guestDaemon(
     sock,
     '--run-dir',
     runDir,
-    ...poll(),
+    ...poll('guest'),
     ...extra,
   ])
 }

@@ -45,6 +45,11 @@ export interface RemoteBlockDeviceOptions {
   sweepInterval?: number
   /** First request id (tests of the epoch change). Default 1. */
   firstRequestId?: number
+  /**
+   * A counter shared with others (several devices, the channel's polling gate): element 0 is
+   * raised while each call of this device is outstanding and lowered when it settles.
+   */
+  awaiting?: Int32Array
 }
 
 export interface RemoteBlockDeviceStats {
@@ -226,6 +231,7 @@ export class RemoteBlockDevice implements BlockDevice {
   /** Cleared when the IOhyp answers Extents / Prefetch with Unsupported (an older peer); set again on a new session. */
   private extentsSupported = true
   private prefetchSupported = true
+  private readonly awaiting: Int32Array
 
   constructor(options: RemoteBlockDeviceOptions) {
     const info = options.info
@@ -243,6 +249,7 @@ export class RemoteBlockDevice implements BlockDevice {
     this.clock = options.clock ?? (() => performance.now())
     this.sweepInterval = integer(options.sweepInterval ?? 250, 'sweepInterval', 0, 3600_000)
     this.epoch = newEpoch(integer(options.firstRequestId ?? 1, 'firstRequestId', 0, MAX_REQUEST_ID))
+    this.awaiting = options.awaiting ?? new Int32Array(1)
     for (let i = 0; i < this.depth; i++) {
       const slot: Slot = { head: new Uint8Array(BLOCK_REQUEST_HEAD_LENGTH), clean: true, request: undefined }
       this.slots.push(slot)
@@ -520,6 +527,7 @@ export class RemoteBlockDevice implements BlockDevice {
       }
       // An Extents call is never split (extents() keeps it under one piece).
       this.liveCalls++
+      this.awaiting[0]++
       for (let i = 0; i < parts; i++) {
         const at = i * piece
         const n = Math.min(piece, length - at)
@@ -668,6 +676,7 @@ export class RemoteBlockDevice implements BlockDevice {
     if (--call.remaining > 0) return
     call.settled = true
     this.liveCalls--
+    this.awaiting[0]--
     this.settled(call)
     call.resolve(call.result ?? undefined)
     if (this.liveCalls === 0) this.updateTimer()
@@ -677,6 +686,7 @@ export class RemoteBlockDevice implements BlockDevice {
     if (call.settled) return
     call.settled = true
     this.liveCalls--
+    this.awaiting[0]--
     this.settled(call)
     call.result = undefined
     call.reject(error)
