@@ -12,6 +12,7 @@ import type { PreAuthOptions } from '../transport/endpoint.ts'
 import { addSealDrops } from '../transport/seal.ts'
 import { formatIPv4, formatMac } from '../wire/address.ts'
 import type { Logger } from './log.ts'
+import type { SocketMetrics } from './metrics.ts'
 import { type LinkPorts, openLink } from './runtime.ts'
 
 export interface DaemonLinkOptions {
@@ -200,6 +201,16 @@ export class DaemonLink {
   }
 
   /** The fields of StatusInfo every daemon reports. */
+  /** What the metrics read of the packet socket (SocketMetrics). */
+  socketMetrics(): SocketMetrics {
+    const s = this.socket.stats()
+    return {
+      interface: this.o.interface,
+      kernelDrops: s.kernelDrops,
+      ...(this.o.pollIdleUs && { polls: s.polls ?? 0, pollUs: s.pollUs ?? 0 }),
+    }
+  }
+
   status(): StatusInfo {
     return {
       role: this.o.role,

@@ -50,13 +50,21 @@ export interface IohypDiskMetrics {
   crypt?: { bytesEncrypted: number; bytesDecrypted: number }
 }
 
+/** A daemon's packet socket: its kernel drops, and with polling on its poll rounds and time (µs). */
+export interface SocketMetrics {
+  interface: string
+  kernelDrops: number
+  polls?: number
+  pollUs?: number
+}
+
 /** What the IOhyp's registry reads at scrape time. */
 export interface IohypMetricsSource {
   version: string
   guests(): Iterable<GuestInfo>
   disks(): Iterable<IohypDiskMetrics>
   nics(): Iterable<NicInfo>
-  socket(): { interface: string; kernelDrops: number }
+  socket(): SocketMetrics
 }
 
 /** What the guest agent's registry reads at scrape time. */
@@ -65,7 +73,7 @@ export interface GuestMetricsSource {
   disks(): Iterable<{ disk: string; ops: BlockOpStats; inFlight: number }>
   /** Its channel to the IOhyp, the counters summed over every authenticated session. */
   channel(): ChannelMetrics
-  socket(): { interface: string; kernelDrops: number }
+  socket(): SocketMetrics
 }
 
 /** A daemon's registry, and what must stop with the daemon. */
@@ -355,7 +363,7 @@ function common(
   registry: Registry,
   role: 'iohyp' | 'guest',
   version: string,
-  socket: () => { interface: string; kernelDrops: number },
+  socket: () => SocketMetrics,
   loop: FixedHistogram,
   lastLoopDelay: () => number,
 ): void {
@@ -378,6 +386,26 @@ function common(
       emit({ interface: s.interface }, s.kernelDrops)
     },
   )
+  collected(
+    registry,
+    'vrio_packet_socket_polls_total',
+    'Receive rounds the thread made on the packet socket instead of sleeping (polling on only)',
+    ['interface'],
+    (emit) => {
+      const s = socket()
+      if (s.polls !== undefined) emit({ interface: s.interface }, s.polls)
+    },
+  )
+  collected(
+    registry,
+    'vrio_packet_socket_poll_seconds_total',
+    'Time the thread spent in those rounds (part of its busy time; polling on only)',
+    ['interface'],
+    (emit) => {
+      const s = socket()
+      if (s.pollUs !== undefined) emit({ interface: s.interface }, s.pollUs / 1e6)
+    },
+  )
   registerHistogram(
     registry,
     'vrio_event_loop_delay_seconds',
@@ -390,7 +418,7 @@ function common(
 function daemonMetrics(
   role: 'iohyp' | 'guest',
   version: string,
-  socket: () => { interface: string; kernelDrops: number },
+  socket: () => SocketMetrics,
   build: (registry: Registry) => void,
 ): DaemonMetrics {
   const loop = new FixedHistogram(1, LOOP_BUCKETS)

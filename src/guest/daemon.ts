@@ -111,7 +111,7 @@ export class GuestDaemon {
       version: o.version,
       disks: () => this.disks.metrics(),
       channel: () => this.channelMetrics(),
-      socket: () => ({ interface: o.interface, kernelDrops: this.link?.socket.stats().kernelDrops ?? 0 }),
+      socket: () => this.link?.socketMetrics() ?? { interface: o.interface, kernelDrops: 0 },
     })
     // Devices and RPC handlers exist before the link and control socket open: a control request or
     // an IOhyp may arrive at once (connections are refused until the NBD server listens; see accept).

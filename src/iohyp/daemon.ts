@@ -106,7 +106,7 @@ export class IohypDaemon implements IohypApi {
       guests: () => this.guests(),
       disks: () => this.disks.metrics(),
       nics: () => this.nics.list(),
-      socket: () => ({ interface: o.interface, kernelDrops: this.link?.socket.stats().kernelDrops ?? 0 }),
+      socket: () => this.link?.socketMetrics() ?? { interface: o.interface, kernelDrops: 0 },
     })
     this.disks = new IohypDisks(
       log,

@@ -233,6 +233,9 @@ describe('metrics exposition', () => {
       assert.equal(s.get('vrio_nic_dpi_alerts_total{nic="vnic0",sid="2100498"}'), 2)
       assert.equal(s.get('vrio_nic_dpi_inspected_bytes_total{nic="vnic0"}'), 12345)
       assert.equal(s.get('vrio_packet_socket_kernel_drops_total{interface="eth0"}'), 5)
+      // Not polling: the poll families have no samples.
+      assert.equal(s.get('vrio_packet_socket_polls_total{interface="eth0"}'), undefined)
+      assert.equal(s.get('vrio_packet_socket_poll_seconds_total{interface="eth0"}'), undefined)
       assert.ok(s.has('vrio_event_loop_delay_seconds_count'))
       assert.ok(s.has('process_cpu_seconds_total'), 'prom-client default metrics')
       assert.ok(s.has('process_resident_memory_bytes'))
@@ -251,11 +254,13 @@ describe('metrics exposition', () => {
       version: '1.0.0',
       disks: () => [{ disk: 'disk0', ops, inFlight: 32 }],
       channel: () => channel,
-      socket: () => ({ interface: 'eth1', kernelDrops: 0 }),
+      socket: () => ({ interface: 'eth1', kernelDrops: 0, polls: 7, pollUs: 2500 }),
     })
     try {
       const s = parse(await m.scrape())
       assert.equal(s.get('vrio_info{role="guest",version="1.0.0"}'), 1)
+      assert.equal(s.get('vrio_packet_socket_polls_total{interface="eth1"}'), 7)
+      assert.equal(s.get('vrio_packet_socket_poll_seconds_total{interface="eth1"}'), 0.0025)
       assert.equal(s.get('vrio_disk_requests_total{disk="disk0",op="write"}'), 1)
       assert.equal(s.get('vrio_disk_bytes_total{disk="disk0",op="write"}'), 65536)
       assert.equal(s.get('vrio_disk_in_flight{disk="disk0"}'), 32)

@@ -5,6 +5,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync 
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { DiskInfo, StatusInfo } from '../../src/control/api.ts'
+import { ControlClient } from '../../src/control/control-client.ts'
 import { fio, loopBackFile, sparseFile, VERIFY_WRITES } from '../support/block-io.ts'
 import { killDaemons, vrio, vrioJson } from '../support/daemons.ts'
 import type { ImpairedLink } from '../support/impair.ts'
@@ -74,6 +75,14 @@ describe('remote disk over a veth', () => {
       assert.equal(s?.poll, 'disks')
       assert.ok((s?.polls ?? 0) > 0, `the agent polled for its disk calls: ${JSON.stringify(s)}`)
       assert.equal(status('iohyp')?.poll, undefined)
+      // The same in its metrics; none from the IOhyp.
+      const metrics = (side: 'guest' | 'iohyp') =>
+        new ControlClient({ path: pair.sock(side) }).get<string>('/metrics')
+      const polls = /^vrio_packet_socket_polls_total\{interface="[^"]+"\} (\d+)$/m.exec(
+        await metrics('guest'),
+      )
+      assert.ok(polls && Number(polls[1]) >= (s?.polls ?? 0), `the metric counts them: ${polls?.[0]}`)
+      assert.doesNotMatch(await metrics('iohyp'), /^vrio_packet_socket_polls_total\{/m)
     }
     const guestView = vrioJson<{
       disks: { name: string; size: number; readOnly: boolean; nbd: string; device: string | null }[]
