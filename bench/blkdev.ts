@@ -5,7 +5,8 @@
  * I/O) over qemu-nbd and over nbdkit serving the same file across the same veth, and next to
  * vrio's own NBD export (fio's nbd engine on the guest's unix socket). The targets take turns
  * (vrio device, qemu-nbd stack, nbdkit stack, vrio export; again) BENCH_ROUNDS times (default 2),
- * each figure printed as a range. Backing: one file on tmpfs (/dev/shm), so the disk is not the
+ * each figure printed as a range; the device against the better peer and against the export, best
+ * of rounds and round by round with the median. Backing: one file on tmpfs (/dev/shm), so the disk is not the
  * limit; qemu-nbd --cache=writeback, nbdkit's file plugin and vrio's FileDevice all go through
  * the page cache. Server CPU per request: the processes serving each target (vrio: both daemons;
  * peers: nbdfuse and the NBD server).
@@ -292,6 +293,27 @@ try {
           )}×`,
         )
       console.log(`${c.name.padEnd(24)} device (best of rounds) ${parts.join(', ')}`)
+      // Round by round (the targets take turns within a round), with the median.
+      const values = (n: TargetName) => results.get(`${n}|${c.name}`)!.map((r) => r.value)
+      const perRound = (other: (round: number) => number) => {
+        const rs = dev.map((d, i) => (c.kind === 'p50' ? other(i) / d : d / other(i)))
+        const sorted = [...rs].sort((a, b) => a - b)
+        const mid = sorted.length / 2
+        const median = sorted.length % 2 ? sorted[Math.floor(mid)] : (sorted[mid - 1] + sorted[mid]) / 2
+        return `${rs.map((r) => r.toFixed(2)).join(', ')} (median ${median.toFixed(2)})`
+      }
+      const rounds = [] as string[]
+      if (peers.length > 0)
+        rounds.push(
+          `vs better peer ${perRound((i) =>
+            best(
+              c,
+              peers.map((p) => values(p)[i]),
+            ),
+          )}`,
+        )
+      if (has('vrio-nbd')) rounds.push(`vs export ${perRound((i) => values('vrio-nbd')[i])}`)
+      if (rounds.length > 0) console.log(`${''.padEnd(24)} per round: ${rounds.join('; ')}`)
     }
   }
   console.log(
