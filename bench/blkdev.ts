@@ -6,8 +6,8 @@
  * vrio's own NBD export (fio's nbd engine on the guest's unix socket). The targets take turns
  * (vrio device, qemu-nbd stack, nbdkit stack, vrio export; again) BENCH_ROUNDS times (default 2),
  * each figure printed as a range; the device against the better peer and against the export, best
- * of rounds and round by round with the median. Backing: one file on tmpfs (/dev/shm), so the disk is not the
- * limit; qemu-nbd --cache=writeback, nbdkit's file plugin and vrio's FileDevice all go through
+ * of rounds and round by round with the median. Backing: one file on tmpfs (/dev/shm), so the disk
+ * is not the limit; qemu-nbd --cache=writeback, nbdkit's file plugin and vrio's FileDevice all go through
  * the page cache. Server CPU per request: the processes serving each target (vrio: both daemons;
  * peers: nbdfuse and the NBD server).
  *   npm run bench -- blkdev        (root; fio, nbdfuse, qemu-nbd, nbdkit)

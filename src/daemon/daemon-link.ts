@@ -200,7 +200,6 @@ export class DaemonLink {
     this.socket.close()
   }
 
-  /** The fields of StatusInfo every daemon reports. */
   /** What the metrics read of the packet socket (SocketMetrics). */
   socketMetrics(): SocketMetrics {
     const s = this.socket.stats()
@@ -211,6 +210,7 @@ export class DaemonLink {
     }
   }
 
+  /** The fields of StatusInfo every daemon reports. */
   status(): StatusInfo {
     return {
       role: this.o.role,
