@@ -16,8 +16,11 @@
  * (the last: the previous device path, nbdfuse + loop over vrio's NBD export, for before/after).
  * BENCH_PIN=LIST (a taskset CPU list, e.g. 0) runs every target's processes and fio on those CPUs
  * alike: vrio's daemons with `--cpus LIST`, the peers' servers and nbdfuse through taskset (the
- * loop devices' kernel workers stay where the kernel puts them, for every target). Unset: the
- * scheduler places everything, as by default. The guest agent polls while disk requests are
+ * loop devices' kernel workers stay where the kernel puts them, for every target).
+ * BENCH_PIN=CLIENT/SERVER (e.g. 0/1) splits the machine in two, as two machines would be: the
+ * guest's side (fio, the guest agent, nbdfuse) on the CPUs before the slash, the server's side
+ * (the IOhyp, qemu-nbd, nbdkit) on those after it, for every target alike. Unset: the scheduler
+ * places everything, as by default. The guest agent polls while disk requests are
  * outstanding, its default; VRIO_TEST_POLL=off runs it with --no-poll (runs alternated for an A/B),
  * =guest with --poll (after every frame). The peers do not poll.
  */
@@ -34,6 +37,9 @@ import { writeRandomFile } from './support/random-file.ts'
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)
 const PIN = process.env.BENCH_PIN
+/** Where the guest's side and the server's side run (BENCH_PIN, split at a slash or not). */
+const [CLIENT_CPUS, SERVER_CPUS] = PIN?.includes('/') ? PIN.split('/') : [PIN, PIN]
+if (PIN && (!CLIENT_CPUS || !SERVER_CPUS)) throw new Error(`BENCH_PIN=${PIN}: expected LIST or CLIENT/SERVER`)
 const SIZE = 512 * 1024 * 1024
 
 interface Case {
@@ -102,9 +108,9 @@ function fio(t: Target, c: Case): Result {
   const before = cpuSeconds(t.pids())
   const agentBefore = t.agent ? cpuSeconds([t.agent()]) : 0
   const out = execFileSync(
-    PIN ? 'taskset' : 'fio',
+    CLIENT_CPUS ? 'taskset' : 'fio',
     [
-      ...(PIN ? ['-c', PIN, 'fio'] : []),
+      ...(CLIENT_CPUS ? ['-c', CLIENT_CPUS, 'fio'] : []),
       '--name=bench',
       ...t.fioArgs,
       `--runtime=${SECONDS}`,
@@ -172,14 +178,20 @@ const tree = (pid: number | undefined): number[] => {
 }
 
 const t = directLink()
-const pinned = PIN ? ['--cpus', PIN] : []
-const pair = new VrioPair(t.a, t.b, { iohypOptions: pinned, guestOptions: pinned })
-/** The peers' processes (and their threads) on BENCH_PIN's CPUs, as --cpus puts vrio's. */
-const pin = (pids: readonly number[]) => {
-  if (PIN)
-    for (const pid of pids) execFileSync('taskset', ['-a', '-p', '-c', PIN, String(pid)], { stdio: 'ignore' })
+const cpus = (list: string | undefined) => (list ? ['--cpus', list] : [])
+const pair = new VrioPair(t.a, t.b, { iohypOptions: cpus(SERVER_CPUS), guestOptions: cpus(CLIENT_CPUS) })
+/** The peers' processes (and their threads) on BENCH_PIN's CPUs for their side, as --cpus puts vrio's. */
+const pin = (pids: readonly number[], list: string | undefined) => {
+  if (list)
+    for (const pid of pids)
+      execFileSync('taskset', ['-a', '-p', '-c', list, String(pid)], { stdio: 'ignore' })
 }
-if (PIN) console.error(`BENCH_PIN=${PIN}: every target's processes and fio run on CPUs ${PIN}`)
+if (PIN)
+  console.error(
+    CLIENT_CPUS === SERVER_CPUS
+      ? `BENCH_PIN=${PIN}: every target's processes and fio run on CPUs ${PIN}`
+      : `BENCH_PIN=${PIN}: fio, the guest agent and nbdfuse on CPUs ${CLIENT_CPUS}; the IOhyp, qemu-nbd and nbdkit on CPUs ${SERVER_CPUS}`,
+  )
 const backing = `/dev/shm/vrio-bench-blkdev-${process.pid}.img`
 const work = `/tmp/vrio-bench-blkdev-${process.pid}`
 const servers: ChildProcess[] = []
@@ -204,7 +216,7 @@ try {
     if (name === 'vrio-nbdfuse') {
       const stack = await nbdfuseLoop(t.b.ns.name, disk.nbd!, `${work}/${name}`)
       closers.push(() => stack.close())
-      pin(tree(stack.proc.pid))
+      pin(tree(stack.proc.pid), CLIENT_CPUS)
       targets.push({
         name,
         fioArgs: libaio(stack.device),
@@ -220,7 +232,8 @@ try {
       await sleep(1000)
       const stack = await nbdfuseLoop(t.b.ns.name, `nbd://10.99.0.1:${port}/`, `${work}/${name}`)
       closers.push(() => stack.close())
-      pin([...tree(server.pid), ...tree(stack.proc.pid)])
+      pin(tree(server.pid), SERVER_CPUS)
+      pin(tree(stack.proc.pid), CLIENT_CPUS)
       targets.push({
         name,
         fioArgs: libaio(stack.device),
