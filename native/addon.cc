@@ -21,6 +21,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("aeadImplementation", Napi::Function::New(env, AeadImplementation, "aeadImplementation"));
   exports.Set("ioNowait", Napi::Function::New<IoNowait>(env, "ioNowait"));
   exports.Set("FuseDisk", DefineFuseDisk(env));
+  exports.Set("UnixListener", DefineUnixListener(env));
   exports.Set("dpiScan", Napi::Function::New<DpiScan>(env, "dpiScan"));
   exports.Set("pidfdGetfd", Napi::Function::New<PidfdGetfd>(env, "pidfdGetfd"));
   exports.Set("gcWatch", Napi::Function::New<GcWatchStart>(env, "gcWatch"));

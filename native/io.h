@@ -152,6 +152,7 @@ Napi::Value Fadvise(const Napi::CallbackInfo& info);
 Napi::Value IoNowait(const Napi::CallbackInfo& info);
 // fuse.cc: a one-file FUSE mount served over /dev/fuse (the guest's block device under a loop device).
 Napi::Function DefineFuseDisk(Napi::Env env);
+Napi::Function DefineUnixListener(Napi::Env env);
 Napi::Value PidfdGetfd(const Napi::CallbackInfo& info);
 
 // gcWatch(buckets, count, sum, bounds): garbage collections timed into a histogram (gc_stats.cc).

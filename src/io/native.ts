@@ -220,6 +220,16 @@ export interface NativeAddon {
     },
     callback: (count: number) => void,
   ) => NativeFuseDisk
+  /**
+   * A listening unix stream socket (bound at once, under the caller's umask) whose connections
+   * come to `onConnection` as non-blocking, close-on-exec fds (native/unix_listener.cc). Absent
+   * from an older build.
+   */
+  UnixListener?: new (
+    path: string,
+    backlog: number,
+    onConnection: (fd: number) => void,
+  ) => NativeUnixListener
   /** A duplicate (close-on-exec) of another process's fd: pidfd_open + pidfd_getfd (root). */
   pidfdGetfd?(pid: number, fd: number): number
   /**
@@ -237,6 +247,13 @@ export interface NativeAddon {
 }
 
 /** The addon's FUSE session (native/fuse.cc). */
+export interface NativeUnixListener {
+  /** Stops accepting and closes the socket (the path stays). Idempotent. */
+  close(): void
+  /** Whether it keeps the event loop alive (it does from the start). */
+  ref(on: boolean): void
+}
+
 export interface NativeFuseDisk {
   /** Slot buffers: /dev/fuse slots, then (from `ringFirst` on) the io_uring entries. */
   slots(): { buffers: ArrayBuffer[]; batch: Uint32Array; kernelMinor: number; ringFirst: number }

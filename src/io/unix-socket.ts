@@ -2,6 +2,8 @@ import { chmod, lstat, mkdir, rm } from 'node:fs/promises'
 import { connect, type Server } from 'node:net'
 import { dirname } from 'node:path'
 import { VrioError } from '../errors.ts'
+import { fromNative } from './errors.ts'
+import { type NativeUnixListener, native } from './native.ts'
 
 /**
  * Binds `server` to a unix socket at `path` that only root can use: creates the parent directory
@@ -15,6 +17,73 @@ export async function listenUnixSocket(
   path: string,
   kind: 'control' | 'nbd',
   inUseHint = '',
+): Promise<void> {
+  await bindUnixSocket(
+    path,
+    kind,
+    inUseHint,
+    (inUse, fsError) =>
+      new Promise<void>((resolve, reject) => {
+        server.once('error', (error: NodeJS.ErrnoException) => {
+          if (error.code === 'EADDRINUSE') reject(inUse())
+          else reject(fsError(error, `cannot listen on ${kind} socket ${path}`))
+        })
+        server.listen(path, () => {
+          server.removeAllListeners('error')
+          resolve()
+        })
+      }),
+    () => server.close(),
+  )
+}
+
+/**
+ * listenUnixSocket for a socket whose connections come as file descriptors (native
+ * UnixListener): each is handed to `onConnection`, whose owner wraps it in a
+ * `net.Socket({ fd, onread })`, an option Node's own accept path does not take. Same checks,
+ * same errors, same mode.
+ */
+export async function listenUnixConnections(
+  path: string,
+  kind: 'control' | 'nbd',
+  onConnection: (fd: number) => void,
+  inUseHint = '',
+): Promise<NativeUnixListener> {
+  const Listener = native().UnixListener
+  if (!Listener) throw new VrioError('unsupported', 'this build of the addon has no UnixListener; rebuild it')
+  let listener: NativeUnixListener | undefined
+  await bindUnixSocket(
+    path,
+    kind,
+    inUseHint,
+    async (inUse, fsError) => {
+      try {
+        listener = new Listener(path, LISTEN_BACKLOG, onConnection)
+      } catch (error) {
+        const e = fromNative(error)
+        if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') throw inUse()
+        throw fsError(e, `cannot listen on ${kind} socket ${path}`)
+      }
+    },
+    () => listener?.close(),
+  )
+  return listener!
+}
+
+/** As Node's net.Server listens (its default backlog). */
+const LISTEN_BACKLOG = 511
+
+/**
+ * The common part: creates the parent directory, replaces a stale socket, runs `bind` (whose
+ * synchronous part binds) under umask 0177, then makes the socket 0600; `unbind` undoes the bind
+ * if that fails.
+ */
+async function bindUnixSocket(
+  path: string,
+  kind: 'control' | 'nbd',
+  inUseHint: string,
+  bind: (inUse: () => VrioError, fsError: (error: unknown, what: string) => VrioError) => Promise<void>,
+  unbind: () => void,
 ): Promise<void> {
   const fsError = (error: unknown, what: string): VrioError => {
     const code = (error as NodeJS.ErrnoException).code
@@ -63,25 +132,21 @@ export async function listenUnixSocket(
     }
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (error: NodeJS.ErrnoException) => {
-      if (error.code === 'EADDRINUSE') reject(inUse())
-      else reject(fsError(error, `cannot listen on ${kind} socket ${path}`))
-    })
-    // The bind happens synchronously inside listen(), so a umask set around the call makes the
-    // socket 0600 from birth instead of leaving a window before the chmod below.
-    const restoreUmask = setUmask(0o177)
-    try {
-      server.listen(path, () => resolve())
-    } finally {
-      restoreUmask()
-    }
-  })
-  server.removeAllListeners('error')
+  // The bind happens synchronously inside bind() (server.listen() binds before it returns), so a
+  // umask set around the call makes the socket 0600 from birth instead of leaving a window
+  // before the chmod below.
+  const restoreUmask = setUmask(0o177)
+  let bound: Promise<void>
+  try {
+    bound = bind(inUse, fsError)
+  } finally {
+    restoreUmask()
+  }
+  await bound
   try {
     await chmod(path, 0o600)
   } catch (error) {
-    server.close()
+    unbind()
     await rm(path, { force: true }).catch(() => {})
     throw fsError(error, `cannot set the mode of ${kind} socket ${path}`)
   }

@@ -175,3 +175,84 @@ describe('NBD server: write payloads are reused once written, never before', () 
     assert.deepEqual(Buffer.from(failed.data), failed.copy, 'the failed payload was not overwritten')
   })
 })
+
+/** Holds every write until released, keeping the array it was given (not a copy). */
+class HoldingDevice extends MemoryDevice {
+  readonly held: { offset: number; data: Uint8Array; done: () => void }[] = []
+
+  constructor() {
+    super({ size: MiB })
+  }
+
+  override write(offset: number, data: Uint8Array): Promise<void> {
+    return new Promise((resolve) => this.held.push({ offset, data, done: resolve }))
+  }
+}
+
+describe('NBD server: every connection reads into one buffer of the server', () => {
+  let tmp: TempDir
+  let server: NbdServer | undefined
+  const clients: RawClient[] = []
+
+  before(() => {
+    tmp = tempDir('vrio-nbd-readbuf-')
+  })
+  after(() => tmp.remove())
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.destroy()
+    await server?.close()
+    server = undefined
+  })
+
+  async function connect(path: string): Promise<RawClient> {
+    const c = await RawClient.connect(path)
+    clients.push(c)
+    return c
+  }
+
+  it('hands a device no view of that buffer: payloads still held survive later reads', async () => {
+    const device = new HoldingDevice()
+    const path = tmp.path('held.sock')
+    server = new NbdServer({ path, lookup: (name) => (name === 'd' ? device : undefined) })
+    await server.listen()
+    const a = await connect(path)
+    const b = await connect(path)
+    await a.attach('d', { structured: false })
+    await b.attach('d', { structured: false })
+    // Small writes, several to one socket read, on two connections; the device holds them all
+    // while later reads (of either connection) land in the same buffer.
+    const payloads = Array.from({ length: 32 }, () => randomBytes(4096))
+    for (const [i, p] of payloads.entries()) {
+      const c = i % 2 === 0 ? a : b
+      c.request({ type: Command.Write, cookieLow: i + 1, offset: i * 4096, length: 4096 }, p)
+      if (i % 8 === 7) await waitUntil(() => device.held.length === i + 1, `${i + 1} writes held`)
+    }
+    assert.equal(device.held.length, payloads.length)
+    for (const h of device.held) {
+      const i = h.offset / 4096
+      assert.deepEqual(Buffer.from(h.data), payloads[i], `write ${i + 1} still holds its own payload`)
+    }
+    for (const h of device.held) h.done()
+    for (const c of [a, b]) {
+      const cookies = new Map(payloads.map((_, i) => [i + 1, 0]))
+      for (let k = 0; k < payloads.length / 2; k++) assert.equal((await c.reply(cookies)).error, 0)
+    }
+  })
+
+  it('refuses connections beyond maxConnections and takes new ones once one has gone', async () => {
+    const path = tmp.path('max.sock')
+    server = new NbdServer({ path, lookup: () => new MemoryDevice({ size: MiB }), maxConnections: 1 })
+    await server.listen()
+    const first = await connect(path)
+    await first.attach('')
+    const second = await connect(path)
+    await second.expectClose()
+    assert.equal(server.stats().connections, 1)
+    first.request({ type: Command.Read, cookieLow: 7, offset: 0, length: 512 })
+    assert.equal((await first.reply(new Map([[7, 512]]))).error, 0, 'the first connection still works')
+    first.destroy()
+    await waitUntil(() => server!.stats().connections === 0, 'the first connection gone')
+    const third = await connect(path)
+    await third.attach('')
+  })
+})

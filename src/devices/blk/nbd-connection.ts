@@ -3,7 +3,7 @@
  * ending), reading under flow control, corked output, and how it ends; its received bytes as a
  * ByteQueue. What is said in each phase is in nbd-negotiation.ts and nbd-transmission.ts.
  */
-import type { Socket } from 'node:net'
+import { type ConnectOpts, Socket, type SocketConstructorOpts } from 'node:net'
 import { Negotiation } from './nbd-negotiation.ts'
 import { encodeGreeting, type Export, HandshakeFlag } from './nbd-protocol.ts'
 import type { NbdServer } from './nbd-server.ts'
@@ -33,9 +33,18 @@ export class Connection {
   private readonly closedPromise: Promise<void>
   private resolveClosed: () => void = () => {}
 
-  constructor(server: NbdServer, socket: Socket) {
+  /** `fd`: the accepted connection (non-blocking), owned from here on. */
+  constructor(server: NbdServer, fd: number) {
     this.server = server
-    this.socket = socket
+    // onread is a constructor option too (nodejs/node#53792), though typed for connect() only.
+    const options: SocketConstructorOpts & ConnectOpts = {
+      fd,
+      readable: true,
+      writable: true,
+      allowHalfOpen: true,
+      onread: { buffer: server.readBuffer, callback: (n, buf) => this.onRead(n, buf) },
+    }
+    this.socket = new Socket(options)
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve))
   }
 
@@ -49,10 +58,6 @@ export class Connection {
 
   start(): void {
     const socket = this.socket
-    socket.on('data', (chunk: Buffer) => {
-      this.rx.push(chunk)
-      this.pump()
-    })
     socket.on('end', () => this.onEnd())
     socket.on('drain', () => this.pump())
     socket.on('error', (error) => this.server.log?.debug('NBD connection error', { error }))
@@ -109,6 +114,14 @@ export class Connection {
 
   // -------------------------------------------------------------------------------------------
   // Input
+
+  /** `n` bytes read into the server's buffer: parsed now; what is left is copied, as the buffer is shared. */
+  private onRead(n: number, buf: Uint8Array): boolean {
+    this.rx.pushVolatile(Buffer.from(buf.buffer, buf.byteOffset, n))
+    this.pump()
+    this.rx.settle()
+    return true // pump() paused the socket if it must wait
+  }
 
   private pump(): void {
     if (this.pumping || this.closed) return
@@ -222,16 +235,34 @@ export class Connection {
   }
 }
 
-/** Received bytes as a queue of the socket's own chunks: nothing is joined unless it must be. */
+/**
+ * Received bytes as a queue of chunks: nothing is joined unless it must be. The last chunk may be
+ * volatile (a view of the read buffer, valid until the read callback returns): no view of it is
+ * handed out to keep, and settle() copies what is left of it.
+ */
 class ByteQueue {
   private bufs: Buffer[] = []
   private head = 0
+  private volatile: Buffer | undefined
   length = 0
 
-  push(chunk: Buffer): void {
+  pushVolatile(chunk: Buffer): void {
     if (chunk.length === 0) return
     this.bufs.push(chunk)
+    this.volatile = chunk
     this.length += chunk.length
+  }
+
+  /** The volatile chunk, if any of it is still queued, becomes a copy of its own. */
+  settle(): void {
+    const v = this.volatile
+    if (!v) return
+    this.volatile = undefined
+    const i = this.bufs.lastIndexOf(v)
+    if (i < 0) return
+    const from = i === 0 ? this.head : 0
+    this.bufs[i] = Buffer.from(v.subarray(from))
+    if (i === 0) this.head = 0
   }
 
   /** The first `n` bytes as one view; copied into `scratch` only when they straddle chunks. */
@@ -255,7 +286,7 @@ class ByteQueue {
   /** Removes and returns the next `n` bytes (n > 0) when they lie in one chunk, as a view of it. */
   takeView(n: number): Buffer | undefined {
     const first = this.bufs[0]
-    if (first === undefined || first.length - this.head < n) return undefined
+    if (first === undefined || first === this.volatile || first.length - this.head < n) return undefined
     const view = first.subarray(this.head, this.head + n)
     this.skip(n)
     return view

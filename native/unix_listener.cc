@@ -1,0 +1,162 @@
+// UnixListener: a listening unix stream socket whose connections reach JS as file descriptors,
+// one call per connection. JS wraps each in a net.Socket({fd, onread}) — an option Node's own
+// accept path (net.Server) does not take — so that the socket reads into a buffer of its owner's
+// instead of allocating a new 64 KiB one per read (at GB/s those allocations kept V8's
+// mark-compact collector busy: docs/architecture.md, "The NBD export's reads").
+//
+//   new UnixListener(path, backlog, onConnection(fd))   binds and listens at once (the caller
+//                                                       sets the umask around it)
+//   close()                                             stops accepting, closes the socket
+//   ref(boolean)                                        whether it keeps the event loop alive
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cstring>
+
+#include "io.h"
+
+namespace vrio {
+
+namespace {
+
+class UnixListener : public Napi::ObjectWrap<UnixListener> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "UnixListener",
+                       {InstanceMethod("close", &UnixListener::Close), InstanceMethod("ref", &UnixListener::SetRef)});
+  }
+
+  explicit UnixListener(const Napi::CallbackInfo& info) : Napi::ObjectWrap<UnixListener>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsFunction()) {
+      ThrowInvalid(env, "new UnixListener(path, backlog, onConnection)");
+      return;
+    }
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    struct sockaddr_un addr;
+    std::memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    if (path.empty() || path.size() >= sizeof addr.sun_path) {
+      ThrowSysErr(env, {ENAMETOOLONG, "bind", path});
+      return;
+    }
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    int backlog = info[1].As<Napi::Number>().Int32Value();
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      ThrowSysErr(env, {errno, "socket", path});
+      return;
+    }
+    if (bind(fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) < 0 || listen(fd, backlog) < 0) {
+      int e = errno;
+      close(fd);
+      ThrowSysErr(env, {e, "listen", path});
+      return;
+    }
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+      close(fd);
+      ThrowInvalid(env, "no event loop");
+      return;
+    }
+    poll_ = new uv_poll_t;
+    int r = uv_poll_init(loop, poll_, fd);
+    if (r == 0) {
+      poll_->data = this;
+      r = uv_poll_start(poll_, UV_READABLE, OnReadable);
+    }
+    if (r != 0) {
+      close(fd);
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      poll_ = nullptr;
+      ThrowSysErr(env, {-r, "uv_poll_start", path});
+      return;
+    }
+    fd_ = fd;
+    env_ = env;
+    callback_ = Napi::Persistent(info[2].As<Napi::Function>());
+    asyncContext_ = new Napi::AsyncContext(env, "vrio-unix-listener");
+    Ref();  // kept while the watcher may call into it; Close undoes it
+  }
+
+  ~UnixListener() override { Stop(); }
+
+ private:
+  static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
+    auto* self = static_cast<UnixListener*>(handle->data);
+    if (status < 0) return;  // the next readiness retries
+    self->Accept();
+  }
+
+  // Takes every pending connection. A failure other than "none left" stops this round; the
+  // listener stays (EMFILE and the like pass, and the kernel keeps the connection queued).
+  void Accept() {
+    Napi::Env env(env_);
+    Napi::HandleScope scope(env);
+    while (fd_ >= 0) {
+      int c = accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (c < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        return;
+      }
+      napi_value argv[1] = {Napi::Number::New(env, c)};
+      napi_value result;
+      napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), 1, argv, &result);
+      bool pending = false;
+      if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+        napi_value exception;
+        if (napi_get_and_clear_last_exception(env, &exception) == napi_ok && exception != nullptr)
+          napi_fatal_exception(env, exception);
+        return;
+      }
+      if (st != napi_ok) return;
+    }
+  }
+
+  void Stop() {
+    if (poll_ != nullptr) {
+      uv_poll_stop(poll_);
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      poll_ = nullptr;
+    }
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    bool wasOpen = fd_ >= 0;
+    Stop();
+    if (wasOpen) {
+      callback_.Reset();
+      delete asyncContext_;
+      asyncContext_ = nullptr;
+      Unref();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetRef(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) {
+      if (info.Length() > 0 && info[0].ToBoolean().Value())
+        uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+      else
+        uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    }
+    return info.Env().Undefined();
+  }
+
+  int fd_ = -1;
+  uv_poll_t* poll_ = nullptr;
+  napi_env env_ = nullptr;
+  Napi::FunctionReference callback_;
+  Napi::AsyncContext* asyncContext_ = nullptr;
+};
+
+}  // namespace
+
+Napi::Function DefineUnixListener(Napi::Env env) { return UnixListener::Define(env); }
+
+}  // namespace vrio
