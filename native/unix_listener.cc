@@ -4,8 +4,10 @@
 // instead of allocating a new 64 KiB one per read (at GB/s those allocations kept V8's
 // mark-compact collector busy: docs/architecture.md, "The NBD export's reads").
 //
-//   new UnixListener(path, backlog, onConnection(fd))   binds and listens at once (the caller
-//                                                       sets the umask around it)
+//   new UnixListener(path, backlog, sendBuffer, onConnection(fd))
+//                        binds and listens at once (the caller sets the umask around it); each
+//                        connection gets SO_SNDBUF(FORCE) = sendBuffer bytes first (0: the
+//                        kernel's default, about 208 KiB)
 //   close()                                             stops accepting, closes the socket
 //   ref(boolean)                                        whether it keeps the event loop alive
 #include <errno.h>
@@ -31,10 +33,12 @@ class UnixListener : public Napi::ObjectWrap<UnixListener> {
 
   explicit UnixListener(const Napi::CallbackInfo& info) : Napi::ObjectWrap<UnixListener>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsFunction()) {
-      ThrowInvalid(env, "new UnixListener(path, backlog, onConnection)");
+    if (info.Length() < 4 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber() ||
+        !info[3].IsFunction()) {
+      ThrowInvalid(env, "new UnixListener(path, backlog, sendBuffer, onConnection)");
       return;
     }
+    sendBuffer_ = info[2].As<Napi::Number>().Int32Value();
     std::string path = info[0].As<Napi::String>().Utf8Value();
     struct sockaddr_un addr;
     std::memset(&addr, 0, sizeof addr);
@@ -77,7 +81,7 @@ class UnixListener : public Napi::ObjectWrap<UnixListener> {
     }
     fd_ = fd;
     env_ = env;
-    callback_ = Napi::Persistent(info[2].As<Napi::Function>());
+    callback_ = Napi::Persistent(info[3].As<Napi::Function>());
     asyncContext_ = new Napi::AsyncContext(env, "vrio-unix-listener");
     Ref();  // kept while the watcher may call into it; Close undoes it
   }
@@ -102,6 +106,10 @@ class UnixListener : public Napi::ObjectWrap<UnixListener> {
         if (errno == EINTR || errno == ECONNABORTED) continue;
         return;
       }
+      // A unix stream socket's unread bytes count against its sender's buffer: with the default,
+      // a 1 MiB reply goes out in five writes, each waiting for the reader to make room.
+      if (sendBuffer_ > 0 && setsockopt(c, SOL_SOCKET, SO_SNDBUFFORCE, &sendBuffer_, sizeof sendBuffer_) < 0)
+        setsockopt(c, SOL_SOCKET, SO_SNDBUF, &sendBuffer_, sizeof sendBuffer_);
       napi_value argv[1] = {Napi::Number::New(env, c)};
       napi_value result;
       napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), 1, argv, &result);
@@ -149,6 +157,7 @@ class UnixListener : public Napi::ObjectWrap<UnixListener> {
   }
 
   int fd_ = -1;
+  int sendBuffer_ = 0;
   uv_poll_t* poll_ = nullptr;
   napi_env env_ = nullptr;
   Napi::FunctionReference callback_;

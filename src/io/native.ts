@@ -222,12 +222,13 @@ export interface NativeAddon {
   ) => NativeFuseDisk
   /**
    * A listening unix stream socket (bound at once, under the caller's umask) whose connections
-   * come to `onConnection` as non-blocking, close-on-exec fds (native/unix_listener.cc). Absent
-   * from an older build.
+   * come to `onConnection` as non-blocking, close-on-exec fds with SO_SNDBUF set to `sendBuffer`
+   * bytes (0: the kernel's default) (native/unix_listener.cc). Absent from an older build.
    */
   UnixListener?: new (
     path: string,
     backlog: number,
+    sendBuffer: number,
     onConnection: (fd: number) => void,
   ) => NativeUnixListener
   /** A duplicate (close-on-exec) of another process's fd: pidfd_open + pidfd_getfd (root). */

@@ -40,14 +40,15 @@ export async function listenUnixSocket(
 /**
  * listenUnixSocket for a socket whose connections come as file descriptors (native
  * UnixListener): each is handed to `onConnection`, whose owner wraps it in a
- * `net.Socket({ fd, onread })`, an option Node's own accept path does not take. Same checks,
- * same errors, same mode.
+ * `net.Socket({ fd, onread })`, an option Node's own accept path does not take; `sendBuffer`:
+ * each connection's SO_SNDBUF in bytes (0 or unset: the kernel's default). Same checks, same
+ * errors, same mode.
  */
 export async function listenUnixConnections(
   path: string,
   kind: 'control' | 'nbd',
   onConnection: (fd: number) => void,
-  inUseHint = '',
+  options: { sendBuffer?: number; inUseHint?: string } = {},
 ): Promise<NativeUnixListener> {
   const Listener = native().UnixListener
   if (!Listener) throw new VrioError('unsupported', 'this build of the addon has no UnixListener; rebuild it')
@@ -55,10 +56,10 @@ export async function listenUnixConnections(
   await bindUnixSocket(
     path,
     kind,
-    inUseHint,
+    options.inUseHint ?? '',
     async (inUse, fsError) => {
       try {
-        listener = new Listener(path, LISTEN_BACKLOG, onConnection)
+        listener = new Listener(path, LISTEN_BACKLOG, options.sendBuffer ?? 0, onConnection)
       } catch (error) {
         const e = fromNative(error)
         if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') throw inUse()

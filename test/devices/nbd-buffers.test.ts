@@ -5,6 +5,7 @@
  * write payload gathered from several socket reads is reused only once the device has written it.
  */
 import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { after, afterEach, before, describe, it } from 'node:test'
 import { MemoryDevice } from '../../src/devices/blk/memory-device.ts'
@@ -237,6 +238,19 @@ describe('NBD server: every connection reads into one buffer of the server', () 
       const cookies = new Map(payloads.map((_, i) => [i + 1, 0]))
       for (let k = 0; k < payloads.length / 2; k++) assert.equal((await c.reply(cookies)).error, 0)
     }
+  })
+
+  it('gives each connection a 4 MiB send buffer (a 1 MiB reply in one write, not five)', async () => {
+    const path = tmp.path('sndbuf.sock')
+    server = new NbdServer({ path, lookup: () => new MemoryDevice({ size: MiB }) })
+    await server.listen()
+    const c = await connect(path)
+    await c.attach('')
+    // ss shows the server's end under the socket's path; the kernel doubles what was asked.
+    const line = execFileSync('ss', ['-x', '-m', 'src', path], { encoding: 'utf8' })
+    const tb = /skmem:\([^)]*\btb(\d+)/.exec(line)
+    assert.ok(tb, `no socket memory in ss's output:\n${line}`)
+    assert.equal(Number(tb[1]), 2 * 4 * MiB)
   })
 
   it('refuses connections beyond maxConnections and takes new ones once one has gone', async () => {

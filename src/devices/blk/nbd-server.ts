@@ -59,6 +59,12 @@ const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 const WRITE_PAYLOAD_POOL_BYTES = 8 * 1024 * 1024
 /** The one buffer the connections' sockets read into (a read takes at most this much). */
 const READ_BUFFER_BYTES = 1024 * 1024
+/**
+ * Each connection's socket send buffer: replies not yet read by the client count against it, and
+ * the kernel's default (about 208 KiB) has a 1 MiB reply go out in five writes, each waiting for
+ * the client to read.
+ */
+const SEND_BUFFER_BYTES = 4 * 1024 * 1024
 
 export interface NbdServerOptions {
   /** Path of the unix socket (created 0600; its directory 0700 when missing). */
@@ -158,7 +164,9 @@ export class NbdServer {
   async listen(): Promise<void> {
     if (this.server || this.closing)
       throw new VrioError('invalid-state', `NBD server on ${this.path} is already listening or closed`)
-    this.server = await listenUnixConnections(this.path, 'nbd', (fd) => this.accept(fd))
+    this.server = await listenUnixConnections(this.path, 'nbd', (fd) => this.accept(fd), {
+      sendBuffer: SEND_BUFFER_BYTES,
+    })
     this.log?.info('NBD server listening', { path: this.path })
   }
 
