@@ -223,7 +223,15 @@ export class NbdServer {
       }
       return
     }
-    const connection = new Connection(this, fd)
+    let connection: Connection
+    try {
+      connection = new Connection(this, fd)
+    } catch (error) {
+      // Node could not wrap the descriptor (it owns nothing yet): close it, keep listening.
+      closeSync(fd)
+      this.log?.error('NBD connection could not be set up', { path: this.path, error })
+      return
+    }
     this.connections.add(connection)
     connection.start()
   }
