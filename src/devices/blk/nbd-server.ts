@@ -100,6 +100,8 @@ export interface NbdServerStats {
   endedBeforeTransmission: number
   /** Connections closed for breaking the protocol. */
   protocolErrors: number
+  /** Connections closed as they came, while maxConnections were open. */
+  refused: number
   exports: Record<string, NbdExportStats>
 }
 
@@ -119,8 +121,6 @@ export class NbdServer {
    * it leaves is copied, before the callback returns (reads never overlap on the event loop).
    */
   readonly readBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES)
-  /** Connections refused while maxConnections were open. */
-  private refused = 0
   private readonly connections = new Set<Connection>()
   private readonly exportStats = new Map<string, NbdExportStats>()
   /**
@@ -133,6 +133,7 @@ export class NbdServer {
     handshakesCompleted: 0,
     endedBeforeTransmission: 0,
     protocolErrors: 0,
+    refused: 0,
   }
   private closing: Promise<void> | undefined
 
@@ -214,11 +215,11 @@ export class NbdServer {
     if (this.closing || this.connections.size >= this.maxConnections) {
       closeSync(fd)
       if (!this.closing) {
-        this.refused++
+        this.counters.refused++
         this.log?.warn('NBD connection refused: too many connections', {
           path: this.path,
           open: this.connections.size,
-          refused: this.refused,
+          refused: this.counters.refused,
         })
       }
       return
