@@ -7,7 +7,11 @@
 //   new UnixListener(path, backlog, sendBuffer, onConnection(fd))
 //                        binds and listens at once (the caller sets the umask around it); each
 //                        connection gets SO_SNDBUF(FORCE) = sendBuffer bytes first (0: the
-//                        kernel's default, about 208 KiB)
+//                        kernel's default, about 208 KiB). When accept fails for want of
+//                        something (EMFILE, ENFILE, ENOBUFS, ENOMEM, ...), onConnection gets
+//                        -errno once and the listener stops watching for kBackoffMs, then tries
+//                        again: the connection stays queued in the kernel, and the socket, still
+//                        readable, would otherwise wake the loop at once, over and over.
 //   close()                                             stops accepting, closes the socket
 //   ref(boolean)                                        whether it keeps the event loop alive
 #include <errno.h>
@@ -23,6 +27,8 @@
 namespace vrio {
 
 namespace {
+
+constexpr uint64_t kBackoffMs = 200;
 
 class UnixListener : public Napi::ObjectWrap<UnixListener> {
  public:
@@ -95,36 +101,69 @@ class UnixListener : public Napi::ObjectWrap<UnixListener> {
     self->Accept();
   }
 
-  // Takes every pending connection. A failure other than "none left" stops this round; the
-  // listener stays (EMFILE and the like pass, and the kernel keeps the connection queued).
+  // Takes every pending connection. A failure other than "none left" stops this round and backs
+  // off; the listener stays (EMFILE and the like pass, and the kernel keeps the connection queued).
   void Accept() {
     Napi::Env env(env_);
     Napi::HandleScope scope(env);
     while (fd_ >= 0) {
       int c = accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (c < 0) {
-        if (errno == EINTR || errno == ECONNABORTED) continue;
+        int e = errno;
+        if (e == EINTR || e == ECONNABORTED) continue;
+        if (e != EAGAIN && e != EWOULDBLOCK) Backoff(env, e);
         return;
       }
       // A unix stream socket's unread bytes count against its sender's buffer: with the default,
       // a 1 MiB reply goes out in five writes, each waiting for the reader to make room.
       if (sendBuffer_ > 0 && setsockopt(c, SOL_SOCKET, SO_SNDBUFFORCE, &sendBuffer_, sizeof sendBuffer_) < 0)
         setsockopt(c, SOL_SOCKET, SO_SNDBUF, &sendBuffer_, sizeof sendBuffer_);
-      napi_value argv[1] = {Napi::Number::New(env, c)};
-      napi_value result;
-      napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), 1, argv, &result);
-      bool pending = false;
-      if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-        napi_value exception;
-        if (napi_get_and_clear_last_exception(env, &exception) == napi_ok && exception != nullptr)
-          napi_fatal_exception(env, exception);
-        return;
-      }
-      if (st != napi_ok) return;
+      if (!Call(env, c)) return;
     }
   }
 
+  // onConnection(arg), as an I/O callback (MakeCallback). False if it threw (reported as an
+  // uncaught exception) or could not be called.
+  bool Call(Napi::Env env, int arg) {
+    napi_value argv[1] = {Napi::Number::New(env, arg)};
+    napi_value result;
+    napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), 1, argv, &result);
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value exception;
+      if (napi_get_and_clear_last_exception(env, &exception) == napi_ok && exception != nullptr)
+        napi_fatal_exception(env, exception);
+      return false;
+    }
+    return st == napi_ok;
+  }
+
+  // Stops watching for kBackoffMs and reports -errno to JS (once per back-off).
+  void Backoff(Napi::Env env, int e) {
+    if (timer_ == nullptr) {
+      uv_loop_t* loop = nullptr;
+      if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) return;
+      timer_ = new uv_timer_t;
+      uv_timer_init(loop, timer_);
+      uv_unref(reinterpret_cast<uv_handle_t*>(timer_));
+      timer_->data = this;
+    }
+    uv_poll_stop(poll_);
+    uv_timer_start(timer_, OnBackoffOver, kBackoffMs, 0);
+    Call(env, -e);
+  }
+
+  static void OnBackoffOver(uv_timer_t* t) {
+    auto* self = static_cast<UnixListener*>(t->data);
+    if (self->poll_ != nullptr) uv_poll_start(self->poll_, UV_READABLE, OnReadable);
+  }
+
   void Stop() {
+    if (timer_ != nullptr) {
+      uv_timer_stop(timer_);
+      uv_close(reinterpret_cast<uv_handle_t*>(timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+      timer_ = nullptr;
+    }
     if (poll_ != nullptr) {
       uv_poll_stop(poll_);
       uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
@@ -159,6 +198,7 @@ class UnixListener : public Napi::ObjectWrap<UnixListener> {
   int fd_ = -1;
   int sendBuffer_ = 0;
   uv_poll_t* poll_ = nullptr;
+  uv_timer_t* timer_ = nullptr;  // the back-off after a failed accept, made on first use
   napi_env env_ = nullptr;
   Napi::FunctionReference callback_;
   Napi::AsyncContext* asyncContext_ = nullptr;

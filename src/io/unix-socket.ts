@@ -1,8 +1,9 @@
 import { chmod, lstat, mkdir, rm } from 'node:fs/promises'
 import { connect, type Server } from 'node:net'
 import { dirname } from 'node:path'
+import { getSystemErrorName } from 'node:util'
 import { VrioError } from '../errors.ts'
-import { fromNative } from './errors.ts'
+import { fromNative, IoError } from './errors.ts'
 import { type NativeUnixListener, native } from './native.ts'
 
 /**
@@ -41,14 +42,15 @@ export async function listenUnixSocket(
  * listenUnixSocket for a socket whose connections come as file descriptors (native
  * UnixListener): each is handed to `onConnection`, whose owner wraps it in a
  * `net.Socket({ fd, onread })`, an option Node's own accept path does not take; `sendBuffer`:
- * each connection's SO_SNDBUF in bytes (0 or unset: the kernel's default). Same checks, same
- * errors, same mode.
+ * each connection's SO_SNDBUF in bytes (0 or unset: the kernel's default); `onAcceptError`: an
+ * accept that failed for want of something (EMFILE, ENFILE, ENOBUFS, ...), after which the
+ * listener waits 200 ms before it tries again. Same checks, same errors, same mode.
  */
 export async function listenUnixConnections(
   path: string,
   kind: 'control' | 'nbd',
   onConnection: (fd: number) => void,
-  options: { sendBuffer?: number; inUseHint?: string } = {},
+  options: { sendBuffer?: number; inUseHint?: string; onAcceptError?: (error: IoError) => void } = {},
 ): Promise<NativeUnixListener> {
   const Listener = native().UnixListener
   if (!Listener) throw new VrioError('unsupported', 'this build of the addon has no UnixListener; rebuild it')
@@ -59,7 +61,13 @@ export async function listenUnixConnections(
     options.inUseHint ?? '',
     async (inUse, fsError) => {
       try {
-        listener = new Listener(path, LISTEN_BACKLOG, options.sendBuffer ?? 0, onConnection)
+        listener = new Listener(path, LISTEN_BACKLOG, options.sendBuffer ?? 0, (fd) => {
+          if (fd >= 0) return onConnection(fd)
+          // -errno: accept failed for want of something (EMFILE...); the listener waits, then retries.
+          const name = getSystemErrorName(fd)
+          const message = `${name}: cannot accept a connection on ${kind} socket ${path}; trying again in ${ACCEPT_BACKOFF_MS} ms`
+          options.onAcceptError?.(new IoError(name, fd, 'accept4', message))
+        })
       } catch (error) {
         const e = fromNative(error)
         if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') throw inUse()
@@ -73,6 +81,8 @@ export async function listenUnixConnections(
 
 /** As Node's net.Server listens (its default backlog). */
 const LISTEN_BACKLOG = 511
+/** How long the native listener waits after a failed accept (kBackoffMs in unix_listener.cc). */
+const ACCEPT_BACKOFF_MS = 200
 
 /**
  * The common part: creates the parent directory, replaces a stale socket, runs `bind` (whose

@@ -5,12 +5,14 @@
  * write payload gathered from several socket reads is reused only once the device has written it.
  */
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import { randomBytes } from 'node:crypto'
 import { after, afterEach, before, describe, it } from 'node:test'
 import { MemoryDevice } from '../../src/devices/blk/memory-device.ts'
 import { Command } from '../../src/devices/blk/nbd-protocol.ts'
-import { NbdServer } from '../../src/devices/blk/nbd-server.ts'
+import { NbdServer, type NbdServerStats } from '../../src/devices/blk/nbd-server.ts'
 import { messageBuffers } from '../../src/transport/message-buffers.ts'
 import { type TempDir, tempDir } from '../control/fixtures.ts'
 import { waitUntil } from '../support/wait.ts'
@@ -269,5 +271,71 @@ describe('NBD server: every connection reads into one buffer of the server', () 
     await waitUntil(() => server!.stats().connections === 0, 'the first connection gone')
     const third = await connect(path)
     await third.attach('')
+  })
+})
+
+describe('NBD server: out of file descriptors', () => {
+  let tmp: TempDir
+  const clients: RawClient[] = []
+  let child: ChildProcess | undefined
+
+  before(() => {
+    tmp = tempDir('vrio-nbd-emfile-')
+  })
+  after(() => tmp.remove())
+  afterEach(() => {
+    for (const c of clients.splice(0)) c.destroy()
+    child?.kill('SIGKILL')
+  })
+
+  it('waits and retries instead of spinning, counts it, and takes connections again', async () => {
+    const path = tmp.path('emfile.sock')
+    const server = fileURLToPath(new URL('../../src/devices/blk/nbd-server.js', import.meta.url))
+    const memory = fileURLToPath(new URL('../../src/devices/blk/memory-device.js', import.meta.url))
+    // A server in a process of its own with few descriptors; it prints its stats on each line in.
+    const script = `
+      const { NbdServer } = await import(${JSON.stringify(server)})
+      const { MemoryDevice } = await import(${JSON.stringify(memory)})
+      const s = new NbdServer({ path: ${JSON.stringify(path)}, lookup: () => new MemoryDevice({ size: 1 << 20 }) })
+      await s.listen()
+      console.log(JSON.stringify(s.stats()))
+      process.stdin.on('data', () => console.log(JSON.stringify(s.stats())))`
+    child = spawn('prlimit', ['--nofile=40:40', process.execPath, '--input-type=module', '-e', script], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    })
+    const lines: string[] = []
+    child.stdout!.on('data', (d: Buffer) => lines.push(...d.toString().split('\n').filter(Boolean)))
+    const stats = async (): Promise<NbdServerStats> => {
+      const n = lines.length
+      child!.stdin!.write('\n')
+      await waitUntil(() => lines.length > n, 'the server to print its stats')
+      return JSON.parse(lines[lines.length - 1])
+    }
+    await waitUntil(() => lines.length > 0, 'the server to listen')
+    // Connect until the server cannot take more: its descriptors run out long before 100.
+    for (let i = 0; i < 100; i++) clients.push(await RawClient.connect(path))
+    for (let i = 0; (await stats()).acceptErrors === 0; i++) {
+      assert.ok(i < 100, 'no accept failed with 100 connections against 40 descriptors')
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    const cpu = () => {
+      const f = readFileSync(`/proc/${child!.pid}/stat`, 'utf8').split(') ')[1].split(' ')
+      return (Number(f[11]) + Number(f[12])) / 100 // utime + stime, in clock ticks of 1/100 s
+    }
+    // Connections still queued keep the socket readable: a listener that retried at once would
+    // burn a CPU here.
+    const before = cpu()
+    await new Promise((r) => setTimeout(r, 2000))
+    const used = cpu() - before
+    assert.ok(used < 0.5, `the server used ${used} s of CPU in 2 s while out of descriptors`)
+    assert.ok((await stats()).acceptErrors >= 2, 'it tried again')
+    // Descriptors free again (the clients gone, their queued connections taken and closed): a
+    // new connection is served.
+    for (const c of clients.splice(0)) c.destroy()
+    const c = await RawClient.connect(path)
+    clients.push(c)
+    await c.attach('')
+    c.request({ type: Command.Read, cookieLow: 1, offset: 0, length: 512 })
+    assert.equal((await c.reply(new Map([[1, 512]]))).error, 0)
   })
 })

@@ -102,6 +102,8 @@ export interface NbdServerStats {
   protocolErrors: number
   /** Connections closed as they came, while maxConnections were open. */
   refused: number
+  /** Accepts that failed for want of something (EMFILE...), each followed by a 200 ms pause. */
+  acceptErrors: number
   exports: Record<string, NbdExportStats>
 }
 
@@ -134,6 +136,7 @@ export class NbdServer {
     endedBeforeTransmission: 0,
     protocolErrors: 0,
     refused: 0,
+    acceptErrors: 0,
   }
   private closing: Promise<void> | undefined
 
@@ -167,6 +170,10 @@ export class NbdServer {
       throw new VrioError('invalid-state', `NBD server on ${this.path} is already listening or closed`)
     this.server = await listenUnixConnections(this.path, 'nbd', (fd) => this.accept(fd), {
       sendBuffer: SEND_BUFFER_BYTES,
+      onAcceptError: (error) => {
+        this.counters.acceptErrors++
+        this.log?.warn('NBD server cannot accept a connection', { path: this.path, error })
+      },
     })
     this.log?.info('NBD server listening', { path: this.path })
   }
