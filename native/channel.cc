@@ -156,32 +156,13 @@ void Channel::OnReadable(uv_poll_t* handle, int status, int /*events*/) {
 }
 
 void Channel::Deliver(Napi::Env env, const std::initializer_list<napi_value>& args) {
-  // MakeCallback: the nextTick queue and microtasks run when it returns, as after any I/O event,
-  // so what the handler sends in response leaves before the next event is looked at. Raw N-API
-  // here: node-addon-api's wrapper aborts the process when a call fails in an environment that
-  // is being torn down (a worker thread stopping after an uncaught exception, whose event loop
-  // still runs once), where this must just stop receiving.
   delivering_ = true;
-  napi_value result;
   napi_value argv[4];
   size_t argc = 0;
   for (napi_value a : args) argv[argc++] = a;  // at most 4 (the error delivery)
-  napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), argc, argv, &result);
+  CallResult r = CallIo(env, *asyncContext_, callback_.Value(), argc, argv);
   delivering_ = false;
-  bool pending = false;
-  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-    napi_value exception;
-    if (napi_get_and_clear_last_exception(env, &exception) == napi_ok && exception != nullptr) {
-      napi_valuetype type;
-      if (napi_typeof(env, exception, &type) == napi_ok && type != napi_undefined) {
-        napi_fatal_exception(env, exception);
-        if (poll_ == nullptr) ReleaseCallback();
-        return;
-      }
-    }
-    st = napi_generic_failure;  // a termination, not an exception of the handler's
-  }
-  if (st != napi_ok) {
+  if (r == CallResult::Failed) {
     StopPoll();  // the environment is going away: receive nothing more
     return;
   }

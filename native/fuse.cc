@@ -582,17 +582,7 @@ void FuseDisk::DeliverOnLoop(uint32_t count, int endErrno) {
   Napi::Env env(env_);
   auto call = [&](double arg) -> bool {
     napi_value argv[1] = {Napi::Number::New(env, arg)};
-    napi_value result;
-    napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), 1, argv, &result);
-    bool pending = false;
-    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-      napi_value exception;
-      if (napi_get_and_clear_last_exception(env, &exception) == napi_ok && exception != nullptr) {
-        napi_fatal_exception(env, exception);
-      }
-      return false;
-    }
-    return st == napi_ok;
+    return CallIo(env, *asyncContext_, callback_.Value(), 1, argv) == CallResult::Ok;
   };
   if (count > 0) {
     for (uint32_t i = 0; i < count; i++) batch_[i] = loopTake_[i];

@@ -27,6 +27,15 @@ struct SysErr {
 Napi::Value ThrowSysErr(Napi::Env env, const SysErr& e);
 Napi::Value ThrowInvalid(Napi::Env env, const std::string& message);
 
+// Calls `fn` as an I/O callback (napi_make_callback: the nextTick queue and microtasks run when it
+// returns, so what the handler sends in response leaves before the next event is looked at). An
+// exception it throws is reported as uncaught (Threw); a call that fails without one — the
+// environment is being torn down, e.g. a worker thread stopping, whose loop still runs once — is
+// Failed, and the caller stops calling. Raw N-API: node-addon-api's wrapper aborts the process on
+// such a failure.
+enum class CallResult { Ok, Threw, Failed };
+CallResult CallIo(napi_env env, napi_async_context context, napi_value fn, size_t argc, const napi_value* argv);
+
 // Runs fn on a short-lived thread that first joins the network namespace at nsPath (setns is
 // per thread for CLONE_NEWNET, so the rest of the process is untouched); runs fn inline when
 // nsPath is empty. Sockets and TAP fds keep the namespace they were created in.

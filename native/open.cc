@@ -111,6 +111,26 @@ Napi::Value ThrowSysErr(Napi::Env env, const SysErr& e) {
   return env.Undefined();
 }
 
+CallResult CallIo(napi_env env, napi_async_context context, napi_value fn, size_t argc, const napi_value* argv) {
+  napi_value global;
+  napi_value result;
+  napi_status st = napi_get_global(env, &global);
+  if (st == napi_ok) st = napi_make_callback(env, context, global, fn, argc, argv, &result);
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value exception;
+    if (napi_get_and_clear_last_exception(env, &exception) == napi_ok && exception != nullptr) {
+      napi_valuetype type;
+      if (napi_typeof(env, exception, &type) == napi_ok && type != napi_undefined) {
+        napi_fatal_exception(env, exception);
+        return CallResult::Threw;
+      }
+    }
+    return CallResult::Failed;  // a termination, not an exception of the handler's
+  }
+  return st == napi_ok ? CallResult::Ok : CallResult::Failed;
+}
+
 Napi::Value ThrowInvalid(Napi::Env env, const std::string& message) {
   Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
   return env.Undefined();

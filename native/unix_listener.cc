@@ -122,20 +122,10 @@ class UnixListener : public Napi::ObjectWrap<UnixListener> {
     }
   }
 
-  // onConnection(arg), as an I/O callback (MakeCallback). False if it threw (reported as an
-  // uncaught exception) or could not be called.
+  // onConnection(arg) as an I/O callback; false if it threw or could not be called.
   bool Call(Napi::Env env, int arg) {
     napi_value argv[1] = {Napi::Number::New(env, arg)};
-    napi_value result;
-    napi_status st = napi_make_callback(env, *asyncContext_, env.Global(), callback_.Value(), 1, argv, &result);
-    bool pending = false;
-    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
-      napi_value exception;
-      if (napi_get_and_clear_last_exception(env, &exception) == napi_ok && exception != nullptr)
-        napi_fatal_exception(env, exception);
-      return false;
-    }
-    return st == napi_ok;
+    return CallIo(env, *asyncContext_, callback_.Value(), 1, argv) == CallResult::Ok;
   }
 
   // Stops watching for kBackoffMs and reports -errno to JS (once per back-off).
