@@ -1,8 +1,10 @@
 /**
  * Remote disk: vrio (guest NBD export → vrio channel → IOhyp → file) next to qemu-nbd and nbdkit
  * (file plugin) serving the same file over TCP across the same veth, in one run; fio's nbd engine
- * drives all from the guest side. The baselines run with vrio's daemons stopped (SIGSTOP; the run
- * prints so): idle daemons must not tax them. Backing: one file on tmpfs (/dev/shm), so the disk is
+ * drives all from the guest side. Rounds alternate (vrio, the baselines; again) BENCH_ROUNDS times
+ * (default 2); each figure is printed as a range, the ratio to the better baseline round by round
+ * with its median. The baselines run with vrio's daemons stopped (SIGSTOP; the run prints so):
+ * idle daemons must not tax them. Backing: one file on tmpfs (/dev/shm), so the disk is
  * not the limit. Cache: all through the page cache (vrio's FileDevice uses buffered I/O; qemu-nbd
  * --cache=writeback; nbdkit's file plugin's default). MTU 1500.
  *   npm run bench -- blk           (root; fio, qemu-nbd from qemu-utils, nbdkit)
@@ -342,76 +344,90 @@ try {
   rmSync(keyFile, { force: true })
 }
 
-/** vrio next to qemu-nbd and nbdkit (and, with BENCH_ENCRYPT=1, encryption on vs off). */
+/**
+ * vrio next to qemu-nbd and nbdkit, alternated BENCH_ROUNDS times (default 2): each round runs
+ * every case on vrio, then on the baselines with vrio's daemons stopped. With BENCH_ENCRYPT=1,
+ * then encryption on against the last round's vrio figures.
+ */
 async function againstBaselines(backing: string): Promise<void> {
   await pair.start()
   const disk = await pair.createDisk(backing, 'bench')
   const vrioPids = [pair.iohyp.child.pid!, pair.guest.child.pid!]
-  const vrio = CASES.map((c) => measure(disk.nbd!, c, vrioPids))
-  await pair.removeDisk('bench')
-  if (WITH_ENCRYPT) {
-    writeFileSync(keyFile, randomBytes(64), { mode: 0o600 })
-    const enc = await pair.createDisk(backing, 'bench-enc', ['--encrypt', 'plain', '--key-file', keyFile])
-    const encrypted = CASES.map((c) => measure(enc.nbd!, c, vrioPids))
-    await pair.removeDisk('bench-enc')
-    console.log(
-      `${'case'.padEnd(20)}${'enc off'.padStart(10)}${'enc on'.padStart(10)}${'on/off'.padStart(8)}   server CPU s/GB off | on`,
-    )
-    for (const [i, c] of CASES.entries()) {
-      const [off, on] = [vrio[i], encrypted[i]]
-      console.log(
-        `${`${c.name} ${unitOf(c)}`.padEnd(20)}${off.value.toFixed(0).padStart(10)}${on.value.toFixed(0).padStart(10)}${(on.value / off.value).toFixed(2).padStart(8)}   ${perGB(off).toFixed(2)} | ${perGB(on).toFixed(2)}`,
-      )
-    }
-    console.log(
-      JSON.stringify({
-        bench: 'blk-encrypt',
-        seconds: SECONDS,
-        cases: CASES.map((c, i) => ({
-          case: c.name,
-          off: vrio[i],
-          on: encrypted[i],
-          ratio: encrypted[i].value / vrio[i].value,
-        })),
-      }),
-    )
-  }
   if (!WITH_QEMU) {
+    const vrio = CASES.map((c) => measure(disk.nbd!, c, vrioPids))
     for (const [i, c] of CASES.entries()) {
       const v = vrio[i]
       console.log(
         `${c.name.padEnd(20)}${v.value.toFixed(0).padStart(10)}   p50/p99 µs ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)}   server CPU s/GB ${perGB(v).toFixed(2)}   frames/request ${(v.frames / v.requests).toFixed(2)}   server CPU µs/request ${((v.serverCpuSeconds * 1e6) / v.requests).toFixed(0)}`,
       )
     }
+    if (WITH_ENCRYPT) await againstEncryption(backing, vrio, vrioPids)
     return
   }
   const baselines = await startBaselines(t.a, backing)
-  const [qemu, kit] = await withDaemonsStopped(pair, 'qemu-nbd and nbdkit', () =>
-    baselines.map((b) => measureBaseline(b, t.b)),
-  )
-  const fmt = (x: number) => (x >= 100 ? Math.round(x).toString() : x.toFixed(2)).padStart(10)
-  console.log(
-    `${'case'.padEnd(20)}${'vrio'.padStart(10)}${'qemu-nbd'.padStart(10)}${'nbdkit'.padStart(10)}${'vrio/best'.padStart(10)}   p50/p99 µs vrio | qemu-nbd | nbdkit      server CPU s/GB vrio | qemu-nbd | nbdkit`,
-  )
-  const best = (i: number) => Math.max(qemu[i].value, kit[i].value)
-  CASES.forEach((c, i) => {
-    const [v, q, k] = [vrio[i], qemu[i], kit[i]]
-    const lat = (r: Result) => `${r.p50us.toFixed(0)}/${r.p99us.toFixed(0)}`
-    console.log(
-      `${`${c.name} ${unitOf(c)}`.padEnd(20)}${fmt(v.value)}${fmt(q.value)}${fmt(k.value)}${(v.value / best(i)).toFixed(2).padStart(10)}   ${lat(v)} | ${lat(q)} | ${lat(k)}        ${perGB(v).toFixed(2)} | ${perGB(q).toFixed(2)} | ${perGB(k).toFixed(2)}`,
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
+  /** Per round, per case. */
+  const vrio: Result[][] = []
+  const qemu: Result[][] = []
+  const kit: Result[][] = []
+  for (let round = 0; round < rounds; round++) {
+    vrio.push(CASES.map((c) => measure(disk.nbd!, c, vrioPids)))
+    const [q, k] = await withDaemonsStopped(pair, `round ${round + 1}: qemu-nbd and nbdkit`, () =>
+      baselines.map((b) => measureBaseline(b, t.b)),
     )
+    qemu.push(q)
+    kit.push(k)
+    for (const [i, c] of CASES.entries())
+      console.error(
+        `round ${round + 1} ${`${c.name} ${unitOf(c)}`.padEnd(24)} vrio ${vrio[round][i].value.toFixed(0)}, qemu-nbd ${q[i].value.toFixed(0)}, nbdkit ${k[i].value.toFixed(0)}`,
+      )
+  }
+  console.log(
+    `${'case'.padEnd(24)}${'vrio'.padStart(14)}${'qemu-nbd'.padStart(14)}${'nbdkit'.padStart(14)}   ${'vrio/best per round (median)'.padEnd(30)} p50 µs vrio | nbdkit      server CPU s/GB vrio | qemu-nbd | nbdkit`,
+  )
+  const json = CASES.map((c, i) => {
+    const [v, q, k] = [vrio, qemu, kit].map((rs) => rs.map((r) => r[i]))
+    const ratios = v.map((r, n) => r.value / Math.max(q[n].value, k[n].value))
+    const sorted = [...ratios].sort((a, b) => a - b)
+    const median = (sorted[(sorted.length - 1) >> 1] + sorted[sorted.length >> 1]) / 2
+    const values = (rs: Result[]) => range(rs.map((r) => r.value)).padStart(14)
+    const perRound = `${ratios.map((x) => x.toFixed(2)).join(', ')} (${median.toFixed(2)})`
+    console.log(
+      `${`${c.name} ${unitOf(c)}`.padEnd(24)}${values(v)}${values(q)}${values(k)}   ${perRound.padEnd(30)} ${range(v.map((r) => r.p50us))} | ${range(k.map((r) => r.p50us))}      ${range(v.map(perGB))} | ${range(q.map(perGB))} | ${range(k.map(perGB))}`,
+    )
+    return { case: c.name, vrio: v, qemuNbd: q, nbdkit: k, ratios, median }
   })
   console.log(
+    JSON.stringify({ bench: 'blk', seconds: SECONDS, rounds, baselinesWithVrioStopped: true, cases: json }),
+  )
+  if (WITH_ENCRYPT) await againstEncryption(backing, vrio[rounds - 1], vrioPids)
+}
+
+/** BENCH_ENCRYPT=1: the same cases on an encrypted disk over the same backing, against `plain`. */
+async function againstEncryption(backing: string, plain: Result[], vrioPids: number[]): Promise<void> {
+  await pair.removeDisk('bench')
+  writeFileSync(keyFile, randomBytes(64), { mode: 0o600 })
+  const enc = await pair.createDisk(backing, 'bench-enc', ['--encrypt', 'plain', '--key-file', keyFile])
+  const encrypted = CASES.map((c) => measure(enc.nbd!, c, vrioPids))
+  await pair.removeDisk('bench-enc')
+  console.log(
+    `${'case'.padEnd(20)}${'enc off'.padStart(10)}${'enc on'.padStart(10)}${'on/off'.padStart(8)}   server CPU s/GB off | on`,
+  )
+  for (const [i, c] of CASES.entries()) {
+    const [off, on] = [plain[i], encrypted[i]]
+    console.log(
+      `${`${c.name} ${unitOf(c)}`.padEnd(20)}${off.value.toFixed(0).padStart(10)}${on.value.toFixed(0).padStart(10)}${(on.value / off.value).toFixed(2).padStart(8)}   ${perGB(off).toFixed(2)} | ${perGB(on).toFixed(2)}`,
+    )
+  }
+  console.log(
     JSON.stringify({
-      bench: 'blk',
+      bench: 'blk-encrypt',
       seconds: SECONDS,
-      baselinesWithVrioStopped: true,
       cases: CASES.map((c, i) => ({
         case: c.name,
-        vrio: vrio[i],
-        qemuNbd: qemu[i],
-        nbdkit: kit[i],
-        ratio: vrio[i].value / best(i),
+        off: plain[i],
+        on: encrypted[i],
+        ratio: encrypted[i].value / plain[i].value,
       })),
     }),
   )
