@@ -2,7 +2,7 @@
 // one call per connection. JS wraps each in a net.Socket({fd, onread}) — an option Node's own
 // accept path (net.Server) does not take — so that the socket reads into a buffer of its owner's
 // instead of allocating a new 64 KiB one per read (at GB/s those allocations kept V8's
-// mark-compact collector busy: docs/architecture.md, "The NBD export's reads").
+// mark-compact collector busy: docs/architecture.md, "Data path habits").
 //
 //   new UnixListener(path, backlog, sendBuffer, onConnection(fd))
 //                        binds and listens at once (the caller sets the umask around it); each
@@ -12,8 +12,7 @@
 //                        -errno once and the listener stops watching for kBackoffMs, then tries
 //                        again: the connection stays queued in the kernel, and the socket, still
 //                        readable, would otherwise wake the loop at once, over and over.
-//   close()                                             stops accepting, closes the socket
-//   ref(boolean)                                        whether it keeps the event loop alive
+//   close()             stops accepting, closes the socket
 #include <errno.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -34,7 +33,7 @@ class UnixListener : public Napi::ObjectWrap<UnixListener> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "UnixListener",
-                       {InstanceMethod("close", &UnixListener::Close), InstanceMethod("ref", &UnixListener::SetRef)});
+                       {InstanceMethod("close", &UnixListener::Close)});
   }
 
   explicit UnixListener(const Napi::CallbackInfo& info) : Napi::ObjectWrap<UnixListener>(info) {
@@ -171,16 +170,6 @@ class UnixListener : public Napi::ObjectWrap<UnixListener> {
       delete asyncContext_;
       asyncContext_ = nullptr;
       Unref();
-    }
-    return info.Env().Undefined();
-  }
-
-  Napi::Value SetRef(const Napi::CallbackInfo& info) {
-    if (poll_ != nullptr) {
-      if (info.Length() > 0 && info[0].ToBoolean().Value())
-        uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
-      else
-        uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
     }
     return info.Env().Undefined();
   }

@@ -223,7 +223,8 @@ export interface NativeAddon {
   /**
    * A listening unix stream socket (bound at once, under the caller's umask) whose connections
    * come to `onConnection` as non-blocking, close-on-exec fds with SO_SNDBUF set to `sendBuffer`
-   * bytes (0: the kernel's default) (native/unix_listener.cc). Absent from an older build.
+   * bytes (0: the kernel's default); a failed accept comes as -errno, once per 200 ms pause
+   * (native/unix_listener.cc). Absent from an older build.
    */
   UnixListener?: new (
     path: string,
@@ -251,8 +252,6 @@ export interface NativeAddon {
 export interface NativeUnixListener {
   /** Stops accepting and closes the socket (the path stays). Idempotent. */
   close(): void
-  /** Whether it keeps the event loop alive (it does from the start). */
-  ref(on: boolean): void
 }
 
 export interface NativeFuseDisk {
