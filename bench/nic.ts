@@ -15,8 +15,18 @@
  * BENCH_FILTER=1 instead measures VXLAN alone with vrio's daemons up and idle on the same veth,
  * their packet filter off vs on, and stopped (SIGSTOP) as the reference, fresh daemons per round,
  * alternated BENCH_ROUNDS times (default 2): what the idle daemons cost a neighbour.
+ * BENCH_RELAY=1 instead measures the native relay (bench/support/nic-relay.c, built with cc and
+ * libcrypto; BENCH_RELAY_PLAIN=1 without encryption) against VXLAN, alternated, vrio's daemons
+ * stopped: the floor of two user-space hops that a native NIC path would start from.
  */
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import type { VethEnd } from '../test/support/harness.ts'
 import { exec, ip, type Netns } from '../test/support/netns.ts'
 import { onBridge, type PairOptions } from '../test/support/vrio-pair.ts'
 import {
@@ -248,9 +258,129 @@ async function compareFilter(): Promise<void> {
   )
 }
 
+/** The native relay's source (bench/support/nic-relay.c), from dist/bench or bench. */
+const RELAY_SOURCE = fileURLToPath(new URL('../../bench/support/nic-relay.c', import.meta.url))
+
+/** The MAC address of a veth end. */
+function macOf(end: VethEnd): string {
+  return JSON.parse(
+    execFileSync('ip', ['-n', end.ns.name, '-j', 'link', 'show', end.ifname], { encoding: 'utf8' }),
+  )[0].address
+}
+
+/**
+ * The native relay (BENCH_RELAY=1; BENCH_RELAY_PLAIN=1 without encryption) against VXLAN on the
+ * same veth, alternated BENCH_ROUNDS times (default 2), vrio's daemons stopped throughout: the floor
+ * a native NIC fast path could reach (see bench/support/nic-relay.c: two single-threaded user-space
+ * hops, a packet socket and a TAP on each, per-frame AES-256-GCM, no ACKs or window).
+ */
+async function againstRelay(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'vrio-relay-'))
+  const bin = join(dir, 'nic-relay')
+  try {
+    execFileSync('cc', ['-O2', '-o', bin, RELAY_SOURCE, '-lcrypto'], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    })
+  } catch {
+    throw new Error(
+      `cannot build ${RELAY_SOURCE}: BENCH_RELAY needs cc and OpenSSL's headers (apt-get install libssl-dev)`,
+    )
+  }
+  const w = await startNicWorld(['192.168.99.100/24', '192.168.88.100/24'])
+  const relays: ChildProcess[] = []
+  try {
+    const { pair, guest, iohyp, world } = w
+    w.serve(world, 'iperf3', ['-s'])
+    w.serve(world, 'python3', ['-c', PINGPONG_SERVER])
+    await addVxlan(w)
+    const g = pair.guestEnd
+    const h = pair.iohypEnd
+    const key = randomBytes(32).toString('hex')
+    const plain = process.env.BENCH_RELAY_PLAIN === '1' ? ['plain'] : []
+    const start = (end: VethEnd, tap: string, peer: VethEnd, local: string, remote: string) => {
+      const child = spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          end.ns.name,
+          bin,
+          tap,
+          end.ifname,
+          macOf(end),
+          macOf(peer),
+          local,
+          remote,
+          key,
+          ...plain,
+        ],
+        {
+          stdio: ['ignore', 'ignore', 'inherit'],
+        },
+      )
+      relays.push(child)
+    }
+    // Addresses on no interface: the kernels on both ends drop the relay's segments unanswered.
+    start(g, 'nr0', h, '10.250.0.2', '10.250.0.1')
+    start(h, 'nr1', g, '10.250.0.1', '10.250.0.2')
+    for (let i = 0; i < 100; i++) {
+      const up = (ns: Netns, dev: string) =>
+        spawnSync('ip', ['-n', ns.name, 'link', 'show', dev]).status === 0
+      if (up(guest, 'nr0') && up(iohyp, 'nr1')) break
+      await sleep(50)
+    }
+    // As vrio's guest interface: a GSO super-frame and its headers fit one segment.
+    ip(guest, ['link', 'set', 'nr0', 'gso_max_size', '62000', 'up'])
+    ip(guest, ['addr', 'add', '192.168.99.1/24', 'dev', 'nr0'])
+    ip(iohyp, ['link', 'set', 'nr1', 'master', 'brw', 'up'])
+    await sleep(1000)
+    const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
+    const results: Record<'relay' | 'vxlan', PathResult[]> = { relay: [], vxlan: [] }
+    await withDaemonsStopped(pair, 'the relay and VXLAN', () => {
+      for (let round = 0; round < rounds; round++) {
+        results.relay.push(
+          measure(
+            guest,
+            '192.168.99.100',
+            relays.map((r) => r.pid!),
+          ),
+        )
+        results.vxlan.push(measure(guest, '192.168.88.100'))
+      }
+    })
+    console.log(
+      `native relay (${plain.length ? 'plaintext' : 'AES-256-GCM'}) against VXLAN, ${rounds} rounds`,
+    )
+    console.log(`${'case'.padEnd(28)}${'relay'.padStart(16)}${'VXLAN'.padStart(16)}${'ratio'.padStart(12)}`)
+    for (const key of Object.keys(results.relay[0]) as (keyof PathResult)[]) {
+      const a = results.relay.map((r) => r[key])
+      const b = results.vxlan.map((r) => r[key])
+      if (a.some((x) => !Number.isFinite(x)) || b.some((x) => !Number.isFinite(x))) continue
+      const ratios = a.map((x, i) => x / b[i])
+      console.log(
+        `${key.padEnd(28)}${range(a).padStart(16)}${range(b).padStart(16)}${range(ratios).padStart(12)}`,
+      )
+    }
+    console.log(
+      JSON.stringify({
+        bench: 'nic-relay',
+        seconds: SECONDS,
+        rounds,
+        encrypted: plain.length === 0,
+        ...results,
+      }),
+    )
+  } finally {
+    for (const r of relays) r.kill('SIGKILL')
+    await w.stop()
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 if (process.env.BENCH_MODES === '1') await compareModes()
 else if (process.env.BENCH_METRICS === '1') await compareMetrics()
 else if (process.env.BENCH_FILTER === '1') await compareFilter()
+else if (process.env.BENCH_RELAY === '1') await againstRelay()
 else await againstVxlan()
 
 async function againstVxlan(): Promise<void> {
