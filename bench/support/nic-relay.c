@@ -5,7 +5,10 @@
 // frame from the TAP goes out as one TCP-looking segment (Ethernet, IPv4, TCP, then the TAP's
 // virtio_net_hdr and frame, sealed with AES-256-GCM under a per-direction nonce counter: the tag
 // follows), itself a GSO super-frame when longer than one MSS; each such segment from the link is
-// opened and written to the TAP. No handshake, no ACKs, no retransmission, no window: what is
+// opened and written to the TAP. A TAP frame longer than one IPv4 packet can carry (the bridge's
+// 64 KiB GRO frames, world → guest) still goes as one segment, its IP length wrapped: veth passes
+// it, a real link would not (vrio cuts such a frame in two and the guest joins them), so the
+// relay's figures that way are an upper bound. No handshake, no ACKs, no retransmission, no window: what is
 // measured is the floor of two user-space hops with per-frame encryption, the part a native fast
 // path in vrio cannot remove. AES-256-GCM goes through libipsec-mb when built with -DUSE_IPSEC_MB
 // (as vrio's addon does when the library is there), else through OpenSSL.
