@@ -15,9 +15,10 @@
  * BENCH_FILTER=1 instead measures VXLAN alone with vrio's daemons up and idle on the same veth,
  * their packet filter off vs on, and stopped (SIGSTOP) as the reference, fresh daemons per round,
  * alternated BENCH_ROUNDS times (default 2): what the idle daemons cost a neighbour.
- * BENCH_RELAY=1 instead measures the native relay (bench/support/nic-relay.c, built with cc and
- * libcrypto; BENCH_RELAY_PLAIN=1 without encryption) against VXLAN, alternated, vrio's daemons
- * stopped: the floor of two user-space hops that a native NIC path would start from.
+ * BENCH_RELAY=1 instead measures the native relay (bench/support/nic-relay.c, built with cc against
+ * libipsec-mb, or OpenSSL's libcrypto without it or with VRIO_AEAD=openssl; BENCH_RELAY_PLAIN=1
+ * without encryption) against VXLAN, alternated, vrio's daemons stopped: the floor of two
+ * user-space hops that a native NIC path would start from.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
