@@ -264,9 +264,7 @@ const RELAY_SOURCE = fileURLToPath(new URL('../../bench/support/nic-relay.c', im
 
 /** The MAC address of a veth end. */
 function macOf(end: VethEnd): string {
-  return JSON.parse(
-    execFileSync('ip', ['-n', end.ns.name, '-j', 'link', 'show', end.ifname], { encoding: 'utf8' }),
-  )[0].address
+  return JSON.parse(ip(end.ns, ['-j', 'link', 'show', end.ifname]))[0].address
 }
 
 /**
