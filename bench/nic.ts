@@ -17,8 +17,9 @@
  * alternated BENCH_ROUNDS times (default 2): what the idle daemons cost a neighbour.
  * BENCH_RELAY=1 instead measures the native relay (bench/support/nic-relay.c, built with cc against
  * libipsec-mb, or OpenSSL's libcrypto without it or with VRIO_AEAD=openssl; BENCH_RELAY_PLAIN=1
- * without encryption) against VXLAN, alternated, vrio's daemons stopped: the floor of two
- * user-space hops that a native NIC path would start from.
+ * without encryption) and vrio against VXLAN, alternated in the same rounds (vrio's daemons stopped
+ * while the relay and VXLAN run): the floor of two user-space hops that a native NIC path would
+ * start from.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -268,10 +269,11 @@ function macOf(end: VethEnd): string {
 }
 
 /**
- * The native relay (BENCH_RELAY=1; BENCH_RELAY_PLAIN=1 without encryption) against VXLAN on the
- * same veth, alternated BENCH_ROUNDS times (default 2), vrio's daemons stopped throughout: the floor
- * a native NIC fast path could reach (see bench/support/nic-relay.c: two single-threaded user-space
- * hops, a packet socket and a TAP on each, per-frame AES-256-GCM, no ACKs or window).
+ * The native relay (BENCH_RELAY=1; BENCH_RELAY_PLAIN=1 without encryption) and vrio against VXLAN
+ * on the same veth, BENCH_ROUNDS rounds (default 2) of vrio, then the relay and VXLAN with vrio's
+ * daemons stopped: the floor a native NIC fast path could reach (see bench/support/nic-relay.c: two
+ * single-threaded user-space hops, a packet socket and a TAP on each, per-frame AES-256-GCM, no
+ * ACKs or window), and how far vrio is from it.
  */
 async function againstRelay(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'vrio-relay-'))
@@ -298,7 +300,7 @@ async function againstRelay(): Promise<void> {
       `cannot build ${RELAY_SOURCE}: BENCH_RELAY needs cc and OpenSSL's headers (apt-get install libssl-dev)`,
     )
   }
-  const w = await startNicWorld(['192.168.99.100/24', '192.168.88.100/24'])
+  const w = await startNicWorld(['192.168.77.100/24', '192.168.99.100/24', '192.168.88.100/24'])
   const relays: ChildProcess[] = []
   try {
     const { pair, guest, iohyp, world } = w
@@ -346,10 +348,15 @@ async function againstRelay(): Promise<void> {
     ip(guest, ['addr', 'add', '192.168.99.1/24', 'dev', 'nr0'])
     ip(iohyp, ['link', 'set', 'nr1', 'master', 'brw', 'up'])
     await sleep(1000)
+    // vrio's own remote NIC in the same world, measured in the same rounds (its daemons running).
+    await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
+    ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
+    await sleep(1000)
     const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
-    const results: Record<'relay' | 'vxlan', PathResult[]> = { relay: [], vxlan: [] }
-    await withDaemonsStopped(pair, 'the relay and VXLAN', () => {
-      for (let round = 0; round < rounds; round++) {
+    const results: Record<'vrio' | 'relay' | 'vxlan', PathResult[]> = { vrio: [], relay: [], vxlan: [] }
+    for (let round = 0; round < rounds; round++) {
+      results.vrio.push(measure(guest, '192.168.77.100'))
+      await withDaemonsStopped(pair, `round ${round + 1}: the relay and VXLAN`, () => {
         results.relay.push(
           measure(
             guest,
@@ -358,17 +365,20 @@ async function againstRelay(): Promise<void> {
           ),
         )
         results.vxlan.push(measure(guest, '192.168.88.100'))
-      }
-    })
-    console.log(`native relay (${plain.length ? 'plaintext' : aead}) against VXLAN, ${rounds} rounds`)
-    console.log(`${'case'.padEnd(28)}${'relay'.padStart(16)}${'VXLAN'.padStart(16)}${'ratio'.padStart(12)}`)
+      })
+    }
+    console.log(
+      `native relay (${plain.length ? 'plaintext' : aead}) and vrio against VXLAN, ${rounds} rounds`,
+    )
+    console.log(
+      `${'case'.padEnd(28)}${'vrio'.padStart(14)}${'relay'.padStart(14)}${'VXLAN'.padStart(14)}${'vrio/VXLAN'.padStart(12)}${'relay/VXLAN'.padStart(13)}${'vrio/relay'.padStart(12)}`,
+    )
     for (const key of Object.keys(results.relay[0]) as (keyof PathResult)[]) {
-      const a = results.relay.map((r) => r[key])
-      const b = results.vxlan.map((r) => r[key])
-      if (a.some((x) => !Number.isFinite(x)) || b.some((x) => !Number.isFinite(x))) continue
-      const ratios = a.map((x, i) => x / b[i])
+      const [v, a, b] = (['vrio', 'relay', 'vxlan'] as const).map((k) => results[k].map((r) => r[key]))
+      if ([v, a, b].some((xs) => xs.some((x) => !Number.isFinite(x)))) continue
+      const ratio = (x: number[], y: number[]) => range(x.map((n, i) => n / y[i]))
       console.log(
-        `${key.padEnd(28)}${range(a).padStart(16)}${range(b).padStart(16)}${range(ratios).padStart(12)}`,
+        `${key.padEnd(28)}${range(v).padStart(14)}${range(a).padStart(14)}${range(b).padStart(14)}${ratio(v, b).padStart(12)}${ratio(a, b).padStart(13)}${ratio(v, a).padStart(12)}`,
       )
     }
     console.log(
