@@ -29,7 +29,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type { VethEnd } from '../test/support/harness.ts'
-import { exec, ip, type Netns } from '../test/support/netns.ts'
+import { exec, ip, linkMac, type Netns } from '../test/support/netns.ts'
 import { onBridge, type PairOptions } from '../test/support/vrio-pair.ts'
 import {
   cpuSeconds,
@@ -263,11 +263,6 @@ async function compareFilter(): Promise<void> {
 /** The native relay's source (bench/support/nic-relay.c), from dist/bench or bench. */
 const RELAY_SOURCE = fileURLToPath(new URL('../../bench/support/nic-relay.c', import.meta.url))
 
-/** The MAC address of a veth end. */
-function macOf(end: VethEnd): string {
-  return JSON.parse(ip(end.ns, ['-j', 'link', 'show', end.ifname]))[0].address
-}
-
 /**
  * The native relay (BENCH_RELAY=1; BENCH_RELAY_PLAIN=1 without encryption) and vrio against VXLAN
  * on the same veth, BENCH_ROUNDS rounds (default 2) of vrio, then the relay and VXLAN with vrio's
@@ -321,8 +316,8 @@ async function againstRelay(): Promise<void> {
           bin,
           tap,
           end.ifname,
-          macOf(end),
-          macOf(peer),
+          linkMac(end.ns, end.ifname),
+          linkMac(peer.ns, peer.ifname),
           local,
           remote,
           key,
@@ -337,12 +332,10 @@ async function againstRelay(): Promise<void> {
     // Addresses on no interface: the kernels on both ends drop the relay's segments unanswered.
     start(g, 'nr0', h, '10.250.0.2', '10.250.0.1')
     start(h, 'nr1', g, '10.250.0.1', '10.250.0.2')
-    for (let i = 0; i < 100; i++) {
-      const up = (ns: Netns, dev: string) =>
-        spawnSync('ip', ['-n', ns.name, 'link', 'show', dev]).status === 0
-      if (up(guest, 'nr0') && up(iohyp, 'nr1')) break
-      await sleep(50)
-    }
+    const up = (ns: Netns, dev: string) => spawnSync('ip', ['-n', ns.name, 'link', 'show', dev]).status === 0
+    for (let i = 0; i < 100 && !(up(guest, 'nr0') && up(iohyp, 'nr1')); i++) await sleep(50)
+    if (!(up(guest, 'nr0') && up(iohyp, 'nr1')))
+      throw new Error('the relays made no TAP within 5 s (their errors above)')
     // As vrio's guest interface: a GSO super-frame and its headers fit one segment.
     ip(guest, ['link', 'set', 'nr0', 'gso_max_size', '62000', 'up'])
     ip(guest, ['addr', 'add', '192.168.99.1/24', 'dev', 'nr0'])

@@ -7,7 +7,7 @@ import type { GuestInfo, ListDisksResponse, ListGuestsResponse, StatusInfo } fro
 import { formatIPv4 } from '../../src/wire/address.ts'
 import { type TempDir, tempDir } from '../control/fixtures.ts'
 import { DaemonProcess, killDaemons, vrio, vrioJson } from '../support/daemons.ts'
-import { cleanupNetns, exec, ip, requireRoot } from '../support/netns.ts'
+import { cleanupNetns, exec, linkMac, requireRoot } from '../support/netns.ts'
 import { directLink, type Topology } from '../support/topology.ts'
 import { waitUntil } from '../support/wait.ts'
 import { ERROR_CATALOGUE, EXIT } from '../../src/errors.ts'
@@ -57,7 +57,7 @@ describe('vrio iohyp --config and vrio guest --config', () => {
     for (const k of ['g.key', 'other.key', 'late.key'])
       assert.equal(vrio(['keygen', '--out', tmp.path(k)]).status, 0)
     writeFileSync(tmp.path('root.img'), Buffer.alloc(1024 * 1024))
-    guestMac = JSON.parse(ip(link.b.ns, ['-j', 'link', 'show', link.b.ifname]))[0].address
+    guestMac = linkMac(link.b.ns, link.b.ifname)
   })
   after(() => tmp.remove())
 

@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test'
 import type { GuestInfo, ListGuestsResponse, StatusInfo } from '../../src/control/api.ts'
 import { formatIPv4 } from '../../src/wire/address.ts'
 import { DaemonProcess, killDaemons, vrio, vrioJson } from '../support/daemons.ts'
-import { cleanupNetns, ip, requireRoot } from '../support/netns.ts'
+import { cleanupNetns, ip, linkMac, requireRoot } from '../support/netns.ts'
 import { firewallCounters, firewalledLan, type Lan } from '../support/topology.ts'
 import { waitUntil } from '../support/wait.ts'
 
@@ -23,8 +23,7 @@ describe('channel modes: --insecure-plaintext on both ends, and a sealed guest r
   let lan: Lan
   let dir: string
   const sock = (name: string) => join(dir, `${name}.sock`)
-  const macOf = (i: number) =>
-    JSON.parse(ip(lan.ends[i].ns, ['-j', 'link', 'show', lan.ends[i].ifname]))[0].address as string
+  const macOf = (i: number) => linkMac(lan.ends[i].ns, lan.ends[i].ifname)
   const guest = (i: number) =>
     vrioJson<ListGuestsResponse>(['guests', 'list', '--control', sock('iohyp')]).guests.find(
       (g) => g.mac === macOf(i),

@@ -13,7 +13,7 @@ import { formatIPv4, parseMac } from '../../src/wire/address.ts'
 import { decodeTcpFrame, encodeTcpFrame, newTcpFrame, tcpFrameHeaderLength } from '../../src/wire/frame.ts'
 import { clearTcpOptions, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN } from '../../src/wire/tcp.ts'
 import { DaemonProcess, killDaemons, vrio, vrioJson } from '../support/daemons.ts'
-import { cleanupNetns, exec, ip, requireRoot } from '../support/netns.ts'
+import { cleanupNetns, exec, ip, linkMac, requireRoot } from '../support/netns.ts'
 import { firewallCounters, firewalledLan, type Lan } from '../support/topology.ts'
 import { waitUntil } from '../support/wait.ts'
 
@@ -47,8 +47,7 @@ describe('vrio iohyp and vrio guest daemons', () => {
     '--run-dir',
     join(dir, `run${i}`),
   ]
-  const macOf = (i: number) =>
-    JSON.parse(ip(lan.ends[i].ns, ['-j', 'link', 'show', lan.ends[i].ifname]))[0].address as string
+  const macOf = (i: number) => linkMac(lan.ends[i].ns, lan.ends[i].ifname)
   const guests = () => vrioJson<ListGuestsResponse>(['guests', 'list', '--control', sock('iohyp')]).guests
   const guest = (i: number) => guests().find((g) => g.mac === macOf(i)) as GuestInfo
   let iohyp: DaemonProcess

@@ -36,7 +36,7 @@ import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
 import type { VethEnd } from '../support/harness.ts'
 import { KeylessHost } from '../support/keyless-host.ts'
 import { bridgedLan } from '../support/lan.ts'
-import { cleanupNetns, ip, requireRoot } from '../support/netns.ts'
+import { cleanupNetns, ip, linkMac, requireRoot } from '../support/netns.ts'
 import { cpuSeconds, RssSampler, rssBytes } from '../support/proc.ts'
 import { VrioPair } from '../support/vrio-pair.ts'
 
@@ -224,7 +224,7 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
     bDisk = await pair.createDisk(backing, 'bdisk')
     const h = lan[2]
     ip(h.ns, ['addr', 'add', `${formatIPv4(h.ip)}/24`, 'dev', h.ifname])
-    hostileMac = JSON.parse(ip(h.ns, ['-j', 'link', 'show', h.ifname]))[0].address
+    hostileMac = linkMac(h.ns, h.ifname)
     hostileKey = join(pair.dir, 'hostile.key')
     assert.equal((await vrioAsync(['keygen', '--out', hostileKey])).status, 0)
   })

@@ -25,7 +25,7 @@ import { ETH_P_NONE, PacketSocket } from '../../src/io/index.ts'
 import { killDaemons, vrioJsonAsync } from '../support/daemons.ts'
 import type { VethEnd } from '../support/harness.ts'
 import { bridgedLan } from '../support/lan.ts'
-import { cleanupNetns, ip, requireRoot } from '../support/netns.ts'
+import { cleanupNetns, linkMac, requireRoot } from '../support/netns.ts'
 import { startWithFilter } from '../support/packet-filter.ts'
 import { arpRequest, checksum } from '../support/packets.ts'
 import { cpuTicks as ticksOf } from '../support/proc.ts'
@@ -223,7 +223,7 @@ async function floodOnce(filter: 'on' | 'off', diag: (m: string) => void): Promi
         `${d.name} says its packet filter is ${filter}`,
       )
     const flooder = lan[2]
-    const flooderMac = macBytes(JSON.parse(ip(flooder.ns, ['-j', 'link', 'show', flooder.ifname]))[0].address)
+    const flooderMac = macBytes(linkMac(flooder.ns, flooder.ifname))
     const daemons: Daemon[] = []
     for (const [name, d, end] of [
       ['iohyp', pair.iohyp, pair.iohypEnd],

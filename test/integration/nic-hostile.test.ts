@@ -21,7 +21,7 @@ import { Delivery } from '../../src/transport/config.ts'
 import { formatIPv4, parseMac } from '../../src/wire/address.ts'
 import { encodeMessageHeader, MessageType, newMessageHeader } from '../../src/wire/message-header.ts'
 import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
-import { cleanupNetns, ip, requireRoot } from '../support/netns.ts'
+import { cleanupNetns, ip, linkMac, requireRoot } from '../support/netns.ts'
 import { directLink, worldOnBridge } from '../support/topology.ts'
 import { waitUntil } from '../support/wait.ts'
 import { onBridge, VrioPair } from '../support/vrio-pair.ts'
@@ -82,7 +82,7 @@ describe('remote NIC under hostile input from an authenticated guest and the lin
     const key = readKeyFile(keyPath)
 
     // The rogue guest: vrio's own transport and session, driven by this test.
-    const guestMac = JSON.parse(ip(link.b.ns, ['-j', 'link', 'show', link.b.ifname]))[0].address as string
+    const guestMac = linkMac(link.b.ns, link.b.ifname)
     guestSocket = PacketSocket.open({
       ifname: link.b.ifname,
       netns: link.b.ns.path,
@@ -188,12 +188,7 @@ describe('remote NIC under hostile input from an authenticated guest and the lin
   })
 
   it('survives garbage on the link, and still carries good frames', async () => {
-    const iohypMac = Buffer.from(
-      (
-        JSON.parse(ip(pair.iohypEnd.ns, ['-j', 'link', 'show', pair.iohypEnd.ifname]))[0].address as string
-      ).replaceAll(':', ''),
-      'hex',
-    )
+    const iohypMac = Buffer.from(linkMac(pair.iohypEnd.ns, pair.iohypEnd.ifname).replaceAll(':', ''), 'hex')
     const raw = PacketSocket.open({ ifname: pair.guestEnd.ifname, netns: pair.guestEnd.ns.path, protocol: 0 })
     try {
       // Half of it shaped to pass the IOhyp's kernel filter (IPv4 TCP from the guest's vrio port to

@@ -30,7 +30,7 @@ import { createDpi } from '../../src/services/dpi/index.ts'
 import { createFirewall } from '../../src/services/firewall/index.ts'
 import { dissectPacket, newPacket } from '../../src/wire/packet.ts'
 import { killDaemons } from '../support/daemons.ts'
-import { cleanupNetns, exec, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
+import { cleanupNetns, exec, execAsync, ip, linkMac, type Netns, requireRoot } from '../support/netns.ts'
 import { seededRandom } from '../support/random.ts'
 import { onBridge, pairWithWorld, type VrioPair } from '../support/vrio-pair.ts'
 import { worldWebServer } from '../support/topology.ts'
@@ -306,7 +306,7 @@ describe('NIC services under hostile input (live IOhyp)', () => {
     const w = set.world
     world = w.ns
     worldIf = w.ifname
-    worldMac = mac(JSON.parse(ip(world, ['-j', 'link', 'show', worldIf]))[0].address)
+    worldMac = mac(linkMac(world, worldIf))
     // The bridge must hand the IOhyp every frame as sent: no br_netfilter checks on it.
     for (const family of ['iptables', 'ip6tables', 'arptables'])
       exec(set.iohyp, 'sh', [

@@ -20,6 +20,7 @@ import {
   exec,
   execAsync,
   ip,
+  linkMac,
   type Netns,
   requireRoot,
 } from '../support/netns.ts'
@@ -349,7 +350,7 @@ describe('remote NIC with a macvtap back-end on an uplink', () => {
     const nic = await pair.createNic('vn1', '02:77:00:00:02:01', ['--macvtap', uplink.a.ifname])
     assert.equal(nic.backend.kind, 'macvtap')
     const device = (nic.backend as { device: string }).device
-    assert.equal(JSON.parse(ip(iohyp, ['-j', 'link', 'show', device]))[0].address, '02:77:00:00:02:01')
+    assert.equal(linkMac(iohyp, device), '02:77:00:00:02:01')
     address(pair.guestEnd.ns, 'vn1', '192.168.77.1', 'fd77::1')
     await execAsync(pair.guestEnd.ns, 'ping', ['-c', '3', '-i', '0.2', '-W', '3', WORLD_V4])
     const r = await vrioAsync(['nic', 'remove', 'vn1', '--control', pair.sock('iohyp')])

@@ -31,7 +31,7 @@ import {
 } from '../../src/wire/frame.ts'
 import { IP_PROTOCOL_UDP } from '../../src/wire/ipv4.ts'
 import { TCP_ACK, TCP_PSH, TCP_SYN } from '../../src/wire/tcp.ts'
-import { cleanupNetns, createNetns, createVethPair, ip, requireRoot } from '../support/netns.ts'
+import { cleanupNetns, createNetns, createVethPair, linkMac, requireRoot } from '../support/netns.ts'
 import { arpRequest, checksum, ipv4 as ipBytesOf, mac as macBytesOf } from '../support/packets.ts'
 import { waitUntil } from '../support/wait.ts'
 
@@ -360,7 +360,7 @@ describe('vrioPacketFilter in the kernel (SO_ATTACH_FILTER on a veth)', () => {
     const nsA = createNetns()
     const nsB = createNetns()
     const veth = createVethPair(nsA, nsB)
-    const bMac = parseMac(JSON.parse(ip(nsB, ['-j', 'link', 'show', veth.b.ifname]))[0].address)!
+    const bMac = parseMac(linkMac(nsB, veth.b.ifname))!
     const rx = PacketSocket.open({
       ifname: veth.b.ifname,
       netns: nsB.path,

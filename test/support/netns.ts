@@ -85,6 +85,11 @@ export function ip(ns: Netns, args: readonly string[]): string {
   return run('ip', ['-n', ns.name, ...args])
 }
 
+/** The MAC address of `ifname` in `ns`, as `ip` prints it (aa:bb:cc:dd:ee:ff). */
+export function linkMac(ns: Netns, ifname: string): string {
+  return JSON.parse(ip(ns, ['-j', 'link', 'show', ifname]))[0].address
+}
+
 export function createNetns(options: { ipv6?: boolean } = {}): Netns {
   installHooks()
   const name = `${RUN_PREFIX}${counter++}`

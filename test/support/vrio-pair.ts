@@ -8,7 +8,7 @@ import { formatIPv4 } from '../../src/wire/address.ts'
 import { DaemonProcess, vrioAsync, vrioJsonAsync } from './daemons.ts'
 import type { VethEnd } from './harness.ts'
 import { type ImpairedLink, type Impairment, impairedLink } from './impair.ts'
-import { ip, type Netns } from './netns.ts'
+import { ip, linkMac, type Netns } from './netns.ts'
 import { directLink, type World, worldOnBridge } from './topology.ts'
 
 /** How a VrioPair's daemons run. */
@@ -88,7 +88,7 @@ export class VrioPair {
   async start(): Promise<void> {
     for (const end of [this.iohypEnd, this.guestEnd])
       ip(end.ns, ['addr', 'add', `${formatIPv4(end.ip)}/24`, 'dev', end.ifname])
-    this.guestMac = JSON.parse(ip(this.guestEnd.ns, ['-j', 'link', 'show', this.guestEnd.ifname]))[0].address
+    this.guestMac = linkMac(this.guestEnd.ns, this.guestEnd.ifname)
     const key = join(this.dir, 'guest.key')
     if ((await vrioAsync(['keygen', '--out', key])).status !== 0) throw new Error('keygen failed')
     this.startIohyp()
@@ -128,7 +128,7 @@ export class VrioPair {
   async addGuest(end: VethEnd): Promise<ExtraGuest> {
     const n = this.extraGuests.length + 2
     ip(end.ns, ['addr', 'add', `${formatIPv4(end.ip)}/24`, 'dev', end.ifname])
-    const mac = JSON.parse(ip(end.ns, ['-j', 'link', 'show', end.ifname]))[0].address as string
+    const mac = linkMac(end.ns, end.ifname)
     const key = join(this.dir, `guest${n}.key`)
     if ((await vrioAsync(['keygen', '--out', key])).status !== 0) throw new Error('keygen failed')
     const sock = join(this.dir, `guest${n}.sock`)
