@@ -6,7 +6,9 @@
  * with its median. The baselines run with vrio's daemons stopped (SIGSTOP; the run prints so):
  * idle daemons must not tax them. Backing: one file on tmpfs (/dev/shm), so the disk is
  * not the limit. Cache: all through the page cache (vrio's FileDevice uses buffered I/O; qemu-nbd
- * --cache=writeback; nbdkit's file plugin's default). MTU 1500.
+ * --cache=writeback; nbdkit's file plugin's default). MTU 1500. Server CPU per GB: vrio's both
+ * daemons, with the IOhyp's share alone in brackets (the guest agent runs on the guest's side,
+ * where nbdkit's counterpart is fio's NBD client); the baselines' server process.
  *   npm run bench -- blk           (root; fio, qemu-nbd from qemu-utils, nbdkit)
  * BENCH_SECONDS (default 5) sets each run's length, BENCH_CASES a comma-separated list of case
  * numbers (1-5) to run, BENCH_QEMU=0 skips the baselines (vrio only, for before/after comparisons).
@@ -78,6 +80,8 @@ interface Result {
   /** Requests fio completed. */
   requests: number
   serverCpuSeconds: number
+  /** vrio: the IOhyp's share of serverCpuSeconds (the rest is the guest agent's). */
+  iohypCpuSeconds?: number
   /** Frames both ends of the veth sent during the run (every frame of the channel crosses it once). */
   frames: number
 }
@@ -156,11 +160,18 @@ async function compareMetrics(backing: string): Promise<void> {
   console.log(JSON.stringify({ bench: 'blk-metrics', seconds: SECONDS, rounds, cases: json }))
 }
 
+/** fio against `uri`, with the CPU of `serverPids` (vrio: the IOhyp first, then the guest agent). */
 function measure(uri: string, c: Case, serverPids: number[], netns?: string, link = t): Result {
   const before = cpuSeconds(serverPids)
+  const firstBefore = cpuSeconds(serverPids.slice(0, 1))
   const framesBefore = linkFrames(link)
   const r = fio(uri, c, netns)
-  return { ...r, serverCpuSeconds: cpuSeconds(serverPids) - before, frames: linkFrames(link) - framesBefore }
+  return {
+    ...r,
+    serverCpuSeconds: cpuSeconds(serverPids) - before,
+    ...(serverPids.length > 1 && { iohypCpuSeconds: cpuSeconds(serverPids.slice(0, 1)) - firstBefore }),
+    frames: linkFrames(link) - framesBefore,
+  }
 }
 
 /** Runs every case on fresh daemons started with `options`; `scrape`: /metrics on both every second. */
@@ -255,6 +266,7 @@ function measureBaseline(b: Baseline, guest: VethEnd): Result[] {
 }
 
 const perGB = (r: Result) => r.serverCpuSeconds / (r.bytes / 1e9)
+const iohypPerGB = (r: Result) => (r.iohypCpuSeconds ?? Number.NaN) / (r.bytes / 1e9)
 const unitOf = (c: Case) => (c.kind === 'iops' ? 'IOPS' : 'MB/s')
 
 /**
@@ -358,7 +370,7 @@ async function againstBaselines(backing: string): Promise<void> {
     for (const [i, c] of CASES.entries()) {
       const v = vrio[i]
       console.log(
-        `${c.name.padEnd(20)}${v.value.toFixed(0).padStart(10)}   p50/p99 µs ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)}   server CPU s/GB ${perGB(v).toFixed(2)}   frames/request ${(v.frames / v.requests).toFixed(2)}   server CPU µs/request ${((v.serverCpuSeconds * 1e6) / v.requests).toFixed(0)}`,
+        `${c.name.padEnd(20)}${v.value.toFixed(0).padStart(10)}   p50/p99 µs ${v.p50us.toFixed(0)}/${v.p99us.toFixed(0)}   server CPU s/GB ${perGB(v).toFixed(2)} (IOhyp alone ${iohypPerGB(v).toFixed(2)})   frames/request ${(v.frames / v.requests).toFixed(2)}   server CPU µs/request ${((v.serverCpuSeconds * 1e6) / v.requests).toFixed(0)}`,
       )
     }
     if (WITH_ENCRYPT) await againstEncryption(backing, vrio, vrioPids)
@@ -383,7 +395,7 @@ async function againstBaselines(backing: string): Promise<void> {
       )
   }
   console.log(
-    `${'case'.padEnd(24)}${'vrio'.padStart(14)}${'qemu-nbd'.padStart(14)}${'nbdkit'.padStart(14)}   ${'vrio/best per round (median)'.padEnd(30)} p50 µs vrio | nbdkit      server CPU s/GB vrio | qemu-nbd | nbdkit`,
+    `${'case'.padEnd(24)}${'vrio'.padStart(14)}${'qemu-nbd'.padStart(14)}${'nbdkit'.padStart(14)}   ${'vrio/best per round (median)'.padEnd(30)} p50 µs vrio | nbdkit      server CPU s/GB vrio (IOhyp alone) | qemu-nbd | nbdkit`,
   )
   const json = CASES.map((c, i) => {
     const [v, q, k] = [vrio, qemu, kit].map((rs) => rs.map((r) => r[i]))
@@ -393,7 +405,7 @@ async function againstBaselines(backing: string): Promise<void> {
     const values = (rs: Result[]) => range(rs.map((r) => r.value)).padStart(14)
     const perRound = `${ratios.map((x) => x.toFixed(2)).join(', ')} (${median.toFixed(2)})`
     console.log(
-      `${`${c.name} ${unitOf(c)}`.padEnd(24)}${values(v)}${values(q)}${values(k)}   ${perRound.padEnd(30)} ${range(v.map((r) => r.p50us))} | ${range(k.map((r) => r.p50us))}      ${range(v.map(perGB))} | ${range(q.map(perGB))} | ${range(k.map(perGB))}`,
+      `${`${c.name} ${unitOf(c)}`.padEnd(24)}${values(v)}${values(q)}${values(k)}   ${perRound.padEnd(30)} ${range(v.map((r) => r.p50us))} | ${range(k.map((r) => r.p50us))}      ${range(v.map(perGB))} (${range(v.map(iohypPerGB))}) | ${range(q.map(perGB))} | ${range(k.map(perGB))}`,
     )
     return { case: c.name, vrio: v, qemuNbd: q, nbdkit: k, ratios, median }
   })

@@ -9,7 +9,9 @@
  * of rounds and round by round with the median. Backing: one file on tmpfs (/dev/shm), so the disk
  * is not the limit; qemu-nbd --cache=writeback, nbdkit's file plugin and vrio's FileDevice all go through
  * the page cache. Server CPU per request: the processes serving each target (vrio: both daemons;
- * peers: nbdfuse and the NBD server).
+ * peers: nbdfuse and the NBD server); machine CPU per request: everything the machine ran (fio, the
+ * kernel, every process), with the share of its CPU left idle (is a target bound by one thread or
+ * by the machine?).
  *   npm run bench -- blkdev        (root; fio, nbdfuse, qemu-nbd, nbdkit)
  * BENCH_SECONDS (default 5) sets each run's length, BENCH_CASES a comma-separated list of case
  * numbers (1-4), BENCH_TARGETS a comma-separated subset of vrio-dev,qemu-nbd,nbdkit,vrio-nbd,vrio-nbdfuse
@@ -26,12 +28,13 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { GuestDiskInfo } from '../src/control/api.ts'
 import { cleanupNetns } from '../test/support/netns.ts'
 import { directLink } from '../test/support/topology.ts'
 import { VrioPair } from '../test/support/vrio-pair.ts'
-import { nbdServerArgv } from './support/baselines.ts'
+import { busySeconds, cpuSeconds, nbdServerArgv } from './support/baselines.ts'
 import { writeRandomFile } from './support/random-file.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
@@ -81,6 +84,10 @@ interface Result {
   serverCpuSeconds: number
   /** vrio targets: the guest agent's share of serverCpuSeconds. */
   agentCpuSeconds?: number
+  /** The whole machine's busy CPU seconds during the run (fio, the kernel, every process). */
+  machineCpuSeconds: number
+  /** The share of the machine's CPU time left idle during the run (0–1). */
+  idle: number
 }
 
 interface Target {
@@ -93,20 +100,17 @@ interface Target {
   agent?: () => number
 }
 
-function cpuSeconds(pids: number[]): number {
-  let ticks = 0
-  for (const pid of pids) {
-    try {
-      const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-      ticks += Number(f[11]) + Number(f[12])
-    } catch {}
-  }
-  return ticks / 100
+function median(xs: readonly number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b)
+  const mid = sorted.length / 2
+  return sorted.length % 2 ? sorted[Math.floor(mid)] : (sorted[mid - 1] + sorted[mid]) / 2
 }
 
 function fio(t: Target, c: Case): Result {
   const before = cpuSeconds(t.pids())
   const agentBefore = t.agent ? cpuSeconds([t.agent()]) : 0
+  const busyBefore = busySeconds()
+  const startedAt = performance.now()
   const out = execFileSync(
     CLIENT_CPUS ? 'taskset' : 'fio',
     [
@@ -121,6 +125,11 @@ function fio(t: Target, c: Case): Result {
     ],
     { encoding: 'utf8' },
   )
+  const machineCpuSeconds = busySeconds() - busyBefore
+  const idle = Math.max(
+    0,
+    1 - machineCpuSeconds / (((performance.now() - startedAt) / 1000) * availableParallelism()),
+  )
   const serverCpuSeconds = cpuSeconds(t.pids()) - before
   const agentCpuSeconds = t.agent ? cpuSeconds([t.agent()]) - agentBefore : undefined
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0][c.rw]
@@ -133,6 +142,8 @@ function fio(t: Target, c: Case): Result {
     requests: job.total_ios,
     serverCpuSeconds,
     ...(agentCpuSeconds === undefined ? {} : { agentCpuSeconds }),
+    machineCpuSeconds,
+    idle,
   }
 }
 
@@ -269,6 +280,17 @@ try {
     })
     console.log(`${c.name.padEnd(24)}${cells.map((s) => s.padStart(16)).join('')}`)
   }
+  console.log(
+    `\nmachine CPU µs per request (fio, kernel, every process; median of rounds) / idle % of the machine`,
+  )
+  for (const c of CASES) {
+    const cells = targets.map((x) => {
+      const rs = results.get(`${x.name}|${c.name}`)!
+      const us = median(rs.map((r) => (r.machineCpuSeconds * 1e6) / r.requests))
+      return `${f(us)} / ${Math.round(100 * median(rs.map((r) => r.idle)))}`
+    })
+    console.log(`${c.name.padEnd(24)}${cells.map((s) => s.padStart(16)).join('')}`)
+  }
   console.log(`\nguest agent CPU µs per request (median of rounds)`)
   for (const c of CASES) {
     const cells = targets.map((x) => {
@@ -310,10 +332,7 @@ try {
       const values = (n: TargetName) => results.get(`${n}|${c.name}`)!.map((r) => r.value)
       const perRound = (other: (round: number) => number) => {
         const rs = dev.map((d, i) => (c.kind === 'p50' ? other(i) / d : d / other(i)))
-        const sorted = [...rs].sort((a, b) => a - b)
-        const mid = sorted.length / 2
-        const median = sorted.length % 2 ? sorted[Math.floor(mid)] : (sorted[mid - 1] + sorted[mid]) / 2
-        return `${rs.map((r) => r.toFixed(2)).join(', ')} (median ${median.toFixed(2)})`
+        return `${rs.map((r) => r.toFixed(2)).join(', ')} (median ${median(rs).toFixed(2)})`
       }
       const rounds = [] as string[]
       if (peers.length > 0)

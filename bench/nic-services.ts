@@ -36,7 +36,8 @@ import { execAsync, ip } from '../test/support/netns.ts'
 import { onBridge } from '../test/support/vrio-pair.ts'
 import { dpiContentRules, etOpenText } from './support/dpi-rules.ts'
 import { hundredFirewallRules } from './support/firewall-rules.ts'
-import { busySeconds, iperf, processCpuSeconds, startNicWorld } from './support/nic-world.ts'
+import { busySeconds } from './support/baselines.ts'
+import { iperf, processCpuSeconds, startNicWorld } from './support/nic-world.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2)

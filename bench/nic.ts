@@ -32,6 +32,7 @@ import type { VethEnd } from '../test/support/harness.ts'
 import { exec, ip, linkMac, type Netns } from '../test/support/netns.ts'
 import { onBridge, type PairOptions } from '../test/support/vrio-pair.ts'
 import {
+  busySeconds,
   cpuSeconds,
   type FilterSetting,
   range,
@@ -39,7 +40,7 @@ import {
   withDaemonsStopped,
 } from './support/baselines.ts'
 import { startScraper } from './support/metrics-scraper.ts'
-import { busySeconds, iperf as iperfRun, type NicWorld, startNicWorld } from './support/nic-world.ts'
+import { iperf as iperfRun, type NicWorld, startNicWorld } from './support/nic-world.ts'
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const PINGPONGS = Number(process.env.BENCH_PINGPONGS ?? 5000)

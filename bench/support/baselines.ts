@@ -3,6 +3,7 @@
  * it: vrio's daemons stopped (SIGSTOP) while it runs, and the packet-filter A/B (BENCH_FILTER=1:
  * the same baseline with vrio's daemons up and idle, their kernel filter on vs off).
  */
+import { readFileSync } from 'node:fs'
 import { cpuTicks } from '../../test/support/proc.ts'
 import type { VrioPair } from '../../test/support/vrio-pair.ts'
 
@@ -29,6 +30,13 @@ export function cpuSeconds(pids: readonly number[]): number {
   let ticks = 0
   for (const pid of pids) ticks += cpuTicks(pid) ?? Number.NaN
   return ticks / 100
+}
+
+/** Busy seconds of the whole machine (everything but idle and iowait), from /proc/stat. */
+export function busySeconds(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+  const total = f.reduce((a, b) => a + b, 0)
+  return (total - f[3] - f[4]) / 100
 }
 
 /** `a–b` of a list of figures. */

@@ -52,13 +52,6 @@ export async function startNicWorld(
   }
 }
 
-/** Busy seconds of the whole machine (everything but idle and iowait), from /proc/stat. */
-export function busySeconds(): number {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
-  const total = f.reduce((a, b) => a + b, 0)
-  return (total - f[3] - f[4]) / 100
-}
-
 /** CPU seconds (user + system) a process has used so far, from /proc/PID/stat. */
 export function processCpuSeconds(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
