@@ -288,7 +288,7 @@ export class GuestDaemon {
     const c = this.iohyp?.connection
     return {
       state: c ? 'connected' : 'waiting',
-      rttMs: c && c.srtt >= 0 ? c.srtt * 1000 : null,
+      rttMs: c ? c.rttMs : null,
       ...withConnection(this.channelTotals, c),
       sessionFailures: this.sessionFailures,
       ...(c && { channel: channelDescription(c.sealCipher === 0, c.sealCipher) }),
@@ -309,7 +309,7 @@ export class GuestDaemon {
               mac: formatMac(c.remote.mac),
               address: formatIPv4(c.remote.ip),
               state: 'connected' as const,
-              rttMs: c.srtt >= 0 ? Math.round(c.srtt * 1000) / 1000 : null,
+              rttMs: c.rttMs,
               retransmits: c.stats.retransmits,
               rtoFirings: c.stats.rtoFirings,
               fastRecoveries: c.stats.fastRecoveries,

@@ -70,7 +70,7 @@ export class GuestRecord {
       mac: formatMac(this.mac),
       address: formatIPv4(this.ip),
       state: this.state,
-      rttMs: c && !c.closed && c.srtt >= 0 ? Math.round(c.srtt * 1000) / 1000 : null,
+      rttMs: c && !c.closed ? c.rttMs : null,
       ...t,
       sessionFailures: { ...this.sessionFailures },
       ...(this.channel !== undefined && { channel: this.channel }),

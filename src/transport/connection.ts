@@ -186,6 +186,11 @@ export class Connection {
   /** Smoothed round-trip time in ms, or -1 before the first sample. */
   srtt = -1
 
+  /** The smoothed round-trip time in ms to the microsecond, for status and metrics; null before the first sample. */
+  get rttMs(): number | null {
+    return this.srtt >= 0 ? Math.round(this.srtt * 1000) / 1000 : null
+  }
+
   private readonly o: ConnectionOptions
   private handlers: ConnectionHandlers
   private readonly sink: FrameSink

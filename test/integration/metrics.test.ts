@@ -11,9 +11,10 @@ import { request } from 'node:http'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
+import type { ListGuestsResponse, StatusInfo } from '../../src/control/api.ts'
 import { formatIPv4 } from '../../src/wire/address.ts'
 import { fio, sparseFile } from '../support/block-io.ts'
-import { killDaemons, vrioAsync } from '../support/daemons.ts'
+import { killDaemons, vrioAsync, vrioJsonAsync } from '../support/daemons.ts'
 import { cleanupNetns, execAsync, ip, type Netns, requireRoot } from '../support/netns.ts'
 import { directLink, worldOnBridge } from '../support/topology.ts'
 import { onBridge, VrioPair } from '../support/vrio-pair.ts'
@@ -323,6 +324,25 @@ describe('metrics: a real Prometheus scrapes both daemons while fio and iperf3 r
     const overHttp = await execAsync(iohypNs, 'curl', ['-sSf', `http://${IOHYP_METRICS}/metrics`])
     assert.match(overHttp, /^vrio_channel_up\{guest="[0-9a-f:]{17}"\} 1$/m)
     assert.equal(promtoolCheck(overHttp), '')
+  })
+
+  it("the channel's RTT gauge is in seconds on both daemons: the srtt that status and guests list give in ms", async () => {
+    for (const side of ['iohyp', 'guest'] as const) {
+      const text = (await controlGet(pair.sock(side), '/metrics')).text
+      const line = text.split('\n').find((l) => l.startsWith('vrio_channel_rtt_seconds'))
+      assert.ok(line !== undefined, `${side}: no vrio_channel_rtt_seconds in\n${text}`)
+      const seconds = Number(line.slice(line.lastIndexOf(' ') + 1))
+      const ms =
+        side === 'guest'
+          ? (await vrioJsonAsync<StatusInfo>(['status', '--json', '--control', pair.sock('guest')])).iohyp
+              ?.rttMs
+          : (await pair.list<ListGuestsResponse>('guests')).guests[0].rttMs
+      assert.ok(typeof ms === 'number' && ms > 0, `${side}: RTT ${ms} ms in its status`)
+      // The same smoothed RTT read a moment apart: a new sample moves it by an eighth of the
+      // difference, so only a wrong unit (a factor of 1 000) leaves these bounds.
+      const ratio = (seconds * 1000) / ms
+      assert.ok(ratio > 0.2 && ratio < 5, `${side}: the gauge says ${seconds} s, status ${ms} ms`)
+    }
   })
 
   it('scrapes during disk and NIC create and remove never fail (control socket and Prometheus)', async () => {
