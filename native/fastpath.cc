@@ -796,7 +796,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   }
   s[kSFramesTaken]++;
   s[kCFramesIn]++;
-  s[kCBytesIn] += double(len + (ch->vnetHdr_ ? kVnetHdr : 0));
+  s[kCBytesIn] += double(len);  // the Ethernet frame, as the transport counts it
   if (pure) {
     s[kCPureAcks]++;
     if (l.sndMax != l.sndNxt) Pump(ch, slot);
@@ -862,7 +862,7 @@ void FastPath::SendAck(Channel* ch, uint32_t slot) {
   txIov_.push_back({frame, flen});
   txUsed_ += (flen + 7) & ~size_t(7);
   s[kCFramesOut]++;
-  s[kCBytesOut] += double(flen);
+  s[kCBytesOut] += double(flen - (ch->vnetHdr_ ? kVnetHdr : 0));  // without the virtio-net header
   l.ackWeight = 0;
   l.ackOwed = false;
 }
@@ -1099,7 +1099,7 @@ void FastPath::Pump(Channel* ch, uint32_t slot) {
     txIov_.push_back({frame, flen});
     txUsed_ += (flen + 7) & ~size_t(7);
     s[kCFramesOut]++;
-    s[kCBytesOut] += double(flen);
+    s[kCBytesOut] += double(flen - (ch->vnetHdr_ ? kVnetHdr : 0));  // without the virtio-net header
     // It carries the ACK of everything received.
     l.ackWeight = 0;
     l.ackOwed = false;

@@ -186,6 +186,35 @@ describe('native fast path over a veth', () => {
     assert.ok(series('vrio_fastpath_requests_total') >= g.fastPath.requests, text)
     assert.ok(series('vrio_fastpath_lends_total') >= after.lends, text)
     assert.ok(series('vrio_fastpath_handbacks_total') >= 0, text)
+    // Both ends count the same bytes (Ethernet frames, not the virtio-net header the sockets put
+    // in front of them), the fast path's frames as the transport's: what the IOhyp sent the guest
+    // received, and the other way round. Read on the idle channel: the IOhyp before and after the
+    // guest, and a keepalive or two may pass in between.
+    const channelBytes = async (side: 'iohyp' | 'guest') => {
+      const m = await new ControlClient({ path: pair.sock(side) }).get<string>('/metrics')
+      const at = (direction: string) =>
+        Number(
+          new RegExp(
+            `^vrio_channel_bytes_total\\{(?:guest="[^"]*",)?direction="${direction}"\\} (\\S+)$`,
+            'm',
+          ).exec(m)?.[1],
+        )
+      return { in: at('in'), out: at('out') }
+    }
+    const io0 = await channelBytes('iohyp')
+    const guest = await channelBytes('guest')
+    const io1 = await channelBytes('iohyp')
+    const slack = 1024
+    for (const [sent, received] of [
+      ['out', 'in'],
+      ['in', 'out'],
+    ] as const) {
+      const what = `the IOhyp's ${sent} ${io0[sent]}..${io1[sent]}, the guest's ${received} ${guest[received]}`
+      assert.ok(
+        guest[received] >= io0[sent] - slack && guest[received] <= io1[sent] + slack,
+        `channel bytes differ between the ends: ${what}`,
+      )
+    }
   })
 
   it("fio random writes with crc32c verify at queue depth 32: zero errors; the writes and the verify reads went natively, and the disk's metrics count them", async () => {

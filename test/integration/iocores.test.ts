@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict'
 import { type ChildProcess, spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -97,6 +98,17 @@ describe('iocores: two guests on two iocores, moved 20 times each under fio and 
     const text = await new ControlClient({ path: pair.sock('iohyp') }).get<string>('/metrics')
     assert.match(text, /^vrio_iocore_guests\{iocore="0"\} 1$/m)
     assert.match(text, /^vrio_iocore_guests\{iocore="1"\} 1$/m)
+    // The iocores' own families are the ones docs/operations.md lists (in its tables; the unit test
+    // of the metric list checks every other family, which exists without --iocores too).
+    const doc = readFileSync(new URL('../../../docs/operations.md', import.meta.url), 'utf8')
+    const documented = new Set(
+      doc
+        .split('\n')
+        .filter((line) => line.startsWith('| `vrio_iocore_'))
+        .flatMap((line) => line.split('|')[1].match(/vrio_iocore_[a-z_]+/g) ?? []),
+    )
+    const exposed = new Set([...text.matchAll(/^# TYPE (vrio_iocore_\S+) /gm)].map((m) => m[1]))
+    assert.deepEqual([...exposed].sort(), [...documented].sort())
     for (const d of disks)
       assert.match(text, new RegExp(`^vrio_disk_requests_total\\{[^}]*disk="${d.name}"`, 'm'))
     assert.equal(text.match(/^# TYPE vrio_disk_requests_total /gm)?.length, 1)
