@@ -271,5 +271,8 @@ describe('block back-end budgets', () => {
       session.replies.filter((r) => r.header.status === BlockStatus.Ok).length,
       maxWriteBytes / write,
     )
+    // Every request counts as received, only the written ones' bytes.
+    assert.equal(backend.ops.requests[1], 100)
+    assert.equal(backend.ops.bytes[1], maxWriteBytes)
   })
 })

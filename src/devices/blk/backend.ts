@@ -353,8 +353,9 @@ export class BlockBackend {
     }
     const r = this.request
     let decoded = decodeBlockRequest(h, message, r)
-    if (decoded === BlockStatus.Ok) this.ops.count(opIndex(r.op), r.length)
-    else this.ops.count(OP_OTHER, 0)
+    // Requests as received; their bytes once done (finish): a write answered Busy and sent again
+    // counts twice as a request, its bytes once, as the native fast path counts them.
+    this.ops.count(decoded === BlockStatus.Ok ? opIndex(r.op) : OP_OTHER, 0)
     // A read whose reply the channel could not carry.
     if (decoded === BlockStatus.Ok && r.op === BlockOp.In && r.length > this.maxReadLength)
       decoded = BlockStatus.BadRequest
@@ -586,6 +587,7 @@ export class BlockBackend {
     } else reply = undefined
     const reserved = t.reserved
     t.reserved = 0
+    if (status === BlockStatus.Ok) this.ops.moved(opIndex(t.op), t.length)
     this.ops.latency.observe(opIndex(t.op), (performance.now() - t.arrived) / 1000)
     this.reply(t.deviceHigh, t.deviceLow, t.epoch, t.id, status, reply, reply ? reserved : 0)
     if (!reply) this.budget.give(reserved)

@@ -677,7 +677,7 @@ export class RemoteBlockDevice implements BlockDevice {
     call.settled = true
     this.liveCalls--
     this.awaiting[0]--
-    this.settled(call)
+    this.settled(call, call.bytes)
     call.resolve(call.result ?? undefined)
     if (this.liveCalls === 0) this.updateTimer()
   }
@@ -687,14 +687,15 @@ export class RemoteBlockDevice implements BlockDevice {
     call.settled = true
     this.liveCalls--
     this.awaiting[0]--
-    this.settled(call)
+    this.settled(call, 0)
     call.result = undefined
     call.reject(error)
     if (this.liveCalls === 0) this.updateTimer()
   }
 
-  private settled(call: Call): void {
-    this.ops.count(call.op, call.bytes)
+  /** A call done: `bytes` it moved (its length when it succeeded, else 0). */
+  private settled(call: Call, bytes: number): void {
+    this.ops.count(call.op, bytes)
     this.ops.latency.observe(call.op, (this.clock() - call.madeAt) / 1000)
   }
 
