@@ -81,9 +81,12 @@ function nic(name: string, guestMac: string): NicInfo {
 
 function disk(name: string, guestMac: string): IohypDiskMetrics {
   const ops = new BlockOpStats()
-  ops.count(0, 4096)
-  ops.count(0, 4096)
-  ops.count(1, 8192)
+  ops.count(0)
+  ops.moved(0, 4096)
+  ops.count(0)
+  ops.moved(0, 4096)
+  ops.count(1)
+  ops.moved(1, 8192)
   ops.latency.observe(0, 0.00003)
   ops.latency.observe(0, 0.2)
   ops.latency.observe(1, 20) // above the last bucket: only in +Inf
@@ -247,7 +250,8 @@ describe('metrics exposition', () => {
 
   it('guest: end-to-end disk metrics and its channel to the IOhyp, without a guest label', async () => {
     const ops = new BlockOpStats()
-    ops.count(1, 65536)
+    ops.count(1)
+    ops.moved(1, 65536)
     ops.latency.observe(1, 0.001)
     let channel: ChannelMetrics = { ...guest(mac), channel: 'sealed (aes-256-gcm)', rekeys: 1 }
     const m = createGuestMetrics({
@@ -386,7 +390,8 @@ describe('metrics exposition', () => {
   it("json(): prom-client's shape, which aggregateMetrics merges (iocores) into the same exposition", async () => {
     const make = () => {
       const ops = new BlockOpStats()
-      ops.count(0, 4096)
+      ops.count(0)
+      ops.moved(0, 4096)
       ops.latency.observe(0, 0.0002)
       return createGuestMetrics({
         version: '1',

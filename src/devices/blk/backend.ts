@@ -355,7 +355,7 @@ export class BlockBackend {
     let decoded = decodeBlockRequest(h, message, r)
     // Requests as received; their bytes once done (finish): a write answered Busy and sent again
     // counts twice as a request, its bytes once, as the native fast path counts them.
-    this.ops.count(decoded === BlockStatus.Ok ? opIndex(r.op) : OP_OTHER, 0)
+    this.ops.count(decoded === BlockStatus.Ok ? opIndex(r.op) : OP_OTHER)
     // A read whose reply the channel could not carry.
     if (decoded === BlockStatus.Ok && r.op === BlockOp.In && r.length > this.maxReadLength)
       decoded = BlockStatus.BadRequest

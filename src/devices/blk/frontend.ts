@@ -695,7 +695,8 @@ export class RemoteBlockDevice implements BlockDevice {
 
   /** A call done: `bytes` it moved (its length when it succeeded, else 0). */
   private settled(call: Call, bytes: number): void {
-    this.ops.count(call.op, bytes)
+    this.ops.count(call.op)
+    this.ops.moved(call.op, bytes)
     this.ops.latency.observe(call.op, (this.clock() - call.madeAt) / 1000)
   }
 

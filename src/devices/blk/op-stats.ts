@@ -88,10 +88,9 @@ export class BlockOpStats {
   /** Answers with each non-OK status, indexed by the status (BlockStatus, all below 32). */
   readonly errors = new Float64Array(32)
 
-  /** One request of operation index `op`, which moved `bytes` (reads and writes that succeeded; else 0). */
-  count(op: number, bytes: number): void {
+  /** One request of operation index `op`. */
+  count(op: number): void {
     this.requests[op]++
-    if (op <= 1) this.bytes[op] += bytes
   }
 
   /** Bytes a read or write (operation index `op`) moved, counted once it succeeded. */
