@@ -20,6 +20,10 @@
  * without encryption) and vrio against VXLAN, alternated in the same rounds (vrio's daemons stopped
  * while the relay and VXLAN run): the floor of two user-space hops that a native NIC path would
  * start from.
+ * BENCH_KPATH=1 instead measures the kernel frame path (bench/support/nic-kpath.bpf.c, tc eBPF built
+ * with clang and libbpf's headers: encapsulation in the kernel at both ends, no user space, no
+ * encryption or authentication) and vrio against VXLAN, in the same rounds as the relay mode: what
+ * moving the NIC's frames into the kernel would give, and (in the C file) what it gives up.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -342,50 +346,169 @@ async function againstRelay(): Promise<void> {
     ip(guest, ['addr', 'add', '192.168.99.1/24', 'dev', 'nr0'])
     ip(iohyp, ['link', 'set', 'nr1', 'master', 'brw', 'up'])
     await sleep(1000)
-    // vrio's own remote NIC in the same world, measured in the same rounds (its daemons running).
-    await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
-    ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
-    await sleep(1000)
-    const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
-    const results: Record<'vrio' | 'relay' | 'vxlan', PathResult[]> = { vrio: [], relay: [], vxlan: [] }
-    for (let round = 0; round < rounds; round++) {
-      results.vrio.push(measure(guest, '192.168.77.100'))
-      await withDaemonsStopped(pair, `round ${round + 1}: the relay and VXLAN`, () => {
-        results.relay.push(
-          measure(
-            guest,
-            '192.168.99.100',
-            relays.map((r) => r.pid!),
-          ),
-        )
-        results.vxlan.push(measure(guest, '192.168.88.100'))
-      })
-    }
-    console.log(
-      `native relay (${plain.length ? 'plaintext' : aead}) and vrio against VXLAN, ${rounds} rounds`,
-    )
-    console.log(
-      `${'case'.padEnd(28)}${'vrio'.padStart(14)}${'relay'.padStart(14)}${'VXLAN'.padStart(14)}${'vrio/VXLAN'.padStart(12)}${'relay/VXLAN'.padStart(13)}${'vrio/relay'.padStart(12)}`,
-    )
-    for (const key of Object.keys(results.relay[0]) as (keyof PathResult)[]) {
-      const [v, a, b] = (['vrio', 'relay', 'vxlan'] as const).map((k) => results[k].map((r) => r[key]))
-      if ([v, a, b].some((xs) => xs.some((x) => !Number.isFinite(x)))) continue
-      const ratio = (x: number[], y: number[]) => range(x.map((n, i) => n / y[i]))
-      console.log(
-        `${key.padEnd(28)}${range(v).padStart(14)}${range(a).padStart(14)}${range(b).padStart(14)}${ratio(v, b).padStart(12)}${ratio(a, b).padStart(13)}${ratio(v, a).padStart(12)}`,
-      )
-    }
-    console.log(
-      JSON.stringify({
-        bench: 'nic-relay',
-        seconds: SECONDS,
-        rounds,
-        aead: plain.length ? 'none' : aead,
-        ...results,
-      }),
-    )
+    await sameRounds(w, {
+      name: 'relay',
+      target: '192.168.99.100',
+      pids: relays.map((r) => r.pid!),
+      title: `native relay (${plain.length ? 'plaintext' : aead}) and vrio against VXLAN`,
+      json: { bench: 'nic-relay', aead: plain.length ? 'none' : aead },
+    })
   } finally {
     for (const r of relays) r.kill('SIGKILL')
+    await w.stop()
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/**
+ * BENCH_ROUNDS rounds (default 2) of vrio (a remote NIC made here, its daemons running), then
+ * `alt` and VXLAN with vrio's daemons stopped, in one world where `alt` and VXLAN are already up;
+ * a table of ranges and the vrio/VXLAN, alt/VXLAN and vrio/alt ratios, then the JSON.
+ */
+async function sameRounds(
+  w: NicWorld,
+  alt: { name: string; target: string; pids?: number[]; title: string; json: Record<string, unknown> },
+): Promise<void> {
+  const { pair, guest } = w
+  await pair.createNic('vn1', '02:77:00:00:00:01', onBridge('vt1'))
+  ip(guest, ['addr', 'add', '192.168.77.1/24', 'dev', 'vn1'])
+  await sleep(1000)
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 2)
+  const results: Record<'vrio' | 'alt' | 'vxlan', PathResult[]> = { vrio: [], alt: [], vxlan: [] }
+  for (let round = 0; round < rounds; round++) {
+    results.vrio.push(measure(guest, '192.168.77.100'))
+    await withDaemonsStopped(pair, `round ${round + 1}: the ${alt.name} and VXLAN`, () => {
+      results.alt.push(measure(guest, alt.target, alt.pids))
+      results.vxlan.push(measure(guest, '192.168.88.100'))
+    })
+  }
+  console.log(`${alt.title}, ${rounds} rounds`)
+  console.log(
+    `${'case'.padEnd(28)}${'vrio'.padStart(14)}${alt.name.padStart(14)}${'VXLAN'.padStart(14)}${'vrio/VXLAN'.padStart(12)}${`${alt.name}/VXLAN`.padStart(14)}${`vrio/${alt.name}`.padStart(14)}`,
+  )
+  for (const key of Object.keys(results.alt[0]) as (keyof PathResult)[]) {
+    const [v, a, b] = (['vrio', 'alt', 'vxlan'] as const).map((k) => results[k].map((r) => r[key]))
+    if ([v, a, b].some((xs) => xs.some((x) => !Number.isFinite(x)))) continue
+    const ratio = (x: number[], y: number[]) => range(x.map((n, i) => n / y[i]))
+    console.log(
+      `${key.padEnd(28)}${range(v).padStart(14)}${range(a).padStart(14)}${range(b).padStart(14)}${ratio(v, b).padStart(12)}${ratio(a, b).padStart(14)}${ratio(v, a).padStart(14)}`,
+    )
+  }
+  console.log(
+    JSON.stringify({
+      ...alt.json,
+      seconds: SECONDS,
+      rounds,
+      vrio: results.vrio,
+      [alt.name]: results.alt,
+      vxlan: results.vxlan,
+    }),
+  )
+}
+
+/** The kernel frame path's tc programs (bench/support/nic-kpath.bpf.c), from dist/bench or bench. */
+const KPATH_SOURCE = fileURLToPath(new URL('../../bench/support/nic-kpath.bpf.c', import.meta.url))
+
+/**
+ * The NIC's frame path in the kernel (BENCH_KPATH=1), issue 15 item 5's prototype: tc eBPF
+ * programs at both ends carry the guest's frames over the pair's veth as TCP-looking segments, no
+ * user space on the path and none of the channel's guarantees (see the C file). Measured with vrio
+ * and VXLAN in the same rounds, as the relay is.
+ */
+async function againstKernelPath(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'vrio-kpath-'))
+  const w = await startNicWorld(['192.168.77.100/24', '192.168.66.100/24', '192.168.88.100/24'])
+  try {
+    const { pair, guest, iohyp, world } = w
+    w.serve(world, 'iperf3', ['-s'])
+    w.serve(world, 'python3', ['-c', PINGPONG_SERVER])
+    await addVxlan(w)
+    const g = pair.guestEnd
+    const h = pair.iohypEnd
+    // The guest's NIC kp0 (its frames enter the path at kp0p's ingress); on the IOhyp, kp1 on the
+    // bridge (frames toward the guest enter at kp1p's ingress). 1446 leaves room for the 68 bytes
+    // of outer headers and the inner Ethernet header in a 1514-byte frame, as VXLAN's 1450 does.
+    ip(guest, ['link', 'add', 'kp0', 'type', 'veth', 'peer', 'name', 'kp0p'])
+    ip(iohyp, ['link', 'add', 'kp1', 'type', 'veth', 'peer', 'name', 'kp1p'])
+    ip(guest, ['link', 'set', 'kp0', 'mtu', '1446', 'gso_max_size', '62000', 'up'])
+    ip(guest, ['link', 'set', 'kp0p', 'up'])
+    ip(guest, ['addr', 'add', '192.168.66.1/24', 'dev', 'kp0'])
+    ip(iohyp, ['link', 'set', 'kp1', 'master', 'brw', 'up'])
+    ip(iohyp, ['link', 'set', 'kp1p', 'up'])
+    const index = (ns: Netns, dev: string) =>
+      JSON.parse(ip(ns, ['-j', 'link', 'show', 'dev', dev]))[0].ifindex
+    const hex = (mac: string) => `0x${mac.replaceAll(':', '')}ULL`
+    // Addresses on no interface, as the relay's: no kernel answers the path's segments.
+    const ends = [
+      {
+        end: g,
+        peer: h,
+        local: '0x0afb0002',
+        remote: '0x0afb0001',
+        lport: 47002,
+        pport: 47001,
+        inner: 'kp0p',
+      },
+      {
+        end: h,
+        peer: g,
+        local: '0x0afb0001',
+        remote: '0x0afb0002',
+        lport: 47001,
+        pport: 47002,
+        inner: 'kp1p',
+      },
+    ]
+    for (const e of ends) {
+      for (const [way, out, dev] of [
+        ['ENCAP', e.end.ifname, e.inner],
+        ['DECAP', e.inner, e.end.ifname],
+      ] as const) {
+        const obj = join(dir, `${e.end.ns.name}-${way}.o`)
+        try {
+          execFileSync(
+            'clang',
+            [
+              '-O2',
+              '-g',
+              '-target',
+              'bpf',
+              '-mcpu=v3',
+              `-I/usr/include/${execFileSync('uname', ['-m']).toString().trim()}-linux-gnu`,
+              `-D${way}`,
+              `-DLOCAL_IP=${e.local}`,
+              `-DPEER_IP=${e.remote}`,
+              `-DLOCAL_PORT=${e.lport}`,
+              `-DPEER_PORT=${e.pport}`,
+              `-DLOCAL_MAC=${hex(linkMac(e.end.ns, e.end.ifname))}`,
+              `-DPEER_MAC=${hex(linkMac(e.peer.ns, e.peer.ifname))}`,
+              `-DOUT_IFINDEX=${index(e.end.ns, out)}`,
+              '-c',
+              KPATH_SOURCE,
+              '-o',
+              obj,
+            ],
+            { stdio: ['ignore', 'ignore', 'inherit'] },
+          )
+        } catch {
+          throw new Error(
+            `cannot build ${KPATH_SOURCE}: BENCH_KPATH needs clang and libbpf's headers (apt-get install clang libbpf-dev)`,
+          )
+        }
+        const tc = (args: string[]) =>
+          execFileSync('tc', ['-n', e.end.ns.name, ...args], { stdio: 'inherit' })
+        tc(['qdisc', 'replace', 'dev', dev, 'clsact'])
+        tc(['filter', 'replace', 'dev', dev, 'ingress', 'bpf', 'direct-action', 'obj', obj, 'sec', 'tc'])
+      }
+    }
+    await sleep(1000)
+    await sameRounds(w, {
+      name: 'kpath',
+      target: '192.168.66.100',
+      title: 'the kernel frame path (tc eBPF, no encryption or authentication) and vrio against VXLAN',
+      json: { bench: 'nic-kpath' },
+    })
+  } finally {
     await w.stop()
     rmSync(dir, { recursive: true, force: true })
   }
@@ -395,6 +518,7 @@ if (process.env.BENCH_MODES === '1') await compareModes()
 else if (process.env.BENCH_METRICS === '1') await compareMetrics()
 else if (process.env.BENCH_FILTER === '1') await compareFilter()
 else if (process.env.BENCH_RELAY === '1') await againstRelay()
+else if (process.env.BENCH_KPATH === '1') await againstKernelPath()
 else await againstVxlan()
 
 async function againstVxlan(): Promise<void> {
