@@ -126,6 +126,7 @@ enum SlotField {
   kSRcvAdvance,
   kSUnaAdvance,
   kSSndMax,  // the end of the replies queued: those past snd_nxt wait for the windows (Pump)
+  kCBatches,  // batches of READs answered (a counter, as kCFramesIn on; its requests count in kCRequests)
 };
 constexpr int kRecordStride = 3;  // seq, length, store offset
 
@@ -136,6 +137,7 @@ constexpr size_t kIpAt = kEth, kTcpAt = kEth + kIp;
 constexpr size_t kDataOptions = 36, kAckOptions = 24;
 constexpr size_t kVnetHdr = 10;
 constexpr size_t kMsgHeader = 32, kReqHead = 56;
+constexpr uint32_t kMaxReadBatch = 64;  // protocol.ts MAX_READ_BATCH
 constexpr uint8_t kAck = 0x10, kPsh = 0x08;
 constexpr uint8_t kOptExp = 254;
 constexpr uint16_t kExId = 0x7672;
@@ -678,6 +680,31 @@ const FastPath::Disk* FastPath::Request(const Lease& l, const uint8_t* m, uint64
   return ok ? disk : nullptr;
 }
 
+// The number of READs in the batch `m` (`msgLength` bytes, in one frame) when the addon answers
+// it: the header as protocol.ts readBatchCount checks it, and every request one Request answers
+// alone (a READ of a disk lent with the connection, the batch's device). 0 otherwise. The bytes of
+// all its replies in `replyBytes`.
+uint32_t FastPath::Batch(const Lease& l, const uint8_t* m, uint64_t msgLength, size_t& replyBytes) {
+  uint64_t body = msgLength - kMsgHeader;
+  uint64_t count = body / kReqHead;
+  if (m[0] != 1 || m[1] != 0x20 || Rd16(m + 2) != 1 || Rd32(m + 4) != body || Rd32(m + 16) != 0 ||
+      Rd32(m + 20) != 0 || Rd32(m + 24) != 0 || Rd16(m + 28) != 0 || body % kReqHead != 0 || count < 2 ||
+      count > kMaxReadBatch)
+    return 0;
+  replyBytes = 0;
+  for (uint64_t i = 0; i < count; i++) {
+    const uint8_t* e = m + kMsgHeader + i * kReqHead;
+    bool write = false;
+    uint32_t rlen = 0;
+    uint64_t roff = 0;
+    if (Rd32(e + 8) != Rd32(m + 8) || Rd32(e + 12) != Rd32(m + 12) || e[kMsgHeader] != 0 ||
+        Request(l, e, kReqHead, true, write, rlen, roff) == nullptr)
+      return 0;
+    replyBytes += kMsgHeader + rlen;
+  }
+  return uint32_t(count);
+}
+
 // Opens the WRITE being received over several frames at `start` (`length` bytes, head in `m`) for
 // disk `disk`: its next pieces are written as they come (WritePiece).
 void FastPath::OpenPart(Lease& l, uint32_t start, uint64_t length, const Disk* disk, const uint8_t* m, uint64_t roff,
@@ -751,13 +778,17 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   uint32_t rlen = 0;
   uint64_t roff = 0;
   bool write = false;
+  uint32_t batch = 0;
   uint8_t* m = f + payloadAt;
   if (data) {
     bool ok = true;
     // The answer sent with this frame, if any: a reply of `replyPayload` bytes (and, for a piece
     // that does not end its WRITE, at most a pure ACK).
     size_t replyPayload = 0;
-    if (whole || first) {
+    if (whole && Rd16(m + 2) != 0) {
+      batch = Batch(l, m, msgLength, replyPayload);
+      ok = batch > 0;
+    } else if (whole || first) {
       disk = Request(l, m, msgLength, whole, write, rlen, roff);
       ok = disk != nullptr;
       replyPayload = whole ? kMsgHeader + (write ? 0 : rlen) : 0;
@@ -765,7 +796,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
       replyPayload = kMsgHeader;  // the last piece: the WRITE's answer
     }
     if (ok && replyPayload > 0) {
-      ok = Fits(l, ack, replyPayload);
+      ok = Fits(l, ack, replyPayload, batch > 0 ? batch : 1);
     } else if (ok) {
       ok = l.txEpoch >= 1 && l.txCounter + 1 < l.rekeyFrames;  // room for a pure ACK
     }
@@ -800,6 +831,18 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   if (pure) {
     s[kCPureAcks]++;
     if (l.sndMax != l.sndNxt) Pump(ch, slot);
+    return true;
+  }
+  if (batch > 0) {
+    // Each READ answered as if it had come alone, in order.
+    s[kCBatches]++;
+    for (uint32_t i = 0; i < batch; i++) {
+      const uint8_t* e = m + kMsgHeader + size_t(i) * kReqHead;
+      disk = Request(l, e, kReqHead, true, write, rlen, roff);
+      s[kCRequests]++;
+      Answer(ch, slot, *disk, e, roff, rlen, false);
+      if (txUsed_ >= kFlushAfter) Flush(ch);
+    }
     return true;
   }
   if (whole) {
@@ -999,16 +1042,19 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   Send(ch, slot, at, bytes);
 }
 
-// Whether a message of `bytes` can be queued now, `ack` being (or about to be) snd_una: within
-// the send buffer's room with the replies queued before it, within the keys' limits for all of
-// them (each leaves in pieces of at least one MSS but for the last of each message and a runt with
-// nothing in flight), and with room in the store. It leaves as the windows allow (Pump).
-bool FastPath::Fits(const Lease& l, uint32_t ack, size_t bytes) const {
+// Whether a message of `bytes` (or `records` messages of `bytes` in all) can be queued now, `ack`
+// being (or about to be) snd_una: within the send buffer's room with the replies queued before
+// it, within the keys' limits for all of them (each leaves in pieces of at least one MSS but for
+// the last of each message and a runt with nothing in flight), and with room in the store. It
+// leaves as the windows allow (Pump).
+bool FastPath::Fits(const Lease& l, uint32_t ack, size_t bytes, uint32_t records) const {
   if (l.maxPayload == 0 || l.mss == 0 || l.txEpoch < 1) return false;
   uint64_t queued = uint64_t(uint32_t(l.sndMax - ack)) + bytes;
-  uint64_t frames = queued / l.mss + 2 * (uint64_t(l.recCount) + 1);
+  uint64_t frames = queued / l.mss + 2 * (uint64_t(l.recCount) + records);
+  // `records` messages of `bytes` in all (a batch's replies): where their sum fits as one record,
+  // each fits in turn, placed after the one before it (wrapping as the sum would).
   return queued <= l.sendLimit && l.txCounter + frames < l.rekeyFrames && l.txBytes + queued < l.rekeyBytes &&
-         Place(l, bytes) != SIZE_MAX;
+         l.recCount + records <= maxRecords_ && Place(l, bytes) != SIZE_MAX;
 }
 
 // send(slot, head[, body]): a reliable message of the Connection's own (a reply the transport

@@ -259,7 +259,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   Napi::Value Reclaim(const Napi::CallbackInfo& info);
   Napi::Value BuildReply(const Napi::CallbackInfo& info);
   Napi::Value SendThrough(const Napi::CallbackInfo& info);
-  bool Fits(const Lease& l, uint32_t ack, size_t bytes) const;
+  bool Fits(const Lease& l, uint32_t ack, size_t bytes, uint32_t records = 1) const;
   void HandBack(uint32_t slot);
   Lease* Find(uint32_t remoteIp, uint16_t remotePort, uint16_t localPort, uint32_t* slot);
   bool Take(Channel* ch, uint8_t* f, size_t len, bool verified);
@@ -279,6 +279,7 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
                            size_t msgLength, bool ack);
   void Send(Channel* ch, uint32_t slot, size_t at, size_t bytes);
   void Pump(Channel* ch, uint32_t slot);
+  uint32_t Batch(const Lease& l, const uint8_t* m, uint64_t msgLength, size_t& replyBytes);
   const Disk* Request(const Lease& l, const uint8_t* m, uint64_t msgLength, bool whole, bool& write, uint32_t& rlen,
                       uint64_t& roff);
   static void OpenPart(Lease& l, uint32_t start, uint64_t length, const Disk* disk, const uint8_t* m, uint64_t roff,

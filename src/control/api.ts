@@ -273,6 +273,8 @@ export interface StatusInfo {
       writeErrors: number
       partialHandbacks: number
       sentThrough: number
+      /** Batches of reads the addon answered (their reads count in `requests`). */
+      batches: number
     }[]
   }
   /** Guest only: connections refused because authentication or integrity failed, by reason. */

@@ -100,8 +100,8 @@ export interface GuestDeviceKind<P extends { name: string; handle: DeviceHandle 
   open(p: P, handle: DeviceHandle): Promise<Dev>
   /** Once reachable and bound: what may need the IOhyp (a block device's set-up); undone on failure. */
   ready?(device: Dev, p: P): Promise<void>
-  /** A known device announced again (new session, or a restarted IOhyp): the new handle. */
-  rebind(device: Dev, session: Session | undefined, handle: DeviceHandle): void
+  /** A known device announced again (new session, or a restarted IOhyp): the new handle, and the announcement. */
+  rebind(device: Dev, session: Session | undefined, handle: DeviceHandle, p: P): void
   bind(device: Dev, session: Session | undefined): void
   /** The attach call's answer. */
   answer(entry: GuestDeviceEntry<Dev>): Answer

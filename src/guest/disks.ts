@@ -44,6 +44,8 @@ const attachDiskSchema = z.object({
     canTrim: z.boolean(),
     canWriteZeroes: z.boolean(),
   }),
+  /** Most READ requests the IOhyp takes in one batch message (absent: none; an older IOhyp). */
+  maxReadBatch: z.int().min(0).optional(),
 })
 export type AttachDiskParams = z.output<typeof attachDiskSchema>
 
@@ -107,6 +109,7 @@ class GuestDiskKind
   }
 
   async ready(d: Disk, p: AttachDiskParams): Promise<void> {
+    d.front.useReadBatch(p.maxReadBatch)
     if (this.o.attach) d.attached = await this.expose(p.name, d.front, p.info.readOnly)
   }
 
@@ -137,8 +140,10 @@ class GuestDiskKind
     return exposeBlockDevice({ device: front, dir, readOnly, log: this.o.log })
   }
 
-  rebind(d: Disk, session: Session | undefined, handle: DeviceHandle): void {
-    if (session) d.front.attach(session, handle)
+  rebind(d: Disk, session: Session | undefined, handle: DeviceHandle, p: AttachDiskParams): void {
+    if (!session) return
+    d.front.attach(session, handle)
+    d.front.useReadBatch(p.maxReadBatch)
   }
 
   bind(d: Disk, session: Session | undefined): void {

@@ -62,7 +62,7 @@ export class GuestRegistry<P extends { name: string; handle: DeviceHandle }, Dev
     if (known) {
       if (this.bySlot.get(known.handle.low) === known) this.bySlot.delete(known.handle.low)
       known.handle = handle
-      this.kind.rebind(known.device, this.session, handle)
+      this.kind.rebind(known.device, this.session, handle, p)
       this.bySlot.set(handle.low, known)
       return this.kind.answer(known)
     }

@@ -48,8 +48,9 @@ const S = {
 } as const
 const STATE_FREE = 0
 const STATE_LENT = 1
-/** Counters from this offset on, in this order. */
+/** Counters from this offset on, in this order (then `batches`, at BATCHES_AT). */
 const COUNTERS_AT = 16
+const BATCHES_AT = 43
 const COUNTER_NAMES = [
   'framesIn',
   'bytesIn',
@@ -67,7 +68,10 @@ const COUNTER_NAMES = [
   'writeErrors',
   'partialHandbacks',
   'sentThrough',
+  'batches',
 ] as const
+/** Each counter's offset in a slot's shared state. */
+const COUNTER_AT = COUNTER_NAMES.map((n, i) => (n === 'batches' ? BATCHES_AT : COUNTERS_AT + i))
 export type FastPathCounter = (typeof COUNTER_NAMES)[number]
 export type FastPathCounters = Record<FastPathCounter, number>
 
@@ -283,10 +287,10 @@ export class FastPathHost {
     }
     c.lendTaken()
     this.owners[slot] = c
-    const s = slot * SLOT_STRIDE + COUNTERS_AT
-    this.requestsAtLend[slot] = this.shared[s + REQUESTS]
+    const s = slot * SLOT_STRIDE
+    this.requestsAtLend[slot] = this.shared[s + COUNTER_AT[REQUESTS]]
     for (let i = 0; i < COUNTER_NAMES.length; i++)
-      this.base[slot * COUNTER_NAMES.length + i] = this.shared[s + i]
+      this.base[slot * COUNTER_NAMES.length + i] = this.shared[s + COUNTER_AT[i]]
     // The lend itself counts for the guest (the addon counted it before the base was taken).
     this.base[slot * COUNTER_NAMES.length + COUNTER_NAMES.indexOf('lends')]--
     return true
@@ -333,7 +337,7 @@ export class FastPathHost {
     this.partialBack(slot, into)
     const c = this.owners[slot]
     if (c) {
-      this.noteLend(c, this.shared[s + COUNTERS_AT + REQUESTS] - this.requestsAtLend[slot])
+      this.noteLend(c, this.shared[s + COUNTER_AT[REQUESTS]] - this.requestsAtLend[slot])
       this.credit(slot, c.remote.ip)
     }
     this.owners[slot] = undefined
@@ -400,11 +404,11 @@ export class FastPathHost {
       t = newFastPathCounters()
       this.byRemote.set(remoteIp, t)
     }
-    const s = slot * SLOT_STRIDE + COUNTERS_AT
+    const s = slot * SLOT_STRIDE
     for (let i = 0; i < COUNTER_NAMES.length; i++) {
       const b = slot * COUNTER_NAMES.length + i
-      t[COUNTER_NAMES[i]] += this.shared[s + i] - this.base[b]
-      this.base[b] = this.shared[s + i]
+      t[COUNTER_NAMES[i]] += this.shared[s + COUNTER_AT[i]] - this.base[b]
+      this.base[b] = this.shared[s + COUNTER_AT[i]]
     }
   }
 

@@ -141,6 +141,8 @@ export interface BlkPairOptions {
   handle?: BlockHandle
   backend?: Omit<BlockBackendOptions, 'handle'>
   frontend?: Omit<RemoteBlockDeviceOptions, 'handle' | 'info' | 'clock'>
+  /** The IOhyp's announced maxReadBatch, given to the front-end on every session as the guest's disks do. */
+  readBatch?: number
 }
 
 /** A guest and an IOhyp joined over the simulated link. */
@@ -162,6 +164,7 @@ export class BlkPair {
   readonly requests: Buffer[] = []
   captureRequests = false
   private readonly backendOptions: BlockBackendOptions
+  private readonly readBatch: number | undefined
 
   constructor(device: BlockDevice, options: BlkPairOptions = {}) {
     this.faults = { ...(options.faults ?? NO_FAULTS) }
@@ -170,6 +173,7 @@ export class BlkPair {
     this.handle = options.handle ?? { high: 3, low: 0x9e37_79b9 }
     this.backendOptions = { ...(options.backend ?? {}), handle: this.handle }
     this.backend = new BlockBackend(this.device, this.backendOptions)
+    this.readBatch = options.readBatch
     this.front = new RemoteBlockDevice({
       sweepInterval: 0,
       ...(options.frontend ?? {}),
@@ -221,6 +225,7 @@ export class BlkPair {
       authenticated: () => {
         this.guestSession = session
         this.front.attach(session)
+        this.front.useReadBatch(this.readBatch)
       },
       control() {},
       data: (h, m, _delivery, lender) => {

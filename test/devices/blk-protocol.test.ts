@@ -10,10 +10,13 @@ import {
   blockStatusError,
   blockStatusOf,
   decodeBlockRequest,
+  encodeBlockBatchHead,
   encodeBlockRequestHead,
   encodeBlockResponseHead,
   HeadArena,
+  MAX_READ_BATCH,
   newBlockRequest,
+  readBatchCount,
 } from '../../src/devices/blk/protocol.ts'
 import { VrioError } from '../../src/errors.ts'
 import { decodeMessageHeader, MessageType, newMessageHeader } from '../../src/wire/message-header.ts'
@@ -181,6 +184,57 @@ describe('blk protocol codec', () => {
     short[27] = 0
     short[26] = 0
     bad(short, 'truncated descriptor')
+  })
+
+  it('a batch of reads: its header byte for byte, and what readBatchCount refuses', () => {
+    const reads = (n: number) =>
+      Array.from({ length: n }, (_, i) => request(BlockOp.In, 0, 4096, i * 4096, undefined, 1, i + 1))
+    const batch = (entries: Buffer[]) => {
+      const head = new Uint8Array(32)
+      assert.equal(encodeBlockBatchHead(head, 0, DEVICE, entries.length), 32)
+      return Buffer.concat([head, ...entries])
+    }
+    const three = batch(reads(3))
+    assert.equal(
+      hex(three.subarray(0, 32)),
+      // version 1, BlockRequest, flags BATCH, body 3 × 56, the device, request 0, replyLength 0, status 0
+      `01200001${(3 * 56).toString(16).padStart(8, '0')}01020304a1b2c3d4${'0'.repeat(32)}`,
+    )
+    const count = (m: Buffer) => {
+      const h = newMessageHeader()
+      if (decodeMessageHeader(m, 0, m.length, h) !== undefined) return 0
+      return readBatchCount(h, m)
+    }
+    assert.equal(count(three), 3)
+    assert.equal(count(batch(reads(MAX_READ_BATCH))), MAX_READ_BATCH)
+    const refused: [string, Buffer][] = [
+      ['one read', batch(reads(1))],
+      ['too many reads', batch(reads(MAX_READ_BATCH + 1))],
+      ['a write among the reads', batch([...reads(2), request(BlockOp.Out, 0, 4, 0, Buffer.alloc(4))])],
+      ['a flush among the reads', batch([...reads(2), request(BlockOp.Flush, 0, 0, 0)])],
+      ['a trailing partial request', Buffer.concat([batch(reads(2)), Buffer.alloc(8)])],
+    ]
+    const mutate = (name: string, f: (m: Buffer) => void) => {
+      const m = Buffer.from(three)
+      f(m)
+      refused.push([name, m])
+    }
+    mutate('a request handle', (m) => m.writeUInt32BE(5, 20))
+    mutate('a replyLength', (m) => m.writeUInt32BE(4096, 24))
+    mutate('a status', (m) => m.writeUInt16BE(1, 28))
+    mutate('another flag', (m) => m.writeUInt16BE(3, 2))
+    mutate('a read of another device', (m) => m.writeUInt32BE(0xa1b2_c3d5, 32 + 56 + 12))
+    mutate('a read with header flags', (m) => m.writeUInt16BE(1, 32 + 2))
+    mutate('a read of another type', (m) => {
+      m[32 + 56 + 1] = MessageType.BlockResponse
+    })
+    mutate('a read whose body is not its descriptor', (m) => m.writeUInt32BE(25, 32 + 4))
+    for (const [name, m] of refused) {
+      m.writeUInt32BE(m.length - 32, 4)
+      assert.equal(count(m), 0, name)
+    }
+    // A single request is no batch.
+    assert.equal(count(reads(1)[0]), 0)
   })
 
   it('maps statuses to the BlockDevice error codes and back', () => {

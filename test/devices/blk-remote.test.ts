@@ -13,6 +13,7 @@ import {
   type BlockHandle,
   BlockOp,
   BlockStatus,
+  encodeBlockBatchHead,
   encodeBlockRequestHead,
   encodeBlockResponseHead,
   MAX_REQUEST_ID,
@@ -115,12 +116,13 @@ describe('remote block device over the simulated link', () => {
     assertBytes(await h.settle(h.front.read(1000, data.length)), data)
   })
 
-  it('thousands of random reads and writes over a link with 10% loss, duplication and reordering', async () => {
+  const randomTraffic = async (readBatch?: number) => {
     const size = 32 * MiB
     const h = new BlkPair(new MemoryDevice({ size }), {
       seed: SEED,
       faults: HARSH,
       frontend: { queueDepth: 16 },
+      readBatch,
     })
     await h.connect()
     const shadow = new Uint8Array(size)
@@ -179,6 +181,93 @@ describe('remote block device over the simulated link', () => {
     assert.ok(h.backend.ops.errors.every((n) => n === 0))
     // And the whole device matches the shadow.
     assertBytes(await h.settle(h.front.read(0, size)), shadow)
+    return h
+  }
+
+  it('thousands of random reads and writes over a link with 10% loss, duplication and reordering', async () => {
+    const h = await randomTraffic()
+    assert.equal(h.front.stats.batches, 0)
+  })
+
+  it('the same with reads in batches (the IOhyp announced them): lost, duplicated and re-sent batches too', async () => {
+    const h = await randomTraffic(64)
+    assert.ok(h.front.stats.batches > 0, 'reads left in batches')
+    assert.ok(h.backend.stats.batches > 0, 'and the back-end took them')
+    assert.equal(h.backend.stats.badBatches, 0)
+  })
+
+  it('reads made in one tick leave as one batch, each answered alone; a new session sends none until told', async () => {
+    const h = new BlkPair(new MemoryDevice({ size: MiB }), { readBatch: 64 })
+    await h.connect()
+    await h.settle(h.front.write(0, pattern(4, 64 * KiB), false))
+    h.captureRequests = true
+    const reads = Array.from({ length: 10 }, (_, i) => h.front.read(i * 4096, 4096))
+    const got = await h.settle(Promise.all(reads))
+    for (const [i, b] of got.entries())
+      assertBytes(b, pattern(4, 64 * KiB).subarray(i * 4096, (i + 1) * 4096))
+    assert.equal(h.requests.length, 1, 'one message')
+    const m = h.requests[0]
+    assert.equal(m.readUInt16BE(2), 1, 'flag BATCH')
+    assert.equal(m.length, 32 + 10 * BLOCK_REQUEST_HEAD_LENGTH)
+    assert.equal(h.front.stats.batches, 1)
+    assert.equal(h.front.stats.sent, 11, 'the write and ten reads')
+    assert.equal(h.backend.stats.batches, 1)
+    // A single read is a request of its own.
+    h.requests.length = 0
+    await h.settle(h.front.read(0, 4096))
+    assert.equal(h.requests.length, 1)
+    assert.equal(h.requests[0].readUInt16BE(2), 0)
+    // On a session the IOhyp has not announced batches on (an older IOhyp after a restart), none.
+    h.front.useReadBatch(undefined)
+    h.requests.length = 0
+    await h.settle(Promise.all(Array.from({ length: 4 }, (_, i) => h.front.read(i * 4096, 4096))))
+    assert.equal(h.requests.length, 4)
+    assert.ok(h.requests.every((r) => r.readUInt16BE(2) === 0))
+  })
+
+  it('malformed batches are dropped and counted, unanswered; a batch with a bad read answers that read alone', async () => {
+    const h = new BlkPair(new MemoryDevice({ size: MiB }), { handle: { high: 7, low: 0x1234_5678 } })
+    await h.connect()
+    h.captureResponses = true
+    const E = 0x4444_0002
+    const good = h.handle
+    const batch = (device: BlockHandle, entries: Buffer[]) => {
+      const head = Buffer.alloc(32)
+      encodeBlockBatchHead(head, 0, device, entries.length)
+      const m = Buffer.concat([head, ...entries])
+      m.writeUInt32BE(m.length - 32, 4) // a well-formed message, whatever its body
+      return m
+    }
+    const read = (id: number, offset = 0, length = 512) =>
+      rawRequest(good, E, id, { op: BlockOp.In, length, offset })
+    const malformed = [
+      batch(good, [read(1)]),
+      batch(good, [
+        read(2),
+        rawRequest(good, E, 3, { op: BlockOp.Out, length: 4, offset: 0 }, Buffer.alloc(4)),
+      ]),
+      batch(good, [
+        read(4),
+        rawRequest({ high: 7, low: 0x1234_5679 }, E, 5, { op: BlockOp.In, length: 512, offset: 0 }),
+      ]),
+    ]
+    for (const m of malformed) assert.ok(h.guestSession!.sendData(m, Delivery.Reliable))
+    // One batch with a read past the end: that read gets OutOfRange, the others their data.
+    assert.ok(
+      h.guestSession!.sendData(
+        batch(good, [read(10), read(11, MiB - 256), read(12, 4096)]),
+        Delivery.Reliable,
+      ),
+    )
+    assert.ok(await h.run(() => h.responses.length === 3))
+    const status = (id: number) => h.responses.find((r) => r.header.requestLow === id)?.header.status
+    assert.equal(status(10), BlockStatus.Ok)
+    assert.equal(status(11), BlockStatus.OutOfRange)
+    assert.equal(status(12), BlockStatus.Ok)
+    assert.equal(h.backend.stats.badBatches, malformed.length)
+    assert.equal(h.backend.stats.batches, 1)
+    assert.ok(h.guestSession, 'the session is still up')
+    assertBytes(await h.settle(h.front.read(0, 4096)), new Uint8Array(4096))
   })
 
   it('session lost in the middle of writes: every write runs exactly once', async () => {

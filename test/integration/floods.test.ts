@@ -20,7 +20,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { DiskInfo, GuestInfo, ListGuestsResponse } from '../../src/control/api.ts'
+import type { DiskInfo, GuestInfo, ListGuestsResponse, StatusInfo } from '../../src/control/api.ts'
 import { VRIO_PORT } from '../../src/daemon/runtime.ts'
 import { DEFAULT_CONNECTION_OPTIONS } from '../../src/transport/config.ts'
 import { formatIPv4, parseMac } from '../../src/wire/address.ts'
@@ -75,7 +75,7 @@ const GUEST_FLOOD_ALLOWANCE = 64 * MiB
 /** The hostile guest program (compiled beside this file's support directory). */
 const HOSTILE_GUEST = fileURLToPath(new URL('../support/hostile-guest.js', import.meta.url))
 
-type HostileMode = 'over-long-read' | 'zero-window' | 'skips' | 'unread-replies'
+type HostileMode = 'over-long-read' | 'zero-window' | 'skips' | 'unread-replies' | 'bad-batches'
 
 interface HostileEvent {
   event: string
@@ -352,6 +352,23 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
 
   it('requests whose replies are never read (no ACKs from then on): RSS within the budgets', async (t) => {
     await underHostileGuest('unread-replies', ['--seconds', '8', '--count', '128'], (m) => t.diagnostic(m))
+  })
+
+  it('batches of reads, well-formed and malformed in turn: every read of the good ones answered, the bad ones dropped unanswered', async (t) => {
+    const done = await underHostileGuest('bad-batches', ['--seconds', '8', '--count', '2000'], (m) =>
+      t.diagnostic(m),
+    )
+    const replies = done.replies as Record<string, number>
+    const sent = done.sent as number
+    assert.ok(sent > 0, JSON.stringify(done))
+    // The malformed batches name no request: every answer is one of the good batches' reads.
+    assert.equal(done.repliesTotal, sent, `every read of the good batches answered: ${JSON.stringify(done)}`)
+    assert.equal(replies['0'], sent, 'and served')
+    // The good ones went through the native fast path; the malformed ones it handed back.
+    const status = await vrioJsonAsync<StatusInfo>(['status', '--control', pair.sock('iohyp')])
+    assert.ok(status.fastPath?.enabled, 'this suite runs with the fast path on')
+    const c = status.fastPath.channels.find((x) => x.guest === formatIPv4(lan[2].ip))
+    assert.ok(c && c.batches > 0 && c.handbacks > 0, JSON.stringify(status.fastPath))
   })
 
   it('a keyless host floods B (spoofed SYNs, Skip-like segments, garbage): B stays up and bounded, its IOhyp reconnects, the disk works', async (t) => {

@@ -10,6 +10,10 @@
  *                    keeps asking for the largest reads
  *   skips            100 000 Skip segments (test/support/skip-adapter.ts), each leaving a gap
  *   unread-replies   asks for large reads, then stops reading its link altogether (no ACKs)
+ *   bad-batches      `count` rounds of a malformed batch (one read, a write among reads, another
+ *                    device's read, a response among them, a request handle, trailing bytes, 65
+ *                    reads, in turn) and a well-formed one of 8 reads, each round once the last
+ *                    one's reads are answered
  *
  * then leaves (closes its link: the IOhyp gets an RST) after `--seconds`. Events go to stdout as
  * JSON lines: `listening`, `attached` {disk, handle}, `flooding`, `done` {sent, replies by status},
@@ -25,14 +29,20 @@ import { readKeyFile } from '../../src/auth/key-file.ts'
 import { DaemonLink, type DaemonLinkOptions } from '../../src/daemon/daemon-link.ts'
 import { createLogger } from '../../src/daemon/log.ts'
 import { VRIO_PORT } from '../../src/daemon/runtime.ts'
-import { BLOCK_REQUEST_HEAD_LENGTH, BlockOp, encodeBlockRequestHead } from '../../src/devices/blk/protocol.ts'
+import {
+  BLOCK_REQUEST_HEAD_LENGTH,
+  BlockOp,
+  encodeBlockBatchHead,
+  encodeBlockRequestHead,
+  MAX_READ_BATCH,
+} from '../../src/devices/blk/protocol.ts'
 import { Rpc } from '../../src/session/rpc.ts'
 import { Session } from '../../src/session/session.ts'
 import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../src/transport/config.ts'
 import { MESSAGE_HEADER_LENGTH, MessageType } from '../../src/wire/message-header.ts'
 import { emitSkip } from './skip-adapter.ts'
 
-const HOSTILE_MODES = ['over-long-read', 'zero-window', 'skips', 'unread-replies'] as const
+const HOSTILE_MODES = ['over-long-read', 'zero-window', 'skips', 'unread-replies', 'bad-batches'] as const
 type HostileMode = (typeof HOSTILE_MODES)[number]
 
 /** Largest message the IOhyp's transport takes (its default options: the test gives it no others). */
@@ -164,6 +174,26 @@ async function main(): Promise<void> {
     if (s.sendData(head, Delivery.Reliable)) sent++
     else refused++
   }
+  /** A read's request head (id from nextId), not sent. */
+  const readHead = (length: number, offset: number, handle = disk!.handle): Buffer => {
+    const head = Buffer.allocUnsafe(BLOCK_REQUEST_HEAD_LENGTH)
+    encodeBlockRequestHead(head, 0, handle, epoch, nextId++, {
+      op: BlockOp.In,
+      flags: 0,
+      length,
+      offset,
+      floor: 0,
+    })
+    return head
+  }
+  /** A batch message of `entries` (its header's body length always that of the bytes after it). */
+  const batch = (entries: Buffer[], edit?: (m: Buffer) => void): Buffer => {
+    const m = Buffer.concat([Buffer.alloc(MESSAGE_HEADER_LENGTH), ...entries])
+    encodeBlockBatchHead(m, 0, disk!.handle, entries.length)
+    edit?.(m)
+    m.writeUInt32BE(m.length - MESSAGE_HEADER_LENGTH, 4)
+    return m
+  }
   const flush = () => link.driver.flush()
   const deadline = Date.now() + seconds * 1000
 
@@ -207,6 +237,48 @@ async function main(): Promise<void> {
       for (let i = 0; i < 100 && c.unacknowledged > 0; i++) await sleep(10)
       // From now on nothing it receives is even looked at: no ACKs, no window updates.
       link.socket.onBatch(() => {})
+      break
+    }
+    case 'bad-batches': {
+      const count = Number(values.count ?? 2000)
+      const other = { high: disk.handle.high ^ 1, low: disk.handle.low }
+      const write = () => {
+        const head = Buffer.alloc(BLOCK_REQUEST_HEAD_LENGTH + 4)
+        encodeBlockRequestHead(head, 0, disk!.handle, epoch, nextId++, {
+          op: BlockOp.Out,
+          flags: 0,
+          length: 4,
+          offset: 0,
+          floor: 0,
+        })
+        return head
+      }
+      const malformed: (() => Buffer)[] = [
+        () => batch([readHead(4096, 0)]),
+        () => batch([readHead(4096, 0), write()]),
+        () => batch([readHead(4096, 0), readHead(4096, 0, other)]),
+        () =>
+          batch([readHead(4096, 0), readHead(4096, 4096)], (m) => {
+            m[MESSAGE_HEADER_LENGTH + BLOCK_REQUEST_HEAD_LENGTH + 1] = MessageType.BlockResponse
+          }),
+        () => batch([readHead(4096, 0), readHead(4096, 4096)], (m) => m.writeUInt32BE(nextId, 20)),
+        () => batch([readHead(4096, 0), readHead(4096, 4096), Buffer.alloc(9)]),
+        () => batch(Array.from({ length: MAX_READ_BATCH + 1 }, (_, i) => readHead(512, i * 512))),
+      ]
+      // As a front-end would: the next round once the last one's reads are answered (8 in flight).
+      let bad = 0
+      for (let i = 0; i < count && Date.now() < deadline; i++) {
+        const s = session
+        if (!s) break
+        if (s.sendData(malformed[i % malformed.length](), Delivery.Reliable)) bad++
+        else refused++
+        const good = batch(Array.from({ length: 8 }, (_, k) => readHead(4096, ((i * 8 + k) % 4096) * 4096)))
+        if (s.sendData(good, Delivery.Reliable)) sent += 8
+        else refused++
+        flush()
+        while (repliesTotal < sent && Date.now() < deadline) await sleep(1)
+      }
+      emit('batches', { malformed: bad })
       break
     }
   }

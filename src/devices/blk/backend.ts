@@ -1,7 +1,13 @@
 import { VrioError } from '../../errors.ts'
 import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../transport/config.ts'
 import type { Lender } from '../../transport/message-buffers.ts'
-import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
+import {
+  decodeMessageHeader,
+  MESSAGE_HEADER_LENGTH,
+  type MessageHeader,
+  MessageType,
+  newMessageHeader,
+} from '../../wire/message-header.ts'
 import { type BlockDevice, deviceExtents } from './device.ts'
 import { BlockOpStats, OP_OTHER, opIndex } from './op-stats.ts'
 import {
@@ -10,6 +16,7 @@ import {
   BLOCK_RESPONSE_HEAD_LENGTH,
   BlockFlag,
   type BlockHandle,
+  BlockMessageFlag,
   BlockOp,
   BlockStatus,
   blockStatusOf,
@@ -20,6 +27,7 @@ import {
   HeadArena,
   isMutatingOp,
   newBlockRequest,
+  readBatchCount,
 } from './protocol.ts'
 
 /** What the blk layer needs of a session: `Session` satisfies it. */
@@ -124,6 +132,10 @@ export interface BlockBackendStats {
   budgetWaits: number
   /** Times the guest was reported overloaded (onOverload). */
   overloads: number
+  /** Batches of reads received whole (their requests count in `requests`, one by one). */
+  batches: number
+  /** Malformed batches, dropped unanswered (readBatchCount). */
+  badBatches: number
 }
 
 // Record states, one byte per request id in the window (0: not seen).
@@ -225,6 +237,8 @@ export class BlockBackend {
     repliesDropped: 0,
     budgetWaits: 0,
     overloads: 0,
+    batches: 0,
+    badBatches: 0,
   }
   /** Requests and bytes by operation, as received, and service time (arrival to answer) of those run. */
   readonly ops = new BlockOpStats()
@@ -243,6 +257,8 @@ export class BlockBackend {
   private session: BlockSender | undefined
   private readonly epochs = new Map<number, EpochRecord>()
   private readonly request = newBlockRequest()
+  /** The header of the request of a batch being received. */
+  private readonly entry = newMessageHeader()
   private readonly arena = new HeadArena()
   private running = 0
   private queue: Task[] = []
@@ -343,6 +359,10 @@ export class BlockBackend {
    */
   receive(h: MessageHeader, message: Uint8Array, lender?: Lender): void {
     if (h.type !== MessageType.BlockRequest) return
+    if (h.flags === BlockMessageFlag.Batch) {
+      this.receiveBatch(h, message)
+      return
+    }
     this.stats.requests++
     const epoch = h.requestHigh
     const id = h.requestLow
@@ -436,6 +456,25 @@ export class BlockBackend {
     this.queue.push(task)
     this.queuedBytes += bytes
     this.writeBytes += bytes
+  }
+
+  /**
+   * A batch of reads: each request as if it had come alone, in order. A malformed batch is
+   * dropped and counted; it names no request to answer.
+   */
+  private receiveBatch(h: MessageHeader, message: Uint8Array): void {
+    const count = readBatchCount(h, message)
+    if (count === 0) {
+      this.stats.badBatches++
+      return
+    }
+    this.stats.batches++
+    const e = this.entry
+    for (let i = 0, at = MESSAGE_HEADER_LENGTH; i < count; i++, at += BLOCK_REQUEST_HEAD_LENGTH) {
+      const entry = message.subarray(at, at + BLOCK_REQUEST_HEAD_LENGTH)
+      decodeMessageHeader(entry, 0, entry.length, e)
+      this.receive(e, entry)
+    }
   }
 
   /**
@@ -704,7 +743,8 @@ export class BlockBackend {
  * the code that routes messages to back-ends by handle).
  */
 export function replyNoDevice(session: BlockSender, h: MessageHeader): void {
-  if (h.type !== MessageType.BlockRequest) return
+  // A batch names no request of its own; its requests fail with their device's detach.
+  if (h.type !== MessageType.BlockRequest || h.flags !== 0) return
   const head = new Uint8Array(BLOCK_RESPONSE_HEAD_LENGTH)
   encodeBlockResponseHead(
     head,

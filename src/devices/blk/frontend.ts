@@ -2,7 +2,7 @@ import { randomInt } from 'node:crypto'
 import { VrioError } from '../../errors.ts'
 import { Delivery } from '../../transport/config.ts'
 import { BufferPool, type Lender } from '../../transport/message-buffers.ts'
-import { type MessageHeader, MessageType } from '../../wire/message-header.ts'
+import { MESSAGE_HEADER_LENGTH, type MessageHeader, MessageType } from '../../wire/message-header.ts'
 import type { BlockSender } from './backend.ts'
 import { type BlockDevice, type BlockDeviceInfo, type Extent, MAX_EXTENTS, rangeError } from './device.ts'
 import { BlockOpStats, opIndex } from './op-stats.ts'
@@ -17,8 +17,10 @@ import {
   blockStatusError,
   decodeExtents,
   EXTENT_LENGTH,
+  encodeBlockBatchHead,
   encodeBlockRequestHead,
   isMutatingOp,
+  MAX_READ_BATCH,
   MAX_REQUEST_ID,
 } from './protocol.ts'
 
@@ -67,6 +69,8 @@ export interface RemoteBlockDeviceStats {
   zombies: number
   /** Times a new epoch began because request ids ran out. */
   epochs: number
+  /** Batch messages sent (their reads count in `sent`, one by one). */
+  batches: number
 }
 
 /** One caller's call: several requests when it was split. */
@@ -145,6 +149,10 @@ class Fifo<T> {
   peek(): T | undefined {
     return this.items[this.head]
   }
+  /** The `i`-th item from the front. */
+  at(i: number): T | undefined {
+    return this.items[this.head + i]
+  }
   shift(): T | undefined {
     if (this.head >= this.items.length) return undefined
     const v = this.items[this.head]
@@ -197,6 +205,7 @@ export class RemoteBlockDevice implements BlockDevice {
     timeouts: 0,
     zombies: 0,
     epochs: 1,
+    batches: 0,
   }
   /** Calls by operation, their bytes and end-to-end latency (made to settled), counted when settled. */
   readonly ops = new BlockOpStats()
@@ -232,6 +241,15 @@ export class RemoteBlockDevice implements BlockDevice {
   private extentsSupported = true
   private prefetchSupported = true
   private readonly awaiting: Int32Array
+  /** Most reads one batch carries on `batchSession` (useReadBatch); below 2: none. */
+  private readBatch = 0
+  private batchSession: BlockSender | undefined
+  /** A pump is due at the end of this tick (reads wait for it, to leave as one batch). */
+  private pumpDue = false
+  private readonly duePump = (): void => {
+    this.pumpDue = false
+    this.pump()
+  }
 
   constructor(options: RemoteBlockDeviceOptions) {
     const info = options.info
@@ -292,6 +310,16 @@ export class RemoteBlockDevice implements BlockDevice {
   /** The session is gone: nothing is sent until the next `attach`. Requests stay outstanding. */
   detach(): void {
     this.session = undefined
+  }
+
+  /**
+   * The IOhyp of the current session takes batches of up to `max` reads (its `blk.attach`
+   * announced `maxReadBatch`; 0 or absent: none): reads made in one tick then leave as one batch
+   * message. Holds until the session changes.
+   */
+  useReadBatch(max: number | undefined): void {
+    this.readBatch = Number.isInteger(max) ? Math.min(Math.max(max!, 0), MAX_READ_BATCH) : 0
+    this.batchSession = this.session
   }
 
   /** The session has send space again. */
@@ -549,7 +577,12 @@ export class RemoteBlockDevice implements BlockDevice {
           answered: false,
         })
       }
-      this.pump()
+      if (op === BlockOp.In && this.readBatch >= 2 && this.session === this.batchSession) {
+        if (!this.pumpDue) {
+          this.pumpDue = true
+          process.nextTick(this.duePump)
+        }
+      } else this.pump()
       this.updateTimer()
     })
   }
@@ -600,16 +633,48 @@ export class RemoteBlockDevice implements BlockDevice {
         this.retire(r)
         continue
       }
+      if (r.op === BlockOp.In && this.readBatch >= 2 && s === this.batchSession) {
+        const n = this.sendReads(s)
+        if (n < 0) break
+        if (n > 0) continue
+      }
       const head = r.slot!.head
       const ok = s.sendData(r.data && r.data.length > 0 ? [head, r.data] : head, Delivery.Reliable)
       if (!ok) break
       this.unsent.shift()
-      this.stats.sent++
-      if (r.sends > 0) this.stats.resent++
-      r.sends++
-      r.sentOn = s
-      if (r.state === 'unsent') r.state = 'sent'
+      this.sentOn(r, s)
     }
+  }
+
+  /**
+   * Sends the reads at the front of `unsent` (2 to readBatch of them, each due on `s`) as one batch
+   * message. Returns how many left, 0 when fewer than 2 are there (nothing sent), -1 when the
+   * session took nothing.
+   */
+  private sendReads(s: BlockSender): number {
+    let n = 0
+    while (n < this.readBatch && n < this.unsent.length) {
+      const r = this.unsent.at(n)!
+      if (r.op !== BlockOp.In || (r.state !== 'unsent' && r.state !== 'sent') || r.sentOn === s) break
+      if (r.sends === 0 && r.call.settled) break
+      n++
+    }
+    if (n < 2) return 0
+    const parts: Uint8Array[] = [new Uint8Array(MESSAGE_HEADER_LENGTH)]
+    encodeBlockBatchHead(parts[0], 0, this.handle, n)
+    for (let i = 0; i < n; i++) parts.push(this.unsent.at(i)!.slot!.head)
+    if (!s.sendData(parts, Delivery.Reliable)) return -1
+    for (let i = 0; i < n; i++) this.sentOn(this.unsent.shift()!, s)
+    this.stats.batches++
+    return n
+  }
+
+  private sentOn(r: Request, s: BlockSender): void {
+    this.stats.sent++
+    if (r.sends > 0) this.stats.resent++
+    r.sends++
+    r.sentOn = s
+    if (r.state === 'unsent') r.state = 'sent'
   }
 
   private encodeHead(r: Request): void {

@@ -27,6 +27,10 @@ import {
  * id), `replyLength` = bytes of read data expected back (reads), or the most bytes of extents
  * the requester takes (Extents), `flags` = 0.
  *
+ * A batch (header flag BATCH, §8.1b) carries 2 to MAX_READ_BATCH whole READ requests of one device
+ * back to back as its body, so a queue of small reads leaves in one message; each is answered as
+ * if it had come alone. An IOhyp that takes batches says so in `blk.attach` (`maxReadBatch`).
+ *
  * vrio's own ops (numbers from 0x40, outside virtio_blk's): Extents (the allocation map of a
  * range; the reply carries 8-byte extents, see encodeExtents) and Prefetch (a read hint). A peer
  * that does not know them answers Unsupported.
@@ -90,6 +94,13 @@ export const BLOCK_RESPONSE_HEAD_LENGTH = MESSAGE_HEADER_LENGTH
 export const BLOCK_ID_WINDOW = 65_536
 /** Largest request id; a front-end moves to a new epoch before passing it. */
 export const MAX_REQUEST_ID = 0xffff_ffff
+/** Block request message header flags. */
+export const BlockMessageFlag = {
+  /** The body is a batch of whole READ requests (BLOCK_REQUEST_HEAD_LENGTH bytes each). */
+  Batch: 0x0001,
+} as const
+/** Most READ requests one batch carries (an IOhyp may announce fewer). */
+export const MAX_READ_BATCH = 64
 /** Bytes of one extent in an Extents reply: u32 length, u32 flags. */
 export const EXTENT_LENGTH = 8
 /** Most extents one Extents reply carries (its replyLength is at most this many × 8). */
@@ -174,6 +185,56 @@ export function encodeBlockRequestHead(
   writeU32(buf, o + 20, 0)
   o += BLOCK_DESCRIPTOR_LENGTH
   return o
+}
+
+/**
+ * Writes the header of a batch of `count` READ requests for `device` at `offset` (the requests,
+ * each BLOCK_REQUEST_HEAD_LENGTH bytes as encodeBlockRequestHead writes them, follow as chunks).
+ */
+export function encodeBlockBatchHead(
+  buf: Uint8Array,
+  offset: number,
+  device: BlockHandle,
+  count: number,
+): number {
+  const h = scratch
+  h.type = MessageType.BlockRequest
+  h.flags = BlockMessageFlag.Batch
+  h.bodyLength = count * BLOCK_REQUEST_HEAD_LENGTH
+  h.deviceHigh = device.high
+  h.deviceLow = device.low
+  h.requestHigh = 0
+  h.requestLow = 0
+  h.replyLength = 0
+  h.status = 0
+  return encodeMessageHeader(buf, offset, h)
+}
+
+/**
+ * How many READ requests the batch `message` (header decoded into `h`, flag BATCH) carries, or 0
+ * when it is malformed: its own request, replyLength and status not zero, a body that is not 2 to
+ * MAX_READ_BATCH whole requests, or one of them not a READ of the batch's device with a body of
+ * exactly its descriptor (message version 1, type BlockRequest, header flags 0). Each request is
+ * then checked as a request that came alone (decodeBlockRequest). Never throws.
+ */
+export function readBatchCount(h: MessageHeader, message: Uint8Array): number {
+  if (h.type !== MessageType.BlockRequest || h.flags !== BlockMessageFlag.Batch) return 0
+  if (h.requestHigh !== 0 || h.requestLow !== 0 || h.replyLength !== 0 || h.status !== 0) return 0
+  const body = message.length - MESSAGE_HEADER_LENGTH
+  const count = body / BLOCK_REQUEST_HEAD_LENGTH
+  if (h.bodyLength !== body || !Number.isInteger(count) || count < 2 || count > MAX_READ_BATCH) return 0
+  for (let at = MESSAGE_HEADER_LENGTH; at < message.length; at += BLOCK_REQUEST_HEAD_LENGTH) {
+    if (
+      // version 1, type BlockRequest, header flags 0
+      readU32(message, at) !== (0x0100_0000 | (MessageType.BlockRequest << 16)) ||
+      readU32(message, at + 4) !== BLOCK_DESCRIPTOR_LENGTH ||
+      readU32(message, at + 8) !== h.deviceHigh ||
+      readU32(message, at + 12) !== h.deviceLow ||
+      message[at + MESSAGE_HEADER_LENGTH] !== BlockOp.In
+    )
+      return 0
+  }
+  return count
 }
 
 /**
