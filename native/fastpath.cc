@@ -137,7 +137,8 @@ constexpr size_t kIpAt = kEth, kTcpAt = kEth + kIp;
 constexpr size_t kDataOptions = 36, kAckOptions = 24;
 constexpr size_t kVnetHdr = 10;
 constexpr size_t kMsgHeader = 32, kReqHead = 56;
-constexpr uint32_t kMaxReadBatch = 64;  // protocol.ts MAX_READ_BATCH
+constexpr uint32_t kMaxReadBatch = 64;             // protocol.ts MAX_READ_BATCH
+constexpr size_t kMaxBatchResponse = 60 * 1024;  // protocol.ts MAX_BATCH_RESPONSE
 constexpr uint8_t kAck = 0x10, kPsh = 0x08;
 constexpr uint8_t kOptExp = 254;
 constexpr uint16_t kExId = 0x7672;
@@ -683,8 +684,9 @@ const FastPath::Disk* FastPath::Request(const Lease& l, const uint8_t* m, uint64
 // The number of READs in the batch `m` (`msgLength` bytes, in one frame) when the addon answers
 // it: the header as protocol.ts readBatchCount checks it, and every request one Request answers
 // alone (a READ of a disk lent with the connection, the batch's device). 0 otherwise. The bytes of
-// all its replies in `replyBytes`.
-uint32_t FastPath::Batch(const Lease& l, const uint8_t* m, uint64_t msgLength, size_t& replyBytes) {
+// all its answers as AnswerBatch sends them in `replyBytes`, the messages in `records`.
+uint32_t FastPath::Batch(const Lease& l, const uint8_t* m, uint64_t msgLength, size_t& replyBytes,
+                         uint32_t& records) {
   uint64_t body = msgLength - kMsgHeader;
   uint64_t count = body / kReqHead;
   if (m[0] != 1 || m[1] != 0x20 || Rd16(m + 2) != 1 || Rd32(m + 4) != body || Rd32(m + 16) != 0 ||
@@ -692,15 +694,30 @@ uint32_t FastPath::Batch(const Lease& l, const uint8_t* m, uint64_t msgLength, s
       count > kMaxReadBatch)
     return 0;
   replyBytes = 0;
+  records = 0;
+  size_t chunk = 0;  // the batch response being filled: its bytes so far (0: none)
   for (uint64_t i = 0; i < count; i++) {
     const uint8_t* e = m + kMsgHeader + i * kReqHead;
     bool write = false;
     uint32_t rlen = 0;
     uint64_t roff = 0;
-    if (Rd32(e + 8) != Rd32(m + 8) || Rd32(e + 12) != Rd32(m + 12) || e[kMsgHeader] != 0 ||
-        Request(l, e, kReqHead, true, write, rlen, roff) == nullptr)
-      return 0;
-    replyBytes += kMsgHeader + rlen;
+    if (Rd32(e + 8) != Rd32(m + 8) || Rd32(e + 12) != Rd32(m + 12) || e[kMsgHeader] != 0) return 0;
+    const Disk* disk = Request(l, e, kReqHead, true, write, rlen, roff);
+    if (disk == nullptr) return 0;
+    size_t answer = kMsgHeader + rlen;
+    size_t limit = std::min(kMaxBatchResponse, size_t(disk->maxRead) + kMsgHeader);
+    if (kMsgHeader + answer > limit) {
+      replyBytes += answer;  // alone, after the batch response before it
+      records++;
+      chunk = 0;
+    } else if (chunk > 0 && chunk + answer <= limit) {
+      chunk += answer;
+      replyBytes += answer;
+    } else {
+      chunk = kMsgHeader + answer;  // a new batch response
+      replyBytes += chunk;
+      records++;
+    }
   }
   return uint32_t(count);
 }
@@ -778,7 +795,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   uint32_t rlen = 0;
   uint64_t roff = 0;
   bool write = false;
-  uint32_t batch = 0;
+  uint32_t batch = 0, records = 1;  // a batch's READs, and the messages of their answers
   uint8_t* m = f + payloadAt;
   if (data) {
     bool ok = true;
@@ -786,7 +803,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
     // that does not end its WRITE, at most a pure ACK).
     size_t replyPayload = 0;
     if (whole && Rd16(m + 2) != 0) {
-      batch = Batch(l, m, msgLength, replyPayload);
+      batch = Batch(l, m, msgLength, replyPayload, records);
       ok = batch > 0;
     } else if (whole || first) {
       disk = Request(l, m, msgLength, whole, write, rlen, roff);
@@ -796,7 +813,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
       replyPayload = kMsgHeader;  // the last piece: the WRITE's answer
     }
     if (ok && replyPayload > 0) {
-      ok = Fits(l, ack, replyPayload, batch > 0 ? batch : 1);
+      ok = Fits(l, ack, replyPayload, records);
     } else if (ok) {
       ok = l.txEpoch >= 1 && l.txCounter + 1 < l.rekeyFrames;  // room for a pure ACK
     }
@@ -834,15 +851,9 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
     return true;
   }
   if (batch > 0) {
-    // Each READ answered as if it had come alone, in order.
+    // Each READ answered as if it had come alone, in order: in one batch response, or one by one.
     s[kCBatches]++;
-    for (uint32_t i = 0; i < batch; i++) {
-      const uint8_t* e = m + kMsgHeader + size_t(i) * kReqHead;
-      disk = Request(l, e, kReqHead, true, write, rlen, roff);
-      s[kCRequests]++;
-      Answer(ch, slot, *disk, e, roff, rlen, false);
-      if (txUsed_ >= kFlushAfter) Flush(ch);
-    }
+    AnswerBatch(ch, slot, m, batch);
     return true;
   }
   if (whole) {
@@ -1011,35 +1022,102 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   size_t bytes = kMsgHeader + (write ? 0 : length);
   size_t at = Place(l, bytes);  // checked by the caller
   uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
-  uint16_t status = 0;
-  size_t done = 0;
-  double started = disk.stats ? NowMs() : 0;
   if (write) {
-    status = WriteAll(disk.fd, req + kReqHead, length, offset);
+    double started = disk.stats ? NowMs() : 0;
+    uint16_t status = WriteAll(disk.fd, req + kReqHead, length, offset);
     s[kCWrites]++;
     if (status != 0) {
       s[kCWriteErrors]++;
     } else {
       s[kCWriteBytes] += length;
     }
+    if (disk.stats) disk.stats->Count(1, status, status == 0 ? length : 0, (NowMs() - started) / 1000, latencyBounds_);
+    ResponseHead(msg, req, status, 0);
   } else {
-    while (done < length) {
-      ssize_t r = pread(disk.fd, msg + kMsgHeader + done, length - done, off_t(offset + done));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) break;
-      done += size_t(r);
-    }
-    if (done < length) {
-      status = 1;  // IoError, no data
-      bytes = kMsgHeader;
-      s[kCReadErrors]++;
-    } else {
-      s[kCReadBytes] += length;
-    }
+    bytes = Fill(s, disk, msg, req, offset, length);
   }
-  if (disk.stats) disk.stats->Count(write ? 1 : 0, status, status == 0 ? length : 0, (NowMs() - started) / 1000, latencyBounds_);
-  ResponseHead(msg, req, status, uint32_t(bytes - kMsgHeader));
   Send(ch, slot, at, bytes);
+}
+
+// The response to the READ `req` at `out`: its head, then the data read (none when the read
+// failed: IoError). Counted in the slot's counters `s` and the disk's stats. Its length.
+size_t FastPath::Fill(double* s, const Disk& disk, uint8_t* out, const uint8_t* req, uint64_t offset, uint32_t length) {
+  double started = disk.stats ? NowMs() : 0;
+  size_t done = 0;
+  while (done < length) {
+    ssize_t r = pread(disk.fd, out + kMsgHeader + done, length - done, off_t(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    done += size_t(r);
+  }
+  uint16_t status = 0;
+  if (done < length) {
+    status = 1;  // IoError, no data
+    s[kCReadErrors]++;
+  } else {
+    s[kCReadBytes] += length;
+  }
+  if (disk.stats) disk.stats->Count(0, status, status == 0 ? length : 0, (NowMs() - started) / 1000, latencyBounds_);
+  uint32_t data = status == 0 ? length : 0;
+  ResponseHead(out, req, status, data);
+  return kMsgHeader + data;
+}
+
+// The answers to the batch of `count` READs `m` (checked by Batch), in order (protocol.md
+// §8.2b): each read's response joins the batch response being filled while that stays within
+// kMaxBatchResponse bytes (and a largest read's), else starts the next; a read whose response
+// with a batch header is longer goes alone. Each batch response is one record, its reads
+// `pread` straight into it.
+void FastPath::AnswerBatch(Channel* ch, uint32_t slot, const uint8_t* m, uint32_t count) {
+  Lease& l = leases_[slot];
+  double* s = shared_ + size_t(slot) * kSlotStride;
+  uint8_t* msg = nullptr;  // the batch response being filled
+  size_t at = 0, used = 0, planned = 0;
+  auto close = [&]() {
+    if (msg == nullptr) return;
+    msg[0] = 1;
+    msg[1] = 0x21;
+    Wr16(msg + 2, 1);  // BATCH
+    Wr32(msg + 4, uint32_t(used - kMsgHeader));
+    std::memcpy(msg + 8, m + 8, 8);  // the device
+    std::memset(msg + 16, 0, 16);    // request, replyLength, status, reserved
+    Send(ch, slot, at, used);
+    msg = nullptr;
+    // As Eligible does after each answer: the guest starts on these while the next are read.
+    if (txUsed_ >= kFlushAfter) Flush(ch);
+  };
+  for (uint32_t i = 0; i < count; i++) {
+    const uint8_t* e = m + kMsgHeader + size_t(i) * kReqHead;
+    bool write = false;
+    uint32_t rlen = 0;
+    uint64_t roff = 0;
+    const Disk* disk = Request(l, e, kReqHead, true, write, rlen, roff);
+    s[kCRequests]++;
+    size_t answer = kMsgHeader + rlen;
+    size_t limit = std::min(kMaxBatchResponse, size_t(disk->maxRead) + kMsgHeader);
+    if (kMsgHeader + answer > limit) {
+      close();
+      Answer(ch, slot, *disk, e, roff, rlen, false);
+      if (txUsed_ >= kFlushAfter) Flush(ch);
+      continue;
+    }
+    if (msg != nullptr && planned + answer > limit) close();
+    if (msg == nullptr) {
+      // Room for as many of the next reads as may join it (checked by the caller as their sum).
+      size_t room = kMsgHeader;
+      for (uint32_t j = i; j < count; j++) {
+        uint32_t n = Rd32(m + kMsgHeader + size_t(j) * kReqHead + kMsgHeader + 4);
+        if (room + kMsgHeader + n > limit) break;
+        room += kMsgHeader + n;
+      }
+      at = Place(l, room);
+      msg = store_ + size_t(slot) * storeBytes_ + at;
+      used = planned = kMsgHeader;
+    }
+    planned += answer;
+    used += Fill(s, *disk, msg + used, e, roff, rlen);
+  }
+  close();
 }
 
 // Whether a message of `bytes` (or `records` messages of `bytes` in all) can be queued now, `ack`

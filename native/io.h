@@ -279,7 +279,9 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
                            size_t msgLength, bool ack);
   void Send(Channel* ch, uint32_t slot, size_t at, size_t bytes);
   void Pump(Channel* ch, uint32_t slot);
-  uint32_t Batch(const Lease& l, const uint8_t* m, uint64_t msgLength, size_t& replyBytes);
+  uint32_t Batch(const Lease& l, const uint8_t* m, uint64_t msgLength, size_t& replyBytes, uint32_t& records);
+  size_t Fill(double* s, const Disk& disk, uint8_t* out, const uint8_t* req, uint64_t offset, uint32_t length);
+  void AnswerBatch(Channel* ch, uint32_t slot, const uint8_t* m, uint32_t count);
   const Disk* Request(const Lease& l, const uint8_t* m, uint64_t msgLength, bool whole, bool& write, uint32_t& rlen,
                       uint64_t& roff);
   static void OpenPart(Lease& l, uint32_t start, uint64_t length, const Disk* disk, const uint8_t* m, uint64_t roff,

@@ -12,11 +12,11 @@ import { randomBytes } from 'node:crypto'
 import { BlockBackend, type BlockBackendOptions } from '../../src/devices/blk/backend.ts'
 import { type BlockDevice, deviceExtents, type Extent } from '../../src/devices/blk/device.ts'
 import { RemoteBlockDevice, type RemoteBlockDeviceOptions } from '../../src/devices/blk/frontend.ts'
-import type { BlockHandle } from '../../src/devices/blk/protocol.ts'
+import { type BlockHandle, BlockMessageFlag, nextBatchedResponse } from '../../src/devices/blk/protocol.ts'
 import { Session } from '../../src/session/session.ts'
 import type { ConnectionOptions } from '../../src/transport/config.ts'
 import type { Connection } from '../../src/transport/connection.ts'
-import { type MessageHeader, MessageType } from '../../src/wire/message-header.ts'
+import { type MessageHeader, MessageType, newMessageHeader } from '../../src/wire/message-header.ts'
 import { type FaultModel, NO_FAULTS } from '../support/memory-link.ts'
 import { Simulation } from '../support/simulation.ts'
 
@@ -157,8 +157,11 @@ export class BlkPair {
   /** The current sessions of each side (undefined between sessions). */
   iohypSession: Session | undefined
   guestSession: Session | undefined
-  /** Every response the guest's session delivered, if `captureResponses` (tests of hostile input). */
-  readonly responses: { header: MessageHeader; body: Uint8Array }[] = []
+  /**
+   * Every response the guest's session delivered, if `captureResponses` (tests of hostile input);
+   * those of a batch response one by one (`batched`).
+   */
+  readonly responses: { header: MessageHeader; body: Uint8Array; batched: boolean }[] = []
   captureResponses = false
   /** Raw requests the guest sent, if `captureRequests`. */
   readonly requests: Buffer[] = []
@@ -230,8 +233,21 @@ export class BlkPair {
       control() {},
       data: (h, m, _delivery, lender) => {
         if (h.type !== MessageType.BlockResponse) return
-        if (this.captureResponses)
-          this.responses.push({ header: { ...h }, body: Uint8Array.from(m.subarray(32)) })
+        if (this.captureResponses && h.flags === BlockMessageFlag.Batch) {
+          // Each response of a batch response, as if it had come alone.
+          const e = newMessageHeader()
+          for (let at = 32; at < m.length; ) {
+            const end = nextBatchedResponse(m, at, e)
+            if (end < 0) break
+            this.responses.push({
+              header: { ...e },
+              body: Uint8Array.from(m.subarray(at + 32, end)),
+              batched: true,
+            })
+            at = end
+          }
+        } else if (this.captureResponses)
+          this.responses.push({ header: { ...h }, body: Uint8Array.from(m.subarray(32)), batched: false })
         this.front.receive(h, m, lender)
       },
       writable: () => {

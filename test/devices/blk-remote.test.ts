@@ -225,7 +225,7 @@ describe('remote block device over the simulated link', () => {
     assert.ok(h.requests.every((r) => r.readUInt16BE(2) === 0))
   })
 
-  it('malformed batches are dropped and counted, unanswered; a batch with a bad read answers that read alone', async () => {
+  it('malformed batches are dropped and counted, unanswered; a batch with a bad read answers it with its error in the batch response', async () => {
     const h = new BlkPair(new MemoryDevice({ size: MiB }), { handle: { high: 7, low: 0x1234_5678 } })
     await h.connect()
     h.captureResponses = true
@@ -264,6 +264,11 @@ describe('remote block device over the simulated link', () => {
     assert.equal(status(10), BlockStatus.Ok)
     assert.equal(status(11), BlockStatus.OutOfRange)
     assert.equal(status(12), BlockStatus.Ok)
+    assert.ok(
+      h.responses.every((r) => r.batched),
+      'in one batch response',
+    )
+    assert.equal(h.front.stats.batchResponses, 1)
     assert.equal(h.backend.stats.badBatches, malformed.length)
     assert.equal(h.backend.stats.batches, 1)
     assert.ok(h.guestSession, 'the session is still up')

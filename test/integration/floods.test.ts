@@ -364,6 +364,7 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
     // The malformed batches name no request: every answer is one of the good batches' reads.
     assert.equal(done.repliesTotal, sent, `every read of the good batches answered: ${JSON.stringify(done)}`)
     assert.equal(replies['0'], sent, 'and served')
+    assert.ok((done.batchResponses as number) > 0, 'some in batch responses')
     // The good ones went through the native fast path; the malformed ones it handed back.
     const status = await vrioJsonAsync<StatusInfo>(['status', '--control', pair.sock('iohyp')])
     assert.ok(status.fastPath?.enabled, 'this suite runs with the fast path on')

@@ -31,15 +31,17 @@ import { createLogger } from '../../src/daemon/log.ts'
 import { VRIO_PORT } from '../../src/daemon/runtime.ts'
 import {
   BLOCK_REQUEST_HEAD_LENGTH,
+  BlockMessageFlag,
   BlockOp,
   encodeBlockBatchHead,
   encodeBlockRequestHead,
   MAX_READ_BATCH,
+  nextBatchedResponse,
 } from '../../src/devices/blk/protocol.ts'
 import { Rpc } from '../../src/session/rpc.ts'
 import { Session } from '../../src/session/session.ts'
 import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../src/transport/config.ts'
-import { MESSAGE_HEADER_LENGTH, MessageType } from '../../src/wire/message-header.ts'
+import { MESSAGE_HEADER_LENGTH, MessageType, newMessageHeader } from '../../src/wire/message-header.ts'
 import { emitSkip } from './skip-adapter.ts'
 
 const HOSTILE_MODES = ['over-long-read', 'zero-window', 'skips', 'unread-replies', 'bad-batches'] as const
@@ -84,6 +86,7 @@ async function main(): Promise<void> {
   let disk: { name: string; handle: { high: number; low: number } } | undefined
   const replies: Record<number, number> = {}
   let repliesTotal = 0
+  let batchResponses = 0
   const rpc = new Rpc()
     .handle('blk.attach', (p) => {
       const params = p as { name: string; handle: { high: number; low: number } }
@@ -118,10 +121,23 @@ async function main(): Promise<void> {
         control: (m) => {
           if (s === session) rpc.onControl(m)
         },
-        data: (h) => {
+        data: (h, m) => {
           if (h.type !== MessageType.BlockResponse) return
-          replies[h.status] = (replies[h.status] ?? 0) + 1
-          repliesTotal++
+          if (h.flags !== BlockMessageFlag.Batch) {
+            replies[h.status] = (replies[h.status] ?? 0) + 1
+            repliesTotal++
+            return
+          }
+          // A batch response: each of its responses counts.
+          batchResponses++
+          const e = newMessageHeader()
+          for (let at = MESSAGE_HEADER_LENGTH; at < m.length; ) {
+            const end = nextBatchedResponse(m, at, e)
+            if (end < 0) break
+            replies[e.status] = (replies[e.status] ?? 0) + 1
+            repliesTotal++
+            at = end
+          }
         },
         closed: () => {
           if (s === session) {
@@ -282,7 +298,7 @@ async function main(): Promise<void> {
       break
     }
   }
-  emit('done', { sent, refused, replies, repliesTotal })
+  emit('done', { sent, refused, replies, repliesTotal, batchResponses })
   while (Date.now() < deadline) await sleep(50)
   await leave(0)
 }

@@ -1,4 +1,5 @@
 import { VrioError } from '../../errors.ts'
+import { readU32 } from '../../wire/bytes.ts'
 import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../transport/config.ts'
 import type { Lender } from '../../transport/message-buffers.ts'
 import {
@@ -22,10 +23,12 @@ import {
   blockStatusOf,
   decodeBlockRequest,
   EXTENT_LENGTH,
+  encodeBlockBatchResponseHead,
   encodeBlockResponseHead,
   encodeExtents,
   HeadArena,
   isMutatingOp,
+  MAX_BATCH_RESPONSE,
   newBlockRequest,
   readBatchCount,
 } from './protocol.ts'
@@ -197,6 +200,24 @@ interface Task {
   replyLength: number
   /** performance.now() when it arrived: its service time runs from there to its answer. */
   arrived: number
+  /** The batch response its answer goes into (a read of a batch), and its place there. */
+  gather: Gathering | undefined
+  index: number
+}
+
+/**
+ * The answers to a batch's reads, gathered into one batch response (protocol.md §8.2b): sent when
+ * the last is in. `abandoned` when the session it was for is gone: answers still to come are
+ * dropped as they arrive (with nothing to send them on).
+ */
+interface Gathering {
+  deviceHigh: number
+  deviceLow: number
+  /** Each read's answer, head then data, in the batch's order: undefined while it runs, null when none comes. */
+  answers: (Uint8Array[] | null | undefined)[]
+  waiting: number
+  reserved: number
+  abandoned: boolean
 }
 
 /** A reply waiting for send space, and the budget bytes it holds. */
@@ -259,6 +280,11 @@ export class BlockBackend {
   private readonly request = newBlockRequest()
   /** The header of the request of a batch being received. */
   private readonly entry = newMessageHeader()
+  /** While a batch is received: where its reads' answers go, and the read at hand. */
+  private gathering: Gathering | undefined
+  private gatherIndex = 0
+  /** Batch responses still waiting for answers. */
+  private readonly gatherings = new Set<Gathering>()
   private readonly arena = new HeadArena()
   private running = 0
   private queue: Task[] = []
@@ -331,7 +357,25 @@ export class BlockBackend {
     this.session = undefined
     // First: the budget that dropping the replies gives back would start them.
     this.forgetQueuedReads()
+    this.abandonGatherings()
     this.dropPending()
+  }
+
+  /** No session to send them on: what batch responses hold goes back, and what comes later is dropped. */
+  private abandonGatherings(): void {
+    for (const g of this.gatherings) {
+      g.abandoned = true
+      this.budget.give(g.reserved)
+      g.reserved = 0
+    }
+    this.gatherings.clear()
+  }
+
+  /** The read at `index` of `g` gets no answer in it. */
+  private noAnswer(g: Gathering, index: number): void {
+    if (g.answers[index] !== undefined) return
+    g.answers[index] = null
+    if (--g.waiting === 0 && g !== this.gathering && !g.abandoned) this.sendGathered(g)
   }
 
   /** The session has send space again. */
@@ -398,6 +442,8 @@ export class BlockBackend {
     const state = record.states[slot]
     if (state === RUNNING) {
       this.stats.duplicatesRunning++
+      // The running one answers, on its own.
+      if (this.gathering) this.noAnswer(this.gathering, this.gatherIndex)
       return
     }
     if (state & DONE) {
@@ -434,6 +480,8 @@ export class BlockBackend {
       reserved: 0,
       replyLength: r.op === BlockOp.Extents ? h.replyLength : 0,
       arrived: performance.now(),
+      gather: this.gathering,
+      index: this.gatherIndex,
     }
     const bytes = data?.length ?? 0
     if (bytes > 0 && this.writeBytes + bytes > this.maxWriteBytes) {
@@ -453,6 +501,12 @@ export class BlockBackend {
       return
     }
     record.states[slot] = RUNNING
+    // A read that waits answers on its own: a batch response waits only for reads running, which
+    // hold their reply bytes already (it could otherwise hold the budget a waiting read needs).
+    if (task.gather) {
+      this.noAnswer(task.gather, task.index)
+      task.gather = undefined
+    }
     this.queue.push(task)
     this.queuedBytes += bytes
     this.writeBytes += bytes
@@ -469,12 +523,64 @@ export class BlockBackend {
       return
     }
     this.stats.batches++
+    // The answers in order (protocol.md §8.2b): each read's response joins the batch response
+    // being filled while that stays within MAX_BATCH_RESPONSE bytes (and a largest read's), else
+    // starts the next; a read whose response with a batch header is longer goes alone.
+    const limit = Math.min(MAX_BATCH_RESPONSE, this.maxReadLength + MESSAGE_HEADER_LENGTH)
     const e = this.entry
+    let g: Gathering | undefined
+    let bytes = 0
+    const open: Gathering[] = []
     for (let i = 0, at = MESSAGE_HEADER_LENGTH; i < count; i++, at += BLOCK_REQUEST_HEAD_LENGTH) {
+      const answer = BLOCK_RESPONSE_HEAD_LENGTH + readU32(message, at + MESSAGE_HEADER_LENGTH + 4)
+      if (MESSAGE_HEADER_LENGTH + answer > limit) g = undefined
+      else if (!g || bytes + answer > limit) {
+        g = {
+          deviceHigh: h.deviceHigh,
+          deviceLow: h.deviceLow,
+          answers: [],
+          waiting: 0,
+          reserved: 0,
+          abandoned: false,
+        }
+        open.push(g)
+        bytes = MESSAGE_HEADER_LENGTH
+      }
+      if (g) {
+        bytes += answer
+        g.answers.push(undefined)
+        g.waiting++
+      }
       const entry = message.subarray(at, at + BLOCK_REQUEST_HEAD_LENGTH)
       decodeMessageHeader(entry, 0, entry.length, e)
+      this.gathering = g
+      this.gatherIndex = g ? g.answers.length - 1 : 0
       this.receive(e, entry)
     }
+    this.gathering = undefined
+    for (const o of open) {
+      if (o.waiting === 0) this.sendGathered(o)
+      else this.gatherings.add(o)
+    }
+  }
+
+  /** The batch response `g` once every answer is in: the answers that came, in order, in one message. */
+  private sendGathered(g: Gathering): void {
+    this.gatherings.delete(g)
+    const parts: Uint8Array[] = [this.arena.take(BLOCK_RESPONSE_HEAD_LENGTH)]
+    let body = 0
+    let n = 0
+    for (const a of g.answers) {
+      if (!a) continue
+      n++
+      for (const p of a) {
+        parts.push(p)
+        body += p.length
+      }
+    }
+    if (n === 0) return
+    encodeBlockBatchResponseHead(parts[0], 0, { high: g.deviceHigh, low: g.deviceLow }, body)
+    this.send(parts, g.reserved, n)
   }
 
   /**
@@ -490,6 +596,7 @@ export class BlockBackend {
         const record = t.record
         if (record.covers(t.id) && record.states[t.id % BLOCK_ID_WINDOW] === RUNNING)
           record.states[t.id % BLOCK_ID_WINDOW] = 0
+        if (t.gather) this.noAnswer(t.gather, t.index)
       } else this.queue[kept++] = t
     }
     this.queue.length = kept
@@ -509,7 +616,17 @@ export class BlockBackend {
       const t = this.queue[this.queueHead++]
       if (this.handingOver) continue
       this.finishRecord(t, BlockStatus.NoDevice)
-      this.reply(t.deviceHigh, t.deviceLow, t.epoch, t.id, BlockStatus.NoDevice, undefined)
+      this.reply(
+        t.deviceHigh,
+        t.deviceLow,
+        t.epoch,
+        t.id,
+        BlockStatus.NoDevice,
+        undefined,
+        0,
+        t.gather ?? null,
+        t.index,
+      )
     }
     this.queue = []
     this.queueHead = 0
@@ -628,7 +745,17 @@ export class BlockBackend {
     t.reserved = 0
     if (status === BlockStatus.Ok) this.ops.moved(opIndex(t.op), t.length)
     this.ops.latency.observe(opIndex(t.op), (performance.now() - t.arrived) / 1000)
-    this.reply(t.deviceHigh, t.deviceLow, t.epoch, t.id, status, reply, reply ? reserved : 0)
+    this.reply(
+      t.deviceHigh,
+      t.deviceLow,
+      t.epoch,
+      t.id,
+      status,
+      reply,
+      reply ? reserved : 0,
+      t.gather ?? null,
+      t.index,
+    )
     if (!reply) this.budget.give(reserved)
     this.startQueued()
     if (this.running === 0 && this.idle) {
@@ -699,6 +826,10 @@ export class BlockBackend {
     record.states[slot] = answersWithData(t.op) ? DONE_READ : DONE | status
   }
 
+  /**
+   * Answers a request: on its own, or (`gather`: a read of a batch; by default the batch being
+   * received) into its batch response.
+   */
   private reply(
     deviceHigh: number,
     deviceLow: number,
@@ -707,19 +838,10 @@ export class BlockBackend {
     status: number,
     data: Uint8Array | undefined,
     reserved = 0,
+    gather: Gathering | null | undefined = this.gathering,
+    index = this.gatherIndex,
   ): void {
     if (status !== BlockStatus.Ok) this.ops.errors[status]++
-    const s = this.session
-    if (!s || this.pending.length >= this.depth + this.maxQueued) {
-      this.stats.repliesDropped++
-      this.budget.give(reserved)
-      if (s) {
-        // Replies pile up faster than the guest takes them, even with its reads held back.
-        this.stats.overloads++
-        this.onOverload?.()
-      }
-      return
-    }
     const head = this.arena.take(BLOCK_RESPONSE_HEAD_LENGTH)
     encodeBlockResponseHead(
       head,
@@ -730,7 +852,34 @@ export class BlockBackend {
       status,
       data?.length ?? 0,
     )
-    const parts = data && data.length > 0 ? [head, data] : head
+    const parts = data && data.length > 0 ? [head, data] : [head]
+    if (!gather) {
+      this.send(parts.length === 1 ? head : parts, reserved, 1)
+      return
+    }
+    if (gather.abandoned) {
+      this.stats.repliesDropped++
+      this.budget.give(reserved)
+      return
+    }
+    gather.answers[index] = parts
+    gather.reserved += reserved
+    if (--gather.waiting === 0 && gather !== this.gathering) this.sendGathered(gather)
+  }
+
+  /** Sends a message of `answers` answers holding `reserved` bytes of the budget, or queues it. */
+  private send(parts: Uint8Array | readonly Uint8Array[], reserved: number, answers: number): void {
+    const s = this.session
+    if (!s || this.pending.length >= this.depth + this.maxQueued) {
+      this.stats.repliesDropped += answers
+      this.budget.give(reserved)
+      if (s) {
+        // Replies pile up faster than the guest takes them, even with its reads held back.
+        this.stats.overloads++
+        this.onOverload?.()
+      }
+      return
+    }
     if (this.pending.length > 0 || !s.sendData(parts, Delivery.Reliable)) {
       this.pending.push({ parts, reserved })
       this.pendingBytes += reserved

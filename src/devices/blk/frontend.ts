@@ -2,7 +2,12 @@ import { randomInt } from 'node:crypto'
 import { VrioError } from '../../errors.ts'
 import { Delivery } from '../../transport/config.ts'
 import { BufferPool, type Lender } from '../../transport/message-buffers.ts'
-import { MESSAGE_HEADER_LENGTH, type MessageHeader, MessageType } from '../../wire/message-header.ts'
+import {
+  MESSAGE_HEADER_LENGTH,
+  type MessageHeader,
+  MessageType,
+  newMessageHeader,
+} from '../../wire/message-header.ts'
 import type { BlockSender } from './backend.ts'
 import { type BlockDevice, type BlockDeviceInfo, type Extent, MAX_EXTENTS, rangeError } from './device.ts'
 import { BlockOpStats, opIndex } from './op-stats.ts'
@@ -11,6 +16,7 @@ import {
   BLOCK_REQUEST_HEAD_LENGTH,
   BlockFlag,
   type BlockHandle,
+  BlockMessageFlag,
   BlockOp,
   BlockStatus,
   blockResponseData,
@@ -19,10 +25,20 @@ import {
   EXTENT_LENGTH,
   encodeBlockBatchHead,
   encodeBlockRequestHead,
+  isBatchResponse,
   isMutatingOp,
+  MAX_BATCH_RESPONSE,
   MAX_READ_BATCH,
   MAX_REQUEST_ID,
+  nextBatchedResponse,
 } from './protocol.ts'
+
+/**
+ * Longest read sent in a batch: one whose answer can share a batch response (§8.2b). Longer ones
+ * gain nothing from it (their data is most of their frames) and leave alone, so a queue of large
+ * reads is never one batch whose answers the IOhyp's fast path could not take at once.
+ */
+const BATCHED_READ = MAX_BATCH_RESPONSE - 2 * MESSAGE_HEADER_LENGTH
 
 /** Memory a remote disk keeps for read copies given back (its free lists; what is out is the callers'). */
 const COPY_POOL_BYTES = 2 * 1024 * 1024
@@ -71,6 +87,8 @@ export interface RemoteBlockDeviceStats {
   epochs: number
   /** Batch messages sent (their reads count in `sent`, one by one). */
   batches: number
+  /** Batch responses received (their responses count in `responses`, one by one). */
+  batchResponses: number
 }
 
 /** One caller's call: several requests when it was split. */
@@ -206,6 +224,7 @@ export class RemoteBlockDevice implements BlockDevice {
     zombies: 0,
     epochs: 1,
     batches: 0,
+    batchResponses: 0,
   }
   /** Calls by operation, their bytes and end-to-end latency (made to settled), counted when settled. */
   readonly ops = new BlockOpStats()
@@ -243,6 +262,8 @@ export class RemoteBlockDevice implements BlockDevice {
   private readonly awaiting: Int32Array
   /** Most reads one batch carries on `batchSession` (useReadBatch); below 2: none. */
   private readBatch = 0
+  /** The header of the response of a batch response being received. */
+  private readonly entry = newMessageHeader()
   private batchSession: BlockSender | undefined
   /** A pump is due at the end of this tick (reads wait for it, to leave as one batch). */
   private pumpDue = false
@@ -314,8 +335,8 @@ export class RemoteBlockDevice implements BlockDevice {
 
   /**
    * The IOhyp of the current session takes batches of up to `max` reads (its `blk.attach`
-   * announced `maxReadBatch`; 0 or absent: none): reads made in one tick then leave as one batch
-   * message. Holds until the session changes.
+   * announced `maxReadBatch`; 0 or absent: none): reads made in one tick (of at most BATCHED_READ
+   * bytes each) then leave as one batch message. Holds until the session changes.
    */
   useReadBatch(max: number | undefined): void {
     this.readBatch = Number.isInteger(max) ? Math.min(Math.max(max!, 0), MAX_READ_BATCH) : 0
@@ -334,6 +355,10 @@ export class RemoteBlockDevice implements BlockDevice {
    */
   receive(h: MessageHeader, message: Uint8Array, lender?: Lender): void {
     if (h.type !== MessageType.BlockResponse) return
+    if (h.flags === BlockMessageFlag.Batch) {
+      this.receiveBatch(h, message)
+      return
+    }
     const r = this.inflight.get(h.requestLow)
     if (
       !r ||
@@ -386,6 +411,29 @@ export class RemoteBlockDevice implements BlockDevice {
       this.partDone(r.call)
     }
     this.pump()
+  }
+
+  /**
+   * A batch response: each response in it as if it had come alone. Their data is copied (views of
+   * one message could not go back to its lender one by one). A batch for another device, or a
+   * malformed one, stops at the first response that is not whole (counted as a bad response).
+   */
+  private receiveBatch(h: MessageHeader, message: Uint8Array): void {
+    if (!isBatchResponse(h, this.handle)) {
+      this.stats.unexpectedResponses++
+      return
+    }
+    this.stats.batchResponses++
+    const e = this.entry
+    for (let at = MESSAGE_HEADER_LENGTH; at < message.length; ) {
+      const end = nextBatchedResponse(message, at, e)
+      if (end < 0 || e.flags !== 0) {
+        this.stats.badResponses++
+        return
+      }
+      this.receive(e, message.subarray(at, end))
+      at = end
+    }
   }
 
   /** Fails calls whose deadline has passed. Runs on the sweep timer, or call it yourself. */
@@ -577,7 +625,12 @@ export class RemoteBlockDevice implements BlockDevice {
           answered: false,
         })
       }
-      if (op === BlockOp.In && this.readBatch >= 2 && this.session === this.batchSession) {
+      if (
+        op === BlockOp.In &&
+        length <= BATCHED_READ &&
+        this.readBatch >= 2 &&
+        this.session === this.batchSession
+      ) {
         if (!this.pumpDue) {
           this.pumpDue = true
           process.nextTick(this.duePump)
@@ -633,7 +686,7 @@ export class RemoteBlockDevice implements BlockDevice {
         this.retire(r)
         continue
       }
-      if (r.op === BlockOp.In && this.readBatch >= 2 && s === this.batchSession) {
+      if (r.op === BlockOp.In && r.length <= BATCHED_READ && this.readBatch >= 2 && s === this.batchSession) {
         const n = this.sendReads(s)
         if (n < 0) break
         if (n > 0) continue
@@ -655,7 +708,13 @@ export class RemoteBlockDevice implements BlockDevice {
     let n = 0
     while (n < this.readBatch && n < this.unsent.length) {
       const r = this.unsent.at(n)!
-      if (r.op !== BlockOp.In || (r.state !== 'unsent' && r.state !== 'sent') || r.sentOn === s) break
+      if (
+        r.op !== BlockOp.In ||
+        r.length > BATCHED_READ ||
+        (r.state !== 'unsent' && r.state !== 'sent') ||
+        r.sentOn === s
+      )
+        break
       if (r.sends === 0 && r.call.settled) break
       n++
     }

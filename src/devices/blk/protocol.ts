@@ -1,6 +1,7 @@
 import { type ErrorCode, VrioError } from '../../errors.ts'
 import { readU32, writeU16, writeU32 } from '../../wire/bytes.ts'
 import {
+  decodeMessageHeader,
   encodeMessageHeader,
   MESSAGE_HEADER_LENGTH,
   type MessageHeader,
@@ -101,6 +102,12 @@ export const BlockMessageFlag = {
 } as const
 /** Most READ requests one batch carries (an IOhyp may announce fewer). */
 export const MAX_READ_BATCH = 64
+/**
+ * Longest batch response this IOhyp sends (§8.2b), header included: one GSO super-frame's worth
+ * on a 1500-byte MTU (62 656 bytes of payload), so it is small reads that share a message; larger
+ * answers go read by read, as a large read's data gains nothing from sharing one.
+ */
+export const MAX_BATCH_RESPONSE = 60 * 1024
 /** Bytes of one extent in an Extents reply: u32 length, u32 flags. */
 export const EXTENT_LENGTH = 8
 /** Most extents one Extents reply carries (its replyLength is at most this many × 8). */
@@ -235,6 +242,54 @@ export function readBatchCount(h: MessageHeader, message: Uint8Array): number {
       return 0
   }
   return count
+}
+
+/** Writes the header of a batch response (§8.2b) for `device` whose responses are `bodyLength` bytes. */
+export function encodeBlockBatchResponseHead(
+  buf: Uint8Array,
+  offset: number,
+  device: BlockHandle,
+  bodyLength: number,
+): number {
+  const h = scratch
+  h.type = MessageType.BlockResponse
+  h.flags = BlockMessageFlag.Batch
+  h.bodyLength = bodyLength
+  h.deviceHigh = device.high
+  h.deviceLow = device.low
+  h.requestHigh = 0
+  h.requestLow = 0
+  h.replyLength = 0
+  h.status = 0
+  return encodeMessageHeader(buf, offset, h)
+}
+
+/**
+ * Whether `h` heads a batch response (§8.2b) for `device`: flag BATCH, request, replyLength and
+ * status zero. Its responses are then read one by one with nextBatchedResponse.
+ */
+export function isBatchResponse(h: MessageHeader, device: BlockHandle): boolean {
+  return (
+    h.type === MessageType.BlockResponse &&
+    h.flags === BlockMessageFlag.Batch &&
+    h.deviceHigh === device.high &&
+    h.deviceLow === device.low &&
+    h.requestHigh === 0 &&
+    h.requestLow === 0 &&
+    h.replyLength === 0 &&
+    h.status === 0
+  )
+}
+
+/**
+ * The response at `at` in the batch response `message` (header decoded into `out`): where it
+ * ends, or -1 when no whole response of version 1 starts there. Never throws.
+ */
+export function nextBatchedResponse(message: Uint8Array, at: number, out: MessageHeader): number {
+  if (message.length - at < MESSAGE_HEADER_LENGTH) return -1
+  const end = at + MESSAGE_HEADER_LENGTH + readU32(message, at + 4)
+  if (end > message.length || decodeMessageHeader(message, at, end, out) !== undefined) return -1
+  return end
 }
 
 /**
