@@ -265,6 +265,23 @@ async function compareFilter(): Promise<void> {
   )
 }
 
+/**
+ * A world for vrio (192.168.77.100), VXLAN (192.168.88.100) and one more path at `other`, its
+ * servers running and VXLAN up (the relay and kernel-path modes).
+ */
+async function worldWithVxlan(other: string): Promise<NicWorld> {
+  const w = await startNicWorld(['192.168.77.100/24', other, '192.168.88.100/24'])
+  try {
+    w.serve(w.world, 'iperf3', ['-s'])
+    w.serve(w.world, 'python3', ['-c', PINGPONG_SERVER])
+    await addVxlan(w)
+    return w
+  } catch (error) {
+    await w.stop()
+    throw error
+  }
+}
+
 /** The native relay's source (bench/support/nic-relay.c), from dist/bench or bench. */
 const RELAY_SOURCE = fileURLToPath(new URL('../../bench/support/nic-relay.c', import.meta.url))
 
@@ -300,13 +317,10 @@ async function againstRelay(): Promise<void> {
       `cannot build ${RELAY_SOURCE}: BENCH_RELAY needs cc and OpenSSL's headers (apt-get install libssl-dev)`,
     )
   }
-  const w = await startNicWorld(['192.168.77.100/24', '192.168.99.100/24', '192.168.88.100/24'])
+  const w = await worldWithVxlan('192.168.99.100/24')
   const relays: ChildProcess[] = []
   try {
-    const { pair, guest, iohyp, world } = w
-    w.serve(world, 'iperf3', ['-s'])
-    w.serve(world, 'python3', ['-c', PINGPONG_SERVER])
-    await addVxlan(w)
+    const { pair, guest, iohyp } = w
     const g = pair.guestEnd
     const h = pair.iohypEnd
     const key = randomBytes(32).toString('hex')
@@ -417,12 +431,9 @@ const KPATH_SOURCE = fileURLToPath(new URL('../../bench/support/nic-kpath.bpf.c'
  */
 async function againstKernelPath(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'vrio-kpath-'))
-  const w = await startNicWorld(['192.168.77.100/24', '192.168.66.100/24', '192.168.88.100/24'])
+  const w = await worldWithVxlan('192.168.66.100/24')
   try {
-    const { pair, guest, iohyp, world } = w
-    w.serve(world, 'iperf3', ['-s'])
-    w.serve(world, 'python3', ['-c', PINGPONG_SERVER])
-    await addVxlan(w)
+    const { pair, guest, iohyp } = w
     const g = pair.guestEnd
     const h = pair.iohypEnd
     // The guest's NIC kp0 (its frames enter the path at kp0p's ingress); on the IOhyp, kp1 on the

@@ -137,8 +137,8 @@ constexpr size_t kIpAt = kEth, kTcpAt = kEth + kIp;
 constexpr size_t kDataOptions = 36, kAckOptions = 24;
 constexpr size_t kVnetHdr = 10;
 constexpr size_t kMsgHeader = 32, kReqHead = 56;
-constexpr uint32_t kMaxReadBatch = 64;             // protocol.ts MAX_READ_BATCH
-constexpr size_t kMaxBatchResponse = 60 * 1024;  // protocol.ts MAX_BATCH_RESPONSE
+constexpr uint32_t kMaxBatch = 64;              // protocol.ts MAX_BATCH
+constexpr size_t kMaxBatchBytes = 60 * 1024;  // protocol.ts MAX_BATCH_BYTES
 constexpr uint8_t kAck = 0x10, kPsh = 0x08;
 constexpr uint8_t kOptExp = 254;
 constexpr uint16_t kExId = 0x7672;
@@ -681,31 +681,33 @@ const FastPath::Disk* FastPath::Request(const Lease& l, const uint8_t* m, uint64
   return ok ? disk : nullptr;
 }
 
-// The number of READs in the batch `m` (`msgLength` bytes, in one frame) when the addon answers
-// it: the header as protocol.ts readBatchCount checks it, and every request one Request answers
-// alone (a READ of a disk lent with the connection, the batch's device). 0 otherwise. The bytes of
-// all its answers as AnswerBatch sends them in `replyBytes`, the messages in `records`.
+// The number of requests in the batch `m` (`msgLength` bytes, in one frame) when the addon answers
+// it: the header as protocol.ts batchCount checks it, and every request one the addon answers alone
+// (Request: a READ, or a WRITE without FUA, of a disk lent with the connection, the batch's
+// device). 0 otherwise. Where each starts in batchAt_ (then the end), the bytes of all their
+// answers as AnswerBatch sends them in `replyBytes`, the messages in `records`.
 uint32_t FastPath::Batch(const Lease& l, const uint8_t* m, uint64_t msgLength, size_t& replyBytes,
                          uint32_t& records) {
-  uint64_t body = msgLength - kMsgHeader;
-  uint64_t count = body / kReqHead;
-  if (m[0] != 1 || m[1] != 0x20 || Rd16(m + 2) != 1 || Rd32(m + 4) != body || Rd32(m + 16) != 0 ||
-      Rd32(m + 20) != 0 || Rd32(m + 24) != 0 || Rd16(m + 28) != 0 || body % kReqHead != 0 || count < 2 ||
-      count > kMaxReadBatch)
+  if (m[0] != 1 || m[1] != 0x20 || Rd16(m + 2) != 1 || Rd32(m + 4) != msgLength - kMsgHeader ||
+      Rd32(m + 16) != 0 || Rd32(m + 20) != 0 || Rd32(m + 24) != 0 || Rd16(m + 28) != 0)
     return 0;
   replyBytes = 0;
   records = 0;
   size_t chunk = 0;  // the batch response being filled: its bytes so far (0: none)
-  for (uint64_t i = 0; i < count; i++) {
-    const uint8_t* e = m + kMsgHeader + i * kReqHead;
+  uint32_t count = 0;
+  for (uint64_t at = kMsgHeader; at < msgLength; count++) {
+    if (count == kMaxBatch || msgLength - at < kReqHead) return 0;
+    const uint8_t* e = m + at;
+    uint64_t len = kMsgHeader + uint64_t(Rd32(e + 4));
+    if (len > msgLength - at || Rd32(e + 8) != Rd32(m + 8) || Rd32(e + 12) != Rd32(m + 12)) return 0;
     bool write = false;
     uint32_t rlen = 0;
     uint64_t roff = 0;
-    if (Rd32(e + 8) != Rd32(m + 8) || Rd32(e + 12) != Rd32(m + 12) || e[kMsgHeader] != 0) return 0;
-    const Disk* disk = Request(l, e, kReqHead, true, write, rlen, roff);
+    const Disk* disk = Request(l, e, len, true, write, rlen, roff);
     if (disk == nullptr) return 0;
-    size_t answer = kMsgHeader + rlen;
-    size_t limit = std::min(kMaxBatchResponse, size_t(disk->maxRead) + kMsgHeader);
+    batchAt_[count] = uint32_t(at);
+    size_t answer = kMsgHeader + (write ? 0 : rlen);
+    size_t limit = std::min(kMaxBatchBytes, size_t(disk->maxRead) + kMsgHeader);
     if (kMsgHeader + answer > limit) {
       replyBytes += answer;  // alone, after the batch response before it
       records++;
@@ -718,8 +720,11 @@ uint32_t FastPath::Batch(const Lease& l, const uint8_t* m, uint64_t msgLength, s
       replyBytes += chunk;
       records++;
     }
+    at += len;
   }
-  return uint32_t(count);
+  if (count < 2) return 0;
+  batchAt_[count] = uint32_t(msgLength);
+  return count;
 }
 
 // Opens the WRITE being received over several frames at `start` (`length` bytes, head in `m`) for
@@ -1022,20 +1027,7 @@ void FastPath::Answer(Channel* ch, uint32_t slot, const Disk& disk, const uint8_
   size_t bytes = kMsgHeader + (write ? 0 : length);
   size_t at = Place(l, bytes);  // checked by the caller
   uint8_t* msg = store_ + size_t(slot) * storeBytes_ + at;
-  if (write) {
-    double started = disk.stats ? NowMs() : 0;
-    uint16_t status = WriteAll(disk.fd, req + kReqHead, length, offset);
-    s[kCWrites]++;
-    if (status != 0) {
-      s[kCWriteErrors]++;
-    } else {
-      s[kCWriteBytes] += length;
-    }
-    if (disk.stats) disk.stats->Count(1, status, status == 0 ? length : 0, (NowMs() - started) / 1000, latencyBounds_);
-    ResponseHead(msg, req, status, 0);
-  } else {
-    bytes = Fill(s, disk, msg, req, offset, length);
-  }
+  bytes = write ? FillWrite(s, disk, msg, req, offset, length) : Fill(s, disk, msg, req, offset, length);
   Send(ch, slot, at, bytes);
 }
 
@@ -1063,11 +1055,28 @@ size_t FastPath::Fill(double* s, const Disk& disk, uint8_t* out, const uint8_t* 
   return kMsgHeader + data;
 }
 
-// The answers to the batch of `count` READs `m` (checked by Batch), in order (protocol.md
-// §8.2b): each read's response joins the batch response being filled while that stays within
-// kMaxBatchResponse bytes (and a largest read's), else starts the next; a read whose response
-// with a batch header is longer goes alone. Each batch response is one record, its reads
-// `pread` straight into it.
+// The WRITE `req` (its data after its head) done, and its response at `out`: Ok, or IoError /
+// NoSpace (WriteStatus). Counted in the slot's counters `s` and the disk's stats. Its length.
+size_t FastPath::FillWrite(double* s, const Disk& disk, uint8_t* out, const uint8_t* req, uint64_t offset,
+                           uint32_t length) {
+  double started = disk.stats ? NowMs() : 0;
+  uint16_t status = WriteAll(disk.fd, req + kReqHead, length, offset);
+  s[kCWrites]++;
+  if (status != 0) {
+    s[kCWriteErrors]++;
+  } else {
+    s[kCWriteBytes] += length;
+  }
+  if (disk.stats) disk.stats->Count(1, status, status == 0 ? length : 0, (NowMs() - started) / 1000, latencyBounds_);
+  ResponseHead(out, req, status, 0);
+  return kMsgHeader;
+}
+
+// The answers to the batch of `count` requests `m` (checked by Batch, which left where each
+// starts in batchAt_), in order (protocol.md §8.2b): each joins the batch response being filled
+// while that stays within kMaxBatchBytes bytes (and a largest read's), else starts the next; a
+// READ whose response with a batch header is longer goes alone. Each batch response is one
+// record, its READs `pread` straight into it.
 void FastPath::AnswerBatch(Channel* ch, uint32_t slot, const uint8_t* m, uint32_t count) {
   Lease& l = leases_[slot];
   double* s = shared_ + size_t(slot) * kSlotStride;
@@ -1086,36 +1095,37 @@ void FastPath::AnswerBatch(Channel* ch, uint32_t slot, const uint8_t* m, uint32_
     // As Eligible does after each answer: the guest starts on these while the next are read.
     if (txUsed_ >= kFlushAfter) Flush(ch);
   };
+  // An answer's bytes, from its request's op and length.
+  auto answerOf = [&](uint32_t i) {
+    const uint8_t* e = m + batchAt_[i];
+    return kMsgHeader + (e[kMsgHeader] == 1 ? 0 : size_t(Rd32(e + kMsgHeader + 4)));
+  };
   for (uint32_t i = 0; i < count; i++) {
-    const uint8_t* e = m + kMsgHeader + size_t(i) * kReqHead;
+    const uint8_t* e = m + batchAt_[i];
     bool write = false;
     uint32_t rlen = 0;
     uint64_t roff = 0;
-    const Disk* disk = Request(l, e, kReqHead, true, write, rlen, roff);
+    const Disk* disk = Request(l, e, batchAt_[i + 1] - batchAt_[i], true, write, rlen, roff);
     s[kCRequests]++;
-    size_t answer = kMsgHeader + rlen;
-    size_t limit = std::min(kMaxBatchResponse, size_t(disk->maxRead) + kMsgHeader);
+    size_t answer = answerOf(i);
+    size_t limit = std::min(kMaxBatchBytes, size_t(disk->maxRead) + kMsgHeader);
     if (kMsgHeader + answer > limit) {
       close();
-      Answer(ch, slot, *disk, e, roff, rlen, false);
+      Answer(ch, slot, *disk, e, roff, rlen, false);  // a READ: a WRITE's answer is its header
       if (txUsed_ >= kFlushAfter) Flush(ch);
       continue;
     }
     if (msg != nullptr && planned + answer > limit) close();
     if (msg == nullptr) {
-      // Room for as many of the next reads as may join it (checked by the caller as their sum).
+      // Room for as many of the next answers as may join it (checked by the caller as their sum).
       size_t room = kMsgHeader;
-      for (uint32_t j = i; j < count; j++) {
-        uint32_t n = Rd32(m + kMsgHeader + size_t(j) * kReqHead + kMsgHeader + 4);
-        if (room + kMsgHeader + n > limit) break;
-        room += kMsgHeader + n;
-      }
+      for (uint32_t j = i; j < count && room + answerOf(j) <= limit; j++) room += answerOf(j);
       at = Place(l, room);
       msg = store_ + size_t(slot) * storeBytes_ + at;
       used = planned = kMsgHeader;
     }
     planned += answer;
-    used += Fill(s, *disk, msg + used, e, roff, rlen);
+    used += write ? FillWrite(s, *disk, msg + used, e, roff, rlen) : Fill(s, *disk, msg + used, e, roff, rlen);
   }
   close();
 }

@@ -281,6 +281,8 @@ class FastPath : public Napi::ObjectWrap<FastPath> {
   void Pump(Channel* ch, uint32_t slot);
   uint32_t Batch(const Lease& l, const uint8_t* m, uint64_t msgLength, size_t& replyBytes, uint32_t& records);
   size_t Fill(double* s, const Disk& disk, uint8_t* out, const uint8_t* req, uint64_t offset, uint32_t length);
+  size_t FillWrite(double* s, const Disk& disk, uint8_t* out, const uint8_t* req, uint64_t offset, uint32_t length);
+  uint32_t batchAt_[65] = {};  // where each request of the batch Batch checked starts, then its end
   void AnswerBatch(Channel* ch, uint32_t slot, const uint8_t* m, uint32_t count);
   const Disk* Request(const Lease& l, const uint8_t* m, uint64_t msgLength, bool whole, bool& write, uint32_t& rlen,
                       uint64_t& roff);

@@ -273,7 +273,7 @@ export interface StatusInfo {
       writeErrors: number
       partialHandbacks: number
       sentThrough: number
-      /** Batches of reads the addon answered (their reads count in `requests`). */
+      /** Batches the addon answered (their requests count in `requests`). */
       batches: number
     }[]
   }

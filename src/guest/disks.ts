@@ -44,8 +44,8 @@ const attachDiskSchema = z.object({
     canTrim: z.boolean(),
     canWriteZeroes: z.boolean(),
   }),
-  /** Most READ requests the IOhyp takes in one batch message (absent: none; an older IOhyp). */
-  maxReadBatch: z.int().min(0).optional(),
+  /** Most requests the IOhyp takes in one batch message (absent: none; an older IOhyp). */
+  maxBatch: z.int().min(0).optional(),
 })
 export type AttachDiskParams = z.output<typeof attachDiskSchema>
 
@@ -109,7 +109,7 @@ class GuestDiskKind
   }
 
   async ready(d: Disk, p: AttachDiskParams): Promise<void> {
-    d.front.useReadBatch(p.maxReadBatch)
+    d.front.useBatch(p.maxBatch)
     if (this.o.attach) d.attached = await this.expose(p.name, d.front, p.info.readOnly)
   }
 
@@ -143,7 +143,7 @@ class GuestDiskKind
   rebind(d: Disk, session: Session | undefined, handle: DeviceHandle, p: AttachDiskParams): void {
     if (!session) return
     d.front.attach(session, handle)
-    d.front.useReadBatch(p.maxReadBatch)
+    d.front.useBatch(p.maxBatch)
   }
 
   bind(d: Disk, session: Session | undefined): void {

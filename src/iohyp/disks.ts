@@ -10,7 +10,7 @@ import type { IohypDiskMetrics } from '../daemon/metrics.ts'
 import { BlockBackend, type ReplyBudget, replyNoDevice } from '../devices/blk/backend.ts'
 import { type BlockDevice, blockDeviceInfo } from '../devices/blk/device.ts'
 import { FileDevice, type FileIdentity, sameFile } from '../devices/blk/file-device.ts'
-import { MAX_READ_BATCH } from '../devices/blk/protocol.ts'
+import { MAX_BATCH } from '../devices/blk/protocol.ts'
 import { type DiskSpec, parseDiskRequest } from '../devices/blk/spec.ts'
 import type { DeviceEntry, DeviceHandle, DeviceKind } from '../devices/kind.ts'
 import type { FastDisk } from '../io/fast-path.ts'
@@ -24,17 +24,17 @@ import { DeviceRegistry } from './registry.ts'
 import type { Lender } from '../transport/message-buffers.ts'
 
 /**
- * Most READ requests a guest may send in one batch message (announced in blk.attach):
- * `VRIO_READ_BATCH`, read once at start, 0–64 (0: none, every read its own message); default 64.
+ * Most requests a guest may send in one batch message (announced in blk.attach):
+ * `VRIO_BATCH`, read once at start, 0–64 (0: none, every request its own message); default 64.
  */
-const READ_BATCH = readBatchSetting(process.env.VRIO_READ_BATCH)
+const BATCH = batchSetting(process.env.VRIO_BATCH)
 
-function readBatchSetting(value: string | undefined): number {
-  if (value === undefined || value === '') return MAX_READ_BATCH
+function batchSetting(value: string | undefined): number {
+  if (value === undefined || value === '') return MAX_BATCH
   const n = Number(value)
-  if (!Number.isInteger(n) || n < 0 || n > MAX_READ_BATCH)
-    throw new VrioError('invalid-config', `VRIO_READ_BATCH must be an integer from 0 to ${MAX_READ_BATCH}`, {
-      field: 'VRIO_READ_BATCH',
+  if (!Number.isInteger(n) || n < 0 || n > MAX_BATCH)
+    throw new VrioError('invalid-config', `VRIO_BATCH must be an integer from 0 to ${MAX_BATCH}`, {
+      field: 'VRIO_BATCH',
       value,
     })
   return n
@@ -203,7 +203,7 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
       name: e.spec.name,
       handle: e.handle,
       info: blockDeviceInfo(e.device.device),
-      maxReadBatch: READ_BATCH,
+      maxBatch: BATCH,
     }
   }
 

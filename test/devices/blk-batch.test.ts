@@ -12,14 +12,14 @@ import {
   encodeBlockBatchResponseHead,
   encodeBlockRequestHead,
   encodeBlockResponseHead,
-  MAX_BATCH_RESPONSE,
+  MAX_BATCH_BYTES,
   nextBatchedResponse,
 } from '../../src/devices/blk/protocol.ts'
 import type { Delivery } from '../../src/transport/config.ts'
 import { decodeMessageHeader, type MessageHeader, newMessageHeader } from '../../src/wire/message-header.ts'
 import { assertBytes, immediate, InstrumentedDevice, pattern } from './blk-harness.ts'
 
-// Batches of reads and their batch responses (docs/protocol.md §8.1b, §8.2b), on each side
+// Batches of reads and writes and their batch responses (docs/protocol.md §8.1b, §8.2b), on each side
 // alone: the back-end gathers the answers of a batch's running reads into one message; the
 // front-end takes a batch response apart.
 
@@ -65,9 +65,26 @@ function read(id: number, offset: number, length = 4096, floor = 1): Buffer {
   return head
 }
 
+function write(id: number, offset: number, data: Uint8Array, flags = 0): Buffer {
+  const head = Buffer.alloc(BLOCK_REQUEST_HEAD_LENGTH)
+  encodeBlockRequestHead(head, 0, DEVICE, EPOCH, id, {
+    op: BlockOp.Out,
+    flags,
+    length: data.length,
+    offset,
+    floor: 1,
+  })
+  return Buffer.concat([head, data])
+}
+
 function batch(entries: Buffer[]): Buffer {
   const head = Buffer.alloc(32)
-  encodeBlockBatchHead(head, 0, DEVICE, entries.length)
+  encodeBlockBatchHead(
+    head,
+    0,
+    DEVICE,
+    entries.reduce((n, e) => n + e.length, 0),
+  )
   return Buffer.concat([head, ...entries])
 }
 
@@ -122,8 +139,8 @@ describe('the back-end gathers the answers of a batch', () => {
     }
   })
 
-  it('in batch responses of at most MAX_BATCH_RESPONSE bytes, in order; a read too long for one alone', async () => {
-    const fits = Math.floor((MAX_BATCH_RESPONSE - 32) / (32 + 4096))
+  it('in batch responses of at most MAX_BATCH_BYTES bytes, in order; a read too long for one alone', async () => {
+    const fits = Math.floor((MAX_BATCH_BYTES - 32) / (32 + 4096))
     const b = new BlockBackend(new MemoryDevice({ size: 1 << 20 }), { handle: DEVICE })
     const s = new Captured()
     b.attach(s)
@@ -156,7 +173,26 @@ describe('the back-end gathers the answers of a batch', () => {
       `alone ${fits + 3}`,
       run(fits + 4, fits + 5),
     ])
-    assert.ok(s.messages.every((x) => x.length <= MAX_BATCH_RESPONSE || x.readUInt16BE(2) === 0))
+    assert.ok(s.messages.every((x) => x.length <= MAX_BATCH_BYTES || x.readUInt16BE(2) === 0))
+  })
+
+  it('writes among the reads: written as if they came alone, answered in the same batch response', async () => {
+    const device = new MemoryDevice({ size: 1 << 20 })
+    await device.write(0, pattern(7, 1 << 20), false)
+    const b = new BlockBackend(device, { handle: DEVICE })
+    const s = new Captured()
+    b.attach(s)
+    const data = pattern(9, 4096)
+    const m = batch([read(1, 0), write(2, 8192, data), read(3, 8192)])
+    b.receive(header(m), m)
+    await until(() => s.answers().size === 3)
+    assert.equal(s.messages.length, 1)
+    const a = s.answers()
+    assert.equal(a.get(2)!.status, BlockStatus.Ok)
+    assert.equal(a.get(2)!.data.length, 0)
+    assertBytes(await device.read(8192, 4096), data, 'written')
+    assertBytes(a.get(1)!.data, pattern(7, 1 << 20).subarray(0, 4096))
+    assert.equal(a.get(3)!.data.length, 4096, 'a read after the write in the batch')
   })
 
   it('a read that has to wait answers on its own, and an error is an answer like any other', async () => {
@@ -233,7 +269,7 @@ describe('the front-end takes a batch response apart', () => {
     const f = new RemoteBlockDevice({ info, handle: DEVICE, sweepInterval: 0 })
     const s = new Captured()
     f.attach(s)
-    f.useReadBatch(64)
+    f.useBatch(64)
     const calls = Array.from({ length: n }, (_, i) => f.read(i * 4096, 4096))
     await immediate()
     assert.equal(s.messages.length, 1, 'one batch')
@@ -260,8 +296,8 @@ describe('the front-end takes a batch response apart', () => {
     const f = new RemoteBlockDevice({ info, handle: DEVICE, sweepInterval: 0 })
     const s = new Captured()
     f.attach(s)
-    f.useReadBatch(64)
-    const long = MAX_BATCH_RESPONSE - 63
+    f.useBatch(64)
+    const long = MAX_BATCH_BYTES - 63
     const calls = [f.read(0, long), f.read(long, long), f.read(0, 4096), f.read(4096, 4096)]
     for (const c of calls) c.catch(() => {}) // failed by close() below
     await immediate()
@@ -273,6 +309,33 @@ describe('the front-end takes a batch response apart', () => {
         [BlockMessageFlag.Batch, 32 + 2 * BLOCK_REQUEST_HEAD_LENGTH],
       ],
     )
+    f.close()
+  })
+
+  it('small writes without FUA join the batch with their data; a FUA write or a long one leaves alone', async () => {
+    const f = new RemoteBlockDevice({ info, handle: DEVICE, sweepInterval: 0 })
+    const s = new Captured()
+    f.attach(s)
+    f.useBatch(64)
+    const calls = [
+      f.write(0, pattern(1, 4096), false),
+      f.read(0, 4096),
+      f.write(4096, pattern(2, 100), false),
+      f.write(8192, pattern(3, 512), true),
+      f.write(0, pattern(4, MAX_BATCH_BYTES), false),
+    ]
+    for (const c of calls) c.catch(() => {}) // failed by close() below
+    await immediate()
+    assert.deepEqual(
+      s.messages.map((m) => [m.readUInt16BE(2), m.length]),
+      [
+        [BlockMessageFlag.Batch, 32 + 56 + 4096 + 56 + 56 + 100],
+        [0, BLOCK_REQUEST_HEAD_LENGTH + 512],
+        [0, BLOCK_REQUEST_HEAD_LENGTH + MAX_BATCH_BYTES],
+      ],
+    )
+    const m = s.messages[0]
+    assertBytes(m.subarray(32 + 56, 32 + 56 + 4096), pattern(1, 4096), "the first write's data, in place")
     f.close()
   })
 

@@ -141,8 +141,8 @@ export interface BlkPairOptions {
   handle?: BlockHandle
   backend?: Omit<BlockBackendOptions, 'handle'>
   frontend?: Omit<RemoteBlockDeviceOptions, 'handle' | 'info' | 'clock'>
-  /** The IOhyp's announced maxReadBatch, given to the front-end on every session as the guest's disks do. */
-  readBatch?: number
+  /** The IOhyp's announced maxBatch, given to the front-end on every session as the guest's disks do. */
+  batch?: number
 }
 
 /** A guest and an IOhyp joined over the simulated link. */
@@ -167,7 +167,7 @@ export class BlkPair {
   readonly requests: Buffer[] = []
   captureRequests = false
   private readonly backendOptions: BlockBackendOptions
-  private readonly readBatch: number | undefined
+  private readonly batch: number | undefined
 
   constructor(device: BlockDevice, options: BlkPairOptions = {}) {
     this.faults = { ...(options.faults ?? NO_FAULTS) }
@@ -176,7 +176,7 @@ export class BlkPair {
     this.handle = options.handle ?? { high: 3, low: 0x9e37_79b9 }
     this.backendOptions = { ...(options.backend ?? {}), handle: this.handle }
     this.backend = new BlockBackend(this.device, this.backendOptions)
-    this.readBatch = options.readBatch
+    this.batch = options.batch
     this.front = new RemoteBlockDevice({
       sweepInterval: 0,
       ...(options.frontend ?? {}),
@@ -228,7 +228,7 @@ export class BlkPair {
       authenticated: () => {
         this.guestSession = session
         this.front.attach(session)
-        this.front.useReadBatch(this.readBatch)
+        this.front.useBatch(this.batch)
       },
       control() {},
       data: (h, m, _delivery, lender) => {

@@ -10,13 +10,14 @@ import {
   blockStatusError,
   blockStatusOf,
   decodeBlockRequest,
+  batchAnswerLength,
+  batchCount,
   encodeBlockBatchHead,
   encodeBlockRequestHead,
   encodeBlockResponseHead,
   HeadArena,
-  MAX_READ_BATCH,
+  MAX_BATCH,
   newBlockRequest,
-  readBatchCount,
 } from '../../src/devices/blk/protocol.ts'
 import { VrioError } from '../../src/errors.ts'
 import { decodeMessageHeader, MessageType, newMessageHeader } from '../../src/wire/message-header.ts'
@@ -186,12 +187,15 @@ describe('blk protocol codec', () => {
     bad(short, 'truncated descriptor')
   })
 
-  it('a batch of reads: its header byte for byte, and what readBatchCount refuses', () => {
+  it('a batch of reads and writes: its header byte for byte, where its requests start, and what batchCount refuses', () => {
     const reads = (n: number) =>
       Array.from({ length: n }, (_, i) => request(BlockOp.In, 0, 4096, i * 4096, undefined, 1, i + 1))
+    const write = (length: number, flags = 0) =>
+      request(BlockOp.Out, flags, length, 0, Buffer.alloc(length, 7), 1, 99)
     const batch = (entries: Buffer[]) => {
+      const body = entries.reduce((n, e) => n + e.length, 0)
       const head = new Uint8Array(32)
-      assert.equal(encodeBlockBatchHead(head, 0, DEVICE, entries.length), 32)
+      assert.equal(encodeBlockBatchHead(head, 0, DEVICE, body), 32)
       return Buffer.concat([head, ...entries])
     }
     const three = batch(reads(3))
@@ -200,19 +204,31 @@ describe('blk protocol codec', () => {
       // version 1, BlockRequest, flags BATCH, body 3 × 56, the device, request 0, replyLength 0, status 0
       `01200001${(3 * 56).toString(16).padStart(8, '0')}01020304a1b2c3d4${'0'.repeat(32)}`,
     )
+    const starts: number[] = []
     const count = (m: Buffer) => {
       const h = newMessageHeader()
       if (decodeMessageHeader(m, 0, m.length, h) !== undefined) return 0
-      return readBatchCount(h, m)
+      return batchCount(h, m, starts)
     }
     assert.equal(count(three), 3)
-    assert.equal(count(batch(reads(MAX_READ_BATCH))), MAX_READ_BATCH)
+    assert.deepEqual(starts.slice(0, 3), [32, 88, 144])
+    assert.equal(count(batch(reads(MAX_BATCH))), MAX_BATCH)
+    // Writes among the reads, with their data: each starts after the one before.
+    assert.equal(count(batch([...reads(1), write(100), ...reads(1), write(4096)])), 4)
+    assert.deepEqual(starts.slice(0, 4), [32, 88, 88 + 156, 88 + 156 + 56])
+    assert.equal(
+      batchAnswerLength(batch([...reads(1), write(100)]), 32),
+      32 + 4096,
+      "a read's answer: its data",
+    )
+    assert.equal(batchAnswerLength(batch([...reads(1), write(100)]), 88), 32, "a write's: its header")
     const refused: [string, Buffer][] = [
       ['one read', batch(reads(1))],
-      ['too many reads', batch(reads(MAX_READ_BATCH + 1))],
-      ['a write among the reads', batch([...reads(2), request(BlockOp.Out, 0, 4, 0, Buffer.alloc(4))])],
+      ['too many reads', batch(reads(MAX_BATCH + 1))],
       ['a flush among the reads', batch([...reads(2), request(BlockOp.Flush, 0, 0, 0)])],
+      ['a trim among the reads', batch([...reads(2), request(BlockOp.Discard, 0, 4096, 0)])],
       ['a trailing partial request', Buffer.concat([batch(reads(2)), Buffer.alloc(8)])],
+      ['a write whose data runs past the batch', batch([...reads(1), write(100)]).subarray(0, 32 + 56 + 100)],
     ]
     const mutate = (name: string, f: (m: Buffer) => void) => {
       const m = Buffer.from(three)
@@ -235,6 +251,8 @@ describe('blk protocol codec', () => {
     }
     // A single request is no batch.
     assert.equal(count(reads(1)[0]), 0)
+    // A FUA write is a write like any other to a batch (the IOhyp takes it as if it came alone).
+    assert.equal(count(batch([...reads(1), write(8, BlockFlag.Fua)])), 2)
   })
 
   it('maps statuses to the BlockDevice error codes and back', () => {

@@ -354,7 +354,7 @@ describe('floods: a hostile enrolled guest, then a host with no key', () => {
     await underHostileGuest('unread-replies', ['--seconds', '8', '--count', '128'], (m) => t.diagnostic(m))
   })
 
-  it('batches of reads, well-formed and malformed in turn: every read of the good ones answered, the bad ones dropped unanswered', async (t) => {
+  it('batches of reads and writes, well-formed and malformed in turn: every request of the good ones answered, the bad ones dropped unanswered', async (t) => {
     const done = await underHostileGuest('bad-batches', ['--seconds', '8', '--count', '2000'], (m) =>
       t.diagnostic(m),
     )

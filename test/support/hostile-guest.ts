@@ -10,10 +10,10 @@
  *                    keeps asking for the largest reads
  *   skips            100 000 Skip segments (test/support/skip-adapter.ts), each leaving a gap
  *   unread-replies   asks for large reads, then stops reading its link altogether (no ACKs)
- *   bad-batches      `count` rounds of a malformed batch (one read, a write among reads, another
+ *   bad-batches      `count` rounds of a malformed batch (one read, a flush among reads, another
  *                    device's read, a response among them, a request handle, trailing bytes, 65
- *                    reads, in turn) and a well-formed one of 8 reads, each round once the last
- *                    one's reads are answered
+ *                    reads, in turn) and a well-formed one of 6 reads and 2 writes, each round
+ *                    once the last one's requests are answered
  *
  * then leaves (closes its link: the IOhyp gets an RST) after `--seconds`. Events go to stdout as
  * JSON lines: `listening`, `attached` {disk, handle}, `flooding`, `done` {sent, replies by status},
@@ -31,11 +31,12 @@ import { createLogger } from '../../src/daemon/log.ts'
 import { VRIO_PORT } from '../../src/daemon/runtime.ts'
 import {
   BLOCK_REQUEST_HEAD_LENGTH,
+  BlockFlag,
   BlockMessageFlag,
   BlockOp,
   encodeBlockBatchHead,
   encodeBlockRequestHead,
-  MAX_READ_BATCH,
+  MAX_BATCH,
   nextBatchedResponse,
 } from '../../src/devices/blk/protocol.ts'
 import { Rpc } from '../../src/session/rpc.ts'
@@ -205,7 +206,7 @@ async function main(): Promise<void> {
   /** A batch message of `entries` (its header's body length always that of the bytes after it). */
   const batch = (entries: Buffer[], edit?: (m: Buffer) => void): Buffer => {
     const m = Buffer.concat([Buffer.alloc(MESSAGE_HEADER_LENGTH), ...entries])
-    encodeBlockBatchHead(m, 0, disk!.handle, entries.length)
+    encodeBlockBatchHead(m, 0, disk!.handle, m.length - MESSAGE_HEADER_LENGTH)
     edit?.(m)
     m.writeUInt32BE(m.length - MESSAGE_HEADER_LENGTH, 4)
     return m
@@ -258,12 +259,24 @@ async function main(): Promise<void> {
     case 'bad-batches': {
       const count = Number(values.count ?? 2000)
       const other = { high: disk.handle.high ^ 1, low: disk.handle.low }
-      const write = () => {
-        const head = Buffer.alloc(BLOCK_REQUEST_HEAD_LENGTH + 4)
-        encodeBlockRequestHead(head, 0, disk!.handle, epoch, nextId++, {
+      /** A write of `length` bytes (FUA or not) at `offset`, its data after its head. */
+      const write = (offset: number, length: number, flags = 0) => {
+        const m = Buffer.alloc(BLOCK_REQUEST_HEAD_LENGTH + length, 0x5a)
+        encodeBlockRequestHead(m, 0, disk!.handle, epoch, nextId++, {
           op: BlockOp.Out,
+          flags,
+          length,
+          offset,
+          floor: 0,
+        })
+        return m
+      }
+      const flushHead = () => {
+        const head = Buffer.alloc(BLOCK_REQUEST_HEAD_LENGTH)
+        encodeBlockRequestHead(head, 0, disk!.handle, epoch, nextId++, {
+          op: BlockOp.Flush,
           flags: 0,
-          length: 4,
+          length: 0,
           offset: 0,
           floor: 0,
         })
@@ -271,7 +284,7 @@ async function main(): Promise<void> {
       }
       const malformed: (() => Buffer)[] = [
         () => batch([readHead(4096, 0)]),
-        () => batch([readHead(4096, 0), write()]),
+        () => batch([readHead(4096, 0), flushHead()]),
         () => batch([readHead(4096, 0), readHead(4096, 0, other)]),
         () =>
           batch([readHead(4096, 0), readHead(4096, 4096)], (m) => {
@@ -279,16 +292,22 @@ async function main(): Promise<void> {
           }),
         () => batch([readHead(4096, 0), readHead(4096, 4096)], (m) => m.writeUInt32BE(nextId, 20)),
         () => batch([readHead(4096, 0), readHead(4096, 4096), Buffer.alloc(9)]),
-        () => batch(Array.from({ length: MAX_READ_BATCH + 1 }, (_, i) => readHead(512, i * 512))),
+        () => batch(Array.from({ length: MAX_BATCH + 1 }, (_, i) => readHead(512, i * 512))),
       ]
-      // As a front-end would: the next round once the last one's reads are answered (8 in flight).
+      // As a front-end would: the next round once the last one's requests are answered (8 in flight).
       let bad = 0
       for (let i = 0; i < count && Date.now() < deadline; i++) {
         const s = session
         if (!s) break
         if (s.sendData(malformed[i % malformed.length](), Delivery.Reliable)) bad++
         else refused++
-        const good = batch(Array.from({ length: 8 }, (_, k) => readHead(4096, ((i * 8 + k) % 4096) * 4096)))
+        // Six reads and two writes (one of them FUA, which the fast path hands back).
+        const at = (k: number) => ((i * 8 + k) % 4096) * 4096
+        const good = batch([
+          ...Array.from({ length: 6 }, (_, k) => readHead(4096, at(k))),
+          write(at(6), 4096),
+          write(at(7), 512, i % 2 === 0 ? BlockFlag.Fua : 0),
+        ])
         if (s.sendData(good, Delivery.Reliable)) sent += 8
         else refused++
         flush()

@@ -1,5 +1,4 @@
 import { VrioError } from '../../errors.ts'
-import { readU32 } from '../../wire/bytes.ts'
 import { DEFAULT_CONNECTION_OPTIONS, Delivery } from '../../transport/config.ts'
 import type { Lender } from '../../transport/message-buffers.ts'
 import {
@@ -16,6 +15,8 @@ import {
   BLOCK_REQUEST_HEAD_LENGTH,
   BLOCK_RESPONSE_HEAD_LENGTH,
   BlockFlag,
+  batchAnswerLength,
+  batchCount,
   type BlockHandle,
   BlockMessageFlag,
   BlockOp,
@@ -28,9 +29,8 @@ import {
   encodeExtents,
   HeadArena,
   isMutatingOp,
-  MAX_BATCH_RESPONSE,
+  MAX_BATCH_BYTES,
   newBlockRequest,
-  readBatchCount,
 } from './protocol.ts'
 
 /** What the blk layer needs of a session: `Session` satisfies it. */
@@ -135,9 +135,9 @@ export interface BlockBackendStats {
   budgetWaits: number
   /** Times the guest was reported overloaded (onOverload). */
   overloads: number
-  /** Batches of reads received whole (their requests count in `requests`, one by one). */
+  /** Batches received whole (their requests count in `requests`, one by one). */
   batches: number
-  /** Malformed batches, dropped unanswered (readBatchCount). */
+  /** Malformed batches, dropped unanswered (batchCount). */
   badBatches: number
 }
 
@@ -278,8 +278,9 @@ export class BlockBackend {
   private session: BlockSender | undefined
   private readonly epochs = new Map<number, EpochRecord>()
   private readonly request = newBlockRequest()
-  /** The header of the request of a batch being received. */
+  /** The header of the request of a batch being received, and where each of its requests starts. */
   private readonly entry = newMessageHeader()
+  private readonly starts: number[] = []
   /** While a batch is received: where its reads' answers go, and the read at hand. */
   private gathering: Gathering | undefined
   private gatherIndex = 0
@@ -513,26 +514,29 @@ export class BlockBackend {
   }
 
   /**
-   * A batch of reads: each request as if it had come alone, in order. A malformed batch is
-   * dropped and counted; it names no request to answer.
+   * A batch of reads and writes: each request as if it had come alone, in order. A malformed
+   * batch is dropped and counted; it names no request to answer.
    */
   private receiveBatch(h: MessageHeader, message: Uint8Array): void {
-    const count = readBatchCount(h, message)
+    const starts = this.starts
+    const count = batchCount(h, message, starts)
     if (count === 0) {
       this.stats.badBatches++
       return
     }
     this.stats.batches++
-    // The answers in order (protocol.md §8.2b): each read's response joins the batch response
-    // being filled while that stays within MAX_BATCH_RESPONSE bytes (and a largest read's), else
-    // starts the next; a read whose response with a batch header is longer goes alone.
-    const limit = Math.min(MAX_BATCH_RESPONSE, this.maxReadLength + MESSAGE_HEADER_LENGTH)
+    // The answers in order (protocol.md §8.2b): each one joins the batch response being filled
+    // while that stays within MAX_BATCH_BYTES bytes (and a largest read's), else starts the next;
+    // a read whose response with a batch header is longer goes alone.
+    const limit = Math.min(MAX_BATCH_BYTES, this.maxReadLength + MESSAGE_HEADER_LENGTH)
     const e = this.entry
     let g: Gathering | undefined
     let bytes = 0
     const open: Gathering[] = []
-    for (let i = 0, at = MESSAGE_HEADER_LENGTH; i < count; i++, at += BLOCK_REQUEST_HEAD_LENGTH) {
-      const answer = BLOCK_RESPONSE_HEAD_LENGTH + readU32(message, at + MESSAGE_HEADER_LENGTH + 4)
+    for (let i = 0; i < count; i++) {
+      const at = starts[i]
+      const end = i + 1 < count ? starts[i + 1] : message.length
+      const answer = batchAnswerLength(message, at)
       if (MESSAGE_HEADER_LENGTH + answer > limit) g = undefined
       else if (!g || bytes + answer > limit) {
         g = {
@@ -551,10 +555,12 @@ export class BlockBackend {
         g.answers.push(undefined)
         g.waiting++
       }
-      const entry = message.subarray(at, at + BLOCK_REQUEST_HEAD_LENGTH)
+      const entry = message.subarray(at, end)
       decodeMessageHeader(entry, 0, entry.length, e)
       this.gathering = g
       this.gatherIndex = g ? g.answers.length - 1 : 0
+      // Not lent: a write keeps a copy of its data (views of one message could not go back to
+      // its lender one by one).
       this.receive(e, entry)
     }
     this.gathering = undefined

@@ -27,18 +27,25 @@ import {
   encodeBlockRequestHead,
   isBatchResponse,
   isMutatingOp,
-  MAX_BATCH_RESPONSE,
-  MAX_READ_BATCH,
+  MAX_BATCH_BYTES,
+  MAX_BATCH,
   MAX_REQUEST_ID,
   nextBatchedResponse,
 } from './protocol.ts'
 
 /**
- * Longest read sent in a batch: one whose answer can share a batch response (§8.2b). Longer ones
- * gain nothing from it (their data is most of their frames) and leave alone, so a queue of large
- * reads is never one batch whose answers the IOhyp's fast path could not take at once.
+ * The bytes a request takes in a batch (§8.1b), or 0 when it is not sent in one: a READ whose
+ * answer can share a batch response (§8.2b), a WRITE without FUA that fits a batch. Longer ones
+ * gain nothing from a batch (their data is most of their frames) and leave alone, so a queue of
+ * large requests is never one batch whose answers the IOhyp's fast path could not take at once.
  */
-const BATCHED_READ = MAX_BATCH_RESPONSE - 2 * MESSAGE_HEADER_LENGTH
+function batchBytes(op: number, flags: number, length: number): number {
+  if (op === BlockOp.In)
+    return length <= MAX_BATCH_BYTES - 2 * MESSAGE_HEADER_LENGTH ? BLOCK_REQUEST_HEAD_LENGTH : 0
+  if (op !== BlockOp.Out || flags & BlockFlag.Fua) return 0
+  const bytes = BLOCK_REQUEST_HEAD_LENGTH + length
+  return MESSAGE_HEADER_LENGTH + bytes <= MAX_BATCH_BYTES ? bytes : 0
+}
 
 /** Memory a remote disk keeps for read copies given back (its free lists; what is out is the callers'). */
 const COPY_POOL_BYTES = 2 * 1024 * 1024
@@ -85,7 +92,7 @@ export interface RemoteBlockDeviceStats {
   zombies: number
   /** Times a new epoch began because request ids ran out. */
   epochs: number
-  /** Batch messages sent (their reads count in `sent`, one by one). */
+  /** Batch messages sent (their requests count in `sent`, one by one). */
   batches: number
   /** Batch responses received (their responses count in `responses`, one by one). */
   batchResponses: number
@@ -260,8 +267,8 @@ export class RemoteBlockDevice implements BlockDevice {
   private extentsSupported = true
   private prefetchSupported = true
   private readonly awaiting: Int32Array
-  /** Most reads one batch carries on `batchSession` (useReadBatch); below 2: none. */
-  private readBatch = 0
+  /** Most reads one batch carries on `batchSession` (useBatch); below 2: none. */
+  private batchMax = 0
   /** The header of the response of a batch response being received. */
   private readonly entry = newMessageHeader()
   private batchSession: BlockSender | undefined
@@ -334,12 +341,12 @@ export class RemoteBlockDevice implements BlockDevice {
   }
 
   /**
-   * The IOhyp of the current session takes batches of up to `max` reads (its `blk.attach`
-   * announced `maxReadBatch`; 0 or absent: none): reads made in one tick (of at most BATCHED_READ
-   * bytes each) then leave as one batch message. Holds until the session changes.
+   * The IOhyp of the current session takes batches of up to `max` requests (its `blk.attach`
+   * announced `maxBatch`; 0 or absent: none): small reads and writes made in one tick (batchBytes)
+   * then leave as one batch message. Holds until the session changes.
    */
-  useReadBatch(max: number | undefined): void {
-    this.readBatch = Number.isInteger(max) ? Math.min(Math.max(max!, 0), MAX_READ_BATCH) : 0
+  useBatch(max: number | undefined): void {
+    this.batchMax = Number.isInteger(max) ? Math.min(Math.max(max!, 0), MAX_BATCH) : 0
     this.batchSession = this.session
   }
 
@@ -625,12 +632,7 @@ export class RemoteBlockDevice implements BlockDevice {
           answered: false,
         })
       }
-      if (
-        op === BlockOp.In &&
-        length <= BATCHED_READ &&
-        this.readBatch >= 2 &&
-        this.session === this.batchSession
-      ) {
+      if (batchBytes(op, flags, length) > 0 && this.batchMax >= 2 && this.session === this.batchSession) {
         if (!this.pumpDue) {
           this.pumpDue = true
           process.nextTick(this.duePump)
@@ -686,8 +688,8 @@ export class RemoteBlockDevice implements BlockDevice {
         this.retire(r)
         continue
       }
-      if (r.op === BlockOp.In && r.length <= BATCHED_READ && this.readBatch >= 2 && s === this.batchSession) {
-        const n = this.sendReads(s)
+      if (this.batchMax >= 2 && s === this.batchSession && batchBytes(r.op, r.flags, r.length) > 0) {
+        const n = this.sendBatch(s)
         if (n < 0) break
         if (n > 0) continue
       }
@@ -700,28 +702,35 @@ export class RemoteBlockDevice implements BlockDevice {
   }
 
   /**
-   * Sends the reads at the front of `unsent` (2 to readBatch of them, each due on `s`) as one batch
-   * message. Returns how many left, 0 when fewer than 2 are there (nothing sent), -1 when the
-   * session took nothing.
+   * Sends the requests at the front of `unsent` that a batch takes (2 to batchMax of them, each
+   * due on `s`, MAX_BATCH_BYTES in all) as one batch message. Returns how many left, 0 when fewer
+   * than 2 are there (nothing sent), -1 when the session took nothing.
    */
-  private sendReads(s: BlockSender): number {
+  private sendBatch(s: BlockSender): number {
     let n = 0
-    while (n < this.readBatch && n < this.unsent.length) {
+    let bytes = MESSAGE_HEADER_LENGTH
+    while (n < this.batchMax && n < this.unsent.length) {
       const r = this.unsent.at(n)!
+      const b = batchBytes(r.op, r.flags, r.length)
       if (
-        r.op !== BlockOp.In ||
-        r.length > BATCHED_READ ||
+        b === 0 ||
+        bytes + b > MAX_BATCH_BYTES ||
         (r.state !== 'unsent' && r.state !== 'sent') ||
         r.sentOn === s
       )
         break
       if (r.sends === 0 && r.call.settled) break
+      bytes += b
       n++
     }
     if (n < 2) return 0
     const parts: Uint8Array[] = [new Uint8Array(MESSAGE_HEADER_LENGTH)]
-    encodeBlockBatchHead(parts[0], 0, this.handle, n)
-    for (let i = 0; i < n; i++) parts.push(this.unsent.at(i)!.slot!.head)
+    encodeBlockBatchHead(parts[0], 0, this.handle, bytes - MESSAGE_HEADER_LENGTH)
+    for (let i = 0; i < n; i++) {
+      const r = this.unsent.at(i)!
+      parts.push(r.slot!.head)
+      if (r.data && r.data.length > 0) parts.push(r.data)
+    }
     if (!s.sendData(parts, Delivery.Reliable)) return -1
     for (let i = 0; i < n; i++) this.sentOn(this.unsent.shift()!, s)
     this.stats.batches++

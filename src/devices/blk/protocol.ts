@@ -28,9 +28,10 @@ import {
  * id), `replyLength` = bytes of read data expected back (reads), or the most bytes of extents
  * the requester takes (Extents), `flags` = 0.
  *
- * A batch (header flag BATCH, §8.1b) carries 2 to MAX_READ_BATCH whole READ requests of one device
- * back to back as its body, so a queue of small reads leaves in one message; each is answered as
- * if it had come alone. An IOhyp that takes batches says so in `blk.attach` (`maxReadBatch`).
+ * A batch (header flag BATCH, §8.1b) carries 2 to MAX_BATCH whole requests of one device, each a
+ * READ or a WRITE without FUA, back to back as its body, so a queue of small requests leaves in
+ * one message; each is taken as if it had come alone, and their answers may come in batch
+ * responses (§8.2b). An IOhyp that takes batches says so in `blk.attach` (`maxBatch`).
  *
  * vrio's own ops (numbers from 0x40, outside virtio_blk's): Extents (the allocation map of a
  * range; the reply carries 8-byte extents, see encodeExtents) and Prefetch (a read hint). A peer
@@ -95,19 +96,20 @@ export const BLOCK_RESPONSE_HEAD_LENGTH = MESSAGE_HEADER_LENGTH
 export const BLOCK_ID_WINDOW = 65_536
 /** Largest request id; a front-end moves to a new epoch before passing it. */
 export const MAX_REQUEST_ID = 0xffff_ffff
-/** Block request message header flags. */
+/** Block request and response message header flags. */
 export const BlockMessageFlag = {
-  /** The body is a batch of whole READ requests (BLOCK_REQUEST_HEAD_LENGTH bytes each). */
+  /** The body is whole requests (a batch, §8.1b) or whole responses (a batch response, §8.2b). */
   Batch: 0x0001,
 } as const
-/** Most READ requests one batch carries (an IOhyp may announce fewer). */
-export const MAX_READ_BATCH = 64
+/** Most requests one batch carries (an IOhyp may announce fewer). */
+export const MAX_BATCH = 64
 /**
- * Longest batch response this IOhyp sends (§8.2b), header included: one GSO super-frame's worth
- * on a 1500-byte MTU (62 656 bytes of payload), so it is small reads that share a message; larger
- * answers go read by read, as a large read's data gains nothing from sharing one.
+ * Longest batch, and longest batch response, this implementation sends, header included: one GSO
+ * super-frame's worth on a 1500-byte MTU (62 656 bytes of payload), so that it is small requests
+ * and answers that share a message (a large one's data is most of its frames: it gains nothing),
+ * and so that a batch reaches the IOhyp's fast path in one frame.
  */
-export const MAX_BATCH_RESPONSE = 60 * 1024
+export const MAX_BATCH_BYTES = 60 * 1024
 /** Bytes of one extent in an Extents reply: u32 length, u32 flags. */
 export const EXTENT_LENGTH = 8
 /** Most extents one Extents reply carries (its replyLength is at most this many × 8). */
@@ -194,20 +196,18 @@ export function encodeBlockRequestHead(
   return o
 }
 
-/**
- * Writes the header of a batch of `count` READ requests for `device` at `offset` (the requests,
- * each BLOCK_REQUEST_HEAD_LENGTH bytes as encodeBlockRequestHead writes them, follow as chunks).
- */
-export function encodeBlockBatchHead(
+/** The header of a batch message of `type` (§8.1b, §8.2b): flag BATCH, request, replyLength and status 0. */
+function encodeBatchHead(
   buf: Uint8Array,
   offset: number,
+  type: number,
   device: BlockHandle,
-  count: number,
+  body: number,
 ): number {
   const h = scratch
-  h.type = MessageType.BlockRequest
+  h.type = type
   h.flags = BlockMessageFlag.Batch
-  h.bodyLength = count * BLOCK_REQUEST_HEAD_LENGTH
+  h.bodyLength = body
   h.deviceHigh = device.high
   h.deviceLow = device.low
   h.requestHigh = 0
@@ -218,30 +218,57 @@ export function encodeBlockBatchHead(
 }
 
 /**
- * How many READ requests the batch `message` (header decoded into `h`, flag BATCH) carries, or 0
- * when it is malformed: its own request, replyLength and status not zero, a body that is not 2 to
- * MAX_READ_BATCH whole requests, or one of them not a READ of the batch's device with a body of
- * exactly its descriptor (message version 1, type BlockRequest, header flags 0). Each request is
- * then checked as a request that came alone (decodeBlockRequest). Never throws.
+ * Writes the header of a batch for `device` whose requests (each as encodeBlockRequestHead writes
+ * it, a WRITE's data after its head) are `bodyLength` bytes.
  */
-export function readBatchCount(h: MessageHeader, message: Uint8Array): number {
+export function encodeBlockBatchHead(
+  buf: Uint8Array,
+  offset: number,
+  device: BlockHandle,
+  bodyLength: number,
+): number {
+  return encodeBatchHead(buf, offset, MessageType.BlockRequest, device, bodyLength)
+}
+
+/**
+ * Where each request of the batch `message` (header decoded into `h`, flag BATCH) starts, in
+ * `starts` (its end is the next one's start, the last one's the message's end), and how many
+ * there are; 0 when it is malformed: its own request, replyLength or status not zero, a body that
+ * is not 2 to MAX_BATCH whole requests, or one of them not a READ (body: its descriptor alone) or
+ * a WRITE of the batch's device (message version 1, type BlockRequest, header flags 0). Each
+ * request is then checked as one that came alone (decodeBlockRequest: a WRITE's FUA flag, its data
+ * length, its range). Never throws.
+ */
+export function batchCount(h: MessageHeader, message: Uint8Array, starts: number[]): number {
   if (h.type !== MessageType.BlockRequest || h.flags !== BlockMessageFlag.Batch) return 0
   if (h.requestHigh !== 0 || h.requestLow !== 0 || h.replyLength !== 0 || h.status !== 0) return 0
-  const body = message.length - MESSAGE_HEADER_LENGTH
-  const count = body / BLOCK_REQUEST_HEAD_LENGTH
-  if (h.bodyLength !== body || !Number.isInteger(count) || count < 2 || count > MAX_READ_BATCH) return 0
-  for (let at = MESSAGE_HEADER_LENGTH; at < message.length; at += BLOCK_REQUEST_HEAD_LENGTH) {
+  if (h.bodyLength !== message.length - MESSAGE_HEADER_LENGTH) return 0
+  let count = 0
+  for (let at = MESSAGE_HEADER_LENGTH; at < message.length; count++) {
+    if (count === MAX_BATCH || message.length - at < BLOCK_REQUEST_HEAD_LENGTH) return 0
+    const body = readU32(message, at + 4)
+    const op = message[at + MESSAGE_HEADER_LENGTH]
     if (
       // version 1, type BlockRequest, header flags 0
       readU32(message, at) !== (0x0100_0000 | (MessageType.BlockRequest << 16)) ||
-      readU32(message, at + 4) !== BLOCK_DESCRIPTOR_LENGTH ||
       readU32(message, at + 8) !== h.deviceHigh ||
       readU32(message, at + 12) !== h.deviceLow ||
-      message[at + MESSAGE_HEADER_LENGTH] !== BlockOp.In
+      !(op === BlockOp.In
+        ? body === BLOCK_DESCRIPTOR_LENGTH
+        : op === BlockOp.Out && body >= BLOCK_DESCRIPTOR_LENGTH) ||
+      body > message.length - at - MESSAGE_HEADER_LENGTH
     )
       return 0
+    starts[count] = at
+    at += MESSAGE_HEADER_LENGTH + body
   }
-  return count
+  return count >= 2 ? count : 0
+}
+
+/** The bytes of the answer to the request at `at` of a batch (§8.2b): its header, and a READ's data. */
+export function batchAnswerLength(message: Uint8Array, at: number): number {
+  const read = message[at + MESSAGE_HEADER_LENGTH] === BlockOp.In
+  return BLOCK_RESPONSE_HEAD_LENGTH + (read ? readU32(message, at + MESSAGE_HEADER_LENGTH + 4) : 0)
 }
 
 /** Writes the header of a batch response (§8.2b) for `device` whose responses are `bodyLength` bytes. */
@@ -251,17 +278,7 @@ export function encodeBlockBatchResponseHead(
   device: BlockHandle,
   bodyLength: number,
 ): number {
-  const h = scratch
-  h.type = MessageType.BlockResponse
-  h.flags = BlockMessageFlag.Batch
-  h.bodyLength = bodyLength
-  h.deviceHigh = device.high
-  h.deviceLow = device.low
-  h.requestHigh = 0
-  h.requestLow = 0
-  h.replyLength = 0
-  h.status = 0
-  return encodeMessageHeader(buf, offset, h)
+  return encodeBatchHead(buf, offset, MessageType.BlockResponse, device, bodyLength)
 }
 
 /**
