@@ -126,7 +126,7 @@ enum SlotField {
   kSRcvAdvance,
   kSUnaAdvance,
   kSSndMax,  // the end of the replies queued: those past snd_nxt wait for the windows (Pump)
-  kCBatches,  // batches of READs answered (a counter, as kCFramesIn on; its requests count in kCRequests)
+  kCBatches,  // batches answered (a counter, as kCFramesIn on; their requests count in kCRequests)
 };
 constexpr int kRecordStride = 3;  // seq, length, store offset
 
@@ -800,7 +800,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
   uint32_t rlen = 0;
   uint64_t roff = 0;
   bool write = false;
-  uint32_t batch = 0, records = 1;  // a batch's READs, and the messages of their answers
+  uint32_t batch = 0, records = 1;  // a batch's requests, and the messages of their answers
   uint8_t* m = f + payloadAt;
   if (data) {
     bool ok = true;
@@ -856,7 +856,7 @@ bool FastPath::Eligible(Channel* ch, uint32_t slot, uint8_t* f, size_t len, bool
     return true;
   }
   if (batch > 0) {
-    // Each READ answered as if it had come alone, in order: in one batch response, or one by one.
+    // Each request answered as if it had come alone, in order, in batch responses (AnswerBatch).
     s[kCBatches]++;
     AnswerBatch(ch, slot, m, batch);
     return true;

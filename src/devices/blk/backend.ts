@@ -200,20 +200,20 @@ interface Task {
   replyLength: number
   /** performance.now() when it arrived: its service time runs from there to its answer. */
   arrived: number
-  /** The batch response its answer goes into (a read of a batch), and its place there. */
+  /** The batch response its answer goes into (a request of a batch), and its place there. */
   gather: Gathering | undefined
   index: number
 }
 
 /**
- * The answers to a batch's reads, gathered into one batch response (protocol.md §8.2b): sent when
- * the last is in. `abandoned` when the session it was for is gone: answers still to come are
+ * The answers to some of a batch's requests, gathered into one batch response (protocol.md
+ * §8.2b): sent when the last is in. `abandoned` when the session it was for is gone: answers still to come are
  * dropped as they arrive (with nothing to send them on).
  */
 interface Gathering {
   deviceHigh: number
   deviceLow: number
-  /** Each read's answer, head then data, in the batch's order: undefined while it runs, null when none comes. */
+  /** Each request's answer, head then data, in the batch's order: undefined while it runs, null when none comes. */
   answers: (Uint8Array[] | null | undefined)[]
   waiting: number
   reserved: number
@@ -281,7 +281,7 @@ export class BlockBackend {
   /** The header of the request of a batch being received, and where each of its requests starts. */
   private readonly entry = newMessageHeader()
   private readonly starts: number[] = []
-  /** While a batch is received: where its reads' answers go, and the read at hand. */
+  /** While a batch is received: where its requests' answers go, and the request at hand. */
   private gathering: Gathering | undefined
   private gatherIndex = 0
   /** Batch responses still waiting for answers. */
@@ -372,7 +372,7 @@ export class BlockBackend {
     this.gatherings.clear()
   }
 
-  /** The read at `index` of `g` gets no answer in it. */
+  /** The request at `index` of `g` gets no answer in it. */
   private noAnswer(g: Gathering, index: number): void {
     if (g.answers[index] !== undefined) return
     g.answers[index] = null
@@ -502,8 +502,8 @@ export class BlockBackend {
       return
     }
     record.states[slot] = RUNNING
-    // A read that waits answers on its own: a batch response waits only for reads running, which
-    // hold their reply bytes already (it could otherwise hold the budget a waiting read needs).
+    // A request that waits answers on its own: a batch response waits only for requests running,
+    // which hold their reply bytes already (it could otherwise hold the budget a waiting read needs).
     if (task.gather) {
       this.noAnswer(task.gather, task.index)
       task.gather = undefined

@@ -267,12 +267,12 @@ export class RemoteBlockDevice implements BlockDevice {
   private extentsSupported = true
   private prefetchSupported = true
   private readonly awaiting: Int32Array
-  /** Most reads one batch carries on `batchSession` (useBatch); below 2: none. */
+  /** Most requests one batch carries on `batchSession` (useBatch); below 2: none. */
   private batchMax = 0
   /** The header of the response of a batch response being received. */
   private readonly entry = newMessageHeader()
   private batchSession: BlockSender | undefined
-  /** A pump is due at the end of this tick (reads wait for it, to leave as one batch). */
+  /** A pump is due at the end of this tick (small requests wait for it, to leave as one batch). */
   private pumpDue = false
   private readonly duePump = (): void => {
     this.pumpDue = false
