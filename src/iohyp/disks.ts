@@ -24,11 +24,10 @@ import { DeviceRegistry } from './registry.ts'
 import type { Lender } from '../transport/message-buffers.ts'
 
 /**
- * Most requests a guest may send in one batch message (announced in blk.attach):
- * `VRIO_BATCH`, read once at start, 0–64 (0: none, every request its own message); default 64.
+ * Most requests a guest may send in one batch message (announced in blk.attach): `VRIO_BATCH`,
+ * 0–64 (0: none, every request its own message); default 64. Read when the daemon starts, so a
+ * bad value is refused there like any other setting.
  */
-const BATCH = batchSetting(process.env.VRIO_BATCH)
-
 function batchSetting(value: string | undefined): number {
   if (value === undefined || value === '') return MAX_BATCH
   const n = Number(value)
@@ -128,6 +127,8 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
   private readonly claims = new Set<Claim>()
   private readonly files: DiskFiles
   private readonly limits: DiskLimits | undefined
+  /** What blk.attach announces as maxBatch (batchSetting). */
+  private readonly batch = batchSetting(process.env.VRIO_BATCH)
   /** Called when a disk starts closing (the IOhyp takes lent connections back from the fast path). */
   beforeClose: (() => void) | undefined
 
@@ -203,7 +204,7 @@ class DiskKind implements DeviceKind<DiskSpec, Disk, DiskInfo> {
       name: e.spec.name,
       handle: e.handle,
       info: blockDeviceInfo(e.device.device),
-      maxBatch: BATCH,
+      maxBatch: this.batch,
     }
   }
 

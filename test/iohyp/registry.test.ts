@@ -16,6 +16,7 @@ import type {
   DeviceSpec,
 } from '../../src/devices/kind.ts'
 import { isVrioError, VrioError } from '../../src/errors.ts'
+import { MAX_BATCH } from '../../src/devices/blk/protocol.ts'
 import { type BackingFile, type DiskFiles, IohypDisks } from '../../src/iohyp/disks.ts'
 import { IohypNics } from '../../src/iohyp/nics.ts'
 import { DeviceRegistry } from '../../src/iohyp/registry.ts'
@@ -322,8 +323,9 @@ describe('IOhyp disks over memory backings', () => {
     assert.equal(info.name, 'disk0')
     assert.equal(info.nbd, 'nbd+unix:///d0')
     assert.equal(info.size, 1 << 20)
-    const attach = a.calls[0].params as { handle: DeviceHandle; info: { size: number } }
+    const attach = a.calls[0].params as { handle: DeviceHandle; info: { size: number }; maxBatch: number }
     assert.equal(attach.info.size, 1 << 20)
+    assert.equal(attach.maxBatch, MAX_BATCH, 'batches announced (docs/protocol.md §8.1b)')
     // A block request naming no disk of this guest is answered NoDevice.
     disks.receive(
       a,
@@ -386,5 +388,31 @@ describe('IOhyp NICs over in-memory TAPs and links', () => {
     assert.ok(links.taps.get('vt0')?.closed)
     assert.equal(nics.list().length, 0)
     await nics.close()
+  })
+})
+
+describe('VRIO_BATCH', () => {
+  it('sets what blk.attach announces; a bad value is refused when the disks are made, not at import', async () => {
+    const before = process.env.VRIO_BATCH
+    try {
+      for (const bad of ['x', '65', '-1', '1.5']) {
+        process.env.VRIO_BATCH = bad
+        assert.throws(
+          () => new IohypDisks(quiet, undefined, memoryFiles()),
+          (e: unknown) => isVrioError(e, 'invalid-config'),
+          bad,
+        )
+      }
+      process.env.VRIO_BATCH = '0'
+      const disks = new IohypDisks(quiet, undefined, memoryFiles())
+      const a = guest(A, () => ({ nbd: 'nbd+unix:///d0', device: null }))
+      a.session = { authenticated: true, sendData: () => true } as unknown as Session
+      await disks.create({ guest: formatMac(A), backing: '/img/a' }, a)
+      assert.equal((a.calls[0].params as { maxBatch: number }).maxBatch, 0)
+      await disks.close()
+    } finally {
+      if (before === undefined) delete process.env.VRIO_BATCH
+      else process.env.VRIO_BATCH = before
+    }
   })
 })

@@ -858,9 +858,9 @@ export class BlockBackend {
       status,
       data?.length ?? 0,
     )
-    const parts = data && data.length > 0 ? [head, data] : [head]
+    const parts = data && data.length > 0 ? [head, data] : undefined
     if (!gather) {
-      this.send(parts.length === 1 ? head : parts, reserved, 1)
+      this.send(parts ?? head, reserved, 1)
       return
     }
     if (gather.abandoned) {
@@ -868,7 +868,7 @@ export class BlockBackend {
       this.budget.give(reserved)
       return
     }
-    gather.answers[index] = parts
+    gather.answers[index] = parts ?? [head]
     gather.reserved += reserved
     if (--gather.waiting === 0 && gather !== this.gathering) this.sendGathered(gather)
   }
